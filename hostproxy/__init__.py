@@ -1,0 +1,1 @@
+"""hostproxy: a per-host proxy daemon in the Linkerd 1 style."""

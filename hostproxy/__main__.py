@@ -1,0 +1,5 @@
+import sys
+
+from hostproxy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Namer and transformer plugins: turn /#/ and /$/ names into observable address sets."""
