@@ -1,0 +1,169 @@
+"""A sliding-window, log-linear histogram: O(1) record, bounded memory, percentiles of the last minute.
+
+Theory of operation
+-------------------
+Values (non-negative numbers, e.g. milliseconds) are rounded down to integers and counted in
+log-linear buckets: 0..15 exactly, then 16 sub-buckets per power of two, so any reported
+percentile is within 1/16 (about 6%) of the true value and a value up to 2**40 needs at most
+~600 buckets. Buckets are sparse (a dict per slice), so an idle or narrow distribution costs little.
+
+Time is cut into `slices` slices of `slice_s` seconds (default 12 × 5 s = the last minute). A record
+lands in the slice of `now()`; a slice is cleared when the clock comes back to its position, so a
+snapshot merges only the slices of the last window. Percentiles are therefore of the last minute
+and appear as soon as anything was recorded. Cumulative `total_count`/`total_sum` never reset (for
+Prometheus, whose counters must be monotonic).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+__all__ = ["PERCENTILES", "HistogramSnapshot", "WindowedHistogram", "bucket_index", "bucket_value"]
+
+SUB_BITS = 4
+SUB = 1 << SUB_BITS  # 16 sub-buckets per power of two
+MAX_VALUE = (1 << 40) - 1
+
+# Suffix in metric keys -> quantile.
+PERCENTILES: tuple[tuple[str, float], ...] = (
+    ("p50", 0.5),
+    ("p90", 0.9),
+    ("p95", 0.95),
+    ("p99", 0.99),
+    ("p9990", 0.999),
+    ("p9999", 0.9999),
+)
+
+
+def bucket_index(value: int) -> int:
+    """The bucket holding the integer `value` (values above 2**40 share the last bucket)."""
+    if value < SUB:
+        return max(0, value)
+    if value > MAX_VALUE:
+        value = MAX_VALUE
+    shift = value.bit_length() - (SUB_BITS + 1)
+    return shift * SUB + (value >> shift)
+
+
+def bucket_bounds(index: int) -> tuple[int, int]:
+    """The smallest and largest integers of bucket `index`."""
+    if index < 2 * SUB:
+        return index, index
+    shift, top = divmod(index, SUB)
+    shift -= 1
+    top += SUB
+    lo = top << shift
+    return lo, lo + (1 << shift) - 1
+
+
+def bucket_value(index: int) -> int:
+    """The value a bucket reports: the middle of its range."""
+    lo, hi = bucket_bounds(index)
+    return (lo + hi) // 2
+
+
+class _Slice:
+    __slots__ = ("sid", "counts", "count", "sum", "min", "max")
+
+    def __init__(self) -> None:
+        self.sid = -1
+        self.counts: dict[int, int] = {}
+        self.count = 0
+        self.sum = 0.0
+        self.min = math.inf
+        self.max = -math.inf
+
+    def reset(self, sid: int) -> None:
+        self.sid = sid
+        self.counts = {}
+        self.count = 0
+        self.sum = 0.0
+        self.min = math.inf
+        self.max = -math.inf
+
+
+@dataclass(frozen=True)
+class HistogramSnapshot:
+    count: int
+    sum: float
+    min: float
+    max: float
+    counts: dict[int, int]
+
+    def percentile(self, q: float) -> float:
+        if self.count == 0:
+            return 0.0
+        rank = max(1, math.ceil(q * self.count))
+        seen = 0
+        for idx in sorted(self.counts):
+            seen += self.counts[idx]
+            if seen >= rank:
+                return float(min(max(bucket_value(idx), self.min), self.max))
+        return float(self.max)
+
+    @staticmethod
+    def merge(snaps: Iterable[HistogramSnapshot]) -> HistogramSnapshot:
+        counts: dict[int, int] = {}
+        count, total, lo, hi = 0, 0.0, math.inf, -math.inf
+        for s in snaps:
+            count += s.count
+            total += s.sum
+            lo, hi = min(lo, s.min), max(hi, s.max)
+            for k, v in s.counts.items():
+                counts[k] = counts.get(k, 0) + v
+        return HistogramSnapshot(count, total, lo, hi, counts)
+
+    def summary(self) -> dict[str, float]:
+        """Linkerd's stat fields: count always; the rest when count > 0."""
+        out: dict[str, float] = {"count": self.count}
+        if self.count:
+            out["max"] = self.max
+            out["min"] = self.min
+            for name, q in PERCENTILES:
+                out[name] = self.percentile(q)
+            out["sum"] = self.sum
+            out["avg"] = self.sum / self.count
+        return out
+
+
+class WindowedHistogram:
+    __slots__ = ("_now", "_slice_s", "_slices", "_cur", "total_count", "total_sum")
+
+    def __init__(self, now: Callable[[], float], slices: int = 12, slice_s: float = 5.0) -> None:
+        self._now = now
+        self._slice_s = slice_s
+        self._slices = [_Slice() for _ in range(slices)]
+        self._cur = self._slices[0]
+        self.total_count = 0
+        self.total_sum = 0.0
+
+    def add(self, value: float) -> None:
+        sid = int(self._now() // self._slice_s)
+        cur = self._cur
+        if cur.sid != sid:
+            cur = self._slices[sid % len(self._slices)]
+            if cur.sid != sid:
+                cur.reset(sid)
+            self._cur = cur
+        v = value if value > 0 else 0
+        idx = bucket_index(int(v))
+        counts = cur.counts
+        counts[idx] = counts.get(idx, 0) + 1
+        cur.count += 1
+        cur.sum += v
+        if v < cur.min:
+            cur.min = v
+        if v > cur.max:
+            cur.max = v
+        self.total_count += 1
+        self.total_sum += v
+
+    def snapshot(self) -> HistogramSnapshot:
+        sid = int(self._now() // self._slice_s)
+        oldest = sid - len(self._slices) + 1
+        live = [s for s in self._slices if oldest <= s.sid <= sid and s.count]
+        return HistogramSnapshot.merge(
+            HistogramSnapshot(s.count, s.sum, s.min, s.max, s.counts) for s in live
+        )

@@ -1,0 +1,378 @@
+"""The metrics registry: counters, gauges and stats under Linkerd's flat keys, with Prometheus ids.
+
+Theory of operation
+-------------------
+Every metric has a flat key in Linkerd 1's scheme (`rt/outgoing/client/#/io.l5d.fs/web/requests`)
+and, optionally, a Prometheus identity: a family name and a tuple of labels. Registration is the
+slow path (get-or-create, done once per scope); recording is the hot path and is an attribute add
+on a preallocated object (`Counter.value += 1`, `WindowedHistogram.add`). Gauges are callables read
+only when rendering.
+
+Scopes bundle what the request path needs: `RouterScope.server(ip, port)`, `.service(name,
+bound=...)` and `.client(id)` each return a cached `RequestStats` (requests, success, failures,
+failures by `Cause`, pending, `request_latency_ms`, status codes).
+
+Cardinality is bounded in two ways (field lessons: a stats tree per requested name leaks memory;
+user-controlled label values explode Prometheus):
+
+* Service names get their own scope only when the caller says they bound (`bound=True`), up to
+  `max_services` per router; any other name shares the `unbound` scope, and
+  `RouterScope.observe_unbound(name, cause)` feeds a bounded top-N table for diagnostics.
+* Per Prometheus family, each label other than the fixed-vocabulary ones (router, cause, code,
+  quantile) accepts at most `max_label_values` distinct values; later values render as `overflow`
+  (their series are summed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from hostproxy.causes import Cause
+from hostproxy.metrics.histogram import WindowedHistogram
+from hostproxy.metrics.topn import TopN
+
+__all__ = [
+    "Counter",
+    "Gauge",
+    "Metric",
+    "MetricsRegistry",
+    "PromId",
+    "RequestStats",
+    "RouterScope",
+    "Stat",
+]
+
+Labels = tuple[tuple[str, str], ...]
+
+
+class _HasStatistics(Protocol):
+    def statistics(self) -> dict[str, Any]: ...
+
+
+def _stat_reader(obj: _HasStatistics, field: str) -> Callable[[], float]:
+    return lambda: float(obj.statistics()[field])
+UNCAPPED_LABELS = frozenset({"router", "cause", "code", "quantile"})
+OVERFLOW = "overflow"
+UNBOUND = "unbound"
+
+
+class Counter:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def incr(self, n: int = 1) -> None:
+        self.value += n
+
+
+class Gauge:
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[], float]) -> None:
+        self.fn = fn
+
+    def read(self) -> float | None:
+        try:
+            return float(self.fn())
+        except Exception:  # a broken gauge must not break the admin page
+            return None
+
+
+class Stat:
+    """A histogram recorded in the key's unit (milliseconds for `*_ms`); `scale` converts to base units."""
+
+    __slots__ = ("hist", "scale")
+
+    def __init__(self, hist: WindowedHistogram, scale: float) -> None:
+        self.hist = hist
+        self.scale = scale
+
+    def add(self, value: float) -> None:
+        self.hist.add(value)
+
+
+@dataclass(frozen=True)
+class PromId:
+    family: str
+    labels: Labels
+    help: str = ""
+
+
+@dataclass
+class Metric:
+    key: str
+    kind: str  # "counter" | "gauge" | "stat"
+    obj: Counter | Gauge | Stat
+    prom: PromId | None
+
+
+class MetricsRegistry:
+    def __init__(
+        self,
+        now: Callable[[], float],
+        *,
+        max_label_values: int = 1000,
+        max_services: int = 1000,
+        unbound_capacity: int = 64,
+    ) -> None:
+        self._now = now
+        self.max_label_values = max_label_values
+        self.max_services = max_services
+        self.unbound_capacity = unbound_capacity
+        self._metrics: dict[str, Metric] = {}
+        self._label_values: dict[tuple[str, str], set[str]] = {}
+        self._routers: dict[str, RouterScope] = {}
+        self.label_overflows = 0
+
+    # -- registration (slow path) ------------------------------------------------------------------
+
+    def _prom(self, prom: PromId | None) -> PromId | None:
+        if prom is None:
+            return None
+        labels = []
+        for name, value in prom.labels:
+            if name not in UNCAPPED_LABELS:
+                seen = self._label_values.setdefault((prom.family, name), set())
+                if value not in seen:
+                    if len(seen) >= self.max_label_values:
+                        value = OVERFLOW
+                        self.label_overflows += 1
+                    else:
+                        seen.add(value)
+            labels.append((name, value))
+        return PromId(prom.family, tuple(labels), prom.help)
+
+    def _get(self, key: str, kind: str) -> Metric | None:
+        m = self._metrics.get(key)
+        if m is not None and m.kind != kind:
+            raise ValueError(f"metric {key!r} is already registered as a {m.kind}, not a {kind}; use another key")
+        return m
+
+    def counter(self, key: str, prom: PromId | None = None) -> Counter:
+        m = self._get(key, "counter")
+        if m is None:
+            m = self._metrics[key] = Metric(key, "counter", Counter(), self._prom(prom))
+        assert isinstance(m.obj, Counter)
+        return m.obj
+
+    def gauge(self, key: str, fn: Callable[[], float], prom: PromId | None = None) -> Gauge:
+        m = self._get(key, "gauge")
+        if m is None:
+            m = self._metrics[key] = Metric(key, "gauge", Gauge(fn), self._prom(prom))
+        else:
+            assert isinstance(m.obj, Gauge)
+            m.obj.fn = fn
+        assert isinstance(m.obj, Gauge)
+        return m.obj
+
+    def stat(self, key: str, prom: PromId | None = None, scale: float = 1.0) -> Stat:
+        m = self._get(key, "stat")
+        if m is None:
+            m = self._metrics[key] = Metric(key, "stat", Stat(WindowedHistogram(self._now), scale), self._prom(prom))
+        assert isinstance(m.obj, Stat)
+        return m.obj
+
+    def remove_prefix(self, prefix: str, keep: tuple[str, ...] = ()) -> int:
+        """Drop every metric whose key is `prefix` or under `prefix/`, except under a `keep` prefix."""
+        doomed = [
+            k for k in self._metrics
+            if (k == prefix or k.startswith(prefix + "/"))
+            and not any(k == p or k.startswith(p + "/") for p in keep)
+        ]
+        for k in doomed:
+            del self._metrics[k]
+        return len(doomed)
+
+    def metrics(self) -> Iterator[Metric]:
+        return iter(list(self._metrics.values()))
+
+    def __len__(self) -> int:
+        return len(self._metrics)
+
+    # -- scopes ------------------------------------------------------------------------------------
+
+    def router(self, label: str) -> RouterScope:
+        r = self._routers.get(label)
+        if r is None:
+            r = self._routers[label] = RouterScope(self, label)
+        return r
+
+    def routers(self) -> dict[str, RouterScope]:
+        return dict(self._routers)
+
+    def statistics(self) -> dict[str, Any]:
+        return {"metrics": len(self._metrics), "label_overflows": self.label_overflows}
+
+
+class RequestStats:
+    """The per-scope request metrics; `start()` and `finish()` are the hot path."""
+
+    __slots__ = ("_reg", "prefix", "scope", "labels", "requests", "success", "failures", "pending",
+                 "latency", "_by_cause", "_by_status")
+
+    def __init__(self, reg: MetricsRegistry, prefix: str, scope: str, labels: Labels) -> None:
+        self._reg = reg
+        self.prefix = prefix
+        self.scope = scope
+        self.labels = labels
+        fam = f"hostproxy_{scope}_"
+        self.requests = reg.counter(f"{prefix}/requests", PromId(fam + "requests_total", labels, "Requests received"))
+        self.success = reg.counter(f"{prefix}/success", PromId(fam + "success_total", labels, "Successful requests"))
+        self.failures = reg.counter(f"{prefix}/failures")
+        self.pending = 0
+        reg.gauge(f"{prefix}/pending", lambda: self.pending, PromId(fam + "pending", labels, "Requests in flight"))
+        self.latency = reg.stat(
+            f"{prefix}/request_latency_ms",
+            PromId(fam + "request_duration_seconds", labels, "Request latency"),
+            scale=0.001,
+        )
+        self._by_cause: dict[Cause, Counter] = {}
+        self._by_status: dict[int, tuple[Counter, Counter]] = {}
+
+    def start(self) -> None:
+        self.pending += 1
+
+    def finish(self, latency_s: float, cause: Cause | None = None, status: int | None = None) -> None:
+        """Count one finished request: success when `cause` is None, else a failure of that cause."""
+        self.pending -= 1
+        self.requests.value += 1
+        self.latency.hist.add(latency_s * 1000.0)
+        if cause is None:
+            self.success.value += 1
+        else:
+            self.failures.value += 1
+            c = self._by_cause.get(cause)
+            if c is None:
+                c = self._by_cause[cause] = self._reg.counter(
+                    f"{self.prefix}/failures/{cause.value}",
+                    PromId(f"hostproxy_{self.scope}_failures_total", self.labels + (("cause", cause.prom_label),),
+                           "Failed requests by cause"),
+                )
+            c.value += 1
+        if status is not None:
+            self.record_status(status)
+
+    def record_status(self, status: int) -> None:
+        pair = self._by_status.get(status)
+        if pair is None:
+            code = status if 100 <= status <= 599 else 0
+            klass = f"{code // 100}XX" if code else "invalid"
+            fam = f"hostproxy_{self.scope}_responses_total"
+            pair = self._by_status[status] = (
+                self._reg.counter(f"{self.prefix}/status/{code or 'invalid'}",
+                                  PromId(fam, self.labels + (("code", str(code)),), "Responses by status code")),
+                self._reg.counter(f"{self.prefix}/status/{klass}"),
+            )
+        pair[0].value += 1
+        pair[1].value += 1
+
+
+class RouterScope:
+    """Scopes of one router: `rt/<label>/{server,service,client}/...`."""
+
+    def __init__(self, reg: MetricsRegistry, label: str) -> None:
+        self._reg = reg
+        self.label = label
+        self._servers: dict[tuple[str, int], RequestStats] = {}
+        self._services: dict[str, RequestStats] = {}
+        self._clients: dict[str, RequestStats] = {}
+        self._unbound: RequestStats | None = None
+        self.unbound_names = TopN(reg.unbound_capacity, reg._now)
+
+    def server(self, ip: str, port: int) -> RequestStats:
+        key = (ip, port)
+        s = self._servers.get(key)
+        if s is None:
+            s = self._servers[key] = RequestStats(
+                self._reg, f"rt/{self.label}/server/{ip}/{port}", "server",
+                (("router", self.label), ("server", f"{ip}:{port}")),
+            )
+        return s
+
+    def service(self, name: str, bound: bool) -> RequestStats:
+        """Stats for a service name; only bound names (up to `max_services`) get their own scope."""
+        s = self._services.get(name)
+        if s is not None:
+            return s
+        if bound and len(self._services) < self._reg.max_services:
+            s = self._services[name] = RequestStats(
+                self._reg, f"rt/{self.label}/service/{name.lstrip('/')}", "service",
+                (("router", self.label), ("service", name)),
+            )
+            return s
+        if self._unbound is None:
+            self._unbound = RequestStats(
+                self._reg, f"rt/{self.label}/service/{UNBOUND}", "service",
+                (("router", self.label), ("service", UNBOUND)),
+            )
+        return self._unbound
+
+    def observe_unbound(self, name: str, cause: Cause | None) -> None:
+        """Note a request for a name that did not bind, in the bounded top-N table."""
+        self.unbound_names.record(name, cause.value if cause is not None else None)
+
+    def client(self, client_id: str) -> RequestStats:
+        c = self._clients.get(client_id)
+        if c is None:
+            c = self._clients[client_id] = RequestStats(
+                self._reg, f"rt/{self.label}/client/{client_id.lstrip('/')}", "client",
+                (("router", self.label), ("client", client_id)),
+            )
+        return c
+
+    def client_prefix(self, client_id: str) -> str:
+        """The key prefix under which client-level extras (loadbalancer/…, failure_accrual/…) go."""
+        return f"rt/{self.label}/client/{client_id.lstrip('/')}"
+
+    def client_extras(
+        self,
+        client_id: str,
+        *,
+        balancer: _HasStatistics | None = None,
+        accrual: _HasStatistics | None = None,
+        requeue_budget: _HasStatistics | None = None,
+    ) -> None:
+        """Expose a client's balancer, failure accrual and requeue budget as gauges under its scope.
+
+        Keys follow Linkerd: `loadbalancer/{size,available,busy,load,meanweight,adds,removes,updates,
+        max_effort_exhausted}`, `failure_accrual/{removals,probes,revivals,removed_for_ms}`,
+        `retries/budget` and `retries/budget_exhausted`. Values are read only when rendering.
+        """
+        prefix = self.client_prefix(client_id)
+        labels = (("router", self.label), ("client", client_id))
+        groups: list[tuple[str, _HasStatistics | None, tuple[tuple[str, str], ...]]] = [
+            ("loadbalancer", balancer, (("size", "size"), ("available", "available"), ("busy", "busy"),
+                                         ("load", "load"), ("meanweight", "meanweight"), ("adds", "adds"),
+                                         ("removes", "removes"), ("updates", "updates"),
+                                         ("max_effort_exhausted", "max_effort_exhausted"))),
+            ("failure_accrual", accrual, (("removals", "removals"), ("probes", "probes"),
+                                          ("revivals", "revivals"), ("removed_for_ms", "removed_for_ms"))),
+            ("retries", requeue_budget, (("budget", "balance"), ("budget_exhausted", "budget_exhausted"))),
+        ]
+        for group, obj, fields in groups:
+            if obj is None:
+                continue
+            for key, stat in fields:
+                prom = None
+                if group == "loadbalancer" and key in ("size", "available", "load"):
+                    prom = PromId(f"hostproxy_client_endpoints_{key}" if key != "load" else
+                                  "hostproxy_client_balancer_load", labels, f"Balancer {key}")
+                elif group == "failure_accrual" and key in ("removals", "revivals"):
+                    prom = PromId(f"hostproxy_client_accrual_{key}", labels, f"Failure accrual {key}")
+                self._reg.gauge(f"{prefix}/{group}/{key}", _stat_reader(obj, stat), prom)
+
+    def drop_client(self, client_id: str) -> None:
+        """Forget a client that went away (its metrics disappear from every renderer)."""
+        if self._clients.pop(client_id, None) is not None:
+            prefix = self.client_prefix(client_id)
+            # Linkerd's flat keys nest /a/b inside /a: keep the metrics of other live clients.
+            nested = tuple(
+                p for p in (self.client_prefix(c) for c in self._clients) if p.startswith(prefix + "/")
+            )
+            self._reg.remove_prefix(prefix, keep=nested)
+
+    def service_names(self) -> list[str]:
+        return sorted(self._services)
