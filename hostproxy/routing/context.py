@@ -1,0 +1,447 @@
+"""Per-request routing context: the ``l5d-*`` headers in, the ``l5d-*`` headers out, and the
+address-override policy for per-request dtabs.
+
+Theory of operation. A request's headers pass three steps, all pure functions over
+``(lowercase name bytes, value bytes)`` pairs:
+
+1. :func:`strip_inbound` runs first. With the server's ``clearContext: true`` every ``l5d-*`` header
+   is dropped before anything reads it, so an untrusted caller can set neither a dtab override, nor a
+   deadline, trace, sample rate, request id or ``l5d-name``. Without it nothing is dropped here.
+2. :func:`read_inbound` consumes the routing context: every value of ``l5d-ctx-dtab`` then every value
+   of ``l5d-dtab``, each parsed as a dtab, concatenated ``ctx ++ user`` (so the user's dentries are
+   tried first), and removes both headers and ``l5d-sample``. A value that does not parse raises
+   :class:`RequestDtabError` (answer 400; the message names the header and shows a caret). The old
+   ``dtab-local`` header means nothing and is forwarded untouched, as in Linkerd 1.7. Parsing goes
+   through a bounded :class:`DtabParseCache`, so a repeated override text is parsed once and a flood of
+   distinct texts cannot grow memory.
+3. :func:`downstream_headers` computes the edits for the forwarded request: ``l5d-dst-service``,
+   ``l5d-dst-client`` (the bound id, transformer prefix ``/%/...`` included), ``l5d-dst-residual``
+   (only when non-empty; removed otherwise so a forged one never passes), ``l5d-reqid``, ``l5d-ctx-dtab``
+   (the printed local dtab, only when non-empty) and ``l5d-ctx-deadline`` (the strictest of the values
+   received). ``l5d-ctx-trace`` and unknown ``l5d-ctx-*`` headers pass through.
+
+On the way back, :func:`clear_response_context` drops ``l5d-*`` response headers under ``clearContext``
+(and says to empty the body of a proxy error), and :func:`encode_l5d_err` writes the ``l5d-err`` value.
+
+Address overrides. A per-request dtab can send a request anywhere the daemon can reach by binding to a
+raw address (``/$/inet/10.0.0.1/22``): the open-proxy/SSRF hole of Linkerd 1. The policy here works on
+the *bound tree*, after all rewriting, so it cannot be bypassed by how the override is spelled
+(wildcards, unions, alternates, the ``io.buoyant.*`` rewriting namers, transformer prefixes): a leaf whose
+id contains ``$`` followed by a raw-address namer (:data:`RAW_ADDRESS_NAMERS`) is a raw address. When a
+server listens on a non-loopback address and does not set ``allowAddressOverrides: true``, a request
+with a non-empty local dtab is refused if its bound tree holds any raw-address id that the router's
+dtab alone does not bind for the same service name. Overrides into configured namers (``/#/...``, the
+blue/green and rollout use) work everywhere, and a base dtab that itself routes to ``/$/inet`` keeps
+working under overrides. The check is conservative: an override that redirects ``/svc/a`` to another
+service whose *base* rule is a raw address is refused too (name that target through a ``/#/`` namer or
+set ``allowAddressOverrides``). Configured namers that resolve caller-chosen names (DNS SRV, for
+instance) are reachable by overrides by design; servers facing untrusted callers set ``clearContext``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import random
+import re
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from dtab.errors import DtabSyntaxError
+from dtab.path import Path
+from dtab.table import Dtab
+from dtab.tree import Alt, Leaf, Union
+
+__all__ = [
+    "CLEARED_ON_READ",
+    "CTX_DEADLINE",
+    "CTX_DTAB",
+    "CTX_TRACE",
+    "DST_CLIENT",
+    "DST_RESIDUAL",
+    "DST_SERVICE",
+    "L5D_PREFIX",
+    "RAW_ADDRESS_NAMERS",
+    "REQID",
+    "SAMPLE",
+    "USER_DTAB",
+    "AddressOverridePolicy",
+    "AddressOverrideRefused",
+    "DtabParseCache",
+    "HeaderEdits",
+    "InboundContext",
+    "RequestDtabError",
+    "clear_response_context",
+    "downstream_headers",
+    "encode_l5d_err",
+    "is_loopback_bind",
+    "raw_address_ids",
+    "read_inbound",
+    "read_request_dtab",
+    "strip_inbound",
+]
+
+Header = tuple[bytes, bytes]
+
+L5D_PREFIX = b"l5d-"
+CTX_DTAB = b"l5d-ctx-dtab"
+USER_DTAB = b"l5d-dtab"
+CTX_DEADLINE = b"l5d-ctx-deadline"
+CTX_TRACE = b"l5d-ctx-trace"
+SAMPLE = b"l5d-sample"
+REQID = b"l5d-reqid"
+DST_SERVICE = b"l5d-dst-service"
+DST_CLIENT = b"l5d-dst-client"
+DST_RESIDUAL = b"l5d-dst-residual"
+
+#: Headers consumed by the server: read once, never forwarded as received.
+CLEARED_ON_READ = frozenset({CTX_DTAB, USER_DTAB, SAMPLE})
+
+#: ``/$/<name>`` system namers that turn a path into a caller-chosen address.
+RAW_ADDRESS_NAMERS = frozenset({b"inet", b"fixedinet", b"io.buoyant.rinet"})
+
+
+# -- inbound -------------------------------------------------------------------------------------
+
+
+def strip_inbound(headers: Iterable[Header], clear_context: bool) -> list[Header]:
+    """The request headers as the router may read them: with ``clear_context`` no ``l5d-*`` header."""
+    if not clear_context:
+        return list(headers)
+    return [(n, v) for (n, v) in headers if not n.lower().startswith(L5D_PREFIX)]
+
+
+class RequestDtabError(ValueError):
+    """A ``l5d-dtab`` or ``l5d-ctx-dtab`` value does not parse: the client's fault, answer 400."""
+
+    status = 400
+
+    def __init__(self, header: str, value: str, error: DtabSyntaxError) -> None:
+        self.header = header
+        self.value = value
+        self.error = error
+        super().__init__(
+            f"Invalid {header} header: {error.message} at line {error.line} column {error.column}\n"
+            f"{error.caret_display()}\nFix the dentries ('/prefix => /destination', separated by ';')."
+        )
+
+
+class DtabParseCache:
+    """A bounded LRU from dtab text to parsed :class:`Dtab`; errors are not cached."""
+
+    def __init__(self, max_entries: int = 1000) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1, not {max_entries}")
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, Dtab] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def parse(self, text: str) -> Dtab:
+        d = self._entries.get(text)
+        if d is not None:
+            self._entries.move_to_end(text)
+            self.hits += 1
+            return d
+        self.misses += 1
+        d = Dtab.read(text)  # raises DtabSyntaxError, not cached
+        self._entries[text] = d
+        if len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        return d
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def statistics(self) -> dict[str, int]:
+        return {"size": len(self._entries), "max": self.max_entries, "hits": self.hits, "misses": self.misses}
+
+
+def read_request_dtab(headers: Iterable[Header], cache: DtabParseCache | None = None) -> Dtab:
+    """``l5d-ctx-dtab`` values then ``l5d-dtab`` values, in order, concatenated (``ctx ++ user``)."""
+    ctx: list[str] = []
+    user: list[str] = []
+    for n, v in headers:
+        name = n.lower()
+        if name == CTX_DTAB:
+            ctx.append(v.decode("latin-1"))
+        elif name == USER_DTAB:
+            user.append(v.decode("latin-1"))
+    result = Dtab.EMPTY
+    for header, values in (("l5d-ctx-dtab", ctx), ("l5d-dtab", user)):
+        for text in values:
+            try:
+                d = cache.parse(text) if cache is not None else Dtab.read(text)
+            except DtabSyntaxError as e:
+                raise RequestDtabError(header, text, e) from e
+            result = result + d
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class InboundContext:
+    """What the server took from a request: the headers left to forward and the local dtab."""
+
+    headers: list[Header]
+    local_dtab: Dtab
+    sample: float | None = None
+
+
+def read_inbound(
+    headers: Iterable[Header], *, clear_context: bool, cache: DtabParseCache | None = None
+) -> InboundContext:
+    """Strip (clearContext), read the per-request dtab and sample rate, drop the consumed headers.
+
+    Raises :class:`RequestDtabError` for an unparseable dtab header.
+    """
+    hs = strip_inbound(headers, clear_context)
+    local = read_request_dtab(hs, cache)
+    sample: float | None = None
+    for n, v in hs:
+        if n.lower() == SAMPLE:
+            try:
+                sample = min(1.0, max(0.0, float(v.decode("latin-1"))))
+            except ValueError:
+                sample = None
+            break
+    kept = [(n, v) for (n, v) in hs if n.lower() not in CLEARED_ON_READ]
+    return InboundContext(kept, local, sample)
+
+
+# -- downstream -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderEdits:
+    """Remove every header named in ``remove`` or ``set``, then append ``set`` in order."""
+
+    remove: frozenset[bytes]
+    set: tuple[Header, ...]
+
+    def apply(self, headers: Iterable[Header]) -> list[Header]:
+        drop = self.remove | {n for n, _ in self.set}
+        out = [(n, v) for (n, v) in headers if n.lower() not in drop]
+        out.extend(self.set)
+        return out
+
+    def value(self, name: bytes) -> bytes | None:
+        for n, v in self.set:
+            if n == name:
+                return v
+        return None
+
+
+_HEX16 = re.compile(rb"^[0-9a-f]{16}$")
+
+
+def trace_id_of(ctx_trace: bytes) -> str | None:
+    """The trace id (16 hex digits) in a ``l5d-ctx-trace`` value, or ``None`` if it is malformed.
+
+    The value is base64 of 32 bytes: span id, parent id, trace id, flags (8 bytes each, big-endian).
+    """
+    try:
+        raw = base64.b64decode(ctx_trace, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(raw) != 32:
+        return None
+    return raw[16:24].hex()
+
+
+def _combined_deadline(values: list[bytes]) -> bytes | None:
+    """The strictest of ``"<timestamp_ns> <deadline_ns>"`` values: latest timestamp, earliest deadline."""
+    best: tuple[int, int] | None = None
+    for v in values:
+        parts = v.split(b" ")
+        if len(parts) != 2:
+            continue
+        try:
+            ts, dl = int(parts[0]), int(parts[1])
+        except ValueError:
+            continue
+        best = (ts, dl) if best is None else (max(best[0], ts), min(best[1], dl))
+    return None if best is None else f"{best[0]} {best[1]}".encode("ascii")
+
+
+def _show(p: Any) -> bytes:
+    return str(p).encode("latin-1", "replace")
+
+
+def downstream_headers(
+    *,
+    service: Path,
+    client: Path | str | None,
+    residual: Path | None,
+    local_dtab: Dtab,
+    headers: Iterable[Header],
+    rng: random.Random,
+) -> HeaderEdits:
+    """The ``l5d-*`` edits for a forwarded request.
+
+    ``headers`` are the request headers after :func:`read_inbound`. ``client`` is the bound client id
+    (``None`` when not yet bound: no ``l5d-dst-client``). ``l5d-reqid`` is the trace id of a valid
+    ``l5d-ctx-trace``, else a well-formed received ``l5d-reqid``, else 16 hex digits from ``rng``.
+    """
+    deadlines: list[bytes] = []
+    trace: bytes | None = None
+    reqid_in: bytes | None = None
+    for n, v in headers:
+        name = n.lower()
+        if name == CTX_DEADLINE:
+            deadlines.append(v)
+        elif name == CTX_TRACE and trace is None:
+            trace = v
+        elif name == REQID and reqid_in is None:
+            reqid_in = v
+    sets: list[Header] = [(DST_SERVICE, _show(service))]
+    remove = set(CLEARED_ON_READ) | {DST_RESIDUAL, DST_CLIENT, CTX_DEADLINE}
+    if client is not None:
+        sets.append((DST_CLIENT, _show(client)))
+    if residual is not None and len(residual) > 0:
+        sets.append((DST_RESIDUAL, _show(residual)))
+    reqid = trace_id_of(trace) if trace is not None else None
+    if reqid is None:
+        if reqid_in is not None and _HEX16.match(reqid_in):
+            reqid = reqid_in.decode("ascii")
+        else:
+            reqid = f"{rng.getrandbits(64):016x}"
+    sets.append((REQID, reqid.encode("ascii")))
+    if len(local_dtab) > 0:
+        sets.append((CTX_DTAB, _show(local_dtab)))
+    deadline = _combined_deadline(deadlines)
+    if deadline is not None:
+        sets.append((CTX_DEADLINE, deadline))
+    return HeaderEdits(frozenset(remove), tuple(sets))
+
+
+# -- responses ------------------------------------------------------------------------------------
+
+
+ERR = b"l5d-err"
+
+
+def clear_response_context(headers: Iterable[Header], clear_context: bool) -> tuple[list[Header], bool]:
+    """The response headers to send back to the caller, and whether its body must be emptied.
+
+    With ``clearContext`` every ``l5d-*`` response header is removed, and a response that carried
+    ``l5d-err`` (a proxy-generated error, which may name internal hosts) loses its body too.
+    """
+    hs = list(headers)
+    if not clear_context:
+        return hs, False
+    had_err = any(n.lower() == ERR for n, _ in hs)
+    return [(n, v) for (n, v) in hs if not n.lower().startswith(L5D_PREFIX)], had_err
+
+
+_URL_SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-*_")
+
+
+def encode_l5d_err(message: str, max_len: int | None = None) -> bytes:
+    """The ``l5d-err`` header value: Java ``URLEncoder`` over ISO-8859-1 (space is ``+``), truncated.
+
+    Characters outside ISO-8859-1 become ``?`` (as Java's encoder does).
+    """
+    out = bytearray()
+    for byte in message.encode("latin-1", "replace"):
+        if byte in _URL_SAFE:
+            out.append(byte)
+        elif byte == 0x20:
+            out.append(0x2B)
+        else:
+            out += b"%%%02X" % byte
+    return bytes(out if max_len is None else out[:max_len])
+
+
+# -- address overrides -------------------------------------------------------------------------
+
+
+def _id_labels(bound_id: Any) -> tuple[bytes, ...]:
+    if isinstance(bound_id, Path):
+        return bound_id.labels
+    try:
+        return Path.read(str(bound_id)).labels
+    except DtabSyntaxError:
+        return ()
+
+
+def is_raw_address_id(bound_id: Any) -> bool:
+    """True when the id names a raw address: ``$`` followed by a raw-address namer, anywhere in it."""
+    labels = _id_labels(bound_id)
+    return any(labels[i] == b"$" and labels[i + 1] in RAW_ADDRESS_NAMERS for i in range(len(labels) - 1))
+
+
+def bound_leaves(tree: Any) -> list[Any]:
+    """Every leaf value of a bound tree (alternates and union branches included)."""
+    out: list[Any] = []
+    stack = [tree]
+    while stack:
+        t = stack.pop()
+        if isinstance(t, Leaf):
+            out.append(t.value)
+        elif isinstance(t, Alt):
+            stack.extend(t.trees)
+        elif isinstance(t, Union):
+            stack.extend(b.tree for b in t.branches)
+    return out
+
+
+def raw_address_ids(tree: Any) -> frozenset[str]:
+    """The printed ids of the raw-address leaves of a bound tree."""
+    return frozenset(str(leaf.id) for leaf in bound_leaves(tree) if is_raw_address_id(leaf.id))
+
+
+def is_loopback_bind(ip: str | None) -> bool:
+    """True for a server bound to a loopback address only (``127.0.0.0/8``, ``::1``, ``localhost``).
+
+    ``None`` (unset) means Linkerd's default, loopback. ``0.0.0.0`` and ``::`` are not loopback.
+    """
+    if ip is None or ip == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(ip.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class AddressOverrideRefused(Exception):
+    """A per-request dtab tried to route to a raw address on a non-loopback server: answer 400."""
+
+    status = 400
+
+    def __init__(self, service: Path, local_dtab: Dtab, ids: Iterable[str], server: str) -> None:
+        self.service = service
+        self.ids = tuple(sorted(ids))
+        super().__init__(
+            f"Per-request dtab override refused: it routes {service} to the raw address "
+            f"{', '.join(self.ids)}, which the router's dtab does not. This server listens on {server}, "
+            "where l5d-dtab/l5d-ctx-dtab overrides may only route to configured namers (/#/...). "
+            "Set allowAddressOverrides: true on the server to permit raw-address overrides "
+            f"(only on a trusted network), or set clearContext: true to ignore overrides. Override: {local_dtab}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AddressOverridePolicy:
+    """Whether a server refuses per-request dtabs that bind to raw addresses."""
+
+    refuse_raw_addresses: bool
+    server: str = "a non-loopback address"
+
+    @classmethod
+    def for_server(cls, ip: str | None, allow_address_overrides: bool) -> AddressOverridePolicy:
+        refuse = not allow_address_overrides and not is_loopback_bind(ip)
+        return cls(refuse, ip or "127.0.0.1")
+
+    def check(self, service: Path, local_dtab: Dtab, override_tree: Any, base_tree: Any) -> None:
+        """Raise :class:`AddressOverrideRefused` if ``override_tree`` adds raw addresses to ``base_tree``.
+
+        ``override_tree`` is bound with ``base ++ local``, ``base_tree`` with the base dtab alone.
+        """
+        if not self.refuse_raw_addresses or len(local_dtab) == 0:
+            return
+        added = raw_address_ids(override_tree) - raw_address_ids(base_tree)
+        if added:
+            raise AddressOverrideRefused(service, local_dtab, added, self.server)
