@@ -1,0 +1,779 @@
+"""The config model: Linkerd 1's ``linkerd.yaml`` schema as frozen dataclasses.
+
+Theory of operation: each class below is one YAML mapping; each field one key, declared with
+:func:`~hostproxy.config.schema.key` (YAML name, type, default, description). Plugins — namers,
+transformers, identifiers, interpreters, balancers, failure accrual policies, backoffs, response
+classifiers, telemeters, and the router ``protocol`` itself — are subclasses of :class:`PluginConfig`
+selected by their ``kind`` (``protocol`` for routers) through :mod:`hostproxy.config.registry`.
+
+Defaults that depend on context (a server's port depends on the router's protocol, a router's label
+defaults to its protocol, the default identifier is ``io.l5d.header.token`` on ``Host`` for http and
+``:authority`` for h2) are ``None`` in the dataclass and filled in by the validator, so a loaded
+:class:`Config` always holds concrete values. ``client`` and ``service`` are sections in one of two forms
+(``io.l5d.global`` or ``io.l5d.static`` with prefix-matched ``configs``); each entry remembers which keys it
+set explicitly, because a later matching entry overrides only those (see :mod:`hostproxy.config.params`).
+
+This module imports neither trio nor any runtime module: it is data only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from hostproxy.config.schema import (
+    fraction,
+    ip_literal,
+    key,
+    non_negative,
+    one_of,
+    port_number,
+    positive,
+    yaml_name,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PluginConfig:
+    """Base of every plugin config; ``kind`` selects the subclass."""
+
+    DISCRIMINATOR: ClassVar[str] = "kind"
+    kind: str = key(required=True, doc="Which plugin; see the list of kinds.")
+
+
+# -- backoff, budgets ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackoffConfig(PluginConfig):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConstantBackoff(BackoffConfig):
+    ms: int = key(0, "Fixed delay between attempts, in milliseconds.", check=non_negative)
+
+
+@dataclass(frozen=True, kw_only=True)
+class JitteredBackoff(BackoffConfig):
+    min_ms: int = key(required=True, doc="Smallest delay, in milliseconds.", check=non_negative)
+    max_ms: int = key(required=True, doc="Largest delay, in milliseconds.", check=positive)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryBudget:
+    ttl_secs: int = key(10, "Window over which requests deposit into the budget, in seconds.", check=positive)
+    min_retries_per_sec: int = key(
+        10, "Retries always allowed per second, whatever the traffic.", check=non_negative
+    )
+    percent_can_retry: float = key(
+        0.2,
+        "Fraction of requests that may be retried on top of minRetriesPerSec (0 to 1000).",
+        check=lambda v: None if 0 <= v <= 1000 else f"must be between 0 and 1000, got {v}",
+    )
+
+
+# -- load balancers ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class BalancerConfig(PluginConfig):
+    enable_probation: bool = key(
+        False, "When true, an endpoint removed by discovery stays in the pool while it is healthy."
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class P2cBalancer(BalancerConfig):
+    max_effort: int = key(
+        5, "How many times to pick again when the chosen endpoint is unavailable.", check=positive
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class EwmaBalancer(P2cBalancer):
+    decay_time_ms: int = key(10000, "Decay window of the peak-EWMA latency, in milliseconds.", check=positive)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundRobinBalancer(P2cBalancer):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeapBalancer(BalancerConfig):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApertureBalancer(P2cBalancer):
+    smooth_window_ms: int = key(5000, "Window over which load is averaged, in milliseconds.", check=positive)
+    low_load: float = key(0.5, "Shrink the aperture below this load per endpoint.", check=non_negative)
+    high_load: float = key(2.0, "Grow the aperture above this load per endpoint.", check=positive)
+    min_aperture: int = key(1, "Smallest number of endpoints in the aperture.", check=positive)
+
+
+# -- failure accrual --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class AccrualConfig(PluginConfig):
+    backoff: BackoffConfig | None = key(
+        None,
+        "How long a removed endpoint stays dead before a probe.",
+        plugin="backoff",
+        default_doc="equal-jittered backoff from 5 s to 300 s",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConsecutiveFailuresAccrual(AccrualConfig):
+    failures: int = key(5, "Consecutive failures that mark an endpoint dead.", check=positive)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SuccessRateAccrual(AccrualConfig):
+    success_rate: float = key(
+        required=True, doc="Mark dead below this success rate (0 to 1).", check=fraction
+    )
+    requests: int = key(
+        required=True, doc="Number of requests the success rate is computed over.", check=positive
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SuccessRateWindowedAccrual(AccrualConfig):
+    success_rate: float = key(
+        required=True, doc="Mark dead below this success rate (0 to 1).", check=fraction
+    )
+    window: int = key(
+        required=True, doc="Window over which the success rate is computed, in seconds.", check=positive
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoAccrual(AccrualConfig):
+    pass
+
+
+# -- response classifiers ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassifierConfig(PluginConfig):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class GrpcClassifier(ClassifierConfig):
+    success_status_codes: tuple[int, ...] | None = key(
+        None, "gRPC status codes that count as success; replaces the default [0].", default_doc="[0]"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class GrpcRetryableStatusCodesClassifier(GrpcClassifier):
+    retryable_status_codes: tuple[int, ...] = key(required=True, doc="gRPC status codes that may be retried.")
+
+
+# -- TLS ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerTls:
+    cert_path: str = key(required=True, doc="PEM certificate file (not read by `hostproxy check`).")
+    key_path: str = key(required=True, doc="PEM private key file (PKCS#8 in Linkerd).")
+    intermediate_certs_path: str | None = key(None, "PEM file of intermediate certificates.")
+    ca_cert_path: str | None = key(None, "PEM file of CAs that client certificates must chain to.")
+    require_client_auth: bool = key(False, "Reject clients that present no valid certificate.")
+    protocols: tuple[str, ...] | None = key(
+        None, "TLS versions to allow, e.g. [TLSv1.2].", default_doc="library default"
+    )
+    ciphers: tuple[str, ...] | None = key(None, "Cipher suites to allow.", default_doc="library default")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientAuth:
+    cert_path: str = key(required=True, doc="PEM client certificate.")
+    key_path: str = key(required=True, doc="PEM private key of the client certificate.")
+    intermediate_certs_path: str | None = key(None, "PEM file of intermediate certificates.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientTls:
+    enabled: bool = key(True, "Set to false to turn TLS off for clients matched by this entry.")
+    common_name: str | None = key(
+        None,
+        "Name the server certificate must carry (also sent as SNI); may use {captures} of a static "
+        "client prefix. Required unless disableValidation.",
+    )
+    trust_certs_bundle: str | None = key(None, "PEM bundle of trusted CAs.", default_doc="system trust store")
+    trust_certs: tuple[str, ...] = key((), "PEM files of trusted CAs (deprecated in Linkerd; still read).")
+    client_auth: ClientAuth | None = key(None, "Present this client certificate.")
+    disable_validation: bool = key(False, "Do not verify the server certificate (testing only).")
+    protocols: tuple[str, ...] | None = key(None, "TLS versions to allow.", default_doc="library default")
+
+
+# -- client and service parameters ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class HostConnectionPool:
+    min_size: int = key(0, "Connections kept open per endpoint even when idle.", check=non_negative)
+    max_size: int | None = key(
+        None, "Most connections per endpoint.", default_doc="unlimited", check=positive
+    )
+    idle_time_ms: int | None = key(
+        None, "Close a pooled connection idle this long.", default_doc="never", check=positive
+    )
+    max_waiters: int | None = key(
+        None, "Most requests waiting for a connection.", default_doc="unlimited", check=non_negative
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Session:
+    idle_time_ms: int | None = key(
+        None, "Close a connection idle this long.", default_doc="never", check=positive
+    )
+    life_time_ms: int | None = key(None, "Close a connection this old.", default_doc="never", check=positive)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientParams:
+    """Parameters of one client (one bound name): how to talk to its endpoints."""
+
+    load_balancer: BalancerConfig = key(
+        P2cBalancer(kind="p2c"), "How an endpoint is chosen for each request.", plugin="balancer"
+    )
+    failure_accrual: AccrualConfig = key(
+        ConsecutiveFailuresAccrual(kind="io.l5d.consecutiveFailures"),
+        "When an endpoint is marked dead.",
+        plugin="accrual",
+        default_doc="io.l5d.consecutiveFailures, 5 failures, equal-jittered backoff 5 s to 300 s",
+    )
+    requeue_budget: RetryBudget = key(
+        RetryBudget(), "Budget for requeues (connection failures known to be safe)."
+    )
+    request_attempt_timeout_ms: int | None = key(
+        None, "Timeout of one attempt.", default_doc="none", check=positive
+    )
+    fail_fast: bool = key(False, "Eject an endpoint at once when connecting to it fails.")
+    host_connection_pool: HostConnectionPool = key(
+        HostConnectionPool(), "Connection pool per endpoint (HTTP/1.1)."
+    )
+    client_session: Session = key(Session(), "Connection lifetime limits.")
+    tls: ClientTls | None = key(None, "Speak TLS to the endpoints.", default_doc="plaintext")
+    forward_client_cert: bool = key(False, "Forward the caller's certificate in x-forwarded-client-cert.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class H2ClientParams(ClientParams):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryBufferSize:
+    request_bytes: int = key(16383, "Largest request body kept for a retry.", check=non_negative)
+    response_bytes: int = key(16383, "Largest response body kept for a retry.", check=non_negative)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Retries:
+    budget: RetryBudget = key(RetryBudget(), "How many retries are allowed, relative to traffic.")
+    backoff: BackoffConfig = key(
+        ConstantBackoff(kind="constant"),
+        "Delay before each retry.",
+        plugin="backoff",
+        default_doc="constant, 0 ms",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceParams:
+    """Parameters of one service (one logical name): timeouts, retries, classification."""
+
+    total_timeout_ms: int | None = key(
+        None, "Budget for the whole request, retries included.", default_doc="none", check=positive
+    )
+    retries: Retries = key(Retries(), "Retry budget and backoff.")
+    response_classifier: ClassifierConfig = key(
+        ClassifierConfig(kind="io.l5d.http.nonRetryable5XX"),
+        "Which responses are failures and which may be retried.",
+        plugin="classifier",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class H2ServiceParams(ServiceParams):
+    classification_timeout_ms: int = key(
+        100, "How long to wait for trailers to classify a stream.", check=positive
+    )
+    retry_buffer_size: RetryBufferSize = key(RetryBufferSize(), "Bytes kept so a stream can be retried.")
+
+
+@dataclass(frozen=True)
+class ParamsEntry:
+    """One set of client or service parameters and the prefix it applies to.
+
+    ``explicit`` names the fields (Python names) this entry set itself; a later entry overrides only those.
+    ``line`` is the entry's line in the config file (0 when built in code).
+    """
+
+    prefix: str
+    params: Any
+    explicit: frozenset[str]
+    line: int = dataclasses.field(default=0, compare=False)
+
+
+@dataclass(frozen=True)
+class ParamsSection:
+    """``client`` or ``service``: ``io.l5d.global`` (one entry, prefix ``/``) or ``io.l5d.static``."""
+
+    kind: str
+    entries: tuple[ParamsEntry, ...]
+    params_type: type
+
+    def to_json(self) -> dict[str, Any]:
+        if self.kind == "io.l5d.global":
+            body = to_json(self.entries[0].params) if self.entries else to_json(self.params_type())
+            return {"kind": self.kind, **body}
+        configs = []
+        for e in self.entries:
+            full = to_json(e.params)
+            item = {"prefix": e.prefix}
+            for f in dataclasses.fields(e.params):
+                if f.name in e.explicit:
+                    item[yaml_name(f)] = full[yaml_name(f)]
+            configs.append(item)
+        return {"kind": self.kind, "configs": configs}
+
+
+def global_section(params_type: type) -> ParamsSection:
+    return ParamsSection(
+        "io.l5d.global", (ParamsEntry("/", params_type(), all_fields(params_type)),), params_type
+    )
+
+
+def all_fields(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls) if "doc" in f.metadata)
+
+
+# -- identifiers ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class IdentifierConfig(PluginConfig):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeaderTokenIdentifier(IdentifierConfig):
+    header: str | None = key(
+        None, "Header whose value becomes the name.", default_doc="Host (http), :authority (h2)"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class MethodAndHostIdentifier(IdentifierConfig):
+    http_uri_in_dst: bool = key(False, "Append the request path to the name.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PathIdentifier(IdentifierConfig):
+    segments: int = key(1, "Number of path segments that make the name.", check=positive)
+    consume: bool = key(False, "Remove those segments from the forwarded path.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeaderIdentifier(IdentifierConfig):
+    header: str = key("l5d-name", "Header holding a path that becomes the name.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StaticIdentifier(IdentifierConfig):
+    path: str = key(required=True, doc="Every request gets this name (after dstPrefix).", path=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeaderPathIdentifier(IdentifierConfig):
+    header: str = key(":path", "Header holding the path.")
+    segments: int | None = key(
+        None, "Number of path segments that make the name.", default_doc="the whole path", check=positive
+    )
+
+
+# -- transformers -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransformerConfig(PluginConfig):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class DaemonSetTransformer(TransformerConfig):
+    namespace: str = key(required=True, doc="Namespace of the daemonset's Service.")
+    service: str = key(required=True, doc="Name of the daemonset's Service.")
+    port: str = key(required=True, doc="Port name (or number) of the daemonset's Service.", coerce_str=True)
+    k8s_host: str = key("localhost", "Kubernetes API host.")
+    k8s_port: int = key(8001, "Kubernetes API port.", check=port_number)
+    host_network: bool = key(False, "Match by nodeName instead of /24 subnet.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalNodeTransformer(TransformerConfig):
+    host_network: bool = key(False, "Match by nodeName (env NODE_NAME) instead of the /24 of env POD_IP.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PortTransformer(TransformerConfig):
+    port: int = key(required=True, doc="Port every address is rewritten to.", check=port_number)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalhostTransformer(TransformerConfig):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpecificHostTransformer(TransformerConfig):
+    host: str = key(required=True, doc="Keep only addresses of this host.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplaceTransformer(TransformerConfig):
+    path: str = key(required=True, doc="Every bound name is replaced by this path.", path=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConstTransformer(TransformerConfig):
+    path: str = key(
+        required=True, doc="Always bind to this path, even when the input is negative.", path=True
+    )
+
+
+# -- namers -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class NamerConfig(PluginConfig):
+    prefix: str | None = key(
+        None, "Names under /#<prefix> go to this namer.", default_doc="/<kind>", path=True
+    )
+    experimental: bool = key(False, "Must be true to use an experimental namer.")
+    transformers: tuple[TransformerConfig, ...] = key(
+        (), "Applied to this namer's results, in order.", plugin="transformer"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class FsNamer(NamerConfig):
+    root_dir: str = key(
+        required=True, doc="Directory with one file per name (relative to the working directory)."
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DnsSrvNamer(NamerConfig):
+    refresh_interval_seconds: int = key(5, "How often each SRV record is looked up again.", check=positive)
+    dns_hosts: tuple[str, ...] = key((), "DNS servers to ask.", default_doc="the system resolver")
+
+
+@dataclass(frozen=True, kw_only=True)
+class K8sNamer(NamerConfig):
+    host: str = key("localhost", "Kubernetes API host.")
+    port: int = key(8001, "Kubernetes API port.", check=port_number)
+    label_selector: str | None = key(None, "Label whose value is an extra path segment.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RewriteNamer(NamerConfig):
+    pattern: str = key(required=True, doc="Path pattern with {var} captures, e.g. /{port}/{ns}/{svc}.")
+    name: str = key(required=True, doc="The rewritten path, using the captures, e.g. /k8s/{ns}/{port}/{svc}.")
+
+
+# -- interpreters -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class InterpreterConfig(PluginConfig):
+    kind: str = key("default", "Which interpreter.")
+    experimental: bool = key(False, "Must be true to use an experimental interpreter.")
+    transformers: tuple[TransformerConfig, ...] = key(
+        (), "Applied to every bound name, in order.", plugin="transformer"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DefaultInterpreter(InterpreterConfig):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class FsInterpreter(InterpreterConfig):
+    dtab_file: str = key(required=True, doc="Dtab file, watched and re-read when it changes.")
+
+
+# -- telemeters -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class TelemeterConfig(PluginConfig):
+    experimental: bool = key(False, "Must be true to use an experimental telemeter.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecentRequestsTelemeter(TelemeterConfig):
+    sample_rate: float = key(required=True, doc="Fraction of requests recorded (0 to 1).", check=fraction)
+    capacity: int = key(10, "How many requests are kept.", check=positive)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrometheusTelemeter(TelemeterConfig):
+    path: str = key("/admin/metrics/prometheus", "Admin path of the exposition.")
+    prefix: str = key("", "Prepended to every metric name.")
+
+
+# -- servers ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ForwardedLabeler:
+    kind: str = key(
+        required=True,
+        doc="ip, ip:port, connectionRandom, requestRandom, router or static.",
+        check=one_of("ip", "ip:port", "connectionRandom", "requestRandom", "router", "static"),
+    )
+    label: str | None = key(None, "The label of a static labeler.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ForwardedHeader:
+    by: ForwardedLabeler = key(ForwardedLabeler(kind="requestRandom"), "How this proxy labels itself.")
+    for_: ForwardedLabeler = key(ForwardedLabeler(kind="requestRandom"), "How the client is labelled.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    ip: str = key("127.0.0.1", "Address to listen on; 0.0.0.0 for every interface.", check=ip_literal)
+    port: int | None = key(
+        None, "Port to listen on.", default_doc="4140 (http), 4142 (h2)", check=port_number
+    )
+    max_concurrent_requests: int | None = key(
+        None,
+        "Requests beyond this many in flight are rejected at once.",
+        default_doc="unlimited",
+        check=positive,
+    )
+    clear_context: bool = key(
+        False, "Strip l5d-* context headers (l5d-dtab, ...) from requests arriving here."
+    )
+    tls: ServerTls | None = key(None, "Accept TLS.", default_doc="plaintext")
+    timeout_ms: int | None = key(
+        None, "Server-side timeout of a whole request.", default_doc="none", check=positive
+    )
+    max_call_depth: int = key(
+        1000, "Reject a request that already passed this many proxies (Via count).", check=positive
+    )
+    add_forwarded_header: ForwardedHeader | None = key(
+        None, "Add an RFC 7239 Forwarded header.", default_doc="off"
+    )
+    server_session: Session = key(Session(), "Connection lifetime limits.")
+    allow_address_overrides: bool = key(
+        False,
+        "Let a per-request l5d-dtab route to raw addresses (/$/inet/...) even on a non-loopback server.",
+        extension=True,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class H2ServerConfig(ServerConfig):
+    window_update_ratio: float = key(
+        0.99, "Send WINDOW_UPDATE when this fraction of the window is used.", check=fraction
+    )
+    header_table_bytes: int | None = key(
+        None, "HPACK table size.", default_doc="library default", check=non_negative
+    )
+    initial_stream_window_bytes: int | None = key(
+        65535, "Initial flow-control window per stream.", check=positive
+    )
+    max_concurrent_streams_per_connection: int | None = key(
+        1000, "Most streams per connection.", check=positive
+    )
+    max_frame_bytes: int | None = key(16384, "Largest frame accepted.", check=positive)
+    max_header_list_byts: int | None = key(
+        None,
+        "Largest header list accepted (Linkerd's spelling).",
+        default_doc="library default",
+        check=positive,
+    )
+
+
+# -- routers ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class BindingCache:
+    paths: int = key(1000, "Cached service names.", check=positive)
+    trees: int = key(1000, "Cached bound trees.", check=positive)
+    bounds: int = key(1000, "Cached bound names.", check=positive)
+    clients: int = key(1000, "Cached clients.", check=positive)
+    idle_ttl_secs: int = key(600, "Evict entries idle this long, in seconds.", check=positive)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouterConfig(PluginConfig):
+    DISCRIMINATOR: ClassVar[str] = "protocol"
+    DEFAULT_PORT: ClassVar[int] = 0
+    CLIENT_PARAMS: ClassVar[type] = ClientParams
+    SERVICE_PARAMS: ClassVar[type] = ServiceParams
+
+    kind: str = key(required=True, name="protocol", doc="http or h2.")
+    label: str | None = key(
+        None, "Router name in metrics and the admin UI; must be unique.", default_doc="the protocol"
+    )
+    dtab: str = key("", "Base dtab (usually a YAML block scalar `|`).", dtab=True)
+    dst_prefix: str = key("/svc", "Prefix of the names identifiers produce.", path=True)
+    identifier: tuple[IdentifierConfig, ...] = key(
+        (),
+        "How a request becomes a name; one identifier or a list, tried in order.",
+        plugin="identifier",
+        one_or_many=True,
+        default_doc="io.l5d.header.token (Host for http, :authority for h2)",
+    )
+    interpreter: InterpreterConfig = key(
+        DefaultInterpreter(kind="default"), "How names are bound: namers and a dtab.", plugin="interpreter"
+    )
+    servers: tuple[ServerConfig, ...] = key((), "Where the router listens; at least one.")
+    client: ParamsSection = key(
+        None, "Client parameters (per bound name).", default_doc="kind: io.l5d.global"
+    )
+    service: ParamsSection = key(
+        None, "Service parameters (per service name).", default_doc="kind: io.l5d.global"
+    )
+    binding_timeout_ms: int = key(10000, "Give up binding a name after this long (502).", check=positive)
+    binding_cache: BindingCache = key(BindingCache(), "Sizes of the binding caches.")
+    originator: bool = key(False, "Add the gauge rt/<label>/originator = 1.")
+    experimental: bool = key(False, "Must be true for experimental protocols.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpRouterConfig(RouterConfig):
+    DEFAULT_PORT: ClassVar[int] = 4140
+    max_headers_kb: int = key(
+        8, "Largest request or response header block, in KB.", name="maxHeadersKB", check=positive
+    )
+    max_initial_line_kb: int = key(
+        4, "Longest request or status line, in KB.", name="maxInitialLineKB", check=positive
+    )
+    max_err_response_kb: int = key(
+        5120, "Largest l5d-err body, in KB.", name="maxErrResponseKB", check=positive
+    )
+    streaming_enabled: bool = key(True, "Stream bodies instead of buffering them.")
+    stream_after_content_length_kb: int | None = key(
+        None,
+        "Buffer bodies up to this size that have a Content-Length; stream larger ones.",
+        name="streamAfterContentLengthKB",
+        default_doc="5",
+        check=non_negative,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class H2RouterConfig(RouterConfig):
+    DEFAULT_PORT: ClassVar[int] = 4142
+    CLIENT_PARAMS: ClassVar[type] = H2ClientParams
+    SERVICE_PARAMS: ClassVar[type] = H2ServiceParams
+    servers: tuple[H2ServerConfig, ...] = key((), "Where the router listens; at least one.")
+
+
+# -- top level --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdminSecurity:
+    ui_enabled: bool = key(True, "Serve the dashboard and read-only UI endpoints.")
+    control_enabled: bool = key(True, "Serve control endpoints (/admin/shutdown, POST /logging.json).")
+    diagnostics_enabled: bool = key(True, "Serve every other endpoint.")
+    path_whitelist: tuple[str, ...] = key((), "Regexes of paths always served.")
+    path_blacklist: tuple[str, ...] = key((), "Regexes of paths never served (checked first).")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdminConfig:
+    ip: str = key("127.0.0.1", "Address of the admin server.", check=ip_literal)
+    port: int = key(9990, "Port of the admin server.", check=port_number)
+    shutdown_grace_ms: int = key(10000, "Longest drain before exit on shutdown.", check=non_negative)
+    security: AdminSecurity = key(AdminSecurity(), "Which admin endpoints are served.")
+    allow_remote_control: bool = key(
+        False, "Answer state-changing admin endpoints from non-loopback peers.", extension=True
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class UsageConfig:
+    org_id: str = key("", "Accepted for compatibility; hostproxy sends no usage reports.")
+    enabled: bool = key(True, "Accepted for compatibility; hostproxy sends no usage reports.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DnsConfig:
+    nameservers: tuple[str, ...] = key(
+        (), "DNS servers (host or host:port) for /$/inet names.", default_doc="/etc/resolv.conf"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class NamerStateConfig:
+    dir: str | None = key(
+        None, "Directory where namers persist their last good state.", default_doc="none (not persisted)"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """A whole ``linkerd.yaml``."""
+
+    admin: AdminConfig = key(AdminConfig(), "The admin server.")
+    namers: tuple[NamerConfig, ...] = key(
+        (), "Service discovery plugins, reached as /#/<prefix>.", plugin="namer"
+    )
+    routers: tuple[RouterConfig, ...] = key(
+        required=True, doc="The routers; at least one.", plugin="protocol"
+    )
+    telemetry: tuple[TelemeterConfig, ...] = key((), "Metrics and tracing plugins.", plugin="telemeter")
+    usage: UsageConfig = key(UsageConfig(), "Linkerd's usage reporting; accepted and ignored.")
+    dns: DnsConfig = key(DnsConfig(), "DNS resolution of /$/inet names.", extension=True)
+    namer_state: NamerStateConfig = key(NamerStateConfig(), "Persistence of namer state.", extension=True)
+
+    def to_json(self) -> dict[str, Any]:
+        """The loaded config with defaults filled in (served as /config.json)."""
+        return to_json(self)
+
+    def router(self, label: str) -> RouterConfig:
+        for r in self.routers:
+            if r.label == label:
+                return r
+        raise KeyError(
+            f"no router labelled {label!r}; routers: {', '.join(str(r.label) for r in self.routers)}"
+        )
+
+
+def to_json(obj: Any) -> Any:
+    """A JSON-ready rendering of a config object, with YAML key names."""
+    if isinstance(obj, ParamsSection):
+        return obj.to_json()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            if "doc" not in f.metadata:
+                continue
+            out[yaml_name(f)] = to_json(getattr(obj, f.name))
+        if isinstance(obj, PluginConfig) and obj.DISCRIMINATOR != "kind":
+            out = {obj.DISCRIMINATOR: out.pop(obj.DISCRIMINATOR), **out}
+        return out
+    if isinstance(obj, tuple | list):
+        return [to_json(x) for x in obj]
+    return obj

@@ -1,0 +1,123 @@
+"""The vocabulary the config model is written in: one helper to declare a key.
+
+Theory of operation: every config object is a frozen, keyword-only dataclass. Each field is declared
+with :func:`key`, which records in the field's metadata everything the validator and the reference
+generator need: the YAML name (camelCase, derived from the Python name unless given), a description,
+whether the key is required, a human description of the default when it depends on context (the
+protocol, the kind), and optional checks. The validator reads the field's *type hint* to know what to
+expect (``bool``, ``int``, ``float``, ``str``, ``X | None``, ``tuple[X, ...]``, another dataclass, or a
+plugin base class) and the metadata for the rest, so the model is the single source of truth for keys,
+types, defaults and docs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+MISSING: Any = dataclasses.MISSING
+
+# A check takes the decoded value and returns an error message, or None when the value is fine.
+Check = Callable[[Any], "str | None"]
+
+
+def camel(name: str) -> str:
+    """``max_concurrent_requests`` -> ``maxConcurrentRequests`` (a trailing ``_`` is dropped)."""
+    name = name.rstrip("_")
+    head, *rest = name.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+def key(
+    default: Any = MISSING,
+    doc: str = "",
+    *,
+    name: str | None = None,
+    required: bool = False,
+    default_doc: str | None = None,
+    check: Check | None = None,
+    plugin: str | None = None,
+    one_or_many: bool = False,
+    dtab: bool = False,
+    path: bool = False,
+    coerce_str: bool = False,
+    extension: bool = False,
+    hidden_default: bool = False,
+) -> Any:
+    """Declare one config key.
+
+    ``plugin`` names the registry category whose ``kind`` selects the value's type; ``one_or_many``
+    accepts a single mapping where a list is expected; ``dtab``/``path`` validate a string as a dtab or
+    a path; ``coerce_str`` accepts a number where a string is expected (port names such as
+    ``incoming`` or ``4141``); ``extension`` marks a hostproxy key that Linkerd does not have.
+    """
+    meta = {
+        "name": name,
+        "doc": doc,
+        "required": required,
+        "default_doc": default_doc,
+        "check": check,
+        "plugin": plugin,
+        "one_or_many": one_or_many,
+        "dtab": dtab,
+        "path": path,
+        "coerce_str": coerce_str,
+        "extension": extension,
+    }
+    if required:
+        return dataclasses.field(default=None, metadata=meta)
+    if isinstance(default, list | dict | set):
+        raise TypeError("config defaults must be immutable (use a tuple)")
+    if dataclasses.is_dataclass(default) and not isinstance(default, type):
+        return dataclasses.field(default_factory=lambda: default, metadata=meta)
+    return dataclasses.field(default=None if default is MISSING else default, metadata=meta)
+
+
+def yaml_name(f: dataclasses.Field[Any]) -> str:
+    return f.metadata.get("name") or camel(f.name)
+
+
+def config_fields(cls: type) -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("name") is not None or "doc" in f.metadata]
+
+
+# -- common checks -------------------------------------------------------------------------------
+
+
+def positive(v: Any) -> str | None:
+    return None if v is None or v > 0 else f"must be greater than 0, got {v}"
+
+
+def non_negative(v: Any) -> str | None:
+    return None if v is None or v >= 0 else f"must be 0 or more, got {v}"
+
+
+def port_number(v: Any) -> str | None:
+    return None if v is None or 0 <= v <= 65535 else f"must be a port number from 0 to 65535, got {v}"
+
+
+def fraction(v: Any) -> str | None:
+    return None if v is None or 0.0 <= v <= 1.0 else f"must be between 0.0 and 1.0, got {v}"
+
+
+def one_of(*choices: str) -> Check:
+    def check(v: Any) -> str | None:
+        if v is None or v in choices:
+            return None
+        return f"must be one of {', '.join(choices)}; got {v!r}"
+
+    check.choices = choices  # type: ignore[attr-defined]
+    return check
+
+
+def ip_literal(v: Any) -> str | None:
+    import ipaddress
+
+    if v is None or v == "localhost":
+        return None
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        return f"expected an IP address such as 127.0.0.1, 0.0.0.0 or ::1, got {v!r}"
+    return None

@@ -1,0 +1,791 @@
+"""Validation of a whole config file, before anything binds or starts.
+
+Theory of operation: :func:`load_config` composes the text into a positioned YAML node tree
+(:mod:`hostproxy.config.yamlpos`) and walks it against the model (:mod:`hostproxy.config.model`): for
+each mapping, the dataclass's fields say which keys exist, what type each holds, its default and its
+checks. A plugin-typed key looks its ``kind`` up in :mod:`hostproxy.config.registry`. Every problem is
+recorded as a :class:`ConfigIssue` with the config path and file line, and the walk goes on, so one run
+reports every error (a bad value becomes the field's default so later checks still run). After the
+walk come the whole-file checks Linkerd makes at startup: at least one router, each with a server,
+unique router labels, no two servers on the same socket (``0.0.0.0`` clashes with any address on its
+port), unique namer prefixes, experimental plugins flagged ``experimental: true``. Only when no issue
+was found is a :class:`~hostproxy.config.model.Config` returned; otherwise :class:`ConfigError` is
+raised with the sorted list. Nothing here reads files named by the config, resolves names or binds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path as FsPath
+from typing import Any
+
+from hostproxy.config import model as m
+from hostproxy.config import registry
+from hostproxy.config.errors import ConfigError, ConfigIssue
+from hostproxy.config.params import PatternError, parse_pattern
+from hostproxy.config.schema import yaml_name
+from hostproxy.config.yamlpos import (
+    MappingNode,
+    Node,
+    ScalarNode,
+    SequenceNode,
+    YamlSyntaxError,
+    compose,
+    scalar_position,
+    scalar_value,
+)
+
+_BAD: Any = object()  # a value that failed validation (an issue has been recorded)
+
+# Linkerd keys hostproxy does not support: an error that says so rather than "unknown key".
+LINKERD_ONLY_KEYS: dict[str, str] = {
+    "maxRequestKB": "was removed in Linkerd 1.7.0; bodies are streamed (see streamAfterContentLengthKB)",
+    "maxResponseKB": "was removed in Linkerd 1.7.0; bodies are streamed (see streamAfterContentLengthKB)",
+    "announcers": "is a Linkerd key that hostproxy does not support; remove it",
+    "announce": "is a Linkerd key that hostproxy does not support; remove it",
+    "socketOptions": "is a Linkerd key that hostproxy does not support; remove it",
+    "httpAccessLog": "is a Linkerd key that hostproxy does not support yet; remove it",
+    "httpAccessLogRollPolicy": "is a Linkerd key that hostproxy does not support yet; remove it",
+    "httpAccessLogAppend": "is a Linkerd key that hostproxy does not support yet; remove it",
+    "httpAccessLogRotateCount": "is a Linkerd key that hostproxy does not support yet; remove it",
+    "h2AccessLog": "is a Linkerd key that hostproxy does not support yet; remove it",
+    "tracePropagator": "is a Linkerd key that hostproxy does not support yet; remove it",
+    "compressionLevel": "is a Linkerd key that hostproxy does not support (bodies pass through unchanged); remove it",
+    "timestampHeader": "is a Linkerd key that hostproxy does not support; remove it",
+    "requestAuthorizers": "is a Linkerd key that hostproxy does not support; remove it",
+    "httpIdentifierPort": "is a Linkerd key that hostproxy does not support; use /delegator.json to see names",
+    "workerThreads": "is a JVM setting of Linkerd that does not apply to hostproxy; remove it",
+    "thriftMethodInDst": "is a thrift key; hostproxy proxies HTTP/1.1 and HTTP/2 only",
+    "thriftProtocol": "is a thrift key; hostproxy proxies HTTP/1.1 and HTTP/2 only",
+    "thriftFramed": "is a thrift key; hostproxy proxies HTTP/1.1 and HTTP/2 only",
+}
+TOP_LEVEL_HINTS: dict[str, str] = {
+    "interpreter": "is set per router (routers[].interpreter), not at the top level",
+    "storage": "is a namerd key; hostproxy reads Linkerd's config (use a dtab file: interpreter: {kind: io.l5d.fs})",
+    "interfaces": "is a namerd key; hostproxy reads Linkerd's config",
+}
+
+_TYPE_NAMES = {bool: "a boolean (true or false)", int: "an integer", float: "a number", str: "a string"}
+
+
+@dataclass
+class Ctx:
+    path: str
+    protocol: str | None = None
+    router_cls: type[m.RouterConfig] | None = None
+
+    def at(self, suffix: str) -> Ctx:
+        sep = "" if not self.path or suffix.startswith("[") else "."
+        return Ctx(self.path + sep + suffix, self.protocol, self.router_cls)
+
+
+@dataclass
+class Validator:
+    source: str
+    file: str
+    issues: list[ConfigIssue] = field(default_factory=list)
+
+    # -- reporting ----------------------------------------------------------------------------------
+    def error(
+        self,
+        path: str,
+        node: Node | None,
+        message: str,
+        *,
+        line: int | None = None,
+        column: int | None = None,
+        detail: str | None = None,
+    ) -> None:
+        if line is None:
+            line = node.start_mark.line + 1 if node is not None else 0
+            column = node.start_mark.column + 1 if node is not None else 0
+        self.issues.append(ConfigIssue(self.file, line, column or 0, path, message, detail))
+
+    def has_issue(self, path: str) -> bool:
+        return any(
+            i.path == path or i.path.startswith(path + ".") or i.path.startswith(path + "[")
+            for i in self.issues
+        )
+
+    # -- mappings -----------------------------------------------------------------------------------
+    def pairs(self, node: Node, ctx: Ctx, what: str) -> dict[str, tuple[Node, Node]] | None:
+        """The keys of a mapping node; reports non-mappings, duplicate keys and merge keys."""
+        if not isinstance(node, MappingNode):
+            self.error(ctx.path or "(top level)", node, f"expected a mapping ({what}), got {_describe(node)}")
+            return None
+        out: dict[str, tuple[Node, Node]] = {}
+        for k, v in node.value:
+            if isinstance(k, ScalarNode) and k.tag == "tag:yaml.org,2002:merge":
+                self.error(
+                    ctx.path or "(top level)", k, "YAML merge keys (<<) are not supported; write the keys out"
+                )
+                continue
+            if not isinstance(k, ScalarNode) or not isinstance(scalar_value(k), str):
+                self.error(ctx.path, k, f"keys must be strings, got {_describe(k)}")
+                continue
+            name = k.value
+            if name in out:
+                first = out[name][0].start_mark.line + 1
+                self.error(
+                    ctx.at(name).path, k, f"duplicate key '{name}' (first set on line {first}); remove one"
+                )
+                continue
+            out[name] = (k, v)
+        return out
+
+    def decode_dataclass(
+        self, cls: type, node: Node, ctx: Ctx, *, skip: frozenset[str] = frozenset(), what: str | None = None
+    ) -> tuple[Any, frozenset[str]]:
+        """Decode a mapping into ``cls``; returns the object and the names of the fields set explicitly."""
+        fields = {yaml_name(f): f for f in dataclasses.fields(cls) if "doc" in f.metadata}
+        hints = typing.get_type_hints(cls)
+        pairs = self.pairs(node, ctx, what or _what(cls))
+        if pairs is None:
+            return _BAD, frozenset()
+        values: dict[str, Any] = {}
+        for name, (knode, vnode) in pairs.items():
+            if name in skip:
+                continue
+            f = fields.get(name)
+            if f is None:
+                self.unknown_key(name, knode, ctx, list(fields), top=cls is m.Config)
+                continue
+            v = self.decode_value(hints[f.name], f.metadata, vnode, ctx.at(name))
+            if v is _BAD:
+                continue
+            values[f.name] = v
+        for name, f in fields.items():
+            if f.metadata.get("required") and f.name not in values and name not in skip and name not in pairs:
+                self.error(
+                    ctx.at(name).path, node, f"missing required key '{name}' ({_hint(f.metadata['doc'])})"
+                )
+        try:
+            obj = cls(**values)
+        except TypeError as e:  # pragma: no cover - a model bug, not a user error
+            raise AssertionError(f"{cls.__name__}: {e}") from e
+        return obj, frozenset(values)
+
+    def unknown_key(self, name: str, knode: Node, ctx: Ctx, valid: list[str], *, top: bool) -> None:
+        path = ctx.at(name).path
+        if top and name in TOP_LEVEL_HINTS:
+            self.error(path, knode, f"'{name}' {TOP_LEVEL_HINTS[name]}")
+            return
+        if name in LINKERD_ONLY_KEYS:
+            self.error(path, knode, f"'{name}' {LINKERD_ONLY_KEYS[name]}")
+            return
+        close = difflib.get_close_matches(name, valid, n=1, cutoff=0.75)
+        if not close:
+            lowered = {v.lower(): v for v in valid}
+            if name.lower() in lowered:
+                close = [lowered[name.lower()]]
+        if close:
+            self.error(path, knode, f"unknown key '{name}'; did you mean '{close[0]}'?")
+        else:
+            self.error(path, knode, f"unknown key '{name}'; valid keys here: {', '.join(valid)}")
+
+    # -- values -------------------------------------------------------------------------------------
+    def decode_value(self, hint: Any, meta: typing.Mapping[str, Any], node: Node, ctx: Ctx) -> Any:
+        origin = typing.get_origin(hint)
+        args = typing.get_args(hint)
+        if origin in (types.UnionType, typing.Union):
+            inner = [a for a in args if a is not type(None)]
+            if isinstance(node, ScalarNode) and scalar_value(node) is None:
+                if meta.get("required"):
+                    self.error(ctx.path, node, "must not be null")
+                    return _BAD
+                return None
+            return self.decode_value(inner[0], meta, node, ctx)
+        if isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:null" and not meta.get("required"):
+            return _BAD  # an explicit null means "use the default"
+        if origin is tuple:
+            item = args[0]
+            if isinstance(node, MappingNode) and meta.get("one_or_many"):
+                items = [node]
+            elif isinstance(node, SequenceNode):
+                items = node.value
+            else:
+                self.error(ctx.path, node, f"expected a list, got {_describe(node)}")
+                return _BAD
+            out = []
+            for i, child in enumerate(items):
+                v = self.decode_value(
+                    item,
+                    meta,
+                    child,
+                    ctx.at(f"[{i}]")
+                    if not meta.get("one_or_many") or isinstance(node, SequenceNode)
+                    else ctx,
+                )
+                if v is not _BAD:
+                    out.append(v)
+            return tuple(out)
+        if hint is m.ParamsSection:
+            return self.decode_section(ctx, node)
+        if meta.get("plugin"):
+            return self.decode_plugin(meta["plugin"], node, ctx)
+        if dataclasses.is_dataclass(hint):
+            obj, _ = self.decode_dataclass(typing.cast(type, hint), node, ctx)
+            return self.check(obj, meta, node, ctx)
+        if hint in _TYPE_NAMES:
+            if not isinstance(node, ScalarNode):
+                self.error(ctx.path, node, f"expected {_TYPE_NAMES[hint]}, got {_describe(node)}")
+                return _BAD
+            v = scalar_value(node)
+            if hint is float and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+            if hint is str and meta.get("coerce_str") and isinstance(v, int) and not isinstance(v, bool):
+                v = str(v)
+            if type(v) is not hint:
+                self.error(ctx.path, node, f"expected {_TYPE_NAMES[hint]}, got {_describe(node)}")
+                return _BAD
+            if hint is str and meta.get("dtab"):
+                self.check_dtab(v, node, ctx)
+            if hint is str and meta.get("path"):
+                self.check_path(v, node, ctx)
+            return self.check(v, meta, node, ctx)
+        raise AssertionError(f"unsupported type in the config model: {hint!r}")  # pragma: no cover
+
+    def check(self, v: Any, meta: typing.Mapping[str, Any], node: Node, ctx: Ctx) -> Any:
+        chk = meta.get("check")
+        if chk is not None and v is not _BAD:
+            msg = chk(v)
+            if msg:
+                self.error(ctx.path, node, msg)
+                return _BAD
+        return v
+
+    def check_path(self, text: str, node: ScalarNode, ctx: Ctx) -> None:
+        parse_path = _dtab_api("parse_path")
+        if not text.startswith("/"):
+            self.error(ctx.path, node, f"expected a path starting with '/', got {text!r}")
+            return
+        if parse_path is None:
+            return
+        from dtab.errors import DtabSyntaxError
+
+        try:
+            parse_path(text)
+        except DtabSyntaxError as e:
+            pos = scalar_position(node, self.source, e.offset)
+            self.error(
+                ctx.path,
+                node,
+                f"invalid path: {e.message}",
+                line=pos.line,
+                column=pos.column,
+                detail=e.caret_display(),
+            )
+
+    def check_dtab(self, text: str, node: ScalarNode, ctx: Ctx) -> None:
+        parse_dtab = _dtab_api("parse_dtab")
+        if parse_dtab is None:
+            return
+        from dtab.errors import DtabSyntaxError
+
+        try:
+            parse_dtab(text)
+        except DtabSyntaxError as e:
+            pos = scalar_position(node, self.source, e.offset)
+            where = (
+                f"line {pos.line}, column {pos.column}"
+                if pos.exact
+                else f"line {e.line}, column {e.column} of the dtab"
+            )
+            self.error(
+                ctx.path,
+                node,
+                f"invalid dtab at {where}: {e.message}",
+                line=pos.line,
+                column=pos.column,
+                detail=e.caret_display(),
+            )
+
+    # -- plugins ------------------------------------------------------------------------------------
+    def decode_plugin(self, category: str, node: Node, ctx: Ctx) -> Any:
+        base = registry.CATEGORY_BASE[category]
+        disc = base.DISCRIMINATOR
+        noun = registry.CATEGORY_NOUN[category]
+        pairs = self.pairs(node, ctx, f"a {noun} with '{disc}'")
+        if pairs is None:
+            return _BAD
+        kctx = ctx.at(disc)
+        if disc not in pairs:
+            default = _kind_default(base)
+            if default is None:
+                self.error(
+                    kctx.path,
+                    node,
+                    f"missing required key '{disc}'; valid {noun} kinds: "
+                    f"{', '.join(registry.kinds(category, status='implemented', protocol=ctx.protocol))}",
+                )
+                return _BAD
+            kind, knode = default, node
+        else:
+            knode = pairs[disc][1]
+            kind_value: Any = scalar_value(knode) if isinstance(knode, ScalarNode) else None
+            if not isinstance(kind_value, str):
+                self.error(kctx.path, knode, f"expected a string, got {_describe(knode)}")
+                return _BAD
+            kind = kind_value
+        spec = registry.lookup(category, kind)
+        if spec is None:
+            self.report_bad_kind(category, kind, knode, kctx)
+            return _BAD
+        if spec.protocols is not None and ctx.protocol is not None and ctx.protocol not in spec.protocols:
+            usable = registry.kinds(category, status="implemented", protocol=ctx.protocol)
+            self.error(
+                kctx.path,
+                knode,
+                f"{noun} kind '{kind}' is for {'/'.join(sorted(spec.protocols))} routers, "
+                f"not {ctx.protocol}; {ctx.protocol} routers take: {', '.join(usable)}",
+            )
+            return _BAD
+        if spec.status != "implemented":
+            self.error(
+                kctx.path,
+                knode,
+                f"kind '{kind}' ({kctx.path}) is not supported yet by this hostproxy "
+                f"version; {spec.use_now or 'remove it'}",
+            )
+        sub = ctx
+        if category == "protocol":
+            sub = Ctx(ctx.path, kind, spec.config_type)
+        obj, _ = self.decode_dataclass(spec.config_type, node, sub, skip=frozenset({disc}))
+        if obj is _BAD:
+            return _BAD
+        obj = dataclasses.replace(obj, kind=kind)
+        if spec.experimental and not getattr(obj, "experimental", False):
+            self.error(
+                kctx.path, knode, f"{noun} '{kind}' is experimental; set experimental: true on it to use it"
+            )
+        if spec.status != "implemented":
+            return _BAD
+        return obj
+
+    def report_bad_kind(self, category: str, kind: str, knode: Node, kctx: Ctx) -> None:
+        noun = registry.CATEGORY_NOUN[category]
+        later = registry.NOT_YET.get((category, kind))
+        if later is not None:
+            self.error(kctx.path, knode, f"{noun} kind '{kind}' is not supported yet by hostproxy; {later}")
+            return
+        advice = registry.UNSUPPORTED.get((category, kind))
+        if advice is not None:
+            self.error(
+                kctx.path,
+                knode,
+                f"{noun} kind '{kind}' is a Linkerd {noun} that hostproxy does not support; {advice}",
+            )
+            return
+        for _other, spec_cat in _other_categories(kind):
+            self.error(
+                kctx.path,
+                knode,
+                f"'{kind}' is a {registry.CATEGORY_NOUN[spec_cat]} kind, not a {noun} kind; "
+                f"valid {noun} kinds: {', '.join(registry.kinds(category, status='implemented'))}",
+            )
+            return
+        valid = registry.kinds(category, status="implemented", protocol=kctx.protocol)
+        planned = [k for k in registry.kinds(category, status="planned", protocol=kctx.protocol)]
+        close = difflib.get_close_matches(kind, valid + planned, n=1, cutoff=0.6)
+        msg = f"unknown {noun} kind '{kind}'"
+        if close:
+            msg += f"; did you mean '{close[0]}'?"
+        msg += f"; valid kinds: {', '.join(valid)}"
+        if planned:
+            msg += f" (planned: {', '.join(planned)})"
+        self.error(kctx.path, knode, msg)
+
+    # -- client and service sections ----------------------------------------------------------------
+    def decode_section(self, ctx: Ctx, node: Node) -> Any:
+        section = ctx.path.rsplit(".", 1)[-1]
+        router_cls = ctx.router_cls or m.HttpRouterConfig
+        params_type = router_cls.CLIENT_PARAMS if section == "client" else router_cls.SERVICE_PARAMS
+        pairs = self.pairs(node, ctx, f"{section} parameters")
+        if pairs is None:
+            return _BAD
+        kind: Any = "io.l5d.global"
+        if "kind" in pairs:
+            knode = pairs["kind"][1]
+            kind = scalar_value(knode) if isinstance(knode, ScalarNode) else None
+            if kind not in ("io.l5d.global", "io.l5d.static"):
+                self.error(
+                    ctx.at("kind").path,
+                    knode,
+                    f"unknown {section} kind {kind!r}; valid kinds: "
+                    "io.l5d.global (one set of parameters), io.l5d.static (per-prefix configs)",
+                )
+                return _BAD
+        if kind == "io.l5d.global":
+            params, explicit = self.decode_dataclass(params_type, node, ctx, skip=frozenset({"kind"}))
+            if params is _BAD:
+                return _BAD
+            self.check_params(params, explicit, pairs, ctx, section, captures=frozenset())
+            return m.ParamsSection(
+                kind,
+                (m.ParamsEntry("/", params, m.all_fields(params_type), line=node.start_mark.line + 1),),
+                params_type,
+            )
+        for name, (knode, _) in pairs.items():
+            if name not in ("kind", "configs"):
+                self.error(
+                    ctx.at(name).path,
+                    knode,
+                    f"a {section} of kind io.l5d.static takes only 'configs' "
+                    f"(a list of {{prefix: ..., <parameters>}}); move '{name}' into a configs entry",
+                )
+        if "configs" not in pairs:
+            self.error(
+                ctx.at("configs").path,
+                node,
+                "missing required key 'configs' (a list of {prefix: ..., <parameters>}, later entries win)",
+            )
+            return _BAD
+        cnode = pairs["configs"][1]
+        cctx = ctx.at("configs")
+        if not isinstance(cnode, SequenceNode):
+            self.error(cctx.path, cnode, f"expected a list, got {_describe(cnode)}")
+            return _BAD
+        entries = []
+        for i, enode in enumerate(cnode.value):
+            ectx = cctx.at(f"[{i}]")
+            epairs = self.pairs(enode, ectx, f"a {section} config with 'prefix'")
+            if epairs is None:
+                continue
+            params, explicit = self.decode_dataclass(params_type, enode, ectx, skip=frozenset({"prefix"}))
+            if "prefix" not in epairs:
+                self.error(
+                    ectx.at("prefix").path,
+                    enode,
+                    "missing required key 'prefix' (the names this entry "
+                    "applies to, e.g. /svc/foo, /#/io.l5d.fs/*, /$/io.buoyant.rinet/443/{host})",
+                )
+                continue
+            pnode = epairs["prefix"][1]
+            prefix = scalar_value(pnode) if isinstance(pnode, ScalarNode) else None
+            if not isinstance(prefix, str):
+                self.error(ectx.at("prefix").path, pnode, f"expected a string, got {_describe(pnode)}")
+                continue
+            try:
+                pattern = parse_pattern(prefix)
+            except PatternError as e:
+                self.error(ectx.at("prefix").path, pnode, str(e))
+                continue
+            if params is _BAD:
+                continue
+            self.check_params(params, explicit, epairs, ectx, section, captures=frozenset(pattern.captures))
+            entries.append(m.ParamsEntry(prefix, params, explicit, line=enode.start_mark.line + 1))
+        return m.ParamsSection("io.l5d.static", tuple(entries), params_type)
+
+    def check_params(
+        self,
+        params: Any,
+        explicit: frozenset[str],
+        pairs: dict[str, tuple[Node, Node]],
+        ctx: Ctx,
+        section: str,
+        captures: frozenset[str],
+    ) -> None:
+        if section == "client" and params.tls is not None:
+            tls: m.ClientTls = params.tls
+            tnode = pairs["tls"][1]
+            tctx = ctx.at("tls")
+            if tls.disable_validation and tls.client_auth is not None:
+                self.error(
+                    tctx.path,
+                    tnode,
+                    "disableValidation: true cannot be combined with clientAuth; remove one of them",
+                )
+            if tls.enabled and not tls.disable_validation and not tls.common_name:
+                self.error(
+                    tctx.at("commonName").path,
+                    tnode,
+                    "missing required key 'commonName' (the name the "
+                    "server certificate must carry); or set disableValidation: true for testing",
+                )
+        # every {var} used in a string value must be captured by the prefix
+        for where, text, vnode in _strings(params, explicit, pairs, ctx):
+            for var in re.findall(r"\{([^{}]*)\}", text):
+                if var not in captures:
+                    have = ", ".join("{" + c + "}" for c in sorted(captures)) or "none"
+                    self.error(
+                        where, vnode, f"'{{{var}}}' is not captured by this entry's prefix (captures: {have})"
+                    )
+
+
+def _strings(params: Any, explicit: frozenset[str], pairs: dict[str, tuple[Node, Node]], ctx: Ctx):
+    """(path, text, node) for every string value set explicitly in a params entry."""
+
+    def walk(obj: Any, path: str, node: Node):
+        if isinstance(obj, str):
+            yield path, obj, node
+        elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            sub = {}
+            if isinstance(node, MappingNode):
+                sub = {k.value: v for k, v in node.value if isinstance(k, ScalarNode)}
+            for f in dataclasses.fields(obj):
+                if "doc" in f.metadata and yaml_name(f) in sub:
+                    yield from walk(getattr(obj, f.name), f"{path}.{yaml_name(f)}", sub[yaml_name(f)])
+        elif isinstance(obj, tuple) and isinstance(node, SequenceNode):
+            for i, (x, n) in enumerate(zip(obj, node.value, strict=False)):
+                yield from walk(x, f"{path}[{i}]", n)
+
+    for f in dataclasses.fields(params):
+        if f.name in explicit and yaml_name(f) in pairs:
+            yield from walk(getattr(params, f.name), ctx.at(yaml_name(f)).path, pairs[yaml_name(f)][1])
+
+
+def _hint(doc: str) -> str:
+    doc = doc.rstrip(".")
+    return doc[:1].lower() + doc[1:] if doc[1:2].islower() else doc
+
+
+def _kind_default(base: type) -> str | None:
+    for f in dataclasses.fields(base):
+        if f.name == "kind":
+            return None if f.metadata.get("required") else typing.cast(str, f.default)
+    return None
+
+
+def _other_categories(kind: str):
+    for cat, k in registry.REGISTRY:
+        if k == kind:
+            yield k, cat
+
+
+def _what(cls: type) -> str:
+    return "a mapping of " + cls.__name__
+
+
+def _describe(node: Node) -> str:
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    v = scalar_value(typing.cast(ScalarNode, node))
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return f"a boolean ({node.value})"
+    if isinstance(v, int):
+        return f"an integer ({node.value})"
+    if isinstance(v, float):
+        return f"a number ({node.value})"
+    if isinstance(v, str):
+        return f"a string ({v!r})"
+    return f"{type(v).__name__} ({node.value})"
+
+
+def _dtab_api(name: str) -> Any:
+    try:
+        import dtab
+    except ImportError:  # pragma: no cover
+        return None
+    return getattr(dtab, name, None)
+
+
+# -- whole-file checks --------------------------------------------------------------------------------
+
+
+def _finish(v: Validator, cfg: m.Config, root: MappingNode) -> m.Config:
+    pairs = {k.value: (k, val) for k, val in root.value if isinstance(k, ScalarNode)}
+
+    def node_at(*steps: str | int) -> Node:
+        node: Node = root
+        for s in steps:
+            if isinstance(s, int) and isinstance(node, SequenceNode) and s < len(node.value):
+                node = node.value[s]
+            elif isinstance(s, str) and isinstance(node, MappingNode):
+                found = [val for k, val in node.value if isinstance(k, ScalarNode) and k.value == s]
+                if not found:
+                    return node
+                node = found[0]
+            else:
+                return node
+        return node
+
+    if "routers" in pairs and not cfg.routers and not v.has_issue("routers"):
+        v.error(
+            "routers",
+            pairs["routers"][1],
+            "no routers configured; add at least one, e.g. routers: "
+            "[{protocol: http, dtab: '/svc => /#/io.l5d.fs', servers: [{port: 4140}]}]",
+        )
+    # namers: default prefix, unique prefixes
+    namers = []
+    seen_prefix: dict[str, int] = {}
+    for i, n in enumerate(cfg.namers):
+        if n.prefix is None:
+            if isinstance(n, m.RewriteNamer):
+                v.error(
+                    f"namers[{i}].prefix",
+                    node_at("namers", i),
+                    "missing required key 'prefix' (an io.l5d.rewrite namer has no default prefix)",
+                )
+            n = dataclasses.replace(n, prefix="/" + n.kind)
+        if n.prefix in seen_prefix:
+            v.error(
+                f"namers[{i}].prefix",
+                node_at("namers", i),
+                f"namer prefix '{n.prefix}' is already used by "
+                f"namers[{seen_prefix[n.prefix]}]; give one of them another prefix",
+            )
+        seen_prefix[str(n.prefix)] = i
+        namers.append(n)
+    # routers: defaults, labels, servers, sockets
+    routers = []
+    labels: dict[str, int] = {}
+    sockets: list[tuple[str, int, str]] = [(cfg.admin.ip, cfg.admin.port, "admin")]
+    for i, r in enumerate(cfg.routers or ()):
+        rnode = node_at("routers", i)
+        label = r.label if r.label is not None else r.kind
+        if label in labels:
+            v.error(
+                f"routers[{i}].label",
+                node_at("routers", i, "label"),
+                f"router label '{label}' is already "
+                f"used by routers[{labels[label]}]; give each router a unique label",
+            )
+        labels.setdefault(label, i)
+        if not r.servers and not v.has_issue(f"routers[{i}].servers"):
+            v.error(
+                f"routers[{i}].servers",
+                node_at("routers", i, "servers") if _has(rnode, "servers") else rnode,
+                f"router '{label}' has no servers; add one, e.g. servers: [{{port: {type(r).DEFAULT_PORT}}}]",
+            )
+        servers = []
+        for j, s in enumerate(r.servers):
+            if s.port is None:
+                s = dataclasses.replace(s, port=type(r).DEFAULT_PORT)
+            where = f"routers[{i}].servers[{j}]"
+            for ip, port, other in sockets:
+                if port == s.port and port != 0 and _clash(ip, s.ip):
+                    v.error(
+                        where,
+                        node_at("routers", i, "servers", j),
+                        f"{s.ip}:{s.port} clashes with {other} ({ip}:{port}); use another port",
+                    )
+                    break
+            sockets.append((s.ip, int(s.port or 0), where))
+            servers.append(s)
+        identifiers = r.identifier or (m.HeaderTokenIdentifier(kind="io.l5d.header.token"),)
+        identifiers = tuple(
+            dataclasses.replace(x, header="Host" if r.kind == "http" else ":authority")
+            if isinstance(x, m.HeaderTokenIdentifier) and x.header is None
+            else x
+            for x in identifiers
+        )
+        changes: dict[str, Any] = {"label": label, "servers": tuple(servers), "identifier": identifiers}
+        if r.client is None:
+            changes["client"] = m.global_section(type(r).CLIENT_PARAMS)
+        if r.service is None:
+            changes["service"] = m.global_section(type(r).SERVICE_PARAMS)
+        if isinstance(r, m.HttpRouterConfig):
+            if not r.streaming_enabled and r.stream_after_content_length_kb is not None:
+                v.error(
+                    f"routers[{i}].streamAfterContentLengthKB",
+                    node_at("routers", i, "streamAfterContentLengthKB"),
+                    "streamAfterContentLengthKB cannot be set when streamingEnabled is false; remove one of them",
+                )
+            if r.stream_after_content_length_kb is None:
+                changes["stream_after_content_length_kb"] = 5
+        routers.append(dataclasses.replace(r, **changes))
+    for i, ns in enumerate(cfg.dns.nameservers):
+        if not _host_port(ns):
+            v.error(
+                f"dns.nameservers[{i}]",
+                node_at("dns", "nameservers", i),
+                f"expected host or host:port (e.g. 10.0.0.2 or 10.0.0.2:53), got {ns!r}",
+            )
+    return dataclasses.replace(cfg, namers=tuple(namers), routers=tuple(routers))  # type: ignore[arg-type]
+
+
+def _has(node: Node, key: str) -> bool:
+    return isinstance(node, MappingNode) and any(
+        isinstance(k, ScalarNode) and k.value == key for k, _ in node.value
+    )
+
+
+def _clash(a: str, b: str) -> bool:
+    wild = {"0.0.0.0", "::"}
+    norm = {"localhost": "127.0.0.1"}
+    a, b = norm.get(a, a), norm.get(b, b)
+    return a == b or a in wild or b in wild
+
+
+def _host_port(text: str) -> bool:
+    import ipaddress
+
+    host, port = text, None
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else (None if not rest else "x")
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+        return False
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return bool(re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", host))
+
+
+# -- entry point -------------------------------------------------------------------------------------
+
+
+def validate_text(text: str, source: str) -> m.Config:
+    """Validate config text; raise :class:`ConfigError` listing every problem."""
+    v = Validator(text, source)
+    try:
+        root = compose(text)
+    except YamlSyntaxError as e:
+        raise ConfigError([ConfigIssue(source, e.line, e.column, "", e.message)]) from None
+    if root is None:
+        raise ConfigError(
+            [ConfigIssue(source, 1, 1, "", "the config is empty; it needs at least a routers list")]
+        )
+    if not isinstance(root, MappingNode):
+        v.error(
+            "",
+            root,
+            f"the config must be a mapping with keys such as routers and namers, got {_describe(root)}",
+        )
+        raise ConfigError(v.issues)
+    cfg, _ = v.decode_dataclass(m.Config, root, Ctx(""))
+    if cfg is _BAD:  # pragma: no cover - root is a mapping
+        raise ConfigError(v.issues)
+    cfg = _finish(v, cfg, root)
+    if v.issues:
+        raise ConfigError(sorted(v.issues, key=lambda i: (i.line, i.column)))
+    return cfg
+
+
+def load_config(path_or_text: str | FsPath, *, source: str | None = None) -> m.Config:
+    """Load and validate a config.
+
+    ``path_or_text`` is a file path (``str`` or ``pathlib.Path``), ``"-"`` for stdin, or the config
+    text itself when ``source`` names where it came from (or when it contains a newline or starts with
+    ``{``). Raises :class:`ConfigError` with every problem found.
+    """
+    if source is not None:
+        return validate_text(str(path_or_text), source)
+    if isinstance(path_or_text, str) and ("\n" in path_or_text or path_or_text.lstrip().startswith("{")):
+        return validate_text(path_or_text, "<config>")
+    name = str(path_or_text)
+    if name == "-":
+        return validate_text(sys.stdin.read(), "<stdin>")
+    try:
+        text = FsPath(name).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(
+            [ConfigIssue(name, 0, 0, "", f"cannot read the config file: {e.strerror or e}")]
+        ) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([ConfigIssue(name, 0, 0, "", f"the config file is not UTF-8 text: {e}")]) from None
+    return validate_text(text, name)
