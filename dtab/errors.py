@@ -13,6 +13,26 @@ Callers that embed dtab text in a larger file (a YAML block scalar, a dtab file)
 from __future__ import annotations
 
 
+def utf16_units(text: str) -> str:
+    """``text`` with every non-BMP character split into its two UTF-16 surrogates (Java's view)."""
+    if all(ord(c) <= 0xFFFF for c in text):
+        return text
+    out = []
+    for c in text:
+        o = ord(c)
+        if o > 0xFFFF:
+            o -= 0x10000
+            out.append(chr(0xD800 + (o >> 10)))
+            out.append(chr(0xDC00 + (o & 0x3FF)))
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def _utf16_index(text: str, offset: int) -> int:
+    return offset + sum(1 for c in text[:offset] if ord(c) > 0xFFFF)
+
+
 class DtabError(Exception):
     """Base class of every error the dtab package raises."""
 
@@ -39,6 +59,9 @@ class DtabSyntaxError(DtabError, ValueError):
         *,
         hint: str | None = None,
         upstream_offset: int | None = None,
+        upstream_expected: str | None = None,
+        upstream_class: str = "IllegalArgumentException",
+        upstream_text: str | None = None,
     ) -> None:
         self.text = text
         self.offset = offset
@@ -50,6 +73,13 @@ class DtabSyntaxError(DtabError, ValueError):
         # Finagle marks a different character in one case (a lone '.' weight); the conformance runner
         # compares against this one.
         self.upstream_offset = offset if upstream_offset is None else upstream_offset
+        # Finagle's token for what was expected ("simple", "label char", ...); ``expected`` may be a
+        # friendlier wording of the same thing.
+        self.upstream_expected = expected if upstream_expected is None else upstream_expected
+        # The exception class Finagle raises, and its message when it does not follow the usual
+        # "<expected> expected but <found> found at ..." pattern (a non-ASCII digit in a weight).
+        self.upstream_class = upstream_class
+        self.upstream_text = upstream_text
         self.source: str | None = None
         self.line_offset = 0
         self.column_offset = 0
@@ -90,15 +120,29 @@ class DtabSyntaxError(DtabError, ValueError):
 
     @property
     def upstream_message(self) -> str:
-        """Finagle's exact wording, for comparison with upstream."""
-        i = self.upstream_offset
-        if i >= len(self.text):
-            display = self.text + "[]"
-            found = "end of input"
+        """Finagle's exact wording, for comparison with upstream.
+
+        The character named as found is the one at ``offset``; the bracketed one is at
+        ``upstream_offset`` (they differ only for the lone-dot weight quirk).
+        """
+        if self.upstream_text is not None:
+            return self.upstream_text
+        # Java strings are UTF-16: a character outside the BMP is two code units, and Finagle
+        # brackets (and names) only the first of them.
+        text = utf16_units(self.text)
+        i = self.upstream_offset_utf16
+        if i >= len(text):
+            display = text + "[]"
         else:
-            display = self.text[:i] + "[" + self.text[i] + "]" + self.text[i + 1 :]
-            found = f"'{self.text[i]}'"
-        return f"{self.expected} expected but {found} found at '{display}'"
+            display = text[:i] + "[" + text[i] + "]" + text[i + 1 :]
+        j = _utf16_index(self.text, self.offset)
+        found = "end of input" if j >= len(text) else f"'{text[j]}'"
+        return f"{self.upstream_expected} expected but {found} found at '{display}'"
+
+    @property
+    def upstream_offset_utf16(self) -> int:
+        """``upstream_offset`` counted in UTF-16 code units, as Java counts it."""
+        return _utf16_index(self.text, self.upstream_offset)
 
     def caret_display(self) -> str:
         """The offending line followed by a caret under the offending column."""
@@ -116,3 +160,92 @@ class DtabSyntaxError(DtabError, ValueError):
 
     def __str__(self) -> str:
         return self._render()
+
+
+# ---------------------------------------------------------------------------------------------
+# Binding and delegation errors
+#
+# Each carries ``upstream_class`` and ``upstream_message``: the Finagle/Linkerd exception class and
+# message for the same failure (what ``/delegator.json`` shows in an ``exception`` node), while
+# ``str(err)`` says what went wrong, where, and what to do.
+
+
+class BindError(DtabError):
+    """Binding a path failed (the whole bind, not a single negative branch)."""
+
+    upstream_class = "Exception"
+
+    def __init__(self, message: str, *, upstream_message: str | None = None) -> None:
+        super().__init__(message)
+        self.upstream_message = message if upstream_message is None else upstream_message
+
+
+class DepthExceeded(BindError):
+    """More than ``max_depth`` lookups along one branch: usually a rewrite cycle in the dtab."""
+
+    upstream_class = "NamerExceededMaxDepthException"
+
+    def __init__(self, max_depth: int, path: object, last: object | None = None) -> None:
+        self.max_depth = max_depth
+        self.path = path
+        self.last = last
+        where = f" (last lookup: {last})" if last is not None and last != path else ""
+        super().__init__(
+            f"binding {path} exceeded the maximum depth of {max_depth} lookups{where}: "
+            "check the dtab for a rewrite cycle, or raise the depth limit",
+            upstream_message=f"Max recursion level: {max_depth} reached in Namer lookup",
+        )
+
+
+class UnknownNamer(BindError):
+    """A ``/$/<kind>/...`` path names a system namer that does not exist."""
+
+    upstream_class = "UnknownNamer"
+
+    def __init__(self, kind: str, path: object, *, finagle: bool = False) -> None:
+        self.kind = kind
+        self.path = path
+        if finagle:
+            self.upstream_class = "ClassNotFoundException"
+            upstream = kind
+        else:
+            upstream = f"Unknown namer: {kind} for path: {path}"
+        super().__init__(
+            f"unknown namer {kind!r} for path {path}: '/$/' paths name a system namer "
+            "(inet, fixedinet, nil, fail, io.buoyant.rinet, io.buoyant.*); for /$/inet the port "
+            "must be an integer",
+            upstream_message=upstream,
+        )
+
+
+class NamerError(BindError):
+    """A namer's lookup failed; ``message`` is the namer's own message."""
+
+    upstream_class = "Exception"
+
+    def __init__(self, message: str, *, namer: object | None = None, path: object | None = None) -> None:
+        self.namer = namer
+        self.path = path
+        self.message = message
+        parts = []
+        if namer is not None:
+            parts.append(f"namer {namer}")
+        if path is not None:
+            parts.append(f"looking up {path}")
+        where = f" ({', '.join(parts)})" if parts else ""
+        super().__init__(f"{message}{where}", upstream_message=message)
+
+
+class DelegationCycle(BindError):
+    """A delegation explanation went deeper than its fixed limit (a rewrite cycle)."""
+
+    upstream_class = "IllegalArgumentException"
+
+    def __init__(self, path: object, limit: int = 100) -> None:
+        self.path = path
+        self.limit = limit
+        super().__init__(
+            f"explaining {path} exceeded {limit} rewrite steps (Max recursion level reached.): "
+            "the dtab has a rewrite cycle",
+            upstream_message="Max recursion level reached.",
+        )
