@@ -1,0 +1,488 @@
+"""The namer plugin base: observable per-name state, "last good wins", bounded watching.
+
+Theory of operation
+-------------------
+A namer answers, synchronously and during binding, what a name under its prefix means *now*; a
+background task (:meth:`Namer.run`, started by the daemon in a nursery) keeps those answers current.
+The two halves meet in a :class:`NameTable`, a plain object with no I/O and an injected wall clock:
+
+* ``lookup(residual)`` splits the residual into the namer's *key* (the labels that name one watched
+  thing, e.g. one file) and the rest, touches the key in the table (creating it ``pending`` and waking
+  the runner when it is new) and turns the key's current :class:`NameState` into a name tree:
+  ``pending`` -> :data:`PENDING`, ``bound``/``stale`` -> a bound leaf with the (last good) addresses,
+  ``neg`` -> :data:`NEG`, ``failed`` -> :class:`NamerError`.
+* the runner observes its backend and reports each answer with ``apply_bound``/``apply_neg``/
+  ``apply_failure``. A failure after a good answer keeps the addresses and marks the name ``stale``
+  (with the time it went stale); a failure with no addresses to keep is ``failed``. Every change bumps
+  the name's ``version`` and calls the subscribers, ``callback(namer, key_path)``, synchronously in the
+  trio thread, so binders can drop cached bindings and clients can re-read :meth:`Namer.addr`.
+
+Names can come from untrusted input (a per-request dtab), so the table holds at most ``max_names``
+keys: touching a new key when full evicts the least recently used one (its subscribers are told, and a
+later lookup simply starts watching it again).
+
+Waking the runner is ``trio.Event.set()`` when called in the runner's trio thread, or
+``TrioToken.run_sync_soon`` from another thread; before :meth:`Namer.run` has started, new keys simply
+wait in the table and the runner picks them up when it starts.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import structlog
+import trio
+
+from namers._dtab import (
+    NEG,
+    PENDING,
+    AddrBound,
+    Address,
+    AddrFailed,
+    AddrNeg,
+    AddrPending,
+    BoundName,
+    Leaf,
+    NamerError,
+    Path,
+)
+
+__all__ = [
+    "DEFAULT_MAX_NAMES",
+    "Key",
+    "NameState",
+    "NameTable",
+    "Namer",
+    "State",
+    "Subscriber",
+    "Waker",
+    "format_time",
+    "parse_prefix",
+]
+
+log = structlog.get_logger("namers")
+
+State = Literal["pending", "bound", "neg", "failed", "stale"]
+Key = tuple[bytes, ...]
+Subscriber = Callable[[Any, Path], None]
+
+#: Default cap on the number of names one namer watches.
+DEFAULT_MAX_NAMES = 1000
+
+
+def format_time(t: float | None) -> str | None:
+    """Wall time as Linkerd prints it in namer state: ``2018-10-11 06:17:34 +0000`` (UTC)."""
+    if t is None:
+        return None
+    return time.strftime("%Y-%m-%d %H:%M:%S +0000", time.gmtime(t))
+
+
+def key_text(key: Key) -> str:
+    """A key as the admin JSON shows it: labels joined by ``/`` (``users``, ``dir/file``)."""
+    return "/".join(label.decode("utf-8", "backslashreplace") for label in key)
+
+
+def address_json(a: Address) -> dict[str, Any]:
+    return {"host": a.host, "port": a.port, "weight": a.weight, "meta": dict(a.meta or {})}
+
+
+@dataclass
+class NameState:
+    """What one watched name means now, and how it got there."""
+
+    key: Key
+    state: State = "pending"
+    #: The last good address set (kept while ``stale``); ``None`` when there is none.
+    addr: tuple[Address, ...] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    last_update: float | None = None
+    last_error: str | None = None
+    stale_since: float | None = None
+    version: int = 0
+
+    def stale_age(self, now: float) -> float | None:
+        if self.state != "stale" or self.stale_since is None:
+            return None
+        return max(0.0, now - self.stale_since)
+
+    def current_addr(self) -> Any:
+        """The ``Addr`` this state stands for."""
+        if self.state in ("bound", "stale"):
+            return AddrBound(tuple(self.addr or ()), dict(self.meta))
+        if self.state == "neg":
+            return AddrNeg()
+        if self.state == "failed":
+            return AddrFailed(self.last_error or "failed")
+        return AddrPending()
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        age = self.stale_age(now)
+        return {
+            "state": self.state,
+            "addrs": [address_json(a) for a in self.addr] if self.addr is not None else None,
+            "lastUpdate": format_time(self.last_update),
+            "lastError": self.last_error,
+            "staleAgeSecs": round(age, 3) if age is not None else None,
+            "version": self.version,
+        }
+
+
+class NameTable:
+    """The sans-I/O core of a namer: per-key state, the transition rules, LRU bound.
+
+    Each ``apply_*`` returns whether the name's observable state changed (and so whether subscribers
+    must be told); applying the same answer twice is not a change.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time, max_names: int = DEFAULT_MAX_NAMES) -> None:
+        if max_names < 1:
+            raise ValueError(f"max_names must be at least 1, got {max_names}")
+        self.clock = clock
+        self.max_names = max_names
+        self._names: OrderedDict[Key, NameState] = OrderedDict()
+        self.evictions = 0
+        self.updates = 0
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._names
+
+    def get(self, key: Key) -> NameState | None:
+        return self._names.get(key)
+
+    def watched(self) -> list[Key]:
+        return list(self._names)
+
+    def states(self) -> list[NameState]:
+        return list(self._names.values())
+
+    def touch(self, key: Key) -> tuple[NameState, bool, list[NameState]]:
+        """Mark ``key`` as just used; create it ``pending`` if new.
+
+        Returns ``(state, created, evicted)``: the evicted states are the least recently used names
+        dropped to stay within ``max_names``.
+        """
+        st = self._names.get(key)
+        if st is not None:
+            self._names.move_to_end(key)
+            return st, False, []
+        evicted: list[NameState] = []
+        while len(self._names) >= self.max_names:
+            _, old = self._names.popitem(last=False)
+            evicted.append(old)
+            self.evictions += 1
+        st = NameState(key)
+        self._names[key] = st
+        return st, True, evicted
+
+    def forget(self, key: Key) -> NameState | None:
+        return self._names.pop(key, None)
+
+    def _changed(self, st: NameState) -> bool:
+        st.version += 1
+        st.last_update = self.clock()
+        self.updates += 1
+        return True
+
+    def apply_bound(self, key: Key, addrs: Sequence[Address], meta: dict[str, Any] | None = None) -> bool:
+        """A good answer: the name has exactly these addresses (possibly none)."""
+        st = self._names.get(key)
+        if st is None:
+            return False
+        new = tuple(addrs)
+        new_meta = dict(meta or {})
+        if st.state == "bound" and st.addr == new and st.meta == new_meta:
+            return False
+        st.state = "bound"
+        st.addr = new
+        st.meta = new_meta
+        st.last_error = None
+        st.stale_since = None
+        return self._changed(st)
+
+    def apply_neg(self, key: Key) -> bool:
+        """A good answer: the name does not exist (a dtab alternate may take over)."""
+        st = self._names.get(key)
+        if st is None:
+            return False
+        if st.state == "neg":
+            return False
+        st.state = "neg"
+        st.addr = None
+        st.meta = {}
+        st.last_error = None
+        st.stale_since = None
+        return self._changed(st)
+
+    def apply_failure(self, key: Key, error: str) -> bool:
+        """The backend could not answer: keep the last good addresses (``stale``) or fail."""
+        st = self._names.get(key)
+        if st is None:
+            return False
+        if st.addr is not None:
+            if st.state == "stale" and st.last_error == error:
+                return False
+            if st.state != "stale":
+                st.stale_since = self.clock()
+            st.state = "stale"
+        else:
+            if st.state == "failed" and st.last_error == error:
+                return False
+            st.state = "failed"
+        st.last_error = error
+        return self._changed(st)
+
+
+def parse_prefix(prefix: str | Path | None, kind: str) -> Path:
+    """A namer's configured ``prefix`` (default ``/<kind>``) as a :class:`Path`."""
+    if prefix is None:
+        return Path.of(kind)
+    if isinstance(prefix, str):
+        if not prefix.startswith("/"):
+            raise ValueError(f"namer prefix {prefix!r} must start with '/', e.g. '/{kind}'")
+        return Path.read(prefix)
+    return prefix
+
+
+class Waker:
+    """Wakes a runner task from synchronous code, without awaiting.
+
+    ``wake()`` from the runner's trio thread sets an event; from any other thread it schedules that
+    through the run's ``TrioToken``; before :meth:`bind` (the runner has not started) it does nothing,
+    since the runner looks at everything when it starts.
+    """
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._thread: threading.Thread | None = None
+
+    def bind(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._thread = threading.current_thread()
+
+    def wake(self) -> None:
+        token = self._token
+        if token is None:
+            return
+        if threading.current_thread() is self._thread:
+            self._event.set()
+        else:
+            try:
+                token.run_sync_soon(self._set)
+            except trio.RunFinishedError:
+                self._token = None
+
+    def _set(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """Sleep until woken or ``timeout`` passes; return whether it was woken."""
+        with trio.move_on_after(timeout):
+            await self._event.wait()
+        woken = self._event.is_set()
+        self._event = trio.Event()
+        return woken
+
+
+class Namer:
+    """Base class of configured namers (``/#/<prefix>/...``).
+
+    Subclasses set :attr:`kind`, implement :meth:`run` (report answers through ``self.table.apply_*``
+    followed by :meth:`_notify`) and may override :meth:`split` (which labels of a residual form one
+    watched name; default: the first label).
+    """
+
+    kind: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        *,
+        prefix: str | Path | None = None,
+        clock: Callable[[], float] = time.time,
+        max_names: int = DEFAULT_MAX_NAMES,
+        transformers: Iterable[Any] = (),
+    ) -> None:
+        self.prefix: Path = parse_prefix(prefix, self.kind)
+        #: Transformers configured on this namer, applied by the interpreter to its bound results.
+        self.transformers: tuple[Any, ...] = tuple(transformers)
+        self.clock = clock
+        self.table = NameTable(clock, max_names)
+        self._subscribers: list[Subscriber] = []
+        self.waker = Waker()
+        self.lookups = 0
+        self.callback_errors = 0
+
+    # -- naming --------------------------------------------------------------------------------
+    @property
+    def bound_prefix(self) -> Path:
+        """The effective prefix ``/#`` + prefix; bound ids start with it."""
+        return Path.of("#") + self.prefix
+
+    def bound_id(self, key: Key) -> Path:
+        return self.bound_prefix + Path(tuple(key))
+
+    def split(self, residual: Path) -> tuple[Key, Path] | None:
+        """Split a residual into (watched key, rest); ``None`` means the namer has no such name."""
+        labels = tuple(residual.labels)
+        if not labels:
+            return None
+        return labels[:1], Path(labels[1:])
+
+    # -- the binding side (synchronous) --------------------------------------------------------
+    def lookup(self, residual: Path) -> Any:
+        """What ``residual`` (the path after this namer's prefix) means now.
+
+        A bound leaf, :data:`NEG`, or :data:`PENDING` until the first answer; raises
+        :class:`NamerError` for a failed name. The first lookup of a name starts watching it.
+        """
+        self.lookups += 1
+        split = self.split(residual)
+        if split is None:
+            return NEG
+        key, rest = split
+        st = self.touch(key)
+        return self.tree_for(st, rest)
+
+    def touch(self, key: Key) -> NameState:
+        """Mark ``key`` used, start watching it if new, and return its state."""
+        st, created, evicted = self.table.touch(key)
+        for old in evicted:
+            log.info("namer.name.evicted", namer=self.kind, name=key_text(old.key), cap=self.table.max_names)
+            self._notify(old.key)
+        if created:
+            self._wake()
+        return st
+
+    def tree_for(self, st: NameState, rest: Path) -> Any:
+        if st.state == "pending":
+            return PENDING
+        if st.state == "neg":
+            return NEG
+        bid = self.bound_id(st.key)
+        if st.state == "failed":
+            raise NamerError(f"{bid}: {st.last_error}")
+        return Leaf(BoundName(id=bid, residual=rest, addr=st.current_addr()))
+
+    def addr(self, key: Key | Path) -> Any:
+        """The current address set of a watched name (starts watching it if it is not)."""
+        k = tuple(key.labels) if isinstance(key, Path) else tuple(key)
+        return self.touch(k).current_addr()
+
+    # -- observing -----------------------------------------------------------------------------
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call ``callback(namer, key_path)`` whenever a watched name's state changes or it is
+        evicted. Returns a function that unsubscribes."""
+        self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def _notify(self, key: Key) -> None:
+        path = Path(tuple(key))
+        for cb in list(self._subscribers):
+            try:
+                cb(self, path)
+            except Exception:
+                self.callback_errors += 1
+                log.exception("namer.subscriber.failed", namer=self.kind, name=key_text(key))
+
+    def _wake(self) -> None:
+        self.waker.wake()
+
+    def _bind_runner(self) -> None:
+        """Called first thing in :meth:`run`: remember the trio thread for waking."""
+        self.waker.bind()
+
+    async def _wait_for_wake(self, timeout: float) -> bool:
+        return await self.waker.wait(timeout)
+
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement run()")
+
+    # -- persistence ---------------------------------------------------------------------------
+    def export_state(self) -> dict[str, Any]:
+        """The last good address sets, JSON-serialisable, for the daemon to save (``namerState.dir``)
+        so that a restart while the backend is down does not start empty."""
+        names = {}
+        for st in self.table.states():
+            if st.addr is None:
+                continue
+            names[str(Path(st.key))] = {
+                "addrs": [address_json(a) for a in st.addr],
+                "meta": dict(st.meta),
+                "lastUpdate": st.last_update,
+            }
+        return {"kind": self.kind, "prefix": str(self.bound_prefix), "names": names}
+
+    def import_state(self, data: Any) -> int:
+        """Seed names from :meth:`export_state` output. Restored names are ``stale`` (serving their
+        saved addresses) until the backend answers for them; names already known are left alone.
+        Returns how many were restored; raises ``ValueError`` for state saved by another namer."""
+        if not isinstance(data, dict) or not isinstance(data.get("names"), dict):
+            raise ValueError("saved namer state must be an object with a 'names' object")
+        if data.get("kind") != self.kind or data.get("prefix") != str(self.bound_prefix):
+            raise ValueError(
+                f"saved namer state is for {data.get('kind')!r} at {data.get('prefix')!r}, not "
+                f"{self.kind!r} at {str(self.bound_prefix)!r}; remove the file or fix the prefix"
+            )
+        restored = 0
+        for name, entry in list(data["names"].items())[-self.table.max_names :]:
+            try:
+                key = tuple(Path.read(name).labels)
+                addrs = tuple(
+                    Address(
+                        str(a["host"]), int(a["port"]), float(a.get("weight", 1.0)), dict(a.get("meta") or {})
+                    )
+                    for a in entry["addrs"]
+                )
+                meta = dict(entry.get("meta") or {})
+            except Exception as e:
+                log.warning("namer.state.restore.failed", namer=self.kind, name=name, error=repr(e))
+                continue
+            if not key or key in self.table:
+                continue
+            self.touch(key)
+            self.table.apply_bound(key, addrs, meta)
+            self.table.apply_failure(key, "restored from saved state; not yet confirmed")
+            restored += 1
+        return restored
+
+    # -- admin ---------------------------------------------------------------------------------
+    def state_json(self) -> dict[str, Any]:
+        """The body of ``/namer_state/<prefix>.json``."""
+        now = self.clock()
+        return {
+            "kind": self.kind,
+            "prefix": str(self.bound_prefix),
+            "names": {key_text(st.key): st.to_json(now) for st in self.table.states()},
+        }
+
+    def statistics(self) -> dict[str, Any]:
+        counts = {s: 0 for s in ("pending", "bound", "neg", "failed", "stale")}
+        for st in self.table.states():
+            counts[st.state] += 1
+        return {
+            "kind": self.kind,
+            "prefix": str(self.bound_prefix),
+            "watched": len(self.table),
+            "max_names": self.table.max_names,
+            "states": counts,
+            "lookups": self.lookups,
+            "updates": self.table.updates,
+            "evictions": self.table.evictions,
+            "callback_errors": self.callback_errors,
+        }
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.bound_prefix} watching {len(self.table)} names>"

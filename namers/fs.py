@@ -1,0 +1,393 @@
+"""``io.l5d.fs``: service discovery from a directory of files, watched.
+
+Theory of operation
+-------------------
+``/#/io.l5d.fs/<name>/rest...`` names the file ``<rootDir>/<name>``; it binds to
+``BoundName(id=/#/io.l5d.fs/<name>, residual=/rest..., addr=AddrBound(addresses))`` with the
+addresses parsed by :mod:`namers.fsformat`. Subdirectories nest (``/#/io.l5d.fs/<dir>/<file>/rest``);
+a missing file, or a directory, is ``NEG`` so a dtab alternate can take over.
+
+Three parts:
+
+* :func:`scan` (blocking, run in a worker thread) checks the root directory and stats every watched
+  path; it reads a file only when its signature (inode, size, mtime) changed or a re-read is forced,
+  and returns one observation per name (:class:`Missing`, :class:`IsDir`, :class:`Unchanged`,
+  :class:`FileText`, :class:`ReadError`).
+* :class:`FsCore` (pure, time passed in) turns observations into :class:`NameTable` transitions:
+  missing or directory -> ``neg``; text -> ``bound`` or, for a malformed file, a failure that keeps
+  the last good addresses (``stale``) and carries ``file:line``; unreadable -> failure; a missing or
+  unreadable ``rootDir`` -> every name fails with an error naming the path. An *empty* file seen
+  right after a non-empty one is not believed at once, since a writer that truncates and rewrites in
+  place shows it for a moment: it is re-read after ``settle`` seconds, and only an empty file then
+  empties the name. (Writers that write a temporary file and ``rename`` it never show that state.)
+* :class:`FsNamer` wires them: its :meth:`~FsNamer.run` task polls every ``poll_interval`` seconds
+  (0.25 by default) or at once when a lookup asks for a new name, so changes apply within a second,
+  and never lets one name's trouble stop the others.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import structlog
+import trio
+
+from namers._dtab import NEG, PENDING, Path
+from namers.base import DEFAULT_MAX_NAMES, Key, Namer, NameTable, key_text
+from namers.fsformat import MAX_FILE_SIZE, FsFormatError, check_size, parse_addresses
+
+__all__ = [
+    "KIND",
+    "MAX_DEPTH",
+    "FileText",
+    "FsCore",
+    "FsNamer",
+    "IsDir",
+    "Missing",
+    "ReadError",
+    "Unchanged",
+    "check_root",
+    "from_config",
+    "observe",
+    "safe_label",
+    "scan",
+]
+
+KIND = "io.l5d.fs"
+log = structlog.get_logger("namers.fs")
+
+#: Deepest subdirectory nesting a lookup follows.
+MAX_DEPTH = 16
+
+Sig = tuple[int, int, int, int]  # (device, inode, size, mtime_ns)
+
+
+# -- observations (what one scan saw for one name) ----------------------------------------------
+@dataclass(frozen=True)
+class Missing:
+    pass
+
+
+@dataclass(frozen=True)
+class IsDir:
+    pass
+
+
+@dataclass(frozen=True)
+class Unchanged:
+    pass
+
+
+@dataclass(frozen=True)
+class FileText:
+    sig: Sig
+    text: str
+
+
+@dataclass(frozen=True)
+class ReadError:
+    message: str
+
+
+Observation = Missing | IsDir | Unchanged | FileText | ReadError
+Request = tuple[Key, "Sig | None", bool]  # (key, signature last read, force a re-read)
+
+
+def safe_label(label: bytes) -> bool:
+    """Whether a path label can name a file under rootDir (no traversal, no separators)."""
+    return label not in (b".", b"..") and b"/" not in label and b"\0" not in label and b"\\" not in label
+
+
+def file_path(root: str, key: Key) -> str:
+    return os.path.join(root, *(os.fsdecode(label) for label in key))
+
+
+# -- the blocking half ---------------------------------------------------------------------------
+def check_root(root: str) -> str | None:
+    """``None`` when ``root`` is a readable directory, else what is wrong and what to do."""
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
+        return f"io.l5d.fs rootDir {root!r} does not exist; create it or fix namers[].rootDir"
+    except OSError as e:
+        return f"io.l5d.fs rootDir {root!r} cannot be read ({e.strerror}); fix its permissions or namers[].rootDir"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"io.l5d.fs rootDir {root!r} is not a directory; point namers[].rootDir at a directory"
+    if not os.access(root, os.R_OK | os.X_OK):
+        return f"io.l5d.fs rootDir {root!r} cannot be read (permission denied); fix its permissions"
+    return None
+
+
+def observe(root: str, key: Key, prev: Sig | None, force: bool) -> Observation:
+    path = file_path(root, key)
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return Missing()
+    except OSError as e:
+        return ReadError(f"{path}: cannot stat ({e.strerror}); fix its permissions")
+    if stat.S_ISDIR(st.st_mode):
+        return IsDir()
+    if not stat.S_ISREG(st.st_mode):
+        return ReadError(f"{path} is not a regular file; replace it with a file of 'host port' lines")
+    sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if sig == prev and not force:
+        return Unchanged()
+    try:
+        with open(path, "rb") as f:
+            fst = os.fstat(f.fileno())
+            sig = (fst.st_dev, fst.st_ino, fst.st_size, fst.st_mtime_ns)
+            try:
+                check_size(fst.st_size, path)
+            except FsFormatError as e:
+                return ReadError(str(e))
+            data = f.read(MAX_FILE_SIZE + 1)
+    except FileNotFoundError:
+        return Missing()
+    except OSError as e:
+        return ReadError(f"{path}: cannot read ({e.strerror}); fix its permissions")
+    try:
+        check_size(len(data), path)
+        text = data.decode("utf-8")
+    except FsFormatError as e:
+        return ReadError(str(e))
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        return ReadError(f"{path}:{line}: not UTF-8 text; save the file as UTF-8")
+    return FileText(sig, text)
+
+
+def scan(root: str, requests: Sequence[Request]) -> tuple[str | None, list[tuple[Key, Observation]]]:
+    """Check ``root`` and observe every requested name. Blocking: run it in a worker thread."""
+    root_error = check_root(root)
+    if root_error is not None:
+        return root_error, []
+    return None, [(key, observe(root, key, prev, force)) for key, prev, force in requests]
+
+
+# -- the pure half --------------------------------------------------------------------------------
+@dataclass
+class _Tracked:
+    kind: str | None = None  # "file", "dir", "missing", "error"
+    sig: Sig | None = None
+    settle_until: float | None = None
+
+
+class FsCore:
+    """Turns scan observations into name-state transitions. No I/O; ``now`` is passed in
+    (a monotonic time, used only for the settle delay)."""
+
+    def __init__(self, table: NameTable, root: str, settle: float = 0.5) -> None:
+        self.table = table
+        self.root = root
+        self.settle = settle
+        self.root_error: str | None = None
+        self._tracked: dict[Key, _Tracked] = {}
+        self.reads = 0
+        self.settles = 0
+
+    def is_dir(self, key: Key) -> bool:
+        t = self._tracked.get(key)
+        return t is not None and t.kind == "dir"
+
+    def requests(self, now: float) -> list[Request]:
+        """What the next scan must look at; forgets names the table no longer holds."""
+        keys = self.table.watched()
+        for gone in set(self._tracked) - set(keys):
+            del self._tracked[gone]
+        out: list[Request] = []
+        for key in keys:
+            t = self._tracked.get(key)
+            if t is None:
+                out.append((key, None, False))
+                continue
+            force = t.settle_until is not None and now >= t.settle_until
+            out.append((key, t.sig if t.kind == "file" else None, force))
+        return out
+
+    def apply_scan(
+        self, root_error: str | None, observations: Iterable[tuple[Key, Observation]], now: float
+    ) -> list[Key]:
+        """Apply one scan's results; return the keys whose state changed."""
+        changed: list[Key] = []
+        if root_error is not None:
+            if root_error != self.root_error:
+                log.error("namer.fs.root.failed", error=root_error)
+            self.root_error = root_error
+            self._tracked.clear()
+            for key in self.table.watched():
+                if self.table.apply_failure(key, root_error):
+                    changed.append(key)
+            return changed
+        if self.root_error is not None:
+            log.info("namer.fs.root.recovered", root=self.root)
+            self.root_error = None
+        for key, obs in observations:
+            if key in self.table and self.apply(key, obs, now):
+                changed.append(key)
+        return changed
+
+    def apply(self, key: Key, obs: Observation, now: float) -> bool:
+        t = self._tracked.setdefault(key, _Tracked())
+        if isinstance(obs, Unchanged):
+            return False
+        if isinstance(obs, Missing | IsDir):
+            t.kind = "dir" if isinstance(obs, IsDir) else "missing"
+            t.sig = None
+            t.settle_until = None
+            return self.table.apply_neg(key)
+        if isinstance(obs, ReadError):
+            t.kind = "error"
+            t.sig = None
+            t.settle_until = None
+            return self.table.apply_failure(key, obs.message)
+        assert isinstance(obs, FileText)
+        self.reads += 1
+        t.kind = "file"
+        t.sig = obs.sig
+        if obs.text == "" and self._has_addresses(key):
+            if t.settle_until is None:
+                t.settle_until = now + self.settle
+                self.settles += 1
+                return False
+            if now < t.settle_until:
+                return False
+        t.settle_until = None
+        source = file_path(self.root, key)
+        try:
+            addrs = parse_addresses(obs.text, source)
+        except FsFormatError as e:
+            return self.table.apply_failure(key, str(e))
+        return self.table.apply_bound(key, addrs)
+
+    def _has_addresses(self, key: Key) -> bool:
+        st = self.table.get(key)
+        return st is not None and bool(st.addr)
+
+
+# -- the trio shell ---------------------------------------------------------------------------------
+class FsNamer(Namer):
+    """The ``io.l5d.fs`` namer over ``root_dir`` (relative paths are taken from the working directory
+    at construction)."""
+
+    kind: ClassVar[str] = KIND
+
+    def __init__(
+        self,
+        root_dir: str | os.PathLike[str],
+        *,
+        prefix: str | Path | None = None,
+        clock: Callable[[], float] | None = None,
+        max_names: int = DEFAULT_MAX_NAMES,
+        transformers: Iterable[Any] = (),
+        poll_interval: float = 0.25,
+        settle: float = 0.5,
+    ) -> None:
+        kwargs: dict[str, Any] = {"prefix": prefix, "max_names": max_names, "transformers": transformers}
+        if clock is not None:
+            kwargs["clock"] = clock
+        super().__init__(**kwargs)
+        self.root_dir = os.path.abspath(os.fspath(root_dir))
+        self.poll_interval = poll_interval
+        self.core = FsCore(self.table, self.root_dir, settle)
+        self.polls = 0
+        self.poll_errors = 0
+
+    def lookup(self, residual: Path) -> Any:
+        """``/<name>[/<name>...]/rest``: follows subdirectories, binds the first file."""
+        self.lookups += 1
+        labels = tuple(residual.labels)
+        for i in range(1, min(len(labels), MAX_DEPTH) + 1):
+            if not safe_label(labels[i - 1]):
+                return NEG
+            key = labels[:i]
+            st = self.touch(key)
+            if st.state == "pending":
+                return PENDING
+            if self.core.is_dir(key):
+                continue
+            return self.tree_for(st, Path(labels[i:]))
+        return NEG
+
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Poll the directory until cancelled. Reports started after the first scan, so names looked
+        up before the daemon started are answered by then; a bad rootDir is logged at that point."""
+        self._bind_runner()
+        log.info("namer.fs.started", root=self.root_dir, prefix=str(self.bound_prefix))
+        started = False
+        while True:
+            await self.poll_once()
+            if not started:
+                task_status.started()
+                started = True
+            await self._wait_for_wake(self.poll_interval)
+
+    async def poll_once(self) -> None:
+        """One scan of every watched name; errors are logged and counted, never raised."""
+        self.polls += 1
+        try:
+            requests = self.core.requests(trio.current_time())
+            root_error, observations = await trio.to_thread.run_sync(
+                scan, self.root_dir, requests, abandon_on_cancel=True
+            )
+            changed = self.core.apply_scan(root_error, observations, trio.current_time())
+        except Exception:
+            self.poll_errors += 1
+            log.exception("namer.fs.poll.failed", root=self.root_dir)
+            return
+        for key in changed:
+            st = self.table.get(key)
+            if st is not None:
+                log.info(
+                    "namer.fs.update.complete",
+                    name=key_text(key),
+                    state=st.state,
+                    version=st.version,
+                    error=st.last_error,
+                )
+            self._notify(key)
+
+    def state_json(self) -> dict[str, Any]:
+        body = super().state_json()
+        body["rootDir"] = self.root_dir
+        body["rootError"] = self.core.root_error
+        return body
+
+    def statistics(self) -> dict[str, Any]:
+        stats = super().statistics()
+        stats.update(
+            root_dir=self.root_dir,
+            root_error=self.core.root_error,
+            polls=self.polls,
+            poll_errors=self.poll_errors,
+            reads=self.core.reads,
+            settles=self.core.settles,
+        )
+        return stats
+
+
+def _cfg_get(cfg: Any, *names: str) -> Any:
+    for name in names:
+        if isinstance(cfg, Mapping):
+            if name in cfg:
+                return cfg[name]
+        elif getattr(cfg, name, None) is not None:
+            return getattr(cfg, name)
+    return None
+
+
+def from_config(cfg: Any) -> FsNamer:
+    """Build the namer from a ``namers[]`` entry (a mapping or a config dataclass) with ``rootDir``
+    and optional ``prefix`` and ``transformers``."""
+    root = _cfg_get(cfg, "rootDir", "root_dir")
+    if root is None or root == "":
+        raise ValueError(
+            "namers[].rootDir is required for kind io.l5d.fs: set it to the directory of service files"
+        )
+    prefix = _cfg_get(cfg, "prefix")
+    transformers = _cfg_get(cfg, "transformers") or ()
+    return FsNamer(str(root), prefix=prefix, transformers=transformers)

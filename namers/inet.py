@@ -1,0 +1,532 @@
+"""Host resolution for ``/$/inet``, ``/$/fixedinet`` and ``/$/io.buoyant.rinet``.
+
+Theory of operation
+-------------------
+``/$/inet/<host>/<port>/rest`` (or ``/$/inet/<port>/rest`` for the local host) binds to
+``BoundName(id=/$/inet/<host>/<port>, residual=/rest, addr=...)``; ``/$/io.buoyant.rinet/<port>/<host>``
+is the same with the arguments swapped; ``/$/fixedinet`` resolves once and keeps the answer.
+
+* Literal hosts answer synchronously: IPv4 in ``inet_aton`` form (``127.1`` is ``127.0.0.1``,
+  ``10.1.2`` is ``10.1.0.2``), IPv6 (with or without ``[]``), and ``localhost`` or the empty host
+  (``127.0.0.1``).
+* Other names go through a :class:`HostTable` (pure; the monotonic time is passed in): the first
+  :meth:`InetResolver.resolve` of a host creates a ``pending`` entry and wakes the runner, which
+  queries A and AAAA concurrently with dnspython's async resolver (it runs on trio) against the
+  configured nameservers or the system's ``/etc/resolv.conf``. An answer is cached for its TTL
+  clamped to ``[ttl_floor, ttl_ceiling]`` and then re-resolved in the background; NXDOMAIN (or no
+  A/AAAA records) is negative and cached for ``negative_ttl``; a resolver failure (timeout, SERVFAIL,
+  refused) keeps the last good addresses, marked ``stale``, and is retried with exponential backoff
+  up to ``retry_max``. The table holds at most ``max_hosts`` hosts (least recently used evicted), so
+  names from untrusted input cannot grow it without bound; at most ``max_concurrency`` queries run at
+  once.
+* Subscribers, ``callback(resolver, host)``, are called in the trio thread whenever a host's
+  answer changes, so binders and clients can re-read :meth:`InetResolver.resolve`.
+
+``InetResolver.system`` is the ``system=`` callback for binding: it answers ``/$/inet``-family paths
+with a bound leaf (whose ``addr`` is bound, negative or failed), :data:`PENDING` while the first
+resolution of a host is in flight, and ``None`` for every other path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import dns.asyncresolver
+import dns.exception
+import dns.nameserver
+import dns.resolver
+import structlog
+import trio
+
+from namers._dtab import (
+    NEG,
+    PENDING,
+    AddrBound,
+    Address,
+    AddrFailed,
+    AddrNeg,
+    BoundName,
+    Leaf,
+    NamerError,
+    Path,
+)
+from namers.base import Waker, format_time
+
+__all__ = [
+    "HostEntry",
+    "HostTable",
+    "InetResolver",
+    "literal_ip",
+    "parse_nameserver",
+]
+
+log = structlog.get_logger("namers.inet")
+
+HostState = Literal["pending", "bound", "neg", "failed", "stale"]
+
+_INET_ATON_PART = r"(?:0[xX][0-9a-fA-F]+|[0-9]+)"
+_INET_ATON = re.compile(rf"{_INET_ATON_PART}(?:\.{_INET_ATON_PART}){{0,3}}")
+_JAVA_INT = re.compile(r"[+-]?[0-9]+")
+
+
+def literal_ip(host: str) -> str | None:
+    """The IP address a literal host stands for, or ``None`` when ``host`` is a name to resolve."""
+    if host in ("", "localhost"):
+        return "127.0.0.1"
+    h = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if ":" in h:
+        try:
+            return str(ipaddress.IPv6Address(h))
+        except ValueError:
+            return None
+    if _INET_ATON.fullmatch(h):
+        try:
+            return socket.inet_ntoa(socket.inet_aton(h))
+        except OSError:
+            return None
+    return None
+
+
+def parse_nameserver(spec: str) -> tuple[str, int]:
+    """``host`` or ``host:port`` (``[v6]:port`` for IPv6 with a port) -> (address, port)."""
+    s = spec.strip()
+    if s.startswith("["):
+        addr, sep, rest = s[1:].partition("]")
+        port_s = rest[1:] if rest.startswith(":") else ""
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"nameserver {spec!r} is not 'host', 'host:port' or '[v6]:port'")
+    elif s.count(":") == 1:
+        addr, port_s = s.split(":")
+    else:
+        addr, port_s = s, ""
+    try:
+        ipaddress.ip_address(addr)
+    except ValueError:
+        raise ValueError(
+            f"nameserver {spec!r}: {addr!r} is not an IP address; give the server's IP"
+        ) from None
+    if port_s == "":
+        return addr, 53
+    if not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
+        raise ValueError(f"nameserver {spec!r}: port {port_s!r} is not 1-65535")
+    return addr, int(port_s)
+
+
+@dataclass
+class HostEntry:
+    host: str
+    fixed: bool = False
+    state: HostState = "pending"
+    ips: tuple[str, ...] | None = None  # last good answer
+    last_update: float | None = None  # wall time
+    last_error: str | None = None
+    stale_since: float | None = None  # wall time
+    version: int = 0
+    next_refresh: float = -math.inf  # monotonic; -inf = due now
+    in_flight: bool = False
+    failures: int = 0
+
+    def to_json(self, now_wall: float) -> dict[str, Any]:
+        age = now_wall - self.stale_since if self.state == "stale" and self.stale_since is not None else None
+        return {
+            "state": self.state,
+            "addrs": list(self.ips) if self.ips is not None else None,
+            "lastUpdate": format_time(self.last_update),
+            "lastError": self.last_error,
+            "staleAgeSecs": round(max(age, 0.0), 3) if age is not None else None,
+            "version": self.version,
+        }
+
+
+def describe_dns_error(exc: BaseException) -> str:
+    """A stable, short description of a resolver failure (no timings, so repeated identical failures
+    compare equal and do not count as state changes)."""
+    if isinstance(exc, dns.exception.Timeout):
+        return "timed out"
+    if isinstance(exc, dns.resolver.NoNameservers):
+        return "no nameserver gave an answer (SERVFAIL, REFUSED or unreachable)"
+    if isinstance(exc, dns.resolver.NoResolverConfiguration):
+        return "no nameservers configured (empty /etc/resolv.conf?); configure nameservers"
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return type(exc).__name__
+
+
+class HostTable:
+    """Per-host resolution state and refresh schedule. No I/O: ``now`` is monotonic time passed in,
+    ``clock`` gives wall time for display."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_hosts: int = 1000,
+        ttl_floor: float = 1.0,
+        ttl_ceiling: float = 60.0,
+        negative_ttl: float = 5.0,
+        retry_base: float = 0.5,
+        retry_max: float = 30.0,
+    ) -> None:
+        if max_hosts < 1:
+            raise ValueError(f"max_hosts must be at least 1, got {max_hosts}")
+        if not 0 <= ttl_floor <= ttl_ceiling:
+            raise ValueError(f"need 0 <= ttl_floor <= ttl_ceiling, got {ttl_floor} and {ttl_ceiling}")
+        self.clock = clock
+        self.max_hosts = max_hosts
+        self.ttl_floor = ttl_floor
+        self.ttl_ceiling = ttl_ceiling
+        self.negative_ttl = min(negative_ttl, ttl_ceiling)
+        self.retry_base = retry_base
+        self.retry_max = retry_max
+        self._hosts: OrderedDict[str, HostEntry] = OrderedDict()
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._hosts)
+
+    def get(self, host: str) -> HostEntry | None:
+        return self._hosts.get(host)
+
+    def entries(self) -> list[HostEntry]:
+        return list(self._hosts.values())
+
+    def touch(self, host: str, fixed: bool = False) -> tuple[HostEntry, bool, list[HostEntry]]:
+        """Mark ``host`` used; create it pending (due now) if new. Returns (entry, created, evicted)."""
+        e = self._hosts.get(host)
+        if e is not None:
+            self._hosts.move_to_end(host)
+            return e, False, []
+        evicted: list[HostEntry] = []
+        while len(self._hosts) >= self.max_hosts:
+            evicted.append(self._hosts.popitem(last=False)[1])
+            self.evictions += 1
+        e = HostEntry(host, fixed=fixed)
+        self._hosts[host] = e
+        return e, True, evicted
+
+    def due(self, now: float) -> list[str]:
+        """Hosts to resolve now; they are marked in flight until an answer is applied."""
+        out = []
+        for e in self._hosts.values():
+            if not e.in_flight and e.next_refresh <= now:
+                e.in_flight = True
+                out.append(e.host)
+        return out
+
+    def next_deadline(self) -> float | None:
+        times = [e.next_refresh for e in self._hosts.values() if not e.in_flight]
+        return min(times) if times else None
+
+    def _changed(self, e: HostEntry) -> bool:
+        e.version += 1
+        e.last_update = self.clock()
+        return True
+
+    def apply_answer(self, host: str, ips: Sequence[str], ttl: float, now: float) -> bool:
+        e = self._hosts.get(host)
+        if e is None:
+            return False
+        e.in_flight = False
+        e.failures = 0
+        ttl = min(max(ttl, self.ttl_floor), self.ttl_ceiling)
+        e.next_refresh = math.inf if e.fixed else now + ttl
+        new = tuple(ips)
+        if e.state == "bound" and e.ips == new:
+            return False
+        e.state = "bound"
+        e.ips = new
+        e.last_error = None
+        e.stale_since = None
+        return self._changed(e)
+
+    def apply_negative(self, host: str, now: float) -> bool:
+        """An authoritative "no such host" (NXDOMAIN, or no A/AAAA records)."""
+        e = self._hosts.get(host)
+        if e is None:
+            return False
+        e.in_flight = False
+        e.failures = 0
+        e.next_refresh = now + max(self.negative_ttl, self.ttl_floor)
+        if e.state == "neg":
+            return False
+        e.state = "neg"
+        e.ips = None
+        e.last_error = None
+        e.stale_since = None
+        return self._changed(e)
+
+    def apply_error(self, host: str, error: str, now: float) -> bool:
+        """The resolver failed: keep the last good answer (stale) or fail; retry with backoff."""
+        e = self._hosts.get(host)
+        if e is None:
+            return False
+        e.in_flight = False
+        e.next_refresh = now + min(self.retry_base * (2**e.failures), self.retry_max)
+        e.failures += 1
+        if e.ips is not None:
+            if e.state == "stale" and e.last_error == error:
+                return False
+            if e.state != "stale":
+                e.stale_since = self.clock()
+            e.state = "stale"
+        else:
+            if e.state == "failed" and e.last_error == error:
+                return False
+            e.state = "failed"
+        e.last_error = error
+        return self._changed(e)
+
+
+def _java_int(label: bytes) -> int | None:
+    try:
+        text = label.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    if not _JAVA_INT.fullmatch(text):
+        return None
+    v = int(text)
+    return v if -(2**31) <= v < 2**31 else None
+
+
+class InetResolver:
+    """Resolves hosts for the ``/$/inet`` family; see the module docstring.
+
+    ``nameservers``: ``host`` or ``host:port`` strings; empty means the system's resolv.conf.
+    """
+
+    def __init__(
+        self,
+        nameservers: Sequence[str] = (),
+        *,
+        clock: Callable[[], float] = time.time,
+        timeout: float = 2.0,
+        max_hosts: int = 1000,
+        max_concurrency: int = 16,
+        ttl_floor: float = 1.0,
+        ttl_ceiling: float = 60.0,
+        negative_ttl: float = 5.0,
+        retry_base: float = 0.5,
+        retry_max: float = 30.0,
+    ) -> None:
+        self.nameservers = [parse_nameserver(ns) for ns in nameservers]
+        self.timeout = timeout
+        self.table = HostTable(
+            clock=clock,
+            max_hosts=max_hosts,
+            ttl_floor=ttl_floor,
+            ttl_ceiling=ttl_ceiling,
+            negative_ttl=negative_ttl,
+            retry_base=retry_base,
+            retry_max=retry_max,
+        )
+        self.clock = clock
+        self.max_concurrency = max_concurrency
+        self.waker = Waker()
+        self._subscribers: list[Callable[[Any, str], None]] = []
+        self._resolver: dns.asyncresolver.Resolver | None = None
+        self.queries = 0
+        self.query_failures = 0
+        self.callback_errors = 0
+
+    # -- synchronous side ------------------------------------------------------------------------
+    def resolve(self, host: str, port: int, *, fixed: bool = False) -> Any:
+        """Current addresses of ``host`` at ``port``: ``AddrBound`` (also while stale), ``AddrNeg``,
+        ``AddrFailed``, or :data:`PENDING` while the first resolution is in flight."""
+        ip = literal_ip(host)
+        if ip is not None:
+            return AddrBound((Address(ip, port),), {})
+        e, created, evicted = self.table.touch(host.lower(), fixed)
+        for old in evicted:
+            self._notify(old.host)
+        if created:
+            self.waker.wake()
+        if e.state in ("bound", "stale"):
+            return AddrBound(tuple(Address(ip, port) for ip in e.ips or ()), {})
+        if e.state == "neg":
+            return AddrNeg()
+        if e.state == "failed":
+            return AddrFailed(e.last_error or "resolution failed")
+        return PENDING
+
+    def system(self, path: Path) -> Any:
+        """The ``system=`` callback for binding: answers ``/$/inet``, ``/$/fixedinet`` and
+        ``/$/io.buoyant.rinet`` paths, ``None`` for anything else."""
+        labels = tuple(path.labels)
+        if len(labels) < 2 or labels[0] != b"$":
+            return None
+        scheme, rest = labels[1], labels[2:]
+        if scheme in (b"inet", b"fixedinet"):
+            if len(rest) >= 2 and _java_int(rest[1]) is not None:
+                host_label, port, n = rest[0], _java_int(rest[1]), 4
+            elif len(rest) >= 1 and _java_int(rest[0]) is not None:
+                host_label, port, n = b"", _java_int(rest[0]), 3
+            else:
+                return None
+        elif scheme == b"io.buoyant.rinet":
+            if len(rest) < 2:
+                return NEG
+            port = _java_int(rest[0])
+            if port is None:
+                raise NamerError(
+                    f"{Path(labels[:4])}: port {rest[0].decode('utf-8', 'backslashreplace')!r} is not a "
+                    "number; write /$/io.buoyant.rinet/<port>/<host>"
+                )
+            host_label, n = rest[1], 4
+        else:
+            return None
+        assert port is not None
+        bid = Path(labels[:n])
+        if not 1 <= port <= 65535:
+            raise NamerError(f"{bid}: port {port} is out of range 1-65535")
+        try:
+            host = host_label.decode("utf-8")
+        except UnicodeDecodeError:
+            raise NamerError(f"{bid}: host is not UTF-8 text") from None
+        addr = self.resolve(host, port, fixed=scheme == b"fixedinet")
+        if addr is PENDING:
+            return PENDING
+        return Leaf(BoundName(id=bid, residual=Path(labels[n:]), addr=addr))
+
+    def subscribe(self, callback: Callable[[Any, str], None]) -> Callable[[], None]:
+        """Call ``callback(resolver, host)`` when a host's answer changes or it is evicted."""
+        self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def _notify(self, host: str) -> None:
+        for cb in list(self._subscribers):
+            try:
+                cb(self, host)
+            except Exception:
+                self.callback_errors += 1
+                log.exception("inet.subscriber.failed", host=host)
+
+    # -- the trio runner -------------------------------------------------------------------------
+    def _make_resolver(self) -> dns.asyncresolver.Resolver:
+        if self.nameservers:
+            r = dns.asyncresolver.Resolver(configure=False)
+            r.nameservers = [dns.nameserver.Do53Nameserver(addr, port) for addr, port in self.nameservers]
+        else:
+            r = dns.asyncresolver.Resolver(configure=True)
+        r.cache = None
+        r.lifetime = self.timeout
+        return r
+
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Resolve due hosts until cancelled; one host's failure never affects the others."""
+        self.waker.bind()
+        self._resolver = self._make_resolver()
+        limiter = trio.CapacityLimiter(self.max_concurrency)
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                for host in self.table.due(trio.current_time()):
+                    nursery.start_soon(self._resolve_one, host, limiter)
+                deadline = self.table.next_deadline()
+                wait = 60.0 if deadline is None else min(max(deadline - trio.current_time(), 0.0), 60.0)
+                await self.waker.wait(wait)
+
+    async def _resolve_one(self, host: str, limiter: trio.CapacityLimiter) -> None:
+        try:
+            async with limiter:
+                outcome = await self._query(host)
+            now = trio.current_time()
+            kind = outcome[0]
+            if kind == "answer":
+                changed = self.table.apply_answer(host, outcome[1], outcome[2], now)
+            elif kind == "negative":
+                changed = self.table.apply_negative(host, now)
+            else:
+                self.query_failures += 1
+                changed = self.table.apply_error(host, outcome[1], now)
+        except Exception as exc:  # a bug here must not stop other hosts
+            log.exception("inet.resolve.failed", host=host)
+            changed = self.table.apply_error(host, f"internal error: {exc!r}", trio.current_time())
+        self.waker.wake()  # the runner recomputes when the next refresh is due
+        if changed:
+            e = self.table.get(host)
+            if e is not None:
+                log.info("inet.resolve.complete", host=host, state=e.state, addrs=e.ips, error=e.last_error)
+            self._notify(host)
+
+    async def _query(self, host: str) -> tuple[Any, ...]:
+        """Query A and AAAA concurrently -> ("answer", ips, ttl) | ("negative",) | ("error", message)."""
+        assert self._resolver is not None
+        results: dict[str, Any] = {}
+
+        async def one(rdtype: str) -> None:
+            assert self._resolver is not None
+            self.queries += 1
+            try:
+                results[rdtype] = await self._resolver.resolve(
+                    host, rdtype, search=True, raise_on_no_answer=False
+                )
+            except dns.resolver.NXDOMAIN:
+                results[rdtype] = "nxdomain"
+            except (dns.exception.DNSException, OSError) as e:
+                results[rdtype] = e
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one, "A")
+            nursery.start_soon(one, "AAAA")
+        ips: list[str] = []
+        ttls: list[float] = []
+        errors: list[str] = []
+        answered = False
+        for rdtype in ("A", "AAAA"):
+            r = results.get(rdtype)
+            if r == "nxdomain":
+                answered = True
+            elif isinstance(r, BaseException):
+                errors.append(f"{rdtype}: {describe_dns_error(r)}")
+            elif r is not None:
+                answered = True
+                if r.rrset is not None:
+                    ttls.append(r.rrset.ttl)
+                    ips.extend(rd.address for rd in r.rrset)
+        if ips:
+            return ("answer", tuple(ips), min(ttls))
+        if answered and not errors:
+            return ("negative",)
+        if not errors:
+            errors.append("no answer")
+        where = ", ".join(f"{a}:{p}" for a, p in self.nameservers) or "system resolver"
+        return ("error", f"resolving {host!r} via {where} failed: {'; '.join(errors)}")
+
+    # -- admin -------------------------------------------------------------------------------------
+    def state_json(self) -> dict[str, Any]:
+        now = self.clock()
+        return {
+            "kind": "inet",
+            "nameservers": [f"{a}:{p}" for a, p in self.nameservers] or ["system"],
+            "names": {e.host: e.to_json(now) for e in self.table.entries()},
+        }
+
+    def statistics(self) -> dict[str, Any]:
+        counts = {s: 0 for s in ("pending", "bound", "neg", "failed", "stale")}
+        for e in self.table.entries():
+            counts[e.state] += 1
+        return {
+            "hosts": len(self.table),
+            "max_hosts": self.table.max_hosts,
+            "states": counts,
+            "queries": self.queries,
+            "query_failures": self.query_failures,
+            "evictions": self.table.evictions,
+            "callback_errors": self.callback_errors,
+        }
+
+    def __repr__(self) -> str:
+        return f"<InetResolver {len(self.table)} hosts>"
