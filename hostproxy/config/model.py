@@ -259,6 +259,9 @@ class ClientParams:
     request_attempt_timeout_ms: int | None = key(
         None, "Timeout of one attempt.", default_doc="none", check=positive
     )
+    connect_timeout_ms: int = key(
+        1000, "Give up connecting to an endpoint after this long (cause connect/timeout).", check=positive
+    )
     fail_fast: bool = key(False, "Eject an endpoint at once when connecting to it fails.")
     host_connection_pool: HostConnectionPool = key(
         HostConnectionPool(), "Connection pool per endpoint (HTTP/1.1)."

@@ -1,0 +1,335 @@
+"""``make bench``: hostproxy against a direct connection, nginx and haproxy, in one run on loopback.
+
+Theory of operation: one nginx (1 worker) serves a small body as the upstream. Three proxies front it —
+hostproxy (one process, the config below), nginx (1 worker, keep-alive upstream) and haproxy (1 thread) —
+and every target, the direct upstream included, is driven with the same two loads:
+
+* ``wrk`` keep-alive at 50 connections for ``--duration`` seconds (throughput and latency under load);
+* a fixed rate of 1000 requests/s over 10 connections (``h2load --h1 --rps``, the shape of Linkerd's own
+  perf baseline), with per-request timings from ``--log-file`` for p50/p99/max.
+
+For each target it prints requests/s, p50/p99/max, CPU seconds per 10k requests (utime+stime of all the
+proxy's processes from /proc), peak RSS (VmHWM summed over the processes), and the ratios of hostproxy to
+direct, nginx and haproxy. It then opens 1,000 idle client connections to hostproxy and reports its RSS,
+and reports how soon after start hostproxy answered its first proxied request.
+
+This is a benchmark, not a test: it asserts nothing; the README records its numbers. Every process it
+starts listens on 127.0.0.1 only and is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BODY = b"hello from the upstream\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (nginx and haproxy fork workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError):
+            pass
+    return total / tick
+
+
+def memory_kb(pids: list[int], key: str) -> int:
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith(key + ":"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+@dataclass
+class Target:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    results: dict[str, float] = field(default_factory=dict)
+
+    def pids(self) -> list[int]:
+        return process_tree(self.proc.pid) if self.proc else []
+
+
+def run_wrk(port: int, duration: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", "-c50", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    res: dict[str, float] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if line.startswith("Requests/sec:"):
+            res["rps"] = float(parts[1])
+        elif len(parts) == 2 and parts[0] in ("50%", "99%"):
+            res["p" + parts[0][:-1]] = _ms(parts[1])
+        elif parts[:1] == ["Latency"] and len(parts) >= 4:
+            res["max"] = _ms(parts[3])
+        elif "requests in" in line:
+            res["requests"] = float(parts[0])
+    return res
+
+
+def _ms(text: str) -> float:
+    for unit, mult in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * mult
+    return float(text)
+
+
+def run_fixed_rate(port: int, duration: int, tmp: Path) -> dict[str, float]:
+    log = tmp / f"h2load-{port}.log"
+    subprocess.run(
+        ["h2load", "--h1", "-c10", "--rps=100", f"-D{duration}", f"--log-file={log}",
+         f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, check=True,
+    )
+    lat = sorted(int(line.split("\t")[2]) / 1000.0 for line in log.read_text().splitlines() if line)
+    if not lat:
+        return {}
+    q = statistics.quantiles(lat, n=100, method="inclusive")
+    return {"fr_p50": q[49], "fr_p99": q[98], "fr_max": lat[-1], "fr_requests": float(len(lat))}
+
+
+def start_nginx_upstream(tmp: Path, port: int) -> subprocess.Popen[bytes]:
+    conf = tmp / "nginx-upstream.conf"
+    conf.write_text(f"""
+worker_processes 1; daemon off; pid {tmp}/nginx-up.pid; error_log stderr error;
+events {{ worker_connections 4096; }}
+http {{ access_log off; client_body_temp_path {tmp}; proxy_temp_path {tmp};
+  fastcgi_temp_path {tmp}; uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
+  keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "{BODY.decode().strip()}\\n"; }} }} }}
+""")
+    return subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp)])
+
+
+def start_nginx_proxy(tmp: Path, port: int, upstream: int) -> subprocess.Popen[bytes]:
+    conf = tmp / "nginx-proxy.conf"
+    conf.write_text(f"""
+worker_processes 1; daemon off; pid {tmp}/nginx-proxy.pid; error_log stderr error;
+events {{ worker_connections 4096; }}
+http {{ access_log off; client_body_temp_path {tmp}; proxy_temp_path {tmp};
+  fastcgi_temp_path {tmp}; uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
+  keepalive_requests 1000000;
+  upstream up {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+  server {{ listen 127.0.0.1:{port};
+    location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
+""")
+    return subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp)])
+
+
+def start_haproxy(tmp: Path, port: int, upstream: int) -> subprocess.Popen[bytes]:
+    conf = tmp / "haproxy.cfg"
+    conf.write_text(f"""
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+frontend fe
+  bind 127.0.0.1:{port}
+  default_backend be
+backend be
+  http-reuse always
+  server up 127.0.0.1:{upstream}
+""")
+    return subprocess.Popen(["haproxy", "-f", str(conf)])
+
+
+def start_hostproxy(tmp: Path, port: int, upstream: int, admin: int) -> tuple[subprocess.Popen[bytes], float]:
+    """Start hostproxy and return it with the seconds until its first proxied 200."""
+    conf = tmp / "hostproxy.yaml"
+    conf.write_text(f"""
+admin: {{ip: 127.0.0.1, port: {admin}}}
+routers:
+- protocol: http
+  label: bench
+  dtab: /svc => /$/inet/127.0.0.1/{upstream};
+  servers: [{{ip: 127.0.0.1, port: {port}}}]
+""")
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "hostproxy", "run", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=open(tmp / "hostproxy.log", "wb"))
+    deadline = t0 + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"hostproxy exited with {proc.returncode}: {(tmp / 'hostproxy.log').read_text()}")
+        try:
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Host": "bench"})
+            with urllib.request.urlopen(req, timeout=1) as r:
+                if r.status == 200:
+                    return proc, time.monotonic() - t0
+        except OSError:
+            time.sleep(0.01)
+    raise RuntimeError("hostproxy did not answer a proxied request within 20 s")
+
+
+@contextlib.contextmanager
+def stopping(procs: list[subprocess.Popen[bytes]]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def idle_connections_rss(port: int, pids_of: Target, count: int) -> tuple[int, int]:
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.create_connection(("127.0.0.1", port))
+            socks.append(s)
+        time.sleep(1.0)
+        return len(socks), memory_kb(pids_of.pids(), "VmRSS")
+    finally:
+        for s in socks:
+            s.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=int, default=10, help="seconds per load run (default 10)")
+    ap.add_argument("--idle", type=int, default=1000, help="idle client connections for the RSS check")
+    args = ap.parse_args(argv)
+    for tool in ("wrk", "h2load", "nginx", "haproxy"):
+        if not shutil.which(tool):
+            print(f"bench: {tool} is not installed; run `make install` first", file=sys.stderr)
+            return 2
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
+
+    tmp = Path(tempfile.mkdtemp(prefix="hostproxy-bench-"))
+    up, hp, ng, ha, admin = (free_port() for _ in range(5))
+    procs: list[subprocess.Popen[bytes]] = []
+    with stopping(procs):
+        procs.append(start_nginx_upstream(tmp, up))
+        wait_port(up)
+        hp_proc, first_response_s = start_hostproxy(tmp, hp, up, admin)
+        procs.append(hp_proc)
+        procs.append(start_nginx_proxy(tmp, ng, up))
+        procs.append(start_haproxy(tmp, ha, up))
+        for p in (ng, ha):
+            wait_port(p)
+        targets = [
+            Target("direct", up, None),
+            Target("hostproxy", hp, hp_proc),
+            Target("nginx", ng, procs[2]),
+            Target("haproxy", ha, procs[3]),
+        ]
+        for t in targets:
+            pids = t.pids()
+            c0 = cpu_seconds(pids)
+            t.results.update(run_wrk(t.port, args.duration))
+            cpu = cpu_seconds(pids) - c0
+            if t.proc and t.results.get("requests"):
+                t.results["cpu_per_10k"] = cpu / t.results["requests"] * 10_000
+            t.results.update(run_fixed_rate(t.port, args.duration, tmp))
+            if t.proc:
+                t.results["rss_mb"] = memory_kb(t.pids(), "VmHWM") / 1024
+        opened, idle_rss = idle_connections_rss(hp, targets[1], args.idle)
+
+    print(f"\nhostproxy bench — loopback, {os.cpu_count()} cores, {args.duration}s per run, "
+          f"Python {sys.version.split()[0]}")
+    hdr = (f"{'target':<10} {'req/s@50c':>10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+           f"{'1k/s p50':>9} {'1k/s p99':>9} {'1k/s max':>9} {'CPU s/10k':>10} {'peak RSS MB':>12}")
+    print(hdr)
+    print("-" * len(hdr))
+    for t in targets:
+        r = t.results
+
+        def f(key: str, fmt: str = "{:.2f}", r: dict[str, float] = r) -> str:
+            return fmt.format(r[key]) if key in r else "-"
+
+        print(f"{t.name:<10} {f('rps', '{:.0f}'):>10} {f('p50'):>8} {f('p99'):>8} {f('max'):>8} "
+              f"{f('fr_p50'):>9} {f('fr_p99'):>9} {f('fr_max'):>9} {f('cpu_per_10k'):>10} "
+              f"{f('rss_mb', '{:.1f}'):>12}")
+    by = {t.name: t.results for t in targets}
+    h = by["hostproxy"]
+    print()
+    for other in ("direct", "nginx", "haproxy"):
+        o = by[other]
+        if o.get("rps") and h.get("rps"):
+            print(f"hostproxy/{other}: requests/s {h['rps'] / o['rps']:.3f}", end="")
+            if "fr_p99" in o and "fr_p99" in h:
+                print(f", added p99 at 1000 req/s {h['fr_p99'] - o['fr_p99']:+.2f} ms", end="")
+            print()
+    print(f"hostproxy RSS with {opened} idle client connections: {idle_rss / 1024:.1f} MB")
+    print(f"hostproxy first proxied response {first_response_s:.3f} s after start")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

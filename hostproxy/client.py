@@ -1,0 +1,525 @@
+"""A client: one per (router, bound name), balancing requests over that name's endpoints.
+
+Theory of operation
+-------------------
+The router binds a service name to a bound tree whose leaves are ``BoundName``s; each leaf's id
+(``/#/io.l5d.fs/users``, ``/$/inet/127.1/8080``) names one client. A client owns:
+
+* the endpoint set, taken from the leaf's address set (``AddrBound``) each time binding hands it a
+  new one (the binder re-binds when a namer reports a change, so a changed address set arrives as a
+  new ``addr`` object; comparing identities costs nothing on the hot path);
+* a balancer (pure, decide-then-do: ``pick`` chooses, the client performs the request);
+* failure accrual (pure, per endpoint: marks endpoints dead after failures and probes them back);
+* one ``UpstreamPool`` of keep-alive connections per endpoint, closed when the endpoint leaves the set
+  or the client is evicted.
+
+``request`` picks an endpoint, sends the request through that endpoint's pool and returns the
+response head with the body still streaming; the body is wrapped so that the balancer and accrual
+learn the outcome (latency, success) when the body ends. A request that provably never reached an
+upstream (a connect failure: ``retryable``) is requeued on another pick while the requeue budget
+allows, as Finagle does; nothing else is resent here.
+
+When every endpoint is marked dead, the balancer is asked again ignoring accrual (as Finagle's
+balancers do): sending to a possibly-dead endpoint beats failing every request.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+import trio
+
+from dtab.bind import AddrBound, AddrFailed, AddrNeg
+from hostproxy.accrual import FailureAccrual, accrual_from_config
+from hostproxy.balancer import EndpointInfo, balancer_from_config
+from hostproxy.budget import BudgetConfig, RetryBudget
+from hostproxy.causes import Cause
+from hostproxy.config.model import to_json
+from hostproxy.http.errors import UpstreamError
+from hostproxy.http.message import Body, Request, Response
+from hostproxy.http.upstream import PoolParams, UpstreamPool
+from hostproxy.metrics import RouterScope
+
+log = structlog.get_logger("hostproxy.client")
+
+
+def plugin_mapping(cfg: Any) -> Any:
+    """A plugin config dataclass as the Linkerd-style mapping the pure cores take (unset keys left out)."""
+    def strip(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items() if x is not None}
+        if isinstance(v, list):
+            return [strip(x) for x in v]
+        return v
+
+    return strip(to_json(cfg))
+
+
+class NoEndpoints(UpstreamError):
+    """The bound name has no endpoints to send to (empty, negative or failed address set)."""
+
+    def __init__(self, message: str, *, endpoint: str = "", cause: str = Cause.NAMING_NEG.value) -> None:
+        super().__init__(message, endpoint=endpoint, retryable=False)
+        self.cause = cause
+
+
+class AttemptTimeout(UpstreamError):
+    cause = Cause.TIMEOUT_ATTEMPT.value
+
+
+class _Endpoint:
+    __slots__ = ("key", "host", "port", "weight", "meta", "pool")
+
+    def __init__(self, key: str, host: str, port: int, weight: float, meta: dict[str, Any], pool: UpstreamPool):
+        self.key = key
+        self.host = host
+        self.port = port
+        self.weight = weight
+        self.meta = meta
+        self.pool = pool
+
+
+class _OutcomeBody:
+    """A body source that reports the request's outcome when the response body ends."""
+
+    __slots__ = ("_body", "_done")
+
+    def __init__(self, body: Body, done: Callable[[bool], None]) -> None:
+        self._body = body
+        self._done: Callable[[bool], None] | None = done
+
+    async def read_chunk(self) -> bytes | None:
+        try:
+            chunk = await self._body.__anext__()
+        except StopAsyncIteration:
+            self._finish(True)
+            return None
+        except BaseException:
+            self._finish(False)
+            raise
+        return chunk
+
+    @property
+    def trailers(self) -> Any:
+        return self._body.trailers
+
+    async def aclose(self) -> None:
+        # The consumer stopped early (client went away): not the upstream's fault.
+        self._finish(True)
+        await self._body.aclose()
+
+    def _finish(self, ok: bool) -> None:
+        done, self._done = self._done, None
+        if done is not None:
+            done(ok)
+
+
+class Client:
+    """Requests to one bound name (see the module docstring)."""
+
+    def __init__(
+        self,
+        router: str,
+        client_id: str,
+        params: Any,
+        scope: RouterScope,
+        *,
+        nursery: trio.Nursery,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        pool_factory: Callable[..., Any] = UpstreamPool,
+    ) -> None:
+        self.router = router
+        self._pool_factory = pool_factory
+        self.id = client_id
+        self.params = params
+        self._nursery = nursery
+        self._rng = rng or random.Random()
+        self._clock = clock
+        where = f"routers[{router}].client"
+        self.accrual = FailureAccrual(
+            accrual_from_config(plugin_mapping(params.failure_accrual), self._rng, f"{where}.failureAccrual"), clock
+        )
+        self._ignore_accrual = False
+        self.balancer = balancer_from_config(
+            plugin_mapping(params.load_balancer),
+            rng=self._rng,
+            now=clock,
+            available=self._available,
+            where=f"{where}.loadBalancer",
+        )
+        budget = params.requeue_budget
+        self.requeue_budget = RetryBudget(
+            BudgetConfig(budget.ttl_secs, budget.min_retries_per_sec, budget.percent_can_retry), clock
+        )
+        pool = params.host_connection_pool
+        self._pool_params = PoolParams(
+            connect_timeout_ms=getattr(params, "connect_timeout_ms", None) or 1000,
+            idle_timeout_s=(pool.idle_time_ms / 1000) if pool.idle_time_ms else 30.0,
+        )
+        self._attempt_timeout = (
+            params.request_attempt_timeout_ms / 1000 if params.request_attempt_timeout_ms else None
+        )
+        self.endpoints: dict[str, _Endpoint] = {}
+        self._addr: Any = None
+        self.addr_state = "pending"
+        self.stats = scope.client(client_id)
+        scope.client_extras(client_id, balancer=self.balancer, accrual=self.accrual,
+                            requeue_budget=self.requeue_budget)
+        self._scope = scope
+        self.last_used = clock()
+        self.in_flight = 0
+        self.closed = False
+
+    def _available(self, key: str) -> bool:
+        return self._ignore_accrual or self.accrual.available(key)
+
+    # -- the address set --------------------------------------------------------------------------
+
+    def update_addr(self, addr: Any) -> None:
+        """Take a new address set from binding (cheap when it is the one we already have)."""
+        if addr is self._addr:
+            return
+        self._addr = addr
+        if isinstance(addr, AddrBound):
+            self.addr_state = "bound"
+            wanted: dict[str, tuple[str, int, float, dict[str, Any]]] = {}
+            for a in addr.addresses:
+                key = f"[{a.host}]:{a.port}" if ":" in a.host else f"{a.host}:{a.port}"
+                wanted[key] = (a.host, a.port, float(getattr(a, "weight", 1.0)), dict(getattr(a, "meta", {}) or {}))
+            for key in [k for k in self.endpoints if k not in wanted]:
+                ep = self.endpoints.pop(key)
+                self._nursery.start_soon(ep.pool.aclose)
+                log.info("client.endpoint_removed", router=self.router, client=self.id, endpoint=key)
+            for key, (host, port, weight, meta) in wanted.items():
+                ep = self.endpoints.get(key)
+                if ep is None:
+                    pool = self._pool_factory(host, port, self._pool_params, nursery=self._nursery)
+                    self.endpoints[key] = _Endpoint(key, host, port, weight, meta, pool)
+                    log.info("client.endpoint_added", router=self.router, client=self.id, endpoint=key)
+                else:
+                    ep.weight, ep.meta = weight, meta
+            self.balancer.update([EndpointInfo(k, e.weight, e.meta) for k, e in self.endpoints.items()])
+            self.accrual.retain(list(self.endpoints))
+        elif isinstance(addr, AddrNeg):
+            self.addr_state = "neg"
+        elif isinstance(addr, AddrFailed):
+            # Last good wins: keep the endpoints we have, if any.
+            self.addr_state = "failed" if not self.endpoints else "stale"
+        else:
+            self.addr_state = "pending"
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    def _pick(self) -> Any:
+        ep = self.balancer.pick()
+        if ep is None and self.endpoints:
+            self._ignore_accrual = True
+            try:
+                ep = self.balancer.pick()
+            finally:
+                self._ignore_accrual = False
+        if ep is None:
+            return None
+        return ep
+
+    async def request(self, req: Request) -> tuple[Response, str]:
+        """Send ``req`` to one endpoint; returns the response (body streaming) and the endpoint key."""
+        self.last_used = self._clock()
+        self.requeue_budget.deposit()
+        while True:
+            bal_ep = self._pick()
+            ep = self.endpoints.get(bal_ep.key) if bal_ep is not None else None
+            if ep is None:
+                what = {"neg": "is negative", "failed": "failed to resolve", "pending": "has no addresses yet"}
+                state = what.get(self.addr_state, "has no endpoints")
+                raise NoEndpoints(f"client {self.id} {state}: no endpoints available")
+            self.balancer.on_start(bal_ep)
+            self.accrual.on_request(ep.key)
+            t0 = self._clock()
+            try:
+                if self._attempt_timeout is not None:
+                    with trio.move_on_after(self._attempt_timeout) as scope:
+                        resp = await ep.pool.request(req)
+                    if scope.cancelled_caught:
+                        raise AttemptTimeout(
+                            f"request to {ep.key} exceeded requestAttemptTimeoutMs "
+                            f"({int(self._attempt_timeout * 1000)} ms)", endpoint=ep.key)
+                else:
+                    resp = await ep.pool.request(req)
+            except UpstreamError as e:
+                self.balancer.on_finish(bal_ep, self._clock() - t0, False)
+                self.accrual.on_response(ep.key, False)
+                if e.retryable and req.body.in_memory and self.requeue_budget.try_withdraw():
+                    log.debug("client.requeue", router=self.router, client=self.id, endpoint=ep.key, cause=e.cause)
+                    continue
+                raise
+            except BaseException:
+                self.balancer.on_finish(bal_ep, self._clock() - t0, False)
+                raise
+            ok_status = resp.status < 500
+
+            def done(body_ok: bool, bal_ep: Any = bal_ep, key: str = ep.key, t0: float = t0,
+                     ok_status: bool = ok_status) -> None:
+                ok = body_ok and ok_status
+                self.balancer.on_finish(bal_ep, self._clock() - t0, ok)
+                self.accrual.on_response(key, ok)
+
+            if resp.upgraded is not None or resp.body.done:
+                done(True)
+            else:
+                resp.body = Body(_OutcomeBody(resp.body, done), resp.body.content_length)
+            return resp, ep.key
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def state_json(self) -> dict[str, Any]:
+        """This client's entry in ``/client_state.json``.
+
+        Linkerd's keys first (``state``: ``bound``, ``Neg``, ``Pending`` or ``Failed: <message>``;
+        ``addresses``: ``host:port`` strings, empty unless bound), then hostproxy's: per-endpoint
+        balancer, accrual and pool state, the balancer and accrual summaries, and staleness.
+        """
+        bal = _safe(self.balancer.state) or {}
+        acc = _safe(self.accrual.state) or {}
+        bal_eps = {e["key"]: e for e in bal.get("endpoints", ())}
+        acc_eps = acc.get("endpoints", {})
+        endpoints = {}
+        for key, ep in self.endpoints.items():
+            b = bal_eps.get(key, {})
+            endpoints[key] = {
+                "weight": ep.weight,
+                "load": b.get("load"),
+                "status": b.get("status"),
+                "accrual": acc_eps.get(key, {}).get("state", "alive"),
+                "pool": ep.pool.statistics(),
+            }
+        if self.endpoints and self.addr_state in ("bound", "stale", "failed"):
+            state = "bound"
+        elif self.addr_state == "neg":
+            state = "Neg"
+        elif self.addr_state == "failed":
+            cause = getattr(self._addr, "cause", "unknown error")
+            state = f"Failed: {cause}"
+        elif self.addr_state == "pending":
+            state = "Pending"
+        else:
+            state = "bound"
+        return {
+            "state": state,
+            "addresses": list(self.endpoints) if state == "bound" else [],
+            "stale": self.addr_state == "stale",
+            "endpoints": endpoints,
+            "loadBalancer": {k: v for k, v in bal.items() if k != "endpoints"},
+            "failureAccrual": {k: v for k, v in acc.items() if k != "endpoints"},
+        }
+
+    async def aclose(self) -> None:
+        # The consumer stopped early (client went away): not the upstream's fault.
+        self._finish(True)
+        await self._body.aclose()
+
+    def _finish(self, ok: bool) -> None:
+        done, self._done = self._done, None
+        if done is not None:
+            done(ok)
+
+
+class Client:
+    """Requests to one bound name (see the module docstring)."""
+
+    def __init__(
+        self,
+        router: str,
+        client_id: str,
+        params: Any,
+        scope: RouterScope,
+        *,
+        nursery: trio.Nursery,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        pool_factory: Callable[..., Any] = UpstreamPool,
+    ) -> None:
+        self.router = router
+        self._pool_factory = pool_factory
+        self.id = client_id
+        self.params = params
+        self._nursery = nursery
+        self._rng = rng or random.Random()
+        self._clock = clock
+        where = f"routers[{router}].client"
+        self.accrual = FailureAccrual(
+            accrual_from_config(plugin_mapping(params.failure_accrual), self._rng, f"{where}.failureAccrual"), clock
+        )
+        self._ignore_accrual = False
+        self.balancer = balancer_from_config(
+            plugin_mapping(params.load_balancer),
+            rng=self._rng,
+            now=clock,
+            available=self._available,
+            where=f"{where}.loadBalancer",
+        )
+        budget = params.requeue_budget
+        self.requeue_budget = RetryBudget(
+            BudgetConfig(budget.ttl_secs, budget.min_retries_per_sec, budget.percent_can_retry), clock
+        )
+        pool = params.host_connection_pool
+        self._pool_params = PoolParams(
+            connect_timeout_ms=getattr(params, "connect_timeout_ms", None) or 1000,
+            idle_timeout_s=(pool.idle_time_ms / 1000) if pool.idle_time_ms else 30.0,
+        )
+        self._attempt_timeout = (
+            params.request_attempt_timeout_ms / 1000 if params.request_attempt_timeout_ms else None
+        )
+        self.endpoints: dict[str, _Endpoint] = {}
+        self._addr: Any = None
+        self.addr_state = "pending"
+        self.stats = scope.client(client_id)
+        scope.client_extras(client_id, balancer=self.balancer, accrual=self.accrual,
+                            requeue_budget=self.requeue_budget)
+        self._scope = scope
+        self.last_used = clock()
+        self.in_flight = 0
+        self.closed = False
+
+    def _available(self, key: str) -> bool:
+        return self._ignore_accrual or self.accrual.available(key)
+
+    # -- the address set --------------------------------------------------------------------------
+
+    def update_addr(self, addr: Any) -> None:
+        """Take a new address set from binding (cheap when it is the one we already have)."""
+        if addr is self._addr:
+            return
+        self._addr = addr
+        if isinstance(addr, AddrBound):
+            self.addr_state = "bound"
+            wanted: dict[str, tuple[str, int, float, dict[str, Any]]] = {}
+            for a in addr.addresses:
+                key = f"[{a.host}]:{a.port}" if ":" in a.host else f"{a.host}:{a.port}"
+                wanted[key] = (a.host, a.port, float(getattr(a, "weight", 1.0)), dict(getattr(a, "meta", {}) or {}))
+            for key in [k for k in self.endpoints if k not in wanted]:
+                ep = self.endpoints.pop(key)
+                self._nursery.start_soon(ep.pool.aclose)
+                log.info("client.endpoint_removed", router=self.router, client=self.id, endpoint=key)
+            for key, (host, port, weight, meta) in wanted.items():
+                ep = self.endpoints.get(key)
+                if ep is None:
+                    pool = self._pool_factory(host, port, self._pool_params, nursery=self._nursery)
+                    self.endpoints[key] = _Endpoint(key, host, port, weight, meta, pool)
+                    log.info("client.endpoint_added", router=self.router, client=self.id, endpoint=key)
+                else:
+                    ep.weight, ep.meta = weight, meta
+            self.balancer.update([EndpointInfo(k, e.weight, e.meta) for k, e in self.endpoints.items()])
+            self.accrual.retain(list(self.endpoints))
+        elif isinstance(addr, AddrNeg):
+            self.addr_state = "neg"
+        elif isinstance(addr, AddrFailed):
+            # Last good wins: keep the endpoints we have, if any.
+            self.addr_state = "failed" if not self.endpoints else "stale"
+        else:
+            self.addr_state = "pending"
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    def _pick(self) -> Any:
+        ep = self.balancer.pick()
+        if ep is None and self.endpoints:
+            self._ignore_accrual = True
+            try:
+                ep = self.balancer.pick()
+            finally:
+                self._ignore_accrual = False
+        if ep is None:
+            return None
+        return ep
+
+    async def request(self, req: Request) -> tuple[Response, str]:
+        """Send ``req`` to one endpoint; returns the response (body streaming) and the endpoint key."""
+        self.last_used = self._clock()
+        self.requeue_budget.deposit()
+        while True:
+            bal_ep = self._pick()
+            ep = self.endpoints.get(bal_ep.key) if bal_ep is not None else None
+            if ep is None:
+                what = {"neg": "is negative", "failed": "failed to resolve", "pending": "has no addresses yet"}
+                state = what.get(self.addr_state, "has no endpoints")
+                raise NoEndpoints(f"client {self.id} {state}: no endpoints available")
+            self.balancer.on_start(bal_ep)
+            self.accrual.on_request(ep.key)
+            t0 = self._clock()
+            try:
+                if self._attempt_timeout is not None:
+                    with trio.move_on_after(self._attempt_timeout) as scope:
+                        resp = await ep.pool.request(req)
+                    if scope.cancelled_caught:
+                        raise AttemptTimeout(
+                            f"request to {ep.key} exceeded requestAttemptTimeoutMs "
+                            f"({int(self._attempt_timeout * 1000)} ms)", endpoint=ep.key)
+                else:
+                    resp = await ep.pool.request(req)
+            except UpstreamError as e:
+                self.balancer.on_finish(bal_ep, self._clock() - t0, False)
+                self.accrual.on_response(ep.key, False)
+                if e.retryable and req.body.in_memory and self.requeue_budget.try_withdraw():
+                    log.debug("client.requeue", router=self.router, client=self.id, endpoint=ep.key, cause=e.cause)
+                    continue
+                raise
+            except BaseException:
+                self.balancer.on_finish(bal_ep, self._clock() - t0, False)
+                raise
+            ok_status = resp.status < 500
+
+            def done(body_ok: bool, bal_ep: Any = bal_ep, key: str = ep.key, t0: float = t0,
+                     ok_status: bool = ok_status) -> None:
+                ok = body_ok and ok_status
+                self.balancer.on_finish(bal_ep, self._clock() - t0, ok)
+                self.accrual.on_response(key, ok)
+
+            if resp.upgraded is not None or resp.body.done:
+                done(True)
+            else:
+                resp.body = Body(_OutcomeBody(resp.body, done), resp.body.content_length)
+            return resp, ep.key
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def state_json(self) -> dict[str, Any]:
+        """This client's entry in ``/client_state.json`` (Linkerd's shape plus extra keys)."""
+        bal = _safe(self.balancer.state)
+        acc = _safe(self.accrual.state)
+        addresses = []
+        endpoints = {}
+        for key, ep in self.endpoints.items():
+            addresses.append(key)
+            endpoints[key] = {
+                "weight": ep.weight,
+                "pool": ep.pool.statistics(),
+                "balancer": (bal or {}).get(key) if isinstance(bal, dict) else None,
+                "accrual": (acc or {}).get(key) if isinstance(acc, dict) else None,
+            }
+        state = "bound" if self.addr_state in ("bound", "stale") and self.endpoints else self.addr_state
+        return {
+            "state": state,
+            "addresses": addresses,
+            "endpoints": endpoints,
+            "stale": self.addr_state == "stale",
+        }
+
+    async def aclose(self) -> None:
+        self.closed = True
+        for ep in self.endpoints.values():
+            await ep.pool.aclose()
+        self._scope.drop_client(self.id)
+
+
+def _safe(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except Exception:  # admin views must never break on a balancer quirk
+        return None
+

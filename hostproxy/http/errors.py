@@ -1,0 +1,155 @@
+"""Errors of the HTTP layer and the responses the proxy generates for them.
+
+Theory of operation
+-------------------
+Every failure the proxy reports to a client carries a *cause* from a small taxonomy, used for the
+status code, for metrics and for logs:
+
+=====================  ======  ===============================================================
+cause                  status  meaning
+=====================  ======  ===============================================================
+``connect/refused``    502     the upstream refused the TCP connection
+``connect/timeout``    502     the TCP connection was not established within connect_timeout
+``connect/unreachable`` 502    no route to the upstream (network or host unreachable)
+``upstream/reset``     502     the upstream closed or reset the connection mid-exchange, or
+                               sent a response we could not parse
+``timeout/request``    503     the upstream did not answer within the request timeout
+``overload``           503     ``maxConcurrentRequests`` reached on this server
+``bad-request``        400     the request was malformed (or a proxy loop was detected)
+``no-route``           502     the router could not route the request
+``proxy/internal``     502     a bug: an unexpected exception in the proxy
+=====================  ======  ===============================================================
+
+Upstream code raises ``UpstreamError`` subclasses (translated from ``OSError`` and friends once, at
+the I/O edge); ``error_response`` turns a status, cause and message into a Linkerd-style response:
+the message URL-encoded in ``l5d-err`` (``+`` for spaces, ISO-8859-1, as Java's ``URLEncoder``) and
+repeated as a ``text/plain`` body.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote_plus
+
+from hostproxy.http.message import Body, Headers, Response
+
+__all__ = [
+    "CAUSE_STATUS",
+    "ConnectError",
+    "ProxyInternalError",
+    "RequestTimeout",
+    "UpstreamError",
+    "UpstreamReset",
+    "error_response",
+    "response_for_exception",
+]
+
+CAUSE_STATUS: dict[str, int] = {
+    "connect/refused": 502,
+    "connect/timeout": 502,
+    "connect/unreachable": 502,
+    "upstream/reset": 502,
+    "timeout/request": 503,
+    "overload": 503,
+    "bad-request": 400,
+    "no-route": 502,
+    "proxy/internal": 502,
+}
+
+REASONS: dict[int, bytes] = {
+    400: b"Bad Request",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+}
+
+DEFAULT_MAX_ERR_HEADER_BYTES = 8 * 1024
+DEFAULT_MAX_ERR_BODY_BYTES = 5120 * 1024
+
+
+class UpstreamError(Exception):
+    """A request to an upstream failed.  ``cause`` is from the taxonomy above; ``endpoint`` is
+    ``"host:port"``; ``retryable`` is True when no byte of the request reached the upstream, so
+    sending it again (elsewhere) cannot duplicate it."""
+
+    cause = "proxy/internal"
+
+    def __init__(self, message: str, *, endpoint: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.retryable = retryable
+
+
+class ConnectError(UpstreamError):
+    """The connection could not be established; the request was never sent (always retryable)."""
+
+    def __init__(self, message: str, *, endpoint: str, cause: str) -> None:
+        super().__init__(message, endpoint=endpoint, retryable=True)
+        self.cause = cause
+
+
+class UpstreamReset(UpstreamError):
+    cause = "upstream/reset"
+
+
+class RequestTimeout(UpstreamError):
+    cause = "timeout/request"
+
+
+class ProxyInternalError(UpstreamError):
+    cause = "proxy/internal"
+
+
+def error_response(
+    status: int,
+    cause: str,
+    message: str,
+    *,
+    max_header_bytes: int = DEFAULT_MAX_ERR_HEADER_BYTES,
+    max_body_bytes: int = DEFAULT_MAX_ERR_BODY_BYTES,
+    retryable: bool | None = None,
+    close: bool = False,
+) -> Response:
+    """A proxy-generated error response: ``l5d-err`` + ``text/plain`` body, both capped in size.
+
+    ``retryable`` adds ``l5d-retryable: true|false``; ``close`` asks the server to close the client
+    connection after the response (used when the request's framing cannot be trusted).
+    """
+    encoded = quote_plus(message, safe="", encoding="iso-8859-1", errors="replace").encode("ascii")
+    if len(encoded) > max_header_bytes:
+        encoded = encoded[:max_header_bytes]
+        # Never cut a %XX escape in half.
+        pct = encoded.rfind(b"%", max(0, len(encoded) - 2))
+        if pct != -1:
+            encoded = encoded[:pct]
+    body = message.encode("utf-8", "replace")[:max_body_bytes]
+    headers = Headers._trusted(
+        [
+            (b"l5d-err", encoded),
+            (b"content-type", b"text/plain; charset=utf-8"),
+        ]
+    )
+    if retryable is not None:
+        headers.add(b"l5d-retryable", b"true" if retryable else b"false")
+    if close:
+        headers.add(b"connection", b"close")
+    return Response(
+        status=status,
+        reason=REASONS.get(status, b""),
+        headers=headers,
+        body=Body.from_bytes(body),
+        error_cause=cause,
+    )
+
+
+def response_for_exception(exc: BaseException) -> Response:
+    """The response for an exception that escaped a handler: ``UpstreamError`` by its cause,
+    anything else as ``proxy/internal`` (the caller logs those with a traceback)."""
+    if isinstance(exc, UpstreamError):
+        status = CAUSE_STATUS.get(exc.cause, 502)
+        return error_response(status, exc.cause, str(exc), retryable=exc.retryable)
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return error_response(502, "proxy/internal", f"Internal proxy error: {text}")

@@ -1,0 +1,276 @@
+"""HTTP message types shared by the server, the upstream client and the router.
+
+Theory of operation
+-------------------
+A message is a head (method/target or status, plus ``Headers``) and a ``Body``.  Header names are
+stored lowercased as ``bytes`` and values as ``bytes``, in wire order, because that is what h11 gives
+us and what HTTP/2 wants; nothing decodes them on the hot path.
+
+A ``Body`` is a single-use async iterator of byte chunks.  It *pulls*: the next chunk is read from
+the socket only when the consumer asks for it, so a slow consumer slows the producer (backpressure)
+and no body is ever buffered whole.  The source of the chunks is a small ``BodySource`` object
+supplied by whoever owns the connection (the server for request bodies, an upstream connection for
+response bodies); ``Body.from_bytes`` and ``Body.empty`` cover bodies that are already in memory.
+Trailers (chunked encoding only) are available from ``Body.trailers`` once the last chunk was read.
+Whoever receives a ``Body`` must either read it to the end or ``aclose()`` it; closing early tells
+the owner that the rest will never be read (an upstream connection is then discarded, not reused).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+__all__ = [
+    "Body",
+    "BodySource",
+    "ByteStream",
+    "Headers",
+    "Request",
+    "Response",
+]
+
+
+class Headers:
+    """An ordered multi-map of ``(lowercased name, value)`` byte pairs.
+
+    Names given to the helpers may be ``str`` or ``bytes`` in any case; they are lowercased.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[tuple[bytes, bytes]] = ()) -> None:
+        self._items: list[tuple[bytes, bytes]] = [(_name(n), v) for n, v in items]
+
+    @classmethod
+    def _trusted(cls, items: list[tuple[bytes, bytes]]) -> Headers:
+        """Wrap pairs that are already lowercased (from the codec); no copy, no checks."""
+        h = cls.__new__(cls)
+        h._items = items
+        return h
+
+    def get(self, name: str | bytes, default: bytes | None = None) -> bytes | None:
+        """The first value of ``name``, or ``default``."""
+        key = _name(name)
+        for n, v in self._items:
+            if n == key:
+                return v
+        return default
+
+    def get_all(self, name: str | bytes) -> list[bytes]:
+        key = _name(name)
+        return [v for n, v in self._items if n == key]
+
+    def set(self, name: str | bytes, value: bytes | str) -> None:
+        """Replace every value of ``name`` with one value, kept at the first occurrence's place."""
+        key = _name(name)
+        val = value.encode("latin-1") if isinstance(value, str) else value
+        out: list[tuple[bytes, bytes]] = []
+        placed = False
+        for n, v in self._items:
+            if n == key:
+                if not placed:
+                    out.append((key, val))
+                    placed = True
+            else:
+                out.append((n, v))
+        if not placed:
+            out.append((key, val))
+        self._items = out
+
+    def add(self, name: str | bytes, value: bytes | str) -> None:
+        val = value.encode("latin-1") if isinstance(value, str) else value
+        self._items.append((_name(name), val))
+
+    def remove(self, name: str | bytes) -> None:
+        key = _name(name)
+        self._items = [(n, v) for n, v in self._items if n != key]
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str | bytes):
+            return False
+        key = _name(name)
+        return any(n == key for n, _ in self._items)
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def items(self) -> list[tuple[bytes, bytes]]:
+        return list(self._items)
+
+    def copy(self) -> Headers:
+        return Headers._trusted(list(self._items))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Headers) and self._items == other._items
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+
+def _name(name: str | bytes) -> bytes:
+    if isinstance(name, str):
+        return name.lower().encode("ascii")
+    return name.lower()
+
+
+class BodySource(Protocol):
+    """Where a streamed ``Body`` gets its chunks (implemented by connection owners)."""
+
+    async def read_chunk(self) -> bytes | None:
+        """The next non-empty chunk, or ``None`` after the last one (then ``trailers`` is final)."""
+        ...
+
+    @property
+    def trailers(self) -> Headers | None: ...
+
+    async def aclose(self) -> None:
+        """The consumer will read no more; release or discard the underlying connection."""
+        ...
+
+
+class ByteStream(Protocol):
+    """The subset of ``trio.abc.Stream`` used for tunnels (after a 101 Switching Protocols)."""
+
+    async def send_all(self, data: bytes) -> None: ...
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Body:
+    """A single-use async iterator of byte chunks, pulled on demand (see module docstring)."""
+
+    __slots__ = ("_source", "_chunk", "content_length", "_trailers", "_done", "_closed")
+
+    def __init__(
+        self,
+        source: BodySource | None,
+        content_length: int | None,
+        *,
+        _chunk: bytes | None = None,
+    ) -> None:
+        self._source = source
+        self._chunk = _chunk
+        self.content_length = content_length
+        self._trailers: Headers | None = None
+        self._done = source is None and _chunk is None
+        self._closed = False
+
+    @classmethod
+    def from_bytes(cls, data: bytes, trailers: Headers | None = None) -> Body:
+        body = cls(None, len(data), _chunk=data or None)
+        body._trailers = trailers
+        return body
+
+    @classmethod
+    def empty(cls) -> Body:
+        return cls(None, 0)
+
+    @property
+    def in_memory(self) -> bool:
+        """True when no connection backs this body (reading it never blocks)."""
+        return self._source is None
+
+    @property
+    def done(self) -> bool:
+        """True once the last chunk was read (or the body was empty to begin with)."""
+        return self._done
+
+    @property
+    def trailers(self) -> Headers | None:
+        """Trailer fields, final once the last chunk was read; ``None`` when there were none."""
+        if self._source is not None and self._done:
+            return self._source.trailers
+        return self._trailers
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._done:
+            raise StopAsyncIteration
+        if self._closed:
+            raise RuntimeError("Body was closed before it was read to the end; it cannot be read again")
+        if self._source is None:
+            chunk = self._chunk
+            self._chunk = None
+            self._done = True
+            if chunk is None:
+                raise StopAsyncIteration
+            return chunk
+        data = await self._source.read_chunk()
+        if data is None:
+            self._done = True
+            raise StopAsyncIteration
+        return data
+
+    async def read_all(self, limit: int = 1 << 20) -> bytes:
+        """Read the rest into memory; raises ``ValueError`` beyond ``limit`` bytes (for small bodies)."""
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in self:
+            size += len(chunk)
+            if size > limit:
+                await self.aclose()
+                raise ValueError(f"body exceeds {limit} bytes; stream it instead of read_all()")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def aclose(self) -> None:
+        """Stop reading: the owner discards what is left.  Idempotent; a no-op once done."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._source is not None and not self._done:
+            await self._source.aclose()
+        self._chunk = None
+
+    def __repr__(self) -> str:
+        kind = "memory" if self._source is None else "stream"
+        return f"<Body {kind} content_length={self.content_length} done={self._done}>"
+
+
+@dataclass(eq=False)
+class Request:
+    """An HTTP request as the router sees it.
+
+    ``target`` is origin-form (``/path?query``), or ``*`` for ``OPTIONS *``.  An absolute-form target
+    (``GET http://users/path``, proxy mode) is normalised by the server to target ``/path``,
+    ``authority`` ``users`` and a ``Host: users`` header.  ``authority`` is otherwise the ``Host``
+    header (``None`` when absent, e.g. HTTP/1.0).  ``upgrade`` is the requested protocol
+    (``b"websocket"``) when the client asked to switch protocols; the ``Upgrade`` and
+    ``Connection: upgrade`` headers are then kept so that the upstream sees the request.
+    """
+
+    method: str
+    target: str
+    headers: Headers
+    body: Body
+    http_version: str = "1.1"
+    scheme: str = "http"
+    authority: str | None = None
+    upgrade: bytes | None = None
+
+
+@dataclass(eq=False)
+class Response:
+    """An HTTP response.
+
+    ``upgraded`` is set on a ``101 Switching Protocols`` response from an upstream: the raw stream
+    to tunnel bytes to and from.  ``error_cause`` is set on responses the proxy generated itself
+    (see ``hostproxy.http.errors``), for metrics and logs.
+    """
+
+    status: int
+    reason: bytes = b""
+    headers: Headers = field(default_factory=Headers)
+    body: Body = field(default_factory=Body.empty)
+    http_version: str = "1.1"
+    upgraded: ByteStream | None = None
+    error_cause: str | None = None

@@ -1,0 +1,599 @@
+"""Connections to one upstream endpoint and the keep-alive pool that reuses them.
+
+Theory of operation
+-------------------
+``UpstreamPool(host, port)`` sends requests to one endpoint over HTTP/1.1.  ``request(req)``
+checks out a connection (an idle one, or a new one within ``connect_timeout``), writes the request
+head, streams the request body, and returns the ``Response`` as soon as its head arrived; the
+response body is then pulled from the socket as the caller reads it.
+
+* **Full duplex.**  A request body that is not already in memory is written by a task in the
+  pool's nursery while the response is read, so an upstream that answers (or echoes) before the
+  request ended never deadlocks against us.  The pool therefore needs a nursery: use it as
+  ``async with UpstreamPool(...) as pool`` or pass ``nursery=``.
+* **Reuse only when clean.**  A connection goes back to the idle list only when both the request
+  and the response were read/written completely and neither side asked to close.  A response body
+  closed before its end, a request body not fully sent, or any error discards the connection.
+* **Stale connections.**  An idle connection the upstream closed (or wrote to) while idle is
+  readable; ``checkout`` polls for that and discards it.  If writing the request head to a reused
+  connection still fails, no byte of the request was written, so it is sent again on a fresh
+  connection: never lost, never duplicated.  Once any byte was written a failure is reported, not
+  retried here.
+* **Idle timeout.**  Idle connections older than ``idle_timeout_s`` are discarded at checkout
+  and by ``prune()``.
+* **Errors.**  ``OSError``, trio's stream errors and parse errors are translated once, by
+  ``_map_errors`` at the I/O edge, into ``UpstreamError`` subclasses with a ``cause``
+  (``connect/refused``, ``connect/timeout``, ``connect/unreachable``, ``upstream/reset``,
+  ``timeout/request``).
+
+The bookkeeping (which idle connection to use, which to close) is the pure ``PoolState``; the
+async code performs what it decides.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+import trio
+
+from hostproxy.http.codec import (
+    NEED_DATA,
+    ClientCodec,
+    ConnectionClosed,
+    Data,
+    EndOfMessage,
+    Informational,
+    LocalProtocolError,
+    ProtocolError,
+    ResponseHead,
+)
+from hostproxy.http.errors import (
+    ConnectError,
+    ProxyInternalError,
+    RequestTimeout,
+    UpstreamError,
+    UpstreamReset,
+)
+from hostproxy.http.hopbyhop import strip_hop_by_hop
+from hostproxy.http.message import Body, Headers, Request, Response
+
+__all__ = ["PoolParams", "PoolState", "UpstreamPool"]
+
+log = structlog.get_logger("hostproxy.http.upstream")
+
+RECEIVE_SIZE = 64 * 1024
+_UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL}
+_TIMEDOUT = {errno.ETIMEDOUT}
+_BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+
+@dataclass(frozen=True)
+class PoolParams:
+    """``client.hostConnectionPool`` and the client's timeouts for one endpoint."""
+
+    connect_timeout_ms: int = 1000
+    idle_timeout_s: float | None = 30.0
+    max_idle: int = 100
+
+
+def _leaf_oserrors(exc: BaseException) -> Iterator[OSError]:
+    """The OSErrors behind ``exc`` (trio.open_tcp_stream wraps them in an ExceptionGroup)."""
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            yield from _leaf_oserrors(sub)
+        return
+    if isinstance(exc, OSError) and exc.errno is not None:
+        yield exc
+    cause = exc.__cause__
+    if cause is not None and cause is not exc:
+        yield from _leaf_oserrors(cause)
+
+
+def _connect_cause(exc: OSError) -> str:
+    errnos = {e.errno for e in _leaf_oserrors(exc)}
+    if errnos & _UNREACHABLE:
+        return "connect/unreachable"
+    if errnos & _TIMEDOUT:
+        return "connect/timeout"
+    return "connect/refused"
+
+
+@contextmanager
+def _map_errors(endpoint: str, phase: str) -> Iterator[None]:
+    """Translate foreign exceptions into ``UpstreamError`` (the only place this happens)."""
+    try:
+        yield
+    except UpstreamError:
+        raise
+    except OSError as exc:
+        if phase == "connect":
+            cause = _connect_cause(exc)
+            detail = next((os.strerror(e.errno) for e in _leaf_oserrors(exc) if e.errno), str(exc))
+            raise ConnectError(
+                f"Unable to establish connection to {endpoint}: {detail}", endpoint=endpoint, cause=cause
+            ) from exc
+        raise UpstreamReset(f"connection to {endpoint} failed: {exc}", endpoint=endpoint) from exc
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise UpstreamReset(
+            f"connection to {endpoint} was closed or reset: {exc or type(exc).__name__}", endpoint=endpoint
+        ) from exc
+    except ProtocolError as exc:
+        raise UpstreamReset(f"invalid response from {endpoint}: {exc}", endpoint=endpoint) from exc
+    except LocalProtocolError as exc:
+        raise ProxyInternalError(f"cannot send request to {endpoint}: {exc}", endpoint=endpoint) from exc
+
+
+class _Stale(Exception):
+    """Writing the head to a reused connection failed before any byte left: safe to resend."""
+
+
+class _Conn:
+    """One TCP connection to the upstream and its h11 client state."""
+
+    __slots__ = ("stream", "codec", "endpoint", "reused", "idle_since", "sender_done", "broken", "closed",
+                 "sender_scope", "checked_out", "sender_finished")
+
+    def __init__(self, stream: trio.SocketStream, endpoint: str) -> None:
+        self.stream = stream
+        self.codec = ClientCodec()
+        self.endpoint = endpoint
+        self.reused = False
+        self.idle_since = 0.0
+        self.sender_done = True
+        self.broken = False
+        self.closed = False
+        self.sender_scope: trio.CancelScope | None = None
+        self.checked_out = True
+        self.sender_finished: trio.Event | None = None
+
+    def readable_while_idle(self) -> bool:
+        """True when the upstream closed or wrote to this idle connection (it cannot be reused)."""
+        try:
+            poller = select.poll()
+            poller.register(self.stream.socket.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+            return bool(poller.poll(0))
+        except (OSError, ValueError):
+            return True
+
+    async def send(self, data: bytes) -> None:
+        with _map_errors(self.endpoint, "exchange"):
+            await self.stream.send_all(data)
+
+    async def receive(self) -> bytes:
+        with _map_errors(self.endpoint, "exchange"):
+            return await self.stream.receive_some(RECEIVE_SIZE)
+
+    async def aclose(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.sender_scope is not None:
+            self.sender_scope.cancel()
+        with trio.CancelScope(shield=True):
+            await self.stream.aclose()
+
+
+class PoolState:
+    """Pure bookkeeping of one endpoint's connections (decide here, do in ``UpstreamPool``)."""
+
+    def __init__(self, idle_timeout_s: float | None, max_idle: int) -> None:
+        self.idle_timeout_s = idle_timeout_s
+        self.max_idle = max_idle
+        self.idle: deque[Any] = deque()
+        self.in_use = 0
+
+    def checkout(self, now: float, is_stale: Callable[[Any], bool]) -> tuple[Any | None, list[Any]]:
+        """The most recently used healthy idle connection (or None) and the ones to close."""
+        to_close: list[Any] = []
+        while self.idle:
+            conn = self.idle.pop()  # LIFO: the warmest connection first
+            expired = self.idle_timeout_s is not None and now - conn.idle_since > self.idle_timeout_s
+            if expired or is_stale(conn):
+                to_close.append(conn)
+                continue
+            self.in_use += 1
+            return conn, to_close
+        return None, to_close
+
+    def opened(self) -> None:
+        self.in_use += 1
+
+    def checkin(self, conn: Any, now: float, reusable: bool) -> list[Any]:
+        """Return ``conn``; the connections to close (``conn`` itself if not reusable)."""
+        self.in_use -= 1
+        if not reusable:
+            return [conn]
+        conn.idle_since = now
+        self.idle.append(conn)
+        to_close = []
+        while len(self.idle) > self.max_idle:
+            to_close.append(self.idle.popleft())
+        return to_close
+
+    def expired(self, now: float) -> list[Any]:
+        if self.idle_timeout_s is None:
+            return []
+        keep = deque(c for c in self.idle if now - c.idle_since <= self.idle_timeout_s)
+        gone = [c for c in self.idle if now - c.idle_since > self.idle_timeout_s]
+        self.idle = keep
+        return gone
+
+    def drain(self) -> list[Any]:
+        out = list(self.idle)
+        self.idle.clear()
+        return out
+
+
+class _ResponseBodySource:
+    """Pulls a response body from the upstream connection; releases the connection at the end."""
+
+    __slots__ = ("_pool", "_conn", "trailers", "_done")
+
+    def __init__(self, pool: UpstreamPool, conn: _Conn) -> None:
+        self._pool = pool
+        self._conn = conn
+        self.trailers: Headers | None = None
+        self._done = False
+
+    async def read_chunk(self) -> bytes | None:
+        if self._done:
+            return None
+        conn = self._conn
+        codec = conn.codec
+        try:
+            while True:
+                with _map_errors(conn.endpoint, "exchange"):
+                    event = codec.next_event()
+                if type(event) is Data:
+                    if event.data:
+                        return event.data
+                    continue
+                if type(event) is EndOfMessage:
+                    self._done = True
+                    if event.trailers:
+                        self.trailers = Headers._trusted(event.trailers)
+                    await self._pool._release(conn)
+                    return None
+                if event is NEED_DATA:
+                    data = await conn.receive()
+                    with _map_errors(conn.endpoint, "exchange"):
+                        codec.receive_data(data)
+                    continue
+                raise UpstreamReset(
+                    f"connection to {conn.endpoint} closed before the response body ended",
+                    endpoint=conn.endpoint,
+                )
+        except BaseException:
+            if not self._done:
+                self._done = True
+                await self._pool._discard(conn)
+            raise
+
+    async def aclose(self) -> None:
+        if not self._done:
+            self._done = True
+            await self._pool._discard(self._conn)
+
+
+class _TunnelStream:
+    """The upstream side of an upgraded (101) connection; replays bytes h11 already buffered."""
+
+    def __init__(self, pool: UpstreamPool, conn: _Conn, pending: bytes) -> None:
+        self._pool = pool
+        self._conn = conn
+        self._pending = pending
+
+    async def send_all(self, data: bytes) -> None:
+        await self._conn.stream.send_all(data)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._pending:
+            data, self._pending = self._pending, b""
+            return data
+        return await self._conn.stream.receive_some(max_bytes or RECEIVE_SIZE)
+
+    async def aclose(self) -> None:
+        await self._pool._discard(self._conn)
+
+
+class UpstreamPool:
+    """Keep-alive HTTP/1.1 connections to one endpoint (see the module docstring)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        params: PoolParams | None = None,
+        *,
+        nursery: trio.Nursery | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.params = params or PoolParams()
+        self.endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._nursery = nursery
+        self._own_nursery_cm: Any = None
+        self._clock = clock or trio.current_time
+        self._state = PoolState(self.params.idle_timeout_s, self.params.max_idle)
+        self._open = 0
+        self._counters = {"connects": 0, "connect_failures": 0, "reused": 0, "stale_discarded": 0, "resent": 0}
+        self._closed = False
+
+    async def __aenter__(self) -> UpstreamPool:
+        if self._nursery is None:
+            self._own_nursery_cm = trio.open_nursery()
+            self._nursery = await self._own_nursery_cm.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        with trio.CancelScope(shield=True):
+            await self.aclose()
+        if self._own_nursery_cm is None:
+            return None
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()  # stop request-body writers still running
+        cm, self._own_nursery_cm = self._own_nursery_cm, None
+        self._nursery = None
+        return bool(await cm.__aexit__(*exc_info))
+
+    def statistics(self) -> dict[str, int]:
+        idle = len(self._state.idle)
+        return {"open": self._open, "idle": idle, "in_use": self._state.in_use, **self._counters}
+
+    def __repr__(self) -> str:
+        s = self.statistics()
+        return f"<UpstreamPool {self.endpoint} open={s['open']} idle={s['idle']} in_use={s['in_use']}>"
+
+    async def aclose(self) -> None:
+        """Close idle connections and refuse new requests (in-flight ones finish)."""
+        self._closed = True
+        for conn in self._state.drain():
+            await self._close(conn)
+
+    async def prune(self) -> None:
+        """Close idle connections past the idle timeout."""
+        for conn in self._state.expired(self._clock()):
+            await self._close(conn)
+
+    # -- connections -----------------------------------------------------------------------------
+
+    async def _close(self, conn: _Conn) -> None:
+        if not conn.closed:
+            self._open -= 1
+            await conn.aclose()
+
+    async def _connect(self, timeout_s: float) -> _Conn:
+        with _map_errors(self.endpoint, "connect"):
+            with trio.move_on_after(timeout_s) as scope:
+                stream = await trio.open_tcp_stream(self.host, self.port)
+            if scope.cancelled_caught:
+                raise ConnectError(
+                    f"Unable to establish connection to {self.endpoint}: "
+                    f"no answer within connect timeout {timeout_s * 1000:g} ms",
+                    endpoint=self.endpoint,
+                    cause="connect/timeout",
+                )
+        self._counters["connects"] += 1
+        self._open += 1
+        return _Conn(stream, self.endpoint)
+
+    async def _acquire(self, connect_timeout_s: float, fresh: bool) -> _Conn:
+        if not fresh:
+            conn, to_close = self._state.checkout(self._clock(), _Conn.readable_while_idle)
+            for c in to_close:
+                self._counters["stale_discarded"] += 1
+                await self._close(c)
+            if conn is not None:
+                conn.checked_out = True
+                conn.reused = True
+                self._counters["reused"] += 1
+                return conn
+        try:
+            conn = await self._connect(connect_timeout_s)
+        except UpstreamError:
+            self._counters["connect_failures"] += 1
+            raise
+        self._state.opened()
+        return conn
+
+    async def _release(self, conn: _Conn) -> None:
+        """The response ended: keep the connection if the exchange was clean."""
+        if not conn.sender_done and conn.sender_finished is not None:
+            if conn.codec.request_sent:
+                # Every byte of the request was produced; the writer is flushing the last ones.
+                with trio.move_on_after(1.0):
+                    await conn.sender_finished.wait()
+            if not conn.sender_done and conn.sender_scope is not None:
+                conn.sender_scope.cancel()  # the request body is no longer wanted
+        reusable = (
+            not self._closed
+            and not conn.broken
+            and not conn.closed
+            and conn.sender_done
+            and conn.codec.can_reuse
+        )
+        if reusable:
+            conn.codec.start_next_cycle()
+        await self._checkin(conn, reusable)
+
+    async def _discard(self, conn: _Conn) -> None:
+        await self._checkin(conn, False)
+
+    async def _checkin(self, conn: _Conn, reusable: bool) -> None:
+        if not conn.checked_out:
+            if not reusable:
+                await self._close(conn)
+            return
+        conn.checked_out = False
+        for c in self._state.checkin(conn, self._clock(), reusable):
+            await self._close(c)
+
+    # -- the exchange ----------------------------------------------------------------------------
+
+    async def request(
+        self,
+        req: Request,
+        *,
+        connect_timeout: float | None = None,
+        response_timeout: float | None = None,
+    ) -> Response:
+        """Send ``req``; returns once the response head arrived, with the body still streaming.
+
+        ``connect_timeout`` (seconds) defaults to ``params.connect_timeout_ms``;
+        ``response_timeout`` bounds the wait for the response head (``timeout/request``).
+        Raises ``UpstreamError`` subclasses; ``retryable`` tells whether the request was sent.
+        """
+        if self._closed:
+            raise ProxyInternalError(f"pool for {self.endpoint} is closed", endpoint=self.endpoint, retryable=True)
+        timeout = connect_timeout if connect_timeout is not None else self.params.connect_timeout_ms / 1000
+        fresh = False
+        while True:
+            conn = await self._acquire(timeout, fresh)
+            try:
+                return await self._exchange(conn, req, response_timeout)
+            except _Stale:
+                await self._discard(conn)
+                self._counters["resent"] += 1
+                fresh = True
+            except BaseException:
+                await self._discard(conn)
+                raise
+
+    def _head(self, req: Request) -> list[tuple[bytes, bytes]]:
+        headers = req.headers.copy()
+        headers.remove(b"content-length")
+        headers.remove(b"transfer-encoding")
+        body = req.body
+        if body.content_length is None:
+            headers.add(b"transfer-encoding", b"chunked")
+        elif body.content_length > 0 or req.method in _BODY_METHODS:
+            headers.add(b"content-length", str(body.content_length).encode("ascii"))
+        if b"host" not in headers:
+            headers.add(b"host", (req.authority or self.endpoint).encode("latin-1"))
+        return headers.items()
+
+    async def _exchange(self, conn: _Conn, req: Request, response_timeout: float | None) -> Response:
+        codec = conn.codec
+        with _map_errors(self.endpoint, "exchange"):
+            head = codec.send_request(req.method.encode("ascii"), req.target.encode("latin-1"), self._head(req))
+        try:
+            await conn.send(head)
+        except UpstreamError:
+            if conn.reused:
+                raise _Stale() from None
+            raise
+        body = req.body
+        if body.in_memory:
+            async for chunk in body:
+                await conn.send(codec.send_data(chunk))
+            trailers = body.trailers
+            await conn.send(codec.send_end(trailers.items() if trailers and body.content_length is None else None))
+        else:
+            if self._nursery is None:
+                raise ProxyInternalError(
+                    f"UpstreamPool({self.endpoint}) needs a nursery to stream request bodies: use "
+                    "'async with UpstreamPool(...)' or pass nursery=",
+                    endpoint=self.endpoint,
+                )
+            conn.sender_done = False
+            conn.sender_scope = trio.CancelScope()
+            conn.sender_finished = trio.Event()
+            self._nursery.start_soon(self._send_body, conn, body)
+        if response_timeout is None:
+            return await self._read_head(conn, req)
+        with trio.move_on_after(response_timeout):
+            return await self._read_head(conn, req)
+        raise RequestTimeout(
+            f"no response from {self.endpoint} within {response_timeout:g}s", endpoint=self.endpoint
+        )
+
+    async def _send_body(self, conn: _Conn, body: Body) -> None:
+        codec = conn.codec
+        assert conn.sender_scope is not None and conn.sender_finished is not None
+        try:
+            await self._send_body_inner(conn, body, codec)
+        finally:
+            conn.sender_finished.set()
+
+    async def _send_body_inner(self, conn: _Conn, body: Body, codec: ClientCodec) -> None:
+        assert conn.sender_scope is not None
+        with conn.sender_scope:
+            try:
+                async for chunk in body:
+                    await conn.send(codec.send_data(chunk))
+                trailers = body.trailers
+                await conn.send(codec.send_end(trailers.items() if trailers else None))
+                conn.sender_done = True
+                return
+            except UpstreamError:
+                # The upstream stopped reading; its response (maybe already sent) is still read.
+                conn.broken = True
+            except Exception as exc:
+                # The client's body failed (client gone or malformed): abort the upstream exchange
+                # so that the response reader stops too.
+                log.info("http.upstream.request_body_failed", endpoint=self.endpoint, error=str(exc))
+                conn.broken = True
+                await self._close(conn)
+            finally:
+                if not conn.sender_done:
+                    await body.aclose()
+        conn.broken = True
+
+    async def _read_head(self, conn: _Conn, req: Request) -> Response:
+        codec = conn.codec
+        while True:
+            with _map_errors(self.endpoint, "exchange"):
+                event = codec.next_event()
+            if event is NEED_DATA:
+                data = await conn.receive()
+                with _map_errors(self.endpoint, "exchange"):
+                    codec.receive_data(data)
+                continue
+            if type(event) is Informational:
+                if event.status == 101 and req.upgrade is not None and codec.switched:
+                    headers = strip_hop_by_hop(Headers._trusted(event.headers), keep_upgrade=True)
+                    tunnel = _TunnelStream(self, conn, codec.trailing_data())
+                    return Response(101, b"Switching Protocols", headers, Body.empty(), upgraded=tunnel)
+                continue  # 100 Continue, 103 Early Hints: not forwarded
+            if type(event) is ResponseHead:
+                return await self._response(conn, req, event)
+            if type(event) is ConnectionClosed:
+                raise UpstreamReset(
+                    f"connection to {self.endpoint} closed before a response arrived", endpoint=self.endpoint
+                )
+            raise UpstreamReset(f"unexpected {event!r} from {self.endpoint}", endpoint=self.endpoint)
+
+    async def _response(self, conn: _Conn, req: Request, event: ResponseHead) -> Response:
+        headers = strip_hop_by_hop(Headers._trusted(event.headers))
+        no_body = req.method == "HEAD" or event.status in (204, 304)
+        content_length: int | None = None
+        if not no_body:
+            cl = headers.get(b"content-length")
+            chunked = any(n == b"transfer-encoding" for n, _ in event.headers)
+            if cl is not None and not chunked:
+                content_length = int(cl)
+            headers.remove(b"content-length")
+        if no_body or content_length == 0:
+            with _map_errors(self.endpoint, "exchange"):
+                end = codec_event = conn.codec.next_event()
+            while codec_event is NEED_DATA:  # pragma: no cover - h11 frames an empty body at once
+                with _map_errors(self.endpoint, "exchange"):
+                    conn.codec.receive_data(await conn.receive())
+                    end = codec_event = conn.codec.next_event()
+            if type(end) is not EndOfMessage:
+                raise UpstreamReset(f"unexpected {end!r} after an empty body", endpoint=self.endpoint)
+            await self._release(conn)
+            body = Body.empty()
+        else:
+            body = Body(_ResponseBodySource(self, conn), content_length)
+        version = event.http_version.decode("ascii")
+        return Response(event.status, event.reason, headers, body, http_version=version)

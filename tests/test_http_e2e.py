@@ -1,0 +1,129 @@
+"""End to end with real clients and servers on loopback: curl → Http1Server → UpstreamPool → upstream."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import trio
+from upstreams import running_nginx, running_proxy, running_upstream, upstream_process
+
+
+async def curl(*args: str, env: dict[str, str] | None = None, stdin: bytes | None = None) -> trio.Process:
+    full_env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    full_env.update(env or {})
+    return await trio.run_process(
+        ["curl", "-sS", "--max-time", "60", *args],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        env=full_env,
+        stdin=stdin,
+    )
+
+
+async def test_http_proxy_env_var_routes_absolute_form_like_host() -> None:
+    async with running_upstream() as up, running_proxy(up.port) as proxy:
+        r = await curl("http://users/headers?x=1", env={"http_proxy": f"http://127.0.0.1:{proxy.port}"})
+        assert r.returncode == 0, r.stderr
+        assert up.requests[0].target == "/headers?x=1"
+        assert up.requests[0].header("host") == "users"
+        assert up.requests[0].header("proxy-connection") is None
+
+
+async def test_chunked_upload_streamed_back_and_trailers_forwarded() -> None:
+    payload = os.urandom(300_000)
+    async with running_upstream() as up, running_proxy(up.port) as proxy:
+        r = await curl("-T", "-", f"http://127.0.0.1:{proxy.port}/echo", stdin=payload)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == payload
+        assert up.requests[0].header("transfer-encoding") == "chunked"
+        r = await curl("--raw", "-i", f"http://127.0.0.1:{proxy.port}/trailers")
+        text = r.stdout.decode()
+        assert text.endswith("0\r\nx-checksum: abc\r\n\r\n"), text
+
+
+async def test_curl_through_proxy_to_nginx(tmp_path: Path) -> None:
+    with running_nginx(tmp_path) as nginx_port:
+        expected = hashlib.sha256((tmp_path / "www" / "file.bin").read_bytes()).hexdigest()
+        async with running_proxy(nginx_port) as proxy:
+            base = f"http://127.0.0.1:{proxy.port}"
+            r = await curl(f"{base}/hello", f"{base}/hello")  # two requests, one connection
+            assert r.stdout == b"hello from nginx\nhello from nginx\n"
+            r = await curl(f"{base}/file.bin")
+            assert hashlib.sha256(r.stdout).hexdigest() == expected
+            r = await curl("-I", f"{base}/file.bin")
+            head = r.stdout.decode().lower()
+            assert "content-length: 1048576" in head and "via: 1.1 hostproxy" in head
+            r = await curl("-o", "/dev/null", "-w", "%{http_code}", f"{base}/missing")
+            assert r.stdout == b"404"
+            assert proxy.pool.statistics()["connects"] == 1  # type: ignore[attr-defined]
+
+
+async def test_upstream_reset_mid_body_cuts_the_client_connection() -> None:
+    async with running_upstream() as up, running_proxy(up.port) as proxy:
+        r = await curl(f"http://127.0.0.1:{proxy.port}/reset")
+        assert r.returncode == 18  # "transfer closed with outstanding read data remaining"
+        r = await curl(f"http://127.0.0.1:{proxy.port}/")
+        assert r.stdout == b"ok"
+
+
+async def test_websocket_upgrade_is_tunnelled() -> None:
+    async with running_upstream() as up, running_proxy(up.port) as proxy:
+        stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+        async with stream:
+            await stream.send_all(
+                b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nearly"
+            )
+            data = b""
+            with trio.fail_after(10):
+                while b"early" not in data:
+                    data += await stream.receive_some(65536)
+            head = data.split(b"\r\n\r\n")[0].lower()
+            assert head.startswith(b"http/1.1 101")
+            assert b"upgrade: websocket" in head and b"connection: upgrade" in head
+            for message in (b"frame-1", b"\x00\x01binary\xff"):
+                await stream.send_all(message)
+                got = b""
+                with trio.fail_after(10):
+                    while len(got) < len(message):
+                        got += await stream.receive_some(65536)
+                assert got == message
+        assert up.requests[0].header("upgrade") == "websocket"
+        assert up.requests[0].header("sec-websocket-key") == "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+async def test_one_gib_upload_streams_in_bounded_memory(tmp_path: Path) -> None:
+    size = 1 << 30
+    sparse = tmp_path / "big.bin"
+    with sparse.open("wb") as f:
+        f.truncate(size)
+    with upstream_process() as (_proc, up_port):
+        async with running_proxy(up_port) as proxy:
+            baseline = _rss_kib()
+            peak = baseline
+            done = trio.Event()
+
+            async def sample() -> None:
+                nonlocal peak
+                while not done.is_set():
+                    peak = max(peak, _rss_kib())
+                    await trio.sleep(0.05)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sample)
+                r = await curl("--max-time", "110", "-T", str(sparse), f"http://127.0.0.1:{proxy.port}/count")
+                done.set()
+            assert r.returncode == 0, r.stderr
+            assert r.stdout == str(size).encode()
+            growth_mib = (peak - baseline) / 1024
+            assert growth_mib < 64, f"RSS grew by {growth_mib:.1f} MiB while streaming 1 GiB"
