@@ -1,0 +1,582 @@
+"""The admin endpoints: one handler object that answers every admin path from an ``AdminContext``.
+
+Theory of operation
+-------------------
+``AdminHandler`` is an ``hostproxy.http.server.Handler``: ``await handler(request, conn_info)``
+returns a ``Response``.  It owns no socket and no task; ``AdminServer`` runs it on the project's
+HTTP/1.1 server, and tests may call it directly with any peer address.
+
+A request is answered in four steps:
+
+1. the path (percent-decoded, query split off) selects an ``Endpoint`` from a fixed table, or the
+   ``/namer_state/<prefix>.json`` family; nothing matched: 404 with the list of endpoints;
+2. a method the endpoint does not accept: 405 with ``Allow`` (``HEAD`` is accepted wherever ``GET``
+   is; the HTTP layer drops the body);
+3. a *control* method (shutdown, reload, readiness override, log levels) is refused with 403 unless
+   the peer is loopback (127.0.0.0/8, ::1, or IPv4-mapped loopback) or ``allow_remote_control`` is
+   set (config ``admin.allowRemoteControl``).  Independently of that setting, a control request a
+   browser sent from another origin (``Origin`` not matching ``Host``, or
+   ``Sec-Fetch-Site: cross-site``) is refused, so that a web page cannot shut the daemon down, and
+   so is one that came through a proxy (more ``Via`` entries than the admin server's own HTTP layer
+   adds), so that a router cannot be used to reach the admin port from outside;
+4. the endpoint method renders the context's state.  An exception from the context becomes a 500
+   naming the endpoint and the error (logged as ``admin.handler_failed``), never a dead connection.
+
+Admin work is bounded so that it never stalls routing: request bodies are read up to
+``MAX_REQUEST_BODY``, the delegation tree (the one answer whose size depends on the request) is
+capped at ``MAX_DELEGATE_JSON`` bytes, ``/requests`` lists at most ``MAX_RECENT_REQUESTS`` entries,
+and the metrics renderers are bounded by the registry's cardinality limits.  Delegation runs on the
+event loop (it is pure and fast); a context that has to wait for a namer returns an awaitable,
+which gets ``delegate_timeout_s`` (2 s, Linkerd's) before 503 ``Request timed out.``.
+
+``/delegator.json`` follows Linkerd's ``DelegateApiHandler`` (spec ``dtab.md`` §6.4): ``dtab`` is
+the entire dtab (missing on GET means empty) and is checked first (400 ``Invalid dtab: …``), then
+``path`` (400 ``Invalid path: …``); POST needs ``Content-Type: application/json`` (415) and a
+JSON object with string ``dtab`` and ``path`` (400 ``Malformed delegation request: …``).  An
+unknown ``namespace`` (router label) is a 400 that lists the routers: the request names a router
+that does not exist, the endpoint itself does.  A failure of the whole explanation (a delegation
+cycle) is a 400 ``Delegation failed: …``, since the submitted dtab caused it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import ipaddress
+import json
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import structlog
+import trio
+
+from dtab import Dtab, DtabSyntaxError, parse_dtab, parse_path
+from dtab.errors import BindError
+from hostproxy import log as hlog
+from hostproxy.admin.context import AdminContext
+from hostproxy.admin.delegator_page import CONTENT_SECURITY_POLICY, render_page
+from hostproxy.http.message import Body, Headers, Request, Response
+from hostproxy.http.proxyheaders import via_count
+from hostproxy.http.server import ConnInfo
+from hostproxy.metrics import NoSuchSubtree, metrics_json, prometheus
+
+__all__ = [
+    "DELEGATE_TIMEOUT_S",
+    "HTML_TYPE",
+    "JSON_TYPE",
+    "MAX_DELEGATE_JSON",
+    "MAX_RECENT_REQUESTS",
+    "MAX_REQUEST_BODY",
+    "PROMETHEUS_TYPE",
+    "TEXT_TYPE",
+    "AdminHandler",
+    "Endpoint",
+    "is_loopback",
+]
+
+log = structlog.get_logger("hostproxy.admin")
+
+JSON_TYPE = "application/json;charset=UTF-8"
+TEXT_TYPE = "text/plain;charset=UTF-8"
+HTML_TYPE = "text/html;charset=UTF-8"
+PROMETHEUS_TYPE = "text/plain; version=0.0.4"
+
+#: Largest request body an admin endpoint reads (the delegator's JSON).
+MAX_REQUEST_BODY = 64 * 1024
+#: Largest ``/delegator.json`` answer.
+MAX_DELEGATE_JSON = 4 * 1024 * 1024
+#: Most entries ``/requests`` lists (the newest).
+MAX_RECENT_REQUESTS = 1000
+#: Linkerd's delegation timeout.
+DELEGATE_TIMEOUT_S = 2.0
+
+_LOGGER_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+_REASONS = {
+    200: b"OK",
+    202: b"Accepted",
+    400: b"Bad Request",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    413: b"Payload Too Large",
+    415: b"Unsupported Media Type",
+    500: b"Internal Server Error",
+    503: b"Service Unavailable",
+}
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback; False for anything else (or not an IP)."""
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped.is_loopback
+    return addr.is_loopback
+
+
+def _response(
+    status: int, body: bytes | str, content_type: str, extra: tuple[tuple[str, str], ...] = ()
+) -> Response:
+    data = body.encode("utf-8") if isinstance(body, str) else body
+    headers = Headers(
+        [
+            (b"content-type", content_type.encode("ascii")),
+            (b"cache-control", b"no-store"),
+            (b"x-content-type-options", b"nosniff"),
+        ]
+    )
+    for name, value in extra:
+        headers.add(name, value.encode("latin-1"))
+    return Response(status, _REASONS.get(status, b""), headers, Body.from_bytes(data))
+
+
+def _text(status: int, text: str, extra: tuple[tuple[str, str], ...] = ()) -> Response:
+    return _response(status, text if text.endswith("\n") else text + "\n", TEXT_TYPE, extra)
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
+
+
+def _json(status: int, obj: Any) -> Response:
+    return _response(status, _dumps(obj), JSON_TYPE)
+
+
+def _flag(query: dict[str, str], name: str) -> bool:
+    return query.get(name, "").lower() in _TRUE
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One admin request, decoded."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    request: Request
+    peer: str
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A row of the endpoint table: ``control`` lists the methods that change daemon state."""
+
+    path: str
+    methods: tuple[str, ...]
+    help: str
+    control: tuple[str, ...] = ()
+
+
+_Fn = Callable[[_Call], Awaitable[Response]]
+
+
+class AdminHandler:
+    """Answers admin requests from ``ctx`` (see the module docstring for the rules)."""
+
+    def __init__(
+        self,
+        ctx: AdminContext,
+        *,
+        allow_remote_control: bool = False,
+        delegate_timeout_s: float = DELEGATE_TIMEOUT_S,
+        trusted_via_entries: int = 0,
+    ) -> None:
+        self.ctx = ctx
+        self.allow_remote_control = allow_remote_control
+        self.delegate_timeout_s = delegate_timeout_s
+        # How many ``Via`` entries the HTTP layer in front of this handler appends itself.
+        self.trusted_via_entries = trusted_via_entries
+        self.requests_total = 0
+        self.refused_control = 0
+        self.failures = 0
+        table: list[tuple[Endpoint, _Fn]] = [
+            (Endpoint("/admin", ("GET",), "this list"), self._index),
+            (Endpoint("/admin/", ("GET",), "this list"), self._index),
+            (Endpoint("/admin/index.txt", ("GET",), "this list"), self._index),
+            (Endpoint("/help", ("GET",), "this list"), self._index),
+            (Endpoint("/admin/ping", ("GET",), "liveness: 'pong'"), self._ping),
+            (Endpoint("/live", ("GET",), "liveness: 200 'live'"), self._live),
+            (Endpoint("/ready", ("GET",), "readiness: 200 'ready' or 503 'not ready'"), self._ready),
+            (
+                Endpoint(
+                    "/admin/ready",
+                    ("POST",),
+                    "POST ?state=false|true: take out of / put back into rotation",
+                    control=("POST",),
+                ),
+                self._set_ready,
+            ),
+            (
+                Endpoint(
+                    "/admin/metrics.json", ("GET",), "metrics (?tree=1, ?q=<regex or subtree>, ?pretty=1)"
+                ),
+                self._metrics_json,
+            ),
+            (Endpoint("/metrics.json", ("GET",), "alias of /admin/metrics.json"), self._metrics_json),
+            (
+                Endpoint("/admin/metrics/prometheus", ("GET",), "metrics in Prometheus text format"),
+                self._prometheus,
+            ),
+            (Endpoint("/metrics", ("GET",), "alias of /admin/metrics/prometheus"), self._prometheus),
+            (Endpoint("/config.json", ("GET",), "the running config"), self._config),
+            (
+                Endpoint("/client_state.json", ("GET",), "each client's state and addresses"),
+                self._client_state,
+            ),
+            (Endpoint("/bound-names.json", ("GET",), "names known to enumerating namers"), self._bound_names),
+            (
+                Endpoint(
+                    "/namer_state/<prefix>.json",
+                    ("GET",),
+                    "one namer's watch state, e.g. /namer_state/io.l5d.fs.json",
+                ),
+                self._namer_state,
+            ),
+            (
+                Endpoint(
+                    "/delegator.json",
+                    ("GET", "POST"),
+                    "explain a delegation: ?namespace=<router>&path=<path>&dtab=<dtab>, or POST JSON",
+                ),
+                self._delegator_json,
+            ),
+            (Endpoint("/delegator", ("GET",), "dtab playground (?router=<label>)"), self._delegator_page),
+            (
+                Endpoint(
+                    "/logging.json",
+                    ("GET", "POST"),
+                    "log levels; POST ?logger=<name|root>&level=<LEVEL> sets one",
+                    control=("POST",),
+                ),
+                self._logging,
+            ),
+            (Endpoint("/requests", ("GET",), "recent requests"), self._requests),
+            (
+                Endpoint("/admin/shutdown", ("POST",), "start a graceful shutdown", control=("POST",)),
+                self._shutdown,
+            ),
+            (
+                Endpoint("/admin/reload", ("POST",), "reload the config file", control=("POST",)),
+                self._reload,
+            ),
+        ]
+        self.endpoints: list[Endpoint] = [ep for ep, _ in table]
+        self._routes: dict[str, tuple[Endpoint, _Fn]] = {
+            ep.path: (ep, fn) for ep, fn in table if "<" not in ep.path
+        }
+        self._namer_state_endpoint = next(ep for ep in self.endpoints if ep.path.startswith("/namer_state/"))
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "requests_total": self.requests_total,
+            "refused_control": self.refused_control,
+            "failures": self.failures,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"<AdminHandler endpoints={len(self.endpoints)} "
+            f"allow_remote_control={self.allow_remote_control} requests={self.requests_total}>"
+        )
+
+    def index_text(self) -> str:
+        """The text list of endpoints served at ``/admin``."""
+        seen: set[str] = set()
+        lines = ["hostproxy admin endpoints:", ""]
+        for ep in self.endpoints:
+            if ep.path in ("/admin/", "/admin/index.txt", "/help"):
+                continue
+            if ep.path in seen:
+                continue
+            seen.add(ep.path)
+            methods = "|".join(ep.methods)
+            lines.append(f"{methods:<9} {ep.path:<28} {ep.help}")
+        lines.append("")
+        control = ", ".join(f"{m} {ep.path}" for ep in self.endpoints for m in ep.control)
+        lines.append(
+            f"Control endpoints ({control}) answer loopback clients only "
+            "unless admin.allowRemoteControl is true."
+        )
+        return "\n".join(lines) + "\n"
+
+    # -- dispatch --------------------------------------------------------------------------------
+
+    async def __call__(self, request: Request, conn: ConnInfo) -> Response:
+        self.requests_total += 1
+        split = urlsplit(request.target)
+        path = unquote(split.path) or "/"
+        query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
+        call = _Call(request.method.upper(), path, query, request, conn.peer[0])
+        route = self._routes.get(path)
+        if route is not None:
+            endpoint, fn = route
+        elif path.startswith("/namer_state/") and path.endswith(".json"):
+            endpoint, fn = self._namer_state_endpoint, self._namer_state
+        else:
+            return _text(404, f"No admin endpoint at {path}.\n\n{self.index_text()}")
+        method = "GET" if call.method == "HEAD" else call.method
+        if method not in endpoint.methods:
+            allow = ", ".join([*endpoint.methods, "HEAD"] if "GET" in endpoint.methods else endpoint.methods)
+            return _text(
+                405,
+                f"Method {call.method} is not allowed on {path}: use {' or '.join(endpoint.methods)}",
+                (("allow", allow),),
+            )
+        if method in endpoint.control:
+            refusal = self._control_refusal(call)
+            if refusal is not None:
+                self.refused_control += 1
+                log.warning("admin.control_refused", path=path, peer=call.peer, reason=refusal)
+                return _text(403, refusal)
+        try:
+            return await fn(call)
+        except Exception as exc:
+            self.failures += 1
+            log.exception("admin.handler_failed", path=path)
+            return _text(500, f"Internal error serving {path}: {type(exc).__name__}: {exc}")
+
+    def _control_refusal(self, call: _Call) -> str | None:
+        path = call.path
+        if not self.allow_remote_control and not is_loopback(call.peer):
+            return (
+                f"{call.method} {path} is a control endpoint and answers only loopback clients "
+                f"(127.0.0.0/8, ::1); this request came from {call.peer}. "
+                "Set admin.allowRemoteControl: true to allow control from other hosts."
+            )
+        headers = call.request.headers
+        origin = headers.get(b"origin")
+        if origin is not None:
+            host = (headers.get(b"host") or b"").decode("latin-1").lower()
+            origin_s = origin.decode("latin-1")
+            netloc = urlsplit(origin_s).netloc.lower()
+            if not host or netloc != host:
+                return (
+                    f"{call.method} {path} refused: a browser sent it from another origin ({origin_s}); "
+                    "control endpoints accept only same-origin or non-browser requests (e.g. curl -X POST)."
+                )
+        if (headers.get(b"sec-fetch-site") or b"").lower() == b"cross-site":
+            return (
+                f"{call.method} {path} refused: a browser sent it cross-site; "
+                "control endpoints accept only same-origin or non-browser requests (e.g. curl -X POST)."
+            )
+        if via_count(headers) > self.trusted_via_entries:
+            via = b", ".join(headers.get_all(b"via")).decode("latin-1")
+            return (
+                f"{call.method} {path} refused: it arrived through a proxy (Via: {via}); "
+                "call control endpoints directly on the admin port, not through a router."
+            )
+        return None
+
+    # -- simple endpoints ------------------------------------------------------------------------
+
+    async def _index(self, call: _Call) -> Response:
+        return _text(200, self.index_text())
+
+    async def _ping(self, call: _Call) -> Response:
+        return _response(200, b"pong", TEXT_TYPE)
+
+    async def _live(self, call: _Call) -> Response:
+        return _text(200, "live")
+
+    async def _ready(self, call: _Call) -> Response:
+        if self.ctx.is_ready():
+            return _text(200, "ready")
+        return _text(503, "not ready")
+
+    async def _set_ready(self, call: _Call) -> Response:
+        raw = call.query.get("state")
+        value = (raw or "").lower()
+        if value in _TRUE:
+            ready = True
+        elif value in _FALSE:
+            ready = False
+        else:
+            got = "nothing" if raw is None else repr(raw)
+            return _text(
+                400,
+                f"POST /admin/ready needs ?state=true or ?state=false, got {got}: "
+                "state=false takes this daemon out of rotation (/ready answers 503), state=true puts it back",
+            )
+        self.ctx.set_ready(ready)
+        log.info("admin.ready_override", ready=ready, peer=call.peer)
+        return _text(200, "ready" if self.ctx.is_ready() else "not ready")
+
+    async def _config(self, call: _Call) -> Response:
+        return _json(200, self.ctx.config_json())
+
+    async def _client_state(self, call: _Call) -> Response:
+        return _json(200, self.ctx.client_state())
+
+    async def _bound_names(self, call: _Call) -> Response:
+        return _json(200, list(self.ctx.bound_names()))
+
+    async def _requests(self, call: _Call) -> Response:
+        entries = list(self.ctx.recent_requests())
+        return _json(200, entries[-MAX_RECENT_REQUESTS:])
+
+    async def _namer_state(self, call: _Call) -> Response:
+        name = call.path[len("/namer_state/") : -len(".json")]
+        prefix = "/" + name.lstrip("/")
+        states = self.ctx.namer_states()
+        if name and prefix in states:
+            return _json(200, states[prefix])
+        known = sorted(states)
+        if known:
+            hint = "known namer prefixes: " + ", ".join(known) + " (e.g. /namer_state" + known[0] + ".json)"
+        else:
+            hint = "no namers are configured"
+        return _text(404, f"No namer with prefix {prefix}: {hint}")
+
+    # -- metrics ---------------------------------------------------------------------------------
+
+    async def _metrics_json(self, call: _Call) -> Response:
+        q = call.query.get("q") or None
+        try:
+            body = metrics_json(
+                self.ctx.metrics, tree_form=_flag(call.query, "tree"), q=q, pretty=_flag(call.query, "pretty")
+            )
+        except NoSuchSubtree as exc:
+            return _json(404, {"error": str(exc)})
+        return _response(200, body, JSON_TYPE)
+
+    async def _prometheus(self, call: _Call) -> Response:
+        return _response(200, prometheus(self.ctx.metrics), PROMETHEUS_TYPE)
+
+    # -- logging ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _levels() -> list[dict[str, str]]:
+        return [{"logger": name, "level": level} for name, level in hlog.levels().items()]
+
+    async def _logging(self, call: _Call) -> Response:
+        if call.method in ("GET", "HEAD"):
+            return _json(200, self._levels())
+        logger = call.query.get("logger")
+        level = call.query.get("level")
+        usage = "POST /logging.json?logger=<name|root>&level=<DEBUG|INFO|WARNING|ERROR|CRITICAL>"
+        if not logger or not level:
+            missing = " and ".join(n for n, v in (("logger", logger), ("level", level)) if not v)
+            return _text(400, f"Missing {missing}: use {usage}")
+        if not _LOGGER_NAME.match(logger):
+            return _text(
+                400,
+                f"Invalid logger name {logger[:80]!r}: use 'root' or a dotted name of letters, digits, "
+                "'_', '-' (at most 200 characters), e.g. hostproxy.http",
+            )
+        try:
+            hlog.set_level(logger, level)
+        except ValueError as exc:
+            return _text(400, f"Invalid level for logger {logger}: {exc}")
+        log.info("admin.log_level_set", logger=logger, level=level.upper(), peer=call.peer)
+        return _json(200, self._levels())
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def _shutdown(self, call: _Call) -> Response:
+        log.info("admin.shutdown_requested", peer=call.peer)
+        self.ctx.request_shutdown()
+        return _text(202, "shutting down: draining connections")
+
+    async def _reload(self, call: _Call) -> Response:
+        log.info("admin.reload_requested", peer=call.peer)
+        ok, message = await self.ctx.reload()
+        return _text(200 if ok else 500, message)
+
+    # -- delegator -------------------------------------------------------------------------------
+
+    async def _delegator_page(self, call: _Call) -> Response:
+        routers: dict[str, str] = {}
+        for label in self.ctx.router_labels():
+            dtab = self.ctx.router_dtab(label)
+            routers[label] = "".join(f"{d};\n" for d in dtab)
+        page = render_page(routers, call.query.get("router"))
+        return _response(
+            200, page, HTML_TYPE, (("content-security-policy", CONTENT_SECURITY_POLICY),)
+        )
+
+    async def _delegate_request(self, call: _Call) -> tuple[str | None, str, str | None] | Response:
+        """``(namespace, dtab text, path text)`` from the query or the JSON body, or an error answer."""
+        if call.method == "GET":
+            return call.query.get("namespace") or None, call.query.get("dtab", ""), call.query.get("path")
+        ctype = (call.request.headers.get(b"content-type") or b"").decode("latin-1")
+        if ctype.split(";", 1)[0].strip().lower() != "application/json":
+            return _text(
+                415,
+                f"POST /delegator.json needs Content-Type: application/json, got {ctype or 'none'}; "
+                'send {"namespace": <router>, "dtab": <dtab>, "path": <path>}',
+            )
+        try:
+            raw = await call.request.body.read_all(MAX_REQUEST_BODY)
+        except ValueError:
+            return _text(413, f"Delegation request body exceeds {MAX_REQUEST_BODY} bytes")
+        text = raw.decode("utf-8", errors="replace")
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            doc = None
+        ok = (
+            isinstance(doc, dict)
+            and isinstance(doc.get("dtab"), str)
+            and isinstance(doc.get("path"), str)
+            and (doc.get("namespace") is None or isinstance(doc.get("namespace"), str))
+        )
+        if not ok:
+            shown = text if len(text) <= 200 else text[:200] + "…"
+            return _text(
+                400,
+                f"Malformed delegation request: {shown} "
+                '(expected a JSON object {"namespace": <router or null>, "dtab": <string>, "path": <string>})',
+            )
+        assert isinstance(doc, dict)
+        return doc.get("namespace") or None, doc["dtab"], doc["path"]
+
+    async def _delegator_json(self, call: _Call) -> Response:
+        parsed = await self._delegate_request(call)
+        if isinstance(parsed, Response):
+            return parsed
+        namespace, dtab_text, path_text = parsed
+        try:
+            dtab: Dtab = parse_dtab(dtab_text)
+        except DtabSyntaxError as exc:
+            return _text(400, f"Invalid dtab: {exc}")
+        if path_text is None:
+            return _text(400, "Invalid path: missing 'path' (e.g. path=/svc/web)")
+        try:
+            path = parse_path(path_text)
+        except DtabSyntaxError as exc:
+            return _text(400, f"Invalid path: {exc}")
+        if namespace is not None:
+            labels = list(self.ctx.router_labels())
+            if namespace not in labels:
+                known = ", ".join(labels) if labels else "none configured"
+                return _text(
+                    400,
+                    f"Unknown namespace {namespace}: it must be a router label ({known}), "
+                    "or leave it out to delegate with the system namers only",
+                )
+        try:
+            result: Any = self.ctx.delegate(namespace, dtab, path)
+            if inspect.isawaitable(result):
+                with trio.move_on_after(self.delegate_timeout_s):
+                    return self._delegate_answer(await result)
+                return _text(503, "Request timed out.")
+        except BindError as exc:
+            return _text(400, f"Delegation failed: {exc}")
+        return self._delegate_answer(result)
+
+    @staticmethod
+    def _delegate_answer(tree: dict[str, Any]) -> Response:
+        body = _dumps(tree)
+        if len(body) > MAX_DELEGATE_JSON:
+            return _text(
+                500,
+                f"Delegation tree is {len(body)} bytes, over the {MAX_DELEGATE_JSON}-byte limit of "
+                "/delegator.json; delegate a more specific path or a smaller dtab",
+            )
+        return _response(200, body, JSON_TYPE)

@@ -1,0 +1,72 @@
+"""The admin server: ``AdminHandler`` served by the project's HTTP/1.1 server on its own port.
+
+Theory of operation
+-------------------
+``AdminServer.serve`` runs one ``Http1Server`` (``hostproxy.http.server``) whose handler is an
+``AdminHandler``, inside its own nursery, and reports the bound ``(ip, port)`` through
+``task_status.started`` (bind port 0 and read the port back).  Cancelling ``serve`` stops the
+listener and every admin connection.  The admin server is separate from the routers' servers, so
+a slow admin client never holds a routing connection; its own connections are capped
+(``max_concurrent_requests``) and time out like any server's.  It listens on 127.0.0.1 unless
+configured otherwise (``admin.ip``), and its control endpoints answer loopback peers only unless
+``allow_remote_control`` (``admin.allowRemoteControl``) is set.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from hostproxy.admin.context import AdminContext
+from hostproxy.admin.handlers import DELEGATE_TIMEOUT_S, AdminHandler
+from hostproxy.http.server import Http1Server, ServerParams
+
+__all__ = ["AdminServer"]
+
+
+class AdminServer:
+    """Serve the admin endpoints of ``ctx`` on ``ip:port`` (port 0 picks a free port)."""
+
+    def __init__(
+        self,
+        ctx: AdminContext,
+        ip: str = "127.0.0.1",
+        port: int = 9990,
+        allow_remote_control: bool = False,
+        *,
+        max_concurrent_requests: int = 64,
+        delegate_timeout_s: float = DELEGATE_TIMEOUT_S,
+    ) -> None:
+        self.ctx = ctx
+        # The HTTP layer appends one ``Via`` entry to every request it hands the handler.
+        self.handler = AdminHandler(
+            ctx,
+            allow_remote_control=allow_remote_control,
+            delegate_timeout_s=delegate_timeout_s,
+            trusted_via_entries=1,
+        )
+        self.params = ServerParams(
+            ip=ip,
+            port=port,
+            router_label="admin",
+            max_concurrent_requests=max_concurrent_requests,
+            idle_timeout_s=60.0,
+            request_head_timeout_s=10.0,
+            max_initial_line_kb=16,
+        )
+        self.http = Http1Server(self.handler, self.params)
+        self.address: tuple[str, int] | None = None
+
+    def statistics(self) -> dict[str, object]:
+        return {"address": self.address, **self.http.statistics(), **self.handler.statistics()}
+
+    def __repr__(self) -> str:
+        return f"<AdminServer on {self.address} {self.handler!r}>"
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve until cancelled; reports the first bound ``(ip, port)`` via ``task_status``."""
+        async with trio.open_nursery() as nursery:
+            addresses: list[tuple[str, int]] = await nursery.start(self.http.serve)
+            self.address = addresses[0]
+            task_status.started(self.address)
