@@ -74,7 +74,7 @@ class TestUpstream:
     _scope: trio.CancelScope | None = None
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
         with trio.CancelScope() as self._scope:
             async with trio.open_nursery() as nursery:

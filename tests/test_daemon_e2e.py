@@ -1,0 +1,289 @@
+"""End to end: the real daemon, real curl, real upstream servers on loopback.
+
+Each test writes a config (ports 0, read back), starts the daemon in-process and drives it with curl
+or a raw socket; upstreams are ``tests.upstreams.TestUpstream`` servers that record what they receive.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+from pathlib import Path
+
+import h11
+import pytest
+import trio
+
+from tests.daemonutil import curl, running_daemon
+from tests.upstreams import running_upstream
+
+COMPAT = Path(__file__).resolve().parents[2] / "shared" / "compat" / "linkerd-examples"
+if not COMPAT.is_dir():
+    COMPAT = Path("/work/shared/compat/linkerd-examples")
+
+
+def fs_config(disco: Path, *, extra_router: str = "", dtab: str = "/svc => /#/io.l5d.fs;") -> str:
+    return f"""
+admin: {{ip: 127.0.0.1, port: 0}}
+namers:
+- kind: io.l5d.fs
+  rootDir: {disco}
+routers:
+- protocol: http
+  label: out
+  dtab: |
+    {dtab}
+  servers:
+  - {{ip: 127.0.0.1, port: 0}}
+{extra_router}
+"""
+
+
+def write_disco(disco: Path, name: str, *ports: int) -> None:
+    disco.mkdir(exist_ok=True)
+    tmp = disco / f".{name}.tmp"
+    tmp.write_text("".join(f"127.0.0.1 {p}\n" for p in ports))
+    tmp.rename(disco / name)
+
+
+async def test_routes_through_fs_namer_and_sets_l5d_headers(tmp_path: Path) -> None:
+    async with running_upstream() as up:
+        write_disco(tmp_path / "disco", "web", up.port)
+        async with running_daemon(fs_config(tmp_path / "disco")) as d:
+            r = await curl(f"http://127.0.0.1:{d.port('out')}/headers", "-H", "Host: web")
+            assert r.status == 200, r
+            seen = up.requests[-1]
+            assert seen.header("l5d-dst-service") == "/svc/web"
+            assert seen.header("l5d-dst-client") == "/#/io.l5d.fs/web"
+            assert re.fullmatch(r"[0-9a-f]{16}", seen.header("l5d-reqid") or "")
+            assert "hostproxy" in (seen.header("via") or "")
+            assert seen.header("l5d-ctx-dtab") is None  # no override, nothing to propagate
+            state = (await curl(f"{d.admin}/client_state.json")).json()
+            assert state["/#/io.l5d.fs/web"]["state"] == "bound"
+            assert state["/#/io.l5d.fs/web"]["addresses"] == [f"127.0.0.1:{up.port}"]
+            metrics = (await curl(f"{d.admin}/admin/metrics.json")).json()
+            assert metrics["rt/out/service/svc/web/requests"] == 1
+            assert metrics["rt/out/client/#/io.l5d.fs/web/success"] == 1
+
+
+async def test_l5d_dtab_override_routes_and_is_reemitted_as_ctx(tmp_path: Path) -> None:
+    async with running_upstream() as v1, running_upstream() as v2:
+        write_disco(tmp_path / "disco", "web", v1.port)
+        write_disco(tmp_path / "disco", "web-v2", v2.port)
+        async with running_daemon(fs_config(tmp_path / "disco")) as d:
+            r = await curl(f"http://127.0.0.1:{d.port('out')}/headers", "-H", "Host: web",
+                           "-H", "l5d-dtab: /svc/web => /#/io.l5d.fs/web-v2")
+            assert r.status == 200
+            assert v1.requests == [] and len(v2.requests) == 1
+            seen = v2.requests[0]
+            assert seen.header("l5d-ctx-dtab") == "/svc/web=>/#/io.l5d.fs/web-v2"
+            assert seen.header("l5d-dtab") is None
+            assert seen.header("l5d-dst-client") == "/#/io.l5d.fs/web-v2"
+            # An override that is negative falls back to the base dtab.
+            r = await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: web",
+                           "-H", "l5d-dtab: /svc/web => /#/io.l5d.fs/missing")
+            assert r.status == 200 and len(v1.requests) == 1
+
+
+async def test_bad_override_is_400_with_position(tmp_path: Path) -> None:
+    async with running_upstream() as up:
+        write_disco(tmp_path / "disco", "web", up.port)
+        async with running_daemon(fs_config(tmp_path / "disco")) as d:
+            r = await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: web",
+                           "-H", "l5d-dtab: /svc/web => /#/io.l5d.fs/web;;")
+            assert r.status == 400
+            assert r.l5d_err is not None and "l5d-dtab" in r.l5d_err
+            assert up.requests == []
+
+
+async def test_no_route_is_502_listing_name_and_dtabs(tmp_path: Path) -> None:
+    (tmp_path / "disco").mkdir()
+    async with running_daemon(fs_config(tmp_path / "disco")) as d:
+        r = await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: nowhere")
+        assert r.status == 502
+        err = r.l5d_err or ""
+        assert err.startswith("Unable to route request!\nservice name: /svc/nowhere\n")
+        assert "base dtab:\n  /svc => /#/io.l5d.fs" in err
+        assert r.body.decode() == err
+        metrics = (await curl(f"{d.admin}/admin/metrics.json")).json()
+        key = f"rt/out/server/127.0.0.1/{d.port('out')}/failures/naming/neg"
+        assert metrics[key] == 1
+
+
+async def test_connection_refused_names_the_endpoint(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]  # bound, never listening: connections are refused
+        write_disco(tmp_path / "disco", "web", dead)
+        async with running_daemon(fs_config(tmp_path / "disco")) as d:
+            r = await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: web")
+            assert r.status == 502
+            assert (r.l5d_err or "").startswith(f"Unable to establish connection to 127.0.0.1:{dead}.")
+            assert r.header("l5d-retryable") == "true"
+            metrics = (await curl(f"{d.admin}/admin/metrics.json")).json()
+            assert metrics["rt/out/client/#/io.l5d.fs/web/failures/connect/refused"] >= 1
+
+
+async def test_total_timeout_is_503(tmp_path: Path) -> None:
+    async with running_upstream() as up:
+        write_disco(tmp_path / "disco", "web", up.port)
+        cfg = fs_config(tmp_path / "disco") + "  service:\n    totalTimeoutMs: 200\n"
+        async with running_daemon(cfg) as d:
+            r = await curl(f"http://127.0.0.1:{d.port('out')}/slow/3000", "-H", "Host: web")
+            assert r.status == 503
+            assert "totalTimeoutMs (200 ms)" in (r.l5d_err or "")
+
+
+async def test_application_5xx_passes_through_without_l5d_err(tmp_path: Path) -> None:
+    async with running_upstream() as up:
+        write_disco(tmp_path / "disco", "web", up.port)
+        async with running_daemon(fs_config(tmp_path / "disco")) as d:
+            r = await curl(f"http://127.0.0.1:{d.port('out')}/status/503", "-H", "Host: web")
+            assert r.status == 503 and r.header("l5d-err") is None
+            metrics = (await curl(f"{d.admin}/admin/metrics.json")).json()
+            assert metrics["rt/out/service/svc/web/failures/upstream/5xx"] == 1
+
+
+async def test_request_without_host_is_unidentified(tmp_path: Path) -> None:
+    (tmp_path / "disco").mkdir()
+    async with running_daemon(fs_config(tmp_path / "disco")) as d:
+        stream = await trio.open_tcp_stream("127.0.0.1", d.port("out"))
+        async with stream:
+            await stream.send_all(b"GET / HTTP/1.0\r\n\r\n")
+            data = b""
+            with trio.fail_after(5):
+                while chunk := await stream.receive_some():
+                    data += chunk
+        head = data.split(b"\r\n\r\n")[0].decode()
+        assert head.startswith("HTTP/1.1 400 ")
+        assert "Unknown+destination" in head
+
+
+async def test_http_proxy_mode_with_curl(tmp_path: Path) -> None:
+    async with running_upstream() as up:
+        write_disco(tmp_path / "disco", "web", up.port)
+        async with running_daemon(fs_config(tmp_path / "disco")) as d:
+            r = await curl("http://web/headers", "-x", f"http://127.0.0.1:{d.port('out')}")
+            assert r.status == 200
+            assert up.requests[-1].target == "/headers"
+            assert up.requests[-1].header("l5d-dst-service") == "/svc/web"
+
+
+async def test_fs_change_under_traffic_moves_requests_without_failures(tmp_path: Path) -> None:
+    async with running_upstream() as a, running_upstream() as b:
+        disco = tmp_path / "disco"
+        write_disco(disco, "web", a.port)
+        async with running_daemon(fs_config(disco)) as d:
+            port = d.port("out")
+            statuses: list[int] = []
+            switched_at = None
+            for i in range(300):
+                r = await curl(f"http://127.0.0.1:{port}/", "-H", "Host: web")
+                statuses.append(r.status)
+                if i == 5:
+                    write_disco(disco, "web", b.port)
+                    switched_at = trio.current_time()
+                if b.requests:
+                    break
+                await trio.sleep(0.02)
+            assert switched_at is not None and b.requests, "the fs change never took effect"
+            assert trio.current_time() - switched_at < 3.0
+            assert set(statuses) == {200}
+
+
+def _flood_hosts(port: int, count: int) -> list[int]:
+    """Send ``count`` requests with distinct Host values over one keep-alive connection."""
+    statuses = []
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        conn = h11.Connection(h11.CLIENT)
+        for i in range(count):
+            s.sendall(conn.send(h11.Request(method="GET", target="/", headers=[("Host", f"h{i}.example")])))
+            s.sendall(conn.send(h11.EndOfMessage()))
+            while True:
+                ev = conn.next_event()
+                if ev is h11.NEED_DATA:
+                    conn.receive_data(s.recv(65536))
+                    continue
+                if isinstance(ev, h11.Response):
+                    statuses.append(ev.status_code)
+                if isinstance(ev, h11.EndOfMessage):
+                    break
+            conn.start_next_cycle()
+    return statuses
+
+
+async def test_flood_of_distinct_hosts_stays_within_cache_bounds(tmp_path: Path) -> None:
+    async with running_upstream() as up:
+        write_disco(tmp_path / "disco", "web", up.port)
+        cfg = fs_config(tmp_path / "disco", dtab="/svc => /#/io.l5d.fs; /svc => /$/inet/127.1/" + str(up.port) + ";")
+        cfg += "  bindingCache: {paths: 50, trees: 50, bounds: 50, clients: 20}\n"
+        async with running_daemon(cfg) as d:
+            statuses = await trio.to_thread.run_sync(_flood_hosts, d.port("out"), 1500)
+            assert statuses == [200] * 1500
+            router = d.daemon.routers["out"]
+            stats = router.binder.statistics()
+            assert json.dumps(stats)  # renderable
+            assert len(router.clients) <= 20
+            for key, value in stats.items():
+                if isinstance(value, dict) and "size" in value:
+                    assert value["size"] <= 50, (key, value)
+            fs_state = (await curl(f"{d.admin}/namer_state/io.l5d.fs.json")).json()
+            assert len(fs_state["names"]) <= 1000
+            metrics = (await curl(f"{d.admin}/admin/metrics.json")).json()
+            services = {k.split("/service/")[1].split("/")[0] for k in metrics if "/service/" in k}
+            assert len(services) <= 1001
+
+
+# -- the compat corpus configs that need no cluster, started on loopback --------------------------
+
+
+def compat_copy(name: str, tmp: Path, *, disco: Path | None = None) -> tuple[str, int]:
+    """The config with ip → 127.0.0.1, ports → free ones, rootDir → ``disco``; nothing else changed."""
+    text = (COMPAT / name).read_text()
+    text = text.replace("0.0.0.0", "127.0.0.1")
+    text = re.sub(r"port: \d+", "port: 0", text)
+    if disco is not None:
+        text = re.sub(r"rootDir: .*", f"rootDir: {disco}", text)
+    return text, 0
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+async def test_compat_getting_started_local_routes(tmp_path: Path) -> None:
+    async with running_upstream() as up:
+        write_disco(tmp_path / "disco", "hello", up.port)
+        text, _ = compat_copy("getting-started__local__linkerd.yaml", tmp_path, disco=tmp_path / "disco")
+        async with running_daemon(text) as d:
+            r = await curl(f"http://127.0.0.1:{d.port('http')}/", "-H", "Host: hello")
+            assert r.status == 200 and r.body == b"ok"
+
+
+@pytest.mark.parametrize(
+    ("name", "upstream_port", "host"),
+    [
+        ("http-proxy__linkerd.yaml", 8888, "webapp"),
+        ("perf-baseline__linkerd1-perf__linkerd1-perf.yaml", 8080, "anything"),
+    ],
+)
+async def test_compat_inet_configs_route(tmp_path: Path, name: str, upstream_port: int, host: str) -> None:
+    # These dtabs name a fixed upstream port (/$/inet/127.1/<port>); the config is used as written.
+    assert _port_free(upstream_port), f"127.0.0.1:{upstream_port} is taken; the {name} dtab needs it"
+    async with running_upstream(port=upstream_port) as up:
+        text, _ = compat_copy(name, tmp_path)
+        async with running_daemon(text) as d:
+            r = await curl(f"http://127.0.0.1:{d.port('http')}/headers", "-H", f"Host: {host}")
+            assert r.status == 200
+            assert up.requests[-1].header("l5d-dst-client") == f"/$/inet/127.1/{upstream_port}"
+
+
+def test_curl_is_installed() -> None:
+    assert shutil.which("curl"), "curl is required (make install installs it)"
