@@ -43,7 +43,7 @@ def _as_label(label: str | bytes) -> bytes:
 class Path:
     """An immutable sequence of non-empty byte labels; ordered, hashable; ``str()`` is the show form."""
 
-    __slots__ = ("_labels", "_hash")
+    __slots__ = ("_labels", "_hash", "_show")
 
     EMPTY: Path  # set below
 
@@ -56,6 +56,7 @@ class Path:
                 raise ValueError("a path label must not be empty (requirement failed)")
         self._labels: tuple[bytes, ...] = labs
         self._hash = hash(labs)
+        self._show: str | None = None
 
     @classmethod
     def of(cls, *labels: str | bytes) -> Path:
@@ -133,7 +134,10 @@ class Path:
     # -- printing ------------------------------------------------------------------------------
     @property
     def show(self) -> str:
-        return "/" + "/".join(show_label(lab) for lab in self._labels)
+        shown = self._show
+        if shown is None:  # computed once: names are printed on every request (l5d-dst-*, metrics)
+            shown = self._show = "/" + "/".join(show_label(lab) for lab in self._labels)
+        return shown
 
     def __str__(self) -> str:
         return self.show

@@ -269,7 +269,7 @@ class Client:
                 self.balancer.on_finish(bal_ep, self._clock() - t0, ok)
                 self.accrual.on_response(key, ok)
 
-            if resp.upgraded is not None or resp.body.done:
+            if resp.upgraded is not None or resp.body.done or resp.body.in_memory:
                 done(True)
             else:
                 resp.body = Body(_OutcomeBody(resp.body, done), resp.body.content_length)

@@ -172,6 +172,23 @@ class Body:
     def empty(cls) -> Body:
         return cls(None, 0)
 
+    @classmethod
+    def buffered(cls, data: bytes, content_length: int | None, trailers: Headers | None = None) -> Body:
+        """An in-memory body that keeps the framing facts of the message it was read from."""
+        body = cls(None, content_length, _chunk=data or None)
+        body._trailers = trailers
+        return body
+
+    def peek_memory(self) -> bytes:
+        """The bytes of an unread in-memory body, without consuming them (for coalesced writes)."""
+        assert self._source is None, "peek_memory() is only for in-memory bodies"
+        return (self._chunk or b"") if not self._done else b""
+
+    def consume_memory(self) -> None:
+        """Mark an in-memory body read (after its bytes were written from ``peek_memory``)."""
+        self._chunk = None
+        self._done = True
+
     @property
     def in_memory(self) -> bool:
         """True when no connection backs this body (reading it never blocks)."""

@@ -513,6 +513,19 @@ class _Connection:
                     headers.add(b"content-length", str(body.content_length).encode("ascii"))
             if close:
                 headers.add(b"connection", b"close")
+            if no_body or body.in_memory:
+                # The whole response is at hand: head, body and end in one write.
+                data = b"" if no_body else body.peek_memory()
+                trailers = body.trailers
+                out = codec.send_response(status, response.reason, headers.items())
+                if data:
+                    out += codec.send_data(data)
+                out += codec.send_end(trailers.items() if trailers and codec.response_chunked else None)
+                async with self.send_lock:
+                    await self.send(out)
+                if not no_body:
+                    body.consume_memory()
+                return
             # The lock orders the head against a concurrent ``100 Continue`` from the body reader;
             # once the head is out, h11 no longer lets one be sent, so the body needs no lock.
             async with self.send_lock:

@@ -46,6 +46,7 @@ import trio
 
 from hostproxy.http.codec import (
     NEED_DATA,
+    PAUSED,
     ClientCodec,
     ConnectionClosed,
     Data,
@@ -235,15 +236,20 @@ class PoolState:
 class _ResponseBodySource:
     """Pulls a response body from the upstream connection; releases the connection at the end."""
 
-    __slots__ = ("_pool", "_conn", "trailers", "_done")
+    __slots__ = ("_pool", "_conn", "trailers", "_done", "_prefetched")
 
-    def __init__(self, pool: UpstreamPool, conn: _Conn) -> None:
+    def __init__(self, pool: UpstreamPool, conn: _Conn, prefetched: list[bytes] | None = None) -> None:
         self._pool = pool
         self._conn = conn
         self.trailers: Headers | None = None
         self._done = False
+        self._prefetched = prefetched
 
     async def read_chunk(self) -> bytes | None:
+        if self._prefetched:
+            chunk = b"".join(self._prefetched)
+            self._prefetched = None
+            return chunk
         if self._done:
             return None
         conn = self._conn
@@ -485,19 +491,30 @@ class UpstreamPool:
         codec = conn.codec
         with _map_errors(self.endpoint, "exchange"):
             head = codec.send_request(req.method.encode("ascii"), req.target.encode("latin-1"), self._head(req))
-        try:
-            await conn.send(head)
-        except UpstreamError:
-            if conn.reused:
-                raise _Stale() from None
-            raise
         body = req.body
         if body.in_memory:
-            async for chunk in body:
-                await conn.send(codec.send_data(chunk))
+            # Head, body and end in one write (the common small request); the body is consumed only
+            # once the write succeeded, so a stale pooled connection can be retried with it intact.
+            data = body.peek_memory()
             trailers = body.trailers
-            await conn.send(codec.send_end(trailers.items() if trailers and body.content_length is None else None))
+            with _map_errors(self.endpoint, "exchange"):
+                out = head + (codec.send_data(data) if data else b"") + codec.send_end(
+                    trailers.items() if trailers and body.content_length is None else None
+                )
+            try:
+                await conn.send(out)
+            except UpstreamError:
+                if conn.reused:
+                    raise _Stale() from None
+                raise
+            body.consume_memory()
         else:
+            try:
+                await conn.send(head)
+            except UpstreamError:
+                if conn.reused:
+                    raise _Stale() from None
+                raise
             if self._nursery is None:
                 raise ProxyInternalError(
                     f"UpstreamPool({self.endpoint}) needs a nursery to stream request bodies: use "
@@ -572,6 +589,34 @@ class UpstreamPool:
                 )
             raise UpstreamReset(f"unexpected {event!r} from {self.endpoint}", endpoint=self.endpoint)
 
+    async def _prefetch_body(self, conn: _Conn, content_length: int | None) -> Body:
+        """Take the body bytes that already arrived with the head, without waiting for more.
+
+        A small response usually arrives whole in one read: it is then returned as an in-memory body
+        and the connection goes back to the pool at once, so the server can write head, body and end
+        in one send. Otherwise the bytes at hand lead the streamed body.
+        """
+        codec = conn.codec
+        chunks: list[bytes] = []
+        while True:
+            with _map_errors(self.endpoint, "exchange"):
+                ev = codec.next_event()
+            t = type(ev)
+            if t is Data:
+                if ev.data:  # type: ignore[union-attr]
+                    chunks.append(ev.data)  # type: ignore[union-attr]
+                continue
+            if t is EndOfMessage:
+                await self._release(conn)
+                trailers = Headers._trusted(ev.trailers) if ev.trailers else None  # type: ignore[union-attr]
+                return Body.buffered(b"".join(chunks), content_length if not trailers else None, trailers)
+            if ev is NEED_DATA or ev is PAUSED:
+                return Body(_ResponseBodySource(self, conn, chunks or None), content_length)
+            await self._discard(conn)
+            raise UpstreamReset(
+                f"connection to {conn.endpoint} closed before the response body ended", endpoint=conn.endpoint
+            )
+
     async def _response(self, conn: _Conn, req: Request, event: ResponseHead) -> Response:
         headers = strip_hop_by_hop(Headers._trusted(event.headers))
         no_body = req.method == "HEAD" or event.status in (204, 304)
@@ -594,6 +639,6 @@ class UpstreamPool:
             await self._release(conn)
             body = Body.empty()
         else:
-            body = Body(_ResponseBodySource(self, conn), content_length)
+            body = await self._prefetch_body(conn, content_length)
         version = event.http_version.decode("ascii")
         return Response(event.status, event.reason, headers, body, http_version=version)
