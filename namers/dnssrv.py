@@ -1,0 +1,508 @@
+"""``io.l5d.dnssrv``: service discovery from DNS SRV records, polled.
+
+Theory of operation
+-------------------
+``/#/io.l5d.dnssrv/<record>/rest...`` names the SRV record ``<record>`` (one path label that may hold
+dots, e.g. ``_http._tcp.web.example.org``; it is always taken as a fully qualified name, with or without
+the trailing dot). It binds to ``BoundName(id=/#/io.l5d.dnssrv/<record>, residual=/rest...,
+addr=AddrBound(addresses))``. A label that cannot be a DNS name is ``NEG`` and is never queried.
+
+Three parts, as in :mod:`namers.fs`:
+
+* :func:`srv_addresses` (pure) turns SRV records plus the addresses of their targets into
+  :class:`Address` es: one per (target IP, SRV port), the SRV weight as the address weight, the SRV
+  priority and target in the address metadata. Priority is not used to choose (as in Linkerd); an SRV
+  weight of 0 (RFC 2782: "a very small chance of being selected") becomes weight 1.0 when every record
+  has weight 0, and 1/100 of the smallest positive weight otherwise, so that no record is silently
+  unroutable. A target of ``.`` ("service decidedly not available") and targets that do not resolve
+  (NXDOMAIN, no A/AAAA) are skipped and listed in the name's state.
+* :class:`SrvCore` (pure; monotonic ``now`` passed in) keeps each watched name's refresh schedule over
+  the namer's :class:`~namers.base.NameTable` and applies outcomes to it: :class:`SrvFound` -> ``bound``
+  (possibly with no addresses); :class:`SrvNegative` (NXDOMAIN, NOERROR with no SRV records) -> ``neg``,
+  so dtab alternates apply; :class:`SrvFailure` (timeout, SERVFAIL, REFUSED, unreachable server, or a
+  target lookup failing that way) -> the last good addresses are kept and the name is ``stale``, or,
+  with nothing to keep, ``failed`` (lookups then raise :class:`NamerError` at once instead of waiting).
+  Answers are refreshed every ``refresh_interval`` seconds (Linkerd's ``refreshIntervalSeconds``) or,
+  when that is ``None``, at the answer's TTL clamped to ``[ttl_floor, ttl_ceiling]`` (negative answers
+  after ``negative_ttl``); failures are retried with exponential backoff from ``retry_base`` up to
+  ``retry_max`` (never later than the refresh interval).
+* :class:`DnsSrvNamer` wires them on trio: :meth:`~DnsSrvNamer.run` queries due names concurrently
+  (at most ``max_concurrency`` at once) with dnspython's asynchronous resolver against ``dns_hosts``
+  (``host`` or ``host:port``; empty means the system's ``/etc/resolv.conf``), with its cache off and
+  EDNS (payload 2048). SRV targets are resolved through the same servers; the answer's additional
+  section is used when it holds the target's A/AAAA records, so usually one query suffices.
+
+One name's trouble never stops the others, and a bug in handling one answer marks only that name.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import dns.asyncresolver
+import dns.exception
+import dns.name
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+import structlog
+import trio
+
+from namers._dtab import NEG, Address, Path
+from namers.base import DEFAULT_MAX_NAMES, Key, Namer, NameTable, key_text
+from namers.inet import describe_dns_error, parse_nameserver
+
+__all__ = [
+    "KIND",
+    "DnsSrvNamer",
+    "SrvCore",
+    "SrvFailure",
+    "SrvFound",
+    "SrvNegative",
+    "SrvRecord",
+    "from_config",
+    "record_name",
+    "srv_addresses",
+]
+
+KIND = "io.l5d.dnssrv"
+log = structlog.get_logger("namers.dnssrv")
+
+_DNS_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def record_name(label: bytes) -> str | None:
+    """The SRV record name a path label stands for, or ``None`` when it cannot be a DNS name.
+
+    Letters, digits, ``_`` and ``-`` in dot-separated labels of 1-63 characters, 253 in all; one
+    trailing dot is allowed and dropped (every name is fully qualified anyway).
+    """
+    try:
+        text = label.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    if text.endswith("."):
+        text = text[:-1]
+    if not text or len(text) > 253:
+        return None
+    if not all(_DNS_LABEL.fullmatch(part) for part in text.split(".")):
+        return None
+    return text
+
+
+# -- the pure half ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SrvRecord:
+    priority: int
+    weight: int
+    port: int
+    target: str  # without the trailing dot; "." for "not available"
+
+
+@dataclass(frozen=True)
+class SrvFound:
+    """A good answer: these addresses (possibly none), valid for ``ttl`` seconds."""
+
+    addrs: tuple[Address, ...]
+    ttl: float
+    skipped: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SrvNegative:
+    """An authoritative "no such record" (NXDOMAIN, or no SRV records at that name)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class SrvFailure:
+    """The lookup could not be answered (timeout, SERVFAIL, REFUSED, unreachable server)."""
+
+    message: str
+
+
+SrvOutcome = SrvFound | SrvNegative | SrvFailure
+
+
+def srv_addresses(
+    records: Sequence[SrvRecord], ips: Mapping[str, Sequence[str]]
+) -> tuple[tuple[Address, ...], tuple[str, ...]]:
+    """Addresses for ``records`` given each target's IPs (``ips`` keyed by target, lowercase, no trailing
+    dot); returns ``(addresses, skipped targets)``. See the module docstring for the weight rules."""
+    positive = [r.weight for r in records if r.weight > 0]
+    zero_weight = 1.0 if not positive else min(positive) / 100.0
+    out: list[Address] = []
+    seen: set[tuple[str, int]] = set()
+    skipped: list[str] = []
+    for r in records:
+        target = r.target.lower()
+        target_ips = ips.get(target, ()) if target != "." else ()
+        if not target_ips:
+            if target not in skipped:
+                skipped.append(target)
+            continue
+        weight = float(r.weight) if r.weight > 0 else zero_weight
+        for ip in target_ips:
+            if (ip, r.port) in seen:
+                continue
+            seen.add((ip, r.port))
+            out.append(Address(ip, r.port, weight, {"srv_target": target, "srv_priority": r.priority}))
+    return tuple(out), tuple(skipped)
+
+
+@dataclass
+class _Schedule:
+    next_refresh: float = -math.inf  # monotonic; -inf = due now
+    in_flight: bool = False
+    failures: int = 0
+    ttl: float | None = None
+    skipped: tuple[str, ...] = ()
+    refreshes: int = 0
+
+
+class SrvCore:
+    """Refresh schedule and outcome rules for every watched record. No I/O."""
+
+    def __init__(
+        self,
+        table: NameTable,
+        *,
+        refresh_interval: float | None = 5.0,
+        ttl_floor: float = 1.0,
+        ttl_ceiling: float = 60.0,
+        negative_ttl: float = 5.0,
+        retry_base: float = 0.5,
+        retry_max: float = 30.0,
+    ) -> None:
+        if refresh_interval is not None and refresh_interval <= 0:
+            raise ValueError(f"refreshIntervalSeconds must be positive, got {refresh_interval}")
+        if not 0 < ttl_floor <= ttl_ceiling:
+            raise ValueError(f"need 0 < ttl_floor <= ttl_ceiling, got {ttl_floor} and {ttl_ceiling}")
+        if retry_base <= 0 or retry_max < retry_base:
+            raise ValueError(f"need 0 < retry_base <= retry_max, got {retry_base} and {retry_max}")
+        self.table = table
+        self.refresh_interval = refresh_interval
+        self.ttl_floor = ttl_floor
+        self.ttl_ceiling = ttl_ceiling
+        self.negative_ttl = negative_ttl
+        self.retry_base = retry_base
+        self.retry_max = retry_max
+        self._sched: dict[Key, _Schedule] = {}
+
+    def schedule(self, key: Key) -> _Schedule | None:
+        return self._sched.get(key)
+
+    def _sync(self) -> None:
+        keys = self.table.watched()
+        for gone in set(self._sched) - set(keys):
+            del self._sched[gone]
+        for key in keys:
+            self._sched.setdefault(key, _Schedule())
+
+    def due(self, now: float) -> list[Key]:
+        """Names to look up now; each is in flight until its outcome is applied."""
+        self._sync()
+        out = []
+        for key, s in self._sched.items():
+            if not s.in_flight and s.next_refresh <= now:
+                s.in_flight = True
+                out.append(key)
+        return out
+
+    def next_deadline(self) -> float | None:
+        times = [s.next_refresh for s in self._sched.values() if not s.in_flight]
+        return min(times) if times else None
+
+    def _refresh_after(self, ttl: float | None, negative: bool) -> float:
+        if self.refresh_interval is not None:
+            return self.refresh_interval
+        if negative:
+            return min(max(self.negative_ttl, self.ttl_floor), self.ttl_ceiling)
+        return min(max(ttl if ttl is not None else self.ttl_ceiling, self.ttl_floor), self.ttl_ceiling)
+
+    def apply(self, key: Key, outcome: SrvOutcome, now: float) -> bool:
+        """Apply one lookup's outcome; return whether the name's observable state changed."""
+        s = self._sched.get(key)
+        if s is None or key not in self.table:
+            return False
+        s.in_flight = False
+        s.refreshes += 1
+        if isinstance(outcome, SrvFailure):
+            backoff = min(self.retry_base * (2**s.failures), self.retry_max)
+            if self.refresh_interval is not None:
+                backoff = min(backoff, self.refresh_interval)
+            s.next_refresh = now + backoff
+            s.failures += 1
+            return self.table.apply_failure(key, outcome.message)
+        s.failures = 0
+        if isinstance(outcome, SrvNegative):
+            s.ttl = None
+            s.skipped = ()
+            s.next_refresh = now + self._refresh_after(None, negative=True)
+            return self.table.apply_neg(key)
+        s.ttl = outcome.ttl
+        s.skipped = outcome.skipped
+        s.next_refresh = now + self._refresh_after(outcome.ttl, negative=False)
+        return self.table.apply_bound(key, outcome.addrs)
+
+
+# -- the trio shell -------------------------------------------------------------------------------------
+def _target_text(name: dns.name.Name) -> str:
+    text: str = name.to_text(omit_final_dot=True).lower()
+    return text or "."
+
+
+class DnsSrvNamer(Namer):
+    """The ``io.l5d.dnssrv`` namer; see the module docstring."""
+
+    kind: ClassVar[str] = KIND
+
+    def __init__(
+        self,
+        dns_hosts: Sequence[str] = (),
+        *,
+        prefix: str | Path | None = None,
+        clock: Callable[[], float] = time.time,
+        max_names: int = DEFAULT_MAX_NAMES,
+        transformers: Iterable[Any] = (),
+        refresh_interval: float | None = 5.0,
+        timeout: float = 2.0,
+        ttl_floor: float = 1.0,
+        ttl_ceiling: float = 60.0,
+        negative_ttl: float = 5.0,
+        retry_base: float = 0.5,
+        retry_max: float = 30.0,
+        max_concurrency: int = 16,
+    ) -> None:
+        super().__init__(prefix=prefix, clock=clock, max_names=max_names, transformers=transformers)
+        self.nameservers = [parse_nameserver(h) for h in dns_hosts]
+        if timeout <= 0:
+            raise ValueError(f"DNS timeout must be positive, got {timeout}")
+        self.timeout = timeout
+        self.max_concurrency = max_concurrency
+        self.core = SrvCore(
+            self.table,
+            refresh_interval=refresh_interval,
+            ttl_floor=ttl_floor,
+            ttl_ceiling=ttl_ceiling,
+            negative_ttl=negative_ttl,
+            retry_base=retry_base,
+            retry_max=retry_max,
+        )
+        self._resolver: dns.asyncresolver.Resolver | None = None
+        self.queries = 0
+        self.lookup_successes = 0
+        self.lookup_failures = 0
+        self.lookup_zero_results = 0
+        self.unknown_srv_hosts = 0
+        self.internal_errors = 0
+
+    @property
+    def where(self) -> str:
+        return ", ".join(f"{a}:{p}" for a, p in self.nameservers) or "the system resolver"
+
+    # -- binding side ----------------------------------------------------------------------------
+    def split(self, residual: Path) -> tuple[Key, Path] | None:
+        labels = tuple(residual.labels)
+        if not labels or record_name(labels[0]) is None:
+            return None
+        return labels[:1], Path(labels[1:])
+
+    def lookup(self, residual: Path) -> Any:
+        """``/<record>/rest``: the record's current addresses; ``NEG`` for a label that is no DNS name."""
+        if self.split(residual) is None:
+            self.lookups += 1
+            return NEG
+        return super().lookup(residual)
+
+    # -- the runner --------------------------------------------------------------------------------
+    def _make_resolver(self) -> dns.asyncresolver.Resolver:
+        if self.nameservers:
+            r = dns.asyncresolver.Resolver(configure=False)
+            r.nameservers = [dns.nameserver.Do53Nameserver(addr, port) for addr, port in self.nameservers]
+        else:
+            r = dns.asyncresolver.Resolver(configure=True)
+        r.cache = None
+        r.lifetime = self.timeout
+        # each server gets its share of the lifetime, so a dead first server leaves time for the others
+        r.timeout = self.timeout / max(len(r.nameservers), 1)
+        r.use_edns(0, 0, 2048)
+        return r
+
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Look up due records until cancelled."""
+        self._bind_runner()
+        self._resolver = self._make_resolver()
+        limiter = trio.CapacityLimiter(self.max_concurrency)
+        log.info("namer.dnssrv.started", prefix=str(self.bound_prefix), nameservers=self.where)
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                for key in self.core.due(trio.current_time()):
+                    nursery.start_soon(self._refresh, key, limiter)
+                deadline = self.core.next_deadline()
+                wait = 60.0 if deadline is None else min(max(deadline - trio.current_time(), 0.0), 60.0)
+                await self._wait_for_wake(wait)
+
+    async def _refresh(self, key: Key, limiter: trio.CapacityLimiter) -> None:
+        name = record_name(key[0]) or ""
+        try:
+            async with limiter:
+                started = trio.current_time()
+                outcome = await self.query(name)
+            self._count(outcome)
+            changed = self.core.apply(key, outcome, trio.current_time())
+        except Exception as exc:  # a bug handling one answer must not stop the other names
+            self.internal_errors += 1
+            log.exception("namer.dnssrv.lookup.failed", name=name)
+            outcome = SrvFailure(f"SRV lookup of {name!r}: internal error {exc!r}")
+            changed = self.core.apply(key, outcome, trio.current_time())
+            started = trio.current_time()
+        self._wake()  # the runner recomputes its next deadline
+        if changed:
+            st = self.table.get(key)
+            if st is not None:
+                log.info(
+                    "namer.dnssrv.update.complete",
+                    name=name,
+                    state=st.state,
+                    addrs=[str(a) for a in st.addr or ()],
+                    error=st.last_error,
+                    duration_ms=round((trio.current_time() - started) * 1000, 1),
+                )
+            self._notify(key)
+
+    def _count(self, outcome: SrvOutcome) -> None:
+        if isinstance(outcome, SrvFound):
+            self.lookup_successes += 1
+            self.unknown_srv_hosts += len(outcome.skipped)
+        elif isinstance(outcome, SrvNegative):
+            self.lookup_zero_results += 1
+        else:
+            self.lookup_failures += 1
+
+    async def query(self, name: str) -> SrvOutcome:
+        """One SRV lookup of ``name`` (fully qualified) and of its targets' addresses."""
+        if self._resolver is None:
+            self._resolver = self._make_resolver()
+        resolver = self._resolver
+        qname = dns.name.from_text(name)
+        self.queries += 1
+        try:
+            answer = await resolver.resolve(qname, "SRV", search=False, raise_on_no_answer=False)
+        except dns.resolver.NXDOMAIN:
+            return SrvNegative("NXDOMAIN")
+        except (dns.exception.DNSException, OSError) as e:
+            return SrvFailure(f"SRV lookup of {name!r} via {self.where} failed: {describe_dns_error(e)}")
+        if answer.rrset is None or len(answer.rrset) == 0:
+            return SrvNegative("no SRV records")
+        ttls: list[float] = [answer.rrset.ttl]
+        records = [SrvRecord(rd.priority, rd.weight, rd.port, _target_text(rd.target)) for rd in answer.rrset]
+        ips: dict[str, list[str]] = {}
+        for rrset in answer.response.additional:
+            if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+                target = _target_text(rrset.name)
+                ips.setdefault(target, []).extend(rd.address for rd in rrset)
+                ttls.append(rrset.ttl)
+        missing = sorted({r.target for r in records if r.target != "." and r.target not in ips})
+        errors: list[str] = []
+        if missing:
+            async with trio.open_nursery() as nursery:
+                for target in missing:
+                    nursery.start_soon(self._resolve_target, target, ips, ttls, errors)
+        if errors:
+            return SrvFailure(f"SRV lookup of {name!r} via {self.where} failed: {'; '.join(sorted(errors))}")
+        addrs, skipped = srv_addresses(records, ips)
+        return SrvFound(addrs, float(min(ttls)), skipped)
+
+    async def _resolve_target(
+        self, target: str, ips: dict[str, list[str]], ttls: list[float], errors: list[str]
+    ) -> None:
+        assert self._resolver is not None
+        qname = dns.name.from_text(target)
+        found: list[str] = []
+        failed: list[str] = []
+        for rdtype in ("A", "AAAA"):
+            self.queries += 1
+            try:
+                r = await self._resolver.resolve(qname, rdtype, search=False, raise_on_no_answer=False)
+            except dns.resolver.NXDOMAIN:
+                continue
+            except (dns.exception.DNSException, OSError) as e:
+                failed.append(f"{rdtype}: {describe_dns_error(e)}")
+                continue
+            if r.rrset is not None:
+                ttls.append(r.rrset.ttl)
+                found.extend(rd.address for rd in r.rrset)
+        if failed and not found:
+            errors.append(f"target {target!r}: {', '.join(failed)}")
+        elif found:
+            ips[target] = found
+
+    # -- admin -------------------------------------------------------------------------------------
+    def state_json(self) -> dict[str, Any]:
+        body = super().state_json()
+        body["dnsHosts"] = [f"{a}:{p}" for a, p in self.nameservers] or ["system"]
+        body["refreshIntervalSecs"] = self.core.refresh_interval
+        for st in self.table.states():
+            s = self.core.schedule(st.key)
+            entry = body["names"][key_text(st.key)]
+            entry["ttlSecs"] = s.ttl if s is not None else None
+            entry["skippedTargets"] = list(s.skipped) if s is not None else []
+        return body
+
+    def statistics(self) -> dict[str, Any]:
+        stats = super().statistics()
+        stats.update(
+            nameservers=self.where,
+            queries=self.queries,
+            lookup_successes_total=self.lookup_successes,
+            lookup_failures_total=self.lookup_failures,
+            lookup_zero_results_total=self.lookup_zero_results,
+            unknown_srv_hosts_results_total=self.unknown_srv_hosts,
+            internal_errors=self.internal_errors,
+        )
+        return stats
+
+
+def _cfg_get(cfg: Any, *names: str) -> Any:
+    for name in names:
+        if isinstance(cfg, Mapping):
+            if name in cfg:
+                return cfg[name]
+        elif getattr(cfg, name, None) is not None:
+            return getattr(cfg, name)
+    return None
+
+
+def from_config(cfg: Any) -> DnsSrvNamer:
+    """Build the namer from a ``namers[]`` entry (a mapping or :class:`DnsSrvNamer` config dataclass):
+    ``refreshIntervalSeconds`` (default 5), ``dnsHosts``, ``prefix``, ``transformers``."""
+    refresh = _cfg_get(cfg, "refreshIntervalSeconds", "refresh_interval_seconds")
+    refresh = 5 if refresh is None else refresh
+    if isinstance(refresh, bool) or not isinstance(refresh, int | float) or refresh <= 0:
+        raise ValueError(
+            f"namers[].refreshIntervalSeconds must be a positive number of seconds for kind {KIND}, "
+            f"got {refresh!r}"
+        )
+    hosts = _cfg_get(cfg, "dnsHosts", "dns_hosts") or ()
+    if isinstance(hosts, str):
+        hosts = (hosts,)
+    hosts = tuple(str(h) for h in hosts)
+    for h in hosts:
+        try:
+            parse_nameserver(h)
+        except ValueError as e:
+            raise ValueError(f"namers[].dnsHosts for kind {KIND}: {e}") from e
+    return DnsSrvNamer(
+        hosts,
+        prefix=_cfg_get(cfg, "prefix"),
+        transformers=_cfg_get(cfg, "transformers") or (),
+        refresh_interval=float(refresh),
+    )

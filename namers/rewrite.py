@@ -1,0 +1,250 @@
+"""``io.l5d.rewrite``: rewrite a path by a pattern with ``{var}`` captures (a rewriting namer).
+
+Theory of operation
+-------------------
+``/#/<prefix>/<path...>`` is matched against ``pattern`` segment by segment, from the left:
+
+* a literal segment matches a label equal to it (``\\xHH`` escapes allowed, as in dtab paths);
+* ``*`` matches any one label;
+* a segment with captures matches by regular expression over the label's printed form: ``{ns}``
+  alone captures the whole label, and ``{svc}.{ns}`` splits one, each capture greedy and non-empty
+  (``{a}.{b}`` against ``x.y.z`` gives ``a=x.y``, ``b=z``).
+
+When every pattern segment matched, the captures are substituted into ``name`` and the result is
+returned as a *path* leaf, which the binder looks up again from the top of the dtab (like the
+``/$/io.buoyant.*Pfx`` namers); labels of the input beyond the pattern follow the rewritten path, so
+``pattern: /{port}/{ns}/{svc}``, ``name: /k8s/{ns}/{port}/{svc}`` turns ``/http/prod/web/v1`` into
+``/k8s/prod/http/web/v1``. (Linkerd 1 drops those extra labels; keeping them keeps the residual, as a
+dtab prefix rewrite does, and changes no client id.) An input that does not match, or is shorter than
+the pattern, is ``NEG``, so dtab alternates apply.
+
+Captured text is substituted in printed form, so a label holding bytes that need ``\\xHH`` escapes
+keeps them. Both templates are checked when the namer is built: a ``name`` that uses a variable the
+pattern does not capture, a variable captured twice, or a template that could not form a path is a
+configuration error that says which key to fix. The namer has no backend and no state to watch.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import trio
+
+from namers._dtab import NEG, Leaf, Path
+from namers.base import Namer
+
+__all__ = ["KIND", "PathPattern", "RewriteNamer", "RewriteConfigError", "from_config"]
+
+KIND = "io.l5d.rewrite"
+
+_VAR = re.compile(r"\{([^{}/]*)\}")
+_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+
+
+class RewriteConfigError(ValueError):
+    """A ``pattern`` or ``name`` that cannot be used; the message names the key and the fix."""
+
+
+def _show(label: bytes) -> str:
+    """A label's printed form (``\\xHH`` escapes where needed)."""
+    return str(Path((label,)))[1:]
+
+
+def _segments(text: str, key: str) -> list[str]:
+    if not text.startswith("/"):
+        raise RewriteConfigError(f"namers[].{key} {text!r} must start with '/', e.g. '/{{ns}}/{{svc}}'")
+    segs = text.split("/")[1:]
+    if segs == [""]:
+        return []
+    if any(s == "" for s in segs):
+        raise RewriteConfigError(f"namers[].{key} {text!r} has an empty segment ('//' or a trailing '/')")
+    return segs
+
+
+def _literal(seg: str, key: str) -> bytes:
+    try:
+        p = Path.read("/" + seg)
+    except Exception as e:
+        raise RewriteConfigError(f"namers[].{key}: segment {seg!r} is not a path label ({e})") from None
+    if len(p) != 1:
+        raise RewriteConfigError(f"namers[].{key}: segment {seg!r} is not a single path label")
+    return p.labels[0]
+
+
+@dataclass(frozen=True)
+class _Seg:
+    literal: bytes | None = None  # match this label exactly
+    regex: re.Pattern[str] | None = None  # match the printed label; None with literal None = '*'
+
+
+class PathPattern:
+    """A compiled ``pattern``: ``match(path)`` gives the captures and the number of labels consumed."""
+
+    def __init__(self, text: str, key: str = "pattern") -> None:
+        self.text = text
+        self._segs: list[_Seg] = []
+        self.variables: list[str] = []
+        for seg in _segments(text, key):
+            names = _VAR.findall(seg)
+            if seg == "*":
+                self._segs.append(_Seg())
+            elif not names:
+                if "{" in seg or "}" in seg:
+                    raise RewriteConfigError(
+                        f"namers[].{key}: segment {seg!r} has an unbalanced '{{' or '}}'"
+                    )
+                self._segs.append(_Seg(literal=_literal(seg, key)))
+            else:
+                regex = ""
+                pos = 0
+                for m in _VAR.finditer(seg):
+                    name = m.group(1)
+                    if not _VAR_NAME.fullmatch(name):
+                        raise RewriteConfigError(
+                            f"namers[].{key}: {{{name}}} is not a variable name; use letters, digits, '_', '.', '-'"
+                        )
+                    if name in self.variables:
+                        raise RewriteConfigError(
+                            f"namers[].{key} {text!r} captures {{{name}}} twice; give each capture its own name"
+                        )
+                    self.variables.append(name)
+                    between = seg[pos : m.start()]
+                    if "{" in between or "}" in between:
+                        raise RewriteConfigError(
+                            f"namers[].{key}: segment {seg!r} has an unbalanced '{{' or '}}'"
+                        )
+                    regex += re.escape(between) + f"(?P<v{len(self.variables) - 1}>.+)"
+                    pos = m.end()
+                tail = seg[pos:]
+                if "{" in tail or "}" in tail:
+                    raise RewriteConfigError(
+                        f"namers[].{key}: segment {seg!r} has an unbalanced '{{' or '}}'"
+                    )
+                regex += re.escape(tail)
+                self._segs.append(_Seg(regex=re.compile(regex, re.DOTALL)))
+
+    def __len__(self) -> int:
+        return len(self._segs)
+
+    def match(self, path: Path) -> dict[str, str] | None:
+        """The captures (printed form) when ``path`` starts with a match of the pattern, else ``None``."""
+        labels = path.labels
+        if len(labels) < len(self._segs):
+            return None
+        out: dict[str, str] = {}
+        for seg, label in zip(self._segs, labels, strict=False):
+            if seg.literal is not None:
+                if label != seg.literal:
+                    return None
+            elif seg.regex is not None:
+                m = seg.regex.fullmatch(_show(label))
+                if m is None:
+                    return None
+                for group, value in m.groupdict().items():
+                    out[self.variables[int(group[1:])]] = value
+        return out
+
+
+class NameTemplate:
+    """A compiled ``name``: ``render(captures)`` gives the rewritten path."""
+
+    def __init__(self, text: str, variables: Iterable[str], key: str = "name") -> None:
+        self.text = text
+        known = set(variables)
+        _segments(text, key)
+        used = _VAR.findall(text)
+        for name in used:
+            if name not in known:
+                have = ", ".join(f"{{{v}}}" for v in sorted(known)) or "none"
+                raise RewriteConfigError(
+                    f"namers[].{key} {text!r} uses {{{name}}}, which the pattern does not capture "
+                    f"(it captures {have}); capture it in namers[].pattern or remove it"
+                )
+        self.render({v: "x" for v in known})  # fails now, not per request, if it cannot form a path
+
+    def render(self, captures: Mapping[str, str]) -> Path:
+        text = _VAR.sub(lambda m: captures[m.group(1)], self.text)
+        try:
+            return Path.read(text)
+        except Exception as e:
+            raise RewriteConfigError(
+                f"namers[].name {self.text!r} does not form a path ({e}); write it like '/k8s/{{ns}}/{{svc}}'"
+            ) from None
+
+
+class RewriteNamer(Namer):
+    """The ``io.l5d.rewrite`` namer; see the module docstring."""
+
+    kind: ClassVar[str] = KIND
+
+    def __init__(
+        self,
+        pattern: str,
+        name: str,
+        *,
+        prefix: str | Path | None = None,
+        transformers: Iterable[Any] = (),
+    ) -> None:
+        super().__init__(prefix=prefix, transformers=transformers)
+        self.pattern = PathPattern(pattern)
+        self.name = NameTemplate(name, self.pattern.variables)
+        self.matches = 0
+
+    def rewrite(self, residual: Path) -> Path | None:
+        """The rewritten path for ``residual``, or ``None`` when it does not match."""
+        captures = self.pattern.match(residual)
+        if captures is None:
+            return None
+        try:
+            rewritten = self.name.render(captures)
+        except RewriteConfigError:  # a capture split inside a \xHH escape: no path, so no match
+            return None
+        return rewritten + residual.drop(len(self.pattern))
+
+    def lookup(self, residual: Path) -> Any:
+        self.lookups += 1
+        out = self.rewrite(residual)
+        if out is None:
+            return NEG
+        self.matches += 1
+        return Leaf(out)
+
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Nothing to watch: reports started and waits to be cancelled."""
+        task_status.started()
+        await trio.sleep_forever()
+
+    def state_json(self) -> dict[str, Any]:
+        body = super().state_json()
+        body["pattern"] = self.pattern.text
+        body["name"] = self.name.text
+        return body
+
+    def statistics(self) -> dict[str, Any]:
+        stats = super().statistics()
+        stats.update(pattern=self.pattern.text, name=self.name.text, matches=self.matches)
+        return stats
+
+
+def _cfg_get(cfg: Any, name: str) -> Any:
+    if isinstance(cfg, Mapping):
+        return cfg.get(name)
+    return getattr(cfg, name, None)
+
+
+def from_config(cfg: Any) -> RewriteNamer:
+    """Build the namer from a ``namers[]`` entry (a mapping or config dataclass) with ``pattern``,
+    ``name`` and optional ``prefix`` and ``transformers``."""
+    pattern, name = _cfg_get(cfg, "pattern"), _cfg_get(cfg, "name")
+    for key, value in (("pattern", pattern), ("name", name)):
+        if not isinstance(value, str) or not value:
+            raise RewriteConfigError(
+                f"namers[].{key} is required for kind {KIND}: e.g. pattern: '/{{port}}/{{ns}}/{{svc}}', "
+                "name: '/k8s/{ns}/{port}/{svc}'"
+            )
+    return RewriteNamer(
+        pattern, name, prefix=_cfg_get(cfg, "prefix"), transformers=_cfg_get(cfg, "transformers") or ()
+    )
