@@ -96,6 +96,16 @@ class Daemon:
         self.metrics = MetricsRegistry(time.monotonic)
         self.namers = [build_namer(n) for n in config.namers]
         self.resolver = InetResolver(tuple(config.dns.nameservers))
+        self._transformer_watches: list[tuple[Any, Path]] = []
+        # (prefix, lookup) in preference order: the last-configured namer first, as Linkerd does.
+        self.namer_pairs = []
+        for ncfg, namer in reversed(list(zip(config.namers, self.namers, strict=True))):
+            lookup_fn = namer.lookup
+            if ncfg.transformers:
+                from namers.transformers import transforming_lookup
+
+                lookup_fn = transforming_lookup(lookup_fn, self.build_transformers(ncfg.transformers))
+            self.namer_pairs.append((Path.read("/#") + namer.prefix, lookup_fn))
         self.routers: dict[str, HttpRouter] = {}
         self.servers: list[Http1Server] = []
         self.admin_address: tuple[str, int] | None = None
@@ -110,6 +120,51 @@ class Daemon:
                 self.recent = RecentRequests(t.sample_rate, t.capacity, self.rng)
         self.started_at = time.time()
 
+    def build_transformers(self, cfgs: Any) -> list[Any]:
+        """Transformer objects for a namer's or an interpreter's ``transformers`` list."""
+        out: list[Any] = []
+        for c in cfgs:
+            spec = lookup("transformer", c.kind)
+            if spec is None:
+                raise ValueError(f"transformer kind {c.kind!r} has no runtime in this hostproxy version")
+            factory = load_factory(spec)
+            if c.kind == "io.l5d.k8s.daemonset":
+                k8s = next((n for n in self.namers if getattr(n, "kind", "") == "io.l5d.k8s"), None)
+                if k8s is None:
+                    raise ValueError(
+                        "transformer io.l5d.k8s.daemonset needs an io.l5d.k8s namer in `namers` to watch the "
+                        f"daemonset Service {c.namespace}/{c.service}; add one"
+                    )
+                holder: dict[str, Any] = {}
+
+                def source(k8s: Any = k8s, holder: dict[str, Any] = holder) -> Any:
+                    residual = holder["t"].k8s_residual
+                    try:
+                        k8s.lookup(residual)  # starts (or keeps) the watch of the daemonset Service
+                    except Exception:  # its state is read below, failed or not
+                        pass
+                    return k8s.addr(residual)
+
+                t = factory(c, source=source)
+                holder["t"] = t
+                self._transformer_watches.append((k8s, t.k8s_residual))
+            elif c.kind in ("io.l5d.replace", "io.l5d.const"):
+                t = factory(c, system=self.resolver.system)
+            else:
+                t = factory(c)
+            out.append(t)
+        return out
+
+    def _watch_transformer_sources(self) -> None:
+        """A daemonset's pods moving changes every binding through its transformer: re-bind all."""
+        for namer, residual in self._transformer_watches:
+            def changed(_n: Any, key: Any, residual: Path = residual) -> None:
+                if residual.startswith(key) or key.startswith(residual):
+                    for r in self.routers.values():
+                        r.set_dtab(r.binder.base_dtab)
+
+            namer.subscribe(changed)
+
     # -- running ----------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
@@ -123,8 +178,10 @@ class Daemon:
                 if rcfg.kind != "http":
                     raise ValueError(f"router protocol {rcfg.kind!r} has no runtime in this hostproxy version")
                 router = HttpRouter(rcfg, namers=self.namers, resolver=self.resolver, metrics=self.metrics,
-                                    nursery=nursery, rng=self.rng)
+                                    nursery=nursery, rng=self.rng, namer_pairs=self.namer_pairs,
+                                    transformers=self.build_transformers(rcfg.interpreter.transformers))
                 self.routers[router.label] = router
+            self._watch_transformer_sources()
             from hostproxy.admin.server import AdminServer
 
             admin = AdminServer(self, self.config.admin.ip, self.config.admin.port,
@@ -211,8 +268,7 @@ class Daemon:
             tree = delegate(dtab, path, (), system=self.resolver.system)
         else:
             router = self.routers[label]
-            pairs = [(Path.read("/#") + n.prefix, n.lookup) for n in reversed(router.namers)]
-            tree = delegate(dtab, path, pairs, system=self.resolver.system)
+            tree = delegate(dtab, path, router.namer_pairs, system=self.resolver.system)
         if not hasattr(tree, "to_json"):  # pending: a namer has not answered yet
             return {"type": "pending", "path": str(path)}
         return tree.to_json()  # type: ignore[no-any-return]

@@ -74,6 +74,26 @@ def _dtab_lines(d: Dtab) -> str:
     return "\n".join(f"  {e.prefix} => {e.dst}" for e in d) or "  (empty)"
 
 
+class _Bound:
+    __slots__ = ("tree", "consulted")
+
+    def __init__(self, tree: Any, consulted: Any) -> None:
+        self.tree = tree
+        self.consulted = consulted
+
+
+def _transforming_bind(transformers: list[Any]) -> Callable[..., Any]:
+    """``dtab.bind`` followed by the router's interpreter transformers (``/%/…`` client ids)."""
+    from dtab.bind import bind
+    from namers.transformers import apply_transformers
+
+    def bind_fn(dtab: Dtab, path: Path, namers: Any, **kw: Any) -> Any:
+        r = bind(dtab, path, namers, **kw)
+        return _Bound(apply_transformers(r.tree, transformers), r.consulted)
+
+    return bind_fn
+
+
 class HttpRouter:
     """One configured HTTP router (see the module docstring)."""
 
@@ -88,6 +108,9 @@ class HttpRouter:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         pool_factory: Callable[..., Any] | None = None,
+        namer_pairs: list[tuple[Path, Callable[[Path], Any]]] | None = None,
+        transformers: list[Any] = (),  # type: ignore[assignment]
+        base_dtab: Dtab | None = None,
     ) -> None:
         self.cfg = cfg
         self._pool_factory = pool_factory
@@ -101,17 +124,21 @@ class HttpRouter:
             protocol=cfg.kind,
             where=f"routers[{self.label}].identifier",
         )
-        # Linkerd tries the last-configured namer first.
         self.namers = list(namers)
-        pairs = [(Path.read("/#") + n.prefix, n.lookup) for n in reversed(self.namers)]
+        # Linkerd tries the last-configured namer first; namer transformers wrap their lookups.
+        self.namer_pairs = list(namer_pairs) if namer_pairs is not None else [
+            (Path.read("/#") + n.prefix, n.lookup) for n in reversed(self.namers)
+        ]
+        self.transformers = list(transformers)
         bc = cfg.binding_cache
         self.binder = Binder(
-            Dtab.read(cfg.dtab),
-            pairs,
+            Dtab.read(cfg.dtab) if base_dtab is None else base_dtab,
+            self.namer_pairs,
             config=BindingCacheConfig(paths=bc.paths, trees=bc.trees, bounds=bc.bounds, clients=bc.clients,
                                       idle_ttl_s=bc.idle_ttl_secs),
             clock=clock,
             system=resolver.system if resolver is not None else None,
+            bind_fn=_transforming_bind(self.transformers) if self.transformers else None,
         )
         self._unsubscribe: list[Callable[[], None]] = []
         for n in self.namers:

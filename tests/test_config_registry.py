@@ -159,8 +159,9 @@ def test_reference_documents_every_key_and_kind() -> None:
         "| `port` | int | 4140 (http), 4142 (h2) |",
         "| `rootDir` | string | **required** |",
         "| `idleTtlSecs` | int | `600` |",
-        "### `io.l5d.k8s` (planned)",
-        "### `io.l5d.dnssrv` (planned, experimental: needs `experimental: true`)",
+        "### `io.l5d.k8s` (implemented)",
+        "### `io.l5d.dnssrv` (implemented, experimental: needs `experimental: true`)",
+        "### `io.l5d.h2.grpc.default` (planned, for h2 routers)",
     ]:
         assert needle in text, needle
 

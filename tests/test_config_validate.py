@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hostproxy.config import ConfigError, load_config
+from hostproxy.config import ConfigError, load_config, validate_text
 from hostproxy.config import model as m
 
 DATA = Path(__file__).parent / "data" / "config"
@@ -196,15 +196,15 @@ def test_port_clash_rules() -> None:
 
 
 def test_planned_kind_is_not_supported_yet() -> None:
-    assert one_error("namers:\n- kind: io.l5d.k8s\n" + MINIMAL) == (
-        "t.yaml:2: namers[0].kind: kind 'io.l5d.k8s' (namers[0].kind) is not supported yet by this hostproxy "
-        "version; for now, list the endpoints in files read by the io.l5d.fs namer (namers: [{kind: io.l5d.fs, "
-        "rootDir: DIR}])"
+    text = "routers:\n- protocol: h2\n  service:\n    responseClassifier: {kind: io.l5d.h2.grpc.default}\n  servers: [{}]\n"
+    assert one_error(text).startswith(
+        "t.yaml:4: routers[0].service.responseClassifier.kind: kind 'io.l5d.h2.grpc.default' "
+        "(routers[0].service.responseClassifier.kind) is not supported yet by this hostproxy version; "
     )
 
 
-def test_planned_kind_body_is_still_checked() -> None:
-    assert errors("namers:\n- kind: io.l5d.k8s\n  hots: x\n" + MINIMAL)[1] == (
+def test_plugin_body_is_checked() -> None:
+    assert one_error("namers:\n- kind: io.l5d.k8s\n  hots: x\n" + MINIMAL) == (
         "t.yaml:3: namers[0].hots: unknown key 'hots'; did you mean 'host'?"
     )
 
@@ -233,20 +233,22 @@ def test_unknown_kind_lists_valid_ones() -> None:
         "valid kinds: p2c, ewma, roundRobin, heap, aperture"
     )
     assert one_error("namers:\n- kind: fs\n" + MINIMAL) == (
-        "t.yaml:2: namers[0].kind: unknown namer kind 'fs'; valid kinds: io.l5d.fs (planned: io.l5d.dnssrv, "
-        "io.l5d.k8s, io.l5d.rewrite)"
+        "t.yaml:2: namers[0].kind: unknown namer kind 'fs'; valid kinds: io.l5d.fs, io.l5d.dnssrv, io.l5d.k8s, "
+        "io.l5d.rewrite"
     )
 
 
 def test_kind_of_another_category() -> None:
     assert one_error("namers:\n- kind: io.l5d.port\n  port: 1\n" + MINIMAL) == (
-        "t.yaml:2: namers[0].kind: 'io.l5d.port' is a transformer kind, not a namer kind; valid namer kinds: io.l5d.fs"
+        "t.yaml:2: namers[0].kind: 'io.l5d.port' is a transformer kind, not a namer kind; valid namer kinds: "
+        "io.l5d.fs, io.l5d.dnssrv, io.l5d.k8s, io.l5d.rewrite"
     )
 
 
 def test_missing_kind() -> None:
     assert one_error("namers:\n- rootDir: x\n" + MINIMAL) == (
-        "t.yaml:2: namers[0].kind: missing required key 'kind'; valid namer kinds: io.l5d.fs"
+        "t.yaml:2: namers[0].kind: missing required key 'kind'; valid namer kinds: io.l5d.fs, io.l5d.dnssrv, "
+        "io.l5d.k8s, io.l5d.rewrite"
     )
 
 
@@ -261,11 +263,10 @@ def test_identifier_for_the_wrong_protocol() -> None:
 def test_experimental_flag_is_required() -> None:
     errs = errors("namers:\n- kind: io.l5d.dnssrv\n" + MINIMAL)
     assert errs == [
-        "t.yaml:2: namers[0].kind: kind 'io.l5d.dnssrv' (namers[0].kind) is not supported yet by this hostproxy "
-        "version; for now, use /$/inet/<host>/<port> in the dtab (DNS A/AAAA records) or the io.l5d.fs namer",
         "t.yaml:2: namers[0].kind: namer 'io.l5d.dnssrv' is experimental; set experimental: true on it to use it",
     ]
-    assert len(errors("namers:\n- kind: io.l5d.dnssrv\n  experimental: true\n" + MINIMAL)) == 1
+    cfg = validate_text("namers:\n- kind: io.l5d.dnssrv\n  experimental: true\n" + MINIMAL, "t.yaml")
+    assert cfg.namers[0].kind == "io.l5d.dnssrv"
 
 
 def test_linkerd_keys_hostproxy_does_not_support() -> None:

@@ -486,9 +486,25 @@ class DnsSrvNamer(NamerConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class K8sNamer(NamerConfig):
-    host: str = key("localhost", "Kubernetes API host.")
+    host: str | None = key(
+        None,
+        "Kubernetes API host (plain HTTP, e.g. a `kubectl proxy` beside the daemon).",
+        default_doc="in-cluster (TLS + service account) when KUBERNETES_SERVICE_HOST is set, else localhost",
+    )
     port: int = key(8001, "Kubernetes API port.", check=port_number)
     label_selector: str | None = key(None, "Label whose value is an extra path segment.")
+    use_endpoint_slices: bool = key(
+        False, "Watch discovery.k8s.io/v1 EndpointSlices instead of Endpoints.", extension=True
+    )
+    resync_interval_secs: float = key(
+        300.0, "Re-list every name this often, so a watch that silently stops is caught.", check=positive,
+        extension=True,
+    )
+    service_account_dir: str = key(
+        "/var/run/secrets/kubernetes.io/serviceaccount",
+        "In-cluster: where the service account's token and CA are read (the token is re-read when it changes).",
+        extension=True,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
