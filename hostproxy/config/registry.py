@@ -178,12 +178,12 @@ def load_factory(spec: PluginSpec) -> Any:
 _FS_NOW = "for now, list the endpoints in files read by the io.l5d.fs namer (namers: [{kind: io.l5d.fs, rootDir: DIR}])"
 _TRANSFORMER_NOW = "for now, remove the transformer and route to the target addresses directly"
 
-register("protocol", "http", m.HttpRouterConfig, "hostproxy.router:http_router", "HTTP/1.1 router.")
+register("protocol", "http", m.HttpRouterConfig, "hostproxy.router:HttpRouter", "HTTP/1.1 router.")
 register(
     "protocol",
     "h2",
     m.H2RouterConfig,
-    "hostproxy.router:h2_router",
+    "hostproxy.router:HttpRouter",
     "HTTP/2 router (prior knowledge, h2c upgrade, ALPN).",
 )
 
@@ -242,14 +242,14 @@ register(
     "identifier",
     "io.l5d.header.token",
     m.HeaderTokenIdentifier,
-    "hostproxy.identifiers:header_token",
+    "hostproxy.routing.identifiers:HeaderTokenIdentifier",
     "The value of one header (Host / :authority) is the name.",
 )
 register(
     "identifier",
     "io.l5d.methodAndHost",
     m.MethodAndHostIdentifier,
-    "hostproxy.identifiers:method_and_host",
+    "hostproxy.routing.identifiers:MethodAndHostIdentifier",
     "/<version>/<METHOD>/<host>[/<path>].",
     protocols=_HTTP,
 )
@@ -257,7 +257,7 @@ register(
     "identifier",
     "io.l5d.path",
     m.PathIdentifier,
-    "hostproxy.identifiers:path",
+    "hostproxy.routing.identifiers:PathIdentifier",
     "The first path segments are the name.",
     protocols=_HTTP,
 )
@@ -265,7 +265,7 @@ register(
     "identifier",
     "io.l5d.header",
     m.HeaderIdentifier,
-    "hostproxy.identifiers:header",
+    "hostproxy.routing.identifiers:HeaderIdentifier",
     "A header holding a path is the name.",
     protocols=_HTTP,
 )
@@ -273,7 +273,7 @@ register(
     "identifier",
     "io.l5d.static",
     m.StaticIdentifier,
-    "hostproxy.identifiers:static",
+    "hostproxy.routing.identifiers:StaticIdentifier",
     "Every request gets the same name.",
     protocols=_HTTP,
 )
@@ -281,7 +281,7 @@ register(
     "identifier",
     "io.l5d.header.path",
     m.HeaderPathIdentifier,
-    "hostproxy.identifiers:header_path",
+    "hostproxy.routing.identifiers:HeaderPathIdentifier",
     "Path segments of :path are the name (gRPC: /pkg.Svc).",
     protocols=_H2,
     use_now="for now, use io.l5d.header.token (the :authority header)",
@@ -291,14 +291,14 @@ register(
     "interpreter",
     "default",
     m.DefaultInterpreter,
-    "hostproxy.interpreter:default",
+    "dtab.bind:bind",
     "The router's dtab over the configured namers.",
 )
 register(
     "interpreter",
     "io.l5d.fs",
     m.FsInterpreter,
-    "hostproxy.interpreter:fs",
+    "hostproxy.dtabfile:DtabFileWatcher",
     "A watched dtab file over the configured namers.",
 )
 
@@ -306,25 +306,25 @@ register(
     "balancer",
     "p2c",
     m.P2cBalancer,
-    "hostproxy.balancer:from_config",
+    "hostproxy.balancer:balancer_from_config",
     "Least loaded of two random endpoints.",
 )
 register(
     "balancer",
     "ewma",
     m.EwmaBalancer,
-    "hostproxy.balancer:from_config",
+    "hostproxy.balancer:balancer_from_config",
     "Two random endpoints, weighted by peak-EWMA latency.",
 )
 register(
-    "balancer", "roundRobin", m.RoundRobinBalancer, "hostproxy.balancer:from_config", "Each endpoint in turn."
+    "balancer", "roundRobin", m.RoundRobinBalancer, "hostproxy.balancer:balancer_from_config", "Each endpoint in turn."
 )
-register("balancer", "heap", m.HeapBalancer, "hostproxy.balancer:from_config", "Least loaded endpoint.")
+register("balancer", "heap", m.HeapBalancer, "hostproxy.balancer:balancer_from_config", "Least loaded endpoint.")
 register(
     "balancer",
     "aperture",
     m.ApertureBalancer,
-    "hostproxy.balancer:from_config",
+    "hostproxy.balancer:balancer_from_config",
     "A subset of endpoints sized by load.",
 )
 
@@ -333,14 +333,14 @@ register(
     "accrual",
     "io.l5d.consecutiveFailures",
     m.ConsecutiveFailuresAccrual,
-    "hostproxy.accrual:from_config",
+    "hostproxy.accrual:accrual_from_config",
     "Dead after N consecutive failures.",
 )
 register(
     "accrual",
     "io.l5d.successRate",
     m.SuccessRateAccrual,
-    "hostproxy.accrual:from_config",
+    "hostproxy.accrual:accrual_from_config",
     "Dead below a success rate over N requests.",
     use_now=_ACCRUAL_NOW,
 )
@@ -348,18 +348,18 @@ register(
     "accrual",
     "io.l5d.successRateWindowed",
     m.SuccessRateWindowedAccrual,
-    "hostproxy.accrual:from_config",
+    "hostproxy.accrual:accrual_from_config",
     "Dead below a success rate over a time window.",
     use_now=_ACCRUAL_NOW,
 )
-register("accrual", "none", m.NoAccrual, "hostproxy.accrual:from_config", "Never mark endpoints dead.")
+register("accrual", "none", m.NoAccrual, "hostproxy.accrual:accrual_from_config", "Never mark endpoints dead.")
 
-register("backoff", "constant", m.ConstantBackoff, "hostproxy.backoff:from_config", "A fixed delay.")
+register("backoff", "constant", m.ConstantBackoff, "hostproxy.backoff:backoff_from_config", "A fixed delay.")
 register(
     "backoff",
     "jittered",
     m.JitteredBackoff,
-    "hostproxy.backoff:from_config",
+    "hostproxy.backoff:backoff_from_config",
     "Decorrelated jitter between minMs and maxMs.",
 )
 
@@ -370,7 +370,7 @@ for _kind, _desc in [
     ("io.l5d.http.retryableAll5XX", "5XX are failures; every method is retried."),
     ("io.l5d.http.allSuccessful", "Every response is a success."),
 ]:
-    register("classifier", _kind, m.ClassifierConfig, "hostproxy.classifier:from_config", _desc)
+    register("classifier", _kind, m.ClassifierConfig, "hostproxy.classifier:classifier_from_config", _desc)
 _GRPC_NOW = "for now, use io.l5d.http.nonRetryable5XX (HTTP status only)"
 for _kind, _cls, _desc in [
     (
@@ -387,21 +387,21 @@ for _kind, _cls, _desc in [
     ),
 ]:
     register(
-        "classifier", _kind, _cls, "hostproxy.classifier:from_config", _desc, protocols=_H2, use_now=_GRPC_NOW
+        "classifier", _kind, _cls, "hostproxy.classifier:classifier_from_config", _desc, protocols=_H2, use_now=_GRPC_NOW
     )
 
 register(
     "telemeter",
     "io.l5d.recentRequests",
     m.RecentRequestsTelemeter,
-    "hostproxy.admin.recent:from_config",
+    "hostproxy.daemon:RecentRequests",
     "The /requests page of recent requests.",
 )
 register(
     "telemeter",
     "io.l5d.prometheus",
     m.PrometheusTelemeter,
-    "hostproxy.metrics:prometheus_from_config",
+    "hostproxy.metrics:prometheus",
     "Prometheus text exposition on the admin server.",
 )
 

@@ -1,0 +1,462 @@
+"""The HTTP/2 server (h2c, prior knowledge): one task per connection, one task per stream.
+
+Theory of operation
+-------------------
+``H2Server.serve`` has the shape of ``Http1Server.serve``: it binds (or is given) listeners, reports
+their addresses through ``task_status.started`` and runs one task per connection.  A connection is
+an ``H2Link`` (reader + the single writer, see ``hostproxy.h2.link``) plus a nursery of stream
+tasks.  Each request stream becomes a ``hostproxy.http.Request`` (``:authority`` →
+``Request.authority`` and a ``host`` header, ``:path`` → the target, DATA → a streamed ``Body``
+whose chunks are acknowledged to the client only as the handler consumes them, trailers →
+``Body.trailers``) and the handler is awaited once for it.  The ``Response`` goes back the same way:
+HEADERS, DATA paced by the client's flow-control window, then trailers or END_STREAM.  A response
+with an empty body is sent as a single HEADERS frame with END_STREAM (gRPC "trailers-only").
+
+* A client's RST_STREAM cancels the stream task, so the handler's upstream call (and any upstream
+  stream) is cancelled with it.  The task keeps counting against
+  ``max_concurrent_streams`` until its cancellation finished, so a Rapid Reset cannot run more
+  upstream work than the limit.  Streams reset before their response ended are counted by the
+  ``FloodGuard``; a client far beyond the budget gets GOAWAY ENHANCE_YOUR_CALM.  Occasional
+  cancellations (gRPC) keep the connection.
+* An upstream that resets mid-response is passed back as RST_STREAM with the upstream's code.
+* A proxy-generated error (``Response.error_cause`` set) for a gRPC request is converted by
+  ``grpc_error_response`` into a trailers-only response with ``grpc-status``/``grpc-message``.
+* Header lists beyond ``max_header_count`` fields or ``max_header_list_bytes`` (32 octets per field
+  counted) get 431; too many of those end the connection.
+* When the client sends GOAWAY, streams it already opened are still answered.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+import structlog
+import trio
+
+from hostproxy.h2.grpc import grpc_error_response, is_grpc
+from hostproxy.h2.limits import H2Limits, check_header_list
+from hostproxy.h2.link import (
+    INTERNAL_ERROR,
+    NO_ERROR,
+    REFUSED_STREAM,
+    H2Link,
+    InboundBody,
+    Stalled,
+    StreamGone,
+    StreamState,
+)
+from hostproxy.http.errors import UpstreamError, error_response, response_for_exception
+from hostproxy.http.hopbyhop import strip_hop_by_hop
+from hostproxy.http.message import Body, Headers, Request, Response
+from hostproxy.http.proxyheaders import append_via, via_count
+from hostproxy.http.server import ConnInfo, Handler, ServerParams
+
+__all__ = ["H2Server", "H2ServerParams", "h2_response_headers"]
+
+log = structlog.get_logger("hostproxy.h2.server")
+
+
+@dataclass(frozen=True)
+class H2ServerParams(ServerParams):
+    """An h2 ``servers[]`` entry: the HTTP server parameters plus HTTP/2 settings and flood limits.
+
+    ``max_header_count`` (inherited) caps header fields per request.
+    """
+
+    max_concurrent_streams: int = 1000
+    initial_stream_window_bytes: int = 65535
+    connection_window_bytes: int = 4 * 1024 * 1024
+    max_frame_bytes: int = 16384
+    max_header_list_bytes: int = 64 * 1024
+    header_table_bytes: int = 4096
+    max_continuation_frames: int = 16
+    reset_burst: int = 200
+    reset_rate_per_s: float = 50.0
+    ping_burst: int = 20
+    ping_rate_per_s: float = 5.0
+    settings_burst: int = 20
+    settings_rate_per_s: float = 5.0
+    max_refused_header_lists: int = 10
+    max_outbound_bytes: int = 1024 * 1024
+    outbound_stall_timeout_s: float = 30.0
+    stall_timeout_s: float = 30.0
+
+    def limits(self) -> H2Limits:
+        return H2Limits(
+            max_concurrent_streams=self.max_concurrent_streams,
+            max_header_list_bytes=self.max_header_list_bytes,
+            max_header_count=self.max_header_count,
+            max_continuation_frames=self.max_continuation_frames,
+            reset_burst=self.reset_burst,
+            reset_rate_per_s=self.reset_rate_per_s,
+            ping_burst=self.ping_burst,
+            ping_rate_per_s=self.ping_rate_per_s,
+            settings_burst=self.settings_burst,
+            settings_rate_per_s=self.settings_rate_per_s,
+            max_refused_header_lists=self.max_refused_header_lists,
+        )
+
+
+@dataclass
+class _Stats:
+    connections: int = 0
+    connections_total: int = 0
+    requests_in_flight: int = 0
+    requests_total: int = 0
+    rejected_overload: int = 0
+    refused_streams: int = 0
+    header_lists_refused: int = 0
+    client_resets: int = 0
+    upstream_resets_passed: int = 0
+    stalled_streams: int = 0
+    connection_failures: int = 0
+    peak_outbound_bytes: int = 0
+    flood_goaways: dict[str, int] = field(default_factory=dict)
+
+
+def _addr(sockaddr: Any) -> tuple[str, int]:
+    if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
+        return (str(sockaddr[0]), int(sockaddr[1]))
+    return (str(sockaddr), 0)
+
+
+def h2_response_headers(response: Response, *, head: bool) -> tuple[list[tuple[bytes, bytes]], bool]:
+    """The HEADERS block for ``response`` and whether it carries no body (END_STREAM at once)."""
+    headers = strip_hop_by_hop(response.headers)
+    headers.remove(b"host")
+    body = response.body
+    status = response.status
+    no_body = head or status in (204, 304) or (body.in_memory and body.content_length == 0
+                                                and body.trailers is None)
+    if not head:
+        headers.remove(b"content-length")
+        if body.content_length is not None and status not in (204, 304):
+            headers.add(b"content-length", str(body.content_length).encode("ascii"))
+    out = [(b":status", str(status).encode("ascii"))]
+    out.extend((n, v) for n, v in headers if not n.startswith(b":"))
+    return out, no_body
+
+
+class H2Server:
+    """Serve HTTP/2 (prior knowledge) on ``params.ip:params.port``, calling ``handler`` per stream."""
+
+    def __init__(self, handler: Handler, params: H2ServerParams | None = None, *,
+                 rng: random.Random | None = None) -> None:
+        self.handler = handler
+        self.params = params or H2ServerParams()
+        self._rng = rng or random.Random()
+        self._limits = self.params.limits()
+        self._stats = _Stats()
+        self._ids = itertools.count(1)
+        self.addresses: list[tuple[str, int]] = []
+
+    def statistics(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self._stats.__dict__)
+        out["flood_goaways"] = dict(self._stats.flood_goaways)
+        return out
+
+    def __repr__(self) -> str:
+        s = self._stats
+        return (f"<H2Server {self.params.router_label} on {self.addresses} connections={s.connections} "
+                f"in_flight={s.requests_in_flight}>")
+
+    async def serve(
+        self,
+        listeners: Sequence[trio.SocketListener] | None = None,
+        *,
+        task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept connections until cancelled; reports the bound addresses via ``task_status``."""
+        if listeners is None:
+            listeners = await trio.open_tcp_listeners(self.params.port, host=self.params.ip)
+        self.addresses = [_addr(lst.socket.getsockname()) for lst in listeners]
+        log.info("h2.server.started", router=self.params.router_label, addresses=self.addresses)
+        try:
+            async with trio.open_nursery() as nursery:
+                for lst in listeners:
+                    nursery.start_soon(self._accept_loop, lst, nursery)
+                task_status.started(self.addresses)
+        finally:
+            for lst in listeners:
+                with trio.CancelScope(shield=True):
+                    await lst.aclose()
+
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                log.warning("h2.accept_failed", error=str(exc))
+                await trio.sleep(0.1)
+                continue
+            nursery.start_soon(self._run_connection, stream)
+
+    async def _run_connection(self, stream: trio.SocketStream) -> None:
+        stats = self._stats
+        stats.connections += 1
+        stats.connections_total += 1
+        link: _ServerLink | None = None
+        try:
+            link = _ServerLink(self, stream, next(self._ids))
+            await link.serve()
+        except Exception:
+            stats.connection_failures += 1
+            log.exception("h2.connection_failed", router=self.params.router_label)
+        finally:
+            stats.connections -= 1
+            if link is not None:
+                stats.peak_outbound_bytes = max(stats.peak_outbound_bytes, link.peak_outbound)
+                if link.calm_verdict is not None:
+                    key = link.calm_verdict.limit
+                    stats.flood_goaways[key] = stats.flood_goaways.get(key, 0) + 1
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+
+class _ServerLink(H2Link):
+    side = "server"
+
+    def __init__(self, server: H2Server, stream: trio.SocketStream, conn_id: int) -> None:
+        p = server.params
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None,
+                                           validate_inbound_headers=True)
+        conn = h2.connection.H2Connection(config)
+        conn.local_settings = h2.settings.Settings(client=False, initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: p.max_concurrent_streams,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: p.initial_stream_window_bytes,
+            h2.settings.SettingCodes.MAX_FRAME_SIZE: p.max_frame_bytes,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: p.max_header_list_bytes,
+            h2.settings.SettingCodes.HEADER_TABLE_SIZE: p.header_table_bytes,
+        })
+        conn.decoder.max_header_list_size = p.max_header_list_bytes
+        conn.decoder.max_allowed_table_size = p.header_table_bytes
+        conn.max_inbound_frame_size = p.max_frame_bytes
+        super().__init__(
+            stream, conn, limits=server._limits, guard_inbound=True,
+            max_outbound_bytes=p.max_outbound_bytes, outbound_stall_timeout_s=p.outbound_stall_timeout_s,
+            stall_timeout_s=p.stall_timeout_s,
+        )
+        self.server = server
+        self.params = p
+        sock = stream.socket
+        self.info = ConnInfo(peer=_addr(sock.getpeername()), local=_addr(sock.getsockname()), params=p,
+                             connection_id=conn_id)
+        self.tasks = 0
+        self.scopes: dict[int, trio.CancelScope] = {}
+        self._handlers: trio.Nursery | None = None
+        self._draining = False
+
+    async def serve(self) -> None:
+        self.conn.initiate_connection()
+        extra = self.params.connection_window_bytes - 65535
+        if extra > 0:
+            self.conn.increment_flow_control_window(extra)
+        self.flush()
+        async with trio.open_nursery() as handlers:
+            self._handlers = handlers
+            await self.run()
+            handlers.cancel_scope.cancel()
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def on_other_event(self, ev: Any) -> None:
+        if type(ev) is h2.events.RequestReceived:
+            self._request(ev.stream_id, ev.headers, ev.stream_ended is not None)
+
+    def on_goaway(self, error_code: int, last_stream_id: int | None) -> None:
+        self._draining = True
+        if error_code != NO_ERROR or not self.tasks:
+            self.closing = True
+
+    def on_stream_reset(self, s: StreamState, *, remote: bool) -> None:
+        scope = self.scopes.get(s.id)
+        if scope is not None:
+            scope.cancel()
+        if not remote:
+            return
+        self.server._stats.client_resets += 1
+        if not s.response_done and self.guard is not None:
+            verdict = self.guard.on_early_reset(trio.current_time())
+            if verdict is not None:
+                self.calm_down(verdict)
+
+    def _request(self, stream_id: int, raw: list[tuple[bytes, bytes]], ended: bool) -> None:
+        server = self.server
+        stats = server._stats
+        s = StreamState(stream_id)
+        s.ended = ended
+        self.streams[stream_id] = s
+        if self._draining or self.closing or self.tasks >= self.limits.max_concurrent_streams:
+            stats.refused_streams += 1
+            self.reset(s, REFUSED_STREAM)
+            self.streams.pop(stream_id, None)
+            return
+        problem = check_header_list(raw, self.limits)
+        if problem is not None:
+            stats.header_lists_refused += 1
+            resp = error_response(431, "bad-request", problem)
+            headers, _ = h2_response_headers(resp, head=True)
+            try:
+                self.send_headers(s, headers, end_stream=True)
+            except StreamGone:
+                pass
+            self.streams.pop(stream_id, None)
+            if self.guard is not None:
+                verdict = self.guard.on_refused_header_list()
+                if verdict is not None:
+                    self.calm_down(verdict)
+            return
+        assert self._handlers is not None
+        scope = trio.CancelScope()
+        self.scopes[stream_id] = scope
+        self.tasks += 1
+        self._handlers.start_soon(self._stream_task, s, raw, scope)
+
+    # -- one stream ------------------------------------------------------------------------------
+
+    def _gone(self, s: StreamState, link: H2Link) -> Exception:
+        if s.reset_code is not None:
+            return StreamGone(f"client reset stream {s.id} (error code {s.reset_code})", s.reset_code)
+        return StreamGone(f"client connection closed: {link.death_reason}")
+
+    def _build(self, s: StreamState, raw: list[tuple[bytes, bytes]]) -> Request | Response:
+        pseudo: dict[bytes, bytes] = {}
+        regular: list[tuple[bytes, bytes]] = []
+        for n, v in raw:
+            if n[:1] == b":":
+                pseudo[n] = v
+            else:
+                regular.append((n, v))
+        method = pseudo.get(b":method", b"GET").decode("ascii", "replace")
+        if method == "CONNECT":
+            return error_response(405, "bad-request", "CONNECT tunnelling is not supported by this proxy")
+        headers = Headers(regular)
+        if via_count(headers) > self.params.max_call_depth:
+            return error_response(
+                400, "bad-request",
+                f"Maximum number of calls ({self.params.max_call_depth}) has been exceeded. "
+                "Please check for proxy loops.")
+        authority_b = pseudo.get(b":authority") or headers.get(b"host")
+        authority = authority_b.decode("latin-1") if authority_b is not None else None
+        out = strip_hop_by_hop(headers)
+        if authority_b is not None:
+            out.set(b"host", authority_b)
+        content_length: int | None = None
+        cl = out.get(b"content-length")
+        if cl is not None and cl.isdigit():
+            content_length = int(cl)
+        out.remove(b"content-length")
+        append_via(out, "2")
+        if s.ended and not s.inbound:
+            body = Body.empty()
+        else:
+            body = Body(InboundBody(self, s, self._gone, reset_on_close=False), content_length)
+        return Request(
+            method=method,
+            target=pseudo.get(b":path", b"/").decode("latin-1"),
+            headers=out,
+            body=body,
+            http_version="2",
+            scheme=pseudo.get(b":scheme", b"http").decode("ascii", "replace"),
+            authority=authority,
+        )
+
+    async def _stream_task(self, s: StreamState, raw: list[tuple[bytes, bytes]], scope: trio.CancelScope) -> None:
+        stats = self.server._stats
+        stats.requests_total += 1
+        request: Request | None = None
+        response: Response | None = None
+        try:
+            with scope:
+                built = self._build(s, raw)
+                if isinstance(built, Response):
+                    response = built
+                    await self._respond(s, response, head=False, grpc=False)
+                    return
+                request = built
+                limit = self.params.max_concurrent_requests
+                if limit is not None and stats.requests_in_flight >= limit:
+                    stats.rejected_overload += 1
+                    response = error_response(
+                        503, "overload",
+                        f"server {self.params.router_label} is at maxConcurrentRequests={limit}; retry later")
+                else:
+                    stats.requests_in_flight += 1
+                    try:
+                        try:
+                            response = await self.server.handler(request, self.info)
+                        except StreamGone:
+                            return
+                        except Exception as exc:
+                            if not isinstance(exc, UpstreamError):
+                                log.exception("h2.handler_failed", router=self.params.router_label,
+                                              target=request.target)
+                            response = response_for_exception(exc)
+                    finally:
+                        stats.requests_in_flight -= 1
+                grpc = is_grpc(request.headers)
+                if grpc:
+                    response = grpc_error_response(request.headers, response)
+                await self._respond(s, response, head=request.method == "HEAD", grpc=grpc)
+        except StreamGone:
+            pass
+        finally:
+            with trio.CancelScope(shield=True):
+                if response is not None and not response.body.done:
+                    await response.body.aclose()
+                if request is not None and not request.body.done:
+                    await request.body.aclose()
+            if s.reset_code is None and not self.dead and not s.ended:
+                # The response is complete but the client is still sending: tell it to stop.
+                self.reset(s, NO_ERROR)
+            self.tasks -= 1
+            self.scopes.pop(s.id, None)
+            self.streams.pop(s.id, None)
+            if self._draining and not self.tasks:
+                self.closing = True
+                self.goaway(NO_ERROR)
+
+    async def _respond(self, s: StreamState, response: Response, *, head: bool, grpc: bool) -> None:
+        headers, no_body = h2_response_headers(response, head=head)
+        if no_body:
+            self.send_headers(s, headers, end_stream=True)
+            s.response_done = True
+            return
+        self.send_headers(s, headers, end_stream=False)
+        body = response.body
+        it = body.__aiter__()
+        while True:
+            try:
+                chunk = await it.__anext__()
+            except StopAsyncIteration:
+                break
+            except Exception as exc:
+                code = getattr(exc, "error_code", None)
+                code = INTERNAL_ERROR if code is None else code
+                log.info("h2.response_aborted", router=self.params.router_label, stream=s.id,
+                         error=str(exc), cause=getattr(exc, "cause", "proxy/internal"))
+                self.server._stats.upstream_resets_passed += 1
+                self.reset(s, code)
+                s.response_done = True
+                return
+            try:
+                await self.send_data(s, chunk)
+            except StreamGone as exc:
+                if isinstance(exc, Stalled):
+                    self.server._stats.stalled_streams += 1
+                raise
+        trailers = body.trailers
+        if trailers is not None and len(trailers):
+            self.send_headers(s, [(n, v) for n, v in strip_hop_by_hop(trailers) if n[:1] != b":"],
+                              end_stream=True)
+        else:
+            await self.send_data(s, b"", end_stream=True)
+        s.response_done = True

@@ -1,0 +1,513 @@
+"""HTTP/2 connections to one upstream endpoint: many streams over few connections.
+
+Theory of operation
+-------------------
+``H2UpstreamPool(host, port, params, *, nursery)`` has the API of ``hostproxy.http.UpstreamPool``:
+``request(req)`` returns the ``Response`` at the response HEADERS with the body still streaming.
+Every request is a stream on a shared prior-knowledge HTTP/2 connection (an ``H2Link``); a new
+connection is opened only when none can take another stream (the peer's MAX_CONCURRENT_STREAMS,
+or the current one is draining or dead).
+
+* **Request bodies** are sent by a task in the pool's nursery while the response is read (full
+  duplex), paced by the upstream's flow-control window; the client's body is read only as fast as
+  the upstream accepts it.  Response DATA is acknowledged only when the caller reads it.
+* **Cancellation.**  A caller cancelled while waiting for the response head, or closing the
+  response body before its end, resets the upstream stream with CANCEL; a client body that fails
+  (the client reset its stream) resets it too.
+* **GOAWAY** drains the connection: streams up to its last-stream-id continue; streams above it
+  were not processed and are sent again on a fresh connection, as are streams refused with
+  REFUSED_STREAM before a response.  A request body can be replayed only while what was sent of it
+  fits ``retry_buffer_bytes`` (kept as it is sent); otherwise the failure is reported.
+* **Keepalive.**  Each connection sends a PING every ``ping_interval_s``; no ACK within
+  ``ping_timeout_s`` fails the connection (its streams fail with ``upstream/reset``), so a half-dead
+  connection is noticed before requests hang on it.  Connections without streams for
+  ``idle_timeout_s`` are closed by ``prune()``.
+* **Errors** are ``UpstreamError`` subclasses; a stream reset by the upstream after its head is
+  reported to the body's reader as ``H2StreamReset`` carrying the RST_STREAM ``error_code``, which
+  the server passes back to its client.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+import structlog
+import trio
+
+from hostproxy.h2.limits import H2Limits
+from hostproxy.h2.link import (
+    CANCEL,
+    NO_ERROR,
+    REFUSED_STREAM,
+    H2Link,
+    InboundBody,
+    StreamGone,
+    StreamState,
+)
+from hostproxy.http.errors import (
+    ConnectError,
+    ProxyInternalError,
+    RequestTimeout,
+    UpstreamError,
+    UpstreamReset,
+)
+from hostproxy.http.hopbyhop import strip_hop_by_hop
+from hostproxy.http.message import Body, Headers, Request, Response
+from hostproxy.http.upstream import PoolParams, _map_errors
+
+__all__ = ["H2ClientSettings", "H2StreamReset", "H2UpstreamPool"]
+
+log = structlog.get_logger("hostproxy.h2.upstream")
+
+
+@dataclass(frozen=True)
+class H2ClientSettings:
+    """HTTP/2 settings of upstream connections."""
+
+    initial_stream_window_bytes: int = 65535
+    connection_window_bytes: int = 4 * 1024 * 1024
+    max_frame_bytes: int = 16384
+    max_concurrent_streams: int = 1000
+    ping_interval_s: float | None = 10.0
+    ping_timeout_s: float = 5.0
+    retry_buffer_bytes: int = 16383
+    max_resends: int = 3
+    stall_timeout_s: float = 60.0
+    max_outbound_bytes: int = 1024 * 1024
+
+
+class H2StreamReset(UpstreamReset):
+    """The upstream reset the stream (``error_code`` from RST_STREAM) or its connection died."""
+
+    def __init__(self, message: str, *, endpoint: str, error_code: int | None, retryable: bool = False) -> None:
+        super().__init__(message, endpoint=endpoint, retryable=retryable)
+        self.error_code = error_code
+
+
+class _Refused(Exception):
+    """The upstream did not process the stream (GOAWAY above it, or REFUSED_STREAM): resend it."""
+
+
+class _UpLink(H2Link):
+    side = "upstream"
+
+    def __init__(self, pool: H2UpstreamPool, stream: Any, conn_id: int) -> None:
+        st = pool.settings
+        config = h2.config.H2Configuration(client_side=True, header_encoding=None, validate_inbound_headers=True)
+        conn = h2.connection.H2Connection(config)
+        conn.local_settings = h2.settings.Settings(client=True, initial_values={
+            h2.settings.SettingCodes.ENABLE_PUSH: 0,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: st.initial_stream_window_bytes,
+            h2.settings.SettingCodes.MAX_FRAME_SIZE: st.max_frame_bytes,
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: st.max_concurrent_streams,
+        })
+        conn.max_inbound_frame_size = st.max_frame_bytes
+        super().__init__(stream, conn, limits=H2Limits(), guard_inbound=False,
+                         max_outbound_bytes=st.max_outbound_bytes, stall_timeout_s=st.stall_timeout_s)
+        self.pool = pool
+        self.id = conn_id
+        self.draining = False
+        self.goaway_last_id: int | None = None
+        self.idle_since = pool._clock()
+        self._ping_ack = trio.Event()
+        self.pings_sent = 0
+        self._stop_scope = trio.CancelScope()
+
+    def start(self) -> None:
+        self.conn.initiate_connection()
+        extra = self.pool.settings.connection_window_bytes - 65535
+        if extra > 0:
+            self.conn.increment_flow_control_window(extra)
+        self.flush()
+
+    def capacity(self) -> bool:
+        if self.dead or self.closing or self.draining:
+            return False
+        limit = min(self.conn.remote_settings.max_concurrent_streams, self.pool.settings.max_concurrent_streams)
+        return len(self.streams) < limit
+
+    def on_other_event(self, ev: Any) -> None:
+        t = type(ev)
+        if t is h2.events.ResponseReceived:
+            s = self.streams.get(ev.stream_id)
+            if s is not None:
+                s.head = ev.headers
+                if ev.stream_ended is not None:
+                    s.ended = True
+                s.wake()
+                self._settle(s)
+        elif t is h2.events.PingAckReceived:
+            self._ping_ack.set()
+
+    def on_stream_ended(self, s: StreamState) -> None:
+        self._settle(s)
+
+    def on_stream_reset(self, s: StreamState, *, remote: bool) -> None:
+        self._settle(s)
+
+    def on_goaway(self, error_code: int, last_stream_id: int | None) -> None:
+        self.draining = True
+        self.goaway_last_id = last_stream_id if last_stream_id is not None else 0
+        self.pool._counters["goaways"] += 1
+        log.info("h2.upstream.goaway", endpoint=self.pool.endpoint, error_code=error_code,
+                 last_stream_id=last_stream_id, streams=len(self.streams))
+        for s in list(self.streams.values()):
+            if s.id > self.goaway_last_id:
+                s.reset_code = REFUSED_STREAM
+                s.wake()
+                self.streams.pop(s.id, None)
+        if not self.streams or error_code != NO_ERROR:
+            self.closing = True
+
+    def on_dead(self) -> None:
+        self.pool._forget(self)
+
+    def _settle(self, s: StreamState) -> None:
+        """Forget ``s`` once both directions are finished; close a drained connection."""
+        if s.reset_code is None and not (s.ended and s.local_ended):
+            return
+        if self.streams.pop(s.id, None) is not None and not self.streams:
+            self.idle_since = self.pool._clock()
+            if self.draining:
+                self.closing = True
+                self.goaway(NO_ERROR)
+                self.stop()
+
+    def stop(self) -> None:
+        self._stop_scope.cancel()
+
+    async def serve(self) -> None:
+        with self._stop_scope:
+            async with trio.open_nursery() as nursery:
+                if self.pool.settings.ping_interval_s:
+                    nursery.start_soon(self._pinger)
+                await self.run()
+                nursery.cancel_scope.cancel()
+        self._die(self.death_reason or "connection closed")
+        with trio.CancelScope(shield=True):
+            await self.stream.aclose()
+
+    async def _pinger(self) -> None:
+        st = self.pool.settings
+        assert st.ping_interval_s
+        counter = itertools.count(1)
+        while not self.dead:
+            await trio.sleep(st.ping_interval_s)
+            if self.dead or self.closing:
+                return
+            self._ping_ack = trio.Event()
+            self.conn.ping(next(counter).to_bytes(8, "big"))
+            self.pings_sent += 1
+            self.flush()
+            with trio.move_on_after(st.ping_timeout_s):
+                await self._ping_ack.wait()
+                continue
+            self.pool._counters["ping_timeouts"] += 1
+            log.warning("h2.upstream.ping_timeout", endpoint=self.pool.endpoint, timeout_s=st.ping_timeout_s)
+            self._die(f"no PING ACK within {st.ping_timeout_s:g}s")
+            self.stop()
+            return
+
+
+class _Replay:
+    """The request body as sent so far, kept while it fits ``limit`` (so the stream can be resent)."""
+
+    def __init__(self, body: Body, limit: int) -> None:
+        self.body = body
+        self.limit = limit
+        self.sent: list[bytes] = []
+        self.size = 0
+        self.overflow = False
+        self.done = body.done and body.in_memory
+
+    def replayable(self) -> bool:
+        return not self.overflow
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        for chunk in list(self.sent):
+            yield chunk
+        async for chunk in self.body:
+            self.size += len(chunk)
+            if self.size <= self.limit:
+                self.sent.append(chunk)
+            else:
+                self.overflow = True
+                self.sent.clear()
+            yield chunk
+
+
+class H2UpstreamPool:
+    """Multiplexed HTTP/2 connections to one endpoint (see the module docstring)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        params: PoolParams | None = None,
+        *,
+        nursery: trio.Nursery | None = None,
+        clock: Callable[[], float] | None = None,
+        settings: H2ClientSettings | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.params = params or PoolParams()
+        self.settings = settings or H2ClientSettings()
+        self.endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._nursery = nursery
+        self._own_nursery_cm: Any = None
+        self._clock = clock or trio.current_time
+        self._links: list[_UpLink] = []
+        self._ids = itertools.count(1)
+        self._connect_lock = trio.Lock()
+        self._closed = False
+        self._counters = {"connects": 0, "connect_failures": 0, "resent": 0, "goaways": 0, "ping_timeouts": 0,
+                          "streams_total": 0, "resets_sent": 0}
+
+    async def __aenter__(self) -> H2UpstreamPool:
+        if self._nursery is None:
+            self._own_nursery_cm = trio.open_nursery()
+            self._nursery = await self._own_nursery_cm.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        with trio.CancelScope(shield=True):
+            await self.aclose()
+        if self._own_nursery_cm is None:
+            return None
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+        cm, self._own_nursery_cm = self._own_nursery_cm, None
+        self._nursery = None
+        return bool(await cm.__aexit__(*exc_info))
+
+    def statistics(self) -> dict[str, int]:
+        in_use = sum(len(link.streams) for link in self._links)
+        idle = sum(1 for link in self._links if not link.streams)
+        return {"open": len(self._links), "idle": idle, "in_use": in_use, **self._counters}
+
+    def __repr__(self) -> str:
+        s = self.statistics()
+        return f"<H2UpstreamPool {self.endpoint} open={s['open']} streams={s['in_use']}>"
+
+    async def aclose(self) -> None:
+        """Refuse new requests; GOAWAY every connection (in-flight streams are cut)."""
+        self._closed = True
+        for link in list(self._links):
+            link.goaway(NO_ERROR)
+            link.stop()
+        self._links.clear()
+
+    async def prune(self) -> None:
+        """Close connections that carried no stream for ``idle_timeout_s``."""
+        timeout = self.params.idle_timeout_s
+        if timeout is None:
+            return
+        now = self._clock()
+        for link in list(self._links):
+            if not link.streams and now - link.idle_since > timeout:
+                link.goaway(NO_ERROR)
+                link.stop()
+                self._forget(link)
+
+    def _forget(self, link: _UpLink) -> None:
+        if link in self._links:
+            self._links.remove(link)
+
+    # -- connections -----------------------------------------------------------------------------
+
+    async def _checkout(self, timeout_s: float) -> _UpLink:
+        for link in self._links:
+            if link.capacity():
+                return link
+        async with self._connect_lock:
+            for link in self._links:
+                if link.capacity():
+                    return link
+            return await self._connect(timeout_s)
+
+    async def _connect(self, timeout_s: float) -> _UpLink:
+        if self._nursery is None:
+            raise ProxyInternalError(
+                f"H2UpstreamPool({self.endpoint}) needs a nursery: use 'async with H2UpstreamPool(...)' "
+                "or pass nursery=", endpoint=self.endpoint, retryable=True)
+        try:
+            with _map_errors(self.endpoint, "connect"):
+                with trio.move_on_after(timeout_s) as scope:
+                    stream = await trio.open_tcp_stream(self.host, self.port)
+                if scope.cancelled_caught:
+                    raise ConnectError(
+                        f"Unable to establish connection to {self.endpoint}: "
+                        f"no answer within connect timeout {timeout_s * 1000:g} ms",
+                        endpoint=self.endpoint, cause="connect/timeout")
+        except UpstreamError:
+            self._counters["connect_failures"] += 1
+            raise
+        self._counters["connects"] += 1
+        link = _UpLink(self, stream, next(self._ids))
+        link.start()
+        self._links.append(link)
+        self._nursery.start_soon(link.serve)
+        return link
+
+    # -- the exchange ----------------------------------------------------------------------------
+
+    async def request(
+        self,
+        req: Request,
+        *,
+        connect_timeout: float | None = None,
+        response_timeout: float | None = None,
+    ) -> Response:
+        """Send ``req`` on a stream; returns at the response HEADERS with the body streaming."""
+        if self._closed:
+            raise ProxyInternalError(f"pool for {self.endpoint} is closed", endpoint=self.endpoint, retryable=True)
+        timeout = connect_timeout if connect_timeout is not None else self.params.connect_timeout_ms / 1000
+        replay = _Replay(req.body, self.settings.retry_buffer_bytes)
+        attempts = 0
+        while True:
+            link = await self._checkout(timeout)
+            try:
+                return await self._exchange(link, req, replay, response_timeout)
+            except _Refused:
+                attempts += 1
+                if attempts > self.settings.max_resends or not replay.replayable():
+                    raise UpstreamReset(
+                        f"{self.endpoint} refused the stream (GOAWAY or REFUSED_STREAM) and it cannot be "
+                        f"sent again ({'body larger than the retry buffer' if not replay.replayable() else 'too many attempts'})",
+                        endpoint=self.endpoint, retryable=False) from None
+                self._counters["resent"] += 1
+
+    def _head(self, req: Request) -> list[tuple[bytes, bytes]]:
+        headers = strip_hop_by_hop(req.headers)
+        authority = req.authority or (headers.get(b"host") or b"").decode("latin-1") or self.endpoint
+        headers.remove(b"host")
+        headers.remove(b"content-length")
+        out = [
+            (b":method", req.method.encode("ascii")),
+            (b":scheme", req.scheme.encode("ascii")),
+            (b":authority", authority.encode("latin-1")),
+            (b":path", req.target.encode("latin-1")),
+        ]
+        if req.body.content_length is not None and (req.body.content_length > 0 or req.method in ("POST", "PUT")):
+            out.append((b"content-length", str(req.body.content_length).encode("ascii")))
+        out.extend((n, v) for n, v in headers if n[:1] != b":")
+        return out
+
+    def _gone(self, s: StreamState, link: H2Link) -> Exception:
+        if s.reset_code is not None:
+            return H2StreamReset(f"{self.endpoint} reset stream {s.id} (error code {s.reset_code})",
+                                 endpoint=self.endpoint, error_code=s.reset_code)
+        return H2StreamReset(f"connection to {self.endpoint} failed: {link.death_reason}",
+                             endpoint=self.endpoint, error_code=None)
+
+    async def _exchange(self, link: _UpLink, req: Request, replay: _Replay, response_timeout: float | None) -> Response:
+        sid = link.conn.get_next_available_stream_id()
+        s = StreamState(sid)
+        link.streams[sid] = s
+        self._counters["streams_total"] += 1
+        body = req.body
+        empty = body.in_memory and (body.content_length == 0 or body.done) and not replay.sent
+        sender_done = trio.Event()
+        sender_scope = trio.CancelScope()
+        try:
+            link.send_headers(s, self._head(req), end_stream=empty)
+        except StreamGone as exc:
+            link.streams.pop(sid, None)
+            raise H2StreamReset(f"cannot open a stream to {self.endpoint}: {exc}", endpoint=self.endpoint,
+                                error_code=exc.code, retryable=True) from None
+        if empty:
+            sender_done.set()
+        else:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._send_body, link, s, replay, sender_scope, sender_done)
+        try:
+            if response_timeout is None:
+                await self._wait_head(link, s)
+            else:
+                with trio.move_on_after(response_timeout):
+                    await self._wait_head(link, s)
+                if s.head is None:
+                    raise RequestTimeout(f"no response from {self.endpoint} within {response_timeout:g}s",
+                                         endpoint=self.endpoint)
+        except BaseException:
+            sender_scope.cancel()
+            if s.reset_code is None:
+                self._counters["resets_sent"] += 1
+                link.reset(s, CANCEL)
+            link._settle(s)
+            with trio.CancelScope(shield=True):
+                await sender_done.wait()
+            raise
+        return self._response(link, s, req)
+
+    async def _wait_head(self, link: _UpLink, s: StreamState) -> None:
+        while s.head is None:
+            if s.reset_code is not None:
+                if s.reset_code == REFUSED_STREAM:
+                    raise _Refused()
+                raise H2StreamReset(f"{self.endpoint} reset stream {s.id} before responding "
+                                    f"(error code {s.reset_code})", endpoint=self.endpoint, error_code=s.reset_code)
+            if link.dead:
+                raise H2StreamReset(f"connection to {self.endpoint} failed before a response: {link.death_reason}",
+                                    endpoint=self.endpoint, error_code=None)
+            await s.wait()
+            # Interim (1xx) heads are not forwarded: ResponseReceived carries the final one.
+
+    def _response(self, link: _UpLink, s: StreamState, req: Request) -> Response:
+        assert s.head is not None
+        status = 502
+        regular: list[tuple[bytes, bytes]] = []
+        for n, v in s.head:
+            if n == b":status":
+                status = int(v)
+            elif n[:1] != b":":
+                regular.append((n, v))
+        headers = strip_hop_by_hop(Headers(regular))
+        content_length: int | None = None
+        cl = headers.get(b"content-length")
+        if req.method != "HEAD":
+            if cl is not None and cl.isdigit():
+                content_length = int(cl)
+            headers.remove(b"content-length")
+        if s.ended and not s.inbound:
+            body = Body.empty()
+        else:
+            body = Body(InboundBody(link, s, self._gone, reset_on_close=True), content_length)
+        return Response(status, b"", headers, body, http_version="2")
+
+    async def _send_body(self, link: _UpLink, s: StreamState, replay: _Replay, scope: trio.CancelScope,
+                         done: trio.Event) -> None:
+        try:
+            with scope:
+                it = replay.chunks().__aiter__()
+                while True:
+                    try:
+                        chunk = await it.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    except Exception as exc:
+                        # The client's body failed (it reset its stream, or its connection died).
+                        log.info("h2.upstream.request_body_failed", endpoint=self.endpoint, error=str(exc))
+                        self._counters["resets_sent"] += 1
+                        link.reset(s, CANCEL)
+                        link._settle(s)
+                        return
+                    await link.send_data(s, chunk)
+                trailers = replay.body.trailers
+                if trailers is not None and len(trailers):
+                    link.send_headers(s, [(n, v) for n, v in trailers if n[:1] != b":"], end_stream=True)
+                else:
+                    await link.send_data(s, b"", end_stream=True)
+                link._settle(s)
+        except StreamGone:
+            pass  # the upstream reset the stream or the connection died: the response side reports it
+        finally:
+            done.set()
