@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages the tests and the benchmark talk to (real clients and servers, never mocks).
-APT_PKGS := curl nginx haproxy wrk nghttp2-client dnsmasq
+APT_PKGS := curl nginx haproxy wrk nghttp2-client dnsmasq chromium
 CONFIG ?= configs/local.yaml
 
 .PHONY: install apt run test bench lint fmt clean

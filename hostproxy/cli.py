@@ -17,6 +17,8 @@ SUBCOMMANDS: list[tuple[str, str]] = [
     ("run", "hostproxy.cli_run"),
     ("check", "hostproxy.cli_check"),
     ("dtab", "hostproxy.cli_dtab"),
+    ("wtf", "hostproxy.cli_wtf"),
+    ("state", "hostproxy.cli_state"),
 ]
 
 

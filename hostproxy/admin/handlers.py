@@ -56,6 +56,7 @@ from dtab import Dtab, DtabSyntaxError, parse_dtab, parse_path
 from dtab.errors import BindError
 from hostproxy import log as hlog
 from hostproxy.admin.context import AdminContext
+from hostproxy.admin.dashboard import DASHBOARD_CSP, dashboard_page, process_info, static_file
 from hostproxy.admin.delegator_page import CONTENT_SECURITY_POLICY, render_page
 from hostproxy.http.message import Body, Headers, Request, Response
 from hostproxy.http.proxyheaders import via_count
@@ -196,6 +197,8 @@ class AdminHandler:
         self.refused_control = 0
         self.failures = 0
         table: list[tuple[Endpoint, _Fn]] = [
+            (Endpoint("/", ("GET",), "the dashboard"), self._dashboard),
+            (Endpoint("/files/<name>", ("GET",), "the dashboard's script and stylesheet"), self._files),
             (Endpoint("/admin", ("GET",), "this list"), self._index),
             (Endpoint("/admin/", ("GET",), "this list"), self._index),
             (Endpoint("/admin/index.txt", ("GET",), "this list"), self._index),
@@ -224,6 +227,30 @@ class AdminHandler:
                 self._prometheus,
             ),
             (Endpoint("/metrics", ("GET",), "alias of /admin/metrics/prometheus"), self._prometheus),
+            (
+                Endpoint(
+                    "/admin/process.json",
+                    ("GET",),
+                    "pid, rss_bytes, cpu_seconds, uptime_s, open_fds, fd_limit, python",
+                ),
+                self._process,
+            ),
+            (
+                Endpoint(
+                    "/admin/unbound.json",
+                    ("GET",),
+                    "per router, the most requested names that did not bind, with causes",
+                ),
+                self._unbound,
+            ),
+            (
+                Endpoint("/admin/namer_state.json", ("GET",), "every namer's state, keyed by namer prefix"),
+                self._all_namer_states,
+            ),
+            (
+                Endpoint("/admin/routers.json", ("GET",), "per router, its dtab and bound service names"),
+                self._routers_json,
+            ),
             (Endpoint("/config.json", ("GET",), "the running config"), self._config),
             (
                 Endpoint("/client_state.json", ("GET",), "each client's state and addresses"),
@@ -271,6 +298,7 @@ class AdminHandler:
             ep.path: (ep, fn) for ep, fn in table if "<" not in ep.path
         }
         self._namer_state_endpoint = next(ep for ep in self.endpoints if ep.path.startswith("/namer_state/"))
+        self._files_endpoint = next(ep for ep in self.endpoints if ep.path.startswith("/files/"))
 
     def statistics(self) -> dict[str, int]:
         return {
@@ -318,6 +346,8 @@ class AdminHandler:
             endpoint, fn = route
         elif path.startswith("/namer_state/") and path.endswith(".json"):
             endpoint, fn = self._namer_state_endpoint, self._namer_state
+        elif path.startswith("/files/"):
+            endpoint, fn = self._files_endpoint, self._files
         else:
             return _text(404, f"No admin endpoint at {path}.\n\n{self.index_text()}")
         method = "GET" if call.method == "HEAD" else call.method
@@ -406,6 +436,46 @@ class AdminHandler:
         self.ctx.set_ready(ready)
         log.info("admin.ready_override", ready=ready, peer=call.peer)
         return _text(200, "ready" if self.ctx.is_ready() else "not ready")
+
+    async def _dashboard(self, call: _Call) -> Response:
+        return _response(200, dashboard_page(), HTML_TYPE, (("content-security-policy", DASHBOARD_CSP),))
+
+    async def _files(self, call: _Call) -> Response:
+        name = call.path[len("/files/"):]
+        found = static_file(name)
+        if found is None:
+            return _text(404, f"No dashboard file {name!r}: the files are dashboard.js and dashboard.css")
+        body, ctype = found
+        return _response(200, body, ctype)
+
+    async def _process(self, call: _Call) -> Response:
+        return _json(200, process_info())
+
+    async def _unbound(self, call: _Call) -> Response:
+        out = {}
+        for label, scope in sorted(self.ctx.metrics.routers().items()):
+            table = scope.unbound_names
+            out[label] = {
+                "capacity": table.capacity,
+                "total": table.total,
+                "evictions": table.evictions,
+                "names": table.table(),
+            }
+        return _json(200, out)
+
+    async def _all_namer_states(self, call: _Call) -> Response:
+        return _json(200, self.ctx.namer_states())
+
+    async def _routers_json(self, call: _Call) -> Response:
+        scopes = self.ctx.metrics.routers()
+        out = {}
+        for label in self.ctx.router_labels():
+            scope = scopes.get(label)
+            out[label] = {
+                "dtab": "".join(f"{d};\n" for d in self.ctx.router_dtab(label)),
+                "services": scope.service_names() if scope is not None else [],
+            }
+        return _json(200, out)
 
     async def _config(self, call: _Call) -> Response:
         return _json(200, self.ctx.config_json())

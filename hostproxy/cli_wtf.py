@@ -1,0 +1,253 @@
+"""``hostproxy wtf``: whose fault is it — the proxy, the naming, the network or the application?
+
+Theory of operation
+-------------------
+``wtf`` reads a running daemon's admin server (``--admin``, default ``http://127.0.0.1:9990``):
+``/admin/metrics.json``, ``/client_state.json``, ``/admin/namer_state.json``,
+``/admin/unbound.json``, ``/admin/process.json`` and ``/admin/routers.json``; for each service it
+asks ``/delegator.json`` (with the router's dtab) which clients the name binds to.  The pure
+:func:`hostproxy.diagnose.diagnose` turns those documents into findings, worst first; this module
+only fetches and prints.  Endpoints an older daemon lacks are read as empty.
+
+The window: hostproxy's counters are cumulative since the daemon started and its latency
+percentiles cover the last minute; it keeps no history.  So by default ``wtf`` reports everything
+that failed since start.  ``--interval 30s`` samples twice, that far apart, and reports only what
+failed in between — "what is failing right now".
+
+Exit status: 0 when there is no finding, 1 when there is at least one (or the admin server cannot
+be reached), 2 for a usage error.
+
+``--json`` prints exactly one document on stdout::
+
+    {"healthy": bool,
+     "window": {"kind": "since_start" | "interval", "seconds": float},
+     "findings": [{"severity": "critical" | "error" | "warning",
+                   "level": "connection" | "application" | "proxy",
+                   "fault": "network/upstream" | "application" | "naming" | "caller" | "hostproxy",
+                   "router": str | null, "service": str | null, "client": str | null,
+                   "endpoint": "host:port" | null, "cause": <hostproxy.causes.Cause value>,
+                   "share": float (0..1), "failures": int, "requests": int,
+                   "verdict": str, "next_step": str}, ...],
+     "routers": {label: {"requests": int, "failures": int, "services": int}},
+     "error": str (only when the admin server could not be read)}
+
+One finding per (router, service, cause); healthy services are absent.  ``service`` is the
+service name (``/svc/web``), also for names that never bound (``/svc/typo``); ``client`` is the
+bound name; ``share`` is the fraction of the service's requests (of the router's, for unbound
+names and router-level findings) that failed with this cause.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from hostproxy.diagnose import (
+    Report,
+    Snapshot,
+    Thresholds,
+    delta_metrics,
+    delta_unbound,
+    diagnose,
+    format_age,
+    leaf_ids,
+)
+
+__all__ = ["AdminClient", "AdminUnreachable", "add_parser", "collect", "main", "parse_duration", "render_text"]
+
+DEFAULT_ADMIN = "http://127.0.0.1:9990"
+#: Most services per router whose bindings are asked for (one /delegator.json request each).
+MAX_DELEGATIONS = 64
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``500ms``, ``30s``, ``5m``, ``1h`` or a bare number of seconds."""
+    m = _DURATION.match(text)
+    if m is None:
+        raise ValueError(f"invalid duration {text!r}: use a number with ms, s, m or h, e.g. 30s or 5m")
+    value, unit = float(m.group(1)), m.group(2) or "s"
+    return value * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+
+
+class AdminUnreachable(Exception):
+    """The admin server could not be read (not running, wrong address, or an error answer)."""
+
+
+class AdminClient:
+    """Blocking JSON reads from an admin server (a CLI tool; the daemon never uses this)."""
+
+    def __init__(self, base: str, timeout: float = 5.0) -> None:
+        if "://" not in base:
+            base = "http://" + base
+        self.base = base.rstrip("/")
+        self.timeout = timeout
+
+    def _open(self, req: urllib.request.Request, path: str) -> Any:
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return json.loads(resp.read().decode("utf-8"))
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                return None
+            body = e.read().decode("utf-8", "replace").strip()
+            raise AdminUnreachable(f"{self.base}{path} answered {e.code}: {body[:200]}") from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise AdminUnreachable(
+                f"cannot read {self.base}{path}: {reason}; is hostproxy running, and is its admin server "
+                "at this address (admin.ip/admin.port in the config)? Use --admin URL to point elsewhere"
+            ) from None
+        except ValueError as e:
+            raise AdminUnreachable(f"{self.base}{path} did not answer JSON: {e}") from None
+
+    def get(self, path: str) -> Any:
+        """The JSON document at ``path``; None when the daemon has no such endpoint (404)."""
+        return self._open(urllib.request.Request(self.base + path), path)
+
+    def post(self, path: str, doc: Any) -> Any:
+        data = json.dumps(doc).encode("utf-8")
+        req = urllib.request.Request(self.base + path, data=data, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            return self._open(req, path)
+        except AdminUnreachable:
+            return None  # a delegation that fails only loses the client attribution
+
+
+def _bindings(admin: AdminClient, routers: dict[str, Any], only: str | None) -> dict[str, dict[str, list[str]]]:
+    out: dict[str, dict[str, list[str]]] = {}
+    for label, info in routers.items():
+        if only is not None and label != only:
+            continue
+        for svc in list(info.get("services") or [])[:MAX_DELEGATIONS]:
+            tree = admin.post("/delegator.json", {"namespace": label, "dtab": info.get("dtab", ""), "path": svc})
+            if tree is not None:
+                out.setdefault(label, {})[svc] = leaf_ids(tree)
+    return out
+
+
+def collect(admin: AdminClient, *, router: str | None = None, interval: float = 0.0,
+            sleep: Callable[[float], None] = time.sleep) -> tuple[Snapshot, dict[str, Any]]:
+    """Read the admin documents into a ``Snapshot`` (deltas over ``interval`` when it is > 0)."""
+    before_metrics = before_unbound = None
+    if interval > 0:
+        before_metrics = admin.get("/admin/metrics.json") or {}
+        before_unbound = admin.get("/admin/unbound.json") or {}
+        sleep(interval)
+    metrics = admin.get("/admin/metrics.json")
+    if metrics is None:
+        raise AdminUnreachable(f"{admin.base}/admin/metrics.json is missing: is this a hostproxy admin server?")
+    unbound = admin.get("/admin/unbound.json") or {}
+    if before_metrics is not None:
+        metrics = delta_metrics(before_metrics, metrics)
+        unbound = delta_unbound(before_unbound or {}, unbound)
+    routers = admin.get("/admin/routers.json") or {}
+    snap = Snapshot(
+        metrics=metrics,
+        client_state=admin.get("/client_state.json") or {},
+        namer_state=admin.get("/admin/namer_state.json") or {},
+        unbound=unbound,
+        process=admin.get("/admin/process.json"),
+        bindings=_bindings(admin, routers, router),
+    )
+    window = {"kind": "interval", "seconds": interval} if interval > 0 else {"kind": "since_start", "seconds": None}
+    if snap.process and window["kind"] == "since_start":
+        window["seconds"] = snap.process.get("uptime_s")
+    return snap, window
+
+
+def _window_text(window: dict[str, Any]) -> str:
+    if window["kind"] == "interval":
+        return f"over the last {format_age(window['seconds'])}"
+    if window.get("seconds") is not None:
+        return f"since start, {format_age(window['seconds'])} ago"
+    return "since start"
+
+
+def render_text(report: Report, window: dict[str, Any], admin: str) -> str:
+    """The human report: a headline, then each finding worst first."""
+    lines = []
+    traffic = ", ".join(
+        f"router {r}: {v['requests']} requests, {v['failures']} failed" for r, v in sorted(report.routers.items())
+    ) or "no routers have seen requests"
+    if report.healthy:
+        lines.append(f"healthy — {traffic} ({_window_text(window)}; admin {admin})")
+        return "\n".join(lines) + "\n"
+    n = len(report.findings)
+    lines.append(f"{n} problem{'s' if n != 1 else ''} — {traffic} ({_window_text(window)}; admin {admin})")
+    for f in report.findings:
+        lines.append("")
+        where = " ".join(x for x in (f"router {f.router}" if f.router else "", f.service or "") if x)
+        share = f"{f.share * 100:.0f}% of {f.requests} requests" if f.requests else ""
+        head = f"{f.severity.upper():<8} {f.cause} [fault: {f.fault}]"
+        lines.append("  ".join(x for x in (head, where, share) if x))
+        lines.append(f"  {f.verdict}")
+        involved = " · ".join(x for x in (f"client {f.client}" if f.client else "",
+                                           f"endpoint {f.endpoint}" if f.endpoint else "") if x)
+        if involved:
+            lines.append(f"  {involved}")
+        lines.append(f"  next: {f.next_step}")
+    return "\n".join(lines) + "\n"
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "wtf",
+        help="whose fault is it: diagnose a running hostproxy from its admin server",
+        description=(
+            "Read a running hostproxy's admin server and print what is failing, worst first: per service "
+            "and cause, the share of requests, the client and endpoint involved, a verdict and what to "
+            "check next. Counters are cumulative since the daemon started (latency percentiles cover the "
+            "last minute); --interval samples twice and reports only what failed in between. "
+            "Exit status: 0 healthy, 1 something is wrong, 2 usage error."
+        ),
+    )
+    p.add_argument("--admin", default=DEFAULT_ADMIN, metavar="URL",
+                   help=f"the admin server (default {DEFAULT_ADMIN})")
+    p.add_argument("--router", metavar="LABEL", help="only this router")
+    p.add_argument("--interval", default="0", metavar="DURATION",
+                   help="sample twice this far apart (e.g. 30s) and diagnose only the difference; "
+                        "default: counters since the daemon started")
+    p.add_argument("--ignore-below", type=float, default=0.0, metavar="SHARE",
+                   help="ignore causes costing less than this share of a service's requests (e.g. 0.001)")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="per admin request")
+    p.add_argument("--json", action="store_true", help="print one JSON document (schema: see module docs)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        interval = parse_duration(args.interval)
+    except ValueError as e:
+        print(f"hostproxy wtf: --interval: {e}", file=sys.stderr)
+        return 2
+    admin = AdminClient(args.admin, timeout=args.timeout)
+    try:
+        snap, window = collect(admin, router=args.router, interval=interval)
+    except AdminUnreachable as e:
+        if args.json:
+            json.dump({"healthy": False, "window": None, "findings": [], "routers": {}, "error": str(e)},
+                      sys.stdout)
+            sys.stdout.write("\n")
+        else:
+            print(f"hostproxy wtf: {e}", file=sys.stderr)
+        return 1
+    report = diagnose(snap, thresholds=Thresholds(ignore_share=args.ignore_below), router=args.router)
+    if args.json:
+        doc = report.as_json()
+        doc["window"] = window
+        json.dump(doc, sys.stdout, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render_text(report, window, admin.base))
+    return 0 if report.healthy else 1

@@ -1,0 +1,677 @@
+"""Whose fault is it: turn the admin server's JSON documents into a short, ranked list of findings.
+
+Theory of operation
+-------------------
+``diagnose(snapshot)`` is pure: it reads the documents the admin server serves (the flat
+``/admin/metrics.json``, ``/client_state.json``, every ``/namer_state/<prefix>.json``,
+``/admin/unbound.json``, ``/admin/process.json``) plus which clients each failing service binds to
+(from ``/delegator.json``), and returns a :class:`Report`.  ``hostproxy wtf`` fetches the documents
+and prints the report; tests feed hand-made documents.
+
+One :class:`Finding` per (router, service, cause) that failed, worst first.  Each names the level
+at fault through its cause (``hostproxy.causes``: *connection* — the network or a dead upstream
+process; *application* — the upstream answered badly or slowly; *proxy* — naming, identification,
+hostproxy itself), the share of that service's requests it cost, the client (bound name) and the
+endpoint (``host:port``) involved when one is, a one-line verdict and the next thing to check.
+
+Where the numbers come from:
+
+* bound services: ``rt/<r>/service/<svc>/{requests,failures/<cause>,status/<code>}``; the client
+  is the bound name the service delegates to whose ``failures/<cause>`` counted it, the endpoint
+  the one ``/client_state.json`` shows failing (connect failures in its pool, marked dead by
+  failure accrual, failures in its balancer state) or the only one;
+* names that never bound (typos, hostile Hosts) share ``service/unbound`` in metrics; the bounded
+  top-N table behind ``/admin/unbound.json`` gives one finding per (name, cause);
+* failures counted by a server but by no service (identification, overload, internal errors)
+  become router-level findings with no service;
+* namers: a name in state ``stale`` (its backend fails; the last good addresses are served) is a
+  ``naming/stale`` warning even when every request still succeeds;
+* failure accrual: an endpoint marked dead while its service still succeeds (requests go to the
+  others) is a warning;
+* the process: open file descriptors near the limit.
+
+Counters are cumulative since the daemon started.  :func:`delta_metrics` and :func:`delta_unbound`
+subtract an earlier sample, so that ``wtf --interval 30s`` diagnoses only what happened in between.
+Severity: ``critical`` when a cause costs at least half the requests, ``error`` from 5 %,
+``warning`` below that and for the conditions that do not fail requests yet.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from hostproxy.causes import Cause
+
+__all__ = [
+    "SEVERITIES",
+    "Finding",
+    "Report",
+    "Snapshot",
+    "Thresholds",
+    "delta_metrics",
+    "delta_unbound",
+    "diagnose",
+    "failing_services",
+    "format_age",
+    "leaf_ids",
+    "scopes",
+]
+
+#: Severities, worst first.
+SEVERITIES = ("critical", "error", "warning")
+_RANK = {s: i for i, s in enumerate(SEVERITIES)}
+UNBOUND = "unbound"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    critical_share: float = 0.5
+    error_share: float = 0.05
+    #: Failures below this share of a service's requests are ignored (0: any failure is reported).
+    ignore_share: float = 0.0
+    fd_warning: float = 0.8
+    fd_critical: float = 0.95
+
+
+@dataclass
+class Finding:
+    """One (router, service, cause) at fault.  ``as_json`` is the documented ``wtf --json`` shape."""
+
+    severity: str
+    router: str | None
+    service: str | None
+    client: str | None
+    endpoint: str | None
+    cause: str
+    share: float
+    verdict: str
+    next_step: str
+    failures: int = 0
+    requests: int = 0
+
+    @property
+    def level(self) -> str:
+        """Whose fault: ``connection`` (network or a dead upstream), ``application`` or ``proxy``."""
+        try:
+            return Cause(self.cause).level.value
+        except ValueError:
+            return "proxy"
+
+    @property
+    def fault(self) -> str:
+        """The one-word answer to "whose fault": network, application, naming, caller or hostproxy."""
+        if self.cause.startswith("naming/"):
+            return "naming"
+        if self.cause == Cause.IDENTIFICATION.value:
+            return "caller"
+        return {"connection": "network/upstream", "application": "application"}.get(self.level, "hostproxy")
+
+    def as_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["share"] = round(self.share, 4)
+        d["level"] = self.level
+        d["fault"] = self.fault
+        return d
+
+
+@dataclass
+class Snapshot:
+    """The admin documents one diagnosis reads (any may be empty when the daemon lacks the endpoint)."""
+
+    metrics: Mapping[str, float]
+    client_state: Mapping[str, Any] = field(default_factory=dict)
+    #: namer prefix (``/io.l5d.fs``, ``/$/inet``) -> that namer's state document
+    namer_state: Mapping[str, Any] = field(default_factory=dict)
+    #: router -> ``{"names": [{"name", "count", "causes": {cause: n}}, ...]}``
+    unbound: Mapping[str, Any] = field(default_factory=dict)
+    process: Mapping[str, Any] | None = None
+    #: router -> service name -> client ids it binds to (leaves of its delegation)
+    bindings: Mapping[str, Mapping[str, list[str]]] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    findings: list[Finding]
+    #: router -> {"requests", "failures", "services"} over the diagnosed window
+    routers: dict[str, dict[str, Any]]
+
+    @property
+    def healthy(self) -> bool:
+        return not self.findings
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "healthy": self.healthy,
+            "findings": [f.as_json() for f in self.findings],
+            "routers": self.routers,
+        }
+
+
+# -- metrics keys -------------------------------------------------------------------------------------
+
+_SCOPE_KEY = re.compile(r"^rt/([^/]+)/(server|service|client)/(.+)/requests$")
+_COUNTER_TAIL = re.compile(
+    r"(/requests|/success|/failures|/failures/.+|/status/[^/]+|\.count|\.sum|/retries/total"
+    r"|/retries/budget_exhausted|/connects|/closes|/removals|/revivals|/probes)$"
+)
+
+
+def scopes(metrics: Mapping[str, float]) -> dict[str, dict[str, list[str]]]:
+    """router -> kind (``server``/``service``/``client``) -> scope names, from the ``…/requests`` keys.
+
+    Service and client names come back with their leading ``/`` (``/svc/web``, ``/#/io.l5d.fs/web``);
+    servers as ``ip/port``.
+    """
+    out: dict[str, dict[str, list[str]]] = {}
+    for key in metrics:
+        m = _SCOPE_KEY.match(key)
+        if m is None:
+            continue
+        router, kind, name = m.groups()
+        if kind != "server" and name != UNBOUND:
+            name = "/" + name
+        out.setdefault(router, {"server": [], "service": [], "client": []})[kind].append(name)
+    for kinds in out.values():
+        for names in kinds.values():
+            names.sort()
+    return out
+
+
+def delta_metrics(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    """``after`` with its counters replaced by their increase since ``before`` (gauges and percentiles
+    are taken from ``after``).  A counter that went down (its scope was dropped and recreated) counts
+    from zero."""
+    out: dict[str, float] = {}
+    for key, value in after.items():
+        if _COUNTER_TAIL.search(key) and isinstance(value, int | float):
+            prev = before.get(key, 0)
+            out[key] = value - prev if value >= prev else value
+        else:
+            out[key] = value
+    return out
+
+
+def delta_unbound(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``/admin/unbound.json`` table of ``after`` minus the counts already in ``before``."""
+    out: dict[str, Any] = {}
+    for router, doc in after.items():
+        prev = {r["name"]: r for r in (before.get(router) or {}).get("names", [])}
+        rows = []
+        for row in doc.get("names", []):
+            old = prev.get(row["name"])
+            if old is None or old.get("count", 0) > row.get("count", 0):
+                rows.append(row)
+                continue
+            causes = {c: n - old.get("causes", {}).get(c, 0) for c, n in row.get("causes", {}).items()}
+            causes = {c: n for c, n in causes.items() if n > 0}
+            count = row.get("count", 0) - old.get("count", 0)
+            if count > 0:
+                rows.append({**row, "count": count, "causes": causes})
+        out[router] = {**doc, "names": rows}
+    return out
+
+
+def format_age(seconds: float) -> str:
+    """``4m12s``, ``2h05m``, ``37s``, ``3d04h``."""
+    s = int(max(seconds, 0))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _pct(share: float) -> str:
+    p = share * 100
+    if p >= 10 or p == 0:
+        return f"{p:.0f}%"
+    return f"{p:.1f}%" if p >= 0.1 else f"{p:.2f}%"
+
+
+# -- the analysis -----------------------------------------------------------------------------------
+
+
+class _Analysis:
+    def __init__(self, snap: Snapshot, thresholds: Thresholds, router: str | None) -> None:
+        self.snap = snap
+        self.t = thresholds
+        self.only = router
+        self.m = snap.metrics
+        self.findings: list[Finding] = []
+        self.routers: dict[str, dict[str, Any]] = {}
+
+    def num(self, key: str) -> int:
+        v = self.m.get(key, 0)
+        return int(v) if isinstance(v, int | float) else 0
+
+    def severity(self, share: float) -> str:
+        if share >= self.t.critical_share:
+            return "critical"
+        if share >= self.t.error_share:
+            return "error"
+        return "warning"
+
+    # -- scopes -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def prefix(router: str, kind: str, name: str) -> str:
+        return f"rt/{router}/{kind}/{name.lstrip('/')}"
+
+    def causes(self, prefix: str) -> dict[Cause, int]:
+        out = {}
+        for c in Cause:
+            n = self.num(f"{prefix}/failures/{c.value}")
+            if n > 0:
+                out[c] = n
+        return out
+
+    def statuses(self, prefix: str, lo: int, hi: int) -> dict[int, int]:
+        out = {}
+        pat = prefix + "/status/"
+        for key, value in self.m.items():
+            if key.startswith(pat):
+                code = key[len(pat):]
+                if code.isdigit() and lo <= int(code) <= hi and value:
+                    out[int(code)] = int(value)
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+    # -- endpoints ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _accrual_state(ep: Mapping[str, Any]) -> str | None:
+        acc = ep.get("accrual")
+        if isinstance(acc, Mapping):
+            acc = acc.get("state")
+        return acc if isinstance(acc, str) else None
+
+    def endpoints_involved(self, client: str | None, cause: Cause) -> list[str]:
+        """Endpoints of ``client`` that show the failure, most implicated first."""
+        if client is None:
+            return []
+        entry = self.snap.client_state.get(client)
+        if not isinstance(entry, Mapping):
+            return []
+        eps: Mapping[str, Any] = entry.get("endpoints") or {}
+        if not eps:
+            return list(entry.get("addresses") or [])[:1]
+        scored: list[tuple[float, str]] = []
+        for key, ep in eps.items():
+            if not isinstance(ep, Mapping):
+                continue
+            score = 0.0
+            pool = ep.get("pool") or {}
+            if cause.value.startswith("connect/") or cause is Cause.TLS:
+                score += float(pool.get("connect_failures", 0) or 0) * 10
+            bal = ep.get("balancer")
+            fails = ep.get("failures", (bal or {}).get("failures") if isinstance(bal, Mapping) else None)
+            if isinstance(fails, int | float):
+                score += float(fails)
+            if self._accrual_state(ep) in ("dead", "probing", "busy"):
+                score += 5
+            if ep.get("status") == "busy":
+                score += 1
+            if score > 0:
+                scored.append((score, key))
+        if scored:
+            return [k for _, k in sorted(scored, key=lambda x: (-x[0], x[1]))]
+        return list(eps)[:1] if len(eps) == 1 else []
+
+    def client_for(self, router: str, service: str, cause: Cause) -> str | None:
+        """The bound name through which ``service`` failed with ``cause``."""
+        bound = list(self.snap.bindings.get(router, {}).get(service, []))
+        candidates = bound or list(self.snap_clients(router))
+        best, best_n = None, 0
+        for cid in candidates:
+            n = self.num(f"{self.prefix(router, 'client', cid)}/failures/{cause.value}")
+            if n > best_n:
+                best, best_n = cid, n
+        if best is None and len(bound) == 1:
+            return bound[0]
+        if best is None and not bound:
+            return None
+        return best
+
+    def snap_clients(self, router: str) -> list[str]:
+        return self._scopes.get(router, {}).get("client", [])
+
+    # -- namers -------------------------------------------------------------------------------------
+
+    def namer_entry(self, client: str | None) -> tuple[str, str, str, Mapping[str, Any]] | None:
+        """``(prefix, kind, name, entry)`` of the namer name behind a client id, if the namer shows it."""
+        if client is None:
+            return None
+        for prefix, doc in self.snap.namer_state.items():
+            if not isinstance(doc, Mapping):
+                continue
+            names = doc.get("names") or {}
+            kind = str(doc.get("kind") or prefix.strip("/"))
+            if prefix == "/$/inet":
+                if client.startswith("/$/inet/"):
+                    host = client[len("/$/inet/"):].split("/")[0]
+                    if host in names:
+                        return prefix, "inet", host, names[host]
+                continue
+            base = "/#" + prefix + "/"
+            if client.startswith(base):
+                rest = client[len(base):]
+                # the longest watched name that the client id starts with (names may nest)
+                for name in sorted(names, key=len, reverse=True):
+                    if rest == name or rest.startswith(name + "/"):
+                        return prefix, kind, name, names[name]
+        return None
+
+    def services_of(self, router: str, client: str) -> list[str]:
+        return sorted(s for s, cids in self.snap.bindings.get(router, {}).items() if client in cids)
+
+    # -- findings -----------------------------------------------------------------------------------
+
+    def add(self, **kw: Any) -> None:
+        self.findings.append(Finding(**kw))
+
+    def run(self) -> Report:
+        self._scopes = scopes(self.m)
+        labels = sorted(set(self._scopes) | set(self.snap.unbound))
+        for router in labels:
+            if self.only is not None and router != self.only:
+                continue
+            self.router(router)
+        self.namers()
+        self.process()
+        self.findings.sort(key=lambda f: (_RANK.get(f.severity, 9), -f.share, -f.failures,
+                                          f.router or "", f.service or "", f.cause))
+        return Report(self.findings, self.routers)
+
+    def router(self, router: str) -> None:
+        sc = self._scopes.get(router, {"server": [], "service": [], "client": []})
+        total = sum(self.num(f"{self.prefix(router, 'server', s)}/requests") for s in sc["server"])
+        failed = sum(self.num(f"{self.prefix(router, 'server', s)}/failures") for s in sc["server"])
+        self.routers[router] = {"requests": total, "failures": failed,
+                                "services": len([s for s in sc["service"] if s != UNBOUND])}
+        seen: dict[Cause, int] = {}
+        for svc in sc["service"]:
+            prefix = self.prefix(router, "service", svc)
+            causes = self.causes(prefix)
+            for c, n in causes.items():
+                seen[c] = seen.get(c, 0) + n
+            if svc == UNBOUND:
+                continue
+            requests = self.num(f"{prefix}/requests")
+            for cause, n in causes.items():
+                share = n / requests if requests else 1.0
+                if share < self.t.ignore_share:
+                    continue
+                self.service_finding(router, svc, prefix, cause, n, requests)
+        self.unbound(router, total, seen)
+        # Failures a server counted but no service did: they never got as far as a name.
+        residual: dict[Cause, int] = {}
+        for srv in sc["server"]:
+            for c, n in self.causes(self.prefix(router, "server", srv)).items():
+                residual[c] = residual.get(c, 0) + n
+        for c, n in residual.items():
+            left = n - seen.get(c, 0)
+            if left > 0:
+                self.router_finding(router, c, left, total)
+        self.accrual(router)
+
+    def service_finding(self, router: str, svc: str, prefix: str, cause: Cause, n: int, requests: int) -> None:
+        share = n / requests if requests else 1.0
+        client = self.client_for(router, svc, cause)
+        involved = self.endpoints_involved(client, cause)
+        endpoint = involved[0] if involved else None
+        others = f" (and {len(involved) - 1} more)" if len(involved) > 1 else ""
+        ep = endpoint or "its endpoints"
+        p99 = self.m.get(f"{prefix}/request_latency_ms.p99")
+        rate = f"{_pct(share)} of requests"
+        if cause is Cause.CONNECT_REFUSED:
+            verdict = f"upstream {ep}{others} refuses connections (app down or wrong port?)"
+            nxt = (f"is the app listening on {endpoint}? (`ss -ltn` on its host); does the address "
+                   f"{client or 'the namer'} publishes have the right port?")
+        elif cause is Cause.CONNECT_TIMEOUT:
+            verdict = (f"connecting to {ep}{others} times out (host down, packets dropped by a firewall, "
+                       "or the app stopped accepting)")
+            nxt = (f"`nc -vz -w2 {endpoint.replace(':', ' ') if endpoint else 'HOST PORT'}` from this host; "
+                   "check firewalls/security groups and whether the app's accept queue is full")
+        elif cause is Cause.CONNECT_UNREACHABLE:
+            verdict = f"no network route to {ep}{others} (host or network unreachable)"
+            nxt = "check routes and that the address the namer publishes is current (`ip route get`)"
+        elif cause is Cause.TLS:
+            verdict = f"TLS handshake with {ep}{others} fails"
+            nxt = ("check the certificate the upstream presents (`openssl s_client -connect "
+                   f"{endpoint or 'HOST:PORT'}`) against the client's tls.commonName and trust roots")
+        elif cause is Cause.UPSTREAM_RESET:
+            verdict = (f"upstream {ep}{others} closes or resets connections mid-request for {rate} "
+                       "(app crashing, or its keep-alive timeout shorter than hostproxy's pool idle time?)")
+            nxt = (f"check the app's logs/restarts on {endpoint or 'its hosts'} at these times; "
+                   "compare its keep-alive timeout with client.hostConnectionPool.idleTimeMs")
+        elif cause is Cause.UPSTREAM_5XX:
+            codes = self.statuses(prefix, 500, 599)
+            shown = ", ".join(f"{c}×{k}" for c, k in list(codes.items())[:3])
+            verdict = (f"application returns 5xx for {rate}"
+                       f"{' (' + shown + ')' if shown else ''} — hostproxy is passing them through")
+            nxt = f"look at the application's logs on {endpoint or 'its endpoints'}; the proxy is not the cause"
+        elif cause in (Cause.TIMEOUT_REQUEST, Cause.TIMEOUT_ATTEMPT):
+            which = "totalTimeoutMs" if cause is Cause.TIMEOUT_REQUEST else "requestAttemptTimeoutMs"
+            lat = f", p99 latency {p99:g} ms" if isinstance(p99, int | float) else ""
+            verdict = f"the application is too slow: {rate} exceed {which}{lat}"
+            nxt = (f"check the app's latency and load on {endpoint or 'its endpoints'}; raise {which} "
+                   "only if the app is known to be this slow")
+        elif cause is Cause.NAMING_NEG:
+            verdict = f"no route: {svc} is negative in the dtab of router {router}"
+            nxt = f"explain it: /delegator?router={router} with path {svc}; check the namer's entry exists"
+        elif cause in (Cause.NAMING_FAILED, Cause.NAMING_STALE):
+            ent = self.namer_entry(client)
+            err = f" ({ent[3].get('lastError')})" if ent and ent[3].get("lastError") else ""
+            where = f"namer {ent[1]} name {ent[2]}" if ent else "the namer"
+            verdict = f"naming {svc} fails for {rate}: {where}{err}"
+            nxt = (f"/namer_state{ent[0]}.json shows the namer's view" if ent
+                   else f"explain it: /delegator?router={router} with path {svc}")
+        elif cause is Cause.OVERLOAD:
+            verdict = f"hostproxy shed {rate} for {svc} (maxConcurrentRequests reached)"
+            nxt = "check the app's latency (slow upstreams pile up requests) and servers[].maxConcurrentRequests"
+        elif cause is Cause.IDENTIFICATION:
+            verdict = f"{rate} for {svc} were refused (address override or dtab header not allowed)"
+            nxt = "check l5d-dtab / address overrides the callers send; see l5d-err on the 400 responses"
+        else:
+            verdict = f"hostproxy failed {rate} for {svc} with an internal error — a hostproxy bug"
+            nxt = "look for 'Traceback' in hostproxy's log (stderr / journalctl) and report it"
+        self.add(severity=self.severity(share), router=router, service=svc, client=client, endpoint=endpoint,
+                 cause=cause.value, share=share, verdict=verdict, next_step=nxt, failures=n,
+                 requests=requests)
+
+    def unbound(self, router: str, total: int, seen: dict[Cause, int]) -> None:
+        rows = (self.snap.unbound.get(router) or {}).get("names")
+        if rows is None:
+            # No table (older daemon): one finding for the aggregate.
+            prefix = self.prefix(router, "service", UNBOUND)
+            for cause, n in self.causes(prefix).items():
+                share = n / total if total else 1.0
+                self.add(severity=self.severity(share), router=router, service=None, client=None,
+                         endpoint=None, cause=cause.value, share=share,
+                         verdict=f"{n} requests for names that do not bind ({cause.value})",
+                         next_step="see /admin/unbound.json for the names", failures=n, requests=total)
+            return
+        for row in rows:
+            name = str(row.get("name"))
+            causes = row.get("causes") or {}
+            if not causes and row.get("count"):
+                causes = {Cause.NAMING_NEG.value: row["count"]}
+            for cause_text, n in causes.items():
+                if not n:
+                    continue
+                try:
+                    cause = Cause(cause_text)
+                except ValueError:
+                    cause = Cause.PROXY_INTERNAL
+                share = n / total if total else 1.0
+                if share < self.t.ignore_share:
+                    continue
+                if cause is Cause.NAMING_NEG:
+                    verdict = (f"no route: {name} is negative in the dtab of router {router} "
+                               "(a typo in the Host, or a service that is not deployed?)")
+                    nxt = (f"explain it: /delegator?router={router} with path {name}; if it is a typo, "
+                           "fix the caller")
+                elif cause is Cause.NAMING_FAILED:
+                    verdict = f"naming {name} failed or timed out in router {router} (namer backend down?)"
+                    nxt = "check /namer_state/<prefix>.json of the namers the dtab uses"
+                elif cause is Cause.IDENTIFICATION:
+                    verdict = f"requests for {name} were refused: address override not allowed on this server"
+                    nxt = "the caller sends an l5d-dtab or a Host that names a raw address; it is refused by design"
+                else:
+                    verdict = f"requests for {name} failed in router {router} ({cause.value})"
+                    nxt = f"explain it: /delegator?router={router} with path {name}"
+                self.add(severity=self.severity(share), router=router, service=name, client=None,
+                         endpoint=None, cause=cause.value, share=share, verdict=verdict, next_step=nxt,
+                         failures=int(n), requests=total)
+
+    def router_finding(self, router: str, cause: Cause, n: int, total: int) -> None:
+        share = n / total if total else 1.0
+        if share < self.t.ignore_share:
+            return
+        rate = f"{_pct(share)} of requests"
+        if cause is Cause.IDENTIFICATION:
+            verdict = (f"router {router} could not name {rate} (no Host header, or one its identifier "
+                       "cannot turn into a name)")
+            nxt = "see l5d-err on the 400 responses; check the callers' Host headers and routers[].identifier"
+        elif cause is Cause.OVERLOAD:
+            verdict = f"router {router} shed {rate}: maxConcurrentRequests reached"
+            nxt = "check upstream latency (slow apps pile up requests) and servers[].maxConcurrentRequests"
+        elif cause is Cause.PROXY_INTERNAL:
+            verdict = f"hostproxy failed {rate} in router {router} with an internal error — a hostproxy bug"
+            nxt = "look for 'Traceback' in hostproxy's log (stderr / journalctl) and report it"
+        else:
+            verdict = f"router {router} failed {rate} before naming them ({cause.value})"
+            nxt = "see l5d-err on the failing responses"
+        self.add(severity=self.severity(share), router=router, service=None, client=None, endpoint=None,
+                 cause=cause.value, share=share, verdict=verdict, next_step=nxt, failures=n, requests=total)
+
+    def accrual(self, router: str) -> None:
+        """Endpoints marked dead while their service still works: a warning naming the endpoint."""
+        reported = {(f.router, f.client, f.endpoint) for f in self.findings}
+        for cid in self.snap_clients(router):
+            entry = self.snap.client_state.get(cid)
+            if not isinstance(entry, Mapping):
+                continue
+            eps = entry.get("endpoints") or {}
+            dead = [k for k, ep in eps.items() if isinstance(ep, Mapping) and self._accrual_state(ep) == "dead"]
+            if not dead:
+                continue
+            causes = self.causes(self.prefix(router, "client", cid))
+            if not causes:
+                continue
+            cause = max(causes, key=lambda c: causes[c])
+            for key in dead:
+                if (router, cid, key) in reported:
+                    continue
+                requests = self.num(f"{self.prefix(router, 'client', cid)}/requests")
+                share = causes[cause] / requests if requests else 1.0
+                svcs = self.services_of(router, cid)
+                self.add(severity="warning", router=router, service=svcs[0] if svcs else None, client=cid,
+                         endpoint=key, cause=cause.value, share=share,
+                         verdict=(f"endpoint {key} of {cid} is marked dead by failure accrual after "
+                                  f"{cause.value} failures; requests go to the other "
+                                  f"{len(eps) - len(dead)} endpoint(s)"),
+                         next_step=f"check the app on {key}; hostproxy probes it back automatically",
+                         failures=causes[cause], requests=requests)
+
+    def namers(self) -> None:
+        for prefix, doc in sorted(self.snap.namer_state.items()):
+            if not isinstance(doc, Mapping):
+                continue
+            kind = str(doc.get("kind") or prefix.strip("/"))
+            for name, entry in sorted((doc.get("names") or {}).items()):
+                if not isinstance(entry, Mapping) or entry.get("state") != "stale":
+                    continue
+                age = entry.get("staleAgeSecs")
+                age_text = f" for {format_age(float(age))}" if isinstance(age, int | float) else ""
+                err = entry.get("lastError")
+                if prefix == "/$/inet":
+                    client_prefix = f"/$/inet/{name}/"
+                    clients = [c for c in self.snap.client_state if c.startswith(client_prefix)]
+                else:
+                    cid = f"/#{prefix}/{name}"
+                    clients = [c for c in self.snap.client_state if c == cid or c.startswith(cid + "/")]
+                client = clients[0] if clients else (None if prefix == "/$/inet" else f"/#{prefix}/{name}")
+                services: list[tuple[str | None, str | None]] = []
+                for router in sorted(self.snap.bindings):
+                    if self.only is not None and router != self.only:
+                        continue
+                    for svc in self.services_of(router, client or ""):
+                        services.append((router, svc))
+                if not services:
+                    routers = [r for r, kinds in self._scopes.items() if client in kinds.get("client", [])]
+                    if self.only is not None:
+                        if routers and self.only not in routers:
+                            continue
+                        routers = [self.only] if self.only in routers else routers
+                    services = [(routers[0] if routers else None, None)]
+                addrs = entry.get("addrs") or []
+                for where, service in services:
+                    self.add(severity="warning", router=where, service=service, client=client, endpoint=None,
+                             cause=Cause.NAMING_STALE.value, share=0.0,
+                             verdict=(f"namer {kind} stale{age_text} on {name}"
+                                      f"{' (' + str(err) + ')' if err else ''} — serving last known "
+                                      f"endpoints ({len(addrs)})"),
+                             next_step=(f"fix the namer's backend; /namer_state{prefix}.json shows the "
+                                        "last error and when the name last updated"))
+
+    def process(self) -> None:
+        p = self.snap.process
+        if not p:
+            return
+        fds, limit = p.get("open_fds"), p.get("fd_limit")
+        if isinstance(fds, int) and isinstance(limit, int) and limit > 0:
+            ratio = fds / limit
+            if ratio >= self.t.fd_warning:
+                self.add(severity="critical" if ratio >= self.t.fd_critical else "warning", router=None,
+                         service=None, client=None, endpoint=None, cause=Cause.OVERLOAD.value, share=ratio,
+                         verdict=f"hostproxy is near its file-descriptor limit ({fds}/{limit})",
+                         next_step=("raise LimitNOFILE (systemd) or `ulimit -n`; if connections keep "
+                                    "growing, look for a leak in /admin/metrics.json (…/connections, pool_size)"))
+
+
+def diagnose(snap: Snapshot, *, thresholds: Thresholds | None = None, router: str | None = None) -> Report:
+    """The findings for ``snap``, worst first; ``router`` restricts them to one router label."""
+    return _Analysis(snap, thresholds or Thresholds(), router).run()
+
+
+def leaf_ids(tree: Any) -> list[str]:
+    """The bound ids (client names) at the leaves of a ``/delegator.json`` tree, in order."""
+    out: list[str] = []
+
+    def walk(node: Any) -> None:
+        if not isinstance(node, Mapping):
+            return
+        if node.get("type") == "leaf":
+            bound = node.get("bound") or {}
+            ident = bound.get("id") if isinstance(bound, Mapping) else None
+            if isinstance(ident, str) and ident not in out:
+                out.append(ident)
+            return
+        for key in ("delegate", "tree"):
+            walk(node.get(key))
+        for child in node.get("alt") or ():
+            walk(child)
+        for branch in node.get("union") or ():
+            if isinstance(branch, Mapping):
+                walk(branch.get("tree"))
+
+    walk(tree)
+    return out
+
+
+def failing_services(metrics: Mapping[str, float], router: str | None = None) -> list[tuple[str, str]]:
+    """``(router, service)`` pairs with at least one failure (the ones worth delegating)."""
+    out = []
+    for r, kinds in scopes(metrics).items():
+        if router is not None and r != router:
+            continue
+        for svc in kinds["service"]:
+            if svc != UNBOUND and metrics.get(f"rt/{r}/service/{svc.lstrip('/')}/failures", 0):
+                out.append((r, svc))
+    return out
+
