@@ -31,7 +31,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -486,3 +486,15 @@ class Namer:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.bound_prefix} watching {len(self.table)} names>"
+
+
+def config_value(cfg: Any, *names: str) -> Any:
+    """The first of ``names`` set in a namer's config: a Linkerd-style mapping (camelCase keys) or a
+    config dataclass (snake_case attributes); ``None`` when none is set."""
+    for name in names:
+        if isinstance(cfg, Mapping):
+            if name in cfg:
+                return cfg[name]
+        elif getattr(cfg, name, None) is not None:
+            return getattr(cfg, name)
+    return None

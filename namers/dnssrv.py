@@ -54,8 +54,8 @@ import structlog
 import trio
 
 from namers._dtab import NEG, Address, Path
-from namers.base import DEFAULT_MAX_NAMES, Key, Namer, NameTable, key_text
-from namers.inet import describe_dns_error, parse_nameserver
+from namers.base import DEFAULT_MAX_NAMES, Key, Namer, NameTable, config_value, key_text
+from namers.inet import describe_dns_error, make_resolver, parse_nameserver
 
 __all__ = [
     "KIND",
@@ -323,13 +323,7 @@ class DnsSrvNamer(Namer):
 
     # -- the runner --------------------------------------------------------------------------------
     def _make_resolver(self) -> dns.asyncresolver.Resolver:
-        if self.nameservers:
-            r = dns.asyncresolver.Resolver(configure=False)
-            r.nameservers = [dns.nameserver.Do53Nameserver(addr, port) for addr, port in self.nameservers]
-        else:
-            r = dns.asyncresolver.Resolver(configure=True)
-        r.cache = None
-        r.lifetime = self.timeout
+        r = make_resolver(self.nameservers, self.timeout)
         # each server gets its share of the lifetime, so a dead first server leaves time for the others
         r.timeout = self.timeout / max(len(r.nameservers), 1)
         r.use_edns(0, 0, 2048)
@@ -471,27 +465,19 @@ class DnsSrvNamer(Namer):
         return stats
 
 
-def _cfg_get(cfg: Any, *names: str) -> Any:
-    for name in names:
-        if isinstance(cfg, Mapping):
-            if name in cfg:
-                return cfg[name]
-        elif getattr(cfg, name, None) is not None:
-            return getattr(cfg, name)
-    return None
 
 
 def from_config(cfg: Any) -> DnsSrvNamer:
     """Build the namer from a ``namers[]`` entry (a mapping or :class:`DnsSrvNamer` config dataclass):
     ``refreshIntervalSeconds`` (default 5), ``dnsHosts``, ``prefix``, ``transformers``."""
-    refresh = _cfg_get(cfg, "refreshIntervalSeconds", "refresh_interval_seconds")
+    refresh = config_value(cfg, "refreshIntervalSeconds", "refresh_interval_seconds")
     refresh = 5 if refresh is None else refresh
     if isinstance(refresh, bool) or not isinstance(refresh, int | float) or refresh <= 0:
         raise ValueError(
             f"namers[].refreshIntervalSeconds must be a positive number of seconds for kind {KIND}, "
             f"got {refresh!r}"
         )
-    hosts = _cfg_get(cfg, "dnsHosts", "dns_hosts") or ()
+    hosts = config_value(cfg, "dnsHosts", "dns_hosts") or ()
     if isinstance(hosts, str):
         hosts = (hosts,)
     hosts = tuple(str(h) for h in hosts)
@@ -502,7 +488,7 @@ def from_config(cfg: Any) -> DnsSrvNamer:
             raise ValueError(f"namers[].dnsHosts for kind {KIND}: {e}") from e
     return DnsSrvNamer(
         hosts,
-        prefix=_cfg_get(cfg, "prefix"),
-        transformers=_cfg_get(cfg, "transformers") or (),
+        prefix=config_value(cfg, "prefix"),
+        transformers=config_value(cfg, "transformers") or (),
         refresh_interval=float(refresh),
     )

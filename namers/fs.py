@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -37,7 +37,7 @@ import structlog
 import trio
 
 from namers._dtab import NEG, PENDING, Path
-from namers.base import DEFAULT_MAX_NAMES, Key, Namer, NameTable, key_text
+from namers.base import DEFAULT_MAX_NAMES, Key, Namer, NameTable, config_value, key_text
 from namers.fsformat import MAX_FILE_SIZE, FsFormatError, check_size, parse_addresses
 
 __all__ = [
@@ -370,24 +370,16 @@ class FsNamer(Namer):
         return stats
 
 
-def _cfg_get(cfg: Any, *names: str) -> Any:
-    for name in names:
-        if isinstance(cfg, Mapping):
-            if name in cfg:
-                return cfg[name]
-        elif getattr(cfg, name, None) is not None:
-            return getattr(cfg, name)
-    return None
 
 
 def from_config(cfg: Any) -> FsNamer:
     """Build the namer from a ``namers[]`` entry (a mapping or a config dataclass) with ``rootDir``
     and optional ``prefix`` and ``transformers``."""
-    root = _cfg_get(cfg, "rootDir", "root_dir")
+    root = config_value(cfg, "rootDir", "root_dir")
     if root is None or root == "":
         raise ValueError(
             "namers[].rootDir is required for kind io.l5d.fs: set it to the directory of service files"
         )
-    prefix = _cfg_get(cfg, "prefix")
-    transformers = _cfg_get(cfg, "transformers") or ()
+    prefix = config_value(cfg, "prefix")
+    transformers = config_value(cfg, "transformers") or ()
     return FsNamer(str(root), prefix=prefix, transformers=transformers)

@@ -121,6 +121,18 @@ def parse_nameserver(spec: str) -> tuple[str, int]:
 
 
 @dataclass
+def make_resolver(nameservers: Sequence[tuple[str, int]], timeout: float) -> dns.asyncresolver.Resolver:
+    """An uncached async resolver for ``(host, port)`` nameservers (none: the system's resolv.conf)."""
+    if nameservers:
+        r = dns.asyncresolver.Resolver(configure=False)
+        r.nameservers = [dns.nameserver.Do53Nameserver(addr, port) for addr, port in nameservers]
+    else:
+        r = dns.asyncresolver.Resolver(configure=True)
+    r.cache = None
+    r.lifetime = timeout
+    return r
+
+
 class HostEntry:
     host: str
     fixed: bool = False
@@ -415,14 +427,7 @@ class InetResolver:
 
     # -- the trio runner -------------------------------------------------------------------------
     def _make_resolver(self) -> dns.asyncresolver.Resolver:
-        if self.nameservers:
-            r = dns.asyncresolver.Resolver(configure=False)
-            r.nameservers = [dns.nameserver.Do53Nameserver(addr, port) for addr, port in self.nameservers]
-        else:
-            r = dns.asyncresolver.Resolver(configure=True)
-        r.cache = None
-        r.lifetime = self.timeout
-        return r
+        return make_resolver(self.nameservers, self.timeout)
 
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Resolve due hosts until cancelled; one host's failure never affects the others."""

@@ -68,13 +68,14 @@ class TestUpstream:
     idle_close_s: float | None = None
     idle_reset: bool = False  # close idle connections with a TCP RST instead of a FIN
     port: int = 0
+    host: str = "127.0.0.1"
     requests: list[RecordedRequest] = field(default_factory=list)
     connections: int = 0
     bytes_received: int = 0
     _scope: trio.CancelScope | None = None
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
+        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
         self.port = listeners[0].socket.getsockname()[1]
         with trio.CancelScope() as self._scope:
             async with trio.open_nursery() as nursery:

@@ -48,7 +48,7 @@ import structlog
 import trio
 
 from namers._dtab import NEG, Address, Path
-from namers.base import DEFAULT_MAX_NAMES, Key, Namer, format_time, key_text
+from namers.base import DEFAULT_MAX_NAMES, Key, Namer, config_value, format_time, key_text
 from namers.k8s.client import DEFAULT_SA_DIR, ApiServer, ApiUnavailable, in_cluster
 from namers.k8s.objects import K8sObjectError, parse_endpoints, parse_service, parse_slices, resolve
 from namers.k8s.watch import Collection, LineBuffer, LineTooLong, ListWatchCore
@@ -518,15 +518,6 @@ class K8sNamer(Namer):
         return stats
 
 
-# -- config ------------------------------------------------------------------------------------------
-def _cfg_get(cfg: Any, *names: str) -> Any:
-    for name in names:
-        if isinstance(cfg, Mapping):
-            if name in cfg:
-                return cfg[name]
-        elif getattr(cfg, name, None) is not None:
-            return getattr(cfg, name)
-    return None
 
 
 def from_config(cfg: Any, *, environ: Mapping[str, str] | None = None) -> K8sNamer:
@@ -541,22 +532,22 @@ def from_config(cfg: Any, *, environ: Mapping[str, str] | None = None) -> K8sNam
     import os
 
     env = os.environ if environ is None else environ
-    host = _cfg_get(cfg, "host")
-    port = _cfg_get(cfg, "port")
-    sa_dir = _cfg_get(cfg, "serviceAccountDir", "service_account_dir") or DEFAULT_SA_DIR
+    host = config_value(cfg, "host")
+    port = config_value(cfg, "port")
+    sa_dir = config_value(cfg, "serviceAccountDir", "service_account_dir") or DEFAULT_SA_DIR
     if host in (None, "") and env.get("KUBERNETES_SERVICE_HOST"):
         api = in_cluster(env, str(sa_dir))
     else:
         api = ApiServer(str(host or "localhost"), int(port if port is not None else 8001))
-    resync = _cfg_get(cfg, "resyncIntervalSecs", "resync_interval_secs")
+    resync = config_value(cfg, "resyncIntervalSecs", "resync_interval_secs")
     kwargs: dict[str, Any] = {}
     if resync is not None:
         kwargs["resync_interval"] = float(resync)
     return K8sNamer(
         api,
-        prefix=_cfg_get(cfg, "prefix"),
-        label_selector=_cfg_get(cfg, "labelSelector", "label_selector"),
-        use_endpoint_slices=bool(_cfg_get(cfg, "useEndpointSlices", "use_endpoint_slices") or False),
-        transformers=_cfg_get(cfg, "transformers") or (),
+        prefix=config_value(cfg, "prefix"),
+        label_selector=config_value(cfg, "labelSelector", "label_selector"),
+        use_endpoint_slices=bool(config_value(cfg, "useEndpointSlices", "use_endpoint_slices") or False),
+        transformers=config_value(cfg, "transformers") or (),
         **kwargs,
     )
