@@ -120,7 +120,8 @@ def parse_nameserver(spec: str) -> tuple[str, int]:
     return addr, int(port_s)
 
 
-@dataclass
+
+
 def make_resolver(nameservers: Sequence[tuple[str, int]], timeout: float) -> dns.asyncresolver.Resolver:
     """An uncached async resolver for ``(host, port)`` nameservers (none: the system's resolv.conf)."""
     if nameservers:
@@ -133,6 +134,7 @@ def make_resolver(nameservers: Sequence[tuple[str, int]], timeout: float) -> dns
     return r
 
 
+@dataclass
 class HostEntry:
     host: str
     fixed: bool = False
