@@ -204,3 +204,22 @@ def test_any_request_gets_a_deliberate_answer(method: str, path: str, query: str
     status, failures = trio.run(main)
     assert status in KNOWN_STATUSES
     assert failures == 0
+
+
+async def test_admin_security_turns_paths_off_with_404() -> None:
+    from hostproxy.config import load_config
+
+    cfg = load_config(
+        "admin:\n  security:\n    controlEnabled: false\n    pathBlacklist: ['/client_state[.]json']\n"
+        "routers:\n- protocol: http\n  servers: [{port: 0}]\n",
+        source="t.yaml",
+    )
+    ctx = FakeAdminContext()
+    handler = AdminHandler(ctx, security=cfg.admin.security)
+    response, body = await call(handler, "POST", "/admin/shutdown")
+    assert response.status == 404 and "admin.security" in body.decode()
+    assert ctx.shutdowns == 0
+    response, _ = await call(handler, "GET", "/client_state.json")
+    assert response.status == 404
+    response, _ = await call(handler, "GET", "/admin/ping")
+    assert response.status == 200

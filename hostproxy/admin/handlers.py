@@ -177,6 +177,53 @@ class Endpoint:
 _Fn = Callable[[_Call], Awaitable[Response]]
 
 
+# Linkerd's admin.security categories: these paths are "UI"; the control ones are "control"; the rest
+# (every other path) "diagnostics".
+_UI_PATHS = re.compile(
+    r"^(/|/files/.*|/admin/files/.*|/config\.json|/metrics\.json|/admin/metrics\.json|/admin/metrics|"
+    r"/delegator|/delegator\.json|/logging|/help)$"
+)
+_CONTROL_PATHS = re.compile(r"^(/admin/shutdown|/logging\.json|/admin/reload|/admin/ready)$")
+
+
+@dataclass(frozen=True)
+class AdminSecurityPolicy:
+    """``admin.security``: which admin paths are served (Linkerd's ``SecurityFilter`` rules).
+
+    The blacklist is checked first; then a path is served if its category is enabled or it matches the
+    whitelist. Entries are regular expressions matched against the whole path.
+    """
+
+    ui: bool = True
+    control: bool = True
+    diagnostics: bool = True
+    whitelist: tuple[re.Pattern[str], ...] = ()
+    blacklist: tuple[re.Pattern[str], ...] = ()
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> AdminSecurityPolicy:
+        if cfg is None:
+            return cls()
+        return cls(
+            ui=cfg.ui_enabled,
+            control=cfg.control_enabled,
+            diagnostics=cfg.diagnostics_enabled,
+            whitelist=tuple(re.compile(p) for p in cfg.path_whitelist),
+            blacklist=tuple(re.compile(p) for p in cfg.path_blacklist),
+        )
+
+    def allows(self, path: str) -> bool:
+        if any(p.fullmatch(path) for p in self.blacklist):
+            return False
+        if _UI_PATHS.match(path):
+            enabled = self.ui
+        elif _CONTROL_PATHS.match(path):
+            enabled = self.control
+        else:
+            enabled = self.diagnostics
+        return enabled or any(p.fullmatch(path) for p in self.whitelist)
+
+
 class AdminHandler:
     """Answers admin requests from ``ctx`` (see the module docstring for the rules)."""
 
@@ -187,8 +234,10 @@ class AdminHandler:
         allow_remote_control: bool = False,
         delegate_timeout_s: float = DELEGATE_TIMEOUT_S,
         trusted_via_entries: int = 0,
+        security: Any = None,
     ) -> None:
         self.ctx = ctx
+        self.security = AdminSecurityPolicy.from_config(security)
         self.allow_remote_control = allow_remote_control
         self.delegate_timeout_s = delegate_timeout_s
         # How many ``Via`` entries the HTTP layer in front of this handler appends itself.
@@ -341,6 +390,9 @@ class AdminHandler:
         path = unquote(split.path) or "/"
         query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
         call = _Call(request.method.upper(), path, query, request, conn.peer[0])
+        if not self.security.allows(path):
+            # Linkerd answers 404, not 403, for paths admin.security turns off.
+            return _text(404, f"No admin endpoint at {path} (turned off by admin.security).")
         route = self._routes.get(path)
         if route is not None:
             endpoint, fn = route

@@ -14,6 +14,8 @@ configured otherwise (``admin.ip``), and its control endpoints answer loopback p
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 
 from hostproxy.admin.context import AdminContext
@@ -33,6 +35,7 @@ class AdminServer:
         port: int = 9990,
         allow_remote_control: bool = False,
         *,
+        security: Any = None,
         max_concurrent_requests: int = 64,
         delegate_timeout_s: float = DELEGATE_TIMEOUT_S,
     ) -> None:
@@ -43,6 +46,7 @@ class AdminServer:
             allow_remote_control=allow_remote_control,
             delegate_timeout_s=delegate_timeout_s,
             trusted_via_entries=1,
+            security=security,
         )
         self.params = ServerParams(
             ip=ip,
