@@ -1,0 +1,272 @@
+"""``TlsStream``: a trio ``SSLStream`` with the attributes the servers and pools rely on.
+
+Theory of operation
+-------------------
+``trio.SSLStream`` cannot be subclassed and has no ``.socket``, while the HTTP servers and pools read
+``stream.socket`` for peer addresses and idle polling. :class:`TlsStream` wraps one and forwards the
+``trio.abc.Stream`` interface, adding:
+
+* ``socket`` — the transport's socket;
+* a lazy handshake on first I/O, bounded by ``handshake_timeout_s``, whose failure is reported once
+  through ``on_failure(reason, exc)`` (the server counts it) and raised as ``trio.BrokenResourceError``
+  so the protocol code treats it like any dead connection;
+* :func:`peer_certificate`, :attr:`TlsStream.alpn`, ``version`` and ``cipher`` for handlers.
+
+A TLS failure after the handshake (TLS 1.3 servers reject a client certificate only after the
+client's handshake completed, so the client learns it on its first read) is raised as
+:class:`TlsBroken`, a ``trio.BrokenResourceError`` that carries the translated error; upstream code
+gets it back with :func:`tls_error_of`.
+
+:func:`failure_reason` names a failed handshake in a few fixed words (bounded metric keys).
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from hostproxy.tls.inspect import CertInfo, der_info
+
+__all__ = ["TlsBroken", "TlsStream", "failure_reason", "peer_certificate", "ssl_error_of", "tls_error_of"]
+
+
+class TlsBroken(trio.BrokenResourceError):
+    """The connection failed for a TLS reason; ``error`` is the translated (``UpstreamError``) error."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def tls_error_of(exc: BaseException) -> Exception | None:
+    """The translated TLS error behind ``exc`` (a :class:`TlsBroken`), or None."""
+    seen = 0
+    cur: BaseException | None = exc
+    while cur is not None and seen < 8:
+        if isinstance(cur, TlsBroken):
+            return cur.error
+        cur = cur.__cause__
+        seen += 1
+    return None
+
+
+def ssl_error_of(exc: BaseException) -> ssl.SSLError | ssl.CertificateError | None:
+    """The ``ssl`` exception behind a trio ``BrokenResourceError`` (or ``exc`` itself)."""
+    seen = 0
+    cur: BaseException | None = exc
+    while cur is not None and seen < 8:
+        if isinstance(cur, ssl.SSLError | ssl.CertificateError):
+            return cur
+        cur = cur.__cause__ or cur.__context__
+        seen += 1
+    return None
+
+
+# OpenSSL reason codes (ssl.SSLError.reason) by what they mean for the operator.
+_NOT_TLS = {"HTTP_REQUEST", "HTTPS_PROXY_REQUEST", "WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG",
+            "RECORD_LENGTH_MISMATCH", "UNKNOWN_PROTOCOL"}
+_PROTOCOL = {"UNSUPPORTED_PROTOCOL", "TLSV1_ALERT_PROTOCOL_VERSION", "NO_PROTOCOLS_AVAILABLE",
+             "VERSION_TOO_LOW", "VERSION_TOO_HIGH", "WRONG_SSL_VERSION", "UNSUPPORTED_SSL_VERSION"}
+_CIPHER = {"NO_SHARED_CIPHER", "NO_CIPHERS_AVAILABLE", "NO_SUITABLE_SIGNATURE_ALGORITHM",
+           "INAPPROPRIATE_FALLBACK"}
+_PEER_REJECTED = {"TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICATE", "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+                  "SSLV3_ALERT_CERTIFICATE_UNKNOWN", "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+                  "SSLV3_ALERT_CERTIFICATE_REVOKED", "TLSV1_ALERT_ACCESS_DENIED", "TLSV1_ALERT_DECRYPT_ERROR"}
+_NO_CLIENT_CERT = {"PEER_DID_NOT_RETURN_A_CERTIFICATE", "TLSV13_ALERT_CERTIFICATE_REQUIRED"}
+
+#: Every reason :func:`failure_reason` can return (server-side handshake failure metrics).
+REASONS = ("not-tls", "protocol-mismatch", "no-shared-cipher", "no-client-certificate",
+           "client-certificate-expired", "client-certificate-untrusted", "certificate-rejected-by-peer",
+           "handshake-failure", "eof", "timeout", "other")
+
+_EXPIRED_CODES = {10, 9}  # X509_V_ERR_CERT_HAS_EXPIRED, X509_V_ERR_CERT_NOT_YET_VALID
+
+
+def failure_reason(exc: BaseException | None) -> str:
+    """A fixed word for why a *server-side* handshake failed (``exc`` is what trio raised)."""
+    if exc is None:
+        return "timeout"
+    err = ssl_error_of(exc)
+    if err is None:
+        return "eof"
+    if isinstance(err, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+        return "eof"
+    reason = getattr(err, "reason", None) or ""
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return "client-certificate-expired" if err.verify_code in _EXPIRED_CODES else "client-certificate-untrusted"
+    if reason in _NOT_TLS:
+        return "not-tls"
+    if reason in _PROTOCOL:
+        return "protocol-mismatch"
+    if reason in _CIPHER:
+        return "no-shared-cipher"
+    if reason in _NO_CLIENT_CERT:
+        return "no-client-certificate"
+    if reason in _PEER_REJECTED:
+        return "certificate-rejected-by-peer"
+    if reason == "SSLV3_ALERT_HANDSHAKE_FAILURE":
+        return "handshake-failure"
+    if "EOF" in reason:
+        return "eof"
+    return "other"
+
+
+class TlsStream(trio.abc.Stream):
+    """A TLS connection over a socket stream (see the module docstring)."""
+
+    def __init__(
+        self,
+        ssl_stream: trio.SSLStream[Any],
+        *,
+        handshake_timeout_s: float | None = None,
+        on_failure: Callable[[str, BaseException | None], None] | None = None,
+        on_success: Callable[[TlsStream], None] | None = None,
+        translate: Callable[[BaseException], Exception | None] | None = None,
+    ) -> None:
+        self.ssl_stream = ssl_stream
+        self._timeout = handshake_timeout_s
+        self._on_failure = on_failure
+        self._on_success = on_success
+        self._translate = translate
+        self._state = "new"  # new | done | failed
+
+    # -- attributes --------------------------------------------------------------------------------
+
+    @property
+    def transport_stream(self) -> Any:
+        return self.ssl_stream.transport_stream
+
+    @property
+    def socket(self) -> Any:
+        """The socket under the TLS layer (for addresses, polling and aborts)."""
+        return self.transport_stream.socket
+
+    @property
+    def handshake_done(self) -> bool:
+        return self._state == "done"
+
+    @property
+    def alpn(self) -> str | None:
+        """The protocol chosen by ALPN (``"h2"``, ``"http/1.1"``), None before the handshake or if none."""
+        if self._state != "done":
+            return None
+        return self.ssl_stream.selected_alpn_protocol()  # type: ignore[no-any-return]
+
+    @property
+    def version(self) -> str | None:
+        return self.ssl_stream.version() if self._state == "done" else None  # type: ignore[no-any-return]
+
+    @property
+    def cipher(self) -> str | None:
+        if self._state != "done":
+            return None
+        c = self.ssl_stream.cipher()
+        return c[0] if c else None
+
+    def peer_certificate_der(self) -> bytes | None:
+        if self._state != "done":
+            return None
+        return self.ssl_stream.getpeercert(binary_form=True)  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        return f"<TlsStream {self._state} version={self.version} alpn={self.alpn}>"
+
+    # -- handshake ---------------------------------------------------------------------------------
+
+    async def do_handshake(self) -> None:
+        """Complete the handshake (once; later calls return at once or re-raise the failure)."""
+        if self._state == "done":
+            return
+        if self._state == "failed":
+            raise trio.BrokenResourceError("TLS handshake failed earlier on this connection")
+        failure: BaseException | None = None
+        timed_out = False
+        try:
+            if self._timeout is None:
+                await self.ssl_stream.do_handshake()
+            else:
+                with trio.move_on_after(self._timeout) as scope:
+                    await self.ssl_stream.do_handshake()
+                timed_out = scope.cancelled_caught
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            failure = exc
+        if failure is not None or timed_out:
+            first = self._state != "failed"
+            self._state = "failed"
+            if failure is not None and first and self.ssl_stream.server_side:
+                await self._send_alert()
+            if first and self._on_failure is not None:
+                self._on_failure(failure_reason(failure) if failure is not None else "timeout", failure)
+            if failure is not None:
+                raise failure
+            raise trio.BrokenResourceError(f"TLS handshake not finished within {self._timeout:g} s")
+        self._state = "done"
+        if self._on_success is not None:
+            callback, self._on_success = self._on_success, None
+            callback(self)
+
+    async def _send_alert(self) -> None:
+        """Send the alert OpenSSL queued for a failed handshake (trio drops it), so the peer learns
+        why (``unknown ca``, ``certificate required``...) instead of seeing the connection just close."""
+        outgoing = getattr(self.ssl_stream, "_outgoing", None)  # trio's MemoryBIO; private
+        if outgoing is None:
+            return
+        try:
+            pending = outgoing.read()
+        except Exception:
+            return
+        if not pending:
+            return
+        with trio.move_on_after(1):
+            try:
+                await self.transport_stream.send_all(pending)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError, OSError):
+                pass
+
+    # -- trio.abc.Stream ---------------------------------------------------------------------------
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._state != "done":
+            await self.do_handshake()
+        try:
+            return bytes(await self.ssl_stream.receive_some(max_bytes))
+        except trio.BrokenResourceError as exc:
+            self._raise_translated(exc)
+            raise
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._state != "done":
+            await self.do_handshake()
+        try:
+            await self.ssl_stream.send_all(data)
+        except trio.BrokenResourceError as exc:
+            self._raise_translated(exc)
+            raise
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.ssl_stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.ssl_stream.aclose()
+
+    def _raise_translated(self, exc: BaseException) -> None:
+        if self._translate is None or ssl_error_of(exc) is None:
+            return
+        translated = self._translate(exc)
+        if translated is not None:
+            raise TlsBroken(translated) from exc
+
+
+def peer_certificate(stream: Any) -> CertInfo | None:
+    """The certificate the peer presented on ``stream`` (a :class:`TlsStream` after its handshake),
+    or None (plaintext, no certificate, or handshake not done). ``CertInfo.der`` is not kept; use
+    :meth:`TlsStream.peer_certificate_der` for the raw bytes."""
+    if not isinstance(stream, TlsStream):
+        return None
+    der = stream.peer_certificate_der()
+    if not der:
+        return None
+    return der_info(der, role="peer")
