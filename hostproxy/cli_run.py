@@ -1,7 +1,8 @@
 """``hostproxy run FILE`` (and ``hostproxy FILE``): validate the whole config, then start the daemon.
 
 Any config error is printed (every one, with file line and config path) and nothing starts: no port
-is bound and no namer contacted.
+is bound and no namer contacted. The same goes for a missing or invalid ``io.l5d.fs`` dtab file
+(``FILE:LINE:COL``). The file's path is kept so that ``SIGHUP`` and ``POST /admin/reload`` re-read it.
 """
 
 from __future__ import annotations
@@ -36,12 +37,26 @@ def main(args: argparse.Namespace) -> int:
     import trio
 
     from hostproxy.daemon import run_daemon
+    from hostproxy.dtabfile import DtabFileError
 
     try:
-        trio.run(run_daemon, config)
-    except OSError as e:
+        trio.run(run_daemon, config, None if args.config == "-" else args.config)
+    except (OSError, DtabFileError) as e:
         print(f"hostproxy: failed to start: {e}", file=sys.stderr)
+        return 1
+    except BaseExceptionGroup as eg:  # raised from inside the daemon's nurseries
+        startup, rest = eg.split((OSError, DtabFileError))
+        if startup is None or rest is not None:
+            raise
+        for e in _leaves(startup):
+            print(f"hostproxy: failed to start: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _leaves(eg: BaseException) -> list[BaseException]:
+    if isinstance(eg, BaseExceptionGroup):
+        return [leaf for e in eg.exceptions for leaf in _leaves(e)]
+    return [eg]

@@ -17,7 +17,11 @@ The router binds a service name to a bound tree whose leaves are ``BoundName``s;
 response head with the body still streaming; the body is wrapped so that the balancer and accrual
 learn the outcome (latency, success) when the body ends. A request that provably never reached an
 upstream (a connect failure: ``retryable``) is requeued on another pick while the requeue budget
-allows, as Finagle does; nothing else is resent here.
+allows, as Finagle does; nothing else is resent here. This is the only place requeues happen: the
+router's retry policy (``hostproxy.retry``) is built without a requeue budget and only retries what
+the response classifier calls retryable, so a connect failure is never requeued twice. A request is
+requeued only when its body is in memory (the router hands every attempt a fresh in-memory copy when
+the body is small enough to replay), since a streamed body cannot be sent again.
 
 When every endpoint is marked dead, the balancer is asked again ignoring accrual (as Finagle's
 balancers do): sending to a possibly-dead endpoint beats failing every request.
@@ -319,202 +323,14 @@ class Client:
         }
 
     async def aclose(self) -> None:
-        # The consumer stopped early (client went away): not the upstream's fault.
-        self._finish(True)
-        await self._body.aclose()
-
-    def _finish(self, ok: bool) -> None:
-        done, self._done = self._done, None
-        if done is not None:
-            done(ok)
-
-
-class Client:
-    """Requests to one bound name (see the module docstring)."""
-
-    def __init__(
-        self,
-        router: str,
-        client_id: str,
-        params: Any,
-        scope: RouterScope,
-        *,
-        nursery: trio.Nursery,
-        rng: random.Random | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        pool_factory: Callable[..., Any] = UpstreamPool,
-    ) -> None:
-        self.router = router
-        self._pool_factory = pool_factory
-        self.id = client_id
-        self.params = params
-        self._nursery = nursery
-        self._rng = rng or random.Random()
-        self._clock = clock
-        where = f"routers[{router}].client"
-        self.accrual = FailureAccrual(
-            accrual_from_config(plugin_mapping(params.failure_accrual), self._rng, f"{where}.failureAccrual"), clock
-        )
-        self._ignore_accrual = False
-        self.balancer = balancer_from_config(
-            plugin_mapping(params.load_balancer),
-            rng=self._rng,
-            now=clock,
-            available=self._available,
-            where=f"{where}.loadBalancer",
-        )
-        budget = params.requeue_budget
-        self.requeue_budget = RetryBudget(
-            BudgetConfig(budget.ttl_secs, budget.min_retries_per_sec, budget.percent_can_retry), clock
-        )
-        pool = params.host_connection_pool
-        self._pool_params = PoolParams(
-            connect_timeout_ms=getattr(params, "connect_timeout_ms", None) or 1000,
-            idle_timeout_s=(pool.idle_time_ms / 1000) if pool.idle_time_ms else 30.0,
-        )
-        self._attempt_timeout = (
-            params.request_attempt_timeout_ms / 1000 if params.request_attempt_timeout_ms else None
-        )
-        self.endpoints: dict[str, _Endpoint] = {}
-        self._addr: Any = None
-        self.addr_state = "pending"
-        self.stats = scope.client(client_id)
-        scope.client_extras(client_id, balancer=self.balancer, accrual=self.accrual,
-                            requeue_budget=self.requeue_budget)
-        self._scope = scope
-        self.last_used = clock()
-        self.in_flight = 0
-        self.closed = False
-
-    def _available(self, key: str) -> bool:
-        return self._ignore_accrual or self.accrual.available(key)
-
-    # -- the address set --------------------------------------------------------------------------
-
-    def update_addr(self, addr: Any) -> None:
-        """Take a new address set from binding (cheap when it is the one we already have)."""
-        if addr is self._addr:
-            return
-        self._addr = addr
-        if isinstance(addr, AddrBound):
-            self.addr_state = "bound"
-            wanted: dict[str, tuple[str, int, float, dict[str, Any]]] = {}
-            for a in addr.addresses:
-                key = f"[{a.host}]:{a.port}" if ":" in a.host else f"{a.host}:{a.port}"
-                wanted[key] = (a.host, a.port, float(getattr(a, "weight", 1.0)), dict(getattr(a, "meta", {}) or {}))
-            for key in [k for k in self.endpoints if k not in wanted]:
-                ep = self.endpoints.pop(key)
-                self._nursery.start_soon(ep.pool.aclose)
-                log.info("client.endpoint_removed", router=self.router, client=self.id, endpoint=key)
-            for key, (host, port, weight, meta) in wanted.items():
-                ep = self.endpoints.get(key)
-                if ep is None:
-                    pool = self._pool_factory(host, port, self._pool_params, nursery=self._nursery)
-                    self.endpoints[key] = _Endpoint(key, host, port, weight, meta, pool)
-                    log.info("client.endpoint_added", router=self.router, client=self.id, endpoint=key)
-                else:
-                    ep.weight, ep.meta = weight, meta
-            self.balancer.update([EndpointInfo(k, e.weight, e.meta) for k, e in self.endpoints.items()])
-            self.accrual.retain(list(self.endpoints))
-        elif isinstance(addr, AddrNeg):
-            self.addr_state = "neg"
-        elif isinstance(addr, AddrFailed):
-            # Last good wins: keep the endpoints we have, if any.
-            self.addr_state = "failed" if not self.endpoints else "stale"
-        else:
-            self.addr_state = "pending"
-
-    # -- requests ---------------------------------------------------------------------------------
-
-    def _pick(self) -> Any:
-        ep = self.balancer.pick()
-        if ep is None and self.endpoints:
-            self._ignore_accrual = True
-            try:
-                ep = self.balancer.pick()
-            finally:
-                self._ignore_accrual = False
-        if ep is None:
-            return None
-        return ep
-
-    async def request(self, req: Request) -> tuple[Response, str]:
-        """Send ``req`` to one endpoint; returns the response (body streaming) and the endpoint key."""
-        self.last_used = self._clock()
-        self.requeue_budget.deposit()
-        while True:
-            bal_ep = self._pick()
-            ep = self.endpoints.get(bal_ep.key) if bal_ep is not None else None
-            if ep is None:
-                what = {"neg": "is negative", "failed": "failed to resolve", "pending": "has no addresses yet"}
-                state = what.get(self.addr_state, "has no endpoints")
-                raise NoEndpoints(f"client {self.id} {state}: no endpoints available")
-            self.balancer.on_start(bal_ep)
-            self.accrual.on_request(ep.key)
-            t0 = self._clock()
-            try:
-                if self._attempt_timeout is not None:
-                    with trio.move_on_after(self._attempt_timeout) as scope:
-                        resp = await ep.pool.request(req)
-                    if scope.cancelled_caught:
-                        raise AttemptTimeout(
-                            f"request to {ep.key} exceeded requestAttemptTimeoutMs "
-                            f"({int(self._attempt_timeout * 1000)} ms)", endpoint=ep.key)
-                else:
-                    resp = await ep.pool.request(req)
-            except UpstreamError as e:
-                self.balancer.on_finish(bal_ep, self._clock() - t0, False)
-                self.accrual.on_response(ep.key, False)
-                if e.retryable and req.body.in_memory and self.requeue_budget.try_withdraw():
-                    log.debug("client.requeue", router=self.router, client=self.id, endpoint=ep.key, cause=e.cause)
-                    continue
-                raise
-            except BaseException:
-                self.balancer.on_finish(bal_ep, self._clock() - t0, False)
-                raise
-            ok_status = resp.status < 500
-
-            def done(body_ok: bool, bal_ep: Any = bal_ep, key: str = ep.key, t0: float = t0,
-                     ok_status: bool = ok_status) -> None:
-                ok = body_ok and ok_status
-                self.balancer.on_finish(bal_ep, self._clock() - t0, ok)
-                self.accrual.on_response(key, ok)
-
-            if resp.upgraded is not None or resp.body.done:
-                done(True)
-            else:
-                resp.body = Body(_OutcomeBody(resp.body, done), resp.body.content_length)
-            return resp, ep.key
-
-    # -- state ------------------------------------------------------------------------------------
-
-    def state_json(self) -> dict[str, Any]:
-        """This client's entry in ``/client_state.json`` (Linkerd's shape plus extra keys)."""
-        bal = _safe(self.balancer.state)
-        acc = _safe(self.accrual.state)
-        addresses = []
-        endpoints = {}
-        for key, ep in self.endpoints.items():
-            addresses.append(key)
-            endpoints[key] = {
-                "weight": ep.weight,
-                "pool": ep.pool.statistics(),
-                "balancer": (bal or {}).get(key) if isinstance(bal, dict) else None,
-                "accrual": (acc or {}).get(key) if isinstance(acc, dict) else None,
-            }
-        state = "bound" if self.addr_state in ("bound", "stale") and self.endpoints else self.addr_state
-        return {
-            "state": state,
-            "addresses": addresses,
-            "endpoints": endpoints,
-            "stale": self.addr_state == "stale",
-        }
-
-    async def aclose(self) -> None:
-        self.closed = True
-        for ep in self.endpoints.values():
-            await ep.pool.aclose()
+        await self.close_pools()
         self._scope.drop_client(self.id)
+
+    async def close_pools(self) -> None:
+        """Close every endpoint's connections but keep the metrics (a reload replaced this client)."""
+        self.closed = True
+        for ep in list(self.endpoints.values()):
+            await ep.pool.aclose()
 
 
 def _safe(fn: Callable[[], Any]) -> Any:

@@ -2,15 +2,32 @@
 
 Theory of operation
 -------------------
-``Daemon(config)`` builds everything that does no I/O (namer objects, the inet resolver, routers,
-metrics); ``Daemon.run`` starts, in order, the namers' background tasks, the admin server and each
-router's listeners, reporting the bound addresses through ``task_status`` once every listener is up.
-The daemon is ready (``/ready``) when its listeners are bound; namers answer lazily (the first request
-for a name waits up to ``bindingTimeoutMs``).
+``Daemon(config)`` builds everything that does no I/O (namer objects, the inet resolver, metrics, the
+overload manager); ``Daemon.run`` then starts, in order: the namers' background tasks, each router
+(an ``io.l5d.fs`` interpreter's dtab file is loaded first — missing or invalid, startup fails with
+``FILE:LINE:COL`` — and watched from then on; the router's dtab is the file's followed by the router's
+own ``dtab`` entries, as Linkerd's ``ConfiguredDtabNamer`` does), the admin server, the overload
+sampler, the systemd watchdog, and each router's servers. Servers are made in one place
+(:meth:`Daemon._make_server`) and are driven only through ``serve`` / ``stop_accepting`` / ``drain`` /
+``statistics``, so every protocol's server is handled alike. Listeners are bound with
+``SO_REUSEPORT``, or adopted from systemd socket activation (``LISTEN_FDS``; matched to servers by
+address). Once every listener is up the daemon is ready: ``/ready`` answers 200 and systemd gets
+``READY=1``. Namers answer lazily (the first request for a name waits up to ``bindingTimeoutMs``).
 
-Shutdown (``SIGTERM``/``SIGINT``, ``POST /admin/shutdown``) stops the listeners at once — new
-connections are refused — and gives in-flight requests up to ``admin.shutdownGraceMs`` to finish
-before the nursery is cancelled.
+Reload (``SIGHUP``, ``POST /admin/reload``): the config file is read and validated, and everything
+new is built — namers (only when the ``namers``/``dns`` sections changed), routers (only those whose
+config changed, or all when the namers did), listeners for servers on new addresses — before anything
+is swapped. Any error leaves the running config untouched and is reported (log, admin response). On
+success the swap is one synchronous step: servers on unchanged addresses keep their sockets and get
+the new router as their handler, new servers start, removed ones drain; requests in flight finish on
+the router, clients and namers they started on, which are retired once idle (or after
+``shutdownGraceMs``). A router whose dtab file did not move keeps its watcher, so it keeps its last
+good dtab. systemd sees ``RELOADING=1`` then ``READY=1``.
+
+Drain (``SIGTERM``/``SIGINT``, ``POST /admin/shutdown``): readiness goes false and ``STOPPING=1`` is
+sent at once; every server drains (listeners closed — connections already in the kernel backlog are
+still served — idle keep-alive connections closed, responses in flight carry ``Connection: close``);
+the process exits once no connection is left or ``admin.shutdownGraceMs`` passed.
 
 The daemon implements :class:`hostproxy.admin.context.AdminContext` for the admin server: every view
 it hands out is a snapshot built on demand, so admin scrapes never touch the request path.
@@ -19,9 +36,11 @@ it hands out is a snapshot built on demand, so admin scrapes never touch the req
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import random
 import signal
+import socket
 import time
 from typing import Any
 
@@ -30,12 +49,15 @@ import trio
 
 from dtab import Dtab, Path
 from dtab.delegate import delegate
-from hostproxy.config import Config
+from hostproxy import sdnotify
+from hostproxy.config import Config, ConfigError, load_config
 from hostproxy.config.model import to_json
 from hostproxy.config.registry import load_factory, lookup
+from hostproxy.dtabfile import DtabFileError, DtabFileWatcher, read_signature, watch_dtab_file
 from hostproxy.http.proxyheaders import ForwardedConfig, Labeler
-from hostproxy.http.server import Http1Server, ServerParams
+from hostproxy.http.server import Http1Server, ServerParams, bind_listeners
 from hostproxy.metrics import MetricsRegistry
+from hostproxy.overload import OverloadConfig, OverloadManager, detect_memory_limit, sample_loop
 from hostproxy.router import HttpRouter
 from namers.inet import InetResolver
 
@@ -71,7 +93,16 @@ def server_params(router_cfg: Any, server_cfg: Any, label: str, grace_s: float) 
         add_forwarded_header=_forwarded(server_cfg.add_forwarded_header),
         router_label=label,
         shutdown_grace_s=grace_s,
+        request_head_timeout_s=getattr(server_cfg, "request_header_timeout_ms", 10000) / 1000,
+        request_body_timeout_s=_ms(getattr(server_cfg, "request_body_timeout_ms", None)),
+        idle_timeout_s=_ms(server_cfg.server_session.idle_time_ms) or 60.0,
+        max_connections=getattr(server_cfg, "max_connections", None),
+        max_requests_per_connection=getattr(server_cfg, "max_requests_per_connection", None),
     )
+
+
+def _ms(v: int | None) -> float | None:
+    return None if v is None else v / 1000
 
 
 class RecentRequests:
@@ -87,41 +118,146 @@ class RecentRequests:
             self.ring.append(entry)
 
 
-class Daemon:
-    """A running hostproxy (see the module docstring)."""
+class _ServerSlot:
+    """One running server: its object, its key (ip, port) and the scope that ends it."""
 
-    def __init__(self, config: Config, *, rng: random.Random | None = None) -> None:
-        self.config = config
-        self.rng = rng or random.Random()
-        self.metrics = MetricsRegistry(time.monotonic)
+    __slots__ = ("key", "router", "server", "scope", "params")
+
+    def __init__(self, key: tuple[str, Any], router: str, server: Any, params: ServerParams) -> None:
+        self.key = key
+        self.router = router
+        self.server = server
+        self.params = params
+        self.scope = trio.CancelScope()
+
+
+def systemd_listeners(env: dict[str, str] | os._Environ[str] | None = None) -> dict[tuple[str, int], Any]:
+    """Listening sockets passed by systemd socket activation, keyed by their (ip, port).
+
+    Honoured only when ``LISTEN_PID`` is this process. The variables are removed afterwards so that
+    child processes do not adopt the same descriptors.
+    """
+    environ = os.environ if env is None else env
+    if environ.get("LISTEN_PID") != str(os.getpid()):
+        return {}
+    try:
+        count = int(environ.get("LISTEN_FDS", "0"))
+    except ValueError:
+        log.warning("daemon.listen_fds_invalid", value=environ.get("LISTEN_FDS"))
+        return {}
+    names = environ.get("LISTEN_FDNAMES", "").split(":")
+    out: dict[tuple[str, int], Any] = {}
+    for i in range(count):
+        fd = 3 + i
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as e:
+            log.warning("daemon.listen_fd_unusable", fd=fd, error=str(e))
+            continue
+        sock.setblocking(False)
+        addr = sock.getsockname()
+        key = (str(addr[0]), int(addr[1]))
+        out[key] = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        log.info("daemon.listen_fd_adopted", fd=fd, name=names[i] if i < len(names) else "", address=key)
+    for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        environ.pop(var, None)
+    return out
+
+
+def overload_config(cfg: Any) -> OverloadConfig:
+    limit = cfg.memory_limit_bytes if cfg.memory_limit_bytes is not None else detect_memory_limit()
+    return OverloadConfig(memory_limit_bytes=limit, no_keepalive=cfg.no_keepalive, shed=cfg.shed,
+                          stop_accept=cfg.stop_accept, fd_stop_accept=cfg.fd_stop_accept,
+                          fd_reserve=cfg.fd_reserve, hysteresis=cfg.hysteresis)
+
+
+class _Namers:
+    """The namers, inet resolver and namer pairs built from one config (swapped as a unit on reload)."""
+
+    def __init__(self, daemon: Daemon, config: Config) -> None:
         self.namers = [build_namer(n) for n in config.namers]
         self.resolver = InetResolver(tuple(config.dns.nameservers))
-        self._transformer_watches: list[tuple[Any, Path]] = []
+        self.transformer_watches: list[tuple[Any, Path]] = []
+        self.scope = trio.CancelScope()
         # (prefix, lookup) in preference order: the last-configured namer first, as Linkerd does.
-        self.namer_pairs = []
+        self.pairs: list[tuple[Path, Any]] = []
         for ncfg, namer in reversed(list(zip(config.namers, self.namers, strict=True))):
             lookup_fn = namer.lookup
             if ncfg.transformers:
                 from namers.transformers import transforming_lookup
 
-                lookup_fn = transforming_lookup(lookup_fn, self.build_transformers(ncfg.transformers))
-            self.namer_pairs.append((Path.read("/#") + namer.prefix, lookup_fn))
+                lookup_fn = transforming_lookup(
+                    lookup_fn, daemon.build_transformers(ncfg.transformers, self)
+                )
+            self.pairs.append((Path.read("/#") + namer.prefix, lookup_fn))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with self.scope:
+            async with trio.open_nursery() as nursery:
+                for n in self.namers:
+                    await nursery.start(n.run)
+                await nursery.start(self.resolver.run)
+                task_status.started()
+        # Cancelled (retired by a reload, or shutdown).
+
+
+class Daemon:
+    """A running hostproxy (see the module docstring)."""
+
+    def __init__(self, config: Config, *, rng: random.Random | None = None, config_path: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.env = env  # None: os.environ (sd_notify, socket activation)
+        self.rng = rng or random.Random()
+        self.metrics = MetricsRegistry(time.monotonic)
+        self._namers = _Namers(self, config)
         self.routers: dict[str, HttpRouter] = {}
-        self.servers: list[Http1Server] = []
+        self.slots: dict[tuple[str, Any], _ServerSlot] = {}
+        self.dtab_watchers: dict[str, DtabFileWatcher] = {}
+        self._watch_scopes: dict[str, trio.CancelScope] = {}
         self.admin_address: tuple[str, int] | None = None
         self.addresses: dict[str, list[tuple[str, int]]] = {}
         self._ready = False
         self._ready_override = True
+        self.draining = False
         self._shutdown = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self._servers_nursery: trio.Nursery | None = None
+        self._reload_lock = trio.Lock()
+        self.generation = 1
+        self.last_reload: dict[str, Any] | None = None
         self.recent: RecentRequests | None = None
         for t in config.telemetry:
             if t.kind == "io.l5d.recentRequests":
                 self.recent = RecentRequests(t.sample_rate, t.capacity, self.rng)
+        self.overload = OverloadManager(overload_config(config.overload), clock=time.monotonic)
+        self._overload_interval_s = config.overload.interval_ms / 1000
+        for name in ("memory_level", "fd_exhausted", "rss_bytes", "open_fds", "fd_limit", "shed", "transitions"):
+            self.metrics.gauge(f"overload/{name}", lambda name=name: self.overload.statistics()[name])
         self.started_at = time.time()
 
-    def build_transformers(self, cfgs: Any) -> list[Any]:
+    # -- compatibility views (the namers in force) ------------------------------------------------
+
+    @property
+    def namers(self) -> list[Any]:
+        return self._namers.namers
+
+    @property
+    def resolver(self) -> InetResolver:
+        return self._namers.resolver
+
+    @property
+    def namer_pairs(self) -> list[tuple[Path, Any]]:
+        return self._namers.pairs
+
+    @property
+    def servers(self) -> list[Any]:
+        return [slot.server for slot in self.slots.values()]
+
+    def build_transformers(self, cfgs: Any, namers: _Namers | None = None) -> list[Any]:
         """Transformer objects for a namer's or an interpreter's ``transformers`` list."""
+        ns = namers or self._namers
         out: list[Any] = []
         for c in cfgs:
             spec = lookup("transformer", c.kind)
@@ -129,7 +265,7 @@ class Daemon:
                 raise ValueError(f"transformer kind {c.kind!r} has no runtime in this hostproxy version")
             factory = load_factory(spec)
             if c.kind == "io.l5d.k8s.daemonset":
-                k8s = next((n for n in self.namers if getattr(n, "kind", "") == "io.l5d.k8s"), None)
+                k8s = next((n for n in ns.namers if getattr(n, "kind", "") == "io.l5d.k8s"), None)
                 if k8s is None:
                     raise ValueError(
                         "transformer io.l5d.k8s.daemonset needs an io.l5d.k8s namer in `namers` to watch the "
@@ -147,17 +283,17 @@ class Daemon:
 
                 t = factory(c, source=source)
                 holder["t"] = t
-                self._transformer_watches.append((k8s, t.k8s_residual))
+                ns.transformer_watches.append((k8s, t.k8s_residual))
             elif c.kind in ("io.l5d.replace", "io.l5d.const"):
-                t = factory(c, system=self.resolver.system)
+                t = factory(c, system=ns.resolver.system)
             else:
                 t = factory(c)
             out.append(t)
         return out
 
-    def _watch_transformer_sources(self) -> None:
+    def _watch_transformer_sources(self, ns: _Namers) -> None:
         """A daemonset's pods moving changes every binding through its transformer: re-bind all."""
-        for namer, residual in self._transformer_watches:
+        for namer, residual in ns.transformer_watches:
             def changed(_n: Any, key: Any, residual: Path = residual) -> None:
                 if residual.startswith(key) or key.startswith(residual):
                     for r in self.routers.values():
@@ -165,62 +301,168 @@ class Daemon:
 
             namer.subscribe(changed)
 
+    # -- building ---------------------------------------------------------------------------------
+
+    def _dtab_watcher(self, rcfg: Any, label: str) -> DtabFileWatcher | None:
+        """The router's dtab file watcher: kept across reloads while the path stays, else loaded now."""
+        interp = rcfg.interpreter
+        path = getattr(interp, "dtab_file", None)
+        if interp.kind != "io.l5d.fs" or not path:
+            return None
+        old = self.dtab_watchers.get(label)
+        if old is not None and old.path == path:
+            return old
+        watcher = DtabFileWatcher(path, on_change=lambda dtab, _v, label=label: self._file_dtab_changed(label))
+        try:
+            _sig, data = read_signature(path)
+        except OSError as e:
+            raise DtabFileError(f"cannot read dtab file {path} of router {label}: {e}; check its permissions") \
+                from None
+        watcher.on_change = None  # the router does not exist yet: its base dtab is computed below
+        watcher.load_initial(data)
+        watcher.on_change = lambda dtab, _v, label=label: self._file_dtab_changed(label)
+        return watcher
+
+    def _base_dtab(self, rcfg: Any, watcher: DtabFileWatcher | None) -> Dtab:
+        own = Dtab.read(rcfg.dtab)
+        return own if watcher is None else watcher.dtab + own
+
+    def _file_dtab_changed(self, label: str) -> None:
+        router = self.routers.get(label)
+        watcher = self.dtab_watchers.get(label)
+        if router is None or watcher is None:
+            return
+        router.set_dtab(self._base_dtab(router.cfg, watcher))
+
+    def _build_router(self, rcfg: Any, ns: _Namers, watcher: DtabFileWatcher | None) -> HttpRouter:
+        assert self._nursery is not None
+        if rcfg.kind != "http":
+            raise ValueError(f"router protocol {rcfg.kind!r} has no runtime in this hostproxy version")
+        return HttpRouter(rcfg, namers=ns.namers, resolver=ns.resolver, metrics=self.metrics,
+                          nursery=self._nursery, rng=self.rng, namer_pairs=ns.pairs,
+                          transformers=self.build_transformers(rcfg.interpreter.transformers, ns),
+                          base_dtab=self._base_dtab(rcfg, watcher))
+
+    def _make_server(self, router: HttpRouter, params: ServerParams) -> Any:
+        """The one place a server object is made for a router (one protocol per router kind)."""
+        return Http1Server(router.handle, params, rng=self.rng, overload=self.overload)
+
+    def _server_specs(self, config: Config) -> dict[tuple[str, Any], tuple[str, ServerParams]]:
+        """Servers by address; an ephemeral port (0) is told apart by router and position."""
+        grace_s = config.admin.shutdown_grace_ms / 1000
+        out: dict[tuple[str, Any], tuple[str, ServerParams]] = {}
+        for rcfg in config.routers:
+            label = rcfg.label or rcfg.kind
+            for i, scfg in enumerate(rcfg.servers):
+                params = server_params(rcfg, scfg, label, grace_s)
+                key = (params.ip, params.port) if params.port else (params.ip, f"0/{label}/{i}")
+                out[key] = (label, params)
+        return out
+
+    @staticmethod
+    def _listeners_for(params: ServerParams, inherited: dict[tuple[str, int], Any]) -> list[Any]:
+        lst = inherited.pop((params.ip, params.port), None) if params.port else None
+        if lst is not None:
+            return [lst]
+        return bind_listeners(params.ip, params.port)
+
+    async def _start_slot(self, slot: _ServerSlot, listeners: list[Any]) -> None:
+        assert self._servers_nursery is not None
+
+        async def run(task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED) -> None:
+            with slot.scope:
+                await slot.server.serve(listeners, task_status=task_status)
+
+        addrs = await self._servers_nursery.start(run)
+        self.addresses.setdefault(slot.router, []).extend(addrs)
+
+    def _start_dtab_watch(self, label: str, watcher: DtabFileWatcher) -> None:
+        assert self._nursery is not None
+        scope = trio.CancelScope()
+        self._watch_scopes[label] = scope
+
+        async def watch() -> None:
+            with scope:
+                await watch_dtab_file(watcher)
+
+        self._nursery.start_soon(watch)
+
     # -- running ----------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
-        grace_s = self.config.admin.shutdown_grace_ms / 1000
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for n in self.namers:
-                await nursery.start(n.run)
-            await nursery.start(self.resolver.run)
+            await nursery.start(self._namers.run)
+            inherited = systemd_listeners(self.env)
             for rcfg in self.config.routers:
-                if rcfg.kind != "http":
-                    raise ValueError(f"router protocol {rcfg.kind!r} has no runtime in this hostproxy version")
-                router = HttpRouter(rcfg, namers=self.namers, resolver=self.resolver, metrics=self.metrics,
-                                    nursery=nursery, rng=self.rng, namer_pairs=self.namer_pairs,
-                                    transformers=self.build_transformers(rcfg.interpreter.transformers))
+                label = rcfg.label or rcfg.kind
+                watcher = self._dtab_watcher(rcfg, label)
+                router = self._build_router(rcfg, self._namers, watcher)
                 self.routers[router.label] = router
-            self._watch_transformer_sources()
+                if watcher is not None:
+                    self.dtab_watchers[label] = watcher
+                    self._start_dtab_watch(label, watcher)
+            self._watch_transformer_sources(self._namers)
             from hostproxy.admin.server import AdminServer
 
             admin = AdminServer(self, self.config.admin.ip, self.config.admin.port,
                                 self.config.admin.allow_remote_control)
             self.admin_address = await nursery.start(admin.serve)
-            servers_scope = trio.CancelScope()
-            servers_nursery_started = trio.Event()
+            await nursery.start(functools.partial(sample_loop, self.overload, interval_s=self._overload_interval_s))
+            nursery.start_soon(functools.partial(sdnotify.watchdog_loop, env=self.env))
+            servers_done = trio.Event()
 
             async def run_servers(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-                with servers_scope:
+                try:
                     async with trio.open_nursery() as sn:
-                        for rcfg in self.config.routers:
-                            label = rcfg.label or rcfg.kind
-                            router = self.routers[label]
-                            for scfg in rcfg.servers:
-                                params = server_params(rcfg, scfg, label, grace_s)
-                                server = Http1Server(router.handle, params, rng=self.rng)
-                                self.servers.append(server)
-                                addrs = await sn.start(server.serve)
-                                self.addresses.setdefault(label, []).extend(addrs)
-                        servers_nursery_started.set()
+                        self._servers_nursery = sn
+                        for key, (label, params) in self._server_specs(self.config).items():
+                            slot = _ServerSlot(key, label, self._make_server(self.routers[label], params), params)
+                            self.slots[key] = slot
+                            await self._start_slot(slot, self._listeners_for(params, inherited))
                         task_status.started()
+                        await self._shutdown.wait()
+                finally:
+                    servers_done.set()
 
             await nursery.start(run_servers)
+            for lst in inherited.values():
+                log.warning("daemon.listen_fd_unused", address=lst.socket.getsockname())
+                await lst.aclose()
             nursery.start_soon(self._sweep_idle)
             self._ready = True
             log.info("daemon.started", routers=self.addresses, admin=self.admin_address, pid=os.getpid())
+            sdnotify.ready(f"routing on {self._describe_addresses()}", env=self.env)
             task_status.started(self)
             await self._shutdown.wait()
-            log.info("daemon.draining", grace_s=grace_s)
-            self._ready = False
-            servers_scope.cancel()  # closes the listeners; connections are cut after the grace below
-            with trio.move_on_after(grace_s):
-                while any(s.statistics().get("requests_in_flight", 0) for s in self.servers):
-                    await trio.sleep(0.05)
+            await self._drain(servers_done)
             for r in self.routers.values():
                 r.close()
             nursery.cancel_scope.cancel()
         log.info("daemon.stopped")
+
+    def _describe_addresses(self) -> str:
+        return ", ".join(f"{label} {ip}:{port}" for label, addrs in self.addresses.items() for ip, port in addrs)
+
+    async def _drain(self, servers_done: trio.Event) -> None:
+        grace_s = self.config.admin.shutdown_grace_ms / 1000
+        self.draining = True
+        self._ready = False
+        sdnotify.stopping(env=self.env)
+        slots = list(self.slots.values())
+        log.info("daemon.draining", grace_s=grace_s, in_flight=self._in_flight(slots))
+        for slot in slots:
+            slot.server.drain()
+        with trio.move_on_after(grace_s) as scope:
+            await servers_done.wait()
+        if scope.cancelled_caught:
+            log.warning("daemon.drain_grace_expired", grace_s=grace_s, in_flight=self._in_flight(slots))
+        for slot in slots:
+            slot.scope.cancel()
+
+    @staticmethod
+    def _in_flight(slots: list[_ServerSlot]) -> int:
+        return sum(int(s.server.statistics().get("requests_in_flight", 0)) for s in slots)
 
     async def _sweep_idle(self) -> None:
         while True:
@@ -229,11 +471,131 @@ class Daemon:
                 r.expire_idle()
 
     async def serve_signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for sig in signals:
                 log.info("daemon.signal", signal=signal.Signals(sig).name)
+                if sig == signal.SIGHUP:
+                    if self._nursery is not None:
+                        self._nursery.start_soon(self.reload)
+                    continue
                 self.request_shutdown()
                 return
+
+    # -- reload -----------------------------------------------------------------------------------
+
+    async def reload(self) -> tuple[bool, str]:
+        """Re-read and apply the config file (see the module docstring); ``(ok, message)``."""
+        if self.config_path is None or self.config_path == "-":
+            return False, "reload needs a config file: this daemon was started from stdin or in-process text"
+        if self.draining or self._nursery is None:
+            return False, "reload refused: the daemon is shutting down"
+        async with self._reload_lock:
+            sdnotify.reloading(env=self.env)
+            try:
+                ok, message = await self._reload()
+            finally:
+                sdnotify.ready(env=self.env)
+        self.last_reload = {"ok": ok, "message": message, "at": time.time(), "generation": self.generation}
+        if ok:
+            log.info("daemon.reloaded", generation=self.generation, message=message)
+        else:
+            log.error("daemon.reload_failed", error=message)
+        return ok, message
+
+    async def _reload(self) -> tuple[bool, str]:
+        assert self.config_path is not None
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as e:
+            lines = "\n".join(i.format() for i in e.errors)
+            return False, f"reload rejected, the running config stays: {len(e.errors)} error(s)\n{lines}"
+        old = self.config
+        if new.admin != old.admin:
+            log.warning("daemon.reload_admin_ignored", reason="admin settings change only with a restart")
+        namers_changed = new.namers != old.namers or new.dns != old.dns
+        built: list[Any] = []  # listeners bound so far, closed if the reload fails
+        try:
+            ns = _Namers(self, new) if namers_changed else self._namers
+            routers: dict[str, HttpRouter] = {}
+            watchers: dict[str, DtabFileWatcher] = {}
+            changed: list[str] = []
+            for rcfg in new.routers:
+                label = rcfg.label or rcfg.kind
+                watcher = self._dtab_watcher(rcfg, label)
+                if watcher is not None:
+                    watchers[label] = watcher
+                cur = self.routers.get(label)
+                if cur is not None and not namers_changed and cur.cfg == rcfg:
+                    routers[label] = cur
+                else:
+                    routers[label] = self._build_router(rcfg, ns, watcher)
+                    changed.append(label)
+            specs = self._server_specs(new)
+            new_listeners: dict[tuple[str, Any], list[Any]] = {}
+            for key, (_label, params) in specs.items():
+                if key not in self.slots:
+                    new_listeners[key] = bind_listeners(params.ip, params.port)
+                    built.extend(new_listeners[key])
+        except (ValueError, OSError, DtabFileError) as e:
+            for lst in built:
+                await lst.aclose()
+            return False, f"reload rejected, the running config stays: {e}"
+        # -- commit: from here on nothing fails --------------------------------------------------
+        assert self._nursery is not None
+        if namers_changed:
+            await self._nursery.start(ns.run)
+            self._watch_transformer_sources(ns)
+        old_ns, self._namers = self._namers, ns
+        retired = [r for label, r in self.routers.items() if routers.get(label) is not r]
+        self.routers = routers
+        for label in list(self._watch_scopes):
+            if self.dtab_watchers.get(label) is not watchers.get(label):
+                self._watch_scopes.pop(label).cancel()
+        for label, w in watchers.items():
+            if label not in self._watch_scopes:
+                self._start_dtab_watch(label, w)
+        self.dtab_watchers = watchers
+        for label in changed:
+            w = watchers.get(label)
+            if w is not None:
+                routers[label].set_dtab(self._base_dtab(routers[label].cfg, w))  # its last good dtab
+        removed = [slot for key, slot in self.slots.items() if key not in specs]
+        for key, (label, params) in specs.items():
+            slot = self.slots.get(key)
+            if slot is not None:
+                slot.server.handler = routers[label].handle
+                slot.server.params = params
+                slot.router, slot.params = label, params
+        for slot in removed:
+            del self.slots[slot.key]
+            slot.server.drain()
+        self.config = new
+        self.generation += 1
+        self.addresses = {}
+        for slot in self.slots.values():
+            self.addresses.setdefault(slot.router, []).extend(slot.server.addresses)
+        for key, listeners in new_listeners.items():
+            label, params = specs[key]
+            slot = _ServerSlot(key, label, self._make_server(routers[label], params), params)
+            self.slots[key] = slot
+            await self._start_slot(slot, listeners)
+        self._nursery.start_soon(self._retire, retired, removed, old_ns if old_ns is not ns else None)
+        return True, (f"reloaded {self.config_path} (generation {self.generation}): "
+                      f"{len(changed)} router(s) rebuilt, {len(new_listeners)} server(s) added, "
+                      f"{len(removed)} removed, namers {'rebuilt' if namers_changed else 'kept'}")
+
+    async def _retire(self, routers: list[HttpRouter], slots: list[_ServerSlot], ns: _Namers | None) -> None:
+        """Let requests on replaced objects finish (up to the grace), then close them."""
+        grace_s = self.config.admin.shutdown_grace_ms / 1000
+        with trio.move_on_after(grace_s):
+            while any(r.in_flight for r in routers) or any(not s.server.idle for s in slots):
+                await trio.sleep(0.05)
+        for slot in slots:
+            slot.scope.cancel()
+        for r in routers:
+            r.retire()
+        if ns is not None:
+            ns.scope.cancel()
 
     # -- AdminContext -----------------------------------------------------------------------------
 
@@ -283,19 +645,37 @@ class Daemon:
     def request_shutdown(self) -> None:
         self._shutdown.set()
 
-    async def reload(self) -> tuple[bool, str]:
-        return False, "reload is not supported by this hostproxy version yet; restart the daemon"
-
     def recent_requests(self) -> list[dict[str, Any]]:
         return list(self.recent.ring) if self.recent else []
 
+    def dtab_state(self) -> dict[str, Any]:
+        """``/dtab_state.json``: per router with a dtab file, the watcher's state (version, errors, history)."""
+        return {label: w.state_json() for label, w in self.dtab_watchers.items()}
 
-async def run_daemon(config: Config) -> None:
-    daemon = Daemon(config)
+    def overload_state(self) -> dict[str, Any]:
+        """``/overload.json``: watermarks and actions, per-server connection stats, lifecycle."""
+        return {
+            "overload": self.overload.state_json(),
+            "servers": {
+                f"{slot.router} {ip}:{port}": slot.server.statistics()
+                for slot in self.slots.values() for ip, port in slot.server.addresses[:1]
+            },
+            "routers": {
+                label: {"in_flight": r.in_flight, "max_concurrent_requests": r.max_concurrent,
+                        "rejected_overload": r.rejected_overload, "retries": r.retry_state()}
+                for label, r in self.routers.items()
+            },
+            "lifecycle": {"generation": self.generation, "draining": self.draining, "ready": self.is_ready(),
+                          "last_reload": self.last_reload},
+        }
+
+
+async def run_daemon(config: Config, config_path: str | None = None) -> None:
+    daemon = Daemon(config, config_path=config_path)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(daemon.serve_signals)
         await daemon.run()
         nursery.cancel_scope.cancel()
 
 
-__all__ = ["Daemon", "run_daemon", "to_json"]
+__all__ = ["Daemon", "run_daemon", "systemd_listeners", "to_json"]

@@ -15,8 +15,21 @@ request. The steps, each observable:
 4. **Client.** A union picks one branch by weight; the leaf's id names the client, created on first use
    and kept in a bounded cache that closes clients idle for ``bindingCache.idleTtlSecs``.
 5. **Forwarding.** ``l5d-dst-*``, ``l5d-reqid`` and ``l5d-ctx-*`` are set; the client sends the request
-   within ``service.totalTimeoutMs``; connection-level failures map to Linkerd's statuses with an
-   ``l5d-err`` naming the endpoint.
+   before the request's deadline — the stricter of an inbound ``l5d-ctx-deadline`` and
+   ``service.totalTimeoutMs`` from now, which is also what goes downstream as ``l5d-ctx-deadline``;
+   connection-level failures map to Linkerd's statuses with an ``l5d-err`` naming the endpoint.
+6. **Retries.** Each service has one :class:`~hostproxy.retry.RetryPolicy` (its budget, backoff and
+   classifier), built on first use and cached with the service's params. A request body with a known
+   length up to the retry buffer is buffered and every attempt sends a fresh copy; a chunked or larger
+   body is streamed once and never retried. After an attempt the policy decides: a response (or error)
+   the classifier calls retryable — ``l5d-retryable: true`` from a downstream proxy included — is
+   sent again after the backoff delay while the budget and the deadline allow. *Requeues* (connect
+   failures: the request never left) happen one level down, in :class:`~hostproxy.client.Client`, with
+   ``client.requeueBudget``; the policy here is built without a requeue budget, so nothing is requeued
+   twice. Metrics ``service/<svc>/retries/{total,budget_exhausted,per_request}``.
+
+``maxConcurrentRequests`` on the router caps requests in flight over all of its servers (HTTP/1.1 and
+HTTP/2 alike): the excess is answered 503 ``overload`` at once, without a queue.
 
 Every request is counted under the server, the service (bound names only; others under ``unbound`` plus
 a bounded top-N) and the client, with at most one failure cause. A 5xx that the application returned
@@ -38,13 +51,22 @@ from dtab.bind import AddrFailed, BoundName
 from dtab.tree import Leaf, Union
 from hostproxy.balancer import WeightedChoice
 from hostproxy.causes import Cause
+from hostproxy.classifier import HttpClassifier
 from hostproxy.client import Client, plugin_mapping
 from hostproxy.config import client_params_for, service_params_for
 from hostproxy.http.errors import CAUSE_STATUS, UpstreamError, error_response
-from hostproxy.http.message import Headers, Request, Response
+from hostproxy.http.message import Body, Headers, Request, Response
 from hostproxy.http.server import ConnInfo
 from hostproxy.metrics import MetricsRegistry
-from hostproxy.routing.binder import BindingCacheConfig, Binder, ClientCache
+from hostproxy.retry import (
+    DEADLINE_HEADER,
+    RetryPolicy,
+    Verdict,
+    buffer_body_for_retry,
+    deadline_from_headers,
+    effective_deadline,
+)
+from hostproxy.routing.binder import Binder, BindingCacheConfig, ClientCache
 from hostproxy.routing.context import (
     AddressOverridePolicy,
     DtabParseCache,
@@ -55,6 +77,10 @@ from hostproxy.routing.context import (
 from hostproxy.routing.identifiers import Unidentified, build_identifiers, unknown_destination_message
 
 log = structlog.get_logger("hostproxy.router")
+
+
+def cause_of(e: UpstreamError) -> Cause:
+    return Cause(e.cause) if e.cause in Cause._value2member_map_ else Cause.PROXY_INTERNAL
 
 
 class _IdentReq:
@@ -68,6 +94,31 @@ class _IdentReq:
         self.headers = headers
         self.http_version = req.http_version
         self.authority = req.authority
+
+
+_DEADLINE = DEADLINE_HEADER.encode("ascii")
+_RETRYABLE = b"l5d-retryable"
+
+
+class _Service:
+    """What the router caches per service name: params, retry policy and its counters."""
+
+    __slots__ = ("params", "policy", "http_classifier", "retries_total", "budget_exhausted", "per_request")
+
+    def __init__(self, params: Any, policy: RetryPolicy, svc_stats: Any) -> None:
+        self.params = params
+        self.policy = policy
+        # HTTP classifiers never retry a response below 500: those skip the policy entirely.
+        self.http_classifier = isinstance(policy.classifier, HttpClassifier)
+        reg, prefix = svc_stats._reg, svc_stats.prefix
+        self.retries_total = reg.counter(f"{prefix}/retries/total")
+        self.budget_exhausted = reg.counter(f"{prefix}/retries/budget_exhausted")
+        self.per_request = reg.stat(f"{prefix}/retries/per_request")
+
+
+def _one_body(body: Body) -> Callable[[], Body]:
+    """A factory for a request that is not retried: it hands out the original body once."""
+    return lambda: body
 
 
 def _dtab_lines(d: Dtab) -> str:
@@ -161,7 +212,10 @@ class HttpRouter:
             s.ip: AddressOverridePolicy.for_server(s.ip, s.allow_address_overrides) for s in cfg.servers
         }
         self._clear_context = {s.ip: s.clear_context for s in cfg.servers}
-        self._service_params: dict[Path, Any] = {}
+        self._services: dict[Path, _Service] = {}
+        self.max_concurrent: int | None = getattr(cfg, "max_concurrent_requests", None)
+        self.in_flight = 0
+        self.rejected_overload = 0
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -178,6 +232,19 @@ class HttpRouter:
         for u in self._unsubscribe:
             u()
         self.clients.close_all()
+
+    def retire(self) -> None:
+        """This router was replaced by a reload: stop listening to namers, close its connections.
+
+        Metrics stay: the replacement router reports under the same keys.
+        """
+        for u in self._unsubscribe:
+            u()
+        for _cid, c in list(self.clients.items()):
+            self._nursery.start_soon(c.close_pools)
+
+    def retry_state(self) -> dict[str, Any]:
+        return {str(name): s.policy.statistics() for name, s in self._services.items()}
 
     # -- admin views --------------------------------------------------------------------------------
 
@@ -196,15 +263,23 @@ class HttpRouter:
         server_stats.start()
         cause: Cause | None = None
         status = 502
+        service_stats = None
+        limit = self.max_concurrent
+        if limit is not None and self.in_flight >= limit:
+            self.rejected_overload += 1
+            server_stats.finish(0.0, Cause.OVERLOAD, 503)
+            return self._err(503, Cause.OVERLOAD,
+                             f"router {self.label} is at maxConcurrentRequests={limit}; retry later")
+        self.in_flight += 1
         try:
             resp, cause, service_stats = await self._route(req, conn)
             status = resp.status
             return resp
         except BaseException:
             cause = Cause.PROXY_INTERNAL
-            service_stats = None
             raise
         finally:
+            self.in_flight -= 1
             latency = self._clock() - t0
             server_stats.finish(latency, cause, status)
             if service_stats is not None:
@@ -265,44 +340,106 @@ class HttpRouter:
             return self._err(502, Cause.NAMING_FAILED, msg), Cause.NAMING_FAILED, svc
         edits = downstream_headers(service=service, client=leaf.id, residual=leaf.residual, local_dtab=local,
                                    headers=headers, rng=self._rng)
-        req.headers = Headers(edits.apply(headers))
-        params = self._service_params.get(service)
-        if params is None:
-            params = service_params_for(self.cfg, service)
-            if len(self._service_params) < 10_000:
-                self._service_params[service] = params
+        req.headers = out_headers = Headers(edits.apply(headers))
+        entry = self._services.get(service)
+        if entry is None:
+            entry = self._service_entry(service, svc)
+        params = entry.params
+        now_ns = time.time_ns()
+        inbound_deadline = deadline_from_headers(out_headers.get_all(_DEADLINE)) if _DEADLINE in out_headers \
+            else None
+        deadline = effective_deadline(now_ns, inbound_deadline, params.total_timeout_ms)
+        if deadline is not None:
+            out_headers.set(_DEADLINE, deadline.header_value())
+        body = req.body
+        if body.content_length == 0 or (body.in_memory and not body.done):
+            data = body.peek_memory() if body.in_memory else b""
+            trailers = body.trailers
+            factory: Callable[[], Body] | None = lambda: Body.from_bytes(data, trailers)  # noqa: E731
+        else:
+            factory = await buffer_body_for_retry(body, entry.policy.buffer_bytes)
+        attempts = entry.policy.start(req.method, replayable=factory is not None, deadline=deadline)
+        next_body = factory or _one_body(body)
         client_stats = client.stats
         client_stats.start()
         t0 = self._clock()
         cause: Cause | None = None
         status = 502
         try:
-            if params.total_timeout_ms:
-                with trio.move_on_after(params.total_timeout_ms / 1000) as scope:
-                    resp, endpoint = await client.request(req)
-                if scope.cancelled_caught:
-                    cause = Cause.TIMEOUT_REQUEST
-                    msg = (f"exceeded totalTimeoutMs ({params.total_timeout_ms} ms) for {service} "
-                           f"via {client_id}")
-                    return self._err(503, cause, msg), cause, svc
-            else:
-                resp, endpoint = await client.request(req)
-            status = resp.status
-            if status >= 500:
-                cause = Cause.UPSTREAM_5XX
-            return resp, cause, svc
-        except UpstreamError as e:
-            cause = Cause(e.cause) if e.cause in Cause._value2member_map_ else Cause.PROXY_INTERNAL
-            status = CAUSE_STATUS.get(e.cause, 502)
-            if cause in (Cause.CONNECT_REFUSED, Cause.CONNECT_TIMEOUT, Cause.CONNECT_UNREACHABLE):
-                msg = (f"Unable to establish connection to {e.endpoint}.\n{e}\nservice name: {service}\n"
-                       f"client name: {client_id}\naddresses: [{', '.join(client.endpoints)}]\n"
-                       f"selected address: {e.endpoint}")
-            else:
-                msg = f"{e}\nservice name: {service}\nclient name: {client_id}"
-            return self._err(status, cause, msg, retryable=e.retryable), cause, svc
+            while True:
+                req.body = next_body()
+                resp: Response | None = None
+                err: UpstreamError | None = None
+                try:
+                    if deadline is not None:
+                        remaining = deadline.remaining_s(time.time_ns())
+                        with trio.move_on_after(max(remaining, 0.0)) as scope:
+                            resp, _endpoint = await client.request(req)
+                        if scope.cancelled_caught:
+                            cause = Cause.TIMEOUT_REQUEST
+                            if params.total_timeout_ms and (inbound_deadline is None or deadline.deadline_ns
+                                                             < inbound_deadline.deadline_ns):
+                                why = f"exceeded totalTimeoutMs ({params.total_timeout_ms} ms)"
+                            else:
+                                why = f"exceeded the request's deadline ({DEADLINE_HEADER})"
+                            return self._err(503, cause, f"{why} for {service} via {client_id}"), cause, svc
+                    else:
+                        resp, _endpoint = await client.request(req)
+                except UpstreamError as e:
+                    err = e
+                if resp is not None:
+                    status = resp.status
+                    if status < 500 and entry.http_classifier:
+                        cause = None
+                        return resp, None, svc
+                    decision = attempts.decide(status, None, now_ns=time.time_ns(),
+                                               l5d_retryable=resp.headers.get(_RETRYABLE))
+                else:
+                    assert err is not None
+                    decision = attempts.decide(None, cause_of(err), now_ns=time.time_ns())
+                if decision.verdict is Verdict.RETRY:
+                    entry.retries_total.incr()
+                    if resp is not None:
+                        await resp.body.aclose()
+                    log.debug("router.retry", router=self.label, service=str(service), status=status,
+                              cause=err.cause if err is not None else None, delay_s=decision.delay_s)
+                    if decision.delay_s > 0:
+                        await trio.sleep(decision.delay_s)
+                    continue
+                if decision.reason == "budget_exhausted":
+                    entry.budget_exhausted.incr()
+                if resp is not None:
+                    cause = Cause.UPSTREAM_5XX if status >= 500 else None
+                    return resp, cause, svc
+                assert err is not None
+                cause = cause_of(err)
+                status = CAUSE_STATUS.get(err.cause, 502)
+                return self._upstream_error(err, service, client), cause, svc
+        except BaseException:
+            cause = Cause.PROXY_INTERNAL if cause is None else cause
+            raise
         finally:
+            entry.per_request.add(attempts.finish())
             client_stats.finish(self._clock() - t0, cause, status)
+
+    def _service_entry(self, service: Path, svc: Any) -> _Service:
+        params = service_params_for(self.cfg, service)
+        policy = RetryPolicy.from_params(params, clock=self._clock, rng=self._rng)
+        entry = _Service(params, policy, svc)
+        if len(self._services) < 10_000:
+            self._services[service] = entry
+        return entry
+
+    def _upstream_error(self, e: UpstreamError, service: Path, client: Client) -> Response:
+        cause = cause_of(e)
+        status = CAUSE_STATUS.get(e.cause, 502)
+        if cause in (Cause.CONNECT_REFUSED, Cause.CONNECT_TIMEOUT, Cause.CONNECT_UNREACHABLE):
+            msg = (f"Unable to establish connection to {e.endpoint}.\n{e}\nservice name: {service}\n"
+                   f"client name: {client.id}\naddresses: [{', '.join(client.endpoints)}]\n"
+                   f"selected address: {e.endpoint}")
+        else:
+            msg = f"{e}\nservice name: {service}\nclient name: {client.id}"
+        return self._err(status, cause, msg, retryable=e.retryable)
 
     def _service_stats(self, service: Path, bound: bool, cause: Cause) -> Any:
         self.scope.observe_unbound(str(service), cause)

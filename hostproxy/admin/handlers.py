@@ -342,6 +342,13 @@ class AdminHandler:
                 self._reload,
             ),
         ]
+        # Lifecycle views (watched dtab files, overload and reload state), when the context has them.
+        table += [
+            (Endpoint("/dtab_state.json", ("GET",), "per router, its dtab file: version, diff history, last error"),
+             self._dtab_state),
+            (Endpoint("/overload.json", ("GET",), "overload watermarks, server limits, retries, reload state"),
+             self._overload),
+        ]
         self.endpoints: list[Endpoint] = [ep for ep, _ in table]
         self._routes: dict[str, tuple[Endpoint, _Fn]] = {
             ep.path: (ep, fn) for ep, fn in table if "<" not in ep.path
@@ -604,6 +611,14 @@ class AdminHandler:
         log.info("admin.shutdown_requested", peer=call.peer)
         self.ctx.request_shutdown()
         return _text(202, "shutting down: draining connections")
+
+    async def _dtab_state(self, call: _Call) -> Response:
+        fn = getattr(self.ctx, "dtab_state", None)
+        return _json(200, fn() if fn is not None else {})
+
+    async def _overload(self, call: _Call) -> Response:
+        fn = getattr(self.ctx, "overload_state", None)
+        return _json(200, fn() if fn is not None else {})
 
     async def _reload(self, call: _Call) -> Response:
         log.info("admin.reload_requested", peer=call.peer)

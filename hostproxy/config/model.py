@@ -605,6 +605,33 @@ class ServerConfig:
         "Let a per-request l5d-dtab route to raw addresses (/$/inet/...) even on a non-loopback server.",
         extension=True,
     )
+    max_connections: int | None = key(
+        None,
+        "Most open client connections; beyond it a new connection is closed at once.",
+        default_doc="unlimited",
+        check=positive,
+        extension=True,
+    )
+    max_requests_per_connection: int | None = key(
+        None,
+        "Close a client connection after this many requests (Connection: close on the last).",
+        default_doc="unlimited",
+        check=positive,
+        extension=True,
+    )
+    request_header_timeout_ms: int = key(
+        10000,
+        "A request head not complete this long after its first byte gets 408 and the connection is cut.",
+        check=positive,
+        extension=True,
+    )
+    request_body_timeout_ms: int | None = key(
+        None,
+        "Cut a connection whose request body stalls this long between two reads.",
+        default_doc="none",
+        check=positive,
+        extension=True,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -674,6 +701,13 @@ class RouterConfig(PluginConfig):
     )
     binding_timeout_ms: int = key(10000, "Give up binding a name after this long (502).", check=positive)
     binding_cache: BindingCache = key(BindingCache(), "Sizes of the binding caches.")
+    max_concurrent_requests: int | None = key(
+        None,
+        "Requests in flight on the whole router (all its servers) beyond which new ones get 503 overload.",
+        default_doc="unlimited",
+        check=positive,
+        extension=True,
+    )
     originator: bool = key(False, "Add the gauge rt/<label>/originator = 1.")
     experimental: bool = key(False, "Must be true for experimental protocols.")
 
@@ -732,6 +766,24 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class OverloadSection:
+    memory_limit_bytes: int | None = key(
+        None, "Memory the marks are fractions of.", default_doc="the cgroup's memory.max, else off",
+        check=positive,
+    )
+    no_keepalive: float = key(0.80, "Memory fraction past which connections close after each response.",
+                              check=fraction)
+    shed: float = key(0.90, "Memory fraction past which new requests get 503 overload.", check=fraction)
+    stop_accept: float = key(0.95, "Memory fraction past which no connection is accepted.", check=fraction)
+    fd_stop_accept: float = key(0.90, "Fraction of RLIMIT_NOFILE past which no connection is accepted.",
+                                check=fraction)
+    fd_reserve: int = key(16, "Stop accepting when fewer descriptors than this are left.", check=non_negative)
+    hysteresis: float = key(0.05, "How far below a mark a reading must fall to leave its level.",
+                            check=fraction)
+    interval_ms: int = key(1000, "How often memory and descriptors are sampled.", check=positive)
+
+
+@dataclass(frozen=True, kw_only=True)
 class UsageConfig:
     org_id: str = key("", "Accepted for compatibility; hostproxy sends no usage reports.")
     enabled: bool = key(True, "Accepted for compatibility; hostproxy sends no usage reports.")
@@ -766,6 +818,9 @@ class Config:
     usage: UsageConfig = key(UsageConfig(), "Linkerd's usage reporting; accepted and ignored.")
     dns: DnsConfig = key(DnsConfig(), "DNS resolution of /$/inet names.", extension=True)
     namer_state: NamerStateConfig = key(NamerStateConfig(), "Persistence of namer state.", extension=True)
+    overload: OverloadSection = key(
+        OverloadSection(), "Memory and file-descriptor watermarks (Envoy's overload manager).", extension=True
+    )
 
     def to_json(self) -> dict[str, Any]:
         """The loaded config with defaults filled in (served as /config.json)."""

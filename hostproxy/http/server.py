@@ -8,7 +8,8 @@ task is a loop over request/response cycles (keep-alive, pipelining answered in 
 ``ServerCodec``:
 
 1. read a request head under deadlines: ``idle_timeout_s`` until its first byte, then
-   ``request_head_timeout_s`` for the whole head (slow clients get 408 and are cut off);
+   ``request_head_timeout_s`` for the whole head (slow clients get 408 and are cut off); a request
+   body that stalls for ``request_body_timeout_s`` between chunks cuts the connection too;
 2. build a ``Request``: absolute-form targets normalised (proxy mode), hop-by-hop headers dropped,
    ``Via`` appended, ``Forwarded`` added when configured; refuse ``CONNECT`` (405), proxy loops
    (400, ``maxCallDepth``) and requests beyond ``maxConcurrentRequests`` (503 at once, no queue);
@@ -21,6 +22,22 @@ so bodies stream both ways with backpressure.  ``Expect: 100-continue`` is answe
 body is first read.  Malformed requests (see ``codec``) get 400/414/431 and the connection is
 closed, because its framing can no longer be trusted.
 
+Limits and overload: ``max_connections`` caps open connections (beyond it a new connection is
+accepted and closed at once, never left waiting in the backlog); ``max_requests_per_connection``
+closes a connection after that many requests (``Connection: close`` on the last). An optional
+``overload`` object (:class:`hostproxy.overload.OverloadManager`) is read as plain attributes:
+``accept_allowed`` (false: stop calling ``accept``), ``keepalive_allowed`` (false: every response
+closes its connection) and ``shed_requests`` (true: answer 503 ``overload`` at once).
+
+Lifecycle, the same for every protocol's server (the daemon only uses these):
+:meth:`Http1Server.stop_accepting` closes the listening sockets — connections already queued in the
+kernel backlog are accepted first and served, so none is reset — and :meth:`Http1Server.drain` puts
+the server in drain mode: idle keep-alive connections are closed at once, responses in flight get
+``Connection: close``, and connections close after their current response. ``statistics()`` reports
+``requests_in_flight`` and ``connections`` so the daemon knows when the drain is done. Listeners are
+bound with ``SO_REUSEPORT`` (:func:`bind_listeners`), so a new process can listen beside an old one
+during an upgrade; ``serve(listeners=...)`` adopts inherited sockets (systemd socket activation).
+
 Failures stay inside their connection: an exception from the handler becomes a 502
 ``proxy/internal`` response (logged with a traceback as ``http.handler_failed``); anything else that
 escapes a connection is logged as ``http.connection_failed`` and closes only that connection.
@@ -28,8 +45,11 @@ escapes a connection is logged as ``http.connection_failed`` and closes only tha
 
 from __future__ import annotations
 
+import errno
 import itertools
+import os
 import random
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,7 +81,7 @@ from hostproxy.http.proxyheaders import (
     via_count,
 )
 
-__all__ = ["ConnInfo", "Handler", "Http1Server", "ServerParams"]
+__all__ = ["ConnInfo", "Handler", "Http1Server", "ServerParams", "bind_listeners"]
 
 log = structlog.get_logger("hostproxy.http.server")
 
@@ -79,7 +99,10 @@ class ServerParams:
     max_initial_line_kb: int = 4
     max_header_count: int = 100
     request_head_timeout_s: float = 10.0
+    request_body_timeout_s: float | None = None
     idle_timeout_s: float | None = 60.0
+    max_connections: int | None = None
+    max_requests_per_connection: int | None = None
     max_call_depth: int = 1000
     add_forwarded_header: ForwardedConfig | None = None
     router_label: str = "http"
@@ -113,14 +136,47 @@ class _Stats:
     requests_in_flight: int = 0
     requests_total: int = 0
     rejected_overload: int = 0
+    rejected_connections: int = 0
     bad_requests: int = 0
+    header_timeouts: int = 0
+    body_timeouts: int = 0
     connection_failures: int = 0
+    accept_paused: int = 0
 
 
 def _addr(sockaddr: Any) -> tuple[str, int]:
     if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
         return (str(sockaddr[0]), int(sockaddr[1]))
     return (str(sockaddr), 0)
+
+
+LISTEN_BACKLOG = 1024
+# While draining, how long a freshly accepted connection has to send its first request.
+DRAIN_FIRST_REQUEST_S = 1.0
+
+
+def bind_listeners(ip: str, port: int, *, reuse_port: bool = True) -> list[trio.SocketListener]:
+    """Listening sockets on ``ip:port`` with ``SO_REUSEADDR`` and (by default) ``SO_REUSEPORT``.
+
+    ``SO_REUSEPORT`` lets a second hostproxy process bind the same port during an upgrade; the kernel
+    spreads new connections over both until the old one closes its listener.
+    """
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port and hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((ip, port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as e:
+        sock.close()
+        raise OSError(e.errno, f"cannot listen on {ip}:{port}: {e.strerror}; is another process (not a "
+                      "hostproxy with SO_REUSEPORT) using the port?") from None
+    sock.setblocking(False)
+    return [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
 
 
 class Http1Server:
@@ -132,6 +188,7 @@ class Http1Server:
         params: ServerParams | None = None,
         *,
         rng: random.Random | None = None,
+        overload: Any = None,
     ) -> None:
         self.handler = handler
         self.params = params or ServerParams()
@@ -140,6 +197,12 @@ class Http1Server:
         self._stats = _Stats()
         self._ids = itertools.count(1)
         self.addresses: list[tuple[str, int]] = []
+        self.overload = overload
+        self.draining = False
+        self._listeners: list[trio.SocketListener] = []
+        self._accepting: list[trio.CancelScope] = []
+        self._conns: set[_Connection] = set()
+        self._backlog: list[trio.SocketStream] = []
 
     def statistics(self) -> dict[str, int]:
         return dict(self._stats.__dict__)
@@ -157,45 +220,139 @@ class Http1Server:
         *,
         task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Accept connections until cancelled; reports the bound addresses via ``task_status``."""
+        """Serve until cancelled, or until drained and idle; reports the bound addresses.
+
+        Binds ``params.ip:params.port`` with :func:`bind_listeners` unless ``listeners`` are given
+        (adopted sockets, e.g. from systemd socket activation).
+        """
         if listeners is None:
-            listeners = await trio.open_tcp_listeners(self.params.port, host=self.params.ip)
+            listeners = bind_listeners(self.params.ip, self.params.port)
+        self._listeners = list(listeners)
         self.addresses = [_addr(lst.socket.getsockname()) for lst in listeners]
         log.info("http.server.started", router=self.params.router_label, addresses=self.addresses)
         try:
             async with trio.open_nursery() as nursery:
                 for lst in listeners:
-                    nursery.start_soon(self._accept_loop, lst, nursery)
+                    scope = trio.CancelScope()
+                    self._accepting.append(scope)
+                    nursery.start_soon(self._accept_loop, lst, nursery, scope)
                 task_status.started(self.addresses)
         finally:
-            for lst in listeners:
-                with trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=True):
+                for lst in listeners:
                     await lst.aclose()
 
-    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:  # EMFILE and friends: back off instead of spinning
-                log.warning("http.accept_failed", error=str(exc))
-                await trio.sleep(0.1)
-                continue
-            nursery.start_soon(self._run_connection, stream)
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def stop_accepting(self) -> None:
+        """Close the listening sockets now; connections already in the backlog are still served."""
+        for lst in self._listeners:
+            _take_backlog(self, lst)
+            lst.socket.close()
+        for scope in self._accepting:
+            scope.cancel()
+        if self._listeners:
+            log.info("http.server.stopped_accepting", router=self.params.router_label, addresses=self.addresses)
+
+    def drain(self) -> None:
+        """Stop accepting, close idle connections, and close the others after their current response."""
+        if not self.draining:
+            self.draining = True
+            log.info("http.server.draining", router=self.params.router_label, addresses=self.addresses,
+                     connections=self._stats.connections, in_flight=self._stats.requests_in_flight)
+        self.stop_accepting()
+        for conn in list(self._conns):
+            conn.close_if_idle()
+
+    @property
+    def idle(self) -> bool:
+        """No connection open (after :meth:`drain`, the drain is complete)."""
+        return self._stats.connections == 0
+
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery,
+                           scope: trio.CancelScope) -> None:
+        with scope:
+            while True:
+                ov = self.overload
+                if ov is not None and not ov.accept_allowed:
+                    # Overloaded (memory or descriptors): leave new connections in the backlog.
+                    self._stats.accept_paused += 1
+                    while not ov.accept_allowed:
+                        await trio.sleep(0.05)
+                try:
+                    stream = await listener.accept()
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    return
+                except OSError as exc:  # EMFILE and friends: back off instead of spinning
+                    if exc.errno in (errno.EBADF, errno.EINVAL):
+                        return  # the listener was closed under us (stop_accepting)
+                    log.warning("http.accept_failed", router=self.params.router_label, error=str(exc))
+                    await trio.sleep(0.1)
+                    continue
+                self._start_connection(nursery, stream)
+        # Closed by stop_accepting: serve what was accepted from the backlog.
+        backlog, self._backlog = self._backlog, []
+        for stream in backlog:
+            self._start_connection(nursery, stream)
+
+    def _start_connection(self, nursery: trio.Nursery, stream: trio.SocketStream) -> None:
+        limit = self.params.max_connections
+        if limit is not None and self._stats.connections >= limit:
+            self._stats.rejected_connections += 1
+            _abort(stream)
+            return
+        self._stats.connections += 1  # counted at once, so a burst cannot exceed the cap
+        nursery.start_soon(self._run_connection, stream)
 
     async def _run_connection(self, stream: trio.SocketStream) -> None:
         stats = self._stats
-        stats.connections += 1
         stats.connections_total += 1
+        conn: _Connection | None = None
         try:
             conn = _Connection(self, stream, next(self._ids))
+            self._conns.add(conn)
             await conn.run()
         except Exception:
             stats.connection_failures += 1
             log.exception("http.connection_failed", router=self.params.router_label)
         finally:
             stats.connections -= 1
+            if conn is not None:
+                self._conns.discard(conn)
             with trio.CancelScope(shield=True):
                 await stream.aclose()
+
+
+def _take_backlog(server: Http1Server, listener: trio.SocketListener) -> None:
+    """Accept (without blocking) every connection the kernel already queued on ``listener``."""
+    taken: list[trio.SocketStream] = []
+    try:
+        fd = listener.socket.fileno()
+        if fd < 0:
+            return
+        dup = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return
+    try:
+        dup.setblocking(False)
+        while True:
+            try:
+                raw, _peer = dup.accept()
+            except OSError:  # BlockingIOError: the backlog is empty
+                break
+            raw.setblocking(False)
+            taken.append(trio.SocketStream(trio.socket.from_stdlib_socket(raw)))
+    finally:
+        dup.close()
+    server._backlog.extend(taken)
+
+
+def _abort(stream: trio.SocketStream) -> None:
+    """Close a connection at once (the peer sees it closed, not a hang)."""
+    try:
+        stream.socket.close()
+    except OSError:
+        pass
 
 
 class _ClientGone(Exception):
@@ -231,7 +388,15 @@ class _RequestBodySource:
             if event is NEED_DATA:
                 if codec.they_are_waiting_for_100_continue:
                     await conn.send_100_continue()
-                data = await conn.receive()
+                timeout = conn.params.request_body_timeout_s
+                if timeout is None:
+                    data = await conn.receive()
+                else:
+                    with trio.move_on_after(timeout) as scope:
+                        data = await conn.receive()
+                    if scope.cancelled_caught:
+                        conn.server._stats.body_timeouts += 1
+                        raise _ClientGone(f"request body stalled for {timeout:g}s (requestBodyTimeoutMs)")
                 codec.receive_data(data)
                 continue
             if type(event) is ConnectionClosed or event is PAUSED:
@@ -249,6 +414,8 @@ class _Connection:
         self.stream = stream
         self.codec = ServerCodec(server._limits)
         self.send_lock = trio.Lock()
+        self.requests = 0
+        self.idle_scope: trio.CancelScope | None = None
         sock = stream.socket
         self.info = ConnInfo(
             peer=_addr(sock.getpeername()),
@@ -260,6 +427,31 @@ class _Connection:
         self.forwarded_labels = (
             (obfuscated(server._rng), obfuscated(server._rng)) if fwd is not None else ("", "")
         )
+
+    def close_if_idle(self) -> None:
+        """Drain: a connection waiting for its next request is closed now.
+
+        A connection that has not sent its first request yet (it may have been accepted a moment ago,
+        its request already on the way) gets :data:`DRAIN_FIRST_REQUEST_S` to send it instead.
+        """
+        scope = self.idle_scope
+        if scope is None:
+            return
+        if self.requests > 0:
+            scope.cancel()
+        else:
+            scope.deadline = min(scope.deadline, trio.current_time() + DRAIN_FIRST_REQUEST_S)
+
+    def must_close(self) -> bool:
+        """Whether the response being written is this connection's last (drain, overload, limit)."""
+        server = self.server
+        if server.draining:
+            return True
+        ov = server.overload
+        if ov is not None and not ov.keepalive_allowed:
+            return True
+        limit = self.params.max_requests_per_connection
+        return limit is not None and self.requests >= limit
 
     # -- I/O helpers -----------------------------------------------------------------------------
 
@@ -321,19 +513,28 @@ class _Connection:
                     codec.receive_data(await self.receive())
                     continue
                 self.server._stats.bad_requests += 1
+                self.server._stats.header_timeouts += 1
                 await self._send_error_and_close(
                     408,
                     "bad-request",
                     f"request head not received within {params.request_head_timeout_s:g}s",
                 )
                 return None
-            if params.idle_timeout_s is None:
-                data = await self.receive()
-            else:
-                with trio.move_on_after(params.idle_timeout_s) as scope:
+            idle_s = params.idle_timeout_s
+            if self.server.draining:
+                if self.requests > 0:
+                    return None  # draining: an idle keep-alive connection closes instead of waiting
+                idle_s = DRAIN_FIRST_REQUEST_S if idle_s is None else min(idle_s, DRAIN_FIRST_REQUEST_S)
+            self.idle_scope = scope = trio.CancelScope()
+            if idle_s is not None:
+                scope.deadline = trio.current_time() + idle_s
+            try:
+                with scope:
                     data = await self.receive()
-                if scope.cancelled_caught:
-                    return None  # idle keep-alive connection: close quietly
+            finally:
+                self.idle_scope = None
+            if scope.cancelled_caught:
+                return None  # idle keep-alive connection (timed out, or drained): close quietly
             deadline = trio.current_time() + params.request_head_timeout_s
             codec.receive_data(data)
 
@@ -424,6 +625,7 @@ class _Connection:
         server = self.server
         stats = server._stats
         stats.requests_total += 1
+        self.requests += 1
         try:
             built = self._build_request(head)
         except ProtocolError as exc:
@@ -436,12 +638,21 @@ class _Connection:
         else:
             request_body = built.body
             limit = self.params.max_concurrent_requests
+            ov = server.overload
             if limit is not None and stats.requests_in_flight >= limit:
                 stats.rejected_overload += 1
                 response = error_response(
                     503,
                     "overload",
                     f"server {self.params.router_label} is at maxConcurrentRequests={limit}; retry later",
+                )
+            elif ov is not None and ov.shed_requests:
+                stats.rejected_overload += 1
+                ov.note_shed()
+                response = error_response(
+                    503,
+                    "overload",
+                    "hostproxy is shedding load: memory is past the overload shed mark; retry later",
                 )
             else:
                 stats.requests_in_flight += 1
@@ -450,6 +661,7 @@ class _Connection:
                 finally:
                     stats.requests_in_flight -= 1
         close = "close" in (response.headers.get(b"connection") or b"").decode("latin-1").lower()
+        close = close or self.must_close()
         await self._write_response(response, head_method=head.method, close=close)
         return await self._finish_cycle(request_body, close)
 
@@ -462,7 +674,7 @@ class _Connection:
             if not isinstance(exc, UpstreamError):
                 log.exception("http.handler_failed", router=self.params.router_label, target=request.target)
             response = response_for_exception(exc)
-        close = b"close" in (response.headers.get(b"connection") or b"").lower()
+        close = b"close" in (response.headers.get(b"connection") or b"").lower() or self.must_close()
         if response.status == 101:
             if response.upgraded is None or request.upgrade is None:
                 await response.body.aclose()
@@ -477,7 +689,7 @@ class _Connection:
 
     async def _finish_cycle(self, request_body: Body | None, close: bool) -> bool:
         codec = self.codec
-        if close:
+        if close or self.server.draining:
             return False
         if request_body is not None and not request_body.done and not codec.request_complete:
             # The handler answered without reading the whole request body.  Read and discard a
