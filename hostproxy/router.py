@@ -47,7 +47,7 @@ import structlog
 import trio
 
 from dtab import Dtab, Path
-from dtab.bind import AddrFailed, BoundName
+from dtab.bind import AddrFailed, AddrPending, BoundName
 from dtab.tree import Leaf, Union
 from hostproxy.balancer import WeightedChoice
 from hostproxy.causes import Cause
@@ -447,12 +447,32 @@ class HttpRouter:
         s.start()
         return s
 
+    def _waiting(self, outcome: Any) -> bool:
+        """Binding has not answered yet: a namer is pending, or a bound leaf's address set is (and
+        its client has nothing from before to use)."""
+        if outcome.pending:
+            return True
+        if outcome.error is not None or outcome.refused is not None:
+            return False
+        todo = [outcome.tree]
+        while todo:
+            t = todo.pop()
+            if isinstance(t, Leaf):
+                b = t.value
+                if isinstance(getattr(b, "addr", None), AddrPending):
+                    client = self.clients.peek(str(b.id))
+                    if client is None or not client.endpoints:
+                        return True
+            elif isinstance(t, Union):
+                todo.extend(w.tree for w in t.branches)
+        return False
+
     async def _bind(self, service: Path, local: Dtab, policy: AddressOverridePolicy | None) -> Any:
         outcome = self.binder.bind(service, local, policy=policy)
-        if not outcome.pending:
+        if not self._waiting(outcome):
             return outcome
         with trio.move_on_after(self.binding_timeout_s):
-            while outcome.pending:
+            while self._waiting(outcome):
                 if self._changed.is_set():
                     self._changed = trio.Event()
                 await self._changed.wait()

@@ -100,11 +100,11 @@ async def test_outgoing_sends_to_the_peer_hostproxy_which_delivers_locally(tmp_p
     in_port = free_on_both()
     async with open_fake_api() as api, running_upstream(host=HOSTS["b"]) as app:
         node = {HOSTS["a"]: "node-a", HOSTS["b"]: "node-b"}
-        api.put("services", service("web", [("http", 80, "http")]))
-        api.put("endpoints", on_node(endpoints("web", ready=[HOSTS["b"]], ports={"http": app.port}), node))
-        api.put("services", service("l5d", [("incoming", in_port, in_port)]))
+        api.put("services", service("web", [("http", 80, "http")], ns="default"))
+        api.put("endpoints", on_node(endpoints("web", ready=[HOSTS["b"]], ports={"http": app.port}, ns="default"), node))
+        api.put("services", service("l5d", [("incoming", in_port, in_port)], ns="default"))
         api.put("endpoints", on_node(
-            endpoints("l5d", ready=[HOSTS["a"], HOSTS["b"]], ports={"incoming": in_port}), node))
+            endpoints("l5d", ready=[HOSTS["a"], HOSTS["b"]], ports={"incoming": in_port}, ns="default"), node))
         procs: dict[str, trio.Process] = {}
         ports: dict[str, dict[str, int]] = {}
         logs = contextlib.ExitStack()

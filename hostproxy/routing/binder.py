@@ -308,6 +308,10 @@ class ClientCache(Generic[K, C]):
             self._lru.put(key, c)
         return c  # type: ignore[return-value]
 
+    def peek(self, key: K) -> C | None:
+        """The client for ``key`` if there is one, without making it or touching its recency."""
+        return self._lru.peek(key)
+
     def acquire(self, key: K, factory: Callable[[K], C]) -> C:
         """Get (or make) the client and hold it in use until :meth:`release`."""
         self.get(key, factory)  # a new entry is never the one its own insertion evicts
