@@ -101,6 +101,27 @@ def server_params(router_cfg: Any, server_cfg: Any, label: str, grace_s: float) 
     )
 
 
+def h2_server_params(router_cfg: Any, server_cfg: Any, label: str, grace_s: float) -> Any:
+    """An h2 router's server: the HTTP parameters plus the HTTP/2 settings Linkerd's keys name."""
+    import dataclasses
+
+    from hostproxy.h2.server import H2ServerParams
+
+    base = server_params(router_cfg, server_cfg, label, grace_s)
+    extra: dict[str, Any] = {}
+    for key, field in (
+        ("max_concurrent_streams_per_connection", "max_concurrent_streams"),
+        ("initial_stream_window_bytes", "initial_stream_window_bytes"),
+        ("max_frame_bytes", "max_frame_bytes"),
+        ("max_header_list_byts", "max_header_list_bytes"),
+        ("header_table_bytes", "header_table_bytes"),
+    ):
+        value = getattr(server_cfg, key, None)
+        if value is not None:
+            extra[field] = value
+    return H2ServerParams(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)}, **extra)
+
+
 def _ms(v: int | None) -> float | None:
     return None if v is None else v / 1000
 
@@ -336,15 +357,24 @@ class Daemon:
 
     def _build_router(self, rcfg: Any, ns: _Namers, watcher: DtabFileWatcher | None) -> HttpRouter:
         assert self._nursery is not None
-        if rcfg.kind != "http":
+        if rcfg.kind not in ("http", "h2"):
             raise ValueError(f"router protocol {rcfg.kind!r} has no runtime in this hostproxy version")
+        pool_factory = None
+        if rcfg.kind == "h2":
+            from hostproxy.h2.upstream import H2UpstreamPool
+
+            pool_factory = H2UpstreamPool
         return HttpRouter(rcfg, namers=ns.namers, resolver=ns.resolver, metrics=self.metrics,
-                          nursery=self._nursery, rng=self.rng, namer_pairs=ns.pairs,
+                          nursery=self._nursery, rng=self.rng, namer_pairs=ns.pairs, pool_factory=pool_factory,
                           transformers=self.build_transformers(rcfg.interpreter.transformers, ns),
                           base_dtab=self._base_dtab(rcfg, watcher))
 
     def _make_server(self, router: HttpRouter, params: ServerParams) -> Any:
         """The one place a server object is made for a router (one protocol per router kind)."""
+        if router.cfg.kind == "h2":
+            from hostproxy.h2.server import H2Server
+
+            return H2Server(router.handle, params, rng=self.rng)
         return Http1Server(router.handle, params, rng=self.rng, overload=self.overload)
 
     def _server_specs(self, config: Config) -> dict[tuple[str, Any], tuple[str, ServerParams]]:
@@ -353,8 +383,9 @@ class Daemon:
         out: dict[tuple[str, Any], tuple[str, ServerParams]] = {}
         for rcfg in config.routers:
             label = rcfg.label or rcfg.kind
+            make = h2_server_params if rcfg.kind == "h2" else server_params
             for i, scfg in enumerate(rcfg.servers):
-                params = server_params(rcfg, scfg, label, grace_s)
+                params = make(rcfg, scfg, label, grace_s)
                 key = (params.ip, params.port) if params.port else (params.ip, f"0/{label}/{i}")
                 out[key] = (label, params)
         return out

@@ -34,12 +34,7 @@ EXPECTED: dict[str, list[str] | None] = {
     "k8s-daemonset__k8s__linkerd-ingress.yaml": None,
     "k8s-daemonset__k8s__linkerd-egress.yaml": None,
     "lifecycle__linkerd1__linkerd.yaml": None,
-    "k8s-daemonset__k8s__linkerd-grpc.yaml": [
-        "routers[0].identifier.kind: kind 'io.l5d.header.path' (routers[0].identifier.kind) is not supported yet "
-        "by this hostproxy version; for now, use io.l5d.header.token (the :authority header)",
-        "routers[1].identifier.kind: kind 'io.l5d.header.path' (routers[1].identifier.kind) is not supported yet "
-        "by this hostproxy version; for now, use io.l5d.header.token (the :authority header)",
-    ],
+    "k8s-daemonset__k8s__linkerd-grpc.yaml": None,
     "k8s-daemonset__k8s__linkerd-zipkin.yaml": [
         "telemetry[1].kind: telemeter kind 'io.l5d.zipkin' is not supported yet by hostproxy; tracing export is "
         "not implemented; remove this telemeter",

@@ -161,7 +161,7 @@ def test_reference_documents_every_key_and_kind() -> None:
         "| `idleTtlSecs` | int | `600` |",
         "### `io.l5d.k8s` (implemented)",
         "### `io.l5d.dnssrv` (implemented, experimental: needs `experimental: true`)",
-        "### `io.l5d.h2.grpc.default` (planned, for h2 routers)",
+        "### `io.l5d.h2.grpc.default` (implemented, for h2 routers)",
     ]:
         assert needle in text, needle
 

@@ -28,6 +28,7 @@ with an empty body is sent as a single HEADERS frame with END_STREAM (gRPC "trai
 
 from __future__ import annotations
 
+import errno
 import itertools
 import random
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import h2.config
+import hyperframe.frame
 import h2.connection
 import h2.events
 import h2.settings
@@ -157,6 +159,35 @@ class H2Server:
         self._stats = _Stats()
         self._ids = itertools.count(1)
         self.addresses: list[tuple[str, int]] = []
+        self._listeners: list[Any] = []
+        self._accepting: list[trio.CancelScope] = []
+        self._links: set[_ServerLink] = set()
+        self.draining = False
+
+    def stop_accepting(self) -> None:
+        """Close the listening sockets now (new connections are refused at once)."""
+        for scope in self._accepting:
+            scope.cancel()
+        for lst in self._listeners:
+            try:
+                lst.socket.close()
+            except OSError:
+                pass
+
+    def drain(self) -> None:
+        """Stop accepting and send every connection GOAWAY; each closes once its streams finish."""
+        if not self.draining:
+            self.draining = True
+            log.info("h2.server.draining", router=self.params.router_label, addresses=self.addresses,
+                     connections=self._stats.connections, in_flight=self._stats.requests_in_flight)
+        self.stop_accepting()
+        for link in list(self._links):
+            link.start_drain()
+
+    @property
+    def idle(self) -> bool:
+        """No connection open (after :meth:`drain`, the drain is complete)."""
+        return self._stats.connections == 0
 
     def statistics(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self._stats.__dict__)
@@ -178,26 +209,35 @@ class H2Server:
         if listeners is None:
             listeners = await trio.open_tcp_listeners(self.params.port, host=self.params.ip)
         self.addresses = [_addr(lst.socket.getsockname()) for lst in listeners]
+        self._listeners = list(listeners)
         log.info("h2.server.started", router=self.params.router_label, addresses=self.addresses)
         try:
             async with trio.open_nursery() as nursery:
                 for lst in listeners:
-                    nursery.start_soon(self._accept_loop, lst, nursery)
+                    scope = trio.CancelScope()
+                    self._accepting.append(scope)
+                    nursery.start_soon(self._accept_loop, lst, nursery, scope)
                 task_status.started(self.addresses)
         finally:
             for lst in listeners:
                 with trio.CancelScope(shield=True):
                     await lst.aclose()
 
-    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                log.warning("h2.accept_failed", error=str(exc))
-                await trio.sleep(0.1)
-                continue
-            nursery.start_soon(self._run_connection, stream)
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery,
+                           scope: trio.CancelScope) -> None:
+        with scope:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    return
+                except OSError as exc:
+                    if exc.errno in (errno.EBADF, errno.EINVAL):
+                        return  # the listener was closed under us (stop_accepting)
+                    log.warning("h2.accept_failed", error=str(exc))
+                    await trio.sleep(0.1)
+                    continue
+                nursery.start_soon(self._run_connection, stream)
 
     async def _run_connection(self, stream: trio.SocketStream) -> None:
         stats = self._stats
@@ -206,6 +246,9 @@ class H2Server:
         link: _ServerLink | None = None
         try:
             link = _ServerLink(self, stream, next(self._ids))
+            self._links.add(link)
+            if self.draining:
+                link.start_drain()
             await link.serve()
         except Exception:
             stats.connection_failures += 1
@@ -213,6 +256,7 @@ class H2Server:
         finally:
             stats.connections -= 1
             if link is not None:
+                self._links.discard(link)
                 stats.peak_outbound_bytes = max(stats.peak_outbound_bytes, link.peak_outbound)
                 if link.calm_verdict is not None:
                     key = link.calm_verdict.limit
@@ -270,6 +314,25 @@ class _ServerLink(H2Link):
     def on_other_event(self, ev: Any) -> None:
         if type(ev) is h2.events.RequestReceived:
             self._request(ev.stream_id, ev.headers, ev.stream_ended is not None)
+
+    def start_drain(self) -> None:
+        """Graceful shutdown: GOAWAY (NO_ERROR, last stream = the highest one received) so the client
+        opens no new streams here; streams in progress finish, then the connection closes.
+
+        The frame is written directly rather than through h2's ``close_connection``, which would move
+        h2's connection state to CLOSED and refuse the responses still owed on open streams.
+        """
+        if self._draining or self.closing or self.dead:
+            return
+        self._draining = True
+        frame = hyperframe.frame.GoAwayFrame(stream_id=0)
+        frame.last_stream_id = self.conn.highest_inbound_stream_id
+        frame.error_code = NO_ERROR
+        self.flush()
+        self._out += frame.serialize()
+        self._out_event.set()
+        if not self.tasks:
+            self.closing = True
 
     def on_goaway(self, error_code: int, last_stream_id: int | None) -> None:
         self._draining = True
@@ -421,7 +484,6 @@ class _ServerLink(H2Link):
             self.scopes.pop(s.id, None)
             self.streams.pop(s.id, None)
             if self._draining and not self.tasks:
-                self.closing = True
                 self.goaway(NO_ERROR)
 
     async def _respond(self, s: StreamState, response: Response, *, head: bool, grpc: bool) -> None:
