@@ -38,6 +38,7 @@ import structlog
 import trio
 
 from dtab.bind import AddrBound, AddrFailed, AddrNeg
+from namers.base import STALE_SINCE
 from hostproxy.accrual import FailureAccrual, accrual_from_config
 from hostproxy.balancer import EndpointInfo, balancer_from_config
 from hostproxy.budget import BudgetConfig, RetryBudget
@@ -61,6 +62,12 @@ def plugin_mapping(cfg: Any) -> Any:
         return v
 
     return strip(to_json(cfg))
+
+
+# Requeues of one request (connect failures: it never reached an upstream), on top of the budget:
+# the budget refills with traffic, so it alone would not bound one request's attempts (Finagle caps
+# requeues per request the same way).
+MAX_REQUEUES = 25
 
 
 class NoEndpoints(UpstreamError):
@@ -171,9 +178,12 @@ class Client:
         self.endpoints: dict[str, _Endpoint] = {}
         self._addr: Any = None
         self.addr_state = "pending"
+        self.stale_since: float | None = None
         self.stats = scope.client(client_id)
         scope.client_extras(client_id, balancer=self.balancer, accrual=self.accrual,
                             requeue_budget=self.requeue_budget)
+        scope.client_gauge(client_id, "namer/stale_age_secs", lambda: self.stale_age() or 0.0,
+                           "Seconds the namer has served this client's last good addresses")
         self._scope = scope
         self.last_used = clock()
         self.in_flight = 0
@@ -190,7 +200,8 @@ class Client:
             return
         self._addr = addr
         if isinstance(addr, AddrBound):
-            self.addr_state = "bound"
+            self.stale_since = (addr.meta or {}).get(STALE_SINCE)
+            self.addr_state = "stale" if self.stale_since is not None else "bound"
             wanted: dict[str, tuple[str, int, float, dict[str, Any]]] = {}
             for a in addr.addresses:
                 key = f"[{a.host}]:{a.port}" if ":" in a.host else f"{a.host}:{a.port}"
@@ -231,10 +242,17 @@ class Client:
             return None
         return ep
 
+    def stale_age(self) -> float | None:
+        """Seconds the namer has been serving this client's last good addresses (backend failing)."""
+        if self.stale_since is None:
+            return None
+        return round(max(0.0, time.time() - self.stale_since), 3)
+
     async def request(self, req: Request) -> tuple[Response, str]:
         """Send ``req`` to one endpoint; returns the response (body streaming) and the endpoint key."""
         self.last_used = self._clock()
         self.requeue_budget.deposit()
+        requeues = 0
         while True:
             bal_ep = self._pick()
             ep = self.endpoints.get(bal_ep.key) if bal_ep is not None else None
@@ -258,7 +276,9 @@ class Client:
             except UpstreamError as e:
                 self.balancer.on_finish(bal_ep, self._clock() - t0, False)
                 self.accrual.on_response(ep.key, False)
-                if e.retryable and req.body.in_memory and self.requeue_budget.try_withdraw():
+                if (e.retryable and req.body.in_memory and requeues < MAX_REQUEUES
+                        and self.requeue_budget.try_withdraw()):
+                    requeues += 1
                     log.debug("client.requeue", router=self.router, client=self.id, endpoint=ep.key, cause=e.cause)
                     continue
                 raise
@@ -317,6 +337,7 @@ class Client:
             "state": state,
             "addresses": list(self.endpoints) if state == "bound" else [],
             "stale": self.addr_state == "stale",
+            "staleAgeSecs": self.stale_age(),
             "endpoints": endpoints,
             "loadBalancer": {k: v for k, v in bal.items() if k != "endpoints"},
             "failureAccrual": {k: v for k, v in acc.items() if k != "endpoints"},

@@ -59,6 +59,7 @@ from hostproxy.http.server import Http1Server, ServerParams, bind_listeners
 from hostproxy.metrics import MetricsRegistry
 from hostproxy.overload import OverloadConfig, OverloadManager, detect_memory_limit, sample_loop
 from hostproxy.router import HttpRouter
+from hostproxy.namerstate import NamerStateStore
 from namers.inet import InetResolver
 
 log = structlog.get_logger("hostproxy.daemon")
@@ -211,6 +212,11 @@ class _Namers:
                     lookup_fn, daemon.build_transformers(ncfg.transformers, self)
                 )
             self.pairs.append((Path.read("/#") + namer.prefix, lookup_fn))
+        # Last good answers that survive a restart (namerState.dir): loaded before any namer runs.
+        self.state_store: NamerStateStore | None = None
+        if config.namer_state.dir:
+            self.state_store = NamerStateStore(config.namer_state.dir, self.namers)
+            self.state_store.load_all()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with self.scope:
@@ -218,6 +224,8 @@ class _Namers:
                 for n in self.namers:
                     await nursery.start(n.run)
                 await nursery.start(self.resolver.run)
+                if self.state_store is not None:
+                    await nursery.start(self.state_store.run)
                 task_status.started()
         # Cancelled (retired by a reload, or shutdown).
 
@@ -437,7 +445,7 @@ class Daemon:
             from hostproxy.admin.server import AdminServer
 
             admin = AdminServer(self, self.config.admin.ip, self.config.admin.port,
-                                self.config.admin.allow_remote_control)
+                                self.config.admin.allow_remote_control, security=self.config.admin.security)
             self.admin_address = await nursery.start(admin.serve)
             await nursery.start(functools.partial(sample_loop, self.overload, interval_s=self._overload_interval_s))
             nursery.start_soon(functools.partial(sdnotify.watchdog_loop, env=self.env))
@@ -506,6 +514,8 @@ class Daemon:
             async for sig in signals:
                 log.info("daemon.signal", signal=signal.Signals(sig).name)
                 if sig == signal.SIGHUP:
+                    for r in self.routers.values():
+                        r.access_log.reopen()  # after logrotate moved the file away
                     if self._nursery is not None:
                         self._nursery.start_soon(self.reload)
                     continue

@@ -49,6 +49,7 @@ import trio
 from dtab import Dtab, Path
 from dtab.bind import AddrFailed, AddrPending, BoundName
 from dtab.tree import Leaf, Union
+from hostproxy.accesslog import AccessLog
 from hostproxy.balancer import WeightedChoice
 from hostproxy.causes import Cause
 from hostproxy.classifier import HttpClassifier
@@ -145,6 +146,47 @@ def _transforming_bind(transformers: list[Any]) -> Callable[..., Any]:
     return bind_fn
 
 
+class _Rec:
+    """What the access log says of one request (allocated only when the access log is on)."""
+
+    __slots__ = ("method", "path", "service", "client", "endpoint")
+
+    def __init__(self, method: str, path: str) -> None:
+        self.method = method
+        self.path = path
+        self.service: str | None = None
+        self.client: str | None = None
+        self.endpoint: str | None = None
+
+
+class _BodyFailureWatch:
+    """A streamed response body that reports an upstream failure after the head was counted."""
+
+    __slots__ = ("_body", "_stats")
+
+    def __init__(self, body: Body, stats: list[Any]) -> None:
+        self._body = body
+        self._stats = stats
+
+    async def read_chunk(self) -> bytes | None:
+        try:
+            return await self._body.__anext__()
+        except StopAsyncIteration:
+            return None
+        except UpstreamError:
+            for st in self._stats:
+                st.late_failure(Cause.UPSTREAM_RESET)
+            self._stats = []
+            raise
+
+    @property
+    def trailers(self) -> Any:
+        return self._body.trailers
+
+    async def aclose(self) -> None:
+        await self._body.aclose()
+
+
 class HttpRouter:
     """One configured HTTP router (see the module docstring)."""
 
@@ -205,6 +247,7 @@ class HttpRouter:
             close=lambda _id, c: self._nursery.start_soon(c.aclose),
         )
         self.scope = metrics.router(label=self.label)
+        self.access_log = AccessLog.from_config(getattr(cfg, "http_access_log", None))
         self.binding_timeout_s = cfg.binding_timeout_ms / 1000
         self.max_err_bytes = getattr(cfg, "max_err_response_kb", 5120) * 1024
         self.max_err_header_bytes = getattr(cfg, "max_headers_kb", 8) * 1024
@@ -271,8 +314,9 @@ class HttpRouter:
             return self._err(503, Cause.OVERLOAD,
                              f"router {self.label} is at maxConcurrentRequests={limit}; retry later")
         self.in_flight += 1
+        rec = _Rec(req.method, req.target) if self.access_log.enabled else None
         try:
-            resp, cause, service_stats = await self._route(req, conn)
+            resp, cause, service_stats = await self._route(req, conn, server_stats, rec)
             status = resp.status
             return resp
         except BaseException:
@@ -284,8 +328,13 @@ class HttpRouter:
             server_stats.finish(latency, cause, status)
             if service_stats is not None:
                 service_stats.finish(latency, cause, status)
+            if rec is not None:
+                self.access_log.log(router=self.label, method=rec.method, path=rec.path, service=rec.service,
+                                    client=rec.client, endpoint=rec.endpoint, status=status,
+                                    cause=cause.value if cause is not None else None, duration_s=latency)
 
-    async def _route(self, req: Request, conn: ConnInfo) -> tuple[Response, Cause | None, Any]:
+    async def _route(self, req: Request, conn: ConnInfo, server_stats: Any = None,
+                     rec: _Rec | None = None) -> tuple[Response, Cause | None, Any]:
         ip = conn.params.ip
         try:
             inbound = read_inbound(req.headers.items(), clear_context=self._clear_context.get(ip, False),
@@ -299,6 +348,8 @@ class HttpRouter:
         if ident.target is not None:
             req.target = ident.target
         service: Path = ident.path
+        if rec is not None:
+            rec.service = str(service)
         local = inbound.local_dtab
         outcome = await self._bind(service, local, self._policies.get(ip))
         if outcome is None:
@@ -326,12 +377,22 @@ class HttpRouter:
         client_id = str(leaf.id)
         client = self.clients.acquire(client_id, self._new_client)
         try:
-            return await self._forward(req, service, local, leaf, client, inbound.headers, svc)
+            if rec is not None:
+                rec.client = client_id
+            resp, cause, svc_stats = await self._forward(req, service, local, leaf, client, inbound.headers, svc,
+                                                         rec)
+            if not resp.body.in_memory and not resp.body.done:
+                # A reset after the head turns this success into an upstream/reset failure, everywhere
+                # it was counted.
+                watched = [s for s in (server_stats, svc, client.stats) if s is not None]
+                resp.body = Body(_BodyFailureWatch(resp.body, watched), resp.body.content_length)
+            return resp, cause, svc_stats
         finally:
             self.clients.release(client_id)
 
     async def _forward(self, req: Request, service: Path, local: Dtab, leaf: BoundName, client: Client,
-                       headers: list[tuple[bytes, bytes]], svc: Any) -> tuple[Response, Cause | None, Any]:
+                       headers: list[tuple[bytes, bytes]], svc: Any,
+                       rec: _Rec | None = None) -> tuple[Response, Cause | None, Any]:
         client_id = client.id
         client.update_addr(leaf.addr)
         if isinstance(leaf.addr, AddrFailed) and not client.endpoints:
@@ -374,7 +435,9 @@ class HttpRouter:
                     if deadline is not None:
                         remaining = deadline.remaining_s(time.time_ns())
                         with trio.move_on_after(max(remaining, 0.0)) as scope:
-                            resp, _endpoint = await client.request(req)
+                            resp, endpoint = await client.request(req)
+                            if rec is not None:
+                                rec.endpoint = endpoint
                         if scope.cancelled_caught:
                             cause = Cause.TIMEOUT_REQUEST
                             if params.total_timeout_ms and (inbound_deadline is None or deadline.deadline_ns
@@ -384,7 +447,9 @@ class HttpRouter:
                                 why = f"exceeded the request's deadline ({DEADLINE_HEADER})"
                             return self._err(503, cause, f"{why} for {service} via {client_id}"), cause, svc
                     else:
-                        resp, _endpoint = await client.request(req)
+                        resp, endpoint = await client.request(req)
+                    if rec is not None:
+                        rec.endpoint = endpoint
                 except UpstreamError as e:
                     err = e
                 if resp is not None:

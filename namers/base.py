@@ -75,6 +75,9 @@ Subscriber = Callable[[Any, Path], None]
 DEFAULT_MAX_NAMES = 1000
 
 
+STALE_SINCE = "staleSince"  # address-set metadata: wall time the name went stale (last good served)
+
+
 def format_time(t: float | None) -> str | None:
     """Wall time as Linkerd prints it in namer state: ``2018-10-11 06:17:34 +0000`` (UTC)."""
     if t is None:
@@ -112,8 +115,11 @@ class NameState:
 
     def current_addr(self) -> Any:
         """The ``Addr`` this state stands for."""
-        if self.state in ("bound", "stale"):
+        if self.state == "bound":
             return AddrBound(tuple(self.addr or ()), dict(self.meta))
+        if self.state == "stale":
+            # Last good addresses, served while the backend fails; clients show the age.
+            return AddrBound(tuple(self.addr or ()), {**self.meta, STALE_SINCE: self.stale_since})
         if self.state == "neg":
             return AddrNeg()
         if self.state == "failed":

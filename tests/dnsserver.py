@@ -31,6 +31,21 @@ import trio
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
 
 
+
+def free_dns_port() -> int:
+    """A loopback port free for both UDP and TCP (dnsmasq listens on both)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no loopback port free for both UDP and TCP")
+
 class DnsServer:
     """One dnsmasq process serving the lines of :attr:`records` on ``127.0.0.1:<port>``."""
 
@@ -65,9 +80,7 @@ class DnsServer:
         if self.proc is not None:
             raise RuntimeError("dnsmasq is already running; stop() it first")
         if not self.port:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.bind(("127.0.0.1", 0))
-                self.port = s.getsockname()[1]
+            self.port = free_dns_port()
         self._write()
         args = [
             DNSMASQ,

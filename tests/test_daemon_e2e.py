@@ -287,3 +287,63 @@ async def test_compat_inet_configs_route(tmp_path: Path, name: str, upstream_por
 
 def test_curl_is_installed() -> None:
     assert shutil.which("curl"), "curl is required (make install installs it)"
+
+
+async def test_reset_mid_body_is_counted_as_upstream_reset(tmp_path: Path) -> None:
+    async with running_upstream() as up:
+        write_disco(tmp_path / "disco", "web", up.port)
+        async with running_daemon(fs_config(tmp_path / "disco")) as d:
+            r = await curl(f"http://127.0.0.1:{d.port('out')}/reset", "-H", "Host: web")
+            assert r.exit_code != 0  # the client saw the response cut short
+            metrics = (await curl(f"{d.admin}/admin/metrics.json")).json()
+            assert metrics["rt/out/service/svc/web/failures/upstream/reset"] == 1
+            assert metrics["rt/out/service/svc/web/success"] == 0
+            assert metrics["rt/out/client/#/io.l5d.fs/web/failures/upstream/reset"] == 1
+
+
+async def test_access_log_line_per_request(tmp_path: Path) -> None:
+    async with running_upstream() as up:
+        write_disco(tmp_path / "disco", "web", up.port)
+        log_path = tmp_path / "access.log"
+        cfg = fs_config(tmp_path / "disco") + f"  httpAccessLog: {log_path}\n"
+        async with running_daemon(cfg) as d:
+            await curl(f"http://127.0.0.1:{d.port('out')}/status/503", "-H", "Host: web")
+            await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: nowhere")
+        lines = log_path.read_text().splitlines()
+        assert len(lines) == 2, lines
+        assert "/svc/web" in lines[0] and f"127.0.0.1:{up.port}" in lines[0] and "503" in lines[0]
+        assert "upstream/5xx" in lines[0]
+        assert "/svc/nowhere" in lines[1] and "naming/neg" in lines[1]
+
+
+async def test_union_weights_split_traffic(tmp_path: Path) -> None:
+    async with running_upstream() as a, running_upstream() as b:
+        write_disco(tmp_path / "disco", "a", a.port)
+        write_disco(tmp_path / "disco", "b", b.port)
+        dtab = "/svc/web => 0.8 * /#/io.l5d.fs/a & 0.2 * /#/io.l5d.fs/b;"
+        async with running_daemon(fs_config(tmp_path / "disco", dtab=dtab)) as d:
+            statuses = await trio.to_thread.run_sync(_same_host, d.port("out"), "web", 400)
+            assert statuses == [200] * 400
+            # 400 draws at p=0.2: mean 80, sd 8; a 5-sd band never fails by chance in practice.
+            assert 40 <= len(b.requests) <= 120, (len(a.requests), len(b.requests))
+            assert len(a.requests) + len(b.requests) == 400
+
+
+def _same_host(port: int, host: str, count: int) -> list[int]:
+    statuses = []
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        conn = h11.Connection(h11.CLIENT)
+        for _ in range(count):
+            s.sendall(conn.send(h11.Request(method="GET", target="/", headers=[("Host", host)])))
+            s.sendall(conn.send(h11.EndOfMessage()))
+            while True:
+                ev = conn.next_event()
+                if ev is h11.NEED_DATA:
+                    conn.receive_data(s.recv(65536))
+                    continue
+                if isinstance(ev, h11.Response):
+                    statuses.append(ev.status_code)
+                if isinstance(ev, h11.EndOfMessage):
+                    break
+            conn.start_next_cycle()
+    return statuses

@@ -158,7 +158,8 @@ def test_lookup_follows_state():
     assert leaf.value.addr == AddrBound(A, {})
     n.table.apply_failure(K, "backend down")
     leaf = n.lookup(Path.read("/users"))
-    assert leaf.value.addr == AddrBound(A, {}) and leaf.value.residual == Path.EMPTY
+    # Last good addresses, marked with the time the name went stale (clients show the age).
+    assert leaf.value.addr == AddrBound(A, {"staleSince": clock()}) and leaf.value.residual == Path.EMPTY
     n.table.apply_neg(K)
     assert n.lookup(Path.read("/users")) is NEG
     assert n.addr(K) == AddrNeg()
@@ -280,7 +281,8 @@ def test_export_and_import_state_round_trip():
     assert fresh.import_state(saved) == 2
     st = fresh.table.get(K)
     assert (st.state, st.addr, st.last_error) == ("stale", A, "restored from saved state; not yet confirmed")
-    assert fresh.lookup(Path.read("/users")).value.addr == AddrBound(A, {})
+    assert fresh.lookup(Path.read("/users")).value.addr.addresses == A
+    assert "staleSince" in fresh.lookup(Path.read("/users")).value.addr.meta
     assert fresh.table.get((b"\xff",)).addr == B
     # the backend's first answer replaces the restored one
     fresh.table.apply_neg(K)

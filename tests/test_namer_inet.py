@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path as FsPath
@@ -13,6 +12,7 @@ from typing import Any
 
 import pytest
 import trio
+from dnsserver import free_dns_port
 
 from namers._dtab import (
     NEG,
@@ -187,9 +187,7 @@ class Dnsmasq:
 
     def start(self) -> None:
         if not self.port:  # a restart keeps the port the resolver was given
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.bind(("127.0.0.1", 0))
-                self.port = s.getsockname()[1]
+            self.port = free_dns_port()
         args = [
             DNSMASQ,
             "--no-daemon",

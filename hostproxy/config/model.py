@@ -715,6 +715,12 @@ class RouterConfig(PluginConfig):
 @dataclass(frozen=True, kw_only=True)
 class HttpRouterConfig(RouterConfig):
     DEFAULT_PORT: ClassVar[int] = 4140
+    http_access_log: str | None = key(
+        None,
+        "Access log: a file path (one line per request: router, service, client, endpoint, status, cause, "
+        "duration), or '-' for a structured log event. Rotate with logrotate; SIGHUP reopens the file.",
+        default_doc="off",
+    )
     max_headers_kb: int = key(
         8, "Largest request or response header block, in KB.", name="maxHeadersKB", check=positive
     )

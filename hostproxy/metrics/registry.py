@@ -255,6 +255,20 @@ class RequestStats:
         if status is not None:
             self.record_status(status)
 
+    def late_failure(self, cause: Cause) -> None:
+        """A request counted as a success when its response head arrived failed afterwards (the
+        upstream reset mid-body): move it from success to failures under ``cause``."""
+        self.success.value -= 1
+        self.failures.value += 1
+        c = self._by_cause.get(cause)
+        if c is None:
+            c = self._by_cause[cause] = self._reg.counter(
+                f"{self.prefix}/failures/{cause.value}",
+                PromId(f"hostproxy_{self.scope}_failures_total", self.labels + (("cause", cause.prom_label),),
+                       "Failed requests by cause"),
+            )
+        c.value += 1
+
     def record_status(self, status: int) -> None:
         pair = self._by_status.get(status)
         if pair is None:
@@ -363,6 +377,12 @@ class RouterScope:
                 elif group == "failure_accrual" and key in ("removals", "revivals"):
                     prom = PromId(f"hostproxy_client_accrual_{key}", labels, f"Failure accrual {key}")
                 self._reg.gauge(f"{prefix}/{group}/{key}", _stat_reader(obj, stat), prom)
+
+    def client_gauge(self, client_id: str, name: str, fn: Callable[[], float], help_text: str) -> None:
+        """One more gauge under a client's scope (`rt/<router>/client/<id>/<name>`), read when rendered."""
+        labels = (("router", self.label), ("client", client_id))
+        family = "hostproxy_client_" + name.replace("/", "_")
+        self._reg.gauge(f"{self.client_prefix(client_id)}/{name}", fn, PromId(family, labels, help_text))
 
     def drop_client(self, client_id: str) -> None:
         """Forget a client that went away (its metrics disappear from every renderer)."""
