@@ -37,12 +37,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import dns.asyncresolver
-import dns.exception
-import dns.nameserver
-import dns.resolver
+if TYPE_CHECKING:  # dnspython is imported only when a name needs DNS (it costs ~40 ms at start)
+    import dns.asyncresolver
 import structlog
 import trio
 
@@ -124,6 +122,9 @@ def parse_nameserver(spec: str) -> tuple[str, int]:
 
 def make_resolver(nameservers: Sequence[tuple[str, int]], timeout: float) -> dns.asyncresolver.Resolver:
     """An uncached async resolver for ``(host, port)`` nameservers (none: the system's resolv.conf)."""
+    import dns.asyncresolver
+    import dns.nameserver
+
     if nameservers:
         r = dns.asyncresolver.Resolver(configure=False)
         r.nameservers = [dns.nameserver.Do53Nameserver(addr, port) for addr, port in nameservers]
@@ -163,6 +164,9 @@ class HostEntry:
 def describe_dns_error(exc: BaseException) -> str:
     """A stable, short description of a resolver failure (no timings, so repeated identical failures
     compare equal and do not count as state changes)."""
+    import dns.exception
+    import dns.resolver
+
     if isinstance(exc, dns.exception.Timeout):
         return "timed out"
     if isinstance(exc, dns.resolver.NoNameservers):
@@ -471,6 +475,9 @@ class InetResolver:
     async def _query(self, host: str) -> tuple[Any, ...]:
         """Query A and AAAA concurrently -> ("answer", ips, ttl) | ("negative",) | ("error", message)."""
         assert self._resolver is not None
+        import dns.exception
+        import dns.resolver
+
         results: dict[str, Any] = {}
 
         async def one(rdtype: str) -> None:
