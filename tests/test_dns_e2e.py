@@ -27,7 +27,7 @@ async def until(pred, timeout: float = 15.0) -> None:  # type: ignore[no-untyped
 
 async def test_dnssrv_follows_record_changes_and_keeps_last_good_when_dns_stops(tmp_path: Path) -> None:
     async with running_upstream() as a, running_upstream() as b:
-        records = ["srv-host=_http._tcp.web.test,a.test,%d,0,10" % a.port, "host-record=a.test,127.0.0.1"]
+        records = [f"srv-host=_http._tcp.web.test,a.test,{a.port},0,10", "host-record=a.test,127.0.0.1"]
         async with running_dnsmasq(tmp_path, records) as dns:
             cfg = f"""
 admin: {{ip: 127.0.0.1, port: 0}}
@@ -47,7 +47,7 @@ routers:
                 assert await send(port, "web") == 200 and len(a.requests) == 1
 
                 # The record moves to b while requests keep coming: the proxy follows, nothing fails.
-                await dns.set_records(["srv-host=_http._tcp.web.test,b.test,%d,0,10" % b.port,
+                await dns.set_records([f"srv-host=_http._tcp.web.test,b.test,{b.port},0,10",
                                        "host-record=b.test,127.0.0.1"])
                 statuses: list[int] = []
 
@@ -80,7 +80,7 @@ routers:
 
 async def test_inet_names_follow_dns_changes_without_restart(tmp_path: Path) -> None:
     # Two upstreams on the same port at two loopback addresses; the dtab names the host, DNS picks one.
-    async with running_upstream(host="127.0.0.4") as a:
+    async with running_upstream(host="127.0.0.4") as a:  # noqa: SIM117 (b needs a's port)
         async with running_upstream(host="127.0.0.5", port=a.port) as b:
             async with running_dnsmasq(tmp_path, ["host-record=web.test,127.0.0.4"]) as dns:
                 cfg = f"""
