@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 ``wtf`` reads a running daemon's admin server (``--admin``, default ``http://127.0.0.1:9990``):
 ``/admin/metrics.json``, ``/client_state.json``, ``/admin/namer_state.json``,
-``/admin/unbound.json``, ``/admin/process.json`` and ``/admin/routers.json``; for each service it
+``/admin/unbound.json``, ``/admin/process.json``, ``/admin/routers.json`` and ``/admin/tls.json``
+(certificates expiring within 14 days are warnings); for each service it
 asks ``/delegator.json`` (with the router's dtab) which clients the name binds to.  The pure
 :func:`hostproxy.diagnose.diagnose` turns those documents into findings, worst first; this module
 only fetches and prints.  Endpoints an older daemon lacks are read as empty.
@@ -159,6 +160,7 @@ def collect(admin: AdminClient, *, router: str | None = None, interval: float = 
         unbound=unbound,
         process=admin.get("/admin/process.json"),
         bindings=_bindings(admin, routers, router),
+        tls=admin.get("/admin/tls.json") or {},
     )
     window = {"kind": "interval", "seconds": interval} if interval > 0 else {"kind": "since_start", "seconds": None}
     if snap.process and window["kind"] == "since_start":

@@ -25,20 +25,23 @@ the body is small enough to replay), since a streamed body cannot be sent again.
 
 When every endpoint is marked dead, the balancer is asked again ignoring accrual (as Finagle's
 balancers do): sending to a possibly-dead endpoint beats failing every request.
+
+A client whose parameters have ``tls`` is given a ``connector`` (``ClientTls.connect`` with the
+router's ALPN) that every endpoint pool opens its connections with; the last TLS failure (its
+reason word and message) is kept for ``/client_state.json`` so ``hostproxy wtf`` can say why.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 import trio
 
 from dtab.bind import AddrBound, AddrFailed, AddrNeg
-from namers.base import STALE_SINCE
 from hostproxy.accrual import FailureAccrual, accrual_from_config
 from hostproxy.balancer import EndpointInfo, balancer_from_config
 from hostproxy.budget import BudgetConfig, RetryBudget
@@ -48,6 +51,7 @@ from hostproxy.http.errors import UpstreamError
 from hostproxy.http.message import Body, Request, Response
 from hostproxy.http.upstream import PoolParams, UpstreamPool
 from hostproxy.metrics import RouterScope
+from namers.base import STALE_SINCE
 
 log = structlog.get_logger("hostproxy.client")
 
@@ -143,9 +147,14 @@ class Client:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         pool_factory: Callable[..., Any] = UpstreamPool,
+        connector: Callable[[str, int, float], Awaitable[Any]] | None = None,
+        tls: Any = None,
     ) -> None:
         self.router = router
         self._pool_factory = pool_factory
+        self._pool_extra: dict[str, Any] = {"connector": connector} if connector is not None else {}
+        self.tls = tls  # the ClientTls behind ``connector`` (None: plaintext)
+        self.tls_last_error: dict[str, Any] | None = None
         self.id = client_id
         self.params = params
         self._nursery = nursery
@@ -213,7 +222,8 @@ class Client:
             for key, (host, port, weight, meta) in wanted.items():
                 ep = self.endpoints.get(key)
                 if ep is None:
-                    pool = self._pool_factory(host, port, self._pool_params, nursery=self._nursery)
+                    pool = self._pool_factory(host, port, self._pool_params, nursery=self._nursery,
+                                              **self._pool_extra)
                     self.endpoints[key] = _Endpoint(key, host, port, weight, meta, pool)
                     log.info("client.endpoint_added", router=self.router, client=self.id, endpoint=key)
                 else:
@@ -276,6 +286,9 @@ class Client:
             except UpstreamError as e:
                 self.balancer.on_finish(bal_ep, self._clock() - t0, False)
                 self.accrual.on_response(ep.key, False)
+                if e.cause == "tls":
+                    self.tls_last_error = {"endpoint": ep.key, "reason": getattr(e, "reason", "other"),
+                                           "message": str(e), "at": time.time()}
                 if (e.retryable and req.body.in_memory and requeues < MAX_REQUEUES
                         and self.requeue_budget.try_withdraw()):
                     requeues += 1
@@ -333,7 +346,7 @@ class Client:
             state = "Pending"
         else:
             state = "bound"
-        return {
+        out: dict[str, Any] = {
             "state": state,
             "addresses": list(self.endpoints) if state == "bound" else [],
             "stale": self.addr_state == "stale",
@@ -342,6 +355,10 @@ class Client:
             "loadBalancer": {k: v for k, v in bal.items() if k != "endpoints"},
             "failureAccrual": {k: v for k, v in acc.items() if k != "endpoints"},
         }
+        tls = getattr(self.params, "tls", None)
+        if tls is not None and tls.enabled:
+            out["tls"] = {"commonName": tls.common_name, "lastError": self.tls_last_error}
+        return out
 
     async def aclose(self) -> None:
         await self.close_pools()

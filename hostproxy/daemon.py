@@ -29,6 +29,17 @@ sent at once; every server drains (listeners closed — connections already in t
 still served — idle keep-alive connections closed, responses in flight carry ``Connection: close``);
 the process exits once no connection is left or ``admin.shutdownGraceMs`` passed.
 
+TLS: a server with ``tls`` gets a :class:`~hostproxy.tls.ServerTls` (its files are read when the daemon
+starts — a missing or unusable certificate or key stops the start with the config key and the path)
+and its listeners are wrapped in :class:`~hostproxy.tls.TlsListener`, offering ALPN ``h2`` on h2
+routers and ``http/1.1`` on http ones. Each router keeps a :class:`~hostproxy.tls.ClientTlsCache` of
+the client TLS settings in use; static client settings without captures are loaded at start (so a
+bad trust file is reported then, and ``/admin/tls.json`` lists them before any traffic). One task
+(:func:`~hostproxy.tls.watch_certificates`) re-reads every certificate file that changed, every
+``tls_reload_interval_s``, without touching established connections. A reload builds new TLS objects
+only for settings that changed; a server whose TLS was switched on or off is a new server on the
+same address (``SO_REUSEPORT``), the old one drains.
+
 The daemon implements :class:`hostproxy.admin.context.AdminContext` for the admin server: every view
 it hands out is a snapshot built on demand, so admin scrapes never touch the request path.
 """
@@ -36,6 +47,7 @@ it hands out is a snapshot built on demand, so admin scrapes never touch the req
 from __future__ import annotations
 
 import collections
+import datetime as dt
 import functools
 import os
 import random
@@ -57,9 +69,20 @@ from hostproxy.dtabfile import DtabFileError, DtabFileWatcher, read_signature, w
 from hostproxy.http.proxyheaders import ForwardedConfig, Labeler
 from hostproxy.http.server import Http1Server, ServerParams, bind_listeners
 from hostproxy.metrics import MetricsRegistry
+from hostproxy.namerstate import NamerStateStore
 from hostproxy.overload import OverloadConfig, OverloadManager, detect_memory_limit, sample_loop
 from hostproxy.router import HttpRouter
-from hostproxy.namerstate import NamerStateStore
+from hostproxy.tls import (
+    ClientTlsCache,
+    ServerTls,
+    TlsConfigError,
+    TlsListener,
+    alpn_for_protocol,
+    build_client_context,
+    tls_json,
+    watch_certificates,
+)
+from hostproxy.tls.reload import DEFAULT_INTERVAL_S
 from namers.inet import InetResolver
 
 log = structlog.get_logger("hostproxy.daemon")
@@ -140,17 +163,48 @@ class RecentRequests:
             self.ring.append(entry)
 
 
+class TlsStartupError(OSError):
+    """A ``tls`` section's files cannot be used when the daemon starts (an ``OSError``, so
+    ``hostproxy run`` reports it as a failed start, like a port that cannot be bound)."""
+
+
 class _ServerSlot:
-    """One running server: its object, its key (ip, port) and the scope that ends it."""
+    """One running server: its object, its key (ip, port), the scope that ends it, and its TLS."""
 
-    __slots__ = ("key", "router", "server", "scope", "params")
+    __slots__ = ("key", "router", "server", "scope", "params", "tls", "tls_listeners")
 
-    def __init__(self, key: tuple[str, Any], router: str, server: Any, params: ServerParams) -> None:
+    def __init__(self, key: tuple[str, Any], router: str, server: Any, params: ServerParams,
+                 tls: ServerTls | None = None) -> None:
         self.key = key
         self.router = router
         self.server = server
         self.params = params
         self.scope = trio.CancelScope()
+        self.tls = tls
+        self.tls_listeners: list[TlsListener] = []
+
+    def wrap(self, listeners: list[Any]) -> list[Any]:
+        """The listeners to serve: wrapped in TLS when this server has ``tls``."""
+        if self.tls is None:
+            return listeners
+        self.tls_listeners = [TlsListener(lst, self.tls) for lst in listeners]
+        return list(self.tls_listeners)
+
+    def set_tls(self, tls: ServerTls | None) -> None:
+        """New connections use ``tls`` from now on (established ones keep their session)."""
+        self.tls = tls
+        if tls is not None:
+            for lst in self.tls_listeners:
+                lst.tls = tls
+
+
+def _spec_key(params: ServerParams, label: str, index: int, tls: bool) -> tuple[str, Any]:
+    """A server's identity across reloads: its address (an ephemeral port (0) is told apart by router
+    and position); a TLS server is another server than a plaintext one on the same address."""
+    port: Any = params.port if params.port else f"0/{label}/{index}"
+    if tls:
+        port = f"{port}/tls"
+    return (params.ip, port)
 
 
 def systemd_listeners(env: dict[str, str] | os._Environ[str] | None = None) -> dict[tuple[str, int], Any]:
@@ -234,8 +288,9 @@ class Daemon:
     """A running hostproxy (see the module docstring)."""
 
     def __init__(self, config: Config, *, rng: random.Random | None = None, config_path: str | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, tls_reload_interval_s: float = DEFAULT_INTERVAL_S) -> None:
         self.config = config
+        self.tls_reload_interval_s = tls_reload_interval_s
         self.config_path = config_path
         self.env = env  # None: os.environ (sd_notify, socket activation)
         self.rng = rng or random.Random()
@@ -363,7 +418,7 @@ class Daemon:
             return
         router.set_dtab(self._base_dtab(router.cfg, watcher))
 
-    def _build_router(self, rcfg: Any, ns: _Namers, watcher: DtabFileWatcher | None) -> HttpRouter:
+    def _build_router(self, rcfg: Any, ns: _Namers, watcher: DtabFileWatcher | None, index: int = 0) -> HttpRouter:
         assert self._nursery is not None
         if rcfg.kind not in ("http", "h2"):
             raise ValueError(f"router protocol {rcfg.kind!r} has no runtime in this hostproxy version")
@@ -372,10 +427,34 @@ class Daemon:
             from hostproxy.h2.upstream import H2UpstreamPool
 
             pool_factory = H2UpstreamPool
+        label = rcfg.label or rcfg.kind
+        client_tls = self._client_tls(rcfg, index, label)
         return HttpRouter(rcfg, namers=ns.namers, resolver=ns.resolver, metrics=self.metrics,
                           nursery=self._nursery, rng=self.rng, namer_pairs=ns.pairs, pool_factory=pool_factory,
                           transformers=self.build_transformers(rcfg.interpreter.transformers, ns),
-                          base_dtab=self._base_dtab(rcfg, watcher))
+                          base_dtab=self._base_dtab(rcfg, watcher), client_tls=client_tls)
+
+    @staticmethod
+    def _client_tls(rcfg: Any, index: int, label: str) -> ClientTlsCache:
+        """The router's client TLS cache, with every client setting that has no ``{capture}`` loaded
+        now (settings with captures have their files read and checked only). Raises
+        :class:`TlsStartupError` naming the config key and the file."""
+        cache = ClientTlsCache()
+        section = rcfg.client
+        for j, entry in enumerate(section.entries if section is not None else ()):
+            tls = getattr(entry.params, "tls", None)
+            if tls is None or "tls" not in entry.explicit or not tls.enabled:
+                continue
+            static = section.kind == "io.l5d.static"
+            key = f"routers[{index}].client{f'.configs[{j}]' if static else ''}.tls"
+            try:
+                if "{" in repr(tls):
+                    build_client_context(tls, router=label, key=key)
+                else:
+                    cache.get(tls, router=label, key=key)
+            except TlsConfigError as exc:
+                raise TlsStartupError(str(exc)) from None
+        return cache
 
     def _make_server(self, router: HttpRouter, params: ServerParams) -> Any:
         """The one place a server object is made for a router (one protocol per router kind)."""
@@ -394,9 +473,39 @@ class Daemon:
             make = h2_server_params if rcfg.kind == "h2" else server_params
             for i, scfg in enumerate(rcfg.servers):
                 params = make(rcfg, scfg, label, grace_s)
-                key = (params.ip, params.port) if params.port else (params.ip, f"0/{label}/{i}")
-                out[key] = (label, params)
+                out[_spec_key(params, label, i, scfg.tls is not None)] = (label, params)
         return out
+
+    def _build_server_tls(self, config: Config) -> dict[tuple[str, Any], ServerTls]:
+        """The ServerTls of every TLS server of ``config`` by server key: the running one when its
+        settings did not change, else loaded now (:class:`TlsStartupError` when its files cannot be used)."""
+        grace_s = config.admin.shutdown_grace_ms / 1000
+        out: dict[tuple[str, Any], ServerTls] = {}
+        for ri, rcfg in enumerate(config.routers):
+            label = rcfg.label or rcfg.kind
+            make = h2_server_params if rcfg.kind == "h2" else server_params
+            alpn = alpn_for_protocol(rcfg.kind)
+            for j, scfg in enumerate(rcfg.servers):
+                if scfg.tls is None:
+                    continue
+                key = _spec_key(make(rcfg, scfg, label, grace_s), label, j, True)
+                slot = self.slots.get(key)
+                if slot is not None and slot.tls is not None and slot.tls.config == scfg.tls \
+                        and slot.tls.alpn == alpn and slot.tls.router == label:
+                    out[key] = slot.tls
+                    continue
+                try:
+                    out[key] = ServerTls(scfg.tls, alpn=alpn, router=label, key=f"routers[{ri}].servers[{j}].tls")
+                except TlsConfigError as exc:
+                    raise TlsStartupError(str(exc)) from None
+        return out
+
+    def _tls_objects(self) -> list[Any]:
+        """Every live TLS object (servers' and routers' clients'), for reloads and /admin/tls.json."""
+        objs: list[Any] = [slot.tls for slot in self.slots.values() if slot.tls is not None]
+        for r in self.routers.values():
+            objs.extend(r.client_tls)
+        return objs
 
     @staticmethod
     def _listeners_for(params: ServerParams, inherited: dict[tuple[str, int], Any]) -> list[Any]:
@@ -429,14 +538,15 @@ class Daemon:
     # -- running ----------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
+        server_tls = self._build_server_tls(self.config)  # certificate files fail the start here
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self._namers.run)
             inherited = systemd_listeners(self.env)
-            for rcfg in self.config.routers:
+            for index, rcfg in enumerate(self.config.routers):
                 label = rcfg.label or rcfg.kind
                 watcher = self._dtab_watcher(rcfg, label)
-                router = self._build_router(rcfg, self._namers, watcher)
+                router = self._build_router(rcfg, self._namers, watcher, index)
                 self.routers[router.label] = router
                 if watcher is not None:
                     self.dtab_watchers[label] = watcher
@@ -456,9 +566,10 @@ class Daemon:
                     async with trio.open_nursery() as sn:
                         self._servers_nursery = sn
                         for key, (label, params) in self._server_specs(self.config).items():
-                            slot = _ServerSlot(key, label, self._make_server(self.routers[label], params), params)
+                            slot = _ServerSlot(key, label, self._make_server(self.routers[label], params), params,
+                                               server_tls.get(key))
                             self.slots[key] = slot
-                            await self._start_slot(slot, self._listeners_for(params, inherited))
+                            await self._start_slot(slot, slot.wrap(self._listeners_for(params, inherited)))
                         task_status.started()
                         await self._shutdown.wait()
                 finally:
@@ -469,6 +580,8 @@ class Daemon:
                 log.warning("daemon.listen_fd_unused", address=lst.socket.getsockname())
                 await lst.aclose()
             nursery.start_soon(self._sweep_idle)
+            nursery.start_soon(functools.partial(watch_certificates, self._tls_objects,
+                                                 interval_s=self.tls_reload_interval_s))
             self._ready = True
             log.info("daemon.started", routers=self.addresses, admin=self.admin_address, pid=os.getpid())
             sdnotify.ready(f"routing on {self._describe_addresses()}", env=self.env)
@@ -560,7 +673,7 @@ class Daemon:
             routers: dict[str, HttpRouter] = {}
             watchers: dict[str, DtabFileWatcher] = {}
             changed: list[str] = []
-            for rcfg in new.routers:
+            for index, rcfg in enumerate(new.routers):
                 label = rcfg.label or rcfg.kind
                 watcher = self._dtab_watcher(rcfg, label)
                 if watcher is not None:
@@ -569,9 +682,10 @@ class Daemon:
                 if cur is not None and not namers_changed and cur.cfg == rcfg:
                     routers[label] = cur
                 else:
-                    routers[label] = self._build_router(rcfg, ns, watcher)
+                    routers[label] = self._build_router(rcfg, ns, watcher, index)
                     changed.append(label)
             specs = self._server_specs(new)
+            server_tls = self._build_server_tls(new)
             new_listeners: dict[tuple[str, Any], list[Any]] = {}
             for key, (_label, params) in specs.items():
                 if key not in self.slots:
@@ -607,6 +721,7 @@ class Daemon:
                 slot.server.handler = routers[label].handle
                 slot.server.params = params
                 slot.router, slot.params = label, params
+                slot.set_tls(server_tls.get(key))
         for slot in removed:
             del self.slots[slot.key]
             slot.server.drain()
@@ -617,9 +732,9 @@ class Daemon:
             self.addresses.setdefault(slot.router, []).extend(slot.server.addresses)
         for key, listeners in new_listeners.items():
             label, params = specs[key]
-            slot = _ServerSlot(key, label, self._make_server(routers[label], params), params)
+            slot = _ServerSlot(key, label, self._make_server(routers[label], params), params, server_tls.get(key))
             self.slots[key] = slot
-            await self._start_slot(slot, listeners)
+            await self._start_slot(slot, slot.wrap(listeners))
         self._nursery.start_soon(self._retire, retired, removed, old_ns if old_ns is not ns else None)
         return True, (f"reloaded {self.config_path} (generation {self.generation}): "
                       f"{len(changed)} router(s) rebuilt, {len(new_listeners)} server(s) added, "
@@ -689,6 +804,18 @@ class Daemon:
     def recent_requests(self) -> list[dict[str, Any]]:
         return list(self.recent.ring) if self.recent else []
 
+    def tls_state(self, now: dt.datetime | None = None) -> dict[str, Any]:
+        """``/admin/tls.json``: every certificate in use (servers, clients, trusted CAs), soonest expiry first."""
+        seen: set[tuple[Any, ...]] = set()
+        certs = []
+        for obj in self._tls_objects():
+            for c in obj.certificates():
+                k = (c.path, c.role, c.router, c.subject, c.not_after)
+                if k not in seen:
+                    seen.add(k)
+                    certs.append(c)
+        return tls_json(certs, now or dt.datetime.now(dt.UTC))
+
     def dtab_state(self) -> dict[str, Any]:
         """``/dtab_state.json``: per router with a dtab file, the watcher's state (version, errors, history)."""
         return {label: w.state_json() for label, w in self.dtab_watchers.items()}
@@ -719,4 +846,4 @@ async def run_daemon(config: Config, config_path: str | None = None) -> None:
         nursery.cancel_scope.cancel()
 
 
-__all__ = ["Daemon", "run_daemon", "systemd_listeners", "to_json"]
+__all__ = ["Daemon", "TlsStartupError", "run_daemon", "systemd_listeners", "to_json"]

@@ -28,7 +28,12 @@ Where the numbers come from:
   ``naming/stale`` warning even when every request still succeeds;
 * failure accrual: an endpoint marked dead while its service still succeeds (requests go to the
   others) is a warning;
-* the process: open file descriptors near the limit.
+* the process: open file descriptors near the limit;
+* TLS: a failing ``tls`` cause is explained with the last handshake failure the client recorded
+  (``/client_state.json`` → ``tls.lastError``: unknown CA, name mismatch, expired, no client
+  certificate...); every certificate in ``/admin/tls.json`` that expires within
+  ``Thresholds.cert_expiry_days`` (14) is a warning (``critical`` once expired or unreadable), even
+  while every request succeeds.
 
 Counters are cumulative since the daemon started.  :func:`delta_metrics` and :func:`delta_unbound`
 subtract an earlier sample, so that ``wtf --interval 30s`` diagnoses only what happened in between.
@@ -74,6 +79,8 @@ class Thresholds:
     ignore_share: float = 0.0
     fd_warning: float = 0.8
     fd_critical: float = 0.95
+    #: Certificates expiring within this many days are reported.
+    cert_expiry_days: int = 14
 
 
 @dataclass
@@ -130,6 +137,8 @@ class Snapshot:
     process: Mapping[str, Any] | None = None
     #: router -> service name -> client ids it binds to (leaves of its delegation)
     bindings: Mapping[str, Mapping[str, list[str]]] = field(default_factory=dict)
+    #: ``/admin/tls.json``: ``{"certificates": [{"path", "role", "router", ..., "daysLeft"}]}``
+    tls: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -321,6 +330,13 @@ class _Analysis:
             return [k for _, k in sorted(scored, key=lambda x: (-x[0], x[1]))]
         return list(eps)[:1] if len(eps) == 1 else []
 
+    def tls_error(self, client: str | None) -> Mapping[str, Any] | None:
+        """The last TLS failure ``client`` recorded (``/client_state.json`` → ``tls.lastError``)."""
+        entry = self.snap.client_state.get(client) if client is not None else None
+        tls = entry.get("tls") if isinstance(entry, Mapping) else None
+        last = tls.get("lastError") if isinstance(tls, Mapping) else None
+        return last if isinstance(last, Mapping) else None
+
     def client_for(self, router: str, service: str, cause: Cause) -> str | None:
         """The bound name through which ``service`` failed with ``cause``."""
         bound = list(self.snap.bindings.get(router, {}).get(service, []))
@@ -382,6 +398,7 @@ class _Analysis:
             self.router(router)
         self.namers()
         self.process()
+        self.certificates()
         self.findings.sort(key=lambda f: (_RANK.get(f.severity, 9), -f.share, -f.failures,
                                           f.router or "", f.service or "", f.cause))
         return Report(self.findings, self.routers)
@@ -440,9 +457,13 @@ class _Analysis:
             verdict = f"no network route to {ep}{others} (host or network unreachable)"
             nxt = "check routes and that the address the namer publishes is current (`ip route get`)"
         elif cause is Cause.TLS:
-            verdict = f"TLS handshake with {ep}{others} fails"
+            last = self.tls_error(client)
+            why = f": {last.get('reason')} — {last.get('message')}" if last else ""
+            verdict = f"TLS handshake with {ep}{others} fails for {rate}{why}"
             nxt = ("check the certificate the upstream presents (`openssl s_client -connect "
-                   f"{endpoint or 'HOST:PORT'}`) against the client's tls.commonName and trust roots")
+                   f"{(last or {}).get('endpoint') or endpoint or 'HOST:PORT'} -showcerts`) against the client's "
+                   "tls.commonName and trustCerts, and its clientAuth certificate against the server's caCertPath; "
+                   "/admin/tls.json lists the certificates in use")
         elif cause is Cause.UPSTREAM_RESET:
             verdict = (f"upstream {ep}{others} closes or resets connections mid-request for {rate} "
                        "(app crashing, or its keep-alive timeout shorter than hostproxy's pool idle time?)")
@@ -632,6 +653,37 @@ class _Analysis:
                          verdict=f"hostproxy is near its file-descriptor limit ({fds}/{limit})",
                          next_step=("raise LimitNOFILE (systemd) or `ulimit -n`; if connections keep "
                                     "growing, look for a leak in /admin/metrics.json (…/connections, pool_size)"))
+
+
+    def certificates(self) -> None:
+        certs = self.snap.tls.get("certificates") if isinstance(self.snap.tls, Mapping) else None
+        for c in certs if isinstance(certs, list) else ():
+            if not isinstance(c, Mapping):
+                continue
+            router = c.get("router") or None
+            if self.only is not None and router is not None and router != self.only:
+                continue
+            role, path = c.get("role", "?"), c.get("path", "?")
+            what = f"{role} certificate {path}"
+            if c.get("error"):
+                self.add(severity="critical", router=router, service=None, client=None, endpoint=None,
+                         cause=Cause.TLS.value, share=0.0, verdict=f"{what} cannot be read: {c['error']}",
+                         next_step="restore the file (the certificate loaded before stays in use until then)")
+                continue
+            days = c.get("daysLeft")
+            if not isinstance(days, int) or days > self.t.cert_expiry_days:
+                continue
+            subject = c.get("subject") or "?"
+            if days < 0:
+                verdict = f"{what} ({subject}) expired on {c.get('notAfter')}"
+                severity = "critical"
+            else:
+                verdict = f"{what} ({subject}) expires in {days} day(s), on {c.get('notAfter')}"
+                severity = "critical" if days < 2 else "warning"
+            self.add(severity=severity, router=router, service=None, client=None, endpoint=None,
+                     cause=Cause.TLS.value, share=0.0, verdict=verdict,
+                     next_step=(f"renew it and replace {path} (and its key) in place: hostproxy re-reads changed "
+                                "certificate files within seconds, without a restart"))
 
 
 def diagnose(snap: Snapshot, *, thresholds: Thresholds | None = None, router: str | None = None) -> Report:

@@ -76,6 +76,7 @@ from hostproxy.routing.context import (
     read_inbound,
 )
 from hostproxy.routing.identifiers import Unidentified, build_identifiers, unknown_destination_message
+from hostproxy.tls import ClientTlsCache, TlsConfigError, TlsError, alpn_for_protocol
 
 log = structlog.get_logger("hostproxy.router")
 
@@ -98,6 +99,7 @@ class _IdentReq:
 
 
 _DEADLINE = DEADLINE_HEADER.encode("ascii")
+_XFCC = b"x-forwarded-client-cert"
 _RETRYABLE = b"l5d-retryable"
 
 
@@ -204,9 +206,12 @@ class HttpRouter:
         namer_pairs: list[tuple[Path, Callable[[Path], Any]]] | None = None,
         transformers: list[Any] = (),  # type: ignore[assignment]
         base_dtab: Dtab | None = None,
+        client_tls: ClientTlsCache | None = None,
     ) -> None:
         self.cfg = cfg
         self._pool_factory = pool_factory
+        self.client_tls = client_tls if client_tls is not None else ClientTlsCache()
+        self._alpn = alpn_for_protocol(cfg.kind)
         self.label: str = cfg.label or cfg.kind
         self._rng = rng or random.Random()
         self._clock = clock
@@ -380,7 +385,7 @@ class HttpRouter:
             if rec is not None:
                 rec.client = client_id
             resp, cause, svc_stats = await self._forward(req, service, local, leaf, client, inbound.headers, svc,
-                                                         rec)
+                                                         rec, conn)
             if not resp.body.in_memory and not resp.body.done:
                 # A reset after the head turns this success into an upstream/reset failure, everywhere
                 # it was counted.
@@ -392,7 +397,7 @@ class HttpRouter:
 
     async def _forward(self, req: Request, service: Path, local: Dtab, leaf: BoundName, client: Client,
                        headers: list[tuple[bytes, bytes]], svc: Any,
-                       rec: _Rec | None = None) -> tuple[Response, Cause | None, Any]:
+                       rec: _Rec | None = None, conn: ConnInfo | None = None) -> tuple[Response, Cause | None, Any]:
         client_id = client.id
         client.update_addr(leaf.addr)
         if isinstance(leaf.addr, AddrFailed) and not client.endpoints:
@@ -402,6 +407,13 @@ class HttpRouter:
         edits = downstream_headers(service=service, client=leaf.id, residual=leaf.residual, local_dtab=local,
                                    headers=headers, rng=self._rng)
         req.headers = out_headers = Headers(edits.apply(headers))
+        if client.params.forward_client_cert:
+            out_headers.remove(_XFCC)  # only this proxy may say which certificate the caller presented
+            stream = conn.tls if conn is not None else None
+            if stream is not None:
+                value = stream.forwarded_client_cert()
+                if value is not None:
+                    out_headers.set(_XFCC, value)
         entry = self._services.get(service)
         if entry is None:
             entry = self._service_entry(service, svc)
@@ -559,6 +571,31 @@ class HttpRouter:
 
     def _new_client(self, client_id: str) -> Client:
         params = client_params_for(self.cfg, client_id)
-        extra = {"pool_factory": self._pool_factory} if self._pool_factory is not None else {}
+        extra: dict[str, Any] = {"pool_factory": self._pool_factory} if self._pool_factory is not None else {}
+        tls = params.tls
+        if tls is not None and tls.enabled:
+            extra["tls"], extra["connector"] = self._tls_connector(tls, client_id)
         return Client(self.label, client_id, params, self.scope, nursery=self._nursery, rng=self._rng,
                       clock=self._clock, **extra)
+
+    def _tls_connector(self, tls: Any, client_id: str) -> tuple[Any, Callable[[str, int, float], Any]]:
+        """The shared ClientTls for ``tls`` and a pool connector using it; when the settings cannot be
+        loaded (a trust file missing...), a connector that fails every connection with the reason."""
+        try:
+            ctls = self.client_tls.get(tls, router=self.label)
+        except TlsConfigError as exc:
+            problem = str(exc)
+            log.error("router.client_tls_failed", router=self.label, client=client_id, error=problem)
+
+            async def refuse(host: str, port: int, timeout_s: float) -> Any:
+                endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                raise TlsError(f"TLS to {endpoint} is not possible: routers[{self.label}].{problem}",
+                               endpoint=endpoint, reason="config")
+
+            return None, refuse
+        alpn = self._alpn
+
+        async def connect(host: str, port: int, timeout_s: float) -> Any:
+            return await ctls.connect(host, port, connect_timeout=timeout_s, alpn=alpn)
+
+        return ctls, connect

@@ -348,6 +348,8 @@ class AdminHandler:
              self._dtab_state),
             (Endpoint("/overload.json", ("GET",), "overload watermarks, server limits, retries, reload state"),
              self._overload),
+            (Endpoint("/admin/tls.json", ("GET",), "certificates in use: path, role, router, subject, SANs, "
+                      "issuer, notAfter, daysLeft"), self._tls),
         ]
         self.endpoints: list[Endpoint] = [ep for ep, _ in table]
         self._routes: dict[str, tuple[Endpoint, _Fn]] = {
@@ -619,6 +621,10 @@ class AdminHandler:
     async def _overload(self, call: _Call) -> Response:
         fn = getattr(self.ctx, "overload_state", None)
         return _json(200, fn() if fn is not None else {})
+
+    async def _tls(self, call: _Call) -> Response:
+        fn = getattr(self.ctx, "tls_state", None)
+        return _json(200, fn() if fn is not None else {"certificates": []})
 
     async def _reload(self, call: _Call) -> Response:
         log.info("admin.reload_requested", peer=call.peer)

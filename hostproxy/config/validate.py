@@ -738,8 +738,11 @@ def _host_port(text: str) -> bool:
 # -- entry point -------------------------------------------------------------------------------------
 
 
-def validate_text(text: str, source: str) -> m.Config:
-    """Validate config text; raise :class:`ConfigError` listing every problem."""
+def validate_text(text: str, source: str, *, check_client_prefixes: bool = True) -> m.Config:
+    """Validate config text; raise :class:`ConfigError` listing every problem.
+
+    ``check_client_prefixes=False`` skips only the static-client-prefix check (for tests of that
+    check itself, which need the config that has the mistake)."""
     v = Validator(text, source)
     try:
         root = compose(text)
@@ -760,25 +763,34 @@ def validate_text(text: str, source: str) -> m.Config:
     if cfg is _BAD:  # pragma: no cover - root is a mapping
         raise ConfigError(v.issues)
     cfg = _finish(v, cfg, root)
+    if not v.issues and check_client_prefixes:
+        # Static client prefixes that a transformer makes unmatchable: their settings (tls, most
+        # often) would silently never apply. Imported here: hostproxy.tls imports the config model.
+        from hostproxy.tls.check import check_tls_prefixes
+
+        v.issues.extend(check_tls_prefixes(cfg, file=source))
     if v.issues:
         raise ConfigError(sorted(v.issues, key=lambda i: (i.line, i.column)))
     return cfg
 
 
-def load_config(path_or_text: str | FsPath, *, source: str | None = None) -> m.Config:
+def load_config(path_or_text: str | FsPath, *, source: str | None = None,
+                check_client_prefixes: bool = True) -> m.Config:
     """Load and validate a config.
 
     ``path_or_text`` is a file path (``str`` or ``pathlib.Path``), ``"-"`` for stdin, or the config
     text itself when ``source`` names where it came from (or when it contains a newline or starts with
-    ``{``). Raises :class:`ConfigError` with every problem found.
+    ``{``). Raises :class:`ConfigError` with every problem found (``check_client_prefixes``: see
+    :func:`validate_text`).
     """
+    ck = check_client_prefixes
     if source is not None:
-        return validate_text(str(path_or_text), source)
+        return validate_text(str(path_or_text), source, check_client_prefixes=ck)
     if isinstance(path_or_text, str) and ("\n" in path_or_text or path_or_text.lstrip().startswith("{")):
-        return validate_text(path_or_text, "<config>")
+        return validate_text(path_or_text, "<config>", check_client_prefixes=ck)
     name = str(path_or_text)
     if name == "-":
-        return validate_text(sys.stdin.read(), "<stdin>")
+        return validate_text(sys.stdin.read(), "<stdin>", check_client_prefixes=ck)
     try:
         text = FsPath(name).read_text(encoding="utf-8")
     except OSError as e:
@@ -787,4 +799,4 @@ def load_config(path_or_text: str | FsPath, *, source: str | None = None) -> m.C
         ) from None
     except UnicodeDecodeError as e:
         raise ConfigError([ConfigIssue(name, 0, 0, "", f"the config file is not UTF-8 text: {e}")]) from None
-    return validate_text(text, name)
+    return validate_text(text, name, check_client_prefixes=ck)

@@ -36,10 +36,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import h2.config
-import hyperframe.frame
 import h2.connection
 import h2.events
 import h2.settings
+import hyperframe.frame
 import structlog
 import trio
 
@@ -292,7 +292,9 @@ class _ServerLink(H2Link):
         self.params = p
         sock = stream.socket
         self.info = ConnInfo(peer=_addr(sock.getpeername()), local=_addr(sock.getsockname()), params=p,
-                             connection_id=conn_id)
+                             connection_id=conn_id,
+                             tls=stream if type(stream) is not trio.SocketStream
+                             and hasattr(stream, "peer_certificate_der") else None)
         self.tasks = 0
         self.scopes: dict[int, trio.CancelScope] = {}
         self._handlers: trio.Nursery | None = None

@@ -22,6 +22,10 @@ or the current one is draining or dead).
   ``ping_timeout_s`` fails the connection (its streams fail with ``upstream/reset``), so a half-dead
   connection is noticed before requests hang on it.  Connections without streams for
   ``idle_timeout_s`` are closed by ``prune()``.
+* **TLS.**  With a ``connector`` (see ``hostproxy.http.upstream.Connector``; ALPN ``h2``) connections
+  are opened by it; its ``UpstreamError`` (cause ``tls`` for a failed handshake) passes unchanged, and
+  a connection that dies of a TLS failure seen after the handshake (a TLS 1.3 server rejecting the
+  client certificate) fails its streams with that ``tls`` error rather than ``upstream/reset``.
 * **Errors** are ``UpstreamError`` subclasses; a stream reset by the upstream after its head is
   reported to the body's reader as ``H2StreamReset`` carrying the RST_STREAM ``error_code``, which
   the server passes back to its client.
@@ -60,7 +64,7 @@ from hostproxy.http.errors import (
 )
 from hostproxy.http.hopbyhop import strip_hop_by_hop
 from hostproxy.http.message import Body, Headers, Request, Response
-from hostproxy.http.upstream import PoolParams, _map_errors
+from hostproxy.http.upstream import Connector, PoolParams, _map_errors
 
 __all__ = ["H2ClientSettings", "H2StreamReset", "H2UpstreamPool"]
 
@@ -255,7 +259,9 @@ class H2UpstreamPool:
         nursery: trio.Nursery | None = None,
         clock: Callable[[], float] | None = None,
         settings: H2ClientSettings | None = None,
+        connector: Connector | None = None,
     ) -> None:
+        self._connector = connector
         self.host = host
         self.port = port
         self.params = params or PoolParams()
@@ -339,14 +345,10 @@ class H2UpstreamPool:
                 f"H2UpstreamPool({self.endpoint}) needs a nursery: use 'async with H2UpstreamPool(...)' "
                 "or pass nursery=", endpoint=self.endpoint, retryable=True)
         try:
-            with _map_errors(self.endpoint, "connect"):
-                with trio.move_on_after(timeout_s) as scope:
-                    stream = await trio.open_tcp_stream(self.host, self.port)
-                if scope.cancelled_caught:
-                    raise ConnectError(
-                        f"Unable to establish connection to {self.endpoint}: "
-                        f"no answer within connect timeout {timeout_s * 1000:g} ms",
-                        endpoint=self.endpoint, cause="connect/timeout")
+            if self._connector is not None:
+                stream = await self._connector(self.host, self.port, timeout_s)
+            else:
+                stream = await self._open_tcp(timeout_s)
         except UpstreamError:
             self._counters["connect_failures"] += 1
             raise
@@ -356,6 +358,17 @@ class H2UpstreamPool:
         self._links.append(link)
         self._nursery.start_soon(link.serve)
         return link
+
+    async def _open_tcp(self, timeout_s: float) -> Any:
+        with _map_errors(self.endpoint, "connect"):
+            with trio.move_on_after(timeout_s) as scope:
+                stream = await trio.open_tcp_stream(self.host, self.port)
+            if scope.cancelled_caught:
+                raise ConnectError(
+                    f"Unable to establish connection to {self.endpoint}: "
+                    f"no answer within connect timeout {timeout_s * 1000:g} ms",
+                    endpoint=self.endpoint, cause="connect/timeout")
+        return stream
 
     # -- the exchange ----------------------------------------------------------------------------
 
@@ -456,6 +469,12 @@ class H2UpstreamPool:
                 raise H2StreamReset(f"{self.endpoint} reset stream {s.id} before responding "
                                     f"(error code {s.reset_code})", endpoint=self.endpoint, error_code=s.reset_code)
             if link.dead:
+                tls_failure = getattr(link.stream, "tls_failure", None)
+                if tls_failure is not None:
+                    from hostproxy.tls.client import TlsError
+
+                    raise TlsError(str(tls_failure), endpoint=self.endpoint,
+                                   reason=getattr(tls_failure, "reason", "other"))
                 raise H2StreamReset(f"connection to {self.endpoint} failed before a response: {link.death_reason}",
                                     endpoint=self.endpoint, error_code=None)
             await s.wait()

@@ -11,6 +11,8 @@ cause                  status  meaning
 ``connect/refused``    502     the upstream refused the TCP connection
 ``connect/timeout``    502     the TCP connection was not established within connect_timeout
 ``connect/unreachable`` 502    no route to the upstream (network or host unreachable)
+``tls``                502     the TLS handshake with the upstream failed (unknown CA, name
+                               mismatch, expired, no client certificate...)
 ``upstream/reset``     502     the upstream closed or reset the connection mid-exchange, or
                                sent a response we could not parse
 ``timeout/request``    503     the upstream did not answer within the request timeout
@@ -47,6 +49,7 @@ CAUSE_STATUS: dict[str, int] = {
     "connect/refused": 502,
     "connect/timeout": 502,
     "connect/unreachable": 502,
+    "tls": 502,
     "upstream/reset": 502,
     "timeout/request": 503,
     "overload": 503,

@@ -124,6 +124,17 @@ class ConnInfo:
     local: tuple[str, int]
     params: ServerParams
     connection_id: int
+    #: The connection's ``hostproxy.tls.TlsStream`` when it arrived over TLS (None: plaintext); its
+    #: handshake is complete once a request has been read from it.
+    tls: Any = None
+
+    def peer_certificate(self) -> Any:
+        """The certificate the TLS client presented (``hostproxy.tls.CertInfo``), or None."""
+        if self.tls is None:
+            return None
+        from hostproxy.tls.stream import peer_certificate
+
+        return peer_certificate(self.tls)
 
 
 Handler = Callable[[Request, ConnInfo], Awaitable[Response]]
@@ -323,9 +334,11 @@ class Http1Server:
                 await stream.aclose()
 
 
-def _take_backlog(server: Http1Server, listener: trio.SocketListener) -> None:
-    """Accept (without blocking) every connection the kernel already queued on ``listener``."""
-    taken: list[trio.SocketStream] = []
+def _take_backlog(server: Http1Server, listener: Any) -> None:
+    """Accept (without blocking) every connection the kernel already queued on ``listener``; a TLS
+    listener (one with ``wrap``) wraps each, so they are served over TLS like accepted ones."""
+    wrap = getattr(listener, "wrap", None)
+    taken: list[Any] = []
     try:
         fd = listener.socket.fileno()
         if fd < 0:
@@ -341,7 +354,8 @@ def _take_backlog(server: Http1Server, listener: trio.SocketListener) -> None:
             except OSError:  # BlockingIOError: the backlog is empty
                 break
             raw.setblocking(False)
-            taken.append(trio.SocketStream(trio.socket.from_stdlib_socket(raw)))
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(raw))
+            taken.append(wrap(stream) if wrap is not None else stream)
     finally:
         dup.close()
     server._backlog.extend(taken)
@@ -422,6 +436,8 @@ class _Connection:
             local=_addr(sock.getsockname()),
             params=server.params,
             connection_id=conn_id,
+            tls=stream if type(stream) is not trio.SocketStream and hasattr(stream, "peer_certificate_der")
+            else None,
         )
         fwd = self.params.add_forwarded_header
         self.forwarded_labels = (

@@ -23,8 +23,13 @@ response body is then pulled from the socket as the caller reads it.
   and by ``prune()``.
 * **Errors.**  ``OSError``, trio's stream errors and parse errors are translated once, by
   ``_map_errors`` at the I/O edge, into ``UpstreamError`` subclasses with a ``cause``
-  (``connect/refused``, ``connect/timeout``, ``connect/unreachable``, ``upstream/reset``,
+  (``connect/refused``, ``connect/timeout``, ``connect/unreachable``, ``tls``, ``upstream/reset``,
   ``timeout/request``).
+* **TLS.**  A pool given a ``connector`` (``(host, port, timeout_s) -> stream``, e.g.
+  ``hostproxy.tls.ClientTls.connect``) opens its connections with it instead of plain TCP; the
+  connector applies the connect timeout and raises ``UpstreamError`` itself (cause ``tls`` for a
+  failed handshake). A TLS failure that surfaces only on the first read (a TLS 1.3 server rejecting
+  the client certificate) keeps its ``tls`` cause instead of becoming ``upstream/reset``.
 
 The bookkeeping (which idle connection to use, which to close) is the pure ``PoolState``; the
 async code performs what it decides.
@@ -36,7 +41,7 @@ import errno
 import os
 import select
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -66,7 +71,10 @@ from hostproxy.http.errors import (
 from hostproxy.http.hopbyhop import strip_hop_by_hop
 from hostproxy.http.message import Body, Headers, Request, Response
 
-__all__ = ["PoolParams", "PoolState", "UpstreamPool"]
+__all__ = ["Connector", "PoolParams", "PoolState", "UpstreamPool"]
+
+#: Opens one connection to ``(host, port)`` within ``timeout_s`` seconds; raises ``UpstreamError``.
+Connector = Callable[[str, int, float], Awaitable[Any]]
 
 log = structlog.get_logger("hostproxy.http.upstream")
 
@@ -123,6 +131,9 @@ def _map_errors(endpoint: str, phase: str) -> Iterator[None]:
             ) from exc
         raise UpstreamReset(f"connection to {endpoint} failed: {exc}", endpoint=endpoint) from exc
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        tls_error = _tls_error_of(exc)
+        if tls_error is not None:
+            raise tls_error from exc
         raise UpstreamReset(
             f"connection to {endpoint} was closed or reset: {exc or type(exc).__name__}", endpoint=endpoint
         ) from exc
@@ -130,6 +141,20 @@ def _map_errors(endpoint: str, phase: str) -> Iterator[None]:
         raise UpstreamReset(f"invalid response from {endpoint}: {exc}", endpoint=endpoint) from exc
     except LocalProtocolError as exc:
         raise ProxyInternalError(f"cannot send request to {endpoint}: {exc}", endpoint=endpoint) from exc
+
+
+def _tls_error_of(exc: BaseException) -> Exception | None:
+    """The translated TLS error carried by ``exc`` (``hostproxy.tls.TlsBroken``), or None."""
+    from hostproxy.tls.stream import TlsBroken
+
+    cur: BaseException | None = exc
+    for _ in range(8):
+        if cur is None:
+            return None
+        if isinstance(cur, TlsBroken):
+            return cur.error
+        cur = cur.__cause__
+    return None
 
 
 class _Stale(Exception):
@@ -321,6 +346,7 @@ class UpstreamPool:
         *,
         nursery: trio.Nursery | None = None,
         clock: Callable[[], float] | None = None,
+        connector: Connector | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -329,6 +355,7 @@ class UpstreamPool:
         self._nursery = nursery
         self._own_nursery_cm: Any = None
         self._clock = clock or trio.current_time
+        self._connector = connector
         self._state = PoolState(self.params.idle_timeout_s, self.params.max_idle)
         self._open = 0
         self._counters = {"connects": 0, "connect_failures": 0, "reused": 0, "stale_discarded": 0, "resent": 0}
@@ -378,6 +405,12 @@ class UpstreamPool:
             await conn.aclose()
 
     async def _connect(self, timeout_s: float) -> _Conn:
+        if self._connector is not None:
+            # The connector applies the timeout and raises UpstreamError (connect/*, tls) itself.
+            stream = await self._connector(self.host, self.port, timeout_s)
+            self._counters["connects"] += 1
+            self._open += 1
+            return _Conn(stream, self.endpoint)
         with _map_errors(self.endpoint, "connect"):
             with trio.move_on_after(timeout_s) as scope:
                 stream = await trio.open_tcp_stream(self.host, self.port)

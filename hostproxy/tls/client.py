@@ -53,7 +53,7 @@ log = structlog.get_logger("hostproxy.tls")
 #: Every :attr:`TlsError.reason`.
 CLIENT_REASONS = ("unknown-ca", "name-mismatch", "expired", "not-yet-valid", "certificate-not-for-servers",
                   "verify-failed", "client-certificate-required", "client-certificate-rejected",
-                  "protocol-mismatch", "handshake-failure", "not-tls", "eof", "timeout", "other")
+                  "protocol-mismatch", "handshake-failure", "not-tls", "eof", "timeout", "config", "other")
 
 _UNKNOWN_CA_CODES = {2, 18, 19, 20, 21}
 _MISMATCH_CODES = {62, 64}  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
@@ -389,12 +389,13 @@ class ClientTlsCache:
     def __init__(self) -> None:
         self._items: dict[tuple[str, m.ClientTls], ClientTls] = {}
 
-    def get(self, config: m.ClientTls, *, router: str = "") -> ClientTls:
-        """The shared ClientTls for ``config`` (raises :class:`TlsConfigError` if it cannot load)."""
+    def get(self, config: m.ClientTls, *, router: str = "", key: str = "client.tls") -> ClientTls:
+        """The shared ClientTls for ``config`` (raises :class:`TlsConfigError` if it cannot load);
+        ``key`` names the config section in messages of a ClientTls created by this call."""
         k = (router, config)
         item = self._items.get(k)
         if item is None:
-            item = ClientTls(config, router=router)
+            item = ClientTls(config, router=router, key=key)
             self._items[k] = item
         return item
 

@@ -10,7 +10,10 @@ Theory of operation
 * a lazy handshake on first I/O, bounded by ``handshake_timeout_s``, whose failure is reported once
   through ``on_failure(reason, exc)`` (the server counts it) and raised as ``trio.BrokenResourceError``
   so the protocol code treats it like any dead connection;
-* :func:`peer_certificate`, :attr:`TlsStream.alpn`, ``version`` and ``cipher`` for handlers.
+* :func:`peer_certificate`, :attr:`TlsStream.alpn`, ``version`` and ``cipher`` for handlers;
+* :meth:`TlsStream.forwarded_client_cert`: the ``x-forwarded-client-cert`` value describing the
+  peer's certificate (Envoy's element syntax: ``Hash=<sha256 of the DER>;Cert="<url-encoded PEM>";
+  Subject="<RFC 4514>";URI=...;DNS=...``), computed once per connection.
 
 A TLS failure after the handshake (TLS 1.3 servers reject a client certificate only after the
 client's handshake completed, so the client learns it on its first read) is raised as
@@ -30,7 +33,8 @@ import trio
 
 from hostproxy.tls.inspect import CertInfo, der_info
 
-__all__ = ["TlsBroken", "TlsStream", "failure_reason", "peer_certificate", "ssl_error_of", "tls_error_of"]
+__all__ = ["TlsBroken", "TlsStream", "failure_reason", "peer_certificate", "ssl_error_of", "tls_error_of",
+           "xfcc_value"]
 
 
 class TlsBroken(trio.BrokenResourceError):
@@ -132,6 +136,10 @@ class TlsStream(trio.abc.Stream):
         self._on_success = on_success
         self._translate = translate
         self._state = "new"  # new | done | failed
+        #: The translated TLS error raised after the handshake (TLS 1.3 client-certificate rejection),
+        #: kept for code that only sees that the connection died (the h2 upstream link).
+        self.tls_failure: Exception | None = None
+        self._xfcc: bytes | None | bool = False  # False: not computed yet
 
     # -- attributes --------------------------------------------------------------------------------
 
@@ -170,6 +178,15 @@ class TlsStream(trio.abc.Stream):
         if self._state != "done":
             return None
         return self.ssl_stream.getpeercert(binary_form=True)  # type: ignore[no-any-return]
+
+    def forwarded_client_cert(self) -> bytes | None:
+        """The ``x-forwarded-client-cert`` value for the peer's certificate (None: it sent none)."""
+        if self._xfcc is False:
+            der = self.peer_certificate_der()
+            if self._state != "done":
+                return None
+            self._xfcc = xfcc_value(der) if der else None
+        return self._xfcc  # type: ignore[return-value]
 
     def __repr__(self) -> str:
         return f"<TlsStream {self._state} version={self.version} alpn={self.alpn}>"
@@ -257,6 +274,7 @@ class TlsStream(trio.abc.Stream):
             return
         translated = self._translate(exc)
         if translated is not None:
+            self.tls_failure = translated
             raise TlsBroken(translated) from exc
 
 
@@ -270,3 +288,21 @@ def peer_certificate(stream: Any) -> CertInfo | None:
     if not der:
         return None
     return der_info(der, role="peer")
+
+
+def xfcc_value(der: bytes) -> bytes:
+    """One ``x-forwarded-client-cert`` element for the DER certificate ``der``."""
+    import hashlib
+    from urllib.parse import quote
+
+    from hostproxy.tls.inspect import pem_of_der
+
+    info = der_info(der)
+    parts = [f"Hash={hashlib.sha256(der).hexdigest()}",
+             f'Cert="{quote(pem_of_der(der).decode("ascii"), safe="")}"',
+             f'Subject="{info.subject.replace(chr(34), chr(92) + chr(34))}"']
+    for san in info.sans:
+        kind, _, value = san.partition(":")
+        if kind in ("URI", "DNS"):
+            parts.append(f"{kind}={value}")
+    return ";".join(parts).encode("latin-1", "replace")
