@@ -150,6 +150,9 @@ def _ms(v: int | None) -> float | None:
     return None if v is None else v / 1000
 
 
+NAMER_READY_BOUND_S = 10.0  # /ready waits at most this long for namers' first answers
+
+
 class RecentRequests:
     """The ``io.l5d.recentRequests`` telemeter: a bounded ring of sampled requests."""
 
@@ -158,8 +161,12 @@ class RecentRequests:
         self.ring: collections.deque[dict[str, Any]] = collections.deque(maxlen=capacity)
         self._rng = rng
 
+    def sampled(self) -> bool:
+        """Whether this request is one to keep (decided before anything is built for it)."""
+        return self.sample_rate >= 1.0 or self._rng.random() < self.sample_rate
+
     def record(self, entry: dict[str, Any]) -> None:
-        if self.sample_rate >= 1.0 or self._rng.random() < self.sample_rate:
+        if self.sampled():
             self.ring.append(entry)
 
 
@@ -304,6 +311,8 @@ class Daemon:
         self.addresses: dict[str, list[tuple[str, int]]] = {}
         self._ready = False
         self._ready_override = True
+        self._namers_ready = False
+        self._started_mono = time.monotonic()
         self.draining = False
         self._shutdown = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -432,7 +441,8 @@ class Daemon:
         return HttpRouter(rcfg, namers=ns.namers, resolver=ns.resolver, metrics=self.metrics,
                           nursery=self._nursery, rng=self.rng, namer_pairs=ns.pairs, pool_factory=pool_factory,
                           transformers=self.build_transformers(rcfg.interpreter.transformers, ns),
-                          base_dtab=self._base_dtab(rcfg, watcher), client_tls=client_tls)
+                          base_dtab=self._base_dtab(rcfg, watcher), client_tls=client_tls,
+                          recent=self.recent)
 
     @staticmethod
     def _client_tls(rcfg: Any, index: int, label: str) -> ClientTlsCache:
@@ -792,7 +802,23 @@ class Daemon:
         return tree.to_json()  # type: ignore[no-any-return]
 
     def is_ready(self) -> bool:
-        return self._ready and self._ready_override
+        """Listeners bound, config loaded, and every namer's first answers in (or timed out)."""
+        return self._ready and self._ready_override and self._namers_settled()
+
+    def _namers_settled(self) -> bool:
+        # Startup never blocks on a namer backend: readiness waits for names still pending at most
+        # NAMER_READY_BOUND_S, then the daemon is ready regardless (pending names wait per request).
+        if self._namers_ready:
+            return True
+        if time.monotonic() - self._started_mono > NAMER_READY_BOUND_S:
+            self._namers_ready = True
+            return True
+        for n in self._namers.namers:
+            table = getattr(n, "table", None)
+            if table is not None and any(st.state == "pending" for st in table.states()):
+                return False
+        self._namers_ready = True
+        return True
 
     def set_ready(self, ready: bool) -> None:
         self._ready_override = ready

@@ -52,7 +52,7 @@ from dtab.tree import Leaf, Union
 from hostproxy.accesslog import AccessLog
 from hostproxy.balancer import WeightedChoice
 from hostproxy.causes import Cause
-from hostproxy.classifier import HttpClassifier
+from hostproxy.classifier import HttpClassifier, ResponseClass
 from hostproxy.client import Client, plugin_mapping
 from hostproxy.config import client_params_for, service_params_for
 from hostproxy.http.errors import CAUSE_STATUS, UpstreamError, error_response
@@ -148,6 +148,9 @@ def _transforming_bind(transformers: list[Any]) -> Callable[..., Any]:
     return bind_fn
 
 
+_SUCCESS_CLASS = b"l5d-success-class"  # the classifier's verdict on the response, as Linkerd sets it
+
+
 class _Rec:
     """What the access log says of one request (allocated only when the access log is on)."""
 
@@ -207,6 +210,7 @@ class HttpRouter:
         transformers: list[Any] = (),  # type: ignore[assignment]
         base_dtab: Dtab | None = None,
         client_tls: ClientTlsCache | None = None,
+        recent: Any = None,
     ) -> None:
         self.cfg = cfg
         self._pool_factory = pool_factory
@@ -253,6 +257,7 @@ class HttpRouter:
         )
         self.scope = metrics.router(label=self.label)
         self.access_log = AccessLog.from_config(getattr(cfg, "http_access_log", None))
+        self.recent = recent  # the io.l5d.recentRequests telemeter (None: off)
         self.binding_timeout_s = cfg.binding_timeout_ms / 1000
         self.max_err_bytes = getattr(cfg, "max_err_response_kb", 5120) * 1024
         self.max_err_header_bytes = getattr(cfg, "max_headers_kb", 8) * 1024
@@ -319,7 +324,9 @@ class HttpRouter:
             return self._err(503, Cause.OVERLOAD,
                              f"router {self.label} is at maxConcurrentRequests={limit}; retry later")
         self.in_flight += 1
-        rec = _Rec(req.method, req.target) if self.access_log.enabled else None
+        recent = self.recent
+        keep = recent is not None and recent.sampled()
+        rec = _Rec(req.method, req.target) if self.access_log.enabled or keep else None
         try:
             resp, cause, service_stats = await self._route(req, conn, server_stats, rec)
             status = resp.status
@@ -334,9 +341,17 @@ class HttpRouter:
             if service_stats is not None:
                 service_stats.finish(latency, cause, status)
             if rec is not None:
-                self.access_log.log(router=self.label, method=rec.method, path=rec.path, service=rec.service,
-                                    client=rec.client, endpoint=rec.endpoint, status=status,
-                                    cause=cause.value if cause is not None else None, duration_s=latency)
+                cause_text = cause.value if cause is not None else None
+                if self.access_log.enabled:
+                    self.access_log.log(router=self.label, method=rec.method, path=rec.path, service=rec.service,
+                                        client=rec.client, endpoint=rec.endpoint, status=status,
+                                        cause=cause_text, duration_s=latency)
+                if keep:
+                    recent.ring.append({
+                        "timestamp": time.time(), "router": self.label, "method": rec.method, "path": rec.path,
+                        "service": rec.service, "client": rec.client, "endpoint": rec.endpoint,
+                        "status": status, "cause": cause_text, "durationMs": round(latency * 1000, 3),
+                    })
 
     async def _route(self, req: Request, conn: ConnInfo, server_stats: Any = None,
                      rec: _Rec | None = None) -> tuple[Response, Cause | None, Any]:
@@ -468,6 +483,7 @@ class HttpRouter:
                     status = resp.status
                     if status < 500 and entry.http_classifier:
                         cause = None
+                        resp.headers.set(_SUCCESS_CLASS, b"1.0")
                         return resp, None, svc
                     decision = attempts.decide(status, None, now_ns=time.time_ns(),
                                                l5d_retryable=resp.headers.get(_RETRYABLE))
@@ -486,7 +502,12 @@ class HttpRouter:
                 if decision.reason == "budget_exhausted":
                     entry.budget_exhausted.incr()
                 if resp is not None:
-                    cause = Cause.UPSTREAM_5XX if status >= 500 else None
+                    # The configured classifier decides what counts as a failure (allSuccessful: nothing).
+                    rc = entry.policy.classifier.classify(req.method, status, None)
+                    ok = rc is ResponseClass.SUCCESS
+                    cause = None if ok else (Cause.UPSTREAM_5XX if status >= 500 else None)
+                    if entry.http_classifier:
+                        resp.headers.set(_SUCCESS_CLASS, b"1.0" if ok else b"0.0")
                     return resp, cause, svc
                 assert err is not None
                 cause = cause_of(err)

@@ -142,8 +142,23 @@ async def test_application_5xx_passes_through_without_l5d_err(tmp_path: Path) ->
         async with running_daemon(fs_config(tmp_path / "disco")) as d:
             r = await curl(f"http://127.0.0.1:{d.port('out')}/status/503", "-H", "Host: web")
             assert r.status == 503 and r.header("l5d-err") is None
+            assert r.header("l5d-success-class") == "0.0"
             metrics = (await curl(f"{d.admin}/admin/metrics.json")).json()
             assert metrics["rt/out/service/svc/web/failures/upstream/5xx"] == 1
+            r = await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: web")
+            assert r.header("l5d-success-class") == "1.0"
+
+
+async def test_classifier_decides_what_fails(tmp_path: Path) -> None:
+    async with running_upstream() as up:
+        write_disco(tmp_path / "disco", "web", up.port)
+        cfg = fs_config(tmp_path / "disco") + "  service:\n    responseClassifier: {kind: io.l5d.http.allSuccessful}\n"
+        async with running_daemon(cfg) as d:
+            r = await curl(f"http://127.0.0.1:{d.port('out')}/status/503", "-H", "Host: web")
+            assert r.status == 503 and r.header("l5d-success-class") == "1.0"
+            metrics = (await curl(f"{d.admin}/admin/metrics.json")).json()
+            assert metrics["rt/out/service/svc/web/success"] == 1
+            assert "rt/out/service/svc/web/failures/upstream/5xx" not in metrics
 
 
 async def test_request_without_host_is_unidentified(tmp_path: Path) -> None:
@@ -347,3 +362,17 @@ def _same_host(port: int, host: str, count: int) -> list[int]:
                     break
             conn.start_next_cycle()
     return statuses
+
+
+async def test_recent_requests_telemeter(tmp_path: Path) -> None:
+    async with running_upstream() as up:
+        write_disco(tmp_path / "disco", "web", up.port)
+        cfg = fs_config(tmp_path / "disco") + "telemetry:\n- kind: io.l5d.recentRequests\n  sampleRate: 1.0\n  capacity: 2\n"
+        async with running_daemon(cfg) as d:
+            for path in ("/a", "/b", "/c"):
+                await curl(f"http://127.0.0.1:{d.port('out')}{path}", "-H", "Host: web")
+            recent = (await curl(f"{d.admin}/requests")).json()
+            assert isinstance(recent, list)
+            assert [r["path"] for r in recent] == ["/b", "/c"]  # bounded: the newest two
+            assert recent[-1]["service"] == "/svc/web" and recent[-1]["client"] == "/#/io.l5d.fs/web"
+            assert recent[-1]["endpoint"] == f"127.0.0.1:{up.port}" and recent[-1]["status"] == 200
