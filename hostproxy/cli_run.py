@@ -48,8 +48,8 @@ def main(args: argparse.Namespace) -> int:
         startup, rest = eg.split((OSError, DtabFileError))
         if startup is None or rest is not None:
             raise
-        for e in _leaves(startup):
-            print(f"hostproxy: failed to start: {e}", file=sys.stderr)
+        for leaf in _leaves(startup):
+            print(f"hostproxy: failed to start: {leaf}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

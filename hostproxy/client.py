@@ -220,14 +220,14 @@ class Client:
                 self._nursery.start_soon(ep.pool.aclose)
                 log.info("client.endpoint_removed", router=self.router, client=self.id, endpoint=key)
             for key, (host, port, weight, meta) in wanted.items():
-                ep = self.endpoints.get(key)
-                if ep is None:
+                known = self.endpoints.get(key)
+                if known is None:
                     pool = self._pool_factory(host, port, self._pool_params, nursery=self._nursery,
                                               **self._pool_extra)
                     self.endpoints[key] = _Endpoint(key, host, port, weight, meta, pool)
                     log.info("client.endpoint_added", router=self.router, client=self.id, endpoint=key)
                 else:
-                    ep.weight, ep.meta = weight, meta
+                    known.weight, known.meta = weight, meta
             self.balancer.update([EndpointInfo(k, e.weight, e.meta) for k, e in self.endpoints.items()])
             self.accrual.retain(list(self.endpoints))
         elif isinstance(addr, AddrNeg):

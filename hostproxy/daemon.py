@@ -63,7 +63,7 @@ from dtab import Dtab, Path
 from dtab.delegate import delegate
 from hostproxy import sdnotify
 from hostproxy.config import Config, ConfigError, load_config
-from hostproxy.config.model import to_json
+from hostproxy.config.model import RecentRequestsTelemeter, to_json
 from hostproxy.config.registry import load_factory, lookup
 from hostproxy.dtabfile import DtabFileError, DtabFileWatcher, read_signature, watch_dtab_file
 from hostproxy.http.proxyheaders import ForwardedConfig, Labeler
@@ -322,12 +322,12 @@ class Daemon:
         self.last_reload: dict[str, Any] | None = None
         self.recent: RecentRequests | None = None
         for t in config.telemetry:
-            if t.kind == "io.l5d.recentRequests":
+            if isinstance(t, RecentRequestsTelemeter):
                 self.recent = RecentRequests(t.sample_rate, t.capacity, self.rng)
         self.overload = OverloadManager(overload_config(config.overload), clock=time.monotonic)
         self._overload_interval_s = config.overload.interval_ms / 1000
         for name in ("memory_level", "fd_exhausted", "rss_bytes", "open_fds", "fd_limit", "shed", "transitions"):
-            self.metrics.gauge(f"overload/{name}", lambda name=name: self.overload.statistics()[name])
+            self.metrics.gauge(f"overload/{name}", functools.partial(self._overload_stat, name))
         self.started_at = time.time()
 
     # -- compatibility views (the namers in force) ------------------------------------------------
@@ -405,7 +405,7 @@ class Daemon:
         old = self.dtab_watchers.get(label)
         if old is not None and old.path == path:
             return old
-        watcher = DtabFileWatcher(path, on_change=lambda dtab, _v, label=label: self._file_dtab_changed(label))
+        watcher = DtabFileWatcher(path, on_change=functools.partial(self._on_dtab_file, label))
         try:
             _sig, data = read_signature(path)
         except OSError as e:
@@ -419,6 +419,12 @@ class Daemon:
     def _base_dtab(self, rcfg: Any, watcher: DtabFileWatcher | None) -> Dtab:
         own = Dtab.read(rcfg.dtab)
         return own if watcher is None else watcher.dtab + own
+
+    def _overload_stat(self, name: str) -> float:
+        return float(self.overload.statistics()[name])
+
+    def _on_dtab_file(self, label: str, _dtab: Any, _version: int) -> None:
+        self._file_dtab_changed(label)
 
     def _file_dtab_changed(self, label: str) -> None:
         router = self.routers.get(label)
@@ -471,7 +477,7 @@ class Daemon:
         if router.cfg.kind == "h2":
             from hostproxy.h2.server import H2Server
 
-            return H2Server(router.handle, params, rng=self.rng)
+            return H2Server(router.handle, params, rng=self.rng)  # type: ignore[arg-type]  # H2ServerParams
         return Http1Server(router.handle, params, rng=self.rng, overload=self.overload)
 
     def _server_specs(self, config: Config) -> dict[tuple[str, Any], tuple[str, ServerParams]]:
@@ -721,9 +727,9 @@ class Daemon:
                 self._start_dtab_watch(label, w)
         self.dtab_watchers = watchers
         for label in changed:
-            w = watchers.get(label)
-            if w is not None:
-                routers[label].set_dtab(self._base_dtab(routers[label].cfg, w))  # its last good dtab
+            kept = watchers.get(label)
+            if kept is not None:
+                routers[label].set_dtab(self._base_dtab(routers[label].cfg, kept))  # its last good dtab
         removed = [slot for key, slot in self.slots.items() if key not in specs]
         for key, (label, params) in specs.items():
             slot = self.slots.get(key)
