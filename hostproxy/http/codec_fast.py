@@ -1,0 +1,922 @@
+"""The fast HTTP/1.1 codec: llhttp (through ``httptools``) for header fields, framing in Python.
+
+Theory of operation
+-------------------
+Same interface, events, errors and framing decisions as the h11 reference in ``codec_h11``
+(differential-tested against it in ``tests/test_http_codec_differential.py``); only the work per
+message is smaller.  One cycle is one request and its response.  Each side keeps
+
+* a receive buffer (``bytearray``): bytes not yet turned into events.  Bytes beyond the current
+  message (pipelined requests, tunnel data after a ``101``) simply stay in it until the next cycle,
+  so a pipelined head goes through every check again;
+* the peer's state (``_T_HEAD`` → ``_T_BODY`` → ``_T_DONE`` / ``_T_SWITCHED`` / ``_T_CLOSED``,
+  ``_T_ERROR`` after a ``ProtocolError``) and our own (``_O_IDLE`` → ``_O_BODY`` → ``_O_DONE`` /
+  ``_O_SWITCHED``, ``_O_ERROR``), plus the keep-alive flag and a pending switch proposal
+  (``Upgrade`` or ``CONNECT``), with h11's transitions.
+
+A head is located with ``bytes.find`` (requests: the first CRLFCRLF, after the raw checks below) and
+split into start line and field block.  The start line is matched against the h11 grammar with one
+regular expression; the field block goes to llhttp, which tokenises it in C and rejects bad field
+names, control characters in values, lone CRs and malformed ``Content-Length`` values.  llhttp is
+fed a fixed dummy start line, so its own method table, URL rules and framing are never relied on;
+its leniencies for ``Transfer-Encoding`` and ``Content-Length`` + ``Transfer-Encoding`` are turned
+on because those rules are applied here, exactly as h11 applies them:
+
+* ``Transfer-Encoding`` must be exactly ``chunked`` (one header); ``Content-Length`` must be
+  digits and agree with any duplicate (llhttp refuses duplicates even when equal: stricter);
+* on the server: ``Content-Length`` with ``Transfer-Encoding`` → 400; a 1.1 request needs exactly
+  one ``Host``; the raw head checks of the reference codec (414/431 limits, bare CR/LF, NUL,
+  obs-fold) run before any parsing.
+
+Bodies are framed here (``Content-Length``, chunked with extensions and trailers, or until EOF for
+responses), which keeps message boundaries exact without asking llhttp where it stopped.  Writing is
+plain byte joins with one regular-expression check of the whole field block (no CR, LF or NUL can
+reach the wire from a header).
+
+Known, deliberate differences from h11 (all stricter): duplicate equal ``Content-Length`` fields,
+control characters (other than HTAB) in field values, bare LF in trailers, and (in requests)
+obs-fold in trailers are refused.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+import httptools
+
+from hostproxy.http.codec_base import (
+    NEED_DATA,
+    PAUSED,
+    CodecLimits,
+    ConnectionClosed,
+    Data,
+    EndOfMessage,
+    Event,
+    HeaderList,
+    Informational,
+    LocalProtocolError,
+    ProtocolError,
+    RequestHead,
+    ResponseHead,
+)
+
+__all__ = ["ClientCodec", "ServerCodec"]
+
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
+_REQUEST_LINE_RE: Final = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])")
+_STATUS_LINE_RE: Final = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ((?:[ \t]|[^\x00\s])*))?")
+_CHUNK_HEADER_RE: Final = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;.*)?[ \t]*\r\n")
+_CONTENT_LENGTH_RE: Final = re.compile(rb"[0-9]+")
+_BLANK_LINE_RE: Final = re.compile(rb"\n\r?\n")
+_OBS_FOLD_RE: Final = re.compile(rb"\r\n[ \t]+")
+_TOKEN_RE: Final = re.compile(_TOKEN)
+_OUT_VALUE_RE: Final = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
+_OUT_NAMES_RE: Final = re.compile(rb"(?:" + _TOKEN + rb"(?: |$))*")
+_TARGET_RE: Final = re.compile(rb"[\x21-\x7e]+")
+# What we write: "name: value" lines, value empty or without leading/trailing whitespace.
+_OUT_FIELDS_RE: Final = re.compile(
+    rb"(?:" + _TOKEN + rb": (?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?\r\n)*"
+)
+
+# Peer ("their") states.
+_T_IDLE: Final = 0  # client side only: no request sent yet
+_T_HEAD: Final = 1
+_T_BODY: Final = 2
+_T_DONE: Final = 3
+_T_SWITCHED: Final = 4
+_T_CLOSED: Final = 5
+_T_ERROR: Final = 6
+# Our states.
+_O_IDLE: Final = 0
+_O_BODY: Final = 1
+_O_DONE: Final = 2
+_O_SWITCHED: Final = 3
+_O_ERROR: Final = 4
+_O_NAMES: Final = ("IDLE", "SEND_BODY", "DONE", "SWITCHED_PROTOCOL", "ERROR")
+# Body framing.
+_F_LENGTH: Final = 0
+_F_CHUNKED: Final = 1
+_F_EOF: Final = 2
+# Switch proposals.
+_P_UPGRADE: Final = 1
+_P_CONNECT: Final = 2
+
+_CL_MAX_DIGITS: Final = 20
+_DUMMY_LINE: Final = b"GET / HTTP/1.1\r\n"
+
+
+class _FieldError(Exception):
+    pass
+
+
+class _FieldParser:
+    """llhttp as a field tokeniser: ``parse(block)`` → raw ``(name, value)`` pairs.
+
+    The parser is reused while each block ends a complete (body-less) dummy message; a block that
+    leaves it expecting a body (``Content-Length``, chunked) or that failed replaces it.
+    """
+
+    __slots__ = ("_fields", "_complete", "_parser")
+
+    def __init__(self) -> None:
+        self._fields: HeaderList = []
+        self._complete = False
+        self._parser = self._new()
+
+    def _new(self) -> httptools.HttpRequestParser:
+        parser = httptools.HttpRequestParser(self)
+        parser.set_dangerous_leniencies(
+            lenient_chunked_length=True, lenient_transfer_encoding=True, lenient_keep_alive=True
+        )
+        return parser
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields.append((name, value))
+
+    def on_message_complete(self) -> None:
+        self._complete = True
+
+    def parse(self, block: bytes) -> HeaderList:
+        fields: HeaderList = []
+        self._fields = fields
+        self._complete = False
+        try:
+            self._parser.feed_data(_DUMMY_LINE + block + b"\r\n")
+        except httptools.HttpParserUpgrade:
+            self._complete = False
+        except httptools.HttpParserError as exc:
+            self._parser = self._new()
+            raise _FieldError(_llhttp_message(str(exc))) from None
+        if not self._complete:
+            self._parser = self._new()
+        return fields
+
+
+def _llhttp_message(reason: str) -> str:
+    if reason == "Duplicate Content-Length":
+        return "conflicting Content-Length headers (duplicates are refused)"
+    if "Content-Length" in reason:
+        return f"bad Content-Length ({reason})"
+    return f"illegal header line ({reason})"
+
+
+class _Head:
+    """What the framing needs to know about a parsed field block."""
+
+    __slots__ = ("headers", "length", "chunked", "close", "hosts", "expect_100", "upgrade")
+
+    def __init__(self) -> None:
+        self.headers: HeaderList = []
+        self.length: int | None = None
+        self.chunked = False
+        self.close = False
+        self.hosts = 0
+        self.expect_100 = False
+        self.upgrade = False
+
+
+def _tokens(value: bytes) -> list[bytes]:
+    return [t for t in (v.strip() for v in value.lower().split(b",")) if t]
+
+
+def _normalize(raw: HeaderList) -> _Head:
+    """Lowercase names, strip values, apply h11's Content-Length / Transfer-Encoding rules."""
+    head = _Head()
+    out = head.headers
+    for name, value in raw:
+        name = name.lower()
+        value = value.rstrip(b" \t")
+        if name == b"content-length":
+            lengths = {v.strip() for v in value.split(b",")}
+            if len(lengths) != 1:
+                raise _FieldError("conflicting Content-Length headers")
+            value = lengths.pop()
+            if not _CONTENT_LENGTH_RE.fullmatch(value) or len(value) > _CL_MAX_DIGITS:
+                raise _FieldError("bad Content-Length")
+            if head.length is None:
+                head.length = int(value)
+            elif head.length != int(value):  # pragma: no cover - llhttp refuses duplicates first
+                raise _FieldError("conflicting Content-Length headers")
+        elif name == b"transfer-encoding":
+            if head.chunked:
+                raise _FieldError("multiple Transfer-Encoding headers")
+            value = value.lower()
+            if value != b"chunked":
+                raise _FieldError("Only Transfer-Encoding: chunked is supported")
+            head.chunked = True
+        elif name == b"host":
+            head.hosts += 1
+        elif name == b"connection":
+            if b"close" in _tokens(value):
+                head.close = True
+        elif name == b"expect":
+            if b"100-continue" in _tokens(value):
+                head.expect_100 = True
+        elif name == b"upgrade" and _tokens(value):
+            head.upgrade = True
+        out.append((name, value))
+    return head
+
+
+def _check_raw(head: bytes, what: str, field: str) -> None:
+    crlf = head.count(b"\r\n")
+    if head.count(b"\n") != crlf:
+        raise ProtocolError(f"bare LF in {what}; lines must end with CRLF")
+    if head.count(b"\r") != crlf:
+        raise ProtocolError(f"bare CR in {what}; lines must end with CRLF")
+    if b"\x00" in head:
+        raise ProtocolError(f"NUL byte in {what}")
+    if b"\r\n " in head or b"\r\n\t" in head:
+        raise ProtocolError(f"obsolete line folding (obs-fold) in {field}; send each field on one line")
+
+
+def _fields_out(headers: HeaderList) -> bytes:
+    """Serialise fields (with the blank line); a field that would break the framing is refused."""
+    block = b"".join([b"%s: %s\r\n" % nv for nv in headers])
+    if (
+        block.count(b"\n") != len(headers)
+        or not _OUT_FIELDS_RE.fullmatch(block)
+        or not _OUT_NAMES_RE.fullmatch(b" ".join([n for n, _ in headers]))
+    ):
+        for name, value in headers:
+            if not _TOKEN_RE.fullmatch(name) or not _OUT_VALUE_RE.fullmatch(value):
+                raise LocalProtocolError(f"Illegal header {name!r}: {value!r}")
+        raise LocalProtocolError(f"Illegal header field in {headers!r}")  # pragma: no cover
+    return block + b"\r\n"
+
+
+class _Side:
+    """Receive-side framing shared by both roles (the body readers and the end of a message)."""
+
+    __slots__ = (
+        "_buf", "_eof", "_their", "_our", "_fields", "_framing", "_remaining", "_chunk_crlf",
+        "_in_trailer", "_keep_alive", "_proposal", "_max_line", "_prefix", "_status", "_length",
+        "_w_framing", "_w_remaining",
+    )
+
+    def __init__(self, max_line: int, prefix: str, status: int | None) -> None:
+        self._buf = bytearray()
+        self._eof = False
+        self._fields = _FieldParser()
+        self._max_line = max_line
+        self._prefix = prefix
+        self._status = status  # the status of every ProtocolError (None: the error's own)
+        self._their = _T_HEAD
+        self._our = _O_IDLE
+        self._framing = _F_LENGTH
+        self._remaining = 0
+        self._chunk_crlf = b""
+        self._in_trailer = False
+        self._keep_alive = True
+        self._proposal = 0
+        self._length = 0  # the declared Content-Length of the body being read
+        self._w_framing = _F_LENGTH
+        self._w_remaining = 0
+
+    def _fail(self, message: str, status: int = 400) -> ProtocolError:
+        self._their = _T_ERROR
+        return ProtocolError(f"{self._prefix}{message}", self._status or status)
+
+    def receive_data(self, data: bytes) -> None:
+        if data:
+            if self._eof:
+                raise ProtocolError("received close, then received more data?", self._status or 400)
+            self._buf += data
+        else:
+            self._eof = True
+
+    # -- body -------------------------------------------------------------------------------------
+
+    def _start_body(self, framing: int, length: int) -> None:
+        self._their = _T_BODY
+        self._framing = framing
+        self._remaining = length
+        self._chunk_crlf = b""
+        self._in_trailer = False
+
+    def _need_data(self) -> Event:
+        buf = self._buf
+        if not buf and self._eof:
+            if self._framing == _F_LENGTH:
+                raise self._fail(
+                    "peer closed connection without sending complete message body "
+                    f"(received {self._length - self._remaining} bytes, expected {self._length})"
+                )
+            if self._framing == _F_CHUNKED:
+                raise self._fail(
+                    "peer closed connection without sending complete message body: incomplete chunked read"
+                )
+            self._their = _T_DONE
+            return self._end([])
+        if len(buf) > self._max_line:
+            raise self._fail("Receive buffer too long", 431)
+        if self._eof:
+            raise self._fail("peer unexpectedly closed connection")
+        return NEED_DATA
+
+    def _read_body(self) -> Event:
+        buf = self._buf
+        framing = self._framing
+        if framing == _F_LENGTH:
+            remaining = self._remaining
+            if remaining == 0:
+                return self._end([])
+            if not buf:
+                return self._need_data()
+            if len(buf) <= remaining:
+                data = bytes(buf)
+                buf.clear()
+            else:
+                data = bytes(buf[:remaining])
+                del buf[:remaining]
+            self._remaining = remaining - len(data)
+            return self._data(data)
+        if framing == _F_EOF:
+            if not buf:
+                return self._need_data()
+            data = bytes(buf)
+            buf.clear()
+            return self._data(data)
+        return self._read_chunked()
+
+    def _read_chunked(self) -> Event:
+        buf = self._buf
+        if self._in_trailer:
+            return self._read_trailer()
+        if self._chunk_crlf:
+            expected = self._chunk_crlf
+            got = bytes(buf[: len(expected)])
+            if not got:
+                return self._need_data()
+            if got != expected[: len(got)]:
+                raise self._fail(f"malformed chunk footer: {got!r} (expected {expected!r})")
+            del buf[: len(got)]
+            self._chunk_crlf = expected[len(got):]
+            if self._chunk_crlf:
+                return self._need_data()
+        if self._remaining == 0:
+            end = buf.find(b"\r\n")
+            if end == -1:
+                return self._need_data()
+            line = bytes(buf[: end + 2])
+            match = _CHUNK_HEADER_RE.fullmatch(line)
+            if match is None:
+                raise self._fail(f"illegal chunk header: {line!r}")
+            del buf[: end + 2]
+            size = int(match[1], 16)
+            if size == 0:
+                self._in_trailer = True
+                return self._read_trailer()
+            self._remaining = size
+        if not buf:
+            return self._need_data()
+        remaining = self._remaining
+        if len(buf) <= remaining:
+            data = bytes(buf)
+            buf.clear()
+        else:
+            data = bytes(buf[:remaining])
+            del buf[:remaining]
+        self._remaining = remaining = remaining - len(data)
+        if remaining == 0:
+            self._chunk_crlf = b"\r\n"
+        return self._data(data)
+
+    def _read_trailer(self) -> Event:
+        buf = self._buf
+        if buf[:2] == b"\r\n":
+            del buf[:2]
+            return self._end([])
+        end = buf.find(b"\r\n\r\n")
+        if end == -1:
+            if buf[:1] == b"\n" or b"\n\n" in buf or b"\n\r\n" in buf:
+                raise self._fail("bare LF in trailer section; lines must end with CRLF")
+            return self._need_data()
+        block = bytes(buf[: end + 2])
+        del buf[: end + 4]
+        block = self._trailer_block(block)
+        try:
+            head = _normalize(self._fields.parse(block))
+        except _FieldError as exc:
+            raise self._fail(str(exc)) from None
+        return self._end(head.headers)
+
+    def _trailer_block(self, block: bytes) -> bytes:
+        return block
+
+    def _data(self, data: bytes) -> Event:
+        return Data(data)
+
+    def _end(self, trailers: HeaderList) -> Event:
+        self._their = _T_DONE
+        return EndOfMessage(trailers)
+
+    def _after_done(self) -> Event:
+        """next_event once the peer's message is complete (h11's DONE / MUST_CLOSE / CLOSED)."""
+        if self._their == _T_SWITCHED or (self._their == _T_DONE and self._proposal):
+            return PAUSED
+        if self._their == _T_ERROR:
+            raise ProtocolError(
+                f"{self._prefix}Can't receive data when peer state is ERROR", self._status or 400
+            )
+        buf = self._buf
+        if buf:
+            if self._their == _T_DONE and self._keep_alive:
+                return PAUSED
+            raise self._fail("Got data when expecting EOF")
+        if self._eof:
+            self._their = _T_CLOSED
+            return ConnectionClosed()
+        return NEED_DATA
+
+    # -- sending ----------------------------------------------------------------------------------
+
+    def _send_state_error(self, what: str) -> LocalProtocolError:
+        state = _O_NAMES[self._our]
+        self._our = _O_ERROR
+        return LocalProtocolError(f"can't send {what} when our state is {state}")
+
+    def _start_writer(self, framing: int, length: int) -> None:
+        self._our = _O_BODY
+        self._w_framing = framing
+        self._w_remaining = length
+
+    def send_data(self, data: bytes) -> bytes:
+        if self._our != _O_BODY:
+            raise self._send_state_error("data")
+        framing = self._w_framing
+        if framing == _F_CHUNKED:
+            if not data:
+                return b""
+            return b"%x\r\n%s\r\n" % (len(data), data)
+        if framing == _F_LENGTH:
+            self._w_remaining -= len(data)
+            if self._w_remaining < 0:
+                self._our = _O_ERROR
+                raise LocalProtocolError("Too much data for declared Content-Length")
+        return bytes(data)
+
+    def send_end(self, trailers: HeaderList | None = None) -> bytes:
+        if self._our != _O_BODY:
+            raise self._send_state_error("the end of a message")
+        framing = self._w_framing
+        if framing == _F_CHUNKED:
+            try:
+                out = b"0\r\n" + _fields_out(trailers) if trailers else b"0\r\n\r\n"
+            except LocalProtocolError:
+                self._our = _O_ERROR
+                raise
+        elif framing == _F_LENGTH:
+            if self._w_remaining != 0:
+                self._our = _O_ERROR
+                raise LocalProtocolError("Too little data for declared Content-Length")
+            if trailers:
+                self._our = _O_ERROR
+                raise LocalProtocolError("Content-Length and trailers don't mix")
+            out = b""
+        else:
+            if trailers:
+                self._our = _O_ERROR
+                raise LocalProtocolError("can't send trailers to HTTP/1.0 client")
+            out = b""
+        self._our = _O_DONE
+        return out
+
+    def send_failed(self) -> None:
+        self._our = _O_ERROR
+
+    @property
+    def can_reuse(self) -> bool:
+        return (
+            self._our == _O_DONE and self._their == _T_DONE and self._keep_alive and not self._proposal
+        )
+
+
+class ServerCodec(_Side):
+    """The server side of one HTTP/1.1 connection (parses requests, writes responses)."""
+
+    __slots__ = ("limits", "http_version", "_method", "_waiting_100", "_max_event", "_their_version")
+
+    def __init__(self, limits: CodecLimits | None = None) -> None:
+        self.limits = limits = limits or CodecLimits()
+        self._max_event = max(limits.max_initial_line + limits.max_headers + 4, limits.max_chunk_line)
+        super().__init__(self._max_event, "malformed request: ", None)
+        self.http_version: bytes | None = None
+        self._method: bytes | None = None
+        self._their_version: bytes | None = None
+        self._waiting_100 = False
+
+    # -- receiving -------------------------------------------------------------------------------
+
+    @property
+    def in_head(self) -> bool:
+        """True while no complete request head has been parsed in this cycle."""
+        return self._their == _T_HEAD
+
+    @property
+    def has_buffered_data(self) -> bool:
+        return bool(self._buf)
+
+    @property
+    def request_complete(self) -> bool:
+        return (self._their == _T_DONE and not self._proposal) or self._their == _T_CLOSED
+
+    def next_event(self) -> Event:
+        their = self._their
+        if their == _T_BODY:
+            return self._read_body()
+        if their == _T_HEAD:
+            return self._next_head()
+        return self._after_done()
+
+    def _data(self, data: bytes) -> Event:
+        self._waiting_100 = False
+        return Data(data)
+
+    def _end(self, trailers: HeaderList) -> Event:
+        self._their = _T_DONE
+        self._waiting_100 = False
+        return EndOfMessage(trailers)
+
+    def _trailer_block(self, block: bytes) -> bytes:
+        _check_raw(block, "trailer section", "trailer field")
+        return block
+
+    def _next_head(self) -> Event:
+        buf = self._buf
+        # RFC 9112 §2.2: ignore empty lines before the request line.
+        while buf[:2] == b"\r\n":
+            del buf[:2]
+        if not buf:
+            return ConnectionClosed() if self._eof else NEED_DATA
+        limits = self.limits
+        end = buf.find(b"\r\n\r\n")
+        if end == -1:
+            head = bytes(buf)
+            line_end = head.find(b"\r\n")
+            if (line_end == -1 and len(head) > limits.max_initial_line) or line_end > limits.max_initial_line:
+                raise ProtocolError(
+                    f"request line exceeds {limits.max_initial_line} bytes (maxInitialLineKB)", 414
+                )
+            if len(head) > limits.max_initial_line + limits.max_headers:
+                raise ProtocolError(f"request headers exceed {limits.max_headers} bytes (maxHeadersKB)", 431)
+            # A trailing CR may be the first half of a CRLF still in flight.
+            _check_raw(head[:-1] if head.endswith(b"\r") else head, "request head", "request header")
+            if self._eof:
+                return ConnectionClosed()  # a partial head and then EOF: nothing to answer
+            return NEED_DATA
+        head = bytes(buf[: end + 2])  # up to and including the last field's CRLF
+        line_end = head.find(b"\r\n")
+        if line_end > limits.max_initial_line:
+            raise ProtocolError(f"request line exceeds {limits.max_initial_line} bytes (maxInitialLineKB)", 414)
+        if len(head) - line_end - 2 > limits.max_headers:
+            raise ProtocolError(f"request headers exceed {limits.max_headers} bytes (maxHeadersKB)", 431)
+        if head.count(b"\r\n") - 1 > limits.max_header_count:
+            raise ProtocolError(f"request has more than {limits.max_header_count} header fields", 431)
+        _check_raw(head, "request head", "request header")
+        del buf[: end + 4]
+        self._their = _T_ERROR  # until the head is accepted
+        line = head[:line_end]
+        match = _REQUEST_LINE_RE.fullmatch(line)
+        if match is None:
+            raise ProtocolError(f"malformed request: illegal request line: {line!r}")
+        method, target, version = match.groups()
+        try:
+            parsed = _normalize(self._fields.parse(head[line_end + 2 :]))
+        except _FieldError as exc:
+            raise ProtocolError(f"malformed request: {exc}") from None
+        if parsed.hosts != 1 and (parsed.hosts > 1 or version == b"1.1"):
+            raise ProtocolError(
+                "malformed request: "
+                + ("Missing mandatory Host: header" if parsed.hosts == 0 else "Found multiple Host: headers")
+            )
+        if parsed.chunked and parsed.length is not None:
+            raise ProtocolError("request has both Content-Length and Transfer-Encoding; send only one")
+        self.http_version = self._their_version = version
+        self._method = method
+        if parsed.close or version < b"1.1":
+            self._keep_alive = False
+        if method == b"CONNECT":
+            self._proposal |= _P_CONNECT
+        if parsed.upgrade:
+            self._proposal |= _P_UPGRADE
+        self._waiting_100 = parsed.expect_100 and version >= b"1.1"
+        if parsed.chunked:
+            self._start_body(_F_CHUNKED, 0)
+        else:
+            self._length = parsed.length or 0
+            self._start_body(_F_LENGTH, self._length)
+        self._our = _O_IDLE
+        return RequestHead(method, target, parsed.headers, version)
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    @property
+    def they_are_waiting_for_100_continue(self) -> bool:
+        return self._waiting_100
+
+    def send_informational(self, status: int, headers: HeaderList) -> bytes:
+        if self._our != _O_IDLE or self._method is None:
+            raise self._send_state_error("an informational response")
+        if not 100 <= status < 200:
+            self._our = _O_ERROR
+            raise LocalProtocolError(f"InformationalResponse status_code should be in range [100, 200), not {status}")
+        if status == 101 and not self._proposal & _P_UPGRADE:
+            self._our = _O_ERROR
+            raise LocalProtocolError("Received server _SWITCH_UPGRADE event without a pending proposal")
+        try:
+            fields = _fields_out(headers)
+        except LocalProtocolError:
+            self._our = _O_ERROR
+            raise
+        self._waiting_100 = False
+        if status == 101:
+            self._our = _O_SWITCHED
+            if self._their == _T_DONE:
+                self._their = _T_SWITCHED
+        return b"HTTP/1.1 %d \r\n%s" % (status, fields)
+
+    def send_response(self, status: int, reason: bytes, headers: HeaderList) -> bytes:
+        if self._our != _O_IDLE:
+            raise self._send_state_error("a response")
+        if not 200 <= status < 1000:
+            self._our = _O_ERROR
+            raise LocalProtocolError(f"Response status_code should be in range [200, 1000), not {status}")
+        method = self._method
+        length: int | None = None
+        chunked = False
+        conn_tokens: list[bytes] | None = None
+        for name, value in headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                values = {v.strip() for v in value.split(b",")}
+                if len(values) != 1 or not _CONTENT_LENGTH_RE.fullmatch(v := values.pop()):
+                    self._our = _O_ERROR
+                    raise LocalProtocolError(f"bad Content-Length {value!r}")
+                if length is not None and length != int(v):
+                    self._our = _O_ERROR
+                    raise LocalProtocolError("conflicting Content-Length headers")
+                length = int(v)
+            elif lname == b"transfer-encoding":
+                if chunked or value.lower() != b"chunked":
+                    self._our = _O_ERROR
+                    raise LocalProtocolError("Only Transfer-Encoding: chunked is supported")
+                chunked = True
+            elif lname == b"connection":
+                conn_tokens = (conn_tokens or []) + _tokens(value)
+        # Header clean-up as h11 does it: the framing chosen as if a HEAD were a GET.
+        out = headers
+        need_close = False
+        if chunked or (length is None and status not in (204, 304)
+                       and not (method == b"CONNECT" and status < 300)):
+            out = [(n, v) for n, v in out if n.lower() not in (b"content-length", b"transfer-encoding")]
+            length = None
+            version = self._their_version
+            if version is None or version < b"1.1":
+                chunked = False
+                if method != b"HEAD":
+                    need_close = True
+            else:
+                out.append((b"Transfer-Encoding", b"chunked"))
+                chunked = True
+        keep_alive = self._keep_alive and not need_close and not (conn_tokens and b"close" in conn_tokens)
+        if not self._keep_alive or need_close:
+            tokens = set(conn_tokens or ())
+            tokens.discard(b"keep-alive")
+            tokens.add(b"close")
+            out = [(n, v) for n, v in out if n.lower() != b"connection"]
+            out.extend((b"Connection", t) for t in sorted(tokens))
+        try:
+            fields = _fields_out(out)
+        except LocalProtocolError:
+            self._our = _O_ERROR
+            raise
+        self._keep_alive = keep_alive
+        self._waiting_100 = False
+        if method == b"CONNECT" and 200 <= status < 300 and self._proposal & _P_CONNECT:
+            self._our = _O_SWITCHED
+            if self._their == _T_DONE:
+                self._their = _T_SWITCHED
+        else:
+            self._proposal = 0
+            if method == b"HEAD" or status in (204, 304) or (method == b"CONNECT" and status < 300):
+                self._start_writer(_F_LENGTH, 0)
+            elif chunked:
+                self._start_writer(_F_CHUNKED, 0)
+            elif length is not None:
+                self._start_writer(_F_LENGTH, length)
+            else:
+                self._start_writer(_F_EOF, 0)
+        return b"HTTP/1.1 %d %s\r\n%s" % (status, reason, fields)
+
+    @property
+    def response_chunked(self) -> bool:
+        """True when the response body being sent uses chunked framing (so trailers can be sent)."""
+        return self._our in (_O_BODY, _O_DONE) and self._w_framing == _F_CHUNKED
+
+    # -- cycle -----------------------------------------------------------------------------------
+
+    def start_next_cycle(self) -> None:
+        """Begin the next request; pipelined bytes already buffered are checked afresh."""
+        assert self.can_reuse
+        self._their = _T_HEAD
+        self._our = _O_IDLE
+        self._method = None
+        self.http_version = self._their_version = None
+        self._waiting_100 = False
+        self._proposal = 0
+        self._keep_alive = True
+
+    def switched_protocol_data(self) -> bytes:
+        """After a ``101`` was sent: the bytes the client sent beyond the request (tunnel data)."""
+        return bytes(self._buf)
+
+
+class ClientCodec(_Side):
+    """The client side of one HTTP/1.1 connection to an upstream (reused across cycles)."""
+
+    __slots__ = ("_max_head", "_method")
+
+    def __init__(self, max_head: int = 64 * 1024) -> None:
+        super().__init__(max_head, "malformed response: ", 502)
+        self._max_head = max_head
+        self._their = _T_IDLE
+        self._method: bytes | None = None
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    def send_request(self, method: bytes, target: bytes, headers: HeaderList) -> bytes:
+        if self._our != _O_IDLE:
+            raise self._send_state_error("a request")
+        if not _TOKEN_RE.fullmatch(method):
+            self._our = _O_ERROR
+            raise LocalProtocolError(f"Illegal method {method!r}")
+        if not _TARGET_RE.fullmatch(target):
+            self._our = _O_ERROR
+            raise LocalProtocolError(f"Illegal target characters in {target!r}")
+        length: int | None = None
+        chunked = False
+        hosts = 0
+        for name, value in headers:
+            lname = name.lower()
+            if lname == b"host":
+                hosts += 1
+            elif lname == b"content-length":
+                values = {v.strip() for v in value.split(b",")}
+                if len(values) != 1 or not _CONTENT_LENGTH_RE.fullmatch(v := values.pop()):
+                    self._our = _O_ERROR
+                    raise LocalProtocolError(f"bad Content-Length {value!r}")
+                if length is not None and length != int(v):
+                    self._our = _O_ERROR
+                    raise LocalProtocolError("conflicting Content-Length headers")
+                length = int(v)
+            elif lname == b"transfer-encoding":
+                if chunked or value.lower() != b"chunked":
+                    self._our = _O_ERROR
+                    raise LocalProtocolError("Only Transfer-Encoding: chunked is supported")
+                chunked = True
+            elif lname == b"connection":
+                if b"close" in _tokens(value):
+                    self._keep_alive = False
+            elif lname == b"upgrade" and _tokens(value):
+                self._proposal |= _P_UPGRADE
+        if hosts != 1:
+            self._our = _O_ERROR
+            raise LocalProtocolError(
+                "Missing mandatory Host: header" if hosts == 0 else "Found multiple Host: headers"
+            )
+        try:
+            fields = _fields_out(headers)
+        except LocalProtocolError:
+            self._our = _O_ERROR
+            raise
+        if method == b"CONNECT":
+            self._proposal |= _P_CONNECT
+        self._method = method
+        if chunked:
+            self._start_writer(_F_CHUNKED, 0)
+        else:
+            self._start_writer(_F_LENGTH, length or 0)
+        if self._their == _T_IDLE:
+            self._their = _T_HEAD
+        return b"%s %s HTTP/1.1\r\n%s" % (method, target, fields)
+
+    # -- receiving -------------------------------------------------------------------------------
+
+    def next_event(self) -> Event:
+        their = self._their
+        if their == _T_BODY:
+            return self._read_body()
+        if their == _T_HEAD:
+            return self._next_head()
+        if their == _T_IDLE:
+            if self._buf:
+                raise self._fail("a response arrived before any request was sent")
+            return ConnectionClosed() if self._eof else NEED_DATA
+        return self._after_done()
+
+    def _next_head(self) -> Event:
+        buf = self._buf
+        if buf[:1] == b"\n" or buf[:2] == b"\r\n":
+            raise self._fail("no response line received")
+        match = _BLANK_LINE_RE.search(buf)
+        if match is None:
+            if buf and buf[0] < 0x21:
+                raise self._fail("illegal request line")
+            if len(buf) > self._max_head:
+                raise self._fail("Receive buffer too long")
+            if self._eof:
+                if not buf:
+                    raise self._fail(
+                        "can't handle event type ConnectionClosed when role=SERVER and state=SEND_RESPONSE"
+                    )
+                raise self._fail("peer unexpectedly closed connection")
+            return NEED_DATA
+        end = match.end()
+        head = bytes(buf[:end])
+        del buf[:end]
+        if head.count(b"\n") != head.count(b"\r\n"):
+            # Lines ended by a bare LF (accepted in responses, as h11 does): make them CRLF.
+            head = b"\r\n".join(line[:-1] if line.endswith(b"\r") else line for line in head.split(b"\n"))
+        line_end = head.find(b"\r\n")
+        line = head[:line_end]
+        block = head[line_end + 2 : -2]
+        if block[:1] in (b" ", b"\t"):
+            raise self._fail("continuation line at start of headers")
+        if b"\r\n " in block or b"\r\n\t" in block:
+            block = _OBS_FOLD_RE.sub(b" ", block)
+        match = _STATUS_LINE_RE.fullmatch(line)
+        if match is None:
+            raise self._fail(f"illegal status line: {line!r}")
+        version, status_s, reason = match.groups()
+        try:
+            parsed = _normalize(self._fields.parse(block))
+        except _FieldError as exc:
+            raise self._fail(str(exc)) from None
+        status = int(status_s)
+        if status < 200:
+            if status < 100:
+                raise self._fail(f"InformationalResponse status_code should be in range [100, 200), not {status}")
+            if status == 101:
+                if not self._proposal & _P_UPGRADE:
+                    raise self._fail("Received server _SWITCH_UPGRADE event without a pending proposal")
+                self._their = _T_SWITCHED
+                self._our = _O_SWITCHED
+            return Informational(status, parsed.headers)
+        method = self._method
+        if parsed.close or version < b"1.1":
+            self._keep_alive = False
+        headers = parsed.headers
+        if parsed.chunked and parsed.length is not None:
+            # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length; never pass both on.
+            headers = [(n, v) for n, v in headers if n != b"content-length"]
+        if method == b"CONNECT" and status < 300 and self._proposal & _P_CONNECT:
+            self._their = _T_SWITCHED
+            self._our = _O_SWITCHED
+        else:
+            self._proposal = 0
+            if status in (204, 304) or method == b"HEAD" or (method == b"CONNECT" and status < 300):
+                self._length = 0
+                self._start_body(_F_LENGTH, 0)
+            elif parsed.chunked:
+                self._start_body(_F_CHUNKED, 0)
+            elif parsed.length is not None:
+                self._length = parsed.length
+                self._start_body(_F_LENGTH, parsed.length)
+            else:
+                self._start_body(_F_EOF, 0)
+        return ResponseHead(status, reason or b"", headers, version)
+
+    def _trailer_block(self, block: bytes) -> bytes:
+        if b"\r\n " in block or b"\r\n\t" in block:
+            if block[:1] in (b" ", b"\t"):
+                raise self._fail("continuation line at start of headers")
+            block = _OBS_FOLD_RE.sub(b" ", block)
+        return block
+
+    # -- state -----------------------------------------------------------------------------------
+
+    @property
+    def request_sent(self) -> bool:
+        return (self._our == _O_DONE and not self._proposal) or self._our == _O_SWITCHED
+
+    @property
+    def response_complete(self) -> bool:
+        return self._their in (_T_DONE, _T_CLOSED)
+
+    @property
+    def switched(self) -> bool:
+        return self._our == _O_SWITCHED
+
+    def start_next_cycle(self) -> None:
+        if not self.can_reuse:
+            raise LocalProtocolError("not in a reusable state")
+        self._their = _T_IDLE
+        self._our = _O_IDLE
+        self._method = None
+        self._proposal = 0
+        self._keep_alive = True
+
+    def trailing_data(self) -> bytes:
+        return bytes(self._buf)
