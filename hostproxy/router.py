@@ -421,7 +421,7 @@ class HttpRouter:
             return self._err(502, Cause.NAMING_FAILED, msg), Cause.NAMING_FAILED, svc
         edits = downstream_headers(service=service, client=leaf.id, residual=leaf.residual, local_dtab=local,
                                    headers=headers, rng=self._rng)
-        req.headers = out_headers = Headers(edits.apply(headers))
+        req.headers = out_headers = Headers._trusted(edits.apply(headers))  # names already lowercased
         if client.params.forward_client_cert:
             out_headers.remove(_XFCC)  # only this proxy may say which certificate the caller presented
             stream = conn.tls if conn is not None else None

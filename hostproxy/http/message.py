@@ -85,7 +85,11 @@ class Headers:
 
     def remove(self, name: str | bytes) -> None:
         key = _name(name)
-        self._items = [(n, v) for n, v in self._items if n != key]
+        items = self._items
+        for n, _ in items:
+            if n == key:  # rebuild only when there is something to remove (the common case: nothing)
+                self._items = [(n, v) for n, v in items if n != key]
+                return
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str | bytes):
