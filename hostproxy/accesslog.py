@@ -83,7 +83,9 @@ class AccessLog:
     def from_config(cls, path: str | None, **kw: Any) -> AccessLog:
         """The access log for a router's ``httpAccessLog`` value (None: off; ``-``: structlog events)."""
         if path is not None and not str(path).strip():
-            raise ValueError("httpAccessLog: empty path; give a file path, '-' for log events, or leave it out")
+            raise ValueError(
+                "httpAccessLog: empty path; give a file path, '-' for log events, or leave it out"
+            )
         return cls(path, **kw)
 
     def log(
@@ -106,14 +108,35 @@ class AccessLog:
         duration_ms = round(duration_s * 1000.0, 3)
         if self._log is not None:
             self.lines += 1
-            self._log.info("access", router=router, method=method, path=path, service=service, client=client,
-                           endpoint=endpoint, status=status, cause=cause, duration_ms=duration_ms,
-                           bytes=response_bytes)
+            self._log.info(
+                "access",
+                router=router,
+                method=method,
+                path=path,
+                service=service,
+                client=client,
+                endpoint=endpoint,
+                status=status,
+                cause=cause,
+                duration_ms=duration_ms,
+                bytes=response_bytes,
+            )
             return
         line = "\t".join(
             _field(v)
-            for v in (_timestamp(self._clock()), router, method, path, service, client, endpoint, status, cause,
-                      f"{duration_ms:g}", response_bytes)
+            for v in (
+                _timestamp(self._clock()),
+                router,
+                method,
+                path,
+                service,
+                client,
+                endpoint,
+                status,
+                cause,
+                f"{duration_ms:g}",
+                response_bytes,
+            )
         )
         f = self._file
         if f is None:
@@ -147,7 +170,12 @@ class AccessLog:
             self._file = None
 
     def statistics(self) -> dict[str, Any]:
-        return {"enabled": self.enabled, "path": self.path, "lines": self.lines, "write_errors": self.write_errors}
+        return {
+            "enabled": self.enabled,
+            "path": self.path,
+            "lines": self.lines,
+            "write_errors": self.write_errors,
+        }
 
     def __repr__(self) -> str:
         target = "off" if not self.enabled else ("structlog" if self._events else self.path)

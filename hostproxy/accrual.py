@@ -398,7 +398,9 @@ def accrual_from_config(
     kind = cfg.get("kind")
     if "backoff" in cfg:
         if not isinstance(cfg["backoff"], Mapping):
-            raise AccrualConfigError(f"{where}.backoff: expected a mapping with a 'kind', got {cfg['backoff']!r}")
+            raise AccrualConfigError(
+                f"{where}.backoff: expected a mapping with a 'kind', got {cfg['backoff']!r}"
+            )
         try:
             backoff = backoff_from_config(cfg["backoff"], rng, f"{where}.backoff")
         except BackoffConfigError as e:
@@ -421,7 +423,8 @@ def accrual_from_config(
         extra = sorted(set(cfg) - allowed)
         if extra:
             raise AccrualConfigError(
-                f"{where}: unknown key {extra[0]!r} for kind {kind!r}; allowed keys: " + ", ".join(sorted(allowed))
+                f"{where}: unknown key {extra[0]!r} for kind {kind!r}; allowed keys: "
+                + ", ".join(sorted(allowed))
             )
 
     if kind == "io.l5d.consecutiveFailures":

@@ -145,7 +145,9 @@ def backoff_from_config(cfg: Mapping[str, Any], rng: random.Random, where: str =
         _only_keys(cfg, {"kind", "minMs", "maxMs"}, where)
         for key in ("minMs", "maxMs"):
             if key not in cfg:
-                raise BackoffConfigError(f"{where}.{key}: required for kind 'jittered'; set it in milliseconds")
+                raise BackoffConfigError(
+                    f"{where}.{key}: required for kind 'jittered'; set it in milliseconds"
+                )
             _number(cfg[key], f"{where}.{key}")
         min_ms, max_ms = cfg["minMs"], cfg["maxMs"]
         if min_ms <= 0:
@@ -153,7 +155,9 @@ def backoff_from_config(cfg: Mapping[str, Any], rng: random.Random, where: str =
         if max_ms < min_ms:
             raise BackoffConfigError(f"{where}.maxMs: must be >= minMs ({min_ms}), got {max_ms}")
         return DecorrelatedJittered(min_ms / 1000.0, max_ms / 1000.0, rng)
-    raise BackoffConfigError(f"{where}.kind: unknown backoff kind {kind!r}; expected one of: constant, jittered")
+    raise BackoffConfigError(
+        f"{where}.kind: unknown backoff kind {kind!r}; expected one of: constant, jittered"
+    )
 
 
 def _only_keys(cfg: Mapping[str, Any], allowed: set[str], where: str) -> None:

@@ -105,7 +105,18 @@ class EndpointInfo:
 class Endpoint:
     """A balancer's live view of one endpoint; `pick()` returns these."""
 
-    __slots__ = ("key", "info", "weight", "pending", "cost", "stamp", "requests", "failures", "removed", "rr_current")
+    __slots__ = (
+        "key",
+        "info",
+        "weight",
+        "pending",
+        "cost",
+        "stamp",
+        "requests",
+        "failures",
+        "removed",
+        "rr_current",
+    )
 
     def __init__(self, info: EndpointInfo, now: float) -> None:
         self.key = info.key
@@ -476,8 +487,12 @@ class ApertureBalancer(Balancer):
 
     def statistics(self) -> dict[str, Any]:
         out = super().statistics()
-        out.update(aperture=self.aperture, smoothed_load=round(self._smoothed, 4),
-                   expands=self.expands, contracts=self.contracts)
+        out.update(
+            aperture=self.aperture,
+            smoothed_load=round(self._smoothed, 4),
+            expands=self.expands,
+            contracts=self.contracts,
+        )
         return out
 
     def state(self) -> dict[str, Any]:
@@ -527,7 +542,8 @@ def balancer_from_config(
     extra = sorted(set(cfg) - allowed)
     if extra:
         raise BalancerConfigError(
-            f"{where}: unknown key {extra[0]!r} for kind {kind!r}; allowed keys: " + ", ".join(sorted(allowed))
+            f"{where}: unknown key {extra[0]!r} for kind {kind!r}; allowed keys: "
+            + ", ".join(sorted(allowed))
         )
     if cfg.get("enableProbation"):
         raise BalancerConfigError(
@@ -544,7 +560,9 @@ def balancer_from_config(
         raise BalancerConfigError(f"{where}.maxEffort: expected an integer >= 1, got {max_effort!r}")
     if "min_aperture" in kwargs:
         if kwargs["min_aperture"] != int(kwargs["min_aperture"]):
-            raise BalancerConfigError(f"{where}.minAperture: expected an integer >= 1, got {kwargs['min_aperture']!r}")
+            raise BalancerConfigError(
+                f"{where}.minAperture: expected an integer >= 1, got {kwargs['min_aperture']!r}"
+            )
         kwargs["min_aperture"] = int(kwargs["min_aperture"])
     try:
         return cls(rng=rng, now=now, available=available, max_effort=max_effort, **kwargs)

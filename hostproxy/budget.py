@@ -42,12 +42,18 @@ class BudgetConfig:
         if self.min_retries_per_sec < 0:
             raise BudgetConfigError(f"minRetriesPerSec must be >= 0, got {self.min_retries_per_sec}")
         if not 0 <= self.percent_can_retry <= 1000:
-            raise BudgetConfigError(f"percentCanRetry must be between 0 and 1000, got {self.percent_can_retry}")
+            raise BudgetConfigError(
+                f"percentCanRetry must be between 0 and 1000, got {self.percent_can_retry}"
+            )
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None, where: str = "budget") -> BudgetConfig:
         cfg = dict(cfg or {})
-        keys = {"ttlSecs": "ttl_secs", "minRetriesPerSec": "min_retries_per_sec", "percentCanRetry": "percent_can_retry"}
+        keys = {
+            "ttlSecs": "ttl_secs",
+            "minRetriesPerSec": "min_retries_per_sec",
+            "percentCanRetry": "percent_can_retry",
+        }
         unknown = sorted(set(cfg) - set(keys))
         if unknown:
             raise BudgetConfigError(f"{where}: unknown key {unknown[0]!r}; allowed keys: " + ", ".join(keys))

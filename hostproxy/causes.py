@@ -84,9 +84,7 @@ _LEVEL: dict[Cause, Level] = {
 }
 
 # Failures that happen before the request is written: connection establishment, including TLS.
-_NOT_WRITTEN = frozenset(
-    {Cause.CONNECT_REFUSED, Cause.CONNECT_TIMEOUT, Cause.CONNECT_UNREACHABLE, Cause.TLS}
-)
+_NOT_WRITTEN = frozenset({Cause.CONNECT_REFUSED, Cause.CONNECT_TIMEOUT, Cause.CONNECT_UNREACHABLE, Cause.TLS})
 
 # What a retrying classifier treats as a retryable exception: write failures (never written),
 # channel-closed (reset) and per-attempt timeouts. A total-request timeout is not retryable: the

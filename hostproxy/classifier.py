@@ -119,7 +119,9 @@ HTTP_CLASSIFIERS: dict[str, HttpClassifier] = {
         "io.l5d.http.retryableIdempotent5XX", IDEMPOTENT_METHODS
     ),
     "io.l5d.http.retryableAll5XX": HttpClassifier("io.l5d.http.retryableAll5XX", ALL_METHODS_5XX),
-    "io.l5d.http.allSuccessful": HttpClassifier("io.l5d.http.allSuccessful", frozenset(), all_successful=True),
+    "io.l5d.http.allSuccessful": HttpClassifier(
+        "io.l5d.http.allSuccessful", frozenset(), all_successful=True
+    ),
 }
 # The h2 router's HTTP classifiers behave the same way under their own names.
 for _name, _c in list(HTTP_CLASSIFIERS.items()):
@@ -173,7 +175,9 @@ class GrpcClassifier:
 
 
 def _grpc_default(success: frozenset[int], _params: Mapping[str, Any], _where: str) -> GrpcClassifier:
-    return GrpcClassifier("io.l5d.h2.grpc.default", lambda c: c == GRPC_UNAVAILABLE, success, retry_errors=False)
+    return GrpcClassifier(
+        "io.l5d.h2.grpc.default", lambda c: c == GRPC_UNAVAILABLE, success, retry_errors=False
+    )
 
 
 def _grpc_always(success: frozenset[int], _params: Mapping[str, Any], _where: str) -> GrpcClassifier:
@@ -225,7 +229,9 @@ def classifier_from_config(
     if kind in HTTP_CLASSIFIERS:
         extra = sorted(set(cfg) - {"kind"})
         if extra:
-            raise ClassifierConfigError(f"{where}: unknown key {extra[0]!r} for kind {kind!r}; it takes no options")
+            raise ClassifierConfigError(
+                f"{where}: unknown key {extra[0]!r} for kind {kind!r}; it takes no options"
+            )
         return HTTP_CLASSIFIERS[kind]
     if kind in GRPC_CLASSIFIERS:
         allowed = {"kind", "successStatusCodes"}
@@ -234,11 +240,14 @@ def classifier_from_config(
         extra = sorted(set(cfg) - allowed)
         if extra:
             raise ClassifierConfigError(
-                f"{where}: unknown key {extra[0]!r} for kind {kind!r}; allowed keys: " + ", ".join(sorted(allowed))
+                f"{where}: unknown key {extra[0]!r} for kind {kind!r}; allowed keys: "
+                + ", ".join(sorted(allowed))
             )
         success = frozenset({0})
         if "successStatusCodes" in cfg:
             success = _codes(cfg["successStatusCodes"], f"{where}.successStatusCodes")
         return GRPC_CLASSIFIERS[kind](success, cfg, where)
     valid = ", ".join(sorted(HTTP_CLASSIFIERS) + sorted(GRPC_CLASSIFIERS))
-    raise ClassifierConfigError(f"{where}.kind: unknown response classifier {kind!r}; expected one of: {valid}")
+    raise ClassifierConfigError(
+        f"{where}.kind: unknown response classifier {kind!r}; expected one of: {valid}"
+    )

@@ -112,8 +112,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         src = read_source(arg)
         if src.text is None:
             failed = True
-            results.append({"file": src.name, "ok": False, "error": {"line": None, "column": None,
-                                                                     "message": f"cannot read: {src.problem}"}})
+            results.append(
+                {
+                    "file": src.name,
+                    "ok": False,
+                    "error": {"line": None, "column": None, "message": f"cannot read: {src.problem}"},
+                }
+            )
             if not args.json:
                 print(read_problem_line(src), file=out)
             continue
@@ -216,8 +221,14 @@ def cmd_lint(args: argparse.Namespace) -> int:
         src = read_source(arg)
         if src.text is None:
             dirty = True
-            results.append({"file": src.name, "ok": False, "warnings": [],
-                            "error": {"line": None, "column": None, "message": f"cannot read: {src.problem}"}})
+            results.append(
+                {
+                    "file": src.name,
+                    "ok": False,
+                    "warnings": [],
+                    "error": {"line": None, "column": None, "message": f"cannot read: {src.problem}"},
+                }
+            )
             if not args.json:
                 print(read_problem_line(src), file=out)
             continue
@@ -231,8 +242,9 @@ def cmd_lint(args: argparse.Namespace) -> int:
                 print(str(err), file=out)
             continue
         dirty = dirty or bool(found)
-        results.append({"file": src.name, "ok": not found, "warnings": [w.to_json() for w in found],
-                        "error": None})
+        results.append(
+            {"file": src.name, "ok": not found, "warnings": [w.to_json() for w in found], "error": None}
+        )
         if not args.json:
             for w in found:
                 print(f"{src.name}:{w.line}:{w.column}: warning: {w.message} [{w.code}]", file=out)
@@ -256,23 +268,35 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=main, dtab_func=None, _dtab_parser=p)
     sub = p.add_subparsers(dest="dtab_command", metavar="SUBCOMMAND")
 
-    c = sub.add_parser("check", help="parse dtab files and report syntax errors",
-                       description="Parse each FILE ('-' is stdin); print every syntax error as "
-                                   "FILE:LINE:COL: message with the line and a caret. Exit 1 if any failed.")
+    c = sub.add_parser(
+        "check",
+        help="parse dtab files and report syntax errors",
+        description="Parse each FILE ('-' is stdin); print every syntax error as "
+        "FILE:LINE:COL: message with the line and a caret. Exit 1 if any failed.",
+    )
     c.add_argument("files", nargs="+", metavar="FILE")
     c.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     c.set_defaults(dtab_func=cmd_check)
 
-    f = sub.add_parser("fmt", help="rewrite dtab files in the canonical layout, keeping comments",
-                       description="Rewrite each FILE as one '/prefix => dst;' per line, comments kept. "
-                                   "'-' formats stdin to stdout. A file that does not parse is not touched.")
+    f = sub.add_parser(
+        "fmt",
+        help="rewrite dtab files in the canonical layout, keeping comments",
+        description="Rewrite each FILE as one '/prefix => dst;' per line, comments kept. "
+        "'-' formats stdin to stdout. A file that does not parse is not touched.",
+    )
     f.add_argument("files", nargs="+", metavar="FILE")
-    f.add_argument("--check", action="store_true",
-                   help="write nothing; list the files that would change and exit 1 if there are any")
+    f.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; list the files that would change and exit 1 if there are any",
+    )
     f.set_defaults(dtab_func=cmd_fmt)
 
-    lint = sub.add_parser("lint", help="warn about unusable dentries, rewrite cycles and zero weights",
-                          description="Print FILE:LINE:COL: warning: ... for each finding; exit 1 if any.")
+    lint = sub.add_parser(
+        "lint",
+        help="warn about unusable dentries, rewrite cycles and zero weights",
+        description="Print FILE:LINE:COL: warning: ... for each finding; exit 1 if any.",
+    )
     lint.add_argument("files", nargs="+", metavar="FILE")
     lint.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     lint.set_defaults(dtab_func=cmd_lint)
@@ -285,15 +309,25 @@ def _add_delegate_parser(sub: Any) -> None:
         "delegate",
         help="explain how a path is routed by a dtab (the /delegator.json tree)",
         description="Explain the delegation of PATH through the dtab, as an indented tree or as the "
-                    "/delegator.json document (--json). --namer NAME=DIR serves /#/NAME/<file>/... from a "
-                    "directory of io.l5d.fs files (one file per name, lines 'host port [* weight]').",
+        "/delegator.json document (--json). --namer NAME=DIR serves /#/NAME/<file>/... from a "
+        "directory of io.l5d.fs files (one file per name, lines 'host port [* weight]').",
     )
     d.add_argument("path", metavar="PATH", help="the path to delegate, e.g. /svc/web")
-    d.add_argument("--dtab", action="append", default=[], metavar="FILE_OR_TEXT", required=True,
-                   help="a dtab file, '-' for stdin, or dtab text; repeat to append (later dentries win)")
-    d.add_argument("--namer", action="append", default=[], metavar="NAME=DIR",
-                   help="serve /#/NAME from DIR in the io.l5d.fs format; repeatable, a later --namer is "
-                        "tried first")
+    d.add_argument(
+        "--dtab",
+        action="append",
+        default=[],
+        metavar="FILE_OR_TEXT",
+        required=True,
+        help="a dtab file, '-' for stdin, or dtab text; repeat to append (later dentries win)",
+    )
+    d.add_argument(
+        "--namer",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="serve /#/NAME from DIR in the io.l5d.fs format; repeatable, a later --namer is tried first",
+    )
     d.add_argument("--json", action="store_true", help="print the /delegator.json document")
     d.set_defaults(dtab_func=cmd_delegate)
 
@@ -481,7 +515,9 @@ def render_delegation(node: Any) -> str:
         kids = children(n)
         for k, (lab, child) in enumerate(kids):
             last = k == len(kids) - 1
-            walk(child, lab, tail + ("`-- " if last else "|-- "), tail + ("    " if last else "|   "), n.dentry)
+            walk(
+                child, lab, tail + ("`-- " if last else "|-- "), tail + ("    " if last else "|   "), n.dentry
+            )
 
     walk(node, "", "", "", None)
     return "\n".join(lines) + "\n"
@@ -524,8 +560,11 @@ def cmd_delegate(args: argparse.Namespace) -> int:
     try:
         tree = delegate(table, path, ordered)
     except DtabError as e:
-        return fail(f"cannot explain {path}: {e}; run 'hostproxy dtab lint' on the dtab to find it"
-                    if isinstance(e, DelegationCycle) else f"cannot explain {path}: {e}")
+        return fail(
+            f"cannot explain {path}: {e}; run 'hostproxy dtab lint' on the dtab to find it"
+            if isinstance(e, DelegationCycle)
+            else f"cannot explain {path}: {e}"
+        )
     if tree is PENDING:  # pragma: no cover - directory namers always answer at once
         return fail(f"cannot explain {path}: a namer has not answered yet")
     if args.json:

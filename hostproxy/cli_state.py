@@ -78,10 +78,20 @@ def render_tables(clients: Mapping[str, Any], namers: Mapping[str, Any]) -> str:
                 pool = ep.get("pool") or {}
                 raw_bal = ep.get("balancer")
                 bal: Mapping[str, Any] = raw_bal if isinstance(raw_bal, Mapping) else {}
-                rows.append([key, ep.get("weight"), ep.get("load", bal.get("load")),
-                             ep.get("status", bal.get("status")), _accrual(ep) or "alive",
-                             pool.get("open"), pool.get("connect_failures")])
-            lines += table(["ENDPOINT", "WEIGHT", "LOAD", "STATUS", "ACCRUAL", "OPEN", "CONNECT_FAILURES"], rows)
+                rows.append(
+                    [
+                        key,
+                        ep.get("weight"),
+                        ep.get("load", bal.get("load")),
+                        ep.get("status", bal.get("status")),
+                        _accrual(ep) or "alive",
+                        pool.get("open"),
+                        pool.get("connect_failures"),
+                    ]
+                )
+            lines += table(
+                ["ENDPOINT", "WEIGHT", "LOAD", "STATUS", "ACCRUAL", "OPEN", "CONNECT_FAILURES"], rows
+            )
         elif entry.get("addresses"):
             lines += table(["ADDRESS"], [[a] for a in entry["addresses"]])
         else:
@@ -104,8 +114,16 @@ def render_tables(clients: Mapping[str, Any], namers: Mapping[str, Any]) -> str:
         for name in sorted(names):
             e = names[name] if isinstance(names[name], Mapping) else {}
             age = e.get("staleAgeSecs")
-            rows.append([name, e.get("state"), _addrs(e), e.get("lastUpdate"),
-                         format_age(float(age)) if isinstance(age, int | float) else None, e.get("lastError")])
+            rows.append(
+                [
+                    name,
+                    e.get("state"),
+                    _addrs(e),
+                    e.get("lastUpdate"),
+                    format_age(float(age)) if isinstance(age, int | float) else None,
+                    e.get("lastError"),
+                ]
+            )
         lines += table(["NAME", "STATE", "ADDRESSES", "LAST_UPDATE", "STALE_FOR", "LAST_ERROR"], rows)
     return "\n".join(lines) + "\n"
 
@@ -113,7 +131,9 @@ def render_tables(clients: Mapping[str, Any], namers: Mapping[str, Any]) -> str:
 def fetch_state(admin: AdminClient) -> dict[str, Any]:
     clients = admin.get("/client_state.json")
     if clients is None:
-        raise AdminUnreachable(f"{admin.base}/client_state.json is missing: is this a hostproxy admin server?")
+        raise AdminUnreachable(
+            f"{admin.base}/client_state.json is missing: is this a hostproxy admin server?"
+        )
     namers = admin.get("/admin/namer_state.json")
     if namers is None:
         namers = {}
@@ -132,10 +152,13 @@ def add_parser(subparsers: Any) -> None:
         help="show a running hostproxy's clients (endpoints and their state) and namers",
         description="Print /client_state.json and every namer's state from the admin server as tables.",
     )
-    p.add_argument("--admin", default=DEFAULT_ADMIN, metavar="URL",
-                   help=f"the admin server (default {DEFAULT_ADMIN})")
+    p.add_argument(
+        "--admin", default=DEFAULT_ADMIN, metavar="URL", help=f"the admin server (default {DEFAULT_ADMIN})"
+    )
     p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="per admin request")
-    p.add_argument("--json", action="store_true", help='print {"clients": ..., "namers": ...} as one JSON document')
+    p.add_argument(
+        "--json", action="store_true", help='print {"clients": ..., "namers": ...} as one JSON document'
+    )
     p.set_defaults(func=main)
 
 

@@ -62,7 +62,15 @@ from hostproxy.diagnose import (
     leaf_ids,
 )
 
-__all__ = ["AdminClient", "AdminUnreachable", "add_parser", "collect", "main", "parse_duration", "render_text"]
+__all__ = [
+    "AdminClient",
+    "AdminUnreachable",
+    "add_parser",
+    "collect",
+    "main",
+    "parse_duration",
+    "render_text",
+]
 
 DEFAULT_ADMIN = "http://127.0.0.1:9990"
 #: Most services per router whose bindings are asked for (one /delegator.json request each).
@@ -117,28 +125,38 @@ class AdminClient:
 
     def post(self, path: str, doc: Any) -> Any:
         data = json.dumps(doc).encode("utf-8")
-        req = urllib.request.Request(self.base + path, data=data, method="POST",
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.base + path, data=data, method="POST", headers={"Content-Type": "application/json"}
+        )
         try:
             return self._open(req, path)
         except AdminUnreachable:
             return None  # a delegation that fails only loses the client attribution
 
 
-def _bindings(admin: AdminClient, routers: dict[str, Any], only: str | None) -> dict[str, dict[str, list[str]]]:
+def _bindings(
+    admin: AdminClient, routers: dict[str, Any], only: str | None
+) -> dict[str, dict[str, list[str]]]:
     out: dict[str, dict[str, list[str]]] = {}
     for label, info in routers.items():
         if only is not None and label != only:
             continue
         for svc in list(info.get("services") or [])[:MAX_DELEGATIONS]:
-            tree = admin.post("/delegator.json", {"namespace": label, "dtab": info.get("dtab", ""), "path": svc})
+            tree = admin.post(
+                "/delegator.json", {"namespace": label, "dtab": info.get("dtab", ""), "path": svc}
+            )
             if tree is not None:
                 out.setdefault(label, {})[svc] = leaf_ids(tree)
     return out
 
 
-def collect(admin: AdminClient, *, router: str | None = None, interval: float = 0.0,
-            sleep: Callable[[float], None] = time.sleep) -> tuple[Snapshot, dict[str, Any]]:
+def collect(
+    admin: AdminClient,
+    *,
+    router: str | None = None,
+    interval: float = 0.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[Snapshot, dict[str, Any]]:
     """Read the admin documents into a ``Snapshot`` (deltas over ``interval`` when it is > 0)."""
     before_metrics = before_unbound = None
     if interval > 0:
@@ -147,7 +165,9 @@ def collect(admin: AdminClient, *, router: str | None = None, interval: float = 
         sleep(interval)
     metrics = admin.get("/admin/metrics.json")
     if metrics is None:
-        raise AdminUnreachable(f"{admin.base}/admin/metrics.json is missing: is this a hostproxy admin server?")
+        raise AdminUnreachable(
+            f"{admin.base}/admin/metrics.json is missing: is this a hostproxy admin server?"
+        )
     unbound = admin.get("/admin/unbound.json") or {}
     if before_metrics is not None:
         metrics = delta_metrics(before_metrics, metrics)
@@ -162,7 +182,11 @@ def collect(admin: AdminClient, *, router: str | None = None, interval: float = 
         bindings=_bindings(admin, routers, router),
         tls=admin.get("/admin/tls.json") or {},
     )
-    window = {"kind": "interval", "seconds": interval} if interval > 0 else {"kind": "since_start", "seconds": None}
+    window = (
+        {"kind": "interval", "seconds": interval}
+        if interval > 0
+        else {"kind": "since_start", "seconds": None}
+    )
     if snap.process and window["kind"] == "since_start":
         window["seconds"] = snap.process.get("uptime_s")
     return snap, window
@@ -179,9 +203,13 @@ def _window_text(window: dict[str, Any]) -> str:
 def render_text(report: Report, window: dict[str, Any], admin: str) -> str:
     """The human report: a headline, then each finding worst first."""
     lines = []
-    traffic = ", ".join(
-        f"router {r}: {v['requests']} requests, {v['failures']} failed" for r, v in sorted(report.routers.items())
-    ) or "no routers have seen requests"
+    traffic = (
+        ", ".join(
+            f"router {r}: {v['requests']} requests, {v['failures']} failed"
+            for r, v in sorted(report.routers.items())
+        )
+        or "no routers have seen requests"
+    )
     if report.healthy:
         lines.append(f"healthy — {traffic} ({_window_text(window)}; admin {admin})")
         return "\n".join(lines) + "\n"
@@ -194,8 +222,14 @@ def render_text(report: Report, window: dict[str, Any], admin: str) -> str:
         head = f"{f.severity.upper():<8} {f.cause} [fault: {f.fault}]"
         lines.append("  ".join(x for x in (head, where, share) if x))
         lines.append(f"  {f.verdict}")
-        involved = " · ".join(x for x in (f"client {f.client}" if f.client else "",
-                                           f"endpoint {f.endpoint}" if f.endpoint else "") if x)
+        involved = " · ".join(
+            x
+            for x in (
+                f"client {f.client}" if f.client else "",
+                f"endpoint {f.endpoint}" if f.endpoint else "",
+            )
+            if x
+        )
         if involved:
             lines.append(f"  {involved}")
         lines.append(f"  next: {f.next_step}")
@@ -214,14 +248,24 @@ def add_parser(subparsers: Any) -> None:
             "Exit status: 0 healthy, 1 something is wrong, 2 usage error."
         ),
     )
-    p.add_argument("--admin", default=DEFAULT_ADMIN, metavar="URL",
-                   help=f"the admin server (default {DEFAULT_ADMIN})")
+    p.add_argument(
+        "--admin", default=DEFAULT_ADMIN, metavar="URL", help=f"the admin server (default {DEFAULT_ADMIN})"
+    )
     p.add_argument("--router", metavar="LABEL", help="only this router")
-    p.add_argument("--interval", default="0", metavar="DURATION",
-                   help="sample twice this far apart (e.g. 30s) and diagnose only the difference; "
-                        "default: counters since the daemon started")
-    p.add_argument("--ignore-below", type=float, default=0.0, metavar="SHARE",
-                   help="ignore causes costing less than this share of a service's requests (e.g. 0.001)")
+    p.add_argument(
+        "--interval",
+        default="0",
+        metavar="DURATION",
+        help="sample twice this far apart (e.g. 30s) and diagnose only the difference; "
+        "default: counters since the daemon started",
+    )
+    p.add_argument(
+        "--ignore-below",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="ignore causes costing less than this share of a service's requests (e.g. 0.001)",
+    )
     p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="per admin request")
     p.add_argument("--json", action="store_true", help="print one JSON document (schema: see module docs)")
     p.set_defaults(func=main)
@@ -238,8 +282,9 @@ def main(args: argparse.Namespace) -> int:
         snap, window = collect(admin, router=args.router, interval=interval)
     except AdminUnreachable as e:
         if args.json:
-            json.dump({"healthy": False, "window": None, "findings": [], "routers": {}, "error": str(e)},
-                      sys.stdout)
+            json.dump(
+                {"healthy": False, "window": None, "findings": [], "routers": {}, "error": str(e)}, sys.stdout
+            )
             sys.stdout.write("\n")
         else:
             print(f"hostproxy wtf: {e}", file=sys.stderr)

@@ -58,6 +58,7 @@ log = structlog.get_logger("hostproxy.client")
 
 def plugin_mapping(cfg: Any) -> Any:
     """A plugin config dataclass as the Linkerd-style mapping the pure cores take (unset keys left out)."""
+
     def strip(v: Any) -> Any:
         if isinstance(v, dict):
             return {k: strip(x) for k, x in v.items() if x is not None}
@@ -89,7 +90,9 @@ class AttemptTimeout(UpstreamError):
 class _Endpoint:
     __slots__ = ("key", "host", "port", "weight", "meta", "pool")
 
-    def __init__(self, key: str, host: str, port: int, weight: float, meta: dict[str, Any], pool: UpstreamPool):
+    def __init__(
+        self, key: str, host: str, port: int, weight: float, meta: dict[str, Any], pool: UpstreamPool
+    ):
         self.key = key
         self.host = host
         self.port = port
@@ -162,7 +165,8 @@ class Client:
         self._clock = clock
         where = f"routers[{router}].client"
         self.accrual = FailureAccrual(
-            accrual_from_config(plugin_mapping(params.failure_accrual), self._rng, f"{where}.failureAccrual"), clock
+            accrual_from_config(plugin_mapping(params.failure_accrual), self._rng, f"{where}.failureAccrual"),
+            clock,
         )
         self._ignore_accrual = False
         self.balancer = balancer_from_config(
@@ -189,10 +193,15 @@ class Client:
         self.addr_state = "pending"
         self.stale_since: float | None = None
         self.stats = scope.client(client_id)
-        scope.client_extras(client_id, balancer=self.balancer, accrual=self.accrual,
-                            requeue_budget=self.requeue_budget)
-        scope.client_gauge(client_id, "namer/stale_age_secs", lambda: self.stale_age() or 0.0,
-                           "Seconds the namer has served this client's last good addresses")
+        scope.client_extras(
+            client_id, balancer=self.balancer, accrual=self.accrual, requeue_budget=self.requeue_budget
+        )
+        scope.client_gauge(
+            client_id,
+            "namer/stale_age_secs",
+            lambda: self.stale_age() or 0.0,
+            "Seconds the namer has served this client's last good addresses",
+        )
         self._scope = scope
         self.last_used = clock()
         self.in_flight = 0
@@ -214,7 +223,12 @@ class Client:
             wanted: dict[str, tuple[str, int, float, dict[str, Any]]] = {}
             for a in addr.addresses:
                 key = f"[{a.host}]:{a.port}" if ":" in a.host else f"{a.host}:{a.port}"
-                wanted[key] = (a.host, a.port, float(getattr(a, "weight", 1.0)), dict(getattr(a, "meta", {}) or {}))
+                wanted[key] = (
+                    a.host,
+                    a.port,
+                    float(getattr(a, "weight", 1.0)),
+                    dict(getattr(a, "meta", {}) or {}),
+                )
             for key in [k for k in self.endpoints if k not in wanted]:
                 ep = self.endpoints.pop(key)
                 self._nursery.start_soon(ep.pool.aclose)
@@ -222,8 +236,9 @@ class Client:
             for key, (host, port, weight, meta) in wanted.items():
                 known = self.endpoints.get(key)
                 if known is None:
-                    pool = self._pool_factory(host, port, self._pool_params, nursery=self._nursery,
-                                              **self._pool_extra)
+                    pool = self._pool_factory(
+                        host, port, self._pool_params, nursery=self._nursery, **self._pool_extra
+                    )
                     self.endpoints[key] = _Endpoint(key, host, port, weight, meta, pool)
                     log.info("client.endpoint_added", router=self.router, client=self.id, endpoint=key)
                 else:
@@ -267,7 +282,11 @@ class Client:
             bal_ep = self._pick()
             ep = self.endpoints.get(bal_ep.key) if bal_ep is not None else None
             if ep is None:
-                what = {"neg": "is negative", "failed": "failed to resolve", "pending": "has no addresses yet"}
+                what = {
+                    "neg": "is negative",
+                    "failed": "failed to resolve",
+                    "pending": "has no addresses yet",
+                }
                 state = what.get(self.addr_state, "has no endpoints")
                 raise NoEndpoints(f"client {self.id} {state}: no endpoints available")
             self.balancer.on_start(bal_ep)
@@ -280,19 +299,31 @@ class Client:
                     if scope.cancelled_caught:
                         raise AttemptTimeout(
                             f"request to {ep.key} exceeded requestAttemptTimeoutMs "
-                            f"({int(self._attempt_timeout * 1000)} ms)", endpoint=ep.key)
+                            f"({int(self._attempt_timeout * 1000)} ms)",
+                            endpoint=ep.key,
+                        )
                 else:
                     resp = await ep.pool.request(req)
             except UpstreamError as e:
                 self.balancer.on_finish(bal_ep, self._clock() - t0, False)
                 self.accrual.on_response(ep.key, False)
                 if e.cause == "tls":
-                    self.tls_last_error = {"endpoint": ep.key, "reason": getattr(e, "reason", "other"),
-                                           "message": str(e), "at": time.time()}
-                if (e.retryable and req.body.in_memory and requeues < MAX_REQUEUES
-                        and self.requeue_budget.try_withdraw()):
+                    self.tls_last_error = {
+                        "endpoint": ep.key,
+                        "reason": getattr(e, "reason", "other"),
+                        "message": str(e),
+                        "at": time.time(),
+                    }
+                if (
+                    e.retryable
+                    and req.body.in_memory
+                    and requeues < MAX_REQUEUES
+                    and self.requeue_budget.try_withdraw()
+                ):
                     requeues += 1
-                    log.debug("client.requeue", router=self.router, client=self.id, endpoint=ep.key, cause=e.cause)
+                    log.debug(
+                        "client.requeue", router=self.router, client=self.id, endpoint=ep.key, cause=e.cause
+                    )
                     continue
                 raise
             except BaseException:
@@ -300,8 +331,13 @@ class Client:
                 raise
             ok_status = resp.status < 500
 
-            def done(body_ok: bool, bal_ep: Any = bal_ep, key: str = ep.key, t0: float = t0,
-                     ok_status: bool = ok_status) -> None:
+            def done(
+                body_ok: bool,
+                bal_ep: Any = bal_ep,
+                key: str = ep.key,
+                t0: float = t0,
+                ok_status: bool = ok_status,
+            ) -> None:
                 ok = body_ok and ok_status
                 self.balancer.on_finish(bal_ep, self._clock() - t0, ok)
                 self.accrual.on_response(key, ok)
@@ -376,4 +412,3 @@ def _safe(fn: Callable[[], Any]) -> Any:
         return fn()
     except Exception:  # admin views must never break on a balancer quirk
         return None
-

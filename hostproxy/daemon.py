@@ -180,8 +180,14 @@ class _ServerSlot:
 
     __slots__ = ("key", "router", "server", "scope", "params", "tls", "tls_listeners")
 
-    def __init__(self, key: tuple[str, Any], router: str, server: Any, params: ServerParams,
-                 tls: ServerTls | None = None) -> None:
+    def __init__(
+        self,
+        key: tuple[str, Any],
+        router: str,
+        server: Any,
+        params: ServerParams,
+        tls: ServerTls | None = None,
+    ) -> None:
         self.key = key
         self.router = router
         self.server = server
@@ -249,9 +255,15 @@ def systemd_listeners(env: dict[str, str] | os._Environ[str] | None = None) -> d
 
 def overload_config(cfg: Any) -> OverloadConfig:
     limit = cfg.memory_limit_bytes if cfg.memory_limit_bytes is not None else detect_memory_limit()
-    return OverloadConfig(memory_limit_bytes=limit, no_keepalive=cfg.no_keepalive, shed=cfg.shed,
-                          stop_accept=cfg.stop_accept, fd_stop_accept=cfg.fd_stop_accept,
-                          fd_reserve=cfg.fd_reserve, hysteresis=cfg.hysteresis)
+    return OverloadConfig(
+        memory_limit_bytes=limit,
+        no_keepalive=cfg.no_keepalive,
+        shed=cfg.shed,
+        stop_accept=cfg.stop_accept,
+        fd_stop_accept=cfg.fd_stop_accept,
+        fd_reserve=cfg.fd_reserve,
+        hysteresis=cfg.hysteresis,
+    )
 
 
 class _Namers:
@@ -269,9 +281,7 @@ class _Namers:
             if ncfg.transformers:
                 from namers.transformers import transforming_lookup
 
-                lookup_fn = transforming_lookup(
-                    lookup_fn, daemon.build_transformers(ncfg.transformers, self)
-                )
+                lookup_fn = transforming_lookup(lookup_fn, daemon.build_transformers(ncfg.transformers, self))
             self.pairs.append((Path.read("/#") + namer.prefix, lookup_fn))
         # Last good answers that survive a restart (namerState.dir): loaded before any namer runs.
         self.state_store: NamerStateStore | None = None
@@ -294,8 +304,15 @@ class _Namers:
 class Daemon:
     """A running hostproxy (see the module docstring)."""
 
-    def __init__(self, config: Config, *, rng: random.Random | None = None, config_path: str | None = None,
-                 env: dict[str, str] | None = None, tls_reload_interval_s: float = DEFAULT_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        rng: random.Random | None = None,
+        config_path: str | None = None,
+        env: dict[str, str] | None = None,
+        tls_reload_interval_s: float = DEFAULT_INTERVAL_S,
+    ) -> None:
         self.config = config
         self.tls_reload_interval_s = tls_reload_interval_s
         self.config_path = config_path
@@ -326,7 +343,15 @@ class Daemon:
                 self.recent = RecentRequests(t.sample_rate, t.capacity, self.rng)
         self.overload = OverloadManager(overload_config(config.overload), clock=time.monotonic)
         self._overload_interval_s = config.overload.interval_ms / 1000
-        for name in ("memory_level", "fd_exhausted", "rss_bytes", "open_fds", "fd_limit", "shed", "transitions"):
+        for name in (
+            "memory_level",
+            "fd_exhausted",
+            "rss_bytes",
+            "open_fds",
+            "fd_limit",
+            "shed",
+            "transitions",
+        ):
             self.metrics.gauge(f"overload/{name}", functools.partial(self._overload_stat, name))
         self.started_at = time.time()
 
@@ -387,6 +412,7 @@ class Daemon:
     def _watch_transformer_sources(self, ns: _Namers) -> None:
         """A daemonset's pods moving changes every binding through its transformer: re-bind all."""
         for namer, residual in ns.transformer_watches:
+
             def changed(_n: Any, key: Any, residual: Path = residual) -> None:
                 if residual.startswith(key) or key.startswith(residual):
                     for r in self.routers.values():
@@ -409,8 +435,9 @@ class Daemon:
         try:
             _sig, data = read_signature(path)
         except OSError as e:
-            raise DtabFileError(f"cannot read dtab file {path} of router {label}: {e}; check its permissions") \
-                from None
+            raise DtabFileError(
+                f"cannot read dtab file {path} of router {label}: {e}; check its permissions"
+            ) from None
         watcher.on_change = None  # the router does not exist yet: its base dtab is computed below
         watcher.load_initial(data)
         watcher.on_change = lambda dtab, _v, label=label: self._file_dtab_changed(label)
@@ -433,7 +460,9 @@ class Daemon:
             return
         router.set_dtab(self._base_dtab(router.cfg, watcher))
 
-    def _build_router(self, rcfg: Any, ns: _Namers, watcher: DtabFileWatcher | None, index: int = 0) -> HttpRouter:
+    def _build_router(
+        self, rcfg: Any, ns: _Namers, watcher: DtabFileWatcher | None, index: int = 0
+    ) -> HttpRouter:
         assert self._nursery is not None
         if rcfg.kind not in ("http", "h2"):
             raise ValueError(f"router protocol {rcfg.kind!r} has no runtime in this hostproxy version")
@@ -444,11 +473,20 @@ class Daemon:
             pool_factory = H2UpstreamPool
         label = rcfg.label or rcfg.kind
         client_tls = self._client_tls(rcfg, index, label)
-        return HttpRouter(rcfg, namers=ns.namers, resolver=ns.resolver, metrics=self.metrics,
-                          nursery=self._nursery, rng=self.rng, namer_pairs=ns.pairs, pool_factory=pool_factory,
-                          transformers=self.build_transformers(rcfg.interpreter.transformers, ns),
-                          base_dtab=self._base_dtab(rcfg, watcher), client_tls=client_tls,
-                          recent=self.recent)
+        return HttpRouter(
+            rcfg,
+            namers=ns.namers,
+            resolver=ns.resolver,
+            metrics=self.metrics,
+            nursery=self._nursery,
+            rng=self.rng,
+            namer_pairs=ns.pairs,
+            pool_factory=pool_factory,
+            transformers=self.build_transformers(rcfg.interpreter.transformers, ns),
+            base_dtab=self._base_dtab(rcfg, watcher),
+            client_tls=client_tls,
+            recent=self.recent,
+        )
 
     @staticmethod
     def _client_tls(rcfg: Any, index: int, label: str) -> ClientTlsCache:
@@ -506,12 +544,19 @@ class Daemon:
                     continue
                 key = _spec_key(make(rcfg, scfg, label, grace_s), label, j, True)
                 slot = self.slots.get(key)
-                if slot is not None and slot.tls is not None and slot.tls.config == scfg.tls \
-                        and slot.tls.alpn == alpn and slot.tls.router == label:
+                if (
+                    slot is not None
+                    and slot.tls is not None
+                    and slot.tls.config == scfg.tls
+                    and slot.tls.alpn == alpn
+                    and slot.tls.router == label
+                ):
                     out[key] = slot.tls
                     continue
                 try:
-                    out[key] = ServerTls(scfg.tls, alpn=alpn, router=label, key=f"routers[{ri}].servers[{j}].tls")
+                    out[key] = ServerTls(
+                        scfg.tls, alpn=alpn, router=label, key=f"routers[{ri}].servers[{j}].tls"
+                    )
                 except TlsConfigError as exc:
                     raise TlsStartupError(str(exc)) from None
         return out
@@ -570,10 +615,17 @@ class Daemon:
             self._watch_transformer_sources(self._namers)
             from hostproxy.admin.server import AdminServer
 
-            admin = AdminServer(self, self.config.admin.ip, self.config.admin.port,
-                                self.config.admin.allow_remote_control, security=self.config.admin.security)
+            admin = AdminServer(
+                self,
+                self.config.admin.ip,
+                self.config.admin.port,
+                self.config.admin.allow_remote_control,
+                security=self.config.admin.security,
+            )
             self.admin_address = await nursery.start(admin.serve)
-            await nursery.start(functools.partial(sample_loop, self.overload, interval_s=self._overload_interval_s))
+            await nursery.start(
+                functools.partial(sample_loop, self.overload, interval_s=self._overload_interval_s)
+            )
             nursery.start_soon(functools.partial(sdnotify.watchdog_loop, env=self.env))
             servers_done = trio.Event()
 
@@ -582,8 +634,13 @@ class Daemon:
                     async with trio.open_nursery() as sn:
                         self._servers_nursery = sn
                         for key, (label, params) in self._server_specs(self.config).items():
-                            slot = _ServerSlot(key, label, self._make_server(self.routers[label], params), params,
-                                               server_tls.get(key))
+                            slot = _ServerSlot(
+                                key,
+                                label,
+                                self._make_server(self.routers[label], params),
+                                params,
+                                server_tls.get(key),
+                            )
                             self.slots[key] = slot
                             await self._start_slot(slot, slot.wrap(self._listeners_for(params, inherited)))
                         task_status.started()
@@ -596,8 +653,11 @@ class Daemon:
                 log.warning("daemon.listen_fd_unused", address=lst.socket.getsockname())
                 await lst.aclose()
             nursery.start_soon(self._sweep_idle)
-            nursery.start_soon(functools.partial(watch_certificates, self._tls_objects,
-                                                 interval_s=self.tls_reload_interval_s))
+            nursery.start_soon(
+                functools.partial(
+                    watch_certificates, self._tls_objects, interval_s=self.tls_reload_interval_s
+                )
+            )
             self._ready = True
             log.info("daemon.started", routers=self.addresses, admin=self.admin_address, pid=os.getpid())
             sdnotify.ready(f"routing on {self._describe_addresses()}", env=self.env)
@@ -610,7 +670,9 @@ class Daemon:
         log.info("daemon.stopped")
 
     def _describe_addresses(self) -> str:
-        return ", ".join(f"{label} {ip}:{port}" for label, addrs in self.addresses.items() for ip, port in addrs)
+        return ", ".join(
+            f"{label} {ip}:{port}" for label, addrs in self.addresses.items() for ip, port in addrs
+        )
 
     async def _drain(self, servers_done: trio.Event) -> None:
         grace_s = self.config.admin.shutdown_grace_ms / 1000
@@ -748,13 +810,17 @@ class Daemon:
             self.addresses.setdefault(slot.router, []).extend(slot.server.addresses)
         for key, listeners in new_listeners.items():
             label, params = specs[key]
-            slot = _ServerSlot(key, label, self._make_server(routers[label], params), params, server_tls.get(key))
+            slot = _ServerSlot(
+                key, label, self._make_server(routers[label], params), params, server_tls.get(key)
+            )
             self.slots[key] = slot
             await self._start_slot(slot, slot.wrap(listeners))
         self._nursery.start_soon(self._retire, retired, removed, old_ns if old_ns is not ns else None)
-        return True, (f"reloaded {self.config_path} (generation {self.generation}): "
-                      f"{len(changed)} router(s) rebuilt, {len(new_listeners)} server(s) added, "
-                      f"{len(removed)} removed, namers {'rebuilt' if namers_changed else 'kept'}")
+        return True, (
+            f"reloaded {self.config_path} (generation {self.generation}): "
+            f"{len(changed)} router(s) rebuilt, {len(new_listeners)} server(s) added, "
+            f"{len(removed)} removed, namers {'rebuilt' if namers_changed else 'kept'}"
+        )
 
     async def _retire(self, routers: list[HttpRouter], slots: list[_ServerSlot], ns: _Namers | None) -> None:
         """Let requests on replaced objects finish (up to the grace), then close them."""
@@ -858,15 +924,24 @@ class Daemon:
             "overload": self.overload.state_json(),
             "servers": {
                 f"{slot.router} {ip}:{port}": slot.server.statistics()
-                for slot in self.slots.values() for ip, port in slot.server.addresses[:1]
+                for slot in self.slots.values()
+                for ip, port in slot.server.addresses[:1]
             },
             "routers": {
-                label: {"in_flight": r.in_flight, "max_concurrent_requests": r.max_concurrent,
-                        "rejected_overload": r.rejected_overload, "retries": r.retry_state()}
+                label: {
+                    "in_flight": r.in_flight,
+                    "max_concurrent_requests": r.max_concurrent,
+                    "rejected_overload": r.rejected_overload,
+                    "retries": r.retry_state(),
+                }
                 for label, r in self.routers.items()
             },
-            "lifecycle": {"generation": self.generation, "draining": self.draining, "ready": self.is_ready(),
-                          "last_reload": self.last_reload},
+            "lifecycle": {
+                "generation": self.generation,
+                "draining": self.draining,
+                "ready": self.is_ready(),
+                "last_reload": self.last_reload,
+            },
         }
 
 

@@ -284,7 +284,7 @@ class _Analysis:
         pat = prefix + "/status/"
         for key, value in self.m.items():
             if key.startswith(pat):
-                code = key[len(pat):]
+                code = key[len(pat) :]
                 if code.isdigit() and lo <= int(code) <= hi and value:
                     out[int(code)] = int(value)
         return dict(sorted(out.items(), key=lambda kv: -kv[1]))
@@ -368,13 +368,13 @@ class _Analysis:
             kind = str(doc.get("kind") or prefix.strip("/"))
             if prefix == "/$/inet":
                 if client.startswith("/$/inet/"):
-                    host = client[len("/$/inet/"):].split("/")[0]
+                    host = client[len("/$/inet/") :].split("/")[0]
                     if host in names:
                         return prefix, "inet", host, names[host]
                 continue
             base = "/#" + prefix + "/"
             if client.startswith(base):
-                rest = client[len(base):]
+                rest = client[len(base) :]
                 # the longest watched name that the client id starts with (names may nest)
                 for name in sorted(names, key=len, reverse=True):
                     if rest == name or rest.startswith(name + "/"):
@@ -399,16 +399,27 @@ class _Analysis:
         self.namers()
         self.process()
         self.certificates()
-        self.findings.sort(key=lambda f: (_RANK.get(f.severity, 9), -f.share, -f.failures,
-                                          f.router or "", f.service or "", f.cause))
+        self.findings.sort(
+            key=lambda f: (
+                _RANK.get(f.severity, 9),
+                -f.share,
+                -f.failures,
+                f.router or "",
+                f.service or "",
+                f.cause,
+            )
+        )
         return Report(self.findings, self.routers)
 
     def router(self, router: str) -> None:
         sc = self._scopes.get(router, {"server": [], "service": [], "client": []})
         total = sum(self.num(f"{self.prefix(router, 'server', s)}/requests") for s in sc["server"])
         failed = sum(self.num(f"{self.prefix(router, 'server', s)}/failures") for s in sc["server"])
-        self.routers[router] = {"requests": total, "failures": failed,
-                                "services": len([s for s in sc["service"] if s != UNBOUND])}
+        self.routers[router] = {
+            "requests": total,
+            "failures": failed,
+            "services": len([s for s in sc["service"] if s != UNBOUND]),
+        }
         seen: dict[Cause, int] = {}
         for svc in sc["service"]:
             prefix = self.prefix(router, "service", svc)
@@ -435,7 +446,9 @@ class _Analysis:
                 self.router_finding(router, c, left, total)
         self.accrual(router)
 
-    def service_finding(self, router: str, svc: str, prefix: str, cause: Cause, n: int, requests: int) -> None:
+    def service_finding(
+        self, router: str, svc: str, prefix: str, cause: Cause, n: int, requests: int
+    ) -> None:
         share = n / requests if requests else 1.0
         client = self.client_for(router, svc, cause)
         involved = self.endpoints_involved(client, cause)
@@ -446,13 +459,19 @@ class _Analysis:
         rate = f"{_pct(share)} of requests"
         if cause is Cause.CONNECT_REFUSED:
             verdict = f"upstream {ep}{others} refuses connections (app down or wrong port?)"
-            nxt = (f"is the app listening on {endpoint}? (`ss -ltn` on its host); does the address "
-                   f"{client or 'the namer'} publishes have the right port?")
+            nxt = (
+                f"is the app listening on {endpoint}? (`ss -ltn` on its host); does the address "
+                f"{client or 'the namer'} publishes have the right port?"
+            )
         elif cause is Cause.CONNECT_TIMEOUT:
-            verdict = (f"connecting to {ep}{others} times out (host down, packets dropped by a firewall, "
-                       "or the app stopped accepting)")
-            nxt = (f"`nc -vz -w2 {endpoint.replace(':', ' ') if endpoint else 'HOST PORT'}` from this host; "
-                   "check firewalls/security groups and whether the app's accept queue is full")
+            verdict = (
+                f"connecting to {ep}{others} times out (host down, packets dropped by a firewall, "
+                "or the app stopped accepting)"
+            )
+            nxt = (
+                f"`nc -vz -w2 {endpoint.replace(':', ' ') if endpoint else 'HOST PORT'}` from this host; "
+                "check firewalls/security groups and whether the app's accept queue is full"
+            )
         elif cause is Cause.CONNECT_UNREACHABLE:
             verdict = f"no network route to {ep}{others} (host or network unreachable)"
             nxt = "check routes and that the address the namer publishes is current (`ip route get`)"
@@ -460,27 +479,39 @@ class _Analysis:
             last = self.tls_error(client)
             why = f": {last.get('reason')} — {last.get('message')}" if last else ""
             verdict = f"TLS handshake with {ep}{others} fails for {rate}{why}"
-            nxt = ("check the certificate the upstream presents (`openssl s_client -connect "
-                   f"{(last or {}).get('endpoint') or endpoint or 'HOST:PORT'} -showcerts`) against the client's "
-                   "tls.commonName and trustCerts, and its clientAuth certificate against the server's caCertPath; "
-                   "/admin/tls.json lists the certificates in use")
+            nxt = (
+                "check the certificate the upstream presents (`openssl s_client -connect "
+                f"{(last or {}).get('endpoint') or endpoint or 'HOST:PORT'} -showcerts`) against the client's "
+                "tls.commonName and trustCerts, and its clientAuth certificate against the server's caCertPath; "
+                "/admin/tls.json lists the certificates in use"
+            )
         elif cause is Cause.UPSTREAM_RESET:
-            verdict = (f"upstream {ep}{others} closes or resets connections mid-request for {rate} "
-                       "(app crashing, or its keep-alive timeout shorter than hostproxy's pool idle time?)")
-            nxt = (f"check the app's logs/restarts on {endpoint or 'its hosts'} at these times; "
-                   "compare its keep-alive timeout with client.hostConnectionPool.idleTimeMs")
+            verdict = (
+                f"upstream {ep}{others} closes or resets connections mid-request for {rate} "
+                "(app crashing, or its keep-alive timeout shorter than hostproxy's pool idle time?)"
+            )
+            nxt = (
+                f"check the app's logs/restarts on {endpoint or 'its hosts'} at these times; "
+                "compare its keep-alive timeout with client.hostConnectionPool.idleTimeMs"
+            )
         elif cause is Cause.UPSTREAM_5XX:
             codes = self.statuses(prefix, 500, 599)
             shown = ", ".join(f"{c}×{k}" for c, k in list(codes.items())[:3])
-            verdict = (f"application returns 5xx for {rate}"
-                       f"{' (' + shown + ')' if shown else ''} — hostproxy is passing them through")
-            nxt = f"look at the application's logs on {endpoint or 'its endpoints'}; the proxy is not the cause"
+            verdict = (
+                f"application returns 5xx for {rate}"
+                f"{' (' + shown + ')' if shown else ''} — hostproxy is passing them through"
+            )
+            nxt = (
+                f"look at the application's logs on {endpoint or 'its endpoints'}; the proxy is not the cause"
+            )
         elif cause in (Cause.TIMEOUT_REQUEST, Cause.TIMEOUT_ATTEMPT):
             which = "totalTimeoutMs" if cause is Cause.TIMEOUT_REQUEST else "requestAttemptTimeoutMs"
             lat = f", p99 latency {p99:g} ms" if isinstance(p99, int | float) else ""
             verdict = f"the application is too slow: {rate} exceed {which}{lat}"
-            nxt = (f"check the app's latency and load on {endpoint or 'its endpoints'}; raise {which} "
-                   "only if the app is known to be this slow")
+            nxt = (
+                f"check the app's latency and load on {endpoint or 'its endpoints'}; raise {which} "
+                "only if the app is known to be this slow"
+            )
         elif cause is Cause.NAMING_NEG:
             verdict = f"no route: {svc} is negative in the dtab of router {router}"
             nxt = f"explain it: /delegator?router={router} with path {svc}; check the namer's entry exists"
@@ -489,8 +520,11 @@ class _Analysis:
             err = f" ({ent[3].get('lastError')})" if ent and ent[3].get("lastError") else ""
             where = f"namer {ent[1]} name {ent[2]}" if ent else "the namer"
             verdict = f"naming {svc} fails for {rate}: {where}{err}"
-            nxt = (f"/namer_state{ent[0]}.json shows the namer's view" if ent
-                   else f"explain it: /delegator?router={router} with path {svc}")
+            nxt = (
+                f"/namer_state{ent[0]}.json shows the namer's view"
+                if ent
+                else f"explain it: /delegator?router={router} with path {svc}"
+            )
         elif cause is Cause.OVERLOAD:
             verdict = f"hostproxy shed {rate} for {svc} (maxConcurrentRequests reached)"
             nxt = "check the app's latency (slow upstreams pile up requests) and servers[].maxConcurrentRequests"
@@ -500,9 +534,19 @@ class _Analysis:
         else:
             verdict = f"hostproxy failed {rate} for {svc} with an internal error — a hostproxy bug"
             nxt = "look for 'Traceback' in hostproxy's log (stderr / journalctl) and report it"
-        self.add(severity=self.severity(share), router=router, service=svc, client=client, endpoint=endpoint,
-                 cause=cause.value, share=share, verdict=verdict, next_step=nxt, failures=n,
-                 requests=requests)
+        self.add(
+            severity=self.severity(share),
+            router=router,
+            service=svc,
+            client=client,
+            endpoint=endpoint,
+            cause=cause.value,
+            share=share,
+            verdict=verdict,
+            next_step=nxt,
+            failures=n,
+            requests=requests,
+        )
 
     def unbound(self, router: str, total: int, seen: dict[Cause, int]) -> None:
         rows = (self.snap.unbound.get(router) or {}).get("names")
@@ -511,10 +555,19 @@ class _Analysis:
             prefix = self.prefix(router, "service", UNBOUND)
             for cause, n in self.causes(prefix).items():
                 share = n / total if total else 1.0
-                self.add(severity=self.severity(share), router=router, service=None, client=None,
-                         endpoint=None, cause=cause.value, share=share,
-                         verdict=f"{n} requests for names that do not bind ({cause.value})",
-                         next_step="see /admin/unbound.json for the names", failures=n, requests=total)
+                self.add(
+                    severity=self.severity(share),
+                    router=router,
+                    service=None,
+                    client=None,
+                    endpoint=None,
+                    cause=cause.value,
+                    share=share,
+                    verdict=f"{n} requests for names that do not bind ({cause.value})",
+                    next_step="see /admin/unbound.json for the names",
+                    failures=n,
+                    requests=total,
+                )
             return
         for row in rows:
             name = str(row.get("name"))
@@ -532,10 +585,14 @@ class _Analysis:
                 if share < self.t.ignore_share:
                     continue
                 if cause is Cause.NAMING_NEG:
-                    verdict = (f"no route: {name} is negative in the dtab of router {router} "
-                               "(a typo in the Host, or a service that is not deployed?)")
-                    nxt = (f"explain it: /delegator?router={router} with path {name}; if it is a typo, "
-                           "fix the caller")
+                    verdict = (
+                        f"no route: {name} is negative in the dtab of router {router} "
+                        "(a typo in the Host, or a service that is not deployed?)"
+                    )
+                    nxt = (
+                        f"explain it: /delegator?router={router} with path {name}; if it is a typo, "
+                        "fix the caller"
+                    )
                 elif cause is Cause.NAMING_FAILED:
                     verdict = f"naming {name} failed or timed out in router {router} (namer backend down?)"
                     nxt = "check /namer_state/<prefix>.json of the namers the dtab uses"
@@ -545,9 +602,19 @@ class _Analysis:
                 else:
                     verdict = f"requests for {name} failed in router {router} ({cause.value})"
                     nxt = f"explain it: /delegator?router={router} with path {name}"
-                self.add(severity=self.severity(share), router=router, service=name, client=None,
-                         endpoint=None, cause=cause.value, share=share, verdict=verdict, next_step=nxt,
-                         failures=int(n), requests=total)
+                self.add(
+                    severity=self.severity(share),
+                    router=router,
+                    service=name,
+                    client=None,
+                    endpoint=None,
+                    cause=cause.value,
+                    share=share,
+                    verdict=verdict,
+                    next_step=nxt,
+                    failures=int(n),
+                    requests=total,
+                )
 
     def router_finding(self, router: str, cause: Cause, n: int, total: int) -> None:
         share = n / total if total else 1.0
@@ -555,8 +622,10 @@ class _Analysis:
             return
         rate = f"{_pct(share)} of requests"
         if cause is Cause.IDENTIFICATION:
-            verdict = (f"router {router} could not name {rate} (no Host header, or one its identifier "
-                       "cannot turn into a name)")
+            verdict = (
+                f"router {router} could not name {rate} (no Host header, or one its identifier "
+                "cannot turn into a name)"
+            )
             nxt = "see l5d-err on the 400 responses; check the callers' Host headers and routers[].identifier"
         elif cause is Cause.OVERLOAD:
             verdict = f"router {router} shed {rate}: maxConcurrentRequests reached"
@@ -567,8 +636,19 @@ class _Analysis:
         else:
             verdict = f"router {router} failed {rate} before naming them ({cause.value})"
             nxt = "see l5d-err on the failing responses"
-        self.add(severity=self.severity(share), router=router, service=None, client=None, endpoint=None,
-                 cause=cause.value, share=share, verdict=verdict, next_step=nxt, failures=n, requests=total)
+        self.add(
+            severity=self.severity(share),
+            router=router,
+            service=None,
+            client=None,
+            endpoint=None,
+            cause=cause.value,
+            share=share,
+            verdict=verdict,
+            next_step=nxt,
+            failures=n,
+            requests=total,
+        )
 
     def accrual(self, router: str) -> None:
         """Endpoints marked dead while their service still works: a warning naming the endpoint."""
@@ -578,7 +658,9 @@ class _Analysis:
             if not isinstance(entry, Mapping):
                 continue
             eps = entry.get("endpoints") or {}
-            dead = [k for k, ep in eps.items() if isinstance(ep, Mapping) and self._accrual_state(ep) == "dead"]
+            dead = [
+                k for k, ep in eps.items() if isinstance(ep, Mapping) and self._accrual_state(ep) == "dead"
+            ]
             if not dead:
                 continue
             causes = self.causes(self.prefix(router, "client", cid))
@@ -591,13 +673,23 @@ class _Analysis:
                 requests = self.num(f"{self.prefix(router, 'client', cid)}/requests")
                 share = causes[cause] / requests if requests else 1.0
                 svcs = self.services_of(router, cid)
-                self.add(severity="warning", router=router, service=svcs[0] if svcs else None, client=cid,
-                         endpoint=key, cause=cause.value, share=share,
-                         verdict=(f"endpoint {key} of {cid} is marked dead by failure accrual after "
-                                  f"{cause.value} failures; requests go to the other "
-                                  f"{len(eps) - len(dead)} endpoint(s)"),
-                         next_step=f"check the app on {key}; hostproxy probes it back automatically",
-                         failures=causes[cause], requests=requests)
+                self.add(
+                    severity="warning",
+                    router=router,
+                    service=svcs[0] if svcs else None,
+                    client=cid,
+                    endpoint=key,
+                    cause=cause.value,
+                    share=share,
+                    verdict=(
+                        f"endpoint {key} of {cid} is marked dead by failure accrual after "
+                        f"{cause.value} failures; requests go to the other "
+                        f"{len(eps) - len(dead)} endpoint(s)"
+                    ),
+                    next_step=f"check the app on {key}; hostproxy probes it back automatically",
+                    failures=causes[cause],
+                    requests=requests,
+                )
 
     def namers(self) -> None:
         for prefix, doc in sorted(self.snap.namer_state.items()):
@@ -632,13 +724,24 @@ class _Analysis:
                     services = [(routers[0] if routers else None, None)]
                 addrs = entry.get("addrs") or []
                 for where, service in services:
-                    self.add(severity="warning", router=where, service=service, client=client, endpoint=None,
-                             cause=Cause.NAMING_STALE.value, share=0.0,
-                             verdict=(f"namer {kind} stale{age_text} on {name}"
-                                      f"{' (' + str(err) + ')' if err else ''} — serving last known "
-                                      f"endpoints ({len(addrs)})"),
-                             next_step=(f"fix the namer's backend; /namer_state{prefix}.json shows the "
-                                        "last error and when the name last updated"))
+                    self.add(
+                        severity="warning",
+                        router=where,
+                        service=service,
+                        client=client,
+                        endpoint=None,
+                        cause=Cause.NAMING_STALE.value,
+                        share=0.0,
+                        verdict=(
+                            f"namer {kind} stale{age_text} on {name}"
+                            f"{' (' + str(err) + ')' if err else ''} — serving last known "
+                            f"endpoints ({len(addrs)})"
+                        ),
+                        next_step=(
+                            f"fix the namer's backend; /namer_state{prefix}.json shows the "
+                            "last error and when the name last updated"
+                        ),
+                    )
 
     def process(self) -> None:
         p = self.snap.process
@@ -648,12 +751,20 @@ class _Analysis:
         if isinstance(fds, int) and isinstance(limit, int) and limit > 0:
             ratio = fds / limit
             if ratio >= self.t.fd_warning:
-                self.add(severity="critical" if ratio >= self.t.fd_critical else "warning", router=None,
-                         service=None, client=None, endpoint=None, cause=Cause.OVERLOAD.value, share=ratio,
-                         verdict=f"hostproxy is near its file-descriptor limit ({fds}/{limit})",
-                         next_step=("raise LimitNOFILE (systemd) or `ulimit -n`; if connections keep "
-                                    "growing, look for a leak in /admin/metrics.json (…/connections, pool_size)"))
-
+                self.add(
+                    severity="critical" if ratio >= self.t.fd_critical else "warning",
+                    router=None,
+                    service=None,
+                    client=None,
+                    endpoint=None,
+                    cause=Cause.OVERLOAD.value,
+                    share=ratio,
+                    verdict=f"hostproxy is near its file-descriptor limit ({fds}/{limit})",
+                    next_step=(
+                        "raise LimitNOFILE (systemd) or `ulimit -n`; if connections keep "
+                        "growing, look for a leak in /admin/metrics.json (…/connections, pool_size)"
+                    ),
+                )
 
     def certificates(self) -> None:
         certs = self.snap.tls.get("certificates") if isinstance(self.snap.tls, Mapping) else None
@@ -666,9 +777,17 @@ class _Analysis:
             role, path = c.get("role", "?"), c.get("path", "?")
             what = f"{role} certificate {path}"
             if c.get("error"):
-                self.add(severity="critical", router=router, service=None, client=None, endpoint=None,
-                         cause=Cause.TLS.value, share=0.0, verdict=f"{what} cannot be read: {c['error']}",
-                         next_step="restore the file (the certificate loaded before stays in use until then)")
+                self.add(
+                    severity="critical",
+                    router=router,
+                    service=None,
+                    client=None,
+                    endpoint=None,
+                    cause=Cause.TLS.value,
+                    share=0.0,
+                    verdict=f"{what} cannot be read: {c['error']}",
+                    next_step="restore the file (the certificate loaded before stays in use until then)",
+                )
                 continue
             days = c.get("daysLeft")
             if not isinstance(days, int) or days > self.t.cert_expiry_days:
@@ -680,10 +799,20 @@ class _Analysis:
             else:
                 verdict = f"{what} ({subject}) expires in {days} day(s), on {c.get('notAfter')}"
                 severity = "critical" if days < 2 else "warning"
-            self.add(severity=severity, router=router, service=None, client=None, endpoint=None,
-                     cause=Cause.TLS.value, share=0.0, verdict=verdict,
-                     next_step=(f"renew it and replace {path} (and its key) in place: hostproxy re-reads changed "
-                                "certificate files within seconds, without a restart"))
+            self.add(
+                severity=severity,
+                router=router,
+                service=None,
+                client=None,
+                endpoint=None,
+                cause=Cause.TLS.value,
+                share=0.0,
+                verdict=verdict,
+                next_step=(
+                    f"renew it and replace {path} (and its key) in place: hostproxy re-reads changed "
+                    "certificate files within seconds, without a restart"
+                ),
+            )
 
 
 def diagnose(snap: Snapshot, *, thresholds: Thresholds | None = None, router: str | None = None) -> Report:
@@ -726,4 +855,3 @@ def failing_services(metrics: Mapping[str, float], router: str | None = None) ->
             if svc != UNBOUND and metrics.get(f"rt/{r}/service/{svc.lstrip('/')}/failures", 0):
                 out.append((r, svc))
     return out
-

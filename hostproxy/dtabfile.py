@@ -207,7 +207,9 @@ class DtabFileWatcher:
             "removed": list(removed),
         }
         self.history.append(entry)
-        log.info("dtab.applied", path=self.path, version=self.version, added=list(added), removed=list(removed))
+        log.info(
+            "dtab.applied", path=self.path, version=self.version, added=list(added), removed=list(removed)
+        )
         if self.on_change is not None:
             self.on_change(dtab, self.version)
         return added, removed

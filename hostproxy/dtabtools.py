@@ -192,8 +192,9 @@ def scan_layout(text: str) -> Layout:
         leading_blank = pending_blank + [False] * len(hoisted)
         if hoisted:  # the blank line before the dentry goes above the comments hoisted out of it
             leading_blank[len(pending)], blank = blank, False
-        current = DentryLayout(start, last_end, line, col, leading=leading, blank_before=blank,
-                               leading_blank=leading_blank)
+        current = DentryLayout(
+            start, last_end, line, col, leading=leading, blank_before=blank, leading_blank=leading_blank
+        )
         dentries.append(current)
         pending, pending_blank = [], []
         content_line = line_column(text, max(last_end - 1, start))[0]
@@ -549,7 +550,7 @@ def _find_cycles(table: Dtab) -> dict[frozenset[int], list[tuple[int, tuple[byte
             for k in range(len(dentries) - 1, -1, -1):
                 q = dentries[k].prefix.elems
                 if _matches_always(q, labels):
-                    rest = labels[len(q):]
+                    rest = labels[len(q) :]
                     for leaf in reversed(_leaves(dentries[k].dst)):
                         stack.append((leaf.labels + rest, [*chain, (k, leaf.labels + rest)]))
     # A longer cycle that contains a shorter one is the same problem seen from another dentry.
@@ -601,13 +602,20 @@ def lint_dtab(text: str) -> list[LintWarning]:
             later = dentries[j]
             if _covers(later.prefix.elems, d.prefix.elems) and _never_neg(later.dst, table):
                 same = later.prefix == d.prefix
-                how = "has the same prefix" if same else f"has prefix {later.prefix}, which matches every path {d.prefix} matches,"
-                warnings.append(LintWarning(
-                    "shadowed", *starts[i],
-                    f"dentry '{format_dentry(d)}' is never used: the later dentry '{format_dentry(later)}' "
-                    f"({where(j)}) {how} and its destination can never be '~', so lookups never fall "
-                    f"back to this one; delete this dentry, or move it after {where(j)} if it should win",
-                ))
+                how = (
+                    "has the same prefix"
+                    if same
+                    else f"has prefix {later.prefix}, which matches every path {d.prefix} matches,"
+                )
+                warnings.append(
+                    LintWarning(
+                        "shadowed",
+                        *starts[i],
+                        f"dentry '{format_dentry(d)}' is never used: the later dentry '{format_dentry(later)}' "
+                        f"({where(j)}) {how} and its destination can never be '~', so lookups never fall "
+                        f"back to this one; delete this dentry, or move it after {where(j)} if it should win",
+                    )
+                )
                 break
 
     for key, chain in _find_cycles(table).items():
@@ -615,29 +623,40 @@ def lint_dtab(text: str) -> list[LintWarning]:
         shown = " -> ".join([str(dentries[chain[0][0]].prefix)] + [_show_labels(p) for _, p in chain])
         line_numbers = sorted({starts[k][0] for k in key})
         lines = ", ".join(str(n) for n in line_numbers)
-        warnings.append(LintWarning(
-            "cycle", *starts[first],
-            f"rewrite cycle {shown} (line{'s' if len(line_numbers) > 1 else ''} {lines}) consumes no "
-            "label: a name that nothing else binds loops until the recursion limit and fails instead of "
-            "falling back; point one of these dentries at a namer (/#/...) or an address (/$/inet/...) "
-            "instead",
-        ))
+        warnings.append(
+            LintWarning(
+                "cycle",
+                *starts[first],
+                f"rewrite cycle {shown} (line{'s' if len(line_numbers) > 1 else ''} {lines}) consumes no "
+                "label: a name that nothing else binds loops until the recursion limit and fails instead of "
+                "falling back; point one of these dentries at a namer (/#/...) or an address (/$/inet/...) "
+                "instead",
+            )
+        )
 
     for dl in layout.dentries:
         for w in _weights(text, dl.start, dl.end):
             line, col = layout.position(w.start)
             if w.union_size < 2:
-                warnings.append(LintWarning(
-                    "lone-weight", line, col,
-                    f"the weight of '{w.term}' is ignored: a weight only matters between the branches of "
-                    "a union 'a & b'; remove the weight, or add the other branches",
-                ))
+                warnings.append(
+                    LintWarning(
+                        "lone-weight",
+                        line,
+                        col,
+                        f"the weight of '{w.term}' is ignored: a weight only matters between the branches of "
+                        "a union 'a & b'; remove the weight, or add the other branches",
+                    )
+                )
             elif w.value == 0:
-                warnings.append(LintWarning(
-                    "zero-weight", line, col,
-                    f"union branch '{w.term}' has weight 0 and gets no traffic (unless every branch has "
-                    "weight 0, when traffic is split evenly); remove the branch, or give it a positive "
-                    "weight",
-                ))
+                warnings.append(
+                    LintWarning(
+                        "zero-weight",
+                        line,
+                        col,
+                        f"union branch '{w.term}' has weight 0 and gets no traffic (unless every branch has "
+                        "weight 0, when traffic is split evenly); remove the branch, or give it a positive "
+                        "weight",
+                    )
+                )
     warnings.sort(key=lambda w: (w.line, w.column, w.code))
     return warnings

@@ -72,8 +72,12 @@ class NamerStateStore:
                 data = json.loads(path.read_text())
                 count = n.import_state(data)
             except (OSError, ValueError) as e:
-                log.warning("namer_state.load_failed", path=str(path), error=str(e),
-                            hint="the namer starts empty; delete the file if it belongs to another config")
+                log.warning(
+                    "namer_state.load_failed",
+                    path=str(path),
+                    error=str(e),
+                    hint="the namer starts empty; delete the file if it belongs to another config",
+                )
                 continue
             self.restored[str(n.prefix)] = count
             log.info("namer_state.loaded", path=str(path), names=count)
@@ -98,8 +102,12 @@ class NamerStateStore:
                 raise
         except OSError as e:
             self.save_failures += 1
-            log.warning("namer_state.save_failed", path=str(path), error=str(e),
-                        hint="check that namerState.dir exists and is writable by the daemon")
+            log.warning(
+                "namer_state.save_failed",
+                path=str(path),
+                error=str(e),
+                hint="check that namerState.dir exists and is writable by the daemon",
+            )
             return False
         self.saves += 1
         return True
@@ -125,8 +133,12 @@ class NamerStateStore:
                 self.save_all()
 
     def statistics(self) -> dict[str, Any]:
-        return {"dir": str(self.dir), "saves": self.saves, "save_failures": self.save_failures,
-                "restored": dict(self.restored)}
+        return {
+            "dir": str(self.dir),
+            "saves": self.saves,
+            "save_failures": self.save_failures,
+            "restored": dict(self.restored),
+        }
 
 
 def with_suppressed_unlink(path: str) -> None:

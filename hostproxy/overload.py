@@ -108,9 +108,11 @@ class OverloadConfig:
             raise OverloadConfigError(f"overload.fdReserve: must be >= 0, got {self.fd_reserve}")
 
     def mark(self, level: Level) -> float:
-        return {Level.NO_KEEPALIVE: self.no_keepalive, Level.SHED: self.shed, Level.STOP_ACCEPT: self.stop_accept}[
-            level
-        ]
+        return {
+            Level.NO_KEEPALIVE: self.no_keepalive,
+            Level.SHED: self.shed,
+            Level.STOP_ACCEPT: self.stop_accept,
+        }[level]
 
 
 @dataclass(frozen=True)
@@ -299,7 +301,10 @@ def detect_memory_limit(cgroup_root: str = "/sys/fs/cgroup") -> int | None:
             rel = next((ln.split(":", 2)[2].strip() for ln in f if ln.startswith("0::")), "/")
     except OSError:
         rel = "/"
-    for path in (os.path.join(cgroup_root, rel.lstrip("/"), "memory.max"), os.path.join(cgroup_root, "memory.max")):
+    for path in (
+        os.path.join(cgroup_root, rel.lstrip("/"), "memory.max"),
+        os.path.join(cgroup_root, "memory.max"),
+    ):
         try:
             with open(path, encoding="ascii") as f:
                 text = f.read().strip()

@@ -136,7 +136,9 @@ def deadline_from_headers(values: Iterable[str | bytes]) -> Deadline | None:
     return out
 
 
-def effective_deadline(now_ns: int, inbound: Deadline | None, total_timeout_ms: int | None) -> Deadline | None:
+def effective_deadline(
+    now_ns: int, inbound: Deadline | None, total_timeout_ms: int | None
+) -> Deadline | None:
     """The stricter of the inbound deadline and ``totalTimeoutMs`` counted from ``now_ns``."""
     own = None if total_timeout_ms is None else Deadline(now_ns, now_ns + total_timeout_ms * 1_000_000)
     if own is None:
@@ -235,7 +237,9 @@ class RetryPolicy:
         b = params.retries.budget
         budget = RetryBudget(BudgetConfig(b.ttl_secs, b.min_retries_per_sec, b.percent_can_retry), clock)
         backoff = backoff_from_config(_mapping(params.retries.backoff), rng, "service.retries.backoff")
-        classifier = classifier_from_config(_mapping(params.response_classifier), "service.responseClassifier")
+        classifier = classifier_from_config(
+            _mapping(params.response_classifier), "service.responseClassifier"
+        )
         buffer_size = getattr(params, "retry_buffer_size", None)
         return cls(
             budget,
@@ -351,9 +355,10 @@ class RetryAttempts:
                 return Decision(Verdict.REQUEUE, rc, reason=f"requeue after {cause.value}")
             # No requeue budget left: it may still be retried as an ordinary retry below.
         if not rc.is_retryable:
-            if not self.replayable and self._classify(
-                status, cause, l5d_retryable, grpc_status, chunked=False
-            ).is_retryable:
+            if (
+                not self.replayable
+                and self._classify(status, cause, l5d_retryable, grpc_status, chunked=False).is_retryable
+            ):
                 # Retryable but for its body, which was streamed and cannot be sent again.
                 p.cannot_retry += 1
                 return Decision(Verdict.GIVE_UP, rc, reason="body_not_replayable")
@@ -388,7 +393,9 @@ class RetryAttempts:
 # -- replayable bodies -----------------------------------------------------------------------------------
 
 
-async def buffer_body_for_retry(body: Body, limit: int = DEFAULT_RETRY_BUFFER_BYTES) -> Callable[[], Body] | None:
+async def buffer_body_for_retry(
+    body: Body, limit: int = DEFAULT_RETRY_BUFFER_BYTES
+) -> Callable[[], Body] | None:
     """Read a small request body so it can be sent again; None (body untouched) when it cannot be.
 
     Only a body with a known ``Content-Length`` of at most ``limit`` bytes is buffered; a chunked body

@@ -228,16 +228,23 @@ class HttpRouter:
         )
         self.namers = list(namers)
         # Linkerd tries the last-configured namer first; namer transformers wrap their lookups.
-        self.namer_pairs = list(namer_pairs) if namer_pairs is not None else [
-            (Path.read("/#") + n.prefix, n.lookup) for n in reversed(self.namers)
-        ]
+        self.namer_pairs = (
+            list(namer_pairs)
+            if namer_pairs is not None
+            else [(Path.read("/#") + n.prefix, n.lookup) for n in reversed(self.namers)]
+        )
         self.transformers = list(transformers)
         bc = cfg.binding_cache
         self.binder = Binder(
             Dtab.read(cfg.dtab) if base_dtab is None else base_dtab,
             self.namer_pairs,
-            config=BindingCacheConfig(paths=bc.paths, trees=bc.trees, bounds=bc.bounds, clients=bc.clients,
-                                      idle_ttl_s=bc.idle_ttl_secs),
+            config=BindingCacheConfig(
+                paths=bc.paths,
+                trees=bc.trees,
+                bounds=bc.bounds,
+                clients=bc.clients,
+                idle_ttl_s=bc.idle_ttl_secs,
+            ),
             clock=clock,
             system=resolver.system if resolver is not None else None,
             bind_fn=_transforming_bind(self.transformers) if self.transformers else None,
@@ -245,14 +252,18 @@ class HttpRouter:
         self._unsubscribe: list[Callable[[], None]] = []
         for n in self.namers:
             prefix = Path.read("/#") + n.prefix
-            self._unsubscribe.append(n.subscribe(lambda _n, key, prefix=prefix: self.binder.invalidate(prefix, key)))
+            self._unsubscribe.append(
+                n.subscribe(lambda _n, key, prefix=prefix: self.binder.invalidate(prefix, key))
+            )
         if resolver is not None:
             self._unsubscribe.append(resolver.subscribe(lambda _r, _host: self._rebind_all()))
         self._changed = trio.Event()
         self._unsubscribe.append(self.binder.on_change(lambda _v: self._changed.set()))
         self.dtab_cache = DtabParseCache(bc.paths)
         self.clients: ClientCache[str, Client] = ClientCache(
-            bc.clients, idle_ttl_s=bc.idle_ttl_secs, clock=clock,
+            bc.clients,
+            idle_ttl_s=bc.idle_ttl_secs,
+            clock=clock,
             close=lambda _id, c: self._nursery.start_soon(c.aclose),
         )
         self.scope = metrics.router(label=self.label)
@@ -307,8 +318,14 @@ class HttpRouter:
     # -- the request path ---------------------------------------------------------------------------
 
     def _err(self, status: int, cause: Cause, message: str, retryable: bool | None = None) -> Response:
-        return error_response(status, cause.value, message, max_header_bytes=self.max_err_header_bytes,
-                              max_body_bytes=self.max_err_bytes, retryable=retryable)
+        return error_response(
+            status,
+            cause.value,
+            message,
+            max_header_bytes=self.max_err_header_bytes,
+            max_body_bytes=self.max_err_bytes,
+            retryable=retryable,
+        )
 
     async def handle(self, req: Request, conn: ConnInfo) -> Response:
         t0 = self._clock()
@@ -321,8 +338,9 @@ class HttpRouter:
         if limit is not None and self.in_flight >= limit:
             self.rejected_overload += 1
             server_stats.finish(0.0, Cause.OVERLOAD, 503)
-            return self._err(503, Cause.OVERLOAD,
-                             f"router {self.label} is at maxConcurrentRequests={limit}; retry later")
+            return self._err(
+                503, Cause.OVERLOAD, f"router {self.label} is at maxConcurrentRequests={limit}; retry later"
+            )
         self.in_flight += 1
         recent = self.recent
         keep = recent is not None and recent.sampled()
@@ -343,22 +361,41 @@ class HttpRouter:
             if rec is not None:
                 cause_text = cause.value if cause is not None else None
                 if self.access_log.enabled:
-                    self.access_log.log(router=self.label, method=rec.method, path=rec.path, service=rec.service,
-                                        client=rec.client, endpoint=rec.endpoint, status=status,
-                                        cause=cause_text, duration_s=latency)
+                    self.access_log.log(
+                        router=self.label,
+                        method=rec.method,
+                        path=rec.path,
+                        service=rec.service,
+                        client=rec.client,
+                        endpoint=rec.endpoint,
+                        status=status,
+                        cause=cause_text,
+                        duration_s=latency,
+                    )
                 if keep:
-                    recent.ring.append({
-                        "timestamp": time.time(), "router": self.label, "method": rec.method, "path": rec.path,
-                        "service": rec.service, "client": rec.client, "endpoint": rec.endpoint,
-                        "status": status, "cause": cause_text, "durationMs": round(latency * 1000, 3),
-                    })
+                    recent.ring.append(
+                        {
+                            "timestamp": time.time(),
+                            "router": self.label,
+                            "method": rec.method,
+                            "path": rec.path,
+                            "service": rec.service,
+                            "client": rec.client,
+                            "endpoint": rec.endpoint,
+                            "status": status,
+                            "cause": cause_text,
+                            "durationMs": round(latency * 1000, 3),
+                        }
+                    )
 
-    async def _route(self, req: Request, conn: ConnInfo, server_stats: Any = None,
-                     rec: _Rec | None = None) -> tuple[Response, Cause | None, Any]:
+    async def _route(
+        self, req: Request, conn: ConnInfo, server_stats: Any = None, rec: _Rec | None = None
+    ) -> tuple[Response, Cause | None, Any]:
         ip = conn.params.ip
         try:
-            inbound = read_inbound(req.headers.items(), clear_context=self._clear_context.get(ip, False),
-                                   cache=self.dtab_cache)
+            inbound = read_inbound(
+                req.headers.items(), clear_context=self._clear_context.get(ip, False), cache=self.dtab_cache
+            )
         except RequestDtabError as e:
             return self._err(400, Cause.IDENTIFICATION, str(e)), Cause.IDENTIFICATION, None
         ident = self.identifier.identify(_IdentReq(req, inbound.headers))
@@ -374,8 +411,9 @@ class HttpRouter:
         outcome = await self._bind(service, local, self._policies.get(ip))
         if outcome is None:
             svc = self._service_stats(service, False, Cause.NAMING_FAILED)
-            msg = (f"Exceeded {self.binding_timeout_s:g} seconds binding timeout while resolving name: "
-                   f"{service}")
+            msg = (
+                f"Exceeded {self.binding_timeout_s:g} seconds binding timeout while resolving name: {service}"
+            )
             return self._err(502, Cause.NAMING_FAILED, msg), Cause.NAMING_FAILED, svc
         if outcome.refused is not None:
             svc = self._service_stats(service, False, Cause.IDENTIFICATION)
@@ -387,10 +425,12 @@ class HttpRouter:
         leaf = self._choose(outcome.tree)
         if leaf is None:
             svc = self._service_stats(service, False, Cause.NAMING_NEG)
-            msg = (f"Unable to route request!\nservice name: {service}\n"
-                   f"dtab:\n{_dtab_lines(self.binder.base_dtab + local)}\n"
-                   f"base dtab:\n{_dtab_lines(self.binder.base_dtab)}\n"
-                   f"override dtab:\n{_dtab_lines(local)}")
+            msg = (
+                f"Unable to route request!\nservice name: {service}\n"
+                f"dtab:\n{_dtab_lines(self.binder.base_dtab + local)}\n"
+                f"base dtab:\n{_dtab_lines(self.binder.base_dtab)}\n"
+                f"override dtab:\n{_dtab_lines(local)}"
+            )
             return self._err(502, Cause.NAMING_NEG, msg), Cause.NAMING_NEG, svc
         svc = self.scope.service(str(service), True)
         svc.start()
@@ -399,8 +439,9 @@ class HttpRouter:
         try:
             if rec is not None:
                 rec.client = client_id
-            resp, cause, svc_stats = await self._forward(req, service, local, leaf, client, inbound.headers, svc,
-                                                         rec, conn)
+            resp, cause, svc_stats = await self._forward(
+                req, service, local, leaf, client, inbound.headers, svc, rec, conn
+            )
             if not resp.body.in_memory and not resp.body.done:
                 # A reset after the head turns this success into an upstream/reset failure, everywhere
                 # it was counted.
@@ -410,17 +451,34 @@ class HttpRouter:
         finally:
             self.clients.release(client_id)
 
-    async def _forward(self, req: Request, service: Path, local: Dtab, leaf: BoundName, client: Client,
-                       headers: list[tuple[bytes, bytes]], svc: Any,
-                       rec: _Rec | None = None, conn: ConnInfo | None = None) -> tuple[Response, Cause | None, Any]:
+    async def _forward(
+        self,
+        req: Request,
+        service: Path,
+        local: Dtab,
+        leaf: BoundName,
+        client: Client,
+        headers: list[tuple[bytes, bytes]],
+        svc: Any,
+        rec: _Rec | None = None,
+        conn: ConnInfo | None = None,
+    ) -> tuple[Response, Cause | None, Any]:
         client_id = client.id
         client.update_addr(leaf.addr)
         if isinstance(leaf.addr, AddrFailed) and not client.endpoints:
-            msg = f"Unable to route request!\nservice name: {service}\nclient name: {client_id}\n" \
-                  f"naming failed: {leaf.addr.cause}"
+            msg = (
+                f"Unable to route request!\nservice name: {service}\nclient name: {client_id}\n"
+                f"naming failed: {leaf.addr.cause}"
+            )
             return self._err(502, Cause.NAMING_FAILED, msg), Cause.NAMING_FAILED, svc
-        edits = downstream_headers(service=service, client=leaf.id, residual=leaf.residual, local_dtab=local,
-                                   headers=headers, rng=self._rng)
+        edits = downstream_headers(
+            service=service,
+            client=leaf.id,
+            residual=leaf.residual,
+            local_dtab=local,
+            headers=headers,
+            rng=self._rng,
+        )
         req.headers = out_headers = Headers._trusted(edits.apply(headers))  # names already lowercased
         if client.params.forward_client_cert:
             out_headers.remove(_XFCC)  # only this proxy may say which certificate the caller presented
@@ -434,8 +492,9 @@ class HttpRouter:
             entry = self._service_entry(service, svc)
         params = entry.params
         now_ns = time.time_ns()
-        inbound_deadline = deadline_from_headers(out_headers.get_all(_DEADLINE)) if _DEADLINE in out_headers \
-            else None
+        inbound_deadline = (
+            deadline_from_headers(out_headers.get_all(_DEADLINE)) if _DEADLINE in out_headers else None
+        )
         deadline = effective_deadline(now_ns, inbound_deadline, params.total_timeout_ms)
         if deadline is not None:
             out_headers.set(_DEADLINE, deadline.header_value())
@@ -467,8 +526,10 @@ class HttpRouter:
                                 rec.endpoint = endpoint
                         if scope.cancelled_caught:
                             cause = Cause.TIMEOUT_REQUEST
-                            if params.total_timeout_ms and (inbound_deadline is None or deadline.deadline_ns
-                                                             < inbound_deadline.deadline_ns):
+                            if params.total_timeout_ms and (
+                                inbound_deadline is None
+                                or deadline.deadline_ns < inbound_deadline.deadline_ns
+                            ):
                                 why = f"exceeded totalTimeoutMs ({params.total_timeout_ms} ms)"
                             else:
                                 why = f"exceeded the request's deadline ({DEADLINE_HEADER})"
@@ -485,8 +546,9 @@ class HttpRouter:
                         cause = None
                         resp.headers.set(_SUCCESS_CLASS, b"1.0")
                         return resp, None, svc
-                    decision = attempts.decide(status, None, now_ns=time.time_ns(),
-                                               l5d_retryable=resp.headers.get(_RETRYABLE))
+                    decision = attempts.decide(
+                        status, None, now_ns=time.time_ns(), l5d_retryable=resp.headers.get(_RETRYABLE)
+                    )
                 else:
                     assert err is not None
                     decision = attempts.decide(None, cause_of(err), now_ns=time.time_ns())
@@ -494,8 +556,14 @@ class HttpRouter:
                     entry.retries_total.incr()
                     if resp is not None:
                         await resp.body.aclose()
-                    log.debug("router.retry", router=self.label, service=str(service), status=status,
-                              cause=err.cause if err is not None else None, delay_s=decision.delay_s)
+                    log.debug(
+                        "router.retry",
+                        router=self.label,
+                        service=str(service),
+                        status=status,
+                        cause=err.cause if err is not None else None,
+                        delay_s=decision.delay_s,
+                    )
                     if decision.delay_s > 0:
                         await trio.sleep(decision.delay_s)
                     continue
@@ -532,9 +600,11 @@ class HttpRouter:
         cause = cause_of(e)
         status = CAUSE_STATUS.get(e.cause, 502)
         if cause in (Cause.CONNECT_REFUSED, Cause.CONNECT_TIMEOUT, Cause.CONNECT_UNREACHABLE):
-            msg = (f"Unable to establish connection to {e.endpoint}.\n{e}\nservice name: {service}\n"
-                   f"client name: {client.id}\naddresses: [{', '.join(client.endpoints)}]\n"
-                   f"selected address: {e.endpoint}")
+            msg = (
+                f"Unable to establish connection to {e.endpoint}.\n{e}\nservice name: {service}\n"
+                f"client name: {client.id}\naddresses: [{', '.join(client.endpoints)}]\n"
+                f"selected address: {e.endpoint}"
+            )
         else:
             msg = f"{e}\nservice name: {service}\nclient name: {client.id}"
         return self._err(status, cause, msg, retryable=e.retryable)
@@ -596,8 +666,16 @@ class HttpRouter:
         tls = params.tls
         if tls is not None and tls.enabled:
             extra["tls"], extra["connector"] = self._tls_connector(tls, client_id)
-        return Client(self.label, client_id, params, self.scope, nursery=self._nursery, rng=self._rng,
-                      clock=self._clock, **extra)
+        return Client(
+            self.label,
+            client_id,
+            params,
+            self.scope,
+            nursery=self._nursery,
+            rng=self._rng,
+            clock=self._clock,
+            **extra,
+        )
 
     def _tls_connector(self, tls: Any, client_id: str) -> tuple[Any, Callable[[str, int, float], Any]]:
         """The shared ClientTls for ``tls`` and a pool connector using it; when the settings cannot be
@@ -610,8 +688,11 @@ class HttpRouter:
 
             async def refuse(host: str, port: int, timeout_s: float) -> Any:
                 endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-                raise TlsError(f"TLS to {endpoint} is not possible: routers[{self.label}].{problem}",
-                               endpoint=endpoint, reason="config")
+                raise TlsError(
+                    f"TLS to {endpoint} is not possible: routers[{self.label}].{problem}",
+                    endpoint=endpoint,
+                    reason="config",
+                )
 
             return None, refuse
         alpn = self._alpn

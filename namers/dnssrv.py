@@ -465,8 +465,6 @@ class DnsSrvNamer(Namer):
         return stats
 
 
-
-
 def from_config(cfg: Any) -> DnsSrvNamer:
     """Build the namer from a ``namers[]`` entry (a mapping or :class:`DnsSrvNamer` config dataclass):
     ``refreshIntervalSeconds`` (default 5), ``dnsHosts``, ``prefix``, ``transformers``."""

@@ -370,8 +370,6 @@ class FsNamer(Namer):
         return stats
 
 
-
-
 def from_config(cfg: Any) -> FsNamer:
     """Build the namer from a ``namers[]`` entry (a mapping or a config dataclass) with ``rootDir``
     and optional ``prefix`` and ``transformers``."""

@@ -118,8 +118,6 @@ def parse_nameserver(spec: str) -> tuple[str, int]:
     return addr, int(port_s)
 
 
-
-
 def make_resolver(nameservers: Sequence[tuple[str, int]], timeout: float) -> dns.asyncresolver.Resolver:
     """An uncached async resolver for ``(host, port)`` nameservers (none: the system's resolv.conf)."""
     import dns.asyncresolver

@@ -97,9 +97,15 @@ class TestCA:
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                    encipher_only=False, decipher_only=False,
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
                 ),
                 critical=True,
             )
@@ -137,9 +143,15 @@ class TestCA:
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
                 x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                    encipher_only=False, decipher_only=False,
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
                 ),
                 critical=True,
             )
@@ -217,7 +229,9 @@ class Pki:
     client_key: str
 
 
-def make_pki(directory: Path, *, server_sans: Sequence[str] = ("localhost", "127.0.0.1", "proxy.test")) -> Pki:
+def make_pki(
+    directory: Path, *, server_sans: Sequence[str] = ("localhost", "127.0.0.1", "proxy.test")
+) -> Pki:
     ca = TestCA("hostproxy test CA")
     server = ca.issue("server.test", sans=server_sans)
     client = ca.issue("client.test", sans=("client.test",), client=True, server=False)
@@ -226,14 +240,26 @@ def make_pki(directory: Path, *, server_sans: Sequence[str] = ("localhost", "127
     return Pki(directory, ca, ca.write(directory), server, sc, sk, client, cc, ck)
 
 
-def make_listener_tls(cert: str, key: str, *, ca: str | None = None, require_client_auth: bool = False,
-                      protocols: Sequence[str] | None = None, alpn: Sequence[str] = ("http/1.1",),
-                      handshake_timeout_s: float | None = 10.0):  # type: ignore[no-untyped-def]
+def make_listener_tls(
+    cert: str,
+    key: str,
+    *,
+    ca: str | None = None,
+    require_client_auth: bool = False,
+    protocols: Sequence[str] | None = None,
+    alpn: Sequence[str] = ("http/1.1",),
+    handshake_timeout_s: float | None = 10.0,
+):  # type: ignore[no-untyped-def]
     from hostproxy.config import model as m
     from hostproxy.tls import ServerTls
 
-    cfg = m.ServerTls(cert_path=cert, key_path=key, ca_cert_path=ca, require_client_auth=require_client_auth,
-                      protocols=tuple(protocols) if protocols else None)
+    cfg = m.ServerTls(
+        cert_path=cert,
+        key_path=key,
+        ca_cert_path=ca,
+        require_client_auth=require_client_auth,
+        protocols=tuple(protocols) if protocols else None,
+    )
     return ServerTls(cfg, alpn=alpn, router="test", handshake_timeout_s=handshake_timeout_s)
 
 
@@ -241,7 +267,9 @@ async def hello(request, info):  # type: ignore[no-untyped-def]
     """A trivial handler: ``hello <target> conn=<connection id>``."""
     from hostproxy.http import Body, Response
 
-    return Response(200, b"OK", body=Body.from_bytes(f"hello {request.target} conn={info.connection_id}".encode()))
+    return Response(
+        200, b"OK", body=Body.from_bytes(f"hello {request.target} conn={info.connection_id}".encode())
+    )
 
 
 @contextlib.asynccontextmanager

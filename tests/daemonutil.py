@@ -69,7 +69,9 @@ async def curl(url: str, *args: str, timeout: float = 20) -> CurlResult:
     with trio.fail_after(timeout):
         proc = await trio.run_process(
             ["curl", "-s", "-i", "--max-time", str(int(timeout)), *args, url],
-            capture_stdout=True, capture_stderr=True, check=False,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
         )
     out = proc.stdout
     status, headers, body = 0, {}, b""

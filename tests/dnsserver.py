@@ -31,7 +31,6 @@ import trio
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
 
 
-
 def free_dns_port() -> int:
     """A loopback port free for both UDP and TCP (dnsmasq listens on both)."""
     for _ in range(100):
@@ -45,6 +44,7 @@ def free_dns_port() -> int:
                     continue
                 return port
     raise RuntimeError("no loopback port free for both UDP and TCP")
+
 
 class DnsServer:
     """One dnsmasq process serving the lines of :attr:`records` on ``127.0.0.1:<port>``."""

@@ -15,9 +15,18 @@ CLOCK = 1714564800.123  # 2024-05-01T12:00:00.123Z
 
 
 def entry(**over: Any) -> dict[str, Any]:
-    base: dict[str, Any] = dict(router="out", method="GET", path="/users/7", service="/svc/users",
-                                client="/#/io.l5d.fs/users", endpoint="10.0.0.7:8080", status=200, cause=None,
-                                duration_s=0.0032, response_bytes=512)
+    base: dict[str, Any] = dict(
+        router="out",
+        method="GET",
+        path="/users/7",
+        service="/svc/users",
+        client="/#/io.l5d.fs/users",
+        endpoint="10.0.0.7:8080",
+        status=200,
+        cause=None,
+        duration_s=0.0032,
+        response_bytes=512,
+    )
     base.update(over)
     return base
 
@@ -35,7 +44,9 @@ def test_file_lines_have_every_field(tmp_path: Path) -> None:
     path = tmp_path / "access.log"
     log = AccessLog.from_config(str(path), clock=lambda: CLOCK)
     log.log(**entry())
-    log.log(**entry(service=None, client=None, endpoint=None, status=502, cause="naming/neg", response_bytes=None))
+    log.log(
+        **entry(service=None, client=None, endpoint=None, status=502, cause="naming/neg", response_bytes=None)
+    )
     log.close()
     assert path.read_text().splitlines() == [
         "2024-05-01T12:00:00.123Z\tout\tGET\t/users/7\t/svc/users\t/#/io.l5d.fs/users\t10.0.0.7:8080\t200\t-\t3.2\t512",
@@ -73,8 +84,11 @@ def test_appends_and_reopens_after_rotation(tmp_path: Path) -> None:
 
 def test_unwritable_path_is_a_config_error(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-dir" / "access.log"
-    with pytest.raises(ValueError, match=r"^httpAccessLog: cannot open .*access\.log for appending: "
-                                          r"No such file or directory; check that the directory exists"):
+    with pytest.raises(
+        ValueError,
+        match=r"^httpAccessLog: cannot open .*access\.log for appending: "
+        r"No such file or directory; check that the directory exists",
+    ):
         AccessLog.from_config(str(missing))
     with pytest.raises(ValueError, match=r"^httpAccessLog: empty path; give a file path, '-' for log events"):
         AccessLog.from_config("  ")
@@ -94,9 +108,20 @@ def test_structlog_event_named_access() -> None:
     log = AccessLog.from_config("-")
     with structlog.testing.capture_logs() as events:
         log.log(**entry(status=503, cause="upstream/5xx"))
-    assert events == [{
-        "event": "access", "log_level": "info", "router": "out", "method": "GET", "path": "/users/7",
-        "service": "/svc/users", "client": "/#/io.l5d.fs/users", "endpoint": "10.0.0.7:8080", "status": 503,
-        "cause": "upstream/5xx", "duration_ms": 3.2, "bytes": 512,
-    }]
+    assert events == [
+        {
+            "event": "access",
+            "log_level": "info",
+            "router": "out",
+            "method": "GET",
+            "path": "/users/7",
+            "service": "/svc/users",
+            "client": "/#/io.l5d.fs/users",
+            "endpoint": "10.0.0.7:8080",
+            "status": 503,
+            "cause": "upstream/5xx",
+            "duration_ms": 3.2,
+            "bytes": 512,
+        }
+    ]
     assert repr(log) == "<AccessLog structlog lines=1>"

@@ -39,7 +39,10 @@ def test_every_pair_is_in_the_table_or_raises(state, inp):
         effect, nxt = step(state, inp)
         assert isinstance(effect, Effect) and isinstance(nxt, State)
     else:
-        with pytest.raises(AccrualStateError, match=rf"^failure accrual: no transition for input '{inp.value}' in state '{state.value}'$"):
+        with pytest.raises(
+            AccrualStateError,
+            match=rf"^failure accrual: no transition for input '{inp.value}' in state '{state.value}'$",
+        ):
             step(state, inp)
 
 
@@ -52,9 +55,17 @@ def test_table_lifecycle():
 
 
 def make(clock, failures=3, delay_ms=1000):
-    return FailureAccrual(accrual_from_config(
-        {"kind": "io.l5d.consecutiveFailures", "failures": failures,
-         "backoff": {"kind": "constant", "ms": delay_ms}}, random.Random(0)), clock)
+    return FailureAccrual(
+        accrual_from_config(
+            {
+                "kind": "io.l5d.consecutiveFailures",
+                "failures": failures,
+                "backoff": {"kind": "constant", "ms": delay_ms},
+            },
+            random.Random(0),
+        ),
+        clock,
+    )
 
 
 def test_consecutive_failures_remove_then_probe_then_revive():
@@ -89,9 +100,14 @@ def test_consecutive_failures_remove_then_probe_then_revive():
 
 def test_backoff_stream_advances_while_dead_and_resets_on_revival():
     clock = Clock()
-    cfg = accrual_from_config({"kind": "io.l5d.consecutiveFailures", "failures": 1,
-                               "backoff": {"kind": "jittered", "minMs": 1000, "maxMs": 100000}},
-                              random.Random(5))
+    cfg = accrual_from_config(
+        {
+            "kind": "io.l5d.consecutiveFailures",
+            "failures": 1,
+            "backoff": {"kind": "jittered", "minMs": 1000, "maxMs": 100000},
+        },
+        random.Random(5),
+    )
     ep = EndpointAccrual(cfg.make_policy(clock), cfg.backoff, clock)
     ep.on_response(False)
     assert ep.last_delay_s == 1.0
@@ -186,11 +202,26 @@ def test_default_is_five_failures_equal_jittered():
 @pytest.mark.parametrize(
     ("cfg", "msg"),
     [
-        ({"kind": "io.l5d.nope"}, r"^fa\.kind: unknown failure accrual kind 'io\.l5d\.nope'; expected one of: io\.l5d\.consecutiveFailures, io\.l5d\.successRate, io\.l5d\.successRateWindowed, none$"),
-        ({"kind": "io.l5d.successRate", "successRate": 0.9}, r"^fa\.requests: required for kind 'io\.l5d\.successRate'$"),
-        ({"kind": "io.l5d.successRate", "successRate": 2, "requests": 5}, r"^fa\.successRate: expected a number in \[0, 1\], got 2$"),
-        ({"kind": "io.l5d.consecutiveFailures", "window": 5}, r"^fa: unknown key 'window' for kind 'io\.l5d\.consecutiveFailures'; allowed keys: backoff, failures, kind$"),
-        ({"kind": "none", "backoff": {"kind": "jittered"}}, r"^fa\.backoff\.minMs: required for kind 'jittered'; set it in milliseconds$"),
+        (
+            {"kind": "io.l5d.nope"},
+            r"^fa\.kind: unknown failure accrual kind 'io\.l5d\.nope'; expected one of: io\.l5d\.consecutiveFailures, io\.l5d\.successRate, io\.l5d\.successRateWindowed, none$",
+        ),
+        (
+            {"kind": "io.l5d.successRate", "successRate": 0.9},
+            r"^fa\.requests: required for kind 'io\.l5d\.successRate'$",
+        ),
+        (
+            {"kind": "io.l5d.successRate", "successRate": 2, "requests": 5},
+            r"^fa\.successRate: expected a number in \[0, 1\], got 2$",
+        ),
+        (
+            {"kind": "io.l5d.consecutiveFailures", "window": 5},
+            r"^fa: unknown key 'window' for kind 'io\.l5d\.consecutiveFailures'; allowed keys: backoff, failures, kind$",
+        ),
+        (
+            {"kind": "none", "backoff": {"kind": "jittered"}},
+            r"^fa\.backoff\.minMs: required for kind 'jittered'; set it in milliseconds$",
+        ),
     ],
 )
 def test_config_errors(cfg, msg):

@@ -124,9 +124,18 @@ async def test_page_draws_alt_union_neg_and_exception_nodes() -> None:
                 "path": "/c",
                 "union": [
                     {"weight": 0.9, "tree": {"type": "fail", "path": "!"}},
-                    {"weight": 0.1, "tree": {"type": "leaf", "path": "/$/inet/1/2",
-                                             "bound": {"addr": {"type": "failed", "cause": "boom"},
-                                                       "id": "/$/inet/1/2", "path": "/"}}},
+                    {
+                        "weight": 0.1,
+                        "tree": {
+                            "type": "leaf",
+                            "path": "/$/inet/1/2",
+                            "bound": {
+                                "addr": {"type": "failed", "cause": "boom"},
+                                "id": "/$/inet/1/2",
+                                "path": "/",
+                            },
+                        },
+                    },
                 ],
             },
         ],

@@ -148,7 +148,9 @@ class AsyncDelegateContext(FakeAdminContext):
         return later()
 
 
-async def test_delegation_that_does_not_answer_in_2s_times_out(autojump_clock: trio.testing.MockClock) -> None:
+async def test_delegation_that_does_not_answer_in_2s_times_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     handler = AdminHandler(AsyncDelegateContext(wait_s=3600))
     response, body = await call(handler, "GET", "/delegator.json?path=/$/inet/127.1/80")
     assert (response.status, body) == (503, b"Request timed out.\n")

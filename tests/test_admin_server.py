@@ -197,10 +197,24 @@ async def test_index_lists_every_endpoint(admin: Admin, path: str) -> None:
     r = await http(port, "GET", path)
     assert (r.status, r.ctype) == (200, TEXT)
     for endpoint in (
-        "/admin/ping", "/ready", "/live", "/admin/ready", "/admin/metrics.json", "/metrics.json",
-        "/admin/metrics/prometheus", "/metrics", "/config.json", "/client_state.json",
-        "/bound-names.json", "/namer_state/<prefix>.json", "/delegator.json", "/delegator",
-        "/logging.json", "/requests", "/admin/shutdown", "/admin/reload",
+        "/admin/ping",
+        "/ready",
+        "/live",
+        "/admin/ready",
+        "/admin/metrics.json",
+        "/metrics.json",
+        "/admin/metrics/prometheus",
+        "/metrics",
+        "/config.json",
+        "/client_state.json",
+        "/bound-names.json",
+        "/namer_state/<prefix>.json",
+        "/delegator.json",
+        "/delegator",
+        "/logging.json",
+        "/requests",
+        "/admin/shutdown",
+        "/admin/reload",
     ):
         assert f" {endpoint} " in r.text, endpoint
     assert "admin.allowRemoteControl" in r.text
@@ -404,7 +418,10 @@ async def test_reload_reports_the_result(admin: Admin) -> None:
     ctx, port = admin
     r = await http(port, "POST", "/admin/reload")
     assert (r.status, r.ctype, r.text) == (200, TEXT, "reloaded: 1 router, 1 namer\n")
-    ctx.reload_result = (False, "config.yaml:3: routers[0].protocol: unknown kind 'smtp'; kept the old config")
+    ctx.reload_result = (
+        False,
+        "config.yaml:3: routers[0].protocol: unknown kind 'smtp'; kept the old config",
+    )
     r = await http(port, "POST", "/admin/reload")
     assert (r.status, r.text) == (
         500,
@@ -455,7 +472,9 @@ WEB_TREE = {
 
 async def test_delegator_json_get(admin: Admin) -> None:
     ctx, port = admin
-    r = await http(port, "GET", "/delegator.json?namespace=outgoing&path=/svc/web&dtab=/svc%3D%3E/$/inet/127.1/9999")
+    r = await http(
+        port, "GET", "/delegator.json?namespace=outgoing&path=/svc/web&dtab=/svc%3D%3E/$/inet/127.1/9999"
+    )
     assert (r.status, r.ctype) == (200, JSON)
     assert r.json() == WEB_TREE
     assert ctx.delegations == [("outgoing", "/svc=>/$/inet/127.1/9999", "/svc/web")]
@@ -476,8 +495,9 @@ async def test_delegator_json_post(admin: Admin) -> None:
     assert (r.status, r.ctype) == (200, JSON)
     assert r.json() == WEB_TREE
     body = json.dumps({"dtab": "/svc => /$/inet/127.1/9999", "path": "/svc/web"})
-    r = await http(port, "POST", "/delegator.json", body.encode(),
-                   (("content-type", "application/json; charset=utf-8"),))
+    r = await http(
+        port, "POST", "/delegator.json", body.encode(), (("content-type", "application/json; charset=utf-8"),)
+    )
     assert r.status == 200
     assert ctx.delegations[-1][0] is None
 
@@ -506,11 +526,19 @@ async def test_delegator_json_get_errors(admin: Admin, query: str, expected: str
 
 async def test_delegator_json_post_errors(admin: Admin) -> None:
     _, port = admin
-    r = await http(port, "POST", "/delegator.json", b'{"dtab":"","path":"/a"}', (("content-type", "text/plain"),))
+    r = await http(
+        port, "POST", "/delegator.json", b'{"dtab":"","path":"/a"}', (("content-type", "text/plain"),)
+    )
     assert (r.status, r.ctype) == (415, TEXT)
     assert r.text.startswith("POST /delegator.json needs Content-Type: application/json, got text/plain;")
     ct = (("content-type", "application/json"),)
-    for bad in (b"{", b"[]", b'{"dtab": "/a=>/b"}', b'{"dtab": 1, "path": "/a"}', b'{"dtab":"","path":"/a","namespace":3}'):
+    for bad in (
+        b"{",
+        b"[]",
+        b'{"dtab": "/a=>/b"}',
+        b'{"dtab": 1, "path": "/a"}',
+        b'{"dtab":"","path":"/a","namespace":3}',
+    ):
         r = await http(port, "POST", "/delegator.json", bad, ct)
         assert r.status == 400, bad
         assert r.text.startswith("Malformed delegation request: " + bad.decode() + " (expected a JSON object")
@@ -539,7 +567,7 @@ async def test_delegator_page_is_self_contained(admin: Admin) -> None:
         },
         "selected": "incoming",
     }
-    assert "fetch(\"/delegator.json\"" in page and '<textarea id="dtab"' in page
+    assert 'fetch("/delegator.json"' in page and '<textarea id="dtab"' in page
     assert '<select id="router">' in page and '<input type="text" id="path"' in page
     csp = r.headers["content-security-policy"]
     assert "default-src 'none'" in csp and "script-src 'sha256-" in csp

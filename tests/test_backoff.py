@@ -82,11 +82,17 @@ def test_from_config():
     ("cfg", "msg"),
     [
         ({"kind": "expo"}, r"^x\.kind: unknown backoff kind 'expo'; expected one of: constant, jittered$"),
-        ({"kind": "jittered", "minMs": 10}, r"^x\.maxMs: required for kind 'jittered'; set it in milliseconds$"),
+        (
+            {"kind": "jittered", "minMs": 10},
+            r"^x\.maxMs: required for kind 'jittered'; set it in milliseconds$",
+        ),
         ({"kind": "jittered", "minMs": 10, "maxMs": 5}, r"^x\.maxMs: must be >= minMs \(10\), got 5$"),
         ({"kind": "constant", "ms": -1}, r"^x\.ms: must be >= 0, got -1$"),
         ({"kind": "constant", "ms": "1s"}, r"^x\.ms: expected a number, got '1s'$"),
-        ({"kind": "constant", "minMs": 1}, r"^x: unknown key 'minMs' for kind 'constant'; allowed keys: kind, ms$"),
+        (
+            {"kind": "constant", "minMs": 1},
+            r"^x: unknown key 'minMs' for kind 'constant'; allowed keys: kind, ms$",
+        ),
     ],
 )
 def test_config_errors(cfg, msg):

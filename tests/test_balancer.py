@@ -31,8 +31,9 @@ def infos(*keys, weight=1.0):
 
 
 def make(kind, seed=0, available=None, clock=None, **cfg):
-    return balancer_from_config({"kind": kind, **cfg}, rng=random.Random(seed), now=clock or Clock(),
-                                available=available)
+    return balancer_from_config(
+        {"kind": kind, **cfg}, rng=random.Random(seed), now=clock or Clock(), available=available
+    )
 
 
 # --- conformance, every kind -------------------------------------------------------------------
@@ -135,8 +136,12 @@ def test_finish_after_removal_is_harmless(kind):
 
 @kinds
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.tuples(st.sets(st.sampled_from("abcdef")), st.sets(st.sampled_from("abcdef")),
-                          st.integers(0, 5)), max_size=15))
+@given(
+    st.lists(
+        st.tuples(st.sets(st.sampled_from("abcdef")), st.sets(st.sampled_from("abcdef")), st.integers(0, 5)),
+        max_size=15,
+    )
+)
 def test_random_updates_and_availability(kind, steps):
     down: set[str] = set()
     b = make(kind, available=lambda k: k not in down)
@@ -332,12 +337,21 @@ def test_config_defaults():
 @pytest.mark.parametrize(
     ("cfg", "msg"),
     [
-        ({"kind": "leastConn"}, r"^lb\.kind: unknown load balancer 'leastConn'; expected one of: p2c, ewma, aperture, heap, roundRobin$"),
-        ({"kind": "p2c", "decayTimeMs": 5}, r"^lb: unknown key 'decayTimeMs' for kind 'p2c'; allowed keys: enableProbation, kind, maxEffort$"),
+        (
+            {"kind": "leastConn"},
+            r"^lb\.kind: unknown load balancer 'leastConn'; expected one of: p2c, ewma, aperture, heap, roundRobin$",
+        ),
+        (
+            {"kind": "p2c", "decayTimeMs": 5},
+            r"^lb: unknown key 'decayTimeMs' for kind 'p2c'; allowed keys: enableProbation, kind, maxEffort$",
+        ),
         ({"kind": "ewma", "maxEffort": 0}, r"^lb\.maxEffort: expected an integer >= 1, got 0$"),
         ({"kind": "ewma", "decayTimeMs": "10s"}, r"^lb\.decayTimeMs: expected a number, got '10s'$"),
         ({"kind": "aperture", "lowLoad": 3}, r"^lb: lowLoad \(3\) must be >= 0 and below highLoad \(2\.0\)$"),
-        ({"kind": "p2c", "enableProbation": True}, r"^lb\.enableProbation: advisory discovery removal is not supported; remove the key or set it to false$"),
+        (
+            {"kind": "p2c", "enableProbation": True},
+            r"^lb\.enableProbation: advisory discovery removal is not supported; remove the key or set it to false$",
+        ),
     ],
 )
 def test_config_errors(cfg, msg):
@@ -347,5 +361,7 @@ def test_config_errors(cfg, msg):
 
 def test_update_rejects_bad_weight():
     b = make("p2c")
-    with pytest.raises(BalancerConfigError, match=r"^endpoint a: weight -2\.0 is invalid; weights must be finite and >= 0$"):
+    with pytest.raises(
+        BalancerConfigError, match=r"^endpoint a: weight -2\.0 is invalid; weights must be finite and >= 0$"
+    ):
         b.update([EndpointInfo("a", -2.0)])

@@ -95,8 +95,13 @@ def test_grpc_always_and_never(code):
 
 
 def test_grpc_retryable_codes_and_success_codes():
-    c = grpc({"kind": "io.l5d.h2.grpc.retryableStatusCodes", "retryableStatusCodes": [4, 14],
-              "successStatusCodes": [0, 5]})
+    c = grpc(
+        {
+            "kind": "io.l5d.h2.grpc.retryableStatusCodes",
+            "retryableStatusCodes": [4, 14],
+            "successStatusCodes": [0, 5],
+        }
+    )
     assert c.classify("POST", 200, None, grpc_status=4) is R
     assert c.classify("POST", 200, None, grpc_status=14) is R
     assert c.classify("POST", 200, None, grpc_status=5) is S
@@ -122,11 +127,26 @@ def test_success_codes_replace_default():
 @pytest.mark.parametrize(
     ("cfg", "msg"),
     [
-        ({"kind": "io.l5d.http.nope"}, r"^rc\.kind: unknown response classifier 'io\.l5d\.http\.nope'; expected one of: .*io\.l5d\.http\.retryableRead5XX.*$"),
-        ({"kind": "io.l5d.http.retryableRead5XX", "x": 1}, r"^rc: unknown key 'x' for kind 'io\.l5d\.http\.retryableRead5XX'; it takes no options$"),
-        ({"kind": "io.l5d.h2.grpc.retryableStatusCodes"}, r"^rc\.retryableStatusCodes: required for kind 'io\.l5d\.h2\.grpc\.retryableStatusCodes'; list the grpc-status codes to retry, e\.g\. \[14\]$"),
-        ({"kind": "io.l5d.h2.grpc.default", "successStatusCodes": [99]}, r"^rc\.successStatusCodes: 99 is not a grpc-status code; use integers 0\.\.16$"),
-        ({"kind": "io.l5d.h2.grpc.default", "successStatusCodes": "0"}, r"^rc\.successStatusCodes: expected a list of grpc-status codes \(0\.\.16\), got '0'$"),
+        (
+            {"kind": "io.l5d.http.nope"},
+            r"^rc\.kind: unknown response classifier 'io\.l5d\.http\.nope'; expected one of: .*io\.l5d\.http\.retryableRead5XX.*$",
+        ),
+        (
+            {"kind": "io.l5d.http.retryableRead5XX", "x": 1},
+            r"^rc: unknown key 'x' for kind 'io\.l5d\.http\.retryableRead5XX'; it takes no options$",
+        ),
+        (
+            {"kind": "io.l5d.h2.grpc.retryableStatusCodes"},
+            r"^rc\.retryableStatusCodes: required for kind 'io\.l5d\.h2\.grpc\.retryableStatusCodes'; list the grpc-status codes to retry, e\.g\. \[14\]$",
+        ),
+        (
+            {"kind": "io.l5d.h2.grpc.default", "successStatusCodes": [99]},
+            r"^rc\.successStatusCodes: 99 is not a grpc-status code; use integers 0\.\.16$",
+        ),
+        (
+            {"kind": "io.l5d.h2.grpc.default", "successStatusCodes": "0"},
+            r"^rc\.successStatusCodes: expected a list of grpc-status codes \(0\.\.16\), got '0'$",
+        ),
     ],
 )
 def test_config_errors(cfg, msg):

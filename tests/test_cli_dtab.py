@@ -206,7 +206,10 @@ def test_fmt_keeps_file_mode(work: Path) -> None:
         ("/a=>/x\\x20y", "/a => /\\x78\\x20\\x79;\n"),
         ("/a/*#c\n=>/b", "#c\n/a/* => /b;\n"),
         # Comments inside a dentry move above it; several dentries on a line are split.
-        ("/a => # one\n /b | # two\n /c; /d => !; # three", "# one\n# two\n/a => /b | /c;\n/d => !;  # three\n"),
+        (
+            "/a => # one\n /b | # two\n /c; /d => !; # three",
+            "# one\n# two\n/a => /b | /c;\n/d => !;  # three\n",
+        ),
         # An own-line comment between a dentry and its ';' goes above the next dentry.
         ("/a => /b\n# own\n; /c => /d", "/a => /b;\n# own\n/c => /d;\n"),
         # Blank lines: one kept where there were several; none at the start or end.
@@ -224,7 +227,13 @@ def test_format_dtab(source: str, expected: str) -> None:
 
 def test_exact_weight() -> None:
     assert [dtabtools.exact_weight(w) for w in (0.0, 1.0, 3.0, 0.125, 2.675, 1e22, 1e-7)] == [
-        "0", "1", "3", "0.125", "2.675", "10000000000000000000000", "0.0000001"
+        "0",
+        "1",
+        "3",
+        "0.125",
+        "2.675",
+        "10000000000000000000000",
+        "0.0000001",
     ]
     assert float(dtabtools.exact_weight(float("inf"))) == float("inf")
 
@@ -258,7 +267,9 @@ def test_format_round_trips_and_is_idempotent(parts: list[tuple[str, str]], lead
     assert dtabtools.format_dtab(out) == out
     # every comment survives (trailing ones may share a line)
     layout = dtabtools.scan_layout(text)
-    comments = [c.text for d in layout.dentries for c in d.leading + d.trailing] + [c.text for c in layout.tail]
+    comments = [c.text for d in layout.dentries for c in d.leading + d.trailing] + [
+        c.text for c in layout.tail
+    ]
     after = dtabtools.scan_layout(out)
 
     def count(lay: dtabtools.Layout) -> int:  # trailing comments of one dentry share its line
@@ -394,8 +405,15 @@ def test_delegate_text_tree_with_fs_namer(work: Path) -> None:
 
 def test_delegate_union_residual_and_text_dtab_appended(work: Path) -> None:
     r = run(
-        "delegate", "--dtab", "messy.dtab", "--dtab", "/svc/api => 3 * /svc/web & /$/inet/127.1/9999",
-        "--namer", "io.l5d.fs=disco", "/svc/api/v1", cwd=work,
+        "delegate",
+        "--dtab",
+        "messy.dtab",
+        "--dtab",
+        "/svc/api => 3 * /svc/web & /$/inet/127.1/9999",
+        "--namer",
+        "io.l5d.fs=disco",
+        "/svc/api/v1",
+        cwd=work,
     )
     assert (r.returncode, r.stderr) == (0, "")
     assert r.stdout.splitlines() == [
@@ -431,8 +449,11 @@ def test_delegate_json_is_the_delegator_shape(work: Path) -> None:
                 "path": "/$/inet/127.0.0.1/9000",
                 "dentry": {"prefix": "/svc/pay", "dst": "/$/inet/127.0.0.1/9000"},
                 "bound": {
-                    "addr": {"type": "bound", "addrs": [{"ip": "127.0.0.1", "port": 9000, "meta": {}}],
-                             "meta": {}},
+                    "addr": {
+                        "type": "bound",
+                        "addrs": [{"ip": "127.0.0.1", "port": 9000, "meta": {}}],
+                        "meta": {},
+                    },
                     "id": "/$/inet/127.0.0.1/9000",
                     "path": "/",
                 },
@@ -455,7 +476,9 @@ def test_delegate_later_namer_wins(work: Path) -> None:
 
 
 def test_delegate_namer_with_custom_name(work: Path) -> None:
-    r = run("delegate", "--dtab", "/svc => /#/disco/prod", "--namer", "/#/disco/prod=disco", "/svc/api", cwd=work)
+    r = run(
+        "delegate", "--dtab", "/svc => /#/disco/prod", "--namer", "/#/disco/prod=disco", "/svc/api", cwd=work
+    )
     assert r.returncode == 0
     assert r.stdout.splitlines()[-1] == "binds to: /#/disco/prod/api (10.0.0.7:9090)"
 
@@ -486,8 +509,11 @@ def test_delegate_system_namers_without_dns(work: Path) -> None:
     r = run("delegate", "--dtab", dtab, "/b", cwd=work)
     assert r.stdout.splitlines()[-1] == "binds to: ! (requests to this name fail)"
     r = run("delegate", "--dtab", dtab, "/c", cwd=work)
-    assert r.stdout.splitlines() == ["/c", "`-- ~  [/c => ~]  -> ~ (neg: nothing binds this path)",
-                                     "binds to: ~ (no route: requests to this name fail)"]
+    assert r.stdout.splitlines() == [
+        "/c",
+        "`-- ~  [/c => ~]  -> ~ (neg: nothing binds this path)",
+        "binds to: ~ (no route: requests to this name fail)",
+    ]
 
 
 def test_delegate_cycle_fails_with_one_json_document(work: Path) -> None:
@@ -506,19 +532,29 @@ def test_delegate_cycle_fails_with_one_json_document(work: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--dtab", "nofile", "/a"],
-         "--dtab 'nofile': no such file, and not dtab text (a dtab looks like '/svc => /#/io.l5d.fs')"),
-        (["--dtab", "/a=>/b /c", "/a"],
-         "--dtab:1:8: end of input expected but '/' found (whitespace ends a path; join alternatives with "
-         "'|' or '&')\n/a=>/b /c\n       ^"),
-        (["--dtab", "missing_term.dtab", "/a"],
-         "missing_term.dtab:1:24: a name ('/path', '!', '~', '$' or '(') expected but ';' found "
-         "(a name tree term is missing)\n/svc => /#/io.l5d.fs | ;\n                       ^"),
+        (
+            ["--dtab", "nofile", "/a"],
+            "--dtab 'nofile': no such file, and not dtab text (a dtab looks like '/svc => /#/io.l5d.fs')",
+        ),
+        (
+            ["--dtab", "/a=>/b /c", "/a"],
+            "--dtab:1:8: end of input expected but '/' found (whitespace ends a path; join alternatives with "
+            "'|' or '&')\n/a=>/b /c\n       ^",
+        ),
+        (
+            ["--dtab", "missing_term.dtab", "/a"],
+            "missing_term.dtab:1:24: a name ('/path', '!', '~', '$' or '(') expected but ';' found "
+            "(a name tree term is missing)\n/svc => /#/io.l5d.fs | ;\n                       ^",
+        ),
         (["--dtab", "/a=>/b", "a/b"], "PATH:1:1: '/' expected but 'a' found\na/b\n^"),
-        (["--dtab", "/a=>/b", "--namer", "io.l5d.fs", "/a"],
-         "--namer 'io.l5d.fs': write NAME=DIR, e.g. --namer io.l5d.fs=configs/disco"),
-        (["--dtab", "/a=>/b", "--namer", "io.l5d.fs=nodir", "/a"],
-         "--namer 'io.l5d.fs=nodir': io.l5d.fs rootDir 'nodir' does not exist; create it or fix the --namer DIR"),
+        (
+            ["--dtab", "/a=>/b", "--namer", "io.l5d.fs", "/a"],
+            "--namer 'io.l5d.fs': write NAME=DIR, e.g. --namer io.l5d.fs=configs/disco",
+        ),
+        (
+            ["--dtab", "/a=>/b", "--namer", "io.l5d.fs=nodir", "/a"],
+            "--namer 'io.l5d.fs=nodir': io.l5d.fs rootDir 'nodir' does not exist; create it or fix the --namer DIR",
+        ),
     ],
 )
 def test_delegate_bad_arguments(work: Path, args: list[str], message: str) -> None:

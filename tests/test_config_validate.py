@@ -128,7 +128,7 @@ def test_unknown_key_without_near_miss_lists_valid_keys() -> None:
     assert one_error(MINIMAL + "  zzz: 1\n") == (
         "t.yaml:6: routers[0].zzz: unknown key 'zzz'; valid keys here: protocol, label, dtab, dstPrefix, identifier, "
         "interpreter, servers, client, service, bindingTimeoutMs, bindingCache, maxConcurrentRequests, originator, "
-            "experimental, httpAccessLog, "
+        "experimental, httpAccessLog, "
         "maxHeadersKB, maxInitialLineKB, maxErrResponseKB, streamingEnabled, streamAfterContentLengthKB"
     )
 
@@ -203,8 +203,11 @@ def test_planned_kind_is_not_supported_yet(monkeypatch: pytest.MonkeyPatch) -> N
     from hostproxy.config import registry
 
     spec = registry.REGISTRY[("classifier", "io.l5d.h2.grpc.default")]
-    monkeypatch.setitem(registry.REGISTRY, ("classifier", "io.l5d.h2.grpc.default"),
-                        dataclasses.replace(spec, status="planned", use_now="for now, use io.l5d.http.nonRetryable5XX"))
+    monkeypatch.setitem(
+        registry.REGISTRY,
+        ("classifier", "io.l5d.h2.grpc.default"),
+        dataclasses.replace(spec, status="planned", use_now="for now, use io.l5d.http.nonRetryable5XX"),
+    )
     text = "routers:\n- protocol: h2\n  service:\n    responseClassifier: {kind: io.l5d.h2.grpc.default}\n  servers: [{}]\n"
     assert one_error(text) == (
         "t.yaml:4: routers[0].service.responseClassifier.kind: kind 'io.l5d.h2.grpc.default' "

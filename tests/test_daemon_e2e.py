@@ -73,8 +73,13 @@ async def test_l5d_dtab_override_routes_and_is_reemitted_as_ctx(tmp_path: Path) 
         write_disco(tmp_path / "disco", "web", v1.port)
         write_disco(tmp_path / "disco", "web-v2", v2.port)
         async with running_daemon(fs_config(tmp_path / "disco")) as d:
-            r = await curl(f"http://127.0.0.1:{d.port('out')}/headers", "-H", "Host: web",
-                           "-H", "l5d-dtab: /svc/web => /#/io.l5d.fs/web-v2")
+            r = await curl(
+                f"http://127.0.0.1:{d.port('out')}/headers",
+                "-H",
+                "Host: web",
+                "-H",
+                "l5d-dtab: /svc/web => /#/io.l5d.fs/web-v2",
+            )
             assert r.status == 200
             assert v1.requests == [] and len(v2.requests) == 1
             seen = v2.requests[0]
@@ -82,8 +87,13 @@ async def test_l5d_dtab_override_routes_and_is_reemitted_as_ctx(tmp_path: Path) 
             assert seen.header("l5d-dtab") is None
             assert seen.header("l5d-dst-client") == "/#/io.l5d.fs/web-v2"
             # An override that is negative falls back to the base dtab.
-            r = await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: web",
-                           "-H", "l5d-dtab: /svc/web => /#/io.l5d.fs/missing")
+            r = await curl(
+                f"http://127.0.0.1:{d.port('out')}/",
+                "-H",
+                "Host: web",
+                "-H",
+                "l5d-dtab: /svc/web => /#/io.l5d.fs/missing",
+            )
             assert r.status == 200 and len(v1.requests) == 1
 
 
@@ -91,8 +101,13 @@ async def test_bad_override_is_400_with_position(tmp_path: Path) -> None:
     async with running_upstream() as up:
         write_disco(tmp_path / "disco", "web", up.port)
         async with running_daemon(fs_config(tmp_path / "disco")) as d:
-            r = await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: web",
-                           "-H", "l5d-dtab: /svc/web => /#/io.l5d.fs/web;;")
+            r = await curl(
+                f"http://127.0.0.1:{d.port('out')}/",
+                "-H",
+                "Host: web",
+                "-H",
+                "l5d-dtab: /svc/web => /#/io.l5d.fs/web;;",
+            )
             assert r.status == 400
             assert r.l5d_err is not None and "l5d-dtab" in r.l5d_err
             assert up.requests == []
@@ -152,7 +167,10 @@ async def test_application_5xx_passes_through_without_l5d_err(tmp_path: Path) ->
 async def test_classifier_decides_what_fails(tmp_path: Path) -> None:
     async with running_upstream() as up:
         write_disco(tmp_path / "disco", "web", up.port)
-        cfg = fs_config(tmp_path / "disco") + "  service:\n    responseClassifier: {kind: io.l5d.http.allSuccessful}\n"
+        cfg = (
+            fs_config(tmp_path / "disco")
+            + "  service:\n    responseClassifier: {kind: io.l5d.http.allSuccessful}\n"
+        )
         async with running_daemon(cfg) as d:
             r = await curl(f"http://127.0.0.1:{d.port('out')}/status/503", "-H", "Host: web")
             assert r.status == 503 and r.header("l5d-success-class") == "1.0"
@@ -232,7 +250,9 @@ def _flood_hosts(port: int, count: int) -> list[int]:
 async def test_flood_of_distinct_hosts_stays_within_cache_bounds(tmp_path: Path) -> None:
     async with running_upstream() as up:
         write_disco(tmp_path / "disco", "web", up.port)
-        cfg = fs_config(tmp_path / "disco", dtab="/svc => /#/io.l5d.fs; /svc => /$/inet/127.1/" + str(up.port) + ";")
+        cfg = fs_config(
+            tmp_path / "disco", dtab="/svc => /#/io.l5d.fs; /svc => /$/inet/127.1/" + str(up.port) + ";"
+        )
         cfg += "  bindingCache: {paths: 50, trees: 50, bounds: 50, clients: 20}\n"
         async with running_daemon(cfg) as d:
             statuses = await trio.to_thread.run_sync(_flood_hosts, d.port("out"), 1500)
@@ -367,7 +387,10 @@ def _same_host(port: int, host: str, count: int) -> list[int]:
 async def test_recent_requests_telemeter(tmp_path: Path) -> None:
     async with running_upstream() as up:
         write_disco(tmp_path / "disco", "web", up.port)
-        cfg = fs_config(tmp_path / "disco") + "telemetry:\n- kind: io.l5d.recentRequests\n  sampleRate: 1.0\n  capacity: 2\n"
+        cfg = (
+            fs_config(tmp_path / "disco")
+            + "telemetry:\n- kind: io.l5d.recentRequests\n  sampleRate: 1.0\n  capacity: 2\n"
+        )
         async with running_daemon(cfg) as d:
             for path in ("/a", "/b", "/c"):
                 await curl(f"http://127.0.0.1:{d.port('out')}{path}", "-H", "Host: web")

@@ -90,11 +90,23 @@ class DataK(html.parser.HTMLParser):
 async def chromium(url: str, profile: Path, *args: str) -> bytes:
     proc = await trio.run_process(
         [
-            str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--disable-dev-shm-usage", f"--user-data-dir={profile}", *args, url,
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={profile}",
+            *args,
+            url,
         ],
-        capture_stdout=True, capture_stderr=True, check=False,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     return proc.stdout
@@ -130,11 +142,18 @@ async def test_dashboard_shows_the_numbers_of_metrics_json(tmp_path: Path) -> No
 
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(traffic)
-                    dom = await chromium(d.admin + "/", tmp_path / "profile", "--virtual-time-budget=6000",
-                                         "--dump-dom")
+                    dom = await chromium(
+                        d.admin + "/", tmp_path / "profile", "--virtual-time-budget=6000", "--dump-dom"
+                    )
                     shot = tmp_path / "dashboard.png"
-                    await chromium(d.admin + "/", tmp_path / "profile2", "--virtual-time-budget=6000",
-                                   "--window-size=1400,1100", "--hide-scrollbars", f"--screenshot={shot}")
+                    await chromium(
+                        d.admin + "/",
+                        tmp_path / "profile2",
+                        "--virtual-time-budget=6000",
+                        "--window-size=1400,1100",
+                        "--hide-scrollbars",
+                        f"--screenshot={shot}",
+                    )
                     stop.set()
                 after = (await curl(d.admin + "/admin/metrics.json")).json()
                 assert isinstance(after, dict)
@@ -149,9 +168,21 @@ async def test_dashboard_shows_the_numbers_of_metrics_json(tmp_path: Path) -> No
                 shown = to_int(page.one("out:requests"))
                 assert before[f"{srv}/requests"] <= shown <= after[f"{srv}/requests"]
                 # The background traffic always succeeds: failures are exactly those before it.
-                assert to_int(page.one("out:failures")) == before[f"{srv}/failures"] == after[f"{srv}/failures"] == 4
-                assert to_int(page.one("out:failures/upstream/5xx")) == after[f"{srv}/failures/upstream/5xx"] == 2
-                assert to_int(page.one("out:failures/connect/refused")) == after[f"{srv}/failures/connect/refused"]
+                assert (
+                    to_int(page.one("out:failures"))
+                    == before[f"{srv}/failures"]
+                    == after[f"{srv}/failures"]
+                    == 4
+                )
+                assert (
+                    to_int(page.one("out:failures/upstream/5xx"))
+                    == after[f"{srv}/failures/upstream/5xx"]
+                    == 2
+                )
+                assert (
+                    to_int(page.one("out:failures/connect/refused"))
+                    == after[f"{srv}/failures/connect/refused"]
+                )
                 assert page.one("out:rate") != "—" and float(page.one("out:rate")) >= 0
                 assert page.one("out:p99").endswith(" ms")
                 # One card per client, with its state and endpoints as /client_state.json has them.

@@ -89,7 +89,9 @@ def one(unit: dict[str, dict[str, list[str]]], section: str, key: str) -> str:
 def test_service_unit_lifecycle_keys(service: dict[str, dict[str, list[str]]]) -> None:
     assert one(service, "Service", "Type") == "notify"
     assert one(service, "Service", "NotifyAccess") == "main"
-    assert one(service, "Service", "ExecStart") == "/usr/local/bin/hostproxy run /etc/hostproxy/hostproxy.yaml"
+    assert (
+        one(service, "Service", "ExecStart") == "/usr/local/bin/hostproxy run /etc/hostproxy/hostproxy.yaml"
+    )
     assert one(service, "Service", "ExecReload") == "/bin/kill -HUP $MAINPID"
     assert one(service, "Service", "KillSignal") == "SIGTERM"
     assert one(service, "Service", "Restart") == "on-failure"
@@ -143,7 +145,13 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
         text = (SYSTEMD / name).read_text().replace("/usr/local/bin/hostproxy", str(exe))
         (tmp_path / name).write_text(text)
     proc = subprocess.run(
-        [analyze, "verify", "--man=no", str(tmp_path / "hostproxy.service"), str(tmp_path / "hostproxy.socket")],
+        [
+            analyze,
+            "verify",
+            "--man=no",
+            str(tmp_path / "hostproxy.service"),
+            str(tmp_path / "hostproxy.socket"),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -199,7 +207,11 @@ def test_daemonset_probes_on_admin_port(daemonset: dict[str, Any]) -> None:
 
 
 def test_daemonset_downward_api_env(daemonset: dict[str, Any]) -> None:
-    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container(daemonset)["env"] if "valueFrom" in e}
+    env = {
+        e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+        for e in container(daemonset)["env"]
+        if "valueFrom" in e
+    }
     assert env["NODE_NAME"] == "spec.nodeName"
     assert env["POD_IP"] == "status.podIP"
 
@@ -216,7 +228,10 @@ def test_daemonset_ports_match_the_config(daemonset: dict[str, Any]) -> None:
     svc = by_kind("daemonset.yaml", "Service")
     transformer = routers["outgoing"].interpreter.transformers[0]
     assert isinstance(transformer, m.DaemonSetTransformer)
-    assert (transformer.service, transformer.namespace) == (svc["metadata"]["name"], svc["metadata"]["namespace"])
+    assert (transformer.service, transformer.namespace) == (
+        svc["metadata"]["name"],
+        svc["metadata"]["namespace"],
+    )
     assert {p["name"]: p["port"] for p in svc["spec"]["ports"]}[transformer.port] == 4141
 
 
@@ -242,7 +257,10 @@ def test_daemonset_rollout_resources_config(daemonset: dict[str, Any]) -> None:
     assert mount["mountPath"] == "/etc/hostproxy" and mount["readOnly"] is True
     volume = next(v for v in spec["template"]["spec"]["volumes"] if v["name"] == "config")
     assert volume["configMap"]["name"] == by_kind("configmap.yaml", "ConfigMap")["metadata"]["name"]
-    assert spec["template"]["spec"]["serviceAccountName"] == by_kind("rbac.yaml", "ServiceAccount")["metadata"]["name"]
+    assert (
+        spec["template"]["spec"]["serviceAccountName"]
+        == by_kind("rbac.yaml", "ServiceAccount")["metadata"]["name"]
+    )
     # The namer state dir is on a writable volume (the root filesystem is read-only).
     state_dir = load_config_with_planned_kinds_accepted(configmap_config_text()).namer_state.dir
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
@@ -252,13 +270,22 @@ def test_daemonset_rollout_resources_config(daemonset: dict[str, Any]) -> None:
 
 def test_rbac_read_only_access_to_discovery() -> None:
     role = by_kind("rbac.yaml", "ClusterRole")
-    grants = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
+    grants = {
+        (g, r): set(rule["verbs"])
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+    }
     for key in [("", "endpoints"), ("", "services"), ("discovery.k8s.io", "endpointslices")]:
         assert grants[key] == {"get", "list", "watch"}, key
     assert all(verbs <= {"get", "list", "watch"} for verbs in grants.values())
     binding = by_kind("rbac.yaml", "ClusterRoleBinding")
     sa = by_kind("rbac.yaml", "ServiceAccount")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "hostproxy"}
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "hostproxy",
+    }
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": sa["metadata"]["namespace"]}
     ]
@@ -272,7 +299,9 @@ def test_vm_config_loads() -> None:
     routers = {r.label: r for r in cfg.routers}
     assert [(s.ip, s.port) for s in routers["outgoing"].servers] == [("127.0.0.1", 4140)]
     assert [(s.ip, s.port) for s in routers["incoming"].servers] == [("0.0.0.0", 4141)]
-    assert routers["outgoing"].interpreter == m.FsInterpreter(kind="io.l5d.fs", dtab_file="/etc/hostproxy/dtab")
+    assert routers["outgoing"].interpreter == m.FsInterpreter(
+        kind="io.l5d.fs", dtab_file="/etc/hostproxy/dtab"
+    )
     assert any(isinstance(n, m.FsNamer) and n.root_dir == "/etc/hostproxy/disco" for n in cfg.namers)
     assert cfg.namer_state.dir == "/var/lib/hostproxy/namer-state"
     assert cfg.admin.ip == "127.0.0.1"

@@ -47,8 +47,9 @@ routers:
                 assert await send(port, "web") == 200 and len(a.requests) == 1
 
                 # The record moves to b while requests keep coming: the proxy follows, nothing fails.
-                await dns.set_records([f"srv-host=_http._tcp.web.test,b.test,{b.port},0,10",
-                                       "host-record=b.test,127.0.0.1"])
+                await dns.set_records(
+                    [f"srv-host=_http._tcp.web.test,b.test,{b.port},0,10", "host-record=b.test,127.0.0.1"]
+                )
                 statuses: list[int] = []
 
                 async def moved() -> bool:

@@ -35,7 +35,9 @@ def make(**kw: object) -> tuple[DtabFileWatcher, Recorder]:
 
 def test_missing_file_at_startup_names_the_path() -> None:
     w, _ = make()
-    with pytest.raises(DtabFileError, match=r"^dtab file /etc/hostproxy/dtab does not exist: create it \(an empty file"):
+    with pytest.raises(
+        DtabFileError, match=r"^dtab file /etc/hostproxy/dtab does not exist: create it \(an empty file"
+    ):
         w.load_initial(None)
 
 
@@ -96,7 +98,9 @@ def test_invalid_change_is_rejected_and_last_good_stays() -> None:
     with capture_logs() as logs:
         w.observe(1.0, BAD)
         out = w.tick(1.5)
-    expected = "/etc/hostproxy/dtab:2:15: end of input expected but '=' found\n/host => /svc =>;\n              ^"
+    expected = (
+        "/etc/hostproxy/dtab:2:15: end of input expected but '=' found\n/host => /svc =>;\n              ^"
+    )
     assert out == Outcome(False, 1, error=expected)
     assert w.dtab == parse_dtab(V1.decode())
     assert len(rec.changes) == 1
@@ -144,7 +148,9 @@ def test_missing_file_keeps_last_good() -> None:
     assert w.dtab == parse_dtab(V1.decode()) and len(rec.changes) == 1
     state = w.state_json()
     assert state["missing"] is True
-    assert state["last_error"]["message"] == "dtab file /etc/hostproxy/dtab is missing; keeping dtab version 1"
+    assert (
+        state["last_error"]["message"] == "dtab file /etc/hostproxy/dtab is missing; keeping dtab version 1"
+    )
     # It comes back unchanged: nothing is applied and the error clears.
     assert w.observe(2.0, V1) is None
     assert w.last_error is None and w.state_json()["missing"] is False

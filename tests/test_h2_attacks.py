@@ -126,8 +126,9 @@ async def test_rapid_reset_gets_enhance_your_calm() -> None:
     params = H2ServerParams(reset_burst=100, reset_rate_per_s=10.0)
     async with setup(params) as (app, proxy):
         attacker = RawClient(None)  # type: ignore[arg-type]
-        block = attacker.header_block([(b":method", b"GET"), (b":scheme", b"http"),
-                                       (b":authority", b"a"), (b":path", b"/slow")])
+        block = attacker.header_block(
+            [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/slow")]
+        )
         payloads = []
         for batch in range(10):
             frames = []
@@ -170,8 +171,9 @@ async def test_settings_flood_is_cut_off() -> None:
 async def test_continuation_flood_is_cut_off() -> None:
     async with setup() as (_app, proxy):
         attacker = RawClient(None)  # type: ignore[arg-type]
-        block = attacker.header_block([(b":method", b"GET"), (b":scheme", b"http"),
-                                       (b":authority", b"a"), (b":path", b"/")])
+        block = attacker.header_block(
+            [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/")]
+        )
         frames = [HeadersFrame(1, data=block[:5])] + [ContinuationFrame(1, data=b"") for _ in range(5000)]
         received, results = await attack_and_watch(proxy, [attacker.frames(*frames)])
         assert goaway_code(received) == ENHANCE_YOUR_CALM
@@ -182,8 +184,9 @@ async def test_continuation_flood_is_cut_off() -> None:
 async def test_empty_data_frames_flood_is_cut_off() -> None:
     async with setup() as (_app, proxy):
         attacker = RawClient(None)  # type: ignore[arg-type]
-        block = attacker.header_block([(b":method", b"POST"), (b":scheme", b"http"),
-                                       (b":authority", b"a"), (b":path", b"/slow")])
+        block = attacker.header_block(
+            [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/slow")]
+        )
         frames = [HeadersFrame(1, data=block, flags=["END_HEADERS"])] + [DataFrame(1, data=b"")] * 5000
         received, results = await attack_and_watch(proxy, [attacker.frames(*frames)])
         assert goaway_code(received) == ENHANCE_YOUR_CALM

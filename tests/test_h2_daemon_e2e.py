@@ -35,8 +35,13 @@ async def h2_origin(port: int = 0) -> AsyncIterator[tuple[int, list[Request]]]:
     async def handler(req: Request, _conn: object) -> Response:
         await req.body.read_all()
         seen.append(req)
-        body = json.dumps({"path": req.target, "authority": req.authority,
-                           "headers": {k.decode(): v.decode() for k, v in req.headers.items()}}).encode()
+        body = json.dumps(
+            {
+                "path": req.target,
+                "authority": req.authority,
+                "headers": {k.decode(): v.decode() for k, v in req.headers.items()},
+            }
+        ).encode()
         return Response(200, b"OK", Headers([(b"content-type", b"application/json")]), Body.from_bytes(body))
 
     server = H2Server(handler, H2ServerParams(ip="127.0.0.1", port=port))
@@ -65,10 +70,11 @@ async def call(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
 
 
 async def test_curl_h2_prior_knowledge_routes_by_authority() -> None:
-    async with h2_origin() as (port, seen):
+    async with h2_origin() as (port, _seen):  # noqa: SIM117 (the daemon's dtab needs the origin's port)
         async with running_daemon(h2_config(f"/svc/web => /$/inet/127.0.0.1/{port};")) as d:
-            r = await curl(f"http://127.0.0.1:{d.port('h2')}/hello?x=1", "--http2-prior-knowledge",
-                           "-H", "Host: web")
+            r = await curl(
+                f"http://127.0.0.1:{d.port('h2')}/hello?x=1", "--http2-prior-knowledge", "-H", "Host: web"
+            )
             assert r.status == 200, r
             got = json.loads(r.body)
             assert got["path"] == "/hello?x=1"
@@ -82,8 +88,10 @@ async def test_curl_h2_prior_knowledge_routes_by_authority() -> None:
 async def test_grpc_through_the_daemon_by_path_identifier() -> None:
     ident = "  identifier:\n    kind: io.l5d.header.path\n    segments: 1\n"
     with GrpcTestServer() as grpc_server:
-        dtab = (f"/srv => /$/inet/127.0.0.1/{grpc_server.port}; /grpc => /srv; "
-                "/svc => /$/io.buoyant.http.domainToPathPfx/grpc;")
+        dtab = (
+            f"/srv => /$/inet/127.0.0.1/{grpc_server.port}; /grpc => /srv; "
+            "/svc => /$/io.buoyant.http.domainToPathPfx/grpc;"
+        )
         async with running_daemon(h2_config(dtab, ident)) as d:
             client = EchoClient(f"127.0.0.1:{d.port('h2')}")
             try:
@@ -125,7 +133,9 @@ async def test_compat_perf_baseline_h2_config_routes() -> None:
         pytest.fail("127.0.0.1:8080 is taken; the compat config's dtab names that port")
     try:
         async with running_daemon(text) as d:
-            r = await curl(f"http://127.0.0.1:{d.port('h2')}/", "--http2-prior-knowledge", "-H", "Host: anything")
+            r = await curl(
+                f"http://127.0.0.1:{d.port('h2')}/", "--http2-prior-knowledge", "-H", "Host: anything"
+            )
             assert r.status == 200
             assert seen[-1].headers.get(b"l5d-dst-client") == b"/$/inet/127.1/8080"
     finally:

@@ -35,23 +35,31 @@ def scan(data: bytes, limits: H2Limits | None = None, *, preface: bool = True) -
 
 
 def test_scanner_follows_frame_boundaries_after_the_preface() -> None:
-    data = PREFACE + SettingsFrame(0).serialize() + PingFrame(0, opaque_data=b"12345678").serialize() \
-        + DataFrame(1, data=b"x" * 100).serialize() + RstStreamFrame(1, error_code=8).serialize()
+    data = (
+        PREFACE
+        + SettingsFrame(0).serialize()
+        + PingFrame(0, opaque_data=b"12345678").serialize()
+        + DataFrame(1, data=b"x" * 100).serialize()
+        + RstStreamFrame(1, error_code=8).serialize()
+    )
     frames = scan(data)
     assert [(f.type, f.stream_id, f.length) for f in frames if isinstance(f, FrameHeader)] == [
-        (0x4, 0, 0), (0x6, 0, 8), (0x0, 1, 100), (0x3, 1, 4)]
+        (0x4, 0, 0),
+        (0x6, 0, 8),
+        (0x0, 1, 100),
+        (0x3, 1, 4),
+    ]
 
 
 @given(st.lists(st.integers(min_value=1, max_value=50), max_size=30))
 def test_scanner_is_independent_of_how_bytes_are_split(cuts: list[int]) -> None:
-    data = PREFACE + b"".join(
-        DataFrame(2 * i + 1, data=b"z" * (i * 7)).serialize() for i in range(10))
+    data = PREFACE + b"".join(DataFrame(2 * i + 1, data=b"z" * (i * 7)).serialize() for i in range(10))
     whole = scan(data)
     scanner = FrameScanner(H2Limits(), expect_preface=True)
     pieces: list[FrameHeader | Verdict] = []
     pos = 0
     for c in cuts:
-        pieces.extend(scanner.feed(data[pos:pos + c]))
+        pieces.extend(scanner.feed(data[pos : pos + c]))
         pos += c
     pieces.extend(scanner.feed(data[pos:]))
     assert pieces == whole
@@ -60,11 +68,13 @@ def test_scanner_is_independent_of_how_bytes_are_split(cuts: list[int]) -> None:
 
 def test_scanner_caps_continuation_frames() -> None:
     data = HeadersFrame(1, data=b"ab").serialize() + b"".join(
-        ContinuationFrame(1, data=b"").serialize() for _ in range(20))
+        ContinuationFrame(1, data=b"").serialize() for _ in range(20)
+    )
     out = scan(data, H2Limits(max_continuation_frames=16), preface=False)
     assert out[-1] == Verdict(
         "continuation",
-        "a header block went on for more than 16 CONTINUATION frames; send headers in fewer, larger frames")
+        "a header block went on for more than 16 CONTINUATION frames; send headers in fewer, larger frames",
+    )
     assert len(out) == 17  # HEADERS + 15 CONTINUATION, then the verdict
 
 
@@ -75,7 +85,10 @@ def test_scanner_caps_header_block_bytes() -> None:
 
 
 def test_a_complete_header_block_resets_the_count() -> None:
-    one = HeadersFrame(1, data=b"a").serialize() + ContinuationFrame(1, data=b"b", flags=["END_HEADERS"]).serialize()
+    one = (
+        HeadersFrame(1, data=b"a").serialize()
+        + ContinuationFrame(1, data=b"b", flags=["END_HEADERS"]).serialize()
+    )
     out = scan(one * 50, H2Limits(max_continuation_frames=1), preface=False)
     assert not any(isinstance(f, Verdict) for f in out)
 
@@ -89,7 +102,9 @@ def test_token_bucket_refills_with_the_injected_clock() -> None:
 
 
 def test_guard_ping_and_settings_rates() -> None:
-    g = FloodGuard(H2Limits(ping_burst=2, ping_rate_per_s=1.0, settings_burst=1, settings_rate_per_s=1.0), 0.0)
+    g = FloodGuard(
+        H2Limits(ping_burst=2, ping_rate_per_s=1.0, settings_burst=1, settings_rate_per_s=1.0), 0.0
+    )
     ping = FrameHeader(0x6, 0, 0, 8)
     ack = FrameHeader(0x6, 0x1, 0, 8)
     assert g.on_frame(ping, 0.0) is None and g.on_frame(ping, 0.0) is None
@@ -120,36 +135,46 @@ def test_occasional_cancellations_never_trip_but_rapid_reset_does() -> None:
     assert verdicts[:10] == [None] * 10
     assert verdicts[10] == Verdict(
         "rapid-reset",
-        "more than 10 streams reset before their response ended, at over 2/s (CVE-2023-44487 Rapid Reset)")
+        "more than 10 streams reset before their response ended, at over 2/s (CVE-2023-44487 Rapid Reset)",
+    )
 
 
 def test_refused_header_lists_budget() -> None:
     g = FloodGuard(H2Limits(max_refused_header_lists=2), 0.0)
     assert g.on_refused_header_list() is None
     assert g.on_refused_header_list() is None
-    assert g.on_refused_header_list() == Verdict("header-lists", "more than 2 header lists refused on one connection")
+    assert g.on_refused_header_list() == Verdict(
+        "header-lists", "more than 2 header lists refused on one connection"
+    )
 
 
 def test_header_list_size_counts_32_octets_per_field() -> None:
     assert header_list_size([(b"a", b"b"), (b"cookie", b"")]) == (1 + 1 + 32) + (6 + 0 + 32)
     limits = H2Limits(max_header_count=3, max_header_list_bytes=100)
     assert check_header_list([(b"a", b"")] * 3, limits) is None
-    assert check_header_list([(b"a", b"")] * 4, limits) == \
-        "request has 4 header fields, more than the limit of 3"
+    assert (
+        check_header_list([(b"a", b"")] * 4, limits)
+        == "request has 4 header fields, more than the limit of 3"
+    )
     fields = [(b"a", b""), (b"b", b""), (b"c", b"d")]  # 33 + 33 + 34 = 100 octets as counted
     assert check_header_list(fields, limits) is None
-    assert check_header_list(fields, H2Limits(max_header_count=3, max_header_list_bytes=99)) == \
-        "request header list is 100 octets (32 per field included), more than the limit of 99"
+    assert (
+        check_header_list(fields, H2Limits(max_header_count=3, max_header_list_bytes=99))
+        == "request header list is 100 octets (32 per field included), more than the limit of 99"
+    )
 
 
 def test_grpc_error_response_is_trailers_only_with_a_readable_status() -> None:
     req = Headers([(b"content-type", b"application/grpc+proto")])
-    err = error_response(502, "connect/refused", "Unable to establish connection to 10.0.0.1:80: refused 100%",
-                         retryable=True)
+    err = error_response(
+        502, "connect/refused", "Unable to establish connection to 10.0.0.1:80: refused 100%", retryable=True
+    )
     out = grpc_error_response(req, err)
     assert out.status == 200
     assert out.headers.get(b"grpc-status") == b"14"
-    assert out.headers.get(b"grpc-message") == b"Unable to establish connection to 10.0.0.1:80: refused 100%25"
+    assert (
+        out.headers.get(b"grpc-message") == b"Unable to establish connection to 10.0.0.1:80: refused 100%25"
+    )
     assert out.headers.get(b"l5d-err") == err.headers.get(b"l5d-err")
     assert out.headers.get(b"l5d-retryable") == b"true"
     assert out.body.in_memory and out.body.content_length == 0

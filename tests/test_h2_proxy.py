@@ -56,8 +56,10 @@ class App:
             data = await req.body.read_all(limit=64 << 20)
             return Response(200, body=Body.from_bytes(data, trailers=req.body.trailers))
         if req.target == "/trailers":
-            return Response(200, body=Body.from_bytes(b"body", trailers=Headers([(b"grpc-status", b"0"),
-                                                                                   (b"x-sum", b"abc")])))
+            return Response(
+                200,
+                body=Body.from_bytes(b"body", trailers=Headers([(b"grpc-status", b"0"), (b"x-sum", b"abc")])),
+            )
         if req.target.startswith("/big/"):
             return Response(200, body=Body(Source(self, int(req.target[5:])), None))
         if req.target == "/reset-mid-body":
@@ -68,9 +70,16 @@ class App:
             except trio.Cancelled:
                 self.cancelled.set()
                 raise
-        return Response(200, headers=Headers([(b"x-authority", (req.authority or "").encode()),
-                                              (b"x-host", req.headers.get(b"host") or b"")]),
-                        body=Body.from_bytes(b"ok"))
+        return Response(
+            200,
+            headers=Headers(
+                [
+                    (b"x-authority", (req.authority or "").encode()),
+                    (b"x-host", req.headers.get(b"host") or b""),
+                ]
+            ),
+            body=Body.from_bytes(b"ok"),
+        )
 
 
 @contextlib.asynccontextmanager
@@ -91,8 +100,16 @@ async def run(*argv: str) -> trio.CompletedProcess[bytes]:
 
 async def test_curl_prior_knowledge_with_body() -> None:
     async with setup() as (app, proxy):
-        r = await run("curl", "-sS", "--http2-prior-knowledge", "-D", "-", "--data-binary", "hello h2",
-                      f"http://127.0.0.1:{proxy.port}/echo")
+        r = await run(
+            "curl",
+            "-sS",
+            "--http2-prior-knowledge",
+            "-D",
+            "-",
+            "--data-binary",
+            "hello h2",
+            f"http://127.0.0.1:{proxy.port}/echo",
+        )
         assert r.returncode == 0, r.stderr
         out = r.stdout.decode()
         assert out.startswith("HTTP/2 200")

@@ -33,16 +33,31 @@ def events(codec: ServerCodec, data: bytes) -> list[object]:
 
 
 REJECTED = [
-    (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
-     400, "request has both Content-Length and Transfer-Encoding; send only one"),
-    (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-     400, "malformed request: Only Transfer-Encoding: chunked is supported"),
-    (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,chunked\r\n\r\n",
-     400, "malformed request: Only Transfer-Encoding: chunked is supported"),
-    (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
-     400, "malformed request: conflicting Content-Length headers"),
-    (b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n  folded\r\n\r\n",
-     400, "obsolete line folding (obs-fold) in request header; send each field on one line"),
+    (
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        400,
+        "request has both Content-Length and Transfer-Encoding; send only one",
+    ),
+    (
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        400,
+        "malformed request: Only Transfer-Encoding: chunked is supported",
+    ),
+    (
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,chunked\r\n\r\n",
+        400,
+        "malformed request: Only Transfer-Encoding: chunked is supported",
+    ),
+    (
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+        400,
+        "malformed request: conflicting Content-Length headers",
+    ),
+    (
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n  folded\r\n\r\n",
+        400,
+        "obsolete line folding (obs-fold) in request header; send each field on one line",
+    ),
     (b"GET / HTTP/1.1\nHost: a\n\n", 400, "bare LF in request head; lines must end with CRLF"),
     (b"GET / HTTP/1.1\r\nHost: a\rX: b\r\n\r\n", 400, "bare CR in request head; lines must end with CRLF"),
     (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n", 400, "NUL byte in request head"),
@@ -116,7 +131,9 @@ def test_client_codec_drops_content_length_when_chunked() -> None:
     codec = ClientCodec()
     codec.send_request(b"GET", b"/", [(b"host", b"h")])
     codec.send_end()
-    codec.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n")
+    codec.receive_data(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
+    )
     head = codec.next_event()
     assert isinstance(head, ResponseHead)
     assert head.headers == [(b"transfer-encoding", b"chunked")]

@@ -32,7 +32,11 @@ from hostproxy.http.codec_base import (
 
 IMPLS = (codec_h11, codec_fast)
 # More examples for a longer soak: HYPOTHESIS_DIFF_EXAMPLES=5000.
-SETTINGS = settings(max_examples=int(os.environ.get("HYPOTHESIS_DIFF_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=int(os.environ.get("HYPOTHESIS_DIFF_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -109,7 +113,9 @@ def header_values(draw: st.DrawFn) -> bytes:
 
 @st.composite
 def requests(draw: st.DrawFn) -> bytes:
-    method = draw(st.sampled_from([b"GET", b"POST", b"PUT", b"HEAD", b"DELETE", b"OPTIONS", b"PATCH", b"PURGEX"]))
+    method = draw(
+        st.sampled_from([b"GET", b"POST", b"PUT", b"HEAD", b"DELETE", b"OPTIONS", b"PATCH", b"PURGEX"])
+    )
     target = draw(st.sampled_from([b"/", b"/a/b?c=d&e", b"http://h:8080/x", b"*", b"/%7Efoo"]))
     version = draw(st.sampled_from([b"1.1", b"1.1", b"1.0"]))
     fields: list[tuple[bytes, bytes]] = []
@@ -148,9 +154,26 @@ def requests(draw: st.DrawFn) -> bytes:
 
 # Corruptions applied at a random offset: each either breaks the framing or must be refused.
 CORRUPTIONS = [
-    b"\n", b"\r", b"\x00", b"\r\n ", b"\r\n\t", b" ", b":", b"\r\n", b"\r\n\r\n", b"0", b"G", b"x",
-    b"\r\nContent-Length: 5", b"\r\nTransfer-Encoding: chunked", b"\r\nTransfer-Encoding: gzip",
-    b"\r\nContent-Length: 1, 2", b"\r\nHost: other", b"\r\nUpgrade: websocket", b";ext", b"\xff",
+    b"\n",
+    b"\r",
+    b"\x00",
+    b"\r\n ",
+    b"\r\n\t",
+    b" ",
+    b":",
+    b"\r\n",
+    b"\r\n\r\n",
+    b"0",
+    b"G",
+    b"x",
+    b"\r\nContent-Length: 5",
+    b"\r\nTransfer-Encoding: chunked",
+    b"\r\nTransfer-Encoding: gzip",
+    b"\r\nContent-Length: 1, 2",
+    b"\r\nHost: other",
+    b"\r\nUpgrade: websocket",
+    b";ext",
+    b"\xff",
 ]
 
 
@@ -163,7 +186,7 @@ def request_streams(draw: st.DrawFn) -> bytes:
         if draw(st.booleans()):
             data = data[:at] + bad + data[at:]
         else:
-            data = data[:at] + bad + data[at + len(bad):]
+            data = data[:at] + bad + data[at + len(bad) :]
     if draw(st.integers(0, 4)) == 0:
         data = data[: draw(st.integers(0, len(data)))]  # EOF anywhere
     return data
@@ -176,7 +199,9 @@ def documented_stricter(data: bytes, reference: list[Any], fast: list[Any]) -> b
     """The differences generated here on purpose: a bare LF or an obs-fold that h11 lets through in
     a trailer section is refused (400) by the fast codec; everything before the refusal is the same."""
     return (
-        bool(fast) and fast[-1] == ("error", 400) and reference[: len(fast) - 1] == fast[:-1]
+        bool(fast)
+        and fast[-1] == ("error", 400)
+        and reference[: len(fast) - 1] == fast[:-1]
         and BARE_LF_OR_FOLD.search(data) is not None
         and any(type(e) is EndOfMessage for e in reference[len(fast) - 1 :])
     )
@@ -226,7 +251,9 @@ def drive_client(impl: Any, methods: list[bytes], pieces: list[bytes], upgrade: 
         headers = [(b"host", b"h")]
         if upgrade:
             headers += [(b"connection", b"upgrade"), (b"upgrade", b"x")]
-        out.append(("sent", codec.send_request(method, b"/p", headers) + codec.send_end(), codec.request_sent))
+        out.append(
+            ("sent", codec.send_request(method, b"/p", headers) + codec.send_end(), codec.request_sent)
+        )
 
     send_next()
     try:
@@ -303,8 +330,12 @@ def response_streams(draw: st.DrawFn) -> tuple[list[bytes], bytes]:
     data = b"".join(draw(responses(m)) for m in methods)
     for _ in range(draw(st.integers(0, 2))):
         at = draw(st.integers(0, len(data)))
-        bad = draw(st.sampled_from([b"\n", b"\r\n ", b"\x00", b" ", b"\r\n", b"0", b"Z", b"\r\nTransfer-Encoding: gzip"]))
-        data = data[:at] + bad + data[at + (len(bad) if draw(st.booleans()) else 0):]
+        bad = draw(
+            st.sampled_from(
+                [b"\n", b"\r\n ", b"\x00", b" ", b"\r\n", b"0", b"Z", b"\r\nTransfer-Encoding: gzip"]
+            )
+        )
+        data = data[:at] + bad + data[at + (len(bad) if draw(st.booleans()) else 0) :]
     if draw(st.integers(0, 4)) == 0:
         data = data[: draw(st.integers(0, len(data)))]
     return methods, data
@@ -321,7 +352,7 @@ def test_response_streams_give_the_same_events(case: tuple[list[bytes], bytes], 
 @SETTINGS
 @given(st.binary(max_size=20), st.lists(st.integers(0, 1000), max_size=4), st.booleans())
 def test_upgrade_responses_switch_alike(tunnel: bytes, cuts: list[int], informational_first: bool) -> None:
-    data = (b"HTTP/1.1 100 Continue\r\n\r\n" if informational_first else b"")
+    data = b"HTTP/1.1 100 Continue\r\n\r\n" if informational_first else b""
     data += b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n" + tunnel
     pieces = split(data, cuts)
     fast = drive_client(codec_fast, [b"GET"], pieces, upgrade=True)
@@ -332,17 +363,31 @@ def test_upgrade_responses_switch_alike(tunnel: bytes, cuts: list[int], informat
 # -- round trips -------------------------------------------------------------------------------------
 
 FIELDS = st.lists(
-    st.tuples(st.sampled_from([b"x-a", b"accept", b"cookie", b"x-b"]),
-              st.sampled_from([b"1", b"a b", b"\xe9", b"", b"x=1; y=2"])),
+    st.tuples(
+        st.sampled_from([b"x-a", b"accept", b"cookie", b"x-b"]),
+        st.sampled_from([b"1", b"a b", b"\xe9", b"", b"x=1; y=2"]),
+    ),
     max_size=4,
 )
 
 
 @SETTINGS
-@given(FIELDS, st.lists(st.binary(min_size=1, max_size=10), max_size=3), st.booleans(), FIELDS,
-       st.sampled_from(IMPLS), st.sampled_from(IMPLS))
-def test_request_round_trip(fields: list[tuple[bytes, bytes]], chunks: list[bytes], chunked: bool,
-                            trailers: list[tuple[bytes, bytes]], writer: Any, reader: Any) -> None:
+@given(
+    FIELDS,
+    st.lists(st.binary(min_size=1, max_size=10), max_size=3),
+    st.booleans(),
+    FIELDS,
+    st.sampled_from(IMPLS),
+    st.sampled_from(IMPLS),
+)
+def test_request_round_trip(
+    fields: list[tuple[bytes, bytes]],
+    chunks: list[bytes],
+    chunked: bool,
+    trailers: list[tuple[bytes, bytes]],
+    writer: Any,
+    reader: Any,
+) -> None:
     headers = [(b"host", b"h"), *fields]
     body = b"".join(chunks)
     if chunked:
@@ -365,10 +410,24 @@ def test_request_round_trip(fields: list[tuple[bytes, bytes]], chunks: list[byte
 
 
 @SETTINGS
-@given(st.sampled_from([200, 204, 304, 404]), FIELDS, st.binary(max_size=20), st.booleans(),
-       st.sampled_from([b"GET", b"HEAD"]), st.sampled_from(IMPLS), st.sampled_from(IMPLS))
-def test_response_round_trip(status: int, fields: list[tuple[bytes, bytes]], body: bytes, chunked: bool,
-                             method: bytes, writer: Any, reader: Any) -> None:
+@given(
+    st.sampled_from([200, 204, 304, 404]),
+    FIELDS,
+    st.binary(max_size=20),
+    st.booleans(),
+    st.sampled_from([b"GET", b"HEAD"]),
+    st.sampled_from(IMPLS),
+    st.sampled_from(IMPLS),
+)
+def test_response_round_trip(
+    status: int,
+    fields: list[tuple[bytes, bytes]],
+    body: bytes,
+    chunked: bool,
+    method: bytes,
+    writer: Any,
+    reader: Any,
+) -> None:
     server = writer.ServerCodec()
     server.receive_data(b"%s / HTTP/1.1\r\nHost: h\r\n\r\n" % method)
     assert type(server.next_event()) is RequestHead
@@ -410,7 +469,11 @@ def test_send_side_refusals_agree() -> None:
         server = impl.ServerCodec()
         server.receive_data(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
         server.next_event()
-        for bad in ([(b"x", b"a\r\nb")], [(b"x y", b"1")], [(b"content-length", b"1"), (b"content-length", b"2")]):
+        for bad in (
+            [(b"x", b"a\r\nb")],
+            [(b"x y", b"1")],
+            [(b"content-length", b"1"), (b"content-length", b"2")],
+        ):
             server = impl.ServerCodec()
             server.receive_data(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
             server.next_event()

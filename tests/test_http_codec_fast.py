@@ -54,25 +54,45 @@ def test_reference_rejections_hold(raw: bytes, status: int, message: str) -> Non
     ("raw", "message"),
     [
         # llhttp would take these; the h11 grammar of the request line does not.
-        (b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", "malformed request: illegal request line: b'GET  / HTTP/1.1'"),
+        (
+            b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "malformed request: illegal request line: b'GET  / HTTP/1.1'",
+        ),
         (b"GET /\r\nHost: a\r\n\r\n", "malformed request: illegal request line: b'GET /'"),
-        (b"GET /\xe9 HTTP/1.1\r\nHost: a\r\n\r\n", "malformed request: illegal request line: b'GET /\\xe9 HTTP/1.1'"),
+        (
+            b"GET /\xe9 HTTP/1.1\r\nHost: a\r\n\r\n",
+            "malformed request: illegal request line: b'GET /\\xe9 HTTP/1.1'",
+        ),
         # llhttp accepts any coding ending in chunked (and two TE fields, with its leniency on).
-        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-         "malformed request: Only Transfer-Encoding: chunked is supported"),
-        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
-         "malformed request: multiple Transfer-Encoding headers"),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "malformed request: Only Transfer-Encoding: chunked is supported",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "malformed request: multiple Transfer-Encoding headers",
+        ),
         (b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", "malformed request: Found multiple Host: headers"),
-        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +1\r\n\r\n",
-         "malformed request: bad Content-Length (Invalid character in Content-Length)"),
-        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0x1\r\n",
-         "malformed request: illegal chunk header: b'0x1\\r\\n'"),
-        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\nx\r\n",
-         "malformed request: illegal chunk header: b'1\\nx\\r\\n'"),
-        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nxy\r\n",
-         "malformed request: malformed chunk footer: b'y\\r' (expected b'\\r\\n')"),
-        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: a\r\n b\r\n\r\n",
-         "obsolete line folding (obs-fold) in trailer field; send each field on one line"),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +1\r\n\r\n",
+            "malformed request: bad Content-Length (Invalid character in Content-Length)",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0x1\r\n",
+            "malformed request: illegal chunk header: b'0x1\\r\\n'",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\nx\r\n",
+            "malformed request: illegal chunk header: b'1\\nx\\r\\n'",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nxy\r\n",
+            "malformed request: malformed chunk footer: b'y\\r' (expected b'\\r\\n')",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: a\r\n b\r\n\r\n",
+            "obsolete line folding (obs-fold) in trailer field; send each field on one line",
+        ),
     ],
 )
 def test_rules_llhttp_alone_would_not_enforce(raw: bytes, message: str) -> None:
@@ -83,12 +103,22 @@ def test_rules_llhttp_alone_would_not_enforce(raw: bytes, message: str) -> None:
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n", "malformed request: illegal header line (Invalid header value char)"),
-        (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x7f\r\n\r\n", "malformed request: illegal header line (Invalid header value char)"),
-        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
-         "malformed request: conflicting Content-Length headers (duplicates are refused)"),
-        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: 1\n\r\n",
-         "malformed request: bare LF in trailer section; lines must end with CRLF"),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n",
+            "malformed request: illegal header line (Invalid header value char)",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x7f\r\n\r\n",
+            "malformed request: illegal header line (Invalid header value char)",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+            "malformed request: conflicting Content-Length headers (duplicates are refused)",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: 1\n\r\n",
+            "malformed request: bare LF in trailer section; lines must end with CRLF",
+        ),
     ],
 )
 def test_deliberately_stricter_than_h11(raw: bytes, message: str) -> None:
@@ -152,7 +182,9 @@ def test_pipelined_requests_wait_for_the_next_cycle() -> None:
 
 def test_expect_100_continue_and_http10_framing() -> None:
     codec = ServerCodec()
-    [head] = server_events(codec, b"PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+    [head] = server_events(
+        codec, b"PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+    )
     assert isinstance(head, RequestHead)
     assert codec.they_are_waiting_for_100_continue
     assert codec.send_informational(100, []) == b"HTTP/1.1 100 \r\n\r\n"
@@ -161,7 +193,10 @@ def test_expect_100_continue_and_http10_framing() -> None:
     # An HTTP/1.0 client gets no chunked framing: the body runs to the close.
     codec = ServerCodec()
     server_events(codec, b"GET / HTTP/1.0\r\n\r\n")
-    assert codec.send_response(200, b"OK", [(b"x", b"1")]) == b"HTTP/1.1 200 OK\r\nx: 1\r\nConnection: close\r\n\r\n"
+    assert (
+        codec.send_response(200, b"OK", [(b"x", b"1")])
+        == b"HTTP/1.1 200 OK\r\nx: 1\r\nConnection: close\r\n\r\n"
+    )
     assert codec.send_data(b"abc") == b"abc"
     with pytest.raises(LocalProtocolError, match=r"^can't send trailers to HTTP/1.0 client$"):
         codec.send_end([(b"x", b"1")])
@@ -180,7 +215,9 @@ def test_upgrade_hands_over_the_bytes_after_the_request() -> None:
     assert codec.switched_protocol_data() == b"\x81\x00"
     plain = ServerCodec()
     server_events(plain, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
-    with pytest.raises(LocalProtocolError, match=r"^Received server _SWITCH_UPGRADE event without a pending proposal$"):
+    with pytest.raises(
+        LocalProtocolError, match=r"^Received server _SWITCH_UPGRADE event without a pending proposal$"
+    ):
         plain.send_informational(101, [])
 
 
@@ -206,7 +243,9 @@ def client_events(client: ClientCodec, data: bytes) -> list[object]:
             return out
 
 
-def request(client: ClientCodec, method: bytes = b"GET", headers: list[tuple[bytes, bytes]] | None = None) -> bytes:
+def request(
+    client: ClientCodec, method: bytes = b"GET", headers: list[tuple[bytes, bytes]] | None = None
+) -> bytes:
     return client.send_request(method, b"/", [(b"host", b"h"), *(headers or [])]) + client.send_end()
 
 
@@ -215,7 +254,8 @@ def test_client_framing_head_1xx_and_keep_alive() -> None:
     assert request(client, b"HEAD") == b"HEAD / HTTP/1.1\r\nhost: h\r\n\r\n"
     assert client.request_sent
     evs = client_events(
-        client, b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nGET"
+        client,
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nGET",
     )
     assert evs == [
         Informational(103, [(b"link", b"</a>")]),
@@ -245,10 +285,15 @@ def test_client_upgrade_and_bad_responses() -> None:
     assert evs == [Informational(101, [(b"upgrade", b"x")])]
     assert client.switched and client.trailing_data() == b"tunnel"
     for raw, message in [
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
-         "malformed response: Only Transfer-Encoding: chunked is supported"),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "malformed response: Only Transfer-Encoding: chunked is supported",
+        ),
         (b"HTTP/1.1 2000 OK\r\n\r\n", "malformed response: illegal status line: b'HTTP/1.1 2000 OK'"),
-        (b"HTTP/1.1 101 OK\r\n\r\n", "malformed response: Received server _SWITCH_UPGRADE event without a pending proposal"),
+        (
+            b"HTTP/1.1 101 OK\r\n\r\n",
+            "malformed response: Received server _SWITCH_UPGRADE event without a pending proposal",
+        ),
         (b"\r\nHTTP/1.1 200 OK\r\n\r\n", "malformed response: no response line received"),
     ]:
         client = ClientCodec()
@@ -258,17 +303,28 @@ def test_client_upgrade_and_bad_responses() -> None:
         assert (info.value.status, str(info.value)) == (502, message)
 
 
-@pytest.mark.parametrize(("value", "expected"), [("h11", "codec_h11"), ("", "codec_fast"), ("fast", "codec_fast")])
+@pytest.mark.parametrize(
+    ("value", "expected"), [("h11", "codec_h11"), ("", "codec_fast"), ("fast", "codec_fast")]
+)
 def test_environment_selects_the_implementation(value: str, expected: str) -> None:
-    code = "from hostproxy.http import codec; print(codec.ServerCodec.__module__, codec.ClientCodec.__module__)"
+    code = (
+        "from hostproxy.http import codec; print(codec.ServerCodec.__module__, codec.ClientCodec.__module__)"
+    )
     env = {"HOSTPROXY_HTTP1_CODEC": value, "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=60
+    )
     assert out.stdout.split() == [f"hostproxy.http.{expected}"] * 2
 
 
 def test_unknown_codec_name_is_an_error() -> None:
     env = {"HOSTPROXY_HTTP1_CODEC": "picohttp", "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", "import hostproxy.http.codec"], env=env,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", "import hostproxy.http.codec"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode != 0
     assert "HOSTPROXY_HTTP1_CODEC='picohttp' is not a codec: use 'fast' (the default) or 'h11'" in out.stderr

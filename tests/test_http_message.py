@@ -161,35 +161,56 @@ def test_forwarded_labelers() -> None:
     rng = random.Random(7)
     cfg = ForwardedConfig(by=Labeler("ip:port"), for_=Labeler("ip"))
     el = forwarded_element(
-        cfg, local=("10.0.0.1", 4140), peer=("::1", 5555), connection_labels=("_c1", "_c2"),
-        router_label="out", rng=rng,
+        cfg,
+        local=("10.0.0.1", 4140),
+        peer=("::1", 5555),
+        connection_labels=("_c1", "_c2"),
+        router_label="out",
+        rng=rng,
     )
     assert el == b'by="10.0.0.1:4140";for="[::1]"'
     cfg = ForwardedConfig(by=Labeler("router"), for_=Labeler("connectionRandom"))
     el = forwarded_element(
-        cfg, local=("1.2.3.4", 1), peer=("5.6.7.8", 2), connection_labels=("_c1", "_c2"),
-        router_label="out", rng=rng,
+        cfg,
+        local=("1.2.3.4", 1),
+        peer=("5.6.7.8", 2),
+        connection_labels=("_c1", "_c2"),
+        router_label="out",
+        rng=rng,
     )
     assert el == b"by=out;for=_c2"
     a = forwarded_element(
-        ForwardedConfig(), local=("1.2.3.4", 1), peer=("5.6.7.8", 2), connection_labels=("", ""),
-        router_label="r", rng=random.Random(1),
+        ForwardedConfig(),
+        local=("1.2.3.4", 1),
+        peer=("5.6.7.8", 2),
+        connection_labels=("", ""),
+        router_label="r",
+        rng=random.Random(1),
     )
     b = forwarded_element(
-        ForwardedConfig(), local=("1.2.3.4", 1), peer=("5.6.7.8", 2), connection_labels=("", ""),
-        router_label="r", rng=random.Random(1),
+        ForwardedConfig(),
+        local=("1.2.3.4", 1),
+        peer=("5.6.7.8", 2),
+        connection_labels=("", ""),
+        router_label="r",
+        rng=random.Random(1),
     )
     assert a == b and a.startswith(b"by=_") and b";for=_" in a
     static = forwarded_element(
         ForwardedConfig(by=Labeler("static", "my proxy"), for_=Labeler("static", "edge")),
-        local=("1.2.3.4", 1), peer=("5.6.7.8", 2), connection_labels=("", ""), router_label="r",
+        local=("1.2.3.4", 1),
+        peer=("5.6.7.8", 2),
+        connection_labels=("", ""),
+        router_label="r",
         rng=rng,
     )
     assert static == b'by="my proxy";for=edge'
 
 
 def test_labeler_validation_messages() -> None:
-    with pytest.raises(ValueError, match=r"^unknown Forwarded labeler kind 'nope'; expected one of ip, ip:port, "):
+    with pytest.raises(
+        ValueError, match=r"^unknown Forwarded labeler kind 'nope'; expected one of ip, ip:port, "
+    ):
         Labeler("nope")
     with pytest.raises(ValueError, match=r"^Forwarded labeler kind 'static' needs a non-empty 'label'$"):
         Labeler("static")

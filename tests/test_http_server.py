@@ -67,7 +67,9 @@ async def exchange(port: int, data: bytes, *, until_close: bool = True, timeout:
 
 
 @pytest.mark.parametrize(("raw", "status", "message"), REJECTED)
-async def test_malformed_requests_get_400_and_are_never_forwarded(raw: bytes, status: int, message: str) -> None:
+async def test_malformed_requests_get_400_and_are_never_forwarded(
+    raw: bytes, status: int, message: str
+) -> None:
     async with running_upstream() as up, running_proxy(up.port) as proxy:
         reply = await exchange(proxy.port, raw + b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
         [(got, headers, body)] = parse_responses(reply)
@@ -82,12 +84,18 @@ async def test_header_count_and_size_limits() -> None:
     params = ServerParams(max_header_count=5, max_headers_kb=1, max_initial_line_kb=1)
     async with running_upstream() as up, running_proxy(up.port, params) as proxy:
         many = b"".join(b"X-%d: v\r\n" % i for i in range(6))
-        [(status, _, body)] = parse_responses(await exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\n" + many + b"\r\n"))
+        [(status, _, body)] = parse_responses(
+            await exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\n" + many + b"\r\n")
+        )
         assert (status, body) == (431, b"request has more than 5 header fields")
         big = b"X: " + b"v" * 2000 + b"\r\n"
-        [(status, _, body)] = parse_responses(await exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\n" + big + b"\r\n"))
+        [(status, _, body)] = parse_responses(
+            await exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\n" + big + b"\r\n")
+        )
         assert (status, body) == (431, b"request headers exceed 1024 bytes (maxHeadersKB)")
-        [(status, _, body)] = parse_responses(await exchange(proxy.port, b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\n"))
+        [(status, _, body)] = parse_responses(
+            await exchange(proxy.port, b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\n")
+        )
         assert (status, body) == (414, b"request line exceeds 1024 bytes (maxInitialLineKB)")
         assert up.requests == []
 
@@ -117,7 +125,9 @@ async def test_idle_keep_alive_connection_is_closed_quietly() -> None:
 
 async def test_connect_method_is_refused() -> None:
     async with running_upstream() as up, running_proxy(up.port) as proxy:
-        reply = await exchange(proxy.port, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        reply = await exchange(
+            proxy.port, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
+        )
         [(status, headers, body)] = parse_responses(reply)
         assert status == 405
         assert headers["l5d-err"] == "CONNECT+tunnelling+is+not+supported+by+this+proxy"
@@ -128,12 +138,15 @@ async def test_connect_method_is_refused() -> None:
 async def test_max_call_depth_counts_via_entries() -> None:
     params = ServerParams(max_call_depth=2)
     async with running_upstream() as up, running_proxy(up.port, params) as proxy:
-        ok = await exchange(proxy.port, b"GET /headers HTTP/1.1\r\nHost: a\r\nVia: 1.1 a, 1.1 b\r\nConnection: close\r\n\r\n")
+        ok = await exchange(
+            proxy.port, b"GET /headers HTTP/1.1\r\nHost: a\r\nVia: 1.1 a, 1.1 b\r\nConnection: close\r\n\r\n"
+        )
         [(status, _, body)] = parse_responses(ok)
         assert status == 200
         assert ["via", "1.1 a, 1.1 b, 1.1 hostproxy"] in json.loads(body)["headers"]
         loop = await exchange(
-            proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\nVia: 1.1 a, 1.1 b\r\nVia: 1.1 c\r\nConnection: close\r\n\r\n"
+            proxy.port,
+            b"GET / HTTP/1.1\r\nHost: a\r\nVia: 1.1 a, 1.1 b\r\nVia: 1.1 c\r\nConnection: close\r\n\r\n",
         )
         [(status, headers, body)] = parse_responses(loop)
         assert status == 400
@@ -147,7 +160,9 @@ async def test_max_concurrent_requests_rejects_excess_at_once() -> None:
         results: list[bytes] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
-                lambda: _collect(results, proxy.port, b"GET /slow/3000 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                lambda: _collect(
+                    results, proxy.port, b"GET /slow/3000 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+                )
             )
             with trio.fail_after(10):
                 while proxy.server.statistics()["requests_in_flight"] < 1:  # type: ignore[attr-defined]
@@ -176,7 +191,10 @@ async def test_pipelined_requests_answered_in_order_and_connection_close_honoure
         )
         responses = parse_responses(await exchange(proxy.port, raw))
         assert [(s, b) for s, _, b in responses] == [
-            (201, b"status 201"), (200, b"5"), (200, b"3"), (202, b"status 202")
+            (201, b"status 201"),
+            (200, b"5"),
+            (200, b"3"),
+            (202, b"status 202"),
         ]
         assert responses[-1][1]["connection"] == "close"
         assert [r.target for r in up.requests] == ["/status/201", "/count", "/count", "/status/202"]

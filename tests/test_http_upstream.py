@@ -24,7 +24,13 @@ async def test_keep_alive_connection_is_reused_when_clean() -> None:
             r = await pool.request(get("/len/5"))
             assert await r.body.read_all() == b"yyyyy"
         stats = pool.statistics()
-        assert (stats["connects"], stats["reused"], stats["open"], stats["idle"], stats["in_use"]) == (1, 2, 1, 1, 0)
+        assert (stats["connects"], stats["reused"], stats["open"], stats["idle"], stats["in_use"]) == (
+            1,
+            2,
+            1,
+            1,
+            0,
+        )
         assert up.connections == 1
 
 
@@ -61,10 +67,13 @@ async def test_request_failing_before_any_byte_on_a_stale_connection_is_resent_o
 ) -> None:
     # Let the stale connection past the idle check, so the write itself fails (RST from upstream).
     monkeypatch.setattr(_Conn, "readable_while_idle", lambda self: False)
-    async with running_upstream(idle_close_s=0.1, idle_reset=True) as up, UpstreamPool(
-        "127.0.0.1", up.port
-    ) as pool:
-        assert await (await pool.request(get("/count", Body.from_bytes(b"abc"), "POST"))).body.read_all() == b"3"
+    async with (
+        running_upstream(idle_close_s=0.1, idle_reset=True) as up,
+        UpstreamPool("127.0.0.1", up.port) as pool,
+    ):
+        assert (
+            await (await pool.request(get("/count", Body.from_bytes(b"abc"), "POST"))).body.read_all() == b"3"
+        )
         await trio.sleep(0.5)  # the upstream resets the idle connection
         r = await pool.request(get("/count", Body.from_bytes(b"abcd"), "POST"))
         assert await r.body.read_all() == b"4"
@@ -125,7 +134,9 @@ async def test_upstream_reset_mid_response() -> None:
 
 async def test_response_timeout() -> None:
     async with running_upstream() as up, UpstreamPool("127.0.0.1", up.port) as pool:
-        with pytest.raises(RequestTimeout, match=rf"^no response from 127.0.0.1:{up.port} within 0.2s$") as info:
+        with pytest.raises(
+            RequestTimeout, match=rf"^no response from 127.0.0.1:{up.port} within 0.2s$"
+        ) as info:
             await pool.request(get("/slow/3000"), response_timeout=0.2)
         assert info.value.cause == "timeout/request"
         assert pool.statistics()["open"] == 0

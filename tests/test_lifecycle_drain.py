@@ -22,8 +22,14 @@ from tests.test_lifecycle_helpers import (
 from tests.upstreams import running_upstream
 
 
-async def _worker(port: int, path: str, results: list[Result], stop: trio.Event, limit: int = 300,
-                  done: list[int] | None = None) -> None:
+async def _worker(
+    port: int,
+    path: str,
+    results: list[Result],
+    stop: trio.Event,
+    limit: int = 300,
+    done: list[int] | None = None,
+) -> None:
     """New connection per request until refused (the listener is gone) or ``stop``."""
     try:
         for _ in range(limit):
@@ -146,13 +152,21 @@ async def test_systemd_socket_activation_listener_is_adopted(tmp_path: Path) -> 
         cfg = tmp_path / "hostproxy.yaml"
         cfg.write_text(config(disco, port=port))
         fd = lsock.fileno()
-        shim = (f"import os, sys; os.dup2({fd}, 3); os.environ['LISTEN_PID'] = str(os.getpid()); "
-                "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
+        shim = (
+            f"import os, sys; os.dup2({fd}, 3); os.environ['LISTEN_PID'] = str(os.getpid()); "
+            "os.execv(sys.executable, [sys.executable] + sys.argv[1:])"
+        )
         try:
-            async with daemon_proc(cfg, argv_prefix=[sys.executable, "-c", shim], pass_fds=(fd,),
-                                   env={"LISTEN_FDS": "1", "LISTEN_FDNAMES": "outgoing"}) as d:
+            async with daemon_proc(
+                cfg,
+                argv_prefix=[sys.executable, "-c", shim],
+                pass_fds=(fd,),
+                env={"LISTEN_FDS": "1", "LISTEN_FDNAMES": "outgoing"},
+            ) as d:
                 adopted = d.events("daemon.listen_fd_adopted")
-                assert [(e["fd"], e["name"], e["address"]) for e in adopted] == [(3, "outgoing", ["127.0.0.1", port])]
+                assert [(e["fd"], e["name"], e["address"]) for e in adopted] == [
+                    (3, "outgoing", ["127.0.0.1", port])
+                ]
                 r = await get(port, "/")
                 assert (r.outcome, r.status) == ("ok", 200)
         finally:
@@ -180,7 +194,9 @@ async def test_sd_notify_sequence_ready_reloading_stopping_watchdog(tmp_path: Pa
                 env = {"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "200000"}
                 async with daemon_proc(cfg, env=env) as d:
                     with trio.fail_after(10):
-                        while not any(m.startswith("READY=1") for m in messages) or "WATCHDOG=1" not in messages:
+                        while (
+                            not any(m.startswith("READY=1") for m in messages) or "WATCHDOG=1" not in messages
+                        ):
                             await trio.sleep(0.02)
                     d.send(signal.SIGHUP)
                     await d.wait_event("daemon.reloaded")

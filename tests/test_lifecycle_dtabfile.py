@@ -41,7 +41,10 @@ async def test_dtab_file_edits_under_traffic(tmp_path: Path) -> None:
                     await trio.sleep(0.05)
             applied = await d.wait_event("dtab.applied", count=2)
             assert (applied["version"], applied["added"], applied["removed"]) == (
-                2, ["/svc/web=>/#/io.l5d.fs/b"], ["/svc/web=>/#/io.l5d.fs/a"])
+                2,
+                ["/svc/web=>/#/io.l5d.fs/b"],
+                ["/svc/web=>/#/io.l5d.fs/a"],
+            )
             # An invalid edit is rejected with FILE:LINE:COL; the last good dtab stays.
             write_atomic(dtab_file, "/svc/web => /#/io.l5d.fs/b;\n/svc/x => => ;\n")
             rejected = await d.wait_event("dtab.rejected")
@@ -51,7 +54,9 @@ async def test_dtab_file_edits_under_traffic(tmp_path: Path) -> None:
             n = len(b.requests)
             assert (await get(port, "/")).status == 200 and len(b.requests) == n + 1
             # A config reload keeps the last good dtab (the file is still invalid).
-            write_atomic(cfg, config(disco, dtab="/svc/other => /#/io.l5d.fs/a;", interpreter=_interp(dtab_file)))
+            write_atomic(
+                cfg, config(disco, dtab="/svc/other => /#/io.l5d.fs/a;", interpreter=_interp(dtab_file))
+            )
             r = await get(d.admin_port, "/admin/reload", method="POST", host="admin")
             assert r.status == 200, r.body
             assert (await get(port, "/")).status == 200 and len(b.requests) == n + 2

@@ -47,15 +47,23 @@ class DaemonProc:
                 out.append(ev)
         return out
 
-    async def wait_event(self, name: str, *, count: int = 1, timeout: float = 20,
-                         where: Callable[[dict[str, Any]], bool] = lambda e: True) -> dict[str, Any]:
+    async def wait_event(
+        self,
+        name: str,
+        *,
+        count: int = 1,
+        timeout: float = 20,
+        where: Callable[[dict[str, Any]], bool] = lambda e: True,
+    ) -> dict[str, Any]:
         with trio.fail_after(timeout):
             while True:
                 found = [e for e in self.events(name) if where(e)]
                 if len(found) >= count:
                     return found[count - 1]
                 if self.proc.poll() is not None:
-                    raise AssertionError(f"daemon exited ({self.proc.returncode}) before {name}:\n{self.log()}")
+                    raise AssertionError(
+                        f"daemon exited ({self.proc.returncode}) before {name}:\n{self.log()}"
+                    )
                 await trio.sleep(0.05)
 
     def log(self) -> str:
@@ -84,17 +92,27 @@ class DaemonProc:
 
 
 @contextlib.asynccontextmanager
-async def daemon_proc(cfg: Path, *, env: dict[str, str] | None = None, argv_prefix: list[str] | None = None,
-                      pass_fds: tuple[int, ...] = (), wait_started: bool = True,
-                      name: str = "daemon") -> AsyncIterator[DaemonProc]:
+async def daemon_proc(
+    cfg: Path,
+    *,
+    env: dict[str, str] | None = None,
+    argv_prefix: list[str] | None = None,
+    pass_fds: tuple[int, ...] = (),
+    wait_started: bool = True,
+    name: str = "daemon",
+) -> AsyncIterator[DaemonProc]:
     """Run ``python -m hostproxy run cfg``; yields once ``daemon.started`` is logged; always stopped."""
     log_path = cfg.parent / f"{name}.log"
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_"))}
+    full_env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_"))
+    }
     full_env.update(env or {})
     full_env["PYTHONPATH"] = str(ROOT)
     argv = [*(argv_prefix or [sys.executable]), "-m", "hostproxy", "run", str(cfg)]
     with open(log_path, "wb") as logf:
-        proc = subprocess.Popen(argv, stdout=logf, stderr=logf, cwd=str(ROOT), env=full_env, pass_fds=pass_fds)
+        proc = subprocess.Popen(
+            argv, stdout=logf, stderr=logf, cwd=str(ROOT), env=full_env, pass_fds=pass_fds
+        )
     d = DaemonProc(proc, log_path)
     try:
         if wait_started:
@@ -122,9 +140,16 @@ async def connect(port: int, host: str = "127.0.0.1") -> trio.SocketStream:
     return await trio.open_tcp_stream(host, port)
 
 
-async def exchange(stream: trio.SocketStream, path: str, *, host: str = "web", method: str = "GET",
-                   headers: list[tuple[str, str]] | None = None, body: bytes | None = None,
-                   timeout: float = 15) -> tuple[Result, bool]:
+async def exchange(
+    stream: trio.SocketStream,
+    path: str,
+    *,
+    host: str = "web",
+    method: str = "GET",
+    headers: list[tuple[str, str]] | None = None,
+    body: bytes | None = None,
+    timeout: float = 15,
+) -> tuple[Result, bool]:
     """One request on ``stream``; returns the result and whether the connection may be reused."""
     conn = h11.Connection(h11.CLIENT)
     hdrs = [("host", host), *(headers or [])]
@@ -159,7 +184,9 @@ async def exchange(stream: trio.SocketStream, path: str, *, host: str = "web", m
         return Result("cut", error=str(e)), False
     assert resp is not None
     h = {n.decode().lower(): v.decode("latin-1") for n, v in resp.headers}
-    reusable = conn.our_state is h11.DONE and conn.their_state is h11.DONE and "close" not in h.get("connection", "")
+    reusable = (
+        conn.our_state is h11.DONE and conn.their_state is h11.DONE and "close" not in h.get("connection", "")
+    )
     return Result("ok", resp.status_code, h, b"".join(parts)), reusable
 
 
@@ -199,9 +226,18 @@ def write_atomic(path: Path, text: str) -> None:
     tmp.rename(path)
 
 
-def config(disco: Path, *, port: int = 0, dtab: str = "/svc => /#/io.l5d.fs;", extra_router: str = "",
-           interpreter: str = "", server_extra: str = "", grace_ms: int = 10000, top: str = "",
-           router_extra: str = "") -> str:
+def config(
+    disco: Path,
+    *,
+    port: int = 0,
+    dtab: str = "/svc => /#/io.l5d.fs;",
+    extra_router: str = "",
+    interpreter: str = "",
+    server_extra: str = "",
+    grace_ms: int = 10000,
+    top: str = "",
+    router_extra: str = "",
+) -> str:
     return f"""
 admin: {{ip: 127.0.0.1, port: 0, shutdownGraceMs: {grace_ms}}}
 namers:

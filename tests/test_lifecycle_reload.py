@@ -20,8 +20,9 @@ from tests.test_lifecycle_helpers import (
 from tests.upstreams import running_upstream
 
 
-async def _load(port: int, results: list[tuple[str, int, str]], stop: trio.Event, keepalive: bool,
-                limit: int = 400) -> None:
+async def _load(
+    port: int, results: list[tuple[str, int, str]], stop: trio.Event, keepalive: bool, limit: int = 400
+) -> None:
     """Requests in a bounded loop until ``stop``; records (outcome, status, which upstream answered)."""
     stream = await connect(port) if keepalive else None
     try:

@@ -101,10 +101,18 @@ async def test_outgoing_sends_to_the_peer_hostproxy_which_delivers_locally(tmp_p
     async with open_fake_api() as api, running_upstream(host=HOSTS["b"]) as app:
         node = {HOSTS["a"]: "node-a", HOSTS["b"]: "node-b"}
         api.put("services", service("web", [("http", 80, "http")], ns="default"))
-        api.put("endpoints", on_node(endpoints("web", ready=[HOSTS["b"]], ports={"http": app.port}, ns="default"), node))
+        api.put(
+            "endpoints",
+            on_node(endpoints("web", ready=[HOSTS["b"]], ports={"http": app.port}, ns="default"), node),
+        )
         api.put("services", service("l5d", [("incoming", in_port, in_port)], ns="default"))
-        api.put("endpoints", on_node(
-            endpoints("l5d", ready=[HOSTS["a"], HOSTS["b"]], ports={"incoming": in_port}, ns="default"), node))
+        api.put(
+            "endpoints",
+            on_node(
+                endpoints("l5d", ready=[HOSTS["a"], HOSTS["b"]], ports={"incoming": in_port}, ns="default"),
+                node,
+            ),
+        )
         procs: dict[str, trio.Process] = {}
         ports: dict[str, dict[str, int]] = {}
         logs = contextlib.ExitStack()
@@ -115,7 +123,8 @@ async def test_outgoing_sends_to_the_peer_hostproxy_which_delivers_locally(tmp_p
                 cfg.write_text(host_config(ip, api.port, ports[name]["out"], in_port, ports[name]["admin"]))
                 env = dict(os.environ, NODE_NAME=f"node-{name}", POD_IP=ip)
                 procs[name] = await trio.lowlevel.open_process(
-                    [sys.executable, "-m", "hostproxy", "run", str(cfg)], env=env,
+                    [sys.executable, "-m", "hostproxy", "run", str(cfg)],
+                    env=env,
                     stdout=logs.enter_context(open(tmp_path / f"{name}.log", "wb")),  # noqa: SIM115 (ExitStack closes)
                     stderr=logs.enter_context(open(tmp_path / f"{name}.err", "wb")),  # noqa: SIM115 (ExitStack closes)
                 )
@@ -127,7 +136,10 @@ async def test_outgoing_sends_to_the_peer_hostproxy_which_delivers_locally(tmp_p
             seen = app.requests[-1]
             assert seen.header("l5d-dst-service") == "/svc/web"
             # B's incoming router delivered it: its client is the local-node view of the k8s name.
-            assert seen.header("l5d-dst-client") == "/%/io.l5d.k8s.localnode/node-b/#/io.l5d.k8s/default/http/web"
+            assert (
+                seen.header("l5d-dst-client")
+                == "/%/io.l5d.k8s.localnode/node-b/#/io.l5d.k8s/default/http/web"
+            )
             assert (seen.header("via") or "").count("hostproxy") == 2
 
             a_state = (await curl(f"http://{HOSTS['a']}:{ports['a']['admin']}/client_state.json")).json()

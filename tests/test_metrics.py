@@ -186,7 +186,9 @@ def test_drop_client_keeps_nested_live_clients():
 def test_kind_conflict_is_an_error():
     reg = MetricsRegistry(Clock())
     reg.counter("a/b")
-    with pytest.raises(ValueError, match=r"^metric 'a/b' is already registered as a counter, not a gauge; use another key$"):
+    with pytest.raises(
+        ValueError, match=r"^metric 'a/b' is already registered as a counter, not a gauge; use another key$"
+    ):
         reg.gauge("a/b", lambda: 1)
 
 
@@ -230,9 +232,11 @@ def test_tree_query_and_missing_subtree():
 
 def test_flat_query_substring_and_regex():
     reg = sample_registry()
-    assert set(flat(reg, "failures")) == {"rt/outgoing/client/#/io.l5d.fs/web/failures",
-                                          "rt/outgoing/client/#/io.l5d.fs/web/failures/connect/refused",
-                                          "rt/outgoing/server/0.0.0.0/4140/failures"}
+    assert set(flat(reg, "failures")) == {
+        "rt/outgoing/client/#/io.l5d.fs/web/failures",
+        "rt/outgoing/client/#/io.l5d.fs/web/failures/connect/refused",
+        "rt/outgoing/server/0.0.0.0/4140/failures",
+    }
     assert set(flat(reg, r"server/.*/requests$")) == {"rt/outgoing/server/0.0.0.0/4140/requests"}
     assert flat(reg, "[(") == {}  # an invalid pattern is a literal substring
 
@@ -249,10 +253,19 @@ def test_prometheus_format():
     text = prometheus(sample_registry())
     lines = text.splitlines()
     assert "# TYPE hostproxy_client_requests_total counter" in lines
-    assert 'hostproxy_client_failures_total{router="outgoing",client="/#/io.l5d.fs/web",cause="connect_refused"} 1' in lines
+    assert (
+        'hostproxy_client_failures_total{router="outgoing",client="/#/io.l5d.fs/web",cause="connect_refused"} 1'
+        in lines
+    )
     assert "# TYPE hostproxy_client_request_duration_seconds summary" in lines
-    assert 'hostproxy_client_request_duration_seconds{router="outgoing",client="/#/io.l5d.fs/web",quantile="0.99"} 0.02' in lines
-    assert 'hostproxy_client_request_duration_seconds_count{router="outgoing",client="/#/io.l5d.fs/web"} 1' in lines
+    assert (
+        'hostproxy_client_request_duration_seconds{router="outgoing",client="/#/io.l5d.fs/web",quantile="0.99"} 0.02'
+        in lines
+    )
+    assert (
+        'hostproxy_client_request_duration_seconds_count{router="outgoing",client="/#/io.l5d.fs/web"} 1'
+        in lines
+    )
     for line in lines:
         if not line.startswith("#"):
             name = line.split("{")[0].split(" ")[0]
@@ -297,16 +310,31 @@ def test_top_n_truncates_names_and_rejects_bad_capacity():
 
 def test_cause_taxonomy():
     assert {c.value for c in ALL_CAUSES} == {
-        "identification", "naming/neg", "naming/failed", "naming/stale", "connect/refused",
-        "connect/timeout", "connect/unreachable", "tls", "upstream/reset", "timeout/request",
-        "timeout/attempt", "upstream/5xx", "overload", "proxy/internal"}
+        "identification",
+        "naming/neg",
+        "naming/failed",
+        "naming/stale",
+        "connect/refused",
+        "connect/timeout",
+        "connect/unreachable",
+        "tls",
+        "upstream/reset",
+        "timeout/request",
+        "timeout/attempt",
+        "upstream/5xx",
+        "overload",
+        "proxy/internal",
+    }
     assert Cause.CONNECT_REFUSED.level is Level.CONNECTION
     assert Cause.UPSTREAM_5XX.level is Level.APPLICATION
     assert Cause.NAMING_NEG.level is Level.PROXY
     assert all(isinstance(c.level, Level) for c in ALL_CAUSES)
     assert not Cause.CONNECT_TIMEOUT.written and Cause.UPSTREAM_RESET.written
     assert parse_cause("tls") is Cause.TLS
-    with pytest.raises(ValueError, match=r"^unknown failure cause 'bogus': expected one of identification, naming/neg, .*proxy/internal$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^unknown failure cause 'bogus': expected one of identification, naming/neg, .*proxy/internal$",
+    ):
         parse_cause("bogus")
 
 
@@ -317,7 +345,9 @@ def test_client_extras_expose_balancer_accrual_and_budget():
 
     clock = Clock()
     rng = random.Random(0)
-    acc = FailureAccrual(accrual_from_config({"kind": "io.l5d.consecutiveFailures", "failures": 1}, rng), clock)
+    acc = FailureAccrual(
+        accrual_from_config({"kind": "io.l5d.consecutiveFailures", "failures": 1}, rng), clock
+    )
     lb = balancer_from_config(None, rng=rng, now=clock, available=acc.available)
     lb.update([EndpointInfo("10.0.0.1:80"), EndpointInfo("10.0.0.2:80")])
     budget = RetryBudget(BudgetConfig(), clock)

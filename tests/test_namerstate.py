@@ -59,7 +59,10 @@ async def test_saved_state_is_served_stale_after_restart_with_backend_gone(tmp_p
     assert restored == {"/io.l5d.fs": 1}
     tree = second.lookup(DPath.of("web"))
     assert isinstance(tree, Leaf)
-    assert sorted((a.host, a.port) for a in tree.value.addr.addresses) == [("127.0.0.1", 8080), ("127.0.0.1", 8081)]
+    assert sorted((a.host, a.port) for a in tree.value.addr.addresses) == [
+        ("127.0.0.1", 8080),
+        ("127.0.0.1", 8081),
+    ]
     assert second.state_json()["names"]["web"]["state"] == "stale"
 
 
@@ -67,7 +70,9 @@ def test_unreadable_or_foreign_state_is_ignored_with_a_warning(tmp_path: Path) -
     (tmp_path / "io.l5d.fs.json").write_text("{not json")
     namer = FsNamer(str(tmp_path / "disco"))
     assert NamerStateStore(tmp_path, [namer]).load_all() == {}
-    (tmp_path / "io.l5d.fs.json").write_text(json.dumps({"kind": "io.l5d.k8s", "prefix": "/#/io.l5d.k8s", "names": {}}))
+    (tmp_path / "io.l5d.fs.json").write_text(
+        json.dumps({"kind": "io.l5d.k8s", "prefix": "/#/io.l5d.k8s", "names": {}})
+    )
     assert NamerStateStore(tmp_path, [namer]).load_all() == {}
 
 

@@ -144,7 +144,10 @@ def test_changes_are_logged_and_state_json() -> None:
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
-        ({"shed": 0.7}, r"^overload marks must rise: noKeepalive \(0.8\) <= shed \(0.7\) <= stopAccept \(0.95\)$"),
+        (
+            {"shed": 0.7},
+            r"^overload marks must rise: noKeepalive \(0.8\) <= shed \(0.7\) <= stopAccept \(0.95\)$",
+        ),
         ({"stop_accept": 1.5}, r"^overload.stopAccept: a fraction in \(0, 1\] is expected, got 1.5$"),
         ({"hysteresis": 0.9}, r"^overload.hysteresis: must be >= 0 and below noKeepalive \(0.8\), got 0.9$"),
         ({"memory_limit_bytes": 0}, r"^overload.memoryLimitBytes: must be positive, got 0; leave it unset"),
@@ -183,7 +186,9 @@ async def test_sample_loop_feeds_readings(autojump_clock: trio.testing.MockClock
     readings = iter([Reading(10 * MB, 10, 1000), Reading(96 * MB, 10, 1000), Reading(10 * MB, 10, 1000)])
     m = manager()
     async with trio.open_nursery() as nursery:
-        await nursery.start(lambda task_status: sample_loop(m, read=lambda: next(readings), task_status=task_status))
+        await nursery.start(
+            lambda task_status: sample_loop(m, read=lambda: next(readings), task_status=task_status)
+        )
         assert m.memory_level is Level.NORMAL
         await trio.sleep(1.5)
         assert m.memory_level is Level.STOP_ACCEPT

@@ -81,8 +81,10 @@ async def test_fd_watermark_stops_accepting_before_the_limit(tmp_path: Path) -> 
         write_disco(disco, "web", up.port)
         cfg = tmp_path / "hostproxy.yaml"
         cfg.write_text(config(disco, top="overload: {intervalMs: 100, fdReserve: 16}"))
-        shim = ("import os, sys, resource; resource.setrlimit(resource.RLIMIT_NOFILE, (80, 80)); "
-                "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
+        shim = (
+            "import os, sys, resource; resource.setrlimit(resource.RLIMIT_NOFILE, (80, 80)); "
+            "os.execv(sys.executable, [sys.executable] + sys.argv[1:])"
+        )
         async with daemon_proc(cfg, argv_prefix=[sys.executable, "-c", shim]) as d:
             port = d.port("out")
             held = []

@@ -100,10 +100,17 @@ async def test_budget_exhaustion_returns_the_failure(tmp_path: Path) -> None:
 async def test_chunked_body_is_never_retried_but_a_small_one_is(tmp_path: Path) -> None:
     async with failing(503) as (bad, bad_port):
         write_disco(tmp_path / "disco", "web", bad_port)
-        async with running_daemon(cfg(tmp_path / "disco", classifier="io.l5d.http.retryableAll5XX",
-                                      budget="budget: {minRetriesPerSec: 1, percentCanRetry: 0.0}")) as d:
+        async with running_daemon(
+            cfg(
+                tmp_path / "disco",
+                classifier="io.l5d.http.retryableAll5XX",
+                budget="budget: {minRetriesPerSec: 1, percentCanRetry: 0.0}",
+            )
+        ) as d:
             url = f"http://127.0.0.1:{d.port('out')}/"
-            r = await curl(url, "-H", "Host: web", "-H", "Transfer-Encoding: chunked", "--data-binary", "streamed")
+            r = await curl(
+                url, "-H", "Host: web", "-H", "Transfer-Encoding: chunked", "--data-binary", "streamed"
+            )
             assert r.status == 503 and bad.calls == 1 and bad.bodies == [b"streamed"]
             r = await curl(url, "-H", "Host: web", "--data-binary", "small")
             assert r.status == 503 and bad.calls > 2
@@ -114,8 +121,11 @@ async def test_chunked_body_is_never_retried_but_a_small_one_is(tmp_path: Path) 
 
 
 async def test_l5d_retryable_from_a_downstream_proxy_is_honoured(tmp_path: Path) -> None:
-    async with running_upstream() as good, failing(500, [(b"l5d-retryable", b"true")]) as (bad, bad_port), \
-            failing(500) as (plain, plain_port):
+    async with (
+        running_upstream() as good,
+        failing(500, [(b"l5d-retryable", b"true")]) as (bad, bad_port),
+        failing(500) as (plain, plain_port),
+    ):
         disco = tmp_path / "disco"
         write_disco(disco, "web", bad_port, good.port)
         write_disco(disco, "plain", plain_port, good.port)

@@ -52,7 +52,10 @@ def test_retryable_5xx_is_retried_and_counted() -> None:
     a = p.start("GET", replayable=True)
     d = a.decide(503, Cause.UPSTREAM_5XX, now_ns=NOW)
     assert (d.verdict, d.response_class, d.delay_s, d.reason) == (
-        Verdict.RETRY, ResponseClass.RETRYABLE_FAILURE, 0.0, "retryable"
+        Verdict.RETRY,
+        ResponseClass.RETRYABLE_FAILURE,
+        0.0,
+        "retryable",
     )
     assert a.decide(200, None, now_ns=NOW).verdict is Verdict.GIVE_UP
     assert a.finish() == 1
@@ -66,7 +69,11 @@ def test_success_and_non_retryable_give_up() -> None:
     a = p.start("POST", replayable=True)
     assert a.decide(200, None, now_ns=NOW).reason == "success"
     d = a.decide(500, Cause.UPSTREAM_5XX, now_ns=NOW)
-    assert (d.verdict, d.response_class, d.reason) == (Verdict.GIVE_UP, ResponseClass.FAILURE, "not_retryable")
+    assert (d.verdict, d.response_class, d.reason) == (
+        Verdict.GIVE_UP,
+        ResponseClass.FAILURE,
+        "not_retryable",
+    )
     assert p.statistics()["total"] == 0
 
 
@@ -80,7 +87,15 @@ def test_l5d_retryable_header_from_downstream_makes_it_retryable() -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(None, False), ("true", True), (b"TRUE", True), (" true ", True), ("false", False), ("1", False), ("yes", False)],
+    [
+        (None, False),
+        ("true", True),
+        (b"TRUE", True),
+        (" true ", True),
+        ("false", False),
+        ("1", False),
+        ("yes", False),
+    ],
 )
 def test_parse_retryable_header(value: str | bytes | None, expected: bool) -> None:
     assert parse_retryable_header(value) is expected
@@ -91,7 +106,9 @@ def test_unreplayable_body_is_never_retried() -> None:
     a = p.start("GET", replayable=False)
     d = a.decide(503, Cause.UPSTREAM_5XX, now_ns=NOW)
     assert (d.verdict, d.response_class, d.reason) == (
-        Verdict.GIVE_UP, ResponseClass.FAILURE, "body_not_replayable"
+        Verdict.GIVE_UP,
+        ResponseClass.FAILURE,
+        "body_not_replayable",
     )
     assert p.statistics()["cannot_retry"] == 1
     # A failure that is not retryable anyway is not counted as cannot_retry.
@@ -225,7 +242,9 @@ routers:
     # Linkerd's defaults when nothing is configured.
     d = RetryPolicy.default(clock).statistics()
     assert (d["classifier"], d["backoff"], d["budget"]) == (
-        "io.l5d.http.nonRetryable5XX", {"kind": "constant", "ms": 0}, 100
+        "io.l5d.http.nonRetryable5XX",
+        {"kind": "constant", "ms": 0},
+        100,
     )
 
 

@@ -24,16 +24,35 @@ def test_table_aligns_columns() -> None:
 def test_render_tables_from_hand_made_documents() -> None:
     clients = {
         "/#/io.l5d.fs/web": {
-            "state": "bound", "addresses": ["10.0.0.7:8080"], "stale": True,
-            "endpoints": {"10.0.0.7:8080": {"weight": 1.0, "load": 2, "status": "open", "accrual": "dead",
-                                            "pool": {"open": 3, "connect_failures": 4}}},
+            "state": "bound",
+            "addresses": ["10.0.0.7:8080"],
+            "stale": True,
+            "endpoints": {
+                "10.0.0.7:8080": {
+                    "weight": 1.0,
+                    "load": 2,
+                    "status": "open",
+                    "accrual": "dead",
+                    "pool": {"open": 3, "connect_failures": 4},
+                }
+            },
         },
         "/#/io.l5d.fs/gone": {"state": "Neg", "addresses": []},
     }
-    namers = {"/io.l5d.fs": {"kind": "io.l5d.fs", "names": {
-        "web": {"state": "stale", "addrs": [{"host": "10.0.0.7", "port": 8080}], "lastUpdate": "2024-05-01 12:00:00 +0000",
-                "staleAgeSecs": 252.0, "lastError": "web:1: bad line"},
-    }}}
+    namers = {
+        "/io.l5d.fs": {
+            "kind": "io.l5d.fs",
+            "names": {
+                "web": {
+                    "state": "stale",
+                    "addrs": [{"host": "10.0.0.7", "port": 8080}],
+                    "lastUpdate": "2024-05-01 12:00:00 +0000",
+                    "staleAgeSecs": 252.0,
+                    "lastError": "web:1: bad line",
+                },
+            },
+        }
+    }
     assert render_tables(clients, namers).splitlines() == [
         "CLIENTS (2)",
         "",
@@ -71,14 +90,22 @@ routers:
 """
         async with running_daemon(cfg) as d:
             assert (await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: web")).status == 200
-            proc = await trio.run_process([sys.executable, "-m", "hostproxy", "state", "--admin", d.admin, "--json"],
-                                          capture_stdout=True, capture_stderr=True, check=False)
+            proc = await trio.run_process(
+                [sys.executable, "-m", "hostproxy", "state", "--admin", d.admin, "--json"],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
             assert proc.returncode == 0, proc.stderr
             doc = json.loads(proc.stdout)
             assert doc["clients"] == (await curl(d.admin + "/client_state.json")).json()
             assert doc["namers"]["/io.l5d.fs"]["names"]["web"]["state"] == "bound"
-            proc = await trio.run_process([sys.executable, "-m", "hostproxy", "state", "--admin", d.admin],
-                                          capture_stdout=True, capture_stderr=True, check=False)
+            proc = await trio.run_process(
+                [sys.executable, "-m", "hostproxy", "state", "--admin", d.admin],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
             assert proc.returncode == 0
             out = proc.stdout.decode()
             assert "/#/io.l5d.fs/web  bound\n" in out

@@ -137,7 +137,8 @@ async def test_certificate_without_sans(pki: Pki, tmp_path: Path) -> None:
     assert e.reason == "name-mismatch"
     assert str(e).startswith(
         f"TLS handshake with 127.0.0.1:{port} failed: the server certificate names only its subject "
-        "CN=users.test (it has no subjectAltName) but client.tls.commonName expects 'orders.test'; ")
+        "CN=users.test (it has no subjectAltName) but client.tls.commonName expects 'orders.test'; "
+    )
 
 
 async def test_expired_server_certificate_gives_the_date(pki: Pki, tmp_path: Path) -> None:
@@ -212,7 +213,9 @@ async def test_protocol_mismatch(pki: Pki) -> None:
     assert e.reason == "protocol-mismatch"
     assert re.fullmatch(
         rf"TLS handshake with 127\.0\.0\.1:{port} failed: no TLS version in common \([A-Z0-9_]+\); this "
-        r"client allows TLSv1\.2 \(client\.tls\.protocols\): align it with the server's protocols", str(e))
+        r"client allows TLSv1\.2 \(client\.tls\.protocols\): align it with the server's protocols",
+        str(e),
+    )
 
 
 async def test_plaintext_server(pki: Pki) -> None:
@@ -227,7 +230,9 @@ async def test_plaintext_server(pki: Pki) -> None:
     assert re.fullmatch(
         rf"TLS handshake with 127\.0\.0\.1:{port} failed: the server did not answer in TLS \([A-Z_]+\); "
         rf"127\.0\.0\.1:{port} is probably a plaintext port: point the client at the TLS port or remove "
-        r"client\.tls", str(e))
+        r"client\.tls",
+        str(e),
+    )
 
 
 async def test_silent_server_times_out_as_tls(pki: Pki) -> None:
@@ -268,26 +273,45 @@ async def test_tls_error_becomes_a_502_with_l5d_err(pki: Pki) -> None:
 
 
 def test_config_errors_name_the_key_and_the_fix(pki: Pki, tmp_path: Path) -> None:
-    with pytest.raises(TlsConfigError, match=r"^client\.tls\.commonName is required unless disableValidation "
-                       r"is true: it is the name the server certificate must carry$"):
+    with pytest.raises(
+        TlsConfigError,
+        match=r"^client\.tls\.commonName is required unless disableValidation "
+        r"is true: it is the name the server certificate must carry$",
+    ):
         ClientTls(m.ClientTls(trust_certs=(pki.ca_path,)))
     missing = str(tmp_path / "nope.pem")
-    with pytest.raises(TlsConfigError, match=rf"^client\.tls\.trustCerts: cannot read {re.escape(missing)}: "
-                       r"No such file or directory; check the path and that hostproxy may read it$"):
+    with pytest.raises(
+        TlsConfigError,
+        match=rf"^client\.tls\.trustCerts: cannot read {re.escape(missing)}: "
+        r"No such file or directory; check the path and that hostproxy may read it$",
+    ):
         ClientTls(m.ClientTls(common_name="x", trust_certs=(missing,)))
-    with pytest.raises(TlsConfigError, match=r"^client\.tls\.protocols: TLSv1\.1 is insecure and not "
-                       r"supported; use TLSv1\.2 and/or TLSv1\.3$"):
+    with pytest.raises(
+        TlsConfigError,
+        match=r"^client\.tls\.protocols: TLSv1\.1 is insecure and not "
+        r"supported; use TLSv1\.2 and/or TLSv1\.3$",
+    ):
         ClientTls(m.ClientTls(common_name="x", trust_certs=(pki.ca_path,), protocols=("TLSv1.1",)))
     # A key that belongs to another certificate.
-    with pytest.raises(TlsConfigError, match=rf"^client\.tls\.clientAuth: the key {re.escape(pki.server_key)} "
-                       rf"does not belong to the certificate {re.escape(pki.client_cert)}; install the key"):
-        ClientTls(m.ClientTls(common_name="x", trust_certs=(pki.ca_path,),
-                              client_auth=m.ClientAuth(cert_path=pki.client_cert, key_path=pki.server_key)))
+    with pytest.raises(
+        TlsConfigError,
+        match=rf"^client\.tls\.clientAuth: the key {re.escape(pki.server_key)} "
+        rf"does not belong to the certificate {re.escape(pki.client_cert)}; install the key",
+    ):
+        ClientTls(
+            m.ClientTls(
+                common_name="x",
+                trust_certs=(pki.ca_path,),
+                client_auth=m.ClientAuth(cert_path=pki.client_cert, key_path=pki.server_key),
+            )
+        )
     with pytest.raises(TlsConfigError, match=r"^tls\.requireClientAuth: true needs tls\.caCertPath"):
         make_listener_tls(pki.server_cert, pki.server_key, require_client_auth=True)
     not_pem = tmp_path / "garbage.pem"
     not_pem.write_text("hello")
-    with pytest.raises(TlsConfigError, match=r"^client\.tls\.trustCerts: .*garbage\.pem holds no PEM certificate"):
+    with pytest.raises(
+        TlsConfigError, match=r"^client\.tls\.trustCerts: .*garbage\.pem holds no PEM certificate"
+    ):
         ClientTls(m.ClientTls(common_name="x", trust_certs=(str(not_pem),)))
 
 

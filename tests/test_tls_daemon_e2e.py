@@ -38,8 +38,9 @@ def pki(tmp_path: Path) -> Pki:
     return make_pki(tmp_path)
 
 
-def tls_server_config(pki: Pki, app_port: int, *, mtls: bool = False, forward_cert: bool = False,
-                      extra_server: str = "") -> str:
+def tls_server_config(
+    pki: Pki, app_port: int, *, mtls: bool = False, forward_cert: bool = False, extra_server: str = ""
+) -> str:
     ca = f"\n      caCertPath: {pki.ca_path}\n      requireClientAuth: true" if mtls else ""
     fwd = "\n  client:\n    forwardClientCert: true" if forward_cert else ""
     return f"""
@@ -80,8 +81,17 @@ async def test_mtls_refuses_a_client_without_certificate_and_serves_one_with(pki
         url = f"https://localhost:{d.port('edge')}/headers"
         r = await curl(url, "--cacert", pki.ca_path, "-H", "Host: web", timeout=5)
         assert r.status == 0 and r.exit_code != 0
-        r = await curl(url, "--cacert", pki.ca_path, "--cert", pki.client_cert, "--key", pki.client_key,
-                       "-H", "Host: web")
+        r = await curl(
+            url,
+            "--cacert",
+            pki.ca_path,
+            "--cert",
+            pki.client_cert,
+            "--key",
+            pki.client_key,
+            "-H",
+            "Host: web",
+        )
         assert r.status == 200, r
         slot = next(iter(d.daemon.slots.values()))
         assert slot.tls is not None
@@ -95,14 +105,24 @@ async def test_forward_client_cert_sets_and_strips_the_header(pki: Pki) -> None:
     async with running_upstream() as app:
         cfg = cfg.replace("/$/inet/127.0.0.1/0;", f"/$/inet/127.0.0.1/{app.port};")
         async with running_daemon(cfg) as d:
-            r = await curl(f"https://localhost:{d.port('edge')}/headers", "--cacert", pki.ca_path,
-                           "--cert", pki.client_cert, "--key", pki.client_key, "-H", "Host: web",
-                           "-H", "x-forwarded-client-cert: Subject=\"CN=forged\"")
+            r = await curl(
+                f"https://localhost:{d.port('edge')}/headers",
+                "--cacert",
+                pki.ca_path,
+                "--cert",
+                pki.client_cert,
+                "--key",
+                pki.client_key,
+                "-H",
+                "Host: web",
+                "-H",
+                'x-forwarded-client-cert: Subject="CN=forged"',
+            )
             assert r.status == 200, r
             values = [v for n, v in app.requests[-1].headers if n == "x-forwarded-client-cert"]
             assert len(values) == 1, values
             digest = hashlib.sha256(pki.client.cert.public_bytes(Encoding.DER)).hexdigest()
-            assert values[0].startswith(f"Hash={digest};Cert=\"-----BEGIN%20CERTIFICATE-----"), values[0]
+            assert values[0].startswith(f'Hash={digest};Cert="-----BEGIN%20CERTIFICATE-----'), values[0]
             assert 'Subject="CN=client.test"' in values[0]
             assert values[0].endswith(";DNS=client.test")
             assert "forged" not in values[0]
@@ -112,9 +132,13 @@ async def test_a_missing_key_stops_the_start_with_the_path(pki: Pki, tmp_path: P
     missing = tmp_path / "nope.key"
     cfg = tls_server_config(pki, 9).replace(pki.server_key, str(missing))
     daemon = Daemon(load_config(cfg, source="test.yaml"))
-    with pytest.raises(TlsStartupError, match=(
+    with pytest.raises(
+        TlsStartupError,
+        match=(
             rf"^routers\[0\]\.servers\[0\]\.tls\.keyPath: cannot read {missing}: No such file or directory; "
-            r"check the path and that hostproxy may read it$")):
+            r"check the path and that hostproxy may read it$"
+        ),
+    ):
         await daemon.run()
 
 
@@ -122,11 +146,17 @@ async def test_hostproxy_run_reports_a_missing_certificate_and_exits(pki: Pki, t
     path = tmp_path / "hp.yaml"
     path.write_text(tls_server_config(pki, 9).replace(pki.server_cert, str(tmp_path / "gone.pem")))
     with trio.fail_after(30):
-        proc = await trio.run_process([sys.executable, "-m", "hostproxy", "run", str(path)],
-                                      capture_stdout=True, capture_stderr=True, check=False)
+        proc = await trio.run_process(
+            [sys.executable, "-m", "hostproxy", "run", str(path)],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
     assert proc.returncode == 1
-    assert (f"hostproxy: failed to start: routers[0].servers[0].tls.certPath: cannot read {tmp_path}/gone.pem"
-            in proc.stderr.decode()), proc.stderr.decode()[-2000:]
+    assert (
+        f"hostproxy: failed to start: routers[0].servers[0].tls.certPath: cannot read {tmp_path}/gone.pem"
+        in proc.stderr.decode()
+    ), proc.stderr.decode()[-2000:]
 
 
 async def test_drain_backlog_connections_are_served_over_tls(pki: Pki) -> None:
@@ -170,8 +200,12 @@ routers:
 
 async def wtf_json(admin: str) -> dict:  # type: ignore[type-arg]
     with trio.fail_after(30):
-        proc = await trio.run_process([sys.executable, "-m", "hostproxy", "wtf", "--admin", admin, "--json"],
-                                      capture_stdout=True, capture_stderr=True, check=False)
+        proc = await trio.run_process(
+            [sys.executable, "-m", "hostproxy", "wtf", "--admin", admin, "--json"],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
     assert proc.returncode in (0, 1), proc.stderr.decode()[-2000:]
     return json.loads(proc.stdout)  # type: ignore[no-any-return]
 
@@ -180,37 +214,58 @@ def _failure_cases(pki: Pki, tmp_path: Path) -> list[tuple[str, str, tuple[str, 
     """(name, client tls yaml, upstream (cert, key), reason word, l5d-err fragment)."""
     other = TestCA("some other CA")
     oc, ok = other.issue("server.test", sans=("localhost", "127.0.0.1")).write(tmp_path, "other-server")
-    ec, ek = pki.ca.issue("server.test", sans=("localhost", "127.0.0.1"), not_before=days_from_now(-30),
-                          not_after=days_from_now(-2)).write(tmp_path, "expired")
+    ec, ek = pki.ca.issue(
+        "server.test",
+        sans=("localhost", "127.0.0.1"),
+        not_before=days_from_now(-30),
+        not_after=days_from_now(-2),
+    ).write(tmp_path, "expired")
     trust = f"      commonName: localhost\n      trustCerts: [{pki.ca_path}]"
     return [
         ("unknown-ca", trust, (oc, ok), "unknown-ca", "CN=some other CA"),
-        ("name-mismatch", trust.replace("localhost", "billing.internal"), (pki.server_cert, pki.server_key),
-         "name-mismatch", "billing.internal"),
+        (
+            "name-mismatch",
+            trust.replace("localhost", "billing.internal"),
+            (pki.server_cert, pki.server_key),
+            "name-mismatch",
+            "billing.internal",
+        ),
         ("expired", trust, (ec, ek), "expired", "expired"),
     ]
 
 
 @pytest.mark.parametrize("case", ["unknown-ca", "name-mismatch", "expired", "no-client-certificate"])
-async def test_tls_failure_is_a_502_with_the_reason_counted_as_tls(pki: Pki, tmp_path: Path, case: str) -> None:
+async def test_tls_failure_is_a_502_with_the_reason_counted_as_tls(
+    pki: Pki, tmp_path: Path, case: str
+) -> None:
     cases = {c[0]: c for c in _failure_cases(pki, tmp_path)}
     ca = None
     if case == "no-client-certificate":
         client_tls = f"      commonName: localhost\n      trustCerts: [{pki.ca_path}]"
-        upstream, fragment, ca = (pki.server_cert, pki.server_key), "requires a client certificate", pki.ca_path
+        upstream, fragment, ca = (
+            (pki.server_cert, pki.server_key),
+            "requires a client certificate",
+            pki.ca_path,
+        )
     else:
         _, client_tls, upstream, _, fragment = cases[case]
     listener_tls = make_listener_tls(*upstream, ca=ca, require_client_auth=ca is not None)
-    async with serving(Http1Server(hello), listener_tls) as up_port, \
-            running_daemon(tls_client_config(up_port, client_tls)) as d:
+    async with (
+        serving(Http1Server(hello), listener_tls) as up_port,
+        running_daemon(tls_client_config(up_port, client_tls)) as d,
+    ):
         r = await curl(f"http://127.0.0.1:{d.port('out')}/x", "-H", "Host: web")
         assert r.status == 502, r
-        assert r.l5d_err is not None and r.l5d_err.startswith(f"TLS handshake with 127.0.0.1:{up_port} failed")
+        assert r.l5d_err is not None and r.l5d_err.startswith(
+            f"TLS handshake with 127.0.0.1:{up_port} failed"
+        )
         assert fragment in r.l5d_err, r.l5d_err
         assert "service name: /svc/web" in r.l5d_err
         metrics = (await curl(f"{d.admin}/admin/metrics.json")).json()
         assert isinstance(metrics, dict)
-        assert metrics["rt/out/service/svc/web/failures/tls"] >= 1, {k: v for k, v in metrics.items() if "fail" in k}
+        assert metrics["rt/out/service/svc/web/failures/tls"] >= 1, {
+            k: v for k, v in metrics.items() if "fail" in k
+        }
         report = await wtf_json(d.admin)
         tls = [f for f in report["findings"] if f["cause"] == "tls"]
         assert tls, report
@@ -225,11 +280,17 @@ async def test_tls_failure_is_a_502_with_the_reason_counted_as_tls(pki: Pki, tmp
 
 
 async def test_mtls_to_an_upstream_succeeds_with_client_auth(pki: Pki) -> None:
-    listener_tls = make_listener_tls(pki.server_cert, pki.server_key, ca=pki.ca_path, require_client_auth=True)
-    client_tls = (f"      commonName: localhost\n      trustCerts: [{pki.ca_path}]\n"
-                  f"      clientAuth: {{certPath: {pki.client_cert}, keyPath: {pki.client_key}}}")
-    async with serving(Http1Server(hello), listener_tls) as up_port, \
-            running_daemon(tls_client_config(up_port, client_tls)) as d:
+    listener_tls = make_listener_tls(
+        pki.server_cert, pki.server_key, ca=pki.ca_path, require_client_auth=True
+    )
+    client_tls = (
+        f"      commonName: localhost\n      trustCerts: [{pki.ca_path}]\n"
+        f"      clientAuth: {{certPath: {pki.client_cert}, keyPath: {pki.client_key}}}"
+    )
+    async with (
+        serving(Http1Server(hello), listener_tls) as up_port,
+        running_daemon(tls_client_config(up_port, client_tls)) as d,
+    ):
         for i in range(3):
             r = await curl(f"http://127.0.0.1:{d.port('out')}/x{i}", "-H", "Host: web")
             assert r.status == 200, r
@@ -244,27 +305,37 @@ async def test_a_missing_trust_file_stops_the_start(pki: Pki, tmp_path: Path) ->
         await daemon.run()
     errors = info.value.exceptions
     assert len(errors) == 1 and isinstance(errors[0], TlsStartupError)
-    assert str(errors[0]) == (f"routers[0].client.tls.trustCerts: cannot read {tmp_path}/ca-gone.pem: No such file "
-                              "or directory; check the path and that hostproxy may read it")
+    assert str(errors[0]) == (
+        f"routers[0].client.tls.trustCerts: cannot read {tmp_path}/ca-gone.pem: No such file "
+        "or directory; check the path and that hostproxy may read it"
+    )
 
 
 # -- /admin/tls.json and the expiry warning --------------------------------------------------------------
 
 
-async def test_admin_tls_json_lists_certificates_and_wtf_warns_before_expiry(pki: Pki, tmp_path: Path) -> None:
+async def test_admin_tls_json_lists_certificates_and_wtf_warns_before_expiry(
+    pki: Pki, tmp_path: Path
+) -> None:
     soon = pki.ca.issue("soon.test", sans=("localhost",), not_after=days_from_now(5.5))
     sc, sk = soon.write(tmp_path, "soon")
-    client_tls = (f"      commonName: localhost\n      trustCerts: [{pki.ca_path}]\n"
-                  f"      clientAuth: {{certPath: {pki.client_cert}, keyPath: {pki.client_key}}}")
+    client_tls = (
+        f"      commonName: localhost\n      trustCerts: [{pki.ca_path}]\n"
+        f"      clientAuth: {{certPath: {pki.client_cert}, keyPath: {pki.client_key}}}"
+    )
     cfg = tls_client_config(9, client_tls).replace(
         "  servers: [{ip: 127.0.0.1, port: 0}]",
-        f"  servers:\n  - ip: 127.0.0.1\n    port: 0\n    tls: {{certPath: {sc}, keyPath: {sk}}}")
+        f"  servers:\n  - ip: 127.0.0.1\n    port: 0\n    tls: {{certPath: {sc}, keyPath: {sk}}}",
+    )
     async with running_daemon(cfg) as d:
         doc = (await curl(f"{d.admin}/admin/tls.json")).json()
         assert isinstance(doc, dict) and list(doc) == ["certificates"]
         certs = doc["certificates"]
         assert {(c["role"], c["path"]) for c in certs} == {
-            ("server", sc), ("client", pki.client_cert), ("ca", pki.ca_path)}
+            ("server", sc),
+            ("client", pki.client_cert),
+            ("ca", pki.ca_path),
+        }
         for c in certs:
             assert set(c) == {"path", "role", "router", "subject", "sans", "issuer", "notAfter", "daysLeft"}
             assert c["router"] == "out"
@@ -280,14 +351,21 @@ async def test_admin_tls_json_lists_certificates_and_wtf_warns_before_expiry(pki
         expiring = [f for f in report["findings"] if f["cause"] == "tls"]
         assert len(expiring) == 1, report
         assert expiring[0]["severity"] == "warning"
-        assert expiring[0]["verdict"] == (f"server certificate {sc} (CN=soon.test) expires in 5 day(s), "
-                                          f"on {certs[0]['notAfter']}")
+        assert expiring[0]["verdict"] == (
+            f"server certificate {sc} (CN=soon.test) expires in 5 day(s), on {certs[0]['notAfter']}"
+        )
 
 
 def test_hostproxy_check_loads_the_linkerd_tls_example() -> None:
-    example = Path(__file__).parents[2] / "shared/compat/linkerd-examples/k8s-daemonset__k8s__linkerd-tls.yaml"
-    out = subprocess.run([sys.executable, "-m", "hostproxy", "check", str(example)], capture_output=True,
-                         timeout=60, check=False)
+    example = (
+        Path(__file__).parents[2] / "shared/compat/linkerd-examples/k8s-daemonset__k8s__linkerd-tls.yaml"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "hostproxy", "check", str(example)],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr.decode()
     assert b"2 routers: outgoing (http) on 0.0.0.0:4140; incoming (http) on 0.0.0.0:4141" in out.stdout
 
@@ -321,5 +399,7 @@ routers:
         "client, so its tls settings never apply: the transformer(s) io.l5d.port rename clients of /#/io.l5d.fs "
         "to '/%/io.l5d.port/4141/#/io.l5d.fs/...'; write the prefix as '/%/io.l5d.port/4141/#/io.l5d.fs/{service}'"
     ]
-    fixed = text.replace("- prefix: /#/io.l5d.fs/{service}", "- prefix: /%/io.l5d.port/4141/#/io.l5d.fs/{service}")
+    fixed = text.replace(
+        "- prefix: /#/io.l5d.fs/{service}", "- prefix: /%/io.l5d.port/4141/#/io.l5d.fs/{service}"
+    )
     assert load_config(fixed, source="l5d.yaml").routers[0].client is not None

@@ -39,9 +39,14 @@ def pki(tmp_path: Path) -> Pki:
 
 def test_tls_json_shape_from_live_objects(pki: Pki) -> None:
     server = make_listener_tls(pki.server_cert, pki.server_key, ca=pki.ca_path)
-    client = ClientTls(m.ClientTls(common_name="localhost", trust_certs=(pki.ca_path,),
-                                   client_auth=m.ClientAuth(cert_path=pki.client_cert, key_path=pki.client_key)),
-                       router="outgoing")
+    client = ClientTls(
+        m.ClientTls(
+            common_name="localhost",
+            trust_certs=(pki.ca_path,),
+            client_auth=m.ClientAuth(cert_path=pki.client_cert, key_path=pki.client_key),
+        ),
+        router="outgoing",
+    )
     now = pki.server.cert.not_valid_before_utc + dt.timedelta(days=1, hours=1)
     body = tls_json([*server.certificates(), *client.certificates()], now)
     assert list(body) == ["certificates"]
@@ -91,7 +96,8 @@ def test_expiring_within_14_days_includes_expired(pki: Pki) -> None:
 
 def test_config_certificates_reads_every_file_named(pki: Pki, tmp_path: Path) -> None:
     missing = str(tmp_path / "missing.pem")
-    cfg = load_config(f"""
+    cfg = load_config(
+        f"""
 routers:
 - protocol: http
   label: incoming
@@ -111,7 +117,9 @@ routers:
         clientAuth: {{certPath: {pki.client_cert}, keyPath: {pki.client_key}}}
     - prefix: /$/inet/{{host}}
       tls: {{commonName: "{{host}}", trustCerts: [{missing}]}}
-""", source="t.yaml")
+""",
+        source="t.yaml",
+    )
     certs = config_certificates(cfg)
     assert [(c.role, c.router, c.path, c.subject) for c in certs] == [
         ("server", "incoming", pki.server_cert, "CN=server.test"),
@@ -159,7 +167,9 @@ PORT = """
 def test_prefix_renamed_by_a_port_transformer_is_caught_with_the_fix() -> None:
     text = _router(PORT, "/#/io.l5d.fs/{service}")
     issues = check_tls_prefixes(load_config(text, source="l5d.yaml"), file="l5d.yaml")
-    assert [(i.file, i.line, i.path) for i in issues] == [("l5d.yaml", 18, "routers[0].client.configs[1].prefix")]
+    assert [(i.file, i.line, i.path) for i in issues] == [
+        ("l5d.yaml", 18, "routers[0].client.configs[1].prefix")
+    ]
     assert issues[0].message == (
         "client prefix '/#/io.l5d.fs/{service}' matches no client, so its tls settings never apply: the "
         "transformer(s) io.l5d.port rename clients of /#/io.l5d.fs to '/%/io.l5d.port/4141/#/io.l5d.fs/...'; "
@@ -177,12 +187,16 @@ def test_without_transformers_the_plain_prefix_is_fine() -> None:
 
 
 def test_chained_and_namer_transformers() -> None:
-    chain = PORT + """
+    chain = (
+        PORT
+        + """
     - kind: io.l5d.k8s.localnode"""
+    )
     issues = check_tls_prefixes(load_config(_router(chain, "/#/io.l5d.fs/{service}"), source="t"))
     assert len(issues) == 1
     assert issues[0].message.endswith(
-        "write the prefix as '/%/io.l5d.k8s.localnode/*/%/io.l5d.port/4141/#/io.l5d.fs/{service}'")
+        "write the prefix as '/%/io.l5d.k8s.localnode/*/%/io.l5d.port/4141/#/io.l5d.fs/{service}'"
+    )
     ok = _router(chain, "/%/io.l5d.k8s.localnode/{node}/%/io.l5d.port/4141/#/io.l5d.fs/{service}")
     assert check_tls_prefixes(load_config(ok, source="t")) == []
 
@@ -192,7 +206,8 @@ def test_chained_and_namer_transformers() -> None:
     text = _router(" []", "/#/io.l5d.fs/{service}", namer_transformers=namer_level)
     issues = check_tls_prefixes(load_config(text, source="t"))
     assert [i.message.rsplit("; ", 1)[1] for i in issues] == [
-        "write the prefix as '/%/io.l5d.localhost/#/io.l5d.fs/{service}'"]
+        "write the prefix as '/%/io.l5d.localhost/#/io.l5d.fs/{service}'"
+    ]
 
 
 def test_service_names_are_not_client_names() -> None:
@@ -221,12 +236,17 @@ def test_linkerd_daemonset_tls_example_loads_and_passes() -> None:
 
 
 def test_daemonset_static_prefix_written_without_the_transformer_is_caught() -> None:
-    text = COMPAT.read_text().replace(
-        "  client:\n    tls:\n      commonName: linkerd\n",
-        "  client:\n    kind: io.l5d.static\n    configs:\n    - prefix: /#/io.l5d.k8s/default/http/{service}\n"
-        "      tls:\n        commonName: linkerd\n",
-    ).replace("      trustCerts:\n      - /io.buoyant", "        trustCerts:\n        - /io.buoyant")
+    text = (
+        COMPAT.read_text()
+        .replace(
+            "  client:\n    tls:\n      commonName: linkerd\n",
+            "  client:\n    kind: io.l5d.static\n    configs:\n    - prefix: /#/io.l5d.k8s/default/http/{service}\n"
+            "      tls:\n        commonName: linkerd\n",
+        )
+        .replace("      trustCerts:\n      - /io.buoyant", "        trustCerts:\n        - /io.buoyant")
+    )
     issues = check_tls_prefixes(load_config(text, source="d.yaml"))
     assert len(issues) == 1
     assert issues[0].message.endswith(
-        "write the prefix as '/%/io.l5d.k8s.daemonset/default/incoming/l5d/#/io.l5d.k8s/default/http/{service}'")
+        "write the prefix as '/%/io.l5d.k8s.daemonset/default/incoming/l5d/#/io.l5d.k8s/default/http/{service}'"
+    )

@@ -57,8 +57,13 @@ class Hosts:
     def issue(self, host: str, *, days: float) -> bytes:
         """(Re)write ``<host>.pem``/``<host>.key``; returns the certificate's DER."""
         ip = A if host == "a" else B
-        issued = self.ca.issue(f"node-{host}", sans=(f"node-{host}.l5d.test", ip), client=True, server=True,
-                               not_after=days_from_now(days))
+        issued = self.ca.issue(
+            f"node-{host}",
+            sans=(f"node-{host}.l5d.test", ip),
+            client=True,
+            server=True,
+            not_after=days_from_now(days),
+        )
         issued.write(self.dir, host)
         return issued.cert.public_bytes(Encoding.DER)
 
@@ -67,8 +72,10 @@ class Hosts:
 
 
 def b_config(h: Hosts, app_port: int, grpc_port: int) -> str:
-    tls = (f"{{certPath: {h.path('b', 'pem')}, keyPath: {h.path('b', 'key')}, caCertPath: {h.ca_path}, "
-           "requireClientAuth: true}")
+    tls = (
+        f"{{certPath: {h.path('b', 'pem')}, keyPath: {h.path('b', 'key')}, caCertPath: {h.ca_path}, "
+        "requireClientAuth: true}"
+    )
     return f"""
 admin: {{ip: {B}, port: 0}}
 routers:
@@ -94,7 +101,7 @@ def a_config(h: Hosts, b_in: int, b_in_h2: int) -> str:
       tls:
         commonName: "{{host}}"
         trustCerts: [{h.ca_path}]
-        clientAuth: {{certPath: {h.path('a', 'pem')}, keyPath: {h.path('a', 'key')}}}
+        clientAuth: {{certPath: {h.path("a", "pem")}, keyPath: {h.path("a", "key")}}}
 """
     return f"""
 admin: {{ip: {A}, port: 0}}
@@ -131,9 +138,11 @@ async def test_outgoing_to_peer_incoming_over_mtls_http1_grpc_and_rotation(tmp_p
     h = Hosts(tmp_path)
     old_a = (tmp_path / "a.pem").read_bytes()
     with GrpcTestServer() as grpc_server:
-        async with running_upstream(host=B) as app, \
-                host_daemon(b_config(h, app.port, grpc_server.port)) as b, \
-                host_daemon(a_config(h, b.port("incoming"), b.port("incoming-h2"))) as a:
+        async with (
+            running_upstream(host=B) as app,
+            host_daemon(b_config(h, app.port, grpc_server.port)) as b,
+            host_daemon(a_config(h, b.port("incoming"), b.port("incoming-h2"))) as a,
+        ):
             out = f"http://{A}:{a.port('outgoing')}/headers"
 
             # HTTP/1.1: A -> (mTLS) -> B -> (plaintext) -> app.
@@ -144,13 +153,21 @@ async def test_outgoing_to_peer_incoming_over_mtls_http1_grpc_and_rotation(tmp_p
             assert (seen.header("via") or "").count("hostproxy") == 2
             from cryptography import x509
 
-            old_hash = hashlib.sha256(x509.load_pem_x509_certificate(old_a).public_bytes(Encoding.DER)).hexdigest()
+            old_hash = hashlib.sha256(
+                x509.load_pem_x509_certificate(old_a).public_bytes(Encoding.DER)
+            ).hexdigest()
             assert xfcc_hashes(app) == {old_hash}
             # B's incoming port speaks only TLS, and only to clients with a mesh certificate.
             r = await curl(f"http://{B}:{b.port('incoming')}/headers", "-H", "Host: web", timeout=5)
             assert r.status == 0
-            r = await curl(f"https://{B}:{b.port('incoming')}/headers", "--cacert", h.ca_path,
-                           "-H", "Host: web", timeout=5)
+            r = await curl(
+                f"https://{B}:{b.port('incoming')}/headers",
+                "--cacert",
+                h.ca_path,
+                "-H",
+                "Host: web",
+                timeout=5,
+            )
             assert r.status == 0 and r.exit_code != 0
 
             # gRPC over h2: A's h2 router -> (mTLS, ALPN h2) -> B's h2 router -> grpcio.
@@ -183,8 +200,10 @@ async def test_outgoing_to_peer_incoming_over_mtls_http1_grpc_and_rotation(tmp_p
                         await trio.sleep(0.02)
                     new_a = h.issue("a", days=45)
                     h.issue("b", days=60)
-                    while (await tls_days(a.admin, "client", h.path("a", "pem")) != 44
-                           or await tls_days(b.admin, "server", h.path("b", "pem")) != 59):
+                    while (
+                        await tls_days(a.admin, "client", h.path("a", "pem")) != 44
+                        or await tls_days(b.admin, "server", h.path("b", "pem")) != 59
+                    ):
                         await trio.sleep(0.05)
                     rotated_at = len(statuses)
                     new_hash = hashlib.sha256(new_a).hexdigest()

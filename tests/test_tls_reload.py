@@ -124,13 +124,15 @@ async def test_broken_new_files_are_rejected_and_the_old_context_kept(pki: Pki, 
         assert tls.maybe_reload() is False
         assert tls.statistics()["last_reload_error"] == (
             f"tls.certPath: {pki.server_cert} holds no PEM certificate (expected '-----BEGIN CERTIFICATE-----' "
-            "blocks)")
+            "blocks)"
+        )
         Path(pki.server_cert).write_bytes(newer.cert_pem)
         Path(pki.server_key).write_bytes(newer.key_pem[:60])
         assert tls.maybe_reload() is False
         assert tls.statistics()["last_reload_error"] == (
             f"tls.keyPath: {pki.server_key} is not a PEM private key (expected '-----BEGIN PRIVATE KEY-----', "
-            "PKCS#8; PKCS#1 'RSA PRIVATE KEY' and SEC1 'EC PRIVATE KEY' are accepted too)")
+            "PKCS#8; PKCS#1 'RSA PRIVATE KEY' and SEC1 'EC PRIVATE KEY' are accepted too)"
+        )
         assert tls.statistics()["reload_failures"] == 3
         Path(pki.server_key).write_bytes(newer.key_pem)
 
@@ -148,9 +150,13 @@ async def test_client_trust_and_client_certificate_reload(pki: Pki, tmp_path: Pa
     trust = tmp_path / "trust.pem"
     trust.write_bytes(pki.ca.cert_pem)
     server_tls = make_listener_tls(pki.server_cert, pki.server_key, ca=pki.ca_path, require_client_auth=True)
-    client = ClientTls(m.ClientTls(
-        common_name="localhost", trust_certs_bundle=str(trust),
-        client_auth=m.ClientAuth(cert_path=pki.client_cert, key_path=pki.client_key)))
+    client = ClientTls(
+        m.ClientTls(
+            common_name="localhost",
+            trust_certs_bundle=str(trust),
+            client_auth=m.ClientAuth(cert_path=pki.client_cert, key_path=pki.client_key),
+        )
+    )
 
     seen: list[str] = []
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -182,12 +188,18 @@ async def test_client_trust_and_client_certificate_reload(pki: Pki, tmp_path: Pa
         assert err.value.reason == "unknown-ca"
         # The trust bundle gains the next CA; the client's own certificate is renewed too.
         trust.write_bytes(pki.ca.cert_pem + new_ca.cert_pem)
-        install(pki.ca.issue("client2.test", sans=("client2.test",), client=True, server=False),
-                pki.client_cert, pki.client_key)
+        install(
+            pki.ca.issue("client2.test", sans=("client2.test",), client=True, server=False),
+            pki.client_cert,
+            pki.client_key,
+        )
         assert client.maybe_reload() is True
         assert client.generation == 2
-        assert [c.subject for c in client.certificates()] == ["CN=client2.test", "CN=hostproxy test CA",
-                                                               "CN=next CA"]
+        assert [c.subject for c in client.certificates()] == [
+            "CN=client2.test",
+            "CN=hostproxy test CA",
+            "CN=next CA",
+        ]
         s = await client.connect("127.0.0.1", port, connect_timeout=5)
         assert await s.receive_some(10) == b"hi"
         await s.aclose()
@@ -220,8 +232,9 @@ def test_reload_all_counts_and_survives_a_broken_object() -> None:
 async def test_watcher_polls_every_interval(autojump_clock: trio.testing.MockClock) -> None:
     objs: list[_Counting] = [_Counting([False])]
     async with trio.open_nursery() as nursery:
-        await nursery.start(lambda task_status: watch_certificates(lambda: objs, interval_s=5,
-                                                                    task_status=task_status))
+        await nursery.start(
+            lambda task_status: watch_certificates(lambda: objs, interval_s=5, task_status=task_status)
+        )
         await trio.sleep(12)
         assert objs[0].calls == 2
         objs.append(_Counting([False]))  # created later (a new client): watched from then on

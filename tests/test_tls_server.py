@@ -54,8 +54,14 @@ async def test_curl_https_with_cacert(pki: Pki) -> None:
         assert out.returncode == 0, out.stderr
         assert out.stdout == b"hello /a conn=1"
         # A custom name from the certificate's SANs, and keep-alive over one TLS connection.
-        out = await curl("--cacert", pki.ca_path, "--resolve", f"proxy.test:{port}:127.0.0.1",
-                         f"https://proxy.test:{port}/b", f"https://proxy.test:{port}/c")
+        out = await curl(
+            "--cacert",
+            pki.ca_path,
+            "--resolve",
+            f"proxy.test:{port}:127.0.0.1",
+            f"https://proxy.test:{port}/b",
+            f"https://proxy.test:{port}/c",
+        )
         assert out.returncode == 0, out.stderr
         assert out.stdout == b"hello /b conn=2hello /c conn=2"
     assert tls.statistics()["handshakes"] == 2
@@ -65,8 +71,13 @@ async def test_curl_https_with_cacert(pki: Pki) -> None:
 async def test_curl_rejects_a_name_not_in_the_certificate(pki: Pki) -> None:
     tls = make_listener_tls(pki.server_cert, pki.server_key)
     async with serving(Http1Server(hello), tls) as port:
-        out = await curl("--cacert", pki.ca_path, "--resolve", f"other.test:{port}:127.0.0.1",
-                         f"https://other.test:{port}/")
+        out = await curl(
+            "--cacert",
+            pki.ca_path,
+            "--resolve",
+            f"other.test:{port}:127.0.0.1",
+            f"https://other.test:{port}/",
+        )
         assert out.returncode == 60  # peer certificate cannot be authenticated
         assert b"other.test" in out.stderr
         assert out.stdout == b""
@@ -92,8 +103,15 @@ async def test_a_client_that_distrusts_the_server_is_counted(pki: Pki, tmp_path:
 async def test_curl_mtls_requires_a_client_certificate(pki: Pki) -> None:
     tls = make_listener_tls(pki.server_cert, pki.server_key, ca=pki.ca_path, require_client_auth=True)
     async with serving(Http1Server(hello), tls) as port:
-        ok = await curl("--cacert", pki.ca_path, "--cert", pki.client_cert, "--key", pki.client_key,
-                        f"https://127.0.0.1:{port}/mtls")
+        ok = await curl(
+            "--cacert",
+            pki.ca_path,
+            "--cert",
+            pki.client_cert,
+            "--key",
+            pki.client_key,
+            f"https://127.0.0.1:{port}/mtls",
+        )
         assert ok.returncode == 0, ok.stderr
         assert ok.stdout == b"hello /mtls conn=1"
 
@@ -166,8 +184,13 @@ async def test_alpn_http1_router_and_peer_certificate(pki: Pki) -> None:
         await stream.send_all(b"pong")
         await stream.aclose()
 
-    client = ClientTls(m.ClientTls(common_name="localhost", trust_certs=(pki.ca_path,),
-                                   client_auth=m.ClientAuth(cert_path=pki.client_cert, key_path=pki.client_key)))
+    client = ClientTls(
+        m.ClientTls(
+            common_name="localhost",
+            trust_certs=(pki.ca_path,),
+            client_auth=m.ClientAuth(cert_path=pki.client_cert, key_path=pki.client_key),
+        )
+    )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(one_connection)
         stream = await client.connect("127.0.0.1", port, connect_timeout=5, alpn=("h2", "http/1.1"))
@@ -189,7 +212,9 @@ async def test_alpn_http1_router_and_peer_certificate(pki: Pki) -> None:
 async def test_protocols_setting_limits_versions(pki: Pki) -> None:
     tls = make_listener_tls(pki.server_cert, pki.server_key, protocols=["TLSv1.2"])
     async with serving(Http1Server(hello), tls) as port:
-        ok = await curl("--cacert", pki.ca_path, "--tlsv1.2", "--tls-max", "1.2", f"https://127.0.0.1:{port}/")
+        ok = await curl(
+            "--cacert", pki.ca_path, "--tlsv1.2", "--tls-max", "1.2", f"https://127.0.0.1:{port}/"
+        )
         assert ok.returncode == 0, ok.stderr
         refused = await curl("--cacert", pki.ca_path, "--tlsv1.3", f"https://127.0.0.1:{port}/")
         assert refused.returncode != 0
@@ -225,8 +250,9 @@ async def call(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
 
 
 async def test_grpc_client_with_tls_through_h2_server(pki: Pki, grpc_server: GrpcTestServer) -> None:
-    tls = make_listener_tls(pki.server_cert, pki.server_key, ca=pki.ca_path, require_client_auth=True,
-                            alpn=("h2",))
+    tls = make_listener_tls(
+        pki.server_cert, pki.server_key, ca=pki.ca_path, require_client_auth=True, alpn=("h2",)
+    )
     async with H2UpstreamPool("127.0.0.1", grpc_server.port) as pool:
 
         async def forward(request, info):  # type: ignore[no-untyped-def]
@@ -247,7 +273,9 @@ async def test_grpc_client_with_tls_through_h2_server(pki: Pki, grpc_server: Grp
                 unary = channel.unary_unary(f"/{SERVICE}/Unary")
                 assert await call(unary, b"over tls", timeout=10) == b"over tls"
                 stream = channel.unary_stream(f"/{SERVICE}/ServerStream")
-                assert await call(lambda: list(stream(b"20", timeout=10))) == [f"msg-{i}".encode() for i in range(20)]
+                assert await call(lambda: list(stream(b"20", timeout=10))) == [
+                    f"msg-{i}".encode() for i in range(20)
+                ]
                 with pytest.raises(grpc.RpcError) as err:
                     await call(unary, b"fail-tls", timeout=10)
                 assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -255,7 +283,9 @@ async def test_grpc_client_with_tls_through_h2_server(pki: Pki, grpc_server: Grp
                 channel.close()
 
             # Without a client certificate the channel cannot be used.
-            bare = grpc.secure_channel(f"localhost:{port}", grpc.ssl_channel_credentials(root_certificates=ca))
+            bare = grpc.secure_channel(
+                f"localhost:{port}", grpc.ssl_channel_credentials(root_certificates=ca)
+            )
             try:
                 with pytest.raises(grpc.RpcError) as err:
                     await call(bare.unary_unary(f"/{SERVICE}/Unary"), b"x", timeout=5)

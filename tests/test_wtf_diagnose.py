@@ -22,11 +22,20 @@ from hostproxy.diagnose import (
 SRV = "rt/out/server/127.0.0.1/4140"
 
 
-def svc_metrics(svc: str, requests: int, success: int, causes: dict[str, int], statuses: dict[int, int] | None = None,
-                scope: str = "service") -> dict[str, float]:
+def svc_metrics(
+    svc: str,
+    requests: int,
+    success: int,
+    causes: dict[str, int],
+    statuses: dict[int, int] | None = None,
+    scope: str = "service",
+) -> dict[str, float]:
     p = f"rt/out/{scope}/{svc.lstrip('/')}"
-    m: dict[str, float] = {f"{p}/requests": requests, f"{p}/success": success,
-                           f"{p}/failures": sum(causes.values())}
+    m: dict[str, float] = {
+        f"{p}/requests": requests,
+        f"{p}/success": success,
+        f"{p}/failures": sum(causes.values()),
+    }
     for c, n in causes.items():
         m[f"{p}/failures/{c}"] = n
     for code, n in (statuses or {}).items():
@@ -35,8 +44,11 @@ def svc_metrics(svc: str, requests: int, success: int, causes: dict[str, int], s
 
 
 def server(requests: int, causes: dict[str, int]) -> dict[str, float]:
-    m: dict[str, float] = {f"{SRV}/requests": requests, f"{SRV}/failures": sum(causes.values()),
-                           f"{SRV}/success": requests - sum(causes.values())}
+    m: dict[str, float] = {
+        f"{SRV}/requests": requests,
+        f"{SRV}/failures": sum(causes.values()),
+        f"{SRV}/success": requests - sum(causes.values()),
+    }
     for c, n in causes.items():
         m[f"{SRV}/failures/{c}"] = n
     return m
@@ -47,8 +59,11 @@ def findings(snap: Snapshot, **kw: Any) -> dict[tuple[str | None, str], Any]:
 
 
 def test_healthy_traffic_has_no_findings() -> None:
-    m = {**server(10, {}), **svc_metrics("/svc/web", 10, 10, {}), **svc_metrics("/#/io.l5d.fs/web", 10, 10, {},
-                                                                                 scope="client")}
+    m = {
+        **server(10, {}),
+        **svc_metrics("/svc/web", 10, 10, {}),
+        **svc_metrics("/#/io.l5d.fs/web", 10, 10, {}, scope="client"),
+    }
     report = diagnose(Snapshot(metrics=m))
     assert report.healthy and report.findings == []
     assert report.routers == {"out": {"requests": 10, "failures": 0, "services": 1}}
@@ -61,14 +76,27 @@ def test_application_5xx_is_the_applications_fault() -> None:
         **svc_metrics("/svc/web", 100, 69, {"upstream/5xx": 31}, {503: 30, 500: 1, 200: 69}),
         **svc_metrics("/#/io.l5d.fs/web", 100, 69, {"upstream/5xx": 31}, scope="client"),
     }
-    cs = {"/#/io.l5d.fs/web": {"state": "bound", "addresses": ["10.0.0.7:8080"],
-                               "endpoints": {"10.0.0.7:8080": {"weight": 1.0, "pool": {"connect_failures": 0}}}}}
+    cs = {
+        "/#/io.l5d.fs/web": {
+            "state": "bound",
+            "addresses": ["10.0.0.7:8080"],
+            "endpoints": {"10.0.0.7:8080": {"weight": 1.0, "pool": {"connect_failures": 0}}},
+        }
+    }
     snap = Snapshot(metrics=m, client_state=cs, bindings={"out": {"/svc/web": ["/#/io.l5d.fs/web"]}})
     [f] = diagnose(snap).findings
     assert f.as_json() == {
-        "severity": "error", "router": "out", "service": "/svc/web", "client": "/#/io.l5d.fs/web",
-        "endpoint": "10.0.0.7:8080", "cause": "upstream/5xx", "share": 0.31, "failures": 31, "requests": 100,
-        "level": "application", "fault": "application",
+        "severity": "error",
+        "router": "out",
+        "service": "/svc/web",
+        "client": "/#/io.l5d.fs/web",
+        "endpoint": "10.0.0.7:8080",
+        "cause": "upstream/5xx",
+        "share": 0.31,
+        "failures": 31,
+        "requests": 100,
+        "level": "application",
+        "fault": "application",
         "verdict": "application returns 5xx for 31% of requests (503×30, 500×1) — hostproxy is passing them through",
         "next_step": "look at the application's logs on 10.0.0.7:8080; the proxy is not the cause",
     }
@@ -85,8 +113,11 @@ def test_connect_refused_names_the_endpoint_with_connect_failures() -> None:
         "10.0.0.8:8080": {"weight": 1.0, "pool": {"connect_failures": 8}, "accrual": {"state": "dead"}},
         "10.0.0.9:8080": {"weight": 1.0, "pool": {"connect_failures": 0}, "accrual": "alive"},
     }
-    snap = Snapshot(metrics=m, client_state={"/#/io.l5d.fs/users": {"state": "bound", "endpoints": eps}},
-                    bindings={"out": {"/svc/users": ["/#/io.l5d.fs/users"]}})
+    snap = Snapshot(
+        metrics=m,
+        client_state={"/#/io.l5d.fs/users": {"state": "bound", "endpoints": eps}},
+        bindings={"out": {"/svc/users": ["/#/io.l5d.fs/users"]}},
+    )
     report = diagnose(snap)
     f = report.findings[0]
     assert f.severity == "critical" and f.share == 1.0 and f.level == "connection"
@@ -115,44 +146,81 @@ def test_unbound_names_each_get_a_finding_and_router_level_failures_are_kept() -
         **svc_metrics("unbound", 12, 0, {"naming/neg": 12}),
         **svc_metrics("/svc/web", 185, 185, {}),
     }
-    unbound = {"out": {"names": [
-        {"name": "/svc/wbe", "count": 10, "causes": {"naming/neg": 10}},
-        {"name": "/svc/users", "count": 2, "causes": {"naming/neg": 2}},
-    ]}}
+    unbound = {
+        "out": {
+            "names": [
+                {"name": "/svc/wbe", "count": 10, "causes": {"naming/neg": 10}},
+                {"name": "/svc/users", "count": 2, "causes": {"naming/neg": 2}},
+            ]
+        }
+    }
     found = findings(Snapshot(metrics=m, unbound=unbound))
     assert set(found) == {("/svc/wbe", "naming/neg"), ("/svc/users", "naming/neg"), (None, "identification")}
     typo = found[("/svc/wbe", "naming/neg")]
     assert typo.share == 0.05 and typo.severity == "error" and typo.failures == 10 and typo.requests == 200
-    assert typo.verdict == ("no route: /svc/wbe is negative in the dtab of router out "
-                            "(a typo in the Host, or a service that is not deployed?)")
+    assert typo.verdict == (
+        "no route: /svc/wbe is negative in the dtab of router out "
+        "(a typo in the Host, or a service that is not deployed?)"
+    )
     assert found[("/svc/users", "naming/neg")].severity == "warning"
     ident = found[(None, "identification")]
     assert ident.failures == 3 and ident.fault == "caller" and ident.client is None
 
 
 def test_stale_namer_is_a_warning_naming_age_error_and_service() -> None:
-    m = {**server(5, {}), **svc_metrics("/svc/users", 5, 5, {}),
-         **svc_metrics("/#/io.l5d.k8s/prod/http/users", 5, 5, {}, scope="client")}
-    namers = {"/io.l5d.k8s": {"kind": "io.l5d.k8s", "names": {
-        "prod/http/users": {"state": "stale", "addrs": [{"host": "10.0.0.7", "port": 8080}] * 3,
-                            "staleAgeSecs": 252.4, "lastError": "API unreachable"},
-        "prod/http/web": {"state": "bound", "addrs": []},
-    }}}
+    m = {
+        **server(5, {}),
+        **svc_metrics("/svc/users", 5, 5, {}),
+        **svc_metrics("/#/io.l5d.k8s/prod/http/users", 5, 5, {}, scope="client"),
+    }
+    namers = {
+        "/io.l5d.k8s": {
+            "kind": "io.l5d.k8s",
+            "names": {
+                "prod/http/users": {
+                    "state": "stale",
+                    "addrs": [{"host": "10.0.0.7", "port": 8080}] * 3,
+                    "staleAgeSecs": 252.4,
+                    "lastError": "API unreachable",
+                },
+                "prod/http/web": {"state": "bound", "addrs": []},
+            },
+        }
+    }
     cs = {"/#/io.l5d.k8s/prod/http/users": {"state": "bound", "stale": True, "addresses": ["10.0.0.7:8080"]}}
-    snap = Snapshot(metrics=m, client_state=cs, namer_state=namers,
-                    bindings={"out": {"/svc/users": ["/#/io.l5d.k8s/prod/http/users"]}})
+    snap = Snapshot(
+        metrics=m,
+        client_state=cs,
+        namer_state=namers,
+        bindings={"out": {"/svc/users": ["/#/io.l5d.k8s/prod/http/users"]}},
+    )
     [f] = diagnose(snap).findings
     assert (f.severity, f.cause, f.router, f.service, f.client) == (
-        "warning", "naming/stale", "out", "/svc/users", "/#/io.l5d.k8s/prod/http/users")
-    assert f.verdict == ("namer io.l5d.k8s stale for 4m12s on prod/http/users (API unreachable) — "
-                         "serving last known endpoints (3)")
+        "warning",
+        "naming/stale",
+        "out",
+        "/svc/users",
+        "/#/io.l5d.k8s/prod/http/users",
+    )
+    assert f.verdict == (
+        "namer io.l5d.k8s stale for 4m12s on prod/http/users (API unreachable) — "
+        "serving last known endpoints (3)"
+    )
     assert f.next_step.startswith("fix the namer's backend; /namer_state/io.l5d.k8s.json")
 
 
 def test_naming_failed_quotes_the_namers_last_error() -> None:
-    m = {**server(3, {"naming/failed": 3}), **svc_metrics("/svc/db", 3, 0, {"naming/failed": 3}),
-         **svc_metrics("/#/io.l5d.fs/db", 3, 0, {"naming/failed": 3}, scope="client")}
-    namers = {"/io.l5d.fs": {"kind": "io.l5d.fs", "names": {"db": {"state": "failed", "lastError": "db:2: bad port"}}}}
+    m = {
+        **server(3, {"naming/failed": 3}),
+        **svc_metrics("/svc/db", 3, 0, {"naming/failed": 3}),
+        **svc_metrics("/#/io.l5d.fs/db", 3, 0, {"naming/failed": 3}, scope="client"),
+    }
+    namers = {
+        "/io.l5d.fs": {
+            "kind": "io.l5d.fs",
+            "names": {"db": {"state": "failed", "lastError": "db:2: bad port"}},
+        }
+    }
     snap = Snapshot(metrics=m, namer_state=namers, bindings={"out": {"/svc/db": ["/#/io.l5d.fs/db"]}})
     f = findings(snap)[("/svc/db", "naming/failed")]
     assert f.verdict == "naming /svc/db fails for 100% of requests: namer io.l5d.fs name db (db:2: bad port)"
@@ -172,63 +240,129 @@ def test_worst_first_router_filter_and_ignore_threshold() -> None:
         **server(1000, {"upstream/5xx": 2, "connect/refused": 600}),
         **svc_metrics("/svc/a", 400, 398, {"upstream/5xx": 2}),
         **svc_metrics("/svc/b", 600, 0, {"connect/refused": 600}),
-        "rt/in/server/0.0.0.0/4141/requests": 5, "rt/in/server/0.0.0.0/4141/failures/upstream/5xx": 5,
-        "rt/in/service/svc/c/requests": 5, "rt/in/service/svc/c/failures/upstream/5xx": 5,
+        "rt/in/server/0.0.0.0/4141/requests": 5,
+        "rt/in/server/0.0.0.0/4141/failures/upstream/5xx": 5,
+        "rt/in/service/svc/c/requests": 5,
+        "rt/in/service/svc/c/failures/upstream/5xx": 5,
     }
     report = diagnose(Snapshot(metrics=m))
     # By severity, then share, then the number of failures.
     assert [(f.router, f.service, f.severity) for f in report.findings] == [
-        ("out", "/svc/b", "critical"), ("in", "/svc/c", "critical"), ("out", "/svc/a", "warning")]
+        ("out", "/svc/b", "critical"),
+        ("in", "/svc/c", "critical"),
+        ("out", "/svc/a", "warning"),
+    ]
     assert [f.service for f in diagnose(Snapshot(metrics=m), router="out").findings] == ["/svc/b", "/svc/a"]
     only = diagnose(Snapshot(metrics=m), router="out", thresholds=Thresholds(ignore_share=0.01)).findings
     assert [f.service for f in only] == ["/svc/b"]
 
 
 def test_delta_metrics_subtracts_counters_and_keeps_gauges() -> None:
-    before = {"rt/out/service/svc/a/requests": 10, "rt/out/service/svc/a/failures/upstream/5xx": 4,
-              "rt/out/service/svc/a/request_latency_ms.p99": 80, "rt/out/service/svc/a/pending": 3,
-              "rt/out/client/x/requests": 50}
-    after = {"rt/out/service/svc/a/requests": 15, "rt/out/service/svc/a/failures/upstream/5xx": 4,
-             "rt/out/service/svc/a/request_latency_ms.p99": 12, "rt/out/service/svc/a/pending": 1,
-             "rt/out/client/x/requests": 7, "rt/out/service/svc/new/status/200": 2}
+    before = {
+        "rt/out/service/svc/a/requests": 10,
+        "rt/out/service/svc/a/failures/upstream/5xx": 4,
+        "rt/out/service/svc/a/request_latency_ms.p99": 80,
+        "rt/out/service/svc/a/pending": 3,
+        "rt/out/client/x/requests": 50,
+    }
+    after = {
+        "rt/out/service/svc/a/requests": 15,
+        "rt/out/service/svc/a/failures/upstream/5xx": 4,
+        "rt/out/service/svc/a/request_latency_ms.p99": 12,
+        "rt/out/service/svc/a/pending": 1,
+        "rt/out/client/x/requests": 7,
+        "rt/out/service/svc/new/status/200": 2,
+    }
     assert delta_metrics(before, after) == {
-        "rt/out/service/svc/a/requests": 5, "rt/out/service/svc/a/failures/upstream/5xx": 0,
-        "rt/out/service/svc/a/request_latency_ms.p99": 12, "rt/out/service/svc/a/pending": 1,
+        "rt/out/service/svc/a/requests": 5,
+        "rt/out/service/svc/a/failures/upstream/5xx": 0,
+        "rt/out/service/svc/a/request_latency_ms.p99": 12,
+        "rt/out/service/svc/a/pending": 1,
         "rt/out/client/x/requests": 7,  # went down: the client was recreated; counts from zero
         "rt/out/service/svc/new/status/200": 2,
     }
 
 
 def test_delta_unbound() -> None:
-    before = {"out": {"names": [{"name": "/svc/a", "count": 5, "causes": {"naming/neg": 5}},
-                                {"name": "/svc/b", "count": 2, "causes": {"naming/neg": 2}}]}}
-    after = {"out": {"names": [{"name": "/svc/a", "count": 8, "causes": {"naming/neg": 8}},
-                               {"name": "/svc/b", "count": 2, "causes": {"naming/neg": 2}},
-                               {"name": "/svc/c", "count": 1, "causes": {"naming/failed": 1}}]}}
-    assert delta_unbound(before, after) == {"out": {"names": [
-        {"name": "/svc/a", "count": 3, "causes": {"naming/neg": 3}},
-        {"name": "/svc/c", "count": 1, "causes": {"naming/failed": 1}},
-    ]}}
+    before = {
+        "out": {
+            "names": [
+                {"name": "/svc/a", "count": 5, "causes": {"naming/neg": 5}},
+                {"name": "/svc/b", "count": 2, "causes": {"naming/neg": 2}},
+            ]
+        }
+    }
+    after = {
+        "out": {
+            "names": [
+                {"name": "/svc/a", "count": 8, "causes": {"naming/neg": 8}},
+                {"name": "/svc/b", "count": 2, "causes": {"naming/neg": 2}},
+                {"name": "/svc/c", "count": 1, "causes": {"naming/failed": 1}},
+            ]
+        }
+    }
+    assert delta_unbound(before, after) == {
+        "out": {
+            "names": [
+                {"name": "/svc/a", "count": 3, "causes": {"naming/neg": 3}},
+                {"name": "/svc/c", "count": 1, "causes": {"naming/failed": 1}},
+            ]
+        }
+    }
 
 
 def test_scopes_leaf_ids_and_failing_services() -> None:
-    m = {**svc_metrics("/svc/a", 3, 2, {"upstream/5xx": 1}), **svc_metrics("/svc/b", 1, 1, {}),
-         **svc_metrics("/#/io.l5d.fs/a", 1, 1, {}, scope="client"),
-         **svc_metrics("/#/io.l5d.fs/a/v2", 1, 1, {}, scope="client"), f"{SRV}/requests": 4}
-    assert scopes(m) == {"out": {"server": ["127.0.0.1/4140"], "service": ["/svc/a", "/svc/b"],
-                                 "client": ["/#/io.l5d.fs/a", "/#/io.l5d.fs/a/v2"]}}
+    m = {
+        **svc_metrics("/svc/a", 3, 2, {"upstream/5xx": 1}),
+        **svc_metrics("/svc/b", 1, 1, {}),
+        **svc_metrics("/#/io.l5d.fs/a", 1, 1, {}, scope="client"),
+        **svc_metrics("/#/io.l5d.fs/a/v2", 1, 1, {}, scope="client"),
+        f"{SRV}/requests": 4,
+    }
+    assert scopes(m) == {
+        "out": {
+            "server": ["127.0.0.1/4140"],
+            "service": ["/svc/a", "/svc/b"],
+            "client": ["/#/io.l5d.fs/a", "/#/io.l5d.fs/a/v2"],
+        }
+    }
     assert failing_services(m) == [("out", "/svc/a")]
-    tree = {"type": "delegate", "path": "/svc/a", "delegate": {"type": "union", "path": "/x", "union": [
-        {"weight": 0.9, "tree": {"type": "leaf", "path": "/#/io.l5d.fs/a", "bound": {"id": "/#/io.l5d.fs/a"}}},
-        {"weight": 0.1, "tree": {"type": "alt", "path": "/y", "alt": [
-            {"type": "neg", "path": "/z"},
-            {"type": "leaf", "path": "/#/io.l5d.fs/a/v2", "bound": {"id": "/#/io.l5d.fs/a/v2"}}]}}]}}
+    tree = {
+        "type": "delegate",
+        "path": "/svc/a",
+        "delegate": {
+            "type": "union",
+            "path": "/x",
+            "union": [
+                {
+                    "weight": 0.9,
+                    "tree": {"type": "leaf", "path": "/#/io.l5d.fs/a", "bound": {"id": "/#/io.l5d.fs/a"}},
+                },
+                {
+                    "weight": 0.1,
+                    "tree": {
+                        "type": "alt",
+                        "path": "/y",
+                        "alt": [
+                            {"type": "neg", "path": "/z"},
+                            {
+                                "type": "leaf",
+                                "path": "/#/io.l5d.fs/a/v2",
+                                "bound": {"id": "/#/io.l5d.fs/a/v2"},
+                            },
+                        ],
+                    },
+                },
+            ],
+        },
+    }
     assert leaf_ids(tree) == ["/#/io.l5d.fs/a", "/#/io.l5d.fs/a/v2"]
     assert leaf_ids({"type": "neg", "path": "/svc/a"}) == []
 
 
-@pytest.mark.parametrize(("seconds", "text"), [(0, "0s"), (37.9, "37s"), (252, "4m12s"), (7500, "2h05m"),
-                                               (273600, "3d04h")])
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(0, "0s"), (37.9, "37s"), (252, "4m12s"), (7500, "2h05m"), (273600, "3d04h")]
+)
 def test_format_age(seconds: float, text: str) -> None:
     assert format_age(seconds) == text
 
@@ -242,7 +376,9 @@ def test_parse_duration() -> None:
 def test_render_text() -> None:
     m = {**server(4, {"upstream/5xx": 1}), **svc_metrics("/svc/web", 4, 3, {"upstream/5xx": 1}, {503: 1})}
     report = diagnose(Snapshot(metrics=m))
-    assert render_text(report, {"kind": "interval", "seconds": 30.0}, "http://127.0.0.1:9990").splitlines() == [
+    assert render_text(
+        report, {"kind": "interval", "seconds": 30.0}, "http://127.0.0.1:9990"
+    ).splitlines() == [
         "1 problem — router out: 4 requests, 1 failed (over the last 30s; admin http://127.0.0.1:9990)",
         "",
         "ERROR    upstream/5xx [fault: application]  router out /svc/web  25% of 4 requests",

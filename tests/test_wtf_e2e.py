@@ -73,7 +73,9 @@ async def resetting_upstream() -> AsyncIterator[int]:
 async def wtf(admin: str, *args: str) -> tuple[int, str, str]:
     proc = await trio.run_process(
         [sys.executable, "-m", "hostproxy", "wtf", "--admin", admin, *args],
-        capture_stdout=True, capture_stderr=True, check=False,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
     )
     return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
 
@@ -124,8 +126,11 @@ async def test_wtf_names_cause_and_culprit_for_each_broken_service(tmp_path: Pat
                     assert [await get("web-refused") for _ in range(2)] == [502, 502]
                     assert await get("web-stuck") == 502
                     assert [await get("web-reset") for _ in range(2)] == [502, 502]
-                    assert [await get("web-5xx", "/status/503"), await get("web-5xx"), await get("web-5xx")] == [
-                        503, 200, 200]
+                    assert [
+                        await get("web-5xx", "/status/503"),
+                        await get("web-5xx"),
+                        await get("web-5xx"),
+                    ] == [503, 200, 200]
                     assert await get("users") == 502  # negative in the dtab
                     assert await get("wbe") == 502  # a typo: no such file
                     assert await get("web-stale") == 200
@@ -151,7 +156,8 @@ async def test_wtf_names_cause_and_culprit_for_each_broken_service(tmp_path: Pat
                     assert f["endpoint"] == f"127.0.0.1:{refused_port}"
                     assert f["severity"] == "critical" and f["share"] == 1.0 and f["level"] == "connection"
                     assert f["verdict"] == (
-                        f"upstream 127.0.0.1:{refused_port} refuses connections (app down or wrong port?)")
+                        f"upstream 127.0.0.1:{refused_port} refuses connections (app down or wrong port?)"
+                    )
 
                     f = found[("/svc/web-stuck", "connect/timeout")]
                     assert f["client"] == "/#/io.l5d.fs/web-stuck"
@@ -161,7 +167,9 @@ async def test_wtf_names_cause_and_culprit_for_each_broken_service(tmp_path: Pat
                     f = found[("/svc/web-reset", "upstream/reset")]
                     assert f["client"] == "/#/io.l5d.fs/web-reset"
                     assert f["endpoint"] == f"127.0.0.1:{reset_port}"
-                    assert f["verdict"].startswith(f"upstream 127.0.0.1:{reset_port} closes or resets connections")
+                    assert f["verdict"].startswith(
+                        f"upstream 127.0.0.1:{reset_port} closes or resets connections"
+                    )
 
                     f = found[("/svc/web-5xx", "upstream/5xx")]
                     assert f["level"] == "application"
@@ -169,11 +177,14 @@ async def test_wtf_names_cause_and_culprit_for_each_broken_service(tmp_path: Pat
                     assert f["share"] == round(1 / 3, 4)
                     assert f["endpoint"] == f"127.0.0.1:{up.port}"
                     assert f["verdict"] == (
-                        "application returns 5xx for 33% of requests (503×1) — hostproxy is passing them through")
+                        "application returns 5xx for 33% of requests (503×1) — hostproxy is passing them through"
+                    )
 
                     f = found[("/svc/users", "naming/neg")]
                     assert f["router"] == "out" and f["client"] is None
-                    assert f["verdict"].startswith("no route: /svc/users is negative in the dtab of router out")
+                    assert f["verdict"].startswith(
+                        "no route: /svc/users is negative in the dtab of router out"
+                    )
                     f = found[("/svc/wbe", "naming/neg")]
                     assert f["verdict"].startswith("no route: /svc/wbe is negative in the dtab of router out")
 
@@ -200,7 +211,10 @@ async def test_wtf_names_cause_and_culprit_for_each_broken_service(tmp_path: Pat
                     assert code == 1
                     first = out.splitlines()[0]
                     assert first.startswith(f"{len(doc['findings'])} problems — router out: ")
-                    assert f"  upstream 127.0.0.1:{refused_port} refuses connections (app down or wrong port?)" in out
+                    assert (
+                        f"  upstream 127.0.0.1:{refused_port} refuses connections (app down or wrong port?)"
+                        in out
+                    )
                     assert f"  client /#/io.l5d.fs/web-refused · endpoint 127.0.0.1:{refused_port}" in out
         finally:
             for f in fillers:
@@ -251,4 +265,5 @@ async def test_wtf_bad_interval_is_a_usage_error() -> None:
     code, out, err = await wtf("http://127.0.0.1:1", "--interval", "soon")
     assert code == 2 and out == ""
     assert err.strip() == (
-        "hostproxy wtf: --interval: invalid duration 'soon': use a number with ms, s, m or h, e.g. 30s or 5m")
+        "hostproxy wtf: --interval: invalid duration 'soon': use a number with ms, s, m or h, e.g. 30s or 5m"
+    )

@@ -135,7 +135,11 @@ class TestUpstream:
             await stream.send_all(data)
 
     async def _simple(
-        self, stream: trio.SocketStream, conn: h11.Connection, status: int, body: bytes,
+        self,
+        stream: trio.SocketStream,
+        conn: h11.Connection,
+        status: int,
+        body: bytes,
         headers: list[tuple[str, str]] | None = None,
     ) -> None:
         hdrs = [("content-length", str(len(body)))] if status not in (204, 304) else []
@@ -172,12 +176,16 @@ class TestUpstream:
             await self._simple(stream, conn, 200, str(count).encode())
         elif head == "status":
             status = int(parts[1])
-            await self._simple(stream, conn, status, b"" if status in (204, 304) else f"status {status}".encode())
+            await self._simple(
+                stream, conn, status, b"" if status in (204, 304) else f"status {status}".encode()
+            )
         elif head == "slow":
             await trio.sleep(int(parts[1]) / 1000)
             await self._simple(stream, conn, 200, b"slow")
         elif head == "reset":
-            await self._send(stream, conn, h11.Response(status_code=200, headers=[("content-length", "1000")]))
+            await self._send(
+                stream, conn, h11.Response(status_code=200, headers=[("content-length", "1000")])
+            )
             await self._send(stream, conn, h11.Data(data=b"0123456789"))
             sock = stream.socket
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -206,9 +214,13 @@ class TestUpstream:
                 "http_version": req.http_version.decode(),
                 "headers": [[n.decode("latin-1"), v.decode("latin-1")] for n, v in req.headers],
             }
-            await self._simple(stream, conn, 200, json.dumps(doc).encode(), [("content-type", "application/json")])
+            await self._simple(
+                stream, conn, 200, json.dumps(doc).encode(), [("content-type", "application/json")]
+            )
         elif head == "trailers":
-            await self._send(stream, conn, h11.Response(status_code=200, headers=[("transfer-encoding", "chunked")]))
+            await self._send(
+                stream, conn, h11.Response(status_code=200, headers=[("transfer-encoding", "chunked")])
+            )
             await self._send(stream, conn, h11.Data(data=b"with trailers"))
             await self._send(stream, conn, h11.EndOfMessage(headers=[("x-checksum", "abc")]))
         elif head == "close":
@@ -286,7 +298,9 @@ def upstream_process() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"upstream process failed to start: {proc.stderr.read().decode() if proc.stderr else ''}")
+            raise RuntimeError(
+                f"upstream process failed to start: {proc.stderr.read().decode() if proc.stderr else ''}"
+            )
         yield proc, int(line)
     finally:
         proc.terminate()

@@ -70,7 +70,7 @@ def _proc_start_time() -> float | None:
         with open("/proc/self/stat", "rb") as f:
             stat = f.read().decode("ascii", "replace")
         # Field 22 (starttime, clock ticks after boot); the command name (field 2) may hold spaces.
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         start_ticks = int(fields[19])
         with open("/proc/stat", "rb") as f:
             for line in f:

@@ -344,12 +344,28 @@ class AdminHandler:
         ]
         # Lifecycle views (watched dtab files, overload and reload state), when the context has them.
         table += [
-            (Endpoint("/dtab_state.json", ("GET",), "per router, its dtab file: version, diff history, last error"),
-             self._dtab_state),
-            (Endpoint("/overload.json", ("GET",), "overload watermarks, server limits, retries, reload state"),
-             self._overload),
-            (Endpoint("/admin/tls.json", ("GET",), "certificates in use: path, role, router, subject, SANs, "
-                      "issuer, notAfter, daysLeft"), self._tls),
+            (
+                Endpoint(
+                    "/dtab_state.json",
+                    ("GET",),
+                    "per router, its dtab file: version, diff history, last error",
+                ),
+                self._dtab_state,
+            ),
+            (
+                Endpoint(
+                    "/overload.json", ("GET",), "overload watermarks, server limits, retries, reload state"
+                ),
+                self._overload,
+            ),
+            (
+                Endpoint(
+                    "/admin/tls.json",
+                    ("GET",),
+                    "certificates in use: path, role, router, subject, SANs, issuer, notAfter, daysLeft",
+                ),
+                self._tls,
+            ),
         ]
         self.endpoints: list[Endpoint] = [ep for ep, _ in table]
         self._routes: dict[str, tuple[Endpoint, _Fn]] = {
@@ -502,7 +518,7 @@ class AdminHandler:
         return _response(200, dashboard_page(), HTML_TYPE, (("content-security-policy", DASHBOARD_CSP),))
 
     async def _files(self, call: _Call) -> Response:
-        name = call.path[len("/files/"):]
+        name = call.path[len("/files/") :]
         found = static_file(name)
         if found is None:
             return _text(404, f"No dashboard file {name!r}: the files are dashboard.js and dashboard.css")
@@ -639,9 +655,7 @@ class AdminHandler:
             dtab = self.ctx.router_dtab(label)
             routers[label] = "".join(f"{d};\n" for d in dtab)
         page = render_page(routers, call.query.get("router"))
-        return _response(
-            200, page, HTML_TYPE, (("content-security-policy", CONTENT_SECURITY_POLICY),)
-        )
+        return _response(200, page, HTML_TYPE, (("content-security-policy", CONTENT_SECURITY_POLICY),))
 
     async def _delegate_request(self, call: _Call) -> tuple[str | None, str, str | None] | Response:
         """``(namespace, dtab text, path text)`` from the query or the JSON body, or an error answer."""

@@ -497,7 +497,9 @@ class K8sNamer(NamerConfig):
         False, "Watch discovery.k8s.io/v1 EndpointSlices instead of Endpoints.", extension=True
     )
     resync_interval_secs: float = key(
-        300.0, "Re-list every name this often, so a watch that silently stops is caught.", check=positive,
+        300.0,
+        "Re-list every name this often, so a watch that silently stops is caught.",
+        check=positive,
         extension=True,
     )
     service_account_dir: str = key(
@@ -774,18 +776,23 @@ class AdminConfig:
 @dataclass(frozen=True, kw_only=True)
 class OverloadSection:
     memory_limit_bytes: int | None = key(
-        None, "Memory the marks are fractions of.", default_doc="the cgroup's memory.max, else off",
+        None,
+        "Memory the marks are fractions of.",
+        default_doc="the cgroup's memory.max, else off",
         check=positive,
     )
-    no_keepalive: float = key(0.80, "Memory fraction past which connections close after each response.",
-                              check=fraction)
+    no_keepalive: float = key(
+        0.80, "Memory fraction past which connections close after each response.", check=fraction
+    )
     shed: float = key(0.90, "Memory fraction past which new requests get 503 overload.", check=fraction)
     stop_accept: float = key(0.95, "Memory fraction past which no connection is accepted.", check=fraction)
-    fd_stop_accept: float = key(0.90, "Fraction of RLIMIT_NOFILE past which no connection is accepted.",
-                                check=fraction)
+    fd_stop_accept: float = key(
+        0.90, "Fraction of RLIMIT_NOFILE past which no connection is accepted.", check=fraction
+    )
     fd_reserve: int = key(16, "Stop accepting when fewer descriptors than this are left.", check=non_negative)
-    hysteresis: float = key(0.05, "How far below a mark a reading must fall to leave its level.",
-                            check=fraction)
+    hysteresis: float = key(
+        0.05, "How far below a mark a reading must fall to leave its level.", check=fraction
+    )
     interval_ms: int = key(1000, "How often memory and descriptors are sampled.", check=positive)
 
 

@@ -322,9 +322,15 @@ register(
     "Two random endpoints, weighted by peak-EWMA latency.",
 )
 register(
-    "balancer", "roundRobin", m.RoundRobinBalancer, "hostproxy.balancer:balancer_from_config", "Each endpoint in turn."
+    "balancer",
+    "roundRobin",
+    m.RoundRobinBalancer,
+    "hostproxy.balancer:balancer_from_config",
+    "Each endpoint in turn.",
 )
-register("balancer", "heap", m.HeapBalancer, "hostproxy.balancer:balancer_from_config", "Least loaded endpoint.")
+register(
+    "balancer", "heap", m.HeapBalancer, "hostproxy.balancer:balancer_from_config", "Least loaded endpoint."
+)
 register(
     "balancer",
     "aperture",
@@ -357,7 +363,9 @@ register(
     "Dead below a success rate over a time window.",
     use_now=_ACCRUAL_NOW,
 )
-register("accrual", "none", m.NoAccrual, "hostproxy.accrual:accrual_from_config", "Never mark endpoints dead.")
+register(
+    "accrual", "none", m.NoAccrual, "hostproxy.accrual:accrual_from_config", "Never mark endpoints dead."
+)
 
 register("backoff", "constant", m.ConstantBackoff, "hostproxy.backoff:backoff_from_config", "A fixed delay.")
 register(
@@ -392,7 +400,13 @@ for _kind, _cls, _desc in [
     ),
 ]:
     register(
-        "classifier", _kind, _cls, "hostproxy.classifier:classifier_from_config", _desc, protocols=_H2, use_now=_GRPC_NOW
+        "classifier",
+        _kind,
+        _cls,
+        "hostproxy.classifier:classifier_from_config",
+        _desc,
+        protocols=_H2,
+        use_now=_GRPC_NOW,
     )
 
 register(

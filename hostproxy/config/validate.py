@@ -774,8 +774,9 @@ def validate_text(text: str, source: str, *, check_client_prefixes: bool = True)
     return cfg
 
 
-def load_config(path_or_text: str | FsPath, *, source: str | None = None,
-                check_client_prefixes: bool = True) -> m.Config:
+def load_config(
+    path_or_text: str | FsPath, *, source: str | None = None, check_client_prefixes: bool = True
+) -> m.Config:
     """Load and validate a config.
 
     ``path_or_text`` is a file path (``str`` or ``pathlib.Path``), ``"-"`` for stdin, or the config

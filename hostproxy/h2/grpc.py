@@ -102,5 +102,6 @@ def grpc_error_response(request_headers: Headers, response: Response, message: s
         value = response.headers.get(name)
         if value is not None:
             headers.add(name, value)
-    return Response(status=200, headers=headers, body=Body.empty(), http_version="2",
-                    error_cause=response.error_cause)
+    return Response(
+        status=200, headers=headers, body=Body.empty(), http_version="2", error_cause=response.error_cause
+    )

@@ -210,11 +210,20 @@ class FloodGuard:
             bucket, what, burst, rate = self._pings, "PING frames", lim.ping_burst, lim.ping_rate_per_s
             limit = "ping"
         elif frame.type == SETTINGS:
-            bucket, what, burst, rate = self._settings, "SETTINGS frames", lim.settings_burst, lim.settings_rate_per_s
+            bucket, what, burst, rate = (
+                self._settings,
+                "SETTINGS frames",
+                lim.settings_burst,
+                lim.settings_rate_per_s,
+            )
             limit = "settings"
         elif frame.type == DATA and frame.length == 0 and not frame.flags & FLAG_END_STREAM:
-            bucket, what, burst, rate = (self._empty, "empty DATA frames", lim.empty_frame_burst,
-                                         lim.empty_frame_rate_per_s)
+            bucket, what, burst, rate = (
+                self._empty,
+                "empty DATA frames",
+                lim.empty_frame_burst,
+                lim.empty_frame_rate_per_s,
+            )
             limit = "empty-frames"
         else:
             return None
@@ -228,19 +237,25 @@ class FloodGuard:
         if self._resets.take(now):
             return None
         lim = self.limits
-        return self._trip(Verdict(
-            "rapid-reset",
-            f"more than {lim.reset_burst} streams reset before their response ended, at over "
-            f"{lim.reset_rate_per_s:g}/s (CVE-2023-44487 Rapid Reset)"))
+        return self._trip(
+            Verdict(
+                "rapid-reset",
+                f"more than {lim.reset_burst} streams reset before their response ended, at over "
+                f"{lim.reset_rate_per_s:g}/s (CVE-2023-44487 Rapid Reset)",
+            )
+        )
 
     def on_refused_header_list(self) -> Verdict | None:
         """A stream's header list was refused (431); too many of them end the connection."""
         self.refused_header_lists += 1
         lim = self.limits
         if self.refused_header_lists > lim.max_refused_header_lists:
-            return self._trip(Verdict(
-                "header-lists",
-                f"more than {lim.max_refused_header_lists} header lists refused on one connection"))
+            return self._trip(
+                Verdict(
+                    "header-lists",
+                    f"more than {lim.max_refused_header_lists} header lists refused on one connection",
+                )
+            )
         return None
 
 
@@ -252,10 +267,11 @@ def header_list_size(headers: Iterable[tuple[bytes, bytes]]) -> int:
 def check_header_list(headers: list[tuple[bytes, bytes]], limits: H2Limits) -> str | None:
     """``None`` when the header list is within limits, else why it is not (for a 431)."""
     if len(headers) > limits.max_header_count:
-        return (f"request has {len(headers)} header fields, more than the limit of "
-                f"{limits.max_header_count}")
+        return f"request has {len(headers)} header fields, more than the limit of {limits.max_header_count}"
     size = header_list_size(headers)
     if size > limits.max_header_list_bytes:
-        return (f"request header list is {size} octets (32 per field included), more than the limit of "
-                f"{limits.max_header_list_bytes}")
+        return (
+            f"request header list is {size} octets (32 per field included), more than the limit of "
+            f"{limits.max_header_list_bytes}"
+        )
     return None

@@ -67,8 +67,11 @@ def keep_open_after_goaway(conn: h2.connection.H2Connection) -> None:
     """
     table = conn._frame_dispatch_table
     original = table[GoAwayFrame]
-    open_state = (h2.connection.ConnectionState.CLIENT_OPEN if conn.config.client_side
-                  else h2.connection.ConnectionState.SERVER_OPEN)
+    open_state = (
+        h2.connection.ConnectionState.CLIENT_OPEN
+        if conn.config.client_side
+        else h2.connection.ConnectionState.SERVER_OPEN
+    )
 
     def receive_goaway(frame: GoAwayFrame) -> Any:
         before = conn.state_machine.state
@@ -95,8 +98,20 @@ class Stalled(StreamGone):
 class StreamState:
     """What one link knows about one stream (both directions)."""
 
-    __slots__ = ("id", "inbound", "ended", "trailers", "reset_code", "head", "informational", "_event",
-                 "discard", "local_ended", "response_done", "data_frames")
+    __slots__ = (
+        "id",
+        "inbound",
+        "ended",
+        "trailers",
+        "reset_code",
+        "head",
+        "informational",
+        "_event",
+        "discard",
+        "local_ended",
+        "response_done",
+        "data_frames",
+    )
 
     def __init__(self, stream_id: int) -> None:
         self.id = stream_id
@@ -143,7 +158,9 @@ class H2Link:
         self.limits = limits
         self._clock = clock or trio.current_time
         self.guard = FloodGuard(limits, self._clock()) if guard_inbound else None
-        self.scanner = FrameScanner(limits, expect_preface=not conn.config.client_side) if guard_inbound else None
+        self.scanner = (
+            FrameScanner(limits, expect_preface=not conn.config.client_side) if guard_inbound else None
+        )
         self.max_outbound_bytes = max_outbound_bytes
         self.outbound_stall_timeout_s = outbound_stall_timeout_s
         self.stall_timeout_s = stall_timeout_s
@@ -211,8 +228,9 @@ class H2Link:
             while self.outbound_bytes > self.max_outbound_bytes // 2 and not self.dead:
                 await self._drained.wait()
             return not self.dead
-        self._die(f"peer did not read {self.outbound_bytes} queued octets within "
-                  f"{self.outbound_stall_timeout_s:g}s")
+        self._die(
+            f"peer did not read {self.outbound_bytes} queued octets within {self.outbound_stall_timeout_s:g}s"
+        )
         return False
 
     # -- life and death --------------------------------------------------------------------------
@@ -430,7 +448,9 @@ class H2Link:
                     self.reset(s, CANCEL)
                     raise Stalled(
                         f"stream {s.id}: the peer's flow-control window stayed at zero for "
-                        f"{self.stall_timeout_s:g}s", CANCEL)
+                        f"{self.stall_timeout_s:g}s",
+                        CANCEL,
+                    )
                 continue
             n = min(window, self.conn.max_outbound_frame_size, len(view))
             last = n == len(view)
@@ -468,8 +488,14 @@ class InboundBody:
 
     __slots__ = ("_link", "_s", "_gone", "_reset_on_close")
 
-    def __init__(self, link: H2Link, s: StreamState, gone: Callable[[StreamState, H2Link], Exception],
-                 *, reset_on_close: bool) -> None:
+    def __init__(
+        self,
+        link: H2Link,
+        s: StreamState,
+        gone: Callable[[StreamState, H2Link], Exception],
+        *,
+        reset_on_close: bool,
+    ) -> None:
         self._link = link
         self._s = s
         self._gone = gone

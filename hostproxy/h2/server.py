@@ -136,8 +136,11 @@ def h2_response_headers(response: Response, *, head: bool) -> tuple[list[tuple[b
     headers.remove(b"host")
     body = response.body
     status = response.status
-    no_body = head or status in (204, 304) or (body.in_memory and body.content_length == 0
-                                                and body.trailers is None)
+    no_body = (
+        head
+        or status in (204, 304)
+        or (body.in_memory and body.content_length == 0 and body.trailers is None)
+    )
     if not head:
         headers.remove(b"content-length")
         if body.content_length is not None and status not in (204, 304):
@@ -150,8 +153,9 @@ def h2_response_headers(response: Response, *, head: bool) -> tuple[list[tuple[b
 class H2Server:
     """Serve HTTP/2 (prior knowledge) on ``params.ip:params.port``, calling ``handler`` per stream."""
 
-    def __init__(self, handler: Handler, params: H2ServerParams | None = None, *,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self, handler: Handler, params: H2ServerParams | None = None, *, rng: random.Random | None = None
+    ) -> None:
         self.handler = handler
         self.params = params or H2ServerParams()
         self._rng = rng or random.Random()
@@ -178,8 +182,13 @@ class H2Server:
         """Stop accepting and send every connection GOAWAY; each closes once its streams finish."""
         if not self.draining:
             self.draining = True
-            log.info("h2.server.draining", router=self.params.router_label, addresses=self.addresses,
-                     connections=self._stats.connections, in_flight=self._stats.requests_in_flight)
+            log.info(
+                "h2.server.draining",
+                router=self.params.router_label,
+                addresses=self.addresses,
+                connections=self._stats.connections,
+                in_flight=self._stats.requests_in_flight,
+            )
         self.stop_accepting()
         for link in list(self._links):
             link.start_drain()
@@ -196,8 +205,10 @@ class H2Server:
 
     def __repr__(self) -> str:
         s = self._stats
-        return (f"<H2Server {self.params.router_label} on {self.addresses} connections={s.connections} "
-                f"in_flight={s.requests_in_flight}>")
+        return (
+            f"<H2Server {self.params.router_label} on {self.addresses} connections={s.connections} "
+            f"in_flight={s.requests_in_flight}>"
+        )
 
     async def serve(
         self,
@@ -223,8 +234,9 @@ class H2Server:
                 with trio.CancelScope(shield=True):
                     await lst.aclose()
 
-    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery,
-                           scope: trio.CancelScope) -> None:
+    async def _accept_loop(
+        self, listener: trio.SocketListener, nursery: trio.Nursery, scope: trio.CancelScope
+    ) -> None:
         with scope:
             while True:
                 try:
@@ -270,31 +282,44 @@ class _ServerLink(H2Link):
 
     def __init__(self, server: H2Server, stream: trio.SocketStream, conn_id: int) -> None:
         p = server.params
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None,
-                                           validate_inbound_headers=True)
+        config = h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_inbound_headers=True
+        )
         conn = h2.connection.H2Connection(config)
-        conn.local_settings = h2.settings.Settings(client=False, initial_values={
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: p.max_concurrent_streams,
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: p.initial_stream_window_bytes,
-            h2.settings.SettingCodes.MAX_FRAME_SIZE: p.max_frame_bytes,
-            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: p.max_header_list_bytes,
-            h2.settings.SettingCodes.HEADER_TABLE_SIZE: p.header_table_bytes,
-        })
+        conn.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: p.max_concurrent_streams,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: p.initial_stream_window_bytes,
+                h2.settings.SettingCodes.MAX_FRAME_SIZE: p.max_frame_bytes,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: p.max_header_list_bytes,
+                h2.settings.SettingCodes.HEADER_TABLE_SIZE: p.header_table_bytes,
+            },
+        )
         conn.decoder.max_header_list_size = p.max_header_list_bytes
         conn.decoder.max_allowed_table_size = p.header_table_bytes
         conn.max_inbound_frame_size = p.max_frame_bytes
         super().__init__(
-            stream, conn, limits=server._limits, guard_inbound=True,
-            max_outbound_bytes=p.max_outbound_bytes, outbound_stall_timeout_s=p.outbound_stall_timeout_s,
+            stream,
+            conn,
+            limits=server._limits,
+            guard_inbound=True,
+            max_outbound_bytes=p.max_outbound_bytes,
+            outbound_stall_timeout_s=p.outbound_stall_timeout_s,
             stall_timeout_s=p.stall_timeout_s,
         )
         self.server = server
         self.params = p
         sock = stream.socket
-        self.info = ConnInfo(peer=_addr(sock.getpeername()), local=_addr(sock.getsockname()), params=p,
-                             connection_id=conn_id,
-                             tls=stream if type(stream) is not trio.SocketStream
-                             and hasattr(stream, "peer_certificate_der") else None)
+        self.info = ConnInfo(
+            peer=_addr(sock.getpeername()),
+            local=_addr(sock.getsockname()),
+            params=p,
+            connection_id=conn_id,
+            tls=stream
+            if type(stream) is not trio.SocketStream and hasattr(stream, "peer_certificate_der")
+            else None,
+        )
         self.tasks = 0
         self.scopes: dict[int, trio.CancelScope] = {}
         self._handlers: trio.Nursery | None = None
@@ -406,9 +431,11 @@ class _ServerLink(H2Link):
         headers = Headers(regular)
         if via_count(headers) > self.params.max_call_depth:
             return error_response(
-                400, "bad-request",
+                400,
+                "bad-request",
                 f"Maximum number of calls ({self.params.max_call_depth}) has been exceeded. "
-                "Please check for proxy loops.")
+                "Please check for proxy loops.",
+            )
         authority_b = pseudo.get(b":authority") or headers.get(b"host")
         authority = authority_b.decode("latin-1") if authority_b is not None else None
         out = strip_hop_by_hop(headers)
@@ -434,7 +461,9 @@ class _ServerLink(H2Link):
             authority=authority,
         )
 
-    async def _stream_task(self, s: StreamState, raw: list[tuple[bytes, bytes]], scope: trio.CancelScope) -> None:
+    async def _stream_task(
+        self, s: StreamState, raw: list[tuple[bytes, bytes]], scope: trio.CancelScope
+    ) -> None:
         stats = self.server._stats
         stats.requests_total += 1
         request: Request | None = None
@@ -451,8 +480,10 @@ class _ServerLink(H2Link):
                 if limit is not None and stats.requests_in_flight >= limit:
                     stats.rejected_overload += 1
                     response = error_response(
-                        503, "overload",
-                        f"server {self.params.router_label} is at maxConcurrentRequests={limit}; retry later")
+                        503,
+                        "overload",
+                        f"server {self.params.router_label} is at maxConcurrentRequests={limit}; retry later",
+                    )
                 else:
                     stats.requests_in_flight += 1
                     try:
@@ -462,8 +493,11 @@ class _ServerLink(H2Link):
                             return
                         except Exception as exc:
                             if not isinstance(exc, UpstreamError):
-                                log.exception("h2.handler_failed", router=self.params.router_label,
-                                              target=request.target)
+                                log.exception(
+                                    "h2.handler_failed",
+                                    router=self.params.router_label,
+                                    target=request.target,
+                                )
                             response = response_for_exception(exc)
                     finally:
                         stats.requests_in_flight -= 1
@@ -505,8 +539,13 @@ class _ServerLink(H2Link):
             except Exception as exc:
                 code = getattr(exc, "error_code", None)
                 code = INTERNAL_ERROR if code is None else code
-                log.info("h2.response_aborted", router=self.params.router_label, stream=s.id,
-                         error=str(exc), cause=getattr(exc, "cause", "proxy/internal"))
+                log.info(
+                    "h2.response_aborted",
+                    router=self.params.router_label,
+                    stream=s.id,
+                    error=str(exc),
+                    cause=getattr(exc, "cause", "proxy/internal"),
+                )
                 self.server._stats.upstream_resets_passed += 1
                 self.reset(s, code)
                 s.response_done = True
@@ -519,8 +558,9 @@ class _ServerLink(H2Link):
                 raise
         trailers = body.trailers
         if trailers is not None and len(trailers):
-            self.send_headers(s, [(n, v) for n, v in strip_hop_by_hop(trailers) if n[:1] != b":"],
-                              end_stream=True)
+            self.send_headers(
+                s, [(n, v) for n, v in strip_hop_by_hop(trailers) if n[:1] != b":"], end_stream=True
+            )
         else:
             await self.send_data(s, b"", end_stream=True)
         s.response_done = True

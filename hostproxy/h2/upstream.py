@@ -90,7 +90,9 @@ class H2ClientSettings:
 class H2StreamReset(UpstreamReset):
     """The upstream reset the stream (``error_code`` from RST_STREAM) or its connection died."""
 
-    def __init__(self, message: str, *, endpoint: str, error_code: int | None, retryable: bool = False) -> None:
+    def __init__(
+        self, message: str, *, endpoint: str, error_code: int | None, retryable: bool = False
+    ) -> None:
         super().__init__(message, endpoint=endpoint, retryable=retryable)
         self.error_code = error_code
 
@@ -104,17 +106,28 @@ class _UpLink(H2Link):
 
     def __init__(self, pool: H2UpstreamPool, stream: Any, conn_id: int) -> None:
         st = pool.settings
-        config = h2.config.H2Configuration(client_side=True, header_encoding=None, validate_inbound_headers=True)
+        config = h2.config.H2Configuration(
+            client_side=True, header_encoding=None, validate_inbound_headers=True
+        )
         conn = h2.connection.H2Connection(config)
-        conn.local_settings = h2.settings.Settings(client=True, initial_values={
-            h2.settings.SettingCodes.ENABLE_PUSH: 0,
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: st.initial_stream_window_bytes,
-            h2.settings.SettingCodes.MAX_FRAME_SIZE: st.max_frame_bytes,
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: st.max_concurrent_streams,
-        })
+        conn.local_settings = h2.settings.Settings(
+            client=True,
+            initial_values={
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: st.initial_stream_window_bytes,
+                h2.settings.SettingCodes.MAX_FRAME_SIZE: st.max_frame_bytes,
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: st.max_concurrent_streams,
+            },
+        )
         conn.max_inbound_frame_size = st.max_frame_bytes
-        super().__init__(stream, conn, limits=H2Limits(), guard_inbound=False,
-                         max_outbound_bytes=st.max_outbound_bytes, stall_timeout_s=st.stall_timeout_s)
+        super().__init__(
+            stream,
+            conn,
+            limits=H2Limits(),
+            guard_inbound=False,
+            max_outbound_bytes=st.max_outbound_bytes,
+            stall_timeout_s=st.stall_timeout_s,
+        )
         self.pool = pool
         self.id = conn_id
         self.draining = False
@@ -134,7 +147,9 @@ class _UpLink(H2Link):
     def capacity(self) -> bool:
         if self.dead or self.closing or self.draining:
             return False
-        limit = min(self.conn.remote_settings.max_concurrent_streams, self.pool.settings.max_concurrent_streams)
+        limit = min(
+            self.conn.remote_settings.max_concurrent_streams, self.pool.settings.max_concurrent_streams
+        )
         return len(self.streams) < limit
 
     def on_other_event(self, ev: Any) -> None:
@@ -160,8 +175,13 @@ class _UpLink(H2Link):
         self.draining = True
         self.goaway_last_id = last_stream_id if last_stream_id is not None else 0
         self.pool._counters["goaways"] += 1
-        log.info("h2.upstream.goaway", endpoint=self.pool.endpoint, error_code=error_code,
-                 last_stream_id=last_stream_id, streams=len(self.streams))
+        log.info(
+            "h2.upstream.goaway",
+            endpoint=self.pool.endpoint,
+            error_code=error_code,
+            last_stream_id=last_stream_id,
+            streams=len(self.streams),
+        )
         for s in list(self.streams.values()):
             if s.id > self.goaway_last_id:
                 s.reset_code = REFUSED_STREAM
@@ -274,8 +294,15 @@ class H2UpstreamPool:
         self._ids = itertools.count(1)
         self._connect_lock = trio.Lock()
         self._closed = False
-        self._counters = {"connects": 0, "connect_failures": 0, "resent": 0, "goaways": 0, "ping_timeouts": 0,
-                          "streams_total": 0, "resets_sent": 0}
+        self._counters = {
+            "connects": 0,
+            "connect_failures": 0,
+            "resent": 0,
+            "goaways": 0,
+            "ping_timeouts": 0,
+            "streams_total": 0,
+            "resets_sent": 0,
+        }
 
     async def __aenter__(self) -> H2UpstreamPool:
         if self._nursery is None:
@@ -343,7 +370,10 @@ class H2UpstreamPool:
         if self._nursery is None:
             raise ProxyInternalError(
                 f"H2UpstreamPool({self.endpoint}) needs a nursery: use 'async with H2UpstreamPool(...)' "
-                "or pass nursery=", endpoint=self.endpoint, retryable=True)
+                "or pass nursery=",
+                endpoint=self.endpoint,
+                retryable=True,
+            )
         try:
             if self._connector is not None:
                 stream = await self._connector(self.host, self.port, timeout_s)
@@ -367,7 +397,9 @@ class H2UpstreamPool:
                 raise ConnectError(
                     f"Unable to establish connection to {self.endpoint}: "
                     f"no answer within connect timeout {timeout_s * 1000:g} ms",
-                    endpoint=self.endpoint, cause="connect/timeout")
+                    endpoint=self.endpoint,
+                    cause="connect/timeout",
+                )
         return stream
 
     # -- the exchange ----------------------------------------------------------------------------
@@ -381,7 +413,9 @@ class H2UpstreamPool:
     ) -> Response:
         """Send ``req`` on a stream; returns at the response HEADERS with the body streaming."""
         if self._closed:
-            raise ProxyInternalError(f"pool for {self.endpoint} is closed", endpoint=self.endpoint, retryable=True)
+            raise ProxyInternalError(
+                f"pool for {self.endpoint} is closed", endpoint=self.endpoint, retryable=True
+            )
         timeout = connect_timeout if connect_timeout is not None else self.params.connect_timeout_ms / 1000
         replay = _Replay(req.body, self.settings.retry_buffer_bytes)
         attempts = 0
@@ -395,7 +429,9 @@ class H2UpstreamPool:
                     raise UpstreamReset(
                         f"{self.endpoint} refused the stream (GOAWAY or REFUSED_STREAM) and it cannot be "
                         f"sent again ({'body larger than the retry buffer' if not replay.replayable() else 'too many attempts'})",
-                        endpoint=self.endpoint, retryable=False) from None
+                        endpoint=self.endpoint,
+                        retryable=False,
+                    ) from None
                 self._counters["resent"] += 1
 
     def _head(self, req: Request) -> list[tuple[bytes, bytes]]:
@@ -409,19 +445,29 @@ class H2UpstreamPool:
             (b":authority", authority.encode("latin-1")),
             (b":path", req.target.encode("latin-1")),
         ]
-        if req.body.content_length is not None and (req.body.content_length > 0 or req.method in ("POST", "PUT")):
+        if req.body.content_length is not None and (
+            req.body.content_length > 0 or req.method in ("POST", "PUT")
+        ):
             out.append((b"content-length", str(req.body.content_length).encode("ascii")))
         out.extend((n, v) for n, v in headers if n[:1] != b":")
         return out
 
     def _gone(self, s: StreamState, link: H2Link) -> Exception:
         if s.reset_code is not None:
-            return H2StreamReset(f"{self.endpoint} reset stream {s.id} (error code {s.reset_code})",
-                                 endpoint=self.endpoint, error_code=s.reset_code)
-        return H2StreamReset(f"connection to {self.endpoint} failed: {link.death_reason}",
-                             endpoint=self.endpoint, error_code=None)
+            return H2StreamReset(
+                f"{self.endpoint} reset stream {s.id} (error code {s.reset_code})",
+                endpoint=self.endpoint,
+                error_code=s.reset_code,
+            )
+        return H2StreamReset(
+            f"connection to {self.endpoint} failed: {link.death_reason}",
+            endpoint=self.endpoint,
+            error_code=None,
+        )
 
-    async def _exchange(self, link: _UpLink, req: Request, replay: _Replay, response_timeout: float | None) -> Response:
+    async def _exchange(
+        self, link: _UpLink, req: Request, replay: _Replay, response_timeout: float | None
+    ) -> Response:
         sid = link.conn.get_next_available_stream_id()
         s = StreamState(sid)
         link.streams[sid] = s
@@ -434,8 +480,12 @@ class H2UpstreamPool:
             link.send_headers(s, self._head(req), end_stream=empty)
         except StreamGone as exc:
             link.streams.pop(sid, None)
-            raise H2StreamReset(f"cannot open a stream to {self.endpoint}: {exc}", endpoint=self.endpoint,
-                                error_code=exc.code, retryable=True) from None
+            raise H2StreamReset(
+                f"cannot open a stream to {self.endpoint}: {exc}",
+                endpoint=self.endpoint,
+                error_code=exc.code,
+                retryable=True,
+            ) from None
         if empty:
             sender_done.set()
         else:
@@ -448,8 +498,10 @@ class H2UpstreamPool:
                 with trio.move_on_after(response_timeout):
                     await self._wait_head(link, s)
                 if s.head is None:
-                    raise RequestTimeout(f"no response from {self.endpoint} within {response_timeout:g}s",
-                                         endpoint=self.endpoint)
+                    raise RequestTimeout(
+                        f"no response from {self.endpoint} within {response_timeout:g}s",
+                        endpoint=self.endpoint,
+                    )
         except BaseException:
             sender_scope.cancel()
             if s.reset_code is None:
@@ -466,17 +518,26 @@ class H2UpstreamPool:
             if s.reset_code is not None:
                 if s.reset_code == REFUSED_STREAM:
                     raise _Refused()
-                raise H2StreamReset(f"{self.endpoint} reset stream {s.id} before responding "
-                                    f"(error code {s.reset_code})", endpoint=self.endpoint, error_code=s.reset_code)
+                raise H2StreamReset(
+                    f"{self.endpoint} reset stream {s.id} before responding (error code {s.reset_code})",
+                    endpoint=self.endpoint,
+                    error_code=s.reset_code,
+                )
             if link.dead:
                 tls_failure = getattr(link.stream, "tls_failure", None)
                 if tls_failure is not None:
                     from hostproxy.tls.client import TlsError
 
-                    raise TlsError(str(tls_failure), endpoint=self.endpoint,
-                                   reason=getattr(tls_failure, "reason", "other"))
-                raise H2StreamReset(f"connection to {self.endpoint} failed before a response: {link.death_reason}",
-                                    endpoint=self.endpoint, error_code=None)
+                    raise TlsError(
+                        str(tls_failure),
+                        endpoint=self.endpoint,
+                        reason=getattr(tls_failure, "reason", "other"),
+                    )
+                raise H2StreamReset(
+                    f"connection to {self.endpoint} failed before a response: {link.death_reason}",
+                    endpoint=self.endpoint,
+                    error_code=None,
+                )
             await s.wait()
             # Interim (1xx) heads are not forwarded: ResponseReceived carries the final one.
 
@@ -502,8 +563,9 @@ class H2UpstreamPool:
             body = Body(InboundBody(link, s, self._gone, reset_on_close=True), content_length)
         return Response(status, b"", headers, body, http_version="2")
 
-    async def _send_body(self, link: _UpLink, s: StreamState, replay: _Replay, scope: trio.CancelScope,
-                         done: trio.Event) -> None:
+    async def _send_body(
+        self, link: _UpLink, s: StreamState, replay: _Replay, scope: trio.CancelScope, done: trio.Event
+    ) -> None:
         try:
             with scope:
                 it = replay.chunks().__aiter__()

@@ -75,9 +75,7 @@ _OUT_VALUE_RE: Final = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
 _OUT_NAMES_RE: Final = re.compile(rb"(?:" + _TOKEN + rb"(?: |$))*")
 _TARGET_RE: Final = re.compile(rb"[\x21-\x7e]+")
 # What we write: "name: value" lines, value empty or without leading/trailing whitespace.
-_OUT_FIELDS_RE: Final = re.compile(
-    rb"(?:" + _TOKEN + rb": (?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?\r\n)*"
-)
+_OUT_FIELDS_RE: Final = re.compile(rb"(?:" + _TOKEN + rb": (?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?\r\n)*")
 
 # Peer ("their") states.
 _T_IDLE: Final = 0  # client side only: no request sent yet
@@ -250,9 +248,23 @@ class _Side:
     """Receive-side framing shared by both roles (the body readers and the end of a message)."""
 
     __slots__ = (
-        "_buf", "_eof", "_their", "_our", "_fields", "_framing", "_remaining", "_chunk_crlf",
-        "_in_trailer", "_keep_alive", "_proposal", "_max_line", "_prefix", "_status", "_length",
-        "_w_framing", "_w_remaining",
+        "_buf",
+        "_eof",
+        "_their",
+        "_our",
+        "_fields",
+        "_framing",
+        "_remaining",
+        "_chunk_crlf",
+        "_in_trailer",
+        "_keep_alive",
+        "_proposal",
+        "_max_line",
+        "_prefix",
+        "_status",
+        "_length",
+        "_w_framing",
+        "_w_remaining",
     )
 
     def __init__(self, max_line: int, prefix: str, status: int | None) -> None:
@@ -352,7 +364,7 @@ class _Side:
             if got != expected[: len(got)]:
                 raise self._fail(f"malformed chunk footer: {got!r} (expected {expected!r})")
             del buf[: len(got)]
-            self._chunk_crlf = expected[len(got):]
+            self._chunk_crlf = expected[len(got) :]
             if self._chunk_crlf:
                 return self._need_data()
         if self._remaining == 0:
@@ -488,9 +500,7 @@ class _Side:
 
     @property
     def can_reuse(self) -> bool:
-        return (
-            self._our == _O_DONE and self._their == _T_DONE and self._keep_alive and not self._proposal
-        )
+        return self._our == _O_DONE and self._their == _T_DONE and self._keep_alive and not self._proposal
 
 
 class ServerCodec(_Side):
@@ -569,7 +579,9 @@ class ServerCodec(_Side):
         head = bytes(buf[: end + 2])  # up to and including the last field's CRLF
         line_end = head.find(b"\r\n")
         if line_end > limits.max_initial_line:
-            raise ProtocolError(f"request line exceeds {limits.max_initial_line} bytes (maxInitialLineKB)", 414)
+            raise ProtocolError(
+                f"request line exceeds {limits.max_initial_line} bytes (maxInitialLineKB)", 414
+            )
         if len(head) - line_end - 2 > limits.max_headers:
             raise ProtocolError(f"request headers exceed {limits.max_headers} bytes (maxHeadersKB)", 431)
         if head.count(b"\r\n") - 1 > limits.max_header_count:
@@ -621,7 +633,9 @@ class ServerCodec(_Side):
             raise self._send_state_error("an informational response")
         if not 100 <= status < 200:
             self._our = _O_ERROR
-            raise LocalProtocolError(f"InformationalResponse status_code should be in range [100, 200), not {status}")
+            raise LocalProtocolError(
+                f"InformationalResponse status_code should be in range [100, 200), not {status}"
+            )
         if status == 101 and not self._proposal & _P_UPGRADE:
             self._our = _O_ERROR
             raise LocalProtocolError("Received server _SWITCH_UPGRADE event without a pending proposal")
@@ -668,8 +682,9 @@ class ServerCodec(_Side):
         # Header clean-up as h11 does it: the framing chosen as if a HEAD were a GET.
         out = headers
         need_close = False
-        if chunked or (length is None and status not in (204, 304)
-                       and not (method == b"CONNECT" and status < 300)):
+        if chunked or (
+            length is None and status not in (204, 304) and not (method == b"CONNECT" and status < 300)
+        ):
             out = [(n, v) for n, v in out if n.lower() not in (b"content-length", b"transfer-encoding")]
             length = None
             version = self._their_version
@@ -857,7 +872,9 @@ class ClientCodec(_Side):
         status = int(status_s)
         if status < 200:
             if status < 100:
-                raise self._fail(f"InformationalResponse status_code should be in range [100, 200), not {status}")
+                raise self._fail(
+                    f"InformationalResponse status_code should be in range [100, 200), not {status}"
+                )
             if status == 101:
                 if not self._proposal & _P_UPGRADE:
                     raise self._fail("Received server _SWITCH_UPGRADE event without a pending proposal")

@@ -68,7 +68,9 @@ class ServerCodec:
         self._buf = bytearray()
         self._eof = False
         self._conn: h11.Connection | None = None
-        self._max_event = max(self.limits.max_initial_line + self.limits.max_headers + 4, self.limits.max_chunk_line)
+        self._max_event = max(
+            self.limits.max_initial_line + self.limits.max_headers + 4, self.limits.max_chunk_line
+        )
         self.http_version: bytes | None = None
 
     # -- receiving -------------------------------------------------------------------------------
@@ -140,7 +142,9 @@ class ServerCodec:
         head = bytes(buf[: end + 2])  # up to and including the last field's CRLF
         line_end = head.find(b"\r\n")
         if line_end > limits.max_initial_line:
-            raise ProtocolError(f"request line exceeds {limits.max_initial_line} bytes (maxInitialLineKB)", 414)
+            raise ProtocolError(
+                f"request line exceeds {limits.max_initial_line} bytes (maxInitialLineKB)", 414
+            )
         if len(head) - line_end - 2 > limits.max_headers:
             raise ProtocolError(f"request headers exceed {limits.max_headers} bytes (maxHeadersKB)", 431)
         if head.count(b"\r\n") - 1 > limits.max_header_count:
@@ -183,7 +187,9 @@ class ServerCodec:
         if b"\x00" in head:
             raise ProtocolError("NUL byte in request head")
         if b"\r\n " in head or b"\r\n\t" in head:
-            raise ProtocolError("obsolete line folding (obs-fold) in request header; send each field on one line")
+            raise ProtocolError(
+                "obsolete line folding (obs-fold) in request header; send each field on one line"
+            )
 
     # -- sending ---------------------------------------------------------------------------------
 
@@ -237,9 +243,7 @@ class ServerCodec:
     def can_reuse(self) -> bool:
         """True once both sides finished this cycle and the connection may carry another request."""
         return (
-            self._conn is not None
-            and self._conn.our_state is h11.DONE
-            and self._conn.their_state is h11.DONE
+            self._conn is not None and self._conn.our_state is h11.DONE and self._conn.their_state is h11.DONE
         )
 
     @property

@@ -157,7 +157,9 @@ def forwarded_element(
 ) -> bytes:
     """``by=...;for=...`` for one hop.  ``connection_labels`` are the per-connection random
     labels for (by, for), drawn once when the connection was accepted."""
-    by = label_for(config.by, local, connection_label=connection_labels[0], router_label=router_label, rng=rng)
+    by = label_for(
+        config.by, local, connection_label=connection_labels[0], router_label=router_label, rng=rng
+    )
     for_ = label_for(
         config.for_, peer, connection_label=connection_labels[1], router_label=router_label, rng=rng
     )

@@ -184,8 +184,11 @@ def bind_listeners(ip: str, port: int, *, reuse_port: bool = True) -> list[trio.
         sock.listen(LISTEN_BACKLOG)
     except OSError as e:
         sock.close()
-        raise OSError(e.errno, f"cannot listen on {ip}:{port}: {e.strerror}; is another process (not a "
-                      "hostproxy with SO_REUSEPORT) using the port?") from None
+        raise OSError(
+            e.errno,
+            f"cannot listen on {ip}:{port}: {e.strerror}; is another process (not a "
+            "hostproxy with SO_REUSEPORT) using the port?",
+        ) from None
     sock.setblocking(False)
     return [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
 
@@ -263,14 +266,21 @@ class Http1Server:
         for scope in self._accepting:
             scope.cancel()
         if self._listeners:
-            log.info("http.server.stopped_accepting", router=self.params.router_label, addresses=self.addresses)
+            log.info(
+                "http.server.stopped_accepting", router=self.params.router_label, addresses=self.addresses
+            )
 
     def drain(self) -> None:
         """Stop accepting, close idle connections, and close the others after their current response."""
         if not self.draining:
             self.draining = True
-            log.info("http.server.draining", router=self.params.router_label, addresses=self.addresses,
-                     connections=self._stats.connections, in_flight=self._stats.requests_in_flight)
+            log.info(
+                "http.server.draining",
+                router=self.params.router_label,
+                addresses=self.addresses,
+                connections=self._stats.connections,
+                in_flight=self._stats.requests_in_flight,
+            )
         self.stop_accepting()
         for conn in list(self._conns):
             conn.close_if_idle()
@@ -280,8 +290,9 @@ class Http1Server:
         """No connection open (after :meth:`drain`, the drain is complete)."""
         return self._stats.connections == 0
 
-    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery,
-                           scope: trio.CancelScope) -> None:
+    async def _accept_loop(
+        self, listener: trio.SocketListener, nursery: trio.Nursery, scope: trio.CancelScope
+    ) -> None:
         with scope:
             while True:
                 ov = self.overload
@@ -436,7 +447,8 @@ class _Connection:
             local=_addr(sock.getsockname()),
             params=server.params,
             connection_id=conn_id,
-            tls=stream if type(stream) is not trio.SocketStream and hasattr(stream, "peer_certificate_der")
+            tls=stream
+            if type(stream) is not trio.SocketStream and hasattr(stream, "peer_certificate_der")
             else None,
         )
         fwd = self.params.add_forwarded_header
@@ -796,8 +808,11 @@ class _Connection:
             if pending:
                 await upstream.send_all(pending)
 
-            async def pump(receive: Callable[[], Awaitable[bytes]], send: Callable[[bytes], Awaitable[None]],
-                           cancel: trio.CancelScope) -> None:
+            async def pump(
+                receive: Callable[[], Awaitable[bytes]],
+                send: Callable[[bytes], Awaitable[None]],
+                cancel: trio.CancelScope,
+            ) -> None:
                 try:
                     while True:
                         data = await receive()
@@ -817,4 +832,3 @@ class _Connection:
         finally:
             with trio.CancelScope(shield=True):
                 await upstream.aclose()
-

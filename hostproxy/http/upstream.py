@@ -147,7 +147,8 @@ class _map_errors:  # noqa: N801 - used like the function it replaces: ``with _m
             if tls_error is not None:
                 raise tls_error from exc
             raise UpstreamReset(
-                f"connection to {endpoint} was closed or reset: {exc or type(exc).__name__}", endpoint=endpoint
+                f"connection to {endpoint} was closed or reset: {exc or type(exc).__name__}",
+                endpoint=endpoint,
             ) from exc
         if isinstance(exc, ProtocolError):
             raise UpstreamReset(f"invalid response from {endpoint}: {exc}", endpoint=endpoint) from exc
@@ -177,8 +178,19 @@ class _Stale(Exception):
 class _Conn:
     """One TCP connection to the upstream and its h11 client state."""
 
-    __slots__ = ("stream", "codec", "endpoint", "reused", "idle_since", "sender_done", "broken", "closed",
-                 "sender_scope", "checked_out", "sender_finished")
+    __slots__ = (
+        "stream",
+        "codec",
+        "endpoint",
+        "reused",
+        "idle_since",
+        "sender_done",
+        "broken",
+        "closed",
+        "sender_scope",
+        "checked_out",
+        "sender_finished",
+    )
 
     def __init__(self, stream: trio.SocketStream, endpoint: str) -> None:
         self.stream = stream
@@ -371,7 +383,13 @@ class UpstreamPool:
         self._connector = connector
         self._state = PoolState(self.params.idle_timeout_s, self.params.max_idle)
         self._open = 0
-        self._counters = {"connects": 0, "connect_failures": 0, "reused": 0, "stale_discarded": 0, "resent": 0}
+        self._counters = {
+            "connects": 0,
+            "connect_failures": 0,
+            "reused": 0,
+            "stale_discarded": 0,
+            "resent": 0,
+        }
         self._closed = False
 
     async def __aenter__(self) -> UpstreamPool:
@@ -505,7 +523,9 @@ class UpstreamPool:
         Raises ``UpstreamError`` subclasses; ``retryable`` tells whether the request was sent.
         """
         if self._closed:
-            raise ProxyInternalError(f"pool for {self.endpoint} is closed", endpoint=self.endpoint, retryable=True)
+            raise ProxyInternalError(
+                f"pool for {self.endpoint} is closed", endpoint=self.endpoint, retryable=True
+            )
         timeout = connect_timeout if connect_timeout is not None else self.params.connect_timeout_ms / 1000
         fresh = False
         while True:
@@ -536,7 +556,9 @@ class UpstreamPool:
     async def _exchange(self, conn: _Conn, req: Request, response_timeout: float | None) -> Response:
         codec = conn.codec
         with _map_errors(self.endpoint, "exchange"):
-            head = codec.send_request(req.method.encode("ascii"), req.target.encode("latin-1"), self._head(req))
+            head = codec.send_request(
+                req.method.encode("ascii"), req.target.encode("latin-1"), self._head(req)
+            )
         body = req.body
         if body.in_memory:
             # Head, body and end in one write (the common small request); the body is consumed only
@@ -544,8 +566,10 @@ class UpstreamPool:
             data = body.peek_memory()
             trailers = body.trailers
             with _map_errors(self.endpoint, "exchange"):
-                out = head + (codec.send_data(data) if data else b"") + codec.send_end(
-                    trailers.items() if trailers and body.content_length is None else None
+                out = (
+                    head
+                    + (codec.send_data(data) if data else b"")
+                    + codec.send_end(trailers.items() if trailers and body.content_length is None else None)
                 )
             try:
                 await conn.send(out)

@@ -53,6 +53,8 @@ class _HasStatistics(Protocol):
 
 def _stat_reader(obj: _HasStatistics, field: str) -> Callable[[], float]:
     return lambda: float(obj.statistics()[field])
+
+
 UNCAPPED_LABELS = frozenset({"router", "cause", "code", "quantile"})
 OVERFLOW = "overflow"
 UNBOUND = "unbound"
@@ -148,7 +150,9 @@ class MetricsRegistry:
     def _get(self, key: str, kind: str) -> Metric | None:
         m = self._metrics.get(key)
         if m is not None and m.kind != kind:
-            raise ValueError(f"metric {key!r} is already registered as a {m.kind}, not a {kind}; use another key")
+            raise ValueError(
+                f"metric {key!r} is already registered as a {m.kind}, not a {kind}; use another key"
+            )
         return m
 
     def counter(self, key: str, prom: PromId | None = None) -> Counter:
@@ -171,14 +175,17 @@ class MetricsRegistry:
     def stat(self, key: str, prom: PromId | None = None, scale: float = 1.0) -> Stat:
         m = self._get(key, "stat")
         if m is None:
-            m = self._metrics[key] = Metric(key, "stat", Stat(WindowedHistogram(self._now), scale), self._prom(prom))
+            m = self._metrics[key] = Metric(
+                key, "stat", Stat(WindowedHistogram(self._now), scale), self._prom(prom)
+            )
         assert isinstance(m.obj, Stat)
         return m.obj
 
     def remove_prefix(self, prefix: str, keep: tuple[str, ...] = ()) -> int:
         """Drop every metric whose key is `prefix` or under `prefix/`, except under a `keep` prefix."""
         doomed = [
-            k for k in self._metrics
+            k
+            for k in self._metrics
             if (k == prefix or k.startswith(prefix + "/"))
             and not any(k == p or k.startswith(p + "/") for p in keep)
         ]
@@ -210,8 +217,19 @@ class MetricsRegistry:
 class RequestStats:
     """The per-scope request metrics; `start()` and `finish()` are the hot path."""
 
-    __slots__ = ("_reg", "prefix", "scope", "labels", "requests", "success", "failures", "pending",
-                 "latency", "_by_cause", "_by_status")
+    __slots__ = (
+        "_reg",
+        "prefix",
+        "scope",
+        "labels",
+        "requests",
+        "success",
+        "failures",
+        "pending",
+        "latency",
+        "_by_cause",
+        "_by_status",
+    )
 
     def __init__(self, reg: MetricsRegistry, prefix: str, scope: str, labels: Labels) -> None:
         self._reg = reg
@@ -219,11 +237,17 @@ class RequestStats:
         self.scope = scope
         self.labels = labels
         fam = f"hostproxy_{scope}_"
-        self.requests = reg.counter(f"{prefix}/requests", PromId(fam + "requests_total", labels, "Requests received"))
-        self.success = reg.counter(f"{prefix}/success", PromId(fam + "success_total", labels, "Successful requests"))
+        self.requests = reg.counter(
+            f"{prefix}/requests", PromId(fam + "requests_total", labels, "Requests received")
+        )
+        self.success = reg.counter(
+            f"{prefix}/success", PromId(fam + "success_total", labels, "Successful requests")
+        )
         self.failures = reg.counter(f"{prefix}/failures")
         self.pending = 0
-        reg.gauge(f"{prefix}/pending", lambda: self.pending, PromId(fam + "pending", labels, "Requests in flight"))
+        reg.gauge(
+            f"{prefix}/pending", lambda: self.pending, PromId(fam + "pending", labels, "Requests in flight")
+        )
         self.latency = reg.stat(
             f"{prefix}/request_latency_ms",
             PromId(fam + "request_duration_seconds", labels, "Request latency"),
@@ -248,8 +272,11 @@ class RequestStats:
             if c is None:
                 c = self._by_cause[cause] = self._reg.counter(
                     f"{self.prefix}/failures/{cause.value}",
-                    PromId(f"hostproxy_{self.scope}_failures_total", self.labels + (("cause", cause.prom_label),),
-                           "Failed requests by cause"),
+                    PromId(
+                        f"hostproxy_{self.scope}_failures_total",
+                        self.labels + (("cause", cause.prom_label),),
+                        "Failed requests by cause",
+                    ),
                 )
             c.value += 1
         if status is not None:
@@ -264,8 +291,11 @@ class RequestStats:
         if c is None:
             c = self._by_cause[cause] = self._reg.counter(
                 f"{self.prefix}/failures/{cause.value}",
-                PromId(f"hostproxy_{self.scope}_failures_total", self.labels + (("cause", cause.prom_label),),
-                       "Failed requests by cause"),
+                PromId(
+                    f"hostproxy_{self.scope}_failures_total",
+                    self.labels + (("cause", cause.prom_label),),
+                    "Failed requests by cause",
+                ),
             )
         c.value += 1
 
@@ -276,8 +306,10 @@ class RequestStats:
             klass = f"{code // 100}XX" if code else "invalid"
             fam = f"hostproxy_{self.scope}_responses_total"
             pair = self._by_status[status] = (
-                self._reg.counter(f"{self.prefix}/status/{code or 'invalid'}",
-                                  PromId(fam, self.labels + (("code", str(code)),), "Responses by status code")),
+                self._reg.counter(
+                    f"{self.prefix}/status/{code or 'invalid'}",
+                    PromId(fam, self.labels + (("code", str(code)),), "Responses by status code"),
+                ),
                 self._reg.counter(f"{self.prefix}/status/{klass}"),
             )
         pair[0].value += 1
@@ -301,7 +333,9 @@ class RouterScope:
         s = self._servers.get(key)
         if s is None:
             s = self._servers[key] = RequestStats(
-                self._reg, f"rt/{self.label}/server/{ip}/{port}", "server",
+                self._reg,
+                f"rt/{self.label}/server/{ip}/{port}",
+                "server",
                 (("router", self.label), ("server", f"{ip}:{port}")),
             )
         return s
@@ -313,13 +347,17 @@ class RouterScope:
             return s
         if bound and len(self._services) < self._reg.max_services:
             s = self._services[name] = RequestStats(
-                self._reg, f"rt/{self.label}/service/{name.lstrip('/')}", "service",
+                self._reg,
+                f"rt/{self.label}/service/{name.lstrip('/')}",
+                "service",
                 (("router", self.label), ("service", name)),
             )
             return s
         if self._unbound is None:
             self._unbound = RequestStats(
-                self._reg, f"rt/{self.label}/service/{UNBOUND}", "service",
+                self._reg,
+                f"rt/{self.label}/service/{UNBOUND}",
+                "service",
                 (("router", self.label), ("service", UNBOUND)),
             )
         return self._unbound
@@ -332,7 +370,9 @@ class RouterScope:
         c = self._clients.get(client_id)
         if c is None:
             c = self._clients[client_id] = RequestStats(
-                self._reg, f"rt/{self.label}/client/{client_id.lstrip('/')}", "client",
+                self._reg,
+                f"rt/{self.label}/client/{client_id.lstrip('/')}",
+                "client",
                 (("router", self.label), ("client", client_id)),
             )
         return c
@@ -358,12 +398,31 @@ class RouterScope:
         prefix = self.client_prefix(client_id)
         labels = (("router", self.label), ("client", client_id))
         groups: list[tuple[str, _HasStatistics | None, tuple[tuple[str, str], ...]]] = [
-            ("loadbalancer", balancer, (("size", "size"), ("available", "available"), ("busy", "busy"),
-                                         ("load", "load"), ("meanweight", "meanweight"), ("adds", "adds"),
-                                         ("removes", "removes"), ("updates", "updates"),
-                                         ("max_effort_exhausted", "max_effort_exhausted"))),
-            ("failure_accrual", accrual, (("removals", "removals"), ("probes", "probes"),
-                                          ("revivals", "revivals"), ("removed_for_ms", "removed_for_ms"))),
+            (
+                "loadbalancer",
+                balancer,
+                (
+                    ("size", "size"),
+                    ("available", "available"),
+                    ("busy", "busy"),
+                    ("load", "load"),
+                    ("meanweight", "meanweight"),
+                    ("adds", "adds"),
+                    ("removes", "removes"),
+                    ("updates", "updates"),
+                    ("max_effort_exhausted", "max_effort_exhausted"),
+                ),
+            ),
+            (
+                "failure_accrual",
+                accrual,
+                (
+                    ("removals", "removals"),
+                    ("probes", "probes"),
+                    ("revivals", "revivals"),
+                    ("removed_for_ms", "removed_for_ms"),
+                ),
+            ),
             ("retries", requeue_budget, (("budget", "balance"), ("budget_exhausted", "budget_exhausted"))),
         ]
         for group, obj, fields in groups:
@@ -372,8 +431,13 @@ class RouterScope:
             for key, stat in fields:
                 prom = None
                 if group == "loadbalancer" and key in ("size", "available", "load"):
-                    prom = PromId(f"hostproxy_client_endpoints_{key}" if key != "load" else
-                                  "hostproxy_client_balancer_load", labels, f"Balancer {key}")
+                    prom = PromId(
+                        f"hostproxy_client_endpoints_{key}"
+                        if key != "load"
+                        else "hostproxy_client_balancer_load",
+                        labels,
+                        f"Balancer {key}",
+                    )
                 elif group == "failure_accrual" and key in ("removals", "revivals"):
                     prom = PromId(f"hostproxy_client_accrual_{key}", labels, f"Failure accrual {key}")
                 self._reg.gauge(f"{prefix}/{group}/{key}", _stat_reader(obj, stat), prom)

@@ -94,8 +94,9 @@ def tree(reg: MetricsRegistry, q: str | None = None) -> dict[str, Any]:
     return root
 
 
-def metrics_json(reg: MetricsRegistry, *, tree_form: bool = False, q: str | None = None,
-                 pretty: bool = False) -> bytes:
+def metrics_json(
+    reg: MetricsRegistry, *, tree_form: bool = False, q: str | None = None, pretty: bool = False
+) -> bytes:
     """The body of `/admin/metrics.json`; raises `NoSuchSubtree` for a missing `q` with `tree_form`."""
     data = tree(reg, q) if tree_form else flat(reg, q)
     if pretty:

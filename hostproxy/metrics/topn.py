@@ -31,7 +31,9 @@ class _Entry:
 
 
 class TopN:
-    def __init__(self, capacity: int = 64, now: Callable[[], float] = lambda: 0.0, max_name: int = 256) -> None:
+    def __init__(
+        self, capacity: int = 64, now: Callable[[], float] = lambda: 0.0, max_name: int = 256
+    ) -> None:
         if capacity < 1:
             raise ValueError(f"TopN capacity must be >= 1, got {capacity}")
         self.capacity = capacity

@@ -131,13 +131,15 @@ def check_tls_prefixes(config: Any, *, file: str = "") -> list[ConfigIssue]:
             message = _renamed(pattern, entry, bases) or _not_bound(pattern, entry, router, shapes)
             if message is None:
                 continue
-            issues.append(ConfigIssue(
-                file=file,
-                line=entry.line,
-                column=0,
-                path=f"routers[{ri}].client.configs[{ei}].prefix",
-                message=message,
-            ))
+            issues.append(
+                ConfigIssue(
+                    file=file,
+                    line=entry.line,
+                    column=0,
+                    path=f"routers[{ri}].client.configs[{ei}].prefix",
+                    message=message,
+                )
+            )
     return issues
 
 
@@ -153,9 +155,11 @@ def _renamed(pattern: Any, entry: Any, bases: list[tuple[Shape, tuple[Any, ...]]
             continue
         transformed = _apply(base, chain)
         kinds = ", ".join(t.kind for t in chain)
-        head = (f"client prefix '{entry.prefix}' matches no client, so {_never(entry)}: the transformer(s) "
-                f"{kinds} rename clients of {_render(base)} to '{_render(transformed)}/...'")
-        if transformed[-len(base):] == base and len(transformed) > len(base):
+        head = (
+            f"client prefix '{entry.prefix}' matches no client, so {_never(entry)}: the transformer(s) "
+            f"{kinds} rename clients of {_render(base)} to '{_render(transformed)}/...'"
+        )
+        if transformed[-len(base) :] == base and len(transformed) > len(base):
             lead = _render(transformed[: len(transformed) - len(base)])
             return f"{head}; write the prefix as '{lead}{entry.prefix}'"
         return f"{head}; match that name instead"
@@ -170,7 +174,8 @@ def _not_bound(pattern: Any, entry: Any, router: Any, shapes: list[Shape]) -> st
     names = ", ".join(f"'{_render(s)}/...'" for s in shapes)
     hint = ""
     if _path_segments(router.dst_prefix)[:1] == (first,):
-        hint = (f"; per-service settings (names like '{router.dst_prefix}/...') go in the 'service' "
-                "section")
-    return (f"client prefix '{entry.prefix}' matches no client, so {_never(entry)}: client parameters match "
-            f"bound client names, which here look like {names}{hint}")
+        hint = f"; per-service settings (names like '{router.dst_prefix}/...') go in the 'service' section"
+    return (
+        f"client prefix '{entry.prefix}' matches no client, so {_never(entry)}: client parameters match "
+        f"bound client names, which here look like {names}{hint}"
+    )

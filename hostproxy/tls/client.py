@@ -51,9 +51,23 @@ __all__ = ["CLIENT_REASONS", "ClientTls", "ClientTlsCache", "TlsError"]
 log = structlog.get_logger("hostproxy.tls")
 
 #: Every :attr:`TlsError.reason`.
-CLIENT_REASONS = ("unknown-ca", "name-mismatch", "expired", "not-yet-valid", "certificate-not-for-servers",
-                  "verify-failed", "client-certificate-required", "client-certificate-rejected",
-                  "protocol-mismatch", "handshake-failure", "not-tls", "eof", "timeout", "config", "other")
+CLIENT_REASONS = (
+    "unknown-ca",
+    "name-mismatch",
+    "expired",
+    "not-yet-valid",
+    "certificate-not-for-servers",
+    "verify-failed",
+    "client-certificate-required",
+    "client-certificate-rejected",
+    "protocol-mismatch",
+    "handshake-failure",
+    "not-tls",
+    "eof",
+    "timeout",
+    "config",
+    "other",
+)
 
 _UNKNOWN_CA_CODES = {2, 18, 19, 20, 21}
 _MISMATCH_CODES = {62, 64}  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
@@ -126,8 +140,12 @@ class ClientTls:
         return list(self._contexts[()].certificates)
 
     def statistics(self) -> dict[str, Any]:
-        return {**self._stats, "generation": self.generation, "failures": dict(self._failures),
-                "last_reload_error": self.last_reload_error}
+        return {
+            **self._stats,
+            "generation": self.generation,
+            "failures": dict(self._failures),
+            "last_reload_error": self.last_reload_error,
+        }
 
     def server_name(self, host: str) -> str | None:
         """SNI and the name verified: ``commonName``, else the host when it is a DNS name."""
@@ -136,7 +154,9 @@ class ClientTls:
         return None if _is_ip(host) else host
 
     def __repr__(self) -> str:
-        return f"<ClientTls {self.router} commonName={self.config.common_name!r} generation={self.generation}>"
+        return (
+            f"<ClientTls {self.router} commonName={self.config.common_name!r} generation={self.generation}>"
+        )
 
     # -- reload --------------------------------------------------------------------------------------
 
@@ -147,14 +167,21 @@ class ClientTls:
         if sig == base.signature or sig == self._failed_signature:
             return False
         try:
-            fresh = {alpn: build_client_context(self.config, alpn=alpn, router=self.router, key=self.key)
-                     for alpn in self._contexts}
+            fresh = {
+                alpn: build_client_context(self.config, alpn=alpn, router=self.router, key=self.key)
+                for alpn in self._contexts
+            }
         except TlsConfigError as exc:
             self._failed_signature = sig
             self._stats["reload_failures"] += 1
             self.last_reload_error = str(exc)
-            log.warning("tls.reload.failed", router=self.router, role="client", error=str(exc),
-                        kept_generation=self.generation)
+            log.warning(
+                "tls.reload.failed",
+                router=self.router,
+                role="client",
+                error=str(exc),
+                kept_generation=self.generation,
+            )
             return False
         self._contexts = fresh
         self._failed_signature = None
@@ -166,8 +193,9 @@ class ClientTls:
 
     # -- connecting ----------------------------------------------------------------------------------
 
-    async def connect(self, host: str, port: int, *, connect_timeout: float,
-                      alpn: Sequence[str] = ()) -> TlsStream:
+    async def connect(
+        self, host: str, port: int, *, connect_timeout: float, alpn: Sequence[str] = ()
+    ) -> TlsStream:
         """TCP + TLS handshake to ``host:port`` within ``connect_timeout`` seconds.
 
         Raises ``ConnectError`` (``connect/refused|unreachable|timeout``) or :class:`TlsError`."""
@@ -192,7 +220,10 @@ class ClientTls:
             error = TlsError(
                 f"TLS handshake with {endpoint} failed: no answer within connect timeout "
                 f"{connect_timeout * 1000:g} ms; the endpoint may not speak TLS on this port, or it is "
-                "overloaded", endpoint=endpoint, reason="timeout")
+                "overloaded",
+                endpoint=endpoint,
+                reason="timeout",
+            )
         else:
             error = await self._explain(failure, host, port, endpoint, sni, deadline)
         self._failures[error.reason] = self._failures.get(error.reason, 0) + 1
@@ -228,11 +259,16 @@ class ClientTls:
                 return TlsError(
                     f"{prefix}: the server requires a client certificate and none was sent; set "
                     f"{self.key}.clientAuth (certPath, keyPath) to a certificate issued by a CA the "
-                    "server trusts (its caCertPath)", endpoint=endpoint, reason="client-certificate-required")
+                    "server trusts (its caCertPath)",
+                    endpoint=endpoint,
+                    reason="client-certificate-required",
+                )
             return TlsError(
                 f"{prefix}: the server requires a client certificate and did not accept "
                 f"{own.path} ({own.subject}); use a certificate issued by a CA in the server's caCertPath",
-                endpoint=endpoint, reason="client-certificate-rejected")
+                endpoint=endpoint,
+                reason="client-certificate-rejected",
+            )
         why = {
             "TLSV1_ALERT_UNKNOWN_CA": "its issuer is not a CA the server trusts",
             "SSLV3_ALERT_CERTIFICATE_EXPIRED": "the server says it has expired",
@@ -246,22 +282,29 @@ class ClientTls:
         if own is None:
             return TlsError(
                 f"{prefix}: the server rejected the handshake ({why}); check the server's TLS settings",
-                endpoint=endpoint, reason="client-certificate-rejected")
+                endpoint=endpoint,
+                reason="client-certificate-rejected",
+            )
         expiry = f", notAfter {_date(own.not_after)}" if own.error is None else ""
         return TlsError(
             f"{prefix}: the server rejected our client certificate {own.path} ({own.subject}{expiry}): "
             f"{why}; issue the client certificate from a CA in the server's caCertPath, or renew it",
-            endpoint=endpoint, reason="client-certificate-rejected")
+            endpoint=endpoint,
+            reason="client-certificate-rejected",
+        )
 
-    async def _explain(self, exc: BaseException, host: str, port: int, endpoint: str, sni: str | None,
-                       deadline: float) -> TlsError:
+    async def _explain(
+        self, exc: BaseException, host: str, port: int, endpoint: str, sni: str | None, deadline: float
+    ) -> TlsError:
         prefix = f"TLS handshake with {endpoint} failed"
         err = ssl_error_of(exc)
         if err is None or isinstance(err, ssl.SSLEOFError | ssl.SSLZeroReturnError):
             return TlsError(
                 f"{prefix}: the server closed the connection during the handshake; it may not accept "
                 "this TLS version or client, or not speak TLS on this port (see the server's log)",
-                endpoint=endpoint, reason="eof")
+                endpoint=endpoint,
+                reason="eof",
+            )
         reason = getattr(err, "reason", None) or ""
         if isinstance(err, ssl.SSLCertVerificationError):
             return await self._verify_failed(err, host, port, endpoint, sni, deadline)
@@ -271,26 +314,42 @@ class ClientTls:
             return TlsError(
                 f"{prefix}: the server did not answer in TLS ({reason}); {endpoint} is probably a "
                 f"plaintext port: point the client at the TLS port or remove {self.key}",
-                endpoint=endpoint, reason="not-tls")
+                endpoint=endpoint,
+                reason="not-tls",
+            )
         if reason in _PROTOCOL:
             ours = ", ".join(self.config.protocols) if self.config.protocols else "TLSv1.2, TLSv1.3"
             return TlsError(
                 f"{prefix}: no TLS version in common ({reason}); this client allows {ours} "
                 f"({self.key}.protocols): align it with the server's protocols",
-                endpoint=endpoint, reason="protocol-mismatch")
+                endpoint=endpoint,
+                reason="protocol-mismatch",
+            )
         if reason == "SSLV3_ALERT_HANDSHAKE_FAILURE":
             if self._own_cert() is None:
-                hint = (f"it may require a client certificate (none is configured: set {self.key}.clientAuth) "
-                        "or share no cipher suite with this client")
+                hint = (
+                    f"it may require a client certificate (none is configured: set {self.key}.clientAuth) "
+                    "or share no cipher suite with this client"
+                )
             else:
                 hint = "it may share no cipher suite with this client, or reject our client certificate"
-            return TlsError(f"{prefix}: the server aborted the handshake (handshake_failure alert): {hint}; "
-                            "check the server's ciphers and requireClientAuth",
-                            endpoint=endpoint, reason="handshake-failure")
+            return TlsError(
+                f"{prefix}: the server aborted the handshake (handshake_failure alert): {hint}; "
+                "check the server's ciphers and requireClientAuth",
+                endpoint=endpoint,
+                reason="handshake-failure",
+            )
         return TlsError(f"{prefix}: {reason or err}", endpoint=endpoint, reason="other")
 
-    async def _verify_failed(self, err: ssl.SSLCertVerificationError, host: str, port: int, endpoint: str,
-                             sni: str | None, deadline: float) -> TlsError:
+    async def _verify_failed(
+        self,
+        err: ssl.SSLCertVerificationError,
+        host: str,
+        port: int,
+        endpoint: str,
+        sni: str | None,
+        deadline: float,
+    ) -> TlsError:
         prefix = f"TLS handshake with {endpoint} failed"
         code = err.verify_code
         presented = await self._probe(host, port, sni, deadline)
@@ -301,31 +360,50 @@ class ClientTls:
                 f"{prefix}: the server certificate names {_names(presented)} but {self.key}.commonName "
                 f"expects {expected!r}; set commonName to one of those names (or fix the static client "
                 f"prefix that supplies it), or reissue the server certificate with {expected!r} as a "
-                "subjectAltName", endpoint=endpoint, reason="name-mismatch")
+                "subjectAltName",
+                endpoint=endpoint,
+                reason="name-mismatch",
+            )
         if code == _EXPIRED_CODE:
             when = f"expired on {_date(presented.not_after)}" if presented is not None else "has expired"
             return TlsError(
                 f"{prefix}: the server certificate ({subject}) {when}; renew it on the server (hostproxy "
-                "re-reads renewed certificate files without a restart)", endpoint=endpoint, reason="expired")
+                "re-reads renewed certificate files without a restart)",
+                endpoint=endpoint,
+                reason="expired",
+            )
         if code == _NOT_YET_VALID_CODE:
-            when = (f"is not valid before {_date(presented.not_before)}"
-                    if presented is not None and presented.not_before is not None else "is not valid yet")
+            when = (
+                f"is not valid before {_date(presented.not_before)}"
+                if presented is not None and presented.not_before is not None
+                else "is not valid yet"
+            )
             return TlsError(
                 f"{prefix}: the server certificate ({subject}) {when}; check the clocks of both hosts",
-                endpoint=endpoint, reason="not-yet-valid")
+                endpoint=endpoint,
+                reason="not-yet-valid",
+            )
         if code in _UNKNOWN_CA_CODES:
             issuer = f"issued by {presented.issuer!r}" if presented is not None else "issued by an unknown CA"
             return TlsError(
                 f"{prefix}: the server certificate ({subject}) is {issuer}, which is not a trusted CA "
                 f"({self._trust_text()}); add that CA to {self.key}.trustCertsBundle (or trustCerts), or "
-                f"check that {endpoint} is the server you meant", endpoint=endpoint, reason="unknown-ca")
+                f"check that {endpoint} is the server you meant",
+                endpoint=endpoint,
+                reason="unknown-ca",
+            )
         if code == _PURPOSE_CODE:
             return TlsError(
                 f"{prefix}: the server certificate ({subject}) is not issued for servers (extended key "
-                "usage lacks serverAuth); reissue it for server use", endpoint=endpoint,
-                reason="certificate-not-for-servers")
-        return TlsError(f"{prefix}: the server certificate ({subject}) did not verify: {err.verify_message}",
-                        endpoint=endpoint, reason="verify-failed")
+                "usage lacks serverAuth); reissue it for server use",
+                endpoint=endpoint,
+                reason="certificate-not-for-servers",
+            )
+        return TlsError(
+            f"{prefix}: the server certificate ({subject}) did not verify: {err.verify_message}",
+            endpoint=endpoint,
+            reason="verify-failed",
+        )
 
     async def _probe(self, host: str, port: int, sni: str | None, deadline: float) -> CertInfo | None:
         """The certificate the endpoint presents, read without verifying it (None on any failure)."""
@@ -362,14 +440,24 @@ async def _open_tcp(host: str, port: int, endpoint: str, deadline: float, timeou
             return await trio.open_tcp_stream(host, port)
         except OSError as exc:
             codes = {e.errno for e in _oserrors(exc)}
-            cause = ("connect/unreachable" if codes & _UNREACHABLE
-                     else "connect/timeout" if errno.ETIMEDOUT in codes else "connect/refused")
+            cause = (
+                "connect/unreachable"
+                if codes & _UNREACHABLE
+                else "connect/timeout"
+                if errno.ETIMEDOUT in codes
+                else "connect/refused"
+            )
             detail = next((os.strerror(e.errno) for e in _oserrors(exc) if e.errno), str(exc))
-            raise ConnectError(f"Unable to establish connection to {endpoint}: {detail}",
-                               endpoint=endpoint, cause=cause) from exc
+            raise ConnectError(
+                f"Unable to establish connection to {endpoint}: {detail}", endpoint=endpoint, cause=cause
+            ) from exc
     assert scope.cancelled_caught
-    raise ConnectError(f"Unable to establish connection to {endpoint}: no answer within connect timeout "
-                       f"{timeout * 1000:g} ms", endpoint=endpoint, cause="connect/timeout")
+    raise ConnectError(
+        f"Unable to establish connection to {endpoint}: no answer within connect timeout "
+        f"{timeout * 1000:g} ms",
+        endpoint=endpoint,
+        cause="connect/timeout",
+    )
 
 
 def _oserrors(exc: BaseException) -> Iterator[OSError]:

@@ -272,7 +272,9 @@ def build_client_context(
             ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
     if cfg.client_auth is not None:
         ca = cfg.client_auth
-        cert_pem = _load_chain(ctx, ca.cert_path, ca.key_path, ca.intermediate_certs_path, f"{key}.clientAuth")
+        cert_pem = _load_chain(
+            ctx, ca.cert_path, ca.key_path, ca.intermediate_certs_path, f"{key}.clientAuth"
+        )
         infos = _certs(cert_pem, ca.cert_path, f"{key}.clientAuth.certPath", "client", router, True) + infos
     if alpn:
         ctx.set_alpn_protocols(list(alpn))

@@ -125,8 +125,18 @@ def _read_file(path: str, role: str, router: str, leaf_only: bool) -> list[CertI
         return read_certificates(data, path=path, role=role, router=router, leaf_only=leaf_only)
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return [CertInfo(path, role, router, "", (), "", dt.datetime.min.replace(tzinfo=UTC),
-                         error=f"cannot read certificate {path}: {reason}")]
+        return [
+            CertInfo(
+                path,
+                role,
+                router,
+                "",
+                (),
+                "",
+                dt.datetime.min.replace(tzinfo=UTC),
+                error=f"cannot read certificate {path}: {reason}",
+            )
+        ]
 
 
 def config_certificates(config: Any) -> list[CertInfo]:

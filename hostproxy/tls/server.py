@@ -83,8 +83,10 @@ class ServerTls:
         }
 
     def __repr__(self) -> str:
-        return (f"<ServerTls {self.router} {self.config.cert_path} generation={self.generation} "
-                f"handshakes={self._stats['handshakes']}>")
+        return (
+            f"<ServerTls {self.router} {self.config.cert_path} generation={self.generation} "
+            f"handshakes={self._stats['handshakes']}>"
+        )
 
     # -- reload --------------------------------------------------------------------------------------
 
@@ -99,16 +101,26 @@ class ServerTls:
             self._failed_signature = sig
             self._stats["reload_failures"] += 1
             self.last_reload_error = str(exc)
-            log.warning("tls.reload.failed", router=self.router, role="server", error=str(exc),
-                        kept_generation=self.generation)
+            log.warning(
+                "tls.reload.failed",
+                router=self.router,
+                role="server",
+                error=str(exc),
+                kept_generation=self.generation,
+            )
             return False
         self._loaded = loaded
         self._failed_signature = None
         self.generation += 1
         self._stats["reloads"] += 1
         self.last_reload_error = None
-        log.info("tls.reload.complete", router=self.router, role="server", generation=self.generation,
-                 certificates=[c.subject for c in loaded.certificates if c.role == "server"])
+        log.info(
+            "tls.reload.complete",
+            router=self.router,
+            role="server",
+            generation=self.generation,
+            certificates=[c.subject for c in loaded.certificates if c.role == "server"],
+        )
         return True
 
     # -- connections ---------------------------------------------------------------------------------
@@ -116,8 +128,12 @@ class ServerTls:
     def wrap(self, transport: trio.abc.Stream) -> TlsStream:
         """A server-side TLS stream over ``transport`` with the current context (handshake deferred)."""
         ssl_stream = trio.SSLStream(transport, self.context, server_side=True, https_compatible=True)
-        return TlsStream(ssl_stream, handshake_timeout_s=self.handshake_timeout_s,
-                         on_failure=self._handshake_failed, on_success=self._handshake_done)
+        return TlsStream(
+            ssl_stream,
+            handshake_timeout_s=self.handshake_timeout_s,
+            on_failure=self._handshake_failed,
+            on_success=self._handshake_done,
+        )
 
     def _handshake_done(self, stream: TlsStream) -> None:
         self._stats["handshakes"] += 1
@@ -125,8 +141,12 @@ class ServerTls:
     def _handshake_failed(self, reason: str, exc: BaseException | None) -> None:
         assert reason in REASONS, reason
         self._failures[reason] = self._failures.get(reason, 0) + 1
-        log.debug("tls.handshake.failed", router=self.router, reason=reason,
-                  error=repr(exc.__cause__ or exc) if exc is not None else "timeout")
+        log.debug(
+            "tls.handshake.failed",
+            router=self.router,
+            reason=reason,
+            error=repr(exc.__cause__ or exc) if exc is not None else "timeout",
+        )
 
 
 class TlsListener(trio.abc.Listener[TlsStream]):

@@ -33,8 +33,15 @@ import trio
 
 from hostproxy.tls.inspect import CertInfo, der_info
 
-__all__ = ["TlsBroken", "TlsStream", "failure_reason", "peer_certificate", "ssl_error_of", "tls_error_of",
-           "xfcc_value"]
+__all__ = [
+    "TlsBroken",
+    "TlsStream",
+    "failure_reason",
+    "peer_certificate",
+    "ssl_error_of",
+    "tls_error_of",
+    "xfcc_value",
+]
 
 
 class TlsBroken(trio.BrokenResourceError):
@@ -70,21 +77,55 @@ def ssl_error_of(exc: BaseException) -> ssl.SSLError | ssl.CertificateError | No
 
 
 # OpenSSL reason codes (ssl.SSLError.reason) by what they mean for the operator.
-_NOT_TLS = {"HTTP_REQUEST", "HTTPS_PROXY_REQUEST", "WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG",
-            "RECORD_LENGTH_MISMATCH", "UNKNOWN_PROTOCOL"}
-_PROTOCOL = {"UNSUPPORTED_PROTOCOL", "TLSV1_ALERT_PROTOCOL_VERSION", "NO_PROTOCOLS_AVAILABLE",
-             "VERSION_TOO_LOW", "VERSION_TOO_HIGH", "WRONG_SSL_VERSION", "UNSUPPORTED_SSL_VERSION"}
-_CIPHER = {"NO_SHARED_CIPHER", "NO_CIPHERS_AVAILABLE", "NO_SUITABLE_SIGNATURE_ALGORITHM",
-           "INAPPROPRIATE_FALLBACK"}
-_PEER_REJECTED = {"TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICATE", "SSLV3_ALERT_CERTIFICATE_EXPIRED",
-                  "SSLV3_ALERT_CERTIFICATE_UNKNOWN", "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
-                  "SSLV3_ALERT_CERTIFICATE_REVOKED", "TLSV1_ALERT_ACCESS_DENIED", "TLSV1_ALERT_DECRYPT_ERROR"}
+_NOT_TLS = {
+    "HTTP_REQUEST",
+    "HTTPS_PROXY_REQUEST",
+    "WRONG_VERSION_NUMBER",
+    "PACKET_LENGTH_TOO_LONG",
+    "RECORD_LENGTH_MISMATCH",
+    "UNKNOWN_PROTOCOL",
+}
+_PROTOCOL = {
+    "UNSUPPORTED_PROTOCOL",
+    "TLSV1_ALERT_PROTOCOL_VERSION",
+    "NO_PROTOCOLS_AVAILABLE",
+    "VERSION_TOO_LOW",
+    "VERSION_TOO_HIGH",
+    "WRONG_SSL_VERSION",
+    "UNSUPPORTED_SSL_VERSION",
+}
+_CIPHER = {
+    "NO_SHARED_CIPHER",
+    "NO_CIPHERS_AVAILABLE",
+    "NO_SUITABLE_SIGNATURE_ALGORITHM",
+    "INAPPROPRIATE_FALLBACK",
+}
+_PEER_REJECTED = {
+    "TLSV1_ALERT_UNKNOWN_CA",
+    "SSLV3_ALERT_BAD_CERTIFICATE",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+    "SSLV3_ALERT_CERTIFICATE_REVOKED",
+    "TLSV1_ALERT_ACCESS_DENIED",
+    "TLSV1_ALERT_DECRYPT_ERROR",
+}
 _NO_CLIENT_CERT = {"PEER_DID_NOT_RETURN_A_CERTIFICATE", "TLSV13_ALERT_CERTIFICATE_REQUIRED"}
 
 #: Every reason :func:`failure_reason` can return (server-side handshake failure metrics).
-REASONS = ("not-tls", "protocol-mismatch", "no-shared-cipher", "no-client-certificate",
-           "client-certificate-expired", "client-certificate-untrusted", "certificate-rejected-by-peer",
-           "handshake-failure", "eof", "timeout", "other")
+REASONS = (
+    "not-tls",
+    "protocol-mismatch",
+    "no-shared-cipher",
+    "no-client-certificate",
+    "client-certificate-expired",
+    "client-certificate-untrusted",
+    "certificate-rejected-by-peer",
+    "handshake-failure",
+    "eof",
+    "timeout",
+    "other",
+)
 
 _EXPIRED_CODES = {10, 9}  # X509_V_ERR_CERT_HAS_EXPIRED, X509_V_ERR_CERT_NOT_YET_VALID
 
@@ -100,7 +141,11 @@ def failure_reason(exc: BaseException | None) -> str:
         return "eof"
     reason = getattr(err, "reason", None) or ""
     if isinstance(err, ssl.SSLCertVerificationError):
-        return "client-certificate-expired" if err.verify_code in _EXPIRED_CODES else "client-certificate-untrusted"
+        return (
+            "client-certificate-expired"
+            if err.verify_code in _EXPIRED_CODES
+            else "client-certificate-untrusted"
+        )
     if reason in _NOT_TLS:
         return "not-tls"
     if reason in _PROTOCOL:
@@ -298,9 +343,11 @@ def xfcc_value(der: bytes) -> bytes:
     from hostproxy.tls.inspect import pem_of_der
 
     info = der_info(der)
-    parts = [f"Hash={hashlib.sha256(der).hexdigest()}",
-             f'Cert="{quote(pem_of_der(der).decode("ascii"), safe="")}"',
-             f'Subject="{info.subject.replace(chr(34), chr(92) + chr(34))}"']
+    parts = [
+        f"Hash={hashlib.sha256(der).hexdigest()}",
+        f'Cert="{quote(pem_of_der(der).decode("ascii"), safe="")}"',
+        f'Subject="{info.subject.replace(chr(34), chr(92) + chr(34))}"',
+    ]
     for san in info.sans:
         kind, _, value = san.partition(":")
         if kind in ("URI", "DNS"):

@@ -518,8 +518,6 @@ class K8sNamer(Namer):
         return stats
 
 
-
-
 def from_config(cfg: Any, *, environ: Mapping[str, str] | None = None) -> K8sNamer:
     """Build the namer from a ``namers[]`` entry (a mapping or a config dataclass).
 

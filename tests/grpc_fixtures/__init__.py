@@ -68,13 +68,16 @@ def _handlers(state: ServiceState) -> grpc.GenericRpcHandler:
             time.sleep(0.01)
         return b"slow"
 
-    return grpc.method_handlers_generic_handler(SERVICE, {
-        "Unary": grpc.unary_unary_rpc_method_handler(unary),
-        "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
-        "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
-        "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
-        "Slow": grpc.unary_unary_rpc_method_handler(slow),
-    })
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "Unary": grpc.unary_unary_rpc_method_handler(unary),
+            "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
+            "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
+            "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
+            "Slow": grpc.unary_unary_rpc_method_handler(slow),
+        },
+    )
 
 
 class GrpcTestServer:

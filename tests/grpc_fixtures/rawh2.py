@@ -24,7 +24,9 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 class RawClient:
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
-        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None)
+        )
         self.events: list[Any] = []
         self.eof = False
         self.encoder = hpack.Encoder()
@@ -58,11 +60,22 @@ class RawClient:
     def header_block(self, headers: list[tuple[bytes, bytes]]) -> bytes:
         return self.encoder.encode(headers)
 
-    async def request(self, path: str, port: int, *, end_stream: bool = True, method: bytes = b"GET",
-                      extra: list[tuple[bytes, bytes]] | None = None) -> int:
+    async def request(
+        self,
+        path: str,
+        port: int,
+        *,
+        end_stream: bool = True,
+        method: bytes = b"GET",
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> int:
         sid = self.conn.get_next_available_stream_id()
-        headers = [(b":method", method), (b":scheme", b"http"), (b":authority", f"127.0.0.1:{port}".encode()),
-                   (b":path", path.encode())] + (extra or [])
+        headers = [
+            (b":method", method),
+            (b":scheme", b"http"),
+            (b":authority", f"127.0.0.1:{port}".encode()),
+            (b":path", path.encode()),
+        ] + (extra or [])
         self.conn.send_headers(sid, headers, end_stream=end_stream)
         await self.flush()
         return sid
@@ -134,7 +147,9 @@ def goaway_of(client: RawClient) -> Any:
 class ScriptedUpstream:
     """An h2 server on 127.0.0.1 whose connection ``i`` (0-based) runs ``script(i, conn, stream)``."""
 
-    def __init__(self, script: Callable[[int, h2.connection.H2Connection, trio.SocketStream], Awaitable[None]]):
+    def __init__(
+        self, script: Callable[[int, h2.connection.H2Connection, trio.SocketStream], Awaitable[None]]
+    ):
         self.script = script
         self.connections = 0
         self.port = 0
@@ -185,10 +200,10 @@ async def read_frames_until_closed(stream: trio.SocketStream, timeout_s: float =
     frames: list[Frame] = []
     pos = 0
     while pos + 9 <= len(buf):
-        frame, length = F.parse_frame_header(memoryview(bytes(buf[pos:pos + 9])))
+        frame, length = F.parse_frame_header(memoryview(bytes(buf[pos : pos + 9])))
         if pos + 9 + length > len(buf):
             break
-        frame.parse_body(memoryview(bytes(buf[pos + 9:pos + 9 + length])))
+        frame.parse_body(memoryview(bytes(buf[pos + 9 : pos + 9 + length])))
         frames.append(frame)
         pos += 9 + length
     return frames
