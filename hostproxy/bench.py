@@ -13,6 +13,12 @@ proxy's processes from /proc), peak RSS (VmHWM summed over the processes), and t
 direct, nginx and haproxy. It then opens 1,000 idle client connections to hostproxy and reports its RSS,
 and reports how soon after start hostproxy answered its first proxied request.
 
+Two more parts run after it (``--only http|k8s|admin`` runs one part alone; each part's sizes have
+flags, see ``--help``): :mod:`hostproxy.bench_k8s`, the ``io.l5d.k8s`` namer watching 5,000 Services
+of 20 endpoints under 500 endpoint updates/s (memory, CPU per update, notifications per update), and
+:mod:`hostproxy.bench_admin`, proxied p99 at 1000 req/s with and without admin scrapes of 1,000
+clients.
+
 This is a benchmark, not a test: it asserts nothing; the README records its numbers. Every process it
 starts listens on 127.0.0.1 only and is stopped at the end.
 """
@@ -114,7 +120,9 @@ class Target:
 def run_wrk(port: int, duration: int) -> dict[str, float]:
     out = subprocess.run(
         ["wrk", "-t1", "-c50", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     res: dict[str, float] = {}
     for line in out.splitlines():
@@ -140,9 +148,18 @@ def _ms(text: str) -> float:
 def run_fixed_rate(port: int, duration: int, tmp: Path) -> dict[str, float]:
     log = tmp / f"h2load-{port}.log"
     subprocess.run(
-        ["h2load", "--h1", "-c10", "--rps=100", f"-D{duration}", f"--log-file={log}",
-         f"http://127.0.0.1:{port}/"],
-        capture_output=True, text=True, check=True,
+        [
+            "h2load",
+            "--h1",
+            "-c10",
+            "--rps=100",
+            f"-D{duration}",
+            f"--log-file={log}",
+            f"http://127.0.0.1:{port}/",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     lat = sorted(int(line.split("\t")[2]) / 1000.0 for line in log.read_text().splitlines() if line)
     if not lat:
@@ -213,12 +230,17 @@ routers:
   servers: [{{ip: 127.0.0.1, port: {port}}}]
 """)
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "hostproxy", "run", str(conf)],
-                            stdout=subprocess.DEVNULL, stderr=open(tmp / "hostproxy.log", "wb"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hostproxy", "run", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp / "hostproxy.log", "wb"),  # noqa: SIM115 - the child holds it
+    )
     deadline = t0 + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"hostproxy exited with {proc.returncode}: {(tmp / 'hostproxy.log').read_text()}")
+            raise RuntimeError(
+                f"hostproxy exited with {proc.returncode}: {(tmp / 'hostproxy.log').read_text()}"
+            )
         try:
             req = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Host": "bench"})
             with urllib.request.urlopen(req, timeout=1) as r:
@@ -257,11 +279,45 @@ def idle_connections_rss(port: int, pids_of: Target, count: int) -> tuple[int, i
             s.close()
 
 
+PARTS = ("http", "k8s", "admin")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from hostproxy import bench_admin, bench_k8s
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--only",
+        choices=PARTS,
+        action="append",
+        help="run only this part (repeatable; default: all of http, k8s, admin)",
+    )
     ap.add_argument("--duration", type=int, default=10, help="seconds per load run (default 10)")
     ap.add_argument("--idle", type=int, default=1000, help="idle client connections for the RSS check")
+    bench_k8s.add_arguments(ap)
+    bench_admin.add_arguments(ap)
     args = ap.parse_args(argv)
+    parts = args.only or list(PARTS)
+    rc = 0
+    if "http" in parts:
+        rc = run_http(args)
+        if rc:
+            return rc
+    for part, runner in (("k8s", bench_k8s.run), ("admin", bench_admin.run)):
+        if part not in parts:
+            continue
+        try:
+            lines = runner(args)
+        except RuntimeError as e:
+            print(f"bench: {part}: {e}", file=sys.stderr)
+            return 2
+        print()
+        print("\n".join(lines), flush=True)
+    return rc
+
+
+def run_http(args: argparse.Namespace) -> int:
+    """The proxies comparison (the first part); prints its tables."""
     for tool in ("wrk", "h2load", "nginx", "haproxy"):
         if not shutil.which(tool):
             print(f"bench: {tool} is not installed; run `make install` first", file=sys.stderr)
@@ -300,10 +356,14 @@ def main(argv: list[str] | None = None) -> int:
                 t.results["rss_mb"] = memory_kb(t.pids(), "VmHWM") / 1024
         opened, idle_rss = idle_connections_rss(hp, targets[1], args.idle)
 
-    print(f"\nhostproxy bench — loopback, {os.cpu_count()} cores, {args.duration}s per run, "
-          f"Python {sys.version.split()[0]}")
-    hdr = (f"{'target':<10} {'req/s@50c':>10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-           f"{'1k/s p50':>9} {'1k/s p99':>9} {'1k/s max':>9} {'CPU s/10k':>10} {'peak RSS MB':>12}")
+    print(
+        f"\nhostproxy bench — loopback, {os.cpu_count()} cores, {args.duration}s per run, "
+        f"Python {sys.version.split()[0]}"
+    )
+    hdr = (
+        f"{'target':<10} {'req/s@50c':>10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+        f"{'1k/s p50':>9} {'1k/s p99':>9} {'1k/s max':>9} {'CPU s/10k':>10} {'peak RSS MB':>12}"
+    )
     print(hdr)
     print("-" * len(hdr))
     for t in targets:
@@ -312,9 +372,11 @@ def main(argv: list[str] | None = None) -> int:
         def f(key: str, fmt: str = "{:.2f}", r: dict[str, float] = r) -> str:
             return fmt.format(r[key]) if key in r else "-"
 
-        print(f"{t.name:<10} {f('rps', '{:.0f}'):>10} {f('p50'):>8} {f('p99'):>8} {f('max'):>8} "
-              f"{f('fr_p50'):>9} {f('fr_p99'):>9} {f('fr_max'):>9} {f('cpu_per_10k'):>10} "
-              f"{f('rss_mb', '{:.1f}'):>12}")
+        print(
+            f"{t.name:<10} {f('rps', '{:.0f}'):>10} {f('p50'):>8} {f('p99'):>8} {f('max'):>8} "
+            f"{f('fr_p50'):>9} {f('fr_p99'):>9} {f('fr_max'):>9} {f('cpu_per_10k'):>10} "
+            f"{f('rss_mb', '{:.1f}'):>12}"
+        )
     by = {t.name: t.results for t in targets}
     h = by["hostproxy"]
     print()
@@ -326,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f", added p99 at 1000 req/s {h['fr_p99'] - o['fr_p99']:+.2f} ms", end="")
             print()
     print(f"hostproxy RSS with {opened} idle client connections: {idle_rss / 1024:.1f} MB")
-    print(f"hostproxy first proxied response {first_response_s:.3f} s after start")
+    print(f"hostproxy first proxied response {first_response_s:.3f} s after start", flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -1,0 +1,164 @@
+"""Smoke runs of ``make bench``'s k8s and admin parts at tiny sizes: the rows and fields are there and
+the counts that do not depend on timing are right. No timing thresholds: numbers are the README's job."""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+
+import pytest
+
+from hostproxy import bench, bench_admin, bench_k8s
+
+
+def _row(lines: list[str], label: str) -> str:
+    """The value part of the report row starting with ``label``."""
+    for line in lines:
+        if line.startswith(label):
+            return line[len(label) :].strip()
+    raise AssertionError(f"no row {label!r} in:\n" + "\n".join(lines))
+
+
+# -- pure pieces ------------------------------------------------------------------------------------
+
+
+def test_ip_for_is_unique_and_dotted() -> None:
+    ips = [bench_k8s.ip_for(n) for n in range(70_000)]
+    assert len(set(ips)) == len(ips)
+    assert ips[0] == "10.0.0.1"
+    assert ips[65_535] == "10.1.0.0"
+
+
+def test_churn_replaces_one_address_of_one_service() -> None:
+    churn = bench_k8s.Churn(services=4, endpoints=3, rng=random.Random(7))
+    before = [list(ips) for ips in churn.ips]
+    i, ips = churn.step()
+    assert ips is churn.ips[i]
+    changed = [s for s in range(4) if churn.ips[s] != before[s]]
+    assert changed == [i]
+    assert sum(a != b for a, b in zip(churn.ips[i], before[i], strict=True)) == 1
+    new = set(churn.ips[i]) - set(before[i])
+    assert len(new) == 1
+    assert not new & {ip for row in before for ip in row}  # a fresh address, never used before
+
+
+def test_churn_is_reproducible_from_its_seed() -> None:
+    a = bench_k8s.Churn(50, 5, random.Random(3))
+    b = bench_k8s.Churn(50, 5, random.Random(3))
+    assert [a.step()[0] for _ in range(20)] == [b.step()[0] for _ in range(20)]
+
+
+def test_scrape_interval_list_is_checked() -> None:
+    assert bench_admin.intervals("0.1,1") == [0.1, 1.0]
+    with pytest.raises(
+        argparse.ArgumentTypeError, match=r"^'0,x' is not a list of positive seconds; give e.g. 0.1 or 0.1,1$"
+    ):
+        bench_admin.intervals("0,x")
+
+
+def test_only_rejects_an_unknown_part(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        bench.main(["--only", "dns"])
+    assert "invalid choice: 'dns'" in capsys.readouterr().err
+
+
+# -- the k8s namer benchmark, tiny ------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_k8s_part_alone_reports_every_row(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = bench.main(
+        [
+            "--only",
+            "k8s",
+            "--services",
+            "12",
+            "--endpoints",
+            "3",
+            "--rate",
+            "40",
+            "--churn-seconds",
+            "1",
+            "--sync-timeout",
+            "60",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "req/s@50c" not in out  # the proxies comparison did not run
+    assert "admin scrapes" not in out
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("io.l5d.k8s namer — 12 Services, 3 endpoints each, 40 updates/s for 1 s")
+    assert _row(lines, "services x endpoints").startswith("12 x 3 = 36 endpoints")
+    assert _row(lines, "namer").startswith("max_names 12, resyncIntervalSecs ")
+    assert re.fullmatch(r"namer \d+, fake API \d+ \(hard \d+\)", _row(lines, "RLIMIT_NOFILE (soft)"))
+    assert re.fullmatch(r"\d+\.\d\d s \(0 still pending\)", _row(lines, "first answer, all names"))
+    assert _row(lines, "name states") == "bound=12"
+    assert _row(lines, "errors") == "none"
+    assert re.fullmatch(r"\d+\.\d\d s \(all bound, all watches streaming: yes\)", _row(lines, "settled"))
+    assert re.fullmatch(r"\d+", _row(lines, "failed requests at start"))
+    for label in ("RSS before namer", "RSS settled", "RSS after churn"):
+        assert re.fullmatch(r"\d+\.\d MiB", _row(lines, label))
+    assert re.fullmatch(r"-?\d+ B", _row(lines, "bytes per endpoint"))
+    applied, sent = (int(x) for x in _row(lines, "updates applied / sent").split(" / "))
+    assert sent == 40
+    assert 0 < applied <= sent
+    assert re.fullmatch(
+        r"\d+\.\d{3} s \(namer process, \d+\.\d\d s total\)", _row(lines, "CPU per 1000 updates")
+    )
+    # each update replaces one address of one Service: one name changes, one notification
+    assert float(_row(lines, "notifications per update")) == 1.0
+    assert float(_row(lines, "name versions per update")) == 1.0
+    assert float(_row(lines, "name recomputes per update")) == 1.0
+    assert _row(lines, "re-lists during churn") == "0"
+    assert _row(lines, "name states after churn") == "bound=12"
+    assert _row(lines, "errors after churn") == "none"
+
+
+# -- admin scrapes under load, tiny -----------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_admin_part_alone_reports_both_runs_and_every_endpoint(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = bench.main(
+        [
+            "--only",
+            "admin",
+            "--clients",
+            "6",
+            "--admin-rps",
+            "50",
+            "--admin-duration",
+            "1",
+            "--scrape-interval",
+            "0.2",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "req/s@50c" not in out and "io.l5d.k8s namer" not in out
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("admin scrapes under load — 6 clients, 50 req/s over 10 connections for 1 s")
+    assert lines[1] == "clients warmed: 6 of 6 names in " + lines[1].split(" in ")[1]
+    assert lines[1].endswith("/client_state.json lists 6 clients")
+    runs = {
+        line.split("  ")[0].strip(): line.split()
+        for line in lines
+        if line.startswith(("no scrapes", "scrapes every"))
+    }
+    assert set(runs) == {"no scrapes", "scrapes every 0.2 s"}
+    idle = runs["no scrapes"]
+    assert idle[2:5] == [idle[2], "50", "0"]  # requests, of 50 intended, no non-2xx
+    assert int(idle[2]) > 0
+    assert idle[-2] == "-"  # no p99 added for the idle run
+    scraped = runs["scrapes every 0.2 s"]
+    assert scraped[5:7] == ["50", "0"] and int(scraped[4]) > 0
+    assert re.fullmatch(r"[+-]\d+\.\d\d", scraped[-2])
+    table = lines[lines.index(next(x for x in lines if x.startswith("endpoint, every 0.2 s"))) + 2 :]
+    got = {row.split()[0]: row.split()[1:] for row in table}
+    assert set(got) == set(bench_admin.SCRAPE_PATHS)
+    for path in bench_admin.SCRAPE_PATHS:
+        scrapes, errors, _p50, _mx, size = got[path]
+        assert int(scrapes) >= 1 and errors == "0"
+        assert float(size) > 0
