@@ -81,6 +81,9 @@ def valid_key(ns: str, port: str, svc: str, label_value: str | None) -> bool:
     return label_value is None or bool(_LABEL_VALUE.match(label_value))
 
 
+MAX_CONCURRENT_LISTS = 32  # list requests in flight at once (watches themselves are not limited)
+
+
 @dataclass
 class Target:
     """One (namespace, service, label value): its two list/watches and their tasks."""
@@ -94,6 +97,7 @@ class Target:
     started_at: float | None = None
     stopped_at: float | None = None
     running: bool = False
+    keys: list[Any] = field(default_factory=list)  # the watched names this target answers
 
     @property
     def name(self) -> str:
@@ -157,6 +161,7 @@ class K8sNamer(Namer):
         self._detail: dict[Key, _Detail] = {}
         self._nursery: trio.Nursery | None = None
         self.recomputes = 0
+        self._list_limiter = trio.CapacityLimiter(MAX_CONCURRENT_LISTS)
 
     # -- naming --------------------------------------------------------------------------------
     @property
@@ -252,6 +257,7 @@ class K8sNamer(Namer):
             target = self.targets.get(tid)
             if target is None:
                 target = self.targets[tid] = self._make_target(*tid)
+            target.keys = keys
             if not target.running and self._nursery is not None:
                 target.cancel = trio.CancelScope()
                 target.running = True
@@ -299,8 +305,11 @@ class K8sNamer(Namer):
                 failures = 0
 
     async def _list(self, core: ListWatchCore, path: str) -> bool:
-        with trio.move_on_after(self.request_timeout) as cs:
-            resp = await self.api.get(path)
+        # A bounded number of lists at once: thousands of names looked up together (a restart, a
+        # flood of new names) must not open thousands of connections to the API server at once.
+        async with self._list_limiter:
+            with trio.move_on_after(self.request_timeout) as cs:
+                resp = await self.api.get(path)
         if cs.cancelled_caught:
             raise ApiUnavailable(f"no answer within {self.request_timeout}s")
         if resp.status == 401 and self.api.token is not None:
@@ -343,9 +352,9 @@ class K8sNamer(Namer):
 
     # -- from objects to names -------------------------------------------------------------------
     def _recompute(self, t: Target) -> None:
-        tid = (t.namespace, t.service, t.label_value)
-        for key in self.table.watched():
-            if self._target_id(key) == tid:
+        # Only the names this target answers: an event costs the same whatever else is watched.
+        for key in t.keys:
+            if key in self.table:
                 self._recompute_key(t, key)
 
     def _recompute_key(self, t: Target, key: Key) -> None:
