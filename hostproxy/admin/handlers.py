@@ -40,6 +40,7 @@ cycle) is a 400 ``Delegation failed: …``, since the submitted dtab caused it.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import ipaddress
 import json
@@ -61,7 +62,8 @@ from hostproxy.admin.delegator_page import CONTENT_SECURITY_POLICY, render_page
 from hostproxy.http.message import Body, Headers, Request, Response
 from hostproxy.http.proxyheaders import via_count
 from hostproxy.http.server import ConnInfo
-from hostproxy.metrics import NoSuchSubtree, metrics_json, prometheus
+from hostproxy.metrics import NoSuchSubtree
+from hostproxy.metrics.render import collect, metrics_json_from, prometheus_from
 
 __all__ = [
     "DELEGATE_TIMEOUT_S",
@@ -176,6 +178,9 @@ class Endpoint:
 
 _Fn = Callable[[_Call], Awaitable[Response]]
 
+
+
+COLLECT_SLICE = 256  # metrics read per event-loop turn while a scrape collects
 
 # Linkerd's admin.security categories: these paths are "UI"; the control ones are "control"; the rest
 # (every other path) "diagnostics".
@@ -582,18 +587,35 @@ class AdminHandler:
 
     # -- metrics ---------------------------------------------------------------------------------
 
+    async def _collect(self, prom_only: bool = False) -> list[Any]:
+        """Read every metric's value in slices, yielding to the event loop between them, so a scrape
+        of thousands of clients never holds up requests for more than one slice."""
+        metrics = list(self.ctx.metrics.metrics())
+        if prom_only:
+            metrics = [m for m in metrics if m.prom is not None]
+        items: list[Any] = []
+        for i in range(0, len(metrics), COLLECT_SLICE):
+            items.extend(collect(metrics[i : i + COLLECT_SLICE]))
+            await trio.sleep(0)
+        return items
+
     async def _metrics_json(self, call: _Call) -> Response:
         q = call.query.get("q") or None
+        items = await self._collect()
+        render = functools.partial(
+            metrics_json_from, items, tree_form=_flag(call.query, "tree"), q=q, pretty=_flag(call.query, "pretty")
+        )
         try:
-            body = metrics_json(
-                self.ctx.metrics, tree_form=_flag(call.query, "tree"), q=q, pretty=_flag(call.query, "pretty")
-            )
+            # Rendering works on the snapshot only: off the event loop.
+            body = await trio.to_thread.run_sync(render)
         except NoSuchSubtree as exc:
             return _json(404, {"error": str(exc)})
         return _response(200, body, JSON_TYPE)
 
     async def _prometheus(self, call: _Call) -> Response:
-        return _response(200, prometheus(self.ctx.metrics), PROMETHEUS_TYPE)
+        items = await self._collect(prom_only=True)
+        text = await trio.to_thread.run_sync(prometheus_from, items)
+        return _response(200, text, PROMETHEUS_TYPE)
 
     # -- logging ---------------------------------------------------------------------------------
 

@@ -21,12 +21,24 @@ import json
 import math
 import re
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from hostproxy.metrics.histogram import HistogramSnapshot
-from hostproxy.metrics.registry import Counter, Gauge, Labels, MetricsRegistry, Stat
+from hostproxy.metrics.registry import Counter, Gauge, Labels, Metric, MetricsRegistry, Stat
 
-__all__ = ["NoSuchSubtree", "flat", "metrics_json", "prometheus", "tree"]
+__all__ = [
+    "NoSuchSubtree",
+    "collect",
+    "flat",
+    "flat_from",
+    "metrics_json",
+    "metrics_json_from",
+    "prometheus",
+    "prometheus_from",
+    "tree",
+    "tree_from",
+]
 
 PROM_QUANTILES = (("0.5", 0.5), ("0.9", 0.9), ("0.95", 0.95), ("0.99", 0.99), ("0.999", 0.999))
 
@@ -53,39 +65,61 @@ def _matcher(q: str | None) -> Any:
     return lambda key: rx.search(key) is not None
 
 
+def collect(metrics: Sequence[Metric]) -> list[tuple[Metric, Any]]:
+    """Read the values of ``metrics`` now: counters and gauges as numbers, stats as
+    ``(window snapshot, total sum, total count)``. The renderers below work on this snapshot only, so
+    the admin server can collect in small slices on the event loop and render the rest elsewhere."""
+    out: list[tuple[Metric, Any]] = []
+    for m in metrics:
+        obj = m.obj
+        if isinstance(obj, Counter):
+            out.append((m, obj.value))
+        elif isinstance(obj, Gauge):
+            out.append((m, obj.read()))
+        elif isinstance(obj, Stat):
+            out.append((m, (obj.hist.snapshot(), obj.hist.total_sum, obj.hist.total_count)))
+    return out
+
+
 def flat(reg: MetricsRegistry, q: str | None = None) -> dict[str, float | int]:
+    return flat_from(collect(list(reg.metrics())), q)
+
+
+def flat_from(items: Iterable[tuple[Metric, Any]], q: str | None = None) -> dict[str, float | int]:
     match = _matcher(q)
     out: dict[str, float | int] = {}
-    for m in reg.metrics():
+    for m, v in items:
         if not match(m.key):
             continue
         if isinstance(m.obj, Counter):
-            out[m.key] = m.obj.value
+            out[m.key] = v
         elif isinstance(m.obj, Gauge):
-            v = m.obj.read()
             if v is not None and math.isfinite(v):
                 out[m.key] = _num(v)
         elif isinstance(m.obj, Stat):
-            for field, v in m.obj.hist.snapshot().summary().items():
-                out[f"{m.key}.{field}"] = _num(v)
+            for field, x in v[0].summary().items():
+                out[f"{m.key}.{field}"] = _num(x)
     return dict(sorted(out.items()))
 
 
 def tree(reg: MetricsRegistry, q: str | None = None) -> dict[str, Any]:
+    return tree_from(collect(list(reg.metrics())), q)
+
+
+def tree_from(items: Iterable[tuple[Metric, Any]], q: str | None = None) -> dict[str, Any]:
     root: dict[str, Any] = {}
-    for m in reg.metrics():
+    for m, v in items:
         node = root
         for seg in m.key.split("/"):
             node = node.setdefault(seg, {})
         if isinstance(m.obj, Counter):
-            node["counter"] = m.obj.value
+            node["counter"] = v
         elif isinstance(m.obj, Gauge):
-            v = m.obj.read()
             if v is not None and math.isfinite(v):
                 node["gauge"] = _num(v)
         elif isinstance(m.obj, Stat):
-            for field, v in m.obj.hist.snapshot().summary().items():
-                node[f"stat.{field}"] = _num(v)
+            for field, x in v[0].summary().items():
+                node[f"stat.{field}"] = _num(x)
     if q:
         for seg in q.strip("/").split("/"):
             if not isinstance(root, dict) or seg not in root:
@@ -98,7 +132,13 @@ def metrics_json(
     reg: MetricsRegistry, *, tree_form: bool = False, q: str | None = None, pretty: bool = False
 ) -> bytes:
     """The body of `/admin/metrics.json`; raises `NoSuchSubtree` for a missing `q` with `tree_form`."""
-    data = tree(reg, q) if tree_form else flat(reg, q)
+    return metrics_json_from(collect(list(reg.metrics())), tree_form=tree_form, q=q, pretty=pretty)
+
+
+def metrics_json_from(
+    items: list[tuple[Metric, Any]], *, tree_form: bool = False, q: str | None = None, pretty: bool = False
+) -> bytes:
+    data = tree_from(items, q) if tree_form else flat_from(items, q)
     if pretty:
         return json.dumps(data, indent=2, sort_keys=True).encode()
     return json.dumps(data, separators=(",", ":")).encode()
@@ -123,23 +163,26 @@ def _fmt(x: float) -> str:
 
 
 def prometheus(reg: MetricsRegistry) -> str:
+    return prometheus_from(collect([m for m in reg.metrics() if m.prom is not None]))
+
+
+def prometheus_from(items: Iterable[tuple[Metric, Any]]) -> str:
     counters: dict[str, dict[Labels, float]] = defaultdict(lambda: defaultdict(float))
     gauges: dict[str, dict[Labels, float]] = defaultdict(lambda: defaultdict(float))
-    stats: dict[str, dict[Labels, list[Stat]]] = defaultdict(lambda: defaultdict(list))
+    stats: dict[str, dict[Labels, list[tuple[Stat, Any]]]] = defaultdict(lambda: defaultdict(list))
     helps: dict[str, str] = {}
-    for m in reg.metrics():
+    for m, value in items:
         if m.prom is None:
             continue
         fam, labels = m.prom.family, m.prom.labels
         helps.setdefault(fam, m.prom.help)
         if isinstance(m.obj, Counter):
-            counters[fam][labels] += m.obj.value
+            counters[fam][labels] += value
         elif isinstance(m.obj, Gauge):
-            v = m.obj.read()
-            if v is not None:
-                gauges[fam][labels] += v
+            if value is not None:
+                gauges[fam][labels] += value
         elif isinstance(m.obj, Stat):
-            stats[fam][labels].append(m.obj)
+            stats[fam][labels].append((m.obj, value))
     lines: list[str] = []
 
     def head(fam: str, kind: str) -> None:
@@ -158,14 +201,14 @@ def prometheus(reg: MetricsRegistry) -> str:
     for fam in sorted(stats):
         head(fam, "summary")
         for labels, group in sorted(stats[fam].items()):
-            scale = group[0].scale
-            snap = HistogramSnapshot.merge(s.hist.snapshot() for s in group)
+            scale = group[0][0].scale
+            snap = HistogramSnapshot.merge(v[0] for _, v in group)
             if snap.count:
                 for qs, q in PROM_QUANTILES:
                     lbl = _labels(labels + (("quantile", qs),))
                     lines.append(f"{fam}{lbl} {_fmt(snap.percentile(q) * scale)}")
-            total_sum = sum(s.hist.total_sum for s in group) * scale
-            total_count = sum(s.hist.total_count for s in group)
+            total_sum = sum(v[1] for _, v in group) * scale
+            total_count = sum(v[2] for _, v in group)
             lines.append(f"{fam}_sum{_labels(labels)} {_fmt(total_sum)}")
             lines.append(f"{fam}_count{_labels(labels)} {_fmt(total_count)}")
     return "\n".join(lines) + "\n"
