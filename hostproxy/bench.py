@@ -279,18 +279,18 @@ def idle_connections_rss(port: int, pids_of: Target, count: int) -> tuple[int, i
             s.close()
 
 
-PARTS = ("http", "k8s", "admin")
+PARTS = ("http", "h2", "tls", "k8s", "admin")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hostproxy import bench_admin, bench_k8s
+    from hostproxy import bench_admin, bench_k8s, bench_proto
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--only",
         choices=PARTS,
         action="append",
-        help="run only this part (repeatable; default: all of http, k8s, admin)",
+        help="run only this part (repeatable; default: all of http, h2, tls, k8s, admin)",
     )
     ap.add_argument("--duration", type=int, default=10, help="seconds per load run (default 10)")
     ap.add_argument("--idle", type=int, default=1000, help="idle client connections for the RSS check")
@@ -303,7 +303,12 @@ def main(argv: list[str] | None = None) -> int:
         rc = run_http(args)
         if rc:
             return rc
-    for part, runner in (("k8s", bench_k8s.run), ("admin", bench_admin.run)):
+    for part, runner in (
+        ("h2", bench_proto.run_h2),
+        ("tls", bench_proto.run_tls),
+        ("k8s", bench_k8s.run),
+        ("admin", bench_admin.run),
+    ):
         if part not in parts:
             continue
         try:

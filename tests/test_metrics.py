@@ -362,3 +362,23 @@ def test_client_extras_expose_balancer_accrual_and_budget():
     assert f[p + "failure_accrual/removals"] == 1
     assert f[p + "retries/budget"] == 99
     assert 'hostproxy_client_endpoints_available{router="out",client="/#/io.l5d.fs/web"} 1' in prometheus(reg)
+
+
+def test_sliced_renderers_match_the_one_pass_ones() -> None:
+    # The admin server renders in slices (yielding between them); the result must be the same.
+    import json as _json
+    import time as _time
+
+    from hostproxy.metrics import MetricsRegistry
+    from hostproxy.metrics.render import collect, flat, flat_json_chunks, prometheus, prometheus_chunks
+
+    reg = MetricsRegistry(_time.monotonic)
+    scope = reg.router("out")
+    for i in range(300):
+        c = scope.client(f"/#/io.l5d.fs/s{i}")
+        c.start()
+        c.finish(0.001 * (i % 7), None, 200)
+    items = collect(list(reg.metrics()))
+    assert _json.loads(b"".join(flat_json_chunks(items, None, 17))) == flat(reg)
+    assert _json.loads(b"".join(flat_json_chunks(items, "s1", 5))) == flat(reg, "s1")
+    assert "".join(prometheus_chunks(collect([m for m in reg.metrics() if m.prom]))) == prometheus(reg)

@@ -40,7 +40,6 @@ cycle) is a 400 ``Delegation failed: …``, since the submitted dtab caused it.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import ipaddress
 import json
@@ -63,7 +62,7 @@ from hostproxy.http.message import Body, Headers, Request, Response
 from hostproxy.http.proxyheaders import via_count
 from hostproxy.http.server import ConnInfo
 from hostproxy.metrics import NoSuchSubtree
-from hostproxy.metrics.render import collect, metrics_json_from, prometheus_from
+from hostproxy.metrics.render import collect, flat_json_chunks, metrics_json_from, prometheus_chunks
 
 __all__ = [
     "DELEGATE_TIMEOUT_S",
@@ -177,7 +176,6 @@ class Endpoint:
 
 
 _Fn = Callable[[_Call], Awaitable[Response]]
-
 
 
 COLLECT_SLICE = 256  # metrics read per event-loop turn while a scrape collects
@@ -602,20 +600,26 @@ class AdminHandler:
     async def _metrics_json(self, call: _Call) -> Response:
         q = call.query.get("q") or None
         items = await self._collect()
-        render = functools.partial(
-            metrics_json_from, items, tree_form=_flag(call.query, "tree"), q=q, pretty=_flag(call.query, "pretty")
-        )
-        try:
-            # Rendering works on the snapshot only: off the event loop.
-            body = await trio.to_thread.run_sync(render)
-        except NoSuchSubtree as exc:
-            return _json(404, {"error": str(exc)})
-        return _response(200, body, JSON_TYPE)
+        tree_form, pretty = _flag(call.query, "tree"), _flag(call.query, "pretty")
+        if tree_form or pretty:
+            try:  # the human forms: one pass (scripts and scrapers use the compact flat form)
+                body = metrics_json_from(items, tree_form=tree_form, q=q, pretty=pretty)
+            except NoSuchSubtree as exc:
+                return _json(404, {"error": str(exc)})
+            return _response(200, body, JSON_TYPE)
+        parts = []
+        for chunk in flat_json_chunks(items, q, COLLECT_SLICE):
+            parts.append(chunk)
+            await trio.sleep(0)  # let requests through between slices
+        return _response(200, b"".join(parts), JSON_TYPE)
 
     async def _prometheus(self, call: _Call) -> Response:
         items = await self._collect(prom_only=True)
-        text = await trio.to_thread.run_sync(prometheus_from, items)
-        return _response(200, text, PROMETHEUS_TYPE)
+        parts = []
+        for chunk in prometheus_chunks(items):
+            parts.append(chunk)
+            await trio.sleep(0)
+        return _response(200, "".join(parts), PROMETHEUS_TYPE)
 
     # -- logging ---------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ import json
 import math
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from hostproxy.metrics.histogram import HistogramSnapshot
@@ -32,9 +32,11 @@ __all__ = [
     "collect",
     "flat",
     "flat_from",
+    "flat_json_chunks",
     "metrics_json",
     "metrics_json_from",
     "prometheus",
+    "prometheus_chunks",
     "prometheus_from",
     "tree",
     "tree_from",
@@ -102,6 +104,25 @@ def flat_from(items: Iterable[tuple[Metric, Any]], q: str | None = None) -> dict
     return dict(sorted(out.items()))
 
 
+def flat_json_chunks(
+    items: Sequence[tuple[Metric, Any]], q: str | None = None, slice_size: int = 256
+) -> Iterator[bytes]:
+    """``/admin/metrics.json`` (flat, compact) as byte fragments, one per slice of metrics, so a
+    caller can yield to other work between them. Keys come in metric-key order (a stat's fields right
+    after its key)."""
+    ordered = sorted(items, key=lambda it: it[0].key)
+    yield b"{"
+    first = True
+    for i in range(0, len(ordered), slice_size):
+        part = flat_from(ordered[i : i + slice_size], q)
+        if not part:
+            continue
+        text = json.dumps(part, separators=(",", ":"))[1:-1].encode()
+        yield text if first else b"," + text
+        first = False
+    yield b"}"
+
+
 def tree(reg: MetricsRegistry, q: str | None = None) -> dict[str, Any]:
     return tree_from(collect(list(reg.metrics())), q)
 
@@ -167,6 +188,11 @@ def prometheus(reg: MetricsRegistry) -> str:
 
 
 def prometheus_from(items: Iterable[tuple[Metric, Any]]) -> str:
+    return "".join(prometheus_chunks(items))
+
+
+def prometheus_chunks(items: Iterable[tuple[Metric, Any]]) -> Iterator[str]:
+    """The Prometheus exposition as text fragments (one metric family, or part of a large one, each)."""
     counters: dict[str, dict[Labels, float]] = defaultdict(lambda: defaultdict(float))
     gauges: dict[str, dict[Labels, float]] = defaultdict(lambda: defaultdict(float))
     stats: dict[str, dict[Labels, list[tuple[Stat, Any]]]] = defaultdict(lambda: defaultdict(list))
@@ -185,6 +211,11 @@ def prometheus_from(items: Iterable[tuple[Metric, Any]]) -> str:
             stats[fam][labels].append((m.obj, value))
     lines: list[str] = []
 
+    def flush() -> Iterator[str]:
+        if lines:
+            yield "\n".join(lines) + "\n"
+            lines.clear()
+
     def head(fam: str, kind: str) -> None:
         if helps.get(fam):
             lines.append(f"# HELP {fam} {helps[fam]}")
@@ -194,10 +225,12 @@ def prometheus_from(items: Iterable[tuple[Metric, Any]]) -> str:
         head(fam, "counter")
         for labels, v in sorted(counters[fam].items()):
             lines.append(f"{fam}{_labels(labels)} {_fmt(v)}")
+        yield from flush()
     for fam in sorted(gauges):
         head(fam, "gauge")
         for labels, v in sorted(gauges[fam].items()):
             lines.append(f"{fam}{_labels(labels)} {_fmt(v)}")
+        yield from flush()
     for fam in sorted(stats):
         head(fam, "summary")
         for labels, group in sorted(stats[fam].items()):
@@ -211,4 +244,6 @@ def prometheus_from(items: Iterable[tuple[Metric, Any]]) -> str:
             total_count = sum(v[2] for _, v in group)
             lines.append(f"{fam}_sum{_labels(labels)} {_fmt(total_sum)}")
             lines.append(f"{fam}_count{_labels(labels)} {_fmt(total_count)}")
-    return "\n".join(lines) + "\n"
+            if len(lines) >= 512:
+                yield from flush()
+        yield from flush()
