@@ -38,7 +38,6 @@ from typing import Any
 
 import structlog
 import trio
-from cryptography import x509
 
 from hostproxy.config import model as m
 from hostproxy.http.errors import ConnectError
@@ -428,6 +427,8 @@ class ClientTls:
                     await tcp.aclose()
             if der:
                 try:
+                    from cryptography import x509
+
                     return cert_info(x509.load_der_x509_certificate(der))
                 except ValueError:
                     return None

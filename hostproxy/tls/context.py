@@ -27,9 +27,6 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-
 from hostproxy.config import model as m
 from hostproxy.tls.inspect import CertInfo, read_certificates
 
@@ -146,6 +143,9 @@ def _ciphers(ctx: ssl.SSLContext, ciphers: Sequence[str] | None, key: str) -> No
 
 
 def _check_key(pem: bytes, path: str, key: str) -> None:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
     try:
         serialization.load_pem_private_key(pem, password=None)
     except TypeError:

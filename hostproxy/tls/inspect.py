@@ -18,10 +18,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+if TYPE_CHECKING:  # cryptography is loaded only when certificates are inspected
+    from cryptography import x509
 
 __all__ = [
     "CertInfo",
@@ -70,6 +70,8 @@ class CertInfo:
 
 
 def _sans(cert: x509.Certificate) -> tuple[str, ...]:
+    from cryptography import x509
+
     try:
         ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -101,10 +103,15 @@ def cert_info(cert: x509.Certificate, *, path: str = "", role: str = "", router:
 
 
 def der_info(der: bytes, *, role: str = "", router: str = "") -> CertInfo:
+    from cryptography import x509
+
     return cert_info(x509.load_der_x509_certificate(der), role=role, router=router)
 
 
 def pem_of_der(der: bytes) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
 
 
@@ -112,6 +119,8 @@ def read_certificates(
     pem: bytes, *, path: str, role: str, router: str = "", leaf_only: bool = False
 ) -> list[CertInfo]:
     """Every certificate in ``pem`` (only the first with ``leaf_only``); ValueError if none."""
+    from cryptography import x509
+
     certs = x509.load_pem_x509_certificates(pem)  # raises ValueError on no/garbled certificates
     if leaf_only:
         certs = certs[:1]
