@@ -39,7 +39,7 @@ worker_processes 1; daemon off; pid {tmp}/nginx-{name}.pid; error_log stderr err
 events {{ worker_connections 4096; }}
 http {{ access_log off; client_body_temp_path {tmp}; proxy_temp_path {tmp};
   fastcgi_temp_path {tmp}; uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
-  keepalive_requests 1000000; http2_max_requests 1000000;
+  keepalive_requests 1000000;
   {server_block} }}
 """)
     return subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp)])

@@ -54,7 +54,7 @@ import random
 import signal
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
@@ -72,18 +72,10 @@ from hostproxy.metrics import MetricsRegistry
 from hostproxy.namerstate import NamerStateStore
 from hostproxy.overload import OverloadConfig, OverloadManager, detect_memory_limit, sample_loop
 from hostproxy.router import HttpRouter
-from hostproxy.tls import (
-    ClientTlsCache,
-    ServerTls,
-    TlsConfigError,
-    TlsListener,
-    alpn_for_protocol,
-    build_client_context,
-    tls_json,
-    watch_certificates,
-)
-from hostproxy.tls.reload import DEFAULT_INTERVAL_S
 from namers.inet import InetResolver
+
+if TYPE_CHECKING:  # the TLS machinery (ssl, certificates) is imported only when a config uses TLS
+    from hostproxy.tls import ClientTlsCache, ServerTls, TlsListener
 
 log = structlog.get_logger("hostproxy.daemon")
 
@@ -200,6 +192,8 @@ class _ServerSlot:
         """The listeners to serve: wrapped in TLS when this server has ``tls``."""
         if self.tls is None:
             return listeners
+        from hostproxy.tls import TlsListener
+
         self.tls_listeners = [TlsListener(lst, self.tls) for lst in listeners]
         return list(self.tls_listeners)
 
@@ -311,7 +305,7 @@ class Daemon:
         rng: random.Random | None = None,
         config_path: str | None = None,
         env: dict[str, str] | None = None,
-        tls_reload_interval_s: float = DEFAULT_INTERVAL_S,
+        tls_reload_interval_s: float = 5.0,
     ) -> None:
         self.config = config
         self.tls_reload_interval_s = tls_reload_interval_s
@@ -488,13 +482,34 @@ class Daemon:
             recent=self.recent,
         )
 
+    async def _watch_tls(self) -> None:
+        """Re-read changed certificate files every ``tls_reload_interval_s`` (when any TLS is in use)."""
+        while True:
+            await trio.sleep(self.tls_reload_interval_s)
+            objects = list(self._tls_objects())
+            if objects:
+                from hostproxy.tls import reload_all
+
+                reload_all(objects)
+
     @staticmethod
-    def _client_tls(rcfg: Any, index: int, label: str) -> ClientTlsCache:
+    def _client_tls(rcfg: Any, index: int, label: str) -> ClientTlsCache | None:
         """The router's client TLS cache, with every client setting that has no ``{capture}`` loaded
         now (settings with captures have their files read and checked only). Raises
         :class:`TlsStartupError` naming the config key and the file."""
-        cache = ClientTlsCache()
         section = rcfg.client
+        entries = [
+            (j, entry)
+            for j, entry in enumerate(section.entries if section is not None else ())
+            if getattr(entry.params, "tls", None) is not None
+            and "tls" in entry.explicit
+            and entry.params.tls.enabled
+        ]
+        if not entries:
+            return None  # no client TLS configured: the router makes a cache if it ever needs one
+        from hostproxy.tls import ClientTlsCache, TlsConfigError, build_client_context
+
+        cache = ClientTlsCache()
         for j, entry in enumerate(section.entries if section is not None else ()):
             tls = getattr(entry.params, "tls", None)
             if tls is None or "tls" not in entry.explicit or not tls.enabled:
@@ -530,9 +545,13 @@ class Daemon:
                 out[_spec_key(params, label, i, scfg.tls is not None)] = (label, params)
         return out
 
-    def _build_server_tls(self, config: Config) -> dict[tuple[str, Any], ServerTls]:
+    def _build_server_tls(self, config: Config) -> dict[tuple[str, Any], ServerTls]:  # noqa: C901
         """The ServerTls of every TLS server of ``config`` by server key: the running one when its
         settings did not change, else loaded now (:class:`TlsStartupError` when its files cannot be used)."""
+        if not any(scfg.tls is not None for rcfg in config.routers for scfg in rcfg.servers):
+            return {}
+        from hostproxy.tls import ServerTls, TlsConfigError, alpn_for_protocol
+
         grace_s = config.admin.shutdown_grace_ms / 1000
         out: dict[tuple[str, Any], ServerTls] = {}
         for ri, rcfg in enumerate(config.routers):
@@ -565,7 +584,8 @@ class Daemon:
         """Every live TLS object (servers' and routers' clients'), for reloads and /admin/tls.json."""
         objs: list[Any] = [slot.tls for slot in self.slots.values() if slot.tls is not None]
         for r in self.routers.values():
-            objs.extend(r.client_tls)
+            if r._client_tls is not None:  # never made for a router without client TLS
+                objs.extend(r._client_tls)
         return objs
 
     @staticmethod
@@ -653,11 +673,7 @@ class Daemon:
                 log.warning("daemon.listen_fd_unused", address=lst.socket.getsockname())
                 await lst.aclose()
             nursery.start_soon(self._sweep_idle)
-            nursery.start_soon(
-                functools.partial(
-                    watch_certificates, self._tls_objects, interval_s=self.tls_reload_interval_s
-                )
-            )
+            nursery.start_soon(self._watch_tls)
             self._ready = True
             log.info("daemon.started", routers=self.addresses, admin=self.admin_address, pid=os.getpid())
             sdnotify.ready(f"routing on {self._describe_addresses()}", env=self.env)
@@ -912,6 +928,8 @@ class Daemon:
                 if k not in seen:
                     seen.add(k)
                     certs.append(c)
+        from hostproxy.tls import tls_json
+
         return tls_json(certs, now or dt.datetime.now(dt.UTC))
 
     def dtab_state(self) -> dict[str, Any]:

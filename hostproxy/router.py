@@ -41,7 +41,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
@@ -76,7 +76,9 @@ from hostproxy.routing.context import (
     read_inbound,
 )
 from hostproxy.routing.identifiers import Unidentified, build_identifiers, unknown_destination_message
-from hostproxy.tls import ClientTlsCache, TlsConfigError, TlsError, alpn_for_protocol
+
+if TYPE_CHECKING:  # TLS is imported only when a client uses it
+    from hostproxy.tls import ClientTlsCache
 
 log = structlog.get_logger("hostproxy.router")
 
@@ -214,8 +216,8 @@ class HttpRouter:
     ) -> None:
         self.cfg = cfg
         self._pool_factory = pool_factory
-        self.client_tls = client_tls if client_tls is not None else ClientTlsCache()
-        self._alpn = alpn_for_protocol(cfg.kind)
+        self._client_tls = client_tls
+        self._alpn = ("h2",) if cfg.kind == "h2" else ("http/1.1",)  # as hostproxy.tls.alpn_for_protocol
         self.label: str = cfg.label or cfg.kind
         self._rng = rng or random.Random()
         self._clock = clock
@@ -677,9 +679,20 @@ class HttpRouter:
             **extra,
         )
 
+    @property
+    def client_tls(self) -> ClientTlsCache:
+        """The router's shared client TLS settings (made on first use: plaintext routers never load TLS)."""
+        if self._client_tls is None:
+            from hostproxy.tls import ClientTlsCache
+
+            self._client_tls = ClientTlsCache()
+        return self._client_tls
+
     def _tls_connector(self, tls: Any, client_id: str) -> tuple[Any, Callable[[str, int, float], Any]]:
         """The shared ClientTls for ``tls`` and a pool connector using it; when the settings cannot be
         loaded (a trust file missing...), a connector that fails every connection with the reason."""
+        from hostproxy.tls import TlsConfigError, TlsError
+
         try:
             ctls = self.client_tls.get(tls, router=self.label)
         except TlsConfigError as exc:

@@ -1,0 +1,87 @@
+"""Server connection caps through the real daemon: maxConnections and maxRequestsPerConnection."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import h11
+import trio
+
+from tests.daemonutil import curl, running_daemon
+from tests.upstreams import running_upstream
+
+
+def cfg(disco: Path, server_extra: str) -> str:
+    return f"""
+admin: {{ip: 127.0.0.1, port: 0}}
+namers:
+- kind: io.l5d.fs
+  rootDir: {disco}
+routers:
+- protocol: http
+  label: out
+  dtab: /svc => /#/io.l5d.fs;
+  servers:
+  - ip: 127.0.0.1
+    port: 0
+{server_extra}
+"""
+
+
+def keepalive_requests(port: int, count: int) -> list[tuple[int, bool]]:
+    """(status, server asked to close) for each request sent over one keep-alive connection."""
+    out = []
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        conn = h11.Connection(h11.CLIENT)
+        for _ in range(count):
+            s.sendall(conn.send(h11.Request(method="GET", target="/", headers=[("Host", "web")])))
+            s.sendall(conn.send(h11.EndOfMessage()))
+            close = False
+            while True:
+                ev = conn.next_event()
+                if ev is h11.NEED_DATA:
+                    conn.receive_data(s.recv(65536))
+                    continue
+                if isinstance(ev, h11.Response):
+                    status = ev.status_code
+                    close = any(n == b"connection" and v.lower() == b"close" for n, v in ev.headers)
+                if isinstance(ev, h11.EndOfMessage):
+                    break
+            out.append((status, close))
+            if close:
+                break
+            conn.start_next_cycle()
+    return out
+
+
+async def test_max_requests_per_connection_closes_after_the_limit(tmp_path: Path) -> None:
+    async with running_upstream() as up:
+        (tmp_path / "disco").mkdir()
+        (tmp_path / "disco" / "web").write_text(f"127.0.0.1 {up.port}\n")
+        async with running_daemon(cfg(tmp_path / "disco", "    maxRequestsPerConnection: 3")) as d:
+            got = await trio.to_thread.run_sync(keepalive_requests, d.port("out"), 10)
+            assert got == [(200, False), (200, False), (200, True)]
+
+
+async def test_max_connections_turns_extra_connections_away_and_serves_the_rest(tmp_path: Path) -> None:
+    async with running_upstream() as up:
+        (tmp_path / "disco").mkdir()
+        (tmp_path / "disco" / "web").write_text(f"127.0.0.1 {up.port}\n")
+        async with running_daemon(cfg(tmp_path / "disco", "    maxConnections: 2")) as d:
+            port = d.port("out")
+            held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+            try:
+                await trio.sleep(0.3)  # both accepted and counted
+                r = await curl(f"http://127.0.0.1:{port}/", "-H", "Host: web", timeout=5)
+                assert r.status == 0 and r.exit_code != 0  # closed at once, not left in a backlog
+            finally:
+                for s in held:
+                    s.close()
+            await trio.sleep(0.3)
+            r = await curl(f"http://127.0.0.1:{port}/", "-H", "Host: web")
+            assert r.status == 200
+            rejected = sum(
+                s.server.statistics().get("rejected_connections", 0) for s in d.daemon.slots.values()
+            )
+            assert rejected >= 1
