@@ -43,7 +43,7 @@ import select
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 import trio
@@ -130,7 +130,7 @@ class _map_errors:  # noqa: N801 - used like the function it replaces: ``with _m
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, typ: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, typ: Any, exc: Any, tb: Any) -> Literal[False]:
         if exc is None or isinstance(exc, UpstreamError):
             return False
         endpoint = self.endpoint
