@@ -117,9 +117,9 @@ class Target:
         return process_tree(self.proc.pid) if self.proc else []
 
 
-def run_wrk(port: int, duration: int) -> dict[str, float]:
+def run_wrk(port: int, duration: int, scheme: str = "http") -> dict[str, float]:
     out = subprocess.run(
-        ["wrk", "-t1", "-c50", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/"],
+        ["wrk", "-t1", "-c50", f"-d{duration}s", "--latency", f"{scheme}://127.0.0.1:{port}/"],
         capture_output=True,
         text=True,
         check=True,

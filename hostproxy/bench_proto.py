@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hostproxy.bench import cpu_seconds, free_port, memory_kb, process_tree, stopping, wait_port
+from hostproxy.bench import cpu_seconds, free_port, memory_kb, process_tree, run_wrk, stopping, wait_port
 
 BODY = "hello from the upstream"
 
@@ -107,29 +107,6 @@ def _h2load(port: int, duration: int, tmp: Path) -> dict[str, float]:
     if lat:
         q = statistics.quantiles(lat, n=100, method="inclusive")
         res.update(p50=q[49], p99=q[98], max=lat[-1], requests=float(len(lat)))
-    return res
-
-
-def _wrk_https(port: int, duration: int) -> dict[str, float]:
-    from hostproxy.bench import _ms
-
-    out = subprocess.run(
-        ["wrk", "-t1", "-c50", f"-d{duration}s", "--latency", f"https://127.0.0.1:{port}/"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    res: dict[str, float] = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if line.startswith("Requests/sec:"):
-            res["rps"] = float(parts[1])
-        elif len(parts) == 2 and parts[0] in ("50%", "99%"):
-            res["p" + parts[0][:-1]] = _ms(parts[1])
-        elif parts[:1] == ["Latency"] and len(parts) >= 4:
-            res["max"] = _ms(parts[3])
-        elif "requests in" in line:
-            res["requests"] = float(parts[0])
     return res
 
 
@@ -259,7 +236,7 @@ def run_tls(args: argparse.Namespace) -> list[str]:
             wait_port(p, 20)
         time.sleep(0.5)
         rows = [("direct", origin_tls, None), ("hostproxy", hp, hp_proc), ("nginx", ng, procs[2])]
-        results = _measure(rows, lambda port: _wrk_https(port, args.duration))
+        results = _measure(rows, lambda port: run_wrk(port, args.duration, scheme="https"))
     return _table(
         f"TLS — wrk -c50 over HTTPS for {args.duration}s (direct: nginx TLS origin; hostproxy and nginx "
         "terminate TLS and forward plaintext HTTP/1.1)",
