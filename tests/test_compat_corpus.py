@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from sharedpath import SHARED  # noqa: E402
 
-_here = Path(__file__).resolve()
-SHARED = _here.parents[2] / "shared"
-if not (SHARED / "compat").is_dir():
-    SHARED = Path("/work/shared")
 CORPUS = SHARED / "compat" / "linkerd-examples"
 
 # file -> None (accepted) or the exact error lines (after "FILE:LINE: ").

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from sharedpath import COMPAT  # noqa: E402
 
 from dtab import Path as DPath
 from hostproxy.config import client_params_for, load_config, match_prefix, service_params_for
 from hostproxy.config import model as m
 from hostproxy.config.params import PatternError, parse_pattern
-
-COMPAT = Path(__file__).resolve().parents[2] / "shared" / "compat" / "linkerd-examples"
-if not COMPAT.is_dir():
-    COMPAT = Path("/work/shared/compat/linkerd-examples")
 
 
 def test_literal_wildcard_and_prefix_semantics() -> None:

@@ -15,13 +15,10 @@ from pathlib import Path
 import h11
 import pytest
 import trio
+from sharedpath import COMPAT  # noqa: E402
 
 from tests.daemonutil import curl, running_daemon
 from tests.upstreams import running_upstream
-
-COMPAT = Path(__file__).resolve().parents[2] / "shared" / "compat" / "linkerd-examples"
-if not COMPAT.is_dir():
-    COMPAT = Path("/work/shared/compat/linkerd-examples")
 
 
 def fs_config(disco: Path, *, extra_router: str = "", dtab: str = "/svc => /#/io.l5d.fs;") -> str:

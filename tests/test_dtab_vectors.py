@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sharedpath import SPEC
 
 from dtab.conformance import run_vector
 
-DEFAULT_VECTORS = Path("/work/shared/spec/dtab-vectors.json")
+DEFAULT_VECTORS = SPEC / "dtab-vectors.json"
 
 
 def _load() -> list[tuple[str, dict[str, Any]]]:

@@ -10,7 +10,6 @@ import contextlib
 import json
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -23,9 +22,7 @@ from tests.grpc_fixtures import EchoClient, GrpcTestServer
 
 pytestmark = pytest.mark.timeout(90)
 
-COMPAT = Path(__file__).resolve().parents[2] / "shared" / "compat" / "linkerd-examples"
-if not COMPAT.is_dir():
-    COMPAT = Path("/work/shared/compat/linkerd-examples")
+from sharedpath import COMPAT  # noqa: E402
 
 
 @contextlib.asynccontextmanager

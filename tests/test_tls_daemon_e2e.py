@@ -357,9 +357,9 @@ async def test_admin_tls_json_lists_certificates_and_wtf_warns_before_expiry(
 
 
 def test_hostproxy_check_loads_the_linkerd_tls_example() -> None:
-    example = (
-        Path(__file__).parents[2] / "shared/compat/linkerd-examples/k8s-daemonset__k8s__linkerd-tls.yaml"
-    )
+    from sharedpath import COMPAT
+
+    example = COMPAT / "k8s-daemonset__k8s__linkerd-tls.yaml"
     out = subprocess.run(
         [sys.executable, "-m", "hostproxy", "check", str(example)],
         capture_output=True,

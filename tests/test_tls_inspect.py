@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from certs import Pki, days_from_now, make_listener_tls, make_pki
+from sharedpath import COMPAT as _COMPAT_DIR
 
 from hostproxy.config import model as m
 from hostproxy.config.validate import load_config as _load_config
@@ -26,7 +27,7 @@ def load_config(text: str | Path, source: str | None = None) -> m.Config:
     return _load_config(text, source=source, check_client_prefixes=False)
 
 
-COMPAT = Path("/work/shared/compat/linkerd-examples/k8s-daemonset__k8s__linkerd-tls.yaml")
+COMPAT = _COMPAT_DIR / "k8s-daemonset__k8s__linkerd-tls.yaml"
 
 
 @pytest.fixture
