@@ -307,9 +307,12 @@ class Daemon:
         config_path: str | None = None,
         env: dict[str, str] | None = None,
         tls_reload_interval_s: float = 5.0,
+        freeze_gc: bool = False,
     ) -> None:
         self.config = config
         self.tls_reload_interval_s = tls_reload_interval_s
+        # The process owns the collector only when it is the daemon (hostproxy run), not a test harness.
+        self.freeze_gc = freeze_gc
         self.config_path = config_path
         self.env = env  # None: os.environ (sd_notify, socket activation)
         self.rng = rng or random.Random()
@@ -678,8 +681,9 @@ class Daemon:
             self._ready = True
             # Everything built at start lives as long as the daemon: keep it out of the collector's
             # full scans, which otherwise pause the event loop for milliseconds under load.
-            gc.collect()
-            gc.freeze()
+            if self.freeze_gc:
+                gc.collect()
+                gc.freeze()
             log.info("daemon.started", routers=self.addresses, admin=self.admin_address, pid=os.getpid())
             sdnotify.ready(f"routing on {self._describe_addresses()}", env=self.env)
             task_status.started(self)
@@ -749,11 +753,12 @@ class Daemon:
             finally:
                 sdnotify.ready(env=self.env)
         self.last_reload = {"ok": ok, "message": message, "at": time.time(), "generation": self.generation}
-        if ok:
+        if ok and self.freeze_gc:
             # What the old config built is garbage now: let the collector see it, then freeze again.
             gc.unfreeze()
             gc.collect()
             gc.freeze()
+        if ok:
             log.info("daemon.reloaded", generation=self.generation, message=message)
         else:
             log.error("daemon.reload_failed", error=message)
@@ -973,7 +978,7 @@ class Daemon:
 
 
 async def run_daemon(config: Config, config_path: str | None = None) -> None:
-    daemon = Daemon(config, config_path=config_path)
+    daemon = Daemon(config, config_path=config_path, freeze_gc=True)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(daemon.serve_signals)
         await daemon.run()
