@@ -763,7 +763,8 @@ def validate_text(text: str, source: str, *, check_client_prefixes: bool = True)
     if cfg is _BAD:  # pragma: no cover - root is a mapping
         raise ConfigError(v.issues)
     cfg = _finish(v, cfg, root)
-    if not v.issues and check_client_prefixes:
+    static_clients = any(r.client is not None and r.client.kind == "io.l5d.static" for r in cfg.routers)
+    if not v.issues and check_client_prefixes and static_clients:
         # Static client prefixes that a transformer makes unmatchable: their settings (tls, most
         # often) would silently never apply. Imported here: hostproxy.tls imports the config model.
         from hostproxy.tls.check import check_tls_prefixes
