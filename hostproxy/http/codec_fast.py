@@ -120,7 +120,8 @@ class _FieldParser:
     def __init__(self) -> None:
         self._fields: HeaderList = []
         self._complete = False
-        self._parser = self._new()
+        # Made on the first head: an idle connection (1,000s of them) carries no llhttp parser.
+        self._parser: httptools.HttpRequestParser | None = None
 
     def _new(self) -> httptools.HttpRequestParser:
         parser = httptools.HttpRequestParser(self)
@@ -139,8 +140,11 @@ class _FieldParser:
         fields: HeaderList = []
         self._fields = fields
         self._complete = False
+        parser = self._parser
+        if parser is None:
+            parser = self._parser = self._new()
         try:
-            self._parser.feed_data(_DUMMY_LINE + block + b"\r\n")
+            parser.feed_data(_DUMMY_LINE + block + b"\r\n")
         except httptools.HttpParserUpgrade:
             self._complete = False
         except httptools.HttpParserError as exc:

@@ -116,7 +116,7 @@ class ServerParams:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ConnInfo:
     """What a handler may know about the connection a request arrived on."""
 
@@ -433,12 +433,25 @@ class _RequestBodySource:
 
 
 class _Connection:
+    # One per open connection, idle ones included: kept small (slots; the send lock is made on first use).
+    __slots__ = (
+        "server",
+        "params",
+        "stream",
+        "codec",
+        "_send_lock",
+        "requests",
+        "idle_scope",
+        "info",
+        "forwarded_labels",
+    )
+
     def __init__(self, server: Http1Server, stream: trio.SocketStream, conn_id: int) -> None:
         self.server = server
         self.params = server.params
         self.stream = stream
         self.codec = ServerCodec(server._limits)
-        self.send_lock = trio.Lock()
+        self._send_lock: trio.Lock | None = None
         self.requests = 0
         self.idle_scope: trio.CancelScope | None = None
         sock = stream.socket
@@ -455,6 +468,14 @@ class _Connection:
         self.forwarded_labels = (
             (obfuscated(server._rng), obfuscated(server._rng)) if fwd is not None else ("", "")
         )
+
+    @property
+    def send_lock(self) -> trio.Lock:
+        """Orders a response head against a concurrent ``100 Continue`` (made on first use)."""
+        lock = self._send_lock
+        if lock is None:
+            lock = self._send_lock = trio.Lock()
+        return lock
 
     def close_if_idle(self) -> None:
         """Drain: a connection waiting for its next request is closed now.
