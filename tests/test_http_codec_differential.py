@@ -44,6 +44,14 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True) if data[a:b]]
 
 
+def without_100(transcript: list[Any]) -> list[Any]:
+    return [
+        e
+        for e in transcript
+        if not (isinstance(e, tuple) and e[0] == "sent" and e[1].startswith(b"HTTP/1.1 100 "))
+    ]
+
+
 def _append(out: list[Any], ev: object) -> None:
     if type(ev) is Data and out and type(out[-1]) is Data:
         out[-1] = Data(out[-1].data + ev.data)
@@ -219,8 +227,11 @@ def assert_same_server(data: bytes, cuts: list[int], limits: CodecLimits | None 
 def test_valid_request_streams_give_the_same_events(reqs: list[bytes], cuts: list[int]) -> None:
     data = b"".join(reqs)
     assert_same_server(data, cuts)
-    # Cut points never change the transcript.
-    assert drive_server(codec_fast, split(data, cuts)) == drive_server(codec_fast, [data])
+    # Cut points never change the transcript — except for interim 100 Continue responses, which the
+    # server rightly sends only when a request's body has not arrived with its head.
+    assert without_100(drive_server(codec_fast, split(data, cuts))) == without_100(
+        drive_server(codec_fast, [data])
+    )
 
 
 @SETTINGS
