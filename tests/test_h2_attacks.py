@@ -58,6 +58,7 @@ class Counting:
 class App:
     def __init__(self) -> None:
         self.started = 0
+        self.big_started = 0
         self.produced = 0
         self.closed_early = 0
 
@@ -66,6 +67,7 @@ class App:
         if req.target == "/slow":
             await trio.sleep(30)
         if req.target.startswith("/big/"):
+            self.big_started += 1
             return Response(200, body=Body(Counting(self, int(req.target[5:])), None))
         return Response(200, headers=Headers([(b"content-type", b"text/plain")]), body=Body.from_bytes(b"ok"))
 
@@ -233,11 +235,15 @@ async def test_reader_that_never_reads_is_dropped_with_bounded_buffer() -> None:
         assert results == [200] * 20
         peak = proxy.server.statistics()["peak_outbound_bytes"]
         assert peak <= 256 * 1024 + 2 * 65536
-        # The upstream streams were cancelled: production stopped far short of 20 GB.
+        # The upstream streams were cancelled: production stopped far short of 20 GB, and every big
+        # response that reached the upstream was closed early (requests the proxy had not forwarded yet
+        # when it dropped the greedy client never started upstream).
         assert app.produced < 200 * 1024 * 1024
+        assert app.big_started >= 1
         with trio.fail_after(10):
-            while app.closed_early < 20:
+            while app.closed_early < app.big_started:
                 await trio.sleep(0.05)
+        assert app.closed_early == app.big_started
 
 
 async def test_stream_stalled_on_zero_window_is_reset() -> None:
