@@ -238,6 +238,11 @@ async def test_upstream_goaway_resends_unprocessed_streams_on_a_fresh_connection
         async with running_h2_proxy(port) as proxy, RawClient.connect(proxy.port) as c:
             await c.start()
             s1 = await c.request("/a", proxy.port)
+            # Both streams must share the first upstream connection: send the second one only once
+            # the pool has that connection (two concurrent first requests may each open one).
+            with trio.fail_after(10):
+                while proxy.pool.statistics()["connects"] < 1:
+                    await trio.sleep(0.01)
             s2 = await c.request("/b", proxy.port, method=b"POST", end_stream=False)
             c.conn.send_data(s2, b"payload", end_stream=True)
             await c.flush()
