@@ -64,7 +64,7 @@ from hostproxy.http.errors import (
 )
 from hostproxy.http.hopbyhop import strip_hop_by_hop
 from hostproxy.http.message import Body, Headers, Request, Response
-from hostproxy.http.upstream import Connector, PoolParams, _map_errors
+from hostproxy.http.upstream import Connector, NurseryOwner, PoolParams, _map_errors
 
 __all__ = ["H2ClientSettings", "H2StreamReset", "H2UpstreamPool"]
 
@@ -267,7 +267,7 @@ class _Replay:
             yield chunk
 
 
-class H2UpstreamPool:
+class H2UpstreamPool(NurseryOwner):
     """Multiplexed HTTP/2 connections to one endpoint (see the module docstring)."""
 
     def __init__(
@@ -303,23 +303,6 @@ class H2UpstreamPool:
             "streams_total": 0,
             "resets_sent": 0,
         }
-
-    async def __aenter__(self) -> H2UpstreamPool:
-        if self._nursery is None:
-            self._own_nursery_cm = trio.open_nursery()
-            self._nursery = await self._own_nursery_cm.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc_info: Any) -> bool | None:
-        with trio.CancelScope(shield=True):
-            await self.aclose()
-        if self._own_nursery_cm is None:
-            return None
-        assert self._nursery is not None
-        self._nursery.cancel_scope.cancel()
-        cm, self._own_nursery_cm = self._own_nursery_cm, None
-        self._nursery = None
-        return bool(await cm.__aexit__(*exc_info))
 
     def statistics(self) -> dict[str, int]:
         in_use = sum(len(link.streams) for link in self._links)

@@ -360,7 +360,35 @@ class _TunnelStream:
         await self._pool._discard(self._conn)
 
 
-class UpstreamPool:
+class NurseryOwner:
+    """``async with pool:`` for pools given no nursery: they open their own (for the tasks that write
+    request bodies and read connections) and, on exit, close the pool and cancel those tasks."""
+
+    _nursery: trio.Nursery | None
+    _own_nursery_cm: Any
+
+    async def aclose(self) -> None:  # pragma: no cover - every pool defines it
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Any:
+        if self._nursery is None:
+            self._own_nursery_cm = trio.open_nursery()
+            self._nursery = await self._own_nursery_cm.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        with trio.CancelScope(shield=True):
+            await self.aclose()
+        if self._own_nursery_cm is None:
+            return None
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()  # stop the pool's tasks still running
+        cm, self._own_nursery_cm = self._own_nursery_cm, None
+        self._nursery = None
+        return bool(await cm.__aexit__(*exc_info))
+
+
+class UpstreamPool(NurseryOwner):
     """Keep-alive HTTP/1.1 connections to one endpoint (see the module docstring)."""
 
     def __init__(
@@ -391,23 +419,6 @@ class UpstreamPool:
             "resent": 0,
         }
         self._closed = False
-
-    async def __aenter__(self) -> UpstreamPool:
-        if self._nursery is None:
-            self._own_nursery_cm = trio.open_nursery()
-            self._nursery = await self._own_nursery_cm.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc_info: Any) -> bool | None:
-        with trio.CancelScope(shield=True):
-            await self.aclose()
-        if self._own_nursery_cm is None:
-            return None
-        assert self._nursery is not None
-        self._nursery.cancel_scope.cancel()  # stop request-body writers still running
-        cm, self._own_nursery_cm = self._own_nursery_cm, None
-        self._nursery = None
-        return bool(await cm.__aexit__(*exc_info))
 
     def statistics(self) -> dict[str, int]:
         idle = len(self._state.idle)
