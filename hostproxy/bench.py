@@ -2,7 +2,9 @@
 
 Theory of operation: one nginx (1 worker) serves a small body as the upstream. Three proxies front it —
 hostproxy (one process, the config below), nginx (1 worker, keep-alive upstream) and haproxy (1 thread) —
-and every target, the direct upstream included, is driven with the same two loads:
+plus the "trio floor" (:mod:`hostproxy.bench_floor`, a bare trio + llhttp forwarder with no features: what
+one worker on this stack costs before hostproxy does anything), and every target, the direct upstream
+included, is driven with the same two loads:
 
 * ``wrk`` keep-alive at 50 connections for ``--duration`` seconds (throughput and latency under load);
 * a fixed rate of 1000 requests/s over 10 connections (``h2load --h1 --rps``, the shape of Linkerd's own
@@ -266,6 +268,11 @@ def stopping(procs: list[subprocess.Popen[bytes]]) -> Iterator[None]:
                 p.kill()
 
 
+def start_floor(port: int, upstream: int) -> subprocess.Popen[bytes]:
+    """The bare trio + llhttp forwarder (:mod:`hostproxy.bench_floor`): what one trio worker costs."""
+    return subprocess.Popen([sys.executable, "-m", "hostproxy.bench_floor", str(port), str(upstream)])
+
+
 def idle_connections_rss(port: int, pids_of: Target, count: int) -> tuple[int, int]:
     socks = []
     try:
@@ -332,7 +339,7 @@ def run_http(args: argparse.Namespace) -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
 
     tmp = Path(tempfile.mkdtemp(prefix="hostproxy-bench-"))
-    up, hp, ng, ha, admin = (free_port() for _ in range(5))
+    up, hp, ng, ha, admin, fl = (free_port() for _ in range(6))
     procs: list[subprocess.Popen[bytes]] = []
     with stopping(procs):
         procs.append(start_nginx_upstream(tmp, up))
@@ -341,13 +348,15 @@ def run_http(args: argparse.Namespace) -> int:
         procs.append(hp_proc)
         procs.append(start_nginx_proxy(tmp, ng, up))
         procs.append(start_haproxy(tmp, ha, up))
-        for p in (ng, ha):
+        procs.append(start_floor(fl, up))
+        for p in (ng, ha, fl):
             wait_port(p)
         targets = [
             Target("direct", up, None),
             Target("hostproxy", hp, hp_proc),
             Target("nginx", ng, procs[2]),
             Target("haproxy", ha, procs[3]),
+            Target("trio floor", fl, procs[4]),
         ]
         for t in targets:
             pids = t.pids()
@@ -366,7 +375,7 @@ def run_http(args: argparse.Namespace) -> int:
         f"Python {sys.version.split()[0]}"
     )
     hdr = (
-        f"{'target':<10} {'req/s@50c':>10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+        f"{'target':<11} {'req/s@50c':>10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
         f"{'1k/s p50':>9} {'1k/s p99':>9} {'1k/s max':>9} {'CPU s/10k':>10} {'peak RSS MB':>12}"
     )
     print(hdr)
@@ -378,20 +387,26 @@ def run_http(args: argparse.Namespace) -> int:
             return fmt.format(r[key]) if key in r else "-"
 
         print(
-            f"{t.name:<10} {f('rps', '{:.0f}'):>10} {f('p50'):>8} {f('p99'):>8} {f('max'):>8} "
+            f"{t.name:<11} {f('rps', '{:.0f}'):>10} {f('p50'):>8} {f('p99'):>8} {f('max'):>8} "
             f"{f('fr_p50'):>9} {f('fr_p99'):>9} {f('fr_max'):>9} {f('cpu_per_10k'):>10} "
             f"{f('rss_mb', '{:.1f}'):>12}"
         )
     by = {t.name: t.results for t in targets}
     h = by["hostproxy"]
     print()
-    for other in ("direct", "nginx", "haproxy"):
+    for other in ("direct", "nginx", "haproxy", "trio floor"):
         o = by[other]
         if o.get("rps") and h.get("rps"):
             print(f"hostproxy/{other}: requests/s {h['rps'] / o['rps']:.3f}", end="")
             if "fr_p99" in o and "fr_p99" in h:
                 print(f", added p99 at 1000 req/s {h['fr_p99'] - o['fr_p99']:+.2f} ms", end="")
             print()
+    fl_r, d_r = by["trio floor"], by["direct"]
+    if "fr_p99" in fl_r and "fr_p99" in d_r:
+        print(
+            "trio floor (a bare trio + llhttp forwarder, no features): added p99 at 1000 req/s "
+            f"{fl_r['fr_p99'] - d_r['fr_p99']:+.2f} ms over direct"
+        )
     print(f"hostproxy RSS with {opened} idle client connections: {idle_rss / 1024:.1f} MB")
     print(f"hostproxy first proxied response {first_response_s:.3f} s after start", flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
