@@ -113,6 +113,15 @@ TRANSITIONS: dict[tuple[State, Input], tuple[Effect, State]] = {
 }
 del S, In, E
 
+# Inputs that leave an ALIVE endpoint ALIVE with no effect: the per-request case, answered without the
+# table lookup (hashing enum pairs costs more than the rest of an update; a tuple, since `in` on it
+# compares by identity without hashing). Derived from the table.
+_ALIVE_STAYS = tuple(
+    inp
+    for (state, inp), (effect, nxt) in TRANSITIONS.items()
+    if state is State.ALIVE and effect is Effect.NONE and nxt is State.ALIVE
+)
+
 
 def step(state: State, inp: Input) -> tuple[Effect, State]:
     """One transition of the table; a missing pair raises `AccrualStateError`."""
@@ -250,6 +259,8 @@ class EndpointAccrual:
         self.last_delay_s = 0.0
 
     def _feed(self, inp: Input) -> Effect:
+        if self.state is State.ALIVE and inp in _ALIVE_STAYS:
+            return Effect.NONE  # the table's answer for every request and response of a healthy endpoint
         effect, nxt = step(self.state, inp)
         now = self._now()
         if effect in (Effect.REMOVE, Effect.REMOVE_AGAIN):

@@ -57,6 +57,7 @@ from typing import Any
 import structlog
 import trio
 
+from hostproxy.http import sockio
 from hostproxy.http.codec import (
     NEED_DATA,
     PAUSED,
@@ -432,6 +433,27 @@ class _RequestBodySource:
         self._done = True
 
 
+class _Held:
+    """Holds a ``trio.Lock``. ``async with lock`` yields to the scheduler even when the lock is free,
+    which puts every other connection's work ahead of this response's write; this takes a free lock
+    at once and waits only when another task holds it."""
+
+    __slots__ = ("lock",)
+
+    def __init__(self, lock: trio.Lock) -> None:
+        self.lock = lock
+
+    async def __aenter__(self) -> None:
+        lock = self.lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
 class _Connection:
     # One per open connection, idle ones included: kept small (slots; the send lock is made on first use).
     __slots__ = (
@@ -477,6 +499,11 @@ class _Connection:
             lock = self._send_lock = trio.Lock()
         return lock
 
+    @property
+    def sending(self) -> _Held:
+        """``async with conn.sending:`` holds the send lock; taking a free lock does not yield."""
+        return _Held(self.send_lock)
+
     def close_if_idle(self) -> None:
         """Drain: a connection waiting for its next request is closed now.
 
@@ -506,7 +533,7 @@ class _Connection:
 
     async def receive(self) -> bytes:
         try:
-            return await self.stream.receive_some(RECEIVE_SIZE)
+            return await sockio.receive_some(self.stream, RECEIVE_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise _ClientGone(f"client connection failed: {exc}") from None
 
@@ -514,13 +541,13 @@ class _Connection:
         if not data:
             return
         try:
-            await self.stream.send_all(data)
+            await sockio.send_all(self.stream, data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self.codec.send_failed()
             raise _ClientGone(f"client connection failed: {exc}") from None
 
     async def send_100_continue(self) -> None:
-        async with self.send_lock:
+        async with self.sending:
             if self.codec.they_are_waiting_for_100_continue:
                 await self.send(self.codec.send_informational(100, []))
 
@@ -782,14 +809,14 @@ class _Connection:
                 if data:
                     out += codec.send_data(data)
                 out += codec.send_end(trailers.items() if trailers and codec.response_chunked else None)
-                async with self.send_lock:
+                async with self.sending:
                     await self.send(out)
                 if not no_body:
                     body.consume_memory()
                 return
             # The lock orders the head against a concurrent ``100 Continue`` from the body reader;
             # once the head is out, h11 no longer lets one be sent, so the body needs no lock.
-            async with self.send_lock:
+            async with self.sending:
                 await self.send(codec.send_response(status, response.reason, headers.items()))
             if not no_body:
                 try:
@@ -823,7 +850,7 @@ class _Connection:
         headers = strip_hop_by_hop(response.headers, keep_upgrade=True)
         append_via(headers, "1.1")
         try:
-            async with self.send_lock:
+            async with self.sending:
                 await self.send(codec.send_informational(101, headers.items()))
             pending = codec.switched_protocol_data()
             if pending:

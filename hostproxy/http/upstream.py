@@ -48,6 +48,7 @@ from typing import Any, Literal
 import structlog
 import trio
 
+from hostproxy.http import sockio
 from hostproxy.http.codec import (
     NEED_DATA,
     PAUSED,
@@ -71,6 +72,7 @@ from hostproxy.http.hopbyhop import strip_hop_by_hop
 from hostproxy.http.message import Body, Headers, Request, Response
 
 __all__ = ["Connector", "PoolParams", "PoolState", "UpstreamPool"]
+
 
 #: Opens one connection to ``(host, port)`` within ``timeout_s`` seconds; raises ``UpstreamError``.
 Connector = Callable[[str, int, float], Awaitable[Any]]
@@ -190,6 +192,7 @@ class _Conn:
         "sender_scope",
         "checked_out",
         "sender_finished",
+        "poller",
     )
 
     def __init__(self, stream: trio.SocketStream, endpoint: str) -> None:
@@ -204,23 +207,26 @@ class _Conn:
         self.sender_scope: trio.CancelScope | None = None
         self.checked_out = True
         self.sender_finished: trio.Event | None = None
+        self.poller: select.poll | None = None  # made on the first reuse; registered once
 
     def readable_while_idle(self) -> bool:
         """True when the upstream closed or wrote to this idle connection (it cannot be reused)."""
         try:
-            poller = select.poll()
-            poller.register(self.stream.socket.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+            poller = self.poller
+            if poller is None:
+                poller = self.poller = select.poll()
+                poller.register(self.stream.socket.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
             return bool(poller.poll(0))
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             return True
 
     async def send(self, data: bytes) -> None:
         with _map_errors(self.endpoint, "exchange"):
-            await self.stream.send_all(data)
+            await sockio.send_all(self.stream, data)
 
     async def receive(self) -> bytes:
         with _map_errors(self.endpoint, "exchange"):
-            return await self.stream.receive_some(RECEIVE_SIZE)
+            return await sockio.receive_some(self.stream, RECEIVE_SIZE)
 
     async def aclose(self) -> None:
         if self.closed:

@@ -176,6 +176,8 @@ def _marked(err: DtabSyntaxError) -> str:
 
 # -- identifiers ---------------------------------------------------------------------------------
 
+_NAME_CACHE_SIZE = 1024
+
 
 @dataclass(frozen=True, slots=True)
 class HeaderTokenIdentifier:
@@ -186,13 +188,22 @@ class HeaderTokenIdentifier:
     use_last: bool = False  # h2 uses the last of repeated values
     h2_message: bool = False  # h2 wording of the failure
 
+    # Recent values and their names: a host's requests reuse one Path (its hash and text computed once).
+    _names: dict[bytes, Identified] = field(default_factory=dict, init=False, compare=False, repr=False)
+
     def identify(self, request: RequestLike) -> Identified | Unidentified:
         values = _header_values(request, self.header)
         value = (values[-1] if self.use_last else values[0]) if values else b""
         if not value:
             msg = f"missing header: '{self.header}'" if self.h2_message else f"{self.header} header is absent"
             return Unidentified((msg,))
-        return Identified(Path(self.dst_prefix.labels + (value,)))
+        names = self._names
+        found = names.get(value)
+        if found is None:
+            if len(names) >= _NAME_CACHE_SIZE:
+                names.clear()
+            found = names[value] = Identified(Path(self.dst_prefix.labels + (value,)))
+        return found
 
 
 @dataclass(frozen=True, slots=True)
