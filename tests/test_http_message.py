@@ -130,6 +130,27 @@ def test_strip_hop_by_hop() -> None:
     assert (b"te", b"gzip") not in kept
 
 
+def test_strip_hop_by_hop_without_any_returns_a_copy() -> None:
+    h = Headers([(b"host", b"a"), (b"x-keep", b"k")])
+    out = strip_hop_by_hop(h)
+    assert out.items() == h.items() and out is not h
+    out.add(b"via", b"1.1 x")
+    assert b"via" not in h
+    # keep_upgrade always states the upgrade, even with nothing to strip.
+    assert strip_hop_by_hop(h, keep_upgrade=True).items()[-1] == (b"connection", b"upgrade")
+
+
+def test_header_name_cache_is_bounded_and_lowercases() -> None:
+    from hostproxy.http import message
+
+    h = Headers([(b"x-a", b"1")])
+    assert h.get("X-A") == b"1" and h.get(b"X-a") == b"1"
+    for i in range(message._NAMES_MAX + 100):
+        h.get(f"X-Name-{i}")
+    assert len(message._NAMES) <= message._NAMES_MAX
+    assert h.get("X-A") == b"1"
+
+
 @pytest.mark.parametrize(
     ("target", "expected"),
     [

@@ -48,6 +48,12 @@ def strip_hop_by_hop(headers: Headers, *, keep_upgrade: bool = False) -> Headers
     With ``keep_upgrade``, ``Upgrade`` is kept and ``Connection`` is reduced to ``upgrade``.  A
     ``TE`` header that lists ``trailers`` is reduced to ``TE: trailers``.
     """
+    if not keep_upgrade:
+        for name, _ in headers:
+            if name in HOP_BY_HOP or name[:6] == b"proxy-":
+                break
+        else:
+            return headers.copy()  # the common case: nothing hop-by-hop (and no Connection header)
     named = _tokens(headers.get_all(b"connection"))
     drop = HOP_BY_HOP | named
     kept: list[tuple[bytes, bytes]] = []

@@ -117,9 +117,19 @@ class Headers:
 
 
 def _name(name: str | bytes) -> bytes:
-    if isinstance(name, str):
-        return name.lower().encode("ascii")
-    return name.lower()
+    key = _NAMES.get(name)
+    if key is None:
+        key = name.lower().encode("ascii") if isinstance(name, str) else name.lower()
+        if len(_NAMES) < _NAMES_MAX:
+            _NAMES[name] = key
+    return key
+
+
+# Header names as given to the helpers -> lowercased bytes. The helpers are called with a few dozen
+# constant names many times per request; a dict lookup beats lowering each time. Bounded: names taken
+# from traffic (a config's header identifier, say) can only fill it so far.
+_NAMES: dict[str | bytes, bytes] = {}
+_NAMES_MAX = 4096
 
 
 class BodySource(Protocol):

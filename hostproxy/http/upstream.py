@@ -193,6 +193,7 @@ class _Conn:
         "checked_out",
         "sender_finished",
         "poller",
+        "errors",
     )
 
     def __init__(self, stream: trio.SocketStream, endpoint: str) -> None:
@@ -208,6 +209,7 @@ class _Conn:
         self.checked_out = True
         self.sender_finished: trio.Event | None = None
         self.poller: select.poll | None = None  # made on the first reuse; registered once
+        self.errors = _map_errors(endpoint, "exchange")  # stateless: one per connection, reused
 
     def readable_while_idle(self) -> bool:
         """True when the upstream closed or wrote to this idle connection (it cannot be reused)."""
@@ -221,11 +223,11 @@ class _Conn:
             return True
 
     async def send(self, data: bytes) -> None:
-        with _map_errors(self.endpoint, "exchange"):
+        with self.errors:
             await sockio.send_all(self.stream, data)
 
     async def receive(self) -> bytes:
-        with _map_errors(self.endpoint, "exchange"):
+        with self.errors:
             return await sockio.receive_some(self.stream, RECEIVE_SIZE)
 
     async def aclose(self) -> None:
@@ -312,7 +314,7 @@ class _ResponseBodySource:
         codec = conn.codec
         try:
             while True:
-                with _map_errors(conn.endpoint, "exchange"):
+                with conn.errors:
                     event = codec.next_event()
                 if type(event) is Data:
                     if event.data:
@@ -326,7 +328,7 @@ class _ResponseBodySource:
                     return None
                 if event is NEED_DATA:
                     data = await conn.receive()
-                    with _map_errors(conn.endpoint, "exchange"):
+                    with conn.errors:
                         codec.receive_data(data)
                     continue
                 raise UpstreamReset(
@@ -411,6 +413,7 @@ class UpstreamPool(NurseryOwner):
         self.port = port
         self.params = params or PoolParams()
         self.endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.errors = _map_errors(self.endpoint, "exchange")  # stateless: made once, reused
         self._nursery = nursery
         self._own_nursery_cm: Any = None
         self._clock = clock or trio.current_time
@@ -572,7 +575,7 @@ class UpstreamPool(NurseryOwner):
 
     async def _exchange(self, conn: _Conn, req: Request, response_timeout: float | None) -> Response:
         codec = conn.codec
-        with _map_errors(self.endpoint, "exchange"):
+        with self.errors:
             head = codec.send_request(
                 req.method.encode("ascii"), req.target.encode("latin-1"), self._head(req)
             )
@@ -582,7 +585,7 @@ class UpstreamPool(NurseryOwner):
             # once the write succeeded, so a stale pooled connection can be retried with it intact.
             data = body.peek_memory()
             trailers = body.trailers
-            with _map_errors(self.endpoint, "exchange"):
+            with self.errors:
                 out = (
                     head
                     + (codec.send_data(data) if data else b"")
@@ -655,11 +658,11 @@ class UpstreamPool(NurseryOwner):
     async def _read_head(self, conn: _Conn, req: Request) -> Response:
         codec = conn.codec
         while True:
-            with _map_errors(self.endpoint, "exchange"):
+            with self.errors:
                 event = codec.next_event()
             if event is NEED_DATA:
                 data = await conn.receive()
-                with _map_errors(self.endpoint, "exchange"):
+                with self.errors:
                     codec.receive_data(data)
                 continue
             if type(event) is Informational:
@@ -686,7 +689,7 @@ class UpstreamPool(NurseryOwner):
         codec = conn.codec
         chunks: list[bytes] = []
         while True:
-            with _map_errors(self.endpoint, "exchange"):
+            with self.errors:
                 ev = codec.next_event()
             t = type(ev)
             if t is Data:
@@ -715,10 +718,10 @@ class UpstreamPool(NurseryOwner):
                 content_length = int(cl)
             headers.remove(b"content-length")
         if no_body or content_length == 0:
-            with _map_errors(self.endpoint, "exchange"):
+            with self.errors:
                 end = codec_event = conn.codec.next_event()
             while codec_event is NEED_DATA:  # pragma: no cover - h11 frames an empty body at once
-                with _map_errors(self.endpoint, "exchange"):
+                with self.errors:
                     conn.codec.receive_data(await conn.receive())
                     end = codec_event = conn.codec.next_event()
             if type(end) is not EndOfMessage:
