@@ -57,7 +57,6 @@ from typing import Any
 import structlog
 import trio
 
-from hostproxy.http import sockio
 from hostproxy.http.codec import (
     NEED_DATA,
     PAUSED,
@@ -533,7 +532,7 @@ class _Connection:
 
     async def receive(self) -> bytes:
         try:
-            return await sockio.receive_some(self.stream, RECEIVE_SIZE)
+            return await self.stream.receive_some(RECEIVE_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise _ClientGone(f"client connection failed: {exc}") from None
 
@@ -541,7 +540,7 @@ class _Connection:
         if not data:
             return
         try:
-            await sockio.send_all(self.stream, data)
+            await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self.codec.send_failed()
             raise _ClientGone(f"client connection failed: {exc}") from None

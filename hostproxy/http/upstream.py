@@ -48,7 +48,6 @@ from typing import Any, Literal
 import structlog
 import trio
 
-from hostproxy.http import sockio
 from hostproxy.http.codec import (
     NEED_DATA,
     PAUSED,
@@ -224,11 +223,11 @@ class _Conn:
 
     async def send(self, data: bytes) -> None:
         with self.errors:
-            await sockio.send_all(self.stream, data)
+            await self.stream.send_all(data)
 
     async def receive(self) -> bytes:
         with self.errors:
-            return await sockio.receive_some(self.stream, RECEIVE_SIZE)
+            return await self.stream.receive_some(RECEIVE_SIZE)
 
     async def aclose(self) -> None:
         if self.closed:
