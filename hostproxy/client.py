@@ -267,6 +267,11 @@ class Client:
             return None
         return ep
 
+    def pick_key(self) -> str | None:
+        """The endpoint the balancer would choose now (nothing is sent; for diagnostic traces)."""
+        ep = self._pick()
+        return ep.key if ep is not None else None
+
     def stale_age(self) -> float | None:
         """Seconds the namer has been serving this client's last good addresses (backend failing)."""
         if self.stale_since is None:

@@ -48,6 +48,7 @@ import trio
 
 from dtab import Dtab, Path
 from dtab.bind import AddrFailed, AddrPending, BoundName
+from dtab.delegate import delegate
 from dtab.tree import Leaf, Union
 from hostproxy.accesslog import AccessLog
 from hostproxy.balancer import WeightedChoice
@@ -67,6 +68,7 @@ from hostproxy.retry import (
     deadline_from_headers,
     effective_deadline,
 )
+from hostproxy.routing import diagtrace
 from hostproxy.routing.binder import Binder, BindingCacheConfig, ClientCache
 from hostproxy.routing.context import (
     AddressOverridePolicy,
@@ -103,6 +105,7 @@ class _IdentReq:
 _DEADLINE = DEADLINE_HEADER.encode("ascii")
 _XFCC = b"x-forwarded-client-cert"
 _RETRYABLE = b"l5d-retryable"
+_TRACE_BODY_LIMIT = 1 << 20  # a traced response body larger than this is reported, not shown
 
 
 class _Service:
@@ -236,6 +239,7 @@ class HttpRouter:
             else [(Path.read("/#") + n.prefix, n.lookup) for n in reversed(self.namers)]
         )
         self.transformers = list(transformers)
+        self._system = resolver.system if resolver is not None else None
         bc = cfg.binding_cache
         self.binder = Binder(
             Dtab.read(cfg.dtab) if base_dtab is None else base_dtab,
@@ -248,7 +252,7 @@ class HttpRouter:
                 idle_ttl_s=bc.idle_ttl_secs,
             ),
             clock=clock,
-            system=resolver.system if resolver is not None else None,
+            system=self._system,
             bind_fn=_transforming_bind(self.transformers) if self.transformers else None,
         )
         self._unsubscribe: list[Callable[[], None]] = []
@@ -404,6 +408,12 @@ class HttpRouter:
         if isinstance(ident, Unidentified):
             msg = unknown_destination_message(req, ident)
             return self._err(400, Cause.IDENTIFICATION, msg), Cause.IDENTIFICATION, None
+        trace: diagtrace.TraceRequest | None = None
+        if req.method == "TRACE":
+            try:
+                trace = diagtrace.trace_request(req.method, inbound.headers)
+            except diagtrace.InvalidMaxForwards as e:
+                return self._err(400, Cause.IDENTIFICATION, str(e)), Cause.IDENTIFICATION, None
         if ident.target is not None:
             req.target = ident.target
         service: Path = ident.path
@@ -441,9 +451,14 @@ class HttpRouter:
         try:
             if rec is not None:
                 rec.client = client_id
+            t_forward = self._clock()
             resp, cause, svc_stats = await self._forward(
-                req, service, local, leaf, client, inbound.headers, svc, rec, conn
+                req, service, local, leaf, client, inbound.headers, svc, rec, conn, trace
             )
+            if trace is not None and trace.add_context and resp.error_cause is None:
+                resp = await self._with_trace_context(
+                    resp, trace, service, local, leaf, client, self._clock() - t_forward
+                )
             if not resp.body.in_memory and not resp.body.done:
                 # A reset after the head turns this success into an upstream/reset failure, everywhere
                 # it was counted.
@@ -464,6 +479,7 @@ class HttpRouter:
         svc: Any,
         rec: _Rec | None = None,
         conn: ConnInfo | None = None,
+        trace: diagtrace.TraceRequest | None = None,
     ) -> tuple[Response, Cause | None, Any]:
         client_id = client.id
         client.update_addr(leaf.addr)
@@ -500,6 +516,16 @@ class HttpRouter:
         deadline = effective_deadline(now_ns, inbound_deadline, params.total_timeout_ms)
         if deadline is not None:
             out_headers.set(_DEADLINE, deadline.header_value())
+        if trace is not None:
+            if trace.answer_here:
+                # Max-Forwards: 0 — this router answers for the destination (with its context if asked).
+                picked = client.pick_key()
+                trace.selected = picked or ""
+                await req.body.aclose()
+                return Response(200, b"OK", Headers(), Body.empty()), None, svc
+            forwarded = trace.forwarded_max_forwards()
+            if forwarded is not None:
+                out_headers.set(diagtrace.MAX_FORWARDS, forwarded)
         body = req.body
         if body.content_length == 0 or (body.in_memory and not body.done):
             data = body.peek_memory() if body.in_memory else b""
@@ -526,6 +552,8 @@ class HttpRouter:
                             resp, endpoint = await client.request(req)
                             if rec is not None:
                                 rec.endpoint = endpoint
+                            if trace is not None:
+                                trace.selected = endpoint
                         if scope.cancelled_caught:
                             cause = Cause.TIMEOUT_REQUEST
                             if params.total_timeout_ms and (
@@ -538,6 +566,8 @@ class HttpRouter:
                             return self._err(503, cause, f"{why} for {service} via {client_id}"), cause, svc
                     else:
                         resp, endpoint = await client.request(req)
+                        if trace is not None:
+                            trace.selected = endpoint
                     if rec is not None:
                         rec.endpoint = endpoint
                 except UpstreamError as e:
@@ -589,6 +619,50 @@ class HttpRouter:
         finally:
             entry.per_request.add(attempts.finish())
             client_stats.finish(self._clock() - t0, cause, status)
+
+    async def _with_trace_context(
+        self,
+        resp: Response,
+        trace: diagtrace.TraceRequest,
+        service: Path,
+        local: Dtab,
+        leaf: BoundName,
+        client: Client,
+        elapsed_s: float,
+    ) -> Response:
+        """``resp`` with this router's diagnostic context below its body (see ``routing.diagtrace``)."""
+        body = resp.body
+        content: bytes | None
+        if body.in_memory:
+            content = body.peek_memory()
+            body.consume_memory()
+        elif body.content_length is not None:
+            try:
+                content = await body.read_all(limit=_TRACE_BODY_LIMIT)
+            except ValueError:
+                content = None  # too large to show: reported like a chunked body
+        else:
+            await body.aclose()
+            content = None
+        try:
+            tree = delegate(self.binder.base_dtab + local, service, self.namer_pairs, system=self._system)
+        except Exception as e:  # noqa: BLE001 - an explanation failure must not fail the traced request
+            log.info("router.trace_delegation_failed", router=self.label, service=str(service), error=str(e))
+            tree = None
+        context = diagtrace.format_context(
+            router=self.label,
+            duration_ms=int(elapsed_s * 1000),
+            service=str(service),
+            client=str(leaf.id),
+            addresses=sorted(client.endpoints),
+            selected=trace.selected,
+            resolution=diagtrace.resolution_lines(tree, leaf.id),
+        )
+        text = diagtrace.traced_body(
+            content, context, status=resp.status, reason=resp.reason, headers=resp.headers.items()
+        )
+        resp.body = Body.from_bytes(text)
+        return resp
 
     def _service_entry(self, service: Path, svc: Any) -> _Service:
         params = service_params_for(self.cfg, service)
