@@ -3,7 +3,8 @@ routers of a real daemon to a real upstream with curl."""
 
 from __future__ import annotations
 
-import socket
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path as FsPath
 
 import pytest
@@ -12,8 +13,8 @@ from dtab import Dtab, Path
 from dtab.delegate import delegate
 from hostproxy.routing import diagtrace
 from hostproxy.routing.diagtrace import InvalidMaxForwards, TraceRequest, trace_request
-from tests.daemonutil import curl, running_daemon
-from tests.upstreams import running_upstream
+from tests.daemonutil import Running, curl, running_daemon
+from tests.upstreams import TestUpstream, _free_port, running_upstream
 
 # -- pure rules -------------------------------------------------------------------------------------
 
@@ -89,12 +90,6 @@ def test_context_and_body_formats() -> None:
 # -- end to end -------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _config(disco: FsPath, in_port: int) -> str:
     return f"""
 admin: {{ip: 127.0.0.1, port: 0}}
@@ -113,78 +108,78 @@ routers:
 """
 
 
-async def test_trace_through_two_routers_to_the_upstream(tmp_path: FsPath) -> None:
+@contextlib.asynccontextmanager
+async def _daemon_and_upstream(tmp_path: FsPath, in_port: int) -> AsyncIterator[tuple[Running, TestUpstream]]:
+    """A daemon whose router ``out`` forwards to its router ``in`` (port ``in_port``), which routes
+    ``web`` through the fs namer to a test upstream."""
     disco = tmp_path / "disco"
     disco.mkdir()
     async with running_upstream() as up:
         (disco / "web").write_text(f"127.0.0.1 {up.port}\n")
-        in_port = _free_port()
         async with running_daemon(_config(disco, in_port)) as d:
-            url = f"http://127.0.0.1:{d.port('out')}/len/5"
-            trace = ("-X", "TRACE", "-H", "Host: web", "-H", "l5d-add-context: true")
+            yield d, up
 
-            # Max-Forwards 2: out -> in -> the upstream, which answers; each router adds its account.
-            r = await curl(url, *trace, "-H", "Max-Forwards: 2")
-            assert r.status == 200, r
-            text = r.body.decode()
-            assert text.startswith("yyyyy\n\n--- Router: in ---\n"), text
-            in_part, out_part = text.split("\n\n--- Router: out ---\n")
-            assert f"addresses: [127.0.0.1:{up.port}]\nselected address: 127.0.0.1:{up.port}\n" in in_part
-            assert "service name: /svc/web\nclient name: /#/io.l5d.fs/web\n" in in_part
-            assert in_part.endswith("dtab resolution:\n  /svc/web\n  /#/io.l5d.fs/web (/svc=>/#/io.l5d.fs)")
-            assert f"client name: /$/inet/127.0.0.1/{in_port}\n" in out_part
-            assert f"selected address: 127.0.0.1:{in_port}\n" in out_part
-            assert out_part.endswith(
-                f"  /svc/web\n  /$/inet/127.0.0.1/{in_port}/web (/svc=>/$/inet/127.0.0.1/{in_port})\n"
-            )
-            assert up.requests[-1].method == "TRACE"
-            assert up.requests[-1].header("max-forwards") == "0"
-            seen = len(up.requests)
 
-            # Max-Forwards 1: the second router answers itself; the upstream sees nothing.
-            r = await curl(url, *trace, "-H", "Max-Forwards: 1")
-            assert r.status == 200, r
-            assert r.body.decode().startswith("--- Router: in ---\n")
-            assert f"selected address: 127.0.0.1:{up.port}\n" in r.body.decode()
-            assert "\n\n--- Router: out ---\n" in r.body.decode()
-            assert len(up.requests) == seen
+async def test_trace_through_two_routers_to_the_upstream(tmp_path: FsPath) -> None:
+    in_port = _free_port()
+    async with _daemon_and_upstream(tmp_path, in_port) as (d, up):
+        url = f"http://127.0.0.1:{d.port('out')}/len/5"
+        trace = ("-X", "TRACE", "-H", "Host: web", "-H", "l5d-add-context: true")
 
-            # Max-Forwards 0 without context: an empty 200 from the first router.
-            r = await curl(url, "-X", "TRACE", "-H", "Host: web", "-H", "Max-Forwards: 0")
-            assert (r.status, r.body) == (200, b"")
-            assert len(up.requests) == seen
+        # Max-Forwards 2: out -> in -> the upstream, which answers; each router adds its account.
+        r = await curl(url, *trace, "-H", "Max-Forwards: 2")
+        assert r.status == 200, r
+        text = r.body.decode()
+        assert text.startswith("yyyyy\n\n--- Router: in ---\n"), text
+        in_part, out_part = text.split("\n\n--- Router: out ---\n")
+        assert f"addresses: [127.0.0.1:{up.port}]\nselected address: 127.0.0.1:{up.port}\n" in in_part
+        assert "service name: /svc/web\nclient name: /#/io.l5d.fs/web\n" in in_part
+        assert in_part.endswith("dtab resolution:\n  /svc/web\n  /#/io.l5d.fs/web (/svc=>/#/io.l5d.fs)")
+        assert f"client name: /$/inet/127.0.0.1/{in_port}\n" in out_part
+        assert f"selected address: 127.0.0.1:{in_port}\n" in out_part
+        assert out_part.endswith(
+            f"  /svc/web\n  /$/inet/127.0.0.1/{in_port}/web (/svc=>/$/inet/127.0.0.1/{in_port})\n"
+        )
+        assert up.requests[-1].method == "TRACE"
+        assert up.requests[-1].header("max-forwards") == "0"
+        seen = len(up.requests)
+
+        # Max-Forwards 1: the second router answers itself; the upstream sees nothing.
+        r = await curl(url, *trace, "-H", "Max-Forwards: 1")
+        assert r.status == 200, r
+        assert r.body.decode().startswith("--- Router: in ---\n")
+        assert f"selected address: 127.0.0.1:{up.port}\n" in r.body.decode()
+        assert "\n\n--- Router: out ---\n" in r.body.decode()
+        assert len(up.requests) == seen
+
+        # Max-Forwards 0 without context: an empty 200 from the first router.
+        r = await curl(url, "-X", "TRACE", "-H", "Host: web", "-H", "Max-Forwards: 0")
+        assert (r.status, r.body) == (200, b"")
+        assert len(up.requests) == seen
 
 
 async def test_trace_of_a_chunked_response_reports_the_head(tmp_path: FsPath) -> None:
-    disco = tmp_path / "disco"
-    disco.mkdir()
-    async with running_upstream() as up:
-        (disco / "web").write_text(f"127.0.0.1 {up.port}\n")
-        async with running_daemon(_config(disco, _free_port())) as d:
-            r = await curl(
-                f"http://127.0.0.1:{d.port('in')}/big/100",
-                *("-X", "TRACE", "-H", "Host: web", "-H", "l5d-add-context: 1"),
-            )
-            assert r.status == 200, r
-            text = r.body.decode()
-            assert (
-                "HTTP 200 - OK\nDiagnostic trace encountered chunked response. Response content discarded."
-                in text
-            )
-            assert "x" * 100 not in text
-            assert "\n\n--- Router: in ---\n" in text
+    async with _daemon_and_upstream(tmp_path, _free_port()) as (d, up):
+        r = await curl(
+            f"http://127.0.0.1:{d.port('in')}/big/100",
+            *("-X", "TRACE", "-H", "Host: web", "-H", "l5d-add-context: 1"),
+        )
+        assert r.status == 200, r
+        text = r.body.decode()
+        assert (
+            "HTTP 200 - OK\nDiagnostic trace encountered chunked response. Response content discarded."
+            in text
+        )
+        assert "x" * 100 not in text
+        assert "\n\n--- Router: in ---\n" in text
 
 
 async def test_bad_max_forwards_is_refused(tmp_path: FsPath) -> None:
-    disco = tmp_path / "disco"
-    disco.mkdir()
-    async with running_upstream() as up:
-        (disco / "web").write_text(f"127.0.0.1 {up.port}\n")
-        async with running_daemon(_config(disco, _free_port())) as d:
-            r = await curl(
-                f"http://127.0.0.1:{d.port('in')}/",
-                *("-X", "TRACE", "-H", "Host: web", "-H", "Max-Forwards: many"),
-            )
-            assert r.status == 400
-            assert r.l5d_err == "Invalid value for Max-Forwards header"
-            assert up.requests == []
+    async with _daemon_and_upstream(tmp_path, _free_port()) as (d, up):
+        r = await curl(
+            f"http://127.0.0.1:{d.port('in')}/",
+            *("-X", "TRACE", "-H", "Host: web", "-H", "Max-Forwards: many"),
+        )
+        assert r.status == 400
+        assert r.l5d_err == "Invalid value for Max-Forwards header"
+        assert up.requests == []
