@@ -137,3 +137,32 @@ async def test_compat_perf_baseline_h2_config_routes() -> None:
             assert seen[-1].headers.get(b"l5d-dst-client") == b"/$/inet/127.1/8080"
     finally:
         await origin.__aexit__(None, None, None)
+
+
+async def test_diagnostic_trace_over_h2() -> None:
+    """TRACE with l5d-add-context on an h2 router: the origin's body, then the router's account."""
+    async with h2_origin() as (port, seen):  # noqa: SIM117 (the daemon's dtab needs the origin's port)
+        async with running_daemon(h2_config(f"/svc/web => /$/inet/127.0.0.1/{port};")) as d:
+            url = f"http://127.0.0.1:{d.port('h2')}/t"
+            base = (
+                "--http2-prior-knowledge",
+                "-X",
+                "TRACE",
+                "-H",
+                "Host: web",
+                "-H",
+                "l5d-add-context: true",
+            )
+            r = await curl(url, *base, "-H", "Max-Forwards: 1")
+            assert r.status == 200, r
+            origin, context = r.body.decode().split("\n\n--- Router: h2 ---\n")
+            assert json.loads(origin)["headers"]["max-forwards"] == "0"
+            assert f"client name: /$/inet/127.0.0.1/{port}\n" in context
+            assert f"selected address: 127.0.0.1:{port}\n" in context
+            assert context.endswith(
+                f"  /svc/web\n  /$/inet/127.0.0.1/{port} (/svc/web=>/$/inet/127.0.0.1/{port})\n"
+            )
+            assert len(seen) == 1
+            r = await curl(url, *base, "-H", "Max-Forwards: 0")
+            assert r.status == 200 and r.body.decode().startswith("\n\n--- Router: h2 ---\n"), r
+            assert len(seen) == 1  # answered by the router
