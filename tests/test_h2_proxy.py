@@ -238,8 +238,8 @@ async def test_upstream_goaway_resends_unprocessed_streams_on_a_fresh_connection
         async with running_h2_proxy(port) as proxy, RawClient.connect(proxy.port) as c:
             await c.start()
             s1 = await c.request("/a", proxy.port)
-            # Both streams must share the first upstream connection: send the second one only once
-            # the pool has that connection (two concurrent first requests may each open one).
+            # /a must take the lower upstream stream id (the GOAWAY below keeps only it): the proxy
+            # starts its handlers in any order, so send /b only once /a's connection is up.
             with trio.fail_after(10):
                 while proxy.pool.statistics()["connects"] < 1:
                     await trio.sleep(0.01)

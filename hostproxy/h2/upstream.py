@@ -8,6 +8,19 @@ Every request is a stream on a shared prior-knowledge HTTP/2 connection (an ``H2
 connection is opened only when none can take another stream (the peer's MAX_CONCURRENT_STREAMS,
 or the current one is draining or dead).
 
+* **One connect at a time, shared.**  A request that finds no connection with room starts a
+  connect (a ``_Connect``: a task in the pool's nursery) or, when one is already under way, waits
+  for it; every waiter reads the same outcome, so N concurrent first requests open one connection,
+  and a failed connect fails all of them at once with its ``UpstreamError`` (the next request
+  starts a fresh connect).  A waiter that finds the new connection already filled by the others
+  starts or joins the next connect, so connections are opened one by one, only as needed.
+* **A connect ends at the peer's SETTINGS.**  A connection is used only once the upstream's first
+  SETTINGS frame arrived (TCP or the connector, then the preface, then SETTINGS, all within the
+  connect timeout), so its MAX_CONCURRENT_STREAMS is known before streams are put on it.  A peer
+  that never sends SETTINGS (not an HTTP/2 server) fails the connect with ``connect/timeout``; one
+  that closes first fails it with ``upstream/reset`` (retryable: no request was sent).  A waiter
+  with a shorter connect timeout than the connect's stops waiting at its own deadline.
+
 * **Request bodies** are sent by a task in the pool's nursery while the response is read (full
   duplex), paced by the upstream's flow-control window; the client's body is read only as fast as
   the upstream accepts it.  Response DATA is acknowledged only when the caller reads it.
@@ -34,6 +47,8 @@ or the current one is draining or dead).
 from __future__ import annotations
 
 import itertools
+import math
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -136,6 +151,8 @@ class _UpLink(H2Link):
         self._ping_ack = trio.Event()
         self.pings_sent = 0
         self._stop_scope = trio.CancelScope()
+        self.settings_seen = False
+        self.handshake = trio.Event()  # set at the peer's first SETTINGS, or when the link dies
 
     def start(self) -> None:
         self.conn.initiate_connection()
@@ -190,7 +207,12 @@ class _UpLink(H2Link):
         if not self.streams or error_code != NO_ERROR:
             self.closing = True
 
+    def on_settings(self) -> None:
+        self.settings_seen = True
+        self.handshake.set()
+
     def on_dead(self) -> None:
+        self.handshake.set()
         self.pool._forget(self)
 
     def _settle(self, s: StreamState) -> None:
@@ -267,6 +289,57 @@ class _Replay:
             yield chunk
 
 
+class _Connect:
+    """One connection being opened, and the requests waiting for it in arrival order.
+
+    Exactly one of ``link`` and ``error`` is set once ``finished``.  Waiters are woken one at a
+    time, first come first: each wakes the next only after it has taken its stream (which happens
+    without a checkpoint), so streams are opened, and scarce slots given, in arrival order.
+    """
+
+    __slots__ = ("deadline", "timeout_s", "finished", "waiters", "link", "error", "scope")
+
+    def __init__(self, deadline: float, timeout_s: float) -> None:
+        self.deadline = deadline
+        self.timeout_s = timeout_s
+        self.finished = False
+        self.waiters: deque[trio.Event] = deque()
+        self.link: _UpLink | None = None
+        self.error: UpstreamError | None = None
+        self.scope = trio.CancelScope()
+
+    def finish(self) -> None:
+        self.finished = True
+        self.wake_next()
+
+    def wake_next(self) -> None:
+        if self.waiters:
+            self.waiters.popleft().set()
+
+    async def wait(self, deadline: float) -> bool:
+        """Wait for the outcome until ``deadline``; False when it passed first.  The caller must
+        call ``wake_next()`` once it has used a True outcome (or failed with it)."""
+        if self.finished and not self.waiters:
+            return True
+        woken = trio.Event()
+        self.waiters.append(woken)
+        try:
+            with trio.move_on_at(deadline):
+                await woken.wait()
+        finally:
+            if not woken.is_set():
+                self.waiters.remove(woken)
+        return woken.is_set()
+
+
+def _fresh(error: UpstreamError) -> UpstreamError:
+    """A copy of ``error`` for one waiter (one exception object is not raised in many tasks)."""
+    cls = type(error)
+    copy = cls.__new__(cls, *error.args)
+    copy.__dict__.update(error.__dict__)
+    return copy
+
+
 class H2UpstreamPool(NurseryOwner):
     """Multiplexed HTTP/2 connections to one endpoint (see the module docstring)."""
 
@@ -292,7 +365,7 @@ class H2UpstreamPool(NurseryOwner):
         self._clock = clock or trio.current_time
         self._links: list[_UpLink] = []
         self._ids = itertools.count(1)
-        self._connect_lock = trio.Lock()
+        self._connecting: _Connect | None = None
         self._closed = False
         self._counters = {
             "connects": 0,
@@ -316,6 +389,8 @@ class H2UpstreamPool(NurseryOwner):
     async def aclose(self) -> None:
         """Refuse new requests; GOAWAY every connection (in-flight streams are cut)."""
         self._closed = True
+        if self._connecting is not None:
+            self._connecting.scope.cancel()
         for link in list(self._links):
             link.goaway(NO_ERROR)
             link.stop()
@@ -339,17 +414,46 @@ class H2UpstreamPool(NurseryOwner):
 
     # -- connections -----------------------------------------------------------------------------
 
-    async def _checkout(self, timeout_s: float) -> _UpLink:
+    def _free_link(self) -> _UpLink | None:
         for link in self._links:
             if link.capacity():
                 return link
-        async with self._connect_lock:
-            for link in self._links:
-                if link.capacity():
-                    return link
-            return await self._connect(timeout_s)
+        return None
 
-    async def _connect(self, timeout_s: float) -> _UpLink:
+    async def _checkout(self, timeout_s: float) -> _UpLink:
+        """A connection with room for one more stream: an open one, else the one being opened
+        (starting that connect when none is under way)."""
+        while True:
+            link = self._free_link()
+            if link is not None:
+                return link
+            pending = self._connecting
+            if pending is None:
+                if self._closed:
+                    raise ProxyInternalError(
+                        f"pool for {self.endpoint} is closed", endpoint=self.endpoint, retryable=True
+                    )
+                pending = self._start_connect(timeout_s)
+            own_deadline = trio.current_time() + timeout_s
+            # A waiter at least as patient as the connect needs no timer: the connect ends by then.
+            if not await pending.wait(own_deadline if own_deadline < pending.deadline else math.inf):
+                raise self._connect_timeout(timeout_s)
+            pending.wake_next()  # scheduled only: this task takes its stream before the next runs
+            if pending.error is not None:
+                raise _fresh(pending.error)
+            link = pending.link
+            assert link is not None
+            if not link.capacity() and not link.streams:
+                raise UpstreamReset(
+                    f"connection to {self.endpoint} accepted no stream (it sent GOAWAY or "
+                    f"MAX_CONCURRENT_STREAMS=0 at once, or it closed): {link.death_reason or 'no room'}",
+                    endpoint=self.endpoint,
+                    retryable=True,
+                )
+            # Otherwise it has room (next turn takes it) or the other waiters filled it: the next
+            # turn starts or joins the next connect.
+
+    def _start_connect(self, timeout_s: float) -> _Connect:
         if self._nursery is None:
             raise ProxyInternalError(
                 f"H2UpstreamPool({self.endpoint}) needs a nursery: use 'async with H2UpstreamPool(...)' "
@@ -357,33 +461,106 @@ class H2UpstreamPool(NurseryOwner):
                 endpoint=self.endpoint,
                 retryable=True,
             )
+        pending = _Connect(trio.current_time() + timeout_s, timeout_s)
+        self._connecting = pending
+        self._nursery.start_soon(self._run_connect, pending)
+        return pending
+
+    async def _run_connect(self, pending: _Connect) -> None:
+        """Open one connection and publish the outcome to everyone waiting for it."""
+        try:
+            with pending.scope:
+                pending.link = await self._connect(pending.deadline, pending.timeout_s)
+        except UpstreamError as exc:
+            pending.error = exc
+        except Exception as exc:
+            log.exception("h2.upstream.connect_crashed", endpoint=self.endpoint)
+            pending.error = ProxyInternalError(
+                f"opening a connection to {self.endpoint} failed unexpectedly: {exc!r}",
+                endpoint=self.endpoint,
+                retryable=True,
+            )
+        finally:
+            if pending.link is None and pending.error is None:
+                pending.error = ProxyInternalError(
+                    f"pool for {self.endpoint} is closed", endpoint=self.endpoint, retryable=True
+                )
+            if self._connecting is pending:
+                self._connecting = None
+            pending.finish()
+
+    async def _connect(self, deadline: float, timeout_s: float) -> _UpLink:
+        assert self._nursery is not None
         try:
             if self._connector is not None:
                 stream = await self._connector(self.host, self.port, timeout_s)
             else:
-                stream = await self._open_tcp(timeout_s)
+                stream = await self._open_tcp(deadline, timeout_s)
         except UpstreamError:
             self._counters["connect_failures"] += 1
             raise
-        self._counters["connects"] += 1
         link = _UpLink(self, stream, next(self._ids))
         link.start()
-        self._links.append(link)
         self._nursery.start_soon(link.serve)
+        try:
+            await self._handshake(link, deadline, timeout_s)
+        except BaseException as exc:
+            if isinstance(exc, UpstreamError):
+                self._counters["connect_failures"] += 1
+            link.stop()
+            raise
+        self._counters["connects"] += 1
+        self._links.append(link)
         return link
 
-    async def _open_tcp(self, timeout_s: float) -> Any:
+    async def _handshake(self, link: _UpLink, deadline: float, timeout_s: float) -> None:
+        """Wait for the peer's first SETTINGS (its half of the connection preface)."""
+        with trio.move_on_at(deadline):
+            await link.handshake.wait()
+        if link.dead:
+            tls_error = self._tls_error(link)
+            if tls_error is not None:
+                raise tls_error
+            raise UpstreamReset(
+                f"connection to {self.endpoint} failed before the HTTP/2 handshake completed: "
+                f"{link.death_reason}",
+                endpoint=self.endpoint,
+                retryable=True,
+            )
+        if not link.settings_seen:
+            raise ConnectError(
+                f"Unable to establish connection to {self.endpoint}: no HTTP/2 SETTINGS from the "
+                f"upstream within connect timeout {timeout_s * 1000:g} ms (is it an HTTP/2 server?)",
+                endpoint=self.endpoint,
+                cause="connect/timeout",
+            )
+
+    def _connect_timeout(self, timeout_s: float) -> ConnectError:
+        return ConnectError(
+            f"Unable to establish connection to {self.endpoint}: "
+            f"no answer within connect timeout {timeout_s * 1000:g} ms",
+            endpoint=self.endpoint,
+            cause="connect/timeout",
+        )
+
+    async def _open_tcp(self, deadline: float, timeout_s: float) -> Any:
         with _map_errors(self.endpoint, "connect"):
-            with trio.move_on_after(timeout_s) as scope:
+            with trio.move_on_at(deadline) as scope:
                 stream = await trio.open_tcp_stream(self.host, self.port)
             if scope.cancelled_caught:
-                raise ConnectError(
-                    f"Unable to establish connection to {self.endpoint}: "
-                    f"no answer within connect timeout {timeout_s * 1000:g} ms",
-                    endpoint=self.endpoint,
-                    cause="connect/timeout",
-                )
+                raise self._connect_timeout(timeout_s)
         return stream
+
+    def _tls_error(self, link: _UpLink) -> UpstreamError | None:
+        """The ``tls`` error of a connection that died of a TLS failure seen after the handshake."""
+        tls_failure = getattr(link.stream, "tls_failure", None)
+        if tls_failure is None:
+            return None
+        from hostproxy.tls.client import TlsError
+
+        return TlsError(
+            str(tls_failure), endpoint=self.endpoint, reason=getattr(tls_failure, "reason", "other")
+        )
 
     # -- the exchange ----------------------------------------------------------------------------
 
@@ -507,15 +684,9 @@ class H2UpstreamPool(NurseryOwner):
                     error_code=s.reset_code,
                 )
             if link.dead:
-                tls_failure = getattr(link.stream, "tls_failure", None)
-                if tls_failure is not None:
-                    from hostproxy.tls.client import TlsError
-
-                    raise TlsError(
-                        str(tls_failure),
-                        endpoint=self.endpoint,
-                        reason=getattr(tls_failure, "reason", "other"),
-                    )
+                tls_error = self._tls_error(link)
+                if tls_error is not None:
+                    raise tls_error
                 raise H2StreamReset(
                     f"connection to {self.endpoint} failed before a response: {link.death_reason}",
                     endpoint=self.endpoint,
