@@ -29,6 +29,13 @@ and the metrics renderers are bounded by the registry's cardinality limits.  Del
 event loop (it is pure and fast); a context that has to wait for a namer returns an awaitable,
 which gets ``delegate_timeout_s`` (2 s, Linkerd's) before 503 ``Request timed out.``.
 
+Scrapes of a large daemon (``/admin/metrics.json``, ``/admin/metrics/prometheus``,
+``/client_state.json``) are rendered a slice per event-loop turn (see ``hostproxy.metrics.render``),
+and each slice runs with the cyclic garbage collector paused: a slice's temporaries are freed by
+reference counting when it ends, and were they to survive a collection they would be promoted to
+the oldest generation, whose growth triggers full collections that stall routing for ~100 ms
+once there are thousands of clients.
+
 ``/delegator.json`` follows Linkerd's ``DelegateApiHandler`` (spec ``dtab.md`` §6.4): ``dtab`` is
 the entire dtab (missing on GET means empty) and is checked first (400 ``Invalid dtab: …``), then
 ``path`` (400 ``Invalid path: …``); POST needs ``Content-Type: application/json`` (415) and a
@@ -40,11 +47,13 @@ cycle) is a 400 ``Delegation failed: …``, since the submitted dtab caused it.
 
 from __future__ import annotations
 
+import gc
 import inspect
 import ipaddress
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -62,7 +71,7 @@ from hostproxy.http.message import Body, Headers, Request, Response
 from hostproxy.http.proxyheaders import via_count
 from hostproxy.http.server import ConnInfo
 from hostproxy.metrics import NoSuchSubtree
-from hostproxy.metrics.render import collect, flat_json_chunks, metrics_json_from, prometheus_chunks
+from hostproxy.metrics.render import collect, flat_json_slices, metrics_json_from, prometheus_slices
 
 __all__ = [
     "DELEGATE_TIMEOUT_S",
@@ -178,7 +187,33 @@ class Endpoint:
 _Fn = Callable[[_Call], Awaitable[Response]]
 
 
-COLLECT_SLICE = 256  # metrics read per event-loop turn while a scrape collects
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic collector for one synchronous step (no await inside)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+async def _drain_sliced(steps: Iterator[Any]) -> list[Any]:
+    """Run a sliced renderer: one step per event-loop turn, each with the collector paused."""
+    parts: list[Any] = []
+    while True:
+        with _gc_paused():
+            part = next(steps, None)
+        if part is None:
+            return parts
+        parts.append(part)
+        await trio.sleep(0)  # let requests through between slices
+
+
+COLLECT_SLICE = 256  # metrics read per event-loop turn while a human form (tree, pretty) collects
+SCRAPE_SLICE = 1000  # metrics read and rendered per event-loop turn by the flat and Prometheus scrapes
+CLIENT_STATE_SLICE = 100  # clients serialised per event-loop turn by /client_state.json
 
 # Linkerd's admin.security categories: these paths are "UI"; the control ones are "control"; the rest
 # (every other path) "diagnostics".
@@ -561,7 +596,26 @@ class AdminHandler:
         return _json(200, self.ctx.config_json())
 
     async def _client_state(self, call: _Call) -> Response:
-        return _json(200, self.ctx.client_state())
+        """A context with ``client_state_entries()`` (``(client id, state function)`` pairs, in
+        ``client_state()``'s order) has its clients' states built and serialised a slice of clients
+        per event-loop turn; otherwise ``client_state()`` builds them all in one step."""
+        entries_fn = getattr(self.ctx, "client_state_entries", None)
+        if entries_fn is None:
+            # Built at once by the context: serialise in the same step, so that the whole state is
+            # garbage (freed at once) before other tasks run.
+            with _gc_paused():
+                body = _dumps(self.ctx.client_state())
+            return _response(200, body, JSON_TYPE)
+        entries: list[tuple[Any, Callable[[], Any]]] = list(entries_fn())
+
+        def steps() -> Iterator[str]:
+            for i in range(0, len(entries), CLIENT_STATE_SLICE):
+                part = {cid: fn() for cid, fn in entries[i : i + CLIENT_STATE_SLICE]}
+                text = json.dumps(part, separators=(",", ":"), ensure_ascii=False, default=str)
+                yield text[1:-1]
+
+        parts = [p for p in await _drain_sliced(steps()) if p]
+        return _response(200, "{" + ",".join(parts) + "}", JSON_TYPE)
 
     async def _bound_names(self, call: _Call) -> Response:
         return _json(200, list(self.ctx.bound_names()))
@@ -585,12 +639,10 @@ class AdminHandler:
 
     # -- metrics ---------------------------------------------------------------------------------
 
-    async def _collect(self, prom_only: bool = False) -> list[Any]:
+    async def _collect(self) -> list[Any]:
         """Read every metric's value in slices, yielding to the event loop between them, so a scrape
         of thousands of clients never holds up requests for more than one slice."""
         metrics = list(self.ctx.metrics.metrics())
-        if prom_only:
-            metrics = [m for m in metrics if m.prom is not None]
         items: list[Any] = []
         for i in range(0, len(metrics), COLLECT_SLICE):
             items.extend(collect(metrics[i : i + COLLECT_SLICE]))
@@ -599,26 +651,19 @@ class AdminHandler:
 
     async def _metrics_json(self, call: _Call) -> Response:
         q = call.query.get("q") or None
-        items = await self._collect()
         tree_form, pretty = _flag(call.query, "tree"), _flag(call.query, "pretty")
         if tree_form or pretty:
+            items = await self._collect()
             try:  # the human forms: one pass (scripts and scrapers use the compact flat form)
                 body = metrics_json_from(items, tree_form=tree_form, q=q, pretty=pretty)
             except NoSuchSubtree as exc:
                 return _json(404, {"error": str(exc)})
             return _response(200, body, JSON_TYPE)
-        parts = []
-        for chunk in flat_json_chunks(items, q, COLLECT_SLICE):
-            parts.append(chunk)
-            await trio.sleep(0)  # let requests through between slices
+        parts = await _drain_sliced(flat_json_slices(self.ctx.metrics, q, SCRAPE_SLICE))
         return _response(200, b"".join(parts), JSON_TYPE)
 
     async def _prometheus(self, call: _Call) -> Response:
-        items = await self._collect(prom_only=True)
-        parts = []
-        for chunk in prometheus_chunks(items):
-            parts.append(chunk)
-            await trio.sleep(0)
+        parts = await _drain_sliced(prometheus_slices(self.ctx.metrics, SCRAPE_SLICE))
         return _response(200, "".join(parts), PROMETHEUS_TYPE)
 
     # -- logging ---------------------------------------------------------------------------------

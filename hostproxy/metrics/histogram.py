@@ -12,6 +12,11 @@ lands in the slice of `now()`; a slice is cleared when the clock comes back to i
 snapshot merges only the slices of the last window. Percentiles are therefore of the last minute
 and appear as soon as anything was recorded. Cumulative `total_count`/`total_sum` never reset (for
 Prometheus, whose counters must be monotonic).
+
+Reading is built for scrapes of thousands of histograms: `WindowedHistogram.window()` merges the live
+slices without copying when only one is live (the usual case), and `percentiles()` answers every
+quantile a renderer needs from one sort of the (few) occupied buckets, with bucket values looked up
+in a precomputed table. The results are exactly those of `snapshot()` + `HistogramSnapshot.percentile`.
 """
 
 from __future__ import annotations
@@ -20,7 +25,14 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-__all__ = ["PERCENTILES", "HistogramSnapshot", "WindowedHistogram", "bucket_index", "bucket_value"]
+__all__ = [
+    "PERCENTILES",
+    "HistogramSnapshot",
+    "WindowedHistogram",
+    "bucket_index",
+    "bucket_value",
+    "percentiles",
+]
 
 SUB_BITS = 4
 SUB = 1 << SUB_BITS  # 16 sub-buckets per power of two
@@ -64,6 +76,38 @@ def bucket_value(index: int) -> int:
     return (lo + hi) // 2
 
 
+# Every bucket's reported value, by index (the last index is that of MAX_VALUE).
+_BUCKET_VALUES: tuple[int, ...] = tuple(bucket_value(i) for i in range(bucket_index(MAX_VALUE) + 1))
+_QS = tuple(q for _, q in PERCENTILES)
+
+
+def percentiles(
+    counts: dict[int, int], count: int, lo: float, hi: float, qs: tuple[float, ...]
+) -> list[float]:
+    """The percentiles `qs` (ascending) of a histogram, in one pass over its sorted buckets.
+
+    Each equals `HistogramSnapshot(count, _, lo, hi, counts).percentile(q)`: the value of the first
+    bucket whose cumulative count reaches `max(1, ceil(q * count))`, clamped to `[lo, hi]`.
+    """
+    if count == 0:
+        return [0.0] * len(qs)
+    out: list[float] = []
+    ranks = [max(1, math.ceil(q * count)) for q in qs]
+    i, n = 0, len(ranks)
+    seen = 0
+    values = _BUCKET_VALUES
+    for idx in sorted(counts):
+        seen += counts[idx]
+        while i < n and seen >= ranks[i]:
+            v = values[idx] if idx < len(values) else bucket_value(idx)
+            out.append(float(min(max(v, lo), hi)))
+            i += 1
+        if i == n:
+            return out
+    out.extend(float(hi) for _ in range(n - i))
+    return out
+
+
 class _Slice:
     __slots__ = ("sid", "counts", "count", "sum", "min", "max")
 
@@ -93,15 +137,7 @@ class HistogramSnapshot:
     counts: dict[int, int]
 
     def percentile(self, q: float) -> float:
-        if self.count == 0:
-            return 0.0
-        rank = max(1, math.ceil(q * self.count))
-        seen = 0
-        for idx in sorted(self.counts):
-            seen += self.counts[idx]
-            if seen >= rank:
-                return float(min(max(bucket_value(idx), self.min), self.max))
-        return float(self.max)
+        return percentiles(self.counts, self.count, self.min, self.max, (q,))[0]
 
     @staticmethod
     def merge(snaps: Iterable[HistogramSnapshot]) -> HistogramSnapshot:
@@ -121,8 +157,10 @@ class HistogramSnapshot:
         if self.count:
             out["max"] = self.max
             out["min"] = self.min
-            for name, q in PERCENTILES:
-                out[name] = self.percentile(q)
+            for (name, _), p in zip(
+                PERCENTILES, percentiles(self.counts, self.count, self.min, self.max, _QS), strict=True
+            ):
+                out[name] = p
             out["sum"] = self.sum
             out["avg"] = self.sum / self.count
         return out
@@ -167,3 +205,25 @@ class WindowedHistogram:
         return HistogramSnapshot.merge(
             HistogramSnapshot(s.count, s.sum, s.min, s.max, s.counts) for s in live
         )
+
+    def window_key(self) -> tuple[int, int]:
+        """A key that changes whenever `window()` may have changed: records so far and the slice of
+        now (a window only changes by a record or by the clock moving to the next slice)."""
+        return self.total_count, int(self._now() // self._slice_s)
+
+    def window(self) -> tuple[int, float, float, float, dict[int, int]]:
+        """`(count, sum, min, max, bucket counts)` of the last window, as `snapshot()` has them.
+
+        Read at once, not kept: with a single live slice the bucket counts are that slice's own
+        dict (no copy), which later records change.
+        """
+        sid = int(self._now() // self._slice_s)
+        oldest = sid - len(self._slices) + 1
+        live = [s for s in self._slices if s.count and oldest <= s.sid <= sid]
+        if len(live) == 1:
+            s = live[0]
+            return s.count, 0.0 + s.sum, min(math.inf, s.min), max(-math.inf, s.max), s.counts
+        snap = HistogramSnapshot.merge(
+            HistogramSnapshot(s.count, s.sum, s.min, s.max, s.counts) for s in live
+        )
+        return snap.count, snap.sum, snap.min, snap.max, snap.counts

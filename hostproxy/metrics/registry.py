@@ -21,12 +21,19 @@ user-controlled label values explode Prometheus):
 * Per Prometheus family, each label other than the fixed-vocabulary ones (router, cause, code,
   quantile) accepts at most `max_label_values` distinct values; later values render as `overflow`
   (their series are summed).
+
+Scrapes are cheap (a busy proxy is scraped every few seconds): the registry counts structural
+changes in `version` (a metric added or removed) so renderers can keep their sorted layouts and
+per-metric text between scrapes, and every `Metric` has a `render` slot for that text. Gauges that
+read one field of an object's `statistics()` (balancer, failure accrual, retry budget) share one
+call per object within a `reading()` pass instead of one call per field.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hostproxy.causes import Cause
@@ -42,6 +49,7 @@ __all__ = [
     "RequestStats",
     "RouterScope",
     "Stat",
+    "reading",
 ]
 
 Labels = tuple[tuple[str, str], ...]
@@ -51,8 +59,38 @@ class _HasStatistics(Protocol):
     def statistics(self) -> dict[str, Any]: ...
 
 
-def _stat_reader(obj: _HasStatistics, field: str) -> Callable[[], float]:
-    return lambda: float(obj.statistics()[field])
+class _ReadPass:
+    """While `active`, readers of one `statistics()` object reuse its result within a pass (`epoch`)."""
+
+    active = False
+    epoch = 0
+
+
+@contextmanager
+def reading() -> Iterator[None]:
+    """A read pass over gauges, all done without yielding to other tasks: gauges backed by the same
+    `statistics()` object call it once. Outside a pass every read calls it afresh."""
+    _ReadPass.epoch += 1
+    _ReadPass.active = True
+    try:
+        yield
+    finally:
+        _ReadPass.active = False
+
+
+def _stat_reader(obj: _HasStatistics, name: str, shared: list[Any]) -> Callable[[], float]:
+    """A gauge function reading `statistics()[name]`; readers of one object share `shared`,
+    `[epoch, statistics]`, so a read pass calls `statistics()` once for all of them."""
+
+    def read() -> float:
+        if not _ReadPass.active:
+            return float(obj.statistics()[name])
+        if shared[0] != _ReadPass.epoch:
+            shared[1] = obj.statistics()
+            shared[0] = _ReadPass.epoch
+        return float(shared[1][name])
+
+    return read
 
 
 UNCAPPED_LABELS = frozenset({"router", "cause", "code", "quantile"})
@@ -103,12 +141,16 @@ class PromId:
     help: str = ""
 
 
-@dataclass
+@dataclass(eq=False)
 class Metric:
     key: str
     kind: str  # "counter" | "gauge" | "stat"
     obj: Counter | Gauge | Stat
     prom: PromId | None
+    # Registration order (the order `MetricsRegistry.metrics()` lists metrics in).
+    seq: int = 0
+    # Renderers' text for this metric (e.g. its quoted JSON key), computed once: keys never change.
+    render: Any = field(default=None, repr=False)
 
 
 class MetricsRegistry:
@@ -128,6 +170,11 @@ class MetricsRegistry:
         self._label_values: dict[tuple[str, str], set[str]] = {}
         self._routers: dict[str, RouterScope] = {}
         self.label_overflows = 0
+        self._seq = 0
+        # Bumped whenever a metric is added or removed; renderers cache layouts per version.
+        self.version = 0
+        # Renderers' layouts, keyed by renderer name: (version, layout).
+        self.render_cache: dict[str, tuple[int, Any]] = {}
 
     # -- registration (slow path) ------------------------------------------------------------------
 
@@ -155,17 +202,23 @@ class MetricsRegistry:
             )
         return m
 
+    def _add(self, key: str, kind: str, obj: Counter | Gauge | Stat, prom: PromId | None) -> Metric:
+        self._seq += 1
+        self.version += 1
+        m = self._metrics[key] = Metric(key, kind, obj, self._prom(prom), self._seq)
+        return m
+
     def counter(self, key: str, prom: PromId | None = None) -> Counter:
         m = self._get(key, "counter")
         if m is None:
-            m = self._metrics[key] = Metric(key, "counter", Counter(), self._prom(prom))
+            m = self._add(key, "counter", Counter(), prom)
         assert isinstance(m.obj, Counter)
         return m.obj
 
     def gauge(self, key: str, fn: Callable[[], float], prom: PromId | None = None) -> Gauge:
         m = self._get(key, "gauge")
         if m is None:
-            m = self._metrics[key] = Metric(key, "gauge", Gauge(fn), self._prom(prom))
+            m = self._add(key, "gauge", Gauge(fn), prom)
         else:
             assert isinstance(m.obj, Gauge)
             m.obj.fn = fn
@@ -175,9 +228,7 @@ class MetricsRegistry:
     def stat(self, key: str, prom: PromId | None = None, scale: float = 1.0) -> Stat:
         m = self._get(key, "stat")
         if m is None:
-            m = self._metrics[key] = Metric(
-                key, "stat", Stat(WindowedHistogram(self._now), scale), self._prom(prom)
-            )
+            m = self._add(key, "stat", Stat(WindowedHistogram(self._now), scale), prom)
         assert isinstance(m.obj, Stat)
         return m.obj
 
@@ -191,6 +242,8 @@ class MetricsRegistry:
         ]
         for k in doomed:
             del self._metrics[k]
+        if doomed:
+            self.version += 1
         return len(doomed)
 
     def metrics(self) -> Iterator[Metric]:
@@ -428,6 +481,7 @@ class RouterScope:
         for group, obj, fields in groups:
             if obj is None:
                 continue
+            shared: list[Any] = [-1, None]
             for key, stat in fields:
                 prom = None
                 if group == "loadbalancer" and key in ("size", "available", "load"):
@@ -440,7 +494,7 @@ class RouterScope:
                     )
                 elif group == "failure_accrual" and key in ("removals", "revivals"):
                     prom = PromId(f"hostproxy_client_accrual_{key}", labels, f"Failure accrual {key}")
-                self._reg.gauge(f"{prefix}/{group}/{key}", _stat_reader(obj, stat), prom)
+                self._reg.gauge(f"{prefix}/{group}/{key}", _stat_reader(obj, stat, shared), prom)
 
     def client_gauge(self, client_id: str, name: str, fn: Callable[[], float], help_text: str) -> None:
         """One more gauge under a client's scope (`rt/<router>/client/<id>/<name>`), read when rendered."""
