@@ -55,6 +55,7 @@ import random
 import signal
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -875,6 +876,16 @@ class Daemon:
         for r in self.routers.values():
             out.update(r.client_state())
         return out
+
+    def client_state_entries(self) -> list[tuple[str, Callable[[], Any]]]:
+        """``client_state()`` as ``(client id, state function)`` pairs, in its order, for the admin
+        server to build a slice of clients per event-loop turn (a client id two routers share: the
+        later router's state, as ``client_state()`` keeps)."""
+        entries: dict[str, Callable[[], Any]] = {}
+        for r in self.routers.values():
+            for cid, c in r.clients.items():
+                entries[cid] = c.state_json
+        return list(entries.items())
 
     def bound_names(self) -> list[str]:
         names: set[str] = set()

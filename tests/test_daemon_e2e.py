@@ -396,3 +396,32 @@ async def test_recent_requests_telemeter(tmp_path: Path) -> None:
             assert [r["path"] for r in recent] == ["/b", "/c"]  # bounded: the newest two
             assert recent[-1]["service"] == "/svc/web" and recent[-1]["client"] == "/#/io.l5d.fs/web"
             assert recent[-1]["endpoint"] == f"127.0.0.1:{up.port}" and recent[-1]["status"] == 200
+
+
+async def test_client_state_json_is_the_daemons_client_state_across_routers(tmp_path: Path) -> None:
+    """/client_state.json is served a slice of clients at a time; it is the same document as
+    ``Daemon.client_state()`` — every client of every router, a client id two routers share once."""
+    async with running_upstream() as up:
+        write_disco(tmp_path / "disco", "web", up.port)
+        for i in range(150):  # more clients than one slice
+            write_disco(tmp_path / "disco", f"s{i}", up.port)
+        extra = """- protocol: http
+  label: second
+  dtab: /svc => /#/io.l5d.fs;
+  servers:
+  - {ip: 127.0.0.1, port: 0}
+"""
+        async with running_daemon(fs_config(tmp_path / "disco", extra_router=extra)) as d:
+            for i in range(150):
+                r = await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", f"Host: s{i}")
+                assert r.status == 200, r
+            r = await curl(f"http://127.0.0.1:{d.port('second')}/", "-H", "Host: web")
+            assert r.status == 200, r
+            r = await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: web")
+            assert r.status == 200, r
+            served = (await curl(f"{d.admin}/client_state.json")).json()
+            assert isinstance(served, dict) and len(served) == 151
+            assert "/#/io.l5d.fs/web" in served and "/#/io.l5d.fs/s149" in served
+            expected = json.loads(json.dumps(d.daemon.client_state(), default=str))
+            assert list(served) == list(expected)  # same clients, same order
+            assert served == expected  # nothing moves at rest
