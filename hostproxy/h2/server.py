@@ -2,8 +2,11 @@
 
 Theory of operation
 -------------------
-``H2Server.serve`` has the shape of ``Http1Server.serve``: it binds (or is given) listeners, reports
-their addresses through ``task_status.started`` and runs one task per connection.  A connection is
+``H2Server`` shares its lifecycle with ``Http1Server`` (:class:`hostproxy.http.listening.ListeningServer`:
+listeners, accept loops, ``stop_accepting``, ``drain``, ``idle``, ``statistics``); ``drain`` sends
+every connection GOAWAY, so clients open no new streams, and each closes once its streams finish.
+Unlike HTTP/1.1 it does not yet cap connections (``max_connections``), pause accepting under
+overload, or serve what the kernel queued when the listeners close.  A connection is
 an ``H2Link`` (reader + the single writer, see ``hostproxy.h2.link``) plus a nursery of stream
 tasks.  Each request stream becomes a ``hostproxy.http.Request`` (``:authority`` →
 ``Request.authority`` and a ``host`` header, ``:path`` → the target, DATA → a streamed ``Body``
@@ -28,10 +31,7 @@ with an empty body is sent as a single HEADERS frame with END_STREAM (gRPC "trai
 
 from __future__ import annotations
 
-import errno
-import itertools
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +57,7 @@ from hostproxy.h2.link import (
 )
 from hostproxy.http.errors import UpstreamError, error_response, response_for_exception
 from hostproxy.http.hopbyhop import strip_hop_by_hop
+from hostproxy.http.listening import ListeningServer, ServerStats
 from hostproxy.http.message import Body, Headers, Request, Response
 from hostproxy.http.proxyheaders import append_via, via_count
 from hostproxy.http.server import ConnInfo, Handler, ServerParams
@@ -108,12 +109,7 @@ class H2ServerParams(ServerParams):
 
 
 @dataclass
-class _Stats:
-    connections: int = 0
-    connections_total: int = 0
-    requests_in_flight: int = 0
-    requests_total: int = 0
-    rejected_overload: int = 0
+class _Stats(ServerStats):
     refused_streams: int = 0
     header_lists_refused: int = 0
     client_resets: int = 0
@@ -122,12 +118,6 @@ class _Stats:
     connection_failures: int = 0
     peak_outbound_bytes: int = 0
     flood_goaways: dict[str, int] = field(default_factory=dict)
-
-
-def _addr(sockaddr: Any) -> tuple[str, int]:
-    if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
-        return (str(sockaddr[0]), int(sockaddr[1]))
-    return (str(sockaddr), 0)
 
 
 def h2_response_headers(response: Response, *, head: bool) -> tuple[list[tuple[bytes, bytes]], bool]:
@@ -150,131 +140,41 @@ def h2_response_headers(response: Response, *, head: bool) -> tuple[list[tuple[b
     return out, no_body
 
 
-class H2Server:
-    """Serve HTTP/2 (prior knowledge) on ``params.ip:params.port``, calling ``handler`` per stream."""
+class H2Server(ListeningServer["_ServerLink"]):
+    """Serve HTTP/2 (prior knowledge) on ``params.ip:params.port``, calling ``handler`` per stream.
+
+    The listeners, accept loops, ``stop_accepting``/``drain``/``idle``/``statistics`` are
+    :class:`~hostproxy.http.listening.ListeningServer`'s; draining a connection sends it GOAWAY, and
+    it closes once its streams finish.
+    """
+
+    logger = log
+    log_prefix = "h2"
+    serves_backlog = False
+
+    params: H2ServerParams
+    _stats: _Stats
 
     def __init__(
         self, handler: Handler, params: H2ServerParams | None = None, *, rng: random.Random | None = None
     ) -> None:
+        super().__init__(rng=rng)
         self.handler = handler
         self.params = params or H2ServerParams()
-        self._rng = rng or random.Random()
         self._limits = self.params.limits()
         self._stats = _Stats()
-        self._ids = itertools.count(1)
-        self.addresses: list[tuple[str, int]] = []
-        self._listeners: list[Any] = []
-        self._accepting: list[trio.CancelScope] = []
-        self._links: set[_ServerLink] = set()
-        self.draining = False
 
-    def stop_accepting(self) -> None:
-        """Close the listening sockets now (new connections are refused at once)."""
-        for scope in self._accepting:
-            scope.cancel()
-        for lst in self._listeners:
-            try:
-                lst.socket.close()
-            except OSError:
-                pass
+    # -- ListeningServer hooks ---------------------------------------------------------------------
 
-    def drain(self) -> None:
-        """Stop accepting and send every connection GOAWAY; each closes once its streams finish."""
-        if not self.draining:
-            self.draining = True
-            log.info(
-                "h2.server.draining",
-                router=self.params.router_label,
-                addresses=self.addresses,
-                connections=self._stats.connections,
-                in_flight=self._stats.requests_in_flight,
-            )
-        self.stop_accepting()
-        for link in list(self._links):
-            link.start_drain()
+    def _new_connection(self, stream: Any, conn_id: int) -> _ServerLink:
+        return _ServerLink(self, stream, conn_id)
 
-    @property
-    def idle(self) -> bool:
-        """No connection open (after :meth:`drain`, the drain is complete)."""
-        return self._stats.connections == 0
-
-    def statistics(self) -> dict[str, Any]:
-        out: dict[str, Any] = dict(self._stats.__dict__)
-        out["flood_goaways"] = dict(self._stats.flood_goaways)
-        return out
-
-    def __repr__(self) -> str:
-        s = self._stats
-        return (
-            f"<H2Server {self.params.router_label} on {self.addresses} connections={s.connections} "
-            f"in_flight={s.requests_in_flight}>"
-        )
-
-    async def serve(
-        self,
-        listeners: Sequence[trio.SocketListener] | None = None,
-        *,
-        task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Accept connections until cancelled; reports the bound addresses via ``task_status``."""
-        if listeners is None:
-            listeners = await trio.open_tcp_listeners(self.params.port, host=self.params.ip)
-        self.addresses = [_addr(lst.socket.getsockname()) for lst in listeners]
-        self._listeners = list(listeners)
-        log.info("h2.server.started", router=self.params.router_label, addresses=self.addresses)
-        try:
-            async with trio.open_nursery() as nursery:
-                for lst in listeners:
-                    scope = trio.CancelScope()
-                    self._accepting.append(scope)
-                    nursery.start_soon(self._accept_loop, lst, nursery, scope)
-                task_status.started(self.addresses)
-        finally:
-            for lst in listeners:
-                with trio.CancelScope(shield=True):
-                    await lst.aclose()
-
-    async def _accept_loop(
-        self, listener: trio.SocketListener, nursery: trio.Nursery, scope: trio.CancelScope
-    ) -> None:
-        with scope:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except (trio.ClosedResourceError, trio.BrokenResourceError):
-                    return
-                except OSError as exc:
-                    if exc.errno in (errno.EBADF, errno.EINVAL):
-                        return  # the listener was closed under us (stop_accepting)
-                    log.warning("h2.accept_failed", error=str(exc))
-                    await trio.sleep(0.1)
-                    continue
-                nursery.start_soon(self._run_connection, stream)
-
-    async def _run_connection(self, stream: trio.SocketStream) -> None:
+    def _connection_closed(self, conn: _ServerLink) -> None:
         stats = self._stats
-        stats.connections += 1
-        stats.connections_total += 1
-        link: _ServerLink | None = None
-        try:
-            link = _ServerLink(self, stream, next(self._ids))
-            self._links.add(link)
-            if self.draining:
-                link.start_drain()
-            await link.serve()
-        except Exception:
-            stats.connection_failures += 1
-            log.exception("h2.connection_failed", router=self.params.router_label)
-        finally:
-            stats.connections -= 1
-            if link is not None:
-                self._links.discard(link)
-                stats.peak_outbound_bytes = max(stats.peak_outbound_bytes, link.peak_outbound)
-                if link.calm_verdict is not None:
-                    key = link.calm_verdict.limit
-                    stats.flood_goaways[key] = stats.flood_goaways.get(key, 0) + 1
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
+        stats.peak_outbound_bytes = max(stats.peak_outbound_bytes, conn.peak_outbound)
+        if conn.calm_verdict is not None:
+            key = conn.calm_verdict.limit
+            stats.flood_goaways[key] = stats.flood_goaways.get(key, 0) + 1
 
 
 class _ServerLink(H2Link):
@@ -310,16 +210,7 @@ class _ServerLink(H2Link):
         )
         self.server = server
         self.params = p
-        sock = stream.socket
-        self.info = ConnInfo(
-            peer=_addr(sock.getpeername()),
-            local=_addr(sock.getsockname()),
-            params=p,
-            connection_id=conn_id,
-            tls=stream
-            if type(stream) is not trio.SocketStream and hasattr(stream, "peer_certificate_der")
-            else None,
-        )
+        self.info = ConnInfo.for_stream(stream, p, conn_id)
         self.tasks = 0
         self.scopes: dict[int, trio.CancelScope] = {}
         self._handlers: trio.Nursery | None = None

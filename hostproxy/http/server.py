@@ -29,14 +29,12 @@ closes a connection after that many requests (``Connection: close`` on the last)
 ``accept_allowed`` (false: stop calling ``accept``), ``keepalive_allowed`` (false: every response
 closes its connection) and ``shed_requests`` (true: answer 503 ``overload`` at once).
 
-Lifecycle, the same for every protocol's server (the daemon only uses these):
-:meth:`Http1Server.stop_accepting` closes the listening sockets — connections already queued in the
-kernel backlog are accepted first and served, so none is reset — and :meth:`Http1Server.drain` puts
-the server in drain mode: idle keep-alive connections are closed at once, responses in flight get
-``Connection: close``, and connections close after their current response. ``statistics()`` reports
-``requests_in_flight`` and ``connections`` so the daemon knows when the drain is done. Listeners are
-bound with ``SO_REUSEPORT`` (:func:`bind_listeners`), so a new process can listen beside an old one
-during an upgrade; ``serve(listeners=...)`` adopts inherited sockets (systemd socket activation).
+Lifecycle, the same for every protocol's server, is :class:`hostproxy.http.listening.ListeningServer`'s
+(listeners bound with ``SO_REUSEPORT`` or adopted, accept loops, ``stop_accepting``, ``drain``,
+``idle``, ``statistics``); connections already queued in the kernel backlog when the listeners close
+are accepted first and served, so none is reset. Draining an HTTP/1.1 connection means: idle
+keep-alive connections are closed at once, responses in flight get ``Connection: close``, and
+connections close after their current response.
 
 Failures stay inside their connection: an exception from the handler becomes a 502
 ``proxy/internal`` response (logged with a traceback as ``http.handler_failed``); anything else that
@@ -45,12 +43,8 @@ escapes a connection is logged as ``http.connection_failed`` and closes only tha
 
 from __future__ import annotations
 
-import errno
-import itertools
-import os
 import random
-import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +64,7 @@ from hostproxy.http.codec import (
 )
 from hostproxy.http.errors import UpstreamError, error_response, response_for_exception
 from hostproxy.http.hopbyhop import strip_hop_by_hop
+from hostproxy.http.listening import ListeningServer, ServerStats, bind_listeners, sockaddr, take_backlog
 from hostproxy.http.message import Body, Headers, Request, Response
 from hostproxy.http.proxyheaders import (
     ForwardedConfig,
@@ -128,6 +123,21 @@ class ConnInfo:
     #: handshake is complete once a request has been read from it.
     tls: Any = None
 
+    @classmethod
+    def for_stream(cls, stream: Any, params: ServerParams, connection_id: int) -> ConnInfo:
+        """The info of an accepted connection: addresses from its socket, ``tls`` when ``stream`` is
+        a TLS stream (anything but a plain ``trio.SocketStream`` that can show a peer certificate)."""
+        sock = stream.socket
+        return cls(
+            peer=sockaddr(sock.getpeername()),
+            local=sockaddr(sock.getsockname()),
+            params=params,
+            connection_id=connection_id,
+            tls=stream
+            if type(stream) is not trio.SocketStream and hasattr(stream, "peer_certificate_der")
+            else None,
+        )
+
     def peer_certificate(self) -> Any:
         """The certificate the TLS client presented (``hostproxy.tls.CertInfo``), or None."""
         if self.tls is None:
@@ -141,12 +151,7 @@ Handler = Callable[[Request, ConnInfo], Awaitable[Response]]
 
 
 @dataclass
-class _Stats:
-    connections: int = 0
-    connections_total: int = 0
-    requests_in_flight: int = 0
-    requests_total: int = 0
-    rejected_overload: int = 0
+class _Stats(ServerStats):
     rejected_connections: int = 0
     bad_requests: int = 0
     header_timeouts: int = 0
@@ -155,46 +160,23 @@ class _Stats:
     accept_paused: int = 0
 
 
-def _addr(sockaddr: Any) -> tuple[str, int]:
-    if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
-        return (str(sockaddr[0]), int(sockaddr[1]))
-    return (str(sockaddr), 0)
-
-
-LISTEN_BACKLOG = 1024
 # While draining, how long a freshly accepted connection has to send its first request.
 DRAIN_FIRST_REQUEST_S = 1.0
 
 
-def bind_listeners(ip: str, port: int, *, reuse_port: bool = True) -> list[trio.SocketListener]:
-    """Listening sockets on ``ip:port`` with ``SO_REUSEADDR`` and (by default) ``SO_REUSEPORT``.
+class Http1Server(ListeningServer["_Connection"]):
+    """Serve HTTP/1.1 on ``params.ip:params.port`` (or given listeners), calling ``handler``.
 
-    ``SO_REUSEPORT`` lets a second hostproxy process bind the same port during an upgrade; the kernel
-    spreads new connections over both until the old one closes its listener.
+    The listeners, accept loops, ``stop_accepting``/``drain``/``idle``/``statistics`` are
+    :class:`~hostproxy.http.listening.ListeningServer`'s; this class adds the ``max_connections`` cap
+    and the overload accept gate, and serves each connection's request/response cycles.
     """
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port and hasattr(socket, "SO_REUSEPORT"):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((ip, port))
-        sock.listen(LISTEN_BACKLOG)
-    except OSError as e:
-        sock.close()
-        raise OSError(
-            e.errno,
-            f"cannot listen on {ip}:{port}: {e.strerror}; is another process (not a "
-            "hostproxy with SO_REUSEPORT) using the port?",
-        ) from None
-    sock.setblocking(False)
-    return [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
 
+    logger = log
+    log_prefix = "http"
 
-class Http1Server:
-    """Serve HTTP/1.1 on ``params.ip:params.port`` (or given listeners), calling ``handler``."""
+    params: ServerParams
+    _stats: _Stats
 
     def __init__(
         self,
@@ -204,180 +186,37 @@ class Http1Server:
         rng: random.Random | None = None,
         overload: Any = None,
     ) -> None:
+        super().__init__(rng=rng, overload=overload)
         self.handler = handler
         self.params = params or ServerParams()
-        self._rng = rng or random.Random()
         self._limits = self.params.codec_limits()
         self._stats = _Stats()
-        self._ids = itertools.count(1)
-        self.addresses: list[tuple[str, int]] = []
-        self.overload = overload
-        self.draining = False
-        self._listeners: list[trio.SocketListener] = []
-        self._accepting: list[trio.CancelScope] = []
-        self._conns: set[_Connection] = set()
-        self._backlog: list[trio.SocketStream] = []
 
-    def statistics(self) -> dict[str, int]:
-        return dict(self._stats.__dict__)
+    # -- ListeningServer hooks ---------------------------------------------------------------------
 
-    def __repr__(self) -> str:
-        s = self._stats
-        return (
-            f"<Http1Server {self.params.router_label} on {self.addresses} connections={s.connections} "
-            f"in_flight={s.requests_in_flight}>"
-        )
+    async def _accept_allowed(self) -> None:
+        ov = self.overload
+        if ov is not None and not ov.accept_allowed:
+            # Overloaded (memory or descriptors): leave new connections in the backlog.
+            self._stats.accept_paused += 1
+            while not ov.accept_allowed:
+                await trio.sleep(0.05)
 
-    async def serve(
-        self,
-        listeners: Sequence[trio.SocketListener] | None = None,
-        *,
-        task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Serve until cancelled, or until drained and idle; reports the bound addresses.
-
-        Binds ``params.ip:params.port`` with :func:`bind_listeners` unless ``listeners`` are given
-        (adopted sockets, e.g. from systemd socket activation).
-        """
-        if listeners is None:
-            listeners = bind_listeners(self.params.ip, self.params.port)
-        self._listeners = list(listeners)
-        self.addresses = [_addr(lst.socket.getsockname()) for lst in listeners]
-        log.info("http.server.started", router=self.params.router_label, addresses=self.addresses)
-        try:
-            async with trio.open_nursery() as nursery:
-                for lst in listeners:
-                    scope = trio.CancelScope()
-                    self._accepting.append(scope)
-                    nursery.start_soon(self._accept_loop, lst, nursery, scope)
-                task_status.started(self.addresses)
-        finally:
-            with trio.CancelScope(shield=True):
-                for lst in listeners:
-                    await lst.aclose()
-
-    # -- lifecycle ---------------------------------------------------------------------------------
-
-    def stop_accepting(self) -> None:
-        """Close the listening sockets now; connections already in the backlog are still served."""
-        for lst in self._listeners:
-            _take_backlog(self, lst)
-            lst.socket.close()
-        for scope in self._accepting:
-            scope.cancel()
-        if self._listeners:
-            log.info(
-                "http.server.stopped_accepting", router=self.params.router_label, addresses=self.addresses
-            )
-
-    def drain(self) -> None:
-        """Stop accepting, close idle connections, and close the others after their current response."""
-        if not self.draining:
-            self.draining = True
-            log.info(
-                "http.server.draining",
-                router=self.params.router_label,
-                addresses=self.addresses,
-                connections=self._stats.connections,
-                in_flight=self._stats.requests_in_flight,
-            )
-        self.stop_accepting()
-        for conn in list(self._conns):
-            conn.close_if_idle()
-
-    @property
-    def idle(self) -> bool:
-        """No connection open (after :meth:`drain`, the drain is complete)."""
-        return self._stats.connections == 0
-
-    async def _accept_loop(
-        self, listener: trio.SocketListener, nursery: trio.Nursery, scope: trio.CancelScope
-    ) -> None:
-        with scope:
-            while True:
-                ov = self.overload
-                if ov is not None and not ov.accept_allowed:
-                    # Overloaded (memory or descriptors): leave new connections in the backlog.
-                    self._stats.accept_paused += 1
-                    while not ov.accept_allowed:
-                        await trio.sleep(0.05)
-                try:
-                    stream = await listener.accept()
-                except (trio.ClosedResourceError, trio.BrokenResourceError):
-                    return
-                except OSError as exc:  # EMFILE and friends: back off instead of spinning
-                    if exc.errno in (errno.EBADF, errno.EINVAL):
-                        return  # the listener was closed under us (stop_accepting)
-                    log.warning("http.accept_failed", router=self.params.router_label, error=str(exc))
-                    await trio.sleep(0.1)
-                    continue
-                self._start_connection(nursery, stream)
-        # Closed by stop_accepting: serve what was accepted from the backlog.
-        backlog, self._backlog = self._backlog, []
-        for stream in backlog:
-            self._start_connection(nursery, stream)
-
-    def _start_connection(self, nursery: trio.Nursery, stream: trio.SocketStream) -> None:
+    def _admit(self, stream: Any) -> bool:
         limit = self.params.max_connections
         if limit is not None and self._stats.connections >= limit:
             self._stats.rejected_connections += 1
-            _abort(stream)
-            return
-        self._stats.connections += 1  # counted at once, so a burst cannot exceed the cap
-        nursery.start_soon(self._run_connection, stream)
+            return False
+        return True
 
-    async def _run_connection(self, stream: trio.SocketStream) -> None:
-        stats = self._stats
-        stats.connections_total += 1
-        conn: _Connection | None = None
-        try:
-            conn = _Connection(self, stream, next(self._ids))
-            self._conns.add(conn)
-            await conn.run()
-        except Exception:
-            stats.connection_failures += 1
-            log.exception("http.connection_failed", router=self.params.router_label)
-        finally:
-            stats.connections -= 1
-            if conn is not None:
-                self._conns.discard(conn)
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
+    def _new_connection(self, stream: Any, conn_id: int) -> _Connection:
+        return _Connection(self, stream, conn_id)
 
 
-def _take_backlog(server: Http1Server, listener: Any) -> None:
-    """Accept (without blocking) every connection the kernel already queued on ``listener``; a TLS
-    listener (one with ``wrap``) wraps each, so they are served over TLS like accepted ones."""
-    wrap = getattr(listener, "wrap", None)
-    taken: list[Any] = []
-    try:
-        fd = listener.socket.fileno()
-        if fd < 0:
-            return
-        dup = socket.socket(fileno=os.dup(fd))
-    except OSError:
-        return
-    try:
-        dup.setblocking(False)
-        while True:
-            try:
-                raw, _peer = dup.accept()
-            except OSError:  # BlockingIOError: the backlog is empty
-                break
-            raw.setblocking(False)
-            stream = trio.SocketStream(trio.socket.from_stdlib_socket(raw))
-            taken.append(wrap(stream) if wrap is not None else stream)
-    finally:
-        dup.close()
-    server._backlog.extend(taken)
-
-
-def _abort(stream: trio.SocketStream) -> None:
-    """Close a connection at once (the peer sees it closed, not a hang)."""
-    try:
-        stream.socket.close()
-    except OSError:
-        pass
+def _take_backlog(server: ListeningServer[Any], listener: Any) -> None:
+    """Queue on ``server`` every connection the kernel already queued on ``listener`` (see
+    :func:`hostproxy.http.listening.take_backlog`); they are served once its accept loop ends."""
+    server._backlog.extend(take_backlog(listener))
 
 
 class _ClientGone(Exception):
@@ -475,16 +314,7 @@ class _Connection:
         self._send_lock: trio.Lock | None = None
         self.requests = 0
         self.idle_scope: trio.CancelScope | None = None
-        sock = stream.socket
-        self.info = ConnInfo(
-            peer=_addr(sock.getpeername()),
-            local=_addr(sock.getsockname()),
-            params=server.params,
-            connection_id=conn_id,
-            tls=stream
-            if type(stream) is not trio.SocketStream and hasattr(stream, "peer_certificate_der")
-            else None,
-        )
+        self.info = ConnInfo.for_stream(stream, server.params, conn_id)
         fwd = self.params.add_forwarded_header
         self.forwarded_labels = (
             (obfuscated(server._rng), obfuscated(server._rng)) if fwd is not None else ("", "")
@@ -503,7 +333,7 @@ class _Connection:
         """``async with conn.sending:`` holds the send lock; taking a free lock does not yield."""
         return _Held(self.send_lock)
 
-    def close_if_idle(self) -> None:
+    def start_drain(self) -> None:
         """Drain: a connection waiting for its next request is closed now.
 
         A connection that has not sent its first request yet (it may have been accepted a moment ago,
@@ -552,7 +382,7 @@ class _Connection:
 
     # -- the cycle loop --------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def serve(self) -> None:
         try:
             while True:
                 try:

@@ -1,0 +1,363 @@
+"""What every protocol's server does around its connections: listen, accept, stop, drain, count.
+
+Theory of operation
+-------------------
+:class:`ListeningServer` is the base of ``Http1Server`` (``hostproxy.http.server``) and ``H2Server``
+(``hostproxy.h2.server``). It owns the listening sockets and the connection tasks; a subclass says
+only how one accepted stream becomes a connection object (a :class:`ServedConnection`: ``serve``,
+``start_drain``) and, where its protocol needs it, how connections are admitted and accounted for
+(the hooks at the end of the class). The daemon and the admin server drive every
+protocol's server through the same surface: ``serve`` / ``stop_accepting`` / ``drain`` / ``idle`` /
+``statistics`` / ``addresses`` / ``draining``.
+
+* ``serve(listeners=None)`` binds ``params.ip:params.port`` (:func:`bind_listeners`: ``SO_REUSEPORT``,
+  so a new process can listen beside an old one during an upgrade) unless it is given listeners
+  (inherited sockets, systemd socket activation, TLS listeners), logs ``<prefix>.server.started``,
+  reports the addresses through ``task_status.started`` and runs one accept loop per listener and one
+  task per connection in one nursery. It returns once every connection has ended after
+  :meth:`ListeningServer.stop_accepting`, or when cancelled; the listeners are closed either way.
+* Accepting: an ``OSError`` from ``accept`` (``EMFILE`` and friends) is logged as
+  ``<prefix>.accept_failed`` and retried after a pause instead of spinning; ``EBADF``/``EINVAL``
+  mean the socket was closed under the loop and end it. A subclass may refuse a connection
+  (:meth:`ListeningServer._admit`) or hold accepting back (:meth:`ListeningServer._accept_allowed`).
+  A connection is counted in ``connections`` the moment it is admitted, so a burst cannot slip past a
+  cap and ``idle`` cannot be true while a connection task is still about to start.
+* ``stop_accepting`` closes the listening sockets and ends the accept loops. With
+  ``serves_backlog`` set, connections the kernel already queued are accepted first
+  (:func:`take_backlog`) and served like any other, so none is reset by the close.
+* ``drain`` (once: ``<prefix>.server.draining`` with the connection and in-flight counts) sets
+  ``draining``, stops accepting and tells every open connection to finish
+  (``start_drain``, see :class:`ServedConnection`); a connection that starts after that is told at
+  once.
+* A connection task that raises is counted (``connection_failures``) and logged as
+  ``<prefix>.connection_failed``; it ends only that connection. Its stream is closed either way.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import random
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+import trio
+
+__all__ = [
+    "LISTEN_BACKLOG",
+    "ListeningServer",
+    "ServedConnection",
+    "ServerStats",
+    "abort",
+    "bind_listeners",
+    "sockaddr",
+    "take_backlog",
+]
+
+LISTEN_BACKLOG = 1024
+
+#: How long the accept loop waits after an ``accept`` error (descriptors exhausted, ...).
+ACCEPT_RETRY_S = 0.1
+
+
+class ListenParams(Protocol):
+    """The parameters the lifecycle reads (``ServerParams`` and its subclasses have them)."""
+
+    @property
+    def ip(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def router_label(self) -> str: ...
+
+
+@dataclass
+class ServerStats:
+    """The counters every protocol's server reports first, in this order (a server's statistics are
+    a dataclass deriving from this one; its own fields follow)."""
+
+    connections: int = 0
+    connections_total: int = 0
+    requests_in_flight: int = 0
+    requests_total: int = 0
+    rejected_overload: int = 0
+
+
+class LifecycleStats(Protocol):
+    """The counters the lifecycle keeps in a server's statistics."""
+
+    connections: int
+    connections_total: int
+    requests_in_flight: int
+    connection_failures: int
+
+
+class ServedConnection(Protocol):
+    """One accepted connection, as the lifecycle drives it."""
+
+    async def serve(self) -> None:
+        """Serve the connection until it ends (its stream is closed afterwards by the server)."""
+
+    def start_drain(self) -> None:
+        """The server is draining: finish what is in progress, take nothing new, then close.
+
+        Called on every :meth:`ListeningServer.drain` call while open (so it must be idempotent), and
+        at once for a connection that starts while the server is draining."""
+
+
+ConnT = TypeVar("ConnT", bound=ServedConnection)
+
+
+def sockaddr(addr: Any) -> tuple[str, int]:
+    """``(host, port)`` of a socket address (IPv6 flow info and scope dropped; ``(path, 0)`` else)."""
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return (str(addr[0]), int(addr[1]))
+    return (str(addr), 0)
+
+
+def bind_listeners(ip: str, port: int, *, reuse_port: bool = True) -> list[trio.SocketListener]:
+    """Listening sockets on ``ip:port`` with ``SO_REUSEADDR`` and (by default) ``SO_REUSEPORT``.
+
+    ``SO_REUSEPORT`` lets a second hostproxy process bind the same port during an upgrade; the kernel
+    spreads new connections over both until the old one closes its listener.
+    """
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port and hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((ip, port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as e:
+        sock.close()
+        raise OSError(
+            e.errno,
+            f"cannot listen on {ip}:{port}: {e.strerror}; is another process (not a "
+            "hostproxy with SO_REUSEPORT) using the port?",
+        ) from None
+    sock.setblocking(False)
+    return [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
+
+
+def take_backlog(listener: Any) -> list[Any]:
+    """Accept (without blocking) every connection the kernel already queued on ``listener``; a TLS
+    listener (one with ``wrap``) wraps each, so they are served over TLS like accepted ones.
+
+    Returns the streams (none when the listener is already closed)."""
+    wrap = getattr(listener, "wrap", None)
+    taken: list[Any] = []
+    try:
+        fd = listener.socket.fileno()
+        if fd < 0:
+            return taken
+        dup = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return taken
+    try:
+        dup.setblocking(False)
+        while True:
+            try:
+                raw, _peer = dup.accept()
+            except OSError:  # BlockingIOError: the backlog is empty
+                break
+            raw.setblocking(False)
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(raw))
+            taken.append(wrap(stream) if wrap is not None else stream)
+    finally:
+        dup.close()
+    return taken
+
+
+def abort(stream: trio.SocketStream) -> None:
+    """Close a connection at once (the peer sees it closed, not a hang)."""
+    try:
+        stream.socket.close()
+    except OSError:
+        pass
+
+
+class ListeningServer(Generic[ConnT]):
+    """Listeners, accept loops, connection tasks, stop/drain and the lifecycle counters.
+
+    A subclass sets ``logger`` (its module's logger), ``log_prefix`` (``"http"``, ``"h2"``: the first
+    part of every lifecycle event name) and ``_stats`` (a dataclass whose fields are exactly its
+    statistics keys, the :class:`LifecycleStats` ones among them), and implements the hooks.
+    """
+
+    logger: ClassVar[Any]
+    log_prefix: ClassVar[str]
+    #: Whether ``stop_accepting`` first accepts what the kernel already queued (see :func:`take_backlog`).
+    serves_backlog: ClassVar[bool] = True
+
+    params: ListenParams
+    _stats: LifecycleStats
+
+    def __init__(self, *, rng: random.Random | None = None, overload: Any = None) -> None:
+        self._rng = rng or random.Random()
+        self._ids = itertools.count(1)
+        self.addresses: list[tuple[str, int]] = []
+        #: ``hostproxy.overload.OverloadManager`` or None, read by the protocols that honour it.
+        self.overload = overload
+        self.draining = False
+        self._listeners: list[Any] = []
+        self._accepting: list[trio.CancelScope] = []
+        self._conns: set[ConnT] = set()
+        self._backlog: list[Any] = []
+
+    def statistics(self) -> dict[str, Any]:
+        """The counters, a fresh dict (nested dicts copied too)."""
+        return {k: dict(v) if isinstance(v, dict) else v for k, v in self._stats.__dict__.items()}
+
+    def __repr__(self) -> str:
+        s = self._stats
+        return (
+            f"<{type(self).__name__} {self.params.router_label} on {self.addresses} "
+            f"connections={s.connections} in_flight={s.requests_in_flight}>"
+        )
+
+    async def serve(
+        self,
+        listeners: Sequence[Any] | None = None,
+        *,
+        task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until cancelled, or until stopped and idle; reports the bound addresses.
+
+        Binds ``params.ip:params.port`` with :func:`bind_listeners` unless ``listeners`` are given
+        (adopted sockets, e.g. from systemd socket activation, or TLS listeners).
+        """
+        if listeners is None:
+            listeners = bind_listeners(self.params.ip, self.params.port)
+        self._listeners = list(listeners)
+        self.addresses = [sockaddr(lst.socket.getsockname()) for lst in listeners]
+        self.logger.info(
+            f"{self.log_prefix}.server.started", router=self.params.router_label, addresses=self.addresses
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                for lst in listeners:
+                    scope = trio.CancelScope()
+                    self._accepting.append(scope)
+                    nursery.start_soon(self._accept_loop, lst, nursery, scope)
+                task_status.started(self.addresses)
+        finally:
+            with trio.CancelScope(shield=True):
+                for lst in listeners:
+                    await lst.aclose()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def stop_accepting(self) -> None:
+        """Close the listening sockets now (with ``serves_backlog``, what the kernel already queued is
+        accepted first and served)."""
+        for lst in self._listeners:
+            if self.serves_backlog:
+                self._backlog.extend(take_backlog(lst))
+            try:
+                lst.socket.close()
+            except OSError:
+                pass
+        for scope in self._accepting:
+            scope.cancel()
+        if self._listeners:
+            self.logger.info(
+                f"{self.log_prefix}.server.stopped_accepting",
+                router=self.params.router_label,
+                addresses=self.addresses,
+            )
+
+    def drain(self) -> None:
+        """Stop accepting and tell every open connection to finish (see the subclass for how)."""
+        if not self.draining:
+            self.draining = True
+            self.logger.info(
+                f"{self.log_prefix}.server.draining",
+                router=self.params.router_label,
+                addresses=self.addresses,
+                connections=self._stats.connections,
+                in_flight=self._stats.requests_in_flight,
+            )
+        self.stop_accepting()
+        for conn in list(self._conns):
+            conn.start_drain()
+
+    @property
+    def idle(self) -> bool:
+        """No connection open (after :meth:`drain`, the drain is complete)."""
+        return self._stats.connections == 0
+
+    # -- accepting and running connections ---------------------------------------------------------
+
+    async def _accept_loop(self, listener: Any, nursery: trio.Nursery, scope: trio.CancelScope) -> None:
+        with scope:
+            while True:
+                await self._accept_allowed()
+                try:
+                    stream = await listener.accept()
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    return
+                except OSError as exc:  # EMFILE and friends: back off instead of spinning
+                    if exc.errno in (errno.EBADF, errno.EINVAL):
+                        return  # the listener was closed under us (stop_accepting)
+                    self.logger.warning(
+                        f"{self.log_prefix}.accept_failed", router=self.params.router_label, error=str(exc)
+                    )
+                    await trio.sleep(ACCEPT_RETRY_S)
+                    continue
+                self._start_connection(nursery, stream)
+        # Closed by stop_accepting: serve what was accepted from the backlog.
+        backlog, self._backlog = self._backlog, []
+        for stream in backlog:
+            self._start_connection(nursery, stream)
+
+    def _start_connection(self, nursery: trio.Nursery, stream: Any) -> None:
+        if not self._admit(stream):
+            abort(stream)
+            return
+        self._stats.connections += 1  # counted at once, so a burst cannot exceed a cap
+        nursery.start_soon(self._run_connection, stream)
+
+    async def _run_connection(self, stream: Any) -> None:
+        stats = self._stats
+        stats.connections_total += 1
+        conn: ConnT | None = None
+        try:
+            conn = self._new_connection(stream, next(self._ids))
+            self._conns.add(conn)
+            if self.draining:
+                conn.start_drain()
+            await conn.serve()
+        except Exception:
+            stats.connection_failures += 1
+            self.logger.exception(f"{self.log_prefix}.connection_failed", router=self.params.router_label)
+        finally:
+            stats.connections -= 1
+            if conn is not None:
+                self._conns.discard(conn)
+                self._connection_closed(conn)
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    # -- hooks -------------------------------------------------------------------------------------
+
+    async def _accept_allowed(self) -> None:
+        """Return once the next ``accept`` may be called (default: at once)."""
+
+    def _admit(self, stream: Any) -> bool:
+        """Whether to serve a just-accepted connection; a refused one is closed at once."""
+        return True
+
+    def _new_connection(self, stream: Any, conn_id: int) -> ConnT:
+        """The connection object for an accepted ``stream`` (numbered from 1 per server)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _new_connection")
+
+    def _connection_closed(self, conn: ConnT) -> None:
+        """Bookkeeping once ``conn`` has ended (default: none)."""
