@@ -535,7 +535,7 @@ class Daemon:
         if router.cfg.kind == "h2":
             from hostproxy.h2.server import H2Server
 
-            return H2Server(router.handle, params, rng=self.rng)  # type: ignore[arg-type]  # H2ServerParams
+            return H2Server(router.handle, params, rng=self.rng, overload=self.overload)  # type: ignore[arg-type]  # H2ServerParams
         return Http1Server(router.handle, params, rng=self.rng, overload=self.overload)
 
     def _server_specs(self, config: Config) -> dict[tuple[str, Any], tuple[str, ServerParams]]:

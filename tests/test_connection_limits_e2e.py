@@ -85,3 +85,40 @@ async def test_max_connections_turns_extra_connections_away_and_serves_the_rest(
                 s.server.statistics().get("rejected_connections", 0) for s in d.daemon.slots.values()
             )
             assert rejected >= 1
+
+
+async def test_h2_max_connections_turns_extra_connections_away(tmp_path: Path) -> None:
+    """``maxConnections`` on an h2 router's server: a connection past the cap is closed at once."""
+    (tmp_path / "disco").mkdir()
+    config = """
+admin: {ip: 127.0.0.1, port: 0}
+routers:
+- protocol: h2
+  label: h2
+  dtab: /svc => /$/inet/127.0.0.1/9;
+  servers:
+  - {ip: 127.0.0.1, port: 0, maxConnections: 2}
+"""
+    async with running_daemon(config) as d:
+        port = d.port("h2")
+
+        def connect_three() -> list[bytes]:
+            """Two connections within the cap (each gets the server's SETTINGS), then one past it."""
+            socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+            try:
+                got = [s.recv(9) for s in socks]
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as extra:
+                    try:
+                        got.append(extra.recv(100))
+                    except ConnectionResetError:
+                        got.append(b"")
+                return got
+            finally:
+                for s in socks:
+                    s.close()
+
+        first, second, extra = await trio.to_thread.run_sync(connect_three)
+        assert first and second  # admitted: the server spoke first
+        assert extra == b""  # past the cap: closed at once, nothing sent
+        stats = [slot.server.statistics() for slot in d.daemon.slots.values()]
+        assert sum(st.get("rejected_connections", 0) for st in stats) == 1

@@ -339,6 +339,8 @@ def test_statistics_keys_of_each_protocol() -> None:
         "connection_failures",
         "peak_outbound_bytes",
         "flood_goaways",
+        "rejected_connections",
+        "accept_paused",
     ]
     assert repr(make("h2")).startswith("<H2Server r1 on [] connections=0")
 
@@ -375,3 +377,11 @@ async def test_http_drain_serves_a_connection_still_queued_in_the_kernel_backlog
     assert b"\r\nconnection: close\r\n" in reply.lower()
     assert reply.endswith(b"hello /queued")
     assert server.statistics()["connections_total"] == 1 and server.idle
+
+
+async def test_h2_holds_accepting_back_under_overload() -> None:
+    server = make("h2", overload=GateClosed())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        await wait_until(lambda: server.statistics()["accept_paused"] == 1, "accepting paused")
+        nursery.cancel_scope.cancel()

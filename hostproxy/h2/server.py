@@ -5,8 +5,8 @@ Theory of operation
 ``H2Server`` shares its lifecycle with ``Http1Server`` (:class:`hostproxy.http.listening.ListeningServer`:
 listeners, accept loops, ``stop_accepting``, ``drain``, ``idle``, ``statistics``); ``drain`` sends
 every connection GOAWAY, so clients open no new streams, and each closes once its streams finish.
-Unlike HTTP/1.1 it does not yet cap connections (``max_connections``), pause accepting under
-overload, or serve what the kernel queued when the listeners close.  A connection is
+Like HTTP/1.1 it caps open connections (``max_connections``) and holds accepting back under
+overload; unlike it, what the kernel queued when the listeners close is not served.  A connection is
 an ``H2Link`` (reader + the single writer, see ``hostproxy.h2.link``) plus a nursery of stream
 tasks.  Each request stream becomes a ``hostproxy.http.Request`` (``:authority`` →
 ``Request.authority`` and a ``host`` header, ``:path`` → the target, DATA → a streamed ``Body``
@@ -118,6 +118,8 @@ class _Stats(ServerStats):
     connection_failures: int = 0
     peak_outbound_bytes: int = 0
     flood_goaways: dict[str, int] = field(default_factory=dict)
+    rejected_connections: int = 0
+    accept_paused: int = 0
 
 
 def h2_response_headers(response: Response, *, head: bool) -> tuple[list[tuple[bytes, bytes]], bool]:
@@ -156,9 +158,14 @@ class H2Server(ListeningServer["_ServerLink"]):
     _stats: _Stats
 
     def __init__(
-        self, handler: Handler, params: H2ServerParams | None = None, *, rng: random.Random | None = None
+        self,
+        handler: Handler,
+        params: H2ServerParams | None = None,
+        *,
+        rng: random.Random | None = None,
+        overload: Any = None,
     ) -> None:
-        super().__init__(rng=rng)
+        super().__init__(rng=rng, overload=overload)
         self.handler = handler
         self.params = params or H2ServerParams()
         self._limits = self.params.limits()

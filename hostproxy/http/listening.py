@@ -75,6 +75,9 @@ class ListenParams(Protocol):
     @property
     def router_label(self) -> str: ...
 
+    @property
+    def max_connections(self) -> int | None: ...
+
 
 @dataclass
 class ServerStats:
@@ -95,6 +98,8 @@ class LifecycleStats(Protocol):
     connections_total: int
     requests_in_flight: int
     connection_failures: int
+    rejected_connections: int
+    accept_paused: int
 
 
 class ServedConnection(Protocol):
@@ -349,10 +354,21 @@ class ListeningServer(Generic[ConnT]):
     # -- hooks -------------------------------------------------------------------------------------
 
     async def _accept_allowed(self) -> None:
-        """Return once the next ``accept`` may be called (default: at once)."""
+        """Return once the next ``accept`` may be called: at once, unless the overload manager holds
+        accepting back (memory or descriptors), which leaves new connections in the kernel's backlog."""
+        ov = self.overload
+        if ov is not None and not ov.accept_allowed:
+            self._stats.accept_paused += 1
+            while not ov.accept_allowed:
+                await trio.sleep(0.05)
 
     def _admit(self, stream: Any) -> bool:
-        """Whether to serve a just-accepted connection; a refused one is closed at once."""
+        """Whether to serve a just-accepted connection (``params.max_connections`` caps open ones);
+        a refused one is closed at once."""
+        limit = self.params.max_connections
+        if limit is not None and self._stats.connections >= limit:
+            self._stats.rejected_connections += 1
+            return False
         return True
 
     def _new_connection(self, stream: Any, conn_id: int) -> ConnT:

@@ -194,21 +194,6 @@ class Http1Server(ListeningServer["_Connection"]):
 
     # -- ListeningServer hooks ---------------------------------------------------------------------
 
-    async def _accept_allowed(self) -> None:
-        ov = self.overload
-        if ov is not None and not ov.accept_allowed:
-            # Overloaded (memory or descriptors): leave new connections in the backlog.
-            self._stats.accept_paused += 1
-            while not ov.accept_allowed:
-                await trio.sleep(0.05)
-
-    def _admit(self, stream: Any) -> bool:
-        limit = self.params.max_connections
-        if limit is not None and self._stats.connections >= limit:
-            self._stats.rejected_connections += 1
-            return False
-        return True
-
     def _new_connection(self, stream: Any, conn_id: int) -> _Connection:
         return _Connection(self, stream, conn_id)
 
