@@ -3,8 +3,9 @@
 Theory of operation: one nginx (1 worker) serves a small body as the upstream. Three proxies front it —
 hostproxy (one process, the config below), nginx (1 worker, keep-alive upstream) and haproxy (1 thread) —
 plus the "trio floor" (:mod:`hostproxy.bench_floor`, a bare trio + llhttp forwarder with no features: what
-one worker on this stack costs before hostproxy does anything), and every target, the direct upstream
-included, is driven with the same two loads:
+one worker on this stack costs before hostproxy does anything) and "http layers" (hostproxy's HTTP/1.1
+server and upstream pool with no router between them), and every target, the direct upstream included,
+is driven with the same two loads:
 
 * ``wrk`` keep-alive at 50 connections for ``--duration`` seconds (throughput and latency under load);
 * a fixed rate of 1000 requests/s over 10 connections (``h2load --h1 --rps``, the shape of Linkerd's own
@@ -268,9 +269,14 @@ def stopping(procs: list[subprocess.Popen[bytes]]) -> Iterator[None]:
                 p.kill()
 
 
-def start_floor(port: int, upstream: int) -> subprocess.Popen[bytes]:
-    """The bare trio + llhttp forwarder (:mod:`hostproxy.bench_floor`): what one trio worker costs."""
-    return subprocess.Popen([sys.executable, "-m", "hostproxy.bench_floor", str(port), str(upstream)])
+def start_floor(port: int, upstream: int, *, layers: bool = False) -> subprocess.Popen[bytes]:
+    """The bare trio + llhttp forwarder (:mod:`hostproxy.bench_floor`): what one trio worker costs; with
+    ``layers``, hostproxy's HTTP/1.1 server and upstream pool with nothing between them."""
+    flag = ["--layers"] if layers else []
+    return subprocess.Popen(
+        [sys.executable, "-m", "hostproxy.bench_floor", *flag, str(port), str(upstream)],
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def idle_connections_rss(port: int, pids_of: Target, count: int) -> tuple[int, int]:
@@ -339,7 +345,7 @@ def run_http(args: argparse.Namespace) -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
 
     tmp = Path(tempfile.mkdtemp(prefix="hostproxy-bench-"))
-    up, hp, ng, ha, admin, fl = (free_port() for _ in range(6))
+    up, hp, ng, ha, admin, fl, ly = (free_port() for _ in range(7))
     procs: list[subprocess.Popen[bytes]] = []
     with stopping(procs):
         procs.append(start_nginx_upstream(tmp, up))
@@ -349,7 +355,8 @@ def run_http(args: argparse.Namespace) -> int:
         procs.append(start_nginx_proxy(tmp, ng, up))
         procs.append(start_haproxy(tmp, ha, up))
         procs.append(start_floor(fl, up))
-        for p in (ng, ha, fl):
+        procs.append(start_floor(ly, up, layers=True))
+        for p in (ng, ha, fl, ly):
             wait_port(p)
         targets = [
             Target("direct", up, None),
@@ -357,6 +364,7 @@ def run_http(args: argparse.Namespace) -> int:
             Target("nginx", ng, procs[2]),
             Target("haproxy", ha, procs[3]),
             Target("trio floor", fl, procs[4]),
+            Target("http layers", ly, procs[5]),
         ]
         for t in targets:
             pids = t.pids()
@@ -401,12 +409,16 @@ def run_http(args: argparse.Namespace) -> int:
             if "fr_p99" in o and "fr_p99" in h:
                 print(f", added p99 at 1000 req/s {h['fr_p99'] - o['fr_p99']:+.2f} ms", end="")
             print()
-    fl_r, d_r = by["trio floor"], by["direct"]
-    if "fr_p99" in fl_r and "fr_p99" in d_r:
-        print(
-            "trio floor (a bare trio + llhttp forwarder, no features): added p99 at 1000 req/s "
-            f"{fl_r['fr_p99'] - d_r['fr_p99']:+.2f} ms over direct"
-        )
+    d_r = by["direct"]
+    for name, what in (
+        ("trio floor", "a bare trio + llhttp forwarder, no features"),
+        ("http layers", "hostproxy's HTTP/1.1 server and upstream pool, no router"),
+    ):
+        r = by[name]
+        if "fr_p99" in r and "fr_p99" in d_r:
+            print(
+                f"{name} ({what}): added p99 at 1000 req/s {r['fr_p99'] - d_r['fr_p99']:+.2f} ms over direct"
+            )
     print(f"hostproxy RSS with {opened} idle client connections: {idle_rss / 1024:.1f} MB")
     print(f"hostproxy first proxied response {first_response_s:.3f} s after start", flush=True)
     shutil.rmtree(tmp, ignore_errors=True)

@@ -7,7 +7,14 @@ and nothing else: no routing, no header edits, no pools, balancing, accrual, met
 name. Its latency at a fixed rate is what the event loop and the parser cost on the machine at hand, so
 the benchmark can tell the proxy's own cost from the platform's.
 
-Run as ``python -m hostproxy.bench_floor LISTEN_PORT UPSTREAM_PORT`` (both on 127.0.0.1). Not for traffic.
+With ``--layers`` it runs instead hostproxy's own HTTP/1.1 layers with nothing between them: the server
+(codec, hardening, framing, keep-alive) handing each request straight to one upstream pool (the pool's
+reuse and stale checks, the client codec) — hostproxy without routing, l5d headers, balancing, accrual,
+retries or metrics. Between the two rows of ``make bench`` lies what the layers cost; above the second,
+what the router does.
+
+Run as ``python -m hostproxy.bench_floor [--layers] LISTEN_PORT UPSTREAM_PORT`` (both on 127.0.0.1). Not
+for traffic.
 """
 
 from __future__ import annotations
@@ -67,12 +74,34 @@ async def serve(
     await trio.serve_tcp(handler, port, host="127.0.0.1", task_status=task_status)
 
 
+async def serve_layers(
+    port: int,
+    upstream_port: int,
+    *,
+    task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """hostproxy's HTTP/1.1 server handing every request to one upstream pool, nothing between."""
+    from hostproxy.http.message import Request, Response
+    from hostproxy.http.server import ConnInfo, Http1Server, ServerParams
+    from hostproxy.http.upstream import UpstreamPool
+
+    async with UpstreamPool("127.0.0.1", upstream_port) as pool:
+
+        async def handler(req: Request, _conn: ConnInfo) -> Response:
+            return await pool.request(req)
+
+        server = Http1Server(handler, ServerParams(ip="127.0.0.1", port=port, router_label="layers"))
+        await server.serve(task_status=task_status)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or not all(a.isdigit() for a in args):
-        print("usage: python -m hostproxy.bench_floor LISTEN_PORT UPSTREAM_PORT", file=sys.stderr)
+    layers = args[:1] == ["--layers"]
+    ports = args[1:] if layers else args
+    if len(ports) != 2 or not all(a.isdigit() for a in ports):
+        print("usage: python -m hostproxy.bench_floor [--layers] LISTEN_PORT UPSTREAM_PORT", file=sys.stderr)
         return 2
-    trio.run(serve, int(args[0]), int(args[1]))
+    trio.run(serve_layers if layers else serve, int(ports[0]), int(ports[1]))
     return 0
 
 

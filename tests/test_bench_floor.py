@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import socket
 
+import pytest
 import trio
 
 from hostproxy import bench_floor
@@ -41,14 +42,15 @@ def _read_response(sock: socket.socket) -> bytes:
     return body
 
 
-async def test_floor_forwards_requests_on_kept_alive_connections() -> None:
+@pytest.mark.parametrize("layers", [False, True], ids=["floor", "layers"])
+async def test_floor_forwards_requests_on_kept_alive_connections(layers: bool) -> None:
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(functools.partial(trio.serve_tcp, _upstream, 0, host="127.0.0.1"))
         up_port = listeners[0].socket.getsockname()[1]
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        await nursery.start(bench_floor.serve, port, up_port)
+        await nursery.start(bench_floor.serve_layers if layers else bench_floor.serve, port, up_port)
 
         def client() -> list[bytes]:
             with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
@@ -64,4 +66,6 @@ async def test_floor_forwards_requests_on_kept_alive_connections() -> None:
 
 def test_floor_refuses_bad_arguments(capsys) -> None:  # type: ignore[no-untyped-def]
     assert bench_floor.main(["x"]) == 2
-    assert "usage: python -m hostproxy.bench_floor LISTEN_PORT UPSTREAM_PORT" in capsys.readouterr().err
+    assert bench_floor.main(["--layers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "usage: python -m hostproxy.bench_floor [--layers] LISTEN_PORT UPSTREAM_PORT" in err
