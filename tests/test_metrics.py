@@ -183,6 +183,33 @@ def test_drop_client_keeps_nested_live_clients():
     assert "rt/out/client/#/io.l5d.fs/web/v2/requests" in keys
 
 
+_SEGMENTS = st.sampled_from(["a", "a-b", "a.b", "b", "ab", "a0", "a/", "é"])
+
+
+@given(
+    keys=st.lists(st.lists(_SEGMENTS, min_size=1, max_size=4).map("/".join), max_size=30, unique=True),
+    prefix=st.lists(_SEGMENTS, min_size=1, max_size=3).map("/".join),
+    keep=st.lists(st.lists(_SEGMENTS, min_size=1, max_size=4).map("/".join), max_size=3),
+)
+def test_remove_prefix_is_the_naive_filter(keys: list[str], prefix: str, keep: list[str]) -> None:
+    """Removal by sorted slice drops exactly what a scan of every key would, and keeps the rest."""
+    reg = MetricsRegistry(Clock())
+    for k in keys:
+        reg.counter(k)
+
+    def under(k: str, p: str) -> bool:
+        return k == p or k.startswith(p + "/")
+
+    doomed = {k for k in keys if under(k, prefix) and not any(under(k, p) for p in keep)}
+    version = reg.version
+    assert reg.remove_prefix(prefix, keep=tuple(keep)) == len(doomed)
+    assert {m.key for m in reg.metrics()} == set(keys) - doomed
+    assert reg.version == (version + 1 if doomed else version)
+    for k in keys:  # what was removed can be registered again; what was kept is still the same kind
+        reg.counter(k)
+    assert len(reg) == len(keys)
+
+
 def test_kind_conflict_is_an_error():
     reg = MetricsRegistry(Clock())
     reg.counter("a/b")

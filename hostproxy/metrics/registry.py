@@ -31,6 +31,7 @@ call per object within a `reading()` pass instead of one call per field.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -167,6 +168,9 @@ class MetricsRegistry:
         self.max_services = max_services
         self.unbound_capacity = unbound_capacity
         self._metrics: dict[str, Metric] = {}
+        # The keys in sorted order: a prefix's metrics are one slice of it (a client that goes away
+        # is removed without scanning every metric of the daemon).
+        self._sorted_keys: list[str] = []
         self._label_values: dict[tuple[str, str], set[str]] = {}
         self._routers: dict[str, RouterScope] = {}
         self.label_overflows = 0
@@ -206,6 +210,7 @@ class MetricsRegistry:
         self._seq += 1
         self.version += 1
         m = self._metrics[key] = Metric(key, kind, obj, self._prom(prom), self._seq)
+        bisect.insort(self._sorted_keys, key)
         return m
 
     def counter(self, key: str, prom: PromId | None = None) -> Counter:
@@ -234,16 +239,24 @@ class MetricsRegistry:
 
     def remove_prefix(self, prefix: str, keep: tuple[str, ...] = ()) -> int:
         """Drop every metric whose key is `prefix` or under `prefix/`, except under a `keep` prefix."""
-        doomed = [
-            k
-            for k in self._metrics
-            if (k == prefix or k.startswith(prefix + "/"))
-            and not any(k == p or k.startswith(p + "/") for p in keep)
-        ]
+        keys = self._sorted_keys
+        # `prefix` itself, then every key starting with `prefix/` (contiguous: "/" sorts just before "0").
+        lo = bisect.bisect_left(keys, prefix)
+        hi = bisect.bisect_left(keys, prefix + "0")
+        kept: list[str] = []
+        doomed: list[str] = []
+        for k in keys[lo:hi]:
+            under = k == prefix or k.startswith(prefix + "/")
+            if under and not any(k == p or k.startswith(p + "/") for p in keep):
+                doomed.append(k)
+            else:
+                kept.append(k)
+        if not doomed:
+            return 0
+        keys[lo:hi] = kept
         for k in doomed:
             del self._metrics[k]
-        if doomed:
-            self.version += 1
+        self.version += 1
         return len(doomed)
 
     def metrics(self) -> Iterator[Metric]:
@@ -507,9 +520,8 @@ class RouterScope:
         if self._clients.pop(client_id, None) is not None:
             prefix = self.client_prefix(client_id)
             # Linkerd's flat keys nest /a/b inside /a: keep the metrics of other live clients.
-            nested = tuple(
-                p for p in (self.client_prefix(c) for c in self._clients) if p.startswith(prefix + "/")
-            )
+            stem = client_id.lstrip("/") + "/"
+            nested = tuple(self.client_prefix(c) for c in self._clients if c.lstrip("/").startswith(stem))
             self._reg.remove_prefix(prefix, keep=nested)
 
     def service_names(self) -> list[str]:
