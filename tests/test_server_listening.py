@@ -385,3 +385,35 @@ async def test_h2_holds_accepting_back_under_overload() -> None:
         await nursery.start(server.serve)
         await wait_until(lambda: server.statistics()["accept_paused"] == 1, "accepting paused")
         nursery.cancel_scope.cancel()
+
+
+async def test_h2_connection_that_starts_while_draining_gets_settings_then_goaway() -> None:
+    """The server preface comes first even for a connection told to drain before it served anything
+    (one accepted just as the server began draining)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    server = make("h2")
+    server.drain()
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
+    events: list[Any] = []
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        sock = trio.socket.socket()
+        with sock:
+            await sock.connect(listeners[0].socket.getsockname())
+            stream = await listeners[0].accept()
+            server._start_connection(nursery, stream)  # as the accept loop does
+            await sock.send(client.data_to_send())
+            with trio.fail_after(10):
+                while not any(isinstance(e, h2.events.ConnectionTerminated) for e in events):
+                    chunk = await sock.recv(65536)
+                    assert chunk, events
+                    events.extend(client.receive_data(chunk))
+    await listeners[0].aclose()
+    assert isinstance(events[0], h2.events.RemoteSettingsChanged), events
+    goaway = next(e for e in events if isinstance(e, h2.events.ConnectionTerminated))
+    assert goaway.error_code == 0 and goaway.last_stream_id == 0
+    assert server.idle

@@ -6,7 +6,9 @@ Theory of operation
 listeners, accept loops, ``stop_accepting``, ``drain``, ``idle``, ``statistics``); ``drain`` sends
 every connection GOAWAY, so clients open no new streams, and each closes once its streams finish.
 Like HTTP/1.1 it caps open connections (``max_connections``) and holds accepting back under
-overload; unlike it, what the kernel queued when the listeners close is not served.  A connection is
+overload; unlike it, what the kernel queued when the listeners close is not served (answering those
+clients would need a lingering close, so that a GOAWAY is not lost to a reset).  A connection
+that starts while the server drains gets its SETTINGS and then GOAWAY.  A connection is
 an ``H2Link`` (reader + the single writer, see ``hostproxy.h2.link``) plus a nursery of stream
 tasks.  Each request stream becomes a ``hostproxy.http.Request`` (``:authority`` →
 ``Request.authority`` and a ``host`` header, ``:path`` → the target, DATA → a streamed ``Body``
@@ -222,13 +224,22 @@ class _ServerLink(H2Link):
         self.scopes: dict[int, trio.CancelScope] = {}
         self._handlers: trio.Nursery | None = None
         self._draining = False
+        self._prefaced = False
 
-    async def serve(self) -> None:
+    def _preface(self) -> None:
+        """Queue the server's connection preface (SETTINGS, then the connection window) once: it must
+        be the first frame, even for a connection told to drain before it started serving."""
+        if self._prefaced:
+            return
+        self._prefaced = True
         self.conn.initiate_connection()
         extra = self.params.connection_window_bytes - 65535
         if extra > 0:
             self.conn.increment_flow_control_window(extra)
         self.flush()
+
+    async def serve(self) -> None:
+        self._preface()
         async with trio.open_nursery() as handlers:
             self._handlers = handlers
             await self.run()
@@ -250,6 +261,7 @@ class _ServerLink(H2Link):
         if self._draining or self.closing or self.dead:
             return
         self._draining = True
+        self._preface()
         frame = hyperframe.frame.GoAwayFrame(stream_id=0)
         frame.last_stream_id = self.conn.highest_inbound_stream_id
         frame.error_code = NO_ERROR
