@@ -417,3 +417,40 @@ async def test_h2_connection_that_starts_while_draining_gets_settings_then_goawa
     goaway = next(e for e in events if isinstance(e, h2.events.ConnectionTerminated))
     assert goaway.error_code == 0 and goaway.last_stream_id == 0
     assert server.idle
+
+
+async def test_h2_drain_answers_a_connection_still_queued_in_the_kernel_backlog() -> None:
+    """A client queued when an h2 server drains gets SETTINGS and GOAWAY (NO_ERROR, last stream 0: its
+    request was not processed and may be sent again elsewhere), then an orderly close — not a reset."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    server = make("h2", overload=GateClosed())
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
+    sid = client.get_next_available_stream_id()
+    client.send_headers(
+        sid,
+        [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x"), (b":path", b"/q")],
+        end_stream=True,
+    )
+    events: list[Any] = []
+    async with trio.open_nursery() as nursery:
+        [(ip, port)] = await nursery.start(server.serve)
+        await wait_until(lambda: server.statistics()["accept_paused"] == 1, "accepting paused")
+        sock = trio.socket.socket()
+        with sock:
+            await sock.connect((ip, port))
+            await sock.send(client.data_to_send())
+            assert server.statistics()["connections_total"] == 0  # still in the kernel's queue
+            server.drain()
+            with trio.fail_after(10):
+                while chunk := await sock.recv(65536):  # a reset would raise here
+                    events.extend(client.receive_data(chunk))
+                    if any(isinstance(e, h2.events.ConnectionTerminated) for e in events):
+                        sock.shutdown(socket.SHUT_WR)  # the client closes its side on GOAWAY
+    assert isinstance(events[0], h2.events.RemoteSettingsChanged), events
+    goaway = next(e for e in events if isinstance(e, h2.events.ConnectionTerminated))
+    assert goaway.error_code == 0 and goaway.last_stream_id == 0
+    assert server.statistics()["connections_total"] == 1 and server.idle

@@ -173,6 +173,7 @@ class H2Link:
         self.dead = False
         self.closing = False
         self.death_reason = ""
+        self.peer_gone = False  # the peer closed or broke the connection (nothing left to read)
         self.peak_outbound = 0
         self.calm_verdict: Verdict | None = None
         self._writer_done = trio.Event()
@@ -289,9 +290,11 @@ class H2Link:
             try:
                 data = await self.stream.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self.peer_gone = True
                 self._die(f"read failed: {exc or type(exc).__name__}")
                 return
             if not data:
+                self.peer_gone = True
                 self._die("peer closed the connection")
                 return
             if self.scanner is not None and self.guard is not None:

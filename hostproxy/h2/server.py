@@ -5,10 +5,12 @@ Theory of operation
 ``H2Server`` shares its lifecycle with ``Http1Server`` (:class:`hostproxy.http.listening.ListeningServer`:
 listeners, accept loops, ``stop_accepting``, ``drain``, ``idle``, ``statistics``); ``drain`` sends
 every connection GOAWAY, so clients open no new streams, and each closes once its streams finish.
-Like HTTP/1.1 it caps open connections (``max_connections``) and holds accepting back under
-overload; unlike it, what the kernel queued when the listeners close is not served (answering those
-clients would need a lingering close, so that a GOAWAY is not lost to a reset).  A connection
-that starts while the server drains gets its SETTINGS and then GOAWAY.  A connection is
+Like HTTP/1.1 it caps open connections (``max_connections``), holds accepting back under overload,
+and answers what the kernel queued when the listeners close: a connection that starts while the
+server drains gets SETTINGS then GOAWAY (last stream 0: whatever it sent was not processed and may
+be sent again).  When this side closes a connection it sends FIN and reads until the client closes
+too (at most ``LINGER_S``), so that unread input does not turn the close into a reset that would
+destroy the GOAWAY in flight.  A connection is
 an ``H2Link`` (reader + the single writer, see ``hostproxy.h2.link``) plus a nursery of stream
 tasks.  Each request stream becomes a ``hostproxy.http.Request`` (``:authority`` →
 ``Request.authority`` and a ``host`` header, ``:path`` → the target, DATA → a streamed ``Body``
@@ -50,6 +52,7 @@ from hostproxy.h2.limits import H2Limits, check_header_list
 from hostproxy.h2.link import (
     INTERNAL_ERROR,
     NO_ERROR,
+    RECEIVE_SIZE,
     REFUSED_STREAM,
     H2Link,
     InboundBody,
@@ -67,6 +70,9 @@ from hostproxy.http.server import ConnInfo, Handler, ServerParams
 __all__ = ["H2Server", "H2ServerParams", "h2_response_headers"]
 
 log = structlog.get_logger("hostproxy.h2.server")
+
+# After this side closed a connection, how long to wait for the client to close too (see _linger).
+LINGER_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -154,7 +160,7 @@ class H2Server(ListeningServer["_ServerLink"]):
 
     logger = log
     log_prefix = "h2"
-    serves_backlog = False
+    serves_backlog = True
 
     params: H2ServerParams
     _stats: _Stats
@@ -244,6 +250,22 @@ class _ServerLink(H2Link):
             self._handlers = handlers
             await self.run()
             handlers.cancel_scope.cancel()
+        await self._linger()
+
+    async def _linger(self) -> None:
+        """This side closed (GOAWAY sent, streams done): send FIN, then read and drop what the client
+        still sends until it closes too, for at most ``LINGER_S``. Closing with unread input makes the
+        kernel answer with a reset, which can destroy the GOAWAY still in flight to the client."""
+        stream = self.stream
+        if self.peer_gone or type(stream) is not trio.SocketStream:
+            return
+        with trio.move_on_after(LINGER_S):
+            try:
+                await stream.send_eof()
+                while await stream.receive_some(RECEIVE_SIZE):
+                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
 
     # -- events ----------------------------------------------------------------------------------
 
