@@ -550,10 +550,6 @@ class HttpRouter:
                         remaining = deadline.remaining_s(time.time_ns())
                         with trio.move_on_after(max(remaining, 0.0)) as scope:
                             resp, endpoint = await client.request(req)
-                            if rec is not None:
-                                rec.endpoint = endpoint
-                            if trace is not None:
-                                trace.selected = endpoint
                         if scope.cancelled_caught:
                             cause = Cause.TIMEOUT_REQUEST
                             if params.total_timeout_ms and (
@@ -566,10 +562,10 @@ class HttpRouter:
                             return self._err(503, cause, f"{why} for {service} via {client_id}"), cause, svc
                     else:
                         resp, endpoint = await client.request(req)
-                        if trace is not None:
-                            trace.selected = endpoint
                     if rec is not None:
                         rec.endpoint = endpoint
+                    if trace is not None:
+                        trace.selected = endpoint
                 except UpstreamError as e:
                     err = e
                 if resp is not None:

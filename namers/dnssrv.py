@@ -55,7 +55,7 @@ import trio
 
 from namers._dtab import NEG, Address, Path
 from namers.base import DEFAULT_MAX_NAMES, Key, Namer, NameTable, config_value, key_text
-from namers.inet import describe_dns_error, make_resolver, parse_nameserver
+from namers.inet import describe_dns_error, make_resolver, parse_nameserver, refresh_loop
 
 __all__ = [
     "KIND",
@@ -333,16 +333,15 @@ class DnsSrvNamer(Namer):
         """Look up due records until cancelled."""
         self._bind_runner()
         self._resolver = self._make_resolver()
-        limiter = trio.CapacityLimiter(self.max_concurrency)
         log.info("namer.dnssrv.started", prefix=str(self.bound_prefix), nameservers=self.where)
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            while True:
-                for key in self.core.due(trio.current_time()):
-                    nursery.start_soon(self._refresh, key, limiter)
-                deadline = self.core.next_deadline()
-                wait = 60.0 if deadline is None else min(max(deadline - trio.current_time(), 0.0), 60.0)
-                await self._wait_for_wake(wait)
+        await refresh_loop(
+            due=self.core.due,
+            next_deadline=self.core.next_deadline,
+            refresh=self._refresh,
+            wait=self._wait_for_wake,
+            max_concurrency=self.max_concurrency,
+            task_status=task_status,
+        )
 
     async def _refresh(self, key: Key, limiter: trio.CapacityLimiter) -> None:
         name = record_name(key[0]) or ""

@@ -35,7 +35,7 @@ import re
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -174,6 +174,35 @@ def describe_dns_error(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return exc.strerror or type(exc).__name__
     return type(exc).__name__
+
+
+# The longest a refresh loop sleeps when nothing is due (a wake-up ends the sleep sooner).
+MAX_IDLE_WAIT_S = 60.0
+
+
+async def refresh_loop(
+    *,
+    due: Callable[[float], Sequence[Any]],
+    next_deadline: Callable[[], float | None],
+    refresh: Callable[[Any, trio.CapacityLimiter], Awaitable[None]],
+    wait: Callable[[float], Awaitable[object]],
+    max_concurrency: int,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The runner of a DNS-backed namer, until cancelled: start ``refresh(item, limiter)`` for every
+    item ``due`` now (at most ``max_concurrency`` querying at once), then ``wait`` until the next
+    deadline — a refresh wakes the loop early so that it recomputes it."""
+    limiter = trio.CapacityLimiter(max_concurrency)
+    async with trio.open_nursery() as nursery:
+        task_status.started()
+        while True:
+            for item in due(trio.current_time()):
+                nursery.start_soon(refresh, item, limiter)
+            deadline = next_deadline()
+            if deadline is None:
+                await wait(MAX_IDLE_WAIT_S)
+            else:
+                await wait(min(max(deadline - trio.current_time(), 0.0), MAX_IDLE_WAIT_S))
 
 
 class HostTable:
@@ -437,15 +466,14 @@ class InetResolver:
         """Resolve due hosts until cancelled; one host's failure never affects the others."""
         self.waker.bind()
         self._resolver = self._make_resolver()
-        limiter = trio.CapacityLimiter(self.max_concurrency)
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            while True:
-                for host in self.table.due(trio.current_time()):
-                    nursery.start_soon(self._resolve_one, host, limiter)
-                deadline = self.table.next_deadline()
-                wait = 60.0 if deadline is None else min(max(deadline - trio.current_time(), 0.0), 60.0)
-                await self.waker.wait(wait)
+        await refresh_loop(
+            due=self.table.due,
+            next_deadline=self.table.next_deadline,
+            refresh=self._resolve_one,
+            wait=self.waker.wait,
+            max_concurrency=self.max_concurrency,
+            task_status=task_status,
+        )
 
     async def _resolve_one(self, host: str, limiter: trio.CapacityLimiter) -> None:
         try:

@@ -24,6 +24,8 @@ __all__ = [
     "ProtocolError",
     "RequestHead",
     "ResponseHead",
+    "check_raw",
+    "request_head",
 ]
 
 
@@ -99,3 +101,52 @@ class CodecLimits:
     max_headers: int = 8 * 1024
     max_header_count: int = 100
     max_chunk_line: int = 16 * 1024
+
+
+def check_raw(head: bytes, what: str, field: str) -> None:
+    """Refuse bare CR or LF, NUL and obs-fold in a head (``what``) or its fields (``field``): 400."""
+    crlf = head.count(b"\r\n")
+    if head.count(b"\n") != crlf:
+        raise ProtocolError(f"bare LF in {what}; lines must end with CRLF")
+    if head.count(b"\r") != crlf:
+        raise ProtocolError(f"bare CR in {what}; lines must end with CRLF")
+    if b"\x00" in head:
+        raise ProtocolError(f"NUL byte in {what}")
+    if b"\r\n " in head or b"\r\n\t" in head:
+        raise ProtocolError(f"obsolete line folding (obs-fold) in {field}; send each field on one line")
+
+
+def request_head(buf: bytearray, limits: CodecLimits, eof: bool) -> bytes | Event:
+    """The next request head in ``buf``: the request line and fields up to the last field's CRLF
+    (the blank line after it stays in ``buf``, as does the head: the caller takes them), or
+    ``NEED_DATA`` / ``ConnectionClosed`` while it is incomplete. Empty lines before it are dropped
+    (RFC 9112 §2.2). Both codecs frame request heads with it, so they refuse alike: a request line
+    past ``max_initial_line`` (414), fields past ``max_headers`` or ``max_header_count`` (431), bare
+    CR/LF, NUL and obs-fold (400) — checked on a partial head too, before it is complete."""
+    while buf[:2] == b"\r\n":
+        del buf[:2]
+    if not buf:
+        return ConnectionClosed() if eof else NEED_DATA
+    end = buf.find(b"\r\n\r\n")
+    if end == -1:
+        head = bytes(buf)
+        line_end = head.find(b"\r\n")
+        if (line_end == -1 and len(head) > limits.max_initial_line) or line_end > limits.max_initial_line:
+            raise ProtocolError(
+                f"request line exceeds {limits.max_initial_line} bytes (maxInitialLineKB)", 414
+            )
+        if len(head) > limits.max_initial_line + limits.max_headers:
+            raise ProtocolError(f"request headers exceed {limits.max_headers} bytes (maxHeadersKB)", 431)
+        # A trailing CR may be the first half of a CRLF still in flight.
+        check_raw(head[:-1] if head.endswith(b"\r") else head, "request head", "request header")
+        return ConnectionClosed() if eof else NEED_DATA  # a partial head and then EOF: nothing to answer
+    head = bytes(buf[: end + 2])
+    line_end = head.find(b"\r\n")
+    if line_end > limits.max_initial_line:
+        raise ProtocolError(f"request line exceeds {limits.max_initial_line} bytes (maxInitialLineKB)", 414)
+    if len(head) - line_end - 2 > limits.max_headers:
+        raise ProtocolError(f"request headers exceed {limits.max_headers} bytes (maxHeadersKB)", 431)
+    if head.count(b"\r\n") - 1 > limits.max_header_count:
+        raise ProtocolError(f"request has more than {limits.max_header_count} header fields", 431)
+    check_raw(head, "request head", "request header")
+    return head

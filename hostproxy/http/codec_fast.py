@@ -59,6 +59,8 @@ from hostproxy.http.codec_base import (
     ProtocolError,
     RequestHead,
     ResponseHead,
+    check_raw,
+    request_head,
 )
 
 __all__ = ["ClientCodec", "ServerCodec"]
@@ -219,18 +221,6 @@ def _normalize(raw: HeaderList) -> _Head:
             head.upgrade = True
         out.append((name, value))
     return head
-
-
-def _check_raw(head: bytes, what: str, field: str) -> None:
-    crlf = head.count(b"\r\n")
-    if head.count(b"\n") != crlf:
-        raise ProtocolError(f"bare LF in {what}; lines must end with CRLF")
-    if head.count(b"\r") != crlf:
-        raise ProtocolError(f"bare CR in {what}; lines must end with CRLF")
-    if b"\x00" in head:
-        raise ProtocolError(f"NUL byte in {what}")
-    if b"\r\n " in head or b"\r\n\t" in head:
-        raise ProtocolError(f"obsolete line folding (obs-fold) in {field}; send each field on one line")
 
 
 def _fields_out(headers: HeaderList) -> bytes:
@@ -554,44 +544,16 @@ class ServerCodec(_Side):
         return EndOfMessage(trailers)
 
     def _trailer_block(self, block: bytes) -> bytes:
-        _check_raw(block, "trailer section", "trailer field")
+        check_raw(block, "trailer section", "trailer field")
         return block
 
     def _next_head(self) -> Event:
         buf = self._buf
-        # RFC 9112 §2.2: ignore empty lines before the request line.
-        while buf[:2] == b"\r\n":
-            del buf[:2]
-        if not buf:
-            return ConnectionClosed() if self._eof else NEED_DATA
-        limits = self.limits
-        end = buf.find(b"\r\n\r\n")
-        if end == -1:
-            head = bytes(buf)
-            line_end = head.find(b"\r\n")
-            if (line_end == -1 and len(head) > limits.max_initial_line) or line_end > limits.max_initial_line:
-                raise ProtocolError(
-                    f"request line exceeds {limits.max_initial_line} bytes (maxInitialLineKB)", 414
-                )
-            if len(head) > limits.max_initial_line + limits.max_headers:
-                raise ProtocolError(f"request headers exceed {limits.max_headers} bytes (maxHeadersKB)", 431)
-            # A trailing CR may be the first half of a CRLF still in flight.
-            _check_raw(head[:-1] if head.endswith(b"\r") else head, "request head", "request header")
-            if self._eof:
-                return ConnectionClosed()  # a partial head and then EOF: nothing to answer
-            return NEED_DATA
-        head = bytes(buf[: end + 2])  # up to and including the last field's CRLF
+        head = request_head(buf, self.limits, self._eof)
+        if not isinstance(head, bytes):
+            return head  # NEED_DATA or ConnectionClosed
+        del buf[: len(head) + 2]
         line_end = head.find(b"\r\n")
-        if line_end > limits.max_initial_line:
-            raise ProtocolError(
-                f"request line exceeds {limits.max_initial_line} bytes (maxInitialLineKB)", 414
-            )
-        if len(head) - line_end - 2 > limits.max_headers:
-            raise ProtocolError(f"request headers exceed {limits.max_headers} bytes (maxHeadersKB)", 431)
-        if head.count(b"\r\n") - 1 > limits.max_header_count:
-            raise ProtocolError(f"request has more than {limits.max_header_count} header fields", 431)
-        _check_raw(head, "request head", "request header")
-        del buf[: end + 4]
         self._their = _T_ERROR  # until the head is accepted
         line = head[:line_end]
         match = _REQUEST_LINE_RE.fullmatch(line)

@@ -50,6 +50,7 @@ from hostproxy.http.codec_base import (
     ProtocolError,
     RequestHead,
     ResponseHead,
+    request_head,
 )
 
 __all__ = ["ClientCodec", "ServerCodec"]
@@ -117,39 +118,9 @@ class ServerCodec:
 
     def _next_head(self) -> Event:
         buf = self._buf
-        # RFC 9112 §2.2: ignore empty lines before the request line.
-        while buf[:2] == b"\r\n":
-            del buf[:2]
-        if not buf:
-            return ConnectionClosed() if self._eof else NEED_DATA
-        limits = self.limits
-        end = buf.find(b"\r\n\r\n")
-        if end == -1:
-            head = bytes(buf)
-            line_end = head.find(b"\r\n")
-            if (line_end == -1 and len(head) > limits.max_initial_line) or line_end > limits.max_initial_line:
-                raise ProtocolError(
-                    f"request line exceeds {limits.max_initial_line} bytes (maxInitialLineKB)", 414
-                )
-            if len(head) > limits.max_initial_line + limits.max_headers:
-                raise ProtocolError(f"request headers exceed {limits.max_headers} bytes (maxHeadersKB)", 431)
-            # A trailing CR may be the first half of a CRLF still in flight.
-            self._check_raw(head[:-1] if head.endswith(b"\r") else head)
-            if self._eof:
-                # A partial head and then EOF: nothing to answer.
-                return ConnectionClosed()
-            return NEED_DATA
-        head = bytes(buf[: end + 2])  # up to and including the last field's CRLF
-        line_end = head.find(b"\r\n")
-        if line_end > limits.max_initial_line:
-            raise ProtocolError(
-                f"request line exceeds {limits.max_initial_line} bytes (maxInitialLineKB)", 414
-            )
-        if len(head) - line_end - 2 > limits.max_headers:
-            raise ProtocolError(f"request headers exceed {limits.max_headers} bytes (maxHeadersKB)", 431)
-        if head.count(b"\r\n") - 1 > limits.max_header_count:
-            raise ProtocolError(f"request has more than {limits.max_header_count} header fields", 431)
-        self._check_raw(head)
+        head = request_head(buf, self.limits, self._eof)
+        if not isinstance(head, bytes):
+            return head  # NEED_DATA or ConnectionClosed
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_event)
         data = bytes(buf)
         buf.clear()
@@ -176,20 +147,6 @@ class ServerCodec:
             raise ProtocolError("request has both Content-Length and Transfer-Encoding; send only one")
         self.http_version = event.http_version
         return RequestHead(event.method, event.target, headers, event.http_version)
-
-    @staticmethod
-    def _check_raw(head: bytes) -> None:
-        crlf = head.count(b"\r\n")
-        if head.count(b"\n") != crlf:
-            raise ProtocolError("bare LF in request head; lines must end with CRLF")
-        if head.count(b"\r") != crlf:
-            raise ProtocolError("bare CR in request head; lines must end with CRLF")
-        if b"\x00" in head:
-            raise ProtocolError("NUL byte in request head")
-        if b"\r\n " in head or b"\r\n\t" in head:
-            raise ProtocolError(
-                "obsolete line folding (obs-fold) in request header; send each field on one line"
-            )
 
     # -- sending ---------------------------------------------------------------------------------
 

@@ -18,8 +18,9 @@ protocol's server through the same surface: ``serve`` / ``stop_accepting`` / ``d
   :meth:`ListeningServer.stop_accepting`, or when cancelled; the listeners are closed either way.
 * Accepting: an ``OSError`` from ``accept`` (``EMFILE`` and friends) is logged as
   ``<prefix>.accept_failed`` and retried after a pause instead of spinning; ``EBADF``/``EINVAL``
-  mean the socket was closed under the loop and end it. A subclass may refuse a connection
-  (:meth:`ListeningServer._admit`) or hold accepting back (:meth:`ListeningServer._accept_allowed`).
+  mean the socket was closed under the loop and end it. Accepting waits while the overload manager
+  says so (:meth:`ListeningServer._accept_allowed`), and a connection beyond
+  ``params.max_connections`` is closed at once (:meth:`ListeningServer._admit`).
   A connection is counted in ``connections`` the moment it is admitted, so a burst cannot slip past a
   cap and ``idle`` cannot be true while a connection task is still about to start.
 * ``stop_accepting`` closes the listening sockets and ends the accept loops. With

@@ -168,8 +168,8 @@ class Http1Server(ListeningServer["_Connection"]):
     """Serve HTTP/1.1 on ``params.ip:params.port`` (or given listeners), calling ``handler``.
 
     The listeners, accept loops, ``stop_accepting``/``drain``/``idle``/``statistics`` are
-    :class:`~hostproxy.http.listening.ListeningServer`'s; this class adds the ``max_connections`` cap
-    and the overload accept gate, and serves each connection's request/response cycles.
+    :class:`~hostproxy.http.listening.ListeningServer`'s (with the ``max_connections`` cap and the
+    overload accept gate); this class serves each connection's request/response cycles.
     """
 
     logger = log
@@ -256,27 +256,6 @@ class _RequestBodySource:
         self._done = True
 
 
-class _Held:
-    """Holds a ``trio.Lock``. ``async with lock`` yields to the scheduler even when the lock is free,
-    which puts every other connection's work ahead of this response's write; this takes a free lock
-    at once and waits only when another task holds it."""
-
-    __slots__ = ("lock",)
-
-    def __init__(self, lock: trio.Lock) -> None:
-        self.lock = lock
-
-    async def __aenter__(self) -> None:
-        lock = self.lock
-        try:
-            lock.acquire_nowait()
-        except trio.WouldBlock:
-            await lock.acquire()
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.lock.release()
-
-
 class _Connection:
     # One per open connection, idle ones included: kept small (slots; the send lock is made on first use).
     __slots__ = (
@@ -312,11 +291,6 @@ class _Connection:
         if lock is None:
             lock = self._send_lock = trio.Lock()
         return lock
-
-    @property
-    def sending(self) -> _Held:
-        """``async with conn.sending:`` holds the send lock; taking a free lock does not yield."""
-        return _Held(self.send_lock)
 
     def start_drain(self) -> None:
         """Drain: a connection waiting for its next request is closed now.
@@ -361,7 +335,7 @@ class _Connection:
             raise _ClientGone(f"client connection failed: {exc}") from None
 
     async def send_100_continue(self) -> None:
-        async with self.sending:
+        async with self.send_lock:
             if self.codec.they_are_waiting_for_100_continue:
                 await self.send(self.codec.send_informational(100, []))
 
@@ -623,14 +597,14 @@ class _Connection:
                 if data:
                     out += codec.send_data(data)
                 out += codec.send_end(trailers.items() if trailers and codec.response_chunked else None)
-                async with self.sending:
+                async with self.send_lock:
                     await self.send(out)
                 if not no_body:
                     body.consume_memory()
                 return
             # The lock orders the head against a concurrent ``100 Continue`` from the body reader;
             # once the head is out, h11 no longer lets one be sent, so the body needs no lock.
-            async with self.sending:
+            async with self.send_lock:
                 await self.send(codec.send_response(status, response.reason, headers.items()))
             if not no_body:
                 try:
@@ -664,7 +638,7 @@ class _Connection:
         headers = strip_hop_by_hop(response.headers, keep_upgrade=True)
         append_via(headers, "1.1")
         try:
-            async with self.sending:
+            async with self.send_lock:
                 await self.send(codec.send_informational(101, headers.items()))
             pending = codec.switched_protocol_data()
             if pending:
