@@ -36,6 +36,13 @@ are accepted first and served, so none is reset. Draining an HTTP/1.1 connection
 keep-alive connections are closed at once, responses in flight get ``Connection: close``, and
 connections close after their current response.
 
+I/O: a plaintext connection reads and writes through its own
+:class:`~hostproxy.http.sockstream.SockStream` (which takes the accepted socket over), which
+yields to other tasks only when it has to wait; a cycle that never waited on the connection
+(pipelined requests answered without waiting) checkpoints once at its end, so such a client cannot
+starve the others. A response head waits for the send lock only while a ``100 Continue`` is being
+written; otherwise nothing can be in its way.
+
 Failures stay inside their connection: an exception from the handler becomes a 502
 ``proxy/internal`` response (logged with a traceback as ``http.handler_failed``); anything else that
 escapes a connection is logged as ``http.connection_failed`` and closes only that connection.
@@ -75,6 +82,7 @@ from hostproxy.http.proxyheaders import (
     split_absolute_form,
     via_count,
 )
+from hostproxy.http.sockstream import SockStream, adopt
 
 __all__ = ["ConnInfo", "Handler", "Http1Server", "ServerParams", "bind_listeners"]
 
@@ -159,6 +167,17 @@ class _Stats(ServerStats):
     connection_failures: int = 0
     accept_paused: int = 0
 
+
+#: The request fields ``_build_request`` reads (names as the codec gives them: lowercased).
+_REQUEST_FIELDS = frozenset(
+    [b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"via", b"expect"]
+)
+
+#: Methods and versions as ``str`` without decoding them per request (others are decoded).
+_ASCII = {
+    m: m.decode("ascii")
+    for m in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"CONNECT", b"TRACE")
+} | {b"1.1": "1.1", b"1.0": "1.0"}
 
 # While draining, how long a freshly accepted connection has to send its first request.
 DRAIN_FIRST_REQUEST_S = 1.0
@@ -270,15 +289,18 @@ class _Connection:
         "forwarded_labels",
     )
 
-    def __init__(self, server: Http1Server, stream: trio.SocketStream, conn_id: int) -> None:
+    def __init__(self, server: Http1Server, stream: Any, conn_id: int) -> None:
         self.server = server
         self.params = server.params
-        self.stream = stream
+        # A plaintext connection does its I/O through a SockStream that takes its socket over (closed
+        # when ``serve`` ends; the emptied trio stream's close does nothing); TLS streams are used as
+        # they are.
+        self.stream: Any = adopt(stream) if type(stream) is trio.SocketStream else stream
         self.codec = ServerCodec(server._limits)
         self._send_lock: trio.Lock | None = None
         self.requests = 0
         self.idle_scope: trio.CancelScope | None = None
-        self.info = ConnInfo.for_stream(stream, server.params, conn_id)
+        self.info = ConnInfo.for_stream(self.stream, server.params, conn_id)
         fwd = self.params.add_forwarded_header
         self.forwarded_labels = (
             (obfuscated(server._rng), obfuscated(server._rng)) if fwd is not None else ("", "")
@@ -291,6 +313,17 @@ class _Connection:
         if lock is None:
             lock = self._send_lock = trio.Lock()
         return lock
+
+    async def send_head(self, data: bytes) -> None:
+        """Send a response head (and whatever follows it in ``data``) after any ``100 Continue``
+        being written: only ``send_100_continue`` holds the lock across a send, and once the codec
+        produced the head it no longer lets one start, so an unheld lock need not be taken."""
+        lock = self._send_lock
+        if lock is not None and lock.locked():
+            async with lock:
+                await self.send(data)
+        else:
+            await self.send(data)
 
     def start_drain(self) -> None:
         """Drain: a connection waiting for its next request is closed now.
@@ -342,6 +375,8 @@ class _Connection:
     # -- the cycle loop --------------------------------------------------------------------------
 
     async def serve(self) -> None:
+        stream = self.stream
+        fast = type(stream) is SockStream
         try:
             while True:
                 try:
@@ -355,8 +390,17 @@ class _Connection:
                 keep_alive = await self._cycle(head)
                 if not keep_alive:
                     return
+                if fast:
+                    # A SockStream yields only when it waits: a cycle that never waited (pipelined
+                    # requests answered without waiting on this connection) yields here instead.
+                    if not stream.waited:
+                        await trio.lowlevel.checkpoint()
+                    stream.waited = False
         except _ClientGone:
             return
+        finally:
+            if fast:
+                stream.close()
 
     async def _read_head(self) -> RequestHead | None:
         codec = self.codec
@@ -389,9 +433,11 @@ class _Connection:
                 if self.requests > 0:
                     return None  # draining: an idle keep-alive connection closes instead of waiting
                 idle_s = DRAIN_FIRST_REQUEST_S if idle_s is None else min(idle_s, DRAIN_FIRST_REQUEST_S)
-            self.idle_scope = scope = trio.CancelScope()
-            if idle_s is not None:
-                scope.deadline = trio.current_time() + idle_s
+            self.idle_scope = scope = (
+                trio.CancelScope()
+                if idle_s is None
+                else trio.CancelScope(deadline=trio.current_time() + idle_s)
+            )
             try:
                 with scope:
                     data = await self.receive()
@@ -399,7 +445,9 @@ class _Connection:
                 self.idle_scope = None
             if scope.cancelled_caught:
                 return None  # idle keep-alive connection (timed out, or drained): close quietly
-            deadline = trio.current_time() + params.request_head_timeout_s
+            # The head deadline runs from its first bytes: taken when the head turns out incomplete
+            # (above), which is this moment plus the parse of what just arrived.
+            deadline = None
             codec.receive_data(data)
 
     async def _send_error_and_close(self, status: int, cause: str, message: str) -> None:
@@ -412,15 +460,40 @@ class _Connection:
     def _build_request(self, head: RequestHead) -> Request | Response:
         """The request the handler sees, or an error response that answers it directly."""
         params = self.params
-        method = head.method.decode("ascii")
+        method = _ASCII.get(head.method) or head.method.decode("ascii")
         target = head.target.decode("latin-1")
-        headers = Headers._trusted(head.headers)
-        version = head.http_version.decode("ascii")
+        items = head.headers
+        headers = Headers._trusted(items)
+        version = _ASCII.get(head.http_version) or head.http_version.decode("ascii")
         if method == "CONNECT":
             return error_response(
                 405, "bad-request", "CONNECT tunnelling is not supported by this proxy", close=True
             )
-        if via_count(headers) > params.max_call_depth:
+        # One pass over the fields for what the request needs (each the first value, as
+        # ``Headers.get``), instead of a lookup per name.
+        host = upgrade_value = cl = te = None
+        connection: list[bytes] = []
+        has_via = has_expect = False
+        for name, value in items:
+            if name in _REQUEST_FIELDS:
+                if name == b"host":
+                    if host is None:
+                        host = value
+                elif name == b"content-length":
+                    if cl is None:
+                        cl = value
+                elif name == b"connection":
+                    connection.append(value)
+                elif name == b"via":
+                    has_via = True
+                elif name == b"expect":
+                    has_expect = True
+                elif name == b"upgrade":
+                    if upgrade_value is None:
+                        upgrade_value = value
+                elif te is None:
+                    te = value
+        if has_via and via_count(headers) > params.max_call_depth:
             return error_response(
                 400,
                 "bad-request",
@@ -434,23 +507,22 @@ class _Connection:
             headers.set(b"host", authority_s.encode("latin-1"))
             authority: str | None = authority_s
         else:
-            host = headers.get(b"host")
             authority = host.decode("latin-1") if host is not None else None
-        upgrade_value = headers.get(b"upgrade")
         upgrade: bytes | None = None
         if upgrade_value is not None:
-            conn_tokens = b",".join(headers.get_all(b"connection")).lower()
+            conn_tokens = b",".join(connection).lower()
             if b"upgrade" in conn_tokens:
                 upgrade = upgrade_value
         content_length: int | None = 0
-        cl = headers.get(b"content-length")
-        if headers.get(b"transfer-encoding") is not None:
+        if te is not None:
             content_length = None
         elif cl is not None:
             content_length = int(cl)  # h11 validated it
         out = strip_hop_by_hop(headers, keep_upgrade=upgrade is not None)
-        out.remove(b"content-length")
-        out.remove(b"expect")
+        if cl is not None:
+            out.remove(b"content-length")
+        if has_expect:
+            out.remove(b"expect")
         append_via(out, version)
         fwd = params.add_forwarded_header
         if fwd is not None:
@@ -597,15 +669,13 @@ class _Connection:
                 if data:
                     out += codec.send_data(data)
                 out += codec.send_end(trailers.items() if trailers and codec.response_chunked else None)
-                async with self.send_lock:
-                    await self.send(out)
+                await self.send_head(out)
                 if not no_body:
                     body.consume_memory()
                 return
-            # The lock orders the head against a concurrent ``100 Continue`` from the body reader;
-            # once the head is out, h11 no longer lets one be sent, so the body needs no lock.
-            async with self.send_lock:
-                await self.send(codec.send_response(status, response.reason, headers.items()))
+            # The head is ordered after a concurrent ``100 Continue`` from the body reader; once the
+            # head is out, the codec no longer lets one be sent, so the body needs no ordering.
+            await self.send_head(codec.send_response(status, response.reason, headers.items()))
             if not no_body:
                 try:
                     async for chunk in body:
@@ -638,8 +708,7 @@ class _Connection:
         headers = strip_hop_by_hop(response.headers, keep_upgrade=True)
         append_via(headers, "1.1")
         try:
-            async with self.send_lock:
-                await self.send(codec.send_informational(101, headers.items()))
+            await self.send_head(codec.send_informational(101, headers.items()))
             pending = codec.switched_protocol_data()
             if pending:
                 await upstream.send_all(pending)

@@ -19,6 +19,9 @@ response body is then pulled from the socket as the caller reads it.
   connection still fails, no byte of the request was written, so it is sent again on a fresh
   connection: never lost, never duplicated.  Once any byte was written a failure is reported, not
   retried here.
+* **Plain TCP.**  A connection to an IP address is a :class:`~hostproxy.http.sockstream.SockStream`
+  (it yields only when it has to wait); a host name is resolved and connected by
+  ``trio.open_tcp_stream``.
 * **Idle timeout.**  Idle connections older than ``idle_timeout_s`` are discarded at checkout
   and by ``prune()``.
 * **Errors.**  ``OSError``, trio's stream errors and parse errors are translated once, by
@@ -69,6 +72,7 @@ from hostproxy.http.errors import (
 )
 from hostproxy.http.hopbyhop import strip_hop_by_hop
 from hostproxy.http.message import Body, Headers, Request, Response
+from hostproxy.http.sockstream import open_tcp
 
 __all__ = ["Connector", "PoolParams", "PoolState", "UpstreamPool"]
 
@@ -82,6 +86,7 @@ RECEIVE_SIZE = 64 * 1024
 _UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL}
 _TIMEDOUT = {errno.ETIMEDOUT}
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
+_FRAMING = frozenset([b"content-length", b"transfer-encoding"])
 
 
 @dataclass(frozen=True)
@@ -195,7 +200,7 @@ class _Conn:
         "errors",
     )
 
-    def __init__(self, stream: trio.SocketStream, endpoint: str) -> None:
+    def __init__(self, stream: Any, endpoint: str) -> None:
         self.stream = stream
         self.codec = ClientCodec()
         self.endpoint = endpoint
@@ -463,7 +468,10 @@ class UpstreamPool(NurseryOwner):
             return _Conn(stream, self.endpoint)
         with _map_errors(self.endpoint, "connect"):
             with trio.move_on_after(timeout_s) as scope:
-                stream = await trio.open_tcp_stream(self.host, self.port)
+                # An IP address gets a SockStream; a host name is resolved by trio.
+                stream = await open_tcp(self.host, self.port)
+                if stream is None:
+                    stream = await trio.open_tcp_stream(self.host, self.port)
             if scope.cancelled_caught:
                 raise ConnectError(
                     f"Unable to establish connection to {self.endpoint}: "
@@ -560,17 +568,26 @@ class UpstreamPool(NurseryOwner):
                 raise
 
     def _head(self, req: Request) -> list[tuple[bytes, bytes]]:
-        headers = req.headers.copy()
-        headers.remove(b"content-length")
-        headers.remove(b"transfer-encoding")
+        """The request's fields without its framing, then the framing of its body, then ``Host`` if
+        it has none (one pass over the fields)."""
+        items: list[tuple[bytes, bytes]] = []
+        has_host = False
+        for field in req.headers:
+            name = field[0]
+            if name in _FRAMING:
+                continue
+            if name == b"host":
+                has_host = True
+            items.append(field)
         body = req.body
-        if body.content_length is None:
-            headers.add(b"transfer-encoding", b"chunked")
-        elif body.content_length > 0 or req.method in _BODY_METHODS:
-            headers.add(b"content-length", str(body.content_length).encode("ascii"))
-        if b"host" not in headers:
-            headers.add(b"host", (req.authority or self.endpoint).encode("latin-1"))
-        return headers.items()
+        length = body.content_length
+        if length is None:
+            items.append((b"transfer-encoding", b"chunked"))
+        elif length > 0 or req.method in _BODY_METHODS:
+            items.append((b"content-length", b"%d" % length))
+        if not has_host:
+            items.append((b"host", (req.authority or self.endpoint).encode("latin-1")))
+        return items
 
     async def _exchange(self, conn: _Conn, req: Request, response_timeout: float | None) -> Response:
         codec = conn.codec
@@ -712,9 +729,12 @@ class UpstreamPool(NurseryOwner):
         content_length: int | None = None
         if not no_body:
             cl = headers.get(b"content-length")
-            chunked = any(n == b"transfer-encoding" for n, _ in event.headers)
-            if cl is not None and not chunked:
-                content_length = int(cl)
+            if cl is not None:
+                for name, _ in event.headers:
+                    if name == b"transfer-encoding":
+                        break
+                else:
+                    content_length = int(cl)
             headers.remove(b"content-length")
         if no_body or content_length == 0:
             with self.errors:

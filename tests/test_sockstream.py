@@ -1,0 +1,145 @@
+"""SockStream: the same surface and error semantics as trio.SocketStream, yielding only to wait."""
+
+from __future__ import annotations
+
+import socket
+from functools import partial
+
+import pytest
+import trio
+
+from hostproxy.http.sockstream import SockStream, adopt, open_tcp
+
+
+def _pair() -> tuple[SockStream, socket.socket]:
+    a, b = socket.socketpair()
+    return SockStream(a), b
+
+
+async def test_receive_and_send_without_waiting_do_not_yield() -> None:
+    stream, peer = _pair()
+    with peer:
+        peer.sendall(b"hello")
+        await trio.lowlevel.checkpoint()
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            # Completed at once: no checkpoint, so the cancelled scope is not noticed.
+            assert await stream.receive_some(3) == b"hel"
+            await stream.send_all(b"x")
+        assert not stream.waited
+        assert peer.recv(10) == b"x"
+        await stream.aclose()
+
+
+async def test_receive_waits_and_a_wait_is_a_cancellation_point() -> None:
+    stream, peer = _pair()
+    with peer:
+        with trio.move_on_after(0.05) as scope:
+            await stream.receive_some()
+        assert scope.cancelled_caught
+        assert stream.waited
+
+        async def later() -> None:
+            await trio.sleep(0.01)
+            peer.sendall(b"data")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(later)
+            assert await stream.receive_some() == b"data"
+        peer.close()
+        assert await stream.receive_some() == b""
+        await stream.aclose()
+
+
+async def test_send_all_sends_everything_through_a_full_buffer() -> None:
+    stream, peer = _pair()
+    payload = b"z" * (4 * 1024 * 1024)
+    received = bytearray()
+
+    async def drain() -> None:
+        peer.setblocking(False)
+        while len(received) < len(payload):
+            await trio.lowlevel.wait_readable(peer)
+            received.extend(peer.recv(1 << 20))
+
+    with peer:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain)
+            await stream.send_all(payload)
+        assert bytes(received) == payload
+        assert stream.waited
+        await stream.aclose()
+
+
+async def test_errors_are_translated_like_trio_socket_stream() -> None:
+    stream, peer = _pair()
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    peer.close()
+    with pytest.raises(trio.BrokenResourceError, match=r"^socket connection broken: \[Errno \d+\] ") as info:
+        for _ in range(100):
+            await stream.send_all(b"x" * 65536)
+    assert isinstance(info.value.__cause__, OSError)
+    await stream.aclose()
+    with pytest.raises(trio.ClosedResourceError, match="^this socket was already closed$"):
+        await stream.receive_some()
+    with pytest.raises(trio.ClosedResourceError):
+        await stream.send_all(b"x")
+    await stream.aclose()  # idempotent
+
+
+async def test_send_eof_then_send_is_closed() -> None:
+    stream, peer = _pair()
+    with peer:
+        await stream.send_eof()
+        await stream.send_eof()
+        assert peer.recv(10) == b""
+        with pytest.raises(trio.ClosedResourceError, match="^can't send data after sending EOF$"):
+            await stream.send_all(b"x")
+        await stream.aclose()
+
+
+async def test_aclose_wakes_a_waiting_reader() -> None:
+    stream, peer = _pair()
+    with peer:
+
+        async def read() -> None:
+            with pytest.raises(trio.ClosedResourceError):
+                await stream.receive_some()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            await trio.sleep(0.01)
+            await stream.aclose()
+
+
+async def test_adopt_and_open_tcp() -> None:
+    async def echo(server_stream: trio.SocketStream) -> None:
+        mine = adopt(server_stream)
+        try:
+            while data := await mine.receive_some():
+                await mine.send_all(data)
+        finally:
+            await mine.aclose()
+            await server_stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, echo, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        client = await open_tcp("127.0.0.1", port)
+        assert client is not None
+        assert client.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        await client.send_all(b"ping")
+        assert await client.receive_some() == b"ping"
+        await client.send_eof()
+        assert await client.receive_some() == b""
+        await client.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_open_tcp_refused_and_host_names() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ConnectionRefusedError):
+        await open_tcp("127.0.0.1", port)
+    assert await open_tcp("localhost", port) is None
