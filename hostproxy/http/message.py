@@ -52,19 +52,19 @@ class Headers:
 
     def get(self, name: str | bytes, default: bytes | None = None) -> bytes | None:
         """The first value of ``name``, or ``default``."""
-        key = _name(name)
+        key = _NAMES.get(name) or _name(name)
         for n, v in self._items:
             if n == key:
                 return v
         return default
 
     def get_all(self, name: str | bytes) -> list[bytes]:
-        key = _name(name)
+        key = _NAMES.get(name) or _name(name)
         return [v for n, v in self._items if n == key]
 
     def set(self, name: str | bytes, value: bytes | str) -> None:
         """Replace every value of ``name`` with one value, kept at the first occurrence's place."""
-        key = _name(name)
+        key = _NAMES.get(name) or _name(name)
         val = value.encode("latin-1") if isinstance(value, str) else value
         out: list[tuple[bytes, bytes]] = []
         placed = False
@@ -81,10 +81,10 @@ class Headers:
 
     def add(self, name: str | bytes, value: bytes | str) -> None:
         val = value.encode("latin-1") if isinstance(value, str) else value
-        self._items.append((_name(name), val))
+        self._items.append((_NAMES.get(name) or _name(name), val))
 
     def remove(self, name: str | bytes) -> None:
-        key = _name(name)
+        key = _NAMES.get(name) or _name(name)
         items = self._items
         for n, _ in items:
             if n == key:  # rebuild only when there is something to remove (the common case: nothing)
@@ -94,7 +94,7 @@ class Headers:
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str | bytes):
             return False
-        key = _name(name)
+        key = _NAMES.get(name) or _name(name)
         return any(n == key for n, _ in self._items)
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
@@ -126,7 +126,8 @@ def _name(name: str | bytes) -> bytes:
 
 
 # Header names as given to the helpers -> lowercased bytes. The helpers are called with a few dozen
-# constant names many times per request; a dict lookup beats lowering each time. Bounded: names taken
+# constant names many times per request; a dict lookup beats lowering each time (the helpers look the
+# name up inline and call ``_name`` only on a miss, which saves a call per lookup). Bounded: names taken
 # from traffic (a config's header identifier, say) can only fill it so far.
 _NAMES: dict[str | bytes, bytes] = {}
 _NAMES_MAX = 4096
