@@ -140,7 +140,8 @@ class Path:
         return shown
 
     def __str__(self) -> str:
-        return self.show
+        shown = self._show  # the cached show form, without the property's extra call
+        return shown if shown is not None else self.show
 
     def __repr__(self) -> str:
         return f"Path.read({self.show!r})"

@@ -238,6 +238,11 @@ class NoAccrual(Policy):
         pass
 
 
+_ALIVE = State.ALIVE
+_NONE = Effect.NONE
+assert Input.REQUEST in _ALIVE_STAYS and Input.SUCCESS in _ALIVE_STAYS
+
+
 # --- per-endpoint tracker -------------------------------------------------------------------------
 
 
@@ -349,17 +354,28 @@ class FailureAccrual:
             self._eps[key] = ep
         return ep
 
+    # The per-request calls answer a known, ALIVE endpoint without going through its state machine:
+    # ALIVE never changes by time (only DEAD does, in `_tick`), and a request or a success leaves it
+    # ALIVE with no effect (`_ALIVE_STAYS`); the answers are exactly the machine's.
+
     def available(self, key: str) -> bool:
         ep = self._eps.get(key)
-        return True if ep is None else ep.available()
+        return True if ep is None or ep.state is _ALIVE else ep.available()
 
     def on_request(self, key: str) -> Effect:
+        ep = self._eps.get(key)
+        if ep is not None and ep.state is _ALIVE:
+            return _NONE
         effect = self._ep(key).on_request()
         if effect is Effect.PROBE:
             self.probes += 1
         return effect
 
     def on_response(self, key: str, ok: bool) -> Effect:
+        ep = self._eps.get(key)
+        if ok and ep is not None and ep.state is _ALIVE:
+            ep.policy.record_success()
+            return _NONE
         effect = self._ep(key).on_response(ok)
         if effect is Effect.REMOVE:
             self.removals += 1

@@ -89,6 +89,8 @@ class WeightedChoice:
         if self._total <= 0:
             return self._rng.randrange(self._n)
         x = self._rng.random() * self._total
+        if self._n == 1:
+            return 0  # the draw is still made: the shared rng's sequence does not depend on this
         i = bisect.bisect_right(self._cum, x)
         return min(i, self._n - 1)
 
@@ -233,12 +235,14 @@ class Balancer:
         for _ in range(self.max_effort):
             a = nodes[choice.pick()]
             if n == 1:
-                b = a
-            else:
-                bi = choice.pick()
-                if nodes[bi] is a:
-                    bi = (nodes.index(a) + 1 + self._rng.randrange(n - 1)) % n
-                b = nodes[bi]
+                # The pair is (a, a): a if it is available, else draw again.
+                if self.is_available(a):
+                    return a
+                continue
+            bi = choice.pick()
+            if nodes[bi] is a:
+                bi = (nodes.index(a) + 1 + self._rng.randrange(n - 1)) % n
+            b = nodes[bi]
             ok_a, ok_b = self.is_available(a), self.is_available(b)
             if ok_a and ok_b:
                 return a if self._weighted_load(a) <= self._weighted_load(b) else b

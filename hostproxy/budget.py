@@ -24,6 +24,7 @@ __all__ = ["BudgetConfig", "BudgetConfigError", "RetryBudget", "WindowedAdder"]
 
 SCALE = 1000
 SLICES = 10
+_EDGE_S = 1e-3
 
 
 class BudgetConfigError(ValueError):
@@ -73,7 +74,7 @@ class BudgetConfig:
 class WindowedAdder:
     """A sum of the values added during the last `window_s` seconds (to a slice's resolution)."""
 
-    __slots__ = ("_now", "_slice_s", "_slots", "_slot_ids", "_n")
+    __slots__ = ("_now", "_slice_s", "_slots", "_slot_ids", "_n", "_cur", "_lo", "_hi")
 
     def __init__(self, window_s: float, slices: int, now: Callable[[], float]) -> None:
         self._now = now
@@ -81,17 +82,26 @@ class WindowedAdder:
         self._slice_s = window_s / slices
         self._slots = [0] * slices
         self._slot_ids = [-1] * slices
+        # `add` knows times in [_lo, _hi) to fall in slot `_cur` without dividing: the interval of the
+        # slot's slice less a margin far wider than the float error of `now // slice_s` (as
+        # WindowedHistogram does). Empty until the first add.
+        self._cur = 0
+        self._lo = self._hi = 0.0
 
-    def _slot(self) -> int:
-        sid = int(self._now() // self._slice_s)
+    def add(self, value: int) -> None:
+        now = self._now()
+        if self._lo <= now < self._hi:
+            self._slots[self._cur] += value
+            return
+        sid = int(now // self._slice_s)
         i = sid % self._n
         if self._slot_ids[i] != sid:
             self._slot_ids[i] = sid
             self._slots[i] = 0
-        return i
-
-    def add(self, value: int) -> None:
-        self._slots[self._slot()] += value
+        self._slots[i] += value
+        self._cur = i
+        self._lo = sid * self._slice_s + _EDGE_S
+        self._hi = (sid + 1) * self._slice_s - _EDGE_S
 
     def sum(self) -> int:
         sid = int(self._now() // self._slice_s)

@@ -102,13 +102,18 @@ class _Endpoint:
 
 
 class _OutcomeBody:
-    """A body source that reports the request's outcome when the response body ends."""
+    """A body source that reports the request's outcome when the response body ends: the request
+    succeeded if its status did (``ok_status``) and its body ended without an error."""
 
-    __slots__ = ("_body", "_done")
+    __slots__ = ("_body", "_client", "_bal_ep", "_key", "_t0", "_ok_status")
 
-    def __init__(self, body: Body, done: Callable[[bool], None]) -> None:
+    def __init__(self, body: Body, client: Client, bal_ep: Any, key: str, t0: float, ok_status: bool) -> None:
         self._body = body
-        self._done: Callable[[bool], None] | None = done
+        self._client: Client | None = client
+        self._bal_ep = bal_ep
+        self._key = key
+        self._t0 = t0
+        self._ok_status = ok_status
 
     async def read_chunk(self) -> bytes | None:
         try:
@@ -131,9 +136,9 @@ class _OutcomeBody:
         await self._body.aclose()
 
     def _finish(self, ok: bool) -> None:
-        done, self._done = self._done, None
-        if done is not None:
-            done(ok)
+        client, self._client = self._client, None
+        if client is not None:
+            client._outcome(self._bal_ep, self._key, self._t0, ok and self._ok_status)
 
 
 class Client:
@@ -159,6 +164,7 @@ class Client:
         self.tls = tls  # the ClientTls behind ``connector`` (None: plaintext)
         self.tls_last_error: dict[str, Any] | None = None
         self.id = client_id
+        self.dst_client = client_id.encode("latin-1", "replace")  # the l5d-dst-client value
         self.params = params
         self._nursery = nursery
         self._rng = rng or random.Random()
@@ -257,15 +263,17 @@ class Client:
 
     def _pick(self) -> Any:
         ep = self.balancer.pick()
-        if ep is None and self.endpoints:
-            self._ignore_accrual = True
-            try:
-                ep = self.balancer.pick()
-            finally:
-                self._ignore_accrual = False
-        if ep is None:
+        return ep if ep is not None else self._pick_ignoring_accrual()
+
+    def _pick_ignoring_accrual(self) -> Any:
+        """Every endpoint is marked dead (or there is none): ask again with accrual ignored."""
+        if not self.endpoints:
             return None
-        return ep
+        self._ignore_accrual = True
+        try:
+            return self.balancer.pick()
+        finally:
+            self._ignore_accrual = False
 
     def pick_key(self) -> str | None:
         """The endpoint the balancer would choose now (nothing is sent; for diagnostic traces)."""
@@ -280,11 +288,15 @@ class Client:
 
     async def request(self, req: Request) -> tuple[Response, str]:
         """Send ``req`` to one endpoint; returns the response (body streaming) and the endpoint key."""
-        self.last_used = self._clock()
+        clock = self._clock
+        balancer = self.balancer
+        self.last_used = clock()
         self.requeue_budget.deposit()
         requeues = 0
         while True:
-            bal_ep = self._pick()
+            bal_ep = balancer.pick()
+            if bal_ep is None:
+                bal_ep = self._pick_ignoring_accrual()
             ep = self.endpoints.get(bal_ep.key) if bal_ep is not None else None
             if ep is None:
                 what = {
@@ -294,9 +306,9 @@ class Client:
                 }
                 state = what.get(self.addr_state, "has no endpoints")
                 raise NoEndpoints(f"client {self.id} {state}: no endpoints available")
-            self.balancer.on_start(bal_ep)
+            balancer.on_start(bal_ep)
             self.accrual.on_request(ep.key)
-            t0 = self._clock()
+            t0 = clock()
             try:
                 if self._attempt_timeout is not None:
                     with trio.move_on_after(self._attempt_timeout) as scope:
@@ -335,23 +347,18 @@ class Client:
                 self.balancer.on_finish(bal_ep, self._clock() - t0, False)
                 raise
             ok_status = resp.status < 500
-
-            def done(
-                body_ok: bool,
-                bal_ep: Any = bal_ep,
-                key: str = ep.key,
-                t0: float = t0,
-                ok_status: bool = ok_status,
-            ) -> None:
-                ok = body_ok and ok_status
-                self.balancer.on_finish(bal_ep, self._clock() - t0, ok)
-                self.accrual.on_response(key, ok)
-
-            if resp.upgraded is not None or resp.body.done or resp.body.in_memory:
-                done(True)
+            body = resp.body
+            if resp.upgraded is not None or body.done or body.in_memory:
+                self._outcome(bal_ep, ep.key, t0, ok_status)
             else:
-                resp.body = Body(_OutcomeBody(resp.body, done), resp.body.content_length)
+                resp.body = Body(_OutcomeBody(body, self, bal_ep, ep.key, t0, ok_status), body.content_length)
             return resp, ep.key
+
+    def _outcome(self, bal_ep: Any, key: str, t0: float, ok: bool) -> None:
+        """A request sent at ``t0`` ended (``ok``: status and body both fine): tell the balancer and
+        failure accrual."""
+        self.balancer.on_finish(bal_ep, self._clock() - t0, ok)
+        self.accrual.on_response(key, ok)
 
     # -- state ------------------------------------------------------------------------------------
 

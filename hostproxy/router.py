@@ -74,8 +74,9 @@ from hostproxy.routing.context import (
     AddressOverridePolicy,
     DtabParseCache,
     RequestDtabError,
-    downstream_headers,
-    read_inbound,
+    forwarded_headers,
+    inbound,
+    show_bytes,
 )
 from hostproxy.routing.identifiers import Unidentified, build_identifiers, unknown_destination_message
 
@@ -109,11 +110,23 @@ _TRACE_BODY_LIMIT = 1 << 20  # a traced response body larger than this is report
 
 
 class _Service:
-    """What the router caches per service name: params, retry policy and its counters."""
+    """What the router caches per service name: params, retry policy and its counters, and the
+    service's request stats (what ``scope.service(name, bound=True)`` returns for it, every time)."""
 
-    __slots__ = ("params", "policy", "http_classifier", "retries_total", "budget_exhausted", "per_request")
+    __slots__ = (
+        "params",
+        "policy",
+        "http_classifier",
+        "retries_total",
+        "budget_exhausted",
+        "per_request",
+        "stats",
+        "dst_service",
+    )
 
-    def __init__(self, params: Any, policy: RetryPolicy, svc_stats: Any) -> None:
+    def __init__(self, service: Path, params: Any, policy: RetryPolicy, svc_stats: Any) -> None:
+        self.stats = svc_stats
+        self.dst_service = show_bytes(service)  # the l5d-dst-service value
         self.params = params
         self.policy = policy
         # HTTP classifiers never retry a response below 500: those skip the policy entirely.
@@ -122,11 +135,6 @@ class _Service:
         self.retries_total = reg.counter(f"{prefix}/retries/total")
         self.budget_exhausted = reg.counter(f"{prefix}/retries/budget_exhausted")
         self.per_request = reg.stat(f"{prefix}/retries/per_request")
-
-
-def _one_body(body: Body) -> Callable[[], Body]:
-    """A factory for a request that is not retried: it hands out the original body once."""
-    return lambda: body
 
 
 def _dtab_lines(d: Dtab) -> str:
@@ -154,6 +162,15 @@ def _transforming_bind(transformers: list[Any]) -> Callable[..., Any]:
 
 
 _SUCCESS_CLASS = b"l5d-success-class"  # the classifier's verdict on the response, as Linkerd sets it
+
+
+def _set_success_class(headers: Headers, value: bytes) -> None:
+    """``headers.set(l5d-success-class, value)``: appended when absent (as ``set`` does, without
+    rebuilding the list), replaced when an upstream already sent one."""
+    if headers.get(_SUCCESS_CLASS) is None:
+        headers.add(_SUCCESS_CLASS, value)
+    else:
+        headers.set(_SUCCESS_CLASS, value)
 
 
 class _Rec:
@@ -399,19 +416,19 @@ class HttpRouter:
     ) -> tuple[Response, Cause | None, Any]:
         ip = conn.params.ip
         try:
-            inbound = read_inbound(
-                req.headers.items(), clear_context=self._clear_context.get(ip, False), cache=self.dtab_cache
+            headers, local, _sample = inbound(
+                req.headers, self._clear_context.get(ip, False), self.dtab_cache
             )
         except RequestDtabError as e:
             return self._err(400, Cause.IDENTIFICATION, str(e)), Cause.IDENTIFICATION, None
-        ident = self.identifier.identify(_IdentReq(req, inbound.headers))
+        ident = self.identifier.identify(_IdentReq(req, headers))
         if isinstance(ident, Unidentified):
             msg = unknown_destination_message(req, ident)
             return self._err(400, Cause.IDENTIFICATION, msg), Cause.IDENTIFICATION, None
         trace: diagtrace.TraceRequest | None = None
         if req.method == "TRACE":
             try:
-                trace = diagtrace.trace_request(req.method, inbound.headers)
+                trace = diagtrace.trace_request(req.method, headers)
             except diagtrace.InvalidMaxForwards as e:
                 return self._err(400, Cause.IDENTIFICATION, str(e)), Cause.IDENTIFICATION, None
         if ident.target is not None:
@@ -419,8 +436,10 @@ class HttpRouter:
         service: Path = ident.path
         if rec is not None:
             rec.service = str(service)
-        local = inbound.local_dtab
-        outcome = await self._bind(service, local, self._policies.get(ip))
+        policy = self._policies.get(ip)
+        outcome = self.binder.bind(service, local, policy=policy)
+        if self._waiting(outcome):
+            outcome = await self._bind_pending(service, local, policy, outcome)
         if outcome is None:
             svc = self._service_stats(service, False, Cause.NAMING_FAILED)
             msg = (
@@ -434,7 +453,8 @@ class HttpRouter:
             svc = self._service_stats(service, False, Cause.NAMING_FAILED)
             msg = f"Unable to route request!\nservice name: {service}\nerror: {outcome.error}"
             return self._err(502, Cause.NAMING_FAILED, msg), Cause.NAMING_FAILED, svc
-        leaf = self._choose(outcome.tree)
+        tree = outcome.tree
+        leaf = tree.value if type(tree) is Leaf else self._choose(tree)
         if leaf is None:
             svc = self._service_stats(service, False, Cause.NAMING_NEG)
             msg = (
@@ -444,16 +464,17 @@ class HttpRouter:
                 f"override dtab:\n{_dtab_lines(local)}"
             )
             return self._err(502, Cause.NAMING_NEG, msg), Cause.NAMING_NEG, svc
-        svc = self.scope.service(str(service), True)
+        entry = self._services.get(service)
+        svc = entry.stats if entry is not None else self.scope.service(str(service), True)
         svc.start()
         client_id = str(leaf.id)
         client = self.clients.acquire(client_id, self._new_client)
         try:
             if rec is not None:
                 rec.client = client_id
-            t_forward = self._clock()
+            t_forward = self._clock() if trace is not None else 0.0
             resp, cause, svc_stats = await self._forward(
-                req, service, local, leaf, client, inbound.headers, svc, rec, conn, trace
+                req, service, local, leaf, client, headers, svc, entry, rec, conn, trace
             )
             if trace is not None and trace.add_context and resp.error_cause is None:
                 resp = await self._with_trace_context(
@@ -477,6 +498,7 @@ class HttpRouter:
         client: Client,
         headers: list[tuple[bytes, bytes]],
         svc: Any,
+        entry: _Service | None,
         rec: _Rec | None = None,
         conn: ConnInfo | None = None,
         trace: diagtrace.TraceRequest | None = None,
@@ -489,15 +511,15 @@ class HttpRouter:
                 f"naming failed: {leaf.addr.cause}"
             )
             return self._err(502, Cause.NAMING_FAILED, msg), Cause.NAMING_FAILED, svc
-        edits = downstream_headers(
-            service=service,
-            client=leaf.id,
-            residual=leaf.residual,
-            local_dtab=local,
-            headers=headers,
-            rng=self._rng,
+        out, ctx_deadline = forwarded_headers(
+            entry.dst_service if entry is not None else show_bytes(service),
+            client.dst_client,
+            leaf.residual,
+            local,
+            headers,
+            self._rng,
         )
-        req.headers = out_headers = Headers._trusted(edits.apply(headers))  # names already lowercased
+        req.headers = out_headers = Headers._trusted(out)  # names already lowercased
         if client.params.forward_client_cert:
             out_headers.remove(_XFCC)  # only this proxy may say which certificate the caller presented
             stream = conn.tls if conn is not None else None
@@ -505,15 +527,16 @@ class HttpRouter:
                 value = stream.forwarded_client_cert()
                 if value is not None:
                     out_headers.set(_XFCC, value)
-        entry = self._services.get(service)
         if entry is None:
             entry = self._service_entry(service, svc)
         params = entry.params
         now_ns = time.time_ns()
-        inbound_deadline = (
-            deadline_from_headers(out_headers.get_all(_DEADLINE)) if _DEADLINE in out_headers else None
-        )
-        deadline = effective_deadline(now_ns, inbound_deadline, params.total_timeout_ms)
+        # The only l5d-ctx-deadline left in the forwarded headers is the combined one set above.
+        inbound_deadline = deadline_from_headers((ctx_deadline,)) if ctx_deadline is not None else None
+        if inbound_deadline is None and params.total_timeout_ms is None:
+            deadline = None
+        else:
+            deadline = effective_deadline(now_ns, inbound_deadline, params.total_timeout_ms)
         if deadline is not None:
             out_headers.set(_DEADLINE, deadline.header_value())
         if trace is not None:
@@ -526,15 +549,24 @@ class HttpRouter:
             forwarded = trace.forwarded_max_forwards()
             if forwarded is not None:
                 out_headers.set(diagtrace.MAX_FORWARDS, forwarded)
+        # Every attempt sends ``factory()``, a fresh copy of the body, when it can be replayed; a body
+        # that cannot is sent once, as it is.
         body = req.body
-        if body.content_length == 0 or (body.in_memory and not body.done):
+        factory: Callable[[], Body] | None
+        if body.content_length == 0 and body.done and body.in_memory:
+            # An empty in-memory body read to its end (the server's ``Body.empty()``: the usual GET)
+            # reads, closes and frames exactly like a fresh copy, and stays so: every attempt sends it.
+            factory = None
+            replayable = True
+        elif body.content_length == 0 or (body.in_memory and not body.done):
             data = body.peek_memory() if body.in_memory else b""
             trailers = body.trailers
-            factory: Callable[[], Body] | None = lambda: Body.from_bytes(data, trailers)  # noqa: E731
+            factory = lambda: Body.from_bytes(data, trailers)  # noqa: E731
+            replayable = True
         else:
             factory = await buffer_body_for_retry(body, entry.policy.buffer_bytes)
-        attempts = entry.policy.start(req.method, replayable=factory is not None, deadline=deadline)
-        next_body = factory or _one_body(body)
+            replayable = factory is not None
+        attempts = entry.policy.start(req.method, replayable=replayable, deadline=deadline)
         client_stats = client.stats
         client_stats.start()
         t0 = self._clock()
@@ -542,7 +574,7 @@ class HttpRouter:
         status = 502
         try:
             while True:
-                req.body = next_body()
+                req.body = factory() if factory is not None else body
                 resp: Response | None = None
                 err: UpstreamError | None = None
                 try:
@@ -572,7 +604,7 @@ class HttpRouter:
                     status = resp.status
                     if status < 500 and entry.http_classifier:
                         cause = None
-                        resp.headers.set(_SUCCESS_CLASS, b"1.0")
+                        _set_success_class(resp.headers, b"1.0")
                         return resp, None, svc
                     decision = attempts.decide(
                         status, None, now_ns=time.time_ns(), l5d_retryable=resp.headers.get(_RETRYABLE)
@@ -603,7 +635,7 @@ class HttpRouter:
                     ok = rc is ResponseClass.SUCCESS
                     cause = None if ok else (Cause.UPSTREAM_5XX if status >= 500 else None)
                     if entry.http_classifier:
-                        resp.headers.set(_SUCCESS_CLASS, b"1.0" if ok else b"0.0")
+                        _set_success_class(resp.headers, b"1.0" if ok else b"0.0")
                     return resp, cause, svc
                 assert err is not None
                 cause = cause_of(err)
@@ -613,7 +645,7 @@ class HttpRouter:
             cause = Cause.PROXY_INTERNAL if cause is None else cause
             raise
         finally:
-            entry.per_request.add(attempts.finish())
+            entry.per_request.hist.add(attempts.finish())
             client_stats.finish(self._clock() - t0, cause, status)
 
     async def _with_trace_context(
@@ -663,7 +695,7 @@ class HttpRouter:
     def _service_entry(self, service: Path, svc: Any) -> _Service:
         params = service_params_for(self.cfg, service)
         policy = RetryPolicy.from_params(params, clock=self._clock, rng=self._rng)
-        entry = _Service(params, policy, svc)
+        entry = _Service(service, params, policy, svc)
         if len(self._services) < 10_000:
             self._services[service] = entry
         return entry
@@ -694,7 +726,10 @@ class HttpRouter:
             return True
         if outcome.error is not None or outcome.refused is not None:
             return False
-        todo = [outcome.tree]
+        tree = outcome.tree
+        if type(tree) is Leaf and not isinstance(getattr(tree.value, "addr", None), AddrPending):
+            return False  # the usual tree: one leaf with its addresses
+        todo = [tree]
         while todo:
             t = todo.pop()
             if isinstance(t, Leaf):
@@ -707,10 +742,11 @@ class HttpRouter:
                 todo.extend(w.tree for w in t.branches)
         return False
 
-    async def _bind(self, service: Path, local: Dtab, policy: AddressOverridePolicy | None) -> Any:
-        outcome = self.binder.bind(service, local, policy=policy)
-        if not self._waiting(outcome):
-            return outcome
+    async def _bind_pending(
+        self, service: Path, local: Dtab, policy: AddressOverridePolicy | None, outcome: Any
+    ) -> Any:
+        """Bind again after every binder change until ``outcome`` is no longer :meth:`_waiting`, for
+        at most ``bindingTimeoutMs``: the final outcome, or None when the time ran out."""
         with trio.move_on_after(self.binding_timeout_s):
             while self._waiting(outcome):
                 if self._changed.is_set():

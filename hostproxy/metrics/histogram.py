@@ -166,27 +166,50 @@ class HistogramSnapshot:
         return out
 
 
+# `add` takes a record whose time lies inside the current slice's interval, at least this far (seconds)
+# from either end, to be in that slice without computing `now // slice_s`: the margin is far wider than
+# the float error of that division, so the answer is the division's. Records nearer an end divide.
+_EDGE_S = 1e-3
+
+
 class WindowedHistogram:
-    __slots__ = ("_now", "_slice_s", "_slices", "_cur", "total_count", "total_sum")
+    __slots__ = ("_now", "_slice_s", "_slices", "_cur", "_lo", "_hi", "total_count", "total_sum")
 
     def __init__(self, now: Callable[[], float], slices: int = 12, slice_s: float = 5.0) -> None:
         self._now = now
         self._slice_s = slice_s
         self._slices = [_Slice() for _ in range(slices)]
         self._cur = self._slices[0]
+        # The times `add` knows to be in `_cur`'s slice without dividing (none yet).
+        self._lo = self._hi = 0.0
         self.total_count = 0
         self.total_sum = 0.0
 
-    def add(self, value: float) -> None:
-        sid = int(self._now() // self._slice_s)
+    def _slice_at(self, now: float) -> _Slice:
+        """The slice of time `now`, cleared if it last held an older window's records; it becomes
+        the current one."""
+        sid = int(now // self._slice_s)
         cur = self._cur
         if cur.sid != sid:
             cur = self._slices[sid % len(self._slices)]
             if cur.sid != sid:
                 cur.reset(sid)
             self._cur = cur
-        v = value if value > 0 else 0
-        idx = bucket_index(int(v))
+        self._lo = sid * self._slice_s + _EDGE_S
+        self._hi = (sid + 1) * self._slice_s - _EDGE_S
+        return cur
+
+    def add(self, value: float) -> None:
+        now = self._now()
+        cur = self._cur if self._lo <= now < self._hi else self._slice_at(now)
+        if value > 0:
+            v = value
+            iv = int(value)
+            idx = (
+                iv if iv < SUB else bucket_index(iv)
+            )  # small values (most latencies in ms) are their own bucket
+        else:
+            v = idx = 0
         counts = cur.counts
         counts[idx] = counts.get(idx, 0) + 1
         cur.count += 1

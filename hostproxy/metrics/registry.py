@@ -346,7 +346,11 @@ class RequestStats:
                 )
             c.value += 1
         if status is not None:
-            self.record_status(status)
+            pair = self._by_status.get(status)
+            if pair is None:
+                pair = self._status_counters(status)
+            pair[0].value += 1
+            pair[1].value += 1
 
     def late_failure(self, cause: Cause) -> None:
         """A request counted as a success when its response head arrived failed afterwards (the
@@ -368,18 +372,23 @@ class RequestStats:
     def record_status(self, status: int) -> None:
         pair = self._by_status.get(status)
         if pair is None:
-            code = status if 100 <= status <= 599 else 0
-            klass = f"{code // 100}XX" if code else "invalid"
-            fam = f"hostproxy_{self.scope}_responses_total"
-            pair = self._by_status[status] = (
-                self._reg.counter(
-                    f"{self.prefix}/status/{code or 'invalid'}",
-                    PromId(fam, self.labels + (("code", str(code)),), "Responses by status code"),
-                ),
-                self._reg.counter(f"{self.prefix}/status/{klass}"),
-            )
+            pair = self._status_counters(status)
         pair[0].value += 1
         pair[1].value += 1
+
+    def _status_counters(self, status: int) -> tuple[Counter, Counter]:
+        """The counters of one status (`status/<code>`, `status/<class>`), registered on first use."""
+        code = status if 100 <= status <= 599 else 0
+        klass = f"{code // 100}XX" if code else "invalid"
+        fam = f"hostproxy_{self.scope}_responses_total"
+        pair = self._by_status[status] = (
+            self._reg.counter(
+                f"{self.prefix}/status/{code or 'invalid'}",
+                PromId(fam, self.labels + (("code", str(code)),), "Responses by status code"),
+            ),
+            self._reg.counter(f"{self.prefix}/status/{klass}"),
+        )
+        return pair
 
 
 class RouterScope:

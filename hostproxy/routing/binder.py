@@ -189,6 +189,18 @@ class BoundedLru(Generic[K, V]):
         for k, s in slots.items():
             self._evicted(k, s, "cleared")
 
+    def use(self, key: K) -> _Slot[V] | None:
+        """:meth:`get` and :meth:`acquire` in one step: the entry's slot, marked in use, or None when
+        there is no entry (nothing is then marked)."""
+        now = self._clock()
+        self.expire(now)
+        s = self._slots.get(key)
+        if s is not None:
+            s.in_use += 1
+            s.last_used = now
+            self._slots.move_to_end(key)
+        return s
+
     def acquire(self, key: K) -> V:
         """Mark an entry in use (not evictable) and return it; raises ``KeyError`` if absent."""
         s = self._slots[key]
@@ -204,7 +216,8 @@ class BoundedLru(Generic[K, V]):
         s.in_use -= 1
         s.last_used = self._clock()
         self._slots.move_to_end(key)
-        self._trim()
+        if len(self._slots) > self.max_entries:
+            self._trim()
 
     def in_use(self, key: K) -> int:
         s = self._slots.get(key)
@@ -217,6 +230,10 @@ class BoundedLru(Generic[K, V]):
         if now is None:
             now = self._clock()
         cutoff = now - self.idle_ttl_s
+        for first in self._slots.values():
+            if first.last_used > cutoff:
+                return 0  # the least recently used entry is not idle: none is (the usual case)
+            break
         n = 0
         scanned = 0
         limit = len(self._slots)
@@ -314,6 +331,9 @@ class ClientCache(Generic[K, C]):
 
     def acquire(self, key: K, factory: Callable[[K], C]) -> C:
         """Get (or make) the client and hold it in use until :meth:`release`."""
+        s = self._lru.use(key)
+        if s is not None:
+            return s.value
         self.get(key, factory)  # a new entry is never the one its own insertion evicts
         return self._lru.acquire(key)
 
@@ -375,6 +395,8 @@ class _Entry:
     consulted: frozenset[tuple[Path, Path]]
     error_generation: int
     raw_ids: frozenset[str] | None = None  # computed lazily for the override policy
+    # The outcome of a cache hit that needs no override check, reused while the version stays.
+    hit: BindOutcome | None = None
 
 
 _Key = tuple[Dtab, Path]
@@ -537,6 +559,17 @@ class Binder:
     ) -> BindOutcome:
         """The bound tree for ``service`` under ``base ++ local_dtab``, from cache when unchanged."""
         e, cached = self._entry(local_dtab, service)
+        if (
+            e.error is None
+            and not e.pending
+            and (policy is None or not policy.refuse_raw_addresses or len(local_dtab) == 0)
+        ):
+            if not cached:
+                return BindOutcome(service, local_dtab, tree=e.tree, version=self.version)
+            hit = e.hit
+            if hit is None or hit.version != self.version:
+                hit = e.hit = BindOutcome(service, local_dtab, tree=e.tree, version=self.version, cached=True)
+            return hit
         common = {"service": service, "local_dtab": local_dtab, "version": self.version, "cached": cached}
         if e.error is not None:
             return BindOutcome(error=e.error, **common)  # type: ignore[arg-type]

@@ -20,6 +20,10 @@ Theory of operation. A request's headers pass three steps, all pure functions ov
    (the printed local dtab, only when non-empty) and ``l5d-ctx-deadline`` (the strictest of the values
    received). ``l5d-ctx-trace`` and unknown ``l5d-ctx-*`` headers pass through.
 
+The router runs steps 1-2 as :func:`inbound` and step 3 with its application as
+:func:`forwarded_headers`: the same results, each in one pass over the headers (every request pays
+for these).
+
 On the way back, :func:`clear_response_context` drops ``l5d-*`` response headers under ``clearContext``
 (and says to empty the body of a proxy error), and :func:`encode_l5d_err` writes the ``l5d-err`` value.
 
@@ -77,10 +81,13 @@ __all__ = [
     "clear_response_context",
     "downstream_headers",
     "encode_l5d_err",
+    "forwarded_headers",
+    "inbound",
     "is_loopback_bind",
     "raw_address_ids",
     "read_inbound",
     "read_request_dtab",
+    "show_bytes",
     "strip_inbound",
 ]
 
@@ -170,6 +177,11 @@ def read_request_dtab(headers: Iterable[Header], cache: DtabParseCache | None = 
             ctx.append(v.decode("latin-1"))
         elif name == USER_DTAB:
             user.append(v.decode("latin-1"))
+    return _parse_dtabs(ctx, user, cache)
+
+
+def _parse_dtabs(ctx: Iterable[str], user: Iterable[str], cache: DtabParseCache | None) -> Dtab:
+    """The ``l5d-ctx-dtab`` texts then the ``l5d-dtab`` texts, parsed and concatenated."""
     result = Dtab.EMPTY
     for header, values in (("l5d-ctx-dtab", ctx), ("l5d-dtab", user)):
         for text in values:
@@ -197,18 +209,43 @@ def read_inbound(
 
     Raises :class:`RequestDtabError` for an unparseable dtab header.
     """
-    hs = strip_inbound(headers, clear_context)
-    local = read_request_dtab(hs, cache)
+    return InboundContext(*inbound(headers, clear_context, cache))
+
+
+def inbound(
+    headers: Iterable[Header], clear_context: bool, cache: DtabParseCache | None = None
+) -> tuple[list[Header], Dtab, float | None]:
+    """:func:`read_inbound` as a tuple ``(headers, local dtab, sample)``, in one pass over the headers
+    (the router's per-request form: what :func:`strip_inbound`, :func:`read_request_dtab` and the
+    sample and :data:`CLEARED_ON_READ` filters would each compute)."""
+    kept: list[Header] = []
+    ctx: list[str] = []
+    user: list[str] = []
+    sample_value: bytes | None = None
+    for pair in headers:
+        name = pair[0].lower()
+        if name.startswith(L5D_PREFIX):
+            if clear_context:
+                continue
+            if name == CTX_DTAB:
+                ctx.append(pair[1].decode("latin-1"))
+                continue
+            if name == USER_DTAB:
+                user.append(pair[1].decode("latin-1"))
+                continue
+            if name == SAMPLE:
+                if sample_value is None:
+                    sample_value = pair[1]
+                continue
+        kept.append(pair)
+    local = _parse_dtabs(ctx, user, cache) if ctx or user else Dtab.EMPTY
     sample: float | None = None
-    for n, v in hs:
-        if n.lower() == SAMPLE:
-            try:
-                sample = min(1.0, max(0.0, float(v.decode("latin-1"))))
-            except ValueError:
-                sample = None
-            break
-    kept = [(n, v) for (n, v) in hs if n.lower() not in CLEARED_ON_READ]
-    return InboundContext(kept, local, sample)
+    if sample_value is not None:
+        try:
+            sample = min(1.0, max(0.0, float(sample_value.decode("latin-1"))))
+        except ValueError:
+            sample = None
+    return kept, local, sample
 
 
 # -- downstream -----------------------------------------------------------------------------------
@@ -266,7 +303,8 @@ def _combined_deadline(values: list[bytes]) -> bytes | None:
     return None if best is None else f"{best[0]} {best[1]}".encode("ascii")
 
 
-def _show(p: Any) -> bytes:
+def show_bytes(p: Any) -> bytes:
+    """A path (or id) as a header value: its printed form."""
     return str(p).encode("latin-1", "replace")
 
 
@@ -296,25 +334,83 @@ def downstream_headers(
             trace = v
         elif name == REQID and reqid_in is None:
             reqid_in = v
-    sets: list[Header] = [(DST_SERVICE, _show(service))]
-    remove = set(CLEARED_ON_READ) | {DST_RESIDUAL, DST_CLIENT, CTX_DEADLINE}
+    shown_client = show_bytes(client) if client is not None else None
+    sets, _ = _context_sets(
+        show_bytes(service), shown_client, residual, local_dtab, deadlines, trace, reqid_in, rng
+    )
+    return HeaderEdits(_DOWNSTREAM_REMOVE, tuple(sets))
+
+
+def forwarded_headers(
+    service: bytes,
+    client: bytes,
+    residual: Path | None,
+    local_dtab: Dtab,
+    headers: Iterable[Header],
+    rng: random.Random,
+) -> tuple[list[Header], bytes | None]:
+    """``downstream_headers(...).apply(headers)`` in one pass over ``headers`` (the router's
+    per-request form), and the ``l5d-ctx-deadline`` value among them (None: there is none).
+
+    ``service`` and ``client`` are given printed, as :func:`show_bytes` prints them (the router keeps
+    them with the service and the client)."""
+    kept: list[Header] = []
+    deadlines: list[bytes] = []
+    trace: bytes | None = None
+    reqid_in: bytes | None = None
+    for pair in headers:
+        name = pair[0].lower()
+        if name.startswith(L5D_PREFIX):
+            if name in _DOWNSTREAM_DROP:
+                if name == CTX_DEADLINE:
+                    deadlines.append(pair[1])
+                elif name == REQID and reqid_in is None:
+                    reqid_in = pair[1]
+                continue
+            if name == CTX_TRACE and trace is None:
+                trace = pair[1]
+        kept.append(pair)
+    sets, deadline = _context_sets(service, client, residual, local_dtab, deadlines, trace, reqid_in, rng)
+    kept.extend(sets)
+    return kept, deadline
+
+
+# What ``downstream_headers`` removes, and what its edits drop in all: that plus the names it sets,
+# which are always l5d-dst-service and l5d-reqid and otherwise names already removed.
+_DOWNSTREAM_REMOVE = CLEARED_ON_READ | {DST_RESIDUAL, DST_CLIENT, CTX_DEADLINE}
+_DOWNSTREAM_DROP = _DOWNSTREAM_REMOVE | {DST_SERVICE, REQID}
+
+
+def _context_sets(
+    service: bytes,
+    client: bytes | None,
+    residual: Path | None,
+    local_dtab: Dtab,
+    deadlines: list[bytes],
+    trace: bytes | None,
+    reqid_in: bytes | None,
+    rng: random.Random,
+) -> tuple[list[Header], bytes | None]:
+    """The headers ``downstream_headers`` sets, in order, and the combined deadline among them
+    (``service`` and ``client`` printed)."""
+    sets: list[Header] = [(DST_SERVICE, service)]
     if client is not None:
-        sets.append((DST_CLIENT, _show(client)))
+        sets.append((DST_CLIENT, client))
     if residual is not None and len(residual) > 0:
-        sets.append((DST_RESIDUAL, _show(residual)))
+        sets.append((DST_RESIDUAL, show_bytes(residual)))
     reqid = trace_id_of(trace) if trace is not None else None
-    if reqid is None:
-        if reqid_in is not None and _HEX16.match(reqid_in):
-            reqid = reqid_in.decode("ascii")
-        else:
-            reqid = f"{rng.getrandbits(64):016x}"
-    sets.append((REQID, reqid.encode("ascii")))
+    if reqid is not None:
+        sets.append((REQID, reqid.encode("ascii")))
+    elif reqid_in is not None and _HEX16.match(reqid_in):
+        sets.append((REQID, reqid_in))
+    else:
+        sets.append((REQID, b"%016x" % rng.getrandbits(64)))
     if len(local_dtab) > 0:
-        sets.append((CTX_DTAB, _show(local_dtab)))
-    deadline = _combined_deadline(deadlines)
+        sets.append((CTX_DTAB, show_bytes(local_dtab)))
+    deadline = _combined_deadline(deadlines) if deadlines else None
     if deadline is not None:
         sets.append((CTX_DEADLINE, deadline))
-    return HeaderEdits(frozenset(remove), tuple(sets))
+    return sets, deadline
 
 
 # -- responses ------------------------------------------------------------------------------------

@@ -190,10 +190,26 @@ class HeaderTokenIdentifier:
 
     # Recent values and their names: a host's requests reuse one Path (its hash and text computed once).
     _names: dict[bytes, Identified] = field(default_factory=dict, init=False, compare=False, repr=False)
+    # The header's name as stored in requests (lowercased bytes).
+    _key: bytes = field(default=b"", init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_key", self.header.lower().encode("latin-1"))
 
     def identify(self, request: RequestLike) -> Identified | Unidentified:
-        values = _header_values(request, self.header)
-        value = (values[-1] if self.use_last else values[0]) if values else b""
+        # The first (or last) value of the header, as _header_values would list them.
+        key = self._key
+        present = False
+        value = b""
+        for n, v in request.headers:
+            if n == key:
+                present = True
+                value = v
+                if not self.use_last:
+                    break
+        if not present and self.header.startswith(":"):
+            values = _header_values(request, self.header)
+            value = values[-1] if values else b""
         if not value:
             msg = f"missing header: '{self.header}'" if self.h2_message else f"{self.header} header is absent"
             return Unidentified((msg,))
