@@ -30,8 +30,9 @@ on because those rules are applied here, exactly as h11 applies them:
 
 Bodies are framed here (``Content-Length``, chunked with extensions and trailers, or until EOF for
 responses), which keeps message boundaries exact without asking llhttp where it stopped.  Writing is
-plain byte joins with one regular-expression check of the whole field block (no CR, LF or NUL can
-reach the wire from a header).
+plain byte joins with a few byte scans of the whole field block (no CR, LF or NUL can reach the wire
+from a header; a block the scans cannot clear is checked field by field).  Parsed status lines are
+remembered (a bounded map), since an upstream sends few distinct ones.
 
 Known, deliberate differences from h11 (all stricter): duplicate equal ``Content-Length`` fields,
 control characters (other than HTAB) in field values, bare LF in trailers, and (in requests)
@@ -74,10 +75,12 @@ _BLANK_LINE_RE: Final = re.compile(rb"\n\r?\n")
 _OBS_FOLD_RE: Final = re.compile(rb"\r\n[ \t]+")
 _TOKEN_RE: Final = re.compile(_TOKEN)
 _OUT_VALUE_RE: Final = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
-_OUT_NAMES_RE: Final = re.compile(rb"(?:" + _TOKEN + rb"(?: |$))*")
 _TARGET_RE: Final = re.compile(rb"[\x21-\x7e]+")
-# What we write: "name: value" lines, value empty or without leading/trailing whitespace.
-_OUT_FIELDS_RE: Final = re.compile(rb"(?:" + _TOKEN + rb": (?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?\r\n)*")
+# What we write: "name: value" lines, value empty or without leading/trailing whitespace (see
+# ``_fields_out``): every byte but NUL, HTAB, CR, LF, VT and FF is plain; names are token bytes.
+_OUT_PLAIN: Final = bytes(b for b in range(256) if b not in b"\x00\t\r\n\x0b\x0c")
+_OUT_TCHARS: Final = bytes(b for b in range(256) if _TOKEN_RE.fullmatch(bytes([b])))
+_CRLF: Final = b"\r\n"
 
 # Peer ("their") states.
 _T_IDLE: Final = 0  # client side only: no request sent yet
@@ -103,6 +106,10 @@ _P_UPGRADE: Final = 1
 _P_CONNECT: Final = 2
 
 _CL_MAX_DIGITS: Final = 20
+# Parsed status lines (version, status, reason) by their bytes: a server sends few distinct ones.
+# Bounded, so that a peer sending varied reason phrases only fills it so far.
+_STATUS_LINES: dict[bytes, tuple[bytes, int, bytes | None]] = {}
+_STATUS_LINES_MAX: Final = 256
 _DUMMY_LINE: Final = b"GET / HTTP/1.1\r\n"
 
 
@@ -191,50 +198,68 @@ def _normalize(raw: HeaderList) -> _Head:
     for name, value in raw:
         name = name.lower()
         value = value.rstrip(b" \t")
-        if name == b"content-length":
-            lengths = {v.strip() for v in value.split(b",")}
-            if len(lengths) != 1:
-                raise _FieldError("conflicting Content-Length headers")
-            value = lengths.pop()
-            if not _CONTENT_LENGTH_RE.fullmatch(value) or len(value) > _CL_MAX_DIGITS:
-                raise _FieldError("bad Content-Length")
-            if head.length is None:
-                head.length = int(value)
-            elif head.length != int(value):  # pragma: no cover - llhttp refuses duplicates first
-                raise _FieldError("conflicting Content-Length headers")
-        elif name == b"transfer-encoding":
-            if head.chunked:
-                raise _FieldError("multiple Transfer-Encoding headers")
-            value = value.lower()
-            if value != b"chunked":
-                raise _FieldError("Only Transfer-Encoding: chunked is supported")
-            head.chunked = True
-        elif name == b"host":
-            head.hosts += 1
-        elif name == b"connection":
-            if b"close" in _tokens(value):
-                head.close = True
-        elif name == b"expect":
-            if b"100-continue" in _tokens(value):
-                head.expect_100 = True
-        elif name == b"upgrade" and _tokens(value):
-            head.upgrade = True
+        if name in _SPECIAL:  # one set lookup for the fields that need nothing more (most)
+            if name == b"content-length":
+                if not value.isdigit():  # plain digits (the common case) are their own only value
+                    lengths = {v.strip() for v in value.split(b",")}
+                    if len(lengths) != 1:
+                        raise _FieldError("conflicting Content-Length headers")
+                    value = lengths.pop()
+                    if not _CONTENT_LENGTH_RE.fullmatch(value):
+                        raise _FieldError("bad Content-Length")
+                if len(value) > _CL_MAX_DIGITS:
+                    raise _FieldError("bad Content-Length")
+                if head.length is None:
+                    head.length = int(value)
+                elif head.length != int(value):  # pragma: no cover - llhttp refuses duplicates first
+                    raise _FieldError("conflicting Content-Length headers")
+            elif name == b"host":
+                head.hosts += 1
+            elif name == b"connection":
+                if b"close" in value.lower() and b"close" in _tokens(value):
+                    head.close = True
+            elif name == b"transfer-encoding":
+                if head.chunked:
+                    raise _FieldError("multiple Transfer-Encoding headers")
+                value = value.lower()
+                if value != b"chunked":
+                    raise _FieldError("Only Transfer-Encoding: chunked is supported")
+                head.chunked = True
+            elif name == b"expect":
+                if b"100-continue" in _tokens(value):
+                    head.expect_100 = True
+            elif _tokens(value):  # upgrade
+                head.upgrade = True
         out.append((name, value))
     return head
 
 
+_SPECIAL: Final = frozenset(
+    [b"content-length", b"transfer-encoding", b"host", b"connection", b"expect", b"upgrade"]
+)
+
+
 def _fields_out(headers: HeaderList) -> bytes:
-    """Serialise fields (with the blank line); a field that would break the framing is refused."""
+    """Serialise fields (with the blank line); a field that would break the framing is refused.
+
+    The block is checked whole, with byte scans that together are a sufficient condition for every
+    field being valid (a token name; a value without NUL or whitespace other than inner SP/HTAB):
+    one CRLF per line and no NUL, HTAB, VT or FF anywhere, no ``":  "`` (leading whitespace) or
+    ``" \r\n"`` (trailing whitespace), names of token bytes only.  A block that fails a scan (an
+    empty value or a HTAB does) is checked field by field, exactly.
+    """
     block = b"".join([b"%s: %s\r\n" % nv for nv in headers])
+    names = [n for n, _ in headers]
     if (
-        block.count(b"\n") != len(headers)
-        or not _OUT_FIELDS_RE.fullmatch(block)
-        or not _OUT_NAMES_RE.fullmatch(b" ".join([n for n, _ in headers]))
+        block.translate(None, _OUT_PLAIN) != _CRLF * len(headers)
+        or block.find(b":  ") != -1
+        or block.find(b" \r\n") != -1
+        or b"".join(names).translate(None, _OUT_TCHARS)
+        or b"" in names
     ):
         for name, value in headers:
             if not _TOKEN_RE.fullmatch(name) or not _OUT_VALUE_RE.fullmatch(value):
                 raise LocalProtocolError(f"Illegal header {name!r}: {value!r}")
-        raise LocalProtocolError(f"Illegal header field in {headers!r}")  # pragma: no cover
     return block + b"\r\n"
 
 
@@ -630,10 +655,13 @@ class ServerCodec(_Side):
         for name, value in headers:
             lname = name.lower()
             if lname == b"content-length":
-                values = {v.strip() for v in value.split(b",")}
-                if len(values) != 1 or not _CONTENT_LENGTH_RE.fullmatch(v := values.pop()):
-                    self._our = _O_ERROR
-                    raise LocalProtocolError(f"bad Content-Length {value!r}")
+                if type(value) is bytes and value.isdigit():
+                    v = value  # plain digits (the common case): the only value, well-formed
+                else:
+                    values = {v.strip() for v in value.split(b",")}
+                    if len(values) != 1 or not _CONTENT_LENGTH_RE.fullmatch(v := values.pop()):
+                        self._our = _O_ERROR
+                        raise LocalProtocolError(f"bad Content-Length {value!r}")
                 if length is not None and length != int(v):
                     self._our = _O_ERROR
                     raise LocalProtocolError("conflicting Content-Length headers")
@@ -744,10 +772,13 @@ class ClientCodec(_Side):
             if lname == b"host":
                 hosts += 1
             elif lname == b"content-length":
-                values = {v.strip() for v in value.split(b",")}
-                if len(values) != 1 or not _CONTENT_LENGTH_RE.fullmatch(v := values.pop()):
-                    self._our = _O_ERROR
-                    raise LocalProtocolError(f"bad Content-Length {value!r}")
+                if type(value) is bytes and value.isdigit():
+                    v = value  # plain digits (the common case): the only value, well-formed
+                else:
+                    values = {v.strip() for v in value.split(b",")}
+                    if len(values) != 1 or not _CONTENT_LENGTH_RE.fullmatch(v := values.pop()):
+                        self._our = _O_ERROR
+                        raise LocalProtocolError(f"bad Content-Length {value!r}")
                 if length is not None and length != int(v):
                     self._our = _O_ERROR
                     raise LocalProtocolError("conflicting Content-Length headers")
@@ -758,7 +789,7 @@ class ClientCodec(_Side):
                     raise LocalProtocolError("Only Transfer-Encoding: chunked is supported")
                 chunked = True
             elif lname == b"connection":
-                if b"close" in _tokens(value):
+                if b"close" in value.lower() and b"close" in _tokens(value):
                     self._keep_alive = False
             elif lname == b"upgrade" and _tokens(value):
                 self._proposal |= _P_UPGRADE
@@ -827,15 +858,20 @@ class ClientCodec(_Side):
             raise self._fail("continuation line at start of headers")
         if b"\r\n " in block or b"\r\n\t" in block:
             block = _OBS_FOLD_RE.sub(b" ", block)
-        match = _STATUS_LINE_RE.fullmatch(line)
-        if match is None:
-            raise self._fail(f"illegal status line: {line!r}")
-        version, status_s, reason = match.groups()
+        status_line = _STATUS_LINES.get(line)
+        if status_line is None:
+            match = _STATUS_LINE_RE.fullmatch(line)
+            if match is None:
+                raise self._fail(f"illegal status line: {line!r}")
+            version, status_s, reason = match.groups()
+            status_line = (version, int(status_s), reason)
+            if len(_STATUS_LINES) < _STATUS_LINES_MAX:
+                _STATUS_LINES[line] = status_line
+        version, status, reason = status_line
         try:
             parsed = _normalize(self._fields.parse(block))
         except _FieldError as exc:
             raise self._fail(str(exc)) from None
-        status = int(status_s)
         if status < 200:
             if status < 100:
                 raise self._fail(

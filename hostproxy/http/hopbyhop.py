@@ -55,7 +55,8 @@ def strip_hop_by_hop(headers: Headers, *, keep_upgrade: bool = False) -> Headers
         else:
             return headers.copy()  # the common case: nothing hop-by-hop (and no Connection header)
     named = _tokens(headers.get_all(b"connection"))
-    drop = HOP_BY_HOP | named
+    # ``Connection: keep-alive`` / ``close`` (the usual) name nothing new: no set to build.
+    drop = HOP_BY_HOP if named <= HOP_BY_HOP else HOP_BY_HOP | named
     kept: list[tuple[bytes, bytes]] = []
     te_trailers = False
     for name, value in headers:

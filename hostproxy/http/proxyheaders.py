@@ -66,9 +66,13 @@ def via_count(headers: Headers) -> int:
     return count
 
 
+#: The ``Via`` entries of the usual versions, made once.
+_VIA_ENTRIES = {v: b"%s %s" % (v.encode("ascii"), VIA_TOKEN) for v in ("1.0", "1.1", "2", "2.0")}
+
+
 def append_via(headers: Headers, http_version: str) -> None:
     """Append ``<version> hostproxy`` to the ``Via`` field (one field, entries comma-joined)."""
-    entry = b"%s %s" % (http_version.encode("ascii"), VIA_TOKEN)
+    entry = _VIA_ENTRIES.get(http_version) or b"%s %s" % (http_version.encode("ascii"), VIA_TOKEN)
     existing = headers.get_all(b"via")
     if existing:
         headers.set(b"via", b", ".join([*existing, entry]))

@@ -653,12 +653,11 @@ class _Connection:
             append_via(headers, "1.1")
             status = response.status
             no_body = head_method == b"HEAD" or status in (204, 304) or status < 200
-            if no_body:
-                headers.remove(b"transfer-encoding")
-            else:
+            # Transfer-Encoding went with the hop-by-hop fields; the codec frames the body itself.
+            if not no_body:
                 headers.remove(b"content-length")
                 if body.content_length is not None:
-                    headers.add(b"content-length", str(body.content_length).encode("ascii"))
+                    headers.add(b"content-length", b"%d" % body.content_length)
             if close:
                 headers.add(b"connection", b"close")
             if no_body or body.in_memory:
