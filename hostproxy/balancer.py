@@ -14,7 +14,8 @@ and metadata are refreshed. A removed endpoint is never picked again; its object
 
 `available(key)` (usually `FailureAccrual.available`) is consulted at pick time: an unavailable
 endpoint is never returned. When every endpoint is unavailable (or there are none), `pick()`
-returns None and the caller answers with "no endpoints available".
+returns None and the caller answers with "no endpoints available" or asks `pick_ignoring_availability()`,
+which picks as if `available` said yes to every endpoint still in the set.
 
 Weights (from namers, e.g. `host port * weight`) are honoured by every kind: random draws are
 proportional to weight, and loads are compared divided by weight (weight × inverse load).
@@ -136,6 +137,10 @@ class Endpoint:
         return f"<Endpoint {self.key} weight={self.weight} pending={self.pending}>"
 
 
+def _always_available(key: str) -> bool:
+    return True
+
+
 class Balancer:
     """The shared machinery: endpoint set, availability, counters, admin views."""
 
@@ -202,6 +207,14 @@ class Balancer:
     def is_available(self, ep: Endpoint) -> bool:
         return not ep.removed and self._available(ep.key)
 
+    def pick_ignoring_availability(self) -> Endpoint | None:
+        """`pick()` as if `available` said yes to every endpoint (all of them were marked dead)."""
+        available, self._available = self._available, _always_available
+        try:
+            return self.pick()
+        finally:
+            self._available = available
+
     # -- load ----------------------------------------------------------------------------------
 
     def load(self, ep: Endpoint) -> float:
@@ -232,13 +245,18 @@ class Balancer:
         n = len(nodes)
         if n == 0:
             return None
+        if n == 1:
+            # The pair is always (a, a): a if it is available, else draw again (each draw is still made:
+            # the shared rng's sequence does not depend on the number of endpoints).
+            a = nodes[0]
+            for _ in range(self.max_effort):
+                choice.pick()
+                if not a.removed and self._available(a.key):  # is_available(a)
+                    return a
+            self.max_effort_exhausted += 1
+            return self._least_loaded(nodes)
         for _ in range(self.max_effort):
             a = nodes[choice.pick()]
-            if n == 1:
-                # The pair is (a, a): a if it is available, else draw again.
-                if self.is_available(a):
-                    return a
-                continue
             bi = choice.pick()
             if nodes[bi] is a:
                 bi = (nodes.index(a) + 1 + self._rng.randrange(n - 1)) % n

@@ -89,7 +89,10 @@ class WindowedAdder:
         self._lo = self._hi = 0.0
 
     def add(self, value: int) -> None:
-        now = self._now()
+        self.add_at(value, self._now())
+
+    def add_at(self, value: int, now: float) -> None:
+        """`add(value)` at the time `now` (read from this adder's clock)."""
         if self._lo <= now < self._hi:
             self._slots[self._cur] += value
             return
@@ -123,8 +126,14 @@ class RetryBudget:
 
     def deposit(self) -> None:
         self.deposits += 1
-        if self._deposit:
-            self._window.add(self._deposit)
+        amount = self._deposit
+        if amount:
+            w = self._window
+            now = w._now()
+            if w._lo <= now < w._hi:  # `w.add(amount)`'s first case, without the call
+                w._slots[w._cur] += amount
+            else:
+                w.add_at(amount, now)
 
     def try_withdraw(self) -> bool:
         """Spend one retry token; False (and count `exhausted`) when the budget is empty."""

@@ -174,12 +174,11 @@ class Client:
             accrual_from_config(plugin_mapping(params.failure_accrual), self._rng, f"{where}.failureAccrual"),
             clock,
         )
-        self._ignore_accrual = False
         self.balancer = balancer_from_config(
             plugin_mapping(params.load_balancer),
             rng=self._rng,
             now=clock,
-            available=self._available,
+            available=self.accrual.available,
             where=f"{where}.loadBalancer",
         )
         budget = params.requeue_budget
@@ -212,9 +211,6 @@ class Client:
         self.last_used = clock()
         self.in_flight = 0
         self.closed = False
-
-    def _available(self, key: str) -> bool:
-        return self._ignore_accrual or self.accrual.available(key)
 
     # -- the address set --------------------------------------------------------------------------
 
@@ -269,11 +265,7 @@ class Client:
         """Every endpoint is marked dead (or there is none): ask again with accrual ignored."""
         if not self.endpoints:
             return None
-        self._ignore_accrual = True
-        try:
-            return self.balancer.pick()
-        finally:
-            self._ignore_accrual = False
+        return self.balancer.pick_ignoring_availability()
 
     def pick_key(self) -> str | None:
         """The endpoint the balancer would choose now (nothing is sent; for diagnostic traces)."""
@@ -290,6 +282,7 @@ class Client:
         """Send ``req`` to one endpoint; returns the response (body streaming) and the endpoint key."""
         clock = self._clock
         balancer = self.balancer
+        accrual = self.accrual
         self.last_used = clock()
         self.requeue_budget.deposit()
         requeues = 0
@@ -306,8 +299,9 @@ class Client:
                 }
                 state = what.get(self.addr_state, "has no endpoints")
                 raise NoEndpoints(f"client {self.id} {state}: no endpoints available")
+            key = ep.key
             balancer.on_start(bal_ep)
-            self.accrual.on_request(ep.key)
+            accrual.on_request(key)
             t0 = clock()
             try:
                 if self._attempt_timeout is not None:
@@ -322,8 +316,8 @@ class Client:
                 else:
                     resp = await ep.pool.request(req)
             except UpstreamError as e:
-                self.balancer.on_finish(bal_ep, self._clock() - t0, False)
-                self.accrual.on_response(ep.key, False)
+                balancer.on_finish(bal_ep, clock() - t0, False)
+                accrual.on_response(key, False)
                 if e.cause == "tls":
                     self.tls_last_error = {
                         "endpoint": ep.key,
@@ -344,15 +338,17 @@ class Client:
                     continue
                 raise
             except BaseException:
-                self.balancer.on_finish(bal_ep, self._clock() - t0, False)
+                balancer.on_finish(bal_ep, clock() - t0, False)
                 raise
             ok_status = resp.status < 500
             body = resp.body
             if resp.upgraded is not None or body.done or body.in_memory:
-                self._outcome(bal_ep, ep.key, t0, ok_status)
+                # The outcome is known now (as ``_outcome`` reports it).
+                balancer.on_finish(bal_ep, clock() - t0, ok_status)
+                accrual.on_response(key, ok_status)
             else:
-                resp.body = Body(_OutcomeBody(body, self, bal_ep, ep.key, t0, ok_status), body.content_length)
-            return resp, ep.key
+                resp.body = Body(_OutcomeBody(body, self, bal_ep, key, t0, ok_status), body.content_length)
+            return resp, key
 
     def _outcome(self, bal_ep: Any, key: str, t0: float, ok: bool) -> None:
         """A request sent at ``t0`` ended (``ok``: status and body both fine): tell the balancer and

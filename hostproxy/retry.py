@@ -20,7 +20,10 @@ router asks :meth:`RetryAttempts.decide`, which returns a :class:`Decision`:
   would pass before the retry starts; the budget is exhausted.
 
 When the request ends the router calls :meth:`RetryAttempts.finish`, which records how many retries it
-took (``retries/per_request``). Counters (``statistics()``): ``total`` (retries sent),
+took (``retries/per_request``). A caller that knows most requests end after one attempt may split
+``start`` into :meth:`RetryPolicy.begin` (the deposit, when the request begins) and
+:meth:`RetryPolicy.attempts` (the per-request state, made only when an attempt failed), and record a
+request that never needed one with :meth:`RetryPolicy.unretried`: the counts and budget are the same. Counters (``statistics()``): ``total`` (retries sent),
 ``budget_exhausted``, ``requeues``, ``cannot_retry`` (body not replayable), ``request_limit``,
 ``deadline``. Metric names follow Linkerd: ``service/<svc>/retries/{total,budget_exhausted,per_request}``.
 
@@ -257,11 +260,25 @@ class RetryPolicy:
 
     def start(self, method: str, *, replayable: bool, deadline: Deadline | None = None) -> RetryAttempts:
         """A request begins: deposit into the budget(s) and return its per-request state."""
+        self.begin()
+        return RetryAttempts(self, method, replayable, deadline)
+
+    def begin(self) -> None:
+        """A request begins: deposit into the budget(s) (:meth:`start` without its per-request state)."""
         self.requests += 1
         self.budget.deposit()
         if self.requeue_budget is not None:
             self.requeue_budget.deposit()
+
+    def attempts(self, method: str, *, replayable: bool, deadline: Deadline | None = None) -> RetryAttempts:
+        """The per-request state of a request that :meth:`begin` counted (no second deposit)."""
         return RetryAttempts(self, method, replayable, deadline)
+
+    def unretried(self) -> int:
+        """A request that :meth:`begin` counted ended without a :meth:`attempts` state: record it as
+        :meth:`RetryAttempts.finish` records a request with no retries; returns 0."""
+        self._record(0)
+        return 0
 
     def _record(self, retries: int) -> None:
         self.per_request[retries] = self.per_request.get(retries, 0) + 1

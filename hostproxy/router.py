@@ -62,6 +62,7 @@ from hostproxy.http.server import ConnInfo
 from hostproxy.metrics import MetricsRegistry
 from hostproxy.retry import (
     DEADLINE_HEADER,
+    RetryAttempts,
     RetryPolicy,
     Verdict,
     buffer_body_for_retry,
@@ -75,7 +76,7 @@ from hostproxy.routing.context import (
     DtabParseCache,
     RequestDtabError,
     forwarded_headers,
-    inbound,
+    inbound_scan,
     show_bytes,
 )
 from hostproxy.routing.identifiers import Unidentified, build_identifiers, unknown_destination_message
@@ -122,11 +123,16 @@ class _Service:
         "per_request",
         "stats",
         "dst_service",
+        "residual",
+        "dst_residual",
     )
 
     def __init__(self, service: Path, params: Any, policy: RetryPolicy, svc_stats: Any) -> None:
         self.stats = svc_stats
         self.dst_service = show_bytes(service)  # the l5d-dst-service value
+        # The last bound residual and its l5d-dst-residual value (None: there is none to send).
+        self.residual: Path | None = None
+        self.dst_residual: bytes | None = None
         self.params = params
         self.policy = policy
         # HTTP classifiers never retry a response below 500: those skip the policy entirely.
@@ -171,6 +177,24 @@ def _set_success_class(headers: Headers, value: bytes) -> None:
         headers.add(_SUCCESS_CLASS, value)
     else:
         headers.set(_SUCCESS_CLASS, value)
+
+
+class _Arrival:
+    """What the router knows of the server a request arrived on (its params and local port): its
+    request stats, ``clearContext`` and address-override policy. The router keeps the last one: every
+    connection of a server shares the server's params object, so a router with one server looks them
+    up once."""
+
+    __slots__ = ("params", "port", "stats", "clear_context", "policy")
+
+    def __init__(
+        self, params: Any, port: int, stats: Any, clear_context: bool, policy: AddressOverridePolicy | None
+    ) -> None:
+        self.params = params
+        self.port = port
+        self.stats = stats
+        self.clear_context = clear_context
+        self.policy = policy
 
 
 class _Rec:
@@ -300,6 +324,7 @@ class HttpRouter:
         }
         self._clear_context = {s.ip: s.clear_context for s in cfg.servers}
         self._services: dict[Path, _Service] = {}
+        self._arrival = _Arrival(None, 0, None, False, None)
         self.max_concurrent: int | None = getattr(cfg, "max_concurrent_requests", None)
         self.in_flight = 0
         self.rejected_overload = 0
@@ -350,10 +375,21 @@ class HttpRouter:
             retryable=retryable,
         )
 
+    def _arrival_of(self, conn: ConnInfo) -> _Arrival:
+        params, port = conn.params, conn.local[1]
+        ip = params.ip
+        stats = self.scope.server(ip, port)
+        arrival = _Arrival(params, port, stats, self._clear_context.get(ip, False), self._policies.get(ip))
+        self._arrival = arrival
+        return arrival
+
     async def handle(self, req: Request, conn: ConnInfo) -> Response:
         t0 = self._clock()
-        server_stats = self.scope.server(conn.params.ip, conn.local[1])
-        server_stats.start()
+        arrival = self._arrival
+        if arrival.params is not conn.params or arrival.port != conn.local[1]:
+            arrival = self._arrival_of(conn)
+        server_stats = arrival.stats
+        server_stats.pending += 1  # server_stats.start()
         cause: Cause | None = None
         status = 502
         service_stats = None
@@ -369,7 +405,7 @@ class HttpRouter:
         keep = recent is not None and recent.sampled()
         rec = _Rec(req.method, req.target) if self.access_log.enabled or keep else None
         try:
-            resp, cause, service_stats = await self._route(req, conn, server_stats, rec)
+            resp, cause, service_stats = await self._route(req, conn, arrival, rec)
             status = resp.status
             return resp
         except BaseException:
@@ -412,13 +448,10 @@ class HttpRouter:
                     )
 
     async def _route(
-        self, req: Request, conn: ConnInfo, server_stats: Any = None, rec: _Rec | None = None
+        self, req: Request, conn: ConnInfo, arrival: _Arrival, rec: _Rec | None = None
     ) -> tuple[Response, Cause | None, Any]:
-        ip = conn.params.ip
         try:
-            headers, local, _sample = inbound(
-                req.headers, self._clear_context.get(ip, False), self.dtab_cache
-            )
+            headers, local, _sample, l5d = inbound_scan(req.headers, arrival.clear_context, self.dtab_cache)
         except RequestDtabError as e:
             return self._err(400, Cause.IDENTIFICATION, str(e)), Cause.IDENTIFICATION, None
         ident = self.identifier.identify(_IdentReq(req, headers))
@@ -436,7 +469,7 @@ class HttpRouter:
         service: Path = ident.path
         if rec is not None:
             rec.service = str(service)
-        policy = self._policies.get(ip)
+        policy = arrival.policy
         outcome = self.binder.bind(service, local, policy=policy)
         if self._waiting(outcome):
             outcome = await self._bind_pending(service, local, policy, outcome)
@@ -466,7 +499,7 @@ class HttpRouter:
             return self._err(502, Cause.NAMING_NEG, msg), Cause.NAMING_NEG, svc
         entry = self._services.get(service)
         svc = entry.stats if entry is not None else self.scope.service(str(service), True)
-        svc.start()
+        svc.pending += 1  # svc.start()
         client_id = str(leaf.id)
         client = self.clients.acquire(client_id, self._new_client)
         try:
@@ -474,7 +507,7 @@ class HttpRouter:
                 rec.client = client_id
             t_forward = self._clock() if trace is not None else 0.0
             resp, cause, svc_stats = await self._forward(
-                req, service, local, leaf, client, headers, svc, entry, rec, conn, trace
+                req, service, local, leaf, client, headers, svc, entry, rec, conn, trace, l5d
             )
             if trace is not None and trace.add_context and resp.error_cause is None:
                 resp = await self._with_trace_context(
@@ -483,7 +516,7 @@ class HttpRouter:
             if not resp.body.in_memory and not resp.body.done:
                 # A reset after the head turns this success into an upstream/reset failure, everywhere
                 # it was counted.
-                watched = [s for s in (server_stats, svc, client.stats) if s is not None]
+                watched = [arrival.stats, svc, client.stats]
                 resp.body = Body(_BodyFailureWatch(resp.body, watched), resp.body.content_length)
             return resp, cause, svc_stats
         finally:
@@ -502,6 +535,7 @@ class HttpRouter:
         rec: _Rec | None = None,
         conn: ConnInfo | None = None,
         trace: diagtrace.TraceRequest | None = None,
+        l5d: bool = True,
     ) -> tuple[Response, Cause | None, Any]:
         client_id = client.id
         client.update_addr(leaf.addr)
@@ -511,13 +545,21 @@ class HttpRouter:
                 f"naming failed: {leaf.addr.cause}"
             )
             return self._err(502, Cause.NAMING_FAILED, msg), Cause.NAMING_FAILED, svc
+        residual = leaf.residual
+        dst_residual: Path | bytes | None = residual
+        if entry is not None:  # the residual's l5d-dst-residual value, printed once per residual
+            if residual is not entry.residual:
+                entry.residual = residual
+                entry.dst_residual = show_bytes(residual) if residual is not None and len(residual) else None
+            dst_residual = entry.dst_residual
         out, ctx_deadline = forwarded_headers(
             entry.dst_service if entry is not None else show_bytes(service),
             client.dst_client,
-            leaf.residual,
+            dst_residual,
             local,
             headers,
             self._rng,
+            l5d=l5d,
         )
         req.headers = out_headers = Headers._trusted(out)  # names already lowercased
         if client.params.forward_client_cert:
@@ -530,13 +572,12 @@ class HttpRouter:
         if entry is None:
             entry = self._service_entry(service, svc)
         params = entry.params
-        now_ns = time.time_ns()
         # The only l5d-ctx-deadline left in the forwarded headers is the combined one set above.
         inbound_deadline = deadline_from_headers((ctx_deadline,)) if ctx_deadline is not None else None
         if inbound_deadline is None and params.total_timeout_ms is None:
             deadline = None
         else:
-            deadline = effective_deadline(now_ns, inbound_deadline, params.total_timeout_ms)
+            deadline = effective_deadline(time.time_ns(), inbound_deadline, params.total_timeout_ms)
         if deadline is not None:
             out_headers.set(_DEADLINE, deadline.header_value())
         if trace is not None:
@@ -566,9 +607,13 @@ class HttpRouter:
         else:
             factory = await buffer_body_for_retry(body, entry.policy.buffer_bytes)
             replayable = factory is not None
-        attempts = entry.policy.start(req.method, replayable=replayable, deadline=deadline)
+        # The policy's per-request state is made only when an attempt did not succeed at once (most
+        # requests never need it); the deposit is made now, as ``RetryPolicy.start`` makes it.
+        policy = entry.policy
+        policy.begin()
+        attempts: RetryAttempts | None = None
         client_stats = client.stats
-        client_stats.start()
+        client_stats.pending += 1  # client_stats.start()
         t0 = self._clock()
         cause: Cause | None = None
         status = 502
@@ -606,6 +651,9 @@ class HttpRouter:
                         cause = None
                         _set_success_class(resp.headers, b"1.0")
                         return resp, None, svc
+                if attempts is None:
+                    attempts = policy.attempts(req.method, replayable=replayable, deadline=deadline)
+                if resp is not None:
                     decision = attempts.decide(
                         status, None, now_ns=time.time_ns(), l5d_retryable=resp.headers.get(_RETRYABLE)
                     )
@@ -631,7 +679,7 @@ class HttpRouter:
                     entry.budget_exhausted.incr()
                 if resp is not None:
                     # The configured classifier decides what counts as a failure (allSuccessful: nothing).
-                    rc = entry.policy.classifier.classify(req.method, status, None)
+                    rc = policy.classifier.classify(req.method, status, None)
                     ok = rc is ResponseClass.SUCCESS
                     cause = None if ok else (Cause.UPSTREAM_5XX if status >= 500 else None)
                     if entry.http_classifier:
@@ -645,7 +693,7 @@ class HttpRouter:
             cause = Cause.PROXY_INTERNAL if cause is None else cause
             raise
         finally:
-            entry.per_request.hist.add(attempts.finish())
+            entry.per_request.hist.add(attempts.finish() if attempts is not None else policy.unretried())
             client_stats.finish(self._clock() - t0, cause, status)
 
     async def _with_trace_context(

@@ -211,7 +211,10 @@ class WindowedHistogram:
         else:
             v = idx = 0
         counts = cur.counts
-        counts[idx] = counts.get(idx, 0) + 1
+        try:
+            counts[idx] += 1  # the usual case: a bucket seen before in this slice (no call)
+        except KeyError:
+            counts[idx] = 1
         cur.count += 1
         cur.sum += v
         if v < cur.min:

@@ -293,6 +293,7 @@ class RequestStats:
         "failures",
         "pending",
         "latency",
+        "_hist_add",
         "_by_cause",
         "_by_status",
     )
@@ -319,6 +320,7 @@ class RequestStats:
             PromId(fam + "request_duration_seconds", labels, "Request latency"),
             scale=0.001,
         )
+        self._hist_add = self.latency.hist.add
         self._by_cause: dict[Cause, Counter] = {}
         self._by_status: dict[int, tuple[Counter, Counter]] = {}
 
@@ -329,7 +331,7 @@ class RequestStats:
         """Count one finished request: success when `cause` is None, else a failure of that cause."""
         self.pending -= 1
         self.requests.value += 1
-        self.latency.hist.add(latency_s * 1000.0)
+        self._hist_add(latency_s * 1000.0)
         if cause is None:
             self.success.value += 1
         else:
@@ -346,8 +348,9 @@ class RequestStats:
                 )
             c.value += 1
         if status is not None:
-            pair = self._by_status.get(status)
-            if pair is None:
+            try:
+                pair = self._by_status[status]
+            except KeyError:
                 pair = self._status_counters(status)
             pair[0].value += 1
             pair[1].value += 1

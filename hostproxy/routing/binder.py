@@ -122,6 +122,13 @@ class BoundedLru(Generic[K, V]):
     (``"capacity"``), idleness (``"idle"``), :meth:`pop` (``"removed"``) or :meth:`clear` (``"cleared"``).
     Entries marked in use (:meth:`acquire`) are never evicted; while every entry is in use the map may
     exceed its bound, and it shrinks back as they are released.
+
+    The most recently used entry (the dict's last) is remembered with its key: using it again — the
+    steady state of a router serving one service — finds its slot without hashing the key and skips
+    the ``move_to_end`` that would not move it. Only an identical key object takes that path. The least
+    recently used entry's slot (the dict's first, which expiry looks at) is remembered too, since
+    reading the first entry of an ``OrderedDict`` hashes its key. Any other change of order or content
+    forgets both.
     """
 
     def __init__(
@@ -139,6 +146,11 @@ class BoundedLru(Generic[K, V]):
         self._clock = clock
         self._on_evict = on_evict
         self._slots: OrderedDict[K, _Slot[V]] = OrderedDict()
+        # The last entry of ``_slots`` and its slot, when known (``_NO_KEY``: not known).
+        self._mru: Any = _NO_KEY
+        self._mru_slot: _Slot[V] | None = None
+        # The first entry's slot, when known (None: not known).
+        self._front: _Slot[V] | None = None
         self.evictions = {"capacity": 0, "idle": 0}
 
     def __len__(self) -> int:
@@ -158,19 +170,31 @@ class BoundedLru(Generic[K, V]):
         s = self._slots.get(key)
         return None if s is None else s.value
 
+    def _touch(self, key: K) -> _Slot[V] | None:
+        """The slot of ``key`` moved to the end (most recently used), or None when absent."""
+        if key is self._mru:
+            return self._mru_slot
+        s = self._slots.get(key)
+        if s is not None:
+            self._slots.move_to_end(key)
+            self._mru, self._mru_slot = key, s
+            if s is self._front:
+                self._front = None
+        return s
+
     def get(self, key: K) -> V | None:
         now = self._clock()
         self.expire(now)
-        s = self._slots.get(key)
+        s = self._touch(key)
         if s is None:
             return None
         s.last_used = now
-        self._slots.move_to_end(key)
         return s.value
 
     def put(self, key: K, value: V) -> None:
         now = self._clock()
         self.expire(now)
+        self._mru, self._front = _NO_KEY, None
         old = self._slots.pop(key, None)
         if old is not None:
             self._evicted(key, old, "removed")
@@ -178,6 +202,7 @@ class BoundedLru(Generic[K, V]):
         self._trim(protect=key)
 
     def pop(self, key: K) -> V | None:
+        self._mru, self._front = _NO_KEY, None
         s = self._slots.pop(key, None)
         if s is None:
             return None
@@ -185,6 +210,7 @@ class BoundedLru(Generic[K, V]):
         return s.value
 
     def clear(self) -> None:
+        self._mru, self._front = _NO_KEY, None
         slots, self._slots = self._slots, OrderedDict()
         for k, s in slots.items():
             self._evicted(k, s, "cleared")
@@ -194,28 +220,28 @@ class BoundedLru(Generic[K, V]):
         there is no entry (nothing is then marked)."""
         now = self._clock()
         self.expire(now)
-        s = self._slots.get(key)
+        s = self._touch(key)
         if s is not None:
             s.in_use += 1
             s.last_used = now
-            self._slots.move_to_end(key)
         return s
 
     def acquire(self, key: K) -> V:
         """Mark an entry in use (not evictable) and return it; raises ``KeyError`` if absent."""
-        s = self._slots[key]
+        s = self._touch(key)
+        if s is None:
+            raise KeyError(key)
         s.in_use += 1
         s.last_used = self._clock()
-        self._slots.move_to_end(key)
         return s.value
 
     def release(self, key: K) -> None:
-        s = self._slots.get(key)
+        s = self._mru_slot if key is self._mru else self._slots.get(key)
         if s is None or s.in_use == 0:
             raise RuntimeError(f"release of {key!r}, which is not in use")
         s.in_use -= 1
         s.last_used = self._clock()
-        self._slots.move_to_end(key)
+        self._touch(key)
         if len(self._slots) > self.max_entries:
             self._trim()
 
@@ -230,10 +256,14 @@ class BoundedLru(Generic[K, V]):
         if now is None:
             now = self._clock()
         cutoff = now - self.idle_ttl_s
-        for first in self._slots.values():
-            if first.last_used > cutoff:
-                return 0  # the least recently used entry is not idle: none is (the usual case)
-            break
+        first = self._front
+        if first is None:
+            for first in self._slots.values():
+                self._front = first
+                break
+        if first is not None and first.last_used > cutoff:
+            return 0  # the least recently used entry is not idle: none is (the usual case)
+        self._mru, self._front = _NO_KEY, None
         n = 0
         scanned = 0
         limit = len(self._slots)
@@ -255,6 +285,7 @@ class BoundedLru(Generic[K, V]):
 
     def _trim(self, protect: Any = _NO_KEY) -> None:
         """Evict least recently used idle entries down to the bound; never ``protect`` (just added)."""
+        self._mru, self._front = _NO_KEY, None
         scanned = 0
         while len(self._slots) > self.max_entries and scanned < len(self._slots):
             key, s = next(iter(self._slots.items()))
@@ -269,6 +300,8 @@ class BoundedLru(Generic[K, V]):
     def _evicted(self, key: K, s: _Slot[V], reason: str) -> None:
         if self._on_evict is not None:
             self._on_evict(key, s.value, reason)
+            # The callback may have used this map while its order was changing.
+            self._mru, self._front = _NO_KEY, None
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -447,6 +480,9 @@ class Binder:
             self.config.trees, idle_ttl_s=self.config.idle_ttl_s, clock=clock, on_evict=self._unindex
         )
         self._by_name: dict[Path, dict[Path, set[_Key]]] = {}
+        # The key of the last lookup: the same (local dtab, service) objects again use the same key
+        # object, which the cache finds without hashing when it is still the most recent.
+        self._last_key: _Key = (Dtab.EMPTY, Path.EMPTY)
         self.parse_cache = DtabParseCache(self.config.paths)
         self.version = 0
         self._error_generation = 0
@@ -536,7 +572,9 @@ class Binder:
 
     # -- binding -----------------------------------------------------------------------------------
     def _entry(self, local_dtab: Dtab, service: Path) -> tuple[_Entry, bool]:
-        key = (local_dtab, service)
+        key = self._last_key
+        if key[1] is not service or key[0] is not local_dtab:
+            key = self._last_key = (local_dtab, service)
         e = self._trees.get(key)
         if e is not None and (e.error is None or e.error_generation == self._error_generation):
             self.hits += 1

@@ -20,9 +20,11 @@ Theory of operation. A request's headers pass three steps, all pure functions ov
    (the printed local dtab, only when non-empty) and ``l5d-ctx-deadline`` (the strictest of the values
    received). ``l5d-ctx-trace`` and unknown ``l5d-ctx-*`` headers pass through.
 
-The router runs steps 1-2 as :func:`inbound` and step 3 with its application as
+The router runs steps 1-2 as :func:`inbound_scan` and step 3 with its application as
 :func:`forwarded_headers`: the same results, each in one pass over the headers (every request pays
-for these).
+for these). ``inbound_scan`` also says whether any ``l5d-*`` header is left to forward; when none is
+(the usual request), ``forwarded_headers(..., l5d=False)`` has nothing to drop or read and only copies
+the headers before appending its own.
 
 On the way back, :func:`clear_response_context` drops ``l5d-*`` response headers under ``clearContext``
 (and says to empty the body of a proxy error), and :func:`encode_l5d_err` writes the ``l5d-err`` value.
@@ -216,12 +218,22 @@ def inbound(
     headers: Iterable[Header], clear_context: bool, cache: DtabParseCache | None = None
 ) -> tuple[list[Header], Dtab, float | None]:
     """:func:`read_inbound` as a tuple ``(headers, local dtab, sample)``, in one pass over the headers
-    (the router's per-request form: what :func:`strip_inbound`, :func:`read_request_dtab` and the
-    sample and :data:`CLEARED_ON_READ` filters would each compute)."""
+    (what :func:`strip_inbound`, :func:`read_request_dtab` and the sample and :data:`CLEARED_ON_READ`
+    filters would each compute)."""
+    kept, local, sample, _ = inbound_scan(headers, clear_context, cache)
+    return kept, local, sample
+
+
+def inbound_scan(
+    headers: Iterable[Header], clear_context: bool, cache: DtabParseCache | None = None
+) -> tuple[list[Header], Dtab, float | None, bool]:
+    """:func:`inbound` and whether the headers kept include an ``l5d-*`` header (the router's
+    per-request form: False lets :func:`forwarded_headers` skip its pass)."""
     kept: list[Header] = []
     ctx: list[str] = []
     user: list[str] = []
     sample_value: bytes | None = None
+    l5d_kept = False
     for pair in headers:
         name = pair[0].lower()
         if name.startswith(L5D_PREFIX):
@@ -237,6 +249,7 @@ def inbound(
                 if sample_value is None:
                     sample_value = pair[1]
                 continue
+            l5d_kept = True
         kept.append(pair)
     local = _parse_dtabs(ctx, user, cache) if ctx or user else Dtab.EMPTY
     sample: float | None = None
@@ -245,7 +258,7 @@ def inbound(
             sample = min(1.0, max(0.0, float(sample_value.decode("latin-1"))))
         except ValueError:
             sample = None
-    return kept, local, sample
+    return kept, local, sample, l5d_kept
 
 
 # -- downstream -----------------------------------------------------------------------------------
@@ -344,20 +357,29 @@ def downstream_headers(
 def forwarded_headers(
     service: bytes,
     client: bytes,
-    residual: Path | None,
+    residual: Path | bytes | None,
     local_dtab: Dtab,
     headers: Iterable[Header],
     rng: random.Random,
+    *,
+    l5d: bool = True,
 ) -> tuple[list[Header], bytes | None]:
     """``downstream_headers(...).apply(headers)`` in one pass over ``headers`` (the router's
     per-request form), and the ``l5d-ctx-deadline`` value among them (None: there is none).
 
     ``service`` and ``client`` are given printed, as :func:`show_bytes` prints them (the router keeps
-    them with the service and the client)."""
-    kept: list[Header] = []
+    them with the service and the client); ``residual`` may be too (bytes: the printed form of a
+    non-empty residual, which the router keeps with the service). ``l5d=False`` says that ``headers`` hold no ``l5d-*``
+    header (as :func:`inbound_scan` reports): they are copied without a look at their names."""
     deadlines: list[bytes] = []
     trace: bytes | None = None
     reqid_in: bytes | None = None
+    if not l5d:
+        kept = list(headers)
+        sets, _ = _context_sets(service, client, residual, local_dtab, deadlines, None, None, rng)
+        kept.extend(sets)
+        return kept, None
+    kept = []
     for pair in headers:
         name = pair[0].lower()
         if name.startswith(L5D_PREFIX):
@@ -384,7 +406,7 @@ _DOWNSTREAM_DROP = _DOWNSTREAM_REMOVE | {DST_SERVICE, REQID}
 def _context_sets(
     service: bytes,
     client: bytes | None,
-    residual: Path | None,
+    residual: Path | bytes | None,
     local_dtab: Dtab,
     deadlines: list[bytes],
     trace: bytes | None,
@@ -392,12 +414,15 @@ def _context_sets(
     rng: random.Random,
 ) -> tuple[list[Header], bytes | None]:
     """The headers ``downstream_headers`` sets, in order, and the combined deadline among them
-    (``service`` and ``client`` printed)."""
+    (``service`` and ``client`` printed; ``residual`` may be, when it is not empty)."""
     sets: list[Header] = [(DST_SERVICE, service)]
     if client is not None:
         sets.append((DST_CLIENT, client))
-    if residual is not None and len(residual) > 0:
-        sets.append((DST_RESIDUAL, show_bytes(residual)))
+    if residual is not None:
+        if type(residual) is bytes:
+            sets.append((DST_RESIDUAL, residual))
+        elif residual is not Path.EMPTY and len(residual) > 0:
+            sets.append((DST_RESIDUAL, show_bytes(residual)))
     reqid = trace_id_of(trace) if trace is not None else None
     if reqid is not None:
         sets.append((REQID, reqid.encode("ascii")))
@@ -405,7 +430,7 @@ def _context_sets(
         sets.append((REQID, reqid_in))
     else:
         sets.append((REQID, b"%016x" % rng.getrandbits(64)))
-    if len(local_dtab) > 0:
+    if local_dtab is not Dtab.EMPTY and len(local_dtab) > 0:
         sets.append((CTX_DTAB, show_bytes(local_dtab)))
     deadline = _combined_deadline(deadlines) if deadlines else None
     if deadline is not None:
