@@ -14,6 +14,7 @@ __all__ = [
     "NEED_DATA",
     "PAUSED",
     "CodecLimits",
+    "END_OF_MESSAGE",
     "ConnectionClosed",
     "Data",
     "EndOfMessage",
@@ -43,7 +44,13 @@ PAUSED: Final = _Sentinel("PAUSED")
 HeaderList = list[tuple[bytes, bytes]]
 
 
-@dataclass(frozen=True, slots=True)
+# The events a codec makes for every message are plain slotted dataclasses, not frozen ones: a
+# frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``, about three times
+# the cost. Nothing assigns to an event's fields; equality, ``repr`` and hashing are a frozen
+# dataclass's (``unsafe_hash``: the hash of the fields, as ``frozen`` gave).
+
+
+@dataclass(slots=True, unsafe_hash=True)
 class RequestHead:
     method: bytes
     target: bytes
@@ -51,7 +58,7 @@ class RequestHead:
     http_version: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ResponseHead:
     status: int
     reason: bytes
@@ -59,20 +66,26 @@ class ResponseHead:
     http_version: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Informational:
     status: int
     headers: HeaderList
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Data:
     data: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class EndOfMessage:
+    """The end of a message (frozen: the codecs share one for the usual end without trailers,
+    ``END_OF_MESSAGE``, whose empty list nobody extends)."""
+
     trailers: HeaderList
+
+
+END_OF_MESSAGE: Final = EndOfMessage([])
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +159,16 @@ def request_head(buf: bytearray, limits: CodecLimits, eof: bool) -> bytes | Even
         raise ProtocolError(f"request line exceeds {limits.max_initial_line} bytes (maxInitialLineKB)", 414)
     if len(head) - line_end - 2 > limits.max_headers:
         raise ProtocolError(f"request headers exceed {limits.max_headers} bytes (maxHeadersKB)", 431)
-    if head.count(b"\r\n") - 1 > limits.max_header_count:
+    crlf = head.count(b"\r\n")
+    if crlf - 1 > limits.max_header_count:
         raise ProtocolError(f"request has more than {limits.max_header_count} header fields", 431)
-    check_raw(head, "request head", "request header")
+    # ``check_raw`` inline, with the CRLF count at hand; it runs only to name what is wrong.
+    if (
+        head.count(b"\n") != crlf
+        or head.count(b"\r") != crlf
+        or b"\x00" in head
+        or b"\r\n " in head
+        or b"\r\n\t" in head
+    ):
+        check_raw(head, "request head", "request header")
     return head

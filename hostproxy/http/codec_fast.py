@@ -16,8 +16,12 @@ message is smaller.  One cycle is one request and its response.  Each side keeps
 
 A head is located with ``bytes.find`` (requests: the first CRLFCRLF, after the raw checks below) and
 split into start line and field block.  The start line is matched against the h11 grammar with one
-regular expression; the field block goes to llhttp, which tokenises it in C and rejects bad field
-names, control characters in values, lone CRs and malformed ``Content-Length`` values.  llhttp is
+regular expression.  A plain field block (every line a token, a colon and a value of allowed bytes;
+a short digit ``Content-Length`` and a ``chunked`` ``Transfer-Encoding`` at most once each) is split
+here, a line at a time, with lines seen before looked up (``_fields_in``); llhttp would give the
+same pairs (property-tested).  Any other block goes to llhttp, which tokenises it in C and rejects
+bad field names, control characters in values, lone CRs and malformed ``Content-Length`` values,
+naming what is wrong.  llhttp is
 fed a fixed dummy start line, so its own method table, URL rules and framing are never relied on;
 its leniencies for ``Transfer-Encoding`` and ``Content-Length`` + ``Transfer-Encoding`` are turned
 on because those rules are applied here, exactly as h11 applies them:
@@ -32,7 +36,8 @@ Bodies are framed here (``Content-Length``, chunked with extensions and trailers
 responses), which keeps message boundaries exact without asking llhttp where it stopped.  Writing is
 plain byte joins with a few byte scans of the whole field block (no CR, LF or NUL can reach the wire
 from a header; a block the scans cannot clear is checked field by field).  Parsed status lines are
-remembered (a bounded map), since an upstream sends few distinct ones.
+remembered (a bounded map), since an upstream sends few distinct ones; so are request lines and
+field lines (``_fields_in``), since a client sends many alike.
 
 Known, deliberate differences from h11 (all stricter): duplicate equal ``Content-Length`` fields,
 control characters (other than HTAB) in field values, bare LF in trailers, and (in requests)
@@ -47,6 +52,7 @@ from typing import Final
 import httptools
 
 from hostproxy.http.codec_base import (
+    END_OF_MESSAGE,
     NEED_DATA,
     PAUSED,
     CodecLimits,
@@ -110,6 +116,11 @@ _CL_MAX_DIGITS: Final = 20
 # Bounded, so that a peer sending varied reason phrases only fills it so far.
 _STATUS_LINES: dict[bytes, tuple[bytes, int, bytes | None]] = {}
 _STATUS_LINES_MAX: Final = 256
+# Parsed request lines (method, target, version) by their bytes: a client often asks for the same
+# few. Bounded in count and length; emptied when full, so that varied targets only cost a miss.
+_REQUEST_LINES: dict[bytes, tuple[bytes, ...]] = {}
+_REQUEST_LINES_MAX: Final = 1024
+_REQUEST_LINE_CACHED_MAX: Final = 256
 _DUMMY_LINE: Final = b"GET / HTTP/1.1\r\n"
 
 
@@ -213,11 +224,6 @@ def _normalize(raw: HeaderList) -> _Head:
                     head.length = int(value)
                 elif head.length != int(value):  # pragma: no cover - llhttp refuses duplicates first
                     raise _FieldError("conflicting Content-Length headers")
-            elif name == b"host":
-                head.hosts += 1
-            elif name == b"connection":
-                if b"close" in value.lower() and b"close" in _tokens(value):
-                    head.close = True
             elif name == b"transfer-encoding":
                 if head.chunked:
                     raise _FieldError("multiple Transfer-Encoding headers")
@@ -225,18 +231,87 @@ def _normalize(raw: HeaderList) -> _Head:
                 if value != b"chunked":
                     raise _FieldError("Only Transfer-Encoding: chunked is supported")
                 head.chunked = True
-            elif name == b"expect":
-                if b"100-continue" in _tokens(value):
-                    head.expect_100 = True
-            elif _tokens(value):  # upgrade
-                head.upgrade = True
+            else:
+                _special(head, name, value)
         out.append((name, value))
     return head
+
+
+def _special(head: _Head, name: bytes, value: bytes) -> None:
+    """Note a ``Host``, ``Connection``, ``Expect`` or ``Upgrade`` field (none of them can be bad)."""
+    if name == b"host":
+        head.hosts += 1
+    elif name == b"connection":
+        if b"close" in value.lower() and b"close" in _tokens(value):
+            head.close = True
+    elif name == b"expect":
+        if b"100-continue" in _tokens(value):
+            head.expect_100 = True
+    elif _tokens(value):  # upgrade
+        head.upgrade = True
 
 
 _SPECIAL: Final = frozenset(
     [b"content-length", b"transfer-encoding", b"host", b"connection", b"expect", b"upgrade"]
 )
+# A field line as llhttp accepts it: a token name, then the value (HTAB, SP, VCHAR, obs-text) after
+# any leading SP / HTAB, which llhttp drops (``_normalize`` drops the trailing ones).
+_FIELD_LINE_RE: Final = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([\t\x20-\x7e\x80-\xff]*)")
+# Field lines already split: the line -> its normalized ``(name, value)`` pair (shared: tuples are
+# immutable). A peer sends most lines again and again (``Host``, ``User-Agent``, ``Content-Type``...).
+# Bounded in count and line length; emptied when full, so that one-off lines (``Date``, request ids)
+# cannot keep the common ones out for long.
+_FIELD_LINES: dict[bytes, tuple[bytes, bytes]] = {}
+_FIELD_LINES_MAX: Final = 2048
+_FIELD_LINE_CACHED_MAX: Final = 256
+# The longest Content-Length the split here takes: far below llhttp's overflow (2**64 - 1).
+_CL_PLAIN_DIGITS: Final = 18
+
+
+def _fields_in(parser: _FieldParser, block: bytes) -> _Head:
+    """The fields of ``block`` (``name: value`` lines, each ending in CRLF), normalized.
+
+    A plain block is split here, a line at a time: a line seen before is looked up, any other is
+    matched with ``_FIELD_LINE_RE`` (which also refuses bare CR or LF, NUL and other control
+    bytes); a ``Content-Length`` must be short digits and come once, a ``Transfer-Encoding`` must be
+    ``chunked`` and come once. llhttp gives exactly these pairs for such a block (property-tested
+    in tests/test_perf_msg_fields.py). A block with any other line goes to llhttp and
+    ``_normalize``, which accept or refuse it, naming what is wrong.
+    """
+    lines = block.split(b"\r\n")
+    if lines.pop():  # the block does not end with CRLF
+        return _normalize(parser.parse(block))
+    head = _Head()
+    out = head.headers
+    known = _FIELD_LINES
+    for line in lines:
+        pair = known.get(line)
+        if pair is None:
+            match = _FIELD_LINE_RE.fullmatch(line)
+            if match is None:
+                return _normalize(parser.parse(block))
+            raw, value = match.groups()
+            pair = (raw.lower(), value.rstrip(b" \t"))
+            if len(line) <= _FIELD_LINE_CACHED_MAX:
+                if len(known) >= _FIELD_LINES_MAX:
+                    known.clear()
+                known[line] = pair
+        name = pair[0]
+        if name in _SPECIAL:
+            value = pair[1]
+            if name == b"content-length":
+                if head.length is not None or not value.isdigit() or len(value) > _CL_PLAIN_DIGITS:
+                    return _normalize(parser.parse(block))
+                head.length = int(value)
+            elif name == b"transfer-encoding":
+                if head.chunked or value.lower() != b"chunked":
+                    return _normalize(parser.parse(block))
+                pair = (name, b"chunked")
+                head.chunked = True
+            else:
+                _special(head, name, value)
+        out.append(pair)
+    return head
 
 
 def _fields_out(headers: HeaderList) -> bytes:
@@ -339,7 +414,7 @@ class _Side:
                     "peer closed connection without sending complete message body: incomplete chunked read"
                 )
             self._their = _T_DONE
-            return self._end([])
+            return self._end()
         if len(buf) > self._max_line:
             raise self._fail("Receive buffer too long", 431)
         if self._eof:
@@ -352,7 +427,7 @@ class _Side:
         if framing == _F_LENGTH:
             remaining = self._remaining
             if remaining == 0:
-                return self._end([])
+                return self._end()
             if not buf:
                 return self._need_data()
             if len(buf) <= remaining:
@@ -418,7 +493,7 @@ class _Side:
         buf = self._buf
         if buf[:2] == b"\r\n":
             del buf[:2]
-            return self._end([])
+            return self._end()
         end = buf.find(b"\r\n\r\n")
         if end == -1:
             if buf[:1] == b"\n" or b"\n\n" in buf or b"\n\r\n" in buf:
@@ -428,7 +503,7 @@ class _Side:
         del buf[: end + 4]
         block = self._trailer_block(block)
         try:
-            head = _normalize(self._fields.parse(block))
+            head = _fields_in(self._fields, block)
         except _FieldError as exc:
             raise self._fail(str(exc)) from None
         return self._end(head.headers)
@@ -439,9 +514,9 @@ class _Side:
     def _data(self, data: bytes) -> Event:
         return Data(data)
 
-    def _end(self, trailers: HeaderList) -> Event:
+    def _end(self, trailers: HeaderList | None = None) -> Event:
         self._their = _T_DONE
-        return EndOfMessage(trailers)
+        return EndOfMessage(trailers) if trailers else END_OF_MESSAGE
 
     def _after_done(self) -> Event:
         """next_event once the peer's message is complete (h11's DONE / MUST_CLOSE / CLOSED)."""
@@ -563,10 +638,10 @@ class ServerCodec(_Side):
         self._waiting_100 = False
         return Data(data)
 
-    def _end(self, trailers: HeaderList) -> Event:
+    def _end(self, trailers: HeaderList | None = None) -> Event:
         self._their = _T_DONE
         self._waiting_100 = False
-        return EndOfMessage(trailers)
+        return EndOfMessage(trailers) if trailers else END_OF_MESSAGE
 
     def _trailer_block(self, block: bytes) -> bytes:
         check_raw(block, "trailer section", "trailer field")
@@ -581,12 +656,19 @@ class ServerCodec(_Side):
         line_end = head.find(b"\r\n")
         self._their = _T_ERROR  # until the head is accepted
         line = head[:line_end]
-        match = _REQUEST_LINE_RE.fullmatch(line)
-        if match is None:
-            raise ProtocolError(f"malformed request: illegal request line: {line!r}")
-        method, target, version = match.groups()
+        request_line = _REQUEST_LINES.get(line)
+        if request_line is None:
+            match = _REQUEST_LINE_RE.fullmatch(line)
+            if match is None:
+                raise ProtocolError(f"malformed request: illegal request line: {line!r}")
+            request_line = match.groups()
+            if line_end <= _REQUEST_LINE_CACHED_MAX:
+                if len(_REQUEST_LINES) >= _REQUEST_LINES_MAX:
+                    _REQUEST_LINES.clear()
+                _REQUEST_LINES[line] = request_line
+        method, target, version = request_line
         try:
-            parsed = _normalize(self._fields.parse(head[line_end + 2 :]))
+            parsed = _fields_in(self._fields, head[line_end + 2 :])
         except _FieldError as exc:
             raise ProtocolError(f"malformed request: {exc}") from None
         if parsed.hosts != 1 and (parsed.hosts > 1 or version == b"1.1"):
@@ -832,6 +914,14 @@ class ClientCodec(_Side):
         buf = self._buf
         if buf[:1] == b"\n" or buf[:2] == b"\r\n":
             raise self._fail("no response line received")
+        # The usual head has CRLF line ends only: then it ends at the first CRLFCRLF (a byte search,
+        # cheaper than the regular expression), since any earlier blank line would hold a bare LF.
+        end = buf.find(b"\r\n\r\n") + 4
+        if end != 3:
+            head = bytes(buf[:end])
+            if head.count(b"\n") == head.count(b"\r\n"):
+                del buf[:end]
+                return self._response_head(head)
         match = _BLANK_LINE_RE.search(buf)
         if match is None:
             if buf and buf[0] < 0x21:
@@ -851,6 +941,10 @@ class ClientCodec(_Side):
         if head.count(b"\n") != head.count(b"\r\n"):
             # Lines ended by a bare LF (accepted in responses, as h11 does): make them CRLF.
             head = b"\r\n".join(line[:-1] if line.endswith(b"\r") else line for line in head.split(b"\n"))
+        return self._response_head(head)
+
+    def _response_head(self, head: bytes) -> Event:
+        """The event for a complete response head (CRLF line ends, the blank line included)."""
         line_end = head.find(b"\r\n")
         line = head[:line_end]
         block = head[line_end + 2 : -2]
@@ -869,7 +963,7 @@ class ClientCodec(_Side):
                 _STATUS_LINES[line] = status_line
         version, status, reason = status_line
         try:
-            parsed = _normalize(self._fields.parse(block))
+            parsed = _fields_in(self._fields, block)
         except _FieldError as exc:
             raise self._fail(str(exc)) from None
         if status < 200:

@@ -42,31 +42,58 @@ def _tokens(values: list[bytes]) -> set[bytes]:
     return out
 
 
+def _is_hop(name: bytes) -> bool:
+    return name in HOP_BY_HOP or name[:6] == b"proxy-"
+
+
+# Names seen that are end-to-end (not hop-by-hop), so that most fields cost one set lookup. Bounded,
+# so that names taken from traffic only fill it so far.
+_END_TO_END: set[bytes] = set()
+_END_TO_END_MAX = 4096
+# ``Connection`` values seen that name only hop-by-hop fields (``keep-alive``, ``close``): no set of
+# names to build for them. Bounded likewise.
+_PLAIN_CONNECTION: set[bytes] = set()
+_PLAIN_CONNECTION_MAX = 256
+
+
 def strip_hop_by_hop(headers: Headers, *, keep_upgrade: bool = False) -> Headers:
     """A copy of ``headers`` without hop-by-hop fields.
 
     With ``keep_upgrade``, ``Upgrade`` is kept and ``Connection`` is reduced to ``upgrade``.  A
     ``TE`` header that lists ``trailers`` is reduced to ``TE: trailers``.
     """
+    end_to_end = _END_TO_END
     if not keep_upgrade:
         for name, _ in headers:
-            if name in HOP_BY_HOP or name[:6] == b"proxy-":
-                break
+            if name not in end_to_end:
+                if _is_hop(name):
+                    break
+                if len(end_to_end) < _END_TO_END_MAX:
+                    end_to_end.add(name)
         else:
             return headers.copy()  # the common case: nothing hop-by-hop (and no Connection header)
-    named = _tokens(headers.get_all(b"connection"))
-    # ``Connection: keep-alive`` / ``close`` (the usual) name nothing new: no set to build.
-    drop = HOP_BY_HOP if named <= HOP_BY_HOP else HOP_BY_HOP | named
+    # One pass keeps the end-to-end fields and notes what the hop-by-hop ones say; the fields that
+    # ``Connection`` names beyond the hop-by-hop ones (rare) are dropped from what was kept after.
     kept: list[tuple[bytes, bytes]] = []
+    connection: list[bytes] = []
     te_trailers = False
-    for name, value in headers:
-        if name in drop or name.startswith(b"proxy-"):
-            if name == b"te" and b"trailers" in _tokens([value]):
+    for field in headers:
+        name = field[0]
+        if name in end_to_end or not _is_hop(name):
+            kept.append(field)
+        elif name == b"connection":
+            connection.append(field[1])
+        elif name == b"te":
+            if b"trailers" in _tokens([field[1]]):
                 te_trailers = True
-            elif keep_upgrade and name == b"upgrade":
-                kept.append((name, value))
-            continue
-        kept.append((name, value))
+        elif keep_upgrade and name == b"upgrade":
+            kept.append(field)
+    if connection and not (len(connection) == 1 and connection[0] in _PLAIN_CONNECTION):
+        named = _tokens(connection) - HOP_BY_HOP
+        if named:
+            kept = [field for field in kept if field[0] not in named]
+        elif len(connection) == 1 and len(_PLAIN_CONNECTION) < _PLAIN_CONNECTION_MAX:
+            _PLAIN_CONNECTION.add(connection[0])
     if te_trailers:
         kept.append((b"te", b"trailers"))
     if keep_upgrade:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 __all__ = [
     "Body",
@@ -46,7 +46,7 @@ class Headers:
     @classmethod
     def _trusted(cls, items: list[tuple[bytes, bytes]]) -> Headers:
         """Wrap pairs that are already lowercased (from the codec); no copy, no checks."""
-        h = cls.__new__(cls)
+        h = _new(cls)
         h._items = items
         return h
 
@@ -107,13 +107,29 @@ class Headers:
         return list(self._items)
 
     def copy(self) -> Headers:
-        return Headers._trusted(list(self._items))
+        h = _new(Headers)
+        h._items = self._items[:]
+        return h
+
+    def append_entry(self, name: bytes, entry: bytes) -> None:
+        """Append ``entry`` to the comma-separated list in field ``name`` (lowercase bytes): every
+        value of ``name`` and ``entry`` joined into one field at the first one's place, or a new
+        field when there is none (``Via``, ``Forwarded``)."""
+        items = self._items
+        for n, _ in items:
+            if n == name:
+                self.set(name, b", ".join([*self.get_all(name), entry]))
+                return
+        items.append((name, entry))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Headers) and self._items == other._items
 
     def __repr__(self) -> str:
         return f"Headers({self._items!r})"
+
+
+_new = object.__new__
 
 
 def _name(name: str | bytes) -> bytes:
@@ -183,15 +199,23 @@ class Body:
         body._trailers = trailers
         return body
 
-    @classmethod
-    def empty(cls) -> Body:
-        return cls(None, 0)
+    @staticmethod
+    def empty() -> Body:
+        """The empty body: one shared object. Nothing it does can change what it shows (it is done
+        from the start, so reading, ``consume_memory`` and ``aclose`` leave it as it was); nothing
+        may assign to its ``content_length``."""
+        return _EMPTY
 
     @classmethod
     def buffered(cls, data: bytes, content_length: int | None, trailers: Headers | None = None) -> Body:
         """An in-memory body that keeps the framing facts of the message it was read from."""
-        body = cls(None, content_length, _chunk=data or None)
+        body = _new(cls)
+        body._source = None
+        body._chunk = data or None
+        body.content_length = content_length
         body._trailers = trailers
+        body._done = not data
+        body._closed = False
         return body
 
     def peek_memory(self) -> bytes:
@@ -266,6 +290,9 @@ class Body:
     def __repr__(self) -> str:
         kind = "memory" if self._source is None else "stream"
         return f"<Body {kind} content_length={self.content_length} done={self._done}>"
+
+
+_EMPTY: Final = Body(None, 0)
 
 
 @dataclass(eq=False)

@@ -73,11 +73,7 @@ _VIA_ENTRIES = {v: b"%s %s" % (v.encode("ascii"), VIA_TOKEN) for v in ("1.0", "1
 def append_via(headers: Headers, http_version: str) -> None:
     """Append ``<version> hostproxy`` to the ``Via`` field (one field, entries comma-joined)."""
     entry = _VIA_ENTRIES.get(http_version) or b"%s %s" % (http_version.encode("ascii"), VIA_TOKEN)
-    existing = headers.get_all(b"via")
-    if existing:
-        headers.set(b"via", b", ".join([*existing, entry]))
-    else:
-        headers.add(b"via", entry)
+    headers.append_entry(b"via", entry)
 
 
 LABELER_KINDS = ("ip", "ip:port", "connectionRandom", "requestRandom", "router", "static")
@@ -171,8 +167,4 @@ def forwarded_element(
 
 
 def append_forwarded(headers: Headers, element: bytes) -> None:
-    existing = headers.get_all(b"forwarded")
-    if existing:
-        headers.set(b"forwarded", b", ".join([*existing, element]))
-    else:
-        headers.add(b"forwarded", element)
+    headers.append_entry(b"forwarded", element)
