@@ -32,6 +32,9 @@ protocol's server through the same surface: ``serve`` / ``stop_accepting`` / ``d
   once.
 * A connection task that raises is counted (``connection_failures``) and logged as
   ``<prefix>.connection_failed``; it ends only that connection. Its stream is closed either way.
+* Idle deadlines: a protocol whose connections wait for their next request with a deadline can
+  hand the waits to the server's :class:`IdleTimer` (``idle_timer``) instead of giving each wait its
+  own deadline; the timer runs as a task in the connections' nursery while connections are open.
 """
 
 from __future__ import annotations
@@ -40,15 +43,19 @@ import errno
 import itertools
 import os
 import random
+import select
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
+from math import inf
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import trio
 
 __all__ = [
     "LISTEN_BACKLOG",
+    "IdleTimer",
+    "IdleWaiter",
     "ListeningServer",
     "ServedConnection",
     "ServerStats",
@@ -182,6 +189,131 @@ def take_backlog(listener: Any) -> list[Any]:
     return taken
 
 
+def readable(sock: socket.socket) -> bool:
+    """Whether a receive on ``sock`` would return at once: bytes, the end of the stream or an error
+    are pending (a closed socket counts as readable: a wait on it ends at once too)."""
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return True
+
+
+class IdleWaiter(Protocol):
+    """A connection whose wait for its next request an :class:`IdleTimer` may end."""
+
+    def idle_expired(self) -> None:
+        """The wait's deadline passed (or a drain ends it): end the wait now, unless the request's
+        bytes already arrived (then the connection serves them as if no deadline had passed)."""
+
+
+class IdleTimer:
+    """Ends the waits of idle connections past their deadlines: one task per server, instead of a
+    deadline registered with trio's run loop and removed again for every wait.
+
+    A connection calls :meth:`add` when it starts waiting for its next request and removes itself
+    from :attr:`waiting` when the wait ends (however it ends). The timer task sleeps until the
+    earliest deadline, then calls ``idle_expired`` on each connection whose deadline passed (and
+    forgets it). With one idle timeout per server, deadlines are in the order the waits started, so
+    :attr:`waiting` (a dict: insertion-ordered) is a FIFO and only its oldest entry is looked at; a
+    drain brings deadlines forward (:meth:`advance`), so while the server drains every entry is.
+
+    Precision is the same as a trio deadline's: the task wakes at the earliest deadline (it sleeps in
+    a cancel scope whose deadline is moved when an earlier one arrives), and the connection is told in
+    that same run-loop batch, so its cost is per idle timeout, not per request. The task starts (in
+    the server's connection nursery) with the first finite deadline and ends when :meth:`stop` is
+    called (the server has no connection left), so it never keeps the server's nursery open.
+    """
+
+    __slots__ = ("waiting", "_server", "_target", "_sleep", "_running", "_stop")
+
+    def __init__(self, server: ListeningServer[Any]) -> None:
+        #: The connections waiting for a request, with their deadlines (``inf``: only a drain ends it).
+        self.waiting: dict[IdleWaiter, float] = {}
+        self._server = server
+        #: When the task wakes next (``inf``: it is not running, or has nothing to time).
+        self._target = inf
+        self._sleep: trio.CancelScope | None = None
+        self._running = False
+        self._stop = False
+
+    @property
+    def available(self) -> bool:
+        """Whether the timer can run (the server is serving: there is a nursery for its task)."""
+        return self._server._nursery is not None
+
+    def add(self, conn: IdleWaiter, due: float) -> None:
+        """``conn`` starts waiting; its wait is to end at ``due`` (a ``trio.current_time()``)."""
+        self.waiting[conn] = due
+        if due < self._target:
+            self._wake_at(due)
+
+    def advance(self, conn: IdleWaiter, due: float) -> None:
+        """Bring a waiting connection's deadline forward to ``due`` (no-op if it is not waiting or
+        its deadline is already earlier)."""
+        waiting = self.waiting
+        old = waiting.get(conn)
+        if old is not None and due < old:
+            waiting[conn] = due  # in place: the FIFO order no longer holds (only drain does this)
+            if due < self._target:
+                self._wake_at(due)
+
+    def stop(self) -> None:
+        """End the task (nothing is waiting: the server has no connection left)."""
+        if self._running:
+            self._stop = True
+            self._target = inf  # the next ``add`` restarts the timer
+            if self._sleep is not None:
+                self._sleep.cancel()
+
+    def _wake_at(self, due: float) -> None:
+        self._target = due
+        self._stop = False
+        if self._sleep is not None:
+            self._sleep.deadline = due
+        elif not self._running:
+            nursery = self._server._nursery
+            assert nursery is not None, "IdleTimer used while its server is not serving"
+            self._running = True
+            nursery.start_soon(self._run)
+        # else: the task is between two sleeps and looks at ``waiting`` before it sleeps again
+
+    async def _run(self) -> None:
+        try:
+            while not self._stop:
+                # With nothing to time (``inf``) it sleeps until an ``add`` sets a deadline: exiting
+                # instead would restart a task whenever every connection happens to be busy.
+                due = self._expire(trio.current_time())
+                self._target = due
+                with trio.CancelScope(deadline=due) as self._sleep:
+                    await trio.sleep_forever()
+                self._sleep = None
+        finally:
+            self._sleep = None
+            self._running = False
+            self._stop = False
+            self._target = inf
+
+    def _expire(self, now: float) -> float:
+        """Tell the connections whose deadline passed; returns the earliest deadline left."""
+        waiting = self.waiting
+        if self._server.draining:
+            expired = [conn for conn, due in waiting.items() if due <= now]
+            for conn in expired:
+                del waiting[conn]
+                conn.idle_expired()
+            return min(waiting.values(), default=inf)
+        while waiting:
+            conn = next(iter(waiting))
+            due = waiting[conn]
+            if due > now:
+                return due
+            del waiting[conn]
+            conn.idle_expired()
+        return inf
+
+
 def abort(stream: trio.SocketStream) -> None:
     """Close a connection at once (the peer sees it closed, not a hang)."""
     try:
@@ -217,6 +349,9 @@ class ListeningServer(Generic[ConnT]):
         self._accepting: list[trio.CancelScope] = []
         self._conns: set[ConnT] = set()
         self._backlog: list[Any] = []
+        #: The nursery of the connection tasks while ``serve`` runs.
+        self._nursery: trio.Nursery | None = None
+        self.idle_timer = IdleTimer(self)
 
     def statistics(self) -> dict[str, Any]:
         """The counters, a fresh dict (nested dicts copied too)."""
@@ -249,12 +384,14 @@ class ListeningServer(Generic[ConnT]):
         )
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 for lst in listeners:
                     scope = trio.CancelScope()
                     self._accepting.append(scope)
                     nursery.start_soon(self._accept_loop, lst, nursery, scope)
                 task_status.started(self.addresses)
         finally:
+            self._nursery = None
             with trio.CancelScope(shield=True):
                 for lst in listeners:
                     await lst.aclose()
@@ -346,6 +483,8 @@ class ListeningServer(Generic[ConnT]):
             self.logger.exception(f"{self.log_prefix}.connection_failed", router=self.params.router_label)
         finally:
             stats.connections -= 1
+            if stats.connections == 0:
+                self.idle_timer.stop()
             if conn is not None:
                 self._conns.discard(conn)
                 self._connection_closed(conn)

@@ -9,7 +9,10 @@ task is a loop over request/response cycles (keep-alive, pipelining answered in 
 
 1. read a request head under deadlines: ``idle_timeout_s`` until its first byte, then
    ``request_head_timeout_s`` for the whole head (slow clients get 408 and are cut off); a request
-   body that stalls for ``request_body_timeout_s`` between chunks cuts the connection too;
+   body that stalls for ``request_body_timeout_s`` between chunks cuts the connection too. On a
+   plaintext connection the idle deadline is kept by the server's
+   :class:`~hostproxy.http.listening.IdleTimer` (one task per server, not a deadline registered per
+   wait), which cancels the connection only while it waits and no request byte has arrived;
 2. build a ``Request``: absolute-form targets normalised (proxy mode), hop-by-hop headers dropped,
    ``Via`` appended, ``Forwarded`` added when configured; refuse ``CONNECT`` (405), proxy loops
    (400, ``maxCallDepth``) and requests beyond ``maxConcurrentRequests`` (503 at once, no queue);
@@ -53,6 +56,7 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from math import inf
 from typing import Any
 
 import structlog
@@ -71,7 +75,15 @@ from hostproxy.http.codec import (
 )
 from hostproxy.http.errors import UpstreamError, error_response, response_for_exception
 from hostproxy.http.hopbyhop import strip_hop_by_hop
-from hostproxy.http.listening import ListeningServer, ServerStats, bind_listeners, sockaddr, take_backlog
+from hostproxy.http.listening import (
+    IdleTimer,
+    ListeningServer,
+    ServerStats,
+    bind_listeners,
+    readable,
+    sockaddr,
+    take_backlog,
+)
 from hostproxy.http.message import Body, Headers, Request, Response
 from hostproxy.http.proxyheaders import (
     ForwardedConfig,
@@ -285,6 +297,8 @@ class _Connection:
         "_send_lock",
         "requests",
         "idle_scope",
+        "idle_timer",
+        "serve_scope",
         "info",
         "forwarded_labels",
     )
@@ -299,6 +313,15 @@ class _Connection:
         self.codec = ServerCodec(server._limits)
         self._send_lock: trio.Lock | None = None
         self.requests = 0
+        # The wait for the next request ends on its idle deadline (or a drain) in one of two ways:
+        # a plaintext connection of a serving server waits inside ``serve_scope`` (entered once, for
+        # the whole connection), which the server's idle timer cancels only while the connection is
+        # waiting and no byte of a request has arrived; any other (TLS) waits in an ``idle_scope``
+        # with a deadline, made per wait.
+        self.idle_timer: IdleTimer | None = (
+            server.idle_timer if type(self.stream) is SockStream and server.idle_timer.available else None
+        )
+        self.serve_scope: trio.CancelScope | None = None
         self.idle_scope: trio.CancelScope | None = None
         self.info = ConnInfo.for_stream(self.stream, server.params, conn_id)
         fwd = self.params.add_forwarded_header
@@ -331,6 +354,16 @@ class _Connection:
         A connection that has not sent its first request yet (it may have been accepted a moment ago,
         its request already on the way) gets :data:`DRAIN_FIRST_REQUEST_S` to send it instead.
         """
+        timer = self.idle_timer
+        if timer is not None:
+            if self not in timer.waiting:
+                return
+            if self.requests > 0:
+                del timer.waiting[self]
+                self.idle_expired()
+            else:
+                timer.advance(self, trio.current_time() + DRAIN_FIRST_REQUEST_S)
+            return
         scope = self.idle_scope
         if scope is None:
             return
@@ -338,6 +371,16 @@ class _Connection:
             scope.cancel()
         else:
             scope.deadline = min(scope.deadline, trio.current_time() + DRAIN_FIRST_REQUEST_S)
+
+    def idle_expired(self) -> None:
+        """The idle timer (or a drain) ends this connection's wait for its next request: the
+        connection closes quietly, unless the request's first bytes (or the client's close) already
+        arrived, in which case it is served as if no deadline had passed. While the socket is not
+        readable the task is certainly blocked in that wait (nothing else can wake it), so the
+        cancellation ends exactly the wait and never a request being served."""
+        scope = self.serve_scope
+        if scope is not None and not readable(self.stream.socket):
+            scope.cancel()
 
     def must_close(self) -> bool:
         """Whether the response being written is this connection's last (drain, overload, limit)."""
@@ -378,6 +421,18 @@ class _Connection:
         stream = self.stream
         fast = type(stream) is SockStream
         try:
+            if self.idle_timer is None:
+                await self._serve_cycles(stream, fast)
+            else:
+                # Cancelled only by ``idle_expired``, i.e. only during the wait for a request.
+                with trio.CancelScope() as self.serve_scope:
+                    await self._serve_cycles(stream, fast)
+        finally:
+            if fast:
+                stream.close()
+
+    async def _serve_cycles(self, stream: Any, fast: bool) -> None:
+        try:
             while True:
                 try:
                     head = await self._read_head()
@@ -398,9 +453,6 @@ class _Connection:
                     stream.waited = False
         except _ClientGone:
             return
-        finally:
-            if fast:
-                stream.close()
 
     async def _read_head(self) -> RequestHead | None:
         codec = self.codec
@@ -433,6 +485,18 @@ class _Connection:
                 if self.requests > 0:
                     return None  # draining: an idle keep-alive connection closes instead of waiting
                 idle_s = DRAIN_FIRST_REQUEST_S if idle_s is None else min(idle_s, DRAIN_FIRST_REQUEST_S)
+            timer = self.idle_timer
+            if timer is not None:
+                # The idle timer ends this wait on its deadline (``idle_expired`` cancels
+                # ``serve_scope``): no deadline of its own to register and remove per request.
+                timer.add(self, inf if idle_s is None else trio.current_time() + idle_s)
+                try:
+                    data = await self.receive()
+                finally:
+                    timer.waiting.pop(self, None)
+                deadline = None
+                codec.receive_data(data)
+                continue
             self.idle_scope = scope = (
                 trio.CancelScope()
                 if idle_s is None
