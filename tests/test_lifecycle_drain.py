@@ -118,9 +118,10 @@ async def test_side_by_side_upgrade_with_so_reuseport_refuses_nothing(tmp_path: 
         cfg.write_text(config(disco, port=port))
         results: list[Result] = []
         stop = trio.Event()
+        done: list[int] = []
         async with daemon_proc(cfg, name="old") as old, trio.open_nursery() as nursery:
             for _ in range(3):
-                nursery.start_soon(_worker, port, "/slow/10", results, stop, 2000)
+                nursery.start_soon(_worker, port, "/slow/10", results, stop, 2000, done)
             while len(results) < 20:
                 await trio.sleep(0.01)
             async with daemon_proc(cfg, name="new") as new:
@@ -133,7 +134,13 @@ async def test_side_by_side_upgrade_with_so_reuseport_refuses_nothing(tmp_path: 
                 n = len(results)
                 while len(results) < n + 30:
                     await trio.sleep(0.01)
+                # The workers finish before the last daemon goes: a request a worker started just
+                # before ``stop`` could otherwise reach the port after the new daemon closed it, and
+                # be refused because nothing listens any more (not what this test is about).
                 stop.set()
+                with trio.fail_after(20):
+                    while len(done) < 3:
+                        await trio.sleep(0.01)
                 new.send(signal.SIGTERM)
                 assert await new.wait_exit() == 0
         bad = [r for r in results if (r.outcome, r.status) != ("ok", 200)]

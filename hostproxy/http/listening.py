@@ -25,7 +25,14 @@ protocol's server through the same surface: ``serve`` / ``stop_accepting`` / ``d
   cap and ``idle`` cannot be true while a connection task is still about to start.
 * ``stop_accepting`` closes the listening sockets and ends the accept loops. With
   ``serves_backlog`` set, connections the kernel already queued are accepted first
-  (:func:`take_backlog`) and served like any other, so none is reset by the close.
+  (:func:`take_backlog`) and served like any other, so none is reset by the close: each accept
+  loop, however it learns of the close (its cancel scope, or trio waking its pending ``accept``
+  with ``ClosedResourceError``), starts them once it ends. Before that sweep the listener stops
+  taking new handshakes (:func:`refuse_new_handshakes`: a socket filter dropping SYNs, whose
+  clients retry in about a second on another ``SO_REUSEPORT`` listener or are refused after the
+  close), so no connection completes between the sweep and the close. What the kernel alone still
+  resets (``net.ipv4.tcp_migrate_req`` off): a handshake whose SYN came before the filter and whose
+  final ACK arrives after the sweep, a window of microseconds on loopback.
 * ``drain`` (once: ``<prefix>.server.draining`` with the connection and in-flight counts) sets
   ``draining``, stops accepting and tells every open connection to finish
   (``start_drain``, see :class:`ServedConnection`); a connection that starts after that is told at
@@ -45,6 +52,7 @@ import os
 import random
 import select
 import socket
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from math import inf
@@ -158,6 +166,44 @@ def bind_listeners(ip: str, port: int, *, reuse_port: bool = True) -> list[trio.
         ) from None
     sock.setblocking(False)
     return [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
+
+
+#: A classic BPF socket filter that drops TCP segments with SYN set and ACK clear (a new handshake's
+#: first segment) and passes everything else. The filter sees the TCP header at offset 0; byte 13
+#: holds the flags (SYN 0x02, ACK 0x10).
+_DROP_SYN = (
+    (0x30, 0, 0, 13),  # ldb [13]
+    (0x54, 0, 0, 0x12),  # and #(SYN|ACK)
+    (0x15, 0, 1, 0x02),  # jeq #SYN, drop, pass
+    (0x06, 0, 0, 0),  # ret #0: drop
+    (0x06, 0, 0, 0xFFFFFFFF),  # ret #-1: pass
+)
+_SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
+
+
+def refuse_new_handshakes(listener: Any) -> bool:
+    """Stop ``listener`` from starting handshakes before it is closed: new SYNs are dropped (the
+    client retransmits in about a second, and the kernel then gives it to another ``SO_REUSEPORT``
+    listener of the port, or refuses it once this one is closed), while handshakes already under way
+    still complete into the backlog. Without it a connection could complete its handshake between
+    the last backlog sweep and the close, and be reset by the close.
+
+    Linux only (``SO_ATTACH_FILTER``); False when it could not be attached (then nothing changes).
+    Connections accepted afterwards inherit the filter, which only drops SYN-without-ACK segments an
+    established connection has no use for."""
+    import ctypes
+
+    try:
+        sock = listener.socket
+        if sock.fileno() < 0 or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return False
+        code = b"".join(struct.pack("HBBI", *ins) for ins in _DROP_SYN)
+        buf = ctypes.create_string_buffer(code, len(code))
+        prog = struct.pack("HL", len(_DROP_SYN), ctypes.addressof(buf))
+        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, prog)
+    except (OSError, AttributeError, TypeError, ValueError):
+        return False
+    return True
 
 
 def take_backlog(listener: Any) -> list[Any]:
@@ -392,6 +438,10 @@ class ListeningServer(Generic[ConnT]):
                 task_status.started(self.addresses)
         finally:
             self._nursery = None
+            # Taken from the backlog but never started (``serve`` was cancelled first): close them.
+            backlog, self._backlog = self._backlog, []
+            for stream in backlog:
+                abort(stream)
             with trio.CancelScope(shield=True):
                 for lst in listeners:
                     await lst.aclose()
@@ -403,6 +453,7 @@ class ListeningServer(Generic[ConnT]):
         accepted first and served)."""
         for lst in self._listeners:
             if self.serves_backlog:
+                refuse_new_handshakes(lst)
                 self._backlog.extend(take_backlog(lst))
             try:
                 lst.socket.close()
@@ -446,17 +497,20 @@ class ListeningServer(Generic[ConnT]):
                 try:
                     stream = await listener.accept()
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
-                    return
+                    break  # closed by stop_accepting: trio wakes a waiting accept with this
                 except OSError as exc:  # EMFILE and friends: back off instead of spinning
                     if exc.errno in (errno.EBADF, errno.EINVAL):
-                        return  # the listener was closed under us (stop_accepting)
+                        break  # the listener was closed under us (stop_accepting)
                     self.logger.warning(
                         f"{self.log_prefix}.accept_failed", router=self.params.router_label, error=str(exc)
                     )
                     await trio.sleep(ACCEPT_RETRY_S)
                     continue
                 self._start_connection(nursery, stream)
-        # Closed by stop_accepting: serve what was accepted from the backlog.
+        # Ended by stop_accepting, whichever way the loop noticed (the scope's cancellation, or the
+        # close waking the pending accept first): serve what was accepted from the backlog. Left
+        # unserved, those connections would stay open until the process exits and then be reset,
+        # their requests unanswered.
         backlog, self._backlog = self._backlog, []
         for stream in backlog:
             self._start_connection(nursery, stream)
