@@ -452,7 +452,7 @@ def run_http(args: argparse.Namespace) -> int:
         print(
             "at 1000 req/s the load sends ten requests together every 10 ms and one event loop serves "
             f"them: hostproxy's {h['fr_cpu_ms']:.3f} ms of CPU per request x 10 = "
-            f"{h['fr_cpu_ms'] * 10:.2f} ms is the floor of its latency in each burst"
+            f"{h['fr_cpu_ms'] * 10:.2f} ms is the least time the last response of a burst can take"
         )
     print(f"hostproxy RSS with {opened} idle client connections: {idle_rss / 1024:.1f} MB")
     print(f"hostproxy first proxied response {first_response_s:.3f} s after start", flush=True)
