@@ -191,6 +191,9 @@ _ASCII = {
     for m in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"CONNECT", b"TRACE")
 } | {b"1.1": "1.1", b"1.0": "1.0"}
 
+#: What a failed send or receive on the client connection raises (each becomes ``_ClientGone``).
+_STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
 # While draining, how long a freshly accepted connection has to send its first request.
 DRAIN_FIRST_REQUEST_S = 1.0
 
@@ -398,7 +401,7 @@ class _Connection:
     async def receive(self) -> bytes:
         try:
             return await self.stream.receive_some(RECEIVE_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        except _STREAM_ERRORS as exc:
             raise _ClientGone(f"client connection failed: {exc}") from None
 
     async def send(self, data: bytes) -> None:
@@ -406,7 +409,7 @@ class _Connection:
             return
         try:
             await self.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        except _STREAM_ERRORS as exc:
             self.codec.send_failed()
             raise _ClientGone(f"client connection failed: {exc}") from None
 
@@ -432,17 +435,29 @@ class _Connection:
                 stream.close()
 
     async def _serve_cycles(self, stream: Any, fast: bool) -> None:
+        stats = self.server._stats
         try:
             while True:
                 try:
                     head = await self._read_head()
+                    if head is None:
+                        return
+                    admitted = self._admit(head)
                 except ProtocolError as exc:
-                    self.server._stats.bad_requests += 1
+                    stats.bad_requests += 1
                     await self._send_error_and_close(exc.status, "bad-request", str(exc))
                     return
-                if head is None:
-                    return
-                keep_alive = await self._cycle(head)
+                if isinstance(admitted, Request):
+                    # Called from here rather than through a helper coroutine: every level between
+                    # this loop and the upstream read is one more frame to resume per request.
+                    stats.requests_in_flight += 1
+                    try:
+                        keep_alive = await self._dispatch(admitted, head.method)
+                    finally:
+                        stats.requests_in_flight -= 1
+                else:
+                    response, request_body = admitted
+                    keep_alive = await self._answer(response, request_body, head.method)
                 if not keep_alive:
                     return
                 if fast:
@@ -491,7 +506,9 @@ class _Connection:
                 # ``serve_scope``): no deadline of its own to register and remove per request.
                 timer.add(self, inf if idle_s is None else trio.current_time() + idle_s)
                 try:
-                    data = await self.receive()
+                    data = await self.stream.receive_some(RECEIVE_SIZE)  # ``receive`` inlined
+                except _STREAM_ERRORS as exc:
+                    raise _ClientGone(f"client connection failed: {exc}") from None
                 finally:
                     timer.waiting.pop(self, None)
                 deadline = None
@@ -620,49 +637,43 @@ class _Connection:
             upgrade=upgrade,
         )
 
-    async def _cycle(self, head: RequestHead) -> bool:
-        """Answer one request; returns whether the connection may carry another."""
+    def _admit(self, head: RequestHead) -> Request | tuple[Response, Body | None]:
+        """Count a request and build it (:meth:`_build_request`): the request to dispatch, or the
+        response that answers it at once (refused by ``_build_request``, beyond
+        ``maxConcurrentRequests``, or shed for overload) with the request body left to drain.
+        Raises ``ProtocolError`` for a request that cannot be built."""
         server = self.server
         stats = server._stats
         stats.requests_total += 1
         self.requests += 1
-        try:
-            built = self._build_request(head)
-        except ProtocolError as exc:
-            stats.bad_requests += 1
-            await self._send_error_and_close(exc.status, "bad-request", str(exc))
-            return False
-        if isinstance(built, Response):
-            request_body: Body | None = None
-            response = built
-        else:
-            request_body = built.body
-            limit = self.params.max_concurrent_requests
-            ov = server.overload
-            if limit is not None and stats.requests_in_flight >= limit:
-                stats.rejected_overload += 1
-                response = error_response(
-                    503,
-                    "overload",
-                    f"server {self.params.router_label} is at maxConcurrentRequests={limit}; retry later",
-                )
-            elif ov is not None and ov.shed_requests:
-                stats.rejected_overload += 1
-                ov.note_shed()
-                response = error_response(
-                    503,
-                    "overload",
-                    "hostproxy is shedding load: memory is past the overload shed mark; retry later",
-                )
-            else:
-                stats.requests_in_flight += 1
-                try:
-                    return await self._dispatch(built, head.method)
-                finally:
-                    stats.requests_in_flight -= 1
+        built = self._build_request(head)
+        if not isinstance(built, Request):
+            return built, None
+        limit = self.params.max_concurrent_requests
+        if limit is not None and stats.requests_in_flight >= limit:
+            stats.rejected_overload += 1
+            return error_response(
+                503,
+                "overload",
+                f"server {self.params.router_label} is at maxConcurrentRequests={limit}; retry later",
+            ), built.body
+        ov = server.overload
+        if ov is not None and ov.shed_requests:
+            stats.rejected_overload += 1
+            ov.note_shed()
+            return error_response(
+                503,
+                "overload",
+                "hostproxy is shedding load: memory is past the overload shed mark; retry later",
+            ), built.body
+        return built
+
+    async def _answer(self, response: Response, request_body: Body | None, method: bytes) -> bool:
+        """Write a response the proxy made without calling the handler; whether the connection may
+        carry another request."""
         close = "close" in (response.headers.get(b"connection") or b"").decode("latin-1").lower()
         close = close or self.must_close()
-        await self._write_response(response, head_method=head.method, close=close)
+        await self._write_response(response, head_method=method, close=close)
         return await self._finish_cycle(request_body, close)
 
     async def _dispatch(self, request: Request, method: bytes) -> bool:
@@ -732,7 +743,16 @@ class _Connection:
                 if data:
                     out += codec.send_data(data)
                 out += codec.send_end(trailers.items() if trailers and codec.response_chunked else None)
-                await self.send_head(out)
+                lock = self._send_lock
+                if lock is not None and lock.locked():
+                    await self.send_head(out)
+                else:
+                    # ``send_head`` and ``send`` inlined (``out`` is never empty: it has the head).
+                    try:
+                        await self.stream.send_all(out)
+                    except _STREAM_ERRORS as exc:
+                        codec.send_failed()
+                        raise _ClientGone(f"client connection failed: {exc}") from None
                 if not no_body:
                     body.consume_memory()
                 return

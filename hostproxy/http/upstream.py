@@ -87,6 +87,8 @@ _UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL}
 _TIMEDOUT = {errno.ETIMEDOUT}
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 _FRAMING = frozenset([b"content-length", b"transfer-encoding"])
+#: Response versions as ``str`` without decoding them per response (others are decoded).
+_VERSIONS = {b"1.1": "1.1", b"1.0": "1.0"}
 
 
 @dataclass(frozen=True)
@@ -534,6 +536,12 @@ class UpstreamPool(NurseryOwner):
                     await conn.sender_finished.wait()
             if not conn.sender_done and conn.sender_scope is not None:
                 conn.sender_scope.cancel()  # the request body is no longer wanted
+        for c in self._checked_in(conn):
+            await self._close(c)
+
+    def _checked_in(self, conn: _Conn) -> list[_Conn]:
+        """Check in a connection whose response ended (kept if the exchange was clean); the
+        connections the caller closes."""
         reusable = (
             not self._closed
             and not conn.broken
@@ -543,13 +551,12 @@ class UpstreamPool(NurseryOwner):
         )
         if reusable:
             conn.codec.start_next_cycle()
-            # ``_checkin(conn, True)`` without its coroutine (the usual end of an exchange).
-            if conn.checked_out:
-                conn.checked_out = False
-                for c in self._state.checkin(conn, self._clock(), True):
-                    await self._close(c)
-            return
-        await self._checkin(conn, False)
+        elif not conn.checked_out:
+            return [conn]
+        if not conn.checked_out:
+            return []
+        conn.checked_out = False
+        return self._state.checkin(conn, self._clock(), reusable)
 
     async def _discard(self, conn: _Conn) -> None:
         await self._checkin(conn, False)
@@ -593,7 +600,16 @@ class UpstreamPool(NurseryOwner):
             if conn is None:
                 conn = await self._open_checked_out(timeout)
             try:
-                return await self._exchange(conn, req, response_timeout)
+                await self._send_request(conn, req)
+                # Read here rather than in a helper coroutine: every level between the server's
+                # loop and this read is one more frame to resume when the response arrives.
+                if response_timeout is None:
+                    return await self._read_head(conn, req)
+                with trio.move_on_after(response_timeout):
+                    return await self._read_head(conn, req)
+                raise RequestTimeout(
+                    f"no response from {self.endpoint} within {response_timeout:g}s", endpoint=self.endpoint
+                )
             except _Stale:
                 await self._discard(conn)
                 self._counters["resent"] += 1
@@ -624,7 +640,10 @@ class UpstreamPool(NurseryOwner):
             items.append((b"host", (req.authority or self.endpoint).encode("latin-1")))
         return items
 
-    async def _exchange(self, conn: _Conn, req: Request, response_timeout: float | None) -> Response:
+    async def _send_request(self, conn: _Conn, req: Request) -> None:
+        """Write the request: an in-memory body with its head in one write, a streamed one by a task
+        in the pool's nursery (so the response is read meanwhile). Raises ``_Stale`` when a reused
+        connection failed before any byte of the request left."""
         codec = conn.codec
         errors = self.errors
         try:
@@ -657,30 +676,23 @@ class UpstreamPool(NurseryOwner):
                         raise _Stale() from None
                     raise
             body.consume_memory()
-        else:
-            try:
-                await conn.send(head)
-            except UpstreamError:
-                if conn.reused:
-                    raise _Stale() from None
-                raise
-            if self._nursery is None:
-                raise ProxyInternalError(
-                    f"UpstreamPool({self.endpoint}) needs a nursery to stream request bodies: use "
-                    "'async with UpstreamPool(...)' or pass nursery=",
-                    endpoint=self.endpoint,
-                )
-            conn.sender_done = False
-            conn.sender_scope = trio.CancelScope()
-            conn.sender_finished = trio.Event()
-            self._nursery.start_soon(self._send_body, conn, body)
-        if response_timeout is None:
-            return await self._read_head(conn, req)
-        with trio.move_on_after(response_timeout):
-            return await self._read_head(conn, req)
-        raise RequestTimeout(
-            f"no response from {self.endpoint} within {response_timeout:g}s", endpoint=self.endpoint
-        )
+            return
+        try:
+            await conn.send(head)
+        except UpstreamError:
+            if conn.reused:
+                raise _Stale() from None
+            raise
+        if self._nursery is None:
+            raise ProxyInternalError(
+                f"UpstreamPool({self.endpoint}) needs a nursery to stream request bodies: use "
+                "'async with UpstreamPool(...)' or pass nursery=",
+                endpoint=self.endpoint,
+            )
+        conn.sender_done = False
+        conn.sender_scope = trio.CancelScope()
+        conn.sender_finished = trio.Event()
+        self._nursery.start_soon(self._send_body, conn, body)
 
     async def _send_body(self, conn: _Conn, body: Body) -> None:
         codec = conn.codec
@@ -740,12 +752,13 @@ class UpstreamPool(NurseryOwner):
                 )
             raise UpstreamReset(f"unexpected {event!r} from {self.endpoint}", endpoint=self.endpoint)
 
-    async def _prefetch_body(self, conn: _Conn, content_length: int | None) -> Body:
+    def _prefetch_body(self, conn: _Conn, content_length: int | None) -> Body:
         """Take the body bytes that already arrived with the head, without waiting for more.
 
         A small response usually arrives whole in one read: it is then returned as an in-memory body
-        and the connection goes back to the pool at once, so the server can write head, body and end
-        in one send. Otherwise the bytes at hand lead the streamed body.
+        (the message ended: the caller releases the connection, so the server can write head, body
+        and end in one send). Otherwise the bytes at hand lead the streamed body. A connection that
+        closed before the body ended raises ``UpstreamReset`` (``request`` discards the connection).
         """
         codec = conn.codec
         chunks: list[bytes] = []
@@ -760,19 +773,18 @@ class UpstreamPool(NurseryOwner):
                     chunks.append(ev.data)  # type: ignore[union-attr]
                 continue
             if t is EndOfMessage:
-                await self._release(conn)
                 trailers = Headers._trusted(ev.trailers) if ev.trailers else None  # type: ignore[union-attr]
                 return Body.buffered(b"".join(chunks), content_length if not trailers else None, trailers)
             if ev is NEED_DATA or ev is PAUSED:
                 return Body(_ResponseBodySource(self, conn, chunks or None), content_length)
-            await self._discard(conn)
             raise UpstreamReset(
                 f"connection to {conn.endpoint} closed before the response body ended", endpoint=conn.endpoint
             )
 
     async def _response(self, conn: _Conn, req: Request, event: ResponseHead) -> Response:
         headers = strip_hop_by_hop(Headers._trusted(event.headers))
-        no_body = req.method == "HEAD" or event.status in (204, 304)
+        status = event.status
+        no_body = status == 204 or status == 304 or req.method == "HEAD"
         content_length: int | None = None
         if not no_body:
             cl = headers.get(b"content-length")
@@ -794,9 +806,15 @@ class UpstreamPool(NurseryOwner):
                     end = codec_event = conn.codec.next_event()
             if type(end) is not EndOfMessage:
                 raise UpstreamReset(f"unexpected {end!r} after an empty body", endpoint=self.endpoint)
-            await self._release(conn)
             body = Body.empty()
         else:
-            body = await self._prefetch_body(conn, content_length)
-        version = event.http_version.decode("ascii")
-        return Response(event.status, event.reason, headers, body, http_version=version)
+            body = self._prefetch_body(conn, content_length)
+        if body.in_memory:  # the message ended: the connection goes back to the pool now
+            if conn.sender_done or conn.sender_finished is None:
+                # ``_release`` without its coroutine: no request body writer to wait for.
+                for c in self._checked_in(conn):
+                    await self._close(c)
+            else:
+                await self._release(conn)
+        version = _VERSIONS.get(event.http_version) or event.http_version.decode("ascii")
+        return Response(status, event.reason, headers, body, http_version=version)
