@@ -170,15 +170,6 @@ def _transforming_bind(transformers: list[Any]) -> Callable[..., Any]:
 _SUCCESS_CLASS = b"l5d-success-class"  # the classifier's verdict on the response, as Linkerd sets it
 
 
-def _set_success_class(headers: Headers, value: bytes) -> None:
-    """``headers.set(l5d-success-class, value)``: appended when absent (as ``set`` does, without
-    rebuilding the list), replaced when an upstream already sent one."""
-    if headers.get(_SUCCESS_CLASS) is None:
-        headers.add(_SUCCESS_CLASS, value)
-    else:
-        headers.set(_SUCCESS_CLASS, value)
-
-
 class _Arrival:
     """What the router knows of the server a request arrived on (its params and local port): its
     request stats, ``clearContext`` and address-override policy. The router keeps the last one: every
@@ -389,7 +380,7 @@ class HttpRouter:
         if arrival.params is not conn.params or arrival.port != conn.local[1]:
             arrival = self._arrival_of(conn)
         server_stats = arrival.stats
-        server_stats.pending += 1  # server_stats.start()
+        server_stats.start()
         cause: Cause | None = None
         status = 502
         service_stats = None
@@ -499,7 +490,7 @@ class HttpRouter:
             return self._err(502, Cause.NAMING_NEG, msg), Cause.NAMING_NEG, svc
         entry = self._services.get(service)
         svc = entry.stats if entry is not None else self.scope.service(str(service), True)
-        svc.pending += 1  # svc.start()
+        svc.start()
         client_id = str(leaf.id)
         client = self.clients.acquire(client_id, self._new_client)
         try:
@@ -613,7 +604,7 @@ class HttpRouter:
         policy.begin()
         attempts: RetryAttempts | None = None
         client_stats = client.stats
-        client_stats.pending += 1  # client_stats.start()
+        client_stats.start()
         t0 = self._clock()
         cause: Cause | None = None
         status = 502
@@ -649,7 +640,7 @@ class HttpRouter:
                     status = resp.status
                     if status < 500 and entry.http_classifier:
                         cause = None
-                        _set_success_class(resp.headers, b"1.0")
+                        resp.headers.set(_SUCCESS_CLASS, b"1.0")
                         return resp, None, svc
                 if attempts is None:
                     attempts = policy.attempts(req.method, replayable=replayable, deadline=deadline)
@@ -683,7 +674,7 @@ class HttpRouter:
                     ok = rc is ResponseClass.SUCCESS
                     cause = None if ok else (Cause.UPSTREAM_5XX if status >= 500 else None)
                     if entry.http_classifier:
-                        _set_success_class(resp.headers, b"1.0" if ok else b"0.0")
+                        resp.headers.set(_SUCCESS_CLASS, b"1.0" if ok else b"0.0")
                     return resp, cause, svc
                 assert err is not None
                 cause = cause_of(err)

@@ -538,6 +538,21 @@ class _Side:
 
     # -- sending ----------------------------------------------------------------------------------
 
+    def _out_length(self, value: bytes, length: int | None) -> int:
+        """An outgoing ``Content-Length`` field's value as an int, agreeing with ``length`` (the one
+        already seen, if any); a malformed or conflicting one fails the send."""
+        if type(value) is bytes and value.isdigit():
+            v = value  # plain digits (the common case): the only value, well-formed
+        else:
+            values = {v.strip() for v in value.split(b",")}
+            if len(values) != 1 or not _CONTENT_LENGTH_RE.fullmatch(v := values.pop()):
+                self._our = _O_ERROR
+                raise LocalProtocolError(f"bad Content-Length {value!r}")
+        if length is not None and length != int(v):
+            self._our = _O_ERROR
+            raise LocalProtocolError("conflicting Content-Length headers")
+        return int(v)
+
     def _send_state_error(self, what: str) -> LocalProtocolError:
         state = _O_NAMES[self._our]
         self._our = _O_ERROR
@@ -737,17 +752,7 @@ class ServerCodec(_Side):
         for name, value in headers:
             lname = name.lower()
             if lname == b"content-length":
-                if type(value) is bytes and value.isdigit():
-                    v = value  # plain digits (the common case): the only value, well-formed
-                else:
-                    values = {v.strip() for v in value.split(b",")}
-                    if len(values) != 1 or not _CONTENT_LENGTH_RE.fullmatch(v := values.pop()):
-                        self._our = _O_ERROR
-                        raise LocalProtocolError(f"bad Content-Length {value!r}")
-                if length is not None and length != int(v):
-                    self._our = _O_ERROR
-                    raise LocalProtocolError("conflicting Content-Length headers")
-                length = int(v)
+                length = self._out_length(value, length)
             elif lname == b"transfer-encoding":
                 if chunked or value.lower() != b"chunked":
                     self._our = _O_ERROR
@@ -854,17 +859,7 @@ class ClientCodec(_Side):
             if lname == b"host":
                 hosts += 1
             elif lname == b"content-length":
-                if type(value) is bytes and value.isdigit():
-                    v = value  # plain digits (the common case): the only value, well-formed
-                else:
-                    values = {v.strip() for v in value.split(b",")}
-                    if len(values) != 1 or not _CONTENT_LENGTH_RE.fullmatch(v := values.pop()):
-                        self._our = _O_ERROR
-                        raise LocalProtocolError(f"bad Content-Length {value!r}")
-                if length is not None and length != int(v):
-                    self._our = _O_ERROR
-                    raise LocalProtocolError("conflicting Content-Length headers")
-                length = int(v)
+                length = self._out_length(value, length)
             elif lname == b"transfer-encoding":
                 if chunked or value.lower() != b"chunked":
                     self._our = _O_ERROR

@@ -66,9 +66,16 @@ class Headers:
         """Replace every value of ``name`` with one value, kept at the first occurrence's place."""
         key = _NAMES.get(name) or _name(name)
         val = value.encode("latin-1") if isinstance(value, str) else value
+        items = self._items
+        for n, _ in items:
+            if n == key:
+                break
+        else:  # absent (the usual case for a header the proxy sets): appended, to a new list as below
+            self._items = [*items, (key, val)]
+            return
         out: list[tuple[bytes, bytes]] = []
         placed = False
-        for n, v in self._items:
+        for n, v in items:
             if n == key:
                 if not placed:
                     out.append((key, val))
