@@ -34,10 +34,13 @@ on because those rules are applied here, exactly as h11 applies them:
 
 Bodies are framed here (``Content-Length``, chunked with extensions and trailers, or until EOF for
 responses), which keeps message boundaries exact without asking llhttp where it stopped.  Writing is
-plain byte joins with a few byte scans of the whole field block (no CR, LF or NUL can reach the wire
-from a header; a block the scans cannot clear is checked field by field).  Parsed status lines are
-remembered (a bounded map), since an upstream sends few distinct ones; so are request lines and
-field lines (``_fields_in``), since a client sends many alike.
+plain byte joins: each field's line comes from a bounded map of lines made from fields that passed
+the exact check (``_fields_noted``); a field not there is checked alone, and a block with a field
+that fails (or is not a pair of ``bytes``) goes to the uncached checks, a few byte scans of the
+whole block and then field by field (``_fields_out_checked``), so no CR, LF or NUL can reach the
+wire from a header and every refusal is what it was.  Parsed status lines are remembered (a bounded
+map), since an upstream sends few distinct ones; so are request lines and field lines
+(``_fields_in``), since a client sends many alike.
 
 Known, deliberate differences from h11 (all stricter): duplicate equal ``Content-Length`` fields,
 control characters (other than HTAB) in field values, bare LF in trailers, and (in requests)
@@ -316,6 +319,90 @@ def _fields_in(parser: _FieldParser, block: bytes) -> _Head:
 
 def _fields_out(headers: HeaderList) -> bytes:
     """Serialise fields (with the blank line); a field that would break the framing is refused.
+
+    Each field is looked up among the lines of fields already found valid (``_fields_noted``): when
+    every field is valid, the block is their join and no byte needs a look. Anything else (a field
+    that is not valid, or not a pair of ``bytes``) sends the whole block to ``_fields_out_checked``,
+    the checks without the cache, so that its verdict, error and message are theirs. A cached line
+    is only ever made from a field that passed the exact check, so the cache can never let an
+    invalid field out; it changes no output (a line is the same bytes however it was found).
+    """
+    noted = _fields_noted(headers)
+    return noted[0] if noted is not None else _fields_out_checked(headers)
+
+
+def _fields_noted(headers: HeaderList) -> tuple[bytes, HeaderList] | None:
+    """The block of ``headers`` (with the blank line) and, in order, its fields that the writers
+    look at (``_WRITER_NAMES``, in any case); ``None`` unless every field is a valid pair of
+    ``bytes``. A field's line comes from ``_OUT_LINES`` or ``_OUT_NOTED_LINES`` (the writers' fields)
+    when it was found valid before, else from ``_out_line``, which checks it alone, exactly."""
+    lines = _OUT_LINES
+    noted_lines = _OUT_NOTED_LINES
+    parts: list[bytes] = []
+    append = parts.append
+    noted: HeaderList = []
+    try:
+        for nv in headers:
+            line = lines.get(nv)  # type: ignore[call-overload]
+            if line is None:
+                line = noted_lines.get(nv)  # type: ignore[call-overload]
+                if line is None:
+                    line = _out_line(nv)
+                    if line is None:
+                        return None
+                    if nv[0].lower() in _WRITER_NAMES:
+                        noted.append(nv)
+                else:
+                    noted.append(nv)
+            append(line)
+    except TypeError:  # an unhashable field (a list, a bytearray): not for the cache
+        return None
+    append(_CRLF)
+    return b"".join(parts), noted
+
+
+def _out_line(nv: tuple[bytes, bytes]) -> bytes | None:
+    """The line of one field not in the caches: checked exactly (a token name; a value without
+    NUL or whitespace other than inner SP/HTAB) and remembered; ``None`` when the field is not a
+    valid pair of ``bytes``."""
+    if type(nv) is not tuple or len(nv) != 2:
+        return None
+    name, value = nv
+    if type(name) is not bytes or type(value) is not bytes:
+        return None
+    if not _TOKEN_RE.fullmatch(name) or not _OUT_VALUE_RE.fullmatch(value):
+        return None
+    line = b"%s: %s\r\n" % nv
+    if len(line) <= _OUT_LINE_CACHED_MAX:
+        cache = _OUT_NOTED_LINES if name.lower() in _WRITER_NAMES else _OUT_LINES
+        if len(cache) >= _OUT_LINES_MAX:
+            cache.clear()
+        cache[nv] = line
+    return line
+
+
+# Output lines of fields found valid: ``(name, value)`` -> ``b"name: value\r\n"``; the fields the
+# writers look at (``_WRITER_NAMES``) in ``_OUT_NOTED_LINES``, the others in ``_OUT_LINES``. The
+# proxy writes most fields again and again (``Host``, ``User-Agent``, ``Via``, ``Server``,
+# ``l5d-dst-*``...). Bounded in count and line length; emptied when full, so that one-off values
+# (request ids, dates) cannot keep the common ones out for long.
+_OUT_LINES: dict[tuple[bytes, bytes], bytes] = {}
+_OUT_NOTED_LINES: dict[tuple[bytes, bytes], bytes] = {}
+_OUT_LINES_MAX: Final = 1024
+_OUT_LINE_CACHED_MAX: Final = 256
+# The field names (lowercased) whose values ``send_request`` and ``send_response`` act on.
+_WRITER_NAMES: Final = frozenset(
+    [b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade"]
+)
+# Request lines written before: ``(method, target)`` -> ``b"METHOD target HTTP/1.1\r\n"`` (both
+# checked). Bounded in count and length; emptied when full.
+_OUT_REQUEST_LINES: dict[tuple[bytes, bytes], bytes] = {}
+_OUT_REQUEST_LINES_MAX: Final = 1024
+_OUT_REQUEST_LINE_CACHED_MAX: Final = 256
+
+
+def _fields_out_checked(headers: HeaderList) -> bytes:
+    """``_fields_out`` without the cache: every field checked.
 
     The block is checked whole, with byte scans that together are a sufficient condition for every
     field being valid (a token name; a value without NUL or whitespace other than inner SP/HTAB):
@@ -664,6 +751,8 @@ class ServerCodec(_Side):
 
     def _next_head(self) -> Event:
         buf = self._buf
+        if not buf:  # as ``request_head`` answers an empty buffer
+            return ConnectionClosed() if self._eof else NEED_DATA
         head = request_head(buf, self.limits, self._eof)
         if not isinstance(head, bytes):
             return head  # NEED_DATA or ConnectionClosed
@@ -681,7 +770,7 @@ class ServerCodec(_Side):
                 if len(_REQUEST_LINES) >= _REQUEST_LINES_MAX:
                     _REQUEST_LINES.clear()
                 _REQUEST_LINES[line] = request_line
-        method, target, version = request_line
+        version = request_line[2]
         try:
             parsed = _fields_in(self._fields, head[line_end + 2 :])
         except _FieldError as exc:
@@ -693,6 +782,11 @@ class ServerCodec(_Side):
             )
         if parsed.chunked and parsed.length is not None:
             raise ProtocolError("request has both Content-Length and Transfer-Encoding; send only one")
+        return self._accept(request_line, parsed)
+
+    def _accept(self, request_line: tuple[bytes, ...], parsed: _Head) -> RequestHead:
+        """The event for an accepted request head, and the state it puts the codec in."""
+        method, target, version = request_line
         self.http_version = self._their_version = version
         self._method = method
         if parsed.close or version < b"1.1":
@@ -749,7 +843,10 @@ class ServerCodec(_Side):
         length: int | None = None
         chunked = False
         conn_tokens: list[bytes] | None = None
-        for name, value in headers:
+        # With every field valid, only the fields looked at below need the loop (the others do
+        # nothing in it); their block is already made.
+        noted = _fields_noted(headers)
+        for name, value in headers if noted is None else noted[1]:
             lname = name.lower()
             if lname == b"content-length":
                 length = self._out_length(value, length)
@@ -784,7 +881,7 @@ class ServerCodec(_Side):
             out = [(n, v) for n, v in out if n.lower() != b"connection"]
             out.extend((b"Connection", t) for t in sorted(tokens))
         try:
-            fields = _fields_out(out)
+            fields = noted[0] if noted is not None and out is headers else _fields_out(out)
         except LocalProtocolError:
             self._our = _O_ERROR
             raise
@@ -845,16 +942,27 @@ class ClientCodec(_Side):
     def send_request(self, method: bytes, target: bytes, headers: HeaderList) -> bytes:
         if self._our != _O_IDLE:
             raise self._send_state_error("a request")
-        if not _TOKEN_RE.fullmatch(method):
-            self._our = _O_ERROR
-            raise LocalProtocolError(f"Illegal method {method!r}")
-        if not _TARGET_RE.fullmatch(target):
-            self._our = _O_ERROR
-            raise LocalProtocolError(f"Illegal target characters in {target!r}")
+        key = (method, target)
+        start = _OUT_REQUEST_LINES.get(key) if type(method) is bytes and type(target) is bytes else None
+        if start is None:
+            if not _TOKEN_RE.fullmatch(method):
+                self._our = _O_ERROR
+                raise LocalProtocolError(f"Illegal method {method!r}")
+            if not _TARGET_RE.fullmatch(target):
+                self._our = _O_ERROR
+                raise LocalProtocolError(f"Illegal target characters in {target!r}")
+            start = b"%s %s HTTP/1.1\r\n" % key
+            if type(method) is bytes and type(target) is bytes and len(start) <= _OUT_REQUEST_LINE_CACHED_MAX:
+                if len(_OUT_REQUEST_LINES) >= _OUT_REQUEST_LINES_MAX:
+                    _OUT_REQUEST_LINES.clear()
+                _OUT_REQUEST_LINES[key] = start
         length: int | None = None
         chunked = False
         hosts = 0
-        for name, value in headers:
+        # With every field valid, only the fields looked at below need the loop (the others do
+        # nothing in it); their block is already made.
+        noted = _fields_noted(headers)
+        for name, value in headers if noted is None else noted[1]:
             lname = name.lower()
             if lname == b"host":
                 hosts += 1
@@ -876,7 +984,7 @@ class ClientCodec(_Side):
                 "Missing mandatory Host: header" if hosts == 0 else "Found multiple Host: headers"
             )
         try:
-            fields = _fields_out(headers)
+            fields = noted[0] if noted is not None else _fields_out_checked(headers)
         except LocalProtocolError:
             self._our = _O_ERROR
             raise
@@ -889,7 +997,7 @@ class ClientCodec(_Side):
             self._start_writer(_F_LENGTH, length or 0)
         if self._their == _T_IDLE:
             self._their = _T_HEAD
-        return b"%s %s HTTP/1.1\r\n%s" % (method, target, fields)
+        return start + fields
 
     # -- receiving -------------------------------------------------------------------------------
 
@@ -907,6 +1015,8 @@ class ClientCodec(_Side):
 
     def _next_head(self) -> Event:
         buf = self._buf
+        if not buf and not self._eof:
+            return NEED_DATA  # as the search below answers an empty buffer
         if buf[:1] == b"\n" or buf[:2] == b"\r\n":
             raise self._fail("no response line received")
         # The usual head has CRLF line ends only: then it ends at the first CRLFCRLF (a byte search,
@@ -916,7 +1026,7 @@ class ClientCodec(_Side):
             head = bytes(buf[:end])
             if head.count(b"\n") == head.count(b"\r\n"):
                 del buf[:end]
-                return self._response_head(head)
+                return self._response_event(*self._parse_head(head))
         match = _BLANK_LINE_RE.search(buf)
         if match is None:
             if buf and buf[0] < 0x21:
@@ -936,10 +1046,11 @@ class ClientCodec(_Side):
         if head.count(b"\n") != head.count(b"\r\n"):
             # Lines ended by a bare LF (accepted in responses, as h11 does): make them CRLF.
             head = b"\r\n".join(line[:-1] if line.endswith(b"\r") else line for line in head.split(b"\n"))
-        return self._response_head(head)
+        return self._response_event(*self._parse_head(head))
 
-    def _response_head(self, head: bytes) -> Event:
-        """The event for a complete response head (CRLF line ends, the blank line included)."""
+    def _parse_head(self, head: bytes) -> tuple[bytes, int, bytes | None, _Head]:
+        """Version, status, reason and fields of a complete response head (CRLF line ends, the
+        blank line included): what depends on its bytes alone."""
         line_end = head.find(b"\r\n")
         line = head[:line_end]
         block = head[line_end + 2 : -2]
@@ -956,11 +1067,13 @@ class ClientCodec(_Side):
             status_line = (version, int(status_s), reason)
             if len(_STATUS_LINES) < _STATUS_LINES_MAX:
                 _STATUS_LINES[line] = status_line
-        version, status, reason = status_line
         try:
-            parsed = _fields_in(self._fields, block)
+            return (*status_line, _fields_in(self._fields, block))
         except _FieldError as exc:
             raise self._fail(str(exc)) from None
+
+    def _response_event(self, version: bytes, status: int, reason: bytes | None, parsed: _Head) -> Event:
+        """The event for a parsed response head, and the state it puts the codec in."""
         if status < 200:
             if status < 100:
                 raise self._fail(

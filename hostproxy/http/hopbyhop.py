@@ -13,23 +13,11 @@ re-frame every body and so drop it when ``Transfer-Encoding`` was present.
 
 from __future__ import annotations
 
-from hostproxy.http.message import Headers
+from collections.abc import Iterable
 
-__all__ = ["HOP_BY_HOP", "strip_hop_by_hop"]
+from hostproxy.http.message import HOP_BY_HOP, Headers
 
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
+__all__ = ["HOP_BY_HOP", "strip_hop_by_hop", "strip_response_fields"]
 
 
 def _tokens(values: list[bytes]) -> set[bytes]:
@@ -43,7 +31,7 @@ def _tokens(values: list[bytes]) -> set[bytes]:
 
 
 def _is_hop(name: bytes) -> bool:
-    return name in HOP_BY_HOP or name[:6] == b"proxy-"
+    return name in HOP_BY_HOP or name[:6] == b"proxy-"  # as ``message._is_hop``
 
 
 # Names seen that are end-to-end (not hop-by-hop), so that most fields cost one set lookup. Bounded,
@@ -61,9 +49,15 @@ def strip_hop_by_hop(headers: Headers, *, keep_upgrade: bool = False) -> Headers
 
     With ``keep_upgrade``, ``Upgrade`` is kept and ``Connection`` is reduced to ``upgrade``.  A
     ``TE`` header that lists ``trailers`` is reduced to ``TE: trailers``.
+
+    A copy without any hop-by-hop field (neither ``keep_upgrade`` nor ``TE: trailers``) is marked
+    ``hop_free`` (see ``message``); headers so marked are copied without a look at their names,
+    since they hold nothing to strip.
     """
     end_to_end = _END_TO_END
     if not keep_upgrade:
+        if headers._hop_free:
+            return headers.copy()  # stripped before, and nothing hop-by-hop added since
         for name, _ in headers:
             if name not in end_to_end:
                 if _is_hop(name):
@@ -71,31 +65,64 @@ def strip_hop_by_hop(headers: Headers, *, keep_upgrade: bool = False) -> Headers
                 if len(end_to_end) < _END_TO_END_MAX:
                     end_to_end.add(name)
         else:
-            return headers.copy()  # the common case: nothing hop-by-hop (and no Connection header)
+            # The common case: nothing hop-by-hop (and no Connection header).
+            return Headers._stripped(headers.items())
+    return _strip(headers, keep_upgrade, False)[0]
+
+
+def strip_response_fields(fields: list[tuple[bytes, bytes]]) -> tuple[Headers, bytes | None]:
+    """What the upstream pool makes of a response's fields (lowercased names, from the codec), in
+    one pass: ``strip_hop_by_hop(Headers._trusted(fields))`` without its ``Content-Length``
+    fields, and the first of those (the body's declared length), or ``None`` when there was none
+    or ``fields`` had a ``Transfer-Encoding`` field (which overrides it)."""
+    return _strip(fields, False, True)
+
+
+def _strip(
+    fields: Iterable[tuple[bytes, bytes]], keep_upgrade: bool, length_apart: bool
+) -> tuple[Headers, bytes | None]:
+    """``strip_hop_by_hop``'s work: the stripped headers; with ``length_apart``, also without
+    ``Content-Length`` and with its first value (``None`` with a ``Transfer-Encoding`` field)."""
     # One pass keeps the end-to-end fields and notes what the hop-by-hop ones say; the fields that
     # ``Connection`` names beyond the hop-by-hop ones (rare) are dropped from what was kept after.
+    end_to_end = _END_TO_END
     kept: list[tuple[bytes, bytes]] = []
     connection: list[bytes] = []
-    te_trailers = False
-    for field in headers:
+    te_trailers = chunked = False
+    length: bytes | None = None
+    for field in fields:
         name = field[0]
-        if name in end_to_end or not _is_hop(name):
-            kept.append(field)
-        elif name == b"connection":
-            connection.append(field[1])
-        elif name == b"te":
-            if b"trailers" in _tokens([field[1]]):
-                te_trailers = True
-        elif keep_upgrade and name == b"upgrade":
+        if name not in end_to_end:
+            if _is_hop(name):
+                if name == b"connection":
+                    connection.append(field[1])
+                elif name == b"te":
+                    if b"trailers" in _tokens([field[1]]):
+                        te_trailers = True
+                elif keep_upgrade and name == b"upgrade":
+                    kept.append(field)
+                elif name == b"transfer-encoding":
+                    chunked = True
+                continue
+            if len(end_to_end) < _END_TO_END_MAX:
+                end_to_end.add(name)
+        if length_apart and name == b"content-length":
+            if length is None:
+                length = field[1]
+        else:
             kept.append(field)
     if connection and not (len(connection) == 1 and connection[0] in _PLAIN_CONNECTION):
         named = _tokens(connection) - HOP_BY_HOP
         if named:
             kept = [field for field in kept if field[0] not in named]
+            if b"content-length" in named:
+                length = None
         elif len(connection) == 1 and len(_PLAIN_CONNECTION) < _PLAIN_CONNECTION_MAX:
             _PLAIN_CONNECTION.add(connection[0])
     if te_trailers:
         kept.append((b"te", b"trailers"))
     if keep_upgrade:
         kept.append((b"connection", b"upgrade"))
-    return Headers._trusted(kept)
+    if keep_upgrade or te_trailers:  # a hop-by-hop field kept: not hop-free
+        return Headers._trusted(kept), None if chunked else length
+    return Headers._stripped(kept), None if chunked else length

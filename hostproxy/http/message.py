@@ -14,6 +14,12 @@ response bodies); ``Body.from_bytes`` and ``Body.empty`` cover bodies that are a
 Trailers (chunked encoding only) are available from ``Body.trailers`` once the last chunk was read.
 Whoever receives a ``Body`` must either read it to the end or ``aclose()`` it; closing early tells
 the owner that the rest will never be read (an upstream connection is then discarded, not reused).
+
+``Headers`` remember one fact about themselves: that they hold no hop-by-hop field (``hop_free``).
+Only ``hopbyhop.strip_hop_by_hop`` establishes it, on the headers it returns; every helper that adds
+a field whose name is hop-by-hop (``HOP_BY_HOP``, ``Proxy-*``) forgets it, and removing fields or
+copying keeps it.  It lets a second strip of the same fields (a response the upstream pool already
+stripped, written by the server) be a plain copy.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 __all__ = [
+    "HOP_BY_HOP",
     "Body",
     "BodySource",
     "ByteStream",
@@ -32,23 +39,57 @@ __all__ = [
 ]
 
 
+#: Field names that describe one connection (RFC 9110 §7.6.1); so is every ``Proxy-*`` name.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+
 class Headers:
     """An ordered multi-map of ``(lowercased name, value)`` byte pairs.
 
     Names given to the helpers may be ``str`` or ``bytes`` in any case; they are lowercased.
+    ``hop_free`` is True only when ``strip_hop_by_hop`` made these headers and no helper has added a
+    hop-by-hop field since (see the module docstring).
     """
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "_hop_free")
 
     def __init__(self, items: Iterable[tuple[bytes, bytes]] = ()) -> None:
         self._items: list[tuple[bytes, bytes]] = [(_name(n), v) for n, v in items]
+        self._hop_free = False
 
     @classmethod
     def _trusted(cls, items: list[tuple[bytes, bytes]]) -> Headers:
         """Wrap pairs that are already lowercased (from the codec); no copy, no checks."""
         h = _new(cls)
         h._items = items
+        h._hop_free = False
         return h
+
+    @classmethod
+    def _stripped(cls, items: list[tuple[bytes, bytes]]) -> Headers:
+        """Wrap lowercased pairs that hold no hop-by-hop field (``strip_hop_by_hop``'s result, which
+        no other code holds); no copy."""
+        h = _new(cls)
+        h._items = items
+        h._hop_free = True
+        return h
+
+    @property
+    def hop_free(self) -> bool:
+        """True when no field is hop-by-hop, known from ``strip_hop_by_hop`` (False: not known)."""
+        return self._hop_free
 
     def get(self, name: str | bytes, default: bytes | None = None) -> bytes | None:
         """The first value of ``name``, or ``default``."""
@@ -66,6 +107,8 @@ class Headers:
         """Replace every value of ``name`` with one value, kept at the first occurrence's place."""
         key = _NAMES.get(name) or _name(name)
         val = value.encode("latin-1") if isinstance(value, str) else value
+        if self._hop_free and _is_hop(key):
+            self._hop_free = False
         items = self._items
         for n, _ in items:
             if n == key:
@@ -88,7 +131,10 @@ class Headers:
 
     def add(self, name: str | bytes, value: bytes | str) -> None:
         val = value.encode("latin-1") if isinstance(value, str) else value
-        self._items.append((_NAMES.get(name) or _name(name), val))
+        key = _NAMES.get(name) or _name(name)
+        if self._hop_free and _is_hop(key):
+            self._hop_free = False
+        self._items.append((key, val))
 
     def remove(self, name: str | bytes) -> None:
         key = _NAMES.get(name) or _name(name)
@@ -116,12 +162,15 @@ class Headers:
     def copy(self) -> Headers:
         h = _new(Headers)
         h._items = self._items[:]
+        h._hop_free = self._hop_free
         return h
 
     def append_entry(self, name: bytes, entry: bytes) -> None:
         """Append ``entry`` to the comma-separated list in field ``name`` (lowercase bytes): every
         value of ``name`` and ``entry`` joined into one field at the first one's place, or a new
         field when there is none (``Via``, ``Forwarded``)."""
+        if self._hop_free and _is_hop(name):
+            self._hop_free = False
         items = self._items
         for n, _ in items:
             if n == name:
@@ -137,6 +186,11 @@ class Headers:
 
 
 _new = object.__new__
+
+
+def _is_hop(name: bytes) -> bool:
+    """Whether a lowercased field name is hop-by-hop by itself (``HOP_BY_HOP`` or ``Proxy-*``)."""
+    return name in HOP_BY_HOP or name[:6] == b"proxy-"
 
 
 def _name(name: str | bytes) -> bytes:

@@ -23,6 +23,7 @@ from hostproxy.http.message import Headers
 __all__ = [
     "ForwardedConfig",
     "Labeler",
+    "VIA_11",
     "VIA_TOKEN",
     "append_via",
     "forwarded_element",
@@ -68,6 +69,8 @@ def via_count(headers: Headers) -> int:
 
 #: The ``Via`` entries of the usual versions, made once.
 _VIA_ENTRIES = {v: b"%s %s" % (v.encode("ascii"), VIA_TOKEN) for v in ("1.0", "1.1", "2", "2.0")}
+#: The field ``append_via(headers, "1.1")`` appends to headers without a ``Via`` field.
+VIA_11 = (b"via", _VIA_ENTRIES["1.1"])
 
 
 def append_via(headers: Headers, http_version: str) -> None:

@@ -86,6 +86,7 @@ from hostproxy.http.listening import (
 )
 from hostproxy.http.message import Body, Headers, Request, Response
 from hostproxy.http.proxyheaders import (
+    VIA_11,
     ForwardedConfig,
     append_forwarded,
     append_via,
@@ -724,22 +725,41 @@ class _Connection:
         codec = self.codec
         body = response.body
         try:
-            headers = strip_hop_by_hop(response.headers)
-            append_via(headers, "1.1")
             status = response.status
             no_body = head_method == b"HEAD" or status in (204, 304) or status < 200
-            # Transfer-Encoding went with the hop-by-hop fields; the codec frames the body itself.
-            if not no_body:
-                headers.remove(b"content-length")
-                if body.content_length is not None:
-                    headers.add(b"content-length", b"%d" % body.content_length)
-            if close:
-                headers.add(b"connection", b"close")
+            fields: list[tuple[bytes, bytes]] | None = None
+            src = response.headers
+            if src.hop_free and not no_body:
+                # Stripped before (a response from the upstream pool) and nothing hop-by-hop added
+                # since: the fields as they are, then Via, Content-Length and Connection as below,
+                # appended when the fields have neither Via nor Content-Length (the usual case).
+                fields = src.items()
+                for name, _ in fields:
+                    if name == b"via" or name == b"content-length":
+                        fields = None
+                        break
+                else:
+                    fields.append(VIA_11)
+                    if body.content_length is not None:
+                        fields.append((b"content-length", b"%d" % body.content_length))
+                    if close:
+                        fields.append((b"connection", b"close"))
+            if fields is None:
+                headers = strip_hop_by_hop(src)
+                append_via(headers, "1.1")
+                # Transfer-Encoding went with the hop-by-hop fields; the codec frames the body itself.
+                if not no_body:
+                    headers.remove(b"content-length")
+                    if body.content_length is not None:
+                        headers.add(b"content-length", b"%d" % body.content_length)
+                if close:
+                    headers.add(b"connection", b"close")
+                fields = headers.items()
             if no_body or body.in_memory:
                 # The whole response is at hand: head, body and end in one write.
                 data = b"" if no_body else body.peek_memory()
                 trailers = body.trailers
-                out = codec.send_response(status, response.reason, headers.items())
+                out = codec.send_response(status, response.reason, fields)
                 if data:
                     out += codec.send_data(data)
                 out += codec.send_end(trailers.items() if trailers and codec.response_chunked else None)
@@ -758,7 +778,7 @@ class _Connection:
                 return
             # The head is ordered after a concurrent ``100 Continue`` from the body reader; once the
             # head is out, the codec no longer lets one be sent, so the body needs no ordering.
-            await self.send_head(codec.send_response(status, response.reason, headers.items()))
+            await self.send_head(codec.send_response(status, response.reason, fields))
             if not no_body:
                 try:
                     async for chunk in body:

@@ -70,7 +70,7 @@ from hostproxy.http.errors import (
     UpstreamError,
     UpstreamReset,
 )
-from hostproxy.http.hopbyhop import strip_hop_by_hop
+from hostproxy.http.hopbyhop import strip_hop_by_hop, strip_response_fields
 from hostproxy.http.message import Body, Headers, Request, Response
 from hostproxy.http.sockstream import open_tcp
 
@@ -782,19 +782,16 @@ class UpstreamPool(NurseryOwner):
             )
 
     async def _response(self, conn: _Conn, req: Request, event: ResponseHead) -> Response:
-        headers = strip_hop_by_hop(Headers._trusted(event.headers))
         status = event.status
         no_body = status == 204 or status == 304 or req.method == "HEAD"
         content_length: int | None = None
-        if not no_body:
-            cl = headers.get(b"content-length")
+        if no_body:
+            headers = strip_hop_by_hop(Headers._trusted(event.headers))
+        else:
+            # Without hop-by-hop fields and Content-Length (the body is re-framed), in one pass.
+            headers, cl = strip_response_fields(event.headers)
             if cl is not None:
-                for name, _ in event.headers:
-                    if name == b"transfer-encoding":
-                        break
-                else:
-                    content_length = int(cl)
-            headers.remove(b"content-length")
+                content_length = int(cl)
         if no_body or content_length == 0:
             try:
                 end = codec_event = conn.codec.next_event()
