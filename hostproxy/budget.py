@@ -125,11 +125,15 @@ class RetryBudget:
         self.exhausted = 0
 
     def deposit(self) -> None:
+        self.deposit_at(self._window._now())
+
+    def deposit_at(self, now: float) -> None:
+        """`deposit()` at the time `now`, read from this budget's clock (a caller that has just read
+        it passes the reading on instead of a second read)."""
         self.deposits += 1
         amount = self._deposit
         if amount:
             w = self._window
-            now = w._now()
             if w._lo <= now < w._hi:  # `w.add(amount)`'s first case, without the call
                 w._slots[w._cur] += amount
             else:

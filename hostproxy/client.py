@@ -283,8 +283,8 @@ class Client:
         clock = self._clock
         balancer = self.balancer
         accrual = self.accrual
-        self.last_used = clock()
-        self.requeue_budget.deposit()
+        self.last_used = now = clock()
+        self.requeue_budget.deposit_at(now)  # the budget reads the client's clock
         requeues = 0
         while True:
             bal_ep = balancer.pick()

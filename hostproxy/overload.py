@@ -27,7 +27,8 @@ File descriptors: at ``fd_stop_accept`` (90 %) of the soft ``RLIMIT_NOFILE``, or
 and upstream connections still have room); it accepts again below the mark minus the hysteresis.
 
 The actions are read by the hot path as plain attributes (``keepalive_allowed``,
-``shed_requests``, ``accept_allowed``); every change is logged as ``overload.changed``, and
+``shed_requests``, ``accept_allowed``), derived whenever ``memory_level`` or ``fd_exhausted`` is
+assigned, so a request pays no call for them; every change is logged as ``overload.changed``, and
 ``state_json()`` is what logs, metrics and the admin ``wtf`` view show.
 """
 
@@ -130,25 +131,43 @@ class OverloadManager:
     def __init__(self, config: OverloadConfig, *, clock: Callable[[], float]) -> None:
         self.config = config
         self._clock = clock
-        self.memory_level = Level.NORMAL
-        self.fd_exhausted = False
+        self._level = Level.NORMAL
+        self._fds_out = False
+        #: The actions, read on the hot path as plain attributes; set from the state whenever
+        #: :attr:`memory_level` or :attr:`fd_exhausted` is assigned (they change only on a reading).
+        self.keepalive_allowed = True
+        self.shed_requests = False
+        self.accept_allowed = True
         self.last: Reading | None = None
         self.since = clock()
         self.transitions = 0
         self.shed_count = 0
 
-    # -- the actions, read on the hot path ------------------------------------------------------------
+    # -- the state, and the actions derived from it -------------------------------------------------
     @property
-    def keepalive_allowed(self) -> bool:
-        return self.memory_level < Level.NO_KEEPALIVE
+    def memory_level(self) -> Level:
+        return self._level
+
+    @memory_level.setter
+    def memory_level(self, level: Level) -> None:
+        self._level = level
+        self._derive_actions()
 
     @property
-    def shed_requests(self) -> bool:
-        return self.memory_level >= Level.SHED
+    def fd_exhausted(self) -> bool:
+        return self._fds_out
 
-    @property
-    def accept_allowed(self) -> bool:
-        return self.memory_level < Level.STOP_ACCEPT and not self.fd_exhausted
+    @fd_exhausted.setter
+    def fd_exhausted(self, exhausted: bool) -> None:
+        self._fds_out = exhausted
+        self._derive_actions()
+
+    def _derive_actions(self) -> None:
+        """Set the action attributes from the state (a request reads them without a call)."""
+        level = self._level
+        self.keepalive_allowed = level < Level.NO_KEEPALIVE
+        self.shed_requests = level >= Level.SHED
+        self.accept_allowed = level < Level.STOP_ACCEPT and not self._fds_out
 
     def note_shed(self) -> None:
         """The server answered one request 503 ``overload`` because of :attr:`shed_requests`."""

@@ -270,6 +270,14 @@ class RetryPolicy:
         if self.requeue_budget is not None:
             self.requeue_budget.deposit()
 
+    def begin_at(self, now: float) -> None:
+        """:meth:`begin` with ``now`` just read from the retry budget's clock (the ``clock`` the
+        policy was built with); a requeue budget, built elsewhere, reads its own."""
+        self.requests += 1
+        self.budget.deposit_at(now)
+        if self.requeue_budget is not None:
+            self.requeue_budget.deposit()
+
     def attempts(self, method: str, *, replayable: bool, deadline: Deadline | None = None) -> RetryAttempts:
         """The per-request state of a request that :meth:`begin` counted (no second deposit)."""
         return RetryAttempts(self, method, replayable, deadline)

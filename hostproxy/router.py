@@ -188,6 +188,22 @@ class _Arrival:
         self.policy = policy
 
 
+class _Settled:
+    """The last binding that settled on one leaf (a bound tree that is a single leaf whose address
+    set is not pending, so nothing about it waits) and what the request path derives from it: the
+    client id and the service's entry. ``Binder.bind`` returns the same outcome object for as long
+    as the binding holds (a rebind, a namer update or a new base dtab makes a new one), and an
+    outcome never changes, so the same object means the same leaf, client id and service."""
+
+    __slots__ = ("outcome", "leaf", "client_id", "entry")
+
+    def __init__(self, outcome: Any, leaf: BoundName, client_id: str, entry: _Service) -> None:
+        self.outcome = outcome
+        self.leaf = leaf
+        self.client_id = client_id
+        self.entry = entry
+
+
 class _Rec:
     """What the access log says of one request (allocated only when the access log is on)."""
 
@@ -315,6 +331,8 @@ class HttpRouter:
         }
         self._clear_context = {s.ip: s.clear_context for s in cfg.servers}
         self._services: dict[Path, _Service] = {}
+        self._settled = _Settled(None, None, "", None)  # type: ignore[arg-type]
+        self._stats_clock = metrics.clock  # what the metrics record by (usually the router's clock)
         self._arrival = _Arrival(None, 0, None, False, None)
         self.max_concurrent: int | None = getattr(cfg, "max_concurrent_requests", None)
         self.in_flight = 0
@@ -375,15 +393,21 @@ class HttpRouter:
         return arrival
 
     async def handle(self, req: Request, conn: ConnInfo) -> Response:
-        t0 = self._clock()
+        """Answer one request: steps 1–4 of the module docstring here, forwarding in :meth:`_forward`;
+        the request is counted under its server, its service and (in ``_forward``) its client.
+
+        The steps before forwarding are not a coroutine of their own: every coroutine between the
+        server's loop and the pool is resumed when the response arrives. A binding that settled on
+        one leaf is remembered with its client id and service entry (:class:`_Settled`), so a
+        request bound to it again skips the checks and lookups that gave them.
+        """
+        clock = self._clock
+        t0 = clock()
         arrival = self._arrival
         if arrival.params is not conn.params or arrival.port != conn.local[1]:
             arrival = self._arrival_of(conn)
         server_stats = arrival.stats
         server_stats.start()
-        cause: Cause | None = None
-        status = 502
-        service_stats = None
         limit = self.max_concurrent
         if limit is not None and self.in_flight >= limit:
             self.rejected_overload += 1
@@ -395,123 +419,159 @@ class HttpRouter:
         recent = self.recent
         keep = recent is not None and recent.sampled()
         rec = _Rec(req.method, req.target) if self.access_log.enabled or keep else None
+        resp: Response | None = None
+        cause: Cause | None = None
+        service_stats: Any = None
         try:
-            resp, cause, service_stats = await self._route(req, conn, arrival, rec)
-            status = resp.status
-            return resp
+            try:
+                headers, local, _sample, l5d = inbound_scan(
+                    req.headers, arrival.clear_context, self.dtab_cache
+                )
+            except RequestDtabError as e:
+                cause = Cause.IDENTIFICATION
+                resp = self._err(400, cause, str(e))
+                return resp
+            ident = self.identifier.identify(_IdentReq(req, headers))
+            if isinstance(ident, Unidentified):
+                cause = Cause.IDENTIFICATION
+                resp = self._err(400, cause, unknown_destination_message(req, ident))
+                return resp
+            trace: diagtrace.TraceRequest | None = None
+            if req.method == "TRACE":
+                try:
+                    trace = diagtrace.trace_request(req.method, headers)
+                except diagtrace.InvalidMaxForwards as e:
+                    cause = Cause.IDENTIFICATION
+                    resp = self._err(400, cause, str(e))
+                    return resp
+            if ident.target is not None:
+                req.target = ident.target
+            service: Path = ident.path
+            if rec is not None:
+                rec.service = str(service)
+            policy = arrival.policy
+            outcome = self.binder.bind(service, local, policy=policy)
+            settled = self._settled
+            leaf: BoundName | None
+            entry: _Service | None
+            if outcome is settled.outcome:
+                leaf, client_id, entry = settled.leaf, settled.client_id, settled.entry
+                svc = entry.stats
+            else:
+                if self._waiting(outcome):
+                    outcome = await self._bind_pending(service, local, policy, outcome)
+                if outcome is None:
+                    cause = Cause.NAMING_FAILED
+                    service_stats = self._service_stats(service, False, cause)
+                    msg = (
+                        f"Exceeded {self.binding_timeout_s:g} seconds binding timeout while resolving name: "
+                        f"{service}"
+                    )
+                    resp = self._err(502, cause, msg)
+                    return resp
+                if outcome.refused is not None:
+                    cause = Cause.IDENTIFICATION
+                    service_stats = self._service_stats(service, False, cause)
+                    resp = self._err(400, cause, str(outcome.refused))
+                    return resp
+                if outcome.error is not None:
+                    cause = Cause.NAMING_FAILED
+                    service_stats = self._service_stats(service, False, cause)
+                    msg = f"Unable to route request!\nservice name: {service}\nerror: {outcome.error}"
+                    resp = self._err(502, cause, msg)
+                    return resp
+                tree = outcome.tree
+                leaf = tree.value if type(tree) is Leaf else self._choose(tree)
+                if leaf is None:
+                    cause = Cause.NAMING_NEG
+                    service_stats = self._service_stats(service, False, cause)
+                    msg = (
+                        f"Unable to route request!\nservice name: {service}\n"
+                        f"dtab:\n{_dtab_lines(self.binder.base_dtab + local)}\n"
+                        f"base dtab:\n{_dtab_lines(self.binder.base_dtab)}\n"
+                        f"override dtab:\n{_dtab_lines(local)}"
+                    )
+                    resp = self._err(502, cause, msg)
+                    return resp
+                client_id = str(leaf.id)
+                entry = self._services.get(service)
+                if entry is None:
+                    svc = self.scope.service(str(service), True)
+                else:
+                    svc = entry.stats
+                    if type(tree) is Leaf and not outcome.pending and not isinstance(leaf.addr, AddrPending):
+                        # Not waiting (see ``_waiting``), whatever the clients hold: settled.
+                        self._settled = _Settled(outcome, leaf, client_id, entry)
+            svc.start()
+            service_stats = svc
+            client = self.clients.acquire(client_id, self._new_client)
+            try:
+                if rec is not None:
+                    rec.client = client_id
+                t_forward = clock() if trace is not None else 0.0
+                resp, cause = await self._forward(
+                    req, service, local, leaf, client, headers, svc, entry, rec, conn, trace, l5d
+                )
+                if trace is not None and trace.add_context and resp.error_cause is None:
+                    resp = await self._with_trace_context(
+                        resp, trace, service, local, leaf, client, clock() - t_forward
+                    )
+                body = resp.body
+                if not body.in_memory and not body.done:
+                    # A reset after the head turns this success into an upstream/reset failure,
+                    # everywhere it was counted.
+                    watched = [server_stats, svc, client.stats]
+                    resp.body = Body(_BodyFailureWatch(body, watched), body.content_length)
+                return resp
+            finally:
+                self.clients.release(client_id)
         except BaseException:
             cause = Cause.PROXY_INTERNAL
+            resp = None  # counted as a 502
+            service_stats = None  # a request that raised is counted by its server only
             raise
         finally:
             self.in_flight -= 1
-            latency = self._clock() - t0
-            server_stats.finish(latency, cause, status)
+            now = clock()
+            latency = now - t0
+            stats_now = now if self._stats_clock is clock else self._stats_clock()
+            status = resp.status if resp is not None else 502
+            server_stats.finish_at(stats_now, latency, cause, status)
             if service_stats is not None:
-                service_stats.finish(latency, cause, status)
+                service_stats.finish_at(stats_now, latency, cause, status)
             if rec is not None:
-                cause_text = cause.value if cause is not None else None
-                if self.access_log.enabled:
-                    self.access_log.log(
-                        router=self.label,
-                        method=rec.method,
-                        path=rec.path,
-                        service=rec.service,
-                        client=rec.client,
-                        endpoint=rec.endpoint,
-                        status=status,
-                        cause=cause_text,
-                        duration_s=latency,
-                    )
-                if keep:
-                    recent.ring.append(
-                        {
-                            "timestamp": time.time(),
-                            "router": self.label,
-                            "method": rec.method,
-                            "path": rec.path,
-                            "service": rec.service,
-                            "client": rec.client,
-                            "endpoint": rec.endpoint,
-                            "status": status,
-                            "cause": cause_text,
-                            "durationMs": round(latency * 1000, 3),
-                        }
-                    )
+                self._log_request(rec, keep, status, cause, latency)
 
-    async def _route(
-        self, req: Request, conn: ConnInfo, arrival: _Arrival, rec: _Rec | None = None
-    ) -> tuple[Response, Cause | None, Any]:
-        try:
-            headers, local, _sample, l5d = inbound_scan(req.headers, arrival.clear_context, self.dtab_cache)
-        except RequestDtabError as e:
-            return self._err(400, Cause.IDENTIFICATION, str(e)), Cause.IDENTIFICATION, None
-        ident = self.identifier.identify(_IdentReq(req, headers))
-        if isinstance(ident, Unidentified):
-            msg = unknown_destination_message(req, ident)
-            return self._err(400, Cause.IDENTIFICATION, msg), Cause.IDENTIFICATION, None
-        trace: diagtrace.TraceRequest | None = None
-        if req.method == "TRACE":
-            try:
-                trace = diagtrace.trace_request(req.method, headers)
-            except diagtrace.InvalidMaxForwards as e:
-                return self._err(400, Cause.IDENTIFICATION, str(e)), Cause.IDENTIFICATION, None
-        if ident.target is not None:
-            req.target = ident.target
-        service: Path = ident.path
-        if rec is not None:
-            rec.service = str(service)
-        policy = arrival.policy
-        outcome = self.binder.bind(service, local, policy=policy)
-        if self._waiting(outcome):
-            outcome = await self._bind_pending(service, local, policy, outcome)
-        if outcome is None:
-            svc = self._service_stats(service, False, Cause.NAMING_FAILED)
-            msg = (
-                f"Exceeded {self.binding_timeout_s:g} seconds binding timeout while resolving name: {service}"
+    def _log_request(self, rec: _Rec, keep: bool, status: int, cause: Cause | None, latency: float) -> None:
+        """The access log's line and the recent-requests entry (``keep``) of one request."""
+        cause_text = cause.value if cause is not None else None
+        if self.access_log.enabled:
+            self.access_log.log(
+                router=self.label,
+                method=rec.method,
+                path=rec.path,
+                service=rec.service,
+                client=rec.client,
+                endpoint=rec.endpoint,
+                status=status,
+                cause=cause_text,
+                duration_s=latency,
             )
-            return self._err(502, Cause.NAMING_FAILED, msg), Cause.NAMING_FAILED, svc
-        if outcome.refused is not None:
-            svc = self._service_stats(service, False, Cause.IDENTIFICATION)
-            return self._err(400, Cause.IDENTIFICATION, str(outcome.refused)), Cause.IDENTIFICATION, svc
-        if outcome.error is not None:
-            svc = self._service_stats(service, False, Cause.NAMING_FAILED)
-            msg = f"Unable to route request!\nservice name: {service}\nerror: {outcome.error}"
-            return self._err(502, Cause.NAMING_FAILED, msg), Cause.NAMING_FAILED, svc
-        tree = outcome.tree
-        leaf = tree.value if type(tree) is Leaf else self._choose(tree)
-        if leaf is None:
-            svc = self._service_stats(service, False, Cause.NAMING_NEG)
-            msg = (
-                f"Unable to route request!\nservice name: {service}\n"
-                f"dtab:\n{_dtab_lines(self.binder.base_dtab + local)}\n"
-                f"base dtab:\n{_dtab_lines(self.binder.base_dtab)}\n"
-                f"override dtab:\n{_dtab_lines(local)}"
+        if keep:
+            self.recent.ring.append(
+                {
+                    "timestamp": time.time(),
+                    "router": self.label,
+                    "method": rec.method,
+                    "path": rec.path,
+                    "service": rec.service,
+                    "client": rec.client,
+                    "endpoint": rec.endpoint,
+                    "status": status,
+                    "cause": cause_text,
+                    "durationMs": round(latency * 1000, 3),
+                }
             )
-            return self._err(502, Cause.NAMING_NEG, msg), Cause.NAMING_NEG, svc
-        entry = self._services.get(service)
-        svc = entry.stats if entry is not None else self.scope.service(str(service), True)
-        svc.start()
-        client_id = str(leaf.id)
-        client = self.clients.acquire(client_id, self._new_client)
-        try:
-            if rec is not None:
-                rec.client = client_id
-            t_forward = self._clock() if trace is not None else 0.0
-            resp, cause, svc_stats = await self._forward(
-                req, service, local, leaf, client, headers, svc, entry, rec, conn, trace, l5d
-            )
-            if trace is not None and trace.add_context and resp.error_cause is None:
-                resp = await self._with_trace_context(
-                    resp, trace, service, local, leaf, client, self._clock() - t_forward
-                )
-            if not resp.body.in_memory and not resp.body.done:
-                # A reset after the head turns this success into an upstream/reset failure, everywhere
-                # it was counted.
-                watched = [arrival.stats, svc, client.stats]
-                resp.body = Body(_BodyFailureWatch(resp.body, watched), resp.body.content_length)
-            return resp, cause, svc_stats
-        finally:
-            self.clients.release(client_id)
 
     async def _forward(
         self,
@@ -527,7 +587,9 @@ class HttpRouter:
         conn: ConnInfo | None = None,
         trace: diagtrace.TraceRequest | None = None,
         l5d: bool = True,
-    ) -> tuple[Response, Cause | None, Any]:
+    ) -> tuple[Response, Cause | None]:
+        """Steps 5 and 6 of the module docstring: the response (or the proxy's error response) and the
+        failure cause it is counted with."""
         client_id = client.id
         client.update_addr(leaf.addr)
         if isinstance(leaf.addr, AddrFailed) and not client.endpoints:
@@ -535,7 +597,7 @@ class HttpRouter:
                 f"Unable to route request!\nservice name: {service}\nclient name: {client_id}\n"
                 f"naming failed: {leaf.addr.cause}"
             )
-            return self._err(502, Cause.NAMING_FAILED, msg), Cause.NAMING_FAILED, svc
+            return self._err(502, Cause.NAMING_FAILED, msg), Cause.NAMING_FAILED
         residual = leaf.residual
         dst_residual: Path | bytes | None = residual
         if entry is not None:  # the residual's l5d-dst-residual value, printed once per residual
@@ -577,7 +639,7 @@ class HttpRouter:
                 picked = client.pick_key()
                 trace.selected = picked or ""
                 await req.body.aclose()
-                return Response(200, b"OK", Headers(), Body.empty()), None, svc
+                return Response(200, b"OK", Headers(), Body.empty()), None
             forwarded = trace.forwarded_max_forwards()
             if forwarded is not None:
                 out_headers.set(diagtrace.MAX_FORWARDS, forwarded)
@@ -601,11 +663,11 @@ class HttpRouter:
         # The policy's per-request state is made only when an attempt did not succeed at once (most
         # requests never need it); the deposit is made now, as ``RetryPolicy.start`` makes it.
         policy = entry.policy
-        policy.begin()
+        t0 = self._clock()
+        policy.begin_at(t0)  # the policy's budget reads the router's clock
         attempts: RetryAttempts | None = None
         client_stats = client.stats
         client_stats.start()
-        t0 = self._clock()
         cause: Cause | None = None
         status = 502
         try:
@@ -627,7 +689,7 @@ class HttpRouter:
                                 why = f"exceeded totalTimeoutMs ({params.total_timeout_ms} ms)"
                             else:
                                 why = f"exceeded the request's deadline ({DEADLINE_HEADER})"
-                            return self._err(503, cause, f"{why} for {service} via {client_id}"), cause, svc
+                            return self._err(503, cause, f"{why} for {service} via {client_id}"), cause
                     else:
                         resp, endpoint = await client.request(req)
                     if rec is not None:
@@ -641,7 +703,7 @@ class HttpRouter:
                     if status < 500 and entry.http_classifier:
                         cause = None
                         resp.headers.set(_SUCCESS_CLASS, b"1.0")
-                        return resp, None, svc
+                        return resp, None
                 if attempts is None:
                     attempts = policy.attempts(req.method, replayable=replayable, deadline=deadline)
                 if resp is not None:
@@ -675,17 +737,20 @@ class HttpRouter:
                     cause = None if ok else (Cause.UPSTREAM_5XX if status >= 500 else None)
                     if entry.http_classifier:
                         resp.headers.set(_SUCCESS_CLASS, b"1.0" if ok else b"0.0")
-                    return resp, cause, svc
+                    return resp, cause
                 assert err is not None
                 cause = cause_of(err)
                 status = CAUSE_STATUS.get(err.cause, 502)
-                return self._upstream_error(err, service, client), cause, svc
+                return self._upstream_error(err, service, client), cause
         except BaseException:
             cause = Cause.PROXY_INTERNAL if cause is None else cause
             raise
         finally:
-            entry.per_request.hist.add(attempts.finish() if attempts is not None else policy.unretried())
-            client_stats.finish(self._clock() - t0, cause, status)
+            now = self._clock()
+            stats_now = now if self._stats_clock is self._clock else self._stats_clock()
+            per_request = attempts.finish() if attempts is not None else policy.unretried()
+            entry.per_request.hist.add_at(per_request, stats_now)
+            client_stats.finish_at(stats_now, now - t0, cause, status)
 
     async def _with_trace_context(
         self,

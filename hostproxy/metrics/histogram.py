@@ -200,7 +200,11 @@ class WindowedHistogram:
         return cur
 
     def add(self, value: float) -> None:
-        now = self._now()
+        self.add_at(value, self._now())
+
+    def add_at(self, value: float, now: float) -> None:
+        """`add(value)` at the time `now`, read from this histogram's clock (a caller recording into
+        several histograms reads it once)."""
         cur = self._cur if self._lo <= now < self._hi else self._slice_at(now)
         if value > 0:
             v = value

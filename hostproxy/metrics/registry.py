@@ -259,6 +259,11 @@ class MetricsRegistry:
         self.version += 1
         return len(doomed)
 
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The clock that every histogram of this registry records by."""
+        return self._now
+
     def metrics(self) -> Iterator[Metric]:
         return iter(list(self._metrics.values()))
 
@@ -293,7 +298,8 @@ class RequestStats:
         "failures",
         "pending",
         "latency",
-        "_hist_add",
+        "_now",
+        "_hist_add_at",
         "_by_cause",
         "_by_status",
     )
@@ -320,7 +326,8 @@ class RequestStats:
             PromId(fam + "request_duration_seconds", labels, "Request latency"),
             scale=0.001,
         )
-        self._hist_add = self.latency.hist.add
+        self._now = reg._now
+        self._hist_add_at = self.latency.hist.add_at
         self._by_cause: dict[Cause, Counter] = {}
         self._by_status: dict[int, tuple[Counter, Counter]] = {}
 
@@ -329,9 +336,14 @@ class RequestStats:
 
     def finish(self, latency_s: float, cause: Cause | None = None, status: int | None = None) -> None:
         """Count one finished request: success when `cause` is None, else a failure of that cause."""
+        self.finish_at(self._now(), latency_s, cause, status)
+
+    def finish_at(self, now: float, latency_s: float, cause: Cause | None, status: int | None) -> None:
+        """`finish(latency_s, cause, status)` at the time `now`, read from the registry's clock (a
+        request counted in several scopes reads it once)."""
         self.pending -= 1
         self.requests.value += 1
-        self._hist_add(latency_s * 1000.0)
+        self._hist_add_at(latency_s * 1000.0, now)
         if cause is None:
             self.success.value += 1
         else:

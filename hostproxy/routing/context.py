@@ -60,6 +60,7 @@ from dtab.errors import DtabSyntaxError
 from dtab.path import Path
 from dtab.table import Dtab
 from dtab.tree import Alt, Leaf, Union
+from hostproxy.http.message import Headers
 
 __all__ = [
     "CLEARED_ON_READ",
@@ -228,7 +229,17 @@ def inbound_scan(
     headers: Iterable[Header], clear_context: bool, cache: DtabParseCache | None = None
 ) -> tuple[list[Header], Dtab, float | None, bool]:
     """:func:`inbound` and whether the headers kept include an ``l5d-*`` header (the router's
-    per-request form: False lets :func:`forwarded_headers` skip its pass)."""
+    per-request form: False lets :func:`forwarded_headers` skip its pass).
+
+    ``Headers`` hold lowercased names, so a request's are first looked over without lowercasing
+    them: with no ``l5d-*`` name among them (the usual request) there is nothing to strip or read,
+    and they are kept as they are."""
+    if type(headers) is Headers:
+        for pair in headers:
+            if pair[0].startswith(L5D_PREFIX):
+                break
+        else:
+            return list(headers), Dtab.EMPTY, None, False
     kept: list[Header] = []
     ctx: list[str] = []
     user: list[str] = []
