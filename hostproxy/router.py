@@ -527,8 +527,7 @@ class HttpRouter:
                 self.clients.release(client_id)
         except BaseException:
             cause = Cause.PROXY_INTERNAL
-            resp = None  # counted as a 502
-            service_stats = None  # a request that raised is counted by its server only
+            resp = None  # counted as a 502, by its server and (once started) its service
             raise
         finally:
             self.in_flight -= 1
