@@ -33,7 +33,9 @@ on because those rules are applied here, exactly as h11 applies them:
   obs-fold) run before any parsing.
 
 Bodies are framed here (``Content-Length``, chunked with extensions and trailers, or until EOF for
-responses), which keeps message boundaries exact without asking llhttp where it stopped.  Writing is
+responses), which keeps message boundaries exact without asking llhttp where it stopped; a response
+body framed by ``Content-Length`` that arrived whole can be taken in one call
+(``ClientCodec.whole_body``: what its ``Data`` and ``EndOfMessage`` events would give).  Writing is
 plain byte joins: each field's line comes from a bounded map of lines made from fields that passed
 the exact check (``_fields_noted``); a field not there is checked alone, and a block with a field
 that fails (or is not a pair of ``bytes``) goes to the uncached checks, a few byte scans of the
@@ -302,7 +304,9 @@ def _fields_in(parser: _FieldParser, block: bytes) -> _Head:
         name = pair[0]
         if name in _SPECIAL:
             value = pair[1]
-            if name == b"content-length":
+            if name == b"host":  # ``_special``'s most common case, inline
+                head.hosts += 1
+            elif name == b"content-length":
                 if head.length is not None or not value.isdigit() or len(value) > _CL_PLAIN_DIGITS:
                     return _normalize(parser.parse(block))
                 head.length = int(value)
@@ -311,7 +315,7 @@ def _fields_in(parser: _FieldParser, block: bytes) -> _Head:
                     return _normalize(parser.parse(block))
                 pair = (name, b"chunked")
                 head.chunked = True
-            else:
+            elif name != b"connection" or b"close" in value.lower():  # else ``_special`` does nothing
                 _special(head, name, value)
         out.append(pair)
     return head
@@ -370,7 +374,14 @@ def _out_line(nv: tuple[bytes, bytes]) -> bytes | None:
     name, value = nv
     if type(name) is not bytes or type(value) is not bytes:
         return None
-    if not _TOKEN_RE.fullmatch(name) or not _OUT_VALUE_RE.fullmatch(value):
+    # Byte scans first: a non-empty name of token bytes, and a value without NUL, HTAB, CR, LF, VT
+    # or FF that neither starts nor ends with SP is valid (a value that changes per message, such
+    # as a request id or a length, is seen here every time). Anything else gets the exact check.
+    if not name or name.translate(None, _OUT_TCHARS):
+        return None
+    if (value.translate(None, _OUT_PLAIN) or value[:1] == b" " or value[-1:] == b" ") and (
+        not _OUT_VALUE_RE.fullmatch(value)
+    ):
         return None
     line = b"%s: %s\r\n" % nv
     if len(line) <= _OUT_LINE_CACHED_MAX:
@@ -731,8 +742,16 @@ class ServerCodec(_Side):
     def next_event(self) -> Event:
         their = self._their
         if their == _T_BODY:
+            if not self._remaining and self._framing == _F_LENGTH:
+                # The end of a body framed by length (an empty request body, usually): ``_end``
+                # inline, without ``_read_body``.
+                self._their = _T_DONE
+                self._waiting_100 = False
+                return END_OF_MESSAGE
             return self._read_body()
         if their == _T_HEAD:
+            if not self._buf:  # as ``_next_head`` answers an empty buffer, without its call
+                return ConnectionClosed() if self._eof else NEED_DATA
             return self._next_head()
         return self._after_done()
 
@@ -849,7 +868,10 @@ class ServerCodec(_Side):
         for name, value in headers if noted is None else noted[1]:
             lname = name.lower()
             if lname == b"content-length":
-                length = self._out_length(value, length)
+                if length is None and type(value) is bytes and value.isdigit():
+                    length = int(value)  # ``_out_length``'s usual case, inline
+                else:
+                    length = self._out_length(value, length)
             elif lname == b"transfer-encoding":
                 if chunked or value.lower() != b"chunked":
                     self._our = _O_ERROR
@@ -912,7 +934,8 @@ class ServerCodec(_Side):
 
     def start_next_cycle(self) -> None:
         """Begin the next request; pipelined bytes already buffered are checked afresh."""
-        assert self.can_reuse
+        # ``can_reuse``, inline.
+        assert self._our == _O_DONE and self._their == _T_DONE and self._keep_alive and not self._proposal
         self._their = _T_HEAD
         self._our = _O_IDLE
         self._method = None
@@ -967,7 +990,10 @@ class ClientCodec(_Side):
             if lname == b"host":
                 hosts += 1
             elif lname == b"content-length":
-                length = self._out_length(value, length)
+                if length is None and type(value) is bytes and value.isdigit():
+                    length = int(value)  # ``_out_length``'s usual case, inline
+                else:
+                    length = self._out_length(value, length)
             elif lname == b"transfer-encoding":
                 if chunked or value.lower() != b"chunked":
                     self._our = _O_ERROR
@@ -1006,12 +1032,38 @@ class ClientCodec(_Side):
         if their == _T_BODY:
             return self._read_body()
         if their == _T_HEAD:
+            if not self._buf and not self._eof:
+                return NEED_DATA  # as ``_next_head`` answers an empty buffer, without its call
             return self._next_head()
         if their == _T_IDLE:
             if self._buf:
                 raise self._fail("a response arrived before any request was sent")
             return ConnectionClosed() if self._eof else NEED_DATA
         return self._after_done()
+
+    def whole_body(self) -> bytes | None:
+        """The rest of a response body framed by ``Content-Length`` when all of it is in the buffer
+        (``b""`` when nothing is left), taken and the message ended: what the ``Data`` and
+        ``EndOfMessage`` events of ``next_event`` would give, in one call. ``None`` (nothing taken)
+        when the body is not framed by length, not all there yet, or the head is not read yet."""
+        if self._their != _T_BODY or self._framing != _F_LENGTH:
+            return None
+        remaining = self._remaining
+        buf = self._buf
+        size = len(buf)
+        if size < remaining:
+            return None
+        if size == remaining:
+            data = bytes(buf)
+            buf.clear()
+        elif remaining:
+            data = bytes(buf[:remaining])
+            del buf[:remaining]
+        else:
+            data = b""
+        self._remaining = 0
+        self._their = _T_DONE
+        return data
 
     def _next_head(self) -> Event:
         buf = self._buf
@@ -1131,7 +1183,9 @@ class ClientCodec(_Side):
         return self._our == _O_SWITCHED
 
     def start_next_cycle(self) -> None:
-        if not self.can_reuse:
+        if not (  # ``can_reuse``, inline
+            self._our == _O_DONE and self._their == _T_DONE and self._keep_alive and not self._proposal
+        ):
             raise LocalProtocolError("not in a reusable state")
         self._their = _T_IDLE
         self._our = _O_IDLE

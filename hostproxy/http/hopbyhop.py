@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 from hostproxy.http.message import HOP_BY_HOP, Headers
 
-__all__ = ["HOP_BY_HOP", "strip_hop_by_hop", "strip_response_fields"]
+__all__ = ["HOP_BY_HOP", "names_only_hop_by_hop", "strip_hop_by_hop", "strip_response_fields"]
 
 
 def _tokens(values: list[bytes]) -> set[bytes]:
@@ -42,6 +42,18 @@ _END_TO_END_MAX = 4096
 # names to build for them. Bounded likewise.
 _PLAIN_CONNECTION: set[bytes] = set()
 _PLAIN_CONNECTION_MAX = 256
+
+
+def names_only_hop_by_hop(connection: bytes) -> bool:
+    """Whether a ``Connection`` value names no field beyond the hop-by-hop ones (``keep-alive``,
+    ``close``...): then stripping removes nothing but the hop-by-hop fields themselves."""
+    if connection in _PLAIN_CONNECTION:
+        return True
+    if _tokens([connection]) - HOP_BY_HOP:
+        return False
+    if len(_PLAIN_CONNECTION) < _PLAIN_CONNECTION_MAX:
+        _PLAIN_CONNECTION.add(connection)
+    return True
 
 
 def strip_hop_by_hop(headers: Headers, *, keep_upgrade: bool = False) -> Headers:

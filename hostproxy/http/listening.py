@@ -53,7 +53,7 @@ import random
 import select
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from math import inf
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
@@ -397,6 +397,9 @@ class ListeningServer(Generic[ConnT]):
         self._backlog: list[Any] = []
         #: The nursery of the connection tasks while ``serve`` runs.
         self._nursery: trio.Nursery | None = None
+        #: ``trio.current_time``, as the run's clock's own method while ``serve`` runs (one call
+        #: where ``trio.current_time`` makes three).
+        self.now: Callable[[], float] = trio.current_time
         self.idle_timer = IdleTimer(self)
 
     def statistics(self) -> dict[str, Any]:
@@ -431,6 +434,7 @@ class ListeningServer(Generic[ConnT]):
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                self.now = trio.lowlevel.current_clock().current_time
                 for lst in listeners:
                     scope = trio.CancelScope()
                     self._accepting.append(scope)
@@ -438,6 +442,7 @@ class ListeningServer(Generic[ConnT]):
                 task_status.started(self.addresses)
         finally:
             self._nursery = None
+            self.now = trio.current_time
             # Taken from the backlog but never started (``serve`` was cancelled first): close them.
             backlog, self._backlog = self._backlog, []
             for stream in backlog:

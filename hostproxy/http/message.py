@@ -238,7 +238,9 @@ class ByteStream(Protocol):
 class Body:
     """A single-use async iterator of byte chunks, pulled on demand (see module docstring)."""
 
-    __slots__ = ("_source", "_chunk", "content_length", "_trailers", "_done", "_closed")
+    # ``done`` and ``in_memory`` are plain attributes rather than properties: the proxy reads them
+    # several times per request, and an attribute read is no call. Only this class assigns them.
+    __slots__ = ("_source", "_chunk", "content_length", "_trailers", "done", "in_memory", "_closed")
 
     def __init__(
         self,
@@ -251,7 +253,10 @@ class Body:
         self._chunk = _chunk
         self.content_length = content_length
         self._trailers: Headers | None = None
-        self._done = source is None and _chunk is None
+        #: True once the last chunk was read (or the body was empty to begin with).
+        self.done = source is None and _chunk is None
+        #: True when no connection backs this body (reading it never blocks).
+        self.in_memory = source is None
         self._closed = False
 
     @classmethod
@@ -275,34 +280,25 @@ class Body:
         body._chunk = data or None
         body.content_length = content_length
         body._trailers = trailers
-        body._done = not data
+        body.done = not data
+        body.in_memory = True
         body._closed = False
         return body
 
     def peek_memory(self) -> bytes:
         """The bytes of an unread in-memory body, without consuming them (for coalesced writes)."""
         assert self._source is None, "peek_memory() is only for in-memory bodies"
-        return (self._chunk or b"") if not self._done else b""
+        return (self._chunk or b"") if not self.done else b""
 
     def consume_memory(self) -> None:
         """Mark an in-memory body read (after its bytes were written from ``peek_memory``)."""
         self._chunk = None
-        self._done = True
-
-    @property
-    def in_memory(self) -> bool:
-        """True when no connection backs this body (reading it never blocks)."""
-        return self._source is None
-
-    @property
-    def done(self) -> bool:
-        """True once the last chunk was read (or the body was empty to begin with)."""
-        return self._done
+        self.done = True
 
     @property
     def trailers(self) -> Headers | None:
         """Trailer fields, final once the last chunk was read; ``None`` when there were none."""
-        if self._source is not None and self._done:
+        if self._source is not None and self.done:
             return self._source.trailers
         return self._trailers
 
@@ -310,20 +306,20 @@ class Body:
         return self
 
     async def __anext__(self) -> bytes:
-        if self._done:
+        if self.done:
             raise StopAsyncIteration
         if self._closed:
             raise RuntimeError("Body was closed before it was read to the end; it cannot be read again")
         if self._source is None:
             chunk = self._chunk
             self._chunk = None
-            self._done = True
+            self.done = True
             if chunk is None:
                 raise StopAsyncIteration
             return chunk
         data = await self._source.read_chunk()
         if data is None:
-            self._done = True
+            self.done = True
             raise StopAsyncIteration
         return data
 
@@ -344,13 +340,13 @@ class Body:
         if self._closed:
             return
         self._closed = True
-        if self._source is not None and not self._done:
+        if self._source is not None and not self.done:
             await self._source.aclose()
         self._chunk = None
 
     def __repr__(self) -> str:
         kind = "memory" if self._source is None else "stream"
-        return f"<Body {kind} content_length={self.content_length} done={self._done}>"
+        return f"<Body {kind} content_length={self.content_length} done={self.done}>"
 
 
 _EMPTY: Final = Body(None, 0)

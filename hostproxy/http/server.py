@@ -74,7 +74,7 @@ from hostproxy.http.codec import (
     ServerCodec,
 )
 from hostproxy.http.errors import UpstreamError, error_response, response_for_exception
-from hostproxy.http.hopbyhop import strip_hop_by_hop
+from hostproxy.http.hopbyhop import names_only_hop_by_hop, strip_hop_by_hop
 from hostproxy.http.listening import (
     IdleTimer,
     ListeningServer,
@@ -84,9 +84,10 @@ from hostproxy.http.listening import (
     sockaddr,
     take_backlog,
 )
-from hostproxy.http.message import Body, Headers, Request, Response
+from hostproxy.http.message import HOP_BY_HOP, Body, Headers, Request, Response
 from hostproxy.http.proxyheaders import (
     VIA_11,
+    VIA_TOKEN,
     ForwardedConfig,
     append_forwarded,
     append_via,
@@ -181,10 +182,45 @@ class _Stats(ServerStats):
     accept_paused: int = 0
 
 
-#: The request fields ``_build_request`` reads (names as the codec gives them: lowercased).
-_REQUEST_FIELDS = frozenset(
-    [b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"via", b"expect"]
-)
+#: What ``_build_request``'s pass does with a field, by its name (lowercased, as the codec gives
+#: it): keep it, note it (and keep ``Host`` and ``Via``), or drop it (``Content-Length``,
+#: ``Expect`` and the hop-by-hop fields; ``Connection``, ``Upgrade`` and ``TE`` noted first).
+(
+    _K_KEEP,
+    _K_HOST,
+    _K_CONTENT_LENGTH,
+    _K_CONNECTION,
+    _K_VIA,
+    _K_EXPECT,
+    _K_UPGRADE,
+    _K_TRANSFER_ENCODING,
+    _K_TE,
+    _K_HOP,
+) = range(10)
+_FIELD_KINDS: dict[bytes, int] = {name: _K_HOP for name in HOP_BY_HOP} | {
+    b"host": _K_HOST,
+    b"content-length": _K_CONTENT_LENGTH,
+    b"connection": _K_CONNECTION,
+    b"via": _K_VIA,
+    b"expect": _K_EXPECT,
+    b"upgrade": _K_UPGRADE,
+    b"transfer-encoding": _K_TRANSFER_ENCODING,
+    b"te": _K_TE,
+}
+# Bounded: names taken from traffic only fill it so far (others are classified each time).
+_FIELD_KINDS_MAX = 4096
+#: ``Via`` fields by request version, made once (others are made when seen).
+_VIA_ENTRIES = {v: (b"via", b"%s %s" % (v.encode("ascii"), VIA_TOKEN)) for v in ("1.0", "1.1")}
+
+
+def _field_kind(name: bytes) -> int:
+    """The kind of a field name not in ``_FIELD_KINDS`` (end-to-end, or a ``Proxy-*`` field),
+    remembered while there is room."""
+    kind = _K_HOP if name[:6] == b"proxy-" else _K_KEEP
+    if len(_FIELD_KINDS) < _FIELD_KINDS_MAX:
+        _FIELD_KINDS[name] = kind
+    return kind
+
 
 #: Methods and versions as ``str`` without decoding them per request (others are decoded).
 _ASCII = {
@@ -505,7 +541,7 @@ class _Connection:
             if timer is not None:
                 # The idle timer ends this wait on its deadline (``idle_expired`` cancels
                 # ``serve_scope``): no deadline of its own to register and remove per request.
-                timer.add(self, inf if idle_s is None else trio.current_time() + idle_s)
+                timer.add(self, inf if idle_s is None else self.server.now() + idle_s)
                 try:
                     data = await self.stream.receive_some(RECEIVE_SIZE)  # ``receive`` inlined
                 except _STREAM_ERRORS as exc:
@@ -540,42 +576,61 @@ class _Connection:
             pass
 
     def _build_request(self, head: RequestHead) -> Request | Response:
-        """The request the handler sees, or an error response that answers it directly."""
+        """The request the handler sees, or an error response that answers it directly.
+
+        One pass over the fields reads what the request needs (each the first value, as
+        ``Headers.get``) and, for the usual request, makes the forwarded fields too: everything but
+        ``Content-Length``, ``Expect`` and the hop-by-hop fields, then ``Via``, exactly as
+        ``strip_hop_by_hop``, the two removals and ``append_via`` would. A request where stripping
+        does more (a ``Connection`` naming other fields, ``TE``, an upgrade to keep) or an
+        absolute-form target takes those general steps instead.
+        """
         params = self.params
         method = _ASCII.get(head.method) or head.method.decode("ascii")
         target = head.target.decode("latin-1")
         items = head.headers
-        headers = Headers._trusted(items)
         version = _ASCII.get(head.http_version) or head.http_version.decode("ascii")
         if method == "CONNECT":
             return error_response(
                 405, "bad-request", "CONNECT tunnelling is not supported by this proxy", close=True
             )
-        # One pass over the fields for what the request needs (each the first value, as
-        # ``Headers.get``), instead of a lookup per name.
         host = upgrade_value = cl = te = None
         connection: list[bytes] = []
-        has_via = has_expect = False
-        for name, value in items:
-            if name in _REQUEST_FIELDS:
-                if name == b"host":
-                    if host is None:
-                        host = value
-                elif name == b"content-length":
-                    if cl is None:
-                        cl = value
-                elif name == b"connection":
-                    connection.append(value)
-                elif name == b"via":
-                    has_via = True
-                elif name == b"expect":
-                    has_expect = True
-                elif name == b"upgrade":
-                    if upgrade_value is None:
-                        upgrade_value = value
-                elif te is None:
-                    te = value
-        if has_via and via_count(headers) > params.max_call_depth:
+        has_via = has_expect = has_te_field = False
+        kept: list[tuple[bytes, bytes]] = []
+        keep = kept.append
+        kinds = _FIELD_KINDS
+        authority: str | None
+        for field in items:
+            kind = kinds.get(field[0])
+            if kind is None:
+                kind = _field_kind(field[0])
+            if kind == _K_KEEP:
+                keep(field)
+            elif kind == _K_HOST:
+                if host is None:
+                    host = field[1]
+                keep(field)
+            elif kind == _K_CONTENT_LENGTH:
+                if cl is None:
+                    cl = field[1]
+            elif kind == _K_CONNECTION:
+                connection.append(field[1])
+            elif kind == _K_VIA:
+                has_via = True
+                keep(field)
+            elif kind == _K_EXPECT:
+                has_expect = True
+            elif kind == _K_UPGRADE:
+                if upgrade_value is None:
+                    upgrade_value = field[1]
+            elif kind == _K_TRANSFER_ENCODING:
+                if te is None:
+                    te = field[1]
+            elif kind == _K_TE:
+                has_te_field = True
+            # else another hop-by-hop field: not forwarded
+        if has_via and via_count(Headers._trusted(items)) > params.max_call_depth:
             return error_response(
                 400,
                 "bad-request",
@@ -584,12 +639,6 @@ class _Connection:
             )
         scheme = "http"
         absolute = split_absolute_form(target) if target[:1] != "/" else None
-        if absolute is not None:
-            scheme, authority_s, target = absolute
-            headers.set(b"host", authority_s.encode("latin-1"))
-            authority: str | None = authority_s
-        else:
-            authority = host.decode("latin-1") if host is not None else None
         upgrade: bytes | None = None
         if upgrade_value is not None:
             conn_tokens = b",".join(connection).lower()
@@ -600,12 +649,33 @@ class _Connection:
             content_length = None
         elif cl is not None:
             content_length = int(cl)  # h11 validated it
-        out = strip_hop_by_hop(headers, keep_upgrade=upgrade is not None)
-        if cl is not None:
-            out.remove(b"content-length")
-        if has_expect:
-            out.remove(b"expect")
-        append_via(out, version)
+        if (
+            absolute is None
+            and upgrade is None
+            and not has_te_field
+            and (not connection or all(map(names_only_hop_by_hop, connection)))
+        ):
+            # ``kept`` is what the general steps below would give.
+            authority = host.decode("latin-1") if host is not None else None
+            out = Headers._stripped(kept)
+            if has_via:
+                append_via(out, version)
+            else:
+                keep(_VIA_ENTRIES.get(version) or (b"via", b"%s %s" % (version.encode("ascii"), VIA_TOKEN)))
+        else:
+            headers = Headers._trusted(items)
+            if absolute is not None:
+                scheme, authority_s, target = absolute
+                headers.set(b"host", authority_s.encode("latin-1"))
+                authority = authority_s
+            else:
+                authority = host.decode("latin-1") if host is not None else None
+            out = strip_hop_by_hop(headers, keep_upgrade=upgrade is not None)
+            if cl is not None:
+                out.remove(b"content-length")
+            if has_expect:
+                out.remove(b"expect")
+            append_via(out, version)
         fwd = params.add_forwarded_header
         if fwd is not None:
             append_forwarded(
@@ -627,16 +697,7 @@ class _Connection:
             body = Body.empty()
         else:
             body = Body(_RequestBodySource(self), content_length)
-        return Request(
-            method=method,
-            target=target,
-            headers=out,
-            body=body,
-            http_version=version,
-            scheme=scheme,
-            authority=authority,
-            upgrade=upgrade,
-        )
+        return Request(method, target, out, body, version, scheme, authority, upgrade)
 
     def _admit(self, head: RequestHead) -> Request | tuple[Response, Body | None]:
         """Count a request and build it (:meth:`_build_request`): the request to dispatch, or the
@@ -686,7 +747,12 @@ class _Connection:
             if not isinstance(exc, UpstreamError):
                 log.exception("http.handler_failed", router=self.params.router_label, target=request.target)
             response = response_for_exception(exc)
-        close = b"close" in (response.headers.get(b"connection") or b"").lower() or self.must_close()
+        headers = response.headers
+        # Headers known free of hop-by-hop fields (a response from the upstream pool) have no
+        # ``Connection`` field to look for.
+        close = (
+            not headers._hop_free and b"close" in (headers.get(b"connection") or b"").lower()
+        ) or self.must_close()
         if response.status == 101:
             if response.upgraded is None or request.upgrade is None:
                 await response.body.aclose()
@@ -697,6 +763,14 @@ class _Connection:
                 await self._tunnel(response)
                 return False
         await self._write_response(response, head_method=method, close=close)
+        if request.body.done and not close:
+            # ``_finish_cycle`` without its coroutine when the request body was read whole (or
+            # was empty): nothing is left to drain.
+            codec = self.codec
+            if self.server.draining or not codec.can_reuse:
+                return False
+            codec.start_next_cycle()
+            return True
         return await self._finish_cycle(request.body, close)
 
     async def _finish_cycle(self, request_body: Body | None, close: bool) -> bool:
@@ -773,7 +847,7 @@ class _Connection:
                     except _STREAM_ERRORS as exc:
                         codec.send_failed()
                         raise _ClientGone(f"client connection failed: {exc}") from None
-                if not no_body:
+                if not no_body and not body.done:  # a done body has nothing to consume
                     body.consume_memory()
                 return
             # The head is ordered after a concurrent ``100 Continue`` from the body reader; once the

@@ -87,6 +87,9 @@ _UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL}
 _TIMEDOUT = {errno.ETIMEDOUT}
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 _FRAMING = frozenset([b"content-length", b"transfer-encoding"])
+#: The codec's call that takes a whole body already received (``codec_fast``'s
+#: ``ClientCodec.whole_body``), or None when the selected codec has none (then its events are read).
+_whole_body: Callable[[Any], bytes | None] | None = getattr(ClientCodec, "whole_body", None)
 #: Response versions as ``str`` without decoding them per response (others are decoded).
 _VERSIONS = {b"1.1": "1.1", b"1.0": "1.0"}
 
@@ -442,6 +445,8 @@ class UpstreamPool(NurseryOwner):
         self.errors = _map_errors(self.endpoint, "exchange")  # stateless: made once, reused
         self._nursery = nursery
         self._own_nursery_cm: Any = None
+        # The clock: ``clock``, or trio's (``trio.current_time``), whose reading is taken from the
+        # run's clock object directly once a request is made (one call where it makes three).
         self._clock = clock or trio.current_time
         self._connector = connector
         self._state = PoolState(self.params.idle_timeout_s, self.params.max_idle)
@@ -508,7 +513,10 @@ class UpstreamPool(NurseryOwner):
     def _checkout(self) -> tuple[_Conn | None, list[_Conn]]:
         """An idle connection to reuse (checked out) or None, and the stale or expired ones the
         caller closes."""
-        conn, to_close = self._state.checkout(self._clock(), _Conn.readable_while_idle)
+        clock = self._clock
+        if clock is trio.current_time:
+            clock = self._clock = trio.lowlevel.current_clock().current_time
+        conn, to_close = self._state.checkout(clock(), _Conn.readable_while_idle)
         if to_close:
             self._counters["stale_discarded"] += len(to_close)
         if conn is not None:
@@ -623,7 +631,7 @@ class UpstreamPool(NurseryOwner):
         it has none (one pass over the fields)."""
         items: list[tuple[bytes, bytes]] = []
         has_host = False
-        for field in req.headers:
+        for field in req.headers._items:  # the list itself: no iterator call
             name = field[0]
             if name in _FRAMING:
                 continue
@@ -657,12 +665,12 @@ class UpstreamPool(NurseryOwner):
             # Head, body and end in one write (the common small request); the body is consumed only
             # once the write succeeded, so a stale pooled connection can be retried with it intact.
             data = body.peek_memory()
-            trailers = body.trailers
+            trailers = body.trailers if body.content_length is None else None
             try:
                 out = (
                     head
                     + (codec.send_data(data) if data else b"")
-                    + codec.send_end(trailers.items() if trailers and body.content_length is None else None)
+                    + codec.send_end(trailers.items() if trailers else None)
                 )
             except Exception as exc:
                 errors.reraise(exc)
@@ -675,7 +683,8 @@ class UpstreamPool(NurseryOwner):
                     if conn.reused:
                         raise _Stale() from None
                     raise
-            body.consume_memory()
+            if not body.done:  # a done body (the empty one) has nothing to consume
+                body.consume_memory()
             return
         try:
             await conn.send(head)
@@ -792,7 +801,12 @@ class UpstreamPool(NurseryOwner):
             headers, cl = strip_response_fields(event.headers)
             if cl is not None:
                 content_length = int(cl)
-        if no_body or content_length == 0:
+        data = _whole_body(conn.codec) if _whole_body is not None else None
+        if data is not None:
+            # The whole body was at hand (or there is none): taken in one call, as the events below
+            # would give it.
+            body = Body.empty() if no_body or content_length == 0 else Body.buffered(data, content_length)
+        elif no_body or content_length == 0:
             try:
                 end = codec_event = conn.codec.next_event()
             except Exception as exc:
@@ -814,4 +828,4 @@ class UpstreamPool(NurseryOwner):
             else:
                 await self._release(conn)
         version = _VERSIONS.get(event.http_version) or event.http_version.decode("ascii")
-        return Response(status, event.reason, headers, body, http_version=version)
+        return Response(status, event.reason, headers, body, version)
