@@ -166,6 +166,8 @@ class Client:
         self.id = client_id
         self.dst_client = client_id.encode("latin-1", "replace")  # the l5d-dst-client value
         self.params = params
+        # Whether the forwarded request carries the caller's certificate (x-forwarded-client-cert).
+        self.forward_client_cert = bool(getattr(params, "forward_client_cert", False))
         self._nursery = nursery
         self._rng = rng or random.Random()
         self._clock = clock
@@ -194,7 +196,7 @@ class Client:
             params.request_attempt_timeout_ms / 1000 if params.request_attempt_timeout_ms else None
         )
         self.endpoints: dict[str, _Endpoint] = {}
-        self._addr: Any = None
+        self.addr: Any = None  # the address set last taken (``update_addr``)
         self.addr_state = "pending"
         self.stale_since: float | None = None
         self.stats = scope.client(client_id)
@@ -216,9 +218,9 @@ class Client:
 
     def update_addr(self, addr: Any) -> None:
         """Take a new address set from binding (cheap when it is the one we already have)."""
-        if addr is self._addr:
+        if addr is self.addr:
             return
-        self._addr = addr
+        self.addr = addr
         if isinstance(addr, AddrBound):
             self.stale_since = (addr.meta or {}).get(STALE_SINCE)
             self.addr_state = "stale" if self.stale_since is not None else "bound"
@@ -278,12 +280,16 @@ class Client:
             return None
         return round(max(0.0, time.time() - self.stale_since), 3)
 
-    async def request(self, req: Request) -> tuple[Response, str]:
-        """Send ``req`` to one endpoint; returns the response (body streaming) and the endpoint key."""
+    async def request(self, req: Request, now: float | None = None) -> tuple[Response, str]:
+        """Send ``req`` to one endpoint; returns the response (body streaming) and the endpoint key.
+        ``now``: the client's clock, just read by the caller (None: read here); the first attempt
+        starts then."""
         clock = self._clock
         balancer = self.balancer
         accrual = self.accrual
-        self.last_used = now = clock()
+        if now is None:
+            now = clock()
+        self.last_used = t0 = now
         self.requeue_budget.deposit_at(now)  # the budget reads the client's clock
         requeues = 0
         while True:
@@ -302,7 +308,8 @@ class Client:
             key = ep.key
             balancer.on_start(bal_ep)
             accrual.on_request(key)
-            t0 = clock()
+            if requeues:
+                t0 = clock()
             try:
                 if self._attempt_timeout is not None:
                     with trio.move_on_after(self._attempt_timeout) as scope:
@@ -342,7 +349,7 @@ class Client:
                 raise
             ok_status = resp.status < 500
             body = resp.body
-            if resp.upgraded is not None or body.done or body.in_memory:
+            if body.in_memory or body.done or resp.upgraded is not None:
                 # The outcome is known now (as ``_outcome`` reports it).
                 balancer.on_finish(bal_ep, clock() - t0, ok_status)
                 accrual.on_response(key, ok_status)
@@ -384,7 +391,7 @@ class Client:
         elif self.addr_state == "neg":
             state = "Neg"
         elif self.addr_state == "failed":
-            cause = getattr(self._addr, "cause", "unknown error")
+            cause = getattr(self.addr, "cause", "unknown error")
             state = f"Failed: {cause}"
         elif self.addr_state == "pending":
             state = "Pending"

@@ -72,6 +72,10 @@ from hostproxy.retry import (
 from hostproxy.routing import diagtrace
 from hostproxy.routing.binder import Binder, BindingCacheConfig, ClientCache
 from hostproxy.routing.context import (
+    DST_CLIENT,
+    DST_RESIDUAL,
+    DST_SERVICE,
+    REQID,
     AddressOverridePolicy,
     DtabParseCache,
     RequestDtabError,
@@ -111,8 +115,9 @@ _TRACE_BODY_LIMIT = 1 << 20  # a traced response body larger than this is report
 
 
 class _Service:
-    """What the router caches per service name: params, retry policy and its counters, and the
-    service's request stats (what ``scope.service(name, bound=True)`` returns for it, every time)."""
+    """What the router caches per service name: params, retry policy and its counters, the
+    service's request stats (what ``scope.service(name, bound=True)`` returns for it, every time),
+    and the l5d-dst-* fields last forwarded (printed once per residual and client, not per request)."""
 
     __slots__ = (
         "params",
@@ -121,10 +126,13 @@ class _Service:
         "retries_total",
         "budget_exhausted",
         "per_request",
+        "per_request_add_at",
         "stats",
         "dst_service",
         "residual",
         "dst_residual",
+        "dst_sets",
+        "sets_client",
     )
 
     def __init__(self, service: Path, params: Any, policy: RetryPolicy, svc_stats: Any) -> None:
@@ -133,6 +141,10 @@ class _Service:
         # The last bound residual and its l5d-dst-residual value (None: there is none to send).
         self.residual: Path | None = None
         self.dst_residual: bytes | None = None
+        # The l5d-dst-* fields forwarded for the last residual and the client (its l5d-dst-client
+        # value) they were made for (see ``HttpRouter._forward``).
+        self.dst_sets: tuple[tuple[bytes, bytes], ...] = ()
+        self.sets_client: bytes | None = None
         self.params = params
         self.policy = policy
         # HTTP classifiers never retry a response below 500: those skip the policy entirely.
@@ -141,6 +153,7 @@ class _Service:
         self.retries_total = reg.counter(f"{prefix}/retries/total")
         self.budget_exhausted = reg.counter(f"{prefix}/retries/budget_exhausted")
         self.per_request = reg.stat(f"{prefix}/retries/per_request")
+        self.per_request_add_at = self.per_request.hist.add_at
 
 
 def _dtab_lines(d: Dtab) -> str:
@@ -167,6 +180,14 @@ def _transforming_bind(transformers: list[Any]) -> Callable[..., Any]:
     return bind_fn
 
 
+def _dst_sets(service: bytes, client: bytes, residual: bytes | None) -> tuple[tuple[bytes, bytes], ...]:
+    """The l5d-dst-* fields that ``forwarded_headers`` appends first, in its order, given the printed
+    service, client and (None: empty) residual."""
+    sets = ((DST_SERVICE, service), (DST_CLIENT, client))
+    return sets if residual is None else (*sets, (DST_RESIDUAL, residual))
+
+
+_EMPTY_BODY = Body.empty()  # the server's body of a request without one
 _SUCCESS_CLASS = b"l5d-success-class"  # the classifier's verdict on the response, as Linkerd sets it
 
 
@@ -333,6 +354,7 @@ class HttpRouter:
         self._services: dict[Path, _Service] = {}
         self._settled = _Settled(None, None, "", None)  # type: ignore[arg-type]
         self._stats_clock = metrics.clock  # what the metrics record by (usually the router's clock)
+        self._one_clock = self._stats_clock is clock  # (then one reading serves both)
         self._arrival = _Arrival(None, 0, None, False, None)
         self.max_concurrent: int | None = getattr(cfg, "max_concurrent_requests", None)
         self.in_flight = 0
@@ -422,6 +444,7 @@ class HttpRouter:
         resp: Response | None = None
         cause: Cause | None = None
         service_stats: Any = None
+        released: float | None = None  # when the client was released (the request's end)
         try:
             try:
                 headers, local, _sample, l5d = inbound_scan(
@@ -450,7 +473,8 @@ class HttpRouter:
             if rec is not None:
                 rec.service = str(service)
             policy = arrival.policy
-            outcome = self.binder.bind(service, local, policy=policy)
+            outcome = self.binder.bind(service, local, policy=policy, now=t0)  # the binder's clock is ours
+            now = t0  # (until something is awaited)
             settled = self._settled
             leaf: BoundName | None
             entry: _Service | None
@@ -460,6 +484,7 @@ class HttpRouter:
             else:
                 if self._waiting(outcome):
                     outcome = await self._bind_pending(service, local, policy, outcome)
+                    now = clock()
                 if outcome is None:
                     cause = Cause.NAMING_FAILED
                     service_stats = self._service_stats(service, False, cause)
@@ -504,7 +529,7 @@ class HttpRouter:
                         self._settled = _Settled(outcome, leaf, client_id, entry)
             svc.start()
             service_stats = svc
-            client = self.clients.acquire(client_id, self._new_client)
+            client = self.clients.acquire(client_id, self._new_client, now)  # the cache's clock is ours
             try:
                 if rec is not None:
                     rec.client = client_id
@@ -524,16 +549,17 @@ class HttpRouter:
                     resp.body = Body(_BodyFailureWatch(body, watched), body.content_length)
                 return resp
             finally:
-                self.clients.release(client_id)
+                released = clock()
+                self.clients.release(client_id, released)
         except BaseException:
             cause = Cause.PROXY_INTERNAL
             resp = None  # counted as a 502, by its server and (once started) its service
             raise
         finally:
             self.in_flight -= 1
-            now = clock()
+            now = released if released is not None else clock()
             latency = now - t0
-            stats_now = now if self._stats_clock is clock else self._stats_clock()
+            stats_now = now if self._one_clock else self._stats_clock()
             status = resp.status if resp is not None else 502
             server_stats.finish_at(stats_now, latency, cause, status)
             if service_stats is not None:
@@ -590,31 +616,47 @@ class HttpRouter:
         """Steps 5 and 6 of the module docstring: the response (or the proxy's error response) and the
         failure cause it is counted with."""
         client_id = client.id
-        client.update_addr(leaf.addr)
-        if isinstance(leaf.addr, AddrFailed) and not client.endpoints:
+        addr = leaf.addr
+        if addr is not client.addr:
+            client.update_addr(addr)
+        if isinstance(addr, AddrFailed) and not client.endpoints:
             msg = (
                 f"Unable to route request!\nservice name: {service}\nclient name: {client_id}\n"
-                f"naming failed: {leaf.addr.cause}"
+                f"naming failed: {addr.cause}"
             )
             return self._err(502, Cause.NAMING_FAILED, msg), Cause.NAMING_FAILED
         residual = leaf.residual
         dst_residual: Path | bytes | None = residual
+        ctx_deadline: bytes | None
         if entry is not None:  # the residual's l5d-dst-residual value, printed once per residual
-            if residual is not entry.residual:
-                entry.residual = residual
-                entry.dst_residual = show_bytes(residual) if residual is not None and len(residual) else None
+            dst_client = client.dst_client
+            if residual is not entry.residual or dst_client is not entry.sets_client:
+                if residual is not entry.residual:
+                    entry.residual = residual
+                    entry.dst_residual = (
+                        show_bytes(residual) if residual is not None and len(residual) else None
+                    )
+                entry.sets_client = dst_client
+                entry.dst_sets = _dst_sets(entry.dst_service, dst_client, entry.dst_residual)
             dst_residual = entry.dst_residual
-        out, ctx_deadline = forwarded_headers(
-            entry.dst_service if entry is not None else show_bytes(service),
-            client.dst_client,
-            dst_residual,
-            local,
-            headers,
-            self._rng,
-            l5d=l5d,
-        )
+            if not l5d and local is Dtab.EMPTY and trace is None:
+                # What ``forwarded_headers(..., l5d=False)`` gives for an empty local dtab: the headers
+                # with the l5d-dst-* fields and a new l5d-reqid after them. ``headers`` is the list
+                # ``inbound_scan`` made for this request alone, so it is extended in place.
+                out = headers
+                out += entry.dst_sets
+                out.append((REQID, b"%016x" % self._rng.getrandbits(64)))
+                ctx_deadline = None
+            else:
+                out, ctx_deadline = forwarded_headers(
+                    entry.dst_service, dst_client, dst_residual, local, headers, self._rng, l5d=l5d
+                )
+        else:
+            out, ctx_deadline = forwarded_headers(
+                show_bytes(service), client.dst_client, residual, local, headers, self._rng, l5d=l5d
+            )
         req.headers = out_headers = Headers._trusted(out)  # names already lowercased
-        if client.params.forward_client_cert:
+        if client.forward_client_cert:
             out_headers.remove(_XFCC)  # only this proxy may say which certificate the caller presented
             stream = conn.tls if conn is not None else None
             if stream is not None:
@@ -646,7 +688,7 @@ class HttpRouter:
         # that cannot is sent once, as it is.
         body = req.body
         factory: Callable[[], Body] | None
-        if body.content_length == 0 and body.done and body.in_memory:
+        if body is _EMPTY_BODY or (body.content_length == 0 and body.done and body.in_memory):
             # An empty in-memory body read to its end (the server's ``Body.empty()``: the usual GET)
             # reads, closes and frames exactly like a fresh copy, and stays so: every attempt sends it.
             factory = None
@@ -669,6 +711,7 @@ class HttpRouter:
         client_stats.start()
         cause: Cause | None = None
         status = 502
+        first: float | None = t0  # when the first attempt starts (the client's clock is ours)
         try:
             while True:
                 req.body = factory() if factory is not None else body
@@ -678,7 +721,7 @@ class HttpRouter:
                     if deadline is not None:
                         remaining = deadline.remaining_s(time.time_ns())
                         with trio.move_on_after(max(remaining, 0.0)) as scope:
-                            resp, endpoint = await client.request(req)
+                            resp, endpoint = await client.request(req, first)
                         if scope.cancelled_caught:
                             cause = Cause.TIMEOUT_REQUEST
                             if params.total_timeout_ms and (
@@ -690,13 +733,14 @@ class HttpRouter:
                                 why = f"exceeded the request's deadline ({DEADLINE_HEADER})"
                             return self._err(503, cause, f"{why} for {service} via {client_id}"), cause
                     else:
-                        resp, endpoint = await client.request(req)
+                        resp, endpoint = await client.request(req, first)
                     if rec is not None:
                         rec.endpoint = endpoint
                     if trace is not None:
                         trace.selected = endpoint
                 except UpstreamError as e:
                     err = e
+                first = None
                 if resp is not None:
                     status = resp.status
                     if status < 500 and entry.http_classifier:
@@ -746,9 +790,9 @@ class HttpRouter:
             raise
         finally:
             now = self._clock()
-            stats_now = now if self._stats_clock is self._clock else self._stats_clock()
+            stats_now = now if self._one_clock else self._stats_clock()
             per_request = attempts.finish() if attempts is not None else policy.unretried()
-            entry.per_request.hist.add_at(per_request, stats_now)
+            entry.per_request_add_at(per_request, stats_now)
             client_stats.finish_at(stats_now, now - t0, cause, status)
 
     async def _with_trace_context(

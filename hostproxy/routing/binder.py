@@ -129,6 +129,10 @@ class BoundedLru(Generic[K, V]):
     recently used entry's slot (the dict's first, which expiry looks at) is remembered too, since
     reading the first entry of an ``OrderedDict`` hashes its key. Any other change of order or content
     forgets both.
+
+    A caller that has just read the map's clock passes the reading on (:meth:`get_at`, and ``now``
+    for :meth:`use` and :meth:`release`) instead of a second read; the router reads it once per
+    request for the binding and client caches alike.
     """
 
     def __init__(
@@ -183,9 +187,17 @@ class BoundedLru(Generic[K, V]):
         return s
 
     def get(self, key: K) -> V | None:
-        now = self._clock()
-        self.expire(now)
-        s = self._touch(key)
+        return self.get_at(key, self._clock())
+
+    def get_at(self, key: K, now: float) -> V | None:
+        """:meth:`get` at the time ``now``, just read from this map's clock (by a caller that reads
+        it for other uses too)."""
+        ttl = self.idle_ttl_s
+        if ttl is not None:
+            first = self._front
+            if first is None or first.last_used <= now - ttl:
+                self.expire(now)  # (only its first test when the front is known and not idle)
+        s = self._mru_slot if key is self._mru else self._touch(key)
         if s is None:
             return None
         s.last_used = now
@@ -215,12 +227,18 @@ class BoundedLru(Generic[K, V]):
         for k, s in slots.items():
             self._evicted(k, s, "cleared")
 
-    def use(self, key: K) -> _Slot[V] | None:
+    def use(self, key: K, now: float | None = None) -> _Slot[V] | None:
         """:meth:`get` and :meth:`acquire` in one step: the entry's slot, marked in use, or None when
-        there is no entry (nothing is then marked)."""
-        now = self._clock()
-        self.expire(now)
-        s = self._touch(key)
+        there is no entry (nothing is then marked). ``now``: this map's clock, just read (None: read
+        it here)."""
+        if now is None:
+            now = self._clock()
+        ttl = self.idle_ttl_s
+        if ttl is not None:
+            first = self._front
+            if first is None or first.last_used <= now - ttl:
+                self.expire(now)  # as in get_at
+        s = self._mru_slot if key is self._mru else self._touch(key)
         if s is not None:
             s.in_use += 1
             s.last_used = now
@@ -235,13 +253,17 @@ class BoundedLru(Generic[K, V]):
         s.last_used = self._clock()
         return s.value
 
-    def release(self, key: K) -> None:
-        s = self._mru_slot if key is self._mru else self._slots.get(key)
+    def release(self, key: K, now: float | None = None) -> None:
+        """The end of one :meth:`acquire` (or :meth:`use`) of ``key``, which counts as a use at ``now``
+        (this map's clock, just read; None: read it here)."""
+        mru = key is self._mru
+        s = self._mru_slot if mru else self._slots.get(key)
         if s is None or s.in_use == 0:
             raise RuntimeError(f"release of {key!r}, which is not in use")
         s.in_use -= 1
-        s.last_used = self._clock()
-        self._touch(key)
+        s.last_used = self._clock() if now is None else now
+        if not mru:  # (the most recently used entry is where ``_touch`` would move it)
+            self._touch(key)
         if len(self._slots) > self.max_entries:
             self._trim()
 
@@ -362,16 +384,17 @@ class ClientCache(Generic[K, C]):
         """The client for ``key`` if there is one, without making it or touching its recency."""
         return self._lru.peek(key)
 
-    def acquire(self, key: K, factory: Callable[[K], C]) -> C:
-        """Get (or make) the client and hold it in use until :meth:`release`."""
-        s = self._lru.use(key)
+    def acquire(self, key: K, factory: Callable[[K], C], now: float | None = None) -> C:
+        """Get (or make) the client and hold it in use until :meth:`release`. ``now``: the cache's
+        clock, just read (None: read it here)."""
+        s = self._lru.use(key, now)
         if s is not None:
             return s.value
         self.get(key, factory)  # a new entry is never the one its own insertion evicts
         return self._lru.acquire(key)
 
-    def release(self, key: K) -> None:
-        self._lru.release(key)
+    def release(self, key: K, now: float | None = None) -> None:
+        self._lru.release(key, now)
 
     def remove(self, key: K) -> None:
         self._lru.pop(key)
@@ -571,11 +594,11 @@ class Binder:
                     del self._by_name[prefix]
 
     # -- binding -----------------------------------------------------------------------------------
-    def _entry(self, local_dtab: Dtab, service: Path) -> tuple[_Entry, bool]:
+    def _entry(self, local_dtab: Dtab, service: Path, now: float | None) -> tuple[_Entry, bool]:
         key = self._last_key
         if key[1] is not service or key[0] is not local_dtab:
             key = self._last_key = (local_dtab, service)
-        e = self._trees.get(key)
+        e = self._trees.get(key) if now is None else self._trees.get_at(key, now)
         if e is not None and (e.error is None or e.error_generation == self._error_generation):
             self.hits += 1
             return e, True
@@ -593,10 +616,16 @@ class Binder:
         return e, False
 
     def bind(
-        self, service: Path, local_dtab: Dtab = Dtab.EMPTY, *, policy: AddressOverridePolicy | None = None
+        self,
+        service: Path,
+        local_dtab: Dtab = Dtab.EMPTY,
+        *,
+        policy: AddressOverridePolicy | None = None,
+        now: float | None = None,
     ) -> BindOutcome:
-        """The bound tree for ``service`` under ``base ++ local_dtab``, from cache when unchanged."""
-        e, cached = self._entry(local_dtab, service)
+        """The bound tree for ``service`` under ``base ++ local_dtab``, from cache when unchanged.
+        ``now``: the binder's clock, just read by the caller (None: read here)."""
+        e, cached = self._entry(local_dtab, service, now)
         if (
             e.error is None
             and not e.pending
@@ -630,7 +659,7 @@ class Binder:
             e.raw_ids = raw_address_ids(e.tree)
         if not e.raw_ids:
             return None
-        base, _ = self._entry(Dtab.EMPTY, service)
+        base, _ = self._entry(Dtab.EMPTY, service, None)
         if base.pending:
             return "pending"
         if base.raw_ids is None:

@@ -24,7 +24,8 @@ The router runs steps 1-2 as :func:`inbound_scan` and step 3 with its applicatio
 :func:`forwarded_headers`: the same results, each in one pass over the headers (every request pays
 for these). ``inbound_scan`` also says whether any ``l5d-*`` header is left to forward; when none is
 (the usual request), ``forwarded_headers(..., l5d=False)`` has nothing to drop or read and only copies
-the headers before appending its own.
+the headers before appending its own (with an empty local dtab the router appends the same fields to
+``inbound_scan``'s list itself, from values it keeps per service).
 
 On the way back, :func:`clear_response_context` drops ``l5d-*`` response headers under ``clearContext``
 (and says to empty the body of a proxy error), and :func:`encode_l5d_err` writes the ``l5d-err`` value.
@@ -235,11 +236,12 @@ def inbound_scan(
     them: with no ``l5d-*`` name among them (the usual request) there is nothing to strip or read,
     and they are kept as they are."""
     if type(headers) is Headers:
-        for pair in headers:
+        items = headers.items()  # a list of its own
+        for pair in items:
             if pair[0].startswith(L5D_PREFIX):
                 break
         else:
-            return list(headers), Dtab.EMPTY, None, False
+            return items, Dtab.EMPTY, None, False
     kept: list[Header] = []
     ctx: list[str] = []
     user: list[str] = []
