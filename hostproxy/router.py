@@ -485,38 +485,12 @@ class HttpRouter:
                 if self._waiting(outcome):
                     outcome = await self._bind_pending(service, local, policy, outcome)
                     now = clock()
-                if outcome is None:
-                    cause = Cause.NAMING_FAILED
-                    service_stats = self._service_stats(service, False, cause)
-                    msg = (
-                        f"Exceeded {self.binding_timeout_s:g} seconds binding timeout while resolving name: "
-                        f"{service}"
-                    )
-                    resp = self._err(502, cause, msg)
-                    return resp
-                if outcome.refused is not None:
-                    cause = Cause.IDENTIFICATION
-                    service_stats = self._service_stats(service, False, cause)
-                    resp = self._err(400, cause, str(outcome.refused))
-                    return resp
-                if outcome.error is not None:
-                    cause = Cause.NAMING_FAILED
-                    service_stats = self._service_stats(service, False, cause)
-                    msg = f"Unable to route request!\nservice name: {service}\nerror: {outcome.error}"
-                    resp = self._err(502, cause, msg)
-                    return resp
-                tree = outcome.tree
-                leaf = tree.value if type(tree) is Leaf else self._choose(tree)
+                leaf = None
+                if outcome is not None and outcome.refused is None and outcome.error is None:
+                    tree = outcome.tree
+                    leaf = tree.value if type(tree) is Leaf else self._choose(tree)
                 if leaf is None:
-                    cause = Cause.NAMING_NEG
-                    service_stats = self._service_stats(service, False, cause)
-                    msg = (
-                        f"Unable to route request!\nservice name: {service}\n"
-                        f"dtab:\n{_dtab_lines(self.binder.base_dtab + local)}\n"
-                        f"base dtab:\n{_dtab_lines(self.binder.base_dtab)}\n"
-                        f"override dtab:\n{_dtab_lines(local)}"
-                    )
-                    resp = self._err(502, cause, msg)
+                    resp, cause, service_stats = self._unroutable(outcome, service, local)
                     return resp
                 client_id = str(leaf.id)
                 entry = self._services.get(service)
@@ -859,6 +833,30 @@ class HttpRouter:
         else:
             msg = f"{e}\nservice name: {service}\nclient name: {client.id}"
         return self._err(status, cause, msg, retryable=e.retryable)
+
+    def _unroutable(self, outcome: Any, service: Path, local: Dtab) -> tuple[Response, Cause, Any]:
+        """The error response, its cause and the (started) service stats of a request whose binding
+        gave no leaf: none within the binding timeout (``outcome`` None), a refused or failed
+        binding, or a negative resolution."""
+        if outcome is None:
+            cause, status = Cause.NAMING_FAILED, 502
+            msg = (
+                f"Exceeded {self.binding_timeout_s:g} seconds binding timeout while resolving name: {service}"
+            )
+        elif outcome.refused is not None:
+            cause, status, msg = Cause.IDENTIFICATION, 400, str(outcome.refused)
+        elif outcome.error is not None:
+            cause, status = Cause.NAMING_FAILED, 502
+            msg = f"Unable to route request!\nservice name: {service}\nerror: {outcome.error}"
+        else:
+            cause, status = Cause.NAMING_NEG, 502
+            msg = (
+                f"Unable to route request!\nservice name: {service}\n"
+                f"dtab:\n{_dtab_lines(self.binder.base_dtab + local)}\n"
+                f"base dtab:\n{_dtab_lines(self.binder.base_dtab)}\n"
+                f"override dtab:\n{_dtab_lines(local)}"
+            )
+        return self._err(status, cause, msg), cause, self._service_stats(service, False, cause)
 
     def _service_stats(self, service: Path, bound: bool, cause: Cause) -> Any:
         self.scope.observe_unbound(str(service), cause)
