@@ -13,37 +13,26 @@ import trio
 
 from dtab import Dtab, Path
 from hostproxy.config.validate import load_config
-from hostproxy.daemon import server_params
 from hostproxy.http.message import Body, Headers, Request, Response
-from hostproxy.http.server import ConnInfo
 from hostproxy.metrics import MetricsRegistry
 from hostproxy.router import HttpRouter
 from hostproxy.routing.binder import BoundedLru
 from hostproxy.routing.context import REQID, forwarded_headers, inbound_scan
+from tests.routerstub import StubPool, conn_for
 
 Header = tuple[bytes, bytes]
 
 # -- forwarded headers ----------------------------------------------------------------------------
 
 
-class _Pool:
+class _Pool(StubPool):
     """Answers at once and records the headers of every request it was sent."""
 
     seen: list[tuple[int, list[Header]]] = []
 
-    def __init__(self, host: str, port: int, params: Any, *, nursery: Any = None, **kw: Any) -> None:
-        self.port = port
-
-    async def request(self, req: Request) -> Response:
+    def answer(self, req: Request) -> Response:
         _Pool.seen.append((self.port, req.headers.items()))
-        await trio.lowlevel.checkpoint()
-        return Response(200, b"OK", Headers([(b"x-port", str(self.port).encode())]), Body.from_bytes(b"hi"))
-
-    def statistics(self) -> dict[str, int]:
-        return {}
-
-    async def aclose(self) -> None:
-        pass
+        return super().answer(req)
 
 
 class _Drawn:
@@ -91,8 +80,7 @@ REQUEST_HEADERS: list[list[Header]] = [
 )
 def test_forwarded_headers_are_those_of_the_general_form(dtab: str, clients: dict[str, int]) -> None:
     cfg = _config(dtab)
-    params = server_params(cfg, cfg.servers[0], "fwd", 1.0)
-    conn = ConnInfo(peer=("127.0.0.1", 5555), local=("127.0.0.1", 4140), params=params, connection_id=1)
+    conn = conn_for(cfg)
     by_port = {port: cid.encode() for cid, port in clients.items()}
     residual = Path.read("/extra/res/web" if "extra" in dtab else "/web")  # what is left of /svc/web
     _Pool.seen = []
@@ -199,8 +187,7 @@ def test_lru_forms_with_a_reading_are_the_plain_forms(seed: int, ttl: float | No
 
 def test_a_request_at_a_reading_is_a_request_that_reads_it() -> None:
     cfg = _config("/svc => /$/inet/127.0.0.1/9001;")
-    params = server_params(cfg, cfg.servers[0], "fwd", 1.0)
-    conn = ConnInfo(peer=("127.0.0.1", 5555), local=("127.0.0.1", 4140), params=params, connection_id=1)
+    conn = conn_for(cfg)
     clock = _Clock()
 
     def state(router: HttpRouter) -> Any:

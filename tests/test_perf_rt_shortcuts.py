@@ -16,13 +16,12 @@ from dtab import Dtab
 from hostproxy.balancer import EndpointInfo, P2CBalancer
 from hostproxy.budget import BudgetConfig, RetryBudget
 from hostproxy.config.validate import load_config
-from hostproxy.daemon import server_params
-from hostproxy.http.message import Body, Headers, Request, Response
-from hostproxy.http.server import ConnInfo
+from hostproxy.http.message import Headers, Response
 from hostproxy.metrics import MetricsRegistry
 from hostproxy.metrics.histogram import WindowedHistogram
 from hostproxy.router import HttpRouter
 from hostproxy.routing.context import DtabParseCache, inbound_scan
+from tests.routerstub import conn_for, get_request, stub_router
 
 Header = tuple[bytes, bytes]
 
@@ -99,40 +98,15 @@ routers:
 """
 
 
-class _Pool:
-    def __init__(self, host: str, port: int, params: Any, *, nursery: Any = None, **kw: Any) -> None:
-        self.port = port
-
-    async def request(self, req: Request) -> Response:
-        await trio.lowlevel.checkpoint()
-        return Response(200, b"OK", Headers([(b"x-port", str(self.port).encode())]), Body.from_bytes(b"hi"))
-
-    def statistics(self) -> dict[str, int]:
-        return {}
-
-    async def aclose(self) -> None:
-        pass
-
-
 async def _router_run(body: Any) -> None:
     cfg = load_config(CFG, source="test").routers[0]
-    params = server_params(cfg, cfg.servers[0], "memo", 1.0)
-    conn = ConnInfo(peer=("127.0.0.1", 5555), local=("127.0.0.1", 4140), params=params, connection_id=1)
+    conn = conn_for(cfg)
     metrics = MetricsRegistry(time.monotonic)
     async with trio.open_nursery() as nursery:
-        router = HttpRouter(
-            cfg,
-            namers=[],
-            resolver=None,
-            metrics=metrics,
-            nursery=nursery,
-            rng=random.Random(3),
-            pool_factory=_Pool,
-        )
+        router = stub_router(cfg, nursery, metrics=metrics)
 
         async def send() -> Response:
-            req = Request("GET", "/", Headers([(b"host", b"web")]), Body.empty(), authority="web")
-            return await router.handle(req, conn)
+            return await router.handle(get_request(), conn)
 
         await body(router, send, metrics)
         nursery.cancel_scope.cancel()

@@ -4,7 +4,6 @@ service and its client each end with nothing pending and one proxy/internal fail
 
 from __future__ import annotations
 
-import random
 import time
 from typing import Any
 
@@ -12,11 +11,9 @@ import pytest
 import trio
 
 from hostproxy.config.validate import load_config
-from hostproxy.daemon import server_params
-from hostproxy.http.message import Body, Headers, Request, Response
-from hostproxy.http.server import ConnInfo
+from hostproxy.http.message import Request, Response
 from hostproxy.metrics import MetricsRegistry
-from hostproxy.router import HttpRouter
+from tests.routerstub import StubPool, conn_for, get_request, stub_router
 
 CFG = """
 routers:
@@ -27,13 +24,11 @@ routers:
 """
 
 
-class _Pool:
+class _Pool(StubPool):
     """Answers the first request; the next one fails as ``mode`` says."""
 
     mode = "cancel"
-
-    def __init__(self, host: str, port: int, params: Any, *, nursery: Any = None, **kw: Any) -> None:
-        self.calls = 0
+    calls = 0
 
     async def request(self, req: Request) -> Response:
         self.calls += 1
@@ -41,14 +36,7 @@ class _Pool:
             if _Pool.mode == "cancel":
                 await trio.sleep_forever()
             raise RuntimeError("proxy bug")
-        await trio.lowlevel.checkpoint()
-        return Response(200, b"OK", Headers(), Body.from_bytes(b"hi"))
-
-    def statistics(self) -> dict[str, int]:
-        return {}
-
-    async def aclose(self) -> None:
-        pass
+        return await super().request(req)
 
 
 def _values(metrics: MetricsRegistry) -> dict[str, Any]:
@@ -66,29 +54,16 @@ def test_a_request_that_raises_finishes_in_every_scope(mode: str, monkeypatch: A
 
     async def main() -> None:
         cfg = load_config(CFG, source="test").routers[0]
-        params = server_params(cfg, cfg.servers[0], "raised", 1.0)
-        conn = ConnInfo(peer=("127.0.0.1", 5555), local=("127.0.0.1", 4140), params=params, connection_id=1)
+        conn = conn_for(cfg)
         async with trio.open_nursery() as nursery:
-            router = HttpRouter(
-                cfg,
-                namers=[],
-                resolver=None,
-                metrics=metrics,
-                nursery=nursery,
-                rng=random.Random(3),
-                pool_factory=_Pool,
-            )
-
-            def request() -> Request:
-                return Request("GET", "/", Headers([(b"host", b"web")]), Body.empty(), authority="web")
-
-            assert (await router.handle(request(), conn)).status == 200
+            router = stub_router(cfg, nursery, _Pool, metrics=metrics)
+            assert (await router.handle(get_request(), conn)).status == 200
             if mode == "cancel":
                 with trio.move_on_after(0.05):  # the client went away while the upstream was slow
-                    await router.handle(request(), conn)
+                    await router.handle(get_request(), conn)
             else:
                 with pytest.raises(RuntimeError):
-                    await router.handle(request(), conn)
+                    await router.handle(get_request(), conn)
             nursery.cancel_scope.cancel()
 
     trio.run(main)
