@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 APT_PKGS := curl nginx haproxy wrk nghttp2-client dnsmasq chromium
 CONFIG ?= configs/local.yaml
 
-.PHONY: install apt run test bench lint fmt clean
+.PHONY: install apt bytecode run test bench lint fmt clean
 
 install: $(STAMP) apt
 
@@ -29,13 +29,19 @@ apt:
 	  rc=$$?; $$SUDO rm -f /usr/sbin/policy-rc.d; exit $$rc; \
 	fi
 
-run: install
+# Bytecode for the project's own modules (the venv's packages got theirs from pip), written even where
+# PYTHONDONTWRITEBYTECODE is set, so that no daemon start pays for compiling them: about 0.1 s of the
+# first proxied response, which `make bench` measures. Incremental: only changed files are compiled.
+bytecode: install
+	$(PY) -m compileall -q dtab namers hostproxy
+
+run: bytecode
 	$(VENV)/bin/hostproxy run $(CONFIG)
 
-test: install
+test: bytecode
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-bench: install
+bench: bytecode
 	$(PY) -m hostproxy.bench $(BENCH_ARGS)
 
 lint: install
