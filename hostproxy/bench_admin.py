@@ -16,7 +16,8 @@ from ``--log-file``: first with the admin server idle, then once per ``--scrape-
 ``/client_state.json`` and ``/admin/metrics/prometheus`` in turn on one keep-alive connection (a round
 that takes longer than the interval is followed by the next at once). It prints each run's requests
 completed (h2load does not send the requests a stalled connection missed, so fewer than intended means
-the proxy stalled), p50/p99/max, p99 added over the idle run, hostproxy's CPU seconds, and per scraped
+the proxy stalled), responses other than 2xx, requests that failed at the connection level (h2load's
+"errored": none may), p50/p99/max, p99 added over the idle run, hostproxy's CPU seconds, and per scraped
 endpoint the number of scrapes, their duration (p50/max) and response size.
 
 A benchmark, not a test: it asserts nothing; the README records its numbers. Everything listens on
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import re
 import shutil
 import statistics
 import subprocess
@@ -132,7 +134,7 @@ def fixed_rate(port: int, host: str, rps: int, duration: int, tmp: Path, tag: st
     to HTTP/1.1 requests, which a proxy rightly refuses)."""
     log = tmp / f"h2load-admin-{tag}.log"
     conns = 10
-    subprocess.run(
+    done = subprocess.run(
         [
             "h2load",
             "--h1",
@@ -158,10 +160,24 @@ def fixed_rate(port: int, host: str, rps: int, duration: int, tmp: Path, tag: st
         lat.append(int(parts[2]) / 1000.0)
         bad += not parts[1].startswith("2")
     lat.sort()
+    counts = {
+        "requests": float(len(lat)),
+        "non2xx": float(bad),
+        "errored": float(h2load_errored(done.stdout)),
+    }
     if len(lat) < 2:
-        return {"requests": float(len(lat)), "non2xx": float(bad)}
+        return counts
     q = statistics.quantiles(lat, n=100, method="inclusive")
-    return {"p50": q[49], "p99": q[98], "max": lat[-1], "requests": float(len(lat)), "non2xx": float(bad)}
+    return {"p50": q[49], "p99": q[98], "max": lat[-1], **counts}
+
+
+def h2load_errored(summary: str) -> int:
+    """Requests h2load counted as errored: failed at the connection level (its ``requests:`` summary
+    line; timeouts are among them). Responses of any status are not counted here: ``non2xx`` is."""
+    m = re.search(r"requests: .*?, (\d+) errored", summary)
+    if m is None:
+        raise RuntimeError(f"no requests summary in h2load's output:\n{summary}")
+    return int(m.group(1))
 
 
 @dataclass
@@ -283,7 +299,7 @@ def report(res: dict[str, Any]) -> list[str]:
         f"/client_state.json lists {res['client_state_clients']} clients",
     ]
     hdr = (
-        f"{'run':<22} {'requests':>9} {'of':>6} {'non-2xx':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+        f"{'run':<22} {'requests':>9} {'of':>6} {'non-2xx':>8} {'errored':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
         f"{'p99 added':>10} {'CPU s':>7}"
     )
     lines += [hdr, "-" * len(hdr)]
@@ -299,6 +315,7 @@ def report(res: dict[str, Any]) -> list[str]:
         )
         lines.append(
             f"{run_.label:<22} {r.get('requests', 0):>9.0f} {intended:>6} {r.get('non2xx', 0):>8.0f} "
+            f"{r.get('errored', 0):>8.0f} "
             f"{f('p50'):>8} {f('p99'):>8} {f('max'):>8} {added:>10} {run_.cpu_s:>7.2f}"
         )
     for run_ in runs:

@@ -57,6 +57,13 @@ def test_scrape_interval_list_is_checked() -> None:
         bench_admin.intervals("0,x")
 
 
+def test_h2load_errored_requests_are_read_from_its_summary() -> None:
+    line = "requests: 100 total, 100 started, 97 done, 95 succeeded, 5 failed, 3 errored, 1 timeout"
+    assert bench_admin.h2load_errored(f"starting\n{line}\nstatus codes: 95 2xx, 0 3xx, 2 4xx, 0 5xx\n") == 3
+    with pytest.raises(RuntimeError, match="no requests summary"):
+        bench_admin.h2load_errored("h2load: connection refused\n")
+
+
 def test_only_rejects_an_unknown_part(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         bench.main(["--only", "dns"])
@@ -149,11 +156,11 @@ def test_admin_part_alone_reports_both_runs_and_every_endpoint(capsys: pytest.Ca
     }
     assert set(runs) == {"no scrapes", "scrapes every 0.2 s"}
     idle = runs["no scrapes"]
-    assert idle[2:5] == [idle[2], "50", "0"]  # requests, of 50 intended, no non-2xx
+    assert idle[2:6] == [idle[2], "50", "0", "0"]  # requests, of 50 intended, no non-2xx, none errored
     assert int(idle[2]) > 0
     assert idle[-2] == "-"  # no p99 added for the idle run
     scraped = runs["scrapes every 0.2 s"]
-    assert scraped[5:7] == ["50", "0"] and int(scraped[4]) > 0
+    assert scraped[5:8] == ["50", "0", "0"] and int(scraped[4]) > 0
     assert re.fullmatch(r"[+-]\d+\.\d\d", scraped[-2])
     table = lines[lines.index(next(x for x in lines if x.startswith("endpoint, every 0.2 s"))) + 2 :]
     got = {row.split()[0]: row.split()[1:] for row in table}
