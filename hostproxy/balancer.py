@@ -241,9 +241,8 @@ class Balancer:
     def pick(self) -> Endpoint | None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _p2c(self, nodes: Sequence[Endpoint], choice: WeightedChoice, drawn: int = 0) -> Endpoint | None:
-        """Power of two choices over ``nodes``; ``drawn``: efforts a caller already spent on a single
-        endpoint (:meth:`P2CBalancer.pick`'s first draw)."""
+    def _p2c(self, nodes: Sequence[Endpoint], choice: WeightedChoice) -> Endpoint | None:
+        """Power of two choices over ``nodes``."""
         n = len(nodes)
         if n == 0:
             return None
@@ -251,9 +250,9 @@ class Balancer:
             # The pair is always (a, a): a if it is available, else draw again (each draw is still made:
             # the shared rng's sequence does not depend on the number of endpoints).
             a = nodes[0]
-            for _ in range(self.max_effort - drawn):
+            for _ in range(self.max_effort):
                 choice.pick()
-                if not a.removed and self._available(a.key):  # is_available(a)
+                if self.is_available(a):
                     return a
             self.max_effort_exhausted += 1
             return self._least_loaded(nodes)
@@ -333,16 +332,7 @@ class P2CBalancer(Balancer):
     kind = "p2c"
 
     def pick(self) -> Endpoint | None:
-        nodes = self._nodes
-        if len(nodes) == 1 and self._choice._total > 0:
-            # ``_p2c``'s first effort for a single endpoint of positive weight, without its calls:
-            # ``WeightedChoice.pick`` draws one ``random()`` and returns 0.
-            self._rng.random()
-            a = nodes[0]
-            if not a.removed and self._available(a.key):
-                return a
-            return self._p2c(nodes, self._choice, drawn=1)
-        return self._p2c(nodes, self._choice)
+        return self._p2c(self._nodes, self._choice)
 
 
 class EwmaBalancer(Balancer):

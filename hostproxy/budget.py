@@ -133,11 +133,7 @@ class RetryBudget:
         self.deposits += 1
         amount = self._deposit
         if amount:
-            w = self._window
-            if w._lo <= now < w._hi:  # `w.add(amount)`'s first case, without the call
-                w._slots[w._cur] += amount
-            else:
-                w.add_at(amount, now)
+            self._window.add_at(amount, now)
 
     def try_withdraw(self) -> bool:
         """Spend one retry token; False (and count `exhausted`) when the budget is empty."""

@@ -350,9 +350,7 @@ class Client:
             ok_status = resp.status < 500
             body = resp.body
             if body.in_memory or body.done or resp.upgraded is not None:
-                # The outcome is known now (as ``_outcome`` reports it).
-                balancer.on_finish(bal_ep, clock() - t0, ok_status)
-                accrual.on_response(key, ok_status)
+                self._outcome(bal_ep, key, t0, ok_status)  # the outcome is known now
             else:
                 resp.body = Body(_OutcomeBody(body, self, bal_ep, key, t0, ok_status), body.content_length)
             return resp, key

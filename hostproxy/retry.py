@@ -285,10 +285,7 @@ class RetryPolicy:
     def unretried(self) -> int:
         """A request that :meth:`begin` counted ended without a :meth:`attempts` state: record it as
         :meth:`RetryAttempts.finish` records a request with no retries; returns 0."""
-        per_request = self.per_request  # ``_record(0)``, without the call
-        per_request[0] = per_request.get(0, 0) + 1
-        if self.per_request_sink is not None:
-            self.per_request_sink(0)
+        self._record(0)
         return 0
 
     def _record(self, retries: int) -> None:

@@ -72,14 +72,12 @@ from hostproxy.retry import (
 from hostproxy.routing import diagtrace
 from hostproxy.routing.binder import Binder, BindingCacheConfig, ClientCache
 from hostproxy.routing.context import (
-    DST_CLIENT,
-    DST_RESIDUAL,
-    DST_SERVICE,
-    REQID,
     AddressOverridePolicy,
     DtabParseCache,
     RequestDtabError,
+    dst_fields,
     forwarded_headers,
+    forwarded_plain,
     inbound_scan,
     show_bytes,
 )
@@ -178,13 +176,6 @@ def _transforming_bind(transformers: list[Any]) -> Callable[..., Any]:
         return _Bound(apply_transformers(r.tree, transformers), r.consulted)
 
     return bind_fn
-
-
-def _dst_sets(service: bytes, client: bytes, residual: bytes | None) -> tuple[tuple[bytes, bytes], ...]:
-    """The l5d-dst-* fields that ``forwarded_headers`` appends first, in its order, given the printed
-    service, client and (None: empty) residual."""
-    sets = ((DST_SERVICE, service), (DST_CLIENT, client))
-    return sets if residual is None else (*sets, (DST_RESIDUAL, residual))
 
 
 _EMPTY_BODY = Body.empty()  # the server's body of a request without one
@@ -611,16 +602,11 @@ class HttpRouter:
                         show_bytes(residual) if residual is not None and len(residual) else None
                     )
                 entry.sets_client = dst_client
-                entry.dst_sets = _dst_sets(entry.dst_service, dst_client, entry.dst_residual)
+                entry.dst_sets = dst_fields(entry.dst_service, dst_client, entry.dst_residual)
             dst_residual = entry.dst_residual
             if not l5d and local is Dtab.EMPTY and trace is None:
-                # What ``forwarded_headers(..., l5d=False)`` gives for an empty local dtab: the headers
-                # with the l5d-dst-* fields and a new l5d-reqid after them. ``headers`` is the list
-                # ``inbound_scan`` made for this request alone, so it is extended in place.
-                out = headers
-                out += entry.dst_sets
-                out.append((REQID, b"%016x" % self._rng.getrandbits(64)))
-                ctx_deadline = None
+                # ``headers`` is the list ``inbound_scan`` made for this request alone.
+                out, ctx_deadline = forwarded_plain(headers, entry.dst_sets, self._rng), None
             else:
                 out, ctx_deadline = forwarded_headers(
                     entry.dst_service, dst_client, dst_residual, local, headers, self._rng, l5d=l5d

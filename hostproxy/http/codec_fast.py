@@ -280,7 +280,7 @@ def _fields_in(parser: _FieldParser, block: bytes) -> _Head:
     matched with ``_FIELD_LINE_RE`` (which also refuses bare CR or LF, NUL and other control
     bytes); a ``Content-Length`` must be short digits and come once, a ``Transfer-Encoding`` must be
     ``chunked`` and come once. llhttp gives exactly these pairs for such a block (property-tested
-    in tests/test_perf_msg_fields.py). A block with any other line goes to llhttp and
+    in tests/test_codec_fields_in.py). A block with any other line goes to llhttp and
     ``_normalize``, which accept or refuse it, naming what is wrong.
     """
     lines = block.split(b"\r\n")
@@ -770,8 +770,6 @@ class ServerCodec(_Side):
 
     def _next_head(self) -> Event:
         buf = self._buf
-        if not buf:  # as ``request_head`` answers an empty buffer
-            return ConnectionClosed() if self._eof else NEED_DATA
         head = request_head(buf, self.limits, self._eof)
         if not isinstance(head, bytes):
             return head  # NEED_DATA or ConnectionClosed

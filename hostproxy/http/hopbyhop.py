@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from hostproxy.http.message import HOP_BY_HOP, Headers
+from hostproxy.http.message import HOP_BY_HOP, Headers, is_hop_by_hop
 
 __all__ = ["HOP_BY_HOP", "names_only_hop_by_hop", "strip_hop_by_hop", "strip_response_fields"]
 
@@ -28,10 +28,6 @@ def _tokens(values: list[bytes]) -> set[bytes]:
             if token:
                 out.add(token)
     return out
-
-
-def _is_hop(name: bytes) -> bool:
-    return name in HOP_BY_HOP or name[:6] == b"proxy-"  # as ``message._is_hop``
 
 
 # Names seen that are end-to-end (not hop-by-hop), so that most fields cost one set lookup. Bounded,
@@ -72,7 +68,7 @@ def strip_hop_by_hop(headers: Headers, *, keep_upgrade: bool = False) -> Headers
             return headers.copy()  # stripped before, and nothing hop-by-hop added since
         for name, _ in headers:
             if name not in end_to_end:
-                if _is_hop(name):
+                if is_hop_by_hop(name):
                     break
                 if len(end_to_end) < _END_TO_END_MAX:
                     end_to_end.add(name)
@@ -105,7 +101,7 @@ def _strip(
     for field in fields:
         name = field[0]
         if name not in end_to_end:
-            if _is_hop(name):
+            if is_hop_by_hop(name):
                 if name == b"connection":
                     connection.append(field[1])
                 elif name == b"te":

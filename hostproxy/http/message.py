@@ -36,6 +36,7 @@ __all__ = [
     "Headers",
     "Request",
     "Response",
+    "is_hop_by_hop",
 ]
 
 
@@ -107,7 +108,7 @@ class Headers:
         """Replace every value of ``name`` with one value, kept at the first occurrence's place."""
         key = _NAMES.get(name) or _name(name)
         val = value.encode("latin-1") if isinstance(value, str) else value
-        if self._hop_free and _is_hop(key):
+        if self._hop_free and is_hop_by_hop(key):
             self._hop_free = False
         items = self._items
         for n, _ in items:
@@ -132,7 +133,7 @@ class Headers:
     def add(self, name: str | bytes, value: bytes | str) -> None:
         val = value.encode("latin-1") if isinstance(value, str) else value
         key = _NAMES.get(name) or _name(name)
-        if self._hop_free and _is_hop(key):
+        if self._hop_free and is_hop_by_hop(key):
             self._hop_free = False
         self._items.append((key, val))
 
@@ -169,7 +170,7 @@ class Headers:
         """Append ``entry`` to the comma-separated list in field ``name`` (lowercase bytes): every
         value of ``name`` and ``entry`` joined into one field at the first one's place, or a new
         field when there is none (``Via``, ``Forwarded``)."""
-        if self._hop_free and _is_hop(name):
+        if self._hop_free and is_hop_by_hop(name):
             self._hop_free = False
         items = self._items
         for n, _ in items:
@@ -188,7 +189,7 @@ class Headers:
 _new = object.__new__
 
 
-def _is_hop(name: bytes) -> bool:
+def is_hop_by_hop(name: bytes) -> bool:
     """Whether a lowercased field name is hop-by-hop by itself (``HOP_BY_HOP`` or ``Proxy-*``)."""
     return name in HOP_BY_HOP or name[:6] == b"proxy-"
 

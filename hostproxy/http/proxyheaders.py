@@ -29,6 +29,7 @@ __all__ = [
     "forwarded_element",
     "split_absolute_form",
     "via_count",
+    "via_field",
 ]
 
 VIA_TOKEN = b"hostproxy"
@@ -67,16 +68,20 @@ def via_count(headers: Headers) -> int:
     return count
 
 
-#: The ``Via`` entries of the usual versions, made once.
-_VIA_ENTRIES = {v: b"%s %s" % (v.encode("ascii"), VIA_TOKEN) for v in ("1.0", "1.1", "2", "2.0")}
+#: The ``Via`` fields of the usual versions, made once.
+_VIA_FIELDS = {v: (b"via", b"%s %s" % (v.encode("ascii"), VIA_TOKEN)) for v in ("1.0", "1.1", "2", "2.0")}
 #: The field ``append_via(headers, "1.1")`` appends to headers without a ``Via`` field.
-VIA_11 = (b"via", _VIA_ENTRIES["1.1"])
+VIA_11 = _VIA_FIELDS["1.1"]
+
+
+def via_field(http_version: str) -> tuple[bytes, bytes]:
+    """The ``Via`` field this proxy adds to headers that have none: ``<version> hostproxy``."""
+    return _VIA_FIELDS.get(http_version) or (b"via", b"%s %s" % (http_version.encode("ascii"), VIA_TOKEN))
 
 
 def append_via(headers: Headers, http_version: str) -> None:
     """Append ``<version> hostproxy`` to the ``Via`` field (one field, entries comma-joined)."""
-    entry = _VIA_ENTRIES.get(http_version) or b"%s %s" % (http_version.encode("ascii"), VIA_TOKEN)
-    headers.append_entry(b"via", entry)
+    headers.append_entry(b"via", via_field(http_version)[1])
 
 
 LABELER_KINDS = ("ip", "ip:port", "connectionRandom", "requestRandom", "router", "static")

@@ -84,10 +84,9 @@ from hostproxy.http.listening import (
     sockaddr,
     take_backlog,
 )
-from hostproxy.http.message import HOP_BY_HOP, Body, Headers, Request, Response
+from hostproxy.http.message import HOP_BY_HOP, Body, Headers, Request, Response, is_hop_by_hop
 from hostproxy.http.proxyheaders import (
     VIA_11,
-    VIA_TOKEN,
     ForwardedConfig,
     append_forwarded,
     append_via,
@@ -95,6 +94,7 @@ from hostproxy.http.proxyheaders import (
     obfuscated,
     split_absolute_form,
     via_count,
+    via_field,
 )
 from hostproxy.http.sockstream import SockStream, adopt
 
@@ -209,14 +209,12 @@ _FIELD_KINDS: dict[bytes, int] = {name: _K_HOP for name in HOP_BY_HOP} | {
 }
 # Bounded: names taken from traffic only fill it so far (others are classified each time).
 _FIELD_KINDS_MAX = 4096
-#: ``Via`` fields by request version, made once (others are made when seen).
-_VIA_ENTRIES = {v: (b"via", b"%s %s" % (v.encode("ascii"), VIA_TOKEN)) for v in ("1.0", "1.1")}
 
 
 def _field_kind(name: bytes) -> int:
     """The kind of a field name not in ``_FIELD_KINDS`` (end-to-end, or a ``Proxy-*`` field),
     remembered while there is room."""
-    kind = _K_HOP if name[:6] == b"proxy-" else _K_KEEP
+    kind = _K_HOP if is_hop_by_hop(name) else _K_KEEP
     if len(_FIELD_KINDS) < _FIELD_KINDS_MAX:
         _FIELD_KINDS[name] = kind
     return kind
@@ -661,7 +659,7 @@ class _Connection:
             if has_via:
                 append_via(out, version)
             else:
-                keep(_VIA_ENTRIES.get(version) or (b"via", b"%s %s" % (version.encode("ascii"), VIA_TOKEN)))
+                keep(via_field(version))
         else:
             headers = Headers._trusted(items)
             if absolute is not None:
@@ -763,14 +761,9 @@ class _Connection:
                 await self._tunnel(response)
                 return False
         await self._write_response(response, head_method=method, close=close)
-        if request.body.done and not close:
-            # ``_finish_cycle`` without its coroutine when the request body was read whole (or
-            # was empty): nothing is left to drain.
-            codec = self.codec
-            if self.server.draining or not codec.can_reuse:
-                return False
-            codec.start_next_cycle()
-            return True
+        if request.body.done:
+            # Nothing left to drain (the usual request): no ``_finish_cycle`` coroutine to run.
+            return not close and not self.server.draining and self._next_cycle()
         return await self._finish_cycle(request.body, close)
 
     async def _finish_cycle(self, request_body: Body | None, close: bool) -> bool:
@@ -790,6 +783,11 @@ class _Connection:
                         return False
             if not request_body.done:
                 return False
+        return self._next_cycle()
+
+    def _next_cycle(self) -> bool:
+        """Ready the codec for the next request when the connection can carry one; whether it can."""
+        codec = self.codec
         if not codec.can_reuse:
             return False
         codec.start_next_cycle()

@@ -360,12 +360,7 @@ class RequestStats:
                 )
             c.value += 1
         if status is not None:
-            try:
-                pair = self._by_status[status]
-            except KeyError:
-                pair = self._status_counters(status)
-            pair[0].value += 1
-            pair[1].value += 1
+            self.record_status(status)
 
     def late_failure(self, cause: Cause) -> None:
         """A request counted as a success when its response head arrived failed afterwards (the

@@ -192,16 +192,21 @@ class BoundedLru(Generic[K, V]):
     def get_at(self, key: K, now: float) -> V | None:
         """:meth:`get` at the time ``now``, just read from this map's clock (by a caller that reads
         it for other uses too)."""
+        s = self._used_at(key, now)
+        return None if s is None else s.value
+
+    def _used_at(self, key: K, now: float) -> _Slot[V] | None:
+        """The slot of ``key`` after expiring idle entries at ``now``, moved to the end and marked
+        used at ``now``; None when there is no entry."""
         ttl = self.idle_ttl_s
         if ttl is not None:
             first = self._front
             if first is None or first.last_used <= now - ttl:
                 self.expire(now)  # (only its first test when the front is known and not idle)
         s = self._mru_slot if key is self._mru else self._touch(key)
-        if s is None:
-            return None
-        s.last_used = now
-        return s.value
+        if s is not None:
+            s.last_used = now
+        return s
 
     def put(self, key: K, value: V) -> None:
         now = self._clock()
@@ -231,17 +236,9 @@ class BoundedLru(Generic[K, V]):
         """:meth:`get` and :meth:`acquire` in one step: the entry's slot, marked in use, or None when
         there is no entry (nothing is then marked). ``now``: this map's clock, just read (None: read
         it here)."""
-        if now is None:
-            now = self._clock()
-        ttl = self.idle_ttl_s
-        if ttl is not None:
-            first = self._front
-            if first is None or first.last_used <= now - ttl:
-                self.expire(now)  # as in get_at
-        s = self._mru_slot if key is self._mru else self._touch(key)
+        s = self._used_at(key, self._clock() if now is None else now)
         if s is not None:
             s.in_use += 1
-            s.last_used = now
         return s
 
     def acquire(self, key: K) -> V:

@@ -24,8 +24,8 @@ The router runs steps 1-2 as :func:`inbound_scan` and step 3 with its applicatio
 :func:`forwarded_headers`: the same results, each in one pass over the headers (every request pays
 for these). ``inbound_scan`` also says whether any ``l5d-*`` header is left to forward; when none is
 (the usual request), ``forwarded_headers(..., l5d=False)`` has nothing to drop or read and only copies
-the headers before appending its own (with an empty local dtab the router appends the same fields to
-``inbound_scan``'s list itself, from values it keeps per service).
+the headers before appending its own; with an empty local dtab too, :func:`forwarded_plain` appends
+them to ``inbound_scan``'s list itself, given the :func:`dst_fields` the router keeps per service.
 
 On the way back, :func:`clear_response_context` drops ``l5d-*`` response headers under ``clearContext``
 (and says to empty the body of a proxy error), and :func:`encode_l5d_err` writes the ``l5d-err`` value.
@@ -84,8 +84,10 @@ __all__ = [
     "RequestDtabError",
     "clear_response_context",
     "downstream_headers",
+    "dst_fields",
     "encode_l5d_err",
     "forwarded_headers",
+    "forwarded_plain",
     "inbound",
     "is_loopback_bind",
     "raw_address_ids",
@@ -410,6 +412,26 @@ def forwarded_headers(
     return kept, deadline
 
 
+def dst_fields(service: bytes, client: bytes | None, residual: Path | bytes | None) -> tuple[Header, ...]:
+    """The ``l5d-dst-*`` fields that :func:`forwarded_headers` sets first, in its order: ``service``
+    and ``client`` printed (:func:`show_bytes`; ``client`` None: none), ``residual`` printed or a
+    path (None or empty: none). They depend on the binding alone, so the router keeps them."""
+    if residual is not None and type(residual) is not bytes:
+        residual = show_bytes(residual) if residual is not Path.EMPTY and len(residual) > 0 else None
+    fields = ((DST_SERVICE, service),) if client is None else ((DST_SERVICE, service), (DST_CLIENT, client))
+    return fields if residual is None else (*fields, (DST_RESIDUAL, residual))
+
+
+def forwarded_plain(headers: list[Header], dst: tuple[Header, ...], rng: random.Random) -> list[Header]:
+    """:func:`forwarded_headers` for a request without ``l5d-*`` headers (``inbound_scan`` said so)
+    and with an empty local dtab, given its :func:`dst_fields`: ``headers``, a list of the caller's
+    own (``inbound_scan`` made it for this request), extended in place with those and a new
+    ``l5d-reqid``. There is no deadline to report."""
+    headers += dst
+    headers.append((REQID, b"%016x" % rng.getrandbits(64)))
+    return headers
+
+
 # What ``downstream_headers`` removes, and what its edits drop in all: that plus the names it sets,
 # which are always l5d-dst-service and l5d-reqid and otherwise names already removed.
 _DOWNSTREAM_REMOVE = CLEARED_ON_READ | {DST_RESIDUAL, DST_CLIENT, CTX_DEADLINE}
@@ -428,14 +450,7 @@ def _context_sets(
 ) -> tuple[list[Header], bytes | None]:
     """The headers ``downstream_headers`` sets, in order, and the combined deadline among them
     (``service`` and ``client`` printed; ``residual`` may be, when it is not empty)."""
-    sets: list[Header] = [(DST_SERVICE, service)]
-    if client is not None:
-        sets.append((DST_CLIENT, client))
-    if residual is not None:
-        if type(residual) is bytes:
-            sets.append((DST_RESIDUAL, residual))
-        elif residual is not Path.EMPTY and len(residual) > 0:
-            sets.append((DST_RESIDUAL, show_bytes(residual)))
+    sets = [*dst_fields(service, client, residual)]
     reqid = trace_id_of(trace) if trace is not None else None
     if reqid is not None:
         sets.append((REQID, reqid.encode("ascii")))
