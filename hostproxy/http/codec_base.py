@@ -162,13 +162,16 @@ def request_head(buf: bytearray, limits: CodecLimits, eof: bool) -> bytes | Even
     crlf = head.count(b"\r\n")
     if crlf - 1 > limits.max_header_count:
         raise ProtocolError(f"request has more than {limits.max_header_count} header fields", 431)
-    # ``check_raw`` inline, with the CRLF count at hand; it runs only to name what is wrong.
+    # ``check_raw`` inline, with the CRLF count at hand; it runs only to name what is wrong. The
+    # searches are ``find`` rather than ``in``: CPython's ``in`` on bytes first tries its operand as an
+    # integer, and makes (then drops) a TypeError for every bytes operand, which costs about twice
+    # the search (the request path uses ``find`` for its byte searches for the same reason).
     if (
         head.count(b"\n") != crlf
         or head.count(b"\r") != crlf
-        or b"\x00" in head
-        or b"\r\n " in head
-        or b"\r\n\t" in head
+        or head.find(b"\x00") != -1
+        or head.find(b"\r\n ") != -1
+        or head.find(b"\r\n\t") != -1
     ):
         check_raw(head, "request head", "request header")
     return head

@@ -315,7 +315,9 @@ def _fields_in(parser: _FieldParser, block: bytes) -> _Head:
                     return _normalize(parser.parse(block))
                 pair = (name, b"chunked")
                 head.chunked = True
-            elif name != b"connection" or b"close" in value.lower():  # else ``_special`` does nothing
+            elif (
+                name != b"connection" or value.lower().find(b"close") != -1
+            ):  # else ``_special`` does nothing
                 _special(head, name, value)
         out.append(pair)
     return head
@@ -1106,7 +1108,7 @@ class ClientCodec(_Side):
         block = head[line_end + 2 : -2]
         if block[:1] in (b" ", b"\t"):
             raise self._fail("continuation line at start of headers")
-        if b"\r\n " in block or b"\r\n\t" in block:
+        if block.find(b"\r\n ") != -1 or block.find(b"\r\n\t") != -1:
             block = _OBS_FOLD_RE.sub(b" ", block)
         status_line = _STATUS_LINES.get(line)
         if status_line is None:

@@ -749,7 +749,7 @@ class _Connection:
         # Headers known free of hop-by-hop fields (a response from the upstream pool) have no
         # ``Connection`` field to look for.
         close = (
-            not headers._hop_free and b"close" in (headers.get(b"connection") or b"").lower()
+            not headers._hop_free and (headers.get(b"connection") or b"").lower().find(b"close") != -1
         ) or self.must_close()
         if response.status == 101:
             if response.upgraded is None or request.upgrade is None:
