@@ -63,7 +63,7 @@ import trio
 
 from dtab import Dtab, Path
 from dtab.delegate import delegate
-from hostproxy import sdnotify
+from hostproxy import gcpolicy, sdnotify
 from hostproxy.config import Config, ConfigError, load_config
 from hostproxy.config.model import RecentRequestsTelemeter, to_json
 from hostproxy.config.registry import load_factory, lookup
@@ -314,6 +314,8 @@ class Daemon:
         self.tls_reload_interval_s = tls_reload_interval_s
         # The process owns the collector only when it is the daemon (hostproxy run), not a test harness.
         self.freeze_gc = freeze_gc
+        #: The collector policy, installed once started when ``freeze_gc`` (see ``gcpolicy``).
+        self.gc_policy: gcpolicy.GcPolicy | None = None
         self.config_path = config_path
         self.env = env  # None: os.environ (sd_notify, socket activation)
         self.rng = rng or random.Random()
@@ -685,6 +687,10 @@ class Daemon:
             if self.freeze_gc:
                 gc.collect()
                 gc.freeze()
+                # From here on, what survives a full collection is frozen too (``gcpolicy``).
+                self.gc_policy = gcpolicy.GcPolicy()
+                self.gc_policy.walked_all()
+                gcpolicy.install(self.gc_policy)
             log.info("daemon.started", routers=self.addresses, admin=self.admin_address, pid=os.getpid())
             sdnotify.ready(f"routing on {self._describe_addresses()}", env=self.env)
             task_status.started(self)
@@ -693,6 +699,8 @@ class Daemon:
             for r in self.routers.values():
                 r.close()
             nursery.cancel_scope.cancel()
+        if self.gc_policy is not None:
+            gcpolicy.uninstall()
         log.info("daemon.stopped")
 
     def _describe_addresses(self) -> str:
@@ -759,6 +767,8 @@ class Daemon:
             gc.unfreeze()
             gc.collect()
             gc.freeze()
+            if self.gc_policy is not None:
+                self.gc_policy.walked_all()
         if ok:
             log.info("daemon.reloaded", generation=self.generation, message=message)
         else:

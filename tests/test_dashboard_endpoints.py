@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import resource
@@ -66,8 +67,15 @@ async def test_process_json_describes_this_process() -> None:
         "open_fds",
         "fd_limit",
         "python",
+        "gc",
     }
     assert doc["pid"] == os.getpid()
+    # No policy is installed in this process (only the daemon's main installs one): the collections
+    # per generation and the frozen objects, the rest unknown.
+    gc_doc = doc["gc"]
+    assert len(gc_doc["collections"]) == 3 and all(n >= 0 for n in gc_doc["collections"])
+    assert gc_doc["frozen_objects"] == gc.get_freeze_count()
+    assert gc_doc["pause_ms_max"] is None and gc_doc["freezes"] is None
     assert doc["rss_bytes"] > 1_000_000 and doc["cpu_seconds"] > 0 and doc["uptime_s"] > 0
     assert doc["fd_limit"] == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     assert 0 < doc["open_fds"] <= doc["fd_limit"]

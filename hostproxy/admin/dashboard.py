@@ -11,13 +11,15 @@ interval success rates from successive samples (as Linkerd's dashboard does), an
 cached; the server does no per-request work beyond handing out bytes.
 
 ``process_info()`` reads ``/proc/self`` and ``resource``: pid, resident set size, CPU seconds,
-uptime, open file descriptors and their soft limit, and the Python version.  Where ``/proc`` is
+uptime, open file descriptors and their soft limit, the Python version, and the garbage collector's
+collections, pauses and frozen objects (``gc``, see ``hostproxy.gcpolicy``).  Where ``/proc`` is
 missing (not Linux) it falls back to ``resource`` alone and reports what it cannot know as ``None``.
 """
 
 from __future__ import annotations
 
 import functools
+import gc
 import importlib.resources
 import os
 import platform
@@ -25,10 +27,13 @@ import resource
 import time
 from typing import Any
 
+from hostproxy import gcpolicy
+
 __all__ = [
     "DASHBOARD_CSP",
     "STATIC_TYPES",
     "dashboard_page",
+    "gc_info",
     "process_info",
     "static_file",
 ]
@@ -114,4 +119,23 @@ def process_info(now: float | None = None) -> dict[str, Any]:
         "open_fds": _open_fds(),
         "fd_limit": soft if soft != resource.RLIM_INFINITY else None,
         "python": platform.python_version(),
+        "gc": gc_info(),
+    }
+
+
+def gc_info() -> dict[str, Any]:
+    """The collector's part of ``/admin/process.json``: the daemon's policy's statistics (see
+    ``hostproxy.gcpolicy``), or, where none is installed (an in-process daemon), the collections
+    per generation and the frozen objects, with the pauses unknown (``None``)."""
+    policy = gcpolicy.installed()
+    if policy is not None:
+        return policy.statistics()
+    return {
+        "collections": [g["collections"] for g in gc.get_stats()],
+        "pause_ms_total": None,
+        "pause_ms_max": None,
+        "freezes": None,
+        "complete_walks": None,
+        "frozen_objects": gc.get_freeze_count(),
+        "full_every_s": None,
     }

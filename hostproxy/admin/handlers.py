@@ -318,7 +318,7 @@ class AdminHandler:
                 Endpoint(
                     "/admin/process.json",
                     ("GET",),
-                    "pid, rss_bytes, cpu_seconds, uptime_s, open_fds, fd_limit, python",
+                    "pid, rss_bytes, cpu_seconds, uptime_s, open_fds, fd_limit, python, gc",
                 ),
                 self._process,
             ),
