@@ -654,6 +654,9 @@ class Daemon:
                 functools.partial(sample_loop, self.overload, interval_s=self._overload_interval_s)
             )
             nursery.start_soon(functools.partial(sdnotify.watchdog_loop, env=self.env))
+            # Request metrics are recorded between bursts of requests, not inside them (the
+            # registry's "deferred records"); every reader flushes first.
+            nursery.start_soon(self.metrics.flush_when_idle)
             servers_done = trio.Event()
 
             async def run_servers(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

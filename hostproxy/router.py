@@ -125,6 +125,7 @@ class _Service:
         "budget_exhausted",
         "per_request",
         "per_request_add_at",
+        "registry",
         "stats",
         "dst_service",
         "residual",
@@ -152,6 +153,7 @@ class _Service:
         self.budget_exhausted = reg.counter(f"{prefix}/retries/budget_exhausted")
         self.per_request = reg.stat(f"{prefix}/retries/per_request")
         self.per_request_add_at = self.per_request.hist.add_at
+        self.registry = reg
 
 
 def _dtab_lines(d: Dtab) -> str:
@@ -752,7 +754,7 @@ class HttpRouter:
             now = self._clock()
             stats_now = now if self._one_clock else self._stats_clock()
             per_request = attempts.finish() if attempts is not None else policy.unretried()
-            entry.per_request_add_at(per_request, stats_now)
+            entry.registry.add_at(entry.per_request_add_at, per_request, stats_now)
             client_stats.finish_at(stats_now, now - t0, cause, status)
 
     async def _with_trace_context(

@@ -22,6 +22,16 @@ user-controlled label values explode Prometheus):
   quantile) accepts at most `max_label_values` distinct values; later values render as `overflow`
   (their series are summed).
 
+Deferred records (the daemon's mode; a registry records at once unless `defer_records()` was
+called): the end of a request, `RequestStats.finish_at` in every scope that counted it, is the bulk
+of the metrics work (a histogram record, the request, success or failure and status counters).
+Deferred, it is one tuple appended to the registry's list, and `flush()` applies the list later,
+exactly as the calls would have (each record keeps its own time, so it lands in its own histogram
+slice). The daemon flushes when the event loop has been idle for a moment (`flush_when_idle`), so a
+burst of requests is answered before its bookkeeping is done; `metrics()`, which every reader goes
+through, flushes first, so no reader ever sees a record missing; a list that reaches
+`MAX_DEFERRED` records (a loop that is never idle) is flushed at once. `pending` changes at once.
+
 Scrapes are cheap (a busy proxy is scraped every few seconds): the registry counts structural
 changes in `version` (a metric added or removed) so renderers can keep their sorted layouts and
 per-metric text between scrapes, and every `Metric` has a `render` slot for that text. Gauges that
@@ -36,6 +46,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import trio
 
 from hostproxy.causes import Cause
 from hostproxy.metrics.histogram import WindowedHistogram
@@ -93,6 +105,20 @@ def _stat_reader(obj: _HasStatistics, name: str, shared: list[Any]) -> Callable[
 
     return read
 
+
+#: Deferred records flushed at once when this many are waiting (see the module docstring).
+MAX_DEFERRED = 4096
+#: How long the loop must have been idle before `flush_when_idle` flushes (seconds, real time), and
+#: how often it looks.
+FLUSH_IDLE_S = 0.001
+FLUSH_EVERY_S = 0.05
+
+# The function ``trio.testing.wait_all_tasks_blocked`` re-exports, taken from where it is defined:
+# importing ``trio.testing`` costs about 80 ms of the daemon's start for modules it does not use.
+try:
+    from trio._core import wait_all_tasks_blocked as _wait_idle
+except ImportError:  # pragma: no cover - a trio that moved it
+    from trio.testing import wait_all_tasks_blocked as _wait_idle
 
 UNCAPPED_LABELS = frozenset({"router", "cause", "code", "quantile"})
 OVERFLOW = "overflow"
@@ -179,6 +205,60 @@ class MetricsRegistry:
         self.version = 0
         # Renderers' layouts, keyed by renderer name: (version, layout).
         self.render_cache: dict[str, tuple[int, Any]] = {}
+        # Request records waiting for `flush()`; None: recorded at once (see the module docstring).
+        # Each record is a function and its arguments, applied in order.
+        self._deferred: list[tuple[Any, ...]] | None = None
+        self.flushes = 0
+
+    # -- deferred records --------------------------------------------------------------------------
+
+    def defer_records(self) -> None:
+        """From now on, the ends of requests are recorded by `flush()` (see the module docstring)."""
+        if self._deferred is None:
+            self._deferred = []
+
+    def flush(self) -> int:
+        """Apply the deferred records, in order; how many there were."""
+        pending = self._deferred
+        if not pending:
+            return 0
+        self._deferred = []
+        self.flushes += 1
+        for record in pending:
+            record[0](*record[1:])
+        return len(pending)
+
+    def add_at(self, add_at: Callable[[float, float], None], value: float, now: float) -> None:
+        """``add_at(value, now)`` (a histogram's), deferred when this registry defers records."""
+        deferred = self._deferred
+        if deferred is None:
+            add_at(value, now)
+            return
+        deferred.append((add_at, value, now))
+        if len(deferred) >= MAX_DEFERRED:
+            self.flush()
+
+    @property
+    def deferred(self) -> int:
+        """Records waiting for `flush()`."""
+        return len(self._deferred) if self._deferred else 0
+
+    async def flush_when_idle(
+        self, *, idle_s: float = FLUSH_IDLE_S, every_s: float = FLUSH_EVERY_S, sleep: Any = None
+    ) -> None:
+        """Defer records and flush them, every `every_s`, once the loop has been idle for `idle_s`
+        (no runnable task and no I/O ready): between bursts of requests, never inside one. Runs
+        until cancelled; flushes what is left then."""
+        self.defer_records()
+        sleep = sleep or trio.sleep
+        try:
+            while True:
+                await sleep(every_s)
+                if self._deferred:
+                    await _wait_idle(idle_s)
+                    self.flush()
+        finally:
+            self.flush()
 
     # -- registration (slow path) ------------------------------------------------------------------
 
@@ -265,6 +345,9 @@ class MetricsRegistry:
         return self._now
 
     def metrics(self) -> Iterator[Metric]:
+        """Every metric, after any deferred records were applied (every reader goes through here)."""
+        if self._deferred:
+            self.flush()
         return iter(list(self._metrics.values()))
 
     def __len__(self) -> int:
@@ -340,8 +423,18 @@ class RequestStats:
 
     def finish_at(self, now: float, latency_s: float, cause: Cause | None, status: int | None) -> None:
         """`finish(latency_s, cause, status)` at the time `now`, read from the registry's clock (a
-        request counted in several scopes reads it once)."""
+        request counted in several scopes reads it once); deferred when the registry defers."""
         self.pending -= 1
+        deferred = self._reg._deferred
+        if deferred is not None:
+            deferred.append((self._finish_now, now, latency_s, cause, status))
+            if len(deferred) >= MAX_DEFERRED:
+                self._reg.flush()
+            return
+        self._finish_now(now, latency_s, cause, status)
+
+    def _finish_now(self, now: float, latency_s: float, cause: Cause | None, status: int | None) -> None:
+        """Record one finished request (`pending` already counted it out)."""
         self.requests.value += 1
         self._hist_add_at(latency_s * 1000.0, now)
         if cause is None:
@@ -365,6 +458,8 @@ class RequestStats:
     def late_failure(self, cause: Cause) -> None:
         """A request counted as a success when its response head arrived failed afterwards (the
         upstream reset mid-body): move it from success to failures under ``cause``."""
+        if self._reg._deferred:
+            self._reg.flush()  # its success may still be a deferred record
         self.success.value -= 1
         self.failures.value += 1
         c = self._by_cause.get(cause)

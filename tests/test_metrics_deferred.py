@@ -1,0 +1,131 @@
+"""Deferred request records (MetricsRegistry.defer_records / flush / flush_when_idle): the same metrics
+as recording at once, applied later, never missing for a reader, and flushed only when the event loop
+is idle."""
+
+from __future__ import annotations
+
+import random
+
+import trio
+
+from hostproxy.causes import Cause
+from hostproxy.metrics import MetricsRegistry, flat, prometheus
+from hostproxy.metrics import registry as registry_module
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+CAUSES = [None, None, None, Cause.UPSTREAM_5XX, Cause.TIMEOUT_REQUEST, Cause.CONNECT_REFUSED]
+
+
+def drive(reg: MetricsRegistry, clock: Clock, seed: int) -> None:
+    """The same random requests (three scopes each, the retries histogram too) across a minute and
+    more, so records land in several histogram slices and some slices are recycled."""
+    rng = random.Random(seed)
+    scope = reg.router("outgoing")
+    server = scope.server("127.0.0.1", 4140)
+    services = [scope.service(f"/svc/s{i}", True) for i in range(3)]
+    clients = [scope.client(f"#/io.l5d.fs/c{i}") for i in range(3)]
+    per_request = reg.stat("rt/outgoing/service/svc/s0/retries/per_request")
+    for _ in range(3000):
+        clock.t += rng.uniform(0.0, 0.05)
+        svc, client = rng.choice(services), rng.choice(clients)
+        cause = rng.choice(CAUSES)
+        status = rng.choice([200, 200, 204, 404, 502, 503])
+        latency = rng.uniform(0.0, 2.0) ** 3
+        for stats in (server, svc, client):
+            stats.start()
+        for stats in (server, svc, client):
+            stats.finish_at(clock.t, latency, cause, status)
+        reg.add_at(per_request.hist.add_at, rng.choice([0, 0, 0, 1, 2]), clock.t)
+        if rng.random() < 0.01 and reg.deferred:
+            reg.flush()
+
+
+def test_deferred_records_give_exactly_the_metrics_of_immediate_ones() -> None:
+    for seed in range(3):
+        now_clock, later_clock = Clock(), Clock()
+        now_reg, later_reg = MetricsRegistry(now_clock), MetricsRegistry(later_clock)
+        later_reg.defer_records()
+        drive(now_reg, now_clock, seed)
+        drive(later_reg, later_clock, seed)
+        assert later_reg.deferred > 0  # not all applied yet
+        # ``flat`` reads through ``metrics()``, which flushes first: no reader sees a record missing.
+        assert flat(later_reg) == flat(now_reg)
+        assert later_reg.deferred == 0
+        assert prometheus(later_reg) == prometheus(now_reg)
+
+
+def test_pending_changes_at_once_and_the_rest_at_the_flush() -> None:
+    clock = Clock()
+    reg = MetricsRegistry(clock)
+    reg.defer_records()
+    stats = reg.router("outgoing").server("127.0.0.1", 4140)
+    stats.start()
+    stats.finish_at(clock.t, 0.010, None, 200)
+    assert stats.pending == 0 and stats.requests.value == 0 and reg.deferred == 1
+    assert reg.flush() == 1
+    assert stats.requests.value == 1 and stats.success.value == 1 and reg.deferred == 0
+    assert reg.flush() == 0
+
+
+def test_a_long_list_is_flushed_at_once(monkeypatch) -> None:
+    monkeypatch.setattr(registry_module, "MAX_DEFERRED", 10)
+    clock = Clock()
+    reg = MetricsRegistry(clock)
+    reg.defer_records()
+    stats = reg.router("outgoing").server("127.0.0.1", 4140)
+    for _ in range(9):
+        stats.start()
+        stats.finish_at(clock.t, 0.001, None, 200)
+    assert reg.deferred == 9 and stats.requests.value == 0
+    stats.start()
+    stats.finish_at(clock.t, 0.001, None, 200)  # the tenth: the list is applied at once
+    assert reg.deferred == 0 and stats.requests.value == 10
+
+
+def test_a_late_failure_applies_the_success_it_moves_first() -> None:
+    clock = Clock()
+    reg = MetricsRegistry(clock)
+    reg.defer_records()
+    stats = reg.router("outgoing").server("127.0.0.1", 4140)
+    stats.start()
+    stats.finish_at(clock.t, 0.001, None, 200)
+    stats.late_failure(Cause.UPSTREAM_RESET)  # the body was reset after the head: not a success
+    assert stats.success.value == 0 and stats.failures.value == 1 and stats.requests.value == 1
+    assert flat(reg)["rt/outgoing/server/127.0.0.1/4140/failures/upstream/reset"] == 1
+
+
+async def test_flush_when_idle_waits_for_an_idle_loop_and_flushes_on_cancel() -> None:
+    reg = MetricsRegistry(trio.current_time)
+    stats = reg.router("outgoing").server("127.0.0.1", 4140)
+
+    def record() -> None:
+        stats.start()
+        stats.finish_at(trio.current_time(), 0.001, None, 200)
+
+    reg.defer_records()  # as flush_when_idle does when it starts
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: reg.flush_when_idle(idle_s=0.001, every_s=0.005))
+        record()
+        assert reg.deferred == 1
+        # A busy loop (this task always runnable) is never idle: nothing is flushed, however long.
+        deadline = trio.current_time() + 0.1
+        while trio.current_time() < deadline:
+            await trio.lowlevel.checkpoint()
+            assert reg.deferred == 1
+        # Idle: flushed soon.
+        with trio.fail_after(5):
+            while reg.deferred:
+                await trio.sleep(0.002)
+        assert stats.requests.value == 1
+        record()
+        nursery.cancel_scope.cancel()
+    # Cancelled with a record waiting: it is applied on the way out.
+    assert reg.deferred == 0 and stats.requests.value == 2
