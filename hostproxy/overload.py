@@ -44,6 +44,8 @@ from typing import Any
 import structlog
 import trio
 
+from hostproxy.idle import wait_idle
+
 __all__ = [
     "Level",
     "OverloadConfig",
@@ -344,9 +346,14 @@ async def sample_loop(
     read: Callable[[], Reading] = sample,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Feed ``manager`` a reading every ``interval_s`` until cancelled (first one before ``started``)."""
+    """Feed ``manager`` a reading every ``interval_s`` until cancelled (first one before ``started``).
+
+    Each reading waits for an idle loop first (``hostproxy.idle``), a quarter of the interval at
+    most: the reading lists the open descriptors, about 0.9 ms with 2,000 of them, which between two
+    bursts of requests delays none of them; a loop that is never idle is read all the same."""
     manager.update(read())
     task_status.started()
     while True:
         await trio.sleep(interval_s)
+        await wait_idle(at_most_s=interval_s / 4)
         manager.update(read())

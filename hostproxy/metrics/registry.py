@@ -50,6 +50,7 @@ from typing import Any, Protocol
 import trio
 
 from hostproxy.causes import Cause
+from hostproxy.idle import IDLE_S, wait_idle
 from hostproxy.metrics.histogram import WindowedHistogram
 from hostproxy.metrics.topn import TopN
 
@@ -110,15 +111,8 @@ def _stat_reader(obj: _HasStatistics, name: str, shared: list[Any]) -> Callable[
 MAX_DEFERRED = 4096
 #: How long the loop must have been idle before `flush_when_idle` flushes (seconds, real time), and
 #: how often it looks.
-FLUSH_IDLE_S = 0.001
+FLUSH_IDLE_S = IDLE_S
 FLUSH_EVERY_S = 0.05
-
-# The function ``trio.testing.wait_all_tasks_blocked`` re-exports, taken from where it is defined:
-# importing ``trio.testing`` costs about 80 ms of the daemon's start for modules it does not use.
-try:
-    from trio._core import wait_all_tasks_blocked as _wait_idle
-except ImportError:  # pragma: no cover - a trio that moved it
-    from trio.testing import wait_all_tasks_blocked as _wait_idle
 
 UNCAPPED_LABELS = frozenset({"router", "cause", "code", "quantile"})
 OVERFLOW = "overflow"
@@ -255,7 +249,7 @@ class MetricsRegistry:
             while True:
                 await sleep(every_s)
                 if self._deferred:
-                    await _wait_idle(idle_s)
+                    await wait_idle(idle_s)
                     self.flush()
         finally:
             self.flush()
