@@ -3,16 +3,37 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The interpreter the venv is made from: the distribution's /usr/bin/python3 when it is 3.11 or newer
+# and can make venvs, else the first python3 on PATH. Debian builds its python3 with profile-guided
+# and link-time optimisation and links libpython statically; a plain source build of the same
+# version (pyenv's, for one) costs about 10% more CPU per proxied request (see the README's
+# Performance section). Give PYTHON=... to choose another; the venv is made again when it changes.
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(shell for p in /usr/bin/python3 python3; do \
+  if $$p -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then \
+  command -v $$p; break; fi; done)
+endif
+# Which interpreter the venv was made from (its real path).
+INTERPRETER := $(VENV)/.interpreter
 # Debian packages the tests and the benchmark talk to (real clients and servers, never mocks).
 APT_PKGS := curl nginx haproxy wrk nghttp2-client dnsmasq chromium
 CONFIG ?= configs/local.yaml
 
-.PHONY: install apt bytecode run test bench lint fmt clean
+.PHONY: install apt interpreter bytecode run test bench lint fmt clean
 
-install: $(STAMP) apt
+install: interpreter $(STAMP) apt
+
+# A venv made from another interpreter than $(PYTHON) (or from an unknown one) is made again.
+interpreter:
+	@test -n "$(PYTHON)" || { echo "no python3 of version 3.11 or newer with venv and ensurepip found; give PYTHON=/path/to/python3"; exit 1; }
+	@want="$$(readlink -f "$$(command -v $(PYTHON))")"; have="$$(cat $(INTERPRETER) 2>/dev/null)"; \
+	if [ "$$want" != "$$have" ]; then \
+	  if [ -d $(VENV) ]; then echo "the venv was made from $${have:-an unknown interpreter}; making it again from $$want"; rm -rf $(VENV); fi; \
+	  $(PYTHON) -m venv $(VENV) && echo "$$want" > $(INTERPRETER); \
+	fi
 
 $(STAMP): requirements.lock pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@

@@ -357,6 +357,18 @@ def main(argv: list[str] | None = None) -> int:
     return rc
 
 
+def interpreter_build() -> str:
+    """Where the interpreter running hostproxy comes from and how it was built, as far as it says:
+    its real path, and whether libpython is linked in or shared (a shared one costs calls through
+    the PLT; the README's Performance section has the numbers)."""
+    try:
+        with open("/proc/self/maps") as f:
+            shared = any("libpython" in line for line in f)
+    except OSError:
+        return os.path.realpath(sys.executable)
+    return f"{os.path.realpath(sys.executable)}, libpython {'shared' if shared else 'linked in'}"
+
+
 def run_http(args: argparse.Namespace) -> int:
     """The proxies comparison (the first part); prints its tables."""
     for tool in ("wrk", "h2load", "nginx", "haproxy"):
@@ -407,7 +419,7 @@ def run_http(args: argparse.Namespace) -> int:
 
     print(
         f"\nhostproxy bench — loopback, {os.cpu_count()} cores, {args.duration}s per run, "
-        f"Python {sys.version.split()[0]}"
+        f"Python {sys.version.split()[0]} ({interpreter_build()})"
     )
     hdr = (
         f"{'target':<11} {'req/s@50c':>10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
