@@ -9,7 +9,13 @@ is driven with the same two loads:
 
 * ``wrk`` keep-alive at 50 connections for ``--duration`` seconds (throughput and latency under load);
 * a fixed rate of 1000 requests/s over 10 connections (``h2load --h1 --rps``, the shape of Linkerd's own
-  perf baseline), with per-request timings from ``--log-file`` for p50/p99/max.
+  perf baseline), with per-request timings from ``--log-file`` for p50/p99/max, twice: first with every
+  process free to run on any CPU (*shared*: the proxy competes with the load generator and the upstream
+  for the machine's CPUs, and a burst of requests it serves can be slowed by them), then with the proxy
+  alone on the last CPU and the load generator and the upstream on the others (*isolated*, the usual
+  placement for measuring what a proxy itself adds; it needs two CPUs at least). The fixed rate needs a
+  few percent of a CPU from the load generator and the upstream, so confining them costs them nothing
+  (the direct upstream's own p99 is lower so); the ``wrk`` load needs whole CPUs and runs shared only.
 
 For each target it prints requests/s, p50/p99/max, CPU seconds per 10k requests under wrk (utime+stime of
 all the proxy's processes from /proc), CPU milliseconds per request at the fixed rate (from the scheduler's
@@ -171,8 +177,55 @@ def _ms(text: str) -> float:
     return float(text)
 
 
-def run_fixed_rate(port: int, duration: int, tmp: Path) -> dict[str, float]:
+def cpu_sets() -> tuple[set[int], set[int]] | None:
+    """The isolated placement's CPUs: ``(the proxy's, the load generator's and upstream's)``, the last
+    CPU this process may use and the others; None with fewer than two."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+    if len(cpus) < 2:
+        return None
+    return {cpus[-1]}, set(cpus[:-1])
+
+
+def place(pids: list[int], cpus: set[int]) -> None:
+    """Confine every thread of ``pids`` to ``cpus`` (a process that is gone is skipped)."""
+    for pid in pids:
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, cpus)
+
+
+@contextlib.contextmanager
+def isolated(proxy_pids: list[int], upstream_pids: list[int]) -> Iterator[set[int] | None]:
+    """Within: the proxy on its own CPU, the upstream on the others; yields the load generator's CPUs
+    (None when there are not two CPUs: nothing moved). Everything may run anywhere again after."""
+    sets = cpu_sets()
+    if sets is None:
+        yield None
+        return
+    proxy_cpus, load_cpus = sets
+    everywhere = proxy_cpus | load_cpus
+    place(proxy_pids, proxy_cpus)
+    place(upstream_pids, load_cpus)
+    try:
+        yield load_cpus
+    finally:
+        place(proxy_pids, everywhere)
+        place(upstream_pids, everywhere)
+
+
+def run_fixed_rate(
+    port: int, duration: int, tmp: Path, load_cpus: set[int] | None = None
+) -> dict[str, float]:
+    """p50/p99/max of 1000 requests/s over 10 connections; with ``load_cpus``, h2load runs on those."""
     log = tmp / f"h2load-{port}.log"
+    log.unlink(missing_ok=True)
     subprocess.run(
         [
             "h2load",
@@ -186,6 +239,7 @@ def run_fixed_rate(port: int, duration: int, tmp: Path) -> dict[str, float]:
         capture_output=True,
         text=True,
         check=True,
+        preexec_fn=(lambda: os.sched_setaffinity(0, load_cpus)) if load_cpus else None,
     )
     lat = sorted(int(line.split("\t")[2]) / 1000.0 for line in log.read_text().splitlines() if line)
     if not lat:
@@ -413,6 +467,10 @@ def run_http(args: argparse.Namespace) -> int:
             r1 = run_cpu_seconds(t.pids())
             if t.proc and r0 is not None and r1 is not None and t.results.get("fr_requests"):
                 t.results["fr_cpu_ms"] = (r1 - r0) / t.results["fr_requests"] * 1000
+            with isolated(t.pids(), process_tree(procs[0].pid)) as load_cpus:
+                if load_cpus is not None:
+                    iso = run_fixed_rate(t.port, args.duration, tmp, load_cpus)
+                    t.results.update({f"iso_{k}": v for k, v in iso.items()})
             if t.proc:
                 t.results["rss_mb"] = memory_kb(t.pids(), "VmHWM") / 1024
         opened, idle_rss = idle_connections_rss(hp, targets[1], args.idle)
@@ -440,6 +498,26 @@ def run_http(args: argparse.Namespace) -> int:
             f"{f('cpu_per_10k'):>10} "
             f"{f('rss_mb', '{:.1f}'):>12}"
         )
+    sets = cpu_sets()
+    if sets is not None and "iso_fr_p99" in targets[0].results:
+        print()
+        print(
+            f"1000 req/s isolated: the proxy alone on CPU {min(sets[0])}, h2load and the upstream on "
+            f"CPU {','.join(map(str, sorted(sets[1])))}"
+        )
+        ihdr = f"{'target':<11} {'1k/s p50':>9} {'1k/s p99':>9} {'1k/s max':>9} {'added p99':>10}"
+        print(ihdr)
+        print("-" * len(ihdr))
+        d_iso = targets[0].results["iso_fr_p99"]
+        for t in targets:
+            r = t.results
+            if "iso_fr_p99" not in r:
+                continue
+            added = "-" if t.name == "direct" else f"{r['iso_fr_p99'] - d_iso:+.2f}"
+            print(
+                f"{t.name:<11} {r['iso_fr_p50']:>9.2f} {r['iso_fr_p99']:>9.2f} {r['iso_fr_max']:>9.2f} "
+                f"{added:>10}"
+            )
     by = {t.name: t.results for t in targets}
     h = by["hostproxy"]
     print()
@@ -448,7 +526,9 @@ def run_http(args: argparse.Namespace) -> int:
         if o.get("rps") and h.get("rps"):
             print(f"hostproxy/{other}: requests/s {h['rps'] / o['rps']:.3f}", end="")
             if "fr_p99" in o and "fr_p99" in h:
-                print(f", added p99 at 1000 req/s {h['fr_p99'] - o['fr_p99']:+.2f} ms", end="")
+                print(f", added p99 at 1000 req/s {h['fr_p99'] - o['fr_p99']:+.2f} ms shared", end="")
+            if "iso_fr_p99" in o and "iso_fr_p99" in h:
+                print(f", {h['iso_fr_p99'] - o['iso_fr_p99']:+.2f} ms isolated", end="")
             print()
     d_r = by["direct"]
     for name, what in (
@@ -457,8 +537,14 @@ def run_http(args: argparse.Namespace) -> int:
     ):
         r = by[name]
         if "fr_p99" in r and "fr_p99" in d_r:
+            iso_text = (
+                f", {r['iso_fr_p99'] - d_r['iso_fr_p99']:+.2f} ms isolated"
+                if "iso_fr_p99" in r and "iso_fr_p99" in d_r
+                else ""
+            )
             print(
-                f"{name} ({what}): added p99 at 1000 req/s {r['fr_p99'] - d_r['fr_p99']:+.2f} ms over direct"
+                f"{name} ({what}): added p99 at 1000 req/s {r['fr_p99'] - d_r['fr_p99']:+.2f} ms shared"
+                f"{iso_text} over direct"
             )
     if "fr_cpu_ms" in h:
         print(

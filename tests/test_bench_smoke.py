@@ -4,8 +4,10 @@ the counts that do not depend on timing are right. No timing thresholds: numbers
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import re
+import subprocess
 
 import pytest
 
@@ -21,6 +23,32 @@ def _row(lines: list[str], label: str) -> str:
 
 
 # -- pure pieces ------------------------------------------------------------------------------------
+
+
+def test_isolated_placement_moves_the_proxy_and_the_upstream_and_puts_them_back() -> None:
+    sets = bench.cpu_sets()
+    everywhere = os.sched_getaffinity(0)
+    if len(everywhere) < 2:
+        assert sets is None  # one CPU: nothing to isolate, nothing is moved
+        return
+    assert sets is not None
+    proxy_cpus, load_cpus = sets
+    assert proxy_cpus == {max(everywhere)} and load_cpus == everywhere - proxy_cpus
+    proxy = subprocess.Popen(["sleep", "30"])
+    upstream = subprocess.Popen(["sleep", "30"])
+    try:
+        with bench.isolated([proxy.pid], [upstream.pid]) as given:
+            assert given == load_cpus
+            assert os.sched_getaffinity(proxy.pid) == proxy_cpus
+            assert os.sched_getaffinity(upstream.pid) == load_cpus
+        assert os.sched_getaffinity(proxy.pid) == everywhere
+        assert os.sched_getaffinity(upstream.pid) == everywhere
+        bench.place([proxy.pid, 2**22 + 12345], proxy_cpus)  # a pid that is gone is skipped
+        assert os.sched_getaffinity(proxy.pid) == proxy_cpus
+    finally:
+        for p in (proxy, upstream):
+            p.kill()
+            p.wait()
 
 
 def test_ip_for_is_unique_and_dotted() -> None:
