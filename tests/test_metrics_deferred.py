@@ -129,3 +129,20 @@ async def test_flush_when_idle_waits_for_an_idle_loop_and_flushes_on_cancel() ->
         nursery.cancel_scope.cancel()
     # Cancelled with a record waiting: it is applied on the way out.
     assert reg.deferred == 0 and stats.requests.value == 2
+
+
+async def test_a_loop_that_is_never_idle_is_flushed_after_at_most_s() -> None:
+    reg = MetricsRegistry(trio.current_time)
+    stats = reg.router("outgoing").server("127.0.0.1", 4140)
+    reg.defer_records()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: reg.flush_when_idle(idle_s=0.001, every_s=0.005, at_most_s=0.05))
+        stats.start()
+        stats.finish_at(trio.current_time(), 0.001, None, 200)
+        # Busy (this task always runnable) for far longer than at_most_s: flushed all the same.
+        deadline = trio.current_time() + 5
+        while reg.deferred and trio.current_time() < deadline:
+            await trio.lowlevel.checkpoint()
+        assert reg.deferred == 0 and stats.requests.value == 1
+        assert reg.statistics()["flushes"] == 1
+        nursery.cancel_scope.cancel()

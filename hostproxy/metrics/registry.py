@@ -27,8 +27,8 @@ called): the end of a request, `RequestStats.finish_at` in every scope that coun
 of the metrics work (a histogram record, the request, success or failure and status counters).
 Deferred, it is one tuple appended to the registry's list, and `flush()` applies the list later,
 exactly as the calls would have (each record keeps its own time, so it lands in its own histogram
-slice). The daemon flushes when the event loop has been idle for a moment (`flush_when_idle`), so a
-burst of requests is answered before its bookkeeping is done; `metrics()`, which every reader goes
+slice). The daemon flushes when the event loop has been idle for a moment (`flush_when_idle`; after a
+second of waiting for that, at once), so a burst of requests is answered before its bookkeeping is done; `metrics()`, which every reader goes
 through, flushes first, so no reader ever sees a record missing; a list that reaches
 `MAX_DEFERRED` records (a loop that is never idle) is flushed at once. `pending` changes at once.
 
@@ -109,10 +109,12 @@ def _stat_reader(obj: _HasStatistics, name: str, shared: list[Any]) -> Callable[
 
 #: Deferred records flushed at once when this many are waiting (see the module docstring).
 MAX_DEFERRED = 4096
-#: How long the loop must have been idle before `flush_when_idle` flushes (seconds, real time), and
-#: how often it looks.
+#: How long the loop must have been idle before `flush_when_idle` flushes (seconds, real time), how
+#: often it looks, and how long it waits for an idle loop at most (records stay far younger than a
+#: histogram's window, whatever the load).
 FLUSH_IDLE_S = IDLE_S
 FLUSH_EVERY_S = 0.05
+FLUSH_AT_MOST_S = 1.0
 
 UNCAPPED_LABELS = frozenset({"router", "cause", "code", "quantile"})
 OVERFLOW = "overflow"
@@ -238,18 +240,21 @@ class MetricsRegistry:
         return len(self._deferred) if self._deferred else 0
 
     async def flush_when_idle(
-        self, *, idle_s: float = FLUSH_IDLE_S, every_s: float = FLUSH_EVERY_S, sleep: Any = None
+        self,
+        *,
+        idle_s: float = FLUSH_IDLE_S,
+        every_s: float = FLUSH_EVERY_S,
+        at_most_s: float = FLUSH_AT_MOST_S,
     ) -> None:
         """Defer records and flush them, every `every_s`, once the loop has been idle for `idle_s`
-        (no runnable task and no I/O ready): between bursts of requests, never inside one. Runs
-        until cancelled; flushes what is left then."""
+        (no runnable task and no I/O ready): between bursts of requests, never inside one; after
+        `at_most_s` of waiting for that, at once. Runs until cancelled; flushes what is left then."""
         self.defer_records()
-        sleep = sleep or trio.sleep
         try:
             while True:
-                await sleep(every_s)
+                await trio.sleep(every_s)
                 if self._deferred:
-                    await wait_idle(idle_s)
+                    await wait_idle(idle_s, at_most_s=at_most_s)
                     self.flush()
         finally:
             self.flush()
@@ -359,7 +364,12 @@ class MetricsRegistry:
         return dict(self._routers)
 
     def statistics(self) -> dict[str, Any]:
-        return {"metrics": len(self._metrics), "label_overflows": self.label_overflows}
+        return {
+            "metrics": len(self._metrics),
+            "label_overflows": self.label_overflows,
+            "deferred_records": self.deferred,
+            "flushes": self.flushes,
+        }
 
 
 class RequestStats:
