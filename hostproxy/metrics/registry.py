@@ -27,10 +27,11 @@ called): the end of a request, `RequestStats.finish_at` in every scope that coun
 of the metrics work (a histogram record, the request, success or failure and status counters).
 Deferred, it is one tuple appended to the registry's list, and `flush()` applies the list later,
 exactly as the calls would have (each record keeps its own time, so it lands in its own histogram
-slice). The daemon flushes when the event loop has been idle for a moment (`flush_when_idle`; after a
-second of waiting for that, at once), so a burst of requests is answered before its bookkeeping is done; `metrics()`, which every reader goes
-through, flushes first, so no reader ever sees a record missing; a list that reaches
-`MAX_DEFERRED` records (a loop that is never idle) is flushed at once. `pending` changes at once.
+slice). The daemon flushes when the event loop has been idle for a moment (`flush_when_idle`; after
+a second of waiting for that, at once), so a burst of requests is answered before its bookkeeping is
+done; `metrics()`, which every reader goes through, flushes first, so no reader ever sees a record
+missing; a list that reaches `MAX_DEFERRED` records (512, about half a millisecond of work) is
+flushed at once. `pending` changes at once.
 
 Scrapes are cheap (a busy proxy is scraped every few seconds): the registry counts structural
 changes in `version` (a metric added or removed) so renderers can keep their sorted layouts and
@@ -107,8 +108,10 @@ def _stat_reader(obj: _HasStatistics, name: str, shared: list[Any]) -> Callable[
     return read
 
 
-#: Deferred records flushed at once when this many are waiting (see the module docstring).
-MAX_DEFERRED = 4096
+#: Deferred records flushed at once when this many are waiting (see the module docstring): half a
+#: millisecond of work (about 1 µs a record), so a loop that is never idle pays it in small steps,
+#: not in long stalls.
+MAX_DEFERRED = 512
 #: How long the loop must have been idle before `flush_when_idle` flushes (seconds, real time), how
 #: often it looks, and how long it waits for an idle loop at most (records stay far younger than a
 #: histogram's window, whatever the load).
