@@ -26,6 +26,7 @@ install: interpreter $(STAMP) apt
 # A venv made from another interpreter than $(PYTHON) (or from an unknown one) is made again.
 interpreter:
 	@test -n "$(PYTHON)" || { echo "no python3 of version 3.11 or newer with venv and ensurepip found; give PYTHON=/path/to/python3"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "$(PYTHON) is not Python 3.11 or newer; give PYTHON=/path/to/python3"; exit 1; }
 	@want="$$(readlink -f "$$(command -v $(PYTHON))")"; have="$$(cat $(INTERPRETER) 2>/dev/null)"; \
 	if [ "$$want" != "$$have" ]; then \
 	  if [ -d $(VENV) ]; then echo "the venv was made from $${have:-an unknown interpreter}; making it again from $$want"; rm -rf $(VENV); fi; \
