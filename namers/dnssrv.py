@@ -466,7 +466,8 @@ class DnsSrvNamer(Namer):
 
 def from_config(cfg: Any) -> DnsSrvNamer:
     """Build the namer from a ``namers[]`` entry (a mapping or :class:`DnsSrvNamer` config dataclass):
-    ``refreshIntervalSeconds`` (default 5), ``dnsHosts``, ``prefix``, ``transformers``."""
+    ``refreshIntervalSeconds`` (default 5), ``refreshFromTtl`` (default false: when true, each answer
+    is refreshed at its TTL instead), ``dnsHosts``, ``prefix``, ``transformers``."""
     refresh = config_value(cfg, "refreshIntervalSeconds", "refresh_interval_seconds")
     refresh = 5 if refresh is None else refresh
     if isinstance(refresh, bool) or not isinstance(refresh, int | float) or refresh <= 0:
@@ -474,6 +475,10 @@ def from_config(cfg: Any) -> DnsSrvNamer:
             f"namers[].refreshIntervalSeconds must be a positive number of seconds for kind {KIND}, "
             f"got {refresh!r}"
         )
+    from_ttl = config_value(cfg, "refreshFromTtl", "refresh_from_ttl")
+    from_ttl = False if from_ttl is None else from_ttl
+    if not isinstance(from_ttl, bool):
+        raise ValueError(f"namers[].refreshFromTtl must be true or false for kind {KIND}, got {from_ttl!r}")
     hosts = config_value(cfg, "dnsHosts", "dns_hosts") or ()
     if isinstance(hosts, str):
         hosts = (hosts,)
@@ -487,5 +492,5 @@ def from_config(cfg: Any) -> DnsSrvNamer:
         hosts,
         prefix=config_value(cfg, "prefix"),
         transformers=config_value(cfg, "transformers") or (),
-        refresh_interval=float(refresh),
+        refresh_interval=None if from_ttl else float(refresh),
     )

@@ -224,6 +224,20 @@ def test_from_config():
         from_config({"refreshIntervalSeconds": 0})
 
 
+def test_from_config_refresh_from_ttl():
+    assert from_config({"kind": KIND, "refreshFromTtl": True}).core.refresh_interval is None
+    assert from_config({"kind": KIND, "refreshFromTtl": False}).core.refresh_interval == 5.0
+    from hostproxy.config import model
+
+    m = from_config(model.DnsSrvNamer(kind=KIND, refresh_from_ttl=True, refresh_interval_seconds=9))
+    assert m.core.refresh_interval is None  # the TTL replaces the interval
+    with pytest.raises(
+        ValueError,
+        match=r"^namers\[\]\.refreshFromTtl must be true or false for kind io\.l5d\.dnssrv, got 'yes'$",
+    ):
+        from_config({"refreshFromTtl": "yes"})
+
+
 def test_registry_names_this_factory():
     from hostproxy.config import registry
 
@@ -288,6 +302,23 @@ async def test_records_found_bound_with_weights_and_follow_changes(tmp_path: FsP
         )
         await wait_for(lambda: addr_set(n, name) == {("127.0.0.13", 9090, 5.0)})
         assert n.table.get((name.encode(),)).state == "bound"
+        nursery.cancel_scope.cancel()
+
+
+async def test_refresh_from_ttl_follows_the_answers_ttl(tmp_path: FsPath):
+    # dnsmasq answers its local records with this TTL; the namer's next lookup is that far away.
+    async with running_dnsmasq(tmp_path, WEB, ttl=7) as dns, trio.open_nursery() as nursery:
+        n = from_config({"kind": KIND, "dnsHosts": [dns.address], "refreshFromTtl": True})
+        await nursery.start(n.run)
+        name = "_http._tcp.web.test"
+        assert n.lookup(path(f"/{name}")) is PENDING
+        await wait_for(lambda: addr_set(n, name) == WEB_ADDRS)
+        state = n.state_json()["names"][name]
+        assert state["state"] == "bound" and state["ttlSecs"] == 7.0
+        sched = n.core.schedule((name.encode(),))
+        assert sched.ttl == 7.0
+        # Looked up again 7 s after this answer, not after the 5 s default interval.
+        assert 6.0 < sched.next_refresh - trio.current_time() <= 7.0
         nursery.cancel_scope.cancel()
 
 
