@@ -70,7 +70,9 @@ from hostproxy.config.registry import load_factory, lookup
 from hostproxy.dtabfile import DtabFileError, DtabFileWatcher, read_signature, watch_dtab_file
 from hostproxy.http.proxyheaders import ForwardedConfig, Labeler
 from hostproxy.http.server import Http1Server, ServerParams, bind_listeners
+from hostproxy.idle import run_when_idle
 from hostproxy.metrics import MetricsRegistry
+from hostproxy.metrics.registry import FLUSH_AT_MOST_S, FLUSH_EVERY_S
 from hostproxy.namerstate import NamerStateStore
 from hostproxy.overload import OverloadConfig, OverloadManager, detect_memory_limit, sample_loop
 from hostproxy.router import HttpRouter
@@ -656,7 +658,16 @@ class Daemon:
             nursery.start_soon(functools.partial(sdnotify.watchdog_loop, env=self.env))
             # Request metrics are recorded between bursts of requests, not inside them (the
             # registry's "deferred records"); every reader flushes first.
-            nursery.start_soon(self.metrics.flush_when_idle)
+            self.metrics.defer_records()
+            nursery.start_soon(
+                functools.partial(
+                    run_when_idle,
+                    self.metrics.flush,
+                    lambda: self.metrics.deferred,
+                    every_s=FLUSH_EVERY_S,
+                    at_most_s=FLUSH_AT_MOST_S,
+                )
+            )
             servers_done = trio.Event()
 
             async def run_servers(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

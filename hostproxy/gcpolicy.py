@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["GcPolicy", "GcStats", "install", "uninstall"]
+__all__ = ["GcPolicy", "GcStats", "install", "installed", "uninstall"]
 
 #: A complete walk of the heap at most this often (seconds), by default.
 FULL_EVERY_S = 3600.0

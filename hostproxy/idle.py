@@ -3,7 +3,8 @@
 A request is answered after every piece of work the loop does before it, so work that is not part
 of any request (applying deferred metrics records, overload sampling) delays the requests that
 arrive while it runs. :func:`wait_idle` returns once the loop has been idle for a moment: no task
-runnable and no I/O ready for ``idle_s`` of real time. Bursts of requests (each request's reading,
+runnable and no I/O ready for ``idle_s`` of real time; :func:`run_when_idle` does a piece of work
+that way periodically (the daemon's flush of deferred metrics records). Bursts of requests (each request's reading,
 forwarding and answering) keep the loop busy; the gaps between them are where such work belongs.
 
 It is trio's own ``wait_all_tasks_blocked`` (the function ``trio.testing`` re-exports), imported
@@ -13,6 +14,9 @@ modules it does not use.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import trio
 
 try:
@@ -20,7 +24,7 @@ try:
 except ImportError:  # pragma: no cover - a trio that moved it
     from trio.testing import wait_all_tasks_blocked as _wait_all_tasks_blocked
 
-__all__ = ["IDLE_S", "wait_idle"]
+__all__ = ["IDLE_S", "run_when_idle", "wait_idle"]
 
 #: How long the loop must have been idle (seconds, real time), by default.
 IDLE_S = 0.001
@@ -36,3 +40,24 @@ async def wait_idle(idle_s: float = IDLE_S, at_most_s: float | None = None) -> b
         await _wait_all_tasks_blocked(idle_s)
         return True
     return False
+
+
+async def run_when_idle(
+    work: Callable[[], Any],
+    pending: Callable[[], Any],
+    *,
+    every_s: float,
+    idle_s: float = IDLE_S,
+    at_most_s: float | None = None,
+) -> None:
+    """Every ``every_s``, when ``pending()`` is true, wait for an idle loop (``at_most_s`` at most)
+    and call ``work()``: between bursts of requests, never inside one. Runs until cancelled; calls
+    ``work()`` once more then, so nothing pending is left behind."""
+    try:
+        while True:
+            await trio.sleep(every_s)
+            if pending():
+                await wait_idle(idle_s, at_most_s=at_most_s)
+                work()
+    finally:
+        work()

@@ -1,4 +1,5 @@
-"""Deferred request records (MetricsRegistry.defer_records / flush / flush_when_idle): the same metrics
+"""Deferred request records (MetricsRegistry.defer_records / flush, applied by the daemon through
+hostproxy.idle.run_when_idle): the same metrics
 as recording at once, applied later, never missing for a reader, and flushed only when the event loop
 is idle."""
 
@@ -9,6 +10,7 @@ import random
 import trio
 
 from hostproxy.causes import Cause
+from hostproxy.idle import run_when_idle
 from hostproxy.metrics import MetricsRegistry, flat, prometheus
 from hostproxy.metrics import registry as registry_module
 
@@ -19,6 +21,18 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
+
+
+def deferring(now=None):
+    """A registry that defers records (on ``now``, a fresh ``Clock`` by default) and one server scope."""
+    reg = MetricsRegistry(now or Clock())
+    reg.defer_records()
+    return reg, reg.router("outgoing").server("127.0.0.1", 4140)
+
+
+def flushing_when_idle(reg: MetricsRegistry, **timings):
+    """The daemon's flush task for ``reg``, with test timings."""
+    return lambda: run_when_idle(reg.flush, lambda: reg.deferred, **timings)
 
 
 CAUSES = [None, None, None, Cause.UPSTREAM_5XX, Cause.TIMEOUT_REQUEST, Cause.CONNECT_REFUSED]
@@ -63,12 +77,9 @@ def test_deferred_records_give_exactly_the_metrics_of_immediate_ones() -> None:
 
 
 def test_pending_changes_at_once_and_the_rest_at_the_flush() -> None:
-    clock = Clock()
-    reg = MetricsRegistry(clock)
-    reg.defer_records()
-    stats = reg.router("outgoing").server("127.0.0.1", 4140)
+    reg, stats = deferring()
     stats.start()
-    stats.finish_at(clock.t, 0.010, None, 200)
+    stats.finish_at(1000.0, 0.010, None, 200)
     assert stats.pending == 0 and stats.requests.value == 0 and reg.deferred == 1
     assert reg.flush() == 1
     assert stats.requests.value == 1 and stats.success.value == 1 and reg.deferred == 0
@@ -77,42 +88,34 @@ def test_pending_changes_at_once_and_the_rest_at_the_flush() -> None:
 
 def test_a_long_list_is_flushed_at_once(monkeypatch) -> None:
     monkeypatch.setattr(registry_module, "MAX_DEFERRED", 10)
-    clock = Clock()
-    reg = MetricsRegistry(clock)
-    reg.defer_records()
-    stats = reg.router("outgoing").server("127.0.0.1", 4140)
+    reg, stats = deferring()
     for _ in range(9):
         stats.start()
-        stats.finish_at(clock.t, 0.001, None, 200)
+        stats.finish_at(1000.0, 0.001, None, 200)
     assert reg.deferred == 9 and stats.requests.value == 0
     stats.start()
-    stats.finish_at(clock.t, 0.001, None, 200)  # the tenth: the list is applied at once
+    stats.finish_at(1000.0, 0.001, None, 200)  # the tenth: the list is applied at once
     assert reg.deferred == 0 and stats.requests.value == 10
 
 
 def test_a_late_failure_applies_the_success_it_moves_first() -> None:
-    clock = Clock()
-    reg = MetricsRegistry(clock)
-    reg.defer_records()
-    stats = reg.router("outgoing").server("127.0.0.1", 4140)
+    reg, stats = deferring()
     stats.start()
-    stats.finish_at(clock.t, 0.001, None, 200)
+    stats.finish_at(1000.0, 0.001, None, 200)
     stats.late_failure(Cause.UPSTREAM_RESET)  # the body was reset after the head: not a success
     assert stats.success.value == 0 and stats.failures.value == 1 and stats.requests.value == 1
     assert flat(reg)["rt/outgoing/server/127.0.0.1/4140/failures/upstream/reset"] == 1
 
 
-async def test_flush_when_idle_waits_for_an_idle_loop_and_flushes_on_cancel() -> None:
-    reg = MetricsRegistry(trio.current_time)
-    stats = reg.router("outgoing").server("127.0.0.1", 4140)
+async def test_the_flush_waits_for_an_idle_loop_and_flushes_on_cancel() -> None:
+    reg, stats = deferring(trio.current_time)
 
     def record() -> None:
         stats.start()
         stats.finish_at(trio.current_time(), 0.001, None, 200)
 
-    reg.defer_records()  # as flush_when_idle does when it starts
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: reg.flush_when_idle(idle_s=0.001, every_s=0.005))
+        nursery.start_soon(flushing_when_idle(reg, idle_s=0.001, every_s=0.005))
         record()
         assert reg.deferred == 1
         # A busy loop (this task always runnable) is never idle: nothing is flushed, however long.
@@ -132,11 +135,9 @@ async def test_flush_when_idle_waits_for_an_idle_loop_and_flushes_on_cancel() ->
 
 
 async def test_a_loop_that_is_never_idle_is_flushed_after_at_most_s() -> None:
-    reg = MetricsRegistry(trio.current_time)
-    stats = reg.router("outgoing").server("127.0.0.1", 4140)
-    reg.defer_records()
+    reg, stats = deferring(trio.current_time)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: reg.flush_when_idle(idle_s=0.001, every_s=0.005, at_most_s=0.05))
+        nursery.start_soon(flushing_when_idle(reg, idle_s=0.001, every_s=0.005, at_most_s=0.05))
         stats.start()
         stats.finish_at(trio.current_time(), 0.001, None, 200)
         # Busy (this task always runnable) for far longer than at_most_s: flushed all the same.

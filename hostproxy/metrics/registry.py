@@ -27,8 +27,8 @@ called): the end of a request, `RequestStats.finish_at` in every scope that coun
 of the metrics work (a histogram record, the request, success or failure and status counters).
 Deferred, it is one tuple appended to the registry's list, and `flush()` applies the list later,
 exactly as the calls would have (each record keeps its own time, so it lands in its own histogram
-slice). The daemon flushes when the event loop has been idle for a moment (`flush_when_idle`; after
-a second of waiting for that, at once), so a burst of requests is answered before its bookkeeping is
+slice). The daemon flushes when the event loop has been idle for a moment (`hostproxy.idle.run_when_idle`
+with the `FLUSH_*` timings; after a second of waiting for that, at once), so a burst of requests is answered before its bookkeeping is
 done; `metrics()`, which every reader goes through, flushes first, so no reader ever sees a record
 missing; a list that reaches `MAX_DEFERRED` records (512, about half a millisecond of work) is
 flushed at once. `pending` changes at once.
@@ -48,10 +48,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import trio
-
 from hostproxy.causes import Cause
-from hostproxy.idle import IDLE_S, wait_idle
 from hostproxy.metrics.histogram import WindowedHistogram
 from hostproxy.metrics.topn import TopN
 
@@ -112,10 +109,8 @@ def _stat_reader(obj: _HasStatistics, name: str, shared: list[Any]) -> Callable[
 #: millisecond of work (about 1 µs a record), so a loop that is never idle pays it in small steps,
 #: not in long stalls.
 MAX_DEFERRED = 512
-#: How long the loop must have been idle before `flush_when_idle` flushes (seconds, real time), how
-#: often it looks, and how long it waits for an idle loop at most (records stay far younger than a
-#: histogram's window, whatever the load).
-FLUSH_IDLE_S = IDLE_S
+#: The daemon's flush of deferred records: how often it looks, and how long it waits for an idle loop
+#: at most (records stay far younger than a histogram's window, whatever the load).
 FLUSH_EVERY_S = 0.05
 FLUSH_AT_MOST_S = 1.0
 
@@ -241,26 +236,6 @@ class MetricsRegistry:
     def deferred(self) -> int:
         """Records waiting for `flush()`."""
         return len(self._deferred) if self._deferred else 0
-
-    async def flush_when_idle(
-        self,
-        *,
-        idle_s: float = FLUSH_IDLE_S,
-        every_s: float = FLUSH_EVERY_S,
-        at_most_s: float = FLUSH_AT_MOST_S,
-    ) -> None:
-        """Defer records and flush them, every `every_s`, once the loop has been idle for `idle_s`
-        (no runnable task and no I/O ready): between bursts of requests, never inside one; after
-        `at_most_s` of waiting for that, at once. Runs until cancelled; flushes what is left then."""
-        self.defer_records()
-        try:
-            while True:
-                await trio.sleep(every_s)
-                if self._deferred:
-                    await wait_idle(idle_s, at_most_s=at_most_s)
-                    self.flush()
-        finally:
-            self.flush()
 
     # -- registration (slow path) ------------------------------------------------------------------
 
