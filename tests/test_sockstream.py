@@ -7,6 +7,7 @@ from functools import partial
 
 import pytest
 import trio
+import trio.testing
 
 from hostproxy.http.sockstream import SockStream, adopt, open_tcp
 
@@ -16,18 +17,79 @@ def _pair() -> tuple[SockStream, socket.socket]:
     return SockStream(a), b
 
 
-async def test_receive_and_send_without_waiting_do_not_yield() -> None:
+async def test_receive_and_send_without_waiting_are_no_cancellation_points() -> None:
     stream, peer = _pair()
     with peer:
         peer.sendall(b"hello")
         await trio.lowlevel.checkpoint()
         with trio.CancelScope() as scope:
             scope.cancel()
-            # Completed at once: no checkpoint, so the cancelled scope is not noticed.
+            # Completed at once: no checkpoint (the yield before a write is shielded), so the
+            # cancelled scope is not noticed.
             assert await stream.receive_some(3) == b"hel"
             await stream.send_all(b"x")
         assert not stream.waited
         assert peer.recv(10) == b"x"
+        await stream.aclose()
+
+
+class _Steps(trio.abc.Instrument):
+    """Counts task steps (a step begins whenever a task is resumed)."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps += 1
+
+
+async def test_send_all_lets_the_tasks_of_the_same_pass_run_before_it_writes() -> None:
+    stream, peer = _pair()
+    peer.setblocking(False)
+    go = trio.Event()
+    seen: list[str] = []
+
+    async def writer() -> None:
+        await go.wait()
+        await stream.send_all(b"x")
+
+    async def bystander() -> None:
+        await go.wait()
+        # Woken in the same loop pass as the writer: it runs before the write, whichever of the
+        # two the loop runs first.
+        try:
+            peer.recv(10)
+            seen.append("written")
+        except BlockingIOError:
+            seen.append("not yet")
+
+    with peer:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer)
+            nursery.start_soon(bystander)
+            await trio.testing.wait_all_tasks_blocked()
+            go.set()
+        assert seen == ["not yet"]
+        assert peer.recv(10) == b"x"
+
+        # Turned off, a write that the kernel takes at once does not yield at all.
+        stream.yield_before_send = False
+        counter = _Steps()
+        trio.lowlevel.add_instrument(counter)
+        try:
+            await stream.send_all(b"y")
+        finally:
+            trio.lowlevel.remove_instrument(counter)
+        assert counter.steps == 0
+        assert peer.recv(10) == b"y"
+        stream.yield_before_send = True
+        counter = _Steps()
+        trio.lowlevel.add_instrument(counter)
+        try:
+            await stream.send_all(b"z")
+        finally:
+            trio.lowlevel.remove_instrument(counter)
+        assert counter.steps == 1  # one yield, then the write
         await stream.aclose()
 
 
@@ -110,6 +172,78 @@ async def test_aclose_wakes_a_waiting_reader() -> None:
             nursery.start_soon(read)
             await trio.sleep(0.01)
             await stream.aclose()
+
+
+async def test_receive_polled_reads_at_once_when_bytes_are_there() -> None:
+    stream, peer = _pair()
+    with peer:
+        assert not stream.readable_now()
+        peer.sendall(b"reply")
+        assert stream.readable_now()
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            # Readable: no wait, so no checkpoint, as receive_some.
+            assert await stream.receive_polled(3) == b"rep"
+        assert not stream.waited
+        assert await stream.receive_polled() == b"ly"
+        with pytest.raises(ValueError, match="max_bytes must be >= 1"):
+            await stream.receive_polled(0)
+        await stream.aclose()
+
+
+async def test_receive_polled_waits_without_a_failed_recv() -> None:
+    stream, peer = _pair()
+    failed: list[int] = []
+    real = stream.socket
+
+    class Counting:
+        """The stream's socket, counting the recv calls that found nothing."""
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        def recv(self, n: int) -> bytes:
+            try:
+                return real.recv(n)
+            except BlockingIOError:
+                failed.append(n)
+                raise
+
+    stream.socket = Counting()  # type: ignore[assignment]
+    with peer:
+        with trio.move_on_after(0.05) as scope:
+            await stream.receive_polled()
+        assert scope.cancelled_caught  # the wait is a cancellation point
+        assert stream.waited
+
+        async def later() -> None:
+            await trio.sleep(0.01)
+            peer.sendall(b"data")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(later)
+            assert await stream.receive_polled() == b"data"
+        assert failed == []  # waited on the poll's word, never on an EAGAIN
+        peer.close()
+        assert stream.readable_now()  # the end of the stream is readable
+        assert await stream.receive_polled() == b""
+    stream.socket = real
+    await stream.aclose()
+    assert stream.readable_now()  # closed: a read raises at once rather than waiting
+    with pytest.raises(trio.ClosedResourceError):
+        await stream.receive_polled()
+
+
+async def test_receive_polled_sees_a_reset_as_a_broken_stream() -> None:
+    stream, peer = _pair()
+    assert not stream.readable_now()  # makes the poll object before the reset
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    await stream.send_all(b"unread")
+    peer.close()
+    assert stream.readable_now()
+    with pytest.raises(trio.BrokenResourceError, match="^socket connection broken"):
+        await stream.receive_polled()
+    await stream.aclose()
 
 
 async def test_adopt_and_open_tcp() -> None:

@@ -541,7 +541,9 @@ class _Connection:
                 # ``serve_scope``): no deadline of its own to register and remove per request.
                 timer.add(self, inf if idle_s is None else self.server.now() + idle_s)
                 try:
-                    data = await self.stream.receive_some(RECEIVE_SIZE)  # ``receive`` inlined
+                    # ``receive`` inlined; a SockStream (the timer is only for those): the codec
+                    # took all it had, so the bytes are probably not there yet.
+                    data = await self.stream.receive_polled(RECEIVE_SIZE)
                 except _STREAM_ERRORS as exc:
                     raise _ClientGone(f"client connection failed: {exc}") from None
                 finally:

@@ -1,4 +1,5 @@
-"""``SockStream``: a plaintext TCP stream over a stdlib socket that only yields when it must wait.
+"""``SockStream``: a plaintext TCP stream over a stdlib socket that yields only when it must wait or
+before a write.
 
 Theory of operation
 -------------------
@@ -7,7 +8,7 @@ check before the system call and a task switch after it, even when the call succ
 HTTP/1.1 server and upstream pool do four such calls per proxied request, so that scheduling is a
 noticeable share of a request's CPU. :class:`SockStream` does the system call on a non-blocking
 stdlib socket directly and waits with ``trio.lowlevel.wait_readable``/``wait_writable`` only when
-the kernel says ``EAGAIN``:
+the kernel says ``EAGAIN`` (a write first yields once, for the reason below):
 
 * **Cancellation.** Every wait is a checkpoint (trio raises ``Cancelled`` there), so a timeout or a
   cancelled scope ends any operation that has to wait. An operation the kernel completes at once
@@ -18,6 +19,24 @@ the kernel says ``EAGAIN``:
   closed") once the socket is closed, ``BrokenResourceError`` ("socket connection broken: ...",
   chained to the ``OSError``) for any other socket error; ``ClosedResourceError`` after ``send_eof``
   (``"can't send data after sending EOF"``) and from a wait that another task's ``aclose`` ended.
+* **Writes go out together.** ``send_all`` first lets the other runnable tasks run (one yield,
+  shielded from cancellation, so it is no cancellation point and nothing else changes), then sends.
+  In a burst, the tasks of one loop pass each build their message and then write one after another,
+  instead of each writing in the middle of the others' work. A peer that sleeps in its event loop
+  between messages (an upstream, a load balancer, a client's pool) is then woken once for the
+  burst rather than once per message. A wake-up costs the sender the kernel's work to wake the
+  peer's CPU: on the 2-vCPU guest of ``make bench`` a ``send`` that wakes its peer takes 11-24 µs
+  against a few µs for one that does not, and this yield cut hostproxy's CPU per request by 13-21%
+  at 1,000 requests/s and by about a fifth at 50 busy connections. Its price is one task switch per
+  write, which a lone request pays without gain (about 0.02 ms of latency here).
+  :attr:`SockStream.yield_before_send` turns it off for one stream; ``YIELD_BEFORE_SEND`` is the
+  default of new streams.
+* **Reads that expect to wait.** A ``recv`` with nothing to read costs about three times a plain
+  system call, because the stdlib makes, raises and catches a ``BlockingIOError`` (with a traceback
+  entry) for its ``EAGAIN``. Where the bytes are probably not there yet (the reply to a request just
+  sent, a keep-alive client's next request), :meth:`SockStream.receive_polled` asks first with one
+  ``poll`` of no timeout (a ``select.poll`` made on the stream's first such read) and waits when the
+  socket is not readable; :meth:`SockStream.readable_now` is that check alone.
 * **Ownership.** The stream owns its socket: ``aclose`` wakes any task waiting on it, then closes
   it. :func:`adopt` takes the descriptor over from an accepted ``trio.SocketStream`` that nothing
   has waited on yet (trio's public ``detach``: no second descriptor per connection; closing the
@@ -34,18 +53,22 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
 
 import trio
 
-__all__ = ["DEFAULT_RECEIVE_SIZE", "SockStream", "adopt", "open_tcp"]
+__all__ = ["DEFAULT_RECEIVE_SIZE", "YIELD_BEFORE_SEND", "SockStream", "adopt", "open_tcp"]
 
 DEFAULT_RECEIVE_SIZE = 65536
+#: Whether new streams yield once before each write (``SockStream.yield_before_send``).
+YIELD_BEFORE_SEND = True
 
 _CLOSED_ERRNOS = {errno.EBADF, errno.ENOTSOCK}
 
 _wait_readable = trio.lowlevel.wait_readable
 _wait_writable = trio.lowlevel.wait_writable
+_yield = trio.lowlevel.cancel_shielded_checkpoint
 
 
 def _translated(exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourceError:
@@ -63,7 +86,7 @@ def _translated(exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourceE
 class SockStream:
     """A ``trio.abc.HalfCloseableStream`` over a non-blocking stdlib TCP socket (see the module)."""
 
-    __slots__ = ("socket", "waited", "_eof_sent")
+    __slots__ = ("socket", "waited", "_eof_sent", "_poller", "yield_before_send")
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -71,6 +94,10 @@ class SockStream:
         #: Set whenever an operation had to wait (and so passed a checkpoint); the owner clears it.
         self.waited = False
         self._eof_sent = False
+        # ``readable_now``'s poll object, made on its first call (an idle connection carries none).
+        self._poller: select.poll | None = None
+        #: Whether ``send_all`` lets the other runnable tasks run before it writes (see the module).
+        self.yield_before_send = YIELD_BEFORE_SEND
 
     def __repr__(self) -> str:
         return f"<SockStream fd={self.socket.fileno()}>"
@@ -91,7 +118,43 @@ class SockStream:
             self.waited = True
             await _wait_readable(sock)
 
+    def readable_now(self) -> bool:
+        """Whether a read would not wait: the socket has bytes, its end or an error (one ``poll``
+        with no timeout). True once the socket is closed (a read then raises at once)."""
+        poller = self._poller
+        if poller is None:
+            fd = self.socket.fileno()
+            if fd == -1:
+                return True
+            poller = self._poller = select.poll()
+            poller.register(fd, select.POLLIN)  # (errors and hang-ups are always reported)
+        return bool(poller.poll(0))
+
+    async def receive_polled(self, max_bytes: int | None = None) -> bytes:
+        """``receive_some`` for bytes that are probably not there yet: waits first unless
+        :meth:`readable_now` (see the module docstring), so that a read that must wait costs a
+        ``poll`` rather than a failed ``recv``."""
+        if max_bytes is None:
+            max_bytes = DEFAULT_RECEIVE_SIZE
+        elif max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        sock = self.socket
+        if not self.readable_now():
+            self.waited = True
+            await _wait_readable(sock)
+        while True:
+            try:
+                return sock.recv(max_bytes)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise _translated(exc)  # noqa: B904 - its cause is set by _translated
+            self.waited = True
+            await _wait_readable(sock)
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if data and self.yield_before_send:
+            await _yield()  # the other runnable tasks first: their writes and this one go out together
         if self._eof_sent:
             raise trio.ClosedResourceError("can't send data after sending EOF")
         sock = self.socket
@@ -138,6 +201,7 @@ class SockStream:
         self._eof_sent = True
 
     async def aclose(self) -> None:
+        self._poller = None
         sock = self.socket
         if sock.fileno() != -1:
             trio.lowlevel.notify_closing(sock)
@@ -146,6 +210,7 @@ class SockStream:
 
     def close(self) -> None:
         """Close at once (``aclose`` without its checkpoint), e.g. from a ``finally`` that must not wait."""
+        self._poller = None
         sock = self.socket
         if sock.fileno() != -1:
             trio.lowlevel.notify_closing(sock)

@@ -72,7 +72,7 @@ from hostproxy.http.errors import (
 )
 from hostproxy.http.hopbyhop import strip_hop_by_hop, strip_response_fields
 from hostproxy.http.message import Body, Headers, Request, Response
-from hostproxy.http.sockstream import open_tcp
+from hostproxy.http.sockstream import SockStream, open_tcp
 
 __all__ = ["Connector", "PoolParams", "PoolState", "UpstreamPool"]
 
@@ -235,6 +235,9 @@ class _Conn:
     def readable_while_idle(self) -> bool:
         """True when the upstream closed or wrote to this idle connection (it cannot be reused)."""
         try:
+            stream = self.stream
+            if type(stream) is SockStream:
+                return stream.readable_now()  # (its own poll object, also used for reading)
             poller = self.poller
             if poller is None:
                 poller = self.poller = select.poll()
@@ -738,7 +741,9 @@ class UpstreamPool(NurseryOwner):
     async def _read_head(self, conn: _Conn, req: Request) -> Response:
         codec = conn.codec
         errors = self.errors
-        receive_some = conn.stream.receive_some
+        stream = conn.stream
+        # Every read here comes after the codec took all it had: the bytes are probably not there yet.
+        receive_some = stream.receive_polled if type(stream) is SockStream else stream.receive_some
         while True:
             try:
                 event = codec.next_event()
