@@ -7,6 +7,7 @@ import gc
 import json
 import math
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 import trio
@@ -370,6 +371,36 @@ async def test_scrapes_let_other_tasks_run_between_slices(monkeypatch: Any) -> N
     body, ticks = await _render_beside_a_ticker(handler, "/admin/metrics/prometheus")
     prom_metrics = sum(1 for m in ctx.metrics.metrics() if m.prom is not None)
     assert body.decode() == prometheus(ctx.metrics) and ticks >= prom_metrics // 50 - 1
+
+
+async def test_slices_wait_while_other_tasks_have_work(monkeypatch: Any) -> None:
+    """A burst of work in other tasks runs to its end before the render's next slice; a loop that
+    never idles (the ticker above) still gets one slice per SLICE_WAIT_MAX_S."""
+    monkeypatch.setattr(handlers, "SCRAPE_SLICE", 50)
+    real = handlers.flat_json_slices
+    events: list[str] = []
+
+    def recorded(*args: Any) -> Iterator[bytes]:
+        for part in real(*args):
+            events.append("slice")
+            yield part
+
+    monkeypatch.setattr(handlers, "flat_json_slices", recorded)
+    ctx = _big_context(100)
+    handler = AdminHandler(ctx)
+
+    async def burst() -> None:
+        for _ in range(30):
+            events.append("burst")
+            await trio.sleep(0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(burst)
+        response = await handler(_request("/admin/metrics.json"), _conn())
+    assert await response.body.read_all() == metrics_json(ctx.metrics)
+    first, last = events.index("burst"), len(events) - 1 - events[::-1].index("burst")
+    assert events[first : last + 1] == ["burst"] * 30  # no slice in the middle of the burst
+    assert events.count("slice") >= len(ctx.metrics) // 50
 
 
 class SlicedClientsContext(FakeAdminContext):

@@ -70,6 +70,7 @@ from hostproxy.admin.delegator_page import CONTENT_SECURITY_POLICY, render_page
 from hostproxy.http.message import Body, Headers, Request, Response
 from hostproxy.http.proxyheaders import via_count
 from hostproxy.http.server import ConnInfo
+from hostproxy.idle import wait_idle
 from hostproxy.metrics import NoSuchSubtree
 from hostproxy.metrics.render import collect, flat_json_slices, metrics_json_from, prometheus_slices
 
@@ -199,8 +200,21 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+#: The longest a sliced render waits for an idle event loop before its next slice anyway: under a
+#: load that never lets the loop idle, a scrape still advances (a slice per this many seconds).
+SLICE_WAIT_MAX_S = 0.05
+
+
+async def _between_slices() -> None:
+    """Requests first: the next slice of a render runs once the event loop has nothing else to run
+    (``SLICE_WAIT_MAX_S`` at most). Yielding alone would queue each request's next step (its
+    write, see ``sockstream``) behind the slice."""
+    await wait_idle(0.0, at_most_s=SLICE_WAIT_MAX_S)
+
+
 async def _drain_sliced(steps: Iterator[Any]) -> list[Any]:
-    """Run a sliced renderer: one step per event-loop turn, each with the collector paused."""
+    """Run a sliced renderer: one step at a time when the loop is idle, each with the collector
+    paused."""
     parts: list[Any] = []
     while True:
         with _gc_paused():
@@ -208,7 +222,7 @@ async def _drain_sliced(steps: Iterator[Any]) -> list[Any]:
         if part is None:
             return parts
         parts.append(part)
-        await trio.sleep(0)  # let requests through between slices
+        await _between_slices()  # let requests through between slices
 
 
 COLLECT_SLICE = 256  # metrics read per event-loop turn while a human form (tree, pretty) collects
@@ -640,13 +654,13 @@ class AdminHandler:
     # -- metrics ---------------------------------------------------------------------------------
 
     async def _collect(self) -> list[Any]:
-        """Read every metric's value in slices, yielding to the event loop between them, so a scrape
-        of thousands of clients never holds up requests for more than one slice."""
+        """Read every metric's value in slices, each when the event loop is idle, so a scrape of
+        thousands of clients never holds up requests for more than one slice."""
         metrics = list(self.ctx.metrics.metrics())
         items: list[Any] = []
         for i in range(0, len(metrics), COLLECT_SLICE):
             items.extend(collect(metrics[i : i + COLLECT_SLICE]))
-            await trio.sleep(0)
+            await _between_slices()
         return items
 
     async def _metrics_json(self, call: _Call) -> Response:
