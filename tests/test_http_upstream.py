@@ -11,6 +11,7 @@ import trio
 from upstreams import running_proxy, running_upstream
 
 from hostproxy.http import Body, ConnectError, Headers, Request, RequestTimeout, UpstreamPool, UpstreamReset
+from hostproxy.http.sockstream import SockStream
 from hostproxy.http.upstream import PoolState, _Conn
 
 
@@ -32,6 +33,16 @@ async def test_keep_alive_connection_is_reused_when_clean() -> None:
             0,
         )
         assert up.connections == 1
+
+
+async def test_connections_to_addresses_write_requests_together() -> None:
+    """A pool's plaintext connections to an IP address let the loop's other tasks run before each
+    write (``SockStream.yield_before_send``), so a burst's requests leave together."""
+    async with running_upstream() as up, UpstreamPool("127.0.0.1", up.port) as pool:
+        r = await pool.request(get("/len/3"))
+        assert await r.body.read_all() == b"yyy"
+        (conn,) = pool._state.idle
+        assert isinstance(conn.stream, SockStream) and conn.stream.yield_before_send
 
 
 async def test_response_not_read_to_the_end_closes_the_connection() -> None:

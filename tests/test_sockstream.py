@@ -63,6 +63,7 @@ async def test_send_all_lets_the_tasks_of_the_same_pass_run_before_it_writes() -
         except BlockingIOError:
             seen.append("not yet")
 
+    stream.yield_before_send = True
     with peer:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(writer)
@@ -72,7 +73,7 @@ async def test_send_all_lets_the_tasks_of_the_same_pass_run_before_it_writes() -
         assert seen == ["not yet"]
         assert peer.recv(10) == b"x"
 
-        # Turned off, a write that the kernel takes at once does not yield at all.
+        # Off (the default), a write that the kernel takes at once does not yield at all.
         stream.yield_before_send = False
         counter = _Steps()
         trio.lowlevel.add_instrument(counter)

@@ -1,5 +1,4 @@
-"""``SockStream``: a plaintext TCP stream over a stdlib socket that yields only when it must wait or
-before a write.
+"""``SockStream``: a plaintext TCP stream over a stdlib socket that only yields when it must wait.
 
 Theory of operation
 -------------------
@@ -8,7 +7,7 @@ check before the system call and a task switch after it, even when the call succ
 HTTP/1.1 server and upstream pool do four such calls per proxied request, so that scheduling is a
 noticeable share of a request's CPU. :class:`SockStream` does the system call on a non-blocking
 stdlib socket directly and waits with ``trio.lowlevel.wait_readable``/``wait_writable`` only when
-the kernel says ``EAGAIN`` (a write first yields once, for the reason below):
+the kernel says ``EAGAIN`` (or, by choice, once before a write: see below):
 
 * **Cancellation.** Every wait is a checkpoint (trio raises ``Cancelled`` there), so a timeout or a
   cancelled scope ends any operation that has to wait. An operation the kernel completes at once
@@ -19,18 +18,17 @@ the kernel says ``EAGAIN`` (a write first yields once, for the reason below):
   closed") once the socket is closed, ``BrokenResourceError`` ("socket connection broken: ...",
   chained to the ``OSError``) for any other socket error; ``ClosedResourceError`` after ``send_eof``
   (``"can't send data after sending EOF"``) and from a wait that another task's ``aclose`` ended.
-* **Writes go out together.** ``send_all`` first lets the other runnable tasks run (one yield,
-  shielded from cancellation, so it is no cancellation point and nothing else changes), then sends.
-  In a burst, the tasks of one loop pass each build their message and then write one after another,
-  instead of each writing in the middle of the others' work. A peer that sleeps in its event loop
-  between messages (an upstream, a load balancer, a client's pool) is then woken once for the
-  burst rather than once per message. A wake-up costs the sender the kernel's work to wake the
-  peer's CPU: on the 2-vCPU guest of ``make bench`` a ``send`` that wakes its peer takes 11-24 µs
-  against a few µs for one that does not, and this yield cut hostproxy's CPU per request by 13-21%
-  at 1,000 requests/s and by about a fifth at 50 busy connections. Its price is one task switch per
-  write, which a lone request pays without gain (about 0.02 ms of latency here).
-  :attr:`SockStream.yield_before_send` turns it off for one stream; ``YIELD_BEFORE_SEND`` is the
-  default of new streams.
+* **Writes that go out together** (:attr:`SockStream.yield_before_send`, off by default; the
+  upstream pool turns it on for its connections). ``send_all`` then first lets the other runnable
+  tasks run (one yield, shielded from cancellation, so it is no cancellation point and nothing else
+  changes) and sends after them. In a burst, the tasks of one loop pass each build their request
+  and then write one after another, instead of each writing in the middle of the others' work, so
+  an upstream that sleeps in its event loop between messages is woken once for the burst rather
+  than once per request. A wake-up costs the sender the kernel's work to wake the peer's CPU: on
+  the 2-vCPU guest of ``make bench`` a ``send`` that wakes its peer takes 11-24 µs against a few
+  µs for one that does not. The price is one task switch per write, which a lone request pays
+  without gain. Responses to clients are written at once: a client's latency ends with that write,
+  and delaying it to batch the client's wake-ups measured worse.
 * **Reads that expect to wait.** A ``recv`` with nothing to read costs about three times a plain
   system call, because the stdlib makes, raises and catches a ``BlockingIOError`` (with a traceback
   entry) for its ``EAGAIN``. Where the bytes are probably not there yet (the reply to a request just
@@ -58,11 +56,9 @@ import socket
 
 import trio
 
-__all__ = ["DEFAULT_RECEIVE_SIZE", "YIELD_BEFORE_SEND", "SockStream", "adopt", "open_tcp"]
+__all__ = ["DEFAULT_RECEIVE_SIZE", "SockStream", "adopt", "open_tcp"]
 
 DEFAULT_RECEIVE_SIZE = 65536
-#: Whether new streams yield once before each write (``SockStream.yield_before_send``).
-YIELD_BEFORE_SEND = True
 
 _CLOSED_ERRNOS = {errno.EBADF, errno.ENOTSOCK}
 
@@ -97,7 +93,7 @@ class SockStream:
         # ``readable_now``'s poll object, made on its first call (an idle connection carries none).
         self._poller: select.poll | None = None
         #: Whether ``send_all`` lets the other runnable tasks run before it writes (see the module).
-        self.yield_before_send = YIELD_BEFORE_SEND
+        self.yield_before_send = False
 
     def __repr__(self) -> str:
         return f"<SockStream fd={self.socket.fileno()}>"

@@ -502,6 +502,9 @@ class UpstreamPool(NurseryOwner):
                 stream = await open_tcp(self.host, self.port)
                 if stream is None:
                     stream = await trio.open_tcp_stream(self.host, self.port)
+                else:
+                    # A burst's requests go out together: the upstream is woken once, not per request.
+                    stream.yield_before_send = True
             if scope.cancelled_caught:
                 raise ConnectError(
                     f"Unable to establish connection to {self.endpoint}: "
