@@ -112,6 +112,18 @@ def test_fields_out_cache_is_bounded() -> None:
     assert long not in codec_fast._OUT_LINES
 
 
+def test_request_ids_are_not_cached() -> None:
+    """The proxy writes a new l5d-reqid on every request: caching its lines would only fill the map
+    and empty it (and with it every common line) about every thousand requests."""
+    codec_fast._OUT_LINES.clear()
+    codec_fast._OUT_NOTED_LINES.clear()
+    common = [(b"host", b"svc"), (b"user-agent", b"curl/8")]
+    for i in range(codec_fast._OUT_LINES_MAX * 2):
+        block = _fields_out([*common, (b"l5d-reqid", b"%016x" % i)])
+        assert block == b"host: svc\r\nuser-agent: curl/8\r\nl5d-reqid: %016x\r\n\r\n" % i
+    assert set(codec_fast._OUT_LINES) | set(codec_fast._OUT_NOTED_LINES) == set(common)
+
+
 # -- writers ----------------------------------------------------------------------------------------
 
 _WRITER_FIELDS = [

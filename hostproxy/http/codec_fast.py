@@ -386,7 +386,7 @@ def _out_line(nv: tuple[bytes, bytes]) -> bytes | None:
     ):
         return None
     line = b"%s: %s\r\n" % nv
-    if len(line) <= _OUT_LINE_CACHED_MAX:
+    if len(line) <= _OUT_LINE_CACHED_MAX and name not in _ONE_OFF_NAMES:
         cache = _OUT_NOTED_LINES if name.lower() in _WRITER_NAMES else _OUT_LINES
         if len(cache) >= _OUT_LINES_MAX:
             cache.clear()
@@ -403,6 +403,9 @@ _OUT_LINES: dict[tuple[bytes, bytes], bytes] = {}
 _OUT_NOTED_LINES: dict[tuple[bytes, bytes], bytes] = {}
 _OUT_LINES_MAX: Final = 1024
 _OUT_LINE_CACHED_MAX: Final = 256
+# Fields whose value is new in every message by design (the proxy makes a request id per request):
+# never cached, so that they do not fill the map and empty it every thousand requests.
+_ONE_OFF_NAMES: Final = frozenset([b"l5d-reqid"])
 # The field names (lowercased) whose values ``send_request`` and ``send_response`` act on.
 _WRITER_NAMES: Final = frozenset(
     [b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade"]
