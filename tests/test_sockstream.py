@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Awaitable
 from functools import partial
+from typing import Any
 
 import pytest
 import trio
@@ -43,6 +45,17 @@ class _Steps(trio.abc.Instrument):
         self.steps += 1
 
 
+async def _steps_taken(operation: Awaitable[None]) -> int:
+    """How many task steps began while ``operation`` ran (0: it never yielded)."""
+    counter = _Steps()
+    trio.lowlevel.add_instrument(counter)
+    try:
+        await operation
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+    return counter.steps
+
+
 async def test_send_all_lets_the_tasks_of_the_same_pass_run_before_it_writes() -> None:
     stream, peer = _pair()
     peer.setblocking(False)
@@ -75,43 +88,37 @@ async def test_send_all_lets_the_tasks_of_the_same_pass_run_before_it_writes() -
 
         # Off (the default), a write that the kernel takes at once does not yield at all.
         stream.yield_before_send = False
-        counter = _Steps()
-        trio.lowlevel.add_instrument(counter)
-        try:
-            await stream.send_all(b"y")
-        finally:
-            trio.lowlevel.remove_instrument(counter)
-        assert counter.steps == 0
+        assert await _steps_taken(stream.send_all(b"y")) == 0
         assert peer.recv(10) == b"y"
         stream.yield_before_send = True
-        counter = _Steps()
-        trio.lowlevel.add_instrument(counter)
-        try:
-            await stream.send_all(b"z")
-        finally:
-            trio.lowlevel.remove_instrument(counter)
-        assert counter.steps == 1  # one yield, then the write
+        assert await _steps_taken(stream.send_all(b"z")) == 1  # one yield, then the write
         await stream.aclose()
 
 
 async def test_receive_waits_and_a_wait_is_a_cancellation_point() -> None:
     stream, peer = _pair()
     with peer:
-        with trio.move_on_after(0.05) as scope:
-            await stream.receive_some()
-        assert scope.cancelled_caught
-        assert stream.waited
-
-        async def later() -> None:
-            await trio.sleep(0.01)
-            peer.sendall(b"data")
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(later)
-            assert await stream.receive_some() == b"data"
-        peer.close()
-        assert await stream.receive_some() == b""
+        await _waits_then_reads(stream, peer, stream.receive_some)
         await stream.aclose()
+
+
+async def _waits_then_reads(stream: SockStream, peer: socket.socket, receive: Any) -> None:
+    """``receive`` (a read of ``stream``) waits for bytes, its wait is a cancellation point, and it
+    reads what ``peer`` sends later, then the end once ``peer`` closes."""
+    with trio.move_on_after(0.05) as scope:
+        await receive()
+    assert scope.cancelled_caught
+    assert stream.waited
+
+    async def later() -> None:
+        await trio.sleep(0.01)
+        peer.sendall(b"data")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(later)
+        assert await receive() == b"data"
+    peer.close()
+    assert await receive() == b""
 
 
 async def test_send_all_sends_everything_through_a_full_buffer() -> None:
@@ -212,22 +219,9 @@ async def test_receive_polled_waits_without_a_failed_recv() -> None:
 
     stream.socket = Counting()  # type: ignore[assignment]
     with peer:
-        with trio.move_on_after(0.05) as scope:
-            await stream.receive_polled()
-        assert scope.cancelled_caught  # the wait is a cancellation point
-        assert stream.waited
-
-        async def later() -> None:
-            await trio.sleep(0.01)
-            peer.sendall(b"data")
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(later)
-            assert await stream.receive_polled() == b"data"
+        await _waits_then_reads(stream, peer, stream.receive_polled)
         assert failed == []  # waited on the poll's word, never on an EAGAIN
-        peer.close()
         assert stream.readable_now()  # the end of the stream is readable
-        assert await stream.receive_polled() == b""
     stream.socket = real
     await stream.aclose()
     assert stream.readable_now()  # closed: a read raises at once rather than waiting

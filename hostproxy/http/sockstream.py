@@ -130,23 +130,12 @@ class SockStream:
         """``receive_some`` for bytes that are probably not there yet: waits first unless
         :meth:`readable_now` (see the module docstring), so that a read that must wait costs a
         ``poll`` rather than a failed ``recv``."""
-        if max_bytes is None:
-            max_bytes = DEFAULT_RECEIVE_SIZE
-        elif max_bytes < 1:
+        if max_bytes is not None and max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
-        sock = self.socket
         if not self.readable_now():
             self.waited = True
-            await _wait_readable(sock)
-        while True:
-            try:
-                return sock.recv(max_bytes)
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise _translated(exc)  # noqa: B904 - its cause is set by _translated
-            self.waited = True
-            await _wait_readable(sock)
+            await _wait_readable(self.socket)
+        return await self.receive_some(max_bytes)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if data and self.yield_before_send:
