@@ -147,3 +147,33 @@ async def test_a_loop_that_is_never_idle_is_flushed_after_at_most_s() -> None:
         assert reg.deferred == 0 and stats.requests.value == 1
         assert reg.statistics()["flushes"] == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_a_quiet_flush_looks_less_and_less_often(autojump_clock) -> None:
+    """Nothing pending: the flush task looks at 0.05, 0.1, 0.2, 0.4, 0.8 s and then once a second
+    (an idle daemon does not wake 20 times a second); a record brings it back to every 0.05 s."""
+    reg, stats = deferring(trio.current_time)
+    looks: list[float] = []
+
+    def pending() -> int:
+        looks.append(round(trio.current_time() - start, 3))
+        return reg.deferred
+
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            lambda: run_when_idle(
+                reg.flush, pending, every_s=0.05, idle_s=0.001, at_most_s=1.0, quiet_max_s=1.0
+            )
+        )
+        await trio.sleep(5.0)
+        assert looks == [0.05, 0.15, 0.35, 0.75, 1.55, 2.55, 3.55, 4.55]
+        stats.start()
+        stats.finish_at(trio.current_time(), 0.001, None, 200)
+        del looks[:]
+        await trio.sleep(1.5)
+        assert reg.deferred == 0 and stats.requests.value == 1
+        # The next look (5.55 s) finds it and flushes (the loop is idle); then it looks 0.05 s later
+        # again, backing off while nothing more is pending.
+        assert looks == [5.55, 5.6, 5.7, 5.9, 6.3]
+        nursery.cancel_scope.cancel()

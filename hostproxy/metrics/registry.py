@@ -28,8 +28,9 @@ of the metrics work (a histogram record, the request, success or failure and sta
 Deferred, it is one tuple appended to the registry's list, and `flush()` applies the list later,
 exactly as the calls would have (each record keeps its own time, so it lands in its own histogram
 slice). The daemon flushes when the event loop has been idle for a moment (`hostproxy.idle.run_when_idle`
-with the `FLUSH_*` timings; after a second of waiting for that, at once), so a burst of requests is answered before its bookkeeping is
-done; `metrics()`, which every reader goes through, flushes first, so no reader ever sees a record
+with the `FLUSH_*` timings: it looks every 50 ms, or down to once a second while no request ends, and
+after a second of waiting for an idle loop flushes at once), so a burst of requests is answered before
+its bookkeeping is done; `metrics()`, which every reader goes through, flushes first, so no reader ever sees a record
 missing; a list that reaches `MAX_DEFERRED` records (512, about half a millisecond of work) is
 flushed at once. `pending` changes at once.
 
@@ -109,10 +110,12 @@ def _stat_reader(obj: _HasStatistics, name: str, shared: list[Any]) -> Callable[
 #: millisecond of work (about 1 µs a record), so a loop that is never idle pays it in small steps,
 #: not in long stalls.
 MAX_DEFERRED = 512
-#: The daemon's flush of deferred records: how often it looks, and how long it waits for an idle loop
-#: at most (records stay far younger than a histogram's window, whatever the load).
+#: The daemon's flush of deferred records: how often it looks, how long it waits for an idle loop at
+#: most, and how seldom it looks while no request ends (records stay far younger than a histogram's
+#: window, whatever the load; readers flush first anyway).
 FLUSH_EVERY_S = 0.05
 FLUSH_AT_MOST_S = 1.0
+FLUSH_QUIET_MAX_S = 1.0
 
 UNCAPPED_LABELS = frozenset({"router", "cause", "code", "quantile"})
 OVERFLOW = "overflow"
