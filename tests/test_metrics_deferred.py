@@ -5,6 +5,7 @@ is idle."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import trio
@@ -177,3 +178,28 @@ async def test_a_quiet_flush_looks_less_and_less_often(autojump_clock) -> None:
         # again, backing off while nothing more is pending.
         assert looks == [5.55, 5.6, 5.7, 5.9, 6.3]
         nursery.cancel_scope.cancel()
+
+
+def test_the_sliced_renderers_apply_deferred_records_even_with_a_cached_layout() -> None:
+    """A record deferred after a render (whose layout is now cached) may add a metric (a first
+    failure cause, a first status): the next sliced render applies it and shows it."""
+    from hostproxy.metrics.render import flat_json_slices, prometheus_slices
+
+    reg, stats = deferring()
+    stats.start()
+    stats.finish_at(1000.0, 0.001, None, 200)
+    for _ in range(2):  # (the first render applies the record, which adds metrics: a new version)
+        b"".join(flat_json_slices(reg))
+        "".join(prometheus_slices(reg))
+    assert reg.render_cache["flat"][0] == reg.render_cache["prometheus"][0] == reg.version  # cached
+    stats.start()
+    stats.finish_at(1000.0, 0.001, Cause.UPSTREAM_5XX, 500)
+    assert reg.deferred == 1
+    flat_doc = json.loads(b"".join(flat_json_slices(reg)))
+    assert reg.deferred == 0
+    assert flat_doc["rt/outgoing/server/127.0.0.1/4140/failures/upstream/5xx"] == 1
+    assert flat_doc["rt/outgoing/server/127.0.0.1/4140/status/500"] == 1
+    stats.start()
+    stats.finish_at(1000.0, 0.001, Cause.TIMEOUT_REQUEST, 503)
+    prom = "".join(prometheus_slices(reg))
+    assert reg.deferred == 0 and 'code="503"' in prom

@@ -363,7 +363,9 @@ def _flat_slice(metrics: Sequence[Metric]) -> list[str]:
 def _flat_layout(reg: MetricsRegistry, slice_size: int) -> Iterator[tuple[list[Metric], bool] | None]:
     """Yields None between steps, then the registry's metrics sorted by key and whether rendering them
     in that order, a stat's fields together, gives keys in strictly ascending order (true unless some
-    key sorts between a stat's `.avg` and `.sum`, or equals one of them). Cached per version."""
+    key sorts between a stat's `.avg` and `.sum`, or equals one of them). Cached per version, after
+    any deferred records were applied (a record may add a metric: a new status or failure cause)."""
+    reg.flush()  # (``metrics()`` does it too, but a cached layout does not call it)
     cached = reg.render_cache.get("flat")
     if cached is not None and cached[0] == reg.version:
         yield cached[1]
@@ -458,7 +460,9 @@ class _PromSeries:
 
 def _prom_layout(reg: MetricsRegistry, slice_size: int) -> Iterator[list[_PromSeries] | None]:
     """Yields None between steps, then every series in output order: counter, gauge and summary
-    families (each sorted by name), each family's series sorted by labels. Cached per version."""
+    families (each sorted by name), each family's series sorted by labels. Cached per version, after
+    any deferred records were applied (as ``_flat_layout``)."""
+    reg.flush()
     cached = reg.render_cache.get("prometheus")
     if cached is not None and cached[0] == reg.version:
         yield cached[1]
