@@ -202,12 +202,18 @@ class _Arrival:
         self.policy = policy
 
 
+#: Services whose settled binding the router remembers at most (``HttpRouter._settled``).
+_SETTLED_MAX = 1024
+
+
 class _Settled:
-    """The last binding that settled on one leaf (a bound tree that is a single leaf whose address
-    set is not pending, so nothing about it waits) and what the request path derives from it: the
-    client id and the service's entry. ``Binder.bind`` returns the same outcome object for as long
+    """A service's last binding that settled on one leaf (a bound tree that is a single leaf whose
+    address set is not pending, so nothing about it waits) and what the request path derives from it:
+    the client id and the service's entry. ``Binder.bind`` returns the same outcome object for as long
     as the binding holds (a rebind, a namer update or a new base dtab makes a new one), and an
-    outcome never changes, so the same object means the same leaf, client id and service."""
+    outcome never changes, so the same object means the same leaf, client id and service. The router
+    keeps one per service (``HttpRouter._settled``), so requests for several services interleaved
+    each find theirs."""
 
     __slots__ = ("outcome", "leaf", "client_id", "entry")
 
@@ -345,7 +351,8 @@ class HttpRouter:
         }
         self._clear_context = {s.ip: s.clear_context for s in cfg.servers}
         self._services: dict[Path, _Service] = {}
-        self._settled = _Settled(None, None, "", None)  # type: ignore[arg-type]
+        # Settled bindings by service (see ``_Settled``): bounded, emptied when full.
+        self._settled: dict[Path, _Settled] = {}
         self._stats_clock = metrics.clock  # what the metrics record by (usually the router's clock)
         self._one_clock = self._stats_clock is clock  # (then one reading serves both)
         self._arrival = _Arrival(None, 0, None, False, None)
@@ -468,10 +475,10 @@ class HttpRouter:
             policy = arrival.policy
             outcome = self.binder.bind(service, local, policy=policy, now=t0)  # the binder's clock is ours
             now = t0  # (until something is awaited)
-            settled = self._settled
+            settled = self._settled.get(service)
             leaf: BoundName | None
             entry: _Service | None
-            if outcome is settled.outcome:
+            if settled is not None and outcome is settled.outcome:
                 leaf, client_id, entry = settled.leaf, settled.client_id, settled.entry
                 svc = entry.stats
             else:
@@ -493,7 +500,10 @@ class HttpRouter:
                     svc = entry.stats
                     if type(tree) is Leaf and not outcome.pending and not isinstance(leaf.addr, AddrPending):
                         # Not waiting (see ``_waiting``), whatever the clients hold: settled.
-                        self._settled = _Settled(outcome, leaf, client_id, entry)
+                        memo = self._settled
+                        if len(memo) >= _SETTLED_MAX and service not in memo:
+                            memo.clear()
+                        memo[service] = _Settled(outcome, leaf, client_id, entry)
             svc.start()
             service_stats = svc
             client = self.clients.acquire(client_id, self._new_client, now)  # the cache's clock is ours

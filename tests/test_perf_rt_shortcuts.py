@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import trio
 
-from dtab import Dtab
+from dtab import Dtab, Path
+from hostproxy import router as router_module
 from hostproxy.balancer import EndpointInfo, P2CBalancer
 from hostproxy.budget import BudgetConfig, RetryBudget
 from hostproxy.config.validate import load_config
@@ -116,18 +117,21 @@ def _count(metrics: MetricsRegistry, key: str) -> Any:
     return {m.key: m for m in metrics.metrics()}[key].obj.value  # type: ignore[union-attr]
 
 
+WEB = Path.read("/svc/web")
+
+
 def test_a_settled_binding_is_remembered_and_dropped_when_the_binding_changes() -> None:
     async def body(router: HttpRouter, send: Any, metrics: MetricsRegistry) -> None:
         for _ in range(3):
             assert (await send()).headers.get(b"x-port") == b"9001"
-        settled = router._settled
+        settled = router._settled[WEB]
         assert settled.client_id == "/$/inet/127.0.0.1/9001"
         assert (await send()).headers.get(b"x-port") == b"9001"
-        assert router._settled is settled  # the same binding: remembered, not made again
+        assert router._settled[WEB] is settled  # the same binding: remembered, not made again
         router.set_dtab(Dtab.read("/svc => /$/inet/127.0.0.1/9002"))
         assert (await send()).headers.get(b"x-port") == b"9002"
         assert (await send()).headers.get(b"x-port") == b"9002"
-        assert router._settled.client_id == "/$/inet/127.0.0.1/9002"
+        assert router._settled[WEB].client_id == "/$/inet/127.0.0.1/9002"
         prefix = "rt/memo/service/svc/web"
         assert _count(metrics, f"{prefix}/requests") == 6
         assert _count(metrics, "rt/memo/client/$/inet/127.0.0.1/9001/requests") == 4
@@ -142,6 +146,43 @@ def test_a_union_is_never_settled_each_request_draws_a_branch() -> None:
         router.set_dtab(Dtab.read("/svc => 1 * /$/inet/127.0.0.1/9001 & 1 * /$/inet/127.0.0.1/9002"))
         ports = {(await send()).headers.get(b"x-port") for _ in range(40)}
         assert ports == {b"9001", b"9002"}
-        assert router._settled.outcome is None
+        assert WEB not in router._settled
+
+    trio.run(_router_run, body)
+
+
+def test_each_service_keeps_its_settled_binding_when_requests_interleave() -> None:
+    async def body(router: HttpRouter, send: Any, metrics: MetricsRegistry) -> None:
+        router.set_dtab(Dtab.read("/svc/web => /$/inet/127.0.0.1/9001; /svc/api => /$/inet/127.0.0.1/9002"))
+        conn = conn_for(load_config(CFG, source="test").routers[0])
+        for _ in range(2):
+            for host, port in ((b"web", b"9001"), (b"api", b"9002")):
+                assert (await router.handle(get_request(host), conn)).headers.get(b"x-port") == port
+        memo = dict(router._settled)
+        assert {str(k): v.client_id for k, v in memo.items()} == {
+            "/svc/web": "/$/inet/127.0.0.1/9001",
+            "/svc/api": "/$/inet/127.0.0.1/9002",
+        }
+        for _ in range(3):
+            for host, port in ((b"web", b"9001"), (b"api", b"9002")):
+                assert (await router.handle(get_request(host), conn)).headers.get(b"x-port") == port
+        assert all(router._settled[k] is v for k, v in memo.items())  # found, not made again
+        assert _count(metrics, "rt/memo/service/svc/api/requests") == 5
+        assert _count(metrics, "rt/memo/client/$/inet/127.0.0.1/9001/requests") == 5
+
+    trio.run(_router_run, body)
+
+
+def test_the_settled_memo_is_bounded(monkeypatch: Any) -> None:
+    monkeypatch.setattr(router_module, "_SETTLED_MAX", 3)
+
+    async def body(router: HttpRouter, send: Any, metrics: MetricsRegistry) -> None:
+        router.set_dtab(Dtab.read("/svc => /$/inet/127.0.0.1/9001"))
+        conn = conn_for(load_config(CFG, source="test").routers[0])
+        for i in range(7):
+            for _ in range(2):  # (a service settles on its second request, once it has an entry)
+                assert (await router.handle(get_request(b"s%d" % i), conn)).status == 200
+            assert 1 <= len(router._settled) <= 3
+        assert Path.read("/svc/s6") in router._settled
 
     trio.run(_router_run, body)
