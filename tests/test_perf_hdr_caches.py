@@ -180,7 +180,25 @@ def test_writers_match_their_uncached_selves(monkeypatch: Any) -> None:
     fast = [_writer_transcript(*case) for case in cases]
     fast_warm = [_writer_transcript(*case) for case in cases]
     monkeypatch.setattr(codec_fast, "_fields_noted", lambda headers: None)
+    monkeypatch.setattr(codec_fast, "_response_fields_noted", lambda headers: None)
     slow = [_writer_transcript(*case) for case in cases]
     assert fast == slow == fast_warm
     assert sum(isinstance(t[0], bytes) for t in slow) > 300
     assert sum(isinstance(t[2], bytes) for t in slow) > 300
+
+
+def test_response_blocks_are_remembered_within_bounds() -> None:
+    """``send_response`` looks a response's fields up as a whole: the same block as when each field
+    is looked up, only blocks up to the length bound are kept, and the map is emptied when full."""
+    codec_fast._OUT_BLOCKS.clear()
+    fields = [(b"server", b"nginx"), (b"content-type", b"text/plain"), (b"content-length", b"3")]
+    first = codec_fast._response_fields_noted(fields)
+    assert first == codec_fast._fields_noted(fields)
+    assert codec_fast._response_fields_noted(list(fields)) is first  # the remembered one
+    long = [(b"x-long", b"a" * codec_fast._OUT_BLOCK_CACHED_MAX)]
+    assert codec_fast._response_fields_noted(long) == codec_fast._fields_noted(long)
+    assert tuple(long) not in codec_fast._OUT_BLOCKS
+    assert codec_fast._response_fields_noted([[b"x-a", b"1"]]) is None  # unhashable: the checks decide
+    for i in range(codec_fast._OUT_BLOCKS_MAX + 10):
+        codec_fast._response_fields_noted([(b"x-n", b"%d" % i)])
+        assert 1 <= len(codec_fast._OUT_BLOCKS) <= codec_fast._OUT_BLOCKS_MAX

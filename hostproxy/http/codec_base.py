@@ -7,7 +7,7 @@ selected in ``hostproxy.http.codec``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 __all__ = [
@@ -64,6 +64,21 @@ class ResponseHead:
     reason: bytes
     headers: HeaderList
     http_version: bytes
+    # A memo shared by every event made from the same head bytes (the fast codec's remembered heads),
+    # where a consumer may keep what it derives from ``headers`` alone; ``None`` when there is none.
+    # Not part of the event's value.
+    memo: HeadMemo | None = field(default=None, compare=False, repr=False)
+
+
+class HeadMemo:
+    """What consumers derive from one remembered head's fields (see ``ResponseHead.memo``)."""
+
+    __slots__ = ("stripped",)
+
+    def __init__(self) -> None:
+        # The upstream pool's ``strip_response_fields`` result: the kept pairs and the
+        # Content-Length value.
+        self.stripped: tuple[tuple[tuple[bytes, bytes], ...], bytes | None] | None = None
 
 
 @dataclass(slots=True, unsafe_hash=True)

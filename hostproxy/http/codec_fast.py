@@ -42,7 +42,11 @@ that fails (or is not a pair of ``bytes``) goes to the uncached checks, a few by
 whole block and then field by field (``_fields_out_checked``), so no CR, LF or NUL can reach the
 wire from a header and every refusal is what it was.  Parsed status lines are remembered (a bounded
 map), since an upstream sends few distinct ones; so are request lines and field lines
-(``_fields_in``), since a client sends many alike.
+(``_fields_in``), since a client sends many alike; and so are whole heads that were accepted (their
+bytes -> the parsed start line and fields, each event getting a list of its own), since a peer sends
+the same head again and again. A remembered response head carries a memo (``ResponseHead.memo``)
+where the upstream pool keeps the fields it strips from it. A response's field block is remembered
+by the fields' values (``_response_fields_noted``), since the proxy passes an upstream's fields on.
 
 Known, deliberate differences from h11 (all stricter): duplicate equal ``Content-Length`` fields,
 control characters (other than HTAB) in field values, bare LF in trailers, and (in requests)
@@ -66,6 +70,7 @@ from hostproxy.http.codec_base import (
     EndOfMessage,
     Event,
     HeaderList,
+    HeadMemo,
     Informational,
     LocalProtocolError,
     ProtocolError,
@@ -125,6 +130,16 @@ _STATUS_LINES_MAX: Final = 256
 # few. Bounded in count and length; emptied when full, so that varied targets only cost a miss.
 _REQUEST_LINES: dict[bytes, tuple[bytes, ...]] = {}
 _REQUEST_LINES_MAX: Final = 1024
+# Whole heads parsed and accepted before: the head's bytes (start line and fields) -> the parsed
+# start line and a ``_Head`` that ``copy()`` hands out. A peer sends the same head again and again (a
+# client library's request to one service; an upstream's response within the second of its
+# ``Date``), and one lookup then replaces the line-by-line split. Only heads that passed every check
+# are remembered, and what is remembered is a function of the bytes alone (the size limits, which
+# differ per server, are applied before the lookup). Bounded in count and length, emptied when full.
+_REQUEST_HEADS: dict[bytes, tuple[tuple[bytes, ...], _Head]] = {}
+_RESPONSE_HEADS: dict[bytes, tuple[bytes, int, bytes | None, _Head, HeadMemo]] = {}
+_HEADS_MAX: Final = 256
+_HEAD_CACHED_MAX: Final = 1024
 _REQUEST_LINE_CACHED_MAX: Final = 256
 _DUMMY_LINE: Final = b"GET / HTTP/1.1\r\n"
 
@@ -201,6 +216,18 @@ class _Head:
         self.hosts = 0
         self.expect_100 = False
         self.upgrade = False
+
+    def copy(self) -> _Head:
+        """A head like this one with a list of its own (a remembered head is never handed out)."""
+        head = _Head.__new__(_Head)
+        head.headers = list(self.headers)
+        head.length = self.length
+        head.chunked = self.chunked
+        head.close = self.close
+        head.hosts = self.hosts
+        head.expect_100 = self.expect_100
+        head.upgrade = self.upgrade
+        return head
 
 
 def _tokens(value: bytes) -> list[bytes]:
@@ -367,6 +394,26 @@ def _fields_noted(headers: HeaderList) -> tuple[bytes, HeaderList] | None:
     return b"".join(parts), noted
 
 
+def _response_fields_noted(headers: HeaderList) -> tuple[bytes, HeaderList] | None:
+    """``_fields_noted(headers)`` for a response, remembered by the fields' values: an upstream's
+    responses repeat theirs, and the proxy passes them on as they came (plus ``Via`` and the
+    length). The result depends on the values alone; only blocks of ``_OUT_BLOCK_CACHED_MAX`` bytes
+    at most are remembered, so no key is larger. A request's fields are not looked up so: the proxy
+    adds a new ``l5d-reqid`` to each."""
+    try:
+        key = tuple(headers)
+        known = _OUT_BLOCKS.get(key)
+    except TypeError:  # an unhashable field (a list, a bytearray): not for the cache
+        return None
+    if known is None:
+        known = _fields_noted(headers)
+        if known is not None and len(known[0]) <= _OUT_BLOCK_CACHED_MAX:
+            if len(_OUT_BLOCKS) >= _OUT_BLOCKS_MAX:
+                _OUT_BLOCKS.clear()
+            _OUT_BLOCKS[key] = known
+    return known
+
+
 def _out_line(nv: tuple[bytes, bytes]) -> bytes | None:
     """The line of one field not in the caches: checked exactly (a token name; a value without
     NUL or whitespace other than inner SP/HTAB) and remembered; ``None`` when the field is not a
@@ -402,6 +449,11 @@ def _out_line(nv: tuple[bytes, bytes]) -> bytes | None:
 _OUT_LINES: dict[tuple[bytes, bytes], bytes] = {}
 _OUT_NOTED_LINES: dict[tuple[bytes, bytes], bytes] = {}
 _OUT_LINES_MAX: Final = 1024
+# Response field blocks made before: the fields (a tuple of pairs) -> ``_fields_noted``'s result,
+# whose list of noted fields is only ever read. Bounded in count and block length; emptied when full.
+_OUT_BLOCKS: dict[tuple[tuple[bytes, bytes], ...], tuple[bytes, HeaderList]] = {}
+_OUT_BLOCKS_MAX: Final = 256
+_OUT_BLOCK_CACHED_MAX: Final = 1024
 _OUT_LINE_CACHED_MAX: Final = 256
 # Fields whose value is new in every message by design (the proxy makes a request id per request):
 # never cached, so that they do not fill the map and empty it every thousand requests.
@@ -779,6 +831,9 @@ class ServerCodec(_Side):
         if not isinstance(head, bytes):
             return head  # NEED_DATA or ConnectionClosed
         del buf[: len(head) + 2]
+        known = _REQUEST_HEADS.get(head)
+        if known is not None:
+            return self._accept(known[0], known[1], list(known[1].headers))
         line_end = head.find(b"\r\n")
         self._their = _T_ERROR  # until the head is accepted
         line = head[:line_end]
@@ -804,9 +859,13 @@ class ServerCodec(_Side):
             )
         if parsed.chunked and parsed.length is not None:
             raise ProtocolError("request has both Content-Length and Transfer-Encoding; send only one")
-        return self._accept(request_line, parsed)
+        if len(head) <= _HEAD_CACHED_MAX:
+            if len(_REQUEST_HEADS) >= _HEADS_MAX:
+                _REQUEST_HEADS.clear()
+            _REQUEST_HEADS[head] = (request_line, parsed.copy())
+        return self._accept(request_line, parsed, parsed.headers)
 
-    def _accept(self, request_line: tuple[bytes, ...], parsed: _Head) -> RequestHead:
+    def _accept(self, request_line: tuple[bytes, ...], parsed: _Head, headers: HeaderList) -> RequestHead:
         """The event for an accepted request head, and the state it puts the codec in."""
         method, target, version = request_line
         self.http_version = self._their_version = version
@@ -824,7 +883,7 @@ class ServerCodec(_Side):
             self._length = parsed.length or 0
             self._start_body(_F_LENGTH, self._length)
         self._our = _O_IDLE
-        return RequestHead(method, target, parsed.headers, version)
+        return RequestHead(method, target, headers, version)
 
     # -- sending ---------------------------------------------------------------------------------
 
@@ -867,7 +926,7 @@ class ServerCodec(_Side):
         conn_tokens: list[bytes] | None = None
         # With every field valid, only the fields looked at below need the loop (the others do
         # nothing in it); their block is already made.
-        noted = _fields_noted(headers)
+        noted = _response_fields_noted(headers)
         for name, value in headers if noted is None else noted[1]:
             lname = name.lower()
             if lname == b"content-length":
@@ -1079,9 +1138,23 @@ class ClientCodec(_Side):
         end = buf.find(b"\r\n\r\n") + 4
         if end != 3:
             head = bytes(buf[:end])
+            known = _RESPONSE_HEADS.get(head)
+            if known is not None:
+                del buf[:end]
+                parsed = known[3]
+                return self._response_event(
+                    known[0], known[1], known[2], parsed, list(parsed.headers), known[4]
+                )
             if head.count(b"\n") == head.count(b"\r\n"):
                 del buf[:end]
-                return self._response_event(*self._parse_head(head))
+                version, status, reason, parsed = self._parse_head(head)
+                memo = None
+                if end <= _HEAD_CACHED_MAX:
+                    if len(_RESPONSE_HEADS) >= _HEADS_MAX:
+                        _RESPONSE_HEADS.clear()
+                    memo = HeadMemo()
+                    _RESPONSE_HEADS[head] = (version, status, reason, parsed.copy(), memo)
+                return self._response_event(version, status, reason, parsed, parsed.headers, memo)
         match = _BLANK_LINE_RE.search(buf)
         if match is None:
             if buf and buf[0] < 0x21:
@@ -1101,7 +1174,8 @@ class ClientCodec(_Side):
         if head.count(b"\n") != head.count(b"\r\n"):
             # Lines ended by a bare LF (accepted in responses, as h11 does): make them CRLF.
             head = b"\r\n".join(line[:-1] if line.endswith(b"\r") else line for line in head.split(b"\n"))
-        return self._response_event(*self._parse_head(head))
+        version, status, reason, parsed = self._parse_head(head)
+        return self._response_event(version, status, reason, parsed, parsed.headers, None)
 
     def _parse_head(self, head: bytes) -> tuple[bytes, int, bytes | None, _Head]:
         """Version, status, reason and fields of a complete response head (CRLF line ends, the
@@ -1127,7 +1201,15 @@ class ClientCodec(_Side):
         except _FieldError as exc:
             raise self._fail(str(exc)) from None
 
-    def _response_event(self, version: bytes, status: int, reason: bytes | None, parsed: _Head) -> Event:
+    def _response_event(
+        self,
+        version: bytes,
+        status: int,
+        reason: bytes | None,
+        parsed: _Head,
+        headers: HeaderList,
+        memo: HeadMemo | None,
+    ) -> Event:
         """The event for a parsed response head, and the state it puts the codec in."""
         if status < 200:
             if status < 100:
@@ -1139,11 +1221,10 @@ class ClientCodec(_Side):
                     raise self._fail("Received server _SWITCH_UPGRADE event without a pending proposal")
                 self._their = _T_SWITCHED
                 self._our = _O_SWITCHED
-            return Informational(status, parsed.headers)
+            return Informational(status, headers)
         method = self._method
         if parsed.close or version < b"1.1":
             self._keep_alive = False
-        headers = parsed.headers
         if parsed.chunked and parsed.length is not None:
             # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length; never pass both on.
             headers = [(n, v) for n, v in headers if n != b"content-length"]
@@ -1162,7 +1243,7 @@ class ClientCodec(_Side):
                 self._start_body(_F_LENGTH, parsed.length)
             else:
                 self._start_body(_F_EOF, 0)
-        return ResponseHead(status, reason or b"", headers, version)
+        return ResponseHead(status, reason or b"", headers, version, memo)
 
     def _trailer_block(self, block: bytes) -> bytes:
         if b"\r\n " in block or b"\r\n\t" in block:

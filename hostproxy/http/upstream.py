@@ -805,8 +805,17 @@ class UpstreamPool(NurseryOwner):
         if no_body:
             headers = strip_hop_by_hop(Headers._trusted(event.headers))
         else:
-            # Without hop-by-hop fields and Content-Length (the body is re-framed), in one pass.
-            headers, cl = strip_response_fields(event.headers)
+            # Without hop-by-hop fields and Content-Length (the body is re-framed), in one pass; for
+            # a head the codec remembers, once (its memo keeps the result, which depends on the
+            # fields alone).
+            memo = event.memo
+            stripped = memo.stripped if memo is not None else None
+            if stripped is not None:
+                headers, cl = Headers._stripped(list(stripped[0])), stripped[1]
+            else:
+                headers, cl = strip_response_fields(event.headers)
+                if memo is not None and headers._hop_free:
+                    memo.stripped = (tuple(headers._items), cl)
             if cl is not None:
                 content_length = int(cl)
         data = _whole_body(conn.codec) if _whole_body is not None else None
