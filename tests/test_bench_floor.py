@@ -8,23 +8,18 @@ import socket
 
 import pytest
 import trio
+from upstreams import answer_each_head
 
 from hostproxy import bench_floor
 
 
+def _answer(head: bytes) -> bytes:
+    body = b"got " + head.split(b" ")[1]
+    return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+
+
 async def _upstream(stream: trio.SocketStream) -> None:
-    buf = b""
-    async with stream:
-        while True:
-            data = await stream.receive_some(65536)
-            if not data:
-                return
-            buf += data
-            while b"\r\n\r\n" in buf:
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                path = head.split(b" ")[1]
-                body = b"got " + path
-                await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+    await answer_each_head(stream, _answer)
 
 
 def _read_response(sock: socket.socket) -> bytes:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import trio
+from upstreams import answer_each_head
 
 from hostproxy.http import Headers, Request, UpstreamPool, codec_fast
 from hostproxy.http.codec_base import NEED_DATA, ProtocolError
@@ -180,18 +181,11 @@ _HOPPY = (
 
 
 async def _serve_fixed(listener: trio.SocketListener, served: list[int]) -> None:
-    stream = await listener.accept()
-    buf = b""
-    async with stream:
-        while True:
-            data = await stream.receive_some(65536)
-            if not data:
-                return
-            buf += data
-            while b"\r\n\r\n" in buf:
-                _, buf = buf.split(b"\r\n\r\n", 1)
-                served.append(1)
-                await stream.send_all(_HOPPY)
+    def answer(_head: bytes) -> bytes:
+        served.append(1)
+        return _HOPPY
+
+    await answer_each_head(await listener.accept(), answer)
 
 
 async def test_the_pool_strips_a_remembered_head_once() -> None:

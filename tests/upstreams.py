@@ -37,7 +37,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -391,3 +391,18 @@ if __name__ == "__main__":
             print(port, flush=True)
 
     trio.run(_main)
+
+
+async def answer_each_head(stream: trio.SocketStream, answer: Callable[[bytes], bytes]) -> None:
+    """A bare upstream for requests without bodies: for each request head read from ``stream`` (up to
+    its blank line), send ``answer(head)``; until the peer closes."""
+    buf = b""
+    async with stream:
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            buf += data
+            while b"\r\n\r\n" in buf:
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                await stream.send_all(answer(head))
