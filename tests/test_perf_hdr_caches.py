@@ -139,6 +139,9 @@ _WRITER_FIELDS = [
     (b"upgrade", b"websocket"),
     (b"x-a", b"1"),
     (b"via", b"1.1 hostproxy"),
+    (b"l5d-reqid", b"00ff00ff00ff00ff"),
+    (b"l5d-reqid", b"00ff 00ff"),
+    (b"l5d-reqid", b""),
 ]
 
 
@@ -181,6 +184,7 @@ def test_writers_match_their_uncached_selves(monkeypatch: Any) -> None:
     fast_warm = [_writer_transcript(*case) for case in cases]
     monkeypatch.setattr(codec_fast, "_fields_noted", lambda headers: None)
     monkeypatch.setattr(codec_fast, "_response_fields_noted", lambda headers: None)
+    monkeypatch.setattr(codec_fast, "_request_fields_noted", lambda headers: None)
     slow = [_writer_transcript(*case) for case in cases]
     assert fast == slow == fast_warm
     assert sum(isinstance(t[0], bytes) for t in slow) > 300
@@ -202,3 +206,33 @@ def test_response_blocks_are_remembered_within_bounds() -> None:
     for i in range(codec_fast._OUT_BLOCKS_MAX + 10):
         codec_fast._response_fields_noted([(b"x-n", b"%d" % i)])
         assert 1 <= len(codec_fast._OUT_BLOCKS) <= codec_fast._OUT_BLOCKS_MAX
+
+
+def test_request_blocks_leave_the_request_id_out() -> None:
+    """``send_request``'s lookup remembers the block of the fields before a last ``l5d-reqid`` and adds
+    that field's line to it: the same as ``_fields_noted`` gives, for every request id, with one entry
+    for all of them; a request id that is not plain letters and digits, or fields in another order,
+    take ``_fields_noted``; the map is bounded."""
+    codec_fast._OUT_REQUEST_BLOCKS.clear()
+    common = [(b"host", b"svc"), (b"user-agent", b"curl/8"), (b"l5d-dst-service", b"/svc/users")]
+    for i in range(300):
+        fields = [*common, (b"l5d-reqid", b"%016x" % i)]
+        assert codec_fast._request_fields_noted(fields) == codec_fast._fields_noted(fields)
+    assert list(codec_fast._OUT_REQUEST_BLOCKS) == [tuple(common)]
+    odd = [
+        [*common, (b"l5d-reqid", b"a b")],
+        [*common, (b"l5d-reqid", b"a\r\nx-injected: 1")],
+        [*common, (b"l5d-reqid", b"")],
+        [(b"l5d-reqid", b"abc"), *common],
+        [(b"bad name", b"1"), (b"l5d-reqid", b"abc")],
+        [[b"host", b"svc"], (b"l5d-reqid", b"abc")],
+        [*common, ("l5d-reqid", "abc")],
+        [],
+    ]
+    for fields in odd:
+        assert codec_fast._request_fields_noted(fields) == codec_fast._fields_noted(fields)
+    assert list(codec_fast._OUT_REQUEST_BLOCKS) == [tuple(common)]
+    for i in range(codec_fast._OUT_BLOCKS_MAX + 10):
+        codec_fast._request_fields_noted([(b"x-n", b"%d" % i), (b"l5d-reqid", b"abc")])
+        assert 1 <= len(codec_fast._OUT_REQUEST_BLOCKS) <= codec_fast._OUT_BLOCKS_MAX
+    assert not codec_fast._ONE_OFF_NAMES & codec_fast._WRITER_NAMES  # the noted fields are the block's

@@ -414,6 +414,36 @@ def _response_fields_noted(headers: HeaderList) -> tuple[bytes, HeaderList] | No
     return known
 
 
+def _request_fields_noted(headers: HeaderList) -> tuple[bytes, HeaderList] | None:
+    """``_fields_noted(headers)`` for a request. When the last field is one whose value is new in
+    every message (``_ONE_OFF_NAMES``: the ``l5d-reqid`` the proxy adds) and that value is plain
+    letters and digits, the block of the fields before it is remembered by their values (as
+    ``_response_fields_noted`` remembers a response's) and the one-off line is added to it; any
+    other request, or a value that needs the exact check, takes ``_fields_noted``."""
+    try:
+        last = headers[-1]
+        if type(last) is not tuple or len(last) != 2 or last[0] not in _ONE_OFF_NAMES:
+            return _fields_noted(headers)
+        name, value = last
+        if type(name) is not bytes or type(value) is not bytes or not value.isalnum():
+            return _fields_noted(headers)
+        key = tuple(headers[:-1])
+        known = _OUT_REQUEST_BLOCKS.get(key)
+    except (TypeError, IndexError):  # unhashable fields, no fields: not for the cache
+        return _fields_noted(headers)
+    if known is None:
+        whole = _fields_noted(list(key))
+        if whole is None:
+            return None  # a field before the last is not valid: neither is the block
+        known = (whole[0][:-2], whole[1])  # without the blank line
+        if len(known[0]) <= _OUT_BLOCK_CACHED_MAX:
+            if len(_OUT_REQUEST_BLOCKS) >= _OUT_BLOCKS_MAX:
+                _OUT_REQUEST_BLOCKS.clear()
+            _OUT_REQUEST_BLOCKS[key] = known
+    # (No one-off name is one the writers look at: the noted fields are the block's.)
+    return b"%s%s: %s\r\n\r\n" % (known[0], name, value), known[1]
+
+
 def _out_line(nv: tuple[bytes, bytes]) -> bytes | None:
     """The line of one field not in the caches: checked exactly (a token name; a value without
     NUL or whitespace other than inner SP/HTAB) and remembered; ``None`` when the field is not a
@@ -453,6 +483,9 @@ _OUT_LINES_MAX: Final = 1024
 # whose list of noted fields is only ever read. Bounded in count and block length; emptied when full.
 _OUT_BLOCKS: dict[tuple[tuple[bytes, bytes], ...], tuple[bytes, HeaderList]] = {}
 _OUT_BLOCKS_MAX: Final = 256
+# Request field blocks made before, without their last field when it is a one-off (see
+# ``_request_fields_noted``) and without the blank line: the fields -> that block and the noted fields.
+_OUT_REQUEST_BLOCKS: dict[tuple[tuple[bytes, bytes], ...], tuple[bytes, HeaderList]] = {}
 _OUT_BLOCK_CACHED_MAX: Final = 1024
 _OUT_LINE_CACHED_MAX: Final = 256
 # Fields whose value is new in every message by design (the proxy makes a request id per request):
@@ -1046,7 +1079,7 @@ class ClientCodec(_Side):
         hosts = 0
         # With every field valid, only the fields looked at below need the loop (the others do
         # nothing in it); their block is already made.
-        noted = _fields_noted(headers)
+        noted = _request_fields_noted(headers)
         for name, value in headers if noted is None else noted[1]:
             lname = name.lower()
             if lname == b"host":
