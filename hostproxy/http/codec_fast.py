@@ -46,7 +46,9 @@ map), since an upstream sends few distinct ones; so are request lines and field 
 bytes -> the parsed start line and fields, each event getting a list of its own), since a peer sends
 the same head again and again. A remembered response head carries a memo (``ResponseHead.memo``)
 where the upstream pool keeps the fields it strips from it. A response's field block is remembered
-by the fields' values (``_response_fields_noted``), since the proxy passes an upstream's fields on.
+by the fields' values (``_response_fields_noted``), since the proxy passes an upstream's fields on,
+and so is a request's without its last field when that is the proxy's per-request ``l5d-reqid``
+(``_request_fields_noted``).
 
 Known, deliberate differences from h11 (all stricter): duplicate equal ``Content-Length`` fields,
 control characters (other than HTAB) in field values, bare LF in trailers, and (in requests)
