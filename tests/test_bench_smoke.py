@@ -25,6 +25,23 @@ def _row(lines: list[str], label: str) -> str:
 # -- pure pieces ------------------------------------------------------------------------------------
 
 
+def test_preemptions_are_the_kernels_count_for_every_thread() -> None:
+    """``bench.preemptions`` sums ``nonvoluntary_ctxt_switches`` over the threads of the processes given;
+    a process that is gone counts nothing."""
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        with open(f"/proc/{child.pid}/status") as f:
+            own = next(int(line.split()[1]) for line in f if line.startswith("nonvoluntary_ctxt_switches:"))
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        assert bench.preemptions([child.pid]) == own
+        assert bench.preemptions([child.pid, gone.pid]) == own
+        assert bench.preemptions([]) == 0
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_isolated_placement_moves_the_proxy_and_the_upstream_and_puts_them_back() -> None:
     sets = bench.cpu_sets()
     everywhere = os.sched_getaffinity(0)
