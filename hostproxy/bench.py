@@ -51,7 +51,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,44 +93,44 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
+def _sum_over_threads(pids: list[int], name: str, value: Callable[[str], int]) -> int | None:
+    """``value`` of each ``/proc/PID/task/TID/<name>`` file of ``pids`` (every thread), summed; a
+    process that is gone counts nothing, and None when a file is not there or not as expected."""
+    total = 0
+    for p in pids:
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/{name}") as f:
+                    total += value(f.read())
+            except (OSError, StopIteration, IndexError, ValueError):
+                return None
+    return total
+
+
 def run_cpu_seconds(pids: list[int]) -> float | None:
     """CPU time of ``pids`` (all their threads) in seconds, to the nanosecond, from the scheduler's own
     account (``/proc/PID/task/TID/schedstat``); None where the kernel does not keep it.
 
     :func:`cpu_seconds` counts clock ticks, which a process that runs in short bursts in step with a
     10 ms timer (the fixed-rate load) can dodge or hit every time; this one does not sample."""
-    total = 0
-    for p in pids:
-        try:
-            tids = os.listdir(f"/proc/{p}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{p}/task/{tid}/schedstat") as f:
-                    total += int(f.read().split()[0])
-            except (OSError, IndexError, ValueError):
-                return None
-    return total / 1e9
+    ns = _sum_over_threads(pids, "schedstat", lambda text: int(text.split()[0]))
+    return None if ns is None else ns / 1e9
 
 
 def preemptions(pids: list[int]) -> int | None:
     """How often the kernel took the CPU from ``pids`` (all their threads) while they could still run:
     the ``nonvoluntary_ctxt_switches`` of ``/proc/PID/task/TID/status``; None where it is not there."""
-    total = 0
-    for p in pids:
-        try:
-            tids = os.listdir(f"/proc/{p}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{p}/task/{tid}/status") as f:
-                    line = next(x for x in f if x.startswith("nonvoluntary_ctxt_switches:"))
-                total += int(line.split()[1])
-            except (OSError, StopIteration, IndexError, ValueError):
-                return None
-    return total
+
+    def count(text: str) -> int:
+        return int(
+            next(x for x in text.splitlines() if x.startswith("nonvoluntary_ctxt_switches:")).split()[1]
+        )
+
+    return _sum_over_threads(pids, "status", count)
 
 
 def cpu_seconds(pids: list[int]) -> float:
