@@ -8,6 +8,7 @@ import os
 import random
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -25,11 +26,18 @@ def _row(lines: list[str], label: str) -> str:
 # -- pure pieces ------------------------------------------------------------------------------------
 
 
-def test_preemptions_are_the_kernels_count_for_every_thread() -> None:
-    """``bench.preemptions`` sums ``nonvoluntary_ctxt_switches`` over the threads of the processes given;
-    a process that is gone counts nothing."""
+def test_preemptions_and_cpu_are_the_kernels_counts_for_every_thread() -> None:
+    """``bench.preemptions`` sums ``nonvoluntary_ctxt_switches`` and ``bench.run_cpu_seconds`` the
+    scheduler's run time over the threads of the processes given; a process that is gone counts
+    nothing."""
     child = subprocess.Popen(["sleep", "30"])
     try:
+        # Read once it sleeps (after its exec), so that its counts no longer move.
+        for _ in range(500):
+            with open(f"/proc/{child.pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "S":
+                    break
+            time.sleep(0.01)
         with open(f"/proc/{child.pid}/status") as f:
             own = next(int(line.split()[1]) for line in f if line.startswith("nonvoluntary_ctxt_switches:"))
         gone = subprocess.Popen(["true"])
@@ -37,6 +45,9 @@ def test_preemptions_are_the_kernels_count_for_every_thread() -> None:
         assert bench.preemptions([child.pid]) == own
         assert bench.preemptions([child.pid, gone.pid]) == own
         assert bench.preemptions([]) == 0
+        with open(f"/proc/{child.pid}/task/{child.pid}/schedstat") as f:
+            ran_ns = int(f.read().split()[0])
+        assert bench.run_cpu_seconds([child.pid, gone.pid]) == ran_ns / 1e9  # (a sleeping child: no change)
     finally:
         child.kill()
         child.wait()
