@@ -203,9 +203,12 @@ def test_response_blocks_are_remembered_within_bounds() -> None:
     assert codec_fast._response_fields_noted(long) == codec_fast._fields_noted(long)
     assert tuple(long) not in codec_fast._OUT_BLOCKS
     assert codec_fast._response_fields_noted([[b"x-a", b"1"]]) is None  # unhashable: the checks decide
+    codec_fast._OUT_BLOCKS.clear()
     for i in range(codec_fast._OUT_BLOCKS_MAX + 10):
         codec_fast._response_fields_noted([(b"x-n", b"%d" % i)])
-        assert 1 <= len(codec_fast._OUT_BLOCKS) <= codec_fast._OUT_BLOCKS_MAX
+        # Each block is new: the map grows by one and is emptied when full, then holds the new block.
+        assert len(codec_fast._OUT_BLOCKS) == i % codec_fast._OUT_BLOCKS_MAX + 1
+        assert ((b"x-n", b"%d" % i),) in codec_fast._OUT_BLOCKS
 
 
 def test_request_blocks_leave_the_request_id_out() -> None:
@@ -232,7 +235,9 @@ def test_request_blocks_leave_the_request_id_out() -> None:
     for fields in odd:
         assert codec_fast._request_fields_noted(fields) == codec_fast._fields_noted(fields)
     assert list(codec_fast._OUT_REQUEST_BLOCKS) == [tuple(common)]
+    codec_fast._OUT_REQUEST_BLOCKS.clear()
     for i in range(codec_fast._OUT_BLOCKS_MAX + 10):
         codec_fast._request_fields_noted([(b"x-n", b"%d" % i), (b"l5d-reqid", b"abc")])
-        assert 1 <= len(codec_fast._OUT_REQUEST_BLOCKS) <= codec_fast._OUT_BLOCKS_MAX
+        assert len(codec_fast._OUT_REQUEST_BLOCKS) == i % codec_fast._OUT_BLOCKS_MAX + 1
+        assert ((b"x-n", b"%d" % i),) in codec_fast._OUT_REQUEST_BLOCKS
     assert not codec_fast._ONE_OFF_NAMES & codec_fast._WRITER_NAMES  # the noted fields are the block's
