@@ -58,7 +58,7 @@ obs-fold in trailers are refused.
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Any, Final
 
 import httptools
 
@@ -197,6 +197,14 @@ class _FieldParser:
         return fields
 
 
+def _remember(cache: dict[Any, Any], key: Any, value: Any, max_entries: int) -> None:
+    """Put ``key`` in one of the bounded maps of things parsed or made before, emptying the map first
+    when it is full (so that one-off keys cannot keep the common ones out for long)."""
+    if len(cache) >= max_entries:
+        cache.clear()
+    cache[key] = value
+
+
 def _llhttp_message(reason: str) -> str:
     if reason == "Duplicate Content-Length":
         return "conflicting Content-Length headers (duplicates are refused)"
@@ -327,9 +335,7 @@ def _fields_in(parser: _FieldParser, block: bytes) -> _Head:
             raw, value = match.groups()
             pair = (raw.lower(), value.rstrip(b" \t"))
             if len(line) <= _FIELD_LINE_CACHED_MAX:
-                if len(known) >= _FIELD_LINES_MAX:
-                    known.clear()
-                known[line] = pair
+                _remember(known, line, pair, _FIELD_LINES_MAX)
         name = pair[0]
         if name in _SPECIAL:
             value = pair[1]
@@ -410,9 +416,7 @@ def _response_fields_noted(headers: HeaderList) -> tuple[bytes, HeaderList] | No
     if known is None:
         known = _fields_noted(headers)
         if known is not None and len(known[0]) <= _OUT_BLOCK_CACHED_MAX:
-            if len(_OUT_BLOCKS) >= _OUT_BLOCKS_MAX:
-                _OUT_BLOCKS.clear()
-            _OUT_BLOCKS[key] = known
+            _remember(_OUT_BLOCKS, key, known, _OUT_BLOCKS_MAX)
     return known
 
 
@@ -439,9 +443,7 @@ def _request_fields_noted(headers: HeaderList) -> tuple[bytes, HeaderList] | Non
             return None  # a field before the last is not valid: neither is the block
         known = (whole[0][:-2], whole[1])  # without the blank line
         if len(known[0]) <= _OUT_BLOCK_CACHED_MAX:
-            if len(_OUT_REQUEST_BLOCKS) >= _OUT_BLOCKS_MAX:
-                _OUT_REQUEST_BLOCKS.clear()
-            _OUT_REQUEST_BLOCKS[key] = known
+            _remember(_OUT_REQUEST_BLOCKS, key, known, _OUT_BLOCKS_MAX)
     # (No one-off name is one the writers look at: the noted fields are the block's.)
     return b"%s%s: %s\r\n\r\n" % (known[0], name, value), known[1]
 
@@ -467,9 +469,7 @@ def _out_line(nv: tuple[bytes, bytes]) -> bytes | None:
     line = b"%s: %s\r\n" % nv
     if len(line) <= _OUT_LINE_CACHED_MAX and name not in _ONE_OFF_NAMES:
         cache = _OUT_NOTED_LINES if name.lower() in _WRITER_NAMES else _OUT_LINES
-        if len(cache) >= _OUT_LINES_MAX:
-            cache.clear()
-        cache[nv] = line
+        _remember(cache, nv, line, _OUT_LINES_MAX)
     return line
 
 
@@ -879,9 +879,7 @@ class ServerCodec(_Side):
                 raise ProtocolError(f"malformed request: illegal request line: {line!r}")
             request_line = match.groups()
             if line_end <= _REQUEST_LINE_CACHED_MAX:
-                if len(_REQUEST_LINES) >= _REQUEST_LINES_MAX:
-                    _REQUEST_LINES.clear()
-                _REQUEST_LINES[line] = request_line
+                _remember(_REQUEST_LINES, line, request_line, _REQUEST_LINES_MAX)
         version = request_line[2]
         try:
             parsed = _fields_in(self._fields, head[line_end + 2 :])
@@ -895,9 +893,7 @@ class ServerCodec(_Side):
         if parsed.chunked and parsed.length is not None:
             raise ProtocolError("request has both Content-Length and Transfer-Encoding; send only one")
         if len(head) <= _HEAD_CACHED_MAX:
-            if len(_REQUEST_HEADS) >= _HEADS_MAX:
-                _REQUEST_HEADS.clear()
-            _REQUEST_HEADS[head] = (request_line, parsed.copy())
+            _remember(_REQUEST_HEADS, head, (request_line, parsed.copy()), _HEADS_MAX)
         return self._accept(request_line, parsed, parsed.headers)
 
     def _accept(self, request_line: tuple[bytes, ...], parsed: _Head, headers: HeaderList) -> RequestHead:
@@ -1073,9 +1069,7 @@ class ClientCodec(_Side):
                 raise LocalProtocolError(f"Illegal target characters in {target!r}")
             start = b"%s %s HTTP/1.1\r\n" % key
             if type(method) is bytes and type(target) is bytes and len(start) <= _OUT_REQUEST_LINE_CACHED_MAX:
-                if len(_OUT_REQUEST_LINES) >= _OUT_REQUEST_LINES_MAX:
-                    _OUT_REQUEST_LINES.clear()
-                _OUT_REQUEST_LINES[key] = start
+                _remember(_OUT_REQUEST_LINES, key, start, _OUT_REQUEST_LINES_MAX)
         length: int | None = None
         chunked = False
         hosts = 0
@@ -1185,10 +1179,10 @@ class ClientCodec(_Side):
                 version, status, reason, parsed = self._parse_head(head)
                 memo = None
                 if end <= _HEAD_CACHED_MAX:
-                    if len(_RESPONSE_HEADS) >= _HEADS_MAX:
-                        _RESPONSE_HEADS.clear()
                     memo = HeadMemo()
-                    _RESPONSE_HEADS[head] = (version, status, reason, parsed.copy(), memo)
+                    _remember(
+                        _RESPONSE_HEADS, head, (version, status, reason, parsed.copy(), memo), _HEADS_MAX
+                    )
                 return self._response_event(version, status, reason, parsed, parsed.headers, memo)
         match = _BLANK_LINE_RE.search(buf)
         if match is None:
