@@ -72,7 +72,7 @@ from hostproxy.http.proxyheaders import ForwardedConfig, Labeler
 from hostproxy.http.server import Http1Server, ServerParams, bind_listeners
 from hostproxy.idle import run_when_idle
 from hostproxy.metrics import MetricsRegistry
-from hostproxy.metrics.registry import FLUSH_AT_MOST_S, FLUSH_EVERY_S, FLUSH_QUIET_MAX_S
+from hostproxy.metrics.registry import FLUSH_AT_MOST_S, FLUSH_EVERY_S, FLUSH_PIECE, FLUSH_QUIET_MAX_S
 from hostproxy.namerstate import NamerStateStore
 from hostproxy.overload import OverloadConfig, OverloadManager, detect_memory_limit, sample_loop
 from hostproxy.router import HttpRouter
@@ -662,11 +662,12 @@ class Daemon:
             nursery.start_soon(
                 functools.partial(
                     run_when_idle,
-                    self.metrics.flush,
+                    functools.partial(self.metrics.flush, FLUSH_PIECE),
                     lambda: self.metrics.deferred,
                     every_s=FLUSH_EVERY_S,
                     at_most_s=FLUSH_AT_MOST_S,
                     quiet_max_s=FLUSH_QUIET_MAX_S,
+                    final=self.metrics.flush,
                 )
             )
             servers_done = trio.Event()

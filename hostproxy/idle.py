@@ -50,22 +50,28 @@ async def run_when_idle(
     idle_s: float = IDLE_S,
     at_most_s: float | None = None,
     quiet_max_s: float | None = None,
+    final: Callable[[], Any] | None = None,
 ) -> None:
     """Every ``every_s``, when ``pending()`` is true, wait for an idle loop (``at_most_s`` at most)
-    and call ``work()``: between bursts of requests, never inside one. While nothing is pending it
+    and call ``work()``: between bursts of requests, never inside one. ``work()`` may do a piece of
+    what is pending: while ``pending()`` stays true, each next piece waits for an idle loop again,
+    so that a request arriving meanwhile waits for one piece at most. While nothing is pending it
     looks half as often each time, down to once per ``quiet_max_s`` (None: always every
     ``every_s``), so that a quiet process does not wake for nothing; after ``work()`` it looks every
-    ``every_s`` again. Runs until cancelled; calls ``work()`` once more then, so nothing pending is
-    left behind."""
+    ``every_s`` again. Runs until cancelled; then calls ``final()`` (``work`` when None) once, so
+    nothing pending is left behind."""
     interval = every_s
     try:
         while True:
             await trio.sleep(interval)
             if pending():
-                await wait_idle(idle_s, at_most_s=at_most_s)
-                work()
+                while True:
+                    await wait_idle(idle_s, at_most_s=at_most_s)
+                    work()
+                    if not pending():
+                        break
                 interval = every_s
             elif quiet_max_s is not None and interval < quiet_max_s:
                 interval = min(interval * 2, quiet_max_s)
     finally:
-        work()
+        (work if final is None else final)()

@@ -87,16 +87,39 @@ def test_pending_changes_at_once_and_the_rest_at_the_flush() -> None:
     assert reg.flush() == 0
 
 
-def test_a_long_list_is_flushed_at_once(monkeypatch) -> None:
+def test_a_full_list_applies_its_oldest_records_in_steps(monkeypatch) -> None:
     monkeypatch.setattr(registry_module, "MAX_DEFERRED", 10)
+    monkeypatch.setattr(registry_module, "FLUSH_STEP", 4)
     reg, stats = deferring()
-    for _ in range(9):
+    for i in range(9):
         stats.start()
-        stats.finish_at(1000.0, 0.001, None, 200)
+        stats.finish_at(1000.0, 0.001 * (i + 1), None, 200)
     assert reg.deferred == 9 and stats.requests.value == 0
     stats.start()
-    stats.finish_at(1000.0, 0.001, None, 200)  # the tenth: the list is applied at once
-    assert reg.deferred == 0 and stats.requests.value == 10
+    stats.finish_at(1000.0, 0.010, None, 200)  # the tenth fills the list: the oldest four are applied
+    assert reg.deferred == 6 and stats.requests.value == 4 and reg.statistics()["flush_steps"] == 1
+    assert sorted(stats.latency.hist.snapshot().counts) == [1, 2, 3, 4]  # ms: the oldest four
+    # A loop that is never idle: one record applied per record made, the list never full.
+    for k in range(1, 41):
+        stats.start()
+        stats.finish_at(1000.0, 0.001, None, 200)
+        assert reg.deferred == 6 + k % 4
+        assert stats.requests.value == 4 + k - k % 4
+    assert reg.statistics()["flush_steps"] == 11 and reg.statistics()["flushes"] == 0
+    assert reg.flush() == 6 and stats.requests.value == 50 and reg.deferred == 0
+
+
+def test_records_applied_in_steps_give_exactly_the_metrics_of_immediate_ones(monkeypatch) -> None:
+    monkeypatch.setattr(registry_module, "MAX_DEFERRED", 37)
+    monkeypatch.setattr(registry_module, "FLUSH_STEP", 5)
+    now_clock, later_clock = Clock(), Clock()
+    now_reg, later_reg = MetricsRegistry(now_clock), MetricsRegistry(later_clock)
+    later_reg.defer_records()
+    drive(now_reg, now_clock, 7)
+    drive(later_reg, later_clock, 7)
+    assert later_reg.statistics()["flush_steps"] > 100  # most records were applied in steps
+    assert flat(later_reg) == flat(now_reg)
+    assert prometheus(later_reg) == prometheus(now_reg)
 
 
 def test_a_late_failure_applies_the_success_it_moves_first() -> None:
@@ -174,10 +197,62 @@ async def test_a_quiet_flush_looks_less_and_less_often(autojump_clock) -> None:
         del looks[:]
         await trio.sleep(1.5)
         assert reg.deferred == 0 and stats.requests.value == 1
-        # The next look (5.55 s) finds it and flushes (the loop is idle); then it looks 0.05 s later
-        # again, backing off while nothing more is pending.
-        assert looks == [5.55, 5.6, 5.7, 5.9, 6.3]
+        # The next look (5.55 s) finds it and flushes (the loop is idle), asks whether anything is
+        # left (nothing: 5.55 again), then looks 0.05 s later, backing off while nothing is pending.
+        assert looks == [5.55, 5.55, 5.6, 5.7, 5.9, 6.3]
         nursery.cancel_scope.cancel()
+
+
+async def test_the_flush_applies_a_piece_per_idle_moment() -> None:
+    """The daemon's flush applies ``FLUSH_PIECE`` records at a time, each piece after the loop was
+    idle: work that arrives after one piece (a burst of requests) runs before the next piece."""
+    reg, stats = deferring(trio.current_time)
+    for _ in range(150):
+        stats.start()
+        stats.finish_at(trio.current_time(), 0.001, None, 200)
+    pieces: list[tuple[int, float]] = []
+    first_piece = trio.Event()
+    busy_until: list[float] = []
+
+    def work() -> None:
+        pieces.append((reg.flush(64), trio.current_time()))
+        first_piece.set()
+
+    async def burst() -> None:
+        await first_piece.wait()
+        end = trio.current_time() + 0.05
+        while trio.current_time() < end:  # always runnable: the loop is not idle meanwhile
+            await trio.lowlevel.checkpoint()
+        busy_until.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(burst)
+        nursery.start_soon(lambda: run_when_idle(work, lambda: reg.deferred, every_s=0.005, idle_s=0.001))
+        with trio.fail_after(5):
+            while reg.deferred:
+                await trio.sleep(0.01)
+        applied = list(pieces)
+        nursery.cancel_scope.cancel()
+    assert [n for n, _ in applied] == [64, 64, 22] and stats.requests.value == 150
+    assert applied[1][1] > busy_until[0]  # the second piece waited for the burst to end
+    assert reg.statistics()["flushes"] == 3
+
+
+async def test_a_flush_cancelled_between_pieces_applies_the_rest() -> None:
+    reg, stats = deferring(trio.current_time)
+    for _ in range(150):
+        stats.start()
+        stats.finish_at(trio.current_time(), 0.001, None, 200)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            lambda: run_when_idle(
+                lambda: reg.flush(64), lambda: reg.deferred, every_s=10.0, idle_s=0.001, final=reg.flush
+            )
+        )
+        await trio.sleep(0.01)
+        assert reg.deferred == 150  # the first look is 10 s away
+        nursery.cancel_scope.cancel()
+    assert reg.deferred == 0 and stats.requests.value == 150
 
 
 def test_the_sliced_renderers_apply_deferred_records_even_with_a_cached_layout() -> None:
