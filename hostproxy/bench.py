@@ -9,7 +9,12 @@ is driven with the same two loads:
 
 * ``wrk`` keep-alive at 50 connections for ``--duration`` seconds (throughput and latency under load);
 * a fixed rate of 1000 requests/s over 10 connections (``h2load --h1 --rps``, the shape of Linkerd's own
-  perf baseline), with per-request timings from ``--log-file`` for p50/p99/max, twice: first with every
+  perf baseline), with per-request timings from ``--log-file`` for p50/p99/max. These runs are spread
+  over ``--rounds`` rounds (5: two seconds each of the ten), every target in each round, and each
+  target's latencies are pooled over the rounds: the machine's slow spells, which last seconds to
+  minutes on a shared host, then fall on every target alike instead of on whichever ran in them. Each
+  run's first burst (the first request of every connection, which includes the connection's setup)
+  is left out of the latencies. Each target runs twice per round: first with every
   process free to run on any CPU (*shared*: the proxy competes with the load generator and the upstream
   for the machine's CPUs, and a burst of requests it serves can be slowed by them), then with the proxy
   alone on the last CPU and the load generator and the upstream on the others (*isolated*, the usual
@@ -241,18 +246,25 @@ def isolated(proxy_pids: list[int], upstream_pids: list[int]) -> Iterator[set[in
         place(upstream_pids, everywhere)
 
 
+#: Connections of the fixed-rate load (``h2load -c``); each sends ``RATE_PER_CONNECTION`` requests/s.
+CONNECTIONS = 10
+RATE_PER_CONNECTION = 100
+
+
 def run_fixed_rate(
     port: int, duration: int, tmp: Path, load_cpus: set[int] | None = None
-) -> dict[str, float]:
-    """p50/p99/max of 1000 requests/s over 10 connections; with ``load_cpus``, h2load runs on those."""
+) -> tuple[list[float], int]:
+    """One run of 1000 requests/s over 10 connections for ``duration`` s; with ``load_cpus``, h2load
+    runs on those. Returns the latencies (ms) of the run's steady requests (``steady_latencies``) and
+    how many requests were answered in all."""
     log = tmp / f"h2load-{port}.log"
     log.unlink(missing_ok=True)
     subprocess.run(
         [
             "h2load",
             "--h1",
-            "-c10",
-            "--rps=100",
+            f"-c{CONNECTIONS}",
+            f"--rps={RATE_PER_CONNECTION}",
             f"-D{duration}",
             f"--log-file={log}",
             f"http://127.0.0.1:{port}/",
@@ -262,11 +274,75 @@ def run_fixed_rate(
         check=True,
         preexec_fn=(lambda: os.sched_setaffinity(0, load_cpus)) if load_cpus else None,
     )
-    lat = sorted(int(line.split("\t")[2]) / 1000.0 for line in log.read_text().splitlines() if line)
-    if not lat:
+    rows = read_h2load_log(log.read_text())
+    return steady_latencies(rows, CONNECTIONS), len(rows)
+
+
+def read_h2load_log(text: str) -> list[tuple[int, float]]:
+    """``(start µs, latency ms)`` of every request in an ``h2load --log-file`` (its columns: start
+    time in µs since the epoch, status, µs until the end of the response)."""
+    rows = []
+    for line in text.splitlines():
+        if line:
+            start, _status, micros = line.split("\t")[:3]
+            rows.append((int(start), int(micros) / 1000.0))
+    return rows
+
+
+def steady_latencies(rows: list[tuple[int, float]], connections: int) -> list[float]:
+    """The latencies of a run's requests without its first burst: the first request of each of the
+    ``connections``, which starts together with the others and whose time includes its connection's
+    setup (the proxy accepting it, and for a proxy its first upstream connection)."""
+    ordered = sorted(rows)
+    return [latency for _, latency in ordered[connections:]]
+
+
+def latency_summary(latencies: list[float]) -> dict[str, float]:
+    """p50, p99 and max (ms) of the latencies, and how many there were (empty: nothing)."""
+    if not latencies:
         return {}
+    lat = sorted(latencies)
     q = statistics.quantiles(lat, n=100, method="inclusive")
-    return {"fr_p50": q[49], "fr_p99": q[98], "fr_max": lat[-1], "fr_requests": float(len(lat))}
+    return {"fr_p50": q[49], "fr_p99": q[98], "fr_max": lat[-1], "fr_latencies": float(len(lat))}
+
+
+def round_seconds(duration: int, rounds: int) -> int:
+    """Seconds per fixed-rate run when ``duration`` is spread over ``rounds`` (at least one)."""
+    return max(1, round(duration / max(1, rounds)))
+
+
+@dataclass
+class _FixedRateRuns:
+    """One target's fixed-rate runs in one placement, summed over the rounds."""
+
+    latencies: list[float] = field(default_factory=list)
+    requests: int = 0
+    cpu_s: float | None = 0.0
+    preempted: int | None = 0
+
+    def run(self, t: Target, seconds: int, tmp: Path, load_cpus: set[int] | None) -> None:
+        pids = t.pids()
+        r0, s0 = run_cpu_seconds(pids), preemptions(pids)
+        latencies, requests = run_fixed_rate(t.port, seconds, tmp, load_cpus)
+        pids = t.pids()
+        r1, s1 = run_cpu_seconds(pids), preemptions(pids)
+        self.latencies += latencies
+        self.requests += requests
+        self.cpu_s = None if self.cpu_s is None or r0 is None or r1 is None else self.cpu_s + r1 - r0
+        self.preempted = (
+            None if self.preempted is None or s0 is None or s1 is None else self.preempted + s1 - s0
+        )
+
+    def results(self, is_proxy: bool) -> dict[str, float]:
+        out = latency_summary(self.latencies)
+        if out:
+            out["fr_requests"] = float(self.requests)
+        if is_proxy and self.requests:
+            if self.cpu_s is not None:
+                out["fr_cpu_ms"] = self.cpu_s / self.requests * 1000
+            if self.preempted is not None:
+                out["fr_preempted"] = self.preempted / self.requests * CONNECTIONS  # per burst
+        return out
 
 
 def start_nginx_upstream(tmp: Path, port: int) -> subprocess.Popen[bytes]:
@@ -404,6 +480,12 @@ def main(argv: list[str] | None = None) -> int:
         help="run only this part (repeatable; default: all of http, h2, tls, k8s, admin)",
     )
     ap.add_argument("--duration", type=int, default=10, help="seconds per load run (default 10)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="rounds the fixed-rate runs are spread over, every target in each (default 5)",
+    )
     ap.add_argument("--idle", type=int, default=1000, help="idle client connections for the RSS check")
     bench_k8s.add_arguments(ap)
     bench_admin.add_arguments(ap)
@@ -483,23 +565,20 @@ def run_http(args: argparse.Namespace) -> int:
             cpu = cpu_seconds(pids) - c0
             if t.proc and t.results.get("requests"):
                 t.results["cpu_per_10k"] = cpu / t.results["requests"] * 10_000
-            r0 = run_cpu_seconds(pids)
-            s0 = preemptions(pids)
-            t.results.update(run_fixed_rate(t.port, args.duration, tmp))
-            r1 = run_cpu_seconds(t.pids())
-            s1 = preemptions(t.pids())
-            if t.proc and r0 is not None and r1 is not None and t.results.get("fr_requests"):
-                t.results["fr_cpu_ms"] = (r1 - r0) / t.results["fr_requests"] * 1000
-            if t.proc and s0 is not None and s1 is not None and t.results.get("fr_requests"):
-                t.results["fr_preempted"] = (s1 - s0) / t.results["fr_requests"] * 10  # per burst of ten
-            with isolated(t.pids(), process_tree(procs[0].pid)) as load_cpus:
-                if load_cpus is not None:
-                    s0 = preemptions(t.pids())
-                    iso = run_fixed_rate(t.port, args.duration, tmp, load_cpus)
-                    s1 = preemptions(t.pids())
-                    t.results.update({f"iso_{k}": v for k, v in iso.items()})
-                    if t.proc and s0 is not None and s1 is not None and iso.get("fr_requests"):
-                        t.results["iso_fr_preempted"] = (s1 - s0) / iso["fr_requests"] * 10
+        # The fixed rate in rounds: in each, every target in turn, shared then isolated, so that a slow
+        # spell of the machine (they last seconds to minutes here) falls on every target alike.
+        per_run = round_seconds(args.duration, args.rounds)
+        runs: dict[tuple[str, str], _FixedRateRuns] = {}
+        for _ in range(args.rounds):
+            for t in targets:
+                runs.setdefault((t.name, ""), _FixedRateRuns()).run(t, per_run, tmp, None)
+                with isolated(t.pids(), process_tree(procs[0].pid)) as load_cpus:
+                    if load_cpus is not None:
+                        runs.setdefault((t.name, "iso_"), _FixedRateRuns()).run(t, per_run, tmp, load_cpus)
+        for (name, prefix), fr in runs.items():
+            t = next(t for t in targets if t.name == name)
+            t.results.update({f"{prefix}{k}": v for k, v in fr.results(t.proc is not None).items()})
+        for t in targets:
             if t.proc:
                 t.results["rss_mb"] = memory_kb(t.pids(), "VmHWM") / 1024
         opened, idle_rss = idle_connections_rss(hp, targets[1], args.idle)
@@ -507,6 +586,11 @@ def run_http(args: argparse.Namespace) -> int:
     print(
         f"\nhostproxy bench — loopback, {os.cpu_count()} cores, {args.duration}s per run, "
         f"Python {sys.version.split()[0]} ({interpreter_build()})"
+    )
+    print(
+        f"1000 req/s: {args.rounds} rounds of {per_run}s per target and placement, every target in "
+        "each round (a slow spell of the machine falls on all alike); each run's first burst "
+        "(every connection's setup) left out of the latencies"
     )
     hdr = (
         f"{'target':<11} {'req/s@50c':>10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "

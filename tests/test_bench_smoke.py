@@ -26,6 +26,62 @@ def _row(lines: list[str], label: str) -> str:
 # -- pure pieces ------------------------------------------------------------------------------------
 
 
+def test_fixed_rate_latencies_leave_out_each_runs_first_burst() -> None:
+    # h2load --log-file columns: start (µs since the epoch), status, µs until the response's end;
+    # written in completion order, not start order.
+    log = "".join(
+        f"{start}\t200\t{micros}\n"
+        for start, micros in [
+            (1_000_030, 900),
+            (1_000_000, 5000),
+            (1_010_000, 700),
+            (1_000_010, 4000),
+            (1_010_020, 800),
+        ]
+    )
+    rows = bench.read_h2load_log(log + "\n")
+    assert rows == [(1_000_030, 0.9), (1_000_000, 5.0), (1_010_000, 0.7), (1_000_010, 4.0), (1_010_020, 0.8)]
+    # Two connections: the two earliest requests (their connections' setup) are left out, the rest
+    # kept in start order.
+    assert bench.steady_latencies(rows, 2) == [0.9, 0.7, 0.8]
+    assert bench.steady_latencies(rows, 5) == []
+
+
+def test_latency_summary_and_round_seconds() -> None:
+    lat = [float(i) for i in range(100, 0, -1)]  # 1..100 ms, any order
+    summary = bench.latency_summary(lat)
+    assert summary == {"fr_p50": 50.5, "fr_p99": 99.01, "fr_max": 100.0, "fr_latencies": 100.0}
+    assert bench.latency_summary([]) == {}
+    assert [bench.round_seconds(10, r) for r in (1, 2, 3, 5, 10, 20, 0)] == [10, 5, 3, 2, 1, 1, 10]
+
+
+def test_fixed_rate_runs_pool_their_rounds(tmp_path) -> None:
+    """Two one-second runs of the real load against a real nginx (standing in for a proxy): every
+    request of both runs counted, all but each run's first burst in the latencies, and the CPU and
+    preemptions of the process summed over both."""
+    port = bench.free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+    with bench.stopping(procs):
+        procs.append(bench.start_nginx_upstream(tmp_path, port))
+        bench.wait_port(port)
+        target = bench.Target("nginx", port, procs[0])
+        runs = bench._FixedRateRuns()
+        runs.run(target, 1, tmp_path, None)
+        first = (len(runs.latencies), runs.requests)
+        runs.run(target, 1, tmp_path, None)
+    assert first[0] == first[1] - bench.CONNECTIONS > 0
+    assert len(runs.latencies) == runs.requests - 2 * bench.CONNECTIONS > first[0]
+    assert runs.cpu_s is not None and runs.cpu_s > 0 and runs.preempted is not None
+    out = runs.results(is_proxy=True)
+    assert out["fr_requests"] == runs.requests and out["fr_latencies"] == len(runs.latencies)
+    assert out["fr_cpu_ms"] == pytest.approx(runs.cpu_s / runs.requests * 1000)
+    assert out["fr_preempted"] == pytest.approx(runs.preempted / runs.requests * bench.CONNECTIONS)
+    assert out["fr_max"] == max(runs.latencies)
+    assert "fr_cpu_ms" not in runs.results(is_proxy=False)  # the direct upstream: no proxy to measure
+    runs.cpu_s = None  # a process whose /proc could not be read: no CPU figure rather than a wrong one
+    assert "fr_cpu_ms" not in runs.results(is_proxy=True) and "fr_preempted" in runs.results(is_proxy=True)
+
+
 def test_preemptions_and_cpu_are_the_kernels_counts_for_every_thread() -> None:
     """``bench.preemptions`` sums ``nonvoluntary_ctxt_switches`` and ``bench.run_cpu_seconds`` the
     scheduler's run time over the threads of the processes given; a process that is gone counts
