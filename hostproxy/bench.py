@@ -568,17 +568,18 @@ def run_http(args: argparse.Namespace) -> int:
         # The fixed rate in rounds: in each, every target in turn, shared then isolated, so that a slow
         # spell of the machine (they last seconds to minutes here) falls on every target alike.
         per_run = round_seconds(args.duration, args.rounds)
-        runs: dict[tuple[str, str], _FixedRateRuns] = {}
+        shared = [_FixedRateRuns() for _ in targets]
+        alone = [_FixedRateRuns() for _ in targets]
         for _ in range(args.rounds):
-            for t in targets:
-                runs.setdefault((t.name, ""), _FixedRateRuns()).run(t, per_run, tmp, None)
+            for t, sh, iso in zip(targets, shared, alone, strict=True):
+                sh.run(t, per_run, tmp, None)
                 with isolated(t.pids(), process_tree(procs[0].pid)) as load_cpus:
                     if load_cpus is not None:
-                        runs.setdefault((t.name, "iso_"), _FixedRateRuns()).run(t, per_run, tmp, load_cpus)
-        for (name, prefix), fr in runs.items():
-            t = next(t for t in targets if t.name == name)
-            t.results.update({f"{prefix}{k}": v for k, v in fr.results(t.proc is not None).items()})
-        for t in targets:
+                        iso.run(t, per_run, tmp, load_cpus)
+        for t, sh, iso in zip(targets, shared, alone, strict=True):
+            # (No isolated runs, on one CPU: ``results`` is empty, and no ``iso_`` key is set.)
+            t.results.update(sh.results(t.proc is not None))
+            t.results.update({f"iso_{k}": v for k, v in iso.results(t.proc is not None).items()})
             if t.proc:
                 t.results["rss_mb"] = memory_kb(t.pids(), "VmHWM") / 1024
         opened, idle_rss = idle_connections_rss(hp, targets[1], args.idle)

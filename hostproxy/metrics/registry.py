@@ -232,10 +232,21 @@ class MetricsRegistry:
 
     def flush(self, limit: int | None = None) -> int:
         """Apply the deferred records, in order, or the oldest ``limit`` of them; how many."""
-        pending = self._deferred
-        if not pending:
+        if not self._deferred:
             return 0
         self.flushes += 1
+        return self._apply(limit)
+
+    def _apply_oldest(self) -> None:
+        """Apply the oldest `FLUSH_STEP` deferred records, in order (the list reached
+        `MAX_DEFERRED`)."""
+        self.flush_steps += 1
+        self._apply(FLUSH_STEP)
+
+    def _apply(self, limit: int | None) -> int:
+        """Apply the oldest ``limit`` deferred records (all when None), in order; how many."""
+        pending = self._deferred
+        assert pending is not None
         if limit is not None and len(pending) > limit:
             applied = pending[:limit]
             del pending[:limit]
@@ -245,17 +256,6 @@ class MetricsRegistry:
         for record in applied:
             record[0](*record[1:])
         return len(applied)
-
-    def _apply_oldest(self) -> None:
-        """Apply the oldest `FLUSH_STEP` deferred records, in order (the list reached
-        `MAX_DEFERRED`)."""
-        pending = self._deferred
-        assert pending is not None
-        step = pending[:FLUSH_STEP]
-        del pending[:FLUSH_STEP]
-        self.flush_steps += 1
-        for record in step:
-            record[0](*record[1:])
 
     def add_at(self, add_at: Callable[[float, float], None], value: float, now: float) -> None:
         """``add_at(value, now)`` (a histogram's), deferred when this registry defers records."""
