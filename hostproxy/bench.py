@@ -28,8 +28,12 @@ nanosecond account in /proc/PID/task/TID/schedstat: ticks are no good there, the
 step with the load's 10 ms timer), peak RSS (VmHWM summed over the processes), and the ratios of hostproxy to
 direct, nginx and haproxy; and how often each proxy was preempted per burst of ten requests at the fixed
 rate, shared and isolated (``nonvoluntary_ctxt_switches`` from ``/proc/PID/task/TID/status``: in the shared
-placement the load generator and the upstream, woken by the proxy's writes, take its CPU from it). It then opens 1,000 idle client connections to hostproxy and reports its RSS,
-and reports how soon after start hostproxy answered its first proxied request.
+placement the load generator and the upstream, woken by the proxy's writes, take its CPU from it). On a
+virtual machine it also prints the host's steal during each target's fixed-rate runs (``/proc/stat``: time
+the machine's CPUs had work while the host ran something else, which stalls every process here for
+milliseconds) and hostproxy's added p99 round by round beside the steal in its run, so that a reader can
+tell the machine's stalls from the proxy's. It then opens 1,000 idle client connections to hostproxy and
+reports its RSS, and reports how soon after start hostproxy answered its first proxied request.
 
 Two more parts run after it (``--only http|k8s|admin`` runs one part alone; each part's sizes have
 flags, see ``--help``): :mod:`hostproxy.bench_k8s`, the ``io.l5d.k8s`` namer watching 5,000 Services
@@ -136,6 +140,27 @@ def preemptions(pids: list[int]) -> int | None:
         )
 
     return _sum_over_threads(pids, "status", count)
+
+
+def steal_ticks(proc_stat: str) -> int | None:
+    """The host's steal time in clock ticks, summed over the machine's CPUs: the eighth value of the
+    ``cpu`` line of ``/proc/stat`` (time a virtual CPU had work but the host ran something else); None
+    where the line has no such value."""
+    for line in proc_stat.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "cpu":
+            return int(fields[8]) if len(fields) > 8 else None
+    return None
+
+
+def host_steal_ms() -> float | None:
+    """:func:`steal_ticks` of this machine now, in milliseconds; None where it is not kept."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = steal_ticks(f.read())
+    except (OSError, ValueError):
+        return None
+    return None if ticks is None else ticks * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -312,6 +337,19 @@ def round_seconds(duration: int, rounds: int) -> int:
 
 
 @dataclass
+class _Run:
+    """One fixed-rate run: its steady latencies (ms) and the host's steal during it (ms per second
+    over all CPUs; None where the kernel does not keep it)."""
+
+    latencies: list[float]
+    steal: float | None
+
+    @property
+    def p99(self) -> float | None:
+        return latency_summary(self.latencies).get("fr_p99")
+
+
+@dataclass
 class _FixedRateRuns:
     """One target's fixed-rate runs in one placement, summed over the rounds."""
 
@@ -319,11 +357,16 @@ class _FixedRateRuns:
     requests: int = 0
     cpu_s: float | None = 0.0
     preempted: int | None = 0
+    seconds: float = 0.0  # wall time of the runs
+    steal_ms: float | None = 0.0  # the host's steal over the runs (all CPUs)
+    each: list[_Run] = field(default_factory=list)  # the runs, in order (one per round)
 
     def run(self, t: Target, seconds: int, tmp: Path, load_cpus: set[int] | None) -> None:
         pids = t.pids()
         r0, s0 = run_cpu_seconds(pids), preemptions(pids)
+        h0, w0 = host_steal_ms(), time.monotonic()
         latencies, requests = run_fixed_rate(t.port, seconds, tmp, load_cpus)
+        h1, wall = host_steal_ms(), time.monotonic() - w0
         pids = t.pids()
         r1, s1 = run_cpu_seconds(pids), preemptions(pids)
         self.latencies += latencies
@@ -332,17 +375,46 @@ class _FixedRateRuns:
         self.preempted = (
             None if self.preempted is None or s0 is None or s1 is None else self.preempted + s1 - s0
         )
+        self.seconds += wall
+        stolen = None if h0 is None or h1 is None else h1 - h0
+        self.steal_ms = None if self.steal_ms is None or stolen is None else self.steal_ms + stolen
+        self.each.append(_Run(latencies, None if stolen is None else stolen / wall))
 
     def results(self, is_proxy: bool) -> dict[str, float]:
         out = latency_summary(self.latencies)
         if out:
             out["fr_requests"] = float(self.requests)
+        if self.steal_ms is not None and self.seconds > 0:
+            out["fr_steal"] = self.steal_ms / self.seconds  # ms per s, all CPUs
         if is_proxy and self.requests:
             if self.cpu_s is not None:
                 out["fr_cpu_ms"] = self.cpu_s / self.requests * 1000
             if self.preempted is not None:
                 out["fr_preempted"] = self.preempted / self.requests * CONNECTIONS  # per burst
         return out
+
+
+def by_round(direct: _FixedRateRuns, proxy: _FixedRateRuns) -> str:
+    """Each round's added p99 of ``proxy`` over ``direct`` (their runs in the same round and placement)
+    with the host's steal in the proxy's run: ``+1.52 ms (steal 0.0 ms/s), ...``."""
+    out = []
+    for d, p in zip(direct.each, proxy.each, strict=False):
+        d99, p99 = d.p99, p.p99
+        added = "-" if d99 is None or p99 is None else f"{p99 - d99:+.2f} ms"
+        out.append(added + ("" if p.steal is None else f" (steal {p.steal:.1f} ms/s)"))
+    return ", ".join(out)
+
+
+def quiet_added_p99(direct: _FixedRateRuns, proxy: _FixedRateRuns) -> tuple[float, int] | None:
+    """The added p99 of ``proxy`` over ``direct`` with the latencies of only those rounds in which the
+    host stole nothing during either run, pooled; and how many rounds those were. None when no round
+    was quiet (or the kernel keeps no steal)."""
+    quiet = [(d, p) for d, p in zip(direct.each, proxy.each, strict=False) if d.steal == 0 and p.steal == 0]
+    d_p99 = latency_summary([x for d, _ in quiet for x in d.latencies]).get("fr_p99")
+    p_p99 = latency_summary([x for _, p in quiet for x in p.latencies]).get("fr_p99")
+    if d_p99 is None or p_p99 is None:
+        return None
+    return p_p99 - d_p99, len(quiet)
 
 
 def start_nginx_upstream(tmp: Path, port: int) -> subprocess.Popen[bytes]:
@@ -676,6 +748,33 @@ def run_http(args: argparse.Namespace) -> int:
         # The shared placement's extra latency is mostly the scheduler's (README, Performance): the
         # load generator and the upstream, woken by the proxy's writes, take the proxy's CPU from it.
         print("preempted per burst of ten requests at 1000 req/s: " + "; ".join(preempted))
+    steal = [
+        f"{t.name} {t.results['fr_steal']:.1f} shared"
+        + (f", {t.results['iso_fr_steal']:.1f} isolated" if "iso_fr_steal" in t.results else "")
+        for t in targets
+        if "fr_steal" in t.results
+    ]
+    if steal:
+        # A virtual machine's CPUs are the host's threads: when the host runs something else, every
+        # process here stalls for milliseconds at a time, and the proxies, which use more CPU than
+        # the direct upstream, are the likelier to be caught. This line says how much of that there was.
+        print(
+            "host steal during the 1000 req/s runs (ms per second over all CPUs, /proc/stat): "
+            + "; ".join(steal)
+        )
+        print(f"hostproxy's added p99 by round, shared: {by_round(shared[0], shared[1])}")
+        if alone[1].each:
+            print(f"hostproxy's added p99 by round, isolated: {by_round(alone[0], alone[1])}")
+        quiet = [
+            f"{added:+.2f} ms {placement} ({n} of {len(runs[1].each)} rounds)"
+            for placement, runs in (("shared", shared), ("isolated", alone))
+            for added, n in [quiet_added_p99(runs[0], runs[1]) or (0.0, 0)]
+            if n
+        ]
+        print(
+            "hostproxy's added p99 over the rounds in which the host stole nothing during its run and "
+            "direct's: " + (", ".join(quiet) if quiet else "no such round")
+        )
     print(f"hostproxy RSS with {opened} idle client connections: {idle_rss / 1024:.1f} MB")
     print(f"hostproxy first proxied response {first_response_s:.3f} s after start", flush=True)
     shutil.rmtree(tmp, ignore_errors=True)

@@ -55,6 +55,41 @@ def test_latency_summary_and_round_seconds() -> None:
     assert [bench.round_seconds(10, r) for r in (1, 2, 3, 5, 10, 20, 0)] == [10, 5, 3, 2, 1, 1, 10]
 
 
+def test_host_steal_is_read_from_the_cpu_line_of_proc_stat() -> None:
+    text = (
+        "cpu  2204872 4128 613220 7387903 10430 0 203833 8410 0 0\n"
+        "cpu0 923085 2061 298152 3883566 1454 0 97637 4634 0 0\n"
+        "cpu1 1281786 2066 315068 3504337 8976 0 106196 3776 0 0\n"
+        "intr 1 2 3\n"
+    )
+    assert bench.steal_ticks(text) == 8410  # the all-CPUs line, not a CPU's own
+    assert bench.steal_ticks("cpu  1 2 3 4 5 6 7\n") is None  # a kernel without the steal value
+    assert bench.steal_ticks("intr 1 2 3\n") is None
+    now = bench.host_steal_ms()
+    with open("/proc/stat") as f:
+        ticks = bench.steal_ticks(f.read())
+    assert now is not None and ticks is not None
+    assert now <= ticks * 1000 / os.sysconf("SC_CLK_TCK")  # read first, so no later than the file
+
+
+def test_rounds_pair_each_proxy_run_with_the_direct_run_of_its_round() -> None:
+    direct, proxy = bench._FixedRateRuns(), bench._FixedRateRuns()
+    ms = [float(i) for i in range(1, 101)]  # p99 99.01
+    direct.each = [bench._Run(ms, 0.0), bench._Run([x - 1 for x in ms], 2.5), bench._Run([], 0.0)]
+    proxy.each = [bench._Run([x + 1.5 for x in ms], 0.0), bench._Run(ms, 80.25), bench._Run(ms, None)]
+    assert bench.by_round(direct, proxy) == "+1.50 ms (steal 0.0 ms/s), +1.00 ms (steal 80.2 ms/s), -"
+    # Only the first round had no steal in both runs: its latencies alone.
+    assert bench.quiet_added_p99(direct, proxy) == (pytest.approx(1.5), 1)
+    direct.each[2] = bench._Run([x + 10 for x in ms], 0.0)
+    proxy.each[2] = bench._Run([x + 20 for x in ms], 0.0)
+    # Two quiet rounds, pooled (not the mean of their two added p99s).
+    pooled_d = bench.latency_summary(ms + [x + 10 for x in ms])["fr_p99"]
+    pooled_p = bench.latency_summary([x + 1.5 for x in ms] + [x + 20 for x in ms])["fr_p99"]
+    assert bench.quiet_added_p99(direct, proxy) == (pytest.approx(pooled_p - pooled_d), 2)
+    proxy.each[0].steal = proxy.each[2].steal = 5.0
+    assert bench.quiet_added_p99(direct, proxy) is None
+
+
 def test_fixed_rate_runs_pool_their_rounds(tmp_path) -> None:
     """Two one-second runs of the real load against a real nginx (standing in for a proxy): every
     request of both runs counted, all but each run's first burst in the latencies, and the CPU and
@@ -78,6 +113,15 @@ def test_fixed_rate_runs_pool_their_rounds(tmp_path) -> None:
     assert out["fr_preempted"] == pytest.approx(runs.preempted / runs.requests * bench.CONNECTIONS)
     assert out["fr_max"] == max(runs.latencies)
     assert "fr_cpu_ms" not in runs.results(is_proxy=False)  # the direct upstream: no proxy to measure
+    # The host's steal is the machine's, for every target alike: summed over the runs, per second.
+    assert runs.seconds >= 2.0 and runs.steal_ms is not None and runs.steal_ms >= 0
+    assert out["fr_steal"] == pytest.approx(runs.steal_ms / runs.seconds)
+    assert runs.results(is_proxy=False)["fr_steal"] == out["fr_steal"]
+    # Each run kept with its own latencies and the steal per second in it.
+    assert [len(r.latencies) for r in runs.each] == [first[0], len(runs.latencies) - first[0]]
+    assert runs.each[0].latencies + runs.each[1].latencies == runs.latencies
+    assert runs.each[0].p99 == bench.latency_summary(runs.latencies[: first[0]])["fr_p99"]
+    assert all(r.steal is not None and r.steal >= 0 for r in runs.each)
     runs.cpu_s = None  # a process whose /proc could not be read: no CPU figure rather than a wrong one
     assert "fr_cpu_ms" not in runs.results(is_proxy=True) and "fr_preempted" in runs.results(is_proxy=True)
 
