@@ -541,6 +541,17 @@ def idle_connections_rss(port: int, pids_of: Target, count: int) -> tuple[int, i
 PARTS = ("http", "h2", "tls", "k8s", "admin")
 
 
+def positive_int(text: str) -> int:
+    """An argument that must be a whole number of at least 1 (rounds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     from hostproxy import bench_admin, bench_k8s, bench_proto
 
@@ -554,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=int, default=10, help="seconds per load run (default 10)")
     ap.add_argument(
         "--rounds",
-        type=int,
+        type=positive_int,
         default=5,
         help="rounds the fixed-rate runs are spread over, every target in each (default 5)",
     )

@@ -9,16 +9,19 @@ sized to hold them all; the fs namer itself watches at most 1,000 names, so ``--
 measures eviction churn too). One request per name warms every client; ``/client_state.json`` then
 says how many clients exist.
 
-Then the same fixed load runs several times, ``h2load --h1`` at ``--admin-rps`` requests/s (default 1000) over
-10 connections for ``--admin-duration`` seconds, all to ``Host: svc-0000``, with per-request timings
-from ``--log-file``: first with the admin server idle, then once per ``--scrape-interval`` (default
-0.1 s, then 1 s) with a scraper thread that at that interval GETs ``/admin/metrics.json``,
-``/client_state.json`` and ``/admin/metrics/prometheus`` in turn on one keep-alive connection (a round
-that takes longer than the interval is followed by the next at once). It prints each run's requests
-completed (h2load does not send the requests a stalled connection missed, so fewer than intended means
-the proxy stalled), responses other than 2xx, requests that failed at the connection level (h2load's
-"errored": none may), p50/p99/max, p99 added over the idle run, hostproxy's CPU seconds, and per scraped
-endpoint the number of scrapes, their duration (p50/max) and response size.
+Then the same fixed load, ``h2load --h1`` at ``--admin-rps`` requests/s (default 1000) over 10 connections,
+all to ``Host: svc-0000``, with per-request timings from ``--log-file``, runs in several modes: with the
+admin server idle, and once per ``--scrape-interval`` (default 0.1 s, then 1 s) with a scraper thread
+that at that interval GETs ``/admin/metrics.json``, ``/client_state.json`` and
+``/admin/metrics/prometheus`` in turn on one keep-alive connection (a round that takes longer than the
+interval is followed by the next at once). Each mode gets ``--admin-duration`` seconds of load spread
+over ``--admin-rounds`` rounds (default 5), every mode in each round, and each mode's numbers are summed
+over its runs: a slow spell of the machine then falls on every mode alike, not on whichever ran in it.
+It prints each mode's requests completed (h2load does not send the requests a stalled connection
+missed, so fewer than intended means the proxy stalled), responses other than 2xx, requests that failed
+at the connection level (h2load's "errored": none may), p50/p99/max, p99 added over the idle mode,
+hostproxy's CPU seconds, the host's steal during the mode's runs (``/proc/stat``, ms per second over all
+CPUs), and per scraped endpoint the number of scrapes, their duration (p50/max) and response size.
 
 A benchmark, not a test: it asserts nothing; the README records its numbers. Everything listens on
 127.0.0.1 and is stopped at the end.
@@ -41,7 +44,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hostproxy.bench import cpu_seconds, free_port, process_tree, start_nginx_upstream, stopping, wait_port
+from hostproxy.bench import (
+    cpu_seconds,
+    free_port,
+    host_steal_ms,
+    positive_int,
+    process_tree,
+    round_seconds,
+    start_nginx_upstream,
+    stopping,
+    wait_port,
+)
 
 SCRAPE_PATHS = ("/admin/metrics.json", "/client_state.json", "/admin/metrics/prometheus")
 
@@ -127,12 +140,56 @@ def warm(port: int, clients: int) -> int:
     return ok
 
 
-def fixed_rate(port: int, host: str, rps: int, duration: int, tmp: Path, tag: str) -> dict[str, float]:
-    """``h2load --h1`` at ``rps`` requests/s over 10 connections; p50/p99/max (ms) and non-2xx.
+@dataclass
+class Load:
+    """The fixed load's results, summed over one mode's runs: every latency (ms), responses other
+    than 2xx, requests that failed at the connection level, and the host's steal (ms) over the runs'
+    wall time (s)."""
+
+    latencies: list[float] = field(default_factory=list)
+    non2xx: int = 0
+    errored: int = 0
+    steal_ms: float | None = 0.0
+    seconds: float = 0.0
+
+    def add(self, port: int, host: str, rps: int, duration: int, tmp: Path, tag: str) -> None:
+        """One run of the load (:func:`fixed_rate`), added."""
+        h0, w0 = host_steal_ms(), time.monotonic()
+        latencies, non2xx, errored = fixed_rate(port, host, rps, duration, tmp, tag)
+        h1 = host_steal_ms()
+        self.seconds += time.monotonic() - w0
+        self.latencies += latencies
+        self.non2xx += non2xx
+        self.errored += errored
+        self.steal_ms = None if self.steal_ms is None or h0 is None or h1 is None else self.steal_ms + h1 - h0
+
+    def summary(self) -> dict[str, float]:
+        """requests, non2xx, errored, and with two latencies or more p50/p99/max (ms); the host's
+        steal in ms per second over all CPUs where the kernel keeps it."""
+        out = {
+            "requests": float(len(self.latencies)),
+            "non2xx": float(self.non2xx),
+            "errored": float(self.errored),
+        }
+        if self.steal_ms is not None and self.seconds > 0:
+            out["steal"] = self.steal_ms / self.seconds
+        lat = sorted(self.latencies)
+        if len(lat) >= 2:
+            q = statistics.quantiles(lat, n=100, method="inclusive")
+            out.update({"p50": q[49], "p99": q[98], "max": lat[-1]})
+        return out
+
+
+def fixed_rate(
+    port: int, host: str, rps: int, duration: int, tmp: Path, tag: str
+) -> tuple[list[float], int, int]:
+    """``h2load --h1`` at ``rps`` requests/s over 10 connections: every request's latency (ms), how
+    many responses were not 2xx, and how many requests failed at the connection level.
 
     The Host header goes in as ``:authority`` (h2load's ``-H 'Host: ...'`` adds a second Host header
     to HTTP/1.1 requests, which a proxy rightly refuses)."""
     log = tmp / f"h2load-admin-{tag}.log"
+    log.unlink(missing_ok=True)
     conns = 10
     done = subprocess.run(
         [
@@ -159,16 +216,7 @@ def fixed_rate(port: int, host: str, rps: int, duration: int, tmp: Path, tag: st
             continue
         lat.append(int(parts[2]) / 1000.0)
         bad += not parts[1].startswith("2")
-    lat.sort()
-    counts = {
-        "requests": float(len(lat)),
-        "non2xx": float(bad),
-        "errored": float(h2load_errored(done.stdout)),
-    }
-    if len(lat) < 2:
-        return counts
-    q = statistics.quantiles(lat, n=100, method="inclusive")
-    return {"p50": q[49], "p99": q[98], "max": lat[-1], **counts}
+    return lat, bad, h2load_errored(done.stdout)
 
 
 def h2load_errored(summary: str) -> int:
@@ -194,6 +242,8 @@ class Scraper:
     _thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Start scraping (again, after a ``stop``: the counts go on from where they were)."""
+        self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="admin-scraper", daemon=True)
         self._thread.start()
 
@@ -238,17 +288,18 @@ def client_count(admin: int) -> int:
 
 @dataclass
 class LoadRun:
-    """One fixed-rate run: its label, the load's numbers, hostproxy's CPU, the scraper (if any)."""
+    """One mode's fixed-rate runs (one per round): its label, the load's numbers summed over them,
+    hostproxy's CPU, the scraper (if any)."""
 
     label: str
-    load: dict[str, float]
-    cpu_s: float
+    load: Load = field(default_factory=Load)
+    cpu_s: float = 0.0
     scraper: Scraper | None = None
 
 
 def run_admin(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     up, hp, admin = free_port(), free_port(), free_port()
-    res: dict[str, Any] = {"clients": args.clients, "rps": args.admin_rps, "duration": args.admin_duration}
+    res: dict[str, Any] = {"clients": args.clients, "rps": args.admin_rps, "rounds": args.admin_rounds}
     runs: list[LoadRun] = []
     res["runs"] = runs
     procs: list[subprocess.Popen[bytes]] = []
@@ -266,19 +317,21 @@ def run_admin(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         res["client_state_clients"] = client_count(admin)
         pids = process_tree(hp_proc.pid)
         for interval in [None, *args.scrape_interval]:
-            scraper = Scraper(admin, interval) if interval is not None else None
             label = "no scrapes" if interval is None else f"scrapes every {interval:g} s"
-            c0 = cpu_seconds(pids)
-            if scraper is not None:
-                scraper.start()
-            try:
-                load = fixed_rate(
-                    hp, service_name(0), args.admin_rps, args.admin_duration, tmp, str(len(runs))
-                )
-            finally:
-                if scraper is not None:
-                    scraper.stop()
-            runs.append(LoadRun(label, load, cpu_seconds(pids) - c0, scraper))
+            runs.append(LoadRun(label, scraper=Scraper(admin, interval) if interval is not None else None))
+        # In rounds, every mode in each, so that a slow spell of the machine falls on all alike.
+        seconds = res["run_s"] = round_seconds(args.admin_duration, args.admin_rounds)
+        for _ in range(args.admin_rounds):
+            for i, run_ in enumerate(runs):
+                c0 = cpu_seconds(pids)
+                if run_.scraper is not None:
+                    run_.scraper.start()
+                try:
+                    run_.load.add(hp, service_name(0), args.admin_rps, seconds, tmp, str(i))
+                finally:
+                    if run_.scraper is not None:
+                        run_.scraper.stop()
+                run_.cpu_s += cpu_seconds(pids) - c0
     return res
 
 
@@ -293,19 +346,19 @@ def _q(values: list[float], which: str) -> float:
 def report(res: dict[str, Any]) -> list[str]:
     """The admin benchmark's tables, as lines."""
     runs: list[LoadRun] = res["runs"]
-    intended = res["rps"] * res["duration"]
+    intended = res["rps"] * res["run_s"] * res["rounds"]
     lines = [
         f"clients warmed: {res['warmed']} of {res['clients']} names in {res['warm_s']:.2f} s; "
         f"/client_state.json lists {res['client_state_clients']} clients",
     ]
     hdr = (
         f"{'run':<22} {'requests':>9} {'of':>6} {'non-2xx':>8} {'errored':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-        f"{'p99 added':>10} {'CPU s':>7}"
+        f"{'p99 added':>10} {'CPU s':>7} {'steal ms/s':>10}"
     )
     lines += [hdr, "-" * len(hdr)]
-    base = runs[0].load.get("p99") if runs else None
+    base = runs[0].load.summary().get("p99") if runs else None
     for run_ in runs:
-        r = run_.load
+        r = run_.load.summary()
 
         def f(k: str, r: dict[str, float] = r) -> str:
             return f"{r[k]:.2f}" if k in r else "-"
@@ -316,7 +369,8 @@ def report(res: dict[str, Any]) -> list[str]:
         lines.append(
             f"{run_.label:<22} {r.get('requests', 0):>9.0f} {intended:>6} {r.get('non2xx', 0):>8.0f} "
             f"{r.get('errored', 0):>8.0f} "
-            f"{f('p50'):>8} {f('p99'):>8} {f('max'):>8} {added:>10} {run_.cpu_s:>7.2f}"
+            f"{f('p50'):>8} {f('p99'):>8} {f('max'):>8} {added:>10} {run_.cpu_s:>7.2f} "
+            f"{(format(r['steal'], '.1f') if 'steal' in r else '-'):>10}"
         )
     for run_ in runs:
         sc = run_.scraper
@@ -355,7 +409,18 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     g = ap.add_argument_group("admin scrapes under load (--only admin)")
     g.add_argument("--clients", type=int, default=1000, help="service names, so clients (default 1000)")
     g.add_argument("--admin-rps", type=int, default=1000, help="proxied requests/s (default 1000)")
-    g.add_argument("--admin-duration", type=int, default=10, help="seconds per run (default 10)")
+    g.add_argument(
+        "--admin-duration",
+        type=int,
+        default=10,
+        help="seconds of load per mode, over the rounds (default 10)",
+    )
+    g.add_argument(
+        "--admin-rounds",
+        type=positive_int,
+        default=5,
+        help="rounds, each running every mode (no scrapes, each interval) in turn (default 5)",
+    )
     g.add_argument(
         "--scrape-interval",
         type=intervals,
@@ -376,7 +441,8 @@ def run(args: argparse.Namespace) -> list[str]:
         shutil.rmtree(tmp, ignore_errors=True)
     head = (
         f"admin scrapes under load — {args.clients} clients, {args.admin_rps} req/s over 10 connections "
-        f"for {args.admin_duration} s, without and with scrapes of {', '.join(SCRAPE_PATHS)}"
+        f"for {args.admin_rounds} x {res['run_s']} s per mode (interleaved rounds), without and with "
+        f"scrapes of {', '.join(SCRAPE_PATHS)}"
     )
     return [head, *report(res)]
 

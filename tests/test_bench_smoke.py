@@ -213,6 +213,36 @@ def test_scrape_interval_list_is_checked() -> None:
         bench_admin.intervals("0,x")
 
 
+def test_rounds_must_be_a_whole_number_of_at_least_one(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench.positive_int("3") == 3
+    for bad in ("0", "-2", "two"):
+        with pytest.raises(
+            argparse.ArgumentTypeError, match=rf"^'{bad}' is not a whole number of at least 1$"
+        ):
+            bench.positive_int(bad)
+    for flag in ("--rounds", "--admin-rounds"):
+        with pytest.raises(SystemExit):
+            bench.main([flag, "0"])
+        assert "is not a whole number of at least 1" in capsys.readouterr().err
+
+
+def test_admin_load_sums_its_runs_and_summarises_them() -> None:
+    load = bench_admin.Load(latencies=[float(i) for i in range(1, 101)], non2xx=2, errored=1)
+    load.steal_ms, load.seconds = 30.0, 6.0
+    assert load.summary() == {
+        "requests": 100.0,
+        "non2xx": 2.0,
+        "errored": 1.0,
+        "steal": 5.0,
+        "p50": 50.5,
+        "p99": 99.01,
+        "max": 100.0,
+    }
+    load.steal_ms = None  # a kernel without steal: no steal figure rather than a wrong one
+    assert "steal" not in load.summary()
+    assert bench_admin.Load(latencies=[3.0]).summary() == {"requests": 1.0, "non2xx": 0.0, "errored": 0.0}
+
+
 def test_h2load_errored_requests_are_read_from_its_summary() -> None:
     line = "requests: 100 total, 100 started, 97 done, 95 succeeded, 5 failed, 3 errored, 1 timeout"
     assert bench_admin.h2load_errored(f"starting\n{line}\nstatus codes: 95 2xx, 0 3xx, 2 4xx, 0 5xx\n") == 3
@@ -293,7 +323,9 @@ def test_admin_part_alone_reports_both_runs_and_every_endpoint(capsys: pytest.Ca
             "--admin-rps",
             "50",
             "--admin-duration",
-            "1",
+            "2",
+            "--admin-rounds",
+            "2",
             "--scrape-interval",
             "0.2",
         ]
@@ -302,7 +334,9 @@ def test_admin_part_alone_reports_both_runs_and_every_endpoint(capsys: pytest.Ca
     assert rc == 0
     assert "req/s@50c" not in out and "io.l5d.k8s namer" not in out
     lines = out.strip().splitlines()
-    assert lines[0].startswith("admin scrapes under load — 6 clients, 50 req/s over 10 connections for 1 s")
+    assert lines[0].startswith(
+        "admin scrapes under load — 6 clients, 50 req/s over 10 connections for 2 x 1 s per mode (interleaved"
+    )
     assert lines[1] == "clients warmed: 6 of 6 names in " + lines[1].split(" in ")[1]
     assert lines[1].endswith("/client_state.json lists 6 clients")
     runs = {
@@ -312,16 +346,18 @@ def test_admin_part_alone_reports_both_runs_and_every_endpoint(capsys: pytest.Ca
     }
     assert set(runs) == {"no scrapes", "scrapes every 0.2 s"}
     idle = runs["no scrapes"]
-    assert idle[2:6] == [idle[2], "50", "0", "0"]  # requests, of 50 intended, no non-2xx, none errored
-    assert int(idle[2]) > 0
-    assert idle[-2] == "-"  # no p99 added for the idle run
+    # requests of both rounds, of 2 x 50 intended, no non-2xx, none errored
+    assert idle[2:6] == [idle[2], "100", "0", "0"]
+    assert int(idle[2]) > 50  # more than one round's worth
+    assert idle[-3] == "-"  # no p99 added for the idle mode
     scraped = runs["scrapes every 0.2 s"]
-    assert scraped[5:8] == ["50", "0", "0"] and int(scraped[4]) > 0
-    assert re.fullmatch(r"[+-]\d+\.\d\d", scraped[-2])
+    assert scraped[5:8] == ["100", "0", "0"] and int(scraped[4]) > 50
+    assert re.fullmatch(r"[+-]\d+\.\d\d", scraped[-3])
+    assert all(re.fullmatch(r"\d+\.\d", row[-1]) for row in (idle, scraped))  # the host's steal, ms/s
     table = lines[lines.index(next(x for x in lines if x.startswith("endpoint, every 0.2 s"))) + 2 :]
     got = {row.split()[0]: row.split()[1:] for row in table}
     assert set(got) == set(bench_admin.SCRAPE_PATHS)
     for path in bench_admin.SCRAPE_PATHS:
         scrapes, errors, _p50, _mx, size = got[path]
-        assert int(scrapes) >= 1 and errors == "0"
+        assert int(scrapes) >= 2 and errors == "0"  # the scraper ran in both rounds
         assert float(size) > 0
