@@ -33,7 +33,10 @@ virtual machine it also prints the host's steal during each target's fixed-rate 
 the machine's CPUs had work while the host ran something else, which stalls every process here for
 milliseconds) and hostproxy's added p99 round by round beside the steal in its run, so that a reader can
 tell the machine's stalls from the proxy's. It then opens 1,000 idle client connections to hostproxy and
-reports its RSS, and reports how soon after start hostproxy answered its first proxied request.
+reports its RSS, and reports how soon after start hostproxy answered its first proxied request. Last,
+one line per target of the issue (one worker: requests/s at 50 connections at least 5% of nginx's, added
+p99 at 1000 req/s at most 2 ms in every placement measured, RSS with 1,000 idle connections at most 50 MB,
+first proxied response within 0.5 s) with the number and whether it was met.
 
 Two more parts run after it (``--only http|k8s|admin`` runs one part alone; each part's sizes have
 flags, see ``--help``): :mod:`hostproxy.bench_k8s`, the ``io.l5d.k8s`` namer watching 5,000 Services
@@ -417,6 +420,65 @@ def quiet_added_p99(direct: _FixedRateRuns, proxy: _FixedRateRuns) -> tuple[floa
     return p_p99 - d_p99, len(quiet)
 
 
+# The issue's targets for one worker (README, Performance).
+TARGET_RPS_SHARE = 0.05  # of nginx-as-proxy's requests/s at 50 connections, at least
+TARGET_ADDED_P99_MS = 2.0  # over direct at 1000 req/s, at most
+TARGET_IDLE_RSS_MB = 50.0  # with 1,000 idle client connections, at most
+TARGET_FIRST_RESPONSE_S = 0.5  # after start, at most
+
+
+def target_verdicts(
+    h: dict[str, float],
+    nginx: dict[str, float],
+    direct: dict[str, float],
+    idle: tuple[int, float],
+    first_s: float,
+) -> list[str]:
+    """One line per target: hostproxy's number (``h``, against ``nginx``'s and ``direct``'s results),
+    the target, and whether it was met. ``idle``: the idle connections opened and the RSS (MB) with
+    them; a number not measured is said so, never counted as met."""
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    lines = []
+    if h.get("rps") and nginx.get("rps"):
+        share = h["rps"] / nginx["rps"]
+        lines.append(
+            f"requests/s at 50 connections: {share:.1%} of nginx's (target >= {TARGET_RPS_SHARE:.0%}): "
+            + verdict(share >= TARGET_RPS_SHARE)
+        )
+    else:
+        lines.append("requests/s at 50 connections: not measured")
+    added = [
+        (placement, h[key] - direct[key])
+        for placement, key in (("shared", "fr_p99"), ("isolated", "iso_fr_p99"))
+        if key in h and key in direct
+    ]
+    if added:
+        lines.append(
+            "added p99 at 1000 req/s: "
+            + ", ".join(f"{v:+.2f} ms {placement}" for placement, v in added)
+            + f" (target <= {TARGET_ADDED_P99_MS:g} ms): "
+            + verdict(all(v <= TARGET_ADDED_P99_MS for _, v in added))
+        )
+    else:
+        lines.append("added p99 at 1000 req/s: not measured")
+    opened, rss_mb = idle
+    if opened >= 1000:
+        lines.append(
+            f"RSS with {opened} idle client connections: {rss_mb:.1f} MB (target <= {TARGET_IDLE_RSS_MB:g} MB): "
+            + verdict(rss_mb <= TARGET_IDLE_RSS_MB)
+        )
+    else:
+        lines.append(f"RSS with 1000 idle client connections: not measured ({opened} opened)")
+    lines.append(
+        f"first proxied response: {first_s:.3f} s after start (target <= {TARGET_FIRST_RESPONSE_S:g} s): "
+        + verdict(first_s <= TARGET_FIRST_RESPONSE_S)
+    )
+    return lines
+
+
 def start_nginx_upstream(tmp: Path, port: int) -> subprocess.Popen[bytes]:
     conf = tmp / "nginx-upstream.conf"
     conf.write_text(f"""
@@ -787,7 +849,11 @@ def run_http(args: argparse.Namespace) -> int:
             "direct's: " + (", ".join(quiet) if quiet else "no such round")
         )
     print(f"hostproxy RSS with {opened} idle client connections: {idle_rss / 1024:.1f} MB")
-    print(f"hostproxy first proxied response {first_response_s:.3f} s after start", flush=True)
+    print(f"hostproxy first proxied response {first_response_s:.3f} s after start")
+    print("targets for one worker:")
+    for line in target_verdicts(h, by["nginx"], d_r, (opened, idle_rss / 1024), first_response_s):
+        print("  " + line)
+    sys.stdout.flush()
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -90,6 +90,36 @@ def test_rounds_pair_each_proxy_run_with_the_direct_run_of_its_round() -> None:
     assert bench.quiet_added_p99(direct, proxy) is None
 
 
+def test_target_verdicts_say_met_only_for_numbers_measured_within_the_target() -> None:
+    h = {"rps": 10_000.0, "fr_p99": 2.5, "iso_fr_p99": 2.0}
+    nginx = {"rps": 50_000.0}
+    direct = {"fr_p99": 0.5, "iso_fr_p99": 0.4}
+    assert bench.target_verdicts(h, nginx, direct, (1000, 46.6), 0.331) == [
+        "requests/s at 50 connections: 20.0% of nginx's (target >= 5%): met",
+        "added p99 at 1000 req/s: +2.00 ms shared, +1.60 ms isolated (target <= 2 ms): met",
+        "RSS with 1000 idle client connections: 46.6 MB (target <= 50 MB): met",
+        "first proxied response: 0.331 s after start (target <= 0.5 s): met",
+    ]
+    h = {"rps": 2_000.0, "fr_p99": 2.51}  # one CPU: no isolated runs
+    assert bench.target_verdicts(h, nginx, direct, (1000, 50.1), 0.51) == [
+        "requests/s at 50 connections: 4.0% of nginx's (target >= 5%): NOT met",
+        "added p99 at 1000 req/s: +2.01 ms shared (target <= 2 ms): NOT met",
+        "RSS with 1000 idle client connections: 50.1 MB (target <= 50 MB): NOT met",
+        "first proxied response: 0.510 s after start (target <= 0.5 s): NOT met",
+    ]
+    # One placement over the target is enough to miss it; numbers not measured are never met.
+    h = {"fr_p99": 1.0, "iso_fr_p99": 2.41}
+    lines = bench.target_verdicts(h, {}, direct, (812, 30.0), 0.2)
+    assert lines[:3] == [
+        "requests/s at 50 connections: not measured",
+        "added p99 at 1000 req/s: +0.50 ms shared, +2.01 ms isolated (target <= 2 ms): NOT met",
+        "RSS with 1000 idle client connections: not measured (812 opened)",
+    ]
+    assert (
+        bench.target_verdicts({}, nginx, {}, (1000, 1.0), 0.1)[1] == "added p99 at 1000 req/s: not measured"
+    )
+
+
 def test_fixed_rate_runs_pool_their_rounds(tmp_path) -> None:
     """Two one-second runs of the real load against a real nginx (standing in for a proxy): every
     request of both runs counted, all but each run's first burst in the latencies, and the CPU and
