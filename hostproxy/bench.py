@@ -420,6 +420,17 @@ def quiet_added_p99(direct: _FixedRateRuns, proxy: _FixedRateRuns) -> tuple[floa
     return p_p99 - d_p99, len(quiet)
 
 
+def both_placements(targets: list[Target], key: str, fmt: str) -> list[str]:
+    """``name X shared, Y isolated`` for each target with a ``key`` result (the isolated part only
+    where it ran isolated too), values formatted with ``fmt``."""
+    return [
+        f"{t.name} {fmt.format(t.results[key])} shared"
+        + (f", {fmt.format(t.results['iso_' + key])} isolated" if "iso_" + key in t.results else "")
+        for t in targets
+        if key in t.results
+    ]
+
+
 # The issue's targets for one worker (README, Performance).
 TARGET_RPS_SHARE = 0.05  # of nginx-as-proxy's requests/s at 50 connections, at least
 TARGET_ADDED_P99_MS = 2.0  # over direct at 1000 req/s, at most
@@ -811,22 +822,12 @@ def run_http(args: argparse.Namespace) -> int:
             f"them: hostproxy's {h['fr_cpu_ms']:.3f} ms of CPU per request x 10 = "
             f"{h['fr_cpu_ms'] * 10:.2f} ms is the least time the last response of a burst can take"
         )
-    preempted = [
-        f"{t.name} {t.results['fr_preempted']:.2f} shared"
-        + (f", {t.results['iso_fr_preempted']:.2f} isolated" if "iso_fr_preempted" in t.results else "")
-        for t in targets
-        if "fr_preempted" in t.results
-    ]
+    preempted = both_placements(targets, "fr_preempted", "{:.2f}")
     if preempted:
         # The shared placement's extra latency is mostly the scheduler's (README, Performance): the
         # load generator and the upstream, woken by the proxy's writes, take the proxy's CPU from it.
         print("preempted per burst of ten requests at 1000 req/s: " + "; ".join(preempted))
-    steal = [
-        f"{t.name} {t.results['fr_steal']:.1f} shared"
-        + (f", {t.results['iso_fr_steal']:.1f} isolated" if "iso_fr_steal" in t.results else "")
-        for t in targets
-        if "fr_steal" in t.results
-    ]
+    steal = both_placements(targets, "fr_steal", "{:.1f}")
     if steal:
         # A virtual machine's CPUs are the host's threads: when the host runs something else, every
         # process here stalls for milliseconds at a time, and the proxies, which use more CPU than

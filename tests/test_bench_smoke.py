@@ -90,6 +90,17 @@ def test_rounds_pair_each_proxy_run_with_the_direct_run_of_its_round() -> None:
     assert bench.quiet_added_p99(direct, proxy) is None
 
 
+def test_both_placements_names_each_target_with_what_it_has() -> None:
+    a = bench.Target("direct", 1, None, {"fr_steal": 0.0, "iso_fr_steal": 2.5})
+    b = bench.Target("hostproxy", 2, None, {"fr_steal": 10.04})  # one CPU: no isolated run
+    c = bench.Target("nginx", 3, None, {})
+    assert bench.both_placements([a, b, c], "fr_steal", "{:.1f}") == [
+        "direct 0.0 shared, 2.5 isolated",
+        "hostproxy 10.0 shared",
+    ]
+    assert bench.both_placements([a, b, c], "fr_preempted", "{:.2f}") == []
+
+
 def test_target_verdicts_say_met_only_for_numbers_measured_within_the_target() -> None:
     h = {"rps": 10_000.0, "fr_p99": 2.5, "iso_fr_p99": 2.0}
     nginx = {"rps": 50_000.0}
