@@ -28,16 +28,24 @@ from tests.upstreams import running_upstream
 HOSTS = {"a": "127.0.0.2", "b": "127.0.0.3"}
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def free_port(host: str, taken: set[int]) -> int:
+    """A port free on ``host`` now and not among ``taken`` (the ports this test already handed out,
+    which are not held until their daemon binds them: the kernel may offer a released one again);
+    added to ``taken``."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            p = s.getsockname()[1]
+        if p not in taken:
+            taken.add(p)
+            return p
+    raise RuntimeError(f"no free port on {host} outside {sorted(taken)}")
 
 
-def free_on_both() -> int:
+def free_on_both(taken: set[int]) -> int:
     """A port number free on both host addresses (the daemonset's incoming port is the same everywhere)."""
     for _ in range(50):
-        p = free_port(HOSTS["a"])
+        p = free_port(HOSTS["a"], taken)
         try:
             with socket.socket() as s:
                 s.bind((HOSTS["b"], p))
@@ -97,8 +105,10 @@ async def wait_ping(ip: str, port: int, proc: trio.Process) -> None:
 
 
 async def test_outgoing_sends_to_the_peer_hostproxy_which_delivers_locally(tmp_path: Path) -> None:
-    in_port = free_on_both()
     async with open_fake_api() as api, running_upstream(host=HOSTS["b"]) as app:
+        # Every port chosen once the upstream on 127.0.0.3 holds its own, and each unlike the others.
+        taken = {app.port}
+        in_port = free_on_both(taken)
         node = {HOSTS["a"]: "node-a", HOSTS["b"]: "node-b"}
         api.put("services", service("web", [("http", 80, "http")], ns="default"))
         api.put(
@@ -118,7 +128,7 @@ async def test_outgoing_sends_to_the_peer_hostproxy_which_delivers_locally(tmp_p
         logs = contextlib.ExitStack()
         try:
             for name, ip in HOSTS.items():
-                ports[name] = {"out": free_port(ip), "admin": free_port(ip)}
+                ports[name] = {"out": free_port(ip, taken), "admin": free_port(ip, taken)}
                 cfg = tmp_path / f"{name}.yaml"
                 cfg.write_text(host_config(ip, api.port, ports[name]["out"], in_port, ports[name]["admin"]))
                 env = dict(os.environ, NODE_NAME=f"node-{name}", POD_IP=ip)
