@@ -109,20 +109,23 @@ routers:
 
 
 @contextlib.asynccontextmanager
-async def _daemon_and_upstream(tmp_path: FsPath, in_port: int) -> AsyncIterator[tuple[Running, TestUpstream]]:
-    """A daemon whose router ``out`` forwards to its router ``in`` (port ``in_port``), which routes
-    ``web`` through the fs namer to a test upstream."""
+async def _daemon_and_upstream(tmp_path: FsPath) -> AsyncIterator[tuple[Running, TestUpstream]]:
+    """A daemon whose router ``out`` forwards to its router ``in`` (on a fixed port, ``d.port("in")``),
+    which routes ``web`` through the fs namer to a test upstream."""
     disco = tmp_path / "disco"
     disco.mkdir()
     async with running_upstream() as up:
+        # Chosen once the upstream holds its port: a port probed and released earlier could have
+        # been handed to the upstream, and the daemon would then fail to bind it.
+        in_port = _free_port()
         (disco / "web").write_text(f"127.0.0.1 {up.port}\n")
         async with running_daemon(_config(disco, in_port)) as d:
             yield d, up
 
 
 async def test_trace_through_two_routers_to_the_upstream(tmp_path: FsPath) -> None:
-    in_port = _free_port()
-    async with _daemon_and_upstream(tmp_path, in_port) as (d, up):
+    async with _daemon_and_upstream(tmp_path) as (d, up):
+        in_port = d.port("in")
         url = f"http://127.0.0.1:{d.port('out')}/len/5"
         trace = ("-X", "TRACE", "-H", "Host: web", "-H", "l5d-add-context: true")
 
@@ -159,7 +162,7 @@ async def test_trace_through_two_routers_to_the_upstream(tmp_path: FsPath) -> No
 
 
 async def test_trace_of_a_chunked_response_reports_the_head(tmp_path: FsPath) -> None:
-    async with _daemon_and_upstream(tmp_path, _free_port()) as (d, up):
+    async with _daemon_and_upstream(tmp_path) as (d, up):
         r = await curl(
             f"http://127.0.0.1:{d.port('in')}/big/100",
             *("-X", "TRACE", "-H", "Host: web", "-H", "l5d-add-context: 1"),
@@ -175,7 +178,7 @@ async def test_trace_of_a_chunked_response_reports_the_head(tmp_path: FsPath) ->
 
 
 async def test_bad_max_forwards_is_refused(tmp_path: FsPath) -> None:
-    async with _daemon_and_upstream(tmp_path, _free_port()) as (d, up):
+    async with _daemon_and_upstream(tmp_path) as (d, up):
         r = await curl(
             f"http://127.0.0.1:{d.port('in')}/",
             *("-X", "TRACE", "-H", "Host: web", "-H", "Max-Forwards: many"),
