@@ -66,6 +66,9 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+
+_T = TypeVar("_T")
 
 BODY = b"hello from the upstream\n"
 
@@ -164,6 +167,15 @@ def host_steal_ms() -> float | None:
     except (OSError, ValueError):
         return None
     return None if ticks is None else ticks * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def with_steal(run: Callable[[], _T]) -> tuple[_T, float | None, float]:
+    """``run()``'s result, the host's steal while it ran (ms, all CPUs; None where not kept) and how
+    long it ran (s)."""
+    h0, w0 = host_steal_ms(), time.monotonic()
+    result = run()
+    h1, wall = host_steal_ms(), time.monotonic() - w0
+    return result, None if h0 is None or h1 is None else h1 - h0, wall
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -367,9 +379,9 @@ class _FixedRateRuns:
     def run(self, t: Target, seconds: int, tmp: Path, load_cpus: set[int] | None) -> None:
         pids = t.pids()
         r0, s0 = run_cpu_seconds(pids), preemptions(pids)
-        h0, w0 = host_steal_ms(), time.monotonic()
-        latencies, requests = run_fixed_rate(t.port, seconds, tmp, load_cpus)
-        h1, wall = host_steal_ms(), time.monotonic() - w0
+        (latencies, requests), stolen, wall = with_steal(
+            lambda: run_fixed_rate(t.port, seconds, tmp, load_cpus)
+        )
         pids = t.pids()
         r1, s1 = run_cpu_seconds(pids), preemptions(pids)
         self.latencies += latencies
@@ -379,7 +391,6 @@ class _FixedRateRuns:
             None if self.preempted is None or s0 is None or s1 is None else self.preempted + s1 - s0
         )
         self.seconds += wall
-        stolen = None if h0 is None or h1 is None else h1 - h0
         self.steal_ms = None if self.steal_ms is None or stolen is None else self.steal_ms + stolen
         self.each.append(_Run(latencies, None if stolen is None else stolen / wall))
 
@@ -839,12 +850,11 @@ def run_http(args: argparse.Namespace) -> int:
         print(f"hostproxy's added p99 by round, shared: {by_round(shared[0], shared[1])}")
         if alone[1].each:
             print(f"hostproxy's added p99 by round, isolated: {by_round(alone[0], alone[1])}")
-        quiet = [
-            f"{added:+.2f} ms {placement} ({n} of {len(runs[1].each)} rounds)"
-            for placement, runs in (("shared", shared), ("isolated", alone))
-            for added, n in [quiet_added_p99(runs[0], runs[1]) or (0.0, 0)]
-            if n
-        ]
+        quiet = []
+        for placement, runs in (("shared", shared), ("isolated", alone)):
+            found = quiet_added_p99(runs[0], runs[1])
+            if found is not None:
+                quiet.append(f"{found[0]:+.2f} ms {placement} ({found[1]} of {len(runs[1].each)} rounds)")
         print(
             "hostproxy's added p99 over the rounds in which the host stole nothing during its run and "
             "direct's: " + (", ".join(quiet) if quiet else "no such round")

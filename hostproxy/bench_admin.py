@@ -47,13 +47,13 @@ from typing import Any
 from hostproxy.bench import (
     cpu_seconds,
     free_port,
-    host_steal_ms,
     positive_int,
     process_tree,
     round_seconds,
     start_nginx_upstream,
     stopping,
     wait_port,
+    with_steal,
 )
 
 SCRAPE_PATHS = ("/admin/metrics.json", "/client_state.json", "/admin/metrics/prometheus")
@@ -154,14 +154,14 @@ class Load:
 
     def add(self, port: int, host: str, rps: int, duration: int, tmp: Path, tag: str) -> None:
         """One run of the load (:func:`fixed_rate`), added."""
-        h0, w0 = host_steal_ms(), time.monotonic()
-        latencies, non2xx, errored = fixed_rate(port, host, rps, duration, tmp, tag)
-        h1 = host_steal_ms()
-        self.seconds += time.monotonic() - w0
+        (latencies, non2xx, errored), stolen, wall = with_steal(
+            lambda: fixed_rate(port, host, rps, duration, tmp, tag)
+        )
+        self.seconds += wall
         self.latencies += latencies
         self.non2xx += non2xx
         self.errored += errored
-        self.steal_ms = None if self.steal_ms is None or h0 is None or h1 is None else self.steal_ms + h1 - h0
+        self.steal_ms = None if self.steal_ms is None or stolen is None else self.steal_ms + stolen
 
     def summary(self) -> dict[str, float]:
         """requests, non2xx, errored, and with two latencies or more p50/p99/max (ms); the host's

@@ -72,6 +72,13 @@ def test_host_steal_is_read_from_the_cpu_line_of_proc_stat() -> None:
     assert now <= ticks * 1000 / os.sysconf("SC_CLK_TCK")  # read first, so no later than the file
 
 
+def test_with_steal_brackets_one_run() -> None:
+    calls: list[int] = []
+    result, stolen, wall = bench.with_steal(lambda: calls.append(1) or "done")
+    assert (result, calls) == ("done", [1])
+    assert stolen is not None and stolen >= 0 and wall >= 0
+
+
 def test_rounds_pair_each_proxy_run_with_the_direct_run_of_its_round() -> None:
     direct, proxy = bench._FixedRateRuns(), bench._FixedRateRuns()
     ms = [float(i) for i in range(1, 101)]  # p99 99.01
