@@ -138,6 +138,29 @@ def test_target_verdicts_say_met_only_for_numbers_measured_within_the_target() -
     )
 
 
+def test_target_verdicts_show_the_reference_proxies_added_p99_without_changing_a_verdict() -> None:
+    h = {"rps": 10_000.0, "fr_p99": 2.1, "iso_fr_p99": 6.9}
+    direct = {"fr_p99": 0.5, "iso_fr_p99": 0.5}
+    nginx = {"rps": 50_000.0, "fr_p99": 0.9, "iso_fr_p99": 5.13}
+    haproxy = {"rps": 50_000.0, "fr_p99": 1.3, "iso_fr_p99": 2.5}
+    lines = bench.target_verdicts(h, nginx, direct, (1000, 46.6), 0.3, {"nginx": nginx, "haproxy": haproxy})
+    assert lines[1:3] == [
+        "added p99 at 1000 req/s: +1.60 ms shared, +6.40 ms isolated (target <= 2 ms): NOT met",
+        "  the same rounds through nginx +0.40 ms shared, +4.63 ms isolated; haproxy +0.80 ms shared, "
+        "+2.00 ms isolated (past the target too: nginx isolated)",
+    ]
+    # Within the target everywhere: the line says so by naming none; a reference measured in no
+    # placement is left out, and hostproxy's verdict is its own.
+    quiet = {"fr_p99": 0.8, "iso_fr_p99": 1.0}
+    lines = bench.target_verdicts(h, nginx, direct, (1000, 46.6), 0.3, {"nginx": quiet, "haproxy": {}})
+    assert lines[1:3] == [
+        "added p99 at 1000 req/s: +1.60 ms shared, +6.40 ms isolated (target <= 2 ms): NOT met",
+        "  the same rounds through nginx +0.30 ms shared, +0.50 ms isolated",
+    ]
+    assert bench.added_p99({"fr_p99": 3.0}, direct) == [("shared", 2.5)]
+    assert bench.added_p99({"iso_fr_p99": 3.0}, {"fr_p99": 0.5}) == []
+
+
 def test_fixed_rate_runs_pool_their_rounds(tmp_path) -> None:
     """Two one-second runs of the real load against a real nginx (standing in for a proxy): every
     request of both runs counted, all but each run's first burst in the latencies, and the CPU and
