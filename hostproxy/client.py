@@ -187,10 +187,14 @@ class Client:
         self.requeue_budget = RetryBudget(
             BudgetConfig(budget.ttl_secs, budget.min_retries_per_sec, budget.percent_can_retry), clock
         )
-        pool = params.host_connection_pool
+        idle_ms = [
+            ms
+            for ms in (params.host_connection_pool.idle_time_ms, params.client_session.idle_time_ms)
+            if ms is not None
+        ]
         self._pool_params = PoolParams(
             connect_timeout_ms=getattr(params, "connect_timeout_ms", None) or 1000,
-            idle_timeout_s=(pool.idle_time_ms / 1000) if pool.idle_time_ms else 30.0,
+            idle_timeout_s=min(idle_ms) / 1000 if idle_ms else 30.0,
         )
         self._attempt_timeout = (
             params.request_attempt_timeout_ms / 1000 if params.request_attempt_timeout_ms else None

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import pytest
 import trio
-from upstreams import running_proxy, running_upstream
+from upstreams import running_proxy, running_upstream, stalled_port
 
 from hostproxy.http import Body, ConnectError, Headers, Request, RequestTimeout, UpstreamPool, UpstreamReset
 from hostproxy.http.sockstream import SockStream
@@ -92,6 +92,31 @@ async def test_request_failing_before_any_byte_on_a_stale_connection_is_resent_o
         assert [q.target for q in up.requests] == ["/count", "/count"]  # never duplicated
 
 
+async def test_failed_write_on_a_stream_that_cannot_tell_what_left_is_reported_not_resent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The same stale connection over a stream that does not say how much of a failed write left (a
+    # trio stream, as for TLS or a host name): the pool cannot prove nothing was sent, so it reports.
+    monkeypatch.setattr(_Conn, "readable_while_idle", lambda self: False)
+
+    async def connect(host: str, port: int, timeout_s: float) -> trio.SocketStream:
+        return await trio.open_tcp_stream(host, port)
+
+    async with (
+        running_upstream(idle_close_s=0.1, idle_reset=True) as up,
+        UpstreamPool("127.0.0.1", up.port, connector=connect) as pool,
+    ):
+        assert (
+            await (await pool.request(get("/count", Body.from_bytes(b"abc"), "POST"))).body.read_all() == b"3"
+        )
+        await trio.sleep(0.5)  # the upstream resets the idle connection
+        with pytest.raises(UpstreamReset) as info:
+            await pool.request(get("/count", Body.from_bytes(b"abcd"), "POST"))
+        assert not info.value.retryable
+        assert pool.statistics()["resent"] == 0
+        assert [q.target for q in up.requests] == ["/count"]
+
+
 @contextmanager
 def closed_port() -> Iterator[int]:
     with socket.socket() as s:
@@ -110,17 +135,7 @@ async def test_connect_refused() -> None:
 
 
 async def test_connect_timeout() -> None:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    fillers = []
-    try:
-        for _ in range(3):  # fill the accept queue: further SYNs are dropped
-            c = socket.socket()
-            c.setblocking(False)
-            c.connect_ex(("127.0.0.1", port))
-            fillers.append(c)
+    with stalled_port() as port:
         async with UpstreamPool("127.0.0.1", port) as pool:
             with pytest.raises(ConnectError) as info:
                 await pool.request(get("/"), connect_timeout=0.2)
@@ -128,10 +143,6 @@ async def test_connect_timeout() -> None:
         assert str(info.value) == (
             f"Unable to establish connection to 127.0.0.1:{port}: no answer within connect timeout 200 ms"
         )
-    finally:
-        for c in fillers:
-            c.close()
-        listener.close()
 
 
 async def test_upstream_reset_mid_response() -> None:

@@ -406,3 +406,24 @@ async def answer_each_head(stream: trio.SocketStream, answer: Callable[[bytes], 
             while b"\r\n\r\n" in buf:
                 head, buf = buf.split(b"\r\n\r\n", 1)
                 await stream.send_all(answer(head))
+
+
+@contextlib.contextmanager
+def stalled_port() -> Iterator[int]:
+    """A port whose listener never accepts and whose accept queue is full: SYNs go unanswered."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(3):
+            c = socket.socket()
+            c.setblocking(False)
+            c.connect_ex(("127.0.0.1", port))
+            fillers.append(c)
+        yield port
+    finally:
+        for c in fillers:
+            c.close()
+        listener.close()

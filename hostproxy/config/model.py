@@ -220,24 +220,56 @@ class ClientTls:
 
 @dataclass(frozen=True, kw_only=True)
 class HostConnectionPool:
-    min_size: int = key(0, "Connections kept open per endpoint even when idle.", check=non_negative)
+    min_size: int = key(
+        0,
+        "Accepted so that Linkerd 1 configs load; not enforced: no connection is kept open past idleTimeMs.",
+        check=non_negative,
+    )
     max_size: int | None = key(
-        None, "Most connections per endpoint.", default_doc="unlimited", check=positive
+        None,
+        "Accepted so that Linkerd 1 configs load; not enforced: connections per endpoint are not capped.",
+        default_doc="unlimited",
+        check=positive,
     )
     idle_time_ms: int | None = key(
-        None, "Close a pooled connection idle this long.", default_doc="never", check=positive
+        None,
+        "Close a pooled connection idle this long, with traffic or without (Linkerd 1: never).",
+        default_doc="30000",
+        check=positive,
     )
     max_waiters: int | None = key(
-        None, "Most requests waiting for a connection.", default_doc="unlimited", check=non_negative
+        None,
+        "Accepted so that Linkerd 1 configs load; not enforced: no request waits for a connection "
+        "(one is opened when none is idle).",
+        default_doc="unlimited",
+        check=non_negative,
     )
 
 
 @dataclass(frozen=True, kw_only=True)
 class Session:
     idle_time_ms: int | None = key(
-        None, "Close a connection idle this long.", default_doc="never", check=positive
+        None,
+        "Close a pooled connection idle this long (the shorter of this and hostConnectionPool.idleTimeMs).",
+        default_doc="hostConnectionPool's",
+        check=positive,
     )
-    life_time_ms: int | None = key(None, "Close a connection this old.", default_doc="never", check=positive)
+    life_time_ms: int | None = key(
+        None,
+        "Accepted so that Linkerd 1 configs load; not enforced: a connection is not closed for its age.",
+        default_doc="never",
+        check=positive,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerSession(Session):
+    idle_time_ms: int | None = key(
+        None,
+        "Close a client connection idle this long between requests (Linkerd 1: never).",
+        default_doc="60000",
+        check=positive,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -607,7 +639,7 @@ class ServerConfig:
     add_forwarded_header: ForwardedHeader | None = key(
         None, "Add an RFC 7239 Forwarded header.", default_doc="off"
     )
-    server_session: Session = key(Session(), "Connection lifetime limits.")
+    server_session: ServerSession = key(ServerSession(), "Connection lifetime limits.")
     allow_address_overrides: bool = key(
         False,
         "Let a per-request l5d-dtab route to raw addresses (/$/inet/...) even on a non-loopback server.",

@@ -29,6 +29,10 @@ the kernel says ``EAGAIN`` (or, by choice, once before a write: see below):
   µs for one that does not. The price is one task switch per write, which a lone request pays
   without gain. Responses to clients are written at once: a client's latency ends with that write,
   and delaying it to batch the client's wake-ups measured worse.
+* **What a failed write left.** When ``send_all`` fails, :attr:`SockStream.sent_before_failure` is how
+  many bytes of that call's data the kernel had taken before the error (0: none left, so the
+  upstream pool may send the request again on another connection without duplicating it). Set only
+  on failure: a successful write costs nothing more.
 * **Reads that expect to wait.** A ``recv`` with nothing to read costs about three times a plain
   system call, because the stdlib makes, raises and catches a ``BlockingIOError`` (with a traceback
   entry) for its ``EAGAIN``. Where the bytes are probably not there yet (the reply to a request just
@@ -82,7 +86,7 @@ def _translated(exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourceE
 class SockStream:
     """A ``trio.abc.HalfCloseableStream`` over a non-blocking stdlib TCP socket (see the module)."""
 
-    __slots__ = ("socket", "waited", "_eof_sent", "_poller", "yield_before_send")
+    __slots__ = ("socket", "waited", "_eof_sent", "_poller", "yield_before_send", "sent_before_failure")
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -94,6 +98,8 @@ class SockStream:
         self._poller: select.poll | None = None
         #: Whether ``send_all`` lets the other runnable tasks run before it writes (see the module).
         self.yield_before_send = False
+        #: Bytes of its data the last failed ``send_all`` had sent before it failed (see the module).
+        self.sent_before_failure = 0
 
     def __repr__(self) -> str:
         return f"<SockStream fd={self.socket.fileno()}>"
@@ -153,20 +159,25 @@ class SockStream:
         except BlockingIOError:
             sent = 0
         except OSError as exc:
+            self.sent_before_failure = 0
             raise _translated(exc)  # noqa: B904 - its cause is set by _translated
         if sent == len(data):
             return
-        with memoryview(data) as view:
-            total = len(view)
-            while sent < total:
-                self.waited = True
-                await _wait_writable(sock)
-                try:
-                    sent += sock.send(view[sent:])
-                except BlockingIOError:
-                    pass
-                except OSError as exc:
-                    raise _translated(exc)  # noqa: B904 - its cause is set by _translated
+        try:
+            with memoryview(data) as view:
+                total = len(view)
+                while sent < total:
+                    self.waited = True
+                    await _wait_writable(sock)
+                    try:
+                        sent += sock.send(view[sent:])
+                    except BlockingIOError:
+                        pass
+                    except OSError as exc:
+                        raise _translated(exc)  # noqa: B904 - its cause is set by _translated
+        except BaseException:
+            self.sent_before_failure = sent
+            raise
 
     async def wait_send_all_might_not_block(self) -> None:
         sock = self.socket

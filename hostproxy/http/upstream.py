@@ -15,15 +15,21 @@ response body is then pulled from the socket as the caller reads it.
   and the response were read/written completely and neither side asked to close.  A response body
   closed before its end, a request body not fully sent, or any error discards the connection.
 * **Stale connections.**  An idle connection the upstream closed (or wrote to) while idle is
-  readable; ``checkout`` polls for that and discards it.  If writing the request head to a reused
-  connection still fails, no byte of the request was written, so it is sent again on a fresh
-  connection: never lost, never duplicated.  Once any byte was written a failure is reported, not
-  retried here.
+  readable; ``checkout`` polls for that and discards it.  If writing the request to a reused
+  connection still fails before any byte of it left (known for a ``SockStream``; a TLS or host-name
+  stream cannot tell, so its failure is reported), it is sent again on a fresh connection: never
+  lost, never duplicated.  Once any byte was written a failure is reported, not retried here (a
+  streamed request's head alone may be sent again: an upstream cannot act on part of a head).
+* **Nothing after the response.**  Bytes an upstream sends beyond the end of a response (a second
+  response nobody asked for, a body on a ``HEAD`` or ``204``) would be read as the next request's
+  response: a connection holding any is closed, not kept.
 * **Plain TCP.**  A connection to an IP address is a :class:`~hostproxy.http.sockstream.SockStream`
   (it yields only when it has to wait); a host name is resolved and connected by
   ``trio.open_tcp_stream``.
 * **Idle timeout.**  Idle connections older than ``idle_timeout_s`` are discarded at checkout
-  and by ``prune()``.
+  and by ``prune()``, which a task in the pool's nursery runs as each idle connection reaches the
+  timeout (started when a connection goes idle, ended when none is idle), so a pool with no more
+  traffic does not keep its connections open.
 * **Errors.**  ``OSError``, trio's stream errors and parse errors are translated once, by
   ``_map_errors`` at the I/O edge, into ``UpstreamError`` subclasses with a ``cause``
   (``connect/refused``, ``connect/timeout``, ``connect/unreachable``, ``tls``, ``upstream/reset``,
@@ -195,7 +201,13 @@ def _tls_error_of(exc: BaseException) -> Exception | None:
 
 
 class _Stale(Exception):
-    """Writing the head to a reused connection failed before any byte left: safe to resend."""
+    """Writing the request to a reused connection failed before any byte left: safe to resend."""
+
+
+def _nothing_left(stream: Any) -> bool:
+    """Whether the ``send_all`` that just failed on ``stream`` provably sent none of its bytes: known
+    for a ``SockStream``; any other stream (TLS, a host name's trio stream) may have sent a part."""
+    return type(stream) is SockStream and stream.sent_before_failure == 0
 
 
 class _Conn:
@@ -278,12 +290,18 @@ class PoolState:
         self.in_use = 0
 
     def checkout(self, now: float, is_stale: Callable[[Any], bool]) -> tuple[Any | None, list[Any]]:
-        """The most recently used healthy idle connection (or None) and the ones to close."""
+        """The most recently used healthy idle connection (or None) and the ones to close: those
+        found stale, and every one past the idle timeout (not only those in the way)."""
         to_close: list[Any] = []
-        while self.idle:
-            conn = self.idle.pop()  # LIFO: the warmest connection first
-            expired = self.idle_timeout_s is not None and now - conn.idle_since > self.idle_timeout_s
-            if expired or is_stale(conn):
+        idle = self.idle
+        timeout = self.idle_timeout_s
+        if timeout is not None:
+            # The deque is in check-in order: the connections past the timeout are its first ones.
+            while idle and now - idle[0].idle_since > timeout:
+                to_close.append(idle.popleft())
+        while idle:
+            conn = idle.pop()  # LIFO: the warmest connection first
+            if is_stale(conn):
                 to_close.append(conn)
                 continue
             self.in_use += 1
@@ -462,6 +480,8 @@ class UpstreamPool(NurseryOwner):
             "resent": 0,
         }
         self._closed = False
+        # The task that closes idle connections at the idle timeout (``_reap``), while one runs.
+        self._reaper: trio.CancelScope | None = None
 
     def statistics(self) -> dict[str, int]:
         idle = len(self._state.idle)
@@ -474,6 +494,8 @@ class UpstreamPool(NurseryOwner):
     async def aclose(self) -> None:
         """Close idle connections and refuse new requests (in-flight ones finish)."""
         self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
         for conn in self._state.drain():
             await self._close(conn)
 
@@ -546,8 +568,12 @@ class UpstreamPool(NurseryOwner):
         if not conn.sender_done and conn.sender_finished is not None:
             if conn.codec.request_sent:
                 # Every byte of the request was produced; the writer is flushing the last ones.
-                with trio.move_on_after(1.0):
-                    await conn.sender_finished.wait()
+                try:
+                    with trio.move_on_after(1.0):
+                        await conn.sender_finished.wait()
+                except BaseException:
+                    await self._discard(conn)  # cancelled meanwhile: the connection is not kept
+                    raise
             if not conn.sender_done and conn.sender_scope is not None:
                 conn.sender_scope.cancel()  # the request body is no longer wanted
         for c in self._checked_in(conn):
@@ -556,21 +582,44 @@ class UpstreamPool(NurseryOwner):
     def _checked_in(self, conn: _Conn) -> list[_Conn]:
         """Check in a connection whose response ended (kept if the exchange was clean); the
         connections the caller closes."""
+        codec = conn.codec
         reusable = (
             not self._closed
             and not conn.broken
             and not conn.closed
             and conn.sender_done
-            and conn.codec.can_reuse
+            and codec.can_reuse
+            and not codec.trailing_data()  # bytes past the response: never the next one's
         )
         if reusable:
-            conn.codec.start_next_cycle()
+            codec.start_next_cycle()
         elif not conn.checked_out:
             return [conn]
         if not conn.checked_out:
             return []
         conn.checked_out = False
+        if reusable and self._reaper is None and self._nursery is not None:
+            idle_timeout_s = self._state.idle_timeout_s
+            if idle_timeout_s is not None:
+                self._reaper = trio.CancelScope()
+                self._nursery.start_soon(self._reap, self._reaper, idle_timeout_s)
         return self._state.checkin(conn, self._clock(), reusable)
+
+    async def _reap(self, scope: trio.CancelScope, idle_timeout_s: float) -> None:
+        """Close idle connections as they reach the idle timeout; ends once none is idle."""
+        try:
+            with scope:
+                while True:
+                    idle = self._state.idle
+                    if not idle or self._closed:
+                        return
+                    # The deque is in check-in order: its first connection is the one idle longest.
+                    wait = idle[0].idle_since + idle_timeout_s - self._clock()
+                    await trio.sleep(max(wait, 0.0) + 0.001)
+                    await self.prune()
+        finally:
+            if self._reaper is scope:
+                self._reaper = None
 
     async def _discard(self, conn: _Conn) -> None:
         await self._checkin(conn, False)
@@ -686,7 +735,7 @@ class UpstreamPool(NurseryOwner):
                 try:
                     errors.reraise(exc)
                 except UpstreamError:
-                    if conn.reused:
+                    if conn.reused and _nothing_left(conn.stream):
                         raise _Stale() from None
                     raise
             if not body.done:  # a done body (the empty one) has nothing to consume

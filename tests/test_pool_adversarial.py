@@ -1,0 +1,1011 @@
+"""Adversarial tests of the HTTP/1.1 upstream pool (``UpstreamPool``) and the client that uses it.
+
+Each test runs a small misbehaving upstream on 127.0.0.1 (``RawUpstream``: raw bytes, scripted per
+test) and checks one of the pool's promises:
+
+1. a keep-alive connection is reused only when the exchange was clean;
+2. the idle timeout closes idle pooled connections;
+3. a connect that times out fails with cause ``connect/timeout`` (``client.connectTimeoutMs``);
+4. a connection whose response was not read to its end is closed, not reused;
+5. a request that failed on a stale pooled connection before any byte was written is sent again on a
+   fresh connection, exactly once;
+6. a request whose bytes were (partly) written is never re-sent by the pool.
+
+No test asserts on timing: events order the steps, and the few bounded waits are safety nets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+import struct
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from upstreams import stalled_port
+
+from dtab.addr import AddrBound, Address
+from hostproxy.client import Client
+from hostproxy.config.model import ClientParams, HostConnectionPool, RetryBudget, Session
+from hostproxy.http import (
+    Body,
+    ConnectError,
+    Headers,
+    Request,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamReset,
+    codec_fast,
+    codec_h11,
+)
+from hostproxy.http import upstream as upstream_mod
+from hostproxy.http.upstream import PoolParams, _Conn
+from hostproxy.metrics import MetricsRegistry
+
+# -- a scripted raw upstream ----------------------------------------------------------------------
+
+
+class Peer:
+    """The upstream's side of one accepted connection, with a read buffer."""
+
+    def __init__(self, stream: trio.SocketStream, index: int) -> None:
+        self.stream = stream
+        self.index = index
+        self.buf = bytearray()
+        self.eof = trio.Event()  # set once a read saw the proxy close (or reset) the connection
+        self.was_reset = False
+
+    async def _recv(self) -> bytes:
+        try:
+            data = await self.stream.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
+        if data:
+            self.buf += data
+        else:
+            self.eof.set()
+        return data
+
+    async def read_head(self) -> bytes | None:
+        """The next request head (up to its blank line), or None at EOF."""
+        while b"\r\n\r\n" not in self.buf:
+            if not await self._recv():
+                return None
+        end = self.buf.index(b"\r\n\r\n") + 4
+        head = bytes(self.buf[:end])
+        del self.buf[:end]
+        return head
+
+    async def read_exactly(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            if not await self._recv():
+                raise trio.BrokenResourceError("EOF in the request body")
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        return data
+
+    async def read_line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            if not await self._recv():
+                raise trio.BrokenResourceError("EOF in a chunk line")
+        end = self.buf.index(b"\r\n")
+        line = bytes(self.buf[:end])
+        del self.buf[: end + 2]
+        return line
+
+    async def drain(self) -> None:
+        """Read (and drop) everything until the proxy closes the connection."""
+        while await self._recv():
+            self.buf.clear()
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    def reset(self) -> None:
+        """Close with a TCP RST."""
+        self.was_reset = True
+        sock = self.stream.socket
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+
+
+Handler = Callable[["RawUpstream", Peer], Awaitable[None]]
+
+
+class RawUpstream:
+    """Accepts connections on 127.0.0.1 and hands each to ``handler(upstream, peer)``."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.peers: list[Peer] = []
+        self.requests: list[tuple[int, str]] = []  # (connection index, request line)
+        self.port = 0
+        self.got_request = trio.Event()  # set (and replaced) at every request head
+        self._listeners: list[trio.SocketListener] = []
+        self._accepting = trio.CancelScope()
+        self._stopped = trio.Event()
+
+    def record(self, peer: Peer, head: bytes) -> str:
+        """Note a request head; returns its path."""
+        line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        self.requests.append((peer.index, line))
+        self.got_request.set()
+        self.got_request = trio.Event()
+        return line.split(" ")[1]
+
+    def lines(self) -> list[str]:
+        return [line for _, line in self.requests]
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        self._listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = self._listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            task_status.started(self.port)
+            with self._accepting:
+                await trio.serve_listeners(self._connection, self._listeners, handler_nursery=nursery)
+            self._stopped.set()
+            await trio.sleep_forever()  # the connections already accepted go on
+
+    async def stop_listening(self) -> None:
+        """Stop accepting and close the listening socket (new connections are refused)."""
+        self._accepting.cancel()
+        await self._stopped.wait()
+        for listener in self._listeners:
+            await listener.aclose()
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        peer = Peer(stream, len(self.peers))
+        self.peers.append(peer)
+        try:
+            await self.handler(self, peer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            if not peer.was_reset:
+                await stream.aclose()
+
+
+@contextlib.asynccontextmanager
+async def running_raw(handler: Handler) -> AsyncIterator[RawUpstream]:
+    up = RawUpstream(handler)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(up.serve)
+        try:
+            yield up
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+def ok(body: bytes, extra_headers: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra_headers, body)
+
+
+def content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value.strip())
+    return 0
+
+
+async def echo_path_forever(up: RawUpstream, peer: Peer) -> None:
+    """Answer every request (without a body) with its path, keeping the connection alive."""
+    while (head := await peer.read_head()) is not None:
+        path = up.record(peer, head)
+        await peer.send(ok(path.encode()))
+
+
+# -- the proxy side -------------------------------------------------------------------------------
+
+
+def req(
+    target: str, body: Body | None = None, method: str = "GET", extra: tuple[tuple[bytes, bytes], ...] = ()
+) -> Request:
+    headers = Headers([(b"host", b"up"), *extra])
+    return Request(method, target, headers, body or Body.empty(), authority="up")
+
+
+class Source:
+    """A streamed request body: ``chunks``, then the end (or, with ``stall``, nothing more ever)."""
+
+    def __init__(self, chunks: list[bytes], *, stall: bool = False) -> None:
+        self.chunks = list(chunks)
+        self.stall = stall
+        self.closed = trio.Event()
+        self.trailers: Headers | None = None
+
+    async def read_chunk(self) -> bytes | None:
+        if self.chunks:
+            return self.chunks.pop(0)
+        if self.stall:
+            await trio.sleep_forever()
+        return None
+
+    async def aclose(self) -> None:
+        self.closed.set()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def stats(pool: UpstreamPool) -> dict[str, int]:
+    return pool.statistics()
+
+
+async def wait_eof(peer: Peer, what: str) -> None:
+    with trio.move_on_after(10):  # a safety net: the close is expected at once
+        await peer.eof.wait()
+    assert peer.eof.is_set(), f"{what}: the pool never closed upstream connection #{peer.index}"
+
+
+def make_client(nursery: trio.Nursery, port: int, **params: Any) -> Client:
+    """A client for one endpoint, without requeues (so one request is one attempt)."""
+    params.setdefault("requeue_budget", RetryBudget(min_retries_per_sec=0, percent_can_retry=0.0))
+    client = Client(
+        "out",
+        f"/$/inet/127.0.0.1/{port}",
+        ClientParams(**params),
+        MetricsRegistry(time.monotonic).router("out"),
+        nursery=nursery,
+    )
+    client.update_addr(AddrBound((Address("127.0.0.1", port),)))
+    return client
+
+
+# == 1. reuse only when clean =====================================================================
+
+
+@pytest.mark.parametrize(
+    "response, request_headers",
+    [
+        pytest.param(ok(b"one", b"Connection: close\r\n"), (), id="response-connection-close"),
+        pytest.param(ok(b"one", b"Connection: keep-alive, close\r\n"), (), id="response-close-token"),
+        pytest.param(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\none", (), id="http10-response"),
+        pytest.param(ok(b"one"), ((b"connection", b"close"),), id="request-connection-close"),
+    ],
+)
+async def test_exchange_that_asks_to_close_is_not_reused(
+    response: bytes, request_headers: tuple[tuple[bytes, bytes], ...]
+) -> None:
+    """The upstream keeps the socket open although the exchange said close: the pool must not
+    reuse it, and closes it itself."""
+
+    async def handler(up: RawUpstream, peer: Peer) -> None:
+        while (head := await peer.read_head()) is not None:
+            path = up.record(peer, head)
+            await peer.send(response if path == "/one" else ok(path.encode()))
+
+    async with running_raw(handler) as up, UpstreamPool("127.0.0.1", up.port) as pool:
+        r = await pool.request(req("/one", extra=request_headers))
+        assert await r.body.read_all() == b"one"
+        r = await pool.request(req("/two"))
+        assert await r.body.read_all() == b"/two"
+        assert up.requests == [(0, "GET /one HTTP/1.1"), (1, "GET /two HTTP/1.1")]
+        await wait_eof(up.peers[0], "after an exchange that asked to close")
+        s = stats(pool)
+        assert (s["connects"], s["reused"], s["open"], s["in_use"]) == (2, 0, 1, 0)
+
+
+_GARBAGE = ok(b"EVIL!")
+
+
+@pytest.mark.parametrize(
+    "method, first, codec",
+    [
+        pytest.param("GET", ok(b"first") + _GARBAGE, "fast", id="content-length+response"),
+        pytest.param("GET", ok(b"first") + _GARBAGE, "h11", id="content-length+response-h11"),
+        pytest.param(
+            "GET",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n0\r\n\r\n" + _GARBAGE,
+            "fast",
+            id="chunked+response",
+        ),
+        pytest.param("HEAD", ok(b"first"), "fast", id="body-on-HEAD"),
+        pytest.param("GET", b"HTTP/1.1 204 No Content\r\n\r\nfirst", "fast", id="body-on-204"),
+    ],
+)
+async def test_bytes_after_a_complete_response_are_not_taken_for_the_next_response(
+    monkeypatch: pytest.MonkeyPatch, method: str, first: bytes, codec: str
+) -> None:
+    """The upstream writes more than the response in the same segment (pipelining garbage, a body
+    on HEAD or 204). Those bytes sit in the codec's buffer, not in the socket: the connection is
+    not clean and must not be reused, or the next request reads them as its response."""
+    if codec == "h11":
+        monkeypatch.setattr(upstream_mod, "ClientCodec", codec_h11.ClientCodec)
+        monkeypatch.setattr(upstream_mod, "_whole_body", None)
+    else:
+        monkeypatch.setattr(upstream_mod, "ClientCodec", codec_fast.ClientCodec)
+
+    async def handler(up: RawUpstream, peer: Peer) -> None:
+        while (head := await peer.read_head()) is not None:
+            path = up.record(peer, head)
+            await peer.send(first if path == "/first" else ok(path.encode()))
+
+    async with running_raw(handler) as up, UpstreamPool("127.0.0.1", up.port) as pool:
+        r = await pool.request(req("/first", method=method))
+        assert await r.body.read_all() == (
+            b"" if method == "HEAD" or first.startswith(b"HTTP/1.1 204") else b"first"
+        )
+        body: bytes | None = None
+        error: Exception | None = None
+        try:
+            r = await pool.request(req("/second"))
+            body = await r.body.read_all()
+        except UpstreamError as exc:
+            error = exc
+        assert error is None and body == b"/second", (
+            f"the second request got {body!r} / {error!r} instead of its own response "
+            f"(pool {stats(pool)}, upstream saw {up.requests})"
+        )
+        assert up.lines() == [f"{method} /first HTTP/1.1", "GET /second HTTP/1.1"]
+
+
+async def test_bytes_arriving_on_an_idle_connection_make_it_discarded() -> None:
+    """Bytes the upstream writes to an idle connection (an unsolicited response) are seen at
+    checkout: the connection is discarded and the request goes to a fresh one."""
+    go = trio.Event()
+    sent = trio.Event()
+
+    async def handler(up: RawUpstream, peer: Peer) -> None:
+        while (head := await peer.read_head()) is not None:
+            path = up.record(peer, head)
+            await peer.send(ok(path.encode()))
+            if peer.index == 0:
+                await go.wait()
+                await peer.send(_GARBAGE)
+                sent.set()
+
+    async with running_raw(handler) as up, UpstreamPool("127.0.0.1", up.port) as pool:
+        r = await pool.request(req("/a"))
+        assert await r.body.read_all() == b"/a"
+        go.set()
+        with trio.fail_after(10):
+            await sent.wait()
+            (conn,) = pool._state.idle
+            while not conn.stream.readable_now():  # loopback delivery: a safety net, not a timing
+                await trio.sleep(0.01)
+        r = await pool.request(req("/b"))
+        assert await r.body.read_all() == b"/b"
+        assert up.requests == [(0, "GET /a HTTP/1.1"), (1, "GET /b HTTP/1.1")]
+        assert stats(pool)["stale_discarded"] == 1
+        await wait_eof(up.peers[0], "an idle connection with unsolicited bytes")
+
+
+async def test_early_response_before_the_request_body_ended_closes_the_connection() -> None:
+    """The upstream answers (keep-alive) after the request head, before the streamed body ended:
+    the request was not fully sent, so the connection is closed and the body writer stopped."""
+
+    async def handler(up: RawUpstream, peer: Peer) -> None:
+        head = await peer.read_head()
+        if head is None:
+            return
+        path = up.record(peer, head)
+        if path == "/early":
+            await peer.send(ok(b"early"))
+            await peer.drain()  # the rest of the chunked body, until the pool closes
+            return
+        await peer.send(ok(path.encode()))
+        await echo_path_forever(up, peer)
+
+    async with running_raw(handler) as up, UpstreamPool("127.0.0.1", up.port) as pool:
+        source = Source([b"0123456789"], stall=True)
+        r = await pool.request(req("/early", Body(source, None), "POST"))
+        assert await r.body.read_all() == b"early"
+        with trio.fail_after(10):
+            await source.closed.wait()  # the writer gave up the body
+        await wait_eof(up.peers[0], "after an early response")
+        r = await pool.request(req("/after"))
+        assert await r.body.read_all() == b"/after"
+        assert up.requests == [(0, "POST /early HTTP/1.1"), (1, "GET /after HTTP/1.1")]
+        s = stats(pool)
+        assert (s["reused"], s["in_use"], s["open"]) == (0, 0, 1)
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-segment", "segment-each"])
+async def test_informational_responses_are_skipped_and_the_connection_stays_reusable(split: bool) -> None:
+    parts = [
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n",
+        ok(b"final"),
+    ]
+
+    async def handler(up: RawUpstream, peer: Peer) -> None:
+        while (head := await peer.read_head()) is not None:
+            path = up.record(peer, head)
+            if path != "/hints":
+                await peer.send(ok(path.encode()))
+            elif split:
+                for part in parts:
+                    await peer.send(part)
+                    await trio.sleep(0)
+            else:
+                await peer.send(b"".join(parts))
+
+    async with running_raw(handler) as up, UpstreamPool("127.0.0.1", up.port) as pool:
+        r = await pool.request(req("/hints"))
+        assert r.status == 200 and await r.body.read_all() == b"final"
+        r = await pool.request(req("/next"))
+        assert r.status == 200 and await r.body.read_all() == b"/next"
+        assert up.requests == [(0, "GET /hints HTTP/1.1"), (0, "GET /next HTTP/1.1")]
+        assert (stats(pool)["connects"], stats(pool)["reused"]) == (1, 1)
+
+
+# == 4. a response not read to its end ============================================================
+
+
+@pytest.mark.parametrize(
+    "partial, ending",
+    [
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789", "fin", id="length-fin"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789", "rst", id="length-rst"),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", "fin", id="chunked-fin"
+        ),
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", "fin", id="head-only-fin"),
+    ],
+)
+async def test_truncated_response_fails_and_the_connection_is_not_reused(partial: bytes, ending: str) -> None:
+    """A first, clean exchange makes the connection a pooled one; the second response is cut off."""
+
+    async def handler(up: RawUpstream, peer: Peer) -> None:
+        while (head := await peer.read_head()) is not None:
+            path = up.record(peer, head)
+            if path == "/cut":
+                await peer.send(partial)
+                if ending == "rst":
+                    peer.reset()
+                return
+            await peer.send(ok(path.encode()))
+
+    async with running_raw(handler) as up, UpstreamPool("127.0.0.1", up.port) as pool:
+        assert await (await pool.request(req("/warm"))).body.read_all() == b"/warm"
+        with pytest.raises(UpstreamReset) as info:
+            r = await pool.request(req("/cut"))
+            await r.body.read_all()
+        assert info.value.cause == "upstream/reset" and not info.value.retryable
+        s = stats(pool)
+        assert (s["open"], s["idle"], s["in_use"]) == (0, 0, 0)
+        assert await (await pool.request(req("/after"))).body.read_all() == b"/after"
+        assert up.requests == [
+            (0, "GET /warm HTTP/1.1"),
+            (0, "GET /cut HTTP/1.1"),
+            (1, "GET /after HTTP/1.1"),
+        ]
+
+
+async def test_body_delimited_by_the_close_is_read_whole_and_the_connection_not_kept() -> None:
+    async def handler(up: RawUpstream, peer: Peer) -> None:
+        head = await peer.read_head()
+        if head is None:
+            return
+        path = up.record(peer, head)
+        if path == "/eof":
+            await peer.send(b"HTTP/1.1 200 OK\r\n\r\nuntil")
+            await trio.sleep(0)
+            await peer.send(b" the end")
+            return  # closing ends the body
+        await peer.send(ok(path.encode()))
+        await echo_path_forever(up, peer)
+
+    async with running_raw(handler) as up, UpstreamPool("127.0.0.1", up.port) as pool:
+        r = await pool.request(req("/eof"))
+        assert await r.body.read_all() == b"until the end"
+        assert await (await pool.request(req("/next"))).body.read_all() == b"/next"
+        assert [i for i, _ in up.requests] == [0, 1]
+        assert (stats(pool)["open"], stats(pool)["in_use"]) == (1, 0)
+
+
+async def test_malformed_response_head_fails_and_the_connection_is_discarded() -> None:
+    async def handler(up: RawUpstream, peer: Peer) -> None:
+        while (head := await peer.read_head()) is not None:
+            path = up.record(peer, head)
+            await peer.send(b"HTTP/1.1 2OO OK\r\n\r\n" if path == "/bad" else ok(path.encode()))
+
+    async with running_raw(handler) as up, UpstreamPool("127.0.0.1", up.port) as pool:
+        assert await (await pool.request(req("/warm"))).body.read_all() == b"/warm"
+        with pytest.raises(UpstreamReset):
+            await pool.request(req("/bad"))
+        assert (stats(pool)["open"], stats(pool)["in_use"]) == (0, 0)
+        await wait_eof(up.peers[0], "after a malformed response")
+        assert await (await pool.request(req("/after"))).body.read_all() == b"/after"
+        assert up.requests[-1] == (1, "GET /after HTTP/1.1")
+
+
+async def test_cancelled_request_waiting_for_its_response_discards_the_connection() -> None:
+    """A request cancelled while waiting for its response on a reused connection: its late response
+    must not be read as the next request's."""
+    release = trio.Event()
+
+    async def handler(up: RawUpstream, peer: Peer) -> None:
+        while (head := await peer.read_head()) is not None:
+            path = up.record(peer, head)
+            if path == "/slow":
+                await release.wait()
+            await peer.send(ok(path.encode()))
+
+    async with running_raw(handler) as up, UpstreamPool("127.0.0.1", up.port) as pool:
+        assert await (await pool.request(req("/warm"))).body.read_all() == b"/warm"
+        got_slow = up.got_request
+        async with trio.open_nursery() as nursery:
+
+            async def slow() -> None:
+                await pool.request(req("/slow"))
+
+            nursery.start_soon(slow)
+            with trio.fail_after(10):
+                await got_slow.wait()
+            nursery.cancel_scope.cancel()
+        release.set()
+        s = stats(pool)
+        assert (s["open"], s["idle"], s["in_use"]) == (0, 0, 0)
+        assert await (await pool.request(req("/next"))).body.read_all() == b"/next"
+        assert up.requests[-1] == (1, "GET /next HTTP/1.1")
+
+
+class _GatedStream:
+    """A real socket stream whose write of the chunked body's last chunk waits for ``gate`` (as a
+    full send buffer would)."""
+
+    def __init__(self, inner: trio.SocketStream, gate: trio.Event, hit: trio.Event) -> None:
+        self.inner = inner
+        self.socket = inner.socket
+        self.gate = gate
+        self.hit = hit
+
+    async def send_all(self, data: bytes) -> None:
+        if bytes(data) == b"0\r\n\r\n":
+            self.hit.set()
+            await self.gate.wait()
+        await self.inner.send_all(data)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_body_read_cancelled_while_the_request_writer_flushes_does_not_leak_the_connection() -> None:
+    """The response ends while the request's last bytes are still being written (``_release``
+    waits for the writer); the reader is cancelled in that wait. The connection must still be
+    checked in or discarded, not left checked out forever."""
+    gate, hit, finish = trio.Event(), trio.Event(), trio.Event()
+
+    async def connector(host: str, port: int, timeout_s: float) -> Any:
+        return _GatedStream(await trio.open_tcp_stream(host, port), gate, hit)
+
+    async def handler(up: RawUpstream, peer: Peer) -> None:
+        head = await peer.read_head()
+        if head is None:
+            return
+        up.record(peer, head)
+        await peer.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        await finish.wait()
+        await peer.send(b"0\r\n\r\n")
+        await peer.drain()
+
+    async with (
+        running_raw(handler) as up,
+        UpstreamPool("127.0.0.1", up.port, connector=connector) as pool,
+    ):
+        r = await pool.request(req("/up", Body(Source([b"abc"]), None), "POST"))
+        with trio.fail_after(10):
+            await hit.wait()  # the writer is held on the request's last chunk
+        conn = r.body._source._conn  # type: ignore[union-attr]
+        assert conn.sender_finished is not None
+
+        async def reader(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+            with trio.CancelScope() as cs:
+                task_status.started(cs)
+                await r.body.read_all()
+
+        async with trio.open_nursery() as nursery:
+            cs = await nursery.start(reader)
+            finish.set()
+            with trio.fail_after(10):  # until the reader waits in ``_release`` for the writer
+                while conn.sender_finished.statistics().tasks_waiting == 0:
+                    await trio.sleep(0.01)
+            cs.cancel()
+        gate.set()
+        with trio.fail_after(10):
+            await conn.sender_finished.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        s = stats(pool)
+        assert s["in_use"] == 0 and s["open"] == s["idle"], (
+            f"the connection was left checked out: {s}, checked_out={conn.checked_out}, closed={conn.closed}"
+        )
+
+
+# == 2. idle timeout ==============================================================================
+
+
+async def test_expired_idle_connection_is_closed_at_checkout_not_reused() -> None:
+    clock = FakeClock()
+    async with (
+        running_raw(echo_path_forever) as up,
+        UpstreamPool("127.0.0.1", up.port, PoolParams(idle_timeout_s=30), clock=clock) as pool,
+    ):
+        assert await (await pool.request(req("/a"))).body.read_all() == b"/a"
+        clock.now += 30.5
+        assert await (await pool.request(req("/b"))).body.read_all() == b"/b"
+        assert up.requests == [(0, "GET /a HTTP/1.1"), (1, "GET /b HTTP/1.1")]
+        await wait_eof(up.peers[0], "an expired idle connection")
+        assert (stats(pool)["open"], stats(pool)["reused"]) == (1, 0)
+
+
+async def test_prune_closes_expired_idle_connections_but_not_fresh_ones() -> None:
+    clock = FakeClock()
+    async with (
+        running_raw(echo_path_forever) as up,
+        UpstreamPool("127.0.0.1", up.port, PoolParams(idle_timeout_s=30), clock=clock) as pool,
+    ):
+        assert await (await pool.request(req("/a"))).body.read_all() == b"/a"
+        clock.now += 10
+        await pool.prune()
+        assert (stats(pool)["open"], stats(pool)["idle"]) == (1, 1)
+        clock.now += 25
+        await pool.prune()
+        assert (stats(pool)["open"], stats(pool)["idle"]) == (0, 0)
+        await wait_eof(up.peers[0], "prune()")
+
+
+async def _three_idle_connections(pool: UpstreamPool, up: RawUpstream) -> None:
+    async with trio.open_nursery() as nursery:
+        for name in ("/x", "/y", "/z"):
+
+            async def one(name: str = name) -> None:
+                assert await (await pool.request(req(name))).body.read_all() == name.encode()
+
+            nursery.start_soon(one)
+    assert len(up.peers) == 3 and stats(pool)["idle"] == 3
+
+
+def _held_until_three() -> Handler:
+    """Answers each request once three requests arrived (forces three connections)."""
+    three = trio.Event()
+
+    async def handler(up: RawUpstream, peer: Peer) -> None:
+        while (head := await peer.read_head()) is not None:
+            path = up.record(peer, head)
+            if len(up.requests) >= 3:
+                three.set()
+            await three.wait()
+            await peer.send(ok(path.encode()))
+
+    return handler
+
+
+async def test_expired_idle_connections_behind_a_warm_one_are_closed() -> None:
+    """A burst opened three connections; then light traffic keeps reusing the warmest one. The two
+    others stay idle past the idle timeout: they must be closed (the pool has traffic all along)."""
+    clock = FakeClock()
+    async with (
+        running_raw(_held_until_three()) as up,
+        UpstreamPool("127.0.0.1", up.port, PoolParams(idle_timeout_s=30), clock=clock) as pool,
+    ):
+        await _three_idle_connections(pool, up)
+        for path in ("/a", "/b", "/c"):
+            clock.now += 20  # each request finds the warm connection idle 20 s (< 30 s)
+            assert await (await pool.request(req(path))).body.read_all() == path.encode()
+        # The two other connections have been idle 60 s, twice the idle timeout.
+        s = stats(pool)
+        assert s["open"] == 1, f"connections idle 60 s with idle_timeout_s=30 are still open: {s}"
+
+
+async def test_client_idle_time_closes_an_idle_connection_without_further_requests() -> None:
+    """``client.hostConnectionPool.idleTimeMs``: a connection left idle is closed once idle that
+    long, even when no request comes to trigger a checkout."""
+    async with running_raw(echo_path_forever) as up, trio.open_nursery() as nursery:
+        client = make_client(nursery, up.port, host_connection_pool=HostConnectionPool(idle_time_ms=100))
+        resp, _ = await client.request(req("/a"))
+        assert await resp.body.read_all() == b"/a"
+        with trio.move_on_after(10):  # a hundred times the idle time: only a safety net
+            await up.peers[0].eof.wait()
+        pool = client.endpoints[f"127.0.0.1:{up.port}"].pool
+        assert up.peers[0].eof.is_set(), (
+            f"an idle connection is still open 10 s after idleTimeMs=100 (pool {pool.statistics()})"
+        )
+        await client.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_client_session_idle_time_closes_an_idle_connection_too() -> None:
+    """``client.clientSession.idleTimeMs`` bounds a pooled connection's idle time as well: the
+    shorter of it and ``hostConnectionPool.idleTimeMs`` applies."""
+    async with running_raw(echo_path_forever) as up, trio.open_nursery() as nursery:
+        client = make_client(
+            nursery,
+            up.port,
+            host_connection_pool=HostConnectionPool(idle_time_ms=600_000),
+            client_session=Session(idle_time_ms=100),
+        )
+        resp, _ = await client.request(req("/a"))
+        assert await resp.body.read_all() == b"/a"
+        with trio.move_on_after(10):  # a hundred times the idle time: only a safety net
+            await up.peers[0].eof.wait()
+        assert up.peers[0].eof.is_set(), "clientSession.idleTimeMs=100 left the idle connection open"
+        await client.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_idle_reaper_ends_once_nothing_is_idle_and_with_the_pool() -> None:
+    """The task that closes idle connections at the timeout runs only while some connection is idle,
+    and closing the pool ends it."""
+    async with running_raw(echo_path_forever) as up:
+        async with UpstreamPool("127.0.0.1", up.port, PoolParams(idle_timeout_s=0.05)) as pool:
+            assert pool._reaper is None
+            assert await (await pool.request(req("/a"))).body.read_all() == b"/a"
+            assert pool._reaper is not None  # one connection idle: the reaper waits for its timeout
+            with trio.fail_after(10):
+                await up.peers[0].eof.wait()
+                while pool._reaper is not None:
+                    await trio.sleep(0.01)
+            assert stats(pool)["open"] == 0
+        async with UpstreamPool("127.0.0.1", up.port, PoolParams(idle_timeout_s=3600)) as pool:
+            assert await (await pool.request(req("/b"))).body.read_all() == b"/b"
+            reaper = pool._reaper
+            assert reaper is not None
+        assert reaper.cancel_called and pool._reaper is None
+
+
+async def test_max_idle_closes_the_surplus_connections() -> None:
+    async with (
+        running_raw(_held_until_three()) as up,
+        UpstreamPool("127.0.0.1", up.port, PoolParams(max_idle=1)) as pool,
+    ):
+        async with trio.open_nursery() as nursery:
+            for name in ("/x", "/y", "/z"):
+
+                async def one(name: str = name) -> None:
+                    assert await (await pool.request(req(name))).body.read_all() == name.encode()
+
+                nursery.start_soon(one)
+        s = stats(pool)
+        assert (s["open"], s["idle"], s["in_use"], s["connects"]) == (1, 1, 0, 3)
+        closed = 0
+        with trio.move_on_after(10):
+            while closed < 2:
+                closed = sum(p.eof.is_set() for p in up.peers)
+                await trio.sleep(0.01)
+        assert closed == 2
+
+
+# == 3. connect timeout ===========================================================================
+
+
+@pytest.mark.parametrize("timeout_ms", [150, None], ids=["connectTimeoutMs=150", "default-1000"])
+async def test_client_connect_timeout_fails_with_cause_connect_timeout(timeout_ms: int | None) -> None:
+    with stalled_port() as port:
+        async with trio.open_nursery() as nursery:
+            extra = {} if timeout_ms is None else {"connect_timeout_ms": timeout_ms}
+            client = make_client(nursery, port, **extra)
+            with trio.fail_after(30), pytest.raises(ConnectError) as info:
+                await client.request(req("/"))
+            pool = client.endpoints[f"127.0.0.1:{port}"].pool
+            await client.aclose()
+            nursery.cancel_scope.cancel()
+    assert info.value.cause == "connect/timeout" and info.value.retryable
+    expected_ms = timeout_ms or 1000
+    assert str(info.value) == (
+        f"Unable to establish connection to 127.0.0.1:{port}: no answer within connect timeout {expected_ms} ms"
+    )
+    s = pool.statistics()
+    assert (s["open"], s["in_use"], s["connect_failures"]) == (0, 0, 1)
+
+
+async def test_connect_timeout_through_a_host_name() -> None:
+    with stalled_port() as port:
+        async with UpstreamPool("localhost", port, PoolParams(connect_timeout_ms=600)) as pool:
+            with trio.fail_after(30), pytest.raises(ConnectError) as info:
+                await pool.request(req("/"))
+    assert info.value.cause == "connect/timeout", str(info.value)
+    assert (pool.statistics()["open"], pool.statistics()["in_use"]) == (0, 0)
+
+
+async def test_connect_failing_with_etimedout_has_cause_connect_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The kernel's own connect timeout (``ETIMEDOUT``) is a ``connect/timeout`` too."""
+
+    async def timed_out(host: str, port: int) -> None:
+        raise OSError(errno.ETIMEDOUT, "Connection timed out")
+
+    monkeypatch.setattr(upstream_mod, "open_tcp", timed_out)
+    async with UpstreamPool("127.0.0.1", 9, PoolParams(connect_timeout_ms=5000)) as pool:
+        with pytest.raises(ConnectError) as info:
+            await pool.request(req("/"))
+    assert info.value.cause == "connect/timeout" and info.value.retryable
+
+
+async def test_connect_timeout_does_not_bound_a_slow_response() -> None:
+    """The connect timeout covers the connect alone: an upstream slower to answer than it is fine."""
+
+    async def handler(up: RawUpstream, peer: Peer) -> None:
+        head = await peer.read_head()
+        if head is None:
+            return
+        path = up.record(peer, head)
+        await trio.sleep(0.5)  # five times the connect timeout
+        await peer.send(ok(path.encode()))
+        await peer.drain()
+
+    async with (
+        running_raw(handler) as up,
+        UpstreamPool("127.0.0.1", up.port, PoolParams(connect_timeout_ms=100)) as pool,
+    ):
+        assert await (await pool.request(req("/slow"))).body.read_all() == b"/slow"
+        assert stats(pool)["connect_failures"] == 0
+
+
+# == 5. stale pooled connections: resend only what was never written ===========================
+
+
+async def _wait_reset_seen(pool: UpstreamPool) -> None:
+    """Until the idle connection's socket shows the upstream's RST (bypassing the pool's check)."""
+    (conn,) = pool._state.idle
+    with trio.fail_after(10):
+        while not conn.stream.readable_now():
+            await trio.sleep(0.01)
+
+
+async def test_streamed_request_on_a_reset_pooled_connection_is_resent_once_with_its_body(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The upstream reset the idle connection and the pool's idle check missed it (a race): the
+    head's write fails before any byte left, so the request goes to a fresh connection, body intact."""
+    reset_now = trio.Event()
+
+    async def handler(up: RawUpstream, peer: Peer) -> None:
+        while (head := await peer.read_head()) is not None:
+            path = up.record(peer, head)
+            n = content_length(head)
+            if b"chunked" in head.lower():
+                data = b""
+                while True:
+                    line = await peer.read_line()
+                    size = int(line, 16)
+                    chunk = await peer.read_exactly(size + 2)
+                    if size == 0:
+                        break
+                    data += chunk[:-2]
+            else:
+                data = await peer.read_exactly(n)
+            await peer.send(ok(b"%s %d %s" % (path.encode(), len(data), data)))
+            if peer.index == 0:
+                await reset_now.wait()
+                peer.reset()
+                return
+
+    monkeypatch.setattr(_Conn, "readable_while_idle", lambda self: False)
+    async with running_raw(handler) as up, UpstreamPool("127.0.0.1", up.port) as pool:
+        assert await (await pool.request(req("/warm"))).body.read_all() == b"/warm 0 "
+        reset_now.set()
+        await _wait_reset_seen(pool)
+        source = Source([b"hello ", b"world"])
+        r = await pool.request(req("/up", Body(source, None), "POST"))
+        assert await r.body.read_all() == b"/up 11 hello world"
+        assert up.requests == [(0, "GET /warm HTTP/1.1"), (1, "POST /up HTTP/1.1")]
+        s = stats(pool)
+        assert (s["resent"], s["in_use"], s["open"]) == (1, 0, 1)
+
+
+async def test_stale_resend_that_cannot_connect_fails_cleanly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stale connection's resend finds the upstream gone: a plain, retryable connect error (the
+    request never reached anyone), and nothing left checked out."""
+    reset_now = trio.Event()
+
+    async def handler(up: RawUpstream, peer: Peer) -> None:
+        head = await peer.read_head()
+        if head is None:
+            return
+        up.record(peer, head)
+        await peer.send(ok(b"warm"))
+        await reset_now.wait()
+        peer.reset()
+
+    monkeypatch.setattr(_Conn, "readable_while_idle", lambda self: False)
+    async with running_raw(handler) as up, UpstreamPool("127.0.0.1", up.port) as pool:
+        assert await (await pool.request(req("/warm"))).body.read_all() == b"warm"
+        await up.stop_listening()
+        reset_now.set()
+        await _wait_reset_seen(pool)
+        with pytest.raises(ConnectError) as info:
+            await pool.request(req("/lost", Body.from_bytes(b"abc"), "POST"))
+        assert info.value.cause == "connect/refused" and info.value.retryable
+        assert up.lines() == ["GET /warm HTTP/1.1"]
+        s = stats(pool)
+        assert (s["open"], s["idle"], s["in_use"], s["resent"]) == (0, 0, 0, 1)
+
+
+# == 6. never re-send what was (partly) written ===================================================
+
+
+async def test_in_memory_request_partly_written_on_a_pooled_connection_is_not_resent() -> None:
+    """A large in-memory upload on a reused connection: the upstream reads its head, then resets
+    without reading the body. Bytes of the request were written, so the pool must fail it, not
+    send it again on a fresh connection (the upstream would see it twice)."""
+
+    async def handler(up: RawUpstream, peer: Peer) -> None:
+        while (head := await peer.read_head()) is not None:
+            path = up.record(peer, head)
+            if path == "/upload" and peer.index == 0:
+                peer.reset()  # saw the request; dies before reading its body
+                return
+            n = content_length(head)
+            await peer.read_exactly(n)
+            await peer.send(ok(b"%d" % n))
+
+    async with running_raw(handler) as up, UpstreamPool("127.0.0.1", up.port) as pool:
+        assert await (await pool.request(req("/warm"))).body.read_all() == b"0"
+        payload = b"x" * (16 << 20)  # larger than the loopback socket buffers
+        error: UpstreamError | None = None
+        try:
+            r = await pool.request(req("/upload", Body.from_bytes(payload), "POST"))
+            await r.body.read_all()
+        except UpstreamError as exc:
+            error = exc
+        uploads = up.lines().count("POST /upload HTTP/1.1")
+        assert uploads == 1, (
+            f"the upstream saw the upload {uploads} times: the pool re-sent a request it had partly "
+            f"written (pool {stats(pool)}, requests {up.requests})"
+        )
+        assert isinstance(error, UpstreamReset) and not error.retryable
+        assert stats(pool)["in_use"] == 0
+
+
+async def test_streamed_request_reset_after_its_head_was_read_is_not_resent() -> None:
+    async def handler(up: RawUpstream, peer: Peer) -> None:
+        while (head := await peer.read_head()) is not None:
+            path = up.record(peer, head)
+            if path == "/upload":
+                peer.reset()
+                return
+            await peer.send(ok(path.encode()))
+
+    async with running_raw(handler) as up, UpstreamPool("127.0.0.1", up.port) as pool:
+        assert await (await pool.request(req("/warm"))).body.read_all() == b"/warm"
+        source = Source([b"a" * 1000], stall=True)
+        with trio.fail_after(10), pytest.raises(UpstreamReset) as info:
+            await pool.request(req("/upload", Body(source, None), "POST"))
+        assert not info.value.retryable
+        assert up.lines() == ["GET /warm HTTP/1.1", "POST /upload HTTP/1.1"]
+        with trio.fail_after(10):
+            await source.closed.wait()
+        s = stats(pool)
+        assert (s["resent"], s["in_use"], s["open"]) == (0, 0, 0)
+
+
+async def test_client_does_not_requeue_a_request_that_reached_the_upstream() -> None:
+    """Through the client (which requeues what is retryable): the upstream read the whole request on
+    a pooled connection, then closed without answering. One failure, one copy upstream."""
+
+    async def handler(up: RawUpstream, peer: Peer) -> None:
+        while (head := await peer.read_head()) is not None:
+            path = up.record(peer, head)
+            await peer.read_exactly(content_length(head))
+            if path == "/once":
+                return  # close without an answer
+            await peer.send(ok(path.encode()))
+
+    async with running_raw(handler) as up, trio.open_nursery() as nursery:
+        # The default requeue budget: a retryable error would be requeued.
+        client = make_client(nursery, up.port, requeue_budget=RetryBudget())
+        resp, _ = await client.request(req("/warm"))
+        assert await resp.body.read_all() == b"/warm"
+        with pytest.raises(UpstreamError) as info:
+            resp, _ = await client.request(req("/once", Body.from_bytes(b"payload"), "POST"))
+            await resp.body.read_all()
+        assert info.value.cause == "upstream/reset" and not info.value.retryable
+        assert up.lines() == ["GET /warm HTTP/1.1", "POST /once HTTP/1.1"]
+        await client.aclose()
+        nursery.cancel_scope.cancel()
