@@ -187,14 +187,15 @@ class Client:
         self.requeue_budget = RetryBudget(
             BudgetConfig(budget.ttl_secs, budget.min_retries_per_sec, budget.percent_can_retry), clock
         )
-        idle_ms = [
-            ms
-            for ms in (params.host_connection_pool.idle_time_ms, params.client_session.idle_time_ms)
-            if ms is not None
-        ]
+        pool, session = params.host_connection_pool, params.client_session
+        idle_ms = [ms for ms in (pool.idle_time_ms, session.idle_time_ms) if ms is not None]
         self._pool_params = PoolParams(
             connect_timeout_ms=getattr(params, "connect_timeout_ms", None) or 1000,
             idle_timeout_s=min(idle_ms) / 1000 if idle_ms else 30.0,
+            max_size=pool.max_size,
+            max_waiters=pool.max_waiters,
+            min_size=pool.min_size,
+            life_time_s=session.life_time_ms / 1000 if session.life_time_ms is not None else None,
         )
         self._attempt_timeout = (
             params.request_attempt_timeout_ms / 1000 if params.request_attempt_timeout_ms else None

@@ -36,6 +36,7 @@ from hostproxy.http import (
     Body,
     ConnectError,
     Headers,
+    PoolExhausted,
     Request,
     UpstreamError,
     UpstreamPool,
@@ -756,6 +757,176 @@ async def test_idle_reaper_ends_once_nothing_is_idle_and_with_the_pool() -> None
             reaper = pool._reaper
             assert reaper is not None
         assert reaper.cancel_called and pool._reaper is None
+
+
+# == pool limits: maxSize, maxWaiters, minSize, lifeTimeMs =========================================
+
+
+def _slow_until(release: trio.Event) -> Handler:
+    """Answers ``/slow`` once ``release`` is set, anything else at once."""
+
+    async def handler(up: RawUpstream, peer: Peer) -> None:
+        while (head := await peer.read_head()) is not None:
+            path = up.record(peer, head)
+            if path == "/slow":
+                await release.wait()
+            await peer.send(ok(path.encode()))
+
+    return handler
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    with trio.fail_after(10):  # a safety net: each condition follows from the step before
+        while not condition():
+            await trio.sleep(0.005)
+    assert condition(), what
+
+
+async def test_max_size_makes_a_request_wait_for_the_connection_in_use() -> None:
+    release = trio.Event()
+    async with (
+        running_raw(_slow_until(release)) as up,
+        UpstreamPool("127.0.0.1", up.port, PoolParams(max_size=1)) as pool,
+        trio.open_nursery() as nursery,
+    ):
+        got: dict[str, bytes] = {}
+
+        async def fetch(path: str) -> None:
+            got[path] = await (await pool.request(req(path))).body.read_all()
+
+        nursery.start_soon(fetch, "/slow")
+        await _until(lambda: len(up.requests) == 1, "the upstream got /slow")
+        nursery.start_soon(fetch, "/next")
+        await _until(lambda: pool._waiters == 1, "/next waits for room")
+        assert (len(up.peers), stats(pool)["connects"]) == (1, 1)  # no second connection opened
+        release.set()
+        await _until(lambda: len(got) == 2, "both answered")
+        assert got == {"/slow": b"/slow", "/next": b"/next"}
+        assert up.requests == [(0, "GET /slow HTTP/1.1"), (0, "GET /next HTTP/1.1")]  # one connection
+        assert (stats(pool)["connects"], stats(pool)["reused"], pool._waiters) == (1, 1, 0)
+
+
+async def test_max_waiters_refuses_one_more_request_at_once_unsent() -> None:
+    release = trio.Event()
+    async with (
+        running_raw(_slow_until(release)) as up,
+        UpstreamPool("127.0.0.1", up.port, PoolParams(max_size=1, max_waiters=1)) as pool,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(pool.request, req("/slow"))
+        await _until(lambda: len(up.requests) == 1, "the upstream got /slow")
+        nursery.start_soon(pool.request, req("/waiting"))
+        await _until(lambda: pool._waiters == 1, "one request waits")
+        with pytest.raises(PoolExhausted) as info:
+            await pool.request(req("/refused"))
+        assert info.value.cause == "overload" and info.value.retryable
+        assert str(info.value) == (
+            f"connection pool for 127.0.0.1:{up.port} is full: 1 connections (maxSize) in use and 1 "
+            "requests (maxWaiters) already waiting for one; raise client.hostConnectionPool.maxSize or "
+            "maxWaiters, or add endpoints"
+        )
+        assert [r for _, r in up.requests] == ["GET /slow HTTP/1.1"]
+        release.set()
+        await _until(lambda: len(up.requests) == 2, "the waiting request went out")
+        nursery.cancel_scope.cancel()
+
+
+async def test_waiting_for_room_ends_at_the_connect_timeout() -> None:
+    release = trio.Event()
+    async with (
+        running_raw(_slow_until(release)) as up,
+        UpstreamPool("127.0.0.1", up.port, PoolParams(max_size=1)) as pool,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(pool.request, req("/slow"))
+        await _until(lambda: len(up.requests) == 1, "the upstream got /slow")
+        with pytest.raises(ConnectError) as info:
+            await pool.request(req("/late"), connect_timeout=0.05)
+        assert info.value.cause == "connect/timeout" and info.value.retryable
+        assert str(info.value) == (
+            f"Unable to get a connection to 127.0.0.1:{up.port}: all 1 connections (maxSize) stayed in "
+            "use for the connect timeout, 50 ms"
+        )
+        assert (pool._waiters, len(up.peers)) == (0, 1)
+        release.set()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_failed_connect_gives_its_place_to_a_waiting_request() -> None:
+    fail_first = trio.Event()
+    calls: list[float] = []
+    async with running_raw(echo_path_forever) as up:
+
+        async def connect(host: str, port: int, timeout_s: float) -> trio.SocketStream:
+            calls.append(timeout_s)
+            if len(calls) == 1:  # the first connect holds the only place, then fails
+                await fail_first.wait()
+                raise ConnectError("refused by the test", endpoint=f"{host}:{port}", cause="connect/refused")
+            return await trio.open_tcp_stream(host, port)
+
+        results: dict[str, bytes | str] = {}
+        async with (
+            UpstreamPool("127.0.0.1", up.port, PoolParams(max_size=1), connector=connect) as pool,
+            trio.open_nursery() as nursery,
+        ):
+
+            async def fetch(path: str) -> None:
+                try:
+                    results[path] = await (await pool.request(req(path))).body.read_all()
+                except ConnectError as e:
+                    results[path] = e.cause
+
+            nursery.start_soon(fetch, "/first")
+            await _until(lambda: pool._opening == 1, "the first connect started")
+            nursery.start_soon(fetch, "/second")
+            await _until(lambda: pool._waiters == 1, "the second request waits for room")
+            fail_first.set()
+            await _until(lambda: len(results) == 2, "both requests ended")
+        # Not a wait until the connect timeout: the failed connect's place went to the waiting request.
+        assert results == {"/first": "connect/refused", "/second": b"/second"}
+        assert (pool._opening, pool._waiters, len(calls)) == (0, 0, 2)
+
+
+async def test_min_size_connections_outlive_the_idle_timeout() -> None:
+    clock = FakeClock()
+    async with (
+        running_raw(_held_until_three()) as up,
+        UpstreamPool("127.0.0.1", up.port, PoolParams(idle_timeout_s=30, min_size=2), clock=clock) as pool,
+    ):
+        await _three_idle_connections(pool, up)
+        clock.now += 60
+        await pool.prune()
+        assert (stats(pool)["open"], stats(pool)["idle"]) == (2, 2)
+        assert pool._state.next_expiry() is None  # nothing more for the idle timeout to close
+        await _until(lambda: sum(p.eof.is_set() for p in up.peers) == 1, "one connection closed")
+
+
+async def test_life_time_closes_a_connection_when_its_exchange_ends() -> None:
+    clock = FakeClock()
+    async with (
+        running_raw(echo_path_forever) as up,
+        UpstreamPool("127.0.0.1", up.port, PoolParams(life_time_s=10), clock=clock) as pool,
+    ):
+        assert await (await pool.request(req("/a"))).body.read_all() == b"/a"
+        clock.now += 11  # the connection is past its life time
+        assert await (await pool.request(req("/b"))).body.read_all() == b"/b"  # reused, then closed
+        await wait_eof(up.peers[0], "a connection past clientSession.lifeTimeMs")
+        assert await (await pool.request(req("/c"))).body.read_all() == b"/c"
+        assert up.requests == [(0, "GET /a HTTP/1.1"), (0, "GET /b HTTP/1.1"), (1, "GET /c HTTP/1.1")]
+
+
+async def test_client_passes_the_pool_and_session_limits_to_its_pools() -> None:
+    async with running_raw(echo_path_forever) as up, trio.open_nursery() as nursery:
+        client = make_client(
+            nursery,
+            up.port,
+            host_connection_pool=HostConnectionPool(min_size=1, max_size=4, max_waiters=8),
+            client_session=Session(life_time_ms=2500),
+        )
+        params = client.endpoints[f"127.0.0.1:{up.port}"].pool.params
+        assert (params.min_size, params.max_size, params.max_waiters, params.life_time_s) == (1, 4, 8, 2.5)
+        await client.aclose()
+        nursery.cancel_scope.cancel()
 
 
 async def test_max_idle_closes_the_surplus_connections() -> None:

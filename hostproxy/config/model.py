@@ -221,13 +221,12 @@ class ClientTls:
 @dataclass(frozen=True, kw_only=True)
 class HostConnectionPool:
     min_size: int = key(
-        0,
-        "Accepted so that Linkerd 1 configs load; not enforced: no connection is kept open past idleTimeMs.",
-        check=non_negative,
+        0, "Connections (idle or in use) per endpoint the idle timeout leaves open.", check=non_negative
     )
     max_size: int | None = key(
         None,
-        "Accepted so that Linkerd 1 configs load; not enforced: connections per endpoint are not capped.",
+        "Most connections per endpoint, opening ones included; a request beyond waits for one, within "
+        "connectTimeoutMs (then cause connect/timeout).",
         default_doc="unlimited",
         check=positive,
     )
@@ -239,8 +238,8 @@ class HostConnectionPool:
     )
     max_waiters: int | None = key(
         None,
-        "Accepted so that Linkerd 1 configs load; not enforced: no request waits for a connection "
-        "(one is opened when none is idle).",
+        "Most requests waiting for a connection at maxSize; one more is refused at once (503, cause "
+        "overload, never sent).",
         default_doc="unlimited",
         check=non_negative,
     )
@@ -255,10 +254,7 @@ class Session:
         check=positive,
     )
     life_time_ms: int | None = key(
-        None,
-        "Accepted so that Linkerd 1 configs load; not enforced: a connection is not closed for its age.",
-        default_doc="never",
-        check=positive,
+        None, "Close a connection this old when its exchange ends.", default_doc="never", check=positive
     )
 
 
@@ -268,6 +264,12 @@ class ServerSession(Session):
         None,
         "Close a client connection idle this long between requests (Linkerd 1: never).",
         default_doc="60000",
+        check=positive,
+    )
+    life_time_ms: int | None = key(
+        None,
+        "Accepted so that Linkerd 1 configs load; not enforced: a connection is not closed for its age.",
+        default_doc="never",
         check=positive,
     )
 

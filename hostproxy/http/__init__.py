@@ -11,6 +11,7 @@ Public API (see each module's docstring):
 from hostproxy.http.errors import (
     CAUSE_STATUS,
     ConnectError,
+    PoolExhausted,
     ProxyInternalError,
     RequestTimeout,
     UpstreamError,
@@ -31,6 +32,7 @@ __all__ = [
     "Headers",
     "Http1Server",
     "PoolParams",
+    "PoolExhausted",
     "ProxyInternalError",
     "Request",
     "RequestTimeout",

@@ -37,6 +37,7 @@ from hostproxy.http.message import Body, Headers, Response
 __all__ = [
     "CAUSE_STATUS",
     "ConnectError",
+    "PoolExhausted",
     "ProxyInternalError",
     "RequestTimeout",
     "UpstreamError",
@@ -104,6 +105,16 @@ class RequestTimeout(UpstreamError):
 
 class ProxyInternalError(UpstreamError):
     cause = "proxy/internal"
+
+
+class PoolExhausted(UpstreamError):
+    """The endpoint's pool is at ``maxSize`` with ``maxWaiters`` requests already waiting: refused
+    before any byte was sent (retryable)."""
+
+    cause = "overload"
+
+    def __init__(self, message: str, *, endpoint: str) -> None:
+        super().__init__(message, endpoint=endpoint, retryable=True)
 
 
 def error_response(

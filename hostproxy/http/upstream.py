@@ -30,6 +30,12 @@ response body is then pulled from the socket as the caller reads it.
   and by ``prune()``, which a task in the pool's nursery runs as each idle connection reaches the
   timeout (started when a connection goes idle, ended when none is idle), so a pool with no more
   traffic does not keep its connections open.
+* **Limits** (``client.hostConnectionPool``, ``client.clientSession``).  ``max_size`` bounds the
+  connections open or opening; a request that finds none idle and no room waits, within the connect
+  timeout, for one to be checked in or closed (then ``connect/timeout``); with ``max_waiters``
+  requests already waiting one more is refused at once, unsent (``PoolExhausted``, cause
+  ``overload``).  The idle timeout leaves ``min_size`` connections open; a connection older than
+  ``life_time_s`` is closed when its exchange ends.
 * **Errors.**  ``OSError``, trio's stream errors and parse errors are translated once, by
   ``_map_errors`` at the I/O edge, into ``UpstreamError`` subclasses with a ``cause``
   (``connect/refused``, ``connect/timeout``, ``connect/unreachable``, ``tls``, ``upstream/reset``,
@@ -71,6 +77,7 @@ from hostproxy.http.codec import (
 )
 from hostproxy.http.errors import (
     ConnectError,
+    PoolExhausted,
     ProxyInternalError,
     RequestTimeout,
     UpstreamError,
@@ -107,6 +114,14 @@ class PoolParams:
     connect_timeout_ms: int = 1000
     idle_timeout_s: float | None = 30.0
     max_idle: int = 100
+    #: ``hostConnectionPool.maxSize``: most connections open (or opening) at once; None: no limit.
+    max_size: int | None = None
+    #: ``hostConnectionPool.maxWaiters``: most requests waiting for a connection at ``max_size``.
+    max_waiters: int | None = None
+    #: ``hostConnectionPool.minSize``: idle connections the idle timeout leaves open.
+    min_size: int = 0
+    #: ``clientSession.lifeTimeMs``: a connection this old (seconds) is closed when its exchange ends.
+    life_time_s: float | None = None
 
 
 def _leaf_oserrors(exc: BaseException) -> Iterator[OSError]:
@@ -227,9 +242,11 @@ class _Conn:
         "sender_finished",
         "poller",
         "errors",
+        "born",
     )
 
-    def __init__(self, stream: Any, endpoint: str) -> None:
+    def __init__(self, stream: Any, endpoint: str, born: float = 0.0) -> None:
+        self.born = born  # when it was opened (the pool's clock)
         self.stream = stream
         self.codec = ClientCodec()
         self.endpoint = endpoint
@@ -283,22 +300,18 @@ class _Conn:
 class PoolState:
     """Pure bookkeeping of one endpoint's connections (decide here, do in ``UpstreamPool``)."""
 
-    def __init__(self, idle_timeout_s: float | None, max_idle: int) -> None:
+    def __init__(self, idle_timeout_s: float | None, max_idle: int, min_size: int = 0) -> None:
         self.idle_timeout_s = idle_timeout_s
         self.max_idle = max_idle
+        self.min_size = min_size  # connections (idle or in use) the idle timeout leaves open
         self.idle: deque[Any] = deque()
         self.in_use = 0
 
     def checkout(self, now: float, is_stale: Callable[[Any], bool]) -> tuple[Any | None, list[Any]]:
         """The most recently used healthy idle connection (or None) and the ones to close: those
         found stale, and every one past the idle timeout (not only those in the way)."""
-        to_close: list[Any] = []
+        to_close = self.expired(now)
         idle = self.idle
-        timeout = self.idle_timeout_s
-        if timeout is not None:
-            # The deque is in check-in order: the connections past the timeout are its first ones.
-            while idle and now - idle[0].idle_since > timeout:
-                to_close.append(idle.popleft())
         while idle:
             conn = idle.pop()  # LIFO: the warmest connection first
             if is_stale(conn):
@@ -324,12 +337,23 @@ class PoolState:
         return to_close
 
     def expired(self, now: float) -> list[Any]:
-        if self.idle_timeout_s is None:
-            return []
-        keep = deque(c for c in self.idle if now - c.idle_since <= self.idle_timeout_s)
-        gone = [c for c in self.idle if now - c.idle_since > self.idle_timeout_s]
-        self.idle = keep
+        """The idle connections past the idle timeout, taken out (the oldest first), beyond the
+        ``min_size`` connections it leaves open."""
+        timeout = self.idle_timeout_s
+        idle = self.idle
+        gone: list[Any] = []
+        if timeout is None:
+            return gone
+        # In check-in order: the expired connections are the first ones.
+        while idle and now - idle[0].idle_since > timeout and len(idle) + self.in_use > self.min_size:
+            gone.append(idle.popleft())
         return gone
+
+    def next_expiry(self) -> float | None:
+        """When the next idle connection the timeout may close reaches it (None: none will)."""
+        if self.idle_timeout_s is None or not self.idle or len(self.idle) + self.in_use <= self.min_size:
+            return None
+        return self.idle[0].idle_since + self.idle_timeout_s
 
     def drain(self) -> list[Any]:
         out = list(self.idle)
@@ -470,8 +494,14 @@ class UpstreamPool(NurseryOwner):
         # run's clock object directly once a request is made (one call where it makes three).
         self._clock = clock or trio.current_time
         self._connector = connector
-        self._state = PoolState(self.params.idle_timeout_s, self.params.max_idle)
+        params = self.params
+        self._state = PoolState(params.idle_timeout_s, params.max_idle, params.min_size)
+        self._life_s = params.life_time_s
         self._open = 0
+        # ``max_size``: connections being opened count too; requests wait for room in ``_room``.
+        self._opening = 0
+        self._waiters = 0
+        self._room = trio.lowlevel.ParkingLot()
         self._counters = {
             "connects": 0,
             "connect_failures": 0,
@@ -509,6 +539,8 @@ class UpstreamPool(NurseryOwner):
     async def _close(self, conn: _Conn) -> None:
         if not conn.closed:
             self._open -= 1
+            if self._waiters:
+                self._room.unpark()  # room for one more connection
             await conn.aclose()
 
     async def _connect(self, timeout_s: float) -> _Conn:
@@ -517,7 +549,7 @@ class UpstreamPool(NurseryOwner):
             stream = await self._connector(self.host, self.port, timeout_s)
             self._counters["connects"] += 1
             self._open += 1
-            return _Conn(stream, self.endpoint)
+            return _Conn(stream, self.endpoint, self._clock())
         with _map_errors(self.endpoint, "connect"):
             with trio.move_on_after(timeout_s) as scope:
                 # An IP address gets a SockStream; a host name is resolved by trio.
@@ -536,7 +568,7 @@ class UpstreamPool(NurseryOwner):
                 )
         self._counters["connects"] += 1
         self._open += 1
-        return _Conn(stream, self.endpoint)
+        return _Conn(stream, self.endpoint, self._clock())
 
     def _checkout(self) -> tuple[_Conn | None, list[_Conn]]:
         """An idle connection to reuse (checked out) or None, and the stale or expired ones the
@@ -554,14 +586,60 @@ class UpstreamPool(NurseryOwner):
         return conn, to_close
 
     async def _open_checked_out(self, connect_timeout_s: float) -> _Conn:
-        """A new connection, checked out."""
+        """A new connection, checked out; at ``max_size``, an idle connection or room for a new one,
+        waited for within the connect timeout."""
+        max_size = self.params.max_size
+        if max_size is not None and self._open + self._opening >= max_size:
+            idle = await self._wait_for_room(max_size, connect_timeout_s)
+            if idle is not None:
+                return idle
+        self._opening += 1
         try:
             conn = await self._connect(connect_timeout_s)
-        except UpstreamError:
-            self._counters["connect_failures"] += 1
+        except BaseException as exc:
+            if isinstance(exc, UpstreamError):
+                self._counters["connect_failures"] += 1
+            if self._waiters:
+                self._room.unpark()  # the place this connect held is free again
             raise
+        finally:
+            self._opening -= 1
         self._state.opened()
         return conn
+
+    async def _wait_for_room(self, max_size: int, timeout_s: float) -> _Conn | None:
+        """Wait, within ``timeout_s``, until a connection is checked in (returned, checked out) or
+        one closes (None: the caller opens one). Raises ``PoolExhausted`` when ``max_waiters``
+        requests already wait, ``ConnectError`` (``connect/timeout``) when no room came in time."""
+        max_waiters = self.params.max_waiters
+        if max_waiters is not None and self._waiters >= max_waiters:
+            raise PoolExhausted(
+                f"connection pool for {self.endpoint} is full: {max_size} connections (maxSize) in use "
+                f"and {self._waiters} requests (maxWaiters) already waiting for one; raise "
+                "client.hostConnectionPool.maxSize or maxWaiters, or add endpoints",
+                endpoint=self.endpoint,
+            )
+        self._waiters += 1
+        try:
+            with trio.move_on_after(timeout_s):
+                while True:
+                    await self._room.park()
+                    conn, to_close = self._checkout()
+                    for c in to_close:
+                        await self._close(c)
+                    if conn is not None:
+                        return conn
+                    if self._open + self._opening < max_size:
+                        return None
+        finally:
+            self._waiters -= 1
+        self._counters["connect_failures"] += 1
+        raise ConnectError(
+            f"Unable to get a connection to {self.endpoint}: all {max_size} connections (maxSize) "
+            f"stayed in use for the connect timeout, {timeout_s * 1000:g} ms",
+            endpoint=self.endpoint,
+            cause="connect/timeout",
+        )
 
     async def _release(self, conn: _Conn) -> None:
         """The response ended: keep the connection if the exchange was clean."""
@@ -583,6 +661,7 @@ class UpstreamPool(NurseryOwner):
         """Check in a connection whose response ended (kept if the exchange was clean); the
         connections the caller closes."""
         codec = conn.codec
+        life_s = self._life_s
         reusable = (
             not self._closed
             and not conn.broken
@@ -590,6 +669,7 @@ class UpstreamPool(NurseryOwner):
             and conn.sender_done
             and codec.can_reuse
             and not codec.trailing_data()  # bytes past the response: never the next one's
+            and (life_s is None or self._clock() - conn.born < life_s)
         )
         if reusable:
             codec.start_next_cycle()
@@ -598,24 +678,23 @@ class UpstreamPool(NurseryOwner):
         if not conn.checked_out:
             return []
         conn.checked_out = False
-        if reusable and self._reaper is None and self._nursery is not None:
-            idle_timeout_s = self._state.idle_timeout_s
-            if idle_timeout_s is not None:
+        if reusable:
+            if self._reaper is None and self._nursery is not None and self._state.idle_timeout_s is not None:
                 self._reaper = trio.CancelScope()
-                self._nursery.start_soon(self._reap, self._reaper, idle_timeout_s)
+                self._nursery.start_soon(self._reap, self._reaper)
+            if self._waiters:
+                self._room.unpark()  # an idle connection for a request waiting at max_size
         return self._state.checkin(conn, self._clock(), reusable)
 
-    async def _reap(self, scope: trio.CancelScope, idle_timeout_s: float) -> None:
-        """Close idle connections as they reach the idle timeout; ends once none is idle."""
+    async def _reap(self, scope: trio.CancelScope) -> None:
+        """Close idle connections as they reach the idle timeout; ends once none will."""
         try:
             with scope:
                 while True:
-                    idle = self._state.idle
-                    if not idle or self._closed:
+                    expiry = self._state.next_expiry()
+                    if expiry is None or self._closed:
                         return
-                    # The deque is in check-in order: its first connection is the one idle longest.
-                    wait = idle[0].idle_since + idle_timeout_s - self._clock()
-                    await trio.sleep(max(wait, 0.0) + 0.001)
+                    await trio.sleep(max(expiry - self._clock(), 0.0) + 0.001)
                     await self.prune()
         finally:
             if self._reaper is scope:
