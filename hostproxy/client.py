@@ -206,7 +206,11 @@ class Client:
         self.stale_since: float | None = None
         self.stats = scope.client(client_id)
         scope.client_extras(
-            client_id, balancer=self.balancer, accrual=self.accrual, requeue_budget=self.requeue_budget
+            client_id,
+            balancer=self.balancer,
+            accrual=self.accrual,
+            requeue_budget=self.requeue_budget,
+            pools=_Pools(self),
         )
         scope.client_gauge(
             client_id,
@@ -423,6 +427,26 @@ class Client:
         self.closed = True
         for ep in list(self.endpoints.values()):
             await ep.pool.aclose()
+
+
+class _Pools:
+    """A client's endpoint pools as one ``statistics()`` for its metrics: connections open, open
+    or opening (``size``), idle and requests waiting, summed over the endpoints."""
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def statistics(self) -> dict[str, int]:
+        total = {"open": 0, "size": 0, "idle": 0, "waiters": 0}
+        for ep in self._client.endpoints.values():
+            st = ep.pool.statistics()
+            total["open"] += st.get("open", 0)
+            total["size"] += st.get("open", 0) + st.get("opening", 0)
+            total["idle"] += st.get("idle", 0)
+            total["waiters"] += st.get("waiters", 0)
+        return total
 
 
 def _safe(fn: Callable[[], Any]) -> Any:

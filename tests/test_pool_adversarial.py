@@ -46,7 +46,7 @@ from hostproxy.http import (
 )
 from hostproxy.http import upstream as upstream_mod
 from hostproxy.http.upstream import PoolParams, _Conn
-from hostproxy.metrics import MetricsRegistry
+from hostproxy.metrics import MetricsRegistry, flat, prometheus
 
 # -- a scripted raw upstream ----------------------------------------------------------------------
 
@@ -925,6 +925,51 @@ async def test_client_passes_the_pool_and_session_limits_to_its_pools() -> None:
         )
         params = client.endpoints[f"127.0.0.1:{up.port}"].pool.params
         assert (params.min_size, params.max_size, params.max_waiters, params.life_time_s) == (1, 4, 8, 2.5)
+        await client.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_client_metrics_show_its_pools_connections_cached_and_waiters() -> None:
+    """``rt/<router>/client/<id>/{connections,pool_size,pool_cached,pool_waiters}``, as Linkerd names
+    them, and their Prometheus families: summed over the client's endpoints' pools."""
+    release = trio.Event()
+    reg = MetricsRegistry(time.monotonic)
+    async with running_raw(_slow_until(release)) as up, trio.open_nursery() as nursery:
+        client = Client(
+            "out",
+            f"/$/inet/127.0.0.1/{up.port}",
+            ClientParams(host_connection_pool=HostConnectionPool(max_size=1)),
+            reg.router("out"),
+            nursery=nursery,
+        )
+        client.update_addr(AddrBound((Address("127.0.0.1", up.port),)))
+        key = f"rt/out/client/$/inet/127.0.0.1/{up.port}/"
+
+        def gauges() -> tuple[float, ...]:
+            f = flat(reg)
+            return tuple(f[key + k] for k in ("connections", "pool_size", "pool_cached", "pool_waiters"))
+
+        assert gauges() == (0, 0, 0, 0)
+        resp, _ = await client.request(req("/a"))
+        assert await resp.body.read_all() == b"/a"
+        assert gauges() == (1, 1, 1, 0)  # one connection, idle
+
+        async def fetch(path: str) -> None:
+            r, _ = await client.request(req(path))
+            await r.body.read_all()
+
+        nursery.start_soon(fetch, "/slow")
+        await _until(lambda: len(up.requests) == 2, "the upstream got /slow")
+        nursery.start_soon(fetch, "/waits")
+        pool = client.endpoints[f"127.0.0.1:{up.port}"].pool
+        await _until(lambda: pool._waiters == 1, "the second request waits at maxSize=1")
+        assert gauges() == (1, 1, 0, 1)  # the connection in use, one request waiting for it
+        labels = f'{{router="out",client="/$/inet/127.0.0.1/{up.port}"}}'
+        text = prometheus(reg)
+        assert f"hostproxy_client_pool_waiters{labels} 1" in text
+        assert f"hostproxy_client_connections{labels} 1" in text
+        release.set()
+        await _until(lambda: len(up.requests) == 3, "the waiting request went out")
         await client.aclose()
         nursery.cancel_scope.cancel()
 

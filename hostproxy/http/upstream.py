@@ -515,7 +515,14 @@ class UpstreamPool(NurseryOwner):
 
     def statistics(self) -> dict[str, int]:
         idle = len(self._state.idle)
-        return {"open": self._open, "idle": idle, "in_use": self._state.in_use, **self._counters}
+        return {
+            "open": self._open,
+            "idle": idle,
+            "in_use": self._state.in_use,
+            "opening": self._opening,
+            "waiters": self._waiters,
+            **self._counters,
+        }
 
     def __repr__(self) -> str:
         s = self.statistics()

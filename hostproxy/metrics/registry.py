@@ -98,6 +98,15 @@ def reading() -> Iterator[None]:
         _ReadPass.active = False
 
 
+#: Help texts of a client's pool gauges (Prometheus).
+_POOL_HELP = {
+    "connections": "Connections open to the client's endpoints",
+    "pool_size": "Connections open or opening in the client's pools",
+    "pool_cached": "Idle connections kept for reuse in the client's pools",
+    "pool_waiters": "Requests waiting for a connection at hostConnectionPool.maxSize",
+}
+
+
 def _stat_reader(obj: _HasStatistics, name: str, shared: list[Any]) -> Callable[[], float]:
     """A gauge function reading `statistics()[name]`; readers of one object share `shared`,
     `[epoch, statistics]`, so a read pass calls `statistics()` once for all of them."""
@@ -586,12 +595,15 @@ class RouterScope:
         balancer: _HasStatistics | None = None,
         accrual: _HasStatistics | None = None,
         requeue_budget: _HasStatistics | None = None,
+        pools: _HasStatistics | None = None,
     ) -> None:
-        """Expose a client's balancer, failure accrual and requeue budget as gauges under its scope.
+        """Expose a client's balancer, failure accrual, requeue budget and connection pools as gauges
+        under its scope.
 
         Keys follow Linkerd: `loadbalancer/{size,available,busy,load,meanweight,adds,removes,updates,
         max_effort_exhausted}`, `failure_accrual/{removals,probes,revivals,removed_for_ms}`,
-        `retries/budget` and `retries/budget_exhausted`. Values are read only when rendering.
+        `retries/budget` and `retries/budget_exhausted`, and (``pools``: its endpoints' pools summed)
+        `connections`, `pool_size`, `pool_cached` and `pool_waiters`. Values are read only when rendering.
         """
         prefix = self.client_prefix(client_id)
         labels = (("router", self.label), ("client", client_id))
@@ -622,6 +634,16 @@ class RouterScope:
                 ),
             ),
             ("retries", requeue_budget, (("budget", "balance"), ("budget_exhausted", "budget_exhausted"))),
+            (
+                "",  # at the client's own level, as Linkerd has them
+                pools,
+                (
+                    ("connections", "open"),
+                    ("pool_size", "size"),
+                    ("pool_cached", "idle"),
+                    ("pool_waiters", "waiters"),
+                ),
+            ),
         ]
         for group, obj, fields in groups:
             if obj is None:
@@ -639,7 +661,10 @@ class RouterScope:
                     )
                 elif group == "failure_accrual" and key in ("removals", "revivals"):
                     prom = PromId(f"hostproxy_client_accrual_{key}", labels, f"Failure accrual {key}")
-                self._reg.gauge(f"{prefix}/{group}/{key}", _stat_reader(obj, stat, shared), prom)
+                elif not group:
+                    prom = PromId(f"hostproxy_client_{key}", labels, _POOL_HELP[key])
+                path = f"{prefix}/{group}/{key}" if group else f"{prefix}/{key}"
+                self._reg.gauge(path, _stat_reader(obj, stat, shared), prom)
 
     def client_gauge(self, client_id: str, name: str, fn: Callable[[], float], help_text: str) -> None:
         """One more gauge under a client's scope (`rt/<router>/client/<id>/<name>`), read when rendered."""
