@@ -576,32 +576,63 @@ class _GatedStream:
         await self.inner.aclose()
 
 
-async def test_body_read_cancelled_while_the_request_writer_flushes_does_not_leak_the_connection() -> None:
-    """The response ends while the request's last bytes are still being written (``_release``
-    waits for the writer); the reader is cancelled in that wait. The connection must still be
-    checked in or discarded, not left checked out forever."""
-    gate, hit, finish = trio.Event(), trio.Event(), trio.Event()
+class _HeldWriter:
+    """An exchange whose request writer is held on the body's last chunk (``gate``) while the
+    upstream answers in full once ``finish`` is set; ``hit`` tells the writer reached the gate."""
 
-    async def connector(host: str, port: int, timeout_s: float) -> Any:
-        return _GatedStream(await trio.open_tcp_stream(host, port), gate, hit)
+    def __init__(self) -> None:
+        self.gate, self.hit, self.finish = trio.Event(), trio.Event(), trio.Event()
 
-    async def handler(up: RawUpstream, peer: Peer) -> None:
+    async def connector(self, host: str, port: int, timeout_s: float) -> Any:
+        return _GatedStream(await trio.open_tcp_stream(host, port), self.gate, self.hit)
+
+    async def handler(self, up: RawUpstream, peer: Peer) -> None:
         head = await peer.read_head()
         if head is None:
             return
         up.record(peer, head)
         await peer.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
-        await finish.wait()
+        await self.finish.wait()
         await peer.send(b"0\r\n\r\n")
         await peer.drain()
 
+
+async def test_the_response_end_reaches_the_reader_while_the_request_writer_still_flushes() -> None:
+    """The response is whole while the request's last bytes are still being written: the reader
+    gets its end at once, and the connection is checked in once the writer is done."""
+    held = _HeldWriter()
     async with (
-        running_raw(handler) as up,
-        UpstreamPool("127.0.0.1", up.port, connector=connector) as pool,
+        running_raw(held.handler) as up,
+        UpstreamPool("127.0.0.1", up.port, connector=held.connector) as pool,
     ):
         r = await pool.request(req("/up", Body(Source([b"abc"]), None), "POST"))
         with trio.fail_after(10):
-            await hit.wait()  # the writer is held on the request's last chunk
+            await held.hit.wait()  # the writer is held on the request's last chunk
+        conn = r.body._source._conn  # type: ignore[union-attr]
+        assert conn.sender_finished is not None
+        held.finish.set()
+        with trio.fail_after(10):
+            assert await r.body.read_all() == b"first"
+        assert not conn.sender_finished.is_set()  # the reader did not wait for the writer
+        held.gate.set()
+        with trio.fail_after(10):
+            await conn.sender_finished.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        assert (stats(pool)["in_use"], stats(pool)["idle"]) == (0, 1)  # the exchange was clean: kept
+
+
+async def test_body_read_cancelled_while_the_request_writer_flushes_does_not_leak_the_connection() -> None:
+    """The response ends while the request's last bytes are still being written, and the reader is
+    cancelled meanwhile. The connection must still be checked in or discarded, not left checked out
+    forever."""
+    held = _HeldWriter()
+    async with (
+        running_raw(held.handler) as up,
+        UpstreamPool("127.0.0.1", up.port, connector=held.connector) as pool,
+    ):
+        r = await pool.request(req("/up", Body(Source([b"abc"]), None), "POST"))
+        with trio.fail_after(10):
+            await held.hit.wait()  # the writer is held on the request's last chunk
         conn = r.body._source._conn  # type: ignore[union-attr]
         assert conn.sender_finished is not None
 
@@ -612,12 +643,12 @@ async def test_body_read_cancelled_while_the_request_writer_flushes_does_not_lea
 
         async with trio.open_nursery() as nursery:
             cs = await nursery.start(reader)
-            finish.set()
-            with trio.fail_after(10):  # until the reader waits in ``_release`` for the writer
+            held.finish.set()
+            with trio.fail_after(10):  # until the response's end was read: a task waits for the writer
                 while conn.sender_finished.statistics().tasks_waiting == 0:
                     await trio.sleep(0.01)
             cs.cancel()
-        gate.set()
+        held.gate.set()
         with trio.fail_after(10):
             await conn.sender_finished.wait()
         await trio.testing.wait_all_tasks_blocked()

@@ -10,7 +10,9 @@ response body is then pulled from the socket as the caller reads it.
 * **Full duplex.**  A request body that is not already in memory is written by a task in the
   pool's nursery while the response is read, so an upstream that answers (or echoes) before the
   request ended never deadlocks against us.  The pool therefore needs a nursery: use it as
-  ``async with UpstreamPool(...) as pool`` or pass ``nursery=``.
+  ``async with UpstreamPool(...) as pool`` or pass ``nursery=``.  A response that ends while the
+  writer still flushes the request's last bytes reaches its reader at once; the connection is
+  checked in once the writer is done (kept only if it finished within 1 s).
 * **Reuse only when clean.**  A connection goes back to the idle list only when both the request
   and the response were read/written completely and neither side asked to close.  A response body
   closed before its end, a request body not fully sent, or any error discards the connection.
@@ -651,18 +653,30 @@ class UpstreamPool(NurseryOwner):
     async def _release(self, conn: _Conn) -> None:
         """The response ended: keep the connection if the exchange was clean."""
         if not conn.sender_done and conn.sender_finished is not None:
-            if conn.codec.request_sent:
-                # Every byte of the request was produced; the writer is flushing the last ones.
-                try:
-                    with trio.move_on_after(1.0):
-                        await conn.sender_finished.wait()
-                except BaseException:
-                    await self._discard(conn)  # cancelled meanwhile: the connection is not kept
-                    raise
-            if not conn.sender_done and conn.sender_scope is not None:
+            if conn.codec.request_sent and self._nursery is not None:
+                # Every byte of the request was produced; the writer is flushing the last ones. The
+                # response is whole: the reader goes on, and the connection is checked in (or closed)
+                # once the writer is done, by a task of the pool's nursery (where the writer runs).
+                self._nursery.start_soon(self._release_after_writer, conn)
+                return
+            if conn.sender_scope is not None:
                 conn.sender_scope.cancel()  # the request body is no longer wanted
         for c in self._checked_in(conn):
             await self._close(c)
+
+    async def _release_after_writer(self, conn: _Conn) -> None:
+        """``_release`` for a connection whose request writer is still flushing: wait for it (at most
+        1 s), then check the connection in, kept only if the writer finished."""
+        assert conn.sender_finished is not None
+        try:
+            with trio.move_on_after(1.0):
+                await conn.sender_finished.wait()
+        finally:
+            if not conn.sender_done and conn.sender_scope is not None:
+                conn.sender_scope.cancel()
+            with trio.CancelScope(shield=True):
+                for c in self._checked_in(conn):
+                    await self._close(c)
 
     def _checked_in(self, conn: _Conn) -> list[_Conn]:
         """Check in a connection whose response ended (kept if the exchange was clean); the
