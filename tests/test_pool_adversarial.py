@@ -597,9 +597,10 @@ class _HeldWriter:
         await peer.drain()
 
 
-async def test_the_response_end_reaches_the_reader_while_the_request_writer_still_flushes() -> None:
-    """The response is whole while the request's last bytes are still being written: the reader
-    gets its end at once, and the connection is checked in once the writer is done."""
+@contextlib.asynccontextmanager
+async def _held_writer_exchange() -> AsyncIterator[tuple[_HeldWriter, UpstreamPool, Any, Any]]:
+    """A streamed POST through a pool whose writer is now held on the body's last chunk: the
+    exchange, the pool, the response and its connection."""
     held = _HeldWriter()
     async with (
         running_raw(held.handler) as up,
@@ -607,8 +608,14 @@ async def test_the_response_end_reaches_the_reader_while_the_request_writer_stil
     ):
         r = await pool.request(req("/up", Body(Source([b"abc"]), None), "POST"))
         with trio.fail_after(10):
-            await held.hit.wait()  # the writer is held on the request's last chunk
-        conn = r.body._source._conn  # type: ignore[union-attr]
+            await held.hit.wait()
+        yield held, pool, r, r.body._source._conn
+
+
+async def test_the_response_end_reaches_the_reader_while_the_request_writer_still_flushes() -> None:
+    """The response is whole while the request's last bytes are still being written: the reader
+    gets its end at once, and the connection is checked in once the writer is done."""
+    async with _held_writer_exchange() as (held, pool, r, conn):
         assert conn.sender_finished is not None
         held.finish.set()
         with trio.fail_after(10):
@@ -625,15 +632,7 @@ async def test_body_read_cancelled_while_the_request_writer_flushes_does_not_lea
     """The response ends while the request's last bytes are still being written, and the reader is
     cancelled meanwhile. The connection must still be checked in or discarded, not left checked out
     forever."""
-    held = _HeldWriter()
-    async with (
-        running_raw(held.handler) as up,
-        UpstreamPool("127.0.0.1", up.port, connector=held.connector) as pool,
-    ):
-        r = await pool.request(req("/up", Body(Source([b"abc"]), None), "POST"))
-        with trio.fail_after(10):
-            await held.hit.wait()  # the writer is held on the request's last chunk
-        conn = r.body._source._conn  # type: ignore[union-attr]
+    async with _held_writer_exchange() as (held, pool, r, conn):
         assert conn.sender_finished is not None
 
         async def reader(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
