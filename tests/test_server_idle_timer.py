@@ -207,3 +207,56 @@ async def test_drain_brings_deadlines_forward_out_of_order(autojump_clock: Any) 
         await trio.sleep(100)
         assert log == [("b", 2.0), ("a", 60.0)]
         timer.stop()
+
+
+async def test_life_time_asks_to_close_on_the_first_response_past_it() -> None:
+    """``serverSession.lifeTimeMs``: a connection older than its life time gets ``Connection: close``
+    on its next response, and is closed after it (the server's clock is set by the test)."""
+    async with (
+        running_upstream() as up,
+        running_proxy(up.port, ServerParams(life_time_s=10)) as proxy,
+    ):
+        server: Any = proxy.server
+        now = [server.now()]
+        server.now = lambda: now[0]
+        stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+        async with stream:
+            await stream.send_all(GET)
+            assert b"connection: close" not in (await read_response(stream)).lower()
+            now[0] += 11  # past the connection's life time
+            await stream.send_all(GET)
+            last = await read_until_close(stream)
+            head = last.split(b"\r\n\r\n", 1)[0].lower()
+            assert head.startswith(b"http/1.1 200") and b"\r\nconnection: close" in head
+
+
+async def test_life_time_closes_a_connection_waiting_for_a_request() -> None:
+    async with (
+        running_upstream() as up,
+        running_proxy(up.port, ServerParams(idle_timeout_s=60, life_time_s=0.2)) as proxy,
+    ):
+        stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+        async with stream:
+            # No request: the wait for one ends with the connection's life, long before the idle timeout.
+            assert await read_until_close(stream) == b""
+
+
+def test_server_session_keys_reach_the_server() -> None:
+    from hostproxy.config.validate import load_config
+    from hostproxy.daemon import server_params
+
+    cfg = load_config(
+        """
+routers:
+- protocol: http
+  dtab: /svc => /$/inet/127.0.0.1/1;
+  servers:
+  - port: 0
+    serverSession: {idleTimeMs: 1500, lifeTimeMs: 2500}
+  - port: 0
+"""
+    )
+    router = cfg.routers[0]
+    one, two = (server_params(router, s, "out", 1.0) for s in router.servers)
+    assert (one.idle_timeout_s, one.life_time_s) == (1.5, 2.5)
+    assert (two.idle_timeout_s, two.life_time_s) == (60.0, None)  # the defaults the reference shows

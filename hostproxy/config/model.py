@@ -268,7 +268,8 @@ class ServerSession(Session):
     )
     life_time_ms: int | None = key(
         None,
-        "Accepted so that Linkerd 1 configs load; not enforced: a connection is not closed for its age.",
+        "A client connection this old gets Connection: close on its next response, and is closed if it "
+        "is waiting for a request.",
         default_doc="never",
         check=positive,
     )
@@ -678,6 +679,11 @@ class ServerConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class H2ServerConfig(ServerConfig):
+    server_session: ServerSession = key(
+        ServerSession(),
+        "Accepted so that Linkerd 1 configs load; not enforced on h2 servers: an HTTP/2 connection is "
+        "not closed for being idle or old.",
+    )
     window_update_ratio: float = key(
         0.99, "Send WINDOW_UPDATE when this fraction of the window is used.", check=fraction
     )

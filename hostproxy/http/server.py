@@ -120,6 +120,9 @@ class ServerParams:
     idle_timeout_s: float | None = 60.0
     max_connections: int | None = None
     max_requests_per_connection: int | None = None
+    #: ``serverSession.lifeTimeMs``: a connection this old (seconds) gets ``Connection: close`` on
+    #: its next response, and is closed when it waits for a request past it.
+    life_time_s: float | None = None
     max_call_depth: int = 1000
     add_forwarded_header: ForwardedConfig | None = None
     router_label: str = "http"
@@ -339,6 +342,7 @@ class _Connection:
         "serve_scope",
         "info",
         "forwarded_labels",
+        "born",
     )
 
     def __init__(self, server: Http1Server, stream: Any, conn_id: int) -> None:
@@ -351,6 +355,8 @@ class _Connection:
         self.codec = ServerCodec(server._limits)
         self._send_lock: trio.Lock | None = None
         self.requests = 0
+        # When it was accepted, for ``life_time_s`` (only then read: no clock read otherwise).
+        self.born = server.now() if self.params.life_time_s is not None else 0.0
         # The wait for the next request ends on its idle deadline (or a drain) in one of two ways:
         # a plaintext connection of a serving server waits inside ``serve_scope`` (entered once, for
         # the whole connection), which the server's idle timer cancels only while the connection is
@@ -428,8 +434,12 @@ class _Connection:
         ov = server.overload
         if ov is not None and not ov.keepalive_allowed:
             return True
-        limit = self.params.max_requests_per_connection
-        return limit is not None and self.requests >= limit
+        params = self.params
+        limit = params.max_requests_per_connection
+        if limit is not None and self.requests >= limit:
+            return True
+        life = params.life_time_s
+        return life is not None and self.server.now() - self.born >= life
 
     # -- I/O helpers -----------------------------------------------------------------------------
 
@@ -535,6 +545,12 @@ class _Connection:
                 if self.requests > 0:
                     return None  # draining: an idle keep-alive connection closes instead of waiting
                 idle_s = DRAIN_FIRST_REQUEST_S if idle_s is None else min(idle_s, DRAIN_FIRST_REQUEST_S)
+            life = params.life_time_s
+            if life is not None:  # the wait for a request ends with the connection's life, too
+                left = self.born + life - self.server.now()
+                if left <= 0:
+                    return None
+                idle_s = left if idle_s is None else min(idle_s, left)
             timer = self.idle_timer
             if timer is not None:
                 # The idle timer ends this wait on its deadline (``idle_expired`` cancels
