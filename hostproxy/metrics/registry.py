@@ -98,11 +98,10 @@ def reading() -> Iterator[None]:
         _ReadPass.active = False
 
 
-#: Help texts of a client's pool gauges (Prometheus).
+#: The pool gauges also exported to Prometheus, with their help texts (every series costs each scrape
+#: of a daemon with many clients: ``pool_size`` and ``pool_cached`` are in the JSON metrics only).
 _POOL_HELP = {
     "connections": "Connections open to the client's endpoints",
-    "pool_size": "Connections open or opening in the client's pools",
-    "pool_cached": "Idle connections kept for reuse in the client's pools",
     "pool_waiters": "Requests waiting for a connection at hostConnectionPool.maxSize",
 }
 
@@ -661,7 +660,7 @@ class RouterScope:
                     )
                 elif group == "failure_accrual" and key in ("removals", "revivals"):
                     prom = PromId(f"hostproxy_client_accrual_{key}", labels, f"Failure accrual {key}")
-                elif not group:
+                elif not group and key in _POOL_HELP:
                     prom = PromId(f"hostproxy_client_{key}", labels, _POOL_HELP[key])
                 path = f"{prefix}/{group}/{key}" if group else f"{prefix}/{key}"
                 self._reg.gauge(path, _stat_reader(obj, stat, shared), prom)
