@@ -525,6 +525,20 @@ class _Analysis:
                 if ent
                 else f"explain it: /delegator?router={router} with path {svc}"
             )
+        elif (
+            cause is Cause.OVERLOAD
+            and client is not None
+            and self.num(f"{self.prefix(router, 'client', client)}/failures/{cause.value}")
+        ):
+            # Counted by the client: its endpoints' connection pools refused them (maxWaiters).
+            verdict = (
+                f"the connection pools of {client} were full for {rate} of {svc}: "
+                "hostConnectionPool.maxSize connections in use and maxWaiters requests already waiting"
+            )
+            nxt = (
+                f"check the app's latency on {ep} (slow answers hold connections longer), then "
+                "client.hostConnectionPool.maxSize and maxWaiters; the client's pool_waiters metric shows the queue"
+            )
         elif cause is Cause.OVERLOAD:
             verdict = f"hostproxy shed {rate} for {svc} (maxConcurrentRequests reached)"
             nxt = "check the app's latency (slow upstreams pile up requests) and servers[].maxConcurrentRequests"

@@ -140,6 +140,29 @@ def test_client_is_found_without_bindings_when_one_client_counted_the_cause() ->
     assert (f.client, f.endpoint, f.severity) == ("/$/inet/10.1.1.1/80", "10.1.1.1:80", "critical")
 
 
+def test_overload_counted_by_a_client_is_its_full_connection_pool() -> None:
+    m = {
+        **server(10, {"overload": 4}),
+        **svc_metrics("/svc/users", 10, 6, {"overload": 4}),
+        **svc_metrics("/#/io.l5d.fs/users", 10, 6, {"overload": 4}, scope="client"),
+    }
+    snap = Snapshot(
+        metrics=m,
+        client_state={"/#/io.l5d.fs/users": {"state": "bound", "addresses": ["10.0.0.7:8080"]}},
+        bindings={"out": {"/svc/users": ["/#/io.l5d.fs/users"]}},
+    )
+    f = findings(snap)[("/svc/users", "overload")]
+    assert f.verdict == (
+        "the connection pools of /#/io.l5d.fs/users were full for 40% of requests of /svc/users: "
+        "hostConnectionPool.maxSize connections in use and maxWaiters requests already waiting"
+    )
+    assert "client.hostConnectionPool.maxSize" in f.next_step
+    # Shed by the router (counted by the service, not by its client): maxConcurrentRequests.
+    m = {**server(10, {"overload": 4}), **svc_metrics("/svc/users", 10, 6, {"overload": 4})}
+    f = findings(Snapshot(metrics=m, bindings=snap.bindings))[("/svc/users", "overload")]
+    assert f.verdict == "hostproxy shed 40% of requests for /svc/users (maxConcurrentRequests reached)"
+
+
 def test_unbound_names_each_get_a_finding_and_router_level_failures_are_kept() -> None:
     m = {
         **server(200, {"naming/neg": 12, "identification": 3}),
