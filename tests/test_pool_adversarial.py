@@ -194,11 +194,22 @@ def content_length(head: bytes) -> int:
     return 0
 
 
-async def echo_path_forever(up: RawUpstream, peer: Peer) -> None:
-    """Answer every request (without a body) with its path, keeping the connection alive."""
-    while (head := await peer.read_head()) is not None:
-        path = up.record(peer, head)
-        await peer.send(ok(path.encode()))
+def answering(special: dict[str, bytes] | None = None, hold: dict[str, trio.Event] | None = None) -> Handler:
+    """Answers every request (without a body) with its path, keeping the connection alive; a path in
+    ``special`` gets those bytes instead, and one in ``hold`` is answered once its event is set."""
+
+    async def handler(up: RawUpstream, peer: Peer) -> None:
+        while (head := await peer.read_head()) is not None:
+            path = up.record(peer, head)
+            event = (hold or {}).get(path)
+            if event is not None:
+                await event.wait()
+            await peer.send((special or {}).get(path) or ok(path.encode()))
+
+    return handler
+
+
+echo_path_forever = answering()
 
 
 # -- the proxy side -------------------------------------------------------------------------------
@@ -237,6 +248,19 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+@contextlib.asynccontextmanager
+async def clocked_pool(
+    handler: Handler, **params: Any
+) -> AsyncIterator[tuple[RawUpstream, UpstreamPool, FakeClock]]:
+    """A pool on a clock the test sets (``PoolParams(**params)``) to an upstream running ``handler``."""
+    clock = FakeClock()
+    async with (
+        running_raw(handler) as up,
+        UpstreamPool("127.0.0.1", up.port, PoolParams(**params), clock=clock) as pool,
+    ):
+        yield up, pool, clock
 
 
 def stats(pool: UpstreamPool) -> dict[str, int]:
@@ -280,13 +304,7 @@ async def test_exchange_that_asks_to_close_is_not_reused(
 ) -> None:
     """The upstream keeps the socket open although the exchange said close: the pool must not
     reuse it, and closes it itself."""
-
-    async def handler(up: RawUpstream, peer: Peer) -> None:
-        while (head := await peer.read_head()) is not None:
-            path = up.record(peer, head)
-            await peer.send(response if path == "/one" else ok(path.encode()))
-
-    async with running_raw(handler) as up, UpstreamPool("127.0.0.1", up.port) as pool:
+    async with running_raw(answering({"/one": response})) as up, UpstreamPool("127.0.0.1", up.port) as pool:
         r = await pool.request(req("/one", extra=request_headers))
         assert await r.body.read_all() == b"one"
         r = await pool.request(req("/two"))
@@ -326,13 +344,7 @@ async def test_bytes_after_a_complete_response_are_not_taken_for_the_next_respon
         monkeypatch.setattr(upstream_mod, "_whole_body", None)
     else:
         monkeypatch.setattr(upstream_mod, "ClientCodec", codec_fast.ClientCodec)
-
-    async def handler(up: RawUpstream, peer: Peer) -> None:
-        while (head := await peer.read_head()) is not None:
-            path = up.record(peer, head)
-            await peer.send(first if path == "/first" else ok(path.encode()))
-
-    async with running_raw(handler) as up, UpstreamPool("127.0.0.1", up.port) as pool:
+    async with running_raw(answering({"/first": first})) as up, UpstreamPool("127.0.0.1", up.port) as pool:
         r = await pool.request(req("/first", method=method))
         assert await r.body.read_all() == (
             b"" if method == "HEAD" or first.startswith(b"HTTP/1.1 204") else b"first"
@@ -507,12 +519,8 @@ async def test_body_delimited_by_the_close_is_read_whole_and_the_connection_not_
 
 
 async def test_malformed_response_head_fails_and_the_connection_is_discarded() -> None:
-    async def handler(up: RawUpstream, peer: Peer) -> None:
-        while (head := await peer.read_head()) is not None:
-            path = up.record(peer, head)
-            await peer.send(b"HTTP/1.1 2OO OK\r\n\r\n" if path == "/bad" else ok(path.encode()))
-
-    async with running_raw(handler) as up, UpstreamPool("127.0.0.1", up.port) as pool:
+    bad = answering({"/bad": b"HTTP/1.1 2OO OK\r\n\r\n"})
+    async with running_raw(bad) as up, UpstreamPool("127.0.0.1", up.port) as pool:
         assert await (await pool.request(req("/warm"))).body.read_all() == b"/warm"
         with pytest.raises(UpstreamReset):
             await pool.request(req("/bad"))
@@ -526,15 +534,10 @@ async def test_cancelled_request_waiting_for_its_response_discards_the_connectio
     """A request cancelled while waiting for its response on a reused connection: its late response
     must not be read as the next request's."""
     release = trio.Event()
-
-    async def handler(up: RawUpstream, peer: Peer) -> None:
-        while (head := await peer.read_head()) is not None:
-            path = up.record(peer, head)
-            if path == "/slow":
-                await release.wait()
-            await peer.send(ok(path.encode()))
-
-    async with running_raw(handler) as up, UpstreamPool("127.0.0.1", up.port) as pool:
+    async with (
+        running_raw(answering(hold={"/slow": release})) as up,
+        UpstreamPool("127.0.0.1", up.port) as pool,
+    ):
         assert await (await pool.request(req("/warm"))).body.read_all() == b"/warm"
         got_slow = up.got_request
         async with trio.open_nursery() as nursery:
@@ -661,11 +664,7 @@ async def test_body_read_cancelled_while_the_request_writer_flushes_does_not_lea
 
 
 async def test_expired_idle_connection_is_closed_at_checkout_not_reused() -> None:
-    clock = FakeClock()
-    async with (
-        running_raw(echo_path_forever) as up,
-        UpstreamPool("127.0.0.1", up.port, PoolParams(idle_timeout_s=30), clock=clock) as pool,
-    ):
+    async with clocked_pool(echo_path_forever, idle_timeout_s=30) as (up, pool, clock):
         assert await (await pool.request(req("/a"))).body.read_all() == b"/a"
         clock.now += 30.5
         assert await (await pool.request(req("/b"))).body.read_all() == b"/b"
@@ -675,11 +674,7 @@ async def test_expired_idle_connection_is_closed_at_checkout_not_reused() -> Non
 
 
 async def test_prune_closes_expired_idle_connections_but_not_fresh_ones() -> None:
-    clock = FakeClock()
-    async with (
-        running_raw(echo_path_forever) as up,
-        UpstreamPool("127.0.0.1", up.port, PoolParams(idle_timeout_s=30), clock=clock) as pool,
-    ):
+    async with clocked_pool(echo_path_forever, idle_timeout_s=30) as (up, pool, clock):
         assert await (await pool.request(req("/a"))).body.read_all() == b"/a"
         clock.now += 10
         await pool.prune()
@@ -719,11 +714,7 @@ def _held_until_three() -> Handler:
 async def test_expired_idle_connections_behind_a_warm_one_are_closed() -> None:
     """A burst opened three connections; then light traffic keeps reusing the warmest one. The two
     others stay idle past the idle timeout: they must be closed (the pool has traffic all along)."""
-    clock = FakeClock()
-    async with (
-        running_raw(_held_until_three()) as up,
-        UpstreamPool("127.0.0.1", up.port, PoolParams(idle_timeout_s=30), clock=clock) as pool,
-    ):
+    async with clocked_pool(_held_until_three(), idle_timeout_s=30) as (up, pool, clock):
         await _three_idle_connections(pool, up)
         for path in ("/a", "/b", "/c"):
             clock.now += 20  # each request finds the warm connection idle 20 s (< 30 s)
@@ -794,15 +785,7 @@ async def test_idle_reaper_ends_once_nothing_is_idle_and_with_the_pool() -> None
 
 def _slow_until(release: trio.Event) -> Handler:
     """Answers ``/slow`` once ``release`` is set, anything else at once."""
-
-    async def handler(up: RawUpstream, peer: Peer) -> None:
-        while (head := await peer.read_head()) is not None:
-            path = up.record(peer, head)
-            if path == "/slow":
-                await release.wait()
-            await peer.send(ok(path.encode()))
-
-    return handler
+    return answering(hold={"/slow": release})
 
 
 async def _until(condition: Callable[[], bool], what: str) -> None:
@@ -918,11 +901,7 @@ async def test_a_failed_connect_gives_its_place_to_a_waiting_request() -> None:
 
 
 async def test_min_size_connections_outlive_the_idle_timeout() -> None:
-    clock = FakeClock()
-    async with (
-        running_raw(_held_until_three()) as up,
-        UpstreamPool("127.0.0.1", up.port, PoolParams(idle_timeout_s=30, min_size=2), clock=clock) as pool,
-    ):
+    async with clocked_pool(_held_until_three(), idle_timeout_s=30, min_size=2) as (up, pool, clock):
         await _three_idle_connections(pool, up)
         clock.now += 60
         await pool.prune()
@@ -932,11 +911,7 @@ async def test_min_size_connections_outlive_the_idle_timeout() -> None:
 
 
 async def test_life_time_closes_a_connection_when_its_exchange_ends() -> None:
-    clock = FakeClock()
-    async with (
-        running_raw(echo_path_forever) as up,
-        UpstreamPool("127.0.0.1", up.port, PoolParams(life_time_s=10), clock=clock) as pool,
-    ):
+    async with clocked_pool(echo_path_forever, life_time_s=10) as (up, pool, clock):
         assert await (await pool.request(req("/a"))).body.read_all() == b"/a"
         clock.now += 11  # the connection is past its life time
         assert await (await pool.request(req("/b"))).body.read_all() == b"/b"  # reused, then closed
