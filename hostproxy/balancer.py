@@ -17,8 +17,14 @@ endpoint is never returned. When every endpoint is unavailable (or there are non
 returns None and the caller answers with "no endpoints available" or asks `pick_ignoring_availability()`,
 which picks as if `available` said yes to every endpoint still in the set.
 
-Weights (from namers, e.g. `host port * weight`) are honoured by every kind: random draws are
-proportional to weight, and loads are compared divided by weight (weight × inverse load).
+Weights (from namers, e.g. `host port * weight`) are honoured by every kind: random draws (and ties
+between equally loaded endpoints) are proportional to weight, and loads are compared divided by weight
+(weight × inverse load). Idle endpoints therefore get their weight's share under `p2c`, `heap`,
+`roundRobin` and `aperture`; under `ewma`, whose load is a latency cost, weights act as capacities:
+with equal latencies a heavier endpoint takes all the traffic it serves faster, weighted, than a
+lighter one, and the lighter one gets traffic once the heavier one's cost or queue grows. (Linkerd
+splits traffic between weight classes first and balances inside each, so its shares hold for every
+kind.) An endpoint of weight 0 gets traffic only when no other is available.
 
 Kinds (config `loadBalancer.kind`, Linkerd 1 names, keys and defaults):
 
@@ -273,20 +279,29 @@ class Balancer:
         return self._least_loaded(nodes)
 
     def _least_loaded(self, nodes: Sequence[Endpoint]) -> Endpoint | None:
-        n = len(nodes)
-        if n == 0:
-            return None
-        start = self._rng.randrange(n)
-        best: Endpoint | None = None
+        """The available endpoint of least weighted load; a tie is drawn in proportion to weight (all
+        idle: each endpoint its weight's share)."""
+        tied: list[Endpoint] = []
         best_load = math.inf
-        for i in range(n):
-            ep = nodes[(start + i) % n]
+        for ep in nodes:
             if not self.is_available(ep):
                 continue
             load = self._weighted_load(ep)
-            if best is None or load < best_load:
-                best, best_load = ep, load
-        return best
+            if not tied or load < best_load:
+                tied, best_load = [ep], load
+            elif load == best_load:
+                tied.append(ep)
+        if len(tied) <= 1:
+            return tied[0] if tied else None
+        total = sum(ep.weight for ep in tied)
+        if total <= 0:
+            return tied[self._rng.randrange(len(tied))]
+        x = self._rng.random() * total
+        for ep in tied:
+            x -= ep.weight
+            if x < 0:
+                return ep
+        return tied[-1]
 
     # -- admin ---------------------------------------------------------------------------------
 
@@ -452,7 +467,9 @@ class ApertureBalancer(Balancer):
         for ep in self._nodes:
             if ep.key not in present:
                 keep.insert(self._rng.randrange(len(keep) + 1), ep)
-        self._ring = keep
+        # Endpoints of weight 0 go after the others, so the aperture takes them only when it must (a
+        # window of weight-0 endpoints alone would send them everything).
+        self._ring = [ep for ep in keep if ep.weight > 0] + [ep for ep in keep if not ep.weight > 0]
         self._outstanding = sum(ep.pending for ep in keep)
         self._clamp()
         self._refresh_window()

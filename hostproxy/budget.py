@@ -10,7 +10,10 @@ balance. The net effect: over any `ttlSecs` window, retries are limited to `perc
 requests plus `minRetriesPerSec` per second, which keeps a trickle of retries possible at low
 traffic and stops retry storms at high traffic.
 
-Tokens are held as integers scaled by `SCALE` so that fractional percentages accumulate exactly.
+Tokens are integers scaled as Finagle's budget scales them: each request deposits `SCALE` (1,000)
+and each retry withdraws `SCALE / percentCanRetry` (truncated), so even a tiny percentage adds up
+(0.0001 allows one retry per 10,000 requests); with `percentCanRetry` 0 a request deposits nothing and
+a retry withdraws 1, from the reserve alone. The reserve is `minRetriesPerSec × ttlSecs` withdrawals.
 Linkerd's defaults: `ttlSecs` 10, `minRetriesPerSec` 10, `percentCanRetry` 0.2.
 """
 
@@ -117,8 +120,10 @@ class RetryBudget:
 
     def __init__(self, config: BudgetConfig, now: Callable[[], float]) -> None:
         self.config = config
-        self._deposit = round(config.percent_can_retry * SCALE)
-        self._reserve = round(config.min_retries_per_sec * config.ttl_secs * SCALE)
+        percent = config.percent_can_retry
+        self._deposit = SCALE if percent else 0
+        self._withdrawal = int(SCALE / percent) if percent else 1
+        self._reserve = int(config.min_retries_per_sec * config.ttl_secs * self._withdrawal)
         self._window = WindowedAdder(config.ttl_secs, SLICES, now)
         self.deposits = 0
         self.withdrawals = 0
@@ -137,8 +142,9 @@ class RetryBudget:
 
     def try_withdraw(self) -> bool:
         """Spend one retry token; False (and count `exhausted`) when the budget is empty."""
-        if self._reserve + self._window.sum() >= SCALE:
-            self._window.add(-SCALE)
+        withdrawal = self._withdrawal
+        if self._reserve + self._window.sum() >= withdrawal:
+            self._window.add(-withdrawal)
             self.withdrawals += 1
             return True
         self.exhausted += 1
@@ -146,7 +152,7 @@ class RetryBudget:
 
     def balance(self) -> int:
         """Whole retries currently available (Linkerd's `retries/budget` gauge)."""
-        return max(0, (self._reserve + self._window.sum()) // SCALE)
+        return max(0, (self._reserve + self._window.sum()) // self._withdrawal)
 
     def statistics(self) -> dict[str, Any]:
         return {

@@ -98,8 +98,8 @@ class HttpClassifier:
         if self.all_successful:
             return ResponseClass.SUCCESS
         responded = status is not None and error_cause in (None, Cause.UPSTREAM_5XX)
-        if responded and status is not None and status < 500:
-            return ResponseClass.SUCCESS
+        if responded and status is not None and not 500 <= status < 600:
+            return ResponseClass.SUCCESS  # only 5XX is a server error (600 and above are not)
         rc = ResponseClass.FAILURE
         if method.upper() in self.retryable_methods and (
             responded or (error_cause is not None and error_cause.retryable_exception)
@@ -162,7 +162,7 @@ class GrpcClassifier:
             else:
                 rc = ResponseClass.FAILURE
         elif grpc_status is None:
-            rc = ResponseClass.FAILURE if status >= 500 else ResponseClass.SUCCESS
+            rc = ResponseClass.FAILURE if 500 <= status < 600 else ResponseClass.SUCCESS
         elif grpc_status in self.success_codes:
             rc = ResponseClass.SUCCESS
         elif self.retryable(grpc_status):

@@ -356,7 +356,7 @@ class Client:
             except BaseException:
                 balancer.on_finish(bal_ep, clock() - t0, False)
                 raise
-            ok_status = resp.status < 500
+            ok_status = not 500 <= resp.status < 600  # what the balancer and accrual count as failed
             body = resp.body
             if body.in_memory or body.done or resp.upgraded is not None:
                 self._outcome(bal_ep, key, t0, ok_status)  # the outcome is known now

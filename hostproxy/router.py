@@ -749,7 +749,7 @@ class HttpRouter:
                     # The configured classifier decides what counts as a failure (allSuccessful: nothing).
                     rc = policy.classifier.classify(req.method, status, None)
                     ok = rc is ResponseClass.SUCCESS
-                    cause = None if ok else (Cause.UPSTREAM_5XX if status >= 500 else None)
+                    cause = None if ok else (Cause.UPSTREAM_5XX if 500 <= status < 600 else None)
                     if entry.http_classifier:
                         resp.headers.set(_SUCCESS_CLASS, b"1.0" if ok else b"0.0")
                     return resp, cause

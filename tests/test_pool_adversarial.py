@@ -31,7 +31,13 @@ from upstreams import stalled_port
 
 from dtab.addr import AddrBound, Address
 from hostproxy.client import Client
-from hostproxy.config.model import ClientParams, HostConnectionPool, RetryBudget, Session
+from hostproxy.config.model import (
+    ClientParams,
+    ConsecutiveFailuresAccrual,
+    HostConnectionPool,
+    RetryBudget,
+    Session,
+)
 from hostproxy.http import (
     Body,
     ConnectError,
@@ -975,6 +981,26 @@ async def test_client_metrics_show_its_pools_connections_cached_and_waiters() ->
         assert f"hostproxy_client_connections{labels} 1" in text
         release.set()
         await _until(lambda: len(up.requests) == 3, "the waiting request went out")
+        await client.aclose()
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("status, counted_failed", [(503, True), (600, False), (499, False)])
+async def test_only_5xx_answers_count_against_an_endpoint(status: int, counted_failed: bool) -> None:
+    """What the balancer and failure accrual count as a failed answer: 5XX only (a 6XX status is not
+    a server error)."""
+    answer = b"HTTP/1.1 %d Odd\r\nContent-Length: 0\r\n\r\n" % status
+    async with running_raw(answering({"/a": answer})) as up, trio.open_nursery() as nursery:
+        client = make_client(
+            nursery,
+            up.port,
+            failure_accrual=ConsecutiveFailuresAccrual(kind="io.l5d.consecutiveFailures", failures=1),
+        )
+        resp, key = await client.request(req("/a"))
+        assert resp.status == status
+        await resp.body.read_all()
+        assert client.accrual.available(key) is not counted_failed
+        assert client.balancer.endpoints()[0].failures == int(counted_failed)
         await client.aclose()
         nursery.cancel_scope.cancel()
 
