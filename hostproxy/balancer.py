@@ -519,11 +519,9 @@ class ApertureBalancer(Balancer):
         window = self._window
         if any(self.is_available(ep) for ep in window):
             return self._p2c(window, self._window_choice)
-        # Nothing available inside the aperture: take the first available endpoint beyond it.
-        for ep in self._ring[self.aperture :]:
-            if self.is_available(ep):
-                return ep
-        return None
+        # Nothing available inside the aperture: the least loaded available endpoint beyond it (ties
+        # drawn by weight, so the fallback traffic is spread rather than all on the next one).
+        return self._least_loaded(self._ring[self.aperture :])
 
     def statistics(self) -> dict[str, Any]:
         out = super().statistics()

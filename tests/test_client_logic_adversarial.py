@@ -681,3 +681,15 @@ def test_budget_default_allows_reserve_plus_20_percent():
     for _ in range(100):
         budget.deposit()
     assert drain(budget) == 100 + 20
+
+
+def test_aperture_spreads_fallback_traffic_beyond_a_window_with_nothing_available():
+    """minAperture 1: the window holds one endpoint; when it is dead, the others share its traffic
+    (the least loaded of them, ties drawn by weight) instead of all of it going to one."""
+    dead: set[str] = set()
+    b = make("aperture", seed=3, available=lambda key: key not in dead, smoothWindowMs=100)
+    b.update(infos("a", "b", "c", "d"))
+    assert b.aperture == 1
+    dead.add(b.state()["ring"][0])
+    picks = _sequential_picks(b, 300)
+    assert set(picks) == set("abcd") - dead and min(picks.values()) > 50, picks
