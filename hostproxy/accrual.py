@@ -383,6 +383,15 @@ class FailureAccrual:
             self.revivals += 1
         return effect
 
+    def on_interrupted(self, key: str) -> Effect:
+        """A request to ``key`` ended without an answer (cancelled: a total timeout, the caller gone).
+        It counts for nothing, except that a probe in flight is over: it counts as a failed probe, so
+        the endpoint is probed again after its next backoff instead of waiting for an answer forever."""
+        ep = self._eps.get(key)
+        if ep is None or ep.state is not State.PROBE_CLOSED:
+            return Effect.NONE
+        return ep.on_response(False)
+
     def retain(self, keys: Iterable[str]) -> None:
         keep = set(keys)
         for key in [k for k in self._eps if k not in keep]:

@@ -355,6 +355,7 @@ class Client:
                 raise
             except BaseException:
                 balancer.on_finish(bal_ep, clock() - t0, False)
+                accrual.on_interrupted(key)  # (a probe cut off is over: probed again later)
                 raise
             ok_status = not 500 <= resp.status < 600  # what the balancer and accrual count as failed
             body = resp.body

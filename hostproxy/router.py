@@ -327,7 +327,7 @@ class HttpRouter:
         for n in self.namers:
             prefix = Path.read("/#") + n.prefix
             self._unsubscribe.append(
-                n.subscribe(lambda _n, key, prefix=prefix: self.binder.invalidate(prefix, key))
+                n.subscribe(lambda namer, key, prefix=prefix: self._namer_changed(namer, prefix, key))
             )
         if resolver is not None:
             self._unsubscribe.append(resolver.subscribe(lambda _r, _host: self._rebind_all()))
@@ -361,6 +361,20 @@ class HttpRouter:
         self.rejected_overload = 0
 
     # -- lifecycle ----------------------------------------------------------------------------------
+
+    def _namer_changed(self, namer: Any, prefix: Path, key: Path) -> None:
+        """A namer's answer for ``key`` changed: drop the bindings that consulted it, and hand the
+        client of that bound name, if there is one, its new address set at once, so that an idle
+        client's state, balancer and endpoint pools follow the namer without waiting for a request.
+        (A client whose id a transformer rewrote follows at its next request, as before.)"""
+        self.binder.invalidate(prefix, key)
+        client = self.clients.peek(str(prefix + key))
+        table = getattr(namer, "table", None)
+        if client is None or table is None:
+            return
+        state = table.get(tuple(key.labels))  # (not ``touch``: an evicted name is not watched again)
+        if state is not None:
+            client.update_addr(state.current_addr())
 
     def _rebind_all(self) -> None:
         self.binder.set_base_dtab(self.binder.base_dtab)
@@ -703,7 +717,8 @@ class HttpRouter:
                                 why = f"exceeded totalTimeoutMs ({params.total_timeout_ms} ms)"
                             else:
                                 why = f"exceeded the request's deadline ({DEADLINE_HEADER})"
-                            return self._err(503, cause, f"{why} for {service} via {client_id}"), cause
+                            status = 503  # (counted so by the client too, in ``finally``)
+                            return self._err(status, cause, f"{why} for {service} via {client_id}"), cause
                     else:
                         resp, endpoint = await client.request(req, first)
                     if rec is not None:

@@ -693,3 +693,30 @@ def test_aperture_spreads_fallback_traffic_beyond_a_window_with_nothing_availabl
     dead.add(b.state()["ring"][0])
     picks = _sequential_picks(b, 300)
     assert set(picks) == set("abcd") - dead and min(picks.values()) > 50, picks
+
+
+def test_an_interrupted_request_counts_only_when_it_was_the_probe():
+    """``FailureAccrual.on_interrupted``: a request cancelled without an answer (a total timeout, the
+    caller gone) changes nothing, unless it was the probe in flight: then the endpoint is removed
+    again and probed after its next backoff, instead of waiting for that probe forever."""
+    clock = Clock()
+    fa = FailureAccrual(
+        accrual_from_config(
+            {"kind": "io.l5d.consecutiveFailures", "failures": 1, "backoff": {"kind": "constant", "ms": 10}},
+            random.Random(0),
+        ),
+        clock,
+    )
+    assert fa.on_interrupted("a") is Effect.NONE  # unknown, alive
+    fa.on_request("a")
+    assert fa.on_interrupted("a") is Effect.NONE and fa.available("a")  # alive: not a failure
+    assert fa.on_response("a", ok=False) is Effect.REMOVE
+    assert fa.on_interrupted("a") is Effect.NONE  # dead: nothing in flight counts
+    clock.t += 0.01
+    assert fa.available("a") and fa.on_request("a") is Effect.PROBE
+    assert not fa.available("a")  # the probe is in flight
+    assert fa.on_interrupted("a") is Effect.REMOVE_AGAIN
+    assert not fa.available("a")
+    clock.t += 0.01
+    assert fa.available("a") and fa.on_request("a") is Effect.PROBE  # probed again
+    assert fa.statistics()["probes"] == 2

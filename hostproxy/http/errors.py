@@ -16,7 +16,9 @@ cause                  status  meaning
 ``upstream/reset``     502     the upstream closed or reset the connection mid-exchange, or
                                sent a response we could not parse
 ``timeout/request``    503     the upstream did not answer within the request timeout
-``overload``           503     ``maxConcurrentRequests`` reached on this server
+``timeout/attempt``    503     one attempt exceeded ``requestAttemptTimeoutMs``
+``overload``           503     ``maxConcurrentRequests`` reached on this server, or an endpoint's
+                               connection pool full (``maxSize`` and ``maxWaiters``)
 ``bad-request``        400     the request was malformed (or a proxy loop was detected)
 ``no-route``           502     the router could not route the request
 ``proxy/internal``     502     a bug: an unexpected exception in the proxy
@@ -53,6 +55,7 @@ CAUSE_STATUS: dict[str, int] = {
     "tls": 502,
     "upstream/reset": 502,
     "timeout/request": 503,
+    "timeout/attempt": 503,
     "overload": 503,
     "bad-request": 400,
     "no-route": 502,
