@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import random
 import socket
 import struct
 import time
@@ -1256,3 +1257,69 @@ async def test_client_does_not_requeue_a_request_that_reached_the_upstream() -> 
         assert up.lines() == ["GET /warm HTTP/1.1", "POST /once HTTP/1.1"]
         await client.aclose()
         nursery.cancel_scope.cancel()
+
+
+class _Counted:
+    """Streams a pool opens through ``connector``, counted while open (``peak``: most at once)."""
+
+    def __init__(self) -> None:
+        self.live = self.peak = 0
+
+    async def connector(self, host: str, port: int, timeout_s: float) -> Any:
+        stream = await trio.open_tcp_stream(host, port)
+        self.live += 1
+        self.peak = max(self.peak, self.live)
+        counted = self
+
+        class Stream:
+            socket = stream.socket
+            send_all = stream.send_all
+            receive_some = stream.receive_some
+
+            async def aclose(self) -> None:
+                counted.live -= 1
+                await stream.aclose()
+
+        return Stream()
+
+
+async def test_max_size_holds_and_nothing_leaks_under_concurrent_requests_and_cancellations() -> None:
+    """60 concurrent requests through ``maxSize=2``, a third of them cancelled while they wait or while
+    the upstream answers (delays and cancellations from a seeded rng): never more than 2 connections
+    open at once, and afterwards nothing in use, waiting or opening, and every request either answered
+    or cancelled."""
+    rng = random.Random(7)
+    counted = _Counted()
+
+    async def handler(up: RawUpstream, peer: Peer) -> None:
+        while (head := await peer.read_head()) is not None:
+            path = up.record(peer, head)
+            await trio.sleep(int(path.rsplit("/", 1)[1]) / 1000)
+            await peer.send(ok(path.encode()))
+
+    answered: list[str] = []
+    cancelled: list[str] = []
+    async with (
+        running_raw(handler) as up,
+        UpstreamPool("127.0.0.1", up.port, PoolParams(max_size=2), connector=counted.connector) as pool,
+    ):
+
+        async def one(i: int, delay_ms: int, cut_after_s: float | None) -> None:
+            path = f"/r{i}/{delay_ms}"
+            with trio.move_on_after(cut_after_s if cut_after_s is not None else 30) as scope:
+                body = await (await pool.request(req(path), connect_timeout=30)).body.read_all()
+                assert body == path.encode()
+                answered.append(path)
+            if scope.cancelled_caught:
+                cancelled.append(path)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(60):
+                cut = rng.choice([None, None, rng.uniform(0.001, 0.03)])
+                nursery.start_soon(one, i, rng.randrange(0, 8), cut)
+        await trio.testing.wait_all_tasks_blocked()  # the pool's own tasks (releases) have run
+        assert len(answered) + len(cancelled) == 60 and answered and cancelled
+        assert counted.peak <= 2, f"{counted.peak} connections open at once with maxSize=2"
+        s = stats(pool)
+        assert (s["in_use"], s["waiters"], s["opening"]) == (0, 0, 0), s
+        assert 0 < s["open"] == s["idle"] == counted.live <= 2, (s, counted.live)
