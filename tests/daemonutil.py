@@ -12,6 +12,7 @@ import json
 import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 
@@ -89,3 +90,28 @@ async def curl(url: str, *args: str, timeout: float = 20) -> CurlResult:
             break
         out = rest
     return CurlResult(status, headers, body, proc.returncode)
+
+
+def fs_config(
+    disco: Path, *, extra_router: str = "", dtab: str = "/svc => /#/io.l5d.fs;", server_extra: str = ""
+) -> str:
+    """A daemon config: the admin server and one HTTP router ``out`` (``dtab``; more lines indented by 4)
+    on free ports, and the fs namer on ``disco``. ``server_extra``: keys of the router's server
+    (indented by 4); ``extra_router``: another router entry. Keys of router ``out`` may be appended to
+    the text (indented by 2) when there is no ``extra_router``."""
+    return f"""
+admin: {{ip: 127.0.0.1, port: 0}}
+namers:
+- kind: io.l5d.fs
+  rootDir: {disco}
+routers:
+- protocol: http
+  label: out
+  dtab: |
+    {dtab}
+  servers:
+  - ip: 127.0.0.1
+    port: 0
+{server_extra}
+{extra_router}
+"""

@@ -8,25 +8,12 @@ from pathlib import Path
 import h11
 import trio
 
-from tests.daemonutil import curl, running_daemon
+from tests.daemonutil import curl, fs_config, running_daemon
 from tests.upstreams import running_upstream
 
 
 def cfg(disco: Path, server_extra: str) -> str:
-    return f"""
-admin: {{ip: 127.0.0.1, port: 0}}
-namers:
-- kind: io.l5d.fs
-  rootDir: {disco}
-routers:
-- protocol: http
-  label: out
-  dtab: /svc => /#/io.l5d.fs;
-  servers:
-  - ip: 127.0.0.1
-    port: 0
-{server_extra}
-"""
+    return fs_config(disco, server_extra=server_extra)
 
 
 def keepalive_requests(port: int, count: int) -> list[tuple[int, bool]]:

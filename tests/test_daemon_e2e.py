@@ -17,25 +17,8 @@ import pytest
 import trio
 from sharedpath import COMPAT  # noqa: E402
 
-from tests.daemonutil import curl, running_daemon
+from tests.daemonutil import curl, fs_config, running_daemon
 from tests.upstreams import running_upstream
-
-
-def fs_config(disco: Path, *, extra_router: str = "", dtab: str = "/svc => /#/io.l5d.fs;") -> str:
-    return f"""
-admin: {{ip: 127.0.0.1, port: 0}}
-namers:
-- kind: io.l5d.fs
-  rootDir: {disco}
-routers:
-- protocol: http
-  label: out
-  dtab: |
-    {dtab}
-  servers:
-  - {{ip: 127.0.0.1, port: 0}}
-{extra_router}
-"""
 
 
 def write_disco(disco: Path, name: str, *ports: int) -> None:

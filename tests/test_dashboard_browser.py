@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.daemonutil import curl, running_daemon
+from tests.daemonutil import curl, fs_config, running_daemon
 from tests.upstreams import running_upstream
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -36,21 +36,7 @@ def write_disco(disco: Path, name: str, text: str) -> None:
 
 
 def config(disco: Path) -> str:
-    return f"""
-admin: {{ip: 127.0.0.1, port: 0}}
-namers:
-- kind: io.l5d.fs
-  rootDir: {disco}
-routers:
-- protocol: http
-  label: out
-  dtab: |
-    /svc => /#/io.l5d.fs;
-  client:
-    requeueBudget: {{minRetriesPerSec: 0, percentCanRetry: 0.0}}
-  servers:
-  - {{ip: 127.0.0.1, port: 0}}
-"""
+    return fs_config(disco) + "  client:\n    requeueBudget: {minRetriesPerSec: 0, percentCanRetry: 0.0}\n"
 
 
 class DataK(html.parser.HTMLParser):

@@ -13,7 +13,7 @@ from dtab import Dtab, Path
 from dtab.delegate import delegate
 from hostproxy.routing import diagtrace
 from hostproxy.routing.diagtrace import InvalidMaxForwards, TraceRequest, trace_request
-from tests.daemonutil import Running, curl, running_daemon
+from tests.daemonutil import Running, curl, fs_config, running_daemon
 from tests.upstreams import TestUpstream, _free_port, running_upstream
 
 # -- pure rules -------------------------------------------------------------------------------------
@@ -91,21 +91,15 @@ def test_context_and_body_formats() -> None:
 
 
 def _config(disco: FsPath, in_port: int) -> str:
-    return f"""
-admin: {{ip: 127.0.0.1, port: 0}}
-namers:
-- kind: io.l5d.fs
-  rootDir: {disco}
-routers:
-- protocol: http
-  label: out
-  dtab: /svc => /$/inet/127.0.0.1/{in_port};
-  servers: [{{ip: 127.0.0.1, port: 0}}]
-- protocol: http
-  label: in
-  dtab: /svc => /#/io.l5d.fs;
-  servers: [{{ip: 127.0.0.1, port: {in_port}}}]
-"""
+    """Router ``out`` forwards to router ``in`` (on ``in_port``), which routes through the fs namer."""
+    return fs_config(
+        disco,
+        dtab=f"/svc => /$/inet/127.0.0.1/{in_port};",
+        extra_router=(
+            f"- protocol: http\n  label: in\n  dtab: /svc => /#/io.l5d.fs;\n"
+            f"  servers: [{{ip: 127.0.0.1, port: {in_port}}}]\n"
+        ),
+    )
 
 
 @contextlib.asynccontextmanager

@@ -10,7 +10,7 @@ import trio
 
 from hostproxy.http.message import Body, Headers, Response
 from hostproxy.http.server import Http1Server, ServerParams
-from tests.daemonutil import curl, running_daemon
+from tests.daemonutil import curl, fs_config, running_daemon
 from tests.test_lifecycle_helpers import write_disco
 from tests.upstreams import running_upstream
 
@@ -41,28 +41,12 @@ async def failing(status: int, headers: list[tuple[bytes, bytes]] = ()) -> Async
 
 
 def cfg(disco: Path, classifier: str = "io.l5d.http.retryableRead5XX", budget: str = "") -> str:
-    return f"""
-admin: {{ip: 127.0.0.1, port: 0}}
-namers:
-- kind: io.l5d.fs
-  rootDir: {disco}
-routers:
-- protocol: http
-  label: out
-  dtab: /svc => /#/io.l5d.fs;
-  client:
-    kind: io.l5d.global
-    loadBalancer: {{kind: roundRobin}}
-    failureAccrual: {{kind: none}}
-  service:
-    kind: io.l5d.global
-    responseClassifier: {{kind: {classifier}}}
-    retries:
-      backoff: {{kind: constant, ms: 0}}
-      {budget}
-  servers:
-  - {{ip: 127.0.0.1, port: 0}}
-"""
+    return fs_config(disco) + (
+        "  client:\n    kind: io.l5d.global\n    loadBalancer: {kind: roundRobin}\n"
+        "    failureAccrual: {kind: none}\n"
+        f"  service:\n    kind: io.l5d.global\n    responseClassifier: {{kind: {classifier}}}\n"
+        f"    retries:\n      backoff: {{kind: constant, ms: 0}}\n      {budget}\n"
+    )
 
 
 async def _metrics(admin: str) -> dict[str, float]:

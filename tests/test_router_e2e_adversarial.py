@@ -18,40 +18,20 @@ import trio
 
 from hostproxy.http.message import Body, Headers, Response
 from hostproxy.http.server import Http1Server, ServerParams
-from tests.daemonutil import curl, running_daemon
+from tests.daemonutil import curl, fs_config, running_daemon
 from tests.test_lifecycle_helpers import write_disco
 from tests.upstreams import running_upstream, stalled_port
 
 FS_CLIENT = "#/io.l5d.fs/web"  # the client id of /svc/web bound through the fs namer, as metrics spell it
 
 
-def cfg(
-    disco: Path,
-    *,
-    client: str = "",
-    service: str = "",
-    dtab: str = "/svc => /#/io.l5d.fs;",
-) -> str:
-    """A daemon config with one HTTP router ``out``; ``client`` and ``service`` are extra lines (indented
-    by 4) under ``client:`` and ``service:``."""
-    return f"""
-admin: {{ip: 127.0.0.1, port: 0}}
-namers:
-- kind: io.l5d.fs
-  rootDir: {disco}
-routers:
-- protocol: http
-  label: out
-  dtab: {dtab}
-  client:
-    kind: io.l5d.global
-{client}
-  service:
-    kind: io.l5d.global
-{service}
-  servers:
-  - {{ip: 127.0.0.1, port: 0}}
-"""
+def cfg(disco: Path, *, client: str = "", service: str = "", dtab: str = "/svc => /#/io.l5d.fs;") -> str:
+    """``fs_config`` with global client and service configs; ``client`` and ``service`` are extra lines
+    (indented by 4) under ``client:`` and ``service:``."""
+    return (
+        fs_config(disco, dtab=dtab)
+        + f"  client:\n    kind: io.l5d.global\n{client}\n  service:\n    kind: io.l5d.global\n{service}\n"
+    )
 
 
 NO_REQUEUE = "    requeueBudget: {minRetriesPerSec: 0, percentCanRetry: 0.0}"

@@ -9,7 +9,7 @@ from pathlib import Path
 import trio
 
 from hostproxy.cli_state import render_tables, table
-from tests.daemonutil import curl, running_daemon
+from tests.daemonutil import curl, fs_config, running_daemon
 from tests.upstreams import running_upstream
 
 
@@ -76,19 +76,7 @@ async def test_state_cli_against_a_running_daemon(tmp_path: Path) -> None:
     disco.mkdir()
     async with running_upstream() as up:
         (disco / "web").write_text(f"127.0.0.1 {up.port}\n")
-        cfg = f"""
-admin: {{ip: 127.0.0.1, port: 0}}
-namers:
-- kind: io.l5d.fs
-  rootDir: {disco}
-routers:
-- protocol: http
-  label: out
-  dtab: /svc => /#/io.l5d.fs;
-  servers:
-  - {{ip: 127.0.0.1, port: 0}}
-"""
-        async with running_daemon(cfg) as d:
+        async with running_daemon(fs_config(disco)) as d:
             assert (await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: web")).status == 200
             proc = await trio.run_process(
                 [sys.executable, "-m", "hostproxy", "state", "--admin", d.admin, "--json"],

@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from tests.daemonutil import curl, running_daemon
+from tests.daemonutil import curl, fs_config, running_daemon
 from tests.upstreams import running_upstream
 
 
@@ -31,24 +31,11 @@ def write_disco(disco: Path, name: str, text: str) -> None:
 
 
 def config(disco: Path, *, connect_timeout_ms: int = 300) -> str:
-    return f"""
-admin: {{ip: 127.0.0.1, port: 0}}
-namers:
-- kind: io.l5d.fs
-  rootDir: {disco}
-routers:
-- protocol: http
-  label: out
-  dtab: |
-    /svc => /#/io.l5d.fs;
-    /svc/users => ~;
-  client:
-    connectTimeoutMs: {connect_timeout_ms}
-    # no requeues: each request makes one attempt, so a connect timeout costs one timeout
-    requeueBudget: {{minRetriesPerSec: 0, percentCanRetry: 0.0}}
-  servers:
-  - {{ip: 127.0.0.1, port: 0}}
-"""
+    return fs_config(disco, dtab="/svc => /#/io.l5d.fs;\n    /svc/users => ~;") + (
+        f"  client:\n    connectTimeoutMs: {connect_timeout_ms}\n"
+        # no requeues: each request makes one attempt, so a connect timeout costs one timeout
+        "    requeueBudget: {minRetriesPerSec: 0, percentCanRetry: 0.0}\n"
+    )
 
 
 @contextlib.asynccontextmanager
