@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import h11
 import trio
 
 from hostproxy.config import load_config
@@ -115,3 +117,52 @@ routers:
 {server_extra}
 {extra_router}
 """
+
+
+@dataclass
+class Exchange:
+    """One request's answer over a raw keep-alive connection (:func:`keepalive_gets`)."""
+
+    status: int
+    body: bytes
+    close: bool  # the proxy asked to close the connection after it
+
+
+def keepalive_gets(port: int, hosts: Sequence[str], *, reconnect: bool = False) -> list[Exchange]:
+    """``GET /`` for each Host in ``hosts``, one after another over one keep-alive connection to
+    127.0.0.1:``port`` (blocking: run it in a thread). When the proxy asks to close, stop there, or with
+    ``reconnect`` go on over a new connection."""
+    out: list[Exchange] = []
+    s: socket.socket | None = None
+    conn = h11.Connection(h11.CLIENT)
+    try:
+        for host in hosts:
+            if s is None:
+                s = socket.create_connection(("127.0.0.1", port), timeout=10)
+                conn = h11.Connection(h11.CLIENT)
+            s.sendall(conn.send(h11.Request(method="GET", target="/", headers=[("Host", host)])))
+            s.sendall(conn.send(h11.EndOfMessage()))
+            status, body, close = 0, b"", False
+            while True:
+                ev = conn.next_event()
+                if ev is h11.NEED_DATA:
+                    conn.receive_data(s.recv(65536))
+                elif isinstance(ev, h11.Response):
+                    status = ev.status_code
+                    close = any(n == b"connection" and b"close" in v.lower() for n, v in ev.headers)
+                elif isinstance(ev, h11.Data):
+                    body += ev.data
+                elif isinstance(ev, h11.EndOfMessage):
+                    break
+            out.append(Exchange(status, body, close))
+            if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                if not reconnect:
+                    break
+                s.close()
+                s = None
+            else:
+                conn.start_next_cycle()
+    finally:
+        if s is not None:
+            s.close()
+    return out

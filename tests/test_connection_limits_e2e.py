@@ -5,10 +5,9 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-import h11
 import trio
 
-from tests.daemonutil import curl, fs_config, running_daemon
+from tests.daemonutil import curl, fs_config, keepalive_gets, running_daemon
 from tests.upstreams import running_upstream
 
 
@@ -18,28 +17,7 @@ def cfg(disco: Path, server_extra: str) -> str:
 
 def keepalive_requests(port: int, count: int) -> list[tuple[int, bool]]:
     """(status, server asked to close) for each request sent over one keep-alive connection."""
-    out = []
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        conn = h11.Connection(h11.CLIENT)
-        for _ in range(count):
-            s.sendall(conn.send(h11.Request(method="GET", target="/", headers=[("Host", "web")])))
-            s.sendall(conn.send(h11.EndOfMessage()))
-            close = False
-            while True:
-                ev = conn.next_event()
-                if ev is h11.NEED_DATA:
-                    conn.receive_data(s.recv(65536))
-                    continue
-                if isinstance(ev, h11.Response):
-                    status = ev.status_code
-                    close = any(n == b"connection" and v.lower() == b"close" for n, v in ev.headers)
-                if isinstance(ev, h11.EndOfMessage):
-                    break
-            out.append((status, close))
-            if close:
-                break
-            conn.start_next_cycle()
-    return out
+    return [(e.status, e.close) for e in keepalive_gets(port, ["web"] * count)]
 
 
 async def test_max_requests_per_connection_closes_after_the_limit(tmp_path: Path) -> None:

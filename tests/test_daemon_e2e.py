@@ -17,7 +17,7 @@ import pytest
 import trio
 from sharedpath import COMPAT  # noqa: E402
 
-from tests.daemonutil import curl, fs_config, running_daemon
+from tests.daemonutil import curl, fs_config, keepalive_gets, running_daemon
 from tests.upstreams import running_upstream
 
 
@@ -208,23 +208,7 @@ async def test_fs_change_under_traffic_moves_requests_without_failures(tmp_path:
 
 def _flood_hosts(port: int, count: int) -> list[int]:
     """Send ``count`` requests with distinct Host values over one keep-alive connection."""
-    statuses = []
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        conn = h11.Connection(h11.CLIENT)
-        for i in range(count):
-            s.sendall(conn.send(h11.Request(method="GET", target="/", headers=[("Host", f"h{i}.example")])))
-            s.sendall(conn.send(h11.EndOfMessage()))
-            while True:
-                ev = conn.next_event()
-                if ev is h11.NEED_DATA:
-                    conn.receive_data(s.recv(65536))
-                    continue
-                if isinstance(ev, h11.Response):
-                    statuses.append(ev.status_code)
-                if isinstance(ev, h11.EndOfMessage):
-                    break
-            conn.start_next_cycle()
-    return statuses
+    return [e.status for e in keepalive_gets(port, [f"h{i}.example" for i in range(count)])]
 
 
 async def test_flood_of_distinct_hosts_stays_within_cache_bounds(tmp_path: Path) -> None:

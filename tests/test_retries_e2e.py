@@ -6,13 +6,10 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import trio
-
 from hostproxy.http.message import Body, Headers, Response
-from hostproxy.http.server import Http1Server, ServerParams
 from tests.daemonutil import curl, fs_config, running_daemon
 from tests.test_lifecycle_helpers import write_disco
-from tests.upstreams import running_upstream
+from tests.upstreams import running_upstream, serving
 
 
 class Failing:
@@ -33,11 +30,8 @@ class Failing:
 @contextlib.asynccontextmanager
 async def failing(status: int, headers: list[tuple[bytes, bytes]] = ()) -> AsyncIterator[tuple[Failing, int]]:  # type: ignore[assignment]
     f = Failing(status, headers)
-    server = Http1Server(f.handle, ServerParams(port=0))
-    async with trio.open_nursery() as nursery:
-        addrs = await nursery.start(server.serve)
-        yield f, addrs[0][1]
-        nursery.cancel_scope.cancel()
+    async with serving(f.handle) as port:
+        yield f, port
 
 
 def cfg(disco: Path, classifier: str = "io.l5d.http.retryableRead5XX", budget: str = "") -> str:

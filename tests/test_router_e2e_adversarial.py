@@ -13,14 +13,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import h11
 import trio
 
 from hostproxy.http.message import Body, Headers, Response
-from hostproxy.http.server import Http1Server, ServerParams
-from tests.daemonutil import curl, fs_config, running_daemon
+from tests.daemonutil import curl, fs_config, keepalive_gets, running_daemon
 from tests.test_lifecycle_helpers import write_disco
-from tests.upstreams import running_upstream, stalled_port
+from tests.upstreams import running_upstream, serving, stalled_port
 
 FS_CLIENT = "#/io.l5d.fs/web"  # the client id of /svc/web bound through the fs namer, as metrics spell it
 
@@ -73,11 +71,8 @@ async def scripted(
     statuses: list[int], delays: list[float] | None = None
 ) -> AsyncIterator[tuple[Scripted, int]]:
     s = Scripted(statuses, delays)
-    server = Http1Server(s.handle, ServerParams(port=0))
-    async with trio.open_nursery() as nursery:
-        addrs = await nursery.start(server.serve)
-        yield s, addrs[0][1]
-        nursery.cancel_scope.cancel()
+    async with serving(s.handle) as port:
+        yield s, port
 
 
 class Resetter:
@@ -118,41 +113,9 @@ async def resetter() -> AsyncIterator[Resetter]:
         nursery.cancel_scope.cancel()
 
 
-def keepalive_gets(port: int, host: str, count: int) -> list[tuple[int, bytes]]:
+def keepalive_gets_of(port: int, host: str, count: int) -> list[tuple[int, bytes]]:
     """``count`` GETs over one keep-alive connection (reopened if the proxy asks to close); (status, body)."""
-    out: list[tuple[int, bytes]] = []
-    s: socket.socket | None = None
-    conn: h11.Connection | None = None
-    try:
-        while len(out) < count:
-            if s is None:
-                s = socket.create_connection(("127.0.0.1", port), timeout=10)
-                conn = h11.Connection(h11.CLIENT)
-            assert conn is not None
-            s.sendall(conn.send(h11.Request(method="GET", target="/", headers=[("Host", host)])))
-            s.sendall(conn.send(h11.EndOfMessage()))
-            status, body = 0, b""
-            while True:
-                ev = conn.next_event()
-                if ev is h11.NEED_DATA:
-                    conn.receive_data(s.recv(65536))
-                    continue
-                if isinstance(ev, h11.Response):
-                    status = ev.status_code
-                elif isinstance(ev, h11.Data):
-                    body += ev.data
-                elif isinstance(ev, h11.EndOfMessage):
-                    break
-            out.append((status, body))
-            if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
-                s.close()
-                s = None
-            else:
-                conn.start_next_cycle()
-    finally:
-        if s is not None:
-            s.close()
-    return out
+    return [(e.status, e.body) for e in keepalive_gets(port, [host] * count, reconnect=True)]
 
 
 async def wait_for(pred: object, timeout: float = 5.0) -> None:
@@ -337,7 +300,7 @@ async def test_weighted_union_splits_about_nine_to_one(tmp_path: Path) -> None:
     async with running_upstream() as a, running_upstream() as b:
         dtab = f"/svc/x => 0.9 * /$/inet/127.0.0.1/{a.port} & 0.1 * /$/inet/127.0.0.1/{b.port};"
         async with running_daemon(cfg(tmp_path / "disco", client=NO_ACCRUAL, dtab=dtab)) as d:
-            got = await trio.to_thread.run_sync(keepalive_gets, d.port("out"), "x", 400)
+            got = await trio.to_thread.run_sync(keepalive_gets_of, d.port("out"), "x", 400)
             assert all(g == (200, b"ok") for g in got)
             na, nb = len(a.requests), len(b.requests)
             assert na + nb == 400

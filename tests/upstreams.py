@@ -40,6 +40,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h11
 import trio
@@ -427,3 +428,16 @@ def stalled_port() -> Iterator[int]:
         for c in fillers:
             c.close()
         listener.close()
+
+
+@contextlib.asynccontextmanager
+async def serving(handler: Callable[..., Any]) -> AsyncIterator[int]:
+    """hostproxy's own ``Http1Server`` on a free loopback port, answering every request with
+    ``await handler(request, conn_info)``; its port."""
+    from hostproxy.http import Http1Server, ServerParams
+
+    server = Http1Server(handler, ServerParams(port=0))
+    async with trio.open_nursery() as nursery:
+        addrs = await nursery.start(server.serve)
+        yield addrs[0][1]
+        nursery.cancel_scope.cancel()
