@@ -117,6 +117,7 @@ def server_params(router_cfg: Any, server_cfg: Any, label: str, grace_s: float) 
         request_body_timeout_s=_ms(getattr(server_cfg, "request_body_timeout_ms", None)),
         idle_timeout_s=_ms(server_cfg.server_session.idle_time_ms) or 60.0,
         life_time_s=_ms(server_cfg.server_session.life_time_ms),
+        request_timeout_ms=getattr(server_cfg, "timeout_ms", None),
         max_connections=getattr(server_cfg, "max_connections", None),
         max_requests_per_connection=getattr(server_cfg, "max_requests_per_connection", None),
     )

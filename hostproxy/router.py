@@ -89,6 +89,18 @@ if TYPE_CHECKING:  # TLS is imported only when a client uses it
 log = structlog.get_logger("hostproxy.router")
 
 
+def _timeout_reason(
+    deadline: Any, inbound: Any, total_timeout_ms: int | None, server_timeout_ms: int | None
+) -> str:
+    """What a request that reached ``deadline`` exceeded: the request's own deadline when it was the
+    strictest, else ``totalTimeoutMs`` or the server's ``timeoutMs`` (the shorter one)."""
+    if inbound is not None and inbound.deadline_ns <= deadline.deadline_ns:
+        return f"exceeded the request's deadline ({DEADLINE_HEADER})"
+    if server_timeout_ms is not None and (total_timeout_ms is None or server_timeout_ms < total_timeout_ms):
+        return f"exceeded the server's timeoutMs ({server_timeout_ms} ms)"
+    return f"exceeded totalTimeoutMs ({total_timeout_ms} ms)"
+
+
 def cause_of(e: UpstreamError) -> Cause:
     return Cause(e.cause) if e.cause in Cause._value2member_map_ else Cause.PROXY_INTERNAL
 
@@ -654,10 +666,14 @@ class HttpRouter:
         params = entry.params
         # The only l5d-ctx-deadline left in the forwarded headers is the combined one set above.
         inbound_deadline = deadline_from_headers((ctx_deadline,)) if ctx_deadline is not None else None
-        if inbound_deadline is None and params.total_timeout_ms is None:
+        server_timeout_ms = conn.params.request_timeout_ms if conn is not None else None
+        if inbound_deadline is None and params.total_timeout_ms is None and server_timeout_ms is None:
             deadline = None
         else:
-            deadline = effective_deadline(time.time_ns(), inbound_deadline, params.total_timeout_ms)
+            now_ns = time.time_ns()
+            deadline = effective_deadline(now_ns, inbound_deadline, params.total_timeout_ms)
+            if server_timeout_ms is not None:  # ``servers[].timeoutMs``: one more bound, the same way
+                deadline = effective_deadline(now_ns, deadline, server_timeout_ms)
         if deadline is not None:
             out_headers.set(_DEADLINE, deadline.header_value())
         if trace is not None:
@@ -710,13 +726,9 @@ class HttpRouter:
                             resp, endpoint = await client.request(req, first)
                         if scope.cancelled_caught:
                             cause = Cause.TIMEOUT_REQUEST
-                            if params.total_timeout_ms and (
-                                inbound_deadline is None
-                                or deadline.deadline_ns < inbound_deadline.deadline_ns
-                            ):
-                                why = f"exceeded totalTimeoutMs ({params.total_timeout_ms} ms)"
-                            else:
-                                why = f"exceeded the request's deadline ({DEADLINE_HEADER})"
+                            why = _timeout_reason(
+                                deadline, inbound_deadline, params.total_timeout_ms, server_timeout_ms
+                            )
                             status = 503  # (counted so by the client too, in ``finally``)
                             return self._err(status, cause, f"{why} for {service} via {client_id}"), cause
                     else:

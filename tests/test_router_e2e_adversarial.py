@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from hostproxy.http.message import Body, Headers, Response
@@ -23,11 +24,18 @@ from tests.upstreams import running_upstream, serving, stalled_port
 FS_CLIENT = "#/io.l5d.fs/web"  # the client id of /svc/web bound through the fs namer, as metrics spell it
 
 
-def cfg(disco: Path, *, client: str = "", service: str = "", dtab: str = "/svc => /#/io.l5d.fs;") -> str:
+def cfg(
+    disco: Path,
+    *,
+    client: str = "",
+    service: str = "",
+    dtab: str = "/svc => /#/io.l5d.fs;",
+    server_extra: str = "",
+) -> str:
     """``fs_config`` with global client and service configs; ``client`` and ``service`` are extra lines
     (indented by 4) under ``client:`` and ``service:``."""
     return (
-        fs_config(disco, dtab=dtab)
+        fs_config(disco, dtab=dtab, server_extra=server_extra)
         + f"  client:\n    kind: io.l5d.global\n{client}\n  service:\n    kind: io.l5d.global\n{service}\n"
     )
 
@@ -126,6 +134,34 @@ async def wait_for(pred: object, timeout: float = 5.0) -> None:
 
 
 # -- 1. totalTimeoutMs and requestAttemptTimeoutMs --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "server_ms, total_ms, exceeded",
+    [
+        (200, None, "exceeded the server's timeoutMs (200 ms)"),
+        (200, 5000, "exceeded the server's timeoutMs (200 ms)"),
+        (5000, 200, "exceeded totalTimeoutMs (200 ms)"),
+    ],
+)
+async def test_server_timeout_bounds_a_request_as_total_timeout_does(
+    tmp_path: Path, server_ms: int, total_ms: int | None, exceeded: str
+) -> None:
+    """``servers[].timeoutMs``: 503, cause ``timeout/request``, and ``l5d-err`` naming the stricter
+    of it and ``totalTimeoutMs``."""
+    async with running_upstream() as up:
+        write_disco(tmp_path / "disco", "web", up.port)
+        service = f"    totalTimeoutMs: {total_ms}" if total_ms is not None else ""
+        config = cfg(
+            tmp_path / "disco", client=NO_ACCRUAL, service=service, server_extra=f"    timeoutMs: {server_ms}"
+        )
+        async with running_daemon(config) as d:
+            r = await get(d, "/slow/3000")
+            assert r.status == 503, (r.status, r.body)
+            assert r.l5d_err == f"{exceeded} for /svc/web via /{FS_CLIENT}", r.l5d_err
+            m = await metrics(d.admin)
+            assert m["rt/out/service/svc/web/failures/timeout/request"] == 1
+            assert (await get(d, "/")).status == 200  # a quick request is not cut
 
 
 async def test_total_timeout_is_503_timeout_request_and_the_connection_is_not_reused(tmp_path: Path) -> None:

@@ -634,7 +634,11 @@ class ServerConfig:
     )
     tls: ServerTls | None = key(None, "Accept TLS.", default_doc="plaintext")
     timeout_ms: int | None = key(
-        None, "Server-side timeout of a whole request.", default_doc="none", check=positive
+        None,
+        "Bound each request from when the router forwards it, as totalTimeoutMs does (503, cause "
+        "timeout/request); the stricter of the two applies.",
+        default_doc="none",
+        check=positive,
     )
     max_call_depth: int = key(
         1000, "Reject a request that already passed this many proxies (Via count).", check=positive
@@ -679,6 +683,19 @@ class ServerConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class H2ServerConfig(ServerConfig):
+    timeout_ms: int | None = key(
+        None,
+        "Accepted so that Linkerd 1 configs load; not enforced on h2 servers (use service.totalTimeoutMs).",
+        default_doc="none",
+        check=positive,
+    )
+    max_requests_per_connection: int | None = key(
+        None, "Not enforced on h2 servers.", default_doc="unlimited", check=positive, extension=True
+    )
+    request_header_timeout_ms: int = key(10000, "Not enforced on h2 servers.", check=positive, extension=True)
+    request_body_timeout_ms: int | None = key(
+        None, "Not enforced on h2 servers.", default_doc="none", check=positive, extension=True
+    )
     server_session: ServerSession = key(
         ServerSession(),
         "Accepted so that Linkerd 1 configs load; not enforced on h2 servers: an HTTP/2 connection is "

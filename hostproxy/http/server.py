@@ -123,6 +123,9 @@ class ServerParams:
     #: ``serverSession.lifeTimeMs``: a connection this old (seconds) gets ``Connection: close`` on
     #: its next response, and is closed when it waits for a request past it.
     life_time_s: float | None = None
+    #: ``servers[].timeoutMs``: a bound on each request, from when the router forwards it (its router
+    #: folds it into the request's deadline, as ``totalTimeoutMs``).
+    request_timeout_ms: int | None = None
     max_call_depth: int = 1000
     add_forwarded_header: ForwardedConfig | None = None
     router_label: str = "http"
