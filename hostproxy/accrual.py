@@ -383,6 +383,17 @@ class FailureAccrual:
             self.revivals += 1
         return effect
 
+    def eject(self, key: str) -> Effect:
+        """Remove ``key`` at once, whatever its policy says (the client's ``failFast``: connecting to it
+        failed). It comes back as any removed endpoint does: a probe after its backoff."""
+        ep = self._ep(key)
+        if ep.state is not State.ALIVE:
+            return Effect.NONE
+        effect = ep._feed(Input.FAILURE_TRIP)
+        if effect is Effect.REMOVE:
+            self.removals += 1
+        return effect
+
     def on_interrupted(self, key: str) -> Effect:
         """A request to ``key`` ended without an answer (cancelled: a total timeout, the caller gone).
         It counts for nothing, except that a probe in flight is over: it counts as a failed probe, so

@@ -200,6 +200,7 @@ class Client:
         self._attempt_timeout = (
             params.request_attempt_timeout_ms / 1000 if params.request_attempt_timeout_ms else None
         )
+        self._fail_fast = bool(getattr(params, "fail_fast", False))
         self.endpoints: dict[str, _Endpoint] = {}
         self.addr: Any = None  # the address set last taken (``update_addr``)
         self.addr_state = "pending"
@@ -334,6 +335,8 @@ class Client:
             except UpstreamError as e:
                 balancer.on_finish(bal_ep, clock() - t0, False)
                 accrual.on_response(key, False)
+                if self._fail_fast and e.cause.startswith("connect/"):
+                    accrual.eject(key)  # ``failFast``: out at once, back through accrual's probing
                 if e.cause == "tls":
                     self.tls_last_error = {
                         "endpoint": ep.key,

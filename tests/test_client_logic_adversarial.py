@@ -720,3 +720,20 @@ def test_an_interrupted_request_counts_only_when_it_was_the_probe():
     clock.t += 0.01
     assert fa.available("a") and fa.on_request("a") is Effect.PROBE  # probed again
     assert fa.statistics()["probes"] == 2
+
+
+def test_eject_removes_an_alive_endpoint_whatever_its_policy_and_it_comes_back_by_probe():
+    """``FailureAccrual.eject`` (the client's ``failFast``): out at once even under ``none``, then the
+    usual backoff and probe."""
+    clock = Clock()
+    fa = FailureAccrual(
+        accrual_from_config({"kind": "none", "backoff": {"kind": "constant", "ms": 10}}, random.Random(0)),
+        clock,
+    )
+    assert fa.on_response("a", ok=False) is Effect.NONE and fa.available("a")  # ``none`` never removes
+    assert fa.eject("a") is Effect.REMOVE and not fa.available("a")
+    assert fa.eject("a") is Effect.NONE  # already out
+    assert fa.statistics()["removals"] == 1
+    clock.t += 0.01
+    assert fa.available("a") and fa.on_request("a") is Effect.PROBE
+    assert fa.on_response("a", ok=True) is Effect.REVIVE and fa.available("a")

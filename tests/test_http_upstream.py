@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import pytest
 import trio
-from upstreams import running_proxy, running_upstream, stalled_port
+from upstreams import closed_port, running_proxy, running_upstream, stalled_port
 
 from hostproxy.http import Body, ConnectError, Headers, Request, RequestTimeout, UpstreamPool, UpstreamReset
 from hostproxy.http.sockstream import SockStream
@@ -115,13 +111,6 @@ async def test_failed_write_on_a_stream_that_cannot_tell_what_left_is_reported_n
         assert not info.value.retryable
         assert pool.statistics()["resent"] == 0
         assert [q.target for q in up.requests] == ["/count"]
-
-
-@contextmanager
-def closed_port() -> Iterator[int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        yield s.getsockname()[1]  # bound, not listening: connections are refused
 
 
 async def test_connect_refused() -> None:

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from upstreams import stalled_port
+from upstreams import closed_port, stalled_port
 
 from dtab.addr import AddrBound, Address
 from hostproxy.client import Client
@@ -1004,6 +1004,23 @@ async def test_only_5xx_answers_count_against_an_endpoint(status: int, counted_f
         assert client.balancer.endpoints()[0].failures == int(counted_failed)
         await client.aclose()
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("fail_fast", [True, False])
+async def test_fail_fast_ejects_an_endpoint_that_refuses_connections(fail_fast: bool) -> None:
+    """``client.failFast``: one refused connect takes the endpoint out at once (default accrual needs
+    five failures)."""
+    with closed_port() as port:
+        async with trio.open_nursery() as nursery:
+            client = make_client(nursery, port, fail_fast=fail_fast)
+            with pytest.raises(ConnectError) as info:
+                await client.request(req("/a"))
+            assert info.value.cause == "connect/refused"
+            key = f"127.0.0.1:{port}"
+            assert client.accrual.available(key) is not fail_fast
+            assert client.accrual.statistics()["removals"] == int(fail_fast)
+            await client.aclose()
+            nursery.cancel_scope.cancel()
 
 
 async def test_max_idle_closes_the_surplus_connections() -> None:

@@ -441,3 +441,10 @@ async def serving(handler: Callable[..., Any]) -> AsyncIterator[int]:
         addrs = await nursery.start(server.serve)
         yield addrs[0][1]
         nursery.cancel_scope.cancel()
+
+
+@contextlib.contextmanager
+def closed_port() -> Iterator[int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]  # bound, not listening: connections are refused

@@ -297,7 +297,11 @@ class ClientParams:
     connect_timeout_ms: int = key(
         1000, "Give up connecting to an endpoint after this long (cause connect/timeout).", check=positive
     )
-    fail_fast: bool = key(False, "Eject an endpoint at once when connecting to it fails.")
+    fail_fast: bool = key(
+        False,
+        "Eject an endpoint at once when connecting to it fails (back after failure accrual's backoff and "
+        "probe, whatever its kind).",
+    )
     host_connection_pool: HostConnectionPool = key(
         HostConnectionPool(), "Connection pool per endpoint (HTTP/1.1)."
     )
