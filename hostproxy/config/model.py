@@ -459,8 +459,12 @@ class DaemonSetTransformer(TransformerConfig):
     namespace: str = key(required=True, doc="Namespace of the daemonset's Service.")
     service: str = key(required=True, doc="Name of the daemonset's Service.")
     port: str = key(required=True, doc="Port name (or number) of the daemonset's Service.", coerce_str=True)
-    k8s_host: str = key("localhost", "Kubernetes API host.")
-    k8s_port: int = key(8001, "Kubernetes API port.", check=port_number)
+    k8s_host: str = key(
+        "localhost",
+        "Accepted so that Linkerd 1 configs load; the transformer watches the daemonset Service through "
+        "the config's io.l5d.k8s namer, with that namer's host and port.",
+    )
+    k8s_port: int = key(8001, "Accepted, as k8sHost.", check=port_number)
     host_network: bool = key(False, "Match by nodeName instead of /24 subnet.")
 
 
