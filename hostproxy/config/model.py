@@ -318,7 +318,11 @@ class H2ClientParams(ClientParams):
 @dataclass(frozen=True, kw_only=True)
 class RetryBufferSize:
     request_bytes: int = key(16383, "Largest request body kept for a retry.", check=non_negative)
-    response_bytes: int = key(16383, "Largest response body kept for a retry.", check=non_negative)
+    response_bytes: int = key(
+        16383,
+        "Accepted so that Linkerd 1 configs load; not used: a response is never replayed.",
+        check=non_negative,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -350,8 +354,12 @@ class ServiceParams:
 @dataclass(frozen=True, kw_only=True)
 class H2ServiceParams(ServiceParams):
     classification_timeout_ms: int = key(
-        100, "How long to wait for trailers to classify a stream.", check=positive
+        100,
+        "Accepted so that Linkerd 1 configs load; not used: a stream is classified when its trailers (or its "
+        "end) arrive.",
+        check=positive,
     )
+
     retry_buffer_size: RetryBufferSize = key(RetryBufferSize(), "Bytes kept so a stream can be retried.")
 
 
@@ -710,8 +718,11 @@ class H2ServerConfig(ServerConfig):
         "not closed for being idle or old.",
     )
     window_update_ratio: float = key(
-        0.99, "Send WINDOW_UPDATE when this fraction of the window is used.", check=fraction
+        0.99,
+        "Accepted so that Linkerd 1 configs load; not used: data is acknowledged as its reader takes it.",
+        check=fraction,
     )
+
     header_table_bytes: int | None = key(
         None, "HPACK table size.", default_doc="library default", check=non_negative
     )
