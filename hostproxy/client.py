@@ -47,7 +47,7 @@ from hostproxy.balancer import EndpointInfo, balancer_from_config
 from hostproxy.budget import BudgetConfig, RetryBudget
 from hostproxy.causes import Cause
 from hostproxy.config.model import to_json
-from hostproxy.http.errors import UpstreamError
+from hostproxy.http.errors import RequestBodyError, UpstreamError
 from hostproxy.http.message import Body, Request, Response
 from hostproxy.http.upstream import PoolParams, UpstreamPool
 from hostproxy.metrics import RouterScope
@@ -356,8 +356,9 @@ class Client:
                     )
                     continue
                 raise
-            except BaseException:
-                balancer.on_finish(bal_ep, clock() - t0, False)
+            except BaseException as exc:
+                # A failed request body is the client's doing: not a failure of the endpoint.
+                balancer.on_finish(bal_ep, clock() - t0, isinstance(exc, RequestBodyError))
                 accrual.on_interrupted(key)  # (a probe cut off is over: probed again later)
                 raise
             ok_status = not 500 <= resp.status < 600  # what the balancer and accrual count as failed

@@ -56,7 +56,13 @@ from hostproxy.causes import Cause
 from hostproxy.classifier import HttpClassifier, ResponseClass
 from hostproxy.client import Client, plugin_mapping
 from hostproxy.config import client_params_for, service_params_for
-from hostproxy.http.errors import CAUSE_STATUS, UpstreamError, error_response
+from hostproxy.http.errors import (
+    CAUSE_STATUS,
+    RequestBodyError,
+    UpstreamError,
+    error_response,
+    request_body_error_response,
+)
 from hostproxy.http.message import Body, Headers, Request, Response
 from hostproxy.http.server import ConnInfo
 from hostproxy.metrics import MetricsRegistry
@@ -701,7 +707,10 @@ class HttpRouter:
             factory = lambda: Body.from_bytes(data, trailers)  # noqa: E731
             replayable = True
         else:
-            factory = await buffer_body_for_retry(body, entry.policy.buffer_bytes)
+            try:
+                factory = await buffer_body_for_retry(body, entry.policy.buffer_bytes)
+            except RequestBodyError as e:
+                return request_body_error_response(e), None  # the client's doing: no failure counted
             replayable = factory is not None
         # The policy's per-request state is made only when an attempt did not succeed at once (most
         # requests never need it); the deposit is made now, as ``RetryPolicy.start`` makes it.
@@ -739,6 +748,9 @@ class HttpRouter:
                         trace.selected = endpoint
                 except UpstreamError as e:
                     err = e
+                except RequestBodyError as e:
+                    status = 400  # the client's doing: answered, counted by status, no failure cause
+                    return request_body_error_response(e), None
                 first = None
                 if resp is not None:
                     status = resp.status

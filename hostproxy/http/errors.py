@@ -40,6 +40,7 @@ __all__ = [
     "CAUSE_STATUS",
     "ConnectError",
     "PoolExhausted",
+    "RequestBodyError",
     "ProxyInternalError",
     "RequestTimeout",
     "UpstreamError",
@@ -162,9 +163,26 @@ def error_response(
     )
 
 
+class RequestBodyError(Exception):
+    """The client's request body failed: malformed (a bad chunk), cut short, or stalled past
+    ``requestBodyTimeoutMs``. The client's doing, never the upstream's: answered 400 (when the client
+    is still there) and never counted against an endpoint. ``client_gone``: the client left."""
+
+    def __init__(self, message: str, *, client_gone: bool = False) -> None:
+        super().__init__(message)
+        self.client_gone = client_gone
+
+
+def request_body_error_response(exc: RequestBodyError) -> Response:
+    """400 for a request whose body failed; the connection closes (its framing cannot be trusted)."""
+    return error_response(400, "bad-request", f"the request body failed: {exc}", close=True)
+
+
 def response_for_exception(exc: BaseException) -> Response:
-    """The response for an exception that escaped a handler: ``UpstreamError`` by its cause,
-    anything else as ``proxy/internal`` (the caller logs those with a traceback)."""
+    """The response for an exception that escaped a handler: ``UpstreamError`` by its cause, a failed
+    request body as 400, anything else as ``proxy/internal`` (the caller logs those with a traceback)."""
+    if isinstance(exc, RequestBodyError):
+        return request_body_error_response(exc)
     if isinstance(exc, UpstreamError):
         status = CAUSE_STATUS.get(exc.cause, 502)
         return error_response(status, exc.cause, str(exc), retryable=exc.retryable)

@@ -73,7 +73,7 @@ from hostproxy.http.codec import (
     RequestHead,
     ServerCodec,
 )
-from hostproxy.http.errors import UpstreamError, error_response, response_for_exception
+from hostproxy.http.errors import RequestBodyError, UpstreamError, error_response, response_for_exception
 from hostproxy.http.hopbyhop import names_only_hop_by_hop, strip_hop_by_hop
 from hostproxy.http.listening import (
     IdleTimer,
@@ -296,6 +296,14 @@ class _RequestBodySource:
     async def read_chunk(self) -> bytes | None:
         if self._done:
             return None
+        try:
+            return await self._read_chunk()
+        except (ProtocolError, _ClientGone) as exc:
+            # The client's doing: whoever reads the body (the upstream pool, a retry buffer) says so.
+            self._done = True
+            raise RequestBodyError(str(exc), client_gone=isinstance(exc, _ClientGone)) from exc
+
+    async def _read_chunk(self) -> bytes | None:
         conn = self._conn
         codec = conn.codec
         while True:
@@ -763,7 +771,7 @@ class _Connection:
         except _ClientGone:
             raise
         except Exception as exc:
-            if not isinstance(exc, UpstreamError):
+            if not isinstance(exc, UpstreamError | RequestBodyError):
                 log.exception("http.handler_failed", router=self.params.router_label, target=request.target)
             response = response_for_exception(exc)
         headers = response.headers
@@ -798,10 +806,13 @@ class _Connection:
                 return False
             with trio.move_on_after(1.0):
                 drained = 0
-                async for chunk in request_body:
-                    drained += len(chunk)
-                    if drained > 256 * 1024:
-                        return False
+                try:
+                    async for chunk in request_body:
+                        drained += len(chunk)
+                        if drained > 256 * 1024:
+                            return False
+                except RequestBodyError:
+                    return False  # malformed or cut short: the connection cannot carry another request
             if not request_body.done:
                 return False
         return self._next_cycle()

@@ -81,6 +81,7 @@ from hostproxy.http.errors import (
     ConnectError,
     PoolExhausted,
     ProxyInternalError,
+    RequestBodyError,
     RequestTimeout,
     UpstreamError,
     UpstreamReset,
@@ -245,10 +246,12 @@ class _Conn:
         "poller",
         "errors",
         "born",
+        "body_failure",
     )
 
     def __init__(self, stream: Any, endpoint: str, born: float = 0.0) -> None:
         self.born = born  # when it was opened (the pool's clock)
+        self.body_failure: RequestBodyError | None = None  # the client's body failed while being sent
         self.stream = stream
         self.codec = ClientCodec()
         self.endpoint = endpoint
@@ -777,8 +780,11 @@ class UpstreamPool(NurseryOwner):
                 await self._discard(conn)
                 self._counters["resent"] += 1
                 fresh = True
-            except BaseException:
+            except BaseException as exc:
                 await self._discard(conn)
+                failure = conn.body_failure
+                if failure is not None and isinstance(exc, UpstreamError):
+                    raise failure from None  # the exchange ended because the client's body failed
                 raise
 
     def _head(self, req: Request) -> list[tuple[bytes, bytes]]:
@@ -881,8 +887,10 @@ class UpstreamPool(NurseryOwner):
                 conn.broken = True
             except Exception as exc:
                 # The client's body failed (client gone or malformed): abort the upstream exchange
-                # so that the response reader stops too.
+                # so that the response reader stops too, and tell it why (``request``).
                 log.info("http.upstream.request_body_failed", endpoint=self.endpoint, error=str(exc))
+                if isinstance(exc, RequestBodyError):
+                    conn.body_failure = exc
                 conn.broken = True
                 await self._close(conn)
             finally:
