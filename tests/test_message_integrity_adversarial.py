@@ -27,6 +27,33 @@ from tests.upstreams import closed_port
 SAFETY = 15  # seconds: a safety net for every wait, never a timing assertion
 
 
+async def read_through_head(stream: trio.SocketStream) -> bytes | None:
+    """Bytes read until the first request head is complete (with whatever followed it); None at EOF."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        data = await stream.receive_some(65536)
+        if not data:
+            return None
+        buf += data
+    return buf
+
+
+async def recorded_heads(up: RawUpstream, stream: trio.SocketStream) -> AsyncIterator[bytes]:
+    """The target of each request head (bodiless requests) read from ``stream``, as it arrives; each is
+    recorded in ``up.requests`` first."""
+    buf = b""
+    while True:
+        data = await stream.receive_some(65536)
+        if not data:
+            return
+        buf += data
+        while b"\r\n\r\n" in buf:
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            target = head.split(b" ")[1]
+            up.requests.append(UpRequest(head.split(b" ")[0], target, [], b"", []))
+            yield target
+
+
 # -- raw scripted upstream ---------------------------------------------------------------------------
 
 
@@ -451,12 +478,9 @@ async def test_upstream_response_with_both_content_length_and_chunked(tmp_path: 
 
 async def test_upstream_answers_before_reading_body(tmp_path: Path) -> None:
     async def early(up: RawUpstream, stream: trio.SocketStream) -> None:
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            data = await stream.receive_some(65536)
-            if not data:
-                return
-            buf += data
+        buf = await read_through_head(stream)
+        if buf is None:
+            return
         up.raw[-1] += buf
         if b"/early" in buf.split(b"\r\n", 1)[0]:
             await stream.send_all(ok(b"early answer", b"Connection: close\r\n"))
@@ -498,12 +522,9 @@ async def test_upstream_answers_before_reading_body(tmp_path: Path) -> None:
 @pytest.mark.parametrize("framing", ["content-length", "chunked", "chunked-mid-chunk"])
 async def test_upstream_closes_mid_response_is_never_complete(tmp_path: Path, framing: str) -> None:
     async def truncating(up: RawUpstream, stream: trio.SocketStream) -> None:
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            data = await stream.receive_some(65536)
-            if not data:
-                return
-            buf += data
+        buf = await read_through_head(stream)
+        if buf is None:
+            return
         if b"/trunc" in buf.split(b"\r\n", 1)[0]:
             if framing == "content-length":
                 await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"a" * 10)
@@ -705,29 +726,20 @@ SMUGGLED = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nSMUGGLED"
 @pytest.mark.parametrize("kind", ["head-with-body", "204-with-body", "304-with-body", "extra-after-cl"])
 async def test_stray_upstream_bytes_never_answer_the_next_request(tmp_path: Path, kind: str) -> None:
     async def sloppy(up: RawUpstream, stream: trio.SocketStream) -> None:
-        buf = b""
-        while True:
-            data = await stream.receive_some(65536)
-            if not data:
-                return
-            buf += data
-            while b"\r\n\r\n" in buf:
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                target = head.split(b" ")[1]
-                up.requests.append(UpRequest(head.split(b" ")[0], target, [], b"", []))
-                if target == b"/first":
-                    if kind == "head-with-body":
-                        await stream.send_all(
-                            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(SMUGGLED) + SMUGGLED
-                        )
-                    elif kind == "204-with-body":
-                        await stream.send_all(b"HTTP/1.1 204 No Content\r\n\r\n" + SMUGGLED)
-                    elif kind == "304-with-body":
-                        await stream.send_all(b"HTTP/1.1 304 Not Modified\r\n\r\n" + SMUGGLED)
-                    else:
-                        await stream.send_all(ok(b"first") + SMUGGLED)
+        async for target in recorded_heads(up, stream):
+            if target == b"/first":
+                if kind == "head-with-body":
+                    await stream.send_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(SMUGGLED) + SMUGGLED
+                    )
+                elif kind == "204-with-body":
+                    await stream.send_all(b"HTTP/1.1 204 No Content\r\n\r\n" + SMUGGLED)
+                elif kind == "304-with-body":
+                    await stream.send_all(b"HTTP/1.1 304 Not Modified\r\n\r\n" + SMUGGLED)
                 else:
-                    await stream.send_all(ok(b"real " + target))
+                    await stream.send_all(ok(b"first") + SMUGGLED)
+            else:
+                await stream.send_all(ok(b"real " + target))
 
     method = b"HEAD" if kind == "head-with-body" else b"GET"
     async with raw_upstream(conn_handler=sloppy) as up, proxy(tmp_path, up) as port:
@@ -780,22 +792,11 @@ async def test_expect_100_upstream_refuses_then_next_request(tmp_path: Path) -> 
     refusal must reach it intact and the client connection must stay in sync for its next request."""
 
     async def refuser(up: RawUpstream, stream: trio.SocketStream) -> None:
-        buf = b""
-        while True:
-            data = await stream.receive_some(65536)
-            if not data:
+        async for target in recorded_heads(up, stream):
+            if target == b"/upload":
+                await stream.send_all(ok(b"denied", b"Connection: close\r\n").replace(b"200 OK", b"401 No"))
                 return
-            buf += data
-            while b"\r\n\r\n" in buf:
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                target = head.split(b" ")[1]
-                up.requests.append(UpRequest(head.split(b" ")[0], target, [], b"", []))
-                if target == b"/upload":
-                    await stream.send_all(
-                        ok(b"denied", b"Connection: close\r\n").replace(b"200 OK", b"401 No")
-                    )
-                    return
-                await stream.send_all(ok(b"real " + target))
+            await stream.send_all(ok(b"real " + target))
 
     async with raw_upstream(conn_handler=refuser) as up, proxy(tmp_path, up) as port, Client.open(port) as c:
         await c.send(
@@ -821,12 +822,9 @@ async def test_interim_103_and_close_delimited_response(tmp_path: Path) -> None:
     payload = os.urandom(200_003)
 
     async def oldschool(up: RawUpstream, stream: trio.SocketStream) -> None:
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            data = await stream.receive_some(65536)
-            if not data:
-                return
-            buf += data
+        buf = await read_through_head(stream)
+        if buf is None:
+            return
         up.requests.append(UpRequest(b"GET", buf.split(b" ")[1], [], b"", []))
         await stream.send_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n")
         await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Type: x/y\r\n\r\n")
@@ -1018,12 +1016,9 @@ async def test_pipelined_across_two_upstreams_slow_first_keeps_order(tmp_path: P
     release = trio.Event()
 
     async def slow_conn(up: RawUpstream, stream: trio.SocketStream) -> None:
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            data = await stream.receive_some(65536)
-            if not data:
-                return
-            buf += data
+        buf = await read_through_head(stream)
+        if buf is None:
+            return
         up.requests.append(UpRequest(b"GET", buf.split(b" ")[1], [], b"", []))
         await release.wait()
         await stream.send_all(ok(b"slow answer", b"Connection: close\r\n"))
