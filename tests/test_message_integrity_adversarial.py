@@ -15,6 +15,7 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h11
 import pytest
@@ -52,6 +53,18 @@ async def recorded_heads(up: RawUpstream, stream: trio.SocketStream) -> AsyncIte
             target = head.split(b" ")[1]
             up.requests.append(UpRequest(head.split(b" ")[0], target, [], b"", []))
             yield target
+
+
+async def next_event(conn: h11.Connection, stream: trio.SocketStream) -> Any:
+    """The next h11 event of ``conn``, reading from ``stream`` as it needs; None once the peer closed."""
+    while True:
+        ev = conn.next_event()
+        if ev is not h11.NEED_DATA:
+            return ev
+        data = await stream.receive_some(65536)
+        conn.receive_data(data)
+        if not data:
+            return None
 
 
 # -- raw scripted upstream ---------------------------------------------------------------------------
@@ -904,13 +917,9 @@ async def test_early_keepalive_answer_then_rest_of_body_then_next_request(tmp_pa
             req: h11.Request | None = None
             body = bytearray()
             while True:
-                ev = conn.next_event()
-                if ev is h11.NEED_DATA:
-                    data = await stream.receive_some(65536)
-                    conn.receive_data(data)
-                    if not data:
-                        return
-                    continue
+                ev = await next_event(conn, stream)
+                if ev is None:
+                    return
                 if isinstance(ev, h11.Request):
                     req = ev
                     if req.target == b"/early":
@@ -1079,13 +1088,10 @@ async def test_full_duplex_echo_streams_both_ways(tmp_path: Path) -> None:
     async def echo(up: RawUpstream, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER)
         while True:
-            ev = conn.next_event()
-            if ev is h11.NEED_DATA:
-                data = await stream.receive_some(65536)
-                conn.receive_data(data)
-                if not data:
-                    return
-            elif isinstance(ev, h11.Request):
+            ev = await next_event(conn, stream)
+            if ev is None:
+                return
+            if isinstance(ev, h11.Request):
                 await stream.send_all(conn.send(h11.Response(status_code=200, headers=[])))
             elif isinstance(ev, h11.Data):
                 await stream.send_all(conn.send(h11.Data(data=ev.data)))

@@ -40,12 +40,13 @@ __all__ = [
     "CAUSE_STATUS",
     "ConnectError",
     "PoolExhausted",
-    "RequestBodyError",
     "ProxyInternalError",
+    "RequestBodyError",
     "RequestTimeout",
     "UpstreamError",
     "UpstreamReset",
     "error_response",
+    "request_body_error_response",
     "response_for_exception",
 ]
 

@@ -296,44 +296,41 @@ class _RequestBodySource:
     async def read_chunk(self) -> bytes | None:
         if self._done:
             return None
+        conn = self._conn
+        codec = conn.codec
         try:
-            return await self._read_chunk()
+            while True:
+                event = codec.next_event()
+                if type(event) is Data:
+                    if event.data:
+                        return event.data
+                    continue
+                if type(event) is EndOfMessage:
+                    self._done = True
+                    if event.trailers:
+                        self.trailers = Headers._trusted(event.trailers)
+                    return None
+                if event is NEED_DATA:
+                    if codec.they_are_waiting_for_100_continue:
+                        await conn.send_100_continue()
+                    timeout = conn.params.request_body_timeout_s
+                    if timeout is None:
+                        data = await conn.receive()
+                    else:
+                        with trio.move_on_after(timeout) as scope:
+                            data = await conn.receive()
+                        if scope.cancelled_caught:
+                            conn.server._stats.body_timeouts += 1
+                            raise _ClientGone(f"request body stalled for {timeout:g}s (requestBodyTimeoutMs)")
+                    codec.receive_data(data)
+                    continue
+                if type(event) is ConnectionClosed or event is PAUSED:
+                    raise _ClientGone("client closed the connection before the request body ended")
+                raise ProtocolError(f"unexpected {event!r} in request body")
         except (ProtocolError, _ClientGone) as exc:
             # The client's doing: whoever reads the body (the upstream pool, a retry buffer) says so.
             self._done = True
             raise RequestBodyError(str(exc), client_gone=isinstance(exc, _ClientGone)) from exc
-
-    async def _read_chunk(self) -> bytes | None:
-        conn = self._conn
-        codec = conn.codec
-        while True:
-            event = codec.next_event()
-            if type(event) is Data:
-                if event.data:
-                    return event.data
-                continue
-            if type(event) is EndOfMessage:
-                self._done = True
-                if event.trailers:
-                    self.trailers = Headers._trusted(event.trailers)
-                return None
-            if event is NEED_DATA:
-                if codec.they_are_waiting_for_100_continue:
-                    await conn.send_100_continue()
-                timeout = conn.params.request_body_timeout_s
-                if timeout is None:
-                    data = await conn.receive()
-                else:
-                    with trio.move_on_after(timeout) as scope:
-                        data = await conn.receive()
-                    if scope.cancelled_caught:
-                        conn.server._stats.body_timeouts += 1
-                        raise _ClientGone(f"request body stalled for {timeout:g}s (requestBodyTimeoutMs)")
-                codec.receive_data(data)
-                continue
-            if type(event) is ConnectionClosed or event is PAUSED:
-                raise _ClientGone("client closed the connection before the request body ended")
-            raise ProtocolError(f"unexpected {event!r} in request body")
 
     async def aclose(self) -> None:
         self._done = True
