@@ -699,23 +699,25 @@ class ServerConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class H2ServerConfig(ServerConfig):
-    timeout_ms: int | None = key(
-        None,
-        "Accepted so that Linkerd 1 configs load; not enforced on h2 servers (use service.totalTimeoutMs).",
-        default_doc="none",
-        check=positive,
-    )
     max_requests_per_connection: int | None = key(
-        None, "Not enforced on h2 servers.", default_doc="unlimited", check=positive, extension=True
+        None,
+        "Drain a client connection after this many streams (GOAWAY naming the last; later ones refused).",
+        default_doc="unlimited",
+        check=positive,
+        extension=True,
     )
     request_header_timeout_ms: int = key(10000, "Not enforced on h2 servers.", check=positive, extension=True)
     request_body_timeout_ms: int | None = key(
-        None, "Not enforced on h2 servers.", default_doc="none", check=positive, extension=True
+        None,
+        "A request stream whose body stalls this long between two DATA frames gets 400 and is reset.",
+        default_doc="none",
+        check=positive,
+        extension=True,
     )
     server_session: ServerSession = key(
         ServerSession(),
-        "Accepted so that Linkerd 1 configs load; not enforced on h2 servers: an HTTP/2 connection is "
-        "not closed for being idle or old.",
+        "Connection lifetime limits: a connection idle (no stream) or old past them is drained with "
+        "GOAWAY, its streams in progress finishing first.",
     )
     window_update_ratio: float = key(
         0.99,

@@ -42,6 +42,7 @@ import trio
 from hyperframe.frame import GoAwayFrame
 
 from hostproxy.h2.limits import ENHANCE_YOUR_CALM, FloodGuard, FrameScanner, H2Limits, Verdict
+from hostproxy.http.errors import RequestBodyError
 from hostproxy.http.message import Headers
 
 __all__ = ["H2Link", "InboundBody", "Stalled", "StreamGone", "StreamState", "keep_open_after_goaway"]
@@ -487,9 +488,11 @@ class InboundBody:
     ``gone`` turns a reset or a dead connection into the exception the consumer should see.
     ``reset_on_close`` resets the stream with CANCEL when the consumer closes the body early
     (upstream responses); otherwise the rest is only discarded (server request bodies).
+    ``stall_timeout_s`` (server request bodies: ``requestBodyTimeoutMs``) bounds each wait for DATA;
+    past it the read fails with ``RequestBodyError`` (the client's doing: answered 400).
     """
 
-    __slots__ = ("_link", "_s", "_gone", "_reset_on_close")
+    __slots__ = ("_link", "_s", "_gone", "_reset_on_close", "_stall_timeout_s")
 
     def __init__(
         self,
@@ -498,11 +501,13 @@ class InboundBody:
         gone: Callable[[StreamState, H2Link], Exception],
         *,
         reset_on_close: bool,
+        stall_timeout_s: float | None = None,
     ) -> None:
         self._link = link
         self._s = s
         self._gone = gone
         self._reset_on_close = reset_on_close
+        self._stall_timeout_s = stall_timeout_s
 
     async def read_chunk(self) -> bytes | None:
         s = self._s
@@ -518,7 +523,14 @@ class InboundBody:
                 return None
             if s.reset_code is not None or link.dead:
                 raise self._gone(s, link)
-            await s.wait()
+            timeout = self._stall_timeout_s
+            if timeout is None:
+                await s.wait()
+                continue
+            with trio.move_on_after(timeout) as scope:
+                await s.wait()
+            if scope.cancelled_caught:
+                raise RequestBodyError(f"request body stalled for {timeout:g}s (requestBodyTimeoutMs)")
 
     @property
     def trailers(self) -> Headers | None:

@@ -31,12 +31,21 @@ with an empty body is sent as a single HEADERS frame with END_STREAM (gRPC "trai
 * Header lists beyond ``max_header_count`` fields or ``max_header_list_bytes`` (32 octets per field
   counted) get 431; too many of those end the connection.
 * When the client sends GOAWAY, streams it already opened are still answered.
+* Session limits (``_session``, one small task per connection): a connection with no stream for
+  ``idle_timeout_s`` (``serverSession.idleTimeMs``), or older than ``life_time_s``
+  (``serverSession.lifeTimeMs``), or that was handed ``max_requests_per_connection`` streams, is
+  drained as above: GOAWAY NO_ERROR naming the last stream it answers (for the request limit, the
+  last one counted; later streams are refused with REFUSED_STREAM), streams in progress finish.
+  Once a drained connection has no stream left and its GOAWAY is written, the server stops reading
+  and closes it, even if the client keeps it open.  ``servers[].timeoutMs`` is the router's (a
+  bound on each request, as on HTTP/1.1).
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from math import inf
 from typing import Any
 
 import h2.config
@@ -230,7 +239,15 @@ class _ServerLink(H2Link):
         self.scopes: dict[int, trio.CancelScope] = {}
         self._handlers: trio.Nursery | None = None
         self._draining = False
+        self._drain_goaway = False  # start_drain wrote its GOAWAY
         self._prefaced = False
+        self.accepted = 0  # streams handed to the handler (``max_requests_per_connection``)
+        self.born = self._clock()
+        self.idle_since = self.born  # when the last stream task ended (or the connection started)
+        # The session task's sleep (see ``_session``): moved earlier when the connection goes idle.
+        self._session_sleep: trio.CancelScope | None = None
+        self._reading: trio.CancelScope | None = None
+        self._quiet = trio.Event()  # set when the session task must look again (see ``_session``)
 
     def _preface(self) -> None:
         """Queue the server's connection preface (SETTINGS, then the connection window) once: it must
@@ -248,9 +265,56 @@ class _ServerLink(H2Link):
         self._preface()
         async with trio.open_nursery() as handlers:
             self._handlers = handlers
-            await self.run()
+            handlers.start_soon(self._session)
+            with trio.CancelScope() as self._reading:
+                await self.run()
             handlers.cancel_scope.cancel()
         await self._linger()
+
+    def _session_due(self) -> float:
+        """When this connection is to be drained for its age (``life_time_s``) or, while it has no
+        stream, for being idle (``idle_timeout_s``): ``inf`` when neither applies."""
+        p = self.params
+        due = inf
+        if p.life_time_s is not None:
+            due = self.born + p.life_time_s
+        if p.idle_timeout_s is not None and not self.tasks:
+            due = min(due, self.idle_since + p.idle_timeout_s)
+        return due
+
+    async def _session(self) -> None:
+        """The connection's session limits, then its end.
+
+        Until the connection drains (for any reason: its age, idleness, ``max_requests_per_connection``,
+        the server's drain, the client's GOAWAY), sleep until ``_session_due`` and drain when it has
+        passed; a stream ending moves the sleep earlier when the connection goes idle. Once it drains
+        with no stream left and its GOAWAY written, stop reading, so that the connection closes (with
+        ``_linger``) even when the client keeps it open after the GOAWAY.
+        """
+        while not self._draining and not self.closing and not self.dead:
+            due = self._session_due()
+            if due <= self._clock():
+                log.debug(
+                    "h2.session_limit",
+                    router=self.params.router_label,
+                    connection=self.info.connection_id,
+                    reason="life" if self.tasks else "idle",
+                )
+                self.start_drain()
+                break
+            with trio.CancelScope(deadline=due) as self._session_sleep:
+                await self._quiet.wait()
+            self._session_sleep = None
+            if self._quiet.is_set():
+                self._quiet = trio.Event()
+        while self.tasks:
+            await self._quiet.wait()
+            self._quiet = trio.Event()
+        if not self.closing and not self.dead:
+            self._finish()
+        await self._writer_done.wait()
+        if self._reading is not None:
+            self._reading.cancel()
 
     async def _linger(self) -> None:
         """This side closed (GOAWAY sent, streams done): send FIN, then read and drop what the client
@@ -273,9 +337,10 @@ class _ServerLink(H2Link):
         if type(ev) is h2.events.RequestReceived:
             self._request(ev.stream_id, ev.headers, ev.stream_ended is not None)
 
-    def start_drain(self) -> None:
-        """Graceful shutdown: GOAWAY (NO_ERROR, last stream = the highest one received) so the client
-        opens no new streams here; streams in progress finish, then the connection closes.
+    def start_drain(self, last_stream_id: int | None = None) -> None:
+        """Graceful shutdown: GOAWAY (NO_ERROR, last stream = ``last_stream_id``, by default the highest
+        one received) so the client opens no new streams here; streams in progress finish, then the
+        connection closes (see ``_session``).
 
         The frame is written directly rather than through h2's ``close_connection``, which would move
         h2's connection state to CLOSED and refuse the responses still owed on open streams.
@@ -285,18 +350,33 @@ class _ServerLink(H2Link):
         self._draining = True
         self._preface()
         frame = hyperframe.frame.GoAwayFrame(stream_id=0)
-        frame.last_stream_id = self.conn.highest_inbound_stream_id
+        frame.last_stream_id = (
+            self.conn.highest_inbound_stream_id if last_stream_id is None else last_stream_id
+        )
         frame.error_code = NO_ERROR
         self.flush()
         self._out += frame.serialize()
+        self._drain_goaway = True
         self._out_event.set()
         if not self.tasks:
             self.closing = True
+        self._quiet.set()
+
+    def _finish(self) -> None:
+        """Drained with no stream left: close. After ``start_drain``'s GOAWAY nothing more is said
+        (another one through h2 would close h2's state machine, making the client's late SETTINGS
+        acknowledgement or WINDOW_UPDATE a protocol error); after the client's GOAWAY, ours."""
+        if self._drain_goaway:
+            self.closing = True
+            self._out_event.set()
+        else:
+            self.goaway(NO_ERROR)
 
     def on_goaway(self, error_code: int, last_stream_id: int | None) -> None:
         self._draining = True
         if error_code != NO_ERROR or not self.tasks:
             self.closing = True
+        self._quiet.set()
 
     def on_stream_reset(self, s: StreamState, *, remote: bool) -> None:
         scope = self.scopes.get(s.id)
@@ -341,6 +421,11 @@ class _ServerLink(H2Link):
         self.scopes[stream_id] = scope
         self.tasks += 1
         self._handlers.start_soon(self._stream_task, s, raw, scope)
+        self.accepted += 1
+        limit = self.params.max_requests_per_connection
+        if limit is not None and self.accepted >= limit:
+            # This stream is the last: GOAWAY names it, so the client sends the next ones elsewhere.
+            self.start_drain(stream_id)
 
     # -- one stream ------------------------------------------------------------------------------
 
@@ -382,7 +467,10 @@ class _ServerLink(H2Link):
         if s.ended and not s.inbound:
             body = Body.empty()
         else:
-            body = Body(InboundBody(self, s, self._gone, reset_on_close=False), content_length)
+            source = InboundBody(
+                self, s, self._gone, reset_on_close=False, stall_timeout_s=self.params.request_body_timeout_s
+            )
+            body = Body(source, content_length)
         return Request(
             method=method,
             target=pseudo.get(b":path", b"/").decode("latin-1"),
@@ -451,8 +539,11 @@ class _ServerLink(H2Link):
             self.tasks -= 1
             self.scopes.pop(s.id, None)
             self.streams.pop(s.id, None)
-            if self._draining and not self.tasks:
-                self.goaway(NO_ERROR)
+            if not self.tasks:
+                self.idle_since = self._clock()
+                self._quiet.set()
+                if self._draining:
+                    self._finish()
 
     async def _respond(self, s: StreamState, response: Response, *, head: bool, grpc: bool) -> None:
         headers, no_body = h2_response_headers(response, head=head)

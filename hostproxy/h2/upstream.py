@@ -73,6 +73,7 @@ from hostproxy.h2.link import (
 from hostproxy.http.errors import (
     ConnectError,
     ProxyInternalError,
+    RequestBodyError,
     RequestTimeout,
     UpstreamError,
     UpstreamReset,
@@ -636,6 +637,7 @@ class H2UpstreamPool(NurseryOwner):
         empty = body.in_memory and (body.content_length == 0 or body.done) and not replay.sent
         sender_done = trio.Event()
         sender_scope = trio.CancelScope()
+        body_failed: list[RequestBodyError] = []  # the client's body failed while being sent
         try:
             link.send_headers(s, self._head(req), end_stream=empty)
         except StreamGone as exc:
@@ -650,7 +652,9 @@ class H2UpstreamPool(NurseryOwner):
             sender_done.set()
         else:
             assert self._nursery is not None
-            self._nursery.start_soon(self._send_body, link, s, replay, sender_scope, sender_done)
+            self._nursery.start_soon(
+                self._send_body, link, s, replay, sender_scope, sender_done, body_failed
+            )
         try:
             if response_timeout is None:
                 await self._wait_head(link, s)
@@ -670,6 +674,10 @@ class H2UpstreamPool(NurseryOwner):
             link._settle(s)
             with trio.CancelScope(shield=True):
                 await sender_done.wait()
+            if body_failed:
+                # The stream was reset because the client's body failed: the client's doing, not
+                # the upstream's (answered 400, never counted against the endpoint).
+                raise body_failed[0] from None
             raise
         return self._response(link, s, req)
 
@@ -718,7 +726,13 @@ class H2UpstreamPool(NurseryOwner):
         return Response(status, b"", headers, body, http_version="2")
 
     async def _send_body(
-        self, link: _UpLink, s: StreamState, replay: _Replay, scope: trio.CancelScope, done: trio.Event
+        self,
+        link: _UpLink,
+        s: StreamState,
+        replay: _Replay,
+        scope: trio.CancelScope,
+        done: trio.Event,
+        failed: list[RequestBodyError],
     ) -> None:
         try:
             with scope:
@@ -731,6 +745,8 @@ class H2UpstreamPool(NurseryOwner):
                     except Exception as exc:
                         # The client's body failed (it reset its stream, or its connection died).
                         log.info("h2.upstream.request_body_failed", endpoint=self.endpoint, error=str(exc))
+                        if isinstance(exc, RequestBodyError):
+                            failed.append(exc)
                         self._counters["resets_sent"] += 1
                         link.reset(s, CANCEL)
                         link._settle(s)
