@@ -43,6 +43,7 @@ class Cause(enum.StrEnum):
     TIMEOUT_REQUEST = "timeout/request"
     TIMEOUT_ATTEMPT = "timeout/attempt"
     UPSTREAM_5XX = "upstream/5xx"
+    UPSTREAM_GRPC = "upstream/grpc"
     OVERLOAD = "overload"
     PROXY_INTERNAL = "proxy/internal"
 
@@ -79,6 +80,7 @@ _LEVEL: dict[Cause, Level] = {
     Cause.TIMEOUT_REQUEST: Level.APPLICATION,
     Cause.TIMEOUT_ATTEMPT: Level.APPLICATION,
     Cause.UPSTREAM_5XX: Level.APPLICATION,
+    Cause.UPSTREAM_GRPC: Level.APPLICATION,
     Cause.OVERLOAD: Level.PROXY,
     Cause.PROXY_INTERNAL: Level.PROXY,
 }

@@ -74,6 +74,11 @@ def plugin_mapping(cfg: Any) -> Any:
 # requeues per request the same way).
 MAX_REQUEUES = 25
 
+#: What counts as a success for balancing and failure accrual when it is not "not 5XX": the
+#: service's response classifier, asked with the status, the head and the trailers (None until the
+#: body ended, or when there are none). Linkerd's accrual follows the request's classifier too.
+Judge = Callable[[int, Any, Any], bool]
+
 
 class NoEndpoints(UpstreamError):
     """The bound name has no endpoints to send to (empty, negative or failed address set)."""
@@ -103,24 +108,44 @@ class _Endpoint:
 
 class _OutcomeBody:
     """A body source that reports the request's outcome when the response body ends: the request
-    succeeded if its status did (``ok_status``) and its body ended without an error."""
+    succeeded if its status did (``ok_status``; with a ``judge``, the judge's verdict on the status,
+    head and trailers) and its body ended without an error. A read cancelled because the caller left
+    (a downstream reset, a timeout) is an interruption, not a failure of the endpoint."""
 
-    __slots__ = ("_body", "_client", "_bal_ep", "_key", "_t0", "_ok_status")
+    __slots__ = ("_body", "_client", "_bal_ep", "_key", "_t0", "_ok_status", "_judge", "_resp")
 
-    def __init__(self, body: Body, client: Client, bal_ep: Any, key: str, t0: float, ok_status: bool) -> None:
+    def __init__(
+        self,
+        body: Body,
+        client: Client,
+        bal_ep: Any,
+        key: str,
+        t0: float,
+        ok_status: bool,
+        judge: Judge | None = None,
+        resp: Response | None = None,
+    ) -> None:
         self._body = body
         self._client: Client | None = client
         self._bal_ep = bal_ep
         self._key = key
         self._t0 = t0
         self._ok_status = ok_status
+        self._judge = judge
+        self._resp = resp
 
     async def read_chunk(self) -> bytes | None:
         try:
             chunk = await self._body.__anext__()
         except StopAsyncIteration:
+            judge, resp = self._judge, self._resp
+            if judge is not None and resp is not None:
+                self._ok_status = judge(resp.status, resp.headers, self._body.trailers)
             self._finish(True)
             return None
+        except trio.Cancelled:
+            self._interrupted()
+            raise
         except BaseException:
             self._finish(False)
             raise
@@ -139,6 +164,11 @@ class _OutcomeBody:
         client, self._client = self._client, None
         if client is not None:
             client._outcome(self._bal_ep, self._key, self._t0, ok and self._ok_status)
+
+    def _interrupted(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client._interrupted(self._bal_ep, self._key, self._t0)
 
 
 class Client:
@@ -230,42 +260,56 @@ class Client:
         """Take a new address set from binding (cheap when it is the one we already have)."""
         if addr is self.addr:
             return
+        if addr == self.addr:
+            # The same set in a new object (a re-bind): nothing changed, and the balancer, accrual
+            # and pools are left alone. Staleness is part of the set's metadata, so it is not this.
+            self.addr = addr
+            return
         self.addr = addr
         if isinstance(addr, AddrBound):
             self.stale_since = (addr.meta or {}).get(STALE_SINCE)
             self.addr_state = "stale" if self.stale_since is not None else "bound"
-            wanted: dict[str, tuple[str, int, float, dict[str, Any]]] = {}
-            for a in addr.addresses:
-                key = f"[{a.host}]:{a.port}" if ":" in a.host else f"{a.host}:{a.port}"
-                wanted[key] = (
-                    a.host,
-                    a.port,
-                    float(getattr(a, "weight", 1.0)),
-                    dict(getattr(a, "meta", {}) or {}),
-                )
-            for key in [k for k in self.endpoints if k not in wanted]:
-                ep = self.endpoints.pop(key)
-                self._nursery.start_soon(ep.pool.aclose)
-                log.info("client.endpoint_removed", router=self.router, client=self.id, endpoint=key)
-            for key, (host, port, weight, meta) in wanted.items():
-                known = self.endpoints.get(key)
-                if known is None:
-                    pool = self._pool_factory(
-                        host, port, self._pool_params, nursery=self._nursery, **self._pool_extra
-                    )
-                    self.endpoints[key] = _Endpoint(key, host, port, weight, meta, pool)
-                    log.info("client.endpoint_added", router=self.router, client=self.id, endpoint=key)
-                else:
-                    known.weight, known.meta = weight, meta
-            self.balancer.update([EndpointInfo(k, e.weight, e.meta) for k, e in self.endpoints.items()])
-            self.accrual.retain(list(self.endpoints))
+            self._take_endpoints(addr.addresses)
         elif isinstance(addr, AddrNeg):
+            # The name no longer exists: no endpoints (as Finagle treats Addr.Neg), so their pools
+            # close, and one that comes back later starts afresh.
+            self.stale_since = None
+            self._take_endpoints(())
             self.addr_state = "neg"
         elif isinstance(addr, AddrFailed):
             # Last good wins: keep the endpoints we have, if any.
             self.addr_state = "failed" if not self.endpoints else "stale"
         else:
             self.addr_state = "pending"
+
+    def _take_endpoints(self, addresses: Any) -> None:
+        """Make the endpoint set ``addresses``: pools of endpoints gone are closed (their requests in
+        flight finish), new ones get pools, the balancer and accrual follow."""
+        wanted: dict[str, tuple[str, int, float, dict[str, Any]]] = {}
+        for a in addresses:
+            key = f"[{a.host}]:{a.port}" if ":" in a.host else f"{a.host}:{a.port}"
+            wanted[key] = (
+                a.host,
+                a.port,
+                float(getattr(a, "weight", 1.0)),
+                dict(getattr(a, "meta", {}) or {}),
+            )
+        for key in [k for k in self.endpoints if k not in wanted]:
+            ep = self.endpoints.pop(key)
+            self._nursery.start_soon(ep.pool.aclose)
+            log.info("client.endpoint_removed", router=self.router, client=self.id, endpoint=key)
+        for key, (host, port, weight, meta) in wanted.items():
+            known = self.endpoints.get(key)
+            if known is None:
+                pool = self._pool_factory(
+                    host, port, self._pool_params, nursery=self._nursery, **self._pool_extra
+                )
+                self.endpoints[key] = _Endpoint(key, host, port, weight, meta, pool)
+                log.info("client.endpoint_added", router=self.router, client=self.id, endpoint=key)
+            else:
+                known.weight, known.meta = weight, meta
+        self.balancer.update([EndpointInfo(k, e.weight, e.meta) for k, e in self.endpoints.items()])
+        self.accrual.retain(list(self.endpoints))
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -290,10 +334,12 @@ class Client:
             return None
         return round(max(0.0, time.time() - self.stale_since), 3)
 
-    async def request(self, req: Request, now: float | None = None) -> tuple[Response, str]:
+    async def request(
+        self, req: Request, now: float | None = None, judge: Judge | None = None
+    ) -> tuple[Response, str]:
         """Send ``req`` to one endpoint; returns the response (body streaming) and the endpoint key.
         ``now``: the client's clock, just read by the caller (None: read here); the first attempt
-        starts then."""
+        starts then. ``judge``: what counts as a success (None: any status but 5XX)."""
         clock = self._clock
         balancer = self.balancer
         accrual = self.accrual
@@ -334,9 +380,10 @@ class Client:
                     resp = await ep.pool.request(req)
             except UpstreamError as e:
                 balancer.on_finish(bal_ep, clock() - t0, False)
-                accrual.on_response(key, False)
-                if self._fail_fast and e.cause.startswith("connect/"):
-                    accrual.eject(key)  # ``failFast``: out at once, back through accrual's probing
+                if not bal_ep.removed:  # (a removed endpoint's accrual state is gone: not remade)
+                    accrual.on_response(key, False)
+                    if self._fail_fast and e.cause.startswith("connect/"):
+                        accrual.eject(key)  # ``failFast``: out at once, back through accrual's probing
                 if e.cause == "tls":
                     self.tls_last_error = {
                         "endpoint": ep.key,
@@ -359,21 +406,37 @@ class Client:
             except BaseException as exc:
                 # A failed request body is the client's doing: not a failure of the endpoint.
                 balancer.on_finish(bal_ep, clock() - t0, isinstance(exc, RequestBodyError))
-                accrual.on_interrupted(key)  # (a probe cut off is over: probed again later)
+                if not bal_ep.removed:
+                    accrual.on_interrupted(key)  # (a probe cut off is over: probed again later)
                 raise
-            ok_status = not 500 <= resp.status < 600  # what the balancer and accrual count as failed
             body = resp.body
+            if judge is None:
+                ok_status = not 500 <= resp.status < 600  # what the balancer and accrual count as failed
+            elif body.in_memory or body.done:
+                ok_status = judge(resp.status, resp.headers, body.trailers)
+            else:
+                ok_status = True  # judged when the body ends (the trailers may decide)
             if body.in_memory or body.done or resp.upgraded is not None:
                 self._outcome(bal_ep, key, t0, ok_status)  # the outcome is known now
             else:
-                resp.body = Body(_OutcomeBody(body, self, bal_ep, key, t0, ok_status), body.content_length)
+                outcome = _OutcomeBody(body, self, bal_ep, key, t0, ok_status, judge, resp)
+                resp.body = Body(outcome, body.content_length)
             return resp, key
 
     def _outcome(self, bal_ep: Any, key: str, t0: float, ok: bool) -> None:
         """A request sent at ``t0`` ended (``ok``: status and body both fine): tell the balancer and
-        failure accrual."""
+        failure accrual (unless the endpoint left the set meanwhile: its accrual state is gone, and
+        one re-added later starts afresh)."""
         self.balancer.on_finish(bal_ep, self._clock() - t0, ok)
-        self.accrual.on_response(key, ok)
+        if not bal_ep.removed:
+            self.accrual.on_response(key, ok)
+
+    def _interrupted(self, bal_ep: Any, key: str, t0: float) -> None:
+        """A request's response was cut off by its caller (cancelled): neither a success nor a
+        failure of the endpoint (a probe cut off is probed again later)."""
+        self.balancer.on_finish(bal_ep, self._clock() - t0, True)
+        if not bal_ep.removed:
+            self.accrual.on_interrupted(key)
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -426,6 +489,14 @@ class Client:
     async def aclose(self) -> None:
         await self.close_pools()
         self._scope.drop_client(self.id)
+
+    def evict(self, nursery: trio.Nursery) -> None:
+        """This client leaves its router's cache: its metrics are dropped now (a client made again
+        under the same id may be registering its own in the same step), its pools close in
+        ``nursery`` (requests in flight finish)."""
+        self.closed = True
+        self._scope.drop_client(self.id)
+        nursery.start_soon(self.close_pools)
 
     async def close_pools(self) -> None:
         """Close every endpoint's connections but keep the metrics (a reload replaced this client)."""

@@ -504,6 +504,15 @@ class _Analysis:
             nxt = (
                 f"look at the application's logs on {endpoint or 'its endpoints'}; the proxy is not the cause"
             )
+        elif cause is Cause.UPSTREAM_GRPC:
+            verdict = (
+                f"application answers gRPC errors (a grpc-status the service's responseClassifier calls a "
+                f"failure) for {rate} — hostproxy is passing them through"
+            )
+            nxt = (
+                f"look at the application's logs on {endpoint or 'its endpoints'} (grpc-message says why); "
+                "the proxy is not the cause"
+            )
         elif cause in (Cause.TIMEOUT_REQUEST, Cause.TIMEOUT_ATTEMPT):
             which = "totalTimeoutMs" if cause is Cause.TIMEOUT_REQUEST else "requestAttemptTimeoutMs"
             lat = f", p99 latency {p99:g} ms" if isinstance(p99, int | float) else ""

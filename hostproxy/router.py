@@ -53,7 +53,7 @@ from dtab.tree import Leaf, Union
 from hostproxy.accesslog import AccessLog
 from hostproxy.balancer import WeightedChoice
 from hostproxy.causes import Cause
-from hostproxy.classifier import HttpClassifier, ResponseClass
+from hostproxy.classifier import GrpcClassifier, HttpClassifier, ResponseClass
 from hostproxy.client import Client, plugin_mapping
 from hostproxy.config import client_params_for, service_params_for
 from hostproxy.http.errors import (
@@ -130,6 +130,24 @@ _RETRYABLE = b"l5d-retryable"
 _TRACE_BODY_LIMIT = 1 << 20  # a traced response body larger than this is reported, not shown
 
 
+_GRPC_STATUS = b"grpc-status"
+
+
+def grpc_status_of(head: Headers | None, trailers: Headers | None) -> int | None:
+    """The ``grpc-status`` of a response: from its trailers, or from its head (a trailers-only
+    response); None when neither has a valid one."""
+    for fields in (trailers, head):
+        if fields is not None:
+            value = fields.get(_GRPC_STATUS)
+            if value is not None:
+                return int(value) if value.isdigit() else None
+    return None
+
+
+def _always_ok(_status: int, _head: Any, _trailers: Any) -> bool:
+    return True
+
+
 class _Service:
     """What the router caches per service name: params, retry policy and its counters, the
     service's request stats (what ``scope.service(name, bound=True)`` returns for it, every time),
@@ -139,6 +157,8 @@ class _Service:
         "params",
         "policy",
         "http_classifier",
+        "grpc_classifier",
+        "judge",
         "retries_total",
         "budget_exhausted",
         "per_request",
@@ -165,7 +185,21 @@ class _Service:
         self.params = params
         self.policy = policy
         # HTTP classifiers never retry a response below 500: those skip the policy entirely.
-        self.http_classifier = isinstance(policy.classifier, HttpClassifier)
+        classifier = policy.classifier
+        self.http_classifier = isinstance(classifier, HttpClassifier)
+        self.grpc_classifier: GrpcClassifier | None = (
+            classifier if isinstance(classifier, GrpcClassifier) else None
+        )
+        # What the client's balancer and failure accrual count as a success: "not 5XX" (None: the
+        # client's own check, no call per request) unless the classifier says otherwise.
+        self.judge: Callable[[int, Any, Any], bool] | None = None
+        if self.grpc_classifier is not None:
+            grpc = self.grpc_classifier
+            self.judge = lambda status, head, trailers: (
+                grpc.classify("POST", status, None, grpc_status=grpc_status_of(head, trailers)).is_success
+            )
+        elif isinstance(classifier, HttpClassifier) and classifier.all_successful:
+            self.judge = _always_ok
         reg, prefix = svc_stats._reg, svc_stats.prefix
         self.retries_total = reg.counter(f"{prefix}/retries/total")
         self.budget_exhausted = reg.counter(f"{prefix}/retries/budget_exhausted")
@@ -256,18 +290,34 @@ class _Rec:
 
 
 class _BodyFailureWatch:
-    """A streamed response body that reports an upstream failure after the head was counted."""
+    """A streamed response body that reports an upstream failure after the head was counted: a reset
+    mid-body, or (with a gRPC classifier) a ``grpc-status`` in the trailers that the classifier
+    calls a failure. A gRPC verdict also goes into the trailers as ``l5d-success-class``, as Linkerd
+    puts it there for streamed h2 responses."""
 
-    __slots__ = ("_body", "_stats")
+    __slots__ = ("_body", "_stats", "_grpc", "_method", "_status", "_trailers")
 
-    def __init__(self, body: Body, stats: list[Any]) -> None:
+    def __init__(
+        self,
+        body: Body,
+        stats: list[Any],
+        grpc: GrpcClassifier | None = None,
+        method: str = "POST",
+        status: int = 200,
+    ) -> None:
         self._body = body
         self._stats = stats
+        self._grpc = grpc
+        self._method = method
+        self._status = status
+        self._trailers: Headers | None = None
 
     async def read_chunk(self) -> bytes | None:
         try:
             return await self._body.__anext__()
         except StopAsyncIteration:
+            if self._grpc is not None:
+                self._judge_trailers()
             return None
         except UpstreamError:
             for st in self._stats:
@@ -275,9 +325,24 @@ class _BodyFailureWatch:
             self._stats = []
             raise
 
+    def _judge_trailers(self) -> None:
+        grpc, self._grpc = self._grpc, None
+        assert grpc is not None
+        trailers = self._body.trailers
+        code = grpc_status_of(None, trailers)
+        rc = grpc.classify(self._method, self._status, None, grpc_status=code)
+        ok = rc is ResponseClass.SUCCESS
+        if not ok and code is not None:
+            for st in self._stats:
+                st.late_failure(Cause.UPSTREAM_GRPC)
+            self._stats = []
+        out = Headers(list(trailers.items())) if trailers is not None else Headers()
+        out.set(_SUCCESS_CLASS, b"1.0" if ok else b"0.0")
+        self._trailers = out
+
     @property
     def trailers(self) -> Any:
-        return self._body.trailers
+        return self._trailers if self._trailers is not None else self._body.trailers
 
     async def aclose(self) -> None:
         await self._body.aclose()
@@ -356,7 +421,9 @@ class HttpRouter:
             bc.clients,
             idle_ttl_s=bc.idle_ttl_secs,
             clock=clock,
-            close=lambda _id, c: self._nursery.start_soon(c.aclose),
+            # Evicted (idle past its TTL, or the cache full): its metrics go at once, before a
+            # client made again under the same name registers its own; its pools close behind.
+            close=lambda _id, c: c.evict(self._nursery),
         )
         self.scope = metrics.router(label=self.label)
         self.access_log = AccessLog.from_config(getattr(cfg, "http_access_log", None))
@@ -553,9 +620,15 @@ class HttpRouter:
                 body = resp.body
                 if not body.in_memory and not body.done:
                     # A reset after the head turns this success into an upstream/reset failure,
-                    # everywhere it was counted.
+                    # everywhere it was counted (and so does a failing grpc-status in the trailers).
                     watched = [server_stats, svc, client.stats]
-                    resp.body = Body(_BodyFailureWatch(body, watched), body.content_length)
+                    served = entry if entry is not None else self._services.get(service)
+                    grpc = served.grpc_classifier if served is not None else None
+                    if grpc is None or resp.error_cause is not None:
+                        resp.body = Body(_BodyFailureWatch(body, watched), body.content_length)
+                    else:
+                        watch = _BodyFailureWatch(body, watched, grpc, req.method, resp.status)
+                        resp.body = Body(watch, body.content_length)
                 return resp
             finally:
                 released = clock()
@@ -715,6 +788,8 @@ class HttpRouter:
         # The policy's per-request state is made only when an attempt did not succeed at once (most
         # requests never need it); the deposit is made now, as ``RetryPolicy.start`` makes it.
         policy = entry.policy
+        judge = entry.judge
+        grpc = entry.grpc_classifier
         t0 = self._clock()
         policy.begin_at(t0)  # the policy's budget reads the router's clock
         attempts: RetryAttempts | None = None
@@ -732,7 +807,7 @@ class HttpRouter:
                     if deadline is not None:
                         remaining = deadline.remaining_s(time.time_ns())
                         with trio.move_on_after(max(remaining, 0.0)) as scope:
-                            resp, endpoint = await client.request(req, first)
+                            resp, endpoint = await client.request(req, first, judge)
                         if scope.cancelled_caught:
                             cause = Cause.TIMEOUT_REQUEST
                             why = _timeout_reason(
@@ -741,7 +816,7 @@ class HttpRouter:
                             status = 503  # (counted so by the client too, in ``finally``)
                             return self._err(status, cause, f"{why} for {service} via {client_id}"), cause
                     else:
-                        resp, endpoint = await client.request(req, first)
+                        resp, endpoint = await client.request(req, first, judge)
                     if rec is not None:
                         rec.endpoint = endpoint
                     if trace is not None:
@@ -760,9 +835,18 @@ class HttpRouter:
                         return resp, None
                 if attempts is None:
                     attempts = policy.attempts(req.method, replayable=replayable, deadline=deadline)
+                grpc_status: int | None = None
                 if resp is not None:
+                    if grpc is not None and (resp.body.in_memory or resp.body.done):
+                        # A trailers-only answer: its grpc-status is in the head (a streamed one is
+                        # judged when its trailers arrive: ``_BodyFailureWatch``).
+                        grpc_status = grpc_status_of(resp.headers, resp.body.trailers)
                     decision = attempts.decide(
-                        status, None, now_ns=time.time_ns(), l5d_retryable=resp.headers.get(_RETRYABLE)
+                        status,
+                        None,
+                        now_ns=time.time_ns(),
+                        l5d_retryable=resp.headers.get(_RETRYABLE),
+                        grpc_status=grpc_status,
                     )
                 else:
                     assert err is not None
@@ -786,10 +870,18 @@ class HttpRouter:
                     entry.budget_exhausted.incr()
                 if resp is not None:
                     # The configured classifier decides what counts as a failure (allSuccessful: nothing).
-                    rc = policy.classifier.classify(req.method, status, None)
+                    if grpc is not None:
+                        rc = grpc.classify(req.method, status, None, grpc_status=grpc_status)
+                    else:
+                        rc = policy.classifier.classify(req.method, status, None)
                     ok = rc is ResponseClass.SUCCESS
-                    cause = None if ok else (Cause.UPSTREAM_5XX if 500 <= status < 600 else None)
-                    if entry.http_classifier:
+                    if ok:
+                        cause = None
+                    elif 500 <= status < 600:
+                        cause = Cause.UPSTREAM_5XX
+                    else:
+                        cause = Cause.UPSTREAM_GRPC if grpc_status is not None else None
+                    if entry.http_classifier or grpc_status is not None:
                         resp.headers.set(_SUCCESS_CLASS, b"1.0" if ok else b"0.0")
                     return resp, cause
                 assert err is not None

@@ -349,6 +349,7 @@ def test_cause_taxonomy():
         "timeout/request",
         "timeout/attempt",
         "upstream/5xx",
+        "upstream/grpc",
         "overload",
         "proxy/internal",
     }

@@ -652,9 +652,7 @@ class H2UpstreamPool(NurseryOwner):
             sender_done.set()
         else:
             assert self._nursery is not None
-            self._nursery.start_soon(
-                self._send_body, link, s, replay, sender_scope, sender_done, body_failed
-            )
+            self._nursery.start_soon(self._send_body, link, s, replay, sender_scope, sender_done, body_failed)
         try:
             if response_timeout is None:
                 await self._wait_head(link, s)
