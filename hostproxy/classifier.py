@@ -138,14 +138,16 @@ class GrpcClassifier:
     """A gRPC classifier: any grpc-status outside `success_codes` is a failure.
 
     `retryable` decides which failing codes may be retried. A response with no grpc-status is judged
-    by its HTTP status (5XX is a non-retryable failure); an error with no response is a failure,
-    retryable only when `retry_errors` holds and the cause is a retryable exception.
+    by its HTTP status: one of `retryable_http` is a retryable failure, any other 5XX a non-retryable
+    one; an error with no response is a failure, retryable only when `retry_errors` holds and the
+    cause is a retryable exception.
     """
 
     kind: str
     retryable: Callable[[int], bool]
     success_codes: frozenset[int] = frozenset({0})
     retry_errors: bool = False
+    retryable_http: frozenset[int] = frozenset()
 
     def classify(
         self,
@@ -162,7 +164,10 @@ class GrpcClassifier:
             else:
                 rc = ResponseClass.FAILURE
         elif grpc_status is None:
-            rc = ResponseClass.FAILURE if 500 <= status < 600 else ResponseClass.SUCCESS
+            if status in self.retryable_http:
+                rc = ResponseClass.RETRYABLE_FAILURE
+            else:
+                rc = ResponseClass.FAILURE if 500 <= status < 600 else ResponseClass.SUCCESS
         elif grpc_status in self.success_codes:
             rc = ResponseClass.SUCCESS
         elif self.retryable(grpc_status):
@@ -177,6 +182,22 @@ class GrpcClassifier:
 def _grpc_default(success: frozenset[int], _params: Mapping[str, Any], _where: str) -> GrpcClassifier:
     return GrpcClassifier(
         "io.l5d.h2.grpc.default", lambda c: c == GRPC_UNAVAILABLE, success, retry_errors=False
+    )
+
+
+# gRPC's HTTP-to-status mapping makes these UNAVAILABLE (doc/http-grpc-status-mapping.md).
+GRPC_UNAVAILABLE_HTTP = frozenset({429, 502, 503, 504})
+
+
+def _grpc_compliant(success: frozenset[int], _params: Mapping[str, Any], _where: str) -> GrpcClassifier:
+    # Linkerd's Compliant also retries an RST_STREAM REFUSED_STREAM; here the h2 pool already sends
+    # every refused stream again itself, before any classifier sees it, whatever the kind.
+    return GrpcClassifier(
+        "io.l5d.h2.grpc.compliant",
+        lambda c: c == GRPC_UNAVAILABLE,
+        success,
+        retry_errors=False,
+        retryable_http=GRPC_UNAVAILABLE_HTTP,
     )
 
 
@@ -202,6 +223,7 @@ def _grpc_codes(success: frozenset[int], params: Mapping[str, Any], where: str) 
 
 GRPC_CLASSIFIERS: dict[str, Callable[[frozenset[int], Mapping[str, Any], str], GrpcClassifier]] = {
     "io.l5d.h2.grpc.default": _grpc_default,
+    "io.l5d.h2.grpc.compliant": _grpc_compliant,
     "io.l5d.h2.grpc.alwaysRetryable": _grpc_always,
     "io.l5d.h2.grpc.neverRetryable": _grpc_never,
     "io.l5d.h2.grpc.retryableStatusCodes": _grpc_codes,

@@ -119,6 +119,33 @@ def test_grpc_without_status_and_errors():
     assert always.classify("POST", None, Cause.PROXY_INTERNAL) is F
 
 
+@pytest.mark.parametrize("code", range(17))
+def test_grpc_compliant_by_grpc_status(code):
+    """Linkerd's Compliant: grpc-status 14 UNAVAILABLE retryable, other non-OK codes failures."""
+    c = grpc({"kind": "io.l5d.h2.grpc.compliant"})
+    expected = S if code == 0 else (R if code == 14 else F)
+    assert c.classify("POST", 200, None, grpc_status=code) is expected
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [(200, S), (404, S), (429, R), (500, F), (501, F), (502, R), (503, R), (504, R), (505, F)],
+)
+def test_grpc_compliant_by_http_status_without_grpc_status(status, expected):
+    """Without a grpc-status, HTTP 429, 502, 503 and 504 (gRPC's UNAVAILABLE mapping) are retryable;
+    other 5XX are failures, the rest succeed (as for the other gRPC kinds)."""
+    c = grpc({"kind": "io.l5d.h2.grpc.compliant"})
+    assert c.classify("POST", status, None) is expected
+    assert c.classify("POST", status, None, request_chunked=True) is (F if expected is R else expected)
+
+
+def test_grpc_compliant_errors_and_success_codes():
+    c = grpc({"kind": "io.l5d.h2.grpc.compliant", "successStatusCodes": [0, 5]})
+    assert c.classify("POST", 200, None, grpc_status=5) is S
+    assert c.classify("POST", None, Cause.UPSTREAM_RESET) is F
+    assert c.classify("POST", None, Cause.CONNECT_REFUSED) is F
+
+
 def test_success_codes_replace_default():
     c = grpc({"kind": "io.l5d.h2.grpc.default", "successStatusCodes": [5]})
     assert c.classify("POST", 200, None, grpc_status=0) is F

@@ -148,6 +148,22 @@ async def test_trailers_pass_both_ways() -> None:
         assert trailers is not None and dict(trailers) == {b"x-req-trailer": b"1"}
 
 
+async def test_request_trailers_right_after_the_head_pass_through() -> None:
+    """A request of HEADERS then trailers (END_STREAM), no DATA, in one write: the server has the
+    whole stream when it builds the request, and must still pass the trailers on (they used to be
+    dropped with an empty body), and the upstream pool must send them (not end the stream at the
+    head)."""
+    async with setup() as (app, proxy), RawClient.connect(proxy.port) as c:
+        await c.start()
+        sid = await c.request("/echo", proxy.port, method=b"POST", end_stream=False)
+        c.conn.send_headers(sid, [(b"x-req-trailer", b"1")], end_stream=True)
+        await c.flush()
+        status, body, trailers = await c.response(sid)
+        assert (status, body) == (200, b"")
+        assert trailers is not None and dict(trailers) == {b"x-req-trailer": b"1"}
+        assert app.requests[-1].body.trailers == Headers([(b"x-req-trailer", b"1")])
+
+
 async def test_slow_reader_slows_the_upstream_writer() -> None:
     total = 20 * 1024 * 1024
     async with setup() as (app, proxy), RawClient.connect(proxy.port) as c:

@@ -48,6 +48,7 @@ IMPLEMENTED: frozenset[tuple[str, str]] = frozenset(
         ("identifier", "io.l5d.static"),
         ("identifier", "io.l5d.header.path"),
         ("classifier", "io.l5d.h2.grpc.default"),
+        ("classifier", "io.l5d.h2.grpc.compliant"),
         ("classifier", "io.l5d.h2.grpc.alwaysRetryable"),
         ("classifier", "io.l5d.h2.grpc.neverRetryable"),
         ("classifier", "io.l5d.h2.grpc.retryableStatusCodes"),
@@ -67,6 +68,11 @@ IMPLEMENTED: frozenset[tuple[str, str]] = frozenset(
         ("classifier", "io.l5d.http.retryableIdempotent5XX"),
         ("classifier", "io.l5d.http.retryableAll5XX"),
         ("classifier", "io.l5d.http.allSuccessful"),
+        ("classifier", "io.l5d.h2.nonRetryable5XX"),
+        ("classifier", "io.l5d.h2.retryableRead5XX"),
+        ("classifier", "io.l5d.h2.retryableIdempotent5XX"),
+        ("classifier", "io.l5d.h2.retryableAll5XX"),
+        ("classifier", "io.l5d.h2.allSuccessful"),
         ("telemeter", "io.l5d.recentRequests"),
         ("telemeter", "io.l5d.prometheus"),
     }
@@ -384,12 +390,28 @@ for _kind, _desc in [
     ("io.l5d.http.allSuccessful", "Every response is a success."),
 ]:
     register("classifier", _kind, m.ClassifierConfig, "hostproxy.classifier:classifier_from_config", _desc)
+# Linkerd's h2 router names the same five io.l5d.h2.*; they behave as the io.l5d.http ones.
+for _kind in [k for k in kinds("classifier") if k.startswith("io.l5d.http.")]:
+    register(
+        "classifier",
+        _kind.replace("io.l5d.http.", "io.l5d.h2."),
+        m.ClassifierConfig,
+        "hostproxy.classifier:classifier_from_config",
+        f"As {_kind}, for h2 routers.",
+        protocols=_H2,
+    )
 _GRPC_NOW = "for now, use io.l5d.http.nonRetryable5XX (HTTP status only)"
 for _kind, _cls, _desc in [
     (
         "io.l5d.h2.grpc.default",
         m.GrpcClassifier,
         "Non-OK grpc-status is a failure; UNAVAILABLE (14) is retried.",
+    ),
+    (
+        "io.l5d.h2.grpc.compliant",
+        m.GrpcClassifier,
+        "Non-OK grpc-status is a failure; UNAVAILABLE (14), and HTTP 429, 502, 503 and 504 without a "
+        "grpc-status, are retried (a REFUSED_STREAM is resent by the h2 client whatever the kind).",
     ),
     ("io.l5d.h2.grpc.alwaysRetryable", m.GrpcClassifier, "Non-OK grpc-status is a retryable failure."),
     ("io.l5d.h2.grpc.neverRetryable", m.GrpcClassifier, "Non-OK grpc-status is a failure, never retried."),
@@ -447,7 +469,6 @@ UNSUPPORTED: dict[tuple[str, str], str] = {
     ("namer", "io.l5d.k8s.ns"): "use the io.l5d.k8s namer with the namespace in the dtab",
     ("identifier", "io.l5d.ingress"): "use io.l5d.header.token and route ingress hosts in the dtab",
     ("identifier", "io.l5d.k8s.istio"): "use io.l5d.header.token",
-    ("classifier", "io.l5d.h2.grpc.compliant"): "use io.l5d.h2.grpc.retryableStatusCodes",
     ("telemeter", "io.l5d.statsd"): "scrape io.l5d.prometheus instead",
     ("telemeter", "io.l5d.influxdb"): "scrape io.l5d.prometheus instead",
     ("telemeter", "io.l5d.tracelog"): "use io.l5d.recentRequests to see recent requests",

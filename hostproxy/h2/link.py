@@ -112,6 +112,7 @@ class StreamState:
         "local_ended",
         "response_done",
         "data_frames",
+        "stalled",
     )
 
     def __init__(self, stream_id: int) -> None:
@@ -127,6 +128,7 @@ class StreamState:
         self.local_ended = False
         self.response_done = False
         self.data_frames = 0
+        self.stalled = False  # this side reset it: the peer's window stayed at zero (``Stalled``)
 
     def wake(self) -> None:
         self._event.set()
@@ -449,6 +451,7 @@ class H2Link:
                 with trio.move_on_after(self.stall_timeout_s) as scope:
                     await self._window.wait()
                 if scope.cancelled_caught:
+                    s.stalled = True
                     self.reset(s, CANCEL)
                     raise Stalled(
                         f"stream {s.id}: the peer's flow-control window stayed at zero for "

@@ -465,7 +465,8 @@ class _ServerLink(H2Link):
         out.remove(b"content-length")
         append_via(out, "2")
         if s.ended and not s.inbound:
-            body = Body.empty()
+            # Ended already: no DATA, perhaps trailers (HEADERS, then trailers with END_STREAM).
+            body = Body.empty() if s.trailers is None else Body.from_bytes(b"", s.trailers)
         else:
             source = InboundBody(
                 self, s, self._gone, reset_on_close=False, stall_timeout_s=self.params.request_body_timeout_s

@@ -26,15 +26,31 @@ or the current one is draining or dead).
   the upstream accepts it.  Response DATA is acknowledged only when the caller reads it.
 * **Cancellation.**  A caller cancelled while waiting for the response head, or closing the
   response body before its end, resets the upstream stream with CANCEL; a client body that fails
-  (the client reset its stream) resets it too.
+  (the client reset its stream) resets it too.  A stream reset from this side is over: it leaves
+  the connection's books at once (``_UpLink.reset``), so its slot is free for the next stream.
+* **Stalls.**  A request body the upstream takes no more of (its window stays at zero for
+  ``stall_timeout_s``) is reset from this side with CANCEL and reported as ``H2StreamStalled``
+  (cause ``upstream/reset``: the upstream stopped taking the request), never as the upstream's reset.
 * **GOAWAY** drains the connection: streams up to its last-stream-id continue; streams above it
   were not processed and are sent again on a fresh connection, as are streams refused with
   REFUSED_STREAM before a response.  A request body can be replayed only while what was sent of it
-  fits ``retry_buffer_bytes`` (kept as it is sent); otherwise the failure is reported.
+  fits ``retry_buffer_bytes`` (kept as it is sent); otherwise the failure is reported.  The same
+  holds when h2 itself refuses a new stream (``TooManyStreamsError``: its count of open streams is
+  above the link's), which also retires that connection.
+* **Retiring a connection** (drained after GOAWAY, idle too long, pool closed) sends GOAWAY after
+  whatever is still queued (a last END_STREAM, WINDOW_UPDATE or RST_STREAM) and closes the socket
+  once the writer has flushed (at most ``FLUSH_ON_CLOSE_S``).
 * **Keepalive.**  Each connection sends a PING every ``ping_interval_s``; no ACK within
   ``ping_timeout_s`` fails the connection (its streams fail with ``upstream/reset``), so a half-dead
-  connection is noticed before requests hang on it.  Connections without streams for
-  ``idle_timeout_s`` are closed by ``prune()``.
+  connection is noticed before requests hang on it.
+* **Idle connections.**  A connection whose last stream ended is idle from then (``idle_since``);
+  a task in the pool's nursery (``_reap``, running while some connection is idle) retires it at
+  ``idle_since + idle_timeout_s`` (``prune()`` does the same on demand).
+* **Closing.**  ``aclose()`` refuses new requests, retires idle connections now and the others
+  after their last stream (in-flight streams finish, as on an HTTP/1.1 pool); cancelling the pool's
+  nursery (shutdown, or leaving ``async with``) stops whatever is left.
+* **Statistics** have the HTTP/1.1 pool's keys: ``open``, ``idle``, ``in_use`` (streams),
+  ``opening`` (1 while a connect is under way) and ``waiters`` (0: nothing waits at a ``maxSize``).
 * **TLS.**  With a ``connector`` (see ``hostproxy.http.upstream.Connector``; ALPN ``h2``) connections
   are opened by it; its ``UpstreamError`` (cause ``tls`` for a failed handshake) passes unchanged, and
   a connection that dies of a TLS failure seen after the handshake (a TLS 1.3 server rejecting the
@@ -46,16 +62,18 @@ or the current one is draining or dead).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 import h2.settings
 import structlog
 import trio
@@ -67,6 +85,7 @@ from hostproxy.h2.link import (
     REFUSED_STREAM,
     H2Link,
     InboundBody,
+    Stalled,
     StreamGone,
     StreamState,
 )
@@ -82,9 +101,13 @@ from hostproxy.http.hopbyhop import strip_hop_by_hop
 from hostproxy.http.message import Body, Headers, Request, Response
 from hostproxy.http.upstream import Connector, NurseryOwner, PoolParams, _map_errors
 
-__all__ = ["H2ClientSettings", "H2StreamReset", "H2UpstreamPool"]
+__all__ = ["H2ClientSettings", "H2StreamReset", "H2StreamStalled", "H2UpstreamPool"]
 
 log = structlog.get_logger("hostproxy.h2.upstream")
+
+# How long a retiring connection may take to write what it still has queued (its last END_STREAM,
+# WINDOW_UPDATE or RST_STREAM, then GOAWAY) before it is closed anyway.
+FLUSH_ON_CLOSE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +134,16 @@ class H2StreamReset(UpstreamReset):
     ) -> None:
         super().__init__(message, endpoint=endpoint, retryable=retryable)
         self.error_code = error_code
+
+
+class H2StreamStalled(H2StreamReset):
+    """hostproxy reset the stream (CANCEL): the upstream kept its flow-control window for the request
+    body at zero for ``stall_timeout_s`` (it took no more of the body and had not finished answering).
+    Still ``upstream/reset``: the upstream stopped taking the request, so it counts against it."""
+
+
+class _BodyFailed(Exception):
+    """The client's request body failed while being sent (the upstream stream was reset)."""
 
 
 class _Refused(Exception):
@@ -154,6 +187,7 @@ class _UpLink(H2Link):
         self._stop_scope = trio.CancelScope()
         self.settings_seen = False
         self.handshake = trio.Event()  # set at the peer's first SETTINGS, or when the link dies
+        self._retired = trio.Event()  # ``retire()``: close once the writer has flushed
 
     def start(self) -> None:
         self.conn.initiate_connection()
@@ -163,12 +197,7 @@ class _UpLink(H2Link):
         self.flush()
 
     def capacity(self) -> bool:
-        if self.dead or self.closing or self.draining:
-            return False
-        limit = min(
-            self.conn.remote_settings.max_concurrent_streams, self.pool.settings.max_concurrent_streams
-        )
-        return len(self.streams) < limit
+        return self.capacity_left() > 0
 
     def on_other_event(self, ev: Any) -> None:
         t = type(ev)
@@ -216,25 +245,70 @@ class _UpLink(H2Link):
         self.handshake.set()
         self.pool._forget(self)
 
+    def capacity_left(self) -> int:
+        """Streams this connection can still open (0 when dead, closing or draining).
+
+        Both counts bound it: the link's own books and h2's count of open streams, which also holds
+        streams the link already forgot (so h2 never refuses ``send_headers`` with
+        ``TooManyStreamsError``)."""
+        if self.dead or self.closing or self.draining:
+            return 0
+        limit = min(
+            self.conn.remote_settings.max_concurrent_streams, self.pool.settings.max_concurrent_streams
+        )
+        n = len(self.streams)
+        if n >= limit:
+            return 0
+        return limit - max(n, self.conn.open_outbound_streams)
+
+    def reset(self, s: StreamState, code: int) -> None:
+        """Reset ``s`` from this side (the caller closed the response body early, the request was
+        cancelled, the upstream's window stalled): the stream is over, so it leaves the books."""
+        super().reset(s, code)
+        self._settle(s)
+
     def _settle(self, s: StreamState) -> None:
-        """Forget ``s`` once both directions are finished; close a drained connection."""
+        """Forget ``s`` once both directions are finished (or it was reset)."""
         if s.reset_code is None and not (s.ended and s.local_ended):
             return
-        if self.streams.pop(s.id, None) is not None and not self.streams:
-            self.idle_since = self.pool._clock()
-            if self.draining:
-                self.closing = True
-                self.goaway(NO_ERROR)
-                self.stop()
+        self.forget_stream(s.id)
+
+    def forget_stream(self, stream_id: int) -> None:
+        """Take a stream off the books.  The last one leaving makes the connection idle (from now:
+        the pool's reaper closes it at ``idle_timeout_s``) or, when it is draining, closes it."""
+        if self.streams.pop(stream_id, None) is None or self.streams:
+            return
+        self.idle_since = self.pool._clock()
+        if self.draining:
+            self.retire()
+        else:
+            self.pool._became_idle()
+
+    def retire(self) -> None:
+        """Close the connection once everything queued is written: GOAWAY (NO_ERROR) goes out after
+        the last END_STREAM, WINDOW_UPDATE or RST_STREAM, then the socket closes (``_close_when_flushed``
+        bounds the wait by ``FLUSH_ON_CLOSE_S``)."""
+        self.draining = True
+        self.goaway(NO_ERROR)  # sets ``closing``: the writer ends once the buffer is empty
+        self.closing = True
+        self._retired.set()
 
     def stop(self) -> None:
+        """Stop at once (shutdown, a failed handshake, a dead peer): what is still queued is dropped."""
         self._stop_scope.cancel()
+
+    async def _close_when_flushed(self) -> None:
+        await self._retired.wait()
+        with trio.move_on_after(FLUSH_ON_CLOSE_S):
+            await self._writer_done.wait()
+        self.stop()
 
     async def serve(self) -> None:
         with self._stop_scope:
             async with trio.open_nursery() as nursery:
                 if self.pool.settings.ping_interval_s:
                     nursery.start_soon(self._pinger)
+                nursery.start_soon(self._close_when_flushed)
                 await self.run()
                 nursery.cancel_scope.cancel()
         self._die(self.death_reason or "connection closed")
@@ -277,7 +351,7 @@ class _Replay:
     def replayable(self) -> bool:
         return not self.overflow
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         for chunk in list(self.sent):
             yield chunk
         async for chunk in self.body:
@@ -368,6 +442,8 @@ class H2UpstreamPool(NurseryOwner):
         self._ids = itertools.count(1)
         self._connecting: _Connect | None = None
         self._closed = False
+        # The task that closes idle connections at the idle timeout (``_reap``), while one runs.
+        self._reaper: trio.CancelScope | None = None
         self._counters = {
             "connects": 0,
             "connect_failures": 0,
@@ -379,35 +455,88 @@ class H2UpstreamPool(NurseryOwner):
         }
 
     def statistics(self) -> dict[str, int]:
+        """The HTTP/1.1 pool's keys: ``open`` connections (draining ones included), ``idle`` (no
+        stream), ``in_use`` (streams), ``opening`` (a connect under way: 0 or 1) and ``waiters``
+        (always 0: an h2 pool has no ``maxSize`` to wait at), then the counters."""
         in_use = sum(len(link.streams) for link in self._links)
         idle = sum(1 for link in self._links if not link.streams)
-        return {"open": len(self._links), "idle": idle, "in_use": in_use, **self._counters}
+        return {
+            "open": len(self._links),
+            "idle": idle,
+            "in_use": in_use,
+            "opening": 1 if self._connecting is not None else 0,
+            "waiters": 0,
+            **self._counters,
+        }
 
     def __repr__(self) -> str:
         s = self.statistics()
         return f"<H2UpstreamPool {self.endpoint} open={s['open']} streams={s['in_use']}>"
 
     async def aclose(self) -> None:
-        """Refuse new requests; GOAWAY every connection (in-flight streams are cut)."""
+        """Refuse new requests and close every connection once its streams are over (in-flight
+        streams finish; an idle connection closes now).  Shutdown stops what is left by cancelling
+        the pool's nursery (``async with`` does so after this)."""
         self._closed = True
         if self._connecting is not None:
             self._connecting.scope.cancel()
+        if self._reaper is not None:
+            self._reaper.cancel()
         for link in list(self._links):
-            link.goaway(NO_ERROR)
-            link.stop()
-        self._links.clear()
+            if link.streams:
+                link.draining = True  # ``forget_stream`` retires it after its last stream
+            else:
+                link.retire()
 
     async def prune(self) -> None:
         """Close connections that carried no stream for ``idle_timeout_s``."""
+        for link in self._expired(self._clock()):
+            link.retire()
+            self._forget(link)
+
+    def _expired(self, now: float) -> list[_UpLink]:
         timeout = self.params.idle_timeout_s
         if timeout is None:
-            return
-        now = self._clock()
-        for link in list(self._links):
-            if not link.streams and now - link.idle_since > timeout:
-                link.goaway(NO_ERROR)
-                link.stop()
-                self._forget(link)
+            return []
+        return [
+            link
+            for link in self._links
+            if not link.streams and not link.draining and now - link.idle_since >= timeout
+        ]
+
+    def _next_expiry(self) -> float | None:
+        """When the next idle connection reaches the idle timeout (None: no connection is idle)."""
+        timeout = self.params.idle_timeout_s
+        if timeout is None:
+            return None
+        idle = [link.idle_since for link in self._links if not link.streams and not link.draining]
+        return min(idle) + timeout if idle else None
+
+    def _became_idle(self) -> None:
+        """A connection has no stream left: make sure the reaper runs."""
+        if (
+            self._reaper is None
+            and not self._closed
+            and self._nursery is not None
+            and self.params.idle_timeout_s is not None
+        ):
+            self._reaper = trio.CancelScope()
+            self._nursery.start_soon(self._reap, self._reaper)
+
+    async def _reap(self, scope: trio.CancelScope) -> None:
+        """Close idle connections as they reach the idle timeout; ends once no connection is idle
+        (the next one to become idle starts it again)."""
+        try:
+            with scope:
+                while True:
+                    expiry = self._next_expiry()
+                    if expiry is None or self._closed:
+                        return
+                    await trio.sleep(max(expiry - self._clock(), 0.0) + 0.001)
+                    await self.prune()
+        finally:
+            if self._reaper is scope:
+                self._reaper = None
 
     def _forget(self, link: _UpLink) -> None:
         if link in self._links:
@@ -512,6 +641,7 @@ class H2UpstreamPool(NurseryOwner):
             raise
         self._counters["connects"] += 1
         self._links.append(link)
+        self._became_idle()  # idle until its first stream (the waiter may have given up)
         return link
 
     async def _handshake(self, link: _UpLink, deadline: float, timeout_s: float) -> None:
@@ -613,7 +743,17 @@ class H2UpstreamPool(NurseryOwner):
         out.extend((n, v) for n, v in headers if n[:1] != b":")
         return out
 
+    def _stalled(self, s: StreamState, link: H2Link) -> H2StreamStalled:
+        return H2StreamStalled(
+            f"{self.endpoint} kept its flow-control window for the request body of stream {s.id} at "
+            f"zero for {link.stall_timeout_s:g}s: hostproxy reset the stream (CANCEL)",
+            endpoint=self.endpoint,
+            error_code=s.reset_code,
+        )
+
     def _gone(self, s: StreamState, link: H2Link) -> Exception:
+        if s.stalled:
+            return self._stalled(s, link)
         if s.reset_code is not None:
             return H2StreamReset(
                 f"{self.endpoint} reset stream {s.id} (error code {s.reset_code})",
@@ -634,14 +774,27 @@ class H2UpstreamPool(NurseryOwner):
         link.streams[sid] = s
         self._counters["streams_total"] += 1
         body = req.body
-        empty = body.in_memory and (body.content_length == 0 or body.done) and not replay.sent
+        empty = (
+            body.in_memory
+            and (body.content_length == 0 or body.done)
+            and not replay.sent
+            and not body.trailers  # trailers with no DATA still need a HEADERS frame of their own
+        )
         sender_done = trio.Event()
         sender_scope = trio.CancelScope()
         body_failed: list[RequestBodyError] = []  # the client's body failed while being sent
         try:
             link.send_headers(s, self._head(req), end_stream=empty)
+        except h2.exceptions.TooManyStreamsError:
+            # h2 counts more open streams than the link's books (``capacity_left`` should prevent
+            # it): nothing was sent, so the stream is refused and goes on another connection.
+            link.forget_stream(sid)
+            link.draining = True  # its books are wrong: no new stream; it closes after the others
+            if not link.streams:
+                link.retire()
+            raise _Refused() from None
         except StreamGone as exc:
-            link.streams.pop(sid, None)
+            link.forget_stream(sid)
             raise H2StreamReset(
                 f"cannot open a stream to {self.endpoint}: {exc}",
                 endpoint=self.endpoint,
@@ -681,6 +834,8 @@ class H2UpstreamPool(NurseryOwner):
 
     async def _wait_head(self, link: _UpLink, s: StreamState) -> None:
         while s.head is None:
+            if s.stalled:
+                raise self._stalled(s, link)
             if s.reset_code is not None:
                 if s.reset_code == REFUSED_STREAM:
                     raise _Refused()
@@ -718,7 +873,8 @@ class H2UpstreamPool(NurseryOwner):
                 content_length = int(cl)
             headers.remove(b"content-length")
         if s.ended and not s.inbound:
-            body = Body.empty()
+            # Ended already: no DATA, perhaps trailers (a gRPC error right after the head).
+            body = Body.empty() if s.trailers is None else Body.from_bytes(b"", s.trailers)
         else:
             body = Body(InboundBody(link, s, self._gone, reset_on_close=True), content_length)
         return Response(status, b"", headers, body, http_version="2")
@@ -733,30 +889,43 @@ class H2UpstreamPool(NurseryOwner):
         failed: list[RequestBodyError],
     ) -> None:
         try:
+            # ``aclosing``: a stream refused mid-body leaves this generator suspended; it is closed
+            # here, not whenever it is garbage collected, before the resend iterates the body again.
             with scope:
-                it = replay.chunks().__aiter__()
-                while True:
-                    try:
-                        chunk = await it.__anext__()
-                    except StopAsyncIteration:
-                        break
-                    except Exception as exc:
-                        # The client's body failed (it reset its stream, or its connection died).
-                        log.info("h2.upstream.request_body_failed", endpoint=self.endpoint, error=str(exc))
-                        if isinstance(exc, RequestBodyError):
-                            failed.append(exc)
-                        self._counters["resets_sent"] += 1
-                        link.reset(s, CANCEL)
-                        link._settle(s)
-                        return
-                    await link.send_data(s, chunk)
+                async with contextlib.aclosing(replay.chunks()) as it:
+                    await self._send_chunks(link, s, it, failed)
                 trailers = replay.body.trailers
                 if trailers is not None and len(trailers):
                     link.send_headers(s, [(n, v) for n, v in trailers if n[:1] != b":"], end_stream=True)
                 else:
                     await link.send_data(s, b"", end_stream=True)
                 link._settle(s)
-        except StreamGone:
-            pass  # the upstream reset the stream or the connection died: the response side reports it
+        except StreamGone as exc:
+            # The upstream reset the stream, the connection died, or (``Stalled``) the upstream's
+            # window stayed shut and this side reset it: the response side reports each.
+            if isinstance(exc, Stalled):
+                self._counters["resets_sent"] += 1
+        except _BodyFailed:
+            pass  # reset already; the exchange reports the client's failure
         finally:
             done.set()
+
+    async def _send_chunks(
+        self, link: _UpLink, s: StreamState, it: AsyncIterator[bytes], failed: list[RequestBodyError]
+    ) -> None:
+        """Send the request body's chunks; ``_BodyFailed`` when the client's body fails (the stream
+        is reset then)."""
+        while True:
+            try:
+                chunk = await it.__anext__()
+            except StopAsyncIteration:
+                return
+            except Exception as exc:
+                # The client's body failed (it reset its stream, or its connection died).
+                log.info("h2.upstream.request_body_failed", endpoint=self.endpoint, error=str(exc))
+                if isinstance(exc, RequestBodyError):
+                    failed.append(exc)
+                self._counters["resets_sent"] += 1
+                link.reset(s, CANCEL)
+                raise _BodyFailed() from None
+            await link.send_data(s, chunk)
