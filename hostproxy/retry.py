@@ -35,6 +35,9 @@ earliest deadline). :func:`effective_deadline` combines the inbound deadline wit
 :func:`buffer_body_for_retry` is the one async piece: it reads a request body whose ``Content-Length`` is
 known and at most ``limit`` bytes, and returns a factory of fresh, identical bodies (the first attempt
 uses one too); anything else returns None and the body is streamed once, untouched.
+:class:`ReplayableStream` is the h2 router's way for a body with no ``Content-Length`` (gRPC): it keeps
+what it streams while that fits ``limit``, so an attempt can be sent again without first reading the
+whole body (a client-streaming call may wait for an answer before it ends its stream).
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ __all__ = [
     "Deadline",
     "Decision",
     "RetryAttempts",
+    "ReplayableStream",
     "RetryPolicy",
     "Verdict",
     "buffer_body_for_retry",
@@ -436,3 +440,110 @@ async def buffer_body_for_retry(
         return Body.from_bytes(data, trailers)
 
     return replay
+
+
+class _Superseded(Exception):
+    """An older attempt's body read after a newer attempt started: its upstream stream is reset."""
+
+
+class ReplayableStream:
+    """A streamed request body that can be sent again while what was read of it fits ``limit``.
+
+    Each attempt's body (:meth:`next_body`) first replays the chunks kept so far, then goes on with the
+    original stream, keeping each chunk it reads. The chunk that takes the total past ``limit`` is still
+    kept (so that whichever attempt is current sends it), ``replayable`` turns False, no attempt may
+    start after that, and once the current attempt has sent what is kept it reads straight through and
+    the kept chunks are let go: the whole body is always sent, nothing is lost. A newer attempt makes an
+    older one's body fail its next read, so the older upstream stream is reset rather than ended. The
+    original is read by one attempt at a time (a lock); a chunk that an attempt superseded meanwhile
+    read is kept, so the newer attempt sends it.
+
+    Closing the current attempt's body before the original ended (the exchange is over, or the upstream
+    stopped reading) closes the original, and the stream is no longer replayable: an attempt started
+    after that could only send part of the body.
+    """
+
+    __slots__ = ("_body", "_limit", "_kept", "_size", "_full", "_generation", "_ended", "_lock", "replayable")
+
+    def __init__(self, body: Body, limit: int = DEFAULT_RETRY_BUFFER_BYTES) -> None:
+        import trio  # (the only part of this module that waits)
+
+        self._body = body
+        self._limit = limit
+        self._kept: list[bytes] = []
+        self._size = 0
+        self._full = False  # past the limit: nothing more is kept
+        self._generation = 0
+        self._ended = False
+        self._lock = trio.Lock()
+        #: Whether another attempt may still send the whole body.
+        self.replayable = True
+
+    def next_body(self) -> Body:
+        """The body of the next attempt (the first one included)."""
+        assert self.replayable, "no attempt may start once the body cannot be replayed"
+        self._generation += 1
+        return Body(_StreamAttempt(self, self._generation), None)
+
+    @property
+    def trailers(self) -> Any:
+        return self._body.trailers
+
+
+class _StreamAttempt:
+    """One attempt's view of a :class:`ReplayableStream` (a ``BodySource``)."""
+
+    __slots__ = ("_s", "_gen", "_i", "_passing")
+
+    def __init__(self, stream: ReplayableStream, generation: int) -> None:
+        self._s = stream
+        self._gen = generation
+        self._i = 0  # the next kept chunk to send
+        self._passing = False  # every kept chunk sent and nothing more kept: reading straight through
+
+    async def read_chunk(self) -> bytes | None:
+        s = self._s
+        while True:
+            if self._gen != s._generation:
+                raise _Superseded("a newer attempt of this request is being sent")
+            if self._passing:
+                async with s._lock:
+                    try:
+                        return await s._body.__anext__()
+                    except StopAsyncIteration:
+                        s._ended = True
+                        return None
+            if self._i < len(s._kept):
+                self._i += 1
+                return s._kept[self._i - 1]
+            if s._ended:
+                return None
+            if s._full:
+                # No attempt can follow this one (the limit was passed): let the kept chunks go.
+                s._kept = []
+                self._passing = True
+                continue
+            async with s._lock:
+                if self._i < len(s._kept) or s._ended or s._full:
+                    continue  # another attempt read meanwhile: take it from what is kept
+                try:
+                    chunk = await s._body.__anext__()
+                except StopAsyncIteration:
+                    s._ended = True
+                    continue
+                s._kept.append(chunk)
+                s._size += len(chunk)
+                if s._size > s._limit:
+                    s._full = True
+                    s.replayable = False
+
+    @property
+    def trailers(self) -> Any:
+        return self._s._body.trailers
+
+    async def aclose(self) -> None:
+        s = self._s
+        if self._gen == s._generation and not s._ended:
+            s.replayable = False
+            s._full = True
+            await s._body.aclose()

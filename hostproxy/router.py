@@ -20,8 +20,10 @@ request. The steps, each observable:
    connection-level failures map to Linkerd's statuses with an ``l5d-err`` naming the endpoint.
 6. **Retries.** Each service has one :class:`~hostproxy.retry.RetryPolicy` (its budget, backoff and
    classifier), built on first use and cached with the service's params. A request body with a known
-   length up to the retry buffer is buffered and every attempt sends a fresh copy; a chunked or larger
-   body is streamed once and never retried. After an attempt the policy decides: a response (or error)
+   length up to the retry buffer is buffered and every attempt sends a fresh copy; a larger body is
+   streamed once and never retried, and so is a chunked one on HTTP/1.1. On h2 a body with no length
+   (gRPC) is kept as it streams (:class:`~hostproxy.retry.ReplayableStream`) and can be sent again
+   while what was sent of it fits the buffer. After an attempt the policy decides: a response (or error)
    the classifier calls retryable — ``l5d-retryable: true`` from a downstream proxy included — is
    sent again after the backoff delay while the budget and the deadline allow. *Requeues* (connect
    failures: the request never left) happen one level down, in :class:`~hostproxy.client.Client`, with
@@ -68,6 +70,7 @@ from hostproxy.http.server import ConnInfo
 from hostproxy.metrics import MetricsRegistry
 from hostproxy.retry import (
     DEADLINE_HEADER,
+    ReplayableStream,
     RetryAttempts,
     RetryPolicy,
     Verdict,
@@ -440,6 +443,9 @@ class HttpRouter:
         self._settled: dict[Path, _Settled] = {}
         self._stats_clock = metrics.clock  # what the metrics record by (usually the router's clock)
         self._one_clock = self._stats_clock is clock  # (then one reading serves both)
+        # h2 routers keep a request body with no Content-Length for retries as it streams (Linkerd's
+        # retryBufferSize); HTTP/1.1 ones never retry a chunked request, as Linkerd.
+        self._streams_replayable = cfg.kind == "h2"
         self._arrival = _Arrival(None, 0, None, False, None)
         self.max_concurrent: int | None = getattr(cfg, "max_concurrent_requests", None)
         self.in_flight = 0
@@ -735,9 +741,9 @@ class HttpRouter:
         req.headers = out_headers = Headers._trusted(out)  # names already lowercased
         if client.forward_client_cert:
             out_headers.remove(_XFCC)  # only this proxy may say which certificate the caller presented
-            stream = conn.tls if conn is not None else None
-            if stream is not None:
-                value = stream.forwarded_client_cert()
+            tls = conn.tls if conn is not None else None
+            if tls is not None:
+                value = tls.forwarded_client_cert()
                 if value is not None:
                     out_headers.set(_XFCC, value)
         if entry is None:
@@ -769,6 +775,7 @@ class HttpRouter:
         # that cannot is sent once, as it is.
         body = req.body
         factory: Callable[[], Body] | None
+        stream: ReplayableStream | None = None
         if body is _EMPTY_BODY or (body.content_length == 0 and body.done and body.in_memory):
             # An empty in-memory body read to its end (the server's ``Body.empty()``: the usual GET)
             # reads, closes and frames exactly like a fresh copy, and stays so: every attempt sends it.
@@ -778,6 +785,11 @@ class HttpRouter:
             data = body.peek_memory() if body.in_memory else b""
             trailers = body.trailers
             factory = lambda: Body.from_bytes(data, trailers)  # noqa: E731
+            replayable = True
+        elif body.content_length is None and self._streams_replayable:
+            # h2 with no Content-Length (gRPC): kept as it streams, while it fits the retry buffer.
+            stream = ReplayableStream(body, entry.policy.buffer_bytes)
+            factory = stream.next_body
             replayable = True
         else:
             try:
@@ -835,6 +847,8 @@ class HttpRouter:
                         return resp, None
                 if attempts is None:
                     attempts = policy.attempts(req.method, replayable=replayable, deadline=deadline)
+                if stream is not None:
+                    attempts.replayable = stream.replayable  # (until more of it than the buffer was sent)
                 grpc_status: int | None = None
                 if resp is not None:
                     if grpc is not None and (resp.body.in_memory or resp.body.done):

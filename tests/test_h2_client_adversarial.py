@@ -445,6 +445,36 @@ async def test_grpc_failure_is_labelled_and_counted_against_the_endpoint() -> No
         assert ep["accrual"] == "dead", ep
 
 
+async def status_503_then_ok(origin: Origin, conn: Any, sid: int, body: bytes, send: Send) -> None:
+    status = b"503" if origin.calls["/retry"] == 1 else b"200"
+    conn.send_headers(sid, [(b":status", status)])
+    conn.send_data(sid, b"got:" + body, end_stream=True)
+    await send()
+
+
+async def test_small_streamed_request_fits_the_retry_buffer_and_is_retried() -> None:
+    """h2 ``retryBufferSize.requestBytes`` (16383): a stream whose body fits the buffer can be
+    retried whether or not it declares a Content-Length (gRPC clients do not).  A 5-byte POST
+    without Content-Length answered 503 under ``retryableAll5XX`` is sent again (the router buffers
+    only bodies with a known Content-Length, ``buffer_body_for_retry``)."""
+    origin = Origin({"/retry": status_503_then_ok})
+    async with (
+        origin_running(origin),
+        running_daemon(
+            h2_router(inet(origin), service="{responseClassifier: {kind: io.l5d.http.retryableAll5XX}}")
+        ) as d,
+        RawClient.connect(d.port("h2")) as c,
+    ):
+        await c.start()
+        sid = await c.request("/retry", d.port("h2"), method=b"POST", end_stream=False)
+        c.conn.send_data(sid, b"hello", end_stream=True)
+        await c.flush()
+        with trio.fail_after(5):
+            status, body, _ = await c.response(sid)
+    assert (status, body) == (200, b"got:hello"), (status, body, origin.requests)
+    assert origin.requests == [("/retry", b"hello"), ("/retry", b"hello")]
+
+
 @pytest.mark.parametrize(
     "kind",
     [
