@@ -187,6 +187,8 @@ class Client:
         pool_factory: Callable[..., Any] = UpstreamPool,
         connector: Callable[[str, int, float], Awaitable[Any]] | None = None,
         tls: Any = None,
+        max_headers_kb: int = 8,
+        max_initial_line_kb: int = 4,
     ) -> None:
         self.router = router
         self._pool_factory = pool_factory
@@ -226,6 +228,8 @@ class Client:
             max_waiters=pool.max_waiters,
             min_size=pool.min_size,
             life_time_s=session.life_time_ms / 1000 if session.life_time_ms is not None else None,
+            max_headers_kb=max_headers_kb,
+            max_initial_line_kb=max_initial_line_kb,
         )
         self._attempt_timeout = (
             params.request_attempt_timeout_ms / 1000 if params.request_attempt_timeout_ms else None

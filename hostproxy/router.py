@@ -1070,6 +1070,9 @@ class HttpRouter:
             nursery=self._nursery,
             rng=self._rng,
             clock=self._clock,
+            # The router's head limits apply to responses too (``maxHeadersKB``, ``maxInitialLineKB``).
+            max_headers_kb=getattr(self.cfg, "max_headers_kb", 8),
+            max_initial_line_kb=getattr(self.cfg, "max_initial_line_kb", 4),
             **extra,
         )
 

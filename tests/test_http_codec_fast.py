@@ -292,7 +292,8 @@ def test_client_upgrade_and_bad_responses() -> None:
         (b"HTTP/1.1 2000 OK\r\n\r\n", "malformed response: illegal status line: b'HTTP/1.1 2000 OK'"),
         (
             b"HTTP/1.1 101 OK\r\n\r\n",
-            "malformed response: Received server _SWITCH_UPGRADE event without a pending proposal",
+            "malformed response: upstream answered 101 Switching Protocols to a request that did not ask "
+            "to upgrade",
         ),
         (b"\r\nHTTP/1.1 200 OK\r\n\r\n", "malformed response: no response line received"),
     ]:

@@ -66,7 +66,7 @@ def test_hop_free_headers_strip_as_unmarked_ones() -> None:
 
 
 def _old_response_fields(fields: list[tuple[bytes, bytes]]) -> tuple[Headers, bytes | None]:
-    headers = strip_hop_by_hop(Headers._trusted(fields))
+    headers = strip_hop_by_hop(Headers._trusted(fields), request=False)
     length = headers.get(b"content-length")
     if length is not None and any(n == b"transfer-encoding" for n, _ in fields):
         length = None

@@ -432,7 +432,9 @@ async def test_early_response_before_the_request_body_ended_closes_the_connectio
 
 
 @pytest.mark.parametrize("split", [False, True], ids=["one-segment", "segment-each"])
-async def test_informational_responses_are_skipped_and_the_connection_stays_reusable(split: bool) -> None:
+async def test_informational_responses_come_with_the_final_one_and_the_connection_stays_reusable(
+    split: bool,
+) -> None:
     parts = [
         b"HTTP/1.1 100 Continue\r\n\r\n",
         b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n",
@@ -454,6 +456,7 @@ async def test_informational_responses_are_skipped_and_the_connection_stays_reus
     async with running_raw(handler) as up, UpstreamPool("127.0.0.1", up.port) as pool:
         r = await pool.request(req("/hints"))
         assert r.status == 200 and await r.body.read_all() == b"final"
+        assert r.interim is not None and [status for status, _ in r.interim] == [103]  # not the 100
         r = await pool.request(req("/next"))
         assert r.status == 200 and await r.body.read_all() == b"/next"
         assert up.requests == [(0, "GET /hints HTTP/1.1"), (0, "GET /next HTTP/1.1")]

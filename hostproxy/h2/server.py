@@ -141,7 +141,7 @@ class _Stats(ServerStats):
 
 def h2_response_headers(response: Response, *, head: bool) -> tuple[list[tuple[bytes, bytes]], bool]:
     """The HEADERS block for ``response`` and whether it carries no body (END_STREAM at once)."""
-    headers = strip_hop_by_hop(response.headers)
+    headers = strip_hop_by_hop(response.headers, request=False)
     headers.remove(b"host")
     body = response.body
     status = response.status

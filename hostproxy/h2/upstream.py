@@ -865,7 +865,7 @@ class H2UpstreamPool(NurseryOwner):
                 status = int(v)
             elif n[:1] != b":":
                 regular.append((n, v))
-        headers = strip_hop_by_hop(Headers(regular))
+        headers = strip_hop_by_hop(Headers(regular), request=False)
         content_length: int | None = None
         cl = headers.get(b"content-length")
         if req.method != "HEAD":

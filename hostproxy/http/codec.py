@@ -27,6 +27,12 @@ bare CR as a line terminator, NUL anywhere, obs-fold → 400; ``Content-Length``
 ``Transfer-Encoding``, any ``Transfer-Encoding`` but exactly ``chunked``, differing duplicate
 ``Content-Length``, bad chunk framing, a missing ``Host`` on HTTP/1.1 → 400.  Pipelined requests
 stay buffered until ``start_next_cycle`` and go through the same checks.
+
+On the client side (``ProtocolError`` with 502): a status line longer than ``max_initial_line``, a
+field block longer than ``max_headers`` or more than ``max_header_count`` fields (a 1xx head too), a
+control byte other than HTAB in the reason phrase, a ``101`` to a request that proposed no upgrade.
+A response framed by the close, or with both ``Content-Length`` and ``Transfer-Encoding``, is read
+(by its chunks) but leaves ``can_reuse`` false.
 """
 
 from __future__ import annotations

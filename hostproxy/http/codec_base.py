@@ -25,6 +25,7 @@ __all__ = [
     "ProtocolError",
     "RequestHead",
     "ResponseHead",
+    "UNASKED_101",
     "check_raw",
     "request_head",
 ]
@@ -109,6 +110,10 @@ class ConnectionClosed:
 
 
 Event = RequestHead | ResponseHead | Informational | Data | EndOfMessage | ConnectionClosed | _Sentinel
+
+
+#: Why a ``101`` is refused when the request proposed no upgrade (both client codecs say it alike).
+UNASKED_101: Final = "upstream answered 101 Switching Protocols to a request that did not ask to upgrade"
 
 
 class ProtocolError(Exception):

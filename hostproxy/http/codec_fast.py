@@ -30,7 +30,13 @@ on because those rules are applied here, exactly as h11 applies them:
   digits and agree with any duplicate (llhttp refuses duplicates even when equal: stricter);
 * on the server: ``Content-Length`` with ``Transfer-Encoding`` → 400; a 1.1 request needs exactly
   one ``Host``; the raw head checks of the reference codec (414/431 limits, bare CR/LF, NUL,
-  obs-fold) run before any parsing.
+  obs-fold) run before any parsing;
+* on the client: the head limits of its ``CodecLimits`` (the router's ``maxInitialLineKB`` and
+  ``maxHeadersKB``, and the field count) on every head, complete or not, remembered or not (a
+  remembered head is at most ``_HEAD_CACHED_MAX`` bytes and ``_HEAD_CACHED_FIELDS`` fields, and a
+  codec whose limits are lower looks heads up in a map of its own); a reason phrase of HTAB, SP,
+  VCHAR and obs-text only; a response framed by the close, or with both ``Content-Length`` and
+  ``Transfer-Encoding`` (relayed by its chunks), ends the connection's reuse.
 
 Bodies are framed here (``Content-Length``, chunked with extensions and trailers, or until EOF for
 responses), which keeps message boundaries exact without asking llhttp where it stopped; a response
@@ -52,7 +58,7 @@ and so is a request's without its last field when that is the proxy's per-reques
 
 Known, deliberate differences from h11 (all stricter): duplicate equal ``Content-Length`` fields,
 control characters (other than HTAB) in field values, bare LF in trailers, and (in requests)
-obs-fold in trailers are refused.
+obs-fold in trailers are refused. (The h11 wrapper adds the client-side rules above to h11.)
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ from hostproxy.http.codec_base import (
     END_OF_MESSAGE,
     NEED_DATA,
     PAUSED,
+    UNASKED_101,
     CodecLimits,
     ConnectionClosed,
     Data,
@@ -86,7 +93,9 @@ __all__ = ["ClientCodec", "ServerCodec"]
 
 _TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
 _REQUEST_LINE_RE: Final = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])")
-_STATUS_LINE_RE: Final = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ((?:[ \t]|[^\x00\s])*))?")
+# The reason phrase as RFC 9112 §4 has it: HTAB, SP, VCHAR and obs-text, no other control byte (h11
+# lets them through; they would be written to the client as they came).
+_STATUS_LINE_RE: Final = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
 _CHUNK_HEADER_RE: Final = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;.*)?[ \t]*\r\n")
 _CONTENT_LENGTH_RE: Final = re.compile(rb"[0-9]+")
 _BLANK_LINE_RE: Final = re.compile(rb"\n\r?\n")
@@ -142,6 +151,11 @@ _REQUEST_HEADS: dict[bytes, tuple[tuple[bytes, ...], _Head]] = {}
 _RESPONSE_HEADS: dict[bytes, tuple[bytes, int, bytes | None, _Head, HeadMemo]] = {}
 _HEADS_MAX: Final = 256
 _HEAD_CACHED_MAX: Final = 1024
+# The most fields a remembered response head has: a client codec whose field cap is lower keeps a map
+# of its own (``ClientCodec._heads``).
+_HEAD_CACHED_FIELDS: Final = 100
+# The longest chunk line or trailer section a client codec buffers.
+_CLIENT_MAX_LINE: Final = 64 * 1024
 _REQUEST_LINE_CACHED_MAX: Final = 256
 _DUMMY_LINE: Final = b"GET / HTTP/1.1\r\n"
 
@@ -1045,11 +1059,28 @@ class ServerCodec(_Side):
 class ClientCodec(_Side):
     """The client side of one HTTP/1.1 connection to an upstream (reused across cycles)."""
 
-    __slots__ = ("_max_head", "_method")
+    __slots__ = ("_max_status_line", "_max_fields_bytes", "_max_fields", "_max_partial", "_heads", "_method")
 
-    def __init__(self, max_head: int = 64 * 1024) -> None:
-        super().__init__(max_head, "malformed response: ", 502)
-        self._max_head = max_head
+    def __init__(self, limits: CodecLimits | None = None) -> None:
+        # Chunk lines and trailers are bounded as before this codec took limits; the head by ``limits``
+        # (the router's ``maxInitialLineKB`` and ``maxHeadersKB``, and the field count).
+        super().__init__(_CLIENT_MAX_LINE, "malformed response: ", 502)
+        limits = limits or CodecLimits()
+        self._max_status_line = limits.max_initial_line
+        self._max_fields_bytes = limits.max_headers
+        self._max_fields = limits.max_header_count
+        # An incomplete head no longer than this cannot be past either size limit yet.
+        self._max_partial = min(limits.max_initial_line, limits.max_headers)
+        # The remembered heads this codec looks up: the shared map when its limits are no lower
+        # than what every head in it obeys (at most ``_HEAD_CACHED_MAX`` bytes and
+        # ``_HEAD_CACHED_FIELDS`` fields), else a map of its own (a head it accepted itself), so
+        # that a head remembered under looser limits is never taken without their check.
+        self._heads = (
+            _RESPONSE_HEADS
+            if min(limits.max_initial_line, limits.max_headers) >= _HEAD_CACHED_MAX
+            and limits.max_header_count >= _HEAD_CACHED_FIELDS
+            else {}
+        )
         self._their = _T_IDLE
         self._method: bytes | None = None
 
@@ -1167,7 +1198,9 @@ class ClientCodec(_Side):
         end = buf.find(b"\r\n\r\n") + 4
         if end != 3:
             head = bytes(buf[:end])
-            known = _RESPONSE_HEADS.get(head)
+            # A remembered head passed this codec's limits when it was remembered (see ``_heads``).
+            heads = self._heads
+            known = heads.get(head)
             if known is not None:
                 del buf[:end]
                 parsed = known[3]
@@ -1178,18 +1211,16 @@ class ClientCodec(_Side):
                 del buf[:end]
                 version, status, reason, parsed = self._parse_head(head)
                 memo = None
-                if end <= _HEAD_CACHED_MAX:
+                if end <= _HEAD_CACHED_MAX and len(parsed.headers) <= _HEAD_CACHED_FIELDS:
                     memo = HeadMemo()
-                    _remember(
-                        _RESPONSE_HEADS, head, (version, status, reason, parsed.copy(), memo), _HEADS_MAX
-                    )
+                    _remember(heads, head, (version, status, reason, parsed.copy(), memo), _HEADS_MAX)
                 return self._response_event(version, status, reason, parsed, parsed.headers, memo)
         match = _BLANK_LINE_RE.search(buf)
         if match is None:
             if buf and buf[0] < 0x21:
                 raise self._fail("illegal request line")
-            if len(buf) > self._max_head:
-                raise self._fail("Receive buffer too long")
+            if len(buf) > self._max_partial:
+                self._check_partial_head(buf)
             if self._eof:
                 if not buf:
                     raise self._fail(
@@ -1206,12 +1237,32 @@ class ClientCodec(_Side):
         version, status, reason, parsed = self._parse_head(head)
         return self._response_event(version, status, reason, parsed, parsed.headers, None)
 
+    def _check_partial_head(self, buf: bytearray) -> None:
+        """Refuse an incomplete head already past ``maxInitialLineKB`` or ``maxHeadersKB`` (lines
+        may end in a bare LF here), so that a head that never ends is not buffered."""
+        line_end = buf.find(b"\n")
+        line = len(buf) if line_end == -1 else line_end - (buf[line_end - 1 : line_end] == b"\r")
+        if line > self._max_status_line:
+            raise self._fail(self._status_line_too_long())
+        if line_end != -1 and len(buf) - line_end - 1 > self._max_fields_bytes:
+            raise self._fail(self._fields_too_long())
+
+    def _status_line_too_long(self) -> str:
+        return f"status line exceeds {self._max_status_line} bytes (maxInitialLineKB)"
+
+    def _fields_too_long(self) -> str:
+        return f"response headers exceed {self._max_fields_bytes} bytes (maxHeadersKB)"
+
     def _parse_head(self, head: bytes) -> tuple[bytes, int, bytes | None, _Head]:
         """Version, status, reason and fields of a complete response head (CRLF line ends, the
-        blank line included): what depends on its bytes alone."""
+        blank line included): what depends on its bytes alone, within this codec's limits."""
         line_end = head.find(b"\r\n")
+        if line_end > self._max_status_line:
+            raise self._fail(self._status_line_too_long())
         line = head[:line_end]
         block = head[line_end + 2 : -2]
+        if len(block) > self._max_fields_bytes:
+            raise self._fail(self._fields_too_long())
         if block[:1] in (b" ", b"\t"):
             raise self._fail("continuation line at start of headers")
         if block.find(b"\r\n ") != -1 or block.find(b"\r\n\t") != -1:
@@ -1226,9 +1277,12 @@ class ClientCodec(_Side):
             if len(_STATUS_LINES) < _STATUS_LINES_MAX:
                 _STATUS_LINES[line] = status_line
         try:
-            return (*status_line, _fields_in(self._fields, block))
+            parsed = _fields_in(self._fields, block)
         except _FieldError as exc:
             raise self._fail(str(exc)) from None
+        if len(parsed.headers) > self._max_fields:
+            raise self._fail(f"response has more than {self._max_fields} header fields")
+        return (*status_line, parsed)
 
     def _response_event(
         self,
@@ -1247,7 +1301,7 @@ class ClientCodec(_Side):
                 )
             if status == 101:
                 if not self._proposal & _P_UPGRADE:
-                    raise self._fail("Received server _SWITCH_UPGRADE event without a pending proposal")
+                    raise self._fail(UNASKED_101)
                 self._their = _T_SWITCHED
                 self._our = _O_SWITCHED
             return Informational(status, headers)
@@ -1255,8 +1309,11 @@ class ClientCodec(_Side):
         if parsed.close or version < b"1.1":
             self._keep_alive = False
         if parsed.chunked and parsed.length is not None:
-            # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length; never pass both on.
+            # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length; never pass both on. The
+            # message "ought to be handled as an error": relayed by its chunks, but the connection is
+            # not reused (a hop that believed the Content-Length would frame what follows elsewhere).
             headers = [(n, v) for n, v in headers if n != b"content-length"]
+            self._keep_alive = False
         if method == b"CONNECT" and status < 300 and self._proposal & _P_CONNECT:
             self._their = _T_SWITCHED
             self._our = _O_SWITCHED
@@ -1271,6 +1328,8 @@ class ClientCodec(_Side):
                 self._length = parsed.length
                 self._start_body(_F_LENGTH, parsed.length)
             else:
+                # Framed by the close: the connection ends with the body and cannot be reused.
+                self._keep_alive = False
                 self._start_body(_F_EOF, 0)
         return ResponseHead(status, reason or b"", headers, version, memo)
 

@@ -32,13 +32,15 @@ through the raw-head checks again, so pipelining never bypasses them.
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Final
 
 import h11
 
 from hostproxy.http.codec_base import (
     NEED_DATA,
     PAUSED,
+    UNASKED_101,
     CodecLimits,
     ConnectionClosed,
     Data,
@@ -54,6 +56,9 @@ from hostproxy.http.codec_base import (
 )
 
 __all__ = ["ClientCodec", "ServerCodec"]
+
+# RFC 9112 §4: reason-phrase = *( HTAB / SP / VCHAR / obs-text ) (h11 lets other control bytes by).
+_REASON_RE: Final = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 
 
 def _h11_headers(headers: h11._headers.Headers) -> HeaderList:  # type: ignore[name-defined]
@@ -223,12 +228,25 @@ class ServerCodec:
 
 
 class ClientCodec:
-    """The client side of one HTTP/1.1 connection to an upstream (h11, reused across cycles)."""
+    """The client side of one HTTP/1.1 connection to an upstream (h11, reused across cycles).
 
-    def __init__(self, max_head: int = 64 * 1024) -> None:
-        self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head)
+    Added to h11, as the fast codec does them: the head limits of ``limits`` (h11 bounds only an
+    incomplete head; a complete one is measured here in its canonical form, ``name: value`` lines), a
+    reason phrase of HTAB, SP, VCHAR and obs-text only, and no reuse of a connection whose response
+    was framed by the close or carried both ``Content-Length`` and ``Transfer-Encoding`` (h11 keeps
+    both alive).
+    """
+
+    def __init__(self, limits: CodecLimits | None = None) -> None:
+        self.limits = limits = limits or CodecLimits()
+        self._conn = h11.Connection(
+            h11.CLIENT, max_incomplete_event_size=limits.max_initial_line + limits.max_headers + 4
+        )
+        self._method: bytes | None = None
+        self._no_reuse = False  # this cycle's response leaves the connection unusable
 
     def send_request(self, method: bytes, target: bytes, headers: HeaderList) -> bytes:
+        self._method = method
         return self._send(h11.Request, method=method, target=target, headers=headers)
 
     def send_data(self, data: bytes) -> bytes:
@@ -257,7 +275,7 @@ class ClientCodec:
         try:
             event = self._conn.next_event()
         except h11.RemoteProtocolError as exc:
-            raise ProtocolError(f"malformed response: {exc}", 502) from None
+            raise ProtocolError(f"malformed response: {self._h11_message(str(exc))}", 502) from None
         if event is h11.NEED_DATA:
             return NEED_DATA
         if event is h11.PAUSED:
@@ -267,17 +285,67 @@ class ClientCodec:
             return Data(bytes(event.data))  # type: ignore[union-attr]
         if t is h11.Response:
             headers = _h11_headers(event.headers)  # type: ignore[union-attr]
-            if any(n == b"transfer-encoding" for n, _ in headers):
-                # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length; never pass both on.
-                headers = [(n, v) for n, v in headers if n != b"content-length"]
-            return ResponseHead(event.status_code, event.reason, headers, event.http_version)  # type: ignore[union-attr]
+            self._check_head(event.reason, headers)  # type: ignore[union-attr]
+            has_te = has_cl = False
+            for name, _ in headers:
+                if name == b"transfer-encoding":
+                    has_te = True
+                elif name == b"content-length":
+                    has_cl = True
+            status = event.status_code  # type: ignore[union-attr]
+            method = self._method
+            if has_te:
+                # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length; never pass both on, and
+                # never reuse the connection after such a message.
+                if has_cl:
+                    headers = [(n, v) for n, v in headers if n != b"content-length"]
+                    self._no_reuse = True
+            elif not has_cl and not (
+                status in (204, 304) or method == b"HEAD" or (method == b"CONNECT" and status < 300)
+            ):
+                self._no_reuse = True  # framed by the close: the connection ends with the body
+            return ResponseHead(status, event.reason, headers, event.http_version)  # type: ignore[union-attr]
         if t is h11.InformationalResponse:
-            return Informational(event.status_code, _h11_headers(event.headers))  # type: ignore[union-attr]
+            headers = _h11_headers(event.headers)  # type: ignore[union-attr]
+            self._check_head(event.reason, headers)  # type: ignore[union-attr]
+            return Informational(event.status_code, headers)  # type: ignore[union-attr]
         if t is h11.EndOfMessage:
             return EndOfMessage(_h11_headers(event.headers))  # type: ignore[union-attr]
         if t is h11.ConnectionClosed:
             return ConnectionClosed()
         raise ProtocolError(f"unexpected event {t.__name__}", 502)
+
+    def _check_head(self, reason: bytes, headers: HeaderList) -> None:
+        """Refuse what h11 accepts in a response head and the fast codec does not: a control byte in
+        the reason phrase, a head past the limits."""
+        limits = self.limits
+        if not _REASON_RE.fullmatch(reason):
+            raise ProtocolError(f"malformed response: illegal status line: reason {reason!r}", 502)
+        if 13 + len(reason) > limits.max_initial_line:  # "HTTP/1.1 200 " + reason
+            raise ProtocolError(
+                f"malformed response: status line exceeds {limits.max_initial_line} bytes (maxInitialLineKB)",
+                502,
+            )
+        if sum(len(n) + len(v) + 4 for n, v in headers) > limits.max_headers:
+            raise ProtocolError(
+                f"malformed response: response headers exceed {limits.max_headers} bytes (maxHeadersKB)",
+                502,
+            )
+        if len(headers) > limits.max_header_count:
+            raise ProtocolError(
+                f"malformed response: response has more than {limits.max_header_count} header fields", 502
+            )
+
+    def _h11_message(self, message: str) -> str:
+        """h11's words where ours say more (an unasked 101; a head too long to finish)."""
+        if "_SWITCH_UPGRADE" in message:
+            return UNASKED_101
+        if message == "Receive buffer too long":
+            return (
+                f"response head exceeds {self.limits.max_initial_line + self.limits.max_headers} bytes "
+                "(maxInitialLineKB + maxHeadersKB)"
+            )
+        return message
 
     @property
     def request_sent(self) -> bool:
@@ -293,10 +361,13 @@ class ClientCodec:
 
     @property
     def can_reuse(self) -> bool:
-        return self._conn.our_state is h11.DONE and self._conn.their_state is h11.DONE
+        return self._conn.our_state is h11.DONE and self._conn.their_state is h11.DONE and not self._no_reuse
 
     def start_next_cycle(self) -> None:
+        if self._no_reuse:
+            raise LocalProtocolError("not in a reusable state")
         self._conn.start_next_cycle()
+        self._method = None
 
     def trailing_data(self) -> bytes:
         return bytes(self._conn.trailing_data[0])

@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 A proxy must not forward headers that describe one connection: ``Connection`` and every header it
 names, ``Keep-Alive``, ``Proxy-*`` (``Proxy-Authenticate``, ``Proxy-Authorization``,
-``Proxy-Connection``), ``TE`` (except its ``trailers`` token), ``Trailer``, ``Transfer-Encoding``
+``Proxy-Connection``), ``TE`` (in a request, except its ``trailers`` token: that tells the next hop the
+client takes trailers; in a response it means nothing and goes whole), ``Trailer``, ``Transfer-Encoding``
 (the sender re-frames the body itself) and ``Upgrade`` — unless the message is a protocol upgrade
 being tunnelled, in which case ``Upgrade`` and ``Connection: upgrade`` are kept so the next hop
 sees the same request.  ``Content-Length`` is end-to-end but describes the framing; the codecs
@@ -52,11 +53,12 @@ def names_only_hop_by_hop(connection: bytes) -> bool:
     return True
 
 
-def strip_hop_by_hop(headers: Headers, *, keep_upgrade: bool = False) -> Headers:
+def strip_hop_by_hop(headers: Headers, *, keep_upgrade: bool = False, request: bool = True) -> Headers:
     """A copy of ``headers`` without hop-by-hop fields.
 
-    With ``keep_upgrade``, ``Upgrade`` is kept and ``Connection`` is reduced to ``upgrade``.  A
-    ``TE`` header that lists ``trailers`` is reduced to ``TE: trailers``.
+    With ``keep_upgrade``, ``Upgrade`` is kept and ``Connection`` is reduced to ``upgrade``.  In a
+    request, a ``TE`` header that lists ``trailers`` is reduced to ``TE: trailers``; in a response
+    (``request=False``), ``TE`` goes whole.
 
     A copy without any hop-by-hop field (neither ``keep_upgrade`` nor ``TE: trailers``) is marked
     ``hop_free`` (see ``message``); headers so marked are copied without a look at their names,
@@ -75,7 +77,7 @@ def strip_hop_by_hop(headers: Headers, *, keep_upgrade: bool = False) -> Headers
         else:
             # The common case: nothing hop-by-hop (and no Connection header).
             return Headers._stripped(headers.items())
-    return _strip(headers, keep_upgrade, False)[0]
+    return _strip(headers, keep_upgrade, False, request)[0]
 
 
 def strip_response_fields(fields: list[tuple[bytes, bytes]]) -> tuple[Headers, bytes | None]:
@@ -83,14 +85,15 @@ def strip_response_fields(fields: list[tuple[bytes, bytes]]) -> tuple[Headers, b
     one pass: ``strip_hop_by_hop(Headers._trusted(fields))`` without its ``Content-Length``
     fields, and the first of those (the body's declared length), or ``None`` when there was none
     or ``fields`` had a ``Transfer-Encoding`` field (which overrides it)."""
-    return _strip(fields, False, True)
+    return _strip(fields, False, True, False)
 
 
 def _strip(
-    fields: Iterable[tuple[bytes, bytes]], keep_upgrade: bool, length_apart: bool
+    fields: Iterable[tuple[bytes, bytes]], keep_upgrade: bool, length_apart: bool, keep_te: bool
 ) -> tuple[Headers, bytes | None]:
     """``strip_hop_by_hop``'s work: the stripped headers; with ``length_apart``, also without
-    ``Content-Length`` and with its first value (``None`` with a ``Transfer-Encoding`` field)."""
+    ``Content-Length`` and with its first value (``None`` with a ``Transfer-Encoding`` field); with
+    ``keep_te`` (requests), ``TE: trailers`` when a ``TE`` field lists ``trailers``."""
     # One pass keeps the end-to-end fields and notes what the hop-by-hop ones say; the fields that
     # ``Connection`` names beyond the hop-by-hop ones (rare) are dropped from what was kept after.
     end_to_end = _END_TO_END
@@ -105,7 +108,7 @@ def _strip(
                 if name == b"connection":
                     connection.append(field[1])
                 elif name == b"te":
-                    if b"trailers" in _tokens([field[1]]):
+                    if keep_te and b"trailers" in _tokens([field[1]]):
                         te_trailers = True
                 elif keep_upgrade and name == b"upgrade":
                     kept.append(field)

@@ -381,7 +381,10 @@ class Response:
 
     ``upgraded`` is set on a ``101 Switching Protocols`` response from an upstream: the raw stream
     to tunnel bytes to and from.  ``error_cause`` is set on responses the proxy generated itself
-    (see ``hostproxy.http.errors``), for metrics and logs.
+    (see ``hostproxy.http.errors``), for metrics and logs.  ``interim`` holds the interim (1xx)
+    responses an HTTP/1.1 upstream sent before this one, in order (status and fields, hop-by-hop
+    fields stripped; ``100 Continue`` is not among them), for the server to write before it; ``None``
+    when there were none (the usual case).
     """
 
     status: int
@@ -391,3 +394,4 @@ class Response:
     http_version: str = "1.1"
     upgraded: ByteStream | None = None
     error_cause: str | None = None
+    interim: list[tuple[int, Headers]] | None = None

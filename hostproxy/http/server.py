@@ -18,7 +18,9 @@ task is a loop over request/response cycles (keep-alive, pipelining answered in 
    (400, ``maxCallDepth``) and requests beyond ``maxConcurrentRequests`` (503 at once, no queue);
 3. await ``handler(request, conn_info)`` in the connection task itself (no task per request);
 4. write the response, re-framed: ``Content-Length`` from ``body.content_length`` or chunked (with
-   trailers), no body for ``HEAD``/204/304; a ``101`` with an ``upgraded`` stream becomes a tunnel.
+   trailers), no body for ``HEAD``/204/304, ``Via`` naming the version it was received in; a ``101``
+   with an ``upgraded`` stream becomes a tunnel. The upstream's interim (1xx) responses
+   (``Response.interim``) go just before it, to HTTP/1.1 clients only.
 
 The request body is pulled from the socket only as the handler (or the upstream writer) reads it,
 so bodies stream both ways with backpressure.  ``Expect: 100-continue`` is answered lazily, when the
@@ -786,6 +788,8 @@ class _Connection:
             else:
                 await self._tunnel(response)
                 return False
+        if response.interim is not None and await self._write_interim(response):
+            close = True
         await self._write_response(response, head_method=method, close=close)
         if request.body.done:
             # Nothing left to drain (the usual request): no ``_finish_cycle`` coroutine to run.
@@ -840,14 +844,16 @@ class _Connection:
                         fields = None
                         break
                 else:
-                    fields.append(VIA_11)
+                    # Via names the version the response was received in (RFC 9110 §7.6.3).
+                    version = response.http_version
+                    fields.append(VIA_11 if version == "1.1" else via_field(version))
                     if body.content_length is not None:
                         fields.append((b"content-length", b"%d" % body.content_length))
                     if close:
                         fields.append((b"connection", b"close"))
             if fields is None:
-                headers = strip_hop_by_hop(src)
-                append_via(headers, "1.1")
+                headers = strip_hop_by_hop(src, request=False)
+                append_via(headers, response.http_version)
                 # Transfer-Encoding went with the hop-by-hop fields; the codec frames the body itself.
                 if not no_body:
                     headers.remove(b"content-length")
@@ -904,13 +910,34 @@ class _Connection:
                 with trio.CancelScope(shield=True):
                     await body.aclose()
 
+    async def _write_interim(self, response: Response) -> bool:
+        """Write the interim (1xx) responses the upstream sent before ``response`` (RFC 9110 §15.2: a
+        proxy forwards the 1xx it did not ask for), each with ``Via``, just before it; none to an
+        HTTP/1.0 client, which must not get any (RFC 9110 §15.2).
+
+        Whether the connection must close after ``response``: when the client was still waiting for
+        ``100 Continue`` (its body unsent), as it would without the interim responses, which end that
+        wait in the codec's eyes although the client never sent its body."""
+        codec = self.codec
+        version = codec.http_version
+        if version is None or version < b"1.1":
+            return False
+        waiting = codec.they_are_waiting_for_100_continue
+        out = b""
+        for status, headers in response.interim or ():
+            fields = headers.copy()
+            append_via(fields, response.http_version)
+            out += codec.send_informational(status, fields.items())
+        await self.send_head(out)
+        return waiting
+
     async def _tunnel(self, response: Response) -> None:
         """Send the 101 and copy bytes both ways until either side closes."""
         upstream = response.upgraded
         assert upstream is not None
         codec = self.codec
-        headers = strip_hop_by_hop(response.headers, keep_upgrade=True)
-        append_via(headers, "1.1")
+        headers = strip_hop_by_hop(response.headers, keep_upgrade=True, request=False)
+        append_via(headers, response.http_version)
         try:
             await self.send_head(codec.send_informational(101, headers.items()))
             pending = codec.switched_protocol_data()

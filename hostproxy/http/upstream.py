@@ -22,6 +22,14 @@ response body is then pulled from the socket as the caller reads it.
   stream cannot tell, so its failure is reported), it is sent again on a fresh connection: never
   lost, never duplicated.  Once any byte was written a failure is reported, not retried here (a
   streamed request's head alone may be sent again: an upstream cannot act on part of a head).
+* **Interim responses.**  1xx heads before the final one are collected on the ``Response``
+  (``interim``, hop-by-hop fields stripped) for the server to forward; ``100 Continue`` is not (the
+  server answers a client's ``Expect`` itself), and past ``MAX_INTERIM_RESPONSES`` of them the
+  request fails (``upstream/reset``). A ``101`` is a tunnel only for a request that asked to
+  upgrade.
+* **Response heads** are held to the router's ``maxInitialLineKB`` and ``maxHeadersKB`` and to
+  ``max_header_count`` fields (``PoolParams``, given to each connection's codec); a response framed
+  by the close, or with both ``Content-Length`` and chunking, leaves its connection unpooled.
 * **Nothing after the response.**  Bytes an upstream sends beyond the end of a response (a second
   response nobody asked for, a body on a ``HEAD`` or ``204``) would be read as the next request's
   response: a connection holding any is closed, not kept.
@@ -69,6 +77,7 @@ from hostproxy.http.codec import (
     NEED_DATA,
     PAUSED,
     ClientCodec,
+    CodecLimits,
     ConnectionClosed,
     Data,
     EndOfMessage,
@@ -77,6 +86,7 @@ from hostproxy.http.codec import (
     ProtocolError,
     ResponseHead,
 )
+from hostproxy.http.codec_base import UNASKED_101
 from hostproxy.http.errors import (
     ConnectError,
     PoolExhausted,
@@ -108,6 +118,11 @@ _FRAMING = frozenset([b"content-length", b"transfer-encoding"])
 _whole_body: Callable[[Any], bytes | None] | None = getattr(ClientCodec, "whole_body", None)
 #: Response versions as ``str`` without decoding them per response (others are decoded).
 _VERSIONS = {b"1.1": "1.1", b"1.0": "1.0"}
+#: Most interim (1xx) responses an upstream may send before its final one: past it, 502
+#: (``upstream/reset``), so that an upstream sending ``100 Continue`` after ``100 Continue`` cannot hold
+#: a request without a timeout forever. Far above what a server sends (one 100, a 103 or two, a 102
+#: now and then during a long operation).
+MAX_INTERIM_RESPONSES = 32
 
 
 @dataclass(frozen=True)
@@ -125,6 +140,20 @@ class PoolParams:
     min_size: int = 0
     #: ``clientSession.lifeTimeMs``: a connection this old (seconds) is closed when its exchange ends.
     life_time_s: float | None = None
+    #: The router's ``maxHeadersKB`` and ``maxInitialLineKB``, applied to response heads as to
+    #: requests (past them: 502, ``upstream/reset``).
+    max_headers_kb: int = 8
+    max_initial_line_kb: int = 4
+    #: Most fields in a response head (1xx heads included); as many as a request may have.
+    max_header_count: int = 100
+
+    def codec_limits(self) -> CodecLimits:
+        """The limits of each connection's ``ClientCodec``."""
+        return CodecLimits(
+            max_initial_line=self.max_initial_line_kb * 1024,
+            max_headers=self.max_headers_kb * 1024,
+            max_header_count=self.max_header_count,
+        )
 
 
 def _leaf_oserrors(exc: BaseException) -> Iterator[OSError]:
@@ -249,11 +278,13 @@ class _Conn:
         "body_failure",
     )
 
-    def __init__(self, stream: Any, endpoint: str, born: float = 0.0) -> None:
+    def __init__(
+        self, stream: Any, endpoint: str, born: float = 0.0, limits: CodecLimits | None = None
+    ) -> None:
         self.born = born  # when it was opened (the pool's clock)
         self.body_failure: RequestBodyError | None = None  # the client's body failed while being sent
         self.stream = stream
-        self.codec = ClientCodec()
+        self.codec = ClientCodec(limits)
         self.endpoint = endpoint
         self.reused = False
         self.idle_since = 0.0
@@ -500,6 +531,7 @@ class UpstreamPool(NurseryOwner):
         self._clock = clock or trio.current_time
         self._connector = connector
         params = self.params
+        self._limits = params.codec_limits()
         self._state = PoolState(params.idle_timeout_s, params.max_idle, params.min_size)
         self._life_s = params.life_time_s
         self._open = 0
@@ -561,7 +593,7 @@ class UpstreamPool(NurseryOwner):
             stream = await self._connector(self.host, self.port, timeout_s)
             self._counters["connects"] += 1
             self._open += 1
-            return _Conn(stream, self.endpoint, self._clock())
+            return _Conn(stream, self.endpoint, self._clock(), self._limits)
         with _map_errors(self.endpoint, "connect"):
             with trio.move_on_after(timeout_s) as scope:
                 # An IP address gets a SockStream; a host name is resolved by trio.
@@ -580,7 +612,7 @@ class UpstreamPool(NurseryOwner):
                 )
         self._counters["connects"] += 1
         self._open += 1
-        return _Conn(stream, self.endpoint, self._clock())
+        return _Conn(stream, self.endpoint, self._clock(), self._limits)
 
     def _checkout(self) -> tuple[_Conn | None, list[_Conn]]:
         """An idle connection to reuse (checked out) or None, and the stale or expired ones the
@@ -904,6 +936,8 @@ class UpstreamPool(NurseryOwner):
         stream = conn.stream
         # Every read here comes after the codec took all it had: the bytes are probably not there yet.
         receive_some = stream.receive_polled if type(stream) is SockStream else stream.receive_some
+        interim: list[tuple[int, Headers]] | None = None
+        interim_count = 0
         while True:
             try:
                 event = codec.next_event()
@@ -913,13 +947,37 @@ class UpstreamPool(NurseryOwner):
             except Exception as exc:
                 errors.reraise(exc)
             if type(event) is Informational:
-                if event.status == 101 and req.upgrade is not None and codec.switched:
-                    headers = strip_hop_by_hop(Headers._trusted(event.headers), keep_upgrade=True)
+                status = event.status
+                if status == 101:
+                    if req.upgrade is None or not codec.switched:
+                        raise UpstreamReset(
+                            f"invalid response from {self.endpoint}: {UNASKED_101}", endpoint=self.endpoint
+                        )
+                    headers = strip_hop_by_hop(
+                        Headers._trusted(event.headers), keep_upgrade=True, request=False
+                    )
                     tunnel = _TunnelStream(self, conn, codec.trailing_data())
                     return Response(101, b"Switching Protocols", headers, Body.empty(), upgraded=tunnel)
-                continue  # 100 Continue, 103 Early Hints: not forwarded
+                interim_count += 1
+                if interim_count > MAX_INTERIM_RESPONSES:
+                    raise UpstreamReset(
+                        f"invalid response from {self.endpoint}: more than {MAX_INTERIM_RESPONSES} interim "
+                        "(1xx) responses before the final response",
+                        endpoint=self.endpoint,
+                    )
+                # RFC 9110 §15.2: a proxy forwards the 1xx it did not ask for (103 Early Hints, 102...),
+                # with the final response. ``100 Continue`` is not: the server answers the client's
+                # ``Expect`` itself, when the request body is first read.
+                if status != 100:
+                    if interim is None:
+                        interim = []
+                    interim.append((status, strip_hop_by_hop(Headers._trusted(event.headers), request=False)))
+                continue
             if type(event) is ResponseHead:
-                return await self._response(conn, req, event)
+                response = await self._response(conn, req, event)
+                if interim is not None:
+                    response.interim = interim
+                return response
             if type(event) is ConnectionClosed:
                 raise UpstreamReset(
                     f"connection to {self.endpoint} closed before a response arrived", endpoint=self.endpoint
@@ -960,7 +1018,7 @@ class UpstreamPool(NurseryOwner):
         no_body = status == 204 or status == 304 or req.method == "HEAD"
         content_length: int | None = None
         if no_body:
-            headers = strip_hop_by_hop(Headers._trusted(event.headers))
+            headers = strip_hop_by_hop(Headers._trusted(event.headers), request=False)
         else:
             # Without hop-by-hop fields and Content-Length (the body is re-framed), in one pass; for
             # a head the codec remembers, once (its memo keeps the result, which depends on the
