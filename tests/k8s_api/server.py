@@ -327,7 +327,10 @@ class FakeKubeApi:
                     stream = trio.SSLStream(tcp, self.ssl_context, server_side=True)
                     await stream.do_handshake()
                 await self._serve(stream)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError, OSError):
+            except* (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError, OSError):
+                # The client went away (or spoke nonsense). A disconnect while a watch writes its
+                # end arrives wrapped in an ExceptionGroup from the watch's nursery; ``except*``
+                # takes both shapes, so one closed client never stops the fake.
                 pass
             finally:
                 self._conn_scopes.discard(cs)
