@@ -16,7 +16,9 @@ is the same with the arguments swapped; ``/$/fixedinet`` resolves once and keeps
   clamped to ``[ttl_floor, ttl_ceiling]`` and then re-resolved in the background; NXDOMAIN (or no
   A/AAAA records) is negative and cached for ``negative_ttl``; a resolver failure (timeout, SERVFAIL,
   refused) keeps the last good addresses, marked ``stale``, and is retried with exponential backoff
-  up to ``retry_max``. The table holds at most ``max_hosts`` hosts (least recently used evicted), so
+  up to ``retry_max``. A failure of one family only (AAAA SERVFAIL while A answers) is the same
+  failure for that family: the fresh addresses of the family that answered replace its old ones,
+  the failed family keeps its last good addresses, and the host is ``stale`` with the error. The table holds at most ``max_hosts`` hosts (least recently used evicted), so
   names from untrusted input cannot grow it without bound; at most ``max_concurrency`` queries run at
   once.
 * Subscribers, ``callback(resolver, host)``, are called in the trio thread whenever a host's
@@ -308,6 +310,23 @@ class HostTable:
         e.stale_since = None
         return self._changed(e)
 
+    def apply_partial(
+        self, host: str, ips: Sequence[str], failed: Sequence[str], error: str, now: float
+    ) -> bool:
+        """Some families answered ``ips``, the ``failed`` ones ("A", "AAAA") did not: keep the last
+        good addresses of the failed families beside the fresh ones; stale, retried with backoff."""
+        e = self._hosts.get(host)
+        if e is None:
+            return False
+        kept = tuple(ip for ip in e.ips or () if _family(ip) in failed)
+        merged = tuple(ips) + kept
+        moved = merged != e.ips
+        e.ips = merged
+        changed = self.apply_error(host, error, now)
+        if moved and not changed:
+            changed = self._changed(e)
+        return changed
+
     def apply_error(self, host: str, error: str, now: float) -> bool:
         """The resolver failed: keep the last good answer (stale) or fail; retry with backoff."""
         e = self._hosts.get(host)
@@ -328,6 +347,10 @@ class HostTable:
             e.state = "failed"
         e.last_error = error
         return self._changed(e)
+
+
+def _family(ip: str) -> str:
+    return "AAAA" if ":" in ip else "A"
 
 
 def _java_int(label: bytes) -> int | None:
@@ -485,6 +508,9 @@ class InetResolver:
                 changed = self.table.apply_answer(host, outcome[1], outcome[2], now)
             elif kind == "negative":
                 changed = self.table.apply_negative(host, now)
+            elif kind == "partial":
+                self.query_failures += 1
+                changed = self.table.apply_partial(host, outcome[1], outcome[2], outcome[3], now)
             else:
                 self.query_failures += 1
                 changed = self.table.apply_error(host, outcome[1], now)
@@ -499,7 +525,8 @@ class InetResolver:
             self._notify(host)
 
     async def _query(self, host: str) -> tuple[Any, ...]:
-        """Query A and AAAA concurrently -> ("answer", ips, ttl) | ("negative",) | ("error", message)."""
+        """Query A and AAAA concurrently -> ("answer", ips, ttl) | ("negative",) | ("error", message)
+        | ("partial", ips, failed families, message)."""
         assert self._resolver is not None
         import dns.exception
         import dns.resolver
@@ -524,26 +551,30 @@ class InetResolver:
         ips: list[str] = []
         ttls: list[float] = []
         errors: list[str] = []
+        failed: list[str] = []
         answered = False
         for rdtype in ("A", "AAAA"):
             r = results.get(rdtype)
             if r == "nxdomain":
                 answered = True
-            elif isinstance(r, BaseException):
-                errors.append(f"{rdtype}: {describe_dns_error(r)}")
-            elif r is not None:
+            elif isinstance(r, BaseException) or r is None:
+                failed.append(rdtype)
+                errors.append(f"{rdtype}: {describe_dns_error(r) if r is not None else 'no answer'}")
+            else:
                 answered = True
                 if r.rrset is not None:
                     ttls.append(r.rrset.ttl)
                     ips.extend(rd.address for rd in r.rrset)
+        where = ", ".join(f"{a}:{p}" for a, p in self.nameservers) or "system resolver"
+        error = f"resolving {host!r} via {where} failed: {'; '.join(errors)}"
+        if ips and failed:
+            # One family answered, the other failed: not the whole truth (see the module docstring).
+            return ("partial", tuple(ips), tuple(failed), error)
         if ips:
             return ("answer", tuple(ips), min(ttls))
         if answered and not errors:
             return ("negative",)
-        if not errors:
-            errors.append("no answer")
-        where = ", ".join(f"{a}:{p}" for a, p in self.nameservers) or "system resolver"
-        return ("error", f"resolving {host!r} via {where} failed: {'; '.join(errors)}")
+        return ("error", error)
 
     # -- admin -------------------------------------------------------------------------------------
     def state_json(self) -> dict[str, Any]:
