@@ -31,8 +31,13 @@ keep apart stay apart (``condition`` in the state JSON and in :meth:`K8sNamer.st
 Each watch re-lists on 410, on ERROR events, after every failed request or broken connection, and
 every ``resync_interval`` seconds, even while its stream looks healthy: a watch that silently stops
 delivering is caught by that periodic re-list. Failed requests back off exponentially
-(``backoff_base`` .. ``backoff_max``, jittered by the injected ``rng``). A target no longer used by
-any key (all evicted) has its tasks cancelled.
+(``backoff_base`` .. ``backoff_max``, jittered by the injected ``rng``, waited with the injected
+``sleep``). Cycles that fail without an error also back off, growing while they repeat (the core's
+``throttle_steps``): a watch that ends within a second with no event, and a ``410`` after a ``410``
+with no event between; so neither a proxy that closes every watch nor a watch cache stuck behind
+the lists turns one name into a stream of watches or LISTs. A ``401`` re-reads the token and, when
+it changed (rotated under an unchanged file signature), retries once at once; otherwise it is a
+failure like any other. A target no longer used by any key (all evicted) has its tasks cancelled.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -49,7 +54,7 @@ import trio
 
 from namers._dtab import NEG, Address, Path
 from namers.base import DEFAULT_MAX_NAMES, Key, Namer, config_value, format_time, key_text
-from namers.k8s.client import DEFAULT_SA_DIR, ApiServer, ApiUnavailable, in_cluster
+from namers.k8s.client import DEFAULT_SA_DIR, ApiServer, ApiUnavailable, Response, in_cluster
 from namers.k8s.objects import K8sObjectError, parse_endpoints, parse_service, parse_slices, resolve
 from namers.k8s.watch import Collection, LineBuffer, LineTooLong, ListWatchCore
 
@@ -132,6 +137,7 @@ class K8sNamer(Namer):
         backoff_max: float = 30.0,
         clock: Callable[[], float] | None = None,
         rng: Callable[[], float] = random.random,
+        sleep: Callable[[float], Awaitable[object]] = trio.sleep,
         max_names: int = DEFAULT_MAX_NAMES,
         transformers: Iterable[Any] = (),
     ) -> None:
@@ -157,6 +163,7 @@ class K8sNamer(Namer):
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.rng = rng
+        self.sleep = sleep
         self.targets: dict[tuple[str, str, str | None], Target] = {}
         self._detail: dict[Key, _Detail] = {}
         self._nursery: trio.Nursery | None = None
@@ -298,37 +305,68 @@ class K8sNamer(Namer):
                 failures += 1
                 if failures == 1:
                     log.warning("namer.k8s.watch.failed", name=t.name, error=core.error)
-                await trio.sleep(self._backoff(failures))
-            else:
-                if failures:
-                    log.info("namer.k8s.watch.recovered", name=t.name, resource=core.collection.resource)
-                failures = 0
+                await self.sleep(self._backoff(failures))
+                continue
+            if failures:
+                log.info("namer.k8s.watch.recovered", name=t.name, resource=core.collection.resource)
+            failures = 0
+            if core.throttle_steps:
+                # No error, but no progress either: wait before the next request all the same.
+                if core.throttle_steps == 1:
+                    log.warning(
+                        "namer.k8s.watch.throttled",
+                        name=t.name,
+                        resource=core.collection.resource,
+                        reason=core.throttle,
+                    )
+                await self.sleep(self._backoff(core.throttle_steps))
+
+    def _token_sent(self) -> str | None:
+        """The token the next request carries (read just before it, as the request reads it)."""
+        return self.api.token.get() if self.api.token is not None else None
+
+    def _reread_token(self, sent: str | None) -> bool:
+        """After a 401: re-read the token file; whether it differs from the one ``sent`` (then one
+        retry at once is worth it; a token rejected as it is waits for the backoff)."""
+        token = self.api.token
+        if token is None:
+            return False
+        token.invalidate()
+        return token.get() != sent
 
     async def _list(self, core: ListWatchCore, path: str) -> bool:
         # A bounded number of lists at once: thousands of names looked up together (a restart, a
         # flood of new names) must not open thousands of connections to the API server at once.
         async with self._list_limiter:
-            with trio.move_on_after(self.request_timeout) as cs:
-                resp = await self.api.get(path)
-        if cs.cancelled_caught:
-            raise ApiUnavailable(f"no answer within {self.request_timeout}s")
+            sent = self._token_sent()
+            resp = await self._get(path)
+            if resp.status == 401 and self._reread_token(sent):
+                resp = await self._get(path)
         if resp.status == 401 and self.api.token is not None:
             self.api.token.invalidate()
         return core.on_list(resp.status, resp.body)
 
+    async def _get(self, path: str) -> Response:
+        with trio.move_on_after(self.request_timeout):
+            return await self.api.get(path)
+        raise ApiUnavailable(f"no answer within {self.request_timeout}s")
+
     async def _watch(self, t: Target, core: ListWatchCore, path: str, resync_at: float) -> bool:
         """Stream one watch until it ends, breaks, asks for a re-list, or the resync time comes."""
         changed_any = False
+        sent = self._token_sent()
         with trio.CancelScope(deadline=resync_at) as cs:
             async with self.api.watch(path) as resp:
                 if resp.status != 200:
                     body = b""
                     with trio.move_on_after(self.request_timeout):
                         body = await resp.read_body(1024 * 1024)
-                    if resp.status == 401 and self.api.token is not None:
-                        self.api.token.invalidate()
+                    if resp.status == 401 and self._reread_token(sent):
+                        # rotated: the next request (at once: no error recorded) carries the new one
+                        return False
                     return core.on_watch_status(resp.status, body)
                 core.on_stream_start()
+                started = trio.current_time()
                 lines = LineBuffer()
                 try:
                     while (data := await resp.next_chunk()) is not None:
@@ -341,10 +379,10 @@ class K8sNamer(Namer):
                         if core.wants_relist:
                             break
                 except (ApiUnavailable, LineTooLong) as e:
-                    core.on_stream_end(clean=False, reason=str(e))
+                    core.on_stream_end(clean=False, reason=str(e), lasted=trio.current_time() - started)
                     log.info("namer.k8s.watch.broken", name=t.name, error=str(e))
                     return changed_any
-                core.on_stream_end(clean=not core.wants_relist)
+                core.on_stream_end(clean=not core.wants_relist, lasted=trio.current_time() - started)
         if cs.cancelled_caught:
             core.on_stream_end(clean=True)
             core.request_relist("periodic")

@@ -19,6 +19,15 @@ The rules, which are what Kubernetes asks of a client and what a stale view cost
   request (a reconnect never trusts the old resourceVersion), and on the shell's periodic resync
   timer, which is what catches a watch that stays open but silently stops delivering. A watch the
   server ends cleanly (its ``timeoutSeconds``) resumes from the last resourceVersion.
+* **No progress is throttled, not retried at once.** A watch that ends (cleanly or not) within
+  :data:`SHORT_WATCH_SECS` of its start without one event (client-go's "very short watch": a proxy
+  or load balancer that closes every watch, a server that times watches out at once) and a ``410``
+  that follows another ``410`` with no event between (a watch cache behind the lists: every
+  re-list's resourceVersion is too old to watch from) are cycles without progress. They are not
+  errors (the objects from the last list are as good as they were), but :attr:`throttle_steps`
+  tells the shell to back off before the next request, growing with each cycle in a row; the first
+  ``410`` alone is the expected answer and re-lists at once. Any event, or a watch that runs longer,
+  ends the run.
 * **Errors are state, not exceptions.** A failed request sets :attr:`error` (what failed and what to
   do); the objects from the last good list stay, and the namer marks names built on them stale. The
   next successful LIST clears it. A stream that breaks after it started is not by itself an error.
@@ -39,12 +48,16 @@ from namers.k8s.objects import object_name
 
 __all__ = [
     "MAX_LINE",
+    "SHORT_WATCH_SECS",
     "Collection",
     "LineBuffer",
     "LineTooLong",
     "ListWatchCore",
     "status_message",
 ]
+
+#: A watch that ends sooner than this after its start, with no event, made no progress.
+SHORT_WATCH_SECS = 1.0
 
 #: Longest watch event line accepted (an Endpoints object for 1000 pods is well under this).
 MAX_LINE = 16 * 1024 * 1024
@@ -171,6 +184,12 @@ class ListWatchCore:
         self.stream_started_at: float | None = None
         self.stream_ended_at: float | None = None
         self.streaming = False
+        # cycles without progress (see "No progress is throttled")
+        self.no_progress = 0  # in a row: 410s and short watches with no event between
+        self.throttle: str | None = None  # why the shell backs off, until the run ends
+        self.throttle_steps = 0  # how long: the backoff step (0: no wait)
+        self._stream_events = 0  # non-ERROR events in the current stream
+        self._stream_gone = False  # the current stream ended with an ERROR 410
         # counters
         self.lists = 0
         self.relists: dict[str, int] = {}
@@ -178,6 +197,8 @@ class ListWatchCore:
         self.events = 0
         self.malformed = 0
         self.failures = 0
+        self.short_watches = 0
+        self.throttled = 0
 
     # -- what to do next -------------------------------------------------------------------------
     @property
@@ -185,6 +206,7 @@ class ListWatchCore:
         return self.relist_reason is not None or self.resource_version is None
 
     def next_request(self, timeout_seconds: int | None = None) -> tuple[RequestKind, str]:
+        self.throttle_steps = 0
         if self.wants_relist:
             path = self.collection.list_path()
             kind: RequestKind = "list"
@@ -199,6 +221,20 @@ class ListWatchCore:
     def request_relist(self, reason: str) -> None:
         if self.relist_reason is None:
             self.relist_reason = reason
+
+    def _no_progress(self, why: str, first_waits: bool) -> None:
+        """One more cycle without progress; from the first (short watch) or the second (410) in a
+        row, the shell backs off before the next request."""
+        self.no_progress += 1
+        steps = self.no_progress if first_waits else self.no_progress - 1
+        if steps > 0:
+            self.throttle = f"{why} ({self.no_progress} in a row)"
+            self.throttle_steps = steps
+            self.throttled += 1
+
+    def _progress(self) -> None:
+        self.no_progress = 0
+        self.throttle = None
 
     # -- feedback --------------------------------------------------------------------------------
     def _fail(self, message: str) -> bool:
@@ -266,7 +302,9 @@ class ListWatchCore:
         if status == 410:
             self.relist_reason = "410 Gone"
             self.resource_version = None
-            return False  # an expected answer, not an outage: relist at once
+            # Expected once (relist at once); again with no event between, a cycle without progress.
+            self._no_progress("watch answered 410 Gone after a fresh list", first_waits=False)
+            return False
         self.relist_reason = self.relist_reason or f"watch HTTP {status}"
         return self._fail(self._request_error(status, body))
 
@@ -275,6 +313,8 @@ class ListWatchCore:
         self.last_response_at = self.stream_started_at = self.clock()
         self.streaming = True
         self.watches += 1
+        self._stream_events = 0
+        self._stream_gone = False
 
     def on_line(self, line: bytes) -> bool:
         """One watch event line; returns whether the objects changed."""
@@ -300,6 +340,9 @@ class ListWatchCore:
             if code == 410:
                 self.resource_version = None
                 self.relist_reason = "410 in watch"
+                if not self._stream_gone:
+                    self._stream_gone = True
+                    self._no_progress("watch answered 410 Gone after a fresh list", first_waits=False)
             else:
                 self.request_relist(f"watch ERROR {code if code is not None else '(no code)'}: {msg}")
             return False
@@ -307,6 +350,8 @@ class ListWatchCore:
         rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
         if isinstance(rv, str) and rv:
             self.resource_version = rv
+        self._stream_events += 1
+        self._progress()
         if etype == "BOOKMARK":
             return False
         name = object_name(obj)
@@ -320,13 +365,22 @@ class ListWatchCore:
         self.objects[name] = obj
         return True
 
-    def on_stream_end(self, clean: bool, reason: str = "stream ended") -> None:
+    def on_stream_end(self, clean: bool, reason: str = "stream ended", lasted: float | None = None) -> None:
         """The watch stream ended: cleanly (server timeout: resume from the resourceVersion) or not
-        (connection broken: relist)."""
-        self.streaming = False
+        (connection broken: relist). ``lasted``: seconds since it started (``None`` when the shell
+        ended it itself, e.g. for the periodic re-list); under :data:`SHORT_WATCH_SECS` with no event
+        it made no progress."""
+        was_streaming, self.streaming = self.streaming, False
         self.stream_ended_at = self.clock()
         if not clean:
             self.request_relist("reconnect")
+        if not was_streaming or self._stream_gone or lasted is None:
+            return
+        if lasted < SHORT_WATCH_SECS and self._stream_events == 0:
+            self.short_watches += 1
+            self._no_progress(f"watch ended after {lasted:.3f}s with no event", first_waits=True)
+        else:
+            self._progress()
 
     def on_transport_error(self, message: str) -> bool:
         """A request could not be made or answered (connect, TLS, timeout, protocol)."""
@@ -356,4 +410,7 @@ class ListWatchCore:
             "watches": self.watches,
             "events": self.events,
             "malformed": self.malformed,
+            "shortWatches": self.short_watches,
+            "noProgressInARow": self.no_progress,
+            "throttle": self.throttle,
         }
