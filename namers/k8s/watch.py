@@ -22,8 +22,8 @@ The rules, which are what Kubernetes asks of a client and what a stale view cost
 * **No progress is throttled, not retried at once.** A watch that ends (cleanly or not) within
   :data:`SHORT_WATCH_SECS` of its start without one event (client-go's "very short watch": a proxy
   or load balancer that closes every watch, a server that times watches out at once) and a ``410``
-  that follows another ``410`` with no event between (a watch cache behind the lists: every
-  re-list's resourceVersion is too old to watch from) are cycles without progress. They are not
+  or ``ERROR`` event that follows another with no event between (a watch cache behind the lists:
+  every re-list's resourceVersion is too old to watch from) are cycles without progress. They are not
   errors (the objects from the last list are as good as they were), but :attr:`throttle_steps`
   tells the shell to back off before the next request, growing with each cycle in a row; the first
   ``410`` alone is the expected answer and re-lists at once. Any event, or a watch that runs longer,
@@ -189,7 +189,7 @@ class ListWatchCore:
         self.throttle: str | None = None  # why the shell backs off, until the run ends
         self.throttle_steps = 0  # how long: the backoff step (0: no wait)
         self._stream_events = 0  # non-ERROR events in the current stream
-        self._stream_gone = False  # the current stream ended with an ERROR 410
+        self._stream_gone = False  # the current stream ended with an ERROR event
         # counters
         self.lists = 0
         self.relists: dict[str, int] = {}
@@ -340,11 +340,12 @@ class ListWatchCore:
             if code == 410:
                 self.resource_version = None
                 self.relist_reason = "410 in watch"
-                if not self._stream_gone:
-                    self._stream_gone = True
-                    self._no_progress("watch answered 410 Gone after a fresh list", first_waits=False)
             else:
                 self.request_relist(f"watch ERROR {code if code is not None else '(no code)'}: {msg}")
+            if not self._stream_gone:  # like a 410: the first re-lists at once, the next in a row waits
+                self._stream_gone = True
+                what = "410 Gone" if code == 410 else code if code is not None else "(no code)"
+                self._no_progress(f"watch ERROR {what} after a fresh list", first_waits=False)
             return False
         meta = obj.get("metadata")
         rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
