@@ -10,16 +10,24 @@ a missing file, or a directory, is ``NEG`` so a dtab alternate can take over.
 Three parts:
 
 * :func:`scan` (blocking, run in a worker thread) checks the root directory and stats every watched
-  path; it reads a file only when its signature (inode, size, mtime) changed or a re-read is forced,
-  and returns one observation per name (:class:`Missing`, :class:`IsDir`, :class:`Unchanged`,
-  :class:`FileText`, :class:`ReadError`).
+  path; it reads a file only when its signature (device, inode, size, mtime, ctime) changed or a
+  re-read is forced, and returns one observation per name (:class:`Missing`, :class:`IsDir`,
+  :class:`Unchanged`, :class:`FileText`, :class:`ReadError`). The ctime catches an in-place rewrite
+  that keeps size and mtime (``cp -p``, ``touch -r``, ``rsync -t --inplace``): nothing can set it
+  back. A write within the same timestamp tick as our read changes no timestamp at all, so, as git
+  does for its "racy" index entries, a file whose mtime or ctime is within :data:`RACY_WINDOW_NS` of
+  the time it was read is marked ``racy`` and read again on the next polls until it is not (a few
+  small reads per change). A dangling symlink (a ConfigMap mount caught mid-swap, a link to a file
+  not there) is a read error, not a missing file: the name keeps its last good addresses.
 * :class:`FsCore` (pure, time passed in) turns observations into :class:`NameTable` transitions:
   missing or directory -> ``neg``; text -> ``bound`` or, for a malformed file, a failure that keeps
   the last good addresses (``stale``) and carries ``file:line``; unreadable -> failure; a missing or
-  unreadable ``rootDir`` -> every name fails with an error naming the path. An *empty* file seen
-  right after a non-empty one is not believed at once, since a writer that truncates and rewrites in
-  place shows it for a moment: it is re-read after ``settle`` seconds, and only an empty file then
-  empties the name. (Writers that write a temporary file and ``rename`` it never show that state.)
+  unreadable ``rootDir`` -> every name fails with an error naming the path. A file with *no
+  addresses* (empty, or only comments and blank lines) seen while the name has addresses is not
+  believed at once, since a writer that truncates and rewrites in place shows it for a moment (and
+  may write its header comment first): it is re-read after ``settle`` seconds, and only a file still
+  without addresses then empties the name. (Writers that write a temporary file and ``rename`` it
+  never show that state.)
 * :class:`FsNamer` wires them: its :meth:`~FsNamer.run` task polls every ``poll_interval`` seconds
   (0.25 by default) or at once when a lookup asks for a new name, so changes apply within a second,
   and never lets one name's trouble stop the others.
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -43,6 +52,7 @@ from namers.fsformat import MAX_FILE_SIZE, FsFormatError, check_size, parse_addr
 __all__ = [
     "KIND",
     "MAX_DEPTH",
+    "RACY_WINDOW_NS",
     "FileText",
     "FsCore",
     "FsNamer",
@@ -63,7 +73,12 @@ log = structlog.get_logger("namers.fs")
 #: Deepest subdirectory nesting a lookup follows.
 MAX_DEPTH = 16
 
-Sig = tuple[int, int, int, int]  # (device, inode, size, mtime_ns)
+Sig = tuple[int, ...]  # (device, inode, size, mtime_ns, ctime_ns)
+
+#: A file changed this close (either way) to the moment it was read may be written again within the
+#: same timestamp tick without any visible change; such a read is ``racy`` and repeated. 2 s covers
+#: the coarsest common filesystem timestamps (FAT; 1 s on ext3, HFS+ and some NFS servers).
+RACY_WINDOW_NS = 2_000_000_000
 
 
 # -- observations (what one scan saw for one name) ----------------------------------------------
@@ -86,6 +101,9 @@ class Unchanged:
 class FileText:
     sig: Sig
     text: str
+    #: Read within :data:`RACY_WINDOW_NS` of its last change: a same-tick rewrite would go unseen,
+    #: so read it again.
+    racy: bool = False
 
 
 @dataclass(frozen=True)
@@ -122,32 +140,55 @@ def check_root(root: str) -> str | None:
     return None
 
 
-def observe(root: str, key: Key, prev: Sig | None, force: bool) -> Observation:
+def _sig(st: os.stat_result) -> Sig:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _dangling(path: str) -> str | None:
+    """What is wrong when ``path`` is a symlink whose target does not exist, else ``None``."""
+    try:
+        if not stat.S_ISLNK(os.lstat(path).st_mode):
+            return None
+        target = os.readlink(path)
+    except OSError:
+        return None
+    return (
+        f"{path} is a symlink to {target!r}, which does not exist (a ConfigMap mount mid-update, or a "
+        "broken link); keeping the last good addresses: fix the link or remove it"
+    )
+
+
+def observe(
+    root: str, key: Key, prev: Sig | None, force: bool, now_ns: Callable[[], int] = time.time_ns
+) -> Observation:
     path = file_path(root, key)
     try:
         st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
-        return Missing()
+        dangling = _dangling(path)
+        return ReadError(dangling) if dangling is not None else Missing()
     except OSError as e:
         return ReadError(f"{path}: cannot stat ({e.strerror}); fix its permissions")
     if stat.S_ISDIR(st.st_mode):
         return IsDir()
     if not stat.S_ISREG(st.st_mode):
         return ReadError(f"{path} is not a regular file; replace it with a file of 'host port' lines")
-    sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    sig = _sig(st)
     if sig == prev and not force:
         return Unchanged()
     try:
         with open(path, "rb") as f:
             fst = os.fstat(f.fileno())
-            sig = (fst.st_dev, fst.st_ino, fst.st_size, fst.st_mtime_ns)
+            sig = _sig(fst)
             try:
                 check_size(fst.st_size, path)
             except FsFormatError as e:
                 return ReadError(str(e))
             data = f.read(MAX_FILE_SIZE + 1)
+            read_ns = now_ns()
     except FileNotFoundError:
-        return Missing()
+        # gone between stat and open (replaced, or a symlink swapped): look again next poll
+        return ReadError(f"{path}: disappeared while being read; reading it again")
     except OSError as e:
         return ReadError(f"{path}: cannot read ({e.strerror}); fix its permissions")
     try:
@@ -158,7 +199,8 @@ def observe(root: str, key: Key, prev: Sig | None, force: bool) -> Observation:
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         return ReadError(f"{path}:{line}: not UTF-8 text; save the file as UTF-8")
-    return FileText(sig, text)
+    racy = any(abs(read_ns - stamp) < RACY_WINDOW_NS for stamp in (fst.st_mtime_ns, fst.st_ctime_ns))
+    return FileText(sig, text, racy)
 
 
 def scan(root: str, requests: Sequence[Request]) -> tuple[str | None, list[tuple[Key, Observation]]]:
@@ -175,6 +217,7 @@ class _Tracked:
     kind: str | None = None  # "file", "dir", "missing", "error"
     sig: Sig | None = None
     settle_until: float | None = None
+    racy: bool = False
 
 
 class FsCore:
@@ -205,7 +248,7 @@ class FsCore:
             if t is None:
                 out.append((key, None, False))
                 continue
-            force = t.settle_until is not None and now >= t.settle_until
+            force = (t.settle_until is not None and now >= t.settle_until) or t.racy
             out.append((key, t.sig if t.kind == "file" else None, force))
         return out
 
@@ -239,17 +282,28 @@ class FsCore:
             t.kind = "dir" if isinstance(obs, IsDir) else "missing"
             t.sig = None
             t.settle_until = None
+            t.racy = False
             return self.table.apply_neg(key)
         if isinstance(obs, ReadError):
             t.kind = "error"
             t.sig = None
             t.settle_until = None
+            t.racy = False
             return self.table.apply_failure(key, obs.message)
         assert isinstance(obs, FileText)
         self.reads += 1
         t.kind = "file"
         t.sig = obs.sig
-        if obs.text == "" and self._has_addresses(key):
+        t.racy = obs.racy
+        source = file_path(self.root, key)
+        try:
+            addrs = parse_addresses(obs.text, source)
+        except FsFormatError as e:
+            t.settle_until = None
+            return self.table.apply_failure(key, str(e))
+        if not addrs and self._has_addresses(key):
+            # No addresses where there were some: maybe a truncate-then-write caught half-way
+            # (empty, or only its header so far). Believe it only if it still says so after `settle`.
             if t.settle_until is None:
                 t.settle_until = now + self.settle
                 self.settles += 1
@@ -257,11 +311,6 @@ class FsCore:
             if now < t.settle_until:
                 return False
         t.settle_until = None
-        source = file_path(self.root, key)
-        try:
-            addrs = parse_addresses(obs.text, source)
-        except FsFormatError as e:
-            return self.table.apply_failure(key, str(e))
         return self.table.apply_bound(key, addrs)
 
     def _has_addresses(self, key: Key) -> bool:

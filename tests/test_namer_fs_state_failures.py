@@ -1,0 +1,211 @@
+"""How the fs namer behaves when files go wrong: a namer that fails keeps its last good state, bad
+input gets a clear error and loses nothing, diagnostics tell the truth.
+
+From the adversarial review of namer failures (the fs part). Real files in
+temporary directories, injected clocks; waits are bounded polls of observable state, never timings.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path as FsPath
+from typing import Any
+
+import pytest
+import trio
+
+from namers._dtab import Address, Leaf, Path
+from namers.base import NameTable
+from namers.fs import RACY_WINDOW_NS, FileText, FsCore, FsNamer, ReadError, Unchanged, observe
+
+KEY = (b"web",)
+A1 = Address("10.0.0.1", 8080)
+
+
+async def wait_for(pred: Callable[[], Any], timeout: float = 5.0) -> Any:
+    """Poll ``pred`` until truthy; fail after ``timeout`` seconds (a bound, not a measurement)."""
+    with trio.fail_after(timeout):
+        while True:
+            v = pred()
+            if v:
+                return v
+            await trio.sleep(0.01)
+
+
+def fs_hosts(n: FsNamer, name: str) -> list[tuple[str, int]] | None:
+    st = n.table.get((name.encode(),))
+    if st is None or st.addr is None:
+        return None
+    return [(a.host, a.port) for a in st.addr]
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+# == io.l5d.fs: half-written files ==================================================================
+
+
+@pytest.mark.parametrize("partial", ["# web backends, managed by deploy.sh\n", "\n", "   \n\t\n"])
+def test_fs_half_written_file_holding_only_its_header_is_not_believed_at_once(partial: str) -> None:
+    """README: "a half-written file is never read as empty". A writer that truncates in place and
+    writes its header comment (or a blank line) first shows a file with no addresses for a moment;
+    it gets the same settle delay as an empty file instead of emptying the name at once."""
+    table = NameTable(lambda: 1000.0)
+    table.touch(KEY)
+    core = FsCore(table, "/disco", settle=0.5)
+    core.apply(KEY, FileText((1, 1, 40, 1, 1), "# web backends\n10.0.0.1 80\n10.0.0.2 80\n"), 0.0)
+    assert table.get(KEY).state == "bound" and len(table.get(KEY).addr) == 2
+    sig = (1, 1, len(partial), 2, 2)
+
+    assert core.apply(KEY, FileText(sig, partial), 10.0) is False
+
+    st = table.get(KEY)
+    assert (st.state, [(a.host, a.port) for a in st.addr]) == ("bound", [("10.0.0.1", 80), ("10.0.0.2", 80)])
+    assert core.settles == 1
+    # the writer finishes within the settle delay: its content wins
+    assert core.requests(10.2) == [(KEY, sig, False)]
+    assert core.apply(KEY, FileText((1, 1, 30, 3, 3), partial + "10.0.0.9 80\n"), 10.2)
+    assert [(a.host, a.port) for a in table.get(KEY).addr] == [("10.0.0.9", 80)]
+
+
+def test_fs_file_without_addresses_is_believed_after_the_settle_delay() -> None:
+    """An address-less file that stays so is deliberate ("no backends"), and is applied once the
+    settle delay has passed; a name with no addresses yet takes it at once."""
+    table = NameTable(lambda: 1000.0)
+    table.touch(KEY)
+    core = FsCore(table, "/disco", settle=0.5)
+    core.apply(KEY, FileText((1, 1, 12, 1, 1), "10.0.0.1 80\n"), 0.0)
+    sig = (1, 1, 9, 2, 2)
+    assert core.apply(KEY, FileText(sig, "# empty\n"), 10.0) is False
+    assert core.requests(10.5) == [(KEY, sig, True)]  # re-read when the delay is over
+    assert core.apply(KEY, FileText(sig, "# empty\n"), 10.5)
+    assert (table.get(KEY).state, table.get(KEY).addr) == ("bound", ())
+
+    other = (b"other",)
+    table.touch(other)
+    assert core.apply(other, FileText((1, 2, 9, 1, 1), "# empty\n"), 10.5)
+    assert (table.get(other).state, table.get(other).addr) == ("bound", ())
+    assert core.settles == 1
+
+
+# == io.l5d.fs: changes that keep size and mtime ====================================================
+
+
+def rewrite_in_place_keeping_size_and_mtime(path: FsPath, text: str) -> None:
+    before = os.stat(path)
+    with open(path, "r+") as f:  # same inode, same size, new content
+        f.write(text)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # as `cp -p`, `touch -r` do
+    after = os.stat(path)
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+
+
+def test_fs_signature_sees_an_in_place_rewrite_that_keeps_size_and_mtime(tmp_path: FsPath) -> None:
+    """The signature includes the ctime, which a rewrite changes and nothing can set back."""
+    path = tmp_path / "web"
+    path.write_text("10.0.0.1 8080\n")
+    first = observe(str(tmp_path), KEY, None, False)
+    assert isinstance(first, FileText) and first.text == "10.0.0.1 8080\n"
+    assert isinstance(observe(str(tmp_path), KEY, first.sig, False), Unchanged)
+
+    moved = observe(str(tmp_path), KEY, None, False)
+    assert isinstance(moved, FileText)
+    rewrite_in_place_keeping_size_and_mtime(path, "10.0.0.2 8080\n")
+    while os.stat(path).st_ctime_ns == moved.sig[4]:  # the same ctime tick: wait for the next one
+        time.sleep(0.001)
+        os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns))
+
+    again = observe(str(tmp_path), KEY, moved.sig, False)
+    assert isinstance(again, FileText) and again.text == "10.0.0.2 8080\n"
+
+
+def test_fs_file_read_within_its_timestamp_tick_is_read_again(tmp_path: FsPath) -> None:
+    """The "racy git" rule: a read close to the file's last change could miss a write in the same
+    timestamp tick, which changes no part of the signature; such a read is marked racy and the core
+    forces re-reads until one is made clearly after the change."""
+    path = tmp_path / "web"
+    path.write_text("10.0.0.1 8080\n")
+    os.utime(path, ns=(10**18, 10**18))
+    stamp = max(os.stat(path).st_mtime_ns, os.stat(path).st_ctime_ns)
+
+    just_after = observe(str(tmp_path), KEY, None, False, now_ns=lambda: 10**18 + RACY_WINDOW_NS // 4)
+    assert isinstance(just_after, FileText) and just_after.racy
+    later = observe(str(tmp_path), KEY, None, False, now_ns=lambda: stamp + RACY_WINDOW_NS * 10)
+    assert isinstance(later, FileText) and not later.racy
+
+    table = NameTable(lambda: 1000.0)
+    table.touch(KEY)
+    core = FsCore(table, str(tmp_path))
+    core.apply(KEY, just_after, 0.0)
+    assert core.requests(0.1) == [(KEY, just_after.sig, True)]  # read again, though unchanged
+    core.apply(KEY, later, 0.2)
+    assert core.requests(0.3) == [(KEY, later.sig, False)]
+    assert [(a.host, a.port) for a in table.get(KEY).addr] == [("10.0.0.1", 8080)]
+
+
+async def test_fs_in_place_rewrite_keeping_size_and_mtime_is_picked_up(tmp_path: FsPath) -> None:
+    """End to end: the namer serves the new content of a file rewritten in place with the same size
+    and mtime, instead of the old addresses forever with state ``bound`` and no error."""
+    path = tmp_path / "web"
+    path.write_text("10.0.0.1 8080\n")
+    n = FsNamer(tmp_path, poll_interval=0.02)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(n.run)
+        n.lookup(Path.read("/web"))
+        await wait_for(lambda: fs_hosts(n, "web") == [("10.0.0.1", 8080)])
+        rewrite_in_place_keeping_size_and_mtime(path, "10.0.0.2 8080\n")
+        await wait_for(lambda: fs_hosts(n, "web") == [("10.0.0.2", 8080)])
+        nursery.cancel_scope.cancel()
+
+
+# == io.l5d.fs: dangling symlinks ==================================================================
+
+
+async def test_fs_dangling_symlink_keeps_the_last_good_answer_and_says_why(tmp_path: FsPath) -> None:
+    """A symlink whose target is gone (a ConfigMap mount mid-update, a deploy that removed the target
+    first) is an error, not a removed name: the name keeps serving its last good addresses, marked
+    stale with an error naming the link. Removing the link itself makes the name negative."""
+    target = tmp_path / "web.v1"
+    target.write_text("10.0.0.1 8080\n")
+    os.symlink("web.v1", tmp_path / "web")
+    n = FsNamer(tmp_path, poll_interval=0.02)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(n.run)
+        n.lookup(Path.read("/web"))
+        await wait_for(lambda: fs_hosts(n, "web") == [("10.0.0.1", 8080)])
+
+        target.unlink()
+        await wait_for(lambda: n.table.get(KEY).state != "bound")
+        st = n.table.get(KEY)
+        assert st.state == "stale" and fs_hosts(n, "web") == [("10.0.0.1", 8080)]
+        assert st.last_error is not None and "is a symlink to 'web.v1', which does not exist" in st.last_error
+        tree = n.lookup(Path.read("/web"))
+        assert isinstance(tree, Leaf) and [a.host for a in tree.value.addr.addresses] == ["10.0.0.1"]
+
+        (tmp_path / "web.v2").write_text("10.0.0.2 8080\n")
+        os.remove(tmp_path / "web")
+        os.symlink("web.v2", tmp_path / "web")
+        await wait_for(lambda: n.table.get(KEY).state == "bound")
+        assert fs_hosts(n, "web") == [("10.0.0.2", 8080)]
+
+        os.remove(tmp_path / "web")  # the name is really gone
+        await wait_for(lambda: n.table.get(KEY).state == "neg")
+        nursery.cancel_scope.cancel()
+
+
+def test_fs_dangling_symlink_observation(tmp_path: FsPath) -> None:
+    os.symlink("nowhere", tmp_path / "web")
+    obs = observe(str(tmp_path), KEY, None, False)
+    assert isinstance(obs, ReadError)
+    assert obs.message.startswith(f"{tmp_path / 'web'} is a symlink to 'nowhere', which does not exist")
