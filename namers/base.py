@@ -18,8 +18,11 @@ The two halves meet in a :class:`NameTable`, a plain object with no I/O and an i
   trio thread, so binders can drop cached bindings and clients can re-read :meth:`Namer.addr`.
 
 Names can come from untrusted input (a per-request dtab), so the table holds at most ``max_names``
-keys: touching a new key when full evicts the least recently used one (its subscribers are told, and a
-later lookup simply starts watching it again).
+keys: touching a new key when full evicts the least recently used name *without* a last good answer
+(``pending``, ``neg``, ``failed``), and only when every name has one, the least recently used name
+overall (its subscribers are told, and a later lookup simply starts watching it again). So made-up names
+from request headers evict each other, never a name serving its last good answer during an outage. A
+second ordered dict of the address-less keys keeps this O(1) amortised per lookup.
 
 Waking the runner is ``trio.Event.set()`` when called in the runner's trio thread, or
 ``TrioToken.run_sync_soon`` from another thread; before :meth:`Namer.run` has started, new keys simply
@@ -151,6 +154,9 @@ class NameTable:
         self.clock = clock
         self.max_names = max_names
         self._names: OrderedDict[Key, NameState] = OrderedDict()
+        #: The keys of ``_names`` without a last good answer (``addr is None``), least recently used
+        #: first: evicted before any name that has one.
+        self._bare: OrderedDict[Key, None] = OrderedDict()
         self.evictions = 0
         self.updates = 0
 
@@ -178,18 +184,35 @@ class NameTable:
         st = self._names.get(key)
         if st is not None:
             self._names.move_to_end(key)
+            if key in self._bare:
+                self._bare.move_to_end(key)
             return st, False, []
         evicted: list[NameState] = []
         while len(self._names) >= self.max_names:
-            _, old = self._names.popitem(last=False)
+            if self._bare:
+                old_key, _ = self._bare.popitem(last=False)
+                old = self._names.pop(old_key)
+            else:
+                _, old = self._names.popitem(last=False)
             evicted.append(old)
             self.evictions += 1
         st = NameState(key)
         self._names[key] = st
+        self._bare[key] = None
         return st, True, evicted
 
     def forget(self, key: Key) -> NameState | None:
+        self._bare.pop(key, None)
         return self._names.pop(key, None)
+
+    def _track_addr(self, st: NameState) -> None:
+        """Keep ``_bare`` in step after ``st.addr`` may have changed. A name that loses its addresses
+        joins the address-less names as the most recently used (its last use is not tracked apart)."""
+        if st.addr is None:
+            if st.key not in self._bare:
+                self._bare[st.key] = None
+        else:
+            self._bare.pop(st.key, None)
 
     def _changed(self, st: NameState) -> bool:
         st.version += 1
@@ -211,6 +234,7 @@ class NameTable:
         st.meta = new_meta
         st.last_error = None
         st.stale_since = None
+        self._track_addr(st)
         return self._changed(st)
 
     def apply_neg(self, key: Key) -> bool:
@@ -225,6 +249,7 @@ class NameTable:
         st.meta = {}
         st.last_error = None
         st.stale_since = None
+        self._track_addr(st)
         return self._changed(st)
 
     def apply_failure(self, key: Key, error: str) -> bool:

@@ -1,7 +1,7 @@
-"""How the fs namer behaves when files go wrong: a namer that fails keeps its last good state, bad
-input gets a clear error and loses nothing, diagnostics tell the truth.
+"""How the fs namer and the shared name table behave when things go wrong: a namer that fails keeps
+its last good state, bad input gets a clear error and loses nothing, diagnostics tell the truth.
 
-From the adversarial review of namer failures (the fs part). Real files in
+From the adversarial review of namer failures (the fs and name table part). Real files in
 temporary directories, injected clocks; waits are bounded polls of observable state, never timings.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import trio
 
-from namers._dtab import Address, Leaf, Path
+from namers._dtab import Address, Leaf, NamerError, Path
 from namers.base import NameTable
 from namers.fs import RACY_WINDOW_NS, FileText, FsCore, FsNamer, ReadError, Unchanged, observe
 
@@ -209,3 +209,74 @@ def test_fs_dangling_symlink_observation(tmp_path: FsPath) -> None:
     obs = observe(str(tmp_path), KEY, None, False)
     assert isinstance(obs, ReadError)
     assert obs.message.startswith(f"{tmp_path / 'web'} is a symlink to 'nowhere', which does not exist")
+
+
+# == the name table: who is evicted ================================================================
+
+
+def test_table_evicts_names_without_an_answer_before_names_serving_one() -> None:
+    """Names from untrusted input (per-request dtabs) evict each other, not a name holding a last good
+    answer; when every name holds one, the least recently used goes."""
+    table = NameTable(lambda: 1000.0, max_names=3)
+    table.touch(KEY)
+    table.apply_bound(KEY, [A1])
+    table.apply_failure(KEY, "backend down")  # stale, serving 10.0.0.1
+    evicted: list[bytes] = []
+    for i in range(10):
+        _, _, out = table.touch((f"junk-{i}".encode(),))
+        evicted += [b"/".join(st.key) for st in out]
+        if i % 2:
+            table.apply_failure((f"junk-{i}".encode(),), "no such file")
+    assert (b"web",) in table and table.get(KEY).addr == (A1,)
+    assert evicted == [f"junk-{i}".encode() for i in range(8)]
+    assert table.evictions == 8
+
+    # a neg name is evicted before the bound one, though used more recently
+    table = NameTable(lambda: 1000.0, max_names=2)
+    for name in (b"a", b"b"):
+        table.touch((name,))
+    table.apply_bound((b"a",), [A1])
+    table.apply_neg((b"b",))
+    _, _, out = table.touch((b"c",))
+    assert [st.key for st in out] == [(b"b",)]
+    # with every name holding addresses, plain LRU
+    table.apply_bound((b"c",), [A1])
+    table.touch((b"a",))
+    _, _, out = table.touch((b"d",))
+    assert [st.key for st in out] == [(b"c",)]
+    # a name that loses its addresses is evictable again
+    table.apply_bound((b"d",), [A1])
+    table.touch((b"a",))
+    table.apply_neg((b"a",))
+    _, _, out = table.touch((b"e",))
+    assert [st.key for st in out] == [(b"a",)]
+    assert sorted(table.watched()) == [(b"d",), (b"e",)]
+
+
+async def test_fs_names_from_untrusted_dtabs_cannot_evict_a_good_answer_during_an_outage(
+    tmp_path: FsPath,
+) -> None:
+    """While the backend (here rootDir) is gone, a client looking up ``max_names`` made-up names must
+    not push out a name serving its last good answer."""
+    root = tmp_path / "disco"
+    root.mkdir()
+    (root / "web").write_text("10.0.0.1 8080\n")
+    n = FsNamer(root, poll_interval=0.02, max_names=4)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(n.run)
+        n.lookup(Path.read("/web"))
+        await wait_for(lambda: fs_hosts(n, "web") == [("10.0.0.1", 8080)])
+        (root / "web").unlink()
+        root.rmdir()
+        await wait_for(lambda: n.table.get(KEY).state == "stale")
+
+        for i in range(8):  # e.g. l5d-dtab: /svc/x=>/#/io.l5d.fs/junk-0
+            try:
+                n.lookup(Path.read(f"/junk-{i}"))
+            except NamerError:
+                pass
+        await wait_for(lambda: (st := n.table.get((b"junk-7",))) is not None and st.state == "failed")
+        assert n.table.get(KEY) is not None
+        tree = n.lookup(Path.read("/web"))
+        assert isinstance(tree, Leaf) and [a.host for a in tree.value.addr.addresses] == ["10.0.0.1"]
+        nursery.cancel_scope.cancel()
