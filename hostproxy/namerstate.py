@@ -10,8 +10,12 @@ served as ``stale`` until the backend answers for them.
 Writes are atomic (a temporary file in the same directory, ``fsync``, ``rename``), so a crash mid-write
 leaves the previous file. A namer's file is rewritten only after the namer reported a change
 (``subscribe``), at most once per ``interval_s``, plus a final save at shutdown. A file that cannot be
-read or belongs to another namer is reported (``namer_state.load_failed``, with the path and what to do)
-and ignored: stale state is a convenience, never a reason not to start.
+read, is not JSON (also JSON nested too deep to decode) or belongs to another namer is reported
+(``namer_state.load_failed``, with the path, why and what to do) and ignored: stale state is a
+convenience, never a reason not to start. Within a readable file, a name whose saved addresses no namer
+could produce is skipped with a warning naming it (``namer.state.restore.failed``) and the rest load;
+each restored name keeps the time its answer was last confirmed (``lastUpdate``), so it shows its real
+age.
 """
 
 from __future__ import annotations
@@ -71,11 +75,16 @@ class NamerStateStore:
                     raise ValueError(f"larger than {MAX_FILE_BYTES} bytes")
                 data = json.loads(path.read_text())
                 count = n.import_state(data)
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, RecursionError, TypeError) as e:
+                # RecursionError: JSON nested deeper than the decoder's stack (a corrupt file).
                 log.warning(
                     "namer_state.load_failed",
                     path=str(path),
-                    error=str(e),
+                    error=(
+                        "not valid namer state: JSON nested too deeply to decode (a corrupt file)"
+                        if isinstance(e, RecursionError)
+                        else str(e)
+                    ),
                     hint="the namer starts empty; delete the file if it belongs to another config",
                 )
                 continue

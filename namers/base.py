@@ -24,6 +24,11 @@ overall (its subscribers are told, and a later lookup simply starts watching it 
 from request headers evict each other, never a name serving its last good answer during an outage. A
 second ordered dict of the address-less keys keeps this O(1) amortised per lookup.
 
+Each name remembers when the backend last *confirmed* its answer (``confirmed_at``; ``lastConfirmed``
+in the admin JSON), apart from ``last_update`` (the last change of any kind). Saved state carries the
+confirmation time and a restore keeps it, so an answer restored after restarts says how old it really
+is (``lastUpdate``, ``staleAgeSecs``) instead of looking fresh.
+
 Waking the runner is ``trio.Event.set()`` when called in the runner's trio thread, or
 ``TrioToken.run_sync_soon`` from another thread; before :meth:`Namer.run` has started, new keys simply
 wait in the table and the runner picks them up when it starts.
@@ -31,6 +36,7 @@ wait in the table and the runner picks them up when it starts.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -57,6 +63,8 @@ from namers._dtab import (
 
 __all__ = [
     "DEFAULT_MAX_NAMES",
+    "RESTORED_ERROR",
+    "SAVED_STATE_MAX_AGE",
     "Key",
     "NameState",
     "NameTable",
@@ -79,6 +87,13 @@ DEFAULT_MAX_NAMES = 1000
 
 
 STALE_SINCE = "staleSince"  # address-set metadata: wall time the name went stale (last good served)
+
+#: The error a restored, not yet confirmed name carries.
+RESTORED_ERROR = "restored from saved state; not yet confirmed"
+
+#: A restored name that no lookup asked for since the restart and whose answer was last confirmed
+#: longer ago than this is not saved again: saved state expires instead of being carried forever.
+SAVED_STATE_MAX_AGE = 30 * 24 * 3600.0
 
 
 def format_time(t: float | None) -> str | None:
@@ -109,6 +124,10 @@ class NameState:
     last_update: float | None = None
     last_error: str | None = None
     stale_since: float | None = None
+    #: Wall time the backend last gave this answer (``None``: never, or unknown for a restored name).
+    confirmed_at: float | None = None
+    #: False for a name restored from saved state until a lookup asks for it.
+    used: bool = True
     version: int = 0
 
     def stale_age(self, now: float) -> float | None:
@@ -135,6 +154,7 @@ class NameState:
             "state": self.state,
             "addrs": [address_json(a) for a in self.addr] if self.addr is not None else None,
             "lastUpdate": format_time(self.last_update),
+            "lastConfirmed": format_time(self.confirmed_at),
             "lastError": self.last_error,
             "staleAgeSecs": round(age, 3) if age is not None else None,
             "version": self.version,
@@ -227,6 +247,7 @@ class NameTable:
             return False
         new = tuple(addrs)
         new_meta = dict(meta or {})
+        st.confirmed_at = self.clock()
         if st.state == "bound" and st.addr == new and st.meta == new_meta:
             return False
         st.state = "bound"
@@ -242,6 +263,7 @@ class NameTable:
         st = self._names.get(key)
         if st is None:
             return False
+        st.confirmed_at = self.clock()
         if st.state == "neg":
             return False
         st.state = "neg"
@@ -269,6 +291,69 @@ class NameTable:
             st.state = "failed"
         st.last_error = error
         return self._changed(st)
+
+    def restore(
+        self, key: Key, addrs: Sequence[Address], meta: dict[str, Any], confirmed_at: float | None
+    ) -> bool:
+        """Seed a name known to no one yet with a saved answer: ``stale`` until the backend answers.
+
+        ``confirmed_at`` is when the backend last gave that answer (from the saved state; ``None``
+        when unknown). It is kept as the name's ``last_update``, ``confirmed_at`` and ``stale_since``,
+        so the name's age is that of the answer, not of the restart. Only an unknown time falls back
+        to now for ``stale_since`` (clients need some time to show a stale set as stale).
+        """
+        st = self._names.get(key)
+        if st is None or st.state != "pending":
+            return False
+        now = self.clock()
+        if confirmed_at is not None:
+            confirmed_at = min(confirmed_at, now)  # a time from the future is not believed
+        st.state = "stale"
+        st.addr = tuple(addrs)
+        st.meta = dict(meta)
+        st.last_error = RESTORED_ERROR
+        st.confirmed_at = confirmed_at
+        st.used = False
+        st.stale_since = confirmed_at if confirmed_at is not None else now
+        st.version += 1
+        st.last_update = confirmed_at
+        self.updates += 1
+        self._track_addr(st)
+        return True
+
+
+def valid_saved_address(a: Any) -> Address:
+    """One address from saved namer state, checked as strictly as the namers' own parsers check
+    theirs (host a string, port 1-65535, weight a finite number >= 0); ``ValueError`` says which."""
+    if not isinstance(a, dict):
+        raise ValueError(f"address {a!r} is not an object")
+    host = a.get("host")
+    if not isinstance(host, str):
+        raise ValueError(f"address host {host!r} is not a string")
+    port = a.get("port")
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError(f"address {host}:{port!r} has a port out of range 1-65535")
+    weight = a.get("weight", 1.0)
+    if (
+        isinstance(weight, bool)
+        or not isinstance(weight, int | float)
+        or not math.isfinite(weight)
+        or weight < 0
+    ):
+        raise ValueError(f"address {host}:{port} has weight {weight!r}; it must be a finite number >= 0")
+    meta = a.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise ValueError(f"address {host}:{port} has meta {meta!r}, not an object")
+    return Address(host, port, float(weight), dict(meta))
+
+
+def saved_time(value: Any) -> float | None:
+    """A saved ``lastUpdate`` (seconds since the epoch) or ``None`` when missing or not a finite
+    number >= 0 (the answer is restored, its age unknown)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    t = float(value)
+    return t if math.isfinite(t) and t >= 0 else None
 
 
 def parse_prefix(prefix: str | Path | None, kind: str) -> Path:
@@ -346,6 +431,8 @@ class Namer:
         self.transformers: tuple[Any, ...] = tuple(transformers)
         self.clock = clock
         self.table = NameTable(clock, max_names)
+        #: See :data:`SAVED_STATE_MAX_AGE`.
+        self.saved_state_max_age = SAVED_STATE_MAX_AGE
         self._subscribers: list[Subscriber] = []
         self.waker = Waker()
         self.lookups = 0
@@ -385,6 +472,7 @@ class Namer:
     def touch(self, key: Key) -> NameState:
         """Mark ``key`` used, start watching it if new, and return its state."""
         st, created, evicted = self.table.touch(key)
+        st.used = True
         for old in evicted:
             log.info("namer.name.evicted", namer=self.kind, name=key_text(old.key), cap=self.table.max_names)
             self._notify(old.key)
@@ -444,22 +532,35 @@ class Namer:
     # -- persistence ---------------------------------------------------------------------------
     def export_state(self) -> dict[str, Any]:
         """The last good address sets, JSON-serialisable, for the daemon to save (``namerState.dir``)
-        so that a restart while the backend is down does not start empty."""
+        so that a restart while the backend is down does not start empty. A restored name that no
+        lookup wanted since and whose answer is older than :attr:`saved_state_max_age` is left out
+        (restored names of unknown age are kept)."""
         names = {}
+        now = self.clock()
         for st in self.table.states():
             if st.addr is None:
+                continue
+            if (
+                not st.used
+                and st.confirmed_at is not None
+                and now - st.confirmed_at > self.saved_state_max_age
+            ):
                 continue
             names[str(Path(st.key))] = {
                 "addrs": [address_json(a) for a in st.addr],
                 "meta": dict(st.meta),
-                "lastUpdate": st.last_update,
+                # when the backend last gave this answer, not when it was restored or last changed
+                "lastUpdate": st.confirmed_at,
             }
         return {"kind": self.kind, "prefix": str(self.bound_prefix), "names": names}
 
     def import_state(self, data: Any) -> int:
         """Seed names from :meth:`export_state` output. Restored names are ``stale`` (serving their
-        saved addresses) until the backend answers for them; names already known are left alone.
-        Returns how many were restored; raises ``ValueError`` for state saved by another namer."""
+        saved addresses, aged from their saved ``lastUpdate``) until the backend answers for them;
+        names already known are left alone. A name with an address no namer could produce (port
+        outside 1-65535, a negative, NaN or infinite weight, ...) is skipped with a warning naming
+        it; the others load. Returns how many were restored; raises ``ValueError`` for state saved
+        by another namer."""
         if not isinstance(data, dict) or not isinstance(data.get("names"), dict):
             raise ValueError("saved namer state must be an object with a 'names' object")
         if data.get("kind") != self.kind or data.get("prefix") != str(self.bound_prefix):
@@ -471,21 +572,25 @@ class Namer:
         for name, entry in list(data["names"].items())[-self.table.max_names :]:
             try:
                 key = tuple(Path.read(name).labels)
-                addrs = tuple(
-                    Address(
-                        str(a["host"]), int(a["port"]), float(a.get("weight", 1.0)), dict(a.get("meta") or {})
-                    )
-                    for a in entry["addrs"]
-                )
-                meta = dict(entry.get("meta") or {})
+                if not isinstance(entry, dict) or not isinstance(entry.get("addrs"), list):
+                    raise ValueError("the entry has no 'addrs' list")
+                addrs = tuple(valid_saved_address(a) for a in entry["addrs"])
+                meta = entry.get("meta") or {}
+                if not isinstance(meta, dict):
+                    raise ValueError(f"meta {meta!r} is not an object")
             except Exception as e:
-                log.warning("namer.state.restore.failed", namer=self.kind, name=name, error=repr(e))
+                log.warning(
+                    "namer.state.restore.failed",
+                    namer=self.kind,
+                    name=name,
+                    error=str(e) or repr(e),
+                    hint="this name starts empty; the other saved names are restored",
+                )
                 continue
             if not key or key in self.table:
                 continue
             self.touch(key)
-            self.table.apply_bound(key, addrs, meta)
-            self.table.apply_failure(key, "restored from saved state; not yet confirmed")
+            self.table.restore(key, addrs, dict(meta), saved_time(entry.get("lastUpdate")))
             restored += 1
         return restored
 

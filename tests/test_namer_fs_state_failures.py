@@ -1,12 +1,15 @@
-"""How the fs namer and the shared name table behave when things go wrong: a namer that fails keeps
-its last good state, bad input gets a clear error and loses nothing, diagnostics tell the truth.
+"""How the fs namer, the shared name table and saved namer state behave when things go wrong: a namer
+that fails keeps its last good state, bad input gets a clear error and loses nothing, diagnostics tell
+the truth (how old an answer really is).
 
-From the adversarial review of namer failures (the fs and name table part). Real files in
+From the adversarial review of namer failures (the fs, name table and namer state part). Real files in
 temporary directories, injected clocks; waits are bounded polls of observable state, never timings.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -15,9 +18,11 @@ from typing import Any
 
 import pytest
 import trio
+from structlog.testing import capture_logs
 
+from hostproxy.namerstate import NamerStateStore
 from namers._dtab import Address, Leaf, NamerError, Path
-from namers.base import NameTable
+from namers.base import NameTable, format_time
 from namers.fs import RACY_WINDOW_NS, FileText, FsCore, FsNamer, ReadError, Unchanged, observe
 
 KEY = (b"web",)
@@ -280,3 +285,153 @@ async def test_fs_names_from_untrusted_dtabs_cannot_evict_a_good_answer_during_a
         tree = n.lookup(Path.read("/web"))
         assert isinstance(tree, Leaf) and [a.host for a in tree.value.addr.addresses] == ["10.0.0.1"]
         nursery.cancel_scope.cancel()
+
+
+# == namerState: last good answers across restarts ================================================
+
+
+def saved_state(names: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": "io.l5d.fs", "prefix": "/#/io.l5d.fs", "names": names}
+
+
+def web_entry(last_update: Any) -> dict[str, Any]:
+    return {"addrs": [{"host": "10.0.0.1", "port": 8080}], "meta": {}, "lastUpdate": last_update}
+
+
+def test_restored_state_tells_how_old_the_saved_answer_is(tmp_path: FsPath) -> None:
+    """After a restart with discovery down, /namer_state says when the served answer was last
+    confirmed and how long it has been stale, not "updated just now"."""
+    now = 1_800_000_000.0
+    saved_at = now - 3 * 24 * 3600
+    (tmp_path / "io.l5d.fs.json").write_text(json.dumps(saved_state({"/web": web_entry(saved_at)})))
+    namer = FsNamer(tmp_path / "disco", clock=Clock(now))
+    assert NamerStateStore(tmp_path, [namer]).load_all() == {"/io.l5d.fs": 1}
+    entry = namer.state_json()["names"]["web"]
+    assert entry["state"] == "stale"
+    assert entry["lastUpdate"] == format_time(saved_at)
+    assert entry["lastConfirmed"] == format_time(saved_at)
+    assert entry["staleAgeSecs"] == 3 * 24 * 3600
+    assert entry["lastError"] == "restored from saved state; not yet confirmed"
+    # clients see the same age
+    tree = namer.lookup(Path.read("/web"))
+    assert tree.value.addr.meta["staleSince"] == saved_at
+
+
+def test_restored_state_of_unknown_or_impossible_age(tmp_path: FsPath) -> None:
+    """A saved time that is missing or not a number leaves the age unknown (the addresses are still
+    restored); a time in the future is not believed."""
+    now = 1_800_000_000.0
+    namer = FsNamer(tmp_path / "disco", clock=Clock(now))
+    names = {
+        "/a": web_entry(None),
+        "/b": web_entry("yesterday"),
+        "/c": web_entry(math.inf),
+        "/d": web_entry(now + 1e6),
+    }
+    assert namer.import_state(saved_state(names)) == 4
+    body = namer.state_json()["names"]
+    for name in "abc":
+        assert (body[name]["state"], body[name]["lastConfirmed"]) == ("stale", None), name
+        assert namer.export_state()["names"][f"/{name}"]["lastUpdate"] is None
+    assert body["d"]["lastConfirmed"] == format_time(now) and body["d"]["staleAgeSecs"] == 0
+
+
+def test_unconfirmed_restored_state_is_not_resaved_as_fresh(tmp_path: FsPath) -> None:
+    """Restart, backend still down, restart again: each save carries the time the backend last
+    confirmed the answer, not the restore time; once the backend answers, its time."""
+    now = 1_800_000_000.0
+    saved_at = now - 2 * 24 * 3600
+    clock = Clock(now)
+    namer = FsNamer(tmp_path / "disco", clock=clock)
+    assert namer.import_state(saved_state({"/web": web_entry(saved_at)})) == 1
+    clock.t += 60
+    namer.table.apply_failure(KEY, "rootDir gone")  # a new error: a change, but no confirmation
+    assert namer.export_state()["names"]["/web"]["lastUpdate"] == saved_at
+
+    again = FsNamer(tmp_path / "disco", clock=clock)  # the next restart
+    assert again.import_state(namer.export_state()) == 1
+    assert again.state_json()["names"]["web"]["lastConfirmed"] == format_time(saved_at)
+
+    clock.t += 60
+    namer.table.apply_bound(KEY, [A1])
+    assert namer.export_state()["names"]["/web"]["lastUpdate"] == clock.t
+
+
+def test_restored_names_no_one_asks_for_expire_from_saved_state(tmp_path: FsPath) -> None:
+    """A restored name never looked up again is not carried from restart to restart forever: once its
+    answer is older than ``saved_state_max_age`` it is not saved again. A name asked for is kept."""
+    now = 1_800_000_000.0
+    day = 24 * 3600.0
+    namer = FsNamer(tmp_path / "disco", clock=Clock(now))
+    namer.saved_state_max_age = 7 * day
+    names = {
+        "/old": web_entry(now - 8 * day),
+        "/wanted": web_entry(now - 8 * day),
+        "/recent": web_entry(now - day),
+    }
+    assert namer.import_state(saved_state(names)) == 3
+    namer.lookup(Path.read("/wanted"))
+    assert sorted(namer.export_state()["names"]) == ["/recent", "/wanted"]
+    assert namer.table.get((b"old",)) is not None  # still served meanwhile
+
+
+def test_state_file_nested_too_deep_is_ignored_not_fatal(tmp_path: FsPath) -> None:
+    """A corrupt file of nested brackets makes the JSON decoder raise RecursionError: reported,
+    naming the file and why, and the namer starts empty."""
+    path = tmp_path / "io.l5d.fs.json"
+    path.write_text("[" * 200_000)
+    namer = FsNamer(tmp_path / "disco")
+    with capture_logs() as logs:
+        assert NamerStateStore(tmp_path, [namer]).load_all() == {}
+    failed = [e for e in logs if e["event"] == "namer_state.load_failed"]
+    assert len(failed) == 1 and failed[0]["path"] == str(path)
+    assert failed[0]["error"] == "not valid namer state: JSON nested too deeply to decode (a corrupt file)"
+    assert len(namer.table) == 0
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        ({"host": "10.0.0.9", "port": 0}, "address 10.0.0.9:0 has a port out of range 1-65535"),
+        ({"host": "10.0.0.9", "port": 70000}, "address 10.0.0.9:70000 has a port out of range 1-65535"),
+        ({"host": "10.0.0.9", "port": "80"}, "address 10.0.0.9:'80' has a port out of range 1-65535"),
+        ({"host": "10.0.0.9", "port": True}, "address 10.0.0.9:True has a port out of range 1-65535"),
+        (
+            {"host": "10.0.0.9", "port": 8080, "weight": -1},
+            "address 10.0.0.9:8080 has weight -1; it must be a finite number >= 0",
+        ),
+        (
+            {"host": "10.0.0.9", "port": 8080, "weight": math.nan},
+            "address 10.0.0.9:8080 has weight nan; it must be a finite number >= 0",
+        ),
+        (
+            {"host": "10.0.0.9", "port": 8080, "weight": math.inf},
+            "address 10.0.0.9:8080 has weight inf; it must be a finite number >= 0",
+        ),
+        ({"host": 7, "port": 8080}, "address host 7 is not a string"),
+    ],
+    ids=["port0", "port70000", "portString", "portBool", "weight-1", "weightNaN", "weightInf", "hostInt"],
+)
+def test_saved_addresses_that_no_namer_could_produce_are_not_restored(
+    tmp_path: FsPath, bad: dict[str, Any], why: str
+) -> None:
+    """The state file is input (hand-edited, from another version, bit-rotted). A name with an address
+    no namer would produce is skipped with a warning naming it and why; the other names load."""
+    good = {"host": "10.0.0.1", "port": 8080}
+    (tmp_path / "io.l5d.fs.json").write_text(
+        json.dumps(
+            saved_state(
+                {
+                    "/bad": {"addrs": [good, bad], "meta": {}, "lastUpdate": 1.0},
+                    "/good": {"addrs": [good], "meta": {}, "lastUpdate": 1.0},
+                }
+            )
+        )
+    )
+    namer = FsNamer(tmp_path / "disco")
+    with capture_logs() as logs:
+        assert NamerStateStore(tmp_path, [namer]).load_all() == {"/io.l5d.fs": 1}
+    assert isinstance(namer.lookup(Path.read("/good")), Leaf)
+    assert namer.table.get((b"bad",)) is None or namer.table.get((b"bad",)).addr is None
+    warnings = [e for e in logs if e["event"] == "namer.state.restore.failed"]
+    assert [(e["name"], e["error"]) for e in warnings] == [("/bad", why)]
