@@ -223,6 +223,8 @@ async def test_error_event_without_code_relists():
             lists = api.count("/endpoints", watch=False)
             api.error_to_watches(None, "", "401: The event in requested index is outdated and cleared")
             await wait_for(lambda: api.count("/endpoints", watch=False) == lists + 1)
+            # Both watches re-list; the Service's may first wait a backoff (its watch ended at once).
+            await wait_for(lambda: sum(namer.statistics()["relists"].values()) >= 2)
             reasons = namer.statistics()["relists"]
             assert reasons == {
                 "watch ERROR (no code): 401: The event in requested index is outdated and cleared": 2
