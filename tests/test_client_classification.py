@@ -148,27 +148,15 @@ async def test_streamed_grpc_failure_is_counted_under_upstream_grpc_everywhere()
     assert app.calls == 1  # status 2 is not retryable under grpc.default
 
 
-async def test_trailers_only_grpc_success_is_labelled_in_the_head_and_keeps_the_endpoint() -> None:
-    app = GrpcApp(code=0)
-    upstream = H2Server(app.handle, H2ServerParams())
-    async with trio.open_nursery() as nursery:
-        [(_, up)] = await nursery.start(upstream.serve)
-        async with running_daemon(h2_yaml(up, "io.l5d.h2.grpc.neverRetryable")) as d:
-            async with RawClient.connect(d.port("h2")) as c:
-                await c.start()
-                for _ in range(4):
-                    head, _trailers = await grpc_call(c, d.port("h2"), "/pkg.Svc/Only")
-                    assert head[b"grpc-status"] == b"0" and head[b"l5d-success-class"] == b"1.0"
-            state = (await curl(f"{d.admin}/client_state.json")).json()
-            [ep] = state[f"/$/inet/127.0.0.1/{up}"]["endpoints"].values()
-            assert ep["accrual"] == "alive"
-        nursery.cancel_scope.cancel()
-
-
-async def test_trailers_only_grpc_failures_mark_the_endpoint_dead() -> None:
-    """Accrual follows the classifier: three trailers-only grpc-status 13 answers (HTTP 200) in a row
-    take the endpoint out (``failures: 3``)."""
-    app = GrpcApp(code=13)
+@pytest.mark.parametrize(
+    ("code", "success_class", "accrual", "failures"), [(0, b"1.0", "alive", 0), (13, b"0.0", "dead", 3)]
+)
+async def test_trailers_only_grpc_answers_are_labelled_in_the_head_and_judged_by_accrual(
+    code: int, success_class: bytes, accrual: str, failures: int
+) -> None:
+    """A trailers-only answer carries its verdict in its head. Accrual follows the classifier: three
+    grpc-status 13 answers (HTTP 200) in a row take the endpoint out (``failures: 3``); status 0 not."""
+    app = GrpcApp(code=code)
     upstream = H2Server(app.handle, H2ServerParams())
     async with trio.open_nursery() as nursery:
         [(_, up)] = await nursery.start(upstream.serve)
@@ -177,12 +165,13 @@ async def test_trailers_only_grpc_failures_mark_the_endpoint_dead() -> None:
                 await c.start()
                 for _ in range(3):
                     head, _trailers = await grpc_call(c, d.port("h2"), "/pkg.Svc/Only")
-                    assert head[b"l5d-success-class"] == b"0.0"
+                    assert head[b"grpc-status"] == str(code).encode()
+                    assert head[b"l5d-success-class"] == success_class
             state = (await curl(f"{d.admin}/client_state.json")).json()
             [ep] = state[f"/$/inet/127.0.0.1/{up}"]["endpoints"].values()
-            assert ep["accrual"] == "dead"
+            assert ep["accrual"] == accrual
             m = await metrics(d.admin)
-            assert m["rt/h2/service/svc/pkg.Svc/failures/upstream/grpc"] == 3
+            assert m.get("rt/h2/service/svc/pkg.Svc/failures/upstream/grpc", 0) == failures
         nursery.cancel_scope.cancel()
 
 

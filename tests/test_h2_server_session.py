@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import h2.events
 import pytest
@@ -21,7 +22,7 @@ from hostproxy.daemon import h2_server_params
 from hostproxy.h2 import H2Server, H2ServerParams
 from hostproxy.h2.link import keep_open_after_goaway
 from hostproxy.http.message import Body, Request, Response
-from tests.daemonutil import running_daemon
+from tests.daemonutil import Running, running_daemon
 from tests.grpc_fixtures.rawh2 import RawClient, goaway_of
 
 pytestmark = pytest.mark.timeout(60)
@@ -181,11 +182,11 @@ routers:
     assert (p.idle_timeout_s, p.life_time_s) == (2.5, 9.0)
 
 
-async def test_h2_server_timeout_ms_bounds_the_request() -> None:
-    """``servers[].timeoutMs`` on an h2 router: a slow upstream gets 503 timeout/request, as on
-    HTTP/1.1."""
-    app = App(slow_s=5.0)
-    upstream = H2Server(app.handle, H2ServerParams())
+@contextlib.asynccontextmanager
+async def h2_router_before(handle: Any, server_keys: str) -> AsyncIterator[tuple[Running, RawClient]]:
+    """A daemon with one h2 router (its server given ``server_keys``) in front of an ``H2Server`` calling
+    ``handle``, and a raw h2 client connected to it (started)."""
+    upstream = H2Server(handle, H2ServerParams())
     async with trio.open_nursery() as nursery:
         [(_, up)] = await nursery.start(upstream.serve)
         yaml = f"""
@@ -195,17 +196,25 @@ routers:
   label: h2
   dtab: /svc => /$/inet/127.0.0.1/{up};
   identifier: {{kind: io.l5d.header.path, segments: 1}}
-  servers: [{{ip: 127.0.0.1, port: 0, timeoutMs: 300}}]
+  servers: [{{ip: 127.0.0.1, port: 0, {server_keys}}}]
 """
         async with running_daemon(yaml) as d, RawClient.connect(d.port("h2")) as c:
             await c.start()
-            sid = await c.request("/slow", d.port("h2"))
-            with trio.fail_after(4):
-                status, _body, _ = await c.response(sid)
-            assert status == 503
-            resp = next(e for e in c.events if type(e) is h2.events.ResponseReceived)
-            assert dict(resp.headers)[b"l5d-err"].startswith(b"exceeded")
+            yield d, c
         nursery.cancel_scope.cancel()
+
+
+async def test_h2_server_timeout_ms_bounds_the_request() -> None:
+    """``servers[].timeoutMs`` on an h2 router: a slow upstream gets 503 timeout/request, as on
+    HTTP/1.1."""
+    app = App(slow_s=5.0)
+    async with h2_router_before(app.handle, "timeoutMs: 300") as (d, c):
+        sid = await c.request("/slow", d.port("h2"))
+        with trio.fail_after(4):
+            status, _body, _ = await c.response(sid)
+        assert status == 503
+        resp = next(e for e in c.events if type(e) is h2.events.ResponseReceived)
+        assert dict(resp.headers)[b"l5d-err"].startswith(b"exceeded")
 
 
 async def test_h2_request_body_stalled_past_request_body_timeout_gets_400() -> None:
@@ -221,30 +230,16 @@ async def test_h2_request_body_stalled_past_request_body_timeout_gets_400() -> N
             raise
         return Response(200, body=Body.from_bytes(b"ok"))
 
-    upstream = H2Server(upstream_handle, H2ServerParams())
-    async with trio.open_nursery() as nursery:
-        [(_, up)] = await nursery.start(upstream.serve)
-        yaml = f"""
-admin: {{ip: 127.0.0.1, port: 0}}
-routers:
-- protocol: h2
-  label: h2
-  dtab: /svc => /$/inet/127.0.0.1/{up};
-  identifier: {{kind: io.l5d.header.path, segments: 1}}
-  servers: [{{ip: 127.0.0.1, port: 0, requestBodyTimeoutMs: 300}}]
-"""
-        async with running_daemon(yaml) as d, RawClient.connect(d.port("h2")) as c:
-            await c.start()
-            sid = await c.request("/upload", d.port("h2"), end_stream=False, method=b"POST")
-            c.conn.send_data(sid, b"part")
-            await c.flush()
-            with trio.fail_after(5):
-                status, body, _ = await c.response(sid)
-            assert status == 400
-            assert b"requestBodyTimeoutMs" in body
-            sid2 = await c.request("/next", d.port("h2"))
-            with trio.fail_after(5):
-                assert (await c.response(sid2))[:2] == (200, b"ok")
-        # The upstream's stream was reset (it never saw the stalled body as complete); then /next.
-        assert bodies == ["StreamGone", b""]
-        nursery.cancel_scope.cancel()
+    async with h2_router_before(upstream_handle, "requestBodyTimeoutMs: 300") as (d, c):
+        sid = await c.request("/upload", d.port("h2"), end_stream=False, method=b"POST")
+        c.conn.send_data(sid, b"part")
+        await c.flush()
+        with trio.fail_after(5):
+            status, body, _ = await c.response(sid)
+        assert status == 400
+        assert b"requestBodyTimeoutMs" in body
+        sid2 = await c.request("/next", d.port("h2"))
+        with trio.fail_after(5):
+            assert (await c.response(sid2))[:2] == (200, b"ok")
+    # The upstream's stream was reset (it never saw the stalled body as complete); then /next.
+    assert bodies == ["StreamGone", b""]

@@ -523,21 +523,6 @@ class H2UpstreamPool(NurseryOwner):
             self._reaper = trio.CancelScope()
             self._nursery.start_soon(self._reap, self._reaper)
 
-    async def _reap(self, scope: trio.CancelScope) -> None:
-        """Close idle connections as they reach the idle timeout; ends once no connection is idle
-        (the next one to become idle starts it again)."""
-        try:
-            with scope:
-                while True:
-                    expiry = self._next_expiry()
-                    if expiry is None or self._closed:
-                        return
-                    await trio.sleep(max(expiry - self._clock(), 0.0) + 0.001)
-                    await self.prune()
-        finally:
-            if self._reaper is scope:
-                self._reaper = None
-
     def _forget(self, link: _UpLink) -> None:
         if link in self._links:
             self._links.remove(link)

@@ -61,6 +61,17 @@ __all__ = ["ClientCodec", "ServerCodec"]
 _REASON_RE: Final = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 
 
+def _framing_fields(headers: list[tuple[bytes, bytes]]) -> tuple[bool, bool]:
+    """Whether a head has a Transfer-Encoding field, and whether it has a Content-Length field."""
+    has_te = has_cl = False
+    for name, _ in headers:
+        if name == b"transfer-encoding":
+            has_te = True
+        elif name == b"content-length":
+            has_cl = True
+    return has_te, has_cl
+
+
 def _h11_headers(headers: h11._headers.Headers) -> HeaderList:  # type: ignore[name-defined]
     # Iterating h11's Headers yields (lowercased name, value) pairs.
     return list(headers)
@@ -142,12 +153,7 @@ class ServerCodec:
         if type(event) is not h11.Request:  # pragma: no cover - the head is complete by construction
             raise ProtocolError(f"malformed request head (parser returned {event!r})")
         headers = _h11_headers(event.headers)
-        has_te = has_cl = False
-        for name, _ in headers:
-            if name == b"transfer-encoding":
-                has_te = True
-            elif name == b"content-length":
-                has_cl = True
+        has_te, has_cl = _framing_fields(headers)
         if has_te and has_cl:
             raise ProtocolError("request has both Content-Length and Transfer-Encoding; send only one")
         self.http_version = event.http_version
@@ -286,12 +292,7 @@ class ClientCodec:
         if t is h11.Response:
             headers = _h11_headers(event.headers)  # type: ignore[union-attr]
             self._check_head(event.reason, headers)  # type: ignore[union-attr]
-            has_te = has_cl = False
-            for name, _ in headers:
-                if name == b"transfer-encoding":
-                    has_te = True
-                elif name == b"content-length":
-                    has_cl = True
+            has_te, has_cl = _framing_fields(headers)
             status = event.status_code  # type: ignore[union-attr]
             method = self._method
             if has_te:

@@ -485,8 +485,34 @@ class NurseryOwner:
     _nursery: trio.Nursery | None
     _own_nursery_cm: Any
 
+    _closed: bool
+    _clock: Callable[[], float]
+    _reaper: trio.CancelScope | None
+
     async def aclose(self) -> None:  # pragma: no cover - every pool defines it
         raise NotImplementedError
+
+    async def prune(self) -> None:  # pragma: no cover - every pool defines it
+        raise NotImplementedError
+
+    def _next_expiry(self) -> float | None:  # pragma: no cover - every pool defines it
+        """When the next idle connection reaches its idle timeout (None: none will)."""
+        raise NotImplementedError
+
+    async def _reap(self, scope: trio.CancelScope) -> None:
+        """The idle reaper (run in the pool's nursery as ``self._reaper``): close idle connections as
+        they reach the idle timeout; ends once none will (the next idle one starts it again)."""
+        try:
+            with scope:
+                while True:
+                    expiry = self._next_expiry()
+                    if expiry is None or self._closed:
+                        return
+                    await trio.sleep(max(expiry - self._clock(), 0.0) + 0.001)
+                    await self.prune()
+        finally:
+            if self._reaper is scope:
+                self._reaper = None
 
     async def __aenter__(self) -> Any:
         if self._nursery is None:
@@ -742,19 +768,8 @@ class UpstreamPool(NurseryOwner):
                 self._room.unpark()  # an idle connection for a request waiting at max_size
         return self._state.checkin(conn, self._clock(), reusable)
 
-    async def _reap(self, scope: trio.CancelScope) -> None:
-        """Close idle connections as they reach the idle timeout; ends once none will."""
-        try:
-            with scope:
-                while True:
-                    expiry = self._state.next_expiry()
-                    if expiry is None or self._closed:
-                        return
-                    await trio.sleep(max(expiry - self._clock(), 0.0) + 0.001)
-                    await self.prune()
-        finally:
-            if self._reaper is scope:
-                self._reaper = None
+    def _next_expiry(self) -> float | None:
+        return self._state.next_expiry()
 
     async def _discard(self, conn: _Conn) -> None:
         await self._checkin(conn, False)
