@@ -44,6 +44,7 @@ from hostproxy.http import (
     ConnectError,
     Headers,
     PoolExhausted,
+    ProxyInternalError,
     Request,
     UpstreamError,
     UpstreamPool,
@@ -851,6 +852,36 @@ async def test_max_waiters_refuses_one_more_request_at_once_unsent() -> None:
         assert [r for _, r in up.requests] == ["GET /slow HTTP/1.1"]
         release.set()
         await _until(lambda: len(up.requests) == 2, "the waiting request went out")
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_request_waiting_at_max_size_is_released_unsent_when_the_pool_closes() -> None:
+    """The endpoint left the set while a request waited for a connection: it gets a retryable error at
+    once (nothing was sent, so the client may requeue it elsewhere), not a new connection to the
+    endpoint that is gone, nor a wait until the connect timeout."""
+    release = trio.Event()
+    async with (
+        running_raw(_slow_until(release)) as up,
+        UpstreamPool("127.0.0.1", up.port, PoolParams(max_size=1, connect_timeout_ms=30_000)) as pool,
+        trio.open_nursery() as nursery,
+    ):
+        outcome: dict[str, Any] = {}
+
+        async def waiting() -> None:
+            try:
+                await pool.request(req("/waiting"))
+            except ProxyInternalError as exc:
+                outcome["error"] = exc
+
+        nursery.start_soon(pool.request, req("/slow"))
+        await _until(lambda: len(up.requests) == 1, "the upstream got /slow")
+        nursery.start_soon(waiting)
+        await _until(lambda: pool._waiters == 1, "one request waits")
+        await pool.aclose()
+        await _until(lambda: "error" in outcome, "the waiting request was released")
+        assert outcome["error"].retryable and "closed" in str(outcome["error"])
+        assert (len(up.peers), stats(pool)["connects"]) == (1, 1)  # no connection opened for it
+        release.set()
         nursery.cancel_scope.cancel()
 
 

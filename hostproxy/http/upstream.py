@@ -596,6 +596,8 @@ class UpstreamPool(NurseryOwner):
         self._closed = True
         if self._reaper is not None:
             self._reaper.cancel()
+        if self._waiters:
+            self._room.unpark_all()  # requests waiting at max_size: this endpoint is gone
         for conn in self._state.drain():
             await self._close(conn)
 
@@ -694,6 +696,14 @@ class UpstreamPool(NurseryOwner):
             with trio.move_on_after(timeout_s):
                 while True:
                     await self._room.park()
+                    if self._closed:
+                        # Nothing was sent: the client may requeue it on another endpoint.
+                        raise ProxyInternalError(
+                            f"pool for {self.endpoint} was closed (the endpoint left the set) while "
+                            "the request waited for a connection",
+                            endpoint=self.endpoint,
+                            retryable=True,
+                        )
                     conn, to_close = self._checkout()
                     for c in to_close:
                         await self._close(c)
