@@ -236,6 +236,8 @@ class Client:
         )
         self._fail_fast = bool(getattr(params, "fail_fast", False))
         self.endpoints: dict[str, _Endpoint] = {}
+        # Pools of endpoints that left the set, still finishing their requests in flight.
+        self._retiring: list[Any] = []
         self.addr: Any = None  # the address set last taken (``update_addr``)
         self.addr_state = "pending"
         self.stale_since: float | None = None
@@ -300,6 +302,7 @@ class Client:
             )
         for key in [k for k in self.endpoints if k not in wanted]:
             ep = self.endpoints.pop(key)
+            self._retiring.append(ep.pool)  # counted in the pool metrics until its last connection closes
             self._nursery.start_soon(ep.pool.aclose)
             log.info("client.endpoint_removed", router=self.router, client=self.id, endpoint=key)
         for key, (host, port, weight, meta) in wanted.items():
@@ -511,7 +514,8 @@ class Client:
 
 class _Pools:
     """A client's endpoint pools as one ``statistics()`` for its metrics: connections open, open
-    or opening (``size``), idle and requests waiting, summed over the endpoints."""
+    or opening (``size``), idle and requests waiting, summed over the endpoints — and over the pools
+    of endpoints that left the set while their last connections finish their requests."""
 
     __slots__ = ("_client",)
 
@@ -520,13 +524,22 @@ class _Pools:
 
     def statistics(self) -> dict[str, int]:
         total = {"open": 0, "size": 0, "idle": 0, "waiters": 0}
-        for ep in self._client.endpoints.values():
-            st = ep.pool.statistics()
-            total["open"] += st.get("open", 0)
-            total["size"] += st.get("open", 0) + st.get("opening", 0)
-            total["idle"] += st.get("idle", 0)
-            total["waiters"] += st.get("waiters", 0)
+        client = self._client
+        for ep in client.endpoints.values():
+            _add(total, ep.pool.statistics())
+        if client._retiring:  # a removed endpoint's pool counts until its last connection closes
+            client._retiring = [pool for pool in client._retiring if _add(total, pool.statistics())]
         return total
+
+
+def _add(total: dict[str, int], st: dict[str, int]) -> int:
+    """Add one pool's ``statistics()`` to ``total``; returns its connections open or opening."""
+    size = st.get("open", 0) + st.get("opening", 0)
+    total["open"] += st.get("open", 0)
+    total["size"] += size
+    total["idle"] += st.get("idle", 0)
+    total["waiters"] += st.get("waiters", 0)
+    return size
 
 
 def _safe(fn: Callable[[], Any]) -> Any:

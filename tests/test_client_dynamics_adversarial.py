@@ -30,7 +30,7 @@ import trio.testing
 
 from dtab.addr import AddrBound, Address, AddrFailed, AddrNeg
 from hostproxy.balancer import EndpointInfo, RoundRobinBalancer
-from hostproxy.client import Client
+from hostproxy.client import Client, _Pools
 from hostproxy.config.model import ClientParams, ConsecutiveFailuresAccrual, RetryBudget
 from hostproxy.http.message import Body, Headers, Request, Response
 from hostproxy.metrics import MetricsRegistry, flat
@@ -241,6 +241,48 @@ async def test_in_flight_failure_of_a_removed_endpoint_does_not_follow_it_when_i
         st = client.state_json()["endpoints"][KB]
         assert (st["accrual"], st["status"]) == ("alive", "open"), st
         assert client.balancer.statistics()["available"] == 2
+        nursery.cancel_scope.cancel()
+
+
+class DrainingPool(GatedPool):
+    """A ``GatedPool`` whose connection stays open after ``aclose`` while a request is in flight on it
+    (as a real pool lets its requests finish)."""
+
+    def __init__(self, host: str, port: int, params: Any, *, nursery: Any = None, **kw: Any) -> None:
+        super().__init__(host, port, params, nursery=nursery, **kw)
+        self.busy = 0
+
+    async def request(self, req: Request) -> Response:
+        self.busy += 1
+        try:
+            return await super().request(req)
+        finally:
+            self.busy -= 1
+
+    def statistics(self) -> dict[str, int]:
+        return {"open": 1 if self.busy or not self.closed else 0, "idle": 0, "waiters": 0, "opening": 0}
+
+
+async def test_a_removed_endpoints_connection_counts_until_its_request_ends() -> None:
+    """``connections``/``pool_size`` count what is open: B's connection, still carrying a request
+    after the namer removed B, counts until that request ends."""
+    clock, reg = Clock(), MetricsRegistry(time.monotonic)
+    async with trio.open_nursery() as nursery:
+        client = make_client(nursery, clock, reg)
+        client._pool_factory = DrainingPool
+        client.update_addr(AddrBound((A, B)))
+        GatedPool.gates[1002] = gate = trio.Event()
+        results: list[Any] = []
+        await send_until(client, KB, nursery, results)
+        pools = _Pools(client)
+        assert pools.statistics()["open"] == 2
+        client.update_addr(AddrBound((A,)))  # B leaves while its request is in flight
+        await trio.testing.wait_all_tasks_blocked()
+        assert pools.statistics()["open"] == 2  # B's connection is still open, carrying the request
+        gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert pools.statistics()["open"] == 1
+        assert client._retiring == []  # forgotten once it has no connection left
         nursery.cancel_scope.cancel()
 
 
