@@ -298,7 +298,7 @@ class _BodyFailureWatch:
     calls a failure. A gRPC verdict also goes into the trailers as ``l5d-success-class``, as Linkerd
     puts it there for streamed h2 responses."""
 
-    __slots__ = ("_body", "_stats", "_grpc", "_method", "_status", "_trailers")
+    __slots__ = ("_body", "_stats", "_grpc", "_method", "_status", "_trailers", "_release")
 
     def __init__(
         self,
@@ -307,9 +307,11 @@ class _BodyFailureWatch:
         grpc: GrpcClassifier | None = None,
         method: str = "POST",
         status: int = 200,
+        release: Callable[[], None] | None = None,
     ) -> None:
         self._body = body
         self._stats = stats
+        self._release = release  # called once when the body ends, however it ends
         self._grpc = grpc
         self._method = method
         self._status = status
@@ -321,12 +323,22 @@ class _BodyFailureWatch:
         except StopAsyncIteration:
             if self._grpc is not None:
                 self._judge_trailers()
+            self._ended()
             return None
         except UpstreamError:
             for st in self._stats:
                 st.late_failure(Cause.UPSTREAM_RESET)
             self._stats = []
+            self._ended()
             raise
+        except BaseException:
+            self._ended()
+            raise
+
+    def _ended(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
     def _judge_trailers(self) -> None:
         grpc, self._grpc = self._grpc, None
@@ -348,6 +360,7 @@ class _BodyFailureWatch:
         return self._trailers if self._trailers is not None else self._body.trailers
 
     async def aclose(self) -> None:
+        self._ended()
         await self._body.aclose()
 
 
@@ -550,6 +563,7 @@ class HttpRouter:
         cause: Cause | None = None
         service_stats: Any = None
         released: float | None = None  # when the client was released (the request's end)
+        held = False  # the client stays in use until the streamed response body ends
         try:
             try:
                 headers, local, _sample, l5d = inbound_scan(
@@ -627,18 +641,28 @@ class HttpRouter:
                 if not body.in_memory and not body.done:
                     # A reset after the head turns this success into an upstream/reset failure,
                     # everywhere it was counted (and so does a failing grpc-status in the trailers).
+                    # The client stays in use (not evicted as idle) until the body ends.
                     watched = [server_stats, svc, client.stats]
                     served = entry if entry is not None else self._services.get(service)
                     grpc = served.grpc_classifier if served is not None else None
-                    if grpc is None or resp.error_cause is not None:
-                        resp.body = Body(_BodyFailureWatch(body, watched), body.content_length)
-                    else:
-                        watch = _BodyFailureWatch(body, watched, grpc, req.method, resp.status)
-                        resp.body = Body(watch, body.content_length)
+                    if grpc is not None and resp.error_cause is not None:
+                        grpc = None
+                    clients = self.clients
+                    watch = _BodyFailureWatch(
+                        body,
+                        watched,
+                        grpc,
+                        req.method,
+                        resp.status,
+                        release=lambda: clients.release(client_id, clock()),
+                    )
+                    resp.body = Body(watch, body.content_length)
+                    held = True
                 return resp
             finally:
                 released = clock()
-                self.clients.release(client_id, released)
+                if not held:
+                    self.clients.release(client_id, released)
         except BaseException:
             cause = Cause.PROXY_INTERNAL
             resp = None  # counted as a 502, by its server and (once started) its service

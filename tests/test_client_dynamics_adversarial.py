@@ -36,7 +36,7 @@ from hostproxy.http.message import Body, Headers, Request, Response
 from hostproxy.metrics import MetricsRegistry, flat
 from tests.daemonutil import curl, fs_config, keepalive_gets, running_daemon
 from tests.test_lifecycle_helpers import write_atomic, write_disco
-from tests.upstreams import running_upstream
+from tests.upstreams import running_upstream, serving
 
 FS_WEB = "/#/io.l5d.fs/web"
 FS_CLIENT = "#/io.l5d.fs/web"  # as metrics spell it
@@ -629,3 +629,59 @@ async def test_a_client_made_again_after_expiring_reports_under_its_name_e2e(tmp
             assert got == {"requests": 1, "loadbalancer/size": 1}, got
             prom = (await curl(f"{d.admin}/admin/metrics/prometheus")).body.decode()
             assert f'client="{FS_WEB}"' in prom
+
+
+async def test_a_client_streaming_a_response_is_not_expired_as_idle_e2e(tmp_path: Path) -> None:
+    """A response body that streams for longer than ``idleTtlSecs`` keeps its client in use: the client
+    is not evicted mid-body (its metrics and state stay), and is evicted once idle after the body ends."""
+    gate = trio.Event()
+
+    class Slow:
+        sent = False
+
+        async def read_chunk(self) -> bytes | None:
+            if not self.sent:
+                self.sent = True
+                return b"first;"
+            if gate.is_set():
+                return None
+            await gate.wait()
+            return b"last"
+
+        @property
+        def trailers(self) -> None:
+            return None
+
+        async def aclose(self) -> None:
+            pass
+
+    async def handler(req: Request, info: object) -> Response:
+        return Response(200, b"OK", Headers([]), Body(Slow(), None))
+
+    disco = tmp_path / "disco"
+    async with serving(handler) as web_port, running_upstream() as b:
+        write_disco(disco, "web", web_port)
+        write_disco(disco, "api", b.port)
+        async with running_daemon(cfg(disco, client=NO_ACCRUAL, router_extra=IDLE_1S)) as d:
+            stream = await trio.open_tcp_stream("127.0.0.1", d.port("out"))
+            async with stream:
+                await stream.send_all(b"GET / HTTP/1.1\r\nhost: web\r\n\r\n")
+                got = b""
+                while b"first;" not in got:
+                    got += await stream.receive_some(65536)
+                await trio.sleep(1.3)  # past idleTtlSecs while the body is still streaming
+                assert (await get(d, host="api")).status == 200  # the cache is used: idle clients go
+                await trio.sleep(0.2)
+                assert FS_WEB in await client_state(d.admin), "the streaming client was evicted"
+                assert f"rt/out/client/{FS_CLIENT}/requests" in await metrics(d.admin)
+                gate.set()
+                while not got.endswith(b"0\r\n\r\n"):
+                    got += await stream.receive_some(65536)
+                assert b"first;" in got and b"last" in got
+            await trio.sleep(1.3)  # now idle past the TTL
+            assert (await get(d, host="api")).status == 200
+
+            async def gone() -> bool:
+                return FS_WEB not in await client_state(d.admin)
+
+            assert await wait_for(gone), "the client was never evicted once idle"
