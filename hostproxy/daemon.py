@@ -47,6 +47,7 @@ it hands out is a snapshot built on demand, so admin scrapes never touch the req
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime as dt
 import functools
 import gc
@@ -211,12 +212,15 @@ class _ServerSlot:
                 lst.tls = tls
 
 
-def _spec_key(params: ServerParams, label: str, index: int, tls: bool) -> tuple[str, Any]:
+def _spec_key(params: ServerParams, label: str, index: int, tls: bool, kind: str = "http") -> tuple[str, Any]:
     """A server's identity across reloads: its address (an ephemeral port (0) is told apart by router
-    and position); a TLS server is another server than a plaintext one on the same address."""
+    and position); a TLS server is another server than a plaintext one on the same address, and an h2
+    server another than an HTTP/1.1 one (a router whose protocol changed gets a new server)."""
     port: Any = params.port if params.port else f"0/{label}/{index}"
     if tls:
         port = f"{port}/tls"
+    if kind != "http":
+        port = f"{port}/{kind}"
     return (params.ip, port)
 
 
@@ -348,6 +352,7 @@ class Daemon:
                 self.recent = RecentRequests(t.sample_rate, t.capacity, self.rng)
         self.overload = OverloadManager(overload_config(config.overload), clock=time.monotonic)
         self._overload_interval_s = config.overload.interval_ms / 1000
+        self._sampler_scope: trio.CancelScope | None = None
         for name in (
             "memory_level",
             "fd_exhausted",
@@ -553,7 +558,7 @@ class Daemon:
             make = h2_server_params if rcfg.kind == "h2" else server_params
             for i, scfg in enumerate(rcfg.servers):
                 params = make(rcfg, scfg, label, grace_s)
-                out[_spec_key(params, label, i, scfg.tls is not None)] = (label, params)
+                out[_spec_key(params, label, i, scfg.tls is not None, rcfg.kind)] = (label, params)
         return out
 
     def _build_server_tls(self, config: Config) -> dict[tuple[str, Any], ServerTls]:  # noqa: C901
@@ -572,7 +577,7 @@ class Daemon:
             for j, scfg in enumerate(rcfg.servers):
                 if scfg.tls is None:
                     continue
-                key = _spec_key(make(rcfg, scfg, label, grace_s), label, j, True)
+                key = _spec_key(make(rcfg, scfg, label, grace_s), label, j, True, rcfg.kind)
                 slot = self.slots.get(key)
                 if (
                     slot is not None
@@ -654,9 +659,7 @@ class Daemon:
                 security=self.config.admin.security,
             )
             self.admin_address = await nursery.start(admin.serve)
-            await nursery.start(
-                functools.partial(sample_loop, self.overload, interval_s=self._overload_interval_s)
-            )
+            await nursery.start(self._run_sampler)
             nursery.start_soon(functools.partial(sdnotify.watchdog_loop, env=self.env))
             # Request metrics are recorded between bursts of requests, not inside them (the
             # registry's "deferred records"); every reader flushes first.
@@ -720,6 +723,12 @@ class Daemon:
         if self.gc_policy is not None:
             gcpolicy.uninstall()
         log.info("daemon.stopped")
+
+    async def _run_sampler(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The overload sampler at the interval in force (restarted by a reload that changes it)."""
+        with trio.CancelScope() as scope:
+            self._sampler_scope = scope
+            await sample_loop(self.overload, interval_s=self._overload_interval_s, task_status=task_status)
 
     def _describe_addresses(self) -> str:
         return ", ".join(
@@ -801,8 +810,13 @@ class Daemon:
             lines = "\n".join(i.format() for i in e.errors)
             return False, f"reload rejected, the running config stays: {len(e.errors)} error(s)\n{lines}"
         old = self.config
+        admin_note = ""
         if new.admin != old.admin:
+            # Not applied, so not reported as in force either: the running config keeps the admin
+            # section the admin server and the drains use (``shutdownGraceMs`` included).
             log.warning("daemon.reload_admin_ignored", reason="admin settings change only with a restart")
+            new = dataclasses.replace(new, admin=old.admin)
+            admin_note = "; admin settings not changed (they change only with a restart)"
         namers_changed = new.namers != old.namers or new.dns != old.dns
         built: list[Any] = []  # listeners bound so far, closed if the reload fails
         try:
@@ -823,6 +837,7 @@ class Daemon:
                     changed.append(label)
             specs = self._server_specs(new)
             server_tls = self._build_server_tls(new)
+            overload_cfg = overload_config(new.overload) if new.overload != old.overload else None
             new_listeners: dict[tuple[str, Any], list[Any]] = {}
             for key, (_label, params) in specs.items():
                 if key not in self.slots:
@@ -837,6 +852,16 @@ class Daemon:
         if namers_changed:
             await self._nursery.start(ns.run)
             self._watch_transformer_sources(ns)
+        if overload_cfg is not None:
+            self.overload.config = overload_cfg
+            if self.overload.last is not None:
+                self.overload.update(self.overload.last)  # the new watermarks, at once
+            interval_s = new.overload.interval_ms / 1000
+            if interval_s != self._overload_interval_s:
+                self._overload_interval_s = interval_s
+                if self._sampler_scope is not None:
+                    self._sampler_scope.cancel()
+                await self._nursery.start(self._run_sampler)
         old_ns, self._namers = self._namers, ns
         retired = [r for label, r in self.routers.items() if routers.get(label) is not r]
         self.routers = routers
@@ -878,7 +903,7 @@ class Daemon:
         return True, (
             f"reloaded {self.config_path} (generation {self.generation}): "
             f"{len(changed)} router(s) rebuilt, {len(new_listeners)} server(s) added, "
-            f"{len(removed)} removed, namers {'rebuilt' if namers_changed else 'kept'}"
+            f"{len(removed)} removed, namers {'rebuilt' if namers_changed else 'kept'}{admin_note}"
         )
 
     async def _retire(self, routers: list[HttpRouter], slots: list[_ServerSlot], ns: _Namers | None) -> None:
