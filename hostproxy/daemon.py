@@ -740,6 +740,11 @@ class Daemon:
         self.draining = True
         self._ready = False
         sdnotify.stopping(env=self.env)
+        # A reload in progress finishes first (no new one starts once draining): otherwise the
+        # servers it adds would be missed by the drain, or started in the closed servers' nursery.
+        with trio.move_on_after(grace_s):
+            async with self._reload_lock:
+                pass
         slots = list(self.slots.values())
         log.info("daemon.draining", grace_s=grace_s, in_flight=self._in_flight(slots))
         for slot in slots:
@@ -783,6 +788,8 @@ class Daemon:
         if self.draining or self._nursery is None:
             return False, "reload refused: the daemon is shutting down"
         async with self._reload_lock:
+            if self.draining:
+                return False, "reload refused: the daemon is shutting down"
             sdnotify.reloading(env=self.env)
             try:
                 ok, message = await self._reload()

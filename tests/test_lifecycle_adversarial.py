@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import pytest
 import trio
 
 from hostproxy.config import load_config
@@ -121,3 +123,49 @@ async def test_reload_does_not_report_admin_settings_it_did_not_apply(tmp_path: 
             assert "admin" in message and "restart" in message
             assert d.config_json()["admin"] == before
             assert d.config.admin.shutdown_grace_ms == 10000
+
+
+# -- drain -------------------------------------------------------------------------------------------
+
+
+async def test_sigterm_during_a_reload_drains_the_servers_the_reload_adds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGTERM that arrives while a reload is starting its new namers: the drain must also cover the
+    server that reload adds, instead of leaving it accepting until the grace runs out."""
+    from hostproxy import daemon as daemon_mod
+
+    async with running_upstream() as up:
+        disco = _disco(tmp_path, web=up.port)
+        other = tmp_path / "disco2"
+        other.mkdir()
+        (other / "web").write_text(f"127.0.0.1 {up.port}\n")
+        cfg = tmp_path / "hostproxy.yaml"
+        grace = "admin: {ip: 127.0.0.1, port: 0, shutdownGraceMs: 3000}"
+        cfg.write_text(_config(disco).replace("admin: {ip: 127.0.0.1, port: 0}", grace))
+        async with _daemon_from_file(cfg) as d:
+            extra = """
+- protocol: http
+  label: extra
+  dtab: /svc => /#/io.l5d.fs;
+  servers:
+  - {ip: 127.0.0.1, port: 0}
+"""
+            text = _config(other).replace("admin: {ip: 127.0.0.1, port: 0}", grace) + extra
+            cfg.write_text(text)
+            orig_run = daemon_mod._Namers.run
+
+            async def run(self: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                d.request_shutdown()  # SIGTERM, while the reload waits for its namers
+                for _ in range(20):
+                    await trio.sleep(0)
+                await orig_run(self, task_status=task_status)
+
+            monkeypatch.setattr(daemon_mod._Namers, "run", run)
+            ok, message = await d.reload()
+            assert ok, message
+            assert {s.router for s in d.slots.values()} == {"out", "extra"}
+            with trio.fail_after(5):
+                while not all(s.server.draining for s in d.slots.values()):
+                    await trio.sleep(0.01)
+            assert (await d.reload())[0] is False  # and no reload starts once draining
