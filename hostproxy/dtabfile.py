@@ -109,6 +109,7 @@ class DtabFileWatcher:
         self.missing = False
         self._applied_bytes: bytes | None = None
         self._rejected_bytes: bytes | None = None
+        self._rejected_error: dict[str, Any] | None = None
         self._pending: bytes | None = None
         self._pending_since = 0.0
 
@@ -145,7 +146,10 @@ class DtabFileWatcher:
             self.last_error = None
             return None
         if data == self._rejected_bytes:
+            # Still the rejected content (back after the file was missing or unreadable): its
+            # FILE:LINE:COL error is what stands, not the interruption's.
             self._pending = None
+            self.last_error = self._rejected_error
             return None
         if data != self._pending:
             self._pending = data
@@ -162,7 +166,7 @@ class DtabFileWatcher:
         if dtab is None:
             assert error is not None
             self._rejected_bytes = data
-            self.last_error = {"message": error, "at": self._wall()}
+            self.last_error = self._rejected_error = {"message": error, "at": self._wall()}
             log.warning("dtab.rejected", path=self.path, version=self.version, error=error)
             return Outcome(False, self.version, error=error)
         self._rejected_bytes = None

@@ -17,6 +17,7 @@ import trio
 
 from hostproxy.config import load_config
 from hostproxy.daemon import Daemon
+from hostproxy.dtabfile import DtabFileWatcher
 from tests.daemonutil import curl
 from tests.test_h2_daemon_e2e import h2_origin
 from tests.upstreams import running_upstream
@@ -169,3 +170,30 @@ async def test_sigterm_during_a_reload_drains_the_servers_the_reload_adds(
                 while not all(s.server.draining for s in d.slots.values()):
                     await trio.sleep(0.01)
             assert (await d.reload())[0] is False  # and no reload starts once draining
+
+
+# -- dtab files --------------------------------------------------------------------------------------
+
+
+def test_a_rejected_dtab_file_keeps_its_file_line_error_after_it_went_missing_or_unreadable() -> None:
+    """A bad edit is rejected with FILE:LINE:COL; when the file then disappears for a moment (an editor
+    saving by rename) or cannot be read, and comes back with the same bad content, the state must show
+    the rejection again, not a stale 'missing' / 'cannot read' for a file that is there."""
+    w = DtabFileWatcher("/etc/hostproxy/dtab", settle_s=0.5, wall_clock=lambda: 0.0)
+    w.load_initial(b"/svc => /#/io.l5d.fs;\n")
+    bad = b"/svc => /#/io.l5d.fs;\n/svc/api => /#/io.l5d.fs/api\n/svc/web => /#/io.l5d.fs/web;\n"
+    assert w.observe(1.0, bad) is None
+    outcome = w.tick(2.0)
+    assert outcome is not None and not outcome.applied
+    assert outcome.error is not None and outcome.error.startswith("/etc/hostproxy/dtab:3:1:")
+    for interruption in ("missing", "unreadable"):
+        if interruption == "missing":
+            w.observe(3.0, None)
+            assert "missing" in w.state_json()["last_error"]["message"]
+        else:
+            w.read_failed("cannot read dtab file /etc/hostproxy/dtab: permission denied")
+        w.observe(4.0, bad)
+        w.tick(5.0)
+        state = w.state_json()
+        assert state["missing"] is False and state["version"] == 1
+        assert state["last_error"]["message"] == outcome.error
