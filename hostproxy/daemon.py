@@ -523,7 +523,7 @@ class Daemon:
         ]
         if not entries:
             return None  # no client TLS configured: the router makes a cache if it ever needs one
-        from hostproxy.tls import ClientTlsCache, TlsConfigError, build_client_context
+        from hostproxy.tls import ClientTlsCache, TlsConfigError, alpn_for_protocol, build_client_context
 
         cache = ClientTlsCache()
         for j, entry in enumerate(section.entries if section is not None else ()):
@@ -536,7 +536,7 @@ class Daemon:
                 if "{" in repr(tls):
                     build_client_context(tls, router=label, key=key)
                 else:
-                    cache.get(tls, router=label, key=key)
+                    cache.get(tls, router=label, key=key, alpn=alpn_for_protocol(rcfg.kind))
             except TlsConfigError as exc:
                 raise TlsStartupError(str(exc)) from None
         return cache

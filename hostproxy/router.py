@@ -1115,7 +1115,7 @@ class HttpRouter:
         from hostproxy.tls import TlsConfigError, TlsError
 
         try:
-            ctls = self.client_tls.get(tls, router=self.label)
+            ctls = self.client_tls.get(tls, router=self.label, alpn=self._alpn)
         except TlsConfigError as exc:
             problem = str(exc)
             log.error("router.client_tls_failed", router=self.label, client=client_id, error=problem)

@@ -417,7 +417,7 @@ async def test_tls13_client_certificate_rejection_fails_every_waiter_with_the_tl
     rejection arrives instead of the HTTP/2 SETTINGS, and every waiter gets the ``tls`` error."""
     pki = make_pki(tmp_path)
     listener_tls = make_listener_tls(
-        pki.server_cert, pki.server_key, ca=pki.ca_path, require_client_auth=True
+        pki.server_cert, pki.server_key, ca=pki.ca_path, require_client_auth=True, alpn=("h2",)
     )
     ctls = ClientTls(m.ClientTls(common_name="localhost", trust_certs=(pki.ca_path,)))
 

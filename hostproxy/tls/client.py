@@ -17,6 +17,14 @@ certificate. To name the presented names or the expiry date, a failed verificati
 *probe*: one more handshake to the same endpoint without verification, within what is left of the
 connect timeout, that only reads the certificate and closes. The probe never carries a request.
 
+An offer of ``h2`` alone (the ALPN of an h2 router) that the server does not accept is a ``tls``
+failure (``protocol-mismatch``) rather than an HTTP/2 preface sent to an HTTP/1.1 server. When a
+verification fails as expired (or not yet valid) but the server's own certificate is within its
+validity, the message names what is out of date instead: a trusted CA of ours (with its file and
+date) or an intermediate the server sent. The router's ALPN offer is built with the first context
+(``alpn=``), so a file broken later never fails a connection; an offer first asked for after the
+files broke is a ``tls`` error with reason ``config``.
+
 With TLS 1.3 a server checks the client certificate after the client's handshake has completed, so a
 missing or rejected client certificate shows up on the first read: the stream returned by
 :meth:`connect` raises :class:`~hostproxy.tls.stream.TlsBroken` (a ``trio.BrokenResourceError``)
@@ -112,12 +120,18 @@ def _names(info: CertInfo | None) -> str:
 class ClientTls:
     """TLS for the endpoints of clients configured with ``config`` (see the module docstring)."""
 
-    def __init__(self, config: m.ClientTls, *, router: str = "", key: str = "client.tls") -> None:
+    def __init__(
+        self, config: m.ClientTls, *, router: str = "", key: str = "client.tls", alpn: Sequence[str] = ()
+    ) -> None:
         self.config = config
         self.router = router
         self.key = key
         self._contexts: dict[tuple[str, ...], Loaded] = {}
         self._contexts[()] = build_client_context(config, router=router, key=key)
+        # The offer its router makes is built now, from the same files, so that a trust file broken
+        # later never fails a connection: like the base context it is only replaced by a reload.
+        if alpn:
+            self._contexts[tuple(alpn)] = build_client_context(config, alpn=alpn, router=router, key=key)
         self._failed_signature: Any = None
         self.generation = 1
         self.last_reload_error: str | None = None
@@ -127,7 +141,8 @@ class ClientTls:
     # -- state ---------------------------------------------------------------------------------------
 
     def context(self, alpn: Sequence[str] = ()) -> ssl.SSLContext:
-        """The context offering ``alpn`` (built on first use from the current files)."""
+        """The context offering ``alpn`` (built on first use from the current files; raises
+        :class:`TlsConfigError` when they cannot be used now)."""
         key = tuple(alpn)
         loaded = self._contexts.get(key)
         if loaded is None:
@@ -200,9 +215,15 @@ class ClientTls:
         Raises ``ConnectError`` (``connect/refused|unreachable|timeout``) or :class:`TlsError`."""
         endpoint = _endpoint(host, port)
         deadline = trio.current_time() + connect_timeout
+        try:
+            context = self.context(alpn)
+        except TlsConfigError as exc:
+            error = TlsError(f"TLS to {endpoint} is not possible: {exc}", endpoint=endpoint, reason="config")
+            self._failures[error.reason] = self._failures.get(error.reason, 0) + 1
+            raise error from None
         tcp = await _open_tcp(host, port, endpoint, deadline, connect_timeout)
         sni = self.server_name(host)
-        ssl_stream = trio.SSLStream(tcp, self.context(alpn), server_hostname=sni, https_compatible=True)
+        ssl_stream = trio.SSLStream(tcp, context, server_hostname=sni, https_compatible=True)
         stream = TlsStream(ssl_stream, translate=lambda exc: self._after_handshake(exc, endpoint))
         failure: BaseException | None = None
         with trio.move_on_at(deadline) as scope:
@@ -211,8 +232,23 @@ class ClientTls:
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 failure = exc
         if failure is None and not scope.cancelled_caught:
-            self._stats["handshakes"] += 1
-            return stream
+            # An offer of h2 alone (an h2 router) is a connection that will speak HTTP/2: the server
+            # must have accepted it (HTTP/2 over TLS is negotiated by ALPN, RFC 9113 3.2).
+            if "h2" not in alpn or "http/1.1" in alpn or stream.alpn == "h2":
+                self._stats["handshakes"] += 1
+                return stream
+            chosen = f"chose {stream.alpn!r}" if stream.alpn else "chose no protocol"
+            error = TlsError(
+                f"TLS handshake with {endpoint} failed: ALPN offered h2 and the server {chosen}; "
+                f"HTTP/2 over TLS needs the server to accept h2 by ALPN: {endpoint} is probably an "
+                "HTTP/1.1 server (route it through an http router) or needs h2 enabled",
+                endpoint=endpoint,
+                reason="protocol-mismatch",
+            )
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            self._failures[error.reason] = self._failures.get(error.reason, 0) + 1
+            raise error
         with trio.CancelScope(shield=True):
             await tcp.aclose()
         if failure is None:
@@ -363,6 +399,10 @@ class ClientTls:
                 endpoint=endpoint,
                 reason="name-mismatch",
             )
+        if code in (_EXPIRED_CODE, _NOT_YET_VALID_CODE) and presented is not None:
+            chain = self._chain_validity(code, presented, endpoint, subject)
+            if chain is not None:
+                return chain
         if code == _EXPIRED_CODE:
             when = f"expired on {_date(presented.not_after)}" if presented is not None else "has expired"
             return TlsError(
@@ -402,6 +442,45 @@ class ClientTls:
             f"{prefix}: the server certificate ({subject}) did not verify: {err.verify_message}",
             endpoint=endpoint,
             reason="verify-failed",
+        )
+
+    def _chain_validity(self, code: int, presented: CertInfo, endpoint: str, subject: str) -> TlsError | None:
+        """When the server's own certificate is within its validity, the expired (or not yet valid)
+        certificate is elsewhere in the chain: a trusted CA of ours, or an intermediate the server
+        sent. None when the server's certificate is itself the one out of its validity."""
+        now = dt.datetime.now(dt.UTC)
+        expired = code == _EXPIRED_CODE
+        if expired and presented.not_after <= now:
+            return None
+        if not expired and (presented.not_before is None or presented.not_before > now):
+            return None
+        prefix = f"TLS handshake with {endpoint} failed"
+        word = "expired" if expired else "not-yet-valid"
+        for ca in self.certificates():
+            if ca.role != "ca" or ca.error is not None:
+                continue
+            if expired and ca.not_after <= now:
+                return TlsError(
+                    f"{prefix}: the trusted CA certificate {ca.subject} in {ca.path} expired on "
+                    f"{_date(ca.not_after)} (the server certificate ({subject}) is valid until "
+                    f"{_date(presented.not_after)}); install the CA's renewed certificate in {ca.path}",
+                    endpoint=endpoint,
+                    reason=word,
+                )
+            if not expired and ca.not_before is not None and ca.not_before > now:
+                return TlsError(
+                    f"{prefix}: the trusted CA certificate {ca.subject} in {ca.path} is not valid before "
+                    f"{_date(ca.not_before)}; check the clocks of both hosts",
+                    endpoint=endpoint,
+                    reason=word,
+                )
+        state = "has expired" if expired else "is not valid yet"
+        return TlsError(
+            f"{prefix}: the server certificate ({subject}, valid until {_date(presented.not_after)}) "
+            f"chains through an intermediate CA certificate that {state}; the server must send the "
+            "renewed intermediate (its intermediateCertsPath)",
+            endpoint=endpoint,
+            reason=word,
         )
 
     async def _probe(self, host: str, port: int, sni: str | None, deadline: float) -> CertInfo | None:
@@ -478,13 +557,16 @@ class ClientTlsCache:
     def __init__(self) -> None:
         self._items: dict[tuple[str, m.ClientTls], ClientTls] = {}
 
-    def get(self, config: m.ClientTls, *, router: str = "", key: str = "client.tls") -> ClientTls:
+    def get(
+        self, config: m.ClientTls, *, router: str = "", key: str = "client.tls", alpn: Sequence[str] = ()
+    ) -> ClientTls:
         """The shared ClientTls for ``config`` (raises :class:`TlsConfigError` if it cannot load);
-        ``key`` names the config section in messages of a ClientTls created by this call."""
+        ``key`` names the config section and ``alpn`` the router's offer (built at once) for a
+        ClientTls created by this call."""
         k = (router, config)
         item = self._items.get(k)
         if item is None:
-            item = ClientTls(config, router=router, key=key)
+            item = ClientTls(config, router=router, key=key, alpn=alpn)
             self._items[k] = item
         return item
 

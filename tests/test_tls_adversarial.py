@@ -1,0 +1,184 @@
+"""TLS as an operator or an attacker would try it, on loopback with real certificates: client
+validation that must refuse (wrong names, wildcards, IP SANs, expired chains) and say which
+certificate is wrong; a trust file broken after start; ALPN h2 offered to an HTTP/1.1-only server."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from certs import Pki, TestCA, hello, make_listener_tls, make_pki, serving
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from hostproxy.config import model as m
+from hostproxy.http import Http1Server
+from hostproxy.http.errors import response_for_exception
+from hostproxy.tls import ClientTls, ClientTlsCache, TlsError
+
+pytestmark = pytest.mark.timeout(60)
+
+GET = b"GET /x HTTP/1.1\r\nhost: t\r\n\r\n"
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    return make_pki(tmp_path)
+
+
+def client(ca_path: str, common_name: str = "localhost", **kw: object) -> ClientTls:
+    return ClientTls(m.ClientTls(common_name=common_name, trust_certs=(ca_path,), **kw))  # type: ignore[arg-type]
+
+
+async def fails(c: ClientTls, port: int, **kw: object) -> TlsError:
+    with pytest.raises(TlsError) as err:
+        await c.connect("127.0.0.1", port, connect_timeout=5, **kw)  # type: ignore[arg-type]
+    assert err.value.cause == "tls"
+    return err.value
+
+
+def expired_copy(ca: TestCA) -> bytes:
+    """``ca``'s certificate re-signed with the same key and name, expired two days ago (PEM)."""
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca.cert.subject)
+        .issuer_name(ca.cert.subject)
+        .public_key(ca.cert.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=30))
+        .not_valid_after(now - dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca._key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    return cert.public_bytes(Encoding.PEM)
+
+
+# -- client validation -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sans", "common_name"),
+    [
+        (("*.example.test",), "a.b.example.test"),  # a wildcard covers one label only
+        (("*.example.test",), "example.test"),  # ... and never the bare domain
+        (("a*.example.test",), "bb.example.test"),  # partial wildcards are not honoured
+        (("127.0.0.1",), "127.0.0.2"),  # another IP
+        (("localhost",), "127.0.0.1"),  # an IP is checked against IP SANs only
+    ],
+)
+async def test_names_the_certificate_does_not_carry_are_refused(
+    pki: Pki, tmp_path: Path, sans: tuple[str, ...], common_name: str
+) -> None:
+    cert, key = pki.ca.issue("srv.test", sans=sans).write(tmp_path, "srv")
+    async with serving(Http1Server(hello), make_listener_tls(cert, key)) as port:
+        e = await fails(client(pki.ca_path, common_name), port)
+    assert e.reason == "name-mismatch"
+    assert f"expects {common_name!r}" in str(e)
+
+
+async def test_wildcard_one_label_and_ip_san_are_accepted(pki: Pki, tmp_path: Path) -> None:
+    cert, key = pki.ca.issue("srv.test", sans=("*.example.test", "127.0.0.1")).write(tmp_path, "srv")
+    async with serving(Http1Server(hello), make_listener_tls(cert, key)) as port:
+        for name in ("users.example.test", "127.0.0.1"):
+            stream = await client(pki.ca_path, name).connect("127.0.0.1", port, connect_timeout=5)
+            await stream.aclose()
+
+
+async def test_disable_validation_stays_with_its_own_clients(pki: Pki, tmp_path: Path) -> None:
+    """Two clients in one cache, one with disableValidation: the other still refuses a stranger."""
+    stranger = TestCA("stranger CA").issue("evil.test", sans=("localhost",))
+    cert, key = stranger.write(tmp_path, "evil")
+    cache = ClientTlsCache()
+    lax = cache.get(m.ClientTls(disable_validation=True), router="r")
+    strict = cache.get(m.ClientTls(common_name="localhost", trust_certs=(pki.ca_path,)), router="r")
+    async with serving(Http1Server(hello), make_listener_tls(cert, key)) as port:
+        stream = await lax.connect("127.0.0.1", port, connect_timeout=5)
+        await stream.aclose()
+        e = await fails(strict, port)
+    assert e.reason == "unknown-ca"
+
+
+async def test_an_expired_trusted_ca_is_named_with_its_own_date(pki: Pki, tmp_path: Path) -> None:
+    """The server's certificate is valid; the CA certificate we trust has expired: the error names
+    the CA file and its date, not the (future) date of the server's certificate."""
+    trust = tmp_path / "old-ca.pem"
+    trust.write_bytes(expired_copy(pki.ca))
+    async with serving(Http1Server(hello), make_listener_tls(pki.server_cert, pki.server_key)) as port:
+        e = await fails(client(str(trust)), port)
+    assert e.reason == "expired"
+    leaf_date = pki.server.not_after.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert f"expired on {leaf_date}" not in str(e)
+    assert f"the trusted CA certificate CN=hostproxy test CA in {trust} expired on " in str(e)
+    assert f"valid until {leaf_date}" in str(e)
+
+
+async def test_an_expired_intermediate_is_not_blamed_on_the_server_certificate(
+    pki: Pki, tmp_path: Path
+) -> None:
+    inter = pki.ca.intermediate("edge intermediate")
+    leaf = inter.issue("srv.test")
+    # An expired copy of the intermediate, signed by the root as the real one is.
+    now = dt.datetime.now(dt.UTC)
+    old_inter = (
+        x509.CertificateBuilder()
+        .subject_name(inter.cert.subject)
+        .issuer_name(pki.ca.cert.subject)
+        .public_key(inter.cert.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=30))
+        .not_valid_after(now - dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(pki.ca._key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    cert = tmp_path / "chain.pem"
+    cert.write_bytes(leaf.cert_pem + old_inter.public_bytes(Encoding.PEM))
+    key = tmp_path / "chain.key"
+    key.write_bytes(leaf.key_pem)
+    async with serving(Http1Server(hello), make_listener_tls(str(cert), str(key))) as port:
+        e = await fails(client(pki.ca_path), port)
+    assert e.reason == "expired"
+    assert "chains through an intermediate CA certificate that has expired" in str(e)
+    assert "expired on" not in str(e)
+
+
+# -- the router's client context survives a broken trust file -------------------------------------
+
+
+async def test_a_trust_file_broken_after_start_keeps_the_last_good_context(pki: Pki) -> None:
+    """The router's ALPN offer is built with the first context: a trust file replaced by garbage
+    later (half-written, wrong file) fails neither connections nor the reload, which keeps it."""
+    ctls = ClientTlsCache().get(
+        m.ClientTls(common_name="localhost", trust_certs=(pki.ca_path,)), router="r", alpn=("http/1.1",)
+    )
+    Path(pki.ca_path).write_text("not a certificate\n")
+    assert ctls.maybe_reload() is False
+    assert ctls.statistics()["reload_failures"] == 1
+    async with serving(Http1Server(hello), make_listener_tls(pki.server_cert, pki.server_key)) as port:
+        stream = await ctls.connect("127.0.0.1", port, connect_timeout=5, alpn=("http/1.1",))
+        assert stream.alpn == "http/1.1"
+        await stream.aclose()
+        # An offer never built before cannot be made from the broken file: a tls error, not a crash.
+        e = await fails(ctls, port, alpn=("h2",))
+    assert e.reason == "config"
+    assert pki.ca_path in str(e) and "holds no PEM certificate" in str(e)
+    assert response_for_exception(e).status == 502
+
+
+# -- ALPN ------------------------------------------------------------------------------------------
+
+
+async def test_h2_offered_to_an_http1_only_server_is_a_protocol_mismatch(pki: Pki) -> None:
+    """The server does not accept h2 by ALPN: a tls error saying so (HTTP/2 over TLS needs ALPN),
+    not an h2 preface sent to an HTTP/1.1 server; HTTP/1.1 clients do not need ALPN."""
+    for server_alpn in (("http/1.1",), ()):
+        tls = make_listener_tls(pki.server_cert, pki.server_key, alpn=server_alpn)
+        async with serving(Http1Server(hello), tls) as port:
+            e = await fails(client(pki.ca_path), port, alpn=("h2",))
+            assert e.reason == "protocol-mismatch"
+            assert "ALPN offered h2 and the server chose no protocol" in str(e)
+            assert response_for_exception(e).status == 502
+            ok = await client(pki.ca_path).connect("127.0.0.1", port, connect_timeout=5, alpn=("http/1.1",))
+            await ok.aclose()
