@@ -1,6 +1,7 @@
 """TLS as an operator or an attacker would try it, on loopback with real certificates: client
 validation that must refuse (wrong names, wildcards, IP SANs, expired chains) and say which
-certificate is wrong; a trust file broken after start; ALPN h2 offered to an HTTP/1.1-only server."""
+certificate is wrong; a trust file broken after start; ALPN h2 offered to an HTTP/1.1-only server;
+plaintext HTTP and half a ClientHello sent to a TLS port."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+import trio
 from certs import Pki, TestCA, hello, make_listener_tls, make_pki, serving
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -37,6 +39,14 @@ async def fails(c: ClientTls, port: int, **kw: object) -> TlsError:
         await c.connect("127.0.0.1", port, connect_timeout=5, **kw)  # type: ignore[arg-type]
     assert err.value.cause == "tls"
     return err.value
+
+
+async def read_all(stream: trio.abc.Stream) -> bytes:
+    out = b""
+    with trio.fail_after(10):
+        while chunk := await stream.receive_some(65536):
+            out += chunk
+    return out
 
 
 def expired_copy(ca: TestCA) -> bytes:
@@ -182,3 +192,42 @@ async def test_h2_offered_to_an_http1_only_server_is_a_protocol_mismatch(pki: Pk
             assert response_for_exception(e).status == 502
             ok = await client(pki.ca_path).connect("127.0.0.1", port, connect_timeout=5, alpn=("http/1.1",))
             await ok.aclose()
+
+
+# -- plaintext and stalls on a TLS port ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("first", [GET, b"POST /x HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\nhi"])
+async def test_plaintext_http_to_a_tls_port_gets_a_plaintext_400(pki: Pki, first: bytes) -> None:
+    tls = make_listener_tls(pki.server_cert, pki.server_key)
+    async with serving(Http1Server(hello), tls) as port:
+        plain = await trio.open_tcp_stream("127.0.0.1", port)
+        await plain.send_all(first)
+        answer = await read_all(plain)
+        await plain.aclose()
+        # Still a TLS port for TLS clients.
+        stream = await client(pki.ca_path).connect("127.0.0.1", port, connect_timeout=5)
+        await stream.aclose()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"\r\nl5d-err: This port speaks TLS: a plaintext HTTP request was sent to it; use https://" in head
+    assert b"connection: close" in head
+    assert body.startswith(b"This port speaks TLS")
+    assert tls.statistics()["handshake_failures"] == {"not-tls": 1}
+
+
+async def test_half_a_client_hello_is_closed_by_the_handshake_timeout(pki: Pki) -> None:
+    """Slowloris TLS: the first bytes of a ClientHello, then silence. The connection is closed by the
+    handshake timeout (counted as such), and other clients are served meanwhile."""
+    tls = make_listener_tls(pki.server_cert, pki.server_key, handshake_timeout_s=0.5)
+    async with serving(Http1Server(hello), tls) as port:
+        half = await trio.open_tcp_stream("127.0.0.1", port)
+        # A TLS record header announcing a 512-byte handshake record, and 10 bytes of it.
+        await half.send_all(b"\x16\x03\x01\x02\x00" + b"\x01\x00\x01\xfc\x03\x03" + b"\x00" * 4)
+        stream = await client(pki.ca_path).connect("127.0.0.1", port, connect_timeout=5)
+        await stream.send_all(GET)
+        assert b"hello /x" in await stream.receive_some(65536)
+        await stream.aclose()
+        assert await read_all(half) == b""
+        await half.aclose()
+    assert tls.statistics()["handshake_failures"] == {"timeout": 1}

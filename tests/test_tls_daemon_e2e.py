@@ -68,9 +68,12 @@ async def test_curl_https_to_the_daemon(pki: Pki) -> None:
         assert r.status == 200, r
         seen = app.requests[-1]
         assert seen.header("l5d-dst-service") == "/svc/web"
-        # Plaintext HTTP on the TLS port gets no HTTP answer.
+        # Plaintext HTTP on the TLS port is answered in plaintext, 400 saying to use https; it never
+        # reaches the router.
+        before = len(app.requests)
         r = await curl(f"http://127.0.0.1:{d.port('edge')}/", "-H", "Host: web", timeout=5)
-        assert r.status == 0 and r.exit_code != 0
+        assert r.status == 400 and r.headers["l5d-err"].startswith("This port speaks TLS"), r
+        assert len(app.requests) == before
         # A client that does not trust the daemon's CA refuses it.
         r = await curl(url, "-H", "Host: web", timeout=5)
         assert r.status == 0 and r.exit_code == 60  # curl: peer certificate cannot be authenticated

@@ -159,7 +159,7 @@ async def test_outgoing_to_peer_incoming_over_mtls_http1_grpc_and_rotation(tmp_p
             assert xfcc_hashes(app) == {old_hash}
             # B's incoming port speaks only TLS, and only to clients with a mesh certificate.
             r = await curl(f"http://{B}:{b.port('incoming')}/headers", "-H", "Host: web", timeout=5)
-            assert r.status == 0
+            assert r.status == 400 and r.headers["l5d-err"].startswith("This port speaks TLS"), r
             r = await curl(
                 f"https://{B}:{b.port('incoming')}/headers",
                 "--cacert",

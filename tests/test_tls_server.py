@@ -136,11 +136,11 @@ async def test_mtls_rejects_a_client_certificate_from_another_ca(pki: Pki, tmp_p
         assert tls.statistics()["handshake_failures"] == {"client-certificate-untrusted": 1}
 
 
-async def test_plaintext_http_to_a_tls_port_is_counted_and_closed(pki: Pki) -> None:
+async def test_plaintext_http_to_a_tls_port_is_counted_and_answered(pki: Pki) -> None:
     tls = make_listener_tls(pki.server_cert, pki.server_key)
     async with serving(Http1Server(hello), tls) as port:
-        out = await curl(f"http://127.0.0.1:{port}/plain")
-        assert out.returncode != 0
+        out = await curl("-i", f"http://127.0.0.1:{port}/plain")
+        assert out.stdout.startswith(b"HTTP/1.1 400 Bad Request"), out
         await wait_for(lambda: tls.statistics()["handshake_failures"], "the failure is counted")
         assert tls.statistics()["handshake_failures"] == {"not-tls": 1}
 

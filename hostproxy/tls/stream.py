@@ -20,6 +20,10 @@ client's handshake completed, so the client learns it on its first read) is rais
 :class:`TlsBroken`, a ``trio.BrokenResourceError`` that carries the translated error; upstream code
 gets it back with :func:`tls_error_of`.
 
+A plaintext HTTP request sent to a TLS server (OpenSSL's ``HTTP_REQUEST``) is answered in plaintext
+with a 400 saying to use https (:data:`PLAIN_HTTP_ANSWER`) rather than a connection closed without a
+word; other failures send OpenSSL's alert.
+
 :func:`failure_reason` names a failed handshake in a few fixed words (bounded metric keys).
 """
 
@@ -126,6 +130,29 @@ REASONS = (
     "timeout",
     "other",
 )
+
+_PLAIN_HTTP = {"HTTP_REQUEST", "HTTPS_PROXY_REQUEST"}  # OpenSSL saw "GET ", "POST ", "CONNECT"...
+
+_PLAIN_HTTP_TEXT = (
+    b"This port speaks TLS: a plaintext HTTP request was sent to it; use https:// (or the server's "
+    b"plaintext port)"
+)
+#: What a TLS server answers to a plaintext HTTP request (the whole connection's output).
+PLAIN_HTTP_ANSWER = (
+    b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\nl5d-err: "
+    + _PLAIN_HTTP_TEXT
+    + b"\r\nconnection: close\r\ncontent-length: "
+    + str(len(_PLAIN_HTTP_TEXT) + 1).encode()
+    + b"\r\n\r\n"
+    + _PLAIN_HTTP_TEXT
+    + b"\n"
+)
+
+
+def _is_plain_http(exc: BaseException) -> bool:
+    err = ssl_error_of(exc)
+    return err is not None and (getattr(err, "reason", None) or "") in _PLAIN_HTTP
+
 
 _EXPIRED_CODES = {10, 9}  # X509_V_ERR_CERT_HAS_EXPIRED, X509_V_ERR_CERT_NOT_YET_VALID
 
@@ -259,7 +286,10 @@ class TlsStream(trio.abc.Stream):
             first = self._state != "failed"
             self._state = "failed"
             if failure is not None and first and self.ssl_stream.server_side:
-                await self._send_alert()
+                if _is_plain_http(failure):
+                    await self._answer_plain_http()
+                else:
+                    await self._send_alert()
             if first and self._on_failure is not None:
                 self._on_failure(failure_reason(failure) if failure is not None else "timeout", failure)
             if failure is not None:
@@ -269,6 +299,20 @@ class TlsStream(trio.abc.Stream):
         if self._on_success is not None:
             callback, self._on_success = self._on_success, None
             callback(self)
+
+    async def _answer_plain_http(self) -> None:
+        """A plaintext HTTP request came to this TLS port: answer it in plaintext (400, saying to use
+        https) instead of closing silently, then close our side and read what the client still sends
+        (briefly), so that closing with unread input does not reset the answer away."""
+        transport = self.transport_stream
+        with trio.move_on_after(1):
+            try:
+                await transport.send_all(PLAIN_HTTP_ANSWER)
+                await transport.send_eof()
+                while await transport.receive_some(65536):
+                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError, OSError):
+                pass
 
     async def _send_alert(self) -> None:
         """Send the alert OpenSSL queued for a failed handshake (trio drops it), so the peer learns
