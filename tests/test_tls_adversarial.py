@@ -1,7 +1,7 @@
 """TLS as an operator or an attacker would try it, on loopback with real certificates: client
 validation that must refuse (wrong names, wildcards, IP SANs, expired chains) and say which
 certificate is wrong; a trust file broken after start; ALPN h2 offered to an HTTP/1.1-only server;
-plaintext HTTP and half a ClientHello sent to a TLS port."""
+plaintext HTTP and half a ClientHello sent to a TLS port; reloads to an already expired certificate."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from certs import Pki, TestCA, hello, make_listener_tls, make_pki, serving
+from certs import Pki, TestCA, days_from_now, hello, make_listener_tls, make_pki, serving
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -231,3 +231,53 @@ async def test_half_a_client_hello_is_closed_by_the_handshake_timeout(pki: Pki) 
         assert await read_all(half) == b""
         await half.aclose()
     assert tls.statistics()["handshake_failures"] == {"timeout": 1}
+
+
+# -- reloads ---------------------------------------------------------------------------------------
+
+
+async def test_a_reload_to_an_expired_server_certificate_keeps_the_valid_one(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """An old backup restored over the renewed files: refused with the path and date, the valid
+    certificate stays in use; the next good pair loads."""
+    tls = make_listener_tls(pki.server_cert, pki.server_key)
+    stale = pki.ca.issue("stale.test", not_before=days_from_now(-60), not_after=days_from_now(-1))
+    Path(pki.server_cert).write_bytes(stale.cert_pem)
+    Path(pki.server_key).write_bytes(stale.key_pem)
+    assert tls.maybe_reload() is False
+    date = stale.not_after.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert tls.statistics()["last_reload_error"] == (
+        f"tls.certPath: {pki.server_cert} (CN=stale.test) expired on {date}; the certificate in use "
+        f"(CN=server.test, valid until {pki.server.not_after.strftime('%Y-%m-%dT%H:%M:%SZ')}) is kept: "
+        "install the renewed certificate"
+    )
+    assert tls.statistics()["generation"] == 1
+    async with serving(Http1Server(hello), tls) as port:
+        stream = await client(pki.ca_path).connect("127.0.0.1", port, connect_timeout=5)
+        await stream.aclose()
+        renewed = pki.ca.issue("renewed.test")
+        renewed.write(pki.directory, "server")
+        assert tls.maybe_reload() is True
+        stream = await client(pki.ca_path).connect("127.0.0.1", port, connect_timeout=5)
+        assert stream.ssl_stream.getpeercert()["subject"] == ((("commonName", "renewed.test"),),)
+        await stream.aclose()
+
+
+def test_a_reload_to_an_expired_client_certificate_keeps_the_valid_one(pki: Pki) -> None:
+    auth = m.ClientAuth(cert_path=pki.client_cert, key_path=pki.client_key)
+    ctls = client(pki.ca_path, client_auth=auth)
+    stale = pki.ca.issue(
+        "stale-client.test",
+        client=True,
+        server=False,
+        not_after=days_from_now(-1),
+        not_before=days_from_now(-60),
+    )
+    stale.write(pki.directory, "client")
+    assert ctls.maybe_reload() is False
+    error = ctls.statistics()["last_reload_error"]
+    assert error.startswith(
+        f"client.tls.clientAuth.certPath: {pki.client_cert} (CN=stale-client.test) expired on "
+    )
+    assert [c.subject for c in ctls.certificates() if c.role == "client"] == ["CN=client.test"]

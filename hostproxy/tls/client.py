@@ -49,7 +49,13 @@ import trio
 
 from hostproxy.config import model as m
 from hostproxy.http.errors import ConnectError
-from hostproxy.tls.context import Loaded, TlsConfigError, build_client_context, file_signature
+from hostproxy.tls.context import (
+    Loaded,
+    TlsConfigError,
+    build_client_context,
+    check_not_expired,
+    file_signature,
+)
 from hostproxy.tls.inspect import CertInfo, cert_info
 from hostproxy.tls.stream import _NO_CLIENT_CERT, _NOT_TLS, _PEER_REJECTED, _PROTOCOL, TlsStream, ssl_error_of
 
@@ -185,6 +191,7 @@ class ClientTls:
                 alpn: build_client_context(self.config, alpn=alpn, router=self.router, key=self.key)
                 for alpn in self._contexts
             }
+            check_not_expired(base, fresh[()], "client", f"{self.key}.clientAuth.certPath")
         except TlsConfigError as exc:
             self._failed_signature = sig
             self._stats["reload_failures"] += 1

@@ -32,6 +32,7 @@ from hostproxy.tls.inspect import CertInfo, read_certificates
 
 __all__ = [
     "FileSignature",
+    "check_not_expired",
     "Loaded",
     "TlsConfigError",
     "alpn_for_protocol",
@@ -92,6 +93,25 @@ def file_signature(paths: Sequence[str]) -> FileSignature:
         except OSError:
             out.append((p, 0, 0, 0, 0))
     return tuple(out)
+
+
+def check_not_expired(old: Loaded, new: Loaded, role: str, key: str) -> None:
+    """Refuse (:class:`TlsConfigError`) a reload whose ``role`` certificate (``server``/``client``)
+    has already expired while the one in use has not: replacing a valid certificate by an expired
+    one (an old backup restored, a renewal that wrote the previous file) would break every handshake."""
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC)
+    current = next((c for c in old.certificates if c.role == role and c.error is None), None)
+    fresh = next((c for c in new.certificates if c.role == role and c.error is None), None)
+    if current is None or fresh is None or current.not_after <= now or fresh.not_after > now:
+        return
+    when = "%Y-%m-%dT%H:%M:%SZ"
+    raise TlsConfigError(
+        f"{key}: {fresh.path} ({fresh.subject}) expired on {fresh.not_after.strftime(when)}; the "
+        f"certificate in use ({current.subject}, valid until {current.not_after.strftime(when)}) is "
+        "kept: install the renewed certificate"
+    )
 
 
 def _read(path: str, key: str) -> bytes:

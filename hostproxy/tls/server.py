@@ -6,7 +6,8 @@ Theory of operation
 ``servers[].tls`` section. :meth:`ServerTls.maybe_reload` compares the files' stat signature with the
 one the generation was built from; on a change it builds a new context and swaps it in, or — when
 the new files do not load (a key that does not match, a half-written file) — logs
-``tls.reload.failed``, keeps the old generation, and remembers the failed signature so it retries
+``tls.reload.failed``, keeps the old generation (so does a new certificate that has already expired
+while the one in use has not), and remembers the failed signature so it retries
 only after the files change again. A connection takes the context current when it is accepted, and
 keeps its TLS session for its whole life: a reload never touches established connections.
 
@@ -28,7 +29,13 @@ import structlog
 import trio
 
 from hostproxy.config import model as m
-from hostproxy.tls.context import Loaded, TlsConfigError, build_server_context, file_signature
+from hostproxy.tls.context import (
+    Loaded,
+    TlsConfigError,
+    build_server_context,
+    check_not_expired,
+    file_signature,
+)
 from hostproxy.tls.inspect import CertInfo
 from hostproxy.tls.stream import REASONS, TlsStream
 
@@ -97,6 +104,7 @@ class ServerTls:
             return False
         try:
             loaded = build_server_context(self.config, alpn=self.alpn, router=self.router, key=self.key)
+            check_not_expired(self._loaded, loaded, "server", f"{self.key}.certPath")
         except TlsConfigError as exc:
             self._failed_signature = sig
             self._stats["reload_failures"] += 1
