@@ -6,6 +6,7 @@ plaintext HTTP and half a ClientHello sent to a TLS port; reloads to an already 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -281,3 +282,60 @@ def test_a_reload_to_an_expired_client_certificate_keeps_the_valid_one(pki: Pki)
         f"client.tls.clientAuth.certPath: {pki.client_cert} (CN=stale-client.test) expired on "
     )
     assert [c.subject for c in ctls.certificates() if c.role == "client"] == ["CN=client.test"]
+
+
+# -- x-forwarded-client-cert -----------------------------------------------------------------------
+
+
+def xfcc_fields(value: str) -> list[tuple[str, str]]:
+    """Envoy's element syntax: ``key=value`` pairs split on ``;`` outside double quotes."""
+    fields, cur, quoted, escaped = [], "", False, False
+    for c in value + ";":
+        if escaped:
+            cur, escaped = cur + c, False
+        elif c == "\\":
+            cur, escaped = cur + c, True
+        elif c == '"':
+            cur, quoted = cur + c, not quoted
+        elif c == ";" and not quoted:
+            fields.append(tuple(cur.split("=", 1)))
+            cur = ""
+        else:
+            cur += c
+    return fields  # type: ignore[return-value]
+
+
+def test_xfcc_names_from_the_certificate_cannot_add_fields_or_headers(pki: Pki) -> None:
+    """A client certificate (from a CA the server trusts) whose SANs hold ``;Hash=`` or a CR/LF: the
+    value keeps one field each (the certificate's own hash), in printable ASCII only."""
+    from hostproxy.tls.stream import xfcc_value
+
+    issued = pki.ca.issue("client.test", sans=(), client=True, server=False)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(issued.cert.subject)
+        .issuer_name(issued.cert.issuer)
+        .public_key(issued.cert.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(issued.cert.not_valid_before_utc)
+        .not_valid_after(issued.cert.not_valid_after_utc)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.UniformResourceIdentifier("spiffe://mesh/ns;Hash=forged"),
+                    x509.DNSName("a.test\r\nx-injected: 1"),
+                ]
+            ),
+            critical=False,
+        )
+        .sign(pki.ca._key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    der = cert.public_bytes(Encoding.DER)
+    value = xfcc_value(der)
+    assert all(0x20 <= b < 0x7F for b in value), value
+    fields = xfcc_fields(value.decode())
+    assert [k for k, _ in fields] == ["Hash", "Cert", "Subject", "URI", "DNS"]
+    assert fields[0][1] == hashlib.sha256(der).hexdigest()
+    assert fields[2][1] == '"CN=client.test"'
+    assert fields[3][1] == '"spiffe://mesh/ns;Hash=forged"'
+    assert fields[4][1] == "a.test%0D%0Ax-injected: 1"

@@ -13,7 +13,9 @@ Theory of operation
 * :func:`peer_certificate`, :attr:`TlsStream.alpn`, ``version`` and ``cipher`` for handlers;
 * :meth:`TlsStream.forwarded_client_cert`: the ``x-forwarded-client-cert`` value describing the
   peer's certificate (Envoy's element syntax: ``Hash=<sha256 of the DER>;Cert="<url-encoded PEM>";
-  Subject="<RFC 4514>";URI=...;DNS=...``), computed once per connection.
+  Subject="<RFC 4514>";URI=...;DNS=...``), computed once per connection. Values holding ``,;="``
+  are quoted (``"`` and ``\\`` escaped), characters outside printable ASCII percent-encoded, so that
+  names in a client certificate can neither add fields nor break the header.
 
 A TLS failure after the handshake (TLS 1.3 servers reject a client certificate only after the
 client's handshake completed, so the client learns it on its first read) is raised as
@@ -390,10 +392,30 @@ def xfcc_value(der: bytes) -> bytes:
     parts = [
         f"Hash={hashlib.sha256(der).hexdigest()}",
         f'Cert="{quote(pem_of_der(der).decode("ascii"), safe="")}"',
-        f'Subject="{info.subject.replace(chr(34), chr(92) + chr(34))}"',
+        f"Subject={_xfcc_quoted(info.subject)}",
     ]
     for san in info.sans:
         kind, _, value = san.partition(":")
         if kind in ("URI", "DNS"):
-            parts.append(f"{kind}={value}")
-    return ";".join(parts).encode("latin-1", "replace")
+            parts.append(f"{kind}={_xfcc_field(value)}")
+    return ";".join(parts).encode("ascii")
+
+
+def _xfcc_printable(value: str) -> str:
+    """``value`` with every character outside printable ASCII percent-encoded: a certificate's names
+    are the client's words, and a CR/LF in a SAN must never reach the forwarded header block."""
+    from urllib.parse import quote
+
+    return "".join(c if " " <= c <= "~" else quote(c, safe="") for c in value)
+
+
+def _xfcc_quoted(value: str) -> str:
+    text = _xfcc_printable(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def _xfcc_field(value: str) -> str:
+    """A URI/DNS value as Envoy writes it: quoted when it holds ``,;="`` (otherwise a SAN such as
+    ``spiffe://a;Hash=...`` would add a field of its own)."""
+    text = _xfcc_printable(value)
+    return _xfcc_quoted(value) if any(c in text for c in ',;="') else text
