@@ -22,6 +22,7 @@ from dtab.delegate import DelegateNode, delegate
 from dtab.errors import (
     BindError,
     DelegationCycle,
+    DelegationTooLarge,
     DepthExceeded,
     DtabError,
     DtabSyntaxError,
@@ -64,6 +65,7 @@ __all__ = [
     "BoundName",
     "DelegateNode",
     "DelegationCycle",
+    "DelegationTooLarge",
     "DepthExceeded",
     "NamerError",
     "PENDING",

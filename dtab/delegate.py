@@ -13,7 +13,11 @@ path node and *explains* it:
 * ``alt`` and ``union`` nodes explain **every** child (no short-circuit as in binding); a child whose
   explanation fails becomes an ``exception`` node; namers are consulted only when *no* dentry matches;
 * more than :data:`MAX_DEPTH` steps on a branch fails (a top-level cycle fails the whole explanation
-  with :class:`~dtab.errors.DelegationCycle`).
+  with :class:`~dtab.errors.DelegationCycle`);
+* more than :data:`MAX_NODES` steps in all fails the whole explanation with
+  :class:`~dtab.errors.DelegationTooLarge`: since every alternative is explained, a dtab whose rules
+  each offer two alternatives doubles the tree at every step (300 bytes of dtab give a million
+  nodes), and the admin server explains on the event loop.
 
 The result is then simplified: a ``delegate`` whose child has the same path is replaced by the child
 (carrying the delegate's dentry), single-child ``alt``/``union`` become ``delegate``, an ``alt`` child
@@ -30,13 +34,15 @@ from typing import Any, ClassVar, Final
 
 from dtab.addr import BoundName, addr_json
 from dtab.bind import PENDING, Interpreter, NamerLookup, SystemLookup
-from dtab.errors import BindError, DelegationCycle
+from dtab.errors import BindError, DelegationCycle, DelegationTooLarge
 from dtab.path import Path
 from dtab.table import Dentry, Dtab
 from dtab.tree import Alt, Empty, Fail, Leaf, Neg, Union, show_tree
 
 #: Fixed depth limit of explanations (independent of the binder's ``max_depth``).
 MAX_DEPTH: Final = 100
+#: Most lookup steps one explanation takes (a step per path node explained).
+MAX_NODES: Final = 10_000
 
 _FAIL_PREFIX = Path((b"$", b"fail"))
 
@@ -233,8 +239,12 @@ class _Explainer:
         self.interp = interp
         self.dtab = interp.dtab
         self.root = root
+        self.steps = 0
 
     def step(self, d: Dentry, q: Path) -> DelegateNode:
+        self.steps += 1
+        if self.steps > MAX_NODES:
+            raise DelegationTooLarge(self.root, MAX_NODES)
         matches: list[DelegateNode] = []
         for e in reversed(self.dtab.dentries):
             if e.prefix.matches(q):
@@ -283,6 +293,8 @@ class _Explainer:
     def _explain_branch(self, parent: DelegateNode, child: DelegateNode, depth: int) -> DelegateNode:
         try:
             return self.explain(child, depth)
+        except DelegationTooLarge:
+            raise
         except BindError as err:
             return ExceptionNode(parent.path, parent.dentry, err)
 
@@ -332,7 +344,8 @@ def delegate(
 
     Returns the simplified :class:`DelegateNode` tree, or :data:`~dtab.bind.PENDING` when a namer has
     not answered yet. Raises :class:`~dtab.errors.DelegationCycle` when the explanation as a whole
-    exceeds :data:`MAX_DEPTH` steps.
+    exceeds :data:`MAX_DEPTH` steps, :class:`~dtab.errors.DelegationTooLarge` when it takes more than
+    :data:`MAX_NODES` steps in all.
     """
     interp = Interpreter(dtab, namers, system=system, interpreter=interpreter)
     explainer = _Explainer(interp, path)
@@ -347,6 +360,7 @@ def delegate(
 
 __all__ = [
     "MAX_DEPTH",
+    "MAX_NODES",
     "AltNode",
     "DelegateNode",
     "DelegatedNode",

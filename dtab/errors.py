@@ -236,6 +236,19 @@ class NamerError(BindError):
         super().__init__(f"{message}{where}", upstream_message=message)
 
 
+class DelegationTooLarge(BindError):
+    """A delegation explanation has more nodes than its fixed limit (alternatives or unions that
+    fan out at every step make it exponential in the dtab's length)."""
+
+    def __init__(self, path: object, limit: int) -> None:
+        self.path = path
+        self.limit = limit
+        super().__init__(
+            f"explaining {path} needs more than {limit} nodes: the dtab's alternatives or unions fan "
+            "out at every step; explain a more specific path or a smaller dtab"
+        )
+
+
 class DelegationCycle(BindError):
     """A delegation explanation went deeper than its fixed limit (a rewrite cycle)."""
 

@@ -26,8 +26,10 @@ Admin work is bounded so that it never stalls routing: request bodies are read u
 ``MAX_REQUEST_BODY``, the delegation tree (the one answer whose size depends on the request) is
 capped at ``MAX_DELEGATE_JSON`` bytes, ``/requests`` lists at most ``MAX_RECENT_REQUESTS`` entries,
 and the metrics renderers are bounded by the registry's cardinality limits.  Delegation runs on the
-event loop (it is pure and fast); a context that has to wait for a namer returns an awaitable,
-which gets ``delegate_timeout_s`` (2 s, Linkerd's) before 503 ``Request timed out.``.
+event loop (it is pure, and bounded: an explanation of more than ``dtab.delegate.MAX_NODES`` lookup
+steps, which a short dtab whose rules each offer two alternatives reaches, fails as a 400
+``Delegation failed: …``); a context that has to wait for a namer returns an awaitable, which gets
+``delegate_timeout_s`` (2 s, Linkerd's) before 503 ``Request timed out.``.
 
 Scrapes of a large daemon (``/admin/metrics.json``, ``/admin/metrics/prometheus``,
 ``/client_state.json``) are rendered a slice per event-loop turn (see ``hostproxy.metrics.render``),

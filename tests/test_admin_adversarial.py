@@ -1,0 +1,67 @@
+"""Adversarial review of the admin server and ``hostproxy wtf``: what an on-call engineer would call wrong.
+
+Real components on loopback (admin server, daemon, curl) unless the unit is pure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import trio
+from test_admin_server import FakeAdminContext
+
+from hostproxy.admin import AdminHandler, AdminServer
+from hostproxy.http import Body, ConnInfo, Headers, Request, ServerParams
+
+
+def conn(peer: str = "127.0.0.1") -> ConnInfo:
+    return ConnInfo(peer=(peer, 40000), local=("127.0.0.1", 9990), params=ServerParams(), connection_id=1)
+
+
+async def call(
+    handler: AdminHandler,
+    method: str,
+    target: str,
+    headers: tuple[tuple[bytes, bytes], ...] = ((b"host", b"127.0.0.1:9990"),),
+    peer: str = "127.0.0.1",
+) -> tuple[int, bytes]:
+    response = await handler(
+        Request(method, target, Headers(list(headers)), Body.from_bytes(b"")), conn(peer)
+    )
+    return response.status, await response.body.read_all()
+
+
+@contextlib.asynccontextmanager
+async def admin_on_loopback(ctx: Any) -> AsyncIterator[str]:
+    server = AdminServer(ctx, port=0)
+    async with trio.open_nursery() as nursery:
+        ip, port = await nursery.start(server.serve)
+        try:
+            yield f"http://{ip}:{port}"
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+# -- the delegator ---------------------------------------------------------------------------------
+
+
+async def test_exponential_delegation_is_refused_with_400_not_computed_on_the_event_loop() -> None:
+    # Each line doubles the explanation (alt branches are all explained): 2**17 nodes from 300 bytes
+    # of query string, which any peer may send. It must be refused, not built while routing waits.
+    dtab = ";".join(f"/p{i}=>/p{i + 1}|/p{i + 1}" for i in range(17))
+    handler = AdminHandler(FakeAdminContext())
+    status, body = await call(handler, "GET", f"/delegator.json?path=/p0&dtab={dtab}")
+    assert status == 400
+    text = body.decode()
+    assert text.startswith("Delegation failed: explaining /p0 needs more than 10000 nodes"), text
+
+
+async def test_small_alt_trees_are_still_explained() -> None:
+    dtab = ";".join(f"/p{i}=>/p{i + 1}|/p{i + 1}" for i in range(8))  # 256 leaves: fine
+    handler = AdminHandler(FakeAdminContext())
+    status, body = await call(handler, "GET", f"/delegator.json?path=/p0&dtab={dtab}")
+    assert status == 200
+    assert json.loads(body)["type"] == "alt"
