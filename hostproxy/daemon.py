@@ -78,6 +78,7 @@ from hostproxy.namerstate import NamerStateStore
 from hostproxy.overload import OverloadConfig, OverloadManager, detect_memory_limit, sample_loop
 from hostproxy.router import HttpRouter
 from namers.inet import InetResolver
+from namers.transformers import transform_delegation
 
 if TYPE_CHECKING:  # the TLS machinery (ssl, certificates) is imported only when a config uses TLS
     from hostproxy.tls import ClientTlsCache, ServerTls, TlsListener
@@ -970,7 +971,10 @@ class Daemon:
         else:
             router = self.routers[label]
             tree = delegate(dtab, path, router.namer_pairs, system=self.resolver.system)
-        if not hasattr(tree, "to_json"):  # pending: a namer has not answered yet
+            if router.transformers and hasattr(tree, "to_json"):
+                # as the router binds: its interpreter transformers rewrite the bound leaves
+                tree = transform_delegation(tree, router.transformers)
+        if not hasattr(tree, "to_json"):  # pending: a namer (or transformer) has not answered yet
             return {"type": "pending", "path": str(path)}
         return tree.to_json()  # type: ignore[no-any-return]
 

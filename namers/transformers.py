@@ -58,6 +58,7 @@ config key and the fix.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import socket
@@ -66,6 +67,9 @@ from typing import Any, ClassVar
 
 from dtab import Dtab
 from dtab.bind import bind as _bind
+from dtab.delegate import AltNode, DelegatedNode, LeafNode, TransformationNode, UnionNode
+from dtab.delegate import _convert as _delegate_nodes
+from dtab.table import Dentry
 from namers._dtab import (
     PENDING,
     AddrBound,
@@ -104,6 +108,7 @@ __all__ = [
     "replace",
     "specific_host",
     "system_local_ips",
+    "transform_delegation",
     "transforming_lookup",
 ]
 
@@ -552,3 +557,45 @@ def replace(cfg: Any, *, system: Callable[[Path], Any] | None = None) -> Replace
 
 def const(cfg: Any, *, system: Callable[[Path], Any] | None = None) -> ConstTransformer:
     return ConstTransformer(_path(cfg, "io.l5d.const"), system_binder(system))
+
+
+# -- delegation explanations -------------------------------------------------------------------------------
+def transform_delegation(node: Any, transformers: Sequence[Transformer]) -> Any:
+    """A ``/delegator.json`` explanation (a :class:`dtab.delegate.DelegateNode`) as the router binds it
+    with its interpreter ``transformers`` (Linkerd's ``DelegatingNameTreeTransformer.transformDelegate``):
+    each transformer in order wraps every bound leaf in a ``transformation`` node (its ``name`` and the
+    bound name it was given) whose tree is what it made of the leaf (a leaf with the ``/%/…`` id the
+    router's client uses, or a ``neg`` when it filtered every address out). :data:`PENDING` when a
+    transformer is still waiting for its own data."""
+    for t in transformers:
+        node = _transform_node(node, t)
+        if node is PENDING:
+            return PENDING
+    return node
+
+
+class _PendingTransform(Exception):
+    pass
+
+
+def _transform_node(node: Any, t: Transformer) -> Any:
+    def walk(n: Any) -> Any:
+        if isinstance(n, LeafNode) and n.bound is not None:
+            out = t.transform(Leaf(n.bound))
+            if out is PENDING:
+                raise _PendingTransform
+            return TransformationNode(
+                n.path, Dentry.NOP, name=t.name, bound=n.bound, child=_delegate_nodes(out, n.path, n.dentry)
+            )
+        if isinstance(n, DelegatedNode | TransformationNode) and n.child is not None:
+            return dataclasses.replace(n, child=walk(n.child))
+        if isinstance(n, AltNode):
+            return dataclasses.replace(n, children=tuple(walk(c) for c in n.children))
+        if isinstance(n, UnionNode):
+            return dataclasses.replace(n, branches=tuple((w, walk(c)) for w, c in n.branches))
+        return n
+
+    try:
+        return walk(node)
+    except _PendingTransform:
+        return PENDING

@@ -14,7 +14,9 @@ import trio
 from test_admin_server import FakeAdminContext
 
 from hostproxy.admin import AdminHandler, AdminServer
+from hostproxy.diagnose import leaf_ids
 from hostproxy.http import Body, ConnInfo, Headers, Request, ServerParams
+from tests.daemonutil import curl, running_daemon
 
 
 def conn(peer: str = "127.0.0.1") -> ConnInfo:
@@ -65,3 +67,59 @@ async def test_small_alt_trees_are_still_explained() -> None:
     status, body = await call(handler, "GET", f"/delegator.json?path=/p0&dtab={dtab}")
     assert status == 200
     assert json.loads(body)["type"] == "alt"
+
+
+def leaves(tree: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") in ("leaf", "transformation"):
+                out.append(node)
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(tree)
+    return out
+
+
+async def test_delegator_shows_the_routers_interpreter_transformers_as_the_router_binds() -> None:
+    upstream_port = 1  # never contacted: the port transformer replaces it
+    yaml_text = f"""
+admin: {{ip: 127.0.0.1, port: 0}}
+routers:
+- protocol: http
+  label: out
+  dtab: /svc/web => /$/inet/127.0.0.1/{upstream_port};
+  interpreter:
+    kind: default
+    transformers:
+    - kind: io.l5d.port
+      port: 4141
+  servers:
+  - ip: 127.0.0.1
+    port: 0
+"""
+    async with running_daemon(yaml_text) as d:
+        await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: web", timeout=10)
+        clients = (await curl(f"{d.admin}/client_state.json")).json()
+        assert isinstance(clients, dict)
+        assert list(clients) == ["/%/io.l5d.port/4141/$/inet/127.0.0.1/1"]
+        r = await curl(
+            f"{d.admin}/delegator.json?namespace=out&path=/svc/web&dtab=/svc/web=>/$/inet/127.0.0.1/1"
+        )
+        assert r.status == 200, r.body
+        tree = r.json()
+        found = leaves(tree)
+        assert [n["type"] for n in found] == ["transformation", "leaf"]
+        transformation, leaf = found
+        assert transformation["name"] == "PortTransformer"
+        assert transformation["bound"]["id"] == "/$/inet/127.0.0.1/1"
+        # the leaf is what the router binds: the client id it uses, the port it connects to
+        assert leaf["bound"]["id"] == "/%/io.l5d.port/4141/$/inet/127.0.0.1/1"
+        assert [a["port"] for a in leaf["bound"]["addr"]["addrs"]] == [4141]
+        # and wtf's bindings (the leaves) name the client the router counts failures under
+        assert leaf_ids(tree) == ["/%/io.l5d.port/4141/$/inet/127.0.0.1/1"]
