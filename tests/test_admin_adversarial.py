@@ -10,6 +10,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 import trio
 from test_admin_server import FakeAdminContext
 
@@ -123,3 +124,41 @@ routers:
         assert [a["port"] for a in leaf["bound"]["addr"]["addrs"]] == [4141]
         # and wtf's bindings (the leaves) name the client the router counts failures under
         assert leaf_ids(tree) == ["/%/io.l5d.port/4141/$/inet/127.0.0.1/1"]
+
+
+# -- control endpoints -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["attacker.example:9990", "rebind.attacker.example"],
+)
+async def test_browser_control_request_for_a_foreign_host_name_is_refused_dns_rebinding(host: str) -> None:
+    # DNS rebinding: a page at http://attacker.example:9990 re-resolves its name to 127.0.0.1 and
+    # POSTs to its own origin. The peer is loopback and Origin matches Host; only the Host gives it away.
+    ctx = FakeAdminContext()
+    handler = AdminHandler(ctx)
+    headers = ((b"host", host.encode()), (b"origin", f"http://{host}".encode()))
+    status, body = await call(handler, "POST", "/admin/shutdown", headers=headers)
+    assert status == 403
+    assert "DNS rebinding" in body.decode()
+    assert ctx.shutdowns == 0
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:9990", "localhost:9990", "[::1]:9990", "localhost"])
+async def test_same_origin_browser_control_request_on_loopback_names_is_allowed(host: str) -> None:
+    ctx = FakeAdminContext()
+    handler = AdminHandler(ctx)
+    headers = ((b"host", host.encode()), (b"origin", f"http://{host}".encode()))
+    status, _ = await call(handler, "POST", "/admin/shutdown", headers=headers)
+    assert status == 202
+    assert ctx.shutdowns == 1
+
+
+async def test_non_browser_control_request_with_a_host_name_is_allowed() -> None:
+    # curl -X POST $(hostname):9990/admin/shutdown on a host whose name maps to 127.0.1.1
+    ctx = FakeAdminContext()
+    status, _ = await call(
+        AdminHandler(ctx), "POST", "/admin/shutdown", headers=((b"host", b"myhost:9990"),), peer="127.0.1.1"
+    )
+    assert status == 202

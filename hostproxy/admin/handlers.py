@@ -18,7 +18,10 @@ A request is answered in four steps:
    browser sent from another origin (``Origin`` not matching ``Host``, or
    ``Sec-Fetch-Site: cross-site``) is refused, so that a web page cannot shut the daemon down, and
    so is one that came through a proxy (more ``Via`` entries than the admin server's own HTTP layer
-   adds), so that a router cannot be used to reach the admin port from outside;
+   adds), so that a router cannot be used to reach the admin port from outside.  Without
+   ``allow_remote_control``, a control request a browser sent (``Origin`` or ``Sec-Fetch-Site``) must
+   also name a loopback address or ``localhost`` in its ``Host``: under DNS rebinding, a page's own
+   name resolves to 127.0.0.1, so peer, ``Origin`` and ``Host`` all look local except the name;
 4. the endpoint method renders the context's state.  An exception from the context becomes a 500
    naming the endpoint and the error (logged as ``admin.handler_failed``), never a dead connection.
 
@@ -132,6 +135,20 @@ def is_loopback(host: str) -> bool:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return addr.ipv4_mapped.is_loopback
     return addr.is_loopback
+
+
+def _host_name(host: str) -> str:
+    """The name or address part of a ``Host`` header value (``[::1]:9990`` -> ``::1``)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host[1:]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _loopback_name(name: str) -> bool:
+    """A ``Host`` that cannot be an attacker's name: ``localhost`` (and ``*.localhost``, which
+    resolvers keep on loopback) or a loopback address."""
+    return name == "localhost" or name.endswith(".localhost") or is_loopback(name)
 
 
 def _response(
@@ -512,6 +529,16 @@ class AdminHandler:
             )
         headers = call.request.headers
         origin = headers.get(b"origin")
+        browser = origin is not None or headers.get(b"sec-fetch-site") is not None
+        if browser and not self.allow_remote_control:
+            host_name = _host_name((headers.get(b"host") or b"").decode("latin-1"))
+            if not _loopback_name(host_name):
+                return (
+                    f"{call.method} {path} refused: a browser sent it for host {host_name or '(none)'}, "
+                    "which is not a loopback address or localhost (a DNS rebinding attack makes a page's "
+                    "own name point at 127.0.0.1); open the admin page as http://127.0.0.1:<port> or "
+                    "http://localhost:<port>, or use curl -X POST."
+                )
         if origin is not None:
             host = (headers.get(b"host") or b"").decode("latin-1").lower()
             origin_s = origin.decode("latin-1")
