@@ -16,7 +16,7 @@ that failed since start.  ``--interval 30s`` samples twice, that far apart, and 
 failed in between — "what is failing right now".
 
 Exit status: 0 when there is no finding, 1 when there is at least one (or the admin server cannot
-be reached), 2 for a usage error.
+be reached), 2 for a usage error (including ``--router`` naming no router).
 
 ``--json`` prints exactly one document on stdout::
 
@@ -30,7 +30,14 @@ be reached), 2 for a usage error.
                    "share": float (0..1), "failures": int, "requests": int,
                    "verdict": str, "next_step": str}, ...],
      "routers": {label: {"requests": int, "failures": int, "services": int}},
-     "error": str (only when the admin server could not be read)}
+     "error": str (only when the admin server could not be read, or --router names no router),
+     "unreadable": [str, ...] (only when an optional document answered an error; diagnosed without it)}
+
+Only ``/admin/metrics.json`` is required; every other document that answers an error (a namer in
+error failing ``/admin/namer_state.json``) is read as missing and named under ``unreadable``.
+``--router`` naming no router of the daemon is a usage error (exit 2), not "healthy".  Bindings are
+asked for the failing services first: a failing service past ``MAX_DELEGATIONS`` would otherwise be
+blamed on whichever client of the router counted the most failures of its cause.
 
 One finding per (router, service, cause); healthy services are absent.  ``service`` is the
 service name (``/svc/web``), also for names that never bound (``/svc/typo``); ``client`` is the
@@ -48,7 +55,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from hostproxy.diagnose import (
@@ -58,6 +65,7 @@ from hostproxy.diagnose import (
     delta_metrics,
     delta_unbound,
     diagnose,
+    failing_services,
     format_age,
     leaf_ids,
 )
@@ -92,6 +100,17 @@ class AdminUnreachable(Exception):
     """The admin server could not be read (not running, wrong address, or an error answer)."""
 
 
+class UnknownRouter(Exception):
+    """``--router`` names no router of the daemon."""
+
+    def __init__(self, label: str, known: list[str]) -> None:
+        super().__init__(f"--router {label}: no such router; the routers are: {', '.join(known) or '(none)'}")
+
+
+class _ErrorAnswer(AdminUnreachable):
+    """The admin server answered, with an error or not with JSON (one document is unreadable)."""
+
+
 class AdminClient:
     """Blocking JSON reads from an admin server (a CLI tool; the daemon never uses this)."""
 
@@ -101,7 +120,8 @@ class AdminClient:
         self.base = base.rstrip("/")
         self.timeout = timeout
 
-    def _open(self, req: urllib.request.Request, path: str) -> Any:
+    def _open(self, req: urllib.request.Request, path: str, *, answered_only: bool = False) -> Any:
+        error = _ErrorAnswer if answered_only else AdminUnreachable
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return json.loads(resp.read().decode("utf-8"))
@@ -109,7 +129,7 @@ class AdminClient:
             if e.code == 404:
                 return None
             body = e.read().decode("utf-8", "replace").strip()
-            raise AdminUnreachable(f"{self.base}{path} answered {e.code}: {body[:200]}") from None
+            raise error(f"{self.base}{path} answered {e.code}: {body[:200]}") from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise AdminUnreachable(
@@ -117,11 +137,21 @@ class AdminClient:
                 "at this address (admin.ip/admin.port in the config)? Use --admin URL to point elsewhere"
             ) from None
         except ValueError as e:
-            raise AdminUnreachable(f"{self.base}{path} did not answer JSON: {e}") from None
+            raise error(f"{self.base}{path} did not answer JSON: {e}") from None
 
     def get(self, path: str) -> Any:
         """The JSON document at ``path``; None when the daemon has no such endpoint (404)."""
         return self._open(urllib.request.Request(self.base + path), path)
+
+    def get_optional(self, path: str, unreadable: list[str]) -> Any:
+        """``get(path)``, but an error answer (a 500 from a namer in error, say) is noted in
+        ``unreadable`` and read as missing: the diagnosis goes on with the other documents. An
+        admin server that cannot be reached at all still raises."""
+        try:
+            return self._open(urllib.request.Request(self.base + path), path, answered_only=True)
+        except _ErrorAnswer as e:
+            unreadable.append(str(e))
+            return None
 
     def post(self, path: str, doc: Any) -> Any:
         data = json.dumps(doc).encode("utf-8")
@@ -135,13 +165,22 @@ class AdminClient:
 
 
 def _bindings(
-    admin: AdminClient, routers: dict[str, Any], only: str | None
+    admin: AdminClient, routers: dict[str, Any], only: str | None, metrics: Mapping[str, Any]
 ) -> dict[str, dict[str, list[str]]]:
+    """Per router, the clients each service binds to: the failing services first (their blame
+    depends on it), then the others (for namer and failure-accrual findings), ``MAX_DELEGATIONS`` at
+    most."""
     out: dict[str, dict[str, list[str]]] = {}
+    failing: dict[str, list[str]] = {}
+    for label, svc in failing_services(metrics, only):
+        failing.setdefault(label, []).append(svc)
     for label, info in routers.items():
         if only is not None and label != only:
             continue
-        for svc in list(info.get("services") or [])[:MAX_DELEGATIONS]:
+        services = list(info.get("services") or [])
+        first = [s for s in failing.get(label, []) if s in services]
+        ordered = first + [s for s in services if s not in set(first)]
+        for svc in ordered[:MAX_DELEGATIONS]:
             tree = admin.post(
                 "/delegator.json", {"namespace": label, "dtab": info.get("dtab", ""), "path": svc}
             )
@@ -168,25 +207,34 @@ def collect(
         raise AdminUnreachable(
             f"{admin.base}/admin/metrics.json is missing: is this a hostproxy admin server?"
         )
-    unbound = admin.get("/admin/unbound.json") or {}
+    unreadable: list[str] = []
+
+    def optional(path: str) -> Any:
+        return admin.get_optional(path, unreadable)
+
+    unbound = optional("/admin/unbound.json") or {}
     if before_metrics is not None:
         metrics = delta_metrics(before_metrics, metrics)
         unbound = delta_unbound(before_unbound or {}, unbound)
-    routers = admin.get("/admin/routers.json") or {}
+    routers = optional("/admin/routers.json") or {}
+    if router is not None and routers and router not in routers:
+        raise UnknownRouter(router, sorted(routers))
     snap = Snapshot(
         metrics=metrics,
-        client_state=admin.get("/client_state.json") or {},
-        namer_state=admin.get("/admin/namer_state.json") or {},
+        client_state=optional("/client_state.json") or {},
+        namer_state=optional("/admin/namer_state.json") or {},
         unbound=unbound,
-        process=admin.get("/admin/process.json"),
-        bindings=_bindings(admin, routers, router),
-        tls=admin.get("/admin/tls.json") or {},
+        process=optional("/admin/process.json"),
+        bindings=_bindings(admin, routers, router, metrics),
+        tls=optional("/admin/tls.json") or {},
     )
-    window = (
+    window: dict[str, Any] = (
         {"kind": "interval", "seconds": interval}
         if interval > 0
         else {"kind": "since_start", "seconds": None}
     )
+    if unreadable:
+        window["unreadable"] = unreadable
     if snap.process and window["kind"] == "since_start":
         window["seconds"] = snap.process.get("uptime_s")
     return snap, window
@@ -280,7 +328,7 @@ def main(args: argparse.Namespace) -> int:
     admin = AdminClient(args.admin, timeout=args.timeout)
     try:
         snap, window = collect(admin, router=args.router, interval=interval)
-    except AdminUnreachable as e:
+    except (UnknownRouter, AdminUnreachable) as e:
         if args.json:
             json.dump(
                 {"healthy": False, "window": None, "findings": [], "routers": {}, "error": str(e)}, sys.stdout
@@ -288,13 +336,18 @@ def main(args: argparse.Namespace) -> int:
             sys.stdout.write("\n")
         else:
             print(f"hostproxy wtf: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, UnknownRouter) else 1
     report = diagnose(snap, thresholds=Thresholds(ignore_share=args.ignore_below), router=args.router)
+    unreadable = window.pop("unreadable", None)
     if args.json:
         doc = report.as_json()
         doc["window"] = window
+        if unreadable:
+            doc["unreadable"] = unreadable
         json.dump(doc, sys.stdout, ensure_ascii=False)
         sys.stdout.write("\n")
     else:
         sys.stdout.write(render_text(report, window, admin.base))
+        for note in unreadable or ():
+            sys.stdout.write(f"\nnot read: {note} (diagnosed without it)\n")
     return 0 if report.healthy else 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +15,10 @@ import pytest
 import trio
 from test_admin_server import FakeAdminContext
 
+from dtab import parse_dtab
+from hostproxy import cli_wtf
 from hostproxy.admin import AdminHandler, AdminServer
+from hostproxy.causes import Cause
 from hostproxy.diagnose import leaf_ids
 from hostproxy.http import Body, ConnInfo, Headers, Request, ServerParams
 from tests.daemonutil import curl, running_daemon
@@ -162,3 +166,116 @@ async def test_non_browser_control_request_with_a_host_name_is_allowed() -> None
         AdminHandler(ctx), "POST", "/admin/shutdown", headers=((b"host", b"myhost:9990"),), peer="127.0.1.1"
     )
     assert status == 202
+
+
+# -- wtf ---------------------------------------------------------------------------------------------
+
+
+class FailingContext(FakeAdminContext):
+    """A daemon whose router ``out`` fails /svc/web with refused connections."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dtabs = {"out": self.dtabs["outgoing"]}
+        rt = self.metrics.router("out")
+        srv = rt.server("127.0.0.1", 4140)
+        svc = rt.service("/svc/web", True)
+        cl = rt.client("/$/inet/127.1/9999")
+        for stats in (srv, svc, cl):
+            for i in range(4):
+                stats.start()
+                stats.finish(0.001, Cause.CONNECT_REFUSED if i < 3 else None)
+
+    def namer_states(self) -> dict[str, dict[str, Any]]:
+        self._maybe_fail("namer_states")
+        return super().namer_states()
+
+
+async def run_wtf(admin: str, *extra: str) -> tuple[int, str, str]:
+    """The real CLI in a subprocess (the admin server's log lines stay out of its output)."""
+    proc = await trio.run_process(
+        [sys.executable, "-m", "hostproxy", "wtf", "--admin", admin, "--timeout", "10", *extra],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+
+
+async def test_wtf_for_a_router_that_does_not_exist_is_a_usage_error_not_healthy() -> None:
+    async with admin_on_loopback(FailingContext()) as admin:
+        code, out, err = await run_wtf(admin, "--router", "otu")
+    assert code == 2
+    assert out == ""
+    assert err == "hostproxy wtf: --router otu: no such router; the routers are: out\n"
+    async with admin_on_loopback(FailingContext()) as admin:
+        code, out, _ = await run_wtf(admin, "--json", "--router", "otu")
+    assert code == 2
+    assert json.loads(out) == {
+        "healthy": False,
+        "window": None,
+        "findings": [],
+        "routers": {},
+        "error": "--router otu: no such router; the routers are: out",
+    }
+
+
+async def test_wtf_still_diagnoses_when_an_optional_document_fails() -> None:
+    ctx = FailingContext()
+    ctx.raise_in = "namer_states"  # /admin/namer_state.json answers 500
+    async with admin_on_loopback(ctx) as admin:
+        code, out, _ = await run_wtf(admin, "--json")
+    assert code == 1
+    doc = json.loads(out)
+    assert [(f["service"], f["cause"], f["client"]) for f in doc["findings"]] == [
+        ("/svc/web", "connect/refused", "/$/inet/127.1/9999")
+    ]
+    assert "error" not in doc
+    (note,) = doc["unreadable"]
+    assert note.startswith(f"{admin}/admin/namer_state.json answered 500: ")
+
+
+async def test_wtf_text_report_names_the_unreadable_document() -> None:
+    ctx = FailingContext()
+    ctx.raise_in = "namer_states"
+    async with admin_on_loopback(ctx) as admin:
+        code, out, _ = await run_wtf(admin)
+    assert code == 1
+    assert "connect/refused" in out
+    assert f"not read: {admin}/admin/namer_state.json answered 500" in out
+
+
+class ManyServicesContext(FakeAdminContext):
+    """More healthy services than wtf delegates, sorting before the one failing service, and a client
+    of another service with more refused connections than the failing service's own client."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        dtab = "/svc/zz => /$/inet/127.1/2;" + "".join(
+            f"/svc/a{i:03d} => /$/inet/127.1/{3000 + i};" for i in range(cli_wtf.MAX_DELEGATIONS + 6)
+        )
+        self.dtabs = {"out": parse_dtab(dtab)}
+        rt = self.metrics.router("out")
+        for i in range(cli_wtf.MAX_DELEGATIONS + 6):
+            s = rt.service(f"/svc/a{i:03d}", True)
+            s.start()
+            s.finish(0.001)
+        zz = rt.service("/svc/zz", True)
+        own = rt.client("/$/inet/127.1/2")
+        for stats in (zz, own):
+            stats.start()
+            stats.finish(0.001, Cause.CONNECT_REFUSED)
+        # a client no service delegates to any more, with more failures of the same cause
+        stale = rt.client("/$/inet/127.1/7777")
+        for _ in range(5):
+            stale.start()
+            stale.finish(0.001, Cause.CONNECT_REFUSED)
+
+
+async def test_wtf_delegates_failing_services_first_and_blames_their_own_client() -> None:
+    async with admin_on_loopback(ManyServicesContext()) as admin:
+        code, out, _ = await run_wtf(admin, "--json")
+    assert code == 1
+    doc = json.loads(out)
+    found = {(f["service"], f["cause"]): f["client"] for f in doc["findings"]}
+    assert found[("/svc/zz", "connect/refused")] == "/$/inet/127.1/2"

@@ -189,9 +189,12 @@ async def test_wtf_names_cause_and_culprit_for_each_broken_service(tmp_path: Pat
                     ranks = [("critical", "error", "warning").index(x["severity"]) for x in doc["findings"]]
                     assert ranks == sorted(ranks)
 
-                    # --router restricts; an unknown router has nothing to report.
+                    # --router restricts; an unknown router is a usage error, not "healthy".
                     code, out, _ = await wtf(d.admin, "--json", "--router", "elsewhere")
-                    assert code == 0 and json.loads(out)["findings"] == []
+                    assert code == 2
+                    assert (
+                        json.loads(out)["error"] == "--router elsewhere: no such router; the routers are: out"
+                    )
 
                     # The text form: a headline, then each finding with its verdict and next step.
                     code, out, _ = await wtf(d.admin)
