@@ -242,6 +242,13 @@ def _pct(share: float) -> str:
     return f"{p:.1f}%" if p >= 0.1 else f"{p:.2f}%"
 
 
+def _names(doc: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A namer state document's ``names`` (name -> entry); empty when it has none or a namer in error
+    wrote something else there."""
+    names = doc.get("names")
+    return names if isinstance(names, Mapping) else {}
+
+
 # -- the analysis -----------------------------------------------------------------------------------
 
 
@@ -364,7 +371,7 @@ class _Analysis:
         for prefix, doc in self.snap.namer_state.items():
             if not isinstance(doc, Mapping):
                 continue
-            names = doc.get("names") or {}
+            names = _names(doc)
             kind = str(doc.get("kind") or prefix.strip("/"))
             if prefix == "/$/inet":
                 if client.startswith("/$/inet/"):
@@ -719,7 +726,7 @@ class _Analysis:
             if not isinstance(doc, Mapping):
                 continue
             kind = str(doc.get("kind") or prefix.strip("/"))
-            for name, entry in sorted((doc.get("names") or {}).items()):
+            for name, entry in sorted(_names(doc).items()):
                 if not isinstance(entry, Mapping) or entry.get("state") != "stale":
                     continue
                 age = entry.get("staleAgeSecs")

@@ -1,6 +1,11 @@
 """Adversarial review of the admin server and ``hostproxy wtf``: what an on-call engineer would call wrong.
 
-Real components on loopback (admin server, daemon, curl) unless the unit is pure.
+Each test names a defect found in review: a delegation explanation that is exponential in the dtab
+and ran on the event loop, a delegator that ignored the router's interpreter transformers (so that
+it, and ``wtf``'s blame, disagreed with how the router routes), control endpoints reachable through
+DNS rebinding, and ``wtf`` reporting "healthy" for a router that does not exist, giving up entirely
+when one optional document fails, and blaming the wrong client when the failing service was past the
+delegation cap. Real components on loopback (admin server, daemon, curl) unless the unit is pure.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from dtab import parse_dtab
 from hostproxy import cli_wtf
 from hostproxy.admin import AdminHandler, AdminServer
 from hostproxy.causes import Cause
-from hostproxy.diagnose import leaf_ids
+from hostproxy.diagnose import Snapshot, diagnose, leaf_ids
 from hostproxy.http import Body, ConnInfo, Headers, Request, ServerParams
 from tests.daemonutil import curl, running_daemon
 
@@ -279,3 +284,26 @@ async def test_wtf_delegates_failing_services_first_and_blames_their_own_client(
     doc = json.loads(out)
     found = {(f["service"], f["cause"]): f["client"] for f in doc["findings"]}
     assert found[("/svc/zz", "connect/refused")] == "/$/inet/127.1/2"
+
+
+def test_diagnose_survives_odd_namer_and_client_documents() -> None:
+    # a namer in error (names as a list, an error string), a client entry that is not an object
+    metrics = {
+        "rt/out/server/127.0.0.1/4140/requests": 2,
+        "rt/out/server/127.0.0.1/4140/failures": 1,
+        "rt/out/server/127.0.0.1/4140/failures/naming/failed": 1,
+        "rt/out/service/svc/web/requests": 2,
+        "rt/out/service/svc/web/failures/naming/failed": 1,
+        'rt/out/client/#/io.l5d.fs/we"b\\x/requests': 2,
+        'rt/out/client/#/io.l5d.fs/we"b\\x/failures/naming/failed': 1,
+    }
+    snap = Snapshot(
+        metrics=metrics,
+        client_state={'/#/io.l5d.fs/we"b\\x': "closed"},
+        namer_state={"/io.l5d.fs": {"kind": "io.l5d.fs", "names": ["web"], "error": "boom"}},
+        bindings={"out": {"/svc/web": ['/#/io.l5d.fs/we"b\\x']}},
+    )
+    report = diagnose(snap)
+    assert [(f.service, f.cause, f.client) for f in report.findings] == [
+        ("/svc/web", "naming/failed", '/#/io.l5d.fs/we"b\\x')
+    ]
