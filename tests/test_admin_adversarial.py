@@ -5,7 +5,8 @@ and ran on the event loop, a delegator that ignored the router's interpreter tra
 it, and ``wtf``'s blame, disagreed with how the router routes), control endpoints reachable through
 DNS rebinding, and ``wtf`` reporting "healthy" for a router that does not exist, giving up entirely
 when one optional document fails, and blaming the wrong client when the failing service was past the
-delegation cap. Real components on loopback (admin server, daemon, curl) unless the unit is pure.
+delegation cap, and a metrics flag that is not a boolean (``?tree=maybe``) quietly giving the flat form.
+Real components on loopback (admin server, daemon, curl) unless the unit is pure.
 """
 
 from __future__ import annotations
@@ -133,6 +134,31 @@ routers:
         assert [a["port"] for a in leaf["bound"]["addr"]["addrs"]] == [4141]
         # and wtf's bindings (the leaves) name the client the router counts failures under
         assert leaf_ids(tree) == ["/%/io.l5d.port/4141/$/inet/127.0.0.1/1"]
+
+
+# -- query parameters --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("tree=maybe", "Invalid tree='maybe': use tree=1 (or true, yes, on) or tree=0 (or false, no, off)"),
+        (
+            "pretty=2&tree=1",
+            "Invalid pretty='2': use pretty=1 (or true, yes, on) or pretty=0 (or false, no, off)",
+        ),
+    ],
+)
+async def test_metrics_json_flag_that_is_not_a_boolean_is_a_precise_400(query: str, message: str) -> None:
+    status, body = await call(AdminHandler(FakeAdminContext()), "GET", f"/admin/metrics.json?{query}")
+    assert (status, body.decode()) == (400, message + "\n")
+
+
+@pytest.mark.parametrize("query", ["tree=TRUE", "tree=on", "tree=1&pretty=off", "tree=yes&pretty="])
+async def test_metrics_json_boolean_flags_in_any_spelling_give_the_tree(query: str) -> None:
+    status, body = await call(AdminHandler(FakeAdminContext()), "GET", f"/admin/metrics.json?{query}")
+    assert status == 200
+    assert json.loads(body)["rt"]["outgoing"]["server"]["127.0.0.1"]["4140"]["requests"] == {"counter": 7}
 
 
 # -- control endpoints -----------------------------------------------------------------------------

@@ -180,7 +180,17 @@ def _json(status: int, obj: Any) -> Response:
 
 
 def _flag(query: dict[str, str], name: str) -> bool:
-    return query.get(name, "").lower() in _TRUE
+    """A boolean query parameter: ``1 true yes on`` or ``0 false no off`` (any case); missing or empty
+    is false. Anything else raises ``ValueError`` with the 400 message (``tree=maybe`` must not
+    quietly give another form than the one asked for)."""
+    value = query.get(name, "")
+    if value.lower() in _TRUE:
+        return True
+    if not value or value.lower() in _FALSE:
+        return False
+    raise ValueError(
+        f"Invalid {name}={value[:80]!r}: use {name}=1 (or true, yes, on) or {name}=0 (or false, no, off)"
+    )
 
 
 @dataclass(frozen=True)
@@ -694,7 +704,10 @@ class AdminHandler:
 
     async def _metrics_json(self, call: _Call) -> Response:
         q = call.query.get("q") or None
-        tree_form, pretty = _flag(call.query, "tree"), _flag(call.query, "pretty")
+        try:
+            tree_form, pretty = _flag(call.query, "tree"), _flag(call.query, "pretty")
+        except ValueError as exc:
+            return _text(400, str(exc))
         if tree_form or pretty:
             items = await self._collect()
             try:  # the human forms: one pass (scripts and scrapers use the compact flat form)
