@@ -21,6 +21,7 @@ from dtab.bind import PENDING, BindResult, bind
 from dtab.delegate import DelegateNode, delegate
 from dtab.errors import (
     BindError,
+    BindTooLarge,
     DelegationCycle,
     DelegationTooLarge,
     DepthExceeded,
@@ -62,6 +63,7 @@ __all__ = [
     "Address",
     "BindError",
     "BindResult",
+    "BindTooLarge",
     "BoundName",
     "DelegateNode",
     "DelegationCycle",

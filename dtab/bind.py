@@ -11,7 +11,8 @@ Theory of operation: :func:`bind` evaluates ``Leaf(path)`` with the generic bind
   reported as Finagle does.
 * ``bind(tree, depth, weight)``: more than ``max_depth`` lookups along a branch raise
   :class:`DepthExceeded` (checked when a lookup's result is about to be bound, so even a ``Neg`` from
-  the (N+1)-th lookup is an error). A path leaf is looked up and its answer bound one level deeper; a
+  the (N+1)-th lookup is an error). More than :data:`MAX_LOOKUPS` lookups in all raise
+  :class:`BindTooLarge`, which no union swallows. A path leaf is looked up and its answer bound one level deeper; a
   bound leaf is kept (recording the union weight carried to it); atoms stay. An ``Alt`` takes its first
   non-``Neg`` child (an error aborts, ``Fail`` stops, ``Empty`` is a value). A ``Union`` binds every
   branch with its own weight and simplifies the survivors; if none succeeded it raises the first
@@ -41,13 +42,24 @@ from dtab.addr import (
     AddrPending,
     BoundName,
 )
-from dtab.errors import BindError, DelegationCycle, DepthExceeded, DtabError, NamerError, UnknownNamer
+from dtab.errors import (
+    BindError,
+    BindTooLarge,
+    DelegationCycle,
+    DepthExceeded,
+    DtabError,
+    NamerError,
+    UnknownNamer,
+)
 from dtab.path import Path
 from dtab.system import lookup_system
 from dtab.table import Dtab
 from dtab.tree import FAIL, NEG, Alt, Empty, Fail, Leaf, Neg, Union, Weighted, is_tree, simplified
 
 DEFAULT_MAX_DEPTH: Final = 100
+#: Lookups one binding may make in all (every branch of every union and alternative counted). Real
+#: dtabs bind in tens; a dtab whose rules each fan out doubles the work at every step.
+MAX_LOOKUPS: Final = 1_000
 #: Larger limits would exhaust Python's recursion limit before the lookup count.
 MAX_SUPPORTED_DEPTH: Final = 300
 
@@ -170,6 +182,7 @@ class _Binder:
         self.interp = interp
         self.max_depth = max_depth
         self.root = root
+        self.lookups = 0
 
     def bind(self, tree: Any, depth: int, weight: float | None, last: Path | None) -> Any:
         if depth > self.max_depth:
@@ -177,6 +190,9 @@ class _Binder:
         if isinstance(tree, Leaf):
             v = tree.value
             if isinstance(v, Path):
+                self.lookups += 1
+                if self.lookups > MAX_LOOKUPS:
+                    raise BindTooLarge(self.root, MAX_LOOKUPS)
                 r = self.interp.lookup(v)
                 if r is PENDING:
                     return PENDING
@@ -198,6 +214,8 @@ class _Binder:
                 try:
                     r = self.bind(b.tree, depth, b.weight, last)
                 except BindError as e:
+                    if isinstance(e, BindTooLarge):
+                        raise  # (a union bound only in part would route silently wrong)
                     if first_error is None:
                         first_error = e
                     continue
@@ -264,8 +282,10 @@ __all__ = [
     "Address",
     "BindError",
     "BindResult",
+    "BindTooLarge",
     "BoundName",
     "DEFAULT_MAX_DEPTH",
+    "MAX_LOOKUPS",
     "DelegationCycle",
     "DepthExceeded",
     "Interpreter",

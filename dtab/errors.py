@@ -249,6 +249,20 @@ class DelegationTooLarge(BindError):
         )
 
 
+class BindTooLarge(BindError):
+    """Binding needed more lookups than its fixed budget: alternatives or unions that fan out at every
+    step make it exponential in the dtab's length (a per-request ``l5d-dtab`` of a few hundred bytes
+    could otherwise hold the event loop for seconds)."""
+
+    def __init__(self, path: object, limit: int) -> None:
+        self.path = path
+        self.limit = limit
+        super().__init__(
+            f"binding {path} needs more than {limit} lookups: the dtab's alternatives or unions fan out "
+            "at every step; simplify the dtab (or the l5d-dtab override)"
+        )
+
+
 class DelegationCycle(BindError):
     """A delegation explanation went deeper than its fixed limit (a rewrite cycle)."""
 

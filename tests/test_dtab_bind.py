@@ -14,6 +14,7 @@ from dtab import (
     AddrBound,
     Address,
     AddrFailed,
+    BindTooLarge,
     BoundName,
     DelegationCycle,
     DepthExceeded,
@@ -95,6 +96,28 @@ def test_depth_accounting() -> None:
     assert bind(d, P("/a"), max_depth=4).tree.value.id == P("/$/inet/1.2.3.4/80")
     with pytest.raises(DepthExceeded):
         bind(parse_dtab("/a => /b; /b => /a"), P("/a"))
+
+
+def fan_out(n: int) -> str:
+    """A dtab whose every rule doubles the lookups: 2**n leaves from a few hundred bytes."""
+    return "".join(f"/p{i}=>1*/p{i + 1}&1*/p{i + 1};" for i in range(n)) + f"/p{n}=>/$/inet/127.0.0.1/1"
+
+
+def test_a_binding_that_fans_out_past_the_lookup_budget_fails_whole() -> None:
+    """A dtab whose rules each fan out (a per-request l5d-dtab of ~300 bytes) would take 2**n lookups:
+    past ``MAX_LOOKUPS`` it fails with ``BindTooLarge`` — a union never keeps the branches bound before
+    the budget ran out (that would route part of the traffic silently)."""
+    assert bind(parse_dtab(fan_out(8)), P("/p0")).tree is not None  # 511 lookups: fine
+    with pytest.raises(BindTooLarge) as info:
+        bind(parse_dtab(fan_out(16)), P("/p0"))
+    assert str(info.value) == (
+        "binding /p0 needs more than 1000 lookups: the dtab's alternatives or unions fan out at every "
+        "step; simplify the dtab (or the l5d-dtab override)"
+    )
+    # A good branch beside the fan-out: still the whole binding fails, not a union of the good part.
+    d = parse_dtab(fan_out(16) + ";/svc=>1*/$/inet/127.0.0.1/2&1*/p0")
+    with pytest.raises(BindTooLarge):
+        bind(d, P("/svc"))
 
 
 def test_namers_in_preference_order_and_consulted() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -522,3 +523,28 @@ async def test_a_probe_cut_by_the_total_timeout_does_not_stop_probing(tmp_path: 
             st = (await curl(f"{d.admin}/client_state.json")).json()
             acc = st["/#/io.l5d.fs/web"]["endpoints"][f"127.0.0.1:{bad_port}"]["accrual"]  # type: ignore[index]
             assert bad.calls >= 3, acc
+
+
+async def test_a_fanning_out_l5d_dtab_fails_that_request_and_not_the_others() -> None:
+    """A per-request ``l5d-dtab`` of ~300 bytes whose rules each fan out would take 2**16 lookups on the
+    event loop; the request fails at once (502 naming/failed, ``l5d-err`` saying why) and the next
+    request is served as usual."""
+    fan = "".join(f"/p{i}=>1*/p{i + 1}&1*/p{i + 1};" for i in range(16))
+    async with running_upstream() as up:
+        yaml = f"""
+admin: {{ip: 127.0.0.1, port: 0}}
+routers:
+- protocol: http
+  label: out
+  dtab: /svc => /$/inet/127.0.0.1/{up.port};
+  servers: [{{ip: 127.0.0.1, port: 0}}]
+"""
+        async with running_daemon(yaml) as d:
+            url = f"http://127.0.0.1:{d.port('out')}/"
+            override = f"/svc/web=>/p0;{fan}/p16=>/$/inet/127.0.0.1/{up.port}"
+            with trio.fail_after(10):
+                r = await curl(url, "-H", "Host: web", "-H", f"l5d-dtab: {override}")
+            assert r.status == 502
+            assert "needs more than 1000 lookups" in urllib.parse.unquote_plus(r.header("l5d-err") or "")
+            ok = await curl(url, "-H", "Host: web")
+            assert ok.status == 200
