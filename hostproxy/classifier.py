@@ -40,6 +40,7 @@ __all__ = [
     "HttpClassifier",
     "ResponseClass",
     "classifier_from_config",
+    "grpc_status_of",
     "retryable_header_value",
     "success_class_header_value",
 ]
@@ -131,6 +132,19 @@ for _name, _c in list(HTTP_CLASSIFIERS.items()):
 DEFAULT_HTTP_CLASSIFIER = HTTP_CLASSIFIERS["io.l5d.http.nonRetryable5XX"]
 
 GRPC_UNAVAILABLE = 14
+
+_GRPC_STATUS = b"grpc-status"
+
+
+def grpc_status_of(head: Any, trailers: Any) -> int | None:
+    """The ``grpc-status`` of a response (``Headers`` or None each): from its trailers, or from its
+    head (a trailers-only response); None when neither has a valid one."""
+    for fields in (trailers, head):
+        if fields is not None:
+            value = fields.get(_GRPC_STATUS)
+            if value is not None:
+                return int(value) if value.isdigit() else None
+    return None
 
 
 @dataclass(frozen=True)

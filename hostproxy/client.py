@@ -300,9 +300,14 @@ class Client:
                 float(getattr(a, "weight", 1.0)),
                 dict(getattr(a, "meta", {}) or {}),
             )
-        for key in [k for k in self.endpoints if k not in wanted]:
+        gone = [k for k in self.endpoints if k not in wanted]
+        if gone:
+            # A removed endpoint's pool counts in the pool metrics until its last connection closes
+            # (a scrape lets go of those that did); without scrapes, they are let go here.
+            self._retiring = [p for p in self._retiring if _connections(p.statistics())]
+        for key in gone:
             ep = self.endpoints.pop(key)
-            self._retiring.append(ep.pool)  # counted in the pool metrics until its last connection closes
+            self._retiring.append(ep.pool)
             self._nursery.start_soon(ep.pool.aclose)
             log.info("client.endpoint_removed", router=self.router, client=self.id, endpoint=key)
         for key, (host, port, weight, meta) in wanted.items():
@@ -534,12 +539,17 @@ class _Pools:
 
 def _add(total: dict[str, int], st: dict[str, int]) -> int:
     """Add one pool's ``statistics()`` to ``total``; returns its connections open or opening."""
-    size = st.get("open", 0) + st.get("opening", 0)
+    size = _connections(st)
     total["open"] += st.get("open", 0)
     total["size"] += size
     total["idle"] += st.get("idle", 0)
     total["waiters"] += st.get("waiters", 0)
     return size
+
+
+def _connections(st: dict[str, int]) -> int:
+    """A pool's connections open or opening, from its ``statistics()``."""
+    return st.get("open", 0) + st.get("opening", 0)
 
 
 def _safe(fn: Callable[[], Any]) -> Any:

@@ -55,7 +55,7 @@ from dtab.tree import Leaf, Union
 from hostproxy.accesslog import AccessLog
 from hostproxy.balancer import WeightedChoice
 from hostproxy.causes import Cause
-from hostproxy.classifier import GrpcClassifier, HttpClassifier, ResponseClass
+from hostproxy.classifier import GrpcClassifier, HttpClassifier, ResponseClass, grpc_status_of
 from hostproxy.client import Client, plugin_mapping
 from hostproxy.config import client_params_for, service_params_for
 from hostproxy.http.errors import (
@@ -131,20 +131,6 @@ _DEADLINE = DEADLINE_HEADER.encode("ascii")
 _XFCC = b"x-forwarded-client-cert"
 _RETRYABLE = b"l5d-retryable"
 _TRACE_BODY_LIMIT = 1 << 20  # a traced response body larger than this is reported, not shown
-
-
-_GRPC_STATUS = b"grpc-status"
-
-
-def grpc_status_of(head: Headers | None, trailers: Headers | None) -> int | None:
-    """The ``grpc-status`` of a response: from its trailers, or from its head (a trailers-only
-    response); None when neither has a valid one."""
-    for fields in (trailers, head):
-        if fields is not None:
-            value = fields.get(_GRPC_STATUS)
-            if value is not None:
-                return int(value) if value.isdigit() else None
-    return None
 
 
 def _always_ok(_status: int, _head: Any, _trailers: Any) -> bool:

@@ -14,10 +14,10 @@ import pytest
 import trio
 
 from hostproxy.causes import Cause, Level
+from hostproxy.classifier import grpc_status_of
 from hostproxy.diagnose import Snapshot, diagnose
 from hostproxy.h2 import H2Server, H2ServerParams
 from hostproxy.http.message import Body, Headers, Request, Response
-from hostproxy.router import grpc_status_of
 from tests.daemonutil import curl, fs_config, running_daemon
 from tests.grpc_fixtures.rawh2 import RawClient
 from tests.test_lifecycle_helpers import write_disco

@@ -514,14 +514,8 @@ class H2UpstreamPool(NurseryOwner):
 
     def _became_idle(self) -> None:
         """A connection has no stream left: make sure the reaper runs."""
-        if (
-            self._reaper is None
-            and not self._closed
-            and self._nursery is not None
-            and self.params.idle_timeout_s is not None
-        ):
-            self._reaper = trio.CancelScope()
-            self._nursery.start_soon(self._reap, self._reaper)
+        if self.params.idle_timeout_s is not None:
+            self._start_reaper()
 
     def _forget(self, link: _UpLink) -> None:
         if link in self._links:

@@ -499,6 +499,13 @@ class NurseryOwner:
         """When the next idle connection reaches its idle timeout (None: none will)."""
         raise NotImplementedError
 
+    def _start_reaper(self) -> None:
+        """A connection went idle: run ``_reap`` in the pool's nursery, unless it runs already (or the
+        pool is closed, or has no nursery yet)."""
+        if self._reaper is None and not self._closed and self._nursery is not None:
+            self._reaper = trio.CancelScope()
+            self._nursery.start_soon(self._reap, self._reaper)
+
     async def _reap(self, scope: trio.CancelScope) -> None:
         """The idle reaper (run in the pool's nursery as ``self._reaper``): close idle connections as
         they reach the idle timeout; ends once none will (the next idle one starts it again)."""
@@ -771,9 +778,8 @@ class UpstreamPool(NurseryOwner):
             return []
         conn.checked_out = False
         if reusable:
-            if self._reaper is None and self._nursery is not None and self._state.idle_timeout_s is not None:
-                self._reaper = trio.CancelScope()
-                self._nursery.start_soon(self._reap, self._reaper)
+            if self._reaper is None and self._state.idle_timeout_s is not None:
+                self._start_reaper()
             if self._waiters:
                 self._room.unpark()  # an idle connection for a request waiting at max_size
         return self._state.checkin(conn, self._clock(), reusable)
