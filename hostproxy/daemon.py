@@ -175,10 +175,55 @@ class TlsStartupError(OSError):
     ``hostproxy run`` reports it as a failed start, like a port that cannot be bound)."""
 
 
+#: A server's own counters exposed under its metrics scope, by metric key (`rt/<router>/server/<ip>/
+#: <port>/<key>`) and the name in the server's ``statistics()``; Linkerd's `connections` and
+#: `connects` first, then what tells why clients were turned away (those the protocol counts).
+_SERVER_KEYS = (
+    ("connections", "connections"),
+    ("connects", "connections_total"),
+    ("rejected_connections", "rejected_connections"),
+    ("connection_failures", "connection_failures"),
+    ("bad_requests", "bad_requests"),
+    ("header_timeouts", "header_timeouts"),
+    ("body_timeouts", "body_timeouts"),
+    ("refused_streams", "refused_streams"),
+    ("client_resets", "client_resets"),
+)
+
+
+class _ServerMetrics:
+    """A running server's counters, with its TLS handshakes when it has TLS, as one ``statistics()``
+    under the metric keys (read when the metrics are rendered, so they cost requests nothing)."""
+
+    def __init__(self, slot: _ServerSlot) -> None:
+        self.slot = slot
+        have = slot.server.statistics()
+        self.keys: list[str] = [key for key, name in _SERVER_KEYS if name in have]
+        self.keys.append("closes")
+        if slot.tls is not None:
+            from hostproxy.tls.stream import REASONS
+
+            self.keys += ["tls/handshakes", "tls/handshake_failures"]
+            self.keys += [f"tls/handshake_failures/{reason}" for reason in REASONS]
+
+    def statistics(self) -> dict[str, float]:
+        have = self.slot.server.statistics()
+        out: dict[str, float] = {key: have[name] for key, name in _SERVER_KEYS if name in have}
+        out["closes"] = max(0, have["connections_total"] - have["connections"])
+        tls = self.slot.tls
+        failures: dict[str, int] = tls.statistics()["handshake_failures"] if tls is not None else {}
+        out["tls/handshakes"] = tls.statistics()["handshakes"] if tls is not None else 0
+        out["tls/handshake_failures"] = sum(failures.values())
+        for key in self.keys:
+            if key.startswith("tls/handshake_failures/"):
+                out[key] = failures.get(key.rsplit("/", 1)[1], 0)
+        return out
+
+
 class _ServerSlot:
     """One running server: its object, its key (ip, port), the scope that ends it, and its TLS."""
 
-    __slots__ = ("key", "router", "server", "scope", "params", "tls", "tls_listeners")
+    __slots__ = ("key", "router", "server", "scope", "params", "tls", "tls_listeners", "exposed")
 
     def __init__(
         self,
@@ -195,6 +240,8 @@ class _ServerSlot:
         self.scope = trio.CancelScope()
         self.tls = tls
         self.tls_listeners: list[TlsListener] = []
+        #: Where this server's counters are in the metrics: (router, ip, port, keys) per address.
+        self.exposed: list[tuple[str, str, int, list[str]]] = []
 
     def wrap(self, listeners: list[Any]) -> list[Any]:
         """The listeners to serve: wrapped in TLS when this server has ``tls``."""
@@ -621,6 +668,21 @@ class Daemon:
 
         addrs = await self._servers_nursery.start(run)
         self.addresses.setdefault(slot.router, []).extend(addrs)
+        self._expose_server(slot, [port for _, port in addrs])
+
+    def _expose_server(self, slot: _ServerSlot, ports: list[int]) -> None:
+        """Show ``slot``'s connection and TLS counters under its server scope in the metrics (again
+        after a reload, which may have changed its router or its TLS)."""
+        self._hide_server(slot)
+        view = _ServerMetrics(slot)
+        for port in ports:
+            self.metrics.router(slot.router).server_extras(slot.params.ip, port, view, view.keys)
+            slot.exposed.append((slot.router, slot.params.ip, port, view.keys))
+
+    def _hide_server(self, slot: _ServerSlot) -> None:
+        for label, ip, port, keys in slot.exposed:
+            self.metrics.router(label).drop_server_extras(ip, port, keys)
+        slot.exposed = []
 
     def _start_dtab_watch(self, label: str, watcher: DtabFileWatcher) -> None:
         assert self._nursery is not None
@@ -892,8 +954,10 @@ class Daemon:
                 slot.server.params = params
                 slot.router, slot.params = label, params
                 slot.set_tls(server_tls.get(key))
+                self._expose_server(slot, [port for _, _, port, _ in slot.exposed])
         for slot in removed:
             del self.slots[slot.key]
+            self._hide_server(slot)
             slot.server.drain()
         self.config = new
         self.generation += 1

@@ -51,7 +51,7 @@ call per object within a `reading()` pass instead of one call per field.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -104,6 +104,15 @@ _POOL_HELP = {
     "connections": "Connections open to the client's endpoints",
     "pool_waiters": "Requests waiting for a connection at hostConnectionPool.maxSize",
 }
+
+
+#: The server gauges also exported to Prometheus, with their help texts.
+_SERVER_HELP = {
+    "connections": "Client connections open to the server",
+    "connects": "Client connections the server has accepted",
+}
+#: Where a server's TLS handshake failures by reason go (`…/tls/handshake_failures/<reason>`).
+_TLS_FAILURE_PREFIX = "tls/handshake_failures/"
 
 
 def _stat_reader(obj: _HasStatistics, name: str, shared: list[Any]) -> Callable[[], float]:
@@ -545,6 +554,32 @@ class RouterScope:
                 (("router", self.label), ("server", f"{ip}:{port}")),
             )
         return s
+
+    def server_extras(self, ip: str, port: int, obj: _HasStatistics, keys: Sequence[str]) -> None:
+        """Expose a server's connection and TLS counters (``obj.statistics()[key]`` for each of
+        ``keys``) as gauges under its scope, `rt/<router>/server/<ip>/<port>/<key>`, read when rendered.
+        Registering the same server again rebinds its gauges to the new ``obj`` (a reload)."""
+        prefix = f"rt/{self.label}/server/{ip}/{port}"
+        labels = (("router", self.label), ("server", f"{ip}:{port}"))
+        shared: list[Any] = [-1, None]
+        for key in keys:
+            prom = None
+            if key in _SERVER_HELP:
+                prom = PromId(f"hostproxy_server_{key.replace('/', '_')}", labels, _SERVER_HELP[key])
+            elif key.startswith(_TLS_FAILURE_PREFIX):
+                reason = key[len(_TLS_FAILURE_PREFIX) :]
+                prom = PromId(
+                    "hostproxy_server_tls_handshake_failures",
+                    (*labels, ("reason", reason)),
+                    "TLS handshakes with clients that failed, by reason",
+                )
+            self._reg.gauge(f"{prefix}/{key}", _stat_reader(obj, key, shared), prom)
+
+    def drop_server_extras(self, ip: str, port: int, keys: Sequence[str]) -> None:
+        """Forget a server's extras (the server went away; its request stats stay)."""
+        prefix = f"rt/{self.label}/server/{ip}/{port}"
+        for key in keys:
+            self._reg.remove_prefix(f"{prefix}/{key}")
 
     def service(self, name: str, bound: bool) -> RequestStats:
         """Stats for a service name; only bound names (up to `max_services`) get their own scope."""
