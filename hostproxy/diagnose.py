@@ -98,6 +98,9 @@ class Finding:
     next_step: str
     failures: int = 0
     requests: int = 0
+    #: Whose fault, when the cause alone does not say (a TLS failure on a server's side is the
+    #: caller's, not the upstream's); not part of the JSON shape, which has it as ``fault``.
+    blame: str | None = None
 
     @property
     def level(self) -> str:
@@ -110,6 +113,8 @@ class Finding:
     @property
     def fault(self) -> str:
         """The one-word answer to "whose fault": network, application, naming, caller or hostproxy."""
+        if self.blame is not None:
+            return self.blame
         if self.cause.startswith("naming/"):
             return "naming"
         if self.cause == Cause.IDENTIFICATION.value:
@@ -118,6 +123,7 @@ class Finding:
 
     def as_json(self) -> dict[str, Any]:
         d = asdict(self)
+        del d["blame"]
         d["share"] = round(self.share, 4)
         d["level"] = self.level
         d["fault"] = self.fault
@@ -164,8 +170,29 @@ class Report:
 _SCOPE_KEY = re.compile(r"^rt/([^/]+)/(server|service|client)/(.+)/requests$")
 _COUNTER_TAIL = re.compile(
     r"(/requests|/success|/failures|/failures/.+|/status/[^/]+|\.count|\.sum|/retries/total"
-    r"|/retries/budget_exhausted|/connects|/closes|/removals|/revivals|/probes)$"
+    r"|/retries/budget_exhausted|/connects|/closes|/removals|/revivals|/probes"
+    r"|/rejected_connections|/bad_requests|/header_timeouts|/tls/handshakes|/tls/handshake_failures(/.+)?)$"
 )
+#: A server's counters of clients it turned away (``rt/<router>/server/<ip>/<port>/<what>``).
+_SERVER_TURNED_AWAY = re.compile(
+    r"^rt/([^/]+)/server/([^/]+/\d+)/(rejected_connections|bad_requests|tls/handshake_failures)$"
+)
+#: What to do about clients failing TLS handshakes with a server, by the commonest reason.
+_TLS_NEXT_STEP = {
+    "not-tls": "a client speaks plaintext HTTP to this TLS port: point it at https:// or at a plaintext server",
+    "no-client-certificate": (
+        "the server requires client certificates (requireClientAuth) and these clients send none: give "
+        "them a certificate signed by the server's caCertPath"
+    ),
+    "client-certificate-untrusted": "the clients' certificates are not signed by the server's caCertPath",
+    "client-certificate-expired": "renew the clients' certificates",
+    "protocol-mismatch": "the clients and servers[].tls.protocols share no TLS version: align them",
+    "no-shared-cipher": "the clients and servers[].tls.ciphers share no cipher: align them",
+    "certificate-rejected-by-peer": (
+        "the clients reject this server's certificate: check that they trust its CA and use a name in "
+        "its SANs (/admin/tls.json shows the certificate)"
+    ),
+}
 
 
 def scopes(metrics: Mapping[str, float]) -> dict[str, dict[str, list[str]]]:
@@ -403,6 +430,7 @@ class _Analysis:
             if self.only is not None and router != self.only:
                 continue
             self.router(router)
+        self.servers()
         self.namers()
         self.process()
         self.certificates()
@@ -720,6 +748,71 @@ class _Analysis:
                     failures=causes[cause],
                     requests=requests,
                 )
+
+    def servers(self) -> None:
+        """Clients a server turned away before any request was routed: failed TLS handshakes,
+        connections over ``maxConnections``, malformed requests (none of them is in the request
+        counters)."""
+        for key in sorted(self.m):
+            match = _SERVER_TURNED_AWAY.match(key)
+            if match is None:
+                continue
+            router, server, what = match.groups()
+            if self.only is not None and router != self.only:
+                continue
+            n = self.num(key)
+            if n <= 0:
+                continue
+            prefix = self.prefix(router, "server", server)
+            where = f"server {server.replace('/', ':')} of router {router}"
+            if what == "tls/handshake_failures":
+                ok = self.num(f"{prefix}/tls/handshakes")
+                reasons = {
+                    k.rsplit("/", 1)[1]: self.num(k)
+                    for k in self.m
+                    if k.startswith(f"{key}/") and self.num(k) > 0
+                }
+                top = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+                listed = ", ".join(f"{reason} {count}" for reason, count in top) or "reason unknown"
+                verdict = f"{n} TLS handshake(s) from clients failed on {where} ({listed}); {ok} succeeded"
+                nxt = _TLS_NEXT_STEP.get(
+                    top[0][0] if top else "",
+                    "check the clients' TLS settings against servers[].tls; `openssl s_client -connect "
+                    f"{server.replace('/', ':')}` shows the handshake",
+                )
+                cause, blame, total = Cause.TLS.value, "caller", n + ok
+            elif what == "rejected_connections":
+                total = n + self.num(f"{prefix}/connects")
+                verdict = f"{where} refused {n} connection(s) at servers[].maxConnections"
+                nxt = (
+                    "raise servers[].maxConnections, or find the client holding many connections open "
+                    "(/admin/metrics.json …/connections; `ss -tn`)"
+                )
+                cause, blame = Cause.OVERLOAD.value, None
+            else:
+                total = n + self.num(f"{prefix}/requests")
+                timeouts = self.num(f"{prefix}/header_timeouts")
+                late = f", {timeouts} of them heads not sent in time (408)" if timeouts else ""
+                verdict = f"{where} answered {n} malformed request(s) with 4xx before routing{late}"
+                nxt = "the callers send malformed HTTP: the responses' l5d-err says what was wrong"
+                cause, blame = Cause.IDENTIFICATION.value, "caller"
+            share = n / total if total else 1.0
+            if share < self.t.ignore_share:
+                continue
+            self.add(
+                severity=self.severity(share),
+                router=router,
+                service=None,
+                client=None,
+                endpoint=None,
+                cause=cause,
+                share=share,
+                verdict=verdict,
+                next_step=nxt,
+                failures=n,
+                requests=total,
+                blame=blame,
+            )
 
     def namers(self) -> None:
         for prefix, doc in sorted(self.snap.namer_state.items()):

@@ -16,7 +16,7 @@ from certs import Pki, make_pki
 
 from tests.daemonutil import curl, running_daemon
 from tests.test_lifecycle_adversarial import _config, _daemon_from_file, _disco
-from tests.test_tls_daemon_e2e import tls_server_config
+from tests.test_tls_daemon_e2e import tls_server_config, wtf_json
 from tests.upstreams import running_upstream
 
 pytestmark = pytest.mark.timeout(60)
@@ -144,3 +144,17 @@ async def test_a_reload_moves_the_counters_to_the_new_server(tmp_path: Path) -> 
             assert m[f"{old}/requests"] == 1
             assert (m[f"{new}/connections"], m[f"{new}/refused_streams"]) == (0, 0)
             assert f"{new}/bad_requests" not in m
+
+
+async def test_wtf_says_clients_fail_the_tls_handshake_and_why(tmp_path: Path) -> None:
+    pki: Pki = make_pki(tmp_path)
+    async with running_upstream() as up, running_daemon(tls_server_config(pki, up.port, mtls=True)) as d:
+        port = d.port("edge")
+        r = await curl(f"https://localhost:{port}/", "--cacert", pki.ca_path, "-H", "Host: web", timeout=5)
+        assert r.status == 0
+        await _until(d.admin, f"rt/edge/server/127.0.0.1/{port}/tls/handshake_failures", 1)
+        report = await wtf_json(d.admin)
+        (finding,) = [f for f in report["findings"] if f["cause"] == "tls"]
+        assert (finding["router"], finding["fault"], finding["failures"]) == ("edge", "caller", 1)
+        assert "no-client-certificate 1" in finding["verdict"]
+        assert f"127.0.0.1:{port}" in finding["verdict"]

@@ -408,3 +408,60 @@ def test_render_text() -> None:
         "  application returns 5xx for 25% of requests (503×1) — hostproxy is passing them through",
         "  next: look at the application's logs on its endpoints; the proxy is not the cause",
     ]
+
+
+# -- clients a server turned away ------------------------------------------------------------------
+
+
+def test_failed_tls_handshakes_on_a_server_are_the_callers_fault_with_the_commonest_reason() -> None:
+    m = {
+        **server(10, {}),
+        f"{SRV}/tls/handshakes": 10,
+        f"{SRV}/tls/handshake_failures": 30,
+        f"{SRV}/tls/handshake_failures/no-client-certificate": 25,
+        f"{SRV}/tls/handshake_failures/not-tls": 5,
+        f"{SRV}/tls/handshake_failures/eof": 0,
+    }
+    (f,) = diagnose(Snapshot(m)).findings
+    assert (f.router, f.service, f.cause, f.fault, f.level) == ("out", None, "tls", "caller", "connection")
+    assert (f.failures, f.requests, f.severity) == (30, 40, "critical")
+    assert f.verdict == (
+        "30 TLS handshake(s) from clients failed on server 127.0.0.1:4140 of router out "
+        "(no-client-certificate 25, not-tls 5); 10 succeeded"
+    )
+    assert "requireClientAuth" in f.next_step and "caCertPath" in f.next_step
+    assert f.as_json()["fault"] == "caller" and "blame" not in f.as_json()
+
+
+def test_connections_over_max_connections_and_malformed_requests_are_findings() -> None:
+    m = {
+        **server(95, {}),
+        f"{SRV}/connects": 40,
+        f"{SRV}/rejected_connections": 10,
+        f"{SRV}/bad_requests": 5,
+        f"{SRV}/header_timeouts": 2,
+    }
+    got = {f.cause: f for f in diagnose(Snapshot(m)).findings}
+    over = got["overload"]
+    assert (over.failures, over.requests, over.severity, over.fault) == (10, 50, "error", "hostproxy")
+    assert (
+        over.verdict
+        == "server 127.0.0.1:4140 of router out refused 10 connection(s) at servers[].maxConnections"
+    )
+    bad = got["identification"]
+    assert (bad.failures, bad.requests, bad.severity, bad.fault) == (5, 100, "error", "caller")
+    assert bad.verdict.endswith("with 4xx before routing, 2 of them heads not sent in time (408)")
+
+
+def test_server_counters_at_zero_are_healthy_and_the_interval_window_subtracts_them() -> None:
+    before = {**server(5, {}), f"{SRV}/tls/handshake_failures": 3, f"{SRV}/tls/handshake_failures/not-tls": 3}
+    after = {**server(9, {}), f"{SRV}/tls/handshake_failures": 3, f"{SRV}/tls/handshake_failures/not-tls": 3}
+    assert diagnose(Snapshot(after)).findings  # since start: three failures
+    assert diagnose(Snapshot(delta_metrics(before, after))).healthy  # none in the window
+    assert diagnose(Snapshot({**server(5, {}), f"{SRV}/bad_requests": 0})).healthy
+
+
+def test_server_findings_follow_the_router_filter() -> None:
+    m = {"rt/other/server/127.0.0.1/81/rejected_connections": 4, "rt/other/server/127.0.0.1/81/connects": 4}
+    assert diagnose(Snapshot(m), router="out").healthy
+    assert [f.router for f in diagnose(Snapshot(m), router="other").findings] == ["other"]
