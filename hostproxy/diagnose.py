@@ -652,8 +652,20 @@ class _Analysis:
                         "fix the caller"
                     )
                 elif cause is Cause.NAMING_FAILED:
-                    verdict = f"naming {name} failed or timed out in router {router} (namer backend down?)"
-                    nxt = "check /namer_state/<prefix>.json of the namers the dtab uses"
+                    said = row.get("last_error")
+                    if isinstance(said, str) and said:
+                        verdict = f"naming {name} failed in router {router}: {said}"
+                        namer = re.match(r"/#/([^/:\s]+)", said)
+                        nxt = "fix what the error names" + (
+                            f"; /namer_state/{namer.group(1)}.json shows the namer's view of each name"
+                            if namer
+                            else f"; explain it: /delegator?router={router} with path {name}"
+                        )
+                    else:
+                        verdict = (
+                            f"naming {name} failed or timed out in router {router} (namer backend down?)"
+                        )
+                        nxt = "check /namer_state/<prefix>.json of the namers the dtab uses"
                 elif cause is Cause.IDENTIFICATION:
                     verdict = f"requests for {name} were refused: address override not allowed on this server"
                     nxt = "the caller sends an l5d-dtab or a Host that names a raw address; it is refused by design"

@@ -991,28 +991,30 @@ class HttpRouter:
         """The error response, its cause and the (started) service stats of a request whose binding
         gave no leaf: none within the binding timeout (``outcome`` None), a refused or failed
         binding, or a negative resolution."""
+        error: str | None  # what the binding said, for the table of names that never bound
         if outcome is None:
             cause, status = Cause.NAMING_FAILED, 502
-            msg = (
+            msg = error = (
                 f"Exceeded {self.binding_timeout_s:g} seconds binding timeout while resolving name: {service}"
             )
         elif outcome.refused is not None:
             cause, status, msg = Cause.IDENTIFICATION, 400, str(outcome.refused)
+            error = msg
         elif outcome.error is not None:
-            cause, status = Cause.NAMING_FAILED, 502
-            msg = f"Unable to route request!\nservice name: {service}\nerror: {outcome.error}"
+            cause, status, error = Cause.NAMING_FAILED, 502, str(outcome.error)
+            msg = f"Unable to route request!\nservice name: {service}\nerror: {error}"
         else:
-            cause, status = Cause.NAMING_NEG, 502
+            cause, status, error = Cause.NAMING_NEG, 502, None
             msg = (
                 f"Unable to route request!\nservice name: {service}\n"
                 f"dtab:\n{_dtab_lines(self.binder.base_dtab + local)}\n"
                 f"base dtab:\n{_dtab_lines(self.binder.base_dtab)}\n"
                 f"override dtab:\n{_dtab_lines(local)}"
             )
-        return self._err(status, cause, msg), cause, self._service_stats(service, False, cause)
+        return self._err(status, cause, msg), cause, self._service_stats(service, False, cause, error)
 
-    def _service_stats(self, service: Path, bound: bool, cause: Cause) -> Any:
-        self.scope.observe_unbound(str(service), cause)
+    def _service_stats(self, service: Path, bound: bool, cause: Cause, error: str | None = None) -> Any:
+        self.scope.observe_unbound(str(service), cause, error)
         s = self.scope.service(str(service), bound)
         s.start()
         return s

@@ -332,6 +332,18 @@ def test_top_n_truncates_names_and_rejects_bad_capacity():
         TopN(capacity=0)
 
 
+def test_top_n_keeps_each_names_last_error_truncated():
+    t = TopN(capacity=4, max_error=10)
+    t.record("/svc/a", "naming/failed", "first error")
+    t.record("/svc/a", "naming/failed", "second, a much longer error")
+    t.record("/svc/b", "naming/neg")
+    rows = {r["name"]: r for r in t.table()}
+    assert rows["/svc/a"]["last_error"] == "second, a "
+    assert rows["/svc/b"]["last_error"] is None
+    t.record("/svc/a", "naming/neg")  # a record without an error keeps the last one
+    assert {r["name"]: r for r in t.table()}["/svc/a"]["last_error"] == "second, a "
+
+
 # --- causes ---------------------------------------------------------------------------------------
 
 

@@ -465,3 +465,28 @@ def test_server_findings_follow_the_router_filter() -> None:
     m = {"rt/other/server/127.0.0.1/81/rejected_connections": 4, "rt/other/server/127.0.0.1/81/connects": 4}
     assert diagnose(Snapshot(m), router="out").healthy
     assert [f.router for f in diagnose(Snapshot(m), router="other").findings] == ["other"]
+
+
+def test_a_name_whose_naming_failed_is_explained_with_what_the_namer_said() -> None:
+    said = "/#/io.l5d.fs/broken: /etc/disco/broken:1: 'garbage' is not 'host port [* weight]'; write each line as ..."
+    m = {**server(4, {"naming/failed": 2}), **svc_metrics("unbound", 2, 0, {"naming/failed": 2})}
+    unbound = {
+        "out": {
+            "names": [{"name": "/svc/broken", "count": 2, "causes": {"naming/failed": 2}, "last_error": said}]
+        }
+    }
+    (f,) = diagnose(Snapshot(m, unbound=unbound)).findings
+    assert (f.service, f.cause, f.failures) == ("/svc/broken", "naming/failed", 2)
+    assert f.verdict == f"naming /svc/broken failed in router out: {said}"
+    assert (
+        f.next_step
+        == "fix what the error names; /namer_state/io.l5d.fs.json shows the namer's view of each name"
+    )
+    unbound["out"]["names"][0]["last_error"] = (
+        "Exceeded 10 seconds binding timeout while resolving name: /svc/broken"
+    )
+    (f,) = diagnose(Snapshot(m, unbound=unbound)).findings
+    assert f.verdict.endswith(
+        "failed in router out: Exceeded 10 seconds binding timeout while resolving name: /svc/broken"
+    )
+    assert f.next_step == "fix what the error names; explain it: /delegator?router=out with path /svc/broken"

@@ -257,3 +257,24 @@ async def test_wtf_bad_interval_is_a_usage_error() -> None:
     assert err.strip() == (
         "hostproxy wtf: --interval: invalid duration 'soon': use a number with ms, s, m or h, e.g. 30s or 5m"
     )
+
+
+async def test_wtf_quotes_the_namer_error_of_a_name_that_never_bound(tmp_path: Path) -> None:
+    """A malformed fs file fails its name: wtf says which file and line, and what to write instead,
+    as the request's l5d-err did."""
+    disco = tmp_path / "disco"
+    write_disco(disco, "broken", "garbage line here\n")
+    async with running_daemon(config(disco)) as d:
+        r = await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: broken")
+        assert r.status == 502
+        code, out, _ = await wtf(d.admin, "--json")
+        assert code == 1
+        finding = by_service(json.loads(out))[("/svc/broken", "naming/failed")]
+        assert (
+            f"{disco / 'broken'}:1: 'garbage line here' is not 'host port [* weight]'" in finding["verdict"]
+        )
+        assert "/namer_state/io.l5d.fs.json" in finding["next_step"]
+        table = (await curl(f"{d.admin}/admin/unbound.json")).json()
+        assert isinstance(table, dict)
+        (row,) = table["out"]["names"]
+        assert row["last_error"] is not None and row["last_error"] in (r.l5d_err or "")

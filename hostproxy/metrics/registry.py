@@ -603,9 +603,10 @@ class RouterScope:
             )
         return self._unbound
 
-    def observe_unbound(self, name: str, cause: Cause | None) -> None:
-        """Note a request for a name that did not bind, in the bounded top-N table."""
-        self.unbound_names.record(name, cause.value if cause is not None else None)
+    def observe_unbound(self, name: str, cause: Cause | None, error: str | None = None) -> None:
+        """Note a request for a name that did not bind, in the bounded top-N table, with what the
+        binding said (``error``) when it failed."""
+        self.unbound_names.record(name, cause.value if cause is not None else None, error)
 
     def client(self, client_id: str) -> RequestStats:
         c = self._clients.get(client_id)
