@@ -64,6 +64,7 @@ from hostproxy.http.errors import (
     UpstreamError,
     error_response,
     request_body_error_response,
+    request_body_timeout_response,
 )
 from hostproxy.http.message import Body, Headers, Request, Response
 from hostproxy.http.server import ConnInfo
@@ -802,10 +803,19 @@ class HttpRouter:
             factory = stream.next_body
             replayable = True
         else:
+            # Read before any attempt starts, so within the request's deadline here: a body that
+            # trickles in (a slow-body attack) would otherwise hold the request, and an upstream
+            # connection after it, for as long as the client likes.
             try:
-                factory = await buffer_body_for_retry(body, entry.policy.buffer_bytes)
+                left = deadline.remaining_s(time.time_ns()) if deadline is not None else float("inf")
+                with trio.move_on_after(max(left, 0.0)) as scope:
+                    factory = await buffer_body_for_retry(body, entry.policy.buffer_bytes)
             except RequestBodyError as e:
                 return request_body_error_response(e), None  # the client's doing: no failure counted
+            if scope.cancelled_caught:
+                assert deadline is not None
+                why = _timeout_reason(deadline, inbound_deadline, params.total_timeout_ms, server_timeout_ms)
+                return request_body_timeout_response(f"the request body did not arrive in time: {why}"), None
             replayable = factory is not None
         # The policy's per-request state is made only when an attempt did not succeed at once (most
         # requests never need it); the deposit is made now, as ``RetryPolicy.start`` makes it.

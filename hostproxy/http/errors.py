@@ -179,6 +179,12 @@ def request_body_error_response(exc: RequestBodyError) -> Response:
     return error_response(400, "bad-request", f"the request body failed: {exc}", close=True)
 
 
+def request_body_timeout_response(message: str) -> Response:
+    """408 for a request whose body did not arrive before the request's deadline (the client's
+    doing, as a body error); the connection closes (the rest of the body is never read)."""
+    return error_response(408, "bad-request", message, close=True)
+
+
 def response_for_exception(exc: BaseException) -> Response:
     """The response for an exception that escaped a handler: ``UpstreamError`` by its cause, a failed
     request body as 400, anything else as ``proxy/internal`` (the caller logs those with a traceback)."""
