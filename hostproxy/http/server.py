@@ -56,6 +56,7 @@ escapes a connection is logged as ``http.connection_failed`` and closes only tha
 from __future__ import annotations
 
 import random
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from math import inf
@@ -239,6 +240,11 @@ _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 # While draining, how long a freshly accepted connection has to send its first request.
 DRAIN_FIRST_REQUEST_S = 1.0
+#: Lingering close (see ``_Connection._linger``): how long at most, the longest pause of the client,
+#: and the most bytes read and discarded.
+LINGER_S = 10.0
+LINGER_IDLE_S = 2.0
+LINGER_BYTES = 64 * 1024 * 1024
 
 
 class Http1Server(ListeningServer["_Connection"]):
@@ -353,6 +359,7 @@ class _Connection:
         "info",
         "forwarded_labels",
         "born",
+        "linger",
     )
 
     def __init__(self, server: Http1Server, stream: Any, conn_id: int) -> None:
@@ -382,6 +389,9 @@ class _Connection:
         self.forwarded_labels = (
             (obfuscated(server._rng), obfuscated(server._rng)) if fwd is not None else ("", "")
         )
+        #: The connection closes after a response while the client may still be sending its request
+        #: (see :meth:`_linger`).
+        self.linger = False
 
     @property
     def send_lock(self) -> trio.Lock:
@@ -485,9 +495,35 @@ class _Connection:
                 # Cancelled only by ``idle_expired``, i.e. only during the wait for a request.
                 with trio.CancelScope() as self.serve_scope:
                     await self._serve_cycles(stream, fast)
+            if self.linger:
+                await self._linger(fast)
         finally:
             if fast:
                 stream.close()
+
+    async def _linger(self, fast: bool) -> None:
+        """Close gently after answering a request the client is still sending (an error before its
+        body was read, a body past what is drained): closing a socket with unread bytes sends a
+        reset, which makes the client's TCP stack discard the response it has not read yet, so a
+        client that sends its whole body before reading (Python's ``http.client``, many others)
+        saw "connection reset" instead of the 4xx/5xx and its ``l5d-err``. The response is out;
+        this half-closes the connection (plaintext: the client sees its end), then reads and
+        discards what the client still sends until it closes, pauses for ``LINGER_IDLE_S``, or
+        ``LINGER_S`` / ``LINGER_BYTES`` run out (as nginx's lingering close)."""
+        stream = self.stream
+        try:
+            if fast:
+                stream.socket.shutdown(socket.SHUT_WR)
+            total = 0
+            with trio.move_on_after(LINGER_S):
+                while total < LINGER_BYTES:
+                    with trio.move_on_after(LINGER_IDLE_S) as idle:
+                        data = await stream.receive_some(RECEIVE_SIZE)
+                    if idle.cancelled_caught or not data:
+                        return
+                    total += len(data)
+        except (*_STREAM_ERRORS, OSError):
+            return
 
     async def _serve_cycles(self, stream: Any, fast: bool) -> None:
         stats = self.server._stats
@@ -548,6 +584,7 @@ class _Connection:
                     408,
                     "bad-request",
                     f"request head not received within {params.request_head_timeout_s:g}s",
+                    linger=False,
                 )
                 return None
             idle_s = params.idle_timeout_s
@@ -594,12 +631,17 @@ class _Connection:
             deadline = None
             codec.receive_data(data)
 
-    async def _send_error_and_close(self, status: int, cause: str, message: str) -> None:
+    async def _send_error_and_close(
+        self, status: int, cause: str, message: str, *, linger: bool = True
+    ) -> None:
         response = error_response(status, cause, message, close=True)
         try:
             await self._write_response(response, head_method=b"GET", close=True)
         except _ClientGone:
-            pass
+            return
+        # The rest of a refused head, or its body, may still be on the way (not for a head too
+        # slow to arrive: a slowloris client is not given more time).
+        self.linger = linger
 
     def _build_request(self, head: RequestHead) -> Request | Response:
         """The request the handler sees, or an error response that answers it directly.
@@ -798,9 +840,13 @@ class _Connection:
 
     async def _finish_cycle(self, request_body: Body | None, close: bool) -> bool:
         codec = self.codec
+        unread = request_body is not None and not request_body.done and not codec.request_complete
         if close or self.server.draining:
+            # (A client waiting for ``100 Continue`` sends no body: nothing to linger for.)
+            self.linger = unread and not codec.they_are_waiting_for_100_continue
             return False
-        if request_body is not None and not request_body.done and not codec.request_complete:
+        if unread:
+            assert request_body is not None
             # The handler answered without reading the whole request body.  Read and discard a
             # bounded amount so that the connection can be reused; otherwise close it.
             if codec.they_are_waiting_for_100_continue:
@@ -811,10 +857,12 @@ class _Connection:
                     async for chunk in request_body:
                         drained += len(chunk)
                         if drained > 256 * 1024:
+                            self.linger = True
                             return False
                 except RequestBodyError:
                     return False  # malformed or cut short: the connection cannot carry another request
             if not request_body.done:
+                self.linger = True
                 return False
         return self._next_cycle()
 
