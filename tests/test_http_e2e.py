@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -127,3 +128,55 @@ async def test_one_gib_upload_streams_in_bounded_memory(tmp_path: Path) -> None:
             assert r.stdout == str(size).encode()
             growth_mib = (peak - baseline) / 1024
             assert growth_mib < 64, f"RSS grew by {growth_mib:.1f} MiB while streaming 1 GiB"
+
+
+async def _raw_exchange(port: int, data: bytes) -> bytes:
+    """Send ``data`` on a fresh connection and read until the server closes it."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(data)
+        out = b""
+        with trio.fail_after(10):
+            while chunk := await stream.receive_some(65536):
+                out += chunk
+        return out
+
+
+async def test_trailers_that_would_reframe_route_or_authenticate_are_dropped_both_ways() -> None:
+    """A trailer section must not carry framing, routing, authentication or other fields the
+    header section controls (RFC 9110 §6.5.1); a server that merges trailers into the header section
+    would take them from behind the proxy. Dropped from requests and from responses, the others kept."""
+    received: list[bytes] = []
+
+    async def origin(stream: trio.SocketStream) -> None:
+        async with stream:
+            got = b""
+            while not got.endswith(b"\r\n\r\n") or b"\r\n0\r\n" not in got:
+                got += await stream.receive_some(65536)
+            received.append(got)
+            await stream.send_all(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\nok\r\n0\r\n"
+                b"Grpc-Status: 0\r\nSet-Cookie: session=stolen\r\nContent-Length: 99\r\nLocation: /evil\r\n\r\n"
+            )
+
+    sent = (
+        b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n"
+        b"X-Checksum: abc\r\nHost: evil\r\nContent-Length: 3\r\nAuthorization: Bearer stolen\r\n"
+        b"Cookie: a=b\r\nX-Forwarded-For: 10.9.9.9\r\n\r\n"
+    )
+    async with trio.open_nursery() as nursery:
+        (listener,) = await nursery.start(functools.partial(trio.serve_tcp, origin, 0, host="127.0.0.1"))
+        async with running_proxy(listener.socket.getsockname()[1]) as proxy:
+            out = await _raw_exchange(proxy.port, sent)
+        nursery.cancel_scope.cancel()
+    (request,) = received
+    trailers = request.split(b"\r\n0\r\n", 1)[1].lower()
+    assert b"x-checksum: abc" in trailers and b"x-forwarded-for: 10.9.9.9" in trailers, request
+    for forbidden in (b"host:", b"content-length:", b"authorization:", b"cookie:"):
+        assert forbidden not in trailers, request
+    assert out.startswith(b"HTTP/1.1 200"), out
+    trailers = out.split(b"\r\n0\r\n", 1)[1].lower()
+    assert b"grpc-status: 0" in trailers, out
+    for forbidden in (b"set-cookie:", b"content-length:", b"location:"):
+        assert forbidden not in trailers, out

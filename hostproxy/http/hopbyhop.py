@@ -10,6 +10,12 @@ client takes trailers; in a response it means nothing and goes whole), ``Trailer
 being tunnelled, in which case ``Upgrade`` and ``Connection: upgrade`` are kept so the next hop
 sees the same request.  ``Content-Length`` is end-to-end but describes the framing; the codecs
 re-frame every body and so drop it when ``Transfer-Encoding`` was present.
+
+Trailer sections are filtered as they are read (:func:`allowed_trailers`): a trailer must not carry
+a field that frames the message, routes it, modifies the request, authenticates, controls the
+response or says how to process the content (RFC 9110 §6.5.1), nor a hop-by-hop one. Some servers
+merge trailers into the header section; forwarded, such a field would reach them behind the proxy's
+checks (a second ``Host``, ``Content-Length`` or ``Authorization``), so it is dropped.
 """
 
 from __future__ import annotations
@@ -18,7 +24,58 @@ from collections.abc import Iterable
 
 from hostproxy.http.message import HOP_BY_HOP, Headers, is_hop_by_hop
 
-__all__ = ["HOP_BY_HOP", "names_only_hop_by_hop", "strip_hop_by_hop", "strip_response_fields"]
+__all__ = [
+    "FORBIDDEN_TRAILERS",
+    "HOP_BY_HOP",
+    "allowed_trailers",
+    "names_only_hop_by_hop",
+    "strip_hop_by_hop",
+    "strip_response_fields",
+]
+
+#: The fields a trailer section must not carry (see the module docstring), lowercase.
+FORBIDDEN_TRAILERS = HOP_BY_HOP | frozenset(
+    {
+        # framing and routing
+        b"content-length",
+        b"host",
+        # request modifiers: controls and conditionals
+        b"cache-control",
+        b"expect",
+        b"max-forwards",
+        b"pragma",
+        b"range",
+        b"if-match",
+        b"if-none-match",
+        b"if-modified-since",
+        b"if-unmodified-since",
+        b"if-range",
+        # authentication and state
+        b"authorization",
+        b"www-authenticate",
+        b"cookie",
+        b"set-cookie",
+        # response control data
+        b"age",
+        b"date",
+        b"expires",
+        b"location",
+        b"retry-after",
+        b"vary",
+        # how to process the content
+        b"content-encoding",
+        b"content-type",
+        b"content-range",
+    }
+)
+
+
+def allowed_trailers(fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``fields`` (a trailer section, lowercase names) without the forbidden ones; ``fields`` itself
+    when it has none (the usual case: ``grpc-status``, checksums)."""
+    if not any(name in FORBIDDEN_TRAILERS for name, _ in fields):
+        return fields
+    return [(name, value) for name, value in fields if name not in FORBIDDEN_TRAILERS]
 
 
 def _tokens(values: list[bytes]) -> set[bytes]:

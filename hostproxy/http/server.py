@@ -77,7 +77,7 @@ from hostproxy.http.codec import (
     ServerCodec,
 )
 from hostproxy.http.errors import RequestBodyError, UpstreamError, error_response, response_for_exception
-from hostproxy.http.hopbyhop import names_only_hop_by_hop, strip_hop_by_hop
+from hostproxy.http.hopbyhop import allowed_trailers, names_only_hop_by_hop, strip_hop_by_hop
 from hostproxy.http.listening import (
     IdleTimer,
     ListeningServer,
@@ -316,7 +316,7 @@ class _RequestBodySource:
                 if type(event) is EndOfMessage:
                     self._done = True
                     if event.trailers:
-                        self.trailers = Headers._trusted(event.trailers)
+                        self.trailers = Headers._trusted(allowed_trailers(event.trailers))
                     return None
                 if event is NEED_DATA:
                     if codec.they_are_waiting_for_100_continue:

@@ -96,7 +96,7 @@ from hostproxy.http.errors import (
     UpstreamError,
     UpstreamReset,
 )
-from hostproxy.http.hopbyhop import strip_hop_by_hop, strip_response_fields
+from hostproxy.http.hopbyhop import allowed_trailers, strip_hop_by_hop, strip_response_fields
 from hostproxy.http.message import Body, Headers, Request, Response
 from hostproxy.http.sockstream import SockStream, open_tcp
 
@@ -431,7 +431,7 @@ class _ResponseBodySource:
                 if type(event) is EndOfMessage:
                     self._done = True
                     if event.trailers:
-                        self.trailers = Headers._trusted(event.trailers)
+                        self.trailers = Headers._trusted(allowed_trailers(event.trailers))
                     await self._pool._release(conn)
                     return None
                 if event is NEED_DATA:
@@ -1036,7 +1036,7 @@ class UpstreamPool(NurseryOwner):
                     chunks.append(ev.data)  # type: ignore[union-attr]
                 continue
             if t is EndOfMessage:
-                trailers = Headers._trusted(ev.trailers) if ev.trailers else None  # type: ignore[union-attr]
+                trailers = Headers._trusted(allowed_trailers(ev.trailers)) if ev.trailers else None  # type: ignore[union-attr]
                 return Body.buffered(b"".join(chunks), content_length if not trailers else None, trailers)
             if ev is NEED_DATA or ev is PAUSED:
                 return Body(_ResponseBodySource(self, conn, chunks or None), content_length)
