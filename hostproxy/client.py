@@ -195,6 +195,8 @@ class Client:
         self._pool_extra: dict[str, Any] = {"connector": connector} if connector is not None else {}
         self.tls = tls  # the ClientTls behind ``connector`` (None: plaintext)
         self.tls_last_error: dict[str, Any] | None = None
+        #: The last connect that failed for want of hostproxy's own resources (``OutOfResources``).
+        self.resources_last_error: dict[str, Any] | None = None
         self.id = client_id
         self.dst_client = client_id.encode("latin-1", "replace")  # the l5d-dst-client value
         self.params = params
@@ -391,6 +393,13 @@ class Client:
                 else:
                     resp = await ep.pool.request(req)
             except UpstreamError as e:
+                if e.local:
+                    # hostproxy's own resources ran out (file descriptors): not the endpoint's
+                    # failure, and another endpoint would fare no better (no requeue).
+                    self._interrupted(bal_ep, key, t0)
+                    self.resources_last_error = {"endpoint": ep.key, "message": str(e), "at": time.time()}
+                    log.warning("client.out_of_resources", router=self.router, client=self.id, error=str(e))
+                    raise
                 balancer.on_finish(bal_ep, clock() - t0, False)
                 if not bal_ep.removed:  # (a removed endpoint's accrual state is gone: not remade)
                     accrual.on_response(key, False)
@@ -496,6 +505,8 @@ class Client:
         tls = getattr(self.params, "tls", None)
         if tls is not None and tls.enabled:
             out["tls"] = {"commonName": tls.common_name, "lastError": self.tls_last_error}
+        if self.resources_last_error is not None:
+            out["outOfResources"] = self.resources_last_error
         return out
 
     async def aclose(self) -> None:

@@ -364,6 +364,13 @@ class _Analysis:
             return [k for _, k in sorted(scored, key=lambda x: (-x[0], x[1]))]
         return list(eps)[:1] if len(eps) == 1 else []
 
+    def out_of_resources(self, client: str | None) -> Mapping[str, Any] | None:
+        """The last connect ``client`` could not make for want of hostproxy's own resources
+        (``/client_state.json`` → ``outOfResources``)."""
+        entry = self.snap.client_state.get(client) if client is not None else None
+        last = entry.get("outOfResources") if isinstance(entry, Mapping) else None
+        return last if isinstance(last, Mapping) else None
+
     def tls_error(self, client: str | None) -> Mapping[str, Any] | None:
         """The last TLS failure ``client`` recorded (``/client_state.json`` → ``tls.lastError``)."""
         entry = self.snap.client_state.get(client) if client is not None else None
@@ -568,6 +575,15 @@ class _Analysis:
                 f"/namer_state{ent[0]}.json shows the namer's view"
                 if ent
                 else f"explain it: /delegator?router={router} with path {svc}"
+            )
+        elif cause is Cause.OVERLOAD and (short := self.out_of_resources(client)) is not None:
+            # hostproxy's own resources ran out opening connections (file descriptors).
+            verdict = (
+                f"hostproxy could not open connections for {client} ({rate} of {svc}): {short['message']}"
+            )
+            nxt = (
+                "raise hostproxy's descriptor limit (LimitNOFILE= in its systemd unit, ulimit -n), and "
+                "check …/connections and pool_size in /admin/metrics.json for a leak"
             )
         elif (
             cause is Cause.OVERLOAD

@@ -35,6 +35,7 @@ Three parts:
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -140,6 +141,20 @@ def check_root(root: str) -> str | None:
     return None
 
 
+def _cannot(path: str, doing: str, e: OSError) -> str:
+    """Why ``path`` could not be read, and what to do: the fix depends on the error (a permission
+    problem is the file's, running out of descriptors is the daemon's)."""
+    if e.errno in (errno.EMFILE, errno.ENFILE):
+        return (
+            f"{path}: cannot {doing} ({e.strerror}): hostproxy is out of file descriptors; raise its "
+            "limit (LimitNOFILE= in the systemd unit, ulimit -n) or look for a connection leak "
+            "(/admin/metrics.json …/connections)"
+        )
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return f"{path}: cannot {doing} ({e.strerror}); fix its permissions"
+    return f"{path}: cannot {doing} ({e.strerror}); reading it again"
+
+
 def _sig(st: os.stat_result) -> Sig:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
@@ -168,7 +183,7 @@ def observe(
         dangling = _dangling(path)
         return ReadError(dangling) if dangling is not None else Missing()
     except OSError as e:
-        return ReadError(f"{path}: cannot stat ({e.strerror}); fix its permissions")
+        return ReadError(_cannot(path, "stat", e))
     if stat.S_ISDIR(st.st_mode):
         return IsDir()
     if not stat.S_ISREG(st.st_mode):
@@ -190,7 +205,7 @@ def observe(
         # gone between stat and open (replaced, or a symlink swapped): look again next poll
         return ReadError(f"{path}: disappeared while being read; reading it again")
     except OSError as e:
-        return ReadError(f"{path}: cannot read ({e.strerror}); fix its permissions")
+        return ReadError(_cannot(path, "read", e))
     try:
         check_size(len(data), path)
         text = data.decode("utf-8")

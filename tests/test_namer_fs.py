@@ -418,3 +418,37 @@ def test_from_config_accepts_snake_case_dataclass(tmp_path: FsPath):
         prefix: str | None = None
 
     assert from_config(Cfg(str(tmp_path))).root_dir == str(tmp_path)
+
+
+def test_a_file_unreadable_for_want_of_descriptors_says_so_not_permissions(tmp_path: FsPath) -> None:
+    """Out of file descriptors (EMFILE), a read fails for the daemon's reason, not the file's: the
+    advice is the descriptor limit, and a name keeps its last good addresses meanwhile (stale)."""
+    import resource
+
+    (tmp_path / "web").write_text("127.0.0.1 8080\n")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held: list[int] = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard))
+        with pytest.raises(OSError):
+            while True:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+        obs = fsmod.observe(str(tmp_path), (b"web",), None, False)
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert isinstance(obs, ReadError)
+    assert obs.message == (
+        f"{tmp_path / 'web'}: cannot read (Too many open files): hostproxy is out of file descriptors; "
+        "raise its limit (LimitNOFILE= in the systemd unit, ulimit -n) or look for a connection leak "
+        "(/admin/metrics.json …/connections)"
+    )
+    table = NameTable(lambda: 1000.0)
+    table.touch((b"web",))
+    fs_core = FsCore(table, str(tmp_path))
+    assert fs_core.apply((b"web",), fsmod.observe(str(tmp_path), (b"web",), None, False), 0.0)
+    assert fs_core.apply((b"web",), obs, 1.0)
+    state = table.get((b"web",))
+    assert state is not None and state.state == "stale" and [a.port for a in state.addr] == [8080]
+    assert "out of file descriptors" in (state.last_error or "")

@@ -17,8 +17,9 @@ cause                  status  meaning
                                sent a response we could not parse
 ``timeout/request``    503     the upstream did not answer within the request timeout
 ``timeout/attempt``    503     one attempt exceeded ``requestAttemptTimeoutMs``
-``overload``           503     ``maxConcurrentRequests`` reached on this server, or an endpoint's
-                               connection pool full (``maxSize`` and ``maxWaiters``)
+``overload``           503     ``maxConcurrentRequests`` reached on this server, an endpoint's
+                               connection pool full (``maxSize`` and ``maxWaiters``), or hostproxy
+                               out of file descriptors or socket memory (``OutOfResources``)
 ``bad-request``        400     the request was malformed (or a proxy loop was detected)
 ``no-route``           502     the router could not route the request
 ``proxy/internal``     502     a bug: an unexpected exception in the proxy
@@ -32,6 +33,9 @@ repeated as a ``text/plain`` body.
 
 from __future__ import annotations
 
+import errno
+import os
+import resource
 from urllib.parse import quote_plus
 
 from hostproxy.http.message import Body, Headers, Response
@@ -39,6 +43,7 @@ from hostproxy.http.message import Body, Headers, Response
 __all__ = [
     "CAUSE_STATUS",
     "ConnectError",
+    "OutOfResources",
     "PoolExhausted",
     "ProxyInternalError",
     "RequestBodyError",
@@ -46,7 +51,9 @@ __all__ = [
     "UpstreamError",
     "UpstreamReset",
     "error_response",
+    "out_of_resources",
     "request_body_error_response",
+    "request_body_timeout_response",
     "response_for_exception",
 ]
 
@@ -85,6 +92,8 @@ class UpstreamError(Exception):
     sending it again (elsewhere) cannot duplicate it."""
 
     cause = "proxy/internal"
+    #: The failure was hostproxy's own (its resources), not the endpoint's: never counted against it.
+    local = False
 
     def __init__(self, message: str, *, endpoint: str, retryable: bool = False) -> None:
         super().__init__(message)
@@ -120,6 +129,46 @@ class PoolExhausted(UpstreamError):
 
     def __init__(self, message: str, *, endpoint: str) -> None:
         super().__init__(message, endpoint=endpoint, retryable=True)
+
+
+class OutOfResources(UpstreamError):
+    """hostproxy could not open a connection for want of its own resources (file descriptors,
+    socket memory): the request was never sent, and it is not the endpoint's doing."""
+
+    cause = "overload"
+    local = True
+
+    def __init__(self, message: str, *, endpoint: str) -> None:
+        super().__init__(message, endpoint=endpoint, retryable=True)
+
+
+#: ``errno``s of a connect that failed for want of hostproxy's own resources, with what to do.
+_OUT_OF = {
+    errno.EMFILE: (
+        "hostproxy is out of file descriptors{limit}; raise its limit (LimitNOFILE= in the systemd unit, "
+        "ulimit -n) or look for a connection leak (/admin/metrics.json …/connections, pool_size)"
+    ),
+    errno.ENFILE: "the host is out of file descriptors (fs.file-max); find the process holding them",
+    errno.ENOBUFS: "the kernel is out of socket memory on this host (net.core/ipv4 memory limits)",
+    errno.ENOMEM: "the kernel is out of socket memory on this host (net.core/ipv4 memory limits)",
+}
+
+
+def out_of_resources(errnos: set[int], endpoint: str) -> OutOfResources | None:
+    """The error for a connect to ``endpoint`` that failed with one of ``errnos`` when one of them
+    says hostproxy (or its host) ran out of a resource; None otherwise."""
+    for code, advice in _OUT_OF.items():
+        if code in errnos:
+            limit = ""
+            if code == errno.EMFILE:
+                soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+                limit = f" (limit {soft})" if soft != resource.RLIM_INFINITY else ""
+            return OutOfResources(
+                f"hostproxy cannot open a connection to {endpoint}: {os.strerror(code)}: "
+                + advice.format(limit=limit),
+                endpoint=endpoint,
+            )
+    return None
 
 
 def error_response(

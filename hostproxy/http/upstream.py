@@ -95,6 +95,7 @@ from hostproxy.http.errors import (
     RequestTimeout,
     UpstreamError,
     UpstreamReset,
+    out_of_resources,
 )
 from hostproxy.http.hopbyhop import allowed_trailers, strip_hop_by_hop, strip_response_fields
 from hostproxy.http.message import Body, Headers, Request, Response
@@ -213,6 +214,9 @@ class _map_errors:  # noqa: N801 - used like the function it replaces: ``with _m
         endpoint = self.endpoint
         if isinstance(exc, OSError):
             if self.phase == "connect":
+                local = out_of_resources({e.errno for e in _leaf_oserrors(exc) if e.errno}, endpoint)
+                if local is not None:
+                    raise local from exc
                 cause = _connect_cause(exc)
                 detail = next((os.strerror(e.errno) for e in _leaf_oserrors(exc) if e.errno), str(exc))
                 raise ConnectError(

@@ -48,7 +48,7 @@ import structlog
 import trio
 
 from hostproxy.config import model as m
-from hostproxy.http.errors import ConnectError
+from hostproxy.http.errors import ConnectError, out_of_resources
 from hostproxy.tls.context import (
     Loaded,
     TlsConfigError,
@@ -527,6 +527,9 @@ async def _open_tcp(host: str, port: int, endpoint: str, deadline: float, timeou
             return await trio.open_tcp_stream(host, port)
         except OSError as exc:
             codes = {e.errno for e in _oserrors(exc)}
+            local = out_of_resources({c for c in codes if c}, endpoint)
+            if local is not None:
+                raise local from exc
             cause = (
                 "connect/unreachable"
                 if codes & _UNREACHABLE
