@@ -10,6 +10,8 @@ wtf`` says whose fault it is); once connections close, requests are served again
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import sys
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 import pytest
 import trio
 
+from hostproxy.http.errors import out_of_resources
 from tests.daemonutil import curl
 from tests.test_lifecycle_helpers import config, daemon_proc, exchange, write_disco
 from tests.test_tls_daemon_e2e import wtf_json
@@ -77,3 +80,24 @@ async def test_running_out_of_descriptors_is_hostproxys_fault_not_the_endpoints(
             assert (
                 "could not open connections" in finding["verdict"] and "LimitNOFILE" in finding["next_step"]
             )
+
+
+@pytest.mark.parametrize(
+    ("code", "says"),
+    [
+        (errno.EMFILE, "hostproxy is out of file descriptors"),
+        (errno.ENFILE, "the host is out of file descriptors"),
+        (errno.ENOBUFS, "the kernel is out of socket memory"),
+        (errno.EADDRNOTAVAIL, "no local port is free for it"),
+    ],
+)
+def test_each_local_exhaustion_is_named_with_its_fix(code: int, says: str) -> None:
+    err = out_of_resources({errno.ECONNREFUSED, code}, "10.0.0.7:8080")
+    assert err is not None and err.local and err.retryable and err.cause == "overload"
+    assert str(err).startswith(
+        f"hostproxy cannot open a connection to 10.0.0.7:8080: {os.strerror(code)}: {says}"
+    )
+
+
+def test_a_refused_connect_is_still_the_upstreams() -> None:
+    assert out_of_resources({errno.ECONNREFUSED}, "10.0.0.7:8080") is None

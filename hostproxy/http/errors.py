@@ -142,7 +142,8 @@ class OutOfResources(UpstreamError):
         super().__init__(message, endpoint=endpoint, retryable=True)
 
 
-#: ``errno``s of a connect that failed for want of hostproxy's own resources, with what to do.
+#: ``errno``s of a connect that failed for want of hostproxy's own resources (or its host's), with
+#: what to do.
 _OUT_OF = {
     errno.EMFILE: (
         "hostproxy is out of file descriptors{limit}; raise its limit (LimitNOFILE= in the systemd unit, "
@@ -151,6 +152,11 @@ _OUT_OF = {
     errno.ENFILE: "the host is out of file descriptors (fs.file-max); find the process holding them",
     errno.ENOBUFS: "the kernel is out of socket memory on this host (net.core/ipv4 memory limits)",
     errno.ENOMEM: "the kernel is out of socket memory on this host (net.core/ipv4 memory limits)",
+    errno.EADDRNOTAVAIL: (
+        "no local port is free for it (ephemeral ports used up, often by connections in TIME_WAIT); "
+        "widen net.ipv4.ip_local_port_range, or keep upstream connections alive longer "
+        "(client.hostConnectionPool idleTimeMs, maxSize)"
+    ),
 }
 
 
