@@ -182,6 +182,7 @@ _SERVER_KEYS = (
     ("connections", "connections"),
     ("connects", "connections_total"),
     ("rejected_connections", "rejected_connections"),
+    ("accept_failures", "accept_failures"),
     ("connection_failures", "connection_failures"),
     ("bad_requests", "bad_requests"),
     ("header_timeouts", "header_timeouts"),

@@ -101,6 +101,7 @@ class FakeStats:
 
     def __init__(self) -> None:
         self.connections = self.connections_total = self.requests_in_flight = self.connection_failures = 0
+        self.accept_failures = 0
         self.nested: dict[str, int] = {}
 
 
@@ -157,13 +158,36 @@ async def test_accept_error_is_logged_and_retried_and_a_closed_socket_ends_the_l
             "event": "fake.accept_failed",
             "log_level": "warning",
             "router": "fake",
-            "error": "[Errno 24] Too many open files",
+            "error": "[Errno 24] Too many open files; hostproxy is out of file descriptors: raise "
+            "LimitNOFILE= (systemd) or ulimit -n, or lower servers[].maxConnections",
+            "failures": 1,
         }
     ]
     assert [e["event"] for e in logs] == ["fake.server.started", "fake.accept_failed"]
     assert listener.aclosed
     stats = server.statistics()
     assert (stats["connections"], stats["connections_total"], stats["connection_failures"]) == (0, 1, 0)
+    assert stats["accept_failures"] == 1
+
+
+async def test_accept_errors_are_counted_each_but_logged_at_most_every_ten_seconds(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Out of descriptors, accept fails every retry (ten a second): one log line per 10 s, saying
+    how many failed since the last."""
+    server = FakeServer()
+    listener = FakeListener()
+    with capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve, [listener])
+            for _ in range(150):  # 150 retries of 0.1 s: 15 s of failing
+                await listener.feed.send(OSError(errno.EMFILE, "Too many open files"))
+            await listener.feed.send(OSError(errno.EBADF, "Bad file descriptor"))
+    failed = [e["failures"] for e in logs if e["event"] == "fake.accept_failed"]
+    # The first, then those that failed over the next 10 s (a hundred retries, one more when the
+    # clock's sum of 0.1 s steps falls just short of 10).
+    assert len(failed) == 2 and failed[0] == 1 and failed[1] in (100, 101), failed
+    assert server.statistics()["accept_failures"] == 150
 
 
 async def test_refused_connection_is_closed_at_once_and_never_served() -> None:
@@ -318,6 +342,7 @@ def test_statistics_keys_of_each_protocol() -> None:
         "requests_in_flight",
         "requests_total",
         "rejected_overload",
+        "accept_failures",
         "rejected_connections",
         "bad_requests",
         "header_timeouts",
@@ -331,6 +356,7 @@ def test_statistics_keys_of_each_protocol() -> None:
         "requests_in_flight",
         "requests_total",
         "rejected_overload",
+        "accept_failures",
         "refused_streams",
         "header_lists_refused",
         "client_resets",

@@ -77,6 +77,8 @@ LISTEN_BACKLOG = 1024
 
 #: How long the accept loop waits after an ``accept`` error (descriptors exhausted, ...).
 ACCEPT_RETRY_S = 0.1
+#: How often at most a server logs its failed ``accept`` calls.
+ACCEPT_LOG_EVERY_S = 10.0
 
 
 class ListenParams(Protocol):
@@ -105,6 +107,8 @@ class ServerStats:
     requests_in_flight: int = 0
     requests_total: int = 0
     rejected_overload: int = 0
+    #: ``accept`` calls that failed (out of file descriptors and the like).
+    accept_failures: int = 0
 
 
 class LifecycleStats(Protocol):
@@ -116,6 +120,7 @@ class LifecycleStats(Protocol):
     connection_failures: int
     rejected_connections: int
     accept_paused: int
+    accept_failures: int
 
 
 class ServedConnection(Protocol):
@@ -395,6 +400,9 @@ class ListeningServer(Generic[ConnT]):
         self._accepting: list[trio.CancelScope] = []
         self._conns: set[ConnT] = set()
         self._backlog: list[Any] = []
+        # When a failed ``accept`` was last logged, and the count of failures then.
+        self._accept_logged_at = -inf
+        self._accept_logged_count = 0
         #: The nursery of the connection tasks while ``serve`` runs.
         self._nursery: trio.Nursery | None = None
         #: ``trio.current_time``, as the run's clock's own method while ``serve`` runs (one call
@@ -506,9 +514,7 @@ class ListeningServer(Generic[ConnT]):
                 except OSError as exc:  # EMFILE and friends: back off instead of spinning
                     if exc.errno in (errno.EBADF, errno.EINVAL):
                         break  # the listener was closed under us (stop_accepting)
-                    self.logger.warning(
-                        f"{self.log_prefix}.accept_failed", router=self.params.router_label, error=str(exc)
-                    )
+                    self._accept_failed(exc)
                     await trio.sleep(ACCEPT_RETRY_S)
                     continue
                 self._start_connection(nursery, stream)
@@ -519,6 +525,29 @@ class ListeningServer(Generic[ConnT]):
         backlog, self._backlog = self._backlog, []
         for stream in backlog:
             self._start_connection(nursery, stream)
+
+    def _accept_failed(self, exc: OSError) -> None:
+        """Count a failed ``accept`` and log it: the first, then at most once per
+        ``ACCEPT_LOG_EVERY_S`` with how many failed since (it is retried every ``ACCEPT_RETRY_S``, so
+        a daemon out of descriptors would otherwise log ten lines a second)."""
+        self._stats.accept_failures += 1
+        now = trio.current_time()
+        if now - self._accept_logged_at < ACCEPT_LOG_EVERY_S:
+            return
+        hint = (
+            "; hostproxy is out of file descriptors: raise LimitNOFILE= (systemd) or ulimit -n, or "
+            "lower servers[].maxConnections"
+            if exc.errno in (errno.EMFILE, errno.ENFILE)
+            else ""
+        )
+        self.logger.warning(
+            f"{self.log_prefix}.accept_failed",
+            router=self.params.router_label,
+            error=f"{exc}{hint}",
+            failures=self._stats.accept_failures - self._accept_logged_count,
+        )
+        self._accept_logged_at = now
+        self._accept_logged_count = self._stats.accept_failures
 
     def _start_connection(self, nursery: trio.Nursery, stream: Any) -> None:
         if not self._admit(stream):
