@@ -266,7 +266,7 @@ def render_text(report: Report, window: dict[str, Any], admin: str) -> str:
     for f in report.findings:
         lines.append("")
         where = " ".join(x for x in (f"router {f.router}" if f.router else "", f.service or "") if x)
-        share = f"{f.share * 100:.0f}% of {f.requests} requests" if f.requests else ""
+        share = f"{f.share * 100:.0f}% of {f.requests} {f.unit}" if f.requests else ""
         head = f"{f.severity.upper():<8} {f.cause} [fault: {f.fault}]"
         lines.append("  ".join(x for x in (head, where, share) if x))
         lines.append(f"  {f.verdict}")

@@ -101,6 +101,9 @@ class Finding:
     #: Whose fault, when the cause alone does not say (a TLS failure on a server's side is the
     #: caller's, not the upstream's); not part of the JSON shape, which has it as ``fault``.
     blame: str | None = None
+    #: What ``requests`` counts (``requests``; a server's ``handshakes`` or ``connections``); not
+    #: part of the JSON shape.
+    unit: str = "requests"
 
     @property
     def level(self) -> str:
@@ -123,7 +126,7 @@ class Finding:
 
     def as_json(self) -> dict[str, Any]:
         d = asdict(self)
-        del d["blame"]
+        del d["blame"], d["unit"]
         d["share"] = round(self.share, 4)
         d["level"] = self.level
         d["fault"] = self.fault
@@ -808,7 +811,7 @@ class _Analysis:
                     "check the clients' TLS settings against servers[].tls; `openssl s_client -connect "
                     f"{server.replace('/', ':')}` shows the handshake",
                 )
-                cause, blame, total = Cause.TLS.value, "caller", n + ok
+                cause, blame, total, unit = Cause.TLS.value, "caller", n + ok, "TLS handshakes"
             elif what == "rejected_connections":
                 total = n + self.num(f"{prefix}/connects")
                 verdict = f"{where} refused {n} connection(s) at servers[].maxConnections"
@@ -816,14 +819,14 @@ class _Analysis:
                     "raise servers[].maxConnections, or find the client holding many connections open "
                     "(/admin/metrics.json …/connections; `ss -tn`)"
                 )
-                cause, blame = Cause.OVERLOAD.value, None
+                cause, blame, unit = Cause.OVERLOAD.value, None, "connections"
             else:
                 total = n + self.num(f"{prefix}/requests")
                 timeouts = self.num(f"{prefix}/header_timeouts")
                 late = f", {timeouts} of them heads not sent in time (408)" if timeouts else ""
                 verdict = f"{where} answered {n} malformed request(s) with 4xx before routing{late}"
                 nxt = "the callers send malformed HTTP: the responses' l5d-err says what was wrong"
-                cause, blame = Cause.IDENTIFICATION.value, "caller"
+                cause, blame, unit = Cause.IDENTIFICATION.value, "caller", "requests"
             share = n / total if total else 1.0
             if share < self.t.ignore_share:
                 continue
@@ -840,6 +843,7 @@ class _Analysis:
                 failures=n,
                 requests=total,
                 blame=blame,
+                unit=unit,
             )
 
     def namers(self) -> None:

@@ -431,6 +431,8 @@ def test_failed_tls_handshakes_on_a_server_are_the_callers_fault_with_the_common
     )
     assert "requireClientAuth" in f.next_step and "caCertPath" in f.next_step
     assert f.as_json()["fault"] == "caller" and "blame" not in f.as_json()
+    text = render_text(diagnose(Snapshot(m)), {"kind": "since_start", "seconds": 60}, "http://a")
+    assert "CRITICAL tls [fault: caller]  router out  75% of 40 TLS handshakes\n" in text
 
 
 def test_connections_over_max_connections_and_malformed_requests_are_findings() -> None:
