@@ -20,7 +20,7 @@ daemon counted, what the honest client got, and how much memory the daemon held.
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,24 @@ async def _honest_client(port: int, results: list[int], stop: trio.Event) -> Non
         await trio.sleep(0.1)
 
 
+async def _attack_beside_honest_client(
+    port: int, path: str, args: str, also: Callable[[trio.Event], Awaitable[None]] | None = None
+) -> tuple[str, int]:
+    """Run slowhttptest (``args``, space-separated) against ``path`` while an honest client keeps
+    asking for pages (and ``also(stop)`` runs, if given); assert every honest page was served.
+    Returns the tool's report and how many pages the honest client got."""
+    results: list[int] = []
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_honest_client, port, results, stop)
+        if also is not None:
+            nursery.start_soon(also, stop)
+        report = await _attack(port, path, *args.split())
+        stop.set()
+    assert results and set(results) == {200}, results
+    return report, len(results)
+
+
 async def _until_no_connections(d: DaemonProc, scope: str) -> dict[str, Any]:
     """The metrics once the server has no connection open (the attack's are all gone)."""
     with trio.move_on_after(30):
@@ -112,15 +130,7 @@ async def test_slowloris_connections_are_cut_by_the_header_timeout_and_honest_cl
     async with _daemon(tmp_path, "\n    requestHeaderTimeoutMs: 1500") as (d, _):
         port = d.port("out")
         scope = f"rt/out/server/127.0.0.1/{port}"
-        results: list[int] = []
-        stop = trio.Event()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_honest_client, port, results, stop)
-            report = await _attack(
-                port, "/", "-H", "-c", "200", "-r", "100", "-i", "1", "-l", "8", "-x", "10"
-            )
-            stop.set()
-        assert results and set(results) == {200}, results
+        report, _ = await _attack_beside_honest_client(port, "/", "-H -c 200 -r 100 -i 1 -l 8 -x 10")
         m = await _until_no_connections(d, scope)
         assert "No open connections left" in report, report[-1500:]
         # Each attack connection was cut by the proxy's header deadline (408), none by the tool.
@@ -134,16 +144,8 @@ async def test_stalling_bodies_are_ended_by_the_body_timeout_and_the_upstream_is
     async with _daemon(tmp_path, "\n    requestBodyTimeoutMs: 1500") as (d, up_port):
         port = d.port("out")
         scope = f"rt/out/server/127.0.0.1/{port}"
-        results: list[int] = []
-        stop = trio.Event()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_honest_client, port, results, stop)
-            # 10 bytes of body every 3 s: each body stalls past the 1.5 s between two reads.
-            await _attack(
-                port, "/count", "-B", "-c", "100", "-r", "100", "-i", "3", "-l", "8", "-s", "8192", "-x", "10"
-            )
-            stop.set()
-        assert results and set(results) == {200}, results
+        # 10 bytes of body every 3 s: each body stalls past the 1.5 s between two reads.
+        await _attack_beside_honest_client(port, "/count", "-B -c 100 -r 100 -i 3 -l 8 -s 8192 -x 10")
         m = await _until_no_connections(d, scope)
         assert m[f"{scope}/body_timeouts"] >= 75, m[f"{scope}/body_timeouts"]
         # The proxy let go of everything those requests held: nothing is pending now.
@@ -160,29 +162,9 @@ async def test_trickling_bodies_are_ended_at_the_request_deadline_before_any_ups
     async with _daemon(tmp_path, "\n    timeoutMs: 2000") as (d, up_port):
         port = d.port("out")
         scope = f"rt/out/server/127.0.0.1/{port}"
-        results: list[int] = []
-        stop = trio.Event()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_honest_client, port, results, stop)
-            report = await _attack(
-                port,
-                "/count",
-                "-B",
-                "-c",
-                "100",
-                "-r",
-                "100",
-                "-i",
-                "1",
-                "-l",
-                "10",
-                "-s",
-                "4096",
-                "-x",
-                "10",
-            )
-            stop.set()
-        assert results and set(results) == {200}, results
+        report, honest = await _attack_beside_honest_client(
+            port, "/count", "-B -c 100 -r 100 -i 1 -l 10 -s 4096 -x 10"
+        )
         m = await _until_no_connections(d, scope)
         assert "No open connections left" in report, report[-1500:]
         assert m[f"{scope}/status/408"] >= 75, m.get(f"{scope}/status/408")
@@ -190,49 +172,26 @@ async def test_trickling_bodies_are_ended_at_the_request_deadline_before_any_ups
         client = f"rt/out/client/$/inet/127.0.0.1/{up_port}"
         # The honest client's requests, and slowhttptest's probes (a plain GET now and then); none
         # of the 100 attack requests.
-        assert m[f"{client}/requests"] - len(results) <= 10, (m[f"{client}/requests"], len(results))
+        assert m[f"{client}/requests"] - honest <= 10, (m[f"{client}/requests"], honest)
         assert m[f"{client}/pending"] == 0
 
 
 async def test_slow_readers_do_not_make_the_proxy_buffer_their_answers(tmp_path: Path) -> None:
     async with _daemon(tmp_path, "") as (d, _):
         port = d.port("out")
-        results: list[int] = []
-        stop = trio.Event()
         baseline = _rss_kib(d.proc.pid)
         peak = baseline
 
-        async def sample() -> None:
+        async def sample(stop: trio.Event) -> None:
             nonlocal peak
             while not stop.is_set():
                 peak = max(peak, _rss_kib(d.proc.pid))
                 await trio.sleep(0.05)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_honest_client, port, results, stop)
-            nursery.start_soon(sample)
-            # 100 readers of 1 MiB each (100 MiB in all), windows of 64-512 bytes, 32 bytes a second.
-            await _attack(
-                port,
-                f"/len/{1 << 20}",
-                "-X",
-                "-c",
-                "100",
-                "-r",
-                "100",
-                "-l",
-                "8",
-                "-w",
-                "64",
-                "-y",
-                "512",
-                "-n",
-                "1",
-                "-z",
-                "32",
-            )
-            stop.set()
-        assert results and set(results) == {200}, results
+        # 100 readers of 1 MiB each (100 MiB in all), windows of 64-512 bytes, 32 bytes a second.
+        await _attack_beside_honest_client(
+            port, f"/len/{1 << 20}", "-X -c 100 -r 100 -l 8 -w 64 -y 512 -n 1 -z 32", also=sample
+        )
         growth_mib = (peak - baseline) / 1024
         assert growth_mib < 32, (
             f"the daemon's RSS grew by {growth_mib:.1f} MiB under 100 slow readers of 1 MiB"
