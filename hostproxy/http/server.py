@@ -245,6 +245,7 @@ DRAIN_FIRST_REQUEST_S = 1.0
 LINGER_S = 10.0
 LINGER_IDLE_S = 2.0
 LINGER_BYTES = 64 * 1024 * 1024
+LINGER_DRAINING_S = 1.0
 
 
 class Http1Server(ListeningServer["_Connection"]):
@@ -515,7 +516,8 @@ class _Connection:
             if fast:
                 stream.socket.shutdown(socket.SHUT_WR)
             total = 0
-            with trio.move_on_after(LINGER_S):
+            # A draining server lingers briefly: the drain waits for its connections to end.
+            with trio.move_on_after(LINGER_DRAINING_S if self.server.draining else LINGER_S):
                 while total < LINGER_BYTES:
                     with trio.move_on_after(LINGER_IDLE_S) as idle:
                         data = await stream.receive_some(RECEIVE_SIZE)
