@@ -11,8 +11,9 @@ Theory of operation: :func:`bind` evaluates ``Leaf(path)`` with the generic bind
   reported as Finagle does.
 * ``bind(tree, depth, weight)``: more than ``max_depth`` lookups along a branch raise
   :class:`DepthExceeded` (checked when a lookup's result is about to be bound, so even a ``Neg`` from
-  the (N+1)-th lookup is an error). More than :data:`MAX_LOOKUPS` lookups in all raise
-  :class:`BindTooLarge`, which no union swallows. A path leaf is looked up and its answer bound one level deeper; a
+  the (N+1)-th lookup is an error). More than :data:`MAX_LOOKUPS` lookups in all, or lookups that
+  cost more than :data:`MAX_DENTRY_WORK` in all (index probes, wildcard dentries tested and matches:
+  :meth:`dtab.table.Dtab.matching`), raise :class:`BindTooLarge`, which no union swallows. A path leaf is looked up and its answer bound one level deeper; a
   bound leaf is kept (recording the union weight carried to it); atoms stay. An ``Alt`` takes its first
   non-``Neg`` child (an error aborts, ``Fail`` stops, ``Empty`` is a value). A ``Union`` binds every
   branch with its own weight and simplifies the survivors; if none succeeded it raises the first
@@ -60,6 +61,10 @@ DEFAULT_MAX_DEPTH: Final = 100
 #: Lookups one binding may make in all (every branch of every union and alternative counted). Real
 #: dtabs bind in tens; a dtab whose rules each fan out doubles the work at every step.
 MAX_LOOKUPS: Final = 1_000
+#: What finding the matching dentries may cost one binding in all (:meth:`Dtab.matching`'s cost: index
+#: probes, wildcard dentries tested, matches). Real dtabs spend a few per lookup; a per-request dtab of
+#: hundreds of wildcard rules that never match, or of rules that all match, spends hundreds.
+MAX_DENTRY_WORK: Final = 20_000
 #: Larger limits would exhaust Python's recursion limit before the lookup count.
 MAX_SUPPORTED_DEPTH: Final = 300
 
@@ -126,10 +131,13 @@ class Interpreter:
                 raise TypeError("namers must be a sequence of (prefix: Path, lookup: callable) pairs")
         self.system = system
         self.consulted: set[tuple[Path, Path]] = set()
+        #: What the dtab lookups so far cost (:meth:`Dtab.matching`).
+        self.dentry_work = 0
 
     def lookup(self, path: Path) -> Any:
         """One lookup: the dtab, else the namers, else the system namers. May return PENDING."""
-        t = self.dtab.lookup(path)
+        t, cost = self.dtab.lookup_counted(path)
+        self.dentry_work += cost
         if not isinstance(t, Neg):
             return t
         return self.lookup_namers(path)
@@ -194,6 +202,8 @@ class _Binder:
                 if self.lookups > MAX_LOOKUPS:
                     raise BindTooLarge(self.root, MAX_LOOKUPS)
                 r = self.interp.lookup(v)
+                if self.interp.dentry_work > MAX_DENTRY_WORK:
+                    raise BindTooLarge(self.root, MAX_DENTRY_WORK, unit="dentry tests")
                 if r is PENDING:
                     return PENDING
                 return self.bind(r, depth + 1, weight, v)
@@ -285,6 +295,7 @@ __all__ = [
     "BindTooLarge",
     "BoundName",
     "DEFAULT_MAX_DEPTH",
+    "MAX_DENTRY_WORK",
     "MAX_LOOKUPS",
     "DelegationCycle",
     "DepthExceeded",

@@ -17,7 +17,9 @@ path node and *explains* it:
 * more than :data:`MAX_NODES` steps in all fails the whole explanation with
   :class:`~dtab.errors.DelegationTooLarge`: since every alternative is explained, a dtab whose rules
   each offer two alternatives doubles the tree at every step (300 bytes of dtab give a million
-  nodes), and the admin server explains on the event loop.
+  nodes), and the admin server explains on the event loop. So do lookups that cost more than
+  :data:`MAX_WORK` in all (``Dtab.matching``: hundreds of wildcard rules tested, or matched, at
+  every step).
 
 The result is then simplified: a ``delegate`` whose child has the same path is replaced by the child
 (carrying the delegate's dentry), single-child ``alt``/``union`` become ``delegate``, an ``alt`` child
@@ -43,6 +45,8 @@ from dtab.tree import Alt, Empty, Fail, Leaf, Neg, Union, show_tree
 MAX_DEPTH: Final = 100
 #: Most lookup steps one explanation takes (a step per path node explained).
 MAX_NODES: Final = 10_000
+#: What finding the matching dentries may cost one explanation in all (``Dtab.matching``'s cost).
+MAX_WORK: Final = 100_000
 
 _FAIL_PREFIX = Path((b"$", b"fail"))
 
@@ -240,15 +244,17 @@ class _Explainer:
         self.dtab = interp.dtab
         self.root = root
         self.steps = 0
+        self.work = 0
 
     def step(self, d: Dentry, q: Path) -> DelegateNode:
         self.steps += 1
         if self.steps > MAX_NODES:
             raise DelegationTooLarge(self.root, MAX_NODES)
-        matches: list[DelegateNode] = []
-        for e in reversed(self.dtab.dentries):
-            if e.prefix.matches(q):
-                matches.append(_convert(_with_suffix(e.dst, q.drop(len(e.prefix))), q, e))
+        found, cost = self.dtab.matching(q)
+        self.work += cost
+        if self.work > MAX_WORK:
+            raise DelegationTooLarge(self.root, MAX_WORK, unit="dentry tests")
+        matches = [_convert(_with_suffix(e.dst, q.drop(len(e.prefix))), q, e) for e in found]
         if not matches:
             try:
                 r = self.interp.lookup_namers(q)
@@ -361,6 +367,7 @@ def delegate(
 __all__ = [
     "MAX_DEPTH",
     "MAX_NODES",
+    "MAX_WORK",
     "AltNode",
     "DelegateNode",
     "DelegatedNode",

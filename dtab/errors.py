@@ -240,26 +240,38 @@ class DelegationTooLarge(BindError):
     """A delegation explanation has more nodes than its fixed limit (alternatives or unions that
     fan out at every step make it exponential in the dtab's length)."""
 
-    def __init__(self, path: object, limit: int) -> None:
+    def __init__(self, path: object, limit: int, unit: str = "nodes") -> None:
         self.path = path
         self.limit = limit
+        self.unit = unit
+        why = (
+            "the dtab's alternatives or unions fan out at every step"
+            if unit == "nodes"
+            else "its lookups test too many wildcard dentries or match too many dentries"
+        )
         super().__init__(
-            f"explaining {path} needs more than {limit} nodes: the dtab's alternatives or unions fan "
-            "out at every step; explain a more specific path or a smaller dtab"
+            f"explaining {path} needs more than {limit} {unit}: {why}; explain a more specific path or a "
+            "smaller dtab"
         )
 
 
 class BindTooLarge(BindError):
-    """Binding needed more lookups than its fixed budget: alternatives or unions that fan out at every
-    step make it exponential in the dtab's length (a per-request ``l5d-dtab`` of a few hundred bytes
-    could otherwise hold the event loop for seconds)."""
+    """Binding needed more lookups, or more dentry tests, than its fixed budget: alternatives or unions
+    that fan out at every step make it exponential in the dtab's length, and hundreds of wildcard rules
+    make every lookup slow (a per-request ``l5d-dtab`` of a few kilobytes could otherwise hold the event
+    loop for seconds)."""
 
-    def __init__(self, path: object, limit: int) -> None:
+    def __init__(self, path: object, limit: int, unit: str = "lookups") -> None:
         self.path = path
         self.limit = limit
+        self.unit = unit
+        why = (
+            "the dtab's alternatives or unions fan out at every step"
+            if unit == "lookups"
+            else "its lookups test too many wildcard dentries or match too many dentries"
+        )
         super().__init__(
-            f"binding {path} needs more than {limit} lookups: the dtab's alternatives or unions fan out "
-            "at every step; simplify the dtab (or the l5d-dtab override)"
+            f"binding {path} needs more than {limit} {unit}: {why}; simplify the dtab (or the l5d-dtab override)"
         )
 
 

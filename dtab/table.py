@@ -8,6 +8,16 @@ give an ``Alt`` of them, latest first. Order is purely positional, never by spec
 recurse and never consults namers: binding (:mod:`dtab.bind`) does that.
 
 ``a + b`` concatenates: per-request dtabs are appended after the base, so their dentries are tried first.
+
+Finding the matching dentries does not scan the dtab: on its first lookup a dtab puts its prefixes in a
+trie (a ``*`` element is an edge of its own), and a lookup walks the path's labels down it, following at
+each node the edge of the next label and the ``*`` edge, collecting the dentries whose prefix ends at a
+node reached. So a lookup costs the trie nodes it visits and the matches it finds, not the dentries
+that cannot match: a base dtab of thousands of ``/svc/<name>`` rules, or a per-request ``l5d-dtab``
+padded with rules that never match, costs no more per lookup than a short one. :meth:`Dtab.matching`
+reports that cost, which binding and delegation count against their budgets (a request's dtab can still
+make every lookup visit or match hundreds of entries: wildcard rules that branch at every element, or
+rules that all match).
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, overload
 
-from dtab.path import Path, Prefix
+from dtab.path import ANY, Path, Prefix
 from dtab.tree import NEG, Alt, Leaf, NameTree, show_tree, simplified
 
 
@@ -56,10 +66,67 @@ def _append_suffix(tree: Any, suffix: Path) -> Any:
     return tree.map(lambda p: p + suffix)
 
 
+class _Node:
+    """A node of a dtab's prefix trie: the dentries whose prefix ends here, and where to go next."""
+
+    __slots__ = ("children", "wild", "ends")
+
+    def __init__(self) -> None:
+        self.children: dict[bytes, _Node] = {}
+        self.wild: _Node | None = None
+        self.ends: list[int] = []
+
+
+class _Index:
+    """A dtab's dentries in a trie of their prefixes (see the module docstring)."""
+
+    __slots__ = ("root",)
+
+    def __init__(self, dentries: tuple[Dentry, ...]) -> None:
+        root = _Node()
+        for i, d in enumerate(dentries):
+            node = root
+            for e in d.prefix.elems:
+                if e is ANY:
+                    nxt = node.wild
+                    if nxt is None:
+                        nxt = node.wild = _Node()
+                else:
+                    nxt = node.children.get(e)  # type: ignore[arg-type]
+                    if nxt is None:
+                        nxt = node.children[e] = _Node()  # type: ignore[index]
+                node = nxt
+            node.ends.append(i)
+        self.root = root
+
+    def matching(self, path: Path, dentries: tuple[Dentry, ...]) -> tuple[list[Dentry], int]:
+        root = self.root
+        found = list(root.ends)
+        cost = 1
+        frontier = [root]
+        for label in path.labels:
+            nxt: list[_Node] = []
+            for node in frontier:
+                child = node.children.get(label)
+                if child is not None:
+                    nxt.append(child)
+                if node.wild is not None:
+                    nxt.append(node.wild)
+            if not nxt:
+                break
+            cost += len(nxt)
+            for node in nxt:
+                found.extend(node.ends)
+            frontier = nxt
+        if len(found) > 1:
+            found.sort(reverse=True)
+        return [dentries[i] for i in found], cost + len(found)
+
+
 class Dtab:
     """An ordered, immutable sequence of dentries."""
 
-    __slots__ = ("_dentries", "_hash")
+    __slots__ = ("_dentries", "_hash", "_index")
 
     EMPTY: Dtab  # set below
 
@@ -70,6 +137,7 @@ class Dtab:
                 raise TypeError(f"a Dtab holds Dentry values, not {type(d).__name__}")
         self._dentries: tuple[Dentry, ...] = ds
         self._hash = hash(ds)
+        self._index: _Index | None = None
 
     @classmethod
     def read(cls, text: str) -> Dtab:
@@ -116,17 +184,27 @@ class Dtab:
     def __hash__(self) -> int:
         return self._hash
 
+    def matching(self, path: Path) -> tuple[list[Dentry], int]:
+        """The dentries whose prefix matches ``path``, last first, and the cost of finding them: the
+        index probes, wildcard dentries tested and matches found (see the module docstring)."""
+        index = self._index
+        if index is None:
+            index = self._index = _Index(self._dentries)
+        return index.matching(path, self._dentries)
+
     def lookup(self, path: Path) -> NameTree:
         """One rewriting step: ``Neg``, the single match's tree, or an ``Alt`` of matches (last first)."""
-        matches: list[Any] = []
-        for d in reversed(self._dentries):
-            if d.prefix.matches(path):
-                matches.append(_append_suffix(d.dst, path.drop(len(d.prefix))))
+        return self.lookup_counted(path)[0]
+
+    def lookup_counted(self, path: Path) -> tuple[NameTree, int]:
+        """:meth:`lookup` and the cost of finding the matches (:meth:`matching`)."""
+        found, cost = self.matching(path)
+        matches = [_append_suffix(d.dst, path.drop(len(d.prefix))) for d in found]
         if not matches:
-            return NEG
+            return NEG, cost
         if len(matches) == 1:
-            return matches[0]  # type: ignore[no-any-return]
-        return Alt(tuple(matches))
+            return matches[0], cost
+        return Alt(tuple(matches)), cost
 
     def simplified(self) -> Dtab:
         """Every dst simplified; dentries whose dst simplifies to ``Neg`` are dropped."""
