@@ -20,12 +20,15 @@ Errors are :class:`~dtab.errors.DtabSyntaxError` raised at the same position Fin
 Finagle's token kept in ``upstream_expected`` (so ``upstream_message`` is byte-for-byte Finagle's) and a
 friendlier ``expected`` plus, where it helps, a ``hint``. Deviation: a weight containing a non-ASCII
 Unicode digit (which Finagle's lexer accepts and its number conversion then rejects with a
-``NumberFormatException`` carrying no position) is reported as an ordinary positioned syntax error.
+``NumberFormatException`` carrying no position) is reported as an ordinary positioned syntax error, and
+so is a weight too large for a double (Finagle reads it as ``Infinity``, then prints it as a word its
+own parser rejects, and no weighted choice can split traffic by it).
 Parentheses may nest at most :data:`MAX_NESTING` deep (a syntax error, never a ``RecursionError``).
 """
 
 from __future__ import annotations
 
+import math
 import unicodedata
 from typing import Any, NoReturn
 
@@ -297,7 +300,19 @@ class _Parser:
                     upstream_text=f'For input string: "{s}"',
                     upstream_expected="number char",
                 )
-        return float(s)
+        w = float(s)
+        if w == math.inf:
+            # Finagle reads this as Infinity, which prints as "Infinity" (a dtab nobody can read back)
+            # and which no weighted choice can use: refused here, where it can be pointed at.
+            raise DtabSyntaxError(
+                self.text,
+                start,
+                "a weight that fits a double (below 1.8e308)",
+                found=f"a weight of {len(s)} digits",
+                hint="weights are relative: write smaller numbers in the same proportion",
+                upstream_class="none (Finagle accepts it as Infinity)",
+            )
+        return w
 
     def parse_weighted(self) -> Weighted:
         self.eat_whitespace()

@@ -85,6 +85,12 @@ class WeightedChoice:
         self._n = len(weights)
         self._cum = list(itertools.accumulate(weights))
         self._total = self._cum[-1] if self._cum else 0.0
+        if self._total == math.inf:
+            # Finite weights whose sum overflows (two of 1e308): the same proportions, scaled down, or
+            # every draw would land past the last finite sum, on the last weight.
+            top = max(weights)
+            self._cum = list(itertools.accumulate(w / top for w in weights))
+            self._total = self._cum[-1]
         self._rng = rng
 
     def __len__(self) -> int:

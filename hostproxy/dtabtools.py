@@ -241,8 +241,8 @@ def exact_weight(w: float) -> str:
     """The shortest plain decimal that the dtab parser reads back as exactly ``w``.
 
     ``0.125`` stays ``0.125`` (Finagle's printer would write ``0.13``), ``1e22`` prints in full, an
-    integral weight has no fraction (``3``). A weight that overflowed to infinity while parsing (a few
-    hundred digits) prints as a digit string that overflows again.
+    integral weight has no fraction (``3``). An infinite weight (which the parser refuses, but code can
+    build) prints as a digit string that overflows again.
     """
     if math.isinf(w) and w > 0:
         return "1" + "0" * 309

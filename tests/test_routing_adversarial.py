@@ -7,10 +7,16 @@ pure code (parser, lookup, binding) directly.
 
 from __future__ import annotations
 
+import random
+import urllib.parse
+from collections import Counter
 from pathlib import Path as FsPath
 
-from dtab import Dtab, Path
+import pytest
+
+from dtab import Dtab, DtabSyntaxError, Path
 from dtab.bind import BindTooLarge, bind
+from hostproxy.balancer import WeightedChoice
 from tests.daemonutil import curl, fs_config, running_daemon
 from tests.test_lifecycle_helpers import write_disco
 from tests.upstreams import running_upstream
@@ -76,3 +82,56 @@ async def test_override_that_matches_hundreds_of_rules_per_lookup_fails_fast(tmp
             many = ";".join(f"/svc/name{i}=>/#/io.l5d.fs/name{i}" for i in range(200))
             r = await curl(url, "-H", "Host: web", "-H", f"l5d-dtab: {many}")
             assert r.status == 200, r
+
+
+# -- weights -----------------------------------------------------------------------------------------
+
+HUGE = "9" * 400  # a weight past the largest double
+
+
+def test_weight_too_large_for_a_double_is_a_positioned_syntax_error() -> None:
+    """Such a weight parsed as infinity: the router's weighted choice then raised (502 proxy/internal
+    with a traceback), the override went downstream as ``l5d-ctx-dtab: ...=>Infinity*...``, which no
+    parser reads back, and ``/delegator.json`` answered ``"weight":Infinity``, which is not JSON."""
+    text = f"/svc/web => {HUGE} * /a & /b"
+    with pytest.raises(DtabSyntaxError) as info:
+        Dtab.read(text)
+    assert info.value.offset == text.index("9")
+    assert "weight" in info.value.message and "1.8e308" in info.value.message
+    # The largest weights that fit still parse, print and read back.
+    big = Dtab.read(f"/svc/web => {'9' * 300} * /a & /b")
+    assert Dtab.read(str(big)) == Dtab.read(f"/svc/web => {'1' + '0' * 300} * /a & /b")
+
+
+def test_union_of_weights_whose_sum_overflows_still_splits() -> None:
+    """Two branches of 1.7e308 each: the running sum overflowed to infinity and every draw landed on the
+    last branch."""
+    choice = WeightedChoice([1.7e308, 1.7e308, 0.0], random.Random(7))
+    picks = Counter(choice.pick() for _ in range(400))
+    assert picks[0] > 100 and picks[1] > 100 and picks[2] == 0, picks
+
+
+async def test_override_with_an_infinite_weight_is_a_400_not_a_proxy_error(tmp_path: FsPath) -> None:
+    disco = tmp_path / "disco"
+    async with running_upstream() as up:
+        write_disco(disco, "web", up.port)
+        write_disco(disco, "other", up.port)
+        async with running_daemon(fs_config(disco)) as d:
+            url = f"http://127.0.0.1:{d.port('out')}/"
+            for host in ("web", "other"):  # both names resolved, so the union has both branches
+                assert (await curl(url, "-H", f"Host: {host}")).status == 200
+            override = f"/svc/web => {HUGE} * /#/io.l5d.fs/web & /#/io.l5d.fs/other"
+            r = await curl(url, "-H", "Host: web", "-H", f"l5d-dtab: {override}")
+            assert r.status == 400, r
+            assert (r.l5d_err or "").startswith("Invalid l5d-dtab header: a weight that fits a double"), (
+                r.l5d_err
+            )
+            assert "column 13" in (r.l5d_err or "")
+            m = (await curl(f"{d.admin}/admin/metrics.json")).json()
+            assert isinstance(m, dict)
+            assert not any("proxy/internal" in k and v for k, v in m.items()), m
+            # The delegator answers with a parse error too, not with a body that is not JSON.
+            r = await curl(
+                f"{d.admin}/delegator.json?namespace=out&path=/svc/web&dtab={urllib.parse.quote(override)}"
+            )
+            assert r.status == 400 and r.body.startswith(b"Invalid dtab:"), r
