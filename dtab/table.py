@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, overload
 
 from dtab.path import ANY, Path, Prefix
-from dtab.tree import NEG, Alt, Leaf, NameTree, show_tree, simplified
+from dtab.tree import NEG, Alt, Leaf, NameTree, exact_weight, show_tree, simplified
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,12 @@ class Dentry:
     @property
     def show(self) -> str:
         return f"{self.prefix.show}=>{show_tree(self.dst)}"
+
+    @property
+    def show_exact(self) -> str:
+        """:attr:`show` with every weight as written (Finagle's printer rounds to two decimals, so
+        ``0.004*/a & 0.006*/b`` would read back as ``0.00*/a & 0.01*/b``)."""
+        return f"{self.prefix.show}=>{show_tree(self.dst, exact_weight)}"
 
     def __str__(self) -> str:
         return self.show

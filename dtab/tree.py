@@ -192,13 +192,31 @@ def _unwrap(t: Any) -> Any:
             return t
 
 
-def show_tree(tree: Any) -> str:
-    """Canonical printed form of a name tree."""
+def exact_weight(w: float) -> str:
+    """The shortest plain decimal that the dtab parser reads back as exactly ``w``.
+
+    ``0.125`` stays ``0.125`` (:func:`format_weight` writes ``0.13``), ``1e22`` prints in full, an
+    integral weight has no fraction (``3``). An infinite weight (which the parser refuses, but code can
+    build) prints as a digit string that overflows again.
+    """
+    if math.isinf(w) and w > 0:
+        return "1" + "0" * 309
+    if math.isnan(w) or w < 0:
+        raise ValueError(f"weight {w!r} cannot be written in a dtab")
+    s = format(Decimal(repr(float(w))), "f")
+    if "." in s:
+        s = s.rstrip("0").rstrip(".")
+    return s or "0"
+
+
+def show_tree(tree: Any, weight: Callable[[float], str] = format_weight) -> str:
+    """Canonical printed form of a name tree; ``weight`` prints union weights (Finagle's two decimals,
+    or :func:`exact_weight` for a form that reads back as the same tree)."""
     t = _unwrap(tree)
     if isinstance(t, Alt):
-        return " | ".join(_show_in_alt(c) for c in t.trees)
+        return " | ".join(_show_in_alt(c, weight) for c in t.trees)
     if isinstance(t, Union):
-        return " & ".join(_show_branch(b) for b in t.branches)
+        return " & ".join(_show_branch(b, weight) for b in t.branches)
     return _show_simple(t)
 
 
@@ -210,24 +228,24 @@ def _show_simple(t: Any) -> str:
     raise TypeError(f"not a name tree: {t!r}")
 
 
-def _show_in_alt(child: Any) -> str:
+def _show_in_alt(child: Any, weight: Callable[[float], str]) -> str:
     c = _unwrap(child)
     if isinstance(c, Alt):
-        return "(" + show_tree(c) + ")"
+        return "(" + show_tree(c, weight) + ")"
     if isinstance(c, Union):
-        return show_tree(c)
+        return show_tree(c, weight)
     return _show_simple(c)
 
 
-def _show_branch(b: Weighted) -> str:
+def _show_branch(b: Weighted, weight: Callable[[float], str]) -> str:
     c = _unwrap(b.tree)
     if isinstance(c, (Alt, Union)):
-        body = "(" + show_tree(c) + ")"
+        body = "(" + show_tree(c, weight) + ")"
     else:
         body = _show_simple(c)
     if b.weight == Weighted.DEFAULT_WEIGHT:
         return body
-    return f"{format_weight(b.weight)}*{body}"
+    return f"{weight(b.weight)}*{body}"
 
 
 # ---------------------------------------------------------------------------------------------

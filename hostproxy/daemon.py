@@ -85,6 +85,9 @@ if TYPE_CHECKING:  # the TLS machinery (ssl, certificates) is imported only when
 
 log = structlog.get_logger("hostproxy.daemon")
 
+#: How often a delegator explanation waiting for a namer is tried again.
+DELEGATE_RETRY_S = 0.05
+
 IDLE_SWEEP_S = 10.0
 
 
@@ -1030,7 +1033,26 @@ class Daemon:
     def router_dtab(self, label: str) -> Dtab:
         return self.routers[label].binder.base_dtab
 
-    def delegate(self, label: str | None, dtab: Dtab, path: Path) -> dict[str, Any]:
+    def delegate(self, label: str | None, dtab: Dtab, path: Path) -> Any:
+        """The explanation's JSON, or, while a namer (or transformer) it asked has not answered yet,
+        an awaitable that explains again every ``DELEGATE_RETRY_S`` until none is pending (the admin
+        server bounds the wait: 503 ``Request timed out.`` after 2 s, as Linkerd's delegator). The
+        names it asked about are being looked up meanwhile: the namers watch them from the first ask."""
+        tree = self._delegate_once(label, dtab, path)
+        if tree is not None:
+            return tree
+
+        async def when_answered() -> dict[str, Any]:
+            while True:
+                await trio.sleep(DELEGATE_RETRY_S)
+                tree = self._delegate_once(label, dtab, path)
+                if tree is not None:
+                    return tree
+
+        return when_answered()
+
+    def _delegate_once(self, label: str | None, dtab: Dtab, path: Path) -> dict[str, Any] | None:
+        """The explanation's JSON, or None when a namer or transformer has not answered yet."""
         if label is None:
             tree = delegate(dtab, path, (), system=self.resolver.system)
         else:
@@ -1039,8 +1061,8 @@ class Daemon:
             if router.transformers and hasattr(tree, "to_json"):
                 # as the router binds: its interpreter transformers rewrite the bound leaves
                 tree = transform_delegation(tree, router.transformers)
-        if not hasattr(tree, "to_json"):  # pending: a namer (or transformer) has not answered yet
-            return {"type": "pending", "path": str(path)}
+        if not hasattr(tree, "to_json"):  # pending
+            return None
         return tree.to_json()  # type: ignore[no-any-return]
 
     def is_ready(self) -> bool:

@@ -34,12 +34,11 @@ The linter (:func:`lint_dtab`) is described on that function.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 from dtab import ANY, Alt, Dentry, Dtab, Empty, Fail, Leaf, Neg, Path, Union, Weighted, parse_dtab
+from dtab.tree import exact_weight
 
 # Label characters (spec §2.1): the 69 "showable" ASCII characters.
 LABEL_CHARS = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_:.#$%-")
@@ -235,23 +234,6 @@ def render_layout(layout: Layout, dentry_lines: list[str]) -> str:
 # ------------------------------------------------------------------------------------------------
 # Formatting.
 # ------------------------------------------------------------------------------------------------
-
-
-def exact_weight(w: float) -> str:
-    """The shortest plain decimal that the dtab parser reads back as exactly ``w``.
-
-    ``0.125`` stays ``0.125`` (Finagle's printer would write ``0.13``), ``1e22`` prints in full, an
-    integral weight has no fraction (``3``). An infinite weight (which the parser refuses, but code can
-    build) prints as a digit string that overflows again.
-    """
-    if math.isinf(w) and w > 0:
-        return "1" + "0" * 309
-    if math.isnan(w) or w < 0:
-        raise ValueError(f"weight {w!r} cannot be written in a dtab")
-    s = format(Decimal(repr(float(w))), "f")
-    if "." in s:
-        s = s.rstrip("0").rstrip(".")
-    return s or "0"
 
 
 def format_tree(tree: Any, context: str = "top") -> str:

@@ -7,10 +7,12 @@ pure code (parser, lookup, binding) directly.
 
 from __future__ import annotations
 
+import json
 import random
 import urllib.parse
 from collections import Counter
 from pathlib import Path as FsPath
+from typing import Any
 
 import pytest
 
@@ -135,3 +137,74 @@ async def test_override_with_an_infinite_weight_is_a_400_not_a_proxy_error(tmp_p
                 f"{d.admin}/delegator.json?namespace=out&path=/svc/web&dtab={urllib.parse.quote(override)}"
             )
             assert r.status == 400 and r.body.startswith(b"Invalid dtab:"), r
+
+
+# -- the delegator agrees with the router ------------------------------------------------------------
+
+
+def _union_weights(node: dict[str, Any]) -> list[float] | None:
+    """The weights of the first union node of a /delegator.json tree (depth first)."""
+    if node.get("type") == "union":
+        return [b["weight"] for b in node["union"]]
+    for key in ("delegate", "tree"):
+        if isinstance(node.get(key), dict):
+            found = _union_weights(node[key])
+            if found is not None:
+                return found
+    for child in node.get("alt", []):
+        found = _union_weights(child)
+        if found is not None:
+            return found
+    return None
+
+
+async def test_delegator_page_delegates_the_weights_the_router_binds(tmp_path: FsPath) -> None:
+    """The dtab playground prefills the router's dtab printed as Finagle prints it, with weights rounded
+    to two decimals, and posts that text to /delegator.json: a 40/60 split of 0.004/0.006 was
+    explained as 0.00/0.01 (all traffic to one side) while the router split 40/60."""
+    disco = tmp_path / "disco"
+    async with running_upstream() as up:
+        write_disco(disco, "web", up.port)
+        write_disco(disco, "web-v2", up.port)
+        dtab = (
+            "/svc => /#/io.l5d.fs;\n    /svc/web => 0.004 * /#/io.l5d.fs/web & 0.006 * /#/io.l5d.fs/web-v2;"
+        )
+        async with running_daemon(fs_config(disco, dtab=dtab)) as d:
+            url = f"http://127.0.0.1:{d.port('out')}/"
+            for name in ("web", "web-v2"):  # both names resolved by the namer
+                r = await curl(url, "-H", "Host: web", "-H", f"l5d-dtab: /svc/web => /#/io.l5d.fs/{name}")
+                assert r.status == 200, r
+            page = (await curl(f"{d.admin}/delegator?router=out")).body.decode()
+            embedded = page.split('<script type="application/json" id="routers">', 1)[1].split(
+                "</script>", 1
+            )[0]
+            prefilled = json.loads(embedded)["routers"]["out"]
+            # What the page's script posts when the operator asks about /svc/web.
+            body = json.dumps({"namespace": "out", "dtab": prefilled, "path": "/svc/web"})
+            r = await curl(
+                f"{d.admin}/delegator.json", "-X", "POST", "-H", "Content-Type: application/json", "-d", body
+            )
+            assert r.status == 200, r
+            tree = r.json()
+            assert isinstance(tree, dict)
+            assert _union_weights(tree) == [0.004, 0.006], tree
+            # ... which is the router's own dtab, exactly.
+            assert Dtab.read(prefilled) == d.daemon.routers["out"].binder.base_dtab
+
+
+async def test_delegator_waits_for_a_namer_that_has_not_answered_yet(tmp_path: FsPath) -> None:
+    """A name no request had asked about yet was explained as ``{"type": "pending"}``, a node type
+    /delegator.json does not have, at once; the router, asked the same, waits for the namer (and
+    Linkerd's delegator waits up to 2 s). It now waits and explains the bound name."""
+    disco = tmp_path / "disco"
+    async with running_upstream() as up:
+        write_disco(disco, "web", up.port)
+        async with running_daemon(fs_config(disco)) as d:
+            q = urllib.parse.urlencode({"namespace": "out", "path": "/svc/web", "dtab": "/svc=>/#/io.l5d.fs"})
+            r = await curl(f"{d.admin}/delegator.json?{q}")
+            assert r.status == 200, r
+            tree = r.json()
+            assert isinstance(tree, dict)
+            leaf = tree["delegate"]
+            assert leaf["type"] == "leaf" and leaf["bound"]["id"] == "/#/io.l5d.fs/web", tree
+            assert leaf["bound"]["addr"]["addrs"] == [{"ip": "127.0.0.1", "port": up.port, "meta": {}}]

@@ -780,7 +780,8 @@ class AdminHandler:
         routers: dict[str, str] = {}
         for label in self.ctx.router_labels():
             dtab = self.ctx.router_dtab(label)
-            routers[label] = "".join(f"{d};\n" for d in dtab)
+            # Weights as written: the page posts this text back, and it must delegate what the router binds.
+            routers[label] = "".join(f"{d.show_exact};\n" for d in dtab)
         page = render_page(routers, call.query.get("router"))
         return _response(200, page, HTML_TYPE, (("content-security-policy", CONTENT_SECURITY_POLICY),))
 
