@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import urllib.parse
 from collections import Counter
 from pathlib import Path as FsPath
 from typing import Any
 
 import pytest
+import trio
 
 from dtab import Dtab, DtabSyntaxError, Path
 from dtab.bind import BindTooLarge, bind
@@ -208,3 +210,37 @@ async def test_delegator_waits_for_a_namer_that_has_not_answered_yet(tmp_path: F
             leaf = tree["delegate"]
             assert leaf["type"] == "leaf" and leaf["bound"]["id"] == "/#/io.l5d.fs/web", tree
             assert leaf["bound"]["addr"]["addrs"] == [{"ip": "127.0.0.1", "port": up.port, "meta": {}}]
+
+
+# -- identifiers -------------------------------------------------------------------------------------
+
+
+async def test_path_identifier_does_not_drop_the_first_segment_of_a_target_without_slash(
+    tmp_path: FsPath,
+) -> None:
+    """``GET other/web`` was named ``/svc/web`` by ``io.l5d.path``: splitting on '/' dropped ``other`` as
+    if it were the empty piece before a leading '/', and ``consume`` then forwarded ``/``: the request
+    reached a service it did not name. It is now a 400 that says why."""
+    disco = tmp_path / "disco"
+    async with running_upstream() as up:
+        write_disco(disco, "web", up.port)
+        write_disco(disco, "other", up.port)
+        text = fs_config(disco) + "  identifier: {kind: io.l5d.path, segments: 1, consume: true}\n"
+        async with running_daemon(text) as d:
+            port = d.port("out")
+
+            def raw(target: str) -> bytes:
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                    s.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                    out = b""
+                    while chunk := s.recv(65536):
+                        out += chunk
+                return out
+
+            ok = await trio.to_thread.run_sync(raw, "/web/page")
+            assert ok.startswith(b"HTTP/1.1 200"), ok
+            assert up.requests[-1].target == "/page"
+            out = await trio.to_thread.run_sync(raw, "other/web")
+            assert out.startswith(b"HTTP/1.1 400"), out
+            assert b"is not a path" in out and b"other/web" in out, out
+            assert len(up.requests) == 1  # nothing forwarded

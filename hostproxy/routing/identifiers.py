@@ -17,7 +17,7 @@ Label formation follows Linkerd 1.x exactly:
   the query) is parsed as a dtab path and appended; a path that does not parse (a trailing ``/``, a
   character outside the label set) leaves the request unidentified.
 * ``io.l5d.path``: the first ``segments`` segments of the target's path, each one label, verbatim (no
-  percent-decoding). Segments are split the Java way (trailing empty pieces dropped), so ``/a/b/``
+  percent-decoding); a target that does not start with ``/`` (``users/42``, ``*``) names nothing. Segments are split the Java way (trailing empty pieces dropped), so ``/a/b/``
   has two segments and ``//a`` has an empty first segment, which cannot be a label. With ``consume``
   the segments are removed from the forwarded target and the query is kept.
 * ``io.l5d.header`` (default header ``l5d-name``): the header value parsed as a dtab path.
@@ -262,6 +262,12 @@ class PathIdentifier:
 
     def identify(self, request: RequestLike) -> Identified | Unidentified:
         path, query = _split_target(request.target)
+        if path and path[0] != "/":
+            # Splitting 'users/42' would drop 'users' as if it were the empty piece before a leading
+            # '/', naming the request /svc/42: a name it did not ask for.
+            return Unidentified(
+                (f"request target {request.target!r} is not a path (it must start with '/')",)
+            )
         pieces = _java_split_slash(path)[1:]
         if len(pieces) < self.segments:
             return Unidentified(("not enough segments in path",))
