@@ -7,9 +7,11 @@ pure code (parser, lookup, binding) directly.
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 import socket
+import tracemalloc
 import urllib.parse
 from collections import Counter
 from pathlib import Path as FsPath
@@ -244,3 +246,36 @@ async def test_path_identifier_does_not_drop_the_first_segment_of_a_target_witho
             assert out.startswith(b"HTTP/1.1 400"), out
             assert b"is not a path" in out and b"other/web" in out, out
             assert len(up.requests) == 1  # nothing forwarded
+
+
+# -- memory held for per-request dtabs ---------------------------------------------------------------
+
+
+async def test_distinct_large_overrides_do_not_pile_up_in_the_router_caches(tmp_path: FsPath) -> None:
+    """The parse cache and the binding cache were bounded by entries only (1,000 each), and a parsed
+    7 KB ``l5d-dtab`` takes about 300 KB: a client sending distinct large overrides made the router
+    keep ~300 MB. What they keep now is bounded by the overrides' size too."""
+    disco = tmp_path / "disco"
+    async with running_upstream() as up:
+        write_disco(disco, "web", up.port)
+        async with running_daemon(fs_config(disco)) as d:
+            url = f"http://127.0.0.1:{d.port('out')}/"
+            assert (await curl(url, "-H", "Host: web")).status == 200
+
+            def override(j: int) -> str:
+                text = ";".join(f"/pad/o{j}/{i}=>/x" for i in range(2000))[:7000]
+                return text[: text.rfind(";")]
+
+            gc.collect()
+            tracemalloc.start()
+            try:
+                before = tracemalloc.get_traced_memory()[0]
+                for j in range(60):
+                    r = await curl(url, "-H", "Host: web", "-H", f"l5d-dtab: {override(j)}")
+                    assert r.status == 200, r
+                gc.collect()
+                grown = tracemalloc.get_traced_memory()[0] - before
+            finally:
+                tracemalloc.stop()
+            assert grown < 8_000_000, f"60 distinct 7 KB overrides left {grown / 1e6:.1f} MB behind"
+            assert len(up.requests) == 61

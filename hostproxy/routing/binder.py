@@ -19,7 +19,10 @@ Steady state, a request therefore costs one dict lookup: no parsing (see
 change of any kind, since the error does not say which names it consulted.
 
 Every cache is bounded (entries keyed by request input — Host values, ``l5d-dtab`` texts — would
-otherwise grow without bound) and evicts entries idle for ``idleTtlSecs``. Sizes come from the router's
+otherwise grow without bound) and evicts entries idle for ``idleTtlSecs``. A binding whose local dtab
+has more than :data:`MAX_CACHED_LOCAL_DENTRIES` dentries is not cached at all (its key would keep the
+parsed dtab, ~500 bytes a dentry, alive: 1,000 distinct large overrides would hold hundreds of
+megabytes); such a request binds afresh, which the lookup index keeps cheap. Sizes come from the router's
 ``bindingCache`` (:class:`BindingCacheConfig`): ``trees`` bounds the bind cache, ``paths`` the parse cache
 of per-request dtab texts, ``bounds`` and ``clients`` are for the router's per-bound-name stacks and
 clients, kept in :class:`ClientCache` instances (a bounded LRU with idle eviction that closes what it
@@ -454,6 +457,9 @@ class _Entry:
 
 _Key = tuple[Dtab, Path]
 
+#: Largest local dtab (in dentries) whose bindings the binder caches.
+MAX_CACHED_LOCAL_DENTRIES = 16
+
 
 class Binder:
     """Per-router binding cache (see the module docstring).
@@ -594,23 +600,28 @@ class Binder:
     def _entry(self, local_dtab: Dtab, service: Path, now: float | None) -> tuple[_Entry, bool]:
         key = self._last_key
         if key[1] is not service or key[0] is not local_dtab:
+            if len(local_dtab) > MAX_CACHED_LOCAL_DENTRIES:
+                return self._delegate(local_dtab, service), False
             key = self._last_key = (local_dtab, service)
         e = self._trees.get(key) if now is None else self._trees.get_at(key, now)
         if e is not None and (e.error is None or e.error_generation == self._error_generation):
             self.hits += 1
             return e, True
+        e = self._delegate(local_dtab, service)
+        self._trees.put(key, e)
+        self._index(key, e)
+        return e, False
+
+    def _delegate(self, local_dtab: Dtab, service: Path) -> _Entry:
+        """Bind ``service`` under ``base ++ local_dtab`` (uncached)."""
         self.delegations += 1
         dtab = self._base + local_dtab
         try:
             r = self._bind_fn(dtab, service, self._namers, max_depth=self._max_depth, system=self._system)
         except self._bind_errors as err:
-            e = _Entry(None, False, err, frozenset(), self._error_generation)  # type: ignore[arg-type]
-        else:
-            consulted = frozenset(r.consulted)
-            e = _Entry(r.tree, self._is_pending(r.tree), None, consulted, self._error_generation)
-        self._trees.put(key, e)
-        self._index(key, e)
-        return e, False
+            return _Entry(None, False, err, frozenset(), self._error_generation)  # type: ignore[arg-type]
+        consulted = frozenset(r.consulted)
+        return _Entry(r.tree, self._is_pending(r.tree), None, consulted, self._error_generation)
 
     def bind(
         self,

@@ -12,8 +12,8 @@ Theory of operation. A request's headers pass three steps, all pure functions ov
    tried first), and removes both headers and ``l5d-sample``. A value that does not parse raises
    :class:`RequestDtabError` (answer 400; the message names the header and shows a caret). The old
    ``dtab-local`` header means nothing and is forwarded untouched, as in Linkerd 1.7. Parsing goes
-   through a bounded :class:`DtabParseCache`, so a repeated override text is parsed once and a flood of
-   distinct texts cannot grow memory.
+   through a :class:`DtabParseCache` bounded by entries and by the length of the texts kept, so a
+   repeated override text is parsed once and a flood of distinct (or large) texts cannot grow memory.
 3. :func:`downstream_headers` computes the edits for the forwarded request: ``l5d-dst-service``,
    ``l5d-dst-client`` (the bound id, transformer prefix ``/%/...`` included), ``l5d-dst-residual``
    (only when non-empty; removed otherwise so a forged one never passes), ``l5d-reqid``, ``l5d-ctx-dtab``
@@ -142,14 +142,27 @@ class RequestDtabError(ValueError):
         )
 
 
-class DtabParseCache:
-    """A bounded LRU from dtab text to parsed :class:`Dtab`; errors are not cached."""
+#: Characters of dtab text a :class:`DtabParseCache` keeps in all (a parsed dtab takes ~40 bytes per
+#: character of its text: 7 KB of ``l5d-dtab`` parse to ~300 KB).
+PARSE_CACHE_MAX_CHARS = 64 * 1024
 
-    def __init__(self, max_entries: int = 1000) -> None:
+
+class DtabParseCache:
+    """A bounded LRU from dtab text to parsed :class:`Dtab`; errors are not cached.
+
+    Bounded by entries (``max_entries``) and by the length of the texts kept (``max_chars``): a
+    parsed dtab is ~40 times the size of its text, so 1,000 distinct large overrides would otherwise
+    hold hundreds of megabytes. A text longer than ``max_chars`` is parsed and not kept."""
+
+    def __init__(self, max_entries: int = 1000, max_chars: int = PARSE_CACHE_MAX_CHARS) -> None:
         if max_entries < 1:
             raise ValueError(f"max_entries must be >= 1, not {max_entries}")
+        if max_chars < 1:
+            raise ValueError(f"max_chars must be >= 1, not {max_chars}")
         self.max_entries = max_entries
+        self.max_chars = max_chars
         self._entries: OrderedDict[str, Dtab] = OrderedDict()
+        self.chars = 0
         self.hits = 0
         self.misses = 0
 
@@ -161,9 +174,13 @@ class DtabParseCache:
             return d
         self.misses += 1
         d = Dtab.read(text)  # raises DtabSyntaxError, not cached
+        if len(text) > self.max_chars:
+            return d
         self._entries[text] = d
-        if len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        self.chars += len(text)
+        while len(self._entries) > self.max_entries or self.chars > self.max_chars:
+            old, _ = self._entries.popitem(last=False)
+            self.chars -= len(old)
         return d
 
     def __len__(self) -> int:
