@@ -958,6 +958,12 @@ class HttpRouter:
             content = None
         try:
             tree = delegate(self.binder.base_dtab + local, service, self.namer_pairs, system=self._system)
+            if self.transformers and hasattr(tree, "to_json"):
+                # As the router binds (and as /delegator.json explains): the interpreter's transformers
+                # rewrite the bound leaves, and the client's id is the transformed one.
+                from namers.transformers import transform_delegation
+
+                tree = transform_delegation(tree, self.transformers)
         except Exception as e:  # noqa: BLE001 - an explanation failure must not fail the traced request
             log.info("router.trace_delegation_failed", router=self.label, service=str(service), error=str(e))
             tree = None

@@ -279,3 +279,42 @@ async def test_distinct_large_overrides_do_not_pile_up_in_the_router_caches(tmp_
                 tracemalloc.stop()
             assert grown < 8_000_000, f"60 distinct 7 KB overrides left {grown / 1e6:.1f} MB behind"
             assert len(up.requests) == 61
+
+
+async def test_trace_context_explains_the_route_through_the_interpreters_transformers() -> None:
+    """A diagnostic ``TRACE`` explained the route without the router's interpreter transformers, so no
+    leaf of the explanation had the client's (``/%/...``) id and "dtab resolution:" came back empty."""
+    async with running_upstream() as up:
+        yaml_text = f"""
+admin: {{ip: 127.0.0.1, port: 0}}
+routers:
+- protocol: http
+  label: out
+  dtab: /svc/web => /$/inet/127.0.0.1/1;
+  interpreter:
+    kind: default
+    transformers:
+    - kind: io.l5d.port
+      port: {up.port}
+  servers:
+  - ip: 127.0.0.1
+    port: 0
+"""
+        async with running_daemon(yaml_text) as d:
+            r = await curl(
+                f"http://127.0.0.1:{d.port('out')}/",
+                "-X",
+                "TRACE",
+                "-H",
+                "Host: web",
+                "-H",
+                "l5d-add-context: true",
+                "-H",
+                "Max-Forwards: 1",
+            )
+            assert r.status == 200, r
+            text = r.body.decode()
+            assert f"client name: /%/io.l5d.port/{up.port}/$/inet/127.0.0.1/1\n" in text, text
+            resolution = text.split("dtab resolution:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+            assert resolution[0] == "  /svc/web", text
+            assert "  /$/inet/127.0.0.1/1 (/svc/web=>/$/inet/127.0.0.1/1)" in resolution, text
