@@ -132,7 +132,7 @@ class _Index:
 class Dtab:
     """An ordered, immutable sequence of dentries."""
 
-    __slots__ = ("_dentries", "_hash", "_index")
+    __slots__ = ("_dentries", "_hash", "_index", "_parts")
 
     EMPTY: Dtab  # set below
 
@@ -144,6 +144,9 @@ class Dtab:
         self._dentries: tuple[Dentry, ...] = ds
         self._hash = hash(ds)
         self._index: _Index | None = None
+        # ``a + b`` remembers ``(a, b)``: lookups ask each part's own index (a base dtab's, built once)
+        # instead of indexing the concatenation made for every request with a per-request dtab.
+        self._parts: tuple[Dtab, Dtab] | None = None
 
     @classmethod
     def read(cls, text: str) -> Dtab:
@@ -180,7 +183,9 @@ class Dtab:
             return self
         if not self._dentries:
             return other
-        return Dtab(self._dentries + other._dentries)
+        joined = Dtab(self._dentries + other._dentries)
+        joined._parts = (self, other)
+        return joined
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Dtab):
@@ -193,6 +198,11 @@ class Dtab:
     def matching(self, path: Path) -> tuple[list[Dentry], int]:
         """The dentries whose prefix matches ``path``, last first, and the cost of finding them: the
         index probes, wildcard dentries tested and matches found (see the module docstring)."""
+        parts = self._parts
+        if parts is not None:
+            later, cost = parts[1].matching(path)
+            earlier, cost_earlier = parts[0].matching(path)
+            return later + earlier if earlier else later, cost + cost_earlier
         index = self._index
         if index is None:
             index = self._index = _Index(self._dentries)

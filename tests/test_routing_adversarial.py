@@ -45,6 +45,11 @@ def test_lookup_cost_does_not_grow_with_dentries_that_cannot_match() -> None:
         t_long, cost_long = long.lookup_counted(P(name))
         assert t_long == t_short  # the same rules match, in the same order
         assert cost_long <= cost_short + 2, (name, cost_short, cost_long)
+    # A per-request dtab appended to that base finds its matches first, through the base's own index.
+    local = Dtab.read("/svc/web=>/override;/svc/*=>/wild")
+    found, cost = (long + local).matching(P("/svc/web"))
+    assert [str(d.dst) for d in found] == ["/wild", "/override", "/#/io.l5d.fs/web-v2", "/#/io.l5d.fs"]
+    assert cost <= 12, cost
     # The order of the matches stays positional (last first), wildcards and literal prefixes mixed.
     mixed = Dtab.read("/a=>/1;/*/b=>/2;/a/b=>/3;/=>/4;/a/*=>/5")
     found, _ = mixed.matching(P("/a/b/c"))
