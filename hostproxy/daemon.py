@@ -1033,6 +1033,12 @@ class Daemon:
     def router_dtab(self, label: str) -> Dtab:
         return self.routers[label].binder.base_dtab
 
+    def interpreter_dtab(self, label: str) -> Dtab:
+        """The dtab the router's interpreter puts before any dtab it binds with: an ``io.l5d.fs``
+        interpreter's file (Linkerd's ``ConfiguredDtabNamer``), else empty."""
+        watcher = self.dtab_watchers.get(label)
+        return watcher.dtab if watcher is not None else Dtab.EMPTY
+
     def delegate(self, label: str | None, dtab: Dtab, path: Path) -> Any:
         """The explanation's JSON, or, while a namer (or transformer) it asked has not answered yet,
         an awaitable that explains again every ``DELEGATE_RETRY_S`` until none is pending (the admin
@@ -1057,6 +1063,9 @@ class Daemon:
             tree = delegate(dtab, path, (), system=self.resolver.system)
         else:
             router = self.routers[label]
+            # As the router binds, and as Linkerd's ConfiguredDtabNamer delegates: the interpreter's
+            # own dtab (a dtab file) first, then the dtab given.
+            dtab = self.interpreter_dtab(label) + dtab
             tree = delegate(dtab, path, router.namer_pairs, system=self.resolver.system)
             if router.transformers and hasattr(tree, "to_json"):
                 # as the router binds: its interpreter transformers rewrite the bound leaves

@@ -323,3 +323,44 @@ routers:
             resolution = text.split("dtab resolution:\n", 1)[1].split("\n\n", 1)[0].splitlines()
             assert resolution[0] == "  /svc/web", text
             assert "  /$/inet/127.0.0.1/1 (/svc/web=>/$/inet/127.0.0.1/1)" in resolution, text
+
+
+async def test_delegator_puts_the_interpreters_dtab_file_first_as_the_router_does(tmp_path: FsPath) -> None:
+    """A router with ``interpreter: {kind: io.l5d.fs, dtabFile: ...}`` binds with the file's dtab
+    before its own; /delegator.json with that router's namespace explained the given dtab alone, so a
+    Linkerd-style call (the router's dtab, as Linkerd's UI sends it) showed ``neg`` for a name the router
+    routes."""
+    disco = tmp_path / "disco"
+    dtab_file = tmp_path / "routes.dtab"
+    dtab_file.write_text("/svc => /#/io.l5d.fs;\n")
+    async with running_upstream() as up:
+        write_disco(disco, "web", up.port)
+        write_disco(disco, "web-v2", up.port)
+        text = (
+            fs_config(disco, dtab="/svc/canary => /#/io.l5d.fs/web-v2;")
+            + f"  interpreter:\n    kind: io.l5d.fs\n    dtabFile: {dtab_file}\n"
+        )
+        async with running_daemon(text) as d:
+            r = await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: web")
+            assert r.status == 200 and up.requests[-1].header("l5d-dst-client") == "/#/io.l5d.fs/web", r
+            q = urllib.parse.urlencode(
+                {"namespace": "out", "path": "/svc/web", "dtab": "/svc/canary => /#/io.l5d.fs/web-v2"}
+            )
+            r = await curl(f"{d.admin}/delegator.json?{q}")
+            assert r.status == 200, r
+            tree = r.json()
+            assert isinstance(tree, dict)
+            assert tree["delegate"]["type"] == "leaf", tree
+            assert tree["delegate"]["bound"]["id"] == "/#/io.l5d.fs/web", tree
+            # The playground prefills the router's own dtab, and posting it explains the same.
+            page = (await curl(f"{d.admin}/delegator?router=out")).body.decode()
+            embedded = page.split('<script type="application/json" id="routers">', 1)[1].split(
+                "</script>", 1
+            )[0]
+            prefilled = json.loads(embedded)["routers"]["out"]
+            assert prefilled == "/svc/canary=>/#/io.l5d.fs/web-v2;\n"
+            body = json.dumps({"namespace": "out", "dtab": prefilled, "path": "/svc/web"})
+            r = await curl(
+                f"{d.admin}/delegator.json", "-X", "POST", "-H", "Content-Type: application/json", "-d", body
+            )
+            assert r.json() == tree

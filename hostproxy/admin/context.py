@@ -47,7 +47,10 @@ class AdminContext(Protocol):
     ) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         """The ``to_json()`` of the delegation tree of ``path`` through ``dtab`` (the whole dtab).
 
-        ``label`` selects the router's namers and interpreter; ``None`` means no configured namers.
+        ``label`` selects the router's namers and interpreter; ``None`` means no configured namers. An
+        interpreter with a dtab of its own (a dtab file) puts it before ``dtab``; a context that has
+        one also offers ``interpreter_dtab(label)``, which the ``/delegator`` page leaves out of the
+        router dtab it prefills.
         May return an awaitable (e.g. to wait until a pending namer answers); the admin server then
         gives it ``delegate_timeout_s`` (2 s) before answering 503 ``Request timed out.``.  Raises
         ``dtab.errors.BindError`` (e.g. ``DelegationCycle``) when the explanation as a whole fails.

@@ -146,7 +146,8 @@ def render_page(routers: dict[str, str], selected: str | None) -> str:
 <body>
 <h1>Delegator</h1>
 <p>Explains how a path resolves through a dtab and the router's namers
-(<code>POST /delegator.json</code>). The dtab below is the whole dtab used: edit it to try overrides.</p>
+(<code>POST /delegator.json</code>). The dtab below is the router's dtab: edit it to try overrides
+(a router whose interpreter reads a dtab file puts that file's rules before it, as it does when routing).</p>
 <form id="form">
 <p><label>Router <select id="router"></select></label></p>
 <p><label>Path <input type="text" id="path" value="/svc/" spellcheck="false"></label>

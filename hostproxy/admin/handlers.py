@@ -42,7 +42,8 @@ the oldest generation, whose growth triggers full collections that stall routing
 once there are thousands of clients.
 
 ``/delegator.json`` follows Linkerd's ``DelegateApiHandler`` (spec ``dtab.md`` §6.4): ``dtab`` is
-the entire dtab (missing on GET means empty) and is checked first (400 ``Invalid dtab: …``), then
+the entire dtab (missing on GET means empty; with a ``namespace`` whose interpreter has a dtab file,
+the context puts that file's dentries before it) and is checked first (400 ``Invalid dtab: …``), then
 ``path`` (400 ``Invalid path: …``); POST needs ``Content-Type: application/json`` (415) and a
 JSON object with string ``dtab`` and ``path`` (400 ``Malformed delegation request: …``).  An
 unknown ``namespace`` (router label) is a 400 that lists the routers: the request names a router
@@ -778,8 +779,13 @@ class AdminHandler:
 
     async def _delegator_page(self, call: _Call) -> Response:
         routers: dict[str, str] = {}
+        interpreter_dtab = getattr(self.ctx, "interpreter_dtab", None)
         for label in self.ctx.router_labels():
             dtab = self.ctx.router_dtab(label)
+            if interpreter_dtab is not None:
+                # The router's own dtab: /delegator.json puts the interpreter's (a dtab file) before
+                # what the page posts, as the router binds and as Linkerd's UI and delegator do.
+                dtab = dtab[len(interpreter_dtab(label)) :]
             # Weights as written: the page posts this text back, and it must delegate what the router binds.
             routers[label] = "".join(f"{d.show_exact};\n" for d in dtab)
         page = render_page(routers, call.query.get("router"))
