@@ -364,3 +364,6 @@ async def test_delegator_puts_the_interpreters_dtab_file_first_as_the_router_doe
                 f"{d.admin}/delegator.json", "-X", "POST", "-H", "Content-Type: application/json", "-d", body
             )
             assert r.json() == tree
+            # /admin/routers.json gives the same text, which `hostproxy wtf` posts to /delegator.json.
+            routers = (await curl(f"{d.admin}/admin/routers.json")).json()
+            assert isinstance(routers, dict) and routers["out"]["dtab"] == prefilled

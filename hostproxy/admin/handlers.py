@@ -641,7 +641,7 @@ class AdminHandler:
         for label in self.ctx.router_labels():
             scope = scopes.get(label)
             out[label] = {
-                "dtab": "".join(f"{d};\n" for d in self.ctx.router_dtab(label)),
+                "dtab": self._own_dtab_text(label),
                 "services": scope.service_names() if scope is not None else [],
             }
         return _json(200, out)
@@ -779,17 +779,22 @@ class AdminHandler:
 
     async def _delegator_page(self, call: _Call) -> Response:
         routers: dict[str, str] = {}
-        interpreter_dtab = getattr(self.ctx, "interpreter_dtab", None)
         for label in self.ctx.router_labels():
-            dtab = self.ctx.router_dtab(label)
-            if interpreter_dtab is not None:
-                # The router's own dtab: /delegator.json puts the interpreter's (a dtab file) before
-                # what the page posts, as the router binds and as Linkerd's UI and delegator do.
-                dtab = dtab[len(interpreter_dtab(label)) :]
-            # Weights as written: the page posts this text back, and it must delegate what the router binds.
-            routers[label] = "".join(f"{d.show_exact};\n" for d in dtab)
+            routers[label] = self._own_dtab_text(label)
         page = render_page(routers, call.query.get("router"))
         return _response(200, page, HTML_TYPE, (("content-security-policy", CONTENT_SECURITY_POLICY),))
+
+    def _own_dtab_text(self, label: str) -> str:
+        """The router's own dtab as text to post back to ``/delegator.json`` (the ``/delegator`` page's
+        prefill, ``/admin/routers.json``'s ``dtab``, which ``hostproxy wtf`` posts): without the
+        interpreter's dtab file, which ``/delegator.json`` puts first itself (as the router binds, and
+        as Linkerd's UI and delegator do), and with weights as written, so that it delegates what the
+        router binds."""
+        dtab = self.ctx.router_dtab(label)
+        interpreter_dtab = getattr(self.ctx, "interpreter_dtab", None)
+        if interpreter_dtab is not None:
+            dtab = dtab[len(interpreter_dtab(label)) :]
+        return "".join(f"{d.show_exact};\n" for d in dtab)
 
     async def _delegate_request(self, call: _Call) -> tuple[str | None, str, str | None] | Response:
         """``(namespace, dtab text, path text)`` from the query or the JSON body, or an error answer."""
