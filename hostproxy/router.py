@@ -51,7 +51,7 @@ import trio
 from dtab import Dtab, Path
 from dtab.bind import AddrFailed, AddrPending, BoundName
 from dtab.delegate import delegate
-from dtab.tree import Leaf, Union
+from dtab.tree import Leaf, Union, exact_weight, show_tree
 from hostproxy.accesslog import AccessLog
 from hostproxy.balancer import WeightedChoice
 from hostproxy.causes import Cause
@@ -199,7 +199,8 @@ class _Service:
 
 
 def _dtab_lines(d: Dtab) -> str:
-    return "\n".join(f"  {e.prefix} => {e.dst}" for e in d) or "  (empty)"
+    """The dtab in an error body, one dentry a line, weights as written (not rounded to two decimals)."""
+    return "\n".join(f"  {e.prefix} => {show_tree(e.dst, exact_weight)}" for e in d) or "  (empty)"
 
 
 class _Bound:

@@ -367,3 +367,16 @@ async def test_delegator_puts_the_interpreters_dtab_file_first_as_the_router_doe
             # /admin/routers.json gives the same text, which `hostproxy wtf` posts to /delegator.json.
             routers = (await curl(f"{d.admin}/admin/routers.json")).json()
             assert isinstance(routers, dict) and routers["out"]["dtab"] == prefilled
+
+
+async def test_no_route_error_lists_the_dtab_with_its_weights_as_written(tmp_path: FsPath) -> None:
+    """The 502 body of a name with no route lists the dtab; its weights were rounded to two decimals,
+    so a 0.004/0.006 union read as 0.00/0.01 in the one place an operator looks when routing fails."""
+    disco = tmp_path / "disco"
+    disco.mkdir()
+    dtab = "/svc/web => 0.004 * /#/io.l5d.fs/gone & 0.006 * /#/io.l5d.fs/missing;"
+    async with running_daemon(fs_config(disco, dtab=dtab)) as d:
+        r = await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: web")
+        assert r.status == 502, r
+        err = r.l5d_err or ""
+        assert "base dtab:\n  /svc/web => 0.004*/#/io.l5d.fs/gone & 0.006*/#/io.l5d.fs/missing\n" in err, err
