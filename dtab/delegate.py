@@ -46,7 +46,7 @@ MAX_DEPTH: Final = 100
 #: Most lookup steps one explanation takes (a step per path node explained).
 MAX_NODES: Final = 10_000
 #: What finding the matching dentries may cost one explanation in all (``Dtab.matching``'s cost).
-MAX_WORK: Final = 100_000
+MAX_WORK: Final = 50_000
 
 _FAIL_PREFIX = Path((b"$", b"fail"))
 
