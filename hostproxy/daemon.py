@@ -125,6 +125,8 @@ def server_params(router_cfg: Any, server_cfg: Any, label: str, grace_s: float) 
         request_timeout_ms=getattr(server_cfg, "timeout_ms", None),
         max_connections=getattr(server_cfg, "max_connections", None),
         max_requests_per_connection=getattr(server_cfg, "max_requests_per_connection", None),
+        clear_context=bool(getattr(server_cfg, "clear_context", False)),
+        allow_address_overrides=bool(getattr(server_cfg, "allow_address_overrides", False)),
     )
 
 

@@ -435,10 +435,16 @@ class HttpRouter:
         self.binding_timeout_s = cfg.binding_timeout_ms / 1000
         self.max_err_bytes = getattr(cfg, "max_err_response_kb", 5120) * 1024
         self.max_err_header_bytes = getattr(cfg, "max_headers_kb", 8) * 1024
-        self._policies: dict[str, AddressOverridePolicy] = {
-            s.ip: AddressOverridePolicy.for_server(s.ip, s.allow_address_overrides) for s in cfg.servers
-        }
-        self._clear_context = {s.ip: s.clear_context for s in cfg.servers}
+        # Each server's clearContext and address-override policy, by its configured (ip, port): two
+        # servers may share an ip (an edge port with clearContext and an internal one). None: two
+        # servers have that key (ephemeral ports), so the connection's own params say (see
+        # ``_arrival_of``). A reload builds a new router, so settings apply to open connections too.
+        self._server_settings: dict[tuple[Any, Any], tuple[bool, AddressOverridePolicy] | None] = {}
+        default_port = getattr(cfg, "DEFAULT_PORT", None)
+        for s in cfg.servers:
+            key = (s.ip, s.port if s.port is not None else default_port)
+            value = (bool(s.clear_context), AddressOverridePolicy.for_server(s.ip, s.allow_address_overrides))
+            self._server_settings[key] = None if key in self._server_settings else value
         self._services: dict[Path, _Service] = {}
         # Settled bindings by service (see ``_Settled``): bounded, emptied when full.
         self._settled: dict[Path, _Settled] = {}
@@ -516,7 +522,15 @@ class HttpRouter:
         params, port = conn.params, conn.local[1]
         ip = params.ip
         stats = self.scope.server(ip, port)
-        arrival = _Arrival(params, port, stats, self._clear_context.get(ip, False), self._policies.get(ip))
+        settings = self._server_settings.get((ip, params.port))
+        if settings is None:
+            # Not one configured server's: the settings the server's params carry.
+            allow = bool(getattr(params, "allow_address_overrides", None))
+            settings = (
+                bool(getattr(params, "clear_context", None)),
+                AddressOverridePolicy.for_server(ip, allow),
+            )
+        arrival = _Arrival(params, port, stats, settings[0], settings[1])
         self._arrival = arrival
         return arrival
 

@@ -395,3 +395,27 @@ async def test_no_route_error_lists_the_dtab_with_its_weights_as_written(tmp_pat
         assert r.status == 502, r
         err = r.l5d_err or ""
         assert "base dtab:\n  /svc/web => 0.004*/#/io.l5d.fs/gone & 0.006*/#/io.l5d.fs/missing\n" in err, err
+
+
+# -- per-server settings -----------------------------------------------------------------------------
+
+
+async def test_clear_context_applies_to_its_own_server_when_two_share_an_ip(tmp_path: FsPath) -> None:
+    """The router looked up ``clearContext`` (and the address-override policy) by the server's ip alone,
+    so of two servers on one ip (an edge port with ``clearContext: true`` and an internal one) the last
+    one's settings applied to both: the edge honoured an untrusted caller's ``l5d-dtab``."""
+    disco = tmp_path / "disco"
+    async with running_upstream() as v1, running_upstream() as v2:
+        write_disco(disco, "web", v1.port)
+        write_disco(disco, "web-v2", v2.port)
+        text = fs_config(disco, server_extra="    clearContext: true\n  - ip: 127.0.0.1\n    port: 0")
+        async with running_daemon(text) as d:
+            edge, internal = d.port("out", 0), d.port("out", 1)
+            override = "l5d-dtab: /svc/web => /#/io.l5d.fs/web-v2"
+            r = await curl(f"http://127.0.0.1:{edge}/", "-H", "Host: web", "-H", override)
+            assert r.status == 200, r
+            assert len(v1.requests) == 1 and v2.requests == [], "the edge server honoured l5d-dtab"
+            assert v1.requests[0].header("l5d-ctx-dtab") is None
+            r = await curl(f"http://127.0.0.1:{internal}/", "-H", "Host: web", "-H", override)
+            assert r.status == 200, r
+            assert len(v2.requests) == 1, "the internal server ignored l5d-dtab"

@@ -133,6 +133,10 @@ class ServerParams:
     add_forwarded_header: ForwardedConfig | None = None
     router_label: str = "http"
     shutdown_grace_s: float = 5.0
+    #: ``servers[].clearContext`` and ``servers[].allowAddressOverrides``, read by the router for the
+    #: requests of this server (None: the router's own lookup by the server's ip).
+    clear_context: bool | None = None
+    allow_address_overrides: bool | None = None
 
     def codec_limits(self) -> CodecLimits:
         return CodecLimits(
