@@ -19,9 +19,12 @@ learn the outcome (latency, success) when the body ends. A request that provably
 upstream (a connect failure: ``retryable``) is requeued on another pick while the requeue budget
 allows, as Finagle does; nothing else is resent here. This is the only place requeues happen: the
 router's retry policy (``hostproxy.retry``) is built without a requeue budget and only retries what
-the response classifier calls retryable, so a connect failure is never requeued twice. A request is
-requeued only when its body is in memory (the router hands every attempt a fresh in-memory copy when
-the body is small enough to replay), since a streamed body cannot be sent again.
+the response classifier calls retryable, so a connect failure is never requeued twice. Whatever its
+body — in memory, or streamed (chunked, or larger than the retry buffer) — a requeued request is
+whole: a pool raises a ``retryable`` error only before it wrote any of the request or read any of its
+body. A request that an endpoint's full connection pool refused (``maxSize``/``maxWaiters``:
+``UpstreamError.pool_full``) is requeued only while there is an endpoint it was not yet refused by, so
+it neither waits for the same pool again nor spends the budget on refusals in a loop.
 
 When every endpoint is marked dead, the balancer is asked again ignoring accrual (as Finagle's
 balancers do): sending to a possibly-dead endpoint beats failing every request.
@@ -362,6 +365,7 @@ class Client:
         self.last_used = t0 = now
         self.requeue_budget.deposit_at(now)  # the budget reads the client's clock
         requeues = 0
+        full_refusals = 0  # attempts refused by an endpoint's full connection pool
         while True:
             bal_ep = balancer.pick()
             if bal_ep is None:
@@ -412,10 +416,14 @@ class Client:
                         "message": str(e),
                         "at": time.time(),
                     }
+                if e.pool_full:
+                    full_refusals += 1
                 if (
                     e.retryable
-                    and req.body.in_memory
                     and requeues < MAX_REQUEUES
+                    # A pool at its limits refused it: another endpoint may have room, the same one
+                    # not yet (it waited, or was refused at once): at most one try per endpoint.
+                    and (not e.pool_full or full_refusals < len(self.endpoints))
                     and self.requeue_budget.try_withdraw()
                 ):
                     requeues += 1

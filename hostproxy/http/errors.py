@@ -88,12 +88,15 @@ DEFAULT_MAX_ERR_BODY_BYTES = 5120 * 1024
 
 class UpstreamError(Exception):
     """A request to an upstream failed.  ``cause`` is from the taxonomy above; ``endpoint`` is
-    ``"host:port"``; ``retryable`` is True when no byte of the request reached the upstream, so
-    sending it again (elsewhere) cannot duplicate it."""
+    ``"host:port"``; ``retryable`` is True when no byte of the request reached the upstream and no
+    byte of its body was read, so sending it again (elsewhere) cannot duplicate or truncate it."""
 
     cause = "proxy/internal"
     #: The failure was hostproxy's own (its resources), not the endpoint's: never counted against it.
     local = False
+    #: The endpoint's connection pool refused the request at its own limits (``maxSize`` and
+    #: ``maxWaiters``): the endpoint was never asked, and sending it there again at once is pointless.
+    pool_full = False
 
     def __init__(self, message: str, *, endpoint: str, retryable: bool = False) -> None:
         super().__init__(message)
@@ -126,6 +129,7 @@ class PoolExhausted(UpstreamError):
     before any byte was sent (retryable)."""
 
     cause = "overload"
+    pool_full = True
 
     def __init__(self, message: str, *, endpoint: str) -> None:
         super().__init__(message, endpoint=endpoint, retryable=True)
@@ -175,6 +179,16 @@ def out_of_resources(errnos: set[int], endpoint: str) -> OutOfResources | None:
                 endpoint=endpoint,
             )
     return None
+
+
+class PoolWaitTimeout(ConnectError):
+    """The endpoint's pool stayed at ``maxSize`` connections in use for the whole connect timeout:
+    cause ``connect/timeout``, the request unsent (retryable)."""
+
+    pool_full = True
+
+    def __init__(self, message: str, *, endpoint: str) -> None:
+        super().__init__(message, endpoint=endpoint, cause="connect/timeout")
 
 
 def error_response(

@@ -90,6 +90,7 @@ from hostproxy.http.codec_base import UNASKED_101
 from hostproxy.http.errors import (
     ConnectError,
     PoolExhausted,
+    PoolWaitTimeout,
     ProxyInternalError,
     RequestBodyError,
     RequestTimeout,
@@ -725,11 +726,10 @@ class UpstreamPool(NurseryOwner):
         finally:
             self._waiters -= 1
         self._counters["connect_failures"] += 1
-        raise ConnectError(
+        raise PoolWaitTimeout(
             f"Unable to get a connection to {self.endpoint}: all {max_size} connections (maxSize) "
             f"stayed in use for the connect timeout, {timeout_s * 1000:g} ms",
             endpoint=self.endpoint,
-            cause="connect/timeout",
         )
 
     async def _release(self, conn: _Conn) -> None:

@@ -637,7 +637,8 @@ class RouterScope:
 
         Keys follow Linkerd: `loadbalancer/{size,available,busy,load,meanweight,adds,removes,updates,
         max_effort_exhausted}`, `failure_accrual/{removals,probes,revivals,removed_for_ms}`,
-        `retries/budget` and `retries/budget_exhausted`, and (``pools``: its endpoints' pools summed)
+        `retries/requeues` (requests sent again after a connection failure), `retries/budget` and
+        `retries/budget_exhausted` (of the requeue budget), and (``pools``: its endpoints' pools summed)
         `connections`, `pool_size`, `pool_cached` and `pool_waiters`. Values are read only when rendering.
         """
         prefix = self.client_prefix(client_id)
@@ -668,7 +669,15 @@ class RouterScope:
                     ("removed_for_ms", "removed_for_ms"),
                 ),
             ),
-            ("retries", requeue_budget, (("budget", "balance"), ("budget_exhausted", "budget_exhausted"))),
+            (
+                "retries",
+                requeue_budget,
+                (
+                    ("requeues", "withdrawals"),
+                    ("budget", "balance"),
+                    ("budget_exhausted", "budget_exhausted"),
+                ),
+            ),
             (
                 "",  # at the client's own level, as Linkerd has them
                 pools,

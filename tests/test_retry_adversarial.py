@@ -1,0 +1,138 @@
+"""Adversarial tests of retries, requeues, budgets and timeouts on the HTTP/1.1 path.
+
+The real daemon in-process, real curl or raw sockets as the client, real upstreams on loopback. Each
+test names the defect it guards against: what a request must never do (be lost, sent twice, spliced,
+or turned into an unbounded number of attempts) and what the operator must be able to see.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from hostproxy.http.message import Body, Headers, Request, Response
+from tests.daemonutil import curl, fs_config, running_daemon
+from tests.test_lifecycle_helpers import write_disco
+from tests.upstreams import closed_port, serving
+
+FS_CLIENT = "rt/out/client/#/io.l5d.fs/web"  # the metrics prefix of the client of /svc/web
+SAFETY = 20  # seconds: a safety net for every wait, never a timing assertion
+
+
+def cfg(disco: Path, *, client: str = "", service: str = "") -> str:
+    """``fs_config`` with a global client and service config; ``client``/``service``: extra lines (indent 4)."""
+    return (
+        fs_config(disco)
+        + f"  client:\n    kind: io.l5d.global\n{client}\n  service:\n    kind: io.l5d.global\n{service}\n"
+    )
+
+
+async def metrics(d: object) -> dict[str, float]:
+    return (await curl(f"{d.admin}/admin/metrics.json")).json()  # type: ignore[attr-defined,return-value]
+
+
+class Recorder:
+    """An upstream that records every request (target and body) and answers 200; a request to ``/hold``
+    is answered only once ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, bytes]] = []
+        self.holding = trio.Event()
+        self.release = trio.Event()
+
+    async def handle(self, req: Request, conn: object) -> Response:
+        body = await req.body.read_all(1 << 22)
+        self.requests.append((req.target, body))
+        if req.target == "/hold":
+            self.holding.set()
+            await self.release.wait()
+        return Response(200, b"", Headers([]), Body.from_bytes(b"ok " + req.target.encode()))
+
+
+@contextlib.asynccontextmanager
+async def recorder() -> AsyncIterator[tuple[Recorder, int]]:
+    r = Recorder()
+    async with serving(r.handle) as port:
+        try:
+            yield r, port
+        finally:
+            r.release.set()
+
+
+# -- requeues ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "max_waiters, status, cause",
+    [
+        (0, 503, "overload"),  # refused at once: maxWaiters already waiting
+        (1, 502, "connect/timeout"),  # waited connectTimeoutMs for one of maxSize connections
+    ],
+)
+async def test_a_request_refused_by_the_only_endpoints_full_pool_is_not_requeued_to_it(
+    tmp_path: Path, max_waiters: int, status: int, cause: str
+) -> None:
+    """README: at ``maxSize`` a request waits for a connection *within the connect timeout*, and beyond
+    ``maxWaiters`` it is refused at once. The client used to requeue such a refusal to the same, only
+    endpoint up to 25 times: the request waited 26 connect timeouts instead of one (or spun through 26
+    refusals), spent 25 tokens of the requeue budget that real connection failures need, and its 26
+    failures had failure accrual mark the healthy (merely busy) endpoint dead."""
+    async with recorder() as (up, port):
+        write_disco(tmp_path / "disco", "web", port)
+        client = (
+            f"    connectTimeoutMs: 200\n    hostConnectionPool: {{maxSize: 1, maxWaiters: {max_waiters}}}"
+        )
+        async with running_daemon(cfg(tmp_path / "disco", client=client)) as d:
+            url = f"http://127.0.0.1:{d.port('out')}"
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(curl, f"{url}/hold", "-H", "Host: web")
+                with trio.fail_after(SAFETY):
+                    await up.holding.wait()
+                r = await curl(f"{url}/second", "-H", "Host: web")
+                m = await metrics(d)
+                up.release.set()
+            assert r.status == status, (r.status, r.l5d_err)
+            assert m[f"{FS_CLIENT}/failures/{cause}"] == 1
+            # One attempt: nothing requeued, the requeue budget untouched (its 100-token reserve).
+            assert m[f"{FS_CLIENT}/retries/budget"] == 100
+            assert m[f"{FS_CLIENT}/failure_accrual/removals"] == 0
+            assert m[f"{FS_CLIENT}/retries/requeues"] == 0
+            assert [t for t, _ in up.requests] == ["/hold"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("-H", "Transfer-Encoding: chunked", "--data-binary", "chunked body"),
+        ("--data-binary", "x" * 40_000),  # a Content-Length past the retry buffer (16383): streamed
+    ],
+    ids=["chunked", "larger-than-retry-buffer"],
+)
+async def test_a_streamed_request_body_is_requeued_after_a_connect_failure(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """README: "Requests that never reached an upstream are requeued on another endpoint within
+    requeueBudget". A request whose body is streamed (chunked, or longer than the retry buffer) used to
+    be answered 502 when its endpoint refused the connection, although neither its head nor a byte of its
+    body had left: only in-memory bodies were requeued. Requeued, it is delivered once and whole."""
+    async with recorder() as (up, port):
+        with closed_port() as dead:
+            write_disco(tmp_path / "disco", "web", dead, port)
+            client = "    loadBalancer: {kind: roundRobin}\n    failureAccrual: {kind: none}"
+            async with running_daemon(cfg(tmp_path / "disco", client=client)) as d:
+                url = f"http://127.0.0.1:{d.port('out')}"
+                answers = [await curl(f"{url}/r{i}", "-H", "Host: web", *args) for i in range(2)]
+                m = await metrics(d)
+    assert [(a.status, a.body, a.l5d_err) for a in answers] == [
+        (200, b"ok /r0", None),
+        (200, b"ok /r1", None),
+    ]
+    body = args[-1].encode()
+    assert up.requests == [("/r0", body), ("/r1", body)]  # each delivered once, whole
+    # Round robin over two endpoints: at least one of the two requests went to the dead one first.
+    assert m[f"{FS_CLIENT}/retries/requeues"] >= 1
+    assert f"{FS_CLIENT}/failures/connect/refused" not in m
