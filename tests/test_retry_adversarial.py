@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from hostproxy.config import ConfigError, load_config
 from hostproxy.http.message import Body, Headers, Request, Response
 from tests.daemonutil import curl, fs_config, running_daemon
 from tests.test_lifecycle_helpers import write_disco
@@ -136,3 +137,58 @@ async def test_a_streamed_request_body_is_requeued_after_a_connect_failure(
     # Round robin over two endpoints: at least one of the two requests went to the dead one first.
     assert m[f"{FS_CLIENT}/retries/requeues"] >= 1
     assert f"{FS_CLIENT}/failures/connect/refused" not in m
+
+
+# -- budgets and backoffs the daemon cannot build are refused when the config loads --------------------
+
+
+@pytest.mark.parametrize(
+    "section, fragment, error",
+    [
+        (
+            "service",
+            "retries: {budget: {ttlSecs: 61}}",
+            "routers[0].service.retries.budget.ttlSecs: must be between 1 and 60 (seconds), got 61",
+        ),
+        (
+            "client",
+            "requeueBudget: {ttlSecs: 120}",
+            "routers[0].client.requeueBudget.ttlSecs: must be between 1 and 60 (seconds), got 120",
+        ),
+        (
+            "service",
+            "retries: {backoff: {kind: jittered, minMs: 0, maxMs: 10}}",
+            "routers[0].service.retries.backoff.minMs: must be greater than 0, got 0",
+        ),
+        (
+            "service",
+            "retries: {backoff: {kind: jittered, minMs: 100, maxMs: 10}}",
+            "routers[0].service.retries.backoff.maxMs: must be >= minMs (100), got 10",
+        ),
+        (
+            "client",
+            "failureAccrual: {kind: io.l5d.consecutiveFailures, backoff: {kind: jittered, minMs: 50, maxMs: 5}}",
+            "routers[0].client.failureAccrual.backoff.maxMs: must be >= minMs (50), got 5",
+        ),
+        (
+            "client",
+            "loadBalancer: {kind: aperture, lowLoad: 2.0, highLoad: 1.0}",
+            "routers[0].client.loadBalancer.lowLoad: must be below highLoad (1.0), got 2.0",
+        ),
+    ],
+)
+def test_a_budget_or_backoff_that_cannot_be_built_is_refused_at_load(
+    section: str, fragment: str, error: str
+) -> None:
+    """These values passed config validation (``ttlSecs`` only had to be positive, ``minMs`` 0 or more,
+    and nothing compared ``maxMs`` with ``minMs`` or ``lowLoad`` with ``highLoad``), and then the
+    budget, backoff or balancer refused them when the router built it for the first request: every
+    request of that service or client was answered 502 ``proxy/internal`` with a traceback in the log.
+    Now the config does not load, and the error names the key, the rule and the value."""
+    text = (
+        "routers:\n- protocol: http\n  dtab: /svc => /#/io.l5d.fs;\n  servers:\n  - port: 0\n"
+        f"  {section}:\n    kind: io.l5d.global\n    {fragment}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(text, source="t.yaml")
+    assert [i.format() for i in info.value.errors] == [f"t.yaml:8: {error}"]

@@ -41,6 +41,12 @@ class PluginConfig:
     DISCRIMINATOR: ClassVar[str] = "kind"
     kind: str = key(required=True, doc="Which plugin; see the list of kinds.")
 
+    def conflict(self) -> tuple[str, str] | None:
+        """A rule between keys that each passed their own check: ``(yaml key, what is wrong)`` or None.
+        Config loading reports it at that key, so a value the daemon would refuse when it builds the
+        plugin (at the first request) is refused at load time instead."""
+        return None
+
 
 # -- backoff, budgets ------------------------------------------------------------------------------
 
@@ -57,13 +63,22 @@ class ConstantBackoff(BackoffConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class JitteredBackoff(BackoffConfig):
-    min_ms: int = key(required=True, doc="Smallest delay, in milliseconds.", check=non_negative)
-    max_ms: int = key(required=True, doc="Largest delay, in milliseconds.", check=positive)
+    min_ms: int = key(required=True, doc="Smallest delay, in milliseconds (more than 0).", check=positive)
+    max_ms: int = key(required=True, doc="Largest delay, in milliseconds (at least minMs).", check=positive)
+
+    def conflict(self) -> tuple[str, str] | None:
+        if self.max_ms < self.min_ms:
+            return "maxMs", f"must be >= minMs ({self.min_ms}), got {self.max_ms}"
+        return None
 
 
 @dataclass(frozen=True, kw_only=True)
 class RetryBudget:
-    ttl_secs: int = key(10, "Window over which requests deposit into the budget, in seconds.", check=positive)
+    ttl_secs: int = key(
+        10,
+        "Window over which requests deposit into the budget, in seconds (1 to 60).",
+        check=lambda v: None if 1 <= v <= 60 else f"must be between 1 and 60 (seconds), got {v}",
+    )
     min_retries_per_sec: int = key(
         10, "Retries always allowed per second, whatever the traffic.", check=non_negative
     )
@@ -109,9 +124,16 @@ class HeapBalancer(BalancerConfig):
 @dataclass(frozen=True, kw_only=True)
 class ApertureBalancer(P2cBalancer):
     smooth_window_ms: int = key(5000, "Window over which load is averaged, in milliseconds.", check=positive)
-    low_load: float = key(0.5, "Shrink the aperture below this load per endpoint.", check=non_negative)
+    low_load: float = key(
+        0.5, "Shrink the aperture below this load per endpoint (below highLoad).", check=non_negative
+    )
     high_load: float = key(2.0, "Grow the aperture above this load per endpoint.", check=positive)
     min_aperture: int = key(1, "Smallest number of endpoints in the aperture.", check=positive)
+
+    def conflict(self) -> tuple[str, str] | None:
+        if self.low_load >= self.high_load:
+            return "lowLoad", f"must be below highLoad ({self.high_load}), got {self.low_load}"
+        return None
 
 
 # -- failure accrual --------------------------------------------------------------------------------

@@ -359,6 +359,12 @@ class Validator:
         if obj is _BAD:
             return _BAD
         obj = dataclasses.replace(obj, kind=kind)
+        # (Only between keys that each passed their own check: one that did not is reported already.)
+        conflict = None if self.has_issue(ctx.path) else obj.conflict()
+        if conflict is not None:
+            name, message = conflict
+            self.error(ctx.at(name).path, pairs[name][1] if name in pairs else node, message)
+            return _BAD
         if spec.experimental and not getattr(obj, "experimental", False):
             self.error(
                 kctx.path, knode, f"{noun} '{kind}' is experimental; set experimental: true on it to use it"
