@@ -239,21 +239,28 @@ class RetryPolicy:
         rng: random.Random,
         requeue_budget: RetryBudget | None = None,
         per_request_sink: Callable[[int], None] | None = None,
+        buffer_bytes: int | None = None,
     ) -> RetryPolicy:
-        """Build from a loaded ``ServiceParams`` (``retries``, ``responseClassifier``; h2 ``retryBufferSize``)."""
+        """Build from a loaded ``ServiceParams`` (``retries``, ``responseClassifier``; h2 ``retryBufferSize``).
+        ``buffer_bytes``: the largest request body kept for a retry when the router sets it (HTTP/1.1:
+        from ``streamAfterContentLengthKB``); else h2's ``retryBufferSize.requestBytes`` or the default."""
         b = params.retries.budget
         budget = RetryBudget(BudgetConfig(b.ttl_secs, b.min_retries_per_sec, b.percent_can_retry), clock)
         backoff = backoff_from_config(_mapping(params.retries.backoff), rng, "service.retries.backoff")
         classifier = classifier_from_config(
             _mapping(params.response_classifier), "service.responseClassifier"
         )
-        buffer_size = getattr(params, "retry_buffer_size", None)
+        if buffer_bytes is None:
+            buffer_size = getattr(params, "retry_buffer_size", None)
+            buffer_bytes = (
+                buffer_size.request_bytes if buffer_size is not None else DEFAULT_RETRY_BUFFER_BYTES
+            )
         return cls(
             budget,
             backoff,
             classifier,
             requeue_budget=requeue_budget,
-            buffer_bytes=buffer_size.request_bytes if buffer_size is not None else DEFAULT_RETRY_BUFFER_BYTES,
+            buffer_bytes=buffer_bytes,
             per_request_sink=per_request_sink,
         )
 

@@ -21,14 +21,17 @@ request. The steps, each observable:
 6. **Retries.** Each service has one :class:`~hostproxy.retry.RetryPolicy` (its budget, backoff and
    classifier), built on first use and cached with the service's params. A request body with a known
    length up to the retry buffer is buffered and every attempt sends a fresh copy; a larger body is
-   streamed once and never retried, and so is a chunked one on HTTP/1.1. On h2 a body with no length
-   (gRPC) is kept as it streams (:class:`~hostproxy.retry.ReplayableStream`) and can be sent again
-   while what was sent of it fits the buffer. After an attempt the policy decides: a response (or error)
-   the classifier calls retryable — ``l5d-retryable: true`` from a downstream proxy included — is
-   sent again after the backoff delay while the budget and the deadline allow. *Requeues* (connect
-   failures: the request never left) happen one level down, in :class:`~hostproxy.client.Client`, with
-   ``client.requeueBudget``; the policy here is built without a requeue budget, so nothing is requeued
-   twice. Metrics ``service/<svc>/retries/{total,budget_exhausted,per_request}``.
+   streamed once and never retried, and so is a chunked one on HTTP/1.1. On HTTP/1.1 the retry buffer
+   is the router's ``streamAfterContentLengthKB`` (5 KB), as Linkerd buffers such bodies (every body
+   with a length when ``streamingEnabled`` is false); on h2 the service's ``retryBufferSize``, and a
+   body with no length (gRPC) is kept as it streams (:class:`~hostproxy.retry.ReplayableStream`) and
+   can be sent again while what was sent of it fits the buffer. After an attempt the policy decides: a
+   response (or error) the classifier calls retryable — ``l5d-retryable: true`` from a downstream
+   proxy included — is sent again after the backoff delay while the budget and the deadline allow.
+   *Requeues* (connect failures: the request never left) happen one level down, in
+   :class:`~hostproxy.client.Client`, with ``client.requeueBudget``; the policy here is built without
+   a requeue budget, so nothing is requeued twice. Metrics
+   ``service/<svc>/retries/{total,budget_exhausted,per_request}``.
 
 ``maxConcurrentRequests`` on the router caps requests in flight over all of its servers (HTTP/1.1 and
 HTTP/2 alike): the excess is answered 503 ``overload`` at once, without a queue.
@@ -245,6 +248,9 @@ class _Arrival:
         self.policy = policy
 
 
+#: The largest request body an HTTP/1.1 router with ``streamingEnabled: false`` buffers (Linkerd's).
+_UNSTREAMED_BODY_LIMIT = 2**31 - 1
+
 #: Services whose settled binding the router remembers at most (``HttpRouter._settled``).
 _SETTLED_MAX = 1024
 
@@ -453,6 +459,16 @@ class HttpRouter:
         # h2 routers keep a request body with no Content-Length for retries as it streams (Linkerd's
         # retryBufferSize); HTTP/1.1 ones never retry a chunked request, as Linkerd.
         self._streams_replayable = cfg.kind == "h2"
+        # HTTP/1.1 keeps a request body with a Content-Length for retries as Linkerd buffers it: up to
+        # ``streamAfterContentLengthKB``, or whatever its length (Linkerd's fixed 2 GB - 1 limit) with
+        # ``streamingEnabled: false``; h2 routers use the service's ``retryBufferSize`` instead.
+        self._buffer_bytes: int | None = None
+        if cfg.kind == "http":
+            if not getattr(cfg, "streaming_enabled", True):
+                self._buffer_bytes = _UNSTREAMED_BODY_LIMIT
+            else:
+                kb = getattr(cfg, "stream_after_content_length_kb", None)
+                self._buffer_bytes = (kb if kb is not None else 5) * 1024
         self._arrival = _Arrival(None, 0, None, False, None)
         self.max_concurrent: int | None = getattr(cfg, "max_concurrent_requests", None)
         self.in_flight = 0
@@ -999,7 +1015,9 @@ class HttpRouter:
 
     def _service_entry(self, service: Path, svc: Any) -> _Service:
         params = service_params_for(self.cfg, service)
-        policy = RetryPolicy.from_params(params, clock=self._clock, rng=self._rng)
+        policy = RetryPolicy.from_params(
+            params, clock=self._clock, rng=self._rng, buffer_bytes=self._buffer_bytes
+        )
         entry = _Service(service, params, policy, svc)
         if len(self._services) < 10_000:
             self._services[service] = entry

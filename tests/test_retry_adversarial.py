@@ -139,6 +139,112 @@ async def test_a_streamed_request_body_is_requeued_after_a_connect_failure(
     assert f"{FS_CLIENT}/failures/connect/refused" not in m
 
 
+# -- which request bodies can be retried ---------------------------------------------------------------
+
+
+class FailsFirst(Recorder):
+    """A :class:`Recorder` whose first answer is a 503."""
+
+    async def handle(self, req: Request, conn: object) -> Response:
+        resp = await super().handle(req, conn)
+        return (
+            Response(503, b"", Headers([]), Body.from_bytes(b"try again"))
+            if len(self.requests) == 1
+            else resp
+        )
+
+
+@pytest.mark.parametrize(
+    "router_keys, size, retried",
+    [
+        ("  streamAfterContentLengthKB: 64\n", 40_000, True),  # buffered as configured: retried
+        ("  streamingEnabled: false\n", 100_000, True),  # every body with a length is buffered
+        ("", 8_000, False),  # the default, 5 KB, as Linkerd: longer bodies are streamed, never retried
+        ("", 5 * 1024, True),
+    ],
+)
+async def test_http_retry_buffer_is_stream_after_content_length_kb(
+    tmp_path: Path, router_keys: str, size: int, retried: bool
+) -> None:
+    """README: ``streamAfterContentLengthKB`` — "Buffer bodies up to this size that have a
+    Content-Length; stream larger ones" — and ``streamingEnabled``. Both were accepted and ignored: an
+    HTTP/1.1 router kept bodies for retries up to a fixed 16383 bytes, so a 40 KB POST was never
+    retried whatever the config said, and an 8 KB one was although Linkerd streams it. A buffered body is
+    retried (and delivered whole each time), a streamed one is sent once."""
+    up = FailsFirst()
+    async with serving(up.handle) as port:
+        write_disco(tmp_path / "disco", "web", port)
+        service = "    responseClassifier: {kind: io.l5d.http.retryableAll5XX}"
+        async with running_daemon(cfg(tmp_path / "disco", service=service) + router_keys) as d:
+            body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+            (tmp_path / "body").write_bytes(body)
+            r = await curl(
+                f"http://127.0.0.1:{d.port('out')}/post",
+                "-H",
+                "Host: web",
+                "--data-binary",
+                f"@{tmp_path / 'body'}",
+            )
+            m = await metrics(d)
+    if retried:
+        assert (r.status, r.body) == (200, b"ok /post"), (r.status, r.l5d_err)
+        assert up.requests == [("/post", body), ("/post", body)]
+        assert m["rt/out/service/svc/web/retries/total"] == 1
+    else:
+        assert (r.status, r.body) == (503, b"try again")
+        assert up.requests == [("/post", body)]
+        assert m.get("rt/out/service/svc/web/retries/total", 0) == 0
+
+
+@contextlib.asynccontextmanager
+async def answers_before_the_body(close: bool) -> AsyncIterator[int]:
+    """A raw upstream that answers ``413`` as soon as a request head arrived, reading none of the body;
+    then closes the connection (``close``) or keeps it open without reading on. Yields its port."""
+
+    async def conn(stream: trio.SocketStream) -> None:
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            buf += data
+        await stream.send_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\n\r\ntoo big!")
+        if close:
+            await stream.aclose()
+        else:
+            await trio.sleep_forever()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, conn, listeners)
+        yield listeners[0].socket.getsockname()[1]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("close", [True, False], ids=["then-closes", "then-stops-reading"])
+async def test_a_large_buffered_body_still_hears_an_answer_sent_before_the_body_was_read(
+    tmp_path: Path, close: bool
+) -> None:
+    """A body kept for retries is in memory, and an in-memory body used to be written whole, with its
+    head, before the response was read. Fine for a few KB; but a large one (``streamingEnabled:
+    false``, a large ``streamAfterContentLengthKB``) to an upstream that answers at once without
+    reading it turned the upstream's answer into a 502 (it closed: the write failed) or a request
+    that hung (it stopped reading). A large in-memory body is written alongside, as a streamed one is."""
+    async with answers_before_the_body(close) as port:
+        write_disco(tmp_path / "disco", "web", port)
+        async with running_daemon(cfg(tmp_path / "disco") + "  streamingEnabled: false\n") as d:
+            (tmp_path / "body").write_bytes(b"x" * 1_000_000)
+            r = await curl(
+                f"http://127.0.0.1:{d.port('out')}/up",
+                "-H",
+                "Host: web",
+                "--data-binary",
+                f"@{tmp_path / 'body'}",
+                timeout=SAFETY,
+            )
+    assert (r.status, r.body, r.l5d_err) == (413, b"too big!", None)
+
+
 # -- budgets and backoffs the daemon cannot build are refused when the config loads --------------------
 
 

@@ -7,8 +7,8 @@ checks out a connection (an idle one, or a new one within ``connect_timeout``), 
 head, streams the request body, and returns the ``Response`` as soon as its head arrived; the
 response body is then pulled from the socket as the caller reads it.
 
-* **Full duplex.**  A request body that is not already in memory is written by a task in the
-  pool's nursery while the response is read, so an upstream that answers (or echoes) before the
+* **Full duplex.**  A request body that is not already in memory (or is, but larger than 64 KiB) is
+  written by a task in the pool's nursery while the response is read, so an upstream that answers (or echoes) before the
   request ended never deadlocks against us.  The pool therefore needs a nursery: use it as
   ``async with UpstreamPool(...) as pool`` or pass ``nursery=``.  A response that ends while the
   writer still flushes the request's last bytes reaches its reader at once; the connection is
@@ -111,6 +111,8 @@ Connector = Callable[[str, int, float], Awaitable[Any]]
 log = structlog.get_logger("hostproxy.http.upstream")
 
 RECEIVE_SIZE = 64 * 1024
+# The largest in-memory request body written with its head in one write, before the response is read.
+_INLINE_BODY_BYTES = 64 * 1024
 _UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL}
 _TIMEDOUT = {errno.ETIMEDOUT}
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
@@ -877,7 +879,7 @@ class UpstreamPool(NurseryOwner):
         return items
 
     async def _send_request(self, conn: _Conn, req: Request) -> None:
-        """Write the request: an in-memory body with its head in one write, a streamed one by a task
+        """Write the request: a small in-memory body with its head in one write, others by a task
         in the pool's nursery (so the response is read meanwhile). Raises ``_Stale`` when a reused
         connection failed before any byte of the request left."""
         codec = conn.codec
@@ -889,10 +891,12 @@ class UpstreamPool(NurseryOwner):
         except Exception as exc:
             errors.reraise(exc)
         body = req.body
-        if body.in_memory:
+        # A larger in-memory body (one kept for retries) is written by a task, as a streamed one is:
+        # an upstream that answers before it read it all is heard at once, not waited on.
+        data = body.peek_memory() if body.in_memory else None
+        if data is not None and len(data) <= _INLINE_BODY_BYTES:
             # Head, body and end in one write (the common small request); the body is consumed only
             # once the write succeeded, so a stale pooled connection can be retried with it intact.
-            data = body.peek_memory()
             trailers = body.trailers if body.content_length is None else None
             try:
                 out = (
