@@ -245,6 +245,25 @@ async def test_a_large_buffered_body_still_hears_an_answer_sent_before_the_body_
     assert (r.status, r.body, r.l5d_err) == (413, b"too big!", None)
 
 
+async def test_an_answer_before_a_streamed_body_was_read_is_not_a_connection_failure(tmp_path: Path) -> None:
+    """A streamed request body (past ``streamAfterContentLengthKB``) to an upstream that answers at once
+    and stops reading: the pool lets the rest of the body go once the response ended, and the server
+    then tried to drain that closed body to keep the client connection: ``RuntimeError``, the client
+    connection counted in ``connection_failures`` and logged as a crash with a traceback. The answer
+    reaches the client, and the connection simply closes (the rest of its body is still on it)."""
+    async with answers_before_the_body(close=False) as port:
+        write_disco(tmp_path / "disco", "web", port)
+        async with running_daemon(cfg(tmp_path / "disco")) as d:
+            # (Larger than the socket buffers between the proxy and the upstream can hold.)
+            (tmp_path / "body").write_bytes(b"x" * 8_000_000)
+            url = f"http://127.0.0.1:{d.port('out')}/up"
+            r = await curl(url, "-H", "Host: web", "--data-binary", f"@{tmp_path / 'body'}", timeout=SAFETY)
+            state = (await curl(f"{d.admin}/overload.json")).json()
+    assert (r.status, r.body, r.l5d_err) == (413, b"too big!", None)
+    (server,) = [v for k, v in state["servers"].items() if k.startswith("out ")]  # type: ignore[index]
+    assert server["connection_failures"] == 0, server
+
+
 # -- budgets and backoffs the daemon cannot build are refused when the config loads --------------------
 
 

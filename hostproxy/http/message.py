@@ -297,6 +297,11 @@ class Body:
         self.done = True
 
     @property
+    def closed(self) -> bool:
+        """True once :meth:`aclose` was called: what was left unread is gone, and reading again fails."""
+        return self._closed
+
+    @property
     def trailers(self) -> Headers | None:
         """Trailer fields, final once the last chunk was read; ``None`` when there were none."""
         if self._source is not None and self.done:

@@ -860,7 +860,14 @@ class _Connection:
             with trio.move_on_after(1.0):
                 drained = 0
                 try:
-                    async for chunk in request_body:
+                    # A body its reader closed (an upstream that answered before it took the whole
+                    # body: the pool let the rest go) cannot be read on, and the rest of it is still
+                    # on the connection: closed before or while draining, the connection closes.
+                    while not request_body.closed:
+                        try:
+                            chunk = await request_body.__anext__()
+                        except StopAsyncIteration:
+                            break
                         drained += len(chunk)
                         if drained > 256 * 1024:
                             self.linger = True
