@@ -1026,7 +1026,11 @@ class HttpRouter:
     def _upstream_error(self, e: UpstreamError, service: Path, client: Client) -> Response:
         cause = cause_of(e)
         status = CAUSE_STATUS.get(e.cause, 502)
-        if cause in (Cause.CONNECT_REFUSED, Cause.CONNECT_TIMEOUT, Cause.CONNECT_UNREACHABLE):
+        if (
+            cause in (Cause.CONNECT_REFUSED, Cause.CONNECT_TIMEOUT, Cause.CONNECT_UNREACHABLE)
+            and not e.pool_full
+        ):
+            # (A full pool's wait is a connect/timeout too, but no connection failed: its own message.)
             msg = (
                 f"Unable to establish connection to {e.endpoint}.\n{e}\nservice name: {service}\n"
                 f"client name: {client.id}\naddresses: [{', '.join(client.endpoints)}]\n"

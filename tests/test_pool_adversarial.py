@@ -899,7 +899,8 @@ async def test_waiting_for_room_ends_at_the_connect_timeout() -> None:
         assert info.value.cause == "connect/timeout" and info.value.retryable
         assert str(info.value) == (
             f"Unable to get a connection to 127.0.0.1:{up.port}: all 1 connections (maxSize) stayed in "
-            "use for the connect timeout, 50 ms"
+            "use for the connect timeout, 50 ms; raise client.hostConnectionPool.maxSize or connectTimeoutMs, "
+            "or add endpoints"
         )
         assert (pool._waiters, len(up.peers)) == (0, 1)
         release.set()

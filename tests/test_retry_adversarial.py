@@ -68,14 +68,28 @@ async def recorder() -> AsyncIterator[tuple[Recorder, int]]:
 
 
 @pytest.mark.parametrize(
-    "max_waiters, status, cause",
+    "max_waiters, status, cause, message",
     [
-        (0, 503, "overload"),  # refused at once: maxWaiters already waiting
-        (1, 502, "connect/timeout"),  # waited connectTimeoutMs for one of maxSize connections
+        # refused at once: maxWaiters already waiting
+        (
+            0,
+            503,
+            "overload",
+            "connection pool for {ep} is full: 1 connections (maxSize) in use and 0 requests (maxWaiters) "
+            "already waiting for one; raise client.hostConnectionPool.maxSize or maxWaiters, or add endpoints",
+        ),
+        # waited connectTimeoutMs for one of maxSize connections
+        (
+            1,
+            502,
+            "connect/timeout",
+            "Unable to get a connection to {ep}: all 1 connections (maxSize) stayed in use for the connect "
+            "timeout, 200 ms; raise client.hostConnectionPool.maxSize or connectTimeoutMs, or add endpoints",
+        ),
     ],
 )
 async def test_a_request_refused_by_the_only_endpoints_full_pool_is_not_requeued_to_it(
-    tmp_path: Path, max_waiters: int, status: int, cause: str
+    tmp_path: Path, max_waiters: int, status: int, cause: str, message: str
 ) -> None:
     """README: at ``maxSize`` a request waits for a connection *within the connect timeout*, and beyond
     ``maxWaiters`` it is refused at once. The client used to requeue such a refusal to the same, only
@@ -97,6 +111,10 @@ async def test_a_request_refused_by_the_only_endpoints_full_pool_is_not_requeued
                 m = await metrics(d)
                 up.release.set()
             assert r.status == status, (r.status, r.l5d_err)
+            # The endpoint was reached; the pool is full: said so, with what to change (no "Unable to
+            # establish connection", which sends an operator chasing a network fault).
+            first_line = (r.l5d_err or "").split("\n")[0]
+            assert first_line == message.format(ep=f"127.0.0.1:{port}"), r.l5d_err
             assert m[f"{FS_CLIENT}/failures/{cause}"] == 1
             # One attempt: nothing requeued, the requeue budget untouched (its 100-token reserve).
             assert m[f"{FS_CLIENT}/retries/budget"] == 100

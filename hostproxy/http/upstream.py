@@ -730,7 +730,8 @@ class UpstreamPool(NurseryOwner):
         self._counters["connect_failures"] += 1
         raise PoolWaitTimeout(
             f"Unable to get a connection to {self.endpoint}: all {max_size} connections (maxSize) "
-            f"stayed in use for the connect timeout, {timeout_s * 1000:g} ms",
+            f"stayed in use for the connect timeout, {timeout_s * 1000:g} ms; raise "
+            "client.hostConnectionPool.maxSize or connectTimeoutMs, or add endpoints",
             endpoint=self.endpoint,
         )
 
