@@ -8,6 +8,8 @@ or turned into an unbounded number of attempts) and what the operator must be ab
 from __future__ import annotations
 
 import contextlib
+import socket
+import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -280,6 +282,52 @@ async def test_an_answer_before_a_streamed_body_was_read_is_not_a_connection_fai
     assert (r.status, r.body, r.l5d_err) == (413, b"too big!", None)
     (server,) = [v for k, v in state["servers"].items() if k.startswith("out ")]  # type: ignore[index]
     assert server["connection_failures"] == 0, server
+
+
+async def test_a_client_gone_before_interim_responses_frees_the_upstream_connection(tmp_path: Path) -> None:
+    """The client resets its connection while its request waits for the upstream, which then answers
+    ``103 Early Hints`` and a streamed ``200`` that it keeps open. Writing the interim response to the
+    gone client failed before the final response was written, and nothing let the response body go: the
+    upstream connection stayed checked out for good (one pool slot lost per such request; with
+    ``maxSize`` the pool ends up full). It is closed, as it is when there is no interim response."""
+    head_in = trio.Event()
+    answer = trio.Event()
+    upstream_closed = trio.Event()
+
+    async def conn(stream: trio.SocketStream) -> None:
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += await stream.receive_some(65536)
+        head_in.set()
+        await answer.wait()
+        await stream.send_all(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+        )
+        with contextlib.suppress(trio.BrokenResourceError):
+            while await stream.receive_some(65536):
+                pass
+        upstream_closed.set()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, conn, listeners)
+        write_disco(tmp_path / "disco", "web", listeners[0].socket.getsockname()[1])
+        async with running_daemon(cfg(tmp_path / "disco")) as d:
+            client = trio.socket.socket()
+            await client.connect(("127.0.0.1", d.port("out")))
+            await client.send(b"GET /hints HTTP/1.1\r\nHost: web\r\n\r\n")
+            with trio.fail_after(SAFETY):
+                await head_in.wait()
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()  # a reset: the proxy's next write to it fails
+            answer.set()
+            with trio.move_on_after(SAFETY):
+                await upstream_closed.wait()
+            m = await metrics(d)
+        nursery.cancel_scope.cancel()
+    assert upstream_closed.is_set(), "the upstream connection was never let go"
+    assert m[f"{FS_CLIENT}/connections"] == 0
 
 
 # -- budgets and backoffs the daemon cannot build are refused when the config loads --------------------

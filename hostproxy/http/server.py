@@ -836,8 +836,16 @@ class _Connection:
             else:
                 await self._tunnel(response)
                 return False
-        if response.interim is not None and await self._write_interim(response):
-            close = True
+        if response.interim is not None:
+            try:
+                if await self._write_interim(response):
+                    close = True
+            except BaseException:
+                # The client is gone before the response head: the body (the upstream connection
+                # under it) is let go here, as ``_write_response`` would have.
+                with trio.CancelScope(shield=True):
+                    await response.body.aclose()
+                raise
         await self._write_response(response, head_method=method, close=close)
         if request.body.done:
             # Nothing left to drain (the usual request): no ``_finish_cycle`` coroutine to run.
