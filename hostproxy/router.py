@@ -34,7 +34,8 @@ request. The steps, each observable:
    ``service/<svc>/retries/{total,budget_exhausted,per_request}``.
 
 ``maxConcurrentRequests`` on the router caps requests in flight over all of its servers (HTTP/1.1 and
-HTTP/2 alike): the excess is answered 503 ``overload`` at once, without a queue.
+HTTP/2 alike; a request is in flight until its response body ended): the excess is answered 503
+``overload`` at once, without a queue.
 
 Every request is counted under the server, the service (bound names only; others under ``unbound`` plus
 a bounded top-N) and the client, with at most one failure cause. A 5xx that the application returned
@@ -581,7 +582,7 @@ class HttpRouter:
         cause: Cause | None = None
         service_stats: Any = None
         released: float | None = None  # when the client was released (the request's end)
-        held = False  # the client stays in use until the streamed response body ends
+        held = False  # the client stays in use, and the request in flight, until the streamed body ends
         try:
             try:
                 headers, local, _sample, l5d = inbound_scan(
@@ -666,14 +667,13 @@ class HttpRouter:
                     if grpc is not None and resp.error_cause is not None:
                         grpc = None
                     clients = self.clients
-                    watch = _BodyFailureWatch(
-                        body,
-                        watched,
-                        grpc,
-                        req.method,
-                        resp.status,
-                        release=lambda: clients.release(client_id, clock()),
-                    )
+
+                    def release() -> None:
+                        # The body ended, however it ended: the request is no longer in flight.
+                        clients.release(client_id, clock())
+                        self.in_flight -= 1
+
+                    watch = _BodyFailureWatch(body, watched, grpc, req.method, resp.status, release=release)
                     resp.body = Body(watch, body.content_length)
                     held = True
                 return resp
@@ -686,7 +686,8 @@ class HttpRouter:
             resp = None  # counted as a 502, by its server and (once started) its service
             raise
         finally:
-            self.in_flight -= 1
+            if not held:  # (a streamed response body is in flight until it ends: see ``release``)
+                self.in_flight -= 1
             now = released if released is not None else clock()
             latency = now - t0
             stats_now = now if self._one_clock else self._stats_clock()

@@ -330,6 +330,67 @@ async def test_a_client_gone_before_interim_responses_frees_the_upstream_connect
     assert m[f"{FS_CLIENT}/connections"] == 0
 
 
+# -- overload ------------------------------------------------------------------------------------------
+
+
+class HeldBody:
+    """A response body source that sends nothing until ``release`` is set, then ``end`` and its end."""
+
+    trailers = None
+
+    def __init__(self) -> None:
+        self.release = trio.Event()
+        self.sent = False
+
+    async def read_chunk(self) -> bytes | None:
+        if self.sent:
+            return None
+        await self.release.wait()
+        self.sent = True
+        return b"end"
+
+    async def aclose(self) -> None:
+        self.release.set()
+
+
+async def test_router_max_concurrent_requests_counts_a_response_still_streaming(tmp_path: Path) -> None:
+    """README: the router's ``maxConcurrentRequests`` caps "requests in flight on the whole router". It
+    stopped counting a request once the response head was returned, so any number of long streamed
+    responses (downloads, event streams) were admitted past the cap, while a server's own
+    ``maxConcurrentRequests`` counts them to their end. Now the router counts a request until its
+    response body ended, and not a moment longer."""
+    bodies: list[HeldBody] = []
+
+    async def handle(req: Request, conn: object) -> Response:
+        if req.target == "/stream":
+            bodies.append(HeldBody())
+            return Response(200, b"", Headers([]), Body(bodies[-1], None))
+        return Response(200, b"", Headers([]), Body.from_bytes(b"quick"))
+
+    async with serving(handle) as port:
+        write_disco(tmp_path / "disco", "web", port)
+        async with running_daemon(cfg(tmp_path / "disco") + "  maxConcurrentRequests: 1\n") as d:
+            url = f"http://127.0.0.1:{d.port('out')}"
+            streamed: list[object] = []
+            async with trio.open_nursery() as nursery:
+
+                async def stream() -> None:
+                    streamed.append(await curl(f"{url}/stream", "-H", "Host: web", timeout=SAFETY))
+
+                nursery.start_soon(stream)
+                with trio.fail_after(SAFETY):
+                    while not bodies:
+                        await trio.sleep(0.01)
+                during = await curl(f"{url}/quick", "-H", "Host: web")
+                bodies[0].release.set()
+            after = await curl(f"{url}/quick", "-H", "Host: web")
+            state = (await curl(f"{d.admin}/overload.json")).json()
+    assert (during.status, during.l5d_err) == (503, "router out is at maxConcurrentRequests=1; retry later")
+    assert [(r.status, r.body) for r in streamed] == [(200, b"end")]  # type: ignore[attr-defined]
+    assert (after.status, after.body) == (200, b"quick")
+    assert state["routers"]["out"]["in_flight"] == 0  # type: ignore[index]
+
+
 # -- budgets and backoffs the daemon cannot build are refused when the config loads --------------------
 
 

@@ -811,7 +811,8 @@ class RouterConfig(PluginConfig):
     binding_cache: BindingCache = key(BindingCache(), "Sizes of the binding caches.")
     max_concurrent_requests: int | None = key(
         None,
-        "Requests in flight on the whole router (all its servers) beyond which new ones get 503 overload.",
+        "Requests in flight on the whole router (all its servers; one is in flight until its response "
+        "body ended) beyond which new ones get 503 overload.",
         default_doc="unlimited",
         check=positive,
         extension=True,
