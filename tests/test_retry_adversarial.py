@@ -330,6 +330,51 @@ async def test_a_client_gone_before_interim_responses_frees_the_upstream_connect
     assert m[f"{FS_CLIENT}/connections"] == 0
 
 
+async def test_a_close_delimited_response_cut_by_the_upstream_ends_in_a_reset(tmp_path: Path) -> None:
+    """To an HTTP/1.0 client a response of unknown length is delimited by the end of the connection.
+    When the upstream failed mid-body, the proxy closed that connection in an orderly way (FIN), which
+    is exactly how such a response ends when it is whole: the client took the cut body for the
+    complete one. The connection is now reset, so the client sees the response was broken."""
+    first_chunk_in = trio.Event()
+
+    async def conn(stream: trio.SocketStream) -> None:
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            buf += data
+        # A chunked body cut short: the upstream closes before its last chunk (once the client has
+        # the head and the first chunk, so that the head was surely sent on).
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await first_chunk_in.wait()
+        await stream.aclose()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, conn, listeners)
+        write_disco(tmp_path / "disco", "web", listeners[0].socket.getsockname()[1])
+        async with running_daemon(cfg(tmp_path / "disco")) as d:
+            client = trio.socket.socket()
+            await client.connect(("127.0.0.1", d.port("out")))
+            await client.send(b"GET /cut HTTP/1.0\r\nHost: web\r\n\r\n")
+            received, ending = b"", "clean end"
+            with trio.fail_after(SAFETY):
+                try:
+                    while data := await client.recv(65536):
+                        received += data
+                        if received.endswith(b"\r\n\r\nhello"):
+                            first_chunk_in.set()
+                except ConnectionResetError:
+                    ending = "reset"
+            client.close()
+        nursery.cancel_scope.cancel()
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"content-length" not in head.lower(), head
+    assert body == b"hello"
+    assert ending == "reset", f"a cut response ended like a whole one: {received!r}"
+
+
 # -- overload ------------------------------------------------------------------------------------------
 
 

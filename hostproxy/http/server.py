@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import random
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from math import inf
@@ -290,6 +291,17 @@ def _take_backlog(server: ListeningServer[Any], listener: Any) -> None:
     """Queue on ``server`` every connection the kernel already queued on ``listener`` (see
     :func:`hostproxy.http.listening.take_backlog`); they are served once its accept loop ends."""
     server._backlog.extend(take_backlog(listener))
+
+
+def _reset_on_close(stream: Any) -> None:
+    """Make closing ``stream``'s socket send a reset (RST) rather than an orderly end (FIN)."""
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass  # already gone: nothing to signal
 
 
 class _ClientGone(Exception):
@@ -971,6 +983,10 @@ class _Connection:
                         cause=getattr(exc, "cause", "proxy/internal"),
                     )
                     codec.send_failed()
+                    if not codec.response_chunked and body.content_length is None:
+                        # Delimited by the close (an HTTP/1.0 client): an orderly close would end
+                        # the body as if it were whole. A reset says it was cut.
+                        _reset_on_close(self.stream)
                     raise _ClientGone("response body failed") from None
             trailers = body.trailers if codec.response_chunked else None
             await self.send(codec.send_end(trailers.items() if trailers else None))
