@@ -22,9 +22,10 @@ router's retry policy (``hostproxy.retry``) is built without a requeue budget an
 the response classifier calls retryable, so a connect failure is never requeued twice. Whatever its
 body — in memory, or streamed (chunked, or larger than the retry buffer) — a requeued request is
 whole: a pool raises a ``retryable`` error only before it wrote any of the request or read any of its
-body. A request that an endpoint's full connection pool refused (``maxSize``/``maxWaiters``:
-``UpstreamError.pool_full``) is requeued only while there is an endpoint it was not yet refused by, so
-it neither waits for the same pool again nor spends the budget on refusals in a loop.
+body. Refusals by an endpoint's full connection pool (``maxSize``/``maxWaiters``:
+``UpstreamError.pool_full``) end the requeues once a request had as many as the client has endpoints
+(one endpoint: the first), so a request neither waits for the same full pool again nor spends the
+budget on refusals in a loop, and with several endpoints it may still find one with room.
 
 When every endpoint is marked dead, the balancer is asked again ignoring accrual (as Finagle's
 balancers do): sending to a possibly-dead endpoint beats failing every request.
@@ -422,7 +423,7 @@ class Client:
                     e.retryable
                     and requeues < MAX_REQUEUES
                     # A pool at its limits refused it: another endpoint may have room, the same one
-                    # not yet (it waited, or was refused at once): at most one try per endpoint.
+                    # not yet (it waited, or was refused at once): as many tries as endpoints.
                     and (not e.pool_full or full_refusals < len(self.endpoints))
                     and self.requeue_budget.try_withdraw()
                 ):
