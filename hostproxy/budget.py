@@ -26,6 +26,7 @@ from typing import Any
 __all__ = ["BudgetConfig", "BudgetConfigError", "RetryBudget", "WindowedAdder"]
 
 SCALE = 1000
+_MAX_WITHDRAWAL = 2**31 - 1
 SLICES = 10
 _EDGE_S = 1e-3
 
@@ -122,7 +123,9 @@ class RetryBudget:
         self.config = config
         percent = config.percent_can_retry
         self._deposit = SCALE if percent else 0
-        self._withdrawal = int(SCALE / percent) if percent else 1
+        # As Finagle's Int arithmetic, a withdrawal saturates (a percentCanRetry so small that SCALE /
+        # percent overflows, even to infinity, must not fail every request of the service).
+        self._withdrawal = int(min(SCALE / percent, _MAX_WITHDRAWAL)) if percent else 1
         self._reserve = int(config.min_retries_per_sec * config.ttl_secs * self._withdrawal)
         self._window = WindowedAdder(config.ttl_secs, SLICES, now)
         self.deposits = 0

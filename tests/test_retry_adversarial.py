@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from hostproxy.budget import BudgetConfig, RetryBudget
 from hostproxy.config import ConfigError, load_config
 from hostproxy.http.message import Body, Headers, Request, Response
 from tests.daemonutil import curl, fs_config, running_daemon
@@ -489,3 +490,18 @@ def test_a_budget_or_backoff_that_cannot_be_built_is_refused_at_load(
     with pytest.raises(ConfigError) as info:
         load_config(text, source="t.yaml")
     assert [i.format() for i in info.value.errors] == [f"t.yaml:8: {error}"]
+
+
+@pytest.mark.parametrize("percent", [1.0e-320])
+def test_a_tiny_percent_can_retry_builds_a_budget_of_its_reserve(percent: float) -> None:
+    """``percentCanRetry`` may be anything from 0 to 1000. One so small that 1000 / percent overflows
+    to infinity made building the budget raise ``OverflowError`` — every request of the service was
+    answered 502 proxy/internal. The withdrawal saturates (as Finagle's Int does): deposits count for
+    nothing, and the ``minRetriesPerSec × ttlSecs`` reserve is what can be spent."""
+    now = [0.0]
+    budget = RetryBudget(
+        BudgetConfig(ttl_secs=10, min_retries_per_sec=1, percent_can_retry=percent), lambda: now[0]
+    )
+    for _ in range(1000):
+        budget.deposit()
+    assert [budget.try_withdraw() for _ in range(11)] == [True] * 10 + [False]
