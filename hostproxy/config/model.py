@@ -748,7 +748,11 @@ class H2ServerConfig(ServerConfig):
     )
 
     header_table_bytes: int | None = key(
-        None, "HPACK table size.", default_doc="library default", check=non_negative
+        None,
+        "HPACK table size: the most the client may use to compress requests, and the most this server "
+        "keeps to compress responses, whatever larger table the client offers.",
+        default_doc="4096",
+        check=non_negative,
     )
     initial_stream_window_bytes: int | None = key(
         65535, "Initial flow-control window per stream.", check=positive

@@ -21,6 +21,8 @@ arrived, a response arrived, the peer sent GOAWAY).
   slow reader on the far side slows the sender here.  ``send_data`` sends no more than the peer's
   window and waits for WINDOW_UPDATE; a stream stalled on a zero window for ``stall_timeout_s`` is
   reset (``Stalled``), so a peer cannot pin memory by never opening its window.
+* **Bounded HPACK state.**  The table that compresses what this side sends is kept to
+  ``max_encoder_table_bytes`` whatever larger SETTINGS_HEADER_TABLE_SIZE the peer advertises.
 * **Flood accounting.**  Raw bytes pass through ``FrameScanner``/``FloodGuard`` (``limits``) before
   h2 sees them; a ``Verdict`` ends the connection with GOAWAY ENHANCE_YOUR_CALM.
 
@@ -153,6 +155,7 @@ class H2Link:
         max_outbound_bytes: int = 1 << 20,
         outbound_stall_timeout_s: float = 30.0,
         stall_timeout_s: float = 30.0,
+        max_encoder_table_bytes: int = 4096,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.stream = stream
@@ -167,6 +170,7 @@ class H2Link:
         self.max_outbound_bytes = max_outbound_bytes
         self.outbound_stall_timeout_s = outbound_stall_timeout_s
         self.stall_timeout_s = stall_timeout_s
+        self.max_encoder_table_bytes = max_encoder_table_bytes
         self.streams: dict[int, StreamState] = {}
         self._out = bytearray()
         self._in_flight = 0
@@ -359,11 +363,22 @@ class H2Link:
             self._window.set()
             self._window = trio.Event()
             if t is h2.events.RemoteSettingsChanged:
+                self._cap_encoder_table()
                 self.on_settings()
         elif t is h2.events.ConnectionTerminated:
             self.on_goaway(int(ev.error_code), ev.last_stream_id)
         else:
             self.on_other_event(ev)
+
+    def _cap_encoder_table(self) -> None:
+        """h2 sizes the HPACK table that compresses what this side sends to whatever the peer's
+        SETTINGS_HEADER_TABLE_SIZE says (up to 4 GiB) and keeps every distinct field it sends in it, so
+        a peer advertising a huge table would make the connection hold its headers without bound.
+        The table is kept to ``max_encoder_table_bytes`` (a smaller size is always allowed: the
+        encoder announces it in the next header block)."""
+        encoder = self.conn.encoder
+        if encoder.header_table_size > self.max_encoder_table_bytes:
+            encoder.header_table_size = self.max_encoder_table_bytes
 
     def on_stream_ended(self, s: StreamState) -> None:
         """Hook: the peer finished sending on ``s``."""

@@ -231,6 +231,7 @@ class _ServerLink(H2Link):
             max_outbound_bytes=p.max_outbound_bytes,
             outbound_stall_timeout_s=p.outbound_stall_timeout_s,
             stall_timeout_s=p.stall_timeout_s,
+            max_encoder_table_bytes=p.header_table_bytes,
         )
         self.server = server
         self.params = p
