@@ -62,3 +62,117 @@ async def test_a_client_advertising_a_huge_header_table_does_not_make_the_server
         table = c.conn.decoder.header_table
         assert table.maxsize <= 4096, table.maxsize
         assert table._current_size <= 4096, table._current_size
+
+
+# -- a malformed request is an error of its own stream, not of the connection -----------------------
+
+
+class Held:
+    """An origin that holds ``/held`` until released, and answers anything else with what it read."""
+
+    def __init__(self) -> None:
+        self.release = trio.Event()
+        self.held = trio.Event()
+        self.trailers: list[object] = []
+
+    async def handle(self, req: Request, _info: object) -> Response:
+        if req.target == "/held":
+            self.held.set()
+            await self.release.wait()
+            return Response(200, body=Body.from_bytes(b"held"))
+        body = await req.body.read_all()
+        self.trailers.append(req.body.trailers)
+        return Response(200, body=Body.from_bytes(b"read %d" % len(body)))
+
+
+def lax(c: RawClient) -> None:
+    """Let ``c``'s h2 send what it would refuse to (the malformed requests under test)."""
+    c.conn.config.validate_outbound_headers = False
+    c.conn.config.normalize_outbound_headers = False
+
+
+async def send_request(
+    c: RawClient, port: int, extra: list[tuple[bytes, bytes]], *, path: bool = True, end_stream: bool = True
+) -> int:
+    fields = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", f"127.0.0.1:{port}".encode())]
+    if path:
+        fields.append((b":path", b"/bad"))
+    sid = c.conn.get_next_available_stream_id()
+    c.conn.send_headers(sid, fields + extra, end_stream=end_stream)
+    await c.flush()
+    return sid
+
+
+MALFORMED = {
+    "uppercase name": ([(b"X-Upper", b"1")], True),
+    "connection header": ([(b"connection", b"keep-alive")], True),
+    "transfer-encoding": ([(b"transfer-encoding", b"chunked")], True),
+    "te other than trailers": ([(b"te", b"gzip")], True),
+    "missing :path": ([], False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+async def test_a_malformed_request_fails_its_stream_and_the_connection_keeps_serving(case: str) -> None:
+    """RFC 9113 §8.1.1: a malformed request is a stream error. h2 raised it as a connection error,
+    so one bad request (from any of the callers a client multiplexes on one connection) failed
+    every stream in flight on it with GOAWAY PROTOCOL_ERROR."""
+    extra, path = MALFORMED[case]
+    app = Held()
+    async with serving(app.handle) as port, RawClient.connect(port) as c:
+        lax(c)
+        await c.start()
+        held = await c.request("/held", port)
+        await app.held.wait()
+        sid = await send_request(c, port, extra, path=path)
+        bad = await c.until(lambda e: getattr(e, "stream_id", None) == sid, ack=True)
+        assert type(bad) is h2.events.ResponseReceived, (bad, c.events)
+        head = dict(bad.headers)
+        assert head[b":status"] == b"400"
+        assert b"malformed" in head[b"l5d-err"], head
+        # The stream in flight is answered, and the connection takes new streams.
+        app.release.set()
+        assert await c.response(held) == (200, b"held", None)
+        nxt = await c.request("/next", port)
+        assert await c.response(nxt) == (200, b"read 0", None)
+        assert not [e for e in c.events if type(e) is h2.events.ConnectionTerminated]
+
+
+async def test_request_data_longer_than_its_content_length_resets_only_that_stream() -> None:
+    app = Held()
+    async with serving(app.handle) as port, RawClient.connect(port) as c:
+        lax(c)
+        await c.start()
+        held = await c.request("/held", port)
+        await app.held.wait()
+        sid = await send_request(c, port, [(b"content-length", b"3")], end_stream=False)
+        c.conn.send_data(sid, b"more than three", end_stream=True)
+        await c.flush()
+        reset = await c.until(lambda e: type(e) is h2.events.StreamReset and e.stream_id == sid)
+        assert reset is not None and reset.error_code == 1, c.events  # PROTOCOL_ERROR
+        app.release.set()
+        assert await c.response(held) == (200, b"held", None)
+        nxt = await c.request("/next", port)
+        assert await c.response(nxt) == (200, b"read 0", None)
+        assert not [e for e in c.events if type(e) is h2.events.ConnectionTerminated]
+
+
+async def test_trailers_with_a_pseudo_header_reset_only_that_stream() -> None:
+    """Trailers may not carry pseudo-header fields; such a stream is reset, others go on (and the
+    field never reaches the handler)."""
+    app = Held()
+    async with serving(app.handle) as port, RawClient.connect(port) as c:
+        lax(c)
+        await c.start()
+        held = await c.request("/held", port)
+        await app.held.wait()
+        sid = await send_request(c, port, [], end_stream=False)
+        c.conn.send_data(sid, b"abc")
+        c.conn.send_headers(sid, [(b":path", b"/smuggled")], end_stream=True)
+        await c.flush()
+        reset = await c.until(lambda e: type(e) is h2.events.StreamReset and e.stream_id == sid)
+        assert reset is not None and reset.error_code == 1, c.events
+        app.release.set()
+        assert await c.response(held) == (200, b"held", None)
+        assert not [e for e in c.events if type(e) is h2.events.ConnectionTerminated]
+        assert app.trailers == []

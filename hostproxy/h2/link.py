@@ -342,13 +342,18 @@ class H2Link:
                     s.ended = True
         elif t is h2.events.StreamEnded:
             s = self.streams.get(ev.stream_id)
-            if s is not None:
+            if s is not None and s.reset_code is None:  # (reset: e.g. for its malformed trailers)
                 s.ended = True
                 s.wake()
                 self.on_stream_ended(s)
         elif t is h2.events.TrailersReceived:
             s = self.streams.get(ev.stream_id)
-            if s is not None:
+            problem = None if s is None else self.malformed_trailers(ev.headers)
+            if s is not None and problem is not None:
+                log.info("h2.malformed_trailers", side=self.side, stream=s.id, error=problem)
+                self.reset(s, PROTOCOL_ERROR)
+                self.on_stream_reset(s, remote=False)
+            elif s is not None:
                 s.trailers = Headers(ev.headers)
                 if ev.stream_ended is not None:
                     s.ended = True
@@ -379,6 +384,10 @@ class H2Link:
         encoder = self.conn.encoder
         if encoder.header_table_size > self.max_encoder_table_bytes:
             encoder.header_table_size = self.max_encoder_table_bytes
+
+    def malformed_trailers(self, headers: list[tuple[bytes, bytes]]) -> str | None:
+        """Hook: why received trailers are malformed (the stream is then reset), or None."""
+        return None
 
     def on_stream_ended(self, s: StreamState) -> None:
         """Hook: the peer finished sending on ``s``."""

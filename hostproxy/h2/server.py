@@ -51,7 +51,9 @@ from typing import Any
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 import h2.settings
+import h2.utilities
 import hyperframe.frame
 import structlog
 import trio
@@ -61,6 +63,7 @@ from hostproxy.h2.limits import H2Limits, check_header_list
 from hostproxy.h2.link import (
     INTERNAL_ERROR,
     NO_ERROR,
+    PROTOCOL_ERROR,
     RECEIVE_SIZE,
     REFUSED_STREAM,
     H2Link,
@@ -82,6 +85,25 @@ log = structlog.get_logger("hostproxy.h2.server")
 
 # After this side closed a connection, how long to wait for the client to close too (see _linger).
 LINGER_S = 1.0
+
+_REQUEST_FIELDS = h2.utilities.HeaderValidationFlags(
+    is_client=False, is_trailer=False, is_response_header=False, is_push_promise=False
+)
+_TRAILER_FIELDS = h2.utilities.HeaderValidationFlags(
+    is_client=False, is_trailer=True, is_response_header=False, is_push_promise=False
+)
+
+
+def malformed(fields: list[tuple[bytes, bytes]], flags: h2.utilities.HeaderValidationFlags) -> str | None:
+    """Why a received header list breaks RFC 9113 §8.2-8.3 (h2's own checks: uppercase or illegal
+    characters, connection-specific fields, ``te`` other than ``trailers``, pseudo-header rules), or
+    None when it does not."""
+    try:
+        for _ in h2.utilities.validate_headers(fields, flags):
+            pass
+    except h2.exceptions.ProtocolError as exc:
+        return str(exc)
+    return None
 
 
 @dataclass(frozen=True)
@@ -206,10 +228,14 @@ class _ServerLink(H2Link):
 
     def __init__(self, server: H2Server, stream: trio.SocketStream, conn_id: int) -> None:
         p = server.params
+        # Inbound header lists are validated here (``malformed``) rather than by h2, which treats a
+        # malformed request as a connection error and so would fail every other stream of the
+        # connection with it; RFC 9113 §8.1.1 makes it an error of that stream alone.
         config = h2.config.H2Configuration(
-            client_side=False, header_encoding=None, validate_inbound_headers=True
+            client_side=False, header_encoding=None, validate_inbound_headers=False
         )
         conn = h2.connection.H2Connection(config)
+        self._reset_on_body_length(conn)
         conn.local_settings = h2.settings.Settings(
             client=False,
             initial_values={
@@ -249,6 +275,40 @@ class _ServerLink(H2Link):
         self._session_sleep: trio.CancelScope | None = None
         self._reading: trio.CancelScope | None = None
         self._quiet = trio.Event()  # set when the session task must look again (see ``_session``)
+
+    def _reset_on_body_length(self, conn: h2.connection.H2Connection) -> None:
+        """Make a request whose DATA disagrees with its ``content-length`` an error of its stream.
+
+        h2 raises ``InvalidBodyLengthError`` out of ``receive_data``, which ends the connection with
+        every other stream on it. This wraps h2's DATA handler: the stream is reset with
+        PROTOCOL_ERROR instead (RFC 9113 §8.1.1), the frame's octets are given back to the
+        connection window, and the link sees a local reset (which cancels the stream's task).
+        """
+        table = conn._frame_dispatch_table
+        original = table[hyperframe.frame.DataFrame]
+
+        def receive_data(frame: hyperframe.frame.DataFrame) -> Any:
+            try:
+                return original(frame)
+            except h2.exceptions.InvalidBodyLengthError as exc:
+                log.info(
+                    "h2.malformed_request",
+                    router=self.params.router_label,
+                    stream=frame.stream_id,
+                    error=f"{exc}: the request's DATA does not match its content-length",
+                )
+                conn.reset_stream(frame.stream_id, error_code=PROTOCOL_ERROR)
+                if frame.flow_controlled_length:
+                    conn.increment_flow_control_window(frame.flow_controlled_length)
+                reset = h2.events.StreamReset(
+                    stream_id=frame.stream_id, error_code=PROTOCOL_ERROR, remote_reset=False
+                )
+                return [], [reset]
+
+        table[hyperframe.frame.DataFrame] = receive_data
+
+    def malformed_trailers(self, headers: list[tuple[bytes, bytes]]) -> str | None:
+        return malformed(headers, _TRAILER_FIELDS)
 
     def _preface(self) -> None:
         """Queue the server's connection preface (SETTINGS, then the connection window) once: it must
@@ -400,6 +460,26 @@ class _ServerLink(H2Link):
         if self._draining or self.closing or self.tasks >= self.limits.max_concurrent_streams:
             stats.refused_streams += 1
             self.reset(s, REFUSED_STREAM)
+            self.streams.pop(stream_id, None)
+            return
+        problem = malformed(raw, _REQUEST_FIELDS)
+        if problem is not None:
+            # RFC 9113 §8.1.1: a stream error; a response (with the reason) may come first.
+            log.info("h2.malformed_request", router=self.params.router_label, stream=stream_id, error=problem)
+            resp = error_response(
+                400,
+                "bad-request",
+                f"malformed HTTP/2 request: {problem} (RFC 9113 §8.2); the stream was refused",
+            )
+            if is_grpc(Headers(raw)):
+                resp = grpc_error_response(Headers(raw), resp)
+            headers, _ = h2_response_headers(resp, head=True)
+            try:
+                self.send_headers(s, headers, end_stream=True)
+                if not s.ended:
+                    self.reset(s, PROTOCOL_ERROR)
+            except StreamGone:
+                pass
             self.streams.pop(stream_id, None)
             return
         problem = check_header_list(raw, self.limits)
