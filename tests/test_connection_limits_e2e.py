@@ -68,9 +68,12 @@ routers:
         port = d.port("h2")
 
         def connect_three() -> list[bytes]:
-            """Two connections within the cap (each gets the server's SETTINGS), then one past it."""
+            """Two connections within the cap (each answers the client preface with the server's
+            SETTINGS), then one past it."""
             socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
             try:
+                for s in socks:
+                    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
                 got = [s.recv(9) for s in socks]
                 with socket.create_connection(("127.0.0.1", port), timeout=5) as extra:
                     try:
@@ -83,7 +86,7 @@ routers:
                     s.close()
 
         first, second, extra = await trio.to_thread.run_sync(connect_three)
-        assert first and second  # admitted: the server spoke first
+        assert first and second  # admitted: the server answered
         assert extra == b""  # past the cap: closed at once, nothing sent
         stats = [slot.server.statistics() for slot in d.daemon.slots.values()]
         assert sum(st.get("rejected_connections", 0) for st in stats) == 1

@@ -16,6 +16,8 @@ import trio
 
 from hostproxy.h2 import H2Server, H2ServerParams
 from hostproxy.http.message import Body, Headers, Request, Response
+from hostproxy.http.server import Http1Server
+from tests.daemonutil import curl
 from tests.grpc_fixtures.rawh2 import RawClient
 
 pytestmark = pytest.mark.timeout(60)
@@ -32,8 +34,12 @@ async def echo_target(req: Request, _info: object) -> Response:
 
 
 @contextlib.asynccontextmanager
-async def serving(handler: object, params: H2ServerParams | None = None) -> AsyncIterator[int]:
-    server = H2Server(handler, params or H2ServerParams())  # type: ignore[arg-type]
+async def serving(
+    handler: object, params: H2ServerParams | None = None, *, http1: bool = False
+) -> AsyncIterator[int]:
+    server: H2Server | Http1Server = (
+        Http1Server(handler) if http1 else H2Server(handler, params or H2ServerParams())  # type: ignore[arg-type]
+    )
     async with trio.open_nursery() as nursery:
         [(_, port)] = await nursery.start(server.serve)
         yield port
@@ -176,3 +182,75 @@ async def test_trailers_with_a_pseudo_header_reset_only_that_stream() -> None:
         assert await c.response(held) == (200, b"held", None)
         assert not [e for e in c.events if type(e) is h2.events.ConnectionTerminated]
         assert app.trailers == []
+
+
+# -- the wrong protocol on a port: a clear answer, and h2c upgrade ----------------------------------
+
+
+async def echo_request(req: Request, _info: object) -> Response:
+    body = await req.body.read_all()
+    seen = f"{req.method} {req.target} {req.authority} {body.decode()}"
+    return Response(
+        200, headers=Headers([(b"content-type", b"text/plain")]), body=Body.from_bytes(seen.encode())
+    )
+
+
+async def test_an_http1_request_on_an_h2_port_is_told_what_the_port_speaks() -> None:
+    """The server's SETTINGS went out before the client spoke, so an HTTP/1.1 client read binary
+    frames (curl: "Received HTTP/0.9 when not allowed"). The preface now waits for the client's
+    first bytes, and an HTTP/1.1 request gets an HTTP/1.1 answer saying what to do."""
+    async with serving(echo_request) as port:
+        r = await curl(f"http://127.0.0.1:{port}/x", "--http1.1")
+        assert r.status == 505, r
+        assert "This port speaks HTTP/2" in (r.l5d_err or ""), r
+        assert "--http2-prior-knowledge" in r.body.decode(), r
+
+
+async def test_h2c_upgrade_is_served() -> None:
+    """The reference (and the README's router table) say a plaintext h2 server accepts both prior
+    knowledge and ``Upgrade: h2c``; the upgrade request was answered with binary frames."""
+    async with serving(echo_request) as port:
+        r = await curl(f"http://127.0.0.1:{port}/up?q=1", "--http2", "-H", "Host: web")
+        assert (r.status, r.body) == (200, b"GET /up?q=1 web "), r
+        assert r.exit_code == 0
+        r = await curl(f"http://127.0.0.1:{port}/post", "--http2", "-H", "Host: web", "-d", "payload")
+        assert (r.status, r.body) == (200, b"POST /post web payload"), r
+        body = "z" * 5000
+        r = await curl(
+            f"http://127.0.0.1:{port}/big",
+            "--http2",
+            "-H",
+            "Host: web",
+            "-H",
+            "Expect: 100-continue",
+            "-d",
+            body,
+        )
+        assert (r.status, r.body) == (200, f"POST /big web {body}".encode()), r
+
+
+async def test_an_h2_preface_on_an_http1_port_gets_goaway_http_1_1_required() -> None:
+    """The HTTP/1.1 codec took ``PRI * HTTP/2.0`` for a request (version 2.0), answered it 400
+    "Host header is absent" in HTTP/1.1 text an HTTP/2 client cannot read, then failed on ``SM``.
+    An HTTP/2 client now reads GOAWAY HTTP_1_1_REQUIRED whose debug data says what to do."""
+    async with serving(echo_request, http1=True) as port, RawClient.connect(port) as c:
+        await c.start()
+        await c.request("/", port)
+        ev = await c.until(lambda e: type(e) is h2.events.ConnectionTerminated)
+        assert ev is not None, c.events
+        assert ev.error_code == 0xD  # HTTP_1_1_REQUIRED
+        assert b"This port speaks HTTP/1.1" in ev.additional_data
+
+
+async def test_an_http1_port_refuses_another_http_version_with_505() -> None:
+    async with serving(echo_request, http1=True) as port:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(b"GET / HTTP/3.0\r\nhost: web\r\n\r\n")
+            out = b""
+            while b"\r\n\r\n" not in out:
+                data = await stream.receive_some(4096)
+                if not data:
+                    break
+                out += data
+        assert out.startswith(b"HTTP/1.1 505"), out

@@ -184,6 +184,7 @@ class H2Link:
         self.peak_outbound = 0
         self.calm_verdict: Verdict | None = None
         self._writer_done = trio.Event()
+        self.pushback = b""  # bytes already read from the peer that the reader is to take first
 
     # -- output ----------------------------------------------------------------------------------
 
@@ -290,19 +291,29 @@ class H2Link:
                 self._die(self.death_reason or "connection closed")
                 nursery.cancel_scope.cancel()
 
+    async def receive(self) -> bytes:
+        """The next bytes from the peer (``pushback`` first); ``b""`` once it closed or broke the
+        connection, which is then dead."""
+        if self.pushback:
+            data, self.pushback = self.pushback, b""
+            return data
+        try:
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self.peer_gone = True
+            self._die(f"read failed: {exc or type(exc).__name__}")
+            return b""
+        if not data:
+            self.peer_gone = True
+            self._die("peer closed the connection")
+        return data
+
     async def _reader(self) -> None:
         while not self.dead and not self.closing:
             if not await self._wait_room_to_read():
                 return
-            try:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                self.peer_gone = True
-                self._die(f"read failed: {exc or type(exc).__name__}")
-                return
+            data = await self.receive()
             if not data:
-                self.peer_gone = True
-                self._die("peer closed the connection")
                 return
             if self.scanner is not None and self.guard is not None:
                 now = self._clock()

@@ -1,4 +1,5 @@
-"""The HTTP/2 server (h2c, prior knowledge): one task per connection, one task per stream.
+"""The HTTP/2 server (h2c: prior knowledge or ``Upgrade: h2c``): one task per connection, one task
+per stream.
 
 Theory of operation
 -------------------
@@ -19,6 +20,13 @@ whose chunks are acknowledged to the client only as the handler consumes them, t
 HEADERS, DATA paced by the client's flow-control window, then trailers or END_STREAM.  A response
 with an empty body is sent as a single HEADERS frame with END_STREAM (gRPC "trailers-only").
 
+* The server's preface (SETTINGS) waits for the client's first bytes (RFC 9113 §3.4 allows it).
+  Prior knowledge starts with the client preface; anything else is read as HTTP/1.1: an
+  ``Upgrade: h2c`` request (body up to ``MAX_UPGRADE_BODY``) is answered 101 and becomes stream 1,
+  any other request gets an HTTP/1.1 505 saying what this port speaks.
+* Requests are validated here (``malformed``), not by h2, which would end the connection: a
+  malformed head gets 400, malformed trailers or DATA beyond ``content-length`` reset the stream
+  with PROTOCOL_ERROR; other streams of the connection go on (RFC 9113 §8.1.1).
 * A client's RST_STREAM cancels the stream task, so the handler's upstream call (and any upstream
   stream) is cancelled with it.  The task keeps counting against
   ``max_concurrent_streams`` until its cancellation finished, so a Rapid Reset cannot run more
@@ -72,6 +80,8 @@ from hostproxy.h2.link import (
     StreamGone,
     StreamState,
 )
+from hostproxy.http.codec import NEED_DATA, Data, EndOfMessage, RequestHead, ServerCodec
+from hostproxy.http.codec import ProtocolError as CodecError
 from hostproxy.http.errors import UpstreamError, error_response, response_for_exception
 from hostproxy.http.hopbyhop import strip_hop_by_hop
 from hostproxy.http.listening import ListeningServer, ServerStats
@@ -85,6 +95,29 @@ log = structlog.get_logger("hostproxy.h2.server")
 
 # After this side closed a connection, how long to wait for the client to close too (see _linger).
 LINGER_S = 1.0
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# An ``Upgrade: h2c`` request's body is read in HTTP/1.1 before the switch, so it is held whole.
+MAX_UPGRADE_BODY = 64 * 1024
+# The upgrade request's fields that describe the HTTP/1.1 connection, not the request.
+_UPGRADE_FIELDS = frozenset(
+    {
+        b"connection",
+        b"upgrade",
+        b"http2-settings",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"te",
+    }
+)
+_REASONS = {
+    400: b"Bad Request",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    505: b"HTTP Version Not Supported",
+}
 
 _REQUEST_FIELDS = h2.utilities.HeaderValidationFlags(
     is_client=False, is_trailer=False, is_response_header=False, is_push_promise=False
@@ -310,20 +343,24 @@ class _ServerLink(H2Link):
     def malformed_trailers(self, headers: list[tuple[bytes, bytes]]) -> str | None:
         return malformed(headers, _TRAILER_FIELDS)
 
-    def _preface(self) -> None:
+    def _preface(self, upgrade_settings: bytes | None = None) -> None:
         """Queue the server's connection preface (SETTINGS, then the connection window) once: it must
-        be the first frame, even for a connection told to drain before it started serving."""
+        be the first frame, even for a connection told to drain before it started serving. With
+        ``upgrade_settings`` (an ``Upgrade: h2c`` request's ``HTTP2-Settings``), h2 also takes the
+        client's settings from it and opens stream 1 for the upgraded request."""
         if self._prefaced:
             return
         self._prefaced = True
-        self.conn.initiate_connection()
+        if upgrade_settings is None:
+            self.conn.initiate_connection()
+        else:
+            self.conn.initiate_upgrade_connection(upgrade_settings)
         extra = self.params.connection_window_bytes - 65535
         if extra > 0:
             self.conn.increment_flow_control_window(extra)
         self.flush()
 
     async def serve(self) -> None:
-        self._preface()
         async with trio.open_nursery() as handlers:
             self._handlers = handlers
             handlers.start_soon(self._session)
@@ -331,6 +368,140 @@ class _ServerLink(H2Link):
                 await self.run()
             handlers.cancel_scope.cancel()
         await self._linger()
+
+    async def _reader(self) -> None:
+        """The server preface waits for the client's first bytes (RFC 9113 §3.4 lets it): an HTTP/1.1
+        request is then answered in HTTP/1.1 (``_http1``) rather than with binary frames."""
+        if not self._prefaced:
+            buf = b""
+            while len(buf) < len(PREFACE) and PREFACE.startswith(buf) and not self._prefaced:
+                data = await self.receive()
+                if not data:
+                    return
+                buf += data
+            if not buf.startswith(PREFACE) and not self._prefaced:
+                rest = await self._http1(buf)
+                if rest is None:
+                    return
+                buf = rest
+            self._preface()
+            self.pushback = buf
+        await super()._reader()
+
+    async def _http1(self, buf: bytes) -> bytes | None:
+        """The client spoke HTTP/1.x: upgrade an ``Upgrade: h2c`` request (101, then HTTP/2 with the
+        request as stream 1; what the client sent after it is returned), answer anything else with
+        an HTTP/1.1 error that says what this port speaks, and return None (the connection closes).
+        """
+        codec = ServerCodec(self.params.codec_limits())
+        codec.receive_data(buf)
+        head: RequestHead | None = None
+        body = bytearray()
+        trailers = None
+        while True:
+            try:
+                ev = codec.next_event()
+            except CodecError as exc:
+                self._answer_http1(exc.status, str(exc))
+                return None
+            if ev is NEED_DATA:
+                data = await self.receive()
+                if not data:
+                    return None
+                codec.receive_data(data)
+            elif type(ev) is RequestHead:
+                head = ev
+                problem = self._h2c_problem(head)
+                if problem is not None:
+                    self._answer_http1(505, problem)
+                    return None
+                if codec.they_are_waiting_for_100_continue:
+                    self._out += b"HTTP/1.1 100 Continue\r\n\r\n"
+                    self._out_event.set()
+            elif type(ev) is Data:
+                body += ev.data
+                if len(body) > MAX_UPGRADE_BODY:
+                    self._answer_http1(
+                        413,
+                        f"the body of an Upgrade: h2c request is limited to {MAX_UPGRADE_BODY} octets; "
+                        "send larger requests over HTTP/2 directly (prior knowledge)",
+                    )
+                    return None
+            elif type(ev) is EndOfMessage:
+                trailers = ev.trailers
+                break
+            else:  # the connection closed before a complete request
+                return None
+        assert head is not None
+        settings = next(v for n, v in head.headers if n.lower() == b"http2-settings").strip()
+        try:
+            # base64url, whose padding RFC 7540 §3.2.1 leaves out (Python's decoder wants it).
+            self._preface(settings + b"=" * (-len(settings) % 4))
+        except Exception as exc:  # base64, SETTINGS payload or setting value errors
+            self._answer_http1(400, f"the HTTP2-Settings header is not a valid SETTINGS payload: {exc}")
+            return None
+        out = self._out
+        preface = bytes(out)
+        out[:] = b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n" + preface
+        self._out_event.set()
+        raw = [
+            (b":method", head.method),
+            (b":scheme", b"http"),
+            (b":path", head.target),
+        ]
+        for name, value in head.headers:
+            name = name.lower()
+            if name == b"host":
+                raw.insert(2, (b":authority", value))
+            elif name not in _UPGRADE_FIELDS:
+                raw.append((name, value))
+        self._request(1, raw, ended=True)
+        s = self.streams.get(1)
+        if s is not None:
+            if body:
+                s.inbound.append((bytes(body), 0))
+            if trailers:
+                s.trailers = Headers([(n.lower(), v) for n, v in trailers])
+        return codec.switched_protocol_data()
+
+    def _h2c_problem(self, head: RequestHead) -> str | None:
+        """None for a valid ``Upgrade: h2c`` request, else what to tell an HTTP/1.x client."""
+        tokens: dict[bytes, set[bytes]] = {}
+        settings = 0
+        for name, value in head.headers:
+            name = name.lower()
+            if name in (b"upgrade", b"connection"):
+                tokens.setdefault(name, set()).update(t.strip().lower() for t in value.split(b","))
+            elif name == b"http2-settings":
+                settings += 1
+        wrong = (
+            "This port speaks HTTP/2 (an h2 router): an HTTP/1.1 request was sent to it; send HTTP/2 with "
+            "prior knowledge (curl --http2-prior-knowledge)"
+        )
+        if type(self.stream) is not trio.SocketStream:
+            return wrong + " (over TLS, negotiated with ALPN h2), or use an http router's port"
+        if b"h2c" not in tokens.get(b"upgrade", set()):
+            return wrong + ", ask to upgrade (Upgrade: h2c), or use an http router's port"
+        if settings != 1 or not {b"upgrade", b"http2-settings"} <= tokens.get(b"connection", set()):
+            return (
+                "an Upgrade: h2c request needs exactly one HTTP2-Settings header and "
+                "Connection: Upgrade, HTTP2-Settings (RFC 7540 §3.2)"
+            )
+        return None
+
+    def _answer_http1(self, status: int, message: str) -> None:
+        """Queue an HTTP/1.1 error response (``l5d-err`` and a text body) and close after it."""
+        log.info("h2.http1_refused", router=self.params.router_label, status=status, error=message)
+        resp = error_response(status, "bad-request", message)
+        text = message.encode("utf-8", "replace") + b"\n"
+        reason = _REASONS.get(status, b"Bad Request")
+        self._out += (
+            b"HTTP/1.1 %d %s\r\nl5d-err: %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
+            % (status, reason, resp.headers.get(b"l5d-err") or b"", len(text), text)
+        )
+        self.closing = True
+        self._out_event.set()
 
     def _session_due(self) -> float:
         """When this connection is to be drained for its age (``life_time_s``) or, while it has no

@@ -107,6 +107,9 @@ __all__ = ["ConnInfo", "Handler", "Http1Server", "ServerParams", "bind_listeners
 log = structlog.get_logger("hostproxy.http.server")
 
 RECEIVE_SIZE = 64 * 1024
+# What ``_wrong_version`` sends an HTTP/2 client: an empty SETTINGS frame, and GOAWAY's error code.
+EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+HTTP_1_1_REQUIRED = 0xD
 
 
 @dataclass(frozen=True)
@@ -551,6 +554,9 @@ class _Connection:
                     head = await self._read_head()
                     if head is None:
                         return
+                    if head.http_version[:1] != b"1":
+                        await self._wrong_version(head)
+                        return
                     admitted = self._admit(head)
                 except ProtocolError as exc:
                     stats.bad_requests += 1
@@ -648,6 +654,37 @@ class _Connection:
             # (above), which is this moment plus the parse of what just arrived.
             deadline = None
             codec.receive_data(data)
+
+    async def _wrong_version(self, head: RequestHead) -> None:
+        """A request that is not HTTP/1.x. The HTTP/2 connection preface (``PRI * HTTP/2.0``, a
+        client with prior knowledge) gets what an HTTP/2 client can read: SETTINGS, then GOAWAY
+        HTTP_1_1_REQUIRED whose debug data says what to do; anything else a 505."""
+        stats = self.server._stats
+        stats.bad_requests += 1
+        if head.method == b"PRI" and head.target == b"*" and head.http_version == b"2.0":
+            log.info("http.h2_preface_refused", router=self.params.router_label)
+            text = (
+                b"This port speaks HTTP/1.1 (an http router): an HTTP/2 connection preface (prior "
+                b"knowledge) was sent to it; send HTTP/1.1, or use an h2 router's port"
+            )
+            goaway = (len(text) + 8).to_bytes(3, "big") + b"\x07\x00\x00\x00\x00\x00"
+            goaway += (0).to_bytes(4, "big") + HTTP_1_1_REQUIRED.to_bytes(4, "big") + text
+            try:
+                await self.send(EMPTY_SETTINGS + goaway)
+                # Read what the client still sends until it closes (briefly): closing with unread
+                # input would reset the connection and could destroy the GOAWAY in flight.
+                with trio.move_on_after(1.0):
+                    while await self.receive():
+                        pass
+            except _ClientGone:
+                pass
+            return
+        await self._send_error_and_close(
+            505,
+            "bad-request",
+            f"HTTP/{head.http_version.decode('ascii', 'replace')} is not supported: this port speaks "
+            "HTTP/1.1",
+        )
 
     async def _send_error_and_close(
         self, status: int, cause: str, message: str, *, linger: bool = True
