@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import h2.events
+import h2.exceptions
 import h2.settings
 import pytest
 import trio
@@ -182,6 +183,34 @@ async def test_trailers_with_a_pseudo_header_reset_only_that_stream() -> None:
         assert await c.response(held) == (200, b"held", None)
         assert not [e for e in c.events if type(e) is h2.events.ConnectionTerminated]
         assert app.trailers == []
+
+
+async def test_resets_provoked_by_malformed_bodies_spend_the_rapid_reset_budget() -> None:
+    """MadeYouReset (CVE-2025-8671): instead of resetting streams itself, a client makes the server
+    reset them, here with DATA longer than the content-length. Each such stream had started its
+    work, so these resets spend the same budget as the client's own; past it the connection gets
+    GOAWAY ENHANCE_YOUR_CALM instead of churning requests without end."""
+    app = Held()
+    params = H2ServerParams(reset_burst=20, reset_rate_per_s=0.001)
+    async with serving(app.handle, params) as port, RawClient.connect(port) as c:
+        lax(c)
+        await c.start()
+        for _ in range(200):
+            if c.eof or [e for e in c.events if type(e) is h2.events.ConnectionTerminated]:
+                break
+            try:
+                sid = await send_request(c, port, [(b"content-length", b"1")], end_stream=False)
+                c.conn.send_data(sid, b"too long", end_stream=True)
+                await c.flush()
+            except (h2.exceptions.ProtocolError, trio.BrokenResourceError, OSError):
+                break
+            with trio.move_on_after(0.05):
+                await c.pump(ack=True)
+        ev = None
+        with trio.move_on_after(20):  # a bound for the poll, not a timing assertion
+            ev = await c.until(lambda e: type(e) is h2.events.ConnectionTerminated)
+        assert ev is not None and ev.error_code == 0xB, c.events[-5:]  # ENHANCE_YOUR_CALM
+        assert b"Rapid Reset" in (ev.additional_data or b"")
 
 
 # -- the wrong protocol on a port: a clear answer, and h2c upgrade ----------------------------------
