@@ -213,6 +213,40 @@ async def test_resets_provoked_by_malformed_bodies_spend_the_rapid_reset_budget(
         assert b"Rapid Reset" in (ev.additional_data or b"")
 
 
+# -- gRPC clients read why the proxy refused a call ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("metadata", "reason"),
+    [
+        ([(f"x-field-{i}", "v") for i in range(120)], "header fields, more than the limit"),
+        ([("via", ", ".join(["1.1 loop"] * 1001))], "Maximum number of calls"),
+    ],
+    ids=["too-many-fields", "proxy-loop"],
+)
+async def test_a_grpc_call_refused_by_the_server_gets_a_grpc_status_with_the_reason(
+    metadata: list[tuple[str, str]], reason: str
+) -> None:
+    """The 431 (header-field limit) and the 400 (Via loop) the server makes before routing went out
+    as bare HTTP statuses, which grpcio reports as UNKNOWN/INTERNAL "Received http2 header with
+    status: 431" with no reason; every other proxy-made error is a trailers-only grpc-status."""
+    import grpc
+
+    from tests.grpc_fixtures import EchoClient, GrpcTestServer
+    from tests.grpc_fixtures.h2proxy import running_h2_proxy
+
+    with GrpcTestServer() as upstream:
+        async with running_h2_proxy(upstream.port) as proxy:
+            client = EchoClient(f"127.0.0.1:{proxy.port}")
+            try:
+                with pytest.raises(grpc.RpcError) as err:
+                    await trio.to_thread.run_sync(lambda: client.unary(b"x", timeout=10, metadata=metadata))
+            finally:
+                client.close()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+    assert reason in (err.value.details() or ""), err.value.details()
+
+
 # -- the wrong protocol on a port: a clear answer, and h2c upgrade ----------------------------------
 
 

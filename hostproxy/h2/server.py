@@ -646,8 +646,7 @@ class _ServerLink(H2Link):
                 "bad-request",
                 f"malformed HTTP/2 request: {problem} (RFC 9113 §8.2); the stream was refused",
             )
-            if is_grpc(Headers(raw)):
-                resp = grpc_error_response(Headers(raw), resp)
+            resp = grpc_error_response(Headers(raw), resp)
             headers, _ = h2_response_headers(resp, head=True)
             try:
                 self.send_headers(s, headers, end_stream=True)
@@ -660,7 +659,7 @@ class _ServerLink(H2Link):
         problem = check_header_list(raw, self.limits)
         if problem is not None:
             stats.header_lists_refused += 1
-            resp = error_response(431, "bad-request", problem)
+            resp = grpc_error_response(Headers(raw), error_response(431, "bad-request", problem))
             headers, _ = h2_response_headers(resp, head=True)
             try:
                 self.send_headers(s, headers, end_stream=True)
@@ -749,7 +748,8 @@ class _ServerLink(H2Link):
             with scope:
                 built = self._build(s, raw)
                 if isinstance(built, Response):
-                    response = built
+                    # Refused before routing (a proxy loop, CONNECT): readable by gRPC clients too.
+                    response = grpc_error_response(Headers(raw), built)
                     await self._respond(s, response, head=False, grpc=False)
                     return
                 request = built
