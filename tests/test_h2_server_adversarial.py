@@ -213,6 +213,26 @@ async def test_resets_provoked_by_malformed_bodies_spend_the_rapid_reset_budget(
         assert b"Rapid Reset" in (ev.additional_data or b"")
 
 
+async def test_a_header_list_past_the_limit_gets_431_and_the_connection_keeps_serving() -> None:
+    """Documented: header lists past maxHeaderListByts get 431. But hpack's decoder had the same
+    limit and raised past it, which h2 made a connection error (GOAWAY ENHANCE_YOUR_CALM): one
+    request with a large cookie or token failed every stream in flight on its connection."""
+    app = Held()
+    async with serving(app.handle) as port, RawClient.connect(port) as c:
+        await c.start()
+        held = await c.request("/held", port)
+        await app.held.wait()
+        big = await c.request("/big", port, extra=[(b"x-token", b"t" * 70000)])
+        ev = await c.until(lambda e: getattr(e, "stream_id", None) == big)
+        assert type(ev) is h2.events.ResponseReceived, c.events
+        head = dict(ev.headers)
+        assert head[b":status"] == b"431"
+        assert b"more+than+the+limit+of+65536" in head[b"l5d-err"], head
+        app.release.set()
+        assert await c.response(held) == (200, b"held", None)
+        assert not [e for e in c.events if type(e) is h2.events.ConnectionTerminated]
+
+
 # -- gRPC clients read why the proxy refused a call ----------------------------------------------
 
 

@@ -9,7 +9,8 @@ of header fields.  Those limits are ours.  This module decides; the trio connect
 
 * ``FrameScanner`` reads the 9-octet frame headers out of the raw byte stream *before* h2 sees the
   bytes, so a flood is noticed before h2 queues one ACK for it.  It also bounds a header block
-  (HEADERS/PUSH_PROMISE followed by CONTINUATION frames) by frame count and by octets.
+  (HEADERS/PUSH_PROMISE followed by CONTINUATION frames) by frame count and by octets
+  (``HARD_LIMIT_FACTOR`` times the header-list limit: a list merely past the limit gets 431).
 * ``TokenBucket`` is a rate limit with a burst: ``take(now)`` spends a token, refilled at
   ``rate`` per second.  Clocks are injected (``now`` is passed in), so tests need no sleeping.
 * ``FloodGuard`` holds one connection's buckets: PING, SETTINGS, empty DATA frames and streams
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "ENHANCE_YOUR_CALM",
+    "HARD_LIMIT_FACTOR",
     "FrameHeader",
     "FrameScanner",
     "FloodGuard",
@@ -40,6 +42,10 @@ __all__ = [
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 ENHANCE_YOUR_CALM = 0xB
+#: A header list past ``max_header_list_bytes`` is refused with 431, on its stream alone; that needs
+#: it decoded whole, so the connection ends only for a block this many times past the limit (as
+#: received, or decoded: an HPACK bomb), whose decoding would cost too much.
+HARD_LIMIT_FACTOR = 4
 
 DATA = 0x0
 HEADERS = 0x1
@@ -153,10 +159,11 @@ class FrameScanner:
                 f"a header block went on for more than {limits.max_continuation_frames} CONTINUATION "
                 "frames; send headers in fewer, larger frames",
             )
-        if self._block_bytes > limits.max_header_list_bytes:
+        hard = limits.max_header_list_bytes * HARD_LIMIT_FACTOR
+        if self._block_bytes > hard:
             return Verdict(
                 "header-block",
-                f"a header block exceeded {limits.max_header_list_bytes} octets (maxHeaderListByts)",
+                f"a header block exceeded {hard} octets ({HARD_LIMIT_FACTOR} times maxHeaderListByts)",
             )
         return None
 

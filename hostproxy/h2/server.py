@@ -37,7 +37,8 @@ with an empty body is sent as a single HEADERS frame with END_STREAM (gRPC "trai
 * A proxy-generated error (``Response.error_cause`` set) for a gRPC request is converted by
   ``grpc_error_response`` into a trailers-only response with ``grpc-status``/``grpc-message``.
 * Header lists beyond ``max_header_count`` fields or ``max_header_list_bytes`` (32 octets per field
-  counted) get 431; too many of those end the connection.
+  counted) get 431; too many of those end the connection, as does one ``HARD_LIMIT_FACTOR`` times
+  past the size limit (an HPACK bomb: h2 stops decoding it).
 * When the client sends GOAWAY, streams it already opened are still answered.
 * Session limits (``_session``, one small task per connection): a connection with no stream for
   ``idle_timeout_s`` (``serverSession.idleTimeMs``), or older than ``life_time_s``
@@ -67,7 +68,7 @@ import structlog
 import trio
 
 from hostproxy.h2.grpc import grpc_error_response, is_grpc
-from hostproxy.h2.limits import H2Limits, check_header_list
+from hostproxy.h2.limits import HARD_LIMIT_FACTOR, H2Limits, check_header_list
 from hostproxy.h2.link import (
     INTERNAL_ERROR,
     NO_ERROR,
@@ -279,7 +280,8 @@ class _ServerLink(H2Link):
                 h2.settings.SettingCodes.HEADER_TABLE_SIZE: p.header_table_bytes,
             },
         )
-        conn.decoder.max_header_list_size = p.max_header_list_bytes
+        # Decoded whole up to the hard limit, so that a list merely past the limit gets its 431.
+        conn.decoder.max_header_list_size = p.max_header_list_bytes * HARD_LIMIT_FACTOR
         conn.decoder.max_allowed_table_size = p.header_table_bytes
         conn.max_inbound_frame_size = p.max_frame_bytes
         super().__init__(
