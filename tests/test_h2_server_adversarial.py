@@ -185,11 +185,26 @@ async def test_trailers_with_a_pseudo_header_reset_only_that_stream() -> None:
         assert app.trailers == []
 
 
-async def test_resets_provoked_by_malformed_bodies_spend_the_rapid_reset_budget() -> None:
+async def overflow_window(c: RawClient, port: int) -> None:
+    """A request, then a WINDOW_UPDATE that overflows its stream's send window (h2 resets it)."""
+    from hyperframe.frame import WindowUpdateFrame
+
+    sid = await c.request("/held", port)  # held: the server's reset comes before any response
+    await c.send_raw(WindowUpdateFrame(sid, window_increment=2**31 - 1).serialize())
+
+
+async def data_past_content_length(c: RawClient, port: int) -> None:
+    sid = await send_request(c, port, [(b"content-length", b"1")], end_stream=False)
+    c.conn.send_data(sid, b"too long", end_stream=True)
+    await c.flush()
+
+
+@pytest.mark.parametrize("provoke", [data_past_content_length, overflow_window], ids=lambda f: f.__name__)
+async def test_resets_provoked_by_the_client_spend_the_rapid_reset_budget(provoke: object) -> None:
     """MadeYouReset (CVE-2025-8671): instead of resetting streams itself, a client makes the server
-    reset them, here with DATA longer than the content-length. Each such stream had started its
-    work, so these resets spend the same budget as the client's own; past it the connection gets
-    GOAWAY ENHANCE_YOUR_CALM instead of churning requests without end."""
+    reset them (DATA past the content-length, a WINDOW_UPDATE overflowing the stream's window). Each
+    such stream had started its work, so these resets spend the same budget as the client's own;
+    past it the connection gets GOAWAY ENHANCE_YOUR_CALM instead of churning requests without end."""
     app = Held()
     params = H2ServerParams(reset_burst=20, reset_rate_per_s=0.001)
     async with serving(app.handle, params) as port, RawClient.connect(port) as c:
@@ -199,9 +214,7 @@ async def test_resets_provoked_by_malformed_bodies_spend_the_rapid_reset_budget(
             if c.eof or [e for e in c.events if type(e) is h2.events.ConnectionTerminated]:
                 break
             try:
-                sid = await send_request(c, port, [(b"content-length", b"1")], end_stream=False)
-                c.conn.send_data(sid, b"too long", end_stream=True)
-                await c.flush()
+                await provoke(c, port)  # type: ignore[operator]
             except (h2.exceptions.ProtocolError, trio.BrokenResourceError, OSError):
                 break
             with trio.move_on_after(0.05):

@@ -618,11 +618,10 @@ class _ServerLink(H2Link):
             scope.cancel()
         if remote:
             self.server._stats.client_resets += 1
-        elif s.reset_code != PROTOCOL_ERROR:
-            return  # this side's own reset (a stalled window, a response done)
-        # Reset by the client, or by this side for the client's malformed frames (its body against its
-        # content-length, its trailers): both end a stream whose work had started, so both spend the
-        # Rapid Reset budget (resets a client provokes are the MadeYouReset variant, CVE-2025-8671).
+        # Reset by the client, or by this side for the client's faulty frames (a WINDOW_UPDATE that
+        # overflows the window, DATA past the content-length, malformed trailers; this side's other
+        # resets call no hook): both end a stream whose work had started, so both spend the Rapid
+        # Reset budget (resets a client provokes are the MadeYouReset variant, CVE-2025-8671).
         if not s.response_done and self.guard is not None:
             verdict = self.guard.on_early_reset(trio.current_time())
             if verdict is not None:
