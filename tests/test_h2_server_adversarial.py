@@ -99,23 +99,31 @@ def lax(c: RawClient) -> None:
 
 
 async def send_request(
-    c: RawClient, port: int, extra: list[tuple[bytes, bytes]], *, path: bool = True, end_stream: bool = True
+    c: RawClient,
+    port: int,
+    extra: list[tuple[bytes, bytes]],
+    *,
+    path: bytes | None = b"/bad",
+    end_stream: bool = True,
 ) -> int:
     fields = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", f"127.0.0.1:{port}".encode())]
-    if path:
-        fields.append((b":path", b"/bad"))
+    if path is not None:
+        fields.append((b":path", path))
     sid = c.conn.get_next_available_stream_id()
     c.conn.send_headers(sid, fields + extra, end_stream=end_stream)
     await c.flush()
     return sid
 
 
-MALFORMED = {
-    "uppercase name": ([(b"X-Upper", b"1")], True),
-    "connection header": ([(b"connection", b"keep-alive")], True),
-    "transfer-encoding": ([(b"transfer-encoding", b"chunked")], True),
-    "te other than trailers": ([(b"te", b"gzip")], True),
-    "missing :path": ([], False),
+MALFORMED: dict[str, tuple[list[tuple[bytes, bytes]], bytes | None]] = {
+    "uppercase name": ([(b"X-Upper", b"1")], b"/bad"),
+    "connection header": ([(b"connection", b"keep-alive")], b"/bad"),
+    "transfer-encoding": ([(b"transfer-encoding", b"chunked")], b"/bad"),
+    "te other than trailers": ([(b"te", b"gzip")], b"/bad"),
+    "missing :path": ([], None),
+    # Not origin form: forwarded as it was, an upstream (or the path identifier) read it otherwise.
+    ":path in absolute form": ([], b"http://elsewhere/x"),
+    ":path * for a POST": ([], b"*"),
 }
 
 

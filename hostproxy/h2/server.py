@@ -130,13 +130,24 @@ _TRAILER_FIELDS = h2.utilities.HeaderValidationFlags(
 
 def malformed(fields: list[tuple[bytes, bytes]], flags: h2.utilities.HeaderValidationFlags) -> str | None:
     """Why a received header list breaks RFC 9113 §8.2-8.3 (h2's own checks: uppercase or illegal
-    characters, connection-specific fields, ``te`` other than ``trailers``, pseudo-header rules), or
-    None when it does not."""
+    characters, connection-specific fields, ``te`` other than ``trailers``, pseudo-header rules; and
+    a request's ``:path`` in origin form, §8.3.1), or None when it does not."""
     try:
         for _ in h2.utilities.validate_headers(fields, flags):
             pass
     except h2.exceptions.ProtocolError as exc:
         return str(exc)
+    if flags is _REQUEST_FIELDS:
+        pseudo = {n: v for n, v in fields if n[:1] == b":"}
+        path = pseudo.get(b":path")
+        if (
+            path is not None
+            and path[:1] != b"/"
+            and not (path == b"*" and pseudo.get(b":method") == b"OPTIONS")
+        ):
+            return (
+                f":path {path[:200]!r} is not an absolute path (it must start with '/'; '*' only for OPTIONS)"
+            )
     return None
 
 
