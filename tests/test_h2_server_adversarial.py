@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
@@ -286,6 +287,56 @@ async def test_a_grpc_call_refused_by_the_server_gets_a_grpc_status_with_the_rea
                 client.close()
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
     assert reason in (err.value.details() or ""), err.value.details()
+
+
+async def test_a_grpc_stream_whose_upstream_connection_dies_ends_unavailable_with_the_reason() -> None:
+    """The upstream answered a server-streaming call, sent one message, then its connection closed.
+    The proxy knew why (the connection to it failed) but reset the stream with INTERNAL_ERROR,
+    which grpcio reports as INTERNAL "Received RST_STREAM with error code 2"; a gRPC client talking
+    to that upstream directly would see UNAVAILABLE. The response now ends with trailers carrying
+    grpc-status 14 and the reason."""
+    import grpc
+
+    from tests.grpc_fixtures.h2proxy import running_h2_proxy
+    from tests.grpc_fixtures.rawh2 import ScriptedUpstream, read_events
+
+    async def answer_then_drop(_i: int, conn: h2.connection.H2Connection, stream: trio.SocketStream) -> None:
+        while True:
+            events = await read_events(conn, stream)
+            if not events:
+                return
+            for ev in events:
+                if type(ev) is h2.events.RequestReceived:
+                    conn.send_headers(
+                        ev.stream_id, [(b":status", b"200"), (b"content-type", b"application/grpc")]
+                    )
+                    conn.send_data(ev.stream_id, b"\x00\x00\x00\x00\x02hi")
+                    await stream.send_all(conn.data_to_send())
+                    return  # the connection closes mid-response
+
+    upstream = ScriptedUpstream(answer_then_drop)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(upstream.serve)
+        async with running_h2_proxy(port) as proxy:
+            channel = grpc.insecure_channel(f"127.0.0.1:{proxy.port}")
+            messages: list[bytes] = []
+
+            def call() -> grpc.RpcError:
+                try:
+                    for m in channel.unary_stream("/test.Echo/ServerStream")(b"x", timeout=10):
+                        messages.append(m)
+                except grpc.RpcError as exc:
+                    return exc
+                raise AssertionError("the call succeeded")
+
+            try:
+                err = await trio.to_thread.run_sync(call)
+            finally:
+                channel.close()
+        nursery.cancel_scope.cancel()
+    assert messages == [b"hi"]
+    assert err.code() == grpc.StatusCode.UNAVAILABLE, (err.code(), err.details())
+    assert f"connection to 127.0.0.1:{port} failed" in (err.details() or ""), err.details()
 
 
 # -- the wrong protocol on a port: a clear answer, and h2c upgrade ----------------------------------

@@ -33,7 +33,10 @@ with an empty body is sent as a single HEADERS frame with END_STREAM (gRPC "trai
   upstream work than the limit.  Streams reset before their response ended are counted by the
   ``FloodGuard``; a client far beyond the budget gets GOAWAY ENHANCE_YOUR_CALM.  Occasional
   cancellations (gRPC) keep the connection.
-* An upstream that resets mid-response is passed back as RST_STREAM with the upstream's code.
+* An upstream that resets mid-response is passed back as RST_STREAM with the upstream's code. A
+  failure this side saw (the upstream connection died) ends a gRPC response with trailers
+  (``grpc-status`` 14 UNAVAILABLE, the reason in ``grpc-message`` and ``l5d-err``), any other
+  with RST_STREAM INTERNAL_ERROR.
 * A proxy-generated error (``Response.error_cause`` set) for a gRPC request is converted by
   ``grpc_error_response`` into a trailers-only response with ``grpc-status``/``grpc-message``.
 * Header lists beyond ``max_header_count`` fields or ``max_header_list_bytes`` (32 octets per field
@@ -67,7 +70,7 @@ import hyperframe.frame
 import structlog
 import trio
 
-from hostproxy.h2.grpc import grpc_error_response, is_grpc
+from hostproxy.h2.grpc import encode_grpc_message, grpc_error_response, grpc_status_for, is_grpc
 from hostproxy.h2.limits import HARD_LIMIT_FACTOR, H2Limits, check_header_list
 from hostproxy.h2.link import (
     INTERNAL_ERROR,
@@ -126,6 +129,17 @@ _REQUEST_FIELDS = h2.utilities.HeaderValidationFlags(
 _TRAILER_FIELDS = h2.utilities.HeaderValidationFlags(
     is_client=False, is_trailer=True, is_response_header=False, is_push_promise=False
 )
+
+
+def grpc_failure_trailers(cause: str, message: str) -> list[tuple[bytes, bytes]]:
+    """The trailers that end a gRPC response this side failed after its head went out: the status
+    for ``cause`` (as ``grpc_error_response`` chooses it), the reason, and ``l5d-err``."""
+    l5d_err = error_response(502, cause, message).headers.get(b"l5d-err") or b""
+    return [
+        (b"grpc-status", str(grpc_status_for(cause)).encode("ascii")),
+        (b"grpc-message", encode_grpc_message(message)),
+        (b"l5d-err", l5d_err),
+    ]
 
 
 def malformed(fields: list[tuple[bytes, bytes]], flags: h2.utilities.HeaderValidationFlags) -> str | None:
@@ -830,16 +844,22 @@ class _ServerLink(H2Link):
                 break
             except Exception as exc:
                 code = getattr(exc, "error_code", None)
-                code = INTERNAL_ERROR if code is None else code
+                cause = str(getattr(exc, "cause", "proxy/internal"))
                 log.info(
                     "h2.response_aborted",
                     router=self.params.router_label,
                     stream=s.id,
                     error=str(exc),
-                    cause=getattr(exc, "cause", "proxy/internal"),
+                    cause=cause,
                 )
                 self.server._stats.upstream_resets_passed += 1
-                self.reset(s, code)
+                if grpc and code is None:
+                    # No RST_STREAM of the upstream's to pass on: this side saw the failure (the
+                    # upstream connection died). A gRPC client reads the outcome from trailers; a
+                    # bare RST_STREAM INTERNAL_ERROR would read as an opaque INTERNAL.
+                    self.send_headers(s, grpc_failure_trailers(cause, str(exc)), end_stream=True)
+                else:
+                    self.reset(s, INTERNAL_ERROR if code is None else code)
                 s.response_done = True
                 return
             try:
