@@ -255,6 +255,20 @@ async def test_a_header_list_past_the_limit_gets_431_and_the_connection_keeps_se
         assert not [e for e in c.events if type(e) is h2.events.ConnectionTerminated]
 
 
+async def test_the_header_field_cap_counts_fields_as_http1_does() -> None:
+    """At most 100 fields, "as in requests" on HTTP/1.1, where the request line is not a field. The
+    h2 server counted the four pseudo-header fields too, so a request with 97 to 100 fields that
+    passes over HTTP/1.1 got 431 over HTTP/2."""
+    async with serving(echo_target) as port, RawClient.connect(port) as c:
+        await c.start()
+        sid = await c.request("/fields", port, extra=[(f"x-f{i}".encode(), b"v") for i in range(100)])
+        status, body, _ = await c.response(sid)
+        assert (status, body) == (200, b"ok")
+        sid = await c.request("/fields", port, extra=[(f"x-f{i}".encode(), b"v") for i in range(101)])
+        status, _, _ = await c.response(sid)
+        assert status == 431
+
+
 # -- gRPC clients read why the proxy refused a call ----------------------------------------------
 
 

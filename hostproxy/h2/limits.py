@@ -272,9 +272,14 @@ def header_list_size(headers: Iterable[tuple[bytes, bytes]]) -> int:
 
 
 def check_header_list(headers: list[tuple[bytes, bytes]], limits: H2Limits) -> str | None:
-    """``None`` when the header list is within limits, else why it is not (for a 431)."""
-    if len(headers) > limits.max_header_count:
-        return f"request has {len(headers)} header fields, more than the limit of {limits.max_header_count}"
+    """``None`` when the header list is within limits, else why it is not (for a 431). The field
+    count leaves the pseudo-header fields out, as HTTP/1.1 counts no request line: the same request
+    passes or not over either."""
+    count = len(headers)
+    if count > limits.max_header_count:
+        count = sum(1 for n, _ in headers if n[:1] != b":")
+        if count > limits.max_header_count:
+            return f"request has {count} header fields, more than the limit of {limits.max_header_count}"
     size = header_list_size(headers)
     if size > limits.max_header_list_bytes:
         return (
