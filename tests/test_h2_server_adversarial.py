@@ -269,6 +269,29 @@ async def test_the_header_field_cap_counts_fields_as_http1_does() -> None:
         assert status == 431
 
 
+async def cookie_echo(req: Request, _info: object) -> Response:
+    cookies = [v for n, v in req.headers.items() if n == b"cookie"]
+    return Response(200, body=Body.from_bytes(b"|".join(cookies)))
+
+
+async def test_cookie_crumbs_count_in_the_header_list_size_but_not_in_the_field_count() -> None:
+    """HTTP/2 clients split a cookie into crumbs, which h2 joined into one field before the limits
+    were checked: each crumb's 32-octet overhead went uncounted (the "HTTP/2 Bomb" uses crumbs), so
+    a header list far past maxHeaderListByts passed. The crumbs count in the size now; the field
+    count still sees one cookie field, as HTTP/1.1 would (browsers send many crumbs)."""
+    async with serving(cookie_echo) as port, RawClient.connect(port) as c:
+        await c.start()
+        crumbs = [(b"cookie", b"c%d=1" % i) for i in range(150)]
+        sid = await c.request("/", port, extra=crumbs)
+        status, body, _ = await c.response(sid)
+        assert status == 200
+        assert body == b"; ".join(v for _, v in crumbs)  # one field again, crumbs in order
+        # 2,000 crumbs: about 24 KB joined, 96 KB as the list was sent (32 octets per crumb).
+        sid = await c.request("/", port, extra=[(b"cookie", b"k%05d=val" % i) for i in range(2000)])
+        status, _, _ = await c.response(sid)
+        assert status == 431
+
+
 # -- gRPC clients read why the proxy refused a call ----------------------------------------------
 
 

@@ -272,12 +272,14 @@ def header_list_size(headers: Iterable[tuple[bytes, bytes]]) -> int:
 
 
 def check_header_list(headers: list[tuple[bytes, bytes]], limits: H2Limits) -> str | None:
-    """``None`` when the header list is within limits, else why it is not (for a 431). The field
-    count leaves the pseudo-header fields out, as HTTP/1.1 counts no request line: the same request
-    passes or not over either."""
+    """``None`` when the header list (as received: cookie crumbs apart) is within limits, else why it
+    is not (for a 431). The size counts every field, each crumb too (RFC 9113 §6.5.2); the field
+    count leaves out the pseudo-header fields and counts the crumbs as the one ``cookie`` field they
+    make, as HTTP/1.1 counts fields: the same request passes or not over either."""
     count = len(headers)
     if count > limits.max_header_count:
-        count = sum(1 for n, _ in headers if n[:1] != b":")
+        count = sum(1 for n, _ in headers if n[:1] != b":" and n != b"cookie")
+        count += any(n == b"cookie" for n, _ in headers)
         if count > limits.max_header_count:
             return f"request has {count} header fields, more than the limit of {limits.max_header_count}"
     size = header_list_size(headers)

@@ -290,8 +290,12 @@ class _ServerLink(H2Link):
         # Inbound header lists are validated here (``malformed``) rather than by h2, which treats a
         # malformed request as a connection error and so would fail every other stream of the
         # connection with it; RFC 9113 §8.1.1 makes it an error of that stream alone.
+        # Cookie crumbs are joined here too (``_build``), after ``check_header_list`` counted each.
         config = h2.config.H2Configuration(
-            client_side=False, header_encoding=None, validate_inbound_headers=False
+            client_side=False,
+            header_encoding=None,
+            validate_inbound_headers=False,
+            normalize_inbound_headers=False,
         )
         conn = h2.connection.H2Connection(config)
         self._reset_on_body_length(conn)
@@ -718,11 +722,17 @@ class _ServerLink(H2Link):
     def _build(self, s: StreamState, raw: list[tuple[bytes, bytes]]) -> Request | Response:
         pseudo: dict[bytes, bytes] = {}
         regular: list[tuple[bytes, bytes]] = []
+        cookies: list[bytes] = []
         for n, v in raw:
             if n[:1] == b":":
                 pseudo[n] = v
+            elif n == b"cookie":
+                cookies.append(v)
             else:
                 regular.append((n, v))
+        if cookies:
+            # HTTP/2 lets a client split its cookie into crumbs; they are one field again (§8.2.3).
+            regular.append((b"cookie", b"; ".join(cookies)))
         method = pseudo.get(b":method", b"GET").decode("ascii", "replace")
         if method == "CONNECT":
             return error_response(405, "bad-request", "CONNECT tunnelling is not supported by this proxy")
