@@ -25,7 +25,9 @@ task is a loop over request/response cycles (keep-alive, pipelining answered in 
 The request body is pulled from the socket only as the handler (or the upstream writer) reads it,
 so bodies stream both ways with backpressure.  ``Expect: 100-continue`` is answered lazily, when the
 body is first read.  Malformed requests (see ``codec``) get 400/414/431 and the connection is
-closed, because its framing can no longer be trusted.
+closed, because its framing can no longer be trusted. A request that is not HTTP/1.x gets 505; the
+HTTP/2 connection preface (a client with prior knowledge) gets frames it can read instead: SETTINGS,
+then GOAWAY HTTP_1_1_REQUIRED saying what this port speaks.
 
 Limits and overload: ``max_connections`` caps open connections (beyond it a new connection is
 accepted and closed at once, never left waiting in the backlog); ``max_requests_per_connection``
