@@ -505,18 +505,18 @@ class _ServerLink(H2Link):
                 tokens.setdefault(name, set()).update(t.strip().lower() for t in value.split(b","))
             elif name == b"http2-settings":
                 settings += 1
-        wrong = (
-            "This port speaks HTTP/2 (an h2 router): an HTTP/1.1 request was sent to it; send HTTP/2 with "
-            "prior knowledge (curl --http2-prior-knowledge)"
-        )
+        wrong = "This port speaks HTTP/2 (an h2 router): an HTTP/1.1 request was sent to it; send HTTP/2"
         if type(self.stream) is not trio.SocketStream:
-            return wrong + " (over TLS, negotiated with ALPN h2), or use an http router's port"
+            return wrong + " over TLS, negotiated with ALPN h2 (curl --http2), or use an http router's port"
         if b"h2c" not in tokens.get(b"upgrade", set()):
-            return wrong + ", ask to upgrade (Upgrade: h2c), or use an http router's port"
+            return (
+                wrong + " with prior knowledge (curl --http2-prior-knowledge), ask to upgrade "
+                "(Upgrade: h2c), or use an http router's port"
+            )
         if settings != 1 or not {b"upgrade", b"http2-settings"} <= tokens.get(b"connection", set()):
             return (
                 "an Upgrade: h2c request needs exactly one HTTP2-Settings header and "
-                "Connection: Upgrade, HTTP2-Settings (RFC 7540 §3.2)"
+                "Connection: Upgrade, HTTP2-Settings (RFC 7540 section 3.2)"
             )
         return None
 
@@ -674,7 +674,7 @@ class _ServerLink(H2Link):
             resp = error_response(
                 400,
                 "bad-request",
-                f"malformed HTTP/2 request: {problem} (RFC 9113 §8.2); the stream was refused",
+                f"malformed HTTP/2 request: {problem} (RFC 9113 section 8.2); the stream was refused",
             )
             resp = grpc_error_response(Headers(raw), resp)
             headers, _ = h2_response_headers(resp, head=True)
