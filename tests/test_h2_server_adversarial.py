@@ -376,6 +376,26 @@ async def test_a_grpc_stream_whose_upstream_connection_dies_ends_unavailable_wit
     assert f"connection to 127.0.0.1:{port} failed" in (err.details() or ""), err.details()
 
 
+async def test_a_protocol_error_gets_one_goaway_that_says_why() -> None:
+    """h2 queued a GOAWAY with no debug data before raising, and the link then sent a second one
+    with the reason. Clients act on the first GOAWAY (grpc-core reports its debug data and closes),
+    so the reason never reached them."""
+    from hyperframe.frame import DataFrame, GoAwayFrame, SettingsFrame
+
+    from tests.grpc_fixtures.rawh2 import PREFACE, read_frames_until_closed
+
+    async with serving(echo_target) as port, RawClient.connect(port) as c:
+        # DATA on stream 0: a connection error (RFC 9113 §6.1).
+        bad = bytearray(DataFrame(1, data=b"x").serialize())
+        bad[5:9] = b"\x00\x00\x00\x00"
+        await c.send_raw(PREFACE + SettingsFrame(0).serialize() + bytes(bad))
+        frames = await read_frames_until_closed(c.stream)
+    goaways = [f for f in frames if isinstance(f, GoAwayFrame)]
+    assert len(goaways) == 1, goaways
+    assert goaways[0].error_code == 1  # PROTOCOL_ERROR
+    assert goaways[0].additional_data, goaways[0]
+
+
 # -- the wrong protocol on a port: a clear answer, and h2c upgrade ----------------------------------
 
 

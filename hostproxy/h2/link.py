@@ -161,6 +161,10 @@ class H2Link:
         self.stream = stream
         self.conn = conn
         keep_open_after_goaway(conn)
+        # When received bytes break the protocol, h2 queues a GOAWAY that gives no reason before it
+        # raises; ``_reader`` sends one that says why. A peer stops at the first GOAWAY it reads,
+        # so h2's would hide the reason: it is left out.
+        conn._terminate_connection = lambda _error_code: None  # type: ignore[method-assign,assignment]
         self.limits = limits
         self._clock = clock or trio.current_time
         self.guard = FloodGuard(limits, self._clock()) if guard_inbound else None
