@@ -50,7 +50,7 @@ from hostproxy.accrual import FailureAccrual, accrual_from_config
 from hostproxy.balancer import EndpointInfo, balancer_from_config
 from hostproxy.budget import BudgetConfig, RetryBudget
 from hostproxy.causes import Cause
-from hostproxy.config.model import to_json
+from hostproxy.config.model import plugin_mapping
 from hostproxy.http.errors import RequestBodyError, UpstreamError
 from hostproxy.http.message import Body, Request, Response
 from hostproxy.http.upstream import PoolParams, UpstreamPool
@@ -58,19 +58,6 @@ from hostproxy.metrics import RouterScope
 from namers.base import STALE_SINCE
 
 log = structlog.get_logger("hostproxy.client")
-
-
-def plugin_mapping(cfg: Any) -> Any:
-    """A plugin config dataclass as the Linkerd-style mapping the pure cores take (unset keys left out)."""
-
-    def strip(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: strip(x) for k, x in v.items() if x is not None}
-        if isinstance(v, list):
-            return [strip(x) for x in v]
-        return v
-
-    return strip(to_json(cfg))
 
 
 # Requeues of one request (connect failures: it never reached an upstream), on top of the budget:

@@ -187,16 +187,9 @@ class Decision:
 
 def _mapping(cfg: Any) -> Any:
     """A plugin config dataclass as the Linkerd-style mapping the pure cores take."""
-    from hostproxy.config.model import to_json
+    from hostproxy.config.model import plugin_mapping
 
-    def strip(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: strip(x) for k, x in v.items() if x is not None}
-        if isinstance(v, list):
-            return [strip(x) for x in v]
-        return v
-
-    return strip(to_json(cfg))
+    return plugin_mapping(cfg)
 
 
 class RetryPolicy:

@@ -30,6 +30,7 @@ from hostproxy.config.schema import (
     one_of,
     port_number,
     positive,
+    regex,
     yaml_name,
 )
 
@@ -95,7 +96,9 @@ class RetryBudget:
 @dataclass(frozen=True, kw_only=True)
 class BalancerConfig(PluginConfig):
     enable_probation: bool = key(
-        False, "When true, an endpoint removed by discovery stays in the pool while it is healthy."
+        False,
+        "Not supported (Linkerd: keep an endpoint removed by discovery while it is healthy); only false "
+        "is accepted.",
     )
 
 
@@ -869,8 +872,8 @@ class AdminSecurity:
     ui_enabled: bool = key(True, "Serve the dashboard and read-only UI endpoints.")
     control_enabled: bool = key(True, "Serve control endpoints (/admin/shutdown, POST /logging.json).")
     diagnostics_enabled: bool = key(True, "Serve every other endpoint.")
-    path_whitelist: tuple[str, ...] = key((), "Regexes of paths always served.")
-    path_blacklist: tuple[str, ...] = key((), "Regexes of paths never served (checked first).")
+    path_whitelist: tuple[str, ...] = key((), "Regexes of paths always served.", check=regex)
+    path_blacklist: tuple[str, ...] = key((), "Regexes of paths never served (checked first).", check=regex)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -957,6 +960,19 @@ class Config:
         raise KeyError(
             f"no router labelled {label!r}; routers: {', '.join(str(r.label) for r in self.routers)}"
         )
+
+
+def plugin_mapping(cfg: Any) -> Any:
+    """A plugin config as the Linkerd-style mapping the runtime's pure cores take (unset keys left out)."""
+
+    def strip(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items() if x is not None}
+        if isinstance(v, list):
+            return [strip(x) for x in v]
+        return v
+
+    return strip(to_json(cfg))
 
 
 def to_json(obj: Any) -> Any:

@@ -121,3 +121,15 @@ def ip_literal(v: Any) -> str | None:
     except ValueError:
         return f"expected an IP address such as 127.0.0.1, 0.0.0.0 or ::1, got {v!r}"
     return None
+
+
+def regex(v: Any) -> str | None:
+    import re
+
+    if v is None:
+        return None
+    try:
+        re.compile(v)
+    except re.error as e:
+        return f"not a valid regular expression: {e}"
+    return None

@@ -8,9 +8,12 @@ recorded as a :class:`ConfigIssue` with the config path and file line, and the w
 reports every error (a bad value becomes the field's default so later checks still run). After the
 walk come the whole-file checks Linkerd makes at startup: at least one router, each with a server,
 unique router labels, no two servers on the same socket (``0.0.0.0`` clashes with any address on its
-port), unique namer prefixes, experimental plugins flagged ``experimental: true``. Only when no issue
-was found is a :class:`~hostproxy.config.model.Config` returned; otherwise :class:`ConfigError` is
-raised with the sorted list. Nothing here reads files named by the config, resolves names or binds.
+port), unique namer prefixes, experimental plugins flagged ``experimental: true``, overload marks in
+order. The plugins of each client and service entry are also built by the runtime's own pure builders
+(balancer, failure accrual, backoff, retry budget, response classifier), so that a value they refuse is
+reported here, with its place, rather than failing every request to the names it applies to. Only when
+no issue was found is a :class:`~hostproxy.config.model.Config` returned; otherwise
+:class:`ConfigError` is raised with the sorted list. Nothing here reads files named by the config, resolves names or binds.
 """
 
 from __future__ import annotations
@@ -513,6 +516,7 @@ class Validator:
                     "missing required key 'commonName' (the name the "
                     "server certificate must carry); or set disableValidation: true for testing",
                 )
+        self.check_runtime(params, explicit, pairs, ctx, section)
         # every {var} used in a string value must be captured by the prefix
         for where, text, vnode in _strings(params, explicit, pairs, ctx):
             for var in re.findall(r"\{([^{}]*)\}", text):
@@ -521,6 +525,89 @@ class Validator:
                     self.error(
                         where, vnode, f"'{{{var}}}' is not captured by this entry's prefix (captures: {have})"
                     )
+
+    def check_runtime(
+        self,
+        params: Any,
+        explicit: frozenset[str],
+        pairs: dict[str, tuple[Node, Node]],
+        ctx: Ctx,
+        section: str,
+    ) -> None:
+        """Build what the runtime builds from this entry's plugins, so that a value it refuses (a
+        jittered backoff whose maxMs is below its minMs, a budget's ttlSecs past 60, ...) is a config
+        error here instead of a 502 on every request to the name. Only keys set explicitly are
+        built: the defaults are valid."""
+        import random
+
+        from hostproxy.accrual import accrual_from_config
+        from hostproxy.backoff import backoff_from_config
+        from hostproxy.balancer import balancer_from_config
+        from hostproxy.budget import BudgetConfig
+        from hostproxy.classifier import classifier_from_config
+
+        rng = random.Random(0)
+
+        def budget(b: m.RetryBudget, where: str) -> None:
+            try:
+                BudgetConfig(b.ttl_secs, b.min_retries_per_sec, b.percent_can_retry)
+            except ValueError as e:  # "ttlSecs must be ..."
+                key, _, message = str(e).partition(" ")
+                raise ValueError(f"{where}.{key}: {message}") from None
+
+        def retries(r: m.Retries, where: str) -> None:
+            budget(r.budget, where + ".budget")
+            backoff_from_config(m.plugin_mapping(r.backoff), rng, where + ".backoff")
+
+        builders: dict[str, Any] = {}
+        if section == "client":
+            builders = {
+                "failure_accrual": lambda v, w: accrual_from_config(m.plugin_mapping(v), rng, w),
+                "load_balancer": lambda v, w: balancer_from_config(
+                    m.plugin_mapping(v), rng=rng, now=lambda: 0.0, where=w
+                ),
+                "requeue_budget": budget,
+            }
+        else:
+            builders = {
+                "retries": retries,
+                "response_classifier": lambda v, w: classifier_from_config(m.plugin_mapping(v), w),
+            }
+        for f in dataclasses.fields(params):
+            name = yaml_name(f)
+            if f.name not in builders or f.name not in explicit or name not in pairs:
+                continue
+            where = ctx.at(name).path
+            if self.has_issue(where):  # already reported (and the value replaced by its default)
+                continue
+            try:
+                builders[f.name](getattr(params, f.name), where)
+            except ValueError as e:
+                path, _, message = str(e).partition(": ")
+                if not path.startswith(where):
+                    path, message = where, str(e)
+                steps = _steps(path[len(where) :])
+                self.error(path, _walk(pairs[name][1], steps), message)
+
+
+def _steps(path: str) -> list[str | int]:
+    """``.backoff.maxMs`` or ``[1].kind`` as the keys and indexes to walk."""
+    return [int(p[1:-1]) if p.startswith("[") else p for p in re.findall(r"\[\d+\]|[^.\[\]]+", path)]
+
+
+def _walk(node: Node, steps: list[str | int]) -> Node:
+    """The node at ``steps`` below ``node``, or the deepest one that exists."""
+    for s in steps:
+        if isinstance(s, int) and isinstance(node, SequenceNode) and s < len(node.value):
+            node = node.value[s]
+        elif isinstance(s, str) and isinstance(node, MappingNode):
+            found = [v for k, v in node.value if isinstance(k, ScalarNode) and k.value == s]
+            if not found:
+                return node
+            node = found[0]
+        else:
+            return node
+    return node
 
 
 def _strings(params: Any, explicit: frozenset[str], pairs: dict[str, tuple[Node, Node]], ctx: Ctx):
@@ -601,18 +688,7 @@ def _finish(v: Validator, cfg: m.Config, root: MappingNode) -> m.Config:
     pairs = {k.value: (k, val) for k, val in root.value if isinstance(k, ScalarNode)}
 
     def node_at(*steps: str | int) -> Node:
-        node: Node = root
-        for s in steps:
-            if isinstance(s, int) and isinstance(node, SequenceNode) and s < len(node.value):
-                node = node.value[s]
-            elif isinstance(s, str) and isinstance(node, MappingNode):
-                found = [val for k, val in node.value if isinstance(k, ScalarNode) and k.value == s]
-                if not found:
-                    return node
-                node = found[0]
-            else:
-                return node
-        return node
+        return _walk(root, list(steps))
 
     if "routers" in pairs and not cfg.routers and not v.has_issue("routers"):
         v.error(
@@ -678,6 +754,15 @@ def _finish(v: Validator, cfg: m.Config, root: MappingNode) -> m.Config:
                     break
             sockets.append((s.ip, int(s.port or 0), where))
             servers.append(s)
+            fwd = s.add_forwarded_header
+            for side, labeler in (("by", fwd.by), ("for", fwd.for_)) if fwd is not None else ():
+                if labeler.kind == "static" and not labeler.label:
+                    v.error(
+                        f"{where}.addForwardedHeader.{side}.label",
+                        node_at("routers", i, "servers", j, "addForwardedHeader", side),
+                        "missing required key 'label' (a labeler of kind static sends this label, "
+                        "e.g. _proxy1)",
+                    )
         identifiers = r.identifier or (m.HeaderTokenIdentifier(kind="io.l5d.header.token"),)
         identifiers = tuple(
             dataclasses.replace(x, header="Host" if r.kind == "http" else ":authority")
@@ -700,6 +785,7 @@ def _finish(v: Validator, cfg: m.Config, root: MappingNode) -> m.Config:
             if r.stream_after_content_length_kb is None:
                 changes["stream_after_content_length_kb"] = 5
         routers.append(dataclasses.replace(r, **changes))
+    _check_overload(v, cfg.overload, node_at("overload"))
     for i, ns in enumerate(cfg.dns.nameservers):
         if not _host_port(ns):
             v.error(
@@ -708,6 +794,27 @@ def _finish(v: Validator, cfg: m.Config, root: MappingNode) -> m.Config:
                 f"expected host or host:port (e.g. 10.0.0.2 or 10.0.0.2:53), got {ns!r}",
             )
     return dataclasses.replace(cfg, namers=tuple(namers), routers=tuple(routers))  # type: ignore[arg-type]
+
+
+def _check_overload(v: Validator, o: m.OverloadSection, node: Node) -> None:
+    """The marks the overload manager needs: above 0, in order, and hysteresis below the first."""
+    marks = {"noKeepalive": o.no_keepalive, "shed": o.shed, "stopAccept": o.stop_accept}
+    for name, value in [*marks.items(), ("fdStopAccept", o.fd_stop_accept)]:
+        if value == 0:
+            v.error(f"overload.{name}", _walk(node, [name]), "must be greater than 0 (a fraction up to 1.0)")
+    if not o.no_keepalive <= o.shed <= o.stop_accept:
+        v.error(
+            "overload",
+            node,
+            f"the memory marks must be in order noKeepalive ({o.no_keepalive}) <= shed ({o.shed}) "
+            f"<= stopAccept ({o.stop_accept}); change the one out of order",
+        )
+    elif o.no_keepalive > 0 and o.hysteresis >= o.no_keepalive:
+        v.error(
+            "overload.hysteresis",
+            _walk(node, ["hysteresis"]),
+            f"must be below noKeepalive ({o.no_keepalive}), got {o.hysteresis}",
+        )
 
 
 def _has(node: Node, key: str) -> bool:
