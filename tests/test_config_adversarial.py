@@ -7,11 +7,13 @@ unbounded work, and a setting that was accepted and never applied.
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from yaml.nodes import Node
 
 from hostproxy.config import ConfigError, load_config
 from tests.test_lifecycle_helpers import admin_post, config, daemon_proc, get, write_atomic, write_disco
@@ -192,4 +194,96 @@ def test_overload_zero_mark_and_hysteresis_above_the_first_mark() -> None:
     ]
     assert issues(ROUTER + "overload:\n  hysteresis: 0.9\n") == [
         "t.yaml:7: overload.hysteresis: must be below noKeepalive (0.8), got 0.9"
+    ]
+
+
+# -- hostile YAML ------------------------------------------------------------------------------------------
+
+
+def test_alias_expansion_is_bounded() -> None:
+    # 30 routers, each with 30 servers, each with 20 unknown keys: a 450-byte file that stood for
+    # 18,000 errors (and ~1,000 times that with one more level or a larger fan-out).
+    text = "a: &s {" + ", ".join(f"x{i}: 1" for i in range(20)) + "}\n"
+    text += "b: &r {protocol: http, servers: [" + ", ".join(["*s"] * 30) + "]}\n"
+    text += "routers: [" + ", ".join(["*r"] * 30) + "]\n"
+    found = issues(text)
+    assert len(found) == 1
+    assert found[0].startswith(
+        "t.yaml:3: the config cannot be loaded: aliases repeat more than 10000 nodes (at *r)"
+    )
+
+
+def test_recursive_alias_and_deep_nesting_are_errors_not_crashes() -> None:
+    assert issues("a: &a [1, *a]\n" + ROUTER) == [
+        "t.yaml:1: the config cannot be loaded: alias *a refers to a node that contains it; write it out"
+    ]
+    # PyYAML's composer recursed once per level: 2000 levels raised RecursionError
+    assert issues("a: " + "[" * 2000 + "]" * 2000 + "\n" + ROUTER) == [
+        "t.yaml:1: the config cannot be loaded: nested more than 64 levels deep"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "described"),
+    [
+        ("9" * 5000, "an integer of 5000 digits, too large to read"),
+        ("!!int abc", "'abc', which is not a valid !!int"),
+        ("!!bool maybe", "'maybe', which is not a valid !!bool"),
+        ("!!timestamp abc", "'abc', which is not a valid !!timestamp"),
+        ("!!python/name:os.system ''", "a value with the unsupported tag !!python/name:os.system ('')"),
+    ],
+    ids=["huge-int", "int-tag", "bool-tag", "timestamp-tag", "python-tag"],
+)
+def test_scalars_their_tag_cannot_read_are_errors_not_crashes(value: str, described: str) -> None:
+    text = ROUTER.replace("port: 4140", f"port: {value}")
+    assert issues(text) == [f"t.yaml:5: routers[0].servers[0].port: expected an integer, got {described}"]
+
+
+def test_check_cli_reports_an_unreadable_scalar_without_a_traceback() -> None:
+    proc = check("check", "-", stdin=ROUTER + "  label: !!bool maybe\n")
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        "<stdin>:6: routers[0].label: expected a string, got 'maybe', which is not a valid !!bool\n"
+        "-: 1 error\n"
+    )
+
+
+def test_loading_configs_does_not_keep_their_yaml_trees() -> None:
+    # Every reload (SIGHUP, POST /admin/reload) loads the config again: the scalar constructor kept
+    # each loaded node (and through its marks the whole text) forever.
+    text = (Path(__file__).resolve().parents[1] / "configs" / "vm.yaml").read_text()
+
+    def live_nodes() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, Node))
+
+    load_config(text, source="a.yaml")
+    before = live_nodes()
+    for _ in range(20):
+        load_config(text, source="a.yaml")
+    assert live_nodes() - before == 0
+
+
+def test_each_problem_is_reported_once() -> None:
+    # A plugin's mapping (a router, a namer, a static client entry) is read twice: for its kind, then
+    # for its keys; each problem in it was reported twice.
+    text = (
+        "namers:\n- kind: io.l5d.fs\n  rootDir: a\n  rootDir: b\n"
+        "routers:\n- protocol: http\n  label: a\n  label: b\n  servers: [{port: 4140}]\n  1: x\n"
+    )
+    assert issues(text) == [
+        "t.yaml:4: namers[0].rootDir: duplicate key 'rootDir' (first set on line 3); remove one",
+        "t.yaml:8: routers[0].label: duplicate key 'label' (first set on line 7); remove one",
+        "t.yaml:10: routers[0]: keys must be strings, got an integer (1)",
+    ]
+
+
+def test_two_spellings_of_one_ipv6_address_clash() -> None:
+    text = (
+        "routers:\n- protocol: http\n  servers:\n  - {ip: '::1', port: 4140}\n"
+        "  - {ip: '0:0:0:0:0:0:0:1', port: 4140}\n"
+    )
+    assert issues(text) == [
+        "t.yaml:5: routers[0].servers[1]: [0:0:0:0:0:0:0:1]:4140 clashes with routers[0].servers[0] "
+        "([::1]:4140); use another port"
     ]

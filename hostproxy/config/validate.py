@@ -13,7 +13,7 @@ order. The plugins of each client and service entry are also built by the runtim
 (balancer, failure accrual, backoff, retry budget, response classifier), so that a value they refuse is
 reported here, with its place, rather than failing every request to the names it applies to. Only when
 no issue was found is a :class:`~hostproxy.config.model.Config` returned; otherwise
-:class:`ConfigError` is raised with the sorted list. Nothing here reads files named by the config, resolves names or binds.
+:class:`ConfigError` is raised with the sorted list (each problem once). Nothing here reads files named by the config, resolves names or binds.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from hostproxy.config.yamlpos import (
     Node,
     ScalarNode,
     SequenceNode,
+    Unreadable,
     YamlSyntaxError,
     compose,
     scalar_position,
@@ -92,6 +93,7 @@ class Validator:
     source: str
     file: str
     issues: list[ConfigIssue] = field(default_factory=list)
+    _seen: set[ConfigIssue] = field(default_factory=set)
 
     # -- reporting ----------------------------------------------------------------------------------
     def error(
@@ -107,7 +109,10 @@ class Validator:
         if line is None:
             line = node.start_mark.line + 1 if node is not None else 0
             column = node.start_mark.column + 1 if node is not None else 0
-        self.issues.append(ConfigIssue(self.file, line, column or 0, path, message, detail))
+        issue = ConfigIssue(self.file, line, column or 0, path, message, detail)
+        if issue not in self._seen:  # a mapping is read twice for a plugin (its kind, then its keys)
+            self._seen.add(issue)
+            self.issues.append(issue)
 
     def has_issue(self, path: str) -> bool:
         return any(
@@ -660,6 +665,8 @@ def _describe(node: Node) -> str:
     if isinstance(node, SequenceNode):
         return "a list"
     v = scalar_value(typing.cast(ScalarNode, node))
+    if isinstance(v, Unreadable):
+        return v.what
     if v is None:
         return "null"
     if isinstance(v, bool):
@@ -669,7 +676,7 @@ def _describe(node: Node) -> str:
     if isinstance(v, float):
         return f"a number ({node.value})"
     if isinstance(v, str):
-        return f"a string ({v!r})"
+        return f"a string ({v if len(v) <= 60 else v[:60] + '...'!r})"
     return f"{type(v).__name__} ({node.value})"
 
 
@@ -749,7 +756,7 @@ def _finish(v: Validator, cfg: m.Config, root: MappingNode) -> m.Config:
                     v.error(
                         where,
                         node_at("routers", i, "servers", j),
-                        f"{s.ip}:{s.port} clashes with {other} ({ip}:{port}); use another port",
+                        f"{_sock(s.ip, s.port)} clashes with {other} ({_sock(ip, port)}); use another port",
                     )
                     break
             sockets.append((s.ip, int(s.port or 0), where))
@@ -825,9 +832,24 @@ def _has(node: Node, key: str) -> bool:
 
 def _clash(a: str, b: str) -> bool:
     wild = {"0.0.0.0", "::"}
-    norm = {"localhost": "127.0.0.1"}
-    a, b = norm.get(a, a), norm.get(b, b)
+    a, b = _canonical_ip(a), _canonical_ip(b)
     return a == b or a in wild or b in wild
+
+
+def _sock(ip: str, port: object) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def _canonical_ip(ip: str) -> str:
+    """One spelling per address (``0:0:0:0:0:0:0:1`` is ``::1``; ``localhost`` is ``127.0.0.1``)."""
+    import ipaddress
+
+    if ip == "localhost":
+        return "127.0.0.1"
+    try:
+        return ipaddress.ip_address(ip).compressed
+    except ValueError:
+        return ip
 
 
 def _host_port(text: str) -> bool:

@@ -15,6 +15,12 @@ column. Literal (``|``) and single-line plain or quoted scalars map exactly; for
 multi-line plain scalars the folding is replayed (lines stripped and joined with one space), and if
 the replay does not reproduce the value (escapes, blank lines) the best available answer is the line
 where the scalar's text starts.
+
+The composer is bounded: a document nested more than :data:`MAX_DEPTH` levels deep, an alias that refers
+to a node containing it, or aliases that together repeat more than :data:`MAX_ALIASED_NODES` nodes (the
+"billion laughs" expansion, where a few lines of anchors stand for millions of entries) are syntax errors
+at the offending place, before anything walks the tree. A scalar that its tag cannot turn into a value
+(``!!int abc``, an integer of thousands of digits) reads as :class:`Unreadable`, never an exception.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import yaml
+from yaml.composer import ComposerError
+from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 __all__ = [
@@ -29,6 +37,7 @@ __all__ = [
     "Node",
     "ScalarNode",
     "SequenceNode",
+    "Unreadable",
     "YamlSyntaxError",
     "compose",
     "scalar_position",
@@ -46,10 +55,68 @@ class YamlSyntaxError(ValueError):
         self.column = column
 
 
+# Real configs nest fewer than 10 levels and hold a few hundred nodes; these bounds are far above that.
+MAX_DEPTH = 64
+MAX_ALIASED_NODES = 10_000
+
+
+class _Refused(ComposerError):
+    """Valid YAML that the loader refuses (too deep, recursive or exploding aliases)."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader's composer with a depth bound and a bound on what aliases repeat."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._sizes: dict[int, int] = {}  # id(node) -> its node count, aliases expanded
+        self._aliased = 0
+        self._depth = 0
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        mark = self.peek_event().start_mark
+        if self.check_event(AliasEvent):
+            anchor = self.peek_event().anchor
+            node = super().compose_node(parent, index)
+            size = self._sizes.get(id(node))
+            if size is None:
+                raise _Refused(
+                    None, None, f"alias *{anchor} refers to a node that contains it; write it out", mark
+                )
+            self._aliased += size
+            if self._aliased > MAX_ALIASED_NODES:
+                raise _Refused(
+                    None,
+                    None,
+                    f"aliases repeat more than {MAX_ALIASED_NODES} nodes (at *{anchor}); "
+                    "write the repeated parts out",
+                    mark,
+                )
+            return node
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _Refused(None, None, f"nested more than {MAX_DEPTH} levels deep", mark)
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        children: list[Node] = []
+        if isinstance(node, MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, SequenceNode):
+            children = node.value
+        self._sizes[id(node)] = 1 + sum(self._sizes[id(c)] for c in children)
+        return node
+
+
 def compose(text: str) -> Node | None:
     """Parse ``text`` into a positioned node tree (``None`` for an empty document)."""
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
+        return yaml.compose(text, Loader=_BoundedLoader)
+    except _Refused as e:
+        mark = e.problem_mark
+        assert mark is not None
+        raise YamlSyntaxError(
+            f"the config cannot be loaded: {e.problem}", mark.line + 1, mark.column + 1
+        ) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 1
@@ -64,9 +131,38 @@ def compose(text: str) -> Node | None:
 _constructor = yaml.SafeLoader("")  # used only to resolve scalar tags the way SafeLoader does
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """A scalar whose tag cannot make a value of its text; ``what`` says why, for error messages."""
+
+    what: str
+
+
 def scalar_value(node: ScalarNode) -> object:
-    """The Python value of a scalar, with SafeLoader semantics (int, float, bool, None, str, ...)."""
-    return _constructor.construct_object(node, deep=True)
+    """The Python value of a scalar, with SafeLoader semantics (int, float, bool, None, str, ...).
+
+    A scalar its tag cannot read (``!!bool maybe``, ``!!python/name:...``, an integer too long for
+    ``int()``) is an :class:`Unreadable`. Nothing is cached: the constructor would otherwise keep every
+    node (and, through its marks, the whole config text) of every config ever loaded."""
+    try:
+        return _constructor.construct_object(node, deep=True)
+    except Exception as e:  # noqa: BLE001 - any tag or text the constructor cannot read
+        return Unreadable(_unreadable(node, e))
+    finally:
+        _constructor.constructed_objects.clear()
+        _constructor.recursive_objects.clear()
+
+
+def _unreadable(node: ScalarNode, e: Exception) -> str:
+    std = node.tag.startswith("tag:yaml.org,2002:")
+    tag = "!!" + node.tag.removeprefix("tag:yaml.org,2002:") if std else node.tag
+    digits = sum(c.isdigit() for c in node.value)
+    if tag == "!!int" and digits > 100:
+        return f"an integer of {digits} digits, too large to read"
+    text = node.value if len(node.value) <= 40 else node.value[:40] + "..."
+    if isinstance(e, yaml.constructor.ConstructorError):
+        return f"a value with the unsupported tag {tag} ({text!r})"
+    return f"{text!r}, which is not a valid {tag}"
 
 
 @dataclass(frozen=True)
