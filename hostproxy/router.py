@@ -72,7 +72,7 @@ from hostproxy.http.errors import (
 )
 from hostproxy.http.message import Body, Headers, Request, Response
 from hostproxy.http.server import ConnInfo
-from hostproxy.metrics import MetricsRegistry
+from hostproxy.metrics import MetricsRegistry, PromId
 from hostproxy.retry import (
     DEADLINE_HEADER,
     ReplayableStream,
@@ -437,6 +437,17 @@ class HttpRouter:
             close=lambda _id, c: c.evict(self._nursery),
         )
         self.scope = metrics.router(label=self.label)
+        # ``originator: true``: the gauge rt/<label>/originator = 1, which tells the stats of the router
+        # that originates requests apart from those of linkers downstream of it.
+        originator = f"rt/{self.label}/originator"
+        if cfg.originator:
+            metrics.gauge(
+                originator,
+                lambda: 1,
+                PromId("hostproxy_router_originator", (("router", self.label),), "1: this router originates"),
+            )
+        else:
+            metrics.remove_prefix(originator)
         self.access_log = AccessLog.from_config(getattr(cfg, "http_access_log", None))
         self.recent = recent  # the io.l5d.recentRequests telemeter (None: off)
         self.binding_timeout_s = cfg.binding_timeout_ms / 1000

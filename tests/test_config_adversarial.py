@@ -8,14 +8,17 @@ unbounded work, and a setting that was accepted and never applied.
 from __future__ import annotations
 
 import gc
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import trio
 from yaml.nodes import Node
 
 from hostproxy.config import ConfigError, load_config
+from tests.daemonutil import curl, running_daemon
 from tests.test_lifecycle_helpers import admin_post, config, daemon_proc, get, write_atomic, write_disco
 from tests.upstreams import running_upstream
 
@@ -287,3 +290,33 @@ def test_two_spellings_of_one_ipv6_address_clash() -> None:
         "t.yaml:5: routers[0].servers[1]: [0:0:0:0:0:0:0:1]:4140 clashes with routers[0].servers[0] "
         "([::1]:4140); use another port"
     ]
+
+
+# -- settings accepted but not applied ----------------------------------------------------------------------
+
+
+async def test_originator_adds_its_gauge(tmp_path: Path) -> None:
+    disco = tmp_path / "disco"
+    disco.mkdir()
+    text = f"""
+admin: {{ip: 127.0.0.1, port: 0}}
+namers:
+- kind: io.l5d.fs
+  rootDir: {disco}
+routers:
+- protocol: http
+  label: edge
+  originator: true
+  dtab: /svc => /#/io.l5d.fs;
+  servers: [{{ip: 127.0.0.1, port: 0}}]
+- protocol: http
+  label: inner
+  dtab: /svc => /#/io.l5d.fs;
+  servers: [{{ip: 127.0.0.1, port: 0}}]
+"""
+    async with running_daemon(text) as r:
+        with trio.fail_after(30):
+            res = await curl(f"{r.admin}/admin/metrics.json")
+        metrics = json.loads(res.body)
+        assert metrics.get("rt/edge/originator") == 1
+        assert "rt/inner/originator" not in metrics

@@ -846,10 +846,15 @@ class HttpRouterConfig(RouterConfig):
     max_err_response_kb: int = key(
         5120, "Largest l5d-err body, in KB.", name="maxErrResponseKB", check=positive
     )
-    streaming_enabled: bool = key(True, "Stream bodies instead of buffering them.")
+    streaming_enabled: bool = key(
+        True,
+        "Accepted so that Linkerd 1 configs load; not used: bodies are always streamed (a request body is "
+        "kept for a retry only up to a bound).",
+    )
     stream_after_content_length_kb: int | None = key(
         None,
-        "Buffer bodies up to this size that have a Content-Length; stream larger ones.",
+        "Accepted, as streamingEnabled, and refused together with streamingEnabled: false as in Linkerd; "
+        "not used.",
         name="streamAfterContentLengthKB",
         default_doc="5",
         check=non_negative,
