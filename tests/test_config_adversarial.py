@@ -281,6 +281,22 @@ def test_each_problem_is_reported_once() -> None:
     ]
 
 
+def test_router_labels_must_be_usable_metric_scopes() -> None:
+    # label '' passed, and the daemon named that router by its protocol: with a second router left
+    # unlabelled (so 'http' as well), the first was silently dropped, its server never bound.
+    two = (
+        "routers:\n- protocol: http\n  label: ''\n  servers: [{port: 4140}]\n"
+        "- protocol: http\n  servers: [{port: 4141}]\n"
+    )
+    hint = (
+        "must be a non-empty name without '/', spaces or control characters (it scopes the router's "
+        "metrics, rt/<label>/..., and names it in the admin UI), e.g. outgoing; got"
+    )
+    assert issues(two) == [f"t.yaml:3: routers[0].label: {hint} ''"]
+    # 'a/server' would put its metrics inside router a's (rt/a/server/...)
+    assert issues(ROUTER + "  label: a/server\n") == [f"t.yaml:6: routers[0].label: {hint} 'a/server'"]
+
+
 def test_two_spellings_of_one_ipv6_address_clash() -> None:
     text = (
         "routers:\n- protocol: http\n  servers:\n  - {ip: '::1', port: 4140}\n"

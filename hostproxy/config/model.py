@@ -31,6 +31,7 @@ from hostproxy.config.schema import (
     port_number,
     positive,
     regex,
+    router_label,
     yaml_name,
 )
 
@@ -793,7 +794,10 @@ class RouterConfig(PluginConfig):
 
     kind: str = key(required=True, name="protocol", doc="http or h2.")
     label: str | None = key(
-        None, "Router name in metrics and the admin UI; must be unique.", default_doc="the protocol"
+        None,
+        "Router name in metrics and the admin UI; must be unique, non-empty, without '/' or spaces.",
+        default_doc="the protocol",
+        check=router_label,
     )
     dtab: str = key("", "Base dtab (usually a YAML block scalar `|`).", dtab=True)
     dst_prefix: str = key("/svc", "Prefix of the names identifiers produce.", path=True)

@@ -133,3 +133,14 @@ def regex(v: Any) -> str | None:
     except re.error as e:
         return f"not a valid regular expression: {e}"
     return None
+
+
+def router_label(v: Any) -> str | None:
+    if v is None:
+        return None
+    if v and not any(c == "/" or c.isspace() or not c.isprintable() for c in v):
+        return None
+    return (
+        "must be a non-empty name without '/', spaces or control characters (it scopes the router's "
+        f"metrics, rt/<label>/..., and names it in the admin UI), e.g. outgoing; got {v!r}"
+    )

@@ -739,7 +739,8 @@ def _finish(v: Validator, cfg: m.Config, root: MappingNode) -> m.Config:
                 f"router label '{label}' is already "
                 f"used by routers[{labels[label]}]; give each router a unique label",
             )
-        labels.setdefault(label, i)
+        if not v.has_issue(f"routers[{i}].label"):  # (a refused label is not one it would have)
+            labels.setdefault(label, i)
         if not r.servers and not v.has_issue(f"routers[{i}].servers"):
             v.error(
                 f"routers[{i}].servers",
