@@ -251,6 +251,27 @@ def test_check_cli_reports_an_unreadable_scalar_without_a_traceback() -> None:
     )
 
 
+def test_characters_and_bytes_that_cannot_be_read_are_reported_at_their_line(tmp_path: Path) -> None:
+    # A control character was reported at line 1 with PyYAML's own position text; bytes that are not
+    # UTF-8 had no line at all in a file, and on stdin raised UnicodeDecodeError out of check.
+    text = 'routers:\n- protocol: http\n  label: "a\x01"\n  servers: [{port: 4140}]\n'
+    assert issues(text) == [
+        "t.yaml:3: not valid YAML or JSON: character U+0001 is not allowed in YAML; remove it"
+    ]
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"routers:\n- protocol: http\n  label: caf\xe9\n")
+    message = "the config is not UTF-8 text: byte 0xe9 cannot be decoded (invalid continuation byte); save the file as UTF-8"
+    proc = check("check", str(bad))
+    assert (proc.returncode, proc.stderr) == (1, f"{bad}:3: {message}\n{bad}: 1 error\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "hostproxy", "check", "-"],
+        input=bad.read_bytes(),
+        capture_output=True,
+        timeout=120,
+    )
+    assert (proc.returncode, proc.stderr.decode()) == (1, f"<stdin>:3: {message}\n-: 1 error\n")
+
+
 def test_loading_configs_does_not_keep_their_yaml_trees() -> None:
     # Every reload (SIGHUP, POST /admin/reload) loads the config again: the scalar constructor kept
     # each loaded node (and through its marks the whole text) forever.

@@ -928,13 +928,33 @@ def load_config(
         return validate_text(path_or_text, "<config>", check_client_prefixes=ck)
     name = str(path_or_text)
     if name == "-":
-        return validate_text(sys.stdin.read(), "<stdin>", check_client_prefixes=ck)
+        return validate_text(_utf8(sys.stdin.buffer.read(), "<stdin>"), "<stdin>", check_client_prefixes=ck)
     try:
-        text = FsPath(name).read_text(encoding="utf-8")
+        data = FsPath(name).read_bytes()
     except OSError as e:
         raise ConfigError(
             [ConfigIssue(name, 0, 0, "", f"cannot read the config file: {e.strerror or e}")]
         ) from None
+    return validate_text(_utf8(data, name), name, check_client_prefixes=ck)
+
+
+def _utf8(data: bytes, name: str) -> str:
+    """The config's text; bytes that are not UTF-8 are an error at their line and column."""
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError([ConfigIssue(name, 0, 0, "", f"the config file is not UTF-8 text: {e}")]) from None
-    return validate_text(text, name, check_client_prefixes=ck)
+        head = data[: e.start]
+        line = head.count(b"\n") + 1
+        column = len(head[head.rfind(b"\n") + 1 :].decode("utf-8", "replace")) + 1
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    name,
+                    line,
+                    column,
+                    "",
+                    f"the config is not UTF-8 text: byte 0x{data[e.start]:02x} cannot be decoded ({e.reason}); "
+                    "save the file as UTF-8",
+                )
+            ]
+        ) from None

@@ -124,8 +124,21 @@ def compose(text: str) -> Node | None:
         problem = e.problem or e.context or "invalid YAML"
         context = f" ({e.context})" if e.context and e.problem else ""
         raise YamlSyntaxError(f"not valid YAML or JSON: {problem}{context}", line, column) from None
+    except yaml.reader.ReaderError as e:  # a character YAML does not allow (NUL, other controls)
+        line = text.count("\n", 0, e.position) + 1
+        column = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        raise YamlSyntaxError(
+            f"not valid YAML or JSON: character {_char(e.character)} is not allowed in YAML; remove it",
+            line,
+            column,
+        ) from None
     except yaml.YAMLError as e:  # e.g. several documents in one file
         raise YamlSyntaxError(f"not valid YAML or JSON: {e}", 1, 1) from None
+
+
+def _char(c: object) -> str:
+    code = ord(c) if isinstance(c, str) else int(c)  # type: ignore[call-overload]
+    return f"U+{code:04X}"
 
 
 _constructor = yaml.SafeLoader("")  # used only to resolve scalar tags the way SafeLoader does
