@@ -2,7 +2,8 @@
 
 Any config error is printed (every one, with file line and config path) and nothing starts: no port
 is bound and no namer contacted. The same goes for a missing or invalid ``io.l5d.fs`` dtab file
-(``FILE:LINE:COL``). The file's path is kept so that ``SIGHUP`` and ``POST /admin/reload`` re-read it.
+(``FILE:LINE:COL``) and for a transformer its environment cannot serve (``io.l5d.k8s.localnode``
+without ``POD_IP``, an ``io.l5d.specificHost`` host that does not resolve): one line, no traceback. The file's path is kept so that ``SIGHUP`` and ``POST /admin/reload`` re-read it.
 """
 
 from __future__ import annotations
@@ -38,14 +39,18 @@ def main(args: argparse.Namespace) -> int:
 
     from hostproxy.daemon import run_daemon
     from hostproxy.dtabfile import DtabFileError
+    from namers.transformers import TransformerConfigError
 
+    # What the environment decides at startup: files, sockets, a transformer's environment variables
+    # (POD_IP, NODE_NAME) or its host's name resolving.
+    startup_errors = (OSError, DtabFileError, TransformerConfigError)
     try:
         trio.run(run_daemon, config, None if args.config == "-" else args.config)
-    except (OSError, DtabFileError) as e:
+    except startup_errors as e:
         print(f"hostproxy: failed to start: {e}", file=sys.stderr)
         return 1
     except BaseExceptionGroup as eg:  # raised from inside the daemon's nurseries
-        startup, rest = eg.split((OSError, DtabFileError))
+        startup, rest = eg.split(startup_errors)
         if startup is None or rest is not None:
             raise
         for leaf in _leaves(startup):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -187,6 +188,56 @@ def test_run_refuses_to_start_on_overload_marks_admin_regex_and_static_forwarded
     proc = check("check", str(cfg))
     assert proc.returncode == 1
     assert proc.stderr.splitlines()[:-1] == want
+
+
+def test_namer_settings_their_runtime_refuses_at_startup_are_config_errors() -> None:
+    # Each passed `check`; then the daemon crashed at startup with a traceback naming "namers[]".
+    namers = (
+        "namers:\n"
+        "- kind: io.l5d.rewrite\n  prefix: /r1\n  pattern: /{a}\n  name: /$/inet/{b}/80\n"
+        "- kind: io.l5d.rewrite\n  prefix: /r2\n  pattern: no-slash\n  name: /x\n"
+        "- kind: io.l5d.dnssrv\n  experimental: true\n  dnsHosts: [10.0.0.2, ns1.example]\n"
+        "- kind: io.l5d.fs\n  rootDir: ''\n"
+        "- kind: io.l5d.k8s\n  labelSelector: 'app version'\n"
+        "- kind: io.l5d.fs\n  prefix: /f2\n  rootDir: /srv\n  transformers:\n  - {kind: io.l5d.port, port: 0}\n"
+        "dns:\n  nameservers: [resolver.internal]\n"
+    )
+    ip = "expected an IP address or IP:port (e.g. 10.0.0.2, 10.0.0.2:53 or [fd00::2]:53), got"
+    assert issues(namers + ROUTER) == [
+        "t.yaml:5: namers[0].name: '/$/inet/{b}/80' uses {b}, which the pattern does not capture (it captures "
+        "{a}); capture it in namers[].pattern or remove it",
+        "t.yaml:8: namers[1].pattern: 'no-slash' must start with '/', e.g. '/{ns}/{svc}'",
+        f"t.yaml:12: namers[2].dnsHosts[1]: {ip} 'ns1.example'",
+        "t.yaml:14: namers[3].rootDir: must not be empty: give the directory of service files",
+        "t.yaml:16: namers[4].labelSelector: 'app version' is not a Kubernetes label key; give the key only, "
+        "e.g. version (its value comes from the path)",
+        "t.yaml:21: namers[5].transformers[0].port: must be a port number from 1 to 65535, got 0",
+        f"t.yaml:23: dns.nameservers[0]: {ip} 'resolver.internal'",
+    ]
+
+
+def test_run_reports_a_transformer_its_environment_cannot_serve_without_a_traceback(tmp_path: Path) -> None:
+    cfg = tmp_path / "hostproxy.yaml"
+    cfg.write_text(
+        "admin: {ip: 127.0.0.1, port: 0}\n"
+        f"namers:\n- kind: io.l5d.fs\n  rootDir: {tmp_path}\n  transformers:\n  - kind: io.l5d.k8s.localnode\n"
+        "routers:\n- protocol: http\n  servers: [{ip: 127.0.0.1, port: 0}]\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("POD_IP", "NODE_NAME")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "hostproxy", "run", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1] == (
+        "hostproxy: failed to start: io.l5d.k8s.localnode needs the POD_IP environment variable set to this "
+        "pod's IP (got ''); set it from the downward API (fieldRef status.podIP), or use hostNetwork: true "
+        "with NODE_NAME"
+    )
+    assert "Traceback" not in proc.stderr
 
 
 def test_overload_zero_mark_and_hysteresis_above_the_first_mark() -> None:

@@ -408,7 +408,8 @@ def test_namer_prefix_rules() -> None:
 
 def test_dns_nameservers_are_checked() -> None:
     assert one_error("dns:\n  nameservers: ['10.0.0.1:99999']\n" + MINIMAL) == (
-        "t.yaml:2: dns.nameservers[0]: expected host or host:port (e.g. 10.0.0.2 or 10.0.0.2:53), got '10.0.0.1:99999'"
+        "t.yaml:2: dns.nameservers[0]: expected an IP address or IP:port (e.g. 10.0.0.2, 10.0.0.2:53 or "
+        "[fd00::2]:53), got '10.0.0.1:99999'"
     )
 
 

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from hostproxy.config.schema import (
     fraction,
     ip_literal,
+    k8s_label_key,
     key,
     non_negative,
     one_of,
@@ -509,7 +510,11 @@ class LocalNodeTransformer(TransformerConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class PortTransformer(TransformerConfig):
-    port: int = key(required=True, doc="Port every address is rewritten to.", check=port_number)
+    port: int = key(
+        required=True,
+        doc="Port every address is rewritten to (1 to 65535).",
+        check=lambda v: None if 1 <= v <= 65535 else f"must be a port number from 1 to 65535, got {v}",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -564,7 +569,9 @@ class DnsSrvNamer(NamerConfig):
         "negative answer) instead of every `refreshIntervalSeconds`, which it replaces.",
         extension=True,
     )
-    dns_hosts: tuple[str, ...] = key((), "DNS servers to ask.", default_doc="the system resolver")
+    dns_hosts: tuple[str, ...] = key(
+        (), "DNS servers to ask (IP or IP:port).", default_doc="the system resolver"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -575,7 +582,9 @@ class K8sNamer(NamerConfig):
         default_doc="in-cluster (TLS + service account) when KUBERNETES_SERVICE_HOST is set, else localhost",
     )
     port: int = key(8001, "Kubernetes API port.", check=port_number)
-    label_selector: str | None = key(None, "Label whose value is an extra path segment.")
+    label_selector: str | None = key(
+        None, "Label key whose value is an extra path segment, e.g. version.", check=k8s_label_key
+    )
     use_endpoint_slices: bool = key(
         False, "Watch discovery.k8s.io/v1 EndpointSlices instead of Endpoints.", extension=True
     )
@@ -928,7 +937,7 @@ class UsageConfig:
 @dataclass(frozen=True, kw_only=True)
 class DnsConfig:
     nameservers: tuple[str, ...] = key(
-        (), "DNS servers (host or host:port) for /$/inet names.", default_doc="/etc/resolv.conf"
+        (), "DNS servers (IP or IP:port) for /$/inet names.", default_doc="/etc/resolv.conf"
     )
 
 

@@ -144,3 +144,14 @@ def router_label(v: Any) -> str | None:
         "must be a non-empty name without '/', spaces or control characters (it scopes the router's "
         f"metrics, rt/<label>/..., and names it in the admin UI), e.g. outgoing; got {v!r}"
     )
+
+
+def k8s_label_key(v: Any) -> str | None:
+    import re
+
+    # Kubernetes' label key syntax: an optional DNS-subdomain prefix and '/', then a name of up to 63
+    # characters (letters, digits, '-', '_', '.'), starting and ending with a letter or digit.
+    key = r"([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+    if v is None or re.fullmatch(key, v):
+        return None
+    return f"{v!r} is not a Kubernetes label key; give the key only, e.g. version (its value comes from the path)"

@@ -725,6 +725,7 @@ def _finish(v: Validator, cfg: m.Config, root: MappingNode) -> m.Config:
             )
         seen_prefix[str(n.prefix)] = i
         namers.append(n)
+        _check_namer(v, n, f"namers[{i}]", node_at("namers", i))
     # routers: defaults, labels, servers, sockets
     routers = []
     labels: dict[str, int] = {}
@@ -799,9 +800,38 @@ def _finish(v: Validator, cfg: m.Config, root: MappingNode) -> m.Config:
             v.error(
                 f"dns.nameservers[{i}]",
                 node_at("dns", "nameservers", i),
-                f"expected host or host:port (e.g. 10.0.0.2 or 10.0.0.2:53), got {ns!r}",
+                f"expected an IP address or IP:port (e.g. 10.0.0.2, 10.0.0.2:53 or [fd00::2]:53), got {ns!r}",
             )
     return dataclasses.replace(cfg, namers=tuple(namers), routers=tuple(routers))  # type: ignore[arg-type]
+
+
+def _check_namer(v: Validator, n: m.NamerConfig, where: str, node: Node) -> None:
+    """What each namer's runtime refuses when it is built at startup (before anything binds), so that
+    ``check`` refuses it too, at its place: an empty rootDir, a dnsHosts entry that is not an IP, a
+    rewrite pattern or name that does not parse or uses a variable the pattern does not capture."""
+    if isinstance(n, m.FsNamer) and n.root_dir == "":
+        v.error(
+            f"{where}.rootDir",
+            _walk(node, ["rootDir"]),
+            "must not be empty: give the directory of service files",
+        )
+    if isinstance(n, m.DnsSrvNamer):
+        for j, host in enumerate(n.dns_hosts):
+            if not _host_port(host):
+                v.error(
+                    f"{where}.dnsHosts[{j}]",
+                    _walk(node, ["dnsHosts", j]),
+                    f"expected an IP address or IP:port (e.g. 10.0.0.2, 10.0.0.2:53 or [fd00::2]:53), got {host!r}",
+                )
+    if isinstance(n, m.RewriteNamer) and n.pattern and n.name and not v.has_issue(where):
+        from namers.rewrite import NameTemplate, PathPattern, RewriteConfigError
+
+        try:
+            NameTemplate(n.name, PathPattern(n.pattern).variables)
+        except RewriteConfigError as e:
+            found = re.match(r"namers\[\]\.(pattern|name):? (.*)", str(e), re.DOTALL)
+            key, message = (found.group(1), found.group(2)) if found else ("pattern", str(e))
+            v.error(f"{where}.{key}", _walk(node, [key]), message)
 
 
 def _check_overload(v: Validator, o: m.OverloadSection, node: Node) -> None:
@@ -854,6 +884,7 @@ def _canonical_ip(ip: str) -> str:
 
 
 def _host_port(text: str) -> bool:
+    """An IP address, IP:port or [IPv6]:port (a nameserver, as the resolver takes it)."""
     import ipaddress
 
     host, port = text, None
@@ -868,7 +899,7 @@ def _host_port(text: str) -> bool:
         ipaddress.ip_address(host)
         return True
     except ValueError:
-        return bool(re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", host))
+        return False
 
 
 # -- entry point -------------------------------------------------------------------------------------
