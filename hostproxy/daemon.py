@@ -66,7 +66,7 @@ from dtab import Dtab, Path
 from dtab.delegate import delegate
 from hostproxy import gcpolicy, sdnotify
 from hostproxy.config import Config, ConfigError, load_config
-from hostproxy.config.model import RecentRequestsTelemeter, to_json
+from hostproxy.config.model import PrometheusTelemeter, RecentRequestsTelemeter, to_json
 from hostproxy.config.registry import load_factory, lookup
 from hostproxy.dtabfile import DtabFileError, DtabFileWatcher, read_signature, watch_dtab_file
 from hostproxy.http.proxyheaders import ForwardedConfig, Labeler
@@ -726,6 +726,9 @@ class Daemon:
                 self.config.admin.port,
                 self.config.admin.allow_remote_control,
                 security=self.config.admin.security,
+                prometheus=next(
+                    (t for t in self.config.telemetry if isinstance(t, PrometheusTelemeter)), None
+                ),
             )
             self.admin_address = await nursery.start(admin.serve)
             await nursery.start(self._run_sampler)

@@ -408,3 +408,35 @@ routers:
         metrics = json.loads(res.body)
         assert metrics.get("rt/edge/originator") == 1
         assert "rt/inner/originator" not in metrics
+
+
+async def test_prometheus_telemeter_path_and_prefix_apply(tmp_path: Path) -> None:
+    # Both keys were accepted and ignored: the exposition was only at /admin/metrics/prometheus and
+    # /metrics, its names unprefixed, and the configured path answered 404.
+    text = """
+admin: {ip: 127.0.0.1, port: 0}
+telemetry:
+- kind: io.l5d.prometheus
+  path: /custom/prom
+  prefix: edge_
+routers:
+- protocol: http
+  label: out
+  servers: [{ip: 127.0.0.1, port: 0}]
+"""
+    async with running_daemon(text) as r:
+        with trio.fail_after(30):
+            await curl(f"http://127.0.0.1:{r.port('out')}/")  # (a request, so the server has metrics)
+            custom = await curl(f"{r.admin}/custom/prom")
+            usual = await curl(f"{r.admin}/admin/metrics/prometheus")
+        assert custom.status == 200 and usual.status == 200
+        for res in (custom, usual):
+            lines = res.body.decode().splitlines()
+            assert "# TYPE edge_hostproxy_server_requests_total counter" in lines
+            samples = [ln for ln in lines if ln and not ln.startswith("#")]
+            assert samples and all(ln.startswith("edge_") for ln in samples)
+    assert issues(ROUTER + "telemetry:\n- kind: io.l5d.prometheus\n  path: metrics\n  prefix: 'a-b'\n") == [
+        "t.yaml:8: telemetry[0].path: must be a path starting with '/', got 'metrics'",
+        "t.yaml:9: telemetry[0].prefix: must be the start of a Prometheus metric name "
+        "([a-zA-Z_:][a-zA-Z0-9_:]*), got 'a-b'",
+    ]

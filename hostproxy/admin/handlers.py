@@ -194,6 +194,18 @@ def _flag(query: dict[str, str], name: str) -> bool:
     )
 
 
+def _prefix_names(text: str, prefix: str) -> str:
+    """The exposition with ``prefix`` before every metric name (samples, ``# HELP`` and ``# TYPE``)."""
+    out = []
+    for line in text.split("\n"):
+        if line.startswith(("# HELP ", "# TYPE ")):
+            line = line[:7] + prefix + line[7:]
+        elif line and not line.startswith("#"):
+            line = prefix + line
+        out.append(line)
+    return "\n".join(out)
+
+
 @dataclass(frozen=True)
 class _Call:
     """One admin request, decoded."""
@@ -317,9 +329,12 @@ class AdminHandler:
         delegate_timeout_s: float = DELEGATE_TIMEOUT_S,
         trusted_via_entries: int = 0,
         security: Any = None,
+        prometheus: Any = None,
     ) -> None:
         self.ctx = ctx
         self.security = AdminSecurityPolicy.from_config(security)
+        # The io.l5d.prometheus telemeter: its path serves the exposition too, its prefix starts every name.
+        self.prometheus_prefix: str = prometheus.prefix if prometheus is not None else ""
         self.allow_remote_control = allow_remote_control
         self.delegate_timeout_s = delegate_timeout_s
         # How many ``Via`` entries the HTTP layer in front of this handler appends itself.
@@ -449,6 +464,15 @@ class AdminHandler:
                 self._tls,
             ),
         ]
+        if prometheus is not None and all(ep.path != prometheus.path for ep, _ in table):
+            table.append(
+                (
+                    Endpoint(
+                        prometheus.path, ("GET",), "metrics in Prometheus text format (io.l5d.prometheus)"
+                    ),
+                    self._prometheus,
+                )
+            )
         self.endpoints: list[Endpoint] = [ep for ep, _ in table]
         self._routes: dict[str, tuple[Endpoint, _Fn]] = {
             ep.path: (ep, fn) for ep, fn in table if "<" not in ep.path
@@ -721,7 +745,10 @@ class AdminHandler:
 
     async def _prometheus(self, call: _Call) -> Response:
         parts = await _drain_sliced(prometheus_slices(self.ctx.metrics, SCRAPE_SLICE))
-        return _response(200, "".join(parts), PROMETHEUS_TYPE)
+        text = "".join(parts)
+        if self.prometheus_prefix:
+            text = _prefix_names(text, self.prometheus_prefix)
+        return _response(200, text, PROMETHEUS_TYPE)
 
     # -- logging ---------------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ class AdminServer:
         allow_remote_control: bool = False,
         *,
         security: Any = None,
+        prometheus: Any = None,
         max_concurrent_requests: int = 64,
         delegate_timeout_s: float = DELEGATE_TIMEOUT_S,
     ) -> None:
@@ -47,6 +48,7 @@ class AdminServer:
             delegate_timeout_s=delegate_timeout_s,
             trusted_via_entries=1,
             security=security,
+            prometheus=prometheus,
         )
         self.params = ServerParams(
             ip=ip,

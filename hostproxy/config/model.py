@@ -19,6 +19,7 @@ This module imports neither trio nor any runtime module: it is data only.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -645,8 +646,20 @@ class RecentRequestsTelemeter(TelemeterConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class PrometheusTelemeter(TelemeterConfig):
-    path: str = key("/admin/metrics/prometheus", "Admin path of the exposition.")
-    prefix: str = key("", "Prepended to every metric name.")
+    path: str = key(
+        "/admin/metrics/prometheus",
+        "Admin path of the exposition (also served at /admin/metrics/prometheus and /metrics).",
+        check=lambda v: None if v.startswith("/") else f"must be a path starting with '/', got {v!r}",
+    )
+    prefix: str = key(
+        "",
+        "Prepended to every metric name.",
+        check=lambda v: (
+            None
+            if re.fullmatch(r"([a-zA-Z_:][a-zA-Z0-9_:]*)?", v)
+            else f"must be the start of a Prometheus metric name ([a-zA-Z_:][a-zA-Z0-9_:]*), got {v!r}"
+        ),
+    )
 
 
 # -- servers ----------------------------------------------------------------------------------------
