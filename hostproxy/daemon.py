@@ -896,7 +896,12 @@ class Daemon:
             log.warning("daemon.reload_admin_ignored", reason="admin settings change only with a restart")
             new = dataclasses.replace(new, admin=old.admin)
             admin_note = "; admin settings not changed (they change only with a restart)"
-        namers_changed = new.namers != old.namers or new.dns != old.dns
+        if new.telemetry != old.telemetry:
+            # The telemeters live with the admin server and the routers' request recorder, made once.
+            log.warning("daemon.reload_telemetry_ignored", reason="telemetry changes only with a restart")
+            new = dataclasses.replace(new, telemetry=old.telemetry)
+            admin_note += "; telemetry not changed (it changes only with a restart)"
+        namers_changed = new.namers != old.namers or new.dns != old.dns or new.namer_state != old.namer_state
         built: list[Any] = []  # listeners bound so far, closed if the reload fails
         try:
             ns = _Namers(self, new) if namers_changed else self._namers

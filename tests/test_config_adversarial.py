@@ -152,6 +152,35 @@ async def test_reload_to_a_backoff_the_runtime_refuses_is_rejected_and_traffic_s
             assert (r.outcome, r.status) == ("ok", 200)
 
 
+async def test_reload_applies_namer_state_and_says_telemetry_is_kept(tmp_path: Path) -> None:
+    # A reload that changed only namerState.dir kept the namers (nothing persisted to the new dir), and
+    # one that changed telemetry reported success and showed the new telemetry in /config.json while
+    # the recorder and the admin server went on with the old.
+    async with running_upstream() as up:
+        disco = tmp_path / "disco"
+        write_disco(disco, "web", up.port)
+        cfg = tmp_path / "hostproxy.yaml"
+        telemetry = "telemetry:\n- kind: io.l5d.recentRequests\n  sampleRate: {rate}\n"
+        cfg.write_text(config(disco, top=telemetry.format(rate=1.0)))
+        async with daemon_proc(cfg) as d:
+            state = tmp_path / "state"
+            state.mkdir()
+            write_atomic(
+                cfg, config(disco, top=telemetry.format(rate=0.5) + f"namerState: {{dir: {state}}}\n")
+            )
+            r = await admin_post(d.admin_port, "/admin/reload")
+            assert r.status == 200, r
+            assert "namers rebuilt" in r.body.decode()
+            assert "telemetry not changed (it changes only with a restart)" in r.body.decode()
+            shown = json.loads((await get(d.admin_port, "/config.json", host="admin")).body)
+            assert shown["telemetry"][0]["sampleRate"] == 1.0
+            assert shown["namerState"]["dir"] == str(state)
+            assert (await get(d.port("out"), "/", host="web")).status == 200
+            with trio.fail_after(30):
+                while not any(state.iterdir()):
+                    await trio.sleep(0.05)
+
+
 def test_run_refuses_to_start_on_overload_marks_admin_regex_and_static_forwarded_label(
     tmp_path: Path,
 ) -> None:
