@@ -269,6 +269,22 @@ def test_run_reports_a_transformer_its_environment_cannot_serve_without_a_traceb
     assert "Traceback" not in proc.stderr
 
 
+def test_h2_server_settings_outside_what_http2_allows_are_config_errors() -> None:
+    # Each passed `check` and the daemon started; then every h2 connection failed as it opened
+    # (h2.connection_failed, InvalidSettingsValueError), curl seeing the connection close.
+    server = "routers:\n- protocol: h2\n  servers:\n  - port: 4142\n"
+    cases = {
+        "maxFrameBytes: 100": "must be from 16384 to 16777215, got 100",
+        "maxFrameBytes: 16777216": "must be from 16384 to 16777215, got 16777216",
+        "initialStreamWindowBytes: 2147483648": "must be from 1 to 2147483647, got 2147483648",
+        "headerTableBytes: 4294967296": "must be from 0 to 4294967295, got 4294967296",
+        "maxConcurrentStreamsPerConnection: 4294967296": "must be from 1 to 4294967295, got 4294967296",
+    }
+    for setting, message in cases.items():
+        key = setting.split(":")[0]
+        assert issues(server + f"    {setting}\n") == [f"t.yaml:5: routers[0].servers[0].{key}: {message}"]
+
+
 def test_overload_zero_mark_and_hysteresis_above_the_first_mark() -> None:
     assert issues(ROUTER + "overload: {noKeepalive: 0.0, shed: 0.0, stopAccept: 0.0}\n") == [
         "t.yaml:6: overload.noKeepalive: must be greater than 0 (a fraction up to 1.0)",

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from hostproxy.config.schema import (
+    between,
     fraction,
     ip_literal,
     k8s_label_key,
@@ -775,23 +776,27 @@ class H2ServerConfig(ServerConfig):
 
     header_table_bytes: int | None = key(
         None,
-        "HPACK table size: the most the client may use to compress requests, and the most this server "
-        "keeps to compress responses, whatever larger table the client offers.",
+        "HPACK table size (0 to 2^32-1): the most the client may use to compress requests, and the most "
+        "this server keeps to compress responses, whatever larger table the client offers.",
         default_doc="4096",
-        check=non_negative,
+        check=between(0, 2**32 - 1),
     )
     initial_stream_window_bytes: int | None = key(
-        65535, "Initial flow-control window per stream.", check=positive
+        65535, "Initial flow-control window per stream (1 to 2^31-1).", check=between(1, 2**31 - 1)
     )
     max_concurrent_streams_per_connection: int | None = key(
-        1000, "Most streams per connection.", check=positive
+        1000, "Most streams per connection (1 to 2^32-1).", check=between(1, 2**32 - 1)
     )
-    max_frame_bytes: int | None = key(16384, "Largest frame accepted.", check=positive)
+    max_frame_bytes: int | None = key(
+        16384,
+        "Largest frame accepted (16384 to 16777215, as HTTP/2 allows).",
+        check=between(16384, 2**24 - 1),
+    )
     max_header_list_byts: int | None = key(
         None,
-        "Largest header list accepted (Linkerd's spelling).",
+        "Largest header list accepted (Linkerd's spelling; 1 to 2^32-1).",
         default_doc="library default",
-        check=positive,
+        check=between(1, 2**32 - 1),
     )
 
 

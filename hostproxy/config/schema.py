@@ -97,6 +97,13 @@ def port_number(v: Any) -> str | None:
     return None if v is None or 0 <= v <= 65535 else f"must be a port number from 0 to 65535, got {v}"
 
 
+def between(lo: int, hi: int) -> Check:
+    def check(v: Any) -> str | None:
+        return None if v is None or lo <= v <= hi else f"must be from {lo} to {hi}, got {v}"
+
+    return check
+
+
 def fraction(v: Any) -> str | None:
     return None if v is None or 0.0 <= v <= 1.0 else f"must be between 0.0 and 1.0, got {v}"
 
