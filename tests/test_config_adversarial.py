@@ -285,6 +285,17 @@ def test_h2_server_settings_outside_what_http2_allows_are_config_errors() -> Non
         assert issues(server + f"    {setting}\n") == [f"t.yaml:5: routers[0].servers[0].{key}: {message}"]
 
 
+def test_tls_protocols_are_checked_with_the_config() -> None:
+    # Passed `check`; the daemon then refused to start (TlsStartupError), so `check` said OK to a
+    # config that could not run.
+    text = ROUTER + "  client:\n    tls: {disableValidation: true, protocols: [TLSv1.2, TLSv1.1, TLSv9]}\n"
+    assert issues(text) == [
+        "t.yaml:7: routers[0].client.tls.protocols[1]: TLSv1.1 is insecure and not supported; use TLSv1.2 "
+        "and/or TLSv1.3",
+        "t.yaml:7: routers[0].client.tls.protocols[2]: unknown TLS version 'TLSv9'; use TLSv1.2 and/or TLSv1.3",
+    ]
+
+
 def test_overload_zero_mark_and_hysteresis_above_the_first_mark() -> None:
     assert issues(ROUTER + "overload: {noKeepalive: 0.0, shed: 0.0, stopAccept: 0.0}\n") == [
         "t.yaml:6: overload.noKeepalive: must be greater than 0 (a fraction up to 1.0)",

@@ -35,6 +35,7 @@ from hostproxy.config.schema import (
     positive,
     regex,
     router_label,
+    tls_version,
     yaml_name,
 )
 
@@ -217,7 +218,7 @@ class ServerTls:
     ca_cert_path: str | None = key(None, "PEM file of CAs that client certificates must chain to.")
     require_client_auth: bool = key(False, "Reject clients that present no valid certificate.")
     protocols: tuple[str, ...] | None = key(
-        None, "TLS versions to allow, e.g. [TLSv1.2].", default_doc="library default"
+        None, "TLS versions to allow: TLSv1.2, TLSv1.3.", default_doc="both", check=tls_version
     )
     ciphers: tuple[str, ...] | None = key(None, "Cipher suites to allow.", default_doc="library default")
 
@@ -241,7 +242,9 @@ class ClientTls:
     trust_certs: tuple[str, ...] = key((), "PEM files of trusted CAs (deprecated in Linkerd; still read).")
     client_auth: ClientAuth | None = key(None, "Present this client certificate.")
     disable_validation: bool = key(False, "Do not verify the server certificate (testing only).")
-    protocols: tuple[str, ...] | None = key(None, "TLS versions to allow.", default_doc="library default")
+    protocols: tuple[str, ...] | None = key(
+        None, "TLS versions to allow: TLSv1.2, TLSv1.3.", default_doc="both", check=tls_version
+    )
 
 
 # -- client and service parameters ----------------------------------------------------------------

@@ -162,3 +162,12 @@ def k8s_label_key(v: Any) -> str | None:
     if v is None or re.fullmatch(key, v):
         return None
     return f"{v!r} is not a Kubernetes label key; give the key only, e.g. version (its value comes from the path)"
+
+
+def tls_version(v: Any) -> str | None:
+    """One entry of a ``protocols`` list: TLS 1.2 and 1.3 are what hostproxy speaks."""
+    if v is None or v in ("TLSv1.2", "TLSv1.3"):
+        return None
+    if v in ("TLSv1", "TLSv1.0", "TLSv1.1", "SSLv3", "SSLv2"):
+        return f"{v} is insecure and not supported; use TLSv1.2 and/or TLSv1.3"
+    return f"unknown TLS version {v!r}; use TLSv1.2 and/or TLSv1.3"
