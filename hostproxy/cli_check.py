@@ -27,7 +27,11 @@ def add_parser(subparsers: Any) -> None:
 
 def summary(cfg: Any) -> list[dict[str, Any]]:
     return [
-        {"label": r.label, "protocol": r.kind, "servers": [f"{s.ip}:{s.port}" for s in r.servers]}
+        {
+            "label": r.label,
+            "protocol": r.kind,
+            "servers": [f"[{s.ip}]:{s.port}" if ":" in s.ip else f"{s.ip}:{s.port}" for s in r.servers],
+        }
         for r in cfg.routers
     ]
 

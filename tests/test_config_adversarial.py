@@ -436,6 +436,20 @@ def test_two_spellings_of_one_ipv6_address_clash() -> None:
     ]
 
 
+def test_ipv4_and_ipv6_listeners_on_one_port_do_not_clash() -> None:
+    # IPv6 listeners are bound IPv6-only, so 0.0.0.0 and [::] on one port (the usual way to listen on
+    # both families) work; check refused them as a clash.
+    text = (
+        "routers:\n- protocol: http\n  servers:\n  - {ip: 0.0.0.0, port: 4140}\n  - {ip: '::', port: 4140}\n"
+    )
+    proc = check("check", "-", stdin=text)
+    assert (proc.returncode, proc.stdout) == (0, "-: OK: 1 router: http (http) on 0.0.0.0:4140, [::]:4140\n")
+    # within a family the wildcard still clashes with every address
+    assert issues(text + "  - {ip: '::1', port: 4140}\n") == [
+        "t.yaml:6: routers[0].servers[2]: [::1]:4140 clashes with routers[0].servers[1] ([::]:4140); use another port"
+    ]
+
+
 # -- settings accepted but not applied ----------------------------------------------------------------------
 
 

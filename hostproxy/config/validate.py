@@ -5,15 +5,16 @@ Theory of operation: :func:`load_config` composes the text into a positioned YAM
 each mapping, the dataclass's fields say which keys exist, what type each holds, its default and its
 checks. A plugin-typed key looks its ``kind`` up in :mod:`hostproxy.config.registry`. Every problem is
 recorded as a :class:`ConfigIssue` with the config path and file line, and the walk goes on, so one run
-reports every error (a bad value becomes the field's default so later checks still run). After the
-walk come the whole-file checks Linkerd makes at startup: at least one router, each with a server,
-unique router labels, no two servers on the same socket (``0.0.0.0`` clashes with any address on its
-port), unique namer prefixes, experimental plugins flagged ``experimental: true``, overload marks in
-order. The plugins of each client and service entry are also built by the runtime's own pure builders
-(balancer, failure accrual, backoff, retry budget, response classifier), so that a value they refuse is
-reported here, with its place, rather than failing every request to the names it applies to. Only when
-no issue was found is a :class:`~hostproxy.config.model.Config` returned; otherwise
-:class:`ConfigError` is raised with the sorted list (each problem once). Nothing here reads files named by the config, resolves names or binds.
+reports every error (a bad value becomes the field's default so later checks still run). After the walk
+come the whole-file checks Linkerd makes at startup: at least one router, each with a server, unique
+router labels, no two servers on the same socket (``0.0.0.0`` clashes with any IPv4 address on its port,
+``::`` with any IPv6 one), unique namer prefixes, experimental plugins flagged ``experimental: true``,
+overload marks in order. The plugins of each client and service entry are also built by the runtime's
+own pure builders (balancer, failure accrual, backoff, retry budget, response classifier), so that a
+value they refuse is reported here, with its place, rather than failing every request to the names it
+applies to. Only when no issue was found is a :class:`~hostproxy.config.model.Config` returned;
+otherwise :class:`ConfigError` is raised with the sorted list (each problem once). Nothing here reads
+files named by the config, resolves names or binds.
 """
 
 from __future__ import annotations
@@ -862,9 +863,14 @@ def _has(node: Node, key: str) -> bool:
 
 
 def _clash(a: str, b: str) -> bool:
-    wild = {"0.0.0.0", "::"}
+    """Whether two listeners on one port would take the same connections. IPv6 listeners are
+    IPv6-only, so an IPv4 and an IPv6 address never clash ([::] and 0.0.0.0 together listen on both
+    families); within a family the wildcard clashes with every address. This must be caught here: with
+    SO_REUSEPORT the second bind succeeds and the kernel spreads connections over both routers."""
     a, b = _canonical_ip(a), _canonical_ip(b)
-    return a == b or a in wild or b in wild
+    if (":" in a) != (":" in b):
+        return False
+    return a == b or a in ("0.0.0.0", "::") or b in ("0.0.0.0", "::")
 
 
 def _sock(ip: str, port: object) -> str:
