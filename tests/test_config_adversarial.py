@@ -436,6 +436,26 @@ def test_two_spellings_of_one_ipv6_address_clash() -> None:
     ]
 
 
+def test_a_key_in_the_wrong_section_says_where_it_belongs() -> None:
+    # Linkerd 1.1 moved retries, totalTimeoutMs and responseClassifier to `service`; such configs got
+    # "unknown key" and a list of this section's keys, none of them the one meant.
+    text = (
+        ROUTER + "  responseClassifier: {kind: io.l5d.http.retryableRead5XX}\n  timeoutMs: 100\n"
+        "  client:\n    retries: {budget: {ttlSecs: 5}}\n  service:\n    loadBalancer: {kind: ewma}\n"
+        "  tls: {disableValidation: true}\n"
+    )
+    assert issues(text) == [
+        "t.yaml:6: routers[0].responseClassifier: 'responseClassifier' is not a key here; it belongs in "
+        "routers[0].service",
+        "t.yaml:7: routers[0].timeoutMs: 'timeoutMs' is not a key here; it belongs in an entry of routers[0].servers",
+        "t.yaml:9: routers[0].client.retries: 'retries' is not a key here; it belongs in routers[0].service",
+        "t.yaml:11: routers[0].service.loadBalancer: 'loadBalancer' is not a key here; it belongs in "
+        "routers[0].client",
+        "t.yaml:12: routers[0].tls: 'tls' is not a key here; it belongs in routers[0].client or an entry of "
+        "routers[0].servers",
+    ]
+
+
 def test_ipv4_and_ipv6_listeners_on_one_port_do_not_clash() -> None:
     # IPv6 listeners are bound IPv6-only, so 0.0.0.0 and [::] on one port (the usual way to listen on
     # both families) work; check refused them as a clash.

@@ -162,7 +162,7 @@ class Validator:
                 continue
             f = fields.get(name)
             if f is None:
-                self.unknown_key(name, knode, ctx, list(fields), top=cls is m.Config)
+                self.unknown_key(name, knode, ctx, list(fields), top=cls is m.Config, cls=cls)
                 continue
             v = self.decode_value(hints[f.name], f.metadata, vnode, ctx.at(name))
             if v is _BAD:
@@ -179,13 +179,19 @@ class Validator:
             raise AssertionError(f"{cls.__name__}: {e}") from e
         return obj, frozenset(values)
 
-    def unknown_key(self, name: str, knode: Node, ctx: Ctx, valid: list[str], *, top: bool) -> None:
+    def unknown_key(
+        self, name: str, knode: Node, ctx: Ctx, valid: list[str], *, top: bool, cls: type | None = None
+    ) -> None:
         path = ctx.at(name).path
         if top and name in TOP_LEVEL_HINTS:
             self.error(path, knode, f"'{name}' {TOP_LEVEL_HINTS[name]}")
             return
         if name in LINKERD_ONLY_KEYS:
             self.error(path, knode, f"'{name}' {LINKERD_ONLY_KEYS[name]}")
+            return
+        homes = _homes(name, cls, ctx)
+        if homes:
+            self.error(path, knode, f"'{name}' is not a key here; it belongs in {' or '.join(homes)}")
             return
         close = difflib.get_close_matches(name, valid, n=1, cutoff=0.75)
         if not close:
@@ -594,6 +600,30 @@ class Validator:
                     path, message = where, str(e)
                 steps = _steps(path[len(where) :])
                 self.error(path, _walk(pairs[name][1], steps), message)
+
+
+def _homes(name: str, cls: type | None, ctx: Ctx) -> list[str]:
+    """Where in this router ``name`` is a key, when it is one of a router, its client or service
+    parameters or its servers but was written in another of them (Linkerd 1.1 moved retries,
+    totalTimeoutMs and responseClassifier from the router and client to ``service``)."""
+    found = re.match(r"routers\[\d+\]", ctx.path)
+    if found is None or cls is None:
+        return []
+    router = found.group(0)
+    rcls = ctx.router_cls or m.HttpRouterConfig
+    server_cls = typing.get_args(typing.get_type_hints(rcls)["servers"])[0]
+    sections = [
+        (rcls, router),
+        (rcls.CLIENT_PARAMS, f"{router}.client"),
+        (rcls.SERVICE_PARAMS, f"{router}.service"),
+        (server_cls, f"an entry of {router}.servers"),
+    ]
+    return [
+        where
+        for section, where in sections
+        if section is not cls
+        and name in {yaml_name(f) for f in dataclasses.fields(section) if "doc" in f.metadata}
+    ]
 
 
 def _steps(path: str) -> list[str | int]:
