@@ -379,6 +379,18 @@ def test_characters_and_bytes_that_cannot_be_read_are_reported_at_their_line(tmp
     assert (proc.returncode, proc.stderr.decode()) == (1, f"<stdin>:3: {message}\n-: 1 error\n")
 
 
+def test_a_dtab_error_in_a_file_with_crlf_line_ends_is_placed_exactly() -> None:
+    # The dtab's lines were matched back to the file with their CRs, which never matched: the error
+    # fell back to the line after 'dtab: |', column 1.
+    text = "routers:\n- protocol: http\n  dtab: |\n    /svc => /a;\n    /foo => /b c;\n  servers: [{port: 4140}]\n"
+    message = "routers[0].dtab: invalid dtab at line 5, column 16: end of input expected but 'c' found"
+    for t in (text, text.replace("\n", "\r\n")):
+        with pytest.raises(ConfigError) as e:
+            load_config(t, source="t.yaml")
+        assert [(i.line, i.column) for i in e.value.errors] == [(5, 16)]
+        assert e.value.errors[0].format().splitlines()[0] == f"t.yaml:5: {message}"
+
+
 def test_loading_configs_does_not_keep_their_yaml_trees() -> None:
     # Every reload (SIGHUP, POST /admin/reload) loads the config again: the scalar constructor kept
     # each loaded node (and through its marks the whole text) forever.

@@ -946,6 +946,9 @@ def validate_text(text: str, source: str, *, check_client_prefixes: bool = True)
 
     ``check_client_prefixes=False`` skips only the static-client-prefix check (for tests of that
     check itself, which need the config that has the mistake)."""
+    # One line break (YAML reads CRLF and CR as LF too): a file saved with CRLF line ends gets the same
+    # positions, in particular inside a dtab block, whose lines are matched back to the file.
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
     v = Validator(text, source)
     try:
         root = compose(text)
