@@ -391,6 +391,13 @@ def test_a_dtab_error_in_a_file_with_crlf_line_ends_is_placed_exactly() -> None:
         assert e.value.errors[0].format().splitlines()[0] == f"t.yaml:5: {message}"
 
 
+def test_a_tab_in_the_indentation_says_to_use_spaces() -> None:
+    assert issues("routers:\n- protocol: http\n  servers:\n\t- port: 4140\n") == [
+        "t.yaml:4: not valid YAML or JSON: found character '\\t' that cannot start any token (while scanning "
+        "for the next token); YAML indents with spaces: replace the tab with spaces"
+    ]
+
+
 def test_loading_configs_does_not_keep_their_yaml_trees() -> None:
     # Every reload (SIGHUP, POST /admin/reload) loads the config again: the scalar constructor kept
     # each loaded node (and through its marks the whole text) forever.

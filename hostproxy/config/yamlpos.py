@@ -123,7 +123,8 @@ def compose(text: str) -> Node | None:
         column = mark.column + 1 if mark else 1
         problem = e.problem or e.context or "invalid YAML"
         context = f" ({e.context})" if e.context and e.problem else ""
-        raise YamlSyntaxError(f"not valid YAML or JSON: {problem}{context}", line, column) from None
+        hint = "; YAML indents with spaces: replace the tab with spaces" if "'\\t'" in problem else ""
+        raise YamlSyntaxError(f"not valid YAML or JSON: {problem}{context}{hint}", line, column) from None
     except yaml.reader.ReaderError as e:  # a character YAML does not allow (NUL, other controls)
         line = text.count("\n", 0, e.position) + 1
         column = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
