@@ -245,6 +245,26 @@ def test_namer_settings_their_runtime_refuses_at_startup_are_config_errors() -> 
     ]
 
 
+def test_a_daemonset_transformer_needs_a_k8s_namer() -> None:
+    # Passed `check`; the daemon then crashed at startup with a ValueError traceback.
+    daemonset = "{kind: io.l5d.k8s.daemonset, namespace: linkerd, port: incoming, service: l5d}"
+    text = (
+        f"namers:\n- kind: io.l5d.fs\n  rootDir: /srv\n  transformers:\n  - {daemonset}\n"
+        + ROUTER
+        + f"  interpreter:\n    kind: default\n    transformers:\n    - {daemonset}\n"
+    )
+    why = (
+        "io.l5d.k8s.daemonset watches its Service through an io.l5d.k8s namer, and `namers` has none; add one "
+        "(e.g. {kind: io.l5d.k8s, host: localhost, port: 8001})"
+    )
+    assert issues(text) == [
+        f"t.yaml:5: namers[0].transformers[0].kind: {why}",
+        f"t.yaml:14: routers[0].interpreter.transformers[0].kind: {why}",
+    ]
+    with_k8s = text.replace("namers:\n", "namers:\n- kind: io.l5d.k8s\n", 1)
+    assert load_config(with_k8s, source="t.yaml").namers[0].kind == "io.l5d.k8s"
+
+
 def test_run_reports_a_transformer_its_environment_cannot_serve_without_a_traceback(tmp_path: Path) -> None:
     cfg = tmp_path / "hostproxy.yaml"
     cfg.write_text(

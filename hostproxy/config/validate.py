@@ -826,6 +826,24 @@ def _finish(v: Validator, cfg: m.Config, root: MappingNode) -> m.Config:
                 changes["stream_after_content_length_kb"] = 5
         routers.append(dataclasses.replace(r, **changes))
     _check_overload(v, cfg.overload, node_at("overload"))
+    # The daemonset transformer watches its Service through the config's io.l5d.k8s namer.
+    if not any(isinstance(n, m.K8sNamer) for n in cfg.namers):
+        placed: list[tuple[str, tuple[str | int, ...], tuple[m.TransformerConfig, ...]]] = [
+            (f"namers[{i}]", ("namers", i), n.transformers) for i, n in enumerate(cfg.namers)
+        ]
+        placed += [
+            (f"routers[{i}].interpreter", ("routers", i, "interpreter"), r.interpreter.transformers)
+            for i, r in enumerate(cfg.routers or ())
+        ]
+        for where, steps, transformers in placed:
+            for j, t in enumerate(transformers):
+                if isinstance(t, m.DaemonSetTransformer):
+                    v.error(
+                        f"{where}.transformers[{j}].kind",
+                        node_at(*steps, "transformers", j, "kind"),
+                        "io.l5d.k8s.daemonset watches its Service through an io.l5d.k8s namer, and `namers` "
+                        "has none; add one (e.g. {kind: io.l5d.k8s, host: localhost, port: 8001})",
+                    )
     for i, ns in enumerate(cfg.dns.nameservers):
         if not _host_port(ns):
             v.error(
