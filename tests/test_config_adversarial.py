@@ -418,6 +418,14 @@ def test_a_tab_in_the_indentation_says_to_use_spaces() -> None:
     ]
 
 
+def test_a_second_yaml_document_says_what_to_do() -> None:
+    # PyYAML's "but found another document (expected a single document in the stream)" said neither.
+    assert issues(ROUTER + "---\nadmin: {port: 9991}\n") == [
+        "t.yaml:6: the file holds a second YAML document from here; a config is one document: remove this "
+        "'---' and what follows, or merge the two"
+    ]
+
+
 def test_loading_configs_does_not_keep_their_yaml_trees() -> None:
     # Every reload (SIGHUP, POST /admin/reload) loads the config again: the scalar constructor kept
     # each loaded node (and through its marks the whole text) forever.

@@ -119,6 +119,13 @@ def compose(text: str) -> Node | None:
         ) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
+        if e.context == "expected a single document in the stream" and mark is not None:
+            raise YamlSyntaxError(
+                "the file holds a second YAML document from here; a config is one document: remove this "
+                "'---' and what follows, or merge the two",
+                mark.line + 1,
+                mark.column + 1,
+            ) from None
         line = mark.line + 1 if mark else 1
         column = mark.column + 1 if mark else 1
         problem = e.problem or e.context or "invalid YAML"
