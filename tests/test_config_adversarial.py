@@ -245,6 +245,16 @@ def test_namer_settings_their_runtime_refuses_at_startup_are_config_errors() -> 
     ]
 
 
+def test_k8s_namer_host_is_a_host_and_port_a_port() -> None:
+    # A URL as host (the usual slip) or port 0 passed; the namer then failed every lookup, trying to
+    # connect to a host named 'http://localhost:8001'.
+    assert issues("namers:\n- kind: io.l5d.k8s\n  host: http://localhost:8001\n  port: 0\n" + ROUTER) == [
+        "t.yaml:3: namers[0].host: expected a host name or IP address (no scheme, port or path: the port is "
+        "`port`), got 'http://localhost:8001'",
+        "t.yaml:4: namers[0].port: must be from 1 to 65535, got 0",
+    ]
+
+
 def test_a_daemonset_transformer_needs_a_k8s_namer() -> None:
     # Passed `check`; the daemon then crashed at startup with a ValueError traceback.
     daemonset = "{kind: io.l5d.k8s.daemonset, namespace: linkerd, port: incoming, service: l5d}"

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 from hostproxy.config.schema import (
     between,
     fraction,
+    host_name,
     ip_literal,
     k8s_label_key,
     key,
@@ -585,8 +586,9 @@ class K8sNamer(NamerConfig):
         None,
         "Kubernetes API host (plain HTTP, e.g. a `kubectl proxy` beside the daemon).",
         default_doc="in-cluster (TLS + service account) when KUBERNETES_SERVICE_HOST is set, else localhost",
+        check=host_name,
     )
-    port: int = key(8001, "Kubernetes API port.", check=port_number)
+    port: int = key(8001, "Kubernetes API port.", check=between(1, 65535))
     label_selector: str | None = key(
         None, "Label key whose value is an extra path segment, e.g. version.", check=k8s_label_key
     )

@@ -171,3 +171,20 @@ def tls_version(v: Any) -> str | None:
     if v in ("TLSv1", "TLSv1.0", "TLSv1.1", "SSLv3", "SSLv2"):
         return f"{v} is insecure and not supported; use TLSv1.2 and/or TLSv1.3"
     return f"unknown TLS version {v!r}; use TLSv1.2 and/or TLSv1.3"
+
+
+def host_name(v: Any) -> str | None:
+    """A host name or an IP address: no scheme, port or path (those have keys of their own)."""
+    import ipaddress
+    import re
+
+    if v is None:
+        return None
+    try:
+        ipaddress.ip_address(v)
+        return None
+    except ValueError:
+        pass
+    if re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?", v):
+        return None
+    return f"expected a host name or IP address (no scheme, port or path: the port is `port`), got {v!r}"
