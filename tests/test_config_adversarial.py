@@ -245,6 +245,16 @@ def test_namer_settings_their_runtime_refuses_at_startup_are_config_errors() -> 
     ]
 
 
+def test_a_namer_prefix_written_with_the_hash_says_to_drop_it() -> None:
+    # prefix: /#/disco passed; the namer then served /#/#/disco, so the dtab's /#/disco bound nothing
+    # and every request answered 502.
+    text = "namers:\n- kind: io.l5d.fs\n  prefix: /#/disco\n  rootDir: /srv\n" + ROUTER
+    assert issues(text) == [
+        "t.yaml:3: namers[0].prefix: a namer prefix is written without '/#' (this one would serve "
+        "/#/#/disco/...); write prefix: /disco to serve /#/disco"
+    ]
+
+
 def test_k8s_namer_host_is_a_host_and_port_a_port() -> None:
     # A URL as host (the usual slip) or port 0 passed; the namer then failed every lookup, trying to
     # connect to a host named 'http://localhost:8001'.

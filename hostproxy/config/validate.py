@@ -858,6 +858,15 @@ def _check_namer(v: Validator, n: m.NamerConfig, where: str, node: Node) -> None
     """What each namer's runtime refuses when it is built at startup (before anything binds), so that
     ``check`` refuses it too, at its place: an empty rootDir, a dnsHosts entry that is not an IP, a
     rewrite pattern or name that does not parse or uses a variable the pattern does not capture."""
+    prefix = str(n.prefix)
+    if prefix == "/#" or prefix.startswith("/#/"):
+        bare = prefix[2:] or "/name"
+        v.error(
+            f"{where}.prefix",
+            _walk(node, ["prefix"]),
+            f"a namer prefix is written without '/#' (this one would serve /#{prefix}/...); write "
+            f"prefix: {bare} to serve /#{bare}",
+        )
     if isinstance(n, m.FsNamer) and n.root_dir == "":
         v.error(
             f"{where}.rootDir",
