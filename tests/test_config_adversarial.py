@@ -1,8 +1,9 @@
 """Adversarial config review: values the runtime refuses, hostile YAML, settings accepted but not applied.
 
 Each test here shows a defect found in review: a config that `hostproxy check` passed but the daemon then
-refused on every request (or crashed on at startup), YAML that crashed the loader or made it do
-unbounded work, and a setting that was accepted and never applied.
+refused on every request (or crashed on at startup, or that could not work), YAML that crashed the loader
+or made it do unbounded work, an error that did not say where or what to do, and a setting that was
+accepted and never applied.
 """
 
 from __future__ import annotations
