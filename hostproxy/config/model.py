@@ -884,13 +884,14 @@ class HttpRouterConfig(RouterConfig):
     )
     streaming_enabled: bool = key(
         True,
-        "Accepted so that Linkerd 1 configs load; not used: bodies are always streamed (a request body is "
-        "kept for a retry only up to a bound).",
+        "false: every request body with a Content-Length is read whole before it is forwarded, so that it "
+        "can be retried (up to 2 GB - 1, as Linkerd).",
     )
     stream_after_content_length_kb: int | None = key(
         None,
-        "Accepted, as streamingEnabled, and refused together with streamingEnabled: false as in Linkerd; "
-        "not used.",
+        "Request bodies with a Content-Length up to this size are read whole before they are forwarded, so "
+        "that they can be retried; larger ones are streamed once and never retried. Refused together with "
+        "streamingEnabled: false, as in Linkerd.",
         name="streamAfterContentLengthKB",
         default_doc="5",
         check=non_negative,
