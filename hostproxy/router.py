@@ -202,6 +202,12 @@ class _Service:
         self.registry = reg
 
 
+#: Services whose params, retry policy and counters a router keeps (past it, see ``_service_entry``).
+MAX_SERVICE_ENTRIES = 10_000
+#: Distinct sets of service params whose services past the cap get a retry policy of their own.
+MAX_OVERFLOW_POLICIES = 64
+
+
 def _dtab_lines(d: Dtab) -> str:
     """The dtab in an error body, one dentry a line, weights as written (not rounded to two decimals)."""
     return "\n".join(f"  {e.prefix} => {show_tree(e.dst, exact_weight)}" for e in d) or "  (empty)"
@@ -464,6 +470,9 @@ class HttpRouter:
             value = (bool(s.clear_context), AddressOverridePolicy.for_server(s.ip, s.allow_address_overrides))
             self._server_settings[key] = None if key in self._server_settings else value
         self._services: dict[Path, _Service] = {}
+        #: The retry policies services past ``MAX_SERVICE_ENTRIES`` share, by their params (None: the
+        #: one shared once ``MAX_OVERFLOW_POLICIES`` sets of params have their own).
+        self._overflow_policies: dict[Any, RetryPolicy] = {}
         # Settled bindings by service (see ``_Settled``): bounded, emptied when full.
         self._settled: dict[Path, _Settled] = {}
         self._stats_clock = metrics.clock  # what the metrics record by (usually the router's clock)
@@ -1027,13 +1036,26 @@ class HttpRouter:
 
     def _service_entry(self, service: Path, svc: Any) -> _Service:
         params = service_params_for(self.cfg, service)
-        policy = RetryPolicy.from_params(
+        if len(self._services) < MAX_SERVICE_ENTRIES:
+            policy = self._new_policy(params)
+            entry = self._services[service] = _Service(service, params, policy, svc)
+            return entry
+        # Past the cap, services are not kept, and share one retry policy per set of service params:
+        # a fresh policy per request would give each request its budget's reserve of retries, so a
+        # flood of distinct service names could retry without bound.
+        shared = self._overflow_policies.get(params)
+        if shared is None:
+            shared = self._new_policy(params)
+            if len(self._overflow_policies) < MAX_OVERFLOW_POLICIES:
+                self._overflow_policies[params] = shared
+            else:
+                shared = self._overflow_policies.setdefault(None, shared)
+        return _Service(service, params, shared, svc)
+
+    def _new_policy(self, params: Any) -> RetryPolicy:
+        return RetryPolicy.from_params(
             params, clock=self._clock, rng=self._rng, buffer_bytes=self._buffer_bytes
         )
-        entry = _Service(service, params, policy, svc)
-        if len(self._services) < 10_000:
-            self._services[service] = entry
-        return entry
 
     def _upstream_error(self, e: UpstreamError, service: Path, client: Client) -> Response:
         cause = cause_of(e)
