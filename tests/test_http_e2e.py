@@ -180,3 +180,23 @@ async def test_trailers_that_would_reframe_route_or_authenticate_are_dropped_bot
     assert b"grpc-status: 0" in trailers, out
     for forbidden in (b"set-cookie:", b"content-length:", b"location:"):
         assert forbidden not in trailers, out
+
+
+async def test_an_h2c_upgrade_is_not_passed_on() -> None:
+    """``Upgrade: h2c`` through an HTTP/1.1 router: forwarded as a plain request (no ``Upgrade``, no
+    ``HTTP2-Settings``), so no upstream can switch and hand the client an HTTP/2 connection that
+    bypasses the proxy ("h2c smuggling"). A WebSocket upgrade still passes (test above)."""
+    async with running_upstream() as up, running_proxy(up.port) as proxy:
+        out = await _raw_exchange(
+            proxy.port,
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+            b"HTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nX-Keep: 1\r\n\r\n"
+            b"GET /headers HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        assert out.startswith(b"HTTP/1.1 200"), out
+        assert b"101" not in out.split(b"\r\n", 1)[0]
+        first = up.requests[0]
+        assert first.target == "/ws"
+        assert first.header("upgrade") is None and first.header("http2-settings") is None
+        assert first.header("x-keep") == "1"
+        assert [r.target for r in up.requests] == ["/ws", "/headers"]  # the connection went on in HTTP/1.1

@@ -91,7 +91,12 @@ def _reference(conn: Any, head: RequestHead) -> Request | Response:
     else:
         authority = host.decode("latin-1") if host is not None else None
     upgrade = None
-    if upgrade_value is not None and b"upgrade" in b",".join(connection).lower():
+    # (An upgrade to h2c is never passed on: see ``_asks_h2c``.)
+    if (
+        upgrade_value is not None
+        and b"upgrade" in b",".join(connection).lower()
+        and b"h2c" not in [t.strip().lower() for t in upgrade_value.split(b",")]
+    ):
         upgrade = upgrade_value
     content_length: int | None = 0
     if te is not None:

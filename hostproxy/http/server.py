@@ -309,6 +309,14 @@ def _reset_on_close(stream: Any) -> None:
         pass  # already gone: nothing to signal
 
 
+def _asks_h2c(upgrade: bytes) -> bool:
+    """Whether an ``Upgrade`` value offers ``h2c``. Such a request is forwarded as a plain request (its
+    ``Upgrade`` dropped as hop-by-hop), as Envoy and nginx do: an upstream that switched would give
+    the client an HTTP/2 connection of its own to it, whose requests no longer pass this proxy (the
+    "h2c smuggling" of an access-control proxy)."""
+    return any(token.strip().lower() == b"h2c" for token in upgrade.split(b","))
+
+
 class _ClientGone(Exception):
     """The client closed or reset the connection; nothing more can be sent."""
 
@@ -767,7 +775,7 @@ class _Connection:
         upgrade: bytes | None = None
         if upgrade_value is not None:
             conn_tokens = b",".join(connection).lower()
-            if b"upgrade" in conn_tokens:
+            if b"upgrade" in conn_tokens and not _asks_h2c(upgrade_value):
                 upgrade = upgrade_value
         content_length: int | None = 0
         if te is not None:
