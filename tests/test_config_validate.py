@@ -419,3 +419,21 @@ def test_merge_keys_and_null_values() -> None:
     )
     cfg = load_config(MINIMAL + "  label: ~\n", source="t")
     assert cfg.routers[0].label == "http"
+
+
+def test_request_timeouts_are_linkerd_ints_so_the_deadline_header_stays_an_int64() -> None:
+    """totalTimeoutMs and servers[].timeoutMs become the l5d-ctx-deadline sent downstream, in
+    nanoseconds: a value past a 32-bit int (as Linkerd reads them) would overflow it at the next hop."""
+    text = """
+routers:
+- protocol: http
+  dtab: /svc => /$/inet/127.0.0.1/1;
+  service: {kind: io.l5d.global, totalTimeoutMs: 9999999999999}
+  servers: [{port: 0, timeoutMs: 2147483648}]
+"""
+    with pytest.raises(ConfigError) as info:
+        load_config(text, source="t.yaml")
+    assert [i.format() for i in info.value.errors] == [
+        "t.yaml:5: routers[0].service.totalTimeoutMs: must be from 1 to 2147483647, got 9999999999999",
+        "t.yaml:6: routers[0].servers[0].timeoutMs: must be from 1 to 2147483647, got 2147483648",
+    ]

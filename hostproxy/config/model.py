@@ -374,7 +374,10 @@ class ServiceParams:
     """Parameters of one service (one logical name): timeouts, retries, classification."""
 
     total_timeout_ms: int | None = key(
-        None, "Budget for the whole request, retries included.", default_doc="none", check=positive
+        None,
+        "Budget for the whole request, retries included (1 to 2147483647, a Linkerd int).",
+        default_doc="none",
+        check=between(1, 2**31 - 1),
     )
     retries: Retries = key(Retries(), "Retry budget and backoff.")
     response_classifier: ClassifierConfig = key(
@@ -706,9 +709,9 @@ class ServerConfig:
     timeout_ms: int | None = key(
         None,
         "Bound each request from when the router forwards it, as totalTimeoutMs does (503, cause "
-        "timeout/request); the stricter of the two applies.",
+        "timeout/request); the stricter of the two applies (1 to 2147483647).",
         default_doc="none",
-        check=positive,
+        check=between(1, 2**31 - 1),
     )
     max_call_depth: int = key(
         1000, "Reject a request that already passed this many proxies (Via count).", check=positive
