@@ -466,3 +466,44 @@ async def test_an_http1_port_refuses_another_http_version_with_505() -> None:
                     break
                 out += data
         assert out.startswith(b"HTTP/1.1 505"), out
+
+
+async def test_max_concurrent_requests_counts_a_stream_until_its_response_ends() -> None:
+    """``maxConcurrentRequests`` on an h2 server counted a stream only until its response head was
+    returned, so any number of long streamed responses passed the cap (HTTP/1.1 counts them to their
+    end). Now a stream holds its place until its response was sent whole."""
+    from tests.test_retry_adversarial import HeldBody
+
+    bodies: list[HeldBody] = []
+
+    async def handle(req: Request, conn: object) -> Response:
+        if req.target == "/stream":
+            bodies.append(HeldBody())
+            return Response(200, b"", Headers([]), Body(bodies[-1], None))
+        return Response(200, b"", Headers([]), Body.from_bytes(b"quick"))
+
+    server = H2Server(handle, H2ServerParams(ip="127.0.0.1", port=0, max_concurrent_requests=1))
+    async with trio.open_nursery() as nursery:
+        (addr,) = await nursery.start(server.serve)
+        url = f"http://127.0.0.1:{addr[1]}"
+        streamed: list[object] = []
+
+        async def stream() -> None:
+            streamed.append(await curl(f"{url}/stream", "--http2-prior-knowledge", timeout=30))
+
+        nursery.start_soon(stream)
+        with trio.fail_after(30):
+            while not bodies:
+                await trio.sleep(0.01)
+        during = await curl(f"{url}/quick", "--http2-prior-knowledge")
+        assert server.statistics()["requests_in_flight"] == 1
+        bodies[0].release.set()
+        with trio.fail_after(30):
+            while not streamed:
+                await trio.sleep(0.01)
+        after = await curl(f"{url}/quick", "--http2-prior-knowledge")
+        assert server.statistics()["requests_in_flight"] == 0
+        nursery.cancel_scope.cancel()
+    assert during.status == 503 and "maxConcurrentRequests=1" in (during.l5d_err or "")
+    assert [(r.status, r.body) for r in streamed] == [(200, b"end")]  # type: ignore[attr-defined]
+    assert (after.status, after.body) == (200, b"quick")

@@ -780,6 +780,7 @@ class _ServerLink(H2Link):
         stats.requests_total += 1
         request: Request | None = None
         response: Response | None = None
+        counted = False
         try:
             with scope:
                 built = self._build(s, raw)
@@ -798,22 +799,22 @@ class _ServerLink(H2Link):
                         f"server {self.params.router_label} is at maxConcurrentRequests={limit}; retry later",
                     )
                 else:
+                    # In flight until its response has been sent whole (below), as on HTTP/1.1: a
+                    # long streamed response holds its place under maxConcurrentRequests.
                     stats.requests_in_flight += 1
+                    counted = True
                     try:
-                        try:
-                            response = await self.server.handler(request, self.info)
-                        except StreamGone:
-                            return
-                        except Exception as exc:
-                            if not isinstance(exc, UpstreamError):
-                                log.exception(
-                                    "h2.handler_failed",
-                                    router=self.params.router_label,
-                                    target=request.target,
-                                )
-                            response = response_for_exception(exc)
-                    finally:
-                        stats.requests_in_flight -= 1
+                        response = await self.server.handler(request, self.info)
+                    except StreamGone:
+                        return
+                    except Exception as exc:
+                        if not isinstance(exc, UpstreamError):
+                            log.exception(
+                                "h2.handler_failed",
+                                router=self.params.router_label,
+                                target=request.target,
+                            )
+                        response = response_for_exception(exc)
                 grpc = is_grpc(request.headers)
                 if grpc:
                     response = grpc_error_response(request.headers, response)
@@ -821,6 +822,8 @@ class _ServerLink(H2Link):
         except StreamGone:
             pass
         finally:
+            if counted:
+                stats.requests_in_flight -= 1
             with trio.CancelScope(shield=True):
                 if response is not None and not response.body.done:
                     await response.body.aclose()
