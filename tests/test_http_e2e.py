@@ -200,3 +200,23 @@ async def test_an_h2c_upgrade_is_not_passed_on() -> None:
         assert first.header("upgrade") is None and first.header("http2-settings") is None
         assert first.header("x-keep") == "1"
         assert [r.target for r in up.requests] == ["/ws", "/headers"]  # the connection went on in HTTP/1.1
+
+
+async def test_a_request_target_of_no_http11_form_is_refused() -> None:
+    """``other/web``, ``?x=1``, ``http:/x`` or ``*`` on a GET are none of HTTP/1.1's request-target forms
+    (RFC 9112 §3.2): they were forwarded as they were, for each upstream to read its own way. Now 400
+    (and the connection closes, as for every request refused before routing); ``OPTIONS *``, paths and
+    absolute URLs pass."""
+    async with running_upstream() as up, running_proxy(up.port) as proxy:
+        for target in (b"other/web", b"?x=1", b"http:/x", b"*"):
+            out = await _raw_exchange(
+                proxy.port, b"GET " + target + b" HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n"
+            )
+            assert out.startswith(b"HTTP/1.1 400"), (target, out)
+            assert b"is not a path" in out, out
+        out = await _raw_exchange(
+            proxy.port,
+            b"OPTIONS * HTTP/1.1\r\nHost: web\r\n\r\nGET http://web/abs HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n",
+        )
+        assert out.count(b"HTTP/1.1 200 ") == 2 and b"HTTP/1.1 400" not in out, out
+        assert [r.target for r in up.requests] == ["*", "/abs"]

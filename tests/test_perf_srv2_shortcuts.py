@@ -37,7 +37,7 @@ from hostproxy.http.proxyheaders import (
     split_absolute_form,
     via_count,
 )
-from hostproxy.http.server import Http1Server, ServerParams, _Connection, _RequestBodySource
+from hostproxy.http.server import Http1Server, ServerParams, _bad_target, _Connection, _RequestBodySource
 
 _ASCII = {b"GET": "GET", b"1.1": "1.1"}
 
@@ -83,6 +83,8 @@ def _reference(conn: Any, head: RequestHead) -> Request | Response:
         )
     scheme = "http"
     absolute = split_absolute_form(target) if target[:1] != "/" else None
+    if absolute is None and target[:1] != "/" and not (target == "*" and method == "OPTIONS"):
+        return _bad_target(target)
     authority: str | None
     if absolute is not None:
         scheme, authority_s, target = absolute

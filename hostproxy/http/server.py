@@ -309,6 +309,19 @@ def _reset_on_close(stream: Any) -> None:
         pass  # already gone: nothing to signal
 
 
+def _bad_target(target: str) -> Response:
+    """400 for a request target that is none of HTTP/1.1's forms (RFC 9112 §3.2): not a path, not an
+    absolute http(s) URL, not ``*`` of an OPTIONS. Forwarded, ``other/web`` or ``?x=1`` would be read
+    differently by each upstream (a relative path, a path of its own)."""
+    shown = target if len(target) <= 64 else target[:64] + "…"
+    return error_response(
+        400,
+        "bad-request",
+        f"request target {shown!r} is not a path ('/…'), an absolute http(s) URL or '*' (OPTIONS only); "
+        "send the path of the resource",
+    )
+
+
 def _asks_h2c(upgrade: bytes) -> bool:
     """Whether an ``Upgrade`` value offers ``h2c``. Such a request is forwarded as a plain request (its
     ``Upgrade`` dropped as hop-by-hop), as Envoy and nginx do: an upstream that switched would give
@@ -772,6 +785,8 @@ class _Connection:
             )
         scheme = "http"
         absolute = split_absolute_form(target) if target[:1] != "/" else None
+        if absolute is None and target[:1] != "/" and not (target == "*" and method == "OPTIONS"):
+            return _bad_target(target)
         upgrade: bytes | None = None
         if upgrade_value is not None:
             conn_tokens = b",".join(connection).lower()
