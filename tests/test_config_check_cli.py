@@ -75,3 +75,14 @@ def test_missing_file() -> None:
         "/nonexistent/hostproxy.yaml: cannot read the config file: No such file or directory\n"
         "/nonexistent/hostproxy.yaml: 1 error\n"
     )
+
+
+def test_a_config_past_16_mib_is_refused_not_read_without_end() -> None:
+    """``hostproxy check /dev/zero`` read for ever (a device named by mistake, runaway generated
+    output): a config past 16 MiB is now an error that asks whether it is the config file."""
+    r = run("/dev/zero")
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[0] == (
+        "/dev/zero: the config is larger than 16 MiB; is this the config file? (a device such as "
+        "/dev/zero, or generated output gone wrong)"
+    )

@@ -1025,14 +1025,40 @@ def load_config(
         return validate_text(path_or_text, "<config>", check_client_prefixes=ck)
     name = str(path_or_text)
     if name == "-":
-        return validate_text(_utf8(sys.stdin.buffer.read(), "<stdin>"), "<stdin>", check_client_prefixes=ck)
+        data = _bounded(sys.stdin.buffer, "<stdin>")
+        return validate_text(_utf8(data, "<stdin>"), "<stdin>", check_client_prefixes=ck)
     try:
-        data = FsPath(name).read_bytes()
+        with open(name, "rb") as f:
+            data = _bounded(f, name)
     except OSError as e:
         raise ConfigError(
             [ConfigIssue(name, 0, 0, "", f"cannot read the config file: {e.strerror or e}")]
         ) from None
     return validate_text(_utf8(data, name), name, check_client_prefixes=ck)
+
+
+#: The largest config read, in bytes: a path such as /dev/zero, or a runaway generator's output, is
+#: refused instead of read without end (Linkerd configs of thousands of routers are a few MiB).
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+
+
+def _bounded(f: Any, name: str) -> bytes:
+    """At most ``MAX_CONFIG_BYTES`` of ``f``; a ConfigError when there is more."""
+    data = f.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    name,
+                    0,
+                    0,
+                    "",
+                    f"the config is larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB; is this the config "
+                    "file? (a device such as /dev/zero, or generated output gone wrong)",
+                )
+            ]
+        )
+    return bytes(data)
 
 
 def _utf8(data: bytes, name: str) -> str:
