@@ -507,3 +507,40 @@ async def test_max_concurrent_requests_counts_a_stream_until_its_response_ends()
     assert during.status == 503 and "maxConcurrentRequests=1" in (during.l5d_err or "")
     assert [(r.status, r.body) for r in streamed] == [(200, b"end")]  # type: ignore[attr-defined]
     assert (after.status, after.body) == (200, b"quick")
+
+
+async def test_trailers_lose_the_fields_a_trailer_section_must_not_carry_both_ways() -> None:
+    """As on HTTP/1.1: h2 trailers are read without framing, routing, authentication and other
+    fields of the header section (RFC 9110 §6.5.1), from the client and from the upstream; gRPC's
+    ``grpc-status`` and other trailers pass."""
+    from tests.daemonutil import running_daemon
+    from tests.test_h2_daemon_e2e import h2_config
+
+    received: list[list[tuple[bytes, bytes]]] = []
+
+    async def origin(req: Request, conn: object) -> Response:
+        await req.body.read_all()
+        received.append(list(req.body.trailers.items()) if req.body.trailers else [])
+        trailers = Headers([(b"grpc-status", b"0"), (b"set-cookie", b"s=stolen"), (b"location", b"/evil")])
+        return Response(200, b"", Headers([]), Body.from_bytes(b"ok", trailers))
+
+    server = H2Server(origin, H2ServerParams(ip="127.0.0.1", port=0))
+    async with trio.open_nursery() as nursery:
+        (addr,) = await nursery.start(server.serve)
+        async with running_daemon(h2_config(f"/svc => /$/inet/127.0.0.1/{addr[1]};")) as d:
+            port = d.port("h2")
+            async with RawClient.connect(port) as client:
+                await client.start()
+                sid = await client.request("/x", port, end_stream=False, method=b"POST")
+                client.conn.send_data(sid, b"hello")
+                client.conn.send_headers(
+                    sid,
+                    [(b"x-checksum", b"abc"), (b"authorization", b"Bearer stolen"), (b"host", b"evil")],
+                    end_stream=True,
+                )
+                await client.flush()
+                status, body, trailers = await client.response(sid)
+        nursery.cancel_scope.cancel()
+    assert (status, body) == (200, b"ok")
+    assert received == [[(b"x-checksum", b"abc")]]
+    assert trailers is not None and dict(trailers) == {b"grpc-status": b"0"}

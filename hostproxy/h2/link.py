@@ -45,6 +45,7 @@ from hyperframe.frame import GoAwayFrame
 
 from hostproxy.h2.limits import ENHANCE_YOUR_CALM, FloodGuard, FrameScanner, H2Limits, Verdict
 from hostproxy.http.errors import RequestBodyError
+from hostproxy.http.hopbyhop import allowed_trailers
 from hostproxy.http.message import Headers
 
 __all__ = ["H2Link", "InboundBody", "Stalled", "StreamGone", "StreamState", "keep_open_after_goaway"]
@@ -369,7 +370,8 @@ class H2Link:
                 self.reset(s, PROTOCOL_ERROR)
                 self.on_stream_reset(s, remote=False)
             elif s is not None:
-                s.trailers = Headers(ev.headers)
+                # Without the fields a trailer section must not carry (``allowed_trailers``).
+                s.trailers = Headers(allowed_trailers(ev.headers))
                 if ev.stream_ended is not None:
                     s.ended = True
                 s.wake()
