@@ -60,6 +60,13 @@ async def test_connections_connects_closes_and_bad_requests_of_an_http_server(tm
         assert m[f"{scope}/connects"] == 2
         prom = (await curl(f"{d.admin}/admin/metrics/prometheus")).body.decode()
         assert f'hostproxy_server_connects{{router="out",server="127.0.0.1:{port}"}} 2' in prom
+        # Refused before routing too, where no request counter of the router sees them: CONNECT, a
+        # target of no HTTP/1.1 form.
+        for line in (b"CONNECT web:443 HTTP/1.1", b"GET other/web HTTP/1.1"):
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(line + b"\r\nHost: web\r\n\r\n")
+                assert (await trio.to_thread.run_sync(s.recv, 65536))[9:12] in (b"405", b"400")
+        await _until(d.admin, f"{scope}/bad_requests", 3)
 
 
 async def test_connections_refused_over_max_connections_are_counted(tmp_path: Path) -> None:

@@ -858,6 +858,7 @@ class _Connection:
         self.requests += 1
         built = self._build_request(head)
         if not isinstance(built, Request):
+            stats.bad_requests += 1  # (a proxy loop, CONNECT, a target of no HTTP/1.1 form)
             return built, None
         limit = self.params.max_concurrent_requests
         if limit is not None and stats.requests_in_flight >= limit:
