@@ -437,3 +437,31 @@ routers:
         "t.yaml:5: routers[0].service.totalTimeoutMs: must be from 1 to 2147483647, got 9999999999999",
         "t.yaml:6: routers[0].servers[0].timeoutMs: must be from 1 to 2147483647, got 2147483648",
     ]
+
+
+@pytest.mark.parametrize("header", ["", "Host Header", "x:y"])
+def test_an_identifier_header_that_cannot_name_a_header_is_a_config_error(header: str) -> None:
+    """An empty or malformed ``identifier.header`` made every request a 400 at run time; it is now
+    refused with the config."""
+    text = f"""
+routers:
+- protocol: http
+  dtab: /svc => /$/inet/127.0.0.1/1;
+  identifier: {{kind: io.l5d.header.token, header: "{header}"}}
+  servers: [{{port: 0}}]
+"""
+    with pytest.raises(ConfigError) as info:
+        load_config(text, source="t.yaml")
+    assert [i.format() for i in info.value.errors] == [
+        "t.yaml:5: routers[0].identifier.header: must be a header name, e.g. Host or l5d-name (no spaces, "
+        f"':' only to start a pseudo-header); got {header!r}"
+    ]
+
+
+def test_identifier_headers_that_are_header_names_load() -> None:
+    for header in ("Host", "l5d-name", ":authority", "X-Service_Name.v2"):
+        load_config(
+            "routers:\n- protocol: http\n  dtab: /svc => /$/inet/127.0.0.1/1;\n"
+            f"  identifier: {{kind: io.l5d.header.token, header: '{header}'}}\n  servers: [{{port: 0}}]\n",
+            source="t.yaml",
+        )

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 from hostproxy.config.schema import (
     between,
     fraction,
+    header_name,
     host_name,
     ip_literal,
     k8s_label_key,
@@ -457,7 +458,10 @@ class IdentifierConfig(PluginConfig):
 @dataclass(frozen=True, kw_only=True)
 class HeaderTokenIdentifier(IdentifierConfig):
     header: str | None = key(
-        None, "Header whose value becomes the name.", default_doc="Host (http), :authority (h2)"
+        None,
+        "Header whose value becomes the name.",
+        default_doc="Host (http), :authority (h2)",
+        check=header_name,
     )
 
 
@@ -474,7 +478,7 @@ class PathIdentifier(IdentifierConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class HeaderIdentifier(IdentifierConfig):
-    header: str = key("l5d-name", "Header holding a path that becomes the name.")
+    header: str = key("l5d-name", "Header holding a path that becomes the name.", check=header_name)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -484,7 +488,7 @@ class StaticIdentifier(IdentifierConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class HeaderPathIdentifier(IdentifierConfig):
-    header: str = key(":path", "Header holding the path.")
+    header: str = key(":path", "Header holding the path.", check=header_name)
     segments: int | None = key(
         None, "Number of path segments that make the name.", default_doc="the whole path", check=positive
     )

@@ -142,6 +142,17 @@ def regex(v: Any) -> str | None:
     return None
 
 
+def header_name(v: Any) -> str | None:
+    """A header field name (RFC 9110 token characters; h2's pseudo-headers with their leading ':')."""
+    import re
+
+    if v is None:
+        return None
+    if isinstance(v, str) and re.fullmatch(r":?[!#$%&'*+\-.^_`|~0-9A-Za-z]+", v):
+        return None
+    return f"must be a header name, e.g. Host or l5d-name (no spaces, ':' only to start a pseudo-header); got {v!r}"
+
+
 def router_label(v: Any) -> str | None:
     if v is None:
         return None
