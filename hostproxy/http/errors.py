@@ -151,7 +151,7 @@ class OutOfResources(UpstreamError):
 _OUT_OF = {
     errno.EMFILE: (
         "hostproxy is out of file descriptors{limit}; raise its limit (LimitNOFILE= in the systemd unit, "
-        "ulimit -n) or look for a connection leak (/admin/metrics.json …/connections, pool_size)"
+        "ulimit -n) or look for a connection leak (the connections and pool_size of each client in /admin/metrics.json)"
     ),
     errno.ENFILE: "the host is out of file descriptors (fs.file-max); find the process holding them",
     errno.ENOBUFS: "the kernel is out of socket memory on this host (net.core/ipv4 memory limits)",

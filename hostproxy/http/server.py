@@ -313,11 +313,11 @@ def _bad_target(target: str) -> Response:
     """400 for a request target that is none of HTTP/1.1's forms (RFC 9112 §3.2): not a path, not an
     absolute http(s) URL, not ``*`` of an OPTIONS. Forwarded, ``other/web`` or ``?x=1`` would be read
     differently by each upstream (a relative path, a path of its own)."""
-    shown = target if len(target) <= 64 else target[:64] + "…"
+    shown = target if len(target) <= 64 else target[:64] + "..."
     return error_response(
         400,
         "bad-request",
-        f"request target {shown!r} is not a path ('/…'), an absolute http(s) URL or '*' (OPTIONS only); "
+        f"request target {shown!r} is not a path (starting with '/'), an absolute http(s) URL or '*' (OPTIONS only); "
         "send the path of the resource",
     )
 
