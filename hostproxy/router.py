@@ -1049,7 +1049,10 @@ class HttpRouter:
             if len(self._overflow_policies) < MAX_OVERFLOW_POLICIES:
                 self._overflow_policies[params] = shared
             else:
-                shared = self._overflow_policies.setdefault(None, shared)
+                # Past those sets of params, a service keeps its own classifier, backoff and body
+                # buffer, and draws on the one retry budget all such services share: another
+                # service's classifier would retry what its config says must not be (a POST on 5XX).
+                shared.budget = self._overflow_policies.setdefault(None, shared).budget
         return _Service(service, params, shared, svc)
 
     def _new_policy(self, params: Any) -> RetryPolicy:

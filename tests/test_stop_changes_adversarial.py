@@ -10,12 +10,19 @@ before its fix.
 from __future__ import annotations
 
 import errno
+import time
+from typing import Any
 from urllib.parse import unquote_plus
 
 import trio
 from upstreams import running_proxy, running_upstream
 
+from hostproxy import router as router_mod
+from hostproxy.config.validate import load_config
 from hostproxy.http.errors import out_of_resources, response_for_exception
+from hostproxy.http.message import Body, Headers, Request, Response
+from hostproxy.metrics import MetricsRegistry
+from tests.routerstub import StubPool, conn_for, stub_router
 
 
 async def _raw_exchange(port: int, data: bytes) -> bytes:
@@ -60,3 +67,62 @@ def test_out_of_descriptors_l5d_err_says_what_the_body_says() -> None:
     said = unquote_plus(value.decode("ascii"), encoding="iso-8859-1")
     assert said == str(err), said
     assert "?/connections" not in said, said
+
+
+_STATIC_CFG = """
+routers:
+- protocol: http
+  label: capped
+  dtab: /svc => /$/inet/127.0.0.1/9001;
+  service:
+    kind: io.l5d.static
+    configs:
+    - prefix: /svc/a
+      totalTimeoutMs: 1000
+    - prefix: /svc/b
+      responseClassifier: {kind: io.l5d.http.retryableAll5XX}
+    - prefix: /svc/c
+      totalTimeoutMs: 3000
+  servers: [{ip: 127.0.0.1, port: 4140}]
+"""
+
+
+class _Unavailable(StubPool):
+    """Every request: 503; counts what reached it."""
+
+    calls = 0
+
+    async def request(self, req: Request) -> Response:
+        await trio.lowlevel.checkpoint()
+        _Unavailable.calls += 1
+        return Response(503, b"Service Unavailable", Headers(), Body.from_bytes(b"down"))
+
+
+def test_services_past_every_cap_keep_their_own_classifier(monkeypatch: Any) -> None:
+    """Past the services a router keeps and past the sets of params whose policies it keeps, every
+    service shared the policy of whichever params came first: a POST to a service configured with the
+    default nonRetryable5XX was retried under another service's retryableAll5XX (and the other way,
+    a service's own retryable classifier was ignored). They now share only the retry budget."""
+    monkeypatch.setattr(router_mod, "MAX_SERVICE_ENTRIES", 0)
+    monkeypatch.setattr(router_mod, "MAX_OVERFLOW_POLICIES", 1)
+    monkeypatch.setattr(_Unavailable, "calls", 0)
+
+    def post(host: bytes) -> Request:
+        return Request("POST", "/", Headers([(b"host", host)]), Body.empty(), authority=host.decode())
+
+    async def main() -> list[int]:
+        cfg = load_config(_STATIC_CFG, source="test").routers[0]
+        conn = conn_for(cfg)
+        calls = []
+        async with trio.open_nursery() as nursery:
+            router = stub_router(cfg, nursery, _Unavailable, metrics=MetricsRegistry(time.monotonic))
+            for name in (b"a", b"b", b"c"):
+                before = _Unavailable.calls
+                assert (await router.handle(post(name), conn)).status == 503
+                calls.append(_Unavailable.calls - before)
+            nursery.cancel_scope.cancel()
+        return calls
+
+    a, b, c = trio.run(main)
+    assert a == 1 and b > 1, (a, b, c)  # nonRetryable5XX: tried once; retryableAll5XX: retried
+    assert c == 1, f"a POST under nonRetryable5XX was sent {c} times"
