@@ -93,7 +93,7 @@ def _reference(conn: Any, head: RequestHead) -> Request | Response:
     else:
         authority = host.decode("latin-1") if host is not None else None
     upgrade = None
-    # (An upgrade to h2c is never passed on: see ``_asks_h2c``.)
+    # (An upgrade to h2c is never passed on: see ``_without_h2c``.)
     if (
         upgrade_value is not None
         and b"upgrade" in b",".join(connection).lower()

@@ -126,3 +126,33 @@ def test_services_past_every_cap_keep_their_own_classifier(monkeypatch: Any) -> 
     a, b, c = trio.run(main)
     assert a == 1 and b > 1, (a, b, c)  # nonRetryable5XX: tried once; retryableAll5XX: retried
     assert c == 1, f"a POST under nonRetryable5XX was sent {c} times"
+
+
+async def test_a_websocket_upgrade_that_also_offers_h2c_is_tunnelled_without_h2c() -> None:
+    """``Upgrade: websocket, h2c`` offers two protocols; refusing h2c (no HTTP/2 connection past the
+    proxy) dropped the whole upgrade, so the WebSocket the client also asked for never reached the
+    upstream. The h2c token alone is dropped: the upstream sees ``Upgrade: websocket`` and the
+    tunnel works."""
+    async with running_upstream() as up, running_proxy(up.port) as proxy:
+        stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+        async with stream:
+            await stream.send_all(
+                b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                b"Upgrade: websocket, h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n"
+                b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            )
+            data = b""
+            with trio.fail_after(10):
+                while b"\r\n\r\n" not in data:
+                    chunk = await stream.receive_some(65536)
+                    assert chunk, data
+                    data += chunk
+            assert data.lower().startswith(b"http/1.1 101"), data
+            await stream.send_all(b"frame-1")
+            got = data.split(b"\r\n\r\n", 1)[1]
+            with trio.fail_after(10):
+                while len(got) < 7:
+                    got += await stream.receive_some(65536)
+            assert got == b"frame-1"
+        first = up.requests[0]
+        assert first.header("upgrade") == "websocket" and first.header("http2-settings") is None

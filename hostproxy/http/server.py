@@ -322,12 +322,17 @@ def _bad_target(target: str) -> Response:
     )
 
 
-def _asks_h2c(upgrade: bytes) -> bool:
-    """Whether an ``Upgrade`` value offers ``h2c``. Such a request is forwarded as a plain request (its
-    ``Upgrade`` dropped as hop-by-hop), as Envoy and nginx do: an upstream that switched would give
-    the client an HTTP/2 connection of its own to it, whose requests no longer pass this proxy (the
-    "h2c smuggling" of an access-control proxy)."""
-    return any(token.strip().lower() == b"h2c" for token in upgrade.split(b","))
+def _without_h2c(upgrade: bytes) -> bytes | None:
+    """An ``Upgrade`` value without its ``h2c`` offer; None when nothing else is offered. A request
+    offering only ``h2c`` is forwarded as a plain request (its ``Upgrade`` dropped as hop-by-hop), as
+    Envoy and nginx do: an upstream that switched would give the client an HTTP/2 connection of its
+    own to it, whose requests no longer pass this proxy (the "h2c smuggling" of an access-control
+    proxy). Other protocols offered beside it (``websocket, h2c``) are still passed on."""
+    tokens = [token.strip() for token in upgrade.split(b",")]
+    if not any(token.lower() == b"h2c" for token in tokens):
+        return upgrade
+    rest = [token for token in tokens if token and token.lower() != b"h2c"]
+    return b", ".join(rest) if rest else None
 
 
 class _ClientGone(Exception):
@@ -790,8 +795,8 @@ class _Connection:
         upgrade: bytes | None = None
         if upgrade_value is not None:
             conn_tokens = b",".join(connection).lower()
-            if b"upgrade" in conn_tokens and not _asks_h2c(upgrade_value):
-                upgrade = upgrade_value
+            if b"upgrade" in conn_tokens:
+                upgrade = _without_h2c(upgrade_value)
         content_length: int | None = 0
         if te is not None:
             content_length = None
@@ -819,6 +824,8 @@ class _Connection:
             else:
                 authority = host.decode("latin-1") if host is not None else None
             out = strip_hop_by_hop(headers, keep_upgrade=upgrade is not None)
+            if upgrade is not None and upgrade is not upgrade_value:
+                out.set(b"upgrade", upgrade)  # (without its h2c offer)
             if cl is not None:
                 out.remove(b"content-length")
             if has_expect:
