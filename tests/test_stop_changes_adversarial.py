@@ -19,6 +19,7 @@ from upstreams import running_proxy, running_upstream
 
 from hostproxy import router as router_mod
 from hostproxy.config.validate import load_config
+from hostproxy.http import server as server_mod
 from hostproxy.http.errors import out_of_resources, response_for_exception
 from hostproxy.http.message import Body, Headers, Request, Response
 from hostproxy.metrics import MetricsRegistry
@@ -156,3 +157,38 @@ async def test_a_websocket_upgrade_that_also_offers_h2c_is_tunnelled_without_h2c
             assert got == b"frame-1"
         first = up.requests[0]
         assert first.header("upgrade") == "websocket" and first.header("http2-settings") is None
+
+
+async def test_a_drain_that_starts_during_a_lingering_close_shortens_it(monkeypatch: Any) -> None:
+    """A draining server lingers at most ``LINGER_DRAINING_S`` after an early answer, so the drain is
+    not held by a client still sending its body; but only a linger that started after the drain was
+    shortened: one already under way when the drain began went on for its whole ``LINGER_S`` (made
+    an hour here, so only the drain can end it) while the client kept sending."""
+    monkeypatch.setattr(server_mod, "LINGER_S", 3600.0)
+
+    async def early(request: Request, info: Any, pool: Any) -> Response:  # answers, body unread
+        return Response(403, b"Forbidden", Headers([(b"content-length", b"2")]), Body.from_bytes(b"no"))
+
+    async with running_upstream() as up, running_proxy(up.port, handler=early) as proxy:
+        stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+        async with stream:
+            await stream.send_all(
+                b"POST /up HTTP/1.1\r\nHost: web\r\nContent-Length: 100000000\r\n\r\n" + b"x" * 1000
+            )
+            data = b""
+            with trio.fail_after(10):
+                while b"\r\n\r\nno" not in data:  # the 403; the client goes on sending its body
+                    data += await stream.receive_some(65536)
+            assert data.startswith(b"HTTP/1.1 403"), data
+            sent = 0
+            with trio.fail_after(20):  # the client keeps sending: the server lingers until it closes
+                try:
+                    while True:
+                        await stream.send_all(b"x" * 100)
+                        sent += 1
+                        if sent == 30:  # (lingering by then: the drain for reuse gives up after 1 s)
+                            proxy.server.drain()
+                        await trio.sleep(0.1)
+                except trio.BrokenResourceError:
+                    pass
+            assert sent > 30

@@ -408,6 +408,7 @@ class _Connection:
         "forwarded_labels",
         "born",
         "linger",
+        "linger_scope",
     )
 
     def __init__(self, server: Http1Server, stream: Any, conn_id: int) -> None:
@@ -440,6 +441,8 @@ class _Connection:
         #: The connection closes after a response while the client may still be sending its request
         #: (see :meth:`_linger`).
         self.linger = False
+        #: The scope of the lingering close under way, which a drain shortens (see :meth:`start_drain`).
+        self.linger_scope: trio.CancelScope | None = None
 
     @property
     def send_lock(self) -> trio.Lock:
@@ -464,8 +467,13 @@ class _Connection:
         """Drain: a connection waiting for its next request is closed now.
 
         A connection that has not sent its first request yet (it may have been accepted a moment ago,
-        its request already on the way) gets :data:`DRAIN_FIRST_REQUEST_S` to send it instead.
+        its request already on the way) gets :data:`DRAIN_FIRST_REQUEST_S` to send it instead. A
+        lingering close under way ends within :data:`LINGER_DRAINING_S`.
         """
+        linger = self.linger_scope
+        if linger is not None:
+            linger.deadline = min(linger.deadline, trio.current_time() + LINGER_DRAINING_S)
+            return
         timer = self.idle_timer
         if timer is not None:
             if self not in timer.waiting:
@@ -563,8 +571,10 @@ class _Connection:
             if fast:
                 stream.socket.shutdown(socket.SHUT_WR)
             total = 0
-            # A draining server lingers briefly: the drain waits for its connections to end.
-            with trio.move_on_after(LINGER_DRAINING_S if self.server.draining else LINGER_S):
+            # A draining server lingers briefly: the drain waits for its connections to end (a
+            # drain that starts during the linger shortens it likewise: ``start_drain``).
+            with trio.move_on_after(LINGER_DRAINING_S if self.server.draining else LINGER_S) as scope:
+                self.linger_scope = scope
                 while total < LINGER_BYTES:
                     with trio.move_on_after(LINGER_IDLE_S) as idle:
                         data = await stream.receive_some(RECEIVE_SIZE)
