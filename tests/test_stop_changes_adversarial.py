@@ -192,3 +192,26 @@ async def test_a_drain_that_starts_during_a_lingering_close_shortens_it(monkeypa
                 except trio.BrokenResourceError:
                     pass
             assert sent > 30
+
+
+async def test_a_request_refused_before_routing_gets_its_answer_while_sending_its_body() -> None:
+    """A request refused before routing (a target of no HTTP/1.1 form, a proxy loop) with a body
+    the client sends whole before reading, as ``http.client`` does: the server closed with the body
+    unread, which resets the connection, so the client's send failed and the 400 and its ``l5d-err``
+    were lost. It now lingers as for any other early answer, and says ``Connection: close``."""
+    body = b"x" * (8 * 1024 * 1024)
+    async with running_upstream() as up, running_proxy(up.port) as proxy:
+        for head in (
+            b"POST other/web HTTP/1.1\r\nHost: web\r\n",
+            b"POST /up HTTP/1.1\r\nHost: web\r\nVia: " + b",".join([b"1.1 a"] * 1001) + b"\r\n",
+        ):
+            stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+            async with stream:
+                with trio.fail_after(20):
+                    await stream.send_all(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                    data = b""
+                    while chunk := await stream.receive_some(65536):
+                        data += chunk
+            assert data.startswith(b"HTTP/1.1 400"), data
+            assert b"\r\nconnection: close\r\n" in data.lower(), data
+        assert not up.requests

@@ -899,7 +899,10 @@ class _Connection:
     async def _answer(self, response: Response, request_body: Body | None, method: bytes) -> bool:
         """Write a response the proxy made without calling the handler; whether the connection may
         carry another request."""
-        close = "close" in (response.headers.get(b"connection") or b"").decode("latin-1").lower()
+        # A request refused before its body was framed (no ``request_body``): what it still sends
+        # is never read as a body, so the connection closes after the answer, lingering for it.
+        close = request_body is None and not self.codec.request_complete
+        close = close or "close" in (response.headers.get(b"connection") or b"").decode("latin-1").lower()
         close = close or self.must_close()
         await self._write_response(response, head_method=method, close=close)
         return await self._finish_cycle(request_body, close)
@@ -946,7 +949,7 @@ class _Connection:
 
     async def _finish_cycle(self, request_body: Body | None, close: bool) -> bool:
         codec = self.codec
-        unread = request_body is not None and not request_body.done and not codec.request_complete
+        unread = (request_body is None or not request_body.done) and not codec.request_complete
         if close or self.server.draining:
             # (A client waiting for ``100 Continue`` sends no body: nothing to linger for.)
             self.linger = unread and not codec.they_are_waiting_for_100_continue
