@@ -15,6 +15,8 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 import trio
+import trio.testing
+from structlog.testing import capture_logs
 from upstreams import running_proxy, running_upstream
 
 from hostproxy import router as router_mod
@@ -24,6 +26,7 @@ from hostproxy.http.errors import out_of_resources, response_for_exception
 from hostproxy.http.message import Body, Headers, Request, Response
 from hostproxy.metrics import MetricsRegistry
 from tests.routerstub import StubPool, conn_for, stub_router
+from tests.test_server_listening import FakeListener, FakeServer
 
 
 async def _raw_exchange(port: int, data: bytes) -> bytes:
@@ -215,3 +218,20 @@ async def test_a_request_refused_before_routing_gets_its_answer_while_sending_it
             assert data.startswith(b"HTTP/1.1 400"), data
             assert b"\r\nconnection: close\r\n" in data.lower(), data
         assert not up.requests
+
+
+async def test_a_host_out_of_descriptors_is_not_told_to_raise_its_own_limit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``accept`` failing with ENFILE means the host's file table is full (``fs.file-max``), not
+    hostproxy's own limit: the log line told to raise LimitNOFILE / ``ulimit -n``, which cannot help.
+    (The listener is a stand-in: a real host cannot be made to run out of its file table here.)"""
+    server = FakeServer()
+    listener = FakeListener()
+    with capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve, [listener])
+            await listener.feed.send(OSError(errno.ENFILE, "Too many open files in system"))
+            await listener.feed.send(OSError(errno.EBADF, "Bad file descriptor"))
+    (failed,) = [e for e in logs if e["event"] == "fake.accept_failed"]
+    assert "LimitNOFILE" not in failed["error"] and "fs.file-max" in failed["error"], failed

@@ -79,6 +79,18 @@ LISTEN_BACKLOG = 1024
 ACCEPT_RETRY_S = 0.1
 #: How often at most a server logs its failed ``accept`` calls.
 ACCEPT_LOG_EVERY_S = 10.0
+#: What to do about an ``accept`` that failed for want of a resource, by ``errno``: hostproxy's own
+#: descriptor limit (EMFILE) or the host's file table (ENFILE), which raising the first cannot help.
+_ACCEPT_HINTS = {
+    errno.EMFILE: (
+        "; hostproxy is out of file descriptors: raise LimitNOFILE= (systemd) or ulimit -n, or "
+        "lower servers[].maxConnections"
+    ),
+    errno.ENFILE: (
+        "; the host is out of file descriptors: raise fs.file-max or find the process holding them, "
+        "or lower servers[].maxConnections"
+    ),
+}
 
 
 class ListenParams(Protocol):
@@ -534,12 +546,7 @@ class ListeningServer(Generic[ConnT]):
         now = trio.current_time()
         if now - self._accept_logged_at < ACCEPT_LOG_EVERY_S:
             return
-        hint = (
-            "; hostproxy is out of file descriptors: raise LimitNOFILE= (systemd) or ulimit -n, or "
-            "lower servers[].maxConnections"
-            if exc.errno in (errno.EMFILE, errno.ENFILE)
-            else ""
-        )
+        hint = _ACCEPT_HINTS.get(exc.errno or 0, "")
         self.logger.warning(
             f"{self.log_prefix}.accept_failed",
             router=self.params.router_label,
