@@ -180,6 +180,14 @@ _COUNTER_TAIL = re.compile(
 _SERVER_TURNED_AWAY = re.compile(
     r"^rt/([^/]+)/server/([^/]+/\d+)/(rejected_connections|bad_requests|tls/handshake_failures)$"
 )
+
+
+def _server_address(server: str) -> str:
+    """``host:port`` of a server's metric scope ``<ip>/<port>``, an IPv6 address in brackets."""
+    ip, port = server.rsplit("/", 1)
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
 #: What to do about clients failing TLS handshakes with a server, by the commonest reason.
 _TLS_NEXT_STEP = {
     "not-tls": "a client speaks plaintext HTTP to this TLS port: point it at https:// or at a plaintext server",
@@ -795,7 +803,8 @@ class _Analysis:
             if n <= 0:
                 continue
             prefix = self.prefix(router, "server", server)
-            where = f"server {server.replace('/', ':')} of router {router}"
+            address = _server_address(server)
+            where = f"server {address} of router {router}"
             if what == "tls/handshake_failures":
                 ok = self.num(f"{prefix}/tls/handshakes")
                 reasons = {
@@ -809,7 +818,7 @@ class _Analysis:
                 nxt = _TLS_NEXT_STEP.get(
                     top[0][0] if top else "",
                     "check the clients' TLS settings against servers[].tls; `openssl s_client -connect "
-                    f"{server.replace('/', ':')}` shows the handshake",
+                    f"{address}` shows the handshake",
                 )
                 cause, blame, total, unit = Cause.TLS.value, "caller", n + ok, "TLS handshakes"
             elif what == "rejected_connections":

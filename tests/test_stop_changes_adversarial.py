@@ -21,6 +21,7 @@ from upstreams import running_proxy, running_upstream
 
 from hostproxy import router as router_mod
 from hostproxy.config.validate import load_config
+from hostproxy.diagnose import Snapshot, diagnose
 from hostproxy.http import server as server_mod
 from hostproxy.http.errors import out_of_resources, response_for_exception
 from hostproxy.http.message import Body, Headers, Request, Response
@@ -235,3 +236,21 @@ async def test_a_host_out_of_descriptors_is_not_told_to_raise_its_own_limit(
             await listener.feed.send(OSError(errno.EBADF, "Bad file descriptor"))
     (failed,) = [e for e in logs if e["event"] == "fake.accept_failed"]
     assert "LimitNOFILE" not in failed["error"] and "fs.file-max" in failed["error"], failed
+
+
+def test_a_server_on_ipv6_is_named_by_an_address_openssl_can_connect_to() -> None:
+    """A server finding names the server as ``host:port``; for an IPv6 server that gave
+    ``::1:4140``, which neither reads as an address nor works in the ``openssl s_client -connect``
+    the next step proposes: it is ``[::1]:4140``."""
+    srv = "rt/out/server/::1/4140"
+    m = {
+        f"{srv}/requests": 10,
+        f"{srv}/failures": 0,
+        f"{srv}/success": 10,
+        f"{srv}/tls/handshakes": 10,
+        f"{srv}/tls/handshake_failures": 30,
+        f"{srv}/tls/handshake_failures/eof": 30,
+    }
+    (f,) = diagnose(Snapshot(m)).findings
+    assert "server [::1]:4140 of router out" in f.verdict, f.verdict
+    assert "openssl s_client -connect [::1]:4140`" in f.next_step, f.next_step
