@@ -92,7 +92,8 @@ async def test_running_out_of_descriptors_is_hostproxys_fault_not_the_endpoints(
     ],
 )
 def test_each_local_exhaustion_is_named_with_its_fix(code: int, says: str) -> None:
-    err = out_of_resources({errno.ECONNREFUSED, code}, "10.0.0.7:8080")
+    errnos = {code} if code == errno.EADDRNOTAVAIL else {errno.ECONNREFUSED, code}
+    err = out_of_resources(errnos, "10.0.0.7:8080")
     assert err is not None and err.local and err.retryable and err.cause == "overload"
     assert str(err).startswith(
         f"hostproxy cannot open a connection to 10.0.0.7:8080: {os.strerror(code)}: {says}"

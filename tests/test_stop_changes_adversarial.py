@@ -254,3 +254,13 @@ def test_a_server_on_ipv6_is_named_by_an_address_openssl_can_connect_to() -> Non
     (f,) = diagnose(Snapshot(m)).findings
     assert "server [::1]:4140 of router out" in f.verdict, f.verdict
     assert "openssl s_client -connect [::1]:4140`" in f.next_step, f.next_step
+
+
+def test_an_address_the_host_cannot_use_beside_a_refusal_is_the_endpoints_failure() -> None:
+    """A name such as ``localhost`` gives ``::1`` and ``127.0.0.1``; where IPv6 is off (many
+    containers) the connect to ``::1`` fails with EADDRNOTAVAIL while ``127.0.0.1`` refuses: the
+    upstream is down. That was taken for ephemeral ports used up (a 503 saying to widen
+    ip_local_port_range, never counted against the endpoint); it is the endpoint's refusal."""
+    assert out_of_resources({errno.EADDRNOTAVAIL, errno.ECONNREFUSED}, "localhost:8080") is None
+    err = out_of_resources({errno.EADDRNOTAVAIL}, "localhost:8080")
+    assert err is not None and "no local port is free" in str(err)

@@ -166,9 +166,14 @@ _OUT_OF = {
 
 def out_of_resources(errnos: set[int], endpoint: str) -> OutOfResources | None:
     """The error for a connect to ``endpoint`` that failed with one of ``errnos`` when one of them
-    says hostproxy (or its host) ran out of a resource; None otherwise."""
+    says hostproxy (or its host) ran out of a resource; None otherwise. EADDRNOTAVAIL is also what
+    an address the host cannot reach from any of its own gives (``::1`` where IPv6 is off, as in
+    many containers, for a name such as ``localhost``): beside another address's answer (refused,
+    unreachable) it is that, and the endpoint's failure stands."""
     for code, advice in _OUT_OF.items():
         if code in errnos:
+            if code == errno.EADDRNOTAVAIL and len(errnos) > 1:
+                continue
             limit = ""
             if code == errno.EMFILE:
                 soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
