@@ -1088,8 +1088,9 @@ class HttpRouter:
                 f"Exceeded {self.binding_timeout_s:g} seconds binding timeout while resolving name: {service}"
             )
         elif outcome.refused is not None:
-            cause, status, msg = Cause.IDENTIFICATION, 400, str(outcome.refused)
-            error = msg
+            # (Not kept as the name's last error: that is what its binding said, which `wtf` quotes for
+            # a name whose naming failed; a refusal has its own finding.)
+            cause, status, msg, error = Cause.IDENTIFICATION, 400, str(outcome.refused), None
         elif outcome.error is not None:
             cause, status, error = Cause.NAMING_FAILED, 502, str(outcome.error)
             msg = f"Unable to route request!\nservice name: {service}\nerror: {error}"

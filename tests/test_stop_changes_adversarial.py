@@ -264,3 +264,36 @@ def test_an_address_the_host_cannot_use_beside_a_refusal_is_the_endpoints_failur
     assert out_of_resources({errno.EADDRNOTAVAIL, errno.ECONNREFUSED}, "localhost:8080") is None
     err = out_of_resources({errno.EADDRNOTAVAIL}, "localhost:8080")
     assert err is not None and "no local port is free" in str(err)
+
+
+def test_a_refused_override_is_not_kept_as_the_names_last_binding_error() -> None:
+    """``last_error`` in ``/admin/unbound.json`` is what a name's binding said, which ``wtf`` quotes for
+    a name whose naming failed; a refused address override (cause identification, its own finding)
+    used to overwrite it."""
+    cfg_text = """
+routers:
+- protocol: http
+  label: edge
+  dtab: /svc => /$/inet/127.0.0.1/9001;
+  servers: [{ip: 0.0.0.0, port: 4140}]
+"""
+
+    async def main() -> list[dict[str, Any]]:
+        cfg = load_config(cfg_text, source="test").routers[0]
+        conn = conn_for(cfg)
+        async with trio.open_nursery() as nursery:
+            router = stub_router(cfg, nursery, StubPool, metrics=MetricsRegistry(time.monotonic))
+            req = Request(
+                "GET",
+                "/",
+                Headers([(b"host", b"web"), (b"l5d-dtab", b"/svc/web=>/$/inet/169.254.169.254/80")]),
+                Body.empty(),
+                authority="web",
+            )
+            assert (await router.handle(req, conn)).status == 400
+            nursery.cancel_scope.cancel()
+        return router.scope.unbound_names.table()
+
+    (row,) = trio.run(main)
+    assert row["name"] == "/svc/web" and row["causes"] == {"identification": 1}
+    assert row["last_error"] is None
