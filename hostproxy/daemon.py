@@ -206,9 +206,12 @@ class _ServerMetrics:
         have = slot.server.statistics()
         self.keys: list[str] = [key for key, name in _SERVER_KEYS if name in have]
         self.keys.append("closes")
+        #: The handshake failure reasons a TLS server counts (none without TLS).
+        self.reasons: tuple[str, ...] = ()
         if slot.tls is not None:
             from hostproxy.tls.stream import REASONS
 
+            self.reasons = REASONS
             self.keys += ["tls/handshakes", "tls/handshake_failures"]
             self.keys += [f"tls/handshake_failures/{reason}" for reason in REASONS]
 
@@ -217,12 +220,13 @@ class _ServerMetrics:
         out: dict[str, float] = {key: have[name] for key, name in _SERVER_KEYS if name in have}
         out["closes"] = max(0, have["connections_total"] - have["connections"])
         tls = self.slot.tls
-        failures: dict[str, int] = tls.statistics()["handshake_failures"] if tls is not None else {}
-        out["tls/handshakes"] = tls.statistics()["handshakes"] if tls is not None else 0
-        out["tls/handshake_failures"] = sum(failures.values())
-        for key in self.keys:
-            if key.startswith("tls/handshake_failures/"):
-                out[key] = failures.get(key.rsplit("/", 1)[1], 0)
+        if self.reasons and tls is not None:
+            stats = tls.statistics()
+            failures: dict[str, int] = stats["handshake_failures"]
+            out["tls/handshakes"] = stats["handshakes"]
+            out["tls/handshake_failures"] = sum(failures.values())
+            for reason in self.reasons:
+                out[f"tls/handshake_failures/{reason}"] = failures.get(reason, 0)
         return out
 
 

@@ -228,6 +228,10 @@ class Pki:
     client_cert: str
     client_key: str
 
+    def curl_mtls(self) -> tuple[str, ...]:
+        """curl's arguments to trust the CA and present the client certificate."""
+        return ("--cacert", self.ca_path, "--cert", self.client_cert, "--key", self.client_key)
+
 
 def make_pki(
     directory: Path, *, server_sans: Sequence[str] = ("localhost", "127.0.0.1", "proxy.test")

@@ -101,12 +101,7 @@ async def test_tls_handshakes_and_failures_by_reason(tmp_path: Path) -> None:
         assert m[f"{scope}/tls/handshake_failures/not-tls"] == 0
         r = await curl(
             url,
-            "--cacert",
-            pki.ca_path,
-            "--cert",
-            pki.client_cert,
-            "--key",
-            pki.client_key,
+            *pki.curl_mtls(),
             "-H",
             "Host: web",
         )

@@ -86,12 +86,7 @@ async def test_mtls_refuses_a_client_without_certificate_and_serves_one_with(pki
         assert r.status == 0 and r.exit_code != 0
         r = await curl(
             url,
-            "--cacert",
-            pki.ca_path,
-            "--cert",
-            pki.client_cert,
-            "--key",
-            pki.client_key,
+            *pki.curl_mtls(),
             "-H",
             "Host: web",
         )
@@ -110,12 +105,7 @@ async def test_forward_client_cert_sets_and_strips_the_header(pki: Pki) -> None:
         async with running_daemon(cfg) as d:
             r = await curl(
                 f"https://localhost:{d.port('edge')}/headers",
-                "--cacert",
-                pki.ca_path,
-                "--cert",
-                pki.client_cert,
-                "--key",
-                pki.client_key,
+                *pki.curl_mtls(),
                 "-H",
                 "Host: web",
                 "-H",

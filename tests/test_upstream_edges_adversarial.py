@@ -192,6 +192,26 @@ def l5d_err(resp: Any) -> str:
     return unquote_plus(value.decode("ascii"), encoding="iso-8859-1") if value is not None else ""
 
 
+@contextlib.asynccontextmanager
+async def proxied(
+    tmp_path: Path, actions: dict[bytes, Action], client: str = "", service: str = ""
+) -> AsyncIterator[tuple[Scripted, Any, Client]]:
+    """A scripted upstream, a daemon routing ``web`` to it, and a raw client connection to the daemon."""
+    async with (
+        scripted(actions) as up,
+        daemon_for(tmp_path, up, client, service) as d,
+        Client.open(d.port("out")) as c,
+    ):
+        yield up, d, c
+
+
+async def next_on_a_new_connection(up: Scripted, c: Client, path: bytes) -> None:
+    """The client connection is still in step, and its next request went out on another upstream
+    connection than ``path``'s (that one was not reused)."""
+    await next_request_in_sync(c)
+    assert up.conn_of(b"/next") != up.conn_of(path), up.seen
+
+
 async def next_request_in_sync(c: Client, path: bytes = b"/next") -> None:
     """The client connection is still in step: its next request gets its own answer."""
     assert not c.eof, "the proxy closed the client connection"
@@ -208,11 +228,7 @@ async def test_early_hints_are_forwarded_to_an_http11_client(tmp_path: Path) -> 
     generation of the 1xx response." hostproxy did not ask for a 103, so an HTTP/1.1 client must see
     it (with its Link field) before the final response, which stays intact."""
     hints = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
-    async with (
-        scripted({b"/hints": hints + ok(b"final")}) as up,
-        daemon_for(tmp_path, up) as d,
-        Client.open(d.port("out")) as c,
-    ):
+    async with proxied(tmp_path, {b"/hints": hints + ok(b"final")}) as (up, d, c):
         await c.send(get(b"/hints"))
         r = await c.read_response()
         assert r.complete and r.status == 200 and r.body == b"final", r
@@ -252,11 +268,7 @@ async def test_many_interim_responses_then_the_final_one_keep_both_connections_i
             await trio.sleep(0.01)
         return True
 
-    async with (
-        scripted({b"/interim": dribble}) as up,
-        daemon_for(tmp_path, up) as d,
-        Client.open(d.port("out")) as c,
-    ):
+    async with proxied(tmp_path, {b"/interim": dribble}) as (up, d, c):
         await c.send(get(b"/interim"))
         r = await c.read_response()
         assert r.complete and r.status == 200 and r.body == b"the final response", r
@@ -269,11 +281,7 @@ async def test_an_interim_response_with_a_content_length_has_no_body(tmp_path: P
     """A 1xx never has content (RFC 9110 §15.2), whatever ``Content-Length`` it carries: the bytes after
     its head are the final response, not a body to skip."""
     interim = b"HTTP/1.1 103 Early Hints\r\nContent-Length: 5\r\nLink: </a>\r\n\r\n"
-    async with (
-        scripted({b"/cl1xx": interim + ok(b"final")}) as up,
-        daemon_for(tmp_path, up) as d,
-        Client.open(d.port("out")) as c,
-    ):
+    async with proxied(tmp_path, {b"/cl1xx": interim + ok(b"final")}) as (up, d, c):
         await c.send(get(b"/cl1xx"))
         r = await c.read_response()
         assert r.complete and r.status == 200 and r.body == b"final", r
@@ -302,17 +310,12 @@ async def test_a_head_kept_coming_past_the_attempt_timeout_is_503_timeout_attemp
         return False
 
     client = "    requestAttemptTimeoutMs: 300\n"
-    async with (
-        scripted({b"/stall": stall}) as up,
-        daemon_for(tmp_path, up, client=client) as d,
-        Client.open(d.port("out")) as c,
-    ):
+    async with proxied(tmp_path, {b"/stall": stall}, client=client) as (up, d, c):
         await c.send(get(b"/stall"))
         r = await c.read_response()
         assert r.complete and r.status == 503, r
         assert "requestAttemptTimeoutMs" in l5d_err(r), l5d_err(r)
-        await next_request_in_sync(c)
-        assert up.conn_of(b"/next") != up.conn_of(b"/stall"), up.seen
+        await next_on_a_new_connection(up, c, b"/stall")
         m = await metrics(d)
         assert m.get(f"{SVC}/failures/timeout/attempt") == 1, {k: v for k, v in m.items() if "failures" in k}
 
@@ -329,11 +332,7 @@ async def test_a_slow_head_within_the_timeouts_is_relayed(tmp_path: Path) -> Non
 
     client = "    requestAttemptTimeoutMs: 8000\n"
     service = "    totalTimeoutMs: 9000\n"
-    async with (
-        scripted({b"/slow": trickle}) as up,
-        daemon_for(tmp_path, up, client, service) as d,
-        Client.open(d.port("out")) as c,
-    ):
+    async with proxied(tmp_path, {b"/slow": trickle}, client, service) as (up, d, c):
         await c.send(get(b"/slow"))
         r = await c.read_response()
         assert r.complete and r.status == 200 and r.body == b"slow", r
@@ -353,17 +352,12 @@ async def test_101_to_a_request_that_asked_no_upgrade_is_a_precise_502_and_never
     switch = (
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nTUNNEL-BYTES"
     )
-    async with (
-        scripted({b"/switch": switch}) as up,
-        daemon_for(tmp_path, up) as d,
-        Client.open(d.port("out")) as c,
-    ):
+    async with proxied(tmp_path, {b"/switch": switch}) as (up, d, c):
         await c.send(get(b"/switch"))
         r = await c.read_response()
         assert r.complete and r.status == 502, r
         assert b"TUNNEL-BYTES" not in r.body
-        await next_request_in_sync(c)
-        assert up.conn_of(b"/next") != up.conn_of(b"/switch"), up.seen
+        await next_on_a_new_connection(up, c, b"/switch")
         m = await metrics(d)
         assert m.get(f"{SVC}/failures/upstream/reset") == 1, {k: v for k, v in m.items() if "failures" in k}
         err = l5d_err(r)
@@ -421,11 +415,7 @@ async def test_websocket_101_with_bytes_in_the_same_segment_and_hop_by_hop_field
 async def test_upgrade_declined_with_a_200_keeps_the_client_connection_usable(tmp_path: Path) -> None:
     """An upstream may ignore ``Upgrade`` and answer normally: the 200 is relayed, and the client's
     connection carries the next request (nothing was switched)."""
-    async with (
-        scripted({b"/ws": ok(b"no upgrade for you")}) as up,
-        daemon_for(tmp_path, up) as d,
-        Client.open(d.port("out")) as c,
-    ):
+    async with proxied(tmp_path, {b"/ws": ok(b"no upgrade for you")}) as (up, d, c):
         await c.send(get(b"/ws", b"Connection: Upgrade\r\nUpgrade: websocket\r\n"))
         r = await c.read_response()
         assert r.complete and r.status == 200 and r.body == b"no upgrade for you", r
@@ -444,28 +434,19 @@ async def test_http10_close_delimited_response_is_relayed_whole_on_a_kept_client
     re-framed (so its connection carries the next request); the upstream connection is gone."""
     payload = os.urandom(150_001)
     old = closing(b"HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n" + payload)
-    async with (
-        scripted({b"/old": old}) as up,
-        daemon_for(tmp_path, up) as d,
-        Client.open(d.port("out")) as c,
-    ):
+    async with proxied(tmp_path, {b"/old": old}) as (up, d, c):
         await c.send(get(b"/old"))
         r = await c.read_response()
         assert r.complete and r.status == 200, r
         assert hashlib.sha256(r.body).digest() == hashlib.sha256(payload).digest(), len(r.body)
-        await next_request_in_sync(c)
-        assert up.conn_of(b"/next") != up.conn_of(b"/old"), up.seen
+        await next_on_a_new_connection(up, c, b"/old")
 
 
 async def test_http10_keep_alive_response_loses_its_connection_fields(tmp_path: Path) -> None:
     """``HTTP/1.0`` with ``Connection: keep-alive`` and ``Keep-Alive``: both describe the upstream hop
     only and must not reach the client; the body (by ``Content-Length``) is intact."""
     resp = b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5, max=100\r\nContent-Length: 5\r\n\r\nhello"
-    async with (
-        scripted({b"/ka": resp}) as up,
-        daemon_for(tmp_path, up) as d,
-        Client.open(d.port("out")) as c,
-    ):
+    async with proxied(tmp_path, {b"/ka": resp}) as (up, d, c):
         await c.send(get(b"/ka"))
         r = await c.read_response()
         assert r.complete and r.status == 200 and r.body == b"hello", r
@@ -477,11 +458,7 @@ async def test_via_on_a_response_from_an_http10_upstream_names_the_version_recei
     """RFC 9110 §7.6.3: ``Via``'s received-protocol is the version of the message as the proxy received
     it; the spec (§5.7): ``Via: 1.1 linkerd`` (or ``1.0 linkerd``) on requests and responses. A
     response received as HTTP/1.0 is forwarded with ``Via: 1.0 hostproxy``."""
-    async with (
-        scripted({b"/old": b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nold"}) as up,
-        daemon_for(tmp_path, up) as d,
-        Client.open(d.port("out")) as c,
-    ):
+    async with proxied(tmp_path, {b"/old": b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nold"}) as (up, d, c):
         await c.send(get(b"/old"))
         r = await c.read_response()
         assert r.complete and r.body == b"old", r
@@ -535,11 +512,7 @@ async def test_content_length_with_chunked_is_never_followed_by_reuse(tmp_path: 
     front end that believed the Content-Length would put the next response elsewhere. The next
     request must go out on a new connection; the client's connection stays in step."""
     both = b"HTTP/1.1 200 OK\r\n" + fields + b"\r\n7\r\nchunked\r\n0\r\n\r\n"
-    async with (
-        scripted({b"/both": both}) as up,
-        daemon_for(tmp_path, up) as d,
-        Client.open(d.port("out")) as c,
-    ):
+    async with proxied(tmp_path, {b"/both": both}) as (up, d, c):
         await c.send(get(b"/both"))
         r = await c.read_response()
         assert r.complete and r.status in (200, 502), r
@@ -558,18 +531,13 @@ async def test_chunked_on_an_http10_response_is_decoded_or_refused_and_the_conne
     must be closed after it, ``Connection: keep-alive`` or not. Never relayed with the chunk framing
     in the body; the upstream connection is not reused."""
     resp = b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
-    async with (
-        scripted({b"/te10": resp}) as up,
-        daemon_for(tmp_path, up) as d,
-        Client.open(d.port("out")) as c,
-    ):
+    async with proxied(tmp_path, {b"/te10": resp}) as (up, d, c):
         await c.send(get(b"/te10"))
         r = await c.read_response()
         assert r.complete and r.status in (200, 502), r
         if r.status == 200:
             assert r.body == b"hello", r
-        await next_request_in_sync(c)
-        assert up.conn_of(b"/next") != up.conn_of(b"/te10"), up.seen
+        await next_on_a_new_connection(up, c, b"/te10")
 
 
 SMUGGLING_TE = {
@@ -588,18 +556,13 @@ async def test_transfer_codings_other_than_exactly_chunked_are_refused(tmp_path:
     ``l5d-err`` names Transfer-Encoding; nothing of that body reaches the client; the next request is
     answered on a new upstream connection."""
     resp = b"HTTP/1.1 200 OK\r\n" + SMUGGLING_TE[name] + b"\r\n5\r\nhello\r\n0\r\n\r\n"
-    async with (
-        scripted({b"/te": resp}) as up,
-        daemon_for(tmp_path, up) as d,
-        Client.open(d.port("out")) as c,
-    ):
+    async with proxied(tmp_path, {b"/te": resp}) as (up, d, c):
         await c.send(get(b"/te"))
         r = await c.read_response()
         assert r.complete and r.status == 502, r
         assert "transfer-encoding" in l5d_err(r).lower(), l5d_err(r)
         assert b"hello" not in r.body
-        await next_request_in_sync(c)
-        assert up.conn_of(b"/next") != up.conn_of(b"/te"), up.seen
+        await next_on_a_new_connection(up, c, b"/te")
 
 
 BAD_LENGTHS = {
@@ -615,11 +578,7 @@ BAD_LENGTHS = {
 @pytest.mark.parametrize("name", list(BAD_LENGTHS))
 async def test_malformed_content_length_is_refused(tmp_path: Path, name: str) -> None:
     resp = b"HTTP/1.1 200 OK\r\n" + BAD_LENGTHS[name] + b"\r\nhello"
-    async with (
-        scripted({b"/cl": resp}) as up,
-        daemon_for(tmp_path, up) as d,
-        Client.open(d.port("out")) as c,
-    ):
+    async with proxied(tmp_path, {b"/cl": resp}) as (up, d, c):
         await c.send(get(b"/cl"))
         r = await c.read_response()
         assert r.complete and r.status == 502, r
@@ -649,17 +608,12 @@ BAD_STATUS_LINES = {
 @pytest.mark.parametrize("name", list(BAD_STATUS_LINES))
 async def test_invalid_status_line_is_a_502_and_the_client_stays_in_step(tmp_path: Path, name: str) -> None:
     resp = BAD_STATUS_LINES[name] + b"\r\nContent-Length: 4\r\n\r\nbody"
-    async with (
-        scripted({b"/bad": resp}) as up,
-        daemon_for(tmp_path, up) as d,
-        Client.open(d.port("out")) as c,
-    ):
+    async with proxied(tmp_path, {b"/bad": resp}) as (up, d, c):
         await c.send(get(b"/bad"))
         r = await c.read_response()
         assert r.complete and r.status == 502, (name, r)
         assert "invalid response" in l5d_err(r), l5d_err(r)
-        await next_request_in_sync(c)
-        assert up.conn_of(b"/next") != up.conn_of(b"/bad"), up.seen
+        await next_on_a_new_connection(up, c, b"/bad")
 
 
 async def test_control_bytes_in_the_reason_phrase_never_reach_the_client(tmp_path: Path) -> None:
@@ -677,11 +631,7 @@ async def test_control_bytes_in_the_reason_phrase_never_reach_the_client(tmp_pat
 )
 async def test_status_line_without_a_reason_is_relayed(tmp_path: Path, line: bytes) -> None:
     """RFC 9112 §4: the reason phrase is optional (and clients ought to accept a missing space)."""
-    async with (
-        scripted({b"/nr": line + b"\r\nContent-Length: 4\r\n\r\nbody"}) as up,
-        daemon_for(tmp_path, up) as d,
-        Client.open(d.port("out")) as c,
-    ):
+    async with proxied(tmp_path, {b"/nr": line + b"\r\nContent-Length: 4\r\n\r\nbody"}) as (up, d, c):
         await c.send(get(b"/nr"))
         r = await c.read_response()
         assert r.complete and r.status == 200 and r.body == b"body", r
@@ -732,11 +682,7 @@ async def test_hop_by_hop_response_fields_are_stripped(tmp_path: Path, twice: bo
         b"Upgrade: h2c\r\nTrailer: X-Sum\r\nTE: trailers\r\nX-Kept: yes\r\nContent-Length: 4\r\n\r\nbody"
     )
     closing_resp = resp.replace(b"Connection: x-BAR", b"Connection: x-BAR, close")
-    async with (
-        scripted({b"/hop": resp, b"/hop2": resp, b"/hopc": closing_resp}) as up,
-        daemon_for(tmp_path, up) as d,
-        Client.open(d.port("out")) as c,
-    ):
+    async with proxied(tmp_path, {b"/hop": resp, b"/hop2": resp, b"/hopc": closing_resp}) as (up, d, c):
         for path in [b"/hop", b"/hop2", b"/hopc"] if twice else [b"/hopc"]:
             await c.send(get(path))
             r = await c.read_response()
@@ -762,11 +708,7 @@ async def test_te_field_in_a_response_is_not_forwarded(tmp_path: Path) -> None:
     responses too). Keeping ``TE: trailers`` is for requests (it tells the next hop the client takes
     trailers); in a response it means nothing to the client and must not be passed on."""
     resp = b"HTTP/1.1 200 OK\r\nTE: trailers, deflate\r\nX-Kept: yes\r\nContent-Length: 4\r\n\r\nbody"
-    async with (
-        scripted({b"/te": resp}) as up,
-        daemon_for(tmp_path, up) as d,
-        Client.open(d.port("out")) as c,
-    ):
+    async with proxied(tmp_path, {b"/te": resp}) as (up, d, c):
         await c.send(get(b"/te"))
         r = await c.read_response()
         assert r.complete and r.status == 200 and r.body == b"body", r
@@ -781,11 +723,7 @@ async def test_chunked_response_trailers_are_relayed_and_the_connection_reused(t
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"
         b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: abc123\r\n\r\n"
     )
-    async with (
-        scripted({b"/tr": resp}) as up,
-        daemon_for(tmp_path, up) as d,
-        Client.open(d.port("out")) as c,
-    ):
+    async with proxied(tmp_path, {b"/tr": resp}) as (up, d, c):
         await c.send(get(b"/tr", b"TE: trailers\r\n"))
         r = await c.read_response()
         assert r.complete and r.status == 200 and r.body == b"hello world", r
@@ -801,11 +739,9 @@ async def test_response_header_block_over_max_headers_kb_is_a_502(tmp_path: Path
     """README (config reference): ``maxHeadersKB`` (8) is the "Largest request or response header
     block". A 20 KiB response header block is refused: 502 whose ``l5d-err`` names the limit."""
     big = b"X-Big: " + b"b" * (20 * 1024) + b"\r\n"
-    async with (
-        scripted({b"/big": b"HTTP/1.1 200 OK\r\n" + big + b"Content-Length: 2\r\n\r\nok"}) as up,
-        daemon_for(tmp_path, up) as d,
-        Client.open(d.port("out")) as c,
-    ):
+    async with proxied(
+        tmp_path, {b"/big": b"HTTP/1.1 200 OK\r\n" + big + b"Content-Length: 2\r\n\r\nok"}
+    ) as (up, d, c):
         await c.send(get(b"/big"))
         r = await c.read_response()
         assert r.complete, r
@@ -818,11 +754,7 @@ async def test_status_line_over_max_initial_line_kb_is_a_502(tmp_path: Path) -> 
     """README: ``maxInitialLineKB`` (4) is the "Longest request or status line". A 6 KiB reason phrase
     is refused with a 502 naming the limit."""
     line = b"HTTP/1.1 200 " + b"R" * (6 * 1024)
-    async with (
-        scripted({b"/long": line + b"\r\nContent-Length: 2\r\n\r\nok"}) as up,
-        daemon_for(tmp_path, up) as d,
-        Client.open(d.port("out")) as c,
-    ):
+    async with proxied(tmp_path, {b"/long": line + b"\r\nContent-Length: 2\r\n\r\nok"}) as (up, d, c):
         await c.send(get(b"/long"))
         r = await c.read_response()
         assert r.complete, r
@@ -842,11 +774,7 @@ async def test_a_head_that_never_ends_is_cut_off_not_buffered(tmp_path: Path) ->
                 await stream.send_all(line)
         return False
 
-    async with (
-        scripted({b"/endless": endless}) as up,
-        daemon_for(tmp_path, up) as d,
-        Client.open(d.port("out")) as c,
-    ):
+    async with proxied(tmp_path, {b"/endless": endless}) as (up, d, c):
         await c.send(get(b"/endless"))
         r = await c.read_response()
         assert r.complete and r.status == 502, r
@@ -859,11 +787,9 @@ async def test_response_with_a_thousand_fields_is_refused(tmp_path: Path) -> Non
     parse and an allocation; the "HTTP/2 Bomb" lesson of field-lessons.md §3.5 is to cap the count,
     not only the bytes): 502, not relayed."""
     fields = b"".join(b"x%03d:1\r\n" % i for i in range(1000))
-    async with (
-        scripted({b"/many": b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 2\r\n\r\nok"}) as up,
-        daemon_for(tmp_path, up) as d,
-        Client.open(d.port("out")) as c,
-    ):
+    async with proxied(
+        tmp_path, {b"/many": b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 2\r\n\r\nok"}
+    ) as (up, d, c):
         await c.send(get(b"/many"))
         r = await c.read_response()
         assert r.complete, r
@@ -891,11 +817,7 @@ async def test_early_refusal_then_lingering_close_reaches_the_uploading_client_i
                 pass
         return False
 
-    async with (
-        scripted({b"/upload": refuse}) as up,
-        daemon_for(tmp_path, up) as d,
-        Client.open(d.port("out")) as c,
-    ):
+    async with proxied(tmp_path, {b"/upload": refuse}) as (up, d, c):
 
         async def push() -> None:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
