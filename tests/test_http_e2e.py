@@ -202,6 +202,24 @@ async def test_an_h2c_upgrade_is_not_passed_on() -> None:
         assert [r.target for r in up.requests] == ["/ws", "/headers"]  # the connection went on in HTTP/1.1
 
 
+async def test_http2_settings_is_never_forwarded() -> None:
+    """``HTTP2-Settings`` is connection-specific by definition (RFC 9113 §3.1, RFC 9110 §7.6.1): it
+    was dropped only when ``Connection`` named it, so ``Connection: Upgrade`` alone (or no
+    ``Connection`` at all) passed an h2c offer's settings on to the upstream."""
+    async with running_upstream() as up, running_proxy(up.port) as proxy:
+        out = await _raw_exchange(
+            proxy.port,
+            b"GET /a HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+            b"HTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n"
+            b"GET /b HTTP/1.1\r\nHost: a\r\nHTTP2-Settings: AAMAAABk\r\nConnection: close\r\n\r\n",
+        )
+        assert out.count(b"HTTP/1.1 200 ") == 2, out
+        assert [r.target for r in up.requests] == ["/a", "/b"]
+        for request in up.requests:
+            assert request.header("http2-settings") is None, request.headers
+            assert request.header("upgrade") is None, request.headers
+
+
 async def test_a_request_target_of_no_http11_form_is_refused() -> None:
     """``other/web``, ``?x=1``, ``http:/x`` or ``*`` on a GET are none of HTTP/1.1's request-target forms
     (RFC 9112 §3.2): they were forwarded as they were, for each upstream to read its own way. Now 400

@@ -3,8 +3,8 @@
 Theory of operation
 -------------------
 A proxy must not forward headers that describe one connection: ``Connection`` and every header it
-names, ``Keep-Alive``, ``Proxy-*`` (``Proxy-Authenticate``, ``Proxy-Authorization``,
-``Proxy-Connection``), ``TE`` (in a request, except its ``trailers`` token: that tells the next hop the
+names, ``Keep-Alive``, ``HTTP2-Settings`` (an h2c offer's settings, connection-specific by RFC 9113
+§3.1), ``Proxy-*`` (``Proxy-Authenticate``, ``Proxy-Authorization``, ``Proxy-Connection``), ``TE`` (in a request, except its ``trailers`` token: that tells the next hop the
 client takes trailers; in a response it means nothing and goes whole), ``Trailer``, ``Transfer-Encoding``
 (the sender re-frames the body itself) and ``Upgrade`` — unless the message is a protocol upgrade
 being tunnelled, in which case ``Upgrade`` and ``Connection: upgrade`` are kept so the next hop

@@ -44,6 +44,7 @@ __all__ = [
 HOP_BY_HOP = frozenset(
     {
         b"connection",
+        b"http2-settings",  # an h2c offer's settings: connection-specific (RFC 9113 §3.1)
         b"keep-alive",
         b"proxy-connection",
         b"proxy-authenticate",
