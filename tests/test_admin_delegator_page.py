@@ -159,9 +159,20 @@ async def test_page_shows_the_error_of_a_refused_request() -> None:
     assert texts(out["result"], "error") == ["400 Invalid path: 1:1: ..."]
 
 
-@pytest.mark.parametrize("router", ["nope", None])
-async def test_unknown_or_missing_router_selects_the_first(router: str | None) -> None:
-    target = "/delegator" if router is None else f"/delegator?router={router}"
+@pytest.mark.parametrize("target", ["/delegator", "/delegator?router="])
+async def test_missing_router_selects_the_first(target: str) -> None:
     page = await page_of(FakeAdminContext(), target)
     out = await run_page(page, pick=None, path="/svc/x", response=WEB_TREE)
     assert out["sent"]["body"]["namespace"] == "outgoing"
+
+
+async def test_an_unknown_router_is_a_404_that_lists_the_routers() -> None:
+    """``/delegator?router=<typo>`` showed the first router's dtab under no sign of the mix-up, so an
+    operator following a link with a mistyped label explained a path through another router's dtab.
+    It is now a 404 naming the routers there are (as ``/delegator.json`` answers an unknown
+    namespace)."""
+    response, body = await call(AdminHandler(FakeAdminContext()), "GET", "/delegator?router=outgoin")
+    assert response.status == 404
+    text = body.decode()
+    assert text.startswith("Unknown router outgoin: "), text
+    assert "outgoing, incoming" in text and "/delegator?router=outgoing" in text, text

@@ -808,7 +808,13 @@ class AdminHandler:
         routers: dict[str, str] = {}
         for label in self.ctx.router_labels():
             routers[label] = self._own_dtab_text(label)
-        page = render_page(routers, call.query.get("router"))
+        selected = call.query.get("router") or None
+        if selected is not None and selected not in routers:
+            # A mistyped label must not show another router's dtab as if it were the one asked for.
+            known = ", ".join(routers) if routers else "none configured"
+            first = f"; for example /delegator?router={next(iter(routers))}" if routers else ""
+            return _text(404, f"Unknown router {selected}: it must be a router label ({known}){first}")
+        page = render_page(routers, selected)
         return _response(200, page, HTML_TYPE, (("content-security-policy", CONTENT_SECURITY_POLICY),))
 
     def _own_dtab_text(self, label: str) -> str:
