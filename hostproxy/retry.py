@@ -219,6 +219,7 @@ class RetryPolicy:
         self.cannot_retry = 0
         self.request_limit = 0
         self.deadline = 0
+        self.client_gone = 0  # retries not made: the client had closed its connection
         self.requests = 0
         # Distribution of retries per finished request: {retries: requests}, bounded by the limit.
         self.per_request: dict[int, int] = {}
@@ -305,6 +306,7 @@ class RetryPolicy:
             "cannot_retry": self.cannot_retry,
             "request_limit": self.request_limit,
             "deadline": self.deadline,
+            "client_gone": self.client_gone,
             "requests": self.requests,
             "budget": self.budget.balance(),
             "per_request": dict(sorted(self.per_request.items())),
@@ -365,8 +367,11 @@ class RetryAttempts:
         now_ns: int,
         l5d_retryable: str | bytes | bool | None = None,
         grpc_status: int | None = None,
+        client_gone: Callable[[], bool] | None = None,
     ) -> Decision:
-        """After an attempt: requeue, retry (after ``delay_s``) or give up. Successes give up at once."""
+        """After an attempt: requeue, retry (after ``delay_s``) or give up. Successes give up at once.
+        ``client_gone``: asked before a retry is granted (the budget untouched when it says True):
+        no one is waiting for the answer, so another attempt would only load the upstream."""
         p = self.policy
         rc = self.classify(status, cause, l5d_retryable=l5d_retryable, grpc_status=grpc_status)
         if rc is ResponseClass.SUCCESS:
@@ -401,6 +406,9 @@ class RetryAttempts:
         if self.deadline is not None and now_ns + int(delay * 1e9) >= self.deadline.deadline_ns:
             p.deadline += 1
             return Decision(Verdict.GIVE_UP, rc, delay_s=delay, reason="deadline")
+        if client_gone is not None and client_gone():
+            p.client_gone += 1
+            return Decision(Verdict.GIVE_UP, rc, reason="client_gone")
         if not p.budget.try_withdraw():
             p.budget_exhausted += 1
             return Decision(Verdict.GIVE_UP, rc, reason="budget_exhausted")

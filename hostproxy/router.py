@@ -919,6 +919,7 @@ class HttpRouter:
                         return resp, None
                 if attempts is None:
                     attempts = policy.attempts(req.method, replayable=replayable, deadline=deadline)
+                    gone = conn.client_gone if conn is not None else None
                 if stream is not None:
                     attempts.replayable = stream.replayable  # (until more of it than the buffer was sent)
                 grpc_status: int | None = None
@@ -933,10 +934,11 @@ class HttpRouter:
                         now_ns=time.time_ns(),
                         l5d_retryable=resp.headers.get(_RETRYABLE),
                         grpc_status=grpc_status,
+                        client_gone=gone,
                     )
                 else:
                     assert err is not None
-                    decision = attempts.decide(None, cause_of(err), now_ns=time.time_ns())
+                    decision = attempts.decide(None, cause_of(err), now_ns=time.time_ns(), client_gone=gone)
                 if decision.verdict is Verdict.RETRY:
                     entry.retries_total.incr()
                     if resp is not None:

@@ -505,3 +505,44 @@ def test_a_tiny_percent_can_retry_builds_a_budget_of_its_reserve(percent: float)
     for _ in range(1000):
         budget.deposit()
     assert [budget.try_withdraw() for _ in range(11)] == [True] * 10 + [False]
+
+
+class AlwaysUnavailable(Recorder):
+    """A :class:`Recorder` that answers every request 503."""
+
+    async def handle(self, req: Request, conn: object) -> Response:
+        await super().handle(req, conn)
+        return Response(503, b"", Headers([]), Body.from_bytes(b"try again"))
+
+
+async def test_retries_stop_once_the_client_has_gone(tmp_path: Path) -> None:
+    """A client that closed its connection waits for nothing, yet its request went on being retried
+    (every backoff, as long as the budget lasted), loading an upstream that was already failing for a
+    response no one would read. A retry is now granted only while the client's connection is open
+    (``retries/client_gone`` in the service's retry state counts the ones not made)."""
+    up = AlwaysUnavailable()
+    async with serving(up.handle) as port:
+        write_disco(tmp_path / "disco", "web", port)
+        service = (
+            "    responseClassifier: {kind: io.l5d.http.retryableAll5XX}\n"
+            "    retries: {backoff: {kind: constant, ms: 200}}"
+        )
+        async with running_daemon(cfg(tmp_path / "disco", service=service)) as d:
+            # A client that stays: its request is retried (the budget allows it).
+            r = await curl(f"http://127.0.0.1:{d.port('out')}/stays", "-H", "Host: web")
+            assert r.status == 503
+            stayed = len(up.requests)
+            assert stayed > 1, up.requests
+            # A client that sends its request and closes at once.
+            with socket.create_connection(("127.0.0.1", d.port("out"))) as s:
+                s.sendall(b"GET /gone HTTP/1.1\r\nHost: web\r\n\r\n")
+            with trio.fail_after(SAFETY):
+                while not any(t == "/gone" for t, _ in up.requests):
+                    await trio.sleep(0.01)
+            await trio.sleep(1.0)  # five backoffs: retries, had there been any, would have come
+            gone = [t for t, _ in up.requests if t == "/gone"]
+            assert gone == ["/gone"], up.requests
+            state = (await curl(f"{d.admin}/overload.json")).json()
+            m = await metrics(d)
+    assert state["routers"]["out"]["retries"]["/svc/web"]["client_gone"] == 1, state["routers"]["out"]
+    assert m["rt/out/service/svc/web/retries/total"] == stayed - 1

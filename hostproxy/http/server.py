@@ -163,6 +163,8 @@ class ConnInfo:
     #: The connection's ``hostproxy.tls.TlsStream`` when it arrived over TLS (None: plaintext); its
     #: handshake is complete once a request has been read from it.
     tls: Any = None
+    #: The connection's stream (for :meth:`client_gone`); None for a request made up in-process.
+    stream: Any = None
 
     @classmethod
     def for_stream(cls, stream: Any, params: ServerParams, connection_id: int) -> ConnInfo:
@@ -177,6 +179,7 @@ class ConnInfo:
             tls=stream
             if type(stream) is not trio.SocketStream and hasattr(stream, "peer_certificate_der")
             else None,
+            stream=stream,
         )
 
     def peer_certificate(self) -> Any:
@@ -186,6 +189,28 @@ class ConnInfo:
         from hostproxy.tls.stream import peer_certificate
 
         return peer_certificate(self.tls)
+
+    def client_gone(self) -> bool:
+        """Whether the client has closed its connection: its end of stream (or an error) is what
+        the socket would read next (a peek; a pipelined request or bytes of a TLS record still to
+        read count as not gone). For a caller about to do more work for the request (a retry),
+        never on the request path."""
+        sock = self.socket
+        if sock is None:
+            return False
+        try:
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True  # reset, or closed here: nothing will reach the client
+
+    @property
+    def socket(self) -> socket.socket | None:
+        """The connection's stdlib socket (a ``SockStream``'s, or the one under a ``TlsStream``), or
+        None (no stream, or one over a trio socket)."""
+        sock = getattr(self.stream, "socket", None)
+        return sock if type(sock) is socket.socket else None
 
 
 Handler = Callable[[Request, ConnInfo], Awaitable[Response]]
