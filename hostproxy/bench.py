@@ -42,7 +42,9 @@ Two more parts run after it (``--only http|k8s|admin`` runs one part alone; each
 flags, see ``--help``): :mod:`hostproxy.bench_k8s`, the ``io.l5d.k8s`` namer watching 5,000 Services
 of 20 endpoints under 500 endpoint updates/s (memory, CPU per update, notifications per update), and
 :mod:`hostproxy.bench_admin`, proxied p99 at 1000 req/s with and without admin scrapes of 1,000
-clients.
+clients. ``--only instructions`` (never in the default run) counts the user-space instructions of one
+proxied request under callgrind (:mod:`hostproxy.bench_instr`): repeatable to a few percent where the
+timings move by 10-20%, the measure to compare changes to the request path by.
 
 This is a benchmark, not a test: it asserts nothing; the README records its numbers. Every process it
 starts listens on 127.0.0.1 only and is stopped at the end.
@@ -646,6 +648,8 @@ def idle_connections_rss(port: int, pids_of: Target, count: int) -> tuple[int, i
 
 
 PARTS = ("http", "h2", "tls", "k8s", "admin")
+#: Parts run only when asked for (``--only``): the instructions count (:mod:`hostproxy.bench_instr`).
+EXTRA_PARTS = ("instructions",)
 
 
 def positive_int(text: str) -> int:
@@ -660,14 +664,15 @@ def positive_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hostproxy import bench_admin, bench_k8s, bench_proto
+    from hostproxy import bench_admin, bench_instr, bench_k8s, bench_proto
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--only",
-        choices=PARTS,
+        choices=PARTS + EXTRA_PARTS,
         action="append",
-        help="run only this part (repeatable; default: all of http, h2, tls, k8s, admin)",
+        help="run only this part (repeatable; default: all of http, h2, tls, k8s, admin; "
+        "instructions only when asked for)",
     )
     ap.add_argument("--duration", type=int, default=10, help="seconds per load run (default 10)")
     ap.add_argument(
@@ -679,6 +684,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle", type=int, default=1000, help="idle client connections for the RSS check")
     bench_k8s.add_arguments(ap)
     bench_admin.add_arguments(ap)
+    bench_instr.add_arguments(ap)
     args = ap.parse_args(argv)
     parts = args.only or list(PARTS)
     rc = 0
@@ -691,6 +697,7 @@ def main(argv: list[str] | None = None) -> int:
         ("tls", bench_proto.run_tls),
         ("k8s", bench_k8s.run),
         ("admin", bench_admin.run),
+        ("instructions", bench_instr.run),
     ):
         if part not in parts:
             continue
