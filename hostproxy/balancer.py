@@ -76,20 +76,22 @@ class BalancerConfigError(ValueError):
 class WeightedChoice:
     """Draw an index with probability `weights[i] / sum(weights)`; uniform when the sum is 0."""
 
-    __slots__ = ("_cum", "_total", "_n", "_rng")
+    __slots__ = ("_cum", "_weights", "_total", "_n", "_rng")
 
     def __init__(self, weights: Sequence[float], rng: random.Random) -> None:
         for i, w in enumerate(weights):
             if not (w >= 0 and math.isfinite(w)):
                 raise BalancerConfigError(f"weight #{i} is {w!r}: weights must be finite and >= 0")
         self._n = len(weights)
+        self._weights = list(weights)
         self._cum = list(itertools.accumulate(weights))
         self._total = self._cum[-1] if self._cum else 0.0
         if self._total == math.inf:
             # Finite weights whose sum overflows (two of 1e308): the same proportions, scaled down, or
             # every draw would land past the last finite sum, on the last weight.
             top = max(weights)
-            self._cum = list(itertools.accumulate(w / top for w in weights))
+            self._weights = [w / top for w in weights]
+            self._cum = list(itertools.accumulate(self._weights))
             self._total = self._cum[-1]
         self._rng = rng
 
@@ -106,6 +108,25 @@ class WeightedChoice:
             return 0  # the draw is still made: the shared rng's sequence does not depend on this
         i = bisect.bisect_right(self._cum, x)
         return min(i, self._n - 1)
+
+    def pick_other(self, i: int) -> int:
+        """An index other than ``i`` (there must be two weights at least), drawn in proportion to the
+        other weights: one of weight 0 only when every other weight is 0 (then uniformly)."""
+        n, weights = self._n, self._weights
+        rest = self._total - weights[i]
+        if rest > 0:
+            x = self._rng.random() * rest
+            below = self._cum[i] - weights[i]  # the sum of the weights before i
+            if x >= below:
+                x += weights[i]
+            j = min(bisect.bisect_right(self._cum, x), n - 1)
+            if j != i and weights[j] > 0:
+                return j
+            # (rounding put the draw on i or past the end: the last other endpoint of some weight)
+            for j in range(n - 1, -1, -1):
+                if j != i and weights[j] > 0:
+                    return j
+        return (i + 1 + self._rng.randrange(n - 1)) % n
 
 
 @dataclass(frozen=True)
@@ -269,10 +290,14 @@ class Balancer:
             self.max_effort_exhausted += 1
             return self._least_loaded(nodes)
         for _ in range(self.max_effort):
-            a = nodes[choice.pick()]
+            ai = choice.pick()
+            a = nodes[ai]
             bi = choice.pick()
-            if nodes[bi] is a:
-                bi = (nodes.index(a) + 1 + self._rng.randrange(n - 1)) % n
+            if bi == ai:
+                # The second of the pair is drawn again among the others, by weight too: an endpoint of
+                # weight 0 is not one of the pair while another has weight (it would be taken whenever
+                # the first is unavailable).
+                bi = choice.pick_other(ai)
             b = nodes[bi]
             ok_a, ok_b = self.is_available(a), self.is_available(b)
             if ok_a and ok_b:
@@ -419,7 +444,12 @@ class RoundRobinBalancer(Balancer):
         live = [ep for ep in self._nodes if self.is_available(ep)]
         if not live:
             return None
-        zero = all(ep.weight == 0 for ep in live)
+        # Endpoints of weight 0 take turns only when no other is available: among others they would
+        # still be taken when the others' accumulators went below 0 (after one of them left the turn).
+        weighted = [ep for ep in live if ep.weight > 0]
+        zero = not weighted
+        if weighted:
+            live = weighted
         for ep in live:
             w = 1.0 if zero else ep.weight
             ep.rr_current += w
