@@ -274,12 +274,13 @@ class EndpointAccrual:
                 self.dead_since = now
             self.last_delay_s = next(self._stream)
             self.dead_until = now + self.last_delay_s
+            # Counted when marked dead, for the delay marked (as Finagle's `removed_for_ms`): an
+            # endpoint that stays dead through failed probes shows in it during the outage, not after.
+            self.removed_for_s += self.last_delay_s
         elif effect is Effect.PROBE:
             self.probes += 1
         elif effect is Effect.REVIVE:
             self.revivals += 1
-            if self.dead_since is not None:
-                self.removed_for_s += now - self.dead_since
             self.dead_since = None
             self.policy.revived()
             self._stream = self._backoff.stream()
@@ -409,7 +410,8 @@ class FailureAccrual:
             self._removed_for_s_gone += self._eps.pop(key).removed_for_s
 
     def removed_for_ms(self) -> int:
-        """Total time endpoints spent removed and since revived (Linkerd's `removed_for_ms`)."""
+        """Total time endpoints were marked dead for: each removal and each failed probe adds the
+        delay it marks the endpoint dead for, at once (Linkerd's `removed_for_ms`)."""
         return round((self._removed_for_s_gone + sum(e.removed_for_s for e in self._eps.values())) * 1000)
 
     def statistics(self) -> dict[str, Any]:

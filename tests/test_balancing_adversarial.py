@@ -15,6 +15,7 @@ import random
 import pytest
 from test_balancer import make as _make
 
+from hostproxy.accrual import Effect, FailureAccrual, accrual_from_config
 from hostproxy.balancer import BALANCER_KINDS, EndpointInfo, WeightedChoice
 
 
@@ -96,3 +97,29 @@ def test_pick_other_is_weighted_and_never_returns_the_index_or_a_zero_weight() -
     only = WeightedChoice([5.0, 0.0, 0.0], random.Random(4))
     got = collections.Counter(only.pick_other(0) for _ in range(3000))
     assert set(got) == {1, 2} and min(got.values()) > 1300, got
+
+
+# == failure accrual: removed_for_ms ================================================================
+
+
+def test_removed_for_ms_counts_an_endpoint_that_stays_dead() -> None:
+    """Marked dead for 10 s, probed and failed twice (20 s, 40 s): Finagle adds each delay to
+    ``removed_for_ms`` when it marks the endpoint dead, so the counter shows an outage while it lasts.
+    It stayed 0 until a revival that never came."""
+    clock = Clock(0.0)
+    cfg = {
+        "kind": "io.l5d.consecutiveFailures",
+        "failures": 1,
+        "backoff": {"kind": "constant", "ms": 10000},
+    }
+    fa = FailureAccrual(accrual_from_config(cfg, random.Random(0)), clock)
+    assert fa.on_response("a", ok=False) is Effect.REMOVE
+    assert fa.statistics()["removed_for_ms"] == 10000
+    for i in range(2):
+        clock.t += 10.0
+        assert fa.on_request("a") is Effect.PROBE
+        assert fa.on_response("a", ok=False) is Effect.REMOVE_AGAIN
+        assert fa.statistics()["removed_for_ms"] == 10000 * (i + 2)
+    # an endpoint the namer removes keeps its part of the counter (it never goes down)
+    fa.retain([])
+    assert fa.statistics() == {"removals": 1, "probes": 2, "revivals": 0, "removed_for_ms": 30000}
