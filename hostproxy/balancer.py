@@ -240,6 +240,10 @@ class Balancer:
     def is_available(self, ep: Endpoint) -> bool:
         return not ep.removed and self._available(ep.key)
 
+    def any_available(self) -> bool:
+        """Whether some endpoint of the set is available (Finagle's balancer status ``Open``)."""
+        return any(self.is_available(ep) for ep in self._nodes)
+
     def pick_ignoring_availability(self) -> Endpoint | None:
         """`pick()` as if `available` said yes to every endpoint (all of them were marked dead)."""
         available, self._available = self._available, _always_available

@@ -17,7 +17,8 @@ The router binds a service name to a bound tree whose leaves are ``BoundName``s;
 response head with the body still streaming; the body is wrapped so that the balancer and accrual
 learn the outcome (latency, success) when the body ends. A request that provably never reached an
 upstream (a connect failure: ``retryable``) is requeued on another pick while the requeue budget
-allows, as Finagle does; nothing else is resent here. This is the only place requeues happen: the
+allows and some endpoint is available (not every one marked dead: ``retries/not_open`` counts the
+others), as Finagle does; nothing else is resent here. This is the only place requeues happen: the
 router's retry policy (``hostproxy.retry``) is built without a requeue budget and only retries what
 the response classifier calls retryable, so a connect failure is never requeued twice. Whatever its
 body — in memory, or streamed (chunked, or larger than the retry buffer) — a requeued request is
@@ -242,6 +243,13 @@ class Client:
             requeue_budget=self.requeue_budget,
             pools=_Pools(self),
         )
+        self.not_open = 0  # requeues refused because no endpoint was available (``_open_for_requeue``)
+        scope.client_gauge(
+            client_id,
+            "retries/not_open",
+            lambda: self.not_open,
+            "Requests not requeued after a connection failure because every endpoint was marked dead",
+        )
         scope.client_gauge(
             client_id,
             "namer/stale_age_secs",
@@ -412,6 +420,7 @@ class Client:
                     # A pool at its limits refused it: another endpoint may have room, the same one
                     # not yet (it waited, or was refused at once): as many tries as endpoints.
                     and (not e.pool_full or full_refusals < len(self.endpoints))
+                    and self._open_for_requeue()
                     and self.requeue_budget.try_withdraw()
                 ):
                     requeues += 1
@@ -439,6 +448,17 @@ class Client:
                 outcome = _OutcomeBody(body, self, bal_ep, key, t0, ok_status, judge, resp)
                 resp.body = Body(outcome, body.content_length)
             return resp, key
+
+    def _open_for_requeue(self) -> bool:
+        """Whether a request that never reached an upstream may be requeued: only while some endpoint is
+        available (Finagle requeues only while the client's status is Open, and counts the others in
+        ``retries/not_open``). When failure accrual has marked every endpoint dead, a requeue would go to
+        a dead endpoint again: the request went on up to 25 times, a connect timeout each time with an
+        unreachable endpoint, spending the requeue budget the other requests need."""
+        if self.balancer.any_available():
+            return True
+        self.not_open += 1
+        return False
 
     def _outcome(self, bal_ep: Any, key: str, t0: float, ok: bool) -> None:
         """A request sent at ``t0`` ended (``ok``: status and body both fine): tell the balancer and

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import collections
 import random
+from pathlib import Path
 
 import pytest
 from test_balancer import make as _make
 
 from hostproxy.accrual import Effect, FailureAccrual, accrual_from_config
 from hostproxy.balancer import BALANCER_KINDS, EndpointInfo, WeightedChoice
+from tests.daemonutil import running_daemon
+from tests.test_client_dynamics_adversarial import FS_CLIENT, FS_WEB, cfg, client_state, get, metrics
+from tests.test_lifecycle_helpers import write_disco
+from tests.upstreams import closed_port
 
 
 class Clock:
@@ -123,3 +128,43 @@ def test_removed_for_ms_counts_an_endpoint_that_stays_dead() -> None:
     # an endpoint the namer removes keeps its part of the counter (it never goes down)
     fa.retain([])
     assert fa.statistics() == {"removals": 1, "probes": 2, "revivals": 0, "removed_for_ms": 30000}
+
+
+# == requeues when every endpoint is marked dead (end to end) =======================================
+
+
+async def test_a_connect_failure_is_not_requeued_once_every_endpoint_is_dead_e2e(tmp_path: Path) -> None:
+    """Two endpoints refusing connections, accrual trips on one failure. Finagle requeues a connect
+    failure only while the client's status is Open (some endpoint not marked dead) and counts the others
+    in ``retries/not_open``. The first request tries A, then B (requeued while B was still alive), then
+    stops; the next one, with both dead, is sent once to one of them (the balancer's fallback) and not
+    requeued. Each request used to go on to 26 attempts at dead endpoints (a connect timeout each
+    when they are unreachable), spending the requeue budget 25 tokens at a time."""
+    disco = tmp_path / "disco"
+    with closed_port() as pa, closed_port() as pb:
+        write_disco(disco, "web", pa, pb)
+        client = (
+            "    failureAccrual: {kind: io.l5d.consecutiveFailures, failures: 1,"
+            " backoff: {kind: constant, ms: 60000}}"
+        )
+        async with running_daemon(cfg(disco, client=client)) as d:
+            first = await get(d)
+            st = (await client_state(d.admin))[FS_WEB]
+            assert first.status == 502, first.l5d_err
+            assert {k: e["accrual"] for k, e in st["endpoints"].items()} == {
+                f"127.0.0.1:{pa}": "dead",
+                f"127.0.0.1:{pb}": "dead",
+            }
+            assert st["loadBalancer"]["available"] == 0
+            attempts = sum(e["pool"]["connect_failures"] for e in st["endpoints"].values())
+            assert attempts == 2, st
+            second = await get(d)
+            assert second.status == 502, second.l5d_err
+            st = (await client_state(d.admin))[FS_WEB]
+            attempts = sum(e["pool"]["connect_failures"] for e in st["endpoints"].values())
+            assert attempts == 3, st  # sent to a dead endpoint (nothing else to try), once
+            m = await metrics(d.admin)
+            assert m[f"rt/out/client/{FS_CLIENT}/retries/requeues"] == 1
+            assert m[f"rt/out/client/{FS_CLIENT}/retries/not_open"] == 2
+            assert m[f"rt/out/client/{FS_CLIENT}/retries/budget"] == 99
+            assert m[f"rt/out/client/{FS_CLIENT}/failure_accrual/removals"] == 2
