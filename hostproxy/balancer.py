@@ -24,7 +24,8 @@ between equally loaded endpoints) are proportional to weight, and loads are comp
 with equal latencies a heavier endpoint takes all the traffic it serves faster, weighted, than a
 lighter one, and the lighter one gets traffic once the heavier one's cost or queue grows. (Linkerd
 splits traffic between weight classes first and balances inside each, so its shares hold for every
-kind.) An endpoint of weight 0 gets traffic only when no other is available.
+kind.) An endpoint of weight 0 gets traffic only when no other is available; endpoints all of weight
+0 share it, balanced by load as endpoints of equal weight are.
 
 Kinds (config `loadBalancer.kind`, Linkerd 1 names, keys and defaults):
 
@@ -170,6 +171,10 @@ class Endpoint:
         return f"<Endpoint {self.key} weight={self.weight} pending={self.pending}>"
 
 
+#: The weighted load of an idle endpoint of weight 0 (``Balancer._weighted_load``).
+_ZERO_WEIGHT_LOAD = 1e250
+
+
 def _always_available(key: str) -> bool:
     return True
 
@@ -262,7 +267,10 @@ class Balancer:
         load = self.load(ep)
         if ep.weight > 0:
             return load / ep.weight
-        return math.inf if load > 0 else 1e300
+        # Weight 0: above any endpoint of weight (whose load / weight stays far below 1e250), and still
+        # ordered by load among endpoints of weight 0 (when all have weight 0 they are balanced by load;
+        # one infinity for every loaded one had the balancer draw between them blindly).
+        return _ZERO_WEIGHT_LOAD * (1.0 + load)
 
     def on_start(self, ep: Endpoint) -> None:
         ep.pending += 1

@@ -104,6 +104,29 @@ def test_pick_other_is_weighted_and_never_returns_the_index_or_a_zero_weight() -
     assert set(got) == {1, 2} and min(got.values()) > 1300, got
 
 
+@pytest.mark.parametrize("kind", [k for k in BALANCER_KINDS if k != "roundRobin"])
+def test_endpoints_all_of_weight_0_are_still_balanced_by_load(kind: str) -> None:
+    """Every endpoint has weight 0 (``host port * 0`` on every line): they share the traffic, and the
+    least loaded kinds still compare their loads. Every loaded endpoint of weight 0 had the same
+    infinite load, so a with 50 requests in flight got a third of the new ones, like b and c with one."""
+    extra = {"minAperture": 3} if kind == "aperture" else {}
+    b = make(kind, 1, **extra)
+    b.update([EndpointInfo(k, 0.0) for k in "abc"])
+    eps = {e.key: e for e in b.endpoints()}
+    for _ in range(50):
+        b.on_start(eps["a"])
+    b.on_start(eps["b"])
+    b.on_start(eps["c"])
+    picks: collections.Counter[str] = collections.Counter()
+    for _ in range(300):
+        ep = b.pick()
+        assert ep is not None
+        picks[ep.key] += 1
+        b.on_start(ep)
+        b.on_finish(ep, 0.01, True)
+    assert picks["a"] == 0 and picks["b"] > 100 and picks["c"] > 100, picks
+
+
 # == failure accrual: removed_for_ms ================================================================
 
 
