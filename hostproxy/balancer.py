@@ -36,7 +36,8 @@ Kinds (config `loadBalancer.kind`, Linkerd 1 names, keys and defaults):
   (outstanding + 1); the cost follows latency spikes at once and decays over `decayTimeMs`.
 * `aperture {maxEffort: 5, smoothWindowMs: 5000, lowLoad: 0.5, highLoad: 2.0, minAperture: 1}` —
   p2c over the first `aperture` endpoints of a ring shuffled once with the rng; the aperture
-  grows while the smoothed load per endpoint in it is above `highLoad` and shrinks below `lowLoad`.
+  grows while the smoothed load (requests in flight), divided by the aperture, is above `highLoad`
+  and shrinks below `lowLoad`.
 * `heap` — the least loaded available endpoint (a linear scan; endpoint sets per client are small).
 * `roundRobin {maxEffort: 5}` — smooth weighted round robin over the available endpoints.
 
@@ -531,11 +532,18 @@ class ApertureBalancer(Balancer):
         self._window_choice = WeightedChoice([ep.weight for ep in self._window], self._rng)
 
     def _sample(self) -> None:
+        # The total load is smoothed, and divided by the aperture when it is compared (as Finagle's
+        # load band does): smoothing the load per endpoint kept, after each widening, the loads per
+        # endpoint of the narrower apertures, so the aperture went on widening well past the band.
         now = self._now()
         w = math.exp(-max(0.0, now - self._smoothed_at) / self.smooth_s)
-        x = self._outstanding / max(1, self.aperture)
+        x = float(self._outstanding)
         self._smoothed = x + (self._smoothed - x) * w
         self._smoothed_at = now
+
+    def load_per_endpoint(self) -> float:
+        """The smoothed load over the aperture, per endpoint in it (compared with the load band)."""
+        return self._smoothed / max(1, self.aperture)
 
     def on_start(self, ep: Endpoint) -> None:
         super().on_start(ep)
@@ -551,11 +559,12 @@ class ApertureBalancer(Balancer):
 
     def _adjust(self) -> None:
         n = len(self._ring)
-        if self._smoothed >= self.high_load and self.aperture < n:
+        load = self.load_per_endpoint()
+        if load >= self.high_load and self.aperture < n:
             self.aperture += 1
             self.expands += 1
             self._refresh_window()
-        elif self._smoothed <= self.low_load and self.aperture > self.min_aperture:
+        elif load <= self.low_load and self.aperture > self.min_aperture:
             self.aperture -= 1
             self.contracts += 1
             self._refresh_window()
@@ -575,7 +584,7 @@ class ApertureBalancer(Balancer):
         out = super().statistics()
         out.update(
             aperture=self.aperture,
-            smoothed_load=round(self._smoothed, 4),
+            smoothed_load=round(self.load_per_endpoint(), 4),
             expands=self.expands,
             contracts=self.contracts,
         )

@@ -127,6 +127,32 @@ def test_endpoints_all_of_weight_0_are_still_balanced_by_load(kind: str) -> None
     assert picks["a"] == 0 and picks["b"] > 100 and picks["c"] > 100, picks
 
 
+# == aperture ======================================================================================
+
+
+def test_aperture_settles_in_the_load_band_under_steady_load() -> None:
+    """30 endpoints, a steady 10 requests in flight (one every ms, 10 ms each), load band 0.5 .. 2: the
+    aperture widens until the load per endpoint in it is below highLoad, i.e. to 5 or 6 endpoints
+    (Finagle smooths the total load and divides it by the aperture). The load per endpoint was smoothed
+    instead, so after each widening it still weighed the loads of the narrower apertures: the
+    aperture went on widening to 13 endpoints, each at 0.77, well inside the band's low half."""
+    clock = Clock(0.0)
+    b = make("aperture", 1, clock=clock, smoothWindowMs=500)
+    b.update([EndpointInfo(f"e{i}", 1.0) for i in range(30)])
+    inflight: collections.deque[tuple[float, object]] = collections.deque()
+    for _ in range(8000):
+        clock.t += 0.001
+        while inflight and inflight[0][0] <= clock.t:
+            b.on_finish(inflight.popleft()[1], 0.01, True)
+        ep = b.pick()
+        b.on_start(ep)
+        inflight.append((clock.t + 0.010, ep))
+    st = b.statistics()
+    assert st["aperture"] in (5, 6), st
+    assert 0.5 < st["smoothed_load"] < 2.0, st
+    assert st["contracts"] == 0, st  # it widened to the band and stayed
+
+
 # == failure accrual: removed_for_ms ================================================================
 
 
