@@ -19,7 +19,15 @@ from test_balancer import make as _make
 from hostproxy.accrual import Effect, FailureAccrual, accrual_from_config
 from hostproxy.balancer import BALANCER_KINDS, EndpointInfo, WeightedChoice
 from tests.daemonutil import running_daemon
-from tests.test_client_dynamics_adversarial import FS_CLIENT, FS_WEB, cfg, client_state, get, metrics
+from tests.test_client_dynamics_adversarial import (
+    FS_CLIENT,
+    FS_WEB,
+    cfg,
+    client_state,
+    gated_upstream,
+    get,
+    metrics,
+)
 from tests.test_lifecycle_helpers import write_disco
 from tests.upstreams import closed_port
 
@@ -217,3 +225,30 @@ async def test_a_connect_failure_is_not_requeued_once_every_endpoint_is_dead_e2e
             assert m[f"rt/out/client/{FS_CLIENT}/retries/not_open"] == 2
             assert m[f"rt/out/client/{FS_CLIENT}/retries/budget"] == 99
             assert m[f"rt/out/client/{FS_CLIENT}/failure_accrual/removals"] == 2
+
+
+async def test_every_endpoint_dead_still_serves_and_says_so_e2e(tmp_path: Path) -> None:
+    """Both endpoints answer 503 until accrual marks them dead (one failure each, 60 s backoff). As
+    Finagle's balancers do, requests still go to them (a possibly dead endpoint beats failing every
+    request): once the app recovers, they are answered 200 at once, although ``/client_state.json``
+    (and the balancer's ``available``) still says both are dead until their probe."""
+    disco = tmp_path / "disco"
+    async with gated_upstream(503) as a, gated_upstream(503) as b:
+        write_disco(disco, "web", a.port, b.port)
+        client = (
+            "    failureAccrual: {kind: io.l5d.consecutiveFailures, failures: 1,"
+            " backoff: {kind: constant, ms: 60000}}"
+        )
+        async with running_daemon(cfg(disco, client=client)) as d:
+            statuses = [(await get(d)).status for _ in range(4)]
+            assert statuses == [503] * 4
+            assert a.requests >= 1 and b.requests >= 1, (a.requests, b.requests)
+            st = (await client_state(d.admin))[FS_WEB]
+            assert {e["accrual"] for e in st["endpoints"].values()} == {"dead"}
+            assert {e["status"] for e in st["endpoints"].values()} == {"busy"}
+            a.status = b.status = 200
+            statuses = [(await get(d)).status for _ in range(4)]
+            assert statuses == [200] * 4
+            st = (await client_state(d.admin))[FS_WEB]
+            assert st["loadBalancer"]["available"] == 0
+            assert st["failureAccrual"]["removals"] == 2 and st["failureAccrual"]["revivals"] == 0
