@@ -780,8 +780,13 @@ class _Analysis:
                     share=share,
                     verdict=(
                         f"endpoint {key} of {cid} is marked dead by failure accrual after "
-                        f"{cause.value} failures; requests go to the other "
-                        f"{len(eps) - len(dead)} endpoint(s)"
+                        f"{cause.value} failures; "
+                        + (
+                            f"requests go to the other {len(eps) - len(dead)} endpoint(s)"
+                            if len(dead) < len(eps)
+                            # (the balancer falls back to the dead ones when none is left)
+                            else f"so is every endpoint of {cid}, and requests still go to them"
+                        )
                     ),
                     next_step=f"check the app on {key}; hostproxy probes it back automatically",
                     failures=causes[cause],

@@ -18,6 +18,7 @@ from test_balancer import make as _make
 
 from hostproxy.accrual import Effect, FailureAccrual, accrual_from_config
 from hostproxy.balancer import BALANCER_KINDS, EndpointInfo, WeightedChoice
+from hostproxy.diagnose import Snapshot, diagnose
 from tests.daemonutil import running_daemon
 from tests.test_client_dynamics_adversarial import (
     FS_CLIENT,
@@ -29,6 +30,7 @@ from tests.test_client_dynamics_adversarial import (
     metrics,
 )
 from tests.test_lifecycle_helpers import write_disco
+from tests.test_wtf_diagnose import server, svc_metrics
 from tests.upstreams import closed_port
 
 
@@ -252,3 +254,33 @@ async def test_every_endpoint_dead_still_serves_and_says_so_e2e(tmp_path: Path) 
             st = (await client_state(d.admin))[FS_WEB]
             assert st["loadBalancer"]["available"] == 0
             assert st["failureAccrual"]["removals"] == 2 and st["failureAccrual"]["revivals"] == 0
+
+
+def test_wtf_does_not_send_requests_to_zero_other_endpoints_when_all_are_dead() -> None:
+    """Both endpoints of a client answer 503 and failure accrual marked both dead. The first finding
+    names one; the accrual finding for the other said "requests go to the other 0 endpoint(s)", when the
+    requests in fact still go to the dead endpoints (there is no other)."""
+    m = {
+        **server(20, {"upstream/5xx": 20}),
+        **svc_metrics("/svc/users", 20, 0, {"upstream/5xx": 20}, statuses={503: 20}),
+        **svc_metrics("/#/io.l5d.fs/users", 20, 0, {"upstream/5xx": 20}, statuses={503: 20}, scope="client"),
+    }
+    dead = {"weight": 1.0, "pool": {"connect_failures": 0}, "accrual": "dead", "status": "busy"}
+    snap = Snapshot(
+        metrics=m,
+        client_state={
+            "/#/io.l5d.fs/users": {
+                "state": "bound",
+                "endpoints": {"10.0.0.7:8080": dead, "10.0.0.8:8080": dead},
+            }
+        },
+        bindings={"out": {"/svc/users": ["/#/io.l5d.fs/users"]}},
+    )
+    accrual = [f for f in diagnose(snap).findings if f.severity == "warning"]
+    assert [(f.endpoint, f.verdict) for f in accrual] == [
+        (
+            "10.0.0.8:8080",
+            "endpoint 10.0.0.8:8080 of /#/io.l5d.fs/users is marked dead by failure accrual after upstream/5xx"
+            " failures; so is every endpoint of /#/io.l5d.fs/users, and requests still go to them",
+        )
+    ]
