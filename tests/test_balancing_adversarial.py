@@ -14,6 +14,7 @@ import random
 from pathlib import Path
 
 import pytest
+import trio
 from test_balancer import make as _make
 
 from hostproxy.accrual import Effect, FailureAccrual, accrual_from_config
@@ -284,3 +285,34 @@ def test_wtf_does_not_send_requests_to_zero_other_endpoints_when_all_are_dead() 
             " failures; so is every endpoint of /#/io.l5d.fs/users, and requests still go to them",
         )
     ]
+
+
+async def test_accrual_counters_follow_a_removal_a_failed_probe_and_a_revival_e2e(tmp_path: Path) -> None:
+    """One endpoint: two 503s mark it dead (100 ms), the probe after the backoff fails (dead again for
+    100 ms), the next probe succeeds. The metrics count one removal, two probes, one revival and 200 ms
+    removed; the requests sent while it was dead (nothing else to send to) count for nothing."""
+    disco = tmp_path / "disco"
+    async with gated_upstream(503) as up:
+        write_disco(disco, "web", up.port)
+        client = (
+            "    failureAccrual: {kind: io.l5d.consecutiveFailures, failures: 2,"
+            " backoff: {kind: constant, ms: 100}}"
+        )
+        async with running_daemon(cfg(disco, client=client)) as d:
+            key = f"rt/out/client/{FS_CLIENT}/failure_accrual"
+
+            async def counters() -> tuple[float, ...]:
+                m = await metrics(d.admin)
+                return tuple(m[f"{key}/{k}"] for k in ("removals", "probes", "revivals", "removed_for_ms"))
+
+            assert [(await get(d)).status for _ in range(2)] == [503, 503]
+            assert await counters() == (1, 0, 0, 100)
+            await trio.sleep(0.15)  # the backoff elapses: the next request is the probe
+            assert (await get(d)).status == 503
+            assert await counters() == (1, 1, 0, 200)
+            up.status = 200
+            await trio.sleep(0.15)
+            assert (await get(d)).status == 200
+            assert await counters() == (1, 2, 1, 200)
+            st = (await client_state(d.admin))[FS_WEB]
+            assert [e["accrual"] for e in st["endpoints"].values()] == ["alive"]
