@@ -384,6 +384,11 @@ class FailureAccrual:
             self.revivals += 1
         return effect
 
+    def probing(self, key: str) -> bool:
+        """Whether ``key``'s probe is out (``PROBE_CLOSED``: the one request is waiting for its answer)."""
+        ep = self._eps.get(key)
+        return ep is not None and ep.state is State.PROBE_CLOSED
+
     def eject(self, key: str) -> Effect:
         """Remove ``key`` at once, whatever its policy says (the client's ``failFast``: connecting to it
         failed). It comes back as any removed endpoint does: a probe after its backoff."""

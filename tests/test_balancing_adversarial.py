@@ -10,7 +10,9 @@ for each time it is marked dead.
 from __future__ import annotations
 
 import collections
+import contextlib
 import random
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -316,3 +318,70 @@ async def test_accrual_counters_follow_a_removal_a_failed_probe_and_a_revival_e2
             assert await counters() == (1, 2, 1, 200)
             st = (await client_state(d.admin))[FS_WEB]
             assert [e["accrual"] for e in st["endpoints"].values()] == ["alive"]
+
+
+async def test_a_probe_answered_with_a_long_stream_revives_its_endpoint_e2e(tmp_path: Path) -> None:
+    """A 503 marks the only endpoint dead (100 ms); the probe after the backoff is answered 200 with a
+    body that keeps streaming (a watch, a server stream). Linkerd judges a response by its head: the
+    endpoint is alive again. It stayed ``probe_closed`` (out of the balancer: no traffic when it has
+    peers) for as long as that one stream lasted."""
+    release = trio.Event()
+
+    async def conn(stream: trio.SocketStream) -> None:
+        buf = b""
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            async with stream:
+                while True:
+                    while b"\r\n\r\n" not in buf:
+                        data = await stream.receive_some(65536)
+                        if not data:
+                            return
+                        buf += data
+                    head, buf = buf.split(b"\r\n\r\n", 1)
+                    if head.startswith(b"GET /fail "):
+                        await stream.send_all(b"HTTP/1.1 503 X\r\ncontent-length: 2\r\n\r\nno")
+                        continue
+                    await stream.send_all(
+                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n"
+                    )
+                    await release.wait()
+                    await stream.send_all(b"0\r\n\r\n")
+
+    disco = tmp_path / "disco"
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, conn, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        write_disco(disco, "web", port)
+        client = (
+            "    failureAccrual: {kind: io.l5d.consecutiveFailures, failures: 1,"
+            " backoff: {kind: constant, ms: 100}}"
+        )
+        async with running_daemon(cfg(disco, client=client)) as d:
+            assert (await get(d, "/fail")).status == 503
+
+            async def accrual() -> str:
+                st = (await client_state(d.admin))[FS_WEB]
+                return next(iter(st["endpoints"].values()))["accrual"]
+
+            assert await accrual() == "dead"
+            await trio.sleep(0.15)  # the backoff elapses: the next request is the probe
+            got = trio.Event()
+
+            async def probe() -> None:
+                with trio.socket.socket() as s:
+                    await s.connect(("127.0.0.1", d.port("out")))
+                    await s.send(b"GET /watch HTTP/1.1\r\nHost: web\r\n\r\n")
+                    data = b""
+                    while b"first" not in data:
+                        data += await s.recv(65536)
+                    got.set()
+                    await release.wait()
+
+            nursery.start_soon(probe)
+            with trio.fail_after(10):
+                await got.wait()  # the head and a first chunk reached the client; the body goes on
+            assert await accrual() == "alive"
+            m = await metrics(d.admin)
+            assert m[f"rt/out/client/{FS_CLIENT}/failure_accrual/revivals"] == 1
+            release.set()
+        nursery.cancel_scope.cancel()
