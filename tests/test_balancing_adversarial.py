@@ -363,7 +363,7 @@ async def test_a_probe_answered_with_a_long_stream_revives_its_endpoint_e2e(tmp_
                 st = (await client_state(d.admin))[FS_WEB]
                 return next(iter(st["endpoints"].values()))["accrual"]
 
-            assert await accrual() == "dead"
+            assert await accrual() in ("dead", "probe_open")  # (probe_open once the 100 ms are over)
             await trio.sleep(0.15)  # the backoff elapses: the next request is the probe
             got = trio.Event()
 
