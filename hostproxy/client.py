@@ -447,11 +447,12 @@ class Client:
             else:
                 outcome = _OutcomeBody(body, self, bal_ep, key, t0, ok_status, judge, resp)
                 resp.body = Body(outcome, body.content_length)
-                if ok_status and not 500 <= resp.status < 600 and accrual.probing(key):
-                    # The probe's answer is a success so far and its body streams (a watch, a server
-                    # stream may last hours): the endpoint is revived now, as Linkerd judges a response
-                    # by its head, rather than left out of the balancer until the body ends. The body's
-                    # end is still recorded, as any response of a live endpoint.
+                if judge is None and ok_status and accrual.probing(key):
+                    # The probe's answer is a success by its status (what an HTTP classifier judges,
+                    # in Linkerd too) and its body streams (a watch may last hours): the endpoint is
+                    # revived now rather than left out of the balancer until the body ends. The body's
+                    # end is still recorded, as any response of a live endpoint. (A gRPC verdict is
+                    # in the trailers: that probe waits for them.)
                     accrual.on_response(key, True)
             return resp, key
 

@@ -14,14 +14,21 @@ import contextlib
 import random
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 from test_balancer import make as _make
 
+from dtab.addr import AddrBound, Address
 from hostproxy.accrual import Effect, FailureAccrual, accrual_from_config
 from hostproxy.balancer import BALANCER_KINDS, EndpointInfo, WeightedChoice
+from hostproxy.client import Client
+from hostproxy.config.model import ClientParams, ConsecutiveFailuresAccrual
+from hostproxy.config.model import RetryBudget as ClientRetryBudget
 from hostproxy.diagnose import Snapshot, diagnose
+from hostproxy.http.message import Body, Headers, Request, Response
+from hostproxy.metrics import MetricsRegistry
 from tests.daemonutil import running_daemon
 from tests.test_client_dynamics_adversarial import (
     FS_CLIENT,
@@ -384,4 +391,95 @@ async def test_a_probe_answered_with_a_long_stream_revives_its_endpoint_e2e(tmp_
             m = await metrics(d.admin)
             assert m[f"rt/out/client/{FS_CLIENT}/failure_accrual/revivals"] == 1
             release.set()
+        nursery.cancel_scope.cancel()
+
+
+class _HeldSource:
+    """A streamed body: one chunk, then the end once ``release`` is set, with ``trailers``."""
+
+    def __init__(self, trailers: Headers | None = None) -> None:
+        self.release = trio.Event()
+        self._sent = False
+        self._trailers = trailers
+
+    async def read_chunk(self) -> bytes | None:
+        if not self._sent:
+            self._sent = True
+            return b"first"
+        await self.release.wait()
+        return None
+
+    @property
+    def trailers(self) -> Headers | None:
+        return self._trailers
+
+    async def aclose(self) -> None:
+        pass
+
+
+class _StreamingPool:
+    """Stands in for an endpoint's pool: 503 first, then a 200 whose body streams (``source``)."""
+
+    source: _HeldSource
+
+    def __init__(self, host: str, port: int, params: Any, **kw: Any) -> None:
+        self.requests = 0
+
+    async def request(self, req: Request) -> Response:
+        self.requests += 1
+        await trio.lowlevel.checkpoint()
+        if self.requests == 1:
+            return Response(503, b"", Headers([]), Body.from_bytes(b"no"))
+        return Response(200, b"OK", Headers([]), Body(_StreamingPool.source, None))
+
+    def statistics(self) -> dict[str, int]:
+        return {"open": 1, "idle": 0, "waiters": 0, "opening": 0}
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("grpc", [False, True], ids=["http", "grpc"])
+async def test_a_streamed_probe_is_judged_by_its_head_only_when_the_status_decides(grpc: bool) -> None:
+    """A probe answered 200 with a streaming body: under an HTTP classifier (no judge: the status
+    decides) the endpoint is alive at the head; under a gRPC one the verdict is in the trailers, so the
+    probe waits for them (a unary call failing in its trailers would otherwise revive the endpoint and
+    reset its backoff on every probe), and a failing grpc-status marks it dead again."""
+    clock = Clock(100.0)
+    trailers = Headers([(b"grpc-status", b"14")]) if grpc else None
+    _StreamingPool.source = _HeldSource(trailers)
+
+    def judge(status: int, head: Any, tr: Any) -> bool:
+        return tr is not None and tr.get(b"grpc-status") == b"0"
+
+    params = ClientParams(
+        failure_accrual=ConsecutiveFailuresAccrual(kind="io.l5d.consecutiveFailures", failures=1),
+        requeue_budget=ClientRetryBudget(min_retries_per_sec=0, percent_can_retry=0.0),
+    )
+    async with trio.open_nursery() as nursery:
+        client = Client(
+            "out",
+            "/#/io.l5d.fs/web",
+            params,
+            MetricsRegistry(clock).router("out"),
+            nursery=nursery,
+            rng=random.Random(1),
+            clock=clock,
+            pool_factory=_StreamingPool,
+        )
+        client.update_addr(AddrBound(frozenset({Address("127.0.0.1", 1001)})))
+        req = Request("GET", "/", Headers([(b"host", b"web")]), Body.empty(), authority="web")
+        resp, key = await client.request(req, judge=judge if grpc else None)
+        assert resp.status == 503 and client.accrual.state()["endpoints"][key]["state"] == "dead"
+        clock.t += 6.0  # past the first backoff (5 s): the next request is the probe
+        resp, _ = await client.request(req, judge=judge if grpc else None)
+        assert resp.status == 200
+        state = client.accrual.state()["endpoints"][key]["state"]
+        assert state == ("probe_closed" if grpc else "alive")
+        assert await resp.body.__anext__() == b"first"
+        _StreamingPool.source.release.set()
+        async for _ in resp.body:
+            pass
+        state = client.accrual.state()["endpoints"][key]["state"]
+        assert state == ("dead" if grpc else "alive")
         nursery.cancel_scope.cancel()
