@@ -462,8 +462,8 @@ class Client:
         ``retries/not_open``). When failure accrual has marked every endpoint dead, a requeue would go to
         a dead endpoint again: the request went on up to 25 times, a connect timeout each time with an
         unreachable endpoint, spending the requeue budget the other requests need."""
-        if self.balancer.any_available():
-            return True
+        if not self.endpoints or self.balancer.any_available():
+            return True  # (none left: the next pick says why, "negative" or "no endpoints")
         self.not_open += 1
         return False
 

@@ -18,15 +18,17 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from test_balancer import make as _make
 
-from dtab.addr import AddrBound, Address
+from dtab.addr import AddrBound, Address, AddrNeg
 from hostproxy.accrual import Effect, FailureAccrual, accrual_from_config
 from hostproxy.balancer import BALANCER_KINDS, EndpointInfo, WeightedChoice
 from hostproxy.client import Client
 from hostproxy.config.model import ClientParams, ConsecutiveFailuresAccrual
 from hostproxy.config.model import RetryBudget as ClientRetryBudget
 from hostproxy.diagnose import Snapshot, diagnose
+from hostproxy.http.errors import UpstreamError
 from hostproxy.http.message import Body, Headers, Request, Response
 from hostproxy.metrics import MetricsRegistry
 from tests.daemonutil import running_daemon
@@ -482,4 +484,66 @@ async def test_a_streamed_probe_is_judged_by_its_head_only_when_the_status_decid
             pass
         state = client.accrual.state()["endpoints"][key]["state"]
         assert state == ("dead" if grpc else "alive")
+        nursery.cancel_scope.cancel()
+
+
+class _ClosingPool:
+    """An endpoint pool whose request waits for ``gate``, then finds the pool closed (the request was
+    never written: retryable), as when the endpoint left the set meanwhile."""
+
+    gate: trio.Event
+
+    def __init__(self, host: str, port: int, params: Any, **kw: Any) -> None:
+        self.endpoint = f"{host}:{port}"
+
+    async def request(self, req: Request) -> Response:
+        await _ClosingPool.gate.wait()
+        raise UpstreamError(f"pool for {self.endpoint} is closed", endpoint=self.endpoint, retryable=True)
+
+    def statistics(self) -> dict[str, int]:
+        return {"open": 0, "idle": 0, "waiters": 0, "opening": 0}
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_request_whose_name_went_negative_meanwhile_says_so() -> None:
+    """The name goes negative while a request waits in its endpoint's pool, which then finds itself
+    closed (nothing was sent: requeued). With no endpoint left there is no status to ask (the
+    requeue is not refused as "not open"): the next pick says the name is negative."""
+    _ClosingPool.gate = trio.Event()
+    params = ClientParams(
+        failure_accrual=ConsecutiveFailuresAccrual(kind="io.l5d.consecutiveFailures", failures=1)
+    )
+    clock = Clock(100.0)
+    async with trio.open_nursery() as nursery:
+        client = Client(
+            "out",
+            "/#/io.l5d.fs/web",
+            params,
+            MetricsRegistry(clock).router("out"),
+            nursery=nursery,
+            rng=random.Random(1),
+            clock=clock,
+            pool_factory=_ClosingPool,
+        )
+        client.update_addr(AddrBound(frozenset({Address("127.0.0.1", 1001)})))
+        req = Request("GET", "/", Headers([(b"host", b"web")]), Body.empty(), authority="web")
+        errors: list[Exception] = []
+
+        async def one() -> None:
+            try:
+                await client.request(req)
+            except UpstreamError as e:
+                errors.append(e)
+
+        nursery.start_soon(one)
+        await trio.testing.wait_all_tasks_blocked()
+        client.update_addr(AddrNeg())
+        _ClosingPool.gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert [(type(e).__name__, str(e)) for e in errors] == [
+            ("NoEndpoints", "client /#/io.l5d.fs/web is negative: no endpoints available")
+        ]
+        assert client.not_open == 0
         nursery.cancel_scope.cancel()
