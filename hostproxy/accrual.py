@@ -171,7 +171,10 @@ class ConsecutiveFailures(Policy):
 
 
 class SuccessRate(Policy):
-    """An exponentially weighted success rate; each response has weight `1 - exp(-1/requests)`."""
+    """An exponentially weighted success rate; each response has weight `1 - exp(-1/requests)`, but the
+    first (after a start or a revival), which is the rate (Finagle's `Ema` takes its first sample as it
+    is: starting from 1.0 instead kept a third of a perfect record in the rate after `requests`
+    responses, and an endpoint failing every request was taken out later than Linkerd takes it out)."""
 
     def __init__(self, success_rate: float, requests: int) -> None:
         self.success_rate = success_rate
@@ -181,8 +184,8 @@ class SuccessRate(Policy):
         self.seen = 0
 
     def _record(self, x: float) -> None:
+        self.rate = x if self.seen == 0 else self.rate * self._keep + x * (1 - self._keep)
         self.seen += 1
-        self.rate = self.rate * self._keep + x * (1 - self._keep)
 
     def record_success(self) -> None:
         self._record(1.0)

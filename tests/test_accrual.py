@@ -158,10 +158,16 @@ def test_state_for_admin():
 
 def test_success_rate_policy():
     p = SuccessRate(0.8, 10)
-    assert not p.record_failure()
+    assert not p.record_failure()  # the rate is 0 (the first response is the rate), but 1 < 10 seen
     for _ in range(20):
         p.record_success()
-    # each failure weighs 1 - exp(-1/10): about 0.893, 0.808, 0.731 ...
+    # the first failure still weighs exp(-2) after 20 successes: 0.865; each failure weighs
+    # 1 - exp(-1/10): 0.782, 0.708 ...
+    assert [p.record_failure() for _ in range(4)] == [True, True, True, True]
+    p = SuccessRate(0.8, 10)
+    for _ in range(21):
+        p.record_success()
+    # from a perfect record: 0.905, 0.819, 0.741 ...
     assert [p.record_failure() for _ in range(4)] == [False, False, True, True]
     p.revived()
     assert p.rate == 1.0 and p.seen == 0

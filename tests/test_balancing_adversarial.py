@@ -202,6 +202,22 @@ def test_removed_for_ms_counts_an_endpoint_that_stays_dead() -> None:
     assert fa.statistics() == {"removals": 1, "probes": 2, "revivals": 0, "removed_for_ms": 30000}
 
 
+@pytest.mark.parametrize(("success_rate", "requests"), [(0.3, 10), (0.1, 10), (0.5, 100)])
+def test_success_rate_takes_out_an_endpoint_failing_every_request_after_requests_responses(
+    success_rate: float, requests: int
+) -> None:
+    """``io.l5d.successRate``: an endpoint failing from its first request is marked dead at the
+    ``requests``-th failure, as in Linkerd, whose Ema starts at its first sample (0 here). The rate
+    started at 1.0, which still weighed exp(-1) = 0.37 after ``requests`` responses: with successRate
+    0.3 the endpoint went on failing to the 13th request, with 0.1 to the 24th."""
+    clock = Clock(0.0)
+    cfg = {"kind": "io.l5d.successRate", "successRate": success_rate, "requests": requests}
+    fa = FailureAccrual(accrual_from_config(cfg, random.Random(0)), clock)
+    effects = [fa.on_response("a", ok=False) for _ in range(requests)]
+    assert effects[:-1] == [Effect.NONE] * (requests - 1)
+    assert effects[-1] is Effect.REMOVE
+
+
 # == requeues when every endpoint is marked dead (end to end) =======================================
 
 

@@ -474,6 +474,7 @@ def test_success_from_an_old_in_flight_request_while_probe_open_revives():
 def test_success_rate_ewma_trips_exactly_when_rate_drops_below():
     # keep = exp(-1/3): after k failures from 1.0 the rate is exp(-k/3): 0.717, 0.513, 0.368, 0.264
     p = SuccessRate(0.3, 3)
+    p.record_success()  # (the first response is the rate: 1.0)
     assert [p.record_failure() for _ in range(4)] == [False, False, False, True]
     p = SuccessRate(0.5, 3)
     assert [p.record_failure() for _ in range(3)] == [False, False, True]
