@@ -433,3 +433,18 @@ def test_binding_cache_config_from_mapping() -> None:
         BindingCacheConfigError, match=r"^bindingCache\.paths: expected a positive integer, got 0$"
     ):
         BindingCacheConfig.from_mapping({"paths": 0})
+
+
+def test_a_client_released_after_the_cache_closed_is_no_error() -> None:
+    """A drain whose grace ran out closes the router's clients under requests still in flight; each
+    such request, cancelled, then released a client that was gone and logged a traceback
+    ("release of ..., which is not in use"). A release after ``close_all`` is now a no-op; a release
+    of a client never acquired is still an error."""
+    closed: list[str] = []
+    cache: ClientCache[str, str] = ClientCache(4, clock=Clock(), close=lambda k, c: closed.append(k))
+    cache.acquire("a", lambda k: f"client:{k}")
+    with pytest.raises(RuntimeError, match="not in use"):
+        cache.release("b")
+    cache.close_all()
+    assert closed == ["a"]
+    cache.release("a")  # the in-flight request ends after the close

@@ -360,6 +360,9 @@ class ClientCache(Generic[K, C]):
         )
         self.created = 0
         self.closed = 0
+        # Set by ``close_all`` (the router is closing): a request still in flight then releases a
+        # client that is gone, which is no error.
+        self._all_closed = False
 
     def _evicted(self, key: K, client: C, reason: str) -> None:
         self.closed += 1
@@ -394,6 +397,8 @@ class ClientCache(Generic[K, C]):
         return self._lru.acquire(key)
 
     def release(self, key: K, now: float | None = None) -> None:
+        if self._all_closed and key not in self._lru:
+            return  # closed under a request that was still in flight (a drain's grace ran out)
         self._lru.release(key, now)
 
     def remove(self, key: K) -> None:
@@ -403,6 +408,7 @@ class ClientCache(Generic[K, C]):
         return self._lru.expire()
 
     def close_all(self) -> None:
+        self._all_closed = True
         self._lru.clear()
 
     def items(self) -> list[tuple[K, C]]:
