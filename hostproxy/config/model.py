@@ -707,7 +707,9 @@ class ServerConfig:
         check=positive,
     )
     clear_context: bool = key(
-        False, "Strip l5d-* context headers (l5d-dtab, ...) from requests arriving here."
+        False,
+        "Strip l5d-* context headers (l5d-dtab, ...) from requests arriving here, and l5d-* headers "
+        "from their responses (a response with l5d-err loses its body too).",
     )
     tls: ServerTls | None = key(None, "Accept TLS.", default_doc="plaintext")
     timeout_ms: int | None = key(

@@ -86,7 +86,12 @@ from hostproxy.h2.link import (
 )
 from hostproxy.http.codec import NEED_DATA, Data, EndOfMessage, RequestHead, ServerCodec
 from hostproxy.http.codec import ProtocolError as CodecError
-from hostproxy.http.errors import UpstreamError, error_response, response_for_exception
+from hostproxy.http.errors import (
+    UpstreamError,
+    cleared_context_response,
+    error_response,
+    response_for_exception,
+)
 from hostproxy.http.hopbyhop import strip_hop_by_hop
 from hostproxy.http.listening import ListeningServer, ServerStats
 from hostproxy.http.message import Body, Headers, Request, Response
@@ -786,6 +791,8 @@ class _ServerLink(H2Link):
                 built = self._build(s, raw)
                 if isinstance(built, Response):
                     # Refused before routing (a proxy loop, CONNECT): readable by gRPC clients too.
+                    if self.params.clear_context:
+                        built = await cleared_context_response(built)
                     response = grpc_error_response(Headers(raw), built)
                     await self._respond(s, response, head=False, grpc=False)
                     return
@@ -815,6 +822,8 @@ class _ServerLink(H2Link):
                                 target=request.target,
                             )
                         response = response_for_exception(exc)
+                if self.params.clear_context:
+                    response = await cleared_context_response(response)
                 grpc = is_grpc(request.headers)
                 if grpc:
                     response = grpc_error_response(request.headers, response)

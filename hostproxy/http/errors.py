@@ -50,6 +50,7 @@ __all__ = [
     "RequestTimeout",
     "UpstreamError",
     "UpstreamReset",
+    "cleared_context_response",
     "error_response",
     "out_of_resources",
     "request_body_error_response",
@@ -269,3 +270,30 @@ def response_for_exception(exc: BaseException) -> Response:
         return error_response(status, exc.cause, str(exc), retryable=exc.retryable)
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return error_response(502, "proxy/internal", f"Internal proxy error: {text}")
+
+
+async def cleared_context_response(response: Response) -> Response:
+    """``response`` as a server with ``clearContext: true`` sends it (Linkerd's ``ClearContext``): no
+    ``l5d-*`` header, and no body when it carried ``l5d-err`` (a proxy error, here or downstream,
+    whose text names services, dtabs and addresses that untrusted callers must not see). Its
+    status stays. The emptied body is closed (an upstream's: its connection is let go)."""
+    headers = response.headers
+    had_err = False
+    for name, _ in headers:
+        if name.startswith(b"l5d-"):
+            break
+    else:
+        return response  # (the usual case: nothing to clear)
+    kept: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        if name.startswith(b"l5d-"):
+            had_err = had_err or name == b"l5d-err"
+        else:
+            kept.append((name, value))
+    response.headers = Headers._stripped(kept) if headers.hop_free else Headers._trusted(kept)
+    if had_err:
+        body, response.body = response.body, Body.from_bytes(b"")
+        response.headers.remove(b"content-length")
+        if not body.done:
+            await body.aclose()
+    return response

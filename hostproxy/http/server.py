@@ -79,7 +79,13 @@ from hostproxy.http.codec import (
     RequestHead,
     ServerCodec,
 )
-from hostproxy.http.errors import RequestBodyError, UpstreamError, error_response, response_for_exception
+from hostproxy.http.errors import (
+    RequestBodyError,
+    UpstreamError,
+    cleared_context_response,
+    error_response,
+    response_for_exception,
+)
 from hostproxy.http.hopbyhop import allowed_trailers, names_only_hop_by_hop, strip_hop_by_hop
 from hostproxy.http.listening import (
     IdleTimer,
@@ -1017,6 +1023,8 @@ class _Connection:
 
     async def _write_response(self, response: Response, *, head_method: bytes, close: bool) -> None:
         codec = self.codec
+        if self.params.clear_context:
+            response = await cleared_context_response(response)
         body = response.body
         try:
             status = response.status
