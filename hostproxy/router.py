@@ -879,6 +879,7 @@ class HttpRouter:
         attempts: RetryAttempts | None = None
         client_stats = client.stats
         client_stats.start()
+        t_attempt = t0  # when the client's current attempt started
         cause: Cause | None = None
         status = 502
         first: float | None = t0  # when the first attempt starts (the client's clock is ours)
@@ -941,6 +942,24 @@ class HttpRouter:
                     decision = attempts.decide(None, cause_of(err), now_ns=time.time_ns(), client_gone=gone)
                 if decision.verdict is Verdict.RETRY:
                     entry.retries_total.incr()
+                    # Retries are the service's; each attempt is a request of the client (as in
+                    # Linkerd, whose client stack sits below its retries): a failure a retry hid
+                    # still shows in the client's requests, failures and status counts.
+                    if resp is not None:
+                        if 500 <= status < 600:
+                            tried = Cause.UPSTREAM_5XX
+                        else:
+                            tried = Cause.UPSTREAM_GRPC if grpc_status is not None else None
+                        tried_status = status
+                    else:
+                        assert err is not None
+                        tried, tried_status = cause_of(err), CAUSE_STATUS.get(err.cause, 502)
+                    now = self._clock()
+                    client_stats.finish_at(
+                        now if self._one_clock else self._stats_clock(), now - t_attempt, tried, tried_status
+                    )
+                    client_stats.start()
+                    t_attempt = now
                     if resp is not None:
                         await resp.body.aclose()
                     log.debug(
@@ -984,7 +1003,7 @@ class HttpRouter:
             stats_now = now if self._one_clock else self._stats_clock()
             per_request = attempts.finish() if attempts is not None else policy.unretried()
             entry.registry.add_at(entry.per_request_add_at, per_request, stats_now)
-            client_stats.finish_at(stats_now, now - t0, cause, status)
+            client_stats.finish_at(stats_now, now - t_attempt, cause, status)
 
     async def _with_trace_context(
         self,
