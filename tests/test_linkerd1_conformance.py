@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -230,3 +232,54 @@ async def test_compat_add_steps_config_retries_reads_and_balances_by_ewma(tmp_pa
             assert state["/#/io.l5d.fs/app"]["loadBalancer"]["kind"] == "ewma"
             assert (await curl(f"{d.admin}/admin/metrics/prometheus")).status == 200
             assert (await curl(f"{d.admin}/requests")).status == 200
+
+
+# -- §1: Linkerd keys hostproxy refuses say so, each with its reason --------------------------------
+
+
+def test_linkerd_keys_hostproxy_refuses_are_named_with_the_reason(tmp_path: Path) -> None:
+    """Every Linkerd key the README lists as refused gets a message saying it is a Linkerd key and
+    what to do, never "unknown key" or a wrong home (a server's ``label`` is Linkerd's, undocumented)."""
+    cfg = tmp_path / "linkerd.yaml"
+    cfg.write_text(
+        """admin: {tls: {certPath: a.pem, keyPath: a.key}, httpIdentifierPort: 9992, workerThreads: 2}
+routers:
+- protocol: http
+  tracePropagator: {kind: io.l5d.zipkin}
+  compressionLevel: 6
+  httpAccessLogAppend: true
+  announcers: []
+  client: {socketOptions: {noDelay: true}, requestAuthorizers: []}
+  servers:
+  - {label: edge, timestampHeader: x-ts, announce: [], socketOptions: {noDelay: true}}
+- protocol: h2
+  h2AccessLog: /tmp/x
+  servers: [{port: 4142, label: grpc}]
+"""
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "hostproxy", "check", str(cfg)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()[:-1]
+    keys = [ln.split(": ", 2)[1] for ln in lines]
+    assert keys == [
+        "admin.tls",
+        "admin.httpIdentifierPort",
+        "admin.workerThreads",
+        "routers[0].tracePropagator",
+        "routers[0].compressionLevel",
+        "routers[0].httpAccessLogAppend",
+        "routers[0].announcers",
+        "routers[0].client.socketOptions",
+        "routers[0].client.requestAuthorizers",
+        "routers[0].servers[0].label",
+        "routers[0].servers[0].timestampHeader",
+        "routers[0].servers[0].announce",
+        "routers[0].servers[0].socketOptions",
+        "routers[1].h2AccessLog",
+        "routers[1].servers[0].label",
+    ], proc.stderr
+    for ln in lines:
+        assert "Linkerd" in ln and ("remove it" in ln or "use /delegator.json" in ln), ln
+        assert "unknown key" not in ln and "belongs in" not in ln, ln

@@ -69,6 +69,13 @@ LINKERD_ONLY_KEYS: dict[str, str] = {
     "thriftProtocol": "is a thrift key; hostproxy proxies HTTP/1.1 and HTTP/2 only",
     "thriftFramed": "is a thrift key; hostproxy proxies HTTP/1.1 and HTTP/2 only",
 }
+# Linkerd keys of one section that hostproxy does not support, where the key is valid elsewhere.
+LINKERD_ONLY_SECTION_KEYS: dict[tuple[str, str], str] = {
+    ("AdminConfig", "tls"): "is a Linkerd key that hostproxy does not support: the admin server speaks "
+    "plaintext; keep it on loopback (the default) or a private address, and remove it",
+    ("ServerConfig", "label"): "(a server's own label) is a Linkerd key that hostproxy does not support: "
+    "a server's metrics are scoped by its ip and port; remove it (the router's label is routers[].label)",
+}
 TOP_LEVEL_HINTS: dict[str, str] = {
     "interpreter": "is set per router (routers[].interpreter), not at the top level",
     "storage": "is a namerd key; hostproxy reads Linkerd's config (use a dtab file: interpreter: {kind: io.l5d.fs})",
@@ -189,6 +196,11 @@ class Validator:
         if name in LINKERD_ONLY_KEYS:
             self.error(path, knode, f"'{name}' {LINKERD_ONLY_KEYS[name]}")
             return
+        for section in cls.__mro__ if cls is not None else ():
+            hint = LINKERD_ONLY_SECTION_KEYS.get((section.__name__, name))
+            if hint is not None:
+                self.error(path, knode, f"'{name}' {hint}")
+                return
         homes = _homes(name, cls, ctx)
         if homes:
             self.error(path, knode, f"'{name}' is not a key here; it belongs in {' or '.join(homes)}")
