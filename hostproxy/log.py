@@ -61,17 +61,29 @@ def get(name: str) -> Any:
     return structlog.get_logger(name)
 
 
+#: Past CRITICAL: a logger at this level logs nothing (Linkerd's ``OFF``).
+OFF = logging.CRITICAL + 10
+#: Linkerd's level names (``com.twitter.logging``) that Python lacks, so that Linkerd's
+#: ``POST /logging.json?level=...`` works: TRACE and ALL log all that there is (DEBUG), OFF nothing.
+#: (FATAL is Python's CRITICAL already.)
+_LINKERD_LEVELS = {"TRACE": logging.DEBUG, "ALL": logging.DEBUG, "OFF": OFF}
+
+
+def _level_name(level: int) -> str:
+    return "OFF" if level == OFF else logging.getLevelName(level)
+
+
 def levels() -> dict[str, str]:
     """Current level of the root logger and every named logger that has one set."""
-    out = {"root": logging.getLevelName(logging.getLogger().level)}
+    out = {"root": _level_name(logging.getLogger().level)}
     for name, obj in sorted(logging.Logger.manager.loggerDict.items()):
         if isinstance(obj, logging.Logger) and obj.level != logging.NOTSET:
-            out[name] = logging.getLevelName(obj.level)
+            out[name] = _level_name(obj.level)
     return out
 
 
 def set_level(logger: str, level: str) -> None:
-    lvl = logging.getLevelName(level.upper())
+    lvl = _LINKERD_LEVELS.get(level.upper()) or logging.getLevelName(level.upper())
     if not isinstance(lvl, int):
         raise ValueError(f"unknown log level {level!r}: use one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
     logging.getLogger(None if logger in ("", "root") else logger).setLevel(lvl)

@@ -6,6 +6,7 @@ loopback. Each test names the section of the catalogue it checks.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import socket
 import subprocess
@@ -283,3 +284,33 @@ routers:
     for ln in lines:
         assert "Linkerd" in ln and ("remove it" in ln or "use /delegator.json" in ln), ln
         assert "unknown key" not in ln and "belongs in" not in ln, ln
+
+
+# -- §7.1 /logging.json: Linkerd's level names ------------------------------------------------------
+
+
+async def test_logging_json_takes_linkerds_level_names(tmp_path: Path) -> None:
+    """§7.1: ``POST /logging.json?logger=&level=`` with the levels Linkerd's logging page offers
+    (``com.twitter.logging``: ALL, TRACE, DEBUG, INFO, WARNING, ERROR, CRITICAL, FATAL, OFF)."""
+    (tmp_path / "disco").mkdir()
+    names = ["root", "hostproxy.conformance_test"]
+    saved = {n: logging.getLogger(None if n == "root" else n).level for n in names}
+    try:
+        async with running_daemon(fs_config(tmp_path / "disco")) as d:
+            url = f"{d.admin}/logging.json?logger=hostproxy.conformance_test&level="
+            for level, python_level, shown in [
+                ("ALL", logging.DEBUG, "DEBUG"),
+                ("TRACE", logging.DEBUG, "DEBUG"),
+                ("FATAL", logging.CRITICAL, "CRITICAL"),
+                ("OFF", logging.CRITICAL + 10, "OFF"),
+                ("info", logging.INFO, "INFO"),
+            ]:
+                r = await curl(url + level, "-X", "POST")
+                assert r.status == 200, (level, r.body)
+                assert {"logger": "hostproxy.conformance_test", "level": shown} in r.json()
+                assert logging.getLogger("hostproxy.conformance_test").level == python_level
+            r = await curl(url + "LOUD", "-X", "POST")
+            assert r.status == 400
+    finally:
+        for n, level in saved.items():
+            logging.getLogger(None if n == "root" else n).setLevel(level)
