@@ -143,6 +143,7 @@ def h2_server_params(router_cfg: Any, server_cfg: Any, label: str, grace_s: floa
         ("initial_stream_window_bytes", "initial_stream_window_bytes"),
         ("max_frame_bytes", "max_frame_bytes"),
         ("max_header_list_byts", "max_header_list_bytes"),
+        ("max_header_list_bytes", "max_header_list_bytes"),
         ("header_table_bytes", "header_table_bytes"),
     ):
         value = getattr(server_cfg, key, None)

@@ -44,6 +44,7 @@ passes through unchanged (no ``l5d-err``) and is counted as ``upstream/5xx``.
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Callable
@@ -1183,6 +1184,19 @@ class HttpRouter:
     def _new_client(self, client_id: str) -> Client:
         params = client_params_for(self.cfg, client_id)
         extra: dict[str, Any] = {"pool_factory": self._pool_factory} if self._pool_factory is not None else {}
+        if self._pool_factory is not None and hasattr(params, "initial_stream_window_bytes"):
+            # An h2 router's client: Linkerd's HTTP/2 settings of its upstream connections.
+            from hostproxy.h2.upstream import H2ClientSettings
+
+            extra["pool_factory"] = functools.partial(
+                self._pool_factory,
+                settings=H2ClientSettings(
+                    initial_stream_window_bytes=params.initial_stream_window_bytes,
+                    max_frame_bytes=params.max_frame_bytes,
+                    header_table_bytes=params.header_table_bytes,
+                    max_header_list_bytes=params.max_header_list_bytes,
+                ),
+            )
         tls = params.tls
         if tls is not None and tls.enabled:
             extra["tls"], extra["connector"] = self._tls_connector(tls, client_id)

@@ -15,12 +15,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import h2.events
+import h2.settings
 import trio
 from sharedpath import COMPAT  # noqa: E402
 
 from hostproxy.http.errors import error_response
 from hostproxy.http.message import Body, Headers, Response
 from tests.daemonutil import curl, fs_config, keepalive_gets, running_daemon
+from tests.grpc_fixtures.rawh2 import ScriptedUpstream, read_events
 from tests.upstreams import running_upstream, serving
 
 
@@ -314,3 +317,77 @@ async def test_logging_json_takes_linkerds_level_names(tmp_path: Path) -> None:
     finally:
         for n, level in saved.items():
             logging.getLogger(None if n == "root" else n).setLevel(level)
+
+
+# -- §1.4 h2 endpoint keys: on clients too, and maxHeaderListBytes as Linkerd's code spells it ------
+
+
+async def test_h2_client_settings_reach_the_upstream_and_the_code_spelling_of_max_header_list() -> None:
+    """§1.4: Linkerd's h2 clients take the endpoint settings its servers take (``H2EndpointConfig``:
+    ``initialStreamWindowBytes``, ``headerTableBytes``, ``maxFrameBytes``, ``maxHeaderListBytes``,
+    ``windowUpdateRatio``); they were refused as server keys. And the key Linkerd's code reads is
+    ``maxHeaderListBytes`` (its docs write ``maxHeaderListByts``): a server takes either."""
+    received: list[dict[int, int]] = []
+
+    async def record_settings(_i: int, conn: Any, stream: trio.SocketStream) -> None:
+        paths: dict[int, bytes] = {}
+        while True:
+            events = await read_events(conn, stream)
+            if not events:
+                return
+            for ev in events:
+                if type(ev) is h2.events.RemoteSettingsChanged:
+                    received.append({int(k): v.new_value for k, v in ev.changed_settings.items()})
+                if type(ev) is h2.events.RequestReceived:
+                    paths[ev.stream_id] = dict(ev.headers)[b":path"]
+                if type(ev) is h2.events.StreamEnded:
+                    conn.send_headers(ev.stream_id, [(b":status", b"200")])
+                    conn.send_data(ev.stream_id, b"ok", end_stream=True)
+            await stream.send_all(conn.data_to_send())
+
+    up = ScriptedUpstream(record_settings)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(up.serve)
+        cfg = f"""
+admin: {{ip: 127.0.0.1, port: 0}}
+routers:
+- protocol: h2
+  label: h2
+  dtab: /svc => /$/inet/127.0.0.1/{port};
+  servers: [{{ip: 127.0.0.1, port: 0, maxHeaderListBytes: 2000}}]
+  client:
+    initialStreamWindowBytes: 1048576
+    maxFrameBytes: 32768
+    headerTableBytes: 0
+    maxHeaderListBytes: 65536
+    windowUpdateRatio: 0.5
+"""
+        async with running_daemon(cfg) as d:
+            url = f"http://127.0.0.1:{d.port('h2')}/"
+            r = await curl(url, "--http2-prior-knowledge", "-H", "Host: web")
+            assert r.status == 200 and r.body == b"ok"
+            assert received, "the upstream saw no SETTINGS"
+            settings = received[0]
+            assert settings[h2.settings.SettingCodes.INITIAL_WINDOW_SIZE] == 1048576
+            assert settings[h2.settings.SettingCodes.MAX_FRAME_SIZE] == 32768
+            assert settings[h2.settings.SettingCodes.HEADER_TABLE_SIZE] == 0
+            assert settings[h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE] == 65536
+            # The server's maxHeaderListBytes is in force: a request past it is refused with 431.
+            r = await curl(url, "--http2-prior-knowledge", "-H", "Host: web", "-H", "x-big: " + "b" * 3000)
+            assert r.status == 431, (r.status, r.l5d_err)
+        nursery.cancel_scope.cancel()
+
+
+def test_both_spellings_of_max_header_list_bytes_on_one_server_are_refused(tmp_path: Path) -> None:
+    cfg = tmp_path / "linkerd.yaml"
+    cfg.write_text(
+        "routers:\n- protocol: h2\n  servers: [{port: 4142, maxHeaderListBytes: 1000, maxHeaderListByts: 2000}]\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "hostproxy", "check", str(cfg)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[0] == (
+        f"{cfg}:3: routers[0].servers[0].maxHeaderListBytes: maxHeaderListBytes and maxHeaderListByts are "
+        "the same setting (Linkerd's code and docs spell it differently); remove one of them"
+    )

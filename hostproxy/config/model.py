@@ -346,7 +346,37 @@ class ClientParams:
 
 @dataclass(frozen=True, kw_only=True)
 class H2ClientParams(ClientParams):
-    pass
+    """An h2 router's client: every client's parameters and the HTTP/2 settings of its connections.
+
+    The settings are Linkerd's ``H2EndpointConfig`` keys, which its h2 clients take as its servers do."""
+
+    initial_stream_window_bytes: int = key(
+        65535,
+        "Initial flow-control window per stream of upstream connections (1 to 2^31-1).",
+        check=between(1, 2**31 - 1),
+    )
+    max_frame_bytes: int = key(
+        16384,
+        "Largest frame accepted from upstreams (16384 to 16777215, as HTTP/2 allows).",
+        check=between(16384, 2**24 - 1),
+    )
+    header_table_bytes: int | None = key(
+        None,
+        "HPACK table size upstreams may use to compress responses (0 to 2^32-1).",
+        default_doc="4096",
+        check=between(0, 2**32 - 1),
+    )
+    max_header_list_bytes: int | None = key(
+        None,
+        "Largest response header list advertised to upstreams (1 to 2^32-1).",
+        default_doc="none",
+        check=between(1, 2**32 - 1),
+    )
+    window_update_ratio: float = key(
+        0.99,
+        "Accepted so that Linkerd 1 configs load; not used: data is acknowledged as its reader takes it.",
+        check=fraction,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -808,7 +838,13 @@ class H2ServerConfig(ServerConfig):
     )
     max_header_list_byts: int | None = key(
         None,
-        "Largest header list accepted (Linkerd's spelling; 1 to 2^32-1).",
+        "Largest header list accepted (the spelling of Linkerd's docs; 1 to 2^32-1).",
+        default_doc="library default",
+        check=between(1, 2**32 - 1),
+    )
+    max_header_list_bytes: int | None = key(
+        None,
+        "The same, spelt as Linkerd's code reads it (set one of the two).",
         default_doc="library default",
         check=between(1, 2**32 - 1),
     )

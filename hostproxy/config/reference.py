@@ -133,6 +133,7 @@ def render() -> str:
     section(
         "`service` / `service.configs[]` (per service name; also `prefix` in static configs)", m.ServiceParams
     )
+    section("h2 `client` parameters", m.H2ClientParams)
     section("h2 `service` parameters", m.H2ServiceParams)
     lines += [
         "`client` and `service` take `kind: io.l5d.global` (default: the keys above apply to every name) or",

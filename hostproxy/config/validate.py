@@ -805,6 +805,13 @@ def _finish(v: Validator, cfg: m.Config, root: MappingNode) -> m.Config:
                     )
                     break
             sockets.append((s.ip, int(s.port or 0), where))
+            if getattr(s, "max_header_list_bytes", None) is not None and s.max_header_list_byts is not None:
+                v.error(
+                    f"{where}.maxHeaderListBytes",
+                    node_at("routers", i, "servers", j, "maxHeaderListBytes"),
+                    "maxHeaderListBytes and maxHeaderListByts are the same setting (Linkerd's code and "
+                    "docs spell it differently); remove one of them",
+                )
             servers.append(s)
             fwd = s.add_forwarded_header
             for side, labeler in (("by", fwd.by), ("for", fwd.for_)) if fwd is not None else ():

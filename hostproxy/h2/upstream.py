@@ -118,6 +118,10 @@ class H2ClientSettings:
     connection_window_bytes: int = 4 * 1024 * 1024
     max_frame_bytes: int = 16384
     max_concurrent_streams: int = 1000
+    #: SETTINGS_HEADER_TABLE_SIZE and SETTINGS_MAX_HEADER_LIST_SIZE sent to the upstream (None: not
+    #: sent, the protocol's defaults).
+    header_table_bytes: int | None = None
+    max_header_list_bytes: int | None = None
     ping_interval_s: float | None = 10.0
     ping_timeout_s: float = 5.0
     retry_buffer_bytes: int = 16383
@@ -159,15 +163,17 @@ class _UpLink(H2Link):
             client_side=True, header_encoding=None, validate_inbound_headers=True
         )
         conn = h2.connection.H2Connection(config)
-        conn.local_settings = h2.settings.Settings(
-            client=True,
-            initial_values={
-                h2.settings.SettingCodes.ENABLE_PUSH: 0,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: st.initial_stream_window_bytes,
-                h2.settings.SettingCodes.MAX_FRAME_SIZE: st.max_frame_bytes,
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: st.max_concurrent_streams,
-            },
-        )
+        initial = {
+            h2.settings.SettingCodes.ENABLE_PUSH: 0,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: st.initial_stream_window_bytes,
+            h2.settings.SettingCodes.MAX_FRAME_SIZE: st.max_frame_bytes,
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: st.max_concurrent_streams,
+        }
+        if st.header_table_bytes is not None:
+            initial[h2.settings.SettingCodes.HEADER_TABLE_SIZE] = st.header_table_bytes
+        if st.max_header_list_bytes is not None:
+            initial[h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE] = st.max_header_list_bytes
+        conn.local_settings = h2.settings.Settings(client=True, initial_values=initial)
         conn.max_inbound_frame_size = st.max_frame_bytes
         super().__init__(
             stream,
