@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     known = {name for name, _ in SUBCOMMANDS} | {"-h", "--help"}
-    if argv and argv[0] not in known and not argv[0].startswith("-"):
-        argv = ["run", *argv]  # Linkerd was started as `linkerd config.yaml`
+    if argv and argv[0] not in known and (argv[0] == "-" or not argv[0].startswith("-")):
+        argv = ["run", *argv]  # Linkerd was started as `linkerd config.yaml` (or `linkerd -`: stdin)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -391,3 +391,33 @@ def test_both_spellings_of_max_header_list_bytes_on_one_server_are_refused(tmp_p
         f"{cfg}:3: routers[0].servers[0].maxHeaderListBytes: maxHeaderListBytes and maxHeaderListByts are "
         "the same setting (Linkerd's code and docs spell it differently); remove one of them"
     )
+
+
+# -- §1.1 the config is the single argument: a path, or '-' for stdin -------------------------------
+
+
+def test_started_as_linkerd_is_with_the_config_on_stdin() -> None:
+    """§1.1: ``linkerd -`` reads the config from stdin; so does ``hostproxy -``."""
+    cfg = (
+        "admin: {ip: 127.0.0.1, port: 0}\nrouters:\n- protocol: http\n  servers: [{ip: 127.0.0.1, port: 0}]\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hostproxy", "-", "--log-level", "info"],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdin is not None and proc.stderr is not None
+        proc.stdin.write(cfg)
+        proc.stdin.close()
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if "daemon.started" in line:
+                break
+        assert any("daemon.started" in ln for ln in seen), "".join(seen)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
