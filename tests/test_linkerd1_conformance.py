@@ -17,7 +17,10 @@ from typing import Any
 
 import h2.events
 import h2.settings
+import pytest
 import trio
+from k8s_api.objects import endpoints, service
+from k8s_api.server import open_fake_api
 from sharedpath import COMPAT  # noqa: E402
 
 from hostproxy.http.errors import error_response
@@ -122,14 +125,18 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def compat_on_loopback(name: str, disco: Path) -> tuple[str, dict[int, int]]:
+def compat_on_loopback(
+    name: str, disco: Path | None = None, ports: dict[int, int] | None = None
+) -> tuple[str, dict[int, int]]:
     """The corpus config ``name`` with ``ip`` on loopback, ``rootDir`` → ``disco`` and every port it
-    names (servers, admin, and those ports where its dtab routes back to its own routers) mapped to
-    a free one; nothing else changed. The map: written port → port used."""
+    names (servers, admin, the Kubernetes API, and those ports where its dtab routes back to its own
+    routers) mapped to the one ``ports`` gives or a free one; nothing else changed. The map: written
+    port → port used."""
     text = (COMPAT / name).read_text().replace("0.0.0.0", "127.0.0.1")
-    text = re.sub(r"rootDir: .*", f"rootDir: {disco}", text)
-    written = sorted({int(p) for p in re.findall(r"port: (\d+)", text)})
-    mapping = dict(zip(written, _free_ports(len(written)), strict=True))
+    if disco is not None:
+        text = re.sub(r"rootDir: .*", f"rootDir: {disco}", text)
+    written = sorted({int(p) for p in re.findall(r"port: (\d+)", text)} - set(ports or {}))
+    mapping = dict(zip(written, _free_ports(len(written)), strict=True)) | (ports or {})
     text = re.sub(r"port: (\d+)", lambda m: f"port: {mapping[int(m.group(1))]}", text)
     text = re.sub(r"/127\.1/(\d+)", lambda m: f"/127.1/{mapping.get(int(m.group(1)), m.group(1))}", text)
     return text, mapping
@@ -421,3 +428,54 @@ def test_started_as_linkerd_is_with_the_config_on_stdin() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+async def test_compat_k8s_daemonset_config_routes_through_the_incoming_router_of_the_pods_node(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``k8s-daemonset``: the outgoing router sends ``Host: world`` (dtab ``/host/world =>
+    /srv/world-v1``) through ``io.l5d.k8s.daemonset`` to the ``incoming`` port of the l5d pod in the
+    /24 of the app's pod, whose router keeps only this node's pods (``io.l5d.k8s.localnode``, from
+    ``POD_IP``); the Kubernetes API (``localhost:8001`` in the file) is the in-repo fake one."""
+    monkeypatch.setenv("POD_IP", "127.0.0.1")
+    async with open_fake_api() as api, running_upstream() as app:
+        text, ports = compat_on_loopback("k8s-daemonset__k8s__linkerd.yaml", ports={8001: api.port})
+        incoming = ports[4141]
+        api.put("services", service("world-v1", [("http", 80, "http")], ns="default"))
+        api.put(
+            "endpoints", endpoints("world-v1", ready=["127.0.0.1"], ports={"http": app.port}, ns="default")
+        )
+        api.put("services", service("l5d", [("incoming", 4141, incoming)], ns="default"))
+        api.put(
+            "endpoints", endpoints("l5d", ready=["127.0.0.1"], ports={"incoming": incoming}, ns="default")
+        )
+        async with running_daemon(text) as d:
+            assert d.port("incoming") == incoming
+            r = await curl(f"http://127.0.0.1:{d.port('outgoing')}/headers", "-H", "Host: world")
+            assert r.status == 200, (r.status, r.l5d_err)
+            seen = app.requests[-1]
+            # The last hop is the incoming router's: its client is the localnode-transformed name.
+            assert seen.header("l5d-dst-service") == "/svc/world"
+            assert (
+                seen.header("l5d-dst-client")
+                == "/%/io.l5d.k8s.localnode/127.0.0.1/#/io.l5d.k8s/default/http/world-v1"
+            )
+            assert [v.strip() for v in (seen.header("via") or "").split(",")] == ["1.1 hostproxy"] * 2
+            m = (await curl(f"{d.admin}/admin/metrics.json")).json()
+            out_client = "rt/outgoing/client/%/io.l5d.k8s.daemonset/default/incoming/l5d/#/io.l5d.k8s/default/http/world-v1"
+            assert m[f"{out_client}/requests"] == 1
+            assert m["rt/incoming/service/svc/world/requests"] == 1
+
+
+async def test_compat_getting_started_docker_config_routes_by_file(tmp_path: Path) -> None:
+    """``getting-started/docker``: ``Host: hello`` → ``/#/io.l5d.fs/hello``, the addresses in the file."""
+    disco = tmp_path / "disco"
+    async with running_upstream() as up:
+        write_disco(disco, "hello", up.port)
+        text, _ = compat_on_loopback("getting-started__docker__linkerd.yaml", disco)
+        async with running_daemon(text) as d:
+            r = await curl(f"http://127.0.0.1:{d.port('http')}/", "-H", "Host: hello")
+            assert (r.status, r.body) == (200, b"ok")
+            assert up.requests[-1].header("l5d-dst-client") == "/#/io.l5d.fs/hello"
+            r = await curl(f"http://127.0.0.1:{d.port('http')}/", "-H", "Host: nobody")
+            assert r.status == 502 and (r.l5d_err or "").startswith("Unable to route request!")
