@@ -503,7 +503,8 @@ class HttpRouter:
         client of that bound name, if there is one, its new address set at once, so that an idle
         client's state, balancer and endpoint pools follow the namer without waiting for a request.
         (A client whose id a transformer rewrote follows at its next request, as before.)"""
-        self.binder.invalidate(prefix, key)
+        canonical = namer.canonical_residual if getattr(namer, "normalizes_keys", False) else None
+        self.binder.invalidate(prefix, key, canonical)
         client = self.clients.peek(str(prefix + key))
         table = getattr(namer, "table", None)
         if client is None or table is None:
@@ -946,6 +947,7 @@ class HttpRouter:
                     # Retries are the service's; each attempt is a request of the client (as in
                     # Linkerd, whose client stack sits below its retries): a failure a retry hid
                     # still shows in the client's requests, failures and status counts.
+                    tried: Cause | None
                     if resp is not None:
                         if 500 <= status < 600:
                             tried = Cause.UPSTREAM_5XX

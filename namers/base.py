@@ -417,6 +417,10 @@ class Namer:
     """
 
     kind: ClassVar[str] = ""
+    #: Whether :meth:`split` respells the labels of a residual (the k8s namer lowercases its key, as
+    #: Linkerd's does): a change it notifies for a key then also concerns the residuals that spell that
+    #: key otherwise (:meth:`canonical_residual`), which bindings were made with.
+    normalizes_keys: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -453,6 +457,14 @@ class Namer:
         if not labels:
             return None
         return labels[:1], Path(labels[1:])
+
+    def canonical_residual(self, residual: Path) -> Path:
+        """``residual`` with its key as :meth:`split` spells it (unchanged when it names nothing)."""
+        split = self.split(residual)
+        if split is None:
+            return residual
+        key, rest = split
+        return Path(tuple(key)) + rest
 
     # -- the binding side (synchronous) --------------------------------------------------------
     def lookup(self, residual: Path) -> Any:

@@ -26,6 +26,7 @@ from sharedpath import COMPAT  # noqa: E402
 from hostproxy.http.errors import error_response
 from hostproxy.http.message import Body, Headers, Response
 from tests.daemonutil import curl, fs_config, keepalive_gets, running_daemon
+from tests.grpc_fixtures import EchoClient, GrpcTestServer
 from tests.grpc_fixtures.rawh2 import ScriptedUpstream, read_events
 from tests.upstreams import running_upstream, serving
 
@@ -479,3 +480,105 @@ async def test_compat_getting_started_docker_config_routes_by_file(tmp_path: Pat
             assert up.requests[-1].header("l5d-dst-client") == "/#/io.l5d.fs/hello"
             r = await curl(f"http://127.0.0.1:{d.port('http')}/", "-H", "Host: nobody")
             assert r.status == 502 and (r.l5d_err or "").startswith("Unable to route request!")
+
+
+async def test_compat_k8s_egress_config_routes_by_kubernetes_then_by_dns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``k8s-daemonset/linkerd-egress``: two ``io.l5d.k8s`` namers (one with a daemonset transformer
+    of its own, under prefix ``/io.l5d.k8s.ds``) at their default address ``localhost:8001`` (the
+    in-repo fake API is started there), and a dtab that tries Kubernetes first, then the port in the
+    Host (``io.buoyant.porthostPfx`` into ``io.buoyant.rinet``), then DNS on port 80."""
+    monkeypatch.setenv("POD_IP", "127.0.0.1")
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", 8001))
+        except OSError:
+            pytest.fail("127.0.0.1:8001 is taken; the egress config's namers use it (their default port)")
+    async with open_fake_api(port=8001) as api, running_upstream() as app:
+        text, ports = compat_on_loopback("k8s-daemonset__k8s__linkerd-egress.yaml")
+        incoming = ports[4141]
+        api.put("services", service("world-v1", [("http", 80, "http")], ns="default"))
+        api.put(
+            "endpoints", endpoints("world-v1", ready=["127.0.0.1"], ports={"http": app.port}, ns="default")
+        )
+        api.put("services", service("l5d", [("incoming", 4141, incoming)], ns="default"))
+        api.put(
+            "endpoints", endpoints("l5d", ready=["127.0.0.1"], ports={"incoming": incoming}, ns="default")
+        )
+        async with running_daemon(text) as d:
+            out = f"http://127.0.0.1:{d.port('outgoing')}/headers"
+            r = await curl(out, "-H", "Host: world")
+            assert r.status == 200, r.l5d_err
+            seen = app.requests[-1].header("l5d-dst-client")
+            assert seen == "/%/io.l5d.k8s.localnode/127.0.0.1/#/io.l5d.k8s/default/http/world-v1"
+            state = (await curl(f"{d.admin}/client_state.json")).json()
+            assert (
+                "/%/io.l5d.k8s.daemonset/default/incoming/l5d/#/io.l5d.k8s.ds/default/http/world-v1" in state
+            )
+            # Not a Kubernetes service: the port in the Host, by address.
+            r = await curl(out, "-H", f"Host: 127.0.0.1:{app.port}")
+            assert r.status == 200, r.l5d_err
+            assert app.requests[-1].header("l5d-dst-client") == f"/$/io.buoyant.rinet/{app.port}/127.0.0.1"
+
+
+async def test_compat_k8s_grpc_config_carries_grpc_through_both_h2_routers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``k8s-daemonset/linkerd-grpc``: h2 routers named by ``io.l5d.header.path`` (one segment), the
+    dtab's ``io.buoyant.http.domainToPathPfx`` (``/svc/test.Echo`` → ``/grpc/Echo/test``) into the
+    Kubernetes namer (first three segments lowercased: Service ``echo``, port ``grpc``), the daemonset
+    transformer to the incoming router and its localnode client; a real grpcio client and server."""
+    monkeypatch.setenv("POD_IP", "127.0.0.1")
+    with GrpcTestServer() as grpc_server:
+        async with open_fake_api() as api:
+            text, ports = compat_on_loopback("k8s-daemonset__k8s__linkerd-grpc.yaml", ports={8001: api.port})
+            incoming = ports[4141]
+            api.put("services", service("echo", [("grpc", 80, "grpc")], ns="default"))
+            api.put(
+                "endpoints",
+                endpoints("echo", ready=["127.0.0.1"], ports={"grpc": grpc_server.port}, ns="default"),
+            )
+            api.put("services", service("l5d", [("incoming", 4141, incoming)], ns="default"))
+            api.put(
+                "endpoints", endpoints("l5d", ready=["127.0.0.1"], ports={"incoming": incoming}, ns="default")
+            )
+            async with running_daemon(text) as d:
+                client = EchoClient(f"127.0.0.1:{d.port('outgoing')}")
+                try:
+                    reply = await trio.to_thread.run_sync(lambda: client.unary(b"hello", timeout=10))
+                    assert reply == b"hello"
+                finally:
+                    client.close()
+                m = (await curl(f"{d.admin}/admin/metrics.json")).json()
+                assert m["rt/incoming/service/svc/test.Echo/success"] == 1
+                inc = "rt/incoming/client/%/io.l5d.k8s.localnode/127.0.0.1/#/io.l5d.k8s/default/grpc/echo"
+                assert m[f"{inc}/success"] == 1
+
+
+async def test_k8s_names_spelt_with_capitals_bind_when_the_namer_answers() -> None:
+    """§3.3: the k8s namer lowercases the first three segments (``/default/http/World`` is Service
+    ``world``), as Linkerd's does. A request naming it so before the namer had answered waited for
+    an answer that came for ``world``, never matched to it: it failed at ``bindingTimeoutMs`` (and so
+    did every later request with that spelling), while ``Host: world`` worked. gRPC names made by
+    ``io.buoyant.http.domainToPathPfx`` (``/grpc/Greeter/helloworld``) are spelt so."""
+    async with open_fake_api() as api, running_upstream() as app:
+        api.put("services", service("world", [("http", 80, "http")], ns="default"))
+        api.put("endpoints", endpoints("world", ready=["127.0.0.1"], ports={"http": app.port}, ns="default"))
+        cfg = f"""
+admin: {{ip: 127.0.0.1, port: 0}}
+namers:
+- {{kind: io.l5d.k8s, host: 127.0.0.1, port: {api.port}}}
+routers:
+- protocol: http
+  label: out
+  bindingTimeoutMs: 2000
+  dtab: /svc => /#/io.l5d.k8s/default/http;
+  servers: [{{ip: 127.0.0.1, port: 0}}]
+"""
+        async with running_daemon(cfg) as d:
+            for host in ("World", "World", "WORLD", "world"):
+                r = await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", f"Host: {host}")
+                assert (r.status, r.l5d_err) == (200, None), host
+                assert app.requests[-1].header("l5d-dst-client") == "/#/io.l5d.k8s/default/http/world"

@@ -805,7 +805,10 @@ def _finish(v: Validator, cfg: m.Config, root: MappingNode) -> m.Config:
                     )
                     break
             sockets.append((s.ip, int(s.port or 0), where))
-            if getattr(s, "max_header_list_bytes", None) is not None and s.max_header_list_byts is not None:
+            if (
+                getattr(s, "max_header_list_bytes", None) is not None
+                and getattr(s, "max_header_list_byts", None) is not None
+            ):
                 v.error(
                     f"{where}.maxHeaderListBytes",
                     node_at("routers", i, "servers", j, "maxHeaderListBytes"),

@@ -552,18 +552,26 @@ class Binder:
         self._error_generation += 1
         self._changed()
 
-    def invalidate(self, namer_prefix: Path, residual: Path) -> int:
+    def invalidate(
+        self, namer_prefix: Path, residual: Path, canonical: Callable[[Path], Path] | None = None
+    ) -> int:
         """The namer at ``namer_prefix`` changed its answer for ``residual``: drop what consulted it.
 
         Drops the bindings that consulted ``(namer_prefix, r)`` for ``r == residual`` or ``r`` under it
         (a namer that watches ``/users`` notifies ``/users``; a delegation may have asked it for
         ``/users/v1``), and nothing else. Cached errors are dropped too (see the module docstring).
+        ``canonical``: how the namer spells a residual it was asked for (the k8s namer lowercases its
+        key: a binding that asked for ``/default/http/World`` concerns ``/default/http/world``).
         Returns how many bindings were dropped.
         """
         by_residual = self._by_name.get(namer_prefix)
         keys: set[_Key] = set()
         if by_residual:
-            for r in [r for r in by_residual if r.startswith(residual)]:
+            if canonical is None:
+                hit = [r for r in by_residual if r.startswith(residual)]
+            else:
+                hit = [r for r in by_residual if r.startswith(residual) or canonical(r).startswith(residual)]
+            for r in hit:
                 keys |= by_residual.pop(r)
             if not by_residual:
                 del self._by_name[namer_prefix]

@@ -171,6 +171,8 @@ class K8sNamer(Namer):
         self._list_limiter = trio.CapacityLimiter(MAX_CONCURRENT_LISTS)
 
     # -- naming --------------------------------------------------------------------------------
+    normalizes_keys = True  # ``split`` lowercases the key, as Linkerd's namer does
+
     @property
     def key_len(self) -> int:
         return 4 if self.label_selector is not None else 3

@@ -530,9 +530,11 @@ class FakeKubeApi:
 
 
 @asynccontextmanager
-async def open_fake_api(**kwargs: Any) -> AsyncIterator[FakeKubeApi]:
-    """Start a :class:`FakeKubeApi` on 127.0.0.1, port 0; stop it (and every connection) on exit."""
+async def open_fake_api(*, port: int = 0, **kwargs: Any) -> AsyncIterator[FakeKubeApi]:
+    """Start a :class:`FakeKubeApi` on 127.0.0.1, ``port`` (0: a free one); stop it (and every
+    connection) on exit."""
     api = FakeKubeApi(**kwargs)
+    api.port = port
     async with trio.open_nursery() as nursery:
         api._nursery = nursery
         await nursery.start(api._listen)
