@@ -582,3 +582,49 @@ routers:
                 r = await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", f"Host: {host}")
                 assert (r.status, r.l5d_err) == (200, None), host
                 assert app.requests[-1].header("l5d-dst-client") == "/#/io.l5d.k8s/default/http/world"
+
+
+async def test_compat_lifecycle_config_routes_http_and_grpc_through_the_rewrite_namer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``lifecycle/linkerd1``: ``Host: world.default`` → ``domainToPathPfx`` → ``/srv/default/world``
+    → the ``io.l5d.rewrite`` namer (``/{port}/{ns}/{svc}`` → ``/k8s/{ns}/{port}/{svc}``), whose result
+    the dtab sends to the k8s namer (at its default ``localhost:8001``, the fake API); HTTP/1.1 and
+    h2 routers, each pair through the daemonset transformer (namespace ``linkerd``) and localnode."""
+    monkeypatch.setenv("POD_IP", "127.0.0.1")
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with GrpcTestServer() as grpc_server:
+        async with open_fake_api(port=8001) as api, running_upstream() as app:
+            text, ports = compat_on_loopback("lifecycle__linkerd1__linkerd.yaml")
+            api.put("services", service("world", [("http", 80, "http"), ("grpc", 81, "grpc")], ns="default"))
+            eps = {"http": app.port, "grpc": grpc_server.port}
+            api.put("endpoints", endpoints("world", ready=["127.0.0.1"], ports=eps, ns="default"))
+            incoming = {"http-incoming": ports[4141], "grpc-incoming": ports[4341]}
+            api.put("services", service("l5d", [(n, p, p) for n, p in incoming.items()], ns="linkerd"))
+            api.put("endpoints", endpoints("l5d", ready=["127.0.0.1"], ports=incoming, ns="linkerd"))
+            async with running_daemon(text) as d:
+                r = await curl(f"http://127.0.0.1:{d.port('http-outgoing')}/", "-H", "Host: world.default")
+                assert (r.status, r.body) == (200, b"ok"), r.l5d_err
+                got = app.requests[-1].header("l5d-dst-client")
+                assert got == "/%/io.l5d.k8s.localnode/127.0.0.1/#/io.l5d.k8s/default/http/world"
+                # gRPC by :authority: the grpcio server answers (an empty request is not one message).
+                r = await curl(
+                    f"http://127.0.0.1:{d.port('grpc-outgoing')}/test.Echo/Unary",
+                    "--http2-prior-knowledge",
+                    "-H",
+                    "Host: world.default",
+                    "-H",
+                    "content-type: application/grpc",
+                    "-H",
+                    "te: trailers",
+                    "--data-binary",
+                    "",
+                )
+                assert r.status == 200 and r.l5d_err is None, (r.status, r.l5d_err)
+                # grpcio's own answer to a request with no message in it:
+                assert r.header("grpc-status") == "12", r.headers
+                m = (await curl(f"{d.admin}/admin/metrics.json")).json()
+                inc = (
+                    "rt/grpc-incoming/client/%/io.l5d.k8s.localnode/127.0.0.1/#/io.l5d.k8s/default/grpc/world"
+                )
+                assert m[f"{inc}/requests"] == 1
