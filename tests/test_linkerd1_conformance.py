@@ -628,3 +628,32 @@ async def test_compat_lifecycle_config_routes_http_and_grpc_through_the_rewrite_
                     "rt/grpc-incoming/client/%/io.l5d.k8s.localnode/127.0.0.1/#/io.l5d.k8s/default/grpc/world"
                 )
                 assert m[f"{inc}/requests"] == 1
+
+
+async def test_compat_k8s_latency_config_gives_each_service_its_total_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``k8s-daemonset/linkerd-latency``: ``service.kind: io.l5d.static`` gives ``/svc/hello`` a 600 ms
+    and ``/svc/world`` a 100 ms ``totalTimeoutMs``; a slow upstream gets 503 with the budget of its
+    own service, and a quick one is answered."""
+    monkeypatch.setenv("POD_IP", "127.0.0.1")
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    async with open_fake_api(port=8001) as api, running_upstream() as app:
+        text, ports = compat_on_loopback("k8s-daemonset__k8s__linkerd-latency.yaml")
+        for svc in ("hello", "world-v1"):
+            api.put("services", service(svc, [("http", 80, "http")], ns="default"))
+            api.put("endpoints", endpoints(svc, ready=["127.0.0.1"], ports={"http": app.port}, ns="default"))
+        api.put("services", service("l5d", [("incoming", 4141, ports[4141])], ns="default"))
+        api.put(
+            "endpoints", endpoints("l5d", ready=["127.0.0.1"], ports={"incoming": ports[4141]}, ns="default")
+        )
+        async with running_daemon(text) as d:
+            out = f"http://127.0.0.1:{d.port('outgoing')}"
+            for host, budget in (("hello", 600), ("world", 100)):
+                r = await curl(f"{out}/", "-H", f"Host: {host}")
+                assert (r.status, r.body) == (200, b"ok"), (host, r.l5d_err)
+                r = await curl(f"{out}/slow/5000", "-H", f"Host: {host}")
+                assert r.status == 503, (host, r.status)
+                assert (r.l5d_err or "").startswith(
+                    f"exceeded totalTimeoutMs ({budget} ms) for /svc/{host}"
+                ), r.l5d_err
