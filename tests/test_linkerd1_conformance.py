@@ -25,6 +25,7 @@ from sharedpath import COMPAT  # noqa: E402
 
 from hostproxy.http.errors import error_response
 from hostproxy.http.message import Body, Headers, Response
+from tests.certs import TestCA
 from tests.daemonutil import curl, fs_config, keepalive_gets, running_daemon
 from tests.grpc_fixtures import EchoClient, GrpcTestServer
 from tests.grpc_fixtures.rawh2 import ScriptedUpstream, read_events
@@ -657,3 +658,36 @@ async def test_compat_k8s_latency_config_gives_each_service_its_total_timeout(
                 assert (r.l5d_err or "").startswith(
                     f"exceeded totalTimeoutMs ({budget} ms) for /svc/{host}"
                 ), r.l5d_err
+
+
+async def test_compat_k8s_tls_config_encrypts_the_hop_between_the_routers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``k8s-daemonset/linkerd-tls``: the outgoing router's client speaks TLS to the incoming router
+    (``commonName: linkerd``, ``trustCerts``), whose server holds a PKCS#8 key (``key.pk8``); the
+    certificate paths are the only other change to the file."""
+    monkeypatch.setenv("POD_IP", "127.0.0.1")
+    ca = TestCA("linkerd-examples CA")
+    leaf = ca.issue("linkerd", sans=("linkerd",))
+    (tmp_path / "certificate.pem").write_bytes(leaf.cert_pem)
+    (tmp_path / "key.pk8").write_bytes(leaf.key_pem)
+    (tmp_path / "cacertificate.pem").write_bytes(ca.cert_pem)
+    async with open_fake_api() as api, running_upstream() as app:
+        text, ports = compat_on_loopback("k8s-daemonset__k8s__linkerd-tls.yaml", ports={8001: api.port})
+        text = text.replace("/io.buoyant/linkerd/certs/", f"{tmp_path}/")
+        api.put("services", service("world-v1", [("http", 80, "http")], ns="default"))
+        api.put(
+            "endpoints", endpoints("world-v1", ready=["127.0.0.1"], ports={"http": app.port}, ns="default")
+        )
+        api.put("services", service("l5d", [("incoming", 4141, ports[4141])], ns="default"))
+        api.put(
+            "endpoints", endpoints("l5d", ready=["127.0.0.1"], ports={"incoming": ports[4141]}, ns="default")
+        )
+        async with running_daemon(text) as d:
+            r = await curl(f"http://127.0.0.1:{d.port('outgoing')}/", "-H", "Host: world")
+            assert (r.status, r.body) == (200, b"ok"), r.l5d_err
+            # The incoming port speaks TLS only: plaintext is refused with the reason.
+            r = await curl(f"http://127.0.0.1:{d.port('incoming')}/", "-H", "Host: world")
+            assert r.status == 400 and "speaks TLS" in (r.l5d_err or "")
+            tls = (await curl(f"{d.admin}/admin/tls.json")).json()
+            assert {c["role"] for c in tls["certificates"]} >= {"server", "ca"}
