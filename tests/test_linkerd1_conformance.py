@@ -691,3 +691,33 @@ async def test_compat_k8s_tls_config_encrypts_the_hop_between_the_routers(
             assert r.status == 400 and "speaks TLS" in (r.l5d_err or "")
             tls = (await curl(f"{d.admin}/admin/tls.json")).json()
             assert {c["role"] for c in tls["certificates"]} >= {"server", "ca"}
+
+
+async def test_compat_k8s_ingress_and_getting_started_configs_route(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``k8s-daemonset/linkerd-ingress``: the ingress router names ``Host: www.hello.world`` by
+    ``domainToPathPfx`` (``/domain/world/hello/www`` → ``/srv/hello``) and sends it through the daemonset
+    transformer to the incoming router, whose dtab does the same. ``getting-started/k8s``: ``Host: web``
+    → the Service port named ``service`` of ``web``."""
+    monkeypatch.setenv("POD_IP", "127.0.0.1")
+    async with open_fake_api() as api, running_upstream() as app:
+        api.put("services", service("hello", [("http", 80, "http")], ns="default"))
+        api.put("endpoints", endpoints("hello", ready=["127.0.0.1"], ports={"http": app.port}, ns="default"))
+        text, ports = compat_on_loopback("k8s-daemonset__k8s__linkerd-ingress.yaml", ports={8001: api.port})
+        api.put("services", service("l5d", [("incoming", 4141, ports[4141])], ns="default"))
+        api.put(
+            "endpoints", endpoints("l5d", ready=["127.0.0.1"], ports={"incoming": ports[4141]}, ns="default")
+        )
+        async with running_daemon(text) as d:
+            r = await curl(f"http://127.0.0.1:{d.port('ingress')}/", "-H", "Host: www.hello.world")
+            assert (r.status, r.body) == (200, b"ok"), r.l5d_err
+            assert app.requests[-1].header("l5d-dst-service") == "/svc/www.hello.world"
+            assert app.requests[-1].header("l5d-dst-client") == (
+                "/%/io.l5d.k8s.localnode/127.0.0.1/#/io.l5d.k8s/default/http/hello"
+            )
+        api.put("services", service("web", [("service", 80, "service")], ns="default"))
+        api.put("endpoints", endpoints("web", ready=["127.0.0.1"], ports={"service": app.port}, ns="default"))
+        text, _ = compat_on_loopback("getting-started__k8s__linkerd.yaml", ports={8001: api.port})
+        async with running_daemon(text) as d:
+            r = await curl(f"http://127.0.0.1:{d.port('http')}/", "-H", "Host: web")
+            assert (r.status, r.body) == (200, b"ok"), r.l5d_err
+            assert app.requests[-1].header("l5d-dst-client") == "/#/io.l5d.k8s/default/service/web"
