@@ -28,7 +28,7 @@ from hostproxy.http.message import Body, Headers, Response
 from tests.certs import TestCA
 from tests.daemonutil import curl, fs_config, keepalive_gets, running_daemon
 from tests.grpc_fixtures import EchoClient, GrpcTestServer
-from tests.grpc_fixtures.rawh2 import ScriptedUpstream, read_events
+from tests.grpc_fixtures.rawh2 import RawClient, ScriptedUpstream, read_events
 from tests.upstreams import running_upstream, serving
 
 
@@ -721,3 +721,42 @@ async def test_compat_k8s_ingress_and_getting_started_configs_route(monkeypatch:
             r = await curl(f"http://127.0.0.1:{d.port('http')}/", "-H", "Host: web")
             assert (r.status, r.body) == (200, b"ok"), r.l5d_err
             assert app.requests[-1].header("l5d-dst-client") == "/#/io.l5d.k8s/default/service/web"
+
+
+async def test_clear_context_strips_l5d_success_class_from_streamed_h2_trailers() -> None:
+    """§6.3 with a streamed gRPC response: the gRPC classifier's ``l5d-success-class`` goes in its
+    trailers (§6.1); a ``clearContext`` server sends the trailers (``grpc-status``) without it."""
+    with GrpcTestServer() as grpc_server:
+        cfg = f"""
+admin: {{ip: 127.0.0.1, port: 0}}
+routers:
+- protocol: h2
+  label: h2
+  identifier: {{kind: io.l5d.header.path, segments: 1}}
+  dtab: /svc => /$/inet/127.0.0.1/{grpc_server.port};
+  service: {{responseClassifier: {{kind: io.l5d.h2.grpc.default}}}}
+  servers:
+  - {{ip: 127.0.0.1, port: 0}}
+  - {{ip: 127.0.0.1, port: 0, clearContext: true}}
+"""
+        async with running_daemon(cfg) as d:
+            trailers = {}
+            for i in (0, 1):
+                port = d.port("h2", i)
+                async with RawClient.connect(port) as c:
+                    await c.start()
+                    sid = await c.request(
+                        "/test.Echo/ServerStream",
+                        port,
+                        method=b"POST",
+                        end_stream=False,
+                        extra=[(b"content-type", b"application/grpc"), (b"te", b"trailers")],
+                    )
+                    c.conn.send_data(sid, b"\x00\x00\x00\x00\x01" + b"3", end_stream=True)
+                    await c.flush()
+                    with trio.fail_after(20):
+                        ev = await c.until(lambda e: type(e) is h2.events.TrailersReceived)
+                    assert ev is not None, c.events
+                    trailers[i] = dict(ev.headers)
+            assert trailers[0][b"grpc-status"] == b"0" and trailers[0][b"l5d-success-class"] == b"1.0"
+            assert trailers[1][b"grpc-status"] == b"0" and b"l5d-success-class" not in trailers[1]

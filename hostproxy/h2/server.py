@@ -891,10 +891,11 @@ class _ServerLink(H2Link):
                     self.server._stats.stalled_streams += 1
                 raise
         trailers = body.trailers
-        if trailers is not None and len(trailers):
-            self.send_headers(
-                s, [(n, v) for n, v in strip_hop_by_hop(trailers) if n[:1] != b":"], end_stream=True
-            )
+        fields = [(n, v) for n, v in strip_hop_by_hop(trailers) if n[:1] != b":"] if trailers else []
+        if fields and self.params.clear_context:  # (l5d-success-class of a streamed response)
+            fields = [(n, v) for n, v in fields if not n.startswith(b"l5d-")]
+        if fields:
+            self.send_headers(s, fields, end_stream=True)
         else:
             await self.send_data(s, b"", end_stream=True)
         s.response_done = True
