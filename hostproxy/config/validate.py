@@ -60,7 +60,8 @@ LINKERD_ONLY_KEYS: dict[str, str] = {
     "httpAccessLogRotateCount": "is not supported: hostproxy does not roll its access log; rotate it with logrotate (SIGHUP reopens the file)",
     "h2AccessLog": "is a Linkerd key that hostproxy does not support yet; remove it",
     "tracePropagator": "is a Linkerd key that hostproxy does not support yet; remove it",
-    "compressionLevel": "is a Linkerd key that hostproxy does not support (bodies pass through unchanged); remove it",
+    "compressionLevel": "is a Linkerd key that hostproxy does not support: responses pass through as the "
+    "upstream sent them, never compressed; remove it",
     "timestampHeader": "is a Linkerd key that hostproxy does not support; remove it",
     "requestAuthorizers": "is a Linkerd key that hostproxy does not support; remove it",
     "httpIdentifierPort": "is a Linkerd key that hostproxy does not support; use /delegator.json to see names",
