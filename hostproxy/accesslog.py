@@ -59,6 +59,7 @@ class AccessLog:
         *,
         clock: Callable[[], float] = time.time,
         opener: Callable[[str], IO[str]] | None = None,
+        key: str = "httpAccessLog",
     ) -> None:
         self.path = path
         self.enabled = path is not None
@@ -75,18 +76,17 @@ class AccessLog:
                 self._file = self._opener(path)
             except OSError as e:
                 raise ValueError(
-                    f"httpAccessLog: cannot open {path} for appending: {e.strerror or e}; "
+                    f"{key}: cannot open {path} for appending: {e.strerror or e}; "
                     "check that the directory exists and hostproxy may write to it"
                 ) from None
 
     @classmethod
-    def from_config(cls, path: str | None, **kw: Any) -> AccessLog:
-        """The access log for a router's ``httpAccessLog`` value (None: off; ``-``: structlog events)."""
+    def from_config(cls, path: str | None, key: str = "httpAccessLog", **kw: Any) -> AccessLog:
+        """The access log for a router's ``httpAccessLog`` (or h2 ``h2AccessLog``, ``key``) value (None:
+        off; ``-``: structlog events)."""
         if path is not None and not str(path).strip():
-            raise ValueError(
-                "httpAccessLog: empty path; give a file path, '-' for log events, or leave it out"
-            )
-        return cls(path, **kw)
+            raise ValueError(f"{key}: empty path; give a file path, '-' for log events, or leave it out")
+        return cls(path, key=key, **kw)
 
     def log(
         self,

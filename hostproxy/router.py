@@ -455,7 +455,10 @@ class HttpRouter:
             )
         else:
             metrics.remove_prefix(originator)
-        self.access_log = AccessLog.from_config(getattr(cfg, "http_access_log", None))
+        if getattr(cfg, "h2_access_log", None) is not None:
+            self.access_log = AccessLog.from_config(cfg.h2_access_log, key="h2AccessLog")
+        else:
+            self.access_log = AccessLog.from_config(getattr(cfg, "http_access_log", None))
         self.recent = recent  # the io.l5d.recentRequests telemeter (None: off)
         self.binding_timeout_s = cfg.binding_timeout_ms / 1000
         self.max_err_bytes = getattr(cfg, "max_err_response_kb", 5120) * 1024

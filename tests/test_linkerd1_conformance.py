@@ -23,6 +23,7 @@ from k8s_api.objects import endpoints, service
 from k8s_api.server import open_fake_api
 from sharedpath import COMPAT  # noqa: E402
 
+from hostproxy.h2.server import H2Server, H2ServerParams
 from hostproxy.http.errors import error_response
 from hostproxy.http.message import Body, Headers, Response
 from tests.certs import TestCA
@@ -266,7 +267,7 @@ routers:
   servers:
   - {label: edge, timestampHeader: x-ts, announce: [], socketOptions: {noDelay: true}}
 - protocol: h2
-  h2AccessLog: /tmp/x
+  h2AccessLogAppend: true
   servers: [{port: 4142, label: grpc}]
 """
     )
@@ -290,7 +291,7 @@ routers:
         "routers[0].servers[0].timestampHeader",
         "routers[0].servers[0].announce",
         "routers[0].servers[0].socketOptions",
-        "routers[1].h2AccessLog",
+        "routers[1].h2AccessLogAppend",
         "routers[1].servers[0].label",
     ], proc.stderr
     for ln in lines:
@@ -760,3 +761,44 @@ routers:
                     trailers[i] = dict(ev.headers)
             assert trailers[0][b"grpc-status"] == b"0" and trailers[0][b"l5d-success-class"] == b"1.0"
             assert trailers[1][b"grpc-status"] == b"0" and b"l5d-success-class" not in trailers[1]
+
+
+# -- §1.4 h2 routers' access log ---------------------------------------------------------------------
+
+
+async def test_h2_access_log_writes_a_line_per_request(tmp_path: Path) -> None:
+    """§1.4: h2 routers take ``h2AccessLog`` (http routers ``httpAccessLog``); it was refused."""
+    log_path = tmp_path / "h2-access.log"
+    async with h2_origin_port() as port:
+        cfg = f"""
+admin: {{ip: 127.0.0.1, port: 0}}
+routers:
+- protocol: h2
+  label: h2
+  h2AccessLog: {log_path}
+  dtab: /svc/web => /$/inet/127.0.0.1/{port};
+  servers: [{{ip: 127.0.0.1, port: 0}}]
+"""
+        async with running_daemon(cfg) as d:
+            url = f"http://127.0.0.1:{d.port('h2')}/"
+            assert (await curl(url, "--http2-prior-knowledge", "-H", "Host: web")).status == 200
+            assert (await curl(url, "--http2-prior-knowledge", "-H", "Host: nowhere")).status == 502
+    lines = log_path.read_text().splitlines()
+    assert len(lines) == 2, lines
+    assert "/svc/web" in lines[0] and f"127.0.0.1:{port}" in lines[0] and "200" in lines[0]
+    assert "/svc/nowhere" in lines[1] and "naming/neg" in lines[1]
+
+
+@contextlib.asynccontextmanager
+async def h2_origin_port() -> AsyncIterator[int]:
+    """hostproxy's own h2 server on a free loopback port, answering every request 200 ``ok``."""
+
+    async def ok(req: Any, _conn: Any) -> Response:
+        await req.body.read_all()
+        return Response(status=200, body=Body.from_bytes(b"ok"))
+
+    server = H2Server(ok, H2ServerParams(ip="127.0.0.1", port=0))
+    async with trio.open_nursery() as nursery:
+        addrs = await nursery.start(server.serve)
+        yield addrs[0][1]
+        nursery.cancel_scope.cancel()

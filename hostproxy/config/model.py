@@ -949,6 +949,12 @@ class H2RouterConfig(RouterConfig):
     CLIENT_PARAMS: ClassVar[type] = H2ClientParams
     SERVICE_PARAMS: ClassVar[type] = H2ServiceParams
     servers: tuple[H2ServerConfig, ...] = key((), "Where the router listens; at least one.")
+    h2_access_log: str | None = key(
+        None,
+        "Access log, as an http router's httpAccessLog: a file path (one line per request), or '-' for a "
+        "structured log event. Rotate with logrotate; SIGHUP reopens the file.",
+        default_doc="off",
+    )
 
 
 # -- top level --------------------------------------------------------------------------------------
