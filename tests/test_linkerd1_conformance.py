@@ -11,6 +11,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -802,3 +803,19 @@ async def h2_origin_port() -> AsyncIterator[int]:
         addrs = await nursery.start(server.serve)
         yield addrs[0][1]
         nursery.cancel_scope.cancel()
+
+
+# -- §7.1 /admin/server_info --------------------------------------------------------------------------
+
+
+async def test_admin_server_info_answers_with_linkerds_fields(tmp_path: Path) -> None:
+    """§7.1: ``/admin/server_info`` (TwitterServer's build info, which scripts read for the version)."""
+    (tmp_path / "disco").mkdir()
+    async with running_daemon(fs_config(tmp_path / "disco")) as d:
+        r = await curl(f"{d.admin}/admin/server_info")
+        assert r.status == 200 and (r.header("content-type") or "").startswith("application/json")
+        info = r.json()
+        assert isinstance(info, dict) and info["name"] == "hostproxy"
+        assert isinstance(info["version"], str) and info["version"]
+        assert isinstance(info["uptime"], int) and info["uptime"] >= 0
+        assert isinstance(info["start_time"], str) and info["start_time"].endswith(str(time.gmtime().tm_year))

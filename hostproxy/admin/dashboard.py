@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import importlib.metadata
 import importlib.resources
 import os
 import platform
@@ -120,6 +121,25 @@ def process_info(now: float | None = None) -> dict[str, Any]:
         "fd_limit": soft if soft != resource.RLIM_INFINITY else None,
         "python": platform.python_version(),
         "gc": gc_info(),
+    }
+
+
+def server_info(now: float | None = None) -> dict[str, Any]:
+    """The ``/admin/server_info`` document: TwitterServer's fields that mean something here (``name``,
+    ``version``, ``start_time``, ``uptime`` in milliseconds), so scripts that read Linkerd's keep
+    working."""
+    now = time.time() if now is None else now
+    started = _proc_start_time() or _IMPORTED_AT
+    try:
+        version = importlib.metadata.version("hostproxy")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return {
+        "name": "hostproxy",
+        "version": version,
+        "start_time": time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime(started)),
+        "uptime": int(max(0.0, now - started) * 1000),
+        "python": platform.python_version(),
     }
 
 

@@ -71,7 +71,7 @@ from dtab import Dtab, DtabSyntaxError, parse_dtab, parse_path
 from dtab.errors import BindError
 from hostproxy import log as hlog
 from hostproxy.admin.context import AdminContext
-from hostproxy.admin.dashboard import DASHBOARD_CSP, dashboard_page, process_info, static_file
+from hostproxy.admin.dashboard import DASHBOARD_CSP, dashboard_page, process_info, server_info, static_file
 from hostproxy.admin.delegator_page import CONTENT_SECURITY_POLICY, render_page
 from hostproxy.http.message import Body, Headers, Request, Response
 from hostproxy.http.proxyheaders import via_count
@@ -383,6 +383,12 @@ class AdminHandler:
             ),
             (
                 Endpoint(
+                    "/admin/server_info", ("GET",), "name, version, start_time, uptime (ms), as Linkerd's"
+                ),
+                self._server_info,
+            ),
+            (
+                Endpoint(
                     "/admin/unbound.json",
                     ("GET",),
                     "per router, the most requested names that did not bind, with causes",
@@ -643,6 +649,9 @@ class AdminHandler:
 
     async def _process(self, call: _Call) -> Response:
         return _json(200, process_info())
+
+    async def _server_info(self, call: _Call) -> Response:
+        return _json(200, server_info())
 
     async def _unbound(self, call: _Call) -> Response:
         out = {}
