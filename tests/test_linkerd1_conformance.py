@@ -819,3 +819,31 @@ async def test_admin_server_info_answers_with_linkerds_fields(tmp_path: Path) ->
         assert isinstance(info["version"], str) and info["version"]
         assert isinstance(info["uptime"], int) and info["uptime"] >= 0
         assert isinstance(info["start_time"], str) and info["start_time"].endswith(str(time.gmtime().tm_year))
+
+
+# -- §1.4 maxCallDepth: a proxy loop is named as one ---------------------------------------------------
+
+
+async def test_a_proxy_loop_is_called_one_although_via_outgrows_the_header_limit_first() -> None:
+    """§1.4: ``maxCallDepth`` (1000) counts ``Via`` entries, but each hop adds ~15 bytes to ``Via`` in
+    the request and again in the response, so a loop hits ``maxHeadersKB`` (8 KB, ~530 hops) first
+    (in Linkerd too). The caller got "response headers exceed 8192 bytes" and nothing about a loop;
+    the error now says the Via names N proxies and asks whether it is a loop."""
+    (port,) = _free_ports(1)
+    cfg = f"""
+admin: {{ip: 127.0.0.1, port: 0}}
+routers:
+- protocol: http
+  label: loop
+  dtab: /svc => /$/inet/127.0.0.1/{port};
+  servers: [{{ip: 127.0.0.1, port: {port}}}]
+"""
+    async with running_daemon(cfg) as d:
+        r = await curl(f"http://127.0.0.1:{d.port('loop')}/", "-H", "Host: back-to-me", timeout=60)
+        assert r.status in (431, 502), (r.status, r.l5d_err)
+        assert "proxies: a proxy loop?" in (r.l5d_err or ""), r.l5d_err
+        # A request that arrives with such a Via is told the same.
+        via = ", ".join(["1.1 hostproxy"] * 600)
+        r = await curl(f"http://127.0.0.1:{d.port('loop')}/", "-H", "Host: x", "-H", f"Via: {via}")
+        assert r.status == 431
+        assert "its Via names 600 proxies: a proxy loop?" in (r.l5d_err or ""), r.l5d_err

@@ -149,6 +149,30 @@ def check_raw(head: bytes, what: str, field: str) -> None:
         raise ProtocolError(f"obsolete line folding (obs-fold) in {field}; send each field on one line")
 
 
+#: A head past its size limit whose ``Via`` names this many proxies is called a likely proxy loop.
+LOOP_HOPS = 100
+
+
+def via_loop_hint(head: bytes) -> str:
+    """What to add to the message of a head (request or response, or a part of one) past its size
+    limit when its ``Via`` names :data:`LOOP_HOPS` proxies or more: a proxy loop (a dtab that routes
+    back to this proxy) grows ``Via`` at every hop, in requests and in responses, and hits the 8 KB
+    limit (about 500 hops) before ``maxCallDepth`` (1000) can catch it. Empty otherwise."""
+    hops = 0
+    for line in head.split(b"\n"):
+        if line[:4].lower() == b"via:":
+            hops += line.count(b",") + 1
+    if hops < LOOP_HOPS:
+        return ""
+    return f"; its Via names {hops} proxies: a proxy loop? Check for a route that sends requests back to this proxy"
+
+
+def _headers_too_large(head: bytes, limits: CodecLimits) -> ProtocolError:
+    """431 for a request head past ``max_headers`` (with :func:`via_loop_hint`)."""
+    message = f"request headers exceed {limits.max_headers} bytes (maxHeadersKB)" + via_loop_hint(head)
+    return ProtocolError(message, 431)
+
+
 def request_head(buf: bytearray, limits: CodecLimits, eof: bool) -> bytes | Event:
     """The next request head in ``buf``: the request line and fields up to the last field's CRLF
     (the blank line after it stays in ``buf``, as does the head: the caller takes them), or
@@ -169,7 +193,7 @@ def request_head(buf: bytearray, limits: CodecLimits, eof: bool) -> bytes | Even
                 f"request line exceeds {limits.max_initial_line} bytes (maxInitialLineKB)", 414
             )
         if len(head) > limits.max_initial_line + limits.max_headers:
-            raise ProtocolError(f"request headers exceed {limits.max_headers} bytes (maxHeadersKB)", 431)
+            raise _headers_too_large(head, limits)
         # A trailing CR may be the first half of a CRLF still in flight.
         check_raw(head[:-1] if head.endswith(b"\r") else head, "request head", "request header")
         return ConnectionClosed() if eof else NEED_DATA  # a partial head and then EOF: nothing to answer
@@ -178,7 +202,7 @@ def request_head(buf: bytearray, limits: CodecLimits, eof: bool) -> bytes | Even
     if line_end > limits.max_initial_line:
         raise ProtocolError(f"request line exceeds {limits.max_initial_line} bytes (maxInitialLineKB)", 414)
     if len(head) - line_end - 2 > limits.max_headers:
-        raise ProtocolError(f"request headers exceed {limits.max_headers} bytes (maxHeadersKB)", 431)
+        raise _headers_too_large(head, limits)
     crlf = head.count(b"\r\n")
     if crlf - 1 > limits.max_header_count:
         raise ProtocolError(f"request has more than {limits.max_header_count} header fields", 431)

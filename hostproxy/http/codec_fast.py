@@ -87,6 +87,7 @@ from hostproxy.http.codec_base import (
     ResponseHead,
     check_raw,
     request_head,
+    via_loop_hint,
 )
 
 __all__ = ["ClientCodec", "ServerCodec"]
@@ -1245,13 +1246,13 @@ class ClientCodec(_Side):
         if line > self._max_status_line:
             raise self._fail(self._status_line_too_long())
         if line_end != -1 and len(buf) - line_end - 1 > self._max_fields_bytes:
-            raise self._fail(self._fields_too_long())
+            raise self._fail(self._fields_too_long(bytes(buf)))
 
     def _status_line_too_long(self) -> str:
         return f"status line exceeds {self._max_status_line} bytes (maxInitialLineKB)"
 
-    def _fields_too_long(self) -> str:
-        return f"response headers exceed {self._max_fields_bytes} bytes (maxHeadersKB)"
+    def _fields_too_long(self, head: bytes) -> str:
+        return f"response headers exceed {self._max_fields_bytes} bytes (maxHeadersKB)" + via_loop_hint(head)
 
     def _parse_head(self, head: bytes) -> tuple[bytes, int, bytes | None, _Head]:
         """Version, status, reason and fields of a complete response head (CRLF line ends, the
@@ -1262,7 +1263,7 @@ class ClientCodec(_Side):
         line = head[:line_end]
         block = head[line_end + 2 : -2]
         if len(block) > self._max_fields_bytes:
-            raise self._fail(self._fields_too_long())
+            raise self._fail(self._fields_too_long(block))
         if block[:1] in (b" ", b"\t"):
             raise self._fail("continuation line at start of headers")
         if block.find(b"\r\n ") != -1 or block.find(b"\r\n\t") != -1:

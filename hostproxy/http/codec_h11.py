@@ -53,6 +53,7 @@ from hostproxy.http.codec_base import (
     RequestHead,
     ResponseHead,
     request_head,
+    via_loop_hint,
 )
 
 __all__ = ["ClientCodec", "ServerCodec"]
@@ -328,8 +329,10 @@ class ClientCodec:
                 502,
             )
         if sum(len(n) + len(v) + 4 for n, v in headers) > limits.max_headers:
+            vias = b"\n".join(b"via:" + v for n, v in headers if n.lower() == b"via")
             raise ProtocolError(
-                f"malformed response: response headers exceed {limits.max_headers} bytes (maxHeadersKB)",
+                f"malformed response: response headers exceed {limits.max_headers} bytes (maxHeadersKB)"
+                + via_loop_hint(vias),
                 502,
             )
         if len(headers) > limits.max_header_count:
