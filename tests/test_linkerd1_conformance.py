@@ -262,13 +262,11 @@ routers:
 - protocol: http
   tracePropagator: {kind: io.l5d.zipkin}
   compressionLevel: 6
-  httpAccessLogAppend: true
   announcers: []
   client: {socketOptions: {noDelay: true}, requestAuthorizers: []}
   servers:
   - {label: edge, timestampHeader: x-ts, announce: [], socketOptions: {noDelay: true}}
 - protocol: h2
-  h2AccessLogAppend: true
   servers: [{port: 4142, label: grpc}]
 """
     )
@@ -284,7 +282,6 @@ routers:
         "admin.workerThreads",
         "routers[0].tracePropagator",
         "routers[0].compressionLevel",
-        "routers[0].httpAccessLogAppend",
         "routers[0].announcers",
         "routers[0].client.socketOptions",
         "routers[0].client.requestAuthorizers",
@@ -292,7 +289,6 @@ routers:
         "routers[0].servers[0].timestampHeader",
         "routers[0].servers[0].announce",
         "routers[0].servers[0].socketOptions",
-        "routers[1].h2AccessLogAppend",
         "routers[1].servers[0].label",
     ], proc.stderr
     for ln in lines:
@@ -848,3 +844,22 @@ routers:
         r = await curl(f"http://127.0.0.1:{d.port('loop')}/", "-H", "Host: x", "-H", f"Via: {via}")
         assert r.status == 431
         assert "its Via names 300 proxies: a proxy loop?" in (r.l5d_err or ""), r.l5d_err
+
+
+def test_access_log_append_true_is_what_hostproxy_does_and_false_is_refused(tmp_path: Path) -> None:
+    """§1.4: ``httpAccessLogAppend`` (and h2's) defaults to true in Linkerd, which is what hostproxy
+    does: ``true`` loads (it was refused as unsupported), ``false`` is refused with the reason."""
+    cfg = tmp_path / "linkerd.yaml"
+    cfg.write_text(
+        "routers:\n- protocol: http\n  httpAccessLogAppend: true\n  servers: [{port: 4140}]\n"
+        "- protocol: h2\n  h2AccessLogAppend: false\n  servers: [{port: 4142}]\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "hostproxy", "check", str(cfg)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"{cfg}:6: routers[1].h2AccessLogAppend: hostproxy always appends to its access log; remove the key "
+        "(rotate the file with logrotate)",
+        f"{cfg}: 1 error",
+    ]

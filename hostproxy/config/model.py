@@ -33,6 +33,7 @@ from hostproxy.config.schema import (
     key,
     non_negative,
     one_of,
+    only_true,
     port_number,
     positive,
     regex,
@@ -909,6 +910,11 @@ class RouterConfig(PluginConfig):
     experimental: bool = key(False, "Must be true for experimental protocols.")
 
 
+_ALWAYS_APPENDS = (
+    "hostproxy always appends to its access log; remove the key (rotate the file with logrotate)"
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class HttpRouterConfig(RouterConfig):
     DEFAULT_PORT: ClassVar[int] = 4140
@@ -917,6 +923,11 @@ class HttpRouterConfig(RouterConfig):
         "Access log: a file path (one line per request: router, service, client, endpoint, status, cause, "
         "duration), or '-' for a structured log event. Rotate with logrotate; SIGHUP reopens the file.",
         default_doc="off",
+    )
+    http_access_log_append: bool = key(
+        True,
+        "Accepted so that Linkerd 1 configs load: the access log is always appended to (false is refused).",
+        check=only_true(_ALWAYS_APPENDS),
     )
     max_headers_kb: int = key(
         8, "Largest request or response header block, in KB.", name="maxHeadersKB", check=positive
@@ -954,6 +965,11 @@ class H2RouterConfig(RouterConfig):
         "Access log, as an http router's httpAccessLog: a file path (one line per request), or '-' for a "
         "structured log event. Rotate with logrotate; SIGHUP reopens the file.",
         default_doc="off",
+    )
+    h2_access_log_append: bool = key(
+        True,
+        "Accepted so that Linkerd 1 configs load: the access log is always appended to (false is refused).",
+        check=only_true(_ALWAYS_APPENDS),
     )
 
 

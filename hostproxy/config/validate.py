@@ -56,10 +56,8 @@ LINKERD_ONLY_KEYS: dict[str, str] = {
     "announce": "is a Linkerd key that hostproxy does not support; remove it",
     "socketOptions": "is a Linkerd key that hostproxy does not support; remove it",
     "httpAccessLogRollPolicy": "is not supported: hostproxy does not roll its access log; rotate it with logrotate (SIGHUP reopens the file)",
-    "httpAccessLogAppend": "is a Linkerd key that hostproxy does not support yet; remove it",
     "httpAccessLogRotateCount": "is not supported: hostproxy does not roll its access log; rotate it with logrotate (SIGHUP reopens the file)",
     "h2AccessLogRollPolicy": "is not supported: hostproxy does not roll its access log; rotate it with logrotate (SIGHUP reopens the file)",
-    "h2AccessLogAppend": "is a Linkerd key that hostproxy does not support yet; remove it",
     "h2AccessLogRotateCount": "is not supported: hostproxy does not roll its access log; rotate it with logrotate (SIGHUP reopens the file)",
     "tracePropagator": "is a Linkerd key that hostproxy does not support yet; remove it",
     "compressionLevel": "is a Linkerd key that hostproxy does not support: responses pass through as the "
