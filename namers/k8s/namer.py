@@ -60,6 +60,9 @@ from namers.k8s.watch import Collection, LineBuffer, LineTooLong, ListWatchCore
 
 __all__ = ["KIND", "K8sNamer", "Target", "from_config", "valid_key"]
 
+#: Residuals whose canonical spelling :meth:`K8sNamer.canonical_residual` remembers (then it starts over).
+CANONICAL_MEMO_SIZE = 8192
+
 KIND = "io.l5d.k8s"
 log = structlog.get_logger("namers.k8s")
 
@@ -169,9 +172,21 @@ class K8sNamer(Namer):
         self._nursery: trio.Nursery | None = None
         self.recomputes = 0
         self._list_limiter = trio.CapacityLimiter(MAX_CONCURRENT_LISTS)
+        self._canonical: dict[Path, Path] = {}
 
     # -- naming --------------------------------------------------------------------------------
     normalizes_keys = True  # ``split`` lowercases the key, as Linkerd's namer does
+
+    def canonical_residual(self, residual: Path) -> Path:
+        """As :meth:`Namer.canonical_residual`, remembered: a change of one name is matched against
+        every residual bindings asked this namer for, so each is spelt once, not at every change."""
+        memo = self._canonical
+        found = memo.get(residual)
+        if found is None:
+            if len(memo) >= CANONICAL_MEMO_SIZE:
+                memo.clear()
+            found = memo[residual] = super().canonical_residual(residual)
+        return found
 
     @property
     def key_len(self) -> int:
