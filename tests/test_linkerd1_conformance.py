@@ -113,6 +113,10 @@ routers:
         assert r.status == 200 and r.header("grpc-status") == "14", r.headers
         assert not [h for h in r.headers if h.startswith("l5d-")], r.headers
         assert "svc" not in (r.header("grpc-message") or ""), r.headers
+        # A request refused as malformed before routing (no :authority) is cleared too.
+        r = await curl(url, "--http2-prior-knowledge", "-H", "Host:")
+        assert r.status == 400
+        assert not [h for h in r.headers if h.startswith("l5d-")], r.headers
 
 
 # -- the compat corpus: configs that run without a cluster, and what they configure takes effect -------
@@ -863,3 +867,28 @@ def test_access_log_append_true_is_what_hostproxy_does_and_false_is_refused(tmp_
         "(rotate the file with logrotate)",
         f"{cfg}: 1 error",
     ]
+
+
+# -- §5.7 Via on h2 responses ---------------------------------------------------------------------------
+
+
+async def test_h2_responses_carry_via_as_http1_responses_do() -> None:
+    """§5.7 and Linkerd's h2 ``ViaHeaderFilter`` (RFC 9110 §7.6.3): ``Via`` is appended to responses
+    as well as requests; h2 responses had none, proxied or made by the proxy."""
+    async with h2_origin_port() as port:
+        cfg = f"""
+admin: {{ip: 127.0.0.1, port: 0}}
+routers:
+- protocol: h2
+  label: h2
+  dtab: /svc/web => /$/inet/127.0.0.1/{port};
+  servers: [{{ip: 127.0.0.1, port: 0}}]
+"""
+        async with running_daemon(cfg) as d:
+            url = f"http://127.0.0.1:{d.port('h2')}/"
+            r = await curl(url, "--http2-prior-knowledge", "-H", "Host: web")
+            assert r.status == 200
+            # The origin (hostproxy's own h2 server) adds one, this router another.
+            assert r.header("via") == "2 hostproxy, 2 hostproxy", r.headers
+            r = await curl(url, "--http2-prior-knowledge", "-H", "Host: nowhere")
+            assert r.status == 502 and r.header("via") == "2 hostproxy", r.headers

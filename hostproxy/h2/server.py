@@ -225,10 +225,15 @@ class _Stats(ServerStats):
     accept_paused: int = 0
 
 
-def h2_response_headers(response: Response, *, head: bool) -> tuple[list[tuple[bytes, bytes]], bool]:
-    """The HEADERS block for ``response`` and whether it carries no body (END_STREAM at once)."""
+def h2_response_headers(
+    response: Response, *, head: bool, clear_context: bool = False
+) -> tuple[list[tuple[bytes, bytes]], bool]:
+    """The HEADERS block for ``response`` and whether it carries no body (END_STREAM at once): with
+    ``Via`` (RFC 9110 §7.6.3; Linkerd's h2 router adds one to responses too), and, for a server with
+    ``clear_context``, without ``l5d-*`` fields."""
     headers = strip_hop_by_hop(response.headers, request=False)
     headers.remove(b"host")
+    append_via(headers, "2")  # (an h2 router's upstreams speak HTTP/2; its own answers go out so)
     body = response.body
     status = response.status
     no_body = (
@@ -241,7 +246,10 @@ def h2_response_headers(response: Response, *, head: bool) -> tuple[list[tuple[b
         if body.content_length is not None and status not in (204, 304):
             headers.add(b"content-length", str(body.content_length).encode("ascii"))
     out = [(b":status", str(status).encode("ascii"))]
-    out.extend((n, v) for n, v in headers if not n.startswith(b":"))
+    if clear_context:
+        out.extend((n, v) for n, v in headers if not n.startswith(b":") and not n.startswith(b"l5d-"))
+    else:
+        out.extend((n, v) for n, v in headers if not n.startswith(b":"))
     return out, no_body
 
 
@@ -682,7 +690,7 @@ class _ServerLink(H2Link):
                 f"malformed HTTP/2 request: {problem} (RFC 9113 section 8.2); the stream was refused",
             )
             resp = grpc_error_response(Headers(raw), resp)
-            headers, _ = h2_response_headers(resp, head=True)
+            headers, _ = h2_response_headers(resp, head=True, clear_context=bool(self.params.clear_context))
             try:
                 self.send_headers(s, headers, end_stream=True)
                 if not s.ended:
@@ -695,7 +703,7 @@ class _ServerLink(H2Link):
         if problem is not None:
             stats.header_lists_refused += 1
             resp = grpc_error_response(Headers(raw), error_response(431, "bad-request", problem))
-            headers, _ = h2_response_headers(resp, head=True)
+            headers, _ = h2_response_headers(resp, head=True, clear_context=bool(self.params.clear_context))
             try:
                 self.send_headers(s, headers, end_stream=True)
             except StreamGone:
