@@ -3,7 +3,9 @@
 Theory of operation: a pure function from the text of one file to the address set it names. Each
 non-blank line that is not a comment is ``host port`` or ``host port * weight`` (tokens separated by
 spaces or tabs); ``#`` starts a comment anywhere on a line. The port must be 1-65535 and the weight a
-finite number >= 0 (default 1.0). One malformed line rejects the whole file, as in Linkerd: the caller
+finite number >= 0 (default 1.0). An IPv6 host may be bare (``fd00::7 8080``) or in brackets
+(``[fd00::7] 8080``, as Linkerd accepted it); a UTF-8 byte order mark before the first line is
+ignored. One malformed line rejects the whole file, as in Linkerd: the caller
 keeps serving the last good answer and shows the :class:`FsFormatError`, whose message names the file
 and line (``source:line: what is wrong``) and says how to fix it. The same ``host port`` listed twice is
 one address (the first line wins). Files larger than :data:`MAX_FILE_SIZE` are rejected by the caller
@@ -15,6 +17,7 @@ This module does no I/O; ``hostproxy dtab delegate --namer io.l5d.fs=DIR`` and t
 
 from __future__ import annotations
 
+import ipaddress
 import math
 
 from namers._dtab import Address
@@ -75,13 +78,34 @@ def _parse_weight(token: str, source: str, lineno: int) -> float:
     return weight
 
 
+def _parse_host(token: str, source: str, lineno: int) -> str:
+    """The host of a line: an IPv6 literal may be written in brackets (``[::1] 8080``), as Linkerd
+    (Java's ``InetSocketAddress``) accepted it; the brackets are dropped, since the address is
+    connected to as an IP."""
+    if not (token.startswith("[") or token.endswith("]")):
+        return token
+    inner = token[1:-1] if token.startswith("[") and token.endswith("]") else ""
+    try:
+        ipaddress.IPv6Address(inner)
+    except ValueError:
+        raise FsFormatError(
+            source,
+            lineno,
+            f"host {token!r} is not an IPv6 address in brackets",
+            "write it as '[fd00::7] 8080'",
+        ) from None
+    return inner
+
+
 def parse_addresses(text: str, source: str) -> tuple[Address, ...]:
     """Parse the text of one ``io.l5d.fs`` file into its addresses, in file order.
 
-    Raises :class:`FsFormatError` at the first malformed line.
+    A UTF-8 byte order mark at the start (editors such as Windows Notepad write one) is not part of
+    the first host. Raises :class:`FsFormatError` at the first malformed line.
     """
     seen: set[tuple[str, int]] = set()
     out: list[Address] = []
+    text = text.removeprefix("\ufeff")
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
@@ -100,6 +124,7 @@ def parse_addresses(text: str, source: str) -> tuple[Address, ...]:
         else:
             raise FsFormatError(source, lineno, f"{line!r} is not 'host port [* weight]'")
         port = _parse_port(port_s, source, lineno)
+        host = _parse_host(host, source, lineno)
         if (host, port) in seen:
             continue
         seen.add((host, port))

@@ -1,0 +1,78 @@
+"""The namers against hostile or broken inputs: files as editors and scripts really write them, DNS
+answers that are legal but useless, backends that fail in part.
+
+Real components throughout: files in a temporary directory watched by the running fs namer, dnsmasq
+(or a scripted DNS responder where dnsmasq cannot fail one record type) on loopback, the in-repo fake
+Kubernetes API server. Waits are bounded polls of observable state, never timing assertions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path as FsPath
+from typing import Any
+
+import pytest
+import trio
+
+from namers._dtab import Path
+from namers.fs import FsNamer
+from namers.fsformat import FsFormatError, parse_addresses
+
+
+async def wait_for(pred: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll ``pred`` until truthy; fail after ``timeout`` seconds (a bound, not a measurement)."""
+    with trio.fail_after(timeout):
+        while not (v := pred()):
+            await trio.sleep(0.005)
+        return v
+
+
+def hostports(addrs: Any) -> list[tuple[str, int]]:
+    return sorted((a.host, a.port) for a in addrs)
+
+
+# == io.l5d.fs =====================================================================================
+
+
+async def test_fs_file_saved_with_a_byte_order_mark_binds_its_first_address(tmp_path: FsPath) -> None:
+    """Windows Notepad (and PowerShell's Out-File) save UTF-8 with a byte order mark. It is not part
+    of the first host: that address was published as '\\ufeff10.0.0.1', a host no resolver knows, so
+    the first backend silently got no traffic."""
+    (tmp_path / "users").write_bytes(b"\xef\xbb\xbf10.0.0.1 8080\r\n10.0.0.2 8080\r\n")
+    n = FsNamer(tmp_path, poll_interval=0.02)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(n.run)
+        n.lookup(Path.read("/users"))
+        st = await wait_for(
+            lambda: (s := n.table.get((b"users",))) is not None and s.state != "pending" and s
+        )
+        assert st.state == "bound", st
+        assert hostports(st.addr) == [("10.0.0.1", 8080), ("10.0.0.2", 8080)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_fs_ipv6_literal_in_brackets_is_the_address_inside(tmp_path: FsPath) -> None:
+    """'[fd00::7] 8080' is how people write an IPv6 endpoint, and Linkerd (Java's InetSocketAddress)
+    took it. The host was published with its brackets, which no connect or IP filter understands."""
+    (tmp_path / "users").write_text("[fd00::7] 8080\n[::1] 8081 * 2\n::1 8081\n")
+    n = FsNamer(tmp_path, poll_interval=0.02)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(n.run)
+        n.lookup(Path.read("/users"))
+        st = await wait_for(
+            lambda: (s := n.table.get((b"users",))) is not None and s.state != "pending" and s
+        )
+        assert st.state == "bound", st
+        # the bracketed and the bare form of ::1 are one address (the first line wins)
+        assert [(a.host, a.port, a.weight) for a in st.addr] == [("fd00::7", 8080, 1.0), ("::1", 8081, 2.0)]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("host", ["[web.example]", "[fd00::7", "fd00::7]", "[]"])
+def test_fs_brackets_around_anything_but_an_ipv6_literal_name_the_line(host: str) -> None:
+    with pytest.raises(FsFormatError) as ei:
+        parse_addresses(f"10.0.0.1 80\n{host} 8080\n", "disco/users")
+    assert ei.value.line == 2
+    assert ei.value.problem == f"host {host!r} is not an IPv6 address in brackets"
+    assert str(ei.value).startswith(f"disco/users:2: host {host!r} is not an IPv6 address in brackets; ")
