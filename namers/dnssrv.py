@@ -14,8 +14,9 @@ Three parts, as in :mod:`namers.fs`:
   priority and target in the address metadata. Priority is not used to choose (as in Linkerd); an SRV
   weight of 0 (RFC 2782: "a very small chance of being selected") becomes weight 1.0 when every record
   has weight 0, and 1/100 of the smallest positive weight otherwise, so that no record is silently
-  unroutable. A target of ``.`` ("service decidedly not available") and targets that do not resolve
-  (NXDOMAIN, no A/AAAA) are skipped and listed in the name's state.
+  unroutable. A target of ``.`` ("service decidedly not available"), targets that do not resolve
+  (NXDOMAIN, no A/AAAA) and records with port 0 (no TCP port) are skipped and listed in the name's
+  state.
 * :class:`SrvCore` (pure; monotonic ``now`` passed in) keeps each watched name's refresh schedule over
   the namer's :class:`~namers.base.NameTable` and applies outcomes to it: :class:`SrvFound` -> ``bound``
   (possibly with no addresses); :class:`SrvNegative` (NXDOMAIN, NOERROR with no SRV records) -> ``neg``,
@@ -142,6 +143,11 @@ def srv_addresses(
     skipped: list[str] = []
     for r in records:
         target = r.target.lower()
+        if r.port == 0 and target != ".":
+            # Port 0 is no TCP port: connecting would fail, and saved state could not restore it.
+            if f"{target} (port 0)" not in skipped:
+                skipped.append(f"{target} (port 0)")
+            continue
         target_ips = ips.get(target, ()) if target != "." else ()
         if not target_ips:
             if target not in skipped:
@@ -403,7 +409,7 @@ class DnsSrvNamer(Namer):
                 target = _target_text(rrset.name)
                 ips.setdefault(target, []).extend(rd.address for rd in rrset)
                 ttls.append(rrset.ttl)
-        missing = sorted({r.target for r in records if r.target != "." and r.target not in ips})
+        missing = sorted({r.target for r in records if r.target != "." and r.port and r.target not in ips})
         errors: list[str] = []
         if missing:
             async with trio.open_nursery() as nursery:

@@ -16,8 +16,10 @@ import pytest
 import trio
 
 from namers._dtab import Path
+from namers.dnssrv import DnsSrvNamer
 from namers.fs import FsNamer
 from namers.fsformat import FsFormatError, parse_addresses
+from tests.dnsserver import running_dnsmasq
 
 
 async def wait_for(pred: Callable[[], Any], timeout: float = 10.0) -> Any:
@@ -76,3 +78,36 @@ def test_fs_brackets_around_anything_but_an_ipv6_literal_name_the_line(host: str
     assert ei.value.line == 2
     assert ei.value.problem == f"host {host!r} is not an IPv6 address in brackets"
     assert str(ei.value).startswith(f"disco/users:2: host {host!r} is not an IPv6 address in brackets; ")
+
+
+# == io.l5d.dnssrv =================================================================================
+
+
+async def test_dnssrv_record_with_port_0_is_skipped_not_published(tmp_path: FsPath) -> None:
+    """An SRV record with port 0 is legal on the wire but names no TCP port. It was published as
+    '<ip>:0' (every connect to it fails), and the saved namer state then refused the whole name on
+    restore ('port out of range'), so a restart during a DNS outage started that name empty."""
+    records = [
+        "srv-host=_http._tcp.web.test,a.test,0,0,10",
+        "srv-host=_http._tcp.web.test,b.test,8080,0,10",
+        "host-record=a.test,127.0.0.11",
+        "host-record=b.test,127.0.0.12",
+    ]
+    async with running_dnsmasq(tmp_path, records) as dns:
+        n = DnsSrvNamer([dns.address], refresh_interval=0.2)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(n.run)
+            key = (b"_http._tcp.web.test",)
+            n.lookup(Path((key[0],)))
+            st = await wait_for(lambda: (s := n.table.get(key)) is not None and s.state != "pending" and s)
+            assert st.state == "bound", st
+            assert hostports(st.addr) == [("127.0.0.12", 8080)]
+            entry = n.state_json()["names"]["_http._tcp.web.test"]
+            assert entry["skippedTargets"] == ["a.test (port 0)"]
+
+            # what is saved restores whole after a restart
+            saved = n.export_state()
+            again = DnsSrvNamer([dns.address])
+            assert again.import_state(saved) == 1
+            assert hostports(again.table.get(key).addr) == [("127.0.0.12", 8080)]
+            nursery.cancel_scope.cancel()
