@@ -292,6 +292,23 @@ class NameTable:
         st.last_error = error
         return self._changed(st)
 
+    def apply_partial(self, key: Key, addrs: Sequence[Address], error: str) -> bool:
+        """Part of an answer: ``addrs`` (fresh addresses plus the last good ones the backend could
+        not confirm) are served, and the name is ``stale`` with ``error`` until a whole answer."""
+        st = self._names.get(key)
+        if st is None:
+            return False
+        new = tuple(addrs)
+        if st.state == "stale" and st.addr == new and st.last_error == error:
+            return False
+        if st.state != "stale":
+            st.stale_since = self.clock()
+        st.state = "stale"
+        st.addr = new
+        st.last_error = error
+        self._track_addr(st)
+        return self._changed(st)
+
     def restore(
         self, key: Key, addrs: Sequence[Address], meta: dict[str, Any], confirmed_at: float | None
     ) -> bool:

@@ -23,6 +23,9 @@ Three parts, as in :mod:`namers.fs`:
   so dtab alternates apply; :class:`SrvFailure` (timeout, SERVFAIL, REFUSED, unreachable server, or a
   target lookup failing that way) -> the last good addresses are kept and the name is ``stale``, or,
   with nothing to keep, ``failed`` (lookups then raise :class:`NamerError` at once instead of waiting).
+  :class:`SrvPartial` (a target's A or AAAA query failed while the other family answered) is not the
+  whole truth: the fresh addresses replace those of the families that answered, the failed family
+  keeps its last good addresses, and the name is ``stale`` with the error (as ``/$/inet`` does).
   Answers are refreshed every ``refresh_interval`` seconds (Linkerd's ``refreshIntervalSeconds``) or,
   when that is ``None``, at the answer's TTL clamped to ``[ttl_floor, ttl_ceiling]`` (negative answers
   after ``negative_ttl``); failures are retried with exponential backoff from ``retry_base`` up to
@@ -65,6 +68,7 @@ __all__ = [
     "SrvFailure",
     "SrvFound",
     "SrvNegative",
+    "SrvPartial",
     "SrvRecord",
     "from_config",
     "record_name",
@@ -128,7 +132,38 @@ class SrvFailure:
     message: str
 
 
-SrvOutcome = SrvFound | SrvNegative | SrvFailure
+@dataclass(frozen=True)
+class SrvPartial:
+    """The SRV answer came, but one address family of some targets failed (AAAA SERVFAIL while A
+    answered): ``addrs`` are what did answer; ``failed`` maps each such target to its failed families
+    ("A", "AAAA"), whose last good addresses are kept beside the fresh ones; ``message`` says why."""
+
+    addrs: tuple[Address, ...]
+    ttl: float
+    skipped: tuple[str, ...]
+    failed: Mapping[str, tuple[str, ...]]
+    message: str
+
+
+SrvOutcome = SrvFound | SrvNegative | SrvFailure | SrvPartial
+
+
+def _family(host: str) -> str:
+    return "AAAA" if ":" in host else "A"
+
+
+def kept_addresses(
+    last_good: Sequence[Address] | None, fresh: Sequence[Address], failed: Mapping[str, Sequence[str]]
+) -> tuple[Address, ...]:
+    """``fresh`` plus the ``last_good`` addresses of the (target, family) pairs that ``failed``."""
+    out = list(fresh)
+    seen = {(a.host, a.port) for a in fresh}
+    for a in last_good or ():
+        target = (a.meta or {}).get("srv_target")
+        if _family(a.host) in failed.get(str(target), ()) and (a.host, a.port) not in seen:
+            seen.add((a.host, a.port))
+            out.append(a)
+    return tuple(out)
 
 
 def srv_addresses(
@@ -239,12 +274,20 @@ class SrvCore:
             return False
         s.in_flight = False
         s.refreshes += 1
-        if isinstance(outcome, SrvFailure):
+        if isinstance(outcome, SrvFailure | SrvPartial):
             backoff = min(self.retry_base * (2**s.failures), self.retry_max)
             if self.refresh_interval is not None:
                 backoff = min(backoff, self.refresh_interval)
             s.next_refresh = now + backoff
             s.failures += 1
+            if isinstance(outcome, SrvPartial):
+                # Not the whole truth: the families that answered are fresh, the failed ones keep
+                # their last good addresses, and the name is stale with the error.
+                st = self.table.get(key)
+                s.ttl = outcome.ttl
+                s.skipped = outcome.skipped
+                merged = kept_addresses(st.addr if st is not None else None, outcome.addrs, outcome.failed)
+                return self.table.apply_partial(key, merged, outcome.message)
             return self.table.apply_failure(key, outcome.message)
         s.failures = 0
         if isinstance(outcome, SrvNegative):
@@ -378,7 +421,10 @@ class DnsSrvNamer(Namer):
             self._notify(key)
 
     def _count(self, outcome: SrvOutcome) -> None:
-        if isinstance(outcome, SrvFound):
+        if isinstance(outcome, SrvPartial):
+            self.lookup_failures += 1
+            self.unknown_srv_hosts += len(outcome.skipped)
+        elif isinstance(outcome, SrvFound):
             self.lookup_successes += 1
             self.unknown_srv_hosts += len(outcome.skipped)
         elif isinstance(outcome, SrvNegative):
@@ -411,22 +457,39 @@ class DnsSrvNamer(Namer):
                 ttls.append(rrset.ttl)
         missing = sorted({r.target for r in records if r.target != "." and r.port and r.target not in ips})
         errors: list[str] = []
+        partial: dict[str, tuple[tuple[str, ...], str]] = {}
         if missing:
             async with trio.open_nursery() as nursery:
                 for target in missing:
-                    nursery.start_soon(self._resolve_target, target, ips, ttls, errors)
+                    nursery.start_soon(self._resolve_target, target, ips, ttls, errors, partial)
         if errors:
             return SrvFailure(f"SRV lookup of {name!r} via {self.where} failed: {'; '.join(sorted(errors))}")
         addrs, skipped = srv_addresses(records, ips)
+        if partial:
+            why = "; ".join(f"target {t!r}: {partial[t][1]}" for t in sorted(partial))
+            return SrvPartial(
+                addrs,
+                float(min(ttls)),
+                skipped,
+                {t: partial[t][0] for t in partial},
+                f"SRV lookup of {name!r} via {self.where} failed in part (last good addresses of the "
+                f"failed family kept): {why}",
+            )
         return SrvFound(addrs, float(min(ttls)), skipped)
 
     async def _resolve_target(
-        self, target: str, ips: dict[str, list[str]], ttls: list[float], errors: list[str]
+        self,
+        target: str,
+        ips: dict[str, list[str]],
+        ttls: list[float],
+        errors: list[str],
+        partial: dict[str, tuple[tuple[str, ...], str]] | None = None,
     ) -> None:
         assert self._resolver is not None
         qname = dns.name.from_text(target)
         found: list[str] = []
         failed: list[str] = []
+        failed_types: list[str] = []
         for rdtype in ("A", "AAAA"):
             self.queries += 1
             try:
@@ -435,6 +498,7 @@ class DnsSrvNamer(Namer):
                 continue
             except (dns.exception.DNSException, OSError) as e:
                 failed.append(f"{rdtype}: {describe_dns_error(e)}")
+                failed_types.append(rdtype)
                 continue
             if r.rrset is not None:
                 ttls.append(r.rrset.ttl)
@@ -443,6 +507,8 @@ class DnsSrvNamer(Namer):
             errors.append(f"target {target!r}: {', '.join(failed)}")
         elif found:
             ips[target] = found
+            if failed and partial is not None:
+                partial[target] = (tuple(failed_types), ", ".join(failed))
 
     # -- admin -------------------------------------------------------------------------------------
     def state_json(self) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import trio
+from test_namer_k8s_dns_failures import ScriptedDns
 
 from namers._dtab import Path
 from namers.dnssrv import DnsSrvNamer
@@ -111,3 +112,46 @@ async def test_dnssrv_record_with_port_0_is_skipped_not_published(tmp_path: FsPa
             assert again.import_state(saved) == 1
             assert hostports(again.table.get(key).addr) == [("127.0.0.12", 8080)]
             nursery.cancel_scope.cancel()
+
+
+async def test_dnssrv_aaaa_failing_while_a_answers_keeps_the_v6_addresses_stale() -> None:
+    """A dual-stack SRV target answered A and AAAA; then its AAAA query fails (SERVFAIL) while A
+    answers. The v6 addresses were dropped at once, the name stayed 'bound' and no error was shown:
+    a transient DNS failure silently took half the endpoints out. Now, as for /$/inet, the family that
+    answered is fresh, the failed one keeps its last good addresses, and the name is stale saying why."""
+    dns_server = ScriptedDns()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(dns_server.serve)
+        dns_server.script[("_http._tcp.web.test", "SRV")] = ["0 10 8080 a.test."]
+        dns_server.script[("a.test", "A")] = ["10.0.0.1"]
+        dns_server.script[("a.test", "AAAA")] = ["fd00::1"]
+        n = DnsSrvNamer([f"127.0.0.1:{dns_server.port}"], refresh_interval=0.05, timeout=1.0, retry_base=0.05)
+        await nursery.start(n.run)
+        key = (b"_http._tcp.web.test",)
+        n.lookup(Path((key[0],)))
+        await wait_for(lambda: (s := n.table.get(key)) is not None and s.state == "bound")
+        assert hostports(n.table.get(key).addr) == [("10.0.0.1", 8080), ("fd00::1", 8080)]
+
+        dns_server.script[("a.test", "A")] = ["10.0.0.2"]  # the family that answers is fresh
+        dns_server.script[("a.test", "AAAA")] = "SERVFAIL"
+        mark = len(dns_server.queries)
+        # two AAAA queries after the change: the first lookup with the failure has been applied
+        await wait_for(lambda: dns_server.queries[mark:].count(("a.test", "AAAA")) >= 2)
+        body = n.state_json()["names"]["_http._tcp.web.test"]
+        assert body["state"] == "stale", body
+        assert sorted((a["host"], a["port"]) for a in body["addrs"]) == [
+            ("10.0.0.2", 8080),
+            ("fd00::1", 8080),
+        ]
+        assert "'a.test'" in body["lastError"] and "AAAA" in body["lastError"], body["lastError"]
+        assert "SERVFAIL" in body["lastError"], body["lastError"]
+        assert body["staleAgeSecs"] is not None
+        leaf = n.lookup(Path((key[0],)))
+        assert hostports(leaf.value.addr.addresses) == [("10.0.0.2", 8080), ("fd00::1", 8080)]
+
+        dns_server.script[("a.test", "AAAA")] = ["fd00::2"]
+        await wait_for(lambda: n.table.get(key).state == "bound")
+        body = n.state_json()["names"]["_http._tcp.web.test"]
+        assert sorted(a["host"] for a in body["addrs"]) == ["10.0.0.2", "fd00::2"]
+        assert body["lastError"] is None
+        nursery.cancel_scope.cancel()
