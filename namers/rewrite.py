@@ -6,9 +6,11 @@ Theory of operation
 
 * a literal segment matches a label equal to it (``\\xHH`` escapes allowed, as in dtab paths);
 * ``*`` matches any one label;
-* a segment with captures matches by regular expression over the label's printed form: ``{ns}``
-  alone captures the whole label, and ``{svc}.{ns}`` splits one, each capture greedy and non-empty
-  (``{a}.{b}`` against ``x.y.z`` gives ``a=x.y``, ``b=z``).
+* a segment with captures matches the label's printed form: ``{ns}`` alone captures the whole
+  label, and ``{svc}.{ns}`` splits one, each capture greedy and non-empty (``{a}.{b}`` against
+  ``x.y.z`` gives ``a=x.y``, ``b=z``), as a regular expression would, but in time linear in the
+  label (:func:`_capture`): labels come from requests, and backtracking over several captures
+  takes time growing as a power of the label's length.
 
 When every pattern segment matched, the captures are substituted into ``name`` and the result is
 returned as a *path* leaf, which the binder looks up again from the top of the dtab (like the
@@ -77,7 +79,40 @@ def _literal(seg: str, key: str) -> bytes:
 @dataclass(frozen=True)
 class _Seg:
     literal: bytes | None = None  # match this label exactly
-    regex: re.Pattern[str] | None = None  # match the printed label; None with literal None = '*'
+    #: the literal text around the captures of a segment (one more piece than captures), matched
+    #: against the printed label; ``None`` with ``literal`` ``None``: ``*``
+    pieces: tuple[str, ...] | None = None
+
+
+def _capture(pieces: tuple[str, ...], text: str) -> list[str] | None:
+    """``text`` split as ``pieces[0] {c0} pieces[1] {c1} ... pieces[-1]``, each capture non-empty
+    and greedy (the leftmost takes the most), or ``None`` when it cannot be.
+
+    This is what a backtracking regular expression ``p0(.+)p1(.+)...`` finds, in time linear in the
+    label for each capture: the regex takes time growing as the label's length to the power of the
+    number of captures when there is no match, and labels come from requests (a Host header). The
+    end of each capture, from the last to the first, is the last place its following piece can start
+    while leaving the later captures non-empty; the greedy split takes exactly those ends.
+    """
+    first, rest = pieces[0], pieces[1:]
+    if not text.startswith(first) or not text.endswith(pieces[-1]):
+        return None
+    n = len(text)
+    ends = [0] * len(rest)
+    # the last capture ends where the final piece starts (the text must end with it)
+    ends[-1] = n - len(rest[-1])
+    for i in range(len(rest) - 2, -1, -1):
+        # capture i ends where piece i+1 starts, which must end before capture i+1's end
+        limit = ends[i + 1] - 1
+        ends[i] = text.rfind(rest[i], 0, limit) if limit >= 0 else -1
+    out: list[str] = []
+    pos = len(first)
+    for i, end in enumerate(ends):
+        if end <= pos:
+            return None
+        out.append(text[pos:end])
+        pos = end + len(rest[i])
+    return out
 
 
 class PathPattern:
@@ -98,7 +133,7 @@ class PathPattern:
                     )
                 self._segs.append(_Seg(literal=_literal(seg, key)))
             else:
-                regex = ""
+                pieces: list[str] = []
                 pos = 0
                 for m in _VAR.finditer(seg):
                     name = m.group(1)
@@ -116,15 +151,20 @@ class PathPattern:
                         raise RewriteConfigError(
                             f"namers[].{key}: segment {seg!r} has an unbalanced '{{' or '}}'"
                         )
-                    regex += re.escape(between) + f"(?P<v{len(self.variables) - 1}>.+)"
+                    pieces.append(between)
                     pos = m.end()
                 tail = seg[pos:]
                 if "{" in tail or "}" in tail:
                     raise RewriteConfigError(
                         f"namers[].{key}: segment {seg!r} has an unbalanced '{{' or '}}'"
                     )
-                regex += re.escape(tail)
-                self._segs.append(_Seg(regex=re.compile(regex, re.DOTALL)))
+                pieces.append(tail)
+                self._segs.append(_Seg(pieces=tuple(pieces)))
+        self._first_var: list[int] = []  # per segment: the index of its first variable
+        n = 0
+        for seg_ in self._segs:
+            self._first_var.append(n)
+            n += len(seg_.pieces) - 1 if seg_.pieces is not None else 0
 
     def __len__(self) -> int:
         return len(self._segs)
@@ -135,16 +175,16 @@ class PathPattern:
         if len(labels) < len(self._segs):
             return None
         out: dict[str, str] = {}
-        for seg, label in zip(self._segs, labels, strict=False):
+        for seg, first_var, label in zip(self._segs, self._first_var, labels, strict=False):
             if seg.literal is not None:
                 if label != seg.literal:
                     return None
-            elif seg.regex is not None:
-                m = seg.regex.fullmatch(_show(label))
-                if m is None:
+            elif seg.pieces is not None:
+                values = _capture(seg.pieces, _show(label))
+                if values is None:
                     return None
-                for group, value in m.groupdict().items():
-                    out[self.variables[int(group[1:])]] = value
+                for i, value in enumerate(values):
+                    out[self.variables[first_var + i]] = value
         return out
 
 

@@ -155,3 +155,58 @@ async def test_dnssrv_aaaa_failing_while_a_answers_keeps_the_v6_addresses_stale(
         assert sorted(a["host"] for a in body["addrs"]) == ["10.0.0.2", "fd00::2"]
         assert body["lastError"] is None
         nursery.cancel_scope.cancel()
+
+
+# == io.l5d.rewrite ================================================================================
+
+
+def test_rewrite_captures_split_a_label_as_a_greedy_regex_does() -> None:
+    """Every label of up to 7 characters over a small alphabet splits exactly as the backtracking
+    regular expression the captures stand for (each capture non-empty, the leftmost the longest)."""
+    import itertools
+    import re
+
+    from namers.rewrite import _capture
+
+    patterns = [
+        ("", "."),
+        ("", ".", ""),
+        ("", "", "", ""),
+        ("a.", ".", "x"),
+        ("", ".", ".", ""),
+        ("x", "", ".", "x"),
+        (".", ".", "."),
+        ("..", "", ".."),
+        ("", "ab", ""),
+    ]
+    for pieces in patterns:
+        regex = re.compile(
+            "".join(re.escape(p) + "(.+)" for p in pieces[:-1]) + re.escape(pieces[-1]), re.DOTALL
+        )
+        for n in range(8):
+            for chars in itertools.product("a.xb", repeat=n):
+                text = "".join(chars)
+                m = regex.fullmatch(text)
+                assert _capture(pieces, text) == (list(m.groups()) if m else None), (pieces, text)
+
+
+def test_rewrite_pattern_with_captures_in_one_label_does_not_hang_on_a_long_label() -> None:
+    """A label comes from the request (the Host header, up to the 8 KiB head limit). Matched by a
+    backtracking regex, '/{a}.{b}.{c}.{d}.x' against 8000 characters of 'a.' that do not end in
+    '.x' takes time growing as the length to the fourth power: one request froze the event loop,
+    and so every connection of the daemon, for far longer than any client waits. The lookup runs
+    in a child process so that the old behaviour fails this test (at the bound) instead of hanging it."""
+    import subprocess
+    import sys
+
+    code = (
+        "from namers.rewrite import RewriteNamer\n"
+        "from namers._dtab import NEG, Path\n"
+        "n = RewriteNamer('/{a}.{b}.{c}.{d}.x', '/k8s/{a}/{b}/{c}/{d}')\n"
+        "assert n.lookup(Path((b'a.' * 4000,))) is NEG\n"
+        "assert str(n.lookup(Path((b'a.' * 4000 + b'x',))).value).startswith('/k8s/a.a.')\n"
+        "print('ok')\n"
+    )
+    root = FsPath(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
