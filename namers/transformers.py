@@ -306,15 +306,19 @@ class SpecificHostTransformer(_IpFilter):
         return _host_ip(a) in self.ips
 
 
+def _subnet(ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> tuple[int, int] | None:
+    """The /24 (IPv4) or /64 (IPv6) an IP is in, as a comparable key."""
+    if ip is None:
+        return None
+    return ip.version, int(ip) >> (8 if ip.version == 4 else 64)
+
+
 def _same_subnet(
     a: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
     b: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
 ) -> bool:
-    if a is None or b is None or a.version != b.version:
-        return False
-    bits = 24 if a.version == 4 else 64
-    net = ipaddress.ip_network(f"{b}/{bits}", strict=False)
-    return a in net
+    key = _subnet(a)
+    return key is not None and key == _subnet(b)
 
 
 class LocalNodeTransformer(_IpFilter):
@@ -396,17 +400,18 @@ class DaemonSetTransformer(AddressTransformer):
             return AddrFailed(f"{self._where()}: {gw.cause}")
         if not isinstance(gw, AddrBound):
             return AddrFailed(f"{self._where()}: unexpected address set {gw!r}")
-        gateways = gw.addresses
+        # The gateways by node (or subnet), once: every destination is then one dict lookup, not a
+        # scan of every gateway (thousands of pods times hundreds of nodes, on every change).
+        by_place: dict[Any, list[Address]] = {}
+        for g in gw.addresses:
+            place = g.meta.get(NODE_NAME_KEY) if self.host_network else _subnet(_host_ip(g))
+            if place is not None:
+                by_place.setdefault(place, []).append(g)
         selected: list[Address] = []
         for a in addresses:
-            if self.host_network:
-                node = a.meta.get(NODE_NAME_KEY)
-                if node is None:
-                    continue
-                selected.extend(g for g in gateways if g.meta.get(NODE_NAME_KEY) == node)
-            else:
-                ip = _host_ip(a)
-                selected.extend(g for g in gateways if _same_subnet(_host_ip(g), ip))
+            place = a.meta.get(NODE_NAME_KEY) if self.host_network else _subnet(_host_ip(a))
+            if place is not None:
+                selected.extend(by_place.get(place, ()))
         return _dedupe(selected)
 
 

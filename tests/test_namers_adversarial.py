@@ -196,9 +196,6 @@ def test_rewrite_pattern_with_captures_in_one_label_does_not_hang_on_a_long_labe
     '.x' takes time growing as the length to the fourth power: one request froze the event loop,
     and so every connection of the daemon, for far longer than any client waits. The lookup runs
     in a child process so that the old behaviour fails this test (at the bound) instead of hanging it."""
-    import subprocess
-    import sys
-
     code = (
         "from namers.rewrite import RewriteNamer\n"
         "from namers._dtab import NEG, Path\n"
@@ -207,6 +204,45 @@ def test_rewrite_pattern_with_captures_in_one_label_does_not_hang_on_a_long_labe
         "assert str(n.lookup(Path((b'a.' * 4000 + b'x',))).value).startswith('/k8s/a.a.')\n"
         "print('ok')\n"
     )
+    run_child(code)
+
+
+# == transformers ==================================================================================
+
+
+def run_child(code: str, bound: float = 60.0) -> None:
+    """Run ``code`` in a child Python from the repository root; it must print 'ok' within ``bound``
+    seconds (a bound that turns a hang of the old behaviour into a failure, not a measurement)."""
+    import subprocess
+    import sys
+
     root = FsPath(__file__).resolve().parent.parent
-    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=bound
+    )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_daemonset_transformer_on_a_large_cluster_is_one_lookup_per_destination() -> None:
+    """io.l5d.k8s.daemonset compared every destination with every daemonset pod, building an
+    ip_network each time: 2000 pods of a Service and 200 nodes blocked the event loop for seconds on
+    every change of either set (pods churn all through a deploy). Here 20000 pods and 2000 nodes, the
+    daemonset chosen per /24 and per nodeName as before (in order, duplicates collapsed)."""
+    run_child(
+        "from namers.transformers import DaemonSetTransformer\n"
+        "from namers._dtab import Address, AddrBound\n"
+        "gws = tuple(Address(f'10.{i // 250}.{i % 250}.5', 4140, 1.0, {'nodeName': f'n{i}'})"
+        " for i in range(2000))\n"
+        "dest = tuple(Address(f'10.{i // 250 % 8}.{i % 250}.7', 80, 1.0, {'nodeName': f'n{i % 2000}'})"
+        " for i in range(20000))\n"
+        "src = lambda: AddrBound(gws, {})\n"
+        "for host_network in (False, True):\n"
+        "    t = DaemonSetTransformer('ns', 'http', 'l5d', src, host_network=host_network)\n"
+        "    out = t.map_addresses(dest)\n"
+        "    assert [a.host for a in out] == [g.host for g in gws], host_network\n"
+        "t = DaemonSetTransformer('ns', 'http', 'l5d', src)\n"
+        "out = t.map_addresses((Address('10.0.7.9', 80), Address('fd00::1', 80), Address('10.0.1.1', 80),"
+        " Address('10.0.7.200', 80), Address('web.example', 80)))\n"
+        "assert [a.host for a in out] == ['10.0.7.5', '10.0.1.5'], out\n"
+        "print('ok')\n"
+    )
