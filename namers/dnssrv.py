@@ -34,7 +34,8 @@ Three parts, as in :mod:`namers.fs`:
   (at most ``max_concurrency`` at once) with dnspython's asynchronous resolver against ``dns_hosts``
   (``host`` or ``host:port``; empty means the system's ``/etc/resolv.conf``), with its cache off and
   EDNS (payload 2048). SRV targets are resolved through the same servers; the answer's additional
-  section is used when it holds the target's A/AAAA records, so usually one query suffices.
+  section is used when it holds the target's A/AAAA records, so usually one query suffices; the
+  others are looked up at most :data:`MAX_TARGET_QUERIES` at once.
 
 One name's trouble never stops the others, and a bug in handling one answer marks only that name.
 """
@@ -76,6 +77,10 @@ __all__ = [
 ]
 
 KIND = "io.l5d.dnssrv"
+
+#: Address lookups of SRV targets in flight at once, across all names: an answer may list hundreds
+#: of targets (each lookup a socket), and the daemon's descriptors are shared with its connections.
+MAX_TARGET_QUERIES = 32
 log = structlog.get_logger("namers.dnssrv")
 
 _DNS_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
@@ -345,6 +350,7 @@ class DnsSrvNamer(Namer):
             retry_max=retry_max,
         )
         self._resolver: dns.asyncresolver.Resolver | None = None
+        self._target_limiter = trio.CapacityLimiter(MAX_TARGET_QUERIES)
         self.queries = 0
         self.lookup_successes = 0
         self.lookup_failures = 0
@@ -493,7 +499,8 @@ class DnsSrvNamer(Namer):
         for rdtype in ("A", "AAAA"):
             self.queries += 1
             try:
-                r = await self._resolver.resolve(qname, rdtype, search=False, raise_on_no_answer=False)
+                async with self._target_limiter:
+                    r = await self._resolver.resolve(qname, rdtype, search=False, raise_on_no_answer=False)
             except dns.resolver.NXDOMAIN:
                 continue
             except (dns.exception.DNSException, OSError) as e:

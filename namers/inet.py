@@ -31,6 +31,7 @@ resolution of a host is in flight, and ``None`` for every other path.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import math
 import re
@@ -161,6 +162,14 @@ class HostEntry:
         }
 
 
+_NO_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
+# not the nameserver's fault: no socket could be opened to ask it
+_NO_DESCRIPTORS_TEXT = (
+    "no socket could be opened to query the nameserver (out of file descriptors); raise hostproxy's "
+    "limit (LimitNOFILE= in the systemd unit, ulimit -n) or look for a connection leak"
+)
+
+
 def describe_dns_error(exc: BaseException) -> str:
     """A stable, short description of a resolver failure (no timings, so repeated identical failures
     compare equal and do not count as state changes)."""
@@ -170,7 +179,12 @@ def describe_dns_error(exc: BaseException) -> str:
     if isinstance(exc, dns.exception.Timeout):
         return "timed out"
     if isinstance(exc, dns.resolver.NoNameservers):
+        errors = getattr(exc, "kwargs", {}).get("errors") or ()
+        if any(isinstance(e[3], OSError) and e[3].errno in _NO_DESCRIPTORS for e in errors):
+            return _NO_DESCRIPTORS_TEXT
         return "no nameserver gave an answer (SERVFAIL, REFUSED or unreachable)"
+    if isinstance(exc, OSError) and exc.errno in _NO_DESCRIPTORS:
+        return _NO_DESCRIPTORS_TEXT
     if isinstance(exc, dns.resolver.NoResolverConfiguration):
         return "no nameservers configured (empty /etc/resolv.conf?); configure nameservers"
     if isinstance(exc, OSError):

@@ -246,3 +246,61 @@ def test_daemonset_transformer_on_a_large_cluster_is_one_lookup_per_destination(
         "assert [a.host for a in out] == ['10.0.7.5', '10.0.1.5'], out\n"
         "print('ok')\n"
     )
+
+
+# == io.l5d.dnssrv: descriptors ====================================================================
+
+
+def test_dnssrv_answer_with_hundreds_of_targets_looks_them_up_a_few_at_a_time(tmp_path: FsPath) -> None:
+    """Targets missing from the additional section were all looked up at once, a socket each: an
+    SRV answer of 600 targets needed 600 descriptors at the same moment, and under a limit of 256
+    every lookup failed, so the whole name failed (and the daemon's own accepts and connects with
+    it). In a child process limited to 256 descriptors, all 600 now resolve."""
+    records = [f"srv-host=_http._tcp.web.test,t{i}.test,8080,0,10" for i in range(600)]
+    # address= records are not put in the additional section: every target is looked up
+    records += [f"address=/t{i}.test/127.0.{i // 250}.{i % 250 + 1}" for i in range(600)]
+    (tmp_path / "records").write_text("\n".join(records))
+    run_child(
+        "import pathlib, resource, trio\n"
+        "from tests.dnsserver import running_dnsmasq\n"
+        "from namers.dnssrv import DnsSrvNamer, SrvFound\n"
+        "async def main():\n"
+        f"    d = pathlib.Path({str(tmp_path)!r})\n"
+        "    records = (d / 'records').read_text().splitlines()\n"
+        "    async with running_dnsmasq(d, records) as dns:\n"
+        "        resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
+        "        n = DnsSrvNamer([dns.address], timeout=10.0)\n"
+        "        out = await n.query('_http._tcp.web.test')\n"
+        "        assert isinstance(out, SrvFound), out\n"
+        "        assert len(out.addrs) == 600 and out.skipped == (), out\n"
+        "trio.run(main)\n"
+        "print('ok')\n",
+        bound=120.0,
+    )
+
+
+def test_dns_lookup_without_a_free_descriptor_says_so_not_servfail() -> None:
+    """When no socket can be opened (EMFILE), dnspython reports 'all nameservers failed'; that was
+    shown as 'no nameserver gave an answer (SERVFAIL, REFUSED or unreachable)', sending the operator
+    to a healthy DNS server. The message now names the daemon's descriptor limit."""
+    run_child(
+        "import os, resource, trio\n"
+        "from namers.dnssrv import DnsSrvNamer, SrvFailure\n"
+        "async def main():\n"
+        "    n = DnsSrvNamer(['127.0.0.1:53'], timeout=1.0)\n"
+        "    n._resolver = n._make_resolver()\n"
+        "    top = max(int(fd) for fd in os.listdir('/proc/self/fd'))\n"
+        "    resource.setrlimit(resource.RLIMIT_NOFILE, (top + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
+        "    held = []\n"
+        "    try:\n"
+        "        while True:\n"
+        "            held.append(os.open('/dev/null', os.O_RDONLY))\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "    out = await n.query('_http._tcp.web.test')\n"
+        "    assert isinstance(out, SrvFailure), out\n"
+        "    assert 'out of file descriptors' in out.message and 'LimitNOFILE' in out.message, out.message\n"
+        "    assert 'SERVFAIL' not in out.message, out.message\n"
+        "trio.run(main)\n"
+        "print('ok')\n"
+    )
