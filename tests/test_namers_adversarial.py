@@ -304,3 +304,82 @@ def test_dns_lookup_without_a_free_descriptor_says_so_not_servfail() -> None:
         "trio.run(main)\n"
         "print('ok')\n"
     )
+
+
+# == io.l5d.k8s ====================================================================================
+
+NGINX_502 = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
+
+
+async def serve_fixed(status: int, body: bytes, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """An HTTP server on 127.0.0.1 that answers every request with ``status`` and ``body`` (a proxy
+    in front of the API server that has lost it); reports its port when started."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(listeners[0].socket.getsockname()[1])
+
+    async def handle(stream: trio.SocketStream) -> None:
+        async with stream:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head = f"HTTP/1.1 {status} X\r\nContent-Type: text/html\r\nContent-Length: {len(body)}\r\n\r\n"
+            await stream.send_all(head.encode() + body)
+
+    await trio.serve_listeners(handle, listeners)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "said", "hint"),
+    [
+        (502, NGINX_502, "HTTP 502: 502 Bad Gateway", "the API server (or a proxy in front of it) failed"),
+        (
+            500,
+            b"upstream connect error\r\nor disconnect/reset before headers\r\n",
+            "HTTP 500: upstream connect error or disconnect/reset before headers",
+            "the API server (or a proxy in front of it) failed",
+        ),
+        (
+            429,
+            b'{"kind":"Status","message":"Too many requests,\\nplease try again later.","code":429}',
+            "HTTP 429: Too many requests, please try again later.",
+            "throttling",
+        ),
+    ],
+)
+async def test_k8s_error_page_from_a_proxy_is_one_line_that_says_what_failed(
+    status: int, body: bytes, said: str, hint: str
+) -> None:
+    """A proxy in front of the API server answers with its HTML error page. The page went whole
+    into the name's error (line breaks and markup: several lines in the log, in /namer_state and in
+    'hostproxy wtf'), and a 5xx was called 'the API server refused the request'. Now it is one line:
+    the page's title (or the body's start, or the Status message), and a 5xx says the API server or a
+    proxy failed, a 429 that the client is throttled."""
+    from namers.k8s import ApiServer, K8sNamer
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_fixed, status, body)
+        namer = K8sNamer(
+            ApiServer("127.0.0.1", port),
+            request_timeout=5.0,
+            backoff_base=0.02,
+            backoff_max=0.1,
+            rng=lambda: 0.5,
+        )
+        await nursery.start(namer.run)
+        namer.lookup(Path.read("/srv/http/sessions"))
+        st = await wait_for(
+            lambda: (s := namer.table.get((b"srv", b"http", b"sessions"))) and s.state == "failed" and s
+        )
+        err = st.last_error
+        assert "\n" not in err and "\r" not in err and "<" not in err, err
+        assert said in err, err
+        assert hint in err, err
+        watch_error = namer.state_json()["names"]["srv/http/sessions"]["watch"]["lastError"]
+        assert "\n" not in watch_error and said in watch_error, watch_error
+        nursery.cancel_scope.cancel()

@@ -38,6 +38,7 @@ The rules, which are what Kubernetes asks of a client and what a stale view cost
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -151,13 +152,22 @@ _STATUS_HINTS = {
     401: "the service account token was rejected; it is re-read from its file on the next request",
     403: "grant the service account get, list and watch on this resource (RBAC)",
     404: "check the API group and version this cluster serves",
+    429: "the API server is throttling this client (API Priority and Fairness); it is retried with backoff",
 }
+_SERVER_ERROR_HINT = "the API server (or a proxy in front of it) failed; it is retried with backoff"
+_TITLE = re.compile(rb"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
 
 
 def _compact_status(status: int, body: bytes) -> str:
+    """``HTTP <status>: <what the body says>`` on one line: a Status's message, an HTML page's title
+    (a proxy's error page), or the start of the body, with every run of whitespace (line breaks
+    included) one space, so the error stays one line in logs and ``hostproxy wtf``."""
     msg = status_message(body)
     if msg is None:
-        msg = body[:200].decode("utf-8", "replace").strip() or "(no body)"
+        title = _TITLE.search(body[:4096])
+        excerpt = title.group(1) if title is not None else body[:200]
+        msg = excerpt.decode("utf-8", "replace")
+    msg = " ".join(msg.split())[:200] or "(no body)"
     return f"HTTP {status}: {msg}"
 
 
@@ -246,7 +256,12 @@ class ListWatchCore:
         return was != message
 
     def _request_error(self, status: int, body: bytes) -> str:
-        hint = _STATUS_HINTS.get(status, "the API server refused the request; it is retried with backoff")
+        default = (
+            _SERVER_ERROR_HINT
+            if status >= 500
+            else "the API server refused the request; it is retried with backoff"
+        )
+        hint = _STATUS_HINTS.get(status, default)
         return f"GET {self.collection.describe()}: {_compact_status(status, body)}; {hint}"
 
     def on_list(self, status: int, body: bytes) -> bool:
