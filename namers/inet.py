@@ -8,7 +8,8 @@ is the same with the arguments swapped; ``/$/fixedinet`` resolves once and keeps
 
 * Literal hosts answer synchronously: IPv4 in ``inet_aton`` form (``127.1`` is ``127.0.0.1``,
   ``10.1.2`` is ``10.1.0.2``), IPv6 (with or without ``[]``), and ``localhost`` or the empty host
-  (``127.0.0.1``).
+  (``127.0.0.1``). A host that cannot be a DNS name (an empty label, a label longer than 63 octets)
+  is negative at once, as NXDOMAIN would be, and never queried.
 * Other names go through a :class:`HostTable` (pure; the monotonic time is passed in): the first
   :meth:`InetResolver.resolve` of a host creates a ``pending`` entry and wakes the runner, which
   queries A and AAAA concurrently with dnspython's async resolver (it runs on trio) against the
@@ -367,6 +368,19 @@ def _family(ip: str) -> str:
     return "AAAA" if ":" in ip else "A"
 
 
+def _can_be_dns_name(host: str) -> bool:
+    """Whether ``host`` can be a DNS name at all (dnspython's own rules: labels of 1-63 octets, 255
+    in all, non-ASCII as IDNA)."""
+    import dns.exception
+    import dns.name
+
+    try:
+        dns.name.from_text(host)
+    except (dns.exception.DNSException, UnicodeError, ValueError):
+        return False
+    return True
+
+
 def _java_int(label: bytes) -> int | None:
     try:
         text = label.decode("ascii")
@@ -417,6 +431,7 @@ class InetResolver:
         self.queries = 0
         self.query_failures = 0
         self.callback_errors = 0
+        self.invalid_hosts = 0
 
     # -- synchronous side ------------------------------------------------------------------------
     def resolve(self, host: str, port: int, *, fixed: bool = False) -> Any:
@@ -425,7 +440,13 @@ class InetResolver:
         ip = literal_ip(host)
         if ip is not None:
             return AddrBound((Address(ip, port),), {})
-        e, created, evicted = self.table.touch(host.lower(), fixed)
+        key = host.lower()
+        if self.table.get(key) is None and not _can_be_dns_name(key):
+            # No such host can exist (an empty label, a label or name too long): negative, as an
+            # NXDOMAIN would be, so dtab alternates apply; never queried, never takes a table slot.
+            self.invalid_hosts += 1
+            return AddrNeg()
+        e, created, evicted = self.table.touch(key, fixed)
         for old in evicted:
             self._notify(old.host)
         if created:
@@ -609,6 +630,7 @@ class InetResolver:
             "states": counts,
             "queries": self.queries,
             "query_failures": self.query_failures,
+            "invalid_hosts": self.invalid_hosts,
             "evictions": self.table.evictions,
             "callback_errors": self.callback_errors,
         }

@@ -16,10 +16,13 @@ import pytest
 import trio
 from test_namer_k8s_dns_failures import ScriptedDns
 
-from namers._dtab import Path
+from dtab import Dtab
+from dtab.bind import bind
+from namers._dtab import PENDING, AddrNeg, Path
 from namers.dnssrv import DnsSrvNamer
 from namers.fs import FsNamer
 from namers.fsformat import FsFormatError, parse_addresses
+from namers.inet import InetResolver
 from tests.dnsserver import running_dnsmasq
 
 
@@ -382,4 +385,30 @@ async def test_k8s_error_page_from_a_proxy_is_one_line_that_says_what_failed(
         assert hint in err, err
         watch_error = namer.state_json()["names"]["srv/http/sessions"]["watch"]["lastError"]
         assert "\n" not in watch_error and said in watch_error, watch_error
+        nursery.cancel_scope.cancel()
+
+
+# == /$/inet =======================================================================================
+
+
+@pytest.mark.parametrize("host", ["a..b", "x" * 64 + ".test", ".web.test", ("abcdefgh." * 32) + "test"])
+async def test_inet_host_that_cannot_be_a_dns_name_is_negative_and_never_queued(host: str) -> None:
+    """A Host header can hold anything. A host with an empty label or a label over 63 octets was
+    queued for resolution, 'failed' with dnspython's exception name ('A: EmptyLabel; AAAA:
+    EmptyLabel'), took a table slot and was retried with backoff for as long as it was asked for.
+    No such host can exist: it is negative at once, exactly as an NXDOMAIN answer is."""
+    dns_server = ScriptedDns()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(dns_server.serve)
+        r = InetResolver([f"127.0.0.1:{dns_server.port}"], timeout=1.0)
+        await nursery.start(r.run)
+        assert r.resolve(host, 80) == AddrNeg()
+        leaf = bind(Dtab.read("/svc => /$/inet/" + host + "/80"), Path.read("/svc"), system=r.system).tree
+        assert leaf.value.addr == AddrNeg(), leaf
+        assert len(r.table) == 0 and r.statistics()["invalid_hosts"] == 2
+        # the answer for a name that does not exist is the same
+        assert r.resolve("gone.test", 80) is PENDING
+        await wait_for(lambda: r.table.get("gone.test").state != "pending")
+        assert r.resolve("gone.test", 80) == AddrNeg()
+        assert {q[0] for q in dns_server.queries} == {"gone.test"}
         nursery.cancel_scope.cancel()
