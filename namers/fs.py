@@ -26,7 +26,9 @@ Three parts:
   addresses* (empty, or only comments and blank lines) seen while the name has addresses is not
   believed at once, since a writer that truncates and rewrites in place shows it for a moment (and
   may write its header comment first): it is re-read after ``settle`` seconds, and only a file still
-  without addresses then empties the name. (Writers that write a temporary file and ``rename`` it
+  without addresses then empties the name. Likewise a file changed a moment ago (``racy``) whose
+  last line has no line end may be a writer caught mid-line (``10.0.0.2 8`` of ``10.0.0.2 8080``):
+  it is read again until it ends its line or stops changing, for at most ``settle`` seconds. (Writers that write a temporary file and ``rename`` it
   never show that state.)
 * :class:`FsNamer` wires them: its :meth:`~FsNamer.run` task polls every ``poll_interval`` seconds
   (0.25 by default) or at once when a lookup asks for a new name, so changes apply within a second,
@@ -310,6 +312,16 @@ class FsCore:
         t.kind = "file"
         t.sig = obs.sig
         t.racy = obs.racy
+        if obs.racy and obs.text and not obs.text.endswith(("\n", "\r")):
+            # Changed a moment ago and ending mid-line: maybe a writer caught between two writes
+            # ('10.0.0.2 8' of '10.0.0.2 8080'), which would publish an address the file never held.
+            # Read again until it ends its line, or stops changing, or `settle` has passed.
+            if t.settle_until is None:
+                t.settle_until = now + self.settle
+                self.settles += 1
+                return False
+            if now < t.settle_until:
+                return False
         source = file_path(self.root, key)
         try:
             addrs = parse_addresses(obs.text, source)

@@ -75,6 +75,34 @@ async def test_fs_ipv6_literal_in_brackets_is_the_address_inside(tmp_path: FsPat
         nursery.cancel_scope.cancel()
 
 
+async def test_fs_writer_caught_mid_line_does_not_publish_a_truncated_port(tmp_path: FsPath) -> None:
+    """A writer that truncates and rewrites in place through a buffered stream (awk, sed, a shell
+    loop: 4 KiB per write) can be read between two writes, ending mid-line. '10.0.0.2 8' of
+    '10.0.0.2 8080' parses, and was published: traffic went to port 8, an address the file never
+    held. A file changed a moment ago whose last line has no line end is now read again until the
+    writer ends the line."""
+    path = tmp_path / "users"
+    path.write_text("10.0.0.1 80\n10.0.0.2 8080\n")
+    n = FsNamer(tmp_path, poll_interval=0.02, settle=1000.0)
+    key = (b"users",)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(n.run)
+        n.lookup(Path.read("/users"))
+        await wait_for(lambda: (s := n.table.get(key)) is not None and s.state == "bound")
+        with open(path, "r+b", buffering=0) as f:
+            f.truncate(0)
+            f.write(b"10.0.0.1 80\n10.0.0.2 8")
+            reads = n.core.reads
+            await wait_for(lambda: n.core.reads >= reads + 2)  # read (at least) twice as it stands
+            st = n.table.get(key)
+            assert (st.state, st.version) == ("bound", 1), st
+            assert hostports(st.addr) == [("10.0.0.1", 80), ("10.0.0.2", 8080)]
+            f.write(b"081\n")  # the writer finishes (with another port, so the change shows)
+        await wait_for(lambda: n.table.get(key).version == 2)
+        assert hostports(n.table.get(key).addr) == [("10.0.0.1", 80), ("10.0.0.2", 8081)]
+        nursery.cancel_scope.cancel()
+
+
 @pytest.mark.parametrize("host", ["[web.example]", "[fd00::7", "fd00::7]", "[]"])
 def test_fs_brackets_around_anything_but_an_ipv6_literal_name_the_line(host: str) -> None:
     with pytest.raises(FsFormatError) as ei:
