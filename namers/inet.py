@@ -35,6 +35,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import math
+import os
 import re
 import socket
 import time
@@ -175,12 +176,23 @@ def describe_dns_error(exc: BaseException) -> str:
     """A stable, short description of a resolver failure (no timings, so repeated identical failures
     compare equal and do not count as state changes)."""
     import dns.exception
+    import dns.message
     import dns.resolver
 
+    errors = getattr(exc, "kwargs", {}).get("errors") or ()
+    if any(isinstance(e[3], dns.message.Truncated) for e in errors):
+        # a large answer (many SRV records): UDP was truncated, and TCP is blocked or not served
+        tcp = [e[3] for e in errors if e[1] and isinstance(e[3], OSError | dns.exception.Timeout)]
+        if tcp or isinstance(exc, dns.exception.Timeout):
+            e = tcp[0] if tcp else exc
+            why = "timed out" if not isinstance(e, OSError) else os.strerror(e.errno) if e.errno else "failed"
+            return (
+                f"the answer was too large for UDP (truncated) and asking again over TCP failed ({why}); "
+                "let DNS over TCP (port 53) through to the nameserver"
+            )
     if isinstance(exc, dns.exception.Timeout):
         return "timed out"
     if isinstance(exc, dns.resolver.NoNameservers):
-        errors = getattr(exc, "kwargs", {}).get("errors") or ()
         if any(isinstance(e[3], OSError) and e[3].errno in _NO_DESCRIPTORS for e in errors):
             return _NO_DESCRIPTORS_TEXT
         return "no nameserver gave an answer (SERVFAIL, REFUSED or unreachable)"

@@ -19,7 +19,7 @@ from test_namer_k8s_dns_failures import ScriptedDns
 from dtab import Dtab
 from dtab.bind import bind
 from namers._dtab import PENDING, AddrNeg, Path
-from namers.dnssrv import DnsSrvNamer
+from namers.dnssrv import DnsSrvNamer, SrvFailure
 from namers.fs import FsNamer
 from namers.fsformat import FsFormatError, parse_addresses
 from namers.inet import InetResolver
@@ -439,4 +439,55 @@ async def test_inet_host_that_cannot_be_a_dns_name_is_negative_and_never_queued(
         await wait_for(lambda: r.table.get("gone.test").state != "pending")
         assert r.resolve("gone.test", 80) == AddrNeg()
         assert {q[0] for q in dns_server.queries} == {"gone.test"}
+        nursery.cancel_scope.cancel()
+
+
+async def serve_truncated(tcp: str, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """A nameserver whose every UDP answer is truncated (TC: too large for UDP), on a port where TCP
+    is ``"refused"`` (nothing listens) or ``"silent"`` (accepted, never answered: a firewall or a
+    server that does not serve TCP)."""
+    import socket
+
+    import dns.flags
+    import dns.message
+
+    udp = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await udp.bind(("127.0.0.1", 0))
+    port = udp.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        if tcp == "silent":
+            listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+
+            async def hold(stream: trio.SocketStream) -> None:
+                async with stream:
+                    await trio.sleep_forever()
+
+            nursery.start_soon(trio.serve_listeners, hold, listeners)
+        task_status.started(port)
+        with udp:
+            while True:
+                data, peer = await udp.recvfrom(4096)
+                r = dns.message.make_response(dns.message.from_wire(data))
+                r.flags |= dns.flags.TC
+                await udp.sendto(r.to_wire(), peer)
+
+
+@pytest.mark.parametrize(("tcp", "why"), [("refused", "Connection refused"), ("silent", "timed out")])
+async def test_dnssrv_truncated_answer_with_tcp_blocked_says_to_allow_dns_over_tcp(
+    tcp: str, why: str
+) -> None:
+    """An SRV answer too large for UDP comes back truncated and must be asked again over TCP. When TCP
+    to the nameserver is blocked (a firewall allowing only UDP 53, a classic), the name failed with
+    'no nameserver gave an answer (SERVFAIL, REFUSED or unreachable)' or 'timed out', which sends the
+    operator to the DNS server's records, not the firewall. Now the error says what happened."""
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_truncated, tcp)
+        n = DnsSrvNamer([f"127.0.0.1:{port}"], timeout=1.0)
+        out = await n.query("_http._tcp.web.test")
+        assert isinstance(out, SrvFailure), out
+        assert out.message == (
+            f"SRV lookup of '_http._tcp.web.test' via 127.0.0.1:{port} failed: the answer was too large "
+            f"for UDP (truncated) and asking again over TCP failed ({why}); let DNS over TCP (port 53) "
+            "through to the nameserver"
+        )
         nursery.cancel_scope.cancel()
