@@ -18,7 +18,8 @@ Three parts:
   does for its "racy" index entries, a file whose mtime or ctime is within :data:`RACY_WINDOW_NS` of
   the time it was read is marked ``racy`` and read again on the next polls until it is not (a few
   small reads per change). A dangling symlink (a ConfigMap mount caught mid-swap, a link to a file
-  not there) is a read error, not a missing file: the name keeps its last good addresses.
+  not there) is a read error, not a missing file: the name keeps its last good addresses. A name
+  too long to be a file name (``ENAMETOOLONG``) is missing.
 * :class:`FsCore` (pure, time passed in) turns observations into :class:`NameTable` transitions:
   missing or directory -> ``neg``; text -> ``bound`` or, for a malformed file, a failure that keeps
   the last good addresses (``stale``) and carries ``file:line``; unreadable -> failure; a missing or
@@ -185,6 +186,8 @@ def observe(
         dangling = _dangling(path)
         return ReadError(dangling) if dangling is not None else Missing()
     except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            return Missing()  # no file can have that name (a made-up name from a request)
         return ReadError(_cannot(path, "stat", e))
     if stat.S_ISDIR(st.st_mode):
         return IsDir()

@@ -103,6 +103,27 @@ async def test_fs_writer_caught_mid_line_does_not_publish_a_truncated_port(tmp_p
         nursery.cancel_scope.cancel()
 
 
+async def test_fs_name_too_long_for_a_file_is_negative_so_the_alternate_binds(tmp_path: FsPath) -> None:
+    """Names come from requests (/svc/<Host>). A label longer than a file name may be (255 bytes)
+    failed its stat with ENAMETOOLONG and the name was 'failed' ('cannot stat (File name too long);
+    reading it again'): the request failed instead of falling back to the dtab's alternate. No such
+    file can exist: the name is negative, like any other missing file."""
+    long_name = "x" * 300
+    n = FsNamer(tmp_path, poll_interval=0.02)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(n.run)
+        n.lookup(Path.read("/" + long_name))
+        key = (long_name.encode(),)
+        await wait_for(lambda: (s := n.table.get(key)) is not None and s.state != "pending")
+        assert n.table.get(key).state == "neg", n.table.get(key)
+        dtab = Dtab.read("/svc => /#/io.l5d.fs | /$/inet/127.0.0.1/8080")
+        tree = bind(
+            dtab, Path.read("/svc/" + long_name), [(n.bound_prefix, n.lookup)], system=InetResolver().system
+        ).tree
+        assert tree.value.id == Path.read("/$/inet/127.0.0.1/8080"), tree
+        nursery.cancel_scope.cancel()
+
+
 @pytest.mark.parametrize("host", ["[web.example]", "[fd00::7", "fd00::7]", "[]"])
 def test_fs_brackets_around_anything_but_an_ipv6_literal_name_the_line(host: str) -> None:
     with pytest.raises(FsFormatError) as ei:
