@@ -20,12 +20,15 @@ Three parts, as in :mod:`namers.fs`:
 * :class:`SrvCore` (pure; monotonic ``now`` passed in) keeps each watched name's refresh schedule over
   the namer's :class:`~namers.base.NameTable` and applies outcomes to it: :class:`SrvFound` -> ``bound``
   (possibly with no addresses); :class:`SrvNegative` (NXDOMAIN, NOERROR with no SRV records) -> ``neg``,
-  so dtab alternates apply; :class:`SrvFailure` (timeout, SERVFAIL, REFUSED, unreachable server, or a
-  target lookup failing that way) -> the last good addresses are kept and the name is ``stale``, or,
-  with nothing to keep, ``failed`` (lookups then raise :class:`NamerError` at once instead of waiting).
-  :class:`SrvPartial` (a target's A or AAAA query failed while the other family answered) is not the
-  whole truth: the fresh addresses replace those of the families that answered, the failed family
-  keeps its last good addresses, and the name is ``stale`` with the error (as ``/$/inet`` does).
+  so dtab alternates apply; :class:`SrvFailure` (timeout, SERVFAIL, REFUSED, unreachable server, or
+  the target lookups failing that way with no address answered) -> the last good addresses are kept
+  and the name is ``stale``, or, with nothing to keep, ``failed`` (lookups then raise
+  :class:`NamerError` at once instead of waiting).
+  :class:`SrvPartial` (some targets' A or AAAA queries failed while others answered) is not the
+  whole truth: the fresh addresses replace those of the lookups that answered, each failed (target,
+  family) keeps its last good addresses, and the name is ``stale`` with the error (as ``/$/inet``
+  does); so one target whose lookups fail does not hold back changes to the others. With no address
+  answered at all it is an :class:`SrvFailure`.
   Answers are refreshed every ``refresh_interval`` seconds (Linkerd's ``refreshIntervalSeconds``) or,
   when that is ``None``, at the answer's TTL clamped to ``[ttl_floor, ttl_ceiling]`` (negative answers
   after ``negative_ttl``); failures are retried with exponential backoff from ``retry_base`` up to
@@ -139,9 +142,10 @@ class SrvFailure:
 
 @dataclass(frozen=True)
 class SrvPartial:
-    """The SRV answer came, but one address family of some targets failed (AAAA SERVFAIL while A
-    answered): ``addrs`` are what did answer; ``failed`` maps each such target to its failed families
-    ("A", "AAAA"), whose last good addresses are kept beside the fresh ones; ``message`` says why."""
+    """The SRV answer came, but the address lookups of some targets failed (AAAA SERVFAIL while A
+    answered, or both for one target while the others answered): ``addrs`` are what did answer;
+    ``failed`` maps each such target to its failed families ("A", "AAAA"), whose last good addresses
+    are kept beside the fresh ones; ``message`` says why."""
 
     addrs: tuple[Address, ...]
     ttl: float
@@ -462,24 +466,23 @@ class DnsSrvNamer(Namer):
                 ips.setdefault(target, []).extend(rd.address for rd in rrset)
                 ttls.append(rrset.ttl)
         missing = sorted({r.target for r in records if r.target != "." and r.port and r.target not in ips})
-        errors: list[str] = []
-        partial: dict[str, tuple[tuple[str, ...], str]] = {}
+        failed: dict[str, tuple[tuple[str, ...], str]] = {}
         if missing:
             async with trio.open_nursery() as nursery:
                 for target in missing:
-                    nursery.start_soon(self._resolve_target, target, ips, ttls, errors, partial)
-        if errors:
-            return SrvFailure(f"SRV lookup of {name!r} via {self.where} failed: {'; '.join(sorted(errors))}")
+                    nursery.start_soon(self._resolve_target, target, ips, ttls, failed)
         addrs, skipped = srv_addresses(records, ips)
-        if partial:
-            why = "; ".join(f"target {t!r}: {partial[t][1]}" for t in sorted(partial))
+        if failed:
+            why = "; ".join(f"target {t!r}: {failed[t][1]}" for t in sorted(failed))
+            if not addrs:  # nothing answered: keep the whole last good set
+                return SrvFailure(f"SRV lookup of {name!r} via {self.where} failed: {why}")
             return SrvPartial(
                 addrs,
                 float(min(ttls)),
-                skipped,
-                {t: partial[t][0] for t in partial},
-                f"SRV lookup of {name!r} via {self.where} failed in part (last good addresses of the "
-                f"failed family kept): {why}",
+                tuple(t for t in skipped if t not in failed),  # failed is not "does not resolve"
+                {t: failed[t][0] for t in failed},
+                f"SRV lookup of {name!r} via {self.where} failed in part (the failed lookups' last good "
+                f"addresses are kept): {why}",
             )
         return SrvFound(addrs, float(min(ttls)), skipped)
 
@@ -488,9 +491,10 @@ class DnsSrvNamer(Namer):
         target: str,
         ips: dict[str, list[str]],
         ttls: list[float],
-        errors: list[str],
-        partial: dict[str, tuple[tuple[str, ...], str]] | None = None,
+        failures: dict[str, tuple[tuple[str, ...], str]],
     ) -> None:
+        """Look up ``target``'s A and AAAA records into ``ips``; a family whose query failed (not
+        NXDOMAIN) goes into ``failures`` with why."""
         assert self._resolver is not None
         qname = dns.name.from_text(target)
         found: list[str] = []
@@ -510,12 +514,10 @@ class DnsSrvNamer(Namer):
             if r.rrset is not None:
                 ttls.append(r.rrset.ttl)
                 found.extend(rd.address for rd in r.rrset)
-        if failed and not found:
-            errors.append(f"target {target!r}: {', '.join(failed)}")
-        elif found:
+        if found:
             ips[target] = found
-            if failed and partial is not None:
-                partial[target] = (tuple(failed_types), ", ".join(failed))
+        if failed:
+            failures[target] = (tuple(failed_types), ", ".join(failed))
 
     # -- admin -------------------------------------------------------------------------------------
     def state_json(self) -> dict[str, Any]:

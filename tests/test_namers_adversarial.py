@@ -209,6 +209,50 @@ async def test_dnssrv_aaaa_failing_while_a_answers_keeps_the_v6_addresses_stale(
         nursery.cancel_scope.cancel()
 
 
+async def test_dnssrv_one_target_failing_does_not_hold_back_changes_to_the_others() -> None:
+    """The lookups of one SRV target fail (its zone's servers SERVFAIL) while the others answer.
+    The whole name was kept at its last good set: a target added to the record, or removed from it,
+    was not seen until the broken target recovered, so scaled-down backends kept their traffic. Now
+    the answering targets are fresh, the failing one keeps its last good addresses, and the name is
+    stale with an error naming it; a failing target dropped from the record is dropped."""
+    dns_server = ScriptedDns()
+    name = "_http._tcp.web.test"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(dns_server.serve)
+        dns_server.script[(name, "SRV")] = ["0 10 8080 a.test.", "0 10 8080 b.test.", "0 10 8080 old.test."]
+        for t, ip in (("a.test", "10.0.0.1"), ("b.test", "10.0.0.2"), ("old.test", "10.0.0.3")):
+            dns_server.script[(t, "A")] = [ip]
+            dns_server.script[(t, "AAAA")] = "NOERROR"
+        n = DnsSrvNamer([f"127.0.0.1:{dns_server.port}"], refresh_interval=0.05, timeout=1.0, retry_base=0.05)
+        await nursery.start(n.run)
+        key = (name.encode(),)
+        n.lookup(Path((key[0],)))
+        await wait_for(lambda: (s := n.table.get(key)) is not None and s.state == "bound")
+        assert sorted(a.host for a in n.table.get(key).addr) == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+
+        # b.test's servers fail; the record drops old.test and gains c.test
+        dns_server.script[("b.test", "A")] = "SERVFAIL"
+        dns_server.script[("b.test", "AAAA")] = "SERVFAIL"
+        dns_server.script[(name, "SRV")] = ["0 10 8080 a.test.", "0 10 8080 b.test.", "0 10 8080 c.test."]
+        dns_server.script[("c.test", "A")] = ["10.0.0.4"]
+        dns_server.script[("c.test", "AAAA")] = "NOERROR"
+        want = ["10.0.0.1", "10.0.0.2", "10.0.0.4"]
+        await wait_for(
+            lambda: (s := n.table.get(key)).state == "stale" and sorted(a.host for a in s.addr) == want
+        )
+        body = n.state_json()["names"][name]
+        assert sorted(a["host"] for a in body["addrs"]) == want, body
+        assert "'b.test'" in body["lastError"] and "SERVFAIL" in body["lastError"], body["lastError"]
+        assert "'a.test'" not in body["lastError"] and "'c.test'" not in body["lastError"]
+        assert body["skippedTargets"] == []
+
+        # the failing target leaves the record: its kept addresses go with it, and all is well
+        dns_server.script[(name, "SRV")] = ["0 10 8080 a.test.", "0 10 8080 c.test."]
+        await wait_for(lambda: n.table.get(key).state == "bound")
+        assert sorted(a.host for a in n.table.get(key).addr) == ["10.0.0.1", "10.0.0.4"]
+        nursery.cancel_scope.cancel()
+
+
 # == io.l5d.rewrite ================================================================================
 
 
