@@ -8,6 +8,7 @@ Kubernetes API server. Waits are bounded polls of observable state, never timing
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path as FsPath
 from typing import Any
@@ -555,4 +556,87 @@ async def test_dnssrv_truncated_answer_with_tcp_blocked_says_to_allow_dns_over_t
             f"for UDP (truncated) and asking again over TCP failed ({why}); let DNS over TCP (port 53) "
             "through to the nameserver"
         )
+        nursery.cancel_scope.cancel()
+
+
+async def serve_by_path(
+    answers: dict[str, tuple[int, bytes]], task_status: Any = trio.TASK_STATUS_IGNORED
+) -> None:
+    """An HTTP server on 127.0.0.1 answering each request with the first ``answers`` entry whose key
+    is in the request target (checked in order), read at the time of the request; reports its port."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(listeners[0].socket.getsockname()[1])
+
+    async def handle(stream: trio.SocketStream) -> None:
+        async with stream:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return
+                data += chunk
+            target = data.split(b" ", 2)[1].decode()
+            status, body = next(v for k, v in answers.items() if k in target)
+            head = f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            await stream.send_all(head.encode() + body)
+
+    await trio.serve_listeners(handle, listeners)
+
+
+def list_body(kind: str, items: list[dict[str, Any]], rv: str = "58211407") -> bytes:
+    return json.dumps(
+        {"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": rv}, "items": items}
+    ).encode()
+
+
+NESTED = b"[" * 100_000 + b"]" * 100_000
+
+
+async def test_k8s_json_nested_too_deeply_fails_that_request_not_the_daemon() -> None:
+    """JSON nested deeper than the decoder's stack raises RecursionError, not ValueError: a list or
+    watch event like that from a broken (or hostile) API server or proxy escaped the namer's error
+    handling and ended its task, and with it the daemon's nursery: one answer stopped every router.
+    Now a list like that fails (the names keep their last good addresses, stale, saying why), an
+    event like that is unreadable (a re-list), and the namer goes on."""
+    from k8s_api.objects import endpoints, service
+
+    from namers.k8s import ApiServer, K8sNamer
+
+    svc = list_body("ServiceList", [service("web", [("http", 80, "http")])])
+    eps = list_body("EndpointsList", [endpoints("web", ready=["10.0.0.1"], ports={"http": 8080})])
+    answers = {
+        "services?fieldSelector": (200, svc),
+        "endpoints?fieldSelector": (200, eps),
+        "watch=true": (200, b""),
+    }
+    key = (b"srv", b"http", b"web")
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_by_path, answers)
+        namer = K8sNamer(
+            ApiServer("127.0.0.1", port),
+            request_timeout=5.0,
+            backoff_base=0.01,
+            backoff_max=0.05,
+            rng=lambda: 0.5,
+        )
+        await nursery.start(namer.run)
+        namer.lookup(Path.read("/srv/http/web"))
+        await wait_for(lambda: (s := namer.table.get(key)) is not None and s.state == "bound")
+
+        # every watch event is nested too deeply: unreadable, counted, re-listed; the names stand
+        answers["watch=true"] = (200, NESTED + b"\n")
+        await wait_for(lambda: namer.statistics()["malformed"] >= 2)
+        assert namer.table.get(key).state == "bound"
+
+        # the endpoints list too: that request fails, the name keeps its addresses, stale
+        answers["endpoints?fieldSelector"] = (200, NESTED)
+        st = await wait_for(lambda: (s := namer.table.get(key)).state == "stale" and s)
+        assert [(a.host, a.port) for a in st.addr] == [("10.0.0.1", 8080)]
+        assert "the list is not JSON (nested too deeply to decode)" in st.last_error, st.last_error
+
+        # and the namer is still there when the API server is well again
+        answers["endpoints?fieldSelector"] = (200, eps.replace(b"10.0.0.1", b"10.0.0.2"))
+        answers["watch=true"] = (200, b"")
+        await wait_for(lambda: namer.table.get(key).state == "bound")
+        assert [(a.host, a.port) for a in namer.table.get(key).addr] == [("10.0.0.2", 8080)]
         nursery.cancel_scope.cancel()

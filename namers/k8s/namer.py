@@ -316,6 +316,13 @@ class K8sNamer(Namer):
                     changed = await self._watch(t, core, path, next_resync)
             except ApiUnavailable as e:
                 changed = core.on_transport_error(str(e))
+            except Exception as e:  # a bug handling one answer must not stop the namer (or the daemon)
+                log.exception(
+                    "namer.k8s.watch.internal_error", name=t.name, resource=core.collection.resource
+                )
+                changed = core.on_transport_error(
+                    f"internal error handling the answer ({e!r}); retried with backoff"
+                )
             if changed:
                 self._recompute(t)
             if core.error is not None:

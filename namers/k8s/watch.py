@@ -32,7 +32,8 @@ The rules, which are what Kubernetes asks of a client and what a stale view cost
   do); the objects from the last good list stay, and the namer marks names built on them stale. The
   next successful LIST clears it. A stream that breaks after it started is not by itself an error.
 * **One bad object stays one bad object.** A list item or event object without ``metadata.name`` is
-  counted in ``malformed`` and skipped; a body that is not JSON at all fails that request only.
+  counted in ``malformed`` and skipped; a body that is not JSON at all (or nested too deeply to
+  decode) fails that request only.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def status_message(body: bytes) -> str | None:
     """The ``message`` of a Kubernetes ``Status`` body, if the body is one."""
     try:
         obj = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if isinstance(obj, dict) and obj.get("kind") == "Status" and isinstance(obj.get("message"), str):
         return str(obj["message"])
@@ -277,9 +278,11 @@ class ListWatchCore:
             return self._fail(self._request_error(status, body))
         try:
             doc = json.loads(body)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
+            # RecursionError: nested deeper than the decoder's stack, from a broken or hostile server
+            why = "nested too deeply to decode" if isinstance(e, RecursionError) else str(e)
             return self._fail(
-                f"GET {self.collection.describe()}: the list is not JSON ({e}); check the API address"
+                f"GET {self.collection.describe()}: the list is not JSON ({why}); check the API address"
             )
         items = doc.get("items") if isinstance(doc, dict) else None
         meta = doc.get("metadata") if isinstance(doc, dict) else None
@@ -336,7 +339,7 @@ class ListWatchCore:
         now = self.clock()
         try:
             event = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             self.malformed += 1
             self.request_relist("unreadable watch event")
             return False
