@@ -441,6 +441,12 @@ async def serve_fixed(status: int, body: bytes, task_status: Any = trio.TASK_STA
             "the API server (or a proxy in front of it) failed",
         ),
         (
+            400,
+            b"Client sent an HTTP request to an HTTPS server.\n",  # Go's answer on a TLS port
+            "HTTP 400: Client sent an HTTP request to an HTTPS server.",
+            "namers[].host/port speak plain HTTP: point them at a kubectl proxy",
+        ),
+        (
             429,
             b'{"kind":"Status","message":"Too many requests,\\nplease try again later.","code":429}',
             "HTTP 429: Too many requests, please try again later.",
@@ -455,7 +461,8 @@ async def test_k8s_error_page_from_a_proxy_is_one_line_that_says_what_failed(
     into the name's error (line breaks and markup: several lines in the log, in /namer_state and in
     'hostproxy wtf'), and a 5xx was called 'the API server refused the request'. Now it is one line:
     the page's title (or the body's start, or the Status message), and a 5xx says the API server or a
-    proxy failed, a 429 that the client is throttled."""
+    proxy failed, a 429 that the client is throttled, and Go's 400 for plain HTTP sent to a TLS
+    port (host/port set to the API server itself) how to connect instead of 'retried with backoff'."""
     from namers.k8s import ApiServer, K8sNamer
 
     async with trio.open_nursery() as nursery:

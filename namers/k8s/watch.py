@@ -257,6 +257,13 @@ class ListWatchCore:
         return was != message
 
     def _request_error(self, status: int, body: bytes) -> str:
+        if status == 400 and b"HTTP request to an HTTPS server" in body[:4096]:
+            # Go's answer to plain HTTP on a TLS port: retrying cannot help
+            return (
+                f"GET {self.collection.describe()}: {_compact_status(status, body)}; namers[].host/port "
+                "speak plain HTTP: point them at a kubectl proxy (kubectl proxy -p 8001), or leave host "
+                "unset to use the in-cluster API server over TLS with the service account"
+            )
         default = (
             _SERVER_ERROR_HINT
             if status >= 500
