@@ -11,9 +11,12 @@ is the same with the arguments swapped; ``/$/fixedinet`` resolves once and keeps
   (``127.0.0.1``). A host that cannot be a DNS name (an empty label, a label longer than 63 octets)
   is negative at once, as NXDOMAIN would be, and never queried.
 * Other names go through a :class:`HostTable` (pure; the monotonic time is passed in): the first
-  :meth:`InetResolver.resolve` of a host creates a ``pending`` entry and wakes the runner, which
-  queries A and AAAA concurrently with dnspython's async resolver (it runs on trio) against the
-  configured nameservers or the system's ``/etc/resolv.conf``. An answer is cached for its TTL
+  :meth:`InetResolver.resolve` of a host creates a ``pending`` entry and wakes the runner. A name
+  the hosts file lists (``/etc/hosts``: Docker's ``--add-host``, Kubernetes ``hostAliases``, the
+  host's own name) is answered from it, before DNS, as the system's resolver (and so Linkerd's JVM)
+  does, and looked at again every :data:`HOSTS_TTL` seconds; any other name is queried for A and
+  AAAA concurrently with dnspython's async resolver (it runs on trio), which knows no hosts file,
+  against the configured nameservers or the system's ``/etc/resolv.conf``. An answer is cached for its TTL
   clamped to ``[ttl_floor, ttl_ceiling]`` and then re-resolved in the background; NXDOMAIN (or no
   A/AAAA records) is negative and cached for ``negative_ttl``; a resolver failure (timeout, SERVFAIL,
   refused) keeps the last good addresses, marked ``stale``, and is retried with exponential backoff
@@ -404,10 +407,59 @@ def _java_int(label: bytes) -> int | None:
     return v if -(2**31) <= v < 2**31 else None
 
 
+#: Where the host's static names are (Docker's --add-host, Kubernetes hostAliases, the hostname).
+HOSTS_FILE = "/etc/hosts"
+#: How often a name answered from the hosts file is looked at again (the file is stat'ed, not re-read).
+HOSTS_TTL = 5.0
+
+
+class HostsFile:
+    """The names of an ``/etc/hosts`` file (``ip name [alias...]`` lines, ``#`` comments), re-read
+    whenever its signature changes; a missing or unreadable file has no names."""
+
+    def __init__(self, path: str = HOSTS_FILE) -> None:
+        self.path = path
+        self._sig: tuple[int, int, int] | None = None
+        self._names: dict[str, list[str]] = {}
+        self.reads = 0
+
+    def lookup(self, host: str) -> list[str]:
+        """The IPs ``host`` has in the file, in file order (empty when it has none)."""
+        try:
+            st = os.stat(self.path)
+            sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+            if sig != self._sig:
+                with open(self.path, "rb") as f:
+                    text = f.read(16 * 1024 * 1024).decode("utf-8", "replace")
+                self._names, self._sig = _parse_hosts(text), sig
+                self.reads += 1
+        except OSError:
+            self._names, self._sig = {}, None
+        return self._names.get(host.lower().rstrip("."), [])
+
+
+def _parse_hosts(text: str) -> dict[str, list[str]]:
+    names: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) < 2:
+            continue
+        try:
+            ip = str(ipaddress.ip_address(fields[0].split("%", 1)[0]))
+        except ValueError:
+            continue
+        for name in fields[1:]:
+            ips = names.setdefault(name.lower().rstrip("."), [])
+            if ip not in ips:
+                ips.append(ip)
+    return names
+
+
 class InetResolver:
     """Resolves hosts for the ``/$/inet`` family; see the module docstring.
 
     ``nameservers``: ``host`` or ``host:port`` strings; empty means the system's resolv.conf.
+    ``hosts_file``: consulted before DNS, as the system's resolver does (``files dns``).
     """
 
     def __init__(
@@ -423,9 +475,11 @@ class InetResolver:
         negative_ttl: float = 5.0,
         retry_base: float = 0.5,
         retry_max: float = 30.0,
+        hosts_file: str | None = HOSTS_FILE,
     ) -> None:
         self.nameservers = [parse_nameserver(ns) for ns in nameservers]
         self.timeout = timeout
+        self.hosts = HostsFile(hosts_file) if hosts_file else None
         self.table = HostTable(
             clock=clock,
             max_hosts=max_hosts,
@@ -573,10 +627,13 @@ class InetResolver:
 
     async def _query(self, host: str) -> tuple[Any, ...]:
         """Query A and AAAA concurrently -> ("answer", ips, ttl) | ("negative",) | ("error", message)
-        | ("partial", ips, failed families, message)."""
+        | ("partial", ips, failed families, message). A name in the hosts file is answered from it."""
         assert self._resolver is not None
         import dns.exception
         import dns.resolver
+
+        if self.hosts is not None and (static := self.hosts.lookup(host)):
+            return ("answer", tuple(static), HOSTS_TTL)
 
         results: dict[str, Any] = {}
 

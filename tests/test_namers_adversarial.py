@@ -646,3 +646,44 @@ async def test_k8s_json_nested_too_deeply_fails_that_request_not_the_daemon() ->
         await wait_for(lambda: namer.table.get(key).state == "bound")
         assert [(a.host, a.port) for a in namer.table.get(key).addr] == [("10.0.0.2", 8080)]
         nursery.cancel_scope.cancel()
+
+
+async def test_inet_names_in_the_hosts_file_resolve_as_the_system_resolver_does(tmp_path: FsPath) -> None:
+    """dnspython knows no /etc/hosts, so /$/inet/<name>/<port> for a name only the hosts file has
+    (Docker's --add-host, Kubernetes hostAliases, the host's own name) was asked of DNS and came
+    back negative: Linkerd (the JVM, through the system resolver) routed it. The hosts file is now
+    consulted first, re-read when it changes; a name it drops goes to DNS again."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text(
+        "127.0.0.1 localhost\n# pinned\n10.1.2.3  db-primary db  # primary\nfd00::7 db-primary\n"
+    )
+    dns_server = ScriptedDns()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(dns_server.serve)
+        r = InetResolver(
+            [f"127.0.0.1:{dns_server.port}"],
+            timeout=1.0,
+            hosts_file=str(hosts),
+            ttl_floor=0.05,
+            ttl_ceiling=0.1,
+            negative_ttl=0.05,
+        )
+        await nursery.start(r.run)
+        assert r.resolve("DB-Primary", 5432) is PENDING
+        await wait_for(lambda: r.table.get("db-primary").state != "pending")
+        addr = r.resolve("db-primary", 5432)
+        assert [(a.host, a.port) for a in addr.addresses] == [("10.1.2.3", 5432), ("fd00::7", 5432)]
+        assert dns_server.queries == []  # never asked of DNS
+
+        # the file changes (atomically, as Docker and the kubelet write it): the new address is used
+        tmp = tmp_path / "hosts.new"
+        tmp.write_text("127.0.0.1 localhost\n10.1.2.4 db-primary\n")
+        tmp.replace(hosts)
+        await wait_for(lambda: r.table.get("db-primary").ips == ("10.1.2.4",))
+
+        # dropped from the file: DNS is asked, and its answer (here: no such name) stands
+        tmp.write_text("127.0.0.1 localhost\n")
+        tmp.replace(hosts)
+        await wait_for(lambda: r.table.get("db-primary").state == "neg")
+        assert ("db-primary", "A") in dns_server.queries
+        nursery.cancel_scope.cancel()
