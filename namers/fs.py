@@ -27,10 +27,12 @@ Three parts:
   addresses* (empty, or only comments and blank lines) seen while the name has addresses is not
   believed at once, since a writer that truncates and rewrites in place shows it for a moment (and
   may write its header comment first): it is re-read after ``settle`` seconds, and only a file still
-  without addresses then empties the name. Likewise a file changed a moment ago (``racy``) whose
-  last line has no line end may be a writer caught mid-line (``10.0.0.2 8`` of ``10.0.0.2 8080``):
-  it is read again until it ends its line or stops changing, for at most ``settle`` seconds. (Writers that write a temporary file and ``rename`` it
-  never show that state.)
+  without addresses then empties the name. Two more half-written states wait the same way: a file
+  changed a moment ago (``racy``) whose last line has no line end (a writer caught mid-line, ``10.0.0.2
+  8`` of ``10.0.0.2 8080``) is read again until it ends its line or stops changing, for at most
+  ``settle`` seconds; and a file with addresses that disappears is believed gone only if it is still
+  gone after ``settle`` (a writer that unlinks and re-creates it, as ``git checkout`` does). (Writers
+  that write a temporary file and ``rename`` it never show these states.)
 * :class:`FsNamer` wires them: its :meth:`~FsNamer.run` task polls every ``poll_interval`` seconds
   (0.25 by default) or at once when a lookup asks for a new name, so changes apply within a second,
   and never lets one name's trouble stop the others.
@@ -298,6 +300,15 @@ class FsCore:
         t = self._tracked.setdefault(key, _Tracked())
         if isinstance(obs, Unchanged):
             return False
+        if isinstance(obs, Missing) and t.kind == "file" and self._has_addresses(key):
+            # Gone where it had addresses: maybe a writer that unlinks and creates (git checkout,
+            # rm and cp) caught in between. Believe it only if it is still gone after `settle`.
+            if t.settle_until is None:
+                t.settle_until = now + self.settle
+                self.settles += 1
+                return False
+            if now < t.settle_until:
+                return False
         if isinstance(obs, Missing | IsDir):
             t.kind = "dir" if isinstance(obs, IsDir) else "missing"
             t.sig = None

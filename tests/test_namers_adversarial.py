@@ -104,6 +104,36 @@ async def test_fs_writer_caught_mid_line_does_not_publish_a_truncated_port(tmp_p
         nursery.cancel_scope.cancel()
 
 
+async def test_fs_file_unlinked_and_recreated_is_not_believed_gone_at_once(tmp_path: FsPath) -> None:
+    """git checkout (and rm-then-cp scripts) replace a file by unlinking it and creating a new one.
+    A poll in between saw the file missing and made the name negative at once: requests for it
+    failed with 'no route' for a moment on every such update. A file with addresses that disappears
+    is now believed gone only if it is still gone after the settle delay."""
+    path = tmp_path / "users"
+    path.write_text("10.0.0.1 80\n")
+    n = FsNamer(tmp_path, poll_interval=0.02, settle=1000.0)
+    key = (b"users",)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(n.run)
+        n.lookup(Path.read("/users"))
+        await wait_for(lambda: (s := n.table.get(key)) is not None and s.state == "bound")
+        path.unlink()
+        polls = n.polls
+        await wait_for(lambda: n.polls >= polls + 3)  # seen missing (at least) twice
+        st = n.table.get(key)
+        assert (st.state, st.version) == ("bound", 1), st
+        path.write_text("10.0.0.2 80\n")  # the writer creates it again
+        await wait_for(lambda: n.table.get(key).version == 2)
+        assert hostports(n.table.get(key).addr) == [("10.0.0.2", 80)]
+        assert n.table.get(key).state == "bound"
+
+        # a file really removed is believed gone once the settle delay has passed
+        n.core.settle = 0.05
+        path.unlink()
+        await wait_for(lambda: n.table.get(key).state == "neg")
+        nursery.cancel_scope.cancel()
+
+
 async def test_fs_name_too_long_for_a_file_is_negative_so_the_alternate_binds(tmp_path: FsPath) -> None:
     """Names come from requests (/svc/<Host>). A label longer than a file name may be (255 bytes)
     failed its stat with ENAMETOOLONG and the name was 'failed' ('cannot stat (File name too long);
