@@ -283,7 +283,10 @@ class FsCore:
             if root_error != self.root_error:
                 log.error("namer.fs.root.failed", error=root_error)
             self.root_error = root_error
-            self._tracked.clear()
+            for t in self._tracked.values():
+                # read everything again once the root is back, but remember what each name was: a
+                # file with addresses still missing from a re-created root waits for `settle`
+                t.sig, t.settle_until, t.racy = None, None, False
             for key in self.table.watched():
                 if self.table.apply_failure(key, root_error):
                     changed.append(key)

@@ -134,6 +134,36 @@ async def test_fs_file_unlinked_and_recreated_is_not_believed_gone_at_once(tmp_p
         nursery.cancel_scope.cancel()
 
 
+async def test_fs_root_deleted_and_recreated_empty_keeps_names_until_files_return(tmp_path: FsPath) -> None:
+    """'rm -rf disco && mkdir disco && cp new/* disco/': while the root is gone every name keeps its
+    addresses (stale), but as soon as the empty directory was back each name was 'missing' and went
+    negative before the files were copied in. A file with addresses missing from a re-created root
+    now waits for the settle delay like any file that disappears."""
+    import shutil
+
+    root = tmp_path / "disco"
+    root.mkdir()
+    (root / "users").write_text("10.0.0.1 80\n")
+    n = FsNamer(root, poll_interval=0.02, settle=1000.0)
+    key = (b"users",)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(n.run)
+        n.lookup(Path.read("/users"))
+        await wait_for(lambda: (s := n.table.get(key)) is not None and s.state == "bound")
+        shutil.rmtree(root)
+        await wait_for(lambda: n.table.get(key).state == "stale")
+        root.mkdir()
+        await wait_for(lambda: n.core.root_error is None)
+        polls = n.polls
+        await wait_for(lambda: n.polls >= polls + 3)
+        st = n.table.get(key)
+        assert st.state == "stale" and hostports(st.addr) == [("10.0.0.1", 80)], st
+        (root / "users").write_text("10.0.0.2 80\n")
+        await wait_for(lambda: n.table.get(key).state == "bound")
+        assert hostports(n.table.get(key).addr) == [("10.0.0.2", 80)]
+        nursery.cancel_scope.cancel()
+
+
 async def test_fs_name_too_long_for_a_file_is_negative_so_the_alternate_binds(tmp_path: FsPath) -> None:
     """Names come from requests (/svc/<Host>). A label longer than a file name may be (255 bytes)
     failed its stat with ENAMETOOLONG and the name was 'failed' ('cannot stat (File name too long);
