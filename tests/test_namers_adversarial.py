@@ -747,3 +747,32 @@ async def test_inet_names_in_the_hosts_file_resolve_as_the_system_resolver_does(
         await wait_for(lambda: r.table.get("db-primary").state == "neg")
         assert ("db-primary", "A") in dns_server.queries
         nursery.cancel_scope.cancel()
+
+
+async def test_k8s_role_without_watch_backs_off_instead_of_listing_twice_a_second() -> None:
+    """A Role granting get and list but not watch (a common RBAC slip): every watch is a 403, every
+    list between them succeeds. The successful list reset the backoff, so the namer listed and
+    watched again after the first backoff step (0.5 s by default) forever: a LIST storm from every
+    name. The backoff now restarts only once a watch streams again: the waits grow to the maximum."""
+    from k8s_api.server import open_fake_api
+    from test_namer_k8s_dns_failures import MAX, STEPS, RecordingSleep, k8s_namer, publish
+
+    from namers.k8s import ApiServer
+
+    sleep = RecordingSleep()
+    async with open_fake_api() as api:
+        publish(api, ["10.244.1.17"])
+        api.forbid("endpoints", "watch")
+        async with k8s_namer(ApiServer("127.0.0.1", api.port), sleep=sleep) as namer:
+            namer.lookup(Path.read("/srv/http/sessions"))
+            await wait_for(lambda: api.count("/endpoints", watch=False) >= 8)
+            st = namer.table.get((b"srv", b"http", b"sessions"))
+            assert [a.host for a in st.addr] == ["10.244.1.17"]  # still routed on the listed endpoints
+            await wait_for(
+                lambda: (
+                    "cannot watch"
+                    in (namer.state_json()["endpoints"]["srv/sessions"]["watch"]["lastError"] or "")
+                )
+            )
+            (eps_waits,) = sleep.per_task()  # only the Endpoints loop fails
+    assert eps_waits[:3] == STEPS[:3] and set(eps_waits[3:]) <= {MAX * 0.75}, eps_waits

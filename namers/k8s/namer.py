@@ -32,7 +32,9 @@ Each watch re-lists on 410, on ERROR events, after every failed request or broke
 every ``resync_interval`` seconds, even while its stream looks healthy: a watch that silently stops
 delivering is caught by that periodic re-list. Failed requests back off exponentially
 (``backoff_base`` .. ``backoff_max``, jittered by the injected ``rng``, waited with the injected
-``sleep``). Cycles that fail without an error also back off, growing while they repeat (the core's
+``sleep``); the backoff starts again from its first step only once a watch streams again, so lists
+that succeed between watches that fail (a role granting get and list but not watch) do not reset
+it. Cycles that fail without an error also back off, growing while they repeat (the core's
 ``throttle_steps``): a watch that ends within a second with no event, and a ``410`` after a ``410``
 with no event between; so neither a proxy that closes every watch nor a watch cache stuck behind
 the lists turns one name into a stream of watches or LISTs. A ``401`` re-reads the token and, when
@@ -307,6 +309,7 @@ class K8sNamer(Namer):
         next_resync = math.inf
         while True:
             kind, path = core.next_request(timeout_seconds=max(1, math.ceil(self.resync_interval)))
+            streams = core.watches
             try:
                 if kind == "list":
                     changed = await self._list(core, path)
@@ -331,9 +334,11 @@ class K8sNamer(Namer):
                     log.warning("namer.k8s.watch.failed", name=t.name, error=core.error)
                 await self.sleep(self._backoff(failures))
                 continue
-            if failures:
+            if failures and kind == "watch" and core.watches > streams:
+                # Recovered only once a watch streams again: a list that succeeds between watches
+                # that fail (RBAC without 'watch') must not reset the backoff to its first step.
                 log.info("namer.k8s.watch.recovered", name=t.name, resource=core.collection.resource)
-            failures = 0
+                failures = 0
             if core.throttle_steps:
                 # No error, but no progress either: wait before the next request all the same.
                 if core.throttle_steps == 1:
