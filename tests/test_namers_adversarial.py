@@ -776,3 +776,19 @@ async def test_k8s_role_without_watch_backs_off_instead_of_listing_twice_a_secon
             )
             (eps_waits,) = sleep.per_task()  # only the Endpoints loop fails
     assert eps_waits[:3] == STEPS[:3] and set(eps_waits[3:]) <= {MAX * 0.75}, eps_waits
+
+
+def test_k8s_watch_line_dribbled_in_small_pieces_is_split_in_linear_time() -> None:
+    """A watch event arrives in whatever pieces the connection delivers. Each piece searched the
+    whole pending line again for its end: a long event dribbled 100 bytes at a time (a broken proxy,
+    a hostile server) cost time growing as the square of its length, all of it on the event loop.
+    Only the new bytes are searched now (48 MB in 100-byte pieces; in a child process, bounded)."""
+    run_child(
+        "from namers.k8s.watch import LineBuffer\n"
+        "b = LineBuffer(max_line=64 * 1024 * 1024)\n"
+        "piece = b'x' * 100\n"
+        "for _ in range(480_000):\n"
+        "    assert b.feed(piece) == []\n"
+        "assert b.feed(b'\\n{}\\n') == [b'x' * 48_000_000, b'{}']\n"
+        "print('ok')\n"
+    )

@@ -117,11 +117,12 @@ class LineBuffer:
         self._buf = bytearray()
 
     def feed(self, data: bytes) -> list[bytes]:
+        scanned = len(self._buf)  # what was pending holds no line end: search only the new bytes
         self._buf += data
         lines: list[bytes] = []
         start = 0
         while True:
-            nl = self._buf.find(b"\n", start)
+            nl = self._buf.find(b"\n", max(start, scanned))
             if nl < 0:
                 break
             line = bytes(self._buf[start:nl]).strip()
