@@ -4,9 +4,8 @@ instructions one proxied request costs, counted by ``valgrind --tool=callgrind``
 Why a count beside the timings: the 1,000 req/s runs move by 10-20% between runs on a shared host, so
 a change to the request path worth a few percent cannot be told from the noise by timing it, and an
 interleaved A/B of two trees has misled before (a change that timed 12% cheaper one minute and no
-cheaper the next). An instruction count of the same load is repeatable to a few percent (hostproxy's
-to about 1%, the http layers' to 4%: how many reads find their bytes already there depends on
-timing), whatever else the machine does. It is no latency: it leaves out the kernel (the socket calls), and a request whose
+cheaper the next). An instruction count of the same load is repeatable to a few percent (1-4% here:
+how many reads find their bytes already there depends on timing), whatever else the machine does. It is no latency: it leaves out the kernel (the socket calls), and a request whose
 caches went cold while the CPU idled costs more time for the same instructions. Use it to compare
 trees and to say where a request's work goes; the timings say what that costs.
 

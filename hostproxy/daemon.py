@@ -195,6 +195,7 @@ _SERVER_KEYS = (
     ("body_timeouts", "body_timeouts"),
     ("refused_streams", "refused_streams"),
     ("client_resets", "client_resets"),
+    ("requests_abandoned", "requests_abandoned"),
 )
 
 

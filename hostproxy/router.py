@@ -607,6 +607,7 @@ class HttpRouter:
         cause: Cause | None = None
         service_stats: Any = None
         released: float | None = None  # when the client was released (the request's end)
+        unanswered = 502  # the status a request that got no response is counted with
         held = False  # the client stays in use, and the request in flight, until the streamed body ends
         try:
             try:
@@ -707,8 +708,13 @@ class HttpRouter:
                 if not held:
                     self.clients.release(client_id, released)
         except BaseException:
-            cause = Cause.PROXY_INTERNAL
             resp = None  # counted as a 502, by its server and (once started) its service
+            if conn.client_gone():
+                # Cancelled because the client went away (``check_client``): no failure of anyone's
+                # but the client's, counted as nginx's 499 (client closed request).
+                cause, unanswered = None, 499
+            else:
+                cause = Cause.PROXY_INTERNAL
             raise
         finally:
             if not held:  # (a streamed response body is in flight until it ends: see ``release``)
@@ -716,7 +722,7 @@ class HttpRouter:
             now = released if released is not None else clock()
             latency = now - t0
             stats_now = now if self._one_clock else self._stats_clock()
-            status = resp.status if resp is not None else 502
+            status = resp.status if resp is not None else unanswered
             server_stats.finish_at(stats_now, latency, cause, status)
             if service_stats is not None:
                 service_stats.finish_at(stats_now, latency, cause, status)
@@ -1002,7 +1008,10 @@ class HttpRouter:
                 status = CAUSE_STATUS.get(err.cause, 502)
                 return self._upstream_error(err, service, client), cause
         except BaseException:
-            cause = Cause.PROXY_INTERNAL if cause is None else cause
+            if conn is not None and conn.client_gone():
+                cause, status = None, 499  # the client went away (see ``handle``)
+            else:
+                cause = Cause.PROXY_INTERNAL if cause is None else cause
             raise
         finally:
             now = self._clock()

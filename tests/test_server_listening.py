@@ -349,6 +349,7 @@ def test_statistics_keys_of_each_protocol() -> None:
         "body_timeouts",
         "connection_failures",
         "accept_paused",
+        "requests_abandoned",
     ]
     assert list(make("h2").statistics()) == [
         "connections",

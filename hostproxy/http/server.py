@@ -230,6 +230,8 @@ class _Stats(ServerStats):
     body_timeouts: int = 0
     connection_failures: int = 0
     accept_paused: int = 0
+    #: Requests cancelled because their client closed its connection while they waited (``check_client``).
+    requests_abandoned: int = 0
 
 
 #: What ``_build_request``'s pass does with a field, by its name (lowercased, as the codec gives
@@ -284,6 +286,8 @@ DRAIN_FIRST_REQUEST_S = 1.0
 #: Lingering close (see ``_Connection._linger``): how long at most, the longest pause of the client,
 #: and the most bytes read and discarded.
 LINGER_S = 10.0
+#: How often a request waiting for its answer checks that its client is still connected (seconds).
+CLIENT_CHECK_S = 1.0
 LINGER_IDLE_S = 2.0
 LINGER_BYTES = 64 * 1024 * 1024
 LINGER_DRAINING_S = 1.0
@@ -316,11 +320,48 @@ class Http1Server(ListeningServer["_Connection"]):
         self.params = params or ServerParams()
         self._limits = self.params.codec_limits()
         self._stats = _Stats()
+        #: Whether the client check runs (see :meth:`check_clients`), and the scope that ends it.
+        self.checking_clients = False
+        self._check_scope: trio.CancelScope | None = None
+
+    def check_clients(self) -> None:
+        """Start the client check (a request went to the handler): every ``CLIENT_CHECK_S``, each
+        connection whose request is with the handler checks that its client is still there
+        (:meth:`_Connection.check_client`). One task for the server, at no cost per request; it
+        ends after a check that found no request with the handler (an idle server does not wake
+        for it), or with the server's last connection."""
+        nursery = self._nursery
+        if nursery is None:
+            return
+        self.checking_clients = True
+        self._check_scope = trio.CancelScope()
+        nursery.start_soon(self._check_clients, self._check_scope)
+
+    async def _check_clients(self, scope: trio.CancelScope) -> None:
+        try:
+            with scope:
+                while True:
+                    await trio.sleep(CLIENT_CHECK_S)
+                    waiting = False
+                    for conn in list(self._conns):
+                        if conn.dispatching:
+                            waiting = True
+                            conn.check_client()
+                    if not waiting:
+                        return
+        finally:
+            if self._check_scope is scope:
+                self.checking_clients = False
+                self._check_scope = None
 
     # -- ListeningServer hooks ---------------------------------------------------------------------
 
     def _new_connection(self, stream: Any, conn_id: int) -> _Connection:
         return _Connection(self, stream, conn_id)
+
+    def _connection_closed(self, conn: _Connection) -> None:
+        if not self._conns and self._check_scope is not None:
+            self._check_scope.cancel()  # (the check must not hold the server's nursery open)
 
 
 def _take_backlog(server: ListeningServer[Any], listener: Any) -> None:
@@ -434,6 +475,7 @@ class _Connection:
         "requests",
         "idle_scope",
         "idle_timer",
+        "dispatching",
         "serve_scope",
         "info",
         "forwarded_labels",
@@ -462,6 +504,8 @@ class _Connection:
         self.idle_timer: IdleTimer | None = (
             server.idle_timer if type(self.stream) is SockStream and server.idle_timer.available else None
         )
+        #: Whether a request is with the handler (its client is checked then: ``check_client``).
+        self.dispatching = False
         self.serve_scope: trio.CancelScope | None = None
         self.idle_scope: trio.CancelScope | None = None
         self.info = ConnInfo.for_stream(self.stream, server.params, conn_id)
@@ -531,6 +575,18 @@ class _Connection:
         cancellation ends exactly the wait and never a request being served."""
         scope = self.serve_scope
         if scope is not None and not readable(self.stream.socket):
+            scope.cancel()
+
+    def check_client(self) -> None:
+        """The server's client check (``Http1Server.check_clients``, every ``CLIENT_CHECK_S``) while
+        this connection's request is with the handler. A client that closed its connection waits for
+        nothing: the request is cancelled (``serve_scope``; the router counts it as 499 and the
+        upstream connection under it is closed), as Linkerd cancels a request whose client went away
+        and nginx answers 499. A hung upstream so holds no router slot (``maxConcurrentRequests``),
+        connection or memory for a client that gave up."""
+        scope = self.serve_scope
+        if scope is not None and self.dispatching and self.info.client_gone():
+            self.server._stats.requests_abandoned += 1
             scope.cancel()
 
     def must_close(self) -> bool:
@@ -616,7 +672,8 @@ class _Connection:
             return
 
     async def _serve_cycles(self, stream: Any, fast: bool) -> None:
-        stats = self.server._stats
+        server = self.server
+        stats = server._stats
         try:
             while True:
                 try:
@@ -635,10 +692,14 @@ class _Connection:
                     # Called from here rather than through a helper coroutine: every level between
                     # this loop and the upstream read is one more frame to resume per request.
                     stats.requests_in_flight += 1
+                    self.dispatching = True
+                    if not server.checking_clients and fast:
+                        server.check_clients()
                     try:
                         keep_alive = await self._dispatch(admitted, head.method)
                     finally:
                         stats.requests_in_flight -= 1
+                        self.dispatching = False
                 else:
                     response, request_body = admitted
                     keep_alive = await self._answer(response, request_body, head.method)
