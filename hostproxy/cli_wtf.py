@@ -119,12 +119,16 @@ class AdminClient:
             base = "http://" + base
         self.base = base.rstrip("/")
         self.timeout = timeout
+        # The admin server is read directly: an http_proxy/HTTP_PROXY in the operator's environment
+        # would send these requests to that proxy (which cannot reach 127.0.0.1:9990 and answers its
+        # own error), and the report would say hostproxy is not running.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def _open(self, req: urllib.request.Request, path: str, *, answered_only: bool = False) -> Any:
         error = _ErrorAnswer if answered_only else AdminUnreachable
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return json.loads(resp.read().decode("utf-8"))
+            with self._opener.open(req, timeout=self.timeout) as resp:
+                doc = json.loads(resp.read().decode("utf-8"))
         except urllib.error.HTTPError as e:
             if e.code == 404:
                 return None
@@ -137,7 +141,17 @@ class AdminClient:
                 "at this address (admin.ip/admin.port in the config)? Use --admin URL to point elsewhere"
             ) from None
         except ValueError as e:
-            raise error(f"{self.base}{path} did not answer JSON: {e}") from None
+            raise error(
+                f"{self.base}{path} did not answer JSON ({e}): is this a hostproxy admin server "
+                "(admin.port in the config, not a router's port)?"
+            ) from None
+        if not isinstance(doc, dict):
+            # Every admin document hostproxy serves is a JSON object: something else answers here.
+            raise error(
+                f"{self.base}{path} answered a JSON {type(doc).__name__}, not an object: is this a "
+                "hostproxy admin server (admin.port in the config, not a router's port)?"
+            )
+        return doc
 
     def get(self, path: str) -> Any:
         """The JSON document at ``path``; None when the daemon has no such endpoint (404)."""
@@ -175,7 +189,7 @@ def _bindings(
     for label, svc in failing_services(metrics, only):
         failing.setdefault(label, []).append(svc)
     for label, info in routers.items():
-        if only is not None and label != only:
+        if (only is not None and label != only) or not isinstance(info, Mapping):
             continue
         services = list(info.get("services") or [])
         first = [s for s in failing.get(label, []) if s in services]
@@ -203,10 +217,10 @@ def collect(
         before_unbound = admin.get("/admin/unbound.json") or {}
         sleep(interval)
     metrics = admin.get("/admin/metrics.json")
-    if metrics is None:
-        raise AdminUnreachable(
-            f"{admin.base}/admin/metrics.json is missing: is this a hostproxy admin server?"
-        )
+    if metrics is None or not any(key.startswith("rt/") for key in metrics):
+        # A hostproxy (or Linkerd) admin server has its routers' metrics from the start.
+        what = "is missing" if metrics is None else "has no router metrics (rt/...)"
+        raise AdminUnreachable(f"{admin.base}/admin/metrics.json {what}: is this a hostproxy admin server?")
     unreadable: list[str] = []
 
     def optional(path: str) -> Any:

@@ -43,6 +43,7 @@ Severity: ``critical`` when a cause costs at least half the requests, ``error`` 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -235,6 +236,7 @@ def delta_metrics(before: Mapping[str, float], after: Mapping[str, float]) -> di
     for key, value in after.items():
         if _COUNTER_TAIL.search(key) and isinstance(value, int | float):
             prev = before.get(key, 0)
+            prev = prev if isinstance(prev, int | float) else 0
             out[key] = value - prev if value >= prev else value
         else:
             out[key] = value
@@ -301,7 +303,8 @@ class _Analysis:
 
     def num(self, key: str) -> int:
         v = self.m.get(key, 0)
-        return int(v) if isinstance(v, int | float) else 0
+        # (JSON from Python may carry NaN or Infinity: not a count)
+        return int(v) if isinstance(v, int | float) and math.isfinite(v) else 0
 
     def severity(self, share: float) -> str:
         if share >= self.t.critical_share:
@@ -634,7 +637,8 @@ class _Analysis:
         )
 
     def unbound(self, router: str, total: int, seen: dict[Cause, int]) -> None:
-        rows = (self.snap.unbound.get(router) or {}).get("names")
+        doc = self.snap.unbound.get(router)
+        rows = doc.get("names") if isinstance(doc, Mapping) else None
         if rows is None:
             # No table (older daemon): one finding for the aggregate.
             prefix = self.prefix(router, "service", UNBOUND)
