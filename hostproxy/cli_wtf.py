@@ -24,7 +24,8 @@ be reached), 2 for a usage error (including ``--router`` naming no router).
      "window": {"kind": "since_start" | "interval", "seconds": float},
      "findings": [{"severity": "critical" | "error" | "warning",
                    "level": "connection" | "application" | "proxy",
-                   "fault": "network/upstream" | "application" | "naming" | "caller" | "hostproxy",
+                   "fault": "network/upstream" | "application" | "naming" | "caller" | "hostproxy"
+                            | "downstream proxy",
                    "router": str | null, "service": str | null, "client": str | null,
                    "endpoint": "host:port" | null, "cause": <hostproxy.causes.Cause value>,
                    "share": float (0..1), "failures": int, "requests": int,

@@ -33,7 +33,10 @@ balancers do): sending to a possibly-dead endpoint beats failing every request.
 
 A client whose parameters have ``tls`` is given a ``connector`` (``ClientTls.connect`` with the
 router's ALPN) that every endpoint pool opens its connections with; the last TLS failure (its
-reason word and message) is kept for ``/client_state.json`` so ``hostproxy wtf`` can say why.
+reason word and message) is kept for ``/client_state.json`` so ``hostproxy wtf`` can say why; so
+are each endpoint's last failure (``lastFailure``: why failure accrual took it out, requeued connect
+failures included) and, per service, the 5XX answers that carried ``l5d-err`` (made by a proxy
+downstream, not by the application: ``downstreamProxyErrors``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote_plus
 
 import structlog
 import trio
@@ -66,6 +70,9 @@ log = structlog.get_logger("hostproxy.client")
 # requeues per request the same way).
 MAX_REQUEUES = 25
 
+#: Services whose 5XX answers a client tells apart (made by a proxy downstream or not).
+MAX_5XX_SERVICES = 64
+
 #: What counts as a success for balancing and failure accrual when it is not "not 5XX": the
 #: service's response classifier, asked with the status, the head and the trailers (None until the
 #: body ended, or when there are none). Linkerd's accrual follows the request's classifier too.
@@ -85,7 +92,7 @@ class AttemptTimeout(UpstreamError):
 
 
 class _Endpoint:
-    __slots__ = ("key", "host", "port", "weight", "meta", "pool")
+    __slots__ = ("key", "host", "port", "weight", "meta", "pool", "last_failure")
 
     def __init__(
         self, key: str, host: str, port: int, weight: float, meta: dict[str, Any], pool: UpstreamPool
@@ -96,6 +103,9 @@ class _Endpoint:
         self.weight = weight
         self.meta = meta
         self.pool = pool
+        #: The last error a request to this endpoint failed with (``cause``, ``message``, ``at``),
+        #: requeued ones included: why failure accrual may have taken it out.
+        self.last_failure: dict[str, Any] | None = None
 
 
 class _OutcomeBody:
@@ -189,6 +199,11 @@ class Client:
         self.tls_last_error: dict[str, Any] | None = None
         #: The last connect that failed for want of hostproxy's own resources (``OutOfResources``).
         self.resources_last_error: dict[str, Any] | None = None
+        #: Per service (``l5d-dst-service``; a client serves every service bound to it, as a peer
+        #: hostproxy's does), the 5XX answers received (attempts), how many carried ``l5d-err`` (made
+        #: by a proxy downstream, a peer hostproxy or Linkerd, not by the application) and the last
+        #: such one. At most ``MAX_5XX_SERVICES`` services, the least recently failed dropped first.
+        self.answered_5xx: dict[str, dict[str, Any]] = {}
         self.id = client_id
         self.dst_client = client_id.encode("latin-1", "replace")  # the l5d-dst-client value
         self.params = params
@@ -401,6 +416,7 @@ class Client:
                     log.warning("client.out_of_resources", router=self.router, client=self.id, error=str(e))
                     raise
                 balancer.on_finish(bal_ep, clock() - t0, False)
+                ep.last_failure = {"cause": e.cause, "message": str(e), "at": time.time()}
                 if not bal_ep.removed:  # (a removed endpoint's accrual state is gone: not remade)
                     accrual.on_response(key, False)
                     if self._fail_fast and e.cause.startswith("connect/"):
@@ -435,6 +451,8 @@ class Client:
                 if not bal_ep.removed:
                     accrual.on_interrupted(key)  # (a probe cut off is over: probed again later)
                 raise
+            if 500 <= resp.status < 600:
+                self._answered_5xx(req, resp, ep)
             body = resp.body
             if judge is None:
                 ok_status = not 500 <= resp.status < 600  # what the balancer and accrual count as failed
@@ -466,6 +484,27 @@ class Client:
             return True  # (none left: the next pick says why, "negative" or "no endpoints")
         self.not_open += 1
         return False
+
+    def _answered_5xx(self, req: Request, resp: Response, ep: _Endpoint) -> None:
+        """Count a 5XX answer for its service, and keep it when a proxy downstream made it
+        (``l5d-err``)."""
+        err = resp.headers.get(b"l5d-err")
+        message = unquote_plus(err.decode("latin-1"), encoding="iso-8859-1") if err is not None else None
+        now = time.time()
+        ep.last_failure = {
+            "cause": Cause.UPSTREAM_5XX.value,
+            "message": f"answered {resp.status}" + (f" with l5d-err: {message}" if message else ""),
+            "at": now,
+        }
+        service = (req.headers.get(b"l5d-dst-service") or b"").decode("latin-1")
+        seen = self.answered_5xx.pop(service, None) or {"answered": 0, "proxied": 0, "last": None}
+        self.answered_5xx[service] = seen  # (now the most recent)
+        if len(self.answered_5xx) > MAX_5XX_SERVICES:
+            del self.answered_5xx[next(iter(self.answered_5xx))]
+        seen["answered"] += 1
+        if message is not None:
+            seen["proxied"] += 1
+            seen["last"] = {"endpoint": ep.key, "status": resp.status, "message": message, "at": now}
 
     def _outcome(self, bal_ep: Any, key: str, t0: float, ok: bool) -> None:
         """A request sent at ``t0`` ended (``ok``: status and body both fine): tell the balancer and
@@ -504,6 +543,7 @@ class Client:
                 "status": b.get("status"),
                 "accrual": acc_eps.get(key, {}).get("state", "alive"),
                 "pool": ep.pool.statistics(),
+                "lastFailure": ep.last_failure,
             }
         if self.endpoints and self.addr_state in ("bound", "stale", "failed"):
             state = "bound"
@@ -530,6 +570,9 @@ class Client:
             out["tls"] = {"commonName": tls.common_name, "lastError": self.tls_last_error}
         if self.resources_last_error is not None:
             out["outOfResources"] = self.resources_last_error
+        proxied = {svc: dict(v) for svc, v in self.answered_5xx.items() if v["proxied"]}
+        if proxied:
+            out["downstreamProxyErrors"] = proxied
         return out
 
     async def aclose(self) -> None:

@@ -27,7 +27,12 @@ Where the numbers come from:
 * namers: a name in state ``stale`` (its backend fails; the last good addresses are served) is a
   ``naming/stale`` warning even when every request still succeeds;
 * failure accrual: an endpoint marked dead while its service still succeeds (requests go to the
-  others) is a warning;
+  others, connect failures requeued there fail no request) is a warning, with the endpoint's last
+  failure (``/client_state.json`` → ``endpoints.<ep>.lastFailure``);
+* 5XX answers that carry ``l5d-err`` were made by a proxy downstream (a peer hostproxy's incoming
+  router, a Linkerd), not by the application: when most of a service's 5XX answers did
+  (``/client_state.json`` → ``downstreamProxyErrors.<service>``), the finding's fault is
+  ``downstream proxy`` and it quotes that proxy's l5d-err;
 * the process: open file descriptors near the limit;
 * TLS: a failing ``tls`` cause is explained with the last handshake failure the client recorded
   (``/client_state.json`` → ``tls.lastError``: unknown CA, name mismatch, expired, no client
@@ -70,6 +75,14 @@ __all__ = [
 SEVERITIES = ("critical", "error", "warning")
 _RANK = {s: i for i, s in enumerate(SEVERITIES)}
 UNBOUND = "unbound"
+#: ``fault`` of 5XX answers a proxy downstream made (they carry ``l5d-err``).
+DOWNSTREAM_PROXY = "downstream proxy"
+
+
+def _clip(text: Any, limit: int = 300) -> str:
+    """``text`` on one line, at most ``limit`` characters (an l5d-err can be long)."""
+    one = " ".join(str(text).split())
+    return one if len(one) <= limit else one[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -109,6 +122,8 @@ class Finding:
     @property
     def level(self) -> str:
         """Whose fault: ``connection`` (network or a dead upstream), ``application`` or ``proxy``."""
+        if self.blame == DOWNSTREAM_PROXY:
+            return "proxy"  # a proxy's error answer, passed on: not the application's
         try:
             return Cause(self.cause).level.value
         except ValueError:
@@ -385,6 +400,21 @@ class _Analysis:
         last = entry.get("outOfResources") if isinstance(entry, Mapping) else None
         return last if isinstance(last, Mapping) else None
 
+    def downstream_proxy_errors(
+        self, client: str | None, service: str
+    ) -> tuple[int, int, Mapping[str, Any]] | None:
+        """``(5XX answers with l5d-err, 5XX answers, the last with l5d-err)`` that ``client`` had
+        for ``service`` (``/client_state.json`` → ``downstreamProxyErrors``), None when none."""
+        entry = self.snap.client_state.get(client) if client is not None else None
+        docs = entry.get("downstreamProxyErrors") if isinstance(entry, Mapping) else None
+        doc = docs.get(service) if isinstance(docs, Mapping) else None
+        if not isinstance(doc, Mapping):
+            return None
+        count, answered, last = doc.get("proxied"), doc.get("answered"), doc.get("last")
+        if not isinstance(count, int) or count <= 0 or not isinstance(last, Mapping):
+            return None
+        return count, max(answered if isinstance(answered, int) else count, count), last
+
     def tls_error(self, client: str | None) -> Mapping[str, Any] | None:
         """The last TLS failure ``client`` recorded (``/client_state.json`` → ``tls.lastError``)."""
         entry = self.snap.client_state.get(client) if client is not None else None
@@ -506,6 +536,7 @@ class _Analysis:
         self, router: str, svc: str, prefix: str, cause: Cause, n: int, requests: int
     ) -> None:
         share = n / requests if requests else 1.0
+        blame: str | None = None
         client = self.client_for(router, svc, cause)
         involved = self.endpoints_involved(client, cause)
         endpoint = involved[0] if involved else None
@@ -553,13 +584,35 @@ class _Analysis:
         elif cause is Cause.UPSTREAM_5XX:
             codes = self.statuses(prefix, 500, 599)
             shown = ", ".join(f"{c}×{k}" for c, k in list(codes.items())[:3])
-            verdict = (
-                f"application returns 5xx for {rate}"
-                f"{' (' + shown + ')' if shown else ''} — hostproxy is passing them through"
-            )
-            nxt = (
-                f"look at the application's logs on {endpoint or 'its endpoints'}; the proxy is not the cause"
-            )
+            proxied = self.downstream_proxy_errors(client, svc)
+            if proxied is not None and 2 * proxied[0] >= proxied[1]:
+                # Most of these 5XX carry l5d-err: a proxy downstream (a peer hostproxy's incoming
+                # router, a Linkerd) made them; the application behind it may never have been reached.
+                count, answered, last = proxied
+                peer = str(last.get("endpoint") or endpoint or "its endpoints")
+                some = "" if count >= answered else f" ({count} of {answered} 5xx answers)"
+                verdict = (
+                    f"a proxy downstream at {peer} answers 5xx for {rate}"
+                    f"{' (' + shown + ')' if shown else ''} itself, with l5d-err{some}: "
+                    f"{_clip(last.get('message'))} — not the application's answer"
+                )
+                nxt = (
+                    f"diagnose that proxy: `hostproxy wtf` on the host of {peer} (its l5d-err names what it "
+                    "could not reach); hostproxy here only passes its answer on"
+                )
+                blame = DOWNSTREAM_PROXY
+            else:
+                also = ""
+                if proxied is not None:
+                    also = (
+                        f"; {proxied[0]} of {proxied[1]} 5xx answers came from a proxy downstream "
+                        f"({proxied[2].get('endpoint')}: {_clip(proxied[2].get('message'))})"
+                    )
+                verdict = (
+                    f"application returns 5xx for {rate}"
+                    f"{' (' + shown + ')' if shown else ''} — hostproxy is passing them through{also}"
+                )
+                nxt = f"look at the application's logs on {endpoint or 'its endpoints'}; the proxy is not the cause"
         elif cause is Cause.UPSTREAM_GRPC:
             verdict = (
                 f"application answers gRPC errors (a grpc-status the service's responseClassifier calls a "
@@ -634,6 +687,7 @@ class _Analysis:
             next_step=nxt,
             failures=n,
             requests=requests,
+            blame=blame,
         )
 
     def unbound(self, router: str, total: int, seen: dict[Cause, int]) -> None:
@@ -764,16 +818,32 @@ class _Analysis:
             ]
             if not dead:
                 continue
+            # The client's failures may be none at all: connect failures requeued on the other
+            # endpoints never failed a request, yet took this one out.
             causes = self.causes(self.prefix(router, "client", cid))
-            if not causes:
-                continue
-            cause = max(causes, key=lambda c: causes[c])
             for key in dead:
                 if (router, cid, key) in reported:
                     continue
+                ep = eps[key]
+                last = ep.get("lastFailure")
+                last = last if isinstance(last, Mapping) else {}
+                try:
+                    cause = Cause(str(last.get("cause")))
+                except ValueError:
+                    pool = ep.get("pool")
+                    connect_failures = pool.get("connect_failures") if isinstance(pool, Mapping) else None
+                    if causes:
+                        cause = max(causes, key=lambda c: causes[c])
+                    elif isinstance(connect_failures, int) and connect_failures > 0:
+                        cause = Cause.CONNECT_REFUSED
+                    else:
+                        cause = Cause.UPSTREAM_5XX
                 requests = self.num(f"{self.prefix(router, 'client', cid)}/requests")
-                share = causes[cause] / requests if requests else 1.0
+                failed = causes.get(cause, 0)
+                share = failed / requests if requests else 0.0
                 svcs = self.services_of(router, cid)
+                said = f" (last: {_clip(last['message'])})" if last.get("message") else ""
+                alive = len(eps) - len(dead)
                 self.add(
                     severity="warning",
                     router=router,
@@ -784,16 +854,16 @@ class _Analysis:
                     share=share,
                     verdict=(
                         f"endpoint {key} of {cid} is marked dead by failure accrual after "
-                        f"{cause.value} failures; "
+                        f"{cause.value} failures{said}; "
                         + (
-                            f"requests go to the other {len(eps) - len(dead)} endpoint(s)"
-                            if len(dead) < len(eps)
+                            f"requests go to the other {alive} endpoint(s)"
+                            if alive
                             # (the balancer falls back to the dead ones when none is left)
                             else f"so is every endpoint of {cid}, and requests still go to them"
                         )
                     ),
                     next_step=f"check the app on {key}; hostproxy probes it back automatically",
-                    failures=causes[cause],
+                    failures=failed,
                     requests=requests,
                 )
 

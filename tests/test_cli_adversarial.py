@@ -111,3 +111,104 @@ async def test_wtf_reads_the_admin_server_directly_whatever_http_proxy_says(tmp_
                     assert code == 0, (command, out, err)
                 code, out, _ = await hostproxy("wtf", "--admin", d.admin, env=env)
                 assert out.startswith("healthy — router out: 1 requests, 0 failed")
+
+
+# -- blame: 5xx a proxy downstream made, endpoints failure accrual took out ----------------------------
+
+
+def by_finding(doc: dict[str, object]) -> dict[tuple[object, object], dict[str, object]]:
+    findings = doc["findings"]
+    assert isinstance(findings, list)
+    return {(f["service"], f["cause"]): f for f in findings}
+
+
+async def test_wtf_blames_a_proxy_downstream_for_the_5xx_it_made_and_the_application_for_its_own(
+    tmp_path: Path,
+) -> None:
+    """Linker to linker: the outgoing router sends to a peer hostproxy's incoming router, whose app
+    is down. The peer answers 502 with l5d-err; the outgoing router passes it on (upstream/5xx). wtf
+    on the outgoing host said "application returns 5xx — look at the application's logs on <the peer
+    proxy>; the proxy is not the cause": the wrong blame, and the wrong host. Each service is judged
+    on its own answers: an application 500 through the same peer is still the application's."""
+    disco = tmp_path / "disco"
+    disco.mkdir()
+    with closed_port() as down:
+        async with running_upstream() as app:
+            (disco / "web").write_text(f"127.0.0.1 {down}\n")
+            (disco / "api").write_text(f"127.0.0.1 {app.port}\n")
+            async with running_daemon(fs_config(disco, dtab="/svc => /#/io.l5d.fs;")) as peer:
+                outgoing = f"""
+admin: {{ip: 127.0.0.1, port: 0}}
+routers:
+- protocol: http
+  label: outgoing
+  dtab: /svc => /$/inet/127.0.0.1/{peer.port("out")};
+  servers: [{{ip: 127.0.0.1, port: 0}}]
+  service:
+    retries: {{budget: {{minRetriesPerSec: 0, percentCanRetry: 0.0}}}}
+"""
+                async with running_daemon(outgoing) as d:
+                    base = f"http://127.0.0.1:{d.port('outgoing')}"
+                    r = await curl(base + "/", "-H", "Host: web")
+                    assert r.status == 502 and r.l5d_err is not None
+                    assert r.l5d_err.startswith(f"Unable to establish connection to 127.0.0.1:{down}")
+                    assert (await curl(base + "/status/500", "-H", "Host: api")).status == 500
+                    assert (await curl(base + "/", "-H", "Host: api")).status == 200
+
+                    code, out, err = await hostproxy("wtf", "--admin", d.admin, "--json")
+                    assert code == 1, err
+                    found = by_finding(json.loads(out))
+                    peer_at = f"127.0.0.1:{peer.port('out')}"
+                    f = found[("/svc/web", "upstream/5xx")]
+                    assert f["fault"] == "downstream proxy" and f["level"] == "proxy"
+                    verdict = str(f["verdict"])
+                    assert verdict.startswith(
+                        f"a proxy downstream at {peer_at} answers 5xx for 100% of requests"
+                    )
+                    assert f"with l5d-err: Unable to establish connection to 127.0.0.1:{down}" in verdict
+                    assert "application" not in str(f["next_step"])
+                    assert f"`hostproxy wtf` on the host of {peer_at}" in str(f["next_step"])
+                    f = found[("/svc/api", "upstream/5xx")]
+                    assert f["fault"] == "application"
+                    assert str(f["verdict"]).startswith("application returns 5xx for 50% of requests (500×1)")
+
+                    # The text report says the same.
+                    code, out, _ = await hostproxy("wtf", "--admin", d.admin)
+                    assert "upstream/5xx [fault: downstream proxy]  router outgoing /svc/web" in out
+                    # And wtf on the peer names the real culprit.
+                    code, out, _ = await hostproxy("wtf", "--admin", peer.admin, "--json")
+                    f = by_finding(json.loads(out))[("/svc/web", "connect/refused")]
+                    assert f["endpoint"] == f"127.0.0.1:{down}"
+
+
+async def test_wtf_reports_an_endpoint_failure_accrual_took_out_while_requeues_hid_its_failures(
+    tmp_path: Path,
+) -> None:
+    """One of two endpoints refuses connections: every request is requeued to the other and
+    succeeds, failure accrual marks the refusing one dead. wtf said "healthy" (exit 0) — half the
+    service's capacity gone and not a word — because it wanted the client to have failed requests."""
+    disco = tmp_path / "disco"
+    disco.mkdir()
+    with closed_port() as down:
+        async with running_upstream() as up:
+            (disco / "web").write_text(f"127.0.0.1 {down}\n127.0.0.1 {up.port}\n")
+            async with running_daemon(fs_config(disco)) as d:
+                base = f"http://127.0.0.1:{d.port('out')}"
+                statuses = [(await curl(base + "/", "-H", "Host: web")).status for _ in range(20)]
+                assert statuses == [200] * 20
+                state = (await curl(d.admin + "/client_state.json")).json()
+                assert isinstance(state, dict)
+                assert state["/#/io.l5d.fs/web"]["endpoints"][f"127.0.0.1:{down}"]["accrual"] == "dead"
+
+                code, out, err = await hostproxy("wtf", "--admin", d.admin, "--json")
+                assert code == 1, (out, err)
+                doc = json.loads(out)
+                (f,) = doc["findings"]
+                assert f["severity"] == "warning" and f["cause"] == "connect/refused"
+                assert f["service"] == "/svc/web" and f["endpoint"] == f"127.0.0.1:{down}"
+                assert f["failures"] == 0 and f["requests"] == 20
+                assert f["verdict"] == (
+                    f"endpoint 127.0.0.1:{down} of /#/io.l5d.fs/web is marked dead by failure accrual after "
+                    f"connect/refused failures (last: Unable to establish connection to 127.0.0.1:{down}: "
+                    "Connection refused); requests go to the other 1 endpoint(s)"
+                )
