@@ -17,7 +17,13 @@ from hostproxy import log
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("run", help="start the daemon on a linkerd.yaml-style config ('-' reads stdin)")
     p.add_argument("config", help="config file (YAML or JSON), or '-' for stdin")
-    p.add_argument("--log-level", default="info", help="root log level (default info)")
+    p.add_argument(
+        "--log-level",
+        default="info",
+        type=str.lower,
+        choices=["debug", "info", "warning", "error", "critical"],
+        help="root log level (default info)",
+    )
     p.set_defaults(func=main)
 
 

@@ -10,7 +10,8 @@ failures), then, per namer, one row per watched name (state, addresses, last upd
 last error).  :func:`render_tables` is pure and takes the two documents.
 
 ``--json`` prints exactly one document on stdout: ``{"clients": <client_state.json>, "namers":
-{<prefix>: <namer state>}}``.  Exit status 0, or 1 when the admin server cannot be read.
+{<prefix>: <namer state>}}`` (with ``"error"`` and empty tables when the admin server cannot be
+read).  Exit status 0, or 1 when the admin server cannot be read.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hostproxy.cli_wtf import DEFAULT_ADMIN, AdminClient, AdminUnreachable
+from hostproxy.cli_wtf import DEFAULT_ADMIN, AdminClient, AdminUnreachable, timeout_arg
 from hostproxy.diagnose import format_age
 
 __all__ = ["add_parser", "fetch_state", "main", "render_tables", "table"]
@@ -155,7 +156,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--admin", default=DEFAULT_ADMIN, metavar="URL", help=f"the admin server (default {DEFAULT_ADMIN})"
     )
-    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="per admin request")
+    p.add_argument("--timeout", type=timeout_arg, default=5.0, metavar="SECONDS", help="per admin request")
     p.add_argument(
         "--json", action="store_true", help='print {"clients": ..., "namers": ...} as one JSON document'
     )
@@ -167,6 +168,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         doc = fetch_state(admin)
     except AdminUnreachable as e:
+        if args.json:  # (still exactly one document on stdout)
+            json.dump({"clients": {}, "namers": {}, "error": str(e)}, sys.stdout, ensure_ascii=False)
+            sys.stdout.write("\n")
         print(f"hostproxy state: {e}", file=sys.stderr)
         return 1
     if args.json:

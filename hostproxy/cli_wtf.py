@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import time
@@ -95,6 +96,30 @@ def parse_duration(text: str) -> float:
         raise ValueError(f"invalid duration {text!r}: use a number with ms, s, m or h, e.g. 30s or 5m")
     value, unit = float(m.group(1)), m.group(2) or "s"
     return value * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+
+
+def share_arg(text: str) -> float:
+    """``--ignore-below``: a share of requests, 0 to 1 (a percentage would silence every finding)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a share of requests from 0 to 1: write 0.05 for 5%, 0.001 for 0.1%"
+        )
+    return value
+
+
+def timeout_arg(text: str) -> float:
+    """``--timeout``: seconds, more than 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text}: the timeout must be a number of seconds above 0")
+    return value
 
 
 class AdminUnreachable(Exception):
@@ -324,12 +349,12 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument(
         "--ignore-below",
-        type=float,
+        type=share_arg,
         default=0.0,
         metavar="SHARE",
         help="ignore causes costing less than this share of a service's requests (e.g. 0.001)",
     )
-    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="per admin request")
+    p.add_argument("--timeout", type=timeout_arg, default=5.0, metavar="SECONDS", help="per admin request")
     p.add_argument("--json", action="store_true", help="print one JSON document (schema: see module docs)")
     p.set_defaults(func=main)
 

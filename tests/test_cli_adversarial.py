@@ -212,3 +212,65 @@ async def test_wtf_reports_an_endpoint_failure_accrual_took_out_while_requeues_h
                     f"connect/refused failures (last: Unable to establish connection to 127.0.0.1:{down}: "
                     "Connection refused); requests go to the other 1 endpoint(s)"
                 )
+
+
+# -- arguments -------------------------------------------------------------------------------------
+
+
+async def test_hostproxy_dash_reads_the_config_from_stdin_as_linkerd_does() -> None:
+    """``linkerd -`` reads the config from stdin, and ``hostproxy FILE`` is ``hostproxy run FILE``;
+    ``hostproxy -`` was a usage error (``invalid choice: '-'``)."""
+    with trio.fail_after(60):
+        proc = await trio.run_process(
+            [sys.executable, "-m", "hostproxy", "-"],
+            stdin=b"routers: []\n",
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    assert "hostproxy: refusing to start: 1 error(s) in the config" in err
+    assert "<stdin>:1: routers: no routers configured" in err
+
+
+async def test_wtf_refuses_a_percentage_as_ignore_below_instead_of_reporting_healthy(tmp_path: Path) -> None:
+    """``--ignore-below 5`` (meaning 5%) ignored every cause under 500% of the requests: a service
+    failing every request was reported "healthy", exit 0."""
+    disco = tmp_path / "disco"
+    disco.mkdir()
+    with closed_port() as down:
+        (disco / "web").write_text(f"127.0.0.1 {down}\n")
+        async with running_daemon(fs_config(disco)) as d:
+            assert (await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: web")).status == 502
+            code, out, err = await hostproxy("wtf", "--admin", d.admin, "--ignore-below", "5")
+            assert code == 2 and out == "", out
+            assert (
+                "argument --ignore-below: 5 is not a share of requests from 0 to 1: write 0.05 for 5%" in err
+            )
+            code, out, _ = await hostproxy("wtf", "--admin", d.admin, "--ignore-below", "1", "--json")
+            assert code == 1 and json.loads(out)["findings"][0]["share"] == 1.0
+
+
+async def test_bad_timeouts_and_log_levels_are_usage_errors() -> None:
+    """``--timeout 0`` made every read fail with "did not answer JSON (Timeout value out of range)"
+    or "Operation now in progress" (blaming the admin server); ``--log-level bogus`` ran at info."""
+    for command in ("wtf", "state"):
+        for value in ("0", "-1", "nan"):
+            code, out, err = await hostproxy(command, "--admin", "127.0.0.1:1", "--timeout", value)
+            assert code == 2 and out == "", (command, value, err)
+            assert f"argument --timeout: {value}: the timeout must be a number of seconds above 0" in err
+    code, _, err = await hostproxy("run", "--log-level", "bogus", "config.yaml")
+    assert code == 2 and "argument --log-level: invalid choice: 'bogus'" in err
+
+
+async def test_state_json_is_one_document_also_when_the_admin_server_cannot_be_read() -> None:
+    """Every ``--json`` output is exactly one JSON document on stdout: ``state --json`` printed
+    nothing when the admin server was down, and ``hostproxy state --json | jq`` read no input."""
+    with closed_port() as port:
+        code, out, err = await hostproxy("state", "--admin", f"127.0.0.1:{port}", "--json")
+    assert code == 1
+    doc = json.loads(out)
+    assert doc["clients"] == {} and doc["namers"] == {}
+    assert doc["error"].startswith(f"cannot read http://127.0.0.1:{port}/client_state.json: ")
+    assert "is hostproxy running" in err
