@@ -415,6 +415,17 @@ class _Analysis:
             return None
         return count, max(answered if isinstance(answered, int) else count, count), last
 
+    def endpoint_failure(self, client: str | None, endpoint: str | None, cause: Cause) -> str | None:
+        """The message of ``endpoint``'s last failure in ``client`` (``/client_state.json`` →
+        ``endpoints.<ep>.lastFailure``) when it had ``cause``."""
+        entry = self.snap.client_state.get(client) if client is not None else None
+        eps = entry.get("endpoints") if isinstance(entry, Mapping) else None
+        ep = eps.get(endpoint) if isinstance(eps, Mapping) and endpoint is not None else None
+        last = ep.get("lastFailure") if isinstance(ep, Mapping) else None
+        if not isinstance(last, Mapping) or last.get("cause") != cause.value or not last.get("message"):
+            return None
+        return str(last["message"])
+
     def tls_error(self, client: str | None) -> Mapping[str, Any] | None:
         """The last TLS failure ``client`` recorded (``/client_state.json`` → ``tls.lastError``)."""
         entry = self.snap.client_state.get(client) if client is not None else None
@@ -573,14 +584,29 @@ class _Analysis:
                 "/admin/tls.json lists the certificates in use"
             )
         elif cause is Cause.UPSTREAM_RESET:
-            verdict = (
-                f"upstream {ep}{others} closes or resets connections mid-request for {rate} "
-                "(app crashing, or its keep-alive timeout shorter than hostproxy's pool idle time?)"
-            )
-            nxt = (
-                f"check the app's logs/restarts on {endpoint or 'its hosts'} at these times; "
-                "compare its keep-alive timeout with client.hostConnectionPool.idleTimeMs"
-            )
+            # One cause for many things (a reset, a malformed or oversized response, an h2 handshake
+            # refused): the endpoint's last failure says which.
+            said = self.endpoint_failure(client, endpoint, cause)
+            if said is not None and "before the HTTP/2 handshake" in said:
+                verdict = (
+                    f"upstream {ep}{others} closes connections before the HTTP/2 handshake completes, "
+                    f"failing {rate}: it does not speak HTTP/2 in cleartext (prior knowledge) — an "
+                    "HTTP/1.1 app behind an h2 router?"
+                )
+                nxt = (
+                    f"check that {endpoint or 'the app'} serves HTTP/2 (`curl --http2-prior-knowledge "
+                    f"http://{endpoint or 'HOST:PORT'}/`), or route this service through an http router"
+                )
+            else:
+                verdict = f"upstream {ep}{others} closes or resets connections mid-request for {rate} " + (
+                    f"(or answers what hostproxy refuses); last error: {_clip(said)}"
+                    if said is not None
+                    else "(app crashing, or its keep-alive timeout shorter than hostproxy's pool idle time?)"
+                )
+                nxt = (
+                    f"check the app's logs/restarts on {endpoint or 'its hosts'} at these times; "
+                    "compare its keep-alive timeout with client.hostConnectionPool.idleTimeMs"
+                )
         elif cause is Cause.UPSTREAM_5XX:
             codes = self.statuses(prefix, 500, 599)
             shown = ", ".join(f"{c}×{k}" for c, k in list(codes.items())[:3])

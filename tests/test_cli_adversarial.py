@@ -12,6 +12,7 @@ import math
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -19,7 +20,7 @@ import trio
 from hostproxy.diagnose import Snapshot, diagnose
 from hostproxy.http.message import Body, Headers, Request, Response
 from tests.daemonutil import curl, fs_config, running_daemon
-from tests.upstreams import closed_port, running_upstream, serving
+from tests.upstreams import answer_each_head, closed_port, running_upstream, serving
 
 
 async def hostproxy(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -274,3 +275,49 @@ async def test_state_json_is_one_document_also_when_the_admin_server_cannot_be_r
     assert doc["clients"] == {} and doc["namers"] == {}
     assert doc["error"].startswith(f"cannot read http://127.0.0.1:{port}/client_state.json: ")
     assert "is hostproxy running" in err
+
+
+async def test_wtf_says_which_kind_of_upstream_reset_it_was(tmp_path: Path) -> None:
+    """``upstream/reset`` covers a reset, a response hostproxy refuses (a head past maxHeadersKB) and
+    an h2 handshake an HTTP/1.1 app never completes; wtf guessed "app crashing, or its keep-alive
+    timeout shorter than the pool's" for all of them. It now quotes the endpoint's last failure, and
+    names the protocol mismatch."""
+    disco = tmp_path / "disco"
+    disco.mkdir()
+
+    def huge_head(head: bytes) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 20000 + b"\r\nContent-Length: 2\r\n\r\nok"
+
+    async with running_upstream() as h1_app, trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        nursery.start_soon(trio.serve_listeners, partial(answer_each_head, answer=huge_head), listeners)
+        big_port = listeners[0].socket.getsockname()[1]
+        (disco / "big").write_text(f"127.0.0.1 {big_port}\n")
+        (disco / "h1").write_text(f"127.0.0.1 {h1_app.port}\n")
+        h2_router = """- protocol: h2
+  label: grpc
+  dtab: /svc => /#/io.l5d.fs;
+  servers: [{ip: 127.0.0.1, port: 0}]
+"""
+        async with running_daemon(fs_config(disco, extra_router=h2_router)) as d:
+            r = await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: big")
+            assert r.status == 502
+            r = await curl(f"http://127.0.0.1:{d.port('grpc')}/", "--http2-prior-knowledge", "-H", "Host: h1")
+            assert r.status == 502
+            code, out, err = await hostproxy("wtf", "--admin", d.admin, "--json")
+            assert code == 1, err
+            found = {(f["router"], f["service"], f["cause"]): f for f in json.loads(out)["findings"]}
+            f = found[("out", "/svc/big", "upstream/reset")]
+            assert f["verdict"].startswith(
+                f"upstream 127.0.0.1:{big_port} closes or resets connections mid-request for 100% of "
+                "requests (or answers what hostproxy refuses); last error: "
+            )
+            assert "maxHeadersKB" in f["verdict"], f["verdict"]
+            f = found[("grpc", "/svc/h1", "upstream/reset")]
+            assert f["verdict"] == (
+                f"upstream 127.0.0.1:{h1_app.port} closes connections before the HTTP/2 handshake completes, "
+                "failing 100% of requests: it does not speak HTTP/2 in cleartext (prior knowledge) — an "
+                "HTTP/1.1 app behind an h2 router?"
+            )
+            assert f"curl --http2-prior-knowledge http://127.0.0.1:{h1_app.port}/" in f["next_step"]
+        nursery.cancel_scope.cancel()
