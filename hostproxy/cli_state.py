@@ -11,7 +11,7 @@ last error).  :func:`render_tables` is pure and takes the two documents.
 
 ``--json`` prints exactly one document on stdout: ``{"clients": <client_state.json>, "namers":
 {<prefix>: <namer state>}}`` (with ``"error"`` and empty tables when the admin server cannot be
-read).  Exit status 0, or 1 when the admin server cannot be read.
+read; with ``"unreadable"``, a list of messages, when a namer state answered an error).  Exit status 0, or 1 when the admin server cannot be read.
 """
 
 from __future__ import annotations
@@ -135,16 +135,26 @@ def fetch_state(admin: AdminClient) -> dict[str, Any]:
         raise AdminUnreachable(
             f"{admin.base}/client_state.json is missing: is this a hostproxy admin server?"
         )
-    namers = admin.get("/admin/namer_state.json")
-    if namers is None:
+    # The namers' state is optional: one that answers an error (turned off by admin.security, a
+    # namer in error) is named under "unreadable" and the clients are shown without it.
+    unreadable: list[str] = []
+    namers = admin.get_optional("/admin/namer_state.json", unreadable)
+    if namers is None:  # (an older daemon, or that path turned off: each namer's own path)
         namers = {}
-        config = admin.get("/config.json") or {}
+        each: list[str] = []
+        config = admin.get_optional("/config.json", each) or {}
         for n in config.get("namers") or []:
+            if not isinstance(n, dict):
+                continue
             prefix = n.get("prefix") or "/" + str(n.get("kind", ""))
-            doc = admin.get(f"/namer_state{prefix}.json")
+            doc = admin.get_optional(f"/namer_state{prefix}.json", each)
             if doc is not None:
                 namers[prefix] = doc
-    return {"clients": clients, "namers": namers}
+        unreadable = each if namers else unreadable + each
+    out: dict[str, Any] = {"clients": clients, "namers": namers or {}}
+    if unreadable:
+        out["unreadable"] = unreadable
+    return out
 
 
 def add_parser(subparsers: Any) -> None:
@@ -178,4 +188,6 @@ def main(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         sys.stdout.write(render_tables(doc["clients"], doc["namers"]))
+        for note in doc.get("unreadable", ()):
+            sys.stdout.write(f"\nnot read: {note}\n")
     return 0

@@ -156,9 +156,16 @@ class AdminClient:
             with self._opener.open(req, timeout=self.timeout) as resp:
                 doc = json.loads(resp.read().decode("utf-8"))
         except urllib.error.HTTPError as e:
+            body = e.read().decode("utf-8", "replace").strip()
+            if e.code == 404 and "admin.security" in body:
+                # Served by this daemon, but turned off in its config: not "missing", and a
+                # diagnosis without it must say so.
+                raise error(
+                    f"{self.base}{path} is turned off by the daemon's admin.security "
+                    "(diagnosticsEnabled: false, pathBlacklist); allow it with admin.security.pathWhitelist"
+                ) from None
             if e.code == 404:
                 return None
-            body = e.read().decode("utf-8", "replace").strip()
             raise error(f"{self.base}{path} answered {e.code}: {body[:200]}") from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)

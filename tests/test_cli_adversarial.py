@@ -321,3 +321,74 @@ async def test_wtf_says_which_kind_of_upstream_reset_it_was(tmp_path: Path) -> N
             )
             assert f"curl --http2-prior-knowledge http://127.0.0.1:{h1_app.port}/" in f["next_step"]
         nursery.cancel_scope.cancel()
+
+
+async def test_documents_turned_off_by_admin_security_are_named_not_silently_skipped(tmp_path: Path) -> None:
+    """``admin.security.diagnosticsEnabled: false`` answers 404 for /client_state.json and the
+    other diagnostic documents. wtf read them as "this daemon does not have it" and diagnosed
+    without a word (an endpoint failure accrual took out went unreported: "healthy"); state said
+    "/client_state.json is missing: is this a hostproxy admin server?" of a hostproxy admin server."""
+    disco = tmp_path / "disco"
+    disco.mkdir()
+    (disco / "web").write_text("127.0.0.1 9\n")
+    config = fs_config(disco).replace(
+        "admin: {ip: 127.0.0.1, port: 0}",
+        "admin: {ip: 127.0.0.1, port: 0, security: {diagnosticsEnabled: false}}",
+    )
+    async with running_daemon(config) as d:
+        code, out, err = await hostproxy("wtf", "--admin", d.admin, "--json")
+        assert code == 0, (out, err)
+        doc = json.loads(out)
+        off = (
+            "is turned off by the daemon's admin.security (diagnosticsEnabled: false, pathBlacklist); "
+            "allow it with admin.security.pathWhitelist"
+        )
+        assert f"{d.admin}/client_state.json {off}" in doc["unreadable"]
+        assert f"{d.admin}/admin/namer_state.json {off}" in doc["unreadable"]
+        code, out, err = await hostproxy("state", "--admin", d.admin)
+        assert code == 1 and out == ""
+        assert err.strip() == f"hostproxy state: {d.admin}/client_state.json {off}"
+
+
+async def test_state_names_namer_states_admin_security_turned_off_and_shows_the_clients(
+    tmp_path: Path,
+) -> None:
+    disco = tmp_path / "disco"
+    disco.mkdir()
+    async with running_upstream() as up:
+        (disco / "web").write_text(f"127.0.0.1 {up.port}\n")
+        config = fs_config(disco).replace(
+            "admin: {ip: 127.0.0.1, port: 0}",
+            "admin: {ip: 127.0.0.1, port: 0, security: {pathBlacklist: ['/admin/namer_state.json', '/namer_state/.*']}}",
+        )
+        async with running_daemon(config) as d:
+            assert (await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: web")).status == 200
+            code, out, err = await hostproxy("state", "--admin", d.admin)
+            assert code == 0, err
+            assert "/#/io.l5d.fs/web  bound\n" in out
+            assert (
+                f"not read: {d.admin}/admin/namer_state.json is turned off by the daemon's admin.security"
+                in out
+            )
+            code, out, err = await hostproxy("state", "--admin", d.admin, "--json")
+            doc = json.loads(out)
+            assert "/#/io.l5d.fs/web" in doc["clients"] and doc["namers"] == {}
+            assert doc["unreadable"] == [
+                f"{d.admin}/admin/namer_state.json is turned off by the daemon's admin.security "
+                "(diagnosticsEnabled: false, pathBlacklist); allow it with admin.security.pathWhitelist",
+                f"{d.admin}/namer_state/io.l5d.fs.json is turned off by the daemon's admin.security "
+                "(diagnosticsEnabled: false, pathBlacklist); allow it with admin.security.pathWhitelist",
+            ]
+    # Only the aggregate turned off: each namer's own document is read instead.
+    config = fs_config(disco).replace(
+        "admin: {ip: 127.0.0.1, port: 0}",
+        "admin: {ip: 127.0.0.1, port: 0, security: {pathBlacklist: ['/admin/namer_state.json']}}",
+    )
+    async with running_upstream() as up:
+        (disco / "web").write_text(f"127.0.0.1 {up.port}\n")
+        async with running_daemon(config) as d:
+            assert (await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: web")).status == 200
+            code, out, err = await hostproxy("state", "--admin", d.admin, "--json")
+            doc = json.loads(out)
+            assert doc["namers"]["/io.l5d.fs"]["names"]["web"]["state"] == "bound"
+            assert "unreadable" not in doc
