@@ -463,20 +463,30 @@ def _bound_text(bound: Any) -> str:
     return f"{bound.id}{residual}: {_addresses_text(bound)}"
 
 
-def render_delegation(node: Any) -> str:
+def render_delegation(node: Any, namers: Sequence[Any] | None = None) -> str:
     """The explanation as an indented tree, one node per line.
 
     Each line is ``PATH  [PREFIX => DST]  OUTCOME``: the path looked up at that step, the dentry that
     produced it (shown where it differs from the parent's) and what happened there. Children follow,
-    indented; a union branch starts with its weight.
+    indented; a union branch starts with its weight. ``namers``: the ``/#/NAME`` prefixes given with
+    ``--namer`` (a ``/#/`` path none of them serves is negative for want of one, and said so).
     """
     lines: list[str] = []
+    served = [str(p) for p in namers] if namers is not None else None
 
     def outcome(n: Any) -> str:
         kind = n.type_name
         if kind == "leaf":
             return "-> bound " + _bound_text(n.bound)
         if kind == "neg":
+            path = str(n.path) if n.path else ""
+            if (
+                served is not None
+                and path.startswith("/#/")
+                and not any(path == p or path.startswith(p + "/") for p in served)
+            ):
+                name = path.split("/")[2]
+                return f"-> ~ (neg: no namer /#/{name} here: give --namer {name}=DIR)"
             return "-> ~ (neg: nothing binds this path)"
         if kind == "fail":
             return "-> ! (fail: stop, no fall-back)"
@@ -570,7 +580,7 @@ def cmd_delegate(args: argparse.Namespace) -> int:
     if args.json:
         _emit_json(tree.to_json(), out)
         return 0
-    out.write(render_delegation(tree))
+    out.write(render_delegation(tree, [prefix for prefix, _ in namers]))
     # The explanation shows every alternative; binding says which one requests actually use.
     try:
         bound = bind(table, path, ordered).tree

@@ -392,3 +392,26 @@ async def test_state_names_namer_states_admin_security_turned_off_and_shows_the_
             doc = json.loads(out)
             assert doc["namers"]["/io.l5d.fs"]["names"]["web"]["state"] == "bound"
             assert "unreadable" not in doc
+
+
+# -- hostproxy dtab ----------------------------------------------------------------------------------
+
+
+async def test_dtab_delegate_says_a_name_is_negative_for_want_of_its_namer(tmp_path: Path) -> None:
+    """``hostproxy dtab delegate --dtab '/svc => /#/io.l5d.fs' /svc/web`` without ``--namer``
+    answered "~ (neg: nothing binds this path)", as if no service web existed."""
+    disco = tmp_path / "disco"
+    disco.mkdir()
+    (disco / "web").write_text("127.0.0.1 8080\n")
+    code, out, err = await hostproxy("dtab", "delegate", "--dtab", "/svc => /#/io.l5d.fs", "/svc/web")
+    assert code == 0, err
+    assert out.splitlines()[1] == (
+        "`-- /#/io.l5d.fs/web  [/svc => /#/io.l5d.fs]  -> ~ (neg: no namer /#/io.l5d.fs here: "
+        "give --namer io.l5d.fs=DIR)"
+    )
+    # With the namer, a name it does not have is still just negative.
+    args = ("dtab", "delegate", "--dtab", "/svc => /#/io.l5d.fs", "--namer", f"io.l5d.fs={disco}")
+    code, out, err = await hostproxy(*args, "/svc/nope")
+    assert out.splitlines()[1].endswith("-> ~ (neg: nothing binds this path)")
+    code, out, err = await hostproxy(*args, "/svc/web")
+    assert out.splitlines()[-1] == "binds to: /#/io.l5d.fs/web (127.0.0.1:8080)"
