@@ -477,6 +477,26 @@ class _Analysis:
                         return prefix, kind, name, names[name]
         return None
 
+    def failing_namer(self, service: str = "") -> tuple[str, int, str, str] | None:
+        """``(prefix, names failing, one of them, its error)`` of the namer with the most names in
+        state ``failed`` (``/admin/namer_state.json``), None when none fails. The one quoted is
+        ``service``'s own (``/svc/web`` → ``web``) when it fails."""
+        labels = set(service.split("/"))
+        best: tuple[str, int, str, str] | None = None
+        for prefix, doc in sorted(self.snap.namer_state.items()):
+            if not isinstance(doc, Mapping):
+                continue
+            failed = [
+                (name, str(e.get("lastError")))
+                for name, e in sorted(_names(doc).items())
+                if isinstance(e, Mapping) and e.get("state") == "failed" and e.get("lastError")
+            ]
+            if failed and (best is None or len(failed) > best[1]):
+                own = [f for f in failed if f[0] in labels or service.endswith("/" + f[0])]
+                example = (own or failed)[0]
+                best = (str(prefix), len(failed), example[0], example[1])
+        return best
+
     def services_of(self, router: str, client: str) -> list[str]:
         return sorted(s for s, cids in self.snap.bindings.get(router, {}).items() if client in cids)
 
@@ -738,20 +758,38 @@ class _Analysis:
                     requests=total,
                 )
             return
-        for row in rows:
-            name = str(row.get("name"))
+
+        def row_causes(row: Mapping[str, Any]) -> dict[Cause, int]:
             causes = row.get("causes") or {}
             if not causes and row.get("count"):
                 causes = {Cause.NAMING_NEG.value: row["count"]}
-            for cause_text, n in causes.items():
-                if not n:
+            out: dict[Cause, int] = {}
+            for cause_text, n in causes.items() if isinstance(causes, Mapping) else ():
+                if not isinstance(n, int | float) or not n > 0:
                     continue
                 try:
                     cause = Cause(cause_text)
                 except ValueError:
                     cause = Cause.PROXY_INTERNAL
+                out[cause] = out.get(cause, 0) + int(n)
+            return out
+
+        rows = [row for row in rows if isinstance(row, Mapping)]
+        # A namer failing many names (every Host failing because DNS does not answer) is one problem
+        # as large as all of them: severity and --ignore-below go by naming/failed's total share.
+        # (Names negative in the dtab are each their own typo or missing service.)
+        by_cause: dict[Cause, int] = {}
+        for row in rows:
+            for cause, n in row_causes(row).items():
+                by_cause[cause] = by_cause.get(cause, 0) + n
+        for row in rows:
+            name = str(row.get("name"))
+            for cause, n in row_causes(row).items():
                 share = n / total if total else 1.0
-                if share < self.t.ignore_share:
+                cause_share = (
+                    (by_cause[cause] / total if total else 1.0) if cause is Cause.NAMING_FAILED else share
+                )
+                if cause_share < self.t.ignore_share:
                     continue
                 if cause is Cause.NAMING_NEG:
                     verdict = (
@@ -764,7 +802,19 @@ class _Analysis:
                     )
                 elif cause is Cause.NAMING_FAILED:
                     said = row.get("last_error")
-                    if isinstance(said, str) and said:
+                    failing = self.failing_namer(name)
+                    if isinstance(said, str) and "binding timeout" in said and failing is not None:
+                        # The binding gave up waiting: what the namer says is the cause.
+                        prefix, count, example, error = failing
+                        verdict = (
+                            f"naming {name} failed in router {router}: {said}; namer {prefix} fails "
+                            f"{count} name(s), e.g. {example}: {_clip(error)}"
+                        )
+                        nxt = (
+                            f"fix what the namer's error names; /namer_state{prefix}.json shows the "
+                            "namer's view of each name"
+                        )
+                    elif isinstance(said, str) and said:
                         verdict = f"naming {name} failed in router {router}: {said}"
                         namer = re.match(r"/#/([^/:\s]+)", said)
                         nxt = "fix what the error names" + (
@@ -784,7 +834,7 @@ class _Analysis:
                     verdict = f"requests for {name} failed in router {router} ({cause.value})"
                     nxt = f"explain it: /delegator?router={router} with path {name}"
                 self.add(
-                    severity=self.severity(share),
+                    severity=self.severity(cause_share),
                     router=router,
                     service=name,
                     client=None,

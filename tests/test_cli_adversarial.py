@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -415,3 +417,51 @@ async def test_dtab_delegate_says_a_name_is_negative_for_want_of_its_namer(tmp_p
     assert out.splitlines()[1].endswith("-> ~ (neg: nothing binds this path)")
     code, out, err = await hostproxy(*args, "/svc/web")
     assert out.splitlines()[-1] == "binds to: /#/io.l5d.fs/web (127.0.0.1:8080)"
+
+
+async def test_wtf_names_the_silent_dns_server_behind_many_failing_hosts_as_one_large_problem() -> None:
+    """Every Host resolved by DNS, and the nameserver stops answering: each request fails its
+    binding timeout. wtf listed one naming/failed per Host, each "ERROR 12%" (with 100 Hosts each
+    a "WARNING 1%", and --ignore-below 0.2 reported "healthy" with every request failing), quoting
+    only "Exceeded 0.5 seconds binding timeout" — not the DNS timeout /$/inet's state showed."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))  # a nameserver that never answers
+        dns = f"127.0.0.1:{silent.getsockname()[1]}"
+        config = f"""
+admin: {{ip: 127.0.0.1, port: 0}}
+dns: {{nameservers: ["{dns}"]}}
+routers:
+- protocol: http
+  label: out
+  dtab: /svc => /$/io.buoyant.rinet/80;
+  bindingTimeoutMs: 300
+  servers: [{{ip: 127.0.0.1, port: 0}}]
+"""
+        async with running_daemon(config) as d:
+            hosts = [f"svc{i}.example" for i in range(8)]
+            for host in hosts:
+                r = await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", f"Host: {host}")
+                assert r.status == 502 and "binding timeout" in (r.l5d_err or "")
+            with trio.fail_after(30):  # until the resolver gave up on the last one
+                while True:
+                    state = (await curl(d.admin + "/admin/namer_state.json")).json()
+                    assert isinstance(state, dict)
+                    if state["/$/inet"]["names"].get("svc7.example", {}).get("state") == "failed":
+                        break
+                    await trio.sleep(0.2)
+            code, out, err = await hostproxy("wtf", "--admin", d.admin, "--json")
+            assert code == 1, err
+            found = by_finding(json.loads(out))
+            said = re.compile(
+                rf"; namer /\$/inet fails [1-8] name\(s\), e.g. svc[0-7]\.example: resolving 'svc[0-7]\.example' "
+                rf"via {re.escape(dns)} failed: .*timed out"
+            )
+            for host in hosts:
+                f = found[(f"/svc/{host}", "naming/failed")]
+                assert f["severity"] == "critical" and f["share"] == 0.125
+                assert said.search(str(f["verdict"])), f["verdict"]
+                assert str(f["next_step"]).startswith(
+                    "fix what the namer's error names; /namer_state/$/inet.json"
+                )
+            code, out, _ = await hostproxy("wtf", "--admin", d.admin, "--json", "--ignore-below", "0.2")
+            assert code == 1 and len(json.loads(out)["findings"]) == len(hosts)
