@@ -29,6 +29,9 @@ Where the numbers come from:
 * failure accrual: an endpoint marked dead while its service still succeeds (requests go to the
   others, connect failures requeued there fail no request) is a warning, with the endpoint's last
   failure (``/client_state.json`` → ``endpoints.<ep>.lastFailure``);
+* a timeout whose request was still connecting when it ran out (``pool.connects_abandoned`` of an
+  endpoint that never got a connection) is the network's or the upstream host's, not the
+  application's slowness;
 * 5XX answers that carry ``l5d-err`` were made by a proxy downstream (a peer hostproxy's incoming
   router, a Linkerd), not by the application: when most of a service's 5XX answers did
   (``/client_state.json`` → ``downstreamProxyErrors.<service>``), the finding's fault is
@@ -79,6 +82,12 @@ UNBOUND = "unbound"
 DOWNSTREAM_PROXY = "downstream proxy"
 
 
+def _host_port(endpoint: str) -> str:
+    """``HOST PORT`` for nc from an endpoint ``host:port`` or ``[v6]:port``."""
+    host, _, port = endpoint.rpartition(":")
+    return f"{host.strip('[]')} {port}" if host else endpoint
+
+
 def _clip(text: Any, limit: int = 300) -> str:
     """``text`` on one line, at most ``limit`` characters (an l5d-err can be long)."""
     one = " ".join(str(text).split())
@@ -124,6 +133,8 @@ class Finding:
         """Whose fault: ``connection`` (network or a dead upstream), ``application`` or ``proxy``."""
         if self.blame == DOWNSTREAM_PROXY:
             return "proxy"  # a proxy's error answer, passed on: not the application's
+        if self.blame == "network/upstream":
+            return "connection"  # (a timeout spent connecting: the application was never reached)
         try:
             return Cause(self.cause).level.value
         except ValueError:
@@ -415,6 +426,24 @@ class _Analysis:
             return None
         return count, max(answered if isinstance(answered, int) else count, count), last
 
+    def abandoned_connects(self, client: str | None) -> tuple[list[tuple[str, int]], dict[str, int]]:
+        """The endpoints of ``client`` whose connects were abandoned when their request gave up
+        (``pool.connects_abandoned``), most first, and each endpoint's established connects."""
+        entry = self.snap.client_state.get(client) if client is not None else None
+        eps = entry.get("endpoints") if isinstance(entry, Mapping) else None
+        stuck: list[tuple[str, int]] = []
+        connected: dict[str, int] = {}
+        for key, ep in eps.items() if isinstance(eps, Mapping) else ():
+            pool = ep.get("pool") if isinstance(ep, Mapping) else None
+            if not isinstance(pool, Mapping):
+                continue
+            n, ok = pool.get("connects_abandoned"), pool.get("connects")
+            connected[key] = ok if isinstance(ok, int) else 0
+            if isinstance(n, int) and n > 0:
+                stuck.append((key, n))
+        stuck.sort(key=lambda kv: (-kv[1], kv[0]))
+        return stuck, connected
+
     def endpoint_failure(self, client: str | None, endpoint: str | None, cause: Cause) -> str | None:
         """The message of ``endpoint``'s last failure in ``client`` (``/client_state.json`` →
         ``endpoints.<ep>.lastFailure``) when it had ``cause``."""
@@ -587,7 +616,7 @@ class _Analysis:
                 "or the app stopped accepting)"
             )
             nxt = (
-                f"`nc -vz -w2 {endpoint.replace(':', ' ') if endpoint else 'HOST PORT'}` from this host; "
+                f"`nc -vz -w2 {_host_port(endpoint) if endpoint else 'HOST PORT'}` from this host; "
                 "check firewalls/security groups and whether the app's accept queue is full"
             )
         elif cause is Cause.CONNECT_UNREACHABLE:
@@ -671,11 +700,36 @@ class _Analysis:
         elif cause in (Cause.TIMEOUT_REQUEST, Cause.TIMEOUT_ATTEMPT):
             which = "totalTimeoutMs" if cause is Cause.TIMEOUT_REQUEST else "requestAttemptTimeoutMs"
             lat = f", p99 latency {p99:g} ms" if isinstance(p99, int | float) else ""
-            verdict = f"the application is too slow: {rate} exceed {which}{lat}"
-            nxt = (
-                f"check the app's latency and load on {endpoint or 'its endpoints'}; raise {which} "
-                "only if the app is known to be this slow"
-            )
+            # A deadline that ran out while hostproxy was still connecting is not the application's
+            # slowness: the request never reached it.
+            stuck, connected = self.abandoned_connects(client)
+            if stuck and not any(connected.get(k) for k, _ in stuck):
+                endpoint = stuck[0][0]
+                n_stuck = sum(n for _, n in stuck)
+                verdict = (
+                    f"{rate} exceed {which} while hostproxy is still connecting to {endpoint}"
+                    f"{f' (and {len(stuck) - 1} more)' if len(stuck) > 1 else ''}: no connection was ever "
+                    f"established ({n_stuck} connect(s) abandoned at the deadline), so the application was "
+                    "never reached — host down, SYNs dropped by a firewall, or the app's accept queue full"
+                )
+                nxt = (
+                    f"`nc -vz -w2 {_host_port(endpoint)}` from this host; set client.connectTimeoutMs "
+                    f"below {which} so that such endpoints fail fast (connect/timeout) and requests are "
+                    "requeued to the others"
+                )
+                blame = "network/upstream"
+            else:
+                also = ""
+                if stuck:
+                    also = (
+                        f"; {sum(n for _, n in stuck)} connect(s) to {stuck[0][0]} were still under way "
+                        "when the time ran out (the network or the app's accept queue may be part of it)"
+                    )
+                verdict = f"the application is too slow: {rate} exceed {which}{lat}{also}"
+                nxt = (
+                    f"check the app's latency and load on {endpoint or 'its endpoints'}; raise {which} "
+                    "only if the app is known to be this slow"
+                )
         elif cause is Cause.NAMING_NEG:
             verdict = f"no route: {svc} is negative in the dtab of router {router}"
             nxt = f"explain it: /delegator?router={router} with path {svc}; check the namer's entry exists"

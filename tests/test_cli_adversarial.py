@@ -22,7 +22,7 @@ import trio
 from hostproxy.diagnose import Snapshot, diagnose
 from hostproxy.http.message import Body, Headers, Request, Response
 from tests.daemonutil import curl, fs_config, running_daemon
-from tests.upstreams import answer_each_head, closed_port, running_upstream, serving
+from tests.upstreams import answer_each_head, closed_port, running_upstream, serving, stalled_port
 
 
 async def hostproxy(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -465,3 +465,37 @@ routers:
                 )
             code, out, _ = await hostproxy("wtf", "--admin", d.admin, "--json", "--ignore-below", "0.2")
             assert code == 1 and len(json.loads(out)["findings"]) == len(hosts)
+
+
+async def test_wtf_does_not_call_an_application_slow_that_was_never_reached(tmp_path: Path) -> None:
+    """An endpoint that never answers SYNs, and a totalTimeoutMs shorter than the connect timeout:
+    each request runs out of time while hostproxy is still connecting. wtf said "the application
+    is too slow: 100% of requests exceed totalTimeoutMs" (fault: application) of an application
+    that never saw a byte. A really slow application is still called slow."""
+    disco = tmp_path / "disco"
+    disco.mkdir()
+    with stalled_port() as stalled:
+        async with running_upstream() as slow_app:
+            (disco / "web").write_text(f"127.0.0.1 {stalled}\n")
+            (disco / "slow").write_text(f"127.0.0.1 {slow_app.port}\n")
+            async with running_daemon(fs_config(disco) + "  service: {totalTimeoutMs: 300}\n") as d:
+                base = f"http://127.0.0.1:{d.port('out')}"
+                for _ in range(2):
+                    assert (await curl(base + "/", "-H", "Host: web")).status == 503
+                assert (await curl(base + "/slow/2000", "-H", "Host: slow")).status == 503
+                code, out, err = await hostproxy("wtf", "--admin", d.admin, "--json")
+                assert code == 1, err
+                found = by_finding(json.loads(out))
+                f = found[("/svc/web", "timeout/request")]
+                assert f["fault"] == "network/upstream" and f["level"] == "connection"
+                assert f["endpoint"] == f"127.0.0.1:{stalled}"
+                assert f["verdict"] == (
+                    f"100% of requests exceed totalTimeoutMs while hostproxy is still connecting to "
+                    f"127.0.0.1:{stalled}: no connection was ever established (2 connect(s) abandoned at "
+                    "the deadline), so the application was never reached — host down, SYNs dropped by a "
+                    "firewall, or the app's accept queue full"
+                )
+                assert str(f["next_step"]).startswith(f"`nc -vz -w2 127.0.0.1 {stalled}` from this host")
+                f = found[("/svc/slow", "timeout/request")]
+                assert f["fault"] == "application"
+                assert str(f["verdict"]).startswith("the application is too slow: 100% of requests exceed")

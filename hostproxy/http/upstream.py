@@ -582,6 +582,9 @@ class UpstreamPool(NurseryOwner):
         self._counters = {
             "connects": 0,
             "connect_failures": 0,
+            # connects still under way when their request gave up (its deadline, its caller gone):
+            # a request timeout spent connecting never reached the application
+            "connects_abandoned": 0,
             "reused": 0,
             "stale_discarded": 0,
             "resent": 0,
@@ -685,6 +688,8 @@ class UpstreamPool(NurseryOwner):
         except BaseException as exc:
             if isinstance(exc, UpstreamError):
                 self._counters["connect_failures"] += 1
+            elif isinstance(exc, trio.Cancelled):
+                self._counters["connects_abandoned"] += 1
             if self._waiters:
                 self._room.unpark()  # the place this connect held is free again
             raise
