@@ -499,3 +499,27 @@ async def test_wtf_does_not_call_an_application_slow_that_was_never_reached(tmp_
                 f = found[("/svc/slow", "timeout/request")]
                 assert f["fault"] == "application"
                 assert str(f["verdict"]).startswith("the application is too slow: 100% of requests exceed")
+
+
+# -- hostproxy run -------------------------------------------------------------------------------------
+
+
+async def test_run_says_the_address_is_not_this_hosts_rather_than_a_port_in_use(tmp_path: Path) -> None:
+    """A servers[].ip that no interface of the host has (a typo, the config of another host):
+    ``failed to start: [Errno 99] … Cannot assign requested address; is another process using the
+    port?`` sent the operator looking for a process that does not exist."""
+    config = tmp_path / "hostproxy.yaml"
+    with closed_port() as admin_port:
+        config.write_text(
+            f"admin: {{ip: 127.0.0.1, port: {admin_port}}}\n"
+            "routers:\n- protocol: http\n  dtab: /svc => /$/inet/127.0.0.1/1;\n"
+            "  servers: [{ip: 192.0.2.1, port: 4140}]\n"
+        )
+    code, out, err = await hostproxy("run", str(config))
+    assert code == 1
+    assert (
+        "hostproxy: failed to start: [Errno 99] cannot listen on 192.0.2.1:4140: Cannot assign requested "
+        "address; no network interface of this host has the address 192.0.2.1: correct the ip in the "
+        "config (admin.ip, servers[].ip), or listen on 0.0.0.0"
+    ) in err
+    assert "another process" not in err

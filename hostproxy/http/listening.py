@@ -176,10 +176,23 @@ def bind_listeners(ip: str, port: int, *, reuse_port: bool = True) -> list[trio.
         sock.listen(LISTEN_BACKLOG)
     except OSError as e:
         sock.close()
+        where = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+        if e.errno == errno.EADDRNOTAVAIL:
+            advice = (
+                f"no network interface of this host has the address {ip}: correct the ip in the config "
+                "(admin.ip, servers[].ip), or listen on 0.0.0.0"
+            )
+        elif e.errno == errno.EACCES and 0 < port < 1024:
+            advice = (
+                f"port {port} is privileged: run hostproxy with CAP_NET_BIND_SERVICE "
+                "(AmbientCapabilities= in its systemd unit), or use a port from 1024"
+            )
+        elif e.errno == errno.EADDRINUSE:
+            advice = "is another process (not a hostproxy with SO_REUSEPORT) using the port?"
+        else:
+            advice = ""
         raise OSError(
-            e.errno,
-            f"cannot listen on {ip}:{port}: {e.strerror}; is another process (not a "
-            "hostproxy with SO_REUSEPORT) using the port?",
+            e.errno, f"cannot listen on {where}: {e.strerror}" + (f"; {advice}" if advice else "")
         ) from None
     sock.setblocking(False)
     return [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
