@@ -169,6 +169,13 @@ class AdminClient:
             raise error(f"{self.base}{path} answered {e.code}: {body[:200]}") from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
+            if isinstance(reason, TimeoutError):
+                # It is there but slow (a large document, a busy daemon): for an optional document,
+                # the diagnosis goes on without it.
+                raise error(
+                    f"{self.base}{path} did not answer within {self.timeout:g} s (--timeout); is the daemon "
+                    "overloaded? Raise --timeout to wait longer"
+                ) from None
             raise AdminUnreachable(
                 f"cannot read {self.base}{path}: {reason}; is hostproxy running, and is its admin server "
                 "at this address (admin.ip/admin.port in the config)? Use --admin URL to point elsewhere"
@@ -247,7 +254,7 @@ def collect(
     before_metrics = before_unbound = None
     if interval > 0:
         before_metrics = admin.get("/admin/metrics.json") or {}
-        before_unbound = admin.get("/admin/unbound.json") or {}
+        before_unbound = admin.get_optional("/admin/unbound.json", []) or {}
         sleep(interval)
     metrics = admin.get("/admin/metrics.json")
     if metrics is None or not any(key.startswith("rt/") for key in metrics):

@@ -350,6 +350,9 @@ async def test_documents_turned_off_by_admin_security_are_named_not_silently_ski
         code, out, err = await hostproxy("state", "--admin", d.admin)
         assert code == 1 and out == ""
         assert err.strip() == f"hostproxy state: {d.admin}/client_state.json {off}"
+        code, out, err = await hostproxy("wtf", "--admin", d.admin, "--interval", "100ms", "--json")
+        assert code == 0, (out, err)
+        assert f"{d.admin}/admin/unbound.json {off}" in json.loads(out)["unreadable"]
 
 
 async def test_state_names_namer_states_admin_security_turned_off_and_shows_the_clients(
@@ -523,3 +526,32 @@ async def test_run_says_the_address_is_not_this_hosts_rather_than_a_port_in_use(
         "config (admin.ip, servers[].ip), or listen on 0.0.0.0"
     ) in err
     assert "another process" not in err
+
+
+async def test_wtf_diagnoses_without_an_optional_document_that_answers_too_slowly() -> None:
+    """A daemon slow to serve /client_state.json (many clients, a busy loop) past --timeout: wtf gave
+    up with "cannot read …/client_state.json: timed out; is hostproxy running?" although it had
+    just read the metrics from it."""
+    metrics = json.dumps(
+        {"rt/out/server/127.0.0.1/4140/requests": 5, "rt/out/service/svc/web/requests": 5}
+    ).encode()
+
+    async def admin(request: Request, info: object) -> Response:
+        await request.body.aclose()
+        if request.target == "/admin/metrics.json":
+            return Response(
+                200, b"OK", Headers([(b"content-type", b"application/json")]), Body.from_bytes(metrics)
+            )
+        if request.target == "/client_state.json":
+            await trio.sleep(5)
+        return Response(404, b"Not Found", Headers([]), Body.from_bytes(b"no"))
+
+    async with serving(admin) as port:
+        code, out, err = await hostproxy("wtf", "--admin", f"127.0.0.1:{port}", "--timeout", "0.5", "--json")
+    assert code == 0, (out, err)
+    doc = json.loads(out)
+    assert doc["healthy"] is True
+    assert doc["unreadable"] == [
+        f"http://127.0.0.1:{port}/client_state.json did not answer within 0.5 s (--timeout); is the daemon "
+        "overloaded? Raise --timeout to wait longer"
+    ]
