@@ -536,7 +536,9 @@ class _Analysis:
 
     def run(self) -> Report:
         self._scopes = scopes(self.m)
-        labels = sorted(set(self._scopes) | set(self.snap.unbound))
+        labels = sorted(
+            set(self._scopes) | {r for r, v in self.snap.unbound.items() if isinstance(v, Mapping)}
+        )
         for router in labels:
             if self.only is not None and router != self.only:
                 continue

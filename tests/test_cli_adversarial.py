@@ -87,8 +87,9 @@ def test_a_counter_that_is_not_a_number_is_read_as_zero() -> None:
         "rt/out/service/svc/web/failures/upstream/5xx": math.inf,
         "rt/out/service/svc/web/failures/connect/refused": 2,
     }
-    report = diagnose(Snapshot(metrics=metrics))
+    report = diagnose(Snapshot(metrics=metrics, unbound={"out": {"names": []}, "rt/out/x/requests": 1}))
     assert [(f.service, f.cause, f.failures) for f in report.findings] == [("/svc/web", "connect/refused", 2)]
+    assert list(report.routers) == ["out"]  # (an unbound table that is not one names no router)
 
 
 async def test_wtf_reads_the_admin_server_directly_whatever_http_proxy_says(tmp_path: Path) -> None:
