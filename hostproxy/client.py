@@ -35,7 +35,7 @@ A client whose parameters have ``tls`` is given a ``connector`` (``ClientTls.con
 router's ALPN) that every endpoint pool opens its connections with; the last TLS failure (its
 reason word and message) is kept for ``/client_state.json`` so ``hostproxy wtf`` can say why; so
 are each endpoint's last failure (``lastFailure``: why failure accrual took it out, requeued connect
-failures included) and, per service, the 5XX answers that carried ``l5d-err`` (made by a proxy
+failures included) and, per service, the failed answers (5XX, gRPC errors) that carried ``l5d-err`` (made by a proxy
 downstream, not by the application: ``downstreamProxyErrors``).
 """
 
@@ -70,8 +70,8 @@ log = structlog.get_logger("hostproxy.client")
 # requeues per request the same way).
 MAX_REQUEUES = 25
 
-#: Services whose 5XX answers a client tells apart (made by a proxy downstream or not).
-MAX_5XX_SERVICES = 64
+#: Services whose failed answers a client tells apart (made by a proxy downstream or not).
+MAX_FAILED_ANSWER_SERVICES = 64
 
 #: What counts as a success for balancing and failure accrual when it is not "not 5XX": the
 #: service's response classifier, asked with the status, the head and the trailers (None until the
@@ -199,11 +199,11 @@ class Client:
         self.tls_last_error: dict[str, Any] | None = None
         #: The last connect that failed for want of hostproxy's own resources (``OutOfResources``).
         self.resources_last_error: dict[str, Any] | None = None
-        #: Per service (``l5d-dst-service``; a client serves every service bound to it, as a peer
-        #: hostproxy's does), the 5XX answers received (attempts), how many carried ``l5d-err`` (made
+        #: Per service (a client serves every service bound to it, as a peer hostproxy's does), the
+        #: answers the router judged failures (5XX, gRPC errors), how many carried ``l5d-err`` (made
         #: by a proxy downstream, a peer hostproxy or Linkerd, not by the application) and the last
-        #: such one. At most ``MAX_5XX_SERVICES`` services, the least recently failed dropped first.
-        self.answered_5xx: dict[str, dict[str, Any]] = {}
+        #: such one. At most ``MAX_FAILED_ANSWER_SERVICES`` services, the least recently failed dropped first.
+        self.failed_answers: dict[str, dict[str, Any]] = {}
         self.id = client_id
         self.dst_client = client_id.encode("latin-1", "replace")  # the l5d-dst-client value
         self.params = params
@@ -452,7 +452,7 @@ class Client:
                     accrual.on_interrupted(key)  # (a probe cut off is over: probed again later)
                 raise
             if 500 <= resp.status < 600:
-                self._answered_5xx(req, resp, ep)
+                self._answered_5xx(resp, ep)
             body = resp.body
             if judge is None:
                 ok_status = not 500 <= resp.status < 600  # what the balancer and accrual count as failed
@@ -485,26 +485,33 @@ class Client:
         self.not_open += 1
         return False
 
-    def _answered_5xx(self, req: Request, resp: Response, ep: _Endpoint) -> None:
-        """Count a 5XX answer for its service, and keep it when a proxy downstream made it
-        (``l5d-err``)."""
+    def _answered_5xx(self, resp: Response, ep: _Endpoint) -> None:
+        """A 5XX answer is the endpoint's last failure (why failure accrual may take it out)."""
         err = resp.headers.get(b"l5d-err")
         message = unquote_plus(err.decode("latin-1"), encoding="iso-8859-1") if err is not None else None
-        now = time.time()
         ep.last_failure = {
             "cause": Cause.UPSTREAM_5XX.value,
             "message": f"answered {resp.status}" + (f" with l5d-err: {message}" if message else ""),
-            "at": now,
+            "at": time.time(),
         }
-        service = (req.headers.get(b"l5d-dst-service") or b"").decode("latin-1")
-        seen = self.answered_5xx.pop(service, None) or {"answered": 0, "proxied": 0, "last": None}
-        self.answered_5xx[service] = seen  # (now the most recent)
-        if len(self.answered_5xx) > MAX_5XX_SERVICES:
-            del self.answered_5xx[next(iter(self.answered_5xx))]
+
+    def note_failed_answer(self, service: str, resp: Response, endpoint: str) -> None:
+        """The router judged ``resp`` (from ``endpoint``) a failure of ``service`` (a 5XX, a gRPC
+        error): count it, and keep it when a proxy downstream made it (it carries ``l5d-err``)."""
+        err = resp.headers.get(b"l5d-err")
+        seen = self.failed_answers.pop(service, None) or {"answered": 0, "proxied": 0, "last": None}
+        self.failed_answers[service] = seen  # (now the most recent)
+        if len(self.failed_answers) > MAX_FAILED_ANSWER_SERVICES:
+            del self.failed_answers[next(iter(self.failed_answers))]
         seen["answered"] += 1
-        if message is not None:
+        if err is not None:
             seen["proxied"] += 1
-            seen["last"] = {"endpoint": ep.key, "status": resp.status, "message": message, "at": now}
+            seen["last"] = {
+                "endpoint": endpoint,
+                "status": resp.status,
+                "message": unquote_plus(err.decode("latin-1"), encoding="iso-8859-1"),
+                "at": time.time(),
+            }
 
     def _outcome(self, bal_ep: Any, key: str, t0: float, ok: bool) -> None:
         """A request sent at ``t0`` ended (``ok``: status and body both fine): tell the balancer and
@@ -570,7 +577,7 @@ class Client:
             out["tls"] = {"commonName": tls.common_name, "lastError": self.tls_last_error}
         if self.resources_last_error is not None:
             out["outOfResources"] = self.resources_last_error
-        proxied = {svc: dict(v) for svc, v in self.answered_5xx.items() if v["proxied"]}
+        proxied = {svc: dict(v) for svc, v in self.failed_answers.items() if v["proxied"]}
         if proxied:
             out["downstreamProxyErrors"] = proxied
         return out

@@ -32,8 +32,8 @@ Where the numbers come from:
 * a timeout whose request was still connecting when it ran out (``pool.connects_abandoned`` of an
   endpoint that never got a connection) is the network's or the upstream host's, not the
   application's slowness;
-* 5XX answers that carry ``l5d-err`` were made by a proxy downstream (a peer hostproxy's incoming
-  router, a Linkerd), not by the application: when most of a service's 5XX answers did
+* failed answers (5XX, gRPC errors) that carry ``l5d-err`` were made by a proxy downstream (a peer
+  hostproxy's incoming router, a Linkerd), not by the application: when most of a service's did
   (``/client_state.json`` → ``downstreamProxyErrors.<service>``), the finding's fault is
   ``downstream proxy`` and it quotes that proxy's l5d-err;
 * the process: open file descriptors near the limit;
@@ -658,20 +658,24 @@ class _Analysis:
                     f"check the app's logs/restarts on {endpoint or 'its hosts'} at these times; "
                     "compare its keep-alive timeout with client.hostConnectionPool.idleTimeMs"
                 )
-        elif cause is Cause.UPSTREAM_5XX:
-            codes = self.statuses(prefix, 500, 599)
-            shown = ", ".join(f"{c}×{k}" for c, k in list(codes.items())[:3])
+        elif cause in (Cause.UPSTREAM_5XX, Cause.UPSTREAM_GRPC):
+            if cause is Cause.UPSTREAM_5XX:
+                codes = self.statuses(prefix, 500, 599)
+                shown = ", ".join(f"{c}×{k}" for c, k in list(codes.items())[:3])
+                what, counted = "5xx", f"{' (' + shown + ')' if shown else ''}"
+            else:
+                what, counted = "gRPC errors", ""
             proxied = self.downstream_proxy_errors(client, svc)
             if proxied is not None and 2 * proxied[0] >= proxied[1]:
-                # Most of these 5XX carry l5d-err: a proxy downstream (a peer hostproxy's incoming
-                # router, a Linkerd) made them; the application behind it may never have been reached.
+                # Most of these failed answers carry l5d-err: a proxy downstream (a peer hostproxy's
+                # incoming router, a Linkerd) made them; the application behind it may never have
+                # been reached.
                 count, answered, last = proxied
                 peer = str(last.get("endpoint") or endpoint or "its endpoints")
-                some = "" if count >= answered else f" ({count} of {answered} 5xx answers)"
+                some = "" if count >= answered else f" ({count} of {answered} failed answers)"
                 verdict = (
-                    f"a proxy downstream at {peer} answers 5xx for {rate}"
-                    f"{' (' + shown + ')' if shown else ''} itself, with l5d-err{some}: "
-                    f"{_clip(last.get('message'))} — not the application's answer"
+                    f"a proxy downstream at {peer} answers {what} for {rate}{counted} itself, with "
+                    f"l5d-err{some}: {_clip(last.get('message'))} — not the application's answer"
                 )
                 nxt = (
                     f"diagnose that proxy: `hostproxy wtf` on the host of {peer} (its l5d-err names what it "
@@ -682,23 +686,21 @@ class _Analysis:
                 also = ""
                 if proxied is not None:
                     also = (
-                        f"; {proxied[0]} of {proxied[1]} 5xx answers came from a proxy downstream "
+                        f"; {proxied[0]} of {proxied[1]} failed answers came from a proxy downstream "
                         f"({proxied[2].get('endpoint')}: {_clip(proxied[2].get('message'))})"
                     )
-                verdict = (
-                    f"application returns 5xx for {rate}"
-                    f"{' (' + shown + ')' if shown else ''} — hostproxy is passing them through{also}"
-                )
-                nxt = f"look at the application's logs on {endpoint or 'its endpoints'}; the proxy is not the cause"
-        elif cause is Cause.UPSTREAM_GRPC:
-            verdict = (
-                f"application answers gRPC errors (a grpc-status the service's responseClassifier calls a "
-                f"failure) for {rate} — hostproxy is passing them through"
-            )
-            nxt = (
-                f"look at the application's logs on {endpoint or 'its endpoints'} (grpc-message says why); "
-                "the proxy is not the cause"
-            )
+                if cause is Cause.UPSTREAM_5XX:
+                    verdict = f"application returns 5xx for {rate}{counted} — hostproxy is passing them through{also}"
+                    nxt = f"look at the application's logs on {endpoint or 'its endpoints'}; the proxy is not the cause"
+                else:
+                    verdict = (
+                        f"application answers gRPC errors (a grpc-status the service's responseClassifier "
+                        f"calls a failure) for {rate} — hostproxy is passing them through{also}"
+                    )
+                    nxt = (
+                        f"look at the application's logs on {endpoint or 'its endpoints'} (grpc-message says "
+                        "why); the proxy is not the cause"
+                    )
         elif cause in (Cause.TIMEOUT_REQUEST, Cause.TIMEOUT_ATTEMPT):
             which = "totalTimeoutMs" if cause is Cause.TIMEOUT_REQUEST else "requestAttemptTimeoutMs"
             lat = f", p99 latency {p99:g} ms" if isinstance(p99, int | float) else ""

@@ -1000,6 +1000,8 @@ class HttpRouter:
                         cause = Cause.UPSTREAM_5XX
                     else:
                         cause = Cause.UPSTREAM_GRPC if grpc_status is not None else None
+                    if cause is not None:  # (told apart: the application's, or a proxy's downstream)
+                        client.note_failed_answer(str(service), resp, endpoint)
                     if entry.http_classifier or grpc_status is not None:
                         resp.headers.set(_SUCCESS_CLASS, b"1.0" if ok else b"0.0")
                     return resp, cause

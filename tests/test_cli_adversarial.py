@@ -556,3 +556,43 @@ async def test_wtf_diagnoses_without_an_optional_document_that_answers_too_slowl
         f"http://127.0.0.1:{port}/client_state.json did not answer within 0.5 s (--timeout); is the daemon "
         "overloaded? Raise --timeout to wait longer"
     ]
+
+
+async def test_wtf_blames_a_proxy_downstream_for_the_grpc_error_it_made(tmp_path: Path) -> None:
+    """The gRPC form of linker to linker: the peer's h2 router cannot reach the app and answers
+    200 with grpc-status 14 and l5d-err; wtf on the outgoing host said "application answers gRPC
+    errors — the proxy is not the cause"."""
+    disco = tmp_path / "disco"
+    disco.mkdir()
+    h2 = """
+admin: {{ip: 127.0.0.1, port: 0}}
+{namers}routers:
+- protocol: h2
+  label: {label}
+  dtab: {dtab}
+  identifier: {{kind: io.l5d.header.token, header: ":authority"}}
+  servers: [{{ip: 127.0.0.1, port: 0}}]
+  service: {{responseClassifier: {{kind: io.l5d.h2.grpc.default}}}}
+"""
+    namers = f"namers:\n- kind: io.l5d.fs\n  rootDir: {disco}\n"
+    with closed_port() as down:
+        (disco / "web").write_text(f"127.0.0.1 {down}\n")
+        async with running_daemon(h2.format(namers=namers, label="in", dtab="/svc => /#/io.l5d.fs;")) as peer:
+            dtab = f"/svc => /$/inet/127.0.0.1/{peer.port('in')};"
+            async with running_daemon(h2.format(namers="", label="out", dtab=dtab)) as d:
+                r = await curl(
+                    f"http://127.0.0.1:{d.port('out')}/pkg.Svc/Method",
+                    "--http2-prior-knowledge",
+                    *("-H", "Host: web", "-H", "content-type: application/grpc", "-H", "te: trailers"),
+                    *("--data-binary", "@/dev/null"),
+                )
+                assert r.status == 200 and r.header("grpc-status") == "14" and r.l5d_err is not None
+                code, out, err = await hostproxy("wtf", "--admin", d.admin, "--json")
+                assert code == 1, err
+                f = by_finding(json.loads(out))[("/svc/web", "upstream/grpc")]
+                peer_at = f"127.0.0.1:{peer.port('in')}"
+                assert f["fault"] == "downstream proxy"
+                assert str(f["verdict"]).startswith(
+                    f"a proxy downstream at {peer_at} answers gRPC errors for 100% of requests itself, with "
+                    f"l5d-err: Unable to establish connection to 127.0.0.1:{down}"
+                )
