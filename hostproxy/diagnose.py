@@ -82,6 +82,15 @@ UNBOUND = "unbound"
 DOWNSTREAM_PROXY = "downstream proxy"
 
 
+def _daemonset(client: str | None) -> tuple[str, str, str] | None:
+    """``(namespace, port, service)`` of the daemonset a client id sends through
+    (``/%/io.l5d.k8s.daemonset/<ns>/<port>/<svc>/...``), None for any other client."""
+    parts = (client or "").split("/")
+    if len(parts) >= 6 and parts[1] == "%" and parts[2] == "io.l5d.k8s.daemonset":
+        return parts[3], parts[4], parts[5]
+    return None
+
+
 def _host_port(endpoint: str) -> str:
     """``HOST PORT`` for nc from an endpoint ``host:port`` or ``[v6]:port``."""
     host, _, port = endpoint.rpartition(":")
@@ -606,7 +615,26 @@ class _Analysis:
         ep = endpoint or "its endpoints"
         p99 = self.m.get(f"{prefix}/request_latency_ms.p99")
         rate = f"{_pct(share)} of requests"
-        if cause is Cause.CONNECT_REFUSED:
+        node_proxy = _daemonset(client)
+        if node_proxy is not None and cause in (Cause.CONNECT_REFUSED, Cause.CONNECT_TIMEOUT):
+            # Through io.l5d.k8s.daemonset the endpoint is the proxy on the destination's node (its
+            # incoming router), not the application: "is the app listening" would be the wrong lead.
+            ns, port, name = node_proxy
+            how = (
+                "refuses connections"
+                if cause is Cause.CONNECT_REFUSED
+                else "does not answer connects in time"
+            )
+            verdict = (
+                f"the proxy on the destination's node at {ep}{others} (daemonset {ns}/{name}, port "
+                f"{port}) {how}: requests go to each node's hostproxy or Linkerd, not to the app — is "
+                "that node's proxy pod running and listening?"
+            )
+            nxt = (
+                f"`kubectl -n {ns} get pods -o wide` for the {name} pod on the node of {endpoint or 'that IP'} "
+                f"(its logs, restarts; its '{port}' port); the app behind it was not reached"
+            )
+        elif cause is Cause.CONNECT_REFUSED:
             verdict = f"upstream {ep}{others} refuses connections (app down or wrong port?)"
             nxt = (
                 f"is the app listening on {endpoint}? (`ss -ltn` on its host); does the address "

@@ -596,3 +596,42 @@ admin: {{ip: 127.0.0.1, port: 0}}
                     f"a proxy downstream at {peer_at} answers gRPC errors for 100% of requests itself, with "
                     f"l5d-err: Unable to establish connection to 127.0.0.1:{down}"
                 )
+
+
+def test_a_refused_connect_through_the_daemonset_transformer_names_the_nodes_proxy_not_the_app() -> None:
+    """Kubernetes linker to linker (io.l5d.k8s.daemonset): the endpoint of an outgoing client is the
+    hostproxy/Linkerd pod on the destination's node. When it refuses, wtf said "upstream refuses
+    connections (app down or wrong port?) — is the app listening on 10.1.1.2:4141?": the app is not
+    there, the node's proxy is."""
+    cid = "/%/io.l5d.k8s.daemonset/linkerd/incoming/l5d/#/io.l5d.k8s/default/http/web"
+    p = "rt/out/service/svc/web"
+    c = "rt/out/client" + cid
+    metrics = {
+        "rt/out/server/127.0.0.1/4140/requests": 4,
+        f"{p}/requests": 4,
+        f"{p}/failures": 4,
+        f"{p}/failures/connect/refused": 4,
+        f"{c}/requests": 4,
+        f"{c}/failures/connect/refused": 4,
+    }
+    eps = {"10.1.1.2:4141": {"weight": 1.0, "pool": {"connect_failures": 9}, "accrual": "dead"}}
+    snap = Snapshot(
+        metrics=metrics,
+        client_state={cid: {"state": "bound", "endpoints": eps}},
+        bindings={"out": {"/svc/web": [cid]}},
+    )
+    (f,) = diagnose(snap).findings
+    assert (f.cause, f.fault, f.endpoint, f.client) == (
+        "connect/refused",
+        "network/upstream",
+        "10.1.1.2:4141",
+        cid,
+    )
+    assert f.verdict == (
+        "the proxy on the destination's node at 10.1.1.2:4141 (daemonset linkerd/l5d, port incoming) refuses "
+        "connections: requests go to each node's hostproxy or Linkerd, not to the app — is that node's proxy "
+        "pod running and listening?"
+    )
+    assert f.next_step.startswith(
+        "`kubectl -n linkerd get pods -o wide` for the l5d pod on the node of 10.1.1.2:4141"
+    )
