@@ -475,16 +475,21 @@ class _Analysis:
         """The bound name through which ``service`` failed with ``cause``."""
         bound = list(self.snap.bindings.get(router, {}).get(service, []))
         candidates = bound or list(self.snap_clients(router))
-        best, best_n = None, 0
+        counted: dict[str, int] = {}
         for cid in candidates:
             n = self.num(f"{self.prefix(router, 'client', cid)}/failures/{cause.value}")
-            if n > best_n:
-                best, best_n = cid, n
-        if best is None and len(bound) == 1:
-            return bound[0]
-        if best is None and not bound:
-            return None
-        return best
+            if n > 0:
+                counted[cid] = n
+        if not counted:
+            return bound[0] if len(bound) == 1 else None
+        if not bound and len(counted) > 1:
+            # Without the service's bindings, several clients that failed so are the failures of
+            # several services: the one whose count is the service's own, or none rather than the
+            # wrong client (and its endpoint) for this service.
+            own = self.num(f"{self.prefix(router, 'service', service)}/failures/{cause.value}")
+            same = [cid for cid, n in counted.items() if n == own]
+            return same[0] if len(same) == 1 else None
+        return max(counted, key=lambda cid: counted[cid])
 
     def snap_clients(self, router: str) -> list[str]:
         return self._scopes.get(router, {}).get("client", [])

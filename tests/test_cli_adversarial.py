@@ -635,3 +635,33 @@ def test_a_refused_connect_through_the_daemonset_transformer_names_the_nodes_pro
     assert f.next_step.startswith(
         "`kubectl -n linkerd get pods -o wide` for the l5d pod on the node of 10.1.1.2:4141"
     )
+
+
+def test_without_bindings_a_service_is_not_blamed_on_another_services_client() -> None:
+    """With /admin/routers.json unreadable (no bindings), each failing service was blamed on the
+    router's client with the most failures of its cause: /svc/b's refused connects were reported
+    against /svc/a's client and endpoint."""
+
+    def counters(scope: str, name: str, n: int) -> dict[str, float]:
+        p = f"rt/out/{scope}/{name.lstrip('/')}"
+        return {f"{p}/requests": n, f"{p}/failures": n, f"{p}/failures/connect/refused": n}
+
+    metrics = {
+        "rt/out/server/127.0.0.1/4140/requests": 13,
+        **counters("service", "/svc/a", 10),
+        **counters("service", "/svc/b", 3),
+        **counters("client", "/#/io.l5d.fs/a", 10),
+        **counters("client", "/#/io.l5d.fs/b", 3),
+    }
+    state = {
+        "/#/io.l5d.fs/a": {"state": "bound", "addresses": ["10.0.0.1:80"]},
+        "/#/io.l5d.fs/b": {"state": "bound", "addresses": ["10.0.0.2:80"]},
+    }
+    found = {f.service: f for f in diagnose(Snapshot(metrics=metrics, client_state=state)).findings}
+    assert (found["/svc/a"].client, found["/svc/a"].endpoint) == ("/#/io.l5d.fs/a", "10.0.0.1:80")
+    assert (found["/svc/b"].client, found["/svc/b"].endpoint) == ("/#/io.l5d.fs/b", "10.0.0.2:80")
+    # Counts that tell nothing apart: no client rather than a wrong one.
+    metrics.update(counters("client", "/#/io.l5d.fs/a", 7))
+    metrics.update(counters("client", "/#/io.l5d.fs/b", 6))
+    found = {f.service: f for f in diagnose(Snapshot(metrics=metrics, client_state=state)).findings}
+    assert (found["/svc/b"].client, found["/svc/b"].endpoint) == (None, None)
