@@ -78,6 +78,8 @@ __all__ = [
 SEVERITIES = ("critical", "error", "warning")
 _RANK = {s: i for i, s in enumerate(SEVERITIES)}
 UNBOUND = "unbound"
+#: Failure accrual states of an endpoint taken out of rotation (``hostproxy.accrual.State``).
+_OUT_OF_ROTATION = frozenset({"dead", "probe_open", "probe_closed"})
 #: ``fault`` of 5XX answers a proxy downstream made (they carry ``l5d-err``).
 DOWNSTREAM_PROXY = "downstream proxy"
 
@@ -403,7 +405,7 @@ class _Analysis:
             fails = ep.get("failures", (bal or {}).get("failures") if isinstance(bal, Mapping) else None)
             if isinstance(fails, int | float):
                 score += float(fails)
-            if self._accrual_state(ep) in ("dead", "probing", "busy"):
+            if self._accrual_state(ep) in _OUT_OF_ROTATION:
                 score += 5
             if ep.get("status") == "busy":
                 score += 1
@@ -980,8 +982,11 @@ class _Analysis:
             if not isinstance(entry, Mapping):
                 continue
             eps = entry.get("endpoints") or {}
+            # (an endpoint failure accrual probes back is as out as a dead one until a probe succeeds)
             dead = [
-                k for k, ep in eps.items() if isinstance(ep, Mapping) and self._accrual_state(ep) == "dead"
+                k
+                for k, ep in eps.items()
+                if isinstance(ep, Mapping) and self._accrual_state(ep) in _OUT_OF_ROTATION
             ]
             if not dead:
                 continue
@@ -1010,6 +1015,8 @@ class _Analysis:
                 share = failed / requests if requests else 0.0
                 svcs = self.services_of(router, cid)
                 said = f" (last: {_clip(last['message'])})" if last.get("message") else ""
+                if self._accrual_state(ep) != "dead":
+                    said += "; it is being probed back, no probe has succeeded yet"
                 alive = len(eps) - len(dead)
                 self.add(
                     severity="warning",

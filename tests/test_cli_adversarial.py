@@ -665,3 +665,34 @@ def test_without_bindings_a_service_is_not_blamed_on_another_services_client() -
     metrics.update(counters("client", "/#/io.l5d.fs/b", 6))
     found = {f.service: f for f in diagnose(Snapshot(metrics=metrics, client_state=state)).findings}
     assert (found["/svc/b"].client, found["/svc/b"].endpoint) == (None, None)
+
+
+async def test_wtf_reports_an_endpoint_failure_accrual_is_probing_back(tmp_path: Path) -> None:
+    """Past its backoff, a dead endpoint's accrual state is probe_open (the next request probes it)
+    until a probe succeeds; wtf reported only the state "dead", so once the backoff ran out (seconds,
+    with Linkerd's default) the refusing endpoint vanished from the report: "healthy"."""
+    disco = tmp_path / "disco"
+    disco.mkdir()
+    accrual = (
+        "  client:\n    failureAccrual: {kind: io.l5d.consecutiveFailures, failures: 5, "
+        "backoff: {kind: constant, ms: 200}}\n"
+    )
+    with closed_port() as down:
+        async with running_upstream() as up:
+            (disco / "web").write_text(f"127.0.0.1 {down}\n127.0.0.1 {up.port}\n")
+            async with running_daemon(fs_config(disco) + accrual) as d:
+                base = f"http://127.0.0.1:{d.port('out')}"
+                assert [(await curl(base + "/", "-H", "Host: web")).status for _ in range(10)] == [200] * 10
+                with trio.fail_after(10):
+                    while True:
+                        state = (await curl(d.admin + "/client_state.json")).json()
+                        assert isinstance(state, dict)
+                        ep = state["/#/io.l5d.fs/web"]["endpoints"][f"127.0.0.1:{down}"]
+                        if ep["accrual"] == "probe_open":
+                            break
+                        await trio.sleep(0.1)
+                code, out, err = await hostproxy("wtf", "--admin", d.admin, "--json")
+                assert code == 1, (out, err)
+                (f,) = json.loads(out)["findings"]
+                assert (f["cause"], f["endpoint"]) == ("connect/refused", f"127.0.0.1:{down}")
+                assert "; it is being probed back, no probe has succeeded yet;" in f["verdict"]
