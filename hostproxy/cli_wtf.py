@@ -271,8 +271,12 @@ def collect(
         metrics = delta_metrics(before_metrics, metrics)
         unbound = delta_unbound(before_unbound or {}, unbound)
     routers = optional("/admin/routers.json") or {}
-    if router is not None and routers and router not in routers:
-        raise UnknownRouter(router, sorted(routers))
+    # The routers: /admin/routers.json's, else (turned off, an older daemon) those metrics name.
+    labels = set(routers) or {
+        key.split("/")[1] for key in metrics if key.startswith("rt/") and key.count("/") > 1
+    }
+    if router is not None and router not in labels:
+        raise UnknownRouter(router, sorted(labels))
     snap = Snapshot(
         metrics=metrics,
         client_state=optional("/client_state.json") or {},

@@ -354,6 +354,12 @@ async def test_documents_turned_off_by_admin_security_are_named_not_silently_ski
         code, out, err = await hostproxy("wtf", "--admin", d.admin, "--interval", "100ms", "--json")
         assert code == 0, (out, err)
         assert f"{d.admin}/admin/unbound.json {off}" in json.loads(out)["unreadable"]
+        # Without /admin/routers.json, a --router typo is still a usage error, not "healthy".
+        code, out, err = await hostproxy("wtf", "--admin", d.admin, "--router", "uot", "--json")
+        assert code == 2, (out, err)
+        assert json.loads(out)["error"] == "--router uot: no such router; the routers are: out"
+        code, out, err = await hostproxy("wtf", "--admin", d.admin, "--router", "out")
+        assert code == 0, (out, err)
 
 
 async def test_state_names_namer_states_admin_security_turned_off_and_shows_the_clients(
