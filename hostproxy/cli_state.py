@@ -131,10 +131,10 @@ def render_tables(clients: Mapping[str, Any], namers: Mapping[str, Any]) -> str:
 
 def fetch_state(admin: AdminClient) -> dict[str, Any]:
     clients = admin.get("/client_state.json")
-    if clients is None:
-        raise AdminUnreachable(
-            f"{admin.base}/client_state.json is missing: is this a hostproxy admin server?"
-        )
+    if clients is None or not all(isinstance(v, dict) for v in clients.values()):
+        # (each client's state is an object: anything else is another service's document)
+        what = "is missing" if clients is None else "is not a table of clients"
+        raise AdminUnreachable(f"{admin.base}/client_state.json {what}: is this a hostproxy admin server?")
     # The namers' state is optional: one that answers an error (turned off by admin.security, a
     # namer in error) is named under "unreadable" and the clients are shown without it.
     unreadable: list[str] = []

@@ -68,6 +68,12 @@ async def test_wtf_and_state_say_so_when_the_address_answers_json_that_is_no_adm
             assert code == 1 and "Traceback" not in err
             assert what in json.loads(out)["error"]
     async with serving(answering(b'{"status": "ok"}')) as port:
+        code, out, err = await hostproxy("state", "--admin", f"127.0.0.1:{port}")
+        assert code == 1 and out == "", out
+        assert err.strip() == (
+            f"hostproxy state: http://127.0.0.1:{port}/client_state.json is not a table of clients: "
+            "is this a hostproxy admin server?"
+        )
         code, out, err = await hostproxy("wtf", "--admin", f"127.0.0.1:{port}", "--json")
         assert code == 1, out
         doc = json.loads(out)
