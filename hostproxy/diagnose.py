@@ -29,9 +29,9 @@ Where the numbers come from:
 * failure accrual: an endpoint marked dead while its service still succeeds (requests go to the
   others, connect failures requeued there fail no request) is a warning, with the endpoint's last
   failure (``/client_state.json`` → ``endpoints.<ep>.lastFailure``);
-* a timeout whose request was still connecting when it ran out (``pool.connects_abandoned`` of an
-  endpoint that never got a connection) is the network's or the upstream host's, not the
-  application's slowness;
+* a timeout of a client none of whose endpoints ever got a connection (``pool.connects`` 0; connects
+  failed, under way, or abandoned when the request gave up: ``pool.connects_abandoned``) is the
+  network's or the upstream host's, not the application's slowness;
 * failed answers (5XX, gRPC errors) that carry ``l5d-err`` were made by a proxy downstream (a peer
   hostproxy's incoming router, a Linkerd), not by the application: when most of a service's did
   (``/client_state.json`` → ``downstreamProxyErrors.<service>``), the finding's fault is
@@ -437,23 +437,34 @@ class _Analysis:
             return None
         return count, max(answered if isinstance(answered, int) else count, count), last
 
-    def abandoned_connects(self, client: str | None) -> tuple[list[tuple[str, int]], dict[str, int]]:
-        """The endpoints of ``client`` whose connects were abandoned when their request gave up
-        (``pool.connects_abandoned``), most first, and each endpoint's established connects."""
+    def unreached(self, client: str | None) -> tuple[list[tuple[str, int]], list[tuple[str, int]], bool]:
+        """Endpoints of ``client`` that no connection ever reached although hostproxy tried (no
+        ``pool.connects``; connects failed, abandoned when their request gave up, or still under
+        way), with those attempts; the other endpoints with connects abandoned, most first; and
+        whether any endpoint of the client ever got a connection."""
         entry = self.snap.client_state.get(client) if client is not None else None
         eps = entry.get("endpoints") if isinstance(entry, Mapping) else None
-        stuck: list[tuple[str, int]] = []
-        connected: dict[str, int] = {}
+        never: list[tuple[str, int]] = []
+        abandoned: list[tuple[str, int]] = []
+        reached = False
         for key, ep in eps.items() if isinstance(eps, Mapping) else ():
             pool = ep.get("pool") if isinstance(ep, Mapping) else None
             if not isinstance(pool, Mapping):
                 continue
-            n, ok = pool.get("connects_abandoned"), pool.get("connects")
-            connected[key] = ok if isinstance(ok, int) else 0
-            if isinstance(n, int) and n > 0:
-                stuck.append((key, n))
-        stuck.sort(key=lambda kv: (-kv[1], kv[0]))
-        return stuck, connected
+
+            def count(name: str, pool: Mapping[str, Any] = pool) -> int:
+                v = pool.get(name)
+                return v if isinstance(v, int) else 0
+
+            tried = count("connects_abandoned") + count("connect_failures")
+            reached = reached or count("connects") > 0
+            if count("connects") == 0 and tried + count("opening") > 0:
+                never.append((key, tried))
+            elif count("connects_abandoned"):
+                abandoned.append((key, count("connects_abandoned")))
+        never.sort(key=lambda kv: (-kv[1], kv[0]))
+        abandoned.sort(key=lambda kv: (-kv[1], kv[0]))
+        return never, abandoned, reached
 
     def endpoint_failure(self, client: str | None, endpoint: str | None, cause: Cause) -> str | None:
         """The message of ``endpoint``'s last failure in ``client`` (``/client_state.json`` →
@@ -741,15 +752,16 @@ class _Analysis:
             lat = f", p99 latency {p99:g} ms" if isinstance(p99, int | float) else ""
             # A deadline that ran out while hostproxy was still connecting is not the application's
             # slowness: the request never reached it.
-            stuck, connected = self.abandoned_connects(client)
-            if stuck and not any(connected.get(k) for k, _ in stuck):
-                endpoint = stuck[0][0]
-                n_stuck = sum(n for _, n in stuck)
+            never, stuck, reached = self.unreached(client)
+            if never and not reached:
+                endpoint = never[0][0]
+                tried = sum(n for _, n in never)
                 verdict = (
                     f"{rate} exceed {which} while hostproxy is still connecting to {endpoint}"
-                    f"{f' (and {len(stuck) - 1} more)' if len(stuck) > 1 else ''}: no connection was ever "
-                    f"established ({n_stuck} connect(s) abandoned at the deadline), so the application was "
-                    "never reached — host down, SYNs dropped by a firewall, or the app's accept queue full"
+                    f"{f' (and {len(never) - 1} more)' if len(never) > 1 else ''}: no connection to it was "
+                    f"ever established ({tried} connect(s) failed or abandoned at the deadline), so the "
+                    "application was never reached — host down, SYNs dropped by a firewall, or the app's "
+                    "accept queue full"
                 )
                 nxt = (
                     f"`nc -vz -w2 {_host_port(endpoint)}` from this host; set client.connectTimeoutMs "
@@ -759,7 +771,13 @@ class _Analysis:
                 blame = "network/upstream"
             else:
                 also = ""
-                if stuck:
+                if never:
+                    also = (
+                        f"; but no connection to {never[0][0]}"
+                        f"{f' (and {len(never) - 1} more)' if len(never) > 1 else ''} was ever established "
+                        "(host down, or SYNs dropped?): requests sent there never reached the application"
+                    )
+                elif stuck:
                     also = (
                         f"; {sum(n for _, n in stuck)} connect(s) to {stuck[0][0]} were still under way "
                         "when the time ran out (the network or the app's accept queue may be part of it)"

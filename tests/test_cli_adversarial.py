@@ -507,14 +507,29 @@ async def test_wtf_does_not_call_an_application_slow_that_was_never_reached(tmp_
                 assert f["endpoint"] == f"127.0.0.1:{stalled}"
                 assert f["verdict"] == (
                     f"100% of requests exceed totalTimeoutMs while hostproxy is still connecting to "
-                    f"127.0.0.1:{stalled}: no connection was ever established (2 connect(s) abandoned at "
-                    "the deadline), so the application was never reached — host down, SYNs dropped by a "
-                    "firewall, or the app's accept queue full"
+                    f"127.0.0.1:{stalled}: no connection to it was ever established (2 connect(s) failed or "
+                    "abandoned at the deadline), so the application was never reached — host down, SYNs "
+                    "dropped by a firewall, or the app's accept queue full"
                 )
                 assert str(f["next_step"]).startswith(f"`nc -vz -w2 127.0.0.1 {stalled}` from this host")
                 f = found[("/svc/slow", "timeout/request")]
                 assert f["fault"] == "application"
                 assert str(f["verdict"]).startswith("the application is too slow: 100% of requests exceed")
+            # The same through an h2 router (its connects are shared by the requests waiting for them).
+            h2 = """- protocol: h2
+  label: h2
+  dtab: /svc => /#/io.l5d.fs;
+  servers: [{ip: 127.0.0.1, port: 0}]
+  service: {totalTimeoutMs: 300}
+"""
+            async with running_daemon(fs_config(disco, extra_router=h2)) as d:
+                r = await curl(
+                    f"http://127.0.0.1:{d.port('h2')}/", "--http2-prior-knowledge", "-H", "Host: web"
+                )
+                assert r.status == 503
+                code, out, err = await hostproxy("wtf", "--admin", d.admin, "--json")
+                f = by_finding(json.loads(out))[("/svc/web", "timeout/request")]
+                assert f["fault"] == "network/upstream" and f["endpoint"] == f"127.0.0.1:{stalled}"
 
 
 # -- hostproxy run -------------------------------------------------------------------------------------
@@ -708,3 +723,30 @@ async def test_wtf_reports_an_endpoint_failure_accrual_is_probing_back(tmp_path:
                 (f,) = json.loads(out)["findings"]
                 assert (f["cause"], f["endpoint"]) == ("connect/refused", f"127.0.0.1:{down}")
                 assert "; it is being probed back, no probe has succeeded yet;" in f["verdict"]
+
+
+def test_a_timeout_with_one_endpoint_never_reached_says_so_beside_the_slow_application() -> None:
+    cid = "/#/io.l5d.fs/web"
+    metrics = {
+        "rt/out/server/127.0.0.1/4140/requests": 10,
+        "rt/out/service/svc/web/requests": 10,
+        "rt/out/service/svc/web/failures/timeout/request": 4,
+        f"rt/out/client{cid}/requests": 10,
+        f"rt/out/client{cid}/failures/timeout/request": 4,
+    }
+    eps = {
+        "10.0.0.1:80": {"pool": {"connects": 3, "connect_failures": 0, "connects_abandoned": 0}},
+        "10.0.0.2:80": {"pool": {"connects": 0, "connect_failures": 2, "connects_abandoned": 1}},
+    }
+    snap = Snapshot(
+        metrics=metrics,
+        client_state={cid: {"state": "bound", "endpoints": eps}},
+        bindings={"out": {"/svc/web": [cid]}},
+    )
+    (f,) = diagnose(snap).findings
+    assert f.fault == "application"
+    assert f.verdict == (
+        "the application is too slow: 40% of requests exceed totalTimeoutMs; but no connection to "
+        "10.0.0.2:80 was ever established (host down, or SYNs dropped?): requests sent there never "
+        "reached the application"
+    )
