@@ -896,6 +896,10 @@ class _Analysis:
         for row in rows:
             name = str(row.get("name"))
             for cause, n in row_causes(row).items():
+                if self.num(f"{self.prefix(router, 'service', name)}/failures/{cause.value}") > 0:
+                    # A service that bound before (its file deleted since, say) counts these failures
+                    # under its own name too: its finding is already made, with its own share.
+                    continue
                 share = n / total if total else 1.0
                 cause_share = (
                     (by_cause[cause] / total if total else 1.0) if cause is Cause.NAMING_FAILED else share

@@ -750,3 +750,25 @@ def test_a_timeout_with_one_endpoint_never_reached_says_so_beside_the_slow_appli
         "10.0.0.2:80 was ever established (host down, or SYNs dropped?): requests sent there never "
         "reached the application"
     )
+
+
+async def test_wtf_reports_a_service_whose_file_was_deleted_once(tmp_path: Path) -> None:
+    """A service that bound, then its fs file was deleted: its requests fail naming/neg, counted
+    under the service and also kept in the table of unbound names. wtf listed the same
+    (router, service, cause) twice, at 50% each, once as "a typo in the Host?"."""
+    disco = tmp_path / "disco"
+    disco.mkdir()
+    async with running_upstream() as up:
+        (disco / "web").write_text(f"127.0.0.1 {up.port}\n")
+        async with running_daemon(fs_config(disco)) as d:
+            base = f"http://127.0.0.1:{d.port('out')}/"
+            assert [(await curl(base, "-H", "Host: web")).status for _ in range(2)] == [200, 200]
+            (disco / "web").unlink()
+            with trio.fail_after(10):
+                while (await curl(base, "-H", "Host: web")).status != 502:
+                    await trio.sleep(0.1)
+            code, out, err = await hostproxy("wtf", "--admin", d.admin, "--json")
+            assert code == 1, err
+            findings = json.loads(out)["findings"]
+            assert [(f["service"], f["cause"]) for f in findings] == [("/svc/web", "naming/neg")]
+            assert findings[0]["verdict"] == "no route: /svc/web is negative in the dtab of router out"
