@@ -53,8 +53,13 @@ def _addrs(entry: Mapping[str, Any]) -> str:
     parts = []
     for a in addrs:
         if isinstance(a, Mapping):
-            host, port = a.get("host", a.get("ip")), a.get("port")
-            parts.append(f"{host}:{port}" if port is not None else str(host))
+            host, port, weight = a.get("host", a.get("ip")), a.get("port"), a.get("weight")
+            text = str(host)
+            if port is not None:
+                text = f"[{host}]:{port}" if ":" in text else f"{host}:{port}"  # (IPv6 in brackets)
+            if isinstance(weight, int | float) and weight != 1:
+                text += f"*{weight:g}"  # (as hostproxy dtab delegate writes it)
+            parts.append(text)
         else:
             parts.append(str(a))
     if len(parts) > 4:

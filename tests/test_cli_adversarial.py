@@ -19,6 +19,7 @@ from pathlib import Path
 
 import trio
 
+from hostproxy.cli_state import render_tables
 from hostproxy.diagnose import Snapshot, diagnose
 from hostproxy.http.message import Body, Headers, Request, Response
 from tests.daemonutil import curl, fs_config, running_daemon
@@ -772,3 +773,19 @@ async def test_wtf_reports_a_service_whose_file_was_deleted_once(tmp_path: Path)
             findings = json.loads(out)["findings"]
             assert [(f["service"], f["cause"]) for f in findings] == [("/svc/web", "naming/neg")]
             assert findings[0]["verdict"] == "no route: /svc/web is negative in the dtab of router out"
+
+
+def test_state_writes_namer_addresses_as_addresses() -> None:
+    """``hostproxy state`` wrote an IPv6 address of a namer as ``::1:8081`` (no address: which colon
+    starts the port?) and dropped the weights the fs file gives."""
+    names = {
+        "web": {
+            "state": "bound",
+            "addrs": [
+                {"host": "::1", "port": 8081, "weight": 2.0},
+                {"host": "10.0.0.1", "port": 80, "weight": 1.0},
+            ],
+        }
+    }
+    text = render_tables({}, {"/io.l5d.fs": {"kind": "io.l5d.fs", "names": names}})
+    assert "  web   bound  [::1]:8081*2, 10.0.0.1:80" in text
