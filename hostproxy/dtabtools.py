@@ -34,6 +34,9 @@ The linter (:func:`lint_dtab`) is described on that function.
 
 from __future__ import annotations
 
+import bisect
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,10 +96,19 @@ class Layout:
         return line_column(self.text, offset)
 
 
+#: The text whose line starts were found last, and those offsets: the layout asks the position of
+#: every dentry and token of one text, and counting newlines from the start each time was quadratic.
+_line_starts: tuple[str, list[int]] | None = None
+
+
 def line_column(text: str, offset: int) -> tuple[int, int]:
     """1-based line and column (in characters) of ``offset``, lines split at ``\\n`` as the parser does."""
-    before = text[:offset]
-    return before.count("\n") + 1, offset - (before.rfind("\n") + 1) + 1
+    global _line_starts
+    if _line_starts is None or _line_starts[0] is not text:
+        _line_starts = (text, [0] + [m.end() for m in re.finditer("\n", text)])
+    starts = _line_starts[1]
+    line = bisect.bisect_right(starts, offset)
+    return line, offset - starts[line - 1] + 1
 
 
 def _scan_path(text: str, i: int) -> int:
@@ -413,6 +425,39 @@ def _matches_always(prefix: tuple[Any, ...], labels: tuple[bytes, ...]) -> bool:
     return all(e is ANY or e == lab for e, lab in zip(prefix, labels, strict=False))
 
 
+class _PrefixIndex:
+    """The dentries of a table by prefix, for the lint's lookups, latest first: a prefix without
+    ``*`` is found by looking up each leading part of the path (a dict), the few with ``*`` are tried
+    one by one. Scanning every dentry for every path made ``lint`` quadratic and worse: minutes for a
+    few thousand dentries."""
+
+    def __init__(self, dentries: list[Dentry]) -> None:
+        self.prefixes = [d.prefix.elems for d in dentries]
+        self.exact: dict[tuple[Any, ...], list[int]] = {}
+        self.wild: list[int] = []
+        for k, prefix in enumerate(self.prefixes):
+            if any(e is ANY for e in prefix):
+                self.wild.append(k)
+            else:
+                self.exact.setdefault(tuple(prefix), []).append(k)
+
+    def _lookup(
+        self, elems: tuple[Any, ...], test: Callable[[tuple[Any, ...], tuple[Any, ...]], bool]
+    ) -> list[int]:
+        found = [k for n in range(len(elems) + 1) for k in self.exact.get(tuple(elems[:n]), ())]
+        found += [k for k in self.wild if test(self.prefixes[k], elems)]
+        found.sort(reverse=True)
+        return found
+
+    def always(self, labels: tuple[bytes, ...]) -> list[int]:
+        """The dentries whose prefix matches ``labels ++ S`` for every ``S`` (``_matches_always``)."""
+        return self._lookup(labels, _matches_always)
+
+    def covering(self, elems: tuple[Any, ...]) -> list[int]:
+        """The dentries whose prefix matches every path prefix ``elems`` matches (``_covers``)."""
+        return self._lookup(elems, _covers)
+
+
 def _may_match(prefix: tuple[Any, ...], labels: tuple[bytes, ...]) -> bool:
     """True when ``prefix`` matches ``labels ++ S`` for some suffix ``S``."""
     return all(e is ANY or e == lab for e, lab in zip(prefix, labels, strict=False))
@@ -509,6 +554,7 @@ def _find_cycles(table: Dtab) -> dict[frozenset[int], list[tuple[int, tuple[byte
     consume labels, so such chains end), which keeps every reported cycle real.
     """
     dentries = list(table)
+    index = _PrefixIndex(dentries)
     cycles: dict[frozenset[int], list[tuple[int, tuple[bytes, ...]]]] = {}
     for s, entry in enumerate(dentries):
         start = entry.prefix.elems
@@ -529,12 +575,10 @@ def _find_cycles(table: Dtab) -> dict[frozenset[int], list[tuple[int, tuple[byte
             if labels in seen or len(chain) >= _MAX_CHAIN:
                 continue
             seen.add(labels)
-            for k in range(len(dentries) - 1, -1, -1):
-                q = dentries[k].prefix.elems
-                if _matches_always(q, labels):
-                    rest = labels[len(q) :]
-                    for leaf in reversed(_leaves(dentries[k].dst)):
-                        stack.append((leaf.labels + rest, [*chain, (k, leaf.labels + rest)]))
+            for k in index.always(labels):
+                rest = labels[len(index.prefixes[k]) :]
+                for leaf in reversed(_leaves(dentries[k].dst)):
+                    stack.append((leaf.labels + rest, [*chain, (k, leaf.labels + rest)]))
     # A longer cycle that contains a shorter one is the same problem seen from another dentry.
     return {key: chain for key, chain in cycles.items() if not any(other < key for other in cycles)}
 
@@ -579,10 +623,13 @@ def lint_dtab(text: str) -> list[LintWarning]:
     def where(k: int) -> str:
         return f"line {starts[k][0]}"
 
+    index = _PrefixIndex(dentries)
     for i, d in enumerate(dentries):
-        for j in range(len(dentries) - 1, i, -1):
+        for j in index.covering(d.prefix.elems):
+            if j <= i:
+                break
             later = dentries[j]
-            if _covers(later.prefix.elems, d.prefix.elems) and _never_neg(later.dst, table):
+            if _never_neg(later.dst, table):
                 same = later.prefix == d.prefix
                 how = (
                     "has the same prefix"
