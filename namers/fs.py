@@ -299,19 +299,28 @@ class FsCore:
                 changed.append(key)
         return changed
 
+    def _settling(self, t: _Tracked, now: float) -> bool:
+        """Whether what was just seen waits for the settle delay (started at its first sight) before
+        it is believed."""
+        if t.settle_until is None:
+            t.settle_until = now + self.settle
+            self.settles += 1
+            return True
+        return now < t.settle_until
+
     def apply(self, key: Key, obs: Observation, now: float) -> bool:
         t = self._tracked.setdefault(key, _Tracked())
         if isinstance(obs, Unchanged):
             return False
-        if isinstance(obs, Missing) and t.kind == "file" and self._has_addresses(key):
-            # Gone where it had addresses: maybe a writer that unlinks and creates (git checkout,
-            # rm and cp) caught in between. Believe it only if it is still gone after `settle`.
-            if t.settle_until is None:
-                t.settle_until = now + self.settle
-                self.settles += 1
-                return False
-            if now < t.settle_until:
-                return False
+        # Gone where it had addresses: maybe a writer that unlinks and creates (git checkout, rm and
+        # cp) caught in between. Believe it only if it is still gone after `settle`.
+        if (
+            isinstance(obs, Missing)
+            and t.kind == "file"
+            and self._has_addresses(key)
+            and self._settling(t, now)
+        ):
+            return False
         if isinstance(obs, Missing | IsDir):
             t.kind = "dir" if isinstance(obs, IsDir) else "missing"
             t.sig = None
@@ -329,16 +338,11 @@ class FsCore:
         t.kind = "file"
         t.sig = obs.sig
         t.racy = obs.racy
-        if obs.racy and obs.text and not obs.text.endswith(("\n", "\r")):
-            # Changed a moment ago and ending mid-line: maybe a writer caught between two writes
-            # ('10.0.0.2 8' of '10.0.0.2 8080'), which would publish an address the file never held.
-            # Read again until it ends its line, or stops changing, or `settle` has passed.
-            if t.settle_until is None:
-                t.settle_until = now + self.settle
-                self.settles += 1
-                return False
-            if now < t.settle_until:
-                return False
+        # Changed a moment ago and ending mid-line: maybe a writer caught between two writes
+        # ('10.0.0.2 8' of '10.0.0.2 8080'), which would publish an address the file never held. Read
+        # again until it ends its line, or stops changing, or `settle` has passed.
+        if obs.racy and obs.text and not obs.text.endswith(("\n", "\r")) and self._settling(t, now):
+            return False
         source = file_path(self.root, key)
         try:
             addrs = parse_addresses(obs.text, source)
