@@ -1127,7 +1127,9 @@ class _Connection:
                 out = codec.send_response(status, response.reason, fields)
                 if data:
                     out += codec.send_data(data)
-                out += codec.send_end(trailers.items() if trailers and codec.response_chunked else None)
+                out += codec.send_end(
+                    self._trailer_fields(trailers) if trailers and codec.response_chunked else None
+                )
                 lock = self._send_lock
                 if lock is not None and lock.locked():
                     await self.send_head(out)
@@ -1166,11 +1168,19 @@ class _Connection:
                         _reset_on_close(self.stream)
                     raise _ClientGone("response body failed") from None
             trailers = body.trailers if codec.response_chunked else None
-            await self.send(codec.send_end(trailers.items() if trailers else None))
+            await self.send(codec.send_end(self._trailer_fields(trailers) if trailers else None))
         finally:
             if not body.done:
                 with trio.CancelScope(shield=True):
                     await body.aclose()
+
+    def _trailer_fields(self, trailers: Headers) -> list[tuple[bytes, bytes]]:
+        """The trailer fields to send: without ``l5d-*`` on a ``clearContext`` server (a downstream
+        proxy's, the classifier's ``l5d-success-class``), as its heads."""
+        fields = trailers.items()
+        if self.params.clear_context:
+            fields = [(n, v) for n, v in fields if not n.startswith(b"l5d-")]
+        return fields
 
     async def _write_interim(self, response: Response) -> bool:
         """Write the interim (1xx) responses the upstream sent before ``response`` (RFC 9110 §15.2: a
@@ -1186,10 +1196,14 @@ class _Connection:
             return False
         waiting = codec.they_are_waiting_for_100_continue
         out = b""
+        clear = self.params.clear_context
         for status, headers in response.interim or ():
             fields = headers.copy()
             append_via(fields, response.http_version)
-            out += codec.send_informational(status, fields.items())
+            items = fields.items()
+            if clear:
+                items = [(n, v) for n, v in items if not n.startswith(b"l5d-")]
+            out += codec.send_informational(status, items)
         await self.send_head(out)
         return waiting
 
@@ -1200,8 +1214,11 @@ class _Connection:
         codec = self.codec
         headers = strip_hop_by_hop(response.headers, keep_upgrade=True, request=False)
         append_via(headers, response.http_version)
+        fields = headers.items()
+        if self.params.clear_context:  # (the router's l5d-success-class, a downstream proxy's l5d-*)
+            fields = [(n, v) for n, v in fields if not n.startswith(b"l5d-")]
         try:
-            await self.send_head(codec.send_informational(101, headers.items()))
+            await self.send_head(codec.send_informational(101, fields))
             pending = codec.switched_protocol_data()
             if pending:
                 await upstream.send_all(pending)

@@ -1,0 +1,98 @@
+"""Adversarial review of the changes since ec56cb9 on the request path: clearContext on answers that
+are not plain responses (101, interim, trailers), client checks, retries and client stats. Real
+daemon in-process, real upstreams and raw sockets on loopback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from tests.daemonutil import fs_config, running_daemon
+from tests.test_linkerd1_conformance import write_disco
+from tests.upstreams import running_upstream
+
+SAFETY = 10
+
+
+async def _read_until(stream: trio.SocketStream, marker: bytes) -> bytes:
+    data = b""
+    with trio.fail_after(SAFETY):
+        while marker not in data:
+            chunk = await stream.receive_some(65536)
+            assert chunk, data
+            data += chunk
+    return data
+
+
+async def test_clear_context_upgrade_answer_carries_no_l5d_fields(tmp_path: Path) -> None:
+    """A clearContext HTTP/1.1 server's ``101 Switching Protocols`` is a response like any other: the
+    classifier's ``l5d-success-class`` the router sets on it must not reach the untrusted caller (it
+    went out in the 101 head, which the tunnel writes itself)."""
+    async with running_upstream() as up:
+        disco = tmp_path / "disco"
+        write_disco(disco, "web", up.port)
+        async with running_daemon(fs_config(disco, server_extra="    clearContext: true")) as d:
+            stream = await trio.open_tcp_stream("127.0.0.1", d.port("out"))
+            async with stream:
+                await stream.send_all(
+                    b"GET /ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+                )
+                data = await _read_until(stream, b"\r\n\r\n")
+                head = data.split(b"\r\n\r\n")[0].lower()
+                assert head.startswith(b"http/1.1 101"), head
+                assert b"upgrade: websocket" in head, head
+                assert b"\r\nl5d-" not in head, head
+                await stream.send_all(b"frame")
+                assert (await _read_until(stream, b"frame")).endswith(b"frame")
+
+
+async def _raw_upstream(answer: bytes, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """A loopback upstream that answers every request head with ``answer`` (raw bytes)."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        buf = b""
+        with trio.move_on_after(SAFETY):
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                buf = buf.split(b"\r\n\r\n", 1)[1]
+                await stream.send_all(answer)
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(handle, listeners)
+
+
+async def test_clear_context_interim_answers_and_trailers_carry_no_l5d_fields(tmp_path: Path) -> None:
+    """The interim (1xx) answers a clearContext server passes on and the trailers of a chunked
+    response lose their ``l5d-*`` fields too (a downstream proxy's), as its response heads do; the
+    other fields stay."""
+    answer = (
+        b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\nl5d-err: secret%20dtab\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n"
+        b"4\r\nbody\r\n0\r\nx-sum: 7\r\nl5d-success-class: 0.0\r\n\r\n"
+    )
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(_raw_upstream, answer)
+        disco = tmp_path / "disco"
+        write_disco(disco, "web", port)
+        async with running_daemon(fs_config(disco, server_extra="    clearContext: true")) as d:
+            stream = await trio.open_tcp_stream("127.0.0.1", d.port("out"))
+            async with stream:
+                await stream.send_all(b"GET / HTTP/1.1\r\nHost: web\r\nTE: trailers\r\n\r\n")
+                data = b""
+                with trio.fail_after(SAFETY):
+                    while b"\r\n0\r\n" not in data or not data.endswith(b"\r\n\r\n"):
+                        chunk = await stream.receive_some(65536)
+                        assert chunk, data
+                        data += chunk
+        nursery.cancel_scope.cancel()
+    text = data.lower()
+    assert text.startswith(b"http/1.1 103"), text
+    assert b"link: </a.css>" in text and b"x-sum: 7" in text and b"body" in text, text
+    assert b"l5d-" not in text, text
