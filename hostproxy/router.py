@@ -891,6 +891,7 @@ class HttpRouter:
         client_stats = client.stats
         client_stats.start()
         t_attempt = t0  # when the client's current attempt started
+        attempting = True  # an attempt is the client's request (none during a retry's backoff)
         cause: Cause | None = None
         status = 502
         first: float | None = t0  # when the first attempt starts (the client's clock is ours)
@@ -967,11 +968,10 @@ class HttpRouter:
                         assert err is not None
                         tried, tried_status = cause_of(err), CAUSE_STATUS.get(err.cause, 502)
                     now = self._clock()
+                    attempting = False
                     client_stats.finish_at(
                         now if self._one_clock else self._stats_clock(), now - t_attempt, tried, tried_status
                     )
-                    client_stats.start()
-                    t_attempt = now
                     if resp is not None:
                         await resp.body.aclose()
                     log.debug(
@@ -984,6 +984,11 @@ class HttpRouter:
                     )
                     if decision.delay_s > 0:
                         await trio.sleep(decision.delay_s)
+                    # The next attempt starts now: the backoff is no time in flight to the client,
+                    # and a request given up during it (its client gone) made no attempt there.
+                    client_stats.start()
+                    attempting = True
+                    t_attempt = self._clock()
                     continue
                 if decision.reason == "budget_exhausted":
                     entry.budget_exhausted.incr()
@@ -1020,7 +1025,8 @@ class HttpRouter:
             stats_now = now if self._one_clock else self._stats_clock()
             per_request = attempts.finish() if attempts is not None else policy.unretried()
             entry.registry.add_at(entry.per_request_add_at, per_request, stats_now)
-            client_stats.finish_at(stats_now, now - t_attempt, cause, status)
+            if attempting:
+                client_stats.finish_at(stats_now, now - t_attempt, cause, status)
 
     async def _with_trace_context(
         self,

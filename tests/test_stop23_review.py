@@ -4,13 +4,15 @@ daemon in-process, real upstreams and raw sockets on loopback."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import trio
 
 from tests.daemonutil import fs_config, running_daemon
 from tests.test_linkerd1_conformance import write_disco
-from tests.upstreams import running_upstream
+from tests.test_retry_adversarial import FS_CLIENT, AlwaysUnavailable, cfg, metrics
+from tests.upstreams import running_upstream, serving
 
 SAFETY = 10
 
@@ -96,3 +98,36 @@ async def test_clear_context_interim_answers_and_trailers_carry_no_l5d_fields(tm
     assert text.startswith(b"http/1.1 103"), text
     assert b"link: </a.css>" in text and b"x-sum: 7" in text and b"body" in text, text
     assert b"l5d-" not in text, text
+
+
+async def test_a_retry_backoff_is_no_attempt_of_the_client(tmp_path: Path) -> None:
+    """Each attempt is a request of the client, and only an attempt is: while the router waits out a
+    retry's backoff nothing is in flight to the client (its ``pending`` was 1), the next attempt's
+    latency starts when it is sent (it included the backoff), and a request whose client leaves
+    during the backoff is counted as the service's 499 but as no further request of the client (the
+    client counted a 499 attempt that was never made)."""
+    up = AlwaysUnavailable()
+    async with serving(up.handle) as port:
+        write_disco(tmp_path / "disco", "web", port)
+        service = (
+            "    responseClassifier: {kind: io.l5d.http.retryableAll5XX}\n"
+            "    retries: {backoff: {kind: constant, ms: 30000}}"
+        )
+        async with running_daemon(cfg(tmp_path / "disco", service=service)) as d:
+            with socket.create_connection(("127.0.0.1", d.port("out"))) as s:
+                s.sendall(b"GET /gone HTTP/1.1\r\nHost: web\r\n\r\n")
+                with trio.fail_after(SAFETY):
+                    while True:  # the first attempt answered and counted: the backoff has begun
+                        m = await metrics(d)
+                        if m.get(f"{FS_CLIENT}/requests", 0) == 1:
+                            break
+                        await trio.sleep(0.05)
+                assert m[f"{FS_CLIENT}/pending"] == 0, {k: v for k, v in m.items() if "client" in k}
+            with trio.fail_after(SAFETY):
+                while m.get("rt/out/service/svc/web/status/499", 0) == 0:
+                    await trio.sleep(0.2)
+                    m = await metrics(d)
+    assert [t for t, _ in up.requests] == ["/gone"]
+    assert m[f"{FS_CLIENT}/requests"] == 1 and m[f"{FS_CLIENT}/status/503"] == 1, m
+    assert m.get(f"{FS_CLIENT}/status/499", 0) == 0, {k: v for k, v in m.items() if "client" in k}
+    assert m[f"{FS_CLIENT}/pending"] == 0
