@@ -11,7 +11,7 @@ import trio
 
 from tests.daemonutil import fs_config, running_daemon
 from tests.test_linkerd1_conformance import write_disco
-from tests.test_retry_adversarial import FS_CLIENT, AlwaysUnavailable, cfg, metrics
+from tests.test_retry_adversarial import FS_CLIENT, AlwaysUnavailable, cfg, metrics, recorder
 from tests.upstreams import running_upstream, serving
 
 SAFETY = 10
@@ -131,3 +131,28 @@ async def test_a_retry_backoff_is_no_attempt_of_the_client(tmp_path: Path) -> No
     assert m[f"{FS_CLIENT}/requests"] == 1 and m[f"{FS_CLIENT}/status/503"] == 1, m
     assert m.get(f"{FS_CLIENT}/status/499", 0) == 0, {k: v for k, v in m.items() if "client" in k}
     assert m[f"{FS_CLIENT}/pending"] == 0
+
+
+async def test_a_request_its_client_abandoned_is_no_success(tmp_path: Path) -> None:
+    """A request cancelled because its client left (499) is neither a failure nor a success: an
+    upstream that hangs every request while clients give up on their side showed a success rate of
+    100% (each abandoned request counted in ``success``) on the server, the service and the client
+    -- a total outage as a healthy service on every dashboard."""
+    async with recorder() as (up, port):
+        write_disco(tmp_path / "disco", "web", port)
+        async with running_daemon(fs_config(tmp_path / "disco")) as d:
+            with socket.create_connection(("127.0.0.1", d.port("out"))) as s:
+                s.sendall(b"GET /hold HTTP/1.1\r\nHost: web\r\n\r\n")
+                with trio.fail_after(SAFETY):
+                    await up.holding.wait()
+            m = await metrics(d)
+            with trio.fail_after(SAFETY):
+                while m.get("rt/out/service/svc/web/status/499", 0) == 0:
+                    await trio.sleep(0.2)
+                    m = await metrics(d)
+            server = next(k.rsplit("/", 1)[0] for k in m if k.startswith("rt/out/server/"))
+    for prefix in ("rt/out/service/svc/web", FS_CLIENT, server):
+        assert m[f"{prefix}/requests"] == 1 and m[f"{prefix}/status/499"] == 1, prefix
+        assert m.get(f"{prefix}/success", 0) == 0, prefix
+        assert m.get(f"{prefix}/failures", 0) == 0, prefix
+        assert m[f"{prefix}/pending"] == 0, prefix

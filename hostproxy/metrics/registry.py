@@ -403,6 +403,12 @@ class MetricsRegistry:
         }
 
 
+#: The status a request cancelled because its client left is counted with (nginx's "client closed
+#: request"): no failure of anyone's but the client's, and no success either (a hung upstream whose
+#: callers give up must not show a success rate of 100%).
+CLIENT_CLOSED = 499
+
+
 class RequestStats:
     """The per-scope request metrics; `start()` and `finish()` are the hot path."""
 
@@ -473,7 +479,8 @@ class RequestStats:
         self.requests.value += 1
         self._hist_add_at(latency_s * 1000.0, now)
         if cause is None:
-            self.success.value += 1
+            if status != CLIENT_CLOSED:
+                self.success.value += 1
         else:
             self.failures.value += 1
             c = self._by_cause.get(cause)
