@@ -709,9 +709,9 @@ class HttpRouter:
                     self.clients.release(client_id, released)
         except BaseException:
             resp = None  # counted as a 502, by its server and (once started) its service
-            if conn.client_gone():
-                # Cancelled because the client went away (``check_client``): no failure of anyone's
-                # but the client's, counted as nginx's 499 (client closed request).
+            if req.client_reset or conn.client_gone():
+                # Cancelled because the client went away (``check_client``) or reset its h2 stream:
+                # no failure of anyone's but the client's, counted as nginx's 499 (client closed request).
                 cause, unanswered = None, 499
             else:
                 cause = Cause.PROXY_INTERNAL
@@ -1015,7 +1015,7 @@ class HttpRouter:
                 status = CAUSE_STATUS.get(err.cause, 502)
                 return self._upstream_error(err, service, client), cause
         except BaseException:
-            if conn is not None and conn.client_gone():
+            if req.client_reset or (conn is not None and conn.client_gone()):
                 cause, status = None, 499  # the client went away (see ``handle``)
             else:
                 cause = Cause.PROXY_INTERNAL if cause is None else cause

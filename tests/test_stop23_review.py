@@ -9,7 +9,12 @@ from pathlib import Path
 
 import trio
 
+from hostproxy.h2 import H2Server, H2ServerParams
+from hostproxy.h2.link import CANCEL
 from tests.daemonutil import fs_config, running_daemon
+from tests.grpc_fixtures.rawh2 import RawClient
+from tests.test_h2_client_adversarial import h2_router
+from tests.test_h2_proxy import App
 from tests.test_linkerd1_conformance import write_disco
 from tests.test_retry_adversarial import FS_CLIENT, AlwaysUnavailable, cfg, metrics, recorder
 from tests.upstreams import running_upstream, serving
@@ -156,3 +161,42 @@ async def test_a_request_its_client_abandoned_is_no_success(tmp_path: Path) -> N
         assert m.get(f"{prefix}/success", 0) == 0, prefix
         assert m.get(f"{prefix}/failures", 0) == 0, prefix
         assert m[f"{prefix}/pending"] == 0, prefix
+
+
+async def test_an_h2_stream_its_client_reset_is_a_499_not_a_proxy_failure() -> None:
+    """An h2 client that cancels its stream (RST_STREAM CANCEL: a gRPC deadline, a user who gave up)
+    while the request waits for the upstream left as an HTTP/1.1 client that closes its connection
+    does: a 499, no failure of anyone's. It was counted as a 502 ``proxy/internal`` failure on the
+    server, the service and the client, so ``hostproxy wtf`` blamed the proxy for its callers'
+    deadlines."""
+    app = App()
+    upstream = H2Server(app.handle, H2ServerParams())
+    async with trio.open_nursery() as nursery:
+        [(_, port)] = await nursery.start(upstream.serve)
+        async with (
+            running_daemon(h2_router(f"/svc => /$/inet/127.0.0.1/{port};")) as d,
+            RawClient.connect(d.port("h2")) as c,
+        ):
+            await c.start()
+            sid = await c.request("/hang", port)
+            with trio.fail_after(SAFETY):
+                while not app.requests:
+                    await trio.sleep(0.01)
+            c.conn.reset_stream(sid, error_code=CANCEL)
+            await c.flush()
+            with trio.fail_after(SAFETY):
+                await app.cancelled.wait()
+                while True:
+                    m = await metrics(d)
+                    if m.get(f"rt/h2/service/svc/127.0.0.1:{port}/requests"):
+                        break
+                    await trio.sleep(0.05)
+            # The connection serves on.
+            sid = await c.request("/", port)
+            assert (await c.response(sid))[0] == 200
+        nursery.cancel_scope.cancel()
+    server = next(k.rsplit("/", 1)[0] for k in m if k.startswith("rt/h2/server/"))
+    for prefix in (f"rt/h2/service/svc/127.0.0.1:{port}", f"rt/h2/client/$/inet/127.0.0.1/{port}", server):
+        assert m[f"{prefix}/status/499"] == 1, (prefix, {k: v for k, v in m.items() if k.startswith(prefix)})
+        assert m.get(f"{prefix}/failures", 0) == 0, prefix
+        assert m.get(f"{prefix}/success", 0) == 0, prefix

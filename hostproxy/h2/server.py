@@ -341,6 +341,8 @@ class _ServerLink(H2Link):
         self.info = ConnInfo.for_stream(stream, p, conn_id)
         self.tasks = 0
         self.scopes: dict[int, trio.CancelScope] = {}
+        #: The request each stream's handler has (told when its client resets the stream).
+        self.handled: dict[int, Request] = {}
         self._handlers: trio.Nursery | None = None
         self._draining = False
         self._drain_goaway = False  # start_drain wrote its GOAWAY
@@ -657,6 +659,10 @@ class _ServerLink(H2Link):
     def on_stream_reset(self, s: StreamState, *, remote: bool) -> None:
         scope = self.scopes.get(s.id)
         if scope is not None:
+            if remote:
+                request = self.handled.get(s.id)
+                if request is not None:
+                    request.client_reset = True  # (the router counts it as 499, no failure)
             scope.cancel()
         if remote:
             self.server._stats.client_resets += 1
@@ -804,7 +810,7 @@ class _ServerLink(H2Link):
                     response = grpc_error_response(Headers(raw), built)
                     await self._respond(s, response, head=False, grpc=False)
                     return
-                request = built
+                request = self.handled[s.id] = built
                 limit = self.params.max_concurrent_requests
                 if limit is not None and stats.requests_in_flight >= limit:
                     stats.rejected_overload += 1
@@ -851,6 +857,7 @@ class _ServerLink(H2Link):
                 self.reset(s, NO_ERROR)
             self.tasks -= 1
             self.scopes.pop(s.id, None)
+            self.handled.pop(s.id, None)
             self.streams.pop(s.id, None)
             if not self.tasks:
                 self.idle_since = self._clock()

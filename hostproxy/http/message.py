@@ -379,6 +379,9 @@ class Request:
     scheme: str = "http"
     authority: str | None = None
     upgrade: bytes | None = None
+    #: The client cancelled this request (reset its h2 stream) while it was being handled: set by the
+    #: server before it cancels the handler, which counts it as 499 (client closed request).
+    client_reset: bool = False
 
 
 @dataclass(eq=False)
