@@ -74,6 +74,7 @@ from hostproxy.http.errors import (
 from hostproxy.http.message import Body, Headers, Request, Response
 from hostproxy.http.server import ConnInfo
 from hostproxy.metrics import MetricsRegistry, PromId
+from hostproxy.metrics.registry import CLIENT_CLOSED
 from hostproxy.retry import (
     DEADLINE_HEADER,
     ReplayableStream,
@@ -607,7 +608,7 @@ class HttpRouter:
         cause: Cause | None = None
         service_stats: Any = None
         released: float | None = None  # when the client was released (the request's end)
-        unanswered = 502  # the status a request that got no response is counted with
+        abandoned = False  # cancelled because the client left: counted as 499 (``abandoned_at``)
         held = False  # the client stays in use, and the request in flight, until the streamed body ends
         try:
             try:
@@ -712,7 +713,7 @@ class HttpRouter:
             if req.client_reset or conn.client_gone():
                 # Cancelled because the client went away (``check_client``) or reset its h2 stream:
                 # no failure of anyone's but the client's, counted as nginx's 499 (client closed request).
-                cause, unanswered = None, 499
+                cause, abandoned = None, True
             else:
                 cause = Cause.PROXY_INTERNAL
             raise
@@ -722,10 +723,16 @@ class HttpRouter:
             now = released if released is not None else clock()
             latency = now - t0
             stats_now = now if self._one_clock else self._stats_clock()
-            status = resp.status if resp is not None else unanswered
-            server_stats.finish_at(stats_now, latency, cause, status)
-            if service_stats is not None:
-                service_stats.finish_at(stats_now, latency, cause, status)
+            if abandoned:
+                status = CLIENT_CLOSED
+                server_stats.abandoned_at(stats_now, latency)
+                if service_stats is not None:
+                    service_stats.abandoned_at(stats_now, latency)
+            else:
+                status = resp.status if resp is not None else 502
+                server_stats.finish_at(stats_now, latency, cause, status)
+                if service_stats is not None:
+                    service_stats.finish_at(stats_now, latency, cause, status)
             if rec is not None:
                 self._log_request(rec, keep, status, cause, latency)
 
@@ -892,6 +899,7 @@ class HttpRouter:
         client_stats.start()
         t_attempt = t0  # when the client's current attempt started
         attempting = True  # an attempt is the client's request (none during a retry's backoff)
+        abandoned = False  # cancelled because the client left (see ``handle``)
         cause: Cause | None = None
         status = 502
         first: float | None = t0  # when the first attempt starts (the client's clock is ours)
@@ -1016,7 +1024,7 @@ class HttpRouter:
                 return self._upstream_error(err, service, client), cause
         except BaseException:
             if req.client_reset or (conn is not None and conn.client_gone()):
-                cause, status = None, 499  # the client went away (see ``handle``)
+                cause, abandoned = None, True  # the client went away (see ``handle``)
             else:
                 cause = Cause.PROXY_INTERNAL if cause is None else cause
             raise
@@ -1025,7 +1033,11 @@ class HttpRouter:
             stats_now = now if self._one_clock else self._stats_clock()
             per_request = attempts.finish() if attempts is not None else policy.unretried()
             entry.registry.add_at(entry.per_request_add_at, per_request, stats_now)
-            if attempting:
+            if not attempting:
+                pass
+            elif abandoned:
+                client_stats.abandoned_at(stats_now, now - t_attempt)
+            else:
                 client_stats.finish_at(stats_now, now - t_attempt, cause, status)
 
     async def _with_trace_context(

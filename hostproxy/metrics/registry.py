@@ -404,8 +404,7 @@ class MetricsRegistry:
 
 
 #: The status a request cancelled because its client left is counted with (nginx's "client closed
-#: request"): no failure of anyone's but the client's, and no success either (a hung upstream whose
-#: callers give up must not show a success rate of 100%).
+#: request"): no failure of anyone's but the client's, and no success either (``abandoned_at``).
 CLIENT_CLOSED = 499
 
 
@@ -474,13 +473,31 @@ class RequestStats:
             return
         self._finish_now(now, latency_s, cause, status)
 
+    def abandoned_at(self, now: float, latency_s: float) -> None:
+        """Count one request cancelled because its client left (its connection closed, its h2 stream
+        reset): in ``requests``, the latency and ``status/499``, as :data:`CLIENT_CLOSED`, and neither
+        as a success nor as a failure. (An upstream that hangs while its callers give up shows no
+        success rate of 100%; an upstream's own 499 answer is a response like any other.)"""
+        self.pending -= 1
+        deferred = self._reg._deferred
+        if deferred is not None:
+            deferred.append((self._abandoned_now, now, latency_s))
+            if len(deferred) >= MAX_DEFERRED:
+                self._reg._apply_oldest()
+            return
+        self._abandoned_now(now, latency_s)
+
+    def _abandoned_now(self, now: float, latency_s: float) -> None:
+        self.requests.value += 1
+        self._hist_add_at(latency_s * 1000.0, now)
+        self.record_status(CLIENT_CLOSED)
+
     def _finish_now(self, now: float, latency_s: float, cause: Cause | None, status: int | None) -> None:
         """Record one finished request (`pending` already counted it out)."""
         self.requests.value += 1
         self._hist_add_at(latency_s * 1000.0, now)
         if cause is None:
-            if status != CLIENT_CLOSED:
-                self.success.value += 1
+            self.success.value += 1
         else:
             self.failures.value += 1
             c = self._by_cause.get(cause)
