@@ -739,8 +739,9 @@ class ServerConfig:
     )
     clear_context: bool = key(
         False,
-        "Strip l5d-* context headers (l5d-dtab, ...) from requests arriving here, and l5d-* headers "
-        "from their responses (a response with l5d-err loses its body too).",
+        "Strip l5d-* context headers (l5d-dtab, ...) from requests arriving here, and l5d-* fields "
+        "from their responses, interim (1xx, 101) and trailers included (a response with l5d-err "
+        "loses its body too).",
     )
     tls: ServerTls | None = key(None, "Accept TLS.", default_doc="plaintext")
     timeout_ms: int | None = key(
