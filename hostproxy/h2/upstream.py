@@ -42,7 +42,10 @@ or the current one is draining or dead).
   once the writer has flushed (at most ``FLUSH_ON_CLOSE_S``).
 * **Keepalive.**  Each connection sends a PING every ``ping_interval_s``; no ACK within
   ``ping_timeout_s`` fails the connection (its streams fail with ``upstream/reset``), so a half-dead
-  connection is noticed before requests hang on it.
+  connection is noticed before requests hang on it.  At most ``MAX_PINGS_WITHOUT_DATA`` (2) PINGs go
+  out until the upstream next sends HEADERS, DATA or a connection WINDOW_UPDATE: gRPC servers
+  (grpc-core, grpc-go) count each further PING as a "strike" and, after 2, close the connection
+  with GOAWAY ENHANCE_YOUR_CALM "too_many_pings", killing a long-lived stream that is merely quiet.
 * **Idle connections.**  A connection whose last stream ended is idle from then (``idle_since``);
   a task in the pool's nursery (``_reap``, running while some connection is idle) retires it at
   ``idle_since + idle_timeout_s`` (``prune()`` does the same on demand).
@@ -108,6 +111,13 @@ log = structlog.get_logger("hostproxy.h2.upstream")
 # How long a retiring connection may take to write what it still has queued (its last END_STREAM,
 # WINDOW_UPDATE or RST_STREAM, then GOAWAY) before it is closed anyway.
 FLUSH_ON_CLOSE_S = 1.0
+#: PINGs sent while the upstream has written no HEADERS, DATA or connection WINDOW_UPDATE since the
+#: last one: gRPC servers allow 2 (``GRPC_ARG_HTTP2_MAX_PING_STRIKES``, grpc-go's ``pingStrikes``)
+#: and answer the next with GOAWAY "too_many_pings".
+MAX_PINGS_WITHOUT_DATA = 2
+_PEER_WROTE = frozenset(
+    {h2.events.ResponseReceived, h2.events.DataReceived, h2.events.TrailersReceived, h2.events.WindowUpdated}
+)
 
 
 @dataclass(frozen=True)
@@ -190,6 +200,7 @@ class _UpLink(H2Link):
         self.idle_since = pool._clock()
         self._ping_ack = trio.Event()
         self.pings_sent = 0
+        self.pings_without_data = 0  # PINGs sent since the upstream last wrote HEADERS/DATA
         self._stop_scope = trio.CancelScope()
         self.settings_seen = False
         self.handshake = trio.Event()  # set at the peer's first SETTINGS, or when the link dies
@@ -204,6 +215,12 @@ class _UpLink(H2Link):
 
     def capacity(self) -> bool:
         return self.capacity_left() > 0
+
+    def _event(self, ev: Any) -> None:
+        t = type(ev)
+        if t in _PEER_WROTE and (t is not h2.events.WindowUpdated or ev.stream_id == 0):
+            self.pings_without_data = 0
+        super()._event(ev)
 
     def on_other_event(self, ev: Any) -> None:
         t = type(ev)
@@ -329,6 +346,9 @@ class _UpLink(H2Link):
             await trio.sleep(st.ping_interval_s)
             if self.dead or self.closing:
                 return
+            if self.pings_without_data >= MAX_PINGS_WITHOUT_DATA:
+                continue  # another would be a gRPC server's "too_many_pings"
+            self.pings_without_data += 1
             self._ping_ack = trio.Event()
             self.conn.ping(next(counter).to_bytes(8, "big"))
             self.pings_sent += 1

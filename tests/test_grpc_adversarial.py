@@ -1,0 +1,201 @@
+"""gRPC through hostproxy, adversarially: real grpcio servers and clients on loopback, through the
+HTTP/2 proxy (``tests.grpc_fixtures.h2proxy``) and the real daemon (``protocol: h2`` routers)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+
+import grpc
+import pytest
+import trio
+
+from hostproxy.h2 import H2ClientSettings
+from tests.daemonutil import curl, running_daemon
+from tests.grpc_fixtures.h2proxy import running_h2_proxy
+
+pytestmark = pytest.mark.timeout(60)
+
+SERVICE = "adv.Svc"
+
+
+async def call(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+
+class Server:
+    """``adv.Svc`` on 127.0.0.1:``port``: ``Unary`` (echo, or waits ``delay`` s watching for cancel),
+    ``Bidi`` (echo each message), ``Early`` (client streaming; its first ``fail_first`` calls read one
+    message and abort UNAVAILABLE, the others answer the concatenation)."""
+
+    def __init__(self, *, delay: float = 0.0, fail_first: int = 0) -> None:
+        self.delay = delay
+        self.fail_first = fail_first
+        self.calls = 0
+        self.received: list[int] = []
+        self.cancelled = threading.Event()
+        self._lock = threading.Lock()
+
+        def unary(req: bytes, ctx: grpc.ServicerContext) -> bytes:
+            with self._lock:
+                self.calls += 1
+            end = time.monotonic() + self.delay
+            while time.monotonic() < end:
+                if not ctx.is_active():
+                    self.cancelled.set()
+                    return b""
+                time.sleep(0.01)
+            return req
+
+        def bidi(reqs: Iterator[bytes], ctx: grpc.ServicerContext) -> Iterator[bytes]:
+            yield from reqs
+
+        def early(reqs: Iterator[bytes], ctx: grpc.ServicerContext) -> bytes:
+            with self._lock:
+                self.calls += 1
+                n = self.calls
+            if n <= self.fail_first:
+                self.received.append(len(next(reqs)))
+                ctx.abort(grpc.StatusCode.UNAVAILABLE, f"attempt {n} fails")
+            data = b"".join(reqs)
+            self.received.append(len(data))
+            return data
+
+        handler = grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Unary": grpc.unary_unary_rpc_method_handler(unary),
+                "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
+                "Early": grpc.stream_unary_rpc_method_handler(early),
+            },
+        )
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+
+    def __enter__(self) -> Server:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop(grace=None).wait(5)
+
+
+class Client:
+    def __init__(self, port: int) -> None:
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.unary = self.channel.unary_unary(f"/{SERVICE}/Unary")
+        self.bidi = self.channel.stream_stream(f"/{SERVICE}/Bidi")
+        self.early = self.channel.stream_unary(f"/{SERVICE}/Early")
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def feeder() -> tuple[queue.Queue[bytes | None], Iterator[bytes]]:
+    """A request iterator fed from the test: put messages, then None to end the stream."""
+    q: queue.Queue[bytes | None] = queue.Queue()
+
+    def gen() -> Iterator[bytes]:
+        while (item := q.get()) is not None:
+            yield item
+
+    return q, gen()
+
+
+def daemon_config(port: int, service: str = "") -> str:
+    return f"""
+admin: {{ip: 127.0.0.1, port: 0}}
+routers:
+- protocol: h2
+  label: h2
+  identifier: {{kind: io.l5d.header.path, segments: 1}}
+  dtab: |
+    /svc => /$/inet/127.0.0.1/{port};
+{service}
+  servers:
+  - {{ip: 127.0.0.1, port: 0}}
+"""
+
+
+async def test_a_quiet_long_lived_stream_survives_upstream_keepalive_pings() -> None:
+    # A watch-style bidi stream that carries nothing for a while. The proxy's keepalive PINGs to the
+    # upstream must stay within what gRPC servers allow without data in between (2 "ping strikes"),
+    # else grpcio sends GOAWAY ENHANCE_YOUR_CALM "too_many_pings" and the stream dies as UNAVAILABLE
+    # (after ~40 s with the default 10 s interval; the short interval here shows it in a second).
+    settings = H2ClientSettings(ping_interval_s=0.1, ping_timeout_s=5)
+    with Server() as srv:
+        async with running_h2_proxy(srv.port, settings=settings) as proxy:
+            client = Client(proxy.port)
+            try:
+                q, requests = feeder()
+                responses = client.bidi(requests, timeout=30)
+                q.put(b"one")
+                assert await call(next, responses) == b"one"
+                link = proxy.pool._links[0]
+                with trio.fail_after(10):
+                    while link.pings_sent < 2:
+                        await trio.sleep(0.05)
+                await trio.sleep(1.5)  # 15 more ping intervals with nothing on the stream
+                q.put(b"two")
+                assert await call(next, responses) == b"two"
+                q.put(None)
+                assert await call(list, responses) == []
+                stats = proxy.pool.statistics()
+                assert (stats["goaways"], stats["connects"], stats["ping_timeouts"]) == (0, 1, 0)
+                # Data from the upstream allows PINGs again: keepalive still runs on a busy link.
+                assert await call(client.unary, b"x", timeout=10) == b"x"
+                with trio.fail_after(10):
+                    while link.pings_sent < 3:
+                        await trio.sleep(0.05)
+            finally:
+                client.close()
+
+
+async def test_total_timeout_is_deadline_exceeded_and_cancels_the_upstream_call() -> None:
+    with Server(delay=20) as srv:
+        async with running_daemon(daemon_config(srv.port, "  service: {totalTimeoutMs: 300}")) as d:
+            client = Client(d.port("h2"))
+            try:
+                with pytest.raises(grpc.RpcError) as err:
+                    await call(client.unary, b"x", timeout=20)
+                assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                assert (err.value.details() or "").startswith(
+                    "exceeded totalTimeoutMs (300 ms) for /svc/adv.Svc"
+                )
+                assert await call(srv.cancelled.wait, 10)
+            finally:
+                client.close()
+            metrics = (await curl(f"{d.admin}/admin/metrics.json")).json()
+            assert isinstance(metrics, dict)
+            assert metrics["rt/h2/service/svc/adv.Svc/failures/timeout/request"] == 1
+
+
+async def test_a_stream_aborted_unavailable_after_its_first_message_is_retried_whole() -> None:
+    # The upstream fails the call after reading one message, while the client is still streaming;
+    # what was sent fits retryBufferSize, so the retry replays it and then streams the rest, even
+    # though the whole body ends up larger than the buffer.
+    service = (
+        "  service:\n"
+        "    responseClassifier: {kind: io.l5d.h2.grpc.retryableStatusCodes, retryableStatusCodes: [14]}\n"
+        "    retryBufferSize: {requestBytes: 3000}"
+    )
+    with Server(fail_first=1) as srv:
+        async with running_daemon(daemon_config(srv.port, service)) as d:
+            client = Client(d.port("h2"))
+            try:
+                q, requests = feeder()
+                fut = client.early.future(requests, timeout=30)
+                q.put(b"A" * 1000)
+                with trio.fail_after(10):
+                    while not srv.received:
+                        await trio.sleep(0.02)
+                for chunk in (b"B" * 1000, b"C" * 5000, None):
+                    q.put(chunk)
+                assert await call(fut.result) == b"A" * 1000 + b"B" * 1000 + b"C" * 5000
+                assert srv.received == [1000, 7000]
+            finally:
+                client.close()
