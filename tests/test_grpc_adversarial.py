@@ -4,6 +4,7 @@ HTTP/2 proxy (``tests.grpc_fixtures.h2proxy``) and the real daemon (``protocol: 
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -199,3 +200,49 @@ async def test_a_stream_aborted_unavailable_after_its_first_message_is_retried_w
                 assert srv.received == [1000, 7000]
             finally:
                 client.close()
+
+
+async def test_a_client_deadline_or_cancel_is_not_counted_as_a_hostproxy_failure() -> None:
+    # A gRPC client's deadline (or cancel) resets its stream: the upstream sees the cancel, and
+    # the router counts the request as 499 (client closed request), not as proxy/internal (which
+    # `hostproxy wtf` reports as a hostproxy bug), for the server, the service and the client.
+    with Server(delay=20) as srv:
+        async with running_daemon(daemon_config(srv.port)) as d:
+            client = Client(d.port("h2"))
+            try:
+                with pytest.raises(grpc.RpcError) as err:
+                    await call(client.unary, b"x", timeout=0.5)
+                assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                assert await call(srv.cancelled.wait, 10)
+                srv.cancelled.clear()
+                # A client stream cancelled mid-body, with retries configured or not alike.
+                q, requests = feeder()
+                fut = client.early.future(requests, timeout=30)
+                q.put(b"A" * 100)
+                with trio.fail_after(10):
+                    while srv.calls < 2:
+                        await trio.sleep(0.02)
+                fut.cancel()
+                q.put(None)
+                with trio.fail_after(10):
+                    while True:
+                        metrics = (await curl(f"{d.admin}/admin/metrics.json")).json()
+                        assert isinstance(metrics, dict)
+                        if metrics.get("rt/h2/service/svc/adv.Svc/status/499") == 2:
+                            break
+                        await trio.sleep(0.05)
+            finally:
+                client.close()
+            internal = {k: v for k, v in metrics.items() if "proxy/internal" in k and v}
+            assert internal == {}
+            assert metrics.get("rt/h2/service/svc/adv.Svc/failures", 0) == 0
+            client_keys = [k for k in metrics if k.startswith("rt/h2/client/") and k.endswith("/status/499")]
+            assert [metrics[k] for k in client_keys] == [2]
+            wtf = await trio.run_process(
+                [sys.executable, "-m", "hostproxy", "wtf", "--admin", d.admin],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            assert wtf.returncode == 0, wtf.stdout.decode()
+            assert "proxy/internal" not in wtf.stdout.decode()
