@@ -3,6 +3,7 @@ HTTP/2 proxy (``tests.grpc_fixtures.h2proxy``) and the real daemon (``protocol: 
 
 from __future__ import annotations
 
+import functools
 import queue
 import sys
 import threading
@@ -246,3 +247,49 @@ async def test_a_client_deadline_or_cancel_is_not_counted_as_a_hostproxy_failure
             )
             assert wtf.returncode == 0, wtf.stdout.decode()
             assert "proxy/internal" not in wtf.stdout.decode()
+
+
+async def test_an_h2_router_pointed_at_an_http1_port_says_so() -> None:
+    # A common misconfiguration: the dtab sends gRPC to an HTTP/1.1 port. Here the port is another
+    # hostproxy's HTTP/1.1 router, which answers the HTTP/2 preface with GOAWAY HTTP_1_1_REQUIRED
+    # and an explanation: the caller's grpc-message carries it, not a bare "connection closed".
+    h1 = "routers:\n- protocol: http\n  label: h1\n  dtab: /svc => /$/inet/127.0.0.1/1;\n  servers: [{ip: 127.0.0.1, port: 0}]\n"
+    async with running_daemon(h1) as upstream, running_daemon(daemon_config(upstream.port("h1"))) as d:
+        client = Client(d.port("h2"))
+        try:
+            with pytest.raises(grpc.RpcError) as err:
+                await call(client.unary, b"x", timeout=20)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            details = err.value.details() or ""
+            assert f"connection to 127.0.0.1:{upstream.port('h1')}" in details
+            assert "it sent GOAWAY HTTP_1_1_REQUIRED: This port speaks HTTP/1.1" in details, details
+        finally:
+            client.close()
+
+
+async def test_an_upstream_answering_in_http1_is_named_as_not_http2() -> None:
+    # An HTTP/1.1 server that does not know the preface answers it with a status line (nginx: 400,
+    # Go: 505) and closes: the reason says the upstream is not an HTTP/2 server.
+    async def http1_server(stream: trio.SocketStream) -> None:
+        with trio.move_on_after(10):
+            await stream.receive_some(65536)
+            await stream.send_all(
+                b"HTTP/1.1 505 HTTP Version Not Supported\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, http1_server, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        async with running_daemon(daemon_config(port)) as d:
+            client = Client(d.port("h2"))
+            try:
+                with pytest.raises(grpc.RpcError) as err:
+                    await call(client.unary, b"x", timeout=20)
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+                details = err.value.details() or ""
+                assert "it answered in HTTP/1 ('HTTP/1.1 505 HTTP Version Not Supported')" in details, details
+                assert "it is not an HTTP/2 server" in details
+            finally:
+                client.close()
+        nursery.cancel_scope.cancel()

@@ -75,6 +75,7 @@ from typing import Any
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
@@ -115,6 +116,17 @@ FLUSH_ON_CLOSE_S = 1.0
 #: last one: gRPC servers allow 2 (``GRPC_ARG_HTTP2_MAX_PING_STRIKES``, grpc-go's ``pingStrikes``)
 #: and answer the next with GOAWAY "too_many_pings".
 MAX_PINGS_WITHOUT_DATA = 2
+
+
+def _goaway_reason(code: Any, debug: bytes | None) -> str:
+    try:
+        name = h2.errors.ErrorCodes(int(code)).name
+    except ValueError:
+        name = f"error code {int(code)}"
+    text = (debug or b"")[:200].decode("utf-8", "replace")
+    return f"it sent GOAWAY {name}" + (f": {text}" if text else "")
+
+
 _PEER_WROTE = frozenset(
     {h2.events.ResponseReceived, h2.events.DataReceived, h2.events.TrailersReceived, h2.events.WindowUpdated}
 )
@@ -216,10 +228,27 @@ class _UpLink(H2Link):
     def capacity(self) -> bool:
         return self.capacity_left() > 0
 
+    async def receive(self) -> bytes:
+        data = await super().receive()
+        if not self.settings_seen and data[:7] == b"HTTP/1.":
+            # (No HTTP/2 frame can start so: its length would be past any SETTINGS_MAX_FRAME_SIZE.)
+            line = data.split(b"\r\n", 1)[0][:80].decode("latin-1")
+            self._die(
+                f"it answered in HTTP/1 ({line!r}): it is not an HTTP/2 server; send h2 and gRPC to a "
+                "port that speaks HTTP/2 without TLS (prior knowledge), or route this to an HTTP/1.1 "
+                "router (protocol: http)"
+            )
+            return b""
+        return data
+
     def _event(self, ev: Any) -> None:
         t = type(ev)
         if t in _PEER_WROTE and (t is not h2.events.WindowUpdated or ev.stream_id == 0):
             self.pings_without_data = 0
+        elif t is h2.events.ConnectionTerminated and not self.death_reason:
+            # What the upstream said when it stopped (a gRPC server's "too_many_pings", an HTTP/1.1
+            # port's explanation): the reason given for the streams this connection fails.
+            self.death_reason = _goaway_reason(ev.error_code, ev.additional_data)
         super()._event(ev)
 
     def on_other_event(self, ev: Any) -> None:
