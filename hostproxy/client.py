@@ -45,7 +45,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import unquote, unquote_plus
 
 import structlog
 import trio
@@ -55,6 +55,7 @@ from hostproxy.accrual import FailureAccrual, accrual_from_config
 from hostproxy.balancer import EndpointInfo, balancer_from_config
 from hostproxy.budget import BudgetConfig, RetryBudget
 from hostproxy.causes import Cause
+from hostproxy.classifier import grpc_status_of
 from hostproxy.config.model import plugin_mapping
 from hostproxy.http.errors import RequestBodyError, UpstreamError
 from hostproxy.http.message import Body, Request, Response
@@ -143,6 +144,8 @@ class _OutcomeBody:
             judge, resp = self._judge, self._resp
             if judge is not None and resp is not None:
                 self._ok_status = judge(resp.status, resp.headers, self._body.trailers)
+                if not self._ok_status and self._client is not None:
+                    self._client._judged_failure(self._key, resp.headers, self._body.trailers)
             self._finish(True)
             return None
         except trio.Cancelled:
@@ -458,6 +461,8 @@ class Client:
                 ok_status = not 500 <= resp.status < 600  # what the balancer and accrual count as failed
             elif body.in_memory or body.done:
                 ok_status = judge(resp.status, resp.headers, body.trailers)
+                if not ok_status:
+                    self._judged_failure(key, resp.headers, body.trailers)
             else:
                 ok_status = True  # judged when the body ends (the trailers may decide)
             if body.in_memory or body.done or resp.upgraded is not None:
@@ -492,6 +497,25 @@ class Client:
         ep.last_failure = {
             "cause": Cause.UPSTREAM_5XX.value,
             "message": f"answered {resp.status}" + (f" with l5d-err: {message}" if message else ""),
+            "at": time.time(),
+        }
+
+    def _judged_failure(self, key: str, head: Any, trailers: Any) -> None:
+        """The classifier judged an answer with a grpc-status a failure: the endpoint's last failure
+        (why failure accrual may take it out; a 5XX is noted by ``_answered_5xx``)."""
+        ep = self.endpoints.get(key)
+        code = grpc_status_of(head, trailers)
+        if ep is None or code is None:
+            return
+        message = None
+        for fields in (trailers, head):
+            value = fields.get(b"grpc-message") if fields is not None else None
+            if value is not None:
+                message = unquote(value.decode("latin-1"), encoding="utf-8", errors="replace")[:200]
+                break
+        ep.last_failure = {
+            "cause": Cause.UPSTREAM_GRPC.value,
+            "message": f"answered grpc-status {code}" + (f": {message}" if message else ""),
             "at": time.time(),
         }
 

@@ -30,7 +30,7 @@ async def call(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
 
 class Server:
     """``adv.Svc`` on 127.0.0.1:``port``: ``Unary`` (echo, or waits ``delay`` s watching for cancel),
-    ``Bidi`` (echo each message), ``Early`` (client streaming; its first ``fail_first`` calls read one
+    ``Bidi`` (echo each message; ``abort:<text>`` ends the call INTERNAL ``<text>``), ``Early`` (client streaming; its first ``fail_first`` calls read one
     message and abort UNAVAILABLE, the others answer the concatenation)."""
 
     def __init__(self, *, delay: float = 0.0, fail_first: int = 0) -> None:
@@ -53,7 +53,10 @@ class Server:
             return req
 
         def bidi(reqs: Iterator[bytes], ctx: grpc.ServicerContext) -> Iterator[bytes]:
-            yield from reqs
+            for r in reqs:
+                if r.startswith(b"abort:"):
+                    ctx.abort(grpc.StatusCode.INTERNAL, r[6:].decode())
+                yield r
 
         def early(reqs: Iterator[bytes], ctx: grpc.ServicerContext) -> bytes:
             with self._lock:
@@ -293,3 +296,42 @@ async def test_an_upstream_answering_in_http1_is_named_as_not_http2() -> None:
             finally:
                 client.close()
         nursery.cancel_scope.cancel()
+
+
+async def test_an_endpoint_failing_grpc_calls_shows_why_in_client_state() -> None:
+    # Failure accrual takes out an endpoint whose gRPC answers the classifier calls failures;
+    # /client_state.json must say why (lastFailure), whether the grpc-status came trailers-only or
+    # in the trailers after messages, as it does for a 5XX.
+    service = "  service: {responseClassifier: {kind: io.l5d.h2.grpc.default}}"
+    with Server() as srv:
+        async with running_daemon(daemon_config(srv.port, service)) as d:
+            client = Client(d.port("h2"))
+            try:
+
+                async def last_failure() -> dict:  # type: ignore[type-arg]
+                    state = (await curl(f"{d.admin}/client_state.json")).json()
+                    assert isinstance(state, dict)
+                    (client_state,) = state.values()
+                    (endpoint,) = client_state["endpoints"].values()
+                    return endpoint["lastFailure"]  # type: ignore[no-any-return]
+
+                # Trailers-only: the call fails before any message.
+                with pytest.raises(grpc.RpcError) as err:
+                    await call(lambda: list(client.bidi(iter(["abort:caf\u00e9 down".encode()]), timeout=10)))
+                assert err.value.code() == grpc.StatusCode.INTERNAL
+                failure = await last_failure()
+                assert failure is not None
+                assert (failure["cause"], failure["message"]) == (
+                    "upstream/grpc",
+                    "answered grpc-status 13: caf\u00e9 down",
+                )
+                # In the trailers, after a message.
+                with pytest.raises(grpc.RpcError):
+                    await call(lambda: list(client.bidi(iter([b"one", b"abort:later"]), timeout=10)))
+                failure = await last_failure()
+                assert (failure["cause"], failure["message"]) == (
+                    "upstream/grpc",
+                    "answered grpc-status 13: later",
+                )
+            finally:
+                client.close()
