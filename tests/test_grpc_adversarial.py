@@ -335,3 +335,35 @@ async def test_an_endpoint_failing_grpc_calls_shows_why_in_client_state() -> Non
                 )
             finally:
                 client.close()
+
+
+async def test_clear_context_hides_the_reason_of_a_stream_failed_midway() -> None:
+    # A server with clearContext: true sends untrusted callers no l5d-* field and no proxy error
+    # text (which names services and addresses). A gRPC response whose upstream connection dies
+    # after its head ends with trailers: grpc-status UNAVAILABLE, without the reason.
+    conf = daemon_config(0).replace(
+        "  - {ip: 127.0.0.1, port: 0}\n", "  - {ip: 127.0.0.1, port: 0, clearContext: true}\n"
+    )
+    srv = Server()
+    srv.__enter__()
+    try:
+        conf = conf.replace("/$/inet/127.0.0.1/0;", f"/$/inet/127.0.0.1/{srv.port};")
+        async with running_daemon(conf) as d:
+            client = Client(d.port("h2"))
+            try:
+                q, requests = feeder()
+                responses = client.bidi(requests, timeout=30)
+                q.put(b"one")
+                assert await call(next, responses) == b"one"
+                await call(lambda: srv.server.stop(grace=None).wait(5))
+                with pytest.raises(grpc.RpcError) as err:
+                    await call(next, responses)
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert "127.0.0.1" not in (err.value.details() or "")
+                trailing = dict(err.value.trailing_metadata() or ())
+                assert not [k for k in trailing if k.startswith("l5d-")], trailing
+                q.put(None)
+            finally:
+                client.close()
+    finally:
+        srv.__exit__()

@@ -894,7 +894,12 @@ class _ServerLink(H2Link):
                     # No RST_STREAM of the upstream's to pass on: this side saw the failure (the
                     # upstream connection died). A gRPC client reads the outcome from trailers; a
                     # bare RST_STREAM INTERNAL_ERROR would read as an opaque INTERNAL.
-                    self.send_headers(s, grpc_failure_trailers(cause, str(exc)), end_stream=True)
+                    fields = grpc_failure_trailers(cause, str(exc))
+                    if self.params.clear_context:
+                        # Only the status: the reason names addresses untrusted callers must not see
+                        # (as the trailers-only errors of such a server carry no grpc-message).
+                        fields = fields[:1]
+                    self.send_headers(s, fields, end_stream=True)
                 else:
                     self.reset(s, INTERNAL_ERROR if code is None else code)
                 s.response_done = True
