@@ -31,7 +31,8 @@ async def call(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
 class Server:
     """``adv.Svc`` on 127.0.0.1:``port``: ``Unary`` (echo, or waits ``delay`` s watching for cancel),
     ``Bidi`` (echo each message; ``abort:<text>`` ends the call INTERNAL ``<text>``), ``Early`` (client streaming; its first ``fail_first`` calls read one
-    message and abort UNAVAILABLE, the others answer the concatenation)."""
+    message and abort UNAVAILABLE, the others answer the concatenation), ``Ticks`` (server streaming:
+    the request is a count N, N messages 50 ms apart)."""
 
     def __init__(self, *, delay: float = 0.0, fail_first: int = 0) -> None:
         self.delay = delay
@@ -58,6 +59,11 @@ class Server:
                     ctx.abort(grpc.StatusCode.INTERNAL, r[6:].decode())
                 yield r
 
+        def ticks(req: bytes, ctx: grpc.ServicerContext) -> Iterator[bytes]:
+            for i in range(int(req)):
+                yield b"tick-%d" % i
+                time.sleep(0.05)
+
         def early(reqs: Iterator[bytes], ctx: grpc.ServicerContext) -> bytes:
             with self._lock:
                 self.calls += 1
@@ -75,6 +81,7 @@ class Server:
                 "Unary": grpc.unary_unary_rpc_method_handler(unary),
                 "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
                 "Early": grpc.stream_unary_rpc_method_handler(early),
+                "Ticks": grpc.unary_stream_rpc_method_handler(ticks),
             },
         )
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
@@ -95,6 +102,7 @@ class Client:
         self.unary = self.channel.unary_unary(f"/{SERVICE}/Unary")
         self.bidi = self.channel.stream_stream(f"/{SERVICE}/Bidi")
         self.early = self.channel.stream_unary(f"/{SERVICE}/Early")
+        self.ticks = self.channel.unary_stream(f"/{SERVICE}/Ticks")
 
     def close(self) -> None:
         self.channel.close()
@@ -367,3 +375,23 @@ async def test_clear_context_hides_the_reason_of_a_stream_failed_midway() -> Non
                 client.close()
     finally:
         srv.__exit__()
+
+
+async def test_a_stream_cancelled_after_its_head_counts_as_a_reset_sent() -> None:
+    # The client cancels a server-streaming call after its first message (its request is sent
+    # whole): the proxy resets the upstream stream and the pool's resets_sent (/client_state.json)
+    # counts it, as it counts one sent before the head or while the request streams.
+    with Server() as srv:
+        async with running_h2_proxy(srv.port) as proxy:
+            client = Client(proxy.port)
+            try:
+                responses = client.ticks(b"1000", timeout=30)
+                assert await call(next, responses) == b"tick-0"
+                responses.cancel()
+                with trio.fail_after(10):
+                    while proxy.pool.statistics()["resets_sent"] < 1:
+                        await trio.sleep(0.02)
+                assert await call(client.unary, b"after", timeout=10) == b"after"
+                assert proxy.pool.statistics()["resets_sent"] == 1
+            finally:
+                client.close()

@@ -412,6 +412,9 @@ class H2Link:
     def on_stream_reset(self, s: StreamState, *, remote: bool) -> None:
         """Hook: ``s`` was reset."""
 
+    def on_body_cancelled(self, s: StreamState) -> None:
+        """Hook: ``s`` was reset with CANCEL because its reader closed its body early."""
+
     def on_settings(self) -> None:
         """Hook: the peer changed its settings."""
 
@@ -443,18 +446,20 @@ class H2Link:
             _, size = s.inbound.popleft()
             self._ack(s.id, size)
 
-    def reset(self, s: StreamState, code: int) -> None:
-        """Reset ``s`` (idempotent; a no-op once the stream is closed on both sides or reset)."""
+    def reset(self, s: StreamState, code: int) -> bool:
+        """Reset ``s`` (idempotent; a no-op once the stream is closed on both sides or reset); True
+        when a RST_STREAM was sent."""
         if self.dead or s.reset_code is not None:
-            return
+            return False
         s.reset_code = code
         s.wake()
         try:
             self.conn.reset_stream(s.id, error_code=code)
         except (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError):
-            return
+            return False
         self.discard_inbound(s)
         self.flush()
+        return True
 
     def _check(self, s: StreamState) -> None:
         if s.reset_code is not None:
@@ -584,6 +589,6 @@ class InboundBody:
         s = self._s
         if s.ended and not s.inbound:
             return
-        if self._reset_on_close:
-            self._link.reset(s, CANCEL)
+        if self._reset_on_close and self._link.reset(s, CANCEL):
+            self._link.on_body_cancelled(s)
         self._link.discard_inbound(s)

@@ -289,6 +289,9 @@ class _UpLink(H2Link):
         if not self.streams or error_code != NO_ERROR:
             self.closing = True
 
+    def on_body_cancelled(self, s: StreamState) -> None:
+        self.pool._counters["resets_sent"] += 1  # (a response read no further: a caller left)
+
     def on_settings(self) -> None:
         self.settings_seen = True
         self.handshake.set()
@@ -313,11 +316,12 @@ class _UpLink(H2Link):
             return 0
         return limit - max(n, self.conn.open_outbound_streams)
 
-    def reset(self, s: StreamState, code: int) -> None:
+    def reset(self, s: StreamState, code: int) -> bool:
         """Reset ``s`` from this side (the caller closed the response body early, the request was
         cancelled, the upstream's window stalled): the stream is over, so it leaves the books."""
-        super().reset(s, code)
+        sent = super().reset(s, code)
         self._settle(s)
+        return sent
 
     def _settle(self, s: StreamState) -> None:
         """Forget ``s`` once both directions are finished (or it was reset)."""
