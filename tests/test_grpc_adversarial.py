@@ -32,7 +32,8 @@ class Server:
     """``adv.Svc`` on 127.0.0.1:``port``: ``Unary`` (echo, or waits ``delay`` s watching for cancel),
     ``Bidi`` (echo each message; ``abort:<text>`` ends the call INTERNAL ``<text>``), ``Early`` (client streaming; its first ``fail_first`` calls read one
     message and abort UNAVAILABLE, the others answer the concatenation), ``Ticks`` (server streaming:
-    the request is a count N, N messages 50 ms apart)."""
+    the request is a count N, N messages 50 ms apart), ``BigHead`` (answers with an N-octet binary
+    header)."""
 
     def __init__(self, *, delay: float = 0.0, fail_first: int = 0) -> None:
         self.delay = delay
@@ -64,6 +65,10 @@ class Server:
                 yield b"tick-%d" % i
                 time.sleep(0.05)
 
+        def big_head(req: bytes, ctx: grpc.ServicerContext) -> bytes:
+            ctx.send_initial_metadata((("big-bin", b"\x01" * int(req)),))
+            return b"ok"
+
         def early(reqs: Iterator[bytes], ctx: grpc.ServicerContext) -> bytes:
             with self._lock:
                 self.calls += 1
@@ -82,6 +87,7 @@ class Server:
                 "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
                 "Early": grpc.stream_unary_rpc_method_handler(early),
                 "Ticks": grpc.unary_stream_rpc_method_handler(ticks),
+                "BigHead": grpc.unary_unary_rpc_method_handler(big_head),
             },
         )
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
@@ -103,6 +109,7 @@ class Client:
         self.bidi = self.channel.stream_stream(f"/{SERVICE}/Bidi")
         self.early = self.channel.stream_unary(f"/{SERVICE}/Early")
         self.ticks = self.channel.unary_stream(f"/{SERVICE}/Ticks")
+        self.big_head = self.channel.unary_unary(f"/{SERVICE}/BigHead")
 
     def close(self) -> None:
         self.channel.close()
@@ -393,5 +400,26 @@ async def test_a_stream_cancelled_after_its_head_counts_as_a_reset_sent() -> Non
                         await trio.sleep(0.02)
                 assert await call(client.unary, b"after", timeout=10) == b"after"
                 assert proxy.pool.statistics()["resets_sent"] == 1
+            finally:
+                client.close()
+
+
+async def test_an_upstream_head_too_large_is_named_as_the_reason() -> None:
+    # An upstream answer whose header list is past what the proxy's HTTP/2 client takes fails the
+    # connection with a protocol error: the caller's grpc-message says so, not "connection closed".
+    with Server() as srv:
+        async with running_daemon(daemon_config(srv.port)) as d:
+            client = Client(d.port("h2"))
+            try:
+                assert await call(client.big_head, b"1000", timeout=10) == b"ok"
+                with pytest.raises(grpc.RpcError) as err:
+                    await call(client.big_head, b"100000", timeout=10)
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+                details = err.value.details() or ""
+                assert (
+                    f"connection to 127.0.0.1:{srv.port} failed before a response: HTTP/2 protocol error"
+                    in details
+                )
+                assert "Oversized header block" in details, details
             finally:
                 client.close()

@@ -332,6 +332,8 @@ class H2Link:
             except h2.exceptions.ProtocolError as exc:
                 code = getattr(exc, "error_code", PROTOCOL_ERROR)
                 log.info("h2.protocol_error", side=self.side, error=str(exc))
+                if not self.death_reason:  # (why the streams of this connection fail)
+                    self.death_reason = f"HTTP/2 protocol error from the peer: {exc}"
                 self.goaway(int(code) if code is not None else PROTOCOL_ERROR, str(exc))
                 return
             for ev in events:
