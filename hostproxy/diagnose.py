@@ -82,6 +82,8 @@ UNBOUND = "unbound"
 _OUT_OF_ROTATION = frozenset({"dead", "probe_open", "probe_closed"})
 #: ``fault`` of 5XX answers a proxy downstream made (they carry ``l5d-err``).
 DOWNSTREAM_PROXY = "downstream proxy"
+#: ``cause`` of the finding on requests their callers abandoned (no failure cause of hostproxy's).
+ABANDONED = "abandoned"
 
 
 def _daemonset(client: str | None) -> tuple[str, str, str] | None:
@@ -146,6 +148,8 @@ class Finding:
             return "proxy"  # a proxy's error answer, passed on: not the application's
         if self.blame == "network/upstream":
             return "connection"  # (a timeout spent connecting: the application was never reached)
+        if self.blame == "application":
+            return "application"  # (callers gave up on a slow answer: ``abandoned``)
         try:
             return Cause(self.cause).level.value
         except ValueError:
@@ -210,7 +214,7 @@ class Report:
 
 _SCOPE_KEY = re.compile(r"^rt/([^/]+)/(server|service|client)/(.+)/requests$")
 _COUNTER_TAIL = re.compile(
-    r"(/requests|/success|/failures|/failures/.+|/status/[^/]+|\.count|\.sum|/retries/total"
+    r"(/requests|/success|/failures|/failures/.+|/abandoned|/status/[^/]+|\.count|\.sum|/retries/total"
     r"|/retries/budget_exhausted|/connects|/closes|/removals|/revivals|/probes"
     r"|/rejected_connections|/bad_requests|/header_timeouts|/tls/handshakes|/tls/handshake_failures(/.+)?)$"
 )
@@ -609,6 +613,7 @@ class _Analysis:
                 if share < self.t.ignore_share:
                     continue
                 self.service_finding(router, svc, prefix, cause, n, requests)
+            self.abandoned(router, svc, prefix, requests)
         self.unbound(router, total, seen)
         # Failures a server counted but no service did: they never got as far as a name.
         residual: dict[Cause, int] = {}
@@ -620,6 +625,44 @@ class _Analysis:
             if left > 0:
                 self.router_finding(router, c, left, total)
         self.accrual(router)
+
+    def abandoned(self, router: str, svc: str, prefix: str, requests: int) -> None:
+        """Requests of ``svc`` whose callers gave up before the answer (``abandoned``: counted as 499
+        and neither as a success nor as a failure). Callers that stop waiting
+        are no failure of the proxy's, but an upstream that answers slower than they wait (or never,
+        with no timeout set) is the application's."""
+        n = self.num(f"{prefix}/abandoned")
+        if not requests or n <= 0:
+            return
+        share = n / requests
+        if n <= 0 or share < self.t.ignore_share:
+            return
+        cause = Cause.UPSTREAM_5XX  # (the application's, as a slow answer is)
+        client = self.client_for(router, svc, cause)
+        p99 = self.m.get(f"{prefix}/request_latency_ms.p99")
+        waited = f", after {p99:g} ms at p99" if p99 else ""
+        self.add(
+            severity=self.severity(share),
+            router=router,
+            service=svc,
+            client=client,
+            endpoint=None,
+            cause=ABANDONED,
+            share=share,
+            verdict=(
+                f"{_pct(share)} of requests to {svc} were abandoned by their callers before an answer came"
+                f"{waited} (499: the caller closed its connection or reset its stream): the upstream "
+                "answers slower than its callers wait, or not at all"
+            ),
+            next_step=(
+                f"check the app's latency and whether it hangs ({client or 'its client'} in "
+                "/client_state.json: pending requests per endpoint); set totalTimeoutMs on the service so "
+                "that hostproxy answers with l5d-err before the callers give up"
+            ),
+            failures=n,
+            requests=requests,
+            blame="application",
+        )
 
     def service_finding(
         self, router: str, svc: str, prefix: str, cause: Cause, n: int, requests: int

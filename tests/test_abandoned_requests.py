@@ -9,6 +9,7 @@ loopback.
 
 from __future__ import annotations
 
+import json
 import socket
 import tempfile
 from pathlib import Path
@@ -18,6 +19,7 @@ import trio
 from tests.daemonutil import curl, fs_config, running_daemon
 from tests.test_lifecycle_helpers import write_disco
 from tests.test_retry_adversarial import SAFETY, metrics, recorder
+from tests.test_wtf_e2e import wtf
 
 
 async def test_a_request_whose_client_left_is_cancelled_and_frees_the_router() -> None:
@@ -48,6 +50,16 @@ async def test_a_request_whose_client_left_is_cancelled_and_frees_the_router() -
             assert r.body == b"ok /x"
             assert not up.release.is_set()  # the upstream never answered: the cancellation freed the slot
             m = await metrics(d)
+            # ``hostproxy wtf`` names it: the callers gave up on the app, not on hostproxy (it said
+            # "healthy": a 499 is no failure).
+            code, out, err = await wtf(d.admin, "--json")
+            assert code == 1, (out, err)
+            findings = [f for f in json.loads(out)["findings"] if f["service"] == "/svc/web"]
+            assert [(f["cause"], f["fault"], f["level"]) for f in findings] == [
+                ("abandoned", "application", "application")
+            ], findings
+            assert "abandoned by their callers" in findings[0]["verdict"], findings
+            assert "totalTimeoutMs" in findings[0]["next_step"], findings
             server = next(k.rsplit("/", 1)[0] for k in m if k.startswith("rt/out/server/"))
     assert m["rt/out/service/svc/web/status/499"] == 1, {k: v for k, v in m.items() if "499" in k}
     assert m.get("rt/out/service/svc/web/failures/proxy/internal", 0) == 0

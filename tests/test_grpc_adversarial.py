@@ -263,8 +263,10 @@ async def test_a_client_deadline_or_cancel_is_not_counted_as_a_hostproxy_failure
                 capture_stderr=True,
                 check=False,
             )
-            assert wtf.returncode == 0, wtf.stdout.decode()
+            # The calls the clients gave up on are the application's slowness, not hostproxy's fault.
+            assert wtf.returncode == 1, wtf.stdout.decode()
             assert "proxy/internal" not in wtf.stdout.decode()
+            assert "abandoned [fault: application]" in wtf.stdout.decode(), wtf.stdout.decode()
 
 
 async def test_an_h2_router_pointed_at_an_http1_port_says_so() -> None:

@@ -286,6 +286,7 @@ def test_delta_metrics_subtracts_counters_and_keeps_gauges() -> None:
         "rt/out/service/svc/a/failures/upstream/5xx": 4,
         "rt/out/service/svc/a/request_latency_ms.p99": 80,
         "rt/out/service/svc/a/pending": 3,
+        "rt/out/service/svc/a/abandoned": 2,
         "rt/out/client/x/requests": 50,
     }
     after = {
@@ -293,6 +294,7 @@ def test_delta_metrics_subtracts_counters_and_keeps_gauges() -> None:
         "rt/out/service/svc/a/failures/upstream/5xx": 4,
         "rt/out/service/svc/a/request_latency_ms.p99": 12,
         "rt/out/service/svc/a/pending": 1,
+        "rt/out/service/svc/a/abandoned": 3,
         "rt/out/client/x/requests": 7,
         "rt/out/service/svc/new/status/200": 2,
     }
@@ -301,6 +303,7 @@ def test_delta_metrics_subtracts_counters_and_keeps_gauges() -> None:
         "rt/out/service/svc/a/failures/upstream/5xx": 0,
         "rt/out/service/svc/a/request_latency_ms.p99": 12,
         "rt/out/service/svc/a/pending": 1,
+        "rt/out/service/svc/a/abandoned": 1,
         "rt/out/client/x/requests": 7,  # went down: the client was recreated; counts from zero
         "rt/out/service/svc/new/status/200": 2,
     }

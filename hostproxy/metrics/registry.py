@@ -425,6 +425,7 @@ class RequestStats:
         "_hist_add_at",
         "_by_cause",
         "_by_status",
+        "_abandoned",
     )
 
     def __init__(self, reg: MetricsRegistry, prefix: str, scope: str, labels: Labels) -> None:
@@ -453,6 +454,8 @@ class RequestStats:
         self._hist_add_at = self.latency.hist.add_at
         self._by_cause: dict[Cause, Counter] = {}
         self._by_status: dict[int, tuple[Counter, Counter]] = {}
+        # `abandoned`: the requests `abandoned_at` counted, registered on first use.
+        self._abandoned: Counter | None = None
 
     def start(self) -> None:
         self.pending += 1
@@ -491,6 +494,17 @@ class RequestStats:
         self.requests.value += 1
         self._hist_add_at(latency_s * 1000.0, now)
         self.record_status(CLIENT_CLOSED)
+        counter = self._abandoned
+        if counter is None:
+            counter = self._abandoned = self._reg.counter(
+                f"{self.prefix}/abandoned",
+                PromId(
+                    f"hostproxy_{self.scope}_abandoned_total",
+                    self.labels,
+                    "Requests their clients abandoned before the answer (counted as 499)",
+                ),
+            )
+        counter.value += 1
 
     def _finish_now(self, now: float, latency_s: float, cause: Cause | None, status: int | None) -> None:
         """Record one finished request (`pending` already counted it out)."""
