@@ -61,7 +61,7 @@ def read_source(arg: str, stdin: TextIO | None = None) -> Source:
     if arg == "-":
         stream = stdin if stdin is not None else sys.stdin
         try:
-            return Source(STDIN_NAME, stream.read())
+            return Source(STDIN_NAME, stream.read().removeprefix("\ufeff"))
         except UnicodeDecodeError as e:
             return Source(STDIN_NAME, None, f"not UTF-8 text ({e.reason} at byte {e.start})")
     try:
@@ -72,7 +72,7 @@ def read_source(arg: str, stdin: TextIO | None = None) -> Source:
     except OSError as e:
         return Source(arg, None, e.strerror or str(e))
     try:
-        return Source(arg, data.decode("utf-8"))
+        return Source(arg, data.decode("utf-8-sig"))  # (a byte order mark is no part of the dtab)
     except UnicodeDecodeError as e:
         return Source(arg, None, f"not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8")
 

@@ -188,7 +188,7 @@ class DtabFileWatcher:
                 "file; split routing into fewer, broader dentries"
             )
         try:
-            text = data.decode("utf-8")
+            text = data.decode("utf-8-sig")  # (a byte order mark, as some editors write, is no dentry)
         except UnicodeDecodeError as e:
             line = data[: e.start].count(b"\n") + 1
             return None, f"{self.path}:{line}: not UTF-8 text (byte {e.start}); save the file as UTF-8"
@@ -200,7 +200,7 @@ class DtabFileWatcher:
     def _apply(self, data: bytes, dtab: Dtab) -> tuple[tuple[str, ...], tuple[str, ...]]:
         added, removed = _diff(self.dtab, dtab)
         self.dtab = dtab
-        self.text = data.decode("utf-8")
+        self.text = data.decode("utf-8-sig")
         self._applied_bytes = data
         self.version += 1
         self.applied_at = self._wall()

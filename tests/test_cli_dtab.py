@@ -76,6 +76,18 @@ def test_check_stdin(work: Path) -> None:
     assert run("check", "-", cwd=work, stdin="/a => /b;").returncode == 0
 
 
+def test_check_takes_a_file_with_a_byte_order_mark(work: Path) -> None:
+    (work / "bom.dtab").write_bytes(b"\xef\xbb\xbf/a => /b;\n")
+    r = run("check", "bom.dtab", cwd=work)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    (work / "bom_bad.dtab").write_bytes(b"\xef\xbb\xbf/a => /b /c;\n")
+    r = run("check", "bom_bad.dtab", cwd=work)
+    assert r.returncode == 1 and r.stdout.startswith("bom_bad.dtab:1:10: "), (
+        r.stdout
+    )  # columns as an editor shows them
+    assert run("check", "-", cwd=work, stdin="\ufeff/a => /b;").returncode == 0
+
+
 def test_check_rejects_non_utf8(work: Path) -> None:
     (work / "latin1.dtab").write_bytes(b"# caf\xe9\n/a => /b;\n")
     r = run("check", "latin1.dtab", cwd=work)

@@ -61,6 +61,13 @@ def test_initial_load_is_version_one() -> None:
     assert rec.changes == [(parse_dtab(V1.decode()), 1)]
 
 
+def test_a_byte_order_mark_is_no_part_of_the_dtab() -> None:
+    """A dtab file saved with a UTF-8 byte order mark (Windows Notepad writes one) was refused at its
+    first byte ("'/' expected but '\ufeff' found"), a character no editor shows."""
+    w, _ = make()
+    assert w.load_initial(b"\xef\xbb\xbf" + V1) == parse_dtab(V1.decode())
+
+
 def test_empty_file_is_an_empty_dtab() -> None:
     w, _ = make()
     assert w.load_initial(b"") == Dtab.EMPTY
