@@ -710,14 +710,20 @@ async def test_wtf_reports_an_endpoint_failure_accrual_is_probing_back(tmp_path:
             (disco / "web").write_text(f"127.0.0.1 {down}\n127.0.0.1 {up.port}\n")
             async with running_daemon(fs_config(disco) + accrual) as d:
                 base = f"http://127.0.0.1:{d.port('out')}"
-                assert [(await curl(base + "/", "-H", "Host: web")).status for _ in range(10)] == [200] * 10
-                with trio.fail_after(10):
-                    while True:
-                        state = (await curl(d.admin + "/client_state.json")).json()
-                        assert isinstance(state, dict)
-                        ep = state["/#/io.l5d.fs/web"]["endpoints"][f"127.0.0.1:{down}"]
-                        if ep["accrual"] == "probe_open":
-                            break
+
+                async def accrual_state() -> str:
+                    state = (await curl(d.admin + "/client_state.json")).json()
+                    assert isinstance(state, dict)
+                    client = state.get("/#/io.l5d.fs/web") or {"endpoints": {}}  # (made by the first request)
+                    return str(client["endpoints"].get(f"127.0.0.1:{down}", {}).get("accrual"))
+
+                with trio.fail_after(20):
+                    # Requests (each answered by the live endpoint, the refusals requeued) until the
+                    # balancer's random picks gave the refusing one its five failures in a row ...
+                    while await accrual_state() not in ("dead", "probe_open"):
+                        assert (await curl(base + "/", "-H", "Host: web")).status == 200
+                    # ... then none, so that no request probes it before it is seen probe_open.
+                    while await accrual_state() != "probe_open":
                         await trio.sleep(0.1)
                 code, out, err = await hostproxy("wtf", "--admin", d.admin, "--json")
                 assert code == 1, (out, err)
