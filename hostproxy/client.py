@@ -454,11 +454,12 @@ class Client:
                 if not bal_ep.removed:
                     accrual.on_interrupted(key)  # (a probe cut off is over: probed again later)
                 raise
-            if 500 <= resp.status < 600:
+            answered_5xx = 500 <= resp.status < 600
+            if answered_5xx:
                 self._answered_5xx(resp, ep)
             body = resp.body
             if judge is None:
-                ok_status = not 500 <= resp.status < 600  # what the balancer and accrual count as failed
+                ok_status = not answered_5xx  # what the balancer and accrual count as failed
             elif body.in_memory or body.done:
                 ok_status = judge(resp.status, resp.headers, body.trailers)
                 if not ok_status:

@@ -117,6 +117,20 @@ def _timeout_reason(
     return f"exceeded totalTimeoutMs ({total_timeout_ms} ms)"
 
 
+def _client_left(req: Request, conn: ConnInfo | None) -> bool:
+    """Whether a request was cancelled because its client left: it reset its h2 stream, or closed its
+    connection (the HTTP/1.1 server's ``check_client``). Asked only once the request failed."""
+    return req.client_reset or (conn is not None and conn.client_gone())
+
+
+def _answer_cause(status: int, grpc_status: int | None) -> Cause | None:
+    """The failure cause of an answer taken for a failure (by the classifier, or by a retry): the
+    application's 5XX, or a gRPC error; None for another status the classifier refused."""
+    if 500 <= status < 600:
+        return Cause.UPSTREAM_5XX
+    return Cause.UPSTREAM_GRPC if grpc_status is not None else None
+
+
 def cause_of(e: UpstreamError) -> Cause:
     return Cause(e.cause) if e.cause in Cause._value2member_map_ else Cause.PROXY_INTERNAL
 
@@ -710,9 +724,8 @@ class HttpRouter:
                     self.clients.release(client_id, released)
         except BaseException:
             resp = None  # counted as a 502, by its server and (once started) its service
-            if req.client_reset or conn.client_gone():
-                # Cancelled because the client went away (``check_client``) or reset its h2 stream:
-                # no failure of anyone's but the client's, counted as nginx's 499 (client closed request).
+            if _client_left(req, conn):
+                # No failure of anyone's but the client's: counted as nginx's 499 (client closed request).
                 cause, abandoned = None, True
             else:
                 cause = Cause.PROXY_INTERNAL
@@ -967,11 +980,7 @@ class HttpRouter:
                     # still shows in the client's requests, failures and status counts.
                     tried: Cause | None
                     if resp is not None:
-                        if 500 <= status < 600:
-                            tried = Cause.UPSTREAM_5XX
-                        else:
-                            tried = Cause.UPSTREAM_GRPC if grpc_status is not None else None
-                        tried_status = status
+                        tried, tried_status = _answer_cause(status, grpc_status), status
                     else:
                         assert err is not None
                         tried, tried_status = cause_of(err), CAUSE_STATUS.get(err.cause, 502)
@@ -1007,12 +1016,7 @@ class HttpRouter:
                     else:
                         rc = policy.classifier.classify(req.method, status, None)
                     ok = rc is ResponseClass.SUCCESS
-                    if ok:
-                        cause = None
-                    elif 500 <= status < 600:
-                        cause = Cause.UPSTREAM_5XX
-                    else:
-                        cause = Cause.UPSTREAM_GRPC if grpc_status is not None else None
+                    cause = None if ok else _answer_cause(status, grpc_status)
                     if cause is not None:  # (told apart: the application's, or a proxy's downstream)
                         client.note_failed_answer(str(service), resp, endpoint)
                     if entry.http_classifier or grpc_status is not None:
@@ -1023,8 +1027,8 @@ class HttpRouter:
                 status = CAUSE_STATUS.get(err.cause, 502)
                 return self._upstream_error(err, service, client), cause
         except BaseException:
-            if req.client_reset or (conn is not None and conn.client_gone()):
-                cause, abandoned = None, True  # the client went away (see ``handle``)
+            if _client_left(req, conn):
+                cause, abandoned = None, True  # (see ``handle``)
             else:
                 cause = Cause.PROXY_INTERNAL if cause is None else cause
             raise
@@ -1033,12 +1037,11 @@ class HttpRouter:
             stats_now = now if self._one_clock else self._stats_clock()
             per_request = attempts.finish() if attempts is not None else policy.unretried()
             entry.registry.add_at(entry.per_request_add_at, per_request, stats_now)
-            if not attempting:
-                pass
-            elif abandoned:
-                client_stats.abandoned_at(stats_now, now - t_attempt)
-            else:
-                client_stats.finish_at(stats_now, now - t_attempt, cause, status)
+            if attempting:  # (given up during a retry's backoff: that attempt was counted already)
+                if abandoned:
+                    client_stats.abandoned_at(stats_now, now - t_attempt)
+                else:
+                    client_stats.finish_at(stats_now, now - t_attempt, cause, status)
 
     async def _with_trace_context(
         self,

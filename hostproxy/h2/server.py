@@ -91,6 +91,7 @@ from hostproxy.http.errors import (
     cleared_context_response,
     error_response,
     response_for_exception,
+    without_context_fields,
 )
 from hostproxy.http.hopbyhop import strip_hop_by_hop
 from hostproxy.http.listening import ListeningServer, ServerStats
@@ -913,7 +914,7 @@ class _ServerLink(H2Link):
         trailers = body.trailers
         fields = [(n, v) for n, v in strip_hop_by_hop(trailers) if n[:1] != b":"] if trailers else []
         if fields and self.params.clear_context:  # (l5d-success-class of a streamed response)
-            fields = [(n, v) for n, v in fields if not n.startswith(b"l5d-")]
+            fields = without_context_fields(fields)
         if fields:
             self.send_headers(s, fields, end_stream=True)
         else:

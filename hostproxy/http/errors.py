@@ -36,6 +36,7 @@ from __future__ import annotations
 import errno
 import os
 import resource
+from collections.abc import Iterable
 from urllib.parse import quote_plus
 
 from hostproxy.http.message import Body, Headers, Response
@@ -56,6 +57,7 @@ __all__ = [
     "request_body_error_response",
     "request_body_timeout_response",
     "response_for_exception",
+    "without_context_fields",
 ]
 
 CAUSE_STATUS: dict[str, int] = {
@@ -270,6 +272,12 @@ def response_for_exception(exc: BaseException) -> Response:
         return error_response(status, exc.cause, str(exc), retryable=exc.retryable)
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return error_response(502, "proxy/internal", f"Internal proxy error: {text}")
+
+
+def without_context_fields(fields: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``fields`` less the ``l5d-*`` ones: what a ``clearContext`` server sends of a head or a trailer
+    section other than a final response's head (that one: :func:`cleared_context_response`)."""
+    return [(n, v) for n, v in fields if not n.startswith(b"l5d-")]
 
 
 async def cleared_context_response(response: Response) -> Response:

@@ -85,6 +85,7 @@ from hostproxy.http.errors import (
     cleared_context_response,
     error_response,
     response_for_exception,
+    without_context_fields,
 )
 from hostproxy.http.hopbyhop import allowed_trailers, names_only_hop_by_hop, strip_hop_by_hop
 from hostproxy.http.listening import (
@@ -1128,7 +1129,7 @@ class _Connection:
                 if data:
                     out += codec.send_data(data)
                 out += codec.send_end(
-                    self._trailer_fields(trailers) if trailers and codec.response_chunked else None
+                    self._sent_fields(trailers) if trailers and codec.response_chunked else None
                 )
                 lock = self._send_lock
                 if lock is not None and lock.locked():
@@ -1168,19 +1169,17 @@ class _Connection:
                         _reset_on_close(self.stream)
                     raise _ClientGone("response body failed") from None
             trailers = body.trailers if codec.response_chunked else None
-            await self.send(codec.send_end(self._trailer_fields(trailers) if trailers else None))
+            await self.send(codec.send_end(self._sent_fields(trailers) if trailers else None))
         finally:
             if not body.done:
                 with trio.CancelScope(shield=True):
                     await body.aclose()
 
-    def _trailer_fields(self, trailers: Headers) -> list[tuple[bytes, bytes]]:
-        """The trailer fields to send: without ``l5d-*`` on a ``clearContext`` server (a downstream
-        proxy's, the classifier's ``l5d-success-class``), as its heads."""
-        fields = trailers.items()
-        if self.params.clear_context:
-            fields = [(n, v) for n, v in fields if not n.startswith(b"l5d-")]
-        return fields
+    def _sent_fields(self, headers: Headers) -> list[tuple[bytes, bytes]]:
+        """The fields of a trailer section, an interim or a 101 head to send: without ``l5d-*`` on a
+        ``clearContext`` server (a downstream proxy's, the classifier's ``l5d-success-class``)."""
+        fields = headers.items()
+        return without_context_fields(fields) if self.params.clear_context else fields
 
     async def _write_interim(self, response: Response) -> bool:
         """Write the interim (1xx) responses the upstream sent before ``response`` (RFC 9110 §15.2: a
@@ -1196,14 +1195,10 @@ class _Connection:
             return False
         waiting = codec.they_are_waiting_for_100_continue
         out = b""
-        clear = self.params.clear_context
         for status, headers in response.interim or ():
             fields = headers.copy()
             append_via(fields, response.http_version)
-            items = fields.items()
-            if clear:
-                items = [(n, v) for n, v in items if not n.startswith(b"l5d-")]
-            out += codec.send_informational(status, items)
+            out += codec.send_informational(status, self._sent_fields(fields))
         await self.send_head(out)
         return waiting
 
@@ -1214,9 +1209,7 @@ class _Connection:
         codec = self.codec
         headers = strip_hop_by_hop(response.headers, keep_upgrade=True, request=False)
         append_via(headers, response.http_version)
-        fields = headers.items()
-        if self.params.clear_context:  # (the router's l5d-success-class, a downstream proxy's l5d-*)
-            fields = [(n, v) for n, v in fields if not n.startswith(b"l5d-")]
+        fields = self._sent_fields(headers)  # (the router's l5d-success-class, a downstream proxy's l5d-*)
         try:
             await self.send_head(codec.send_informational(101, fields))
             pending = codec.switched_protocol_data()
