@@ -58,6 +58,7 @@ escapes a connection is logged as ``http.connection_failed`` and closes only tha
 from __future__ import annotations
 
 import random
+import select
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -204,13 +205,24 @@ class ConnInfo:
         never on the request path."""
         sock = self.socket
         if sock is None:
-            return False
+            return self._transport_closed()
         try:
             return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
         except (BlockingIOError, InterruptedError):
             return False
         except OSError:
             return True  # reset, or closed here: nothing will reach the client
+
+    def _transport_closed(self) -> bool:
+        """``client_gone`` for a stream over a trio socket (TLS): whether the peer closed or reset the
+        TCP connection under it (``POLLRDHUP``: a close after a TLS ``close_notify`` counts too)."""
+        fileno = getattr(getattr(self.stream, "socket", None), "fileno", None)
+        fd = fileno() if fileno is not None else -1
+        if fd < 0:
+            return fileno is not None  # closed here
+        poller = select.poll()
+        poller.register(fd, select.POLLRDHUP)
+        return any(ev & (select.POLLRDHUP | select.POLLHUP | select.POLLERR) for _, ev in poller.poll(0))
 
     @property
     def socket(self) -> socket.socket | None:
@@ -478,6 +490,7 @@ class _Connection:
         "idle_timer",
         "dispatching",
         "serve_scope",
+        "dispatch_scope",
         "info",
         "forwarded_labels",
         "born",
@@ -508,6 +521,9 @@ class _Connection:
         #: Whether a request is with the handler (its client is checked then: ``check_client``).
         self.dispatching = False
         self.serve_scope: trio.CancelScope | None = None
+        #: The scope of the request with the handler on a connection without a ``serve_scope`` (TLS),
+        #: which the client check cancels instead.
+        self.dispatch_scope: trio.CancelScope | None = None
         self.idle_scope: trio.CancelScope | None = None
         self.info = ConnInfo.for_stream(self.stream, server.params, conn_id)
         fwd = self.params.add_forwarded_header
@@ -585,7 +601,7 @@ class _Connection:
         upstream connection under it is closed), as Linkerd cancels a request whose client went away
         and nginx answers 499. A hung upstream so holds no router slot (``maxConcurrentRequests``),
         connection or memory for a client that gave up."""
-        scope = self.serve_scope
+        scope = self.serve_scope or self.dispatch_scope
         if scope is not None and self.dispatching and self.info.client_gone():
             self.server._stats.requests_abandoned += 1
             scope.cancel()
@@ -694,13 +710,22 @@ class _Connection:
                     # this loop and the upstream read is one more frame to resume per request.
                     stats.requests_in_flight += 1
                     self.dispatching = True
-                    if not server.checking_clients and fast:
+                    if not server.checking_clients:
                         server.check_clients()
                     try:
-                        keep_alive = await self._dispatch(admitted, head.method)
+                        if self.serve_scope is not None:
+                            keep_alive = await self._dispatch(admitted, head.method)
+                        else:
+                            # (TLS: the client check cancels this scope; ``serve_scope`` is only for
+                            # plaintext connections, whose waits the idle timer ends.)
+                            with trio.CancelScope() as self.dispatch_scope:
+                                keep_alive = await self._dispatch(admitted, head.method)
+                            if self.dispatch_scope.cancelled_caught:
+                                return  # the client left (``check_client``): nothing to answer
                     finally:
                         stats.requests_in_flight -= 1
                         self.dispatching = False
+                        self.dispatch_scope = None
                 else:
                     response, request_body = admitted
                     keep_alive = await self._answer(response, request_body, head.method)
