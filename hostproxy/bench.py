@@ -576,8 +576,11 @@ backend be
     return subprocess.Popen(["haproxy", "-f", str(conf)])
 
 
-def start_hostproxy(tmp: Path, port: int, upstream: int, admin: int) -> tuple[subprocess.Popen[bytes], float]:
-    """Start hostproxy and return it with the seconds until its first proxied 200."""
+def start_hostproxy(
+    tmp: Path, port: int, upstream: int, admin: int, tree: Path | None = None
+) -> tuple[subprocess.Popen[bytes], float]:
+    """Start hostproxy and return it with the seconds until its first proxied 200. ``tree``: run the
+    ``hostproxy`` package of that checkout instead of this one (``--compare``), with this interpreter."""
     conf = tmp / "hostproxy.yaml"
     conf.write_text(f"""
 admin: {{ip: 127.0.0.1, port: {admin}}}
@@ -588,10 +591,21 @@ routers:
   servers: [{{ip: 127.0.0.1, port: {port}}}]
 """)
     t0 = time.monotonic()
+    env = None
+    if tree is not None:
+        # Its bytecode first, as `make` writes this checkout's: no start of either pays for compiling.
+        packages = [str(tree / d) for d in ("dtab", "namers", "hostproxy") if (tree / d).is_dir()]
+        subprocess.run([sys.executable, "-m", "compileall", "-q", *packages], check=False)
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")])),
+        }
     proc = subprocess.Popen(
         [sys.executable, "-m", "hostproxy", "run", str(conf)],
         stdout=subprocess.DEVNULL,
         stderr=open(tmp / "hostproxy.log", "wb"),  # noqa: SIM115 - the child holds it
+        cwd=tree,
+        env=env,
     )
     deadline = t0 + 20
     while time.monotonic() < deadline:
@@ -652,6 +666,33 @@ PARTS = ("http", "h2", "tls", "k8s", "admin")
 EXTRA_PARTS = ("instructions",)
 
 
+#: The ``--compare`` target's name.
+COMPARED = "hostproxy B"
+
+
+def compare_line(a: dict[str, float], b: dict[str, float], direct: dict[str, float]) -> str:
+    """``hostproxy`` against ``hostproxy B`` (``--compare``), measured in the same runs: each number
+    this one / the other's, and the change from B to this one."""
+
+    def pair(key: str, what: str, fmt: str, unit: str, minus: dict[str, float] | None = None) -> str | None:
+        if key not in a or key not in b or (minus is not None and key not in minus):
+            return None
+        base = minus[key] if minus is not None else 0.0
+        x, y = a[key] - base, b[key] - base
+        change = f", {(x - y) / y * 100:+.0f}%" if minus is None and y else ""
+        return f"{what} {fmt.format(x)} / {fmt.format(y)}{unit}{change}"
+
+    parts = [
+        pair("rps", "requests/s at 50 connections", "{:.0f}", ""),
+        pair("cpu_per_10k", "CPU s/10k", "{:.2f}", ""),
+        pair("fr_cpu_ms", "CPU per request at 1000 req/s", "{:.3f}", " ms"),
+        pair("fr_p99", "added p99 shared", "{:+.2f}", " ms", direct),
+        pair("iso_fr_p99", "added p99 isolated", "{:+.2f}", " ms", direct),
+        pair("rss_mb", "peak RSS", "{:.1f}", " MB"),
+    ]
+    return "hostproxy / hostproxy B, same runs: " + "; ".join(p for p in parts if p is not None)
+
+
 def positive_int(text: str) -> int:
     """An argument that must be a whole number of at least 1 (rounds)."""
     try:
@@ -682,6 +723,14 @@ def main(argv: list[str] | None = None) -> int:
         help="rounds the fixed-rate runs are spread over, every target in each (default 5)",
     )
     ap.add_argument("--idle", type=int, default=1000, help="idle client connections for the RSS check")
+    ap.add_argument(
+        "--compare",
+        type=Path,
+        metavar="CHECKOUT",
+        help="also run the hostproxy of another checkout (its modules, this interpreter and venv) as "
+        "target 'hostproxy B' in the http part's same runs and rounds: an A/B of two versions of the "
+        "request path that a slow spell of the machine falls on alike",
+    )
     bench_k8s.add_arguments(ap)
     bench_admin.add_arguments(ap)
     bench_instr.add_arguments(ap)
@@ -747,6 +796,13 @@ def run_http(args: argparse.Namespace) -> int:
         procs.append(start_floor(ly, up, layers=True))
         for p in (ng, ha, fl, ly):
             wait_port(p)
+        compare: Target | None = None
+        if args.compare is not None:
+            (tmp / "b").mkdir()
+            b_port = free_port()
+            b_proc, _ = start_hostproxy(tmp / "b", b_port, up, free_port(), tree=args.compare.resolve())
+            procs.append(b_proc)
+            compare = Target(COMPARED, b_port, b_proc)
         targets = [
             Target("direct", up, None),
             Target("hostproxy", hp, hp_proc),
@@ -755,6 +811,8 @@ def run_http(args: argparse.Namespace) -> int:
             Target("trio floor", fl, procs[4]),
             Target("http layers", ly, procs[5]),
         ]
+        if compare is not None:
+            targets.append(compare)
         for t in targets:
             pids = t.pids()
             c0 = cpu_seconds(pids)
@@ -832,6 +890,9 @@ def run_http(args: argparse.Namespace) -> int:
     by = {t.name: t.results for t in targets}
     h = by["hostproxy"]
     print()
+    if COMPARED in by:
+        print(f"{COMPARED}: the hostproxy of {args.compare.resolve()}")
+        print(compare_line(h, by[COMPARED], by["direct"]))
     for other in ("direct", "nginx", "haproxy", "trio floor"):
         o = by[other]
         if o.get("rps") and h.get("rps"):

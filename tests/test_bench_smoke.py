@@ -453,3 +453,23 @@ def test_instructions_part_counts_each_target() -> None:
     per = {t: float(_row(lines, t).split()[0]) for t in bench_instr.TARGETS}
     assert all(v > 0 for v in per.values()), lines
     assert _row(lines, "trio floor").split()[1] == "1.00", lines
+
+
+def test_compare_line_sets_the_two_checkouts_side_by_side() -> None:
+    """``--compare``: each number of this checkout's hostproxy against the other's from the same runs,
+    the added p99 over direct's in those runs, and the change where a ratio means something."""
+    a = {
+        "rps": 11000.0,
+        "cpu_per_10k": 0.9,
+        "fr_cpu_ms": 0.15,
+        "fr_p99": 2.5,
+        "iso_fr_p99": 2.0,
+        "rss_mb": 44.0,
+    }
+    b = {"rps": 10000.0, "cpu_per_10k": 1.0, "fr_cpu_ms": 0.2, "fr_p99": 3.0, "rss_mb": 41.0}
+    direct = {"fr_p99": 0.5, "iso_fr_p99": 0.5}
+    assert bench.compare_line(a, b, direct) == (
+        "hostproxy / hostproxy B, same runs: requests/s at 50 connections 11000 / 10000, +10%; "
+        "CPU s/10k 0.90 / 1.00, -10%; CPU per request at 1000 req/s 0.150 / 0.200 ms, -25%; "
+        "added p99 shared +2.00 / +2.50 ms; peak RSS 44.0 / 41.0 MB, +7%"
+    )
