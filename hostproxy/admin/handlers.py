@@ -840,7 +840,7 @@ class AdminHandler:
 
     async def _delegate_request(self, call: _Call) -> tuple[str | None, str, str | None] | Response:
         """``(namespace, dtab text, path text)`` from the query or the JSON body, or an error answer."""
-        if call.method == "GET":
+        if call.method in ("GET", "HEAD"):
             return call.query.get("namespace") or None, call.query.get("dtab", ""), call.query.get("path")
         ctype = (call.request.headers.get(b"content-type") or b"").decode("latin-1")
         if ctype.split(";", 1)[0].strip().lower() != "application/json":
