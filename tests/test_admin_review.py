@@ -5,6 +5,8 @@ Real daemons and admin servers on loopback, real curl; each test's docstring say
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tests.daemonutil import curl, running_daemon
 
 ROUTER = """
@@ -39,3 +41,33 @@ async def test_head_delegator_json_answers_as_get() -> None:
         bad = f"{d.admin}/delegator.json?path=svc"
         assert (await curl(bad)).status == 400
         assert (await curl(bad, "-I")).status == 400
+
+
+async def test_security_blacklist_covers_hostproxy_aliases(tmp_path: Path) -> None:
+    """``admin.security.pathBlacklist`` hid ``/admin/metrics/prometheus`` and ``/namer_state/<prefix>.json``
+    but hostproxy's own aliases served the same documents: ``/metrics`` (the Prometheus exposition) and
+    ``/admin/namer_state.json`` (every namer's state), so an operator who blacklisted a path to keep it
+    off a pod-address admin port still exposed its content."""
+    (tmp_path / "web").write_text("127.0.0.1 1\n")
+    security = (
+        "  security:\n    pathBlacklist: ['/admin/metrics/prometheus', '/namer_state/io\\.l5d\\.fs\\.json']\n"
+    )
+    yaml_text = _daemon_yaml(security).replace(
+        "namers: []", f"namers:\n- kind: io.l5d.fs\n  rootDir: {tmp_path}"
+    )
+    async with running_daemon(yaml_text) as d:
+        assert (await curl(f"{d.admin}/admin/metrics/prometheus")).status == 404
+        assert (await curl(f"{d.admin}/metrics")).status == 404
+        assert (await curl(f"{d.admin}/namer_state/io.l5d.fs.json")).status == 404
+        everything = await curl(f"{d.admin}/admin/namer_state.json")
+        assert everything.status == 200, everything.body
+        states = everything.json()
+        assert isinstance(states, dict)
+        assert "/io.l5d.fs" not in states
+        assert "/$/inet" in states  # a namer whose own path is served still shows
+        # what is not blacklisted is still served
+        assert (await curl(f"{d.admin}/admin/metrics.json")).status == 200
+    async with running_daemon(yaml_text.replace(security, "")) as d:
+        assert (await curl(f"{d.admin}/metrics")).status == 200
+        states = (await curl(f"{d.admin}/admin/namer_state.json")).json()
+        assert isinstance(states, dict) and "/io.l5d.fs" in states

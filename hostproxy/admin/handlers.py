@@ -278,6 +278,10 @@ _UI_PATHS = re.compile(
     r"/delegator|/delegator\.json|/logging|/help)$"
 )
 _CONTROL_PATHS = re.compile(r"^(/admin/shutdown|/logging\.json|/admin/reload|/admin/ready)$")
+# hostproxy's aliases of Linkerd's paths: served only where the Linkerd path is, so that admin.security
+# rules written for Linkerd's paths cover them (``/admin/namer_state.json`` leaves out each namer whose
+# ``/namer_state/<prefix>.json`` is not served).
+_ALIASES = {"/metrics": "/admin/metrics/prometheus"}
 
 
 @dataclass(frozen=True)
@@ -530,6 +534,9 @@ class AdminHandler:
         if not self.security.allows(path):
             # Linkerd answers 404, not 403, for paths admin.security turns off.
             return _text(404, f"No admin endpoint at {path} (turned off by admin.security).")
+        canonical = _ALIASES.get(path)
+        if canonical is not None and not self.security.allows(canonical):
+            return _text(404, f"No admin endpoint at {path} (turned off by admin.security).")
         route = self._routes.get(path)
         if route is not None:
             endpoint, fn = route
@@ -666,7 +673,15 @@ class AdminHandler:
         return _json(200, out)
 
     async def _all_namer_states(self, call: _Call) -> Response:
-        return _json(200, self.ctx.namer_states())
+        states = self.ctx.namer_states()
+        return _json(
+            200,
+            {
+                prefix: state
+                for prefix, state in states.items()
+                if self.security.allows(f"/namer_state/{prefix.lstrip('/')}.json")
+            },
+        )
 
     async def _routers_json(self, call: _Call) -> Response:
         scopes = self.ctx.metrics.routers()
