@@ -71,3 +71,33 @@ async def test_security_blacklist_covers_hostproxy_aliases(tmp_path: Path) -> No
         assert (await curl(f"{d.admin}/metrics")).status == 200
         states = (await curl(f"{d.admin}/admin/namer_state.json")).json()
         assert isinstance(states, dict) and "/io.l5d.fs" in states
+
+
+async def test_metrics_query_regex_cannot_freeze_the_daemon() -> None:
+    """``/admin/metrics.json?q=`` ran the pattern with Python's backtracking ``re`` over every metric key
+    in one step on the event loop: a pattern with a nested repetition (``(.*.*)*y``) never finished, and
+    the whole daemon (routing included) stopped answering after one GET a diagnostics reader may send.
+    Such patterns are now a 400 that says why; ordinary regexes and substrings keep working."""
+    async with running_daemon(_daemon_yaml()) as d:
+        for q in ["(.*.*)*y", "(a|aa)+y", "(x+)+y", r"(a)\1", ".*a.*b.*c.*y"]:
+            r = await curl(f"{d.admin}/admin/metrics.json", "-G", "--data-urlencode", f"q={q}")
+            assert r.status == 400, (q, r.status, r.body)
+            assert b"q=" in r.body
+        ping = await curl(f"{d.admin}/admin/ping")
+        assert (ping.status, ping.body) == (200, b"pong")
+        for q, key in [
+            ("server", "rt/out/server/127.0.0.1/"),
+            ("rt/.*/server/.*/requests", "rt/out/server/127.0.0.1/"),
+            ("(server|service)/", "rt/out/server/127.0.0.1/"),
+            ("(", None),  # not a regex: a literal substring, no key has it
+        ]:
+            r = await curl(f"{d.admin}/admin/metrics.json", "-G", "--data-urlencode", f"q={q}")
+            assert r.status == 200, (q, r.body)
+            doc = r.json()
+            assert isinstance(doc, dict)
+            if key is None:
+                assert doc == {}
+            else:
+                assert doc and any(k.startswith(key) for k in doc), (q, doc)
+        pretty = await curl(f"{d.admin}/admin/metrics.json?pretty=1&q=(x%2B)%2By")
+        assert pretty.status == 400

@@ -78,7 +78,13 @@ from hostproxy.http.proxyheaders import via_count
 from hostproxy.http.server import ConnInfo
 from hostproxy.idle import wait_idle
 from hostproxy.metrics import NoSuchSubtree
-from hostproxy.metrics.render import collect, flat_json_slices, metrics_json_from, prometheus_slices
+from hostproxy.metrics.render import (
+    check_query,
+    collect,
+    flat_json_slices,
+    metrics_json_from,
+    prometheus_slices,
+)
 
 __all__ = [
     "DELEGATE_TIMEOUT_S",
@@ -755,6 +761,8 @@ class AdminHandler:
         q = call.query.get("q") or None
         try:
             tree_form, pretty = _flag(call.query, "tree"), _flag(call.query, "pretty")
+            if not tree_form:
+                check_query(q)  # (in tree form, q is a subtree's path)
         except ValueError as exc:
             return _text(400, str(exc))
         if tree_form or pretty:

@@ -7,7 +7,8 @@ serialises and serves. Flat form: `{key: number}`, stats expanded to `key.count`
 minute has data, `.max .min .p50 .p90 .p95 .p99 .p9990 .p9999 .sum .avg`. Tree form: keys split on
 `/`, a node holding its own value as `{"counter": n}`, `{"gauge": x}` or `{"stat.count": …}` next to
 its children. `q` selects keys: in flat form by regular expression search (a plain substring works;
-an invalid pattern is used as a literal substring), in tree form as the path of a subtree (missing:
+an invalid pattern is used as a literal substring; one that backtracking could take unbounded time over,
+`UnsafeQuery`, see `check_query`), in tree form as the path of a subtree (missing:
 `NoSuchSubtree`, which the admin answers with 404 `{"error": "No such subtree: …"}`).
 
 Prometheus: only metrics registered with a `PromId` are exported, grouped by family; counters end
@@ -26,6 +27,7 @@ buckets. Their output is byte for byte that of `metrics_json(reg)` and `promethe
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import re
@@ -39,6 +41,8 @@ from hostproxy.metrics.registry import Counter, Gauge, Labels, Metric, MetricsRe
 
 __all__ = [
     "NoSuchSubtree",
+    "UnsafeQuery",
+    "check_query",
     "collect",
     "flat",
     "flat_from",
@@ -69,6 +73,69 @@ def _num(x: float) -> float | int:
     return x
 
 
+_sre_parser: Any = importlib.import_module("re._parser")
+_REPEATS = frozenset({"MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"})
+#: The most variable repetitions (``*``, ``+``, ``?``, ``{m,n}``) a ``q`` pattern may have.
+MAX_QUERY_REPEATS = 2
+
+
+class UnsafeQuery(ValueError):
+    """A ``q`` regular expression whose matching may take exponential (or high-polynomial) time."""
+
+
+def check_query(q: str | None) -> None:
+    """Raise ``UnsafeQuery`` for a flat-form ``q`` that Python's backtracking ``re`` could take
+    unbounded time over (on the event loop): a repetition inside another, an alternation inside a
+    repetition, a backreference, or more than ``MAX_QUERY_REPEATS`` variable repetitions. A ``q`` that
+    is not a regular expression is a literal substring and always safe."""
+    if not q:
+        return
+    try:
+        re.compile(q)
+        parsed = _sre_parser.parse(q)
+    except (re.error, RecursionError, OverflowError, ValueError):
+        return
+    variable = 0
+
+    def walk(items: Any, in_repeat: bool) -> str | None:
+        nonlocal variable
+        for op, av in items:
+            name = str(op)
+            if name in _REPEATS:
+                lo, hi, body = av
+                if hi > 1 and in_repeat:
+                    return "a repetition inside another repetition"
+                if lo != hi:
+                    variable += 1
+                    if variable > MAX_QUERY_REPEATS:
+                        return f"more than {MAX_QUERY_REPEATS} variable repetitions (*, +, ?, {{m,n}})"
+                found = walk(body, in_repeat or hi > 1)
+            elif name == "BRANCH":
+                if in_repeat:
+                    return "an alternation inside a repetition"
+                found = next((f for b in av[1] if (f := walk(b, in_repeat)) is not None), None)
+            elif name == "SUBPATTERN":
+                found = walk(av[-1], in_repeat)
+            elif name in ("ASSERT", "ASSERT_NOT"):
+                found = walk(av[1], in_repeat)
+            elif name == "ATOMIC_GROUP":
+                found = walk(av, in_repeat)
+            elif name in ("GROUPREF", "GROUPREF_EXISTS"):
+                return "a backreference"
+            else:
+                found = None
+            if found is not None:
+                return found
+        return None
+
+    problem = walk(parsed, False)
+    if problem is not None:
+        raise UnsafeQuery(
+            f"q={q[:80]!r} has {problem}, which a regular expression search may take unbounded time "
+            "over: use a plain substring (q=server) or a simpler pattern (q=rt/.*/client/.*/requests)"
+        )
+
+
 def _matcher(q: str | None) -> Any:
     if not q:
         return lambda key: True
@@ -76,6 +143,7 @@ def _matcher(q: str | None) -> Any:
         rx = re.compile(q)
     except re.error:
         return lambda key: q in key
+    check_query(q)
     return lambda key: rx.search(key) is not None
 
 
@@ -264,6 +332,8 @@ def prometheus_chunks(items: Iterable[tuple[Metric, Any]]) -> Iterator[str]:
 
 # -- the scrape path: cached layouts and text, numbers formatted directly -----------------------------
 
+#: Keys a ``q`` pattern is matched against per slice (a regex search costs more than reading a metric).
+QUERY_SLICE = 200
 #: Metrics read and rendered per slice (one event-loop step) by the sliced renderers; at about a
 #: microsecond a metric, a slice stays within a few milliseconds.
 SLICE_METRICS = 2000
@@ -406,7 +476,12 @@ def flat_json_slices(
     ordered, ok = layout
     if q:
         match = _matcher(q)
-        ordered = [m for m in ordered if match(m.key)]
+        kept: list[Metric] = []
+        for i in range(0, len(ordered), QUERY_SLICE):
+            if i:
+                yield b""
+            kept.extend(m for m in ordered[i : i + QUERY_SLICE] if match(m.key))
+        ordered = kept
     if not ok:
         # Some key sorts inside a stat's fields: read in slices, then sort the whole document.
         items: list[tuple[Metric, Any]] = []
