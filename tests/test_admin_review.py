@@ -101,3 +101,20 @@ async def test_metrics_query_regex_cannot_freeze_the_daemon() -> None:
                 assert doc and any(k.startswith(key) for k in doc), (q, doc)
         pretty = await curl(f"{d.admin}/admin/metrics.json?pretty=1&q=(x%2B)%2By")
         assert pretty.status == 400
+
+
+async def test_deeply_nested_delegator_body_is_a_400() -> None:
+    """A ``POST /delegator.json`` body of deeply nested JSON arrays (within the 64 KiB limit) made
+    ``json.loads`` raise ``RecursionError``, which the handler did not expect: a 500 "Internal error"
+    and a logged traceback, instead of the 400 "Malformed delegation request" any other bad body gets."""
+    async with running_daemon(_daemon_yaml()) as d:
+        body = "[" * 50_000
+        r = await curl(
+            f"{d.admin}/delegator.json",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            body,
+        )
+        assert r.status == 400, r.body
+        assert r.body.startswith(b"Malformed delegation request")

@@ -879,7 +879,7 @@ class AdminHandler:
         text = raw.decode("utf-8", errors="replace")
         try:
             doc = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: arrays or objects nested too deep
             doc = None
         ok = (
             isinstance(doc, dict)
