@@ -118,3 +118,24 @@ async def test_deeply_nested_delegator_body_is_a_400() -> None:
         )
         assert r.status == 400, r.body
         assert r.body.startswith(b"Malformed delegation request")
+
+
+async def test_logging_json_accepts_form_encoded_post() -> None:
+    """``POST /logging.json`` read ``logger`` and ``level`` from the query string only. Linkerd's handler
+    reads Finagle's request params, which include an ``application/x-www-form-urlencoded`` body, so a
+    Linkerd script's ``curl -d logger=root -d level=DEBUG :9990/logging.json`` got a 400 "Missing logger
+    and level" here; and the change it asked for never took effect."""
+    import logging
+
+    async with running_daemon(_daemon_yaml()) as d:
+        name = "hostproxy.review_form"
+        try:
+            r = await curl(f"{d.admin}/logging.json", "-d", f"logger={name}", "-d", "level=error")
+            assert r.status == 200, r.body
+            assert {"logger": name, "level": "ERROR"} in r.json()  # type: ignore[operator]
+            assert logging.getLogger(name).level == logging.ERROR
+            # still a 400 when the form lacks a parameter, naming it
+            r = await curl(f"{d.admin}/logging.json", "-d", f"logger={name}")
+            assert r.status == 400 and b"level" in r.body
+        finally:
+            logging.getLogger(name).setLevel(logging.NOTSET)

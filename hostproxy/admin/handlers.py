@@ -440,7 +440,7 @@ class AdminHandler:
                 Endpoint(
                     "/logging.json",
                     ("GET", "POST"),
-                    "log levels; POST ?logger=<name|root>&level=<LEVEL> sets one",
+                    "log levels; POST ?logger=<name|root>&level=<LEVEL> (or a form body) sets one",
                     control=("POST",),
                 ),
                 self._logging,
@@ -791,8 +791,19 @@ class AdminHandler:
     async def _logging(self, call: _Call) -> Response:
         if call.method in ("GET", "HEAD"):
             return _json(200, self._levels())
-        logger = call.query.get("logger")
-        level = call.query.get("level")
+        params = dict(call.query)
+        ctype = (call.request.headers.get(b"content-type") or b"").decode("latin-1")
+        if ctype.split(";", 1)[0].strip().lower() == "application/x-www-form-urlencoded":
+            # As Finagle's request params (Linkerd's handler reads them): a form body's fields too.
+            try:
+                raw = await call.request.body.read_all(MAX_REQUEST_BODY)
+            except ValueError:
+                return _text(413, f"Request body exceeds {MAX_REQUEST_BODY} bytes")
+            form = parse_qs(raw.decode("utf-8", errors="replace"), keep_blank_values=True)
+            for name, values in form.items():
+                params.setdefault(name, values[-1])
+        logger = params.get("logger")
+        level = params.get("level")
         usage = "POST /logging.json?logger=<name|root>&level=<DEBUG|INFO|WARNING|ERROR|CRITICAL>"
         if not logger or not level:
             missing = " and ".join(n for n, v in (("logger", logger), ("level", level)) if not v)
