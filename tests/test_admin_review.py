@@ -139,3 +139,32 @@ async def test_logging_json_accepts_form_encoded_post() -> None:
             assert r.status == 400 and b"level" in r.body
         finally:
             logging.getLogger(name).setLevel(logging.NOTSET)
+
+
+async def test_metrics_tree_with_a_service_segment_named_like_a_value_key(tmp_path: Path) -> None:
+    """``/admin/metrics.json?tree=1`` keeps a node's own value under ``counter``, ``gauge`` or ``stat.*``
+    next to its children, but a child segment with one of those names (a service name taken from a
+    request, here ``l5d-name: /web/requests/counter`` beside ``/web``) collided with it: the tree form
+    answered 500 (``'int' object has no attribute 'setdefault'``) when the value came first, and
+    silently dropped the subtree when it came second. Such a child is now kept as ``/<segment>``
+    (``/`` never occurs in a segment, so it cannot clash)."""
+    from tests.daemonutil import fs_config
+
+    (tmp_path / "web").write_text("127.0.0.1 1\n")
+    yaml_text = fs_config(tmp_path) + "  identifier: {kind: io.l5d.header}\n"
+    async with running_daemon(yaml_text) as d:
+        for name in ["/web", "/web/requests/counter"]:
+            await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", f"l5d-name: {name}", timeout=10)
+        flat = (await curl(f"{d.admin}/admin/metrics.json")).json()
+        assert isinstance(flat, dict)
+        assert flat["rt/out/service/svc/web/requests"] == 1
+        assert flat["rt/out/service/svc/web/requests/counter/requests"] == 1
+        r = await curl(f"{d.admin}/admin/metrics.json?tree=1")
+        assert r.status == 200, r.body
+        tree = r.json()
+        assert isinstance(tree, dict)
+        node = tree["rt"]["out"]["service"]["svc"]["web"]["requests"]
+        assert node["counter"] == 1
+        assert node["/counter"]["requests"] == {"counter": 1}
+        sub = await curl(f"{d.admin}/admin/metrics.json?tree=1&q=rt/out/service/svc/web")
+        assert sub.status == 200, sub.body

@@ -6,7 +6,7 @@ Renderers read a `MetricsRegistry` snapshot and return plain data or text; the a
 serialises and serves. Flat form: `{key: number}`, stats expanded to `key.count` and, when the last
 minute has data, `.max .min .p50 .p90 .p95 .p99 .p9990 .p9999 .sum .avg`. Tree form: keys split on
 `/`, a node holding its own value as `{"counter": n}`, `{"gauge": x}` or `{"stat.count": …}` next to
-its children. `q` selects keys: in flat form by regular expression search (a plain substring works;
+its children (a child segment spelt like one of those keys is written `/<segment>`). `q` selects keys: in flat form by regular expression search (a plain substring works;
 an invalid pattern is used as a literal substring; one that backtracking could take unbounded time over,
 `UnsafeQuery`, see `check_query`), in tree form as the path of a subtree (missing:
 `NoSuchSubtree`, which the admin answers with 404 `{"error": "No such subtree: …"}`).
@@ -213,6 +213,8 @@ def tree_from(items: Iterable[tuple[Metric, Any]], q: str | None = None) -> dict
     for m, v in items:
         node = root
         for seg in m.key.split("/"):
+            if seg in ("counter", "gauge") or seg.startswith("stat."):
+                seg = "/" + seg  # a child named like a node's own value (a segment never holds "/")
             node = node.setdefault(seg, {})
         if isinstance(m.obj, Counter):
             node["counter"] = v
