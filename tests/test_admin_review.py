@@ -168,3 +168,17 @@ async def test_metrics_tree_with_a_service_segment_named_like_a_value_key(tmp_pa
         assert node["/counter"]["requests"] == {"counter": 1}
         sub = await curl(f"{d.admin}/admin/metrics.json?tree=1&q=rt/out/service/svc/web")
         assert sub.status == 200, sub.body
+
+
+async def test_security_alias_rule_spares_the_prometheus_telemeter_path() -> None:
+    """(With the alias rule above.) An ``io.l5d.prometheus`` telemeter whose ``path`` is ``/metrics`` is
+    served at the path the operator chose even when ``/admin/metrics/prometheus`` is blacklisted."""
+    yaml_text = (
+        _daemon_yaml("  security:\n    pathBlacklist: ['/admin/metrics/prometheus']\n")
+        + "telemetry:\n- kind: io.l5d.prometheus\n  path: /metrics\n"
+    )
+    async with running_daemon(yaml_text) as d:
+        assert (await curl(f"{d.admin}/admin/metrics/prometheus")).status == 404
+        r = await curl(f"{d.admin}/metrics")
+        assert r.status == 200, r.body
+        assert b"# TYPE" in r.body

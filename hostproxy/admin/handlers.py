@@ -345,6 +345,8 @@ class AdminHandler:
         self.security = AdminSecurityPolicy.from_config(security)
         # The io.l5d.prometheus telemeter: its path serves the exposition too, its prefix starts every name.
         self.prometheus_prefix: str = prometheus.prefix if prometheus is not None else ""
+        # (the telemeter's own path is no alias: its rule is the operator's)
+        self._aliases = {a: c for a, c in _ALIASES.items() if prometheus is None or a != prometheus.path}
         self.allow_remote_control = allow_remote_control
         self.delegate_timeout_s = delegate_timeout_s
         # How many ``Via`` entries the HTTP layer in front of this handler appends itself.
@@ -540,7 +542,7 @@ class AdminHandler:
         if not self.security.allows(path):
             # Linkerd answers 404, not 403, for paths admin.security turns off.
             return _text(404, f"No admin endpoint at {path} (turned off by admin.security).")
-        canonical = _ALIASES.get(path)
+        canonical = self._aliases.get(path)
         if canonical is not None and not self.security.allows(canonical):
             return _text(404, f"No admin endpoint at {path} (turned off by admin.security).")
         route = self._routes.get(path)
