@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import trio
+
 from tests.daemonutil import curl, running_daemon
 
 ROUTER = """
@@ -182,3 +184,70 @@ async def test_security_alias_rule_spares_the_prometheus_telemeter_path() -> Non
         r = await curl(f"{d.admin}/metrics")
         assert r.status == 200, r.body
         assert b"# TYPE" in r.body
+
+
+async def _stall_admin(admin: str, n: int) -> list[trio.SocketStream]:
+    """``n`` connections, each a POST /delegator.json whose announced body never comes."""
+    host, port = admin.removeprefix("http://").rsplit(":", 1)
+    streams = []
+    for _ in range(n):
+        s = await trio.open_tcp_stream(host, int(port))
+        await s.send_all(
+            b"POST /delegator.json HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 60000\r\n\r\n{"
+        )
+        streams.append(s)
+    return streams
+
+
+async def test_stalled_admin_clients_do_not_fail_the_health_probes() -> None:
+    """64 admin connections that never finish their request (or never read their answer) held every
+    one of the admin server's ``maxConcurrentRequests`` slots for ever: ``/admin/ping``, ``/live`` and
+    ``/ready`` answered 503 "server admin is at maxConcurrentRequests=64", so anyone who could reach
+    the admin port (it listens on the pod address for the kubelet's probes) could get the pod killed
+    by its liveness probe and taken out of rotation. The probes, a few bytes each, are now answered
+    beyond the cap; other endpoints still answer 503 there."""
+    async with running_daemon(_daemon_yaml()) as d:
+        streams = await _stall_admin(d.admin, 70)
+        try:
+            with trio.fail_after(30):
+                while (await curl(f"{d.admin}/admin/metrics.json")).status != 503:
+                    await trio.sleep(0.05)  # until the stalled requests hold every slot
+            for path, body in [("/admin/ping", b"pong"), ("/live", b"live\n"), ("/ready", b"ready\n")]:
+                r = await curl(f"{d.admin}{path}")
+                assert (r.status, r.body) == (200, body), (path, r.status, r.body)
+            assert (await curl(f"{d.admin}/client_state.json")).status == 503
+        finally:
+            for s in streams:
+                await s.aclose()
+
+
+async def test_stalled_admin_request_body_is_cut_off() -> None:
+    """A request body that stopped arriving held its admin connection (and a request slot) for ever: the
+    admin server had no ``request_body_timeout_s``. It now cuts such a request off (10 s between
+    chunks; the admin bodies are at most 64 KiB of JSON or form), freeing the slot. A body that failed
+    (stalled, or cut short by a client that left) was also logged as ``admin.handler_failed`` with a
+    traceback and answered 500; it is the client's doing, a 400."""
+    from test_admin_server import FakeAdminContext
+
+    from hostproxy.admin import AdminServer
+
+    server = AdminServer(FakeAdminContext(), port=0, max_concurrent_requests=2, request_body_timeout_s=0.2)
+    assert AdminServer(FakeAdminContext(), port=0).params.request_body_timeout_s == 10.0
+    async with trio.open_nursery() as nursery:
+        ip, port = await nursery.start(server.serve)
+        admin = f"http://{ip}:{port}"
+        streams = await _stall_admin(admin, 2)
+        try:
+            for s in streams:  # each stalled request is cut off: its connection closes
+                with trio.fail_after(10):
+                    while await s.receive_some(65536):
+                        pass
+            r = await curl(f"{admin}/admin/metrics.json")
+            assert r.status == 200, r.body
+            # the client's doing, not a handler failure (which was logged with a traceback)
+            assert server.handler.failures == 0
+        finally:
+            for s in streams:
+                await s.aclose()
+            nursery.cancel_scope.cancel()

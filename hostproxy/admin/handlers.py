@@ -73,6 +73,7 @@ from hostproxy import log as hlog
 from hostproxy.admin.context import AdminContext
 from hostproxy.admin.dashboard import DASHBOARD_CSP, dashboard_page, process_info, server_info, static_file
 from hostproxy.admin.delegator_page import CONTENT_SECURITY_POLICY, render_page
+from hostproxy.http.errors import RequestBodyError, request_body_error_response
 from hostproxy.http.message import Body, Headers, Request, Response
 from hostproxy.http.proxyheaders import via_count
 from hostproxy.http.server import ConnInfo
@@ -184,6 +185,17 @@ def _dumps(obj: Any) -> bytes:
 
 def _json(status: int, obj: Any) -> Response:
     return _response(status, _dumps(obj), JSON_TYPE)
+
+
+async def _read_body(call: _Call, what: str = "Request") -> bytes | Response:
+    """The request body (``MAX_REQUEST_BODY`` at most: beyond, 413), or the 400 for a body that failed
+    (cut short by a client that left, stalled, malformed): the client's doing, not a handler failure."""
+    try:
+        return await call.request.body.read_all(MAX_REQUEST_BODY)
+    except ValueError:
+        return _text(413, f"{what} body exceeds {MAX_REQUEST_BODY} bytes")
+    except RequestBodyError as exc:
+        return request_body_error_response(exc)
 
 
 def _flag(query: dict[str, str], name: str) -> bool:
@@ -797,10 +809,9 @@ class AdminHandler:
         ctype = (call.request.headers.get(b"content-type") or b"").decode("latin-1")
         if ctype.split(";", 1)[0].strip().lower() == "application/x-www-form-urlencoded":
             # As Finagle's request params (Linkerd's handler reads them): a form body's fields too.
-            try:
-                raw = await call.request.body.read_all(MAX_REQUEST_BODY)
-            except ValueError:
-                return _text(413, f"Request body exceeds {MAX_REQUEST_BODY} bytes")
+            raw = await _read_body(call)
+            if isinstance(raw, Response):
+                return raw
             form = parse_qs(raw.decode("utf-8", errors="replace"), keep_blank_values=True)
             for name, values in form.items():
                 params.setdefault(name, values[-1])
@@ -885,10 +896,9 @@ class AdminHandler:
                 f"POST /delegator.json needs Content-Type: application/json, got {ctype or 'none'}; "
                 'send {"namespace": <router>, "dtab": <dtab>, "path": <path>}',
             )
-        try:
-            raw = await call.request.body.read_all(MAX_REQUEST_BODY)
-        except ValueError:
-            return _text(413, f"Delegation request body exceeds {MAX_REQUEST_BODY} bytes")
+        raw = await _read_body(call, "Delegation request")
+        if isinstance(raw, Response):
+            return raw
         text = raw.decode("utf-8", errors="replace")
         try:
             doc = json.loads(text)

@@ -7,7 +7,9 @@ Theory of operation
 ``task_status.started`` (bind port 0 and read the port back).  Cancelling ``serve`` stops the
 listener and every admin connection.  The admin server is separate from the routers' servers, so
 a slow admin client never holds a routing connection; its own connections are capped
-(``max_concurrent_requests``) and time out like any server's.  It listens on 127.0.0.1 unless
+(``max_concurrent_requests``, which the health probes ``/admin/ping``, ``/live`` and ``/ready`` are
+exempt from) and time out like any server's (a request body that stalls for
+``request_body_timeout_s`` is cut off).  It listens on 127.0.0.1 unless
 configured otherwise (``admin.ip``), and its control endpoints answer loopback peers only unless
 ``allow_remote_control`` (``admin.allowRemoteControl``) is set.
 """
@@ -39,6 +41,7 @@ class AdminServer:
         prometheus: Any = None,
         max_concurrent_requests: int = 64,
         delegate_timeout_s: float = DELEGATE_TIMEOUT_S,
+        request_body_timeout_s: float = 10.0,
     ) -> None:
         self.ctx = ctx
         # The HTTP layer appends one ``Via`` entry to every request it hands the handler.
@@ -57,7 +60,10 @@ class AdminServer:
             max_concurrent_requests=max_concurrent_requests,
             idle_timeout_s=60.0,
             request_head_timeout_s=10.0,
+            request_body_timeout_s=request_body_timeout_s,
             max_initial_line_kb=16,
+            # Probes get their answer however many slow clients hold the other slots.
+            uncapped_paths=frozenset({"/admin/ping", "/live", "/ready"}),
         )
         self.http = Http1Server(self.handler, self.params)
         self.address: tuple[str, int] | None = None

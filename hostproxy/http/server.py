@@ -151,6 +151,9 @@ class ServerParams:
     #: requests of this server (None: the router's own lookup by the server's ip).
     clear_context: bool | None = None
     allow_address_overrides: bool | None = None
+    #: Request paths answered even beyond ``max_concurrent_requests`` (the admin server's health
+    #: probes: a few bytes each, which stalled clients holding every slot must not fail).
+    uncapped_paths: frozenset[str] = frozenset()
 
     def codec_limits(self) -> CodecLimits:
         return CodecLimits(
@@ -996,7 +999,11 @@ class _Connection:
             stats.bad_requests += 1  # (a proxy loop, CONNECT, a target of no HTTP/1.1 form)
             return built, None
         limit = self.params.max_concurrent_requests
-        if limit is not None and stats.requests_in_flight >= limit:
+        if (
+            limit is not None
+            and stats.requests_in_flight >= limit
+            and built.target.split("?", 1)[0] not in self.params.uncapped_paths
+        ):
             stats.rejected_overload += 1
             return error_response(
                 503,
