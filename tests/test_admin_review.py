@@ -251,3 +251,40 @@ async def test_stalled_admin_request_body_is_cut_off() -> None:
             for s in streams:
                 await s.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_admin_client_that_stops_reading_is_cut_off() -> None:
+    """An admin client that sent requests and stopped reading the answers held its request slot for
+    as long as it kept the connection open (the response write waited for ever), so a few such clients
+    made every admin endpoint but the probes answer 503. A response not taken within
+    ``response_write_timeout_s`` (30 s by default) now cuts the connection off and frees the slot."""
+    import socket
+
+    from test_admin_server import FakeAdminContext
+
+    from hostproxy.admin import AdminServer
+
+    server = AdminServer(FakeAdminContext(), port=0, max_concurrent_requests=2, response_write_timeout_s=2.0)
+    assert AdminServer(FakeAdminContext(), port=0).params.response_write_timeout_s == 30.0
+    async with trio.open_nursery() as nursery:
+        ip, port = await nursery.start(server.serve)
+        admin = f"http://{ip}:{port}"
+        socks = []
+        try:
+            for _ in range(2):  # pipelined requests whose answers are never read
+                s = trio.socket.socket()
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+                await s.connect((ip, port))
+                stream = trio.SocketStream(s)
+                await stream.send_all(b"GET /files/dashboard.js HTTP/1.1\r\nHost: x\r\n\r\n" * 200)
+                socks.append(stream)
+            with trio.fail_after(20):
+                while (await curl(f"{admin}/admin/metrics.json")).status != 503:
+                    await trio.sleep(0.02)  # until both stalled writes hold the two slots
+            with trio.fail_after(20):
+                while (await curl(f"{admin}/admin/metrics.json")).status != 200:
+                    await trio.sleep(0.05)  # until the write timeout frees them
+        finally:
+            for stream in socks:
+                await stream.aclose()
+            nursery.cancel_scope.cancel()

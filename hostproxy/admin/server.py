@@ -9,7 +9,8 @@ listener and every admin connection.  The admin server is separate from the rout
 a slow admin client never holds a routing connection; its own connections are capped
 (``max_concurrent_requests``, which the health probes ``/admin/ping``, ``/live`` and ``/ready`` are
 exempt from) and time out like any server's (a request body that stalls for
-``request_body_timeout_s`` is cut off).  It listens on 127.0.0.1 unless
+``request_body_timeout_s``, or a response its client has not taken in ``response_write_timeout_s``,
+is cut off).  It listens on 127.0.0.1 unless
 configured otherwise (``admin.ip``), and its control endpoints answer loopback peers only unless
 ``allow_remote_control`` (``admin.allowRemoteControl``) is set.
 """
@@ -42,6 +43,7 @@ class AdminServer:
         max_concurrent_requests: int = 64,
         delegate_timeout_s: float = DELEGATE_TIMEOUT_S,
         request_body_timeout_s: float = 10.0,
+        response_write_timeout_s: float = 30.0,
     ) -> None:
         self.ctx = ctx
         # The HTTP layer appends one ``Via`` entry to every request it hands the handler.
@@ -61,6 +63,7 @@ class AdminServer:
             idle_timeout_s=60.0,
             request_head_timeout_s=10.0,
             request_body_timeout_s=request_body_timeout_s,
+            response_write_timeout_s=response_write_timeout_s,
             max_initial_line_kb=16,
             # Probes get their answer however many slow clients hold the other slots.
             uncapped_paths=frozenset({"/admin/ping", "/live", "/ready"}),

@@ -154,6 +154,9 @@ class ServerParams:
     #: Request paths answered even beyond ``max_concurrent_requests`` (the admin server's health
     #: probes: a few bytes each, which stalled clients holding every slot must not fail).
     uncapped_paths: frozenset[str] = frozenset()
+    #: The longest writing one response may take (None: no limit); past it the connection is cut off,
+    #: so that a client that stops reading does not hold its request slot for ever (the admin server).
+    response_write_timeout_s: float | None = None
 
     def codec_limits(self) -> CodecLimits:
         return CodecLimits(
@@ -1066,7 +1069,14 @@ class _Connection:
                 with trio.CancelScope(shield=True):
                     await response.body.aclose()
                 raise
-        await self._write_response(response, head_method=method, close=close)
+        write_timeout = self.params.response_write_timeout_s
+        if write_timeout is None:
+            await self._write_response(response, head_method=method, close=close)
+        else:
+            with trio.move_on_after(write_timeout) as scope:
+                await self._write_response(response, head_method=method, close=close)
+            if scope.cancelled_caught:
+                raise _ClientGone(f"response write took over {write_timeout:g}s")
         if request.body.done:
             # Nothing left to drain (the usual request): no ``_finish_cycle`` coroutine to run.
             return not close and not self.server.draining and self._next_cycle()
