@@ -5,8 +5,10 @@ Real daemons and admin servers on loopback, real curl; each test's docstring say
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import pytest
 import trio
 
 from tests.daemonutil import curl, running_daemon
@@ -288,3 +290,39 @@ async def test_admin_client_that_stops_reading_is_cut_off() -> None:
             for stream in socks:
                 await stream.aclose()
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.skipif(
+    shutil.which("chromium") is None and shutil.which("chromium-browser") is None,
+    reason="needs Debian's chromium (apt-get install chromium)",
+)
+async def test_dashboard_works_with_diagnostics_turned_off(tmp_path: Path) -> None:
+    """With ``admin.security.diagnosticsEnabled: false`` (the UI kept, Linkerd's categories), the
+    dashboard (a UI path) read ``/client_state.json`` and ``/admin/process.json`` (diagnostics, 404)
+    together with the metrics and gave up the whole poll when either failed: it showed nothing but
+    "admin server unreachable: /client_state.json answered 404", for ever (the failed poll was retried
+    as the same kind). It now draws the routers from ``/admin/metrics.json`` and leaves out what it
+    may not read."""
+    from test_dashboard_browser import DataK, chromium, to_int, write_disco
+
+    from tests.daemonutil import fs_config
+
+    disco = tmp_path / "disco"
+    write_disco(disco, "api", "127.0.0.1 1\n")  # refuses: a router with failures
+    yaml_text = fs_config(disco).replace(
+        "admin: {ip: 127.0.0.1, port: 0}",
+        "admin:\n  ip: 127.0.0.1\n  port: 0\n  security: {diagnosticsEnabled: false}",
+    )
+    async with running_daemon(yaml_text) as d:
+        for _ in range(2):
+            assert (await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: api")).status == 502
+        assert (await curl(d.admin + "/client_state.json")).status == 404
+        metrics = (await curl(d.admin + "/admin/metrics.json")).json()
+        assert isinstance(metrics, dict)
+        dom = await chromium(d.admin + "/", tmp_path / "profile", "--virtual-time-budget=4000", "--dump-dom")
+        page = DataK()
+        page.feed(dom.decode())
+        assert int(page.body.get("data-polls", "0")) >= 2, dom.decode()[-3000:]
+        srv = f"rt/out/server/127.0.0.1/{d.port('out')}"
+        assert to_int(page.one("out:failures")) == metrics[f"{srv}/failures"] == 2
+        assert "unreachable" not in dom.decode()

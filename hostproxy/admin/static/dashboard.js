@@ -389,6 +389,11 @@ async function getJSON(path) {
   return r.json();
 }
 
+// A document the page can do without (admin.security may turn it off): null when it cannot be read.
+function optionalJSON(path) {
+  return getJSON(path).catch(() => null);
+}
+
 async function poll() {
   const status = document.getElementById("status");
   try {
@@ -396,8 +401,8 @@ async function poll() {
     const slow = state.polls % 2 === 0;
     const [m, cs, proc] = await Promise.all([
       getJSON("/admin/metrics.json"),
-      slow ? getJSON("/client_state.json") : Promise.resolve(null),
-      slow ? getJSON("/admin/process.json") : Promise.resolve(null),
+      slow ? optionalJSON("/client_state.json") : Promise.resolve(null),
+      slow ? optionalJSON("/admin/process.json") : Promise.resolve(null),
     ]);
     if (cs) state.clientState = cs;
     if (proc) {
