@@ -436,6 +436,15 @@ class _ResponseBodySource:
                         return event.data
                     continue
                 if type(event) is EndOfMessage:
+                    if getattr(conn.stream, "eof_without_close_notify", False):
+                        # A body framed by the connection's end, ended by a TCP close under TLS
+                        # (no close_notify): it may be truncated, so it is not passed on as whole.
+                        raise UpstreamReset(
+                            f"TLS connection to {conn.endpoint} closed without close_notify before "
+                            "the response body ended (a body delimited by the connection's end may "
+                            "have been truncated)",
+                            endpoint=conn.endpoint,
+                        )
                     self._done = True
                     if event.trailers:
                         self.trailers = Headers._trusted(allowed_trailers(event.trailers))

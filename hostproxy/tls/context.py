@@ -270,6 +270,10 @@ def build_client_context(
     signature = file_signature(paths)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    # Python sets OP_IGNORE_UNEXPECTED_EOF, which makes an upstream's TCP close without close_notify
+    # read as a clean end: cleared, so that a body delimited by the connection's end can be told
+    # from one cut short (``TlsStream.eof_without_close_notify``).
+    ctx.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF
     _versions(ctx, cfg.protocols, f"{key}.protocols")
     infos: list[CertInfo] = []
     if cfg.disable_validation:

@@ -213,6 +213,10 @@ class TlsStream(trio.abc.Stream):
         #: The translated TLS error raised after the handshake (TLS 1.3 client-certificate rejection),
         #: kept for code that only sees that the connection died (the h2 upstream link).
         self.tls_failure: Exception | None = None
+        #: True once a read returned the end of the connection without the peer's close_notify (the
+        #: TCP connection closed under TLS): what came before may have been cut short by anyone able
+        #: to close TCP, so a body framed by the connection's end must not be taken as complete.
+        self.eof_without_close_notify = False
         self._xfcc: bytes | None | bool = False  # False: not computed yet
 
     # -- attributes --------------------------------------------------------------------------------
@@ -340,10 +344,13 @@ class TlsStream(trio.abc.Stream):
         if self._state != "done":
             await self.do_handshake()
         try:
-            return bytes(await self.ssl_stream.receive_some(max_bytes))
+            data = bytes(await self.ssl_stream.receive_some(max_bytes))
         except trio.BrokenResourceError as exc:
             self._raise_translated(exc)
             raise
+        if not data and _ragged_eof(self.ssl_stream):
+            self.eof_without_close_notify = True
+        return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._state != "done":
@@ -367,6 +374,15 @@ class TlsStream(trio.abc.Stream):
         if translated is not None:
             self.tls_failure = translated
             raise TlsBroken(translated) from exc
+
+
+def _ragged_eof(ssl_stream: trio.SSLStream[Any]) -> bool:
+    """After ``receive_some`` returned b"": True when it was an EOF without close_notify. In
+    https-compatible mode trio returns b"" for both, but marks the stream broken only for the ragged
+    one (a clean close_notify leaves it usable); the state is private, so an unknown shape reads as
+    a clean end (the behaviour before this check)."""
+    state = getattr(ssl_stream, "_state", None)
+    return getattr(state, "name", None) == "BROKEN"
 
 
 def peer_certificate(stream: Any) -> CertInfo | None:
