@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
+import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -12,6 +14,8 @@ import pytest
 import trio
 from certs import Pki, make_pki
 
+from hostproxy.config import model as m
+from hostproxy.tls import ClientTls
 from tests.daemonutil import curl, running_daemon
 
 pytestmark = pytest.mark.timeout(90)
@@ -98,3 +102,44 @@ async def test_a_close_delimited_body_cut_without_close_notify_is_not_passed_on_
     else:
         # curl: 18 (partial file) or 56 (failure receiving data): the chunked body never ended.
         assert r.exit_code in (18, 56), r
+
+
+async def test_a_connect_cancelled_during_the_handshake_closes_its_socket(pki: Pki) -> None:
+    """``ClientTls.connect`` cancelled from outside while the upstream stalled the handshake (a
+    request timeout, a client that went away) left its TCP connection open: only the cyclic garbage
+    collector closed it, some time later, so an upstream that stalls handshakes accumulated open
+    connections from the proxy. The connection is now closed when the connect is cancelled."""
+    accepted: list[trio.SocketStream] = []
+    got_one = trio.Event()
+
+    async def hold(tcp: trio.SocketStream) -> None:  # accepts TCP, never answers the ClientHello
+        accepted.append(tcp)
+        got_one.set()
+        await trio.sleep_forever()
+
+    client = ClientTls(m.ClientTls(common_name="localhost", trust_certs=(pki.ca_path,)))
+    gc.collect()
+    gc.disable()  # what the garbage collector would close later must already be closed
+    try:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(functools.partial(trio.serve_tcp, hold, 0, host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            before = len(os.listdir("/proc/self/fd"))
+            with trio.CancelScope() as scope:
+                nursery.start_soon(_cancel_when, got_one, scope)
+                await client.connect("127.0.0.1", port, connect_timeout=60)
+            assert scope.cancelled_caught
+            with trio.move_on_after(10):  # our side closed it: the ClientHello, then EOF
+                while await accepted[0].receive_some(65536):
+                    pass
+            # The server's side is still open (held by ``hold``); ours is gone.
+            assert len(os.listdir("/proc/self/fd")) == before + 1
+            nursery.cancel_scope.cancel()
+    finally:
+        gc.enable()
+
+
+async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    await trio.sleep(0.05)  # let the ClientHello go out: the handshake is under way
+    scope.cancel()

@@ -233,11 +233,18 @@ class ClientTls:
         ssl_stream = trio.SSLStream(tcp, context, server_hostname=sni, https_compatible=True)
         stream = TlsStream(ssl_stream, translate=lambda exc: self._after_handshake(exc, endpoint))
         failure: BaseException | None = None
-        with trio.move_on_at(deadline) as scope:
-            try:
-                await stream.do_handshake()
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                failure = exc
+        try:
+            with trio.move_on_at(deadline) as scope:
+                try:
+                    await stream.do_handshake()
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    failure = exc
+        except BaseException:
+            # Cancelled from outside (a request timeout, a client gone): close the connection now
+            # rather than leave it to the garbage collector.
+            with trio.CancelScope(shield=True):
+                await tcp.aclose()
+            raise
         if failure is None and not scope.cancelled_caught:
             # An offer of h2 alone (an h2 router) is a connection that will speak HTTP/2: the server
             # must have accepted it (HTTP/2 over TLS is negotiated by ALPN, RFC 9113 3.2).
