@@ -14,7 +14,9 @@ import pytest
 import trio
 from certs import Pki, make_pki
 
+from hostproxy.config import load_config
 from hostproxy.config import model as m
+from hostproxy.config.errors import ConfigError
 from hostproxy.tls import ClientTls
 from tests.daemonutil import curl, running_daemon
 
@@ -143,3 +145,30 @@ async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
     await event.wait()
     await trio.sleep(0.05)  # let the ClientHello go out: the handshake is under way
     scope.cancel()
+
+
+@pytest.mark.parametrize("protocol", ["http", "h2"])
+def test_check_refuses_require_client_auth_without_ca_cert_path(protocol: str) -> None:
+    """``requireClientAuth: true`` without ``caCertPath`` passed ``hostproxy check`` ("OK") and only
+    failed at ``hostproxy run``, although it needs no certificate file to be found wrong. ``check`` now
+    reports it, on its line, with the fix."""
+    text = f"""admin: {{ip: 127.0.0.1, port: 0}}
+routers:
+- protocol: {protocol}
+  dtab: /svc => /$/inet/127.0.0.1/1;
+  servers:
+  - ip: 127.0.0.1
+    port: 0
+    tls:
+      certPath: /nonexistent/server.pem
+      keyPath: /nonexistent/server.key
+      requireClientAuth: true
+"""
+    with pytest.raises(ConfigError) as err:
+        load_config(text, source="test.yaml")
+    (issue,) = err.value.errors
+    assert issue.path == "routers[0].servers[0].tls.requireClientAuth"
+    assert issue.line == 11
+    assert "caCertPath" in issue.message
+    # With caCertPath it is fine (the files are not read by the check).
+    load_config(text.replace("requireClientAuth", "caCertPath: /nonexistent/ca.pem\n      requireClientAuth"))

@@ -817,6 +817,14 @@ def _finish(v: Validator, cfg: m.Config, root: MappingNode) -> m.Config:
                     "docs spell it differently); remove one of them",
                 )
             servers.append(s)
+            tls = getattr(s, "tls", None)
+            if tls is not None and tls.require_client_auth and not tls.ca_cert_path:
+                v.error(
+                    f"{where}.tls.requireClientAuth",
+                    node_at("routers", i, "servers", j, "tls", "requireClientAuth"),
+                    f"requireClientAuth: true needs {where}.tls.caCertPath, the CAs client certificates "
+                    "must chain to; set caCertPath or turn requireClientAuth off",
+                )
             fwd = s.add_forwarded_header
             for side, labeler in (("by", fwd.by), ("for", fwd.for_)) if fwd is not None else ():
                 if labeler.kind == "static" and not labeler.label:
