@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import gc
 import os
@@ -12,12 +13,13 @@ from pathlib import Path
 
 import pytest
 import trio
-from certs import Pki, make_pki
+from certs import Pki, hello, make_pki, serving
 
 from hostproxy.config import load_config
 from hostproxy.config import model as m
 from hostproxy.config.errors import ConfigError
-from hostproxy.tls import ClientTls
+from hostproxy.http import Http1Server
+from hostproxy.tls import ClientTls, ServerTls, TlsConfigError
 from tests.daemonutil import curl, running_daemon
 
 pytestmark = pytest.mark.timeout(90)
@@ -172,3 +174,35 @@ routers:
     assert "caCertPath" in issue.message
     # With caCertPath it is fine (the files are not read by the check).
     load_config(text.replace("requireClientAuth", "caCertPath: /nonexistent/ca.pem\n      requireClientAuth"))
+
+
+async def test_a_cipher_list_of_tls13_suites_is_accepted_and_means_tls13(pki: Pki) -> None:
+    """``ciphers`` naming only TLS 1.3 suites (``TLS_AES_128_GCM_SHA256``: valid in Linkerd's Java
+    configs) stopped the start with "none of the ciphers ... is known to OpenSSL", which is false:
+    OpenSSL knows them, they are just not chosen through its TLS 1.2 cipher list (every TLS 1.3 suite
+    is strong and enabled). Such a list now loads and, as in Java, allows no TLS 1.2 suite: TLS 1.3
+    only; combined with ``protocols: [TLSv1.2]`` it is refused with the reason."""
+    cfg = m.ServerTls(
+        cert_path=pki.server_cert,
+        key_path=pki.server_key,
+        ciphers=("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384"),
+    )
+    tls = ServerTls(cfg, alpn=("http/1.1",), router="test")
+    async with serving(Http1Server(hello), tls) as port:
+        for version, ok in ((ssl.TLSVersion.TLSv1_3, True), (ssl.TLSVersion.TLSv1_2, False)):
+            ctx = ssl.create_default_context(cafile=pki.ca_path)
+            ctx.minimum_version = ctx.maximum_version = version
+            tcp = await trio.open_tcp_stream("127.0.0.1", port)
+            stream = trio.SSLStream(tcp, ctx, server_hostname="localhost")
+            if ok:
+                await stream.do_handshake()
+                assert stream.version() == "TLSv1.3"
+                await stream.aclose()
+            else:
+                with pytest.raises(trio.BrokenResourceError):
+                    await stream.do_handshake()
+                await tcp.aclose()
+    with pytest.raises(TlsConfigError, match=r"^tls\.ciphers: .*TLS 1\.3.*protocols"):
+        ServerTls(dataclasses.replace(cfg, protocols=("TLSv1.2",)), alpn=(), router="test")
+    with pytest.raises(TlsConfigError, match=r"^tls\.ciphers: none of the ciphers \['NOPE'\]"):
+        ServerTls(dataclasses.replace(cfg, ciphers=("NOPE",)), alpn=(), router="test")

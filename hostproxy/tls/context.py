@@ -11,7 +11,8 @@ wrong and what to do.
 
 Defaults are safe: TLS 1.2 and 1.3 only (``protocols`` may narrow them; TLSv1/TLSv1.1 are refused),
 the ``ssl`` module's default cipher list (``ciphers`` may replace it, in OpenSSL or IANA spelling; it
-applies to TLS 1.2, TLS 1.3 suites are all strong), no compression, no renegotiation. Keys may be
+applies to TLS 1.2, TLS 1.3 suites are all strong and enabled: a list of TLS 1.3 suites alone means TLS
+1.3 only), no compression, no renegotiation. Keys may be
 PKCS#8 (what Linkerd requires) or the older PKCS#1/SEC1 PEM forms. ``intermediateCertsPath`` is
 appended to the certificate so the peer receives the whole chain.
 
@@ -66,6 +67,15 @@ _IANA_CIPHERS = {
     "TLS_DHE_RSA_WITH_AES_256_GCM_SHA384": "DHE-RSA-AES256-GCM-SHA384",
     "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
     "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
+}
+
+#: The TLS 1.3 suites (the same name in IANA and OpenSSL spelling); OpenSSL enables them all.
+_TLS13_SUITES = {
+    "TLS_AES_128_GCM_SHA256",
+    "TLS_AES_256_GCM_SHA384",
+    "TLS_CHACHA20_POLY1305_SHA256",
+    "TLS_AES_128_CCM_SHA256",
+    "TLS_AES_128_CCM_8_SHA256",
 }
 
 
@@ -152,7 +162,17 @@ def _versions(ctx: ssl.SSLContext, protocols: Sequence[str] | None, key: str) ->
 def _ciphers(ctx: ssl.SSLContext, ciphers: Sequence[str] | None, key: str) -> None:
     if not ciphers:
         return
-    names = [_IANA_CIPHERS.get(c, c) for c in ciphers]
+    names = [_IANA_CIPHERS.get(c, c) for c in ciphers if c not in _TLS13_SUITES]
+    if not names:
+        # Only TLS 1.3 suites: those are not chosen through OpenSSL's cipher list (all are strong and
+        # enabled), and the list allows no TLS 1.2 suite, so (as in Java) only TLS 1.3 can be used.
+        if ctx.maximum_version < ssl.TLSVersion.TLSv1_3:
+            raise TlsConfigError(
+                f"{key}: {list(ciphers)} are TLS 1.3 suites only, but protocols allows no TLS 1.3; "
+                "add TLSv1.3 to protocols, or name TLS 1.2 suites such as ECDHE-RSA-AES128-GCM-SHA256"
+            )
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        return
     try:
         ctx.set_ciphers(":".join(names))
     except ssl.SSLError:
