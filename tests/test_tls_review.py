@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from certs import Pki, hello, make_pki, serving
+from certs import Pki, hello, make_listener_tls, make_pki, serving
 
 from hostproxy.config import load_config
 from hostproxy.config import model as m
@@ -206,3 +206,58 @@ async def test_a_cipher_list_of_tls13_suites_is_accepted_and_means_tls13(pki: Pk
         ServerTls(dataclasses.replace(cfg, protocols=("TLSv1.2",)), alpn=(), router="test")
     with pytest.raises(TlsConfigError, match=r"^tls\.ciphers: none of the ciphers \['NOPE'\]"):
         ServerTls(dataclasses.replace(cfg, ciphers=("NOPE",)), alpn=(), router="test")
+
+
+async def _plain_exchange(port: int, first: bytes) -> bytes:
+    plain = await trio.open_tcp_stream("127.0.0.1", port)
+    await plain.send_all(first)
+    answer = b""
+    with trio.fail_after(10):
+        try:
+            while chunk := await plain.receive_some(65536):
+                answer += chunk
+        except trio.BrokenResourceError:
+            pass
+    await plain.aclose()
+    return answer
+
+
+@pytest.mark.parametrize(
+    "method", [b"DELETE /x", b"OPTIONS *", b"PATCH /x", b"CONNECT example.test:443", b"GET /x"]
+)
+async def test_plaintext_requests_of_every_method_to_a_tls_port_get_the_400(pki: Pki, method: bytes) -> None:
+    """README: a plaintext HTTP request sent to a TLS port is answered in plaintext with a 400 that
+    says to use https. Only the methods OpenSSL itself recognizes (GET, POST, HEAD, PUT) got it; a
+    DELETE, OPTIONS or PATCH was closed without a word (an empty reply), as if the proxy had crashed.
+    Every plaintext request now gets the 400 (a TLS record never starts with a letter)."""
+    tls = make_listener_tls(pki.server_cert, pki.server_key)
+    async with serving(Http1Server(hello), tls) as port:
+        answer = await _plain_exchange(port, method + b" HTTP/1.1\r\nhost: t\r\n\r\n")
+        # Still a TLS port for TLS clients.
+        ok = await ClientTls(m.ClientTls(common_name="localhost", trust_certs=(pki.ca_path,))).connect(
+            "127.0.0.1", port, connect_timeout=5
+        )
+        await ok.aclose()
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer
+    assert (
+        b"\r\nl5d-err: This port speaks TLS: a plaintext HTTP request was sent to it; use https://" in answer
+    )
+    assert tls.statistics()["handshake_failures"] == {"not-tls": 1}
+
+
+async def test_plaintext_http2_to_a_tls_port_gets_a_goaway_saying_so(pki: Pki) -> None:
+    """An HTTP/2 client without TLS (prior knowledge: ``curl --http2-prior-knowledge http://``, a gRPC
+    channel without TLS) sent to a TLS port got the connection closed without a word; it now gets
+    HTTP/2's own answer: SETTINGS, then a GOAWAY whose debug data says the port speaks TLS."""
+    tls = make_listener_tls(pki.server_cert, pki.server_key, alpn=("h2",))
+    async with serving(Http1Server(hello), tls) as port:
+        answer = await _plain_exchange(
+            port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+        )
+    assert answer[:9] == b"\x00\x00\x00\x04\x00\x00\x00\x00\x00", answer  # empty SETTINGS
+    length = int.from_bytes(answer[9:12], "big")
+    assert answer[12:18] == b"\x07\x00\x00\x00\x00\x00", answer  # GOAWAY on stream 0
+    payload = answer[18 : 18 + length]
+    assert payload[:8] == b"\x00\x00\x00\x00\x00\x00\x00\x01"  # last stream 0, PROTOCOL_ERROR
+    assert payload[8:].startswith(b"This port speaks TLS: a plaintext HTTP/2 request was sent to it")
+    assert tls.statistics()["handshake_failures"] == {"not-tls": 1}

@@ -22,9 +22,10 @@ client's handshake completed, so the client learns it on its first read) is rais
 :class:`TlsBroken`, a ``trio.BrokenResourceError`` that carries the translated error; upstream code
 gets it back with :func:`tls_error_of`.
 
-A plaintext HTTP request sent to a TLS server (OpenSSL's ``HTTP_REQUEST``) is answered in plaintext
-with a 400 saying to use https (:data:`PLAIN_HTTP_ANSWER`) rather than a connection closed without a
-word; other failures send OpenSSL's alert.
+A plaintext HTTP request sent to a TLS server (first bytes peeked before the handshake: a letter,
+which never starts a TLS record) is answered in plaintext with a 400 saying to use https
+(:data:`PLAIN_HTTP_ANSWER`), an HTTP/2 preface with a GOAWAY saying so (:data:`PLAIN_H2_ANSWER`),
+rather than a connection closed without a word; other failures send OpenSSL's alert.
 
 :func:`failure_reason` names a failed handshake in a few fixed words (bounded metric keys).
 """
@@ -151,9 +152,50 @@ PLAIN_HTTP_ANSWER = (
 )
 
 
+_PLAIN_H2_TEXT = (
+    b"This port speaks TLS: a plaintext HTTP/2 request was sent to it; use TLS (https://, ALPN h2) or "
+    b"the server's plaintext port"
+)
+#: What a TLS server answers to a plaintext HTTP/2 connection preface: an empty SETTINGS (the server
+#: preface), then GOAWAY (last stream 0, PROTOCOL_ERROR) whose debug data says why.
+PLAIN_H2_ANSWER = (
+    b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    + (8 + len(_PLAIN_H2_TEXT)).to_bytes(3, "big")
+    + b"\x07\x00\x00\x00\x00\x00"
+    + b"\x00\x00\x00\x00\x00\x00\x00\x01"
+    + _PLAIN_H2_TEXT
+)
+
+
 def _is_plain_http(exc: BaseException) -> bool:
     err = ssl_error_of(exc)
     return err is not None and (getattr(err, "reason", None) or "") in _PLAIN_HTTP
+
+
+def _plain_answer(first: bytes, exc: BaseException) -> bytes | None:
+    """The plaintext answer for a connection whose first bytes were ``first`` and whose handshake
+    failed with ``exc``, or None when it does not look like plaintext HTTP. A TLS record never starts
+    with a letter, while every HTTP/1 method and the HTTP/2 preface (``PRI * HTTP/2.0``) do; OpenSSL
+    itself recognizes only GET, POST, HEAD, PUT and CONNECT."""
+    if first[:1].isupper():
+        return PLAIN_H2_ANSWER if first.startswith(b"PRI ") else PLAIN_HTTP_ANSWER
+    return PLAIN_HTTP_ANSWER if _is_plain_http(exc) else None
+
+
+async def _peek(transport: Any) -> bytes:
+    """The first bytes the client sent, left in the socket (b"" when they cannot be peeked)."""
+    import socket
+
+    sock = getattr(transport, "socket", None)
+    try:
+        if isinstance(sock, socket.socket):
+            await trio.lowlevel.wait_readable(sock)
+            return sock.recv(16, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        if isinstance(sock, trio.socket.SocketType):
+            return await sock.recv(16, socket.MSG_PEEK)
+    except OSError:
+        pass
+    return b""
 
 
 _EXPIRED_CODES = {10, 9}  # X509_V_ERR_CERT_HAS_EXPIRED, X509_V_ERR_CERT_NOT_YET_VALID
@@ -218,6 +260,7 @@ class TlsStream(trio.abc.Stream):
         #: to close TCP, so a body framed by the connection's end must not be taken as complete.
         self.eof_without_close_notify = False
         self._xfcc: bytes | None | bool = False  # False: not computed yet
+        self._first_bytes = b""  # (server side) the start of what the client sent first
 
     # -- attributes --------------------------------------------------------------------------------
 
@@ -281,10 +324,10 @@ class TlsStream(trio.abc.Stream):
         timed_out = False
         try:
             if self._timeout is None:
-                await self.ssl_stream.do_handshake()
+                await self._handshake()
             else:
                 with trio.move_on_after(self._timeout) as scope:
-                    await self.ssl_stream.do_handshake()
+                    await self._handshake()
                 timed_out = scope.cancelled_caught
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             failure = exc
@@ -292,8 +335,9 @@ class TlsStream(trio.abc.Stream):
             first = self._state != "failed"
             self._state = "failed"
             if failure is not None and first and self.ssl_stream.server_side:
-                if _is_plain_http(failure):
-                    await self._answer_plain_http()
+                answer = _plain_answer(self._first_bytes, failure)
+                if answer is not None:
+                    await self._answer_plain_http(answer)
                 else:
                     await self._send_alert()
             if first and self._on_failure is not None:
@@ -306,14 +350,21 @@ class TlsStream(trio.abc.Stream):
             callback, self._on_success = self._on_success, None
             callback(self)
 
-    async def _answer_plain_http(self) -> None:
-        """A plaintext HTTP request came to this TLS port: answer it in plaintext (400, saying to use
-        https) instead of closing silently, then close our side and read what the client still sends
-        (briefly), so that closing with unread input does not reset the answer away."""
+    async def _handshake(self) -> None:
+        if self.ssl_stream.server_side:
+            # Seen before OpenSSL takes them: what a plaintext client sent (see ``_plain_answer``).
+            self._first_bytes = await _peek(self.transport_stream)
+        await self.ssl_stream.do_handshake()
+
+    async def _answer_plain_http(self, answer: bytes) -> None:
+        """A plaintext HTTP request came to this TLS port: answer it in plaintext (``answer``: a 400
+        saying to use https, or an HTTP/2 GOAWAY saying so) instead of closing silently, then close
+        our side and read what the client still sends (briefly), so that closing with unread input
+        does not reset the answer away."""
         transport = self.transport_stream
         with trio.move_on_after(1):
             try:
-                await transport.send_all(PLAIN_HTTP_ANSWER)
+                await transport.send_all(answer)
                 await transport.send_eof()
                 while await transport.receive_some(65536):
                     pass
