@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from certs import Pki, hello, make_listener_tls, make_pki, serving
 
 from hostproxy.config import load_config
@@ -261,3 +262,29 @@ async def test_plaintext_http2_to_a_tls_port_gets_a_goaway_saying_so(pki: Pki) -
     assert payload[:8] == b"\x00\x00\x00\x00\x00\x00\x00\x01"  # last stream 0, PROTOCOL_ERROR
     assert payload[8:].startswith(b"This port speaks TLS: a plaintext HTTP/2 request was sent to it")
     assert tls.statistics()["handshake_failures"] == {"not-tls": 1}
+
+
+async def test_a_connection_closed_before_sending_anything_is_no_failed_handshake(pki: Pki) -> None:
+    """TCP health checks (a Kubernetes ``tcpSocket`` probe, a load balancer's TCP check) connect to
+    the TLS port and close without sending a byte. Each was counted as a failed TLS handshake
+    (``handshake_failures/eof``), so ``hostproxy wtf`` reported a CRITICAL "TLS handshakes from
+    clients failed" finding on a healthy server that only probes reach. A connection that sent
+    nothing attempted no handshake: it is no longer counted; one that closes mid-handshake still is."""
+    tls = make_listener_tls(pki.server_cert, pki.server_key)
+    async with serving(Http1Server(hello), tls) as port:
+        for _ in range(3):
+            probe = await trio.open_tcp_stream("127.0.0.1", port)
+            await probe.aclose()
+        half = await trio.open_tcp_stream("127.0.0.1", port)
+        await half.send_all(b"\x16\x03\x01\x02\x00\x01")  # the start of a ClientHello, then gone
+        await half.aclose()
+        ok = await ClientTls(m.ClientTls(common_name="localhost", trust_certs=(pki.ca_path,))).connect(
+            "127.0.0.1", port, connect_timeout=5
+        )
+        await ok.send_all(b"GET /x HTTP/1.1\r\nhost: t\r\n\r\n")
+        assert (await ok.receive_some(65536)).startswith(b"HTTP/1.1 200 ")
+        await ok.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        stats = tls.statistics()
+    assert stats["handshake_failures"] == {"eof": 1}
+    assert stats["handshakes"] == 1

@@ -8,8 +8,9 @@ Theory of operation
 
 * ``socket`` — the transport's socket;
 * a lazy handshake on first I/O, bounded by ``handshake_timeout_s``, whose failure is reported once
-  through ``on_failure(reason, exc)`` (the server counts it) and raised as ``trio.BrokenResourceError``
-  so the protocol code treats it like any dead connection;
+  through ``on_failure(reason, exc)`` (the server counts it; not for a client that closed without
+  sending a byte, a TCP health check) and raised as ``trio.BrokenResourceError`` so the protocol
+  code treats it like any dead connection;
 * :func:`peer_certificate`, :attr:`TlsStream.alpn`, ``version`` and ``cipher`` for handlers;
 * :meth:`TlsStream.forwarded_client_cert`: the ``x-forwarded-client-cert`` value describing the
   peer's certificate (Envoy's element syntax: ``Hash=<sha256 of the DER>;Cert="<url-encoded PEM>";
@@ -182,8 +183,9 @@ def _plain_answer(first: bytes, exc: BaseException) -> bytes | None:
     return PLAIN_HTTP_ANSWER if _is_plain_http(exc) else None
 
 
-async def _peek(transport: Any) -> bytes:
-    """The first bytes the client sent, left in the socket (b"" when they cannot be peeked)."""
+async def _peek(transport: Any) -> bytes | None:
+    """The first bytes the client sent, left in the socket: b"" when it closed without sending any,
+    None when they cannot be peeked."""
     import socket
 
     sock = getattr(transport, "socket", None)
@@ -195,7 +197,7 @@ async def _peek(transport: Any) -> bytes:
             return await sock.recv(16, socket.MSG_PEEK)
     except OSError:
         pass
-    return b""
+    return None
 
 
 _EXPIRED_CODES = {10, 9}  # X509_V_ERR_CERT_HAS_EXPIRED, X509_V_ERR_CERT_NOT_YET_VALID
@@ -260,7 +262,8 @@ class TlsStream(trio.abc.Stream):
         #: to close TCP, so a body framed by the connection's end must not be taken as complete.
         self.eof_without_close_notify = False
         self._xfcc: bytes | None | bool = False  # False: not computed yet
-        self._first_bytes = b""  # (server side) the start of what the client sent first
+        #: (server side) the start of what the client sent first (b"": nothing, it closed; None: unknown)
+        self._first_bytes: bytes | None = None
 
     # -- attributes --------------------------------------------------------------------------------
 
@@ -335,12 +338,15 @@ class TlsStream(trio.abc.Stream):
             first = self._state != "failed"
             self._state = "failed"
             if failure is not None and first and self.ssl_stream.server_side:
-                answer = _plain_answer(self._first_bytes, failure)
+                answer = _plain_answer(self._first_bytes or b"", failure)
                 if answer is not None:
                     await self._answer_plain_http(answer)
                 else:
                     await self._send_alert()
-            if first and self._on_failure is not None:
+            # A client that closed without sending a byte (a TCP health check) attempted no
+            # handshake: it is not counted as a failed one.
+            silent = failure is not None and self._first_bytes == b""
+            if first and self._on_failure is not None and not silent:
                 self._on_failure(failure_reason(failure) if failure is not None else "timeout", failure)
             if failure is not None:
                 raise failure
