@@ -833,8 +833,10 @@ class HttpRouter:
                 show_bytes(service), client.dst_client, residual, local, headers, self._rng, l5d=l5d
             )
         req.headers = out_headers = Headers._trusted(out)  # names already lowercased
+        # Only this proxy may say which certificate the caller presented: a caller's own value is
+        # dropped whether or not this client forwards one (as Linkerd does, linkerd#2085).
+        out_headers.remove(_XFCC)
         if client.forward_client_cert:
-            out_headers.remove(_XFCC)  # only this proxy may say which certificate the caller presented
             tls = conn.tls if conn is not None else None
             if tls is not None:
                 value = tls.forwarded_client_cert()

@@ -19,7 +19,8 @@ from certs import Pki, hello, make_listener_tls, make_pki, serving
 from hostproxy.config import load_config
 from hostproxy.config import model as m
 from hostproxy.config.errors import ConfigError
-from hostproxy.http import Http1Server
+from hostproxy.h2 import H2Server, H2ServerParams
+from hostproxy.http import Body, Http1Server, Response
 from hostproxy.tls import ClientTls, ServerTls, TlsConfigError
 from tests.daemonutil import curl, running_daemon
 
@@ -288,3 +289,66 @@ async def test_a_connection_closed_before_sending_anything_is_no_failed_handshak
         stats = tls.statistics()
     assert stats["handshake_failures"] == {"eof": 1}
     assert stats["handshakes"] == 1
+
+
+@contextlib.asynccontextmanager
+async def header_recorder(protocol: str) -> AsyncIterator[tuple[int, list[list[tuple[bytes, bytes]]]]]:
+    """An upstream (HTTP/1.1 or h2 prior knowledge) that records each request's headers."""
+    seen: list[list[tuple[bytes, bytes]]] = []
+
+    async def record(request, info):  # type: ignore[no-untyped-def]
+        seen.append(list(request.headers))
+        return Response(200, b"OK", body=Body.from_bytes(b"ok"))
+
+    server = H2Server(record, H2ServerParams()) if protocol == "h2" else Http1Server(record)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        addresses = await nursery.start(server.serve, listeners)
+        try:
+            yield addresses[0][1], seen
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("protocol", ["http", "h2"])
+@pytest.mark.parametrize("tls", [True, False])
+async def test_an_inbound_x_forwarded_client_cert_is_dropped_without_forward_client_cert(
+    pki: Pki, protocol: str, tls: bool
+) -> None:
+    """``x-forwarded-client-cert`` sent by the caller was forwarded unchanged unless the client had
+    ``forwardClientCert: true``: any caller could name a certificate (an identity) of its choice to
+    an application that trusts the header because it sits behind the mTLS proxy (Linkerd's #2068,
+    fixed by always clearing it, linkerd#2085; Envoy's default is to sanitize it too). Only this
+    proxy may say which certificate the caller presented: the header is now always dropped."""
+    server_tls = (
+        f"\n    tls: {{certPath: {pki.server_cert}, keyPath: {pki.server_key}, caCertPath: {pki.ca_path}, "
+        "requireClientAuth: true}"
+        if tls
+        else ""
+    )
+    async with header_recorder(protocol) as (port, seen):
+        cfg = f"""
+admin: {{ip: 127.0.0.1, port: 0}}
+routers:
+- protocol: {protocol}
+  label: edge
+  dtab: /svc => /$/inet/127.0.0.1/{port};
+  servers:
+  - ip: 127.0.0.1
+    port: 0{server_tls}
+"""
+        async with running_daemon(cfg) as d:
+            scheme = "https://localhost" if tls else "http://127.0.0.1"
+            version = ("--http2" if tls else "--http2-prior-knowledge") if protocol == "h2" else "--http1.1"
+            r = await curl(
+                f"{scheme}:{d.port('edge')}/headers",
+                *(pki.curl_mtls() if tls else ()),
+                version,
+                "-H",
+                "Host: web",
+                "-H",
+                'x-forwarded-client-cert: Hash=0;Subject="CN=admin"',
+            )
+            assert r.status == 200, r
+    (headers,) = seen
+    assert headers and [v for n, v in headers if n == b"x-forwarded-client-cert"] == []
