@@ -58,6 +58,7 @@ from dataclasses import dataclass
 from math import inf
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
+import structlog
 import trio
 
 __all__ = [
@@ -91,6 +92,8 @@ _ACCEPT_HINTS = {
         "or lower servers[].maxConnections"
     ),
 }
+
+log = structlog.get_logger("hostproxy.http.listening")
 
 
 class ListenParams(Protocol):
@@ -158,6 +161,39 @@ def sockaddr(addr: Any) -> tuple[str, int]:
     return (str(addr), 0)
 
 
+def _proc_address(text: str) -> bytes:
+    """An address of ``/proc/net/tcp{,6}`` (32-bit words in the host's byte order) in network order."""
+    return b"".join(struct.pack("=I", int(text[i : i + 8], 16)) for i in range(0, len(text), 8))
+
+
+def listening_elsewhere(ip: str, port: int, proc_net: str = "/proc/net") -> bool:
+    """Whether some socket on this host already listens on TCP ``ip:port`` (or on the port of every
+    address), as the kernel's table says: with ``SO_REUSEPORT`` a second bind succeeds in silence and
+    the two sockets share the connections. False when the table cannot be read (not Linux)."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    want = socket.inet_pton(family, ip)
+    anywhere = bytes(len(want))
+    try:
+        with open(f"{proc_net}/{'tcp6' if family == socket.AF_INET6 else 'tcp'}") as f:
+            lines = f.read().splitlines()[1:]
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 4 or fields[3] != "0A":  # 0A: LISTEN
+            continue
+        addr, _, port_hex = fields[1].partition(":")
+        try:
+            if int(port_hex, 16) != port:
+                continue
+            local = _proc_address(addr)
+        except ValueError:
+            continue
+        if local in (want, anywhere) or want == anywhere:
+            return True
+    return False
+
+
 def bind_listeners(ip: str, port: int, *, reuse_port: bool = True) -> list[trio.SocketListener]:
     """Listening sockets on ``ip:port`` with ``SO_REUSEADDR`` and (by default) ``SO_REUSEPORT``.
 
@@ -165,6 +201,18 @@ def bind_listeners(ip: str, port: int, *, reuse_port: bool = True) -> list[trio.
     spreads new connections over both until the old one closes its listener.
     """
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    if reuse_port and port and listening_elsewhere(ip, port):
+        where = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+        log.warning(
+            "listen.port_shared",
+            address=where,
+            message=(
+                f"another socket already listens on {where}: with SO_REUSEPORT both take connections, "
+                "the kernel spreading new ones over this process and that one. Expected while a "
+                "hostproxy being replaced drains; otherwise stop the other process "
+                f"(`ss -ltnp 'sport = :{port}'` names it)"
+            ),
+        )
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
