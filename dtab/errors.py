@@ -43,7 +43,8 @@ class DtabSyntaxError(DtabError, ValueError):
     Attributes:
         text: the whole input that was parsed.
         offset: 0-based index into ``text`` of the offending character (``len(text)`` at end of input).
-        line, column: 1-based position of ``offset`` in ``text`` (columns count characters).
+        line, column: 1-based position of ``offset`` in ``text`` (columns count characters); at the
+            end of input, the position just after the text's last non-whitespace character.
         expected: what the parser wanted there, e.g. ``"'/'"``, ``"label char"``, ``"end of input"``.
         found: what it found: ``"'c'"`` or ``"end of input"``.
         source: optional name of where the text came from (a file name), used in ``str()``.
@@ -83,9 +84,12 @@ class DtabSyntaxError(DtabError, ValueError):
         self.source: str | None = None
         self.line_offset = 0
         self.column_offset = 0
-        before = text[:offset]
+        # At the end of the input the position shown is just after the last thing written, not past
+        # the blank lines that end the text (a file's final line break would point at an empty line).
+        at = len(text.rstrip()) if offset >= len(text) else offset
+        before = text[:at]
         self.line = before.count("\n") + 1
-        self.column = offset - (before.rfind("\n") + 1) + 1
+        self.column = at - (before.rfind("\n") + 1) + 1
         super().__init__(self._render())
 
     # -- positions -----------------------------------------------------------------------------
