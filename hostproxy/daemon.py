@@ -68,6 +68,7 @@ from hostproxy import gcpolicy, sdnotify
 from hostproxy.config import Config, ConfigError, load_config
 from hostproxy.config.model import PrometheusTelemeter, RecentRequestsTelemeter, to_json
 from hostproxy.config.registry import load_factory, lookup
+from hostproxy.config.validate import config_line
 from hostproxy.dtabfile import DtabFileError, DtabFileWatcher, read_signature, watch_dtab_file
 from hostproxy.http.proxyheaders import ForwardedConfig, Labeler
 from hostproxy.http.server import Http1Server, ServerParams, bind_listeners
@@ -492,8 +493,9 @@ class Daemon:
 
     # -- building ---------------------------------------------------------------------------------
 
-    def _dtab_watcher(self, rcfg: Any, label: str) -> DtabFileWatcher | None:
-        """The router's dtab file watcher: kept across reloads while the path stays, else loaded now."""
+    def _dtab_watcher(self, rcfg: Any, label: str, then: str = "start again") -> DtabFileWatcher | None:
+        """The router's dtab file watcher: kept across reloads while the path stays, else loaded now
+        (:class:`DtabFileError` when it cannot be used; ``then``: what to do once the file is fixed)."""
         interp = rcfg.interpreter
         path = getattr(interp, "dtab_file", None)
         if interp.kind != "io.l5d.fs" or not path:
@@ -509,7 +511,7 @@ class Daemon:
                 f"cannot read dtab file {path} of router {label}: {e}; check its permissions"
             ) from None
         watcher.on_change = None  # the router does not exist yet: its base dtab is computed below
-        watcher.load_initial(data)
+        watcher.load_initial(data, then=then)
         watcher.on_change = lambda dtab, _v, label=label: self._file_dtab_changed(label)
         return watcher
 
@@ -916,7 +918,15 @@ class Daemon:
             changed: list[str] = []
             for index, rcfg in enumerate(new.routers):
                 label = rcfg.label or rcfg.kind
-                watcher = self._dtab_watcher(rcfg, label)
+                try:
+                    watcher = self._dtab_watcher(rcfg, label, then="reload again")
+                except DtabFileError as e:
+                    steps = ("routers", index, "interpreter", "dtabFile")
+                    line = config_line(self.config_path, steps)
+                    where = f"{self.config_path}:{line}:" if line else f"{self.config_path}:"
+                    raise DtabFileError(
+                        f"1 error(s)\n{where} routers[{index}].interpreter.dtabFile: {e}"
+                    ) from None
                 if watcher is not None:
                     watchers[label] = watcher
                 cur = self.routers.get(label)

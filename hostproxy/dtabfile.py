@@ -114,8 +114,9 @@ class DtabFileWatcher:
         self._pending_since = 0.0
 
     # -- startup ------------------------------------------------------------------------------------
-    def load_initial(self, data: bytes | None) -> Dtab:
-        """Apply the file's content at startup (no settling); raise :class:`DtabFileError` when unusable."""
+    def load_initial(self, data: bytes | None, *, then: str = "start again") -> Dtab:
+        """Apply the file's content at startup (no settling); raise :class:`DtabFileError` when unusable
+        (its message says to fix the file and ``then``: what to do next, ``"reload again"`` in a reload)."""
         if data is None:
             raise DtabFileError(
                 f"dtab file {self.path} does not exist: create it (an empty file is an empty dtab) "
@@ -123,7 +124,7 @@ class DtabFileWatcher:
             )
         dtab, error = self._parse(data)
         if dtab is None:
-            raise DtabFileError(f"dtab file {self.path} is not a valid dtab: fix it and start again\n{error}")
+            raise DtabFileError(f"dtab file {self.path} is not a valid dtab: fix it and {then}\n{error}")
         self._apply(data, dtab)
         return dtab
 

@@ -659,6 +659,18 @@ def _walk(node: Node, steps: list[str | int]) -> Node:
     return node
 
 
+def config_line(path: str, steps: tuple[str | int, ...]) -> int:
+    """The 1-based line of the value at ``steps`` in the config file ``path`` (of the deepest part of
+    it that exists), or 0 when the file cannot be read or parsed."""
+    try:
+        with open(path, "rb") as f:
+            text = _utf8(_bounded(f, path), path).replace("\r\n", "\n").replace("\r", "\n")
+        root = compose(text)
+    except (OSError, ConfigError, YamlSyntaxError):
+        return 0
+    return 0 if root is None else _walk(root, list(steps)).start_mark.line + 1
+
+
 def _strings(params: Any, explicit: frozenset[str], pairs: dict[str, tuple[Node, Node]], ctx: Ctx):
     """(path, text, node) for every string value set explicitly in a params entry."""
 
