@@ -45,6 +45,7 @@ class DtabSyntaxError(DtabError, ValueError):
         offset: 0-based index into ``text`` of the offending character (``len(text)`` at end of input).
         line, column: 1-based position of ``offset`` in ``text`` (columns count characters); at the
             end of input, the position just after the text's last non-whitespace character.
+        shown_offset: the index into ``text`` of that position.
         expected: what the parser wanted there, e.g. ``"'/'"``, ``"label char"``, ``"end of input"``.
         found: what it found: ``"'c'"`` or ``"end of input"``.
         source: optional name of where the text came from (a file name), used in ``str()``.
@@ -87,6 +88,7 @@ class DtabSyntaxError(DtabError, ValueError):
         # At the end of the input the position shown is just after the last thing written, not past
         # the blank lines that end the text (a file's final line break would point at an empty line).
         at = len(text.rstrip()) if offset >= len(text) else offset
+        self.shown_offset = at
         before = text[:at]
         self.line = before.count("\n") + 1
         self.column = at - (before.rfind("\n") + 1) + 1

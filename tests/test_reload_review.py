@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from hostproxy.config import ConfigError, load_config
 from tests.test_lifecycle_helpers import config, daemon_proc, get, write_atomic, write_disco
 from tests.upstreams import running_upstream
 
@@ -83,3 +86,20 @@ async def test_reload_to_a_broken_dtab_file_names_the_config_key(tmp_path: Path)
             )
             n = len(a.requests)
             assert (await get(port, "/")).status == 200 and len(a.requests) == n + 1
+
+
+def test_config_dtab_cut_off_last_dentry_points_at_its_line() -> None:
+    """A config dtab block ending in an incomplete dentry was reported on the line after the block,
+    column 1 (past the block's final line break), so `hostproxy check` and a refused reload named a
+    line with no dentry on it. The error now names the line and column just after ``=>``."""
+    text = (
+        "routers:\n- protocol: http\n  dtab: |\n    /svc => /a;\n    /svc/x =>\n  servers: [{port: 4999}]\n"
+    )
+    with pytest.raises(ConfigError) as ei:
+        load_config(text, source="c.yaml")
+    assert ei.value.errors[0].format() == (
+        "c.yaml:5: routers[0].dtab: invalid dtab at line 5, column 14: a name ('/path', '!', '~', '$' or '(') "
+        "expected but end of input found\n"
+        "    /svc/x =>\n"
+        "             ^"
+    )

@@ -299,7 +299,7 @@ class Validator:
         try:
             parse_path(text)
         except DtabSyntaxError as e:
-            pos = scalar_position(node, self.source, e.offset)
+            pos = scalar_position(node, self.source, e.shown_offset)
             self.error(
                 ctx.path,
                 node,
@@ -318,7 +318,7 @@ class Validator:
         try:
             parse_dtab(text)
         except DtabSyntaxError as e:
-            pos = scalar_position(node, self.source, e.offset)
+            pos = scalar_position(node, self.source, e.shown_offset)
             where = (
                 f"line {pos.line}, column {pos.column}"
                 if pos.exact
