@@ -42,6 +42,7 @@ from urllib.parse import quote_plus
 from hostproxy.http.message import Body, Headers, Response
 
 __all__ = [
+    "h2_refusal",
     "CAUSE_STATUS",
     "ConnectError",
     "OutOfResources",
@@ -59,6 +60,16 @@ __all__ = [
     "response_for_exception",
     "without_context_fields",
 ]
+
+
+def h2_refusal(error_code: int, text: bytes) -> bytes:
+    """What a port that will not speak HTTP/2 sends to an HTTP/2 client's connection preface: an empty
+    SETTINGS frame (the server preface the client waits for), then GOAWAY (last stream 0,
+    ``error_code``) whose debug data ``text`` says what to do instead."""
+    settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    goaway = (len(text) + 8).to_bytes(3, "big") + b"\x07\x00\x00\x00\x00\x00"
+    return settings + goaway + (0).to_bytes(4, "big") + error_code.to_bytes(4, "big") + text
+
 
 CAUSE_STATUS: dict[str, int] = {
     "connect/refused": 502,

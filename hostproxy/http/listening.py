@@ -201,8 +201,8 @@ def bind_listeners(ip: str, port: int, *, reuse_port: bool = True) -> list[trio.
     spreads new connections over both until the old one closes its listener.
     """
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    where = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
     if reuse_port and port and listening_elsewhere(ip, port):
-        where = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
         log.warning(
             "listen.port_shared",
             address=where,
@@ -224,7 +224,6 @@ def bind_listeners(ip: str, port: int, *, reuse_port: bool = True) -> list[trio.
         sock.listen(LISTEN_BACKLOG)
     except OSError as e:
         sock.close()
-        where = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
         if e.errno == errno.EADDRNOTAVAIL:
             advice = (
                 f"no network interface of this host has the address {ip}: correct the ip in the config "

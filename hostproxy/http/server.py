@@ -85,6 +85,7 @@ from hostproxy.http.errors import (
     UpstreamError,
     cleared_context_response,
     error_response,
+    h2_refusal,
     response_for_exception,
     without_context_fields,
 )
@@ -118,7 +119,6 @@ log = structlog.get_logger("hostproxy.http.server")
 
 RECEIVE_SIZE = 64 * 1024
 # What ``_wrong_version`` sends an HTTP/2 client: an empty SETTINGS frame, and GOAWAY's error code.
-EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 HTTP_1_1_REQUIRED = 0xD
 
 
@@ -829,10 +829,8 @@ class _Connection:
                 b"This port speaks HTTP/1.1 (an http router): an HTTP/2 connection preface (prior "
                 b"knowledge) was sent to it; send HTTP/1.1, or use an h2 router's port"
             )
-            goaway = (len(text) + 8).to_bytes(3, "big") + b"\x07\x00\x00\x00\x00\x00"
-            goaway += (0).to_bytes(4, "big") + HTTP_1_1_REQUIRED.to_bytes(4, "big") + text
             try:
-                await self.send(EMPTY_SETTINGS + goaway)
+                await self.send(h2_refusal(HTTP_1_1_REQUIRED, text))
                 # Read what the client still sends until it closes (briefly): closing with unread
                 # input would reset the connection and could destroy the GOAWAY in flight.
                 with trio.move_on_after(1.0):

@@ -33,12 +33,14 @@ rather than a connection closed without a word; other failures send OpenSSL's al
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import Callable
 from typing import Any
 
 import trio
 
+from hostproxy.http.errors import h2_refusal
 from hostproxy.tls.inspect import CertInfo, der_info
 
 __all__ = [
@@ -157,15 +159,9 @@ _PLAIN_H2_TEXT = (
     b"This port speaks TLS: a plaintext HTTP/2 request was sent to it; use TLS (https://, ALPN h2) or "
     b"the server's plaintext port"
 )
-#: What a TLS server answers to a plaintext HTTP/2 connection preface: an empty SETTINGS (the server
-#: preface), then GOAWAY (last stream 0, PROTOCOL_ERROR) whose debug data says why.
-PLAIN_H2_ANSWER = (
-    b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
-    + (8 + len(_PLAIN_H2_TEXT)).to_bytes(3, "big")
-    + b"\x07\x00\x00\x00\x00\x00"
-    + b"\x00\x00\x00\x00\x00\x00\x00\x01"
-    + _PLAIN_H2_TEXT
-)
+#: What a TLS server answers to a plaintext HTTP/2 connection preface: GOAWAY PROTOCOL_ERROR (1)
+#: whose debug data says why.
+PLAIN_H2_ANSWER = h2_refusal(1, _PLAIN_H2_TEXT)
 
 
 def _is_plain_http(exc: BaseException) -> bool:
@@ -186,8 +182,6 @@ def _plain_answer(first: bytes, exc: BaseException) -> bytes | None:
 async def _peek(transport: Any) -> bytes | None:
     """The first bytes the client sent, left in the socket: b"" when it closed without sending any,
     None when they cannot be peeked."""
-    import socket
-
     sock = getattr(transport, "socket", None)
     try:
         if isinstance(sock, socket.socket):
