@@ -34,7 +34,9 @@ delivering is caught by that periodic re-list. Failed requests back off exponent
 (``backoff_base`` .. ``backoff_max``, jittered by the injected ``rng``, waited with the injected
 ``sleep``); the backoff starts again from its first step only once a watch streams again, so lists
 that succeed between watches that fail (a role granting get and list but not watch) do not reset
-it. Cycles that fail without an error also back off, growing while they repeat (the core's
+it. While watches are refused that way, names are served from those lists and stay ``stale`` with
+the refusal (``discovery degraded: the watch was refused ...``): fresh addresses, but changes arrive
+only with the next list, at most ``backoff_max`` apart; a name becomes ``bound`` once a watch streams. Cycles that fail without an error also back off, growing while they repeat (the core's
 ``throttle_steps``): a watch that ends within a second with no event, and a ``410`` after a ``410``
 with no event between; so neither a proxy that closes every watch nor a watch cache stuck behind
 the lists turns one name into a stream of watches or LISTs. A ``401`` re-reads the token and, when
@@ -328,10 +330,10 @@ class K8sNamer(Namer):
                 )
             if changed:
                 self._recompute(t)
-            if core.error is not None:
+            if core.error is not None or (kind == "watch" and core.watch_refused is not None):
                 failures += 1
                 if failures == 1:
-                    log.warning("namer.k8s.watch.failed", name=t.name, error=core.error)
+                    log.warning("namer.k8s.watch.failed", name=t.name, error=core.error or core.watch_refused)
                 await self.sleep(self._backoff(failures))
                 continue
             if failures and kind == "watch" and core.watches > streams:
@@ -394,7 +396,9 @@ class K8sNamer(Namer):
                         # rotated: the next request (at once: no error recorded) carries the new one
                         return False
                     return core.on_watch_status(resp.status, body)
-                core.on_stream_start()
+                if core.on_stream_start():  # watches were refused until now: the names are fresh again
+                    changed_any = True
+                    self._recompute(t)
                 started = trio.current_time()
                 lines = LineBuffer()
                 try:
@@ -477,6 +481,15 @@ class K8sNamer(Namer):
         detail.ready = [e.to_json(p) for e, p in res.ready]
         detail.not_ready = [e.to_json(p) for e, p in res.not_ready]
         detail.ports = {port: sorted({p for _, p in res.ready + res.not_ready})}
+        refused = t.svc.watch_refused or t.eps.watch_refused
+        if refused is not None:
+            # The list's addresses, stale until a watch streams: changes come only with re-lists.
+            return self.table.apply_partial(
+                key,
+                addrs,
+                f"discovery degraded: the watch was refused ({refused}); the addresses are those of the "
+                f"last list, and changes arrive with a re-list, at most every {self.backoff_max:g}s",
+            )
         return self.table.apply_bound(key, addrs)
 
     # -- admin -----------------------------------------------------------------------------------
@@ -514,7 +527,7 @@ class K8sNamer(Namer):
                     "lastEventAt": format_time(t.eps.last_event_at),
                     "lastListAt": format_time(t.eps.last_list_at),
                     "streaming": t.eps.streaming and t.svc.streaming,
-                    "lastError": t.eps.error or t.svc.error,
+                    "lastError": t.eps.error or t.svc.error or t.eps.watch_refused or t.svc.watch_refused,
                 }
                 if t is not None
                 else None

@@ -31,6 +31,12 @@ The rules, which are what Kubernetes asks of a client and what a stale view cost
 * **Errors are state, not exceptions.** A failed request sets :attr:`error` (what failed and what to
   do); the objects from the last good list stay, and the namer marks names built on them stale. The
   next successful LIST clears it. A stream that breaks after it started is not by itself an error.
+* **A refused watch is not a failed list.** A watch answered with an error status other than ``410``
+  (a role granting get and list but not watch: ``403``) follows a list that succeeded, so the objects
+  are as current as that list; it sets :attr:`watch_refused` rather than :attr:`error`, which lists
+  that succeed do not clear and only a watch that streams does. The namer then serves names from the
+  lists (each refused watch backs off and re-lists) and marks them stale with the refusal, steadily:
+  clearing it at every list made each name flip between fresh and stale every cycle.
 * **One bad object stays one bad object.** A list item or event object without ``metadata.name`` is
   counted in ``malformed`` and skipped; a body that is not JSON at all (or nested too deeply to
   decode) fails that request only.
@@ -185,6 +191,8 @@ class ListWatchCore:
         self.relist_reason: str | None = "initial"
         self.error: str | None = None
         self.error_since: float | None = None
+        #: The last refusal of a watch after a good list, until a watch streams (see the module).
+        self.watch_refused: str | None = None
         # observability (wall times)
         self.last_request: str | None = None
         self.last_request_at: float | None = None
@@ -332,15 +340,24 @@ class ListWatchCore:
             self._no_progress("watch answered 410 Gone after a fresh list", first_waits=False)
             return False
         self.relist_reason = self.relist_reason or f"watch HTTP {status}"
-        return self._fail(self._request_error(status, body))
+        message = self._request_error(status, body)
+        if not self.synced or self.error is not None:
+            return self._fail(message)
+        # After a good list: the objects stand; only their updates are refused (see the module).
+        self.failures += 1
+        was, self.watch_refused = self.watch_refused, message
+        return was != message
 
-    def on_stream_start(self) -> None:
+    def on_stream_start(self) -> bool:
+        """A watch answered 200 and streams; returns whether that ended a refusal of watches."""
         self.last_response = "HTTP 200"
         self.last_response_at = self.stream_started_at = self.clock()
         self.streaming = True
         self.watches += 1
         self._stream_events = 0
         self._stream_gone = False
+        was, self.watch_refused = self.watch_refused, None
+        return was is not None
 
     def on_line(self, line: bytes) -> bool:
         """One watch event line; returns whether the objects changed."""
@@ -432,6 +449,7 @@ class ListWatchCore:
             "resourceVersion": self.resource_version,
             "lastError": self.error,
             "errorSince": fmt(self.error_since),
+            "watchRefused": self.watch_refused,
             "lists": self.lists,
             "relists": dict(self.relists),
             "watches": self.watches,
