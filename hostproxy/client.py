@@ -262,7 +262,7 @@ class Client:
             pools=_Pools(self),
         )
         self.not_open = 0  # requeues refused because no endpoint was available (``_open_for_requeue``)
-        scope.client_gauge(
+        scope.client_counter(
             client_id,
             "retries/not_open",
             lambda: self.not_open,

@@ -21,7 +21,7 @@ from hostproxy.causes import Cause
 from hostproxy.http import Body, ConnInfo, Headers, Request, ServerParams
 from hostproxy.metrics import MetricsRegistry, PromId, WindowedHistogram
 from hostproxy.metrics.histogram import PERCENTILES, bucket_value, percentiles
-from hostproxy.metrics.registry import reading
+from hostproxy.metrics.registry import CounterFn, reading
 from hostproxy.metrics.render import (
     _fmt,
     _fmt_fast,
@@ -279,11 +279,18 @@ def test_a_read_pass_calls_statistics_once_per_object() -> None:
     flat = json.loads(b"".join(flat_json_slices(reg)))
     assert src.calls == 1 and flat["rt/out/client/#/io.l5d.fs/web/loadbalancer/size"] == 1
     assert flat["rt/out/client/#/io.l5d.fs/web/loadbalancer/updates"] == 1
-    gauges = [m.obj for m in reg.metrics()]
-    # Outside a read pass every read is fresh; each pass reads once.
-    assert [g.read() for g in gauges[:2]] == [2.0, 3.0]  # type: ignore[union-attr]
+    readers = [m.obj for m in reg.metrics()]
+    # size and available are levels (gauges); adds, removes, updates and max_effort_exhausted count up
+    assert [type(r).__name__ for r in readers[:2]] == ["Gauge", "Gauge"]
+    assert sum(isinstance(r, CounterFn) for r in readers) == 4
+
+    def read(r: Any) -> float:
+        return r.value if isinstance(r, CounterFn) else r.read()
+
+    # Outside a read pass every read is fresh; each pass reads once, gauges and kept counters alike.
+    assert [read(r) for r in readers[:2]] == [2.0, 3.0]
     with reading():
-        assert {g.read() for g in gauges} == {4.0}  # type: ignore[union-attr]
+        assert {read(r) for r in readers} == {4.0}
     assert src.calls == 4
 
 

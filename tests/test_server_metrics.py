@@ -59,7 +59,7 @@ async def test_connections_connects_closes_and_bad_requests_of_an_http_server(tm
         m = await _until(d.admin, f"{scope}/bad_requests", 1)
         assert m[f"{scope}/connects"] == 2
         prom = (await curl(f"{d.admin}/admin/metrics/prometheus")).body.decode()
-        assert f'hostproxy_server_connects{{router="out",server="127.0.0.1:{port}"}} 2' in prom
+        assert f'hostproxy_server_connects_total{{router="out",server="127.0.0.1:{port}"}} 2' in prom
         # Refused before routing too, where no request counter of the router sees them: CONNECT, a
         # target of no HTTP/1.1 form.
         for line in (b"CONNECT web:443 HTTP/1.1", b"GET other/web HTTP/1.1"):
@@ -110,7 +110,7 @@ async def test_tls_handshakes_and_failures_by_reason(tmp_path: Path) -> None:
         assert m[f"{scope}/tls/handshake_failures"] == 1
         prom = (await curl(f"{d.admin}/admin/metrics/prometheus")).body.decode()
         assert (
-            "hostproxy_server_tls_handshake_failures{"
+            "hostproxy_server_tls_handshake_failures_total{"
             f'router="edge",server="127.0.0.1:{port}",reason="no-client-certificate"}} 1'
         ) in prom
 

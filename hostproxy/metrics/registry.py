@@ -62,6 +62,7 @@ from hostproxy.metrics.topn import TopN
 
 __all__ = [
     "Counter",
+    "CounterFn",
     "Gauge",
     "Metric",
     "MetricsRegistry",
@@ -111,6 +112,24 @@ _SERVER_HELP = {
     "connections": "Client connections open to the server",
     "connects": "Client connections the server has accepted",
 }
+#: The server extras that are levels (gauges); the others count up from the server's start (counters).
+_SERVER_GAUGES = frozenset({"connections"})
+
+#: The client extras that count up (counters, as in Linkerd's metrics); the others are levels (gauges).
+_CLIENT_COUNTERS = frozenset(
+    {
+        "loadbalancer/adds",
+        "loadbalancer/removes",
+        "loadbalancer/updates",
+        "loadbalancer/max_effort_exhausted",
+        "failure_accrual/removals",
+        "failure_accrual/probes",
+        "failure_accrual/revivals",
+        "retries/requeues",
+        "retries/budget_exhausted",
+    }
+)
+
 #: Where a server's TLS handshake failures by reason go (`…/tls/handshake_failures/<reason>`).
 _TLS_FAILURE_PREFIX = "tls/handshake_failures/"
 
@@ -162,6 +181,27 @@ class Counter:
         self.value += n
 
 
+class CounterFn:
+    """A counter kept by another object (a server's accepted connections, a balancer's adds), read
+    through ``fn`` when rendered: a count that only grows (a reload may start it again from 0), so
+    renderers show it as a counter (Prometheus ``counter``, ``{"counter": n}`` in the metrics tree)."""
+
+    __slots__ = ("fn", "_last")
+
+    def __init__(self, fn: Callable[[], float]) -> None:
+        self.fn = fn
+        self._last = 0
+
+    @property
+    def value(self) -> int:
+        try:
+            value = int(self.fn())
+        except Exception:  # a broken reader must not break the admin page: its last value stands
+            return self._last
+        self._last = value
+        return value
+
+
 class Gauge:
     __slots__ = ("fn",)
 
@@ -199,7 +239,7 @@ class PromId:
 class Metric:
     key: str
     kind: str  # "counter" | "gauge" | "stat"
-    obj: Counter | Gauge | Stat
+    obj: Counter | CounterFn | Gauge | Stat
     prom: PromId | None
     # Registration order (the order `MetricsRegistry.metrics()` lists metrics in).
     seq: int = 0
@@ -315,7 +355,9 @@ class MetricsRegistry:
             )
         return m
 
-    def _add(self, key: str, kind: str, obj: Counter | Gauge | Stat, prom: PromId | None) -> Metric:
+    def _add(
+        self, key: str, kind: str, obj: Counter | CounterFn | Gauge | Stat, prom: PromId | None
+    ) -> Metric:
         self._seq += 1
         self.version += 1
         m = self._metrics[key] = Metric(key, kind, obj, self._prom(prom), self._seq)
@@ -327,6 +369,18 @@ class MetricsRegistry:
         if m is None:
             m = self._add(key, "counter", Counter(), prom)
         assert isinstance(m.obj, Counter)
+        return m.obj
+
+    def counter_fn(self, key: str, fn: Callable[[], float], prom: PromId | None = None) -> CounterFn:
+        """A counter another object keeps, read through ``fn`` (registering it again rebinds ``fn``)."""
+        m = self._get(key, "counter")
+        if m is None:
+            m = self._add(key, "counter", CounterFn(fn), prom)
+        elif not isinstance(m.obj, CounterFn):
+            raise ValueError(f"metric {key!r} is already registered as a counter kept here; use another key")
+        else:
+            m.obj.fn = fn
+        assert isinstance(m.obj, CounterFn)
         return m.obj
 
     def gauge(self, key: str, fn: Callable[[], float], prom: PromId | None = None) -> Gauge:
@@ -601,17 +655,22 @@ class RouterScope:
         labels = (("router", self.label), ("server", f"{ip}:{port}"))
         shared: list[Any] = [-1, None]
         for key in keys:
+            gauge = key in _SERVER_GAUGES
             prom = None
             if key in _SERVER_HELP:
-                prom = PromId(f"hostproxy_server_{key.replace('/', '_')}", labels, _SERVER_HELP[key])
+                family = f"hostproxy_server_{key.replace('/', '_')}" + ("" if gauge else "_total")
+                prom = PromId(family, labels, _SERVER_HELP[key])
             elif key.startswith(_TLS_FAILURE_PREFIX):
                 reason = key[len(_TLS_FAILURE_PREFIX) :]
                 prom = PromId(
-                    "hostproxy_server_tls_handshake_failures",
+                    "hostproxy_server_tls_handshake_failures_total",
                     (*labels, ("reason", reason)),
                     "TLS handshakes with clients that failed, by reason",
                 )
-            self._reg.gauge(f"{prefix}/{key}", _stat_reader(obj, key, shared), prom)
+            if gauge:
+                self._reg.gauge(f"{prefix}/{key}", _stat_reader(obj, key, shared), prom)
+            else:
+                self._reg.counter_fn(f"{prefix}/{key}", _stat_reader(obj, key, shared), prom)
 
     def drop_server_extras(self, ip: str, port: int, keys: Sequence[str]) -> None:
         """Forget a server's extras (the server went away; its request stats stay)."""
@@ -742,11 +801,21 @@ class RouterScope:
                         f"Balancer {key}",
                     )
                 elif group == "failure_accrual" and key in ("removals", "revivals"):
-                    prom = PromId(f"hostproxy_client_accrual_{key}", labels, f"Failure accrual {key}")
+                    prom = PromId(f"hostproxy_client_accrual_{key}_total", labels, f"Failure accrual {key}")
                 elif not group and key in _POOL_HELP:
                     prom = PromId(f"hostproxy_client_{key}", labels, _POOL_HELP[key])
                 path = f"{prefix}/{group}/{key}" if group else f"{prefix}/{key}"
-                self._reg.gauge(path, _stat_reader(obj, stat, shared), prom)
+                if f"{group}/{key}" in _CLIENT_COUNTERS:
+                    self._reg.counter_fn(path, _stat_reader(obj, stat, shared), prom)
+                else:
+                    self._reg.gauge(path, _stat_reader(obj, stat, shared), prom)
+
+    def client_counter(self, client_id: str, name: str, fn: Callable[[], float], help_text: str) -> None:
+        """One more counter under a client's scope (`rt/<router>/client/<id>/<name>`), kept by another
+        object and read when rendered (Prometheus `hostproxy_client_<name>_total`)."""
+        labels = (("router", self.label), ("client", client_id))
+        family = "hostproxy_client_" + name.replace("/", "_") + "_total"
+        self._reg.counter_fn(f"{self.client_prefix(client_id)}/{name}", fn, PromId(family, labels, help_text))
 
     def client_gauge(self, client_id: str, name: str, fn: Callable[[], float], help_text: str) -> None:
         """One more gauge under a client's scope (`rt/<router>/client/<id>/<name>`), read when rendered."""

@@ -37,7 +37,16 @@ from operator import attrgetter
 from typing import Any
 
 from hostproxy.metrics.histogram import PERCENTILES, HistogramSnapshot, percentiles
-from hostproxy.metrics.registry import Counter, Gauge, Labels, Metric, MetricsRegistry, Stat, reading
+from hostproxy.metrics.registry import (
+    Counter,
+    CounterFn,
+    Gauge,
+    Labels,
+    Metric,
+    MetricsRegistry,
+    Stat,
+    reading,
+)
 
 __all__ = [
     "NoSuchSubtree",
@@ -155,7 +164,7 @@ def collect(metrics: Sequence[Metric]) -> list[tuple[Metric, Any]]:
     with reading():
         for m in metrics:
             obj = m.obj
-            if isinstance(obj, Counter):
+            if isinstance(obj, Counter | CounterFn):
                 out.append((m, obj.value))
             elif isinstance(obj, Gauge):
                 out.append((m, obj.read()))
@@ -174,7 +183,7 @@ def flat_from(items: Iterable[tuple[Metric, Any]], q: str | None = None) -> dict
     for m, v in items:
         if not match(m.key):
             continue
-        if isinstance(m.obj, Counter):
+        if isinstance(m.obj, Counter | CounterFn):
             out[m.key] = v
         elif isinstance(m.obj, Gauge):
             if v is not None and math.isfinite(v):
@@ -216,7 +225,7 @@ def tree_from(items: Iterable[tuple[Metric, Any]], q: str | None = None) -> dict
             if seg in ("counter", "gauge") or seg.startswith("stat."):
                 seg = "/" + seg  # a child named like a node's own value (a segment never holds "/")
             node = node.setdefault(seg, {})
-        if isinstance(m.obj, Counter):
+        if isinstance(m.obj, Counter | CounterFn):
             node["counter"] = v
         elif isinstance(m.obj, Gauge):
             if v is not None and math.isfinite(v):
@@ -285,7 +294,7 @@ def prometheus_chunks(items: Iterable[tuple[Metric, Any]]) -> Iterator[str]:
             continue
         fam, labels = m.prom.family, m.prom.labels
         helps.setdefault(fam, m.prom.help)
-        if isinstance(m.obj, Counter):
+        if isinstance(m.obj, Counter | CounterFn):
             counters[fam][labels] += value
         elif isinstance(m.obj, Gauge):
             if value is not None:
