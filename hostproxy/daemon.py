@@ -117,6 +117,9 @@ def server_params(router_cfg: Any, server_cfg: Any, label: str, grace_s: float) 
         max_initial_line_kb=getattr(router_cfg, "max_initial_line_kb", 4),
         max_call_depth=server_cfg.max_call_depth,
         add_forwarded_header=_forwarded(server_cfg.add_forwarded_header),
+        timestamp_header=server_cfg.timestamp_header.lower().encode("ascii")
+        if server_cfg.timestamp_header is not None
+        else None,
         router_label=label,
         shutdown_grace_s=grace_s,
         request_head_timeout_s=getattr(server_cfg, "request_header_timeout_ms", 10000) / 1000,

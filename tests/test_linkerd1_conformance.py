@@ -290,7 +290,6 @@ routers:
         "routers[0].client.socketOptions",
         "routers[0].client.requestAuthorizers",
         "routers[0].servers[0].label",
-        "routers[0].servers[0].timestampHeader",
         "routers[0].servers[0].announce",
         "routers[0].servers[0].socketOptions",
         "routers[1].servers[0].label",

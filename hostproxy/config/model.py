@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 from hostproxy.config.schema import (
     between,
+    field_name,
     fraction,
     header_name,
     host_name,
@@ -756,6 +757,13 @@ class ServerConfig:
     )
     add_forwarded_header: ForwardedHeader | None = key(
         None, "Add an RFC 7239 Forwarded header.", default_doc="off"
+    )
+    timestamp_header: str | None = key(
+        None,
+        "Add this header to each request, holding the time it arrived in milliseconds since the epoch "
+        "(New Relic's X-Request-Start); appended to any value the caller sent.",
+        default_doc="off",
+        check=field_name,
     )
     server_session: ServerSession = key(ServerSession(), "Connection lifetime limits.")
     allow_address_overrides: bool = key(

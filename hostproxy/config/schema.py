@@ -162,6 +162,17 @@ def header_name(v: Any) -> str | None:
     return f"must be a header name, e.g. Host or l5d-name (no spaces, ':' only to start a pseudo-header); got {v!r}"
 
 
+def field_name(v: Any) -> str | None:
+    """A header field name an HTTP/1.1 message can carry (RFC 9110 token characters, no pseudo-header)."""
+    import re
+
+    if v is None:
+        return None
+    if isinstance(v, str) and re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", v):
+        return None
+    return f"must be a header name, e.g. X-Request-Start (letters, digits and !#$%&'*+-.^_`|~; no spaces or ':'); got {v!r}"
+
+
 def router_label(v: Any) -> str | None:
     if v is None:
         return None

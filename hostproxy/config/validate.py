@@ -62,7 +62,6 @@ LINKERD_ONLY_KEYS: dict[str, str] = {
     "tracePropagator": "is a Linkerd key that hostproxy does not support yet; remove it",
     "compressionLevel": "is a Linkerd key that hostproxy does not support: responses pass through as the "
     "upstream sent them, never compressed; remove it",
-    "timestampHeader": "is a Linkerd key that hostproxy does not support; remove it",
     "requestAuthorizers": "is a Linkerd key that hostproxy does not support; remove it",
     "httpIdentifierPort": "is a Linkerd key that hostproxy does not support; use /delegator.json to see names",
     "workerThreads": "is a JVM setting of Linkerd that does not apply to hostproxy; remove it",

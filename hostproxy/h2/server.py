@@ -56,6 +56,7 @@ with an empty body is sent as a single HEADERS frame with END_STREAM (gRPC "trai
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass, field
 from math import inf
 from typing import Any
@@ -96,7 +97,7 @@ from hostproxy.http.errors import (
 from hostproxy.http.hopbyhop import strip_hop_by_hop
 from hostproxy.http.listening import ListeningServer, ServerStats
 from hostproxy.http.message import Body, Headers, Request, Response
-from hostproxy.http.proxyheaders import append_via, via_count
+from hostproxy.http.proxyheaders import append_forwarded, append_via, forwarded_element, obfuscated, via_count
 from hostproxy.http.server import ConnInfo, Handler, ServerParams
 
 __all__ = ["H2Server", "H2ServerParams", "h2_response_headers"]
@@ -340,6 +341,12 @@ class _ServerLink(H2Link):
         self.server = server
         self.params = p
         self.info = ConnInfo.for_stream(stream, p, conn_id)
+        #: ``connectionRandom`` labels of ``addForwardedHeader`` (by, for): one pair per connection.
+        self.forwarded_labels = (
+            (obfuscated(server._rng), obfuscated(server._rng))
+            if p.add_forwarded_header is not None
+            else ("", "")
+        )
         self.tasks = 0
         self.scopes: dict[int, trio.CancelScope] = {}
         #: The request each stream's handler has (told when its client resets the stream).
@@ -775,6 +782,22 @@ class _ServerLink(H2Link):
             content_length = int(cl)
         out.remove(b"content-length")
         append_via(out, "2")
+        params = self.params
+        fwd = params.add_forwarded_header
+        if fwd is not None:
+            append_forwarded(
+                out,
+                forwarded_element(
+                    fwd,
+                    local=self.info.local,
+                    peer=self.info.peer,
+                    connection_labels=self.forwarded_labels,
+                    router_label=params.router_label,
+                    rng=self.server._rng,
+                ),
+            )
+        if params.timestamp_header is not None:
+            out.add(params.timestamp_header, b"%d" % (time.time_ns() // 1_000_000))
         if s.ended and not s.inbound:
             # Ended already: no DATA, perhaps trailers (HEADERS, then trailers with END_STREAM).
             body = Body.empty() if s.trailers is None else Body.from_bytes(b"", s.trailers)

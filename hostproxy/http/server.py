@@ -61,6 +61,7 @@ import random
 import select
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from math import inf
@@ -145,6 +146,9 @@ class ServerParams:
     request_timeout_ms: int | None = None
     max_call_depth: int = 1000
     add_forwarded_header: ForwardedConfig | None = None
+    #: ``servers[].timestampHeader``, lowercased: a field added to each request with the time it
+    #: arrived, in milliseconds since the epoch (None: none).
+    timestamp_header: bytes | None = None
     router_label: str = "http"
     shutdown_grace_s: float = 5.0
     #: ``servers[].clearContext`` and ``servers[].allowAddressOverrides``, read by the router for the
@@ -976,6 +980,8 @@ class _Connection:
                     rng=self.server._rng,
                 ),
             )
+        if params.timestamp_header is not None:
+            out.add(params.timestamp_header, b"%d" % (time.time_ns() // 1_000_000))
         if content_length == 0:
             # Consume the (empty) body's end now: no I/O is needed for it.
             event = self.codec.next_event()
