@@ -1,4 +1,4 @@
-"""Adversarial review of the changes since ec56cb9 on the request path: clearContext on answers that
+"""Adversarial review of the request path: clearContext on answers that
 are not plain responses (101, interim, trailers), client checks, retries and client stats. Real
 daemon in-process, real upstreams and raw sockets on loopback."""
 

@@ -1,4 +1,4 @@
-"""Adversarial checks of the day's changes on ``main``: defects they brought in, each shown failing
+"""Adversarial checks of error texts and other request-path answers: defects each shown failing
 before its fix.
 
 - Error texts sent in ``l5d-err`` are Latin-1 (URL-encoded); a sign outside it (``…``) arrives as
