@@ -1,27 +1,46 @@
-"""``hostproxy check FILE``: validate a config without binding, starting or resolving anything.
+"""``hostproxy check FILE``: validate a config, and the files it names, without binding, starting or
+resolving anything.
 
 Exit 0 with a one-line summary (each router, its protocol and its sockets); exit 1 with every error as
 ``FILE:LINE: config.path: message`` on stderr (dtab errors add the offending line with a caret). With
-``--json``, stdout carries exactly one document: ``{"ok": bool, "errors": [{file, line, column, path,
-message}], "routers": [...]}``. ``FILE`` may be ``-`` for stdin.
+``--json``, stdout carries exactly one document: ``{"ok": bool, "files_read": bool, "errors": [{file,
+line, column, path, message}], "routers": [...]}``. ``FILE`` may be ``-`` for stdin.
+
+A config that validates has the files it names read and checked next, with the code the daemon runs
+when it starts (:func:`check_files`): each ``io.l5d.fs`` interpreter's ``dtabFile`` parsed (its errors
+at ``DTABFILE:LINE:COL`` with a caret), every server and client ``tls`` section's certificates, keys
+and CAs loaded (a key that does not belong to its certificate is an error), and each ``io.l5d.fs``
+namer's ``rootDir`` found to be a readable directory. A file that is missing is an error.
+``--no-files`` skips these reads (to check a config on a machine other than the one it runs on) and
+says so in the summary.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from typing import Any
+
+#: What the summary says when ``--no-files`` skipped the files.
+NOT_READ = "the files it names were not read (--no-files)"
 
 
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "check",
-        help="validate a config file (Linkerd 1 linkerd.yaml schema) without starting anything",
-        description="Validate a config file without binding ports, starting namers or touching the network.",
+        help="validate a config file (Linkerd 1 linkerd.yaml schema) and the files it names, without starting anything",
+        description="Validate a config file and the files it names (dtab file, TLS certificates and keys, "
+        "io.l5d.fs rootDir) without binding ports, starting namers or touching the network.",
     )
     p.add_argument("file", metavar="FILE", help="config file (YAML or JSON), or - for stdin")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.add_argument(
+        "--no-files",
+        action="store_true",
+        help="do not read the files the config names (to check a config for another machine)",
+    )
     p.set_defaults(func=main)
 
 
@@ -36,14 +55,95 @@ def summary(cfg: Any) -> list[dict[str, Any]]:
     ]
 
 
-def main(args: argparse.Namespace) -> int:
-    from hostproxy.config import ConfigError, load_config
+def check_files(cfg: Any, text: str, source: str) -> list[Any]:
+    """A :class:`~hostproxy.config.ConfigIssue` for every file named by ``cfg`` (read from ``text``,
+    from ``source``) that the daemon could not use when it starts; reads the files, binds nothing."""
+    from hostproxy.config import ConfigIssue
+    from hostproxy.config.params import client_tls_sections
+    from hostproxy.config.validate import config_position
+    from hostproxy.dtabfile import DtabFileError, load_dtab_file
+    from namers.fs import check_root
 
+    def issue(path: str, message: str, detail: str | None = None) -> ConfigIssue:
+        line, column = config_position(text, path)
+        return ConfigIssue(source, line, column, path, message, detail)
+
+    issues: list[ConfigIssue] = []
+    for i, n in enumerate(cfg.namers):
+        if n.kind == "io.l5d.fs" and n.root_dir:
+            problem = check_root(n.root_dir)
+            if problem is not None:
+                issues.append(issue(f"namers[{i}].rootDir", problem))
+    for ri, rcfg in enumerate(cfg.routers):
+        label = rcfg.label or rcfg.kind
+        path = getattr(rcfg.interpreter, "dtab_file", None)
+        if rcfg.interpreter.kind == "io.l5d.fs" and path:
+            try:
+                load_dtab_file(path, router=label, then="check again")
+            except DtabFileError as e:
+                issues.append(issue(f"routers[{ri}].interpreter.dtabFile", e.summary, e.detail))
+    if any(s.tls is not None for r in cfg.routers for s in r.servers) or any(
+        client_tls_sections(r, ri) for ri, r in enumerate(cfg.routers)
+    ):
+        issues += _check_tls(cfg, issue)
+    return sorted(issues, key=lambda i: (i.line, i.column))
+
+
+def _check_tls(cfg: Any, issue: Any) -> list[Any]:
+    """Every server and client ``tls`` section loaded as the daemon loads it at start."""
+    from hostproxy.config.params import client_tls_sections
+    from hostproxy.tls import ClientTlsCache, ServerTls, TlsConfigError, alpn_for_protocol
+    from hostproxy.tls.client import load_client_tls
+
+    def tls_issue(base: str, message: str) -> Any:
+        # The message starts with the config key of the setting at fault (the section or one of its
+        # keys, ``...tls.certPath``): it becomes the issue's path, placed on that key's line.
+        m = re.match(re.escape(base) + r"(?:\.[A-Za-z]+)*", message)
+        path = m.group(0) if m else base
+        rest = message[len(path) :] if m else message
+        return issue(path, rest[2:] if rest.startswith(": ") else rest.lstrip())
+
+    out: list[Any] = []
+    for ri, rcfg in enumerate(cfg.routers):
+        label = rcfg.label or rcfg.kind
+        for j, scfg in enumerate(rcfg.servers):
+            if scfg.tls is None:
+                continue
+            key = f"routers[{ri}].servers[{j}].tls"
+            try:
+                ServerTls(scfg.tls, alpn=alpn_for_protocol(rcfg.kind), router=label, key=key)
+            except TlsConfigError as e:
+                out.append(tls_issue(key, str(e)))
+        cache = ClientTlsCache()
+        for key, tls in client_tls_sections(rcfg, ri):
+            try:
+                load_client_tls(cache, tls, router=label, key=key, protocol=rcfg.kind)
+            except TlsConfigError as e:
+                out.append(tls_issue(key, str(e)))
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    from hostproxy import log
+    from hostproxy.config import ConfigError, validate_text
+    from hostproxy.config.validate import read_config_text
+
+    # The start-up code run on the files logs what it loads (``dtab.applied``): not check's output.
+    log.configure("error")
+    read_files = not args.no_files
+    files_read = False  # the files are read once the config itself is valid
     try:
-        cfg = load_config(args.file)
+        text, source = read_config_text(args.file)
+        cfg = validate_text(text, source)
+        if read_files:
+            errors = check_files(cfg, text, source)
+            files_read = True
+            if errors:
+                raise ConfigError(errors)
     except ConfigError as e:
         if args.json:
-            print(json.dumps({"ok": False, "errors": [i.to_json() for i in e.errors]}, indent=2))
+            doc = {"ok": False, "files_read": files_read, "errors": [i.to_json() for i in e.errors]}
+            print(json.dumps(doc, indent=2))
         else:
             for issue in e.errors:
                 print(issue.format(), file=sys.stderr)
@@ -52,9 +152,10 @@ def main(args: argparse.Namespace) -> int:
         return 1
     routers = summary(cfg)
     if args.json:
-        print(json.dumps({"ok": True, "errors": [], "routers": routers}, indent=2))
+        print(json.dumps({"ok": True, "files_read": files_read, "errors": [], "routers": routers}, indent=2))
     else:
         parts = [f"{r['label']} ({r['protocol']}) on {', '.join(r['servers'])}" for r in routers]
         n = len(routers)
-        print(f"{args.file}: OK: {n} router{'s' if n != 1 else ''}: {'; '.join(parts)}")
+        note = "" if read_files else f"; {NOT_READ}"
+        print(f"{args.file}: OK: {n} router{'s' if n != 1 else ''}: {'; '.join(parts)}{note}")
     return 0

@@ -69,7 +69,7 @@ from hostproxy.config import Config, ConfigError, load_config
 from hostproxy.config.model import PrometheusTelemeter, RecentRequestsTelemeter, to_json
 from hostproxy.config.registry import load_factory, lookup
 from hostproxy.config.validate import config_line
-from hostproxy.dtabfile import DtabFileError, DtabFileWatcher, read_signature, watch_dtab_file
+from hostproxy.dtabfile import DtabFileError, DtabFileWatcher, load_dtab_file, watch_dtab_file
 from hostproxy.http.proxyheaders import ForwardedConfig, Labeler
 from hostproxy.http.server import Http1Server, ServerParams, bind_listeners
 from hostproxy.idle import run_when_idle
@@ -506,15 +506,8 @@ class Daemon:
         old = self.dtab_watchers.get(label)
         if old is not None and old.path == path:
             return old
-        watcher = DtabFileWatcher(path, on_change=functools.partial(self._on_dtab_file, label))
-        try:
-            _sig, data = read_signature(path)
-        except OSError as e:
-            raise DtabFileError(
-                f"cannot read dtab file {path} of router {label}: {e}; check its permissions"
-            ) from None
-        watcher.on_change = None  # the router does not exist yet: its base dtab is computed below
-        watcher.load_initial(data, then=then)
+        # Loaded with no on_change: the router does not exist yet, its base dtab is computed below.
+        watcher = load_dtab_file(path, router=label, then=then)
         watcher.on_change = lambda dtab, _v, label=label: self._file_dtab_changed(label)
         return watcher
 
@@ -524,9 +517,6 @@ class Daemon:
 
     def _overload_stat(self, name: str) -> float:
         return float(self.overload.statistics()[name])
-
-    def _on_dtab_file(self, label: str, _dtab: Any, _version: int) -> None:
-        self._file_dtab_changed(label)
 
     def _file_dtab_changed(self, label: str) -> None:
         router = self.routers.get(label)
@@ -578,30 +568,18 @@ class Daemon:
         """The router's client TLS cache, with every client setting that has no ``{capture}`` loaded
         now (settings with captures have their files read and checked only). Raises
         :class:`TlsStartupError` naming the config key and the file."""
-        section = rcfg.client
-        entries = [
-            (j, entry)
-            for j, entry in enumerate(section.entries if section is not None else ())
-            if getattr(entry.params, "tls", None) is not None
-            and "tls" in entry.explicit
-            and entry.params.tls.enabled
-        ]
-        if not entries:
+        from hostproxy.config.params import client_tls_sections
+
+        sections = client_tls_sections(rcfg, index)
+        if not sections:
             return None  # no client TLS configured: the router makes a cache if it ever needs one
-        from hostproxy.tls import ClientTlsCache, TlsConfigError, alpn_for_protocol, build_client_context
+        from hostproxy.tls import ClientTlsCache, TlsConfigError
+        from hostproxy.tls.client import load_client_tls
 
         cache = ClientTlsCache()
-        for j, entry in enumerate(section.entries if section is not None else ()):
-            tls = getattr(entry.params, "tls", None)
-            if tls is None or "tls" not in entry.explicit or not tls.enabled:
-                continue
-            static = section.kind == "io.l5d.static"
-            key = f"routers[{index}].client{f'.configs[{j}]' if static else ''}.tls"
+        for key, tls in sections:
             try:
-                if "{" in repr(tls):
-                    build_client_context(tls, router=label, key=key)
-                else:
-                    cache.get(tls, router=label, key=key, alpn=alpn_for_protocol(rcfg.kind))
+                load_client_tls(cache, tls, router=label, key=key, protocol=rcfg.kind)
             except TlsConfigError as exc:
                 raise TlsStartupError(str(exc)) from None
         return cache

@@ -39,7 +39,14 @@ import trio
 
 from dtab import Dtab, DtabSyntaxError, parse_dtab
 
-__all__ = ["DtabFileError", "DtabFileWatcher", "Outcome", "read_signature", "watch_dtab_file"]
+__all__ = [
+    "DtabFileError",
+    "DtabFileWatcher",
+    "Outcome",
+    "load_dtab_file",
+    "read_signature",
+    "watch_dtab_file",
+]
 
 log = structlog.get_logger("hostproxy.dtabfile")
 
@@ -50,7 +57,16 @@ MAX_FILE_BYTES = 1 << 20
 
 
 class DtabFileError(Exception):
-    """The dtab file cannot be used at startup; the message names the file and the fix."""
+    """The dtab file cannot be used at startup; the message names the file and the fix.
+
+    ``summary`` is the same in one line and ``detail`` the offending line of the file with a caret
+    under the error (``None`` when the error has no position in the file), for a caller that shows
+    the caret display apart (``hostproxy check``)."""
+
+    def __init__(self, message: str, *, summary: str | None = None, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary or message
+        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -124,7 +140,13 @@ class DtabFileWatcher:
             )
         dtab, error = self._parse(data)
         if dtab is None:
-            raise DtabFileError(f"dtab file {self.path} is not a valid dtab: fix it and {then}\n{error}")
+            assert error is not None
+            position, _, caret = error.partition("\n")
+            raise DtabFileError(
+                f"dtab file {self.path} is not a valid dtab: fix it and {then}\n{error}",
+                summary=f"dtab file {self.path} is not a valid dtab: {position}; fix it and {then}",
+                detail=caret or None,
+            )
         self._apply(data, dtab)
         return dtab
 
@@ -255,6 +277,26 @@ def read_signature(path: str) -> tuple[Signature | None, bytes | None]:
     except FileNotFoundError:
         return None, None
     return sig, data
+
+
+def load_dtab_file(path: str, *, router: str, then: str = "start again") -> DtabFileWatcher:
+    """A watcher with the dtab ``path`` holds now loaded: what the daemon does for a router's
+    ``interpreter.dtabFile`` before it binds a port, and ``hostproxy check`` to check the file.
+    Raises :class:`DtabFileError` when the file is missing, cannot be read or is not a valid dtab
+    (``then``: what to do once it is fixed)."""
+    watcher = DtabFileWatcher(path)
+    try:
+        _sig, data = read_signature(path)
+    except IsADirectoryError:
+        raise DtabFileError(
+            f"dtab file {path} of router {router} is a directory; point interpreter.dtabFile at a file"
+        ) from None
+    except OSError as e:
+        raise DtabFileError(
+            f"cannot read dtab file {path} of router {router}: {e}; check its permissions"
+        ) from None
+    watcher.load_initial(data, then=then)
+    return watcher
 
 
 def _stat(path: str) -> Signature | None:

@@ -216,7 +216,7 @@ class GrpcRetryableStatusCodesClassifier(GrpcClassifier):
 
 @dataclass(frozen=True, kw_only=True)
 class ServerTls:
-    cert_path: str = key(required=True, doc="PEM certificate file (not read by `hostproxy check`).")
+    cert_path: str = key(required=True, doc="PEM certificate file.")
     key_path: str = key(required=True, doc="PEM private key file (PKCS#8 in Linkerd).")
     intermediate_certs_path: str | None = key(None, "PEM file of intermediate certificates.")
     ca_cert_path: str | None = key(None, "PEM file of CAs that client certificates must chain to.")

@@ -153,3 +153,17 @@ def client_params_for(router_cfg: Any, client_name: Any) -> Any:
 def service_params_for(router_cfg: Any, service_name: Any) -> Any:
     """The ServiceParams for a service name such as ``/svc/web``."""
     return resolve(router_cfg.service, service_name)
+
+
+def client_tls_sections(router_cfg: Any, index: int) -> list[tuple[str, Any]]:
+    """``(config key, tls)`` of every ``client`` entry of router ``index`` that turns TLS on
+    explicitly: the client TLS settings the daemon loads at start (and ``hostproxy check`` reads)."""
+    section = router_cfg.client
+    out: list[tuple[str, Any]] = []
+    for j, entry in enumerate(section.entries if section is not None else ()):
+        tls = getattr(entry.params, "tls", None)
+        if tls is None or "tls" not in entry.explicit or not tls.enabled:
+            continue
+        static = section.kind == "io.l5d.static"
+        out.append((f"routers[{index}].client{f'.configs[{j}]' if static else ''}.tls", tls))
+    return out

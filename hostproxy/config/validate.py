@@ -663,11 +663,24 @@ def config_line(path: str, steps: tuple[str | int, ...]) -> int:
     it that exists), or 0 when the file cannot be read or parsed."""
     try:
         with open(path, "rb") as f:
-            text = _utf8(_bounded(f, path), path).replace("\r\n", "\n").replace("\r", "\n")
-        root = compose(text)
-    except (OSError, ConfigError, YamlSyntaxError):
+            text = _utf8(_bounded(f, path), path)
+    except (OSError, ConfigError):
         return 0
-    return 0 if root is None else _walk(root, list(steps)).start_mark.line + 1
+    return config_position(text, steps)[0]
+
+
+def config_position(text: str, steps: tuple[str | int, ...] | str) -> tuple[int, int]:
+    """The 1-based ``(line, column)`` of the value at ``steps`` (or a config path such as
+    ``routers[0].servers[1].tls.certPath``) in config ``text``, of the deepest part of it that
+    exists; ``(0, 0)`` when the text does not parse."""
+    try:
+        root = compose(text.replace("\r\n", "\n").replace("\r", "\n"))
+    except (ConfigError, YamlSyntaxError):
+        return 0, 0
+    if root is None:
+        return 0, 0
+    mark = _walk(root, _steps(steps) if isinstance(steps, str) else list(steps)).start_mark
+    return mark.line + 1, mark.column + 1
 
 
 def _strings(params: Any, explicit: frozenset[str], pairs: dict[str, tuple[Node, Node]], ctx: Ctx):
@@ -1065,10 +1078,16 @@ def load_config(
         return validate_text(str(path_or_text), source, check_client_prefixes=ck)
     if isinstance(path_or_text, str) and ("\n" in path_or_text or path_or_text.lstrip().startswith("{")):
         return validate_text(path_or_text, "<config>", check_client_prefixes=ck)
-    name = str(path_or_text)
+    text, source = read_config_text(str(path_or_text))
+    return validate_text(text, source, check_client_prefixes=ck)
+
+
+def read_config_text(name: str) -> tuple[str, str]:
+    """``(text, source)`` of the config file ``name`` (``"-"``: stdin, whose source is ``<stdin>``);
+    raises :class:`ConfigError` when it cannot be read, is too large or is not UTF-8."""
     if name == "-":
         data = _bounded(sys.stdin.buffer, "<stdin>")
-        return validate_text(_utf8(data, "<stdin>"), "<stdin>", check_client_prefixes=ck)
+        return _utf8(data, "<stdin>"), "<stdin>"
     try:
         with open(name, "rb") as f:
             data = _bounded(f, name)
@@ -1076,7 +1095,7 @@ def load_config(
         raise ConfigError(
             [ConfigIssue(name, 0, 0, "", f"cannot read the config file: {e.strerror or e}")]
         ) from None
-    return validate_text(_utf8(data, name), name, check_client_prefixes=ck)
+    return _utf8(data, name), name
 
 
 #: The largest config read, in bytes: a path such as /dev/zero, or a runaway generator's output, is

@@ -52,6 +52,7 @@ from hostproxy.http.errors import ConnectError, out_of_resources
 from hostproxy.tls.context import (
     Loaded,
     TlsConfigError,
+    alpn_for_protocol,
     build_client_context,
     check_not_expired,
     file_signature,
@@ -592,3 +593,15 @@ class ClientTlsCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def load_client_tls(
+    cache: ClientTlsCache, config: m.ClientTls, *, router: str, key: str, protocol: str
+) -> None:
+    """Load a router's ``client.tls`` setting at start (raises :class:`TlsConfigError`): into
+    ``cache`` with the router's ALPN offer, or, for a setting with a ``{capture}`` (its files depend
+    on the bound name), its files only read and checked."""
+    if "{" in repr(config):
+        build_client_context(config, router=router, key=key)
+    else:
+        cache.get(config, router=router, key=key, alpn=alpn_for_protocol(protocol))
