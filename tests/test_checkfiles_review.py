@@ -1,5 +1,5 @@
 """``hostproxy check`` reads the files a config names (dtab file, TLS files, io.l5d.fs rootDir) with
-the daemon's own start-up code."""
+the daemon's own start-up code, and a malformed per-request dtab header shows its bytes as escapes."""
 
 from __future__ import annotations
 
@@ -7,9 +7,16 @@ import json
 import os
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
+import pytest
+import trio
 from certs import TestCA, make_pki
+
+from tests.daemonutil import fs_config, running_daemon
+from tests.test_lifecycle_helpers import write_disco
+from tests.upstreams import running_upstream
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -276,3 +283,74 @@ def test_a_static_client_entry_with_a_capture_has_its_files_read(tmp_path: Path)
     make_pki(tmp_path)
     r = check("-", stdin=text)
     assert (r.returncode, r.stderr) == (0, ""), r.stderr
+
+
+# -- a malformed per-request dtab header with bytes that are not ASCII --------------------------------
+
+
+async def raw_request(port: int, request: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+    """Send ``request`` as is (its header bytes untouched) and read the whole answer."""
+    with trio.fail_after(20):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(request)
+            data = b""
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.parametrize("header", ["l5d-dtab", "l5d-ctx-dtab"])
+async def test_non_ascii_bytes_in_a_bad_dtab_header_are_shown_as_escapes(tmp_path: Path, header: str) -> None:
+    """``l5d-dtab: /svc/café => ...`` sent as UTF-8 got a 400 whose message showed the bytes decoded
+    as ISO-8859-1 (``cafÃ©``, in the body and in ``l5d-err``): not what was sent. They are now shown
+    as ``\\xHH`` escapes, with the byte offset, and ``l5d-err`` stays visible ASCII."""
+    disco = tmp_path / "disco"
+    async with running_upstream() as up:
+        write_disco(disco, "web", up.port)
+        async with running_daemon(fs_config(disco)) as d:
+            value = "/svc/café => /#/io.l5d.fs/web".encode()
+            request = (
+                b"GET / HTTP/1.1\r\nHost: web\r\n"
+                + header.encode()
+                + b": "
+                + value
+                + b"\r\nConnection: close\r\n\r\n"
+            )
+            status, headers, body = await raw_request(d.port("out"), request)
+    assert status == 400
+    err = headers[b"l5d-err"]
+    assert all(0x21 <= b <= 0x7E for b in err), err
+    message = urllib.parse.unquote_plus(err.decode("ascii"), encoding="iso-8859-1")
+    assert body.decode("utf-8") == message  # the body is the same message, all ASCII
+    assert body.isascii()
+    assert message == (
+        f"Invalid {header} header: '=>' expected but '\\xc3' found at line 1 column 9 (byte 8)\n"
+        "/svc/caf\\xc3\\xa9 => /#/io.l5d.fs/web\n"
+        "        ^\n"
+        "Bytes that are not visible ASCII are shown as \\xHH; in a dtab, write a character that is not "
+        "ASCII as the \\xHH escapes of its UTF-8 bytes.\n"
+        "Fix the dentries ('/prefix => /destination', separated by ';')."
+    )
+
+
+async def test_an_ascii_bad_dtab_header_keeps_its_message_with_the_byte_offset(tmp_path: Path) -> None:
+    disco = tmp_path / "disco"
+    async with running_upstream() as up:
+        write_disco(disco, "web", up.port)
+        async with running_daemon(fs_config(disco)) as d:
+            request = b"GET / HTTP/1.1\r\nHost: web\r\nl5d-dtab: /svc => /a b\r\nConnection: close\r\n\r\n"
+            status, headers, body = await raw_request(d.port("out"), request)
+    assert status == 400
+    assert body == (
+        b"Invalid l5d-dtab header: end of input expected but 'b' found at line 1 column 12 (byte 11)\n"
+        b"/svc => /a b\n"
+        b"           ^\n"
+        b"Fix the dentries ('/prefix => /destination', separated by ';')."
+    )

@@ -98,7 +98,7 @@ def test_bad_request_dtab_names_header_and_shows_caret() -> None:
     assert err.status == 400
     assert err.header == "l5d-dtab"
     msg = str(err)
-    assert msg.startswith(f"Invalid l5d-dtab header: {err.error.message} at line 2 column 5\n")
+    assert msg.startswith(f"Invalid l5d-dtab header: {err.error.message} at line 2 column 5 (byte 12)\n")
     assert msg.endswith("/c=>d\n    ^\nFix the dentries ('/prefix => /destination', separated by ';').")
     with pytest.raises(RequestDtabError, match=r"^Invalid l5d-ctx-dtab header: "):
         read_request_dtab(H(("l5d-ctx-dtab", "nope")))

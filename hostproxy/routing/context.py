@@ -136,10 +136,30 @@ class RequestDtabError(ValueError):
         self.header = header
         self.value = value
         self.error = error
+        # ``value`` is the header's bytes decoded as ISO-8859-1 (one character per byte): bytes that
+        # are not visible ASCII are shown as \xHH escapes, so the message shows what was sent (UTF-8
+        # shown as ISO-8859-1 would read "cafÃ©") and stays ASCII, in the body and in l5d-err.
+        lines = value.split("\n")
+        src = lines[error.line - 1] if error.line - 1 < len(lines) else ""
+        caret = " " * len(_escaped(src[: error.column - 1])) + "^"
+        note = ""
+        if any(not (" " <= c <= "~" or c == "\n") for c in value):
+            note = (
+                "Bytes that are not visible ASCII are shown as \\xHH; in a dtab, write a character that "
+                "is not ASCII as the \\xHH escapes of its UTF-8 bytes.\n"
+            )
         super().__init__(
-            f"Invalid {header} header: {error.message} at line {error.line} column {error.column}\n"
-            f"{error.caret_display()}\nFix the dentries ('/prefix => /destination', separated by ';')."
+            f"Invalid {header} header: {_escaped(error.message)} at line {error.line} column "
+            f"{error.column} (byte {error.shown_offset})\n{_escaped(src)}\n{caret}\n{note}"
+            "Fix the dentries ('/prefix => /destination', separated by ';')."
         )
+
+
+def _escaped(text: str) -> str:
+    """``text`` with every character that is not visible ASCII (or a space) as ``\\xHH``."""
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(c if " " <= c <= "~" else f"\\x{ord(c):02x}" for c in text)
 
 
 #: Characters of dtab text a :class:`DtabParseCache` keeps in all (a parsed dtab takes ~40 bytes per
