@@ -95,13 +95,18 @@ def _check_tls(cfg: Any, issue: Any) -> list[Any]:
     from hostproxy.tls import ClientTlsCache, ServerTls, TlsConfigError, alpn_for_protocol
     from hostproxy.tls.client import load_client_tls
 
-    def tls_issue(base: str, message: str) -> Any:
+    def tls_issue(base: str, message: str, trust: tuple[str, ...] = ()) -> Any:
         # The message starts with the config key of the setting at fault (the section or one of its
-        # keys, ``...tls.certPath``): it becomes the issue's path, placed on that key's line.
+        # keys, ``...tls.certPath``): it becomes the issue's path, placed on that key's line (for a
+        # ``trustCerts`` file, on its item's).
         m = re.match(re.escape(base) + r"(?:\.[A-Za-z]+)*", message)
         path = m.group(0) if m else base
         rest = message[len(path) :] if m else message
-        return issue(path, rest[2:] if rest.startswith(": ") else rest.lstrip())
+        rest = rest[2:] if rest.startswith(": ") else rest.lstrip()
+        if path == f"{base}.trustCerts":
+            item = next((i for i, p in enumerate(trust) if re.search(re.escape(p) + r"[: ]", rest)), None)
+            path += "" if item is None else f"[{item}]"
+        return issue(path, rest)
 
     out: list[Any] = []
     for ri, rcfg in enumerate(cfg.routers):
@@ -119,7 +124,7 @@ def _check_tls(cfg: Any, issue: Any) -> list[Any]:
             try:
                 load_client_tls(cache, tls, router=label, key=key, protocol=rcfg.kind)
             except TlsConfigError as e:
-                out.append(tls_issue(key, str(e)))
+                out.append(tls_issue(key, str(e), tuple(tls.trust_certs)))
     return out
 
 

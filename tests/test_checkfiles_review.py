@@ -244,7 +244,7 @@ def test_client_tls_files_are_loaded(tmp_path: Path) -> None:
     r = check("-", stdin=tls_config(server, client))
     assert r.returncode == 1
     assert r.stderr == (
-        f"<stdin>:8: routers[0].client.tls.trustCerts: {not_pem} holds no PEM certificate (expected "
+        f"<stdin>:9: routers[0].client.tls.trustCerts[1]: {not_pem} holds no PEM certificate (expected "
         "'-----BEGIN CERTIFICATE-----' blocks)\n"
         "-: 1 error\n"
     )
@@ -278,7 +278,7 @@ def test_a_static_client_entry_with_a_capture_has_its_files_read(tmp_path: Path)
     r = check("-", stdin=text)
     assert r.returncode == 1
     assert r.stderr.startswith(
-        f"<stdin>:10: routers[0].client.configs[0].tls.trustCerts: cannot read {tmp_path / 'ca.pem'}: "
+        f"<stdin>:10: routers[0].client.configs[0].tls.trustCerts[0]: cannot read {tmp_path / 'ca.pem'}: "
     )
     make_pki(tmp_path)
     r = check("-", stdin=text)
