@@ -10,9 +10,11 @@ A config that validates has the files it names read and checked next, with the c
 when it starts (:func:`check_files`): each ``io.l5d.fs`` interpreter's ``dtabFile`` parsed (its errors
 at ``DTABFILE:LINE:COL`` with a caret), every server and client ``tls`` section's certificates, keys
 and CAs loaded (a key that does not belong to its certificate is an error), and each ``io.l5d.fs``
-namer's ``rootDir`` found to be a readable directory. A file that is missing is an error.
-``--no-files`` skips these reads (to check a config on a machine other than the one it runs on) and
-says so in the summary.
+namer's ``rootDir`` found to be a readable directory. A file that is not on this machine is not an
+error: a config is often checked where it is written, not where it runs (the daemon checks it when it
+starts); the summary names each such file and its key (``files_missing`` in the JSON).
+``--require-files`` makes a missing file an error (run it on the host that will run the config);
+``--no-files`` skips the reads altogether and says so in the summary.
 """
 
 from __future__ import annotations
@@ -36,10 +38,16 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("file", metavar="FILE", help="config file (YAML or JSON), or - for stdin")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    p.add_argument(
+    files = p.add_mutually_exclusive_group()
+    files.add_argument(
         "--no-files",
         action="store_true",
         help="do not read the files the config names (to check a config for another machine)",
+    )
+    files.add_argument(
+        "--require-files",
+        action="store_true",
+        help="a file the config names that is not on this machine is an error (on the host that runs it)",
     )
     p.set_defaults(func=main)
 
@@ -55,9 +63,57 @@ def summary(cfg: Any) -> list[dict[str, Any]]:
     ]
 
 
-def check_files(cfg: Any, text: str, source: str) -> list[Any]:
+_TLS_FILE_KEYS = (
+    ("cert_path", "certPath"),
+    ("key_path", "keyPath"),
+    ("intermediate_certs_path", "intermediateCertsPath"),
+    ("ca_cert_path", "caCertPath"),
+    ("trust_certs_bundle", "trustCertsBundle"),
+)
+
+
+def _tls_files(base: str, tls: Any) -> list[tuple[str, str]]:
+    """``(config key, file)`` of every file a server or client ``tls`` section names."""
+    out = [(f"{base}.{key}", v) for attr, key in _TLS_FILE_KEYS if (v := getattr(tls, attr, None))]
+    out += [(f"{base}.trustCerts[{i}]", p) for i, p in enumerate(getattr(tls, "trust_certs", ()) or ())]
+    auth = getattr(tls, "client_auth", None)
+    if auth is not None:
+        out += _tls_files(f"{base}.clientAuth", auth)
+    return out
+
+
+def missing_files(cfg: Any) -> list[tuple[str, str]]:
+    """``(config key, file)`` of every file ``cfg`` names that is not on this machine (a path with
+    a ``{capture}`` of a static client prefix is read as written, as the daemon reads it)."""
+    import os
+
+    from hostproxy.config.params import client_tls_sections
+
+    named: list[tuple[str, str]] = []
+    for i, n in enumerate(cfg.namers):
+        if n.kind == "io.l5d.fs" and n.root_dir:
+            named.append((f"namers[{i}].rootDir", n.root_dir))
+    for ri, rcfg in enumerate(cfg.routers):
+        path = getattr(rcfg.interpreter, "dtab_file", None)
+        if rcfg.interpreter.kind == "io.l5d.fs" and path:
+            named.append((f"routers[{ri}].interpreter.dtabFile", path))
+        for j, scfg in enumerate(rcfg.servers):
+            if scfg.tls is not None:
+                named += _tls_files(f"routers[{ri}].servers[{j}].tls", scfg.tls)
+        for key, tls in client_tls_sections(rcfg, ri):
+            named += _tls_files(key, tls)
+    return [(key, f) for key, f in named if not os.path.lexists(f)]
+
+
+def check_files(cfg: Any, text: str, source: str, skip: frozenset[str] = frozenset()) -> list[Any]:
     """A :class:`~hostproxy.config.ConfigIssue` for every file named by ``cfg`` (read from ``text``,
-    from ``source``) that the daemon could not use when it starts; reads the files, binds nothing."""
+    from ``source``) that the daemon could not use when it starts; reads the files, binds nothing.
+    A section (a namer, an interpreter, a ``tls`` section) with a key in ``skip`` (files not on this
+    machine: :func:`missing_files`) is not read."""
+
+    def skipped(prefix: str) -> bool:
+        return any(k == prefix or k.startswith(prefix + ".") or k.startswith(prefix + "[") for k in skip)
+
     from hostproxy.config import ConfigIssue
     from hostproxy.config.params import client_tls_sections
     from hostproxy.config.validate import config_position
@@ -70,14 +126,18 @@ def check_files(cfg: Any, text: str, source: str) -> list[Any]:
 
     issues: list[ConfigIssue] = []
     for i, n in enumerate(cfg.namers):
-        if n.kind == "io.l5d.fs" and n.root_dir:
+        if n.kind == "io.l5d.fs" and n.root_dir and not skipped(f"namers[{i}].rootDir"):
             problem = check_root(n.root_dir)
             if problem is not None:
                 issues.append(issue(f"namers[{i}].rootDir", problem))
     for ri, rcfg in enumerate(cfg.routers):
         label = rcfg.label or rcfg.kind
         path = getattr(rcfg.interpreter, "dtab_file", None)
-        if rcfg.interpreter.kind == "io.l5d.fs" and path:
+        if (
+            rcfg.interpreter.kind == "io.l5d.fs"
+            and path
+            and not skipped(f"routers[{ri}].interpreter.dtabFile")
+        ):
             try:
                 load_dtab_file(path, router=label, then="check again")
             except DtabFileError as e:
@@ -85,11 +145,11 @@ def check_files(cfg: Any, text: str, source: str) -> list[Any]:
     if any(s.tls is not None for r in cfg.routers for s in r.servers) or any(
         client_tls_sections(r, ri) for ri, r in enumerate(cfg.routers)
     ):
-        issues += _check_tls(cfg, issue)
+        issues += _check_tls(cfg, issue, skipped)
     return sorted(issues, key=lambda i: (i.line, i.column))
 
 
-def _check_tls(cfg: Any, issue: Any) -> list[Any]:
+def _check_tls(cfg: Any, issue: Any, skipped: Any) -> list[Any]:
     """Every server and client ``tls`` section loaded as the daemon loads it at start."""
     from hostproxy.config.params import client_tls_sections
     from hostproxy.tls import ClientTlsCache, ServerTls, TlsConfigError, alpn_for_protocol
@@ -115,12 +175,16 @@ def _check_tls(cfg: Any, issue: Any) -> list[Any]:
             if scfg.tls is None:
                 continue
             key = f"routers[{ri}].servers[{j}].tls"
+            if skipped(key):
+                continue
             try:
                 ServerTls(scfg.tls, alpn=alpn_for_protocol(rcfg.kind), router=label, key=key)
             except TlsConfigError as e:
                 out.append(tls_issue(key, str(e)))
         cache = ClientTlsCache()
         for key, tls in client_tls_sections(rcfg, ri):
+            if skipped(key):
+                continue
             try:
                 load_client_tls(cache, tls, router=label, key=key, protocol=rcfg.kind)
             except TlsConfigError as e:
@@ -137,17 +201,25 @@ def main(args: argparse.Namespace) -> int:
     log.configure("error")
     read_files = not args.no_files
     files_read = False  # the files are read once the config itself is valid
+    missing: list[tuple[str, str]] = []
     try:
         text, source = read_config_text(args.file)
         cfg = validate_text(text, source)
         if read_files:
-            errors = check_files(cfg, text, source)
+            if not args.require_files:
+                missing = missing_files(cfg)
+            errors = check_files(cfg, text, source, frozenset(key for key, _ in missing))
             files_read = True
             if errors:
                 raise ConfigError(errors)
     except ConfigError as e:
         if args.json:
-            doc = {"ok": False, "files_read": files_read, "errors": [i.to_json() for i in e.errors]}
+            doc = {
+                "ok": False,
+                "files_read": files_read,
+                "files_missing": [{"path": k, "file": f} for k, f in missing],
+                "errors": [i.to_json() for i in e.errors],
+            }
             print(json.dumps(doc, indent=2))
         else:
             for issue in e.errors:
@@ -157,10 +229,22 @@ def main(args: argparse.Namespace) -> int:
         return 1
     routers = summary(cfg)
     if args.json:
-        print(json.dumps({"ok": True, "files_read": files_read, "errors": [], "routers": routers}, indent=2))
+        doc = {
+            "ok": True,
+            "files_read": files_read,
+            "files_missing": [{"path": k, "file": f} for k, f in missing],
+            "errors": [],
+            "routers": routers,
+        }
+        print(json.dumps(doc, indent=2))
     else:
         parts = [f"{r['label']} ({r['protocol']}) on {', '.join(r['servers'])}" for r in routers]
         n = len(routers)
         note = "" if read_files else f"; {NOT_READ}"
+        if missing:
+            shown = ", ".join(f"{f} ({k})" for k, f in missing)
+            note += (
+                f"; not on this machine, so read when the daemon starts (--require-files: an error): {shown}"
+            )
         print(f"{args.file}: OK: {n} router{'s' if n != 1 else ''}: {'; '.join(parts)}{note}")
     return 0

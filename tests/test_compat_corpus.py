@@ -1,5 +1,4 @@
-"""The Linkerd 1 example configs: `hostproxy check --no-files` (the real CLI) pinned per file (the
-files they name, such as /io.buoyant/disco, are on the machines they were written for, not here).
+"""The Linkerd 1 example configs: `hostproxy check` (the real CLI) pinned per file.
 
 Move a file to ACCEPTED (or change its expected messages) as the kinds it needs land in
 ``hostproxy/config/registry.py`` IMPLEMENTED.
@@ -47,10 +46,7 @@ def test_every_corpus_file_is_pinned() -> None:
 def test_check(name: str) -> None:
     path = CORPUS / name
     proc = subprocess.run(
-        [sys.executable, "-m", "hostproxy", "check", "--no-files", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [sys.executable, "-m", "hostproxy", "check", str(path)], capture_output=True, text=True, timeout=60
     )
     expected = EXPECTED[name]
     if expected is None:

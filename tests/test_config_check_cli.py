@@ -21,13 +21,14 @@ def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str
 
 
 def test_ok_summary() -> None:
-    # The files it names (rootDir disco, dtabFile h2.dtab) are not there: --no-files.
-    proc = run("--no-files", str(DATA / "valid_full.yaml"))
+    # The files it names (rootDir disco, dtabFile h2.dtab) are not on this machine: named, not errors.
+    proc = run(str(DATA / "valid_full.yaml"))
     assert proc.returncode == 0
-    assert proc.stdout == (
+    assert proc.stdout.startswith(
         f"{DATA / 'valid_full.yaml'}: OK: 2 routers: outgoing (http) on 0.0.0.0:4140; h2 (h2) on 127.0.0.1:4142"
-        "; the files it names were not read (--no-files)\n"
+        "; not on this machine, so read when the daemon starts (--require-files: an error): "
     )
+    assert "(namers[0].rootDir)" in proc.stdout
     assert proc.stderr == ""
 
 
@@ -66,6 +67,7 @@ def test_json_ok_from_stdin() -> None:
     assert json.loads(proc.stdout) == {
         "ok": True,
         "files_read": True,
+        "files_missing": [],
         "errors": [],
         "routers": [{"label": "h2", "protocol": "h2", "servers": ["0.0.0.0:4142"]}],
     }

@@ -354,7 +354,7 @@ def test_hostproxy_check_loads_the_linkerd_tls_example() -> None:
 
     example = COMPAT / "k8s-daemonset__k8s__linkerd-tls.yaml"
     out = subprocess.run(
-        [sys.executable, "-m", "hostproxy", "check", "--no-files", str(example)],  # Linkerd's paths
+        [sys.executable, "-m", "hostproxy", "check", str(example)],
         capture_output=True,
         timeout=60,
         check=False,

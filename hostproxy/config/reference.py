@@ -99,8 +99,8 @@ def render() -> str:
         "",
         "Generated from the config model (`python -m hostproxy.config.reference`). The file uses Linkerd 1's",
         "`linkerd.yaml` schema; keys marked (hostproxy) are hostproxy extensions. `hostproxy check FILE`",
-        "validates a file, and reads the files it names (dtab file, TLS files, `io.l5d.fs` `rootDir`; not",
-        "with `--no-files`), without starting anything.",
+        "validates a file, and reads the files it names that are on the machine (dtab file, TLS files,",
+        "`io.l5d.fs` `rootDir`; see *Command line*), without starting anything.",
         "",
     ]
     done: set[type] = set()
