@@ -715,9 +715,7 @@ class Daemon:
                 self.config.admin.port,
                 self.config.admin.allow_remote_control,
                 security=self.config.admin.security,
-                prometheus=next(
-                    (t for t in self.config.telemetry if isinstance(t, PrometheusTelemeter)), None
-                ),
+                prometheus=[t for t in self.config.telemetry if isinstance(t, PrometheusTelemeter)],
             )
             self.admin_address = await nursery.start(admin.serve)
             await nursery.start(self._run_sampler)

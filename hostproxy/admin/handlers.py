@@ -355,10 +355,21 @@ class AdminHandler:
     ) -> None:
         self.ctx = ctx
         self.security = AdminSecurityPolicy.from_config(security)
-        # The io.l5d.prometheus telemeter: its path serves the exposition too, its prefix starts every name.
-        self.prometheus_prefix: str = prometheus.prefix if prometheus is not None else ""
-        # (the telemeter's own path is no alias: its rule is the operator's)
-        self._aliases = {a: c for a, c in _ALIASES.items() if prometheus is None or a != prometheus.path}
+        # The io.l5d.prometheus telemeters (one, or a sequence): each one's path serves the exposition
+        # with its prefix before every name; the standing Prometheus paths use the first one's prefix.
+        telemeters = (
+            []
+            if prometheus is None
+            else list(prometheus)
+            if isinstance(prometheus, list | tuple)
+            else [prometheus]
+        )
+        self.prometheus_prefix: str = telemeters[0].prefix if telemeters else ""
+        self._prometheus_prefixes: dict[str, str] = {}
+        for t in telemeters:
+            self._prometheus_prefixes.setdefault(t.path, t.prefix)
+        # (a telemeter's own path is no alias: its rule is the operator's)
+        self._aliases = {a: c for a, c in _ALIASES.items() if a not in self._prometheus_prefixes}
         self.allow_remote_control = allow_remote_control
         self.delegate_timeout_s = delegate_timeout_s
         # How many ``Via`` entries the HTTP layer in front of this handler appends itself.
@@ -494,15 +505,14 @@ class AdminHandler:
                 self._tls,
             ),
         ]
-        if prometheus is not None and all(ep.path != prometheus.path for ep, _ in table):
-            table.append(
-                (
-                    Endpoint(
-                        prometheus.path, ("GET",), "metrics in Prometheus text format (io.l5d.prometheus)"
-                    ),
-                    self._prometheus,
+        for path in self._prometheus_prefixes:
+            if all(ep.path != path for ep, _ in table):
+                table.append(
+                    (
+                        Endpoint(path, ("GET",), "metrics in Prometheus text format (io.l5d.prometheus)"),
+                        self._prometheus,
+                    )
                 )
-            )
         self.endpoints: list[Endpoint] = [ep for ep, _ in table]
         self._routes: dict[str, tuple[Endpoint, _Fn]] = {
             ep.path: (ep, fn) for ep, fn in table if "<" not in ep.path
@@ -792,8 +802,9 @@ class AdminHandler:
     async def _prometheus(self, call: _Call) -> Response:
         parts = await _drain_sliced(prometheus_slices(self.ctx.metrics, SCRAPE_SLICE))
         text = "".join(parts)
-        if self.prometheus_prefix:
-            text = _prefix_names(text, self.prometheus_prefix)
+        prefix = self._prometheus_prefixes.get(call.path, self.prometheus_prefix)
+        if prefix:
+            text = _prefix_names(text, prefix)
         return _response(200, text, PROMETHEUS_TYPE)
 
     # -- logging ---------------------------------------------------------------------------------

@@ -689,11 +689,16 @@ class RecentRequestsTelemeter(TelemeterConfig):
     capacity: int = key(10, "How many requests are kept.", check=positive)
 
 
+#: Linkerd's default ``path`` of the ``io.l5d.prometheus`` telemeter.
+PROMETHEUS_DEFAULT_PATH = "/admin/metrics/prometheus"
+
+
 @dataclass(frozen=True, kw_only=True)
 class PrometheusTelemeter(TelemeterConfig):
     path: str = key(
-        "/admin/metrics/prometheus",
-        "Admin path of the exposition (also served at /admin/metrics/prometheus and /metrics).",
+        PROMETHEUS_DEFAULT_PATH,
+        "Admin path of the exposition (also served at /admin/metrics/prometheus and /metrics); "
+        "not another admin endpoint's path or another telemeter's.",
         check=lambda v: None if v.startswith("/") else f"must be a path starting with '/', got {v!r}",
     )
     prefix: str = key(

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any
 
+from hostproxy.adminpaths import PROMETHEUS_PATHS, colliding_endpoint
 from hostproxy.config import model as m
 from hostproxy.config import registry
 from hostproxy.config.errors import ConfigError, ConfigIssue
@@ -899,6 +900,7 @@ def _finish(v: Validator, cfg: m.Config, root: MappingNode) -> m.Config:
                         "io.l5d.k8s.daemonset watches its Service through an io.l5d.k8s namer, and `namers` "
                         "has none; add one (e.g. {kind: io.l5d.k8s, host: localhost, port: 8001})",
                     )
+    _check_telemeter_paths(v, cfg.telemetry, node_at)
     for i, ns in enumerate(cfg.dns.nameservers):
         if not _host_port(ns):
             v.error(
@@ -907,6 +909,57 @@ def _finish(v: Validator, cfg: m.Config, root: MappingNode) -> m.Config:
                 f"expected an IP address or IP:port (e.g. 10.0.0.2, 10.0.0.2:53 or [fd00::2]:53), got {ns!r}",
             )
     return dataclasses.replace(cfg, namers=tuple(namers), routers=tuple(routers))  # type: ignore[arg-type]
+
+
+def _check_telemeter_paths(
+    v: Validator, telemetry: tuple[m.TelemeterConfig, ...], node_at: typing.Callable[..., Node]
+) -> None:
+    """A telemeter served on the admin server must have a path of its own: one that an admin endpoint
+    or another telemeter already answers would never reach it (the admin server would answer, or the
+    first telemeter would)."""
+    taken: dict[str, str] = {}  # path -> the telemeter that serves there
+    for i, t in enumerate(telemetry):
+        where = f"telemetry[{i}]"
+        if isinstance(t, m.RecentRequestsTelemeter):
+            if "/requests" in taken:
+                v.error(
+                    where,
+                    node_at("telemetry", i),
+                    f"a second io.l5d.recentRequests telemeter: /requests is already served by "
+                    f"{taken['/requests']}; keep one of them",
+                )
+            taken.setdefault("/requests", f"{where} (io.l5d.recentRequests)")
+            continue
+        if not isinstance(t, m.PrometheusTelemeter) or v.has_issue(f"{where}.path"):
+            continue
+        tnode = node_at("telemetry", i)
+        pnode = node_at("telemetry", i, "path") if _has(tnode, "path") else tnode
+        default = m.PROMETHEUS_DEFAULT_PATH
+        if "?" in t.path or "#" in t.path:
+            v.error(
+                f"{where}.path",
+                pnode,
+                f"{t.path!r} has a query or fragment ('?' or '#'), which a request path never matches; "
+                f"use a plain path such as {default}",
+            )
+            continue
+        endpoint = colliding_endpoint(t.path)
+        if endpoint is not None and t.path not in PROMETHEUS_PATHS:
+            v.error(
+                f"{where}.path",
+                pnode,
+                f"{t.path} is the admin endpoint {endpoint}, which answers there instead of this "
+                f"io.l5d.prometheus telemeter; choose a path no admin endpoint uses, or leave path out "
+                f"for the default {default}",
+            )
+        elif t.path in taken:
+            v.error(
+                f"{where}.path",
+                pnode,
+                f"{t.path} is already the path of {taken[t.path]}, which answers there instead of this "
+                "telemeter; give each telemeter its own path",
+            )
+        taken.setdefault(t.path, f"{where} (io.l5d.prometheus)")
 
 
 def _check_namer(v: Validator, n: m.NamerConfig, where: str, node: Node) -> None:

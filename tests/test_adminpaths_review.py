@@ -1,0 +1,197 @@
+"""Admin paths: telemeter paths that an admin endpoint would shadow.
+
+Real daemons on loopback, real curl; each test's docstring says what was wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from hostproxy.adminpaths import ADMIN_PATHS, colliding_endpoint
+from hostproxy.config import ConfigError, load_config
+from hostproxy.daemon import Daemon
+from tests.daemonutil import curl, running_daemon
+
+ROUTER = """
+routers:
+- protocol: http
+  label: out
+  dtab: |
+    /svc => /$/inet/127.0.0.1/1;
+  servers:
+  - ip: 127.0.0.1
+    port: 0
+"""
+
+
+def _yaml(admin_extra: str = "", telemetry: str = "") -> str:
+    text = "admin:\n  ip: 127.0.0.1\n  port: 0\n" + admin_extra + ROUTER
+    return text + ("telemetry:\n" + telemetry if telemetry else "")
+
+
+def _issues(text: str) -> list[tuple[int, str, str]]:
+    with pytest.raises(ConfigError) as info:
+        load_config(text, source="t.yaml")
+    return [(i.line, i.path, i.message) for i in info.value.errors]
+
+
+# -- 1. telemeter paths ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "endpoint"),
+    [
+        ("/admin/ping", "/admin/ping (liveness)"),
+        ("/client_state.json", "/client_state.json (the clients' state)"),
+        ("/", "/ (the dashboard)"),
+        ("/files/x.js", "/files/<name> (the dashboard's files)"),
+        ("/namer_state/io.l5d.fs.json", "/namer_state/<prefix>.json (one namer's state)"),
+    ],
+)
+def test_prometheus_path_on_an_admin_endpoint_is_a_config_error(path: str, endpoint: str) -> None:
+    """An ``io.l5d.prometheus`` telemeter whose ``path`` an admin endpoint already answers passed
+    validation and was then never served (the admin endpoint answered); now the config is refused
+    at the ``path`` key's line, naming the endpoint and the default."""
+    text = _yaml(telemetry=f"- kind: io.l5d.prometheus\n  path: '{path}'\n")
+    line = text.splitlines().index(f"  path: '{path}'") + 1
+    [(got_line, where, message)] = _issues(text)
+    assert (got_line, where) == (line, "telemetry[0].path")
+    assert message == (
+        f"{path} is the admin endpoint {endpoint}, which answers there instead of this io.l5d.prometheus "
+        "telemeter; choose a path no admin endpoint uses, or leave path out for the default "
+        "/admin/metrics/prometheus"
+    )
+
+
+def test_two_telemeters_on_one_path_are_a_config_error() -> None:
+    """Two ``io.l5d.prometheus`` telemeters on one path (both defaulted, or both written), or two
+    ``io.l5d.recentRequests`` (both ``/requests``): only the first was ever served."""
+    text = _yaml(
+        telemetry="- kind: io.l5d.prometheus\n- kind: io.l5d.prometheus\n  prefix: b_\n"
+        "- kind: io.l5d.prometheus\n  path: /p\n- kind: io.l5d.prometheus\n  path: /p\n"
+        "- {kind: io.l5d.recentRequests, sampleRate: 1}\n- {kind: io.l5d.recentRequests, sampleRate: 1}\n"
+    )
+    lines = text.splitlines()
+    second = lines.index("  prefix: b_") - 1 + 1  # the second telemeter's own line (no path key)
+    fourth = [i for i, ln in enumerate(lines) if ln == "  path: /p"][1] + 1
+    assert _issues(text) == [
+        (
+            second,
+            "telemetry[1].path",
+            "/admin/metrics/prometheus is already the path of telemetry[0] (io.l5d.prometheus), which "
+            "answers there instead of this telemeter; give each telemeter its own path",
+        ),
+        (
+            fourth,
+            "telemetry[3].path",
+            "/p is already the path of telemetry[2] (io.l5d.prometheus), which answers there instead of "
+            "this telemeter; give each telemeter its own path",
+        ),
+        (
+            len(lines),
+            "telemetry[5]",
+            "a second io.l5d.recentRequests telemeter: /requests is already served by telemetry[4] "
+            "(io.l5d.recentRequests); keep one of them",
+        ),
+    ]
+
+
+def test_prometheus_path_with_a_query_is_a_config_error() -> None:
+    [(_, where, message)] = _issues(_yaml(telemetry="- kind: io.l5d.prometheus\n  path: /m?x=1\n"))
+    assert where == "telemetry[0].path"
+    assert "a query or fragment" in message and "/admin/metrics/prometheus" in message
+
+
+def test_prometheus_paths_that_serve_the_exposition_stay_valid() -> None:
+    """The default (Linkerd's ``/admin/metrics/prometheus``) and ``/metrics`` already serve the
+    exposition: a telemeter there is served, so they are not collisions."""
+    for telemetry in ("- kind: io.l5d.prometheus\n", "- kind: io.l5d.prometheus\n  path: /metrics\n"):
+        cfg = load_config(_yaml(telemetry=telemetry), source="t.yaml")
+        assert cfg.telemetry[0].path in ("/admin/metrics/prometheus", "/metrics")  # type: ignore[attr-defined]
+
+
+def test_admin_paths_are_exactly_the_handler_table() -> None:
+    """The list config validation checks against is the admin server's: a new endpoint that is not
+    added to it would let a telemeter be shadowed again."""
+    from hostproxy.admin.handlers import AdminHandler
+    from tests.test_admin_server import FakeAdminContext
+
+    handler = AdminHandler(FakeAdminContext())
+    fixed = {ep.path for ep in handler.endpoints if "<" not in ep.path}
+    assert fixed == set(ADMIN_PATHS)
+    for ep in handler.endpoints:
+        example = ep.path.replace("<name>", "dashboard.js").replace("<prefix>", "io.l5d.fs")
+        assert colliding_endpoint(example) is not None, ep.path
+    assert colliding_endpoint("/my/metrics") is None
+
+
+def test_hostproxy_check_reports_the_collision(tmp_path: Path) -> None:
+    path = tmp_path / "h.yaml"
+    text = _yaml(telemetry="- kind: io.l5d.prometheus\n  path: /admin/ping\n")
+    path.write_text(text)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hostproxy", "check", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    line = text.splitlines().index("  path: /admin/ping") + 1
+    assert proc.stderr.startswith(
+        f"{path}:{line}: telemetry[0].path: /admin/ping is the admin endpoint /admin/ping (liveness)"
+    )
+
+
+@contextlib.asynccontextmanager
+async def _daemon_from_file(path: Path) -> AsyncIterator[str]:
+    daemon = Daemon(load_config(path), config_path=str(path))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(daemon.run)
+        try:
+            assert daemon.admin_address is not None
+            yield f"http://{daemon.admin_address[0]}:{daemon.admin_address[1]}"
+        finally:
+            daemon.request_shutdown()
+
+
+async def test_reload_refuses_a_colliding_telemeter_path(tmp_path: Path) -> None:
+    path = tmp_path / "h.yaml"
+    path.write_text(_yaml(telemetry="- kind: io.l5d.prometheus\n"))
+    async with _daemon_from_file(path) as admin:
+        path.write_text(_yaml(telemetry="- kind: io.l5d.prometheus\n  path: /client_state.json\n"))
+        r = await curl(f"{admin}/admin/reload", "-X", "POST")
+        assert r.status == 500, r.body
+        text = r.body.decode()
+        assert text.startswith("reload rejected, the running config stays: 1 error(s)")
+        assert f"{path}:" in text and "telemetry[0].path: /client_state.json is the admin endpoint" in text
+        # The running config stays: /client_state.json is still the admin endpoint.
+        state = await curl(f"{admin}/client_state.json")
+        assert state.status == 200 and isinstance(state.json(), dict)
+
+
+async def test_every_prometheus_telemeter_is_served_at_its_path_with_its_prefix() -> None:
+    """A second ``io.l5d.prometheus`` telemeter (another path, another prefix) was silently not served:
+    only the first one reached the admin server."""
+    telemetry = (
+        "- kind: io.l5d.prometheus\n  path: /one\n  prefix: one_\n"
+        "- kind: io.l5d.prometheus\n  path: /two\n  prefix: two_\n"
+    )
+    async with running_daemon(_yaml(telemetry=telemetry)) as d:
+        one, two = await curl(f"{d.admin}/one"), await curl(f"{d.admin}/two")
+        assert (one.status, two.status) == (200, 200), (one.body, two.body)
+        names = {
+            tag: {ln.split()[2] for ln in r.body.decode().splitlines() if ln.startswith("# TYPE ")}
+            for tag, r in (("one", one), ("two", two))
+        }
+        assert names["one"] and all(n.startswith("one_") for n in names["one"])
+        assert names["two"] == {"two_" + n.removeprefix("one_") for n in names["one"]}
+        # The standing paths keep the first telemeter's prefix, as with one telemeter.
+        std = await curl(f"{d.admin}/admin/metrics/prometheus")
+        assert b"# TYPE one_" in std.body and b"# TYPE two_" not in std.body
