@@ -1,4 +1,5 @@
-"""Admin paths: telemeter paths that an admin endpoint would shadow.
+"""Admin paths: telemeter paths that an admin endpoint would shadow, and an index that shows only
+what ``admin.security`` serves.
 
 Real daemons on loopback, real curl; each test's docstring says what was wrong.
 """
@@ -6,6 +7,7 @@ Real daemons on loopback, real curl; each test's docstring says what was wrong.
 from __future__ import annotations
 
 import contextlib
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -195,3 +197,115 @@ async def test_every_prometheus_telemeter_is_served_at_its_path_with_its_prefix(
         # The standing paths keep the first telemeter's prefix, as with one telemeter.
         std = await curl(f"{d.admin}/admin/metrics/prometheus")
         assert b"# TYPE one_" in std.body and b"# TYPE two_" not in std.body
+
+
+# -- 2. the index shows only what admin.security serves ---------------------------------------------
+
+_SECURITY = {
+    "ui off": ("/no/such/page", "    uiEnabled: false\n"),
+    "control off": ("/no/such/page", "    controlEnabled: false\n"),
+    "diagnostics off": ("/help", "    diagnosticsEnabled: false\n"),
+    "blacklist": (
+        "/no/such/page",
+        "    pathBlacklist: ['/client_state\\.json', '/admin/metrics/prometheus', '/files/.*', '/logging\\.json']\n",
+    ),
+    "whitelist": ("/admin", "    diagnosticsEnabled: false\n    pathWhitelist: ['/admin/ping', '/admin']\n"),
+}
+
+
+def _listed(index: str) -> list[str]:
+    out = []
+    for line in index.splitlines():
+        m = re.match(r"^(?:GET|POST)(?:\|POST)?\s+(/\S*)", line)
+        if m:
+            out.append(m.group(1))
+    return out
+
+
+def _turned_off(path: str, body: bytes) -> bool:
+    return body == f"No admin endpoint at {path} (turned off by admin.security).\n".encode()
+
+
+@pytest.mark.parametrize("case", sorted(_SECURITY))
+async def test_index_lists_only_served_endpoints(case: str) -> None:
+    """The 404 page, ``/admin`` and ``/help`` listed every endpoint, including the ones
+    ``admin.security`` turns off, so the index told a client what the operator hid."""
+    index_path, security = _SECURITY[case]
+    async with running_daemon(_yaml("  security:\n" + security)) as d:
+        r = await curl(f"{d.admin}{index_path}")
+        assert r.status == (404 if index_path == "/no/such/page" else 200)
+        text = r.body.decode()
+        listed = _listed(text)
+        assert listed, text
+        for path in listed:
+            probe = path.replace("<name>", "dashboard.js").replace("<prefix>", "io.l5d.fs")
+            got = await curl(f"{d.admin}{probe}")  # (a GET: control paths answer 405)
+            assert not _turned_off(probe, got.body), (case, path)
+        hidden = set()
+        for path in sorted(ADMIN_PATHS):
+            if _turned_off(path, (await curl(f"{d.admin}{path}")).body):
+                hidden.add(path)
+        assert hidden, case
+        assert not hidden & set(listed), (case, hidden & set(listed))
+        control = re.search(r"Control endpoints \((.*)\) answer", text)
+        shown_control = (
+            set(re.findall(r"(?:GET|POST) (/\S+?)(?:,|$)", control.group(1))) if control else set()
+        )
+        assert not shown_control & hidden, case
+        if case == "control off":
+            assert control is None and "/logging.json" not in text and "/admin/shutdown" not in text
+        if case == "blacklist":
+            assert (
+                "/files/<name>" not in listed and "/logging.json" not in listed and "/metrics" not in listed
+            )
+
+
+async def test_help_with_diagnostics_off_lists_the_ui_and_control_endpoints() -> None:
+    async with running_daemon(_yaml("  security:\n    diagnosticsEnabled: false\n")) as d:
+        r = await curl(f"{d.admin}/help")
+        assert r.status == 200
+        assert set(_listed(r.body.decode())) == {
+            "/",
+            "/files/<name>",
+            "/help",
+            "/admin/metrics.json",
+            "/metrics.json",
+            "/config.json",
+            "/delegator.json",
+            "/delegator",
+            "/logging.json",
+            "/admin/ready",
+            "/admin/shutdown",
+            "/admin/reload",
+        }
+
+
+def test_index_with_every_endpoint_off_says_so() -> None:
+    from hostproxy.admin.handlers import AdminHandler
+    from tests.test_admin_server import FakeAdminContext
+
+    sec = "admin:\n  security: {uiEnabled: false, controlEnabled: false, diagnosticsEnabled: false}\n"
+    cfg = load_config(sec + ROUTER, source="t.yaml")
+    text = AdminHandler(FakeAdminContext(), security=cfg.admin.security).index_text()
+    assert text == "hostproxy admin endpoints:\n\n(none: admin.security turns every endpoint off)\n"
+
+
+async def test_dashboard_links_only_to_served_endpoints() -> None:
+    """The dashboard's navigation linked to ``/client_state.json``, ``/admin/unbound.json`` and the
+    ``/admin`` index whatever ``admin.security`` served: an index of hidden endpoints too."""
+    async with running_daemon(_yaml("  security:\n    diagnosticsEnabled: false\n")) as d:
+        page = (await curl(f"{d.admin}/")).body.decode()
+        links = re.findall(r'<a href="([^"]*)"', page)
+        assert links == ["/", "/delegator", "/admin/metrics.json?pretty=1", "/logging.json"]
+    async with running_daemon(_yaml()) as d:
+        page = (await curl(f"{d.admin}/")).body.decode()
+        links = re.findall(r'<a href="([^"]*)"', page)
+        assert links == [
+            "/",
+            "/delegator",
+            "/client_state.json",
+            "/admin/metrics.json?pretty=1",
+            "/admin/unbound.json",
+            "/logging.json",
+            "/admin",
+        ]

@@ -9,7 +9,9 @@ HTTP/1.1 server, and tests may call it directly with any peer address.
 A request is answered in four steps:
 
 1. the path (percent-decoded, query split off) selects an ``Endpoint`` from a fixed table, or the
-   ``/namer_state/<prefix>.json`` family; nothing matched: 404 with the list of endpoints;
+   ``/namer_state/<prefix>.json`` family; a path ``admin.security`` turns off: 404; nothing matched:
+   404 with the list of endpoints.  Every list of endpoints (``/admin``, ``/help``, the 404 page, the
+   dashboard's navigation) shows only what ``admin.security`` serves;
 2. a method the endpoint does not accept: 405 with ``Allow`` (``HEAD`` is accepted wherever ``GET``
    is; the HTTP layer drops the body);
 3. a *control* method (shutdown, reload, readiness override, log levels) is refused with 403 unless
@@ -71,7 +73,14 @@ from dtab import Dtab, DtabSyntaxError, parse_dtab, parse_path
 from dtab.errors import BindError
 from hostproxy import log as hlog
 from hostproxy.admin.context import AdminContext
-from hostproxy.admin.dashboard import DASHBOARD_CSP, dashboard_page, process_info, server_info, static_file
+from hostproxy.admin.dashboard import (
+    DASHBOARD_CSP,
+    STATIC_TYPES,
+    dashboard_page,
+    process_info,
+    server_info,
+    static_file,
+)
 from hostproxy.admin.delegator_page import CONTENT_SECURITY_POLICY, render_page
 from hostproxy.http.errors import RequestBodyError, request_body_error_response
 from hostproxy.http.message import Body, Headers, Request, Response
@@ -296,6 +305,8 @@ _UI_PATHS = re.compile(
     r"/delegator|/delegator\.json|/logging|/help)$"
 )
 _CONTROL_PATHS = re.compile(r"^(/admin/shutdown|/logging\.json|/admin/reload|/admin/ready)$")
+# A navigation link of the dashboard page, one a line: group 1 is its path.
+_NAV_LINK = re.compile(rb'^[ \t]*<a href="(/[^"?#]*)[^"]*"[^>]*>[^<]*</a>\n', re.MULTILINE)
 # hostproxy's aliases of Linkerd's paths: served only where the Linkerd path is, so that admin.security
 # rules written for Linkerd's paths cover them (``/admin/namer_state.json`` leaves out each namer whose
 # ``/namer_state/<prefix>.json`` is not served).
@@ -533,24 +544,47 @@ class AdminHandler:
             f"allow_remote_control={self.allow_remote_control} requests={self.requests_total}>"
         )
 
+    def serves(self, path: str) -> bool:
+        """Whether ``admin.security`` lets ``path`` be served (a hostproxy alias: its Linkerd path too)."""
+        canonical = self._aliases.get(path)
+        return self.security.allows(path) and (canonical is None or self.security.allows(canonical))
+
+    def _listed(self, ep: Endpoint) -> bool:
+        """Whether the index may show ``ep``: only what ``admin.security`` serves.  A family of paths
+        is shown when one of its members is served (a configured namer's page, for
+        ``/namer_state/<prefix>.json``)."""
+        if ep.path.startswith("/files/"):
+            return any(self.serves(f"/files/{name}") for name in STATIC_TYPES)
+        if ep.path.startswith("/namer_state/"):
+            try:
+                prefixes = list(self.ctx.namer_states()) or ["/io.l5d.fs"]
+            except Exception:  # (the 404 page must not fail with the context)
+                prefixes = ["/io.l5d.fs"]
+            return any(self.serves(f"/namer_state/{p.lstrip('/')}.json") for p in prefixes)
+        return self.serves(ep.path)
+
     def index_text(self) -> str:
-        """The text list of endpoints served at ``/admin``."""
+        """The text list of the endpoints this ``admin.security`` serves (``/admin``, ``/help``, 404s)."""
         seen: set[str] = set()
         lines = ["hostproxy admin endpoints:", ""]
-        for ep in self.endpoints:
-            if ep.path in ("/admin/", "/admin/index.txt", "/help"):
+        listed = [ep for ep in self.endpoints if self._listed(ep)]
+        for ep in listed:
+            if ep.path in ("/admin/", "/admin/index.txt", "/help") and self.serves("/admin"):
                 continue
             if ep.path in seen:
                 continue
             seen.add(ep.path)
             methods = "|".join(ep.methods)
             lines.append(f"{methods:<9} {ep.path:<28} {ep.help}")
-        lines.append("")
-        control = ", ".join(f"{m} {ep.path}" for ep in self.endpoints for m in ep.control)
-        lines.append(
-            f"Control endpoints ({control}) answer loopback clients only "
-            "unless admin.allowRemoteControl is true."
-        )
+        if not seen:
+            lines.append("(none: admin.security turns every endpoint off)")
+        control = ", ".join(f"{m} {ep.path}" for ep in listed for m in ep.control)
+        if control:
+            lines += [
+                "",
+                f"Control endpoints ({control}) answer loopback clients only "
+                "unless admin.allowRemoteControl is true.",
+            ]
         return "\n".join(lines) + "\n"
 
     # -- dispatch --------------------------------------------------------------------------------
@@ -561,11 +595,8 @@ class AdminHandler:
         path = unquote(split.path) or "/"
         query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
         call = _Call(request.method.upper(), path, query, request, conn.peer[0])
-        if not self.security.allows(path):
+        if not self.serves(path):
             # Linkerd answers 404, not 403, for paths admin.security turns off.
-            return _text(404, f"No admin endpoint at {path} (turned off by admin.security).")
-        canonical = self._aliases.get(path)
-        if canonical is not None and not self.security.allows(canonical):
             return _text(404, f"No admin endpoint at {path} (turned off by admin.security).")
         route = self._routes.get(path)
         if route is not None:
@@ -674,7 +705,9 @@ class AdminHandler:
         return _text(200, "ready" if self.ctx.is_ready() else "not ready")
 
     async def _dashboard(self, call: _Call) -> Response:
-        return _response(200, dashboard_page(), HTML_TYPE, (("content-security-policy", DASHBOARD_CSP),))
+        # The page's navigation links are an index too: only to what admin.security serves.
+        page = _NAV_LINK.sub(lambda m: m[0] if self.serves(m[1].decode()) else b"", dashboard_page())
+        return _response(200, page, HTML_TYPE, (("content-security-policy", DASHBOARD_CSP),))
 
     async def _files(self, call: _Call) -> Response:
         name = call.path[len("/files/") :]
