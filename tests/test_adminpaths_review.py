@@ -1,13 +1,17 @@
-"""Admin paths: telemeter paths that an admin endpoint would shadow, and an index that shows only
-what ``admin.security`` serves.
+"""Admin paths: telemeter paths that an admin endpoint would shadow, an index that shows only what
+``admin.security`` serves, and Linkerd's UI pages ``/logging`` and ``/admin/metrics``.
 
-Real daemons on loopback, real curl; each test's docstring says what was wrong.
+Real daemons on loopback, real curl (and headless Chromium for ``/logging``); each test's docstring
+says what was wrong.
 """
 
 from __future__ import annotations
 
 import contextlib
+import html
+import logging
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -52,6 +56,8 @@ def _issues(text: str) -> list[tuple[int, str, str]]:
     [
         ("/admin/ping", "/admin/ping (liveness)"),
         ("/client_state.json", "/client_state.json (the clients' state)"),
+        ("/logging", "/logging (the log levels page)"),
+        ("/admin/metrics", "/admin/metrics (the metrics page)"),
         ("/", "/ (the dashboard)"),
         ("/files/x.js", "/files/<name> (the dashboard's files)"),
         ("/namer_state/io.l5d.fs.json", "/namer_state/<prefix>.json (one namer's state)"),
@@ -81,7 +87,7 @@ def test_two_telemeters_on_one_path_are_a_config_error() -> None:
         "- {kind: io.l5d.recentRequests, sampleRate: 1}\n- {kind: io.l5d.recentRequests, sampleRate: 1}\n"
     )
     lines = text.splitlines()
-    second = lines.index("  prefix: b_") - 1 + 1  # the second telemeter's own line (no path key)
+    second = lines.index("  prefix: b_")  # (1-based: the line before, the second telemeter's own)
     fourth = [i for i, ln in enumerate(lines) if ln == "  path: /p"][1] + 1
     assert _issues(text) == [
         (
@@ -207,7 +213,7 @@ _SECURITY = {
     "diagnostics off": ("/help", "    diagnosticsEnabled: false\n"),
     "blacklist": (
         "/no/such/page",
-        "    pathBlacklist: ['/client_state\\.json', '/admin/metrics/prometheus', '/files/.*', '/logging\\.json']\n",
+        "    pathBlacklist: ['/client_state\\.json', '/admin/metrics/prometheus', '/files/.*', '/logging']\n",
     ),
     "whitelist": ("/admin", "    diagnosticsEnabled: false\n    pathWhitelist: ['/admin/ping', '/admin']\n"),
 }
@@ -255,9 +261,7 @@ async def test_index_lists_only_served_endpoints(case: str) -> None:
         if case == "control off":
             assert control is None and "/logging.json" not in text and "/admin/shutdown" not in text
         if case == "blacklist":
-            assert (
-                "/files/<name>" not in listed and "/logging.json" not in listed and "/metrics" not in listed
-            )
+            assert "/files/<name>" not in listed and "/logging" not in listed and "/metrics" not in listed
 
 
 async def test_help_with_diagnostics_off_lists_the_ui_and_control_endpoints() -> None:
@@ -270,9 +274,11 @@ async def test_help_with_diagnostics_off_lists_the_ui_and_control_endpoints() ->
             "/help",
             "/admin/metrics.json",
             "/metrics.json",
+            "/admin/metrics",
             "/config.json",
             "/delegator.json",
             "/delegator",
+            "/logging",
             "/logging.json",
             "/admin/ready",
             "/admin/shutdown",
@@ -290,13 +296,141 @@ def test_index_with_every_endpoint_off_says_so() -> None:
     assert text == "hostproxy admin endpoints:\n\n(none: admin.security turns every endpoint off)\n"
 
 
+# -- 3. /logging and /admin/metrics -------------------------------------------------------------------
+
+
+def _rows(page: str, table: str) -> dict[str, str]:
+    """``{first cell: second cell}`` of the rows of ``<table id=table>``."""
+    body = page.split(f'<table id="{table}">', 1)[1].split("</table>", 1)[0]
+    out = {}
+    for row in re.findall(r"<tr>(.*?)</tr>", body):
+        cells = [html.unescape(re.sub(r"<[^>]+>", "", c)) for c in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+        if cells:
+            out[cells[0]] = cells[1]
+    return out
+
+
+async def test_logging_page_lists_levels_and_its_forms_set_them() -> None:
+    """``/logging`` (Linkerd's UI page for log levels) was a 404."""
+    logging.getLogger("hostproxy.adminpaths_test").setLevel(logging.WARNING)
+    try:
+        async with running_daemon(_yaml()) as d:
+            r = await curl(f"{d.admin}/logging")
+            assert r.status == 200, r.body
+            assert r.header("content-type") == "text/html;charset=UTF-8"
+            assert "form-action 'self'" in (r.header("content-security-policy") or "")
+            page = r.body.decode()
+            levels = {e["logger"]: e["level"] for e in (await curl(f"{d.admin}/logging.json")).json()}  # type: ignore[union-attr]
+            assert _rows(page, "loggers") == levels
+            assert levels["hostproxy.adminpaths_test"] == "WARNING"
+            assert page.count('<form method="post" action="/logging.json"') == len(levels) + 1
+            # What a browser sends when the row's form is submitted.
+            host = d.admin.removeprefix("http://")
+            post = await curl(
+                f"{d.admin}/logging.json",
+                "-X",
+                "POST",
+                "-H",
+                f"Origin: {d.admin}",
+                "-H",
+                "Sec-Fetch-Site: same-origin",
+                "-H",
+                f"Host: {host}",
+                "--data",
+                "logger=hostproxy.adminpaths_test&level=DEBUG",
+            )
+            assert post.status == 200, post.body
+            again = (await curl(f"{d.admin}/logging")).body.decode()
+            assert _rows(again, "loggers")["hostproxy.adminpaths_test"] == "DEBUG"
+            assert "<option selected>DEBUG</option>" in again
+    finally:
+        logging.getLogger("hostproxy.adminpaths_test").setLevel(logging.NOTSET)
+
+
+async def test_logging_page_follows_admin_security() -> None:
+    """``/logging`` is a UI path: ``uiEnabled: false`` turns it off; with ``controlEnabled: false``
+    (``/logging.json`` not served) it still lists the levels, without forms that would post to a 404."""
+    async with running_daemon(_yaml("  security:\n    controlEnabled: false\n")) as d:
+        r = await curl(f"{d.admin}/logging")
+        assert r.status == 200
+        page = r.body.decode()
+        assert "root" in _rows(page, "loggers")
+        assert "<form" not in page and "/logging.json" not in page
+        assert "Changing levels is turned off by admin.security." in page
+    async with running_daemon(_yaml("  security:\n    uiEnabled: false\n")) as d:
+        assert (await curl(f"{d.admin}/logging")).status == 404
+        assert (await curl(f"{d.admin}/admin/metrics")).status == 404
+    async with running_daemon(_yaml("  security:\n    diagnosticsEnabled: false\n")) as d:
+        assert (await curl(f"{d.admin}/logging")).status == 200
+        assert (await curl(f"{d.admin}/admin/metrics")).status == 200
+
+
+async def test_admin_metrics_is_twitter_servers_metric_query() -> None:
+    """``/admin/metrics`` (TwitterServer's metric query, a UI path in Linkerd) was a 404: without a
+    query it is a page of every metric and value; ``?m=<name>`` (repeatable, or a POSTed form) gives
+    those metrics as ``[{"name", "value"}]``."""
+    async with running_daemon(_yaml()) as d:
+        flat = (await curl(f"{d.admin}/admin/metrics.json")).json()
+        assert isinstance(flat, dict) and flat
+        page = await curl(f"{d.admin}/admin/metrics")
+        assert page.status == 200
+        assert page.header("content-type") == "text/html;charset=UTF-8"
+        rows = _rows(page.body.decode(), "metrics")
+        # The same keys as /admin/metrics.json (read a moment apart: compare the keys, not values).
+        assert set(rows) == set(flat)
+        stable = sorted(flat)[0]
+        assert f'href="/admin/metrics?m={stable}"' in page.body.decode()
+        keys = [k for k in sorted(flat) if not k.startswith("process/")][:2]
+        q = "&".join(f"m={k}" for k in [*keys, "no/such/metric"])
+        got = await curl(f"{d.admin}/admin/metrics?{q}")
+        assert got.status == 200 and got.header("content-type") == "application/json;charset=UTF-8"
+        answer = got.json()
+        assert isinstance(answer, list) and [e["name"] for e in answer] == keys
+        for e in answer:
+            assert set(e) == {"name", "value"} and isinstance(e["value"], int | float)
+        posted = await curl(f"{d.admin}/admin/metrics", "-X", "POST", "--data", f"m={keys[0]}")
+        assert [e["name"] for e in posted.json()] == [keys[0]]  # type: ignore[union-attr]
+
+
+def test_pages_escape_names_and_values() -> None:
+    """Logger names come from any code that sets a level, metric names from service names: neither
+    can put markup in the pages."""
+    from hostproxy.admin.pages import logging_page, metrics_page
+
+    evil = '<script>alert(1)</script>"'
+    page = logging_page({"root": "INFO", evil: "DEBUG"}).decode()
+    assert "<script>" not in page
+    assert _rows(page, "loggers") == {"root": "INFO", evil: "DEBUG"}
+    assert f'name="logger" value="{html.escape(evil)}"' in page
+    page = metrics_page({f"rt/out/service/{evil}/requests": 3}).decode()
+    assert "<script>" not in page
+    assert _rows(page, "metrics") == {f"rt/out/service/{evil}/requests": "3"}
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+async def test_logging_page_in_a_browser(tmp_path: Path) -> None:
+    """The page renders in a real browser under its Content-Security-Policy: the table and a form
+    per logger are in the DOM Chromium builds."""
+    from tests.test_dashboard_browser import chromium
+
+    async with running_daemon(_yaml()) as d:
+        dom = (await chromium(d.admin + "/logging", tmp_path / "profile", "--dump-dom")).decode()
+        levels = (await curl(f"{d.admin}/logging.json")).json()
+        assert isinstance(levels, list)
+        assert _rows(dom, "loggers") == {e["logger"]: e["level"] for e in levels}
+        assert len(re.findall(r'<form method="post" action="/logging.json"', dom)) == len(levels) + 1
+
+
 async def test_dashboard_links_only_to_served_endpoints() -> None:
     """The dashboard's navigation linked to ``/client_state.json``, ``/admin/unbound.json`` and the
     ``/admin`` index whatever ``admin.security`` served: an index of hidden endpoints too."""
     async with running_daemon(_yaml("  security:\n    diagnosticsEnabled: false\n")) as d:
         page = (await curl(f"{d.admin}/")).body.decode()
         links = re.findall(r'<a href="([^"]*)"', page)
-        assert links == ["/", "/delegator", "/admin/metrics.json?pretty=1", "/logging.json"]
+        assert links == ["/", "/delegator", "/admin/metrics.json?pretty=1", "/logging"]
     async with running_daemon(_yaml()) as d:
         page = (await curl(f"{d.admin}/")).body.decode()
         links = re.findall(r'<a href="([^"]*)"', page)
@@ -306,6 +440,6 @@ async def test_dashboard_links_only_to_served_endpoints() -> None:
             "/client_state.json",
             "/admin/metrics.json?pretty=1",
             "/admin/unbound.json",
-            "/logging.json",
+            "/logging",
             "/admin",
         ]

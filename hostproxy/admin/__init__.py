@@ -3,7 +3,8 @@
 - ``context``: ``AdminContext``, the protocol the daemon implements;
 - ``handlers``: ``AdminHandler`` (every endpoint, control-endpoint policy, size bounds);
 - ``server``: ``AdminServer(ctx, ip, port, allow_remote_control)`` with ``serve(task_status)``;
-- ``delegator_page``: the self-contained ``/delegator`` HTML page.
+- ``delegator_page``: the self-contained ``/delegator`` HTML page;
+- ``pages``: Linkerd's ``/logging`` and TwitterServer's ``/admin/metrics`` pages (static HTML).
 """
 
 from hostproxy.admin.context import AdminContext

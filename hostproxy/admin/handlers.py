@@ -82,6 +82,7 @@ from hostproxy.admin.dashboard import (
     static_file,
 )
 from hostproxy.admin.delegator_page import CONTENT_SECURITY_POLICY, render_page
+from hostproxy.admin.pages import LOGGING_PAGE_CSP, logging_page, metrics_page
 from hostproxy.http.errors import RequestBodyError, request_body_error_response
 from hostproxy.http.message import Body, Headers, Request, Response
 from hostproxy.http.proxyheaders import via_count
@@ -91,6 +92,7 @@ from hostproxy.metrics import NoSuchSubtree
 from hostproxy.metrics.render import (
     check_query,
     collect,
+    flat_from,
     flat_json_slices,
     metrics_json_from,
     prometheus_slices,
@@ -480,6 +482,18 @@ class AdminHandler:
                     control=("POST",),
                 ),
                 self._logging,
+            ),
+            (
+                Endpoint("/logging", ("GET",), "log levels page, with a form per logger"),
+                self._logging_page,
+            ),
+            (
+                Endpoint(
+                    "/admin/metrics",
+                    ("GET", "POST"),
+                    "metric names and values page; ?m=<name> (repeatable) gives those metrics as JSON",
+                ),
+                self._metrics_query,
             ),
             (Endpoint("/requests", ("GET",), "recent requests"), self._requests),
             (
@@ -877,6 +891,28 @@ class AdminHandler:
             return _text(400, f"Invalid level for logger {logger}: {exc}")
         log.info("admin.log_level_set", logger=logger, level=level.upper(), peer=call.peer)
         return _json(200, self._levels())
+
+    async def _logging_page(self, call: _Call) -> Response:
+        page = logging_page(hlog.levels(), logging_json=self.serves("/logging.json"))
+        return _response(200, page, HTML_TYPE, (("content-security-policy", LOGGING_PAGE_CSP),))
+
+    # -- /admin/metrics (TwitterServer's metric query) -----------------------------------------
+
+    async def _metrics_query(self, call: _Call) -> Response:
+        """TwitterServer's ``/admin/metrics``: with ``m`` (repeatable) the named metrics as a JSON list
+        of ``{"name", "value"}`` (names not found are left out, in the order asked); without, a page of
+        every metric name and value.  As Linkerd's, a POST's form body counts as the query."""
+        names = parse_qs(urlsplit(call.request.target).query, keep_blank_values=True).get("m", [])
+        if call.method == "POST":
+            raw = await _read_body(call)
+            if isinstance(raw, Response):
+                return raw
+            names += parse_qs(raw.decode("utf-8", errors="replace"), keep_blank_values=True).get("m", [])
+        values = flat_from(await self._collect())
+        if names:
+            return _json(200, [{"name": n, "value": values[n]} for n in dict.fromkeys(names) if n in values])
+        page = metrics_page(values, metrics_json=self.serves("/admin/metrics.json"))
+        return _response(200, page, HTML_TYPE, (("content-security-policy", LOGGING_PAGE_CSP),))
 
     # -- lifecycle -------------------------------------------------------------------------------
 
