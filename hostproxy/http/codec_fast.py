@@ -53,8 +53,8 @@ bytes -> the parsed start line and fields, each event getting a list of its own)
 the same head again and again. A remembered response head carries a memo (``ResponseHead.memo``)
 where the upstream pool keeps the fields it strips from it. A response's field block is remembered
 by the fields' values (``_response_fields_noted``), since the proxy passes an upstream's fields on,
-and so is a request's without its last field when that is the proxy's per-request ``l5d-reqid``
-(``_request_fields_noted``).
+and so is a request's without its last fields when those are the proxy's per-request ``l5d-reqid``
+and trace headers (``_request_fields_noted``).
 
 Known, deliberate differences from h11 (all stricter): duplicate equal ``Content-Length`` fields,
 control characters (other than HTAB) in field values, bare LF in trailers, and (in requests)
@@ -436,31 +436,52 @@ def _response_fields_noted(headers: HeaderList) -> tuple[bytes, HeaderList] | No
 
 
 def _request_fields_noted(headers: HeaderList) -> tuple[bytes, HeaderList] | None:
-    """``_fields_noted(headers)`` for a request. When the last field is one whose value is new in
-    every message (``_ONE_OFF_NAMES``: the ``l5d-reqid`` the proxy adds) and that value is plain
-    letters and digits, the block of the fields before it is remembered by their values (as
-    ``_response_fields_noted`` remembers a response's) and the one-off line is added to it; any
-    other request, or a value that needs the exact check, takes ``_fields_noted``."""
+    """``_fields_noted(headers)`` for a request. When the last fields are ones whose values are new
+    in every message (``_ONE_OFF_NAMES``: the ``l5d-reqid`` and trace headers the proxy adds) and
+    those values are plain letters and digits (or base64, but for the last), the block of the
+    fields before them is remembered by their values (as ``_response_fields_noted`` remembers a
+    response's) and the one-off lines are added to it; any other request, or a value that needs the
+    exact check, takes ``_fields_noted``."""
     try:
         last = headers[-1]
         if type(last) is not tuple or len(last) != 2 or last[0] not in _ONE_OFF_NAMES:
             return _fields_noted(headers)
-        name, value = last
-        if type(name) is not bytes or type(value) is not bytes or not value.isalnum():
+        value = last[1]
+        if type(last[0]) is not bytes or type(value) is not bytes or not value.isalnum():
             return _fields_noted(headers)
-        key = tuple(headers[:-1])
+        cut = len(headers) - 1
+        while cut:  # the one-offs before the last (the trace headers before l5d-reqid)
+            field = headers[cut - 1]
+            if type(field) is not tuple or len(field) != 2 or field[0] not in _ONE_OFF_NAMES:
+                break
+            value = field[1]
+            if type(field[0]) is not bytes or type(value) is not bytes:
+                return _fields_noted(headers)
+            if not value.isalnum() and not value.translate(_BASE64_SIGNS_TO_A).isalnum():
+                return _fields_noted(headers)
+            cut -= 1
+        key = tuple(headers[:cut])
         known = _OUT_REQUEST_BLOCKS.get(key)
     except (TypeError, IndexError):  # unhashable fields, no fields: not for the cache
         return _fields_noted(headers)
     if known is None:
         whole = _fields_noted(list(key))
         if whole is None:
-            return None  # a field before the last is not valid: neither is the block
+            return None  # a field before the one-offs is not valid: neither is the block
         known = (whole[0][:-2], whole[1])  # without the blank line
         if len(known[0]) <= _OUT_BLOCK_CACHED_MAX:
             _remember(_OUT_REQUEST_BLOCKS, key, known, _OUT_BLOCKS_MAX)
     # (No one-off name is one the writers look at: the noted fields are the block's.)
-    return b"%s%s: %s\r\n\r\n" % (known[0], name, value), known[1]
+    n = len(headers)
+    if cut == n - 1:
+        return b"%s%s: %s\r\n\r\n" % (known[0], *last), known[1]
+    if cut == n - 2:  # l5d-ctx-trace and l5d-reqid
+        return b"%s%s: %s\r\n%s: %s\r\n\r\n" % (known[0], *headers[cut], *last), known[1]
+    parts = [known[0]]
+    for name, value in headers[cut:]:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts), known[1]
 
 
 def _out_line(nv: tuple[bytes, bytes]) -> bytes | None:
@@ -500,14 +521,19 @@ _OUT_LINES_MAX: Final = 1024
 # whose list of noted fields is only ever read. Bounded in count and block length; emptied when full.
 _OUT_BLOCKS: dict[tuple[tuple[bytes, bytes], ...], tuple[bytes, HeaderList]] = {}
 _OUT_BLOCKS_MAX: Final = 256
-# Request field blocks made before, without their last field when it is a one-off (see
+# Request field blocks made before, without their last fields when they are one-offs (see
 # ``_request_fields_noted``) and without the blank line: the fields -> that block and the noted fields.
 _OUT_REQUEST_BLOCKS: dict[tuple[tuple[bytes, bytes], ...], tuple[bytes, HeaderList]] = {}
 _OUT_BLOCK_CACHED_MAX: Final = 1024
 _OUT_LINE_CACHED_MAX: Final = 256
-# Fields whose value is new in every message by design (the proxy makes a request id per request):
-# never cached, so that they do not fill the map and empty it every thousand requests.
-_ONE_OFF_NAMES: Final = frozenset([b"l5d-reqid"])
+# Fields whose value is new in every message by design (the proxy makes a request id and a trace
+# span id per request): never cached, so that they do not fill the map and empty it every thousand
+# requests.
+_ONE_OFF_NAMES: Final = frozenset(
+    [b"l5d-reqid", b"l5d-ctx-trace", b"x-b3-traceid", b"x-b3-parentspanid", b"x-b3-spanid"]
+)
+# Maps base64's signs to a letter: a one-off value that is alphanumeric after it is plain base64.
+_BASE64_SIGNS_TO_A: Final = bytes.maketrans(b"+/=", b"AAA")
 # The field names (lowercased) whose values ``send_request`` and ``send_response`` act on.
 _WRITER_NAMES: Final = frozenset(
     [b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade"]
