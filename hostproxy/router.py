@@ -98,6 +98,7 @@ from hostproxy.routing.context import (
     show_bytes,
 )
 from hostproxy.routing.identifiers import Unidentified, build_identifiers, unknown_destination_message
+from hostproxy.routing.tracectx import propagator_for
 
 if TYPE_CHECKING:  # TLS is imported only when a client uses it
     from hostproxy.tls import ClientTlsCache
@@ -407,6 +408,9 @@ class HttpRouter:
         self._alpn = ("h2",) if cfg.kind == "h2" else ("http/1.1",)  # as hostproxy.tls.alpn_for_protocol
         self.label: str = cfg.label or cfg.kind
         self._rng = rng or random.Random()
+        # ``tracePropagator``: what the forwarded request carries of the trace it arrived with.
+        traceprop = getattr(cfg, "trace_propagator", None)
+        self.trace_propagator = propagator_for(getattr(traceprop, "kind", None) or "io.l5d.default")
         self._clock = clock
         self._nursery = nursery
         self.identifier = build_identifiers(
@@ -626,8 +630,8 @@ class HttpRouter:
         held = False  # the client stays in use, and the request in flight, until the streamed body ends
         try:
             try:
-                headers, local, _sample, l5d = inbound_scan(
-                    req.headers, arrival.clear_context, self.dtab_cache
+                headers, local, sample, l5d = inbound_scan(
+                    req.headers, arrival.clear_context, self.dtab_cache, self.trace_propagator
                 )
             except RequestDtabError as e:
                 cause = Cause.IDENTIFICATION
@@ -691,7 +695,7 @@ class HttpRouter:
                     rec.client = client_id
                 t_forward = clock() if trace is not None else 0.0
                 resp, cause = await self._forward(
-                    req, service, local, leaf, client, headers, svc, entry, rec, conn, trace, l5d
+                    req, service, local, leaf, client, headers, svc, entry, rec, conn, trace, l5d, sample
                 )
                 if trace is not None and trace.add_context and resp.error_cause is None:
                     resp = await self._with_trace_context(
@@ -794,6 +798,7 @@ class HttpRouter:
         conn: ConnInfo | None = None,
         trace: diagtrace.TraceRequest | None = None,
         l5d: bool = True,
+        sample: float | None = None,
     ) -> tuple[Response, Cause | None]:
         """Steps 5 and 6 of the module docstring: the response (or the proxy's error response) and the
         failure cause it is counted with."""
@@ -821,16 +826,33 @@ class HttpRouter:
                 entry.sets_client = dst_client
                 entry.dst_sets = dst_fields(entry.dst_service, dst_client, entry.dst_residual)
             dst_residual = entry.dst_residual
-            if not l5d and local is Dtab.EMPTY and trace is None:
+            propagator = self.trace_propagator
+            if not l5d and local is Dtab.EMPTY and trace is None and sample is None:
                 # ``headers`` is the list ``inbound_scan`` made for this request alone.
-                out, ctx_deadline = forwarded_plain(headers, entry.dst_sets, self._rng), None
+                out, ctx_deadline = forwarded_plain(headers, entry.dst_sets, self._rng, propagator), None
             else:
                 out, ctx_deadline = forwarded_headers(
-                    entry.dst_service, dst_client, dst_residual, local, headers, self._rng, l5d=l5d
+                    entry.dst_service,
+                    dst_client,
+                    dst_residual,
+                    local,
+                    headers,
+                    self._rng,
+                    l5d=l5d,
+                    sample=sample,
+                    propagator=propagator,
                 )
         else:
             out, ctx_deadline = forwarded_headers(
-                show_bytes(service), client.dst_client, residual, local, headers, self._rng, l5d=l5d
+                show_bytes(service),
+                client.dst_client,
+                residual,
+                local,
+                headers,
+                self._rng,
+                l5d=l5d,
+                sample=sample,
+                propagator=self.trace_propagator,
             )
         req.headers = out_headers = Headers._trusted(out)  # names already lowercased
         # Only this proxy may say which certificate the caller presented: a caller's own value is

@@ -127,7 +127,8 @@ def test_all_errors_reported_at_once_in_file_order() -> None:
 def test_unknown_key_without_near_miss_lists_valid_keys() -> None:
     assert one_error(MINIMAL + "  zzz: 1\n") == (
         "t.yaml:6: routers[0].zzz: unknown key 'zzz'; valid keys here: protocol, label, dtab, dstPrefix, identifier, "
-        "interpreter, servers, client, service, bindingTimeoutMs, bindingCache, maxConcurrentRequests, originator, "
+        "interpreter, servers, tracePropagator, client, service, bindingTimeoutMs, bindingCache, maxConcurrentRequests, "
+        "originator, "
         "experimental, httpAccessLog, httpAccessLogAppend, "
         "maxHeadersKB, maxInitialLineKB, maxErrResponseKB, streamingEnabled, streamAfterContentLengthKB"
     )

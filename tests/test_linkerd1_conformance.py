@@ -264,7 +264,6 @@ def test_linkerd_keys_hostproxy_refuses_are_named_with_the_reason(tmp_path: Path
         """admin: {tls: {certPath: a.pem, keyPath: a.key}, httpIdentifierPort: 9992, workerThreads: 2}
 routers:
 - protocol: http
-  tracePropagator: {kind: io.l5d.zipkin}
   compressionLevel: 6
   announcers: []
   client: {socketOptions: {noDelay: true}, requestAuthorizers: []}
@@ -284,7 +283,6 @@ routers:
         "admin.tls",
         "admin.httpIdentifierPort",
         "admin.workerThreads",
-        "routers[0].tracePropagator",
         "routers[0].compressionLevel",
         "routers[0].announcers",
         "routers[0].client.socketOptions",

@@ -17,7 +17,8 @@ from hostproxy.http.message import Body, Headers, Request, Response
 from hostproxy.metrics import MetricsRegistry
 from hostproxy.router import HttpRouter
 from hostproxy.routing.binder import BoundedLru
-from hostproxy.routing.context import REQID, forwarded_headers, inbound_scan
+from hostproxy.routing.context import CTX_TRACE, REQID, forwarded_headers, inbound_scan
+from hostproxy.routing.tracectx import FLAG_SAMPLED, decode_l5d_trace
 from tests.routerstub import StubPool, conn_for
 
 Header = tuple[bytes, bytes]
@@ -38,11 +39,16 @@ class _Pool(StubPool):
 class _Drawn:
     """An rng whose next 64-bit draw is a given value (the l5d-reqid a request was sent with)."""
 
-    def __init__(self, value: int) -> None:
+    def __init__(self, value: int, sampled: bool = False) -> None:
         self.value = value
+        self.sampled = sampled
 
     def getrandbits(self, bits: int) -> int:
         return self.value
+
+    def random(self) -> float:
+        """The draw that gave the sampling decision the request was sent with (``l5d-sample``)."""
+        return 0.0 if self.sampled else 0.999
 
 
 def _config(dtab: str) -> Any:
@@ -111,17 +117,20 @@ def test_forwarded_headers_are_those_of_the_general_form(dtab: str, clients: dic
         reqid = dict(got)[REQID]
         if (REQID, reqid) not in pairs:
             reqids.add(reqid)
-        kept, local, _, _ = inbound_scan(Headers(pairs), False)
+        kept, local, sample, _ = inbound_scan(Headers(pairs), False)
+        trace = decode_l5d_trace(dict(got)[CTX_TRACE])
+        assert trace is not None
         expected, _ = forwarded_headers(
             b"/svc/web",
             by_port[port],
             residual,
             local,
             kept,
-            _Drawn(int(reqid, 16)),  # type: ignore[arg-type]
+            _Drawn(trace.span_id, bool(trace.flags & FLAG_SAMPLED)),  # type: ignore[arg-type]
+            sample=sample,
         )
         assert got == expected
-    assert len(reqids) == len(sent) - 6  # drawn afresh for each request without a valid one to keep
+    assert len(reqids) == len(sent)  # a new trace for each request: none came with a valid one
     assert {port for port, _ in _Pool.seen} == set(clients.values())
 
 

@@ -147,12 +147,19 @@ def test_downstream_headers_full_set() -> None:
         rng=random.Random(1),
     )
     out = edits.apply(inbound.headers)
+    # The received trace's child: a new span id, the received span (1) as its parent, the same trace.
+    child = (
+        random.Random(1).getrandbits(64).to_bytes(8, "big")
+        + (1).to_bytes(8, "big")
+        + (0xABC).to_bytes(8, "big")
+        + bytes(8)
+    )
     assert out == [
         (b"l5d-ctx-thing", b"t"),
-        (b"l5d-ctx-trace", _trace(0xABC).encode()),
         (b"l5d-dst-service", b"/svc/web"),
         (b"l5d-dst-client", b"/%/io.l5d.port/4141/#/io.l5d.fs/web"),
         (b"l5d-dst-residual", b"/extra"),
+        (b"l5d-ctx-trace", base64.b64encode(child)),
         (b"l5d-reqid", b"0000000000000abc"),
         (b"l5d-ctx-dtab", b"/foo=>/bar"),
         (b"l5d-ctx-deadline", b"200 800"),
@@ -177,7 +184,10 @@ def test_downstream_without_residual_or_dtab_removes_forged_ones() -> None:
     assert edits.value(b"l5d-reqid") == f"{random.Random(7).getrandbits(64):016x}".encode()
 
 
-def test_reqid_prefers_trace_then_valid_inbound_then_rng() -> None:
+def test_reqid_is_the_forwarded_trace_id_never_a_received_reqid() -> None:
+    """As Linkerd's ``LinkerdTracePropagator``: ``l5d-reqid`` is the trace id of the forwarded
+    ``l5d-ctx-trace``, the received trace's or a new one; a received ``l5d-reqid`` is replaced."""
+
     def reqid(hs: list[tuple[bytes, bytes]]) -> bytes | None:
         e = downstream_headers(
             service=P("/s"),
@@ -191,9 +201,8 @@ def test_reqid_prefers_trace_then_valid_inbound_then_rng() -> None:
 
     generated = f"{random.Random(3).getrandbits(64):016x}".encode()
     assert reqid(H(("l5d-ctx-trace", _trace(5)), ("l5d-reqid", "00000000000000ff"))) == b"0000000000000005"
-    assert (
-        reqid(H(("l5d-ctx-trace", "not base64!"), ("l5d-reqid", "00000000000000ff"))) == b"00000000000000ff"
-    )
+    assert reqid(H(("l5d-ctx-trace", "not base64!"), ("l5d-reqid", "00000000000000ff"))) == generated
+    assert reqid(H(("l5d-reqid", "00000000000000ff"))) == generated
     assert reqid(H(("l5d-reqid", "<script>"))) == generated
     assert reqid([]) == generated
 

@@ -675,6 +675,24 @@ class FsInterpreter(InterpreterConfig):
     dtab_file: str = key(required=True, doc="Dtab file, watched and re-read when it changes.")
 
 
+# -- trace propagators ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class TracePropagatorConfig(PluginConfig):
+    kind: str = key("io.l5d.default", "Which trace propagator.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DefaultTracePropagator(TracePropagatorConfig):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class ZipkinTracePropagator(TracePropagatorConfig):
+    pass
+
+
 # -- telemeters -------------------------------------------------------------------------------------
 
 
@@ -745,8 +763,8 @@ class ServerConfig:
     )
     clear_context: bool = key(
         False,
-        "Strip l5d-* context headers (l5d-dtab, ...) from requests arriving here, and l5d-* fields "
-        "from their responses, interim (1xx, 101) and trailers included (a response with l5d-err "
+        "Strip l5d-* context headers (l5d-dtab, ...) from requests arriving here (and the B3 trace headers "
+        "of a router with tracePropagator io.l5d.zipkin: a new trace starts), and l5d-* fields from their responses, interim (1xx, 101) and trailers included (a response with l5d-err "
         "loses its body too).",
     )
     tls: ServerTls | None = key(None, "Accept TLS.", default_doc="plaintext")
@@ -904,6 +922,12 @@ class RouterConfig(PluginConfig):
         DefaultInterpreter(kind="default"), "How names are bound: namers and a dtab.", plugin="interpreter"
     )
     servers: tuple[ServerConfig, ...] = key((), "Where the router listens; at least one.")
+    trace_propagator: TracePropagatorConfig = key(
+        DefaultTracePropagator(kind="io.l5d.default"),
+        "The trace headers read from requests and written on forwarded ones (propagation only: "
+        "hostproxy records no spans).",
+        plugin="tracePropagator",
+    )
     client: ParamsSection = key(
         None, "Client parameters (per bound name).", default_doc="kind: io.l5d.global"
     )

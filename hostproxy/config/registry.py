@@ -75,6 +75,8 @@ IMPLEMENTED: frozenset[tuple[str, str]] = frozenset(
         ("classifier", "io.l5d.h2.allSuccessful"),
         ("telemeter", "io.l5d.recentRequests"),
         ("telemeter", "io.l5d.prometheus"),
+        ("tracePropagator", "io.l5d.default"),
+        ("tracePropagator", "io.l5d.zipkin"),
     }
 )
 
@@ -90,6 +92,7 @@ CATEGORY_NOUN: dict[str, str] = {
     "backoff": "backoff",
     "classifier": "response classifier",
     "telemeter": "telemeter",
+    "tracePropagator": "trace propagator",
 }
 
 # The base class each category's configs derive from.
@@ -104,6 +107,7 @@ CATEGORY_BASE: dict[str, type[m.PluginConfig]] = {
     "backoff": m.BackoffConfig,
     "classifier": m.ClassifierConfig,
     "telemeter": m.TelemeterConfig,
+    "tracePropagator": m.TracePropagatorConfig,
 }
 
 
@@ -444,6 +448,21 @@ register(
     m.PrometheusTelemeter,
     "hostproxy.metrics:prometheus",
     "Prometheus text exposition on the admin server.",
+)
+
+register(
+    "tracePropagator",
+    "io.l5d.default",
+    m.DefaultTracePropagator,
+    "hostproxy.routing.tracectx:propagator_for",
+    "l5d-ctx-trace (a child of the trace received, or a new one), l5d-sample, l5d-reqid.",
+)
+register(
+    "tracePropagator",
+    "io.l5d.zipkin",
+    m.ZipkinTracePropagator,
+    "hostproxy.routing.tracectx:propagator_for",
+    "B3 headers (x-b3-traceid, x-b3-spanid, x-b3-parentspanid, x-b3-sampled, x-b3-flags), l5d-reqid.",
 )
 
 

@@ -60,7 +60,6 @@ LINKERD_ONLY_KEYS: dict[str, str] = {
     "httpAccessLogRotateCount": "is not supported: hostproxy does not roll its access log; rotate it with logrotate (SIGHUP reopens the file)",
     "h2AccessLogRollPolicy": "is not supported: hostproxy does not roll its access log; rotate it with logrotate (SIGHUP reopens the file)",
     "h2AccessLogRotateCount": "is not supported: hostproxy does not roll its access log; rotate it with logrotate (SIGHUP reopens the file)",
-    "tracePropagator": "is a Linkerd key that hostproxy does not support yet; remove it",
     "compressionLevel": "is a Linkerd key that hostproxy does not support: responses pass through as the "
     "upstream sent them, never compressed; remove it",
     "requestAuthorizers": "is a Linkerd key that hostproxy does not support; remove it",

@@ -6,7 +6,8 @@ Theory of operation. A request's headers pass three steps, all pure functions ov
 
 1. :func:`strip_inbound` runs first. With the server's ``clearContext: true`` every ``l5d-*`` header
    is dropped before anything reads it, so an untrusted caller can set neither a dtab override, nor a
-   deadline, trace, sample rate, request id or ``l5d-name``. Without it nothing is dropped here.
+   deadline, trace, sample rate, request id or ``l5d-name``; with ``io.l5d.zipkin`` the ``x-b3-*``
+   headers it reads are dropped too. Without it nothing is dropped here.
 2. :func:`read_inbound` consumes the routing context: every value of ``l5d-ctx-dtab`` then every value
    of ``l5d-dtab``, each parsed as a dtab, concatenated ``ctx ++ user`` (so the user's dentries are
    tried first), and removes both headers and ``l5d-sample``. A value that does not parse raises
@@ -16,9 +17,11 @@ Theory of operation. A request's headers pass three steps, all pure functions ov
    repeated override text is parsed once and a flood of distinct (or large) texts cannot grow memory.
 3. :func:`downstream_headers` computes the edits for the forwarded request: ``l5d-dst-service``,
    ``l5d-dst-client`` (the bound id, transformer prefix ``/%/...`` included), ``l5d-dst-residual``
-   (only when non-empty; removed otherwise so a forged one never passes), ``l5d-reqid``, ``l5d-ctx-dtab``
-   (the printed local dtab, only when non-empty) and ``l5d-ctx-deadline`` (the strictest of the values
-   received). ``l5d-ctx-trace`` and unknown ``l5d-ctx-*`` headers pass through.
+   (only when non-empty; removed otherwise so a forged one never passes), the trace headers of the
+   router's ``tracePropagator`` with ``l5d-reqid`` (:mod:`hostproxy.routing.tracectx`: ``l5d-ctx-trace``,
+   or ``x-b3-*``; a child of the trace received, else a new trace), ``l5d-ctx-dtab`` (the printed local
+   dtab, only when non-empty) and ``l5d-ctx-deadline`` (the strictest of the values received). Unknown
+   ``l5d-ctx-*`` headers pass through.
 
 The router runs steps 1-2 as :func:`inbound_scan` and step 3 with its application as
 :func:`forwarded_headers`: the same results, each in one pass over the headers (every request pays
@@ -47,11 +50,8 @@ instance) are reachable by overrides by design; servers facing untrusted callers
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import random
-import re
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -62,6 +62,8 @@ from dtab.path import Path
 from dtab.table import Dtab
 from dtab.tree import Alt, Leaf, Union
 from hostproxy.http.message import Headers
+from hostproxy.routing.tracectx import DEFAULT as DEFAULT_PROPAGATOR
+from hostproxy.routing.tracectx import TracePropagator, decode_l5d_trace
 
 __all__ = [
     "CLEARED_ON_READ",
@@ -103,7 +105,7 @@ L5D_PREFIX = b"l5d-"
 CTX_DTAB = b"l5d-ctx-dtab"
 USER_DTAB = b"l5d-dtab"
 CTX_DEADLINE = b"l5d-ctx-deadline"
-CTX_TRACE = b"l5d-ctx-trace"
+CTX_TRACE = b"l5d-ctx-trace"  # (the same names as hostproxy.routing.tracectx's)
 SAMPLE = b"l5d-sample"
 REQID = b"l5d-reqid"
 DST_SERVICE = b"l5d-dst-service"
@@ -266,18 +268,24 @@ def inbound(
 
 
 def inbound_scan(
-    headers: Iterable[Header], clear_context: bool, cache: DtabParseCache | None = None
+    headers: Iterable[Header],
+    clear_context: bool,
+    cache: DtabParseCache | None = None,
+    propagator: TracePropagator = DEFAULT_PROPAGATOR,
 ) -> tuple[list[Header], Dtab, float | None, bool]:
-    """:func:`inbound` and whether the headers kept include an ``l5d-*`` header (the router's
-    per-request form: False lets :func:`forwarded_headers` skip its pass).
+    """:func:`inbound` and whether the headers kept include an ``l5d-*`` header or one the trace
+    ``propagator`` reads (the router's per-request form: False lets :func:`forwarded_headers` skip
+    its pass). With ``clear_context`` the propagator's headers are dropped too (``x-b3-*`` for
+    ``io.l5d.zipkin``), so the forwarded request starts a new trace.
 
     ``Headers`` hold lowercased names, so a request's are first looked over without lowercasing
     them: with no ``l5d-*`` name among them (the usual request) there is nothing to strip or read,
     and they are kept as they are."""
+    prefix = propagator.prefix
     if type(headers) is Headers:
         items = headers.items()  # a list of its own
         for pair in items:
-            if pair[0].startswith(L5D_PREFIX):
+            if pair[0].startswith(L5D_PREFIX) or (prefix is not None and pair[0].startswith(prefix)):
                 break
         else:
             return items, Dtab.EMPTY, None, False
@@ -300,6 +308,10 @@ def inbound_scan(
             if name == SAMPLE:
                 if sample_value is None:
                     sample_value = pair[1]
+                continue
+            l5d_kept = True
+        elif prefix is not None and name.startswith(prefix) and name in propagator.names:
+            if clear_context:
                 continue
             l5d_kept = True
         kept.append(pair)
@@ -336,21 +348,13 @@ class HeaderEdits:
         return None
 
 
-_HEX16 = re.compile(rb"^[0-9a-f]{16}$")
-
-
 def trace_id_of(ctx_trace: bytes) -> str | None:
     """The trace id (16 hex digits) in a ``l5d-ctx-trace`` value, or ``None`` if it is malformed.
 
     The value is base64 of 32 bytes: span id, parent id, trace id, flags (8 bytes each, big-endian).
     """
-    try:
-        raw = base64.b64decode(ctx_trace, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    if len(raw) != 32:
-        return None
-    return raw[16:24].hex()
+    got = decode_l5d_trace(ctx_trace)
+    return None if got is None else f"{got.trace_id:016x}"
 
 
 def _combined_deadline(values: list[bytes]) -> bytes | None:
@@ -381,29 +385,35 @@ def downstream_headers(
     local_dtab: Dtab,
     headers: Iterable[Header],
     rng: random.Random,
+    sample: float | None = None,
+    propagator: TracePropagator = DEFAULT_PROPAGATOR,
 ) -> HeaderEdits:
-    """The ``l5d-*`` edits for a forwarded request.
+    """The ``l5d-*`` and trace edits for a forwarded request.
 
-    ``headers`` are the request headers after :func:`read_inbound`. ``client`` is the bound client id
-    (``None`` when not yet bound: no ``l5d-dst-client``). ``l5d-reqid`` is the trace id of a valid
-    ``l5d-ctx-trace``, else a well-formed received ``l5d-reqid``, else 16 hex digits from ``rng``.
+    ``headers`` are the request headers after :func:`read_inbound`; ``sample`` the ``l5d-sample``
+    rate it read. ``client`` is the bound client id (``None`` when not yet bound: no
+    ``l5d-dst-client``). The trace headers, ``l5d-reqid`` among them, are the ``propagator``'s
+    (:mod:`hostproxy.routing.tracectx`): a child of the trace received, or a new trace.
     """
     deadlines: list[bytes] = []
-    trace: bytes | None = None
-    reqid_in: bytes | None = None
+    names = propagator.names
+    received: dict[bytes, bytes] = {}
     for n, v in headers:
         name = n.lower()
         if name == CTX_DEADLINE:
             deadlines.append(v)
-        elif name == CTX_TRACE and trace is None:
-            trace = v
-        elif name == REQID and reqid_in is None:
-            reqid_in = v
+        elif name in names and name not in received:
+            received[name] = v
     shown_client = show_bytes(client) if client is not None else None
     sets, _ = _context_sets(
-        show_bytes(service), shown_client, residual, local_dtab, deadlines, trace, reqid_in, rng
+        show_bytes(service),
+        shown_client,
+        residual,
+        local_dtab,
+        deadlines,
+        propagator.forward(received, sample, rng),
     )
-    return HeaderEdits(_DOWNSTREAM_REMOVE, tuple(sets))
+    return HeaderEdits(_DOWNSTREAM_REMOVE | names, tuple(sets))
 
 
 def forwarded_headers(
@@ -415,22 +425,27 @@ def forwarded_headers(
     rng: random.Random,
     *,
     l5d: bool = True,
+    sample: float | None = None,
+    propagator: TracePropagator = DEFAULT_PROPAGATOR,
 ) -> tuple[list[Header], bytes | None]:
     """``downstream_headers(...).apply(headers)`` in one pass over ``headers`` (the router's
     per-request form), and the ``l5d-ctx-deadline`` value among them (None: there is none).
 
     ``service`` and ``client`` are given printed, as :func:`show_bytes` prints them (the router keeps
     them with the service and the client); ``residual`` may be too (bytes: the printed form of a
-    non-empty residual, which the router keeps with the service). ``l5d=False`` says that ``headers`` hold no ``l5d-*``
-    header (as :func:`inbound_scan` reports): they are copied without a look at their names."""
+    non-empty residual, which the router keeps with the service). ``l5d=False`` says that ``headers``
+    hold no ``l5d-*`` header and none the ``propagator`` reads (as :func:`inbound_scan` reports):
+    they are copied without a look at their names."""
     deadlines: list[bytes] = []
-    trace: bytes | None = None
-    reqid_in: bytes | None = None
     if not l5d:
         kept = list(headers)
-        sets, _ = _context_sets(service, client, residual, local_dtab, deadlines, None, None, rng)
+        trace_sets = propagator.new_trace(rng) if sample is None else propagator.forward({}, sample, rng)
+        sets, _ = _context_sets(service, client, residual, local_dtab, deadlines, trace_sets)
         kept.extend(sets)
         return kept, None
+    names = propagator.names
+    prefix = propagator.prefix
+    received: dict[bytes, bytes] = {}
     kept = []
     for pair in headers:
         name = pair[0].lower()
@@ -438,13 +453,16 @@ def forwarded_headers(
             if name in _DOWNSTREAM_DROP:
                 if name == CTX_DEADLINE:
                     deadlines.append(pair[1])
-                elif name == REQID and reqid_in is None:
-                    reqid_in = pair[1]
+                elif name == CTX_TRACE and name in names and name not in received:
+                    received[name] = pair[1]
                 continue
-            if name == CTX_TRACE and trace is None:
-                trace = pair[1]
+        elif prefix is not None and name.startswith(prefix) and name in names:
+            if name not in received:
+                received[name] = pair[1]
+            continue
         kept.append(pair)
-    sets, deadline = _context_sets(service, client, residual, local_dtab, deadlines, trace, reqid_in, rng)
+    trace_sets = propagator.forward(received, sample, rng)
+    sets, deadline = _context_sets(service, client, residual, local_dtab, deadlines, trace_sets)
     kept.extend(sets)
     return kept, deadline
 
@@ -459,19 +477,25 @@ def dst_fields(service: bytes, client: bytes | None, residual: Path | bytes | No
     return fields if residual is None else (*fields, (DST_RESIDUAL, residual))
 
 
-def forwarded_plain(headers: list[Header], dst: tuple[Header, ...], rng: random.Random) -> list[Header]:
-    """:func:`forwarded_headers` for a request without ``l5d-*`` headers (``inbound_scan`` said so)
-    and with an empty local dtab, given its :func:`dst_fields`: ``headers``, a list of the caller's
-    own (``inbound_scan`` made it for this request), extended in place with those and a new
-    ``l5d-reqid``. There is no deadline to report."""
+def forwarded_plain(
+    headers: list[Header],
+    dst: tuple[Header, ...],
+    rng: random.Random,
+    propagator: TracePropagator = DEFAULT_PROPAGATOR,
+) -> list[Header]:
+    """:func:`forwarded_headers` for a request without ``l5d-*`` headers or headers the
+    ``propagator`` reads (``inbound_scan`` said so) and with an empty local dtab, given its
+    :func:`dst_fields`: ``headers``, a list of the caller's own (``inbound_scan`` made it for this
+    request), extended in place with those and a new trace (``l5d-reqid`` last). There is no
+    deadline to report."""
     headers += dst
-    headers.append((REQID, b"%016x" % rng.getrandbits(64)))
+    headers += propagator.new_trace(rng)
     return headers
 
 
 # What ``downstream_headers`` removes, and what its edits drop in all: that plus the names it sets,
-# which are always l5d-dst-service and l5d-reqid and otherwise names already removed.
-_DOWNSTREAM_REMOVE = CLEARED_ON_READ | {DST_RESIDUAL, DST_CLIENT, CTX_DEADLINE}
+# which are always l5d-dst-service and the trace headers and otherwise names already removed.
+_DOWNSTREAM_REMOVE = CLEARED_ON_READ | {DST_RESIDUAL, DST_CLIENT, CTX_DEADLINE, CTX_TRACE}
 _DOWNSTREAM_DROP = _DOWNSTREAM_REMOVE | {DST_SERVICE, REQID}
 
 
@@ -481,20 +505,11 @@ def _context_sets(
     residual: Path | bytes | None,
     local_dtab: Dtab,
     deadlines: list[bytes],
-    trace: bytes | None,
-    reqid_in: bytes | None,
-    rng: random.Random,
+    trace_sets: list[Header],
 ) -> tuple[list[Header], bytes | None]:
     """The headers ``downstream_headers`` sets, in order, and the combined deadline among them
     (``service`` and ``client`` printed; ``residual`` may be, when it is not empty)."""
-    sets = [*dst_fields(service, client, residual)]
-    reqid = trace_id_of(trace) if trace is not None else None
-    if reqid is not None:
-        sets.append((REQID, reqid.encode("ascii")))
-    elif reqid_in is not None and _HEX16.match(reqid_in):
-        sets.append((REQID, reqid_in))
-    else:
-        sets.append((REQID, b"%016x" % rng.getrandbits(64)))
+    sets = [*dst_fields(service, client, residual), *trace_sets]
     if local_dtab is not Dtab.EMPTY and len(local_dtab) > 0:
         sets.append((CTX_DTAB, show_bytes(local_dtab)))
     deadline = _combined_deadline(deadlines) if deadlines else None
