@@ -14,7 +14,8 @@ request. The steps, each observable:
    namer error → 502 ``naming/failed``; an address override refused on a non-loopback server → 400.
 4. **Client.** A union picks one branch by weight; the leaf's id names the client, created on first use
    and kept in a bounded cache that closes clients idle for ``bindingCache.idleTtlSecs``.
-5. **Forwarding.** ``l5d-dst-*``, ``l5d-reqid`` and ``l5d-ctx-*`` are set; the client sends the request
+5. **Forwarding.** ``l5d-dst-*``, ``l5d-ctx-*``, the ``tracePropagator``'s trace headers and ``l5d-reqid``
+   are set (:mod:`hostproxy.routing.tracectx`); the client sends the request
    before the request's deadline — the stricter of an inbound ``l5d-ctx-deadline`` and
    ``service.totalTimeoutMs`` from now, which is also what goes downstream as ``l5d-ctx-deadline``;
    connection-level failures map to Linkerd's statuses with an ``l5d-err`` naming the endpoint.

@@ -23,6 +23,7 @@ import trio
 
 from dtab import Dtab
 from hostproxy.config import ConfigError, load_config
+from hostproxy.daemon import Daemon
 from hostproxy.h2.server import H2Server, H2ServerParams
 from hostproxy.http import codec_fast
 from hostproxy.http.message import Body, Headers, Request, Response
@@ -585,3 +586,54 @@ def test_the_readme_says_what_the_propagators_do() -> None:
     for needle in ("tracePropagator", "io.l5d.zipkin", "x-b3-traceid", "l5d-ctx-trace", "clearContext"):
         assert needle in section, needle
     assert "`tracePropagator`, `compressionLevel`" not in text  # no longer among the refused keys
+
+
+async def test_h2_clear_context_starts_a_new_trace_too() -> None:
+    """hostproxy's h2 router drops received B3 under clearContext, as its http router (Linkerd's h2
+    router kept reading them: the README says so)."""
+    async with h2_origin() as (port, seen):
+        cfg = h2_config(port, "io.l5d.zipkin").replace(
+            "  - {ip: 127.0.0.1, port: 0}", "  - {ip: 127.0.0.1, port: 0, clearContext: true}"
+        )
+        async with running_daemon(cfg) as d:
+            r = await curl(
+                f"http://127.0.0.1:{d.port('h2')}/",
+                "--http2-prior-knowledge",
+                "-H",
+                "Host: web",
+                "-H",
+                "x-b3-traceid: 463ac35c9f6413ad",
+                "-H",
+                "x-b3-spanid: a2fb4a1d1a96d312",
+                "-H",
+                "x-b3-sampled: 1",
+            )
+            assert r.status == 200, r
+            got = seen[-1].headers
+            assert got.get(b"x-b3-traceid") not in (None, b"463ac35c9f6413ad")
+            assert got.get(b"x-b3-sampled") is None and got.get(b"x-b3-parentspanid") is None
+
+
+async def test_a_reload_that_changes_the_propagator_takes_effect(tmp_path: FsPath) -> None:
+    async with running_upstream() as up:
+        path = tmp_path / "hostproxy.yaml"
+        path.write_text(http_config(up.port, "io.l5d.default"))
+        daemon = Daemon(load_config(path.read_text(), source=str(path)), config_path=str(path))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.run)
+            try:
+                url = f"http://127.0.0.1:{daemon.addresses['out'][0][1]}/"
+                b3_in = ("-H", "x-b3-traceid: 463ac35c9f6413ad", "-H", "x-b3-spanid: a2fb4a1d1a96d312")
+                assert (await curl(url, "-H", "Host: web", *b3_in)).status == 200
+                assert up.requests[-1].header("l5d-ctx-trace") is not None
+                assert up.requests[-1].header("x-b3-spanid") == "a2fb4a1d1a96d312"  # passed through
+                path.write_text(http_config(up.port, "io.l5d.zipkin"))
+                ok, message = await daemon.reload()
+                assert ok, message
+                url = f"http://127.0.0.1:{daemon.addresses['out'][0][1]}/"
+                assert (await curl(url, "-H", "Host: web", *b3_in)).status == 200
+                seen = up.requests[-1]
+                assert seen.header("l5d-ctx-trace") is None
+                assert seen.header("x-b3-parentspanid") == "a2fb4a1d1a96d312"
+            finally:
+                daemon.request_shutdown()
