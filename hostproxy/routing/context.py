@@ -63,7 +63,7 @@ from dtab.table import Dtab
 from dtab.tree import Alt, Leaf, Union
 from hostproxy.http.message import Headers
 from hostproxy.routing.tracectx import DEFAULT as DEFAULT_PROPAGATOR
-from hostproxy.routing.tracectx import TracePropagator, decode_l5d_trace
+from hostproxy.routing.tracectx import TracePropagator
 
 __all__ = [
     "CLEARED_ON_READ",
@@ -346,15 +346,6 @@ class HeaderEdits:
             if n == name:
                 return v
         return None
-
-
-def trace_id_of(ctx_trace: bytes) -> str | None:
-    """The trace id (16 hex digits) in a ``l5d-ctx-trace`` value, or ``None`` if it is malformed.
-
-    The value is base64 of 32 bytes: span id, parent id, trace id, flags (8 bytes each, big-endian).
-    """
-    got = decode_l5d_trace(ctx_trace)
-    return None if got is None else f"{got.trace_id:016x}"
 
 
 def _combined_deadline(values: list[bytes]) -> bytes | None:
