@@ -9,9 +9,9 @@ every connection GOAWAY, so clients open no new streams, and each closes once it
 Like HTTP/1.1 it caps open connections (``max_connections``), holds accepting back under overload,
 and answers what the kernel queued when the listeners close: a connection that starts while the
 server drains gets SETTINGS then GOAWAY (last stream 0: whatever it sent was not processed and may
-be sent again).  When this side closes a connection it sends FIN and reads until the client closes
-too (at most ``LINGER_S``), so that unread input does not turn the close into a reset that would
-destroy the GOAWAY in flight.  A connection is
+be sent again).  When this side closes a connection it sends FIN (over TLS: ``close_notify``) and
+reads until the client closes too (at most ``LINGER_S``), so that unread input does not turn the
+close into a reset that would destroy the GOAWAY in flight.  A connection is
 an ``H2Link`` (reader + the single writer, see ``hostproxy.h2.link``) plus a nursery of stream
 tasks.  Each request stream becomes a ``hostproxy.http.Request`` (``:authority`` →
 ``Request.authority`` and a ``host`` header, ``:path`` → the target, DATA → a streamed ``Body``
@@ -603,15 +603,23 @@ class _ServerLink(H2Link):
             self._reading.cancel()
 
     async def _linger(self) -> None:
-        """This side closed (GOAWAY sent, streams done): send FIN, then read and drop what the client
-        still sends until it closes too, for at most ``LINGER_S``. Closing with unread input makes the
-        kernel answer with a reset, which can destroy the GOAWAY still in flight to the client."""
+        """This side closed (GOAWAY sent, streams done): send FIN (TLS: close_notify), then read and
+        drop what the client still sends until it closes too, for at most ``LINGER_S``. Closing with
+        unread input makes the kernel answer with a reset, which can destroy the GOAWAY still in
+        flight to the client."""
         stream = self.stream
-        if self.peer_gone or type(stream) is not trio.SocketStream:
+        if self.peer_gone:
+            return
+        # TLS: close_notify in place of the FIN (a TLS stream cannot half-close its TCP connection).
+        send_close_notify = getattr(stream, "send_close_notify", None)
+        if type(stream) is not trio.SocketStream and send_close_notify is None:
             return
         with trio.move_on_after(LINGER_S):
             try:
-                await stream.send_eof()
+                if send_close_notify is not None:
+                    await send_close_notify()
+                else:
+                    await stream.send_eof()
                 while await stream.receive_some(RECEIVE_SIZE):
                     pass
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):

@@ -53,6 +53,10 @@ written; otherwise nothing can be in its way.
 Failures stay inside their connection: an exception from the handler becomes a 502
 ``proxy/internal`` response (logged with a traceback as ``http.handler_failed``); anything else that
 escapes a connection is logged as ``http.connection_failed`` and closes only that connection.
+
+Over TLS a connection ends with a ``close_notify`` (``TlsStream.aclose``; before the lingering close
+too, where plaintext sends FIN), except after a response that was not written whole
+(``_cut_short``), which must not look complete.
 """
 
 from __future__ import annotations
@@ -393,8 +397,18 @@ def _take_backlog(server: ListeningServer[Any], listener: Any) -> None:
     server._backlog.extend(take_backlog(listener))
 
 
+def _cut_short(stream: Any) -> None:
+    """The response being written on ``stream`` was cut short: a TLS connection closes without
+    ``close_notify``, which would vouch for it (``TlsStream.cut_short``)."""
+    cut = getattr(stream, "cut_short", None)
+    if cut is not None:
+        cut()
+
+
 def _reset_on_close(stream: Any) -> None:
-    """Make closing ``stream``'s socket send a reset (RST) rather than an orderly end (FIN)."""
+    """Make closing ``stream``'s socket send a reset (RST) rather than an orderly end (FIN, or a TLS
+    ``close_notify``)."""
+    _cut_short(stream)
     sock = getattr(stream, "socket", None)
     if sock is None:
         return
@@ -684,6 +698,12 @@ class _Connection:
         try:
             if fast:
                 stream.socket.shutdown(socket.SHUT_WR)
+            else:
+                # TLS: our close_notify says the response is whole, as the FIN does in plaintext, so
+                # that a client reading to the end is not kept waiting through the linger.
+                send_close_notify = getattr(stream, "send_close_notify", None)
+                if send_close_notify is not None:
+                    await send_close_notify()
             total = 0
             # A draining server lingers briefly: the drain waits for its connections to end (a
             # drain that starts during the linger shortens it likewise: ``start_drain``).
@@ -1216,6 +1236,11 @@ class _Connection:
                     raise _ClientGone("response body failed") from None
             trailers = body.trailers if codec.response_chunked else None
             await self.send(codec.send_end(self._sent_fields(trailers) if trailers else None))
+        except BaseException:
+            # Not written whole (the client gone, the upstream failed mid-body, a write timeout,
+            # the server cancelled): the close must not vouch for it.
+            _cut_short(self.stream)
+            raise
         finally:
             if not body.done:
                 with trio.CancelScope(shield=True):

@@ -334,6 +334,12 @@ class _Conn:
         if self.closed:
             return
         self.closed = True
+        if not self.sender_done:
+            # The request is not sent whole: a TLS connection closes without the close_notify that
+            # would vouch for it (``TlsStream.cut_short``).
+            cut = getattr(self.stream, "cut_short", None)
+            if cut is not None:
+                cut()
         if self.sender_scope is not None:
             self.sender_scope.cancel()
         with trio.CancelScope(shield=True):

@@ -18,6 +18,14 @@ Theory of operation
   are quoted (``"`` and ``\\`` escaped), characters outside printable ASCII percent-encoded, so that
   names in a client certificate can neither add fields nor break the header.
 
+Closing: :meth:`TlsStream.aclose` first sends a ``close_notify`` alert (:meth:`TlsStream.send_close_notify`)
+when the handshake completed and the connection is sound, so that a peer reading until the end can
+tell a whole answer from one cut short by a TCP close; it answers a peer's ``close_notify`` the same
+way. The attempt is bounded (:data:`CLOSE_NOTIFY_TIMEOUT_S`: a peer that reads nothing cannot hold the
+close) and never waits for the peer's own alert. A connection whose last message was cut short
+(:meth:`TlsStream.cut_short`: an upstream failing mid-body, a write cancelled) closes without one, as
+it would with a TCP reset: a close_notify would vouch for a message this side did not finish.
+
 A TLS failure after the handshake (TLS 1.3 servers reject a client certificate only after the
 client's handshake completed, so the client learns it on its first read) is raised as
 :class:`TlsBroken`, a ``trio.BrokenResourceError`` that carries the translated error; upstream code
@@ -44,6 +52,7 @@ from hostproxy.http.errors import h2_refusal
 from hostproxy.tls.inspect import CertInfo, der_info
 
 __all__ = [
+    "CLOSE_NOTIFY_TIMEOUT_S",
     "TlsBroken",
     "TlsStream",
     "failure_reason",
@@ -52,6 +61,11 @@ __all__ = [
     "tls_error_of",
     "xfcc_value",
 ]
+
+
+#: The longest closing a connection spends writing its ``close_notify`` (a peer that stopped reading
+#: can leave no room for it); the peer's own alert is never waited for.
+CLOSE_NOTIFY_TIMEOUT_S = 1.0
 
 
 class TlsBroken(trio.BrokenResourceError):
@@ -255,6 +269,9 @@ class TlsStream(trio.abc.Stream):
         #: TCP connection closed under TLS): what came before may have been cut short by anyone able
         #: to close TCP, so a body framed by the connection's end must not be taken as complete.
         self.eof_without_close_notify = False
+        #: ``close_notify``: "pending" (not sent yet), "sent", "skipped" (not sendable, or not to be
+        #: sent: :meth:`cut_short`).
+        self.close_notify = "pending"
         self._xfcc: bytes | None | bool = False  # False: not computed yet
         #: (server side) the start of what the client sent first (b"": nothing, it closed; None: unknown)
         self._first_bytes: bytes | None = None
@@ -415,8 +432,46 @@ class TlsStream(trio.abc.Stream):
     async def wait_send_all_might_not_block(self) -> None:
         await self.ssl_stream.wait_send_all_might_not_block()
 
+    def cut_short(self) -> None:
+        """What this side was sending on the connection was cut short: it closes without
+        ``close_notify`` (which would tell the peer that everything sent was whole)."""
+        if self.close_notify == "pending":
+            self.close_notify = "skipped"
+
+    async def send_close_notify(self) -> bool:
+        """Send ``close_notify`` (once), without waiting for the peer's: True when it was written.
+        Nothing is sent before the handshake completed, on a broken connection, or after
+        :meth:`cut_short`; the write gives up after :data:`CLOSE_NOTIFY_TIMEOUT_S`. The connection
+        can still be read afterwards (until the peer's own close_notify or its close)."""
+        if self.close_notify != "pending":
+            return False
+        self.close_notify = "skipped"
+        ssl_stream = self.ssl_stream
+        # trio sends close_notify only outside https-compatible mode (which the servers and pools use
+        # for its lenient reading of a peer's unclean close); its one-shot shutdown step is private.
+        retry = getattr(ssl_stream, "_retry", None)
+        ssl_object = getattr(ssl_stream, "_ssl_object", None)
+        state = getattr(getattr(ssl_stream, "_state", None), "name", None)
+        if self._state != "done" or state != "OK" or retry is None or ssl_object is None:
+            return False
+        with trio.move_on_after(CLOSE_NOTIFY_TIMEOUT_S):
+            try:
+                # SSL_shutdown once: queues and sends our alert; not waiting for the peer's (which
+                # would otherwise be read next) is what ``ignore_want_read`` means.
+                await retry(ssl_object.unwrap, ignore_want_read=True)
+            except (trio.BrokenResourceError, trio.BusyResourceError, trio.ClosedResourceError, OSError):
+                return False
+            self.close_notify = "sent"
+            return True
+        return False
+
     async def aclose(self) -> None:
-        await self.ssl_stream.aclose()
+        """Send ``close_notify`` (see :meth:`send_close_notify`), then close the TCP connection."""
+        try:
+            if self.close_notify == "pending":
+                await self.send_close_notify()
+        finally:
+            await self.ssl_stream.aclose()
 
     def _raise_translated(self, exc: BaseException) -> None:
         if self._translate is None or ssl_error_of(exc) is None:
