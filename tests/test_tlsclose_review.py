@@ -134,6 +134,26 @@ async def test_a_400_to_a_malformed_request_ends_with_close_notify(
     assert end == CLEAN
 
 
+async def test_a_client_still_sending_its_body_gets_the_answer_then_close_notify(pki: Pki) -> None:
+    """An answer given before the request body was read (here: 8 MiB the handler ignores) closes
+    with a lingering close: close_notify first, then what the client still sends is discarded. Data
+    the client sent before our alert must neither keep the alert from going out nor end the linger
+    early (a close with unread input resets the connection under the client's upload)."""
+    tls = make_listener_tls(pki.server_cert, pki.server_key)
+    body = b"a" * (8 * 1024 * 1024)
+
+    def client() -> tuple[bytes, str]:
+        with connect(pki, port) as sock:
+            sock.sendall(b"POST /big HTTP/1.1\r\nHost: x\r\ncontent-length: %d\r\n\r\n" % len(body))
+            sock.sendall(body)  # raises if the server reset the connection
+            return read_to_end(sock)
+
+    async with serving(Http1Server(hello), tls) as port:
+        data, end = await in_thread(client)
+    assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"hello /big conn=1"), data
+    assert end == CLEAN
+
+
 async def test_a_drained_idle_connection_ends_with_close_notify(pki: Pki) -> None:
     tls = make_listener_tls(pki.server_cert, pki.server_key)
     server = Http1Server(hello)

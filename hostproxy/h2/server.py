@@ -618,6 +618,7 @@ class _ServerLink(H2Link):
             try:
                 if send_close_notify is not None:
                     await send_close_notify()
+                    stream = stream.transport_stream  # (what follows is discarded undecrypted)
                 else:
                     await stream.send_eof()
                 while await stream.receive_some(RECEIVE_SIZE):

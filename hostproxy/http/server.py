@@ -700,10 +700,12 @@ class _Connection:
                 stream.socket.shutdown(socket.SHUT_WR)
             else:
                 # TLS: our close_notify says the response is whole, as the FIN does in plaintext, so
-                # that a client reading to the end is not kept waiting through the linger.
+                # that a client reading to the end is not kept waiting through the linger; what the
+                # client still sends is then discarded as it comes, undecrypted.
                 send_close_notify = getattr(stream, "send_close_notify", None)
                 if send_close_notify is not None:
                     await send_close_notify()
+                    stream = stream.transport_stream
             total = 0
             # A draining server lingers briefly: the drain waits for its connections to end (a
             # drain that starts during the linger shortens it likewise: ``start_drain``).

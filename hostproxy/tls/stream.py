@@ -441,8 +441,9 @@ class TlsStream(trio.abc.Stream):
     async def send_close_notify(self) -> bool:
         """Send ``close_notify`` (once), without waiting for the peer's: True when it was written.
         Nothing is sent before the handshake completed, on a broken connection, or after
-        :meth:`cut_short`; the write gives up after :data:`CLOSE_NOTIFY_TIMEOUT_S`. The connection
-        can still be read afterwards (until the peer's own close_notify or its close)."""
+        :meth:`cut_short`; the write gives up after :data:`CLOSE_NOTIFY_TIMEOUT_S`. What the peer
+        still sends afterwards may no longer be readable through TLS: a caller that drains it (a
+        lingering close) reads ``transport_stream`` and discards the bytes."""
         if self.close_notify != "pending":
             return False
         self.close_notify = "skipped"
@@ -451,14 +452,29 @@ class TlsStream(trio.abc.Stream):
         # for its lenient reading of a peer's unclean close); its one-shot shutdown step is private.
         retry = getattr(ssl_stream, "_retry", None)
         ssl_object = getattr(ssl_stream, "_ssl_object", None)
+        outgoing = getattr(ssl_stream, "_outgoing", None)  # trio's MemoryBIO
         state = getattr(getattr(ssl_stream, "_state", None), "name", None)
         if self._state != "done" or state != "OK" or retry is None or ssl_object is None:
             return False
         with trio.move_on_after(CLOSE_NOTIFY_TIMEOUT_S):
             try:
-                # SSL_shutdown once: queues and sends our alert; not waiting for the peer's (which
-                # would otherwise be read next) is what ``ignore_want_read`` means.
-                await retry(ssl_object.unwrap, ignore_want_read=True)
+                try:
+                    # Queues and sends our alert; not waiting for the peer's (which would be read
+                    # next) is what ``ignore_want_read`` means.
+                    await retry(ssl_object.unwrap, ignore_want_read=True)
+                except trio.BrokenResourceError as exc:
+                    # ``unwrap`` calls SSL_shutdown twice, the second time to read the peer's alert;
+                    # it fails on application data the peer sent first (a client still sending a
+                    # body: APPLICATION_DATA_AFTER_CLOSE_NOTIFY) after the first queued our alert,
+                    # which trio then leaves unsent: send it here.
+                    pending = outgoing.read() if outgoing is not None and ssl_error_of(exc) else b""
+                    if not pending:
+                        return False
+                    delayed = getattr(ssl_stream, "_delayed_outgoing", None)
+                    if delayed:  # (TLS 1.3 session tickets not sent yet go first)
+                        ssl_stream._delayed_outgoing = None
+                        pending = delayed + pending
+                    await self.transport_stream.send_all(pending)
             except (trio.BrokenResourceError, trio.BusyResourceError, trio.ClosedResourceError, OSError):
                 return False
             self.close_notify = "sent"
