@@ -447,7 +447,7 @@ class ListWatchCore:
             "lastListAt": fmt(self.last_list_at),
             "streaming": self.streaming,
             "resourceVersion": self.resource_version,
-            "lastError": self.error,
+            "lastError": self.error or self.watch_refused,
             "errorSince": fmt(self.error_since),
             "watchRefused": self.watch_refused,
             "lists": self.lists,
