@@ -59,6 +59,7 @@ from hostproxy.classifier import grpc_status_of
 from hostproxy.config.model import plugin_mapping
 from hostproxy.http.errors import RequestBodyError, UpstreamError
 from hostproxy.http.message import Body, Request, Response
+from hostproxy.http.sockopts import socket_options
 from hostproxy.http.upstream import PoolParams, UpstreamPool
 from hostproxy.metrics import RouterScope
 from namers.base import STALE_SINCE
@@ -242,6 +243,7 @@ class Client:
             life_time_s=session.life_time_ms / 1000 if session.life_time_ms is not None else None,
             max_headers_kb=max_headers_kb,
             max_initial_line_kb=max_initial_line_kb,
+            socket_options=socket_options(getattr(params, "socket_options", None)),
         )
         self._attempt_timeout = (
             params.request_attempt_timeout_ms / 1000 if params.request_attempt_timeout_ms else None

@@ -11,7 +11,8 @@ sampler, the systemd watchdog, and each router's servers. Servers are made in on
 (:meth:`Daemon._make_server`) and are driven only through ``serve`` / ``stop_accepting`` / ``drain`` /
 ``statistics``, so every protocol's server is handled alike. Listeners are bound with
 ``SO_REUSEPORT``, or adopted from systemd socket activation (``LISTEN_FDS``; matched to servers by
-address). Once every listener is up the daemon is ready: ``/ready`` answers 200 and systemd gets
+address), with the server's ``socketOptions`` (:mod:`hostproxy.http.sockopts`; a ``reusePort: false``
+is logged, not honoured). Once every listener is up the daemon is ready: ``/ready`` answers 200 and systemd gets
 ``READY=1``. Namers answer lazily (the first request for a name waits up to ``bindingTimeoutMs``).
 
 Reload (``SIGHUP``, ``POST /admin/reload``): the config file is read and validated, and everything
@@ -70,8 +71,10 @@ from hostproxy.config.model import PrometheusTelemeter, RecentRequestsTelemeter,
 from hostproxy.config.registry import load_factory, lookup
 from hostproxy.config.validate import config_line
 from hostproxy.dtabfile import DtabFileError, DtabFileWatcher, load_dtab_file, watch_dtab_file
+from hostproxy.http.listening import LISTEN_BACKLOG
 from hostproxy.http.proxyheaders import ForwardedConfig, Labeler
 from hostproxy.http.server import Http1Server, ServerParams, bind_listeners
+from hostproxy.http.sockopts import configure_listener, socket_options
 from hostproxy.idle import run_when_idle
 from hostproxy.metrics import MetricsRegistry
 from hostproxy.metrics.registry import FLUSH_AT_MOST_S, FLUSH_EVERY_S, FLUSH_PIECE, FLUSH_QUIET_MAX_S
@@ -131,6 +134,7 @@ def server_params(router_cfg: Any, server_cfg: Any, label: str, grace_s: float) 
         max_requests_per_connection=getattr(server_cfg, "max_requests_per_connection", None),
         clear_context=bool(getattr(server_cfg, "clear_context", False)),
         allow_address_overrides=bool(getattr(server_cfg, "allow_address_overrides", False)),
+        socket_options=socket_options(getattr(server_cfg, "socket_options", None)),
     )
 
 
@@ -154,6 +158,17 @@ def h2_server_params(router_cfg: Any, server_cfg: Any, label: str, grace_s: floa
         if value is not None:
             extra[field] = value
     return H2ServerParams(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)}, **extra)
+
+
+def reuse_port_kept(config: Config) -> list[str]:
+    """The config paths of the ``socketOptions`` sections with ``reusePort: false``, which hostproxy
+    does not honour (its listeners always have ``SO_REUSEPORT``)."""
+    out = ["admin"] if config.admin.socket_options.reuse_port is False else []
+    for i, rcfg in enumerate(config.routers):
+        for j, scfg in enumerate(rcfg.servers):
+            if scfg.socket_options.reuse_port is False:
+                out.append(f"routers[{i}].servers[{j}]")
+    return out
 
 
 def _ms(v: int | None) -> float | None:
@@ -651,8 +666,10 @@ class Daemon:
     def _listeners_for(params: ServerParams, inherited: dict[tuple[str, int], Any]) -> list[Any]:
         lst = inherited.pop((params.ip, params.port), None) if params.port else None
         if lst is not None:
+            if params.socket_options is not None:
+                configure_listener(lst.socket, params.socket_options, LISTEN_BACKLOG)
             return [lst]
-        return bind_listeners(params.ip, params.port)
+        return bind_listeners(params.ip, params.port, options=params.socket_options)
 
     async def _start_slot(self, slot: _ServerSlot, listeners: list[Any]) -> None:
         assert self._servers_nursery is not None
@@ -715,6 +732,7 @@ class Daemon:
                 self.config.admin.port,
                 self.config.admin.allow_remote_control,
                 security=self.config.admin.security,
+                socket_options=socket_options(self.config.admin.socket_options),
                 prometheus=[t for t in self.config.telemetry if isinstance(t, PrometheusTelemeter)],
             )
             self.admin_address = await nursery.start(admin.serve)
@@ -756,6 +774,16 @@ class Daemon:
                     servers_done.set()
 
             await nursery.start(run_servers)
+            for where in reuse_port_kept(self.config):
+                log.info(
+                    "listen.reuse_port_kept",
+                    key=f"{where}.socketOptions.reusePort",
+                    message=(
+                        f"{where}.socketOptions.reusePort is false, but hostproxy's listeners always have "
+                        "SO_REUSEPORT: upgrades and reloads hand the port over through it (see README, "
+                        "Operations); remove the key to silence this"
+                    ),
+                )
             for lst in inherited.values():
                 log.warning("daemon.listen_fd_unused", address=lst.socket.getsockname())
                 await lst.aclose()
@@ -920,7 +948,7 @@ class Daemon:
             new_listeners: dict[tuple[str, Any], list[Any]] = {}
             for key, (_label, params) in specs.items():
                 if key not in self.slots:
-                    new_listeners[key] = bind_listeners(params.ip, params.port)
+                    new_listeners[key] = bind_listeners(params.ip, params.port, options=params.socket_options)
                     built.extend(new_listeners[key])
         except (ValueError, OSError, DtabFileError) as e:
             for lst in built:
@@ -960,6 +988,8 @@ class Daemon:
             slot = self.slots.get(key)
             if slot is not None:
                 slot.server.handler = routers[label].handle
+                if params.socket_options != slot.params.socket_options:
+                    slot.server.configure_listeners(params.socket_options)
                 slot.server.params = params
                 slot.router, slot.params = label, params
                 slot.set_tls(server_tls.get(key))

@@ -266,9 +266,9 @@ routers:
 - protocol: http
   compressionLevel: 6
   announcers: []
-  client: {socketOptions: {noDelay: true}, requestAuthorizers: []}
+  client: {requestAuthorizers: []}
   servers:
-  - {label: edge, timestampHeader: x-ts, announce: [], socketOptions: {noDelay: true}}
+  - {label: edge, timestampHeader: x-ts, announce: []}
 - protocol: h2
   servers: [{port: 4142, label: grpc}]
 """
@@ -285,11 +285,9 @@ routers:
         "admin.workerThreads",
         "routers[0].compressionLevel",
         "routers[0].announcers",
-        "routers[0].client.socketOptions",
         "routers[0].client.requestAuthorizers",
         "routers[0].servers[0].label",
         "routers[0].servers[0].announce",
-        "routers[0].servers[0].socketOptions",
         "routers[1].servers[0].label",
     ], proc.stderr
     for ln in lines:

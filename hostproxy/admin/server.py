@@ -24,6 +24,7 @@ import trio
 from hostproxy.admin.context import AdminContext
 from hostproxy.admin.handlers import DELEGATE_TIMEOUT_S, AdminHandler
 from hostproxy.http.server import Http1Server, ServerParams
+from hostproxy.http.sockopts import SocketOptions
 
 __all__ = ["AdminServer"]
 
@@ -44,6 +45,7 @@ class AdminServer:
         delegate_timeout_s: float = DELEGATE_TIMEOUT_S,
         request_body_timeout_s: float = 10.0,
         response_write_timeout_s: float = 30.0,
+        socket_options: SocketOptions | None = None,
     ) -> None:
         self.ctx = ctx
         # The HTTP layer appends one ``Via`` entry to every request it hands the handler.
@@ -67,6 +69,7 @@ class AdminServer:
             max_initial_line_kb=16,
             # Probes get their answer however many slow clients hold the other slots.
             uncapped_paths=frozenset({"/admin/ping", "/live", "/ready"}),
+            socket_options=socket_options,
         )
         self.http = Http1Server(self.handler, self.params)
         self.address: tuple[str, int] | None = None

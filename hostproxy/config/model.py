@@ -251,6 +251,49 @@ class ClientTls:
     )
 
 
+# -- socket options ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class SocketOptions:
+    """Linkerd's `socketOptions` (admin, servers[], client): readTimeoutMs and writeTimeoutMs are refused (not supported yet)."""
+
+    no_delay: bool = key(
+        True,
+        "TCP_NODELAY on every connection (accepted, or opened by a client); false lets the kernel hold "
+        "small writes back (Nagle's algorithm).",
+    )
+    reuse_addr: bool = key(
+        True,
+        "SO_REUSEADDR on the listening socket; false: binding fails while connections of an earlier "
+        "listener on the port linger in TIME_WAIT. No effect on a client, whose connections are never "
+        "bound to a local port.",
+    )
+    reuse_port: bool | None = key(
+        None,
+        "Accepted so that Linkerd 1 configs load: listeners always have SO_REUSEPORT, which upgrades "
+        "and reloads hand the port over with; false is logged at start (listen.reuse_port_kept). No "
+        "effect on a client.",
+        default_doc="false in Linkerd; SO_REUSEPORT is always set",
+    )
+    keep_alive: bool = key(
+        False,
+        "SO_KEEPALIVE on every connection: the kernel probes a peer idle for "
+        "net.ipv4.tcp_keepalive_time and closes the connection when it does not answer.",
+    )
+    backlog: int | None = key(
+        None,
+        "Listen backlog: connections the kernel completes before hostproxy accepts them (the kernel "
+        "caps it at net.core.somaxconn; 1 to 2147483647). No effect on a client.",
+        default_doc="1024",
+        check=between(1, 2**31 - 1),
+    )
+
+
+_SOCKET_OPTIONS_DOC = "Socket options of this server's listener and connections."
+_SAME_AS_ADMIN = "Linkerd's defaults (keys as admin.socketOptions)"
+
+
 # -- client and service parameters ----------------------------------------------------------------
 
 
@@ -343,6 +386,11 @@ class ClientParams:
     )
     client_session: Session = key(Session(), "Connection lifetime limits.")
     tls: ClientTls | None = key(None, "Speak TLS to the endpoints.", default_doc="plaintext")
+    socket_options: SocketOptions = key(
+        SocketOptions(),
+        "Socket options of the connections to the endpoints (noDelay, keepAlive apply).",
+        default_doc=_SAME_AS_ADMIN,
+    )
     forward_client_cert: bool = key(False, "Forward the caller's certificate in x-forwarded-client-cert.")
 
 
@@ -768,6 +816,7 @@ class ServerConfig:
         "loses its body too).",
     )
     tls: ServerTls | None = key(None, "Accept TLS.", default_doc="plaintext")
+    socket_options: SocketOptions = key(SocketOptions(), _SOCKET_OPTIONS_DOC, default_doc=_SAME_AS_ADMIN)
     timeout_ms: int | None = key(
         None,
         "Bound each request from when the router forwards it, as totalTimeoutMs does (503, cause "
@@ -1029,6 +1078,9 @@ class AdminConfig:
     port: int = key(9990, "Port of the admin server.", check=port_number)
     shutdown_grace_ms: int = key(10000, "Longest drain before exit on shutdown.", check=non_negative)
     security: AdminSecurity = key(AdminSecurity(), "Which admin endpoints are served.")
+    socket_options: SocketOptions = key(
+        SocketOptions(), "Socket options of the admin server's listener and connections."
+    )
     allow_remote_control: bool = key(
         False, "Answer state-changing admin endpoints from non-loopback peers.", extension=True
     )

@@ -55,7 +55,6 @@ LINKERD_ONLY_KEYS: dict[str, str] = {
     "maxResponseKB": "was removed in Linkerd 1.7.0; bodies are streamed (see streamAfterContentLengthKB)",
     "announcers": "is a Linkerd key that hostproxy does not support; remove it",
     "announce": "is a Linkerd key that hostproxy does not support; remove it",
-    "socketOptions": "is a Linkerd key that hostproxy does not support; remove it",
     "httpAccessLogRollPolicy": "is not supported: hostproxy does not roll its access log; rotate it with logrotate (SIGHUP reopens the file)",
     "httpAccessLogRotateCount": "is not supported: hostproxy does not roll its access log; rotate it with logrotate (SIGHUP reopens the file)",
     "h2AccessLogRollPolicy": "is not supported: hostproxy does not roll its access log; rotate it with logrotate (SIGHUP reopens the file)",
@@ -73,6 +72,13 @@ LINKERD_ONLY_KEYS: dict[str, str] = {
 LINKERD_ONLY_SECTION_KEYS: dict[tuple[str, str], str] = {
     ("AdminConfig", "tls"): "is a Linkerd key that hostproxy does not support: the admin server speaks "
     "plaintext; keep it on loopback (the default) or a private address, and remove it",
+    ("SocketOptions", "readTimeoutMs"): "is not supported yet: hostproxy has no per-read timeout on "
+    "connections; remove it (a server's serverSession.idleTimeMs, requestHeaderTimeoutMs and "
+    "requestBodyTimeoutMs cut off clients that stop sending; a client's requestAttemptTimeoutMs bounds "
+    "an upstream that stops answering)",
+    ("SocketOptions", "writeTimeoutMs"): "is not supported yet: hostproxy has no per-write timeout on "
+    "connections; remove it (a client's requestAttemptTimeoutMs and the service's totalTimeoutMs bound "
+    "a request whose upstream stops reading)",
     ("ServerConfig", "label"): "(a server's own label) is a Linkerd key that hostproxy does not support: "
     "a server's metrics are scoped by its ip and port; remove it (the router's label is routers[].label)",
 }

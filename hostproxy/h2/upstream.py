@@ -103,6 +103,7 @@ from hostproxy.http.errors import (
 )
 from hostproxy.http.hopbyhop import strip_hop_by_hop
 from hostproxy.http.message import Body, Headers, Request, Response
+from hostproxy.http.sockopts import configure_connection
 from hostproxy.http.upstream import Connector, NurseryOwner, PoolParams, _map_errors
 
 __all__ = ["H2ClientSettings", "H2StreamReset", "H2StreamStalled", "H2UpstreamPool"]
@@ -667,6 +668,9 @@ class H2UpstreamPool(NurseryOwner):
         except UpstreamError:
             self._counters["connect_failures"] += 1
             raise
+        opts = self.params.socket_options
+        if opts is not None and opts.per_connection:
+            configure_connection(stream, opts)
         link = _UpLink(self, stream, next(self._ids))
         link.start()
         self._nursery.start_soon(link.serve)

@@ -61,6 +61,8 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 import structlog
 import trio
 
+from hostproxy.http.sockopts import SocketOptions, configure_connection, configure_listener
+
 __all__ = [
     "LISTEN_BACKLOG",
     "IdleTimer",
@@ -110,6 +112,9 @@ class ListenParams(Protocol):
 
     @property
     def max_connections(self) -> int | None: ...
+
+    @property
+    def socket_options(self) -> SocketOptions | None: ...
 
 
 @dataclass
@@ -194,12 +199,17 @@ def listening_elsewhere(ip: str, port: int, proc_net: str = "/proc/net") -> bool
     return False
 
 
-def bind_listeners(ip: str, port: int, *, reuse_port: bool = True) -> list[trio.SocketListener]:
+def bind_listeners(
+    ip: str, port: int, *, reuse_port: bool = True, options: SocketOptions | None = None
+) -> list[trio.SocketListener]:
     """Listening sockets on ``ip:port`` with ``SO_REUSEADDR`` and (by default) ``SO_REUSEPORT``.
 
     ``SO_REUSEPORT`` lets a second hostproxy process bind the same port during an upgrade; the kernel
-    spreads new connections over both until the old one closes its listener.
+    spreads new connections over both until the old one closes its listener. ``options`` (a server's
+    ``socketOptions``) may turn ``SO_REUSEADDR`` off, set ``SO_KEEPALIVE`` (which accepted connections
+    inherit) and the backlog (else ``LISTEN_BACKLOG``).
     """
+    opts = options or SocketOptions()
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     where = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
     if reuse_port and port and listening_elsewhere(ip, port):
@@ -215,13 +225,16 @@ def bind_listeners(ip: str, port: int, *, reuse_port: bool = True) -> list[trio.
         )
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if opts.reuse_addr:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port and hasattr(socket, "SO_REUSEPORT"):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if opts.keep_alive:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((ip, port))
-        sock.listen(LISTEN_BACKLOG)
+        sock.listen(opts.backlog or LISTEN_BACKLOG)
     except OSError as e:
         sock.close()
         if e.errno == errno.EADDRNOTAVAIL:
@@ -505,7 +518,9 @@ class ListeningServer(Generic[ConnT]):
         (adopted sockets, e.g. from systemd socket activation, or TLS listeners).
         """
         if listeners is None:
-            listeners = bind_listeners(self.params.ip, self.params.port)
+            listeners = bind_listeners(
+                self.params.ip, self.params.port, options=getattr(self.params, "socket_options", None)
+            )
         self._listeners = list(listeners)
         self.addresses = [sockaddr(lst.socket.getsockname()) for lst in listeners]
         self.logger.info(
@@ -552,6 +567,16 @@ class ListeningServer(Generic[ConnT]):
                 router=self.params.router_label,
                 addresses=self.addresses,
             )
+
+    def configure_listeners(self, options: SocketOptions | None) -> None:
+        """Set ``options`` (``socketOptions``) on the listening sockets in use: a reload that changed
+        them, or sockets adopted from systemd (what an accepted connection inherits from its
+        listener, and the backlog, change at once; a closed listener is left alone)."""
+        for lst in self._listeners:
+            try:
+                configure_listener(lst.socket, options, LISTEN_BACKLOG)
+            except OSError:
+                pass
 
     def drain(self) -> None:
         """Stop accepting and tell every open connection to finish (see the subclass for how)."""
@@ -621,6 +646,9 @@ class ListeningServer(Generic[ConnT]):
             abort(stream)
             return
         self._stats.connections += 1  # counted at once, so a burst cannot exceed a cap
+        opts = getattr(self.params, "socket_options", None)
+        if opts is not None and opts.per_accepted_connection:
+            configure_connection(stream, opts, accepted=True)
         nursery.start_soon(self._run_connection, stream)
 
     async def _run_connection(self, stream: Any) -> None:

@@ -116,6 +116,7 @@ from hostproxy.http.proxyheaders import (
     via_count,
     via_field,
 )
+from hostproxy.http.sockopts import SocketOptions
 from hostproxy.http.sockstream import SockStream, adopt
 
 __all__ = ["ConnInfo", "Handler", "Http1Server", "ServerParams", "bind_listeners"]
@@ -165,6 +166,8 @@ class ServerParams:
     #: The longest writing one response may take (None: no limit); past it the connection is cut off,
     #: so that a client that stops reading does not hold its request slot for ever (the admin server).
     response_write_timeout_s: float | None = None
+    #: ``socketOptions`` of the listener and the accepted connections (None: hostproxy's defaults).
+    socket_options: SocketOptions | None = None
 
     def codec_limits(self) -> CodecLimits:
         return CodecLimits(

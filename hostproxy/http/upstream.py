@@ -100,6 +100,7 @@ from hostproxy.http.errors import (
 )
 from hostproxy.http.hopbyhop import allowed_trailers, strip_hop_by_hop, strip_response_fields
 from hostproxy.http.message import Body, Headers, Request, Response
+from hostproxy.http.sockopts import SocketOptions, configure_connection
 from hostproxy.http.sockstream import SockStream, open_tcp
 
 __all__ = ["Connector", "PoolParams", "PoolState", "UpstreamPool"]
@@ -150,6 +151,8 @@ class PoolParams:
     max_initial_line_kb: int = 4
     #: Most fields in a response head (1xx heads included); as many as a request may have.
     max_header_count: int = 100
+    #: ``client.socketOptions`` of each new connection (None: hostproxy's defaults).
+    socket_options: SocketOptions | None = None
 
     def codec_limits(self) -> CodecLimits:
         """The limits of each connection's ``ClientCodec``."""
@@ -651,6 +654,9 @@ class UpstreamPool(NurseryOwner):
         if self._connector is not None:
             # The connector applies the timeout and raises UpstreamError (connect/*, tls) itself.
             stream = await self._connector(self.host, self.port, timeout_s)
+            opts = self.params.socket_options
+            if opts is not None and opts.per_connection:
+                configure_connection(stream, opts)
             self._counters["connects"] += 1
             self._open += 1
             return _Conn(stream, self.endpoint, self._clock(), self._limits)
@@ -670,6 +676,9 @@ class UpstreamPool(NurseryOwner):
                     endpoint=self.endpoint,
                     cause="connect/timeout",
                 )
+        opts = self.params.socket_options
+        if opts is not None and opts.per_connection:
+            configure_connection(stream, opts)
         self._counters["connects"] += 1
         self._open += 1
         return _Conn(stream, self.endpoint, self._clock(), self._limits)
