@@ -233,17 +233,25 @@ class Client:
             BudgetConfig(budget.ttl_secs, budget.min_retries_per_sec, budget.percent_can_retry), clock
         )
         pool, session = params.host_connection_pool, params.client_session
+        sockopts = getattr(params, "socket_options", None)
+        read_ms = getattr(sockopts, "read_timeout_ms", None)
+        write_ms = getattr(sockopts, "write_timeout_ms", None)
         idle_ms = [ms for ms in (pool.idle_time_ms, session.idle_time_ms) if ms is not None]
+        idle_s = min(idle_ms) / 1000 if idle_ms else 30.0
+        if read_ms is not None:  # it closes an idle pooled connection too, as Finagle's does
+            idle_s = min(idle_s, read_ms / 1000)
         self._pool_params = PoolParams(
             connect_timeout_ms=getattr(params, "connect_timeout_ms", None) or 1000,
-            idle_timeout_s=min(idle_ms) / 1000 if idle_ms else 30.0,
+            idle_timeout_s=idle_s,
             max_size=pool.max_size,
             max_waiters=pool.max_waiters,
             min_size=pool.min_size,
             life_time_s=session.life_time_ms / 1000 if session.life_time_ms is not None else None,
             max_headers_kb=max_headers_kb,
             max_initial_line_kb=max_initial_line_kb,
-            socket_options=socket_options(getattr(params, "socket_options", None)),
+            socket_options=socket_options(sockopts),
+            read_timeout_s=read_ms / 1000 if read_ms is not None else None,
+            write_timeout_s=write_ms / 1000 if write_ms is not None else None,
         )
         self._attempt_timeout = (
             params.request_attempt_timeout_ms / 1000 if params.request_attempt_timeout_ms else None

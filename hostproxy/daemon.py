@@ -112,6 +112,8 @@ def _forwarded(cfg: Any) -> ForwardedConfig | None:
 
 
 def server_params(router_cfg: Any, server_cfg: Any, label: str, grace_s: float) -> ServerParams:
+    sockopts = getattr(server_cfg, "socket_options", None)
+    read_s = _ms(getattr(sockopts, "read_timeout_ms", None))
     return ServerParams(
         ip=server_cfg.ip,
         port=server_cfg.port if server_cfg.port is not None else router_cfg.DEFAULT_PORT,
@@ -126,8 +128,12 @@ def server_params(router_cfg: Any, server_cfg: Any, label: str, grace_s: float) 
         router_label=label,
         shutdown_grace_s=grace_s,
         request_head_timeout_s=getattr(server_cfg, "request_header_timeout_ms", 10000) / 1000,
-        request_body_timeout_s=_ms(getattr(server_cfg, "request_body_timeout_ms", None)),
-        idle_timeout_s=_ms(server_cfg.server_session.idle_time_ms) or 60.0,
+        # socketOptions.readTimeoutMs bounds every wait for the client's bytes: a body's stalls and the
+        # wait for the next request, as well as (in the server) each read of a request head.
+        request_body_timeout_s=shorter(_ms(getattr(server_cfg, "request_body_timeout_ms", None)), read_s),
+        idle_timeout_s=shorter(_ms(server_cfg.server_session.idle_time_ms) or 60.0, read_s),
+        read_timeout_s=read_s,
+        write_timeout_s=_ms(getattr(sockopts, "write_timeout_ms", None)),
         life_time_s=_ms(server_cfg.server_session.life_time_ms),
         request_timeout_ms=getattr(server_cfg, "timeout_ms", None),
         max_connections=getattr(server_cfg, "max_connections", None),
@@ -157,6 +163,12 @@ def h2_server_params(router_cfg: Any, server_cfg: Any, label: str, grace_s: floa
         value = getattr(server_cfg, key, None)
         if value is not None:
             extra[field] = value
+    write_s = base.write_timeout_s
+    if write_s is not None:
+        # A client that takes nothing: its stream's window stays at zero (the stream is reset), or
+        # the connection's socket takes no bytes (the connection is closed).
+        for name in ("stall_timeout_s", "outbound_stall_timeout_s"):
+            extra[name] = min(write_s, getattr(H2ServerParams, name))
     return H2ServerParams(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)}, **extra)
 
 
@@ -173,6 +185,13 @@ def reuse_port_kept(config: Config) -> list[str]:
 
 def _ms(v: int | None) -> float | None:
     return None if v is None else v / 1000
+
+
+def shorter(a: float | None, b: float | None) -> float | None:
+    """The shorter of two optional timeouts (None: unbounded)."""
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
 
 
 NAMER_READY_BOUND_S = 10.0  # /ready waits at most this long for namers' first answers
@@ -212,6 +231,7 @@ _SERVER_KEYS = (
     ("bad_requests", "bad_requests"),
     ("header_timeouts", "header_timeouts"),
     ("body_timeouts", "body_timeouts"),
+    ("write_timeouts", "write_timeouts"),
     ("refused_streams", "refused_streams"),
     ("client_resets", "client_resets"),
     ("requests_abandoned", "requests_abandoned"),
@@ -733,6 +753,8 @@ class Daemon:
                 self.config.admin.allow_remote_control,
                 security=self.config.admin.security,
                 socket_options=socket_options(self.config.admin.socket_options),
+                read_timeout_s=_ms(self.config.admin.socket_options.read_timeout_ms),
+                write_timeout_s=_ms(self.config.admin.socket_options.write_timeout_ms),
                 prometheus=[t for t in self.config.telemetry if isinstance(t, PrometheusTelemeter)],
             )
             self.admin_address = await nursery.start(admin.serve)

@@ -383,6 +383,17 @@ class _BodyFailureWatch:
         await self._body.aclose()
 
 
+def _h2_stall(params: Any) -> dict[str, Any]:
+    """An h2 client's stall bound on request bodies: ``client.socketOptions.writeTimeoutMs`` when it
+    is shorter than the default (an upstream that keeps its window at zero takes no bytes)."""
+    from hostproxy.h2.upstream import H2ClientSettings
+
+    write_ms = params.socket_options.write_timeout_ms
+    if write_ms is None or write_ms / 1000 >= H2ClientSettings.stall_timeout_s:
+        return {}
+    return {"stall_timeout_s": write_ms / 1000}
+
+
 class HttpRouter:
     """One configured HTTP router (see the module docstring)."""
 
@@ -1257,6 +1268,7 @@ class HttpRouter:
                     max_frame_bytes=params.max_frame_bytes,
                     header_table_bytes=params.header_table_bytes,
                     max_header_list_bytes=params.max_header_list_bytes,
+                    **_h2_stall(params),
                 ),
             )
         tls = params.tls

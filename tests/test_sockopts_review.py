@@ -29,6 +29,7 @@ from hostproxy.h2.server import H2Server, H2ServerParams
 from hostproxy.http import Http1Server
 from hostproxy.http.server import ServerParams
 from tests.daemonutil import curl, running_daemon
+from tests.grpc_fixtures.rawh2 import RawClient
 from tests.upstreams import running_upstream
 
 pytestmark = pytest.mark.timeout(90)
@@ -211,22 +212,23 @@ routers:
     assert messages["routers[0].servers[0].socketOptions.backlog"] == "must be from 1 to 2147483647, got 0"
 
 
-def test_the_timeouts_not_supported_yet_are_refused_by_name() -> None:
+def test_timeouts_load_as_positive_milliseconds() -> None:
     text = """
 routers:
 - protocol: http
-  client: {socketOptions: {readTimeoutMs: 1000}}
-  servers: [{port: 0, socketOptions: {writeTimeoutMs: 1000}}]
+  client: {socketOptions: {readTimeoutMs: 1000, writeTimeoutMs: 0}}
+  servers: [{port: 0, socketOptions: {writeTimeoutMs: 1.5, readTimeoutMs: 2500}}]
 """
     with pytest.raises(ConfigError) as info:
         load_config(text, source="t.yaml")
     issues = {i.path: i.message for i in info.value.errors}
-    assert set(issues) == {
-        "routers[0].client.socketOptions.readTimeoutMs",
-        "routers[0].servers[0].socketOptions.writeTimeoutMs",
-    }
-    for message in issues.values():
-        assert "is not supported yet" in message and "remove it" in message, message
+    assert issues == {
+        "routers[0].client.socketOptions.writeTimeoutMs": "must be from 1 to 2147483647, got 0",
+        "routers[0].servers[0].socketOptions.writeTimeoutMs": "expected an integer, got a number (1.5)",
+    }, issues
+    ok = load_config(text.replace("writeTimeoutMs: 0", "writeTimeoutMs: 3").replace("1.5", "4"), source="t")
+    server = ok.routers[0].servers[0].socket_options
+    assert (server.read_timeout_ms, server.write_timeout_ms) == (2500, 4)
 
 
 def test_hostproxy_check_accepts_socket_options(tmp_path: Path) -> None:
@@ -489,3 +491,326 @@ async def test_a_reload_sets_changed_options_on_the_listener_it_keeps(tmp_path: 
                 with own_socket(port, local_port(c)) as accepted:
                     assert keepalive(accepted) and not nodelay(accepted)
             daemon.request_shutdown()
+
+
+# -- readTimeoutMs and writeTimeoutMs: real peers that stop sending or reading ---------------------------
+
+
+async def read_to_end(stream: trio.abc.Stream, *, limit: int = 1 << 30) -> bytes:
+    """What ``stream`` delivers until its end (or a reset); fails the test after 20 s."""
+    got = bytearray()
+    with trio.fail_after(20):
+        while len(got) < limit:
+            try:
+                chunk = await stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                break
+            if not chunk:
+                break
+            got += chunk
+    return bytes(got)
+
+
+async def metric(d: object, key: str) -> float:
+    r = await curl(f"{d.admin}/admin/metrics.json")  # type: ignore[attr-defined]
+    return r.json().get(key, 0)  # type: ignore[no-any-return,union-attr]
+
+
+@contextlib.asynccontextmanager
+async def raw_upstream(handler: object) -> AsyncIterator[int]:
+    """A bare TCP upstream on loopback running ``handler(stream)`` per connection; its port. Its
+    sockets have a small receive buffer, so that a peer writing to one that does not read is
+    stalled after a few hundred KB rather than megabytes."""
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    await sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    listener = trio.SocketListener(sock)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, handler, [listener])
+        yield sock.getsockname()[1]
+        nursery.cancel_scope.cancel()
+
+
+async def read_head(stream: trio.abc.Stream) -> bytes:
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+async def test_server_read_timeout_cuts_off_a_client_that_stops_mid_body() -> None:
+    async with running_upstream() as app, running_daemon(http_config(app.port, "{readTimeoutMs: 300}")) as d:
+        port = d.port("http", 0)
+        async with await trio.open_tcp_stream("127.0.0.1", port) as c:
+            # Longer than streamAfterContentLengthKB: streamed to the upstream as it arrives.
+            await c.send_all(
+                b"POST /count HTTP/1.1\r\nHost: web\r\nContent-Length: 100000\r\n\r\n" + b"x" * 10
+            )
+            got = await read_to_end(c)
+        assert got.startswith(b"HTTP/1.1 400 "), got
+        assert b"request body stalled for 0.3s (socketOptions.readTimeoutMs)" in got, got
+        assert await metric(d, f"rt/http/server/127.0.0.1/{port}/body_timeouts") == 1
+        assert [r.target for r in app.requests] == ["/count"]
+
+
+async def test_server_read_timeout_answers_a_head_that_stalls_408() -> None:
+    async with running_upstream() as app, running_daemon(http_config(app.port, "{readTimeoutMs: 300}")) as d:
+        port = d.port("http", 0)
+        async with await trio.open_tcp_stream("127.0.0.1", port) as c:
+            await c.send_all(b"GET / HTTP/1.1\r\nHost: web\r\n")
+            got = await read_to_end(c)
+        assert got.startswith(b"HTTP/1.1 408 "), got
+        assert b"nothing received for 0.3s (socketOptions.readTimeoutMs)" in got, got
+        assert await metric(d, f"rt/http/server/127.0.0.1/{port}/header_timeouts") == 1
+        assert app.requests == []
+
+
+async def test_server_read_timeout_closes_an_idle_keep_alive_connection() -> None:
+    """Finagle's read timeout closes a connection that sends nothing, between requests too: the
+    wait for the next request is bounded by it (serverSession.idleTimeMs would be 60 s)."""
+    async with running_upstream() as app, running_daemon(http_config(app.port, "{readTimeoutMs: 300}")) as d:
+        async with client_connection(d.port("http", 0), REQUEST) as c:
+            rest = await read_to_end(c)
+        assert b"HTTP/1.1" not in rest  # closed quietly, nothing more sent
+
+
+async def test_server_write_timeout_cuts_off_a_client_that_stops_reading() -> None:
+    size = 256 * 1024 * 1024
+    async with running_upstream() as app, running_daemon(http_config(app.port, "{writeTimeoutMs: 300}")) as d:
+        port = d.port("http", 0)
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        await sock.connect(("127.0.0.1", port))
+        async with trio.SocketStream(sock) as c:
+            await c.send_all(f"GET /big/{size} HTTP/1.1\r\nHost: web\r\n\r\n".encode())
+            head = await read_head(c)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            # The client reads nothing more: the daemon's writes stall, and it cuts the connection.
+            with trio.fail_after(20):
+                while await metric(d, f"rt/http/server/127.0.0.1/{port}/write_timeouts") < 1:
+                    await trio.sleep(0.05)
+            rest = await read_to_end(c)
+        assert len(head) + len(rest) < size  # the response was cut, not delivered
+
+
+async def test_client_read_timeout_fails_an_upstream_that_never_answers_with_502() -> None:
+    async def silent(stream: trio.SocketStream) -> None:
+        await read_head(stream)
+        await trio.sleep_forever()
+
+    async with raw_upstream(silent) as up, running_daemon(http_config(up, "{}", "{readTimeoutMs: 300}")) as d:
+        r = await curl(f"http://127.0.0.1:{d.port('http')}/", "-H", "Host: web")
+        assert r.status == 502, r
+        assert (
+            r.l5d_err is not None
+            and "sent nothing for 300 ms (client.socketOptions.readTimeoutMs)" in r.l5d_err
+        )
+        client = f"rt/http/client/$/inet/127.0.0.1/{up}"
+        assert await metric(d, f"{client}/failures/upstream/reset") == 1
+
+
+async def test_client_read_timeout_cuts_a_response_that_stops_mid_body() -> None:
+    async def stops(stream: trio.SocketStream) -> None:
+        await read_head(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"y" * 10)
+        await trio.sleep_forever()
+
+    with capture_logs() as logs:
+        async with (
+            raw_upstream(stops) as up,
+            running_daemon(http_config(up, "{}", "{readTimeoutMs: 300}")) as d,
+        ):
+            async with await trio.open_tcp_stream("127.0.0.1", d.port("http")) as c:
+                await c.send_all(REQUEST)
+                got = await read_to_end(c)
+            head, _, body = got.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200") and b"content-length: 1000" in head.lower(), got
+            assert body == b"y" * 10  # the 10 bytes, then the connection ends short of the length
+    [aborted] = [e for e in logs if e["event"] == "http.response_aborted"]
+    assert "client.socketOptions.readTimeoutMs" in aborted["error"] and aborted["cause"] == "upstream/reset"
+
+
+async def test_client_write_timeout_fails_an_upstream_that_stops_reading_the_body_with_502() -> None:
+    async def deaf(stream: trio.SocketStream) -> None:
+        await read_head(stream)
+        await trio.sleep_forever()  # reads nothing more, answers nothing
+
+    size = 64 * 1024 * 1024
+    async with raw_upstream(deaf) as up, running_daemon(http_config(up, "{}", "{writeTimeoutMs: 300}")) as d:
+        async with await trio.open_tcp_stream("127.0.0.1", d.port("http")) as c:
+            await c.send_all(f"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: {size}\r\n\r\n".encode())
+
+            async def upload() -> None:
+                chunk = b"z" * 65536
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    for _ in range(size // len(chunk)):
+                        await c.send_all(chunk)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(upload)
+                with trio.fail_after(20):
+                    head = await read_head(c)
+                nursery.cancel_scope.cancel()
+        assert head.startswith(b"HTTP/1.1 502"), head
+        assert b"client.socketOptions.writeTimeoutMs" in head, head
+        assert await metric(d, f"rt/http/client/$/inet/127.0.0.1/{up}/failures/upstream/reset") == 1
+
+
+# -- the same on h2 routers -------------------------------------------------------------------------------
+
+
+def h2_config(up: int, server_opts: str = "{}", client_opts: str = "{}") -> str:
+    return f"""
+admin: {{port: 0}}
+routers:
+- protocol: h2
+  dtab: /svc => /$/inet/127.0.0.1/{up};
+  identifier: {{kind: io.l5d.header.path, segments: 1}}
+  client: {{socketOptions: {client_opts}}}
+  servers: [{{port: 0, socketOptions: {server_opts}}}]
+"""
+
+
+class _Stalling:
+    """A response body that sends ten bytes and then nothing."""
+
+    trailers = None
+
+    def __init__(self) -> None:
+        self.sent = False
+
+    async def read_chunk(self) -> bytes | None:
+        if not self.sent:
+            self.sent = True
+            return b"y" * 10
+        await trio.sleep_forever()
+        return None  # pragma: no cover
+
+    async def aclose(self) -> None:
+        pass
+
+
+@contextlib.asynccontextmanager
+async def h2_upstream(handler: object) -> AsyncIterator[int]:
+    from hostproxy.h2.server import H2Server, H2ServerParams
+
+    server = H2Server(handler, H2ServerParams())  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        [(_, up)] = await nursery.start(server.serve)
+        yield up
+        nursery.cancel_scope.cancel()
+
+
+async def test_h2_client_read_timeout_resets_a_response_that_stops_mid_body() -> None:
+    from hostproxy.http.message import Body, Response
+
+    async def handler(request, info):  # type: ignore[no-untyped-def]
+        return Response(200, body=Body(_Stalling(), None))
+
+    async with (
+        h2_upstream(handler) as up,
+        running_daemon(h2_config(up, client_opts="{readTimeoutMs: 300}")) as d,
+    ):
+        port = d.port("h2")
+        async with RawClient.connect(port) as c:
+            await c.start()
+            sid = await c.request("/app/x", port)
+            with trio.fail_after(20):
+                status, body, _ = await c.response(sid)
+        assert (status, body) == (-1, b"y" * 10)  # the head and ten bytes, then the stream is reset
+
+
+async def test_h2_client_read_timeout_fails_an_upstream_that_never_answers_with_502() -> None:
+    async def handler(request, info):  # type: ignore[no-untyped-def]
+        await trio.sleep_forever()
+
+    async with (
+        h2_upstream(handler) as up,
+        running_daemon(h2_config(up, client_opts="{readTimeoutMs: 300}")) as d,
+    ):
+        r = await curl(f"http://127.0.0.1:{d.port('h2')}/app/x", "--http2-prior-knowledge")
+        assert r.status == 502, r
+        assert r.l5d_err is not None and "(client.socketOptions.readTimeoutMs)" in r.l5d_err, r.l5d_err
+
+
+async def test_h2_client_write_timeout_fails_an_upstream_that_stops_reading_with_502() -> None:
+    import h2.events
+
+    async def handler(request, info):  # type: ignore[no-untyped-def]
+        await trio.sleep_forever()  # never reads the body: its window stays at zero
+
+    async with (
+        h2_upstream(handler) as up,
+        running_daemon(h2_config(up, client_opts="{writeTimeoutMs: 300}")) as d,
+    ):
+        port = d.port("h2")
+        async with RawClient.connect(port) as c:
+            await c.start()
+            sid = await c.request("/app/x", port, method=b"POST", end_stream=False)
+
+            def answered(ev: object) -> bool:
+                return type(ev) is h2.events.ResponseReceived and ev.stream_id == sid
+
+            with trio.fail_after(20):
+                # Send body as long as the daemon takes it: past the upstream's window, it holds
+                # what it cannot forward, and its stream to the upstream stalls.
+                while not any(answered(ev) for ev in c.events) and not c.eof:
+                    window = c.conn.local_flow_control_window(sid)
+                    if window:
+                        c.conn.send_data(sid, b"z" * min(window, 16384))
+                        await c.flush()
+                    else:
+                        await c.pump(ack=True)
+                head = await c.until(answered)
+                _status, body, _ = await c.response(sid)
+        assert head is not None and dict(head.headers)[b":status"] == b"502", c.events
+        assert b"(client.socketOptions.writeTimeoutMs)" in body, body
+
+
+async def test_h2_server_read_timeout_fails_a_request_whose_body_stalls() -> None:
+    async def handler(request, info):  # type: ignore[no-untyped-def]
+        from hostproxy.http.message import Body, Response
+
+        return Response(200, body=Body.from_bytes(await request.body.read_all()))
+
+    async with (
+        h2_upstream(handler) as up,
+        running_daemon(h2_config(up, server_opts="{readTimeoutMs: 300}")) as d,
+    ):
+        port = d.port("h2")
+        async with RawClient.connect(port) as c:
+            await c.start()
+            sid = await c.request("/app/x", port, method=b"POST", end_stream=False)
+            c.conn.send_data(sid, b"x" * 10)
+            await c.flush()
+            with trio.fail_after(20):
+                status, body, _ = await c.response(sid)
+        assert status == 400, (status, body)
+        assert b"request body stalled for 0.3s (socketOptions.readTimeoutMs)" in body, body
+
+
+async def test_h2_server_write_timeout_resets_a_stream_its_client_does_not_read() -> None:
+    import h2.events
+
+    from hostproxy.http.message import Body, Response
+
+    async def handler(request, info):  # type: ignore[no-untyped-def]
+        return Response(200, body=Body.from_bytes(b"w" * (1024 * 1024)))
+
+    async with (
+        h2_upstream(handler) as up,
+        running_daemon(h2_config(up, server_opts="{writeTimeoutMs: 300}")) as d,
+    ):
+        port = d.port("h2")
+        async with RawClient.connect(port) as c:
+            await c.start()
+            sid = await c.request("/app/x", port)
+            with trio.fail_after(20):  # nothing acknowledged: the stream's window reaches zero
+                reset = await c.until(
+                    lambda ev: type(ev) is h2.events.StreamReset and ev.stream_id == sid, ack=False
+                )
+        assert reset is not None

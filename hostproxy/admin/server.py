@@ -46,6 +46,8 @@ class AdminServer:
         request_body_timeout_s: float = 10.0,
         response_write_timeout_s: float = 30.0,
         socket_options: SocketOptions | None = None,
+        read_timeout_s: float | None = None,
+        write_timeout_s: float | None = None,
     ) -> None:
         self.ctx = ctx
         # The HTTP layer appends one ``Via`` entry to every request it hands the handler.
@@ -62,14 +64,20 @@ class AdminServer:
             port=port,
             router_label="admin",
             max_concurrent_requests=max_concurrent_requests,
-            idle_timeout_s=60.0,
+            idle_timeout_s=60.0 if read_timeout_s is None else min(60.0, read_timeout_s),
             request_head_timeout_s=10.0,
-            request_body_timeout_s=request_body_timeout_s,
+            request_body_timeout_s=(
+                request_body_timeout_s
+                if read_timeout_s is None
+                else min(request_body_timeout_s, read_timeout_s)
+            ),
             response_write_timeout_s=response_write_timeout_s,
             max_initial_line_kb=16,
             # Probes get their answer however many slow clients hold the other slots.
             uncapped_paths=frozenset({"/admin/ping", "/live", "/ready"}),
             socket_options=socket_options,
+            read_timeout_s=read_timeout_s,
+            write_timeout_s=write_timeout_s,
         )
         self.http = Http1Server(self.handler, self.params)
         self.address: tuple[str, int] | None = None

@@ -256,7 +256,7 @@ class ClientTls:
 
 @dataclass(frozen=True, kw_only=True)
 class SocketOptions:
-    """Linkerd's `socketOptions` (admin, servers[], client): readTimeoutMs and writeTimeoutMs are refused (not supported yet)."""
+    """Linkerd's `socketOptions` (admin, servers[], client): set on the real sockets, timeouts on the connections."""
 
     no_delay: bool = key(
         True,
@@ -286,6 +286,25 @@ class SocketOptions:
         "Listen backlog: connections the kernel completes before hostproxy accepts them (the kernel "
         "caps it at net.core.somaxconn; 1 to 2147483647). No effect on a client.",
         default_doc="1024",
+        check=between(1, 2**31 - 1),
+    )
+    read_timeout_ms: int | None = key(
+        None,
+        "Cut a connection whose peer sends nothing for this long when something is awaited from it, "
+        "1 to 2147483647 ms. Server: a request head or body that stalls (408, or the request fails as "
+        "with requestBodyTimeoutMs) and the wait for the next request (the shorter of this and "
+        "serverSession.idleTimeMs). Client: the response head or body (502, cause upstream/reset) and "
+        "idle pooled connections.",
+        default_doc="unbounded",
+        check=between(1, 2**31 - 1),
+    )
+    write_timeout_ms: int | None = key(
+        None,
+        "Cut a connection whose peer takes no bytes for this long when hostproxy writes to it "
+        "(it stopped reading), 1 to 2147483647 ms. Server: the response (HTTP/1.1: the connection "
+        "is reset; h2: the stream is reset, or the connection when its socket takes nothing). "
+        "Client: the request (502, cause upstream/reset).",
+        default_doc="unbounded",
         check=between(1, 2**31 - 1),
     )
 
@@ -388,7 +407,8 @@ class ClientParams:
     tls: ClientTls | None = key(None, "Speak TLS to the endpoints.", default_doc="plaintext")
     socket_options: SocketOptions = key(
         SocketOptions(),
-        "Socket options of the connections to the endpoints (noDelay, keepAlive apply).",
+        "Socket options of the connections to the endpoints (noDelay, keepAlive, readTimeoutMs and "
+        "writeTimeoutMs apply).",
         default_doc=_SAME_AS_ADMIN,
     )
     forward_client_cert: bool = key(False, "Forward the caller's certificate in x-forwarded-client-cert.")

@@ -72,13 +72,6 @@ LINKERD_ONLY_KEYS: dict[str, str] = {
 LINKERD_ONLY_SECTION_KEYS: dict[tuple[str, str], str] = {
     ("AdminConfig", "tls"): "is a Linkerd key that hostproxy does not support: the admin server speaks "
     "plaintext; keep it on loopback (the default) or a private address, and remove it",
-    ("SocketOptions", "readTimeoutMs"): "is not supported yet: hostproxy has no per-read timeout on "
-    "connections; remove it (a server's serverSession.idleTimeMs, requestHeaderTimeoutMs and "
-    "requestBodyTimeoutMs cut off clients that stop sending; a client's requestAttemptTimeoutMs bounds "
-    "an upstream that stops answering)",
-    ("SocketOptions", "writeTimeoutMs"): "is not supported yet: hostproxy has no per-write timeout on "
-    "connections; remove it (a client's requestAttemptTimeoutMs and the service's totalTimeoutMs bound "
-    "a request whose upstream stops reading)",
     ("ServerConfig", "label"): "(a server's own label) is a Linkerd key that hostproxy does not support: "
     "a server's metrics are scoped by its ip and port; remove it (the router's label is routers[].label)",
 }

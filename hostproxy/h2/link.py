@@ -539,11 +539,12 @@ class InboundBody:
     ``gone`` turns a reset or a dead connection into the exception the consumer should see.
     ``reset_on_close`` resets the stream with CANCEL when the consumer closes the body early
     (upstream responses); otherwise the rest is only discarded (server request bodies).
-    ``stall_timeout_s`` (server request bodies: ``requestBodyTimeoutMs``) bounds each wait for DATA;
-    past it the read fails with ``RequestBodyError`` (the client's doing: answered 400).
+    ``stall_timeout_s`` (server request bodies: ``requestBodyTimeoutMs``; upstream responses:
+    ``client.socketOptions.readTimeoutMs``) bounds each wait for DATA; past it the read fails with
+    ``stall_error(timeout)``, by default a ``RequestBodyError`` (the client's doing: answered 400).
     """
 
-    __slots__ = ("_link", "_s", "_gone", "_reset_on_close", "_stall_timeout_s")
+    __slots__ = ("_link", "_s", "_gone", "_reset_on_close", "_stall_timeout_s", "_stall_error")
 
     def __init__(
         self,
@@ -553,12 +554,14 @@ class InboundBody:
         *,
         reset_on_close: bool,
         stall_timeout_s: float | None = None,
+        stall_error: Callable[[float], Exception] | None = None,
     ) -> None:
         self._link = link
         self._s = s
         self._gone = gone
         self._reset_on_close = reset_on_close
         self._stall_timeout_s = stall_timeout_s
+        self._stall_error = stall_error
 
     async def read_chunk(self) -> bytes | None:
         s = self._s
@@ -581,6 +584,8 @@ class InboundBody:
             with trio.move_on_after(timeout) as scope:
                 await s.wait()
             if scope.cancelled_caught:
+                if self._stall_error is not None:
+                    raise self._stall_error(timeout)
                 raise RequestBodyError(f"request body stalled for {timeout:g}s (requestBodyTimeoutMs)")
 
     @property

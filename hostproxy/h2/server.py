@@ -88,6 +88,7 @@ from hostproxy.h2.link import (
 from hostproxy.http.codec import NEED_DATA, Data, EndOfMessage, RequestHead, ServerCodec
 from hostproxy.http.codec import ProtocolError as CodecError
 from hostproxy.http.errors import (
+    RequestBodyError,
     UpstreamError,
     cleared_context_response,
     error_response,
@@ -211,6 +212,11 @@ class H2ServerParams(ServerParams):
             settings_rate_per_s=self.settings_rate_per_s,
             max_refused_header_lists=self.max_refused_header_lists,
         )
+
+
+def _read_stalled(timeout_s: float) -> RequestBodyError:
+    """A request body that stalled for ``socketOptions.readTimeoutMs`` (the client's doing: 400)."""
+    return RequestBodyError(f"request body stalled for {timeout_s:g}s (socketOptions.readTimeoutMs)")
 
 
 @dataclass
@@ -811,8 +817,16 @@ class _ServerLink(H2Link):
             # Ended already: no DATA, perhaps trailers (HEADERS, then trailers with END_STREAM).
             body = Body.empty() if s.trailers is None else Body.from_bytes(b"", s.trailers)
         else:
+            stall_s = self.params.request_body_timeout_s
             source = InboundBody(
-                self, s, self._gone, reset_on_close=False, stall_timeout_s=self.params.request_body_timeout_s
+                self,
+                s,
+                self._gone,
+                reset_on_close=False,
+                stall_timeout_s=stall_s,
+                stall_error=_read_stalled
+                if stall_s is not None and stall_s == self.params.read_timeout_s
+                else None,
             )
             body = Body(source, content_length)
         return Request(

@@ -786,11 +786,26 @@ class H2UpstreamPool(NurseryOwner):
         return out
 
     def _stalled(self, s: StreamState, link: H2Link) -> H2StreamStalled:
+        key = (
+            " (client.socketOptions.writeTimeoutMs)"
+            if self.params.write_timeout_s == link.stall_timeout_s
+            else ""
+        )
         return H2StreamStalled(
             f"{self.endpoint} kept its flow-control window for the request body of stream {s.id} at "
-            f"zero for {link.stall_timeout_s:g}s: hostproxy reset the stream (CANCEL)",
+            f"zero for {link.stall_timeout_s:g}s{key}: hostproxy reset the stream (CANCEL)",
             endpoint=self.endpoint,
             error_code=s.reset_code,
+        )
+
+    def _read_stalled(self, s: StreamState, read_s: float) -> H2StreamStalled:
+        """Stream ``s`` got nothing (head or DATA) for ``client.socketOptions.readTimeoutMs``: it is
+        reset with CANCEL by whoever ends it (the caller, or the body's consumer closing it)."""
+        return H2StreamStalled(
+            f"upstream {self.endpoint} sent nothing on stream {s.id} for {read_s * 1000:g} ms "
+            "(client.socketOptions.readTimeoutMs): hostproxy reset the stream (CANCEL)",
+            endpoint=self.endpoint,
+            error_code=None,
         )
 
     def _gone(self, s: StreamState, link: H2Link) -> Exception:
@@ -875,6 +890,7 @@ class H2UpstreamPool(NurseryOwner):
         return self._response(link, s, req)
 
     async def _wait_head(self, link: _UpLink, s: StreamState) -> None:
+        read_s = self.params.read_timeout_s
         while s.head is None:
             if s.stalled:
                 raise self._stalled(s, link)
@@ -895,7 +911,13 @@ class H2UpstreamPool(NurseryOwner):
                     endpoint=self.endpoint,
                     error_code=None,
                 )
-            await s.wait()
+            if read_s is None:
+                await s.wait()
+            else:
+                with trio.move_on_after(read_s) as scope:
+                    await s.wait()
+                if scope.cancelled_caught:
+                    raise self._read_stalled(s, read_s)
             # Interim (1xx) heads are not forwarded: ResponseReceived carries the final one.
 
     def _response(self, link: _UpLink, s: StreamState, req: Request) -> Response:
@@ -918,7 +940,19 @@ class H2UpstreamPool(NurseryOwner):
             # Ended already: no DATA, perhaps trailers (a gRPC error right after the head).
             body = Body.empty() if s.trailers is None else Body.from_bytes(b"", s.trailers)
         else:
-            body = Body(InboundBody(link, s, self._gone, reset_on_close=True), content_length)
+            read_s = self.params.read_timeout_s
+            if read_s is None:
+                body = Body(InboundBody(link, s, self._gone, reset_on_close=True), content_length)
+            else:
+                source = InboundBody(
+                    link,
+                    s,
+                    self._gone,
+                    reset_on_close=True,
+                    stall_timeout_s=read_s,
+                    stall_error=lambda t: self._read_stalled(s, t),
+                )
+                body = Body(source, content_length)
         return Response(status, b"", headers, body, http_version="2")
 
     async def _send_body(

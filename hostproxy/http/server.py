@@ -9,7 +9,9 @@ task is a loop over request/response cycles (keep-alive, pipelining answered in 
 
 1. read a request head under deadlines: ``idle_timeout_s`` until its first byte, then
    ``request_head_timeout_s`` for the whole head (slow clients get 408 and are cut off); a request
-   body that stalls for ``request_body_timeout_s`` between chunks cuts the connection too. On a
+   body that stalls for ``request_body_timeout_s`` between chunks cuts the connection too. With
+   ``read_timeout_s`` (``socketOptions.readTimeoutMs``) each read of a head has that bound as well
+   (408); with ``write_timeout_s`` a write the client takes nothing of cuts the connection. On a
    plaintext connection the idle deadline is kept by the server's
    :class:`~hostproxy.http.listening.IdleTimer` (one task per server, not a deadline registered per
    wait), which cancels the connection only while it waits and no request byte has arrived;
@@ -69,7 +71,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from math import inf
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 import trio
@@ -168,6 +170,13 @@ class ServerParams:
     response_write_timeout_s: float | None = None
     #: ``socketOptions`` of the listener and the accepted connections (None: hostproxy's defaults).
     socket_options: SocketOptions | None = None
+    #: ``socketOptions.readTimeoutMs`` (seconds): a client that sends nothing for this long in the
+    #: middle of a request head is answered 408 and cut off (the daemon also bounds the request body's
+    #: stalls and the wait for the next request by it: ``request_body_timeout_s``, ``idle_timeout_s``).
+    read_timeout_s: float | None = None
+    #: ``socketOptions.writeTimeoutMs`` (seconds): a write to the client that does not complete within
+    #: this long (the client stopped reading) cuts the connection off.
+    write_timeout_s: float | None = None
 
     def codec_limits(self) -> CodecLimits:
         return CodecLimits(
@@ -258,6 +267,8 @@ class _Stats(ServerStats):
     bad_requests: int = 0
     header_timeouts: int = 0
     body_timeouts: int = 0
+    #: Connections cut off because a write to the client stalled (``socketOptions.writeTimeoutMs``).
+    write_timeouts: int = 0
     connection_failures: int = 0
     accept_paused: int = 0
     #: Requests cancelled because their client closed its connection while they waited (``check_client``).
@@ -489,7 +500,12 @@ class _RequestBodySource:
                             data = await conn.receive()
                         if scope.cancelled_caught:
                             conn.server._stats.body_timeouts += 1
-                            raise _ClientGone(f"request body stalled for {timeout:g}s (requestBodyTimeoutMs)")
+                            key = (
+                                "socketOptions.readTimeoutMs"
+                                if timeout == conn.params.read_timeout_s
+                                else "requestBodyTimeoutMs"
+                            )
+                            raise _ClientGone(f"request body stalled for {timeout:g}s ({key})")
                     codec.receive_data(data)
                     continue
                 if type(event) is ConnectionClosed or event is PAUSED:
@@ -659,11 +675,32 @@ class _Connection:
     async def send(self, data: bytes) -> None:
         if not data:
             return
+        write_s = self.params.write_timeout_s
         try:
-            await self.stream.send_all(data)
+            if write_s is None:
+                await self.stream.send_all(data)
+            else:
+                with trio.move_on_after(write_s) as scope:
+                    await self.stream.send_all(data)
+                if scope.cancelled_caught:
+                    self._write_stalled(write_s)
         except _STREAM_ERRORS as exc:
             self.codec.send_failed()
             raise _ClientGone(f"client connection failed: {exc}") from None
+
+    def _write_stalled(self, write_s: float) -> NoReturn:
+        """A write to the client did not complete within ``socketOptions.writeTimeoutMs``: cut the
+        connection off (the bytes of a response already sent cannot be taken back)."""
+        self.codec.send_failed()
+        self.server._stats.write_timeouts += 1
+        log.info(
+            "http.write_timeout",
+            router=self.params.router_label,
+            peer=self.info.peer,
+            error=f"the client took no bytes for {write_s:g}s (socketOptions.writeTimeoutMs)",
+        )
+        _reset_on_close(self.stream)
+        raise _ClientGone(f"the client took no bytes for {write_s:g}s (socketOptions.writeTimeoutMs)")
 
     async def send_100_continue(self) -> None:
         async with self.send_lock:
@@ -790,17 +827,22 @@ class _Connection:
             if codec.has_buffered_data:
                 if deadline is None:
                     deadline = trio.current_time() + params.request_head_timeout_s
-                with trio.move_on_at(deadline):
+                read_s = params.read_timeout_s
+                # With readTimeoutMs each read of the head has its own bound too.
+                stall_at = deadline if read_s is None else min(deadline, trio.current_time() + read_s)
+                with trio.move_on_at(stall_at):
                     codec.receive_data(await self.receive())
                     continue
                 self.server._stats.bad_requests += 1
                 self.server._stats.header_timeouts += 1
-                await self._send_error_and_close(
-                    408,
-                    "bad-request",
-                    f"request head not received within {params.request_head_timeout_s:g}s",
-                    linger=False,
-                )
+                if stall_at < deadline:
+                    why = (
+                        f"request head stalled: nothing received for {read_s:g}s "
+                        "(socketOptions.readTimeoutMs)"
+                    )
+                else:
+                    why = f"request head not received within {params.request_head_timeout_s:g}s"
+                await self._send_error_and_close(408, "bad-request", why, linger=False)
                 return None
             idle_s = params.idle_timeout_s
             if self.server.draining:
@@ -1203,7 +1245,7 @@ class _Connection:
                     self._sent_fields(trailers) if trailers and codec.response_chunked else None
                 )
                 lock = self._send_lock
-                if lock is not None and lock.locked():
+                if (lock is not None and lock.locked()) or self.params.write_timeout_s is not None:
                     await self.send_head(out)
                 else:
                     # ``send_head`` and ``send`` inlined (``out`` is never empty: it has the head).

@@ -46,6 +46,10 @@ response body is then pulled from the socket as the caller reads it.
   requests already waiting one more is refused at once, unsent (``PoolExhausted``, cause
   ``overload``).  The idle timeout leaves ``min_size`` connections open; a connection older than
   ``life_time_s`` is closed when its exchange ends.
+* **Stalled peers** (``client.socketOptions``).  With ``read_timeout_s`` / ``write_timeout_s`` each
+  read of the response and each write of the request must complete within it; one that does not
+  shuts the connection down (so the other direction, a body writer or a response reader, ends at
+  once too) and the exchange fails with ``upstream/reset`` naming the key (``_Conn.stall``).
 * **Errors.**  ``OSError``, trio's stream errors and parse errors are translated once, by
   ``_map_errors`` at the I/O edge, into ``UpstreamError`` subclasses with a ``cause``
   (``connect/refused``, ``connect/timeout``, ``connect/unreachable``, ``tls``, ``upstream/reset``,
@@ -65,6 +69,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -100,7 +105,7 @@ from hostproxy.http.errors import (
 )
 from hostproxy.http.hopbyhop import allowed_trailers, strip_hop_by_hop, strip_response_fields
 from hostproxy.http.message import Body, Headers, Request, Response
-from hostproxy.http.sockopts import SocketOptions, configure_connection
+from hostproxy.http.sockopts import SocketOptions, configure_connection, raw_socket
 from hostproxy.http.sockstream import SockStream, open_tcp
 
 __all__ = ["Connector", "PoolParams", "PoolState", "UpstreamPool"]
@@ -153,6 +158,11 @@ class PoolParams:
     max_header_count: int = 100
     #: ``client.socketOptions`` of each new connection (None: hostproxy's defaults).
     socket_options: SocketOptions | None = None
+    #: ``client.socketOptions.readTimeoutMs`` / ``.writeTimeoutMs`` (seconds): each read of a response
+    #: (head or body), and each write of a request, must complete within it, or the connection is cut
+    #: off and the exchange fails with ``upstream/reset``.
+    read_timeout_s: float | None = None
+    write_timeout_s: float | None = None
 
     def codec_limits(self) -> CodecLimits:
         """The limits of each connection's ``ClientCodec``."""
@@ -257,6 +267,16 @@ def _tls_error_of(exc: BaseException) -> Exception | None:
     return None
 
 
+def _timed_receive(conn: _Conn) -> Callable[[int], Awaitable[bytes]]:
+    """``receive_some`` for a connection with a read timeout (``conn.receive``, whose errors are
+    already translated)."""
+
+    async def receive_some(_max_bytes: int) -> bytes:
+        return await conn.receive()
+
+    return receive_some
+
+
 class _Stale(Exception):
     """Writing the request to a reused connection failed before any byte left: safe to resend."""
 
@@ -286,12 +306,25 @@ class _Conn:
         "errors",
         "born",
         "body_failure",
+        "read_timeout",
+        "write_timeout",
+        "stalled",
     )
 
     def __init__(
-        self, stream: Any, endpoint: str, born: float = 0.0, limits: CodecLimits | None = None
+        self,
+        stream: Any,
+        endpoint: str,
+        born: float = 0.0,
+        limits: CodecLimits | None = None,
+        params: PoolParams | None = None,
     ) -> None:
         self.born = born  # when it was opened (the pool's clock)
+        self.read_timeout = params.read_timeout_s if params is not None else None
+        self.write_timeout = params.write_timeout_s if params is not None else None
+        #: Why the connection was cut off (a read or write that stalled), which whoever next fails on
+        #: it reports instead of the closed connection it sees.
+        self.stalled: UpstreamReset | None = None
         self.body_failure: RequestBodyError | None = None  # the client's body failed while being sent
         self.stream = stream
         self.codec = ClientCodec(limits)
@@ -322,16 +355,45 @@ class _Conn:
             return True
 
     async def send(self, data: bytes) -> None:
+        write_s = self.write_timeout
         try:
-            await self.stream.send_all(data)
+            if write_s is None:
+                await self.stream.send_all(data)
+                return
+            with trio.move_on_after(write_s):
+                await self.stream.send_all(data)
+                return
         except Exception as exc:
             self.errors.reraise(exc)
+        raise self.stall(f"took no bytes of the request for {write_s * 1000:g} ms", "writeTimeoutMs")
 
     async def receive(self) -> bytes:
+        read_s = self.read_timeout
         try:
-            return await self.stream.receive_some(RECEIVE_SIZE)
+            if read_s is None:
+                return await self.stream.receive_some(RECEIVE_SIZE)
+            with trio.move_on_after(read_s):
+                return await self.stream.receive_some(RECEIVE_SIZE)
         except Exception as exc:
             self.errors.reraise(exc)
+        raise self.stall(f"sent nothing for {read_s * 1000:g} ms", "readTimeoutMs")
+
+    def stall(self, what: str, key: str) -> UpstreamReset:
+        """Cut the connection off after a read or write that stalled (``socketOptions`` timeout): its
+        socket is shut down, so the other direction (a request body being written, a response being
+        read) fails at once too, and reports this error (``stalled``)."""
+        if self.stalled is None:
+            self.stalled = UpstreamReset(
+                f"upstream {self.endpoint} {what} (client.socketOptions.{key}): connection closed",
+                endpoint=self.endpoint,
+            )
+            sock = raw_socket(self.stream)
+            try:
+                if sock is not None:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        return self.stalled
 
     async def aclose(self) -> None:
         if self.closed:
@@ -470,10 +532,13 @@ class _ResponseBodySource:
                     f"connection to {conn.endpoint} closed before the response body ended",
                     endpoint=conn.endpoint,
                 )
-        except BaseException:
+        except BaseException as exc:
             if not self._done:
                 self._done = True
                 await self._pool._discard(conn)
+            stalled = conn.stalled
+            if stalled is not None and isinstance(exc, UpstreamError) and exc is not stalled:
+                raise stalled from None  # the request's writer cut the connection off
             raise
 
     async def aclose(self) -> None:
@@ -659,7 +724,7 @@ class UpstreamPool(NurseryOwner):
                 configure_connection(stream, opts)
             self._counters["connects"] += 1
             self._open += 1
-            return _Conn(stream, self.endpoint, self._clock(), self._limits)
+            return _Conn(stream, self.endpoint, self._clock(), self._limits, self.params)
         with _map_errors(self.endpoint, "connect"):
             with trio.move_on_after(timeout_s) as scope:
                 # An IP address gets a SockStream; a host name is resolved by trio.
@@ -681,7 +746,7 @@ class UpstreamPool(NurseryOwner):
             configure_connection(stream, opts)
         self._counters["connects"] += 1
         self._open += 1
-        return _Conn(stream, self.endpoint, self._clock(), self._limits)
+        return _Conn(stream, self.endpoint, self._clock(), self._limits, self.params)
 
     def _checkout(self) -> tuple[_Conn | None, list[_Conn]]:
         """An idle connection to reuse (checked out) or None, and the stale or expired ones the
@@ -884,6 +949,9 @@ class UpstreamPool(NurseryOwner):
                 failure = conn.body_failure
                 if failure is not None and isinstance(exc, UpstreamError):
                     raise failure from None  # the exchange ended because the client's body failed
+                stalled = conn.stalled
+                if stalled is not None and isinstance(exc, UpstreamError) and exc is not stalled:
+                    raise stalled from None  # the request's writer cut the connection off
                 raise
 
     def _head(self, req: Request) -> list[tuple[bytes, bytes]]:
@@ -937,7 +1005,10 @@ class UpstreamPool(NurseryOwner):
             except Exception as exc:
                 errors.reraise(exc)
             try:
-                await conn.stream.send_all(out)
+                if conn.write_timeout is None:
+                    await conn.stream.send_all(out)
+                else:
+                    await conn.send(out)
             except Exception as exc:
                 try:
                     errors.reraise(exc)
@@ -1005,6 +1076,8 @@ class UpstreamPool(NurseryOwner):
         stream = conn.stream
         # Every read here comes after the codec took all it had: the bytes are probably not there yet.
         receive_some = stream.receive_polled if type(stream) is SockStream else stream.receive_some
+        if conn.read_timeout is not None:
+            receive_some = _timed_receive(conn)
         interim: list[tuple[int, Headers]] | None = None
         interim_count = 0
         while True:
