@@ -814,3 +814,16 @@ async def test_h2_server_write_timeout_resets_a_stream_its_client_does_not_read(
                     lambda ev: type(ev) is h2.events.StreamReset and ev.stream_id == sid, ack=False
                 )
         assert reset is not None
+
+
+async def test_admin_read_timeout_answers_a_head_that_stalls_408() -> None:
+    cfg = """
+admin: {port: 0, socketOptions: {readTimeoutMs: 300}}
+routers: [{protocol: http, servers: [{port: 0}]}]
+"""
+    async with running_daemon(cfg) as d:
+        port = d.daemon.admin_address[1]  # type: ignore[index]
+        async with await trio.open_tcp_stream("127.0.0.1", port) as c:
+            await c.send_all(b"GET /admin/ping HTTP/1.1\r\nHost: a\r\n")
+            got = await read_to_end(c)
+        assert got.startswith(b"HTTP/1.1 408 ") and b"(socketOptions.readTimeoutMs)" in got, got
