@@ -347,6 +347,7 @@ def test_statistics_keys_of_each_protocol() -> None:
         "bad_requests",
         "header_timeouts",
         "body_timeouts",
+        "write_timeouts",
         "connection_failures",
         "accept_paused",
         "requests_abandoned",
