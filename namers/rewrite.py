@@ -23,7 +23,9 @@ the pattern, is ``NEG``, so dtab alternates apply.
 Captured text is substituted in printed form, so a label holding bytes that need ``\\xHH`` escapes
 keeps them. Both templates are checked when the namer is built: a ``name`` that uses a variable the
 pattern does not capture, a variable captured twice, or a template that could not form a path is a
-configuration error that says which key to fix. The namer has no backend and no state to watch.
+configuration error that says which key to fix. A ``/`` at the end of ``pattern`` is dropped, as
+Linkerd drops it (``/{svc}/api/`` is ``/{svc}/api``); ``//`` inside it, or at the end of ``name``, is
+refused. The namer has no backend and no state to watch.
 """
 
 from __future__ import annotations
@@ -55,14 +57,19 @@ def _show(label: bytes) -> str:
     return str(Path((label,)))[1:]
 
 
-def _segments(text: str, key: str) -> list[str]:
+def _segments(text: str, key: str, *, trailing_slash: bool = False) -> list[str]:
+    """The segments of a template; ``trailing_slash``: a ``/`` at the end is dropped (a pattern, which
+    Linkerd splits dropping the empty pieces at the end), else it is refused (a name, which must form a
+    path)."""
     if not text.startswith("/"):
         raise RewriteConfigError(f"namers[].{key} {text!r} must start with '/', e.g. '/{{ns}}/{{svc}}'")
-    segs = text.split("/")[1:]
-    if segs == [""]:
+    body = text[1:].rstrip("/") if trailing_slash else text[1:]
+    if body == "":
         return []
+    segs = body.split("/")
     if any(s == "" for s in segs):
-        raise RewriteConfigError(f"namers[].{key} {text!r} has an empty segment ('//' or a trailing '/')")
+        where = "'//'" if trailing_slash else "'//' or a trailing '/'"
+        raise RewriteConfigError(f"namers[].{key} {text!r} has an empty segment ({where})")
     return segs
 
 
@@ -122,7 +129,7 @@ class PathPattern:
         self.text = text
         self._segs: list[_Seg] = []
         self.variables: list[str] = []
-        for seg in _segments(text, key):
+        for seg in _segments(text, key, trailing_slash=True):
             names = _VAR.findall(seg)
             if seg == "*":
                 self._segs.append(_Seg())

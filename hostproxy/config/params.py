@@ -6,7 +6,9 @@ lists of :class:`~hostproxy.config.model.ParamsEntry`; ``io.l5d.global`` is one 
 A prefix is a pattern of segments: a literal segment matches itself, ``*`` matches any one segment,
 and a segment with ``{var}`` captures (``{service}``, ``{a}-{b}``) matches by regular expression, each
 capture greedy (so ``{foo}-{bar}`` against ``a-b-c`` gives ``foo=a-b``, ``bar=c``). A pattern of N
-segments matches a name whose first N segments match; the rest of the name is ignored (it is a prefix).
+segments matches a name whose first N segments match; the rest of the name is ignored (it is a prefix). A trailing ``/`` is dropped, as Linkerd
+drops the empty pieces at the end when it splits a prefix (``/#/io.l5d.fs/`` is ``/#/io.l5d.fs``); ``//``
+inside a prefix is refused (Linkerd would keep an empty segment that no name matches).
 
 Resolution (:func:`client_params_for`, :func:`service_params_for`) starts from the defaults and applies
 every matching entry in config order, each overriding only the keys it set itself (a key is replaced
@@ -60,14 +62,14 @@ def parse_pattern(text: str) -> Pattern:
     """Parse a ``prefix`` such as ``/#/io.l5d.fs/{service}`` or ``/svc/*/api``."""
     if not text.startswith("/"):
         raise PatternError(f"a prefix must start with '/', got {text!r}")
-    body = text[1:]
+    body = text[1:].rstrip("/")
     if body == "":
         return Pattern(text, (), ())
     segments: list[tuple[re.Pattern[str], tuple[str, ...]] | str | None] = []
     captures: list[str] = []
     for seg in body.split("/"):
         if seg == "":
-            raise PatternError(f"empty segment in prefix {text!r} (two '/' in a row or a trailing '/')")
+            raise PatternError(f"empty segment in prefix {text!r} (two '/' in a row)")
         if seg == "*":
             segments.append(None)
             continue

@@ -140,7 +140,8 @@ def render() -> str:
         "`client` and `service` take `kind: io.l5d.global` (default: the keys above apply to every name) or",
         "`kind: io.l5d.static` with `configs: [{prefix: /svc/foo, ...keys}]`: every entry whose prefix matches",
         "applies, later entries win; `*` matches one segment and `{var}` captures (greedy) can be used in",
-        'string values, e.g. `tls.commonName: "{service}"`.',
+        'string values, e.g. `tls.commonName: "{service}"`. A `/` at the end of a prefix is dropped, as in',
+        "Linkerd (`/#/io.l5d.fs/` is `/#/io.l5d.fs`).",
         "",
     ]
     for category, noun in registry.CATEGORY_NOUN.items():

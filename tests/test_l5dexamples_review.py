@@ -1,0 +1,105 @@
+"""Linkerd 1 configs as its examples and config reference write them: keys and kinds that must load
+(with Linkerd's meaning), and the ones hostproxy refuses naming what to use instead."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dtab import Path as DPath
+from hostproxy.config import client_params_for, load_config, service_params_for
+from namers.rewrite import RewriteNamer
+from tests.daemonutil import curl, fs_config, running_daemon
+from tests.upstreams import running_upstream
+
+
+def check(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    """``hostproxy check`` (the real CLI) on ``text``."""
+    cfg = tmp_path / "linkerd.yaml"
+    cfg.write_text(text)
+    return subprocess.run(
+        [sys.executable, "-m", "hostproxy", "check", str(cfg)], capture_output=True, text=True, timeout=60
+    )
+
+
+def check_errors(tmp_path: Path, text: str) -> list[str]:
+    """The error lines of ``hostproxy check`` without the file name and line: ``path: message``."""
+    proc = check(tmp_path, text)
+    assert proc.returncode == 1, proc.stdout
+    return [ln.split(": ", 1)[1] for ln in proc.stderr.splitlines()[:-1]]
+
+
+# -- a prefix written with a trailing '/' --------------------------------------------------------------
+# Linkerd splits a prefix (and an io.l5d.rewrite pattern) on '/' and drops the empty pieces at the end, so
+# "/#/io.l5d.fs/" is "/#/io.l5d.fs": its client TLS example for linker-to-linker TLS writes the prefix so.
+
+TRAILING_SLASH_CLIENT = """\
+routers:
+- protocol: http
+  interpreter:
+    kind: default
+    transformers:
+    - {kind: io.l5d.port, port: 4141}
+  dtab: /svc => /#/io.l5d.fs;
+  client:
+    kind: io.l5d.static
+    configs:
+    - prefix: /%/io.l5d.port/4141/#/io.l5d.fs/
+      tls: {commonName: mesh.example, trustCertsBundle: /etc/ca.pem}
+  service:
+    kind: io.l5d.static
+    configs:
+    - prefix: /svc/
+      totalTimeoutMs: 700
+  servers:
+  - port: 4140
+"""
+
+
+def test_a_prefix_with_a_trailing_slash_is_the_prefix_without_it(tmp_path: Path) -> None:
+    proc = check(tmp_path, TRAILING_SLASH_CLIENT)
+    assert proc.returncode == 0, proc.stderr
+    router = load_config(TRAILING_SLASH_CLIENT, source="t.yaml").routers[0]
+    tls = client_params_for(router, DPath.read("/%/io.l5d.port/4141/#/io.l5d.fs/web")).tls
+    assert tls is not None and tls.common_name == "mesh.example"
+    assert client_params_for(router, DPath.read("/$/inet/127.0.0.1/80")).tls is None
+    assert service_params_for(router, DPath.read("/svc/web")).total_timeout_ms == 700
+
+
+def test_two_slashes_inside_a_prefix_are_still_refused(tmp_path: Path) -> None:
+    text = TRAILING_SLASH_CLIENT.replace("/%/io.l5d.port/4141/#/io.l5d.fs/", "/%/io.l5d.port//#/io.l5d.fs")
+    assert check_errors(tmp_path, text) == [
+        "routers[0].client.configs[0].prefix: empty segment in prefix '/%/io.l5d.port//#/io.l5d.fs' "
+        "(two '/' in a row)"
+    ]
+
+
+async def test_a_static_client_entry_with_a_trailing_slash_applies_to_its_clients(tmp_path: Path) -> None:
+    """The running daemon: the entry's loadBalancer is the one the client gets."""
+    disco = tmp_path / "disco"
+    disco.mkdir()
+    async with running_upstream() as up:
+        (disco / "app").write_text(f"127.0.0.1 {up.port}\n")
+        text = fs_config(disco) + (
+            "  client:\n    kind: io.l5d.static\n    configs:\n"
+            "    - prefix: /#/io.l5d.fs/\n      loadBalancer: {kind: roundRobin}\n"
+        )
+        async with running_daemon(text) as d:
+            r = await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: app")
+            assert r.status == 200, r.l5d_err
+            state = (await curl(f"{d.admin}/client_state.json")).json()
+            assert state["/#/io.l5d.fs/app"]["loadBalancer"]["kind"] == "roundRobin"
+
+
+def test_a_rewrite_pattern_with_a_trailing_slash_is_the_pattern_without_it() -> None:
+    n = RewriteNamer("/{service}/api/", "/srv/{service}")
+    assert str(n.lookup(DPath.read("/web/api")).value) == "/srv/web"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("pattern", ["/a//b", "//b"])
+def test_a_rewrite_pattern_with_two_slashes_inside_is_still_refused(pattern: str) -> None:
+    with pytest.raises(ValueError, match=r"has an empty segment \('//'\)$"):
+        RewriteNamer(pattern, "/x")
