@@ -103,3 +103,43 @@ def test_a_rewrite_pattern_with_a_trailing_slash_is_the_pattern_without_it() -> 
 def test_a_rewrite_pattern_with_two_slashes_inside_is_still_refused(pattern: str) -> None:
     with pytest.raises(ValueError, match=r"has an empty segment \('//'\)$"):
         RewriteNamer(pattern, "/x")
+
+
+# -- Linkerd kinds hostproxy does not have: named as Linkerd's, with what to use instead -----------------
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        (
+            "namers:\n- {kind: io.l5d.k8s.istio, experimental: true, host: istio-pilot, port: 8080}\n",
+            "namers[0].kind: namer kind 'io.l5d.k8s.istio' is a Linkerd namer that hostproxy does not "
+            "support; use the io.l5d.k8s namer (Kubernetes Endpoints, with labelSelector for versions) or the "
+            "io.l5d.fs namer",
+        ),
+        (
+            "routers:\n- protocol: http\n  interpreter: {kind: io.l5d.k8s.istio, experimental: true}\n"
+            "  servers: [{port: 4140}]\n",
+            "routers[0].interpreter.kind: interpreter kind 'io.l5d.k8s.istio' is a Linkerd interpreter that "
+            "hostproxy does not support; use a dtab file instead: interpreter: {kind: io.l5d.fs, dtabFile: FILE}",
+        ),
+        (
+            "routers:\n- protocol: http\n  identifier: {kind: io.l5d.k8s.istio-ingress}\n"
+            "  servers: [{port: 4140}]\n",
+            "routers[0].identifier.kind: identifier kind 'io.l5d.k8s.istio-ingress' is a Linkerd identifier "
+            "that hostproxy does not support; use io.l5d.header.token and route ingress hosts in the dtab",
+        ),
+        (
+            "routers:\n- protocol: h2\n  identifier: {kind: io.l5d.k8s.istio-ingress}\n"
+            "  servers: [{port: 4142}]\n",
+            "routers[0].identifier.kind: identifier kind 'io.l5d.k8s.istio-ingress' is a Linkerd identifier "
+            "that hostproxy does not support; use io.l5d.header.token and route ingress hosts in the dtab",
+        ),
+    ],
+)
+def test_linkerds_istio_kinds_are_named_as_linkerds(tmp_path: Path, text: str, error: str) -> None:
+    """Not "unknown kind ...; did you mean 'io.l5d.k8s'?", which sends the reader to a namer that
+    reads neither Pilot's routes nor its config."""
+    if not text.startswith("routers:"):
+        text += "routers:\n- protocol: http\n  servers: [{port: 4140}]\n"
+    assert check_errors(tmp_path, text) == [error]
