@@ -143,3 +143,29 @@ def test_linkerds_istio_kinds_are_named_as_linkerds(tmp_path: Path, text: str, e
     if not text.startswith("routers:"):
         text += "routers:\n- protocol: http\n  servers: [{port: 4140}]\n"
     assert check_errors(tmp_path, text) == [error]
+
+
+def test_announcers_and_request_authorizers_say_what_to_use_instead(tmp_path: Path) -> None:
+    text = """\
+routers:
+- protocol: http
+  announcers:
+  - {kind: io.l5d.serversets, zkAddrs: [{host: 127.0.0.1, port: 2181}]}
+  requestAuthorizers:
+  - {kind: io.l5d.k8s.istio, mixerHost: mixer, mixerPort: 9091}
+  servers:
+  - port: 4140
+    announce: [/#/io.l5d.serversets/web]
+"""
+    announce = (
+        "is a Linkerd key that hostproxy does not support: hostproxy registers nothing with service "
+        "discovery; register the service where its callers' namer looks (its io.l5d.fs file, a Kubernetes "
+        "Service, DNS) and remove it"
+    )
+    assert check_errors(tmp_path, text) == [
+        f"routers[0].announcers: 'announcers' {announce}",
+        "routers[0].requestAuthorizers: 'requestAuthorizers' is a Linkerd key that hostproxy does not support: "
+        "its one kind (io.l5d.k8s.istio) asks Istio's Mixer; authorize in the application, or admit only "
+        "callers with a client certificate (servers[].tls.requireClientAuth), and remove it",
+        f"routers[0].servers[0].announce: 'announce' {announce}",
+    ]

@@ -49,19 +49,26 @@ from hostproxy.config.yamlpos import (
 
 _BAD: Any = object()  # a value that failed validation (an issue has been recorded)
 
+_NO_ANNOUNCE = (
+    "is a Linkerd key that hostproxy does not support: hostproxy registers nothing with service discovery; "
+    "register the service where its callers' namer looks (its io.l5d.fs file, a Kubernetes Service, DNS) "
+    "and remove it"
+)
 # Linkerd keys hostproxy does not support: an error that says so rather than "unknown key".
 LINKERD_ONLY_KEYS: dict[str, str] = {
     "maxRequestKB": "was removed in Linkerd 1.7.0; bodies are streamed (see streamAfterContentLengthKB)",
     "maxResponseKB": "was removed in Linkerd 1.7.0; bodies are streamed (see streamAfterContentLengthKB)",
-    "announcers": "is a Linkerd key that hostproxy does not support; remove it",
-    "announce": "is a Linkerd key that hostproxy does not support; remove it",
+    "announcers": _NO_ANNOUNCE,
+    "announce": _NO_ANNOUNCE,
     "httpAccessLogRollPolicy": "is not supported: hostproxy does not roll its access log; rotate it with logrotate (SIGHUP reopens the file)",
     "httpAccessLogRotateCount": "is not supported: hostproxy does not roll its access log; rotate it with logrotate (SIGHUP reopens the file)",
     "h2AccessLogRollPolicy": "is not supported: hostproxy does not roll its access log; rotate it with logrotate (SIGHUP reopens the file)",
     "h2AccessLogRotateCount": "is not supported: hostproxy does not roll its access log; rotate it with logrotate (SIGHUP reopens the file)",
     "compressionLevel": "is a Linkerd key that hostproxy does not support: responses pass through as the "
     "upstream sent them, never compressed; remove it",
-    "requestAuthorizers": "is a Linkerd key that hostproxy does not support; remove it",
+    "requestAuthorizers": "is a Linkerd key that hostproxy does not support: its one kind (io.l5d.k8s.istio) "
+    "asks Istio's Mixer; authorize in the application, or admit only callers with a client certificate "
+    "(servers[].tls.requireClientAuth), and remove it",
     "httpIdentifierPort": "is a Linkerd key that hostproxy does not support; use /delegator.json to see names",
     "workerThreads": "is a JVM setting of Linkerd that does not apply to hostproxy; remove it",
     "thriftMethodInDst": "is a thrift key; hostproxy proxies HTTP/1.1 and HTTP/2 only",
