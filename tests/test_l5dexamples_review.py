@@ -169,3 +169,66 @@ routers:
         "callers with a client certificate (servers[].tls.requireClientAuth), and remove it",
         f"routers[0].servers[0].announce: 'announce' {announce}",
     ]
+
+
+# -- Linkerd keys whose value asks for what hostproxy does anyway ---------------------------------------
+
+
+def test_compression_level_zero_and_an_access_log_that_never_rolls_load(tmp_path: Path) -> None:
+    """compressionLevel: 0 is Linkerd's "do not compress", what hostproxy does; a roll policy of never
+    (Linkerd's default) rolls nothing, so the count of rolled files to keep is moot."""
+    text = """\
+routers:
+- protocol: http
+  compressionLevel: 0
+  httpAccessLog: access.log
+  httpAccessLogRollPolicy: Never
+  httpAccessLogRotateCount: -1
+  servers: [{port: 4140}]
+- protocol: h2
+  h2AccessLog: h2access.log
+  h2AccessLogRollPolicy: never
+  h2AccessLogRotateCount: 7
+  servers: [{port: 4142}]
+"""
+    proc = check(tmp_path, text)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_compression_and_access_log_rolling_are_still_refused(tmp_path: Path) -> None:
+    text = """\
+routers:
+- protocol: http
+  compressionLevel: -1
+  httpAccessLog: access.log
+  httpAccessLogRollPolicy: daily
+  httpAccessLogRotateCount: 7
+  servers: [{port: 4140}]
+- protocol: h2
+  h2AccessLog: h2access.log
+  h2AccessLogRollPolicy: 100.megabytes
+  servers: [{port: 4142}]
+"""
+    roll = "hostproxy does not roll its access log; rotate it with logrotate (SIGHUP reopens the file)"
+    assert check_errors(tmp_path, text) == [
+        "routers[0].compressionLevel: compressionLevel -1 is a Linkerd setting that hostproxy does not "
+        "support: responses pass through as the upstream sent them, never compressed; remove it (or set 0)",
+        f"routers[0].httpAccessLogRollPolicy: 'daily' is not supported: {roll}; remove it (or set never)",
+        f"routers[1].h2AccessLogRollPolicy: '100.megabytes' is not supported: {roll}; remove it (or set never)",
+    ]
+
+
+async def test_compression_level_zero_leaves_responses_as_the_upstream_sent_them(tmp_path: Path) -> None:
+    disco = tmp_path / "disco"
+    disco.mkdir()
+    async with running_upstream() as up:
+        (disco / "app").write_text(f"127.0.0.1 {up.port}\n")
+        text = fs_config(disco) + "  compressionLevel: 0\n"
+        async with running_daemon(text) as d:
+            r = await curl(
+                f"http://127.0.0.1:{d.port('out')}/headers", "-H", "Host: app", "-H", "Accept-Encoding: gzip"
+            )
+            assert r.status == 200, r.l5d_err
+            assert r.header("content-encoding") is None
+            assert r.header("content-type") == "application/json"
+            assert b'"accept-encoding", "gzip"' in r.body

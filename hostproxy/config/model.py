@@ -1020,6 +1020,31 @@ class RouterConfig(PluginConfig):
 _ALWAYS_APPENDS = (
     "hostproxy always appends to its access log; remove the key (rotate the file with logrotate)"
 )
+_NO_ROLLING = "hostproxy does not roll its access log; rotate it with logrotate (SIGHUP reopens the file)"
+
+
+def _never_rolls(v: Any) -> str | None:
+    """A Linkerd access-log roll policy: only ``never`` (Linkerd's default, any case) is what hostproxy does."""
+    if v is None or v.strip().lower() == "never":
+        return None
+    return f"{v!r} is not supported: {_NO_ROLLING}; remove it (or set never)"
+
+
+def _no_compression(v: Any) -> str | None:
+    """Linkerd's ``compressionLevel``: only 0 (no compression) is what hostproxy does."""
+    if v is None or v == 0:
+        return None
+    return (
+        f"compressionLevel {v} is a Linkerd setting that hostproxy does not support: responses pass through "
+        "as the upstream sent them, never compressed; remove it (or set 0)"
+    )
+
+
+_ROLL_POLICY_DOC = (
+    "Accepted so that Linkerd 1 configs load: only never (Linkerd's default); the log is not rolled (rotate it "
+    "with logrotate), so any other policy is refused."
+)
+_ROTATE_COUNT_DOC = "Accepted so that Linkerd 1 configs load; no effect: the log is never rolled."
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1035,6 +1060,14 @@ class HttpRouterConfig(RouterConfig):
         True,
         "Accepted so that Linkerd 1 configs load: the access log is always appended to (false is refused).",
         check=only_true(_ALWAYS_APPENDS),
+    )
+    http_access_log_roll_policy: str = key("never", _ROLL_POLICY_DOC, check=_never_rolls)
+    http_access_log_rotate_count: int = key(-1, _ROTATE_COUNT_DOC)
+    compression_level: int = key(
+        0,
+        "Accepted so that Linkerd 1 configs load: only 0 (no compression); responses pass through as the "
+        "upstream sent them, so any other level (Linkerd's default, -1, gzips textual responses) is refused.",
+        check=_no_compression,
     )
     max_headers_kb: int = key(
         8, "Largest request or response header block, in KB.", name="maxHeadersKB", check=positive
@@ -1078,6 +1111,8 @@ class H2RouterConfig(RouterConfig):
         "Accepted so that Linkerd 1 configs load: the access log is always appended to (false is refused).",
         check=only_true(_ALWAYS_APPENDS),
     )
+    h2_access_log_roll_policy: str = key("never", _ROLL_POLICY_DOC, check=_never_rolls)
+    h2_access_log_rotate_count: int = key(-1, _ROTATE_COUNT_DOC)
 
 
 # -- top level --------------------------------------------------------------------------------------

@@ -60,10 +60,6 @@ LINKERD_ONLY_KEYS: dict[str, str] = {
     "maxResponseKB": "was removed in Linkerd 1.7.0; bodies are streamed (see streamAfterContentLengthKB)",
     "announcers": _NO_ANNOUNCE,
     "announce": _NO_ANNOUNCE,
-    "httpAccessLogRollPolicy": "is not supported: hostproxy does not roll its access log; rotate it with logrotate (SIGHUP reopens the file)",
-    "httpAccessLogRotateCount": "is not supported: hostproxy does not roll its access log; rotate it with logrotate (SIGHUP reopens the file)",
-    "h2AccessLogRollPolicy": "is not supported: hostproxy does not roll its access log; rotate it with logrotate (SIGHUP reopens the file)",
-    "h2AccessLogRotateCount": "is not supported: hostproxy does not roll its access log; rotate it with logrotate (SIGHUP reopens the file)",
     "compressionLevel": "is a Linkerd key that hostproxy does not support: responses pass through as the "
     "upstream sent them, never compressed; remove it",
     "requestAuthorizers": "is a Linkerd key that hostproxy does not support: its one kind (io.l5d.k8s.istio) "
