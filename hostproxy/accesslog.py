@@ -14,7 +14,7 @@ Host header or path cannot forge lines::
     2024-05-01T12:00:00.123Z  out  GET  /users/7  /svc/users  /#/io.l5d.fs/users  10.0.0.7:8080  200  -  3.2  512
 
 (fields: time, router, method, path, service, client, endpoint, status, cause, duration in ms,
-response bytes; ``-`` for a missing value).  The file is opened once in append mode with line
+response bytes, i.e. the response's Content-Length as Linkerd logs it; ``-`` for a missing value).  The file is opened once in append mode with line
 buffering, and reopened by :meth:`reopen` (call it on SIGHUP after logrotate moved the file).
 Writes are synchronous: a local append of one short line; a failed write is counted in
 ``write_errors`` and never fails the request.

@@ -763,10 +763,14 @@ class HttpRouter:
                 if service_stats is not None:
                     service_stats.finish_at(stats_now, latency, cause, status)
             if rec is not None:
-                self._log_request(rec, keep, status, cause, latency)
+                size = resp.body.content_length if resp is not None else None
+                self._log_request(rec, keep, status, cause, latency, size)
 
-    def _log_request(self, rec: _Rec, keep: bool, status: int, cause: Cause | None, latency: float) -> None:
-        """The access log's line and the recent-requests entry (``keep``) of one request."""
+    def _log_request(
+        self, rec: _Rec, keep: bool, status: int, cause: Cause | None, latency: float, size: int | None
+    ) -> None:
+        """The access log's line and the recent-requests entry (``keep``) of one request; ``size``: the
+        response body's length when it is known up front (its Content-Length), as Linkerd logs it."""
         cause_text = cause.value if cause is not None else None
         if self.access_log.enabled:
             self.access_log.log(
@@ -779,6 +783,7 @@ class HttpRouter:
                 status=status,
                 cause=cause_text,
                 duration_s=latency,
+                response_bytes=size,
             )
         if keep:
             self.recent.ring.append(

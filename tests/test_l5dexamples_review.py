@@ -232,3 +232,29 @@ async def test_compression_level_zero_leaves_responses_as_the_upstream_sent_them
             assert r.header("content-encoding") is None
             assert r.header("content-type") == "application/json"
             assert b'"accept-encoding", "gzip"' in r.body
+
+
+# -- the access log of Linkerd's access-log examples -----------------------------------------------------
+
+
+async def test_access_log_lines_give_the_response_bytes(tmp_path: Path) -> None:
+    """The last field of a line is the response's Content-Length (as Linkerd's line gives it), ``-``
+    for a response without one; it was ``-`` for every response."""
+    disco = tmp_path / "disco"
+    disco.mkdir()
+    log_path = tmp_path / "access.log"
+    async with running_upstream() as up:
+        (disco / "app").write_text(f"127.0.0.1 {up.port}\n")
+        text = fs_config(disco) + f"  httpAccessLog: {log_path}\n"
+        async with running_daemon(text) as d:
+            base = f"http://127.0.0.1:{d.port('out')}"
+            assert (await curl(f"{base}/len/1234", "-H", "Host: app")).status == 200
+            assert (await curl(f"{base}/big/100", "-H", "Host: app")).status == 200
+            assert (await curl(f"{base}/", "-H", "Host: nowhere")).status == 502
+    lines = [ln.split("\t") for ln in log_path.read_text().splitlines()]
+    assert [(f[3], f[7], f[-1]) for f in lines] == [
+        ("/len/1234", "200", "1234"),
+        ("/big/100", "200", "-"),
+        ("/", "502", lines[2][-1]),
+    ]
+    assert lines[2][-1].isdigit() and int(lines[2][-1]) > 0  # the l5d-err body hostproxy wrote
