@@ -35,7 +35,8 @@ Three parts, as in :mod:`namers.fs`:
   ``retry_max`` (never later than the refresh interval).
 * :class:`DnsSrvNamer` wires them on trio: :meth:`~DnsSrvNamer.run` queries due names concurrently
   (at most ``max_concurrency`` at once) with dnspython's asynchronous resolver against ``dns_hosts``
-  (``host`` or ``host:port``; empty means the system's ``/etc/resolv.conf``), with its cache off and
+  (``host`` or ``host:port``, an IP or a host name, which is resolved once by the system resolver when
+  the first lookup needs it, as Linkerd does; empty means the system's ``/etc/resolv.conf``), with its cache off and
   EDNS (payload 2048). SRV targets are resolved through the same servers; the answer's additional
   section is used when it holds the target's A/AAAA records, so usually one query suffices; the
   others are looked up at most :data:`MAX_TARGET_QUERIES` at once.
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 import math
 import re
+import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -63,7 +65,7 @@ import trio
 
 from namers._dtab import NEG, Address, Path
 from namers.base import DEFAULT_MAX_NAMES, Key, Namer, NameTable, config_value, key_text
-from namers.inet import describe_dns_error, make_resolver, parse_nameserver, refresh_loop
+from namers.inet import describe_dns_error, is_ip, make_resolver, parse_nameserver, refresh_loop
 
 __all__ = [
     "KIND",
@@ -339,7 +341,8 @@ class DnsSrvNamer(Namer):
         max_concurrency: int = 16,
     ) -> None:
         super().__init__(prefix=prefix, clock=clock, max_names=max_names, transformers=transformers)
-        self.nameservers = [parse_nameserver(h) for h in dns_hosts]
+        # (host, port): a host given by name is resolved when the first lookup needs the resolver
+        self.nameservers = [parse_nameserver(h, names=True) for h in dns_hosts]
         if timeout <= 0:
             raise ValueError(f"DNS timeout must be positive, got {timeout}")
         self.timeout = timeout
@@ -381,17 +384,38 @@ class DnsSrvNamer(Namer):
         return super().lookup(residual)
 
     # -- the runner --------------------------------------------------------------------------------
-    def _make_resolver(self) -> dns.asyncresolver.Resolver:
-        r = make_resolver(self.nameservers, self.timeout)
+    def _make_resolver(self, servers: Sequence[tuple[str, int]] | None = None) -> dns.asyncresolver.Resolver:
+        """The resolver asking ``servers`` (IP, port), by default ``nameservers`` (all IPs)."""
+        r = make_resolver(self.nameservers if servers is None else servers, self.timeout)
         # each server gets its share of the lifetime, so a dead first server leaves time for the others
         r.timeout = self.timeout / max(len(r.nameservers), 1)
         r.use_edns(0, 0, 2048)
         return r
 
+    async def _build_resolver(self) -> dns.asyncresolver.Resolver | str:
+        """The resolver, each ``dnsHosts`` entry given by name resolved first (by the system resolver,
+        an IPv4 address preferred, as Linkerd's JVM does); a name that does not resolve gives why."""
+        servers: list[tuple[str, int]] = []
+        for host, port in self.nameservers:
+            if is_ip(host):
+                servers.append((host, port))
+                continue
+            try:
+                infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            except OSError as e:
+                return f"dnsHosts entry {host!r} does not resolve ({e.strerror or e})"
+            ips = [str(info[4][0]) for info in infos]
+            if not ips:  # pragma: no cover - getaddrinfo raises rather than answer nothing
+                return f"dnsHosts entry {host!r} does not resolve (no address)"
+            v4 = [ip for ip in ips if ":" not in ip]
+            servers.append(((v4 or ips)[0], port))
+        return self._make_resolver(servers)
+
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Look up due records until cancelled."""
         self._bind_runner()
-        self._resolver = self._make_resolver()
+        if all(is_ip(host) for host, _ in self.nameservers):
+            self._resolver = self._make_resolver()
         log.info("namer.dnssrv.started", prefix=str(self.bound_prefix), nameservers=self.where)
         await refresh_loop(
             due=self.core.due,
@@ -445,7 +469,11 @@ class DnsSrvNamer(Namer):
     async def query(self, name: str) -> SrvOutcome:
         """One SRV lookup of ``name`` (fully qualified) and of its targets' addresses."""
         if self._resolver is None:
-            self._resolver = self._make_resolver()
+            built = await self._build_resolver()
+            if isinstance(built, str):  # asked again at the next lookup
+                self.queries += 1
+                return SrvFailure(f"SRV lookup of {name!r} via {self.where} failed: {built}")
+            self._resolver = built
         resolver = self._resolver
         qname = dns.name.from_text(name)
         self.queries += 1
@@ -566,7 +594,7 @@ def from_config(cfg: Any) -> DnsSrvNamer:
     hosts = tuple(str(h) for h in hosts)
     for h in hosts:
         try:
-            parse_nameserver(h)
+            parse_nameserver(h, names=True)
         except ValueError as e:
             raise ValueError(f"namers[].dnsHosts for kind {KIND}: {e}") from e
     return DnsSrvNamer(

@@ -70,6 +70,7 @@ __all__ = [
     "HostEntry",
     "HostTable",
     "InetResolver",
+    "is_ip",
     "literal_ip",
     "parse_nameserver",
 ]
@@ -101,8 +102,25 @@ def literal_ip(host: str) -> str | None:
     return None
 
 
-def parse_nameserver(spec: str) -> tuple[str, int]:
-    """``host`` or ``host:port`` (``[v6]:port`` for IPv6 with a port) -> (address, port)."""
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}\.?$)(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
+    r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?"
+)
+
+
+def is_ip(host: str) -> bool:
+    """``host`` is an IP address (as :func:`parse_nameserver` returns one), not a host name."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def parse_nameserver(spec: str, *, names: bool = False) -> tuple[str, int]:
+    """``host`` or ``host:port`` (``[v6]:port`` for IPv6 with a port) -> (address, port). ``names``: a
+    host name is taken too (returned as written, to be resolved when the server is first asked), as
+    Linkerd takes an ``io.l5d.dnssrv`` ``dnsHosts`` entry."""
     s = spec.strip()
     if s.startswith("["):
         addr, sep, rest = s[1:].partition("]")
@@ -113,12 +131,13 @@ def parse_nameserver(spec: str) -> tuple[str, int]:
         addr, port_s = s.split(":")
     else:
         addr, port_s = s, ""
-    try:
-        ipaddress.ip_address(addr)
-    except ValueError:
-        raise ValueError(
-            f"nameserver {spec!r}: {addr!r} is not an IP address; give the server's IP"
-        ) from None
+    if not is_ip(addr):
+        if names and not s.startswith("[") and _HOST_NAME.fullmatch(addr) and not _INET_ATON.fullmatch(addr):
+            pass
+        elif names:
+            raise ValueError(f"nameserver {spec!r}: {addr!r} is neither an IP address nor a host name")
+        else:
+            raise ValueError(f"nameserver {spec!r}: {addr!r} is not an IP address; give the server's IP")
     if port_s == "":
         return addr, 53
     if not port_s.isdigit() or not 1 <= int(port_s) <= 65535:

@@ -226,7 +226,7 @@ def test_namer_settings_their_runtime_refuses_at_startup_are_config_errors() -> 
         "namers:\n"
         "- kind: io.l5d.rewrite\n  prefix: /r1\n  pattern: /{a}\n  name: /$/inet/{b}/80\n"
         "- kind: io.l5d.rewrite\n  prefix: /r2\n  pattern: no-slash\n  name: /x\n"
-        "- kind: io.l5d.dnssrv\n  experimental: true\n  dnsHosts: [10.0.0.2, ns1.example]\n"
+        "- kind: io.l5d.dnssrv\n  experimental: true\n  dnsHosts: [10.0.0.2, 'ns1 example']\n"
         "- kind: io.l5d.fs\n  rootDir: ''\n"
         "- kind: io.l5d.k8s\n  labelSelector: 'app version'\n"
         "- kind: io.l5d.fs\n  prefix: /f2\n  rootDir: /srv\n  transformers:\n  - {kind: io.l5d.port, port: 0}\n"
@@ -237,7 +237,8 @@ def test_namer_settings_their_runtime_refuses_at_startup_are_config_errors() -> 
         "t.yaml:5: namers[0].name: '/$/inet/{b}/80' uses {b}, which the pattern does not capture (it captures "
         "{a}); capture it in namers[].pattern or remove it",
         "t.yaml:8: namers[1].pattern: 'no-slash' must start with '/', e.g. '/{ns}/{svc}'",
-        f"t.yaml:12: namers[2].dnsHosts[1]: {ip} 'ns1.example'",
+        "t.yaml:12: namers[2].dnsHosts[1]: expected an IP address, a host name, or either with :port (e.g. "
+        "10.0.0.2, ns0.example.org, 10.0.0.2:53 or [fd00::2]:53), got 'ns1 example'",
         "t.yaml:14: namers[3].rootDir: must not be empty: give the directory of service files",
         "t.yaml:16: namers[4].labelSelector: 'app version' is not a Kubernetes label key; give the key only, "
         "e.g. version (its value comes from the path)",

@@ -3,16 +3,23 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 
 from dtab import Path as DPath
 from hostproxy.config import client_params_for, load_config, service_params_for
+from namers.dnssrv import DnsSrvNamer, SrvFailure
+from namers.dnssrv import from_config as dnssrv_from_config
 from namers.rewrite import RewriteNamer
 from tests.daemonutil import curl, fs_config, running_daemon
+from tests.dnsserver import running_dnsmasq
 from tests.upstreams import running_upstream
 
 
@@ -258,3 +265,100 @@ async def test_access_log_lines_give_the_response_bytes(tmp_path: Path) -> None:
         ("/", "502", lines[2][-1]),
     ]
     assert lines[2][-1].isdigit() and int(lines[2][-1]) > 0  # the l5d-err body hostproxy wrote
+
+
+# -- io.l5d.dnssrv: dnsHosts by name ------------------------------------------------------------------------
+# Linkerd resolves each dnsHosts entry (its reference example lists ns0.example.org and ns1.example.org) and
+# asks the address on port 53.
+
+
+def test_dns_hosts_given_by_name_load(tmp_path: Path) -> None:
+    text = """\
+namers:
+- kind: io.l5d.dnssrv
+  experimental: true
+  dnsHosts: [ns0.example.org, "ns1.example.org:5353", 10.0.0.2]
+routers:
+- protocol: http
+  dtab: /svc => /#/io.l5d.dnssrv;
+  servers: [{port: 4140}]
+"""
+    proc = check(tmp_path, text)
+    assert proc.returncode == 0, proc.stderr
+    n = dnssrv_from_config(load_config(text, source="t.yaml").namers[0])
+    assert n.nameservers == [("ns0.example.org", 53), ("ns1.example.org", 5353), ("10.0.0.2", 53)]
+
+
+def test_a_dns_host_that_is_no_host_name_is_refused(tmp_path: Path) -> None:
+    text = """\
+namers:
+- {kind: io.l5d.dnssrv, experimental: true, dnsHosts: ["ns 0.example.org"]}
+routers:
+- {protocol: http, servers: [{port: 4140}]}
+"""
+    assert check_errors(tmp_path, text) == [
+        "namers[0].dnsHosts[0]: expected an IP address, a host name, or either with :port (e.g. 10.0.0.2, "
+        "ns0.example.org, 10.0.0.2:53 or [fd00::2]:53), got 'ns 0.example.org'"
+    ]
+
+
+class _Hosts(trio.abc.HostnameResolver):
+    """Host names for trio's getaddrinfo: ``answer(host)`` gives an IP, or raises ``socket.gaierror``."""
+
+    def __init__(self, answer: Callable[[str], str]) -> None:
+        self.answer = answer
+        self.asked: list[str] = []
+
+    async def getaddrinfo(
+        self, host: Any, port: Any, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0
+    ) -> list[tuple[Any, ...]]:
+        name = host.decode() if isinstance(host, bytes) else host
+        self.asked.append(name)
+        ip = self.answer(name)
+        fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        return [(fam, socket.SOCK_DGRAM, 17, "", (ip, int(port)))]
+
+    async def getnameinfo(self, sockaddr: Any, flags: int) -> Any:  # pragma: no cover - not used
+        raise NotImplementedError
+
+
+async def test_a_dns_host_given_by_name_is_asked_at_its_address(tmp_path: Path) -> None:
+    records = ["srv-host=_http._tcp.web.test,a.test,8080,0,10", "host-record=a.test,127.0.0.11"]
+    async with running_dnsmasq(tmp_path, records) as dns, trio.open_nursery() as nursery:
+        port = dns.address.rsplit(":", 1)[1]
+        hosts = _Hosts(lambda name: "127.0.0.1")
+        trio.socket.set_custom_hostname_resolver(hosts)
+        try:
+            n = DnsSrvNamer([f"ns0.example.org:{port}"], timeout=1.0, refresh_interval=0.2)
+            changed: list[Any] = []
+            n.subscribe(lambda namer, key: changed.append(key))
+            await nursery.start(n.run)
+            n.lookup(DPath.read("/_http._tcp.web.test"))
+            with trio.fail_after(10):
+                while not changed:
+                    await trio.sleep(0.01)
+            st = n.table.get((b"_http._tcp.web.test",))
+            assert {(a.host, a.port) for a in st.addr or ()} == {("127.0.0.11", 8080)}
+            assert hosts.asked == ["ns0.example.org"]  # once, as Linkerd resolves it once
+        finally:
+            trio.socket.set_custom_hostname_resolver(None)
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_dns_host_name_that_does_not_resolve_fails_the_lookup_and_is_asked_again() -> None:
+    def nowhere(name: str) -> str:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    hosts = _Hosts(nowhere)
+    trio.socket.set_custom_hostname_resolver(hosts)
+    try:
+        n = DnsSrvNamer(["ns0.example.org"], timeout=1.0)
+        out = await n.query("_http._tcp.web.test")
+        assert out == SrvFailure(
+            "SRV lookup of '_http._tcp.web.test' via ns0.example.org:53 failed: dnsHosts entry "
+            "'ns0.example.org' does not resolve (Name or service not known)"
+        )
+        await n.query("_http._tcp.web.test")
+        assert hosts.asked == ["ns0.example.org", "ns0.example.org"]
+    finally:
+        trio.socket.set_custom_hostname_resolver(None)

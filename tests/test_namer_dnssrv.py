@@ -212,14 +212,15 @@ def test_from_config():
 
     m = from_config(model.DnsSrvNamer(kind=KIND, dns_hosts=("127.0.0.1:53",), refresh_interval_seconds=3))
     assert m.nameservers == [("127.0.0.1", 53)] and m.core.refresh_interval == 3.0
+    assert from_config({"dnsHosts": ["dns.example"]}).nameservers == [("dns.example", 53)]  # as in Linkerd
     with pytest.raises(
         ValueError,
         match=(
-            r"^namers\[\]\.dnsHosts for kind io\.l5d\.dnssrv: nameserver 'dns\.example': 'dns\.example' is not "
-            r"an IP address; give the server's IP$"
+            r"^namers\[\]\.dnsHosts for kind io\.l5d\.dnssrv: nameserver 'dns example': 'dns example' is "
+            r"neither an IP address nor a host name$"
         ),
     ):
-        from_config({"dnsHosts": ["dns.example"]})
+        from_config({"dnsHosts": ["dns example"]})
     with pytest.raises(ValueError, match=r"^namers\[\]\.refreshIntervalSeconds must be a positive number"):
         from_config({"refreshIntervalSeconds": 0})
 

@@ -683,7 +683,11 @@ class DnsSrvNamer(NamerConfig):
         extension=True,
     )
     dns_hosts: tuple[str, ...] = key(
-        (), "DNS servers to ask (IP or IP:port).", default_doc="the system resolver"
+        (),
+        "DNS servers to ask: IPs or host names, each with an optional :port (53). A name is resolved once, "
+        "by the system resolver, when the first lookup needs it (an IPv4 address preferred, as Linkerd's JVM "
+        "does); until it resolves, each lookup fails saying so.",
+        default_doc="the system resolver",
     )
 
 

@@ -983,12 +983,17 @@ def _check_namer(v: Validator, n: m.NamerConfig, where: str, node: Node) -> None
             "must not be empty: give the directory of service files",
         )
     if isinstance(n, m.DnsSrvNamer):
+        from namers.inet import parse_nameserver
+
         for j, host in enumerate(n.dns_hosts):
-            if not _host_port(host):
+            try:
+                parse_nameserver(host, names=True)
+            except ValueError:
                 v.error(
                     f"{where}.dnsHosts[{j}]",
                     _walk(node, ["dnsHosts", j]),
-                    f"expected an IP address or IP:port (e.g. 10.0.0.2, 10.0.0.2:53 or [fd00::2]:53), got {host!r}",
+                    "expected an IP address, a host name, or either with :port (e.g. 10.0.0.2, "
+                    f"ns0.example.org, 10.0.0.2:53 or [fd00::2]:53), got {host!r}",
                 )
     if isinstance(n, m.RewriteNamer) and n.pattern and n.name and not v.has_issue(where):
         from namers.rewrite import NameTemplate, PathPattern, RewriteConfigError
