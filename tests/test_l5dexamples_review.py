@@ -362,3 +362,37 @@ async def test_a_dns_host_name_that_does_not_resolve_fails_the_lookup_and_is_ask
         assert hosts.asked == ["ns0.example.org", "ns0.example.org"]
     finally:
         trio.socket.set_custom_hostname_resolver(None)
+
+
+# -- keys of Linkerd 0.x's syntax that Linkerd's reference still shows ------------------------------------
+
+
+def test_old_client_tls_syntax_and_a_prefix_outside_static_configs_say_what_to_write(tmp_path: Path) -> None:
+    """Linkerd 1 refuses these too, but its reference still shows them (a client's ``tls: {kind:
+    io.l5d.boundPath, caCertPath: ...}``, a ``prefix`` in a global client): the error says what to write
+    instead of listing the valid keys."""
+    text = """\
+routers:
+- protocol: h2
+  client:
+    prefix: /#/io.l5d.fs/{service}
+    tls: {kind: io.l5d.noValidation, caCertPath: ca.pem, commonName: web}
+  service:
+    prefix: /svc
+    totalTimeoutMs: 500
+  servers: [{port: 4142}]
+"""
+    assert check_errors(tmp_path, text) == [
+        "routers[0].client.prefix: 'prefix' is a key of a static client's entries: write client: {kind: "
+        "io.l5d.static, configs: [{prefix: ..., <the other keys>}]}, or remove it to apply the keys to every "
+        "client",
+        "routers[0].client.tls.kind: 'kind' is Linkerd 0.x's client TLS syntax (io.l5d.noValidation, "
+        "io.l5d.static, io.l5d.boundPath), which Linkerd 1 refuses too: remove it and write commonName (with "
+        "{captures} of a static client prefix, for io.l5d.boundPath) and trustCertsBundle, or disableValidation: "
+        "true",
+        "routers[0].client.tls.caCertPath: 'caCertPath' is Linkerd 0.x's name in a client's tls (a server's tls "
+        "takes it): a client trusts the CAs of trustCertsBundle: FILE",
+        "routers[0].service.prefix: 'prefix' is a key of a static service's entries: write service: {kind: "
+        "io.l5d.static, configs: [{prefix: ..., <the other keys>}]}, or remove it to apply the keys to every "
+        "service",
+    ]

@@ -77,6 +77,22 @@ LINKERD_ONLY_SECTION_KEYS: dict[tuple[str, str], str] = {
     "plaintext; keep it on loopback (the default) or a private address, and remove it",
     ("ServerConfig", "label"): "(a server's own label) is a Linkerd key that hostproxy does not support: "
     "a server's metrics are scoped by its ip and port; remove it (the router's label is routers[].label)",
+    # Linkerd 0.x's syntax, which Linkerd 1 refuses too but its config reference still shows.
+    ("ClientParams", "prefix"): "is a key of a static client's entries: write client: {kind: io.l5d.static, "
+    "configs: [{prefix: ..., <the other keys>}]}, or remove it to apply the keys to every client",
+    (
+        "ServiceParams",
+        "prefix",
+    ): "is a key of a static service's entries: write service: {kind: io.l5d.static, "
+    "configs: [{prefix: ..., <the other keys>}]}, or remove it to apply the keys to every service",
+    ("ClientTls", "kind"): "is Linkerd 0.x's client TLS syntax (io.l5d.noValidation, io.l5d.static, "
+    "io.l5d.boundPath), which Linkerd 1 refuses too: remove it and write commonName (with {captures} of a "
+    "static client prefix, for io.l5d.boundPath) and trustCertsBundle, or disableValidation: true",
+    (
+        "ClientTls",
+        "caCertPath",
+    ): "is Linkerd 0.x's name in a client's tls (a server's tls takes it): a client "
+    "trusts the CAs of trustCertsBundle: FILE",
 }
 TOP_LEVEL_HINTS: dict[str, str] = {
     "interpreter": "is set per router (routers[].interpreter), not at the top level",
