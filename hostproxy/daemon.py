@@ -373,6 +373,7 @@ class _Namers:
     """The namers, inet resolver and namer pairs built from one config (swapped as a unit on reload)."""
 
     def __init__(self, daemon: Daemon, config: Config) -> None:
+        self.configs = config.namers
         self.namers = [build_namer(n) for n in config.namers]
         self.resolver = InetResolver(tuple(config.dns.nameservers))
         self.transformer_watches: list[tuple[Any, Path]] = []
@@ -492,12 +493,14 @@ class Daemon:
                 raise ValueError(f"transformer kind {c.kind!r} has no runtime in this hostproxy version")
             factory = load_factory(spec)
             if c.kind == "io.l5d.k8s.daemonset":
-                k8s = next((n for n in ns.namers if getattr(n, "kind", "") == "io.l5d.k8s"), None)
-                if k8s is None:
+                at = c.namer_index(ns.configs)
+                if at is None:
                     raise ValueError(
-                        "transformer io.l5d.k8s.daemonset needs an io.l5d.k8s namer in `namers` to watch the "
-                        f"daemonset Service {c.namespace}/{c.service}; add one"
+                        "transformer io.l5d.k8s.daemonset needs an io.l5d.k8s namer at its k8sHost:k8sPort "
+                        f"({c.k8s_host}:{c.k8s_port}) in `namers` to watch the daemonset Service "
+                        f"{c.namespace}/{c.service}; add one"
                     )
+                k8s = ns.namers[at]
                 holder: dict[str, Any] = {}
 
                 def source(k8s: Any = k8s, holder: dict[str, Any] = holder) -> Any:

@@ -396,3 +396,43 @@ routers:
         "io.l5d.static, configs: [{prefix: ..., <the other keys>}]}, or remove it to apply the keys to every "
         "service",
     ]
+
+
+# -- io.l5d.k8s.daemonset: k8sHost and k8sPort --------------------------------------------------------------
+# Linkerd's transformer asks the API at k8sHost:k8sPort; hostproxy's watches through an io.l5d.k8s namer,
+# so it takes the namer with that host and port (the first io.l5d.k8s namer when both are Linkerd's
+# defaults, localhost:8001).
+
+TWO_APIS = """\
+namers:
+- {kind: io.l5d.k8s, host: localhost, port: 8001}
+- kind: io.l5d.k8s
+  prefix: /east
+  host: 127.0.0.1
+  port: 8002
+  transformers:
+  - {kind: io.l5d.k8s.daemonset, namespace: default, service: l5d, port: incoming, k8sHost: 127.0.0.1,
+     k8sPort: 8002}
+routers:
+- {protocol: http, label: out, dtab: /svc => /#/east/default/http;, servers: [{port: 0}]}
+admin: {port: 0}
+"""
+
+
+def test_the_daemonset_transformer_watches_through_the_namer_of_its_k8s_host_and_port(tmp_path: Path) -> None:
+    from hostproxy.daemon import Daemon
+
+    assert check(tmp_path, TWO_APIS).returncode == 0
+    daemon = Daemon(load_config(TWO_APIS, source="t.yaml"))
+    ns = daemon._namers
+    assert [n for n, _ in ns.transformer_watches] == [ns.namers[1]]
+
+
+def test_a_daemonset_k8s_host_and_port_that_no_namer_has_is_refused(tmp_path: Path) -> None:
+    text = TWO_APIS.replace("k8sPort: 8002", "k8sPort: 8443")
+    assert check_errors(tmp_path, text) == [
+        "namers[1].transformers[0].k8sHost: io.l5d.k8s.daemonset watches its Service through the io.l5d.k8s "
+        "namer with its k8sHost and k8sPort (127.0.0.1:8443), and none has them (namers[0]: localhost:8001, "
+        "namers[1]: 127.0.0.1:8002); set k8sHost and k8sPort to a namer's host and port, or add an "
+        "io.l5d.k8s namer for 127.0.0.1:8443"
+    ]

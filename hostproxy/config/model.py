@@ -609,11 +609,24 @@ class DaemonSetTransformer(TransformerConfig):
     port: str = key(required=True, doc="Port name (or number) of the daemonset's Service.", coerce_str=True)
     k8s_host: str = key(
         "localhost",
-        "Accepted so that Linkerd 1 configs load; the transformer watches the daemonset Service through "
-        "the config's io.l5d.k8s namer, with that namer's host and port.",
+        "Kubernetes API host: the transformer watches the daemonset Service through the io.l5d.k8s namer "
+        "with this host and k8sPort (the first io.l5d.k8s namer when both are left at their defaults); "
+        "one must exist.",
     )
-    k8s_port: int = key(8001, "Accepted, as k8sHost.", check=port_number)
+    k8s_port: int = key(8001, "Kubernetes API port, as k8sHost.", check=port_number)
     host_network: bool = key(False, "Match by nodeName instead of /24 subnet.")
+
+    def namer_index(self, namers: Any) -> int | None:
+        """Which of ``namers`` (namer configs, in config order) the transformer watches through: the
+        first io.l5d.k8s namer at ``k8sHost:k8sPort`` (a namer's default host counts as localhost), else,
+        when both keys are at Linkerd's defaults, the first io.l5d.k8s namer; ``None`` if none fits."""
+        k8s = [(i, n) for i, n in enumerate(namers) if isinstance(n, K8sNamer)]
+        for i, n in k8s:
+            if ((n.host or "localhost"), n.port) == (self.k8s_host, self.k8s_port):
+                return i
+        if (self.k8s_host, self.k8s_port) == ("localhost", 8001) and k8s:
+            return k8s[0][0]
+        return None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -899,24 +899,37 @@ def _finish(v: Validator, cfg: m.Config, root: MappingNode) -> m.Config:
                 changes["stream_after_content_length_kb"] = 5
         routers.append(dataclasses.replace(r, **changes))
     _check_overload(v, cfg.overload, node_at("overload"))
-    # The daemonset transformer watches its Service through the config's io.l5d.k8s namer.
-    if not any(isinstance(n, m.K8sNamer) for n in cfg.namers):
-        placed: list[tuple[str, tuple[str | int, ...], tuple[m.TransformerConfig, ...]]] = [
-            (f"namers[{i}]", ("namers", i), n.transformers) for i, n in enumerate(cfg.namers)
-        ]
-        placed += [
-            (f"routers[{i}].interpreter", ("routers", i, "interpreter"), r.interpreter.transformers)
-            for i, r in enumerate(cfg.routers or ())
-        ]
-        for where, steps, transformers in placed:
-            for j, t in enumerate(transformers):
-                if isinstance(t, m.DaemonSetTransformer):
-                    v.error(
-                        f"{where}.transformers[{j}].kind",
-                        node_at(*steps, "transformers", j, "kind"),
-                        "io.l5d.k8s.daemonset watches its Service through an io.l5d.k8s namer, and `namers` "
-                        "has none; add one (e.g. {kind: io.l5d.k8s, host: localhost, port: 8001})",
-                    )
+    # The daemonset transformer watches its Service through an io.l5d.k8s namer: the one at its
+    # k8sHost:k8sPort (see DaemonSetTransformer.namer_index).
+    placed: list[tuple[str, tuple[str | int, ...], tuple[m.TransformerConfig, ...]]] = [
+        (f"namers[{i}]", ("namers", i), n.transformers) for i, n in enumerate(cfg.namers)
+    ]
+    placed += [
+        (f"routers[{i}].interpreter", ("routers", i, "interpreter"), r.interpreter.transformers)
+        for i, r in enumerate(cfg.routers or ())
+    ]
+    k8s_namers = [(i, n) for i, n in enumerate(cfg.namers) if isinstance(n, m.K8sNamer)]
+    for where, steps, transformers in placed:
+        for j, t in enumerate(transformers):
+            if not isinstance(t, m.DaemonSetTransformer) or t.namer_index(cfg.namers) is not None:
+                continue
+            if not k8s_namers:
+                v.error(
+                    f"{where}.transformers[{j}].kind",
+                    node_at(*steps, "transformers", j, "kind"),
+                    "io.l5d.k8s.daemonset watches its Service through an io.l5d.k8s namer, and `namers` "
+                    "has none; add one (e.g. {kind: io.l5d.k8s, host: localhost, port: 8001})",
+                )
+                continue
+            at = f"{t.k8s_host}:{t.k8s_port}"
+            have = ", ".join(f"namers[{i}]: {n.host or 'localhost'}:{n.port}" for i, n in k8s_namers)
+            v.error(
+                f"{where}.transformers[{j}].k8sHost",
+                node_at(*steps, "transformers", j, "k8sHost"),
+                "io.l5d.k8s.daemonset watches its Service through the io.l5d.k8s namer with its k8sHost and "
+                f"k8sPort ({at}), and none has them ({have}); set k8sHost and k8sPort to a namer's host and "
+                f"port, or add an io.l5d.k8s namer for {at}",
+            )
     _check_telemeter_paths(v, cfg.telemetry, node_at)
     for i, ns in enumerate(cfg.dns.nameservers):
         if not _host_port(ns):
