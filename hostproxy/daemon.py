@@ -229,6 +229,7 @@ _SERVER_KEYS = (
     ("accept_failures", "accept_failures"),
     ("connection_failures", "connection_failures"),
     ("bad_requests", "bad_requests"),
+    ("rejected_overload", "rejected_overload"),
     ("header_timeouts", "header_timeouts"),
     ("body_timeouts", "body_timeouts"),
     ("write_timeouts", "write_timeouts"),

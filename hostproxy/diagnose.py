@@ -216,11 +216,12 @@ _SCOPE_KEY = re.compile(r"^rt/([^/]+)/(server|service|client)/(.+)/requests$")
 _COUNTER_TAIL = re.compile(
     r"(/requests|/success|/failures|/failures/.+|/abandoned|/status/[^/]+|\.count|\.sum|/retries/total"
     r"|/retries/budget_exhausted|/connects|/closes|/removals|/revivals|/probes"
-    r"|/rejected_connections|/bad_requests|/header_timeouts|/tls/handshakes|/tls/handshake_failures(/.+)?)$"
+    r"|/rejected_connections|/rejected_overload|/bad_requests|/header_timeouts|/tls/handshakes"
+    r"|/tls/handshake_failures(/.+)?)$"
 )
 #: A server's counters of clients it turned away (``rt/<router>/server/<ip>/<port>/<what>``).
 _SERVER_TURNED_AWAY = re.compile(
-    r"^rt/([^/]+)/server/([^/]+/\d+)/(rejected_connections|bad_requests|tls/handshake_failures)$"
+    r"^rt/([^/]+)/server/([^/]+/\d+)/(rejected_connections|rejected_overload|bad_requests|tls/handshake_failures)$"
 )
 
 
@@ -1108,8 +1109,8 @@ class _Analysis:
 
     def servers(self) -> None:
         """Clients a server turned away before any request was routed: failed TLS handshakes,
-        connections over ``maxConnections``, malformed requests (none of them is in the request
-        counters)."""
+        connections over ``maxConnections``, malformed requests, requests refused at
+        ``maxConcurrentRequests`` or shed (none of them is in the request counters)."""
         for key in sorted(self.m):
             match = _SERVER_TURNED_AWAY.match(key)
             if match is None:
@@ -1147,6 +1148,19 @@ class _Analysis:
                     "(/admin/metrics.json …/connections; `ss -tn`)"
                 )
                 cause, blame, unit = Cause.OVERLOAD.value, None, "connections"
+            elif what == "rejected_overload":
+                # Refused before routing, so in none of the request counters: the share is of what
+                # the server was sent.
+                total = n + self.num(f"{prefix}/requests")
+                verdict = (
+                    f"{where} answered {n} request(s) 503 at once: at servers[].maxConcurrentRequests, "
+                    "or shedding load past the memory mark"
+                )
+                nxt = (
+                    "check the upstreams' latency (slow answers hold requests in flight), then "
+                    "servers[].maxConcurrentRequests; /overload.json shows whether memory is shedding"
+                )
+                cause, blame, unit = Cause.OVERLOAD.value, None, "requests"
             else:
                 total = n + self.num(f"{prefix}/requests")
                 timeouts = self.num(f"{prefix}/header_timeouts")

@@ -1,0 +1,76 @@
+"""What the README shows, checked against a real daemon on loopback (real curl, the real CLI).
+
+Each test here is a place where a reader following the README got something other than what it says.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from tests.daemonutil import curl, fs_config, running_daemon
+from tests.upstreams import running_upstream
+
+
+async def wtf_json(admin: str, *args: str) -> tuple[int, dict[str, Any]]:
+    proc = await trio.run_process(
+        [sys.executable, "-m", "hostproxy", "wtf", "--admin", admin, "--json", *args],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    return proc.returncode, json.loads(proc.stdout)
+
+
+async def metrics(admin: str) -> dict[str, Any]:
+    r = await curl(f"{admin}/admin/metrics.json")
+    assert r.status == 200
+    doc = r.json()
+    assert isinstance(doc, dict)
+    return doc
+
+
+async def test_server_max_concurrent_requests_refusals_are_in_metrics_and_wtf(tmp_path: Path) -> None:
+    """README, *Routers, headers and errors*: a request past `maxConcurrentRequests` is a 503 whose cause
+    is `overload` in the metrics and in `wtf`. On a server's limit (as opposed to a router's) the 503 was
+    sent but counted nowhere but /overload.json, and `wtf` called the router healthy."""
+    async with running_upstream() as up:
+        disco = tmp_path / "disco"
+        disco.mkdir()
+        (disco / "slow").write_text(f"127.0.0.1 {up.port}\n")
+        cfg = fs_config(disco, server_extra="    maxConcurrentRequests: 1")
+        async with running_daemon(cfg) as d:
+            port = d.port("out")
+            url = f"http://127.0.0.1:{port}"
+            first: list[int] = []
+
+            async def hold() -> None:
+                first.append((await curl(f"{url}/slow/2000", "-H", "Host: slow")).status)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(hold)
+                while not up.requests:  # the first request is in flight at the upstream
+                    await trio.sleep(0.01)
+                refused = await curl(f"{url}/", "-H", "Host: slow")
+                assert refused.status == 503
+                assert "maxConcurrentRequests=1" in (refused.l5d_err or "")
+            assert first == [200]
+
+            m = await metrics(d.admin)
+            assert m[f"rt/out/server/127.0.0.1/{port}/rejected_overload"] == 1
+
+            code, doc = await wtf_json(d.admin)
+            assert code == 1
+            assert doc["healthy"] is False
+            found = [f for f in doc["findings"] if f["cause"] == "overload"]
+            assert len(found) == 1, doc["findings"]
+            f = found[0]
+            assert f["router"] == "out"
+            assert f["failures"] == 1
+            assert f["requests"] == 2
+            assert f"127.0.0.1:{port}" in f["verdict"]
+            assert "maxConcurrentRequests" in f["verdict"] + f["next_step"]
