@@ -1,8 +1,8 @@
 """Logging: structlog everywhere.
 
 JSON lines when stderr is not a terminal (journald, kubectl logs), ``key=value`` lines on a terminal.
-Events are named ``<thing>.<happened>`` (``namer.update``, ``client.endpoint_removed``,
-``config.reloaded``). Levels can be changed at runtime per logger name (``/logging.json``).
+Events are named ``<thing>.<happened>`` (``namer.fs.update.complete``, ``client.endpoint_removed``,
+``daemon.reloaded``). Levels can be changed at runtime per logger name (``/logging.json``).
 """
 
 from __future__ import annotations
