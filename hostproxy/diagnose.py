@@ -834,6 +834,22 @@ class _Analysis:
         elif cause is Cause.NAMING_NEG:
             verdict = f"no route: {svc} is negative in the dtab of router {router}"
             nxt = f"explain it: /delegator?router={router} with path {svc}; check the namer's entry exists"
+        elif (
+            cause is Cause.NAMING_FAILED
+            and (ent := self.namer_entry(client)) is not None
+            and ent[3].get("state") == "bound"
+            and not ent[3].get("lastError")
+        ):
+            # The namer serves the name: what failed these bindings was not (or no longer) its answer.
+            verdict = (
+                f"naming {svc} failed for {rate}, but namer {ent[1]} answers for {ent[2]} (bound, no "
+                "error): a binding that ran past bindingTimeoutMs, a per-request override (l5d-dtab, "
+                "l5d-ctx-dtab) that needs more than 1,000 lookups, or a namer failure since mended"
+            )
+            nxt = (
+                "the l5d-err of those 502s says which; "
+                f"/delegator?router={router} with path {svc} explains the binding"
+            )
         elif cause in (Cause.NAMING_FAILED, Cause.NAMING_STALE):
             ent = self.namer_entry(client)
             err = f" ({ent[3].get('lastError')})" if ent and ent[3].get("lastError") else ""

@@ -74,3 +74,41 @@ async def test_server_max_concurrent_requests_refusals_are_in_metrics_and_wtf(tm
             assert f["requests"] == 2
             assert f"127.0.0.1:{port}" in f["verdict"]
             assert "maxConcurrentRequests" in f["verdict"] + f["next_step"]
+
+
+async def test_wtf_does_not_blame_a_namer_that_answers_for_a_failed_binding(tmp_path: Path) -> None:
+    """README, *Routers, headers and errors*: `naming/failed` is a namer failing with no last good answer,
+    a binding timeout, or a binding past 1,000 lookups (an `l5d-dtab` override that fans out). When the
+    namer serves the name (bound, no error), `wtf` said "naming /svc/users fails …: namer io.l5d.fs name
+    users", sending the reader to a namer that never failed."""
+    async with running_upstream() as up:
+        disco = tmp_path / "disco"
+        disco.mkdir()
+        (disco / "users").write_text(f"127.0.0.1 {up.port}\n")
+        async with running_daemon(fs_config(disco)) as d:
+            url = f"http://127.0.0.1:{d.port('out')}/"
+            for _ in range(3):
+                assert (await curl(url, "-H", "Host: users")).status == 200
+            fan = "".join(f"/a{i}=>1*/a{i + 1} & 1*/a{i + 1};" for i in range(30)) + "/svc/users=>/a0"
+            r = await curl(url, "-H", "Host: users", "-H", f"l5d-dtab: {fan}")
+            assert r.status == 502
+            assert "more than 1000 lookups" in (r.l5d_err or "")
+
+            state = (await curl(f"{d.admin}/namer_state/io.l5d.fs.json")).json()
+            assert isinstance(state, dict)
+            assert state["names"]["users"]["state"] == "bound"
+            assert state["names"]["users"]["lastError"] is None
+
+            code, doc = await wtf_json(d.admin)
+            assert code == 1
+            found = [f for f in doc["findings"] if f["cause"] == "naming/failed"]
+            assert len(found) == 1, doc["findings"]
+            f = found[0]
+            assert f["service"] == "/svc/users"
+            assert f["failures"] == 1
+            # The namer is named as answering, not as the failure; what can fail a binding is said.
+            assert "fails for 25% of requests: namer io.l5d.fs name users" not in f["verdict"]
+            assert "namer io.l5d.fs answers for users" in f["verdict"]
+            assert "l5d-dtab" in f["verdict"]
+            assert "bindingTimeoutMs" in f["verdict"]
+            assert "l5d-err" in f["next_step"]
