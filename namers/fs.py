@@ -174,7 +174,7 @@ def _dangling(path: str) -> str | None:
         return None
     return (
         f"{path} is a symlink to {target!r}, which does not exist (a ConfigMap mount mid-update, or a "
-        "broken link); keeping the last good addresses: fix the link or remove it"
+        "broken link): fix the link or remove it"
     )
 
 

@@ -112,3 +112,36 @@ async def test_wtf_does_not_blame_a_namer_that_answers_for_a_failed_binding(tmp_
             assert "l5d-dtab" in f["verdict"]
             assert "bindingTimeoutMs" in f["verdict"]
             assert "l5d-err" in f["next_step"]
+
+
+async def test_fs_dangling_symlink_error_claims_no_addresses_a_name_never_had(tmp_path: Path) -> None:
+    """README, *Namers and transformers*: a symlink to a missing file keeps a name's last good addresses,
+    stale, with an error naming the link. For a name that never had addresses the error said "keeping
+    the last good addresses" all the same, beside state `failed` and no addresses."""
+    async with running_upstream() as up:
+        disco = tmp_path / "disco"
+        disco.mkdir()
+        (disco / "web").write_text(f"127.0.0.1 {up.port}\n")
+        (disco / "lnk").symlink_to(tmp_path / "nowhere")
+        async with running_daemon(fs_config(disco)) as d:
+            url = f"http://127.0.0.1:{d.port('out')}/"
+            assert (await curl(url, "-H", "Host: web")).status == 200
+            assert (await curl(url, "-H", "Host: lnk")).status == 502
+            (disco / "web").unlink()
+            (disco / "web").symlink_to(tmp_path / "gone")
+            with trio.fail_after(10):  # the watcher sees the change within a second
+                while True:
+                    doc = (await curl(f"{d.admin}/namer_state/io.l5d.fs.json")).json()
+                    assert isinstance(doc, dict)
+                    names = doc["names"]
+                    if names["web"]["state"] != "bound":
+                        break
+                    await trio.sleep(0.05)
+
+            lnk, web = names["lnk"], names["web"]
+            assert (lnk["state"], lnk["addrs"]) == ("failed", None)
+            assert "is a symlink to" in lnk["lastError"] and "fix the link or remove it" in lnk["lastError"]
+            assert "last good" not in lnk["lastError"]
+            assert web["state"] == "stale"
+            assert [a["port"] for a in web["addrs"]] == [up.port]
+            assert "is a symlink to" in web["lastError"]
