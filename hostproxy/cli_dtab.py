@@ -451,8 +451,12 @@ def _addresses_text(bound: Any) -> str:
             return "no addresses"
         parts = []
         for a in addr.addresses:
-            host = a.host or "localhost"
+            # As /delegator.json shows it: an IP literal normalised (Linkerd's 127.1 is 127.0.0.1).
+            ip = a.ip()
+            host = ip or a.host or "localhost"
             hp = f"[{host}]:{a.port}" if ":" in host else f"{host}:{a.port}"
+            if ip is None and a.host:
+                hp += ": a host name, not resolved here; the daemon asks DNS"
             parts.append(hp if a.weight == 1.0 else f"{hp}*{dtabtools.exact_weight(a.weight)}")
         return ", ".join(parts)
     return str(addr)

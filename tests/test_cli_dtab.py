@@ -438,14 +438,14 @@ def test_delegate_union_residual_and_text_dtab_appended(work: Path) -> None:
         "-> bound /#/io.l5d.fs/web (residual /v1): 127.0.0.1:8080, 127.0.0.1:8081*2",
         "|   |   `-- /#/io.l5d.fs/web/v1  [/svc => /#/io.l5d.fs]  "
         "-> bound /#/io.l5d.fs/web (residual /v1): 127.0.0.1:8080, 127.0.0.1:8081*2",
-        "|   `-- 1 * /$/inet/127.1/9999/v1  -> bound /$/inet/127.1/9999 (residual /v1): 127.1:9999",
+        "|   `-- 1 * /$/inet/127.1/9999/v1  -> bound /$/inet/127.1/9999 (residual /v1): 127.0.0.1:9999",
         "|-- /svc/api/v1  [/svc/api => 0.95 * /#/io.l5d.fs/api & 0.05 * /#/io.l5d.fs/api-v3]  "
         "-> weighted union of:",
         "|   |-- 0.95 * /#/io.l5d.fs/api/v1  -> bound /#/io.l5d.fs/api (residual /v1): 10.0.0.7:9090",
         "|   `-- 0.05 * /#/io.l5d.fs/api-v3/v1  -> ~ (neg: nothing binds this path)",
         "`-- /#/io.l5d.fs/api/v1  [/svc => /#/io.l5d.fs]  "
         "-> bound /#/io.l5d.fs/api (residual /v1): 10.0.0.7:9090",
-        "binds to: 3 * /#/io.l5d.fs/web (127.0.0.1:8080, 127.0.0.1:8081*2) & /$/inet/127.1/9999 (127.1:9999)",
+        "binds to: 3 * /#/io.l5d.fs/web (127.0.0.1:8080, 127.0.0.1:8081*2) & /$/inet/127.1/9999 (127.0.0.1:9999)",
     ]
 
 
@@ -514,9 +514,10 @@ def test_delegate_system_namers_without_dns(work: Path) -> None:
     r = run("delegate", "--dtab", dtab, "/a", cwd=work)
     assert r.stdout.splitlines() == [
         "/a  -> alternatives, the first that is not ~ wins:",
-        "|-- /$/inet/localhost/80  [/a => /$/inet/localhost/80 | /$/nil]  -> bound /$/inet/localhost/80: localhost:80",
+        "|-- /$/inet/localhost/80  [/a => /$/inet/localhost/80 | /$/nil]  -> bound /$/inet/localhost/80: "
+        "localhost:80: a host name, not resolved here; the daemon asks DNS",
         "`-- /$/nil  [/a => /$/inet/localhost/80 | /$/nil]  -> $ (empty: exists but has no endpoints)",
-        "binds to: /$/inet/localhost/80 (localhost:80)",
+        "binds to: /$/inet/localhost/80 (localhost:80: a host name, not resolved here; the daemon asks DNS)",
     ]
     r = run("delegate", "--dtab", dtab, "/b", cwd=work)
     assert r.stdout.splitlines()[-1] == "binds to: ! (requests to this name fail)"

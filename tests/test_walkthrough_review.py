@@ -145,3 +145,37 @@ async def test_fs_dangling_symlink_error_claims_no_addresses_a_name_never_had(tm
             assert web["state"] == "stale"
             assert [a["port"] for a in web["addrs"]] == [up.port]
             assert "is a symlink to" in web["lastError"]
+
+
+async def dtab_cli(*args: str) -> tuple[int, str]:
+    proc = await trio.run_process(
+        [sys.executable, "-m", "hostproxy", "dtab", *args],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    return proc.returncode, proc.stdout.decode()
+
+
+async def test_dtab_delegate_text_shows_the_addresses_its_json_and_the_daemon_show() -> None:
+    """README, *Working with dtab files*: `delegate` shows how a name is delegated, `--json` gives
+    `/delegator.json`. For `/$/inet/127.1/8080` (Linkerd's shorthand) the JSON and the daemon say
+    127.0.0.1:8080, the text said 127.1:8080; for a host name the text showed `localhost:8080` as a
+    bound address where the JSON has none (this command asks no DNS)."""
+    code, text = await dtab_cli("delegate", "--dtab", "/svc => /$/inet/127.1/8080", "/svc/a")
+    assert code == 0
+    code, doc = await dtab_cli("delegate", "--json", "--dtab", "/svc => /$/inet/127.1/8080", "/svc/a")
+    assert code == 0
+    assert json.loads(doc)["delegate"]["bound"]["addr"]["addrs"] == [
+        {"ip": "127.0.0.1", "port": 8080, "meta": {}}
+    ]
+    assert text.splitlines()[-1] == "binds to: /$/inet/127.1/8080 (127.0.0.1:8080)"
+    assert "127.1:8080" not in text
+
+    code, text = await dtab_cli("delegate", "--dtab", "/svc => /$/inet/localhost/8080", "/svc/a")
+    assert code == 0
+    code, doc = await dtab_cli("delegate", "--json", "--dtab", "/svc => /$/inet/localhost/8080", "/svc/a")
+    assert json.loads(doc)["delegate"]["bound"]["addr"]["addrs"] == []
+    assert text.splitlines()[-1] == (
+        "binds to: /$/inet/localhost/8080 (localhost:8080: a host name, not resolved here; the daemon asks DNS)"
+    )
