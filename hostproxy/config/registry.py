@@ -231,7 +231,7 @@ register(
     "io.l5d.rewrite",
     m.RewriteNamer,
     "namers.rewrite:from_config",
-    "Rewrites a path with {var} captures.",
+    "Rewrites a path with {var} captures. Its `prefix` is required: it has no default.",
     use_now="for now, write the rewrite as dtab entries (a dtab cannot reorder segments)",
 )
 
