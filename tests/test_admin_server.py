@@ -435,7 +435,7 @@ async def test_control_request_through_a_proxy_is_refused(admin: Admin) -> None:
     r = await http(port, "POST", "/admin/shutdown", headers=(("via", "1.1 hostproxy"),))
     assert (r.status, r.ctype) == (403, TEXT)
     assert r.text == (
-        "POST /admin/shutdown refused: it arrived through a proxy (Via: 1.1 hostproxy, 1.1 hostproxy); "
+        "POST /admin/shutdown refused: it arrived through a proxy (Via: 1.1 hostproxy); "
         "call control endpoints directly on the admin port, not through a router.\n"
     )
     assert ctx.shutdowns == 0

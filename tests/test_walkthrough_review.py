@@ -179,3 +179,33 @@ async def test_dtab_delegate_text_shows_the_addresses_its_json_and_the_daemon_sh
     assert text.splitlines()[-1] == (
         "binds to: /$/inet/localhost/8080 (localhost:8080: a host name, not resolved here; the daemon asks DNS)"
     )
+
+
+async def test_control_refusal_quotes_the_via_it_arrived_with(tmp_path: Path) -> None:
+    """README, *Admin server*: a control request that came through a proxy is refused (403, with the
+    reason). The reason quoted the request's `Via` with the admin server's own entry added: a POST sent
+    through one router read "Via: 1.1 hostproxy, 1.1 hostproxy", as if it had crossed two proxies."""
+    disco = tmp_path / "disco"
+    disco.mkdir()
+    async with running_daemon(fs_config(disco)) as d:
+        admin_port = d.admin.rsplit(":", 1)[1]
+        (disco / "admin").write_text(f"127.0.0.1 {admin_port}\n")
+        ready = f"{d.admin}/admin/ready?state=false"
+        direct = await curl(ready, "-X", "POST", "-H", "Via: 1.1 lb.example")
+        assert direct.status == 403
+        assert b"(Via: 1.1 lb.example);" in direct.body
+        with trio.fail_after(10):  # the fs namer picks the new file up within a second
+            while True:
+                routed = await curl(
+                    f"http://127.0.0.1:{d.port('out')}/admin/ready?state=false",
+                    "-X",
+                    "POST",
+                    "-H",
+                    "Host: admin",
+                )
+                if routed.status != 502:
+                    break
+                await trio.sleep(0.05)
+        assert routed.status == 403
+        assert b"(Via: 1.1 hostproxy);" in routed.body
+        assert (await curl(f"{d.admin}/ready")).status == 200  # neither was obeyed

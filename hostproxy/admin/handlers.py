@@ -677,7 +677,9 @@ class AdminHandler:
                 "control endpoints accept only same-origin or non-browser requests (e.g. curl -X POST)."
             )
         if via_count(headers) > self.trusted_via_entries:
-            via = b", ".join(headers.get_all(b"via")).decode("latin-1")
+            # Quoted as it arrived: without the entries this server added itself (the last ones).
+            entries = [p.strip() for v in headers.get_all(b"via") for p in v.split(b",") if p.strip()]
+            via = b", ".join(entries[: len(entries) - self.trusted_via_entries]).decode("latin-1")
             return (
                 f"{call.method} {path} refused: it arrived through a proxy (Via: {via}); "
                 "call control endpoints directly on the admin port, not through a router."
