@@ -44,7 +44,9 @@ of 20 endpoints under 500 endpoint updates/s (memory, CPU per update, notificati
 :mod:`hostproxy.bench_admin`, proxied p99 at 1000 req/s with and without admin scrapes of 1,000
 clients. ``--only instructions`` (never in the default run) counts the user-space instructions of one
 proxied request under callgrind (:mod:`hostproxy.bench_instr`): repeatable to a few percent where the
-timings move by 10-20%, the measure to compare changes to the request path by.
+timings move by 10-20%, the measure to compare changes to the request path by; ``--only instructions-h2``
+(never in the default run either) counts the same for the ``protocol: h2`` path (h2c both ways, ``h2load
+-c10 -m10`` against an nginx h2c origin).
 
 This is a benchmark, not a test: it asserts nothing; the README records its numbers. Every process it
 starts listens on 127.0.0.1 only and is stopped at the end.
@@ -663,7 +665,7 @@ def idle_connections_rss(port: int, pids_of: Target, count: int) -> tuple[int, i
 
 PARTS = ("http", "h2", "tls", "k8s", "admin")
 #: Parts run only when asked for (``--only``): the instructions count (:mod:`hostproxy.bench_instr`).
-EXTRA_PARTS = ("instructions",)
+EXTRA_PARTS = ("instructions", "instructions-h2")
 
 
 #: The ``--compare`` target's name.
@@ -713,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=PARTS + EXTRA_PARTS,
         action="append",
         help="run only this part (repeatable; default: all of http, h2, tls, k8s, admin; "
-        "instructions only when asked for)",
+        "instructions and instructions-h2 only when asked for)",
     )
     ap.add_argument("--duration", type=int, default=10, help="seconds per load run (default 10)")
     ap.add_argument(
@@ -747,6 +749,7 @@ def main(argv: list[str] | None = None) -> int:
         ("k8s", bench_k8s.run),
         ("admin", bench_admin.run),
         ("instructions", bench_instr.run),
+        ("instructions-h2", bench_instr.run_h2),
     ):
         if part not in parts:
             continue

@@ -15,6 +15,11 @@ Each target runs alone under callgrind with instrumentation off, answers ``--ins
 includes: about 1% at the default size), the upstream being nginx returning a small body, as in the
 http part. The targets are the trio floor, the http layers (:mod:`hostproxy.bench_floor`) and
 hostproxy with the bench's config; the last column is each against the floor.
+
+``--only instructions-h2`` (:func:`run_h2`) counts hostproxy's ``protocol: h2`` router the same way:
+h2c from ``h2load -c10 -m10`` (ten connections of ten concurrent streams), h2c to an nginx h2c origin
+returning the same small body (as in the ``h2`` part of :mod:`hostproxy.bench_proto`), the same
+warm-up and number of requests.
 """
 
 from __future__ import annotations
@@ -68,10 +73,15 @@ def _command(target: str, port: int, upstream: int, conf: Path) -> list[str]:
     return [sys.executable, "-m", "hostproxy", "run", str(conf)]
 
 
-def _h2load(port: int, requests: int) -> int:
-    """Run ``requests`` requests (ten connections); how many got a 2xx."""
+#: The h2load load of each part: ``instructions`` HTTP/1.1, ``instructions-h2`` HTTP/2 (h2c).
+H1_LOAD = ("--h1", "-c10")
+H2_LOAD = ("-c10", "-m10")
+
+
+def _h2load(port: int, requests: int, load: tuple[str, ...] = H1_LOAD) -> int:
+    """Run ``requests`` requests of ``load``; how many got a 2xx."""
     out = subprocess.run(
-        ["h2load", "--h1", "-c10", f"-n{requests}", f"http://127.0.0.1:{port}/"],
+        ["h2load", *load, f"-n{requests}", f"http://127.0.0.1:{port}/"],
         capture_output=True,
         text=True,
         check=True,
@@ -81,14 +91,24 @@ def _h2load(port: int, requests: int) -> int:
     return int(found.group(1)) if found else 0
 
 
-def count(target: str, tmp: Path, upstream: int, requests: int, warmup: int) -> float:
-    """Instructions per request of ``target`` (see the module docstring)."""
+def count(
+    target: str,
+    tmp: Path,
+    upstream: int,
+    requests: int,
+    warmup: int,
+    *,
+    protocol: str = "http",
+    load: tuple[str, ...] = H1_LOAD,
+) -> float:
+    """Instructions per request of ``target`` (see the module docstring); hostproxy's router speaks
+    ``protocol`` (``h2``: h2c both ways) under ``load``."""
     from hostproxy import bench
 
     port, admin = bench.free_port(), bench.free_port()
     conf = tmp / f"instr-{port}.yaml"
     conf.write_text(
-        f"admin: {{ip: 127.0.0.1, port: {admin}}}\nrouters:\n- protocol: http\n  label: bench\n"
+        f"admin: {{ip: 127.0.0.1, port: {admin}}}\nrouters:\n- protocol: {protocol}\n  label: bench\n"
         f"  dtab: /svc => /$/inet/127.0.0.1/{upstream};\n  servers: [{{ip: 127.0.0.1, port: {port}}}]\n"
     )
     out = tmp / f"callgrind-{port}.out"
@@ -107,10 +127,10 @@ def count(target: str, tmp: Path, upstream: int, requests: int, warmup: int) -> 
     with bench.stopping(procs):
         bench.wait_port(port, timeout=120)
         if warmup:
-            _h2load(port, warmup)
+            _h2load(port, warmup, load)
         pid = str(proc.pid)
         subprocess.run(["callgrind_control", "--instr=on", pid], capture_output=True, check=True, timeout=60)
-        answered = _h2load(port, requests)
+        answered = _h2load(port, requests, load)
         # (Dumped while still counting: switching instrumentation off first left a dump of nothing.)
         subprocess.run(["callgrind_control", "--dump", pid], capture_output=True, check=True, timeout=60)
         if answered != requests:
@@ -156,3 +176,28 @@ def run(args: argparse.Namespace) -> list[str]:
     for target, per in results.items():
         lines.append(f"{target:<14}{per / 1000:>24.1f}{per / floor:>16.2f}")
     return lines
+
+
+def run_h2(args: argparse.Namespace) -> list[str]:
+    """The ``instructions-h2`` part's lines: hostproxy's ``protocol: h2`` router (h2c from the client,
+    h2c to an nginx h2c origin) under ``h2load -c10 -m10`` (raises ``RuntimeError`` as ``run``)."""
+    from hostproxy import bench, bench_proto
+
+    for tool in ("valgrind", "callgrind_control", "h2load", "nginx"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{tool} is not installed (make bench installs it)")
+    requests, warmup = args.instr_requests, args.instr_warmup
+    tmp = Path(tempfile.mkdtemp(prefix="hostproxy-bench-instr-h2-"))
+    upstream = bench.free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+    with bench.stopping(procs):
+        procs.append(bench_proto.h2c_origin(tmp, upstream))
+        bench.wait_port(upstream)
+        per = count("hostproxy", tmp, upstream, requests, warmup, protocol="h2", load=H2_LOAD)
+    return [
+        f"Instructions per proxied HTTP/2 request (valgrind --tool=callgrind, user space; h2load -c10 -m10 "
+        f"-n{requests} after {warmup} to warm up; h2c to an nginx h2c origin)",
+        f"{'target':<14}{'k instructions/request':>24}",
+        "-" * 38,
+        f"{'hostproxy h2':<14}{per / 1000:>24.1f}",
+    ]

@@ -45,6 +45,16 @@ http {{ access_log off; client_body_temp_path {tmp}; proxy_temp_path {tmp};
     return subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp)])
 
 
+def h2c_origin(tmp: Path, port: int) -> subprocess.Popen[bytes]:
+    """nginx speaking HTTP/2 with prior knowledge (h2c) on ``port``, answering every request with
+    ``BODY``."""
+    return _nginx(
+        tmp,
+        "origin-h2",
+        f'server {{ listen 127.0.0.1:{port} http2; location / {{ return 200 "{BODY}\\n"; }} }}',
+    )
+
+
 def _cert(tmp: Path) -> tuple[Path, Path]:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -151,13 +161,7 @@ def run_h2(args: argparse.Namespace) -> list[str]:
     origin_h2, origin_h1, hp, ng, admin = (free_port() for _ in range(5))
     procs: list[subprocess.Popen[bytes]] = []
     with stopping(procs):
-        procs.append(
-            _nginx(
-                tmp,
-                "origin-h2",
-                f'server {{ listen 127.0.0.1:{origin_h2} http2; location / {{ return 200 "{BODY}\\n"; }} }}',
-            )
-        )
+        procs.append(h2c_origin(tmp, origin_h2))
         procs.append(
             _nginx(
                 tmp,
