@@ -43,6 +43,7 @@ import structlog
 import trio
 from hyperframe.frame import GoAwayFrame
 
+from hostproxy.h2 import fields as h2fields
 from hostproxy.h2.limits import ENHANCE_YOUR_CALM, FloodGuard, FrameScanner, H2Limits, Verdict
 from hostproxy.http.errors import RequestBodyError
 from hostproxy.http.hopbyhop import allowed_trailers
@@ -116,6 +117,7 @@ class StreamState:
         "response_done",
         "data_frames",
         "stalled",
+        "head_sent",
     )
 
     def __init__(self, stream_id: int) -> None:
@@ -132,6 +134,7 @@ class StreamState:
         self.response_done = False
         self.data_frames = 0
         self.stalled = False  # this side reset it: the peer's window stayed at zero (``Stalled``)
+        self.head_sent = False  # this side sent its head (a request or a response): HEADERS now are trailers
 
     def wake(self) -> None:
         self._event.set()
@@ -331,16 +334,20 @@ class H2Link:
                 events = self.conn.receive_data(data)
             except h2.exceptions.ProtocolError as exc:
                 code = getattr(exc, "error_code", PROTOCOL_ERROR)
-                log.info("h2.protocol_error", side=self.side, error=str(exc))
-                if not self.death_reason:  # (why the streams of this connection fail)
-                    self.death_reason = f"HTTP/2 protocol error from the peer: {exc}"
-                self.goaway(int(code) if code is not None else PROTOCOL_ERROR, str(exc))
+                self.protocol_error(str(exc), int(code) if code is not None else PROTOCOL_ERROR)
                 return
             for ev in events:
                 self._event(ev)
                 if self.closing or self.dead:
                     break
             self.flush()
+
+    def protocol_error(self, message: str, code: int = PROTOCOL_ERROR) -> None:
+        """The peer broke the protocol (``message`` says how): GOAWAY ``code`` with the reason."""
+        log.info("h2.protocol_error", side=self.side, error=message)
+        if not self.death_reason:  # (why the streams of this connection fail)
+            self.death_reason = f"HTTP/2 protocol error from the peer: {message}"
+        self.goaway(code, message)
 
     # -- events ----------------------------------------------------------------------------------
 
@@ -470,11 +477,19 @@ class H2Link:
             raise StreamGone(f"connection closed: {self.death_reason}")
 
     def send_headers(self, s: StreamState, headers: list[tuple[bytes, bytes]], *, end_stream: bool) -> None:
+        """Send a head (the first HEADERS of ``s`` this side sends) or trailers (any later one), as h2
+        with its outbound validation and normalisation on would (``hostproxy.h2.fields``)."""
         self._check(s)
+        if s.head_sent:
+            kind = h2fields.TRAILERS
+        else:
+            kind = h2fields.REQUEST if self.conn.config.client_side else h2fields.RESPONSE
+        headers = h2fields.outbound(headers, kind)
         try:
             self.conn.send_headers(s.id, headers, end_stream=end_stream)
         except h2.exceptions.StreamClosedError as exc:
             raise StreamGone(f"stream {s.id} is closed: {exc}", s.reset_code) from None
+        s.head_sent = True
         if end_stream:
             s.local_ended = True
         self.flush()

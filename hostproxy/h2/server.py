@@ -71,6 +71,7 @@ import hyperframe.frame
 import structlog
 import trio
 
+from hostproxy.h2 import fields as h2fields
 from hostproxy.h2.grpc import encode_grpc_message, grpc_error_response, grpc_status_for, is_grpc
 from hostproxy.h2.limits import HARD_LIMIT_FACTOR, H2Limits, check_header_list
 from hostproxy.h2.link import (
@@ -131,12 +132,8 @@ _REASONS = {
     505: b"HTTP Version Not Supported",
 }
 
-_REQUEST_FIELDS = h2.utilities.HeaderValidationFlags(
-    is_client=False, is_trailer=False, is_response_header=False, is_push_promise=False
-)
-_TRAILER_FIELDS = h2.utilities.HeaderValidationFlags(
-    is_client=False, is_trailer=True, is_response_header=False, is_push_promise=False
-)
+_REQUEST_FIELDS = h2fields.REQUEST
+_TRAILER_FIELDS = h2fields.TRAILERS
 
 
 def grpc_failure_trailers(cause: str, message: str) -> list[tuple[bytes, bytes]]:
@@ -154,11 +151,9 @@ def malformed(fields: list[tuple[bytes, bytes]], flags: h2.utilities.HeaderValid
     """Why a received header list breaks RFC 9113 §8.2-8.3 (h2's own checks: uppercase or illegal
     characters, connection-specific fields, ``te`` other than ``trailers``, pseudo-header rules; and
     a request's ``:path`` in origin form, §8.3.1), or None when it does not."""
-    try:
-        for _ in h2.utilities.validate_headers(fields, flags):
-            pass
-    except h2.exceptions.ProtocolError as exc:
-        return str(exc)
+    problem = h2fields.problem(fields, flags)
+    if problem is not None:
+        return problem
     if flags is _REQUEST_FIELDS:
         pseudo = {n: v for n, v in fields if n[:1] == b":"}
         path = pseudo.get(b":path")
@@ -312,11 +307,15 @@ class _ServerLink(H2Link):
         # malformed request as a connection error and so would fail every other stream of the
         # connection with it; RFC 9113 §8.1.1 makes it an error of that stream alone.
         # Cookie crumbs are joined here too (``_build``), after ``check_header_list`` counted each.
+        # What h2 would check and normalise in the blocks sent is done by ``H2Link.send_headers``
+        # (``hostproxy.h2.fields``, the same outcome for a fraction of the cost).
         config = h2.config.H2Configuration(
             client_side=False,
             header_encoding=None,
             validate_inbound_headers=False,
             normalize_inbound_headers=False,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
         )
         conn = h2.connection.H2Connection(config)
         self._reset_on_body_length(conn)

@@ -82,6 +82,7 @@ import h2.settings
 import structlog
 import trio
 
+from hostproxy.h2 import fields as h2fields
 from hostproxy.h2.limits import H2Limits
 from hostproxy.h2.link import (
     CANCEL,
@@ -133,6 +134,15 @@ _PEER_WROTE = frozenset(
 )
 
 
+#: The received header blocks whose fields are checked (as h2's ``validate_inbound_headers`` would),
+#: with h2's validation flags for each.
+_CHECKED = {
+    h2.events.ResponseReceived: h2fields.RESPONSE,
+    h2.events.InformationalResponseReceived: h2fields.RESPONSE,
+    h2.events.TrailersReceived: h2fields.TRAILERS,
+}
+
+
 @dataclass(frozen=True)
 class H2ClientSettings:
     """HTTP/2 settings of upstream connections."""
@@ -182,8 +192,15 @@ class _UpLink(H2Link):
 
     def __init__(self, pool: H2UpstreamPool, stream: Any, conn_id: int) -> None:
         st = pool.settings
+        # h2's own header checks are off: ``_event`` checks what arrives and ``H2Link.send_headers``
+        # what is sent, with h2's outcome for a fraction of its cost (``hostproxy.h2.fields``). A
+        # malformed response head or trailer section stays a protocol error of the connection.
         config = h2.config.H2Configuration(
-            client_side=True, header_encoding=None, validate_inbound_headers=True
+            client_side=True,
+            header_encoding=None,
+            validate_inbound_headers=False,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
         )
         conn = h2.connection.H2Connection(config)
         initial = {
@@ -244,6 +261,12 @@ class _UpLink(H2Link):
 
     def _event(self, ev: Any) -> None:
         t = type(ev)
+        kind = _CHECKED.get(t)
+        if kind is not None:
+            problem = h2fields.problem(ev.headers, kind)
+            if problem is not None:
+                self.protocol_error(problem)
+                return
         if t in _PEER_WROTE and (t is not h2.events.WindowUpdated or ev.stream_id == 0):
             self.pings_without_data = 0
         elif t is h2.events.ConnectionTerminated and not self.death_reason:
