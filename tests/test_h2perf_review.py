@@ -329,3 +329,67 @@ async def test_credentials_reach_the_upstream_never_indexed() -> None:
     assert isinstance(fields[b"authorization"], NeverIndexedHeaderTuple)
     assert isinstance(fields[b"cookie"], NeverIndexedHeaderTuple)
     assert not isinstance(fields[b"x-plain"], NeverIndexedHeaderTuple)
+
+
+# -- the HPACK encoder -----------------------------------------------------------------------------
+
+hpack_names = st.sampled_from(
+    [b":status", b":path", b"content-type", b"x-a", b"x-b", b"x-long-" + b"n" * 40, b"cookie", b"date"]
+)
+hpack_values = st.one_of(
+    st.sampled_from([b"", b"200", b"/", b"text/plain", b"v1", b"v2"]),
+    st.binary(max_size=60),
+    st.binary(min_size=200, max_size=400),  # (bigger than a small table: it empties the table)
+)
+hpack_fields = st.tuples(hpack_names, hpack_values, st.sampled_from(["plain", "never", "sensitive3"]))
+hpack_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("block"), st.lists(hpack_fields, max_size=12), st.booleans()),
+        st.tuples(st.just("size"), st.sampled_from([0, 64, 256, 1024, 4096, 8192]), st.just(False)),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(hpack_steps)
+def test_the_hpack_encoder_writes_what_hpacks_writes(steps: list[tuple[str, Any, bool]]) -> None:
+    """Block after block (with table size changes between them), ``hostproxy.h2.hpackenc.Encoder``
+    writes the octets ``hpack.Encoder`` writes, and a decoder reads the fields back."""
+    import hpack
+
+    from hostproxy.h2.hpackenc import Encoder
+
+    ours, theirs, decoder = Encoder(), hpack.Encoder(), hpack.Decoder()
+    decoder.max_header_list_size = 1 << 20
+    decoder.max_allowed_table_size = 1 << 16
+    for step, arg, huffman in steps:
+        if step == "size":
+            ours.header_table_size = theirs.header_table_size = arg
+            continue
+        block: list[Any] = []
+        for name, value, how in arg:
+            if how == "never":
+                block.append(NeverIndexedHeaderTuple(name, value))
+            elif how == "sensitive3":
+                block.append((name, value, True))
+            else:
+                block.append((name, value))
+        encoded = ours.encode(block, huffman=huffman)
+        assert encoded == theirs.encode(block, huffman=huffman)
+        assert [tuple(f) for f in decoder.decode(encoded, raw=True)] == [(f[0], f[1]) for f in block]
+        assert list(ours.header_table.dynamic_entries) == list(theirs.header_table.dynamic_entries)
+
+
+async def test_links_compress_with_the_indexed_encoder() -> None:
+    """Both sides' connections use it (so a change of h2 that dropped the swap would show here)."""
+    from hostproxy.h2.hpackenc import Encoder
+
+    seen: list[list[Any]] = []
+    async with upstream(answering([(b":status", b"200")], seen=seen)) as (_, pool):
+        for _ in range(3):  # (the second and third are indexed from the table)
+            resp = await pool.request(get([(b"x-same", b"1")]))
+            assert resp.status == 200
+        links = pool._links
+        assert links and all(type(link.conn.encoder) is Encoder for link in links)
+    assert all(dict(h)[b"x-same"] == b"1" for h in seen) and len(seen) == 3

@@ -44,6 +44,7 @@ import trio
 from hyperframe.frame import GoAwayFrame
 
 from hostproxy.h2 import fields as h2fields
+from hostproxy.h2.hpackenc import Encoder as HpackEncoder
 from hostproxy.h2.limits import ENHANCE_YOUR_CALM, FloodGuard, FrameScanner, H2Limits, Verdict
 from hostproxy.http.errors import RequestBodyError
 from hostproxy.http.hopbyhop import allowed_trailers
@@ -164,6 +165,7 @@ class H2Link:
     ) -> None:
         self.stream = stream
         self.conn = conn
+        conn.encoder = HpackEncoder()  # (hpack's own output, for less work: ``hostproxy.h2.hpackenc``)
         keep_open_after_goaway(conn)
         # When received bytes break the protocol, h2 queues a GOAWAY that gives no reason before it
         # raises; ``_reader`` sends one that says why. A peer stops at the first GOAWAY it reads,
