@@ -393,3 +393,81 @@ async def test_links_compress_with_the_indexed_encoder() -> None:
         links = pool._links
         assert links and all(type(link.conn.encoder) is Encoder for link in links)
     assert all(dict(h)[b"x-same"] == b"1" for h in seen) and len(seen) == 3
+
+
+def decoded(decoder: Any, block: bytes) -> tuple[str, Any]:
+    import re
+
+    try:
+        fields = decoder.decode(block, raw=True)
+    except Exception as exc:  # (a view's address differs between the two)
+        return (type(exc).__name__, re.sub(r"0x[0-9a-f]+", "0x", str(exc)))
+    return ("ok", [(type(f).__name__, f[0], f[1]) for f in fields])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    hpack_steps,
+    st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=4),
+    st.binary(max_size=40),
+)
+def test_the_hpack_decoder_reads_what_hpack_reads(
+    steps: list[tuple[str, Any, bool]], flips: list[tuple[int, int]], garbage: bytes
+) -> None:
+    """Blocks an encoder wrote (some with octets changed, then a block of random octets): the
+    decoder of ``hostproxy.h2.hpackenc`` returns hpack's fields or raises hpack's error, and keeps
+    the same table, block after block."""
+    import hpack
+
+    from hostproxy.h2.hpackenc import Decoder
+
+    encoder = hpack.Encoder()
+    theirs = hpack.Decoder(max_header_list_size=2000)
+    ours = hpack.Decoder(max_header_list_size=2000)
+    ours.__class__ = Decoder  # (as the links do)
+    for d in (theirs, ours):
+        d.max_allowed_table_size = 4096
+    blocks = []
+    for step, arg, huffman in steps:
+        if step == "size":
+            encoder.header_table_size = arg
+            continue
+        blocks.append(bytearray(encoder.encode([(n, v) for n, v, _ in arg], huffman=huffman)))
+    for at, value in flips:
+        if blocks and blocks[-1]:
+            blocks[-1][at % len(blocks[-1])] = value
+    blocks.append(bytearray(garbage))
+    for block in blocks:
+        assert decoded(ours, bytes(block)) == decoded(theirs, bytes(block))
+        assert list(ours.header_table.dynamic_entries) == list(theirs.header_table.dynamic_entries)
+        assert ours.header_table_size == theirs.header_table_size
+
+
+async def test_the_servers_decoder_keeps_its_limits() -> None:
+    """The decoder's class is swapped after the server set its limits on it: they hold."""
+    from hostproxy.h2.hpackenc import Decoder
+    from hostproxy.h2.server import H2Server, H2ServerParams, _ServerLink
+
+    params = H2ServerParams(max_header_list_bytes=1000, header_table_bytes=512)
+    server = H2Server(lambda req, info: None, params)  # type: ignore[arg-type,return-value]
+    a, b = trio.socket.socketpair()
+    with a, b:
+        link = _ServerLink(server, trio.SocketStream(a), 1)
+    assert type(link.conn.decoder) is Decoder
+    assert link.conn.decoder.max_header_list_size == 1000 * 4
+    assert link.conn.decoder.max_allowed_table_size == 512
+
+
+def test_the_hpack_decoder_reads_indices_past_one_octet() -> None:
+    """Index 127 and above take more than one octet (the first is 0xff)."""
+    import hpack
+
+    from hostproxy.h2.hpackenc import Decoder
+
+    encoder, theirs, ours = hpack.Encoder(), hpack.Decoder(), hpack.Decoder()
+    ours.__class__ = Decoder
+    first = encoder.encode([(f"x-{i}".encode(), b"v") for i in range(100)])
+    again = encoder.encode([(b"x-0", b"v"), (b"x-60", b"v")])  # (indices 161 and 101)
+    assert again[:1] == b"\xff"
+    for block in (first, again, b"\xff\x01", b"\xfe"):
+        assert decoded(ours, block) == decoded(theirs, block)

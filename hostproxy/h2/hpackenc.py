@@ -1,4 +1,5 @@
-"""An HPACK encoder that writes what ``hpack.Encoder`` writes, byte for byte, for less work.
+"""HPACK coding with ``hpack``'s results for less work: an encoder that writes what ``hpack.Encoder``
+writes, byte for byte, and a decoder that reads what ``hpack.Decoder`` reads.
 
 Theory of operation
 -------------------
@@ -13,8 +14,14 @@ as asked), so its output is ``hpack.Encoder``'s; what differs is how it finds an
 from the number of entries added since (entries are added at index 62 and move up one per later
 addition; the oldest are evicted first, so a dict entry goes when the entry it names does).
 
-h2 takes any object with ``encode`` and ``header_table_size``: each ``H2Link`` replaces its
-connection's encoder with one of these before it sends anything.
+``Decoder`` reads the most common representation, an indexed field whose index fits the first
+octet, in place (``hpack.Decoder`` makes a view of the rest of the block, decodes the integer and logs
+twice for each), and hands every other one to ``hpack.Decoder``'s own methods, in the same order and
+with the same checks (the header list size, the table size), so results, errors and table are hpack's.
+
+h2 takes any object with ``encode`` and ``header_table_size`` as its encoder: each ``H2Link`` gives
+its connection a new ``Encoder`` before it sends anything, and makes the connection's decoder a
+``Decoder`` (a change of class: the limits the side set on it stay).
 """
 
 from __future__ import annotations
@@ -23,11 +30,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import hpack
+from hpack.exceptions import HPACKDecodingError, OversizedHeaderListError
 from hpack.hpack import INDEX_INCREMENTAL, INDEX_NEVER
 from hpack.struct import HeaderTuple
 from hpack.table import HeaderTable, table_entry_size
 
-__all__ = ["Encoder"]
+__all__ = ["Decoder", "Encoder"]
 
 _STATIC = HeaderTable.STATIC_TABLE_MAPPING
 _FIRST_DYNAMIC = HeaderTable.STATIC_TABLE_LENGTH + 1
@@ -162,3 +170,45 @@ class Encoder(hpack.Encoder):
         if not sensitive:
             table.add(name, value)
         return encoded
+
+
+class Decoder(hpack.Decoder):
+    """``hpack.Decoder`` reading a one-octet indexed field in place (``hpack.Decoder`` makes a view of
+    the rest of the block, decodes the integer and logs twice for each); every other representation
+    is ``hpack.Decoder``'s own code. Raw decoding only (what h2 asks for)."""
+
+    def decode(self, data: bytes, raw: bool = False) -> Any:
+        if not raw:
+            return super().decode(data, raw)
+        data_mem = memoryview(data)
+        headers: list[HeaderTuple] = []
+        get = self.header_table.get_by_index
+        limit = self.max_header_list_size
+        data_len = len(data)
+        inflated_size = 0
+        current_index = 0
+        while current_index < data_len:
+            current = data[current_index]
+            if current & 0x80 and current != 0xFF:  # indexed, the index in this octet
+                header = HeaderTuple(*get(current & 0x7F))
+                consumed = 1
+            elif current & 0x80:
+                header, consumed = self._decode_indexed(data_mem[current_index:])
+            elif current & 0x40:
+                header, consumed = self._decode_literal_index(data_mem[current_index:])
+            elif current & 0x20:
+                if headers:
+                    raise HPACKDecodingError("Table size update not at the start of the block")
+                consumed = self._update_encoding_context(data_mem[current_index:])
+                current_index += consumed
+                continue
+            else:
+                header, consumed = self._decode_literal_no_index(data_mem[current_index:])
+            headers.append(header)
+            inflated_size += table_entry_size(header[0], header[1])
+            if inflated_size > limit:
+                raise OversizedHeaderListError(f"A header list larger than {limit} has been received")
+            current_index += consumed
+        self._assert_valid_table_size()
+        # (hpack copies each field into a new tuple of the same class and octets here.)
+        return headers

@@ -44,6 +44,7 @@ import trio
 from hyperframe.frame import GoAwayFrame
 
 from hostproxy.h2 import fields as h2fields
+from hostproxy.h2.hpackenc import Decoder as HpackDecoder
 from hostproxy.h2.hpackenc import Encoder as HpackEncoder
 from hostproxy.h2.limits import ENHANCE_YOUR_CALM, FloodGuard, FrameScanner, H2Limits, Verdict
 from hostproxy.http.errors import RequestBodyError
@@ -165,7 +166,11 @@ class H2Link:
     ) -> None:
         self.stream = stream
         self.conn = conn
-        conn.encoder = HpackEncoder()  # (hpack's own output, for less work: ``hostproxy.h2.hpackenc``)
+        # hpack's own output and results, for less work (``hostproxy.h2.hpackenc``): a fresh encoder
+        # (nothing was encoded yet), and the decoder made one of the subclass, keeping the limits
+        # the side set on it.
+        conn.encoder = HpackEncoder()
+        conn.decoder.__class__ = HpackDecoder
         keep_open_after_goaway(conn)
         # When received bytes break the protocol, h2 queues a GOAWAY that gives no reason before it
         # raises; ``_reader`` sends one that says why. A peer stops at the first GOAWAY it reads,
