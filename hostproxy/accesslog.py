@@ -14,7 +14,20 @@ Host header or path cannot forge lines::
     2024-05-01T12:00:00.123Z  out  GET  /users/7  /svc/users  /#/io.l5d.fs/users  10.0.0.7:8080  200  -  3.2  512
 
 (fields: time, router, method, path, service, client, endpoint, status, cause, duration in ms,
-response bytes, i.e. the response's Content-Length as Linkerd logs it; ``-`` for a missing value).  The file is opened once in append mode with line
+response bytes, i.e. the response's Content-Length as Linkerd logs it; ``-`` for a missing value).
+
+With ``fmt="linkerd"`` (the router's ``httpAccessLogFormat: linkerd``) a line is Linkerd 1's
+Apache-style one instead, so that a log pipeline written for Linkerd keeps working::
+
+    web 10.0.0.7 - - [01/05/2024:12:00:00 UTC] "GET /users/7 HTTP/1.1" 200 512 "-" "curl/8.5.0"
+
+(Host, the client's address, identd and user as ``-``, the time the request ended in Linkerd's
+``dd/MM/yyyy:HH:mm:ss`` with the zone, the request line, status, the response's Content-Length, Referer,
+User-Agent). An h2 router's line is Linkerd's h2 one: ``:authority`` for the host, ``HTTP/2``, the zone
+as ``+0000`` and ``-`` for the bytes. A ``"`` or ``\\`` in a quoted field is escaped with a backslash,
+and control characters as in the hostproxy line, so a hostile header cannot forge a field or a line.
+
+The file is opened once in append mode with line
 buffering, and reopened by :meth:`reopen` (call it on SIGHUP after logrotate moved the file).
 Writes are synchronous: a local append of one short line; a failed write is counted in
 ``write_errors`` and never fails the request.
@@ -46,6 +59,21 @@ def _timestamp(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{ms:03d}Z"
 
 
+_QUOTED_ESCAPES = str.maketrans({'"': '\\"', "\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+FORMATS = ("hostproxy", "linkerd")
+
+
+def _quoted(value: str | None) -> str:
+    return "-" if not value else value.translate(_QUOTED_ESCAPES)
+
+
+def _bare(value: object) -> str:
+    """A field Linkerd writes unquoted: no space may be in it (each would split the line's fields)."""
+    if value is None or value == "":
+        return "-"
+    return str(value).translate(_ESCAPES).replace(" ", "%20")
+
+
 def _open_append(path: str) -> IO[str]:
     return open(path, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115 (kept open)
 
@@ -60,9 +88,17 @@ class AccessLog:
         clock: Callable[[], float] = time.time,
         opener: Callable[[str], IO[str]] | None = None,
         key: str = "httpAccessLog",
+        fmt: str = "hostproxy",
     ) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(
+                f"{key}Format: unknown access log format {fmt!r}; use one of {', '.join(FORMATS)}"
+            )
         self.path = path
         self.enabled = path is not None
+        #: Whether lines are Linkerd's (the router then gives ``log`` the request's host, peer, version,
+        #: referer and user agent).
+        self.linkerd = fmt == "linkerd"
         self._clock = clock
         self._opener = opener or _open_append
         self._file: IO[str] | None = None
@@ -101,11 +137,24 @@ class AccessLog:
         cause: str | None,
         duration_s: float,
         response_bytes: int | None = None,
+        host: str | None = None,
+        remote: str | None = None,
+        version: str | None = None,
+        referer: str | None = None,
+        user_agent: str | None = None,
     ) -> None:
-        """Record one finished request (a no-op when disabled)."""
+        """Record one finished request (a no-op when disabled). ``host`` .. ``user_agent`` are read
+        for Linkerd's line only (``linkerd``)."""
         if not self.enabled:
             return
         duration_ms = round(duration_s * 1000.0, 3)
+        if self.linkerd and self._log is None:
+            self._write(
+                self._linkerd_line(
+                    method, path, status, response_bytes, host, remote, version, referer, user_agent
+                )
+            )
+            return
         if self._log is not None:
             self.lines += 1
             self._log.info(
@@ -138,6 +187,31 @@ class AccessLog:
                 response_bytes,
             )
         )
+        self._write(line)
+
+    def _linkerd_line(
+        self,
+        method: str,
+        path: str,
+        status: int | None,
+        response_bytes: int | None,
+        host: str | None,
+        remote: str | None,
+        version: str | None,
+        referer: str | None,
+        user_agent: str | None,
+    ) -> str:
+        h2 = version == "2"
+        t = time.gmtime(self._clock())
+        stamp = time.strftime("%d/%m/%Y:%H:%M:%S", t) + (" +0000" if h2 else " UTC")
+        request = f"{method.upper()} {path} HTTP/{version or '1.1'}"
+        size = "-" if h2 or response_bytes is None else str(response_bytes)
+        return (
+            f'{_bare(host)} {_bare(remote)} - - [{stamp}] "{_quoted(request)}" {_bare(status)} {size} '
+            f'"{_quoted(referer)}" "{_quoted(user_agent)}"'
+        )
+
+    def _write(self, line: str) -> None:
         f = self._file
         if f is None:
             self.write_errors += 1

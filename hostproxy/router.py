@@ -301,7 +301,7 @@ class _Settled:
 class _Rec:
     """What the access log says of one request (allocated only when the access log is on)."""
 
-    __slots__ = ("method", "path", "service", "client", "endpoint")
+    __slots__ = ("method", "path", "service", "client", "endpoint", "linkerd")
 
     def __init__(self, method: str, path: str) -> None:
         self.method = method
@@ -309,6 +309,27 @@ class _Rec:
         self.service: str | None = None
         self.client: str | None = None
         self.endpoint: str | None = None
+        #: For Linkerd's line (``httpAccessLogFormat: linkerd``): host, peer, version, referer, user agent.
+        self.linkerd: tuple[str | None, str | None, str | None, str | None, str | None] | None = None
+
+
+def _linkerd_fields(
+    req: Request, conn: ConnInfo
+) -> tuple[str | None, str | None, str | None, str | None, str | None]:
+    """What Linkerd's access line says of a request besides its method and target: the Host (an h2
+    request's ``:authority``), the client's address, the HTTP version, Referer and User-Agent."""
+
+    def text(name: bytes) -> str | None:
+        v = req.headers.get(name)
+        return v.decode("latin-1") if v is not None else None
+
+    return (
+        req.authority or text(b"host"),
+        conn.peer[0],
+        req.http_version,
+        text(b"referer"),
+        text(b"user-agent"),
+    )
 
 
 class _BodyFailureWatch:
@@ -487,9 +508,13 @@ class HttpRouter:
         else:
             metrics.remove_prefix(originator)
         if getattr(cfg, "h2_access_log", None) is not None:
-            self.access_log = AccessLog.from_config(cfg.h2_access_log, key="h2AccessLog")
+            self.access_log = AccessLog.from_config(
+                cfg.h2_access_log, key="h2AccessLog", fmt=getattr(cfg, "h2_access_log_format", "hostproxy")
+            )
         else:
-            self.access_log = AccessLog.from_config(getattr(cfg, "http_access_log", None))
+            self.access_log = AccessLog.from_config(
+                getattr(cfg, "http_access_log", None), fmt=getattr(cfg, "http_access_log_format", "hostproxy")
+            )
         self.recent = recent  # the io.l5d.recentRequests telemeter (None: off)
         self.binding_timeout_s = cfg.binding_timeout_ms / 1000
         self.max_err_bytes = getattr(cfg, "max_err_response_kb", 5120) * 1024
@@ -634,6 +659,8 @@ class HttpRouter:
         recent = self.recent
         keep = recent is not None and recent.sampled()
         rec = _Rec(req.method, req.target) if self.access_log.enabled or keep else None
+        if rec is not None and self.access_log.linkerd:
+            rec.linkerd = _linkerd_fields(req, conn)
         resp: Response | None = None
         cause: Cause | None = None
         service_stats: Any = None
@@ -773,6 +800,7 @@ class HttpRouter:
         response body's length when it is known up front (its Content-Length), as Linkerd logs it."""
         cause_text = cause.value if cause is not None else None
         if self.access_log.enabled:
+            host, remote, version, referer, user_agent = rec.linkerd or (None, None, None, None, None)
             self.access_log.log(
                 router=self.label,
                 method=rec.method,
@@ -784,6 +812,11 @@ class HttpRouter:
                 cause=cause_text,
                 duration_s=latency,
                 response_bytes=size,
+                host=host,
+                remote=remote,
+                version=version,
+                referer=referer,
+                user_agent=user_agent,
             )
         if keep:
             self.recent.ring.append(

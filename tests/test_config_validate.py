@@ -129,7 +129,7 @@ def test_unknown_key_without_near_miss_lists_valid_keys() -> None:
         "t.yaml:6: routers[0].zzz: unknown key 'zzz'; valid keys here: protocol, label, dtab, dstPrefix, identifier, "
         "interpreter, servers, tracePropagator, client, service, bindingTimeoutMs, bindingCache, maxConcurrentRequests, "
         "originator, "
-        "experimental, httpAccessLog, httpAccessLogAppend, httpAccessLogRollPolicy, httpAccessLogRotateCount, "
+        "experimental, httpAccessLog, httpAccessLogAppend, httpAccessLogFormat, httpAccessLogRollPolicy, httpAccessLogRotateCount, "
         "compressionLevel, maxHeadersKB, maxInitialLineKB, maxErrResponseKB, streamingEnabled, streamAfterContentLengthKB"
     )
 

@@ -1078,6 +1078,14 @@ class HttpRouterConfig(RouterConfig):
         "Accepted so that Linkerd 1 configs load: the access log is always appended to (false is refused).",
         check=only_true(_ALWAYS_APPENDS),
     )
+    http_access_log_format: str = key(
+        "hostproxy",
+        "The access log's line: hostproxy (tab-separated: time, router, method, path, service, client, "
+        "endpoint, status, cause, duration, bytes) or linkerd (Linkerd 1's Apache-style line: host, remote "
+        'address, [time], "METHOD target HTTP/version", status, bytes, referer, user agent).',
+        check=one_of("hostproxy", "linkerd"),
+        extension=True,
+    )
     http_access_log_roll_policy: str = key("never", _ROLL_POLICY_DOC, check=_never_rolls)
     http_access_log_rotate_count: int = key(-1, _ROTATE_COUNT_DOC)
     compression_level: int = key(
@@ -1127,6 +1135,13 @@ class H2RouterConfig(RouterConfig):
         True,
         "Accepted so that Linkerd 1 configs load: the access log is always appended to (false is refused).",
         check=only_true(_ALWAYS_APPENDS),
+    )
+    h2_access_log_format: str = key(
+        "hostproxy",
+        "The access log's line, as an http router's httpAccessLogFormat: hostproxy or linkerd (Linkerd 1's "
+        "h2 line: its bytes field is always -).",
+        check=one_of("hostproxy", "linkerd"),
+        extension=True,
     )
     h2_access_log_roll_policy: str = key("never", _ROLL_POLICY_DOC, check=_never_rolls)
     h2_access_log_rotate_count: int = key(-1, _ROTATE_COUNT_DOC)
