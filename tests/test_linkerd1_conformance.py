@@ -648,7 +648,13 @@ async def test_compat_k8s_latency_config_gives_each_service_its_total_timeout(
         async with running_daemon(text) as d:
             out = f"http://127.0.0.1:{d.port('outgoing')}"
             for host, budget in (("hello", 600), ("world", 100)):
-                r = await curl(f"{out}/", "-H", f"Host: {host}")
+                # The first request also binds the name through both routers and the namer, within the
+                # same budget: on a loaded machine that can take 100 ms. Once bound, a quick one is answered.
+                for _ in range(50):
+                    r = await curl(f"{out}/", "-H", f"Host: {host}")
+                    if r.status == 200:
+                        break
+                    assert (r.l5d_err or "").startswith(f"exceeded totalTimeoutMs ({budget} ms)"), r.l5d_err
                 assert (r.status, r.body) == (200, b"ok"), (host, r.l5d_err)
                 r = await curl(f"{out}/slow/5000", "-H", f"Host: {host}")
                 assert r.status == 503, (host, r.status)
