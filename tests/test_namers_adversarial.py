@@ -578,17 +578,29 @@ async def serve_truncated(tcp: str, task_status: Any = trio.TASK_STATUS_IGNORED)
     """A nameserver whose every UDP answer is truncated (TC: too large for UDP), on a port where TCP
     is ``"refused"`` (nothing listens) or ``"silent"`` (accepted, never answered: a firewall or a
     server that does not serve TCP)."""
+    import errno
     import socket
 
     import dns.flags
     import dns.message
 
-    udp = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    await udp.bind(("127.0.0.1", 0))
-    port = udp.getsockname()[1]
+    for _ in range(50):  # a UDP port whose TCP twin is free too (another process may hold it)
+        udp = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        await udp.bind(("127.0.0.1", 0))
+        port = udp.getsockname()[1]
+        if tcp != "silent":
+            break
+        try:
+            listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+            break
+        except OSError as e:
+            udp.close()
+            if e.errno != errno.EADDRINUSE:
+                raise
+    else:
+        raise AssertionError("no UDP port with a free TCP twin in 50 tries")
     async with trio.open_nursery() as nursery:
         if tcp == "silent":
-            listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
 
             async def hold(stream: trio.SocketStream) -> None:
                 async with stream:
