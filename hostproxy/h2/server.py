@@ -56,7 +56,6 @@ with an empty body is sent as a single HEADERS frame with END_STREAM (gRPC "trai
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import dataclass, field
 from math import inf
 from typing import Any
@@ -99,8 +98,8 @@ from hostproxy.http.errors import (
 from hostproxy.http.hopbyhop import strip_hop_by_hop
 from hostproxy.http.listening import ListeningServer, ServerStats
 from hostproxy.http.message import Body, Headers, Request, Response
-from hostproxy.http.proxyheaders import append_forwarded, append_via, forwarded_element, obfuscated, via_count
-from hostproxy.http.server import ConnInfo, Handler, ServerParams
+from hostproxy.http.proxyheaders import append_via, obfuscated, via_count
+from hostproxy.http.server import ConnInfo, Handler, ServerParams, add_arrival_headers
 
 __all__ = ["H2Server", "H2ServerParams", "h2_response_headers"]
 
@@ -797,21 +796,8 @@ class _ServerLink(H2Link):
         out.remove(b"content-length")
         append_via(out, "2")
         params = self.params
-        fwd = params.add_forwarded_header
-        if fwd is not None:
-            append_forwarded(
-                out,
-                forwarded_element(
-                    fwd,
-                    local=self.info.local,
-                    peer=self.info.peer,
-                    connection_labels=self.forwarded_labels,
-                    router_label=params.router_label,
-                    rng=self.server._rng,
-                ),
-            )
-        if params.timestamp_header is not None:
-            out.add(params.timestamp_header, b"%d" % (time.time_ns() // 1_000_000))
+        if params.add_forwarded_header is not None or params.timestamp_header is not None:
+            add_arrival_headers(out, params, self.info, self.forwarded_labels, self.server._rng)
         if s.ended and not s.inbound:
             # Ended already: no DATA, perhaps trailers (HEADERS, then trailers with END_STREAM).
             body = Body.empty() if s.trailers is None else Body.from_bytes(b"", s.trailers)

@@ -261,6 +261,29 @@ class ConnInfo:
 Handler = Callable[[Request, ConnInfo], Awaitable[Response]]
 
 
+def add_arrival_headers(
+    out: Headers, params: ServerParams, info: ConnInfo, labels: tuple[str, str], rng: random.Random
+) -> None:
+    """What a server adds to each request it receives (HTTP/1.1 and h2 alike): ``Forwarded``
+    (``addForwardedHeader``; ``labels``: the connection's ``connectionRandom`` pair) and the arrival time
+    in milliseconds since the epoch under ``timestampHeader`` (appended to any value the caller sent)."""
+    fwd = params.add_forwarded_header
+    if fwd is not None:
+        append_forwarded(
+            out,
+            forwarded_element(
+                fwd,
+                local=info.local,
+                peer=info.peer,
+                connection_labels=labels,
+                router_label=params.router_label,
+                rng=rng,
+            ),
+        )
+    if params.timestamp_header is not None:
+        out.add(params.timestamp_header, b"%d" % (time.time_ns() // 1_000_000))
+
+
 @dataclass
 class _Stats(ServerStats):
     rejected_connections: int = 0
@@ -1034,21 +1057,8 @@ class _Connection:
             if has_expect:
                 out.remove(b"expect")
             append_via(out, version)
-        fwd = params.add_forwarded_header
-        if fwd is not None:
-            append_forwarded(
-                out,
-                forwarded_element(
-                    fwd,
-                    local=self.info.local,
-                    peer=self.info.peer,
-                    connection_labels=self.forwarded_labels,
-                    router_label=params.router_label,
-                    rng=self.server._rng,
-                ),
-            )
-        if params.timestamp_header is not None:
-            out.add(params.timestamp_header, b"%d" % (time.time_ns() // 1_000_000))
+        if params.add_forwarded_header is not None or params.timestamp_header is not None:
+            add_arrival_headers(out, params, self.info, self.forwarded_labels, self.server._rng)
         if content_length == 0:
             # Consume the (empty) body's end now: no I/O is needed for it.
             event = self.codec.next_event()
