@@ -14,6 +14,11 @@ as asked), so its output is ``hpack.Encoder``'s; what differs is how it finds an
 from the number of entries added since (entries are added at index 62 and move up one per later
 addition; the oldest are evicted first, so a dict entry goes when the entry it names does).
 
+One deliberate difference: a table size set twice to the same value before the next block (a peer's
+SETTINGS_HEADER_TABLE_SIZE repeated) is still announced at the start of that block. ``hpack.Encoder``
+clears its flag on the repeat and announces nothing, so the peer's decoder keeps its old table size:
+it reads indices past the end of its table when ours grew, and refuses the block when ours shrank.
+
 ``Decoder`` reads the most common representation, an indexed field whose index fits the first
 octet, in place (``hpack.Decoder`` makes a view of the rest of the block, decodes the integer and logs
 twice for each), and hands every other one to ``hpack.Decoder``'s own methods, in the same order and
@@ -139,7 +144,11 @@ class Encoder(hpack.Encoder):
             return super().encode(headers, huffman)
         table = self.header_table
         block: list[bytes] = []
-        if table.resized:
+        # Every size change not yet announced, even when the last setting repeated the one before
+        # (hpack's flag is cleared then, and the change was never announced: the peer's decoder would
+        # keep its old table, read past the end of a smaller one or refuse a block that does not
+        # shrink it).
+        if table.resized or self.table_size_changes:
             block.append(self._encode_table_size_change())
             table.resized = False
         fields: Iterable[Any] = headers

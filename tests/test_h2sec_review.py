@@ -1,0 +1,95 @@
+"""Attacks on the HTTP/2 path's own header code (``hostproxy.h2.fields``, ``hostproxy.h2.hpackenc``):
+hostile clients and upstreams over loopback, and the HPACK coder against hpack's decoder.
+
+Real servers on loopback, real peers (raw frames through the ``h2`` library, hpack, hyperframe).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import h2.events
+import h2.settings
+import hpack
+import pytest
+import trio
+
+from hostproxy.h2 import H2Server, H2ServerParams
+from hostproxy.h2.hpackenc import Encoder
+from hostproxy.http.message import Body, Headers, Request, Response
+from tests.grpc_fixtures.rawh2 import RawClient
+
+pytestmark = pytest.mark.timeout(60)
+
+HTS = h2.settings.SettingCodes.HEADER_TABLE_SIZE
+
+
+async def fixed_header(req: Request, _info: object) -> Response:
+    """An origin whose every response carries the same field (indexed from the table after the first)."""
+    await req.body.read_all()
+    return Response(200, headers=Headers([(b"x-fixed", b"same-every-time")]), body=Body.from_bytes(b"ok"))
+
+
+@contextlib.asynccontextmanager
+async def serving(handler: Any, params: H2ServerParams | None = None) -> AsyncIterator[int]:
+    server = H2Server(handler, params or H2ServerParams())
+    async with trio.open_nursery() as nursery:
+        [(_, port)] = await nursery.start(server.serve)
+        yield port
+        nursery.cancel_scope.cancel()
+
+
+async def settle_settings(c: RawClient) -> None:
+    """Pump until every SETTINGS the client sent is acknowledged."""
+    while c.conn.local_settings._settings and any(
+        len(v) > 1 for v in c.conn.local_settings._settings.values()
+    ):
+        await c.pump(ack=True)
+        assert not c.eof
+
+
+# -- HPACK table size changes -----------------------------------------------------------------------
+
+
+def test_a_table_size_set_twice_to_the_same_value_is_still_announced() -> None:
+    """SETTINGS_HEADER_TABLE_SIZE may arrive twice with the same value before the next header block
+    (two SETTINGS frames in one read). The second setting changes nothing, but the first still has to
+    be announced (RFC 7541 §4.2, §6.3): a decoder that saw no update keeps its old table, so a table
+    that grew is read past its end, and one that shrank is refused by the peer's decoder."""
+    # Grown: 0, announced; then 4096 twice. The encoder indexes into 4096 octets the decoder lacks.
+    ours, decoder = Encoder(), hpack.Decoder()
+    decoder.max_allowed_table_size = 4096
+    ours.header_table_size = 0
+    assert decoder.decode(ours.encode([(b"x-a", b"1")]), raw=True) == [(b"x-a", b"1")]
+    ours.header_table_size = 4096
+    ours.header_table_size = 4096
+    for _ in range(2):
+        assert decoder.decode(ours.encode([(b"x-a", b"1")]), raw=True) == [(b"x-a", b"1")]
+    assert decoder.header_table_size == ours.header_table_size == 4096
+    # Shrunk: 100 twice. The decoder (told 100 in SETTINGS) refuses a block that does not shrink it.
+    ours, decoder = Encoder(), hpack.Decoder()
+    ours.header_table_size = 100
+    ours.header_table_size = 100
+    decoder.max_allowed_table_size = 100
+    assert decoder.decode(ours.encode([(b"x-a", b"1")]), raw=True) == [(b"x-a", b"1")]
+    assert decoder.header_table_size == 100
+
+
+async def test_a_client_repeating_its_header_table_size_still_reads_the_responses() -> None:
+    """End to end: a client that sends SETTINGS_HEADER_TABLE_SIZE twice with the same value (first 0,
+    later 4096) keeps reading the server's responses."""
+    async with serving(fixed_header) as port, RawClient.connect(port) as c:
+        await c.start({HTS: 0})
+        await settle_settings(c)
+        sid = await c.request("/a", port)
+        assert (await c.response(sid))[:2] == (200, b"ok")
+        c.conn.update_settings({HTS: 4096})
+        c.conn.update_settings({HTS: 4096})
+        await c.flush()
+        await settle_settings(c)
+        for path in ("/b", "/c", "/d"):
+            sid = await c.request(path, port)
+            assert (await c.response(sid))[:2] == (200, b"ok"), path
+        assert c.conn.decoder.header_table_size == 4096
