@@ -93,3 +93,94 @@ async def test_a_client_repeating_its_header_table_size_still_reads_the_response
             sid = await c.request(path, port)
             assert (await c.response(sid))[:2] == (200, b"ok"), path
         assert c.conn.decoder.header_table_size == 4096
+
+
+# -- hostile clients through the proxy ----------------------------------------------------------------
+
+
+class Recorder:
+    """An upstream (raw h2, its own checks off) that records each request head as its decoder read it
+    (``NeverIndexedHeaderTuple`` for a never-indexed field) and answers with ``head``."""
+
+    def __init__(self, head: list[tuple[bytes, bytes]] | None = None, trailers: Any = None) -> None:
+        self.heads: list[list[Any]] = []
+        self.head = head or [(b":status", b"200")]
+        self.trailers = trailers
+        self.goaways: list[Any] = []
+        self.conns: list[Any] = []
+
+    async def script(self, i: int, conn: Any, stream: trio.SocketStream) -> None:
+        conn.config.validate_outbound_headers = False
+        conn.config.normalize_outbound_headers = False
+        conn.config.validate_inbound_headers = False
+        conn.config.normalize_inbound_headers = False  # (cookie crumbs as they came)
+        self.conns.append(conn)
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            for ev in conn.receive_data(data):
+                if type(ev) is h2.events.RequestReceived:
+                    self.heads.append(list(ev.headers))
+                    conn.send_headers(ev.stream_id, self.head, end_stream=self.trailers is None)
+                    if self.trailers is not None:
+                        conn.send_headers(ev.stream_id, self.trailers, end_stream=True)
+                elif type(ev) is h2.events.ConnectionTerminated:
+                    self.goaways.append(ev)
+            out = conn.data_to_send()
+            if out:
+                await stream.send_all(out)
+
+
+@contextlib.asynccontextmanager
+async def proxied(rec: Recorder) -> AsyncIterator[int]:
+    from tests.grpc_fixtures.h2proxy import running_h2_proxy
+    from tests.grpc_fixtures.rawh2 import ScriptedUpstream
+
+    up = ScriptedUpstream(rec.script)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(up.serve)
+        async with running_h2_proxy(up.port) as proxy:
+            yield proxy.port
+        nursery.cancel_scope.cancel()
+
+
+def lax(c: RawClient) -> None:
+    c.conn.config.validate_outbound_headers = False
+    c.conn.config.normalize_outbound_headers = False
+
+
+async def test_never_indexed_fields_stay_never_indexed_through_the_proxy() -> None:
+    """RFC 7541 §7.1.3: an intermediary must not re-encode a field its peer sent never-indexed with a
+    representation that would index it (the sender marked it so that no later request sharing the
+    compression context can probe it). Fields the client sent never-indexed reach the upstream
+    never-indexed, and none of them enters the upstream connection's table."""
+    from hpack import NeverIndexedHeaderTuple
+
+    answer = [(b":status", b"200"), NeverIndexedHeaderTuple(b"x-upstream-token", b"t" * 30), (b"x-up", b"1")]
+    rec = Recorder(answer)
+    async with proxied(rec) as port, RawClient.connect(port) as c:
+        lax(c)
+        c.conn.config.normalize_inbound_headers = False
+        await c.start()
+        secret = [
+            NeverIndexedHeaderTuple(b"x-api-key", b"k-0123456789abcdef"),
+            NeverIndexedHeaderTuple(b"cookie", b"session=" + b"s" * 40),
+        ]
+        for path in ("/a", "/b"):
+            sid = await c.request(path, port, extra=[*secret, (b"x-plain", b"1")])
+            assert (await c.response(sid))[0] == 200
+        response = next(e for e in c.events if type(e) is h2.events.ResponseReceived)
+        client_table = list(c.conn.decoder.header_table.dynamic_entries)
+    for head in rec.heads:
+        fields = {bytes(f[0]): f for f in head}
+        assert isinstance(fields[b"x-api-key"], NeverIndexedHeaderTuple), fields[b"x-api-key"]
+        assert isinstance(fields[b"cookie"], NeverIndexedHeaderTuple), fields[b"cookie"]
+        assert not isinstance(fields[b"x-plain"], NeverIndexedHeaderTuple)
+    upstream_table = list(rec.conns[0].decoder.header_table.dynamic_entries)
+    assert (b"x-plain", b"1") in upstream_table
+    assert not [f for f in upstream_table if f[0] in (b"x-api-key", b"cookie")], upstream_table
+    fields = {bytes(f[0]): f for f in response.headers}
+    assert isinstance(fields[b"x-upstream-token"], NeverIndexedHeaderTuple), fields[b"x-upstream-token"]
+    assert not isinstance(fields[b"x-up"], NeverIndexedHeaderTuple)
+    assert not [f for f in client_table if f[0] == b"x-upstream-token"], client_table

@@ -31,7 +31,7 @@ import h2.utilities
 from h2.utilities import HeaderValidationFlags
 from hpack import NeverIndexedHeaderTuple
 
-__all__ = ["REQUEST", "RESPONSE", "TRAILERS", "outbound", "problem"]
+__all__ = ["REQUEST", "RESPONSE", "TRAILERS", "never_indexed", "outbound", "problem", "with_never_indexed"]
 
 # A name of which h2 accepts every character: none of 0x00-0x20, uppercase, ':', 0x7f-0xff.
 _PLAIN_NAME = re.compile(rb"[!-9;-@\[-~]+")
@@ -125,3 +125,23 @@ def outbound(fields: list[tuple[bytes, bytes]], flags: HeaderValidationFlags) ->
     headers = h2.utilities.utf8_encode_headers(fields)
     normalized = h2.utilities.normalize_outbound_headers(headers, flags, False)
     return list(h2.utilities.validate_outbound_headers(normalized, flags))
+
+
+def never_indexed(fields: Iterable[tuple[bytes, bytes]]) -> frozenset[tuple[bytes, bytes]]:
+    """The fields of a received block that its sender encoded never-indexed (RFC 7541 §6.2.3): an
+    intermediary must send them so too (§7.1.3)."""
+    found = [(f[0], f[1]) for f in fields if type(f) is NeverIndexedHeaderTuple]
+    return frozenset(found) if found else _NONE
+
+
+_NONE: frozenset[tuple[bytes, bytes]] = frozenset()
+
+
+def with_never_indexed(
+    fields: list[tuple[bytes, bytes]], pairs: frozenset[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """``fields`` with those among ``pairs`` made ``NeverIndexedHeaderTuple`` (``fields`` itself when
+    ``pairs`` is empty, the usual case)."""
+    if not pairs:
+        return fields
+    return [NeverIndexedHeaderTuple(n, v) if (n, v) in pairs else (n, v) for n, v in fields]

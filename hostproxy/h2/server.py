@@ -252,7 +252,8 @@ def h2_response_headers(
         out.extend((n, v) for n, v in headers if not n.startswith(b":") and not n.startswith(b"l5d-"))
     else:
         out.extend((n, v) for n, v in headers if not n.startswith(b":"))
-    return out, no_body
+    # Fields an HTTP/2 upstream sent never-indexed reach the client so (RFC 7541 §7.1.3).
+    return h2fields.with_never_indexed(out, response.never_indexed), no_body
 
 
 class H2Server(ListeningServer["_ServerLink"]):
@@ -770,9 +771,15 @@ class _ServerLink(H2Link):
                 cookies.append(v)
             else:
                 regular.append((n, v))
+        # Fields the client sent never-indexed go to the upstream so (RFC 7541 §7.1.3).
+        secret = h2fields.never_indexed(raw)
         if cookies:
-            # HTTP/2 lets a client split its cookie into crumbs; they are one field again (§8.2.3).
-            regular.append((b"cookie", b"; ".join(cookies)))
+            # HTTP/2 lets a client split its cookie into crumbs; they are one field again (§8.2.3),
+            # never-indexed when any crumb was.
+            joined = b"; ".join(cookies)
+            regular.append((b"cookie", joined))
+            if secret and any(n == b"cookie" for n, _ in secret):
+                secret = secret | {(b"cookie", joined)}
         method = pseudo.get(b":method", b"GET").decode("ascii", "replace")
         if method == "CONNECT":
             return error_response(405, "bad-request", "CONNECT tunnelling is not supported by this proxy")
@@ -822,6 +829,7 @@ class _ServerLink(H2Link):
             http_version="2",
             scheme=pseudo.get(b":scheme", b"http").decode("ascii", "replace"),
             authority=authority,
+            never_indexed=secret,
         )
 
     async def _stream_task(

@@ -806,7 +806,8 @@ class H2UpstreamPool(NurseryOwner):
         ):
             out.append((b"content-length", str(req.body.content_length).encode("ascii")))
         out.extend((n, v) for n, v in headers if n[:1] != b":")
-        return out
+        # Fields the client sent never-indexed reach the upstream so (RFC 7541 §7.1.3).
+        return h2fields.with_never_indexed(out, req.never_indexed)
 
     def _stalled(self, s: StreamState, link: H2Link) -> H2StreamStalled:
         key = (
@@ -976,7 +977,9 @@ class H2UpstreamPool(NurseryOwner):
                     stall_error=lambda t: self._read_stalled(s, t),
                 )
                 body = Body(source, content_length)
-        return Response(status, b"", headers, body, http_version="2")
+        return Response(
+            status, b"", headers, body, http_version="2", never_indexed=h2fields.never_indexed(s.head)
+        )
 
     async def _send_body(
         self,

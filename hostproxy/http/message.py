@@ -382,6 +382,9 @@ class Request:
     #: The client cancelled this request (reset its h2 stream) while it was being handled: set by the
     #: server before it cancels the handler, which counts it as 499 (client closed request).
     client_reset: bool = False
+    #: The fields (name, value) the client sent HPACK never-indexed (an HTTP/2 client marking a
+    #: credential); an HTTP/2 upstream gets them so too (RFC 7541 §7.1.3).
+    never_indexed: frozenset[tuple[bytes, bytes]] = frozenset()
 
 
 @dataclass(eq=False)
@@ -404,3 +407,6 @@ class Response:
     upgraded: ByteStream | None = None
     error_cause: str | None = None
     interim: list[tuple[int, Headers]] | None = None
+    #: The fields (name, value) an HTTP/2 upstream sent HPACK never-indexed; an HTTP/2 client gets them
+    #: so too (RFC 7541 §7.1.3).
+    never_indexed: frozenset[tuple[bytes, bytes]] = frozenset()
