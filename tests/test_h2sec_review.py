@@ -184,3 +184,109 @@ async def test_never_indexed_fields_stay_never_indexed_through_the_proxy() -> No
     assert isinstance(fields[b"x-upstream-token"], NeverIndexedHeaderTuple), fields[b"x-upstream-token"]
     assert not isinstance(fields[b"x-up"], NeverIndexedHeaderTuple)
     assert not [f for f in client_table if f[0] == b"x-upstream-token"], client_table
+
+
+def request_fields(port: int, *, path: bytes = b"/bad") -> list[tuple[bytes, bytes]]:
+    return [
+        (b":method", b"GET"),
+        (b":scheme", b"http"),
+        (b":authority", f"127.0.0.1:{port}".encode()),
+        (b":path", path),
+    ]
+
+
+# Each: how to change a plain request head (a function of its fields) to a malformed one.
+HOSTILE_HEADS: dict[str, Any] = {
+    "CR LF in a value": lambda f: [*f, (b"x-a", b"1\r\nx-injected: 1")],
+    "LF in a value": lambda f: [*f, (b"x-a", b"1\nx-injected: 1")],
+    "NUL in a value": lambda f: [*f, (b"x-a", b"1\x00")],
+    "CR LF in a name": lambda f: [*f, (b"x-a\r\nx-injected", b"1")],
+    "NUL in a name": lambda f: [*f, (b"x-a\x00", b"1")],
+    "colon in a name": lambda f: [*f, (b"x-a:b", b"1")],
+    "space in a name": lambda f: [*f, (b"x a", b"1")],
+    "DEL in a name": lambda f: [*f, (b"x-a\x7f", b"1")],
+    "octet 0xff in a name": lambda f: [*f, (b"x-\xff", b"1")],
+    "empty name": lambda f: [*f, (b"", b"1")],
+    "uppercase name": lambda f: [*f, (b"X-A", b"1")],
+    "space around a value": lambda f: [*f, (b"x-a", b" 1")],
+    "tab after a value": lambda f: [*f, (b"x-a", b"1\t")],
+    "connection": lambda f: [*f, (b"connection", b"close")],
+    "keep-alive": lambda f: [*f, (b"keep-alive", b"timeout=5")],
+    "upgrade": lambda f: [*f, (b"upgrade", b"websocket")],
+    "proxy-connection": lambda f: [*f, (b"proxy-connection", b"keep-alive")],
+    "transfer-encoding": lambda f: [*f, (b"transfer-encoding", b"chunked")],
+    "te other than trailers": lambda f: [*f, (b"te", b"gzip")],
+    "duplicate :path": lambda f: [*f, (b":path", b"/other")],
+    "pseudo-header after a regular field": lambda f: [*f[:3], (b"x-a", b"1"), f[3]],
+    "unknown pseudo-header": lambda f: [*f, (b":foo", b"1")],
+    ":status in a request": lambda f: [*f, (b":status", b"200")],
+    ":protocol without CONNECT": lambda f: [*f, (b":protocol", b"websocket")],
+    "empty :path": lambda f: [*f[:3], (b":path", b"")],
+    "no :method": lambda f: f[1:],
+    "host disagreeing with :authority": lambda f: [*f, (b"host", b"elsewhere.example")],
+    "two host fields": lambda f: [*f, (b"host", f[2][1]), (b"host", f[2][1])],
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_HEADS))
+async def test_a_malformed_request_head_never_reaches_the_upstream(case: str) -> None:
+    """Through the proxy (server and upstream sides both), a malformed request head fails its own
+    stream (400 or a reset) and nothing of it reaches the upstream; the connection keeps serving."""
+    rec = Recorder()
+    async with proxied(rec) as port, RawClient.connect(port) as c:
+        lax(c)
+        await c.start()
+        sid = c.conn.get_next_available_stream_id()
+        c.conn.send_headers(sid, HOSTILE_HEADS[case](request_fields(port)), end_stream=True)
+        await c.flush()
+        status, _, _ = await c.response(sid)
+        assert status in (400, -1), status
+        ok = await c.request("/fine", port)
+        assert (await c.response(ok))[0] == 200
+    assert [dict(h)[b":path"] for h in rec.heads] == [b"/fine"]
+    assert not any(n in (b"x-injected", b"x-a") for h in rec.heads for n, _ in h)
+
+
+# Each: a response head, or (head, trailers), that breaks RFC 9113 §8.2-8.3.
+HOSTILE_RESPONSES: dict[str, Any] = {
+    "uppercase name": [(b":status", b"200"), (b"X-A", b"1")],
+    "CR LF in a value": [(b":status", b"200"), (b"x-a", b"1\r\nset-cookie: stolen=1")],
+    "NUL in a value": [(b":status", b"200"), (b"x-a", b"\x001")],
+    "colon in a name": [(b":status", b"200"), (b"x-a:b", b"1")],
+    "empty name": [(b":status", b"200"), (b"", b"1")],
+    "space around a value": [(b":status", b"200"), (b"x-a", b"1 ")],
+    "connection": [(b":status", b"200"), (b"connection", b"close")],
+    "transfer-encoding": [(b":status", b"200"), (b"transfer-encoding", b"chunked")],
+    "te": [(b":status", b"200"), (b"te", b"trailers, deflate")],
+    "no :status": [(b"x-a", b"1")],
+    "duplicate :status": [(b":status", b"200"), (b":status", b"204")],
+    "a request pseudo-header": [(b":status", b"200"), (b":path", b"/")],
+    "pseudo-header after a regular field": [(b"x-a", b"1"), (b":status", b"200")],
+    "pseudo-header in trailers": ([(b":status", b"200")], [(b":status", b"500"), (b"grpc-status", b"0")]),
+    "uppercase trailer": ([(b":status", b"200")], [(b"Grpc-Status", b"0")]),
+    "CR LF in a trailer": ([(b":status", b"200")], [(b"grpc-message", b"a\r\nx: 1")]),
+    "connection trailer": ([(b":status", b"200")], [(b"connection", b"close")]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_RESPONSES))
+async def test_a_malformed_response_never_reaches_the_client(case: str) -> None:
+    """A hostile upstream's malformed response head or trailers: the client gets a proxy error (or a
+    reset once the head went out), never the field; the upstream connection gets GOAWAY."""
+    spec = HOSTILE_RESPONSES[case]
+    head, trailers = spec if isinstance(spec, tuple) else (spec, None)
+    rec = Recorder(head, trailers)
+    async with proxied(rec) as port, RawClient.connect(port) as c:
+        await c.start()
+        sid = await c.request("/a", port)
+        status, _, got_trailers = await c.response(sid)
+        if trailers is None:
+            assert status == 502, status
+        else:
+            assert status in (200, -1) and got_trailers is None, (status, got_trailers)
+        with trio.fail_after(10):
+            while not rec.goaways:
+                await trio.sleep(0.01)
+        seen = [f for e in c.events if hasattr(e, "headers") for f in (e.headers or [])]
+    assert rec.goaways[0].error_code == 1  # PROTOCOL_ERROR
+    assert not [f for f in seen if f[0].lower() in (b"x-a", b"set-cookie", b"connection", b"te", b"x")]
