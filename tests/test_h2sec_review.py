@@ -290,3 +290,109 @@ async def test_a_malformed_response_never_reaches_the_client(case: str) -> None:
         seen = [f for e in c.events if hasattr(e, "headers") for f in (e.headers or [])]
     assert rec.goaways[0].error_code == 1  # PROTOCOL_ERROR
     assert not [f for f in seen if f[0].lower() in (b"x-a", b"set-cookie", b"connection", b"te", b"x")]
+
+
+# -- HPACK decoder attacks on the server ----------------------------------------------------------------
+
+
+def literal_indexed(name: bytes, value: bytes) -> bytes:
+    """A literal field with incremental indexing and a new name, no Huffman coding (RFC 7541 §6.2.1)."""
+    from hpack.hpack import encode_integer
+
+    return b"\x40" + bytes(encode_integer(len(name), 7)) + name + bytes(encode_integer(len(value), 7)) + value
+
+
+def plain_request_block(port: int) -> bytes:
+    return hpack.Encoder().encode(request_fields(port, path=b"/x"))
+
+
+def entries_added(block: bytes) -> int:
+    """How many entries ``block`` adds to a fresh table."""
+    decoder = hpack.Decoder()
+    decoder.decode(block, raw=True)
+    return len(decoder.header_table.dynamic_entries)
+
+
+def one_past_the_table(block: bytes) -> bytes:
+    """The one-octet indexed field whose index is the first past the table ``block`` leaves."""
+    return bytes([0x80 | (62 + entries_added(block))])
+
+
+# Each: the header block (a function of the plain request's block) a hostile client sends.
+BAD_BLOCKS: dict[str, Any] = {
+    "indexed field 0": lambda b: b + b"\x80",
+    "one-octet index past the table": lambda b: b + one_past_the_table(b),
+    "one-octet index past the table, one entry more": lambda b: (
+        b + literal_indexed(b"x-a", b"1") + one_past_the_table(b + literal_indexed(b"x-a", b"1"))
+    ),
+    "largest one-octet index": lambda b: b + b"\xfe",
+    "multi-octet index past the table": lambda b: b + b"\xff\x80\x01",
+    "truncated integer": lambda b: b + b"\xff\x80",
+    "huge integer": lambda b: b + b"\xff" + b"\xff" * 20 + b"\x01",
+    "table size update after a field": lambda b: b + b"\x20",
+    "table size update above the limit": lambda b: b"\x3f\xe2\x1f" + b,  # (4097)
+    "truncated string": lambda b: b + b"\x40\x05x-a",
+    "Huffman EOS in a string": lambda b: b + b"\x40\x83\xff\xff\xff\x011",
+    "Huffman padding of zeros": lambda b: b + b"\x40\x81\x00\x011",
+    "Huffman padding longer than 7 bits": lambda b: b + b"\x40\x82\x1f\xff\x011",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_BLOCKS))
+async def test_a_broken_header_block_ends_its_connection_and_no_other(case: str) -> None:
+    """A header block HPACK cannot decode is a connection error (RFC 7541 §2.3.4, RFC 9113 §4.3):
+    GOAWAY, the handler never called; another client on the same server is served."""
+    from hyperframe.frame import HeadersFrame
+
+    handled: list[str] = []
+
+    async def handler(req: Request, _info: object) -> Response:
+        handled.append(req.target)
+        return Response(200, body=Body.from_bytes(b"ok"))
+
+    async with serving(handler) as port:
+        async with RawClient.connect(port) as c:
+            await c.start()
+            block = BAD_BLOCKS[case](plain_request_block(port))
+            await c.send_raw(HeadersFrame(1, block, flags=["END_HEADERS", "END_STREAM"]).serialize())
+            goaway = await c.until(lambda e: type(e) is h2.events.ConnectionTerminated)
+            assert goaway is not None and goaway.error_code != 0, goaway
+        async with RawClient.connect(port) as other:
+            await other.start()
+            sid = await other.request("/other", port)
+            assert (await other.response(sid))[:2] == (200, b"ok")
+    assert handled == ["/other"]
+
+
+async def test_an_hpack_bomb_of_one_octet_indices_is_cut_off_at_the_header_list_limit() -> None:
+    """A 4 KiB entry in the table, then a block of one-octet references to it (the representation the
+    decoder reads in place): each octet inflates to 4 KiB. The decoder stops at its header list
+    limit rather than building the whole list; the request never reaches the handler."""
+    from hyperframe.frame import ContinuationFrame, HeadersFrame
+
+    handled: list[str] = []
+
+    async def handler(req: Request, _info: object) -> Response:
+        handled.append(req.target)
+        return Response(200, body=Body.from_bytes(b"ok"))
+
+    async with (
+        serving(handler, H2ServerParams(max_header_list_bytes=65536)) as port,
+        RawClient.connect(port) as c,
+    ):
+        await c.start()
+        block = plain_request_block(port) + literal_indexed(b"x-big", b"b" * 4000)
+        bomb = block + bytes([0x80 | 62]) * 60000  # (the newest entry: about 240 MB were it decoded)
+        first, rest = bomb[:16384], bomb[16384:]
+        frames = [HeadersFrame(1, first, flags=["END_STREAM"])]
+        while rest:
+            chunk, rest = rest[:16384], rest[16384:]
+            frames.append(ContinuationFrame(1, chunk, flags=[] if rest else ["END_HEADERS"]))
+        await c.send_raw(b"".join(f.serialize() for f in frames))
+        while not c.eof and not any(type(e) is h2.events.ConnectionTerminated for e in c.events):
+            events = await c.pump(ack=True)
+            if any(getattr(e, "stream_id", None) == 1 for e in events):
+                break
+    assert handled == []
+    goaway = next(e for e in c.events if type(e) is h2.events.ConnectionTerminated)
+    assert b"A header list larger than 262144" in (goaway.additional_data or b""), goaway
