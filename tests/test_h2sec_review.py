@@ -266,6 +266,13 @@ HOSTILE_RESPONSES: dict[str, Any] = {
     "uppercase trailer": ([(b":status", b"200")], [(b"Grpc-Status", b"0")]),
     "CR LF in a trailer": ([(b":status", b"200")], [(b"grpc-message", b"a\r\nx: 1")]),
     "connection trailer": ([(b":status", b"200")], [(b"connection", b"close")]),
+    # RFC 9110 §15: a status code is three digits (what the HTTP/1.1 codec reads in a status line).
+    "status of letters": [(b":status", b"abc"), (b"x-a", b"1")],
+    "empty status": [(b":status", b""), (b"x-a", b"1")],
+    "status of five digits": [(b":status", b"99999"), (b"x-a", b"1")],
+    "status with an underscore": [(b":status", b"2_00"), (b"x-a", b"1")],
+    "status with a sign": [(b":status", b"+200"), (b"x-a", b"1")],
+    "status of a non-ASCII octet": [(b":status", b"\xff"), (b"x-a", b"1")],
 }
 
 
@@ -282,6 +289,9 @@ async def test_a_malformed_response_never_reaches_the_client(case: str) -> None:
         status, _, got_trailers = await c.response(sid)
         if trailers is None:
             assert status == 502, status
+            [answer] = [e for e in c.events if type(e) is h2.events.ResponseReceived]
+            l5d_err = dict(answer.headers)[b"l5d-err"]
+            assert b"Internal" not in l5d_err and b"protocol+error" in l5d_err, l5d_err
         else:
             assert status in (200, -1) and got_trailers is None, (status, got_trailers)
         with trio.fail_after(10):

@@ -143,6 +143,18 @@ _CHECKED = {
 }
 
 
+def _status_problem(fields: list[tuple[bytes, bytes]]) -> str | None:
+    """Why the ``:status`` of a response head (one h2 found there) is no status code, or None: it is
+    three digits (RFC 9110 §15; what the HTTP/1.1 codec reads in a status line). h2 does not look at
+    it, and ``int()`` would take ``+200``, ``2_00`` or ``99999``."""
+    for n, v in fields:
+        if n == b":status":
+            if len(v) == 3 and v.isdigit():
+                return None
+            return f"Response :status {v[:40]!r} is not a three-digit status code (RFC 9110 section 15)"
+    return None
+
+
 @dataclass(frozen=True)
 class H2ClientSettings:
     """HTTP/2 settings of upstream connections."""
@@ -264,6 +276,8 @@ class _UpLink(H2Link):
         kind = _CHECKED.get(t)
         if kind is not None:
             problem = h2fields.problem(ev.headers, kind)
+            if problem is None and kind is h2fields.RESPONSE:
+                problem = _status_problem(ev.headers)
             if problem is not None:
                 self.protocol_error(problem)
                 return
