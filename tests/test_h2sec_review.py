@@ -406,3 +406,48 @@ async def test_an_hpack_bomb_of_one_octet_indices_is_cut_off_at_the_header_list_
     assert handled == []
     goaway = next(e for e in c.events if type(e) is h2.events.ConnectionTerminated)
     assert b"A header list larger than 262144" in (goaway.additional_data or b""), goaway
+
+
+# -- the encoder's table against real decoders, table sizes changing mid-connection ---------------------
+
+
+async def random_fields(req: Request, _info: object) -> Response:
+    """An origin answering with the fields the request's ``x-want`` lists (``name=value;...``)."""
+    await req.body.read_all()
+    want = req.headers.get(b"x-want") or b""
+    fields = [tuple(item.split(b"=", 1)) for item in want.split(b";") if item]
+    return Response(200, headers=Headers(fields), body=Body.from_bytes(b"ok"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_responses_decode_as_sent_while_the_client_changes_its_table_size(seed: int) -> None:
+    """A long run of responses whose fields repeat, are evicted and come back, through a small and
+    changing table (the client's SETTINGS_HEADER_TABLE_SIZE, sometimes repeated, between requests):
+    the client's hpack decoder reads every response's fields as the origin gave them. An index the
+    server's encoder kept for an entry the client's table no longer holds would read as another
+    field, or fail the connection."""
+    import random
+
+    rnd = random.Random(seed)
+    names = [b"x-%d" % i for i in range(8)]
+    params = H2ServerParams(settings_burst=1000)  # (the SETTINGS here are no flood)
+    async with serving(random_fields, params) as port, RawClient.connect(port) as c:
+        await c.start({HTS: 256})
+        await settle_settings(c)
+        for i in range(150):
+            if rnd.random() < 0.15:
+                size = rnd.choice([0, 40, 64, 100, 256, 1024, 4096])
+                for _ in range(rnd.choice([1, 1, 2])):
+                    c.conn.update_settings({HTS: size})
+                await c.flush()
+                await settle_settings(c)
+            want = [
+                (rnd.choice(names), b"v" * rnd.choice([0, 1, 5, 20, 60])) for _ in range(rnd.randint(1, 5))
+            ]
+            extra = [(b"x-want", b";".join(n + b"=" + v for n, v in want))]
+            sid = await c.request(f"/{i}", port, extra=extra)
+            assert (await c.response(sid))[:2] == (200, b"ok"), i
+            [head] = [e for e in c.events if type(e) is h2.events.ResponseReceived and e.stream_id == sid]
+            got = [(n, v) for n, v in head.headers if n.startswith(b"x-") and n != b"x-want"]
+            assert got == want, (i, got, want)
+            c.events.clear()
