@@ -451,3 +451,39 @@ async def test_responses_decode_as_sent_while_the_client_changes_its_table_size(
             got = [(n, v) for n, v in head.headers if n.startswith(b"x-") and n != b"x-want"]
             assert got == want, (i, got, want)
             c.events.clear()
+
+
+async def varied_answer(req: Request, _info: object) -> Response:
+    """An origin echoing the request's ``x-*`` fields and adding one that differs per request."""
+    await req.body.read_all()
+    echoed = [(n, v) for n, v in req.headers if n.startswith(b"x-")]
+    return Response(
+        200, headers=Headers([*echoed, (b"x-target", req.target.encode())]), body=Body.from_bytes(b"ok")
+    )
+
+
+@pytest.mark.parametrize("table", ["0", "64", "4096"])
+async def test_h2load_through_the_proxy_with_small_header_tables(table: str) -> None:
+    """nghttp2's client (h2load) as a normal client through the proxy, both directions of HPACK
+    at a small table size: its decoder (and the origin-facing link's peer) reads every block."""
+    from tests.grpc_fixtures.h2proxy import running_h2_proxy
+
+    upstream = H2Server(varied_answer, H2ServerParams(header_table_bytes=int(table)))
+    async with trio.open_nursery() as nursery:
+        [(_, port)] = await nursery.start(upstream.serve)
+        params = H2ServerParams(header_table_bytes=int(table))
+        async with running_h2_proxy(port, params=params) as proxy:
+            uris = [f"http://127.0.0.1:{proxy.port}/p{i}" for i in range(7)]
+            with trio.fail_after(60):
+                done = await trio.run_process(
+                    [
+                        "h2load", "-n", "300", "-c", "2", "-m", "4",
+                        f"--header-table-size={table}", f"--encoder-header-table-size={table}",
+                        "-H", "x-a: " + "a" * 30, "-H", "x-b: " + "b" * 50, "-H", "authorization: Bearer t",
+                        *uris,
+                    ],
+                    capture_stdout=True, capture_stderr=True, check=False,
+                )  # fmt: skip
+        nursery.cancel_scope.cancel()
+    out = done.stdout.decode()
+    assert "300 succeeded, 0 failed, 0 errored" in out and "300 2xx" in out, out
