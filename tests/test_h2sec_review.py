@@ -487,3 +487,64 @@ async def test_h2load_through_the_proxy_with_small_header_tables(table: str) -> 
         nursery.cancel_scope.cancel()
     out = done.stdout.decode()
     assert "300 succeeded, 0 failed, 0 errored" in out and "300 2xx" in out, out
+
+
+# Each: the response header block (a function of a plain response's block) a hostile upstream sends.
+BAD_RESPONSE_BLOCKS: dict[str, Any] = {
+    "indexed field 0": lambda b: b + b"\x80",
+    "one-octet index past the table": lambda b: b + one_past_the_table(b),
+    "largest one-octet index": lambda b: b + b"\xfe",
+    "table size update after a field": lambda b: b + b"\x20",
+    "table size update above the limit": lambda b: b"\x3f\xe2\x1f" + b,
+    "truncated string": lambda b: b + b"\x40\x05x-a",
+    "Huffman EOS in a string": lambda b: b + b"\x40\x83\xff\xff\xff\x011",
+    "an index bomb": lambda b: b + literal_indexed(b"x-big", b"b" * 4000) + bytes([0x80 | 62]) * 16000,
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RESPONSE_BLOCKS))
+async def test_a_broken_response_header_block_fails_its_upstream_connection(case: str) -> None:
+    """A hostile upstream's undecodable response block: 502 to the client (no field of it passed),
+    and the next request is served on a new connection."""
+    from hyperframe.frame import ContinuationFrame, HeadersFrame
+
+    from tests.grpc_fixtures.h2proxy import running_h2_proxy
+    from tests.grpc_fixtures.rawh2 import ScriptedUpstream
+
+    async def script(i: int, conn: Any, stream: trio.SocketStream) -> None:
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            for ev in conn.receive_data(data):
+                if type(ev) is h2.events.RequestReceived:
+                    if i == 0:
+                        block = BAD_RESPONSE_BLOCKS[case](hpack.Encoder().encode([(b":status", b"200")]))
+                        frames = [HeadersFrame(ev.stream_id, block[:16384], flags=["END_STREAM"])]
+                        rest = block[16384:]
+                        while rest:
+                            frames.append(ContinuationFrame(ev.stream_id, rest[:16384]))
+                            rest = rest[16384:]
+                        frames[-1].flags.add("END_HEADERS")
+                        await stream.send_all(conn.data_to_send() + b"".join(f.serialize() for f in frames))
+                        continue
+                    conn.send_headers(
+                        ev.stream_id, [(b":status", b"200"), (b"x-fine", b"1")], end_stream=True
+                    )
+            out = conn.data_to_send()
+            if out:
+                await stream.send_all(out)
+
+    up = ScriptedUpstream(script)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(up.serve)
+        async with running_h2_proxy(up.port) as proxy, RawClient.connect(proxy.port) as c:
+            await c.start()
+            sid = await c.request("/a", proxy.port)
+            assert (await c.response(sid))[0] == 502
+            sid = await c.request("/b", proxy.port)
+            assert (await c.response(sid))[0] == 200
+        nursery.cancel_scope.cancel()
+    heads = [e.headers for e in c.events if type(e) is h2.events.ResponseReceived]
+    assert not [f for h in heads for f in h if f[0] in (b"x-a", b"x-big")]
+    assert up.connections == 2
