@@ -548,3 +548,67 @@ async def test_a_broken_response_header_block_fails_its_upstream_connection(case
     heads = [e.headers for e in c.events if type(e) is h2.events.ResponseReceived]
     assert not [f for h in heads for f in h if f[0] in (b"x-a", b"x-big")]
     assert up.connections == 2
+
+
+async def target_echo(req: Request, _info: object) -> Response:
+    await req.body.read_all()
+    return Response(
+        200, headers=Headers([(b"x-target", req.target.encode() * 4)]), body=Body.from_bytes(b"ok")
+    )
+
+
+async def test_an_h2c_upgrade_offering_a_huge_header_table_does_not_make_the_server_keep_its_headers() -> (
+    None
+):
+    """The table that compresses responses is kept to ``headerTableBytes`` whatever larger
+    SETTINGS_HEADER_TABLE_SIZE the client offers; an ``Upgrade: h2c`` request carries its settings in
+    ``HTTP2-Settings``, which h2 applies without the settings event the cap waits for. The client's
+    decoder mirrors the server's encoder table exactly, so its size is what the server holds."""
+    import h2.config
+    import h2.connection
+
+    huge = 1 << 30
+    async with serving(target_echo) as port:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            conn = h2.connection.H2Connection(
+                h2.config.H2Configuration(client_side=True, header_encoding=None)
+            )
+            conn.local_settings = h2.settings.Settings(client=True, initial_values={HTS: huge})
+            conn.decoder.max_allowed_table_size = huge
+            offer = conn.initiate_upgrade_connection()
+            assert offer is not None
+            await stream.send_all(
+                b"GET /up HTTP/1.1\r\nHost: web\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+                b"HTTP2-Settings: " + offer + b"\r\n\r\n"
+            )
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += await stream.receive_some(65536)
+            head, rest = buf.split(b"\r\n\r\n", 1)
+            assert head.startswith(b"HTTP/1.1 101"), head
+            await stream.send_all(conn.data_to_send())
+            pending = rest
+            done = 0
+            next_sid = 3
+            with trio.fail_after(30):
+                while done < 300:
+                    data = pending or await stream.receive_some(65536)
+                    pending = b""
+                    assert data, "the server closed the connection"
+                    for ev in conn.receive_data(data):
+                        if type(ev) is h2.events.StreamEnded:
+                            done += 1
+                            if next_sid < 600:
+                                conn.send_headers(
+                                    next_sid,
+                                    [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"web"),
+                                     (b":path", f"/distinct-{next_sid:05d}".encode())],
+                                    end_stream=True,
+                                )  # fmt: skip
+                                next_sid += 2
+                        elif type(ev) is h2.events.DataReceived:
+                            conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    await stream.send_all(conn.data_to_send())
+            table = conn.decoder.header_table
+            assert table._current_size <= 4096 and table.maxsize <= 4096, (table.maxsize, table._current_size)
