@@ -128,9 +128,9 @@ def server_params(router_cfg: Any, server_cfg: Any, label: str, grace_s: float) 
         router_label=label,
         shutdown_grace_s=grace_s,
         request_head_timeout_s=getattr(server_cfg, "request_header_timeout_ms", 10000) / 1000,
-        # socketOptions.readTimeoutMs bounds every wait for the client's bytes: a body's stalls and the
-        # wait for the next request, as well as (in the server) each read of a request head.
-        request_body_timeout_s=shorter(_ms(getattr(server_cfg, "request_body_timeout_ms", None)), read_s),
+        # socketOptions.readTimeoutMs bounds every wait for the client's bytes: the wait for the next
+        # request here; a body's stalls and each read of a request head in the servers themselves.
+        request_body_timeout_s=_ms(getattr(server_cfg, "request_body_timeout_ms", None)),
         idle_timeout_s=shorter(_ms(server_cfg.server_session.idle_time_ms) or 60.0, read_s),
         read_timeout_s=read_s,
         write_timeout_s=_ms(getattr(sockopts, "write_timeout_ms", None)),

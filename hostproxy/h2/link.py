@@ -32,6 +32,7 @@ Streams end in three ways: both sides sent END_STREAM, either side reset, or the
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -120,6 +121,7 @@ class StreamState:
         "data_frames",
         "stalled",
         "head_sent",
+        "sent_at",
     )
 
     def __init__(self, stream_id: int) -> None:
@@ -137,6 +139,9 @@ class StreamState:
         self.data_frames = 0
         self.stalled = False  # this side reset it: the peer's window stayed at zero (``Stalled``)
         self.head_sent = False  # this side sent its head (a request or a response): HEADERS now are trailers
+        #: When this side last handed DATA of the stream to the connection (``trio.current_time``):
+        #: its exchange is progressing (``H2Link.wait_read``).
+        self.sent_at = 0.0
 
     def wake(self) -> None:
         self._event.set()
@@ -200,6 +205,8 @@ class H2Link:
         self.calm_verdict: Verdict | None = None
         self._writer_done = trio.Event()
         self.pushback = b""  # bytes already read from the peer that the reader is to take first
+        #: When the peer's last bytes arrived (``trio.current_time``; ``wait_read``).
+        self.received_at = 0.0
 
     # -- output ----------------------------------------------------------------------------------
 
@@ -321,7 +328,24 @@ class H2Link:
         if not data:
             self.peer_gone = True
             self._die("peer closed the connection")
+        else:
+            self.received_at = trio.current_time()
         return data
+
+    async def wait_read(self, s: StreamState, read_s: float) -> bool:
+        """Wait for news of stream ``s`` (``s.wait``) under ``socketOptions.readTimeoutMs``; False
+        once ``read_s`` passed since the wait began with nothing received on the connection (any
+        frame: Finagle's read timeout watches the transport, not a stream) and no DATA of ``s`` sent
+        by this side (a request body still being uploaded, a response still being streamed: the
+        exchange is progressing, and its peer need not say anything meanwhile)."""
+        deadline = trio.current_time() + read_s
+        while True:
+            with trio.move_on_at(deadline):
+                await s.wait()
+                return True
+            deadline = max(self.received_at, s.sent_at) + read_s
+            if deadline <= trio.current_time():
+                return False
 
     async def _reader(self) -> None:
         while not self.dead and not self.closing:
@@ -538,6 +562,7 @@ class H2Link:
             if end_stream and last:
                 s.local_ended = True
             self.flush()
+            s.sent_at = trio.current_time()
             view = view[n:]
             if last:
                 return
@@ -561,12 +586,22 @@ class InboundBody:
     ``gone`` turns a reset or a dead connection into the exception the consumer should see.
     ``reset_on_close`` resets the stream with CANCEL when the consumer closes the body early
     (upstream responses); otherwise the rest is only discarded (server request bodies).
-    ``stall_timeout_s`` (server request bodies: ``requestBodyTimeoutMs``; upstream responses:
-    ``client.socketOptions.readTimeoutMs``) bounds each wait for DATA; past it the read fails with
-    ``stall_error(timeout)``, by default a ``RequestBodyError`` (the client's doing: answered 400).
+    ``stall_timeout_s`` (server request bodies: ``requestBodyTimeoutMs``) bounds each wait for
+    DATA; past it the read fails with a ``RequestBodyError`` (the client's doing: answered 400).
+    ``read_timeout_s`` (``socketOptions.readTimeoutMs``) bounds it as ``H2Link.wait_read`` does
+    (nothing received on the connection and nothing of this stream sent for that long); past it the
+    read fails with ``stall_error(read_timeout_s)``.
     """
 
-    __slots__ = ("_link", "_s", "_gone", "_reset_on_close", "_stall_timeout_s", "_stall_error")
+    __slots__ = (
+        "_link",
+        "_s",
+        "_gone",
+        "_reset_on_close",
+        "_stall_timeout_s",
+        "_read_timeout_s",
+        "_stall_error",
+    )
 
     def __init__(
         self,
@@ -576,6 +611,7 @@ class InboundBody:
         *,
         reset_on_close: bool,
         stall_timeout_s: float | None = None,
+        read_timeout_s: float | None = None,
         stall_error: Callable[[float], Exception] | None = None,
     ) -> None:
         self._link = link
@@ -583,6 +619,7 @@ class InboundBody:
         self._gone = gone
         self._reset_on_close = reset_on_close
         self._stall_timeout_s = stall_timeout_s
+        self._read_timeout_s = read_timeout_s
         self._stall_error = stall_error
 
     async def read_chunk(self) -> bytes | None:
@@ -600,14 +637,17 @@ class InboundBody:
             if s.reset_code is not None or link.dead:
                 raise self._gone(s, link)
             timeout = self._stall_timeout_s
-            if timeout is None:
+            read_s = self._read_timeout_s
+            if timeout is None and read_s is None:
                 await s.wait()
                 continue
-            with trio.move_on_after(timeout) as scope:
-                await s.wait()
+            with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+                if read_s is None:
+                    await s.wait()
+                elif not await link.wait_read(s, read_s):
+                    assert self._stall_error is not None
+                    raise self._stall_error(read_s)
             if scope.cancelled_caught:
-                if self._stall_error is not None:
-                    raise self._stall_error(timeout)
                 raise RequestBodyError(f"request body stalled for {timeout:g}s (requestBodyTimeoutMs)")
 
     @property

@@ -809,16 +809,14 @@ class _ServerLink(H2Link):
             # Ended already: no DATA, perhaps trailers (HEADERS, then trailers with END_STREAM).
             body = Body.empty() if s.trailers is None else Body.from_bytes(b"", s.trailers)
         else:
-            stall_s = self.params.request_body_timeout_s
             source = InboundBody(
                 self,
                 s,
                 self._gone,
                 reset_on_close=False,
-                stall_timeout_s=stall_s,
-                stall_error=_read_stalled
-                if stall_s is not None and stall_s == self.params.read_timeout_s
-                else None,
+                stall_timeout_s=self.params.request_body_timeout_s,
+                read_timeout_s=self.params.read_timeout_s,
+                stall_error=_read_stalled,
             )
             body = Body(source, content_length)
         return Request(

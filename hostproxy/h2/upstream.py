@@ -951,11 +951,8 @@ class H2UpstreamPool(NurseryOwner):
                 )
             if read_s is None:
                 await s.wait()
-            else:
-                with trio.move_on_after(read_s) as scope:
-                    await s.wait()
-                if scope.cancelled_caught:
-                    raise self._read_stalled(s, read_s)
+            elif not await link.wait_read(s, read_s):
+                raise self._read_stalled(s, read_s)
             # Interim (1xx) heads are not forwarded: ResponseReceived carries the final one.
 
     def _response(self, link: _UpLink, s: StreamState, req: Request) -> Response:
@@ -987,7 +984,7 @@ class H2UpstreamPool(NurseryOwner):
                     s,
                     self._gone,
                     reset_on_close=True,
-                    stall_timeout_s=read_s,
+                    read_timeout_s=read_s,
                     stall_error=lambda t: self._read_stalled(s, t),
                 )
                 body = Body(source, content_length)

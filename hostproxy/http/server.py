@@ -10,8 +10,8 @@ task is a loop over request/response cycles (keep-alive, pipelining answered in 
 1. read a request head under deadlines: ``idle_timeout_s`` until its first byte, then
    ``request_head_timeout_s`` for the whole head (slow clients get 408 and are cut off); a request
    body that stalls for ``request_body_timeout_s`` between chunks cuts the connection too. With
-   ``read_timeout_s`` (``socketOptions.readTimeoutMs``) each read of a head has that bound as well
-   (408); with ``write_timeout_s`` a write the client takes nothing of cuts the connection. On a
+   ``read_timeout_s`` (``socketOptions.readTimeoutMs``) each read of a head, and of a body, has that
+   bound as well (408, 400); with ``write_timeout_s`` a write the client takes nothing of cuts the connection. On a
    plaintext connection the idle deadline is kept by the server's
    :class:`~hostproxy.http.listening.IdleTimer` (one task per server, not a deadline registered per
    wait), which cancels the connection only while it waits and no request byte has arrived;
@@ -171,8 +171,10 @@ class ServerParams:
     #: ``socketOptions`` of the listener and the accepted connections (None: hostproxy's defaults).
     socket_options: SocketOptions | None = None
     #: ``socketOptions.readTimeoutMs`` (seconds): a client that sends nothing for this long in the
-    #: middle of a request head is answered 408 and cut off (the daemon also bounds the request body's
-    #: stalls and the wait for the next request by it: ``request_body_timeout_s``, ``idle_timeout_s``).
+    #: middle of a request head is answered 408 and cut off; a request body's stalls are bounded by the
+    #: shorter of it and ``request_body_timeout_s`` (on h2 only while the connection receives nothing
+    #: and the stream's response sends nothing: ``H2Link.wait_read``), and the daemon bounds the wait
+    #: for the next request by it (``idle_timeout_s``).
     read_timeout_s: float | None = None
     #: ``socketOptions.writeTimeoutMs`` (seconds): a write to the client that does not complete within
     #: this long (the client stopped reading) cuts the connection off.
@@ -516,6 +518,9 @@ class _RequestBodySource:
                     if codec.they_are_waiting_for_100_continue:
                         await conn.send_100_continue()
                     timeout = conn.params.request_body_timeout_s
+                    read_s = conn.params.read_timeout_s
+                    if read_s is not None and (timeout is None or read_s < timeout):
+                        timeout = read_s
                     if timeout is None:
                         data = await conn.receive()
                     else:

@@ -309,6 +309,7 @@ class _Conn:
         "read_timeout",
         "write_timeout",
         "stalled",
+        "read_scope",
     )
 
     def __init__(
@@ -325,6 +326,9 @@ class _Conn:
         #: Why the connection was cut off (a read or write that stalled), which whoever next fails on
         #: it reports instead of the closed connection it sees.
         self.stalled: UpstreamReset | None = None
+        #: The scope of a read under ``read_timeout`` in progress; each write of the request that
+        #: completes moves its deadline (``send``).
+        self.read_scope: trio.CancelScope | None = None
         self.body_failure: RequestBodyError | None = None  # the client's body failed while being sent
         self.stream = stream
         self.codec = ClientCodec(limits)
@@ -359,21 +363,34 @@ class _Conn:
         try:
             if write_s is None:
                 await self.stream.send_all(data)
+                self._progressed()
                 return
             with trio.move_on_after(write_s):
                 await self.stream.send_all(data)
+                self._progressed()
                 return
         except Exception as exc:
             self.errors.reraise(exc)
         raise self.stall(f"took no bytes of the request for {write_s * 1000:g} ms", "writeTimeoutMs")
+
+    def _progressed(self) -> None:
+        """A write of the request completed: a read of the response waiting meanwhile gets
+        ``read_timeout`` from now (an upstream need not answer while it is still taking the
+        request, as it does while a long body is uploaded)."""
+        scope = self.read_scope
+        if scope is not None and self.read_timeout is not None:
+            scope.deadline = max(scope.deadline, trio.current_time() + self.read_timeout)
 
     async def receive(self) -> bytes:
         read_s = self.read_timeout
         try:
             if read_s is None:
                 return await self.stream.receive_some(RECEIVE_SIZE)
-            with trio.move_on_after(read_s):
-                return await self.stream.receive_some(RECEIVE_SIZE)
+            with trio.move_on_after(read_s) as self.read_scope:
+                try:
+                    return await self.stream.receive_some(RECEIVE_SIZE)
+                finally:
+                    self.read_scope = None
         except Exception as exc:
             self.errors.reraise(exc)
         raise self.stall(f"sent nothing for {read_s * 1000:g} ms", "readTimeoutMs")

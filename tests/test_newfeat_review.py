@@ -1,0 +1,148 @@
+"""Recent features attacked with real peers on loopback: socketOptions timeouts against healthy slow
+exchanges, trace propagation, the Linkerd access log line, the admin UI pages and the check command.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from tests.daemonutil import curl, running_daemon
+from tests.grpc_fixtures.rawh2 import RawClient
+from tests.test_sockopts_review import h2_config, h2_upstream, http_config, read_head
+from tests.upstreams import running_upstream
+
+pytestmark = pytest.mark.timeout(90)
+
+
+# -- socketOptions.readTimeoutMs does not cut exchanges that progress --------------------------------------
+
+
+async def test_client_read_timeout_spares_an_upload_that_trickles_steadily() -> None:
+    """An upstream that reads the whole body before answering (/count) says nothing while a 1 s upload
+    progresses every 100 ms; a 300 ms client read timeout used to answer it 502 mid-upload."""
+    async with (
+        running_upstream() as app,
+        running_daemon(http_config(app.port, "{}", "{readTimeoutMs: 300}")) as d,
+    ):
+        async with await trio.open_tcp_stream("127.0.0.1", d.port("http")) as c:
+            await c.send_all(b"POST /count HTTP/1.1\r\nHost: web\r\nContent-Length: 100000\r\n\r\n")
+            for _ in range(10):
+                await c.send_all(b"x" * 10000)
+                await trio.sleep(0.1)
+            with trio.fail_after(10):
+                got = await read_head(c)
+                while not got.endswith(b"100000"):
+                    got += await c.receive_some(100)
+        assert got.startswith(b"HTTP/1.1 200"), got
+
+
+async def test_h2_client_read_timeout_spares_an_upload_that_trickles_steadily() -> None:
+    from hostproxy.http.message import Body, Response
+
+    async def handler(request, info):  # type: ignore[no-untyped-def]
+        data = await request.body.read_all()
+        return Response(200, body=Body.from_bytes(str(len(data)).encode()))
+
+    async with (
+        h2_upstream(handler) as up,
+        running_daemon(h2_config(up, client_opts="{readTimeoutMs: 300}")) as d,
+    ):
+        port = d.port("h2")
+        async with RawClient.connect(port) as c:
+            await c.start()
+            sid = await c.request("/app/x", port, method=b"POST", end_stream=False)
+            for _ in range(10):
+                c.conn.send_data(sid, b"x" * 1000)
+                await c.flush()
+                await trio.sleep(0.1)
+            c.conn.end_stream(sid)
+            await c.flush()
+            with trio.fail_after(10):
+                status, body, _ = await c.response(sid)
+        assert (status, body) == (200, b"10000"), (status, body)
+
+
+class _Ticking:
+    """A response body of ten one-byte messages, 100 ms apart (a server stream)."""
+
+    trailers = None
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    async def read_chunk(self) -> bytes | None:
+        if self.n >= 10:
+            return None
+        self.n += 1
+        await trio.sleep(0.1)
+        return b"m"
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_h2_server_read_timeout_spares_a_stream_whose_client_listens() -> None:
+    """A bidirectional stream (gRPC's shape): the client sends one message, keeps its side open and
+    listens while the server streams for 1 s. The server's 300 ms read timeout used to reset the
+    stream after 300 ms for the client's quiet request body."""
+    from hostproxy.http.message import Body, Response
+
+    async def handler(request, info):  # type: ignore[no-untyped-def]
+        return Response(200, body=Body(_Ticking(), None))
+
+    async with (
+        h2_upstream(handler) as up,
+        running_daemon(h2_config(up, server_opts="{readTimeoutMs: 300}")) as d,
+    ):
+        port = d.port("h2")
+        async with RawClient.connect(port) as c:
+            await c.start()
+            sid = await c.request("/app/x", port, method=b"POST", end_stream=False)
+            c.conn.send_data(sid, b"x" * 10)
+            await c.flush()
+            with trio.fail_after(10):
+                status, body, _ = await c.response(sid)
+        assert (status, body) == (200, b"m" * 10), (status, body)
+
+
+async def test_server_read_timeout_spares_a_request_whose_upstream_thinks_longer() -> None:
+    """The client sent its whole request; nothing is awaited from it while the upstream thinks."""
+    async with (
+        running_upstream() as app,
+        running_daemon(http_config(app.port, "{readTimeoutMs: 300}")) as d,
+    ):
+        r = await curl(f"http://127.0.0.1:{d.port('http')}/slow/1000", "-H", "Host: web")
+        assert r.status == 200, r
+
+
+async def test_h2_server_read_timeout_spares_a_request_whose_upstream_thinks_longer() -> None:
+    from hostproxy.http.message import Body, Response
+
+    async def handler(request, info):  # type: ignore[no-untyped-def]
+        await trio.sleep(1.0)
+        return Response(200, body=Body.from_bytes(b"done"))
+
+    async with (
+        h2_upstream(handler) as up,
+        running_daemon(h2_config(up, server_opts="{readTimeoutMs: 300}")) as d,
+    ):
+        r = await curl(f"http://127.0.0.1:{d.port('h2')}/app/x", "--http2-prior-knowledge")
+        assert (r.status, r.body) == (200, b"done"), r
+
+
+async def test_timeouts_leave_an_idle_websocket_tunnel_alone() -> None:
+    opts = "{readTimeoutMs: 300, writeTimeoutMs: 300}"
+    async with running_upstream() as app, running_daemon(http_config(app.port, opts, opts)) as d:
+        c = await trio.open_tcp_stream("127.0.0.1", d.port("http"))
+        async with c:
+            await c.send_all(
+                b"GET /ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+            )
+            head = await read_head(c)
+            assert head.startswith(b"HTTP/1.1 101"), head
+            await trio.sleep(1.0)
+            await c.send_all(b"hello")
+            with trio.fail_after(5):
+                got = await c.receive_some(100)
+            assert got == b"hello"
