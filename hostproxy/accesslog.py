@@ -26,6 +26,9 @@ Apache-style one instead, so that a log pipeline written for Linkerd keeps worki
 User-Agent). An h2 router's line is Linkerd's h2 one: ``:authority`` for the host, ``HTTP/2``, the zone
 as ``+0000`` and ``-`` for the bytes. A ``"`` or ``\\`` in a quoted field is escaped with a backslash,
 and control characters as in the hostproxy line, so a hostile header cannot forge a field or a line.
+Header values are their bytes read as UTF-8; a byte that is not UTF-8, and a character that is not
+printable (C1 controls such as 0x85 NEL and 0x9b CSI, which log readers and terminals act on), is
+written as ``\\xHH`` (``\\uHHHH`` past 0xff).
 
 The file is opened once in append mode with line
 buffering, and reopened by :meth:`reopen` (call it on SIGHUP after logrotate moved the file).
@@ -63,15 +66,55 @@ _QUOTED_ESCAPES = str.maketrans({'"': '\\"', "\\": "\\\\", "\t": "\\t", "\n": "\
 FORMATS = ("hostproxy", "linkerd")
 
 
+def _shown(value: str) -> str:
+    """A header value as text for a log line: its bytes (the value is their Latin-1 decoding) read as
+    UTF-8 where they are, a byte that is not as ``\\xHH``, and a character that is not printable (a
+    control, C1's 0x85 NEL and 0x9b CSI among them) as ``\\xHH`` or ``\\uHHHH``; backslashes are
+    doubled first, so every escape reads one way. Tab, CR and LF are the callers' (``\\t`` ...)."""
+    if value.isascii() and value.isprintable():
+        return value
+    try:
+        raw = value.encode("latin-1")
+    except UnicodeEncodeError:  # not a header's bytes: shown as the text it is
+        raw = None
+    out: list[str] = []
+    if raw is not None:
+        text = raw.decode("utf-8", "surrogateescape")
+    else:
+        text = value
+    for ch in text:
+        o = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif 0xDC80 <= o <= 0xDCFF:  # a byte that is not UTF-8
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif ch.isprintable() or ch in "\t\n\r":
+            out.append(ch)
+        else:
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}")
+    return "".join(out)
+
+
+_QUOTED_AFTER = str.maketrans({'"': '\\"', "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_BARE_AFTER = str.maketrans({"\t": "\\t", "\n": "\\n", "\r": "\\r", " ": "%20"})
+
+
 def _quoted(value: str | None) -> str:
-    return "-" if not value else value.translate(_QUOTED_ESCAPES)
+    if not value:
+        return "-"
+    if value.isascii() and value.isprintable():
+        return value.translate(_QUOTED_ESCAPES)
+    return _shown(value).translate(_QUOTED_AFTER)
 
 
 def _bare(value: object) -> str:
     """A field Linkerd writes unquoted: no space may be in it (each would split the line's fields)."""
     if value is None or value == "":
         return "-"
-    return str(value).translate(_ESCAPES).replace(" ", "%20")
+    text = str(value)
+    if text.isascii() and text.isprintable():
+        return text.translate(_ESCAPES).replace(" ", "%20")
+    return _shown(text).translate(_BARE_AFTER)
 
 
 def _open_append(path: str) -> IO[str]:

@@ -4,6 +4,8 @@ exchanges, trace propagation, the Linkerd access log line, the admin UI pages an
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import trio
 
@@ -146,3 +148,49 @@ async def test_timeouts_leave_an_idle_websocket_tunnel_alone() -> None:
             with trio.fail_after(5):
                 got = await c.receive_some(100)
             assert got == b"hello"
+
+
+# -- the access log: header bytes a client chooses ----------------------------------------------------------
+
+
+def _access_config(port: int, log: object, fmt: str) -> str:
+    return f"""
+admin: {{port: 0}}
+routers:
+- protocol: http
+  dtab: /svc => /$/inet/127.0.0.1/{port};
+  httpAccessLog: {log}
+  httpAccessLogFormat: {fmt}
+  servers: [{{port: 0}}]
+"""
+
+
+async def _logged(log: Path) -> bytes:
+    with trio.fail_after(10):
+        while not log.exists() or not log.read_bytes().endswith(b"\n"):
+            await trio.sleep(0.02)
+    return log.read_bytes()
+
+
+HOSTILE = (
+    b"GET /a HTTP/1.1\r\nHost: web\x85x\r\n"
+    b'User-Agent: caf\xc3\xa9 \x9b2J \xff\xfe\r\nReferer: r\x85"x\r\nConnection: close\r\n\r\n'
+)
+
+
+async def test_linkerd_access_line_escapes_c1_controls_and_shows_utf8_as_text(tmp_path: Path) -> None:
+    """Header values may carry any byte from 0x80 up. A C1 control (0x85 NEL, which many log readers
+    take for a line break; 0x9b, an 8-bit CSI that terminals act on) was written as a UTF-8 control
+    character, and UTF-8 text as Latin-1 mojibake ("cafÃ©"). Bytes that are not UTF-8 are shown as
+    \\xHH, controls escaped, UTF-8 as its text."""
+    log = tmp_path / "access.log"
+    async with running_upstream() as app, running_daemon(_access_config(app.port, log, "linkerd")) as d:
+        c = await trio.open_tcp_stream("127.0.0.1", d.port("http"))
+        async with c:
+            await c.send_all(HOSTILE)
+            assert (await read_head(c)).startswith(b"HTTP/1.1 200")
+        line = (await _logged(log)).decode("utf-8")
+    assert line.count("\n") == 1 and line.splitlines() == [line[:-1]], line
+    assert all(ch.isprintable() for ch in line[:-1]), ascii(line)
+    assert line.startswith("web\\x85x 127.0.0.1 - - ["), line
+    assert line.endswith(' "r\\x85\\"x" "café \\x9b2J \\xff\\xfe"\n'), line
