@@ -38,6 +38,7 @@ import structlog
 import trio
 
 from dtab import Dtab, DtabSyntaxError, parse_dtab
+from hostproxy.regularfile import NotRegularFile, read_regular
 
 __all__ = [
     "DtabFileError",
@@ -272,8 +273,7 @@ def read_signature(path: str) -> tuple[Signature | None, bytes | None]:
         return None, None
     sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
+        data = read_regular(path, MAX_FILE_BYTES)
     except FileNotFoundError:
         return None, None
     return sig, data
@@ -290,6 +290,10 @@ def load_dtab_file(path: str, *, router: str, then: str = "start again") -> Dtab
     except IsADirectoryError:
         raise DtabFileError(
             f"dtab file {path} of router {router} is a directory; point interpreter.dtabFile at a file"
+        ) from None
+    except NotRegularFile as e:
+        raise DtabFileError(
+            f"dtab file {path} of router {router} is {e.strerror}; point interpreter.dtabFile at a file"
         ) from None
     except OSError as e:
         raise DtabFileError(

@@ -4,10 +4,14 @@ exchanges, trace propagation, the Linkerd access log line, the admin UI pages an
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import trio
+from certs import make_pki
 
 from tests.daemonutil import curl, running_daemon
 from tests.grpc_fixtures.rawh2 import RawClient
@@ -194,3 +198,55 @@ async def test_linkerd_access_line_escapes_c1_controls_and_shows_utf8_as_text(tm
     assert all(ch.isprintable() for ch in line[:-1]), ascii(line)
     assert line.startswith("web\\x85x 127.0.0.1 - - ["), line
     assert line.endswith(' "r\\x85\\"x" "café \\x9b2J \\xff\\xfe"\n'), line
+
+
+# -- hostproxy check and the daemon's start read the files a config names ----------------------------------
+
+
+def _check(tmp_path: Path, yaml_text: str) -> subprocess.CompletedProcess[str]:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml_text)
+    return subprocess.run(
+        [sys.executable, "-m", "hostproxy", "check", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("key", ["dtabFile", "certPath", "trustCerts"])
+def test_check_refuses_a_named_pipe_instead_of_waiting_for_a_writer(tmp_path: Path, key: str) -> None:
+    """A FIFO where a file is expected: opening it waited for a writer, so ``hostproxy check`` (and
+    the daemon's start, which reads the files with the same code) hung for good."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    pkey = make_pki(tmp_path).server_key
+    if key == "dtabFile":
+        router = f"interpreter: {{kind: io.l5d.fs, dtabFile: {fifo}}}\n  servers: [{{port: 4140}}]"
+    elif key == "certPath":
+        router = (
+            f"dtab: /svc => /#/x;\n  servers: [{{port: 4140, tls: {{certPath: {fifo}, keyPath: {pkey}}}}}]"
+        )
+    else:
+        router = (
+            "dtab: /svc => /#/x;\n  servers: [{port: 4140}]\n"
+            f"  client: {{tls: {{commonName: a, trustCerts: [{fifo}]}}}}"
+        )
+    out = _check(tmp_path, f"admin: {{port: 9990}}\nrouters:\n- protocol: http\n  {router}\n")
+    assert out.returncode != 0, out
+    assert str(fifo) in out.stderr + out.stdout, out
+    assert "named pipe" in out.stderr + out.stdout, out
+
+
+def test_check_refuses_a_character_device_instead_of_reading_it_forever(tmp_path: Path) -> None:
+    """/dev/zero as a certificate: read whole, it never ends (memory grows until the process dies)."""
+    pki = make_pki(tmp_path)
+    yaml_text = (
+        "admin: {port: 9990}\nrouters:\n- protocol: http\n  dtab: /svc => /#/x;\n"
+        f"  servers: [{{port: 4140, tls: {{certPath: {pki.server_cert}, keyPath: {pki.server_key}, "
+        "caCertPath: /dev/zero, requireClientAuth: true}}]\n"
+    )
+    out = _check(tmp_path, yaml_text)
+    assert out.returncode != 0, out
+    assert "/dev/zero" in out.stderr + out.stdout and "character device" in out.stderr + out.stdout, out

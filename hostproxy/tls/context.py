@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hostproxy.config import model as m
+from hostproxy.regularfile import NotRegularFile, read_regular
 from hostproxy.tls.inspect import CertInfo, read_certificates
 
 __all__ = [
@@ -126,8 +127,9 @@ def check_not_expired(old: Loaded, new: Loaded, role: str, key: str) -> None:
 
 def _read(path: str, key: str) -> bytes:
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return read_regular(path)
+    except NotRegularFile as exc:
+        raise TlsConfigError(f"{key}: {path} is {exc.strerror}; point {key} at a PEM file") from None
     except OSError as exc:
         raise TlsConfigError(
             f"{key}: cannot read {path}: {exc.strerror or exc}; check the path and that hostproxy may read it"

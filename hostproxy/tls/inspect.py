@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from hostproxy.regularfile import read_regular
+
 if TYPE_CHECKING:  # cryptography is loaded only when certificates are inspected
     from cryptography import x509
 
@@ -129,8 +131,7 @@ def read_certificates(
 
 def _read_file(path: str, role: str, router: str, leaf_only: bool) -> list[CertInfo]:
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_regular(path)
         return read_certificates(data, path=path, role=role, router=router, leaf_only=leaf_only)
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
