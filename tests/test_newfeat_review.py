@@ -13,6 +13,7 @@ import pytest
 import trio
 from certs import make_pki
 
+from hostproxy.config import ConfigError, load_config
 from tests.daemonutil import curl, running_daemon
 from tests.grpc_fixtures.rawh2 import RawClient
 from tests.test_sockopts_review import h2_config, h2_upstream, http_config, read_head
@@ -250,3 +251,53 @@ def test_check_refuses_a_character_device_instead_of_reading_it_forever(tmp_path
     out = _check(tmp_path, yaml_text)
     assert out.returncode != 0, out
     assert "/dev/zero" in out.stderr + out.stdout and "character device" in out.stderr + out.stdout, out
+
+
+# -- timestampHeader names a header of the caller's own ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Host",
+        "content-length",
+        "Transfer-Encoding",
+        "Connection",
+        "TE",
+        "Upgrade",
+        "Expect",
+        "Via",
+        "l5d-dtab",
+        "L5d-Reqid",
+        "x-forwarded-client-cert",
+        "Forwarded",
+        "Keep-Alive",
+        "Trailer",
+    ],
+)
+def test_timestamp_header_naming_a_header_the_proxy_owns_is_a_config_error(name: str) -> None:
+    """Such a name broke every request (Host: 502 'multiple Host headers'; l5d-dtab: 400 parsing the
+    time as a dtab; Expect: an upstream answers 417), was forwarded as a hop-by-hop field with a
+    number in it (Connection, TE, Upgrade), or was silently dropped (Content-Length, l5d-reqid)."""
+    text = f"""
+routers:
+- protocol: http
+  dtab: /svc => /#/x;
+  servers: [{{port: 0, timestampHeader: {name}}}]
+"""
+    with pytest.raises(ConfigError) as info:
+        load_config(text, source="t.yaml")
+    [issue] = info.value.errors
+    assert issue.path == "routers[0].servers[0].timestampHeader", issue
+    assert name in issue.message and "X-Request-Start" in issue.message, issue.message
+
+
+def test_timestamp_header_of_the_callers_own_loads() -> None:
+    text = """
+routers:
+- protocol: http
+  dtab: /svc => /#/x;
+  servers: [{port: 0, timestampHeader: X-Request-Start}, {port: 1, timestampHeader: x-l5d-start}]
+"""
+    cfg = load_config(text, source="t.yaml")
+    assert [s.timestamp_header for s in cfg.routers[0].servers] == ["X-Request-Start", "x-l5d-start"]

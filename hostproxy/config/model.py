@@ -25,7 +25,6 @@ from typing import Any, ClassVar
 
 from hostproxy.config.schema import (
     between,
-    field_name,
     fraction,
     header_name,
     host_name,
@@ -39,6 +38,7 @@ from hostproxy.config.schema import (
     positive,
     regex,
     router_label,
+    timestamp_field_name,
     tls_version,
     yaml_name,
 )
@@ -870,9 +870,11 @@ class ServerConfig:
     timestamp_header: str | None = key(
         None,
         "Add this header to each request, holding the time it arrived in milliseconds since the epoch "
-        "(New Relic's X-Request-Start); appended to any value the caller sent.",
+        "(New Relic's X-Request-Start); appended to any value the caller sent. A header of the caller's "
+        "own: not Host, Content-Length, Transfer-Encoding, a hop-by-hop field, Expect, Via, Forwarded, "
+        "x-forwarded-client-cert or l5d-*.",
         default_doc="off",
-        check=field_name,
+        check=timestamp_field_name,
     )
     server_session: ServerSession = key(ServerSession(), "Connection lifetime limits.")
     allow_address_overrides: bool = key(

@@ -173,6 +173,36 @@ def field_name(v: Any) -> str | None:
     return f"must be a header name, e.g. X-Request-Start (letters, digits and !#$%&'*+-.^_`|~; no spaces or ':'); got {v!r}"
 
 
+_OWNED_FIELDS = {
+    **dict.fromkeys(
+        ("host", "content-length", "transfer-encoding"),
+        "frames or routes the request by: a second value breaks every request",
+    ),
+    **dict.fromkeys(
+        ("connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"),
+        "treats as hop-by-hop: it is about one connection, not the request",
+    ),
+    "expect": "passes on as an expectation: an upstream answers one it does not know with 417",
+    **dict.fromkeys(("via", "forwarded"), "writes itself: a time there reads as one more proxy on the way"),
+    "x-forwarded-client-cert": "drops from every request it receives",
+}
+
+
+def timestamp_field_name(v: Any) -> str | None:
+    """``timestampHeader``: a header name (:func:`field_name`) of the caller's own, not one whose
+    meaning hostproxy or HTTP owns (the value would break, be dropped, or be read as something else)."""
+    problem = field_name(v)
+    if problem is not None or v is None:
+        return problem
+    lower = v.lower()
+    why = _OWNED_FIELDS.get(lower)
+    if why is None and lower.startswith("l5d-"):
+        why = "reads, replaces or drops (the l5d-* context headers)"
+    if why is None:
+        return None
+    return f"{v} is a header hostproxy {why}; name a header of your own, e.g. X-Request-Start"
+
+
 def router_label(v: Any) -> str | None:
     if v is None:
         return None
