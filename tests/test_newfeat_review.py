@@ -301,3 +301,35 @@ routers:
 """
     cfg = load_config(text, source="t.yaml")
     assert [s.timestamp_header for s in cfg.routers[0].servers] == ["X-Request-Start", "x-l5d-start"]
+
+
+# -- l5d-sample that is not a rate ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "-nan"])
+async def test_an_l5d_sample_that_is_not_a_number_is_no_decision(value: str) -> None:
+    """``l5d-sample: nan`` parsed as a float and clamped to 0 (max(0.0, nan) is 0.0): a trace received
+    as sampled went on marked "do not sample". Not a rate, it is no decision: the flags pass on."""
+    from hostproxy.routing.tracectx import (
+        FLAG_SAMPLED,
+        FLAG_SAMPLING_KNOWN,
+        decode_l5d_trace,
+        encode_l5d_trace,
+    )
+
+    sent = encode_l5d_trace(7, 3, 99, FLAG_SAMPLING_KNOWN | FLAG_SAMPLED).decode()
+    async with running_upstream() as app, running_daemon(http_config(app.port, "{}")) as d:
+        r = await curl(
+            f"http://127.0.0.1:{d.port('http')}/headers",
+            "-H",
+            "Host: web",
+            "-H",
+            f"l5d-ctx-trace: {sent}",
+            "-H",
+            f"l5d-sample: {value}",
+        )
+        assert r.status == 200, r
+    got = dict(r.json()["headers"])  # type: ignore[index]
+    trace = decode_l5d_trace(got["l5d-ctx-trace"].encode())
+    assert trace is not None and trace.trace_id == 99 and trace.parent_id == 7, trace
+    assert trace.flags == FLAG_SAMPLING_KNOWN | FLAG_SAMPLED, trace

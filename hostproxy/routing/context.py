@@ -51,6 +51,7 @@ instance) are reachable by overrides by design; servers facing untrusted callers
 from __future__ import annotations
 
 import ipaddress
+import math
 import random
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -319,9 +320,11 @@ def inbound_scan(
     sample: float | None = None
     if sample_value is not None:
         try:
-            sample = min(1.0, max(0.0, float(sample_value.decode("latin-1"))))
+            rate = float(sample_value.decode("latin-1"))
         except ValueError:
-            sample = None
+            rate = math.nan
+        # Not a rate (nan would clamp to 0, a decision never to sample): no decision at all.
+        sample = None if math.isnan(rate) else min(1.0, max(0.0, rate))
     return kept, local, sample, l5d_kept
 
 

@@ -18,7 +18,7 @@ one), with no parent.
 parent id, trace id, flags; 8 bytes each, big-endian; Finagle's ``TraceId.serialize``) and writes the
 child the same way, with the received flags. A value that is not valid base64 of 32 bytes starts a
 new trace (Finagle's deserializer fails and Linkerd starts one). ``l5d-sample`` (a rate, clamped to
-[0, 1], read by the server) decides whether the trace is sampled: at 1 always, at 0 never, otherwise
+[0, 1], read by the server; not a number, ``nan`` included: none) decides whether the trace is sampled: at 1 always, at 0 never, otherwise
 with that probability (a draw from the rng); the decision goes into the flags (``SamplingKnown`` and
 ``Sampled``), which is what the next Finagle/Linkerd hop and hostproxy read. Without it, a decision
 received in the flags passes on unchanged.
