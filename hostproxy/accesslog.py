@@ -8,8 +8,9 @@ that file, and ``"-"`` (or ``"structlog"``) emits a structlog event named ``acce
 request path checks one attribute, ``if access_log.enabled: access_log.log(...)``, so a disabled log
 costs a single attribute read and formats nothing.
 
-A file line is tab-separated and never contains a raw tab or newline (they are escaped), so a hostile
-Host header or path cannot forge lines::
+A file line is tab-separated and never contains a raw tab or newline (they are escaped), nor any other
+character that is not printable (``\\xHH``, as in Linkerd's line below; an h2 ``:path`` may hold any
+byte but NUL, CR and LF), so a hostile Host header or path cannot forge lines::
 
     2024-05-01T12:00:00.123Z  out  GET  /users/7  /svc/users  /#/io.l5d.fs/users  10.0.0.7:8080  200  -  3.2  512
 
@@ -53,7 +54,10 @@ STRUCTLOG_TARGETS = frozenset({"-", "structlog"})
 def _field(value: object) -> str:
     if value is None or value == "":
         return "-"
-    return str(value).translate(_ESCAPES)
+    text = str(value)
+    if text.isascii() and text.isprintable():
+        return text.translate(_ESCAPES)
+    return _shown(text).translate(_LINE_AFTER)
 
 
 def _timestamp(t: float) -> str:
@@ -95,6 +99,7 @@ def _shown(value: str) -> str:
     return "".join(out)
 
 
+_LINE_AFTER = str.maketrans({"\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _QUOTED_AFTER = str.maketrans({'"': '\\"', "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _BARE_AFTER = str.maketrans({"\t": "\\t", "\n": "\\n", "\r": "\\r", " ": "%20"})
 

@@ -333,3 +333,40 @@ async def test_an_l5d_sample_that_is_not_a_number_is_no_decision(value: str) -> 
     trace = decode_l5d_trace(got["l5d-ctx-trace"].encode())
     assert trace is not None and trace.trace_id == 99 and trace.parent_id == 7, trace
     assert trace.flags == FLAG_SAMPLING_KNOWN | FLAG_SAMPLED, trace
+
+
+@pytest.mark.parametrize("fmt", ["hostproxy", "linkerd"])
+async def test_h2_access_lines_escape_what_an_h2_client_may_send(tmp_path: Path, fmt: str) -> None:
+    """HTTP/2 field values may hold any byte but NUL, CR and LF: a ``:path`` with a C1 control (0x85,
+    as UTF-8) and U+2028, a User-Agent with ESC. The hostproxy line wrote the path's NEL as it came."""
+    from hostproxy.http.message import Body, Response
+
+    async def handler(request, info):  # type: ignore[no-untyped-def]
+        return Response(200, body=Body.from_bytes(b"ok"))
+
+    log = tmp_path / "a.log"
+    async with h2_upstream(handler) as up:
+        cfg = f"""
+admin: {{port: 0}}
+routers:
+- protocol: h2
+  dtab: /svc => /$/inet/127.0.0.1/{up};
+  identifier: {{kind: io.l5d.header.path, segments: 1}}
+  h2AccessLog: {log}
+  h2AccessLogFormat: {fmt}
+  servers: [{{port: 0}}]
+"""
+        async with running_daemon(cfg) as d:
+            port = d.port("h2")
+            async with RawClient.connect(port) as c:
+                await c.start()
+                c.conn.config.validate_outbound_headers = False
+                c.conn.config.normalize_outbound_headers = False
+                sid = await c.request("/app/x\x85y\u2028z", port, extra=[(b"user-agent", b"u\x1b[2Jv")])
+                with trio.fail_after(10):
+                    status, _, _ = await c.response(sid)
+            line = (await _logged(log)).decode("utf-8")
+    assert status == 400  # (the path is no dtab path: the identifier refuses it)
+    assert line.count("\n") == 1 and line.splitlines() == [line[:-1]], ascii(line)
+    assert all(ch.isprintable() or ch == "\t" for ch in line[:-1]), ascii(line)
+    assert "/app/x\\x85y\\u2028z" in line, line
