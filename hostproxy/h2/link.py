@@ -205,7 +205,10 @@ class H2Link:
         self.calm_verdict: Verdict | None = None
         self._writer_done = trio.Event()
         self.pushback = b""  # bytes already read from the peer that the reader is to take first
-        #: When the peer's last bytes arrived (``trio.current_time``; ``wait_read``).
+        #: When the peer's last bytes arrived (``trio.current_time``; ``wait_read``), and when this
+        #: side last sent DATA of each stream (``StreamState.sent_at``): kept only with a read timeout
+        #: (``timed``, set by the side that has one), as each costs a clock read per frame.
+        self.timed = False
         self.received_at = 0.0
 
     # -- output ----------------------------------------------------------------------------------
@@ -328,7 +331,7 @@ class H2Link:
         if not data:
             self.peer_gone = True
             self._die("peer closed the connection")
-        else:
+        elif self.timed:
             self.received_at = trio.current_time()
         return data
 
@@ -562,7 +565,8 @@ class H2Link:
             if end_stream and last:
                 s.local_ended = True
             self.flush()
-            s.sent_at = trio.current_time()
+            if self.timed:
+                s.sent_at = trio.current_time()
             view = view[n:]
             if last:
                 return

@@ -345,6 +345,7 @@ class _ServerLink(H2Link):
         )
         self.server = server
         self.params = p
+        self.timed = p.read_timeout_s is not None
         self.info = ConnInfo.for_stream(stream, p, conn_id)
         #: ``connectionRandom`` labels of ``addForwardedHeader`` (by, for): one pair per connection.
         self.forwarded_labels = (

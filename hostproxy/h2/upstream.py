@@ -236,6 +236,7 @@ class _UpLink(H2Link):
             stall_timeout_s=st.stall_timeout_s,
         )
         self.pool = pool
+        self.timed = pool.params.read_timeout_s is not None
         self.id = conn_id
         self.draining = False
         self.goaway_last_id: int | None = None
