@@ -5,6 +5,7 @@ exchanges, trace propagation, the Linkerd access log line, the admin UI pages an
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from certs import make_pki
 from hostproxy.config import ConfigError, load_config
 from tests.daemonutil import curl, running_daemon
 from tests.grpc_fixtures.rawh2 import RawClient
-from tests.test_sockopts_review import h2_config, h2_upstream, http_config, read_head
+from tests.test_sockopts_review import h2_config, h2_upstream, http_config, metric, raw_upstream, read_head
 from tests.upstreams import running_upstream
 
 pytestmark = pytest.mark.timeout(90)
@@ -370,3 +371,59 @@ routers:
     assert line.count("\n") == 1 and line.splitlines() == [line[:-1]], ascii(line)
     assert all(ch.isprintable() or ch == "\t" for ch in line[:-1]), ascii(line)
     assert "/app/x\\x85y\\u2028z" in line, line
+
+
+# -- socketOptions.writeTimeoutMs does not cut a peer that keeps reading, slowly --------------------------
+
+
+async def test_server_write_timeout_spares_a_client_that_reads_slowly() -> None:
+    """The client takes 4 KiB every 50 ms (80 KiB/s, a slow mobile link): every 500 ms it has taken
+    something. Each 64 KiB write was bounded whole, so the connection was cut after ~37 KB."""
+    size = 1024 * 1024
+    async with running_upstream() as app, running_daemon(http_config(app.port, "{writeTimeoutMs: 500}")) as d:
+        port = d.port("http")
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await sock.connect(("127.0.0.1", port))
+        got = 0
+        async with trio.SocketStream(sock) as c:
+            await c.send_all(f"GET /big/{size} HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n".encode())
+            with trio.fail_after(80):
+                while True:
+                    try:
+                        chunk = await c.receive_some(4096)
+                    except trio.BrokenResourceError:
+                        break
+                    if not chunk:
+                        break
+                    got += len(chunk)
+                    await trio.sleep(0.05)
+        assert got > size, got
+        assert await metric(d, f"rt/http/server/127.0.0.1/{port}/write_timeouts") == 0
+
+
+async def test_client_write_timeout_spares_an_upstream_that_reads_slowly() -> None:
+    size = 512 * 1024
+
+    async def slow_reader(stream: trio.SocketStream) -> None:
+        head = await read_head(stream)
+        body = len(head.partition(b"\r\n\r\n")[2])
+        while body < size:
+            chunk = await stream.receive_some(4096)
+            if not chunk:
+                return
+            body += len(chunk)
+            await trio.sleep(0.05)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    async with (
+        raw_upstream(slow_reader) as up,
+        running_daemon(http_config(up, "{}", "{writeTimeoutMs: 500}")) as d,
+    ):
+        c = await trio.open_tcp_stream("127.0.0.1", d.port("http"))
+        async with c:
+            await c.send_all(f"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: {size}\r\n\r\n".encode())
+            await c.send_all(b"z" * size)
+            with trio.fail_after(80):
+                head = await read_head(c)
+        assert head.startswith(b"HTTP/1.1 200"), head

@@ -118,7 +118,7 @@ from hostproxy.http.proxyheaders import (
     via_count,
     via_field,
 )
-from hostproxy.http.sockopts import SocketOptions
+from hostproxy.http.sockopts import SocketOptions, send_all_timed
 from hostproxy.http.sockstream import SockStream, adopt
 
 __all__ = ["ConnInfo", "Handler", "Http1Server", "ServerParams", "bind_listeners"]
@@ -707,11 +707,8 @@ class _Connection:
         try:
             if write_s is None:
                 await self.stream.send_all(data)
-            else:
-                with trio.move_on_after(write_s) as scope:
-                    await self.stream.send_all(data)
-                if scope.cancelled_caught:
-                    self._write_stalled(write_s)
+            elif not await send_all_timed(self.stream, data, write_s):
+                self._write_stalled(write_s)
         except _STREAM_ERRORS as exc:
             self.codec.send_failed()
             raise _ClientGone(f"client connection failed: {exc}") from None

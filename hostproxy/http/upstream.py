@@ -105,7 +105,7 @@ from hostproxy.http.errors import (
 )
 from hostproxy.http.hopbyhop import allowed_trailers, strip_hop_by_hop, strip_response_fields
 from hostproxy.http.message import Body, Headers, Request, Response
-from hostproxy.http.sockopts import SocketOptions, configure_connection, raw_socket
+from hostproxy.http.sockopts import SocketOptions, configure_connection, raw_socket, send_all_timed
 from hostproxy.http.sockstream import SockStream, open_tcp
 
 __all__ = ["Connector", "PoolParams", "PoolState", "UpstreamPool"]
@@ -365,8 +365,7 @@ class _Conn:
                 await self.stream.send_all(data)
                 self._progressed()
                 return
-            with trio.move_on_after(write_s):
-                await self.stream.send_all(data)
+            if await send_all_timed(self.stream, data, write_s):
                 self._progressed()
                 return
         except Exception as exc:
