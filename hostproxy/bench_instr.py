@@ -149,13 +149,17 @@ def count(
     return total / requests
 
 
+def _check_tools() -> None:
+    for tool in ("valgrind", "callgrind_control", "h2load", "nginx"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{tool} is not installed (make bench installs it)")
+
+
 def run(args: argparse.Namespace) -> list[str]:
     """The instructions part's lines (raises ``RuntimeError`` when a tool is missing or a run fails)."""
     from hostproxy import bench
 
-    for tool in ("valgrind", "callgrind_control", "h2load", "nginx"):
-        if shutil.which(tool) is None:
-            raise RuntimeError(f"{tool} is not installed (make bench installs it)")
+    _check_tools()
     requests, warmup = args.instr_requests, args.instr_warmup
     tmp = Path(tempfile.mkdtemp(prefix="hostproxy-bench-instr-"))
     upstream = bench.free_port()
@@ -183,9 +187,7 @@ def run_h2(args: argparse.Namespace) -> list[str]:
     h2c to an nginx h2c origin) under ``h2load -c10 -m10`` (raises ``RuntimeError`` as ``run``)."""
     from hostproxy import bench, bench_proto
 
-    for tool in ("valgrind", "callgrind_control", "h2load", "nginx"):
-        if shutil.which(tool) is None:
-            raise RuntimeError(f"{tool} is not installed (make bench installs it)")
+    _check_tools()
     requests, warmup = args.instr_requests, args.instr_warmup
     tmp = Path(tempfile.mkdtemp(prefix="hostproxy-bench-instr-h2-"))
     upstream = bench.free_port()
