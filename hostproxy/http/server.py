@@ -718,14 +718,10 @@ class _Connection:
         connection off (the bytes of a response already sent cannot be taken back)."""
         self.codec.send_failed()
         self.server._stats.write_timeouts += 1
-        log.info(
-            "http.write_timeout",
-            router=self.params.router_label,
-            peer=self.info.peer,
-            error=f"the client took no bytes for {write_s:g}s (socketOptions.writeTimeoutMs)",
-        )
+        why = f"the client took no bytes for {write_s:g}s (socketOptions.writeTimeoutMs)"
+        log.info("http.write_timeout", router=self.params.router_label, peer=self.info.peer, error=why)
         _reset_on_close(self.stream)
-        raise _ClientGone(f"the client took no bytes for {write_s:g}s (socketOptions.writeTimeoutMs)")
+        raise _ClientGone(why)
 
     async def send_100_continue(self) -> None:
         async with self.send_lock:

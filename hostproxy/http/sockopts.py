@@ -53,11 +53,12 @@ async def send_all_timed(stream: Any, data: bytes, timeout_s: float) -> bool:
     piece was not taken within it (the stream is then in no state to be used again)."""
     import trio
 
-    for i in range(0, len(data), WRITE_PIECE):
-        with trio.move_on_after(timeout_s) as scope:
-            await stream.send_all(data[i : i + WRITE_PIECE] if len(data) > WRITE_PIECE else data)
-        if scope.cancelled_caught:
-            return False
+    with memoryview(data) as view:  # pieces without copies
+        for i in range(0, len(view), WRITE_PIECE):
+            with trio.move_on_after(timeout_s) as scope:
+                await stream.send_all(view[i : i + WRITE_PIECE])
+            if scope.cancelled_caught:
+                return False
     return True
 
 

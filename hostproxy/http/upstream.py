@@ -360,25 +360,27 @@ class _Conn:
 
     async def send(self, data: bytes) -> None:
         write_s = self.write_timeout
+        taken = True
         try:
             if write_s is None:
                 await self.stream.send_all(data)
-                self._progressed()
-                return
-            if await send_all_timed(self.stream, data, write_s):
-                self._progressed()
-                return
+            else:
+                taken = await send_all_timed(self.stream, data, write_s)
         except Exception as exc:
             self.errors.reraise(exc)
-        raise self.stall(f"took no bytes of the request for {write_s * 1000:g} ms", "writeTimeoutMs")
+        if not taken:
+            assert write_s is not None
+            raise self.stall(f"took no bytes of the request for {write_s * 1000:g} ms", "writeTimeoutMs")
+        if self.read_scope is not None:
+            self._progressed()
 
     def _progressed(self) -> None:
-        """A write of the request completed: a read of the response waiting meanwhile gets
-        ``read_timeout`` from now (an upstream need not answer while it is still taking the
-        request, as it does while a long body is uploaded)."""
+        """A write of the request completed while a read of the response waits (``read_scope``, set
+        only under ``read_timeout``): the read gets ``read_timeout`` from now (an upstream need not
+        answer while it is still taking the request, as it does while a long body is uploaded)."""
         scope = self.read_scope
-        if scope is not None and self.read_timeout is not None:
-            scope.deadline = max(scope.deadline, trio.current_time() + self.read_timeout)
+        assert scope is not None and self.read_timeout is not None
+        scope.deadline = max(scope.deadline, trio.current_time() + self.read_timeout)
 
     async def receive(self) -> bytes:
         read_s = self.read_timeout
