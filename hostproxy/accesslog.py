@@ -35,15 +35,28 @@ The file is opened once in append mode with line
 buffering, and reopened by :meth:`reopen` (call it on SIGHUP after logrotate moved the file).
 Writes are synchronous: a local append of one short line; a failed write is counted in
 ``write_errors`` and never fails the request.
+
+Rolling (Linkerd's ``httpAccessLogRollPolicy`` and ``httpAccessLogRotateCount``; the policies, names
+and counts are :mod:`hostproxy.logroll`'s) happens in the write that finds the file due: the file is
+closed, renamed, a new one opened, and rolled files past the rotate count deleted, all before the
+line is written to the new file. Every ``AccessLog`` of one path in this process writes through one
+``_Sink`` (two routers may name one file, and a reload builds new routers while the old ones finish),
+so a file is rolled once, by the policy of the router that opened it last. ``append=False``
+(``httpAccessLogAppend: false``) truncates the file when this process first opens it; a reload or a
+SIGHUP reopens it for appending, so that lines already written are kept.
 """
 
 from __future__ import annotations
 
+import os
 import time
+import weakref
 from collections.abc import Callable
 from typing import IO, Any
 
 import structlog
+
+from hostproxy import logroll
 
 __all__ = ["AccessLog"]
 
@@ -126,6 +139,187 @@ def _open_append(path: str) -> IO[str]:
     return open(path, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115 (kept open)
 
 
+def _open_truncate(path: str) -> IO[str]:
+    return open(path, "w", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115 (kept open)
+
+
+_log = structlog.get_logger("hostproxy.accesslog")
+#: The sinks of the paths open in this process (by absolute path; a sink goes, and its file is closed,
+#: with the last ``AccessLog`` writing to it), and the paths this process has opened at all
+#: (``append=False`` truncates only the first time).
+_SINKS: weakref.WeakValueDictionary[str, _Sink] = weakref.WeakValueDictionary()
+_OPENED: set[str] = set()
+
+
+class _Sink:
+    """One open access-log file and its rolling (see the module docstring)."""
+
+    def __init__(
+        self,
+        path: str,
+        opener: Callable[[str], IO[str]],
+        policy: logroll.RollPolicy,
+        rotate_count: int,
+        clock: Callable[[], float],
+        file: IO[str],
+    ) -> None:
+        self.path = path
+        self.opener = opener
+        self.clock = clock
+        self.file: IO[str] | None = file
+        self.refs = 0
+        self.rolls = 0
+        self.roll_errors = 0
+        self.policy = policy
+        self.rotate_count = rotate_count
+        self._opened(self._size())
+
+    def adopt(self, policy: logroll.RollPolicy, rotate_count: int, clock: Callable[[], float]) -> None:
+        """Take the settings of the router that opened the path last."""
+        self.policy, self.rotate_count, self.clock = policy, rotate_count, clock
+        self.next_roll = logroll.next_roll_time(policy, self.opened_at)
+
+    def _size(self) -> int:
+        try:
+            return os.stat(self.path).st_size
+        except OSError:
+            return 0
+
+    def _opened(self, size: int) -> None:
+        self.opened_at = self.clock()
+        self.next_roll = logroll.next_roll_time(self.policy, self.opened_at)
+        self.written = size
+
+    def write(self, line: str) -> bool:
+        """Write one line (rolling first when due); False when it could not be written."""
+        data = line + "\n"
+        max_bytes = self.policy.max_bytes
+        if self.next_roll is not None and self.clock() >= self.next_roll:
+            self.roll()
+        elif max_bytes is not None:
+            size = len(data) if data.isascii() else len(data.encode("utf-8", "replace"))
+            if self.written and self.written + size > max_bytes:
+                self.roll()
+        f = self.file
+        if f is None:
+            return False
+        try:
+            f.write(data)
+        except (OSError, ValueError):
+            return False
+        if max_bytes is not None:
+            self.written += len(data) if data.isascii() else len(data.encode("utf-8", "replace"))
+        return True
+
+    def roll(self) -> None:
+        """Close, rename, reopen, delete what the rotate count does not keep. A rename that fails keeps
+        the file (lines go on being appended to it; counted in ``roll_errors`` and logged)."""
+        if self.file is not None:
+            try:
+                self.file.close()
+            except OSError:
+                pass
+            self.file = None
+        target = ""
+        try:
+            taken = logroll.next_free(self.path, self.policy, self.opened_at, self._names())
+            target = logroll.rolled_name(self.path, self.policy, self.opened_at, taken)
+            while os.path.lexists(target):  # (a file of that name that is not a regular file)
+                taken += 1
+                target = logroll.rolled_name(self.path, self.policy, self.opened_at, taken)
+            os.rename(self.path, target)
+            self.rolls += 1
+        except OSError as e:
+            self.roll_errors += 1
+            _log.warning(
+                "accesslog.roll_failed",
+                path=self.path,
+                to=target,
+                error=e.strerror or str(e),
+                hint="lines go on being appended to the file; check the directory's permissions",
+            )
+        try:
+            self.file = self.opener(self.path)
+        except OSError as e:
+            _log.warning("accesslog.reopen_failed", path=self.path, error=e.strerror or str(e))
+        self._opened(self._size())
+        self._prune()
+
+    def _names(self) -> list[str]:
+        """The regular files in the log's directory (none when it cannot be read: logged)."""
+        directory = os.path.dirname(self.path) or "."
+        try:
+            with os.scandir(directory) as entries:
+                return [e.name for e in entries if e.is_file(follow_symlinks=False)]
+        except OSError as e:
+            _log.warning("accesslog.list_failed", directory=directory, error=e.strerror or str(e))
+            return []
+
+    def _prune(self) -> None:
+        if self.rotate_count < 0:
+            return
+        directory = os.path.dirname(self.path) or "."
+        pattern = logroll.rolled_pattern(self.path, self.policy)
+        for name in logroll.to_delete(self._names(), pattern, self.rotate_count):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError as e:
+                _log.warning("accesslog.prune_failed", path=name, error=e.strerror or str(e))
+
+    def reopen(self) -> bool:
+        if self.file is not None:
+            try:
+                self.file.close()
+            except OSError:
+                pass
+            self.file = None
+        try:
+            self.file = self.opener(self.path)
+        except OSError:
+            return False
+        self._opened(self._size())
+        return True
+
+    def release(self) -> None:
+        self.refs -= 1
+        if self.refs <= 0:
+            if _SINKS.get(self.path) is self:
+                del _SINKS[self.path]
+            if self.file is not None:
+                self.file.close()
+                self.file = None
+
+
+def _open_sink(
+    path: str,
+    opener: Callable[[str], IO[str]] | None,
+    policy: logroll.RollPolicy,
+    rotate_count: int,
+    append: bool,
+    clock: Callable[[], float],
+) -> _Sink:
+    """The sink of ``path``: this process's shared one (default opener), or a private one (an injected
+    opener, for tests); raises ``OSError`` when the file cannot be opened."""
+    if opener is not None:
+        sink = _Sink(path, opener, policy, rotate_count, clock, opener(path))
+    else:
+        where = os.path.abspath(path)
+        shared = _SINKS.get(where)
+        if shared is not None:
+            if shared.file is None:  # (its last reopen failed)
+                shared.file = _open_append(where)
+            shared.adopt(policy, rotate_count, clock)
+            sink = shared
+        else:
+            first = where not in _OPENED
+            file = (_open_append if append or not first else _open_truncate)(where)
+            _OPENED.add(where)
+            sink = _Sink(where, _open_append, policy, rotate_count, clock, file)
+            _SINKS[where] = sink
+    sink.refs += 1
+    return sink
+
+
 class AccessLog:
     """Where access lines go (see the module docstring); ``enabled`` is the one hot-path check."""
 
@@ -137,19 +331,25 @@ class AccessLog:
         opener: Callable[[str], IO[str]] | None = None,
         key: str = "httpAccessLog",
         fmt: str = "hostproxy",
+        roll_policy: str | None = None,
+        rotate_count: int = -1,
+        append: bool = True,
     ) -> None:
         if fmt not in FORMATS:
             raise ValueError(
                 f"{key}Format: unknown access log format {fmt!r}; use one of {', '.join(FORMATS)}"
             )
+        try:
+            policy = logroll.parse_policy(roll_policy)
+        except ValueError as e:
+            raise ValueError(f"{key}RollPolicy: {e}") from None
         self.path = path
         self.enabled = path is not None
         #: Whether lines are Linkerd's (the router then gives ``log`` the request's host, peer, version,
         #: referer and user agent).
         self.linkerd = fmt == "linkerd"
         self._clock = clock
-        self._opener = opener or _open_append
-        self._file: IO[str] | None = None
+        self._sink: _Sink | None = None
         self._events = path in STRUCTLOG_TARGETS
         self._log = structlog.get_logger("hostproxy.access") if self._events else None
         self.lines = 0
@@ -157,7 +357,7 @@ class AccessLog:
         if self.enabled and not self._events:
             assert path is not None
             try:
-                self._file = self._opener(path)
+                self._sink = _open_sink(path, opener, policy, rotate_count, append, clock)
             except OSError as e:
                 raise ValueError(
                     f"{key}: cannot open {path} for appending: {e.strerror or e}; "
@@ -260,44 +460,35 @@ class AccessLog:
         )
 
     def _write(self, line: str) -> None:
-        f = self._file
-        if f is None:
-            self.write_errors += 1
-            return
-        try:
-            f.write(line + "\n")
+        sink = self._sink
+        if sink is not None and sink.write(line):
             self.lines += 1
-        except (OSError, ValueError):
+        else:
             self.write_errors += 1
 
     def reopen(self) -> None:
         """Close and reopen the file (after log rotation); a failure keeps logging disabled until the next try."""
-        if self._file is None and (not self.enabled or self._events):
+        if self._sink is None:
             return
-        if self._file is not None:
-            try:
-                self._file.close()
-            except OSError:
-                pass
-            self._file = None
-        assert self.path is not None
-        try:
-            self._file = self._opener(self.path)
-        except OSError:
+        if not self._sink.reopen():
             self.write_errors += 1
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._sink is not None:
+            self._sink.release()
+            self._sink = None
 
     def statistics(self) -> dict[str, Any]:
-        return {
+        stats: dict[str, Any] = {
             "enabled": self.enabled,
             "path": self.path,
             "lines": self.lines,
             "write_errors": self.write_errors,
         }
+        sink = self._sink
+        if sink is not None:
+            stats.update(roll_policy=sink.policy.text, rolls=sink.rolls, roll_errors=sink.roll_errors)
+        return stats
 
     def __repr__(self) -> str:
         target = "off" if not self.enabled else ("structlog" if self._events else self.path)

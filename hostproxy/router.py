@@ -58,7 +58,7 @@ from dtab import Dtab, Path
 from dtab.bind import AddrFailed, AddrPending, BoundName
 from dtab.delegate import delegate
 from dtab.tree import Leaf, Union, exact_weight, show_tree
-from hostproxy.accesslog import AccessLog
+from hostproxy.accesslog import STRUCTLOG_TARGETS, AccessLog
 from hostproxy.balancer import WeightedChoice
 from hostproxy.causes import Cause
 from hostproxy.classifier import GrpcClassifier, HttpClassifier, ResponseClass, grpc_status_of
@@ -507,14 +507,16 @@ class HttpRouter:
             )
         else:
             metrics.remove_prefix(originator)
-        if getattr(cfg, "h2_access_log", None) is not None:
-            self.access_log = AccessLog.from_config(
-                cfg.h2_access_log, key="h2AccessLog", fmt=getattr(cfg, "h2_access_log_format", "hostproxy")
-            )
-        else:
-            self.access_log = AccessLog.from_config(
-                getattr(cfg, "http_access_log", None), fmt=getattr(cfg, "http_access_log_format", "hostproxy")
-            )
+        prefix = "h2" if getattr(cfg, "h2_access_log", None) is not None else "http"
+        self.access_log = AccessLog.from_config(
+            getattr(cfg, f"{prefix}_access_log", None),
+            key=f"{prefix}AccessLog",
+            fmt=getattr(cfg, f"{prefix}_access_log_format", "hostproxy"),
+            roll_policy=getattr(cfg, f"{prefix}_access_log_roll_policy", None),
+            rotate_count=getattr(cfg, f"{prefix}_access_log_rotate_count", -1),
+            append=getattr(cfg, f"{prefix}_access_log_append", True),
+        )
+        self._access_log_metrics(metrics)
         self.recent = recent  # the io.l5d.recentRequests telemeter (None: off)
         self.binding_timeout_s = cfg.binding_timeout_ms / 1000
         self.max_err_bytes = getattr(cfg, "max_err_response_kb", 5120) * 1024
@@ -577,6 +579,27 @@ class HttpRouter:
 
     def set_dtab(self, dtab: Dtab) -> None:
         self.binder.set_base_dtab(dtab)
+
+    def _access_log_metrics(self, metrics: Any) -> None:
+        """``rt/<label>/access_log/{lines,write_errors,rolls,roll_errors}`` while the router logs to a
+        file (rolls: of the file, which routers naming one file share)."""
+        scope = f"rt/{self.label}/access_log"
+        log = self.access_log
+        if not log.enabled or log.path in STRUCTLOG_TARGETS:
+            metrics.remove_prefix(scope)
+            return
+        labels = (("router", self.label),)
+        for name, help_text in (
+            ("lines", "access log lines written"),
+            ("write_errors", "access log lines that could not be written"),
+            ("rolls", "times the access log file was rolled"),
+            ("roll_errors", "rolls of the access log file that failed (lines went on into the file)"),
+        ):
+            metrics.counter_fn(
+                f"{scope}/{name}",
+                lambda name=name: log.statistics().get(name, 0),
+                PromId(f"hostproxy_access_log_{name}_total", labels, help_text),
+            )
 
     def expire_idle(self) -> int:
         return self.clients.expire_idle()

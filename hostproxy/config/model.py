@@ -33,7 +33,6 @@ from hostproxy.config.schema import (
     key,
     non_negative,
     one_of,
-    only_true,
     port_number,
     positive,
     regex,
@@ -1036,17 +1035,15 @@ class RouterConfig(PluginConfig):
     experimental: bool = key(False, "Must be true for experimental protocols.")
 
 
-_ALWAYS_APPENDS = (
-    "hostproxy always appends to its access log; remove the key (rotate the file with logrotate)"
-)
-_NO_ROLLING = "hostproxy does not roll its access log; rotate it with logrotate (SIGHUP reopens the file)"
+def _roll_policy(v: Any) -> str | None:
+    """A Linkerd access-log roll policy (see :mod:`hostproxy.logroll`)."""
+    from hostproxy import logroll  # (pure: no I/O, no runtime imports)
 
-
-def _never_rolls(v: Any) -> str | None:
-    """A Linkerd access-log roll policy: only ``never`` (Linkerd's default, any case) is what hostproxy does."""
-    if v is None or v.strip().lower() == "never":
-        return None
-    return f"{v!r} is not supported: {_NO_ROLLING}; remove it (or set never)"
+    try:
+        logroll.parse_policy(v)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def _no_compression(v: Any) -> str | None:
@@ -1060,10 +1057,15 @@ def _no_compression(v: Any) -> str | None:
 
 
 _ROLL_POLICY_DOC = (
-    "Accepted so that Linkerd 1 configs load: only never (Linkerd's default); the log is not rolled (rotate it "
-    "with logrotate), so any other policy is refused."
+    "When the access log rolls (Linkerd's values, any case): never, hourly, daily, weekly(N) (N: 1 Sunday .. "
+    "7 Saturday), or a size such as 100.megabytes; sighup is never (SIGHUP always reopens the file). "
+    "Times are UTC; the file is renamed NAME-SUFFIX.EXT with the time it was opened."
 )
-_ROTATE_COUNT_DOC = "Accepted so that Linkerd 1 configs load; no effect: the log is never rolled."
+_ROTATE_COUNT_DOC = "How many rolled access logs to keep (the newest); -1 keeps all."
+_APPEND_DOC = (
+    "Append to an existing access log; false truncates it when the daemon starts (a reload or SIGHUP "
+    "reopens it for appending)."
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1075,11 +1077,7 @@ class HttpRouterConfig(RouterConfig):
         "duration), or '-' for a structured log event. Rotate with logrotate; SIGHUP reopens the file.",
         default_doc="off",
     )
-    http_access_log_append: bool = key(
-        True,
-        "Accepted so that Linkerd 1 configs load: the access log is always appended to (false is refused).",
-        check=only_true(_ALWAYS_APPENDS),
-    )
+    http_access_log_append: bool = key(True, _APPEND_DOC)
     http_access_log_format: str = key(
         "hostproxy",
         "The access log's line: hostproxy (tab-separated: time, router, method, path, service, client, "
@@ -1088,7 +1086,7 @@ class HttpRouterConfig(RouterConfig):
         check=one_of("hostproxy", "linkerd"),
         extension=True,
     )
-    http_access_log_roll_policy: str = key("never", _ROLL_POLICY_DOC, check=_never_rolls)
+    http_access_log_roll_policy: str = key("never", _ROLL_POLICY_DOC, check=_roll_policy)
     http_access_log_rotate_count: int = key(-1, _ROTATE_COUNT_DOC)
     compression_level: int = key(
         0,
@@ -1133,11 +1131,7 @@ class H2RouterConfig(RouterConfig):
         "structured log event. Rotate with logrotate; SIGHUP reopens the file.",
         default_doc="off",
     )
-    h2_access_log_append: bool = key(
-        True,
-        "Accepted so that Linkerd 1 configs load: the access log is always appended to (false is refused).",
-        check=only_true(_ALWAYS_APPENDS),
-    )
+    h2_access_log_append: bool = key(True, _APPEND_DOC)
     h2_access_log_format: str = key(
         "hostproxy",
         "The access log's line, as an http router's httpAccessLogFormat: hostproxy or linkerd (Linkerd 1's "
@@ -1145,7 +1139,7 @@ class H2RouterConfig(RouterConfig):
         check=one_of("hostproxy", "linkerd"),
         extension=True,
     )
-    h2_access_log_roll_policy: str = key("never", _ROLL_POLICY_DOC, check=_never_rolls)
+    h2_access_log_roll_policy: str = key("never", _ROLL_POLICY_DOC, check=_roll_policy)
     h2_access_log_rotate_count: int = key(-1, _ROTATE_COUNT_DOC)
 
 

@@ -108,15 +108,6 @@ def fraction(v: Any) -> str | None:
     return None if v is None or 0.0 <= v <= 1.0 else f"must be between 0.0 and 1.0, got {v}"
 
 
-def only_true(why: str) -> Check:
-    """A boolean Linkerd key whose ``true`` is what hostproxy does: ``false`` is refused with ``why``."""
-
-    def check(v: Any) -> str | None:
-        return None if v is None or v else why
-
-    return check
-
-
 def one_of(*choices: str) -> Check:
     def check(v: Any) -> str | None:
         if v is None or v in choices:
