@@ -64,6 +64,7 @@ from hostproxy.causes import Cause
 from hostproxy.classifier import GrpcClassifier, HttpClassifier, ResponseClass, grpc_status_of
 from hostproxy.client import Client, plugin_mapping
 from hostproxy.config import client_params_for, service_params_for
+from hostproxy.http.compress import Compression, compress_response
 from hostproxy.http.errors import (
     CAUSE_STATUS,
     RequestBodyError,
@@ -517,6 +518,8 @@ class HttpRouter:
             append=getattr(cfg, f"{prefix}_access_log_append", True),
         )
         self._access_log_metrics(metrics)
+        #: ``compressionLevel`` (None: 0, off; see :mod:`hostproxy.http.compress`).
+        self.compression = Compression.from_level(getattr(cfg, "compression_level", 0))
         self.recent = recent  # the io.l5d.recentRequests telemeter (None: off)
         self.binding_timeout_s = cfg.binding_timeout_ms / 1000
         self.max_err_bytes = getattr(cfg, "max_err_response_kb", 5120) * 1024
@@ -783,6 +786,14 @@ class HttpRouter:
                     watch = _BodyFailureWatch(body, watched, grpc, req.method, resp.status, release=release)
                     resp.body = Body(watch, body.content_length)
                     held = True
+                if self.compression is not None and resp.error_cause is None:
+                    compress_response(
+                        self.compression,
+                        req.method,
+                        req.http_version,
+                        req.headers.get(b"accept-encoding"),
+                        resp,
+                    )
                 return resp
             finally:
                 released = clock()

@@ -264,7 +264,6 @@ def test_linkerd_keys_hostproxy_refuses_are_named_with_the_reason(tmp_path: Path
         """admin: {tls: {certPath: a.pem, keyPath: a.key}, httpIdentifierPort: 9992, workerThreads: 2}
 routers:
 - protocol: http
-  compressionLevel: 6
   announcers: []
   client: {requestAuthorizers: []}
   servers:
@@ -283,7 +282,6 @@ routers:
         "admin.tls",
         "admin.httpIdentifierPort",
         "admin.workerThreads",
-        "routers[0].compressionLevel",
         "routers[0].announcers",
         "routers[0].client.requestAuthorizers",
         "routers[0].servers[0].label",

@@ -1046,13 +1046,12 @@ def _roll_policy(v: Any) -> str | None:
     return None
 
 
-def _no_compression(v: Any) -> str | None:
-    """Linkerd's ``compressionLevel``: only 0 (no compression) is what hostproxy does."""
-    if v is None or v == 0:
+def _compression_level(v: Any) -> str | None:
+    """Linkerd's ``compressionLevel``: -1, 0 or 1 to 9."""
+    if v is None or v == -1 or 0 <= v <= 9:
         return None
     return (
-        f"compressionLevel {v} is a Linkerd setting that hostproxy does not support: responses pass through "
-        "as the upstream sent them, never compressed; remove it (or set 0)"
+        f"compressionLevel {v}: use -1 (textual types at zlib level 6, Linkerd's default), 0 (off) or 1 to 9"
     )
 
 
@@ -1090,9 +1089,10 @@ class HttpRouterConfig(RouterConfig):
     http_access_log_rotate_count: int = key(-1, _ROTATE_COUNT_DOC)
     compression_level: int = key(
         0,
-        "Accepted so that Linkerd 1 configs load: only 0 (no compression); responses pass through as the "
-        "upstream sent them, so any other level (Linkerd's default, -1, gzips textual responses) is refused.",
-        check=_no_compression,
+        "Compress proxied responses for clients that accept gzip or deflate: -1 textual types (text/*, JSON, "
+        "JavaScript, XML, SVG) at zlib level 6, 1 to 9 every type at that level, 0 none. Linkerd's default is "
+        "-1; hostproxy's is 0 (off): set -1 to keep Linkerd's behaviour.",
+        check=_compression_level,
     )
     max_headers_kb: int = key(
         8, "Largest request or response header block, in KB.", name="maxHeadersKB", check=positive

@@ -60,8 +60,8 @@ LINKERD_ONLY_KEYS: dict[str, str] = {
     "maxResponseKB": "was removed in Linkerd 1.7.0; bodies are streamed (see streamAfterContentLengthKB)",
     "announcers": _NO_ANNOUNCE,
     "announce": _NO_ANNOUNCE,
-    "compressionLevel": "is a Linkerd key that hostproxy does not support: responses pass through as the "
-    "upstream sent them, never compressed; remove it",
+    "compressionLevel": "applies to protocol: http routers only (Linkerd's h2 router has no such key); "
+    "remove it",
     "requestAuthorizers": "is a Linkerd key that hostproxy does not support: its one kind (io.l5d.k8s.istio) "
     "asks Istio's Mixer; authorize in the application, or admit only callers with a client certificate "
     "(servers[].tls.requireClientAuth), and remove it",
