@@ -90,6 +90,8 @@ def missing_files(cfg: Any) -> list[tuple[str, str]]:
     from hostproxy.config.params import client_tls_sections
 
     named: list[tuple[str, str]] = []
+    if cfg.admin.tls is not None:
+        named += _tls_files("admin.tls", cfg.admin.tls)
     for i, n in enumerate(cfg.namers):
         if n.kind == "io.l5d.fs" and n.root_dir:
             named.append((f"namers[{i}].rootDir", n.root_dir))
@@ -142,15 +144,17 @@ def check_files(cfg: Any, text: str, source: str, skip: frozenset[str] = frozens
                 load_dtab_file(path, router=label, then="check again")
             except DtabFileError as e:
                 issues.append(issue(f"routers[{ri}].interpreter.dtabFile", e.summary, e.detail))
-    if any(s.tls is not None for r in cfg.routers for s in r.servers) or any(
-        client_tls_sections(r, ri) for ri, r in enumerate(cfg.routers)
+    if (
+        cfg.admin.tls is not None
+        or any(s.tls is not None for r in cfg.routers for s in r.servers)
+        or any(client_tls_sections(r, ri) for ri, r in enumerate(cfg.routers))
     ):
         issues += _check_tls(cfg, issue, skipped)
     return sorted(issues, key=lambda i: (i.line, i.column))
 
 
 def _check_tls(cfg: Any, issue: Any, skipped: Any) -> list[Any]:
-    """Every server and client ``tls`` section loaded as the daemon loads it at start."""
+    """Every server, admin and client ``tls`` section loaded as the daemon loads it at start."""
     from hostproxy.config.params import client_tls_sections
     from hostproxy.tls import ClientTlsCache, ServerTls, TlsConfigError, alpn_for_protocol
     from hostproxy.tls.client import load_client_tls
@@ -169,6 +173,11 @@ def _check_tls(cfg: Any, issue: Any, skipped: Any) -> list[Any]:
         return issue(path, rest)
 
     out: list[Any] = []
+    if cfg.admin.tls is not None and not skipped("admin.tls"):
+        try:
+            ServerTls(cfg.admin.tls, alpn=alpn_for_protocol("http"), router="admin", key="admin.tls")
+        except TlsConfigError as e:
+            out.append(tls_issue("admin.tls", str(e)))
     for ri, rcfg in enumerate(cfg.routers):
         label = rcfg.label or rcfg.kind
         for j, scfg in enumerate(rcfg.servers):

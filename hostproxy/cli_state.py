@@ -22,7 +22,14 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hostproxy.cli_wtf import DEFAULT_ADMIN, AdminClient, AdminUnreachable, timeout_arg
+from hostproxy.cli_wtf import (
+    DEFAULT_ADMIN,
+    AdminClient,
+    AdminUnreachable,
+    add_tls_arguments,
+    admin_client,
+    timeout_arg,
+)
 from hostproxy.diagnose import format_age
 
 __all__ = ["add_parser", "fetch_state", "main", "render_tables", "table"]
@@ -172,6 +179,7 @@ def add_parser(subparsers: Any) -> None:
         "--admin", default=DEFAULT_ADMIN, metavar="URL", help=f"the admin server (default {DEFAULT_ADMIN})"
     )
     p.add_argument("--timeout", type=timeout_arg, default=5.0, metavar="SECONDS", help="per admin request")
+    add_tls_arguments(p)
     p.add_argument(
         "--json", action="store_true", help='print {"clients": ..., "namers": ...} as one JSON document'
     )
@@ -179,8 +187,8 @@ def add_parser(subparsers: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    admin = AdminClient(args.admin, timeout=args.timeout)
     try:
+        admin = admin_client(args)
         doc = fetch_state(admin)
     except AdminUnreachable as e:
         if args.json:  # (still exactly one document on stdout)

@@ -137,10 +137,54 @@ class _ErrorAnswer(AdminUnreachable):
     """The admin server answered, with an error or not with JSON (one document is unreadable)."""
 
 
+def admin_tls_context(cafile: str | None, certfile: str | None, keyfile: str | None) -> Any:
+    """The TLS context for an admin server with ``admin.tls``: its certificate checked against
+    ``cafile`` (the system's CAs without it), and ``certfile``/``keyfile`` presented when it asks for
+    a client certificate (``requireClientAuth``). Raises :class:`AdminUnreachable` naming a file that
+    cannot be used."""
+    import ssl
+
+    try:
+        ctx = ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as e:
+        raise AdminUnreachable(f"--cacert {cafile}: cannot be read as PEM CA certificates ({e})") from None
+    if certfile or keyfile:
+        if not certfile:
+            raise AdminUnreachable("--key needs --cert (the client certificate it belongs to)")
+        try:
+            ctx.load_cert_chain(certfile, keyfile)
+        except (OSError, ssl.SSLError) as e:
+            raise AdminUnreachable(
+                f"--cert {certfile} / --key {keyfile or certfile}: cannot be used as a client certificate ({e})"
+            ) from None
+    return ctx
+
+
+def add_tls_arguments(p: argparse.ArgumentParser) -> None:
+    """``--cacert``, ``--cert``, ``--key``: reading an admin server that has ``admin.tls``."""
+    p.add_argument("--cacert", metavar="FILE", help="PEM CAs to check an https:// admin server's certificate")
+    p.add_argument("--cert", metavar="FILE", help="PEM client certificate, for admin.tls.requireClientAuth")
+    p.add_argument("--key", metavar="FILE", help="PEM private key of --cert (when not in the same file)")
+
+
+def admin_client(args: argparse.Namespace) -> AdminClient:
+    return AdminClient(
+        args.admin, timeout=args.timeout, cafile=args.cacert, certfile=args.cert, keyfile=args.key
+    )
+
+
 class AdminClient:
     """Blocking JSON reads from an admin server (a CLI tool; the daemon never uses this)."""
 
-    def __init__(self, base: str, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        base: str,
+        timeout: float = 5.0,
+        *,
+        cafile: str | None = None,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+    ) -> None:
         if "://" not in base:
             base = "http://" + base
         self.base = base.rstrip("/")
@@ -148,7 +192,15 @@ class AdminClient:
         # The admin server is read directly: an http_proxy/HTTP_PROXY in the operator's environment
         # would send these requests to that proxy (which cannot reach 127.0.0.1:9990 and answers its
         # own error), and the report would say hostproxy is not running.
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        handlers: list[Any] = [urllib.request.ProxyHandler({})]
+        if cafile or certfile or keyfile:
+            if not self.base.startswith("https://"):
+                raise AdminUnreachable(
+                    f"--cacert, --cert and --key are for an admin server with admin.tls; give its https:// URL "
+                    f"with --admin (not {self.base})"
+                )
+            handlers.append(urllib.request.HTTPSHandler(context=admin_tls_context(cafile, certfile, keyfile)))
+        self._opener = urllib.request.build_opener(*handlers)
 
     def _open(self, req: urllib.request.Request, path: str, *, answered_only: bool = False) -> Any:
         error = _ErrorAnswer if answered_only else AdminUnreachable
@@ -373,6 +425,7 @@ def add_parser(subparsers: Any) -> None:
         help="ignore causes costing less than this share of a service's requests (e.g. 0.001)",
     )
     p.add_argument("--timeout", type=timeout_arg, default=5.0, metavar="SECONDS", help="per admin request")
+    add_tls_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON document (schema: see module docs)")
     p.set_defaults(func=main)
 
@@ -383,8 +436,8 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"hostproxy wtf: --interval: {e}", file=sys.stderr)
         return 2
-    admin = AdminClient(args.admin, timeout=args.timeout)
     try:
+        admin = admin_client(args)
         snap, window = collect(admin, router=args.router, interval=interval)
     except (UnknownRouter, AdminUnreachable) as e:
         if args.json:

@@ -435,6 +435,7 @@ class Daemon:
         self.dtab_watchers: dict[str, DtabFileWatcher] = {}
         self._watch_scopes: dict[str, trio.CancelScope] = {}
         self.admin_address: tuple[str, int] | None = None
+        self._admin_tls: ServerTls | None = None  # admin.tls (set when the daemon starts)
         self.addresses: dict[str, list[tuple[str, int]]] = {}
         self._ready = False
         self._ready_override = True
@@ -678,9 +679,27 @@ class Daemon:
                     raise TlsStartupError(str(exc)) from None
         return out
 
+    @staticmethod
+    def _build_admin_tls(config: Config) -> ServerTls | None:
+        """The admin server's ServerTls (``admin.tls``), loaded now (:class:`TlsStartupError` when its
+        files cannot be used); None for a plaintext admin server."""
+        if config.admin.tls is None:
+            return None
+        from hostproxy.tls import ServerTls, TlsConfigError, alpn_for_protocol
+
+        try:
+            return ServerTls(
+                config.admin.tls, alpn=alpn_for_protocol("http"), router="admin", key="admin.tls"
+            )
+        except TlsConfigError as exc:
+            raise TlsStartupError(str(exc)) from None
+
     def _tls_objects(self) -> list[Any]:
-        """Every live TLS object (servers' and routers' clients'), for reloads and /admin/tls.json."""
+        """Every live TLS object (servers', the admin server's and routers' clients'), for reloads and
+        /admin/tls.json."""
         objs: list[Any] = [slot.tls for slot in self.slots.values() if slot.tls is not None]
+        if self._admin_tls is not None:
+            objs.append(self._admin_tls)
         for r in self.routers.values():
             if r._client_tls is not None:  # never made for a router without client TLS
                 objs.extend(r._client_tls)
@@ -735,6 +754,7 @@ class Daemon:
 
     async def run(self, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
         server_tls = self._build_server_tls(self.config)  # certificate files fail the start here
+        self._admin_tls = self._build_admin_tls(self.config)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self._namers.run)
@@ -760,6 +780,7 @@ class Daemon:
                 read_timeout_s=_ms(self.config.admin.socket_options.read_timeout_ms),
                 write_timeout_s=_ms(self.config.admin.socket_options.write_timeout_ms),
                 prometheus=[t for t in self.config.telemetry if isinstance(t, PrometheusTelemeter)],
+                tls=self._admin_tls,
             )
             self.admin_address = await nursery.start(admin.serve)
             await nursery.start(self._run_sampler)

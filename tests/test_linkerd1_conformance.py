@@ -261,7 +261,7 @@ def test_linkerd_keys_hostproxy_refuses_are_named_with_the_reason(tmp_path: Path
     what to do, never "unknown key" or a wrong home (a server's ``label`` is Linkerd's, undocumented)."""
     cfg = tmp_path / "linkerd.yaml"
     cfg.write_text(
-        """admin: {tls: {certPath: a.pem, keyPath: a.key}, httpIdentifierPort: 9992, workerThreads: 2}
+        """admin: {httpIdentifierPort: 9992, workerThreads: 2}
 routers:
 - protocol: http
   announcers: []
@@ -279,7 +279,6 @@ routers:
     lines = proc.stderr.splitlines()[:-1]
     keys = [ln.split(": ", 2)[1] for ln in lines]
     assert keys == [
-        "admin.tls",
         "admin.httpIdentifierPort",
         "admin.workerThreads",
         "routers[0].announcers",

@@ -48,8 +48,11 @@ class AdminServer:
         socket_options: SocketOptions | None = None,
         read_timeout_s: float | None = None,
         write_timeout_s: float | None = None,
+        tls: Any = None,
     ) -> None:
         self.ctx = ctx
+        #: ``admin.tls``'s ServerTls (None: plaintext): every accepted connection is wrapped in it.
+        self.tls = tls
         # The HTTP layer appends one ``Via`` entry to every request it hands the handler.
         self.handler = AdminHandler(
             ctx,
@@ -93,6 +96,16 @@ class AdminServer:
     ) -> None:
         """Serve until cancelled; reports the first bound ``(ip, port)`` via ``task_status``."""
         async with trio.open_nursery() as nursery:
-            addresses: list[tuple[str, int]] = await nursery.start(self.http.serve)
+            listeners = None
+            if self.tls is not None:
+                from hostproxy.http.server import bind_listeners
+                from hostproxy.tls import TlsListener
+
+                p = self.params
+                listeners = [
+                    TlsListener(lst, self.tls)
+                    for lst in bind_listeners(p.ip, p.port, options=p.socket_options)
+                ]
+            addresses: list[tuple[str, int]] = await nursery.start(self.http.serve, listeners)
             self.address = addresses[0]
             task_status.started(self.address)

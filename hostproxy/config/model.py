@@ -1167,6 +1167,12 @@ class AdminConfig:
     allow_remote_control: bool = key(
         False, "Answer state-changing admin endpoints from non-loopback peers.", extension=True
     )
+    tls: ServerTls | None = key(
+        None,
+        "Serve the admin interface over TLS (a server's tls keys; requireClientAuth admits only clients "
+        "with a certificate from caCertPath). Changes with a restart; certificate files are re-read.",
+        default_doc="plaintext",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

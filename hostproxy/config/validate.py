@@ -73,8 +73,6 @@ LINKERD_ONLY_KEYS: dict[str, str] = {
 }
 # Linkerd keys of one section that hostproxy does not support, where the key is valid elsewhere.
 LINKERD_ONLY_SECTION_KEYS: dict[tuple[str, str], str] = {
-    ("AdminConfig", "tls"): "is a Linkerd key that hostproxy does not support: the admin server speaks "
-    "plaintext; keep it on loopback (the default) or a private address, and remove it",
     ("ServerConfig", "label"): "(a server's own label) is a Linkerd key that hostproxy does not support: "
     "a server's metrics are scoped by its ip and port; remove it (the router's label is routers[].label)",
     # Linkerd 0.x's syntax, which Linkerd 1 refuses too but its config reference still shows.
@@ -816,6 +814,14 @@ def _finish(v: Validator, cfg: m.Config, root: MappingNode) -> m.Config:
     routers = []
     labels: dict[str, int] = {}
     sockets: list[tuple[str, int, str]] = [(cfg.admin.ip, cfg.admin.port, "admin")]
+    admin_tls = cfg.admin.tls
+    if admin_tls is not None and admin_tls.require_client_auth and not admin_tls.ca_cert_path:
+        v.error(
+            "admin.tls.requireClientAuth",
+            node_at("admin", "tls", "requireClientAuth"),
+            "requireClientAuth: true needs admin.tls.caCertPath, the CAs client certificates must chain to; "
+            "set caCertPath or turn requireClientAuth off",
+        )
     for i, r in enumerate(cfg.routers or ()):
         rnode = node_at("routers", i)
         label = r.label if r.label is not None else r.kind
