@@ -67,7 +67,7 @@ from dtab import Dtab, Path
 from dtab.delegate import delegate
 from hostproxy import gcpolicy, sdnotify
 from hostproxy.config import Config, ConfigError, load_config
-from hostproxy.config.model import PrometheusTelemeter, RecentRequestsTelemeter, to_json
+from hostproxy.config.model import InfluxDbTelemeter, PrometheusTelemeter, RecentRequestsTelemeter, to_json
 from hostproxy.config.registry import load_factory, lookup
 from hostproxy.config.validate import config_line
 from hostproxy.dtabfile import DtabFileError, DtabFileWatcher, load_dtab_file, watch_dtab_file
@@ -780,6 +780,7 @@ class Daemon:
                 read_timeout_s=_ms(self.config.admin.socket_options.read_timeout_ms),
                 write_timeout_s=_ms(self.config.admin.socket_options.write_timeout_ms),
                 prometheus=[t for t in self.config.telemetry if isinstance(t, PrometheusTelemeter)],
+                influxdb=any(isinstance(t, InfluxDbTelemeter) for t in self.config.telemetry),
                 tls=self._admin_tls,
             )
             self.admin_address = await nursery.start(admin.serve)

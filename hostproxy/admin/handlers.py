@@ -83,12 +83,14 @@ from hostproxy.admin.dashboard import (
 )
 from hostproxy.admin.delegator_page import CONTENT_SECURITY_POLICY, render_page
 from hostproxy.admin.pages import LOGGING_PAGE_CSP, logging_page, metrics_page
+from hostproxy.config.model import INFLUXDB_PATH
 from hostproxy.http.errors import RequestBodyError, request_body_error_response
 from hostproxy.http.message import Body, Headers, Request, Response
 from hostproxy.http.proxyheaders import via_count
 from hostproxy.http.server import ConnInfo
 from hostproxy.idle import wait_idle
 from hostproxy.metrics import NoSuchSubtree
+from hostproxy.metrics.influx import influx_slices
 from hostproxy.metrics.render import (
     check_query,
     collect,
@@ -365,6 +367,7 @@ class AdminHandler:
         trusted_via_entries: int = 0,
         security: Any = None,
         prometheus: Any = None,
+        influxdb: bool = False,
     ) -> None:
         self.ctx = ctx
         self.security = AdminSecurityPolicy.from_config(security)
@@ -530,6 +533,13 @@ class AdminHandler:
                 self._tls,
             ),
         ]
+        if influxdb:  # (an io.l5d.influxdb telemeter; its path is its own, checked by the config)
+            table.append(
+                (
+                    Endpoint(INFLUXDB_PATH, ("GET",), "metrics in InfluxDB line protocol (io.l5d.influxdb)"),
+                    self._influxdb,
+                )
+            )
         for path in self._prometheus_prefixes:
             if all(ep.path != path for ep, _ in table):
                 table.append(
@@ -855,6 +865,12 @@ class AdminHandler:
         if prefix:
             text = _prefix_names(text, prefix)
         return _response(200, text, PROMETHEUS_TYPE)
+
+    async def _influxdb(self, call: _Call) -> Response:
+        host = call.request.headers.get(b"host")
+        text = host.decode("latin-1") if host else "none"
+        parts = await _drain_sliced(influx_slices(self.ctx.metrics, text, SCRAPE_SLICE))
+        return _response(200, "".join(parts), TEXT_TYPE)
 
     # -- logging ---------------------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ class AdminServer:
         read_timeout_s: float | None = None,
         write_timeout_s: float | None = None,
         tls: Any = None,
+        influxdb: bool = False,
     ) -> None:
         self.ctx = ctx
         #: ``admin.tls``'s ServerTls (None: plaintext): every accepted connection is wrapped in it.
@@ -61,6 +62,7 @@ class AdminServer:
             trusted_via_entries=1,
             security=security,
             prometheus=prometheus,
+            influxdb=influxdb,
         )
         self.params = ServerParams(
             ip=ip,

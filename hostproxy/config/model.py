@@ -791,6 +791,14 @@ class RecentRequestsTelemeter(TelemeterConfig):
     capacity: int = key(10, "How many requests are kept.", check=positive)
 
 
+@dataclass(frozen=True, kw_only=True)
+class InfluxDbTelemeter(TelemeterConfig):
+    """Linkerd's ``io.l5d.influxdb``: no keys of its own (it serves /admin/metrics/influxdb)."""
+
+
+#: The admin path the ``io.l5d.influxdb`` telemeter serves (Linkerd's).
+INFLUXDB_PATH = "/admin/metrics/influxdb"
+
 #: Linkerd's default ``path`` of the ``io.l5d.prometheus`` telemeter.
 PROMETHEUS_DEFAULT_PATH = "/admin/metrics/prometheus"
 

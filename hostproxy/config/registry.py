@@ -75,6 +75,7 @@ IMPLEMENTED: frozenset[tuple[str, str]] = frozenset(
         ("classifier", "io.l5d.h2.allSuccessful"),
         ("telemeter", "io.l5d.recentRequests"),
         ("telemeter", "io.l5d.prometheus"),
+        ("telemeter", "io.l5d.influxdb"),
         ("tracePropagator", "io.l5d.default"),
         ("tracePropagator", "io.l5d.zipkin"),
     }
@@ -444,6 +445,14 @@ register(
 )
 register(
     "telemeter",
+    "io.l5d.influxdb",
+    m.InfluxDbTelemeter,
+    "hostproxy.metrics.influx:influx_slices",
+    "Every metric in InfluxDB's line protocol at /admin/metrics/influxdb, for Telegraf (Linkerd's "
+    "measurements and tags: rt, server, service, client, host).",
+)
+register(
+    "telemeter",
     "io.l5d.prometheus",
     m.PrometheusTelemeter,
     "hostproxy.metrics:prometheus",
@@ -493,7 +502,6 @@ UNSUPPORTED: dict[tuple[str, str], str] = {
     ("identifier", "io.l5d.k8s.istio"): "use io.l5d.header.token",
     ("identifier", "io.l5d.k8s.istio-ingress"): "use io.l5d.header.token and route ingress hosts in the dtab",
     ("telemeter", "io.l5d.statsd"): "scrape io.l5d.prometheus instead",
-    ("telemeter", "io.l5d.influxdb"): "scrape io.l5d.prometheus instead",
     ("telemeter", "io.l5d.tracelog"): "use io.l5d.recentRequests to see recent requests",
     ("telemeter", "io.l5d.adminMetricsExport"): "remove it: /admin/metrics.json is always served",
 }

@@ -966,6 +966,16 @@ def _check_telemeter_paths(
                 )
             taken.setdefault("/requests", f"{where} (io.l5d.recentRequests)")
             continue
+        if isinstance(t, m.InfluxDbTelemeter):
+            if m.INFLUXDB_PATH in taken:
+                v.error(
+                    where,
+                    node_at("telemetry", i),
+                    f"{m.INFLUXDB_PATH}, which io.l5d.influxdb serves, is already served by "
+                    f"{taken[m.INFLUXDB_PATH]}; keep one of them",
+                )
+            taken.setdefault(m.INFLUXDB_PATH, f"{where} (io.l5d.influxdb)")
+            continue
         if not isinstance(t, m.PrometheusTelemeter) or v.has_issue(f"{where}.path"):
             continue
         tnode = node_at("telemetry", i)

@@ -635,6 +635,23 @@ class RouterScope:
         self._unbound: RequestStats | None = None
         self.unbound_names = TopN(reg.unbound_capacity, reg._now)
 
+    def scopes(self) -> list[tuple[str, str, tuple[tuple[str, str], ...]]]:
+        """``(key prefix, kind, tags)`` of this router and of each of its servers, services and clients,
+        as Linkerd's InfluxDB telemeter tags them: ``rt``, plus ``server`` (``ip/port``), ``service``
+        or ``client`` (the name without its leading ``/``)."""
+        rt = (("rt", self.label),)
+        out: list[tuple[str, str, tuple[tuple[str, str], ...]]] = [(f"rt/{self.label}", "rt", rt)]
+        for ip, port in list(self._servers):
+            out.append((f"rt/{self.label}/server/{ip}/{port}", "server", (*rt, ("server", f"{ip}/{port}"))))
+        services = list(self._services) + ([UNBOUND] if self._unbound is not None else [])
+        for name in services:
+            bare = name.lstrip("/")
+            out.append((f"rt/{self.label}/service/{bare}", "service", (*rt, ("service", bare))))
+        for client_id in list(self._clients):
+            bare = client_id.lstrip("/")
+            out.append((f"rt/{self.label}/client/{bare}", "client", (*rt, ("client", bare))))
+        return out
+
     def server(self, ip: str, port: int) -> RequestStats:
         key = (ip, port)
         s = self._servers.get(key)
