@@ -23,7 +23,8 @@ router's retry policy (``hostproxy.retry``) is built without a requeue budget an
 the response classifier calls retryable, so a connect failure is never requeued twice. Whatever its
 body — in memory, or streamed (chunked, or larger than the retry buffer) — a requeued request is
 whole: a pool raises a ``retryable`` error only before it wrote any of the request or read any of its
-body. Refusals by an endpoint's full connection pool (``maxSize``/``maxWaiters``:
+body. Before a requeue the caller's ``next_attempt`` (the router's) gives the request a new trace
+span (``hostproxy.routing.tracectx``). Refusals by an endpoint's full connection pool (``maxSize``/``maxWaiters``:
 ``UpstreamError.pool_full``) end the requeues once a request had as many as the client has endpoints
 (one endpoint: the first), so a request neither waits for the same full pool again nor spends the
 budget on refusals in a loop, and with several endpoints it may still find one with room.
@@ -376,11 +377,16 @@ class Client:
         return round(max(0.0, time.time() - self.stale_since), 3)
 
     async def request(
-        self, req: Request, now: float | None = None, judge: Judge | None = None
+        self,
+        req: Request,
+        now: float | None = None,
+        judge: Judge | None = None,
+        next_attempt: Callable[[Request], None] | None = None,
     ) -> tuple[Response, str]:
         """Send ``req`` to one endpoint; returns the response (body streaming) and the endpoint key.
         ``now``: the client's clock, just read by the caller (None: read here); the first attempt
-        starts then. ``judge``: what counts as a success (None: any status but 5XX)."""
+        starts then. ``judge``: what counts as a success (None: any status but 5XX).
+        ``next_attempt``: called with ``req`` before each requeue (the router gives it a new span)."""
         clock = self._clock
         balancer = self.balancer
         accrual = self.accrual
@@ -456,6 +462,8 @@ class Client:
                     log.debug(
                         "client.requeue", router=self.router, client=self.id, endpoint=ep.key, cause=e.cause
                     )
+                    if next_attempt is not None:
+                        next_attempt(req)
                     continue
                 raise
             except BaseException as exc:

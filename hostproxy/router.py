@@ -445,6 +445,9 @@ class HttpRouter:
         # ``tracePropagator``: what the forwarded request carries of the trace it arrived with.
         traceprop = getattr(cfg, "trace_propagator", None)
         self.trace_propagator = propagator_for(getattr(traceprop, "kind", None) or "io.l5d.default")
+        # Called before each attempt of a request after its first (a requeue or a retry): one bound
+        # method, made once.
+        self._next_attempt = self._respan
         self._clock = clock
         self._nursery = nursery
         self.identifier = build_identifiers(
@@ -631,6 +634,11 @@ class HttpRouter:
         return {cid: c.state_json() for cid, c in self.clients.items()}
 
     # -- the request path ---------------------------------------------------------------------------
+
+    def _respan(self, req: Request) -> None:
+        """Give the next attempt of ``req`` a span of its own: a new span id with the same trace id,
+        parent and flags (``TracePropagator.next_attempt``)."""
+        req.headers = Headers._trusted(self.trace_propagator.next_attempt(req.headers, self._rng))
 
     def _err(self, status: int, cause: Cause, message: str, retryable: bool | None = None) -> Response:
         return error_response(
@@ -1033,7 +1041,7 @@ class HttpRouter:
                     if deadline is not None:
                         remaining = deadline.remaining_s(time.time_ns())
                         with trio.move_on_after(max(remaining, 0.0)) as scope:
-                            resp, endpoint = await client.request(req, first, judge)
+                            resp, endpoint = await client.request(req, first, judge, self._next_attempt)
                         if scope.cancelled_caught:
                             cause = Cause.TIMEOUT_REQUEST
                             why = _timeout_reason(
@@ -1042,7 +1050,7 @@ class HttpRouter:
                             status = 503  # (counted so by the client too, in ``finally``)
                             return self._err(status, cause, f"{why} for {service} via {client_id}"), cause
                     else:
-                        resp, endpoint = await client.request(req, first, judge)
+                        resp, endpoint = await client.request(req, first, judge, self._next_attempt)
                     if rec is not None:
                         rec.endpoint = endpoint
                     if trace is not None:
@@ -1114,6 +1122,7 @@ class HttpRouter:
                     client_stats.start()
                     attempting = True
                     t_attempt = self._clock()
+                    self._next_attempt(req)  # the same trace, a new span (``routing.tracectx``)
                     continue
                 if decision.reason == "budget_exhausted":
                     entry.budget_exhausted.incr()

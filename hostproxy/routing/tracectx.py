@@ -41,6 +41,17 @@ does not know it); it passes through as any other header.
 Both write ``l5d-reqid``: the trace id (its low 64 bits, 16 hex digits, for a 128-bit B3 id). The
 headers a propagator writes are returned in a fixed order, the per-request ones last and
 ``l5d-reqid`` the very last, which the HTTP/1.1 writer's request-block cache relies on.
+
+One span per attempt. A request sent more than once (a retry the response classifier allowed, or a
+requeue after a connection failure) gets a new span id for every attempt after the first
+(:meth:`TracePropagator.next_attempt`): the same trace id, parent and flags (a sampling decision is
+made once per request), so the attempts are siblings in the trace, as Linkerd's retries are (its
+client filter, which gives each request through the client stack a span of its own, sits below the
+classified retries; Finagle's requeues are made below that filter and reused the span of the attempt
+they replaced, where here a requeue is an attempt like any other). ``l5d-reqid`` is the trace id, so it is the same on every attempt: the log
+lines of all the attempts of one request share it. An attempt of a request that started a new trace
+has no received span to be a child of: the first attempt's span is the trace's root (its id is the
+trace id) and every later attempt is a child of that root, so that the trace keeps one root.
 """
 
 from __future__ import annotations
@@ -49,7 +60,7 @@ import base64
 import binascii
 import random
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import ClassVar, Final
 
 __all__ = [
@@ -101,6 +112,15 @@ _L5D_TRACE = struct.Struct(">QQQQ")
 def _new_id(rng: random.Random) -> int:
     """A random non-zero 64-bit id (zero means "no id" in both formats)."""
     return rng.getrandbits(64) or 1
+
+
+def _new_span(rng: random.Random, *taken: int) -> int:
+    """A random non-zero 64-bit id that is none of ``taken`` (an attempt's span id is never its
+    parent's nor the previous attempt's)."""
+    span = _new_id(rng)
+    while span in taken:
+        span = _new_id(rng)
+    return span
 
 
 # -- io.l5d.default ------------------------------------------------------------------------------
@@ -179,6 +199,14 @@ class TracePropagator:
         """``forward({}, None, rng)``: the headers of a new trace (the usual request's, kept quick)."""
         raise NotImplementedError
 
+    def next_attempt(self, headers: Iterable[Header], rng: random.Random) -> list[Header]:
+        """The fields of a forwarded request (``headers``, with the trace headers :meth:`forward` or
+        :meth:`new_trace` wrote) for its next attempt: a copy in the same order, whose span id is
+        new; the trace id, the parent (the first attempt's span, when that was a new trace's root),
+        the flags and ``l5d-reqid`` stay. Without the propagator's span header (or with one it did
+        not write), a plain copy."""
+        raise NotImplementedError
+
 
 class DefaultPropagator(TracePropagator):
     """``io.l5d.default``: ``l5d-ctx-trace`` and ``l5d-sample``."""
@@ -207,6 +235,20 @@ class DefaultPropagator(TracePropagator):
     def new_trace(self, rng: random.Random) -> list[Header]:
         span = rng.getrandbits(64) or 1
         return [(CTX_TRACE, base64.b64encode(_L5D_TRACE.pack(span, span, span, 0))), (REQID, b"%016x" % span)]
+
+    def next_attempt(self, headers: Iterable[Header], rng: random.Random) -> list[Header]:
+        out = list(headers)
+        for i, (name, value) in enumerate(out):
+            if name == CTX_TRACE:
+                got = decode_l5d_trace(value)
+                if got is None:
+                    break
+                # A root (Finagle writes its parent as itself): the later attempts are its children.
+                parent = got.span_id if got.parent_id == got.span_id else got.parent_id
+                span = _new_span(rng, got.span_id, parent)
+                out[i] = (CTX_TRACE, encode_l5d_trace(span, parent, got.trace_id, got.flags))
+                break
+        return out
 
 
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
@@ -267,6 +309,25 @@ class ZipkinPropagator(TracePropagator):
     def new_trace(self, rng: random.Random) -> list[Header]:
         span = b"%016x" % (rng.getrandbits(64) or 1)
         return [(B3_TRACEID, span), (B3_SPANID, span), (REQID, span)]
+
+    def next_attempt(self, headers: Iterable[Header], rng: random.Random) -> list[Header]:
+        out = list(headers)
+        at = -1
+        has_parent = False
+        for i, (name, _) in enumerate(out):
+            if name == B3_SPANID:
+                at = i
+            elif name == B3_PARENTSPANID:
+                has_parent = True
+        if at < 0:
+            return out
+        old = out[at][1]
+        old_id = _hex_id(old, 16)
+        span = _new_span(rng, int(old_id, 16) if old_id is not None else 0, 0)
+        out[at] = (B3_SPANID, b"%016x" % span)
+        if not has_parent:  # the first attempt was a new trace's root: the later ones are its children
+            out.insert(at, (B3_PARENTSPANID, old))
+        return out
 
 
 DEFAULT: Final = DefaultPropagator()
