@@ -73,7 +73,7 @@ from hostproxy.http.errors import (
     request_body_error_response,
     request_body_timeout_response,
 )
-from hostproxy.http.message import Body, Headers, Request, Response
+from hostproxy.http.message import Body, Headers, NeverIndexedHeaders, Request, Response, never_indexed_of
 from hostproxy.http.server import ConnInfo
 from hostproxy.metrics import MetricsRegistry, PromId
 from hostproxy.metrics.registry import CLIENT_CLOSED
@@ -392,7 +392,9 @@ class _BodyFailureWatch:
             for st in self._stats:
                 st.late_failure(Cause.UPSTREAM_GRPC)
             self._stats = []
-        out = Headers(list(trailers.items())) if trailers is not None else Headers()
+        items = trailers.items() if trailers is not None else []
+        secret = never_indexed_of(trailers)  # (fields the upstream sent never-indexed stay so)
+        out = NeverIndexedHeaders(items, secret) if secret else Headers(items)
         out.set(_SUCCESS_CLASS, b"1.0" if ok else b"0.0")
         self._trailers = out
 

@@ -20,9 +20,12 @@ import contextlib
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import h2.events
 import pytest
 import trio
+from hpack import NeverIndexedHeaderTuple
 
 from hostproxy.h2.server import H2Server, H2ServerParams
 from hostproxy.http.message import Body, Headers, Request, Response
@@ -36,6 +39,7 @@ from hostproxy.routing.tracectx import (
     encode_l5d_trace,
 )
 from tests.daemonutil import Running, curl, running_daemon
+from tests.grpc_fixtures.rawh2 import RawClient, ScriptedUpstream
 from tests.test_lifecycle_helpers import write_disco
 from tests.upstreams import closed_port, serving
 
@@ -376,3 +380,125 @@ async def test_a_requeue_carries_a_new_b3_span(tmp_path: Path, protocol: str) ->
                         assert seen.get(b"x-b3-parentspanid") == root and len(set(ids)) == len(ids)
                     else:
                         assert seen.get(b"x-b3-parentspanid") is None
+
+
+# -- HPACK never-indexed trailers through the daemon -----------------------------------------------------
+
+
+class TrailerOrigin:
+    """A raw h2 upstream (its own checks off, so it reads what came on the wire) that records each
+    request's head and trailers as its decoder read them (``NeverIndexedHeaderTuple`` for a field
+    encoded never-indexed) and answers with a head, one DATA frame and ``trailers``."""
+
+    def __init__(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        self.trailers = trailers
+        self.heads: list[list[Any]] = []
+        self.request_trailers: list[list[Any]] = []
+        self.conns: list[Any] = []
+
+    async def script(self, _i: int, conn: Any, stream: trio.SocketStream) -> None:
+        conn.config.validate_outbound_headers = False
+        conn.config.normalize_outbound_headers = False
+        conn.config.validate_inbound_headers = False
+        conn.config.normalize_inbound_headers = False
+        self.conns.append(conn)
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            for ev in conn.receive_data(data):
+                if type(ev) is h2.events.RequestReceived:
+                    self.heads.append(list(ev.headers))
+                elif type(ev) is h2.events.DataReceived:
+                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif type(ev) is h2.events.TrailersReceived:
+                    self.request_trailers.append(list(ev.headers))
+                if getattr(ev, "stream_ended", None) is not None:
+                    sid = ev.stream_id
+                    head = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+                    conn.send_headers(sid, head)
+                    conn.send_data(sid, b"\0\0\0\0\0")
+                    conn.send_headers(sid, self.trailers, end_stream=True)
+            out = conn.data_to_send()
+            if out:
+                await stream.send_all(out)
+
+
+def h2_trailer_config(port: int, classifier: str) -> str:
+    return f"""
+admin: {{ip: 127.0.0.1, port: 0}}
+routers:
+- protocol: h2
+  label: out
+  dtab: /svc/web => /$/inet/127.0.0.1/{port};
+  servers:
+  - {{ip: 127.0.0.1, port: 0}}
+  service:
+    kind: io.l5d.global
+    responseClassifier: {{kind: {classifier}}}
+"""
+
+
+def never_indexed_names(fields: list[Any]) -> set[bytes]:
+    return {bytes(f[0]) for f in fields if isinstance(f, NeverIndexedHeaderTuple)}
+
+
+@pytest.mark.parametrize("classifier", ["io.l5d.h2.nonRetryable5XX", "io.l5d.h2.grpc.default"])
+async def test_never_indexed_trailer_fields_stay_never_indexed_both_ways(classifier: str) -> None:
+    """RFC 7541 §7.1.3 for trailer sections: a field the client's request trailers carried
+    never-indexed reaches the upstream so, and one the upstream's response trailers carried so
+    reaches the client so (a gRPC classifier, which adds ``l5d-success-class`` to the trailers,
+    included); the other fields of the same sections may be indexed, and no never-indexed one
+    enters either compression table."""
+    origin = TrailerOrigin(
+        [
+            (b"grpc-status", b"0"),
+            NeverIndexedHeaderTuple(b"x-upstream-secret", b"u" * 24),
+            (b"x-up-plain", b"1"),
+        ]
+    )
+    up = ScriptedUpstream(origin.script)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(up.serve)
+        async with (
+            running_daemon(h2_trailer_config(up.port, classifier)) as d,
+            RawClient.connect(d.port("out")) as c,
+        ):
+            c.conn.config.validate_outbound_headers = False
+            c.conn.config.normalize_outbound_headers = False
+            c.conn.config.normalize_inbound_headers = False
+            await c.start()
+            responses = []
+            for path in (b"/pkg.Svc/A", b"/pkg.Svc/B"):
+                sid = c.conn.get_next_available_stream_id()
+                head = [
+                    (b":method", b"POST"),
+                    (b":scheme", b"http"),
+                    (b":authority", b"web"),
+                    (b":path", path),
+                    (b"content-type", b"application/grpc"),
+                    (b"te", b"trailers"),
+                ]
+                c.conn.send_headers(sid, head)
+                c.conn.send_data(sid, b"\0\0\0\0\0")
+                trailers = [
+                    NeverIndexedHeaderTuple(b"x-client-secret", b"c" * 24),
+                    (b"x-client-plain", b"2"),
+                ]
+                c.conn.send_headers(sid, trailers, end_stream=True)
+                await c.flush()
+                status, _body, got = await c.response(sid)
+                assert status == 200 and got is not None, (status, c.events[-3:])
+                responses.append(list(got))
+            client_table = list(c.conn.decoder.header_table.dynamic_entries)
+        nursery.cancel_scope.cancel()
+    assert len(origin.request_trailers) == 2
+    for fields in origin.request_trailers:
+        assert never_indexed_names(fields) == {b"x-client-secret"}, fields
+        assert (b"x-client-plain", b"2") in [(bytes(n), bytes(v)) for n, v in fields]
+    for fields in responses:
+        assert never_indexed_names(fields) == {b"x-upstream-secret"}, fields
+        assert (b"x-up-plain", b"1") in [(bytes(n), bytes(v)) for n, v in fields]
+    upstream_table = list(origin.conns[0].decoder.header_table.dynamic_entries)
+    assert not [f for f in upstream_table if f[0] == b"x-client-secret"], upstream_table
+    assert not [f for f in client_table if f[0] == b"x-upstream-secret"], client_table

@@ -50,7 +50,7 @@ from hostproxy.h2.hpackenc import Encoder as HpackEncoder
 from hostproxy.h2.limits import ENHANCE_YOUR_CALM, FloodGuard, FrameScanner, H2Limits, Verdict
 from hostproxy.http.errors import RequestBodyError
 from hostproxy.http.hopbyhop import allowed_trailers
-from hostproxy.http.message import Headers
+from hostproxy.http.message import Headers, NeverIndexedHeaders
 
 __all__ = ["H2Link", "InboundBody", "Stalled", "StreamGone", "StreamState", "keep_open_after_goaway"]
 
@@ -413,8 +413,11 @@ class H2Link:
                 self.reset(s, PROTOCOL_ERROR)
                 self.on_stream_reset(s, remote=False)
             elif s is not None:
-                # Without the fields a trailer section must not carry (``allowed_trailers``).
-                s.trailers = Headers(allowed_trailers(ev.headers))
+                # Without the fields a trailer section must not carry (``allowed_trailers``), and
+                # with those the peer sent never-indexed, to be sent on so (RFC 7541 §7.1.3).
+                secret = h2fields.never_indexed(ev.headers)
+                fields = allowed_trailers(ev.headers)
+                s.trailers = NeverIndexedHeaders(fields, secret) if secret else Headers(fields)
                 if ev.stream_ended is not None:
                     s.ended = True
                 s.wake()

@@ -97,7 +97,7 @@ from hostproxy.http.errors import (
 )
 from hostproxy.http.hopbyhop import strip_hop_by_hop
 from hostproxy.http.listening import ListeningServer, ServerStats
-from hostproxy.http.message import Body, Headers, Request, Response
+from hostproxy.http.message import Body, Headers, Request, Response, never_indexed_of
 from hostproxy.http.proxyheaders import append_via, obfuscated, via_count
 from hostproxy.http.server import ConnInfo, Handler, ServerParams, add_arrival_headers
 
@@ -954,7 +954,10 @@ class _ServerLink(H2Link):
         if fields and self.params.clear_context:  # (l5d-success-class of a streamed response)
             fields = without_context_fields(fields)
         if fields:
-            self.send_headers(s, fields, end_stream=True)
+            # The upstream's never-indexed trailer fields reach the client so (RFC 7541 §7.1.3).
+            self.send_headers(
+                s, h2fields.with_never_indexed(fields, never_indexed_of(trailers)), end_stream=True
+            )
         else:
             await self.send_data(s, b"", end_stream=True)
         s.response_done = True

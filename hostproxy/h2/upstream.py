@@ -103,7 +103,7 @@ from hostproxy.http.errors import (
     UpstreamReset,
 )
 from hostproxy.http.hopbyhop import strip_hop_by_hop
-from hostproxy.http.message import Body, Headers, Request, Response
+from hostproxy.http.message import Body, Headers, Request, Response, never_indexed_of
 from hostproxy.http.sockopts import configure_connection
 from hostproxy.http.upstream import Connector, NurseryOwner, PoolParams, _map_errors
 
@@ -1010,7 +1010,11 @@ class H2UpstreamPool(NurseryOwner):
                     await self._send_chunks(link, s, it, failed)
                 trailers = replay.body.trailers
                 if trailers is not None and len(trailers):
-                    link.send_headers(s, [(n, v) for n, v in trailers if n[:1] != b":"], end_stream=True)
+                    # The client's never-indexed trailer fields reach the upstream so (RFC 7541 §7.1.3).
+                    fields = [(n, v) for n, v in trailers if n[:1] != b":"]
+                    link.send_headers(
+                        s, h2fields.with_never_indexed(fields, never_indexed_of(trailers)), end_stream=True
+                    )
                 else:
                     await link.send_data(s, b"", end_stream=True)
                 link._settle(s)

@@ -34,9 +34,11 @@ __all__ = [
     "BodySource",
     "ByteStream",
     "Headers",
+    "NeverIndexedHeaders",
     "Request",
     "Response",
     "is_hop_by_hop",
+    "never_indexed_of",
 ]
 
 
@@ -188,6 +190,31 @@ class Headers:
 
 
 _new = object.__new__
+
+
+class NeverIndexedHeaders(Headers):
+    """Fields received in an HTTP/2 header block (a trailer section) of which the sender encoded some
+    HPACK never-indexed: ``never_indexed`` holds those ``(name, value)`` pairs, which an intermediary
+    must send on never-indexed too (RFC 7541 §7.1.3), as ``Request.never_indexed`` and
+    ``Response.never_indexed`` hold a head's. The fields themselves are plain pairs, as in any
+    ``Headers``; a copy is a plain ``Headers`` (made, like a rewritten field, by this side)."""
+
+    __slots__ = ("never_indexed",)
+
+    def __init__(
+        self, items: Iterable[tuple[bytes, bytes]], never_indexed: frozenset[tuple[bytes, bytes]]
+    ) -> None:
+        super().__init__(items)
+        self.never_indexed = never_indexed
+
+
+_NO_PAIRS: frozenset[tuple[bytes, bytes]] = frozenset()
+
+
+def never_indexed_of(headers: Headers | None) -> frozenset[tuple[bytes, bytes]]:
+    """The pairs of ``headers`` its sender encoded never-indexed (none unless they are
+    ``NeverIndexedHeaders``)."""
+    return getattr(headers, "never_indexed", _NO_PAIRS)
 
 
 def is_hop_by_hop(name: bytes) -> bool:
