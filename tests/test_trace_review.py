@@ -390,8 +390,9 @@ class TrailerOrigin:
     request's head and trailers as its decoder read them (``NeverIndexedHeaderTuple`` for a field
     encoded never-indexed) and answers with a head, one DATA frame and ``trailers``."""
 
-    def __init__(self, trailers: list[tuple[bytes, bytes]]) -> None:
+    def __init__(self, trailers: list[tuple[bytes, bytes]], head: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
         self.trailers = trailers
+        self.head = [(b":status", b"200"), (b"content-type", b"application/grpc"), *head]
         self.heads: list[list[Any]] = []
         self.request_trailers: list[list[Any]] = []
         self.conns: list[Any] = []
@@ -415,8 +416,7 @@ class TrailerOrigin:
                     self.request_trailers.append(list(ev.headers))
                 if getattr(ev, "stream_ended", None) is not None:
                     sid = ev.stream_id
-                    head = [(b":status", b"200"), (b"content-type", b"application/grpc")]
-                    conn.send_headers(sid, head)
+                    conn.send_headers(sid, self.head)
                     conn.send_data(sid, b"\0\0\0\0\0")
                     conn.send_headers(sid, self.trailers, end_stream=True)
             out = conn.data_to_send()
@@ -502,3 +502,61 @@ async def test_never_indexed_trailer_fields_stay_never_indexed_both_ways(classif
     upstream_table = list(origin.conns[0].decoder.header_table.dynamic_entries)
     assert not [f for f in upstream_table if f[0] == b"x-client-secret"], upstream_table
     assert not [f for f in client_table if f[0] == b"x-upstream-secret"], client_table
+
+
+async def test_a_field_the_router_rewrote_stays_never_indexed() -> None:
+    """A field that came never-indexed and that the proxy rewrites (``Via``, to which it appends its
+    own entry, in a request head and in a response head; ``l5d-ctx-trace``, replaced by its child)
+    still holds what the sender protected: it goes on never-indexed, as RFC 7541 §7.1.3 asks of the
+    value it carries. A field the proxy adds under another name (``l5d-dst-service``) stays
+    indexable."""
+    origin = TrailerOrigin(
+        [(b"grpc-status", b"0")], head=[NeverIndexedHeaderTuple(b"via", b"2 upstream-mesh-a1b2c3")]
+    )
+    up = ScriptedUpstream(origin.script)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(up.serve)
+        async with (
+            running_daemon(h2_trailer_config(up.port, "io.l5d.h2.nonRetryable5XX")) as d,
+            RawClient.connect(d.port("out")) as c,
+        ):
+            c.conn.config.validate_outbound_headers = False
+            c.conn.config.normalize_outbound_headers = False
+            c.conn.config.normalize_inbound_headers = False
+            await c.start()
+            heads = []
+            for path in (b"/a", b"/b"):
+                sid = c.conn.get_next_available_stream_id()
+                head = [
+                    (b":method", b"GET"),
+                    (b":scheme", b"http"),
+                    (b":authority", b"web"),
+                    (b":path", path),
+                    NeverIndexedHeaderTuple(b"via", b"2 edge-secret-9f8e7d"),
+                    NeverIndexedHeaderTuple(b"l5d-ctx-trace", encode_l5d_trace(0x77, 0x66, 0xABC, 0)),
+                ]
+                c.conn.send_headers(sid, head, end_stream=True)
+                await c.flush()
+                status, _body, _trailers = await c.response(sid)
+                assert status == 200
+                heads.append(
+                    next(
+                        e.headers
+                        for e in c.events
+                        if getattr(e, "stream_id", 0) == sid and type(e) is h2.events.ResponseReceived
+                    )
+                )
+        nursery.cancel_scope.cancel()
+    assert len(origin.heads) == 2
+    for fields in origin.heads:
+        via = [f for f in fields if f[0] == b"via"]
+        assert len(via) == 1 and via[0][1].startswith(b"2 edge-secret-9f8e7d, "), via
+        assert isinstance(via[0], NeverIndexedHeaderTuple), via
+        child = next(f for f in fields if f[0] == b"l5d-ctx-trace")
+        assert isinstance(child, NeverIndexedHeaderTuple), child
+        assert decode_l5d_trace(child[1]).parent_id == 0x77  # type: ignore[union-attr]
+        assert not isinstance(next(f for f in fields if f[0] == b"l5d-dst-service"), NeverIndexedHeaderTuple)
+    for fields in heads:
+        via = [f for f in fields if f[0] == b"via"]
+        assert len(via) == 1 and via[0][1].startswith(b"2 upstream-mesh-a1b2c3, "), via
+        assert isinstance(via[0], NeverIndexedHeaderTuple), via

@@ -140,8 +140,11 @@ _NONE: frozenset[tuple[bytes, bytes]] = frozenset()
 def with_never_indexed(
     fields: list[tuple[bytes, bytes]], pairs: frozenset[tuple[bytes, bytes]]
 ) -> list[tuple[bytes, bytes]]:
-    """``fields`` with those among ``pairs`` made ``NeverIndexedHeaderTuple`` (``fields`` itself when
-    ``pairs`` is empty, the usual case)."""
+    """``fields`` with every one whose name is among ``pairs``' names made ``NeverIndexedHeaderTuple``
+    (``fields`` itself when ``pairs`` is empty, the usual case). By name, not by value: a field the
+    proxy rewrote (``Via`` with its entry appended, crumbs of a cookie joined) still carries what its
+    sender protected."""
     if not pairs:
         return fields
-    return [NeverIndexedHeaderTuple(n, v) if (n, v) in pairs else (n, v) for n, v in fields]
+    names = {n for n, _ in pairs}
+    return [NeverIndexedHeaderTuple(n, v) if n in names else (n, v) for n, v in fields]

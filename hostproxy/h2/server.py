@@ -776,11 +776,8 @@ class _ServerLink(H2Link):
         secret = h2fields.never_indexed(raw)
         if cookies:
             # HTTP/2 lets a client split its cookie into crumbs; they are one field again (§8.2.3),
-            # never-indexed when any crumb was.
-            joined = b"; ".join(cookies)
-            regular.append((b"cookie", joined))
-            if secret and any(n == b"cookie" for n, _ in secret):
-                secret = secret | {(b"cookie", joined)}
+            # never-indexed when any crumb was (``with_never_indexed`` goes by name).
+            regular.append((b"cookie", b"; ".join(cookies)))
         method = pseudo.get(b":method", b"GET").decode("ascii", "replace")
         if method == "CONNECT":
             return error_response(405, "bad-request", "CONNECT tunnelling is not supported by this proxy")
