@@ -134,7 +134,7 @@ def test_next_attempt_never_reuses_the_previous_span_or_the_parent() -> None:
         (b"x-b3-parentspanid", b"%016x" % 4),
         (b"x-b3-spanid", b"%016x" % 5),
     ]
-    out = ZIPKIN.next_attempt(b3, _Fixed(5, 9))  # type: ignore[arg-type]
+    out = ZIPKIN.next_attempt(b3, _Fixed(5, 4, 9))  # type: ignore[arg-type]
     assert out[2] == (b"x-b3-spanid", b"%016x" % 9)
 
 

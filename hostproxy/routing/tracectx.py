@@ -47,11 +47,12 @@ requeue after a connection failure) gets a new span id for every attempt after t
 (:meth:`TracePropagator.next_attempt`): the same trace id, parent and flags (a sampling decision is
 made once per request), so the attempts are siblings in the trace, as Linkerd's retries are (its
 client filter, which gives each request through the client stack a span of its own, sits below the
-classified retries; Finagle's requeues are made below that filter and reused the span of the attempt
-they replaced, where here a requeue is an attempt like any other). ``l5d-reqid`` is the trace id, so it is the same on every attempt: the log
-lines of all the attempts of one request share it. An attempt of a request that started a new trace
-has no received span to be a child of: the first attempt's span is the trace's root (its id is the
-trace id) and every later attempt is a child of that root, so that the trace keeps one root.
+classified retries; Finagle's requeues are made below that filter and reused the span of the
+attempt they replaced, where here a requeue is an attempt like any other). ``l5d-reqid`` is the
+trace id, so it is the same on every attempt: the log lines of all the attempts of one request share
+it. An attempt of a request that started a new trace has no received span to be a child of: the
+first attempt's span is the trace's root (its id is the trace id) and every later attempt is a child
+of that root, so that the trace keeps one root.
 """
 
 from __future__ import annotations
@@ -267,6 +268,12 @@ def _hex_id(value: bytes | None, max_digits: int) -> bytes | None:
     return v.lower().rjust(16 if len(v) <= 16 else 32, b"0")
 
 
+def _id_value(value: bytes | None) -> int:
+    """The number a 16-digit B3 id stands for (0 for none or a malformed one)."""
+    v = _hex_id(value, 16)
+    return int(v, 16) if v is not None else 0
+
+
 def _b3_sampled(value: bytes | None) -> bool | None:
     if value is None:
         return None
@@ -313,19 +320,18 @@ class ZipkinPropagator(TracePropagator):
     def next_attempt(self, headers: Iterable[Header], rng: random.Random) -> list[Header]:
         out = list(headers)
         at = -1
-        has_parent = False
-        for i, (name, _) in enumerate(out):
+        parent: bytes | None = None
+        for i, (name, value) in enumerate(out):
             if name == B3_SPANID:
                 at = i
             elif name == B3_PARENTSPANID:
-                has_parent = True
+                parent = value
         if at < 0:
             return out
         old = out[at][1]
-        old_id = _hex_id(old, 16)
-        span = _new_span(rng, int(old_id, 16) if old_id is not None else 0, 0)
+        span = _new_span(rng, _id_value(old), _id_value(parent))
         out[at] = (B3_SPANID, b"%016x" % span)
-        if not has_parent:  # the first attempt was a new trace's root: the later ones are its children
+        if parent is None:  # the first attempt was a new trace's root: the later ones are its children
             out.insert(at, (B3_PARENTSPANID, old))
         return out
 
