@@ -118,6 +118,9 @@ def render_tables(clients: Mapping[str, Any], namers: Mapping[str, Any]) -> str:
         extra = ""
         if doc.get("rootError"):
             extra = f"  root error: {doc['rootError']}"
+        scan = doc.get("scan")
+        if isinstance(scan, Mapping) and scan.get("hung"):
+            extra += f"  scan hung since {scan.get('startedAt')}"
         lines.append("")
         lines.append(f"{prefix} ({kind}, {len(names)} name{'s' if len(names) != 1 else ''}){extra}")
         if not names:

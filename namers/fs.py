@@ -36,6 +36,18 @@ Three parts:
 * :class:`FsNamer` wires them: its :meth:`~FsNamer.run` task polls every ``poll_interval`` seconds
   (0.25 by default) or at once when a lookup asks for a new name, so changes apply within a second,
   and never lets one name's trouble stop the others.
+
+A hung filesystem (an NFS server that stops answering) blocks ``stat``/``open``/``read`` in the worker
+thread without end. Only one scan runs at a time, so a hung scan holds one thread and no more are
+started; a watchdog in the trio task marks the scan *hung* once it has run for ``scan_timeout`` seconds
+(by default :data:`SCAN_TIMEOUT_POLLS` poll intervals, at least :data:`SCAN_TIMEOUT_FLOOR`; Linkerd's
+fs namer has no such setting). :meth:`FsCore.mark_hung` then reports a failure for every watched name
+through the name table, as any namer failure is reported: a name with addresses keeps serving them,
+``stale`` with the error; a name never answered yet (``pending``) is ``failed`` at once rather than
+waited for; a negative name (its file missing) stays negative, since that is its last good answer and a
+dtab alternative depends on it. The namer's state JSON shows the hang (``scan``). When the scan
+finally returns, its results are applied and every name is back to what its file says; a file the
+scan found unchanged gets the answer it had before the hang.
 """
 
 from __future__ import annotations
@@ -52,13 +64,15 @@ import structlog
 import trio
 
 from namers._dtab import NEG, PENDING, Path
-from namers.base import DEFAULT_MAX_NAMES, Key, Namer, NameTable, config_value, key_text
+from namers.base import DEFAULT_MAX_NAMES, Key, Namer, NameTable, config_value, format_time, key_text
 from namers.fsformat import MAX_FILE_SIZE, FsFormatError, check_size, parse_addresses
 
 __all__ = [
     "KIND",
     "MAX_DEPTH",
     "RACY_WINDOW_NS",
+    "SCAN_TIMEOUT_FLOOR",
+    "SCAN_TIMEOUT_POLLS",
     "FileText",
     "FsCore",
     "FsNamer",
@@ -85,6 +99,17 @@ Sig = tuple[int, ...]  # (device, inode, size, mtime_ns, ctime_ns)
 #: same timestamp tick without any visible change; such a read is ``racy`` and repeated. 2 s covers
 #: the coarsest common filesystem timestamps (FAT; 1 s on ext3, HFS+ and some NFS servers).
 RACY_WINDOW_NS = 2_000_000_000
+
+#: A scan still running after this many poll intervals is hung (a filesystem that stopped answering)...
+SCAN_TIMEOUT_POLLS = 40
+#: ... but never before this many seconds: a slow, busy filesystem is not a hung one. With the default
+#: poll interval (0.25 s) both give 10 s.
+SCAN_TIMEOUT_FLOOR = 10.0
+
+
+def default_scan_timeout(poll_interval: float) -> float:
+    """How long a scan may run before the names are marked stale: see :data:`SCAN_TIMEOUT_POLLS`."""
+    return max(SCAN_TIMEOUT_FLOOR, SCAN_TIMEOUT_POLLS * poll_interval)
 
 
 # -- observations (what one scan saw for one name) ----------------------------------------------
@@ -240,20 +265,39 @@ class _Tracked:
     sig: Sig | None = None
     settle_until: float | None = None
     racy: bool = False
+    #: For a file: the error its last applied read gave (malformed), ``None`` when it bound.
+    error: str | None = None
 
 
 class FsCore:
     """Turns scan observations into name-state transitions. No I/O; ``now`` is passed in
     (a monotonic time, used only for the settle delay)."""
 
-    def __init__(self, table: NameTable, root: str, settle: float = 0.5) -> None:
+    def __init__(
+        self, table: NameTable, root: str, settle: float = 0.5, scan_timeout: float = SCAN_TIMEOUT_FLOOR
+    ) -> None:
         self.table = table
         self.root = root
         self.settle = settle
+        self.scan_timeout = scan_timeout
         self.root_error: str | None = None
         self._tracked: dict[Key, _Tracked] = {}
         self.reads = 0
         self.settles = 0
+        #: When the scan in progress started (``now``), and its wall time; ``None`` between scans.
+        self.scan_started: float | None = None
+        self.scan_started_wall: float | None = None
+        #: Whether the scan in progress has been declared hung; how many scans were.
+        self.hung = False
+        self.hangs = 0
+        #: Names :meth:`mark_hung` reported a failure for, put back when a scan completes.
+        self._hung_keys: set[Key] = set()
+        #: The failure every name gets while the scan hangs (one text, so repeating it is no change).
+        self.hang_error = (
+            f"io.l5d.fs rootDir {root!r}: a scan has not finished within {scan_timeout:g}s (the "
+            "filesystem is not answering: a hung NFS or FUSE mount?); the last good addresses are "
+            f"served until a scan finishes; check the mount (stat {root})"
+        )
 
     def is_dir(self, key: Key) -> bool:
         t = self._tracked.get(key)
@@ -274,10 +318,83 @@ class FsCore:
             out.append((key, t.sig if t.kind == "file" else None, force))
         return out
 
+    # -- a scan that does not come back -------------------------------------------------------------
+    def begin_scan(self, now: float) -> None:
+        """A scan starts now (a monotonic time); it is hung if it is still running at :meth:`deadline`."""
+        self.scan_started = now
+        self.scan_started_wall = self.table.clock()
+        self.hung = False
+
+    def deadline(self) -> float | None:
+        """When the scan in progress counts as hung; ``None`` when no scan runs."""
+        return None if self.scan_started is None else self.scan_started + self.scan_timeout
+
+    def mark_hung(self, now: float) -> list[Key]:
+        """If the scan in progress has run for ``scan_timeout``, report :attr:`hang_error` for every
+        watched name that has no negative answer (call it again for names looked up since: repeating
+        it changes nothing). Returns the keys whose state changed."""
+        deadline = self.deadline()
+        if deadline is None or now < deadline:
+            return []
+        if not self.hung:
+            self.hung = True
+            self.hangs += 1
+            log.error(
+                "namer.fs.scan.hung", root=self.root, timeout_s=self.scan_timeout, error=self.hang_error
+            )
+        changed: list[Key] = []
+        for st in self.table.states():
+            if st.state == "neg":
+                continue  # the file was missing: its last good answer, which a dtab alternative relies on
+            self._hung_keys.add(st.key)
+            if self.table.apply_failure(st.key, self.hang_error):
+                changed.append(st.key)
+        return changed
+
+    def _end_scan(self) -> bool:
+        """The scan in progress has returned (or failed); whether it had been declared hung."""
+        was_hung = self.hung
+        if was_hung:
+            log.info(
+                "namer.fs.scan.recovered",
+                root=self.root,
+                started=format_time(self.scan_started_wall),
+                hint="the filesystem answered again; names show what their files say",
+            )
+        self.scan_started = self.scan_started_wall = None
+        self.hung = False
+        return was_hung
+
+    def end_scan_failed(self) -> None:
+        """The scan in progress raised instead of returning (already logged by the caller)."""
+        self._end_scan()
+
+    def _restore_hung(self) -> list[Key]:
+        """After a completed scan, give each name :meth:`mark_hung` failed, and that the scan did not
+        change (its file unchanged, or still settling), the answer it had before the hang."""
+        changed: list[Key] = []
+        for key in self._hung_keys:
+            st = self.table.get(key)
+            if st is None or st.last_error != self.hang_error:
+                continue  # gone, or the scan gave it a new answer
+            t = self._tracked.get(key)
+            if t is not None and t.kind == "file" and t.error is not None:
+                if self.table.apply_failure(key, t.error):
+                    changed.append(key)
+            elif t is not None and t.kind == "file" and st.addr is not None:
+                if self.table.apply_bound(key, st.addr, st.meta):
+                    changed.append(key)
+            elif t is not None:
+                t.sig = None  # nothing to put back: read it again on the next scan
+        self._hung_keys.clear()
+        return changed
+
     def apply_scan(
         self, root_error: str | None, observations: Iterable[tuple[Key, Observation]], now: float
     ) -> list[Key]:
-        """Apply one scan's results; return the keys whose state changed."""
+        """Apply one scan's results (which ends the scan in progress, if any); return the keys whose
+        state changed."""
+        self._end_scan()
         changed: list[Key] = []
         if root_error is not None:
             if root_error != self.root_error:
@@ -290,6 +407,7 @@ class FsCore:
             for key in self.table.watched():
                 if self.table.apply_failure(key, root_error):
                     changed.append(key)
+            self._hung_keys.clear()
             return changed
         if self.root_error is not None:
             log.info("namer.fs.root.recovered", root=self.root)
@@ -297,6 +415,8 @@ class FsCore:
         for key, obs in observations:
             if key in self.table and self.apply(key, obs, now):
                 changed.append(key)
+        if self._hung_keys:
+            changed.extend(k for k in self._restore_hung() if k not in changed)
         return changed
 
     def _settling(self, t: _Tracked, now: float) -> bool:
@@ -326,12 +446,14 @@ class FsCore:
             t.sig = None
             t.settle_until = None
             t.racy = False
+            t.error = None
             return self.table.apply_neg(key)
         if isinstance(obs, ReadError):
             t.kind = "error"
             t.sig = None
             t.settle_until = None
             t.racy = False
+            t.error = None
             return self.table.apply_failure(key, obs.message)
         assert isinstance(obs, FileText)
         self.reads += 1
@@ -348,7 +470,8 @@ class FsCore:
             addrs = parse_addresses(obs.text, source)
         except FsFormatError as e:
             t.settle_until = None
-            return self.table.apply_failure(key, str(e))
+            t.error = str(e)
+            return self.table.apply_failure(key, t.error)
         if not addrs and self._has_addresses(key):
             # No addresses where there were some: maybe a truncate-then-write caught half-way
             # (empty, or only its header so far). Believe it only if it still says so after `settle`.
@@ -359,6 +482,7 @@ class FsCore:
             if now < t.settle_until:
                 return False
         t.settle_until = None
+        t.error = None
         return self.table.apply_bound(key, addrs)
 
     def _has_addresses(self, key: Key) -> bool:
@@ -383,6 +507,9 @@ class FsNamer(Namer):
         transformers: Iterable[Any] = (),
         poll_interval: float = 0.25,
         settle: float = 0.5,
+        scan_timeout: float | None = None,
+        scanner: Callable[[str, Sequence[Request]], tuple[str | None, list[tuple[Key, Observation]]]]
+        | None = None,
     ) -> None:
         kwargs: dict[str, Any] = {"prefix": prefix, "max_names": max_names, "transformers": transformers}
         if clock is not None:
@@ -390,7 +517,14 @@ class FsNamer(Namer):
         super().__init__(**kwargs)
         self.root_dir = os.path.abspath(os.fspath(root_dir))
         self.poll_interval = poll_interval
-        self.core = FsCore(self.table, self.root_dir, settle)
+        if scan_timeout is None:
+            scan_timeout = default_scan_timeout(poll_interval)
+        self.core = FsCore(self.table, self.root_dir, settle, scan_timeout)
+        #: The blocking scan; ``None``: :func:`scan` (tests put one that blocks in its place).
+        self.scanner = scanner
+        #: One scan thread at a time, outside trio's shared thread limit: a scan hung in the kernel
+        #: holds this one token, never the threads the rest of the daemon uses.
+        self._limiter = trio.CapacityLimiter(1)
         self.polls = 0
         self.poll_errors = 0
 
@@ -411,31 +545,71 @@ class FsNamer(Namer):
         return NEG
 
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Poll the directory until cancelled. Reports started after the first scan, so names looked
-        up before the daemon started are answered by then; a bad rootDir is logged at that point."""
+        """Poll the directory until cancelled. Reports started after the first scan (or once it is
+        hung), so names looked up before the daemon started are answered by then; a bad rootDir is
+        logged at that point. After a hung scan returns, scans again at once (names looked up
+        meanwhile were not in it)."""
         self._bind_runner()
         log.info("namer.fs.started", root=self.root_dir, prefix=str(self.bound_prefix))
         started = False
-        while True:
-            await self.poll_once()
-            if not started:
-                task_status.started()
-                started = True
-            await self._wait_for_wake(self.poll_interval)
 
-    async def poll_once(self) -> None:
-        """One scan of every watched name; errors are logged and counted, never raised."""
+        def report_started() -> None:
+            nonlocal started
+            if not started:
+                started = True
+                task_status.started()
+
+        while True:
+            was_hung = await self.poll_once(on_hung=report_started)
+            report_started()
+            if not was_hung:
+                await self._wait_for_wake(self.poll_interval)
+
+    async def poll_once(self, on_hung: Callable[[], None] | None = None) -> bool:
+        """One scan of every watched name; errors are logged and counted, never raised. While the
+        scan runs longer than ``scan_timeout`` the names are marked (see :meth:`FsCore.mark_hung`)
+        and ``on_hung`` is called. Returns whether the scan had been marked hung."""
         self.polls += 1
+        was_hung = False
         try:
-            requests = self.core.requests(trio.current_time())
-            root_error, observations = await trio.to_thread.run_sync(
-                scan, self.root_dir, requests, abandon_on_cancel=True
-            )
+            now = trio.current_time()
+            requests = self.core.requests(now)
+            self.core.begin_scan(now)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_scan, on_hung)
+                root_error, observations = await trio.to_thread.run_sync(
+                    self.scanner or scan,
+                    self.root_dir,
+                    requests,
+                    abandon_on_cancel=True,
+                    limiter=self._limiter,
+                )
+                nursery.cancel_scope.cancel()
+            was_hung = self.core.hung
             changed = self.core.apply_scan(root_error, observations, trio.current_time())
         except Exception:
+            self.core.end_scan_failed()
             self.poll_errors += 1
             log.exception("namer.fs.poll.failed", root=self.root_dir)
+            return was_hung
+        self._report(changed)
+        return was_hung
+
+    async def _watch_scan(self, on_hung: Callable[[], None] | None) -> None:
+        """Runs beside a scan until it returns: once it has run ``scan_timeout``, marks the names (and
+        again for names looked up while it hangs)."""
+        deadline = self.core.deadline()
+        if deadline is None:
             return
+        await trio.sleep_until(deadline)
+        while True:
+            self._report(self.core.mark_hung(trio.current_time()))
+            if on_hung is not None:
+                on_hung()
+                on_hung = None
+            await self._wait_for_wake(self.poll_interval)
+
+    def _report(self, changed: Iterable[Key]) -> None:
         for key in changed:
             st = self.table.get(key)
             if st is not None:
@@ -452,6 +626,15 @@ class FsNamer(Namer):
         body = super().state_json()
         body["rootDir"] = self.root_dir
         body["rootError"] = self.core.root_error
+        core = self.core
+        body["scan"] = {
+            "running": core.scan_started is not None,
+            "startedAt": format_time(core.scan_started_wall),
+            "hung": core.hung,
+            "timeoutSecs": core.scan_timeout,
+            "lastError": core.hang_error if core.hung else None,
+            "hangs": core.hangs,
+        }
         return body
 
     def statistics(self) -> dict[str, Any]:
@@ -463,6 +646,8 @@ class FsNamer(Namer):
             poll_errors=self.poll_errors,
             reads=self.core.reads,
             settles=self.core.settles,
+            scan_hung=self.core.hung,
+            scan_hangs=self.core.hangs,
         )
         return stats
 
