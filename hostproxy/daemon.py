@@ -15,7 +15,11 @@ address), with the server's ``socketOptions`` (:mod:`hostproxy.http.sockopts`; a
 is logged, not honoured). Once every listener is up the daemon is ready: ``/ready`` answers 200 and systemd gets
 ``READY=1``. Namers answer lazily (the first request for a name waits up to ``bindingTimeoutMs``).
 
-Reload (``SIGHUP``, ``POST /admin/reload``): the config file is read and validated, and everything
+Reload (``SIGHUP``, ``POST /admin/reload``): the config file is read and validated, the routers'
+own dtabs are parsed and the dtab files of routers whose ``dtabFile`` changed are read and parsed, all
+in a worker thread (:func:`prepare_reload`, which touches nothing the event loop owns: it gets the
+path, and the dtab file paths in force, and returns new objects), so that a large config does not hold
+up proxied traffic; then, on the event loop, everything
 new is built — namers (only when the ``namers``/``dns`` sections changed), routers (only those whose
 config changed, or all when the namers did), listeners for servers on new addresses — before anything
 is swapped. Any error leaves the running config untouched and is reported (log, admin response). On
@@ -23,7 +27,8 @@ success the swap is one synchronous step: servers on unchanged addresses keep th
 the new router as their handler, new servers start, removed ones drain; requests in flight finish on
 the router, clients and namers they started on, which are retired once idle (or after
 ``shutdownGraceMs``). A router whose dtab file did not move keeps its watcher, so it keeps its last
-good dtab. systemd sees ``RELOADING=1`` then ``READY=1``.
+good dtab. systemd sees ``RELOADING=1`` then ``READY=1``. Reloads run one at a time, in the order
+they were asked for (a ``trio.Lock``), so the last one asked for is the one in force.
 
 Drain (``SIGTERM``/``SIGINT``, ``POST /admin/shutdown``): readiness goes false and ``STOPPING=1`` is
 sent at once; every server drains (listeners closed — connections already in the kernel backlog are
@@ -93,6 +98,52 @@ log = structlog.get_logger("hostproxy.daemon")
 DELEGATE_RETRY_S = 0.05
 
 IDLE_SWEEP_S = 10.0
+
+
+@dataclasses.dataclass
+class PreparedReload:
+    """What :func:`prepare_reload` made off the event loop: the validated config (or the error that
+    rejects it), each router's own dtab parsed, and the dtab files loaded for routers whose
+    ``dtabFile`` is not one already watched (a :class:`DtabFileError` whose message names the config
+    line and key when one cannot be used)."""
+
+    config: Config | None = None
+    error: ConfigError | None = None
+    own_dtabs: dict[str, Dtab] = dataclasses.field(default_factory=dict)
+    dtab_files: dict[str, DtabFileWatcher | DtabFileError] = dataclasses.field(default_factory=dict)
+
+
+def prepare_reload(config_path: str, watched_dtab_files: dict[str, str]) -> PreparedReload:
+    """Read and validate ``config_path`` and parse what it names (blocking: run in a worker thread).
+
+    ``watched_dtab_files`` maps router labels to the dtab file path whose watcher is in force (a
+    copy: nothing here reads the daemon's state); those files are not read again, their watchers are
+    kept. Never raises for a bad config or dtab file: the result carries the error."""
+    try:
+        new = load_config(config_path)
+    except ConfigError as e:
+        return PreparedReload(error=e)
+    out = PreparedReload(config=new)
+    for index, rcfg in enumerate(new.routers):
+        label = rcfg.label or rcfg.kind
+        try:
+            out.own_dtabs[label] = Dtab.read(rcfg.dtab)
+        except ValueError:
+            pass  # (validated already; if not, building the router reports it)
+        interp = rcfg.interpreter
+        path = getattr(interp, "dtab_file", None)
+        if interp.kind != "io.l5d.fs" or not path or watched_dtab_files.get(label) == path:
+            continue
+        try:
+            out.dtab_files[label] = load_dtab_file(path, router=label, then="reload again")
+        except DtabFileError as e:
+            steps = ("routers", index, "interpreter", "dtabFile")
+            line = config_line(config_path, steps)
+            where = f"{config_path}:{line}:" if line else f"{config_path}:"
+            out.dtab_files[label] = DtabFileError(
+                f"1 error(s)\n{where} routers[{index}].interpreter.dtabFile: {e}"
+            )
+    return out
 
 
 def build_namer(cfg: Any) -> Any:
@@ -551,8 +602,27 @@ class Daemon:
         watcher.on_change = lambda dtab, _v, label=label: self._file_dtab_changed(label)
         return watcher
 
-    def _base_dtab(self, rcfg: Any, watcher: DtabFileWatcher | None) -> Dtab:
-        own = Dtab.read(rcfg.dtab)
+    def _reload_dtab_watcher(
+        self, rcfg: Any, label: str, loaded: DtabFileWatcher | None
+    ) -> DtabFileWatcher | None:
+        """:meth:`_dtab_watcher` for a reload whose dtab files :func:`prepare_reload` loaded: the
+        watcher in force when the path stays, else the one loaded, wired to this router."""
+        interp = rcfg.interpreter
+        path = getattr(interp, "dtab_file", None)
+        if interp.kind != "io.l5d.fs" or not path:
+            return None
+        old = self.dtab_watchers.get(label)
+        if old is not None and old.path == path:
+            return old
+        if loaded is None:  # (a watcher that went away meanwhile: load it here)
+            return self._dtab_watcher(rcfg, label, then="reload again")
+        loaded.on_change = lambda dtab, _v, label=label: self._file_dtab_changed(label)
+        return loaded
+
+    def _base_dtab(self, rcfg: Any, watcher: DtabFileWatcher | None, own: Dtab | None = None) -> Dtab:
+        """The router's dtab: its dtab file's, then its own (``own``: already parsed)."""
+        if own is None:
+            own = Dtab.read(rcfg.dtab)
         return own if watcher is None else watcher.dtab + own
 
     def _overload_stat(self, name: str) -> float:
@@ -566,7 +636,12 @@ class Daemon:
         router.set_dtab(self._base_dtab(router.cfg, watcher))
 
     def _build_router(
-        self, rcfg: Any, ns: _Namers, watcher: DtabFileWatcher | None, index: int = 0
+        self,
+        rcfg: Any,
+        ns: _Namers,
+        watcher: DtabFileWatcher | None,
+        index: int = 0,
+        own_dtab: Dtab | None = None,
     ) -> HttpRouter:
         assert self._nursery is not None
         if rcfg.kind not in ("http", "h2"):
@@ -588,7 +663,7 @@ class Daemon:
             namer_pairs=ns.pairs,
             pool_factory=pool_factory,
             transformers=self.build_transformers(rcfg.interpreter.transformers, ns),
-            base_dtab=self._base_dtab(rcfg, watcher),
+            base_dtab=self._base_dtab(rcfg, watcher, own_dtab),
             client_tls=client_tls,
             recent=self.recent,
         )
@@ -946,11 +1021,19 @@ class Daemon:
 
     async def _reload(self) -> tuple[bool, str]:
         assert self.config_path is not None
-        try:
-            new = load_config(self.config_path)
-        except ConfigError as e:
+        # Reading, validating and parsing, in a worker thread: the event loop keeps serving meanwhile.
+        # The thread gets copies (the path, the dtab files watched now; no reload can change those
+        # while this one holds the lock) and hands back new objects; everything else happens here.
+        watched = {label: w.path for label, w in self.dtab_watchers.items()}
+        prepared = await trio.to_thread.run_sync(
+            prepare_reload, self.config_path, watched, abandon_on_cancel=True
+        )
+        if prepared.error is not None:
+            e = prepared.error
             lines = "\n".join(i.format() for i in e.errors)
             return False, f"reload rejected, the running config stays: {len(e.errors)} error(s)\n{lines}"
+        assert prepared.config is not None
+        new = prepared.config
         old = self.config
         admin_note = ""
         if new.admin != old.admin:
@@ -973,22 +1056,19 @@ class Daemon:
             changed: list[str] = []
             for index, rcfg in enumerate(new.routers):
                 label = rcfg.label or rcfg.kind
-                try:
-                    watcher = self._dtab_watcher(rcfg, label, then="reload again")
-                except DtabFileError as e:
-                    steps = ("routers", index, "interpreter", "dtabFile")
-                    line = config_line(self.config_path, steps)
-                    where = f"{self.config_path}:{line}:" if line else f"{self.config_path}:"
-                    raise DtabFileError(
-                        f"1 error(s)\n{where} routers[{index}].interpreter.dtabFile: {e}"
-                    ) from None
+                loaded = prepared.dtab_files.get(label)
+                if isinstance(loaded, DtabFileError):
+                    raise loaded
+                watcher = self._reload_dtab_watcher(rcfg, label, loaded)
                 if watcher is not None:
                     watchers[label] = watcher
                 cur = self.routers.get(label)
                 if cur is not None and not namers_changed and cur.cfg == rcfg:
                     routers[label] = cur
                 else:
-                    routers[label] = self._build_router(rcfg, ns, watcher, index)
+                    routers[label] = self._build_router(
+                        rcfg, ns, watcher, index, prepared.own_dtabs.get(label)
+                    )
                     changed.append(label)
             specs = self._server_specs(new)
             server_tls = self._build_server_tls(new)
@@ -1030,7 +1110,8 @@ class Daemon:
         for label in changed:
             kept = watchers.get(label)
             if kept is not None:
-                routers[label].set_dtab(self._base_dtab(routers[label].cfg, kept))  # its last good dtab
+                own = prepared.own_dtabs.get(label)
+                routers[label].set_dtab(self._base_dtab(routers[label].cfg, kept, own))  # its last good dtab
         removed = [slot for key, slot in self.slots.items() if key not in specs]
         for key, (label, params) in specs.items():
             slot = self.slots.get(key)

@@ -10,8 +10,10 @@ Waits are bounded polls of observable state, never timings.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -22,6 +24,8 @@ import pytest
 import trio
 
 import namers.fs as fsmod
+from hostproxy.daemon import prepare_reload
+from hostproxy.dtabfile import DtabFileError, DtabFileWatcher
 from namers._dtab import PENDING, Leaf, NamerError, Path
 from namers.base import NameTable
 from namers.fs import (
@@ -34,6 +38,9 @@ from namers.fs import (
     scan,
 )
 from tests.daemonutil import curl, fs_config, running_daemon
+from tests.test_lifecycle_helpers import config as lifecycle_config
+from tests.test_lifecycle_helpers import daemon_proc, get
+from tests.test_lifecycle_helpers import write_disco as write_disco_ports
 from tests.upstreams import running_upstream
 
 WEB, API, GONE, BAD, NEW = (b"web",), (b"api",), (b"gone",), (b"bad",), (b"new",)
@@ -389,3 +396,134 @@ def test_scan_refuses_a_fifo_without_opening_it(tmp_path: FsPath) -> None:
     assert root_error is None
     ((key, o),) = obs
     assert key == WEB and "is not a regular file" in getattr(o, "message", "")
+
+
+# == reload: reading and validating off the event loop ================================================
+
+
+async def feed_fifo(path: FsPath, text: str, timeout: float = 20) -> None:
+    """Write ``text`` to the FIFO at ``path`` once a reader has it open (waiting in open(2)), then
+    close it (the reader sees the end). Opening for writing without blocking fails with ENXIO while
+    no reader is there, so this polls, bounded."""
+    with trio.fail_after(timeout):
+        while True:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as e:
+                if e.errno != errno.ENXIO:
+                    raise
+                await trio.sleep(0.02)
+                continue
+            break
+    try:
+        os.set_blocking(fd, True)
+        await trio.to_thread.run_sync(os.write, fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+async def test_reload_reads_and_validates_off_the_loop_in_order_last_wins(tmp_path: FsPath) -> None:
+    """The config file is replaced by a FIFO, so each reload's read waits in open(2) until the test
+    writes the config into it: a real blocking read, as a config on a hung filesystem would be (or
+    a large one that takes long to validate). While two reloads wait, requests (and the admin
+    server) are answered on the running config; then the first applies, then the second (the last
+    asked for is in force); an invalid config through the same path is rejected with FILE:LINE."""
+    async with running_upstream() as a, running_upstream() as b, running_upstream() as c:
+        disco = tmp_path / "disco"
+        for name, up in (("a", a), ("b", b), ("c", c)):
+            write_disco_ports(disco, name, up.port)
+        cfg = tmp_path / "hostproxy.yaml"
+
+        def route(to: str) -> str:
+            return lifecycle_config(disco, dtab=f"/svc/web => /#/io.l5d.fs/{to};")
+
+        cfg.write_text(route("a"))
+        async with daemon_proc(cfg) as d:
+            port = d.port("out")
+
+            async def served_by(up: Any, n: int = 3) -> None:
+                before = len(up.requests)
+                for _ in range(n):
+                    r = await get(port, "/")
+                    assert (r.outcome, r.status) == ("ok", 200), r
+                assert len(up.requests) == before + n
+
+            await served_by(a)
+            fifo = tmp_path / "cfg.fifo"
+            os.mkfifo(fifo)
+            os.rename(fifo, cfg)  # from now on a reload's read of the config waits for a writer
+
+            d.send(signal.SIGHUP)
+            await d.wait_event("daemon.signal", where=lambda e: e.get("signal") == "SIGHUP")
+            await served_by(a)  # the first reload is waiting in open(2): traffic goes on
+            d.send(signal.SIGHUP)
+            await d.wait_event("daemon.signal", count=2, where=lambda e: e.get("signal") == "SIGHUP")
+            await served_by(a)
+            admin = await get(d.admin_port, "/admin/ping", host="admin")
+            assert (admin.outcome, admin.status) == ("ok", 200)
+            assert d.events("daemon.reloaded") == []
+
+            await feed_fifo(cfg, route("b"))  # the first reload reads this
+            first = await d.wait_event("daemon.reloaded")
+            assert first["generation"] == 2
+            await served_by(b)
+            await feed_fifo(cfg, route("c"))  # the second one, queued behind it, reads this
+            second = await d.wait_event("daemon.reloaded", count=2)
+            assert second["generation"] == 3
+            await served_by(c)
+
+            d.send(signal.SIGHUP)
+            await feed_fifo(cfg, route("b") + "bogusKey: 1\n")
+            failed = await d.wait_event("daemon.reload_failed")
+            line = route("b").count("\n") + 1
+            assert f"{cfg}:{line}:" in failed["error"] and "bogusKey" in failed["error"]
+            assert failed["error"].startswith("reload rejected, the running config stays: 1 error(s)")
+            await served_by(c)
+
+
+def test_prepare_reload_parses_what_the_config_names_and_reports_errors_at_their_line(
+    tmp_path: FsPath,
+) -> None:
+    """The part of a reload that runs in the worker thread: it reads only the paths it is given,
+    loads the dtab files not already watched, keeps the ones that are, and reports a dtab file that
+    cannot be used at the config line that names it."""
+    disco = tmp_path / "disco"
+    disco.mkdir()
+    kept, new, bad = tmp_path / "kept.dtab", tmp_path / "new.dtab", tmp_path / "bad.dtab"
+    kept.write_text("/svc/k => /#/io.l5d.fs/k;\n")
+    new.write_text("/svc/n => /#/io.l5d.fs/n;\n")
+    bad.write_text("/svc/x => ;\n")
+
+    def router(label: str, dtab_file: FsPath) -> str:
+        return (
+            f"- protocol: http\n  label: {label}\n  dtab: /svc/own => /#/io.l5d.fs/own;\n"
+            f"  interpreter: {{kind: io.l5d.fs, dtabFile: {dtab_file}}}\n"
+            "  servers: [{ip: 127.0.0.1, port: 0}]\n"
+        )
+
+    cfg = tmp_path / "hostproxy.yaml"
+    text = (
+        f"admin: {{ip: 127.0.0.1, port: 0}}\nnamers:\n- kind: io.l5d.fs\n  rootDir: {disco}\nrouters:\n"
+        + router("one", kept)
+        + router("two", new)
+        + router("three", bad)
+    )
+    cfg.write_text(text)
+
+    p = prepare_reload(str(cfg), {"one": str(kept)})
+
+    assert p.error is None and p.config is not None
+    assert [str(d) for d in p.own_dtabs.values()] == ["/svc/own=>/#/io.l5d.fs/own"] * 3
+    assert "one" not in p.dtab_files  # watched already: its watcher (and last good dtab) stays
+    two = p.dtab_files["two"]
+    assert isinstance(two, DtabFileWatcher) and str(two.dtab) == "/svc/n=>/#/io.l5d.fs/n"
+    three = p.dtab_files["three"]
+    line = text.splitlines().index(f"  interpreter: {{kind: io.l5d.fs, dtabFile: {bad}}}") + 1
+    assert isinstance(three, DtabFileError)
+    assert f"{cfg}:{line}: routers[2].interpreter.dtabFile: " in str(three)
+    assert f"{bad}:1:" in str(three) and "reload again" in str(three)
+
+    cfg.write_text(text + "bogusKey: 1\n")
+    p = prepare_reload(str(cfg), {})
+    assert p.config is None and p.error is not None
+    assert [(i.line, "bogusKey" in i.format()) for i in p.error.errors] == [(text.count("\n") + 1, True)]
