@@ -224,8 +224,12 @@ def observe(
     if sig == prev and not force:
         return Unchanged()
     try:
-        with open(path, "rb") as f:
+        # Without blocking: a FIFO put in the file's place since the stat would hold open(2) until a
+        # writer comes (no effect on a regular file); what was opened is checked again below.
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
             fst = os.fstat(f.fileno())
+            if not stat.S_ISREG(fst.st_mode):
+                return ReadError(f"{path} is not a regular file; replace it with a file of 'host port' lines")
             sig = _sig(fst)
             try:
                 check_size(fst.st_size, path)

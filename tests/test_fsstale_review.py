@@ -527,3 +527,37 @@ def test_prepare_reload_parses_what_the_config_names_and_reports_errors_at_their
     p = prepare_reload(str(cfg), {})
     assert p.config is None and p.error is not None
     assert [(i.line, "bogusKey" in i.format()) for i in p.error.errors] == [(text.count("\n") + 1, True)]
+
+
+def test_file_replaced_by_a_fifo_between_stat_and_open_is_refused_without_waiting(
+    tmp_path: FsPath, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name's file swapped for a FIFO after the scan's stat saw a regular file: ``open`` would wait
+    for a writer, holding the scan for good. The file is opened without blocking and refused as not a
+    regular file. (The stat is made to report the regular file the path held a moment before; a timer
+    opens the FIFO for writing after 10 s so that a scan that does wait returns, and fails.)"""
+    regular = tmp_path / "regular"
+    regular.write_text("10.0.0.1 80\n")
+    fifo = tmp_path / "web"
+    os.mkfifo(fifo)
+    real_stat = os.stat
+
+    def stat_before_the_swap(path: Any, *args: Any, **kw: Any) -> os.stat_result:
+        return real_stat(regular if os.fspath(path) == str(fifo) else path, *args, **kw)
+
+    def unblock() -> None:
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+
+    timer = threading.Timer(10.0, unblock)
+    timer.start()
+    try:
+        monkeypatch.setattr(os, "stat", stat_before_the_swap)
+        obs = fsmod.observe(str(tmp_path), WEB, None, False)
+        monkeypatch.undo()
+    finally:
+        timer.cancel()
+    assert isinstance(obs, fsmod.ReadError), obs
+    assert obs.message == f"{fifo} is not a regular file; replace it with a file of 'host port' lines"
