@@ -210,6 +210,8 @@ class Client:
         #: such one. At most ``MAX_FAILED_ANSWER_SERVICES`` services, the least recently failed dropped first.
         self.failed_answers: dict[str, dict[str, Any]] = {}
         self.id = client_id
+        #: The router's span recorder when it exports traces (``io.l5d.zipkin``), set by the router.
+        self.spans: Any = None
         self.dst_client = client_id.encode("latin-1", "replace")  # the l5d-dst-client value
         self.params = params
         # Whether the forwarded request carries the caller's certificate (x-forwarded-client-cert).
@@ -396,6 +398,7 @@ class Client:
         self.requeue_budget.deposit_at(now)  # the budget reads the client's clock
         requeues = 0
         full_refusals = 0  # attempts refused by an endpoint's full connection pool
+        spans = self.spans  # (an ``io.l5d.zipkin`` telemeter's recorder, or None)
         while True:
             bal_ep = balancer.pick()
             if bal_ep is None:
@@ -414,6 +417,8 @@ class Client:
             accrual.on_request(key)
             if requeues:
                 t0 = clock()
+            if spans is not None:
+                sent_us = spans.now_us()
             try:
                 if self._attempt_timeout is not None:
                     with trio.move_on_after(self._attempt_timeout) as scope:
@@ -427,6 +432,8 @@ class Client:
                 else:
                     resp = await ep.pool.request(req)
             except UpstreamError as e:
+                if spans is not None:
+                    spans.attempt(req, self.id, key, sent_us, None, e.cause)
                 if e.local:
                     # hostproxy's own resources ran out (file descriptors): not the endpoint's
                     # failure, and another endpoint would fare no better (no requeue).
@@ -472,6 +479,8 @@ class Client:
                 if not bal_ep.removed:
                     accrual.on_interrupted(key)  # (a probe cut off is over: probed again later)
                 raise
+            if spans is not None:
+                spans.attempt(req, self.id, key, sent_us, resp.status, None)
             answered_5xx = 500 <= resp.status < 600
             if answered_5xx:
                 self._answered_5xx(resp, ep)

@@ -72,7 +72,13 @@ from dtab import Dtab, Path
 from dtab.delegate import delegate
 from hostproxy import gcpolicy, sdnotify
 from hostproxy.config import Config, ConfigError, load_config
-from hostproxy.config.model import InfluxDbTelemeter, PrometheusTelemeter, RecentRequestsTelemeter, to_json
+from hostproxy.config.model import (
+    InfluxDbTelemeter,
+    PrometheusTelemeter,
+    RecentRequestsTelemeter,
+    ZipkinTelemeter,
+    to_json,
+)
 from hostproxy.config.registry import load_factory, lookup
 from hostproxy.config.validate import config_line
 from hostproxy.dtabfile import DtabFileError, DtabFileWatcher, load_dtab_file, watch_dtab_file
@@ -81,7 +87,7 @@ from hostproxy.http.proxyheaders import ForwardedConfig, Labeler
 from hostproxy.http.server import Http1Server, ServerParams, bind_listeners
 from hostproxy.http.sockopts import configure_listener, socket_options
 from hostproxy.idle import run_when_idle
-from hostproxy.metrics import MetricsRegistry
+from hostproxy.metrics import MetricsRegistry, PromId
 from hostproxy.metrics.registry import FLUSH_AT_MOST_S, FLUSH_EVERY_S, FLUSH_PIECE, FLUSH_QUIET_MAX_S
 from hostproxy.namerstate import NamerStateStore
 from hostproxy.overload import OverloadConfig, OverloadManager, detect_memory_limit, sample_loop
@@ -500,9 +506,33 @@ class Daemon:
         self.generation = 1
         self.last_reload: dict[str, Any] | None = None
         self.recent: RecentRequests | None = None
+        #: The ``io.l5d.zipkin`` telemeters' exporters (their sender tasks start with the daemon).
+        self.zipkin: list[Any] = []
         for t in config.telemetry:
             if isinstance(t, RecentRequestsTelemeter):
                 self.recent = RecentRequests(t.sample_rate, t.capacity, self.rng)
+            elif isinstance(t, ZipkinTelemeter):
+                from hostproxy.zipkin import ZipkinExporter
+
+                self.zipkin.append(ZipkinExporter(t.host, t.port, t.sample_rate, rng=self.rng))
+        for name, help_text in (
+            ("recorded", "spans recorded for the Zipkin collector"),
+            ("sent", "spans the Zipkin collector took"),
+            ("dropped", "spans lost: the queue was full, or the collector could not take them"),
+            ("send_failures", "batches of spans the Zipkin collector did not take"),
+        ):
+            if self.zipkin:
+                self.metrics.counter_fn(
+                    f"zipkin/{name}",
+                    functools.partial(self._zipkin_stat, name),
+                    PromId(
+                        f"hostproxy_zipkin_spans_{name}_total"
+                        if name != "send_failures"
+                        else "hostproxy_zipkin_send_failures_total",
+                        (),
+                        help_text,
+                    ),
+                )
         self.overload = OverloadManager(overload_config(config.overload), clock=time.monotonic)
         self._overload_interval_s = config.overload.interval_ms / 1000
         self._sampler_scope: trio.CancelScope | None = None
@@ -666,7 +696,19 @@ class Daemon:
             base_dtab=self._base_dtab(rcfg, watcher, own_dtab),
             client_tls=client_tls,
             recent=self.recent,
+            spans=self._span_recorder(label),
         )
+
+    def _zipkin_stat(self, name: str) -> int:
+        return sum(int(e.statistics()[name]) for e in self.zipkin)
+
+    def _span_recorder(self, label: str) -> Any:
+        """A router's span recorder, when an ``io.l5d.zipkin`` telemeter exports traces."""
+        if not self.zipkin:
+            return None
+        from hostproxy.zipkin import AttemptRecorder
+
+        return AttemptRecorder(self.zipkin, label)
 
     async def _watch_tls(self) -> None:
         """Re-read changed certificate files every ``tls_reload_interval_s`` (when any TLS is in use)."""
@@ -912,6 +954,8 @@ class Daemon:
                 await lst.aclose()
             nursery.start_soon(self._sweep_idle)
             nursery.start_soon(self._watch_tls)
+            for exporter in self.zipkin:
+                await nursery.start(exporter.run)
             self._ready = True
             # Everything built at start lives as long as the daemon: keep it out of the collector's
             # full scans, which otherwise pause the event loop for milliseconds under load.

@@ -437,8 +437,12 @@ class HttpRouter:
         base_dtab: Dtab | None = None,
         client_tls: ClientTlsCache | None = None,
         recent: Any = None,
+        spans: Any = None,
     ) -> None:
         self.cfg = cfg
+        #: The ``io.l5d.zipkin`` telemeters' span recorder (``hostproxy.zipkin.AttemptRecorder``), given
+        #: to every client (None: no trace export).
+        self.spans = spans
         self._pool_factory = pool_factory
         self._client_tls = client_tls
         self._alpn = ("h2",) if cfg.kind == "h2" else ("http/1.1",)  # as hostproxy.tls.alpn_for_protocol
@@ -1338,6 +1342,11 @@ class HttpRouter:
             return None
 
     def _new_client(self, client_id: str) -> Client:
+        client = self._make_client(client_id)
+        client.spans = self.spans
+        return client
+
+    def _make_client(self, client_id: str) -> Client:
         params = client_params_for(self.cfg, client_id)
         extra: dict[str, Any] = {"pool_factory": self._pool_factory} if self._pool_factory is not None else {}
         if self._pool_factory is not None and hasattr(params, "initial_stream_window_bytes"):

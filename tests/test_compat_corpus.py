@@ -31,10 +31,7 @@ EXPECTED: dict[str, list[str] | None] = {
     "k8s-daemonset__k8s__linkerd-egress.yaml": None,
     "lifecycle__linkerd1__linkerd.yaml": None,
     "k8s-daemonset__k8s__linkerd-grpc.yaml": None,
-    "k8s-daemonset__k8s__linkerd-zipkin.yaml": [
-        "telemetry[1].kind: telemeter kind 'io.l5d.zipkin' is not supported yet by hostproxy; tracing export is "
-        "not implemented; remove this telemeter",
-    ],
+    "k8s-daemonset__k8s__linkerd-zipkin.yaml": None,
 }
 
 

@@ -228,10 +228,6 @@ def test_unsupported_linkerd_kinds_say_what_to_use() -> None:
         "t.yaml:7: routers[0].interpreter.kind: interpreter kind 'io.l5d.namerd' is a Linkerd interpreter that "
         "hostproxy does not support; use a dtab file instead: interpreter: {kind: io.l5d.fs, dtabFile: FILE}"
     )
-    assert one_error("telemetry:\n- kind: io.l5d.zipkin\n" + MINIMAL) == (
-        "t.yaml:2: telemetry[0].kind: telemeter kind 'io.l5d.zipkin' is not supported yet by hostproxy; "
-        "tracing export is not implemented; remove this telemeter"
-    )
     assert one_error("routers:\n- protocol: thrift\n  servers: [{port: 4114}]\n") == (
         "t.yaml:2: routers[0].protocol: router protocol kind 'thrift' is a Linkerd router protocol that hostproxy "
         "does not support; hostproxy proxies HTTP/1.1 and HTTP/2 only (protocol: http or h2)"

@@ -792,6 +792,20 @@ class RecentRequestsTelemeter(TelemeterConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ZipkinTelemeter(TelemeterConfig):
+    host: str = key("localhost", "Host of the Zipkin Scribe collector.", check=host_name)
+    port: int = key(
+        9410, "Port of the Zipkin Scribe collector (Zipkin's SCRIBE_ENABLED port).", check=port_number
+    )
+    sample_rate: float = key(
+        0.001,
+        "Fraction of requests without a sampling decision that are recorded (0 to 1); a request that "
+        "carries one (l5d-ctx-trace, l5d-sample, B3) is recorded as it says.",
+        check=fraction,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class InfluxDbTelemeter(TelemeterConfig):
     """Linkerd's ``io.l5d.influxdb``: no keys of its own (it serves /admin/metrics/influxdb)."""
 
@@ -1019,8 +1033,8 @@ class RouterConfig(PluginConfig):
     servers: tuple[ServerConfig, ...] = key((), "Where the router listens; at least one.")
     trace_propagator: TracePropagatorConfig = key(
         DefaultTracePropagator(kind="io.l5d.default"),
-        "The trace headers read from requests and written on forwarded ones (propagation only: "
-        "hostproxy records no spans).",
+        "The trace headers read from requests and written on forwarded ones (spans are exported only by "
+        "an io.l5d.zipkin telemeter).",
         plugin="tracePropagator",
     )
     client: ParamsSection = key(

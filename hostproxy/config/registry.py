@@ -76,6 +76,7 @@ IMPLEMENTED: frozenset[tuple[str, str]] = frozenset(
         ("telemeter", "io.l5d.recentRequests"),
         ("telemeter", "io.l5d.prometheus"),
         ("telemeter", "io.l5d.influxdb"),
+        ("telemeter", "io.l5d.zipkin"),
         ("tracePropagator", "io.l5d.default"),
         ("tracePropagator", "io.l5d.zipkin"),
     }
@@ -445,6 +446,14 @@ register(
 )
 register(
     "telemeter",
+    "io.l5d.zipkin",
+    m.ZipkinTelemeter,
+    "hostproxy.zipkin:ZipkinExporter",
+    "A span per forwarded attempt, sent to a Zipkin Scribe collector (Thrift spans over Scribe's Log, as "
+    "Linkerd's); requests without a sampling decision are sampled at sampleRate.",
+)
+register(
+    "telemeter",
     "io.l5d.influxdb",
     m.InfluxDbTelemeter,
     "hostproxy.metrics.influx:influx_slices",
@@ -507,6 +516,4 @@ UNSUPPORTED: dict[tuple[str, str], str] = {
 }
 
 # Linkerd kinds hostproxy means to support later but has no runtime for yet (not in the plan above).
-NOT_YET: dict[tuple[str, str], str] = {
-    ("telemeter", "io.l5d.zipkin"): "tracing export is not implemented; remove this telemeter",
-}
+NOT_YET: dict[tuple[str, str], str] = {}

@@ -1,8 +1,8 @@
 """Trace propagation: the router's ``tracePropagator`` (``io.l5d.default`` or ``io.l5d.zipkin``).
 
-Theory of operation. hostproxy has no tracer: it records no spans and reports nothing to Zipkin. What it
-does is propagate: it reads the trace context a request arrived with and forwards a child of it, so
-that the spans the applications on either side report join one trace, and every forwarded request
+Theory of operation. hostproxy propagates trace context (spans are recorded only for an
+``io.l5d.zipkin`` telemeter, :mod:`hostproxy.zipkin`, which reads them back with :func:`span_of`): it
+reads the trace context a request arrived with and forwards a child of it, so that the spans the applications on either side report join one trace, and every forwarded request
 carries ``l5d-reqid`` (the trace id, for correlating logs). Everything here is a pure function of the
 received header values and an injected ``random.Random``.
 
@@ -347,3 +347,48 @@ def propagator_for(kind: str) -> TracePropagator:
         return KINDS[kind]
     except KeyError:
         raise ValueError(f"unknown tracePropagator kind {kind!r}; valid kinds: {', '.join(KINDS)}") from None
+
+
+# -- reading an attempt's span (for trace export) -------------------------------------------------
+
+
+class SpanIds(tuple[int, int, int | None, int | None, bool | None, bool]):
+    """The span a forwarded attempt carries: ``(trace_id, span_id, parent_id, trace_id_high,
+    sampled, debug)``; ``parent_id`` None for a root span, ``sampled`` None without a decision."""
+
+    __slots__ = ()
+
+
+def _id_of(value: bytes | None, max_digits: int = 16) -> int | None:
+    """A B3 id's value (``_hex_id``'s checks), or None."""
+    checked = _hex_id(value, max_digits)
+    return int(checked, 16) if checked is not None else None
+
+
+def span_of(headers: Iterable[Header]) -> SpanIds | None:
+    """The span of a forwarded request, from the ``l5d-ctx-trace`` or B3 fields a propagator wrote
+    (``l5d-ctx-trace`` first); None when it carries neither in a form that can be read."""
+    b3: dict[bytes, bytes] = {}
+    for name, value in headers:
+        if name == CTX_TRACE:
+            got = decode_l5d_trace(value)
+            if got is not None and got.span_id and got.trace_id:
+                flags = got.flags
+                sampled = bool(flags & FLAG_SAMPLED) if flags & FLAG_SAMPLING_KNOWN else None
+                parent = got.parent_id if got.parent_id not in (0, got.span_id) else None
+                return SpanIds((got.trace_id, got.span_id, parent, None, sampled, bool(flags & FLAG_DEBUG)))
+        elif name in B3_NAMES:
+            b3[name] = value.strip()
+    trace_hex = _hex_id(b3.get(B3_TRACEID), 32)
+    span = _id_of(b3.get(B3_SPANID))
+    if trace_hex is None or span is None:
+        return None
+    trace = int(trace_hex[-16:], 16)
+    high = int(trace_hex[:-16], 16) or None if len(trace_hex) > 16 else None
+    parent = _id_of(b3.get(B3_PARENTSPANID))
+    debug = b3.get(B3_FLAGS) == b"1"
+    decision = b3.get(B3_SAMPLED, b"").lower()
+    sampled = (
+        True if debug or decision in (b"1", b"true") else False if decision in (b"0", b"false") else None
+    )
+    return SpanIds((trace, span, parent, high, sampled, debug))
