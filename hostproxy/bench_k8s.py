@@ -436,7 +436,7 @@ async def run_k8s(args: argparse.Namespace, tmp: FsPath) -> dict[str, Any]:
                 await trio.sleep(0.1)
             res["settled_s"] = trio.current_time() - t0
             res["settled"] = settled(namer, n)
-            res["startup_failures"] = sum(c.failures for t in namer.targets.values() for c in (t.svc, t.eps))
+            res["startup_failures"] = sum(c.failures for t in namer.targets.values() for c in t.cores)
             gc.collect()
             res["rss0_kb"] = rss0
             res["rss_synced_kb"] = rss_kb()

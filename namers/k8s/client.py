@@ -278,14 +278,17 @@ def in_cluster(
     environ: Mapping[str, str] | None = None,
     sa_dir: str = DEFAULT_SA_DIR,
     connect_timeout: float = 10.0,
+    *,
+    kind: str = "io.l5d.k8s",
 ) -> ApiServer:
-    """The API server as seen from inside a pod: env host/port, service account CA and token."""
+    """The API server as seen from inside a pod: env host/port, service account CA and token
+    (``kind``, the namer's, starts every error)."""
     env = os.environ if environ is None else environ
     host = env.get("KUBERNETES_SERVICE_HOST", "").strip()
     port_text = env.get("KUBERNETES_SERVICE_PORT", "").strip() or env.get("KUBERNETES_SERVICE_PORT_HTTPS", "")
     if not host or not port_text.strip():
         raise InClusterConfigError(
-            "io.l5d.k8s: no namers[].host is set and KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT "
+            f"{kind}: no namers[].host is set and KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT "
             "are not both set; set host/port (e.g. a kubectl proxy at localhost:8001) or run in a pod"
         )
     try:
@@ -294,18 +297,18 @@ def in_cluster(
             raise ValueError
     except ValueError:
         raise InClusterConfigError(
-            f"io.l5d.k8s: KUBERNETES_SERVICE_PORT={port_text!r} is not a port number 1-65535"
+            f"{kind}: KUBERNETES_SERVICE_PORT={port_text!r} is not a port number 1-65535"
         ) from None
     ca = os.path.join(sa_dir, "ca.crt")
     token = os.path.join(sa_dir, "token")
     for what, p in (("CA certificate", ca), ("token", token)):
         if not os.path.isfile(p) or os.path.getsize(p) == 0:
             raise InClusterConfigError(
-                f"io.l5d.k8s: service account {what} {p} is missing or empty; mount the service account "
+                f"{kind}: service account {what} {p} is missing or empty; mount the service account "
                 "(automountServiceAccountToken) or set namers[].host"
             )
     try:
         ctx = ssl.create_default_context(cafile=ca)
     except (ssl.SSLError, OSError) as e:
-        raise InClusterConfigError(f"io.l5d.k8s: cannot load the CA certificate {ca} ({e})") from e
+        raise InClusterConfigError(f"{kind}: cannot load the CA certificate {ca} ({e})") from e
     return ApiServer(host, port, ssl_context=ctx, token=TokenFile(token), connect_timeout=connect_timeout)

@@ -62,7 +62,7 @@ from namers.k8s.client import DEFAULT_SA_DIR, ApiServer, ApiUnavailable, Respons
 from namers.k8s.objects import K8sObjectError, parse_endpoints, parse_service, parse_slices, resolve
 from namers.k8s.watch import Collection, LineBuffer, LineTooLong, ListWatchCore
 
-__all__ = ["KIND", "K8sNamer", "Target", "from_config", "valid_key"]
+__all__ = ["KIND", "K8sNamer", "Target", "api_from_config", "from_config", "resync_from_config", "valid_key"]
 
 #: Residuals whose canonical spelling :meth:`K8sNamer.canonical_residual` remembers (then it starts over).
 CANONICAL_MEMO_SIZE = 8192
@@ -98,13 +98,14 @@ MAX_CONCURRENT_LISTS = 32  # list requests in flight at once (watches themselves
 
 @dataclass
 class Target:
-    """One (namespace, service, label value): its two list/watches and their tasks."""
+    """One (namespace, service, label value): its list/watches (the Service's and, but for
+    ``io.l5d.k8s.external``, its endpoints') and their tasks."""
 
     namespace: str
     service: str
     label_value: str | None
     svc: ListWatchCore
-    eps: ListWatchCore
+    eps: ListWatchCore | None
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
     started_at: float | None = None
     stopped_at: float | None = None
@@ -114,6 +115,10 @@ class Target:
     @property
     def name(self) -> str:
         return f"{self.namespace}/{self.service}"
+
+    @property
+    def cores(self) -> tuple[ListWatchCore, ...]:
+        return (self.svc,) if self.eps is None else (self.svc, self.eps)
 
 
 @dataclass
@@ -130,6 +135,8 @@ class K8sNamer(Namer):
     """The ``io.l5d.k8s`` namer over one API server."""
 
     kind: ClassVar[str] = KIND
+    #: The ``condition`` values a name can have (counted in :meth:`statistics`).
+    conditions: ClassVar[tuple[str, ...]] = CONDITIONS
 
     def __init__(
         self,
@@ -154,12 +161,12 @@ class K8sNamer(Namer):
         super().__init__(**kwargs)
         if label_selector is not None and not _LABEL_KEY.match(label_selector):
             raise ValueError(
-                f"io.l5d.k8s labelSelector {label_selector!r} is not a Kubernetes label key; "
+                f"{self.kind} labelSelector {label_selector!r} is not a Kubernetes label key; "
                 "give the key only, e.g. 'version' (its value comes from the path)"
             )
         if resync_interval <= 0 or request_timeout <= 0 or backoff_base <= 0 or backoff_max < backoff_base:
             raise ValueError(
-                "io.l5d.k8s: resync_interval, request_timeout and backoff_base must be positive "
+                f"{self.kind}: resync_interval, request_timeout and backoff_base must be positive "
                 "and backoff_max at least backoff_base"
             )
         self.api = api
@@ -299,8 +306,8 @@ class K8sNamer(Namer):
     async def _run_target(self, t: Target) -> None:
         with t.cancel:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._run_watch, t, t.svc)
-                nursery.start_soon(self._run_watch, t, t.eps)
+                for core in t.cores:
+                    nursery.start_soon(self._run_watch, t, core)
 
     def _backoff(self, failures: int) -> float:
         base = min(self.backoff_max, self.backoff_base * (2 ** min(failures - 1, 30)))
@@ -432,8 +439,8 @@ class K8sNamer(Namer):
         self.recomputes += 1
         changed = False
         detail = self._detail.setdefault(key, _Detail())
-        error = t.svc.error or t.eps.error
-        if not (t.svc.synced and t.eps.synced):
+        error = next((c.error for c in t.cores if c.error is not None), None)
+        if not all(c.synced for c in t.cores):
             if error is not None:
                 detail.condition = "unavailable"
                 changed = self.table.apply_failure(key, f"discovery unavailable: {error}")
@@ -457,6 +464,7 @@ class K8sNamer(Namer):
 
     def _resolve_key(self, t: Target, key: Key, detail: _Detail) -> bool:
         _, port, _, _ = self._parts(key)
+        assert t.eps is not None
         svc_obj = t.svc.objects.get(t.service)
         if svc_obj is None:
             detail.condition = "service-missing"
@@ -520,21 +528,31 @@ class K8sNamer(Namer):
             entry["condition"] = d.condition
             entry["notReady"] = d.not_ready
             entry["ports"] = d.ports
-            entry["watch"] = (
-                {
-                    "target": self._target_label(t),
-                    "request": t.eps.last_request,
-                    "lastEventAt": format_time(t.eps.last_event_at),
-                    "lastListAt": format_time(t.eps.last_list_at),
-                    "streaming": t.eps.streaming and t.svc.streaming,
-                    "lastError": t.eps.error or t.svc.error or t.eps.watch_refused or t.svc.watch_refused,
-                }
-                if t is not None
-                else None
-            )
+            entry["watch"] = self._name_watch_json(t) if t is not None else None
+        self._targets_state_json(body)
+        body["api"] = self.api.describe()
+        return body
+
+    def _name_watch_json(self, t: Target) -> dict[str, Any]:
+        """A name's ``watch``: its target's endpoints watch (the Service's when there is none)."""
+        cores = t.cores[::-1]
+        main = cores[0]
+        return {
+            "target": self._target_label(t),
+            "request": main.last_request,
+            "lastEventAt": format_time(main.last_event_at),
+            "lastListAt": format_time(main.last_list_at),
+            "streaming": all(c.streaming for c in cores),
+            "lastError": next((c.error for c in cores if c.error is not None), None)
+            or next((c.watch_refused for c in cores if c.watch_refused is not None), None),
+        }
+
+    def _targets_state_json(self, body: dict[str, Any]) -> None:
+        """Linkerd's ``endpoints`` and ``portMappings`` maps, one entry per target."""
         endpoints: dict[str, Any] = {}
         port_mappings: dict[str, Any] = {}
         for t in self.targets.values():
+            assert t.eps is not None
             label = self._target_label(t)
             eps_value = (
                 {
@@ -563,16 +581,14 @@ class K8sNamer(Namer):
             port_mappings[label] = self._target_state_json(t, t.svc, svc_value)
         body["endpoints"] = endpoints
         body["portMappings"] = port_mappings
-        body["api"] = self.api.describe()
         body["resource"] = "endpointslices" if self.use_endpoint_slices else "endpoints"
-        return body
 
     def _target_label(self, t: Target) -> str:
         return t.name + (f":{self.label_selector}={t.label_value}" if self.label_selector else "")
 
     def statistics(self) -> dict[str, Any]:
         stats = super().statistics()
-        conditions = {c: 0 for c in CONDITIONS}
+        conditions = {c: 0 for c in self.conditions}
         for key in self.table.watched():
             d = self._detail.get(key)
             if d is not None and d.condition is not None:
@@ -582,7 +598,7 @@ class K8sNamer(Namer):
         streaming = 0
         oldest_event: float | None = None
         for t in self.targets.values():
-            for core in (t.svc, t.eps):
+            for core in t.cores:
                 for reason, n in core.relists.items():
                     relists[reason] = relists.get(reason, 0) + n
                 totals["lists"] += core.lists
@@ -616,6 +632,19 @@ def from_config(cfg: Any, *, environ: Mapping[str, str] | None = None) -> K8sNam
     ``localhost:8001``. Also ``labelSelector``, ``prefix``, ``transformers``, and the hostproxy
     additions ``useEndpointSlices`` (bool) and ``resyncIntervalSecs``.
     """
+    return K8sNamer(
+        api_from_config(cfg, environ, KIND),
+        prefix=config_value(cfg, "prefix"),
+        label_selector=config_value(cfg, "labelSelector", "label_selector"),
+        use_endpoint_slices=bool(config_value(cfg, "useEndpointSlices", "use_endpoint_slices") or False),
+        transformers=config_value(cfg, "transformers") or (),
+        **resync_from_config(cfg),
+    )
+
+
+def api_from_config(cfg: Any, environ: Mapping[str, str] | None, kind: str) -> ApiServer:
+    """The API server a Kubernetes namer's ``host``/``port``/``serviceAccountDir`` name (see
+    :func:`from_config`); ``kind`` starts the in-cluster errors."""
     import os
 
     env = os.environ if environ is None else environ
@@ -623,18 +652,10 @@ def from_config(cfg: Any, *, environ: Mapping[str, str] | None = None) -> K8sNam
     port = config_value(cfg, "port")
     sa_dir = config_value(cfg, "serviceAccountDir", "service_account_dir") or DEFAULT_SA_DIR
     if host in (None, "") and env.get("KUBERNETES_SERVICE_HOST"):
-        api = in_cluster(env, str(sa_dir))
-    else:
-        api = ApiServer(str(host or "localhost"), int(port if port is not None else 8001))
+        return in_cluster(env, str(sa_dir), kind=kind)
+    return ApiServer(str(host or "localhost"), int(port if port is not None else 8001))
+
+
+def resync_from_config(cfg: Any) -> dict[str, Any]:
     resync = config_value(cfg, "resyncIntervalSecs", "resync_interval_secs")
-    kwargs: dict[str, Any] = {}
-    if resync is not None:
-        kwargs["resync_interval"] = float(resync)
-    return K8sNamer(
-        api,
-        prefix=config_value(cfg, "prefix"),
-        label_selector=config_value(cfg, "labelSelector", "label_selector"),
-        use_endpoint_slices=bool(config_value(cfg, "useEndpointSlices", "use_endpoint_slices") or False),
-        transformers=config_value(cfg, "transformers") or (),
-        **kwargs,
-    )
+    return {} if resync is None else {"resync_interval": float(resync)}
