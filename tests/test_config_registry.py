@@ -13,7 +13,7 @@ from hostproxy.config import model as m
 from hostproxy.config.reference import render
 
 PLANNED_BY_ISSUES = {
-    "namer": ["io.l5d.fs", "io.l5d.dnssrv", "io.l5d.k8s", "io.l5d.rewrite"],
+    "namer": ["io.l5d.fs", "io.l5d.dnssrv", "io.l5d.k8s", "io.l5d.k8s.external", "io.l5d.rewrite"],
     "transformer": [
         "io.l5d.k8s.daemonset",
         "io.l5d.k8s.localnode",
@@ -76,8 +76,12 @@ def test_status_comes_from_the_single_implemented_list() -> None:
     assert set(registry.IMPLEMENTED) <= set(registry.REGISTRY)
 
 
-def test_only_dnssrv_is_experimental() -> None:
-    assert [s.kind for s in registry.REGISTRY.values() if s.experimental] == ["io.l5d.dnssrv"]
+def test_only_dnssrv_and_k8s_external_are_experimental() -> None:
+    # as in Linkerd 1, where both namers require `experimental: true`
+    assert [s.kind for s in registry.REGISTRY.values() if s.experimental] == [
+        "io.l5d.dnssrv",
+        "io.l5d.k8s.external",
+    ]
 
 
 def test_duplicate_kind_is_rejected() -> None:

@@ -244,21 +244,21 @@ def test_unknown_kind_lists_valid_ones() -> None:
     )
     assert one_error("namers:\n- kind: fs\n" + MINIMAL) == (
         "t.yaml:2: namers[0].kind: unknown namer kind 'fs'; valid kinds: io.l5d.fs, io.l5d.dnssrv, io.l5d.k8s, "
-        "io.l5d.rewrite"
+        "io.l5d.k8s.external, io.l5d.rewrite"
     )
 
 
 def test_kind_of_another_category() -> None:
     assert one_error("namers:\n- kind: io.l5d.port\n  port: 1\n" + MINIMAL) == (
         "t.yaml:2: namers[0].kind: 'io.l5d.port' is a transformer kind, not a namer kind; valid namer kinds: "
-        "io.l5d.fs, io.l5d.dnssrv, io.l5d.k8s, io.l5d.rewrite"
+        "io.l5d.fs, io.l5d.dnssrv, io.l5d.k8s, io.l5d.k8s.external, io.l5d.rewrite"
     )
 
 
 def test_missing_kind() -> None:
     assert one_error("namers:\n- rootDir: x\n" + MINIMAL) == (
         "t.yaml:2: namers[0].kind: missing required key 'kind'; valid namer kinds: io.l5d.fs, io.l5d.dnssrv, "
-        "io.l5d.k8s, io.l5d.rewrite"
+        "io.l5d.k8s, io.l5d.k8s.external, io.l5d.rewrite"
     )
 
 

@@ -732,6 +732,31 @@ class K8sNamer(NamerConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
+class K8sExternalNamer(NamerConfig):
+    host: str | None = key(
+        None,
+        "Kubernetes API host (plain HTTP, e.g. a `kubectl proxy` beside the daemon).",
+        default_doc="in-cluster (TLS + service account) when KUBERNETES_SERVICE_HOST is set, else localhost",
+        check=host_name,
+    )
+    port: int = key(8001, "Kubernetes API port.", check=between(1, 65535))
+    label_selector: str | None = key(
+        None, "Label key whose value is an extra path segment, e.g. version.", check=k8s_label_key
+    )
+    resync_interval_secs: float = key(
+        300.0,
+        "Re-list every name this often, so a watch that silently stops is caught.",
+        check=positive,
+        extension=True,
+    )
+    service_account_dir: str = key(
+        "/var/run/secrets/kubernetes.io/serviceaccount",
+        "In-cluster: where the service account's token and CA are read (the token is re-read when it changes).",
+        extension=True,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class RewriteNamer(NamerConfig):
     pattern: str = key(required=True, doc="Path pattern with {var} captures, e.g. /{port}/{ns}/{svc}.")
     name: str = key(required=True, doc="The rewritten path, using the captures, e.g. /k8s/{ns}/{port}/{svc}.")

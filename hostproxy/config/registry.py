@@ -31,6 +31,7 @@ IMPLEMENTED: frozenset[tuple[str, str]] = frozenset(
         ("namer", "io.l5d.fs"),
         ("namer", "io.l5d.dnssrv"),
         ("namer", "io.l5d.k8s"),
+        ("namer", "io.l5d.k8s.external"),
         ("namer", "io.l5d.rewrite"),
         ("transformer", "io.l5d.k8s.daemonset"),
         ("transformer", "io.l5d.k8s.localnode"),
@@ -226,6 +227,16 @@ register(
     m.K8sNamer,
     "namers.k8s:from_config",
     "Kubernetes Endpoints, watched.",
+    use_now=_FS_NOW,
+)
+register(
+    "namer",
+    "io.l5d.k8s.external",
+    m.K8sExternalNamer,
+    "namers.k8s.external:from_config",
+    "Kubernetes Services' external load balancer addresses (status.loadBalancer.ingress) on a Service "
+    "port, watched.",
+    experimental=True,
     use_now=_FS_NOW,
 )
 register(
@@ -503,7 +514,6 @@ UNSUPPORTED: dict[tuple[str, str], str] = {
     ("namer", "io.l5d.zkLeader"): "use the io.l5d.fs namer or DNS via /$/inet",
     ("namer", "io.l5d.curator"): "use the io.l5d.fs namer or DNS via /$/inet",
     ("namer", "io.l5d.rancher"): "use the io.l5d.fs namer or DNS via /$/inet",
-    ("namer", "io.l5d.k8s.external"): "use the io.l5d.k8s namer from inside the cluster, or DNS via /$/inet",
     ("namer", "io.l5d.k8s.ns"): "use the io.l5d.k8s namer with the namespace in the dtab",
     ("namer", "io.l5d.k8s.istio"): "use the io.l5d.k8s namer (Kubernetes Endpoints, with labelSelector for "
     "versions) or the io.l5d.fs namer",

@@ -15,6 +15,10 @@ each watched name from them here. Nothing in this module does I/O or keeps state
   ServicePort's name finds the EndpointPort, falling back to a numeric ``targetPort`` (or, as Linkerd 1
   did, to a named ``targetPort`` used as the EndpointPort name).
 
+For ``io.l5d.k8s.external``, :func:`parse_ingress` reads a Service's ``status.loadBalancer.ingress``
+(each entry's ``hostname``, else its ``ip``, as Linkerd 1 read it) and :func:`service_port` finds a
+Service port by name or number.
+
 Zero endpoints has several wire shapes, all the same here: ``subsets`` absent, ``null`` or ``[]``, a
 subset with neither list, a slice with ``endpoints: null``. An object whose shape is wrong raises
 :class:`K8sObjectError` naming the object and the field, so only the names derived from that object
@@ -24,6 +28,8 @@ fail (and keep their last good addresses). Only TCP ports count (a missing ``pro
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,9 +42,11 @@ __all__ = [
     "ServicePort",
     "object_name",
     "parse_endpoints",
+    "parse_ingress",
     "parse_service",
     "parse_slices",
     "resolve",
+    "service_port",
 ]
 
 
@@ -186,6 +194,52 @@ def parse_service(obj: dict[str, Any]) -> list[ServicePort]:
         name = _opt_str(p.get("name"), where, f"{fp}.name") or ""
         out.append(ServicePort(name, port, target, str(p.get("protocol") or "TCP")))
     return out
+
+
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
+)
+
+
+def parse_ingress(obj: dict[str, Any]) -> list[str]:
+    """The hosts of a Service's ``status.loadBalancer.ingress``, in order, each once: an entry's
+    ``hostname`` when it has one (a cloud load balancer known by DNS name, e.g. AWS ELB), else its
+    ``ip``. ``[]`` when the load balancer is not provisioned (``status``, ``loadBalancer`` or
+    ``ingress`` absent, ``null`` or empty)."""
+    where = _where("Service", obj)
+    status = obj.get("status")
+    status = _dict(status, where, "status") if status is not None else {}
+    lb = status.get("loadBalancer")
+    lb = _dict(lb, where, "status.loadBalancer") if lb is not None else {}
+    hosts: list[str] = []
+    for i, entry in enumerate(_list(lb.get("ingress"), where, "status.loadBalancer.ingress")):
+        fp = f"status.loadBalancer.ingress[{i}]"
+        entry = _dict(entry, where, fp)
+        hostname = _opt_str(entry.get("hostname"), where, f"{fp}.hostname")
+        ip = _opt_str(entry.get("ip"), where, f"{fp}.ip")
+        if hostname:
+            if not _HOSTNAME.match(hostname.lower()):
+                raise _bad(where, f"{fp}.hostname", f"is {hostname!r}, expected a DNS name")
+            host = hostname.lower()
+        elif ip:
+            try:
+                host = str(ipaddress.ip_address(ip))
+            except ValueError:
+                raise _bad(where, f"{fp}.ip", f"is {ip!r}, expected an IP address") from None
+        else:
+            raise _bad(where, fp, "has neither hostname nor ip")
+        if host not in hosts:
+            hosts.append(host)
+    return hosts
+
+
+def service_port(service: list[ServicePort], port: str) -> ServicePort | None:
+    """The Service's TCP port that ``port`` names: a port name, or (all digits) a Service ``port``
+    number; ``None`` when it has none."""
+    tcp = (sp for sp in service if _is_tcp(sp.protocol))
+    if port.isdigit():
+        return next((sp for sp in tcp if sp.port == int(port)), None)
+    return next((sp for sp in tcp if sp.name == port), None)
 
 
 def parse_endpoints(obj: dict[str, Any] | None) -> list[Group]:

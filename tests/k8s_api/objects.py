@@ -35,30 +35,52 @@ def service(
     ports: list[tuple[str, int, int | str | None]],
     ns: str = NS,
     labels: dict[str, str] | None = None,
+    ingress: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """``ports`` is ``[(name, port, targetPort)]``; a ``None`` targetPort is left out."""
+    """``ports`` is ``[(name, port, targetPort)]``; a ``None`` targetPort is left out.
+
+    With ``ingress`` (``[{"ip": ...}]``, ``[{"hostname": ...}]``) the Service is ``type:
+    LoadBalancer`` with a ``nodePort`` per port and that ``status.loadBalancer.ingress``, as the
+    cloud controller publishes it (an IP entry carries ``ipMode: VIP``); ``[]`` is a LoadBalancer
+    Service whose load balancer is not provisioned yet (``status.loadBalancer: {}``)."""
     sp: list[dict[str, Any]] = []
-    for pname, port, target in ports:
+    for i, (pname, port, target) in enumerate(ports):
         p: dict[str, Any] = {"name": pname, "protocol": "TCP", "port": port}
         if target is not None:
             p["targetPort"] = target
+        if ingress is not None:
+            p["nodePort"] = 31380 + i
         sp.append(p)
+    spec: dict[str, Any] = {
+        "ports": sp,
+        "selector": {"app": name},
+        "clusterIP": "10.96.142.27",
+        "clusterIPs": ["10.96.142.27"],
+        "type": "ClusterIP" if ingress is None else "LoadBalancer",
+        "sessionAffinity": "None",
+    }
+    if ingress is not None:
+        spec["externalTrafficPolicy"] = "Cluster"
+    spec.update(
+        {
+            "ipFamilies": ["IPv4"],
+            "ipFamilyPolicy": "SingleStack",
+            "internalTrafficPolicy": "Cluster",
+        }
+    )
+    if ingress is not None:
+        spec["allocateLoadBalancerNodePorts"] = True
+    lb: dict[str, Any] = {}
+    if ingress:
+        lb["ingress"] = [
+            {**e, "ipMode": "VIP"} if "ip" in e and "ipMode" not in e else dict(e) for e in ingress
+        ]
     return {
         "kind": "Service",
         "apiVersion": "v1",
         "metadata": _meta("Service", name, ns, labels),
-        "spec": {
-            "ports": sp,
-            "selector": {"app": name},
-            "clusterIP": "10.96.142.27",
-            "clusterIPs": ["10.96.142.27"],
-            "type": "ClusterIP",
-            "sessionAffinity": "None",
-            "ipFamilies": ["IPv4"],
-            "ipFamilyPolicy": "SingleStack",
-            "internalTrafficPolicy": "Cluster",
-        },
-        "status": {"loadBalancer": {}},
+        "spec": spec,
+        "status": {"loadBalancer": lb},
     }
 
 
