@@ -76,6 +76,7 @@ from hostproxy.config.model import (
     InfluxDbTelemeter,
     PrometheusTelemeter,
     RecentRequestsTelemeter,
+    TraceLogTelemeter,
     ZipkinTelemeter,
     to_json,
 )
@@ -508,6 +509,8 @@ class Daemon:
         self.recent: RecentRequests | None = None
         #: The ``io.l5d.zipkin`` telemeters' exporters (their sender tasks start with the daemon).
         self.zipkin: list[Any] = []
+        #: The ``io.l5d.tracelog`` telemeters (spans to the log).
+        self.tracelogs: list[Any] = []
         for t in config.telemetry:
             if isinstance(t, RecentRequestsTelemeter):
                 self.recent = RecentRequests(t.sample_rate, t.capacity, self.rng)
@@ -515,6 +518,10 @@ class Daemon:
                 from hostproxy.zipkin import ZipkinExporter
 
                 self.zipkin.append(ZipkinExporter(t.host, t.port, t.sample_rate, rng=self.rng))
+            elif isinstance(t, TraceLogTelemeter):
+                from hostproxy.tracelog import TraceLogSink
+
+                self.tracelogs.append(TraceLogSink(t.sample_rate, t.level, rng=self.rng))
         for name, help_text in (
             ("recorded", "spans recorded for the Zipkin collector"),
             ("sent", "spans the Zipkin collector took"),
@@ -704,11 +711,12 @@ class Daemon:
 
     def _span_recorder(self, label: str) -> Any:
         """A router's span recorder, when an ``io.l5d.zipkin`` telemeter exports traces."""
-        if not self.zipkin:
+        sinks = [*self.zipkin, *self.tracelogs]
+        if not sinks:
             return None
         from hostproxy.zipkin import AttemptRecorder
 
-        return AttemptRecorder(self.zipkin, label)
+        return AttemptRecorder(sinks, label)
 
     async def _watch_tls(self) -> None:
         """Re-read changed certificate files every ``tls_reload_interval_s`` (when any TLS is in use)."""

@@ -52,7 +52,13 @@ PLANNED_BY_ISSUES = {
         "io.l5d.h2.grpc.neverRetryable",
         "io.l5d.h2.grpc.retryableStatusCodes",
     ],
-    "telemeter": ["io.l5d.recentRequests", "io.l5d.zipkin", "io.l5d.influxdb", "io.l5d.prometheus"],
+    "telemeter": [
+        "io.l5d.recentRequests",
+        "io.l5d.zipkin",
+        "io.l5d.tracelog",
+        "io.l5d.influxdb",
+        "io.l5d.prometheus",
+    ],
     "protocol": ["http", "h2"],
 }
 

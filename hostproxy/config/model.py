@@ -830,6 +830,27 @@ class ZipkinTelemeter(TelemeterConfig):
     )
 
 
+_TRACELOG_LEVELS = ("ALL", "TRACE", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "FATAL", "OFF")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TraceLogTelemeter(TelemeterConfig):
+    sample_rate: float = key(
+        1.0,
+        "Fraction of requests without a sampling decision whose spans are logged (Linkerd clamps it to 0..1; "
+        "so does hostproxy).",
+    )
+    level: str = key(
+        "INFO",
+        "Log level of the trace.span events, on logger io.l5d.tracelog: " + ", ".join(_TRACELOG_LEVELS) + ".",
+        check=lambda v: (
+            None
+            if v is None or str(v).upper() in _TRACELOG_LEVELS
+            else f"unknown level {v!r}: use one of {', '.join(_TRACELOG_LEVELS)}"
+        ),
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class InfluxDbTelemeter(TelemeterConfig):
     """Linkerd's ``io.l5d.influxdb``: no keys of its own (it serves /admin/metrics/influxdb)."""

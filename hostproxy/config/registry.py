@@ -78,6 +78,7 @@ IMPLEMENTED: frozenset[tuple[str, str]] = frozenset(
         ("telemeter", "io.l5d.prometheus"),
         ("telemeter", "io.l5d.influxdb"),
         ("telemeter", "io.l5d.zipkin"),
+        ("telemeter", "io.l5d.tracelog"),
         ("tracePropagator", "io.l5d.default"),
         ("tracePropagator", "io.l5d.zipkin"),
     }
@@ -465,6 +466,14 @@ register(
 )
 register(
     "telemeter",
+    "io.l5d.tracelog",
+    m.TraceLogTelemeter,
+    "hostproxy.tracelog:TraceLogSink",
+    "Each span hostproxy records (one per forwarded attempt) of a sampled request, as a trace.span log "
+    "event on logger io.l5d.tracelog at level.",
+)
+register(
+    "telemeter",
     "io.l5d.influxdb",
     m.InfluxDbTelemeter,
     "hostproxy.metrics.influx:influx_slices",
@@ -521,7 +530,6 @@ UNSUPPORTED: dict[tuple[str, str], str] = {
     ("identifier", "io.l5d.k8s.istio"): "use io.l5d.header.token",
     ("identifier", "io.l5d.k8s.istio-ingress"): "use io.l5d.header.token and route ingress hosts in the dtab",
     ("telemeter", "io.l5d.statsd"): "scrape io.l5d.prometheus instead",
-    ("telemeter", "io.l5d.tracelog"): "use io.l5d.recentRequests to see recent requests",
     ("telemeter", "io.l5d.adminMetricsExport"): "remove it: /admin/metrics.json is always served",
 }
 
