@@ -157,3 +157,13 @@ def test_linkerds_example_loads_and_a_second_server_of_the_path_is_refused(tmp_p
     )
     assert shadowed.returncode == 1
     assert "already served by telemetry[0] (io.l5d.prometheus)" in shadowed.stderr, shadowed.stderr
+
+
+def test_statsd_is_refused_with_what_to_scrape_instead(tmp_path: Path) -> None:
+    proc = check(tmp_path, ROUTER + "telemetry:\n- kind: io.l5d.statsd\n  experimental: true\n")
+    assert proc.returncode == 1
+    assert (
+        "telemetry[0].kind: telemeter kind 'io.l5d.statsd' is a Linkerd telemeter that hostproxy does not support; "
+        "Linkerd deprecated it too (it sampled counters, so counts were lost); scrape io.l5d.prometheus or "
+        "io.l5d.influxdb instead (a StatsD or Datadog agent can scrape either)" in proc.stderr
+    ), proc.stderr

@@ -529,7 +529,8 @@ UNSUPPORTED: dict[tuple[str, str], str] = {
     ("identifier", "io.l5d.ingress"): "use io.l5d.header.token and route ingress hosts in the dtab",
     ("identifier", "io.l5d.k8s.istio"): "use io.l5d.header.token",
     ("identifier", "io.l5d.k8s.istio-ingress"): "use io.l5d.header.token and route ingress hosts in the dtab",
-    ("telemeter", "io.l5d.statsd"): "scrape io.l5d.prometheus instead",
+    ("telemeter", "io.l5d.statsd"): "Linkerd deprecated it too (it sampled counters, so counts were lost); "
+    "scrape io.l5d.prometheus or io.l5d.influxdb instead (a StatsD or Datadog agent can scrape either)",
     ("telemeter", "io.l5d.adminMetricsExport"): "remove it: /admin/metrics.json is always served",
 }
 
