@@ -249,7 +249,10 @@ def compat_copy(name: str, tmp: Path, *, disco: Path | None = None) -> tuple[str
 
 
 def _port_free(port: int) -> bool:
+    """Whether a listener can bind 127.0.0.1:``port`` as the test upstream will (with SO_REUSEADDR, so
+    a connection of an earlier test left in TIME-WAIT on that port does not count as taken)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
