@@ -291,6 +291,7 @@ _SERVER_KEYS = (
     ("header_timeouts", "header_timeouts"),
     ("body_timeouts", "body_timeouts"),
     ("write_timeouts", "write_timeouts"),
+    ("tunnel_timeouts", "tunnel_timeouts"),
     ("refused_streams", "refused_streams"),
     ("client_resets", "client_resets"),
     ("requests_abandoned", "requests_abandoned"),

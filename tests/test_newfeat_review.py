@@ -139,7 +139,10 @@ async def test_h2_server_read_timeout_spares_a_request_whose_upstream_thinks_lon
         assert (r.status, r.body) == (200, b"done"), r
 
 
-async def test_timeouts_leave_an_idle_websocket_tunnel_alone() -> None:
+async def test_timeouts_spare_a_websocket_tunnel_that_progresses_and_end_an_idle_one() -> None:
+    """An upgraded connection has the timeouts too (they once did not apply to it): a message every
+    100 ms keeps both sides progressing for 1 s, and once both are quiet for readTimeoutMs the tunnel
+    is closed on both sides."""
     opts = "{readTimeoutMs: 300, writeTimeoutMs: 300}"
     async with running_upstream() as app, running_daemon(http_config(app.port, opts, opts)) as d:
         c = await trio.open_tcp_stream("127.0.0.1", d.port("http"))
@@ -149,11 +152,16 @@ async def test_timeouts_leave_an_idle_websocket_tunnel_alone() -> None:
             )
             head = await read_head(c)
             assert head.startswith(b"HTTP/1.1 101"), head
-            await trio.sleep(1.0)
-            await c.send_all(b"hello")
-            with trio.fail_after(5):
-                got = await c.receive_some(100)
-            assert got == b"hello"
+            for i in range(10):
+                await trio.sleep(0.1)
+                await c.send_all(b"hello %d" % i)
+                with trio.fail_after(5):
+                    got = await c.receive_some(100)
+                assert got == b"hello %d" % i
+            with trio.fail_after(10):
+                assert await c.receive_some(100) == b""  # idle: closed
+        port = d.port("http", 0)
+        assert await metric(d, f"rt/http/server/127.0.0.1/{port}/tunnel_timeouts") == 1
 
 
 # -- the access log: header bytes a client chooses ----------------------------------------------------------

@@ -293,7 +293,8 @@ class SocketOptions:
         "1 to 2147483647 ms. Server: a request head or body that stalls (408, or the request fails as "
         "with requestBodyTimeoutMs) and the wait for the next request (the shorter of this and "
         "serverSession.idleTimeMs). Client: the response head or body (502, cause upstream/reset) and "
-        "idle pooled connections.",
+        "idle pooled connections. An upgraded (101) connection's tunnel is closed when its side moved "
+        "no bytes either way for this long. Bytes hostproxy writes to the peer count as progress.",
         default_doc="unbounded",
         check=between(1, 2**31 - 1),
     )
@@ -302,7 +303,8 @@ class SocketOptions:
         "Cut a connection whose peer takes no bytes for this long when hostproxy writes to it "
         "(it stopped reading), 1 to 2147483647 ms. Server: the response (HTTP/1.1: the connection "
         "is reset; h2: the stream is reset, or the connection when its socket takes nothing). "
-        "Client: the request (502, cause upstream/reset).",
+        "Client: the request (502, cause upstream/reset). Both: an upgraded (101) connection's tunnel "
+        "is closed.",
         default_doc="unbounded",
         check=between(1, 2**31 - 1),
     )

@@ -11,8 +11,9 @@ task is a loop over request/response cycles (keep-alive, pipelining answered in 
    ``request_head_timeout_s`` for the whole head (slow clients get 408 and are cut off); a request
    body that stalls for ``request_body_timeout_s`` between chunks cuts the connection too. With
    ``read_timeout_s`` (``socketOptions.readTimeoutMs``) each read of a head, and of a body, has that
-   bound as well (408, 400); with ``write_timeout_s`` a write the client takes nothing of cuts the connection. On a
-   plaintext connection the idle deadline is kept by the server's
+   bound as well (408, 400; a body's wait restarts with each piece of the response the client takes
+   meanwhile: ``_Connection._progressed``); with ``write_timeout_s`` a write the client takes nothing
+   of cuts the connection. On a plaintext connection the idle deadline is kept by the server's
    :class:`~hostproxy.http.listening.IdleTimer` (one task per server, not a deadline registered per
    wait), which cancels the connection only while it waits and no request byte has arrived;
 2. build a ``Request``: absolute-form targets normalised (proxy mode), hop-by-hop headers dropped,
@@ -21,7 +22,8 @@ task is a loop over request/response cycles (keep-alive, pipelining answered in 
 3. await ``handler(request, conn_info)`` in the connection task itself (no task per request);
 4. write the response, re-framed: ``Content-Length`` from ``body.content_length`` or chunked (with
    trailers), no body for ``HEAD``/204/304, ``Via`` naming the version it was received in; a ``101``
-   with an ``upgraded`` stream becomes a tunnel. The upstream's interim (1xx) responses
+   with an ``upgraded`` stream becomes a tunnel, which the timeouts of both sides' ``socketOptions``
+   bound too (``_Connection._tunnel``). The upstream's interim (1xx) responses
    (``Response.interim``) go just before it, to HTTP/1.1 clients only.
 
 The request body is pulled from the socket only as the handler (or the upstream writer) reads it,
@@ -172,12 +174,13 @@ class ServerParams:
     socket_options: SocketOptions | None = None
     #: ``socketOptions.readTimeoutMs`` (seconds): a client that sends nothing for this long in the
     #: middle of a request head is answered 408 and cut off; a request body's stalls are bounded by the
-    #: shorter of it and ``request_body_timeout_s`` (on h2 only while the connection receives nothing
-    #: and the stream's response sends nothing: ``H2Link.wait_read``), and the daemon bounds the wait
-    #: for the next request by it (``idle_timeout_s``).
+    #: shorter of it and ``request_body_timeout_s`` (only while the connection receives nothing and
+    #: the response sends nothing: on h2 ``H2Link.wait_read``, on HTTP/1.1 ``_Connection._progressed``),
+    #: an upgraded connection's tunnel ends when the client's side moves no bytes for it, and the
+    #: daemon bounds the wait for the next request by it (``idle_timeout_s``).
     read_timeout_s: float | None = None
-    #: ``socketOptions.writeTimeoutMs`` (seconds): a write to the client that does not complete within
-    #: this long (the client stopped reading) cuts the connection off.
+    #: ``socketOptions.writeTimeoutMs`` (seconds): a write to the client of which no 16 KiB piece
+    #: completes within this long (the client stopped reading) cuts the connection off (a tunnel too).
     write_timeout_s: float | None = None
 
     def codec_limits(self) -> CodecLimits:
@@ -294,6 +297,9 @@ class _Stats(ServerStats):
     body_timeouts: int = 0
     #: Connections cut off because a write to the client stalled (``socketOptions.writeTimeoutMs``).
     write_timeouts: int = 0
+    #: Upgraded (101) connections ended because a side stalled (``socketOptions`` of the server or
+    #: the client: ``_Connection._tunnel``).
+    tunnel_timeouts: int = 0
     connection_failures: int = 0
     accept_paused: int = 0
     #: Requests cancelled because their client closed its connection while they waited (``check_client``).
@@ -483,6 +489,10 @@ def _without_h2c(upgrade: bytes) -> bytes | None:
     return b", ".join(rest) if rest else None
 
 
+class _TunnelStalled(Exception):
+    """A side of a tunnel took or sent nothing for its ``socketOptions`` timeout (see ``_tunnel``)."""
+
+
 class _ClientGone(Exception):
     """The client closed or reset the connection; nothing more can be sent."""
 
@@ -517,23 +527,13 @@ class _RequestBodySource:
                 if event is NEED_DATA:
                     if codec.they_are_waiting_for_100_continue:
                         await conn.send_100_continue()
-                    timeout = conn.params.request_body_timeout_s
-                    read_s = conn.params.read_timeout_s
-                    if read_s is not None and (timeout is None or read_s < timeout):
-                        timeout = read_s
-                    if timeout is None:
+                    params = conn.params
+                    body_s = params.request_body_timeout_s
+                    read_s = params.read_timeout_s
+                    if body_s is None and read_s is None:
                         data = await conn.receive()
                     else:
-                        with trio.move_on_after(timeout) as scope:
-                            data = await conn.receive()
-                        if scope.cancelled_caught:
-                            conn.server._stats.body_timeouts += 1
-                            key = (
-                                "socketOptions.readTimeoutMs"
-                                if timeout == conn.params.read_timeout_s
-                                else "requestBodyTimeoutMs"
-                            )
-                            raise _ClientGone(f"request body stalled for {timeout:g}s ({key})")
+                        data = await self._receive_within(conn, body_s, read_s)
                     codec.receive_data(data)
                     continue
                 if type(event) is ConnectionClosed or event is PAUSED:
@@ -543,6 +543,27 @@ class _RequestBodySource:
             # The client's doing: whoever reads the body (the upstream pool, a retry buffer) says so.
             self._done = True
             raise RequestBodyError(str(exc), client_gone=isinstance(exc, _ClientGone)) from exc
+
+    @staticmethod
+    async def _receive_within(conn: _Connection, body_s: float | None, read_s: float | None) -> bytes:
+        """The client's next bytes of the body, within ``requestBodyTimeoutMs`` (``body_s``: strict)
+        and ``socketOptions.readTimeoutMs`` (``read_s``: moved on by each write to the client meanwhile,
+        ``_Connection._progressed``); the shorter applies."""
+        start = trio.current_time()
+        limit = inf if body_s is None else start + body_s
+        read_at = inf if read_s is None else start + read_s
+        with trio.CancelScope(deadline=min(read_at, limit)) as scope:
+            if read_s is None:
+                return await conn.receive()
+            conn.read_wait, conn.read_wait_limit = scope, limit
+            try:
+                return await conn.receive()
+            finally:
+                conn.read_wait = None
+        conn.server._stats.body_timeouts += 1
+        if read_s is not None and (scope.deadline < limit or scope.deadline == read_at):
+            raise _ClientGone(f"request body stalled for {read_s:g}s (socketOptions.readTimeoutMs)")
+        raise _ClientGone(f"request body stalled for {body_s:g}s (requestBodyTimeoutMs)")
 
     async def aclose(self) -> None:
         self._done = True
@@ -567,6 +588,8 @@ class _Connection:
         "born",
         "linger",
         "linger_scope",
+        "read_wait",
+        "read_wait_limit",
     )
 
     def __init__(self, server: Http1Server, stream: Any, conn_id: int) -> None:
@@ -606,6 +629,11 @@ class _Connection:
         self.linger = False
         #: The scope of the lingering close under way, which a drain shortens (see :meth:`start_drain`).
         self.linger_scope: trio.CancelScope | None = None
+        #: The scope of a read of the client's bytes under ``read_timeout_s`` in progress (a request
+        #: body's, a tunnel's): each write to the client that completes moves its deadline, up to
+        #: ``read_wait_limit`` (:meth:`_progressed`).
+        self.read_wait: trio.CancelScope | None = None
+        self.read_wait_limit = inf
 
     @property
     def send_lock(self) -> trio.Lock:
@@ -703,15 +731,31 @@ class _Connection:
     async def send(self, data: bytes) -> None:
         if not data:
             return
-        write_s = self.params.write_timeout_s
+        params = self.params
+        write_s = params.write_timeout_s
         try:
-            if write_s is None:
+            if params.read_timeout_s is not None:
+                # Each piece the client takes is progress for a read of its bytes waiting meanwhile.
+                if not await send_all_timed(self.stream, data, write_s, self._progressed):
+                    assert write_s is not None
+                    self._write_stalled(write_s)
+            elif write_s is None:
                 await self.stream.send_all(data)
             elif not await send_all_timed(self.stream, data, write_s):
                 self._write_stalled(write_s)
         except _STREAM_ERRORS as exc:
             self.codec.send_failed()
             raise _ClientGone(f"client connection failed: {exc}") from None
+
+    def _progressed(self) -> None:
+        """Bytes went to the client: a read of its bytes under ``read_timeout_s`` waiting meanwhile
+        (``read_wait``: a request body's, a tunnel's) gets ``read_timeout_s`` from now, within its
+        ``read_wait_limit`` (``requestBodyTimeoutMs``), as Finagle's read timeout counts any progress
+        of the connection (a client that uploads slowly while it takes a streamed response)."""
+        scope = self.read_wait
+        read_s = self.params.read_timeout_s
+        if scope is not None and read_s is not None:
+            scope.deadline = min(trio.current_time() + read_s, self.read_wait_limit)
 
     def _write_stalled(self, write_s: float) -> NoReturn:
         """A write to the client did not complete within ``socketOptions.writeTimeoutMs``: cut the
@@ -1253,7 +1297,12 @@ class _Connection:
                     self._sent_fields(trailers) if trailers and codec.response_chunked else None
                 )
                 lock = self._send_lock
-                if (lock is not None and lock.locked()) or self.params.write_timeout_s is not None:
+                params = self.params
+                if (
+                    (lock is not None and lock.locked())
+                    or params.write_timeout_s is not None
+                    or params.read_timeout_s is not None
+                ):
                     await self.send_head(out)
                 else:
                     # ``send_head`` and ``send`` inlined (``out`` is never empty: it has the head).
@@ -1329,40 +1378,96 @@ class _Connection:
         return waiting
 
     async def _tunnel(self, response: Response) -> None:
-        """Send the 101 and copy bytes both ways until either side closes."""
+        """Send the 101 and copy bytes both ways until either side closes, or a side stalls.
+
+        Each side has its ``socketOptions`` timeouts (the client's here, the upstream's in its
+        upgraded stream, ``client.socketOptions``): a write the peer takes no bytes of for
+        ``writeTimeoutMs``, or a wait for the peer's bytes with nothing moved either way on its
+        connection for ``readTimeoutMs``, ends the tunnel; both connections are closed, and it is
+        counted (``tunnel_timeouts``) and logged (``http.tunnel_timeout``)."""
         upstream = response.upgraded
         assert upstream is not None
         codec = self.codec
         headers = strip_hop_by_hop(response.headers, keep_upgrade=True, request=False)
         append_via(headers, response.http_version)
         fields = self._sent_fields(headers)  # (the router's l5d-success-class, a downstream proxy's l5d-*)
+        stalls: list[_TunnelStalled] = []  # (the client's side; the upstream's is ``upstream.stalled``)
         try:
             await self.send_head(codec.send_informational(101, fields))
             pending = codec.switched_protocol_data()
-            if pending:
-                await upstream.send_all(pending)
 
             async def pump(
                 receive: Callable[[], Awaitable[bytes]],
                 send: Callable[[bytes], Awaitable[None]],
                 cancel: trio.CancelScope,
+                first: bytes = b"",
             ) -> None:
                 try:
+                    if first:  # what the client sent after its request, before the 101
+                        await send(first)
                     while True:
                         data = await receive()
                         if not data:
                             break
                         await send(data)
-                except (_ClientGone, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    pass
+                except _TunnelStalled as exc:
+                    stalls.append(exc)
+                except (_ClientGone, UpstreamError, *_STREAM_ERRORS):
+                    pass  # a side closed or failed (a stalled upstream: ``upstream.stalled`` says so)
                 finally:
                     cancel.cancel()
 
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(pump, self.receive, upstream.send_all, nursery.cancel_scope)
+                cancel = nursery.cancel_scope
+                nursery.start_soon(pump, self._tunnel_receive, upstream.send_all, cancel, pending)
                 nursery.start_soon(
-                    pump, lambda: upstream.receive_some(RECEIVE_SIZE), self.send, nursery.cancel_scope
+                    pump, lambda: upstream.receive_some(RECEIVE_SIZE), self._tunnel_send, cancel
                 )
         finally:
             with trio.CancelScope(shield=True):
                 await upstream.aclose()
+        stalled = stalls[0] if stalls else getattr(upstream, "stalled", None)
+        if stalled is not None:
+            _cut_short(self.stream)
+            self.server._stats.tunnel_timeouts += 1
+            log.info(
+                "http.tunnel_timeout",
+                router=self.params.router_label,
+                peer=self.info.peer,
+                error=str(stalled),
+            )
+
+    async def _tunnel_receive(self) -> bytes:
+        """The client's next bytes in a tunnel, within ``read_timeout_s`` of the last bytes moved
+        either way on its connection (each write to it moves the deadline: :meth:`_progressed`)."""
+        read_s = self.params.read_timeout_s
+        if read_s is None:
+            return await self.receive()
+        with trio.move_on_after(read_s) as self.read_wait:
+            self.read_wait_limit = inf
+            try:
+                return await self.receive()
+            finally:
+                self.read_wait = None
+        raise _TunnelStalled(
+            f"the client sent nothing and took no bytes for {read_s:g}s on an upgraded (101) connection "
+            "(socketOptions.readTimeoutMs)"
+        )
+
+    async def _tunnel_send(self, data: bytes) -> None:
+        """Write the upstream's bytes to the client in a tunnel (``write_timeout_s`` per piece)."""
+        params = self.params
+        write_s = params.write_timeout_s
+        try:
+            if write_s is None and params.read_timeout_s is None:
+                await self.stream.send_all(data)
+                return
+            if await send_all_timed(self.stream, data, write_s, self._progressed):
+                return
+        except _STREAM_ERRORS as exc:
+            raise _ClientGone(f"client connection failed: {exc}") from None
+        _reset_on_close(self.stream)
+        raise _TunnelStalled(
+            f"the client took no bytes for {write_s:g}s on an upgraded (101) connection "
+            "(socketOptions.writeTimeoutMs)"
+        )

@@ -29,6 +29,7 @@ ignored: the connection fails on its first read or write instead.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,17 +49,26 @@ __all__ = [
 WRITE_PIECE = 16 * 1024
 
 
-async def send_all_timed(stream: Any, data: bytes, timeout_s: float) -> bool:
-    """``stream.send_all(data)`` with each :data:`WRITE_PIECE` bounded by ``timeout_s``; False when a
-    piece was not taken within it (the stream is then in no state to be used again)."""
+async def send_all_timed(
+    stream: Any, data: bytes, timeout_s: float | None, progressed: Callable[[], None] | None = None
+) -> bool:
+    """``stream.send_all(data)`` with each :data:`WRITE_PIECE` bounded by ``timeout_s`` (None: not
+    bounded); False when a piece was not taken within it (the stream is then in no state to be used
+    again). ``progressed`` is called after each piece the peer took (a read timeout that counts
+    bytes moved either way restarts on it)."""
     import trio
 
     with memoryview(data) as view:  # pieces without copies
         for i in range(0, len(view), WRITE_PIECE):
-            with trio.move_on_after(timeout_s) as scope:
+            if timeout_s is None:
                 await stream.send_all(view[i : i + WRITE_PIECE])
-            if scope.cancelled_caught:
-                return False
+            else:
+                with trio.move_on_after(timeout_s) as scope:
+                    await stream.send_all(view[i : i + WRITE_PIECE])
+                if scope.cancelled_caught:
+                    return False
+            if progressed is not None:
+                progressed()
     return True
 
 

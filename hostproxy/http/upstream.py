@@ -49,7 +49,8 @@ response body is then pulled from the socket as the caller reads it.
 * **Stalled peers** (``client.socketOptions``).  With ``read_timeout_s`` / ``write_timeout_s`` each
   read of the response and each write of the request must complete within it; one that does not
   shuts the connection down (so the other direction, a body writer or a response reader, ends at
-  once too) and the exchange fails with ``upstream/reset`` naming the key (``_Conn.stall``).
+  once too) and the exchange fails with ``upstream/reset`` naming the key (``_Conn.stall``). An
+  upgraded (101) connection's tunnel keeps them (``_TunnelStream``).
 * **Errors.**  ``OSError``, trio's stream errors and parse errors are translated once, by
   ``_map_errors`` at the I/O edge, into ``UpstreamError`` subclasses with a ``cause``
   (``connect/refused``, ``connect/timeout``, ``connect/unreachable``, ``tls``, ``upstream/reset``,
@@ -566,21 +567,57 @@ class _ResponseBodySource:
 
 
 class _TunnelStream:
-    """The upstream side of an upgraded (101) connection; replays bytes h11 already buffered."""
+    """The upstream side of an upgraded (101) connection; replays bytes h11 already buffered.
+
+    ``client.socketOptions`` apply as to an exchange: a write the upstream takes no bytes of for
+    ``write_timeout`` (in :data:`~hostproxy.http.sockopts.WRITE_PIECE` pieces), or a wait for its bytes
+    with nothing moved either way for ``read_timeout`` (each piece it took moves the deadline, as
+    ``_Conn.send`` does), cuts the connection off (``_Conn.stall``); :attr:`stalled` then says why."""
 
     def __init__(self, pool: UpstreamPool, conn: _Conn, pending: bytes) -> None:
         self._pool = pool
         self._conn = conn
         self._pending = pending
 
+    @property
+    def stalled(self) -> UpstreamReset | None:
+        """Why a timeout cut the connection off (None: none did)."""
+        return self._conn.stalled
+
     async def send_all(self, data: bytes) -> None:
-        await self._conn.stream.send_all(data)
+        conn = self._conn
+        write_s = conn.write_timeout
+        if write_s is None and conn.read_timeout is None:
+            await conn.stream.send_all(data)
+            return
+        progressed = None if conn.read_timeout is None else self._progressed
+        if not await send_all_timed(conn.stream, data, write_s, progressed):
+            assert write_s is not None
+            raise conn.stall(
+                f"took no bytes for {write_s * 1000:g} ms on an upgraded (101) connection", "writeTimeoutMs"
+            )
+
+    def _progressed(self) -> None:
+        if self._conn.read_scope is not None:
+            self._conn._progressed()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._pending:
             data, self._pending = self._pending, b""
             return data
-        return await self._conn.stream.receive_some(max_bytes or RECEIVE_SIZE)
+        conn = self._conn
+        read_s = conn.read_timeout
+        if read_s is None:
+            return await conn.stream.receive_some(max_bytes or RECEIVE_SIZE)
+        with trio.move_on_after(read_s) as conn.read_scope:
+            try:
+                return await conn.stream.receive_some(max_bytes or RECEIVE_SIZE)
+            finally:
+                conn.read_scope = None
+        raise conn.stall(
+            f"sent nothing and took no bytes for {read_s * 1000:g} ms on an upgraded (101) connection",
+            "readTimeoutMs",
+        )
 
     async def aclose(self) -> None:
         await self._pool._discard(self._conn)
