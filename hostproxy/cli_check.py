@@ -9,9 +9,12 @@ line, column, path, message}], "routers": [...]}``. ``FILE`` may be ``-`` for st
 A config that validates has the files it names read and checked next, with the code the daemon runs
 when it starts (:func:`check_files`): each ``io.l5d.fs`` interpreter's ``dtabFile`` parsed (its errors
 at ``DTABFILE:LINE:COL`` with a caret), every server and client ``tls`` section's certificates, keys
-and CAs loaded (a key that does not belong to its certificate is an error), and each ``io.l5d.fs``
-namer's ``rootDir`` found to be a readable directory. A file that is not on this machine is not an
-error: a config is often checked where it is written, not where it runs (the daemon checks it when it
+and CAs loaded (a key that does not belong to its certificate is an error), each ``io.l5d.fs``
+namer's ``rootDir`` found to be a readable directory, each router's access log file found appendable or
+creatable by this user (asked of the file modes: nothing is created or opened), and the service account
+an in-cluster ``io.l5d.k8s`` namer reads (no ``host``, ``KUBERNETES_SERVICE_HOST`` set) checked as the
+namer's start and first request would. A file that is not on this machine (for an access log: its
+directory) is not an error: a config is often checked where it is written, not where it runs (the daemon checks it when it
 starts); the summary names each such file and its key (``files_missing`` in the JSON).
 ``--require-files`` makes a missing file an error (run it on the host that will run the config);
 ``--no-files`` skips the reads altogether and says so in the summary.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from typing import Any
@@ -34,7 +38,8 @@ def add_parser(subparsers: Any) -> None:
         "check",
         help="validate a config file (Linkerd 1 linkerd.yaml schema) and the files it names, without starting anything",
         description="Validate a config file and the files it names (dtab file, TLS certificates and keys, "
-        "io.l5d.fs rootDir) without binding ports, starting namers or touching the network.",
+        "io.l5d.fs rootDir, access log, io.l5d.k8s service account) without binding ports, starting namers "
+        "or touching the network.",
     )
     p.add_argument("file", metavar="FILE", help="config file (YAML or JSON), or - for stdin")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -82,11 +87,87 @@ def _tls_files(base: str, tls: Any) -> list[tuple[str, str]]:
     return out
 
 
+def _access_logs(cfg: Any) -> list[tuple[str, str, str]]:
+    """``(config key, key name, path)`` of each router's access log file (``-``: log events, no file)."""
+    from hostproxy.accesslog import STRUCTLOG_TARGETS
+
+    out = []
+    for ri, rcfg in enumerate(cfg.routers):
+        # (the router's own choice: an h2 router's h2AccessLog, else httpAccessLog, as the daemon reads it)
+        if getattr(rcfg, "h2_access_log", None) is not None:
+            name, path = "h2AccessLog", rcfg.h2_access_log
+        else:
+            name, path = "httpAccessLog", getattr(rcfg, "http_access_log", None)
+        if path is not None and path not in STRUCTLOG_TARGETS:
+            out.append((f"routers[{ri}].{name}", name, path))
+    return out
+
+
+def _access_log_dir(path: str) -> str:
+    """The directory the access log ``path`` is created in (a symbolic link's target's)."""
+    return os.path.dirname(os.path.realpath(path)) or "."
+
+
+def _access_log_problem(path: str, name: str) -> str | None:
+    """What keeps the daemon from opening the access log ``path`` (key ``name``) for appending as
+    this user, or None. Nothing is created, opened or truncated: the modes are asked (``access``)."""
+    if not path.strip():
+        return "empty path; give a file path, '-' for log events, or leave it out"
+    target = os.path.realpath(path)
+    uid = os.geteuid()
+    if os.path.isdir(target):
+        return f"the access log {path} is a directory; give a file path in {name}"
+    if os.path.exists(target):
+        if not _may(target, os.W_OK):
+            return (
+                f"cannot append to the access log {path}: it is not writable by this user (uid {uid}); "
+                f"let the user hostproxy runs as write it, or fix {name}"
+            )
+        return None
+    parent = _access_log_dir(path)
+    if not os.path.lexists(parent):
+        return (
+            f"the directory {parent} of the access log {path} does not exist; create it (hostproxy creates "
+            f"the log file, not its directory) or fix {name}"
+        )
+    if not os.path.isdir(parent):
+        return f"cannot create the access log {path}: {parent} is not a directory; fix {name}"
+    if not _may(parent, os.W_OK | os.X_OK):
+        return (
+            f"cannot create the access log {path}: the directory {parent} is not writable by this user "
+            f"(uid {uid}); create the file writable for the user hostproxy runs as, or fix {name}"
+        )
+    return None
+
+
+def _may(path: str, mode: int) -> bool:
+    """Whether this process (its effective user) may access ``path`` in ``mode``."""
+    if os.access in os.supports_effective_ids:
+        return os.access(path, mode, effective_ids=True)
+    return os.access(path, mode)
+
+
+def _service_account_dirs(cfg: Any) -> list[tuple[str, str]]:
+    """``(config key, directory)`` of the service account of each ``io.l5d.k8s`` namer that reads it:
+    one with no ``host`` where ``KUBERNETES_SERVICE_HOST`` is set (in a pod), as the namer decides
+    (``namers.k8s.from_config``)."""
+    if not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return []
+    return [
+        (f"namers[{i}].serviceAccountDir", n.service_account_dir)
+        for i, n in enumerate(cfg.namers)
+        if n.kind == "io.l5d.k8s" and not getattr(n, "host", None)
+    ]
+
+
+#: The service account files an in-cluster ``io.l5d.k8s`` namer reads (``namers.k8s.in_cluster``).
+_SERVICE_ACCOUNT_FILES = ("ca.crt", "token")
+
+
 def missing_files(cfg: Any) -> list[tuple[str, str]]:
     """``(config key, file)`` of every file ``cfg`` names that is not on this machine (a path with
-    a ``{capture}`` of a static client prefix is read as written, as the daemon reads it)."""
-    import os
-
+    a ``{capture}`` of a static client prefix is read as written, as the daemon reads it; an access
+    log whose directory is not here)."""
     from hostproxy.config.params import client_tls_sections
 
     named: list[tuple[str, str]] = []
@@ -95,6 +176,8 @@ def missing_files(cfg: Any) -> list[tuple[str, str]]:
     for i, n in enumerate(cfg.namers):
         if n.kind == "io.l5d.fs" and n.root_dir:
             named.append((f"namers[{i}].rootDir", n.root_dir))
+    for key, sa_dir in _service_account_dirs(cfg):
+        named += [(key, os.path.join(sa_dir, f)) for f in _SERVICE_ACCOUNT_FILES]
     for ri, rcfg in enumerate(cfg.routers):
         path = getattr(rcfg.interpreter, "dtab_file", None)
         if rcfg.interpreter.kind == "io.l5d.fs" and path:
@@ -104,7 +187,14 @@ def missing_files(cfg: Any) -> list[tuple[str, str]]:
                 named += _tls_files(f"routers[{ri}].servers[{j}].tls", scfg.tls)
         for key, tls in client_tls_sections(rcfg, ri):
             named += _tls_files(key, tls)
-    return [(key, f) for key, f in named if not os.path.lexists(f)]
+    missing = [(key, f) for key, f in named if not os.path.lexists(f)]
+    # An access log need not exist (the daemon creates it): its directory must.
+    missing += [
+        (key, path)
+        for key, _, path in _access_logs(cfg)
+        if path.strip() and not os.path.lexists(_access_log_dir(path))
+    ]
+    return missing
 
 
 def check_files(cfg: Any, text: str, source: str, skip: frozenset[str] = frozenset()) -> list[Any]:
@@ -144,6 +234,16 @@ def check_files(cfg: Any, text: str, source: str, skip: frozenset[str] = frozens
                 load_dtab_file(path, router=label, then="check again")
             except DtabFileError as e:
                 issues.append(issue(f"routers[{ri}].interpreter.dtabFile", e.summary, e.detail))
+    for key, sa_dir in _service_account_dirs(cfg):
+        if not skipped(key):
+            problem = _service_account_problem(sa_dir)
+            if problem is not None:
+                issues.append(issue(key, problem))
+    for key, name, path in _access_logs(cfg):
+        if not skipped(key):
+            problem = _access_log_problem(path, name)
+            if problem is not None:
+                issues.append(issue(key, problem))
     if (
         cfg.admin.tls is not None
         or any(s.tls is not None for r in cfg.routers for s in r.servers)
@@ -151,6 +251,25 @@ def check_files(cfg: Any, text: str, source: str, skip: frozenset[str] = frozens
     ):
         issues += _check_tls(cfg, issue, skipped)
     return sorted(issues, key=lambda i: (i.line, i.column))
+
+
+def _service_account_problem(sa_dir: str) -> str | None:
+    """What keeps an in-cluster ``io.l5d.k8s`` namer from using the service account in ``sa_dir``,
+    or None: the checks its start makes (``in_cluster``: the CA loads, the files are not empty), then
+    the token read as each request reads it."""
+    from namers.k8s.client import ApiUnavailable, InClusterConfigError, TokenFile, in_cluster
+
+    try:
+        in_cluster(os.environ, sa_dir)
+        TokenFile(os.path.join(sa_dir, "token")).get()
+    except (InClusterConfigError, ApiUnavailable) as e:
+        return str(e)
+    except UnicodeDecodeError:
+        return (
+            f"io.l5d.k8s: the service account token {os.path.join(sa_dir, 'token')} is not UTF-8 text; "
+            "check the pod's token volume"
+        )
+    return None
 
 
 def _check_tls(cfg: Any, issue: Any, skipped: Any) -> list[Any]:

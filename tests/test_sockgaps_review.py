@@ -9,17 +9,28 @@ stop reading or stream, and raw TCP clients that stop sending or reading.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import shutil
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from subprocess import CompletedProcess
 
 import pytest
 import trio
+from certs import make_pki
 from structlog.testing import capture_logs
 
 from tests.daemonutil import running_daemon
 from tests.test_sockopts_review import http_config, metric, raw_upstream, read_head, read_to_end
 
 pytestmark = pytest.mark.timeout(90)
+
+REPO = Path(__file__).resolve().parent.parent
 
 UPGRADE = b"GET /ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
 SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
@@ -307,3 +318,230 @@ async def test_server_read_timeout_spares_an_upload_that_pauses_while_its_respon
         assert b"5\r\n20000\r\n" in got, got
         port = d.port("http", 0)
         assert await metric(d, f"rt/http/server/127.0.0.1/{port}/body_timeouts") == 0
+
+
+# -- hostproxy check: the access log file and the Kubernetes service-account files ----------------------------
+
+
+def check_as(
+    args: list[str], *, env: dict[str, str] | None = None, other_user: bool = False
+) -> CompletedProcess[str]:
+    """``hostproxy check ARGS``; ``other_user``: as an unprivileged user (``nobody`` when the tests
+    run as root, whom file modes do not stop)."""
+    prefix: list[str] = []
+    if other_user and os.geteuid() == 0:
+        prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    run_env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+    run_env.update(env or {})
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "hostproxy", "check", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env=run_env,
+        check=False,
+    )
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory every user may enter (``tmp_path`` is private to the test's user)."""
+    d = Path(tempfile.mkdtemp(prefix="hostproxy-check-"))
+    d.chmod(0o755)
+    try:
+        yield d
+    finally:
+        for p in [d, *d.rglob("*")]:
+            with contextlib.suppress(OSError):
+                p.chmod(0o755 if p.is_dir() else 0o644)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def access_log_config(d: Path, log: Path | str, protocol: str = "http") -> Path:
+    key = "h2AccessLog" if protocol == "h2" else "httpAccessLog"
+    cfg = d / "hostproxy.yaml"
+    cfg.write_text(
+        "admin: {ip: 127.0.0.1, port: 0}\n"
+        "routers:\n"
+        f"- protocol: {protocol}\n"
+        "  dtab: /svc => /$/inet/127.0.0.1/1;\n"
+        f"  {key}: {log}\n"
+        "  servers:\n"
+        "  - {ip: 127.0.0.1, port: 0}\n"
+    )
+    cfg.chmod(0o644)
+    return cfg
+
+
+@pytest.mark.parametrize("protocol", ["http", "h2"])
+def test_check_notes_an_access_log_whose_directory_is_not_here(shared_dir: Path, protocol: str) -> None:
+    key = f"routers[0].{'h2AccessLog' if protocol == 'h2' else 'httpAccessLog'}"
+    log = shared_dir / "logs" / "access.log"
+    cfg = access_log_config(shared_dir, log, protocol)
+    r = check_as([str(cfg)])
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    assert r.stdout.endswith(
+        f"; not on this machine, so read when the daemon starts (--require-files: an error): {log} ({key})\n"
+    ), r.stdout
+    doc = json.loads(check_as(["--json", str(cfg)]).stdout)
+    assert doc["ok"] is True and doc["files_missing"] == [{"path": key, "file": str(log)}]
+    r = check_as(["--require-files", str(cfg)])
+    assert r.returncode == 1
+    name = key.split(".")[1]
+    assert r.stderr == (
+        f"{cfg}:5: {key}: the directory {log.parent} of the access log {log} does not exist; create it "
+        f"(hostproxy creates the log file, not its directory) or fix {name}\n"
+        f"{cfg}: 1 error\n"
+    )
+    r = check_as(["--no-files", str(cfg)])
+    assert r.returncode == 0 and "(--no-files)" in r.stdout, r
+    assert not log.parent.exists()
+
+
+def test_check_leaves_the_access_log_as_it_finds_it(shared_dir: Path) -> None:
+    """A log that is not there yet is creatable (the daemon creates it): check does not create it; one
+    that is there is appendable: check neither truncates nor touches it. '-' names no file."""
+    log = shared_dir / "access.log"
+    cfg = access_log_config(shared_dir, log)
+    for args in (["--require-files", str(cfg)], [str(cfg)]):
+        r = check_as(args)
+        assert (r.returncode, r.stderr) == (0, ""), r.stderr
+        assert "not on this machine" not in r.stdout
+    assert not log.exists()
+    log.write_text("a line\n")
+    os.utime(log, (1_000_000, 1_000_000))
+    r = check_as(["--require-files", str(cfg)])
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    assert log.read_text() == "a line\n" and log.stat().st_mtime == 1_000_000
+    r = check_as(["--require-files", str(access_log_config(shared_dir, "'-'"))])
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+
+
+def test_check_refuses_an_access_log_the_daemon_could_not_open(shared_dir: Path) -> None:
+    """What makes the daemon's start fail ("cannot open ... for appending"), refused by check."""
+    d = shared_dir
+    # A directory where the file should be, and a file where its directory should be.
+    (d / "adir").mkdir()
+    r = check_as([str(access_log_config(d, d / "adir"))])
+    assert r.returncode == 1
+    assert (
+        f"routers[0].httpAccessLog: the access log {d / 'adir'} is a directory; give a file path" in r.stderr
+    )
+    (d / "afile").write_text("")
+    r = check_as([str(access_log_config(d, d / "afile" / "access.log"))])
+    assert r.returncode == 1
+    assert f"cannot create the access log {d / 'afile' / 'access.log'}: {d / 'afile'} is not a directory" in (
+        r.stderr
+    )
+    # An empty path, which the daemon refuses too.
+    r = check_as([str(access_log_config(d, "''"))])
+    assert r.returncode == 1
+    assert "routers[0].httpAccessLog: empty path; give a file path, '-' for log events, or leave it out" in (
+        r.stderr
+    )
+
+
+def test_check_refuses_an_access_log_this_user_may_not_write(shared_dir: Path) -> None:
+    d = shared_dir
+    locked = d / "locked"
+    locked.mkdir()
+    cfg = access_log_config(d, locked / "access.log")
+    locked.chmod(0o555)  # the file cannot be created
+    r = check_as([str(cfg)], other_user=True)
+    assert r.returncode == 1, r
+    assert f"{cfg}:5: routers[0].httpAccessLog: cannot create the access log {locked / 'access.log'}: " in (
+        r.stderr
+    )
+    assert f"the directory {locked} is not writable by this user (uid " in r.stderr, r.stderr
+    locked.chmod(0o755)
+    (locked / "access.log").write_text("kept\n")
+    (locked / "access.log").chmod(0o444)  # it exists, but cannot be appended to
+    r = check_as([str(cfg)], other_user=True)
+    assert r.returncode == 1, r
+    assert (
+        f"cannot append to the access log {locked / 'access.log'}: it is not writable by this user (uid "
+        in (r.stderr)
+    ), r.stderr
+    assert (locked / "access.log").read_text() == "kept\n"
+    (locked / "access.log").chmod(0o666)
+    r = check_as([str(cfg)], other_user=True)
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+
+
+IN_CLUSTER = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+
+
+def k8s_config(d: Path, host: str = "") -> Path:
+    cfg = d / "hostproxy.yaml"
+    cfg.write_text(
+        "namers:\n"
+        "- kind: io.l5d.k8s\n" + (f"  host: {host}\n" if host else "") + f"  serviceAccountDir: {d / 'sa'}\n"
+        "routers:\n"
+        "- protocol: http\n"
+        "  dtab: /svc => /#/io.l5d.k8s;\n"
+        "  servers: [{port: 0}]\n"
+    )
+    return cfg
+
+
+def test_check_reads_the_service_account_files_an_in_cluster_k8s_namer_uses(tmp_path: Path) -> None:
+    cfg = k8s_config(tmp_path)
+    sa = tmp_path / "sa"
+    # Not mounted here: noted, an error with --require-files.
+    r = check_as([str(cfg)], env=IN_CLUSTER)
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    assert r.stdout.endswith(
+        f"(--require-files: an error): {sa / 'ca.crt'} (namers[0].serviceAccountDir), "
+        f"{sa / 'token'} (namers[0].serviceAccountDir)\n"
+    ), r.stdout
+    r = check_as(["--require-files", str(cfg)], env=IN_CLUSTER)
+    assert r.returncode == 1
+    assert r.stderr == (
+        f"{cfg}:3: namers[0].serviceAccountDir: io.l5d.k8s: service account CA certificate "
+        f"{sa / 'ca.crt'} is missing or empty; mount the service account (automountServiceAccountToken) "
+        "or set namers[].host\n"
+        f"{cfg}: 1 error\n"
+    )
+    assert check_as(["--no-files", str(cfg)], env=IN_CLUSTER).returncode == 0
+    # Mounted, with an empty token: the daemon could not authenticate.
+    sa.mkdir()
+    pki = make_pki(tmp_path)
+    shutil.copy(pki.ca_path, sa / "ca.crt")
+    (sa / "token").write_text("")
+    r = check_as([str(cfg)], env=IN_CLUSTER)
+    assert r.returncode == 1
+    assert f"namers[0].serviceAccountDir: io.l5d.k8s: service account token {sa / 'token'} is missing" in (
+        r.stderr
+    )
+    # A CA file that holds no certificate.
+    (sa / "token").write_text("eyJhbGciOi.token\n")
+    (sa / "ca.crt").write_text("not a certificate\n")
+    r = check_as([str(cfg)], env=IN_CLUSTER)
+    assert r.returncode == 1
+    assert f"io.l5d.k8s: cannot load the CA certificate {sa / 'ca.crt'}" in r.stderr, r.stderr
+    shutil.copy(pki.ca_path, sa / "ca.crt")
+    r = check_as(["--require-files", str(cfg)], env=IN_CLUSTER)
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+
+
+def test_check_leaves_service_account_files_alone_when_the_namer_does_not_use_them(tmp_path: Path) -> None:
+    """Outside a pod (no KUBERNETES_SERVICE_HOST) the namer talks to localhost:8001, and with a host
+    it talks plain HTTP there: the service account is not read, so nothing is missing."""
+    for cfg, env in ((k8s_config(tmp_path), {}), (k8s_config(tmp_path, host="localhost"), IN_CLUSTER)):
+        r = check_as(["--require-files", str(cfg)], env=env)
+        assert (r.returncode, r.stderr) == (0, ""), r.stderr
+        assert "serviceAccountDir" not in r.stdout
+
+
+def test_check_refuses_a_token_this_user_may_not_read(shared_dir: Path) -> None:
+    cfg = k8s_config(shared_dir)
+    sa = shared_dir / "sa"
+    sa.mkdir()
+    shutil.copy(make_pki(shared_dir).ca_path, sa / "ca.crt")
+    (sa / "ca.crt").chmod(0o644)
+    (sa / "token").write_text("secret\n")
+    (sa / "token").chmod(0o600)
+    r = check_as([str(cfg)], env=IN_CLUSTER, other_user=True)
+    assert r.returncode == 1, r
+    assert f"cannot read the service account token {sa / 'token'} (Permission denied)" in r.stderr, r.stderr
