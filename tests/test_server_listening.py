@@ -348,6 +348,7 @@ def test_statistics_keys_of_each_protocol() -> None:
         "header_timeouts",
         "body_timeouts",
         "write_timeouts",
+        "tunnel_timeouts",
         "connection_failures",
         "accept_paused",
         "requests_abandoned",
