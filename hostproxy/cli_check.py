@@ -147,16 +147,20 @@ def _may(path: str, mode: int) -> bool:
     return os.access(path, mode)
 
 
-def _service_account_dirs(cfg: Any) -> list[tuple[str, str]]:
-    """``(config key, directory)`` of the service account of each ``io.l5d.k8s`` namer that reads it:
-    one with no ``host`` where ``KUBERNETES_SERVICE_HOST`` is set (in a pod), as the namer decides
+#: The namer kinds that read a service account in a pod (``namers.k8s.client.api_from_config``).
+_IN_CLUSTER_KINDS = ("io.l5d.k8s", "io.l5d.k8s.external")
+
+
+def _service_account_dirs(cfg: Any) -> list[tuple[str, str, str]]:
+    """``(config key, directory, kind)`` of the service account of each Kubernetes namer that reads
+    it: one with no ``host`` where ``KUBERNETES_SERVICE_HOST`` is set (in a pod), as the namer decides
     (``namers.k8s.from_config``)."""
     if not os.environ.get("KUBERNETES_SERVICE_HOST"):
         return []
     return [
-        (f"namers[{i}].serviceAccountDir", n.service_account_dir)
+        (f"namers[{i}].serviceAccountDir", n.service_account_dir, n.kind)
         for i, n in enumerate(cfg.namers)
-        if n.kind == "io.l5d.k8s" and not getattr(n, "host", None)
+        if n.kind in _IN_CLUSTER_KINDS and not getattr(n, "host", None)
     ]
 
 
@@ -176,7 +180,7 @@ def missing_files(cfg: Any) -> list[tuple[str, str]]:
     for i, n in enumerate(cfg.namers):
         if n.kind == "io.l5d.fs" and n.root_dir:
             named.append((f"namers[{i}].rootDir", n.root_dir))
-    for key, sa_dir in _service_account_dirs(cfg):
+    for key, sa_dir, _kind in _service_account_dirs(cfg):
         named += [(key, os.path.join(sa_dir, f)) for f in _SERVICE_ACCOUNT_FILES]
     for ri, rcfg in enumerate(cfg.routers):
         path = getattr(rcfg.interpreter, "dtab_file", None)
@@ -234,9 +238,9 @@ def check_files(cfg: Any, text: str, source: str, skip: frozenset[str] = frozens
                 load_dtab_file(path, router=label, then="check again")
             except DtabFileError as e:
                 issues.append(issue(f"routers[{ri}].interpreter.dtabFile", e.summary, e.detail))
-    for key, sa_dir in _service_account_dirs(cfg):
+    for key, sa_dir, kind in _service_account_dirs(cfg):
         if not skipped(key):
-            problem = _service_account_problem(sa_dir)
+            problem = _service_account_problem(sa_dir, kind)
             if problem is not None:
                 issues.append(issue(key, problem))
     for key, name, path in _access_logs(cfg):
@@ -253,20 +257,20 @@ def check_files(cfg: Any, text: str, source: str, skip: frozenset[str] = frozens
     return sorted(issues, key=lambda i: (i.line, i.column))
 
 
-def _service_account_problem(sa_dir: str) -> str | None:
+def _service_account_problem(sa_dir: str, kind: str = "io.l5d.k8s") -> str | None:
     """What keeps an in-cluster ``io.l5d.k8s`` namer from using the service account in ``sa_dir``,
     or None: the checks its start makes (``in_cluster``: the CA loads, the files are not empty), then
     the token read as each request reads it."""
     from namers.k8s.client import ApiUnavailable, InClusterConfigError, TokenFile, in_cluster
 
     try:
-        in_cluster(os.environ, sa_dir)
+        in_cluster(os.environ, sa_dir, kind=kind)
         TokenFile(os.path.join(sa_dir, "token")).get()
     except (InClusterConfigError, ApiUnavailable) as e:
         return str(e)
     except UnicodeDecodeError:
         return (
-            f"io.l5d.k8s: the service account token {os.path.join(sa_dir, 'token')} is not UTF-8 text; "
+            f"{kind}: the service account token {os.path.join(sa_dir, 'token')} is not UTF-8 text; "
             "check the pod's token volume"
         )
     return None

@@ -545,3 +545,23 @@ def test_check_refuses_a_token_this_user_may_not_read(shared_dir: Path) -> None:
     r = check_as([str(cfg)], env=IN_CLUSTER, other_user=True)
     assert r.returncode == 1, r
     assert f"cannot read the service account token {sa / 'token'} (Permission denied)" in r.stderr, r.stderr
+
+
+def test_check_reads_the_service_account_of_an_in_cluster_k8s_external_namer(tmp_path: Path) -> None:
+    cfg = tmp_path / "hostproxy.yaml"
+    cfg.write_text(
+        "namers:\n"
+        "- kind: io.l5d.k8s.external\n"
+        "  experimental: true\n"
+        f"  serviceAccountDir: {tmp_path / 'sa'}\n"
+        "routers:\n"
+        "- protocol: http\n"
+        "  dtab: /svc => /#/io.l5d.k8s.external;\n"
+        "  servers: [{port: 0}]\n"
+    )
+    r = check_as(["--require-files", str(cfg)], env=IN_CLUSTER)
+    assert r.returncode == 1
+    assert (
+        f"namers[0].serviceAccountDir: io.l5d.k8s.external: service account CA certificate "
+        f"{tmp_path / 'sa' / 'ca.crt'} is missing or empty" in r.stderr
+    ), r.stderr
