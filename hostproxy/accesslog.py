@@ -214,12 +214,7 @@ class _Sink:
     def roll(self) -> None:
         """Close, rename, reopen, delete what the rotate count does not keep. A rename that fails keeps
         the file (lines go on being appended to it; counted in ``roll_errors`` and logged)."""
-        if self.file is not None:
-            try:
-                self.file.close()
-            except OSError:
-                pass
-            self.file = None
+        self._close_file()
         target = ""
         try:
             taken = logroll.next_free(self.path, self.policy, self.opened_at, self._names())
@@ -266,13 +261,16 @@ class _Sink:
             except OSError as e:
                 _log.warning("accesslog.prune_failed", path=name, error=e.strerror or str(e))
 
-    def reopen(self) -> bool:
+    def _close_file(self) -> None:
         if self.file is not None:
             try:
                 self.file.close()
             except OSError:
                 pass
             self.file = None
+
+    def reopen(self) -> bool:
+        self._close_file()
         try:
             self.file = self.opener(self.path)
         except OSError:

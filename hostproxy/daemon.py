@@ -625,15 +625,21 @@ class Daemon:
 
     # -- building ---------------------------------------------------------------------------------
 
-    def _dtab_watcher(self, rcfg: Any, label: str, then: str = "start again") -> DtabFileWatcher | None:
-        """The router's dtab file watcher: kept across reloads while the path stays, else loaded now
-        (:class:`DtabFileError` when it cannot be used; ``then``: what to do once the file is fixed)."""
+    def _dtab_watcher_in_force(self, rcfg: Any, label: str) -> tuple[str | None, DtabFileWatcher | None]:
+        """The router's dtab file (None: its interpreter reads none) and the watcher in force for that
+        path (None: none yet, or one of another path)."""
         interp = rcfg.interpreter
         path = getattr(interp, "dtab_file", None)
         if interp.kind != "io.l5d.fs" or not path:
-            return None
+            return None, None
         old = self.dtab_watchers.get(label)
-        if old is not None and old.path == path:
+        return path, (old if old is not None and old.path == path else None)
+
+    def _dtab_watcher(self, rcfg: Any, label: str, then: str = "start again") -> DtabFileWatcher | None:
+        """The router's dtab file watcher: kept across reloads while the path stays, else loaded now
+        (:class:`DtabFileError` when it cannot be used; ``then``: what to do once the file is fixed)."""
+        path, old = self._dtab_watcher_in_force(rcfg, label)
+        if path is None or old is not None:
             return old
         # Loaded with no on_change: the router does not exist yet, its base dtab is computed below.
         watcher = load_dtab_file(path, router=label, then=then)
@@ -645,12 +651,8 @@ class Daemon:
     ) -> DtabFileWatcher | None:
         """:meth:`_dtab_watcher` for a reload whose dtab files :func:`prepare_reload` loaded: the
         watcher in force when the path stays, else the one loaded, wired to this router."""
-        interp = rcfg.interpreter
-        path = getattr(interp, "dtab_file", None)
-        if interp.kind != "io.l5d.fs" or not path:
-            return None
-        old = self.dtab_watchers.get(label)
-        if old is not None and old.path == path:
+        path, old = self._dtab_watcher_in_force(rcfg, label)
+        if path is None or old is not None:
             return old
         if loaded is None:  # (a watcher that went away meanwhile: load it here)
             return self._dtab_watcher(rcfg, label, then="reload again")

@@ -33,7 +33,14 @@ from typing import Any, ClassVar
 
 from namers._dtab import Address
 from namers.base import Key, config_value, key_text
-from namers.k8s.namer import K8sNamer, Target, _Detail, api_from_config, resync_from_config
+from namers.k8s.namer import (
+    K8sNamer,
+    Target,
+    _Detail,
+    api_from_config,
+    resync_from_config,
+    watch_refused_message,
+)
 from namers.k8s.objects import K8sObjectError, parse_ingress, parse_service, service_port
 from namers.k8s.watch import Collection, ListWatchCore
 
@@ -84,10 +91,7 @@ class K8sExternalNamer(K8sNamer):
         addrs = [Address(h, sp.port) for h in hosts]
         if t.svc.watch_refused is not None:
             return self.table.apply_partial(
-                key,
-                addrs,
-                f"discovery degraded: the watch was refused ({t.svc.watch_refused}); the addresses are "
-                f"those of the last list, and changes arrive with a re-list, at most every {self.backoff_max:g}s",
+                key, addrs, watch_refused_message(t.svc.watch_refused, self.backoff_max)
             )
         return self.table.apply_bound(key, addrs)
 

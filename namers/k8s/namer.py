@@ -96,6 +96,14 @@ def valid_key(ns: str, port: str, svc: str, label_value: str | None) -> bool:
 MAX_CONCURRENT_LISTS = 32  # list requests in flight at once (watches themselves are not limited)
 
 
+def watch_refused_message(refused: str, backoff_max: float) -> str:
+    """The error of a name served from lists because its watch was refused (RBAC without ``watch``)."""
+    return (
+        f"discovery degraded: the watch was refused ({refused}); the addresses are those of the last list, "
+        f"and changes arrive with a re-list, at most every {backoff_max:g}s"
+    )
+
+
 @dataclass
 class Target:
     """One (namespace, service, label value): its list/watches (the Service's and, but for
@@ -492,12 +500,7 @@ class K8sNamer(Namer):
         refused = t.svc.watch_refused or t.eps.watch_refused
         if refused is not None:
             # The list's addresses, stale until a watch streams: changes come only with re-lists.
-            return self.table.apply_partial(
-                key,
-                addrs,
-                f"discovery degraded: the watch was refused ({refused}); the addresses are those of the "
-                f"last list, and changes arrive with a re-list, at most every {self.backoff_max:g}s",
-            )
+            return self.table.apply_partial(key, addrs, watch_refused_message(refused, self.backoff_max))
         return self.table.apply_bound(key, addrs)
 
     # -- admin -----------------------------------------------------------------------------------
