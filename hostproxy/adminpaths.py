@@ -49,6 +49,7 @@ ADMIN_PATHS: dict[str, str] = {
     "/dtab_state.json": "the dtab files' state",
     "/overload.json": "the overload state",
     "/admin/tls.json": "the certificates in use",
+    "/admin/telemetry.json": "the telemeters' state",
 }
 
 #: The paths that serve the Prometheus exposition anyway: a telemeter may name them.

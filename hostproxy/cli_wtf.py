@@ -4,8 +4,9 @@ Theory of operation
 -------------------
 ``wtf`` reads a running daemon's admin server (``--admin``, default ``http://127.0.0.1:9990``):
 ``/admin/metrics.json``, ``/client_state.json``, ``/admin/namer_state.json``,
-``/admin/unbound.json``, ``/admin/process.json``, ``/admin/routers.json`` and ``/admin/tls.json``
-(certificates expiring within 14 days are warnings); for each service it
+``/admin/unbound.json``, ``/admin/process.json``, ``/admin/routers.json``, ``/admin/tls.json``
+(certificates expiring within 14 days are warnings) and ``/admin/telemetry.json`` (spans trace export
+lost are a warning); for each service it
 asks ``/delegator.json`` (with the router's dtab) which clients the name binds to.  The pure
 :func:`hostproxy.diagnose.diagnose` turns those documents into findings, worst first; this module
 only fetches and prints.  Endpoints an older daemon lacks are read as empty.
@@ -337,6 +338,7 @@ def collect(
         process=optional("/admin/process.json"),
         bindings=_bindings(admin, routers, router, metrics),
         tls=optional("/admin/tls.json") or {},
+        telemetry=optional("/admin/telemetry.json") or {},
     )
     window: dict[str, Any] = (
         {"kind": "interval", "seconds": interval}

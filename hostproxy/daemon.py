@@ -73,6 +73,7 @@ from dtab.delegate import delegate
 from hostproxy import gcpolicy, sdnotify
 from hostproxy.config import Config, ConfigError, load_config
 from hostproxy.config.model import (
+    INFLUXDB_PATH,
     InfluxDbTelemeter,
     PrometheusTelemeter,
     RecentRequestsTelemeter,
@@ -708,6 +709,37 @@ class Daemon:
             recent=self.recent,
             spans=self._span_recorder(label),
         )
+
+    def telemetry_state(self) -> dict[str, Any]:
+        """``/admin/telemetry.json``: the config's telemeters in order, each with its settings and,
+        for those that send or write, what they did (``sent``, ``dropped``, ``lastError`` ...)."""
+        zipkin, tracelogs = iter(self.zipkin), iter(self.tracelogs)
+        out: list[dict[str, Any]] = []
+        for t in self.config.telemetry:
+            entry: dict[str, Any] = {"kind": t.kind}
+            if isinstance(t, ZipkinTelemeter):
+                stats = next(zipkin).statistics()
+                entry.update(
+                    collector=stats["collector"],
+                    sampleRate=stats["sample_rate"],
+                    queued=stats["queued"],
+                    recorded=stats["recorded"],
+                    sent=stats["sent"],
+                    dropped=stats["dropped"],
+                    sendFailures=stats["send_failures"],
+                    lastError=stats["last_error"],
+                )
+            elif isinstance(t, TraceLogTelemeter):
+                sink = next(tracelogs)
+                entry.update(sampleRate=sink.sample_rate, level=t.level.upper(), logged=sink.logged)
+            elif isinstance(t, PrometheusTelemeter):
+                entry.update(path=t.path, prefix=t.prefix)
+            elif isinstance(t, RecentRequestsTelemeter):
+                entry.update(sampleRate=t.sample_rate, capacity=t.capacity)
+            elif isinstance(t, InfluxDbTelemeter):
+                entry.update(path=INFLUXDB_PATH)
+            out.append(entry)
+        return {"telemeters": out}
 
     def _zipkin_stat(self, name: str) -> int:
         return sum(int(e.statistics()[name]) for e in self.zipkin)

@@ -190,6 +190,8 @@ class Snapshot:
     bindings: Mapping[str, Mapping[str, list[str]]] = field(default_factory=dict)
     #: ``/admin/tls.json``: ``{"certificates": [{"path", "role", "router", ..., "daysLeft"}]}``
     tls: Mapping[str, Any] = field(default_factory=dict)
+    #: ``/admin/telemetry.json``: ``{"telemeters": [{"kind", ...}]}``
+    telemetry: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -579,6 +581,7 @@ class _Analysis:
         self.namers()
         self.process()
         self.certificates()
+        self.trace_export()
         self.findings.sort(
             key=lambda f: (
                 _RANK.get(f.severity, 9),
@@ -1325,6 +1328,46 @@ class _Analysis:
                     "certificate files within seconds, without a restart"
                 ),
             )
+
+    def trace_export(self) -> None:
+        """Spans lost by trace export in the window (``zipkin/dropped``: the Zipkin collector could not
+        take them, or the queue was full): a warning about hostproxy's telemetry, not about traffic
+        (requests are not affected), with the collector and its last error from ``/admin/telemetry.json``."""
+        dropped = int(self.num("zipkin/dropped"))
+        if dropped <= 0:
+            return
+        failures = int(self.num("zipkin/send_failures"))
+        recorded = int(self.num("zipkin/recorded")) + dropped
+        zipkins = [
+            t
+            for t in (self.snap.telemetry.get("telemeters") or [])
+            if isinstance(t, Mapping) and t.get("kind") == "io.l5d.zipkin"
+        ]
+        collector = ", ".join(str(t.get("collector")) for t in zipkins) or "the Zipkin collector"
+        errors = [str(t["lastError"]) for t in zipkins if t.get("lastError")]
+        why = f"; last error: {errors[-1]}" if errors else ""
+        if failures:
+            verdict = f"trace export to {collector} lost {dropped} span(s) in {failures} failed send(s){why}"
+            nxt = (
+                f"is Zipkin running with its Scribe collector on ({collector}; SCRIBE_ENABLED=true, port "
+                "9410)? `nc -vz` it from this host; requests are not affected, only their spans"
+            )
+        else:
+            verdict = f"trace export dropped {dropped} span(s): its queue was full (the collector is slower than the traffic)"
+            nxt = "lower the telemeter's sampleRate, or give the collector more capacity; requests are not affected"
+        self.add(
+            severity="warning",
+            router=None,
+            service=None,
+            client=None,
+            endpoint=None,
+            cause="telemetry/zipkin",
+            share=dropped / recorded if recorded else 1.0,
+            verdict=verdict,
+            next_step=nxt,
+            failures=dropped,
+            requests=recorded,
+        )
 
 
 def diagnose(snap: Snapshot, *, thresholds: Thresholds | None = None, router: str | None = None) -> Report:

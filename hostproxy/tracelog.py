@@ -50,14 +50,16 @@ class TraceLogSink:
         self.level = TRACELOG_LEVELS[level.upper()]
         self._salt = (rng or random.Random()).getrandbits(64)
         self._log = structlog.get_logger(LOGGER)
+        self._std = logging.getLogger(LOGGER)
+        #: Spans written to the log.
         self.logged = 0
 
     def now_us(self) -> int:
         return int(time.time() * 1e6)
 
     def sampled(self, decision: bool | None, trace_id: int) -> bool:
-        if self.level > logging.CRITICAL:  # OFF
-            return False
+        if self.level > logging.CRITICAL or not self._std.isEnabledFor(self.level):
+            return False  # (OFF, or a level the logger does not log now)
         if decision is not None:
             return decision
         rate = self.sample_rate

@@ -290,3 +290,49 @@ telemetry:
                 assert tags["router.label"] == b"h2" and tags["http.uri"] == b"/grpc.Echo/Say"
                 assert tags["dst.id"] == f"/$/inet/127.0.0.1/{port}".encode()
                 assert tags["http.rsp.status"] == b"200" and tags["http.req.host"] == b"web"
+
+
+async def test_a_collector_that_is_away_shows_in_telemetry_json_and_wtf(tmp_path: Path) -> None:
+    disco = tmp_path / "disco"
+    disco.mkdir()
+    with closed_port() as away:
+        async with running_upstream() as up:
+            (disco / "web").write_text(f"127.0.0.1 {up.port}\n")
+            cfg = (
+                zipkin_config(disco, away, 1.0)
+                + "- kind: io.l5d.tracelog\n  level: DEBUG\n- kind: io.l5d.influxdb\n"
+                + "- kind: io.l5d.prometheus\n  path: /prom\n"
+            )
+            async with running_daemon(cfg) as d:
+                assert (await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: web")).status == 200
+                with trio.fail_after(20):
+                    while True:
+                        doc = (await curl(f"{d.admin}/admin/telemetry.json")).json()
+                        assert isinstance(doc, dict)
+                        zipkin = doc["telemeters"][0]
+                        if zipkin["sendFailures"]:
+                            break
+                        await trio.sleep(0.1)
+                assert zipkin["kind"] == "io.l5d.zipkin" and zipkin["collector"] == f"127.0.0.1:{away}"
+                assert zipkin["dropped"] == 1 and zipkin["sent"] == 0
+                assert zipkin["lastError"].startswith(
+                    f"cannot reach the Zipkin collector at 127.0.0.1:{away}: "
+                )
+                assert doc["telemeters"][1:] == [
+                    {"kind": "io.l5d.tracelog", "sampleRate": 1.0, "level": "DEBUG", "logged": 0},
+                    {"kind": "io.l5d.influxdb", "path": "/admin/metrics/influxdb"},
+                    {"kind": "io.l5d.prometheus", "path": "/prom", "prefix": ""},
+                ]
+                proc = await trio.run_process(
+                    [sys.executable, "-m", "hostproxy", "wtf", "--admin", d.admin, "--json"],
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
+                )
+                report = json.loads(proc.stdout)
+                (finding,) = [f for f in report["findings"] if f["cause"] == "telemetry/zipkin"]
+                assert finding["severity"] == "warning" and finding["fault"] == "hostproxy"
+                assert finding["failures"] == 1
+                assert f"trace export to 127.0.0.1:{away} lost 1 span(s)" in finding["verdict"]
+                assert "cannot reach the Zipkin collector" in finding["verdict"]
+                assert "SCRIBE_ENABLED=true" in finding["next_step"]

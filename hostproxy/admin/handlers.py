@@ -532,6 +532,15 @@ class AdminHandler:
                 ),
                 self._tls,
             ),
+            (
+                Endpoint(
+                    "/admin/telemetry.json",
+                    ("GET",),
+                    "the telemeters: each one's kind and settings, and trace export's spans sent and dropped "
+                    "and last error",
+                ),
+                self._telemetry,
+            ),
         ]
         if influxdb:  # (an io.l5d.influxdb telemeter; its path is its own, checked by the config)
             table.append(
@@ -950,6 +959,10 @@ class AdminHandler:
     async def _tls(self, call: _Call) -> Response:
         fn = getattr(self.ctx, "tls_state", None)
         return _json(200, fn() if fn is not None else {"certificates": []})
+
+    async def _telemetry(self, call: _Call) -> Response:
+        fn = getattr(self.ctx, "telemetry_state", None)
+        return _json(200, fn() if fn is not None else {"telemeters": []})
 
     async def _reload(self, call: _Call) -> Response:
         log.info("admin.reload_requested", peer=call.peer)
