@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from urllib.parse import unquote_plus
 
 import h2.connection
 import h2.events
@@ -125,7 +126,24 @@ MALFORMED: dict[str, tuple[list[tuple[bytes, bytes]], bytes | None]] = {
     # Not origin form: forwarded as it was, an upstream (or the path identifier) read it otherwise.
     ":path in absolute form": ([], b"http://elsewhere/x"),
     ":path * for a POST": ([], b"*"),
+    # Bytes a request target may not hold raw (the HTTP/1.1 server refuses them too).
+    ":path with an escape character": ([], b"/a\x1b[2Jb"),
+    ":path with a space": ([], b"/a b"),
+    ":path with DEL": ([], b"/a\x7f"),
+    ":path with raw non-ASCII": ([], "/café".encode()),
 }
+
+
+async def test_a_path_byte_that_must_be_encoded_is_named_with_its_offset() -> None:
+    app = Held()
+    async with serving(app.handle) as port, RawClient.connect(port) as c:
+        lax(c)
+        await c.start()
+        sid = await send_request(c, port, [], path=b"/logs/\x1b]0;x\x07")
+        bad = await c.until(lambda e: getattr(e, "stream_id", None) == sid, ack=True)
+        assert type(bad) is h2.events.ResponseReceived, (bad, c.events)
+        err = unquote_plus(dict(bad.headers)[b"l5d-err"].decode())
+        assert "byte 0x1b at offset 6" in err and "percent-encode it" in err, err
 
 
 @pytest.mark.parametrize("case", sorted(MALFORMED))

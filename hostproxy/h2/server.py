@@ -56,6 +56,7 @@ with an empty body is sent as a single HEADERS frame with END_STREAM (gRPC "trai
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from math import inf
 from typing import Any
@@ -164,7 +165,17 @@ def malformed(fields: list[tuple[bytes, bytes]], flags: h2.utilities.HeaderValid
             return (
                 f":path {path[:200]!r} is not an absolute path (it must start with '/'; '*' only for OPTIONS)"
             )
+        if path is not None and not _PATH_OK.fullmatch(path):
+            at = next(i for i, b in enumerate(path) if not 0x21 <= b <= 0x7E)
+            return (
+                f":path holds byte 0x{path[at]:02x} at offset {at}, which a request target may not hold raw "
+                "(a control character, space, DEL or non-ASCII byte: percent-encode it, RFC 3986)"
+            )
     return None
+
+
+# A request target's bytes: visible ASCII only (as the HTTP/1.1 server requires; RFC 9112 §3.2, 3986).
+_PATH_OK = re.compile(rb"[\x21-\x7e]*")
 
 
 @dataclass(frozen=True)
