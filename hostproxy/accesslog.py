@@ -9,7 +9,7 @@ request path checks one attribute, ``if access_log.enabled: access_log.log(...)`
 costs a single attribute read and formats nothing.
 
 A file line is tab-separated and never contains a raw tab or newline (they are escaped), nor any other
-character that is not printable (``\\xHH``, as in Linkerd's line below; an h2 ``:path`` may hold any
+character that is not printable (``\\xHH``, as in Linkerd's line below; a header value may hold any
 byte but NUL, CR and LF), so a hostile Host header or path cannot forge lines::
 
     2024-05-01T12:00:00.123Z  out  GET  /users/7  /svc/users  /#/io.l5d.fs/users  10.0.0.7:8080  200  -  3.2  512
