@@ -474,6 +474,9 @@ class Client:
                     continue
                 raise
             except BaseException as exc:
+                if spans is not None and isinstance(exc, (Exception, trio.Cancelled)):
+                    # Cut short (totalTimeoutMs, the caller gone) or the request body failed.
+                    spans.attempt(req, self.id, key, sent_us, None, _abandoned_cause(exc))
                 # A failed request body is the client's doing: not a failure of the endpoint.
                 balancer.on_finish(bal_ep, clock() - t0, isinstance(exc, RequestBodyError))
                 if not bal_ep.removed:
@@ -693,3 +696,12 @@ def _safe(fn: Callable[[], Any]) -> Any:
         return fn()
     except Exception:  # admin views must never break on a balancer quirk
         return None
+
+
+def _abandoned_cause(exc: BaseException) -> str:
+    """The ``error`` tag of a span whose attempt ended neither with a response nor an upstream error."""
+    if isinstance(exc, trio.Cancelled):
+        return "cancelled"  # the request's totalTimeoutMs, or the caller gone
+    if isinstance(exc, RequestBodyError):
+        return "request/body"
+    return Cause.PROXY_INTERNAL.value

@@ -65,6 +65,7 @@ FLUSH_S = 1.0
 RETRY_S = 5.0
 CONNECT_TIMEOUT_S = 5.0
 SEND_TIMEOUT_S = 10.0
+MAX_REPLY = 1 << 20  # a Log reply is a few dozen bytes
 RESULT_OK = 0
 RESULT_TRY_LATER = 1
 
@@ -133,7 +134,9 @@ def _signed64(v: int) -> int:
 
 
 def _endpoint(w: _Writer, service_name: str, address: tuple[str, int] | None) -> None:
-    ipv4, port = 0, 0
+    """A ``zipkinCore.Endpoint``: ``ipv4`` (0 when not IPv4), ``port``, ``service_name`` (lowercase, as
+    Zipkin's model requires) and, for an IPv6 address, ``4: optional binary ipv6`` (16 bytes)."""
+    ipv4, port, ipv6 = 0, 0, None
     if address is not None:
         try:
             ip = ipaddress.ip_address(address[0])
@@ -141,13 +144,18 @@ def _endpoint(w: _Writer, service_name: str, address: tuple[str, int] | None) ->
             ip = None
         if isinstance(ip, ipaddress.IPv4Address):
             ipv4 = int(ip)
-        port = address[1]
+        elif isinstance(ip, ipaddress.IPv6Address):
+            ipv6 = ip.packed
+        port = address[1] & 0xFFFF
     w.field(_I32, 1)
     w.i32(ipv4 - (1 << 32) if ipv4 >= 1 << 31 else ipv4)
     w.field(_I16, 2)
     w.i16(port - (1 << 16) if port >= 1 << 15 else port)
     w.field(_STRING, 3)
-    w.string(service_name)
+    w.string(service_name.lower())
+    if ipv6 is not None:
+        w.field(_STRING, 4)
+        w.binary(ipv6)
     w.stop()
 
 
@@ -231,17 +239,37 @@ class ScribeError(Exception):
     """The collector's answer could not be read, or was not a result."""
 
 
-def read_log_reply(frame: bytes) -> int:
-    """The ``ResultCode`` of a framed ``Log`` reply's payload (without its length prefix)."""
+class _ConnectionLost(ScribeError):
+    """The connection failed before any byte of the reply came (it may have been gone already)."""
+
+
+def read_log_reply(frame: bytes, seqid: int | None = None) -> int:
+    """The ``ResultCode`` of a framed ``Log`` reply's payload (without its length prefix). ``seqid``: the
+    call's sequence id, which the reply must carry (a reply to another call means the connection is out
+    of step: what became of this call is unknown)."""
     try:
         (version,) = struct.unpack_from(">i", frame, 0)
+        if version & 0xFFFF0000 != _VERSION_1:
+            raise ScribeError(
+                f"the collector's answer is not a Thrift message (it starts with {frame[:8]!r})"
+            )
         kind = version & 0xFF
         (name_len,) = struct.unpack_from(">i", frame, 4)
-        pos = 8 + name_len + 4  # the name, then the sequence id
+        if not 0 <= name_len <= len(frame) - 12:
+            raise ScribeError(f"the collector's reply has a method name of length {name_len}")
+        name = frame[8 : 8 + name_len]
+        (got_seqid,) = struct.unpack_from(">i", frame, 8 + name_len)
+        pos = 12 + name_len
         if kind == _EXCEPTION:
             raise ScribeError("the collector answered with an exception")
         if kind != _REPLY:
             raise ScribeError(f"the collector answered a message of type {kind}, not a reply")
+        if name != b"Log":
+            raise ScribeError(f"the collector answered a call of {name.decode('latin-1')!r}, not 'Log'")
+        if seqid is not None and got_seqid != seqid:
+            raise ScribeError(
+                f"the collector's reply has sequence id {got_seqid}, not the call's {seqid} (out of step)"
+            )
         ftype, fid = struct.unpack_from(">bh", frame, pos)
         if ftype != _I32 or fid != 0:
             raise ScribeError("the collector's reply holds no result code")
@@ -266,6 +294,7 @@ class ZipkinExporter:
         batch: int = BATCH,
         flush_s: float = FLUSH_S,
         retry_s: float = RETRY_S,
+        send_timeout_s: float = SEND_TIMEOUT_S,
     ) -> None:
         self.host, self.port = host, port
         self.sample_rate = sample_rate
@@ -273,6 +302,8 @@ class ZipkinExporter:
         self.wall_clock = wall_clock
         self._queue: collections.deque[SpanRecord] = collections.deque()
         self.max_queue, self.batch, self.flush_s, self.retry_s = max_queue, batch, flush_s, retry_s
+        self.send_timeout_s = send_timeout_s
+        self._stream: trio.abc.Stream | None = None
         self._wakeup = trio.Event()
         self._seqid = 0
         self.recorded = 0
@@ -308,9 +339,10 @@ class ZipkinExporter:
             self._wakeup.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Send queued spans until cancelled (one connection, opened again after a failure)."""
+        """Send queued spans until cancelled (one connection, opened again after a failure). No error
+        ends it: a batch that fails for any reason is dropped, counted and logged, and the next one is
+        tried ``retry_s`` later."""
         task_status.started()
-        stream: trio.abc.Stream | None = None
         try:
             while True:
                 with trio.move_on_after(self.flush_s):
@@ -319,34 +351,63 @@ class ZipkinExporter:
                 while self._queue:
                     batch = [self._queue.popleft() for _ in range(min(self.batch, len(self._queue)))]
                     try:
-                        if stream is None:
-                            with trio.fail_after(CONNECT_TIMEOUT_S):
-                                stream = await trio.open_tcp_stream(self.host, self.port)
-                        await self._send(stream, batch)
+                        await self._deliver(batch)
                         self.sent += len(batch)
-                    except (OSError, trio.TooSlowError, trio.BrokenResourceError, ScribeError) as e:
+                    except Exception as e:  # (anything: the sender must outlive it, and the daemon too)
                         self.send_failures += 1
                         self.dropped += len(batch)
                         self.last_error = _describe(e, self.host, self.port)
-                        log.warning("zipkin.send_failed", error=self.last_error, spans=len(batch))
-                        if stream is not None:
-                            await _close(stream)
-                            stream = None
+                        expected = isinstance(
+                            e, (OSError, trio.TooSlowError, trio.BrokenResourceError, ScribeError)
+                        )
+                        log.warning(
+                            "zipkin.send_failed",
+                            error=self.last_error,
+                            spans=len(batch),
+                            exc_info=not expected,
+                        )
+                        await self._drop_stream()
                         await trio.sleep(self.retry_s)
                         break
         finally:
-            if stream is not None:
-                await _close(stream)
+            await self._drop_stream()
 
-    async def _send(self, stream: trio.abc.Stream, batch: list[SpanRecord]) -> None:
-        self._seqid = (self._seqid + 1) & 0x7FFFFFFF
-        with trio.fail_after(SEND_TIMEOUT_S):
-            await stream.send_all(encode_log_call([scribe_message(r) for r in batch], self._seqid))
-            header = await _read_exactly(stream, 4)
+    async def _deliver(self, batch: list[SpanRecord]) -> None:
+        """Send a batch; on a connection kept from an earlier batch that turns out to be gone (the
+        collector restarted, or closed it while idle) before any reply byte came, once more on a new
+        connection. (A collector that took the batch and closed without answering gets it twice;
+        Zipkin keeps one copy of a span reported twice.)"""
+        calls = [scribe_message(r) for r in batch]
+        if self._stream is not None:
+            try:
+                await self._send(self._stream, calls)
+                return
+            except _ConnectionLost:
+                await self._drop_stream()
+        with trio.fail_after(CONNECT_TIMEOUT_S):
+            self._stream = await trio.open_tcp_stream(self.host, self.port)
+        await self._send(self._stream, calls)
+
+    async def _drop_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            await _close(stream)
+
+    async def _send(self, stream: trio.abc.Stream, messages: list[str]) -> None:
+        self._seqid = seqid = (self._seqid + 1) & 0x7FFFFFFF
+        with trio.fail_after(self.send_timeout_s):
+            try:
+                await stream.send_all(encode_log_call(messages, seqid))
+                header = await stream.receive_some(4)
+            except (OSError, trio.BrokenResourceError) as e:
+                raise _ConnectionLost(f"the connection failed: {e}") from e
+            if not header:
+                raise _ConnectionLost("the collector closed the connection")
+            header += await _read_exactly(stream, 4 - len(header))
             (size,) = struct.unpack(">i", header)
-            if not 0 < size <= 1 << 20:
+            if not 0 < size <= MAX_REPLY:
                 raise ScribeError(f"the collector's reply frame has length {size}")
-            code = read_log_reply(await _read_exactly(stream, size))
+            code = read_log_reply(await _read_exactly(stream, size), seqid)
         if code == RESULT_TRY_LATER:
             raise ScribeError("the collector answered TRY_LATER")
         if code != RESULT_OK:
@@ -431,7 +492,9 @@ def _describe(e: BaseException, host: str, port: int) -> str:
         return f"the Zipkin collector at {host}:{port} did not answer in time"
     if isinstance(e, OSError):
         return f"cannot reach the Zipkin collector at {host}:{port}: {e.strerror or e}"
-    return f"the Zipkin collector at {host}:{port}: {e}"
+    if isinstance(e, ScribeError):
+        return f"the Zipkin collector at {host}:{port}: {e}"
+    return f"the Zipkin collector at {host}:{port}: {type(e).__name__}: {e}"
 
 
 async def _read_exactly(stream: trio.abc.Stream, n: int) -> bytes:

@@ -822,7 +822,7 @@ class RecentRequestsTelemeter(TelemeterConfig):
 class ZipkinTelemeter(TelemeterConfig):
     host: str = key("localhost", "Host of the Zipkin Scribe collector.", check=host_name)
     port: int = key(
-        9410, "Port of the Zipkin Scribe collector (Zipkin's SCRIBE_ENABLED port).", check=port_number
+        9410, "Port of the Zipkin Scribe collector (Zipkin's SCRIBE_ENABLED port).", check=between(1, 65535)
     )
     sample_rate: float = key(
         0.001,

@@ -238,5 +238,10 @@ def host_name(v: Any) -> str | None:
     except ValueError:
         pass
     if re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?", v):
-        return None
+        # Each dot-separated label is 1 to 63 characters (DNS; the resolver refuses others at once).
+        bad = next((label for label in v.split(".") if not 1 <= len(label) <= 63), None)
+        if bad is None:
+            return None
+        what = "an empty label (two dots in a row)" if not bad else f"a label of {len(bad)} characters"
+        return f"expected a host name or IP address, got {v!r}: it has {what}; a label is 1 to 63 characters"
     return f"expected a host name or IP address (no scheme, port or path: the port is `port`), got {v!r}"

@@ -374,7 +374,14 @@ def span_of(headers: Iterable[Header]) -> SpanIds | None:
             got = decode_l5d_trace(value)
             if got is not None and got.span_id and got.trace_id:
                 flags = got.flags
-                sampled = bool(flags & FLAG_SAMPLED) if flags & FLAG_SAMPLING_KNOWN else None
+                # (Finagle: a debug trace is sampled, whatever its sampling flags say.)
+                sampled = (
+                    True
+                    if flags & FLAG_DEBUG
+                    else bool(flags & FLAG_SAMPLED)
+                    if flags & FLAG_SAMPLING_KNOWN
+                    else None
+                )
                 parent = got.parent_id if got.parent_id not in (0, got.span_id) else None
                 return SpanIds((got.trace_id, got.span_id, parent, None, sampled, bool(flags & FLAG_DEBUG)))
         elif name in B3_NAMES:
