@@ -107,6 +107,9 @@ DELEGATE_RETRY_S = 0.05
 
 IDLE_SWEEP_S = 10.0
 
+#: How long a stopping daemon waits for its ``io.l5d.zipkin`` telemeters to send the spans queued.
+ZIPKIN_DRAIN_S = 2.0
+
 
 @dataclasses.dataclass
 class PreparedReload:
@@ -1016,6 +1019,11 @@ class Daemon:
             await self._drain(servers_done)
             for r in self.routers.values():
                 r.close()
+            if self.zipkin:
+                # The spans of the last requests (those of the drain too) go out before the sender stops.
+                with trio.move_on_after(ZIPKIN_DRAIN_S):
+                    for exporter in self.zipkin:
+                        await exporter.drain()
             nursery.cancel_scope.cancel()
         if self.gc_policy is not None:
             gcpolicy.uninstall()

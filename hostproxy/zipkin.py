@@ -292,19 +292,26 @@ class ZipkinExporter:
         wall_clock: Callable[[], float] = time.time,
         max_queue: int = MAX_QUEUE,
         batch: int = BATCH,
-        flush_s: float = FLUSH_S,
-        retry_s: float = RETRY_S,
-        send_timeout_s: float = SEND_TIMEOUT_S,
+        flush_s: float | None = None,
+        retry_s: float | None = None,
+        send_timeout_s: float | None = None,
     ) -> None:
+        """``flush_s``, ``retry_s``, ``send_timeout_s``: None for ``FLUSH_S``, ``RETRY_S`` and
+        ``SEND_TIMEOUT_S`` (read when the exporter is made)."""
         self.host, self.port = host, port
         self.sample_rate = sample_rate
         self._salt = (rng or random.Random()).getrandbits(64)
         self.wall_clock = wall_clock
         self._queue: collections.deque[SpanRecord] = collections.deque()
-        self.max_queue, self.batch, self.flush_s, self.retry_s = max_queue, batch, flush_s, retry_s
-        self.send_timeout_s = send_timeout_s
+        self.max_queue, self.batch = max_queue, batch
+        self.flush_s = FLUSH_S if flush_s is None else flush_s
+        self.retry_s = RETRY_S if retry_s is None else retry_s
+        self.send_timeout_s = SEND_TIMEOUT_S if send_timeout_s is None else send_timeout_s
         self._stream: trio.abc.Stream | None = None
         self._wakeup = trio.Event()
+        self._draining = False
+        self._drained = trio.Event()
+        self._retrying = False
         self._seqid = 0
         self.recorded = 0
         self.sent = 0
@@ -367,10 +374,29 @@ class ZipkinExporter:
                             exc_info=not expected,
                         )
                         await self._drop_stream()
-                        await trio.sleep(self.retry_s)
+                        if self._draining:
+                            self._drained.set()  # (a daemon stopping does not wait for the retry)
+                        self._retrying = True
+                        try:
+                            await trio.sleep(self.retry_s)
+                        finally:
+                            self._retrying = False
                         break
+                if self._draining and not self._queue:
+                    self._drained.set()
         finally:
             await self._drop_stream()
+
+    async def drain(self) -> None:
+        """For a daemon stopping: send what is queued now, without waiting for the next flush. Returns
+        when the queue is empty or a batch failed (at once while the collector is failing); the caller
+        bounds the wait."""
+        if self._retrying:
+            return
+        self._draining = True
+        self._drained = trio.Event()
+        self._wakeup.set()
+        await self._drained.wait()
 
     async def _deliver(self, batch: list[SpanRecord]) -> None:
         """Send a batch; on a connection kept from an earlier batch that turns out to be gone (the

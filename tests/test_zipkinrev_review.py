@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 from thriftpy2.protocol import TBinaryProtocolFactory
 from thriftpy2.protocol.binary import TBinaryProtocol
@@ -24,11 +25,13 @@ from thriftpy2.thrift import TMessageType
 from thriftpy2.transport.memory import TMemoryBuffer
 from thriftpy2.utils import deserialize
 
+from hostproxy import daemon as daemon_module
+from hostproxy import zipkin
 from hostproxy.routing.tracectx import FLAG_DEBUG, encode_l5d_trace, span_of
 from hostproxy.zipkin import SpanRecord, ZipkinExporter, encode_span
 from tests.daemonutil import curl, fs_config, running_daemon
 from tests.scribe_collector import running_collector, scribe_thrift, zipkin_thrift
-from tests.upstreams import running_upstream
+from tests.upstreams import closed_port, running_upstream
 
 
 def span(i: int = 1, **kw: Any) -> SpanRecord:
@@ -408,3 +411,80 @@ async def test_an_attempt_timeout_is_a_span_with_its_cause(tmp_path: Path) -> No
                 assert r.status >= 500
                 spans = await wait_for_spans(collector, 1)
                 assert {tags_of(s)["error"] for s in spans} == {b"timeout/attempt"}
+
+
+async def test_the_spans_of_the_last_requests_go_out_when_the_daemon_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender sends every second; a daemon stopped (a deploy, a restart) within that second lost
+    the spans of its last requests. Stopping now sends what is queued first. (Here the sender would
+    not send for an hour.)"""
+    monkeypatch.setattr(zipkin, "FLUSH_S", 3600.0)
+    disco = tmp_path / "disco"
+    disco.mkdir()
+    with running_collector() as collector:
+        async with running_upstream() as up:
+            (disco / "web").write_text(f"127.0.0.1 {up.port}\n")
+            async with running_daemon(zipkin_config(disco, collector.port, 1.0)) as d:
+                for _ in range(3):
+                    r = await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: web")
+                    assert r.status == 200
+                assert not collector.entries  # (not yet sent: the flush is a second away)
+            assert len(collector.spans()) == 3
+
+
+async def test_a_stopping_daemon_does_not_wait_for_a_collector_that_is_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The collector is away: the exporter is waiting to retry (an hour, here); stopping does not wait
+    for it (though it would give the spans an hour, here), and the spans queued are left (counted as
+    queued, never sent)."""
+    monkeypatch.setattr(zipkin, "RETRY_S", 3600.0)
+    monkeypatch.setattr(daemon_module, "ZIPKIN_DRAIN_S", 3600.0)
+    disco = tmp_path / "disco"
+    disco.mkdir()
+    with closed_port() as dead, trio.fail_after(60):
+        async with running_upstream() as up:
+            (disco / "web").write_text(f"127.0.0.1 {up.port}\n")
+            async with running_daemon(zipkin_config(disco, dead, 1.0)) as d:
+                exporter = d.daemon.zipkin[0]
+                r = await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: web")
+                assert r.status == 200
+                with trio.fail_after(20):
+                    while exporter.send_failures < 1:
+                        await trio.sleep(0.05)
+                r = await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: web")
+                assert r.status == 200
+    stats = exporter.statistics()
+    assert (stats["queued"], stats["sent"], stats["send_failures"]) == (1, 0, 1)
+
+
+async def test_draining_after_a_failure_long_past_still_sends() -> None:
+    """A batch failed once; the collector came back. Draining sends what is queued (an earlier failure
+    does not count as the drain's)."""
+    failed = []
+
+    async def once_garbage(stream: trio.SocketStream, seqid: int, call: int) -> bool:
+        if not failed:
+            failed.append(seqid)
+            await stream.send_all(struct.pack(">i", -1))
+            return False
+        return await good(stream, seqid, call)
+
+    collector = RawCollector(once_garbage)
+    async with trio.open_nursery() as nursery:
+        port = (await nursery.start(collector.serve))[0].socket.getsockname()[1]
+        exporter = ZipkinExporter("127.0.0.1", port, 1.0, flush_s=0.02, retry_s=0.02)
+        await nursery.start(exporter.run)
+        exporter.record(span(1))
+        with trio.fail_after(20):
+            while exporter.send_failures < 1:
+                await trio.sleep(0.01)
+            while exporter._retrying:  # (past the retry wait)
+                await trio.sleep(0.01)
+            exporter.flush_s = 3600.0  # (from the next wait on: only a drain sends)
+            await trio.sleep(0.1)
+            exporter.record(span(2))
+            await exporter.drain()
+        nursery.cancel_scope.cancel()
+    assert exporter.sent == 1 and collector.span_ids() == [0x2001, 0x2002]
