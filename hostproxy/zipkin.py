@@ -10,23 +10,32 @@ category ``zipkin`` whose message is the span as a Thrift ``zipkinCore`` ``Span`
 trailing newline.
 
 Sampling (:meth:`ZipkinExporter.sampled`): a request that carries a decision (the sampled flag of
-``l5d-ctx-trace``, ``l5d-sample``, or B3's ``x-b3-sampled``/debug) is recorded as it says; one without
+``l5d-ctx-trace``, ``l5d-sample``, or B3's ``x-b3-sampled``; a debug trace, either format's, is
+sampled) is recorded as it says; one without
 is recorded with probability ``sampleRate`` (Linkerd's default, 0.001). The decision is hostproxy's
 alone: it does not change the trace headers forwarded.
 
 Each span is a client span, as Linkerd's client spans: its ids are the attempt's (the trace id, the
 attempt's span id, its parent: the span the request came with), its name the method, annotations
 ``cs`` (sent) and ``cr`` (response head received, or the attempt failed) from the host whose service
-name is the client (the bound name, ``#/io.l5d.fs/web``), ``sa`` the endpoint's address, and tags
-(binary annotations, strings) ``router.label``, ``namer.path`` (the service), ``dst.id`` (the client),
-``http.req.method``, ``http.req.host``, ``http.uri``, ``http.rsp.status`` and, when the attempt
-failed, ``error`` (the ``l5d-err`` cause).
+name is the client (the bound name, ``#/io.l5d.fs/web``, lowercase as Zipkin's model wants),
+``sa`` the endpoint's address (an IPv6 one in the Endpoint's ``ipv6``), and tags (binary annotations,
+strings) ``router.label``, ``namer.path`` (the service), ``dst.id`` (the client), ``http.req.method``,
+``http.req.host``, ``http.uri``, ``http.rsp.status`` and, when the attempt failed, ``error`` (the
+``l5d-err`` cause; ``cancelled`` for an attempt cut short by the request's ``totalTimeoutMs`` or the
+caller leaving; ``request/body`` when the request's body failed). Every value, and the name and
+service name, is cut to ``MAX_TAG_CHARS`` characters, so that a queued span stays small.
 
 Spans wait in a bounded queue (``MAX_QUEUE``; the newest are dropped when it is full, counted) and go
-out in batches of up to ``BATCH`` every ``FLUSH_S`` from one task; a collector that cannot be reached
-or answers ``TRY_LATER`` loses that batch (counted, the error kept for ``statistics``) and is tried
-again after ``RETRY_S``. Recording costs nothing on requests that are not sampled, and the request
-path never waits for the collector.
+out in batches of up to ``BATCH`` every ``FLUSH_S`` from one task, over one connection kept open. A
+reply must be a strict Thrift reply to that call (its name and sequence id). A batch that fails on a
+connection kept from an earlier batch before any byte of the reply came (the collector restarted, or
+closed it while idle) is sent again, once, on a new connection. Otherwise a collector that cannot be
+reached, does not answer within ``SEND_TIMEOUT_S``, answers something else or ``TRY_LATER`` loses that
+batch (counted, the error kept for ``statistics``), and is tried again after ``RETRY_S``; no error ends
+the sender. A daemon stopping sends what is queued (:meth:`ZipkinExporter.drain`, bounded by the
+daemon) unless the collector is failing. Recording costs one header scan on requests that are not
+sampled, and the request path never waits for the collector.
 """
 
 from __future__ import annotations
@@ -66,6 +75,9 @@ RETRY_S = 5.0
 CONNECT_TIMEOUT_S = 5.0
 SEND_TIMEOUT_S = 10.0
 MAX_REPLY = 1 << 20  # a Log reply is a few dozen bytes
+#: A tag's value is cut to this many characters (a target or host of up to 64 KiB would otherwise make
+#: the queue's 1,000 spans tens of megabytes while the collector is away).
+MAX_TAG_CHARS = 1024
 RESULT_OK = 0
 RESULT_TRY_LATER = 1
 
@@ -489,12 +501,12 @@ class AttemptRecorder:
             trace_id=trace_id,
             span_id=span_id,
             parent_id=parent_id,
-            name=req.method,
+            name=req.method[:MAX_TAG_CHARS],
             start_us=sent_us,
             end_us=max(end_us, sent_us),
-            service_name=client_id.lstrip("/"),
+            service_name=client_id.lstrip("/")[:MAX_TAG_CHARS],
             remote=_address(endpoint),
-            tags=[(k, v) for k, v in tags if v],
+            tags=[(k, v[:MAX_TAG_CHARS]) for k, v in tags if v],
             trace_id_high=trace_high,
             debug=debug,
         )

@@ -488,3 +488,76 @@ async def test_draining_after_a_failure_long_past_still_sends() -> None:
             await exporter.drain()
         nursery.cancel_scope.cancel()
     assert exporter.sent == 1 and collector.span_ids() == [0x2001, 0x2002]
+
+
+async def test_two_telemeters_each_get_every_span_and_a_reload_keeps_them(tmp_path: Path) -> None:
+    """Two ``io.l5d.zipkin`` telemeters: each collector gets every span; the counters add both up. A
+    reload rebuilds the router (its clients record to the same exporters) and leaves the telemetry as
+    it was (a change to it waits for a restart)."""
+    from hostproxy.config import load_config
+    from hostproxy.daemon import Daemon
+
+    disco = tmp_path / "disco"
+    disco.mkdir()
+
+    def config(a: int, b: int, router_extra: str = "", rate: float = 1.0) -> str:
+        return (
+            fs_config(disco)
+            + router_extra
+            + "telemetry:\n"
+            + f"- kind: io.l5d.zipkin\n  host: 127.0.0.1\n  port: {a}\n  sampleRate: {rate}\n"
+            + f"- kind: io.l5d.zipkin\n  host: 127.0.0.1\n  port: {b}\n  sampleRate: {rate}\n"
+            + "- kind: io.l5d.prometheus\n"
+        )
+
+    with running_collector() as one, running_collector() as two:
+        async with running_upstream() as up:
+            (disco / "web").write_text(f"127.0.0.1 {up.port}\n")
+            path = tmp_path / "hostproxy.yaml"
+            path.write_text(config(one.port, two.port))
+            daemon = Daemon(load_config(path.read_text(), source=str(path)), config_path=str(path))
+            async with trio.open_nursery() as nursery:
+                await nursery.start(daemon.run)
+                try:
+                    url = f"http://127.0.0.1:{daemon.addresses['out'][0][1]}/"
+                    assert (await curl(url, "-H", "Host: web")).status == 200
+                    before = daemon.routers["out"]
+                    path.write_text(config(one.port, two.port, "  service: {totalTimeoutMs: 9000}\n", 0.0))
+                    ok, message = await daemon.reload()
+                    assert ok and "telemetry not changed" in message, message
+                    assert daemon.routers["out"] is not before
+                    url = f"http://127.0.0.1:{daemon.addresses['out'][0][1]}/"
+                    assert (await curl(url, "-H", "Host: web")).status == 200
+                    first = await wait_for_spans(one, 2)
+                    second = await wait_for_spans(two, 2)
+                    assert sorted(s.id for s in first) == sorted(s.id for s in second)
+                    admin = "http://{}:{}".format(*daemon.admin_address or ("", 0))
+                    with trio.fail_after(20):
+                        while (await curl(f"{admin}/admin/metrics.json")).json()["zipkin/sent"] != 4:  # type: ignore[index]
+                            await trio.sleep(0.05)
+                    prom = (await curl(f"{admin}/admin/metrics/prometheus")).body.decode()
+                    assert "\nhostproxy_zipkin_spans_sent_total 4\n" in prom, prom
+                    assert "\nhostproxy_zipkin_spans_recorded_total 4\n" in prom
+                    assert "\nhostproxy_zipkin_send_failures_total 0\n" in prom
+                finally:
+                    daemon.request_shutdown()
+
+
+async def test_a_huge_target_is_cut_in_the_span_so_the_queue_stays_small(tmp_path: Path) -> None:
+    """A router that allows long request lines (``maxInitialLineKB``; an h2 ``:path`` may be up to
+    64 KiB) put the whole target in the span: 1,000 queued spans of 60 KB targets were 60 MB while
+    the collector was away. A tag's value is cut at ``MAX_TAG_CHARS``; the request is forwarded whole."""
+    disco = tmp_path / "disco"
+    disco.mkdir()
+    target = "/headers?q=" + "x" * 40_000
+    with running_collector() as collector:
+        async with running_upstream() as up:
+            (disco / "web").write_text(f"127.0.0.1 {up.port}\n")
+            cfg = zipkin_config(disco, collector.port, 1.0, "  maxInitialLineKB: 64\n")
+            async with running_daemon(cfg) as d:
+                r = await curl(f"http://127.0.0.1:{d.port('out')}{target}", "-H", "Host: web")
+                assert r.status == 200, r.l5d_err
+                assert up.requests[-1].target == target
+                (s,) = await wait_for_spans(collector, 1)
+                uri = tags_of(s)["http.uri"].decode()
+                assert len(uri) == zipkin.MAX_TAG_CHARS and target.startswith(uri)
