@@ -561,3 +561,35 @@ async def test_a_huge_target_is_cut_in_the_span_so_the_queue_stays_small(tmp_pat
                 (s,) = await wait_for_spans(collector, 1)
                 uri = tags_of(s)["http.uri"].decode()
                 assert len(uri) == zipkin.MAX_TAG_CHARS and target.startswith(uri)
+
+
+def test_a_128_bit_l5d_ctx_trace_is_continued_and_exported_whole() -> None:
+    """Finagle serializes a 128-bit trace id as 40 bytes (the high 64 bits last) and reads 32 or 40;
+    a 40-byte ``l5d-ctx-trace`` from a Finagle or Linkerd hop started a new trace here, splitting the
+    trace in Zipkin."""
+    import random
+
+    from hostproxy.routing.tracectx import DEFAULT, decode_l5d_trace
+
+    raw = struct.pack(">QQQQQ", 0x55, 0x44, 0x33, 2 | 4, 0xABC)
+    ctx = base64.b64encode(raw)
+    got = decode_l5d_trace(ctx)
+    assert got is not None and (got.span_id, got.trace_id, got.trace_id_high) == (0x55, 0x33, 0xABC)
+    out = dict(DEFAULT.forward({b"l5d-ctx-trace": ctx}, None, random.Random(1)))
+    child = base64.b64decode(out[b"l5d-ctx-trace"])
+    assert len(child) == 40
+    span, parent, trace, flags, high = struct.unpack(">QQQQQ", child)
+    assert (parent, trace, flags, high) == (0x55, 0x33, 6, 0xABC)
+    assert out[b"l5d-reqid"] == b"0000000000000033"
+    nxt = dict(DEFAULT.next_attempt(list(out.items()), random.Random(2)))
+    again = struct.unpack(">QQQQQ", base64.b64decode(nxt[b"l5d-ctx-trace"]))
+    assert again[1:] == (0x55, 0x33, 6, 0xABC) and again[0] != span
+    ids = span_of([(b"l5d-ctx-trace", out[b"l5d-ctx-trace"])])
+    assert ids == (0x33, span, 0x55, 0xABC, True, False)
+    s = decoded(span_record_of(ids))
+    assert s.trace_id_high == 0xABC and s.trace_id == 0x33
+
+
+def span_record_of(ids: Any) -> SpanRecord:
+    trace, span_id, parent, high, _, debug = ids
+    return span(trace_id=trace, span_id=span_id, parent_id=parent, trace_id_high=high, debug=debug)

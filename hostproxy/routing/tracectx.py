@@ -16,7 +16,8 @@ one), with no parent.
 
 ``io.l5d.default`` (:class:`DefaultPropagator`): reads ``l5d-ctx-trace`` (base64 of 32 bytes: span id,
 parent id, trace id, flags; 8 bytes each, big-endian; Finagle's ``TraceId.serialize``) and writes the
-child the same way, with the received flags. A value that is not valid base64 of 32 bytes starts a
+child the same way, with the received flags; a 128-bit trace id's high 64 bits, which Finagle writes
+after the flags (40 bytes), are kept. A value that is not valid base64 of 32 or 40 bytes starts a
 new trace (Finagle's deserializer fails and Linkerd starts one). ``l5d-sample`` (a rate, clamped to
 [0, 1], read by the server; not a number, ``nan`` included: none) decides whether the trace is sampled: at 1 always, at 0 never, otherwise
 with that probability (a draw from the rng); the decision goes into the flags (``SamplingKnown`` and
@@ -108,6 +109,7 @@ FLAG_SAMPLED: Final = 4
 _MASK64: Final = (1 << 64) - 1
 
 _L5D_TRACE = struct.Struct(">QQQQ")
+_L5D_TRACE_128 = struct.Struct(">QQQQQ")
 
 
 def _new_id(rng: random.Random) -> int:
@@ -127,10 +129,15 @@ def _new_span(rng: random.Random, *taken: int) -> int:
 # -- io.l5d.default ------------------------------------------------------------------------------
 
 
-class L5dTrace(tuple[int, int, int, int]):
-    """A decoded ``l5d-ctx-trace``: ``(span_id, parent_id, trace_id, flags)``."""
+class L5dTrace(tuple[int, ...]):
+    """A decoded ``l5d-ctx-trace``: ``(span_id, parent_id, trace_id, flags)``, and ``trace_id_high``
+    last for a 128-bit trace id (Finagle's 40-byte form)."""
 
     __slots__ = ()
+
+    @property
+    def trace_id_high(self) -> int | None:
+        return self[4] if len(self) > 4 else None
 
     @property
     def span_id(self) -> int:
@@ -150,18 +157,29 @@ class L5dTrace(tuple[int, int, int, int]):
 
 
 def decode_l5d_trace(value: bytes) -> L5dTrace | None:
-    """The ids and flags in an ``l5d-ctx-trace`` value, or ``None`` when it is not base64 of 32 bytes."""
+    """The ids and flags in an ``l5d-ctx-trace`` value, or ``None`` when it is not base64 of 32 bytes
+    (or 40: a 128-bit trace id, its high 64 bits last, as Finagle reads and writes it)."""
     try:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         return None
-    if len(raw) != 32:
-        return None
-    return L5dTrace(_L5D_TRACE.unpack(raw))
+    if len(raw) == 32:
+        return L5dTrace(_L5D_TRACE.unpack(raw))
+    if len(raw) == 40:
+        got = _L5D_TRACE_128.unpack(raw)
+        return L5dTrace(got if got[4] else got[:4])  # (a zero high part: a 64-bit id)
+    return None
 
 
-def encode_l5d_trace(span_id: int, parent_id: int, trace_id: int, flags: int) -> bytes:
-    """An ``l5d-ctx-trace`` value (Finagle's ``TraceId.serialize``, base64)."""
+def encode_l5d_trace(
+    span_id: int, parent_id: int, trace_id: int, flags: int, trace_id_high: int | None = None
+) -> bytes:
+    """An ``l5d-ctx-trace`` value (Finagle's ``TraceId.serialize``, base64): 32 bytes, or 40 with a
+    128-bit trace id's high 64 bits."""
+    if trace_id_high:
+        return base64.b64encode(
+            _L5D_TRACE_128.pack(span_id, parent_id, trace_id, flags & _MASK64, trace_id_high & _MASK64)
+        )
     return base64.b64encode(_L5D_TRACE.pack(span_id, parent_id, trace_id, flags & _MASK64))
 
 
@@ -222,14 +240,15 @@ class DefaultPropagator(TracePropagator):
         value = received.get(CTX_TRACE)
         got = decode_l5d_trace(value) if value is not None else None
         span = _new_id(rng)
+        high = None
         if got is None or got.span_id == 0 or got.trace_id == 0:
             trace, parent, flags = span, span, 0  # a root: Finagle writes its parent as itself
         else:
-            trace, parent, flags = got.trace_id, got.span_id, got.flags
+            trace, parent, flags, high = got.trace_id, got.span_id, got.flags, got.trace_id_high
         if sample is not None:
             flags = _sampled_flags(flags, _decide(sample, rng))
         return [
-            (CTX_TRACE, encode_l5d_trace(span, parent, trace, flags)),
+            (CTX_TRACE, encode_l5d_trace(span, parent, trace, flags, high)),
             (REQID, b"%016x" % trace),
         ]
 
@@ -247,7 +266,10 @@ class DefaultPropagator(TracePropagator):
                 # A root (Finagle writes its parent as itself): the later attempts are its children.
                 parent = got.span_id if got.parent_id == got.span_id else got.parent_id
                 span = _new_span(rng, got.span_id, parent)
-                out[i] = (CTX_TRACE, encode_l5d_trace(span, parent, got.trace_id, got.flags))
+                out[i] = (
+                    CTX_TRACE,
+                    encode_l5d_trace(span, parent, got.trace_id, got.flags, got.trace_id_high),
+                )
                 break
         return out
 
@@ -383,7 +405,9 @@ def span_of(headers: Iterable[Header]) -> SpanIds | None:
                     else None
                 )
                 parent = got.parent_id if got.parent_id not in (0, got.span_id) else None
-                return SpanIds((got.trace_id, got.span_id, parent, None, sampled, bool(flags & FLAG_DEBUG)))
+                return SpanIds(
+                    (got.trace_id, got.span_id, parent, got.trace_id_high, sampled, bool(flags & FLAG_DEBUG))
+                )
         elif name in B3_NAMES:
             b3[name] = value.strip()
     trace_hex = _hex_id(b3.get(B3_TRACEID), 32)
