@@ -31,7 +31,8 @@ out in batches of up to ``BATCH`` every ``FLUSH_S`` from one task, over one conn
 reply must be a strict Thrift reply to that call (its name and sequence id). A batch that fails on a
 connection kept from an earlier batch before any byte of the reply came (the collector restarted, or
 closed it while idle) is sent again, once, on a new connection. Otherwise a collector that cannot be
-reached, does not answer within ``SEND_TIMEOUT_S``, answers something else or ``TRY_LATER`` loses that
+reached, does not answer within ``SEND_TIMEOUT_S``, answers something else, or answers ``TRY_LATER``
+to each of ``TRY_LATER_TRIES`` calls of it (as Finagle's Scribe tracer tries 3 times) loses that
 batch (counted, the error kept for ``statistics``), and is tried again after ``RETRY_S``; no error ends
 the sender. A daemon stopping sends what is queued (:meth:`ZipkinExporter.drain`, bounded by the
 daemon) unless the collector is failing. Recording costs one header scan on requests that are not
@@ -74,6 +75,10 @@ FLUSH_S = 1.0
 RETRY_S = 5.0
 CONNECT_TIMEOUT_S = 5.0
 SEND_TIMEOUT_S = 10.0
+#: A batch answered TRY_LATER is sent this many times in all, ``TRY_LATER_BACKOFF_S`` times the number
+#: of tries so far apart (Finagle's Scribe tracer tries 3 times).
+TRY_LATER_TRIES = 3
+TRY_LATER_BACKOFF_S = 0.1
 MAX_REPLY = 1 << 20  # a Log reply is a few dozen bytes
 #: A tag's value is cut to this many characters (a target or host of up to 64 KiB would otherwise make
 #: the queue's 1,000 spans tens of megabytes while the collector is away).
@@ -307,6 +312,7 @@ class ZipkinExporter:
         flush_s: float | None = None,
         retry_s: float | None = None,
         send_timeout_s: float | None = None,
+        try_later_backoff_s: float = TRY_LATER_BACKOFF_S,
     ) -> None:
         """``flush_s``, ``retry_s``, ``send_timeout_s``: None for ``FLUSH_S``, ``RETRY_S`` and
         ``SEND_TIMEOUT_S`` (read when the exporter is made)."""
@@ -319,6 +325,7 @@ class ZipkinExporter:
         self.flush_s = FLUSH_S if flush_s is None else flush_s
         self.retry_s = RETRY_S if retry_s is None else retry_s
         self.send_timeout_s = SEND_TIMEOUT_S if send_timeout_s is None else send_timeout_s
+        self.try_later_backoff_s = try_later_backoff_s
         self._stream: trio.abc.Stream | None = None
         self._wakeup = trio.Event()
         self._draining = False
@@ -416,22 +423,30 @@ class ZipkinExporter:
         connection. (A collector that took the batch and closed without answering gets it twice;
         Zipkin keeps one copy of a span reported twice.)"""
         calls = [scribe_message(r) for r in batch]
+        for attempt in range(TRY_LATER_TRIES):
+            if attempt:
+                await trio.sleep(self.try_later_backoff_s * attempt)
+            if await self._send_once(calls) != RESULT_TRY_LATER:
+                return
+        raise ScribeError(f"the collector answered TRY_LATER ({TRY_LATER_TRIES} times)")
+
+    async def _send_once(self, calls: list[str]) -> int:
+        """One ``Log`` call of the batch (see :meth:`_deliver`): OK or TRY_LATER."""
         if self._stream is not None:
             try:
-                await self._send(self._stream, calls)
-                return
+                return await self._send(self._stream, calls)
             except _ConnectionLost:
                 await self._drop_stream()
         with trio.fail_after(CONNECT_TIMEOUT_S):
             self._stream = await trio.open_tcp_stream(self.host, self.port)
-        await self._send(self._stream, calls)
+        return await self._send(self._stream, calls)
 
     async def _drop_stream(self) -> None:
         stream, self._stream = self._stream, None
         if stream is not None:
             await _close(stream)
 
-    async def _send(self, stream: trio.abc.Stream, messages: list[str]) -> None:
+    async def _send(self, stream: trio.abc.Stream, messages: list[str]) -> int:
         self._seqid = seqid = (self._seqid + 1) & 0x7FFFFFFF
         with trio.fail_after(self.send_timeout_s):
             try:
@@ -446,10 +461,9 @@ class ZipkinExporter:
             if not 0 < size <= MAX_REPLY:
                 raise ScribeError(f"the collector's reply frame has length {size}")
             code = read_log_reply(await _read_exactly(stream, size), seqid)
-        if code == RESULT_TRY_LATER:
-            raise ScribeError("the collector answered TRY_LATER")
-        if code != RESULT_OK:
+        if code not in (RESULT_OK, RESULT_TRY_LATER):
             raise ScribeError(f"the collector answered result code {code}")
+        return code
 
     def statistics(self) -> dict[str, Any]:
         return {

@@ -91,7 +91,7 @@ async def test_a_collector_that_is_away_or_busy_loses_the_batch_and_says_why() -
         await run_until(busy, lambda: busy.send_failures >= 1)
         assert (
             busy.last_error
-            == f"the Zipkin collector at 127.0.0.1:{collector.port}: the collector answered TRY_LATER"
+            == f"the Zipkin collector at 127.0.0.1:{collector.port}: the collector answered TRY_LATER (3 times)"
         )
         # When it takes spans again, the next ones go.
         collector.answer = 0

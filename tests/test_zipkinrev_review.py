@@ -593,3 +593,31 @@ def test_a_128_bit_l5d_ctx_trace_is_continued_and_exported_whole() -> None:
 def span_record_of(ids: Any) -> SpanRecord:
     trace, span_id, parent, high, _, debug = ids
     return span(trace_id=trace, span_id=span_id, parent_id=parent, trace_id_high=high, debug=debug)
+
+
+async def test_try_later_is_tried_again_as_finagles_scribe_tracer_does() -> None:
+    """Finagle's Scribe tracer (Linkerd's) tries a batch answered TRY_LATER up to 3 times in all; here
+    the first TRY_LATER lost the batch. A collector that keeps saying it costs 3 calls, then the batch."""
+    calls: list[int] = []
+
+    async def busy_twice(stream: trio.SocketStream, seqid: int, call: int) -> bool:
+        calls.append(seqid)
+        await stream.send_all(reply_frame(seqid, 1 if len(calls) <= 2 else 0))
+        return True
+
+    collector = RawCollector(busy_twice)
+    exporter = await exporting(collector, [[span(1)]], lambda e: e.sent == 1, try_later_backoff_s=0.01)
+    assert (exporter.send_failures, exporter.dropped, len(calls), collector.connections) == (0, 0, 3, 1)
+
+    calls.clear()
+
+    async def always_busy(stream: trio.SocketStream, seqid: int, call: int) -> bool:
+        calls.append(seqid)
+        await stream.send_all(reply_frame(seqid, 1))
+        return True
+
+    exporter = await exporting(
+        RawCollector(always_busy), [[span(1)]], lambda e: e.send_failures == 1, try_later_backoff_s=0.01
+    )
+    assert len(calls) == 3 and exporter.dropped == 1
+    assert str(exporter.last_error).endswith("the collector answered TRY_LATER (3 times)")
