@@ -621,3 +621,24 @@ async def test_try_later_is_tried_again_as_finagles_scribe_tracer_does() -> None
     )
     assert len(calls) == 3 and exporter.dropped == 1
     assert str(exporter.last_error).endswith("the collector answered TRY_LATER (3 times)")
+
+
+async def test_hostile_header_values_do_not_break_the_span(tmp_path: Path) -> None:
+    """A Host of bytes that are not UTF-8, and a target of obs-text: the request is forwarded and its
+    span encodes (the values as Finagle's did, each byte a character)."""
+    disco = tmp_path / "disco"
+    disco.mkdir()
+    with running_collector() as collector:
+        async with running_upstream() as up:
+            dtab = f"/svc/* => /$/inet/127.0.0.1/{up.port};"
+            cfg = (
+                fs_config(disco, dtab=dtab)
+                + f"telemetry:\n- kind: io.l5d.zipkin\n  host: 127.0.0.1\n  port: {collector.port}\n"
+                + "  sampleRate: 1.0\n"
+            )
+            async with running_daemon(cfg) as d:
+                r = await curl(f"http://127.0.0.1:{d.port('out')}/caf\xe9", "-H", "Host: w\udcffb")
+                (s,) = await wait_for_spans(collector, 1)
+                tags = tags_of(s)
+                assert r.status == 200, r.l5d_err
+                assert tags["http.req.host"] == "w\xffb".encode()
