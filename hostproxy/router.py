@@ -805,7 +805,7 @@ class HttpRouter:
                         self.compression,
                         req.method,
                         req.http_version,
-                        req.headers.get(b"accept-encoding"),
+                        b", ".join(req.headers.get_all(b"accept-encoding")),
                         resp,
                     )
                 return resp

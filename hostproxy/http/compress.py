@@ -11,18 +11,21 @@ after the response was chosen (retries, classification and failure counting see 
 A response is compressed when all of these hold, and passes through untouched otherwise:
 
 * the request was HTTP/1.1 (an HTTP/1.0 client cannot get a chunked body) and not ``HEAD``;
-* the client accepts ``gzip`` or ``deflate`` (:func:`choose_coding`: the coding with the higher
-  q-value, gzip on a tie, and gzip for ``*``); ``x-gzip`` counts as gzip;
+* the client accepts ``gzip`` or ``deflate`` (:func:`choose_coding`, over all its ``Accept-Encoding``
+  lines: the coding with the higher q-value, gzip on a tie, and gzip for ``*``); ``x-gzip`` counts as
+  gzip;
 * the status is not 1xx, 204, 206 or 304, and the response is no 101 tunnel;
-* it carries no ``Content-Encoding`` (or ``identity``), no ``Cache-Control: no-transform`` (RFC 9110
-  §7.7: a proxy must not change such a body), and a body that is not known to be empty;
+* it carries no ``Content-Encoding`` but ``identity`` (in any of its lines), no ``Cache-Control:
+  no-transform`` (RFC 9110 §7.7: a proxy must not change such a body), and a body that is not known
+  to be empty;
 * at level ``-1``, its ``Content-Type`` is textual: ``text/*`` or one of ``TEXTUAL`` (Finagle's list).
 
 A compressed response gets ``Content-Encoding``, ``Vary: Accept-Encoding`` added (so that caches keep
 the two apart), a strong ``ETag`` made weak (the bytes differ from the upstream's), and no
-``Content-Length``: a body already in memory is compressed at once and gets its new length; a
-streamed one is compressed chunk by chunk, each chunk flushed (``Z_SYNC_FLUSH``, as Netty's encoder
-does) so that a stream's events are not held back, and goes out chunked; its trailers follow.
+``Content-Length``: a body already in memory is compressed at once and gets its new length (or stays
+chunked when it has trailers, which only a chunked body carries); a streamed one is compressed chunk
+by chunk, each chunk flushed (``Z_SYNC_FLUSH``, as Netty's encoder does) so that a stream's events
+are not held back, and goes out chunked; its trailers follow.
 The responses hostproxy makes itself (``l5d-err`` ones) are not compressed.
 """
 
@@ -84,7 +87,8 @@ def _q(params: list[str]) -> float:
 
 
 def choose_coding(accept_encoding: bytes | None) -> str | None:
-    """The coding to send for an ``Accept-Encoding`` value: ``gzip``, ``deflate`` or None."""
+    """The coding to send for an ``Accept-Encoding`` value (its field lines joined with ``,``):
+    ``gzip``, ``deflate`` or None."""
     if not accept_encoding:
         return None
     gzip_q = deflate_q = star_q = -1.0
@@ -170,9 +174,10 @@ def compress_response(
     if coding is None:
         return False
     headers = resp.headers
-    encoding = headers.get(b"content-encoding")
-    if encoding is not None and encoding.strip().lower() != b"identity":
-        return False
+    # (Every field line: ``identity`` in one and ``gzip`` in the next is the list ``identity, gzip``.)
+    for value in headers.get_all(b"content-encoding"):
+        if any(c.strip().lower() not in (b"identity", b"") for c in value.split(b",")):
+            return False
     if settings.textual_only and not is_textual(headers.get(b"content-type")):
         return False
     if _no_transform(headers):
@@ -180,8 +185,11 @@ def compress_response(
     z = zlib.compressobj(settings.level, zlib.DEFLATED, _WBITS[coding])
     if body.in_memory:
         data = body.peek_memory()
+        trailers = body.trailers
         body.consume_memory()
-        resp.body = Body.from_bytes(z.compress(data) + z.flush(zlib.Z_FINISH), body.trailers)
+        # With trailers the body stays chunked (only a chunked body carries them); else it gets its length.
+        compressed = z.compress(data) + z.flush(zlib.Z_FINISH)
+        resp.body = Body.buffered(compressed, None if trailers else len(compressed), trailers)
     else:
         resp.body = Body(_Deflating(body, z), None)
     headers.remove(b"content-length")
