@@ -41,7 +41,9 @@ and counts are :mod:`hostproxy.logroll`'s) happens in the write that finds the f
 closed, renamed, a new one opened, and rolled files past the rotate count deleted, all before the
 line is written to the new file. Every ``AccessLog`` of one path in this process writes through one
 ``_Sink`` (two routers may name one file, and a reload builds new routers while the old ones finish),
-so a file is rolled once, by the policy of the router that opened it last. ``append=False``
+so a file is rolled once, by the policy of the router that opened it last. Only a regular file is
+rolled (never a link such as ``/dev/stdout``, a device or a directory), and a roll that fails is tried
+again at the next roll time or after another size's worth of lines, not at every line. ``append=False``
 (``httpAccessLogAppend: false``) truncates the file when this process first opens it; a reload or a
 SIGHUP reopens it for appending, so that lines already written are kept.
 """
@@ -49,6 +51,7 @@ SIGHUP reopens it for appending, so that lines already written are kept.
 from __future__ import annotations
 
 import os
+import stat
 import time
 import weakref
 from collections.abc import Callable
@@ -213,9 +216,27 @@ class _Sink:
 
     def roll(self) -> None:
         """Close, rename, reopen, delete what the rotate count does not keep. A rename that fails keeps
-        the file (lines go on being appended to it; counted in ``roll_errors`` and logged)."""
+        the file (lines go on being appended to it; counted in ``roll_errors`` and logged), and so does
+        a path that is no regular file (a link such as ``/dev/stdout``, a device, a directory put in the
+        file's place), which is never renamed. Either way the next try is at the next roll time, or
+        after another size's worth of lines: not at every line."""
+        try:
+            mode: int | None = os.lstat(self.path).st_mode
+        except OSError:
+            mode = None  # (gone: the rename below fails, is counted, and a new file is opened)
+        if mode is not None and not stat.S_ISREG(mode):
+            self.roll_errors += 1
+            _log.warning(
+                "accesslog.roll_failed",
+                path=self.path,
+                error="not a regular file (a symbolic link, device or directory); it is not renamed",
+                hint="log to a regular file to roll it, or set the roll policy to never",
+            )
+            self._opened(0)
+            return
         self._close_file()
         target = ""
+        failed = False
         try:
             taken = logroll.next_free(self.path, self.policy, self.opened_at, self._names())
             target = logroll.rolled_name(self.path, self.policy, self.opened_at, taken)
@@ -225,6 +246,7 @@ class _Sink:
             os.rename(self.path, target)
             self.rolls += 1
         except OSError as e:
+            failed = True
             self.roll_errors += 1
             _log.warning(
                 "accesslog.roll_failed",
@@ -237,7 +259,9 @@ class _Sink:
             self.file = self.opener(self.path)
         except OSError as e:
             _log.warning("accesslog.reopen_failed", path=self.path, error=e.strerror or str(e))
-        self._opened(self._size())
+        # (After a failed rename the file is as large as before: counted from here, so that the next
+        # try comes after another size's worth.)
+        self._opened(0 if failed else self._size())
         self._prune()
 
     def _names(self) -> list[str]:

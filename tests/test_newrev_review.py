@@ -4,13 +4,17 @@ is a defect found in them, shown on real files, real sockets and a real daemon w
 from __future__ import annotations
 
 import gzip
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import h11
+import pytest
 import trio
 
+from hostproxy.accesslog import AccessLog
 from tests.daemonutil import curl, fs_config, running_daemon
+from tests.test_accesslog_roll import Clock, line, paths_in, utc
 
 # -- helpers -------------------------------------------------------------------------------------------
 
@@ -148,3 +152,78 @@ async def test_accept_encoding_in_two_field_lines_is_one_list(tmp_path: Path) ->
             assert head.status_code == 200
             assert dict(head.headers).get(b"content-encoding") == b"gzip"
             assert b'"accept-encoding"' in gzip.decompress(body)
+
+
+# -- access log rolling --------------------------------------------------------------------------------
+
+
+def test_a_roll_that_keeps_failing_is_not_tried_again_on_every_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rename the directory refuses (permissions, a read-only or immutable directory) left the file
+    past its size, so every later line tried the roll again: a directory listing, a failed rename, a
+    reopen and a warning per request. After a failure the roll waits for another size's worth."""
+    path = tmp_path / "access.log"
+    log = AccessLog(str(path), clock=Clock(utc(2026, 11, 27, 2, 0, 0)), roll_policy="300.bytes")
+    attempts: list[str] = []
+
+    def refuse(src: str, dst: str) -> None:
+        attempts.append(dst)
+        raise PermissionError(13, "Permission denied", src)
+
+    monkeypatch.setattr("hostproxy.accesslog.os.rename", refuse)
+    for i in range(40):
+        line(log, f"/r{i:02d}")
+    stats = log.statistics()
+    assert stats["lines"] == 40 and stats["write_errors"] == 0
+    assert paths_in(path) == [f"/r{i:02d}" for i in range(40)]
+    # One try when the file passed 300 bytes, then one per 300 bytes written since (not one a line).
+    line_bytes = len(path.read_text().splitlines()[0]) + 1
+    assert line_bytes < 150
+    assert 1 <= stats["roll_errors"] == len(attempts) <= path.stat().st_size // (300 - line_bytes), attempts
+    monkeypatch.undo()
+    line(log, "/after")
+    assert log.statistics()["rolls"] <= 1
+    log.close()
+
+
+def test_a_log_path_that_became_a_directory_is_not_rolled_away(tmp_path: Path) -> None:
+    """The file was replaced by a directory (someone's, with files in it): the roll renamed that
+    directory to ``access-….log``, where the rotate count never looks, and made a new file."""
+    clock = Clock(utc(2026, 11, 26, 23, 0, 0))
+    path = tmp_path / "access.log"
+    log = AccessLog(str(path), clock=clock, roll_policy="hourly", rotate_count=1)
+    line(log, "/one")
+    path.unlink()
+    path.mkdir()
+    (path / "keep.txt").write_text("not a log\n")
+    clock.t = utc(2026, 11, 27, 0, 0, 0)
+    line(log, "/two")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["access.log"]
+    assert (path / "keep.txt").read_text() == "not a log\n"
+    stats = log.statistics()
+    assert (stats["rolls"], stats["roll_errors"]) == (0, 1)
+    log.close()
+
+
+def test_a_log_path_that_is_a_symlink_is_not_rolled(tmp_path: Path) -> None:
+    """A path that is a link (``/dev/stdout`` is one, to ``/proc/self/fd/1``; or a link into another
+    directory): rolling renamed the link itself and put a new regular file in its place, so lines no
+    longer went where the link pointed. Only a regular file is rolled."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    target = elsewhere / "real.log"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    path = logs / "access.log"
+    path.symlink_to(target)
+    clock = Clock(utc(2026, 11, 26, 23, 0, 0))
+    log = AccessLog(str(path), clock=clock, roll_policy="hourly")
+    line(log, "/one")
+    clock.t = utc(2026, 11, 27, 0, 0, 0)
+    line(log, "/two")
+    assert path.is_symlink() and os.readlink(path) == str(target)
+    assert sorted(p.name for p in logs.iterdir()) == ["access.log"]
+    assert paths_in(target) == ["/one", "/two"]
+    assert log.statistics()["roll_errors"] == 1
+    log.close()
