@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import trio
 from hostproxy.accesslog import AccessLog
 from tests.daemonutil import curl, fs_config, running_daemon
 from tests.test_accesslog_roll import Clock, line, paths_in, utc
+from tests.test_influxdb_telemeter import parse
 
 # -- helpers -------------------------------------------------------------------------------------------
 
@@ -227,3 +229,50 @@ def test_a_log_path_that_is_a_symlink_is_not_rolled(tmp_path: Path) -> None:
     assert paths_in(target) == ["/one", "/two"]
     assert log.statistics()["roll_errors"] == 1
     log.close()
+
+
+# -- the InfluxDB telemeter ----------------------------------------------------------------------------
+
+
+async def test_a_scrape_host_with_control_characters_keeps_the_document_valid(tmp_path: Path) -> None:
+    """A ``Host`` may hold a tab (HTTP allows it inside a field value). Written raw into every line's
+    ``host`` tag, it made each line invalid for Telegraf's parser (a tag value cannot hold a tab, CR,
+    vertical tab or form feed, escaped or not), so one scrape with such a Host lost every metric."""
+    from tests.upstreams import running_upstream
+
+    async with running_upstream() as up:
+        text = fs_config(_disco(tmp_path, up.port)) + "telemetry:\n- kind: io.l5d.influxdb\n"
+        async with running_daemon(text) as d:
+            r = await curl(d.admin + "/admin/metrics/influxdb", "-H", "Host: in\tjected, x=y")
+            assert r.status == 200
+            document = r.body.decode()
+            for row in document.splitlines():
+                assert not any(c in row for c in "\t\r\x0b\x0c"), row
+            lines = parse(document)
+            assert lines and all(tags["host"] == "in\\tjected, x=y" for _, tags, _ in lines)
+
+
+def test_tag_values_and_field_keys_never_hold_a_raw_control_character() -> None:
+    from hostproxy.metrics.influx import influx_lines, scope_table
+    from hostproxy.metrics.registry import MetricsRegistry
+    from hostproxy.metrics.render import collect
+
+    reg = MetricsRegistry(lambda: 1000.0)
+    svc = reg.router("out").service("/svc/a\tb\rc\x0bd\x0ce\nf", True)
+    svc.start()
+    svc.finish(0.01, None, 200)
+    bare = reg.router("out").service("/", True)  # (a service scope whose tag value is empty)
+    bare.start()
+    bare.finish(0.01, None, 200)
+    reg.counter("odd/field\tname").incr(1)
+    document = influx_lines(collect(list(reg.metrics())), scope_table(reg), "h")
+    for row in document.splitlines():
+        assert not any(c in row for c in "\t\r\x0b\x0c"), row
+    lines = parse(document)
+    assert any(tags.get("service") == "svc/a\\tb\\rc\\x0bd\\x0ce\\nf" for _, tags, _ in lines), lines
+    assert any("field\\tname" in fields for _, _, fields in lines)
+    # The line protocol has no empty tag value: such a tag is left out.
+    assert all(value for _, tags, _ in lines for value in tags.values())
+    assert not any(re.search(r"(^|[^\\]),service=[, ]", row) for row in document.splitlines())
+
+

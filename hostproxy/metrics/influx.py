@@ -20,7 +20,9 @@ the top of the tree (no scope) is a field of measurement ``root``. Every line ca
 The scopes come from the registry (:meth:`RouterScope.scopes`), so a service name with ``/`` in it is
 one tag value. Where Linkerd wrote names as they were, hostproxy escapes what the line protocol
 requires: a measurement keeps ``[a-zA-Z0-9:]`` and has ``_`` for anything else (as Linkerd); in tag
-values and field keys a space, comma, ``=`` and ``\\`` are escaped with ``\\``. Values are written as
+values and field keys a space, comma, ``=`` and ``\\`` are escaped with ``\\``, and a control character
+is written as text (``\\n``, ``\\t``, ``\\r``, ``\\xHH``, whose backslash is escaped as any other: no parser
+takes it raw, and a ``Host`` may hold a tab); a tag whose value is empty is left out. Values are written as
 floats (no ``i`` suffix), as Linkerd's were, so series written by Linkerd keep their field types; a
 gauge that is not a finite number is left out.
 """
@@ -37,7 +39,21 @@ from hostproxy.metrics.registry import Counter, CounterFn, Gauge, Metric, Metric
 __all__ = ["influx_lines", "influx_slices", "scope_table"]
 
 _MEASUREMENT_DISALLOWED = re.compile(r"[^a-zA-Z0-9:]")
-_ESCAPES = str.maketrans({" ": "\\ ", ",": "\\,", "=": "\\=", "\\": "\\\\", "\n": "\\n"})
+#: Escapes for tag values and field keys: the line protocol's (space, comma, ``=``, backslash), and
+#: control characters as text (``\n``, ``\t``, ``\r``, ``\xHH``, its backslash escaped as any other), since
+#: Telegraf's parser takes no newline, tab, CR, vertical tab or form feed in a name or tag value.
+_ESCAPES = str.maketrans(
+    {
+        **{chr(c): f"\\\\x{c:02x}" for c in (*range(0x20), 0x7F)},
+        " ": "\\ ",
+        ",": "\\,",
+        "=": "\\=",
+        "\\": "\\\\",
+        "\n": "\\\\n",
+        "\t": "\\\\t",
+        "\r": "\\\\r",
+    }
+)
 #: A stat's window summary key -> its field suffix (Linkerd's names).
 _STAT_FIELDS = {
     "count": "count",
@@ -123,7 +139,8 @@ def lines(groups: Group, host: str) -> Iterator[str]:
         if not fields:
             continue
         measurement = _MEASUREMENT_DISALLOWED.sub("_", ":".join(parts))
-        tag_text = ",".join(f"{k}={v.translate(_ESCAPES)}" for k, v in sorted((*tags, host_tag)))
+        # (A tag with an empty value is left out: the line protocol has no empty tag value.)
+        tag_text = ",".join(f"{k}={v.translate(_ESCAPES)}" for k, v in sorted((*tags, host_tag)) if v)
         field_text = ",".join(f"{k.translate(_ESCAPES)}={v}" for k, v in sorted(fields.items()))
         yield f"{measurement},{tag_text} {field_text}\n"
 
