@@ -23,7 +23,9 @@ from tests.test_influxdb_telemeter import parse
 Answer = Callable[[trio.SocketStream, bytes], Awaitable[None]]
 
 
-async def _raw_upstream(answer: Answer, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+async def _raw_upstream(
+    answer: Answer, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+) -> None:
     """A bare upstream: for each connection, read one request head and let ``answer`` write the
     response bytes it wants (whatever framing)."""
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -274,5 +276,3 @@ def test_tag_values_and_field_keys_never_hold_a_raw_control_character() -> None:
     # The line protocol has no empty tag value: such a tag is left out.
     assert all(value for _, tags, _ in lines for value in tags.values())
     assert not any(re.search(r"(^|[^\\]),service=[, ]", row) for row in document.splitlines())
-
-
