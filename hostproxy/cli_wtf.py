@@ -174,6 +174,23 @@ def admin_client(args: argparse.Namespace) -> AdminClient:
     )
 
 
+def _tls_hint(reason: object, base: str) -> str:
+    """What to do when reading an ``https://`` admin URL failed in TLS: the server speaks plaintext (it
+    has no ``admin.tls``), or its certificate is not trusted; "" for any other failure."""
+    import ssl
+
+    if not base.startswith("https://") or not isinstance(reason, ssl.SSLError):
+        return ""
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        return "the admin server's certificate is not trusted: give the CA that signed it with --cacert"
+    if reason.reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
+        return (
+            "the admin server at this address answered in plaintext (its config has no admin.tls): "
+            "give --admin an http:// URL, without --cacert, --cert and --key"
+        )
+    return ""
+
+
 class AdminClient:
     """Blocking JSON reads from an admin server (a CLI tool; the daemon never uses this)."""
 
@@ -229,6 +246,9 @@ class AdminClient:
                     f"{self.base}{path} did not answer within {self.timeout:g} s (--timeout); is the daemon "
                     "overloaded? Raise --timeout to wait longer"
                 ) from None
+            tls_hint = _tls_hint(reason, self.base)
+            if tls_hint:
+                raise AdminUnreachable(f"cannot read {self.base}{path}: {reason}; {tls_hint}") from None
             raise AdminUnreachable(
                 f"cannot read {self.base}{path}: {reason}; is hostproxy running, and is its admin server "
                 "at this address (admin.ip/admin.port in the config)? Use --admin URL to point elsewhere"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -276,3 +278,39 @@ def test_tag_values_and_field_keys_never_hold_a_raw_control_character() -> None:
     # The line protocol has no empty tag value: such a tag is left out.
     assert all(value for _, tags, _ in lines for value in tags.values())
     assert not any(re.search(r"(^|[^\\]),service=[, ]", row) for row in document.splitlines())
+
+
+# -- admin TLS -----------------------------------------------------------------------------------------
+
+
+async def _cli(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return await trio.run_process(
+        [sys.executable, "-m", "hostproxy", *args], capture_stdout=True, capture_stderr=True, check=False
+    )
+
+
+async def test_the_clis_say_what_to_do_when_the_admin_url_and_admin_tls_disagree(tmp_path: Path) -> None:
+    """An https:// URL to a plaintext admin server failed with OpenSSL's "wrong version number" and the
+    advice for a daemon that is not running; an untrusted certificate with that advice too."""
+    from tests.certs import make_pki
+
+    pki = make_pki(tmp_path)
+    disco = tmp_path / "disco"
+    disco.mkdir()
+    async with running_daemon(fs_config(disco)) as d:
+        assert d.daemon.admin_address is not None
+        https = f"https://127.0.0.1:{d.daemon.admin_address[1]}"
+        r = await _cli("wtf", "--admin", https, "--cacert", pki.ca_path)
+        assert r.returncode == 1
+        assert b"answered in plaintext (its config has no admin.tls): give --admin an http:// URL" in r.stderr
+        assert b"is hostproxy running" not in r.stderr, r.stderr
+    tls = f"{{certPath: {pki.server_cert}, keyPath: {pki.server_key}}}"
+    text = fs_config(disco).replace(
+        "admin: {ip: 127.0.0.1, port: 0}", f"admin:\n  ip: 127.0.0.1\n  port: 0\n  tls: {tls}"
+    )
+    async with running_daemon(text) as d:
+        assert d.daemon.admin_address is not None
+        r = await _cli("state", "--admin", f"https://127.0.0.1:{d.daemon.admin_address[1]}")
+        assert r.returncode == 1
+        assert b"CERTIFICATE_VERIFY_FAILED" in r.stderr
+        assert b"not trusted: give the CA that signed it with --cacert" in r.stderr, r.stderr
