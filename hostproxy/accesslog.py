@@ -41,7 +41,8 @@ and counts are :mod:`hostproxy.logroll`'s) happens in the write that finds the f
 closed, renamed, a new one opened, and rolled files past the rotate count deleted, all before the
 line is written to the new file. Every ``AccessLog`` of one path in this process writes through one
 ``_Sink`` (two routers may name one file, and a reload builds new routers while the old ones finish),
-so a file is rolled once, by the policy of the router that opened it last. Only a regular file is
+so a file is rolled once, by the policy of the newest open ``AccessLog`` (when it is closed, as a
+router that a rejected reload built is, the one before it is in force again). Only a regular file is
 rolled (never a link such as ``/dev/stdout``, a device or a directory), and a roll that fails is tried
 again at the next roll time or after another size's worth of lines, not at every line. ``append=False``
 (``httpAccessLogAppend: false``) truncates the file when this process first opens it; a reload or a
@@ -50,6 +51,7 @@ SIGHUP reopens it for appending, so that lines already written are kept.
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 import time
@@ -152,6 +154,7 @@ _log = structlog.get_logger("hostproxy.accesslog")
 #: (``append=False`` truncates only the first time).
 _SINKS: weakref.WeakValueDictionary[str, _Sink] = weakref.WeakValueDictionary()
 _OPENED: set[str] = set()
+_TOKENS = itertools.count()
 
 
 class _Sink:
@@ -170,15 +173,25 @@ class _Sink:
         self.opener = opener
         self.clock = clock
         self.file: IO[str] | None = file
-        self.refs = 0
+        #: The settings of each open ``AccessLog`` writing here, oldest first (by its token): the newest
+        #: one's are in force, and when it closes (a router a rejected reload built) the one before's.
+        self.holders: dict[int, tuple[logroll.RollPolicy, int, Callable[[], float]]] = {}
         self.rolls = 0
         self.roll_errors = 0
         self.policy = policy
         self.rotate_count = rotate_count
         self._opened(self._size())
 
-    def adopt(self, policy: logroll.RollPolicy, rotate_count: int, clock: Callable[[], float]) -> None:
-        """Take the settings of the router that opened the path last."""
+    def attach(
+        self, token: int, policy: logroll.RollPolicy, rotate_count: int, clock: Callable[[], float]
+    ) -> None:
+        """One more ``AccessLog`` writes here: its settings are in force (it is the newest)."""
+        self.holders[token] = (policy, rotate_count, clock)
+        self._adopt(policy, rotate_count, clock)
+
+    def _adopt(self, policy: logroll.RollPolicy, rotate_count: int, clock: Callable[[], float]) -> None:
+        if (policy, rotate_count, clock) == (self.policy, self.rotate_count, self.clock):
+            return
         self.policy, self.rotate_count, self.clock = policy, rotate_count, clock
         self.next_roll = logroll.next_roll_time(policy, self.opened_at)
 
@@ -302,9 +315,13 @@ class _Sink:
         self._opened(self._size())
         return True
 
-    def release(self) -> None:
-        self.refs -= 1
-        if self.refs <= 0:
+    def release(self, token: int) -> None:
+        """An ``AccessLog`` closed: the settings of the newest one left are in force; the file closes
+        with the last."""
+        self.holders.pop(token, None)
+        if self.holders:
+            self._adopt(*list(self.holders.values())[-1])
+        else:
             if _SINKS.get(self.path) is self:
                 del _SINKS[self.path]
             if self.file is not None:
@@ -330,7 +347,6 @@ def _open_sink(
         if shared is not None:
             if shared.file is None:  # (its last reopen failed)
                 shared.file = _open_append(where)
-            shared.adopt(policy, rotate_count, clock)
             sink = shared
         else:
             first = where not in _OPENED
@@ -338,7 +354,6 @@ def _open_sink(
             _OPENED.add(where)
             sink = _Sink(where, _open_append, policy, rotate_count, clock, file)
             _SINKS[where] = sink
-    sink.refs += 1
     return sink
 
 
@@ -372,6 +387,7 @@ class AccessLog:
         self.linkerd = fmt == "linkerd"
         self._clock = clock
         self._sink: _Sink | None = None
+        self._token = next(_TOKENS)
         self._events = path in STRUCTLOG_TARGETS
         self._log = structlog.get_logger("hostproxy.access") if self._events else None
         self.lines = 0
@@ -380,6 +396,7 @@ class AccessLog:
             assert path is not None
             try:
                 self._sink = _open_sink(path, opener, policy, rotate_count, append, clock)
+                self._sink.attach(self._token, policy, rotate_count, clock)
             except OSError as e:
                 raise ValueError(
                     f"{key}: cannot open {path} for appending: {e.strerror or e}; "
@@ -497,7 +514,7 @@ class AccessLog:
 
     def close(self) -> None:
         if self._sink is not None:
-            self._sink.release()
+            self._sink.release(self._token)
             self._sink = None
 
     def statistics(self) -> dict[str, Any]:

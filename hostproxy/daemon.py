@@ -1144,9 +1144,9 @@ class Daemon:
             admin_note += "; telemetry not changed (it changes only with a restart)"
         namers_changed = new.namers != old.namers or new.dns != old.dns or new.namer_state != old.namer_state
         built: list[Any] = []  # listeners bound so far, closed if the reload fails
+        routers: dict[str, HttpRouter] = {}
         try:
             ns = _Namers(self, new) if namers_changed else self._namers
-            routers: dict[str, HttpRouter] = {}
             watchers: dict[str, DtabFileWatcher] = {}
             changed: list[str] = []
             for index, rcfg in enumerate(new.routers):
@@ -1176,6 +1176,15 @@ class Daemon:
         except (ValueError, OSError, DtabFileError) as e:
             for lst in built:
                 await lst.aclose()
+            # The routers built for it never serve: their access logs close (the files' roll settings
+            # are the running routers' again), and the running routers' metrics that read settings are
+            # theirs again.
+            for label, r in routers.items():
+                running = self.routers.get(label)
+                if r is not running:
+                    r.discard()
+                    if running is not None:
+                        running.register_metrics()
             return False, f"reload rejected, the running config stays: {e}"
         # -- commit: from here on nothing fails --------------------------------------------------
         assert self._nursery is not None

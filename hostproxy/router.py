@@ -506,17 +506,6 @@ class HttpRouter:
             close=lambda _id, c: c.evict(self._nursery),
         )
         self.scope = metrics.router(label=self.label)
-        # ``originator: true``: the gauge rt/<label>/originator = 1, which tells the stats of the router
-        # that originates requests apart from those of linkers downstream of it.
-        originator = f"rt/{self.label}/originator"
-        if cfg.originator:
-            metrics.gauge(
-                originator,
-                lambda: 1,
-                PromId("hostproxy_router_originator", (("router", self.label),), "1: this router originates"),
-            )
-        else:
-            metrics.remove_prefix(originator)
         prefix = "h2" if getattr(cfg, "h2_access_log", None) is not None else "http"
         self.access_log = AccessLog.from_config(
             getattr(cfg, f"{prefix}_access_log", None),
@@ -526,7 +515,8 @@ class HttpRouter:
             rotate_count=getattr(cfg, f"{prefix}_access_log_rotate_count", -1),
             append=getattr(cfg, f"{prefix}_access_log_append", True),
         )
-        self._access_log_metrics(metrics)
+        self._metrics = metrics
+        self.register_metrics()
         #: ``compressionLevel`` (None: 0, off; see :mod:`hostproxy.http.compress`).
         self.compression = Compression.from_level(getattr(cfg, "compression_level", 0))
         self.recent = recent  # the io.l5d.recentRequests telemeter (None: off)
@@ -591,6 +581,28 @@ class HttpRouter:
 
     def set_dtab(self, dtab: Dtab) -> None:
         self.binder.set_base_dtab(dtab)
+
+    def register_metrics(self) -> None:
+        """The metrics of this router that read its settings (registered when it is built; again for
+        the running router when a reload that built its replacement was rejected)."""
+        metrics = self._metrics
+        # ``originator: true``: the gauge rt/<label>/originator = 1, which tells the stats of the router
+        # that originates requests apart from those of linkers downstream of it.
+        originator = f"rt/{self.label}/originator"
+        if self.cfg.originator:
+            metrics.gauge(
+                originator,
+                lambda: 1,
+                PromId("hostproxy_router_originator", (("router", self.label),), "1: this router originates"),
+            )
+        else:
+            metrics.remove_prefix(originator)
+        self._access_log_metrics(metrics)
+
+    def discard(self) -> None:
+        """This router was built by a reload that was then rejected: it never served. Its access log is
+        closed (so that the file's settings are the running router's again)."""
+        self.access_log.close()
 
     def _access_log_metrics(self, metrics: Any) -> None:
         """``rt/<label>/access_log/{lines,write_errors,rolls,roll_errors}`` while the router logs to a

@@ -314,3 +314,90 @@ async def test_the_clis_say_what_to_do_when_the_admin_url_and_admin_tls_disagree
         assert r.returncode == 1
         assert b"CERTIFICATE_VERIFY_FAILED" in r.stderr
         assert b"not trusted: give the CA that signed it with --cacert" in r.stderr, r.stderr
+
+
+async def test_a_rejected_reload_leaves_the_running_access_log_settings_alone(tmp_path: Path) -> None:
+    """A reload builds its routers before it binds new servers; one that is then rejected (a port in
+    use) threw its routers away, but their access logs had already handed the shared file their roll
+    policy and rotate count, and their counters had replaced the running router's in the metrics. So
+    a rejected ``httpAccessLogRotateCount: 0`` deleted the rolled logs the running config keeps, and
+    ``access_log/lines`` stopped counting."""
+    import socket
+
+    from hostproxy.config import load_config
+    from hostproxy.daemon import Daemon
+    from tests.upstreams import running_upstream
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    log_path = logs / "access.log"
+    kept = [logs / "access-20261101-000000.log", logs / "access-20261102-000000.log"]
+    for old in kept:
+        old.write_text("an earlier roll\n")
+
+    def config(disco: Path, extra: str) -> str:
+        return (
+            fs_config(disco)
+            + f"  httpAccessLog: {log_path}\n"
+            + "  httpAccessLogRollPolicy: 200.bytes\n"
+            + extra
+        )
+
+    async with running_upstream() as up:
+        disco = _disco(tmp_path, up.port)
+        path = tmp_path / "hostproxy.yaml"
+        path.write_text(config(disco, "  httpAccessLogRotateCount: -1\n"))
+        daemon = Daemon(load_config(path.read_text(), source=str(path)), config_path=str(path))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.run)
+            try:
+                port = daemon.addresses["out"][0][1]
+                with socket.socket() as taken:
+                    taken.bind(("127.0.0.1", 0))
+                    taken.listen(1)
+                    busy = taken.getsockname()[1]
+                    path.write_text(
+                        config(disco, "  httpAccessLogRotateCount: 0\n").replace(
+                            "  - ip: 127.0.0.1\n    port: 0\n",
+                            f"  - ip: 127.0.0.1\n    port: 0\n  - ip: 127.0.0.1\n    port: {busy}\n",
+                        )
+                    )
+                    ok, message = await daemon.reload()
+                assert not ok and message.startswith("reload rejected"), message
+                for i in range(8):  # (some 100 bytes a line: the file rolls by size)
+                    r = await curl(f"http://127.0.0.1:{port}/r{i}", "-H", "Host: app")
+                    assert r.status == 200
+                names = sorted(p.name for p in logs.iterdir())
+                assert all(old.exists() for old in kept), names  # (rotate count -1 keeps them all)
+                assert len(names) > 3, names  # (it rolled, by the running config's size)
+                doc = (await curl(f"{daemon_admin(daemon)}/admin/metrics.json")).json()
+                assert isinstance(doc, dict)
+                assert doc["rt/out/access_log/lines"] == 8, {
+                    k: v for k, v in doc.items() if "access_log" in k
+                }
+            finally:
+                daemon.request_shutdown()
+
+
+def daemon_admin(daemon: object) -> str:
+    address = getattr(daemon, "admin_address", None)
+    assert address is not None
+    return f"http://{address[0]}:{address[1]}"
+
+
+def test_when_the_newest_log_of_a_file_closes_the_one_before_it_rolls_the_file(tmp_path: Path) -> None:
+    clock = Clock(utc(2026, 11, 26, 23, 0, 0))
+    path = tmp_path / "access.log"
+    running = AccessLog(str(path), clock=clock, roll_policy="daily", rotate_count=-1)
+    rejected = AccessLog(str(path), clock=clock, roll_policy="hourly", rotate_count=0)
+    assert rejected.statistics()["roll_policy"] == "hourly"
+    rejected.close()
+    assert running.statistics()["roll_policy"] == "daily"
+    line(running, "/one")
+    clock.t = utc(2026, 11, 27, 0, 30, 0)
+    line(running, "/two")
+    clock.t = utc(2026, 11, 27, 1, 30, 0)
+    line(running, "/three")  # (hourly would have rolled again here)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["access-20261126.log", "access.log"]
+    assert paths_in(path) == ["/two", "/three"]
+    running.close()
