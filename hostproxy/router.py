@@ -636,10 +636,12 @@ class HttpRouter:
     def retire(self) -> None:
         """This router was replaced by a reload: stop listening to namers, close its connections.
 
-        Metrics stay: the replacement router reports under the same keys.
+        Metrics stay: the replacement router reports under the same keys. Its access log is closed (a
+        file the replacement names stays open through it; one it no longer names is closed).
         """
         for u in self._unsubscribe:
             u()
+        self.access_log.close()
         for _cid, c in list(self.clients.items()):
             self._nursery.start_soon(c.close_pools)
 

@@ -401,3 +401,44 @@ def test_when_the_newest_log_of_a_file_closes_the_one_before_it_rolls_the_file(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["access-20261126.log", "access.log"]
     assert paths_in(path) == ["/two", "/three"]
     running.close()
+
+
+async def test_a_reload_that_moves_the_access_log_closes_the_old_file(tmp_path: Path) -> None:
+    """The routers a reload replaced were retired without closing their access logs: the old file stayed
+    open (until the garbage collector found the router, if ever), so logrotate's move of it never freed
+    its space and its sink kept the replaced router's settings."""
+    from hostproxy.config import load_config
+    from hostproxy.daemon import Daemon
+    from tests.upstreams import running_upstream
+
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+
+    def open_paths() -> set[str]:
+        out = set()
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                out.add(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:
+                pass
+        return out
+
+    async with running_upstream() as up:
+        disco = _disco(tmp_path, up.port)
+        path = tmp_path / "hostproxy.yaml"
+        path.write_text(fs_config(disco) + f"  httpAccessLog: {first}\n")
+        daemon = Daemon(load_config(path.read_text(), source=str(path)), config_path=str(path))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.run)
+            try:
+                replaced = daemon.routers["out"]  # (held: the garbage collector cannot close it)
+                assert str(first) in open_paths()
+                path.write_text(fs_config(disco) + f"  httpAccessLog: {second}\n")
+                ok, message = await daemon.reload()
+                assert ok, message
+                assert daemon.routers["out"] is not replaced
+                with trio.fail_after(20):
+                    while str(first) in open_paths():
+                        await trio.sleep(0.05)
+                assert str(second) in open_paths()
+            finally:
+                daemon.request_shutdown()
