@@ -254,6 +254,9 @@ async def test_a_scrape_host_with_control_characters_keeps_the_document_valid(tm
                 assert not any(c in row for c in "\t\r\x0b\x0c"), row
             lines = parse(document)
             assert lines and all(tags["host"] == "in\\tjected, x=y" for _, tags, _ in lines)
+            # A name that is not ASCII is the client's UTF-8, not its bytes read as Latin-1 ("cafÃ©").
+            r = await curl(d.admin + "/admin/metrics/influxdb", "-H", "Host: café.local")
+            assert all(tags["host"] == "café.local" for _, tags, _ in parse(r.body.decode()))
 
 
 def test_tag_values_and_field_keys_never_hold_a_raw_control_character() -> None:

@@ -877,7 +877,8 @@ class AdminHandler:
 
     async def _influxdb(self, call: _Call) -> Response:
         host = call.request.headers.get(b"host")
-        text = host.decode("latin-1") if host else "none"
+        # (Read as UTF-8, as a client that sends a non-ASCII name writes it; a byte that is not is U+FFFD.)
+        text = host.decode("utf-8", "replace") if host else "none"
         parts = await _drain_sliced(influx_slices(self.ctx.metrics, text, SCRAPE_SLICE))
         return _response(200, "".join(parts), TEXT_TYPE)
 
