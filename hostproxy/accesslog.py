@@ -192,6 +192,8 @@ class _Sink:
     def _adopt(self, policy: logroll.RollPolicy, rotate_count: int, clock: Callable[[], float]) -> None:
         if (policy, rotate_count, clock) == (self.policy, self.rotate_count, self.clock):
             return
+        if policy.max_bytes is not None and self.policy.max_bytes is None:
+            self.written = self._size()  # (lines are counted only under a size policy)
         self.policy, self.rotate_count, self.clock = policy, rotate_count, clock
         self.next_roll = logroll.next_roll_time(policy, self.opened_at)
 

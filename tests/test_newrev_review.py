@@ -445,3 +445,20 @@ async def test_a_reload_that_moves_the_access_log_closes_the_old_file(tmp_path: 
                 assert str(second) in open_paths()
             finally:
                 daemon.request_shutdown()
+
+
+def test_a_size_policy_taken_over_by_a_reload_counts_what_the_file_holds(tmp_path: Path) -> None:
+    """Lines are counted only under a size policy, so a reload from ``daily`` to a size counted the file
+    as it was when it was opened: it grew past the size by all it got in between."""
+    clock = Clock(utc(2026, 11, 27, 2, 0, 0))
+    path = tmp_path / "access.log"
+    daily = AccessLog(str(path), clock=clock, roll_policy="daily")
+    for i in range(10):
+        line(daily, f"/d{i}")
+    assert path.stat().st_size > 300
+    by_size = AccessLog(str(path), clock=clock, roll_policy="300.bytes")
+    line(by_size, "/first-after-reload")
+    assert paths_in(path) == ["/first-after-reload"]
+    assert by_size.statistics()["rolls"] == 1
+    daily.close()
+    by_size.close()
