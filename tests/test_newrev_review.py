@@ -160,6 +160,31 @@ async def test_accept_encoding_in_two_field_lines_is_one_list(tmp_path: Path) ->
             assert b'"accept-encoding"' in gzip.decompress(body)
 
 
+async def test_a_compressed_response_does_not_offer_byte_ranges(tmp_path: Path) -> None:
+    """``Accept-Ranges: bytes`` on a gzipped body offers ranges of bytes it does not have: a client that
+    resumes a download (``Range`` with ``If-Range`` on the date) gets the upstream's identity bytes from
+    that offset and splices them onto gzip. A compressed response no longer carries it (as nginx)."""
+    text = b"a compressible text body, " * 200
+
+    async def answer(stream: trio.SocketStream, _head: bytes) -> None:
+        await stream.send_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nAccept-Ranges: bytes\r\n"
+            b"Last-Modified: Thu, 26 Nov 2026 10:00:00 GMT\r\nContent-Length: %d\r\n\r\n" % len(text) + text
+        )
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(_raw_upstream, answer)
+        text_cfg = fs_config(_disco(tmp_path, port)) + "  compressionLevel: -1\n"
+        async with running_daemon(text_cfg) as d:
+            url = f"http://127.0.0.1:{d.port('out')}/file.txt"
+            plain = await curl(url, "-H", "Host: app")
+            assert plain.header("accept-ranges") == "bytes" and plain.body == text
+            r = await curl(url, "-H", "Host: app", "-H", "Accept-Encoding: gzip")
+            assert r.header("content-encoding") == "gzip" and gzip.decompress(r.body) == text
+            assert r.header("accept-ranges") is None
+        nursery.cancel_scope.cancel()
+
+
 # -- access log rolling --------------------------------------------------------------------------------
 
 

@@ -21,7 +21,8 @@ A response is compressed when all of these hold, and passes through untouched ot
 * at level ``-1``, its ``Content-Type`` is textual: ``text/*`` or one of ``TEXTUAL`` (Finagle's list).
 
 A compressed response gets ``Content-Encoding``, ``Vary: Accept-Encoding`` added (so that caches keep
-the two apart), a strong ``ETag`` made weak (the bytes differ from the upstream's), and no
+the two apart), a strong ``ETag`` made weak (the bytes differ from the upstream's), no
+``Accept-Ranges`` (its byte ranges would be the upstream's bytes, not these), and no
 ``Content-Length``: a body already in memory is compressed at once and gets its new length (or stays
 chunked when it has trailers, which only a chunked body carries); a streamed one is compressed chunk
 by chunk, each chunk flushed (``Z_SYNC_FLUSH``, as Netty's encoder does) so that a stream's events
@@ -193,6 +194,9 @@ def compress_response(
     else:
         resp.body = Body(_Deflating(body, z), None)
     headers.remove(b"content-length")
+    # Byte ranges of the upstream's bytes are not ranges of these: a resumed download would splice the
+    # identity bytes from an offset onto the compressed ones (nginx drops it too).
+    headers.remove(b"accept-ranges")
     headers.set(b"content-encoding", coding.encode("ascii"))
     vary = [v for value in headers.get_all(b"vary") for v in value.split(b",")]
     if not any(v.strip().lower() in (b"accept-encoding", b"*") for v in vary):
