@@ -185,6 +185,47 @@ async def test_a_compressed_response_does_not_offer_byte_ranges(tmp_path: Path) 
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize(
+    "digest",
+    [
+        b"Content-Digest: sha-256=:%s:",
+        b"Repr-Digest: sha-256=:%s:",
+        b"Digest: SHA-256=%s",
+        b"Content-MD5: %s",
+    ],
+)
+async def test_a_response_with_a_digest_of_its_bytes_is_not_compressed(tmp_path: Path, digest: bytes) -> None:
+    """A digest (RFC 9530's ``Content-Digest``/``Repr-Digest``, RFC 3230's ``Digest``, ``Content-MD5``)
+    is of the bytes as the upstream coded them: compressed, the response carried a digest its body no
+    longer matched, and a client that checks it refused the response. It is passed through instead."""
+    import base64
+    import hashlib
+
+    text = b"a compressible text body, " * 200
+    value = base64.b64encode(hashlib.sha256(text).digest())
+
+    async def answer(stream: trio.SocketStream, _head: bytes) -> None:
+        await stream.send_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+            + digest % value
+            + b"\r\nContent-Length: %d\r\n\r\n" % len(text)
+            + text
+        )
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(_raw_upstream, answer)
+        cfg = fs_config(_disco(tmp_path, port)) + "  compressionLevel: -1\n"
+        async with running_daemon(cfg) as d:
+            r = await curl(
+                f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: app", "-H", "Accept-Encoding: gzip"
+            )
+            assert r.status == 200 and r.header("content-encoding") is None
+            assert r.body == text
+            name = digest.split(b":")[0].decode()
+            assert r.header(name) == (digest % value).split(b": ", 1)[1].decode()
+        nursery.cancel_scope.cancel()
+
+
 # -- access log rolling --------------------------------------------------------------------------------
 
 

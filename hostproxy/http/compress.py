@@ -16,8 +16,9 @@ A response is compressed when all of these hold, and passes through untouched ot
   gzip;
 * the status is not 1xx, 204, 206 or 304, and the response is no 101 tunnel;
 * it carries no ``Content-Encoding`` but ``identity`` (in any of its lines), no ``Cache-Control:
-  no-transform`` (RFC 9110 §7.7: a proxy must not change such a body), and a body that is not known
-  to be empty;
+  no-transform`` (RFC 9110 §7.7: a proxy must not change such a body), no digest of its bytes
+  (``Content-Digest``, ``Repr-Digest``, ``Digest``, ``Content-MD5``: it would no longer match), and a
+  body that is not known to be empty;
 * at level ``-1``, its ``Content-Type`` is textual: ``text/*`` or one of ``TEXTUAL`` (Finagle's list).
 
 A compressed response gets ``Content-Encoding``, ``Vary: Accept-Encoding`` added (so that caches keep
@@ -53,6 +54,9 @@ TEXTUAL = frozenset(
     }
 )
 _NO_BODY_STATUS = frozenset({204, 206, 304})
+#: Digests of the body as the upstream coded it (RFC 9530, RFC 3230, RFC 1864): a response with one is
+#: passed through, since compressed it would carry a digest its body no longer matches.
+_DIGESTS = (b"content-digest", b"repr-digest", b"digest", b"content-md5")
 #: zlib's window bits for each coding: gzip's header and trailer, or zlib's ("deflate" in HTTP).
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
@@ -182,6 +186,8 @@ def compress_response(
     if settings.textual_only and not is_textual(headers.get(b"content-type")):
         return False
     if _no_transform(headers):
+        return False
+    if any(headers.get(name) is not None for name in _DIGESTS):
         return False
     z = zlib.compressobj(settings.level, zlib.DEFLATED, _WBITS[coding])
     if body.in_memory:
