@@ -1176,9 +1176,9 @@ class Daemon:
         except (ValueError, OSError, DtabFileError) as e:
             for lst in built:
                 await lst.aclose()
-            # The routers built for it never serve: their access logs close (the files' roll settings
-            # are the running routers' again), and the running routers' metrics that read settings are
-            # theirs again.
+            # The routers built for it never serve: they stop following the namers, their access logs
+            # close (the files' roll settings are the running routers' again), and the running routers'
+            # metrics that read settings are theirs again.
             for label, r in routers.items():
                 running = self.routers.get(label)
                 if r is not running:

@@ -600,8 +600,11 @@ class HttpRouter:
         self._access_log_metrics(metrics)
 
     def discard(self) -> None:
-        """This router was built by a reload that was then rejected: it never served. Its access log is
-        closed (so that the file's settings are the running router's again)."""
+        """This router was built by a reload that was then rejected: it never served. It stops following
+        the namers (which would otherwise keep it, and call it, for ever) and its access log is closed
+        (so that the file's settings are the running router's again)."""
+        for u in self._unsubscribe:
+            u()
         self.access_log.close()
 
     def _access_log_metrics(self, metrics: Any) -> None:

@@ -421,6 +421,8 @@ async def test_a_rejected_reload_leaves_the_running_access_log_settings_alone(tm
             await nursery.start(daemon.run)
             try:
                 port = daemon.addresses["out"][0][1]
+                namer = daemon._namers.namers[0]
+                subscribers = len(namer._subscribers)
                 with socket.socket() as taken:
                     taken.bind(("127.0.0.1", 0))
                     taken.listen(1)
@@ -433,6 +435,8 @@ async def test_a_rejected_reload_leaves_the_running_access_log_settings_alone(tm
                     )
                     ok, message = await daemon.reload()
                 assert not ok and message.startswith("reload rejected"), message
+                # (The router it built no longer follows the namers: each rejected reload leaked one.)
+                assert len(namer._subscribers) == subscribers
                 for i in range(8):  # (some 100 bytes a line: the file rolls by size)
                     r = await curl(f"http://127.0.0.1:{port}/r{i}", "-H", "Host: app")
                     assert r.status == 200
