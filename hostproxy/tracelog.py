@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from hostproxy.zipkin import SpanRecord
+from hostproxy.zipkin import SpanRecord, sample_trace
 
 __all__ = ["TRACELOG_LEVELS", "TraceLogSink"]
 
@@ -60,15 +60,7 @@ class TraceLogSink:
     def sampled(self, decision: bool | None, trace_id: int) -> bool:
         if self.level > logging.CRITICAL or not self._std.isEnabledFor(self.level):
             return False  # (OFF, or a level the logger does not log now)
-        if decision is not None:
-            return decision
-        rate = self.sample_rate
-        if rate >= 1.0:
-            return True
-        if rate <= 0.0:
-            return False
-        mixed = ((trace_id ^ self._salt) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
-        return (mixed >> 11) / float(1 << 53) < rate
+        return sample_trace(decision, trace_id, self.sample_rate, self._salt)
 
     def record(self, rec: SpanRecord) -> None:
         fields: dict[str, Any] = {

@@ -64,6 +64,7 @@ __all__ = [
     "encode_log_call",
     "encode_span",
     "read_log_reply",
+    "sample_trace",
     "scribe_message",
 ]
 
@@ -296,6 +297,19 @@ def read_log_reply(frame: bytes, seqid: int | None = None) -> int:
         raise ScribeError("the collector's reply is cut short") from None
 
 
+def sample_trace(decision: bool | None, trace_id: int, rate: float, salt: int) -> bool:
+    """A request's sampling: its own ``decision`` when it carries one, else ``rate`` decided by a hash
+    of ``trace_id`` with ``salt`` (a sink's random value), so every attempt of a trace is alike."""
+    if decision is not None:
+        return decision
+    if rate >= 1.0:
+        return True
+    if rate <= 0.0:
+        return False
+    mixed = ((trace_id ^ salt) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    return (mixed >> 11) / float(1 << 53) < rate
+
+
 class ZipkinExporter:
     """The spans of one ``io.l5d.zipkin`` telemeter: sampling, the queue and the sender task."""
 
@@ -341,15 +355,7 @@ class ZipkinExporter:
     def sampled(self, decision: bool | None, trace_id: int) -> bool:
         """Whether a request is recorded: its own decision when it carries one, else by the rate, the
         same for every attempt of a trace (a hash of its id with this exporter's random salt)."""
-        if decision is not None:
-            return decision
-        rate = self.sample_rate
-        if rate >= 1.0:
-            return True
-        if rate <= 0.0:
-            return False
-        mixed = ((trace_id ^ self._salt) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
-        return (mixed >> 11) / float(1 << 53) < rate
+        return sample_trace(decision, trace_id, self.sample_rate, self._salt)
 
     def now_us(self) -> int:
         return int(self.wall_clock() * 1e6)
