@@ -51,6 +51,7 @@ SIGHUP reopens it for appending, so that lines already written are kept.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import stat
@@ -140,12 +141,31 @@ def _bare(value: object) -> str:
     return _shown(text).translate(_BARE_AFTER)
 
 
+class NoReader(OSError):
+    """The log path is a named pipe that no process reads (opening it for writing would wait for one)."""
+
+
+def _open(path: str, truncate: bool) -> IO[str]:
+    """The log file, line-buffered. Opened without waiting: a named pipe (``/dev/stdout`` in a container
+    is often one) with a reader opens at once, one without raises :class:`NoReader` instead of holding
+    the daemon's start until a reader comes; writes then block as a file's do."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | (os.O_TRUNC if truncate else os.O_APPEND)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        if e.errno == errno.ENXIO:
+            raise NoReader(e.errno, "it is a named pipe that no process reads") from None
+        raise
+    os.set_blocking(fd, True)
+    return open(fd, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115 (kept open)
+
+
 def _open_append(path: str) -> IO[str]:
-    return open(path, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115 (kept open)
+    return _open(path, truncate=False)
 
 
 def _open_truncate(path: str) -> IO[str]:
-    return open(path, "w", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115 (kept open)
+    return _open(path, truncate=True)
 
 
 _log = structlog.get_logger("hostproxy.accesslog")
@@ -344,7 +364,9 @@ def _open_sink(
     if opener is not None:
         sink = _Sink(path, opener, policy, rotate_count, clock, opener(path))
     else:
-        where = os.path.abspath(path)
+        # One sink per file, however the path spells its directory (through a symlink, with ``..``).
+        absolute = os.path.abspath(path)
+        where = os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))
         shared = _SINKS.get(where)
         if shared is not None:
             if shared.file is None:  # (its last reopen failed)
@@ -399,6 +421,11 @@ class AccessLog:
             try:
                 self._sink = _open_sink(path, opener, policy, rotate_count, append, clock)
                 self._sink.attach(self._token, policy, rotate_count, clock)
+            except NoReader:
+                raise ValueError(
+                    f"{key}: {path} is a named pipe that no process reads, so nothing could be written; "
+                    "start its reader first, or log to a file or '-' (log events)"
+                ) from None
             except OSError as e:
                 raise ValueError(
                     f"{key}: cannot open {path} for appending: {e.strerror or e}; "

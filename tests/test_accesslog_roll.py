@@ -349,3 +349,74 @@ def test_a_number_freed_by_the_rotate_count_is_not_reused() -> None:
     )
     # The plain name and -1 .. -2 were deleted: the next is -4, after -3, not the plain name.
     assert logroll.next_free(path, size, FRI, ["access.log", "access-20261127-015959-3.log"]) == 4
+
+
+def test_a_named_pipe_without_a_reader_is_refused_at_once_and_one_with_a_reader_gets_the_lines(
+    tmp_path: Path,
+) -> None:
+    import threading
+
+    fifo = tmp_path / "access.pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError) as e:
+        AccessLog(str(fifo))  # (opening it for writing used to wait for a reader for ever)
+    assert str(e.value) == (
+        f"httpAccessLog: {fifo} is a named pipe that no process reads, so nothing could be written; start its "
+        "reader first, or log to a file or '-' (log events)"
+    )
+    got: list[bytes] = []
+    opened = threading.Event()
+
+    def reader() -> None:
+        with open(fifo, "rb") as f:
+            opened.set()
+            got.append(f.read())
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    log = None
+    for _ in range(500):  # (the reader's open and ours meet; ours is refused until it is there)
+        try:
+            log = AccessLog(str(fifo))
+            break
+        except ValueError:
+            threading.Event().wait(0.01)
+    assert log is not None
+    line(log, "/through-the-pipe")
+    log.close()
+    thread.join(10)
+    assert got and got[0].split(b"\t")[3] == b"/through-the-pipe"
+
+
+def test_a_daemon_with_a_readerless_pipe_as_its_log_says_so_instead_of_hanging(tmp_path: Path) -> None:
+    fifo = tmp_path / "access.pipe"
+    os.mkfifo(fifo)
+    cfg = tmp_path / "hostproxy.yaml"
+    cfg.write_text(
+        "admin: {ip: 127.0.0.1, port: 0}\nrouters:\n- protocol: http\n"
+        f"  httpAccessLog: {fifo}\n  servers: [{{ip: 127.0.0.1, port: 0}}]\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "hostproxy", "run", str(cfg)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode != 0
+    assert "is a named pipe that no process reads" in proc.stderr + proc.stdout
+
+
+def test_paths_through_a_symlinked_directory_share_the_file_and_roll_it_once(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    clock = Clock(utc(2026, 11, 26, 23, 0, 0))
+    a = AccessLog(str(real / "access.log"), clock=clock, roll_policy="daily")
+    b = AccessLog(str(tmp_path / "link" / "access.log"), clock=clock, roll_policy="daily")
+    line(a, "/a1")
+    line(b, "/b1")
+    clock.t = utc(2026, 11, 27, 0, 0, 0)
+    line(b, "/b2")
+    line(a, "/a2")
+    assert sorted(p.name for p in real.iterdir()) == ["access-20261126.log", "access.log"]
+    assert paths_in(real / "access-20261126.log") == ["/a1", "/b1"]
+    assert paths_in(real / "access.log") == ["/b2", "/a2"]
+    a.close()
+    b.close()
