@@ -420,3 +420,48 @@ def test_paths_through_a_symlinked_directory_share_the_file_and_roll_it_once(tmp
     assert paths_in(real / "access.log") == ["/b2", "/a2"]
     a.close()
     b.close()
+
+
+async def test_a_request_in_flight_through_a_replaced_router_still_gets_its_line(tmp_path: Path) -> None:
+    """A reload that rebuilds a router (its dtab changed) retires the old one, closing its access log,
+    only once its requests in flight have ended (up to shutdownGraceMs): their lines are written."""
+    import trio
+
+    from hostproxy.config import load_config
+    from hostproxy.daemon import Daemon
+
+    log_path = tmp_path / "access.log"
+    async with running_upstream() as up:
+        disco = tmp_path / "disco"
+        disco.mkdir()
+        (disco / "web").write_text(f"127.0.0.1 {up.port}\n")
+        path = tmp_path / "hostproxy.yaml"
+        path.write_text(fs_config(disco) + f"  httpAccessLog: {log_path}\n")
+        daemon = Daemon(load_config(path.read_text(), source=str(path)), config_path=str(path))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.run)
+            try:
+                port = daemon.addresses["out"][0][1]
+                done: list[int] = []
+
+                async def slow() -> None:
+                    r = await curl(f"http://127.0.0.1:{port}/slow/800", "-H", "Host: web")
+                    done.append(r.status)
+
+                nursery.start_soon(slow)
+                with trio.fail_after(20):
+                    while not up.requests:  # (in flight: the upstream has it)
+                        await trio.sleep(0.02)
+                path.write_text(
+                    fs_config(disco, dtab="/svc => /#/io.l5d.fs;\n    /x => /#/io.l5d.fs;")
+                    + f"  httpAccessLog: {log_path}\n"
+                )
+                ok, message = await daemon.reload()
+                assert ok, message
+                with trio.fail_after(20):
+                    while not done:
+                        await trio.sleep(0.02)
+                assert done == [200]
+                assert "/slow/800" in paths_in(log_path)
+            finally:
+                daemon.request_shutdown()
