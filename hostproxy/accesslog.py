@@ -232,12 +232,12 @@ class _Sink:
         """Write one line (rolling first when due); False when it could not be written."""
         data = line + "\n"
         max_bytes = self.policy.max_bytes
-        if self.next_roll is not None and self.clock() >= self.next_roll:
-            self.roll()
-        elif max_bytes is not None:
+        size = 0  # (bytes are counted only under a size policy)
+        if max_bytes is not None:
             size = len(data) if data.isascii() else len(data.encode("utf-8", "replace"))
-            if self.written and self.written + size > max_bytes:
-                self.roll()
+        due_by_time = self.next_roll is not None and self.clock() >= self.next_roll
+        if due_by_time or (max_bytes is not None and self.written and self.written + size > max_bytes):
+            self.roll()
         f = self.file
         if f is None:
             return False
@@ -245,8 +245,7 @@ class _Sink:
             f.write(data)
         except (OSError, ValueError):
             return False
-        if max_bytes is not None:
-            self.written += len(data) if data.isascii() else len(data.encode("utf-8", "replace"))
+        self.written += size
         return True
 
     def roll(self) -> None:
