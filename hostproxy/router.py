@@ -64,7 +64,7 @@ from hostproxy.causes import Cause
 from hostproxy.classifier import GrpcClassifier, HttpClassifier, ResponseClass, grpc_status_of
 from hostproxy.client import Client, plugin_mapping
 from hostproxy.config import client_params_for, service_params_for
-from hostproxy.http.compress import Compression, compress_response
+from hostproxy.http.compress import Compression, compress_response, no_transform
 from hostproxy.http.errors import (
     CAUSE_STATUS,
     RequestBodyError,
@@ -824,6 +824,7 @@ class HttpRouter:
                         req.http_version,
                         b", ".join(req.headers.get_all(b"accept-encoding")),
                         resp,
+                        request_no_transform=no_transform(req.headers),
                     )
                 return resp
             finally:

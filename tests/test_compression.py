@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from hostproxy.http.compress import Compression, choose_coding, compress_response, is_textual
+from hostproxy.http.compress import (
+    Compression,
+    choose_coding,
+    compress_response,
+    is_textual,
+    no_transform,
+)
 from hostproxy.http.message import Body, Headers, Response
 from tests.daemonutil import curl, fs_config, running_daemon
 from tests.upstreams import running_upstream, serving
@@ -124,6 +130,15 @@ def test_what_passes_through(
     assert list(resp.headers) == before
 
 
+def test_a_request_with_no_transform_gets_the_body_as_the_upstream_sent_it() -> None:
+    resp = response()
+    before = list(resp.headers)
+    assert not compress_response(TEXTUAL, "GET", "1.1", b"gzip", resp, request_no_transform=True)
+    assert list(resp.headers) == before
+    asked = Headers([(b"cache-control", b"max-age=0"), (b"Cache-Control", b" NO-TRANSFORM ")])
+    assert no_transform(asked) and not no_transform(Headers([(b"cache-control", b"no-transformx")]))
+
+
 def test_a_level_from_1_to_9_compresses_every_type_and_keeps_an_existing_vary() -> None:
     resp = response(content_type=b"image/png", vary=b"accept-encoding")
     assert compress_response(Compression(1, False), "GET", "1.1", b"gzip", resp)
@@ -193,6 +208,18 @@ async def test_textual_responses_are_gzipped_for_curl_and_others_pass_through(tm
             # Not textual (the upstream's "ok" has no Content-Type): as the upstream sent it.
             ok = await curl(f"{url}/", "-H", "Host: app", "-H", "Accept-Encoding: gzip")
             assert ok.status == 200 and ok.body == b"ok" and ok.header("content-encoding") is None
+            # A client that asks intermediaries not to transform the content gets the upstream's bytes.
+            kept = await curl(
+                f"{url}/headers",
+                "-H",
+                "Host: app",
+                "-H",
+                "Accept-Encoding: gzip",
+                "-H",
+                "Cache-Control: no-transform",
+            )
+            assert kept.status == 200 and kept.header("content-encoding") is None
+            assert json.loads(kept.body)["headers"]
 
 
 async def test_errors_hostproxy_makes_are_not_compressed(tmp_path: Path) -> None:

@@ -15,8 +15,10 @@ A response is compressed when all of these hold, and passes through untouched ot
   lines: the coding with the higher q-value, gzip on a tie, and gzip for ``*``); ``x-gzip`` counts as
   gzip;
 * the status is not 1xx, 204, 206 or 304, and the response is no 101 tunnel;
-* it carries no ``Content-Encoding`` but ``identity`` (in any of its lines), no ``Cache-Control:
-  no-transform`` (RFC 9110 §7.7: a proxy must not change such a body), no digest of its bytes
+* neither the request nor the response carries ``Cache-Control: no-transform`` (RFC 9110 §7.7: a
+  proxy must not change such a body; RFC 9111 §5.2.1.6: a client sends it to ask intermediaries not
+  to transform the content);
+* it carries no ``Content-Encoding`` but ``identity`` (in any of its lines), no digest of its bytes
   (``Content-Digest``, ``Repr-Digest``, ``Digest``, ``Content-MD5``: it would no longer match), and a
   body that is not known to be empty;
 * at level ``-1``, its ``Content-Type`` is textual: ``text/*`` or one of ``TEXTUAL`` (Finagle's list).
@@ -38,7 +40,7 @@ from dataclasses import dataclass
 
 from hostproxy.http.message import Body, Headers, Response
 
-__all__ = ["TEXTUAL", "Compression", "choose_coding", "compress_response", "is_textual"]
+__all__ = ["TEXTUAL", "Compression", "choose_coding", "compress_response", "is_textual", "no_transform"]
 
 #: Content types compressed at level -1 besides ``text/*`` (Finagle's ``TextualContentCompressor``).
 TEXTUAL = frozenset(
@@ -124,7 +126,8 @@ def is_textual(content_type: bytes | None) -> bool:
     return kind.startswith("text/") or kind in TEXTUAL
 
 
-def _no_transform(headers: Headers) -> bool:
+def no_transform(headers: Headers) -> bool:
+    """Whether ``headers`` carry ``Cache-Control: no-transform`` (in any line, any case)."""
     for value in headers.get_all(b"cache-control"):
         for directive in value.split(b","):
             if directive.strip().lower() == b"no-transform":
@@ -164,10 +167,17 @@ class _Deflating:
 
 
 def compress_response(
-    settings: Compression, method: str, http_version: str, accept_encoding: bytes | None, resp: Response
+    settings: Compression,
+    method: str,
+    http_version: str,
+    accept_encoding: bytes | None,
+    resp: Response,
+    *,
+    request_no_transform: bool = False,
 ) -> bool:
-    """Compress ``resp`` in place when it and the request allow it (module docstring); whether it did."""
-    if http_version != "1.1" or method == "HEAD":
+    """Compress ``resp`` in place when it and the request allow it (module docstring); whether it did.
+    ``request_no_transform``: the request carried ``Cache-Control: no-transform``."""
+    if http_version != "1.1" or method == "HEAD" or request_no_transform:
         return False
     status = resp.status
     if status < 200 or status in _NO_BODY_STATUS or resp.upgraded is not None:
@@ -185,7 +195,7 @@ def compress_response(
             return False
     if settings.textual_only and not is_textual(headers.get(b"content-type")):
         return False
-    if _no_transform(headers):
+    if no_transform(headers):
         return False
     if any(headers.get(name) is not None for name in _DIGESTS):
         return False
