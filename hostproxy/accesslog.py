@@ -236,7 +236,12 @@ class _Sink:
         if max_bytes is not None:
             size = len(data) if data.isascii() else len(data.encode("utf-8", "replace"))
         due_by_time = self.next_roll is not None and self.clock() >= self.next_roll
-        if due_by_time or (max_bytes is not None and self.written and self.written + size > max_bytes):
+        if due_by_time or (
+            max_bytes is not None
+            and self.written
+            and self.written + size > max_bytes
+            and not (self._recounted() and (not self.written or self.written + size <= max_bytes))
+        ):
             self.roll()
         f = self.file
         if f is None:
@@ -246,6 +251,22 @@ class _Sink:
         except (OSError, ValueError):
             return False
         self.written += size
+        return True
+
+    def _recounted(self) -> bool:
+        """Whether the open file is smaller than counted: something truncated it in place (logrotate's
+        ``copytruncate`` copies the file away, then truncates it to nothing). Its size is then the count.
+        Asked only when the count says the file is full, so it costs one ``fstat`` per roll."""
+        f = self.file
+        if f is None:
+            return False
+        try:
+            st = os.fstat(f.fileno())
+        except (OSError, ValueError):
+            return False
+        if not stat.S_ISREG(st.st_mode) or st.st_size >= self.written:
+            return False
+        self.written = st.st_size
         return True
 
     def roll(self) -> None:

@@ -203,6 +203,29 @@ def test_a_size_policy_counts_what_the_file_already_held(tmp_path: Path) -> None
     log.close()
 
 
+def test_a_file_truncated_in_place_is_counted_from_its_new_size(tmp_path: Path) -> None:
+    """logrotate's copytruncate copies the file away and truncates it: the next roll comes after
+    another size's worth of lines, not at once."""
+    path = tmp_path / "access.log"
+    log = AccessLog(str(path), clock=Clock(FRI), roll_policy="300.bytes")
+    for i in range(3):
+        line(log, f"/r{i}")
+    each = path.stat().st_size // 3
+    assert 3 * each <= 300 < 4 * each  # (three lines fit, a fourth would pass 300 bytes)
+    os.truncate(path, 0)
+    for i in range(3):
+        line(log, f"/t{i}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["access.log"], "rolled before 300 bytes"
+    assert paths_in(path) == ["/t0", "/t1", "/t2"]
+    line(log, "/t3")
+    rolled = sorted(p.name for p in tmp_path.iterdir() if p.name != "access.log")
+    assert len(rolled) == 1
+    assert paths_in(tmp_path / rolled[0]) == ["/t0", "/t1", "/t2"]
+    assert paths_in(path) == ["/t3"]
+    assert log.statistics()["rolls"] == 1
+    log.close()
+
+
 def test_append_false_truncates_at_the_first_open_only(tmp_path: Path) -> None:
     path = tmp_path / "access.log"
     path.write_text("from an earlier run\n")
