@@ -1368,8 +1368,8 @@ class Daemon:
     def request_shutdown(self) -> None:
         self._shutdown.set()
 
-    def recent_requests(self) -> list[dict[str, Any]]:
-        return list(self.recent.ring) if self.recent else []
+    def recent_requests(self) -> list[dict[str, Any]] | None:
+        return list(self.recent.ring) if self.recent is not None else None
 
     def tls_state(self, now: dt.datetime | None = None) -> dict[str, Any]:
         """``/admin/tls.json``: every certificate in use (servers, clients, trusted CAs), soonest expiry first."""

@@ -43,7 +43,7 @@ class FakeAdminContext:
             "outgoing": parse_dtab("/svc => /$/inet/127.1/9999; /ph => /$/inet/127.1/1"),
             "incoming": parse_dtab("/svc => /#/io.l5d.fs"),
         }
-        self.requests: list[dict[str, Any]] = [
+        self.requests: list[dict[str, Any]] | None = [
             {"method": "GET", "path": "/a", "status": 200},
             {"method": "POST", "path": "/b", "status": 502},
         ]
@@ -95,8 +95,8 @@ class FakeAdminContext:
         self.reloads += 1
         return self.reload_result
 
-    def recent_requests(self) -> list[dict[str, Any]]:
-        return list(self.requests)
+    def recent_requests(self) -> list[dict[str, Any]] | None:
+        return None if self.requests is None else list(self.requests)
 
 
 class Reply:
@@ -288,6 +288,19 @@ async def test_requests_are_capped_to_the_newest(admin: Admin) -> None:
     body = r.json()
     assert len(body) == 1000
     assert body[0] == {"n": 500} and body[-1] == {"n": 1499}
+
+
+async def test_requests_without_the_telemeter_say_how_to_record_them(admin: Admin) -> None:
+    """An empty list would read as "no requests came": without the telemeter nothing is recorded."""
+    ctx, port = admin
+    ctx.requests = None
+    r = await http(port, "GET", "/requests")
+    assert r.status == 404
+    assert "no io.l5d.recentRequests telemeter is configured" in r.text
+    assert "kind: io.l5d.recentRequests, sampleRate: 1.0" in r.text
+    ctx.requests = []
+    r = await http(port, "GET", "/requests")
+    assert (r.status, r.json()) == (200, [])
 
 
 async def test_namer_state_by_prefix(admin: Admin) -> None:

@@ -366,6 +366,10 @@ async def test_recent_requests_telemeter(tmp_path: Path) -> None:
             assert [r["path"] for r in recent] == ["/b", "/c"]  # bounded: the newest two
             assert recent[-1]["service"] == "/svc/web" and recent[-1]["client"] == "/#/io.l5d.fs/web"
             assert recent[-1]["endpoint"] == f"127.0.0.1:{up.port}" and recent[-1]["status"] == 200
+        async with running_daemon(fs_config(tmp_path / "disco")) as d:
+            await curl(f"http://127.0.0.1:{d.port('out')}/a", "-H", "Host: web")
+            r = await curl(f"{d.admin}/requests")
+            assert r.status == 404 and b"no io.l5d.recentRequests telemeter" in r.body
 
 
 async def test_client_state_json_is_the_daemons_client_state_across_routers(tmp_path: Path) -> None:

@@ -71,6 +71,7 @@ class AdminContext(Protocol):
         """Reload the config: ``(ok, message)``; a failed reload keeps the old config."""
         ...
 
-    def recent_requests(self) -> list[dict[str, Any]]:
-        """The ``/requests`` content, oldest first."""
+    def recent_requests(self) -> list[dict[str, Any]] | None:
+        """The ``/requests`` content, oldest first; None when no ``io.l5d.recentRequests`` telemeter
+        is configured (nothing is recorded)."""
         ...

@@ -821,8 +821,17 @@ class AdminHandler:
         return _json(200, list(self.ctx.bound_names()))
 
     async def _requests(self, call: _Call) -> Response:
-        entries = list(self.ctx.recent_requests())
-        return _json(200, entries[-MAX_RECENT_REQUESTS:])
+        recorded = self.ctx.recent_requests()
+        if recorded is None:
+            # (An empty list would read as "no requests came": say that none are recorded, and how.)
+            return _text(
+                404,
+                "No recent requests are recorded: no io.l5d.recentRequests telemeter is configured. "
+                "Add one to the config's telemetry list, e.g. "
+                "'telemetry: [{kind: io.l5d.recentRequests, sampleRate: 1.0}]' "
+                "(sampleRate: the share of requests kept, 0 to 1; capacity: how many, 10 by default).",
+            )
+        return _json(200, list(recorded)[-MAX_RECENT_REQUESTS:])
 
     async def _namer_state(self, call: _Call) -> Response:
         name = call.path[len("/namer_state/") : -len(".json")]
