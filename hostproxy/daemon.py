@@ -1146,6 +1146,9 @@ class Daemon:
         built: list[Any] = []  # listeners bound so far, closed if the reload fails
         routers: dict[str, HttpRouter] = {}
         try:
+            if namers_changed and self._namers.state_store is not None:
+                # What the running namers know now, for the new ones to load (the same directory).
+                await self._namers.state_store.flush()
             ns = _Namers(self, new) if namers_changed else self._namers
             watchers: dict[str, DtabFileWatcher] = {}
             changed: list[str] = []
@@ -1202,6 +1205,9 @@ class Daemon:
                     self._sampler_scope.cancel()
                 await self._nursery.start(self._run_sampler)
         old_ns, self._namers = self._namers, ns
+        if old_ns is not ns and old_ns.state_store is not None:
+            # The retired namers only finish old requests now: the new ones own namerState.dir.
+            old_ns.state_store.retire()
         retired = [r for label, r in self.routers.items() if routers.get(label) is not r]
         self.routers = routers
         for label in list(self._watch_scopes):

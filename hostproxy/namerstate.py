@@ -9,13 +9,21 @@ served as ``stale`` until the backend answers for them.
 
 Writes are atomic (a temporary file in the same directory, ``fsync``, ``rename``), so a crash mid-write
 leaves the previous file. A namer's file is rewritten only after the namer reported a change
-(``subscribe``), at most once per ``interval_s``, plus a final save at shutdown. A file that cannot be
-read, is not JSON (also JSON nested too deep to decode) or belongs to another namer is reported
+(``subscribe``), at most once per ``interval_s``, plus a final save at shutdown, and not when what would
+be written is what the file already holds. The name table is read (``encode``) in the trio thread; only
+the file operations run in a worker thread. A reload that rebuilds the namers flushes the running
+store first (the new namers load that), then retires it: the retired namers, finishing old requests,
+write nothing more over the file the new namers own.
+
+A file that cannot be read (also a named pipe or a device: it is opened without blocking and must be a
+regular file of at most ``MAX_FILE_BYTES``), is empty, is not UTF-8 or not JSON (also JSON nested too
+deep to decode), or belongs to another namer (kind, prefix, format version, or ``source``: the settings
+that decide what its names mean, such as the fs ``rootDir`` or the Kubernetes API server) is reported
 (``namer_state.load_failed``, with the path, why and what to do) and ignored: stale state is a
-convenience, never a reason not to start. Within a readable file, a name whose saved addresses no namer
-could produce is skipped with a warning naming it (``namer.state.restore.failed``) and the rest load;
-each restored name keeps the time its answer was last confirmed (``lastUpdate``), so it shows its real
-age.
+convenience, never a reason not to start, and never worse than none. Within a readable file, a name
+whose saved addresses no namer could produce is skipped with a warning naming it
+(``namer.state.restore.failed``) and the rest load; each restored name keeps the time its answer was
+last confirmed (``lastUpdate``), so it shows its real age.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ from typing import Any
 
 import structlog
 import trio
+
+from hostproxy.regularfile import read_regular
 
 log = structlog.get_logger("hostproxy.namerstate")
 
@@ -51,7 +61,11 @@ class NamerStateStore:
         self._wake = trio.Event()
         self.saves = 0
         self.save_failures = 0
+        self.retired = False
         self.restored: dict[str, int] = {}
+        #: Per namer: what was last written and the file it was written to (``st_ino``, ``st_size``,
+        #: ``st_mtime_ns``), so that an unchanged state is not written (and fsynced) again.
+        self._written: dict[int, tuple[bytes, tuple[int, int, int]]] = {}
         for i, n in enumerate(self.namers):
             n.subscribe(lambda _n, _key, i=i: self._mark(i))
 
@@ -71,10 +85,9 @@ class NamerStateStore:
             try:
                 if not path.exists():
                     continue
-                if path.stat().st_size > MAX_FILE_BYTES:
-                    raise ValueError(f"larger than {MAX_FILE_BYTES} bytes")
-                data = json.loads(path.read_text())
-                count = n.import_state(data)
+                # Not open() and read(): a named pipe would hold the start, /dev/zero never ends.
+                raw = read_regular(str(path), MAX_FILE_BYTES)
+                count = n.import_state(decode(raw))
             except (OSError, ValueError, RecursionError, TypeError) as e:
                 # RecursionError: JSON nested deeper than the decoder's stack (a corrupt file).
                 log.warning(
@@ -85,7 +98,7 @@ class NamerStateStore:
                         if isinstance(e, RecursionError)
                         else str(e)
                     ),
-                    hint="the namer starts empty; delete the file if it belongs to another config",
+                    hint=LOAD_FAILED_HINT,
                 )
                 continue
             self.restored[str(n.prefix)] = count
@@ -94,14 +107,29 @@ class NamerStateStore:
 
     # -- saving -----------------------------------------------------------------------------------
 
+    @staticmethod
+    def encode(namer: Any) -> bytes:
+        """``namer``'s state as the file holds it (in the trio thread: it reads the name table)."""
+        return json.dumps(namer.export_state(), separators=(",", ":"), sort_keys=True).encode()
+
     def save(self, namer: Any) -> bool:
+        """Write ``namer``'s state unless the file already holds it; False (logged) when it fails."""
+        return self.write(namer, self.encode(namer))
+
+    def write(self, namer: Any, data: bytes) -> bool:
+        """Write ``data`` (:meth:`encode`) as ``namer``'s file, atomically; touches files only, so it
+        may run in a worker thread. Nothing is written once the store is retired."""
+        if self.retired:
+            return False
         path = self.path_for(namer)
         try:
+            written = self._written.get(id(namer))
+            if written is not None and written[0] == data and written[1] == file_id(path):
+                return True  # nothing saved changed (a new error, a name gone stale): no write
             self.dir.mkdir(parents=True, exist_ok=True)
-            data = json.dumps(namer.export_state(), separators=(",", ":"), sort_keys=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=self.dir)
             try:
-                with os.fdopen(fd, "w") as f:
+                with os.fdopen(fd, "wb") as f:
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
@@ -109,6 +137,7 @@ class NamerStateStore:
             except BaseException:
                 with_suppressed_unlink(tmp)
                 raise
+            self._written[id(namer)] = (data, file_id(path))
         except OSError as e:
             self.save_failures += 1
             log.warning(
@@ -126,8 +155,20 @@ class NamerStateStore:
             self.save(n)
         self._dirty.clear()
 
+    async def flush(self) -> None:
+        """Save every namer now, the writes in a worker thread."""
+        self._dirty.clear()
+        for n in self.namers:
+            await trio.to_thread.run_sync(self.write, n, self.encode(n))
+
+    def retire(self) -> None:
+        """Write nothing more, not even at the end: a reload gave the directory to new namers (their
+        store loaded what this one last saved) and this one's namers only finish old requests."""
+        self.retired = True
+
     async def run(self, interval_s: float = 5.0, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Save changed namers at most every ``interval_s``; save everything once more when cancelled."""
+        """Save changed namers at most every ``interval_s``; save everything once more when cancelled
+        (unless retired)."""
         task_status.started()
         try:
             while True:
@@ -136,10 +177,12 @@ class NamerStateStore:
                 await trio.sleep(interval_s)
                 dirty, self._dirty = self._dirty, set()
                 for i in sorted(dirty):
-                    await trio.to_thread.run_sync(self.save, self.namers[i])
+                    n = self.namers[i]
+                    await trio.to_thread.run_sync(self.write, n, self.encode(n))
         finally:
-            with trio.CancelScope(shield=True):
-                self.save_all()
+            if not self.retired:
+                with trio.CancelScope(shield=True):
+                    self.save_all()
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -148,6 +191,38 @@ class NamerStateStore:
             "save_failures": self.save_failures,
             "restored": dict(self.restored),
         }
+
+
+#: What follows a file that is not restored (``namer_state.load_failed``).
+LOAD_FAILED_HINT = (
+    "the namer starts without saved state (names wait for their backend); the file is replaced at the "
+    "next save"
+)
+
+
+def decode(raw: bytes) -> Any:
+    """A state file's bytes as JSON; ``ValueError`` says what is wrong and where (the byte offset)."""
+    if len(raw) > MAX_FILE_BYTES:
+        raise ValueError(f"larger than {MAX_FILE_BYTES} bytes; not namer state this daemon wrote")
+    if not raw.strip():
+        raise ValueError("the file is empty (a write cut short, or made by hand)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8 text at byte {e.start} (a corrupt or binary file)") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not JSON (cut short?): {e}") from None
+
+
+def file_id(path: Path) -> tuple[int, int, int]:
+    """What tells one version of the file at ``path`` from another; ``(0, 0, 0)`` when none."""
+    try:
+        st = path.stat()
+    except OSError:
+        return (0, 0, 0)
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def with_suppressed_unlink(path: str) -> None:

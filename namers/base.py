@@ -95,6 +95,9 @@ RESTORED_ERROR = "restored from saved state; not yet confirmed"
 #: longer ago than this is not saved again: saved state expires instead of being carried forever.
 SAVED_STATE_MAX_AGE = 30 * 24 * 3600.0
 
+#: The format of :meth:`Namer.export_state` (``version``); a file without one is version 1.
+STATE_FORMAT_VERSION = 1
+
 
 def format_time(t: float | None) -> str | None:
     """Wall time as Linkerd prints it in namer state: ``2018-10-11 06:17:34 +0000`` (UTC)."""
@@ -339,6 +342,13 @@ class NameTable:
         return True
 
 
+def source_text(source: Any) -> str:
+    """``{"rootDir": "/d"}`` → ``rootDir=/d`` (what a saved ``source`` says, for a message)."""
+    if not isinstance(source, dict):
+        return repr(source)
+    return ", ".join(f"{k}={v}" for k, v in sorted(source.items())) or "no settings"
+
+
 def valid_saved_address(a: Any) -> Address:
     """One address from saved namer state, checked as strictly as the namers' own parsers check
     theirs (host a string, port 1-65535, weight a finite number >= 0); ``ValueError`` says which."""
@@ -581,7 +591,22 @@ class Namer:
                 # when the backend last gave this answer, not when it was restored or last changed
                 "lastUpdate": st.confirmed_at,
             }
-        return {"kind": self.kind, "prefix": str(self.bound_prefix), "names": names}
+        doc: dict[str, Any] = {
+            "version": STATE_FORMAT_VERSION,
+            "kind": self.kind,
+            "prefix": str(self.bound_prefix),
+        }
+        source = self.state_source()
+        if source is not None:
+            doc["source"] = source
+        doc["names"] = names
+        return doc
+
+    def state_source(self) -> dict[str, str] | None:
+        """The settings that decide what this namer's names mean (``rootDir``, the API server), saved
+        with its state: state saved for another backend at the same prefix is not restored (its names
+        mean other services). ``None``: names mean the same whatever the settings."""
+        return None
 
     def import_state(self, data: Any) -> int:
         """Seed names from :meth:`export_state` output. Restored names are ``stale`` (serving their
@@ -589,13 +614,25 @@ class Namer:
         names already known are left alone. A name with an address no namer could produce (port
         outside 1-65535, a negative, NaN or infinite weight, ...) is skipped with a warning naming
         it; the others load. Returns how many were restored; raises ``ValueError`` for state saved
-        by another namer."""
+        by another namer (kind, prefix, or :meth:`state_source`) or in another format version."""
         if not isinstance(data, dict) or not isinstance(data.get("names"), dict):
             raise ValueError("saved namer state must be an object with a 'names' object")
+        version = data.get("version", 1)
+        if version != STATE_FORMAT_VERSION or isinstance(version, bool):
+            raise ValueError(
+                f"saved in format version {version!r}; this hostproxy reads version {STATE_FORMAT_VERSION}"
+                + (" (a newer hostproxy wrote it)" if isinstance(version, int) and version > 1 else "")
+            )
         if data.get("kind") != self.kind or data.get("prefix") != str(self.bound_prefix):
             raise ValueError(
                 f"saved namer state is for {data.get('kind')!r} at {data.get('prefix')!r}, not "
                 f"{self.kind!r} at {str(self.bound_prefix)!r}; remove the file or fix the prefix"
+            )
+        saved_source, source = data.get("source"), self.state_source()
+        if saved_source is not None and source is not None and saved_source != source:
+            raise ValueError(
+                f"saved for {self.kind} with {source_text(saved_source)}, not {source_text(source)}: "
+                "its names mean other services here"
             )
         restored = 0
         for name, entry in list(data["names"].items())[-self.table.max_names :]:

@@ -626,6 +626,10 @@ class FsNamer(Namer):
                 )
             self._notify(key)
 
+    def state_source(self) -> dict[str, str]:
+        """Saved names are files under this ``rootDir``: another one's mean other services."""
+        return {"rootDir": self.root_dir}
+
     def state_json(self) -> dict[str, Any]:
         body = super().state_json()
         body["rootDir"] = self.root_dir

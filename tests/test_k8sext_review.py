@@ -294,7 +294,9 @@ async def test_saved_state_restores_the_ingress_addresses_stale() -> None:
             lookup(namer, "/srv/http/sessions")
             await wait_for(lambda: state(namer) == "bound")
             saved = namer.export_state()
-    restarted = K8sExternalNamer(ApiServer("127.0.0.1", 9))
+        port = api.port
+    # The same API server, now gone (state saved for another API server is not restored).
+    restarted = K8sExternalNamer(ApiServer("127.0.0.1", port))
     assert restarted.import_state(saved) == 1
     assert state(restarted) == "stale"
     assert hosts(restarted) == [("203.0.113.10", 80), ("a1b2c3-1234567890.eu-west-1.elb.amazonaws.com", 80)]

@@ -520,6 +520,14 @@ class K8sNamer(Namer):
             "watch": core.watch_json(format_time),
         }
 
+    def state_source(self) -> dict[str, str]:
+        """Saved names are Services of this API server's cluster (and, with a ``labelSelector``,
+        keyed by that label): another cluster's pod IPs mean nothing here."""
+        source = {"api": self.api.describe()}
+        if self.label_selector is not None:
+            source["labelSelector"] = self.label_selector
+        return source
+
     def state_json(self) -> dict[str, Any]:
         """Linkerd's ``endpoints``/``portMappings`` shape, plus ``names`` (per watched name: state,
         addresses, not-ready addresses, condition, last update and error, staleness, its watch)."""
