@@ -11,7 +11,8 @@ when it starts (:func:`check_files`): each ``io.l5d.fs`` interpreter's ``dtabFil
 at ``DTABFILE:LINE:COL`` with a caret), every server and client ``tls`` section's certificates, keys
 and CAs loaded (a key that does not belong to its certificate is an error), each ``io.l5d.fs``
 namer's ``rootDir`` found to be a readable directory, each router's access log file found appendable or
-creatable by this user (asked of the file modes: nothing is created or opened), and the service account
+creatable by this user (asked of the file modes: nothing is created or opened), ``namerState.dir``
+found to be a directory this user can write, or creatable (the daemon creates it), and the service account
 an in-cluster ``io.l5d.k8s`` namer reads (no ``host``, ``KUBERNETES_SERVICE_HOST`` set) checked as the
 namer's start and first request would. A file that is not on this machine (for an access log: its
 directory) is not an error: a config is often checked where it is written, not where it runs (the daemon checks it when it
@@ -238,6 +239,10 @@ def check_files(cfg: Any, text: str, source: str, skip: frozenset[str] = frozens
                 load_dtab_file(path, router=label, then="check again")
             except DtabFileError as e:
                 issues.append(issue(f"routers[{ri}].interpreter.dtabFile", e.summary, e.detail))
+    if cfg.namer_state.dir is not None:
+        problem = namer_state_dir_problem(cfg.namer_state.dir)
+        if problem is not None:
+            issues.append(issue("namerState.dir", problem))
     for key, sa_dir, kind in _service_account_dirs(cfg):
         if not skipped(key):
             problem = _service_account_problem(sa_dir, kind)
@@ -255,6 +260,35 @@ def check_files(cfg: Any, text: str, source: str, skip: frozenset[str] = frozens
     ):
         issues += _check_tls(cfg, issue, skipped)
     return sorted(issues, key=lambda i: (i.line, i.column))
+
+
+def namer_state_dir_problem(path: str) -> str | None:
+    """What keeps the daemon from saving namer state in ``path`` as this user, or None. The daemon
+    creates the directory (and its parents) when it first saves; nothing is created here."""
+    uid = os.geteuid()
+    if os.path.lexists(path):
+        if not os.path.isdir(path):
+            return (
+                f"namerState.dir {path} is not a directory; point it at a directory the daemon can write "
+                "(it is created if missing)"
+            )
+        if not _may(path, os.W_OK | os.X_OK):
+            return (
+                f"cannot save namer state in {path}: the directory is not writable by this user (uid {uid}); "
+                "let the user hostproxy runs as write it, or fix namerState.dir"
+            )
+        return None
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"cannot create namerState.dir {path}: {parent} is not a directory; fix namerState.dir"
+    if not _may(parent, os.W_OK | os.X_OK):
+        return (
+            f"cannot create namerState.dir {path}: {parent} is not writable by this user (uid {uid}); "
+            "create the directory writable for the user hostproxy runs as, or fix namerState.dir"
+        )
+    return None
 
 
 def _service_account_problem(sa_dir: str, kind: str = "io.l5d.k8s") -> str | None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import json
+import subprocess
+import sys
 from pathlib import Path as FsPath
 from typing import Any
 
@@ -22,6 +24,7 @@ from namers.fs import FsNamer
 from namers.k8s.client import ApiServer
 from namers.k8s.namer import K8sNamer
 
+REPO = FsPath(__file__).resolve().parent.parent
 KEY = (b"web",)
 A1 = Address("10.0.0.1", 8080)
 
@@ -202,6 +205,54 @@ def test_a_file_removed_behind_the_store_is_written_again(tmp_path: FsPath) -> N
     (tmp_path / "io.l5d.fs.json").unlink()
     assert store.save(n)
     assert (tmp_path / "io.l5d.fs.json").exists()
+
+
+# -- hostproxy check ----------------------------------------------------------------------------------
+
+
+def check(stdin: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hostproxy", "check", "-"],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+
+
+def state_config(state_dir: FsPath) -> str:
+    return (
+        f"namerState: {{dir: {state_dir}}}\n"
+        "routers:\n"
+        "- protocol: http\n"
+        "  dtab: /svc => /$/inet/127.0.0.1/1;\n"
+        "  servers: [{port: 0}]\n"
+    )
+
+
+def test_check_reports_a_namer_state_dir_the_daemon_cannot_save_into(tmp_path: FsPath) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    r = check(state_config(afile))
+    assert r.returncode == 1
+    assert r.stderr == (
+        f"<stdin>:1: namerState.dir: namerState.dir {afile} is not a directory; point it at a "
+        "directory the daemon can write (it is created if missing)\n"
+        "-: 1 error\n"
+    )
+    r = check(state_config(afile / "sub" / "state"))
+    assert r.returncode == 1
+    assert r.stderr.startswith(
+        f"<stdin>:1: namerState.dir: cannot create namerState.dir {afile / 'sub' / 'state'}: {afile} is not "
+        "a directory"
+    )
+    # a directory that does not exist yet is created by the daemon (with its parents)
+    r = check(state_config(tmp_path / "new" / "state"))
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    (tmp_path / "state").mkdir()
+    r = check(state_config(tmp_path / "state"))
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
 
 
 def test_state_file_that_is_a_fifo_or_a_device_does_not_hold_the_start(tmp_path: FsPath) -> None:
