@@ -9,8 +9,9 @@ served as ``stale`` until the backend answers for them.
 
 Writes are atomic (a temporary file in the same directory, ``fsync``, ``rename``), so a crash mid-write
 leaves the previous file. A namer's file is rewritten only after the namer reported a change
-(``subscribe``), at most once per ``interval_s``, plus a final save at shutdown, and not when what would
-be written is what the file already holds. The name table is read (``encode``) in the trio thread; only
+(``subscribe``), at most once per ``interval_s``, every ``REFRESH_S`` (so that the saved confirmation
+times of stable answers move on), plus a final save at shutdown, and never when what would be written
+is what the file already holds. The name table is read (``encode``) in the trio thread; only
 the file operations run in a worker thread. A reload that rebuilds the namers flushes the running
 store first (the new namers load that), then retires it: the retired namers, finishing old requests,
 write nothing more over the file the new namers own.
@@ -43,6 +44,11 @@ from hostproxy.regularfile import read_regular
 log = structlog.get_logger("hostproxy.namerstate")
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
+
+#: Every namer is saved again this often even when it reported no change: a stable answer notifies no
+#: one, yet its confirmation time moves on, and a restart after a crash (no final save) would
+#: otherwise age the answer from its last change. Only a namer whose file would differ is written.
+REFRESH_S = 600.0
 
 
 def file_name(prefix: str) -> str:
@@ -166,13 +172,22 @@ class NamerStateStore:
         store loaded what this one last saved) and this one's namers only finish old requests."""
         self.retired = True
 
-    async def run(self, interval_s: float = 5.0, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Save changed namers at most every ``interval_s``; save everything once more when cancelled
-        (unless retired)."""
+    async def run(
+        self,
+        interval_s: float = 5.0,
+        refresh_s: float = REFRESH_S,
+        *,
+        task_status: Any = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Save changed namers at most every ``interval_s``, every namer whose file would differ
+        every ``refresh_s``, and everything once more when cancelled (unless retired)."""
         task_status.started()
         try:
             while True:
-                await self._wake.wait()
+                with trio.move_on_after(refresh_s):
+                    await self._wake.wait()
+                if not self._wake.is_set():
+                    self._dirty.update(range(len(self.namers)))  # confirmations only: see REFRESH_S
                 self._wake = trio.Event()
                 await trio.sleep(interval_s)
                 dirty, self._dirty = self._dirty, set()

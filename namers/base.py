@@ -261,6 +261,13 @@ class NameTable:
         self._track_addr(st)
         return self._changed(st)
 
+    def confirm(self, key: Key) -> None:
+        """The backend was seen to still give a ``bound`` or ``neg`` name's answer (nothing changed,
+        so no one is told; the time shows as ``lastConfirmed`` and is what saved state is aged from)."""
+        st = self._names.get(key)
+        if st is not None and st.state in ("bound", "neg"):
+            st.confirmed_at = self.clock()
+
     def apply_neg(self, key: Key) -> bool:
         """A good answer: the name does not exist (a dtab alternate may take over)."""
         st = self._names.get(key)

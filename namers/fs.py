@@ -435,6 +435,9 @@ class FsCore:
     def apply(self, key: Key, obs: Observation, now: float) -> bool:
         t = self._tracked.setdefault(key, _Tracked())
         if isinstance(obs, Unchanged):
+            if t.error is None and t.settle_until is None:
+                # Seen to hold still: a confirmation (``lastConfirmed``, the saved state's age).
+                self.table.confirm(key)
             return False
         # Gone where it had addresses: maybe a writer that unlinks and creates (git checkout, rm and
         # cp) caught in between. Believe it only if it is still gone after `settle`.

@@ -437,3 +437,66 @@ def test_fs_file_removed_while_the_daemon_was_down_is_negative_at_the_first_scan
     assert NamerStateStore(tmp_path / "state", [again]).load_all() == {"/io.l5d.fs": 1}
     assert again.core.apply(KEY, Missing(), clock.t)
     assert again.table.get(KEY).state == "neg"  # type: ignore[union-attr]
+
+
+# -- confirmation times: the age a restart shows ------------------------------------------------------
+
+
+def test_fs_scan_that_finds_a_file_unchanged_confirms_its_answer(tmp_path: FsPath) -> None:
+    """``lastConfirmed`` (and the saved ``lastUpdate`` a restart ages a restored answer from) is
+    when the namer last saw the answer hold, not when the file last changed: a file untouched for
+    months is not "stale for 90d" after a restart, nor dropped from saved state as expired."""
+    import time
+
+    from namers.base import NameTable, format_time
+    from namers.fs import RACY_WINDOW_NS, FsCore, observe
+
+    (tmp_path / "web").write_text("10.0.0.1 8080\n")
+    later = time.time_ns() + 10 * RACY_WINDOW_NS  # read well after the write: not racy
+    clock = Clock(1_800_000_000.0)
+    table = NameTable(clock)
+    table.touch(KEY)
+    core = FsCore(table, str(tmp_path))
+    first = observe(str(tmp_path), KEY, None, False, now_ns=lambda: later)
+    assert core.apply(KEY, first, 0.0)
+    clock.t += 90 * 24 * 3600
+    [(key, sig, force)] = core.requests(1.0)
+    assert not force
+    again = observe(str(tmp_path), key, sig, force, now_ns=lambda: later)
+    assert not core.apply(KEY, again, 1.0)  # unchanged: no change
+    st = table.get(KEY)
+    assert st is not None and st.state == "bound"
+    assert st.confirmed_at == clock.t
+    assert st.to_json(clock.t)["lastConfirmed"] == format_time(clock.t)
+
+
+async def test_confirmations_reach_the_file_though_nothing_changes(
+    tmp_path: FsPath, autojump_clock: Any
+) -> None:
+    """A stable answer notifies no one, so without a periodic save the file keeps the time of the
+    last change, and a restart after a crash (no final save) shows the answer older than it is."""
+    import trio
+
+    from hostproxy.namerstate import REFRESH_S
+
+    clock = Clock(1_800_000_000.0)
+    n = fs_namer_with_web(tmp_path / "disco", clock)
+    store = NamerStateStore(tmp_path / "state", [n])
+    assert store.save(n)
+    path = tmp_path / "state" / "io.l5d.fs.json"
+    clock.t += 3600
+    assert not n.table.apply_bound(KEY, [A1])  # confirmed, unchanged: no notification
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        await trio.sleep(REFRESH_S / 2)
+        assert store.saves == 1
+        assert json.loads(path.read_text())["names"]["/web"]["lastUpdate"] == clock.t - 3600
+        await trio.sleep(REFRESH_S / 2)
+        with trio.fail_after(REFRESH_S * 5):  # virtual seconds
+            while store.saves == 1:  # the write runs in a worker thread, outside the virtual clock
+                await trio.sleep(1)
+        assert json.loads(path.read_text())["names"]["/web"]["lastUpdate"] == clock.t
+        saves = store.saves
+        await trio.sleep(REFRESH_S * 3)  # nothing new confirmed: nothing rewritten
+        assert store.saves == saves
+        nursery.cancel_scope.cancel()
