@@ -436,7 +436,7 @@ def overload_config(cfg: Any) -> OverloadConfig:
 class _Namers:
     """The namers, inet resolver and namer pairs built from one config (swapped as a unit on reload)."""
 
-    def __init__(self, daemon: Daemon, config: Config) -> None:
+    def __init__(self, daemon: Daemon, config: Config, *, load_state: bool = True) -> None:
         self.configs = config.namers
         self.namers = [build_namer(n) for n in config.namers]
         self.resolver = InetResolver(tuple(config.dns.nameservers))
@@ -451,11 +451,13 @@ class _Namers:
 
                 lookup_fn = transforming_lookup(lookup_fn, daemon.build_transformers(ncfg.transformers, self))
             self.pairs.append((Path.read("/#") + namer.prefix, lookup_fn))
-        # Last good answers that survive a restart (namerState.dir): loaded before any namer runs.
+        # Last good answers that survive a restart (namerState.dir): loaded before any namer runs
+        # (here at start; a reload loads them in a worker thread: see Daemon._reload).
         self.state_store: NamerStateStore | None = None
         if config.namer_state.dir:
             self.state_store = NamerStateStore(config.namer_state.dir, self.namers)
-            self.state_store.load_all()
+            if load_state:
+                self.state_store.load_all()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with self.scope:
@@ -1149,7 +1151,11 @@ class Daemon:
             if namers_changed and self._namers.state_store is not None:
                 # What the running namers know now, for the new ones to load (the same directory).
                 await self._namers.state_store.flush()
-            ns = _Namers(self, new) if namers_changed else self._namers
+            ns = _Namers(self, new, load_state=False) if namers_changed else self._namers
+            if namers_changed and ns.state_store is not None:
+                # Decoding a large file takes seconds: not on the event loop, which serves meanwhile.
+                # The new namers do not run yet, so nothing else touches their tables.
+                await trio.to_thread.run_sync(ns.state_store.load_all)
             watchers: dict[str, DtabFileWatcher] = {}
             changed: list[str] = []
             for index, rcfg in enumerate(new.routers):

@@ -11,8 +11,8 @@ Writes are atomic (a temporary file in the same directory, ``fsync``, ``rename``
 leaves the previous file. A namer's file is rewritten only after the namer reported a change
 (``subscribe``), at most once per ``interval_s``, every ``REFRESH_S`` (so that the saved confirmation
 times of stable answers move on), plus a final save at shutdown, and never when what would be written
-is what the file already holds. The name table is read (``encode``) in the trio thread; only
-the file operations run in a worker thread. A reload that rebuilds the namers flushes the running
+is what the file already holds. The name table is read (``export_state``, which copies what it
+saves) in the trio thread; the encoding and the file operations run in a worker thread. A reload that rebuilds the namers flushes the running
 store first (the new namers load that), then retires it: the retired namers, finishing old requests,
 write nothing more over the file the new namers own.
 
@@ -113,22 +113,19 @@ class NamerStateStore:
 
     # -- saving -----------------------------------------------------------------------------------
 
-    @staticmethod
-    def encode(namer: Any) -> bytes:
-        """``namer``'s state as the file holds it (in the trio thread: it reads the name table)."""
-        return json.dumps(namer.export_state(), separators=(",", ":"), sort_keys=True).encode()
-
     def save(self, namer: Any) -> bool:
         """Write ``namer``'s state unless the file already holds it; False (logged) when it fails."""
-        return self.write(namer, self.encode(namer))
+        return self.write(namer, namer.export_state())
 
-    def write(self, namer: Any, data: bytes) -> bool:
-        """Write ``data`` (:meth:`encode`) as ``namer``'s file, atomically; touches files only, so it
-        may run in a worker thread. Nothing is written once the store is retired."""
+    def write(self, namer: Any, state: dict[str, Any]) -> bool:
+        """Write ``state`` (``namer.export_state()``, taken in the trio thread: it reads the name
+        table) as ``namer``'s file, atomically. Encodes and touches files only, so it may run in a
+        worker thread. Nothing is written once the store is retired."""
         if self.retired:
             return False
         path = self.path_for(namer)
         try:
+            data = json.dumps(state, separators=(",", ":"), sort_keys=True).encode()
             written = self._written.get(id(namer))
             if written is not None and written[0] == data and written[1] == file_id(path):
                 return True  # nothing saved changed (a new error, a name gone stale): no write
@@ -144,13 +141,17 @@ class NamerStateStore:
                 with_suppressed_unlink(tmp)
                 raise
             self._written[id(namer)] = (data, file_id(path))
-        except OSError as e:
+        except (OSError, TypeError, ValueError) as e:  # TypeError, ValueError: not encodable as JSON
             self.save_failures += 1
             log.warning(
                 "namer_state.save_failed",
                 path=str(path),
                 error=str(e),
-                hint="check that namerState.dir exists and is writable by the daemon",
+                hint=(
+                    "check that namerState.dir exists and is writable by the daemon"
+                    if isinstance(e, OSError)
+                    else "a namer's answer holds a value JSON cannot encode; the previous file stays"
+                ),
             )
             return False
         self.saves += 1
@@ -165,7 +166,7 @@ class NamerStateStore:
         """Save every namer now, the writes in a worker thread."""
         self._dirty.clear()
         for n in self.namers:
-            await trio.to_thread.run_sync(self.write, n, self.encode(n))
+            await trio.to_thread.run_sync(self.write, n, n.export_state())
 
     def retire(self) -> None:
         """Write nothing more, not even at the end: a reload gave the directory to new namers (their
@@ -193,7 +194,7 @@ class NamerStateStore:
                 dirty, self._dirty = self._dirty, set()
                 for i in sorted(dirty):
                     n = self.namers[i]
-                    await trio.to_thread.run_sync(self.write, n, self.encode(n))
+                    await trio.to_thread.run_sync(self.write, n, n.export_state())
         finally:
             if not self.retired:
                 with trio.CancelScope(shield=True):

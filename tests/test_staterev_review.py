@@ -13,11 +13,16 @@ import functools
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path as FsPath
 from typing import Any
 
+import pytest
+import trio
 from structlog.testing import capture_logs
 
+from hostproxy.config import load_config
+from hostproxy.daemon import Daemon
 from hostproxy.namerstate import NamerStateStore
 from namers._dtab import Address, Leaf, Path
 from namers.fs import FsNamer
@@ -500,3 +505,50 @@ async def test_confirmations_reach_the_file_though_nothing_changes(
         await trio.sleep(REFRESH_S * 3)  # nothing new confirmed: nothing rewritten
         assert store.saves == saves
         nursery.cancel_scope.cancel()
+
+
+async def test_a_reload_reads_the_state_files_off_the_event_loop(
+    tmp_path: FsPath, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload that rebuilds the namers loads their saved state; a large file takes seconds to
+    decode (64 MiB: about 4 s), which on the event loop would stall every proxied request. The
+    start may read it there (nothing is served yet); a reload must not."""
+    threads: list[bool] = []
+    load_all = NamerStateStore.load_all
+
+    def recording(self: NamerStateStore) -> dict[str, int]:
+        threads.append(threading.current_thread() is threading.main_thread())
+        return load_all(self)
+
+    monkeypatch.setattr(NamerStateStore, "load_all", recording)
+    old_root, new_root = tmp_path / "old", tmp_path / "new"
+    old_root.mkdir()
+    new_root.mkdir()
+    cfg = tmp_path / "hostproxy.yaml"
+    cfg.write_text(reload_config(old_root, tmp_path / "state"))
+    daemon = Daemon(load_config(cfg.read_text(), source=str(cfg)), config_path=str(cfg))
+    assert threads == [True]  # the start
+    async with trio.open_nursery() as nursery:
+        await nursery.start(daemon.run)
+        cfg.write_text(reload_config(new_root, tmp_path / "state"))
+        ok, message = await daemon.reload()
+        assert ok, message
+        assert daemon._namers.state_store is not None
+        assert daemon._namers.state_store.namers[0].root_dir == str(new_root)
+        daemon.request_shutdown()
+    assert threads == [True, False]
+
+
+def test_an_answer_json_cannot_encode_is_a_failed_save_not_a_crash(tmp_path: FsPath) -> None:
+    """The store's task runs beside the namers: an exception out of a save would end them all."""
+    clock = Clock(1_800_000_000.0)
+    n = fs_namer_with_web(tmp_path / "disco", clock)
+    store = NamerStateStore(tmp_path, [n])
+    assert store.save(n)
+    before = (tmp_path / "io.l5d.fs.json").read_bytes()
+    n.table.apply_bound(KEY, [Address("10.0.0.1", 8080, 1.0, {"zone": {1, 2}})])
+    with capture_logs() as logs:
+        assert store.save(n) is False
+    assert (tmp_path / "io.l5d.fs.json").read_bytes() == before
+    [failed] = [e for e in logs if e["event"] == "namer_state.save_failed"]
+    assert "JSON cannot encode" in failed["hint"]
