@@ -14,7 +14,8 @@ times of stable answers move on), plus a final save at shutdown, and never when 
 is what the file already holds. The name table is read (``export_state``, which copies what it
 saves) in the trio thread; the encoding and the file operations run in a worker thread. A reload that rebuilds the namers flushes the running
 store first (the new namers load that), then retires it: the retired namers, finishing old requests,
-write nothing more over the file the new namers own.
+write nothing more over the file the new namers own. A crash mid-write leaves the temporary file;
+one older than ``STALE_TEMPORARY_S`` is removed at the next start.
 
 A file that cannot be read (also a named pipe or a device: it is opened without blocking and must be a
 regular file of at most ``MAX_FILE_BYTES``), is empty, is not UTF-8 or not JSON (also JSON nested too
@@ -29,10 +30,12 @@ last confirmed (``lastUpdate``), so it shows its real age.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,9 @@ MAX_FILE_BYTES = 64 * 1024 * 1024
 #: one, yet its confirmation time moves on, and a restart after a crash (no final save) would
 #: otherwise age the answer from its last change. Only a namer whose file would differ is written.
 REFRESH_S = 600.0
+
+#: A temporary file of a state file this old was left by a write that did not finish (a crash).
+STALE_TEMPORARY_S = 3600.0
 
 
 def file_name(prefix: str) -> str:
@@ -88,6 +94,7 @@ class NamerStateStore:
         """Seed every namer from its file; returns ``{prefix: names restored}``. Never raises."""
         for n in self.namers:
             path = self.path_for(n)
+            self._remove_stale_temporaries(path)
             try:
                 if not path.exists():
                     continue
@@ -110,6 +117,25 @@ class NamerStateStore:
             self.restored[str(n.prefix)] = count
             log.info("namer_state.loaded", path=str(path), names=count)
         return dict(self.restored)
+
+    def _remove_stale_temporaries(self, path: Path) -> None:
+        """Remove the temporary files of ``path`` that a crash mid-write left (older than
+        ``STALE_TEMPORARY_S``: a younger one may be another writer's, about to be renamed)."""
+        try:
+            candidates = list(self.dir.glob(f".{glob.escape(path.name)}.*"))
+        except OSError:
+            return
+        now = time.time()
+        for tmp in candidates:
+            try:
+                if tmp.is_symlink() or not tmp.is_file() or now - tmp.stat().st_mtime < STALE_TEMPORARY_S:
+                    continue
+                tmp.unlink()
+            except OSError:
+                continue
+            log.info(
+                "namer_state.temporary_removed", path=str(tmp), why="left by a write that did not finish"
+            )
 
     # -- saving -----------------------------------------------------------------------------------
 

@@ -552,3 +552,30 @@ def test_an_answer_json_cannot_encode_is_a_failed_save_not_a_crash(tmp_path: FsP
     assert (tmp_path / "io.l5d.fs.json").read_bytes() == before
     [failed] = [e for e in logs if e["event"] == "namer_state.save_failed"]
     assert "JSON cannot encode" in failed["hint"]
+
+
+def test_temporary_files_left_by_a_crash_mid_write_are_removed_at_start(tmp_path: FsPath) -> None:
+    """A crash between creating the temporary file and renaming it leaves the temporary file (the
+    state file itself is intact); a daemon in a crash loop must not fill the disk with them. One
+    older than an hour is removed at start; a recent one may be another writer's, and stays."""
+    import os
+    import time
+
+    clock = Clock(1_800_000_000.0)
+    n = fs_namer_with_web(tmp_path / "disco", clock)
+    assert NamerStateStore(tmp_path, [n]).save(n)
+    old = tmp_path / ".io.l5d.fs.json.k2j3h4"
+    recent = tmp_path / ".io.l5d.fs.json.a8s7d6"
+    other = tmp_path / ".notes.json.q1w2e3"
+    for f in (old, recent, other):
+        f.write_text('{"kind": "io.l5d.fs", "pre')
+    hours_ago = time.time() - 2 * 3600
+    for f in (old, other):
+        os.utime(f, (hours_ago, hours_ago))
+    again = FsNamer(tmp_path / "disco", clock=clock)
+    with capture_logs() as logs:
+        assert NamerStateStore(tmp_path, [again]).load_all() == {"/io.l5d.fs": 1}
+    assert not old.exists()
+    assert recent.exists() and other.exists()
+    [removed] = [e for e in logs if e["event"] == "namer_state.temporary_removed"]
+    assert removed["path"] == str(old)
