@@ -95,6 +95,10 @@ RESTORED_ERROR = "restored from saved state; not yet confirmed"
 #: longer ago than this is not saved again: saved state expires instead of being carried forever.
 SAVED_STATE_MAX_AGE = 30 * 24 * 3600.0
 
+#: Names skipped when restoring saved state are each named in a warning up to this many; one more
+#: warning counts the rest (a file from a broken writer can hold thousands).
+MAX_RESTORE_WARNINGS = 10
+
 #: The format of :meth:`Namer.export_state` (``version``); a file without one is version 1.
 STATE_FORMAT_VERSION = 1
 
@@ -641,7 +645,7 @@ class Namer:
                 f"saved for {self.kind} with {source_text(saved_source)}, not {source_text(source)}: "
                 "its names mean other services here"
             )
-        restored = 0
+        restored = skipped = 0
         for name, entry in list(data["names"].items())[-self.table.max_names :]:
             try:
                 key = tuple(Path.read(name).labels)
@@ -652,19 +656,29 @@ class Namer:
                 if not isinstance(meta, dict):
                     raise ValueError(f"meta {meta!r} is not an object")
             except Exception as e:
-                log.warning(
-                    "namer.state.restore.failed",
-                    namer=self.kind,
-                    name=name,
-                    error=str(e) or repr(e),
-                    hint="this name starts empty; the other saved names are restored",
-                )
+                skipped += 1
+                if skipped <= MAX_RESTORE_WARNINGS:
+                    log.warning(
+                        "namer.state.restore.failed",
+                        namer=self.kind,
+                        name=name,
+                        error=str(e) or repr(e),
+                        hint="this name starts empty; the other saved names are restored",
+                    )
                 continue
             if not key or key in self.table:
                 continue
             self.touch(key)
             self.table.restore(key, addrs, dict(meta), saved_time(entry.get("lastUpdate")))
             restored += 1
+        if skipped > MAX_RESTORE_WARNINGS:
+            log.warning(
+                "namer.state.restore.failed",
+                namer=self.kind,
+                name=None,
+                error=f"{skipped - MAX_RESTORE_WARNINGS} more saved names were skipped as invalid (only the first {MAX_RESTORE_WARNINGS} are named)",
+                hint="these names start empty; the other saved names are restored",
+            )
         return restored
 
     # -- admin ---------------------------------------------------------------------------------

@@ -579,3 +579,42 @@ def test_temporary_files_left_by_a_crash_mid_write_are_removed_at_start(tmp_path
     assert recent.exists() and other.exists()
     [removed] = [e for e in logs if e["event"] == "namer_state.temporary_removed"]
     assert removed["path"] == str(old)
+
+
+def test_a_state_file_that_is_a_symlink_is_replaced_not_written_through(tmp_path: FsPath) -> None:
+    """A save never writes into whatever a symlink at the state file's path points at: the rename
+    replaces the link itself."""
+    target = tmp_path / "elsewhere"
+    target.write_text("not namer state\n")
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "io.l5d.fs.json").symlink_to(target)
+    clock = Clock(1_800_000_000.0)
+    n = fs_namer_with_web(tmp_path / "disco", clock)
+    store = NamerStateStore(state, [n])
+    with capture_logs() as logs:
+        assert store.load_all() == {}  # read through the link: not namer state, reported
+    assert load_failures(logs)
+    assert store.save(n)
+    assert target.read_text() == "not namer state\n"
+    assert not (state / "io.l5d.fs.json").is_symlink()
+
+
+def test_many_bad_names_in_one_file_are_summarised_not_logged_one_by_one(tmp_path: FsPath) -> None:
+    """A file from a broken writer can hold a thousand bad names: ten warnings name the first, one
+    more says how many others were skipped."""
+    names: dict[str, Any] = {f"/bad{i}": {"addrs": [{"host": "10.0.0.1", "port": 0}]} for i in range(50)}
+    names["/good"] = {"addrs": [{"host": "10.0.0.1", "port": 8080}]}
+    (tmp_path / "io.l5d.fs.json").write_text(
+        json.dumps({"kind": "io.l5d.fs", "prefix": "/#/io.l5d.fs", "names": names})
+    )
+    namer = FsNamer(tmp_path / "disco")
+    with capture_logs() as logs:
+        assert NamerStateStore(tmp_path, [namer]).load_all() == {"/io.l5d.fs": 1}
+    warnings = [e for e in logs if e["event"] == "namer.state.restore.failed"]
+    assert [e["name"] for e in warnings[:10]] == [f"/bad{i}" for i in range(10)]
+    assert len(warnings) == 11
+    assert warnings[10]["name"] is None
+    assert (
+        warnings[10]["error"] == "40 more saved names were skipped as invalid (only the first 10 are named)"
+    )
