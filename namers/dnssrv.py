@@ -50,6 +50,7 @@ import math
 import re
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -298,7 +299,7 @@ class SrvCore:
                 s.ttl = outcome.ttl
                 s.skipped = outcome.skipped
                 merged = kept_addresses(st.addr if st is not None else None, outcome.addrs, outcome.failed)
-                return self.table.apply_partial(key, merged, outcome.message)
+                return self.table.apply_partial(key, self._in_known_order(key, merged), outcome.message)
             return self.table.apply_failure(key, outcome.message)
         s.failures = 0
         if isinstance(outcome, SrvNegative):
@@ -309,7 +310,16 @@ class SrvCore:
         s.ttl = outcome.ttl
         s.skipped = outcome.skipped
         s.next_refresh = now + self._refresh_after(outcome.ttl, negative=False)
-        return self.table.apply_bound(key, outcome.addrs)
+        return self.table.apply_bound(key, self._in_known_order(key, outcome.addrs))
+
+    def _in_known_order(self, key: Key, addrs: Sequence[Address]) -> Sequence[Address]:
+        """``addrs`` as the name holds them when they are the same addresses in another order: many
+        nameservers (Consul, CoreDNS) shuffle the records of every answer, and a new order is no
+        change of the name (no new version, no rebinding)."""
+        st = self.table.get(key)
+        if st is not None and st.addr is not None and Counter(st.addr) == Counter(addrs):
+            return st.addr
+        return addrs
 
 
 # -- the trio shell -------------------------------------------------------------------------------------
@@ -387,8 +397,6 @@ class DnsSrvNamer(Namer):
     def _make_resolver(self, servers: Sequence[tuple[str, int]] | None = None) -> dns.asyncresolver.Resolver:
         """The resolver asking ``servers`` (IP, port), by default ``nameservers`` (all IPs)."""
         r = make_resolver(self.nameservers if servers is None else servers, self.timeout)
-        # each server gets its share of the lifetime, so a dead first server leaves time for the others
-        r.timeout = self.timeout / max(len(r.nameservers), 1)
         r.use_edns(0, 0, 2048)
         return r
 

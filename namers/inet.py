@@ -146,7 +146,8 @@ def parse_nameserver(spec: str, *, names: bool = False) -> tuple[str, int]:
 
 
 def make_resolver(nameservers: Sequence[tuple[str, int]], timeout: float) -> dns.asyncresolver.Resolver:
-    """An uncached async resolver for ``(host, port)`` nameservers (none: the system's resolv.conf)."""
+    """An uncached async resolver for ``(host, port)`` nameservers (none: the system's resolv.conf)
+    that gives up after ``timeout`` seconds."""
     import dns.asyncresolver
     import dns.nameserver
 
@@ -157,6 +158,10 @@ def make_resolver(nameservers: Sequence[tuple[str, int]], timeout: float) -> dns
         r = dns.asyncresolver.Resolver(configure=True)
     r.cache = None
     r.lifetime = timeout
+    # Each server gets its share of the query's time, so a dead first server (it never answers:
+    # UDP sockets are not connected, so not even a closed port is refused) leaves time to ask the
+    # others; with the whole time per server, the first one's silence used it all up.
+    r.timeout = timeout / max(len(r.nameservers), 1)
     return r
 
 
@@ -335,7 +340,9 @@ class HostTable:
         ttl = min(max(ttl, self.ttl_floor), self.ttl_ceiling)
         e.next_refresh = math.inf if e.fixed else now + ttl
         new = tuple(ips)
-        if e.state == "bound" and e.ips == new:
+        if e.state == "bound" and e.ips is not None and sorted(e.ips) == sorted(new):
+            # The same addresses, perhaps in another order (round-robin nameservers rotate them on
+            # every query): the same answer, kept in the order first seen.
             return False
         e.state = "bound"
         e.ips = new
@@ -369,8 +376,9 @@ class HostTable:
             return False
         kept = tuple(ip for ip in e.ips or () if _family(ip) in failed)
         merged = tuple(ips) + kept
-        moved = merged != e.ips
-        e.ips = merged
+        moved = e.ips is None or sorted(merged) != sorted(e.ips)
+        if moved:  # (the same addresses in another order are not a change, as in apply_answer)
+            e.ips = merged
         changed = self.apply_error(host, error, now)
         if moved and not changed:
             changed = self._changed(e)

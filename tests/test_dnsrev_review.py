@@ -1,0 +1,170 @@
+"""DNS resolution (/$/inet and io.l5d.dnssrv) against nameservers that behave as real ones do: answers
+whose records come back in a new order each time, a dead first nameserver, CNAME chains.
+
+Real components throughout: dnsmasq on loopback, or, where dnsmasq cannot be made to answer that way,
+a scripted DNS responder on a loopback UDP port (real DNS messages, read and written by dnspython).
+Waits are bounded polls of observable state (counts of queries answered), never timing assertions.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from pathlib import Path as FsPath
+from typing import Any
+
+import trio
+
+from namers._dtab import Path
+from namers.dnssrv import DnsSrvNamer
+from namers.inet import InetResolver
+from tests.dnsserver import running_dnsmasq
+
+
+async def wait_for(pred: Callable[[], Any], timeout: float = 15.0) -> Any:
+    """Poll ``pred`` until truthy; fail after ``timeout`` seconds (a bound, not a measurement)."""
+    with trio.fail_after(timeout):
+        while not (v := pred()):
+            await trio.sleep(0.005)
+        return v
+
+
+#: An answer: records as (owner name, TTL, type, rdata text) in answer-section order, or an rcode name.
+Answer = list[tuple[str, int, str, str]] | str
+
+
+class Responder:
+    """A DNS responder on a loopback UDP port. ``answer(qname, qtype, n)`` (``n``: how many queries of
+    that (name, type) came before) gives the records of the reply, or an rcode. ``answered`` counts the
+    replies sent per (name, type)."""
+
+    def __init__(self, answer: Callable[[str, str, int], Answer]) -> None:
+        self.answer = answer
+        self.port = 0
+        self.answered: dict[tuple[str, str], int] = {}
+
+    def count(self, name: str, qtype: str) -> int:
+        return self.answered.get((name, qtype), 0)
+
+    async def serve(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        import dns.message
+        import dns.rcode
+        import dns.rdatatype
+        import dns.rrset
+
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        await sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        task_status.started()
+        with sock:
+            while True:
+                data, peer = await sock.recvfrom(4096)
+                q = dns.message.from_wire(data)
+                qname = q.question[0].name.to_text(omit_final_dot=True).lower()
+                qtype = dns.rdatatype.to_text(q.question[0].rdtype)
+                n = self.answered.get((qname, qtype), 0)
+                what = self.answer(qname, qtype, n)
+                r = dns.message.make_response(q)
+                if isinstance(what, str):
+                    r.set_rcode(dns.rcode.from_text(what))
+                else:
+                    for owner, ttl, rtype, text in what:
+                        r.answer.append(dns.rrset.from_text(owner + ".", ttl, "IN", rtype, text))
+                await sock.sendto(r.to_wire(), peer)
+                self.answered[(qname, qtype)] = n + 1
+
+
+def rotated(items: list[str], n: int) -> list[str]:
+    """``items`` rotated by ``n`` (what a round-robin nameserver does with a record set)."""
+    k = n % len(items)
+    return items[k:] + items[:k]
+
+
+# == answers in a new order ========================================================================
+
+
+async def test_inet_round_robin_nameserver_reordering_the_same_addresses_is_no_change() -> None:
+    """Round-robin nameservers (BIND's cyclic rrset-order, CoreDNS's loadbalance plugin, Route 53
+    multivalue) return the same A records in a new order on each query. Each refresh counted as a new
+    answer: a new version, an 'inet.resolve.complete' log line, and every router's whole binding
+    cache dropped, once per name per TTL. The same set in another order is the same answer."""
+    v4 = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+
+    def answer(name: str, qtype: str, n: int) -> Answer:
+        if name == "rr.test" and qtype == "A":
+            return [("rr.test", 1, "A", ip) for ip in rotated(v4, n)]
+        return "NOERROR" if name == "rr.test" else "NXDOMAIN"
+
+    server = Responder(answer)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        r = InetResolver([f"127.0.0.1:{server.port}"], timeout=2.0, ttl_floor=0.01)
+        seen: list[str] = []
+        r.subscribe(lambda _r, host: seen.append(host))
+        await nursery.start(r.run)
+        r.resolve("rr.test", 80)
+        await wait_for(lambda: r.table.get("rr.test").state == "bound")
+        assert sorted(r.table.get("rr.test").ips) == v4
+        # one query at a time per host: the fifth A query is sent after the fourth answer is applied
+        await wait_for(lambda: server.count("rr.test", "A") >= 5)
+        e = r.table.get("rr.test")
+        assert (e.state, e.version, seen) == ("bound", 1, ["rr.test"])
+        assert sorted(e.ips) == v4
+        nursery.cancel_scope.cancel()
+
+
+async def test_dnssrv_nameserver_shuffling_the_srv_records_is_no_change() -> None:
+    """Consul and CoreDNS shuffle SRV records on every query. Each refresh (every 5 s by default)
+    counted as a change of the name: a new version, an update log line, and the routers' bindings of
+    the name dropped and rebound. The same addresses in another order are the same answer."""
+    records = ["0 10 8080 a.test.", "0 20 8081 b.test.", "0 30 8082 c.test."]
+    ips = {"a.test": "10.0.0.1", "b.test": "10.0.0.2", "c.test": "10.0.0.3"}
+
+    def answer(name: str, qtype: str, n: int) -> Answer:
+        if name == "_http._tcp.web.test" and qtype == "SRV":
+            return [(name, 5, "SRV", rd) for rd in rotated(records, n)]
+        if name in ips:
+            return [(name, 5, "A", ips[name])] if qtype == "A" else "NOERROR"
+        return "NXDOMAIN"
+
+    server = Responder(answer)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        n = DnsSrvNamer([f"127.0.0.1:{server.port}"], refresh_interval=0.01, timeout=2.0)
+        changes: list[Any] = []
+        n.subscribe(lambda _n, key: changes.append(key))
+        await nursery.start(n.run)
+        key = (b"_http._tcp.web.test",)
+        n.lookup(Path(key))
+        await wait_for(lambda: (s := n.table.get(key)) is not None and s.state == "bound")
+        version = n.table.get(key).version
+        await wait_for(lambda: server.count("_http._tcp.web.test", "SRV") >= 5)
+        st = n.table.get(key)
+        assert (st.state, st.version, len(changes)) == ("bound", version, 1)
+        assert sorted((a.host, a.port, a.weight) for a in st.addr) == [
+            ("10.0.0.1", 8080, 10.0),
+            ("10.0.0.2", 8081, 20.0),
+            ("10.0.0.3", 8082, 30.0),
+        ]
+        nursery.cancel_scope.cancel()
+
+
+# == a dead first nameserver =======================================================================
+
+
+async def test_inet_dead_first_nameserver_leaves_time_for_the_second(tmp_path: FsPath) -> None:
+    """``dns.nameservers: [dead, good]`` (or a resolv.conf whose first server is down): the whole
+    query's time went to the first server, so the second was never asked and every /$/inet name
+    failed with 'timed out' although a nameserver was answering. Each server now gets its share."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # bound, never answers
+        silent.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{silent.getsockname()[1]}"
+        async with running_dnsmasq(tmp_path, ["host-record=web.test,127.0.0.5"]) as dns:
+            r = InetResolver([dead, dns.address])  # the default 2 s query timeout
+            async with trio.open_nursery() as nursery:
+                await nursery.start(r.run)
+                r.resolve("web.test", 80)
+                await wait_for(lambda: r.table.get("web.test").state != "pending")
+                e = r.table.get("web.test")
+                assert (e.state, e.ips, e.last_error) == ("bound", ("127.0.0.5",), None)
+                nursery.cancel_scope.cancel()
