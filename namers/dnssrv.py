@@ -493,7 +493,8 @@ class DnsSrvNamer(Namer):
             return SrvFailure(f"SRV lookup of {name!r} via {self.where} failed: {describe_dns_error(e)}")
         if answer.rrset is None or len(answer.rrset) == 0:
             return SrvNegative("no SRV records")
-        ttls: list[float] = [answer.rrset.ttl]
+        # (TTLs: the shortest along each answer's CNAME chain, as any resolver caches it)
+        ttls: list[float] = [answer.chaining_result.minimum_ttl]
         records = [SrvRecord(rd.priority, rd.weight, rd.port, _target_text(rd.target)) for rd in answer.rrset]
         ips: dict[str, list[str]] = {}
         for rrset in answer.response.additional:
@@ -548,7 +549,7 @@ class DnsSrvNamer(Namer):
                 failed_types.append(rdtype)
                 continue
             if r.rrset is not None:
-                ttls.append(r.rrset.ttl)
+                ttls.append(r.chaining_result.minimum_ttl)
                 found.extend(rd.address for rd in r.rrset)
         if found:
             ips[target] = found

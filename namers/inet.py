@@ -16,9 +16,9 @@ is the same with the arguments swapped; ``/$/fixedinet`` resolves once and keeps
   host's own name) is answered from it, before DNS, as the system's resolver (and so Linkerd's JVM)
   does, and looked at again every :data:`HOSTS_TTL` seconds; any other name is queried for A and
   AAAA concurrently with dnspython's async resolver (it runs on trio), which knows no hosts file,
-  against the configured nameservers or the system's ``/etc/resolv.conf``. An answer is cached for its TTL
-  clamped to ``[ttl_floor, ttl_ceiling]`` and then re-resolved in the background; NXDOMAIN (or no
-  A/AAAA records) is negative and cached for ``negative_ttl``; a resolver failure (timeout, SERVFAIL,
+  against the configured nameservers or the system's ``/etc/resolv.conf``. An answer is cached for
+  its TTL (the shortest along its CNAME chain) clamped to ``[ttl_floor, ttl_ceiling]`` and then
+  re-resolved in the background; NXDOMAIN (or no A/AAAA records) is negative and cached for ``negative_ttl``; a resolver failure (timeout, SERVFAIL,
   refused) keeps the last good addresses, marked ``stale``, and is retried with exponential backoff
   up to ``retry_max``. A failure of one family only (AAAA SERVFAIL while A answers) is the same
   failure for that family: the fresh addresses of the family that answered replace its old ones,
@@ -694,7 +694,8 @@ class InetResolver:
             else:
                 answered = True
                 if r.rrset is not None:
-                    ttls.append(r.rrset.ttl)
+                    # the shortest TTL along the CNAME chain, as any resolver caches it
+                    ttls.append(r.chaining_result.minimum_ttl)
                     ips.extend(rd.address for rd in r.rrset)
         where = ", ".join(f"{a}:{p}" for a, p in self.nameservers) or "system resolver"
         error = f"resolving {host!r} via {where} failed: {'; '.join(errors)}"

@@ -168,3 +168,68 @@ async def test_inet_dead_first_nameserver_leaves_time_for_the_second(tmp_path: F
                 e = r.table.get("web.test")
                 assert (e.state, e.ips, e.last_error) == ("bound", ("127.0.0.5",), None)
                 nursery.cancel_scope.cancel()
+
+
+# == CNAME chains ==================================================================================
+
+
+async def test_inet_cname_switch_is_seen_at_the_cnames_ttl_not_the_addresses() -> None:
+    """Blue/green by CNAME: ``api.test CNAME green.test`` (TTL 1), ``green.test A`` (TTL 3600). The
+    answer was cached for the A record's TTL alone, so moving the CNAME to ``blue.test`` was not seen
+    until that ran out (the 60 s ceiling by default; never, here, with a higher ceiling). An answer
+    reached through CNAMEs lives as long as the shortest TTL along the chain, as in any resolver."""
+    target = {"now": "green.test"}
+    ips = {"green.test": "10.0.0.1", "blue.test": "10.0.0.2"}
+
+    def answer(name: str, qtype: str, n: int) -> Answer:
+        if name != "api.test":
+            return "NXDOMAIN"
+        chain = [("api.test", 1, "CNAME", target["now"] + ".")]
+        if qtype == "A":
+            return [*chain, (target["now"], 3600, "A", ips[target["now"]])]
+        return chain
+
+    server = Responder(answer)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        r = InetResolver([f"127.0.0.1:{server.port}"], timeout=2.0, ttl_floor=0.01, ttl_ceiling=3600)
+        await nursery.start(r.run)
+        r.resolve("api.test", 80)
+        await wait_for(lambda: r.table.get("api.test").state == "bound")
+        assert r.table.get("api.test").ips == ("10.0.0.1",)
+        target["now"] = "blue.test"
+        await wait_for(lambda: r.table.get("api.test").ips == ("10.0.0.2",))
+        nursery.cancel_scope.cancel()
+
+
+async def test_dnssrv_target_behind_a_cname_is_refreshed_at_the_cnames_ttl() -> None:
+    """With ``refreshFromTtl``, an SRV target that is a CNAME (``a.test CNAME green.test``, TTL 1;
+    ``green.test A``, TTL 3600; the SRV record's TTL 3600 too) was refreshed at the A record's TTL, so
+    a moved CNAME was not followed. The shortest TTL along the chain counts."""
+    target = {"now": "green.test"}
+    ips = {"green.test": "10.0.0.1", "blue.test": "10.0.0.2"}
+    name = "_http._tcp.web.test"
+
+    def answer(qname: str, qtype: str, n: int) -> Answer:
+        if qname == name and qtype == "SRV":
+            return [(name, 3600, "SRV", "0 10 8080 a.test.")]
+        if qname == "a.test":
+            chain = [("a.test", 1, "CNAME", target["now"] + ".")]
+            return [*chain, (target["now"], 3600, "A", ips[target["now"]])] if qtype == "A" else chain
+        return "NXDOMAIN"
+
+    server = Responder(answer)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        n = DnsSrvNamer(
+            [f"127.0.0.1:{server.port}"], refresh_interval=None, ttl_floor=0.01, ttl_ceiling=3600, timeout=2.0
+        )
+        await nursery.start(n.run)
+        key = (name.encode(),)
+        n.lookup(Path(key))
+        await wait_for(lambda: (s := n.table.get(key)) is not None and s.state == "bound")
+        assert [(a.host, a.port) for a in n.table.get(key).addr] == [("10.0.0.1", 8080)]
+        target["now"] = "blue.test"
+        await wait_for(lambda: [(a.host, a.port) for a in n.table.get(key).addr] == [("10.0.0.2", 8080)])
+        assert n.state_json()["names"][name]["ttlSecs"] == 1
+        nursery.cancel_scope.cancel()

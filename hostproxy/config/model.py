@@ -692,8 +692,9 @@ class DnsSrvNamer(NamerConfig):
     refresh_interval_seconds: int = key(5, "How often each SRV record is looked up again.", check=positive)
     refresh_from_ttl: bool = key(
         False,
-        "Look each SRV record up again when its answer's TTL runs out (clamped to 1-60 s; 5 s after a "
-        "negative answer) instead of every `refreshIntervalSeconds`, which it replaces.",
+        "Look each SRV record up again when its answer's TTL runs out (the shortest TTL of the SRV records, "
+        "their targets' addresses and any CNAMEs on the way, clamped to 1-60 s; 5 s after a negative "
+        "answer) instead of every `refreshIntervalSeconds`, which it replaces.",
         extension=True,
     )
     dns_hosts: tuple[str, ...] = key(
