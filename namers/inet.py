@@ -219,6 +219,12 @@ def describe_dns_error(exc: BaseException) -> str:
             )
     if isinstance(exc, dns.exception.Timeout):
         return "timed out"
+    if any(isinstance(e[3], dns.message.ChainTooLong) for e in errors):
+        # the server did answer, with a chain dnspython will not follow
+        return (
+            f"the answer's CNAME chain loops or is longer than {dns.message.MAX_CHAIN} names; fix the "
+            "name's CNAME records"
+        )
     if isinstance(exc, dns.resolver.NoNameservers):
         if any(isinstance(e[3], OSError) and e[3].errno in _NO_DESCRIPTORS for e in errors):
             return _NO_DESCRIPTORS_TEXT

@@ -233,3 +233,75 @@ async def test_dnssrv_target_behind_a_cname_is_refreshed_at_the_cnames_ttl() -> 
         await wait_for(lambda: [(a.host, a.port) for a in n.table.get(key).addr] == [("10.0.0.2", 8080)])
         assert n.state_json()["names"][name]["ttlSecs"] == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_inet_cname_loop_says_so_not_that_no_server_answered() -> None:
+    """A zone with ``loop1.test CNAME loop2.test`` and ``loop2.test CNAME loop1.test`` served as is (an
+    authoritative server answers with both). The nameserver did answer, but the name failed with 'no
+    nameserver gave an answer (SERVFAIL, REFUSED or unreachable)', which sends the operator to the
+    network. Now it says the CNAME chain loops (or is too long)."""
+
+    def answer(name: str, qtype: str, n: int) -> Answer:
+        if name in ("loop1.test", "loop2.test"):
+            return [("loop1.test", 30, "CNAME", "loop2.test."), ("loop2.test", 30, "CNAME", "loop1.test.")]
+        return "NXDOMAIN"
+
+    server = Responder(answer)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        r = InetResolver([f"127.0.0.1:{server.port}"], timeout=2.0)
+        await nursery.start(r.run)
+        r.resolve("loop1.test", 80)
+        await wait_for(lambda: r.table.get("loop1.test").state != "pending")
+        e = r.table.get("loop1.test")
+        why = "the answer's CNAME chain loops or is longer than 16 names; fix the name's CNAME records"
+        assert (e.state, e.last_error) == (
+            "failed",
+            f"resolving 'loop1.test' via 127.0.0.1:{server.port} failed: A: {why}; AAAA: {why}",
+        )
+        nursery.cancel_scope.cancel()
+
+
+# == forged replies ================================================================================
+
+
+async def test_inet_replies_with_a_wrong_id_or_from_another_port_are_ignored() -> None:
+    """Before each real reply, the 'server' sends a reply with the wrong transaction id and one with
+    the right id from another port (what an off-path spoofer tries): both are ignored, and only the
+    real reply's address is taken."""
+    import dns.message
+    import dns.rrset
+
+    async def serve(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        other = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        await sock.bind(("127.0.0.1", 0))
+        await other.bind(("127.0.0.1", 0))
+        task_status.started(sock.getsockname()[1])
+        with sock, other:
+            while True:
+                data, peer = await sock.recvfrom(4096)
+                q = dns.message.from_wire(data)
+                qname = q.question[0].name
+
+                def reply(ip: str | None, qid: int) -> bytes:
+                    r = dns.message.make_response(q)
+                    r.id = qid
+                    if ip is not None and q.question[0].rdtype == 1:  # A
+                        r.answer.append(dns.rrset.from_text(qname, 30, "IN", "A", ip))
+                    return r.to_wire()
+
+                await sock.sendto(reply("10.6.6.6", (q.id + 1) % 65536), peer)
+                await other.sendto(reply("10.6.6.7", q.id), peer)
+                await trio.sleep(0.05)  # (the forged ones arrive first)
+                await sock.sendto(reply("10.0.0.1", q.id), peer)
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve)
+        r = InetResolver([f"127.0.0.1:{port}"], timeout=5.0)
+        await nursery.start(r.run)
+        r.resolve("web.test", 80)
+        await wait_for(lambda: r.table.get("web.test").state != "pending")
+        e = r.table.get("web.test")
+        assert (e.state, e.ips) == ("bound", ("10.0.0.1",))
+        nursery.cancel_scope.cancel()
