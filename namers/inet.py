@@ -18,13 +18,15 @@ is the same with the arguments swapped; ``/$/fixedinet`` resolves once and keeps
   AAAA concurrently with dnspython's async resolver (it runs on trio), which knows no hosts file,
   against the configured nameservers or the system's ``/etc/resolv.conf``. An answer is cached for
   its TTL (the shortest along its CNAME chain) clamped to ``[ttl_floor, ttl_ceiling]`` and then
-  re-resolved in the background; NXDOMAIN (or no A/AAAA records) is negative and cached for ``negative_ttl``; a resolver failure (timeout, SERVFAIL,
-  refused) keeps the last good addresses, marked ``stale``, and is retried with exponential backoff
-  up to ``retry_max``. A failure of one family only (AAAA SERVFAIL while A answers) is the same
-  failure for that family: the fresh addresses of the family that answered replace its old ones,
-  the failed family keeps its last good addresses, and the host is ``stale`` with the error. The table holds at most ``max_hosts`` hosts (least recently used evicted), so
-  names from untrusted input cannot grow it without bound; at most ``max_concurrency`` queries run at
-  once.
+  re-resolved in the background; NXDOMAIN (or no A/AAAA records) is negative and cached for
+  ``negative_ttl``; a resolver failure (timeout, SERVFAIL, refused) keeps the last good addresses,
+  marked ``stale``, and is retried with exponential backoff up to ``retry_max``. A failure of one
+  family only (AAAA SERVFAIL while A answers) is the same failure for that family: the fresh
+  addresses of the family that answered replace its old ones, the failed family keeps its last good
+  addresses, and the host is ``stale`` with the error. The table holds at most ``max_hosts`` hosts
+  (the least recently used one without addresses evicted first, as in
+  :class:`namers.base.NameTable`), so names from untrusted input cannot grow it without bound nor
+  push out a host's last good answer; at most ``max_concurrency`` queries run at once.
 * Subscribers, ``callback(resolver, host)``, are called in the trio thread whenever a host's
   answer changes, so binders and clients can re-read :meth:`InetResolver.resolve`.
 
@@ -294,6 +296,9 @@ class HostTable:
         self.retry_base = retry_base
         self.retry_max = retry_max
         self._hosts: OrderedDict[str, HostEntry] = OrderedDict()
+        #: The hosts of ``_hosts`` without addresses (``ips is None``: pending, negative, failed), least
+        #: recently used first: evicted before any host that has addresses (see :meth:`touch`).
+        self._bare: OrderedDict[str, None] = OrderedDict()
         self.evictions = 0
 
     def __len__(self) -> int:
@@ -306,18 +311,36 @@ class HostTable:
         return list(self._hosts.values())
 
     def touch(self, host: str, fixed: bool = False) -> tuple[HostEntry, bool, list[HostEntry]]:
-        """Mark ``host`` used; create it pending (due now) if new. Returns (entry, created, evicted)."""
+        """Mark ``host`` used; create it pending (due now) if new. Returns (entry, created, evicted).
+
+        When the table is full, the least recently used host *without* addresses is evicted, and only
+        when every host has addresses the least recently used one: made-up names (from request
+        headers) evict each other, never a host serving its last good answer while DNS is down."""
         e = self._hosts.get(host)
         if e is not None:
             self._hosts.move_to_end(host)
+            if host in self._bare:
+                self._bare.move_to_end(host)
             return e, False, []
         evicted: list[HostEntry] = []
         while len(self._hosts) >= self.max_hosts:
-            evicted.append(self._hosts.popitem(last=False)[1])
+            if self._bare:
+                old = self._hosts.pop(self._bare.popitem(last=False)[0])
+            else:
+                old = self._hosts.popitem(last=False)[1]
+            evicted.append(old)
             self.evictions += 1
         e = HostEntry(host, fixed=fixed)
         self._hosts[host] = e
+        self._bare[host] = None
         return e, True, evicted
+
+    def _track(self, e: HostEntry) -> None:
+        """Keep :attr:`_bare` in step with ``e.ips``."""
+        if e.ips is None:
+            self._bare.setdefault(e.host, None)
+        else:
+            self._bare.pop(e.host, None)
 
     def due(self, now: float) -> list[str]:
         """Hosts to resolve now; they are marked in flight until an answer is applied."""
@@ -354,6 +377,7 @@ class HostTable:
         e.ips = new
         e.last_error = None
         e.stale_since = None
+        self._track(e)
         return self._changed(e)
 
     def apply_negative(self, host: str, now: float) -> bool:
@@ -370,6 +394,7 @@ class HostTable:
         e.ips = None
         e.last_error = None
         e.stale_since = None
+        self._track(e)
         return self._changed(e)
 
     def apply_partial(
@@ -385,6 +410,7 @@ class HostTable:
         moved = e.ips is None or sorted(merged) != sorted(e.ips)
         if moved:  # (the same addresses in another order are not a change, as in apply_answer)
             e.ips = merged
+            self._track(e)
         changed = self.apply_error(host, error, now)
         if moved and not changed:
             changed = self._changed(e)

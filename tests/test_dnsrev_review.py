@@ -17,7 +17,7 @@ import trio
 
 from namers._dtab import Path
 from namers.dnssrv import DnsSrvNamer
-from namers.inet import InetResolver
+from namers.inet import HostTable, InetResolver
 from tests.dnsserver import running_dnsmasq
 
 
@@ -168,6 +168,69 @@ async def test_inet_dead_first_nameserver_leaves_time_for_the_second(tmp_path: F
                 e = r.table.get("web.test")
                 assert (e.state, e.ips, e.last_error) == ("bound", ("127.0.0.5",), None)
                 nursery.cancel_scope.cancel()
+
+
+# == many names ====================================================================================
+
+
+async def test_inet_made_up_names_during_an_outage_do_not_evict_a_last_good_answer() -> None:
+    """The nameserver is down and ``real.test`` is served from its last good answer (stale). Requests
+    for made-up host names (a scanner's Host headers through ``/$/inet/<host>``) filled the table, and
+    the least recently used host was evicted whatever it held: ``real.test`` lost its last good
+    addresses and, with DNS still down, failed. As the other namers do, names without addresses
+    evict each other first; a name with addresses goes only when every name has some."""
+    down = {"now": False}
+
+    def answer(name: str, qtype: str, n: int) -> Answer:
+        if down["now"]:
+            return "SERVFAIL"
+        if name == "real.test":
+            return [("real.test", 1, "A", "10.0.0.1")] if qtype == "A" else "NOERROR"
+        return "NXDOMAIN"
+
+    server = Responder(answer)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        r = InetResolver(
+            [f"127.0.0.1:{server.port}"], timeout=2.0, max_hosts=3, ttl_floor=0.01, retry_base=0.01
+        )
+        evicted: list[str] = []
+        await nursery.start(r.run)
+        r.resolve("real.test", 80)
+        await wait_for(lambda: r.table.get("real.test").state == "bound")
+        down["now"] = True
+        await wait_for(lambda: r.table.get("real.test").state == "stale")
+        r.subscribe(lambda _r, host: evicted.append(host) if r.table.get(host) is None else None)
+        for i in range(6):
+            r.resolve(f"junk{i}.test", 80)
+        assert len(r.table) == 3
+        assert evicted == ["junk0.test", "junk1.test", "junk2.test", "junk3.test"]
+        e = r.table.get("real.test")
+        assert e is not None and (e.state, e.ips) == ("stale", ("10.0.0.1",))
+        assert [a.host for a in r.resolve("real.test", 80).addresses] == ["10.0.0.1"]
+        nursery.cancel_scope.cancel()
+
+
+def test_host_table_evicts_a_name_with_addresses_only_when_all_have_some() -> None:
+    t = HostTable(max_hosts=2)
+    t.touch("a")
+    t.apply_answer("a", ["10.0.0.1"], 30, now=0.0)
+    t.touch("b")
+    t.apply_answer("b", ["10.0.0.2"], 30, now=0.0)
+    _, created, evicted = t.touch("c")  # every name has addresses: the least recently used goes
+    assert created and [e.host for e in evicted] == ["a"]
+    t.apply_negative("c", now=0.0)
+    t.touch("b")  # (c is now the least recently used, but it has no addresses)
+    _, _, evicted = t.touch("d")
+    assert [e.host for e in evicted] == ["c"]
+    t.apply_answer("d", ["10.0.0.4"], 30, now=0.0)  # d gains addresses: no bare names left
+    _, _, evicted = t.touch("e")
+    assert [e.host for e in evicted] == ["b"]
+    t.apply_answer("e", ["10.0.0.5"], 30, now=0.0)
+    t.touch("d")
+    t.apply_negative("d", now=0.0)  # d loses its addresses (NXDOMAIN): it goes before e
+    _, _, evicted = t.touch("f")
+    assert [e.host for e in evicted] == ["d"] and t.evictions == 4
 
 
 # == CNAME chains ==================================================================================
