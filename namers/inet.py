@@ -45,7 +45,7 @@ import re
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -380,14 +380,17 @@ class HostTable:
         self._track(e)
         return self._changed(e)
 
-    def apply_negative(self, host: str, now: float) -> bool:
-        """An authoritative "no such host" (NXDOMAIN, or no A/AAAA records)."""
+    def apply_negative(self, host: str, now: float, ttl: float | None = None) -> bool:
+        """An authoritative "no such host" (NXDOMAIN, or no A/AAAA records), asked again after its
+        negative ``ttl`` (the SOA's, RFC 2308) clamped to ``[negative_ttl, ttl_ceiling]``, or after
+        ``negative_ttl`` when the answer had no SOA."""
         e = self._hosts.get(host)
         if e is None:
             return False
         e.in_flight = False
         e.failures = 0
-        e.next_refresh = now + max(self.negative_ttl, self.ttl_floor)
+        after = self.negative_ttl if ttl is None else min(max(ttl, self.negative_ttl), self.ttl_ceiling)
+        e.next_refresh = now + max(after, self.ttl_floor)
         if e.state == "neg":
             return False
         e.state = "neg"
@@ -436,6 +439,20 @@ class HostTable:
             e.state = "failed"
         e.last_error = error
         return self._changed(e)
+
+
+def _negative_ttl(responses: Iterable[Any]) -> float | None:
+    """How long a negative answer holds (RFC 2308: the lesser of its SOA record's TTL and the SOA's
+    minimum field), the least over ``responses``; ``None`` when none carries an SOA record."""
+    import dns.rdatatype
+
+    ttls = [
+        min(rrset.ttl, rrset[0].minimum)
+        for response in responses
+        for rrset in response.authority
+        if rrset.rdtype == dns.rdatatype.SOA and len(rrset)
+    ]
+    return float(min(ttls)) if ttls else None
 
 
 def _family(ip: str) -> str:
@@ -667,7 +684,7 @@ class InetResolver:
             if kind == "answer":
                 changed = self.table.apply_answer(host, outcome[1], outcome[2], now)
             elif kind == "negative":
-                changed = self.table.apply_negative(host, now)
+                changed = self.table.apply_negative(host, now, outcome[1])
             elif kind == "partial":
                 self.query_failures += 1
                 changed = self.table.apply_partial(host, outcome[1], outcome[2], outcome[3], now)
@@ -685,7 +702,7 @@ class InetResolver:
             self._notify(host)
 
     async def _query(self, host: str) -> tuple[Any, ...]:
-        """Query A and AAAA concurrently -> ("answer", ips, ttl) | ("negative",) | ("error", message)
+        """Query A and AAAA concurrently -> ("answer", ips, ttl) | ("negative", ttl or None) | ("error", message)
         | ("partial", ips, failed families, message). A name in the hosts file is answered from it."""
         assert self._resolver is not None
         import dns.exception
@@ -695,16 +712,20 @@ class InetResolver:
             return ("answer", tuple(static), HOSTS_TTL)
 
         results: dict[str, Any] = {}
+        negative_ttls: list[float | None] = []  # of the families that answered "no such address"
 
         async def one(rdtype: str) -> None:
             assert self._resolver is not None
             self.queries += 1
             try:
-                results[rdtype] = await self._resolver.resolve(
+                results[rdtype] = r = await self._resolver.resolve(
                     host, rdtype, search=True, raise_on_no_answer=False
                 )
-            except dns.resolver.NXDOMAIN:
+                if r.rrset is None:
+                    negative_ttls.append(_negative_ttl([r.response]))
+            except dns.resolver.NXDOMAIN as e:
                 results[rdtype] = "nxdomain"
+                negative_ttls.append(_negative_ttl(e.responses().values()))
             except (dns.exception.DNSException, OSError) as e:
                 results[rdtype] = e
 
@@ -737,7 +758,8 @@ class InetResolver:
         if ips:
             return ("answer", tuple(ips), min(ttls))
         if answered and not errors:
-            return ("negative",)
+            known = [t for t in negative_ttls if t is not None]
+            return ("negative", min(known) if known else None)
         return ("error", error)
 
     # -- admin -------------------------------------------------------------------------------------
