@@ -397,6 +397,13 @@ async def test_inet_replies_with_a_wrong_id_or_from_another_port_are_ignored() -
     import dns.message
     import dns.rrset
 
+    def reply(q: dns.message.Message, ip: str | None, qid: int) -> bytes:
+        r = dns.message.make_response(q)
+        r.id = qid
+        if ip is not None and q.question[0].rdtype == 1:  # A
+            r.answer.append(dns.rrset.from_text(q.question[0].name, 30, "IN", "A", ip))
+        return r.to_wire()
+
     async def serve(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         other = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -407,19 +414,10 @@ async def test_inet_replies_with_a_wrong_id_or_from_another_port_are_ignored() -
             while True:
                 data, peer = await sock.recvfrom(4096)
                 q = dns.message.from_wire(data)
-                qname = q.question[0].name
-
-                def reply(ip: str | None, qid: int) -> bytes:
-                    r = dns.message.make_response(q)
-                    r.id = qid
-                    if ip is not None and q.question[0].rdtype == 1:  # A
-                        r.answer.append(dns.rrset.from_text(qname, 30, "IN", "A", ip))
-                    return r.to_wire()
-
-                await sock.sendto(reply("10.6.6.6", (q.id + 1) % 65536), peer)
-                await other.sendto(reply("10.6.6.7", q.id), peer)
+                await sock.sendto(reply(q, "10.6.6.6", (q.id + 1) % 65536), peer)
+                await other.sendto(reply(q, "10.6.6.7", q.id), peer)
                 await trio.sleep(0.05)  # (the forged ones arrive first)
-                await sock.sendto(reply("10.0.0.1", q.id), peer)
+                await sock.sendto(reply(q, "10.0.0.1", q.id), peer)
 
     async with trio.open_nursery() as nursery:
         port = await nursery.start(serve)
