@@ -66,7 +66,7 @@ from namers._dtab import (
     NamerError,
     Path,
 )
-from namers.base import Waker, format_time
+from namers.base import STALE_SINCE, Waker, format_time
 
 __all__ = [
     "HostEntry",
@@ -594,7 +594,9 @@ class InetResolver:
         if created:
             self.waker.wake()
         if e.state in ("bound", "stale"):
-            return AddrBound(tuple(Address(ip, port) for ip in e.ips or ()), {})
+            # A stale host's set says since when, as a namer's does, so clients show it stale.
+            meta = {STALE_SINCE: e.stale_since} if e.state == "stale" else {}
+            return AddrBound(tuple(Address(ip, port) for ip in e.ips or ()), meta)
         if e.state == "neg":
             return AddrNeg()
         if e.state == "failed":

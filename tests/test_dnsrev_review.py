@@ -18,7 +18,9 @@ import trio
 from namers._dtab import Path
 from namers.dnssrv import DnsSrvNamer
 from namers.inet import HostTable, InetResolver
+from tests.daemonutil import curl, running_daemon
 from tests.dnsserver import running_dnsmasq
+from tests.upstreams import running_upstream
 
 
 async def wait_for(pred: Callable[[], Any], timeout: float = 15.0) -> Any:
@@ -428,3 +430,46 @@ async def test_inet_replies_with_a_wrong_id_or_from_another_port_are_ignored() -
         e = r.table.get("web.test")
         assert (e.state, e.ips) == ("bound", ("10.0.0.1",))
         nursery.cancel_scope.cancel()
+
+
+# == stale, as clients show it =====================================================================
+
+
+async def test_inet_host_served_from_its_last_good_answer_is_stale_in_client_state(tmp_path: FsPath) -> None:
+    """DNS stops answering; ``web.test`` keeps routing on its last good address and the resolver's
+    state says ``stale``, but the client of ``/$/inet/web.test/<port>`` showed ``bound`` and
+    ``stale: false``: the address set handed to clients carried no staleness, as the namers' do. Now
+    client_state shows it stale, with its age, and bound again once DNS answers."""
+    async with running_upstream() as up, running_dnsmasq(tmp_path, ["host-record=web.test,127.0.0.1"]) as dns:
+        cfg = f"""
+admin: {{ip: 127.0.0.1, port: 0}}
+dns: {{nameservers: ["{dns.address}"]}}
+routers:
+- protocol: http
+  label: out
+  dtab: /svc/web => /$/inet/web.test/{up.port};
+  servers: [{{ip: 127.0.0.1, port: 0}}]
+"""
+        async with running_daemon(cfg) as d:
+            port = d.port("out")
+            client_id = f"/$/inet/web.test/{up.port}"
+
+            async def client() -> dict[str, Any]:
+                assert (await curl(f"http://127.0.0.1:{port}/", "-H", "Host: web", timeout=10)).status == 200
+                body = (await curl(f"{d.admin}/client_state.json")).json()
+                assert isinstance(body, dict)
+                entry = body[client_id]
+                assert isinstance(entry, dict)
+                return entry
+
+            assert (await client())["stale"] is False
+            dns.stop()
+            with trio.fail_after(20):
+                while not (entry := await client())["stale"]:
+                    await trio.sleep(0.1)
+            assert entry["state"] == "bound" and entry["staleAgeSecs"] is not None
+            dns.start()
+            await dns.ready()
+            with trio.fail_after(20):
+                while (await client())["stale"]:
+                    await trio.sleep(0.1)
