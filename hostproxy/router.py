@@ -493,7 +493,7 @@ class HttpRouter:
                 n.subscribe(lambda namer, key, prefix=prefix: self._namer_changed(namer, prefix, key))
             )
         if resolver is not None:
-            self._unsubscribe.append(resolver.subscribe(lambda _r, _host: self._rebind_all()))
+            self._unsubscribe.append(resolver.subscribe(self._inet_changed))
         self._changed = trio.Event()
         self._unsubscribe.append(self.binder.on_change(lambda _v: self._changed.set()))
         self.dtab_cache = DtabParseCache(bc.paths)
@@ -575,6 +575,16 @@ class HttpRouter:
         state = table.get(tuple(key.labels))  # (not ``touch``: an evicted name is not watched again)
         if state is not None:
             client.update_addr(state.current_addr())
+
+    def _inet_changed(self, resolver: Any, host: str) -> None:
+        """A ``/$/inet`` host's answer changed (or it was evicted): drop every binding (which hosts a
+        binding consulted is not tracked), and hand the clients of that host their new address set at
+        once, as :meth:`_namer_changed` does, so that an idle client's endpoints and pools follow."""
+        self._rebind_all()
+        for client_id, client in self.clients.items():
+            addr = resolver.current(client_id, host)
+            if addr is not None:
+                client.update_addr(addr)
 
     def _rebind_all(self) -> None:
         self.binder.set_base_dtab(self.binder.base_dtab)

@@ -455,6 +455,19 @@ def _negative_ttl(responses: Iterable[Any]) -> float | None:
     return float(min(ttls)) if ttls else None
 
 
+def _addr_of(e: HostEntry, port: int) -> Any:
+    """The ``Addr`` a host's entry stands for at ``port`` (:data:`PENDING` before its first answer)."""
+    if e.state in ("bound", "stale"):
+        # A stale host's set says since when, as a namer's does, so clients show it stale.
+        meta = {STALE_SINCE: e.stale_since} if e.state == "stale" else {}
+        return AddrBound(tuple(Address(ip, port) for ip in e.ips or ()), meta)
+    if e.state == "neg":
+        return AddrNeg()
+    if e.state == "failed":
+        return AddrFailed(e.last_error or "resolution failed")
+    return PENDING
+
+
 def _family(ip: str) -> str:
     return "AAAA" if ":" in ip else "A"
 
@@ -593,15 +606,31 @@ class InetResolver:
             self._notify(old.host)
         if created:
             self.waker.wake()
-        if e.state in ("bound", "stale"):
-            # A stale host's set says since when, as a namer's does, so clients show it stale.
-            meta = {STALE_SINCE: e.stale_since} if e.state == "stale" else {}
-            return AddrBound(tuple(Address(ip, port) for ip in e.ips or ()), meta)
-        if e.state == "neg":
-            return AddrNeg()
-        if e.state == "failed":
-            return AddrFailed(e.last_error or "resolution failed")
-        return PENDING
+        return _addr_of(e, port)
+
+    def current(self, client_id: str, host: str) -> Any:
+        """The address set of the client named ``client_id`` (a bound ``/$/inet/<host>/<port>``,
+        ``/$/fixedinet/…`` or ``/$/io.buoyant.rinet/<port>/<host>``) when it names ``host`` and the
+        host has an answer; ``None`` otherwise. Touches nothing: for pushing a changed answer to
+        clients that send no request."""
+        if host not in client_id.lower():
+            return None
+        try:
+            labels = tuple(Path.read(client_id).labels)
+        except Exception:
+            return None
+        if len(labels) != 4 or labels[0] != b"$":
+            return None
+        if labels[1] in (b"inet", b"fixedinet"):
+            host_label, port = labels[2], _java_int(labels[3])
+        elif labels[1] == b"io.buoyant.rinet":
+            host_label, port = labels[3], _java_int(labels[2])
+        else:
+            return None
+        if port is None or host_label.decode("utf-8", "replace").lower() != host:
+            return None
+        e = self.table.get(host)
+        return None if e is None or e.state == "pending" else _addr_of(e, port)
 
     def system(self, path: Path) -> Any:
         """The ``system=`` callback for binding: answers ``/$/inet``, ``/$/fixedinet`` and

@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from namers._dtab import Path
+from namers._dtab import AddrBound, Address, Path
 from namers.dnssrv import DnsSrvNamer
 from namers.inet import HostTable, InetResolver
 from tests.daemonutil import curl, running_daemon
@@ -473,3 +473,59 @@ routers:
             with trio.fail_after(20):
                 while (await client())["stale"]:
                     await trio.sleep(0.1)
+
+
+async def test_inet_client_follows_a_moved_host_without_waiting_for_a_request(tmp_path: FsPath) -> None:
+    """``web.test`` moves from 127.0.0.4 to 127.0.0.5. The client of ``/$/inet/web.test/<port>`` kept
+    the old endpoint (and its pooled connections to the old address) until its next request, while
+    a namer's clients follow at once. Now it follows at once too: client_state shows the new address
+    and the old endpoint, with its pool, is gone before any request is sent."""
+    async with running_upstream(host="127.0.0.4") as a:  # noqa: SIM117 (b needs a's port)
+        async with (
+            running_upstream(host="127.0.0.5", port=a.port),
+            running_dnsmasq(tmp_path, ["host-record=web.test,127.0.0.4"]) as dns,
+        ):
+            cfg = f"""
+admin: {{ip: 127.0.0.1, port: 0}}
+dns: {{nameservers: ["{dns.address}"]}}
+routers:
+- protocol: http
+  label: out
+  dtab: /svc/web => /$/inet/web.test/{a.port};
+  servers: [{{ip: 127.0.0.1, port: 0}}]
+"""
+            async with running_daemon(cfg) as d:
+                port = d.port("out")
+                assert (await curl(f"http://127.0.0.1:{port}/", "-H", "Host: web")).status == 200
+                client_id = f"/$/inet/web.test/{a.port}"
+
+                async def addresses() -> list[str]:
+                    body = (await curl(f"{d.admin}/client_state.json")).json()
+                    assert isinstance(body, dict)
+                    return list(body[client_id]["addresses"])
+
+                assert await addresses() == [f"127.0.0.4:{a.port}"]
+                await dns.set_records(["host-record=web.test,127.0.0.5"])
+                with trio.fail_after(20):
+                    while await addresses() != [f"127.0.0.5:{a.port}"]:
+                        await trio.sleep(0.1)
+                assert len(a.requests) == 1
+
+
+def test_inet_current_names_only_the_clients_of_that_host_and_touches_nothing() -> None:
+    r = InetResolver(max_hosts=10)
+    r.resolve("web.test", 80)
+    r.table.apply_answer("web.test", ["10.0.0.1"], 30, now=0.0)
+    r.resolve("other.test", 80)
+    order = [e.host for e in r.table.entries()]
+    want = AddrBound((Address("10.0.0.1", 8080),), {})
+    assert r.current("/$/inet/web.test/8080", "web.test") == want
+    assert r.current("/$/inet/WEB.test/8080", "web.test") == want
+    assert r.current("/$/fixedinet/web.test/8080", "web.test") == want
+    assert r.current("/$/io.buoyant.rinet/8080/web.test", "web.test") == want
+    assert r.current("/$/inet/web.test/8080", "other.test") is None  # another host
+    assert r.current("/$/inet/other.test/8080", "other.test") is None  # no answer yet
+    assert r.current("/%/io.l5d.port/9000/$/inet/web.test/8080", "web.test") is None  # transformed
+    assert r.current("/#/io.l5d.fs/web.test", "web.test") is None
+    assert r.current("/$/inet/gone.test/8080", "gone.test") is None  # not followed
+    assert [e.host for e in r.table.entries()] == order and len(r.table) == 2
