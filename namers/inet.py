@@ -510,20 +510,46 @@ class HostsFile:
         self.path = path
         self._sig: tuple[int, int, int] | None = None
         self._names: dict[str, list[str]] = {}
+        self._loading = trio.Lock()
         self.reads = 0
+
+    def _signature(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _load(self, sig: tuple[int, int, int]) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                text = f.read(16 * 1024 * 1024).decode("utf-8", "replace")
+        except OSError:
+            self._names, self._sig = {}, None
+            return
+        self._names, self._sig = _parse_hosts(text), sig
+        self.reads += 1
 
     def lookup(self, host: str) -> list[str]:
         """The IPs ``host`` has in the file, in file order (empty when it has none)."""
-        try:
-            st = os.stat(self.path)
-            sig = (st.st_ino, st.st_size, st.st_mtime_ns)
-            if sig != self._sig:
-                with open(self.path, "rb") as f:
-                    text = f.read(16 * 1024 * 1024).decode("utf-8", "replace")
-                self._names, self._sig = _parse_hosts(text), sig
-                self.reads += 1
-        except OSError:
+        sig = self._signature()
+        if sig is None:
             self._names, self._sig = {}, None
+        elif sig != self._sig:
+            self._load(sig)
+        return self._names.get(host.lower().rstrip("."), [])
+
+    async def lookup_async(self, host: str) -> list[str]:
+        """:meth:`lookup` for the trio thread: a changed file is read and parsed in a worker thread
+        (an ad-blocking hosts file of 150,000 names takes most of a second to parse), one read at a
+        time; only the ``stat`` runs in the caller's thread."""
+        sig = self._signature()
+        if sig is None:
+            self._names, self._sig = {}, None
+        elif sig != self._sig:
+            async with self._loading:
+                if sig != self._sig:
+                    await trio.to_thread.run_sync(self._load, sig)
         return self._names.get(host.lower().rstrip("."), [])
 
 
@@ -739,7 +765,7 @@ class InetResolver:
         import dns.exception
         import dns.resolver
 
-        if self.hosts is not None and (static := self.hosts.lookup(host)):
+        if self.hosts is not None and (static := await self.hosts.lookup_async(host)):
             return ("answer", tuple(static), HOSTS_TTL)
 
         results: dict[str, Any] = {}
