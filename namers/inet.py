@@ -160,10 +160,11 @@ def make_resolver(nameservers: Sequence[tuple[str, int]], timeout: float) -> dns
         r = dns.asyncresolver.Resolver(configure=True)
     r.cache = None
     r.lifetime = timeout
-    # Each server gets its share of the query's time, so a dead first server (it never answers:
-    # UDP sockets are not connected, so not even a closed port is refused) leaves time to ask the
-    # others; with the whole time per server, the first one's silence used it all up.
-    r.timeout = timeout / max(len(r.nameservers), 1)
+    # Each server gets two tries within the query's time, so a lost UDP packet is sent again and
+    # a dead first server (it never answers: UDP sockets are not connected, so not even a closed
+    # port is refused) leaves time to ask the others; with the whole time for one try, a lost
+    # packet failed the lookup and the first server's silence used it all up.
+    r.timeout = timeout / (2 * max(len(r.nameservers), 1))
     return r
 
 

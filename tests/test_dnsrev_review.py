@@ -39,8 +39,8 @@ Answer = Records | str | tuple[str, Records]
 
 class Responder:
     """A DNS responder on a loopback UDP port. ``answer(qname, qtype, n)`` (``n``: how many queries of
-    that (name, type) came before) gives the records of the reply, or an rcode. ``answered`` counts the
-    replies sent per (name, type)."""
+    that (name, type) came before) gives the records of the reply, or an rcode, or ``"DROP"`` for no
+    reply at all. ``answered`` counts the queries handled per (name, type)."""
 
     def __init__(self, answer: Callable[[str, str, int], Answer]) -> None:
         self.answer = answer
@@ -68,6 +68,9 @@ class Responder:
                 qtype = dns.rdatatype.to_text(q.question[0].rdtype)
                 n = self.answered.get((qname, qtype), 0)
                 what = self.answer(qname, qtype, n)
+                if what == "DROP":  # (a lost packet)
+                    self.answered[(qname, qtype)] = n + 1
+                    continue
                 r = dns.message.make_response(q)
                 if isinstance(what, str):
                     r.set_rcode(dns.rcode.from_text(what))
@@ -295,6 +298,31 @@ def test_host_table_negative_ttl_is_clamped() -> None:
         t.due(100.0)
         t.apply_negative(host, 100.0, ttl)
         assert t.get(host).next_refresh == 100.0 + after, host
+
+
+async def test_inet_one_lost_udp_packet_is_asked_again_within_the_lookup() -> None:
+    """UDP loses a packet now and then. The lookup sent its query once and waited its whole time (2 s)
+    for the answer, so one lost packet failed the name (or marked it stale, and every binding was
+    dropped). A lookup now asks again within its time, as the system resolver does."""
+    lost: list[tuple[str, str]] = []
+
+    def answer(name: str, qtype: str, n: int) -> Answer:
+        if n == 0:
+            lost.append((name, qtype))
+            return "DROP"  # the first query of each (name, type) never gets an answer
+        return [("web.test", 30, "A", "10.0.0.1")] if qtype == "A" else "NOERROR"
+
+    server = Responder(answer)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        r = InetResolver([f"127.0.0.1:{server.port}"])  # the default 2 s lookup time
+        await nursery.start(r.run)
+        r.resolve("web.test", 80)
+        await wait_for(lambda: r.table.get("web.test").state != "pending")
+        e = r.table.get("web.test")
+        assert (e.state, e.ips, e.version) == ("bound", ("10.0.0.1",), 1)
+        assert sorted(lost) == [("web.test", "A"), ("web.test", "AAAA")]
+        nursery.cancel_scope.cancel()
 
 
 # == CNAME chains ==================================================================================

@@ -701,8 +701,8 @@ class DnsSrvNamer(NamerConfig):
         (),
         "DNS servers to ask: IPs or host names, each with an optional :port (53). A name is resolved once, "
         "by the system resolver, when the first lookup needs it (an IPv4 address preferred, as Linkerd's JVM "
-        "does); until it resolves, each lookup fails saying so. Asked in order; each gets its share of the 2 s a "
-        "lookup may take, so a dead server leaves time to ask the next.",
+        "does); until it resolves, each lookup fails saying so. Asked in order; each gets two tries (a lost "
+        "packet is sent again) within the 2 s a lookup may take, so a dead server leaves time to ask the next.",
         default_doc="the system resolver",
     )
 
@@ -1280,8 +1280,8 @@ class UsageConfig:
 class DnsConfig:
     nameservers: tuple[str, ...] = key(
         (),
-        "DNS servers (IP or IP:port) for /$/inet names, asked in order; each gets its share of the 2 s a "
-        "lookup may take, so a dead server leaves time to ask the next.",
+        "DNS servers (IP or IP:port) for /$/inet names, asked in order; each gets two tries (a lost packet "
+        "is sent again) within the 2 s a lookup may take, so a dead server leaves time to ask the next.",
         default_doc="/etc/resolv.conf",
     )
 
