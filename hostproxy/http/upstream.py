@@ -21,7 +21,9 @@ response body is then pulled from the socket as the caller reads it.
   connection still fails before any byte of it left (known for a ``SockStream``; a TLS or host-name
   stream cannot tell, so its failure is reported), it is sent again on a fresh connection: never
   lost, never duplicated.  Once any byte was written a failure is reported, not retried here (a
-  streamed request's head alone may be sent again: an upstream cannot act on part of a head).
+  streamed request's head alone may be sent again: an upstream cannot act on part of a head); a
+  close before any byte of a response says so (``_closed_before_response``: on a reused connection,
+  the keep-alive race and what to do about it).
 * **Interim responses.**  1xx heads before the final one are collected on the ``Response``
   (``interim``, hop-by-hop fields stripped) for the server to forward; ``100 Continue`` is not (the
   server answers a client's ``Expect`` itself), and past ``MAX_INTERIM_RESPONSES`` of them the
@@ -1139,7 +1141,10 @@ class UpstreamPool(NurseryOwner):
             try:
                 event = codec.next_event()
                 if event is NEED_DATA:
-                    codec.receive_data(await receive_some(RECEIVE_SIZE))
+                    data = await receive_some(RECEIVE_SIZE)
+                    if not data and not codec.trailing_data():
+                        raise self._closed_before_response(conn, interim_count)
+                    codec.receive_data(data)
                     continue
             except Exception as exc:
                 errors.reraise(exc)
@@ -1180,6 +1185,26 @@ class UpstreamPool(NurseryOwner):
                     f"connection to {self.endpoint} closed before a response arrived", endpoint=self.endpoint
                 )
             raise UpstreamReset(f"unexpected {event!r} from {self.endpoint}", endpoint=self.endpoint)
+
+    def _closed_before_response(self, conn: _Conn, interim: int) -> UpstreamReset:
+        """The error for a connection the upstream closed (a FIN) after the request was written and
+        before any byte of its (final) response. On a reused connection this is most often the
+        keep-alive race: the upstream closed it as idle while the request was on its way."""
+        what = f"upstream {self.endpoint} closed the connection before sending a response"
+        if interim:
+            what += f" (after {interim} interim 1xx response{'s' if interim > 1 else ''})"
+        if conn.reused:
+            idle_s = self.params.idle_timeout_s
+            pool_idle = f"{idle_s * 1000:.0f} ms" if idle_s is not None else "none"
+            what += (
+                f"; it was a reused connection, returned to the pool "
+                f"{max(self._clock() - conn.idle_since, 0.0) * 1000:.0f} ms earlier: an upstream whose "
+                "keep-alive timeout is shorter than the pool's idle time "
+                f"(client.hostConnectionPool.idleTimeMs ({pool_idle})) closes connections the pool "
+                "still holds, so set idleTimeMs below the upstream's keep-alive timeout; the "
+                "io.l5d.http.retryableRead5XX and retryableIdempotent5XX classifiers retry such failures"
+            )
+        return UpstreamReset(what, endpoint=self.endpoint)
 
     def _prefetch_body(self, conn: _Conn, content_length: int | None) -> Body:
         """Take the body bytes that already arrived with the head, without waiting for more.
