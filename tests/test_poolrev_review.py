@@ -7,13 +7,18 @@ steps, and bounded waits are safety nets.
 
 from __future__ import annotations
 
+import contextlib
+import ssl
 from pathlib import Path
 
 import pytest
 import trio
+from certs import make_pki
 
+from hostproxy.config import model as m
 from hostproxy.http import UpstreamPool, UpstreamReset
 from hostproxy.http.upstream import PoolParams
+from hostproxy.tls import ClientTls
 from tests.test_pool_adversarial import Peer, RawUpstream, ok, req, running_raw, stats
 from tests.test_upstream_edges_adversarial import get, l5d_err, proxied
 
@@ -80,3 +85,121 @@ async def test_the_client_gets_the_plain_reason_in_l5d_err(tmp_path: Path) -> No
         err = l5d_err(r)
         assert "closed the connection before sending a response" in err, err
         assert "role=" not in err and "malformed" not in err, err
+
+
+# == bytes past a response held by the TLS layer ==================================================
+
+
+class _TlsRecords:
+    """The server side of one TLS connection over memory BIOs (the standard ``ssl`` module): what it
+    writes is encrypted record by record and sent when asked, so a test decides which records share
+    one TCP send."""
+
+    def __init__(self, stream: trio.SocketStream, ctx: ssl.SSLContext) -> None:
+        self.stream = stream
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self.incoming, self.outgoing, server_side=True)
+
+    async def _more(self) -> bool:
+        await self.flush()
+        data = await self.stream.receive_some(65536)
+        if not data:
+            return False
+        self.incoming.write(data)
+        return True
+
+    async def flush(self) -> None:
+        if self.outgoing.pending:
+            await self.stream.send_all(self.outgoing.read())
+
+    async def handshake(self) -> bool:
+        while True:
+            try:
+                self.obj.do_handshake()
+                await self.flush()
+                return True
+            except ssl.SSLWantReadError:
+                if not await self._more():
+                    return False
+
+    async def read_head(self, buf: bytearray) -> bytes | None:
+        while b"\r\n\r\n" not in buf:
+            try:
+                data = self.obj.read(65536)
+                if not data:
+                    return None  # (the peer's close_notify)
+                buf += data
+                continue
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLZeroReturnError:
+                return None
+            if not await self._more():
+                return None
+        end = buf.index(b"\r\n\r\n") + 4
+        head = bytes(buf[:end])
+        del buf[:end]
+        return head
+
+
+def _tls_upstream_context(tmp_path: Path) -> tuple[ssl.SSLContext, ClientTls]:
+    pki = make_pki(tmp_path)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pki.server_cert, pki.server_key)
+    return ctx, ClientTls(m.ClientTls(common_name="localhost", trust_certs=(pki.ca_path,)))
+
+
+@pytest.mark.parametrize("tls_version", ["TLSv1.3", "TLSv1.2"])
+async def test_bytes_past_a_response_in_a_later_tls_record_are_never_the_next_response(
+    tmp_path: Path, tls_version: str
+) -> None:
+    """A TLS upstream writes a response and, past its end, a second one nobody asked for, in two TLS
+    records of one TCP send. The TLS layer reads both from the socket and hands out the first: the
+    second is neither in the codec's buffer nor readable on the socket, but it is not clean either.
+    The pooled connection must not be reused, or the next request (maybe another client's) gets
+    that response instead of its own."""
+    ctx, client_tls = _tls_upstream_context(tmp_path)
+    ctx.minimum_version = ctx.maximum_version = getattr(ssl.TLSVersion, tls_version.replace(".", "_"))
+    seen: list[tuple[int, str]] = []
+    connections = 0
+
+    async def handle(stream: trio.SocketStream) -> None:
+        nonlocal connections
+        index, connections = connections, connections + 1
+        tls = _TlsRecords(stream, ctx)
+        buf = bytearray()
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
+            if not await tls.handshake():
+                return
+            while (head := await tls.read_head(buf)) is not None:
+                path = head.split(b" ")[1].decode()
+                seen.append((index, path))
+                tls.obj.write(ok(path.encode()))
+                if path == "/first":
+                    tls.obj.write(ok(b"EVIL!"))  # a record of its own, in the same TCP send
+                await tls.flush()
+
+    async def connector(host: str, port: int, timeout_s: float) -> object:
+        return await client_tls.connect(host, port, connect_timeout=timeout_s, alpn=("http/1.1",))
+
+    async with trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        nursery.start_soon(trio.serve_listeners, handle, listeners)
+        async with UpstreamPool("127.0.0.1", port, connector=connector) as pool:  # type: ignore[arg-type]
+            with trio.fail_after(SAFETY):
+                r = await pool.request(req("/first"))
+                assert await r.body.read_all() == b"/first"
+                r = await pool.request(req("/second"))
+                second = await r.body.read_all()
+                assert second == b"/second", (
+                    f"the second request got {second!r} ({pool.statistics()}, {seen})"
+                )
+                # A clean TLS exchange still leaves its connection for the next request.
+                r = await pool.request(req("/third"))
+                assert await r.body.read_all() == b"/third"
+            assert seen == [(0, "/first"), (1, "/second"), (1, "/third")]
+            s = stats(pool)
+            assert (s["reused"], s["open"], s["in_use"]) == (1, 1, 0)
+        nursery.cancel_scope.cancel()

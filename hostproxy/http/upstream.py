@@ -34,7 +34,9 @@ response body is then pulled from the socket as the caller reads it.
   by the close, or with both ``Content-Length`` and chunking, leaves its connection unpooled.
 * **Nothing after the response.**  Bytes an upstream sends beyond the end of a response (a second
   response nobody asked for, a body on a ``HEAD`` or ``204``) would be read as the next request's
-  response: a connection holding any is closed, not kept.
+  response: a connection holding any is closed, not kept; in the codec's buffer, or in a TLS
+  layer's (``TlsStream.buffered``: it reads the socket ahead, so later records of the same read are
+  neither in the codec nor readable on the socket).
 * **Plain TCP.**  A connection to an IP address is a :class:`~hostproxy.http.sockstream.SockStream`
   (it yields only when it has to wait); a host name is resolved and connected by
   ``trio.open_tcp_stream``.
@@ -284,6 +286,14 @@ class _Stale(Exception):
     """Writing the request to a reused connection failed before any byte left: safe to resend."""
 
 
+def _holds_unread(stream: Any) -> bool:
+    """Whether ``stream`` holds bytes it read from the socket that no read returned yet (a TLS layer
+    reads ahead: ``TlsStream.buffered``; -1, unknown, counts as holding some). A plain socket stream
+    holds none: everything it read went to the codec."""
+    buffered = getattr(stream, "buffered", None)
+    return buffered is not None and buffered() != 0
+
+
 def _nothing_left(stream: Any) -> bool:
     """Whether the ``send_all`` that just failed on ``stream`` provably sent none of its bytes: known
     for a ``SockStream``; any other stream (TLS, a host name's trio stream) may have sent a part."""
@@ -353,6 +363,8 @@ class _Conn:
             stream = self.stream
             if type(stream) is SockStream:
                 return stream.readable_now()  # (its own poll object, also used for reading)
+            if _holds_unread(stream):
+                return True
             poller = self.poller
             if poller is None:
                 poller = self.poller = select.poll()
@@ -926,6 +938,7 @@ class UpstreamPool(NurseryOwner):
             and conn.sender_done
             and codec.can_reuse
             and not codec.trailing_data()  # bytes past the response: never the next one's
+            and (type(conn.stream) is SockStream or not _holds_unread(conn.stream))  # (read ahead by TLS)
             and (life_s is None or self._clock() - conn.born < life_s)
         )
         if reusable:

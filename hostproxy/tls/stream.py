@@ -7,6 +7,8 @@ Theory of operation
 ``trio.abc.Stream`` interface, adding:
 
 * ``socket`` — the transport's socket;
+* :meth:`TlsStream.buffered` — bytes received and not handed out yet, which polling the socket
+  cannot see (a pool checks it before keeping a connection);
 * a lazy handshake on first I/O, bounded by ``handshake_timeout_s``, whose failure is reported once
   through ``on_failure(reason, exc)`` (the server counts it; not for a client that closed without
   sending a byte, a TCP health check) and raised as ``trio.BrokenResourceError`` so the protocol
@@ -428,6 +430,20 @@ class TlsStream(trio.abc.Stream):
         except trio.BrokenResourceError as exc:
             self._raise_translated(exc)
             raise
+
+    def buffered(self) -> int:
+        """Bytes read from the socket that no ``receive_some`` returned yet: decrypted ones the TLS
+        layer holds, and received records not decrypted yet (``trio.SSLStream`` reads the socket
+        ahead and hands out one record at a time). A connection between two exchanges that holds any
+        is not clean, although its socket polls empty. -1 when it cannot be told (trio's internals
+        changed): the caller then treats the connection as not clean."""
+        ssl_stream = self.ssl_stream
+        ssl_object = getattr(ssl_stream, "_ssl_object", None)
+        incoming = getattr(ssl_stream, "_incoming", None)
+        try:
+            return int(ssl_object.pending()) + int(incoming.pending)  # type: ignore[union-attr]
+        except Exception:
+            return -1
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.ssl_stream.wait_send_all_might_not_block()
