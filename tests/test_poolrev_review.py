@@ -87,6 +87,56 @@ async def test_the_client_gets_the_plain_reason_in_l5d_err(tmp_path: Path) -> No
         assert "role=" not in err and "malformed" not in err, err
 
 
+# == an endpoint that is not an HTTP server =======================================================
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        pytest.param(b"SSH-2.0-OpenSSH_9.6\r\n", id="ssh-banner"),
+        pytest.param(b"220 mx.example ESMTP ready\r\n", id="smtp-greeting"),
+        pytest.param(b"J\x00\x00\x00\n8.0.36\x00\x08\x00\x00\x00", id="mysql-handshake"),
+        pytest.param(b"-ERR unknown command 'GET'\r\n", id="redis-error"),
+    ],
+)
+async def test_an_answer_that_cannot_start_a_status_line_fails_at_once(first: bytes) -> None:
+    """The endpoint speaks another protocol (a misrouted service: SSH, SMTP, MySQL, Redis) and then
+    waits. Its first bytes cannot begin ``HTTP/``: the request fails at once, 502 ``upstream/reset``
+    naming what came, rather than waiting (without a timeout, for ever) for the blank line of a head
+    that never comes."""
+
+    async def handler(up: RawUpstream, peer: Peer) -> None:
+        head = await peer.read_head()
+        if head is not None:
+            up.record(peer, head)
+            await peer.send(first)
+            await peer.drain()  # and waits, until the pool closes the connection
+
+    async with running_raw(handler) as up, UpstreamPool("127.0.0.1", up.port) as pool:
+        with trio.fail_after(SAFETY), pytest.raises(UpstreamReset) as info:
+            await pool.request(req("/x"))
+        message = str(info.value)
+        assert "HTTP/" in message and repr(first[:5])[2:-1] in message, message
+        assert (stats(pool)["open"], stats(pool)["in_use"]) == (0, 0)
+
+
+async def test_a_status_line_trickling_in_byte_by_byte_is_still_awaited() -> None:
+    """The early refusal looks at the bytes that came: a head arriving a byte at a time is relayed."""
+    answer = ok(b"slow")
+
+    async def handler(up: RawUpstream, peer: Peer) -> None:
+        while (head := await peer.read_head()) is not None:
+            up.record(peer, head)
+            for i in range(len(answer)):
+                await peer.send(answer[i : i + 1])
+                await trio.sleep(0)
+
+    async with running_raw(handler) as up, UpstreamPool("127.0.0.1", up.port) as pool:
+        with trio.fail_after(SAFETY):
+            r = await pool.request(req("/x"))
+            assert (r.status, await r.body.read_all()) == (200, b"slow")
+
+
 # == bytes past a response held by the TLS layer ==================================================
 
 

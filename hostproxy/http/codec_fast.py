@@ -100,6 +100,8 @@ _STATUS_LINE_RE: Final = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ([\t\x2
 _CHUNK_HEADER_RE: Final = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;.*)?[ \t]*\r\n")
 _CONTENT_LENGTH_RE: Final = re.compile(rb"[0-9]+")
 _BLANK_LINE_RE: Final = re.compile(rb"\n\r?\n")
+#: What every response head starts with: a partial head whose first bytes differ is refused at once.
+_STATUS_PREFIX: Final = b"HTTP/"
 _OBS_FOLD_RE: Final = re.compile(rb"\r\n[ \t]+")
 _TOKEN_RE: Final = re.compile(_TOKEN)
 _OUT_VALUE_RE: Final = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
@@ -1246,6 +1248,13 @@ class ClientCodec(_Side):
         if match is None:
             if buf and buf[0] < 0x21:
                 raise self._fail("illegal request line")
+            if not _STATUS_PREFIX.startswith(bytes(buf[:5])):
+                # Not the start of a status line (an SSH banner, an SMTP greeting, a database's
+                # handshake): refused now, not once a blank line comes (which may be never).
+                raise self._fail(
+                    f"illegal status line: the response starts with {bytes(buf[:20])!r}, not HTTP/ "
+                    "(is the endpoint an HTTP/1.1 server?)"
+                )
             if len(buf) > self._max_partial:
                 self._check_partial_head(buf)
             if self._eof:
