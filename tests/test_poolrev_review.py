@@ -87,6 +87,36 @@ async def test_the_client_gets_the_plain_reason_in_l5d_err(tmp_path: Path) -> No
         assert "role=" not in err and "malformed" not in err, err
 
 
+# == the timeouts bound the response head, not its body ==========================================
+
+
+async def test_a_response_body_streaming_past_the_timeouts_is_relayed_whole(tmp_path: Path) -> None:
+    """``requestAttemptTimeoutMs`` and ``totalTimeoutMs`` bound the wait for the response head, as in
+    Linkerd (whose timeouts end with the response's head): a body still streaming when they run out
+    is relayed to its end, not cut. (``socketOptions.readTimeoutMs`` cuts a body that stalls.)"""
+    head_sent = trio.Event()
+    go_on = trio.Event()
+
+    async def streams(stream: trio.SocketStream, _rest: bytes) -> bool:
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nfirst")
+        head_sent.set()
+        await go_on.wait()
+        await stream.send_all(b"-last")
+        return True
+
+    client = "    requestAttemptTimeoutMs: 100\n"
+    service = "    totalTimeoutMs: 150\n"
+    async with proxied(tmp_path, {b"/stream": streams}, client, service) as (up, d, c):
+        await c.send(get(b"/stream"))
+        with trio.fail_after(SAFETY):
+            await head_sent.wait()
+        await trio.sleep(0.5)  # both timeouts run out while the body is still coming
+        go_on.set()
+        with trio.fail_after(SAFETY):
+            r = await c.read_response()
+        assert r.complete and r.status == 200 and r.body == b"first-last", r
+
+
 # == an endpoint that is not an HTTP server =======================================================
 
 
