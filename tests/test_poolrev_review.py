@@ -8,6 +8,7 @@ steps, and bounded waits are safety nets.
 from __future__ import annotations
 
 import contextlib
+import socket
 import ssl
 from pathlib import Path
 
@@ -15,11 +16,23 @@ import pytest
 import trio
 from certs import make_pki
 
+from hostproxy.client import Client
 from hostproxy.config import model as m
-from hostproxy.http import UpstreamPool, UpstreamReset
+from hostproxy.config.model import HostConnectionPool
+from hostproxy.http import Body, UpstreamError, UpstreamPool, UpstreamReset
 from hostproxy.http.upstream import PoolParams
 from hostproxy.tls import ClientTls
-from tests.test_pool_adversarial import Peer, RawUpstream, ok, req, running_raw, stats
+from tests.test_pool_adversarial import (
+    Peer,
+    RawUpstream,
+    Source,
+    content_length,
+    make_client,
+    ok,
+    req,
+    running_raw,
+    stats,
+)
 from tests.test_upstream_edges_adversarial import get, l5d_err, proxied
 
 SAFETY = 10  # seconds: a safety net for every wait, never a timing assertion
@@ -85,6 +98,88 @@ async def test_the_client_gets_the_plain_reason_in_l5d_err(tmp_path: Path) -> No
         err = l5d_err(r)
         assert "closed the connection before sending a response" in err, err
         assert "role=" not in err and "malformed" not in err, err
+
+
+# == the pool's bookkeeping after each misbehaviour ===============================================
+
+_MISBEHAVING = {
+    "early-413-kept-open": b"HTTP/1.1 413 Too Large\r\nContent-Length: 3\r\n\r\nbig",
+    "early-413-then-close": b"HTTP/1.1 413 Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig",
+    "body-on-head": ok(b"body!"),
+    "body-on-204": b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nbody!",
+    "length-and-chunked": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"5\r\nhello\r\n0\r\n\r\n",
+    "two-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    "cut-short": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789",
+    "close-kept-open": ok(b"x", b"Connection: close\r\n"),
+    "half-close": ok(b"hc"),
+    "interim": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early\r\nLink: <a>\r\n\r\n" + ok(b"final"),
+    "reset": b"",
+    "fin": b"",
+}
+
+
+async def _misbehaving(up: RawUpstream, peer: Peer) -> None:
+    while (head := await peer.read_head()) is not None:
+        name = up.record(peer, head)[1:]
+        answer = _MISBEHAVING.get(name)
+        if name.startswith("early-"):
+            await peer.send(answer or b"")
+            if name == "early-413-then-close":
+                return
+            await trio.sleep_forever()  # reads no more of the body, keeps the connection
+        length = content_length(head)
+        if length:
+            await peer.read_exactly(length)
+        if name == "reset":
+            peer.reset()
+            return
+        if name == "fin":
+            return
+        await peer.send(answer or ok(name.encode()))
+        if name == "half-close":
+            peer.stream.socket.shutdown(socket.SHUT_WR)
+        elif name == "cut-short":
+            return
+        elif name == "close-kept-open":
+            await trio.sleep_forever()
+
+
+@pytest.mark.parametrize("max_size", [None, 2], ids=["unbounded", "maxSize=2"])
+async def test_no_connection_or_slot_is_leaked_by_any_misbehaviour(max_size: int | None) -> None:
+    """Each misbehaviour twice, through the client (no requeues), and a clean request after each:
+    every exchange ends with no connection in use or opening, the connections open are the idle
+    ones, and the client's pool gauges (``connections``, ``pool_size``, ``pool_cached``,
+    ``pool_waiters``, ``/client_state.json``) say the same."""
+    async with running_raw(_misbehaving) as up, trio.open_nursery() as nursery:
+        client = make_client(nursery, up.port, host_connection_pool=HostConnectionPool(max_size=max_size))
+        pool = client.endpoints[f"127.0.0.1:{up.port}"].pool
+        for _ in range(2):
+            for name in [*_MISBEHAVING, "clean"]:
+                method, body = ("HEAD" if name == "body-on-head" else "GET"), None
+                if name.startswith("early-"):
+                    data = b"y" * (1 << 20)
+                    method = "POST"
+                    body = Body(Source([data[i : i + 65536] for i in range(0, len(data), 65536)]), len(data))
+                with trio.fail_after(SAFETY):
+                    try:
+                        r, _ = await client.request(req("/" + name, body, method))
+                        await r.body.read_all()
+                    except UpstreamError:
+                        pass
+                s = stats(pool)
+                assert (s["in_use"], s["opening"], s["waiters"], s["open"]) == (0, 0, 0, s["idle"]), (name, s)
+                assert client.state_json()["endpoints"][pool.endpoint]["pool"] == s
+        totals = _client_pools(client)
+        assert totals == {"open": s["open"], "size": s["open"], "idle": s["idle"], "waiters": 0}, totals
+        await client.aclose()
+        nursery.cancel_scope.cancel()
+
+
+def _client_pools(client: Client) -> dict[str, int]:
+    from hostproxy.client import _Pools
+
+    return _Pools(client).statistics()
 
 
 # == the timeouts bound the response head, not its body ==========================================
