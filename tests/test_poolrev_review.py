@@ -11,6 +11,7 @@ import contextlib
 import socket
 import ssl
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -20,6 +21,9 @@ from hostproxy.client import Client
 from hostproxy.config import model as m
 from hostproxy.config.model import HostConnectionPool
 from hostproxy.http import Body, UpstreamError, UpstreamPool, UpstreamReset
+from hostproxy.http import upstream as upstream_mod
+from hostproxy.http.sockopts import WRITE_PIECE
+from hostproxy.http.sockstream import SockStream
 from hostproxy.http.upstream import PoolParams
 from hostproxy.tls import ClientTls
 from tests.test_pool_adversarial import (
@@ -260,6 +264,58 @@ async def test_a_status_line_trickling_in_byte_by_byte_is_still_awaited() -> Non
         with trio.fail_after(SAFETY):
             r = await pool.request(req("/x"))
             assert (r.status, await r.body.read_all()) == (200, b"slow")
+
+
+# == a request written in pieces (writeTimeoutMs) is never resent once a piece left ===============
+
+
+async def test_a_request_failing_after_its_first_piece_left_is_not_resent_under_write_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under ``socketOptions.writeTimeoutMs`` a request is written in pieces (``WRITE_PIECE``, each
+    bounded by the timeout). On a reused connection, the first piece (the head and the start of the
+    body) left, then the upstream reset the connection and the next piece's write failed before any
+    of its own bytes left. The upstream saw the request (part of it): the pool must report the
+    failure, not send the request again on a fresh connection. (A real socket fails; the only thing
+    arranged is the order: the reset lands between the two pieces.)"""
+    reset_now = trio.Event()
+
+    async def handler(up: RawUpstream, peer: Peer) -> None:
+        while (head := await peer.read_head()) is not None:
+            path = up.record(peer, head)
+            if path == "/upload" and peer.index == 0:
+                await reset_now.wait()
+                peer.reset()  # read the head, dies before the rest of the body
+                return
+            await peer.read_exactly(content_length(head))
+            await peer.send(ok(path.encode()))
+
+    real_send_all_timed = upstream_mod.send_all_timed
+
+    async def reset_between_pieces(stream: Any, data: bytes, timeout_s: float | None, *rest: Any) -> bool:
+        if len(data) <= WRITE_PIECE or reset_now.is_set() or not isinstance(stream, SockStream):
+            return await real_send_all_timed(stream, data, timeout_s, *rest)
+        if not await real_send_all_timed(stream, data[:WRITE_PIECE], timeout_s, *rest):
+            return False
+        reset_now.set()
+        with trio.fail_after(SAFETY):
+            while not stream.readable_now():  # the upstream's RST arrived (loopback: at once)
+                await trio.sleep(0.01)
+        return await real_send_all_timed(stream, data[WRITE_PIECE:], timeout_s, *rest)
+
+    monkeypatch.setattr(upstream_mod, "send_all_timed", reset_between_pieces)
+    params = PoolParams(write_timeout_s=float(SAFETY))
+    async with running_raw(handler) as up, UpstreamPool("127.0.0.1", up.port, params) as pool:
+        assert await (await pool.request(req("/warm"))).body.read_all() == b"/warm"
+        payload = b"x" * (40 * 1024)  # in memory, written with its head: three pieces
+        with trio.fail_after(SAFETY), pytest.raises(UpstreamReset) as info:
+            r = await pool.request(req("/upload", Body.from_bytes(payload), "POST"))
+            await r.body.read_all()
+        assert not info.value.retryable
+        uploads = up.lines().count("POST /upload HTTP/1.1")
+        assert uploads == 1, f"the upstream saw the upload {uploads} times ({stats(pool)}, {up.requests})"
+        s = stats(pool)
+        assert (s["resent"], s["in_use"], s["open"]) == (0, 0, 0)
 
 
 # == bytes past a response held by the TLS layer ==================================================

@@ -18,8 +18,9 @@ response body is then pulled from the socket as the caller reads it.
   closed before its end, a request body not fully sent, or any error discards the connection.
 * **Stale connections.**  An idle connection the upstream closed (or wrote to) while idle is
   readable; ``checkout`` polls for that and discards it.  If writing the request to a reused
-  connection still fails before any byte of it left (known for a ``SockStream``; a TLS or host-name
-  stream cannot tell, so its failure is reported), it is sent again on a fresh connection: never
+  connection still fails before any byte of it left (known for a ``SockStream``, counting under
+  ``write_timeout`` the pieces of the write already taken; a TLS or host-name stream cannot tell,
+  so its failure is reported), it is sent again on a fresh connection: never
   lost, never duplicated.  Once any byte was written a failure is reported, not retried here (a
   streamed request's head alone may be sent again: an upstream cannot act on part of a head); a
   close before any byte of a response says so (``_closed_before_response``: on a reused connection,
@@ -294,10 +295,12 @@ def _holds_unread(stream: Any) -> bool:
     return buffered is not None and buffered() != 0
 
 
-def _nothing_left(stream: Any) -> bool:
-    """Whether the ``send_all`` that just failed on ``stream`` provably sent none of its bytes: known
-    for a ``SockStream``; any other stream (TLS, a host name's trio stream) may have sent a part."""
-    return type(stream) is SockStream and stream.sent_before_failure == 0
+def _nothing_left(conn: _Conn) -> bool:
+    """Whether the write that just failed on ``conn`` provably sent none of its bytes: known for a
+    ``SockStream`` (its failing ``send_all`` says so, and under ``write_timeout`` no earlier piece of
+    the write was taken); any other stream (TLS, a host name's trio stream) may have sent a part."""
+    stream = conn.stream
+    return type(stream) is SockStream and stream.sent_before_failure == 0 and conn.pieces_taken == 0
 
 
 class _Conn:
@@ -323,6 +326,7 @@ class _Conn:
         "write_timeout",
         "stalled",
         "read_scope",
+        "pieces_taken",
     )
 
     def __init__(
@@ -342,6 +346,9 @@ class _Conn:
         #: The scope of a read under ``read_timeout`` in progress; each write of the request that
         #: completes moves its deadline (``send``).
         self.read_scope: trio.CancelScope | None = None
+        #: Pieces of the current ``send`` under ``write_timeout`` the peer took (``WRITE_PIECE`` each):
+        #: a write that failed after one did had bytes leave, whatever its failing piece says.
+        self.pieces_taken = 0
         self.body_failure: RequestBodyError | None = None  # the client's body failed while being sent
         self.stream = stream
         self.codec = ClientCodec(limits)
@@ -380,7 +387,8 @@ class _Conn:
             if write_s is None:
                 await self.stream.send_all(data)
             else:
-                taken = await send_all_timed(self.stream, data, write_s)
+                self.pieces_taken = 0
+                taken = await send_all_timed(self.stream, data, write_s, self._piece_taken)
         except Exception as exc:
             self.errors.reraise(exc)
         if not taken:
@@ -388,6 +396,9 @@ class _Conn:
             raise self.stall(f"took no bytes of the request for {write_s * 1000:g} ms", "writeTimeoutMs")
         if self.read_scope is not None:
             self._progressed()
+
+    def _piece_taken(self) -> None:
+        self.pieces_taken += 1
 
     def _progressed(self) -> None:
         """A write of the request completed while a read of the response waits (``read_scope``, set
@@ -1083,7 +1094,7 @@ class UpstreamPool(NurseryOwner):
                 try:
                     errors.reraise(exc)
                 except UpstreamError:
-                    if conn.reused and _nothing_left(conn.stream):
+                    if conn.reused and _nothing_left(conn):
                         raise _Stale() from None
                     raise
             if not body.done:  # a done body (the empty one) has nothing to consume
