@@ -455,7 +455,8 @@ class _Namers:
         # (here at start; a reload loads them in a worker thread: see Daemon._reload).
         self.state_store: NamerStateStore | None = None
         if config.namer_state.dir:
-            self.state_store = NamerStateStore(config.namer_state.dir, self.namers)
+            # The /$/inet resolver's DNS answers too: a restart while DNS is down keeps its hosts.
+            self.state_store = NamerStateStore(config.namer_state.dir, [*self.namers, self.resolver])
             if load_state:
                 self.state_store.load_all()
 

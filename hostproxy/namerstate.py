@@ -5,7 +5,9 @@ Theory of operation
 Monzo's 2017 outage taught that a proxy restarted while its discovery backend is down must not start
 empty. With ``namerState: {dir: DIR}`` every namer's last good address sets (``Namer.export_state()``)
 are written to ``DIR/<namer prefix>.json`` and loaded at start (``Namer.import_state()``), where they are
-served as ``stale`` until the backend answers for them.
+served as ``stale`` until the backend answers for them. The ``/$/inet`` resolver's last good DNS answers
+are kept the same way, in ``DIR/@inet.json`` (``InetResolver`` has the same four methods: ``prefix``,
+``subscribe``, ``export_state``, ``import_state``, and names its own file).
 
 Writes are atomic (a temporary file in the same directory, ``fsync``, ``rename``), so a crash mid-write
 leaves the previous file. A namer's file is rewritten only after the namer reported a change
@@ -82,7 +84,10 @@ class NamerStateStore:
             n.subscribe(lambda _n, _key, i=i: self._mark(i))
 
     def path_for(self, namer: Any) -> Path:
-        return self.dir / file_name(str(namer.prefix))
+        """``DIR/<prefix>.json``, or ``DIR/<namer.state_file>`` for one that names its own (the
+        ``/$/inet`` resolver: ``@inet.json``, a name no prefix maps to)."""
+        own = getattr(namer, "state_file", None)
+        return self.dir / (own if isinstance(own, str) else file_name(str(namer.prefix)))
 
     def _mark(self, i: int) -> None:
         self._dirty.add(i)

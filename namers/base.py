@@ -63,8 +63,10 @@ from namers._dtab import (
 
 __all__ = [
     "DEFAULT_MAX_NAMES",
+    "MAX_RESTORE_WARNINGS",
     "RESTORED_ERROR",
     "SAVED_STATE_MAX_AGE",
+    "STATE_FORMAT_VERSION",
     "Key",
     "NameState",
     "NameTable",
@@ -72,6 +74,7 @@ __all__ = [
     "State",
     "Subscriber",
     "Waker",
+    "check_saved_state",
     "format_time",
     "parse_prefix",
 ]
@@ -360,6 +363,31 @@ def source_text(source: Any) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(source.items())) or "no settings"
 
 
+def check_saved_state(data: Any, kind: str, prefix: str, source: dict[str, str] | None) -> None:
+    """Raise ``ValueError`` (saying what is wrong and what to do) unless ``data`` is saved state of
+    this format version for the namer ``kind`` at ``prefix`` with these ``source`` settings. State
+    saved without a version (version 1) or a ``source`` (before either was saved) passes."""
+    if not isinstance(data, dict) or not isinstance(data.get("names"), dict):
+        raise ValueError("saved namer state must be an object with a 'names' object")
+    version = data.get("version", 1)
+    if version != STATE_FORMAT_VERSION or isinstance(version, bool):
+        raise ValueError(
+            f"saved in format version {version!r}; this hostproxy reads version {STATE_FORMAT_VERSION}"
+            + (" (a newer hostproxy wrote it)" if isinstance(version, int) and version > 1 else "")
+        )
+    if data.get("kind") != kind or data.get("prefix") != prefix:
+        raise ValueError(
+            f"saved namer state is for {data.get('kind')!r} at {data.get('prefix')!r}, not "
+            f"{kind!r} at {prefix!r}; remove the file or fix the prefix"
+        )
+    saved_source = data.get("source")
+    if saved_source is not None and source is not None and saved_source != source:
+        raise ValueError(
+            f"saved for {kind} with {source_text(saved_source)}, not {source_text(source)}: "
+            "its names mean other services here"
+        )
+
+
 def valid_saved_address(a: Any) -> Address:
     """One address from saved namer state, checked as strictly as the namers' own parsers check
     theirs (host a string, port 1-65535, weight a finite number >= 0); ``ValueError`` says which."""
@@ -626,25 +654,7 @@ class Namer:
         outside 1-65535, a negative, NaN or infinite weight, ...) is skipped with a warning naming
         it; the others load. Returns how many were restored; raises ``ValueError`` for state saved
         by another namer (kind, prefix, or :meth:`state_source`) or in another format version."""
-        if not isinstance(data, dict) or not isinstance(data.get("names"), dict):
-            raise ValueError("saved namer state must be an object with a 'names' object")
-        version = data.get("version", 1)
-        if version != STATE_FORMAT_VERSION or isinstance(version, bool):
-            raise ValueError(
-                f"saved in format version {version!r}; this hostproxy reads version {STATE_FORMAT_VERSION}"
-                + (" (a newer hostproxy wrote it)" if isinstance(version, int) and version > 1 else "")
-            )
-        if data.get("kind") != self.kind or data.get("prefix") != str(self.bound_prefix):
-            raise ValueError(
-                f"saved namer state is for {data.get('kind')!r} at {data.get('prefix')!r}, not "
-                f"{self.kind!r} at {str(self.bound_prefix)!r}; remove the file or fix the prefix"
-            )
-        saved_source, source = data.get("source"), self.state_source()
-        if saved_source is not None and source is not None and saved_source != source:
-            raise ValueError(
-                f"saved for {self.kind} with {source_text(saved_source)}, not {source_text(source)}: "
-                "its names mean other services here"
-            )
+        check_saved_state(data, self.kind, str(self.bound_prefix), self.state_source())
         restored = skipped = 0
         for name, entry in list(data["names"].items())[-self.table.max_names :]:
             try:

@@ -29,6 +29,13 @@ is the same with the arguments swapped; ``/$/fixedinet`` resolves once and keeps
   push out a host's last good answer; at most ``max_concurrency`` queries run at once.
 * Subscribers, ``callback(resolver, host)``, are called in the trio thread whenever a host's
   answer changes, so binders and clients can re-read :meth:`InetResolver.resolve`.
+* With ``namerState.dir`` the daemon saves the hosts' last good DNS answers as it saves a namer's
+  (:meth:`InetResolver.export_state`, in ``@inet.json``) and restores them at start
+  (:meth:`InetResolver.import_state`, :meth:`HostTable.restore`): a restored host is ``stale``,
+  aged from when DNS last gave its answer (``confirmed_at``, moved on by every answer, an unchanged
+  one included), and due at once, until DNS answers for it; a negative answer replaces it like any
+  other. Answers from the hosts file are not saved (the file answers again), nor negative ones. The
+  saved ``source`` is the set of nameservers, or the system resolver and its search domains.
 
 ``InetResolver.system`` is the ``system=`` callback for binding: it answers ``/$/inet``-family paths
 with a bound leaf (whose ``addr`` is bound, negative or failed), :data:`PENDING` while the first
@@ -66,7 +73,17 @@ from namers._dtab import (
     NamerError,
     Path,
 )
-from namers.base import STALE_SINCE, Waker, format_time
+from namers.base import (
+    MAX_RESTORE_WARNINGS,
+    RESTORED_ERROR,
+    SAVED_STATE_MAX_AGE,
+    STALE_SINCE,
+    STATE_FORMAT_VERSION,
+    Waker,
+    check_saved_state,
+    format_time,
+    saved_time,
+)
 
 __all__ = [
     "HostEntry",
@@ -181,6 +198,13 @@ class HostEntry:
     next_refresh: float = -math.inf  # monotonic; -inf = due now
     in_flight: bool = False
     failures: int = 0
+    #: Wall time DNS last gave this answer (``None``: never, or unknown for a restored answer); what
+    #: saved state is aged from.
+    confirmed_at: float | None = None
+    #: False for an answer restored from saved state until a lookup asks for the host.
+    used: bool = True
+    #: The answer came from the hosts file (not saved: the file answers again after a restart).
+    static: bool = False
 
     def to_json(self, now_wall: float) -> dict[str, Any]:
         age = now_wall - self.stale_since if self.state == "stale" and self.stale_since is not None else None
@@ -188,6 +212,7 @@ class HostEntry:
             "state": self.state,
             "addrs": list(self.ips) if self.ips is not None else None,
             "lastUpdate": format_time(self.last_update),
+            "lastConfirmed": format_time(self.confirmed_at),
             "lastError": self.last_error,
             "staleAgeSecs": round(max(age, 0.0), 3) if age is not None else None,
             "version": self.version,
@@ -361,12 +386,17 @@ class HostTable:
         e.last_update = self.clock()
         return True
 
-    def apply_answer(self, host: str, ips: Sequence[str], ttl: float, now: float) -> bool:
+    def apply_answer(
+        self, host: str, ips: Sequence[str], ttl: float, now: float, *, static: bool = False
+    ) -> bool:
+        """A good answer (``static``: from the hosts file), confirmed now even when unchanged."""
         e = self._hosts.get(host)
         if e is None:
             return False
         e.in_flight = False
         e.failures = 0
+        e.confirmed_at = self.clock()
+        e.static = static
         ttl = min(max(ttl, self.ttl_floor), self.ttl_ceiling)
         e.next_refresh = math.inf if e.fixed else now + ttl
         new = tuple(ips)
@@ -419,6 +449,31 @@ class HostTable:
         if moved and not changed:
             changed = self._changed(e)
         return changed
+
+    def restore(
+        self, host: str, ips: Sequence[str], confirmed_at: float | None, *, fixed: bool = False
+    ) -> bool:
+        """Seed a host known to no one yet with a saved answer: ``stale`` (served) until DNS answers
+        for it, and due now. ``confirmed_at`` (when DNS last gave that answer; ``None`` when unknown)
+        is kept as its ``last_update``, ``confirmed_at`` and ``stale_since``, so it shows the age of
+        the answer, not of the restart. Nothing is evicted for a restored answer: a full table (or
+        a host already known) takes no more."""
+        if host in self._hosts or len(self._hosts) >= self.max_hosts:
+            return False
+        e, _created, _evicted = self.touch(host, fixed)
+        now = self.clock()
+        if confirmed_at is not None:
+            confirmed_at = min(confirmed_at, now)  # a time from the future is not believed
+        e.state = "stale"
+        e.ips = tuple(ips)
+        e.last_error = RESTORED_ERROR
+        e.confirmed_at = confirmed_at
+        e.used = False
+        e.stale_since = confirmed_at if confirmed_at is not None else now
+        e.version += 1
+        e.last_update = confirmed_at
+        self._track(e)
+        return True
 
     def apply_error(self, host: str, error: str, now: float) -> bool:
         """The resolver failed: keep the last good answer (stale) or fail; retry with backoff."""
@@ -571,12 +626,65 @@ def _parse_hosts(text: str) -> dict[str, list[str]]:
     return names
 
 
+#: The system resolver's configuration (its search domains decide what a short name means).
+RESOLV_CONF = "/etc/resolv.conf"
+
+
+def resolv_conf_search(path: str) -> str:
+    """The search domains of the resolv.conf at ``path``, space-separated, lowercased (the last
+    ``search`` or ``domain`` line wins, as in the system's resolver); ``""`` when none or unreadable."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(64 * 1024).decode("utf-8", "replace")
+    except OSError:
+        return ""
+    domains: list[str] = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "search":
+            domains = fields[1:]
+        elif len(fields) >= 2 and fields[0] == "domain":
+            domains = fields[1:2]
+    return " ".join(d.lower().rstrip(".") for d in domains)
+
+
+def _saved_host(name: str) -> str:
+    """A host name from saved state, checked: one DNS could answer for (not a literal address)."""
+    if literal_ip(name) is not None:
+        raise ValueError(f"{name!r} is an IP address, never looked up")
+    if not _can_be_dns_name(name):
+        raise ValueError(f"{name!r} is not a host name DNS could answer for")
+    return name.lower()
+
+
+def _saved_ip(ip: Any) -> str:
+    if not isinstance(ip, str):
+        raise ValueError(f"{ip!r} is not an IP address")
+    try:
+        return str(ipaddress.ip_address(ip))
+    except ValueError:
+        raise ValueError(f"{ip!r} is not an IP address") from None
+
+
 class InetResolver:
     """Resolves hosts for the ``/$/inet`` family; see the module docstring.
 
     ``nameservers``: ``host`` or ``host:port`` strings; empty means the system's resolv.conf.
     ``hosts_file``: consulted before DNS, as the system's resolver does (``files dns``).
+    ``resolv_conf``: read once, for its search domains, when ``nameservers`` is empty (they are part
+    of what saved state was saved for: see :meth:`state_source`).
+
+    With ``namerState.dir`` the daemon's :class:`hostproxy.namerstate.NamerStateStore` saves and
+    restores the resolver's last good DNS answers as it does a namer's (:meth:`export_state`,
+    :meth:`import_state`, :meth:`subscribe`), in :attr:`state_file`.
     """
+
+    kind = "inet"
+    #: The names this resolver answers, as saved state and ``namerState`` statistics name them.
+    prefix = Path.read("/$/inet")
+    #: Its file in ``namerState.dir``: no namer prefix maps to it (``file_name`` keeps only
+    #: ``[A-Za-z0-9._-]``).
+    state_file = "@inet.json"
 
     def __init__(
         self,
@@ -592,8 +700,10 @@ class InetResolver:
         retry_base: float = 0.5,
         retry_max: float = 30.0,
         hosts_file: str | None = HOSTS_FILE,
+        resolv_conf: str = RESOLV_CONF,
     ) -> None:
         self.nameservers = [parse_nameserver(ns) for ns in nameservers]
+        self._search = "" if self.nameservers else resolv_conf_search(resolv_conf)
         self.timeout = timeout
         self.hosts = HostsFile(hosts_file) if hosts_file else None
         self.table = HostTable(
@@ -629,6 +739,7 @@ class InetResolver:
             self.invalid_hosts += 1
             return AddrNeg()
         e, created, evicted = self.table.touch(key, fixed)
+        e.used = True
         for old in evicted:
             self._notify(old.host)
         if created:
@@ -740,7 +851,7 @@ class InetResolver:
             now = trio.current_time()
             kind = outcome[0]
             if kind == "answer":
-                changed = self.table.apply_answer(host, outcome[1], outcome[2], now)
+                changed = self.table.apply_answer(host, outcome[1], outcome[2], now, static=outcome[3])
             elif kind == "negative":
                 changed = self.table.apply_negative(host, now, outcome[1])
             elif kind == "partial":
@@ -760,14 +871,14 @@ class InetResolver:
             self._notify(host)
 
     async def _query(self, host: str) -> tuple[Any, ...]:
-        """Query A and AAAA concurrently -> ("answer", ips, ttl) | ("negative", ttl or None) | ("error", message)
+        """Query A and AAAA concurrently -> ("answer", ips, ttl, from the hosts file) | ("negative", ttl or None) | ("error", message)
         | ("partial", ips, failed families, message). A name in the hosts file is answered from it."""
         assert self._resolver is not None
         import dns.exception
         import dns.resolver
 
         if self.hosts is not None and (static := await self.hosts.lookup_async(host)):
-            return ("answer", tuple(static), HOSTS_TTL)
+            return ("answer", tuple(static), HOSTS_TTL, True)
 
         results: dict[str, Any] = {}
         negative_ttls: list[float | None] = []  # of the families that answered "no such address"
@@ -814,11 +925,88 @@ class InetResolver:
             # One family answered, the other failed: not the whole truth (see the module docstring).
             return ("partial", tuple(ips), tuple(failed), error)
         if ips:
-            return ("answer", tuple(ips), min(ttls))
+            return ("answer", tuple(ips), min(ttls), False)
         if answered and not errors:
             known = [t for t in negative_ttls if t is not None]
             return ("negative", min(known) if known else None)
         return ("error", error)
+
+    # -- persistence (namerState.dir) -------------------------------------------------------------
+    def state_source(self) -> dict[str, str]:
+        """What decides the meaning of a saved answer: the configured nameservers (as a set: their
+        order says which is asked first, not what they answer), or the system resolver and its search
+        domains (which make ``web`` into ``web.prod.example``). Another nameserver address in
+        resolv.conf alone (DHCP, a VPN) is the same view of the names."""
+        if self.nameservers:
+            servers = {f"[{a}]:{p}" if ":" in a else f"{a}:{p}" for a, p in self.nameservers}
+            return {"nameservers": " ".join(sorted(servers))}
+        return {"nameservers": "system", "search": self._search}
+
+    def export_state(self) -> dict[str, Any]:
+        """The hosts' last good DNS answers, JSON-serialisable, in the namers' saved-state format.
+        Left out: hosts without addresses (negative, failed, pending), answers from the hosts file
+        (it answers again after a restart), and a restored answer no lookup asked for since and
+        last confirmed longer ago than :data:`namers.base.SAVED_STATE_MAX_AGE`. Literal addresses
+        are never in the table."""
+        names: dict[str, Any] = {}
+        now = self.clock()
+        for e in self.table.entries():
+            if e.ips is None or e.static:
+                continue
+            if not e.used and e.confirmed_at is not None and now - e.confirmed_at > SAVED_STATE_MAX_AGE:
+                continue
+            entry: dict[str, Any] = {"ips": list(e.ips), "lastUpdate": e.confirmed_at}
+            if e.fixed:
+                entry["fixed"] = True
+            names[e.host] = entry
+        return {
+            "version": STATE_FORMAT_VERSION,
+            "kind": self.kind,
+            "prefix": str(self.prefix),
+            "source": self.state_source(),
+            "names": names,
+        }
+
+    def import_state(self, data: Any) -> int:
+        """Seed hosts from :meth:`export_state` output, ``stale`` until DNS answers for them (see
+        :meth:`HostTable.restore`); at most the table's ``max_hosts``, the most recently used. A
+        host or address that could not have been saved is skipped with a warning naming it.
+        ``ValueError`` for state saved by another version, for another kind, or for another
+        :meth:`state_source`."""
+        check_saved_state(data, self.kind, str(self.prefix), self.state_source())
+        restored = skipped = 0
+        for name, entry in list(data["names"].items())[-self.table.max_hosts :]:
+            try:
+                host = _saved_host(name)
+                if not isinstance(entry, dict) or not isinstance(entry.get("ips"), list) or not entry["ips"]:
+                    raise ValueError("the entry has no 'ips' list of addresses")
+                ips = tuple(_saved_ip(ip) for ip in entry["ips"])
+            except Exception as e:
+                skipped += 1
+                if skipped <= MAX_RESTORE_WARNINGS:
+                    log.warning(
+                        "namer.state.restore.failed",
+                        namer=self.kind,
+                        name=name,
+                        error=str(e) or repr(e),
+                        hint="this host is resolved afresh; the other saved hosts are restored",
+                    )
+                continue
+            fixed = entry.get("fixed") is True
+            if self.table.restore(host, ips, saved_time(entry.get("lastUpdate")), fixed=fixed):
+                restored += 1
+        if skipped > MAX_RESTORE_WARNINGS:
+            log.warning(
+                "namer.state.restore.failed",
+                namer=self.kind,
+                name=None,
+                error=(
+                    f"{skipped - MAX_RESTORE_WARNINGS} more saved hosts were skipped as invalid (only "
+                    f"the first {MAX_RESTORE_WARNINGS} are named)"
+                ),
+                hint="these hosts are resolved afresh; the other saved hosts are restored",
+            )
+        return restored
 
     # -- admin -------------------------------------------------------------------------------------
     def state_json(self) -> dict[str, Any]:

@@ -1289,7 +1289,9 @@ class DnsConfig:
 @dataclass(frozen=True, kw_only=True)
 class NamerStateConfig:
     dir: str | None = key(
-        None, "Directory where namers persist their last good state.", default_doc="none (not persisted)"
+        None,
+        "Directory where namers and the /$/inet resolver persist their last good state.",
+        default_doc="none (not persisted)",
     )
 
 
