@@ -16,7 +16,8 @@ Two rules apply on top of every HTTP classifier, as in Linkerd:
 
 For the retrying kinds, an error (no response) is retryable only when its cause is a timeout of the
 attempt, a failure before the request was written, or a reset connection (`Cause.retryable_exception`)
-and the method qualifies.
+and the method qualifies. Methods are matched exactly (HTTP methods are case-sensitive, and the request
+goes upstream spelled as the client sent it): `get` is not GET and is never retried.
 
 Kinds are registered in `HTTP_CLASSIFIERS` / `GRPC_CLASSIFIERS`; `classifier_from_config` builds one
 from a `responseClassifier` mapping.
@@ -102,7 +103,9 @@ class HttpClassifier:
         if responded and status is not None and not 500 <= status < 600:
             return ResponseClass.SUCCESS  # only 5XX is a server error (600 and above are not)
         rc = ResponseClass.FAILURE
-        if method.upper() in self.retryable_methods and (
+        # Exactly as spelled: methods are case-sensitive and the request goes upstream as sent, so a
+        # `get` is not a GET (a server may well take it for a write).
+        if method in self.retryable_methods and (
             responded or (error_cause is not None and error_cause.retryable_exception)
         ):
             rc = ResponseClass.RETRYABLE_FAILURE

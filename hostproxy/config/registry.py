@@ -404,7 +404,10 @@ for _kind, _desc in [
     ("io.l5d.http.nonRetryable5XX", "5XX and errors are failures; nothing is retried."),
     ("io.l5d.http.retryableRead5XX", "5XX are failures; GET, HEAD, OPTIONS, TRACE are retried."),
     ("io.l5d.http.retryableIdempotent5XX", "5XX are failures; read methods, PUT and DELETE are retried."),
-    ("io.l5d.http.retryableAll5XX", "5XX are failures; every method is retried."),
+    (
+        "io.l5d.http.retryableAll5XX",
+        "5XX are failures; read methods, PUT, DELETE, POST and PATCH are retried (not CONNECT or other methods).",
+    ),
     ("io.l5d.http.allSuccessful", "Every response is a success."),
 ]:
     register("classifier", _kind, m.ClassifierConfig, "hostproxy.classifier:classifier_from_config", _desc)
