@@ -466,6 +466,10 @@ class ReplayableStream:
     original is read by one attempt at a time (a lock); a chunk that an attempt superseded meanwhile
     read is kept, so the newer attempt sends it.
 
+    A caller that grants a retry makes its body (:meth:`next_body`) at once, before it waits for anything
+    (the backoff): the failed attempt's upstream may still be taking the body, and what it read on would
+    otherwise decide, after the retry was granted, whether the retry may start.
+
     Closing the current attempt's body before the original ended (the exchange is over, or the upstream
     stopped reading) closes the original, and the stream is no longer replayable: an attempt started
     after that could only send part of the body.

@@ -1066,9 +1066,13 @@ class HttpRouter:
         cause: Cause | None = None
         status = 502
         first: float | None = t0  # when the first attempt starts (the client's clock is ours)
+        retry_body: Body | None = None  # the body of a granted retry of a streamed h2 body
         try:
             while True:
-                req.body = factory() if factory is not None else body
+                if retry_body is not None:
+                    req.body, retry_body = retry_body, None
+                else:
+                    req.body = factory() if factory is not None else body
                 resp: Response | None = None
                 err: UpstreamError | None = None
                 try:
@@ -1124,6 +1128,11 @@ class HttpRouter:
                     assert err is not None
                     decision = attempts.decide(None, cause_of(err), now_ns=time.time_ns(), client_gone=gone)
                 if decision.verdict is Verdict.RETRY:
+                    if stream is not None:
+                        # The retry's body now, before anything awaits: the failed attempt's upstream
+                        # may still be taking the body, and what it read on during the backoff could
+                        # outgrow the buffer the retry was granted on. A newer body stops it at once.
+                        retry_body = stream.next_body()
                     entry.retries_total.incr()
                     # Retries are the service's; each attempt is a request of the client (as in
                     # Linkerd, whose client stack sits below its retries): a failure a retry hid

@@ -9,12 +9,17 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
+import trio
 
 from hostproxy.causes import Cause
 from hostproxy.classifier import HTTP_CLASSIFIERS, ResponseClass
 from hostproxy.http.message import Body, Headers, Request, Response
 from tests.daemonutil import curl, fs_config, running_daemon
+from tests.grpc_fixtures.rawh2 import RawClient
 from tests.test_lifecycle_helpers import write_disco
 from tests.upstreams import serving
 
@@ -82,3 +87,94 @@ async def test_a_lowercase_get_answered_503_is_not_sent_again(tmp_path: Path) ->
                 r = await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: web", "-X", method)
         assert [m for m, _ in up.seen] == [method] * calls
         assert r.status == status
+
+
+# -- h2: a body kept as it streams ----------------------------------------------------------------------
+
+
+class EarlyAnswer:
+    """An h2c upstream (the ``h2`` library over trio) that answers its first stream ``503`` as soon as
+    the request head arrives, and keeps taking that stream's body; later streams are answered ``200 ok``
+    once their body ends. Records each stream's body (once it ended) and the resets it receives."""
+
+    def __init__(self) -> None:
+        self.streams = 0
+        self.answered = trio.Event()
+        self.bodies: list[bytes] = []
+        self.resets: list[int] = []
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        async with trio.open_nursery() as nursery:
+            task_status.started(listeners[0].socket.getsockname()[1])
+            await trio.serve_listeners(self._conn, listeners, handler_nursery=nursery)
+
+    async def _conn(self, stream: trio.SocketStream) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        conn.initiate_connection()
+        await stream.send_all(conn.data_to_send())
+        bodies: dict[int, bytearray] = {}
+        while data := await stream.receive_some(65536):
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.RequestReceived):
+                    self.streams += 1
+                    bodies[ev.stream_id] = bytearray()
+                    if self.streams == 1:
+                        conn.send_headers(ev.stream_id, [(b":status", b"503")], end_stream=True)
+                        self.answered.set()
+                elif isinstance(ev, h2.events.DataReceived):
+                    bodies[ev.stream_id] += ev.data
+                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    self.bodies.append(bytes(bodies.pop(ev.stream_id)))
+                    if ev.stream_id != 1:
+                        conn.send_headers(ev.stream_id, [(b":status", b"200")])
+                        conn.send_data(ev.stream_id, b"ok", end_stream=True)
+                elif isinstance(ev, h2.events.StreamReset):
+                    self.resets.append(ev.stream_id)
+            if out := conn.data_to_send():
+                await stream.send_all(out)
+
+
+async def test_an_h2_body_that_outgrows_the_retry_buffer_during_the_backoff_is_still_retried_whole() -> None:
+    """An h2 request body without a length is kept as it streams, and a retry is granted while what was
+    sent of it fits ``retryBufferSize``. The attempt that failed went on sending the body meanwhile (its
+    upstream answered 503 early and kept reading), so a body that grew past the buffer during the
+    retry's backoff made the retry fail on an assertion: ``502 Internal proxy error: AssertionError: no
+    attempt may start once the body cannot be replayed``. The attempt granted a retry stops sending at
+    once; the retry replays what was kept and sends the rest: the whole body arrives, and the answer is
+    the retry's."""
+    origin = EarlyAnswer()
+    async with trio.open_nursery() as nursery:
+        up = await nursery.start(origin.serve)
+        yaml = f"""
+admin: {{ip: 127.0.0.1, port: 0}}
+routers:
+- protocol: h2
+  label: h2
+  dtab: /svc => /$/inet/127.0.0.1/{up};
+  identifier: {{kind: io.l5d.header.path, segments: 1}}
+  service:
+    responseClassifier: {{kind: io.l5d.h2.retryableAll5XX}}
+    retries: {{backoff: {{kind: constant, ms: 3000}}}}
+  servers: [{{ip: 127.0.0.1, port: 0}}]
+"""
+        async with running_daemon(yaml) as d, RawClient.connect(d.port("h2")) as c:
+            await c.start()
+            sid = await c.request("/stream", d.port("h2"), method=b"POST", end_stream=False)
+            c.conn.send_data(sid, b"a" * 10)
+            await c.flush()
+            with trio.fail_after(20):
+                await origin.answered.wait()  # the first attempt failed: its retry waits out the backoff
+            for _ in range(2):  # past the 16383-octet retry buffer
+                c.conn.send_data(sid, b"b" * 10_000)
+                await c.flush()
+            c.conn.send_data(sid, b"", end_stream=True)
+            await c.flush()
+            with trio.fail_after(20):
+                status, body, _ = await c.response(sid)
+        nursery.cancel_scope.cancel()
+    assert (status, body) == (200, b"ok"), body
+    assert origin.streams == 2
+    assert origin.bodies == [b"a" * 10 + b"b" * 20_000]  # (the first attempt's stream was reset)
+    assert origin.resets == [1]
