@@ -134,6 +134,37 @@ def _answer_cause(status: int, grpc_status: int | None) -> Cause | None:
     return Cause.UPSTREAM_GRPC if grpc_status is not None else None
 
 
+def _not_retried_note(
+    reason: str, service: Path, body: Body, stream: ReplayableStream | None, policy: RetryPolicy, h2: bool
+) -> str | None:
+    """Why a failure the classifier would have retried was not, as a last line of its ``l5d-err``;
+    None when there is nothing to add (it was not retryable, or the client had gone)."""
+    buffer_bytes = policy.buffer_bytes
+    if reason == "body_not_replayable":
+        where = "service.retryBufferSize.requestBytes" if h2 else "the router's streamAfterContentLengthKB"
+        if stream is not None:
+            return (
+                f"not retried: more of its request body than the {buffer_bytes}-byte retry buffer had been "
+                f"sent ({where})"
+            )
+        if body.content_length is None:
+            return (
+                "not retried: its request body was chunked (no Content-Length), and a chunked body is never "
+                "kept for a retry"
+            )
+        return (
+            f"not retried: its request body ({body.content_length} bytes) was streamed, not kept for a retry "
+            f"(bodies up to {buffer_bytes} bytes are: {where})"
+        )
+    if reason == "budget_exhausted":
+        return f"not retried: the retry budget of {service} is spent (service.retries.budget)"
+    if reason == "deadline":
+        return "not retried: the next attempt would have started after the request's deadline"
+    if reason == "request_limit":
+        return f"not retried: it was already retried {policy.max_retries_per_request} times"
+    return None
+
+
 def cause_of(e: UpstreamError) -> Cause:
     return Cause(e.cause) if e.cause in Cause._value2member_map_ else Cause.PROXY_INTERNAL
 
@@ -1185,7 +1216,10 @@ class HttpRouter:
                 assert err is not None
                 cause = cause_of(err)
                 status = CAUSE_STATUS.get(err.cause, 502)
-                return self._upstream_error(err, service, client), cause
+                note = _not_retried_note(
+                    decision.reason, service, body, stream, policy, self._streams_replayable
+                )
+                return self._upstream_error(err, service, client, note), cause
         except BaseException:
             if _client_left(req, conn):
                 cause, abandoned = None, True  # (see ``handle``)
@@ -1279,7 +1313,10 @@ class HttpRouter:
             params, clock=self._clock, rng=self._rng, buffer_bytes=self._buffer_bytes
         )
 
-    def _upstream_error(self, e: UpstreamError, service: Path, client: Client) -> Response:
+    def _upstream_error(
+        self, e: UpstreamError, service: Path, client: Client, note: str | None = None
+    ) -> Response:
+        """The error response for ``e``; ``note``: a last line for its message (why it was not retried)."""
         cause = cause_of(e)
         status = CAUSE_STATUS.get(e.cause, 502)
         if (
@@ -1294,6 +1331,8 @@ class HttpRouter:
             )
         else:
             msg = f"{e}\nservice name: {service}\nclient name: {client.id}"
+        if note is not None:
+            msg = f"{msg}\n{note}"
         return self._err(status, cause, msg, retryable=e.retryable)
 
     def _unroutable(self, outcome: Any, service: Path, local: Dtab) -> tuple[Response, Cause, Any]:

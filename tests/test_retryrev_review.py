@@ -47,12 +47,13 @@ async def scripted(statuses: list[int]) -> AsyncIterator[tuple[Scripted, int]]:
         yield up, port
 
 
-def cfg(disco: Path, classifier: str, *, service: str = "", client: str = "") -> str:
-    """One router ``out`` on the fs namer; ``service``/``client``: extra keys (indented by 4)."""
+def cfg(disco: Path, classifier: str, *, service: str = "", client: str = "", backoff_ms: int = 0) -> str:
+    """One router ``out`` on the fs namer; ``service``/``client``: extra keys (indented by 4; by 6 for
+    keys of ``service.retries``)."""
     return fs_config(disco) + (
         f"  client:\n    kind: io.l5d.global\n    failureAccrual: {{kind: none}}\n{client}"
         f"  service:\n    kind: io.l5d.global\n    responseClassifier: {{kind: {classifier}}}\n"
-        f"    retries:\n      backoff: {{kind: constant, ms: 0}}\n{service}"
+        f"    retries:\n      backoff: {{kind: constant, ms: {backoff_ms}}}\n{service}"
     )
 
 
@@ -178,3 +179,118 @@ routers:
     assert origin.streams == 2
     assert origin.bodies == [b"a" * 10 + b"b" * 20_000]  # (the first attempt's stream was reset)
     assert origin.resets == [1]
+
+
+# -- why a failure was not retried -----------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def hangs_up() -> AsyncIterator[tuple[list[bytes], int]]:
+    """A raw HTTP/1.1 upstream that reads each request whole and closes without answering (a reset:
+    a failure a retrying classifier may retry). Yields the requests it read, and its port."""
+    seen: list[bytes] = []
+
+    async def conn(stream: trio.SocketStream) -> None:
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            buf += data
+        head, _, body = buf.partition(b"\r\n\r\n")
+        length = next(
+            (
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ),
+            0,
+        )
+        while len(body) < length:
+            data = await stream.receive_some(65536)
+            if not data:
+                break
+            body += data
+        seen.append(body)
+        await stream.aclose()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, conn, listeners)
+        yield seen, listeners[0].socket.getsockname()[1]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    "what, args, service, backoff_ms, note",
+    [
+        (
+            "a streamed body",
+            ["-X", "POST", "--data-binary", "@BODY"],
+            "",
+            0,
+            "not retried: its request body (9000 bytes) was streamed, not kept for a retry "
+            "(bodies up to 5120 bytes are: the router's streamAfterContentLengthKB)",
+        ),
+        (
+            "a chunked body",
+            ["-X", "POST", "-H", "Transfer-Encoding: chunked", "--data-binary", "small"],
+            "",
+            0,
+            "not retried: its request body was chunked (no Content-Length), and a chunked body is never kept "
+            "for a retry",
+        ),
+        (
+            "the budget",
+            [],
+            "      budget: {minRetriesPerSec: 0, percentCanRetry: 0.0}\n",
+            0,
+            "not retried: the retry budget of /svc/web is spent (service.retries.budget)",
+        ),
+        (
+            "the deadline",  # a backoff that would end after the 30 s deadline
+            [],
+            "    totalTimeoutMs: 30000\n",
+            60_000,
+            "not retried: the next attempt would have started after the request's deadline",
+        ),
+    ],
+)
+async def test_a_failure_a_retry_could_have_hidden_says_why_it_was_not_retried(
+    tmp_path: Path, what: str, args: list[str], service: str, backoff_ms: int, note: str
+) -> None:
+    """A reset by the upstream is a failure ``retryableAll5XX`` retries; when hostproxy did not retry it
+    (its body could not be sent again, the budget was spent), the 502 said only what failed, so the
+    caller could not tell a misconfigured classifier from a body too large to keep. The ``l5d-err``
+    message now ends with why it was not retried. The body was sent once, whole."""
+    (tmp_path / "body").write_bytes(b"z" * 9000)
+    args = [a.replace("@BODY", f"@{tmp_path / 'body'}") for a in args]
+    async with hangs_up() as (seen, port):
+        write_disco(tmp_path / "disco", "web", port)
+        config = cfg(
+            tmp_path / "disco", "io.l5d.http.retryableAll5XX", service=service, backoff_ms=backoff_ms
+        )
+        async with running_daemon(config) as d:
+            r = await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: web", *args)
+    assert r.status == 502 and r.l5d_err is not None, (what, r.status, r.headers)
+    assert r.l5d_err.endswith("\n" + note), r.l5d_err
+    assert len(seen) == 1
+
+
+async def test_a_retry_whose_backoff_would_pass_the_deadline_is_not_made_and_the_answer_comes_at_once(
+    tmp_path: Path,
+) -> None:
+    """Checked, unchanged: with ``totalTimeoutMs`` 30 s and a 60 s backoff, a 503 under ``retryableRead5XX``
+    is not retried: the upstream's own 503 comes back (no ``l5d-err``), the upstream saw one attempt, and
+    the service counts the give-up under ``deadline`` (``/overload.json``)."""
+    async with scripted([503, 200]) as (up, port):
+        write_disco(tmp_path / "disco", "web", port)
+        service = "    totalTimeoutMs: 30000\n"
+        config = cfg(tmp_path / "disco", "io.l5d.http.retryableRead5XX", service=service, backoff_ms=60_000)
+        async with running_daemon(config) as d:
+            r = await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: web")
+            state = (await curl(f"{d.admin}/overload.json")).json()
+    assert (r.status, r.body, r.l5d_err) == (503, b"attempt 0", None)
+    assert len(up.seen) == 1
+    retries = state["routers"]["out"]["retries"]["/svc/web"]  # type: ignore[index]
+    assert (retries["deadline"], retries["total"]) == (1, 0), retries
