@@ -32,7 +32,7 @@ request. The steps, each observable:
    *Requeues* (connect failures: the request never left) happen one level down, in
    :class:`~hostproxy.client.Client`, with ``client.requeueBudget``; the policy here is built without
    a requeue budget, so nothing is requeued twice. Metrics
-   ``service/<svc>/retries/{total,budget_exhausted,per_request}``.
+   ``service/<svc>/retries/{total,budget_exhausted,per_request,budget}``.
 
 ``maxConcurrentRequests`` on the router caps requests in flight over all of its servers (HTTP/1.1 and
 HTTP/2 alike; a request is in flight until its response body ended): the excess is answered 503
@@ -247,6 +247,8 @@ class _Service:
         reg, prefix = svc_stats._reg, svc_stats.prefix
         self.retries_total = reg.counter(f"{prefix}/retries/total")
         self.budget_exhausted = reg.counter(f"{prefix}/retries/budget_exhausted")
+        # Whole retries the budget allows now (Linkerd's service ``retries/budget`` gauge).
+        reg.gauge(f"{prefix}/retries/budget", policy.budget.balance)
         self.per_request = reg.stat(f"{prefix}/retries/per_request")
         self.per_request_add_at = self.per_request.hist.add_at
         self.registry = reg

@@ -294,3 +294,38 @@ async def test_a_retry_whose_backoff_would_pass_the_deadline_is_not_made_and_the
     assert len(up.seen) == 1
     retries = state["routers"]["out"]["retries"]["/svc/web"]  # type: ignore[index]
     assert (retries["deadline"], retries["total"]) == (1, 0), retries
+
+
+# -- the service's retry budget, as Linkerd spends it ---------------------------------------------------------
+
+
+async def test_the_service_retry_budget_is_spent_as_linkerds_and_shown_as_its_retries_budget_gauge(
+    tmp_path: Path,
+) -> None:
+    """Linkerd's per-service budget with ``minRetriesPerSec: 0`` and ``percentCanRetry: 0.5``: every
+    request deposits half a retry, a retry takes one. Against an upstream that fails every other call,
+    the requests go: 500 (half a retry saved: not enough, ``budget_exhausted``), 200, 200 after a retry,
+    200 after a retry, 500 (exhausted again) — the sequence Linkerd's own end-to-end test of
+    per-service retry policies expects. Linkerd also shows the whole retries available as the service's
+    ``retries/budget`` gauge (1 after the second request, 0 otherwise); hostproxy had no such gauge."""
+    budget = "      budget: {minRetriesPerSec: 0, percentCanRetry: 0.5, ttlSecs: 60}\n"
+    async with scripted([500, 200, 500, 200, 500, 200, 500]) as (up, port):
+        write_disco(tmp_path / "disco", "web", port)
+        async with running_daemon(
+            cfg(tmp_path / "disco", "io.l5d.http.retryableRead5XX", service=budget)
+        ) as d:
+            seen = []
+            for _ in range(5):
+                r = await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: web")
+                m = (await curl(f"{d.admin}/admin/metrics.json")).json()
+                prefix = "rt/out/service/svc/web/retries"
+                seen.append(
+                    (
+                        r.status,
+                        m.get(f"{prefix}/budget"),  # type: ignore[union-attr]
+                        m.get(f"{prefix}/total", 0),  # type: ignore[union-attr]
+                        m.get(f"{prefix}/budget_exhausted", 0),  # type: ignore[union-attr]
+                    )
+                )
+    assert seen == [(500, 0, 0, 1), (200, 1, 0, 1), (200, 0, 1, 1), (200, 0, 2, 1), (500, 0, 2, 2)]
+    assert len(up.seen) == 7
