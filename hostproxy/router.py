@@ -843,9 +843,10 @@ class HttpRouter:
                 body = resp.body
                 if not body.in_memory and not body.done:
                     # A reset after the head turns this success into an upstream/reset failure,
-                    # everywhere it was counted (and so does a failing grpc-status in the trailers).
+                    # everywhere it was counted (and so does a failing grpc-status in the trailers);
+                    # an answer counted as a failure at its head (a 5XX) stays that one failure.
                     # The client stays in use (not evicted as idle) until the body ends.
-                    watched = [server_stats, svc, client.stats]
+                    watched = [server_stats, svc, client.stats] if cause is None else []
                     served = entry if entry is not None else self._services.get(service)
                     grpc = served.grpc_classifier if served is not None else None
                     if grpc is not None and resp.error_cause is not None:

@@ -329,3 +329,56 @@ async def test_the_service_retry_budget_is_spent_as_linkerds_and_shown_as_its_re
                 )
     assert seen == [(500, 0, 0, 1), (200, 1, 0, 1), (200, 0, 1, 1), (200, 0, 2, 1), (500, 0, 2, 2)]
     assert len(up.seen) == 7
+
+
+# -- a response body that fails after its head was sent ---------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def cuts_its_body(status: int) -> AsyncIterator[int]:
+    """A raw HTTP/1.1 upstream answering ``status`` with ``Content-Length: 100`` and 5 bytes of it, then
+    closing the connection once the proxy has read them (the head surely went on first). Its port."""
+
+    async def conn(stream: trio.SocketStream) -> None:
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            buf += data
+        await stream.send_all(f"HTTP/1.1 {status} X\r\nContent-Length: 100\r\n\r\nhello".encode())
+        await stream.aclose()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, conn, listeners)
+        yield listeners[0].socket.getsockname()[1]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    "status, counts",
+    [
+        # a success at its head, a failure once cut: moved from success to upstream/reset
+        (200, {"success": 0, "failures": 1, "failures/upstream/5xx": None, "failures/upstream/reset": 1}),
+        # a failure at its head already: it stays the one failure it was counted as
+        (503, {"success": 0, "failures": 1, "failures/upstream/5xx": 1, "failures/upstream/reset": None}),
+    ],
+)
+async def test_a_response_cut_mid_body_is_one_request_counted_once(
+    tmp_path: Path, status: int, counts: dict[str, int | None]
+) -> None:
+    """The client sees the cut (curl: a partial body, exit 18), and the request is counted once. A 5XX
+    answer (a failure the moment its head arrived) whose body was then cut was counted a second time as
+    an ``upstream/reset`` failure, taken off a success it never was: ``failures`` 2 and ``success`` -1
+    for the one request, on the server, the service and the client alike."""
+    async with cuts_its_body(status) as port:
+        write_disco(tmp_path / "disco", "web", port)
+        async with running_daemon(cfg(tmp_path / "disco", "io.l5d.http.nonRetryable5XX")) as d:
+            r = await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: web")
+            m = (await curl(f"{d.admin}/admin/metrics.json")).json()
+    assert (r.status, r.body, r.exit_code) == (status, b"hello", 18)
+    server = next(k for k in m if k.startswith("rt/out/server/") and k.endswith("/requests"))  # type: ignore[union-attr]
+    for scope in ("rt/out/service/svc/web", "rt/out/client/#/io.l5d.fs/web", server[: -len("/requests")]):
+        got = {key: m.get(f"{scope}/{key}") for key in counts}  # type: ignore[union-attr]
+        assert got == counts and m[f"{scope}/requests"] == 1, (scope, got)  # type: ignore[index]
