@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -75,12 +76,14 @@ async def test_spans_reach_a_scribe_collector_as_zipkin_thrift_spans() -> None:
 
 
 async def test_a_collector_that_is_away_or_busy_loses_the_batch_and_says_why() -> None:
-    with running_collector() as collector:
-        port = collector.port
-    # Nothing listens there now.
-    exporter = ZipkinExporter("127.0.0.1", port, 1.0, flush_s=0.05, retry_s=0.05)
-    exporter.record(span(1))
-    await run_until(exporter, lambda: exporter.send_failures >= 1)
+    # A port held bound but not listening: connections to it are refused, and no other process can
+    # take it meanwhile (a port merely closed could be reused by another test's listener).
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        exporter = ZipkinExporter("127.0.0.1", port, 1.0, flush_s=0.05, retry_s=0.05)
+        exporter.record(span(1))
+        await run_until(exporter, lambda: exporter.send_failures >= 1)
     assert exporter.dropped == 1 and exporter.sent == 0
     assert exporter.last_error is not None
     assert exporter.last_error.startswith(f"cannot reach the Zipkin collector at 127.0.0.1:{port}: ")
