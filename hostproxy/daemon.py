@@ -33,7 +33,9 @@ they were asked for (a ``trio.Lock``), so the last one asked for is the one in f
 Drain (``SIGTERM``/``SIGINT``, ``POST /admin/shutdown``): readiness goes false and ``STOPPING=1`` is
 sent at once; every server drains (listeners closed — connections already in the kernel backlog are
 still served — idle keep-alive connections closed, responses in flight carry ``Connection: close``);
-the process exits once no connection is left or ``admin.shutdownGraceMs`` passed.
+the process exits once no connection is left or ``admin.shutdownGraceMs`` passed (one deadline from the
+signal, the wait for a reload in progress included). The signal handlers stay until the process ends:
+SIGHUP while draining only reopens the access logs, a second SIGTERM/SIGINT cuts the drain short.
 
 TLS: a server with ``tls`` gets a :class:`~hostproxy.tls.ServerTls` (its files are read when the daemon
 starts — a missing or unusable certificate or key stops the start with the config key and the path)
@@ -509,6 +511,8 @@ class Daemon:
         self._started_mono = time.monotonic()
         self.draining = False
         self._shutdown = trio.Event()
+        self._drain_scope: trio.CancelScope | None = None
+        self._drain_cut_by: str | None = None  # the signal that cut the drain short
         self._nursery: trio.Nursery | None = None
         self._servers_nursery: trio.Nursery | None = None
         self._reload_lock = trio.Lock()
@@ -1048,21 +1052,40 @@ class Daemon:
         self.draining = True
         self._ready = False
         sdnotify.stopping(env=self.env)
-        # A reload in progress finishes first (no new one starts once draining): otherwise the
-        # servers it adds would be missed by the drain, or started in the closed servers' nursery.
-        with trio.move_on_after(grace_s):
+        slots: list[_ServerSlot] | None = None
+        # One deadline for the whole drain, the wait for a reload in progress included: the grace is
+        # what TimeoutStopSec and terminationGracePeriodSeconds are sized on.
+        with trio.move_on_after(grace_s) as scope:
+            self._drain_scope = scope
+            if self._drain_cut_by is not None:
+                scope.cancel()
+            # A reload in progress finishes first (no new one starts once draining): otherwise the
+            # servers it adds would be missed by the drain, or started in the closed servers' nursery.
             async with self._reload_lock:
                 pass
+            slots = self._start_draining(grace_s)
+            await servers_done.wait()
+        if slots is None:  # the grace ran out (or the drain was cut short) before the reload finished
+            slots = self._start_draining(grace_s)
+        if self._drain_cut_by is not None:
+            log.warning("daemon.drain_cut_short", signal=self._drain_cut_by, in_flight=self._in_flight(slots))
+        elif scope.cancelled_caught:
+            log.warning("daemon.drain_grace_expired", grace_s=grace_s, in_flight=self._in_flight(slots))
+        for slot in slots:
+            slot.scope.cancel()
+
+    def _start_draining(self, grace_s: float) -> list[_ServerSlot]:
         slots = list(self.slots.values())
         log.info("daemon.draining", grace_s=grace_s, in_flight=self._in_flight(slots))
         for slot in slots:
             slot.server.drain()
-        with trio.move_on_after(grace_s) as scope:
-            await servers_done.wait()
-        if scope.cancelled_caught:
-            log.warning("daemon.drain_grace_expired", grace_s=grace_s, in_flight=self._in_flight(slots))
-        for slot in slots:
-            slot.scope.cancel()
+        return slots
+
+    def cut_drain_short(self, by: str) -> None:
+        """Stop waiting for the requests in flight (a second SIGTERM/SIGINT): the drain ends now."""
+        self._drain_cut_by = by
+        if self._drain_scope is not None:
+            self._drain_scope.cancel()
 
     @staticmethod
     def _in_flight(slots: list[_ServerSlot]) -> int:
@@ -1075,17 +1098,24 @@ class Daemon:
                 r.expire_idle()
 
     async def serve_signals(self) -> None:
+        """SIGTERM/SIGINT drain, SIGHUP reloads. The handlers stay in place until the process ends: a
+        signal's default action would end a draining daemon at once (SIGHUP's too)."""
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for sig in signals:
-                log.info("daemon.signal", signal=signal.Signals(sig).name)
+                name = signal.Signals(sig).name
+                log.info("daemon.signal", signal=name)
                 if sig == signal.SIGHUP:
                     for r in self.routers.values():
                         r.access_log.reopen()  # after logrotate moved the file away
-                    if self._nursery is not None:
+                    if self.draining or self._shutdown.is_set():
+                        log.info("daemon.signal_ignored", signal=name, reason="no reload while draining")
+                    elif self._nursery is not None:
                         self._nursery.start_soon(self.reload)
-                    continue
-                self.request_shutdown()
-                return
+                elif self._shutdown.is_set():
+                    # A second stop signal: the operator does not want to wait for the grace.
+                    self.cut_drain_short(name)
+                else:
+                    self.request_shutdown()
 
     # -- reload -----------------------------------------------------------------------------------
 
@@ -1102,7 +1132,12 @@ class Daemon:
             try:
                 ok, message = await self._reload()
             finally:
-                sdnotify.ready(env=self.env)
+                # RELOADING=1 is always answered: READY=1, or STOPPING=1 again when a drain started
+                # meanwhile (READY=1 after STOPPING=1 would tell systemd the opposite of the truth).
+                if self.draining or self._shutdown.is_set():
+                    sdnotify.stopping(env=self.env)
+                else:
+                    sdnotify.ready(env=self.env)
         self.last_reload = {"ok": ok, "message": message, "at": time.time(), "generation": self.generation}
         if ok and self.freeze_gc:
             # What the old config built is garbage now: let the collector see it, then freeze again.

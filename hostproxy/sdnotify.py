@@ -140,6 +140,20 @@ def watchdog_interval(*, env: Mapping[str, str] | None = None, pid: int | None =
     return usec / 1_000_000 / 2
 
 
+def _no_watchdog_reason(environ: Mapping[str, str]) -> str | None:
+    """Why no pings are sent although ``WATCHDOG_USEC`` is set (None: it is not, or pings are sent)."""
+    raw = environ.get("WATCHDOG_USEC")
+    if not raw or not environ.get("NOTIFY_SOCKET"):
+        return None
+    wpid = environ.get("WATCHDOG_PID")
+    if wpid and wpid.strip() != str(os.getpid()):
+        return (
+            f"WATCHDOG_PID={wpid} names another process (this one is {os.getpid()}): the watchdog is "
+            "that process's; run hostproxy as the unit's main process (exec it from a wrapper script)"
+        )
+    return f"WATCHDOG_USEC={raw} is not a positive number of microseconds"
+
+
 async def watchdog_loop(*, env: Mapping[str, str] | None = None) -> None:
     """Ping the watchdog every :func:`watchdog_interval` seconds until cancelled.
 
@@ -149,6 +163,11 @@ async def watchdog_loop(*, env: Mapping[str, str] | None = None) -> None:
     """
     interval = watchdog_interval(env=env)
     if interval is None:
+        reason = _no_watchdog_reason(os.environ if env is None else env)
+        if reason is not None:
+            # systemd asked for pings this process will not send: say so, or the unit's watchdog
+            # kills a healthy daemon with nothing in the log to tell why.
+            log.warning("sdnotify.watchdog_skipped", reason=reason)
         return
     log.info("sdnotify.watchdog_started", interval_s=interval)
     while True:
