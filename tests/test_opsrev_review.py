@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import signal
 import socket
 import threading
@@ -336,3 +337,25 @@ async def test_real_daemon_on_an_abstract_notify_socket_and_watchdog_pid(
     assert ("WATCHDOG=1" in messages) is watchdog_pid_ours, messages
     assert [m.split("\n")[0] for m in messages if m != "WATCHDOG=1"] == ["READY=1", "STOPPING=1"]
     assert not d.events("sdnotify.failed")
+
+
+# -- the DaemonSet ------------------------------------------------------------------------------------
+
+
+def test_the_api_sidecar_outlives_the_drain() -> None:
+    """The kubectl proxy the namer reaches the API through must stay up while hostproxy is still in
+    its preStop and its drain: a pod's containers without a preStop get SIGTERM at once, so without
+    one the namer lost the API for the whole drain and names not yet resolved failed on the node."""
+    from tests.test_deploy_files import by_kind, configmap_config_text, container
+    from tests.test_deploy_files import load_config_with_planned_kinds_accepted as load
+
+    ds = by_kind("daemonset.yaml", "DaemonSet")
+    proxy, sidecar = container(ds), container(ds, "kubectl")
+    script = " ".join(proxy["lifecycle"]["preStop"]["exec"]["command"])
+    found = re.search(r"time\.sleep\((\d+(?:\.\d+)?)\)", script)
+    assert found is not None
+    grace_s = load(configmap_config_text()).admin.shutdown_grace_ms / 1000
+    assert sidecar["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
+    sidecar_s = float(sidecar["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert sidecar_s >= float(found.group(1)) + grace_s
+    assert ds["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > sidecar_s
