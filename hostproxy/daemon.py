@@ -28,7 +28,8 @@ the new router as their handler, new servers start, removed ones drain; requests
 the router, clients and namers they started on, which are retired once idle (or after
 ``shutdownGraceMs``). A router whose dtab file did not move keeps its watcher, so it keeps its last
 good dtab. systemd sees ``RELOADING=1`` then ``READY=1``. Reloads run one at a time, in the order
-they were asked for (a ``trio.Lock``), so the last one asked for is the one in force.
+they were asked for (a ``trio.Lock``, which the start holds too), so the last one asked for is the one
+in force.
 
 Drain (``SIGTERM``/``SIGINT``, ``POST /admin/shutdown``): readiness goes false and ``STOPPING=1`` is
 sent at once; every server drains (listeners closed — connections already in the kernel backlog are
@@ -923,6 +924,9 @@ class Daemon:
     # -- running ----------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
+        # Held until the daemon is started: a reload asked for meanwhile (a SIGHUP at boot) waits for
+        # the start instead of running against half-built routers and servers.
+        await self._reload_lock.acquire()
         server_tls = self._build_server_tls(self.config)  # certificate files fail the start here
         self._admin_tls = self._build_admin_tls(self.config)
         async with trio.open_nursery() as nursery:
@@ -1021,6 +1025,7 @@ class Daemon:
                 gcpolicy.install(self.gc_policy)
             log.info("daemon.started", routers=self.addresses, admin=self.admin_address, pid=os.getpid())
             sdnotify.ready(f"routing on {self._describe_addresses()}", env=self.env)
+            self._reload_lock.release()
             task_status.started(self)
             await self._shutdown.wait()
             await self._drain(servers_done)

@@ -208,6 +208,49 @@ async def test_the_drain_ends_within_one_grace_even_when_a_reload_held_it_up(
             nursery.cancel_scope.cancel()  # (the reload stuck in its thread is abandoned)
 
 
+async def test_a_reload_asked_for_while_the_daemon_starts_waits_for_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGHUP that arrives while the daemon is still starting (a logrotate hook at boot, a
+    ``kill -HUP`` right after the start) used to run the reload against a half-built daemon, whose
+    assertion took the whole process down. It now waits for the start and then reloads."""
+    disco = tmp_path / "disco"
+    write_disco(disco, "web", 1)
+    cfg = tmp_path / "hostproxy.yaml"
+    cfg.write_text(config(disco))
+    daemon = Daemon(load_config(cfg.read_text(), source=str(cfg)), config_path=str(cfg))
+    namers_starting = trio.Event()
+    go_on = trio.Event()
+    orig = daemon_mod._Namers.run
+
+    async def run(self: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        namers_starting.set()
+        await go_on.wait()
+        await orig(self, task_status=task_status)
+
+    monkeypatch.setattr(daemon_mod._Namers, "run", run)
+    reloaded: list[tuple[bool, str]] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(daemon.run)
+        await namers_starting.wait()
+
+        async def reload() -> None:
+            reloaded.append(await daemon.reload())
+
+        nursery.start_soon(reload)  # as the SIGHUP handler does
+        await trio.testing.wait_all_tasks_blocked()
+        go_on.set()
+        with trio.fail_after(20):
+            while not reloaded:
+                await trio.sleep(0.01)
+        assert reloaded[0][0], reloaded
+        assert daemon.generation == 2 and daemon.is_ready()
+        assert len(daemon.slots) == 1 and len(daemon.addresses["out"]) == 1
+        r = await get(daemon.addresses["out"][0][1], "/", host="nowhere")
+        assert r.outcome == "ok" and r.status == 502  # serving (no such service)
+        daemon.request_shutdown()
+
+
 # -- systemd's notify protocol ------------------------------------------------------------------------
 
 
