@@ -514,6 +514,7 @@ class Daemon:
         self._shutdown = trio.Event()
         self._drain_scope: trio.CancelScope | None = None
         self._drain_cut_by: str | None = None  # the signal that cut the drain short
+        self._signal_reload_queued = False  # a SIGHUP's reload waits for its turn
         self._nursery: trio.Nursery | None = None
         self._servers_nursery: trio.Nursery | None = None
         self._reload_lock = trio.Lock()
@@ -1114,8 +1115,13 @@ class Daemon:
                         r.access_log.reopen()  # after logrotate moved the file away
                     if self.draining or self._shutdown.is_set():
                         log.info("daemon.signal_ignored", signal=name, reason="no reload while draining")
+                    elif self._signal_reload_queued:
+                        # The reload queued by an earlier SIGHUP has not read the file yet: it will
+                        # read it as it is now, so a storm of SIGHUPs is one more reload, not many.
+                        log.info("daemon.reload_coalesced", signal=name)
                     elif self._nursery is not None:
-                        self._nursery.start_soon(self.reload)
+                        self._signal_reload_queued = True
+                        self._nursery.start_soon(self._reload_on_signal)
                 elif self._shutdown.is_set():
                     # A second stop signal: the operator does not want to wait for the grace.
                     self.cut_drain_short(name)
@@ -1124,13 +1130,25 @@ class Daemon:
 
     # -- reload -----------------------------------------------------------------------------------
 
-    async def reload(self) -> tuple[bool, str]:
-        """Re-read and apply the config file (see the module docstring); ``(ok, message)``."""
+    async def _reload_on_signal(self) -> None:
+        def started() -> None:
+            self._signal_reload_queued = False
+
+        try:
+            await self.reload(on_start=started)
+        finally:
+            started()
+
+    async def reload(self, *, on_start: Callable[[], None] | None = None) -> tuple[bool, str]:
+        """Re-read and apply the config file (see the module docstring); ``(ok, message)``.
+        ``on_start`` is called when this reload's turn comes, before the file is read."""
         if self.config_path is None or self.config_path == "-":
             return False, "reload needs a config file: this daemon was started from stdin or in-process text"
         if self.draining or self._nursery is None:
             return False, "reload refused: the daemon is shutting down"
         async with self._reload_lock:
+            if on_start is not None:
+                on_start()
             if self.draining:
                 return False, "reload refused: the daemon is shutting down"
             sdnotify.reloading(env=self.env)

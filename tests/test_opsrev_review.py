@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from structlog.testing import capture_logs
 
 from hostproxy import daemon as daemon_mod
 from hostproxy.config import load_config
@@ -249,6 +250,46 @@ async def test_a_reload_asked_for_while_the_daemon_starts_waits_for_the_start(
         r = await get(daemon.addresses["out"][0][1], "/", host="nowhere")
         assert r.outcome == "ok" and r.status == 502  # serving (no such service)
         daemon.request_shutdown()
+
+
+async def test_a_sighup_storm_during_a_reload_is_one_more_reload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGHUPs that arrive while a reload runs join the one reload queued after it (which reads the
+    file when its turn comes, so none is lost) instead of queueing one reload each."""
+    disco = tmp_path / "disco"
+    write_disco(disco, "web", 1)
+    cfg = tmp_path / "hostproxy.yaml"
+    cfg.write_text(config(disco))
+    daemon = Daemon(load_config(cfg.read_text(), source=str(cfg)), config_path=str(cfg))
+    with capture_logs() as logs:
+        async with _stuck_reload(monkeypatch) as (entered, gate), trio.open_nursery() as nursery:
+            await nursery.start(daemon.run)
+            nursery.start_soon(daemon.serve_signals)
+            with trio.fail_after(10):
+                while signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, signal.SIG_IGN):
+                    await trio.sleep(0.01)
+
+            def events(name: str) -> list[dict[str, Any]]:
+                return [e for e in logs if e["event"] == name]
+
+            for n in range(1, 7):
+                os.kill(os.getpid(), signal.SIGHUP)
+                with trio.fail_after(10):  # each one seen on its own
+                    while len(events("daemon.signal")) < n:
+                        await trio.sleep(0.01)
+                if n == 1:
+                    await trio.to_thread.run_sync(entered.wait)  # the first reload runs (and is held)
+            assert len(events("daemon.reload_coalesced")) == 4
+            assert daemon._reload_lock.statistics().tasks_waiting == 1
+            gate.set()
+            with trio.fail_after(20):
+                while len(events("daemon.reloaded")) < 2:
+                    await trio.sleep(0.01)
+            await trio.testing.wait_all_tasks_blocked(cushion=0.1)
+            assert len(events("daemon.reloaded")) == 2 and daemon.generation == 3
+            daemon.request_shutdown()
+            nursery.cancel_scope.cancel()
 
 
 # -- systemd's notify protocol ------------------------------------------------------------------------
