@@ -20,7 +20,9 @@ What hostproxy sends, and when:
   ``WATCHDOG_PID``, when set, names the process that must ping; any other process does not.
 
 Send errors (the socket went away, the buffer is full) are logged and swallowed: the notify protocol is
-advisory and must never take the proxy down.
+advisory and must never take the proxy down, nor stall it: a socket whose queue is full (the service
+manager is busy) is not waited for by a watchdog ping, and by a state change for
+:data:`STATE_SEND_WAIT_S` at most.
 """
 
 from __future__ import annotations
@@ -54,11 +56,17 @@ def _socket_address(path: str) -> str | bytes:
     return path
 
 
-def notify(state: str, *, env: Mapping[str, str] | None = None) -> bool:
+#: How long a state change (READY=1, RELOADING=1, STOPPING=1) waits for room in a full notify socket;
+#: the caller is the event loop, so not long. A watchdog ping does not wait: the next one follows.
+STATE_SEND_WAIT_S = 0.5
+
+
+def notify(state: str, *, env: Mapping[str, str] | None = None, wait_s: float = STATE_SEND_WAIT_S) -> bool:
     """Send ``state`` (``KEY=VALUE`` lines) to ``$NOTIFY_SOCKET``.
 
     Returns True when the datagram was sent, False when ``NOTIFY_SOCKET`` is unset or sending failed
-    (the failure is logged as ``sdnotify.failed``).
+    (the failure is logged as ``sdnotify.failed``). A socket whose queue is full (the service manager
+    is not reading) gets ``wait_s`` seconds to make room, never more: the caller is the event loop.
     """
     environ = os.environ if env is None else env
     path = environ.get("NOTIFY_SOCKET", "")
@@ -73,9 +81,10 @@ def notify(state: str, *, env: Mapping[str, str] | None = None) -> bool:
         return False
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.settimeout(wait_s)
             sock.connect(_socket_address(path))
-            sock.sendall(state.encode())
-    except OSError as e:
+            sock.send(state.encode())
+    except OSError as e:  # (TimeoutError and BlockingIOError included: the queue stayed full)
         log.warning("sdnotify.failed", socket=path, state=state, error=str(e))
         return False
     return True
@@ -106,8 +115,8 @@ def status(text: str, *, env: Mapping[str, str] | None = None) -> bool:
 
 
 def watchdog(*, env: Mapping[str, str] | None = None) -> bool:
-    """``WATCHDOG=1``: the keep-alive ping."""
-    return notify("WATCHDOG=1", env=env)
+    """``WATCHDOG=1``: the keep-alive ping (dropped, not waited for, when the socket is full)."""
+    return notify("WATCHDOG=1", env=env, wait_s=0)
 
 
 def _one_line(text: str) -> str:

@@ -304,6 +304,41 @@ def _drain_socket(sock: socket.socket) -> list[str]:
             return out
 
 
+def test_a_notify_socket_that_is_not_read_never_blocks_the_daemon(tmp_path: Path) -> None:
+    """A notify socket whose queue is full (PID 1 busy, a receiver that stopped reading) used to block
+    the sender, and the sender is the event loop: every proxied request stalled with it. A watchdog
+    ping is now dropped at once, a state change waits a moment at most; both are logged."""
+    from hostproxy import sdnotify
+
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(path)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as filler:
+            filler.connect(path)
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    filler.send(b"X=1")
+        env = {"NOTIFY_SOCKET": path}
+        results: dict[str, bool] = {}
+
+        def send_all() -> None:
+            with capture_logs() as logs:
+                results["watchdog"] = sdnotify.watchdog(env=env)
+                results["ready"] = sdnotify.ready(env=env)
+            results["logged"] = sum(e["event"] == "sdnotify.failed" for e in logs) == 2
+
+        sender = threading.Thread(target=send_all, daemon=True)
+        sender.start()
+        sender.join(30)
+        assert not sender.is_alive(), "the notify send blocked on the full socket"
+        assert results == {"watchdog": False, "ready": False, "logged": True}
+        while _drain_socket(receiver):
+            pass
+        assert sdnotify.ready(env=env) is True
+        assert _drain_socket(receiver) == ["READY=1"]
+
+
 async def test_a_reload_the_drain_overtook_ends_with_stopping_not_ready(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
