@@ -1143,14 +1143,16 @@ class Daemon:
         """Re-read and apply the config file (see the module docstring); ``(ok, message)``.
         ``on_start`` is called when this reload's turn comes, before the file is read."""
         if self.config_path is None or self.config_path == "-":
-            return False, "reload needs a config file: this daemon was started from stdin or in-process text"
+            return _refused(
+                "reload needs a config file: this daemon was started from stdin or in-process text"
+            )
         if self.draining or self._nursery is None:
-            return False, "reload refused: the daemon is shutting down"
+            return _refused("reload refused: the daemon is shutting down")
         async with self._reload_lock:
             if on_start is not None:
                 on_start()
             if self.draining:
-                return False, "reload refused: the daemon is shutting down"
+                return _refused("reload refused: the daemon is shutting down")
             sdnotify.reloading(env=self.env)
             try:
                 ok, message = await self._reload()
@@ -1485,6 +1487,12 @@ class Daemon:
                 "last_reload": self.last_reload,
             },
         }
+
+
+def _refused(message: str) -> tuple[bool, str]:
+    """A reload refused before it started: logged like one that failed, so a SIGHUP is never silent."""
+    log.error("daemon.reload_failed", error=message)
+    return False, message
 
 
 async def run_daemon(config: Config, config_path: str | None = None) -> None:

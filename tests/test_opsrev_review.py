@@ -292,6 +292,29 @@ async def test_a_sighup_storm_during_a_reload_is_one_more_reload(
             nursery.cancel_scope.cancel()
 
 
+async def test_a_sighup_the_daemon_cannot_act_on_says_why(tmp_path: Path) -> None:
+    """A daemon started from stdin (``hostproxy run -``) has no file to read again: a SIGHUP used to
+    log only that it arrived; the refusal is logged with its reason, as a failed reload is."""
+    disco = tmp_path / "disco"
+    write_disco(disco, "web", 1)
+    daemon = Daemon(load_config(config(disco), source="-"), config_path="-")
+    with capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.run)
+            nursery.start_soon(daemon.serve_signals)
+            with trio.fail_after(10):
+                while signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, signal.SIG_IGN):
+                    await trio.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGHUP)
+            with trio.fail_after(10):
+                while not any(e["event"] == "daemon.reload_failed" for e in logs):
+                    await trio.sleep(0.01)
+            daemon.request_shutdown()
+            nursery.cancel_scope.cancel()
+    failed = [e for e in logs if e["event"] == "daemon.reload_failed"]
+    assert len(failed) == 1 and "needs a config file" in failed[0]["error"]
+
+
 # -- systemd's notify protocol ------------------------------------------------------------------------
 
 
