@@ -1,5 +1,5 @@
-"""Running hostproxy as an operator does: signals during a drain, systemd's notify protocol and
-watchdog, and the drain's bound.
+"""Running hostproxy as an operator does: signals during the start, a reload and a drain, the drain's
+bound, systemd's notify protocol and watchdog, and the DaemonSet's shutdown order.
 
 Real daemon processes (``python -m hostproxy run``) with real signals and a real notify socket (a
 datagram socket the test binds, as systemd does), or in-process daemons where the test needs to hold
