@@ -9,6 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
+import pytest
 from structlog.testing import capture_logs
 
 from hostproxy.http.listening import bind_listeners, listening_elsewhere
@@ -41,6 +42,21 @@ async def test_binding_a_port_another_socket_listens_on_is_logged() -> None:
         finally:
             for lst in listeners:
                 await lst.aclose()
+
+
+def test_a_port_held_without_reuseport_fails_the_bind_without_claiming_it_is_shared() -> None:
+    """The other socket takes no SO_REUSEPORT: the bind fails with its own advice, and no warning
+    says that the two processes will share connections (they will not)."""
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen(8)
+        port = other.getsockname()[1]
+        with capture_logs() as logs, pytest.raises(OSError) as failed:
+            bind_listeners("127.0.0.1", port)
+    assert f"cannot listen on 127.0.0.1:{port}" in str(failed.value)
+    assert "is another process (not a hostproxy with SO_REUSEPORT) using the port?" in str(failed.value)
+    assert [e for e in logs if e["event"] == "listen.port_shared"] == []
 
 
 async def test_a_free_port_binds_without_a_word() -> None:

@@ -212,17 +212,9 @@ def bind_listeners(
     opts = options or SocketOptions()
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     where = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-    if reuse_port and port and listening_elsewhere(ip, port):
-        log.warning(
-            "listen.port_shared",
-            address=where,
-            message=(
-                f"another socket already listens on {where}: with SO_REUSEPORT both take connections, "
-                "the kernel spreading new ones over this process and that one. Expected while a "
-                "hostproxy being replaced drains; otherwise stop the other process "
-                f"(`ss -ltnp 'sport = :{port}'` names it)"
-            ),
-        )
+    # (Asked before the bind, said after it: when the other socket has no SO_REUSEPORT the bind fails
+    # with its own message, and nothing is shared.)
+    shared = bool(reuse_port and port and listening_elsewhere(ip, port))
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         if opts.reuse_addr:
@@ -254,6 +246,17 @@ def bind_listeners(
         raise OSError(
             e.errno, f"cannot listen on {where}: {e.strerror}" + (f"; {advice}" if advice else "")
         ) from None
+    if shared:
+        log.warning(
+            "listen.port_shared",
+            address=where,
+            message=(
+                f"another socket already listens on {where}: with SO_REUSEPORT both take connections, "
+                "the kernel spreading new ones over this process and that one. Expected while a "
+                "hostproxy being replaced drains; otherwise stop the other process "
+                f"(`ss -ltnp 'sport = :{port}'` names it)"
+            ),
+        )
     sock.setblocking(False)
     return [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
 
