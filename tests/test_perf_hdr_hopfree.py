@@ -82,6 +82,6 @@ def test_strip_response_fields_matches_the_three_steps() -> None:
             fields.insert(rng.randrange(len(fields) + 1), (b"content-length", b"%d" % rng.randrange(100)))
         expected_headers, expected_length = _old_response_fields(fields)
         for _ in range(2):
-            headers, length = strip_response_fields(fields)
+            headers, length, _ = strip_response_fields(fields)
             assert (headers.items(), length) == (expected_headers.items(), expected_length), fields
             assert headers.hop_free == expected_headers.hop_free

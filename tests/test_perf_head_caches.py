@@ -209,13 +209,13 @@ async def test_the_pool_strips_a_remembered_head_once() -> None:
                 assert await resp.body.read_all() == b"ok"
                 responses.append(resp)
             (memo,) = [known[4] for known in codec_fast._RESPONSE_HEADS.values()]
-            assert memo.stripped == (((b"x-kept", b"yes"),), b"2")
+            assert memo.stripped == (((b"x-kept", b"yes"),), b"2", 4.0)  # 4.0: Keep-Alive timeout=5
             for resp in responses:
                 assert resp.headers.items() == [(b"x-kept", b"yes")]
                 assert resp.headers.hop_free
                 assert resp.body.content_length == 2
             responses[0].headers.set(b"x-kept", b"edited")
             assert responses[1].headers.items() == [(b"x-kept", b"yes")]
-            assert memo.stripped == (((b"x-kept", b"yes"),), b"2")
+            assert memo.stripped == (((b"x-kept", b"yes"),), b"2", 4.0)  # 4.0: Keep-Alive timeout=5
         nursery.cancel_scope.cancel()
     assert len(served) == 3

@@ -78,8 +78,9 @@ class HeadMemo:
 
     def __init__(self) -> None:
         # The upstream pool's ``strip_response_fields`` result: the kept pairs and the
-        # Content-Length value.
-        self.stripped: tuple[tuple[tuple[bytes, bytes], ...], bytes | None] | None = None
+        # Content-Length value; and the reuse window its Keep-Alive value gives
+        # (``keep_alive_reuse_window``; None: no Keep-Alive field, or one that sets no bound).
+        self.stripped: tuple[tuple[tuple[bytes, bytes], ...], bytes | None, float | None] | None = None
 
 
 @dataclass(slots=True, unsafe_hash=True)

@@ -137,20 +137,26 @@ def strip_hop_by_hop(headers: Headers, *, keep_upgrade: bool = False, request: b
     return _strip(headers, keep_upgrade, False, request)[0]
 
 
-def strip_response_fields(fields: list[tuple[bytes, bytes]]) -> tuple[Headers, bytes | None]:
+def strip_response_fields(
+    fields: list[tuple[bytes, bytes]], *, keep_length: bool = False
+) -> tuple[Headers, bytes | None, bytes | None]:
     """What the upstream pool makes of a response's fields (lowercased names, from the codec), in
     one pass: ``strip_hop_by_hop(Headers._trusted(fields))`` without its ``Content-Length``
     fields, and the first of those (the body's declared length), or ``None`` when there was none
-    or ``fields`` had a ``Transfer-Encoding`` field (which overrides it)."""
-    return _strip(fields, False, True, False)
+    or ``fields`` had a ``Transfer-Encoding`` field (which overrides it); and the value of the
+    ``Keep-Alive`` field (several joined by commas), or ``None`` when there was none. With
+    ``keep_length`` (a response without a body: its ``Content-Length`` describes another
+    response), ``Content-Length`` is kept and the length is ``None``."""
+    return _strip(fields, False, not keep_length, False)
 
 
 def _strip(
     fields: Iterable[tuple[bytes, bytes]], keep_upgrade: bool, length_apart: bool, keep_te: bool
-) -> tuple[Headers, bytes | None]:
+) -> tuple[Headers, bytes | None, bytes | None]:
     """``strip_hop_by_hop``'s work: the stripped headers; with ``length_apart``, also without
     ``Content-Length`` and with its first value (``None`` with a ``Transfer-Encoding`` field); with
-    ``keep_te`` (requests), ``TE: trailers`` when a ``TE`` field lists ``trailers``."""
+    ``keep_te`` (requests), ``TE: trailers`` when a ``TE`` field lists ``trailers``; and the
+    ``Keep-Alive`` value dropped (``None``: none), noted as the hop-by-hop fields go by."""
     # One pass keeps the end-to-end fields and notes what the hop-by-hop ones say; the fields that
     # ``Connection`` names beyond the hop-by-hop ones (rare) are dropped from what was kept after.
     end_to_end = _END_TO_END
@@ -158,6 +164,7 @@ def _strip(
     connection: list[bytes] = []
     te_trailers = chunked = False
     length: bytes | None = None
+    keep_alive: bytes | None = None
     for field in fields:
         name = field[0]
         if name not in end_to_end:
@@ -171,6 +178,8 @@ def _strip(
                     kept.append(field)
                 elif name == b"transfer-encoding":
                     chunked = True
+                elif name == b"keep-alive":
+                    keep_alive = field[1] if keep_alive is None else keep_alive + b", " + field[1]
                 continue
             if len(end_to_end) < _END_TO_END_MAX:
                 end_to_end.add(name)
@@ -192,5 +201,5 @@ def _strip(
     if keep_upgrade:
         kept.append((b"connection", b"upgrade"))
     if keep_upgrade or te_trailers:  # a hop-by-hop field kept: not hop-free
-        return Headers._trusted(kept), None if chunked else length
-    return Headers._stripped(kept), None if chunked else length
+        return Headers._trusted(kept), None if chunked else length, keep_alive
+    return Headers._stripped(kept), None if chunked else length, keep_alive

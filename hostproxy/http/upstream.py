@@ -45,6 +45,13 @@ response body is then pulled from the socket as the caller reads it.
   and by ``prune()``, which a task in the pool's nursery runs as each idle connection reaches the
   timeout (started when a connection goes idle, ended when none is idle), so a pool with no more
   traffic does not keep its connections open.
+* **The upstream's keep-alive timeout.**  A response's ``Keep-Alive: timeout=N`` (noted as its
+  hop-by-hop fields are stripped, once per remembered head: nothing more is done for a response
+  without one) gives its connection a shorter idle time of its own, N less a safety margin
+  (``keep_alive_reuse_window``): past it the connection is closed, at checkout or by the reaper
+  (woken early for it), not written to as the upstream closes it (the keep-alive race). ``max=0``
+  or ``timeout=0``: the connection is not pooled. It never lengthens ``idle_timeout_s``, and
+  ``min_size`` does not keep such connections open (their upstream closes them anyway).
 * **Limits** (``client.hostConnectionPool``, ``client.clientSession``).  ``max_size`` bounds the
   connections open or opening; a request that finds none idle and no room waits, within the connect
   timeout, for one to be checked in or closed (then ``connect/timeout``); with ``max_waiters``
@@ -73,7 +80,9 @@ async code performs what it decides.
 from __future__ import annotations
 
 import errno
+import math
 import os
+import re
 import select
 import socket
 from collections import deque
@@ -114,7 +123,7 @@ from hostproxy.http.message import Body, Headers, Request, Response
 from hostproxy.http.sockopts import SocketOptions, configure_connection, raw_socket, send_all_timed
 from hostproxy.http.sockstream import SockStream, open_tcp
 
-__all__ = ["Connector", "PoolParams", "PoolState", "UpstreamPool"]
+__all__ = ["Connector", "PoolParams", "PoolState", "UpstreamPool", "keep_alive_reuse_window"]
 
 
 #: Opens one connection to ``(host, port)`` within ``timeout_s`` seconds; raises ``UpstreamError``.
@@ -327,6 +336,7 @@ class _Conn:
         "stalled",
         "read_scope",
         "pieces_taken",
+        "keep_alive_s",
     )
 
     def __init__(
@@ -363,6 +373,9 @@ class _Conn:
         self.sender_finished: trio.Event | None = None
         self.poller: select.poll | None = None  # made on the first reuse; registered once
         self.errors = _map_errors(endpoint, "exchange")  # stateless: one per connection, reused
+        #: How long it may stay idle and still be reused, from the last ``Keep-Alive`` field its
+        #: upstream sent (``keep_alive_reuse_window``); None: none sent, the idle timeout applies.
+        self.keep_alive_s: float | None = None
 
     def readable_while_idle(self) -> bool:
         """True when the upstream closed or wrote to this idle connection (it cannot be reused)."""
@@ -456,7 +469,13 @@ class _Conn:
 
 
 class PoolState:
-    """Pure bookkeeping of one endpoint's connections (decide here, do in ``UpstreamPool``)."""
+    """Pure bookkeeping of one endpoint's connections (decide here, do in ``UpstreamPool``).
+
+    Idle connections are kept in check-in order (``idle``), so those past the pool's idle timeout
+    are the first ones. A connection whose upstream announced a shorter keep-alive timeout also has
+    a deadline of its own in ``reuse_until`` (only such connections have one); ``next_reuse_end`` is
+    no later than the earliest of them (it may be earlier: a deadline leaving with its connection
+    does not move it), so that a check-in or check-out with none due costs a comparison."""
 
     def __init__(self, idle_timeout_s: float | None, max_idle: int, min_size: int = 0) -> None:
         self.idle_timeout_s = idle_timeout_s
@@ -464,14 +483,23 @@ class PoolState:
         self.min_size = min_size  # connections (idle or in use) the idle timeout leaves open
         self.idle: deque[Any] = deque()
         self.in_use = 0
+        #: Idle connections that stop being reused before the idle timeout: when (the pool's clock).
+        self.reuse_until: dict[Any, float] = {}
+        self.next_reuse_end = math.inf
+        #: Connections closed (or not pooled) for the upstream's keep-alive timeout or ``max=0``.
+        self.keep_alive_expired = 0
 
     def checkout(self, now: float, is_stale: Callable[[Any], bool]) -> tuple[Any | None, list[Any]]:
         """The most recently used healthy idle connection (or None) and the ones to close: those
-        found stale, and every one past the idle timeout (not only those in the way)."""
+        found stale, and every one past the idle timeout or its keep-alive deadline (not only those
+        in the way)."""
         to_close = self.expired(now)
         idle = self.idle
+        until = self.reuse_until
         while idle:
             conn = idle.pop()  # LIFO: the warmest connection first
+            if until:
+                until.pop(conn, None)
             if is_stale(conn):
                 to_close.append(conn)
                 continue
@@ -482,41 +510,167 @@ class PoolState:
     def opened(self) -> None:
         self.in_use += 1
 
-    def checkin(self, conn: Any, now: float, reusable: bool) -> list[Any]:
-        """Return ``conn``; the connections to close (``conn`` itself if not reusable)."""
+    def checkin(self, conn: Any, now: float, reusable: bool, reuse_for: float | None = None) -> list[Any]:
+        """Return ``conn``; the connections to close (``conn`` itself if not reusable). ``reuse_for``:
+        how long the connection may stay idle and still be reused, as its upstream announced
+        (``keep_alive_reuse_window``; None: the idle timeout alone applies); 0 or less: not at all."""
         self.in_use -= 1
         if not reusable:
             return [conn]
+        if reuse_for is not None:
+            if reuse_for <= 0:
+                self.keep_alive_expired += 1
+                return [conn]
+            timeout = self.idle_timeout_s
+            if timeout is None or reuse_for < timeout:  # never past the pool's own idle timeout
+                until = self.reuse_until
+                end = until[conn] = now + reuse_for
+                if end < self.next_reuse_end or len(until) == 1:
+                    self.next_reuse_end = end
         conn.idle_since = now
-        self.idle.append(conn)
+        idle = self.idle
+        idle.append(conn)
         to_close = []
-        while len(self.idle) > self.max_idle:
-            to_close.append(self.idle.popleft())
+        while len(idle) > self.max_idle:
+            gone = idle.popleft()
+            if self.reuse_until:
+                self.reuse_until.pop(gone, None)
+            to_close.append(gone)
         return to_close
 
     def expired(self, now: float) -> list[Any]:
-        """The idle connections past the idle timeout, taken out (the oldest first), beyond the
-        ``min_size`` connections it leaves open."""
-        timeout = self.idle_timeout_s
+        """The idle connections past their keep-alive deadline, then those past the idle timeout
+        (the oldest first) beyond the ``min_size`` connections it leaves open, taken out."""
         idle = self.idle
         gone: list[Any] = []
+        if self.reuse_until and now >= self.next_reuse_end:
+            gone = self._past_keep_alive(now)
+        timeout = self.idle_timeout_s
         if timeout is None:
             return gone
         # In check-in order: the expired connections are the first ones.
         while idle and now - idle[0].idle_since > timeout and len(idle) + self.in_use > self.min_size:
-            gone.append(idle.popleft())
+            conn = idle.popleft()
+            if self.reuse_until:
+                self.reuse_until.pop(conn, None)
+            gone.append(conn)
+        return gone
+
+    def _past_keep_alive(self, now: float) -> list[Any]:
+        """Take out the idle connections whose keep-alive deadline came (whatever ``min_size``: their
+        upstream closes them anyway), and move ``next_reuse_end`` to the earliest one left."""
+        until = self.reuse_until
+        kept: list[Any] = []
+        gone: list[Any] = []
+        earliest = math.inf
+        for conn in self.idle:
+            end = until.get(conn)
+            if end is None:
+                kept.append(conn)
+            elif end <= now:
+                del until[conn]
+                gone.append(conn)
+            else:
+                kept.append(conn)
+                earliest = min(earliest, end)
+        if gone:
+            self.idle.clear()
+            self.idle.extend(kept)
+            self.keep_alive_expired += len(gone)
+        self.next_reuse_end = earliest
         return gone
 
     def next_expiry(self) -> float | None:
-        """When the next idle connection the timeout may close reaches it (None: none will)."""
-        if self.idle_timeout_s is None or not self.idle or len(self.idle) + self.in_use <= self.min_size:
-            return None
-        return self.idle[0].idle_since + self.idle_timeout_s
+        """When the next idle connection the idle timeout may close reaches it, or the next keep-alive
+        deadline comes if sooner (None: neither will)."""
+        at: float | None = None
+        idle = self.idle
+        if self.idle_timeout_s is not None and idle and len(idle) + self.in_use > self.min_size:
+            at = idle[0].idle_since + self.idle_timeout_s
+        if self.reuse_until and (at is None or self.next_reuse_end < at):
+            at = self.next_reuse_end
+        return at
 
     def drain(self) -> list[Any]:
         out = list(self.idle)
         self.idle.clear()
+        self.reuse_until.clear()
         return out
+
+
+#: Seconds of idleness a connection keeps for each ``Keep-Alive`` value seen (bounded: values come from
+#: upstreams, and one sends the same value again and again).
+_KEEP_ALIVE_WINDOWS: dict[bytes, float | None] = {}
+_KEEP_ALIVE_WINDOWS_MAX = 256
+#: A quoted string (RFC 9110 §5.6.4), from its opening quote; and its escapes.
+_QUOTED = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+_QUOTED_PAIR = re.compile(rb"\\(.)", re.S)
+#: Longest ``timeout``/``max`` value read (digits): longer ones (over 31 years) impose nothing.
+_KEEP_ALIVE_DIGITS = 9
+
+
+def keep_alive_reuse_window(value: bytes) -> float | None:
+    """How long (seconds) a connection may stay idle and still be reused, from the value of the
+    upstream's ``Keep-Alive`` field (``timeout=5, max=100``); None when it sets no bound.
+
+    ``timeout=N`` (the upstream closes a connection idle N seconds) gives N less a safety margin, the
+    smaller of 1 s and N/5: the upstream's timer starts when it wrote the response, before the pool
+    read it, and the next request takes time to reach it (a round trip, each side's scheduling),
+    so a connection reused at N seconds may be closed as the request arrives. 1 s covers round
+    trips and pauses far longer than usual, and N/5 leaves a 1 s timeout 0.8 s of reuse. ``max=0``
+    (no more requests on this connection) and ``timeout=0`` give 0: not reused. Parameter names are
+    matched case-insensitively, with whitespace around them, separated by commas (or semicolons),
+    values possibly quoted; a repeated parameter counts with its smallest value; anything else
+    (other parameters, values that are not whole numbers, broken quoting) is ignored."""
+    window = _KEEP_ALIVE_WINDOWS.get(value, -1.0)
+    if window != -1.0:
+        return window
+    timeout: int | None = None
+    requests_left: int | None = None
+    for name, val in _keep_alive_params(value):
+        if not (val.isdigit() and len(val) <= _KEEP_ALIVE_DIGITS):
+            continue
+        n = int(val)
+        if name == b"timeout":
+            timeout = n if timeout is None else min(timeout, n)
+        elif name == b"max":
+            requests_left = n if requests_left is None else min(requests_left, n)
+    if requests_left == 0:
+        window = 0.0
+    elif timeout is None:
+        window = None
+    else:
+        window = timeout - min(1.0, timeout / 5)
+    if len(_KEEP_ALIVE_WINDOWS) < _KEEP_ALIVE_WINDOWS_MAX:
+        _KEEP_ALIVE_WINDOWS[value] = window
+    return window
+
+
+def _keep_alive_params(value: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """The ``name=value`` parameters of a ``Keep-Alive`` value: lowercased name, unquoted value.
+    Separators inside a quoted string separate nothing; an unterminated one ends the value."""
+    i, n = 0, len(value)
+    while i < n:
+        j = i
+        while j < n:
+            c = value[j]
+            if c == 0x2C or c == 0x3B:  # , ;
+                break
+            if c == 0x22:  # "
+                quoted = _QUOTED.match(value, j)
+                if quoted is None:
+                    return
+                j = quoted.end()
+                continue
+            j += 1
+        name, eq, val = value[i:j].partition(b"=")
+        i = j + 1
+        if not eq:
+            continue
+        val = val.strip(b" \t")
+        if len(val) >= 2 and val[0] == 0x22 and val[-1] == 0x22:
+            val = _QUOTED_PAIR.sub(rb"\1", val[1:-1])
+        yield name.strip(b" \t").lower(), val
 
 
 class _ResponseBodySource:
@@ -658,6 +812,8 @@ class NurseryOwner:
     _closed: bool
     _clock: Callable[[], float]
     _reaper: trio.CancelScope | None
+    #: When the running reaper wakes next (the pool's clock).
+    _reap_at: float = math.inf
 
     async def aclose(self) -> None:  # pragma: no cover - every pool defines it
         raise NotImplementedError
@@ -685,6 +841,7 @@ class NurseryOwner:
                     expiry = self._next_expiry()
                     if expiry is None or self._closed:
                         return
+                    self._reap_at = expiry
                     await trio.sleep(max(expiry - self._clock(), 0.0) + 0.001)
                     await self.prune()
         finally:
@@ -765,6 +922,7 @@ class UpstreamPool(NurseryOwner):
             "opening": self._opening,
             "waiters": self._waiters,
             **self._counters,
+            "keep_alive_expired": self._state.keep_alive_expired,
         }
 
     def __repr__(self) -> str:
@@ -959,12 +1117,26 @@ class UpstreamPool(NurseryOwner):
         if not conn.checked_out:
             return []
         conn.checked_out = False
+        now = self._clock()
+        window = conn.keep_alive_s
         if reusable:
-            if self._reaper is None and self._state.idle_timeout_s is not None:
+            if window is not None:
+                self._rearm_reaper(now + window)
+            elif self._reaper is None and self._state.idle_timeout_s is not None:
                 self._start_reaper()
             if self._waiters:
                 self._room.unpark()  # an idle connection for a request waiting at max_size
-        return self._state.checkin(conn, self._clock(), reusable)
+        return self._state.checkin(conn, now, reusable, window)
+
+    def _rearm_reaper(self, at: float) -> None:
+        """Have the idle reaper run by ``at`` (a keep-alive deadline): started if none runs, started
+        anew if the one running sleeps past it."""
+        reaper = self._reaper
+        if reaper is not None and self._reap_at > at:
+            reaper.cancel()
+            self._reaper = None
+        if self._reaper is None:
+            self._start_reaper()
 
     def _next_expiry(self) -> float | None:
         return self._state.next_expiry()
@@ -1263,8 +1435,13 @@ class UpstreamPool(NurseryOwner):
         status = event.status
         no_body = status == 204 or status == 304 or req.method == "HEAD"
         content_length: int | None = None
+        # The upstream's Keep-Alive field (hop-by-hop: dropped here) bounds how long the connection
+        # may stay idle and be reused; noted as the fields are stripped, so that its absence costs
+        # nothing more.
+        window: float | None
         if no_body:
-            headers = strip_hop_by_hop(Headers._trusted(event.headers), request=False)
+            headers, _, keep_alive = strip_response_fields(event.headers, keep_length=True)
+            window = keep_alive_reuse_window(keep_alive) if keep_alive is not None else None
         else:
             # Without hop-by-hop fields and Content-Length (the body is re-framed), in one pass; for
             # a head the codec remembers, once (its memo keeps the result, which depends on the
@@ -1272,13 +1449,16 @@ class UpstreamPool(NurseryOwner):
             memo = event.memo
             stripped = memo.stripped if memo is not None else None
             if stripped is not None:
-                headers, cl = Headers._stripped(list(stripped[0])), stripped[1]
+                headers, cl, window = Headers._stripped(list(stripped[0])), stripped[1], stripped[2]
             else:
-                headers, cl = strip_response_fields(event.headers)
+                headers, cl, keep_alive = strip_response_fields(event.headers)
+                window = keep_alive_reuse_window(keep_alive) if keep_alive is not None else None
                 if memo is not None and headers._hop_free:
-                    memo.stripped = (tuple(headers._items), cl)
+                    memo.stripped = (tuple(headers._items), cl, window)
             if cl is not None:
                 content_length = int(cl)
+        if window is not None:
+            conn.keep_alive_s = window  # before the connection may go back to the pool, below
         data = _whole_body(conn.codec) if _whole_body is not None else None
         if data is not None:
             # The whole body was at hand (or there is none): taken in one call, as the events below
