@@ -26,7 +26,7 @@ import trio
 import trio.testing
 from upstreams import running_proxy
 
-from hostproxy.http import Body, Headers, Request, UpstreamPool
+from hostproxy.http import Body, Headers, Request, UpstreamPool, UpstreamReset
 from hostproxy.http.upstream import PoolParams, PoolState, keep_alive_reuse_window
 
 # -- the upstream -----------------------------------------------------------------------------------
@@ -38,9 +38,17 @@ class KeepAliveUpstream:
     the connection closes, as it does when the upstream's idle timer wins the race). Each answer's
     body is the id of the connection it came on (``c1``, ``c2``...)."""
 
-    def __init__(self, keep_alive: bytes | None = b"timeout=1", idle_close_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        keep_alive: bytes | None = b"timeout=1",
+        idle_close_s: float = 1.0,
+        answer_within_s: float | None = None,
+    ) -> None:
         self.keep_alive = keep_alive
         self.idle_close_s = idle_close_s
+        #: A request on a connection idle this long is read and not answered (the connection is
+        #: closed with a FIN); ``idle_close_s`` when not given.
+        self.answer_within_s = idle_close_s if answer_within_s is None else answer_within_s
         self.accepted = 0
         self.answered = 0
         self.raced = 0  # requests that arrived on a connection past its idle timeout (not answered)
@@ -77,14 +85,15 @@ class KeepAliveUpstream:
                     if not data:
                         return
                     # (1e-6: the mock clock's jumps add floats, a 1 s jump may come out a hair short)
-                    if trio.current_time() - last_end >= self.idle_close_s - 1e-6:
+                    if trio.current_time() - last_end >= self.answer_within_s - 1e-6:
                         self.raced += 1
                         return  # idle too long: closed as the request came in, unanswered
                     buf += data
                     while b"\r\n\r\n" in buf:
                         head, buf = buf.split(b"\r\n\r\n", 1)
-                        await stream.send_all(self._answer(conn_id, head))
+                        # (the timer starts as the answer goes out: before send_all yields)
                         last_end = trio.current_time()
+                        await stream.send_all(self._answer(conn_id, head))
                     continue
                 self.idle_closed += 1
                 return
@@ -149,6 +158,28 @@ async def test_non_idempotent_request_never_meets_the_keep_alive_race(
         assert (up.accepted, up.answered, up.raced) == (3, 3, 0)
         stats = pool.statistics()
         assert (stats["reused"], stats["resent"], stats["keep_alive_expired"]) == (0, 0, 2)
+
+
+async def test_an_upstream_closing_sooner_than_it_announced_is_named_in_the_error(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """``timeout=5`` announced, idle connections closed after 1 s: the race the pool could not
+    avoid is reported with what the upstream announced and what to do."""
+    async with (
+        keep_alive_upstream(keep_alive=b"timeout=5", idle_close_s=100, answer_within_s=1.0) as up,
+        UpstreamPool("127.0.0.1", up.port) as pool,
+    ):
+        assert await answer(pool, "POST", b"x") == "c1"
+        mock_clock.jump(1.0)
+        with pytest.raises(UpstreamReset) as info:
+            await pool.request(request("POST", b"y"))
+        message = str(info.value)
+        assert (
+            "returned to the pool 1000 ms earlier, within the 4000 ms its Keep-Alive field allows" in message
+        )
+        assert "closes idle connections sooner than it announces" in message
+        assert "set client.hostConnectionPool.idleTimeMs below its real keep-alive timeout" in message
+        assert (up.raced, pool.statistics()["resent"]) == (1, 0)
 
 
 async def test_head_responses_carry_the_timeout_too(mock_clock: trio.testing.MockClock) -> None:
