@@ -88,6 +88,41 @@ async def test_a_connection_closed_before_any_response_byte_says_so_not_malforme
         assert [line for _, line in up.requests][-1] == "GET /gone HTTP/1.1"
 
 
+@pytest.mark.parametrize("reused", [False, True], ids=["fresh", "reused"])
+async def test_a_connection_reset_before_any_response_byte_says_so_with_the_same_advice(
+    reused: bool,
+) -> None:
+    """The keep-alive race shows as a reset as often as a close (the upstream's kernel resets a
+    connection whose socket was closed when the request arrived): the error says the upstream reset
+    the connection before it answered and, on a reused connection, gives the same advice as a close."""
+
+    async def resets_at_gone(up: RawUpstream, peer: Peer) -> None:
+        while (head := await peer.read_head()) is not None:
+            if up.record(peer, head) == "/gone":
+                peer.reset()
+                return
+            await peer.send(ok(b"ok"))
+
+    async with (
+        running_raw(resets_at_gone) as up,
+        UpstreamPool("127.0.0.1", up.port, PoolParams(idle_timeout_s=30.0)) as pool,
+    ):
+        if reused:
+            assert await (await pool.request(req("/warm"))).body.read_all() == b"ok"
+        with pytest.raises(UpstreamReset) as info:
+            await pool.request(req("/gone"))
+        message = str(info.value)
+        assert info.value.cause == "upstream/reset" and not info.value.retryable
+        assert f"127.0.0.1:{up.port} reset the connection before sending a response" in message, message
+        if reused:
+            assert "it was a reused connection, returned to the pool" in message, message
+            assert "client.hostConnectionPool.idleTimeMs (30000 ms)" in message, message
+        else:
+            assert "idle" not in message, message
+        s = stats(pool)
+        assert (s["open"], s["in_use"], s["resent"]) == (0, 0, 0)
+
+
 async def test_the_client_gets_the_plain_reason_in_l5d_err(tmp_path: Path) -> None:
     """Through the daemon: 502, cause ``upstream/reset``, and ``l5d-err`` names the close."""
 

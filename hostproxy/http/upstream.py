@@ -268,6 +268,19 @@ class _map_errors:  # noqa: N801 - used like the function it replaces: ``with _m
             raise ProxyInternalError(f"cannot send request to {endpoint}: {exc}", endpoint=endpoint) from exc
 
 
+def _was_reset(exc: BaseException) -> bool:
+    """Whether ``exc`` (a read's failure) is the peer resetting the connection (``ECONNRESET``),
+    raised as it is or as the cause of trio's ``BrokenResourceError``."""
+    cur: BaseException | None = exc
+    for _ in range(4):
+        if isinstance(cur, ConnectionResetError):
+            return True
+        if cur is None:
+            return False
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
 def _tls_error_of(exc: BaseException) -> Exception | None:
     """The translated TLS error carried by ``exc`` (``hostproxy.tls.TlsBroken``), or None."""
     from hostproxy.tls.stream import TlsBroken
@@ -1343,6 +1356,10 @@ class UpstreamPool(NurseryOwner):
                     codec.receive_data(data)
                     continue
             except Exception as exc:
+                if _was_reset(exc) and not codec.trailing_data():
+                    # (The keep-alive race shows as a reset as often as a close: the upstream's
+                    # kernel resets a connection whose socket was closed when the request arrived.)
+                    raise self._closed_before_response(conn, interim_count, reset=True) from exc
                 errors.reraise(exc)
             if type(event) is Informational:
                 status = event.status
@@ -1382,11 +1399,14 @@ class UpstreamPool(NurseryOwner):
                 )
             raise UpstreamReset(f"unexpected {event!r} from {self.endpoint}", endpoint=self.endpoint)
 
-    def _closed_before_response(self, conn: _Conn, interim: int) -> UpstreamReset:
-        """The error for a connection the upstream closed (a FIN) after the request was written and
-        before any byte of its (final) response. On a reused connection this is most often the
-        keep-alive race: the upstream closed it as idle while the request was on its way."""
-        what = f"upstream {self.endpoint} closed the connection before sending a response"
+    def _closed_before_response(self, conn: _Conn, interim: int, *, reset: bool = False) -> UpstreamReset:
+        """The error for a connection the upstream closed (a FIN; ``reset``: a reset) after the request
+        was written and before any byte of its (final) response. On a reused connection this is most
+        often the keep-alive race: the upstream closed it as idle while the request was on its way."""
+        what = (
+            f"upstream {self.endpoint} "
+            f"{'reset' if reset else 'closed'} the connection before sending a response"
+        )
         if interim:
             what += f" (after {interim} interim 1xx response{'s' if interim > 1 else ''})"
         if conn.reused and conn.keep_alive_s is not None:
