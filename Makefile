@@ -16,7 +16,7 @@ endif
 # Which interpreter the venv was made from (its real path).
 INTERPRETER := $(VENV)/.interpreter
 # Debian packages the tests and the benchmark talk to (real clients and servers, never mocks).
-APT_PKGS := curl nginx haproxy wrk nghttp2-client dnsmasq chromium slowhttptest valgrind
+APT_PKGS := curl nginx haproxy wrk nghttp2-client dnsmasq chromium slowhttptest valgrind prometheus
 CONFIG ?= configs/local.yaml
 
 .PHONY: install apt interpreter bytecode run test bench lint fmt clean
