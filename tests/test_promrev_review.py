@@ -4,11 +4,14 @@
 (HTTP/1.1 and h2 routers, hostile router labels and service names, failures, retries, namers bound,
 negative and failed), and a real `prometheus` server scrapes those paths: its targets must be up with
 no error, every series must arrive with its labels exactly as served, with no duplicate samples.
+Also: a request counted a success at its head that fails afterwards must not make the Prometheus
+`success_total` counter go down (Prometheus reads any decrease as a counter reset).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import re
@@ -24,8 +27,11 @@ import pytest
 import trio
 
 from dtab.path import Path as DtabPath
+from hostproxy.causes import Cause
 from hostproxy.h2.server import H2Server, H2ServerParams
 from hostproxy.http.message import Body, Headers, Request, Response
+from hostproxy.metrics import MetricsRegistry
+from hostproxy.metrics.render import prometheus, prometheus_slices
 from tests.daemonutil import curl, running_daemon
 from tests.upstreams import running_upstream
 
@@ -79,6 +85,53 @@ def parse_exposition(
         assert key not in samples, f"duplicate sample {key}"
         samples[key] = float(m.group(3))
     return samples, types
+
+
+# -- a late failure does not take back a Prometheus counter -----------------------------------------
+
+
+def _prom_value(reg: MetricsRegistry, name: str) -> float:
+    text = prometheus(reg)
+    assert text == "".join(prometheus_slices(reg))
+    samples, _ = parse_exposition(text)
+    return sum(v for (n, _), v in samples.items() if n == name)
+
+
+def test_a_late_failure_does_not_make_the_prometheus_success_counter_go_down() -> None:
+    reg = MetricsRegistry(lambda: 0.0)
+    stats = reg.router("out").service("/svc/web", bound=True)
+    stats.finish(0.01)
+    stats.finish(0.01)
+    assert _prom_value(reg, "hostproxy_service_success_total") == 2
+    stats.late_failure(Cause.UPSTREAM_RESET)  # the body was cut after a head counted a success
+    # Linkerd's flat count moves the request to failures...
+    flat_success = {m.key: m.obj.value for m in reg.metrics() if m.key.endswith("/success")}
+    assert flat_success == {"rt/out/service/svc/web/success": 1}
+    # ...but a Prometheus counter that goes down reads as a reset (rate() then shows the whole count
+    # again): it holds until a new success makes up for the one taken back.
+    assert _prom_value(reg, "hostproxy_service_success_total") == 2
+    assert _prom_value(reg, "hostproxy_service_failures_total") == 1
+    stats.finish(0.01)
+    assert _prom_value(reg, "hostproxy_service_success_total") == 2
+    stats.finish(0.01)
+    assert _prom_value(reg, "hostproxy_service_success_total") == 3
+    flat_success = {m.key: m.obj.value for m in reg.metrics() if m.key.endswith("/success")}
+    assert flat_success == {"rt/out/service/svc/web/success": 3}
+
+
+def test_late_failures_over_an_overflowed_series_never_lower_its_sum() -> None:
+    reg = MetricsRegistry(lambda: 0.0, max_label_values=1)
+    scope = reg.router("out")
+    scope.client("/$/inet/127.0.0.1/1")  # takes the one client label value
+    a = scope.client("/$/inet/127.0.0.1/2")  # these two overflow: one series, their sum
+    b = scope.client("/$/inet/127.0.0.1/3")
+    seen: list[float] = []
+    for st in (a, b, a, b):
+        st.finish(0.01)
+        seen.append(_prom_value(reg, "hostproxy_client_success_total"))
+        st.late_failure(Cause.UPSTREAM_GRPC)
+        seen.append(_prom_value(reg, "hostproxy_client_success_total"))
+    assert seen == [1, 1, 2, 2, 2, 2, 2, 2]
 
 
 # -- a real daemon, real traffic, promtool and a real Prometheus server ------------------------------
@@ -373,3 +426,62 @@ def check_contents(
                 assert all(math.isfinite(q) and q >= 0 for q in values), (fam, labels, qs)
     requests = [v for (n, _), v in samples.items() if n == "hostproxy_service_requests_total"]
     assert sum(requests) >= 3 * (3 + len(HOSTILE_FILES)) + len(NEG_NAMES)
+
+
+@needs_prometheus
+async def test_prometheus_sees_no_counter_reset_when_a_body_fails_after_its_head_was_counted(
+    tmp_path: Path,
+) -> None:
+    release = trio.Event()
+
+    async def cut_after_head(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.receive_some(65536)  # the request (a GET: its head only)
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello")
+            await release.wait()  # then the connection dies five bytes short
+
+    disco = tmp_path / "disco"
+    disco.mkdir()
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, cut_after_head, 0, host="127.0.0.1")
+        )
+        (disco / "slow").write_text(f"127.0.0.1 {listeners[0].socket.getsockname()[1]}\n")
+        text = f"""
+admin: {{ip: 127.0.0.1, port: 0}}
+namers:
+- {{kind: io.l5d.fs, rootDir: {disco}}}
+routers:
+- protocol: http
+  label: out
+  dtab: /svc => /#/io.l5d.fs;
+  servers: [{{ip: 127.0.0.1, port: 0}}]
+"""
+        async with running_daemon(text) as d:
+            admin_port = int(d.admin.rsplit(":", 1)[1])
+            async with running_prometheus(tmp_path / "prom", admin_port) as port:
+                series = '{job="admin",router="out",service="/svc/slow"}'
+
+                async def value(query: str) -> float | None:
+                    result = (await prom_api(port, "/api/v1/query", query=query))["result"]
+                    return float(result[0]["value"][1]) if result else None
+
+                async def until(query: str, want: float) -> None:
+                    with trio.fail_after(90):
+                        while await value(query) != want:
+                            await trio.sleep(0.3)
+
+                nursery.start_soon(curl, f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: slow")
+                # The head went on: a success, and Prometheus has scraped it.
+                await until(f"hostproxy_service_success_total{series}", 1)
+                release.set()
+                failures = '{job="admin",router="out",service="/svc/slow",cause="upstream_reset"}'
+                await until(f"hostproxy_service_failures_total{failures}", 1)
+                flat = (await curl(f"{d.admin}/admin/metrics.json")).json()
+                assert isinstance(flat, dict)
+                assert flat["rt/out/service/svc/slow/success"] == 0  # Linkerd's count moved it
+                assert flat["rt/out/service/svc/slow/failures/upstream/reset"] == 1
+                # Prometheus saw the counter hold: no reset, so rate() shows no spike.
+                assert await value(f"hostproxy_service_success_total{series}") == 1
+                assert await value(f"resets(hostproxy_service_success_total{series}[10m])") == 0
+        nursery.cancel_scope.cancel()

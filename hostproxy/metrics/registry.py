@@ -181,6 +181,30 @@ class Counter:
         self.value += n
 
 
+class HeldCounter(Counter):
+    """A count a later verdict may take back: `RequestStats.success`, where a request counted a
+    success at its head that fails afterwards (its body cut, a failing gRPC status in its trailers)
+    moves to the failures, as in Linkerd. ``value`` is that count (the flat and tree forms, InfluxDB);
+    Prometheus reads ``value + held``: a count taken back is held there until a new one makes up for
+    it, so the exported counter never goes down (Prometheus reads any decrease as a counter reset,
+    and ``rate()`` then counts the whole value again)."""
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = 0
+
+    def take_back(self) -> None:
+        self.value -= 1
+        self.held += 1
+
+    @property
+    def exported(self) -> int:
+        """The value Prometheus shows: never lower than it was."""
+        return self.value + self.held
+
+
 class CounterFn:
     """A counter kept by another object (a server's accepted connections, a balancer's adds), read
     through ``fn`` when rendered: a count that only grows (a reload may start it again from 0), so
@@ -371,6 +395,14 @@ class MetricsRegistry:
         assert isinstance(m.obj, Counter)
         return m.obj
 
+    def held_counter(self, key: str, prom: PromId | None = None) -> HeldCounter:
+        """A counter whose counts a later verdict may take back (see `HeldCounter`)."""
+        m = self._get(key, "counter")
+        if m is None:
+            m = self._add(key, "counter", HeldCounter(), prom)
+        assert isinstance(m.obj, HeldCounter)
+        return m.obj
+
     def counter_fn(self, key: str, fn: Callable[[], float], prom: PromId | None = None) -> CounterFn:
         """A counter another object keeps, read through ``fn`` (registering it again rebinds ``fn``)."""
         m = self._get(key, "counter")
@@ -491,7 +523,7 @@ class RequestStats:
         self.requests = reg.counter(
             f"{prefix}/requests", PromId(fam + "requests_total", labels, "Requests received")
         )
-        self.success = reg.counter(
+        self.success = reg.held_counter(
             f"{prefix}/success", PromId(fam + "success_total", labels, "Successful requests")
         )
         self.failures = reg.counter(f"{prefix}/failures")
@@ -565,7 +597,10 @@ class RequestStats:
         self.requests.value += 1
         self._hist_add_at(latency_s * 1000.0, now)
         if cause is None:
-            self.success.value += 1
+            success = self.success
+            success.value += 1
+            if success.held:  # a new success makes up for one taken back (the exported count holds)
+                success.held -= 1
         else:
             self.failures.value += 1
             c = self._by_cause.get(cause)
@@ -587,7 +622,7 @@ class RequestStats:
         upstream reset mid-body): move it from success to failures under ``cause``."""
         if self._reg._deferred:
             self._reg.flush()  # its success may still be a deferred record
-        self.success.value -= 1
+        self.success.take_back()
         self.failures.value += 1
         c = self._by_cause.get(cause)
         if c is None:

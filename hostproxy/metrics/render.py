@@ -41,6 +41,7 @@ from hostproxy.metrics.registry import (
     Counter,
     CounterFn,
     Gauge,
+    HeldCounter,
     Labels,
     Metric,
     MetricsRegistry,
@@ -295,7 +296,7 @@ def prometheus_chunks(items: Iterable[tuple[Metric, Any]]) -> Iterator[str]:
         fam, labels = m.prom.family, m.prom.labels
         helps.setdefault(fam, m.prom.help)
         if isinstance(m.obj, Counter | CounterFn):
-            counters[fam][labels] += value
+            counters[fam][labels] += value + m.obj.held if type(m.obj) is HeldCounter else value
         elif isinstance(m.obj, Gauge):
             if value is not None:
                 gauges[fam][labels] += value
@@ -625,7 +626,10 @@ def _prom_series_lines(s: _PromSeries, out: list[str]) -> bool:
     if kind == "counter":
         total = 0.0
         for m in s.metrics:
-            total += m.obj.value  # type: ignore[union-attr]
+            obj = m.obj
+            total += obj.value  # type: ignore[union-attr]
+            if type(obj) is HeldCounter:  # (never lower than it was: see HeldCounter)
+                total += obj.held
         out.append(s.line + _fmt_fast(total))
     elif kind == "gauge":
         value: float | None = None
