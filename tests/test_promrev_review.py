@@ -30,7 +30,7 @@ from dtab.path import Path as DtabPath
 from hostproxy.causes import Cause
 from hostproxy.h2.server import H2Server, H2ServerParams
 from hostproxy.http.message import Body, Headers, Request, Response
-from hostproxy.metrics import MetricsRegistry
+from hostproxy.metrics import MetricsRegistry, PromId
 from hostproxy.metrics.render import prometheus, prometheus_slices
 from tests.daemonutil import curl, running_daemon
 from tests.upstreams import running_upstream
@@ -132,6 +132,28 @@ def test_late_failures_over_an_overflowed_series_never_lower_its_sum() -> None:
         st.late_failure(Cause.UPSTREAM_GRPC)
         seen.append(_prom_value(reg, "hostproxy_client_success_total"))
     assert seen == [1, 1, 2, 2, 2, 2, 2, 2]
+
+
+@needs_prometheus
+def test_help_texts_and_label_values_are_escaped_as_the_text_format_requires() -> None:
+    # HELP text escapes a backslash and a line feed (not a quote); a label value escapes all three.
+    reg = MetricsRegistry(lambda: 0.0)
+    help_text = 'Requests to C:\\queue "q"\nsecond line'
+    for k, v in [("nan", math.nan), ("inf", math.inf), ("-inf", -math.inf), ("big", 2.0**80), ("zero", -0.0)]:
+        reg.gauge(f"g/{k}", lambda v=v: v, PromId("hostproxy_test_level", (("k", k + '\n\\"x'),), help_text))
+    reg.counter("c", PromId("hostproxy_test_events_total", (), help_text)).value = 2**70
+    text = prometheus(reg)
+    assert text == "".join(prometheus_slices(reg))
+    checked = promtool_check(text.encode())
+    assert checked.returncode == 0 and not checked.stdout.strip() and not checked.stderr.strip(), (
+        checked.stdout,
+        checked.stderr,
+    )
+    assert '# HELP hostproxy_test_level Requests to C:\\\\queue "q"\\nsecond line\n' in text
+    samples, _ = parse_exposition(text)
+    assert samples[("hostproxy_test_level", (("k", 'inf\n\\"x'),))] == math.inf
+    assert math.isnan(samples[("hostproxy_test_level", (("k", 'nan\n\\"x'),))])
+    assert samples[("hostproxy_test_events_total", ())] == 2.0**70
 
 
 # -- a real daemon, real traffic, promtool and a real Prometheus server ------------------------------

@@ -262,6 +262,12 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+def _escape_help(text: str) -> str:
+    """A ``# HELP`` text as the text format requires: a backslash and a line feed escaped (a quote is
+    not: Prometheus refuses ``\\"`` there)."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
 def _labels(labels: Labels) -> str:
     if not labels:
         return ""
@@ -311,7 +317,7 @@ def prometheus_chunks(items: Iterable[tuple[Metric, Any]]) -> Iterator[str]:
 
     def head(fam: str, kind: str) -> None:
         if helps.get(fam):
-            lines.append(f"# HELP {fam} {helps[fam]}")
+            lines.append(f"# HELP {fam} {_escape_help(helps[fam])}")
         lines.append(f"# TYPE {fam} {kind}")
 
     for fam in sorted(counters):
@@ -571,7 +577,7 @@ def _prom_layout(reg: MetricsRegistry, slice_size: int) -> Iterator[list[_PromSe
     for kind, ptype in (("counter", "counter"), ("gauge", "gauge"), ("stat", "summary")):
         families = kinds[kind]
         for fam in sorted(families):
-            head = [f"# HELP {fam} {helps[fam]}"] if helps[fam] else []
+            head = [f"# HELP {fam} {_escape_help(helps[fam])}"] if helps[fam] else []
             head.append(f"# TYPE {fam} {ptype}")
             series.extend(
                 _PromSeries(kind, fam, labels, head, ms) for labels, ms in sorted(families[fam].items())
