@@ -199,11 +199,6 @@ class HeldCounter(Counter):
         self.value -= 1
         self.held += 1
 
-    @property
-    def exported(self) -> int:
-        """The value Prometheus shows: never lower than it was."""
-        return self.value + self.held
-
 
 class CounterFn:
     """A counter kept by another object (a server's accepted connections, a balancer's adds), read

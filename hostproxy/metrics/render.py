@@ -12,8 +12,10 @@ an invalid pattern is used as a literal substring; one that backtracking could t
 `NoSuchSubtree`, which the admin answers with 404 `{"error": "No such subtree: …"}`).
 
 Prometheus: only metrics registered with a `PromId` are exported, grouped by family; counters end
-in `_total`, latencies are summaries in seconds with `quantile` labels over the last minute and
-cumulative `_sum`/`_count`. Series that share a family and labels (label overflow) are summed.
+in `_total` and never go down (a `HeldCounter` shows the successes a late failure took back until new
+ones make up for them), latencies are summaries in seconds with `quantile` labels over the last minute
+and cumulative `_sum`/`_count`. Series that share a family and labels (label overflow) are summed.
+Label values and HELP texts are escaped as the text format requires (`promtool check metrics` passes).
 
 Scrapes of a busy proxy (tens of thousands of metrics) go through `flat_json_slices` and
 `prometheus_slices`, which read and render in one pass, a slice of metrics per step, so that the admin
