@@ -1,8 +1,8 @@
 """The Prometheus exposition, checked with Prometheus's own tools.
 
 `promtool check metrics` reads every exposition path of a real daemon that carried real traffic
-(HTTP/1.1 and h2 routers, hostile router labels and service names, failures, retries, namers bound,
-negative and failed), and a real `prometheus` server scrapes those paths: its targets must be up with
+(HTTP/1.1 and h2 routers, hostile router labels and service names, failures, retries, names bound,
+negative, failed and stale), and a real `prometheus` server scrapes those paths: its targets must be up with
 no error, every series must arrive with its labels exactly as served, with no duplicate samples.
 Also: a request counted a success at its head that fails afterwards must not make the Prometheus
 `success_total` counter go down (Prometheus reads any decrease as a counter reset).
@@ -222,7 +222,7 @@ routers:
 """
 
 
-async def drive_traffic(d: Any) -> None:
+async def drive_traffic(d: Any, disco: Path) -> None:
     http = f"http://127.0.0.1:{d.port(HOSTILE_ROUTER)}"
     for name in ["app", "dead", "broken", *HOSTILE_FILES]:
         for path in ("/", "/status/500", "/status/503"):
@@ -231,6 +231,13 @@ async def drive_traffic(d: Any) -> None:
     for name in NEG_NAMES:
         r = await curl(http + "/", "-H", f"Host: {name}")
         assert r.status == 502 and (r.l5d_err or "").startswith("Unable to route request!"), r
+    # A bound name whose file turns malformed: the namer keeps its last good addresses (stale).
+    (disco / HOSTILE_FILES[0]).write_text("this is not an address either\n")
+    with trio.fail_after(60):
+        while '"stale"' not in (await curl(f"{d.admin}/namer_state/io.l5d.fs.json")).body.decode():
+            await trio.sleep(0.2)
+    r = await curl(http + "/", "-H", f"Host: {HOSTILE_FILES[0]}")
+    assert r.status == 200, r
     h2 = f"http://127.0.0.1:{d.port('h2')}"
     for host in HOSTILE_H2_HOSTS:
         # curl sends the Host's UTF-8 bytes; the proxy reads them as ISO-8859-1 (as Linkerd does).
@@ -340,7 +347,7 @@ async def test_prometheus_scrapes_every_exposition_path_of_a_daemon_that_carried
         (disco / "dead").write_text("127.0.0.1 1\n")  # nothing listens: connections refused, retried
         (disco / "broken").write_text("this is not an address\n")  # the namer fails on it
         async with running_daemon(daemon_config(disco, h2_port)) as d:
-            await drive_traffic(d)
+            await drive_traffic(d, disco)
             # (1) promtool accepts every path, without a lint warning either.
             expositions: dict[str, str] = {}
             for job, path in JOBS.items():
