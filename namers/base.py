@@ -64,6 +64,7 @@ from namers._dtab import (
 __all__ = [
     "DEFAULT_MAX_NAMES",
     "MAX_RESTORE_WARNINGS",
+    "RestoreSkips",
     "RESTORED_ERROR",
     "SAVED_STATE_MAX_AGE",
     "STATE_FORMAT_VERSION",
@@ -104,6 +105,40 @@ MAX_RESTORE_WARNINGS = 10
 
 #: The format of :meth:`Namer.export_state` (``version``); a file without one is version 1.
 STATE_FORMAT_VERSION = 1
+
+
+class RestoreSkips:
+    """The saved entries one restore skipped as invalid: the first :data:`MAX_RESTORE_WARNINGS` are
+    each named in a ``namer.state.restore.failed`` warning with why (``hint``: what happens to it),
+    and :meth:`done` counts the rest in one more (``rest_hint``). ``what``: ``names`` or ``hosts``."""
+
+    def __init__(self, kind: str, what: str, hint: str, rest_hint: str) -> None:
+        self.kind, self.what, self.hint, self.rest_hint = kind, what, hint, rest_hint
+        self.count = 0
+
+    def skip(self, name: str, error: BaseException) -> None:
+        self.count += 1
+        if self.count <= MAX_RESTORE_WARNINGS:
+            log.warning(
+                "namer.state.restore.failed",
+                namer=self.kind,
+                name=name,
+                error=str(error) or repr(error),
+                hint=self.hint,
+            )
+
+    def done(self) -> None:
+        if self.count > MAX_RESTORE_WARNINGS:
+            log.warning(
+                "namer.state.restore.failed",
+                namer=self.kind,
+                name=None,
+                error=(
+                    f"{self.count - MAX_RESTORE_WARNINGS} more saved {self.what} were skipped as invalid "
+                    f"(only the first {MAX_RESTORE_WARNINGS} are named)"
+                ),
+                hint=self.rest_hint,
+            )
 
 
 def format_time(t: float | None) -> str | None:
@@ -655,7 +690,13 @@ class Namer:
         it; the others load. Returns how many were restored; raises ``ValueError`` for state saved
         by another namer (kind, prefix, or :meth:`state_source`) or in another format version."""
         check_saved_state(data, self.kind, str(self.bound_prefix), self.state_source())
-        restored = skipped = 0
+        restored = 0
+        skips = RestoreSkips(
+            self.kind,
+            "names",
+            "this name starts empty; the other saved names are restored",
+            "these names start empty; the other saved names are restored",
+        )
         for name, entry in list(data["names"].items())[-self.table.max_names :]:
             try:
                 key = tuple(Path.read(name).labels)
@@ -666,29 +707,14 @@ class Namer:
                 if not isinstance(meta, dict):
                     raise ValueError(f"meta {meta!r} is not an object")
             except Exception as e:
-                skipped += 1
-                if skipped <= MAX_RESTORE_WARNINGS:
-                    log.warning(
-                        "namer.state.restore.failed",
-                        namer=self.kind,
-                        name=name,
-                        error=str(e) or repr(e),
-                        hint="this name starts empty; the other saved names are restored",
-                    )
+                skips.skip(name, e)
                 continue
             if not key or key in self.table:
                 continue
             self.touch(key)
             self.table.restore(key, addrs, dict(meta), saved_time(entry.get("lastUpdate")))
             restored += 1
-        if skipped > MAX_RESTORE_WARNINGS:
-            log.warning(
-                "namer.state.restore.failed",
-                namer=self.kind,
-                name=None,
-                error=f"{skipped - MAX_RESTORE_WARNINGS} more saved names were skipped as invalid (only the first {MAX_RESTORE_WARNINGS} are named)",
-                hint="these names start empty; the other saved names are restored",
-            )
+        skips.done()
         return restored
 
     # -- admin ---------------------------------------------------------------------------------

@@ -74,11 +74,11 @@ from namers._dtab import (
     Path,
 )
 from namers.base import (
-    MAX_RESTORE_WARNINGS,
     RESTORED_ERROR,
     SAVED_STATE_MAX_AGE,
     STALE_SINCE,
     STATE_FORMAT_VERSION,
+    RestoreSkips,
     Waker,
     check_saved_state,
     format_time,
@@ -974,7 +974,13 @@ class InetResolver:
         ``ValueError`` for state saved by another version, for another kind, or for another
         :meth:`state_source`."""
         check_saved_state(data, self.kind, str(self.prefix), self.state_source())
-        restored = skipped = 0
+        restored = 0
+        skips = RestoreSkips(
+            self.kind,
+            "hosts",
+            "this host is resolved afresh; the other saved hosts are restored",
+            "these hosts are resolved afresh; the other saved hosts are restored",
+        )
         for name, entry in list(data["names"].items())[-self.table.max_hosts :]:
             try:
                 host = _saved_host(name)
@@ -982,30 +988,12 @@ class InetResolver:
                     raise ValueError("the entry has no 'ips' list of addresses")
                 ips = tuple(_saved_ip(ip) for ip in entry["ips"])
             except Exception as e:
-                skipped += 1
-                if skipped <= MAX_RESTORE_WARNINGS:
-                    log.warning(
-                        "namer.state.restore.failed",
-                        namer=self.kind,
-                        name=name,
-                        error=str(e) or repr(e),
-                        hint="this host is resolved afresh; the other saved hosts are restored",
-                    )
+                skips.skip(name, e)
                 continue
             fixed = entry.get("fixed") is True
             if self.table.restore(host, ips, saved_time(entry.get("lastUpdate")), fixed=fixed):
                 restored += 1
-        if skipped > MAX_RESTORE_WARNINGS:
-            log.warning(
-                "namer.state.restore.failed",
-                namer=self.kind,
-                name=None,
-                error=(
-                    f"{skipped - MAX_RESTORE_WARNINGS} more saved hosts were skipped as invalid (only "
-                    f"the first {MAX_RESTORE_WARNINGS} are named)"
-                ),
-                hint="these hosts are resolved afresh; the other saved hosts are restored",
-            )
+        skips.done()
         return restored
 
     # -- admin -------------------------------------------------------------------------------------
