@@ -273,6 +273,22 @@ class _Bound:
         self.consulted = consulted
 
 
+#: The system names a ``/$/inet`` host answers: ``/$/inet/<host>/<port>``, ``/$/fixedinet/<host>/<port>``
+#: (the host the first label of the residual) and ``/$/io.buoyant.rinet/<port>/<host>`` (the second).
+_INET_PREFIXES = (Path.read("/$/inet"), Path.read("/$/fixedinet"), Path.read("/$/io.buoyant.rinet"))
+_RINET = _INET_PREFIXES[2]
+
+
+def _names_host(prefix: Path, residual: Path, host: str) -> bool:
+    """Whether a lookup of ``prefix + residual`` asked the resolver for ``host`` (the resolver's key:
+    lowercased), whatever the case it was written in."""
+    labels = residual.labels
+    i = 1 if prefix == _RINET else 0
+    if len(labels) <= i:
+        return False
+    return labels[i].decode("utf-8", "replace").lower() == host
+
+
 def _transforming_bind(transformers: list[Any]) -> Callable[..., Any]:
     """``dtab.bind`` followed by the router's interpreter transformers (``/%/…`` client ids)."""
     from dtab.bind import bind
@@ -610,17 +626,15 @@ class HttpRouter:
             client.update_addr(state.current_addr())
 
     def _inet_changed(self, resolver: Any, host: str) -> None:
-        """A ``/$/inet`` host's answer changed (or it was evicted): drop every binding (which hosts a
-        binding consulted is not tracked), and hand the clients of that host their new address set at
-        once, as :meth:`_namer_changed` does, so that an idle client's endpoints and pools follow."""
-        self._rebind_all()
+        """A ``/$/inet`` host's answer changed (or it was evicted): drop the bindings that looked that
+        host up (their bound leaves carry its address set, which a request hands its client), and no
+        other, and hand the clients of that host their new address set at once, as
+        :meth:`_namer_changed` does, so that an idle client's endpoints and pools follow."""
+        self.binder.invalidate_matching(_INET_PREFIXES, lambda prefix, r: _names_host(prefix, r, host))
         for client_id, client in self.clients.items():
             addr = resolver.current(client_id, host)
             if addr is not None:
                 client.update_addr(addr)
-
-    def _rebind_all(self) -> None:
-        self.binder.set_base_dtab(self.binder.base_dtab)
 
     def set_dtab(self, dtab: Dtab) -> None:
         self.binder.set_base_dtab(dtab)

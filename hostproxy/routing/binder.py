@@ -9,6 +9,8 @@ each consulted name to the cache keys that depend on it, so:
 * ``invalidate(prefix, residual)`` — called by the namer runtime when that name's answer changes —
   drops exactly the entries that consulted that name (or a longer residual under it: a namer watching
   ``/users`` notifies ``/users`` while a delegation asked it for ``/users/v1``), and nothing else;
+* ``invalidate_matching(prefixes, match)`` does the same for the residuals ``match`` picks: the router
+  drops what looked up one ``/$/inet`` host, however it was spelled;
 * ``set_base_dtab(dtab)`` (a dtab file or store reload) drops everything;
 * both bump :attr:`Binder.version` and call the ``on_change`` hooks, which is what a caller waiting on a
   *pending* binding (a namer that has not answered yet) waits for, bounded by ``bindingTimeoutMs``.
@@ -575,6 +577,23 @@ class Binder:
                 keys |= by_residual.pop(r)
             if not by_residual:
                 del self._by_name[namer_prefix]
+        return self._drop(keys)
+
+    def invalidate_matching(self, prefixes: Iterable[Path], match: Callable[[Path, Path], bool]) -> int:
+        """Drop the bindings that consulted ``(prefix, residual)`` for one of ``prefixes`` and a
+        residual for which ``match(prefix, residual)`` is true, and nothing else: one change (one
+        :attr:`version`) however many prefixes. For what is not a namer's name, as a ``/$/inet`` host
+        (its residuals ``/<host>/<port>/…``, or ``/<port>/<host>/…`` under ``/$/io.buoyant.rinet``,
+        its spelling in any case). Returns how many bindings were dropped."""
+        keys: set[_Key] = set()
+        for prefix in prefixes:
+            by_residual = self._by_name.get(prefix)
+            if not by_residual:
+                continue
+            for r in [r for r in by_residual if match(prefix, r)]:
+                keys |= by_residual.pop(r)
+            if not by_residual:
+                del self._by_name[prefix]
         return self._drop(keys)
 
     def invalidate_namer(self, namer_prefix: Path) -> int:
