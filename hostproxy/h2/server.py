@@ -7,6 +7,8 @@ Theory of operation
 listeners, accept loops, ``stop_accepting``, ``drain``, ``idle``, ``statistics``); ``drain`` sends
 every connection GOAWAY, so clients open no new streams, and each closes once its streams finish.
 Like HTTP/1.1 it caps open connections (``max_connections``), holds accepting back under overload,
+answers a new stream 503 ``overload`` past the overload shed mark, drains a connection (GOAWAY
+NO_ERROR naming the last stream it answers, streams in progress finish) past the no-keep-alive mark,
 and answers what the kernel queued when the listeners close: a connection that starts while the
 server drains gets SETTINGS then GOAWAY (last stream 0: whatever it sent was not processed and may
 be sent again).  When this side closes a connection it sends FIN (over TLS: ``close_notify``) and
@@ -761,8 +763,10 @@ class _ServerLink(H2Link):
         self._handlers.start_soon(self._stream_task, s, raw, scope)
         self.accepted += 1
         limit = self.params.max_requests_per_connection
-        if limit is not None and self.accepted >= limit:
-            # This stream is the last: GOAWAY names it, so the client sends the next ones elsewhere.
+        ov = self.server.overload
+        if (limit is not None and self.accepted >= limit) or (ov is not None and not ov.keepalive_allowed):
+            # This stream is the last (the request limit, or memory past the overload no-keep-alive
+            # mark): GOAWAY names it, so the client sends the next ones elsewhere.
             self.start_drain(stream_id)
 
     # -- one stream ------------------------------------------------------------------------------
@@ -866,6 +870,14 @@ class _ServerLink(H2Link):
                         "overload",
                         f"server {self.params.router_label} is at maxConcurrentRequests={limit}; retry later",
                     )
+                elif (ov := self.server.overload) is not None and ov.shed_requests:
+                    stats.rejected_overload += 1
+                    ov.note_shed()
+                    response = error_response(
+                        503,
+                        "overload",
+                        "hostproxy is shedding load: memory is past the overload shed mark; retry later",
+                    )
                 else:
                     # In flight until its response has been sent whole (below), as on HTTP/1.1: a
                     # long streamed response holds its place under maxConcurrentRequests.
@@ -906,6 +918,11 @@ class _ServerLink(H2Link):
             self.scopes.pop(s.id, None)
             self.handled.pop(s.id, None)
             self.streams.pop(s.id, None)
+            ov = self.server.overload
+            if ov is not None and not ov.keepalive_allowed and not self._draining:
+                # Memory went past the no-keep-alive mark while this stream was in progress: it was
+                # answered whole; the connection now drains (GOAWAY), as HTTP/1.1's Connection: close.
+                self.start_drain()
             if not self.tasks:
                 self.idle_since = self._clock()
                 self._quiet.set()
