@@ -36,7 +36,9 @@ Where the numbers come from:
   hostproxy's incoming router, a Linkerd), not by the application: when most of a service's did
   (``/client_state.json`` → ``downstreamProxyErrors.<service>``), the finding's fault is
   ``downstream proxy`` and it quotes that proxy's l5d-err;
-* the process: open file descriptors near the limit;
+* the process: open file descriptors near the limit; the overload manager holding back (the
+  ``overload/memory_level`` and ``overload/fd_exhausted`` gauges: memory past a mark, descriptors
+  past theirs), which refuses connections without failing any counted request;
 * TLS: a failing ``tls`` cause is explained with the last handshake failure the client recorded
   (``/client_state.json`` → ``tls.lastError``: unknown CA, name mismatch, expired, no client
   certificate...); every certificate in ``/admin/tls.json`` that expires within
@@ -580,6 +582,7 @@ class _Analysis:
         self.servers()
         self.namers()
         self.process()
+        self.overload()
         self.certificates()
         self.trace_export()
         self.findings.sort(
@@ -1280,6 +1283,52 @@ class _Analysis:
                         "growing, look for a leak in /admin/metrics.json (…/connections, pool_size)"
                     ),
                 )
+
+    def overload(self) -> None:
+        """The overload manager holding back (the ``overload/*`` gauges): memory past a mark, or file
+        descriptors past theirs. Refusing connections leaves no failure in any request counter, so
+        without this finding a proxy that stopped accepting would look healthy."""
+        level = self.num("overload/memory_level")
+        actions = {
+            1: ("noKeepalive", "connections close after each response", "warning"),
+            2: ("shed", "new requests get 503 overload at once", "critical"),
+            3: ("stopAccept", "not accepting connections, and new requests get 503", "critical"),
+        }
+        if level in actions:
+            mark, doing, severity = actions[level]
+            self.add(
+                severity=severity,
+                router=None,
+                service=None,
+                client=None,
+                endpoint=None,
+                cause=Cause.OVERLOAD.value,
+                share=1.0,
+                verdict=f"hostproxy's memory is past the overload {mark} mark: {doing}",
+                next_step=(
+                    "/overload.json shows the resident memory against overload.memoryLimitBytes (or the "
+                    "cgroup's memory.max); raise the limit, or find what holds memory (large bodies "
+                    "buffered, many connections)"
+                ),
+            )
+        if self.num("overload/fd_exhausted") > 0:
+            self.add(
+                severity="critical",
+                router=None,
+                service=None,
+                client=None,
+                endpoint=None,
+                cause=Cause.OVERLOAD.value,
+                share=1.0,
+                verdict=(
+                    "hostproxy's open file descriptors are past the overload fdStopAccept mark: not "
+                    "accepting connections (those already open are served)"
+                ),
+                next_step=(
+                    "/overload.json shows the open descriptors against RLIMIT_NOFILE; raise LimitNOFILE "
+                    "(systemd) or `ulimit -n`, or find what holds connections open"
+                ),
+            )
 
     def certificates(self) -> None:
         certs = self.snap.tls.get("certificates") if isinstance(self.snap.tls, Mapping) else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import urllib.parse
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import h2.events
 import pytest
@@ -172,3 +173,52 @@ def test_sensible_limits_are_accepted() -> None:
 
     cfg = load_config(CONFIG + "  memoryLimitBytes: 1000000\n  fdReserve: 16\n")
     assert cfg.overload.memory_limit_bytes == 1000000
+
+
+# -- hostproxy wtf says when the proxy itself is holding back ---------------------------------------
+
+
+def test_wtf_finds_memory_past_a_mark_and_blames_hostproxy() -> None:
+    from hostproxy.diagnose import Snapshot, diagnose
+
+    def gauges(level: int, fds: int = 0) -> dict[str, float]:
+        return {"overload/memory_level": level, "overload/fd_exhausted": fds}
+
+    assert diagnose(Snapshot(metrics=gauges(0))).healthy
+    [f] = diagnose(Snapshot(metrics=gauges(3))).findings
+    assert f.severity == "critical" and f.cause == "overload" and f.fault == "hostproxy"
+    assert "memory is past the overload stopAccept mark" in f.verdict
+    assert "not accepting connections" in f.verdict
+    assert "/overload.json" in f.next_step
+    [f] = diagnose(Snapshot(metrics=gauges(2))).findings
+    assert "shed mark" in f.verdict and "503" in f.verdict and f.fault == "hostproxy"
+    [f] = diagnose(Snapshot(metrics=gauges(1))).findings
+    assert f.severity == "warning" and "noKeepalive mark" in f.verdict
+    [f] = diagnose(Snapshot(metrics=gauges(0, fds=1))).findings
+    assert f.severity == "critical" and "file descriptors" in f.verdict and "not accepting" in f.verdict
+
+
+async def test_wtf_and_admin_answer_while_memory_stops_accepting(tmp_path: Path) -> None:
+    """Memory past every mark (a limit the process is far beyond): the router stops accepting, the admin
+    server still answers, and ``hostproxy wtf`` names hostproxy as the one refusing."""
+    import json
+    import sys
+
+    from tests.daemonutil import fs_config, running_daemon
+
+    disco = tmp_path / "disco"
+    disco.mkdir()
+    text = "overload: {memoryLimitBytes: 1000000}\n" + fs_config(disco)
+    async with running_daemon(text) as d:
+        assert not d.daemon.overload.accept_allowed
+        with trio.fail_after(60):
+            proc = await trio.run_process(
+                [sys.executable, "-m", "hostproxy", "wtf", "--admin", d.admin, "--json"],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+        doc = json.loads(proc.stdout)
+        found = [f for f in doc["findings"] if f["cause"] == "overload"]
+        assert found, doc
+        assert found[0]["fault"] == "hostproxy" and "stopAccept" in found[0]["verdict"]
