@@ -222,3 +222,29 @@ async def test_wtf_and_admin_answer_while_memory_stops_accepting(tmp_path: Path)
         found = [f for f in doc["findings"] if f["cause"] == "overload"]
         assert found, doc
         assert found[0]["fault"] == "hostproxy" and "stopAccept" in found[0]["verdict"]
+
+
+async def test_http1_request_in_flight_when_the_mark_is_crossed_ends_whole_with_connection_close() -> None:
+    from hostproxy.http.server import Http1Server
+
+    app, m = App(), manager()
+    at(m, 100)
+    server = Http1Server(app.handle, overload=m)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        [(_, port)] = await nursery.start(server.serve)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        with trio.fail_after(10):
+            while app.requests != ["/slow"]:
+                await trio.sleep(0.01)
+        at(m, 850)  # no keep-alive from now on
+        app.release.set()
+        data = b""
+        with trio.fail_after(10):
+            while chunk := await stream.receive_some(4096):
+                data += chunk  # until the server closes
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and body == b"ok"
+        assert b"\r\nconnection: close" in head.lower()
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
