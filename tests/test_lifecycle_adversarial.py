@@ -96,9 +96,9 @@ async def test_reload_applies_overload_watermarks_it_reports(tmp_path: Path) -> 
     async with running_upstream() as up:
         disco = _disco(tmp_path, web=up.port)
         cfg = tmp_path / "hostproxy.yaml"
-        cfg.write_text(_config(disco, top="overload: {memoryLimitBytes: 1000000000}"))
+        cfg.write_text(_config(disco, top="overload: {memoryLimitBytes: 100000000000}"))
         async with _daemon_from_file(cfg) as d:
-            assert d.overload.config.memory_limit_bytes == 1000000000
+            assert d.overload.config.memory_limit_bytes == 100000000000
             cfg.write_text(
                 _config(disco, top="overload: {memoryLimitBytes: 1000, shed: 0.5, noKeepalive: 0.4}")
             )

@@ -129,52 +129,6 @@ async def test_h2_stream_in_flight_when_the_mark_is_crossed_is_finished_then_goa
         assert goaway is not None and goaway.error_code == 0 and goaway.last_stream_id == sid
 
 
-# -- watermarks that cannot work are refused at their config path ---------------------------------
-
-CONFIG = """routers:
-- protocol: http
-  dtab: /svc => /$/inet/127.0.0.1/1;
-  servers: [{port: 0}]
-overload:
-"""
-
-
-def config_error(extra: str) -> str:
-    from hostproxy.config import ConfigError, load_config
-
-    with pytest.raises(ConfigError) as info:
-        load_config(CONFIG + extra + "\n")
-    return str(info.value)
-
-
-def test_memory_limit_beyond_the_machines_memory_is_refused() -> None:
-    import os
-
-    machine = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    message = config_error(f"  memoryLimitBytes: {machine * 4}")
-    assert message.startswith("<config>:6: overload.memoryLimitBytes: ")
-    assert f"more than this machine's memory ({machine} bytes)" in message
-    assert "leave it unset" in message
-
-
-def test_fd_reserve_at_or_above_the_descriptor_limit_is_refused() -> None:
-    import resource
-
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        pytest.skip("no descriptor limit in this process")
-    message = config_error(f"  fdReserve: {soft}")
-    assert message.startswith("<config>:6: overload.fdReserve: ")
-    assert f"RLIMIT_NOFILE ({soft})" in message and "would never accept" in message
-
-
-def test_sensible_limits_are_accepted() -> None:
-    from hostproxy.config import load_config
-
-    cfg = load_config(CONFIG + "  memoryLimitBytes: 1000000\n  fdReserve: 16\n")
-    assert cfg.overload.memory_limit_bytes == 1000000
-
-
 # -- hostproxy wtf says when the proxy itself is holding back ---------------------------------------
 
 

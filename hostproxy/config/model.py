@@ -1251,7 +1251,7 @@ class AdminConfig:
 class OverloadSection:
     memory_limit_bytes: int | None = key(
         None,
-        "Memory the marks are fractions of; at most this machine's memory.",
+        "Memory the marks are fractions of.",
         default_doc="the cgroup's memory.max, else off",
         check=positive,
     )
@@ -1263,11 +1263,7 @@ class OverloadSection:
     fd_stop_accept: float = key(
         0.90, "Fraction of RLIMIT_NOFILE past which no connection is accepted.", check=fraction
     )
-    fd_reserve: int = key(
-        16,
-        "Stop accepting when fewer descriptors than this are left; below RLIMIT_NOFILE.",
-        check=non_negative,
-    )
+    fd_reserve: int = key(16, "Stop accepting when fewer descriptors than this are left.", check=non_negative)
     hysteresis: float = key(
         0.05, "How far below a mark a reading must fall to leave its level.", check=fraction
     )

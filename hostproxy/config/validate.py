@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
 import re
-import resource
 import sys
 import types
 import typing
@@ -1053,35 +1051,8 @@ def _check_namer(v: Validator, n: m.NamerConfig, where: str, node: Node) -> None
             v.error(f"{where}.{key}", _walk(node, [key]), message)
 
 
-def _machine_memory_bytes() -> int | None:
-    """Physical memory of this machine, or None where the system does not say."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        return None
-
-
 def _check_overload(v: Validator, o: m.OverloadSection, node: Node) -> None:
-    """The marks the overload manager needs: above 0, in order, and hysteresis below the first; a
-    memory limit this machine can reach, and a descriptor reserve below the descriptor limit (either
-    way, past it, the marks could never be reached or the proxy would never accept a connection)."""
-    machine = _machine_memory_bytes()
-    limit = o.memory_limit_bytes
-    if limit is not None and machine is not None and limit > machine:
-        v.error(
-            "overload.memoryLimitBytes",
-            _walk(node, ["memoryLimitBytes"]),
-            f"{limit} bytes is more than this machine's memory ({machine} bytes), so no memory mark could "
-            "ever be reached; set it at most that, or leave it unset to use the cgroup's memory.max",
-        )
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and o.fd_reserve >= soft:
-        v.error(
-            "overload.fdReserve",
-            _walk(node, ["fdReserve"]),
-            f"{o.fd_reserve} is not below this process's RLIMIT_NOFILE ({soft}): hostproxy would never accept "
-            "a connection; lower fdReserve, or raise the descriptor limit (ulimit -n, systemd LimitNOFILE=)",
-        )
+    """The marks the overload manager needs: above 0, in order, and hysteresis below the first."""
     marks = {"noKeepalive": o.no_keepalive, "shed": o.shed, "stopAccept": o.stop_accept}
     for name, value in [*marks.items(), ("fdStopAccept", o.fd_stop_accept)]:
         if value == 0:
