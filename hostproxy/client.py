@@ -153,7 +153,12 @@ class _OutcomeBody:
         except trio.Cancelled:
             self._interrupted()
             raise
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, UpstreamError) and self._client is not None:
+                # The head went on (the caller got a truncated answer): the endpoint's last failure,
+                # said as such (a cut body is no idle connection closed under a new request).
+                status = self._resp.status if self._resp is not None else "?"
+                self._client._body_failed(self._key, exc, f"response body cut off after its head ({status})")
             self._finish(False)
             raise
         return chunk
@@ -530,6 +535,13 @@ class Client:
             "message": f"answered {resp.status}" + (f" with l5d-err: {message}" if message else ""),
             "at": time.time(),
         }
+
+    def _body_failed(self, key: str, exc: UpstreamError, what: str) -> None:
+        """A response body from endpoint ``key`` broke after its head was passed on: the endpoint's
+        last failure (``what: <the error>``)."""
+        ep = self.endpoints.get(key)
+        if ep is not None:
+            ep.last_failure = {"cause": exc.cause, "message": f"{what}: {exc}", "at": time.time()}
 
     def _judged_failure(self, key: str, head: Any, trailers: Any) -> None:
         """The classifier judged an answer with a grpc-status a failure: the endpoint's last failure

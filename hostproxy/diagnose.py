@@ -744,6 +744,16 @@ class _Analysis:
                     f"check that {endpoint or 'the app'} serves HTTP/2 (`curl --http2-prior-knowledge "
                     f"http://{endpoint or 'HOST:PORT'}/`), or route this service through an http router"
                 )
+            elif said is not None and said.startswith("response body cut off after its head"):
+                # The head went on to the caller: the app died or gave up while writing the body.
+                verdict = (
+                    f"upstream {ep}{others} cut off the body of {_pct(share)} of responses after their "
+                    f"head was passed on (callers got a truncated answer); last error: {_clip(said)}"
+                )
+                nxt = (
+                    f"check the app's logs/restarts on {endpoint or 'its hosts'} at these times: it died "
+                    "or gave up while writing the response body"
+                )
             else:
                 verdict = f"upstream {ep}{others} closes or resets connections mid-request for {rate} " + (
                     f"(or answers what hostproxy refuses); last error: {_clip(said)}"

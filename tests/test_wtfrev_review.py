@@ -1,0 +1,72 @@
+"""``hostproxy wtf`` against a real daemon: the blame and the lead it gives for failures seen end to end."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import trio
+
+from tests.daemonutil import curl, fs_config, running_daemon
+from tests.test_wtf_e2e import by_service, write_disco, wtf
+
+
+@contextlib.asynccontextmanager
+async def raw_upstream(handle: Callable[[trio.SocketStream], Awaitable[None]]) -> AsyncIterator[int]:
+    """A loopback listener that runs ``handle`` on each connection; its port."""
+
+    async def guarded(stream: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            await handle(stream)
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, guarded, listeners)
+        try:
+            yield listeners[0].socket.getsockname()[1]
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def cut_mid_body(stream: trio.SocketStream) -> None:
+    """Answer 200 with a 100,000-byte Content-Length, send 1,000 bytes of it, then reset (RST)."""
+    await stream.receive_some()
+    await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await stream.aclose()
+
+
+async def test_wtf_says_a_response_was_cut_off_mid_body_and_quotes_the_error(tmp_path: Path) -> None:
+    """The head went to the caller (200), the body was cut: wtf must say the response was cut off
+    after its head (the caller got a truncated answer) with the endpoint's error, not guess at an idle
+    keep-alive connection closed under a new request (which a cut body never is)."""
+    disco = tmp_path / "disco"
+    async with raw_upstream(cut_mid_body) as port:
+        write_disco(disco, "mid", f"127.0.0.1 {port}\n")
+        async with running_daemon(fs_config(disco)) as d:
+            r = await curl(f"http://127.0.0.1:{d.port('out')}/", "-H", "Host: mid")
+            assert r.status == 200  # the head was passed on before the body broke
+            state = (await curl(f"{d.admin}/client_state.json")).json()
+            assert isinstance(state, dict)
+            last = state["/#/io.l5d.fs/mid"]["endpoints"][f"127.0.0.1:{port}"]["lastFailure"]
+            assert last["cause"] == "upstream/reset"
+            assert last["message"].startswith("response body cut off after its head (200): ")
+            assert f"connection to 127.0.0.1:{port} was closed or reset" in last["message"]
+
+            code, out, err = await wtf(d.admin, "--json")
+            assert code == 1, err
+            f = by_service(json.loads(out))[("/svc/mid", "upstream/reset")]
+            assert f["endpoint"] == f"127.0.0.1:{port}" and f["fault"] == "network/upstream"
+            assert f["verdict"].startswith(
+                f"upstream 127.0.0.1:{port} cut off the body of 100% of responses after their head was "
+                "passed on (callers got a truncated answer); last error: response body cut off"
+            )
+            assert "keep-alive" not in f["verdict"] + f["next_step"]
+            assert f["next_step"] == (
+                f"check the app's logs/restarts on 127.0.0.1:{port} at these times: it died or gave up "
+                "while writing the response body"
+            )
