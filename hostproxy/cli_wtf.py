@@ -234,6 +234,22 @@ class AdminClient:
                     f"{self.base}{path} is turned off by the daemon's admin.security "
                     "(diagnosticsEnabled: false, pathBlacklist); allow it with admin.security.pathWhitelist"
                 ) from None
+            routed = e.headers.get("l5d-err") if e.headers is not None else None
+            if routed is not None:
+                # A router answered (its errors carry l5d-err; the admin server's do not): --admin
+                # names a router's port. Always fatal, even for an optional document.
+                said = urllib.parse.unquote_plus(routed).splitlines()[0][:200] if routed else ""
+                named = re.search(r"^service name: (\S+)$", body, re.MULTILINE)
+                counted = (
+                    f"; this request is counted as a failure of that router (service {named.group(1)})"
+                    if named
+                    else ""
+                )
+                raise AdminUnreachable(
+                    f"{self.base}{path} was answered by a hostproxy router, not its admin server (a "
+                    f"{e.code} with l5d-err: {said}): point --admin at the admin server (admin.ip/admin.port "
+                    f"in the config; 9990 by default){counted}"
+                ) from None
             if e.code == 404:
                 return None
             raise error(f"{self.base}{path} answered {e.code}: {body[:200]}") from None

@@ -70,3 +70,27 @@ async def test_wtf_says_a_response_was_cut_off_mid_body_and_quotes_the_error(tmp
                 f"check the app's logs/restarts on 127.0.0.1:{port} at these times: it died or gave up "
                 "while writing the response body"
             )
+
+
+async def test_wtf_pointed_at_a_router_port_says_so_and_where_the_admin_server_is(tmp_path: Path) -> None:
+    """``--admin`` given a router's port (4140 for 9990, a common slip): the router answers wtf's own
+    request with its 502 "Unable to route request!". wtf must say a router answered, not the admin
+    server, and that this very request now counts as a failure of that router (the next wtf would
+    otherwise report a no-route problem nobody else caused)."""
+    disco = tmp_path / "disco"
+    write_disco(disco, "web", "127.0.0.1 1\n")
+    async with running_daemon(fs_config(disco)) as d:
+        router = f"http://127.0.0.1:{d.port('out')}"
+        code, out, err = await wtf(router)
+        assert code == 1 and out == ""
+        assert err.startswith(
+            f"hostproxy wtf: {router}/admin/metrics.json was answered by a hostproxy router, not its admin "
+            "server (a 502 with l5d-err: Unable to route request!"
+        ), err
+        assert "point --admin at the admin server (admin.ip/admin.port in the config; 9990 by default)" in err
+        assert f"this request is counted as a failure of that router (service /svc/127.0.0.1:{d.port('out')})" in err
+        code, out, _ = await wtf(router, "--json")
+        assert code == 1
+        doc = json.loads(out)
+        assert doc["healthy"] is False and doc["findings"] == []
+        assert "was answered by a hostproxy router, not its admin server" in doc["error"]
