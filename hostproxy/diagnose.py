@@ -48,7 +48,9 @@ Where the numbers come from:
 Counters are cumulative since the daemon started.  :func:`delta_metrics` and :func:`delta_unbound`
 subtract an earlier sample, so that ``wtf --interval 30s`` diagnoses only what happened in between.
 Severity: ``critical`` when a cause costs at least half the requests, ``error`` from 5 %,
-``warning`` below that and for the conditions that do not fail requests yet.
+``warning`` below that and for the conditions that do not fail requests yet, and for fewer than
+``Thresholds.min_failures_to_rate`` (2) failures among requests that otherwise succeeded (one failure
+in three requests is no rate of 33 %; the verdict says how few).
 """
 
 from __future__ import annotations
@@ -119,6 +121,8 @@ class Thresholds:
     fd_critical: float = 0.95
     #: Certificates expiring within this many days are reported.
     cert_expiry_days: int = 14
+    #: Fewer failures than this (one), while other requests succeeded, are at most a warning: too few to rate.
+    min_failures_to_rate: int = 2
 
 
 @dataclass
@@ -567,8 +571,20 @@ class _Analysis:
 
     # -- findings -----------------------------------------------------------------------------------
 
-    def add(self, **kw: Any) -> None:
-        self.findings.append(Finding(**kw))
+    def add(self, *, rated: int | None = None, **kw: Any) -> None:
+        """Add a finding; ``rated``: the failures its severity went by, when not its own (a namer
+        failing many names, one failure each, is rated by all of them)."""
+        finding = Finding(**kw)
+        if (
+            0 < (finding.failures if rated is None else rated) < self.t.min_failures_to_rate
+            and finding.failures < finding.requests
+            and _RANK.get(finding.severity, 9) < _RANK["warning"]
+        ):
+            # One failure in three requests is "33%" but rates nothing (the next request may make it
+            # 25% or 50%): a warning that says how few. (Every request failing is rated however few.)
+            finding.severity = "warning"
+            finding.verdict += f" ({finding.failures} of {finding.requests} {finding.unit}: too few to rate)"
+        self.findings.append(finding)
 
     def run(self) -> Report:
         self._scopes = scopes(self.m)
@@ -1025,6 +1041,7 @@ class _Analysis:
                     verdict = f"requests for {name} failed in router {router} ({cause.value})"
                     nxt = f"explain it: /delegator?router={router} with path {name}"
                 self.add(
+                    rated=by_cause[cause] if cause is Cause.NAMING_FAILED else None,
                     severity=self.severity(cause_share),
                     router=router,
                     service=name,

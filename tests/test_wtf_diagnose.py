@@ -400,15 +400,15 @@ def test_parse_duration() -> None:
 
 
 def test_render_text() -> None:
-    m = {**server(4, {"upstream/5xx": 1}), **svc_metrics("/svc/web", 4, 3, {"upstream/5xx": 1}, {503: 1})}
+    m = {**server(8, {"upstream/5xx": 2}), **svc_metrics("/svc/web", 8, 6, {"upstream/5xx": 2}, {503: 2})}
     report = diagnose(Snapshot(metrics=m))
     assert render_text(
         report, {"kind": "interval", "seconds": 30.0}, "http://127.0.0.1:9990"
     ).splitlines() == [
-        "1 problem — router out: 4 requests, 1 failed (over the last 30s; admin http://127.0.0.1:9990)",
+        "1 problem — router out: 8 requests, 2 failed (over the last 30s; admin http://127.0.0.1:9990)",
         "",
-        "ERROR    upstream/5xx [fault: application]  router out /svc/web  25% of 4 requests",
-        "  application returns 5xx for 25% of requests (503×1) — hostproxy is passing them through",
+        "ERROR    upstream/5xx [fault: application]  router out /svc/web  25% of 8 requests",
+        "  application returns 5xx for 25% of requests (503×2) — hostproxy is passing them through",
         "  next: look at the application's logs on its endpoints; the proxy is not the cause",
     ]
 

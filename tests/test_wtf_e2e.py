@@ -165,7 +165,9 @@ async def test_wtf_names_cause_and_culprit_for_each_broken_service(tmp_path: Pat
                     assert f["endpoint"] == f"127.0.0.1:{up.port}"
                     assert f["verdict"] == (
                         "application returns 5xx for 33% of requests (503×1) — hostproxy is passing them through"
+                        " (1 of 3 requests: too few to rate)"
                     )
+                    assert f["severity"] == "warning"  # one failure among successes
 
                     f = found[("/svc/users", "naming/neg")]
                     assert f["router"] == "out" and f["client"] is None

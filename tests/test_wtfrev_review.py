@@ -94,3 +94,42 @@ async def test_wtf_pointed_at_a_router_port_says_so_and_where_the_admin_server_i
         doc = json.loads(out)
         assert doc["healthy"] is False and doc["findings"] == []
         assert "was answered by a hostproxy router, not its admin server" in doc["error"]
+
+
+async def test_wtf_rates_one_failure_in_a_handful_of_requests_a_warning_not_an_error(tmp_path: Path) -> None:
+    """One 502 in three requests is "33%", an ERROR by the share alone; so few failures rate nothing
+    (the next request may bring it to 25% or 50%): a warning that says how few, while a service
+    whose every request failed stays critical however few they were."""
+    from tests.upstreams import closed_port, running_upstream
+
+    disco = tmp_path / "disco"
+    with closed_port() as refused:
+        async with running_upstream() as up:
+            write_disco(disco, "low", f"127.0.0.1 {up.port}\n")
+            write_disco(disco, "down", f"127.0.0.1 {refused}\n")
+            write_disco(disco, "many", f"127.0.0.1 {up.port}\n")
+            async with running_daemon(fs_config(disco)) as d:
+                base = f"http://127.0.0.1:{d.port('out')}"
+
+                async def get(host: str, path: str = "/") -> int:
+                    return (await curl(base + path, "-H", f"Host: {host}")).status
+
+                assert [await get("low"), await get("low"), await get("low", "/status/502")] == [200, 200, 502]
+                assert [await get("down"), await get("down")] == [502, 502]
+                statuses = [await get("many", "/status/500" if i < 3 else "/") for i in range(10)]
+                assert statuses.count(500) == 3
+
+                code, out, err = await wtf(d.admin, "--json")
+                assert code == 1, err
+                found = by_service(json.loads(out))
+                low = found[("/svc/low", "upstream/5xx")]
+                assert low["severity"] == "warning" and low["fault"] == "application"
+                assert low["verdict"].endswith(" (1 of 3 requests: too few to rate)"), low["verdict"]
+                down = found[("/svc/down", "connect/refused")]
+                assert down["severity"] == "critical"  # every request failed: not a matter of rate
+                assert "too few" not in down["verdict"]
+                many = found[("/svc/many", "upstream/5xx")]
+                assert many["severity"] == "error" and "too few" not in many["verdict"]
+
+                code, out, _ = await wtf(d.admin)
+                assert "WARNING  upstream/5xx [fault: application]  router out /svc/low  33% of 3 requests" in out
