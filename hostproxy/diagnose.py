@@ -422,6 +422,9 @@ class _Analysis:
                 score += 5
             if ep.get("status") == "busy":
                 score += 1
+            last = ep.get("lastFailure")
+            if isinstance(last, Mapping) and last.get("cause") == cause.value:
+                score += 1  # (its last failure was this one: failure accrual off, or not yet tripped)
             if score > 0:
                 scored.append((score, key))
         if scored:
@@ -813,14 +816,14 @@ class _Analysis:
                     )
                 if cause is Cause.UPSTREAM_5XX:
                     verdict = f"application returns 5xx for {rate}{counted} — hostproxy is passing them through{also}"
-                    nxt = f"look at the application's logs on {endpoint or 'its endpoints'}; the proxy is not the cause"
+                    nxt = f"look at the application's logs on {ep}{others}; the proxy is not the cause"
                 else:
                     verdict = (
                         f"application answers gRPC errors (a grpc-status the service's responseClassifier "
                         f"calls a failure) for {rate} — hostproxy is passing them through{also}"
                     )
                     nxt = (
-                        f"look at the application's logs on {endpoint or 'its endpoints'} (grpc-message says "
+                        f"look at the application's logs on {ep}{others} (grpc-message says "
                         "why); the proxy is not the cause"
                     )
         elif cause in (Cause.TIMEOUT_REQUEST, Cause.TIMEOUT_ATTEMPT):

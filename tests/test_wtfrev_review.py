@@ -133,3 +133,25 @@ async def test_wtf_rates_one_failure_in_a_handful_of_requests_a_warning_not_an_e
 
                 code, out, _ = await wtf(d.admin)
                 assert "WARNING  upstream/5xx [fault: application]  router out /svc/low  33% of 3 requests" in out
+
+
+async def test_wtf_points_at_every_endpoint_answering_5xx_not_only_the_first(tmp_path: Path) -> None:
+    """Both endpoints of a service answer 500: the next step must not send the on-call engineer to one
+    host's logs as if the other were fine."""
+    from tests.upstreams import running_upstream
+
+    disco = tmp_path / "disco"
+    async with running_upstream() as a, running_upstream() as b:
+        write_disco(disco, "bad", f"127.0.0.1 {a.port}\n127.0.0.1 {b.port}\n")
+        async with running_daemon(fs_config(disco) + "  client: {failureAccrual: {kind: none}}\n") as d:
+            for _ in range(8):
+                r = await curl(f"http://127.0.0.1:{d.port('out')}/status/500", "-H", "Host: bad")
+                assert r.status == 500
+            assert a.requests and b.requests  # both were asked, both failed
+            code, out, err = await wtf(d.admin, "--json")
+            assert code == 1, err
+            f = by_service(json.loads(out))[("/svc/bad", "upstream/5xx")]
+            assert f["endpoint"] in (f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}")
+            assert f["next_step"] == (
+                f"look at the application's logs on {f['endpoint']} (and 1 more); the proxy is not the cause"
+            )
