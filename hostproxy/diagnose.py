@@ -86,6 +86,8 @@ UNBOUND = "unbound"
 _OUT_OF_ROTATION = frozenset({"dead", "probe_open", "probe_closed"})
 #: ``fault`` of 5XX answers a proxy downstream made (they carry ``l5d-err``).
 DOWNSTREAM_PROXY = "downstream proxy"
+#: Causes a service's retries (``service.retries``, its ``responseClassifier``) may retry.
+_RETRIED = frozenset({Cause.UPSTREAM_5XX, Cause.UPSTREAM_GRPC, Cause.UPSTREAM_RESET, Cause.TIMEOUT_ATTEMPT})
 #: ``cause`` of the finding on requests their callers abandoned (no failure cause of hostproxy's).
 ABANDONED = "abandoned"
 
@@ -927,6 +929,13 @@ class _Analysis:
         else:
             verdict = f"hostproxy failed {rate} for {svc} with an internal error — a hostproxy bug"
             nxt = "look for 'Traceback' in hostproxy's log (stderr / journalctl) and report it"
+        spent = self.num(f"{prefix}/retries/budget_exhausted")
+        if spent > 0 and cause in _RETRIED:
+            # Retries would have hidden some of these: say why they did not.
+            verdict += (
+                f"; {spent} retr{'y was' if spent == 1 else 'ies were'} not made: the service's retry "
+                "budget was spent (service.retries.budget)"
+            )
         self.add(
             severity=self.severity(share),
             router=router,

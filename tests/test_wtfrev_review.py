@@ -88,7 +88,10 @@ async def test_wtf_pointed_at_a_router_port_says_so_and_where_the_admin_server_i
             "server (a 502 with l5d-err: Unable to route request!"
         ), err
         assert "point --admin at the admin server (admin.ip/admin.port in the config; 9990 by default)" in err
-        assert f"this request is counted as a failure of that router (service /svc/127.0.0.1:{d.port('out')})" in err
+        assert (
+            f"this request is counted as a failure of that router (service /svc/127.0.0.1:{d.port('out')})"
+            in err
+        )
         code, out, _ = await wtf(router, "--json")
         assert code == 1
         doc = json.loads(out)
@@ -114,7 +117,11 @@ async def test_wtf_rates_one_failure_in_a_handful_of_requests_a_warning_not_an_e
                 async def get(host: str, path: str = "/") -> int:
                     return (await curl(base + path, "-H", f"Host: {host}")).status
 
-                assert [await get("low"), await get("low"), await get("low", "/status/502")] == [200, 200, 502]
+                assert [await get("low"), await get("low"), await get("low", "/status/502")] == [
+                    200,
+                    200,
+                    502,
+                ]
                 assert [await get("down"), await get("down")] == [502, 502]
                 statuses = [await get("many", "/status/500" if i < 3 else "/") for i in range(10)]
                 assert statuses.count(500) == 3
@@ -132,7 +139,10 @@ async def test_wtf_rates_one_failure_in_a_handful_of_requests_a_warning_not_an_e
                 assert many["severity"] == "error" and "too few" not in many["verdict"]
 
                 code, out, _ = await wtf(d.admin)
-                assert "WARNING  upstream/5xx [fault: application]  router out /svc/low  33% of 3 requests" in out
+                assert (
+                    "WARNING  upstream/5xx [fault: application]  router out /svc/low  33% of 3 requests"
+                    in out
+                )
 
 
 async def test_wtf_points_at_every_endpoint_answering_5xx_not_only_the_first(tmp_path: Path) -> None:
@@ -155,3 +165,31 @@ async def test_wtf_points_at_every_endpoint_answering_5xx_not_only_the_first(tmp
             assert f["next_step"] == (
                 f"look at the application's logs on {f['endpoint']} (and 1 more); the proxy is not the cause"
             )
+
+
+async def test_wtf_says_when_the_retry_budget_kept_failures_from_being_retried(tmp_path: Path) -> None:
+    """Retryable 503s that the service's empty retry budget let through: still the application's
+    fault, but the verdict says hostproxy made no retry for want of budget (else "why did retries not
+    hide it?" is the next question, with no answer on screen)."""
+    from tests.upstreams import running_upstream
+
+    disco = tmp_path / "disco"
+    async with running_upstream() as up:
+        write_disco(disco, "web", f"127.0.0.1 {up.port}\n")
+        cfg = fs_config(disco) + (
+            "  service:\n"
+            "    responseClassifier: {kind: io.l5d.http.retryableRead5XX}\n"
+            "    retries: {budget: {minRetriesPerSec: 0, percentCanRetry: 0.0}}\n"
+        )
+        async with running_daemon(cfg) as d:
+            for _ in range(3):
+                r = await curl(f"http://127.0.0.1:{d.port('out')}/status/503", "-H", "Host: web")
+                assert r.status == 503
+            assert len(up.requests) == 3  # none retried
+            code, out, err = await wtf(d.admin, "--json")
+            assert code == 1, err
+            f = by_service(json.loads(out))[("/svc/web", "upstream/5xx")]
+            assert f["fault"] == "application"
+            assert f["verdict"].endswith(
+                "; 3 retries were not made: the service's retry budget was spent (service.retries.budget)"
+            ), f["verdict"]
