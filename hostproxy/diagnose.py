@@ -1308,19 +1308,12 @@ class _Analysis:
         if isinstance(fds, int) and isinstance(limit, int) and limit > 0:
             ratio = fds / limit
             if ratio >= self.t.fd_warning:
-                self.add(
-                    severity="critical" if ratio >= self.t.fd_critical else "warning",
-                    router=None,
-                    service=None,
-                    client=None,
-                    endpoint=None,
-                    cause=Cause.OVERLOAD.value,
-                    share=ratio,
-                    verdict=f"hostproxy is near its file-descriptor limit ({fds}/{limit})",
-                    next_step=(
-                        "raise LimitNOFILE (systemd) or `ulimit -n`; if connections keep "
-                        "growing, look for a leak in /admin/metrics.json (…/connections, pool_size)"
-                    ),
+                self._overloaded(
+                    "critical" if ratio >= self.t.fd_critical else "warning",
+                    ratio,
+                    f"hostproxy is near its file-descriptor limit ({fds}/{limit})",
+                    "raise LimitNOFILE (systemd) or `ulimit -n`; if connections keep "
+                    "growing, look for a leak in /admin/metrics.json (…/connections, pool_size)",
                 )
 
     def overload(self) -> None:
@@ -1335,39 +1328,38 @@ class _Analysis:
         }
         if level in actions:
             mark, doing, severity = actions[level]
-            self.add(
-                severity=severity,
-                router=None,
-                service=None,
-                client=None,
-                endpoint=None,
-                cause=Cause.OVERLOAD.value,
-                share=1.0,
-                verdict=f"hostproxy's memory is past the overload {mark} mark: {doing}",
-                next_step=(
-                    "/overload.json shows the resident memory against overload.memoryLimitBytes (or the "
-                    "cgroup's memory.max); raise the limit, or find what holds memory (large bodies "
-                    "buffered, many connections)"
-                ),
+            self._overloaded(
+                severity,
+                1.0,
+                f"hostproxy's memory is past the overload {mark} mark: {doing}",
+                "/overload.json shows the resident memory against overload.memoryLimitBytes (or the "
+                "cgroup's memory.max); raise the limit, or find what holds memory (large bodies "
+                "buffered, many connections)",
             )
         if self.num("overload/fd_exhausted") > 0:
-            self.add(
-                severity="critical",
-                router=None,
-                service=None,
-                client=None,
-                endpoint=None,
-                cause=Cause.OVERLOAD.value,
-                share=1.0,
-                verdict=(
-                    "hostproxy's open file descriptors are past the overload fdStopAccept mark: not "
-                    "accepting connections (those already open are served)"
-                ),
-                next_step=(
-                    "/overload.json shows the open descriptors against RLIMIT_NOFILE; raise LimitNOFILE "
-                    "(systemd) or `ulimit -n`, or find what holds connections open"
-                ),
+            self._overloaded(
+                "critical",
+                1.0,
+                "hostproxy's open file descriptors are past the overload fdStopAccept mark: not "
+                "accepting connections (those already open are served)",
+                "/overload.json shows the open descriptors against RLIMIT_NOFILE; raise LimitNOFILE "
+                "(systemd) or `ulimit -n`, or find what holds connections open",
             )
+
+    def _overloaded(self, severity: str, share: float, verdict: str, next_step: str) -> None:
+        """A finding about hostproxy's own resources (cause ``overload``): no router, service,
+        client or endpoint is at fault."""
+        self.add(
+            severity=severity,
+            router=None,
+            service=None,
+            client=None,
+            endpoint=None,
+            cause=Cause.OVERLOAD.value,
+            share=share,
+            verdict=verdict,
+            next_step=next_step,
+        )
 
     def certificates(self) -> None:
         certs = self.snap.tls.get("certificates") if isinstance(self.snap.tls, Mapping) else None
