@@ -103,3 +103,8 @@ def parse_cause(text: str) -> Cause:
     except ValueError:
         valid = ", ".join(c.value for c in Cause)
         raise ValueError(f"unknown failure cause {text!r}: expected one of {valid}") from None
+
+
+#: How an endpoint's ``lastFailure`` message (``/client_state.json``) starts when its response body broke
+#: after the head had gone on to the caller; ``hostproxy wtf`` tells that case by it.
+BODY_CUT_OFF = "response body cut off after its head"

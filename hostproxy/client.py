@@ -55,7 +55,7 @@ from dtab.bind import AddrBound, AddrFailed, AddrNeg
 from hostproxy.accrual import FailureAccrual, accrual_from_config
 from hostproxy.balancer import EndpointInfo, balancer_from_config
 from hostproxy.budget import BudgetConfig, RetryBudget
-from hostproxy.causes import Cause
+from hostproxy.causes import BODY_CUT_OFF, Cause
 from hostproxy.classifier import grpc_status_of
 from hostproxy.config.model import plugin_mapping
 from hostproxy.http.errors import RequestBodyError, UpstreamError
@@ -158,7 +158,7 @@ class _OutcomeBody:
                 # The head went on (the caller got a truncated answer): the endpoint's last failure,
                 # said as such (a cut body is no idle connection closed under a new request).
                 status = self._resp.status if self._resp is not None else "?"
-                self._client._body_failed(self._key, exc, f"response body cut off after its head ({status})")
+                self._client._body_failed(self._key, exc, f"{BODY_CUT_OFF} ({status})")
             self._finish(False)
             raise
         return chunk

@@ -61,7 +61,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hostproxy.causes import Cause
+from hostproxy.causes import BODY_CUT_OFF, Cause
 
 __all__ = [
     "SEVERITIES",
@@ -765,7 +765,7 @@ class _Analysis:
                     f"check that {endpoint or 'the app'} serves HTTP/2 (`curl --http2-prior-knowledge "
                     f"http://{endpoint or 'HOST:PORT'}/`), or route this service through an http router"
                 )
-            elif said is not None and said.startswith("response body cut off after its head"):
+            elif said is not None and said.startswith(BODY_CUT_OFF):
                 # The head went on to the caller: the app died or gave up while writing the body.
                 verdict = (
                     f"upstream {ep}{others} cut off the body of {_pct(share)} of responses after their "

@@ -1409,27 +1409,25 @@ class UpstreamPool(NurseryOwner):
         )
         if interim:
             what += f" (after {interim} interim 1xx response{'s' if interim > 1 else ''})"
-        if conn.reused and conn.keep_alive_s is not None:
-            # The pool honoured the upstream's announced timeout: the upstream closed sooner.
-            what += (
-                f"; it was a reused connection, returned to the pool "
-                f"{max(self._clock() - conn.idle_since, 0.0) * 1000:.0f} ms earlier, within the "
-                f"{conn.keep_alive_s * 1000:.0f} ms its Keep-Alive field allows (its timeout less a "
-                "margin): the upstream closes idle connections sooner than it announces, so set "
-                "client.hostConnectionPool.idleTimeMs below its real keep-alive timeout; the "
-                "io.l5d.http.retryableRead5XX and retryableIdempotent5XX classifiers retry such failures"
-            )
-        elif conn.reused:
-            idle_s = self.params.idle_timeout_s
-            pool_idle = f"{idle_s * 1000:.0f} ms" if idle_s is not None else "none"
-            what += (
-                f"; it was a reused connection, returned to the pool "
-                f"{max(self._clock() - conn.idle_since, 0.0) * 1000:.0f} ms earlier: an upstream whose "
-                "keep-alive timeout is shorter than the pool's idle time "
-                f"(client.hostConnectionPool.idleTimeMs ({pool_idle})) closes connections the pool "
-                "still holds, so set idleTimeMs below the upstream's keep-alive timeout; the "
-                "io.l5d.http.retryableRead5XX and retryableIdempotent5XX classifiers retry such failures"
-            )
+        if conn.reused:
+            idle_ms = max(self._clock() - conn.idle_since, 0.0) * 1000
+            what += f"; it was a reused connection, returned to the pool {idle_ms:.0f} ms earlier"
+            if conn.keep_alive_s is not None:
+                # The pool honoured the upstream's announced timeout: the upstream closed sooner.
+                what += (
+                    f", within the {conn.keep_alive_s * 1000:.0f} ms its Keep-Alive field allows (its "
+                    "timeout less a margin): the upstream closes idle connections sooner than it announces, "
+                    "so set client.hostConnectionPool.idleTimeMs below its real keep-alive timeout"
+                )
+            else:
+                idle_s = self.params.idle_timeout_s
+                pool_idle = f"{idle_s * 1000:.0f} ms" if idle_s is not None else "none"
+                what += (
+                    ": an upstream whose keep-alive timeout is shorter than the pool's idle time "
+                    f"(client.hostConnectionPool.idleTimeMs ({pool_idle})) closes connections the pool "
+                    "still holds, so set idleTimeMs below the upstream's keep-alive timeout"
+                )
+            what += "; the io.l5d.http.retryableRead5XX and retryableIdempotent5XX classifiers retry such failures"
         return UpstreamReset(what, endpoint=self.endpoint)
 
     def _prefetch_body(self, conn: _Conn, content_length: int | None) -> Body:
