@@ -241,7 +241,10 @@ def test_a_roll_that_keeps_failing_is_not_tried_again_on_every_line(
 
     def refuse(src: str, dst: str) -> None:
         attempts.append(dst)
+        tried_at.append(len(path.read_text().splitlines()))  # lines the file held at the try
         raise PermissionError(13, "Permission denied", src)
+
+    tried_at: list[int] = []
 
     monkeypatch.setattr("hostproxy.accesslog.os.rename", refuse)
     for i in range(40):
@@ -253,8 +256,10 @@ def test_a_roll_that_keeps_failing_is_not_tried_again_on_every_line(
     line_bytes = len(path.read_text().splitlines()[0]) + 1
     assert line_bytes < 150
     assert stats["roll_errors"] == len(attempts), attempts
-    # (a try per line would be ~35 here; one per 300 bytes at most this many)
-    assert 1 <= len(attempts) <= path.stat().st_size // (300 - line_bytes), attempts
+    # The first try before the line that would pass 300 bytes, then one per 300 bytes' worth of lines
+    # written since (a try per line would be one at every line from the first on).
+    per_size = 300 // line_bytes
+    assert tried_at == list(range(per_size, 40, per_size)), (tried_at, line_bytes)
     monkeypatch.undo()
     # Once renames work again, the file rolls within another size's worth of lines, once.
     for i in range(300 // line_bytes + 1):
